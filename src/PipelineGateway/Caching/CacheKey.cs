@@ -1,0 +1,201 @@
+using System.Buffers;
+using System.IO.Hashing;
+using System.Text.Json;
+
+namespace PipelineGateway.Caching;
+
+/// <summary>
+/// A 128-bit key over the canonical form of everything that can change the answer: resolved model group,
+/// messages, sampling parameters, tools, response format and pass-through fields. Object keys are sorted and
+/// numbers normalized (1 and 1.0 give the same key); stream, user and gateway controls are left out.
+/// </summary>
+public readonly record struct CacheKey(UInt128 Hash, string? Namespace)
+{
+    public override string ToString() => (Namespace is null ? string.Empty : Namespace + ":") + Hash.ToString("x32", System.Globalization.CultureInfo.InvariantCulture);
+
+    public static CacheKey Compute(string modelGroup, ChatCompletionRequest request)
+    {
+        var buffer = new ArrayBufferWriter<byte>(1024);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { SkipValidation = true }))
+        {
+            w.WriteStartObject();
+            w.WriteString("model", modelGroup);
+            w.WriteStartArray("messages");
+            foreach (var m in request.Messages)
+            {
+                WriteMessage(w, m);
+            }
+
+            w.WriteEndArray();
+            WriteNumber(w, "temperature", request.Temperature);
+            WriteNumber(w, "top_p", request.TopP);
+            WriteNumber(w, "max_tokens", request.RequestedCompletionTokens);
+            WriteNumber(w, "n", request.N is null or 1 ? null : request.N);
+            WriteNumber(w, "seed", request.Seed);
+            if (request.Stop is { Count: > 0 } stop)
+            {
+                w.WriteStartArray("stop");
+                foreach (var s in stop)
+                {
+                    w.WriteStringValue(s);
+                }
+
+                w.WriteEndArray();
+            }
+
+            if (request.Tools is { Count: > 0 })
+            {
+                w.WritePropertyName("tools");
+                WriteCanonical(w, JsonSerializer.SerializeToElement(request.Tools, GatewayJsonContext.Default.ListToolDefinition));
+            }
+
+            WriteElement(w, "tool_choice", request.ToolChoice);
+            WriteElement(w, "response_format", request.ResponseFormat);
+            WriteExtra(w, request.AdditionalProperties, static name => name is "metadata" or "stream_options" or "store");
+            w.WriteEndObject();
+        }
+
+        return new CacheKey(XxHash128.HashToUInt128(buffer.WrittenSpan), request.Gateway?.CacheNamespace);
+    }
+
+    private static void WriteMessage(Utf8JsonWriter w, ChatCompletionMessage m)
+    {
+        w.WriteStartObject();
+        w.WriteString("role", m.Role);
+        if (m.Name is not null)
+        {
+            w.WriteString("name", m.Name);
+        }
+
+        if (m.Content is { } c)
+        {
+            if (c.Text is not null)
+            {
+                w.WriteString("content", c.Text);
+            }
+            else
+            {
+                w.WritePropertyName("content");
+                WriteCanonical(w, JsonSerializer.SerializeToElement(c.Parts ?? [], GatewayJsonContext.Default.ListContentPart));
+            }
+        }
+
+        if (m.ToolCalls is { Count: > 0 })
+        {
+            w.WriteStartArray("tool_calls");
+            foreach (var t in m.ToolCalls)
+            {
+                w.WriteStartObject();
+                w.WriteString("id", t.Id);
+                w.WriteString("name", t.Function?.Name);
+                w.WritePropertyName("arguments");
+                WriteArguments(w, t.Function?.Arguments);
+                w.WriteEndObject();
+            }
+
+            w.WriteEndArray();
+        }
+
+        if (m.ToolCallId is not null)
+        {
+            w.WriteString("tool_call_id", m.ToolCallId);
+        }
+
+        WriteExtra(w, m.AdditionalProperties, static _ => false);
+        w.WriteEndObject();
+    }
+
+    private static void WriteArguments(Utf8JsonWriter w, string? arguments)
+    {
+        // Tool arguments are JSON in a string; compare them as JSON when they parse.
+        if (arguments is null)
+        {
+            w.WriteNullValue();
+            return;
+        }
+
+        try
+        {
+            using var doc = JsonDocument.Parse(arguments);
+            WriteCanonical(w, doc.RootElement);
+        }
+        catch (JsonException)
+        {
+            w.WriteStringValue(arguments);
+        }
+    }
+
+    private static void WriteExtra(Utf8JsonWriter w, Dictionary<string, JsonElement>? extra, Func<string, bool> skip)
+    {
+        if (extra is null || extra.Count == 0)
+        {
+            return;
+        }
+
+        foreach (var (name, value) in extra.OrderBy(static kv => kv.Key, StringComparer.Ordinal))
+        {
+            if (!skip(name))
+            {
+                w.WritePropertyName("x:" + name);
+                WriteCanonical(w, value);
+            }
+        }
+    }
+
+    private static void WriteNumber(Utf8JsonWriter w, string name, double? value)
+    {
+        if (value is { } v)
+        {
+            w.WritePropertyName(name);
+            w.WriteRawValue(Normalize(v), skipInputValidation: true);
+        }
+    }
+
+    private static void WriteElement(Utf8JsonWriter w, string name, JsonElement? value)
+    {
+        if (value is { ValueKind: not JsonValueKind.Null and not JsonValueKind.Undefined } v)
+        {
+            w.WritePropertyName(name);
+            WriteCanonical(w, v);
+        }
+    }
+
+    /// <summary>Writes JSON with object keys sorted and numbers in one normal form.</summary>
+    internal static void WriteCanonical(Utf8JsonWriter w, JsonElement e)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.Object:
+                w.WriteStartObject();
+                foreach (var p in e.EnumerateObject().OrderBy(static p => p.Name, StringComparer.Ordinal))
+                {
+                    w.WritePropertyName(p.Name);
+                    WriteCanonical(w, p.Value);
+                }
+
+                w.WriteEndObject();
+                break;
+            case JsonValueKind.Array:
+                w.WriteStartArray();
+                foreach (var item in e.EnumerateArray())
+                {
+                    WriteCanonical(w, item);
+                }
+
+                w.WriteEndArray();
+                break;
+            case JsonValueKind.Number:
+                w.WriteRawValue(e.TryGetDecimal(out var d) ? Normalize(d) : Normalize(e.GetDouble()), skipInputValidation: true);
+                break;
+            default:
+                e.WriteTo(w);
+                break;
+        }
+    }
+
+    private static string Normalize(double v) =>
+        Math.Abs(v) < 7.9e27 ? Normalize((decimal)v) : v.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+
+    // decimal keeps trailing zeros (1.0 vs 1); dividing by 1.000…0 strips them to a normal form.
+    private static string Normalize(decimal v) => (v / 1.0000000000000000000000000000m).ToString(System.Globalization.CultureInfo.InvariantCulture);
+}

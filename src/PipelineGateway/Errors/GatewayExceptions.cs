@@ -1,0 +1,101 @@
+namespace PipelineGateway;
+
+/// <summary>
+/// The base of every failure the gateway reports to a caller. <see cref="Code"/> is stable and
+/// machine-readable; the HTTP front door maps each type to a status code and an error body.
+/// </summary>
+public abstract class GatewayException : Exception
+{
+    protected GatewayException(string code, string message, Exception? inner = null)
+        : base(message, inner) => Code = code;
+
+    /// <summary>A stable, machine-readable error code (for example <c>rate_limited</c>).</summary>
+    public string Code { get; }
+}
+
+/// <summary>The request is malformed; <see cref="Param"/> names the offending field.</summary>
+public sealed class InvalidRequestException(string? param, string message)
+    : GatewayException("invalid_request", message)
+{
+    public string? Param { get; } = param;
+}
+
+/// <summary>The requested model is not a configured model group or alias.</summary>
+public sealed class ModelNotFoundException(string model)
+    : GatewayException("model_not_found", $"The model '{model}' does not exist on this gateway.")
+{
+    public string Model { get; } = model;
+}
+
+/// <summary>The caller's key is missing, unknown or not allowed to do this.</summary>
+public sealed class UnauthorizedException(string message) : GatewayException("unauthorized", message);
+
+/// <summary>A gateway-side rate limit refused the request; retry after <see cref="RetryAfter"/>.</summary>
+public sealed class RateLimitedException(string limit, TimeSpan retryAfter, string? message = null)
+    : GatewayException("rate_limited", message ?? $"Rate limit '{limit}' exceeded; retry after {retryAfter.TotalSeconds:F3} s.")
+{
+    /// <summary>The name of the limit that refused the request.</summary>
+    public string Limit { get; } = limit;
+
+    public TimeSpan RetryAfter { get; } = retryAfter;
+}
+
+/// <summary>The gateway's queue is full and the caller asked not to wait (load shedding).</summary>
+public sealed class QueueFullException(TimeSpan retryAfter)
+    : GatewayException("queue_full", $"The gateway queue is full; retry after {retryAfter.TotalSeconds:F3} s.")
+{
+    public TimeSpan RetryAfter { get; } = retryAfter;
+}
+
+/// <summary>The request's deadline passed before an answer arrived.</summary>
+public sealed class DeadlineExceededException(TimeSpan timeout, IReadOnlyList<GatewayAttempt> attempts)
+    : GatewayException("deadline_exceeded", $"The request did not complete within its deadline of {timeout.TotalMilliseconds:F0} ms{AttemptText.Describe(attempts)}")
+{
+    public TimeSpan Timeout { get; } = timeout;
+
+    public IReadOnlyList<GatewayAttempt> Attempts { get; } = attempts;
+}
+
+/// <summary>A spending budget would be exceeded by this request.</summary>
+public sealed class BudgetExceededException(string budget, decimal limit, decimal spent)
+    : GatewayException("budget_exceeded", $"Budget '{budget}' of ${limit} is exhausted (${spent} spent or reserved).")
+{
+    public string Budget { get; } = budget;
+
+    public decimal Limit { get; } = limit;
+
+    public decimal Spent { get; } = spent;
+}
+
+/// <summary>Every attempt failed; <see cref="Attempts"/> lists each one in order.</summary>
+public sealed class AllProvidersFailedException(string model, IReadOnlyList<GatewayAttempt> attempts, string? reason = null)
+    : GatewayException("all_providers_failed", $"All providers failed for model '{model}'{(reason is null ? string.Empty : $" ({reason})")}{AttemptText.Describe(attempts)}")
+{
+    public string Model { get; } = model;
+
+    public IReadOnlyList<GatewayAttempt> Attempts { get; } = attempts;
+
+    /// <summary>The status code of the last attempt that reached a provider, if any.</summary>
+    public int? LastStatusCode => Attempts.LastOrDefault(a => a.StatusCode is not null)?.StatusCode;
+}
+
+/// <summary>The gateway is shutting down and can no longer serve the request.</summary>
+public sealed class GatewayUnavailableException(string message) : GatewayException("unavailable", message);
+
+/// <summary>
+/// The caller cancelled the request. It derives from <see cref="OperationCanceledException"/> so the
+/// usual <c>catch (OperationCanceledException)</c> works, and lists any attempts made before it.
+/// </summary>
+public sealed class RequestCancelledException(IReadOnlyList<GatewayAttempt> attempts, CancellationToken token)
+    : OperationCanceledException("The request was cancelled by the caller.", token)
+{
+    public string Code => "cancelled";
+
+    public IReadOnlyList<GatewayAttempt> Attempts { get; } = attempts;
+}
+
+internal static class AttemptText
+{
+    public static string Describe(IReadOnlyList<GatewayAttempt> attempts) =>
+        attempts.Count == 0 ? "." : ": " + string.Join("; ", attempts.Select((a, i) => $"#{i + 1} {a}")) + ".";
+}

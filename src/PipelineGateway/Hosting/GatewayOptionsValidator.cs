@@ -1,0 +1,136 @@
+using System.ComponentModel.DataAnnotations;
+using Microsoft.Extensions.Options;
+using PipelineGateway.Providers;
+using PipelineGateway.Routing;
+
+namespace PipelineGateway.Hosting;
+
+/// <summary>
+/// Validates the whole configuration at start: data annotations on every nested object, then the rules
+/// across fields. Each message names the setting (as a configuration path) and what is allowed.
+/// </summary>
+internal sealed class GatewayOptionsValidator(
+    IEnumerable<IProviderFactory> factories,
+    IEnumerable<IRoutingStrategy> strategies,
+    IEnumerable<ILlmProvider> customProviders) : IValidateOptions<GatewayOptions>
+{
+    public ValidateOptionsResult Validate(string? name, GatewayOptions options)
+    {
+        var errors = new List<string>();
+        const string root = GatewayOptions.SectionName;
+        Annotations(options.Pipeline, $"{root}:Pipeline", errors);
+        Annotations(options.Cache, $"{root}:Cache", errors);
+
+        var p = options.Pipeline;
+        Positive(p.DefaultTimeout, $"{root}:Pipeline:DefaultTimeout", errors);
+        Positive(p.DrainTimeout, $"{root}:Pipeline:DrainTimeout", errors);
+        Positive(p.RetryBaseDelay, $"{root}:Pipeline:RetryBaseDelay", errors);
+        Positive(p.QueueFullRetryAfter, $"{root}:Pipeline:QueueFullRetryAfter", errors);
+        if (p.RetryMaxDelay < p.RetryBaseDelay)
+        {
+            errors.Add($"{root}:Pipeline:RetryMaxDelay must be at least RetryBaseDelay ({p.RetryBaseDelay}); got {p.RetryMaxDelay}.");
+        }
+
+        Positive(options.Cache.DefaultTtl, $"{root}:Cache:DefaultTtl", errors);
+
+        var types = factories.Select(f => f.Type).Append(ProviderTypes.Custom).ToHashSet(StringComparer.OrdinalIgnoreCase);
+        var custom = customProviders.Select(c => c.Name).ToHashSet(StringComparer.Ordinal);
+        var providers = new HashSet<string>(custom, StringComparer.Ordinal);
+        for (var i = 0; i < options.Providers.Count; i++)
+        {
+            var prov = options.Providers[i];
+            var path = $"{root}:Providers:{i}";
+            Annotations(prov, path, errors);
+            if (prov.Simulated is not null)
+            {
+                Annotations(prov.Simulated, $"{path}:Simulated", errors);
+            }
+
+            if (!types.Contains(prov.Type))
+            {
+                errors.Add($"{path}:Type '{prov.Type}' is unknown; allowed: {string.Join(", ", types.Order())}.");
+            }
+            else if (string.Equals(prov.Type, ProviderTypes.Custom, StringComparison.OrdinalIgnoreCase) && !custom.Contains(prov.Name))
+            {
+                errors.Add($"{path}: provider '{prov.Name}' has Type Custom but no ILlmProvider with that name is registered.");
+            }
+
+            if (!string.IsNullOrEmpty(prov.Name) && !providers.Add(prov.Name) && !custom.Contains(prov.Name))
+            {
+                errors.Add($"{path}:Name '{prov.Name}' is used by more than one provider.");
+            }
+        }
+
+        if (options.Models.Count == 0)
+        {
+            errors.Add($"{root}:Models must define at least one model group.");
+        }
+
+        var strategyNames = strategies.Select(s => s.Name).ToHashSet(StringComparer.OrdinalIgnoreCase);
+        var modelNames = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
+        for (var i = 0; i < options.Models.Count; i++)
+        {
+            var group = options.Models[i];
+            var path = $"{root}:Models:{i}";
+            Annotations(group, path, errors);
+            foreach (var alias in group.Aliases.Prepend(group.Name).Where(n => !string.IsNullOrEmpty(n)))
+            {
+                if (!modelNames.Add(alias))
+                {
+                    errors.Add($"{path}: the model name or alias '{alias}' is used more than once.");
+                }
+            }
+
+            if (!strategyNames.Contains(group.Strategy))
+            {
+                errors.Add($"{path}:Strategy '{group.Strategy}' is unknown; allowed: {string.Join(", ", strategyNames.Order())}.");
+            }
+
+            if (group.Deployments.Count == 0)
+            {
+                errors.Add($"{path}:Deployments must list at least one deployment for model '{group.Name}'.");
+            }
+
+            for (var j = 0; j < group.Deployments.Count; j++)
+            {
+                var d = group.Deployments[j];
+                Annotations(d, $"{path}:Deployments:{j}", errors);
+                if (!string.IsNullOrEmpty(d.Provider) && !providers.Contains(d.Provider))
+                {
+                    errors.Add($"{path}:Deployments:{j}:Provider '{d.Provider}' is not a configured provider; configured: {string.Join(", ", providers.Order())}.");
+                }
+            }
+        }
+
+        for (var i = 0; i < options.Admission.RateLimits.Count; i++)
+        {
+            var rule = options.Admission.RateLimits[i];
+            var path = $"{root}:Admission:RateLimits:{i}";
+            Annotations(rule, path, errors);
+            Positive(rule.Window, $"{path}:Window", errors);
+        }
+
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    private static void Positive(TimeSpan value, string path, List<string> errors)
+    {
+        if (value <= TimeSpan.Zero)
+        {
+            errors.Add($"{path} must be a positive duration (for example 00:00:30); got {value}.");
+        }
+    }
+
+    private static void Annotations(object target, string path, List<string> errors)
+    {
+        var results = new List<ValidationResult>();
+        if (!Validator.TryValidateObject(target, new ValidationContext(target), results, validateAllProperties: true))
+        {
+            foreach (var r in results)
+            {
+                var member = r.MemberNames.FirstOrDefault();
+                errors.Add(member is null ? $"{path}: {r.ErrorMessage}" : $"{path}:{member}: {r.ErrorMessage}");
+            }
+        }
+    }
+}

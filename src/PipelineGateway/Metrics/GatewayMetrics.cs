@@ -1,0 +1,211 @@
+using System.Collections.Frozen;
+using PipelineGateway.Dispatch;
+using PipelineGateway.Pipeline;
+using PipelineGateway.Routing;
+
+namespace PipelineGateway.Metrics;
+
+/// <summary>What callers can read about the gateway's traffic.</summary>
+public interface IGatewayMetrics
+{
+    GatewayMetricsSnapshot GetSnapshot();
+}
+
+/// <summary>
+/// The metrics sink: every stage reports here. Counters are interlocked fields and histograms are
+/// lock-free, so recording takes no lock shared by requests.
+/// </summary>
+internal sealed class GatewayMetrics : IGatewayMetrics
+{
+    private readonly FrozenDictionary<string, ProviderStats> _providers;
+    private readonly LatencyHistogram _latency = new();
+    private readonly ProviderPools _pools;
+    private Func<QueueDepths>? _depths;
+    private long _submitted;
+    private long _total;
+    private long _succeeded;
+    private long _cached;
+    private long _failed;
+    private long _cancelled;
+    private long _deadline;
+    private long _rateLimited;
+    private long _shed;
+    private long _cacheLookups;
+    private long _retries;
+    private long _fallbacks;
+    private long _promptTokens;
+    private long _completionTokens;
+
+    public GatewayMetrics(ProviderPools pools)
+    {
+        _pools = pools;
+        _providers = pools.All.ToFrozenDictionary(p => p.Name, _ => new ProviderStats(), StringComparer.Ordinal);
+    }
+
+    internal void Attach(Func<QueueDepths> depths) => _depths = depths;
+
+    public void OnSubmitted() => Interlocked.Increment(ref _submitted);
+
+    public void OnCacheHit()
+    {
+        Interlocked.Increment(ref _cacheLookups);
+        Interlocked.Increment(ref _cached);
+    }
+
+    public void OnCacheMiss() => Interlocked.Increment(ref _cacheLookups);
+
+    public void OnRateLimited() => Interlocked.Increment(ref _rateLimited);
+
+    public void OnShed() => Interlocked.Increment(ref _shed);
+
+    public void OnRetry(bool fallback)
+    {
+        Interlocked.Increment(ref _retries);
+        if (fallback)
+        {
+            Interlocked.Increment(ref _fallbacks);
+        }
+    }
+
+    /// <summary>Called by a worker for each attempt it finishes.</summary>
+    public void OnAttempt(GatewayAttempt attempt)
+    {
+        if (_providers.TryGetValue(attempt.Provider, out var stats))
+        {
+            stats.Record(attempt);
+        }
+    }
+
+    /// <summary>Called exactly once per request, when it ends.</summary>
+    public void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error, TimeSpan latency)
+    {
+        Interlocked.Increment(ref _total);
+
+        if (error is null)
+        {
+            Interlocked.Increment(ref _succeeded);
+            _latency.Record(latency);
+            if (response?.Usage is { } usage)
+            {
+                Interlocked.Add(ref _promptTokens, usage.PromptTokens);
+                Interlocked.Add(ref _completionTokens, usage.CompletionTokens);
+            }
+
+            return;
+        }
+
+        Interlocked.Increment(ref _failed);
+        switch (error)
+        {
+            case OperationCanceledException:
+                Interlocked.Increment(ref _cancelled);
+                break;
+            case DeadlineExceededException:
+                Interlocked.Increment(ref _deadline);
+                break;
+        }
+    }
+
+    public GatewayResponseInfo Describe(WorkItem item, Deployment deployment, bool cached) => new()
+    {
+        Provider = deployment.ProviderName,
+        ProviderModel = deployment.Model,
+        Attempts = item.SnapshotAttempts(),
+        Cached = cached,
+        Latency = item.Observer?.Time.GetElapsedTime(item.StartTimestamp) ?? TimeSpan.Zero,
+        RequestId = item.RequestId,
+    };
+
+    public GatewayMetricsSnapshot GetSnapshot()
+    {
+        var depths = _depths?.Invoke();
+        var lookups = Interlocked.Read(ref _cacheLookups);
+        var providers = new Dictionary<string, ProviderMetricsSnapshot>(_providers.Count, StringComparer.Ordinal);
+        foreach (var pool in _pools.All)
+        {
+            providers[pool.Name] = _providers[pool.Name].Snapshot(pool);
+        }
+
+        var queueDepths = new Dictionary<string, int>(StringComparer.Ordinal);
+        if (depths is not null)
+        {
+            queueDepths["admission"] = depths.Admission;
+            queueDepths["cache"] = depths.Cache;
+            queueDepths["router"] = depths.Router;
+            queueDepths["dead_letter"] = depths.DeadLetter;
+            foreach (var (name, depth) in depths.Providers)
+            {
+                queueDepths["provider:" + name] = depth;
+            }
+        }
+
+        return new GatewayMetricsSnapshot
+        {
+            Submitted = Interlocked.Read(ref _submitted),
+            TotalRequests = Interlocked.Read(ref _total),
+            SuccessfulRequests = Interlocked.Read(ref _succeeded),
+            CachedRequests = Interlocked.Read(ref _cached),
+            FailedRequests = Interlocked.Read(ref _failed),
+            CancelledRequests = Interlocked.Read(ref _cancelled),
+            DeadlineExceededRequests = Interlocked.Read(ref _deadline),
+            RateLimitedRequests = Interlocked.Read(ref _rateLimited),
+            ShedRequests = Interlocked.Read(ref _shed),
+            CacheHitRate = lookups == 0 ? 0 : Math.Round((double)Interlocked.Read(ref _cached) / lookups, 4),
+            AvgLatencyMs = Math.Round(_latency.MeanMs, 3),
+            P50LatencyMs = _latency.PercentileMs(0.50),
+            P95LatencyMs = _latency.PercentileMs(0.95),
+            P99LatencyMs = _latency.PercentileMs(0.99),
+            Retries = Interlocked.Read(ref _retries),
+            Fallbacks = Interlocked.Read(ref _fallbacks),
+            PromptTokens = Interlocked.Read(ref _promptTokens),
+            CompletionTokens = Interlocked.Read(ref _completionTokens),
+            TotalCost = providers.Values.Sum(p => p.TotalCost),
+            InFlight = depths?.InFlight ?? 0,
+            QueueDepths = queueDepths,
+            Providers = providers,
+        };
+    }
+
+    private sealed class ProviderStats
+    {
+        private readonly LatencyHistogram _latency = new();
+        private long _requests;
+        private long _failures;
+
+        public void Record(GatewayAttempt attempt)
+        {
+            if (attempt.Outcome == AttemptOutcome.Cancelled)
+            {
+                // The caller gave up (or the deadline passed): not the provider's failure.
+                return;
+            }
+
+            Interlocked.Increment(ref _requests);
+            if (attempt.Outcome == AttemptOutcome.Success)
+            {
+                _latency.Record(attempt.Latency);
+            }
+            else
+            {
+                Interlocked.Increment(ref _failures);
+            }
+        }
+
+        public ProviderMetricsSnapshot Snapshot(ProviderWorkerPool pool)
+        {
+            var requests = Interlocked.Read(ref _requests);
+            var failures = Interlocked.Read(ref _failures);
+            return new ProviderMetricsSnapshot
+            {
+                Requests = requests,
+                Successes = requests - failures,
+                Failures = failures,
+                SuccessRate = requests == 0 ? 1 : Math.Round((double)(requests - failures) / requests, 4),
+                AvgLatencyMs = Math.Round(_latency.MeanMs, 3),
+                P95LatencyMs = _latency.PercentileMs(0.95),
+                InFlight = pool.InFlight,
+                QueueDepth = pool.QueueDepth,
+            };
+        }
+    }
+}

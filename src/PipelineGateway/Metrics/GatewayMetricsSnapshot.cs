@@ -1,0 +1,81 @@
+namespace PipelineGateway;
+
+/// <summary>A point-in-time view of the gateway's counters (JSON field names in snake_case).</summary>
+public sealed class GatewayMetricsSnapshot
+{
+    /// <summary>Requests that ended (answered, failed, rejected or cancelled).</summary>
+    public long TotalRequests { get; init; }
+
+    public long SuccessfulRequests { get; init; }
+
+    /// <summary>Requests answered from the cache.</summary>
+    public long CachedRequests { get; init; }
+
+    /// <summary>Requests that ended without an answer (any typed failure, cancellation included).</summary>
+    public long FailedRequests { get; init; }
+
+    public long CancelledRequests { get; init; }
+
+    public long RateLimitedRequests { get; init; }
+
+    /// <summary>Requests refused at once because the queue was full (load shedding).</summary>
+    public long ShedRequests { get; init; }
+
+    public long DeadlineExceededRequests { get; init; }
+
+    /// <summary>Cache hits over cache lookups.</summary>
+    public double CacheHitRate { get; init; }
+
+    /// <summary>Mean latency of requests that produced an answer (cache hits included).</summary>
+    public double AvgLatencyMs { get; init; }
+
+    public double P50LatencyMs { get; init; }
+
+    public double P95LatencyMs { get; init; }
+
+    public double P99LatencyMs { get; init; }
+
+    /// <summary>Attempts beyond the first.</summary>
+    public long Retries { get; init; }
+
+    /// <summary>Retries that went to a different deployment.</summary>
+    public long Fallbacks { get; init; }
+
+    public decimal TotalCost { get; init; }
+
+    public long PromptTokens { get; init; }
+
+    public long CompletionTokens { get; init; }
+
+    public long InFlight { get; init; }
+
+    public long Submitted { get; init; }
+
+    public required Dictionary<string, int> QueueDepths { get; init; }
+
+    public required Dictionary<string, ProviderMetricsSnapshot> Providers { get; init; }
+}
+
+public sealed class ProviderMetricsSnapshot
+{
+    /// <summary>Attempts sent to this provider.</summary>
+    public long Requests { get; init; }
+
+    public long Successes { get; init; }
+
+    public long Failures { get; init; }
+
+    /// <summary>Successes over attempts (1 when there were none).</summary>
+    public double SuccessRate { get; init; }
+
+    /// <summary>Mean latency of successful attempts.</summary>
+    public double AvgLatencyMs { get; init; }
+
+    public double P95LatencyMs { get; init; }
+
+    public decimal TotalCost { get; init; }
+
+    public long InFlight { get; init; }
+
+    public int QueueDepth { get; init; }
+}

@@ -1,0 +1,52 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace PipelineGateway;
+
+/// <summary>One streamed chunk in the OpenAI <c>chat.completion.chunk</c> schema.</summary>
+public sealed class ChatCompletionChunk
+{
+    public string Id { get; set; } = string.Empty;
+
+    public string Object { get; set; } = "chat.completion.chunk";
+
+    public long Created { get; set; }
+
+    public string Model { get; set; } = string.Empty;
+
+    public List<ChunkChoice> Choices { get; set; } = [];
+
+    /// <summary>Present on the last chunk when usage was asked for (<c>stream_options.include_usage</c>).</summary>
+    public TokenUsage? Usage { get; set; }
+
+    public string? SystemFingerprint { get; set; }
+
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
+
+    /// <summary>Set by the gateway on the final chunk it hands to the caller.</summary>
+    [JsonIgnore]
+    public GatewayResponseInfo? Gateway { get; set; }
+}
+
+public sealed class ChunkChoice
+{
+    public int Index { get; set; }
+
+    public ChatCompletionDelta Delta { get; set; } = new();
+
+    public string? FinishReason { get; set; }
+
+    public JsonElement? Logprobs { get; set; }
+}
+
+public sealed class ChatCompletionDelta
+{
+    public string? Role { get; set; }
+
+    public string? Content { get; set; }
+
+    public List<ToolCall>? ToolCalls { get; set; }
+
+    public string? Refusal { get; set; }
+}

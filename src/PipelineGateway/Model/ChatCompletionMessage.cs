@@ -1,0 +1,164 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace PipelineGateway;
+
+/// <summary>One message of a conversation (system, developer, user, assistant or tool).</summary>
+public sealed class ChatCompletionMessage
+{
+    public string Role { get; set; } = string.Empty;
+
+    public MessageContent? Content { get; set; }
+
+    public string? Name { get; set; }
+
+    public List<ToolCall>? ToolCalls { get; set; }
+
+    public string? ToolCallId { get; set; }
+
+    public string? Refusal { get; set; }
+
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
+
+    public static ChatCompletionMessage System(string text) => new() { Role = ChatRoles.System, Content = text };
+
+    public static ChatCompletionMessage User(string text) => new() { Role = ChatRoles.User, Content = text };
+
+    public static ChatCompletionMessage Assistant(string text) => new() { Role = ChatRoles.Assistant, Content = text };
+
+    public static ChatCompletionMessage Tool(string toolCallId, string text) =>
+        new() { Role = ChatRoles.Tool, ToolCallId = toolCallId, Content = text };
+}
+
+public static class ChatRoles
+{
+    public const string System = "system";
+    public const string Developer = "developer";
+    public const string User = "user";
+    public const string Assistant = "assistant";
+    public const string Tool = "tool";
+
+    public static bool IsKnown(string role) =>
+        role is System or Developer or User or Assistant or Tool;
+}
+
+/// <summary>
+/// Message content: either plain text (JSON string) or a list of parts (JSON array), as in the OpenAI schema.
+/// </summary>
+[JsonConverter(typeof(MessageContentConverter))]
+public sealed class MessageContent
+{
+    public MessageContent(string text) => Text = text;
+
+    public MessageContent(List<ContentPart> parts) => Parts = parts;
+
+    public string? Text { get; }
+
+    public List<ContentPart>? Parts { get; }
+
+    /// <summary>The text of the content: the string, or the text parts joined.</summary>
+    public string GetText()
+    {
+        if (Text is not null)
+        {
+            return Text;
+        }
+
+        if (Parts is null || Parts.Count == 0)
+        {
+            return string.Empty;
+        }
+
+        if (Parts.Count == 1)
+        {
+            return Parts[0].Text ?? string.Empty;
+        }
+
+        return string.Concat(Parts.Select(static p => p.Text));
+    }
+
+    public static implicit operator MessageContent(string text) => new(text);
+
+    public override string ToString() => GetText();
+}
+
+public sealed class ContentPart
+{
+    /// <summary>"text", "image_url", "input_audio", "file", ...</summary>
+    public string Type { get; set; } = "text";
+
+    public string? Text { get; set; }
+
+    public ImageUrl? ImageUrl { get; set; }
+
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
+}
+
+public sealed class ImageUrl
+{
+    public string Url { get; set; } = string.Empty;
+
+    public string? Detail { get; set; }
+}
+
+public sealed class ToolCall
+{
+    /// <summary>Position of the call; present in streamed deltas.</summary>
+    public int? Index { get; set; }
+
+    public string? Id { get; set; }
+
+    public string? Type { get; set; }
+
+    public FunctionCall? Function { get; set; }
+}
+
+public sealed class FunctionCall
+{
+    public string? Name { get; set; }
+
+    /// <summary>The arguments as a JSON string (streamed deltas carry fragments of it).</summary>
+    public string? Arguments { get; set; }
+}
+
+public sealed class ToolDefinition
+{
+    public string Type { get; set; } = "function";
+
+    public FunctionDefinition? Function { get; set; }
+
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
+}
+
+public sealed class FunctionDefinition
+{
+    public string Name { get; set; } = string.Empty;
+
+    public string? Description { get; set; }
+
+    public JsonElement? Parameters { get; set; }
+
+    public bool? Strict { get; set; }
+}
+
+/// <summary>The <c>stop</c> field: one string or a list of strings on the wire.</summary>
+[JsonConverter(typeof(StopSequencesConverter))]
+public sealed class StopSequences : List<string>
+{
+    public StopSequences()
+    {
+    }
+
+    public StopSequences(IEnumerable<string> values)
+        : base(values)
+    {
+    }
+
+    /// <summary>True when the wire form was a single string rather than an array.</summary>
+    public bool WasSingle { get; init; }
+
+    public static implicit operator StopSequences(string value) => new([value]) { WasSingle = true };
+}

@@ -1,0 +1,87 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace PipelineGateway;
+
+/// <summary>
+/// A chat request in the OpenAI Chat Completions schema, the gateway's canonical model.
+/// Fields the gateway does not know are kept in <see cref="AdditionalProperties"/> and carried
+/// through to OpenAI-compatible upstreams untouched.
+/// </summary>
+public sealed class ChatCompletionRequest
+{
+    /// <summary>The requested model: a model group name or alias from the gateway's configuration.</summary>
+    public string Model { get; set; } = string.Empty;
+
+    public List<ChatCompletionMessage> Messages { get; set; } = [];
+
+    public double? Temperature { get; set; }
+
+    public double? TopP { get; set; }
+
+    public int? MaxTokens { get; set; }
+
+    public int? MaxCompletionTokens { get; set; }
+
+    public StopSequences? Stop { get; set; }
+
+    public int? N { get; set; }
+
+    public long? Seed { get; set; }
+
+    public List<ToolDefinition>? Tools { get; set; }
+
+    /// <summary>"none", "auto", "required" or an object naming a function; kept as JSON.</summary>
+    public JsonElement? ToolChoice { get; set; }
+
+    /// <summary>{"type":"text"|"json_object"|"json_schema", ...}; kept as JSON.</summary>
+    public JsonElement? ResponseFormat { get; set; }
+
+    public string? User { get; set; }
+
+    public bool? Stream { get; set; }
+
+    public StreamOptions? StreamOptions { get; set; }
+
+    /// <summary>Unknown fields, carried through to OpenAI-compatible upstreams.</summary>
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
+
+    /// <summary>Per-request gateway controls (deadline, cache). Never serialized upstream.</summary>
+    [JsonIgnore]
+    public GatewayRequestOptions? Gateway { get; set; }
+
+    /// <summary>The completion budget the caller asked for: <c>max_completion_tokens</c>, else <c>max_tokens</c>.</summary>
+    [JsonIgnore]
+    public int? RequestedCompletionTokens => MaxCompletionTokens ?? MaxTokens;
+}
+
+public sealed class StreamOptions
+{
+    public bool? IncludeUsage { get; set; }
+
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
+}
+
+/// <summary>Per-request controls that belong to the gateway, not to the upstream.</summary>
+public sealed class GatewayRequestOptions
+{
+    /// <summary>Overrides the configured request timeout; the deadline is stamped at admission.</summary>
+    public TimeSpan? Timeout { get; set; }
+
+    /// <summary>Skip the cache read (a fresh answer is still stored).</summary>
+    public bool NoCache { get; set; }
+
+    /// <summary>Neither read nor write the cache.</summary>
+    public bool NoStore { get; set; }
+
+    /// <summary>Overrides the configured cache TTL for the stored answer.</summary>
+    public TimeSpan? CacheTtl { get; set; }
+
+    /// <summary>Cache namespace (for example the gateway key), so tenants never share entries.</summary>
+    public string? CacheNamespace { get; set; }
+
+    /// <summary>The partition key for rate limits (for example a tenant or gateway key id).</summary>
+    public string? RateLimitKey { get; set; }
+}

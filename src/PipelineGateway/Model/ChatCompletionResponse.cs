@@ -1,0 +1,96 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace PipelineGateway;
+
+/// <summary>A whole chat completion in the OpenAI schema, plus what the gateway knows about how it was served.</summary>
+public sealed class ChatCompletionResponse
+{
+    public string Id { get; set; } = string.Empty;
+
+    public string Object { get; set; } = "chat.completion";
+
+    public long Created { get; set; }
+
+    public string Model { get; set; } = string.Empty;
+
+    public List<ChatChoice> Choices { get; set; } = [];
+
+    public TokenUsage? Usage { get; set; }
+
+    public string? SystemFingerprint { get; set; }
+
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
+
+    /// <summary>How the gateway served this response (provider, attempts, latency, cache, cost).</summary>
+    [JsonIgnore]
+    public GatewayResponseInfo? Gateway { get; set; }
+
+    /// <summary>The text of the first choice, or an empty string.</summary>
+    [JsonIgnore]
+    public string Content => Choices.Count > 0 ? Choices[0].Message?.Content?.GetText() ?? string.Empty : string.Empty;
+
+    /// <summary>The finish reason of the first choice.</summary>
+    [JsonIgnore]
+    public string? FinishReason => Choices.Count > 0 ? Choices[0].FinishReason : null;
+}
+
+public sealed class ChatChoice
+{
+    public int Index { get; set; }
+
+    public ChatCompletionMessage? Message { get; set; }
+
+    public string? FinishReason { get; set; }
+
+    public JsonElement? Logprobs { get; set; }
+}
+
+public sealed class TokenUsage
+{
+    public int PromptTokens { get; set; }
+
+    public int CompletionTokens { get; set; }
+
+    public int TotalTokens { get; set; }
+
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
+
+    public static TokenUsage Of(int prompt, int completion) =>
+        new() { PromptTokens = prompt, CompletionTokens = completion, TotalTokens = prompt + completion };
+}
+
+public static class FinishReasons
+{
+    public const string Stop = "stop";
+    public const string Length = "length";
+    public const string ToolCalls = "tool_calls";
+    public const string ContentFilter = "content_filter";
+}
+
+/// <summary>What the gateway adds to every response: who served it, how, and at what cost.</summary>
+public sealed class GatewayResponseInfo
+{
+    /// <summary>The provider that produced the answer (for a cache hit: the one that produced the cached answer).</summary>
+    public required string Provider { get; init; }
+
+    /// <summary>The upstream model name the provider was asked for.</summary>
+    public required string ProviderModel { get; init; }
+
+    /// <summary>Every attempt made for this request, in order; empty for a cache hit.</summary>
+    public required IReadOnlyList<GatewayAttempt> Attempts { get; init; }
+
+    /// <summary>Time from admission to completion.</summary>
+    public TimeSpan Latency { get; init; }
+
+    /// <summary>True when the answer came from the response cache.</summary>
+    public bool Cached { get; init; }
+
+    /// <summary>Cost in USD priced from usage (0 for a cache hit or an unpriced model).</summary>
+    public decimal Cost { get; init; }
+
+    /// <summary>The gateway's id for the request.</summary>
+    public required string RequestId { get; init; }
+}

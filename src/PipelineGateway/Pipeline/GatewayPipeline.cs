@@ -1,0 +1,278 @@
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using PipelineGateway.Caching;
+using PipelineGateway.Dispatch;
+using PipelineGateway.Hosting;
+using PipelineGateway.Metrics;
+using PipelineGateway.Routing;
+
+namespace PipelineGateway.Pipeline;
+
+/// <summary>
+/// The channels that join the stages, the in-flight slots and the drain logic. Every stage reads
+/// one channel and writes the next; this class owns them so the sizes (and the argument that the
+/// dead-letter → router cycle can never block) live in one place.
+/// </summary>
+internal sealed partial class GatewayPipeline
+{
+    private readonly Channel<int> _freeSlots;
+    private readonly WorkItem?[] _live;
+    private readonly ILogger _logger;
+    private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private long _outstanding;
+    private volatile bool _draining;
+    private volatile bool _failingRemaining;
+    private volatile bool _started;
+
+    public GatewayPipeline(
+        IOptions<GatewayOptions> options,
+        ModelCatalog catalog,
+        ProviderPools pools,
+        GatewayMetrics metrics,
+        ResponseCache cache,
+        TimeProvider time,
+        ILogger<GatewayPipeline> logger)
+    {
+        Options = options.Value;
+        Catalog = catalog;
+        Pools = pools;
+        Metrics = metrics;
+        Cache = cache;
+        Time = time;
+        _logger = logger;
+        var p = Options.Pipeline;
+        MaxInFlight = p.MaxInFlight;
+
+        Admission = Channel.CreateBounded<WorkItem>(Bounded(p.AdmissionQueueCapacity, singleReader: true));
+        CacheLookup = Channel.CreateBounded<WorkItem>(Bounded(p.CacheQueueCapacity, singleReader: true));
+
+        // Deadlock freedom: at most MaxInFlight items exist past admission (each holds a slot until it
+        // is retired). The router and dead-letter channels hold MaxInFlight each, so a write to them can
+        // never find them full: the cache stage, the workers and the dead-letter stage use TryWrite and
+        // never wait, which breaks the router → pool → dead-letter → router cycle.
+        Routing = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
+        DeadLetter = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
+
+        _freeSlots = Channel.CreateBounded<int>(Bounded(MaxInFlight, singleReader: true));
+        _live = new WorkItem?[MaxInFlight];
+        for (var i = 0; i < MaxInFlight; i++)
+        {
+            _freeSlots.Writer.TryWrite(i);
+        }
+    }
+
+    public GatewayOptions Options { get; }
+
+    public ModelCatalog Catalog { get; }
+
+    public ProviderPools Pools { get; }
+
+    public GatewayMetrics Metrics { get; }
+
+    public ResponseCache Cache { get; }
+
+    public TimeProvider Time { get; }
+
+    public int MaxInFlight { get; }
+
+    public Channel<WorkItem> Admission { get; }
+
+    public Channel<WorkItem> CacheLookup { get; }
+
+    public Channel<WorkItem> Routing { get; }
+
+    public Channel<WorkItem> DeadLetter { get; }
+
+    public bool IsAccepting => _started && !_draining;
+
+    public bool IsFailingRemaining => _failingRemaining;
+
+    /// <summary>Items created and not yet let go of (queued, in flight, or in a backoff).</summary>
+    public long Outstanding => Interlocked.Read(ref _outstanding);
+
+    /// <summary>Requests holding an in-flight slot.</summary>
+    public int InFlight => MaxInFlight - _freeSlots.Reader.Count;
+
+    internal void MarkStarted() => _started = true;
+
+    /// <summary>Depth of each stage's channel, for metrics and tests.</summary>
+    public QueueDepths GetQueueDepths()
+    {
+        var pools = Pools.All;
+        var perProvider = new Dictionary<string, int>(pools.Count, StringComparer.Ordinal);
+        foreach (var pool in pools)
+        {
+            perProvider[pool.Name] = pool.QueueDepth;
+        }
+
+        return new QueueDepths(Admission.Reader.Count, CacheLookup.Reader.Count, Routing.Reader.Count, DeadLetter.Reader.Count, InFlight, perProvider);
+    }
+
+    public void OnCreated(WorkItem item)
+    {
+        Interlocked.Increment(ref _outstanding);
+        Metrics.OnSubmitted();
+        item.Observer = this;
+    }
+
+    /// <summary>Waits for a free in-flight slot (backpressure for everything upstream).</summary>
+    public ValueTask<int> AcquireSlotAsync(CancellationToken cancellationToken) => _freeSlots.Reader.ReadAsync(cancellationToken);
+
+    public void Occupy(WorkItem item, int slot)
+    {
+        item.Slot = slot;
+        Volatile.Write(ref _live[slot], item);
+    }
+
+    /// <summary>The owning stage lets go of the item for good: the slot is returned.</summary>
+    public void Retire(WorkItem item)
+    {
+        if (!item.IsCompleted)
+        {
+            // A stage must answer the caller before letting go; if one did not, the caller must not hang.
+            LogRetiredIncomplete(_logger, item.RequestId);
+            item.TryFail(new GatewayUnavailableException("The request was dropped by the pipeline without an answer."));
+        }
+
+        var slot = item.Slot;
+        if (slot >= 0)
+        {
+            item.Slot = -1;
+            Volatile.Write(ref _live[slot], null);
+            _freeSlots.Writer.TryWrite(slot);
+        }
+
+        item.DisposeResources();
+        if (Interlocked.Decrement(ref _outstanding) == 0 && _draining)
+        {
+            _drained.TrySetResult();
+        }
+    }
+
+    /// <summary>Sends a failed item back to the router. Never waits: the router channel holds MaxInFlight items.</summary>
+    public void Requeue(WorkItem item)
+    {
+        if (item.IsCompleted)
+        {
+            Retire(item);
+        }
+        else if (!Routing.Writer.TryWrite(item))
+        {
+            FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
+        }
+    }
+
+    /// <summary>A provider answered: describe how, fill the cache, answer the caller, let go.</summary>
+    public void CompleteSuccess(WorkItem item, Deployment deployment, ChatCompletionResponse response)
+    {
+        response.Gateway = Metrics.Describe(item, deployment, cached: false);
+        if (item.CacheKey is { } key && response.Choices.Count > 0)
+        {
+            Cache.Set(key, response, item.Request.Gateway?.CacheTtl);
+        }
+
+        item.TryComplete(response);
+        Retire(item);
+    }
+
+    /// <summary>Answers the caller with a failure and retires the item.</summary>
+    public void FailAndRetire(WorkItem item, Exception error)
+    {
+        item.TryFail(error);
+        Retire(item);
+    }
+
+    /// <summary>Called exactly once per item, by whichever thread completed it.</summary>
+    internal void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error)
+    {
+        Metrics.OnCompleted(item, response, error, Time.GetElapsedTime(item.StartTimestamp));
+        if (error is not null && error is not RequestCancelledException)
+        {
+            LogRequestFailed(_logger, item.RequestId, item.Request.Model, error.GetType().Name, item.AttemptCount, error.Message);
+        }
+    }
+
+    /// <summary>
+    /// Stops admission, lets in-flight work finish within the drain timeout, then fails what is left
+    /// explicitly. Returns when every item has been let go of (or the host's own stop token fires).
+    /// </summary>
+    public async Task DrainAsync(CancellationToken hostStopping)
+    {
+        _draining = true;
+        Admission.Writer.TryComplete();
+        if (Interlocked.Read(ref _outstanding) == 0)
+        {
+            _drained.TrySetResult();
+        }
+
+        LogDraining(_logger, Outstanding, Options.Pipeline.DrainTimeout.TotalMilliseconds);
+        if (await WaitDrainedAsync(Options.Pipeline.DrainTimeout, hostStopping).ConfigureAwait(false))
+        {
+            LogDrained(_logger);
+            return;
+        }
+
+        // Grace period over: fail everything still inside explicitly, and cancel its upstream call.
+        _failingRemaining = true;
+        var failed = 0;
+        for (var i = 0; i < _live.Length; i++)
+        {
+            var item = Volatile.Read(ref _live[i]);
+            if (item is not null && !item.IsCompleted)
+            {
+                item.Cancel(CancelReason.Shutdown);
+                failed++;
+            }
+        }
+
+        LogFailedRemaining(_logger, failed, Outstanding);
+
+        // Cancelled items leave the stages quickly; wait a little for that, on real time: this only bounds
+        // how long shutdown waits for bookkeeping, every caller has been answered already.
+        await WaitDrainedAsync(TimeSpan.FromSeconds(5), hostStopping, TimeProvider.System).ConfigureAwait(false);
+    }
+
+    private async Task<bool> WaitDrainedAsync(TimeSpan timeout, CancellationToken cancellationToken, TimeProvider? time = null)
+    {
+        try
+        {
+            await _drained.Task.WaitAsync(timeout, time ?? Time, cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            return false;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    private static BoundedChannelOptions Bounded(int capacity, bool singleReader) => new(capacity)
+    {
+        FullMode = BoundedChannelFullMode.Wait,
+        SingleReader = singleReader,
+        SingleWriter = false,
+        AllowSynchronousContinuations = false,
+    };
+
+    [LoggerMessage(EventId = 1, Level = LogLevel.Warning, Message = "Request {RequestId} failed for model {Model}: {ErrorType} after {Attempts} attempt(s): {Reason}")]
+    private static partial void LogRequestFailed(ILogger logger, string requestId, string model, string errorType, int attempts, string reason);
+
+    [LoggerMessage(EventId = 2, Level = LogLevel.Error, Message = "Request {RequestId} was retired by a stage without an answer; failing it.")]
+    private static partial void LogRetiredIncomplete(ILogger logger, string requestId);
+
+    [LoggerMessage(EventId = 3, Level = LogLevel.Information, Message = "Draining the pipeline: {Outstanding} request(s) outstanding, grace period {GraceMs} ms.")]
+    private static partial void LogDraining(ILogger logger, long outstanding, double graceMs);
+
+    [LoggerMessage(EventId = 4, Level = LogLevel.Information, Message = "Pipeline drained: every request completed.")]
+    private static partial void LogDrained(ILogger logger);
+
+    [LoggerMessage(EventId = 5, Level = LogLevel.Warning, Message = "Drain grace period over: failed {Failed} in-flight request(s) explicitly; {Outstanding} still leaving the stages.")]
+    private static partial void LogFailedRemaining(ILogger logger, int failed, long outstanding);
+}
+
+/// <summary>How many requests wait in each stage's channel.</summary>
+public sealed record QueueDepths(int Admission, int Cache, int Router, int DeadLetter, int InFlight, IReadOnlyDictionary<string, int> Providers);

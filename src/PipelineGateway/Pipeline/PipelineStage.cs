@@ -1,0 +1,80 @@
+using System.Threading.Channels;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace PipelineGateway.Pipeline;
+
+/// <summary>
+/// A hosted stage: one loop reading its input channel (<c>WaitToReadAsync</c> + <c>TryRead</c>) and
+/// handling each item. A handler that throws fails only that item, never the loop.
+/// </summary>
+internal abstract partial class PipelineStage : IHostedService, IDisposable
+{
+    private readonly CancellationTokenSource _stop = new();
+    private Task _loop = Task.CompletedTask;
+
+    protected PipelineStage(GatewayPipeline pipeline, ILogger logger)
+    {
+        Pipeline = pipeline;
+        Logger = logger;
+    }
+
+    protected GatewayPipeline Pipeline { get; }
+
+    protected ILogger Logger { get; }
+
+    protected abstract string StageName { get; }
+
+    protected abstract ChannelReader<WorkItem> Input { get; }
+
+    protected abstract ValueTask HandleAsync(WorkItem item, CancellationToken stopping);
+
+    public virtual Task StartAsync(CancellationToken cancellationToken)
+    {
+        _loop = Task.Run(() => RunAsync(_stop.Token), CancellationToken.None);
+        return Task.CompletedTask;
+    }
+
+    public virtual async Task StopAsync(CancellationToken cancellationToken)
+    {
+        // Stages stop after admission has drained the pipeline (hosted services stop in reverse order).
+        await _stop.CancelAsync().ConfigureAwait(false);
+        await _loop.WaitAsync(cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+    }
+
+    private async Task RunAsync(CancellationToken stopping)
+    {
+        var reader = Input;
+        try
+        {
+            while (await reader.WaitToReadAsync(stopping).ConfigureAwait(false))
+            {
+                while (reader.TryRead(out var item))
+                {
+                    try
+                    {
+                        await HandleAsync(item, stopping).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+                    {
+                        Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway shut down before the request completed."));
+                        throw;
+                    }
+                    catch (Exception ex)
+                    {
+                        LogHandlerFailed(Logger, ex, StageName);
+                        Pipeline.FailAndRetire(item, new GatewayUnavailableException($"The gateway's {StageName} stage failed while handling the request."));
+                    }
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+        }
+    }
+
+    public void Dispose() => _stop.Dispose();
+
+    [LoggerMessage(EventId = 10, Level = LogLevel.Error, Message = "The {Stage} stage failed while handling a request.")]
+    private static partial void LogHandlerFailed(ILogger logger, Exception exception, string stage);
+}

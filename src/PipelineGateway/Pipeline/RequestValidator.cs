@@ -1,0 +1,97 @@
+namespace PipelineGateway.Pipeline;
+
+/// <summary>Checks a request before it takes queue room; a failure names the offending field.</summary>
+internal static class RequestValidator
+{
+    public static void Validate(ChatCompletionRequest? request)
+    {
+        if (request is null)
+        {
+            throw new InvalidRequestException(null, "The request body is missing.");
+        }
+
+        if (string.IsNullOrWhiteSpace(request.Model))
+        {
+            throw new InvalidRequestException("model", "'model' is required.");
+        }
+
+        if (request.Messages is null || request.Messages.Count == 0)
+        {
+            throw new InvalidRequestException("messages", "'messages' must contain at least one message.");
+        }
+
+        for (var i = 0; i < request.Messages.Count; i++)
+        {
+            ValidateMessage(request.Messages[i], i);
+        }
+
+        if (request.Temperature is { } t && (t < 0 || t > 2 || double.IsNaN(t)))
+        {
+            throw new InvalidRequestException("temperature", $"'temperature' must be between 0 and 2; got {t}.");
+        }
+
+        if (request.TopP is { } p && (p <= 0 || p > 1 || double.IsNaN(p)))
+        {
+            throw new InvalidRequestException("top_p", $"'top_p' must be greater than 0 and at most 1; got {p}.");
+        }
+
+        if (request.MaxTokens is <= 0)
+        {
+            throw new InvalidRequestException("max_tokens", $"'max_tokens' must be at least 1; got {request.MaxTokens}.");
+        }
+
+        if (request.MaxCompletionTokens is <= 0)
+        {
+            throw new InvalidRequestException("max_completion_tokens", $"'max_completion_tokens' must be at least 1; got {request.MaxCompletionTokens}.");
+        }
+
+        if (request.N is < 1 or > 128)
+        {
+            throw new InvalidRequestException("n", $"'n' must be between 1 and 128; got {request.N}.");
+        }
+
+        if (request.Stop is { Count: > 4 })
+        {
+            throw new InvalidRequestException("stop", "'stop' takes at most 4 sequences.");
+        }
+
+        if (request.Tools is { } tools)
+        {
+            for (var i = 0; i < tools.Count; i++)
+            {
+                if (tools[i].Type == "function" && string.IsNullOrWhiteSpace(tools[i].Function?.Name))
+                {
+                    throw new InvalidRequestException($"tools[{i}].function.name", $"'tools[{i}].function.name' is required.");
+                }
+            }
+        }
+
+        if (request.Gateway?.Timeout is { } timeout && timeout <= TimeSpan.Zero)
+        {
+            throw new InvalidRequestException("timeout", "The request timeout must be positive.");
+        }
+    }
+
+    private static void ValidateMessage(ChatCompletionMessage? m, int i)
+    {
+        if (m is null)
+        {
+            throw new InvalidRequestException($"messages[{i}]", $"'messages[{i}]' is null.");
+        }
+
+        if (string.IsNullOrEmpty(m.Role) || !ChatRoles.IsKnown(m.Role))
+        {
+            throw new InvalidRequestException($"messages[{i}].role", $"'messages[{i}].role' must be one of system, developer, user, assistant, tool; got '{m.Role}'.");
+        }
+
+        switch (m.Role)
+        {
+            case ChatRoles.Tool when string.IsNullOrEmpty(m.ToolCallId):
+                throw new InvalidRequestException($"messages[{i}].tool_call_id", $"'messages[{i}].tool_call_id' is required for a tool message.");
+            case ChatRoles.Assistant when m.Content is null && m.ToolCalls is not { Count: > 0 }:
+                throw new InvalidRequestException($"messages[{i}].content", $"'messages[{i}]' needs 'content' or 'tool_calls'.");
+            case ChatRoles.System or ChatRoles.Developer or ChatRoles.User when m.Content is null:
+                throw new InvalidRequestException($"messages[{i}].content", $"'messages[{i}].content' is required for a {m.Role} message.");
+        }
+    }
+}

@@ -1,0 +1,270 @@
+using System.Threading.Channels;
+using PipelineGateway.Providers;
+using PipelineGateway.Routing;
+
+namespace PipelineGateway.Pipeline;
+
+/// <summary>
+/// One request on its way through the pipeline. Exactly one stage owns it at a time (the one that read
+/// it from its channel). Two lifetimes are kept apart on purpose:
+/// <list type="bullet">
+/// <item><b>Completion</b> answers the caller, exactly once (<see cref="TryComplete"/>, <see cref="TryFail"/>);
+/// it may happen on any thread (a cancelled caller, a passed deadline, shutdown) while a stage still holds the item.</item>
+/// <item><b>Retirement</b> is the owning stage letting go of the item; only then is its in-flight slot
+/// returned, so the number of items inside the pipeline never exceeds <c>MaxInFlight</c> — the bound
+/// the deadlock-freedom argument rests on (docs/architecture.md).</item>
+/// </list>
+/// </summary>
+internal sealed class WorkItem
+{
+    private readonly TaskCompletionSource<ChatCompletionResponse>? _response;
+    private readonly CancellationTokenSource _cts;
+    private readonly CancellationTokenRegistration _callerRegistration;
+    private readonly CancellationTokenRegistration _cancelRegistration;
+    private List<GatewayAttempt>? _attempts;
+    private List<Deployment>? _tried;
+    private int _completed;
+    private int _cancelReason;
+
+    public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, TimeProvider time, CancellationToken callerToken)
+    {
+        Request = request;
+        Group = group;
+        Timeout = timeout;
+        CallerToken = callerToken;
+        StartTimestamp = time.GetTimestamp();
+        Deadline = time.GetUtcNow() + timeout;
+        if (stream)
+        {
+            // Bounded: a slow reader slows the upstream read instead of buffering the whole answer.
+            Chunks = Channel.CreateBounded<ChatCompletionChunk>(new BoundedChannelOptions(64)
+            {
+                SingleReader = true,
+                SingleWriter = true,
+                FullMode = BoundedChannelFullMode.Wait,
+            });
+        }
+        else
+        {
+            _response = new TaskCompletionSource<ChatCompletionResponse>(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+
+        // One token for everything that can end the request early: the deadline (timer on the injected
+        // TimeProvider), the caller's token and gateway shutdown. It is what the upstream call receives.
+        _cts = new CancellationTokenSource(timeout, time);
+        _cancelRegistration = _cts.Token.UnsafeRegister(static s => ((WorkItem)s!).OnCancelled(), this);
+        if (callerToken.CanBeCanceled)
+        {
+            _callerRegistration = callerToken.UnsafeRegister(static s => ((WorkItem)s!).Cancel(CancelReason.Caller), this);
+        }
+    }
+
+    public ChatCompletionRequest Request { get; }
+
+    /// <summary>Told exactly once when the item completes (metrics, failure logs).</summary>
+    public GatewayPipeline? Observer { get; set; }
+
+    /// <summary>The failure the caller was given, if any (streams read it after the last chunk).</summary>
+    public Exception? Failure { get; private set; }
+
+    public ModelGroup Group { get; set; }
+
+    public TimeSpan Timeout { get; }
+
+    public DateTimeOffset Deadline { get; }
+
+    public long StartTimestamp { get; }
+
+    public CancellationToken CallerToken { get; }
+
+    /// <summary>Fires on deadline, caller cancellation or shutdown; passed to the upstream call.</summary>
+    public CancellationToken Token => _cts.Token;
+
+    public bool IsStream => Chunks is not null;
+
+    public Channel<ChatCompletionChunk>? Chunks { get; }
+
+    /// <summary>Set once the first chunk reached the caller: from then on no fallback is possible.</summary>
+    public bool StreamStarted { get; set; }
+
+    public int Slot { get; set; } = -1;
+
+    /// <summary>Set by the cache stage when the answer may be stored.</summary>
+    public Caching.CacheKey? CacheKey { get; set; }
+
+    public string RequestId { get; set; } = string.Empty;
+
+    public bool IsCompleted => Volatile.Read(ref _completed) != 0;
+
+    public Task<ChatCompletionResponse> ResponseTask => _response!.Task;
+
+    /// <summary>The deployment chosen by the router for the current attempt.</summary>
+    public Deployment? Current { get; set; }
+
+    /// <summary>The failure of the last attempt, read by the dead-letter stage.</summary>
+    public ProviderFailure LastFailure { get; set; }
+
+    public IReadOnlyList<GatewayAttempt> Attempts => (IReadOnlyList<GatewayAttempt>?)_attempts ?? [];
+
+    public int AttemptCount => _attempts?.Count ?? 0;
+
+    /// <summary>True when this request already made an attempt at the deployment.</summary>
+    public bool HasTried(Deployment deployment)
+    {
+        var tried = _tried;
+        if (tried is null)
+        {
+            return false;
+        }
+
+        foreach (var d in tried)
+        {
+            if (ReferenceEquals(d, deployment))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    public void AddAttempt(Deployment deployment, GatewayAttempt attempt)
+    {
+        // Only the owning stage adds attempts; the lock guards against a concurrent snapshot
+        // taken by a cancellation callback on another thread.
+        lock (this)
+        {
+            (_attempts ??= new List<GatewayAttempt>(2)).Add(attempt);
+            (_tried ??= new List<Deployment>(2)).Add(deployment);
+        }
+    }
+
+    /// <summary>A copy of the attempt list that later attempts cannot change.</summary>
+    public IReadOnlyList<GatewayAttempt> SnapshotAttempts()
+    {
+        lock (this)
+        {
+            return _attempts is null ? [] : _attempts.ToArray();
+        }
+    }
+
+    public bool TryComplete(ChatCompletionResponse response)
+    {
+        if (Interlocked.Exchange(ref _completed, 1) != 0)
+        {
+            return false;
+        }
+
+        ReleaseRegistrations();
+        Observer?.OnCompleted(this, response, null);
+        if (_response is not null)
+        {
+            _response.TrySetResult(response);
+        }
+        else
+        {
+            Chunks!.Writer.TryComplete();
+        }
+
+        return true;
+    }
+
+    public bool TryFail(Exception error)
+    {
+        if (Interlocked.Exchange(ref _completed, 1) != 0)
+        {
+            return false;
+        }
+
+        ReleaseRegistrations();
+        Failure = error;
+        Observer?.OnCompleted(this, null, error);
+        if (_response is not null)
+        {
+            _response.TrySetException(error);
+        }
+        else
+        {
+            // The stream reader sees the end of the channel, then rethrows Failure as it is
+            // (a channel completed with an OperationCanceledException would lose its type).
+            Chunks!.Writer.TryComplete();
+        }
+
+        return true;
+    }
+
+    /// <summary>Ends the request early: the upstream call (if any) is cancelled and the caller answered.</summary>
+    public void Cancel(CancelReason reason)
+    {
+        Interlocked.CompareExchange(ref _cancelReason, (int)reason, 0);
+        try
+        {
+            _cts.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // Completed and cleaned up concurrently: nothing left to cancel.
+        }
+    }
+
+    /// <summary>Why the token fired (deadline when nothing else said).</summary>
+    public CancelReason Reason => (CancelReason)Volatile.Read(ref _cancelReason) is var r && r != CancelReason.None ? r : CancelReason.Deadline;
+
+    /// <summary>The typed failure matching why the request was cancelled.</summary>
+    public Exception CancellationError() => Reason switch
+    {
+        CancelReason.Caller => new RequestCancelledException(SnapshotAttempts(), CallerToken),
+        CancelReason.Shutdown => new GatewayUnavailableException("The gateway shut down before the request completed."),
+        _ => new DeadlineExceededException(Timeout, SnapshotAttempts()),
+    };
+
+    private void OnCancelled()
+    {
+        Interlocked.CompareExchange(ref _cancelReason, (int)CancelReason.Deadline, 0);
+        TryFail(CancellationError());
+    }
+
+    private void ReleaseRegistrations()
+    {
+        // Unregister without waiting: we may be running inside one of these callbacks.
+        _callerRegistration.Unregister();
+        _cancelRegistration.Unregister();
+    }
+
+    private ITimer? _retryTimer;
+
+    /// <summary>Runs <paramref name="requeue"/> after <paramref name="delay"/> on the injected clock (a backoff).</summary>
+    public void ScheduleRetry(TimeProvider time, TimeSpan delay, Action<WorkItem> requeue)
+    {
+        _retryTimer?.Dispose();
+        _retryTimer = time.CreateTimer(
+            static s =>
+            {
+                var (item, action) = ((WorkItem, Action<WorkItem>))s!;
+                action(item);
+            },
+            (this, requeue),
+            delay,
+            System.Threading.Timeout.InfiniteTimeSpan);
+    }
+
+    /// <summary>Called by the owning stage when it lets go of the item for good.</summary>
+    public void DisposeResources()
+    {
+        _retryTimer?.Dispose();
+        _callerRegistration.Dispose();
+        _cancelRegistration.Unregister();
+        _cts.Dispose();
+    }
+}
+
+internal enum CancelReason
+{
+    None = 0,
+    Deadline = 1,
+    Caller = 2,
+    Shutdown = 3,
+}
+
+/// <summary>A failed attempt as a value, handed from a worker to the dead-letter stage.</summary>
+internal readonly record struct ProviderFailure(AttemptOutcome Outcome, int? StatusCode, TimeSpan? RetryAfter, string Message);

@@ -1,0 +1,192 @@
+using System.Runtime.CompilerServices;
+
+namespace PipelineGateway.Providers.Simulated;
+
+/// <summary>
+/// An in-process provider with a latency distribution and failure rates, deterministic by seed.
+/// It powers the default configuration, the demo, tests and benchmarks, so everything runs with no keys.
+/// The answer is derived from the request, with token counts of realistic size (about 4 characters a token).
+/// </summary>
+public sealed class SimulatedProvider : ILlmProvider
+{
+    private static readonly string[] Vocabulary =
+    [
+        "the", "gateway", "routes", "requests", "across", "providers", "with", "bounded", "channels", "and",
+        "backpressure", "so", "bursts", "become", "waiting", "instead", "of", "memory", "growth", "while",
+        "failed", "work", "is", "retried", "elsewhere", "answer", "model", "token", "stream", "cache",
+    ];
+
+    private readonly SimulatedProviderOptions _options;
+    private readonly TimeProvider _time;
+    private long _calls;
+
+    public SimulatedProvider(string name, SimulatedProviderOptions options, TimeProvider? timeProvider = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        Name = name;
+        _options = options ?? throw new ArgumentNullException(nameof(options));
+        _time = timeProvider ?? TimeProvider.System;
+    }
+
+    public string Name { get; }
+
+    /// <summary>How many calls reached this provider (whole and streamed).</summary>
+    public long Calls => Interlocked.Read(ref _calls);
+
+    public ValueTask<ChatCompletionResponse> CompleteAsync(ProviderRequest request, CancellationToken cancellationToken)
+    {
+        var draw = NextDraw();
+        var delay = Latency(draw);
+        if (delay <= TimeSpan.Zero)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            FailIfDrawn(draw);
+            return new ValueTask<ChatCompletionResponse>(BuildResponse(request));
+        }
+
+        return CompleteSlowAsync(request, draw, delay, cancellationToken);
+    }
+
+    private async ValueTask<ChatCompletionResponse> CompleteSlowAsync(ProviderRequest request, ulong draw, TimeSpan delay, CancellationToken cancellationToken)
+    {
+        await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
+        FailIfDrawn(draw);
+        return BuildResponse(request);
+    }
+
+    public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var draw = NextDraw();
+        var delay = Latency(draw);
+        if (delay > TimeSpan.Zero)
+        {
+            await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
+        }
+
+        cancellationToken.ThrowIfCancellationRequested();
+        FailIfDrawn(draw);
+
+        var words = AnswerWords(request.Request);
+        var id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
+        var created = _time.GetUtcNow().ToUnixTimeSeconds();
+        var perToken = TimeSpan.FromMilliseconds(_options.PerTokenDelayMs);
+        for (var i = 0; i < words.Length; i++)
+        {
+            if (i > 0 && perToken > TimeSpan.Zero)
+            {
+                await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
+            }
+
+            cancellationToken.ThrowIfCancellationRequested();
+            yield return new ChatCompletionChunk
+            {
+                Id = id,
+                Created = created,
+                Model = request.Model,
+                Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { Role = i == 0 ? ChatRoles.Assistant : null, Content = i == 0 ? words[i] : " " + words[i] } }],
+            };
+        }
+
+        var usage = Usage(request.Request, words);
+        yield return new ChatCompletionChunk
+        {
+            Id = id,
+            Created = created,
+            Model = request.Model,
+            Choices = [new ChunkChoice { Delta = new ChatCompletionDelta(), FinishReason = FinishReasons.Stop }],
+            Usage = usage,
+        };
+    }
+
+    private ulong NextDraw() => Mix((ulong)_options.Seed, (ulong)Interlocked.Increment(ref _calls));
+
+    private TimeSpan Latency(ulong draw)
+    {
+        if (_options.LatencyMs <= 0 && _options.JitterMs <= 0)
+        {
+            return TimeSpan.Zero;
+        }
+
+        var jitter = _options.JitterMs * ((Unit(draw >> 11) * 2) - 1);
+        return TimeSpan.FromMilliseconds(Math.Max(0, _options.LatencyMs + jitter));
+    }
+
+    private void FailIfDrawn(ulong draw)
+    {
+        var roll = Unit(Mix(draw, 0x9E3779B97F4A7C15));
+        if (roll < _options.FailureRate)
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, $"Simulated provider '{Name}' failed (503 service unavailable).", 503);
+        }
+
+        if (roll < _options.FailureRate + _options.RateLimitRate)
+        {
+            throw new ProviderException(AttemptOutcome.RateLimited, $"Simulated provider '{Name}' is rate limited (429).", 429, TimeSpan.FromMilliseconds(_options.RetryAfterMs));
+        }
+    }
+
+    private ChatCompletionResponse BuildResponse(ProviderRequest request)
+    {
+        var words = AnswerWords(request.Request);
+        return new ChatCompletionResponse
+        {
+            Id = "chatcmpl-sim-" + Interlocked.Read(ref _calls).ToString(System.Globalization.CultureInfo.InvariantCulture),
+            Created = _time.GetUtcNow().ToUnixTimeSeconds(),
+            Model = request.Model,
+            Choices = [new ChatChoice { Message = new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = string.Join(' ', words) }, FinishReason = FinishReasons.Stop }],
+            Usage = Usage(request.Request, words),
+        };
+    }
+
+    /// <summary>A deterministic answer: a function of the last user message and the requested length.</summary>
+    private string[] AnswerWords(ChatCompletionRequest request)
+    {
+        var prompt = request.Messages.Count > 0 ? request.Messages[^1].Content?.GetText() ?? string.Empty : string.Empty;
+        var seed = Mix((ulong)_options.Seed, (ulong)StableHash(prompt));
+        var count = Math.Max(1, Math.Min(request.RequestedCompletionTokens ?? _options.CompletionWords, _options.CompletionWords));
+        var words = new string[count];
+        for (var i = 0; i < count; i++)
+        {
+            seed = Mix(seed, (ulong)i);
+            words[i] = Vocabulary[(int)(seed % (ulong)Vocabulary.Length)];
+        }
+
+        return words;
+    }
+
+    private static TokenUsage Usage(ChatCompletionRequest request, string[] words)
+    {
+        var promptChars = 0;
+        foreach (var m in request.Messages)
+        {
+            promptChars += (m.Content?.GetText().Length ?? 0) + 16; // ~4 tokens of per-message framing
+        }
+
+        return TokenUsage.Of(Math.Max(1, promptChars / 4), words.Length);
+    }
+
+    private static int StableHash(string s)
+    {
+        unchecked
+        {
+            var h = (int)2166136261;
+            foreach (var c in s)
+            {
+                h = (h ^ c) * 16777619;
+            }
+
+            return h;
+        }
+    }
+
+    private static double Unit(ulong x) => (x >> 11) * (1.0 / (1UL << 53));
+
+    // SplitMix64 finalizer: cheap, stateless, good enough to spread seeds and counters.
+    private static ulong Mix(ulong a, ulong b)
+    {
+        var z = a + (b * 0x9E3779B97F4A7C15) + 0x9E3779B97F4A7C15;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
+        return z ^ (z >> 31);
+    }
+}

@@ -1,0 +1,16 @@
+using System.Text.Json.Serialization;
+
+namespace PipelineGateway;
+
+/// <summary>Source-generated JSON for the canonical (OpenAI) wire model: no reflection on the hot path.</summary>
+[JsonSourceGenerationOptions(
+    PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+    UseStringEnumConverter = true)]
+[JsonSerializable(typeof(ChatCompletionRequest))]
+[JsonSerializable(typeof(ChatCompletionResponse))]
+[JsonSerializable(typeof(ChatCompletionChunk))]
+[JsonSerializable(typeof(List<ContentPart>))]
+[JsonSerializable(typeof(List<ToolDefinition>))]
+[JsonSerializable(typeof(GatewayMetricsSnapshot))]
+public sealed partial class GatewayJsonContext : JsonSerializerContext;

@@ -1,0 +1,35 @@
+using Microsoft.Extensions.Time.Testing;
+using PipelineGateway.Hosting;
+
+namespace PipelineGateway.Tests.Support;
+
+public static class TestGateway
+{
+    public static ChatCompletionRequest Request(string model = "m", string text = "Hello!") => new()
+    {
+        Model = model,
+        Messages = [ChatCompletionMessage.User(text)],
+    };
+
+    /// <summary>A builder with the given fake providers, all serving model "m" in the given order.</summary>
+    public static GatewayBuilder With(params FakeProvider[] providers) => With(RoutingStrategy.Priority, providers);
+
+    public static GatewayBuilder With(RoutingStrategy strategy, params FakeProvider[] providers)
+    {
+        var builder = new GatewayBuilder();
+        foreach (var p in providers)
+        {
+            builder.AddProvider(p, workers: 4, queueCapacity: 16);
+        }
+
+        return builder.AddModel("m", strategy.ToString(), providers.Select(p => p.Name).ToArray());
+    }
+
+    public static FakeTimeProvider Clock() => new(new DateTimeOffset(2026, 1, 1, 0, 0, 0, TimeSpan.Zero));
+}
+
+public enum RoutingStrategy
+{
+    RoundRobin,
+    Priority,
+}
