@@ -107,7 +107,7 @@ public sealed class SimulatedProvider : ILlmProvider
             return TimeSpan.Zero;
         }
 
-        var jitter = _options.JitterMs * ((Unit(draw >> 11) * 2) - 1);
+        var jitter = _options.JitterMs * ((Unit(Mix(draw, 0x5851F42D4C957F2D)) * 2) - 1);
         return TimeSpan.FromMilliseconds(Math.Max(0, _options.LatencyMs + jitter));
     }
 

@@ -1,0 +1,50 @@
+using System.Reflection;
+using Microsoft.Extensions.Configuration;
+
+namespace PipelineGateway.Cli;
+
+/// <summary>
+/// Where the CLI's configuration comes from: <c>--config FILE</c>, else <c>config/gateway.json</c> in the
+/// working directory, else the embedded default (simulated providers only, so it runs with no keys).
+/// Environment variables (<c>PGW_Gateway__Pipeline__MaxInFlight=...</c>) override any of them.
+/// </summary>
+internal static class GatewayConfiguration
+{
+    public const string DefaultPath = "config/gateway.json";
+
+    public static (IConfiguration Configuration, string Source) Load(string? path)
+    {
+        var builder = new ConfigurationBuilder();
+        string source;
+        if (path is not null)
+        {
+            if (!File.Exists(path))
+            {
+                throw new CliException($"The configuration file '{path}' does not exist.");
+            }
+
+            builder.AddJsonFile(Path.GetFullPath(path), optional: false, reloadOnChange: false);
+            source = path;
+        }
+        else if (File.Exists(DefaultPath))
+        {
+            builder.AddJsonFile(Path.GetFullPath(DefaultPath), optional: false, reloadOnChange: false);
+            source = DefaultPath;
+        }
+        else
+        {
+            builder.AddJsonStream(OpenEmbedded("gateway.json"));
+            source = "embedded default (simulated providers)";
+        }
+
+        builder.AddEnvironmentVariables("PGW_");
+        return (builder.Build(), source);
+    }
+
+    public static Stream OpenEmbedded(string name) =>
+        Assembly.GetExecutingAssembly().GetManifestResourceStream(name)
+        ?? throw new CliException($"The embedded resource '{name}' is missing from this build.");
+}
+
+/// <summary>A user-facing error: printed without a stack trace, exit code 2.</summary>
+internal sealed class CliException(string message) : Exception(message);
