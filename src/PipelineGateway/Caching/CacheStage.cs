@@ -64,7 +64,7 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
             Cached = true,
             Cost = 0,
             Latency = Pipeline.Time.GetElapsedTime(item.StartTimestamp),
-            RequestId = item.RequestId,
+            RequestSequence = item.Sequence,
         },
     };
 }

@@ -96,6 +96,14 @@ internal sealed partial class ProviderWorkerPool
             return;
         }
 
+        if (pipeline.IsFailingRemaining)
+        {
+            // Shutdown's grace period is over: start nothing new upstream.
+            item.Cancel(CancelReason.Shutdown);
+            pipeline.FailAndRetire(item, item.CancellationError());
+            return;
+        }
+
         var deployment = item.Current!;
         var time = pipeline.Time;
 

@@ -110,10 +110,10 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     {
         Provider = deployment.ProviderName,
         ProviderModel = deployment.Model,
-        Attempts = item.SnapshotAttempts(),
+        Attempts = item.FinalAttempts,
         Cached = cached,
         Latency = item.Observer?.Time.GetElapsedTime(item.StartTimestamp) ?? TimeSpan.Zero,
-        RequestId = item.RequestId,
+        RequestSequence = item.Sequence,
     };
 
     public GatewayMetricsSnapshot GetSnapshot()

@@ -91,6 +91,15 @@ public sealed class GatewayResponseInfo
     /// <summary>Cost in USD priced from usage (0 for a cache hit or an unpriced model).</summary>
     public decimal Cost { get; init; }
 
+    private string? _requestId;
+
     /// <summary>The gateway's id for the request.</summary>
-    public required string RequestId { get; init; }
+    public string RequestId
+    {
+        // Formatted on first read: most callers never look at it, and the hot path stays allocation-lean.
+        get => _requestId ??= Pipeline.RequestIds.Format(RequestSequence);
+        init => _requestId = value;
+    }
+
+    internal long RequestSequence { get; init; }
 }

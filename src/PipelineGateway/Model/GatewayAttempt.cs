@@ -33,6 +33,9 @@ public sealed record GatewayAttempt(
     int? StatusCode = null,
     string? Error = null)
 {
+    /// <summary>The deployment attempted (gateway-internal: lets the router skip what was tried).</summary>
+    internal Routing.Deployment? Deployment { get; set; }
+
     public override string ToString() =>
         Outcome == AttemptOutcome.Success
             ? $"{Provider}/{ProviderModel}: success in {Latency.TotalMilliseconds:F1} ms"

@@ -9,8 +9,6 @@ namespace PipelineGateway.Pipeline;
 /// </summary>
 internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
 {
-    private static long s_sequence;
-    private static readonly string InstancePrefix = "req_" + Guid.NewGuid().ToString("N")[..8] + "_";
 
     public ValueTask<ChatCompletionResponse> SubmitAsync(ChatCompletionRequest request, CancellationToken cancellationToken = default) =>
         SubmitAsync(request, SubmitMode.Wait, cancellationToken);
@@ -117,7 +115,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
         var timeout = request.Gateway?.Timeout ?? pipeline.Options.Pipeline.DefaultTimeout;
         var item = new WorkItem(request, group, stream, timeout, pipeline.Time, cancellationToken)
         {
-            RequestId = InstancePrefix + Interlocked.Increment(ref s_sequence).ToString(System.Globalization.CultureInfo.InvariantCulture),
+            Sequence = RequestIds.Next(),
         };
         pipeline.OnCreated(item);
         return item;

@@ -22,7 +22,6 @@ internal sealed class WorkItem
     private readonly CancellationTokenRegistration _callerRegistration;
     private readonly CancellationTokenRegistration _cancelRegistration;
     private List<GatewayAttempt>? _attempts;
-    private List<Deployment>? _tried;
     private int _completed;
     private int _cancelReason;
 
@@ -92,7 +91,10 @@ internal sealed class WorkItem
     /// <summary>Set by the cache stage when the answer may be stored.</summary>
     public Caching.CacheKey? CacheKey { get; set; }
 
-    public string RequestId { get; set; } = string.Empty;
+    /// <summary>The request's number in this process; <see cref="RequestId"/> is formatted from it on demand.</summary>
+    public long Sequence { get; set; }
+
+    public string RequestId => RequestIds.Format(Sequence);
 
     public bool IsCompleted => Volatile.Read(ref _completed) != 0;
 
@@ -111,15 +113,15 @@ internal sealed class WorkItem
     /// <summary>True when this request already made an attempt at the deployment.</summary>
     public bool HasTried(Deployment deployment)
     {
-        var tried = _tried;
-        if (tried is null)
+        var attempts = _attempts;
+        if (attempts is null)
         {
             return false;
         }
 
-        foreach (var d in tried)
+        foreach (var a in attempts)
         {
-            if (ReferenceEquals(d, deployment))
+            if (ReferenceEquals(a.Deployment, deployment))
             {
                 return true;
             }
@@ -134,10 +136,16 @@ internal sealed class WorkItem
         // taken by a cancellation callback on another thread.
         lock (this)
         {
+            attempt.Deployment = deployment;
             (_attempts ??= new List<GatewayAttempt>(2)).Add(attempt);
-            (_tried ??= new List<Deployment>(2)).Add(deployment);
         }
     }
+
+    /// <summary>
+    /// The attempt list itself, for a request that just succeeded: nothing appends to it after that,
+    /// so no copy is needed on the hot path.
+    /// </summary>
+    public IReadOnlyList<GatewayAttempt> FinalAttempts => (IReadOnlyList<GatewayAttempt>?)_attempts ?? [];
 
     /// <summary>A copy of the attempt list that later attempts cannot change.</summary>
     public IReadOnlyList<GatewayAttempt> SnapshotAttempts()

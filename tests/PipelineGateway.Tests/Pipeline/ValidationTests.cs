@@ -1,0 +1,96 @@
+using FluentAssertions;
+using Microsoft.Extensions.Options;
+using PipelineGateway.Hosting;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Pipeline;
+
+public sealed class ValidationTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public static TheoryData<string, Action<ChatCompletionRequest>> BadRequests => new()
+    {
+        { "model", r => r.Model = "" },
+        { "messages", r => r.Messages.Clear() },
+        { "messages[0].role", r => r.Messages[0].Role = "wizard" },
+        { "messages[0].content", r => r.Messages[0].Content = null },
+        { "temperature", r => r.Temperature = 2.5 },
+        { "top_p", r => r.TopP = 0 },
+        { "max_tokens", r => r.MaxTokens = 0 },
+        { "n", r => r.N = 0 },
+        { "stop", r => r.Stop = new StopSequences(["a", "b", "c", "d", "e"]) },
+        { "messages[1].tool_call_id", r => r.Messages.Add(new ChatCompletionMessage { Role = "tool", Content = "x" }) },
+        { "tools[0].function.name", r => r.Tools = [new ToolDefinition { Function = new FunctionDefinition() }] },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadRequests))]
+    public async Task A_bad_request_fails_at_once_naming_the_field_and_takes_no_queue_room(string field, Action<ChatCompletionRequest> spoil)
+    {
+        var a = new FakeProvider("a");
+        await using var gateway = await TestGateway.With(a).StartAsync(Ct);
+        var request = TestGateway.Request();
+        spoil(request);
+
+        var pending = gateway.SubmitAsync(request, Ct);
+
+        pending.IsCompleted.Should().BeTrue();
+        var act = async () => await pending;
+        (await act.Should().ThrowAsync<InvalidRequestException>()).Which.Param.Should().Be(field);
+        a.Calls.Should().Be(0);
+        gateway.Metrics.GetSnapshot().Submitted.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task An_unknown_model_is_a_model_not_found_failure()
+    {
+        await using var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
+
+        var act = async () => await gateway.SubmitAsync(TestGateway.Request(model: "nope"), Ct);
+
+        (await act.Should().ThrowAsync<ModelNotFoundException>()).Which.Model.Should().Be("nope");
+    }
+
+    [Fact]
+    public async Task Aliases_resolve_to_their_group()
+    {
+        var a = new FakeProvider("a");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(a)
+            .Configure(o => o.Models.Add(new Routing.ModelGroupOptions
+            {
+                Name = "gpt-4o",
+                Aliases = ["gpt-4"],
+                Deployments = [new Routing.DeploymentOptions { Provider = "a", Model = "upstream-4o" }],
+            }))
+            .StartAsync(Ct);
+
+        var response = await gateway.SubmitAsync(TestGateway.Request(model: "GPT-4"), Ct);
+
+        response.Gateway!.ProviderModel.Should().Be("upstream-4o");
+    }
+
+    public static TheoryData<string, Action<GatewayOptions>> BadConfigs => new()
+    {
+        { "Gateway:Pipeline:MaxInFlight", o => o.Pipeline.MaxInFlight = 0 },
+        { "Gateway:Pipeline:DefaultTimeout", o => o.Pipeline.DefaultTimeout = TimeSpan.Zero },
+        { "Gateway:Providers:1:Type 'Nonsense' is unknown", o => o.Providers.Add(new ProviderOptions { Name = "x", Type = "Nonsense" }) },
+        { "Gateway:Providers:1:Workers", o => o.Providers.Add(new ProviderOptions { Name = "y", Workers = 0 }) },
+        { "Gateway:Models:0:Strategy 'Fastest' is unknown", o => o.Models[0].Strategy = "Fastest" },
+        { "Gateway:Models:0:Deployments:0:Provider 'ghost' is not a configured provider", o => o.Models[0].Deployments[0].Provider = "ghost" },
+        { "Gateway:Models:1: the model name or alias 'm' is used more than once", o => o.Models.Add(new Routing.ModelGroupOptions { Name = "m", Deployments = [new Routing.DeploymentOptions { Provider = "a" }] }) },
+        { "Gateway:Admission:RateLimits:0:Limit", o => o.Admission.RateLimits.Add(new Admission.RateLimitRule { Limit = 0 }) },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadConfigs))]
+    public async Task A_bad_configuration_stops_start_up_naming_the_setting(string expected, Action<GatewayOptions> spoil)
+    {
+        var builder = TestGateway.With(new FakeProvider("a")).Configure(spoil);
+
+        var act = async () => await builder.StartAsync(Ct);
+
+        (await act.Should().ThrowAsync<OptionsValidationException>()).Which.Failures.Should().Contain(f => f.Contains(expected));
+    }
+}
