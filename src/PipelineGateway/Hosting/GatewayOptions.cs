@@ -76,10 +76,50 @@ public sealed class ProviderOptions
     public int QueueCapacity { get; set; } = 256;
 
     public SimulatedProviderOptions? Simulated { get; set; }
+
+    /// <summary>
+    /// The API's base URL, for example <c>https://api.openai.com/v1</c>, <c>https://api.anthropic.com/v1</c>,
+    /// <c>http://localhost:11434/v1</c> (Ollama) or an Azure resource endpoint. Overridable by environment
+    /// variable through normal configuration binding (<c>PGW_Gateway__Providers__0__BaseUrl</c>).
+    /// </summary>
+    public string? BaseUrl { get; set; }
+
+    /// <summary>
+    /// The name of the environment variable holding the API key (for example <c>OPENAI_API_KEY</c>).
+    /// Keys are never read from configuration files, and never logged or echoed.
+    /// </summary>
+    public string? ApiKeyEnvironmentVariable { get; set; }
+
+    /// <summary>Per-attempt timeout (time to response headers for streams; see also <see cref="StreamIdleTimeout"/>).</summary>
+    public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(120);
+
+    /// <summary>A stream that sends nothing for this long is treated as stalled (a timeout failure).</summary>
+    public TimeSpan StreamIdleTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Pooled connections to this provider, at most.</summary>
+    [Range(1, 100_000)]
+    public int MaxConnections { get; set; } = 256;
+
+    /// <summary>Azure OpenAI: the api-version query parameter.</summary>
+    public string AzureApiVersion { get; set; } = "2024-10-21";
+
+    /// <summary>Anthropic: the anthropic-version header.</summary>
+    public string AnthropicVersion { get; set; } = "2023-06-01";
+
+    /// <summary>Anthropic requires max_tokens; this is sent when the request sets none.</summary>
+    [Range(1, 1_000_000)]
+    public int DefaultMaxTokens { get; set; } = 4096;
+
+    /// <summary>Extra headers sent with every request (never secrets: use <see cref="ApiKeyEnvironmentVariable"/>).</summary>
+    public Dictionary<string, string> Headers { get; set; } = [];
 }
 
 public static class ProviderTypes
 {
     public const string Simulated = "Simulated";
     public const string Custom = "Custom";
+    public const string OpenAI = "OpenAI";
+    public const string OpenAICompatible = "OpenAICompatible";
+    public const string AzureOpenAI = "AzureOpenAI";
+    public const string Anthropic = "Anthropic";
 }

@@ -1,6 +1,7 @@
 using System.ComponentModel.DataAnnotations;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Providers;
+using PipelineGateway.Providers.Http;
 using PipelineGateway.Routing;
 
 namespace PipelineGateway.Hosting;
@@ -54,6 +55,31 @@ internal sealed class GatewayOptionsValidator(
             {
                 errors.Add($"{path}: provider '{prov.Name}' has Type Custom but no ILlmProvider with that name is registered.");
             }
+
+            if (ApiKeys.Required(prov.Type))
+            {
+                if (string.IsNullOrWhiteSpace(prov.ApiKeyEnvironmentVariable))
+                {
+                    errors.Add($"{path}:ApiKeyEnvironmentVariable must name the environment variable holding the {prov.Type} API key (for example OPENAI_API_KEY).");
+                }
+                else if (string.IsNullOrEmpty(ApiKeys.Read(prov)))
+                {
+                    errors.Add($"{path}:ApiKeyEnvironmentVariable names '{prov.ApiKeyEnvironmentVariable}', which is not set in the environment.");
+                }
+            }
+
+            if (prov.Type is ProviderTypes.OpenAICompatible or ProviderTypes.AzureOpenAI && string.IsNullOrWhiteSpace(prov.BaseUrl))
+            {
+                errors.Add($"{path}:BaseUrl is required for a {prov.Type} provider.");
+            }
+
+            if (prov.BaseUrl is { Length: > 0 } url && (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https")))
+            {
+                errors.Add($"{path}:BaseUrl '{url}' must be an absolute http or https URL.");
+            }
+
+            Positive(prov.Timeout, $"{path}:Timeout", errors);
+            Positive(prov.StreamIdleTimeout, $"{path}:StreamIdleTimeout", errors);
 
             if (!string.IsNullOrEmpty(prov.Name) && !providers.Add(prov.Name) && !custom.Contains(prov.Name))
             {

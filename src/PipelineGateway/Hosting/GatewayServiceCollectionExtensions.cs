@@ -10,7 +10,9 @@ using PipelineGateway.DeadLetter;
 using PipelineGateway.Dispatch;
 using PipelineGateway.Metrics;
 using PipelineGateway.Pipeline;
+using Microsoft.Extensions.Http;
 using PipelineGateway.Providers;
+using PipelineGateway.Providers.Http;
 using PipelineGateway.Routing;
 
 namespace PipelineGateway.Hosting;
@@ -46,6 +48,13 @@ public static class GatewayServiceCollectionExtensions
         services.AddLogging();
 
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IProviderFactory, SimulatedProviderFactory>());
+        services.AddHttpClient();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IConfigureOptions<HttpClientFactoryOptions>, ProviderHttpClients>());
+        foreach (var type in new[] { ProviderTypes.OpenAI, ProviderTypes.OpenAICompatible, ProviderTypes.AzureOpenAI, ProviderTypes.Anthropic })
+        {
+            services.AddSingleton<IProviderFactory>(sp => ActivatorUtilities.CreateInstance<HttpProviderFactory>(sp, type));
+        }
+
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, RoundRobinStrategy>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, PriorityStrategy>());
 

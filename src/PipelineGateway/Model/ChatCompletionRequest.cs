@@ -51,6 +51,28 @@ public sealed class ChatCompletionRequest
     [JsonIgnore]
     public GatewayRequestOptions? Gateway { get; set; }
 
+    /// <summary>
+    /// A shallow copy for an upstream call: the deployment's model name and the stream flags set, everything
+    /// else (messages, unknown fields) shared with the original, which is never modified.
+    /// </summary>
+    public ChatCompletionRequest ForUpstream(string model, bool stream)
+    {
+        var copy = (ChatCompletionRequest)MemberwiseClone();
+        copy.Model = model;
+        copy.Stream = stream ? true : null;
+        if (stream)
+        {
+            // Ask for usage in the last chunk so streamed token counts are known.
+            copy.StreamOptions = new StreamOptions { IncludeUsage = true, AdditionalProperties = StreamOptions?.AdditionalProperties };
+        }
+        else
+        {
+            copy.StreamOptions = null;
+        }
+
+        return copy;
+    }
+
     /// <summary>The completion budget the caller asked for: <c>max_completion_tokens</c>, else <c>max_tokens</c>.</summary>
     [JsonIgnore]
     public int? RequestedCompletionTokens => MaxCompletionTokens ?? MaxTokens;

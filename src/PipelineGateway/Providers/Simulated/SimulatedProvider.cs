@@ -9,13 +9,6 @@ namespace PipelineGateway.Providers.Simulated;
 /// </summary>
 public sealed class SimulatedProvider : ILlmProvider
 {
-    private static readonly string[] Vocabulary =
-    [
-        "the", "gateway", "routes", "requests", "across", "providers", "with", "bounded", "channels", "and",
-        "backpressure", "so", "bursts", "become", "waiting", "instead", "of", "memory", "growth", "while",
-        "failed", "work", "is", "retried", "elsewhere", "answer", "model", "token", "stream", "cache",
-    ];
-
     private readonly SimulatedProviderOptions _options;
     private readonly TimeProvider _time;
     private long _calls;
@@ -138,51 +131,16 @@ public sealed class SimulatedProvider : ILlmProvider
         };
     }
 
-    /// <summary>A deterministic answer: a function of the last user message and the requested length.</summary>
-    private string[] AnswerWords(ChatCompletionRequest request)
-    {
-        var prompt = request.Messages.Count > 0 ? request.Messages[^1].Content?.GetText() ?? string.Empty : string.Empty;
-        var seed = Mix((ulong)_options.Seed, (ulong)StableHash(prompt));
-        var count = Math.Max(1, Math.Min(request.RequestedCompletionTokens ?? _options.CompletionWords, _options.CompletionWords));
-        var words = new string[count];
-        for (var i = 0; i < count; i++)
-        {
-            seed = Mix(seed, (ulong)i);
-            words[i] = Vocabulary[(int)(seed % (ulong)Vocabulary.Length)];
-        }
+    private string[] AnswerWords(ChatCompletionRequest request) =>
+        SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
 
-        return words;
-    }
-
-    private static TokenUsage Usage(ChatCompletionRequest request, string[] words)
-    {
-        var promptChars = 0;
-        foreach (var m in request.Messages)
-        {
-            promptChars += (m.Content?.GetText().Length ?? 0) + 16; // ~4 tokens of per-message framing
-        }
-
-        return TokenUsage.Of(Math.Max(1, promptChars / 4), words.Length);
-    }
-
-    private static int StableHash(string s)
-    {
-        unchecked
-        {
-            var h = (int)2166136261;
-            foreach (var c in s)
-            {
-                h = (h ^ c) * 16777619;
-            }
-
-            return h;
-        }
-    }
+    private static TokenUsage Usage(ChatCompletionRequest request, string[] words) =>
+        TokenUsage.Of(SimulatedText.PromptTokens(request), words.Length);
 
     private static double Unit(ulong x) => (x >> 11) * (1.0 / (1UL << 53));
 
     // SplitMix64 finalizer: cheap, stateless, good enough to spread seeds and counters.
-    private static ulong Mix(ulong a, ulong b)
+    internal static ulong Mix(ulong a, ulong b)
     {
         var z = a + (b * 0x9E3779B97F4A7C15) + 0x9E3779B97F4A7C15;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;

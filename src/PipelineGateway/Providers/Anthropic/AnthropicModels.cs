@@ -1,0 +1,123 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace PipelineGateway.Providers.Anthropic;
+
+/// <summary>An Anthropic Messages response (<c>type: message</c>).</summary>
+public sealed class AnthropicMessage
+{
+    public string Id { get; set; } = string.Empty;
+
+    public string Type { get; set; } = "message";
+
+    public string Role { get; set; } = "assistant";
+
+    public string Model { get; set; } = string.Empty;
+
+    public List<AnthropicContentBlock> Content { get; set; } = [];
+
+    public string? StopReason { get; set; }
+
+    public string? StopSequence { get; set; }
+
+    public AnthropicUsage? Usage { get; set; }
+}
+
+/// <summary>A content block: text, image, tool_use or tool_result (the fields of each kind).</summary>
+public sealed class AnthropicContentBlock
+{
+    public string Type { get; set; } = "text";
+
+    public string? Text { get; set; }
+
+    public string? Id { get; set; }
+
+    public string? Name { get; set; }
+
+    public JsonElement? Input { get; set; }
+
+    public string? ToolUseId { get; set; }
+
+    /// <summary>tool_result content: a string or a list of blocks; kept as JSON.</summary>
+    public JsonElement? Content { get; set; }
+
+    public bool? IsError { get; set; }
+
+    public AnthropicImageSource? Source { get; set; }
+}
+
+public sealed class AnthropicImageSource
+{
+    public string Type { get; set; } = "base64";
+
+    public string? MediaType { get; set; }
+
+    public string? Data { get; set; }
+
+    public string? Url { get; set; }
+}
+
+public sealed class AnthropicUsage
+{
+    public int InputTokens { get; set; }
+
+    public int OutputTokens { get; set; }
+
+    public int? CacheCreationInputTokens { get; set; }
+
+    public int? CacheReadInputTokens { get; set; }
+}
+
+/// <summary>One server-sent event of an Anthropic stream; which fields are set depends on <see cref="Type"/>.</summary>
+public sealed class AnthropicStreamEvent
+{
+    public string Type { get; set; } = string.Empty;
+
+    public AnthropicMessage? Message { get; set; }
+
+    public int? Index { get; set; }
+
+    public AnthropicContentBlock? ContentBlock { get; set; }
+
+    public AnthropicDelta? Delta { get; set; }
+
+    public AnthropicUsage? Usage { get; set; }
+
+    public AnthropicError? Error { get; set; }
+}
+
+public sealed class AnthropicDelta
+{
+    public string? Type { get; set; }
+
+    public string? Text { get; set; }
+
+    public string? PartialJson { get; set; }
+
+    public string? StopReason { get; set; }
+
+    public string? StopSequence { get; set; }
+}
+
+public sealed class AnthropicError
+{
+    public string Type { get; set; } = string.Empty;
+
+    public string Message { get; set; } = string.Empty;
+}
+
+/// <summary>An Anthropic error body: <c>{"type":"error","error":{"type":…,"message":…}}</c>.</summary>
+public sealed class AnthropicErrorBody
+{
+    public string Type { get; set; } = "error";
+
+    public AnthropicError Error { get; set; } = new();
+}
+
+[JsonSourceGenerationOptions(
+    PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(AnthropicMessage))]
+[JsonSerializable(typeof(AnthropicStreamEvent))]
+[JsonSerializable(typeof(AnthropicErrorBody))]
+public sealed partial class AnthropicJsonContext : JsonSerializerContext;

@@ -1,0 +1,440 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
+
+namespace PipelineGateway.Providers.Anthropic;
+
+/// <summary>
+/// Translates between the canonical (OpenAI) schema and Anthropic Messages: requests out, responses and
+/// stream events back. System messages go to the top-level <c>system</c>; consecutive same-role messages are
+/// merged; tool calls become <c>tool_use</c> blocks and tool messages <c>tool_result</c> blocks; images become
+/// base64 or URL image blocks; <c>stop</c> becomes <c>stop_sequences</c>.
+/// </summary>
+public static class AnthropicTranslator
+{
+    /// <summary>Writes the Anthropic request body for a canonical request.</summary>
+    public static void WriteRequest(IBufferWriter<byte> output, ChatCompletionRequest request, string model, bool stream, int defaultMaxTokens)
+    {
+        using var w = new Utf8JsonWriter(output);
+        w.WriteStartObject();
+        w.WriteString("model", model);
+        w.WriteNumber("max_tokens", request.RequestedCompletionTokens ?? defaultMaxTokens);
+
+        var system = new StringBuilder();
+        foreach (var m in request.Messages)
+        {
+            if (m.Role is ChatRoles.System or ChatRoles.Developer)
+            {
+                if (system.Length > 0)
+                {
+                    system.Append("\n\n");
+                }
+
+                system.Append(m.Content?.GetText());
+            }
+        }
+
+        if (system.Length > 0)
+        {
+            w.WriteString("system", system.ToString());
+        }
+
+        w.WriteStartArray("messages");
+        string? openRole = null;
+        foreach (var m in request.Messages)
+        {
+            if (m.Role is ChatRoles.System or ChatRoles.Developer)
+            {
+                continue;
+            }
+
+            var role = m.Role == ChatRoles.Assistant ? "assistant" : "user"; // tool results travel as user turns
+            if (role != openRole)
+            {
+                if (openRole is not null)
+                {
+                    w.WriteEndArray();
+                    w.WriteEndObject();
+                }
+
+                w.WriteStartObject();
+                w.WriteString("role", role);
+                w.WriteStartArray("content");
+                openRole = role;
+            }
+
+            WriteBlocks(w, m);
+        }
+
+        if (openRole is not null)
+        {
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
+
+        if (request.Stop is { Count: > 0 } stop)
+        {
+            w.WriteStartArray("stop_sequences");
+            foreach (var s in stop)
+            {
+                w.WriteStringValue(s);
+            }
+
+            w.WriteEndArray();
+        }
+
+        if (request.Temperature is { } t)
+        {
+            // OpenAI's range is 0..2, Anthropic's 0..1.
+            w.WriteNumber("temperature", Math.Min(t, 1.0));
+        }
+
+        if (request.TopP is { } p)
+        {
+            w.WriteNumber("top_p", p);
+        }
+
+        if (request.Tools is { Count: > 0 } tools)
+        {
+            w.WriteStartArray("tools");
+            foreach (var tool in tools)
+            {
+                if (tool.Function is not { } f)
+                {
+                    continue;
+                }
+
+                w.WriteStartObject();
+                w.WriteString("name", f.Name);
+                if (f.Description is not null)
+                {
+                    w.WriteString("description", f.Description);
+                }
+
+                w.WritePropertyName("input_schema");
+                if (f.Parameters is { ValueKind: JsonValueKind.Object } schema)
+                {
+                    schema.WriteTo(w);
+                }
+                else
+                {
+                    w.WriteRawValue("""{"type":"object","properties":{}}""");
+                }
+
+                w.WriteEndObject();
+            }
+
+            w.WriteEndArray();
+            WriteToolChoice(w, request.ToolChoice);
+        }
+
+        if (request.User is not null)
+        {
+            w.WriteStartObject("metadata");
+            w.WriteString("user_id", request.User);
+            w.WriteEndObject();
+        }
+
+        if (stream)
+        {
+            w.WriteBoolean("stream", true);
+        }
+
+        w.WriteEndObject();
+    }
+
+    private static void WriteBlocks(Utf8JsonWriter w, ChatCompletionMessage m)
+    {
+        if (m.Role == ChatRoles.Tool)
+        {
+            w.WriteStartObject();
+            w.WriteString("type", "tool_result");
+            w.WriteString("tool_use_id", m.ToolCallId);
+            w.WriteString("content", m.Content?.GetText() ?? string.Empty);
+            w.WriteEndObject();
+            return;
+        }
+
+        if (m.Content is { } content)
+        {
+            if (content.Text is not null)
+            {
+                WriteText(w, content.Text);
+            }
+            else if (content.Parts is not null)
+            {
+                foreach (var part in content.Parts)
+                {
+                    if (part.Type == "text")
+                    {
+                        WriteText(w, part.Text);
+                    }
+                    else if (part.Type == "image_url" && part.ImageUrl is { } image)
+                    {
+                        WriteImage(w, image.Url);
+                    }
+                }
+            }
+        }
+
+        if (m.ToolCalls is { } calls)
+        {
+            foreach (var call in calls)
+            {
+                w.WriteStartObject();
+                w.WriteString("type", "tool_use");
+                w.WriteString("id", call.Id);
+                w.WriteString("name", call.Function?.Name);
+                w.WritePropertyName("input");
+                WriteArguments(w, call.Function?.Arguments);
+                w.WriteEndObject();
+            }
+        }
+    }
+
+    private static void WriteText(Utf8JsonWriter w, string? text)
+    {
+        // Anthropic rejects empty text blocks.
+        if (string.IsNullOrEmpty(text))
+        {
+            return;
+        }
+
+        w.WriteStartObject();
+        w.WriteString("type", "text");
+        w.WriteString("text", text);
+        w.WriteEndObject();
+    }
+
+    private static void WriteImage(Utf8JsonWriter w, string url)
+    {
+        w.WriteStartObject();
+        w.WriteString("type", "image");
+        w.WriteStartObject("source");
+        if (url.StartsWith("data:", StringComparison.Ordinal) && url.IndexOf(";base64,", StringComparison.Ordinal) is var comma and > 5)
+        {
+            w.WriteString("type", "base64");
+            w.WriteString("media_type", url[5..comma]);
+            w.WriteString("data", url[(comma + 8)..]);
+        }
+        else
+        {
+            w.WriteString("type", "url");
+            w.WriteString("url", url);
+        }
+
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
+    private static void WriteArguments(Utf8JsonWriter w, string? arguments)
+    {
+        if (!string.IsNullOrWhiteSpace(arguments))
+        {
+            try
+            {
+                using var doc = JsonDocument.Parse(arguments);
+                if (doc.RootElement.ValueKind == JsonValueKind.Object)
+                {
+                    doc.RootElement.WriteTo(w);
+                    return;
+                }
+            }
+            catch (JsonException)
+            {
+                // Not JSON: fall through to an empty input rather than fail the request.
+            }
+        }
+
+        w.WriteStartObject();
+        w.WriteEndObject();
+    }
+
+    private static void WriteToolChoice(Utf8JsonWriter w, JsonElement? choice)
+    {
+        if (choice is not { } c)
+        {
+            return;
+        }
+
+        w.WriteStartObject("tool_choice");
+        if (c.ValueKind == JsonValueKind.String)
+        {
+            w.WriteString("type", c.GetString() switch
+            {
+                "required" => "any",
+                "none" => "none",
+                _ => "auto",
+            });
+        }
+        else if (c.ValueKind == JsonValueKind.Object && c.TryGetProperty("function", out var f) && f.TryGetProperty("name", out var name))
+        {
+            w.WriteString("type", "tool");
+            w.WriteString("name", name.GetString());
+        }
+        else
+        {
+            w.WriteString("type", "auto");
+        }
+
+        w.WriteEndObject();
+    }
+
+    /// <summary>An Anthropic message as a canonical chat completion.</summary>
+    public static ChatCompletionResponse ToCanonical(AnthropicMessage message)
+    {
+        var text = new StringBuilder();
+        List<ToolCall>? calls = null;
+        foreach (var block in message.Content)
+        {
+            switch (block.Type)
+            {
+                case "text":
+                    text.Append(block.Text);
+                    break;
+                case "tool_use":
+                    (calls ??= []).Add(new ToolCall
+                    {
+                        Id = block.Id,
+                        Type = "function",
+                        Function = new FunctionCall { Name = block.Name, Arguments = block.Input?.GetRawText() ?? "{}" },
+                    });
+                    break;
+            }
+        }
+
+        var usage = message.Usage ?? new AnthropicUsage();
+        return new ChatCompletionResponse
+        {
+            Id = message.Id,
+            Model = message.Model,
+            Choices =
+            [
+                new ChatChoice
+                {
+                    Message = new ChatCompletionMessage
+                    {
+                        Role = ChatRoles.Assistant,
+                        Content = calls is not null && text.Length == 0 ? null : new MessageContent(text.ToString()),
+                        ToolCalls = calls,
+                    },
+                    FinishReason = FinishReason(message.StopReason),
+                },
+            ],
+            Usage = Usage(usage.InputTokens + (usage.CacheReadInputTokens ?? 0) + (usage.CacheCreationInputTokens ?? 0), usage.OutputTokens, usage.CacheReadInputTokens),
+        };
+    }
+
+    public static string? FinishReason(string? stopReason) => stopReason switch
+    {
+        null => null,
+        "end_turn" or "stop_sequence" or "pause_turn" => FinishReasons.Stop,
+        "max_tokens" => FinishReasons.Length,
+        "tool_use" => FinishReasons.ToolCalls,
+        "refusal" => FinishReasons.ContentFilter,
+        _ => FinishReasons.Stop,
+    };
+
+    /// <summary>The failure class of an Anthropic error type (body or stream <c>error</c> event).</summary>
+    public static AttemptOutcome Classify(string? errorType, int status) => errorType switch
+    {
+        "overloaded_error" or "api_error" => AttemptOutcome.RetryableError,
+        "rate_limit_error" => AttemptOutcome.RateLimited,
+        "timeout_error" => AttemptOutcome.Timeout,
+        "invalid_request_error" or "authentication_error" or "permission_error" or "not_found_error" or "request_too_large" => AttemptOutcome.NonRetryableError,
+        _ => ProviderException.Classify(status),
+    };
+
+    private static TokenUsage Usage(int input, int output, int? cached)
+    {
+        var usage = TokenUsage.Of(input, output);
+        if (cached is > 0)
+        {
+            usage.AdditionalProperties = new Dictionary<string, JsonElement>
+            {
+                ["prompt_tokens_details"] = JsonSerializer.SerializeToElement(new Dictionary<string, int> { ["cached_tokens"] = cached.Value }, CachedTokensContext.Default.DictionaryStringInt32),
+            };
+        }
+
+        return usage;
+    }
+
+    /// <summary>
+    /// Folds Anthropic stream events into canonical chunks, keeping what later events need
+    /// (message id, model, input tokens, which content block is which tool call).
+    /// </summary>
+    public sealed class StreamState
+    {
+        private readonly Dictionary<int, int> _toolIndexByBlock = [];
+        private string _id = string.Empty;
+        private string _model = string.Empty;
+        private int _inputTokens;
+        private readonly long _created;
+
+        public StreamState(long created) => _created = created;
+
+        /// <summary>Returns the chunks for one event (none for ping and block stops).</summary>
+        public IEnumerable<ChatCompletionChunk> OnEvent(AnthropicStreamEvent e)
+        {
+            switch (e.Type)
+            {
+                case "message_start" when e.Message is { } m:
+                    _id = m.Id;
+                    _model = m.Model;
+                    _inputTokens = (m.Usage?.InputTokens ?? 0) + (m.Usage?.CacheReadInputTokens ?? 0) + (m.Usage?.CacheCreationInputTokens ?? 0);
+                    yield return Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, Content = string.Empty });
+                    break;
+                case "content_block_start" when e.ContentBlock is { Type: "tool_use" } block:
+                    var toolIndex = _toolIndexByBlock.Count;
+                    _toolIndexByBlock[e.Index ?? 0] = toolIndex;
+                    yield return Chunk(new ChatCompletionDelta
+                    {
+                        ToolCalls = [new ToolCall { Index = toolIndex, Id = block.Id, Type = "function", Function = new FunctionCall { Name = block.Name, Arguments = string.Empty } }],
+                    });
+                    break;
+                case "content_block_start" when e.ContentBlock is { Type: "text", Text: { Length: > 0 } text }:
+                    yield return Chunk(new ChatCompletionDelta { Content = text });
+                    break;
+                case "content_block_delta" when e.Delta is { Type: "text_delta" } d:
+                    yield return Chunk(new ChatCompletionDelta { Content = d.Text });
+                    break;
+                case "content_block_delta" when e.Delta is { Type: "input_json_delta" } d:
+                    var index = _toolIndexByBlock.GetValueOrDefault(e.Index ?? 0);
+                    yield return Chunk(new ChatCompletionDelta
+                    {
+                        ToolCalls = [new ToolCall { Index = index, Function = new FunctionCall { Arguments = d.PartialJson } }],
+                    });
+                    break;
+                case "message_delta":
+                    var finish = Chunk(new ChatCompletionDelta());
+                    finish.Choices[0].FinishReason = FinishReason(e.Delta?.StopReason);
+                    yield return finish;
+                    yield return new ChatCompletionChunk
+                    {
+                        Id = _id,
+                        Model = _model,
+                        Created = _created,
+                        Choices = [],
+                        Usage = TokenUsage.Of(_inputTokens, e.Usage?.OutputTokens ?? 0),
+                    };
+                    break;
+                case "error":
+                    var error = e.Error ?? new AnthropicError { Type = "api_error", Message = "unknown stream error" };
+                    throw new ProviderException(Classify(error.Type, 500), $"Stream error {error.Type}: {error.Message}", error.Type == "overloaded_error" ? 529 : null);
+            }
+        }
+
+        private ChatCompletionChunk Chunk(ChatCompletionDelta delta) => new()
+        {
+            Id = _id,
+            Model = _model,
+            Created = _created,
+            Choices = [new ChunkChoice { Index = 0, Delta = delta }],
+        };
+    }
+}
+
+[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, int>))]
+internal sealed partial class CachedTokensContext : System.Text.Json.Serialization.JsonSerializerContext;

@@ -1,0 +1,234 @@
+using System.Runtime.CompilerServices;
+using System.Text.Json;
+using Microsoft.Extensions.AI;
+using AI = Microsoft.Extensions.AI;
+
+namespace PipelineGateway.Providers.ChatClient;
+
+/// <summary>
+/// Any <see cref="IChatClient"/> (Microsoft.Extensions.AI) as a gateway provider: the canonical request is
+/// translated to M.E.AI messages and options, the answer back to the canonical schema. Tool definitions
+/// travel as declarations (the gateway never invokes tools: it returns the calls to the caller).
+/// </summary>
+public sealed class ChatClientProvider(string name, IChatClient client) : ILlmProvider
+{
+    public string Name { get; } = name;
+
+    public async ValueTask<ChatCompletionResponse> CompleteAsync(ProviderRequest request, CancellationToken cancellationToken)
+    {
+        var (messages, options) = ToChatClient(request);
+        AI.ChatResponse response;
+        try
+        {
+            response = await client.GetResponseAsync(messages, options, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException and not ProviderException)
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' failed: {ex.GetType().Name}", inner: ex);
+        }
+
+        var message = response.Messages.LastOrDefault(m => m.Role == ChatRole.Assistant) ?? new AI.ChatMessage(ChatRole.Assistant, response.Text);
+        var calls = ToolCalls(message.Contents);
+        return new ChatCompletionResponse
+        {
+            Id = response.ResponseId ?? "chatcmpl-" + Guid.NewGuid().ToString("N"),
+            Created = (response.CreatedAt ?? DateTimeOffset.UtcNow).ToUnixTimeSeconds(),
+            Model = response.ModelId ?? request.Model,
+            Choices =
+            [
+                new ChatChoice
+                {
+                    Message = new ChatCompletionMessage
+                    {
+                        Role = ChatRoles.Assistant,
+                        Content = calls is not null && string.IsNullOrEmpty(message.Text) ? null : new MessageContent(message.Text),
+                        ToolCalls = calls,
+                    },
+                    FinishReason = FinishReason(response.FinishReason) ?? (calls is not null ? FinishReasons.ToolCalls : FinishReasons.Stop),
+                },
+            ],
+            Usage = Usage(response.Usage),
+        };
+    }
+
+    public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var (messages, options) = ToChatClient(request);
+        var id = "chatcmpl-" + Guid.NewGuid().ToString("N");
+        var toolIndex = 0;
+        await foreach (var update in client.GetStreamingResponseAsync(messages, options, cancellationToken).ConfigureAwait(false))
+        {
+            var delta = new ChatCompletionDelta { Role = update.Role == ChatRole.Assistant ? ChatRoles.Assistant : null };
+            TokenUsage? usage = null;
+            foreach (var content in update.Contents)
+            {
+                switch (content)
+                {
+                    case TextContent text:
+                        delta.Content += text.Text;
+                        break;
+                    case FunctionCallContent call:
+                        (delta.ToolCalls ??= []).Add(new ToolCall
+                        {
+                            Index = toolIndex++,
+                            Id = call.CallId,
+                            Type = "function",
+                            Function = new FunctionCall { Name = call.Name, Arguments = Arguments(call) },
+                        });
+                        break;
+                    case UsageContent u:
+                        usage = Usage(u.Details);
+                        break;
+                }
+            }
+
+            yield return new ChatCompletionChunk
+            {
+                Id = update.ResponseId ?? id,
+                Model = update.ModelId ?? request.Model,
+                Created = (update.CreatedAt ?? DateTimeOffset.UtcNow).ToUnixTimeSeconds(),
+                Choices = [new ChunkChoice { Delta = delta, FinishReason = FinishReason(update.FinishReason) }],
+                Usage = usage,
+            };
+        }
+    }
+
+    /// <summary>The canonical request as M.E.AI messages and options.</summary>
+    public static (List<AI.ChatMessage> Messages, ChatOptions Options) ToChatClient(ProviderRequest request)
+    {
+        var r = request.Request;
+        var messages = new List<AI.ChatMessage>(r.Messages.Count);
+        foreach (var m in r.Messages)
+        {
+            var role = m.Role switch
+            {
+                ChatRoles.System or ChatRoles.Developer => ChatRole.System,
+                ChatRoles.Assistant => ChatRole.Assistant,
+                ChatRoles.Tool => ChatRole.Tool,
+                _ => ChatRole.User,
+            };
+            var contents = new List<AIContent>();
+            if (m.Role == ChatRoles.Tool)
+            {
+                contents.Add(new FunctionResultContent(m.ToolCallId ?? string.Empty, m.Content?.GetText()));
+            }
+            else if (m.Content?.Parts is { } parts)
+            {
+                foreach (var part in parts)
+                {
+                    if (part.Type == "text" && part.Text is not null)
+                    {
+                        contents.Add(new TextContent(part.Text));
+                    }
+                    else if (part.Type == "image_url" && part.ImageUrl is { } image)
+                    {
+                        contents.Add(image.Url.StartsWith("data:", StringComparison.Ordinal) ? new DataContent(image.Url) : new UriContent(new Uri(image.Url), "image/*"));
+                    }
+                }
+            }
+            else if (m.Content?.Text is { } text)
+            {
+                contents.Add(new TextContent(text));
+            }
+
+            foreach (var call in m.ToolCalls ?? [])
+            {
+                contents.Add(new FunctionCallContent(call.Id ?? string.Empty, call.Function?.Name ?? string.Empty, ParseArguments(call.Function?.Arguments)));
+            }
+
+            messages.Add(new AI.ChatMessage(role, contents) { AuthorName = m.Name });
+        }
+
+        var options = new ChatOptions
+        {
+            ModelId = request.Model,
+            Temperature = (float?)r.Temperature,
+            TopP = (float?)r.TopP,
+            MaxOutputTokens = r.RequestedCompletionTokens,
+            Seed = r.Seed,
+            StopSequences = r.Stop is { Count: > 0 } ? [.. r.Stop] : null,
+        };
+        if (r.Tools is { Count: > 0 })
+        {
+            options.Tools = [.. r.Tools.Where(t => t.Function is not null).Select(t => (AITool)AIFunctionFactory.CreateDeclaration(
+                t.Function!.Name,
+                t.Function.Description,
+                t.Function.Parameters ?? JsonDocument.Parse("""{"type":"object","properties":{}}""").RootElement))];
+            options.ToolMode = r.ToolChoice is { ValueKind: JsonValueKind.String } c
+                ? c.GetString() switch { "none" => ChatToolMode.None, "required" => ChatToolMode.RequireAny, _ => ChatToolMode.Auto }
+                : r.ToolChoice is { ValueKind: JsonValueKind.Object } o && o.TryGetProperty("function", out var f) && f.TryGetProperty("name", out var n)
+                    ? ChatToolMode.RequireSpecific(n.GetString()!)
+                    : ChatToolMode.Auto;
+        }
+
+        if (r.ResponseFormat is { ValueKind: JsonValueKind.Object } format && format.TryGetProperty("type", out var type))
+        {
+            options.ResponseFormat = type.GetString() switch
+            {
+                "json_object" => ChatResponseFormat.Json,
+                "json_schema" when format.TryGetProperty("json_schema", out var js) && js.TryGetProperty("schema", out var schema) =>
+                    ChatResponseFormat.ForJsonSchema(schema, js.TryGetProperty("name", out var nm) ? nm.GetString() : null),
+                _ => ChatResponseFormat.Text,
+            };
+        }
+
+        return (messages, options);
+    }
+
+    private static Dictionary<string, object?>? ParseArguments(string? json)
+    {
+        if (string.IsNullOrWhiteSpace(json))
+        {
+            return null;
+        }
+
+        try
+        {
+            using var doc = JsonDocument.Parse(json);
+            return doc.RootElement.ValueKind == JsonValueKind.Object
+                ? doc.RootElement.EnumerateObject().ToDictionary(p => p.Name, p => (object?)p.Value.Clone())
+                : null;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+    }
+
+    private static List<ToolCall>? ToolCalls(IList<AIContent> contents)
+    {
+        List<ToolCall>? calls = null;
+        foreach (var call in contents.OfType<FunctionCallContent>())
+        {
+            (calls ??= []).Add(new ToolCall { Id = call.CallId, Type = "function", Function = new FunctionCall { Name = call.Name, Arguments = Arguments(call) } });
+        }
+
+        return calls;
+    }
+
+    private static string Arguments(FunctionCallContent call) =>
+        call.Arguments is null ? "{}" : JsonSerializer.Serialize(call.Arguments, AIJsonUtilities.DefaultOptions.GetTypeInfo(typeof(IDictionary<string, object?>)));
+
+    private static TokenUsage? Usage(UsageDetails? usage) =>
+        usage is null ? null : TokenUsage.Of((int)(usage.InputTokenCount ?? 0), (int)(usage.OutputTokenCount ?? 0));
+
+    private static string? FinishReason(ChatFinishReason? reason)
+    {
+        if (reason is not { } r)
+        {
+            return null;
+        }
+
+        if (r == ChatFinishReason.Length)
+        {
+            return FinishReasons.Length;
+        }
+
+        if (r == ChatFinishReason.ToolCalls)
+        {
+            return FinishReasons.ToolCalls;
+        }
+
+        return r == ChatFinishReason.ContentFilter ? FinishReasons.ContentFilter : FinishReasons.Stop;
+    }
+}

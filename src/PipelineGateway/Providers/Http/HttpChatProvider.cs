@@ -1,0 +1,217 @@
+using System.Net;
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Polly.Timeout;
+using PipelineGateway.Hosting;
+
+namespace PipelineGateway.Providers.Http;
+
+/// <summary>
+/// What every HTTP adapter shares: one attempt per call (no retries here: they belong to the dead-letter
+/// stage), errors turned into <see cref="ProviderException"/> with the failure class, Retry-After and
+/// rate-limit headers read, secrets kept out of every message, and streams read as they arrive with an
+/// idle timeout on the injected clock.
+/// </summary>
+public abstract partial class HttpChatProvider : ILlmProvider
+{
+    private const int MaxErrorBodyBytes = 64 * 1024;
+    private volatile UpstreamRateLimits? _rateLimits;
+
+    protected HttpChatProvider(string name, HttpClient http, ProviderOptions options, string? apiKey, TimeProvider time, ILogger logger)
+    {
+        Name = name;
+        Http = http;
+        Options = options;
+        ApiKey = apiKey;
+        Time = time;
+        Logger = logger;
+    }
+
+    public string Name { get; }
+
+    /// <summary>The rate-limit state the upstream reported last, if it reports one.</summary>
+    public UpstreamRateLimits? RateLimits => _rateLimits;
+
+    protected HttpClient Http { get; }
+
+    protected ProviderOptions Options { get; }
+
+    /// <summary>The key, read once from the environment variable the configuration names. Never logged.</summary>
+    protected string? ApiKey { get; }
+
+    protected TimeProvider Time { get; }
+
+    protected ILogger Logger { get; }
+
+    protected abstract HttpRequestMessage CreateRequest(ProviderRequest request, bool stream);
+
+    protected abstract ValueTask<ChatCompletionResponse> ReadResponseAsync(Stream body, ProviderRequest request, CancellationToken cancellationToken);
+
+    protected abstract IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, CancellationToken cancellationToken);
+
+    /// <summary>Turns an error body into a failure: message, and whether it is a context-length error.</summary>
+    protected abstract (string Message, bool ContextLength) ParseError(int status, string body);
+
+    public async ValueTask<ChatCompletionResponse> CompleteAsync(ProviderRequest request, CancellationToken cancellationToken)
+    {
+        using var message = CreateRequest(request, stream: false);
+        using var response = await SendAsync(message, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var body = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            await using (body.ConfigureAwait(false))
+            {
+                return await ReadResponseAsync(body, request, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (JsonException ex)
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid chat completion: {ex.Message}", (int)response.StatusCode, inner: ex);
+        }
+    }
+
+    public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        // A stream that goes quiet for StreamIdleTimeout is cancelled and reported as a timeout.
+        using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        using var timer = Time.CreateTimer(static s => ((CancellationTokenSource)s!).Cancel(), idle, Options.StreamIdleTimeout, System.Threading.Timeout.InfiniteTimeSpan);
+        using var message = CreateRequest(request, stream: true);
+        using var response = await SendAsync(message, idle.Token).ConfigureAwait(false);
+        var body = await response.Content.ReadAsStreamAsync(idle.Token).ConfigureAwait(false);
+        await using (body.ConfigureAwait(false))
+        {
+            await using var chunks = ReadStreamAsync(body, request, idle.Token).GetAsyncEnumerator(idle.Token);
+            while (true)
+            {
+                bool more;
+                try
+                {
+                    more = await chunks.MoveNextAsync().ConfigureAwait(false);
+                }
+                catch (OperationCanceledException ex) when (idle.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+                {
+                    throw new ProviderException(AttemptOutcome.Timeout, $"The stream from '{Name}' sent nothing for {Options.StreamIdleTimeout.TotalSeconds:F0} s.", inner: ex);
+                }
+                catch (Exception ex) when (ex is IOException or HttpRequestException && !cancellationToken.IsCancellationRequested)
+                {
+                    throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {ex.GetType().Name}.", inner: ex);
+                }
+                catch (JsonException ex)
+                {
+                    throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' sent an invalid event: {ex.Message}", inner: ex);
+                }
+
+                if (!more)
+                {
+                    break;
+                }
+
+                timer.Change(Options.StreamIdleTimeout, System.Threading.Timeout.InfiniteTimeSpan);
+                yield return chunks.Current;
+            }
+        }
+    }
+
+    /// <summary>Sends one attempt; a non-success status becomes a classified <see cref="ProviderException"/>.</summary>
+    protected async Task<HttpResponseMessage> SendAsync(HttpRequestMessage message, CancellationToken cancellationToken)
+    {
+        HttpResponseMessage response;
+        try
+        {
+            response = await Http.SendAsync(message, HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutRejectedException ex)
+        {
+            throw new ProviderException(AttemptOutcome.Timeout, $"'{Name}' did not answer within {Options.Timeout.TotalSeconds:F0} s.", inner: ex);
+        }
+        catch (HttpRequestException ex) when (!cancellationToken.IsCancellationRequested)
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, $"Could not reach '{Name}': {Describe(ex)}.", inner: ex);
+        }
+
+        var now = Time.GetUtcNow();
+        if (UpstreamHeaders.RateLimits(response.Headers, now) is { } limits)
+        {
+            _rateLimits = limits;
+        }
+
+        if (response.IsSuccessStatusCode)
+        {
+            return response;
+        }
+
+        using (response)
+        {
+            var status = (int)response.StatusCode;
+            var body = await ReadBoundedAsync(response, cancellationToken).ConfigureAwait(false);
+            var (text, contextLength) = ParseError(status, body);
+            var outcome = contextLength ? AttemptOutcome.ContextLengthExceeded : ProviderException.Classify(status);
+            var retryAfter = UpstreamHeaders.RetryAfter(response.Headers, now);
+            var safe = SecretRedactor.Redact(text, ApiKey);
+            LogUpstreamError(Logger, Name, status, outcome, safe);
+            throw new ProviderException(outcome, $"'{Name}' answered {status}: {safe}", status, retryAfter);
+        }
+    }
+
+    private static async Task<string> ReadBoundedAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            await using (stream.ConfigureAwait(false))
+            {
+                var buffer = new byte[MaxErrorBodyBytes];
+                var read = 0;
+                int n;
+                while (read < buffer.Length && (n = await stream.ReadAsync(buffer.AsMemory(read), cancellationToken).ConfigureAwait(false)) > 0)
+                {
+                    read += n;
+                }
+
+                return Encoding.UTF8.GetString(buffer, 0, read);
+            }
+        }
+        catch (Exception ex) when (ex is IOException or HttpRequestException)
+        {
+            return string.Empty;
+        }
+    }
+
+    private static string Describe(HttpRequestException ex) => ex.HttpRequestError switch
+    {
+        HttpRequestError.ConnectionError => "connection refused or reset",
+        HttpRequestError.NameResolutionError => "host name not resolved",
+        HttpRequestError.SecureConnectionError => "TLS handshake failed",
+        _ => ex.HttpRequestError.ToString(),
+    };
+
+    /// <summary>Parses a JSON error body's message at the given path, or returns the raw text (trimmed).</summary>
+    protected static string? ErrorMessage(string body, params string[] path)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(body);
+            var e = doc.RootElement;
+            foreach (var p in path)
+            {
+                if (e.ValueKind != JsonValueKind.Object || !e.TryGetProperty(p, out e))
+                {
+                    return null;
+                }
+            }
+
+            return e.ValueKind == JsonValueKind.String ? e.GetString() : e.ToString();
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+    }
+
+    protected static string Trim(string body) => body.Length <= 500 ? body : body[..500] + "…";
+
+    [LoggerMessage(EventId = 30, Level = LogLevel.Information, Message = "Provider {Provider} answered {Status} ({Outcome}): {Message}")]
+    private static partial void LogUpstreamError(ILogger logger, string provider, int status, AttemptOutcome outcome, string message);
+}

@@ -1,0 +1,135 @@
+using System.Globalization;
+using System.Net.Http.Headers;
+using System.Text.RegularExpressions;
+
+namespace PipelineGateway.Providers.Http;
+
+/// <summary>The rate-limit state an upstream reported in its last response headers.</summary>
+public sealed record UpstreamRateLimits(
+    long? LimitRequests,
+    long? RemainingRequests,
+    TimeSpan? ResetRequests,
+    long? LimitTokens,
+    long? RemainingTokens,
+    TimeSpan? ResetTokens);
+
+/// <summary>Reads Retry-After and rate-limit headers in the OpenAI and Anthropic dialects.</summary>
+public static partial class UpstreamHeaders
+{
+    /// <summary><c>retry-after-ms</c> (OpenAI), else <c>retry-after</c> in seconds or as an HTTP date.</summary>
+    public static TimeSpan? RetryAfter(HttpResponseHeaders headers, DateTimeOffset now)
+    {
+        if (First(headers, "retry-after-ms") is { } ms && double.TryParse(ms, NumberStyles.Float, CultureInfo.InvariantCulture, out var millis) && millis >= 0)
+        {
+            return TimeSpan.FromMilliseconds(millis);
+        }
+
+        if (headers.RetryAfter is { } ra)
+        {
+            if (ra.Delta is { } delta)
+            {
+                return delta;
+            }
+
+            if (ra.Date is { } date)
+            {
+                var wait = date - now;
+                return wait > TimeSpan.Zero ? wait : TimeSpan.Zero;
+            }
+        }
+
+        // Some upstreams send fractional seconds, which the typed header rejects.
+        if (First(headers, "retry-after") is { } raw && double.TryParse(raw, NumberStyles.Float, CultureInfo.InvariantCulture, out var seconds) && seconds >= 0)
+        {
+            return TimeSpan.FromSeconds(seconds);
+        }
+
+        return null;
+    }
+
+    /// <summary>OpenAI's <c>x-ratelimit-*</c> or Anthropic's <c>anthropic-ratelimit-*</c> headers, if present.</summary>
+    public static UpstreamRateLimits? RateLimits(HttpResponseHeaders headers, DateTimeOffset now)
+    {
+        if (First(headers, "x-ratelimit-limit-requests") is not null || First(headers, "x-ratelimit-limit-tokens") is not null)
+        {
+            return new UpstreamRateLimits(
+                Long(headers, "x-ratelimit-limit-requests"),
+                Long(headers, "x-ratelimit-remaining-requests"),
+                Duration(First(headers, "x-ratelimit-reset-requests")),
+                Long(headers, "x-ratelimit-limit-tokens"),
+                Long(headers, "x-ratelimit-remaining-tokens"),
+                Duration(First(headers, "x-ratelimit-reset-tokens")));
+        }
+
+        if (First(headers, "anthropic-ratelimit-requests-limit") is not null || First(headers, "anthropic-ratelimit-tokens-limit") is not null)
+        {
+            return new UpstreamRateLimits(
+                Long(headers, "anthropic-ratelimit-requests-limit"),
+                Long(headers, "anthropic-ratelimit-requests-remaining"),
+                Until(First(headers, "anthropic-ratelimit-requests-reset"), now),
+                Long(headers, "anthropic-ratelimit-tokens-limit"),
+                Long(headers, "anthropic-ratelimit-tokens-remaining"),
+                Until(First(headers, "anthropic-ratelimit-tokens-reset"), now));
+        }
+
+        return null;
+    }
+
+    /// <summary>Parses OpenAI's reset durations: <c>1s</c>, <c>6m0s</c>, <c>20ms</c>, <c>1h2m3.5s</c>.</summary>
+    public static TimeSpan? Duration(string? value)
+    {
+        if (string.IsNullOrWhiteSpace(value))
+        {
+            return null;
+        }
+
+        var total = TimeSpan.Zero;
+        var matched = false;
+        foreach (Match m in DurationPart().Matches(value))
+        {
+            matched = true;
+            var n = double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture);
+            total += m.Groups[2].Value switch
+            {
+                "h" => TimeSpan.FromHours(n),
+                "m" => TimeSpan.FromMinutes(n),
+                "ms" => TimeSpan.FromMilliseconds(n),
+                _ => TimeSpan.FromSeconds(n),
+            };
+        }
+
+        return matched ? total : null;
+    }
+
+    private static TimeSpan? Until(string? rfc3339, DateTimeOffset now) =>
+        DateTimeOffset.TryParse(rfc3339, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var at)
+            ? (at > now ? at - now : TimeSpan.Zero)
+            : null;
+
+    private static long? Long(HttpResponseHeaders headers, string name) =>
+        long.TryParse(First(headers, name), NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) ? v : null;
+
+    private static string? First(HttpResponseHeaders headers, string name) =>
+        headers.TryGetValues(name, out var values) ? values.FirstOrDefault() : null;
+
+    [GeneratedRegex(@"(\d+(?:\.\d+)?)(ms|h|m|s)", RegexOptions.CultureInvariant)]
+    private static partial Regex DurationPart();
+}
+
+/// <summary>Keeps secrets out of messages that came from upstreams (some echo part of the key back).</summary>
+public static partial class SecretRedactor
+{
+    public static string Redact(string text, string? secret)
+    {
+        if (!string.IsNullOrEmpty(secret) && secret.Length >= 4)
+        {
+            text = text.Replace(secret, "[redacted]", StringComparison.Ordinal);
+        }
+
+        return KeyLike().Replace(text, "$1[redacted]");
+    }
+
+    // OpenAI-style (sk-…, sk-proj-…), Anthropic (sk-ant-…) and masked echoes such as "sk-abc***xyz".
+    [GeneratedRegex(@"\b(sk-)[A-Za-z0-9_\-\*]{3,}", RegexOptions.CultureInvariant)]
+    private static partial Regex KeyLike();
+}

@@ -1,0 +1,62 @@
+namespace PipelineGateway.Providers.Simulated;
+
+/// <summary>
+/// The deterministic answers of the simulated provider and the upstream simulator: a function of the last
+/// message, the seed and the requested length, with token counts of realistic size.
+/// </summary>
+public static class SimulatedText
+{
+    private static readonly string[] Vocabulary =
+    [
+        "the", "gateway", "routes", "requests", "across", "providers", "with", "bounded", "channels", "and",
+        "backpressure", "so", "bursts", "become", "waiting", "instead", "of", "memory", "growth", "while",
+        "failed", "work", "is", "retried", "elsewhere", "answer", "model", "token", "stream", "cache",
+    ];
+
+    /// <summary>The answer's words: one word is one completion token.</summary>
+    public static string[] Answer(ChatCompletionRequest request, int seed, int maxWords)
+    {
+        var prompt = request.Messages.Count > 0 ? request.Messages[^1].Content?.GetText() ?? string.Empty : string.Empty;
+        return Answer(prompt, seed, Math.Min(request.RequestedCompletionTokens ?? maxWords, maxWords));
+    }
+
+    public static string[] Answer(string prompt, int seed, int words)
+    {
+        var state = SimulatedProvider.Mix((ulong)seed, (ulong)StableHash(prompt));
+        var count = Math.Max(1, words);
+        var result = new string[count];
+        for (var i = 0; i < count; i++)
+        {
+            state = SimulatedProvider.Mix(state, (ulong)i);
+            result[i] = Vocabulary[(int)(state % (ulong)Vocabulary.Length)];
+        }
+
+        return result;
+    }
+
+    /// <summary>About four characters a token, plus four tokens of framing per message.</summary>
+    public static int PromptTokens(ChatCompletionRequest request)
+    {
+        var chars = 0;
+        foreach (var m in request.Messages)
+        {
+            chars += (m.Content?.GetText().Length ?? 0) + 16;
+        }
+
+        return Math.Max(1, chars / 4);
+    }
+
+    public static int StableHash(string s)
+    {
+        unchecked
+        {
+            var h = (int)2166136261;
+            foreach (var c in s)
+            {
+                h = (h ^ c) * 16777619;
+            }
+
+            return h;
+        }
+    }
+}
