@@ -52,7 +52,7 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IConfigureOptions<HttpClientFactoryOptions>, ProviderHttpClients>());
         foreach (var type in new[] { ProviderTypes.OpenAI, ProviderTypes.OpenAICompatible, ProviderTypes.AzureOpenAI, ProviderTypes.Anthropic })
         {
-            services.AddSingleton<IProviderFactory>(sp => ActivatorUtilities.CreateInstance<HttpProviderFactory>(sp, type));
+            services.AddSingleton<IProviderFactory>(new HttpProviderFactory(type));
         }
 
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, RoundRobinStrategy>());

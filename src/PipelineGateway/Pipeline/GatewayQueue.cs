@@ -113,11 +113,6 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
         }
 
         var timeout = request.Gateway?.Timeout ?? pipeline.Options.Pipeline.DefaultTimeout;
-        var item = new WorkItem(request, group, stream, timeout, pipeline.Time, cancellationToken)
-        {
-            Sequence = RequestIds.Next(),
-        };
-        pipeline.OnCreated(item);
-        return item;
+        return new WorkItem(request, group, stream, timeout, pipeline.Time, cancellationToken, pipeline, RequestIds.Next());
     }
 }

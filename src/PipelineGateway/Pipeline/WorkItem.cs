@@ -25,8 +25,9 @@ internal sealed class WorkItem
     private int _completed;
     private int _cancelReason;
 
-    public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, TimeProvider time, CancellationToken callerToken)
+    public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, TimeProvider time, CancellationToken callerToken, GatewayPipeline? observer = null, long sequence = 0)
     {
+        Sequence = sequence;
         Request = request;
         Group = group;
         Timeout = timeout;
@@ -47,6 +48,10 @@ internal sealed class WorkItem
         {
             _response = new TaskCompletionSource<ChatCompletionResponse>(TaskCreationOptions.RunContinuationsAsynchronously);
         }
+
+        // Counted before any callback can complete it: a caller token that fires during construction
+        // must still be seen ending exactly once.
+        observer?.OnCreated(this);
 
         // One token for everything that can end the request early: the deadline (timer on the injected
         // TimeProvider), the caller's token and gateway shutdown. It is what the upstream call receives.

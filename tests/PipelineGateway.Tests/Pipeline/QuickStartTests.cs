@@ -58,10 +58,10 @@ public sealed class QuickStartTests
             {
                 try
                 {
-                    var r = await sim.CompleteAsync(new Providers.ProviderRequest(TestGateway.Request(text: $"q{i % 5}"), "x"), CancellationToken.None);
+                    var r = await sim.CompleteAsync(new PipelineGateway.Providers.ProviderRequest(TestGateway.Request(text: $"q{i % 5}"), "x"), CancellationToken.None);
                     outcomes.Add(r.Content);
                 }
-                catch (Providers.ProviderException ex)
+                catch (PipelineGateway.Providers.ProviderException ex)
                 {
                     outcomes.Add("fail " + ex.StatusCode);
                 }

@@ -73,6 +73,8 @@ public sealed class AnthropicChatProvider : HttpChatProvider
                 yield break;
             }
         }
+
+        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' ended before message_stop.");
     }
 
     protected override (string Message, bool ContextLength) ParseError(int status, string body)

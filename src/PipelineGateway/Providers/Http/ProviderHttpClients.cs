@@ -1,4 +1,5 @@
 using System.Net;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Http;
 using Microsoft.Extensions.Http.Resilience;
 using Microsoft.Extensions.Logging;
@@ -64,11 +65,18 @@ internal sealed class ProviderHttpClients(IOptions<GatewayOptions> gateway, Time
 }
 
 /// <summary>Creates the HTTP adapters (OpenAI, OpenAI-compatible, Azure OpenAI, Anthropic) from configuration.</summary>
-internal sealed class HttpProviderFactory(string type, IHttpClientFactory clients, TimeProvider time, ILoggerFactory loggers) : IProviderFactory
+/// <remarks>
+/// It takes its services when it creates a provider, not in its constructor: the options validator lists the
+/// factories, and the HTTP client factory depends (through the client options) on the validated options.
+/// </remarks>
+internal sealed class HttpProviderFactory(string type) : IProviderFactory
 {
     public string Type { get; } = type;
 
-    public ILlmProvider Create(ProviderOptions options, IServiceProvider services)
+    public ILlmProvider Create(ProviderOptions options, IServiceProvider services) =>
+        Create(options, services.GetRequiredService<IHttpClientFactory>(), services.GetRequiredService<TimeProvider>(), services.GetRequiredService<ILoggerFactory>());
+
+    public ILlmProvider Create(ProviderOptions options, IHttpClientFactory clients, TimeProvider time, ILoggerFactory loggers)
     {
         var http = clients.CreateClient(ProviderHttpClients.ClientName(options.Name));
         var key = ApiKeys.Read(options);

@@ -82,6 +82,9 @@ public sealed class OpenAIChatProvider : HttpChatProvider
 
             yield return chunk;
         }
+
+        // The body ended without "data: [DONE]": the stream was cut short.
+        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' ended before [DONE].");
     }
 
     protected override (string Message, bool ContextLength) ParseError(int status, string body)

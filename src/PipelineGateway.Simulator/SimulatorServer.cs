@@ -1,0 +1,533 @@
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Providers.Anthropic;
+using PipelineGateway.Providers.Simulated;
+
+namespace PipelineGateway.Simulator;
+
+/// <summary>
+/// An upstream that speaks the OpenAI Chat Completions and Anthropic Messages wire formats (whole and SSE),
+/// with deterministic answers and scriptable faults. Runs on Kestrel; bind it to 127.0.0.1.
+/// </summary>
+public sealed class SimulatorServer : IAsyncDisposable
+{
+    private static readonly string[] Models = ["gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5", "claude-3-5-haiku-latest"];
+    private readonly WebApplication _app;
+    private readonly SimulatorOptions _options;
+    private readonly Random _random;
+    private long _requests;
+    private long _aborted;
+    private long _inFlight;
+
+    private SimulatorServer(WebApplication app, SimulatorOptions options)
+    {
+        _app = app;
+        _options = options;
+        _random = new Random(options.Seed);
+    }
+
+    /// <summary>The address the server listens on (with the OS-chosen port when started on port 0).</summary>
+    public Uri BaseAddress { get; private set; } = null!;
+
+    /// <summary>Requests received.</summary>
+    public long Requests => Interlocked.Read(ref _requests);
+
+    /// <summary>Requests whose client went away before the answer was complete.</summary>
+    public long Aborted => Interlocked.Read(ref _aborted);
+
+    public long InFlight => Interlocked.Read(ref _inFlight);
+
+    public static async Task<SimulatorServer> StartAsync(SimulatorOptions options, string urls = "http://127.0.0.1:0", Action<ILoggingBuilder>? logging = null, CancellationToken cancellationToken = default)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        logging?.Invoke(builder.Logging);
+        builder.WebHost.UseUrls(urls);
+        builder.WebHost.ConfigureKestrel(k => k.AddServerHeader = false);
+        var app = builder.Build();
+        var server = new SimulatorServer(app, options);
+        server.Map(app);
+        await app.StartAsync(cancellationToken).ConfigureAwait(false);
+        var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        server.BaseAddress = new Uri(address.EndsWith('/') ? address : address + "/");
+        return server;
+    }
+
+    public Task WaitForShutdownAsync(CancellationToken cancellationToken) => _app.WaitForShutdownAsync(cancellationToken);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync().ConfigureAwait(false);
+        await _app.DisposeAsync().ConfigureAwait(false);
+    }
+
+    private void Map(WebApplication app)
+    {
+        app.MapPost("/v1/chat/completions", OpenAIChatAsync);
+        app.MapGet("/v1/models", (HttpContext ctx) => Results.Json(
+            new { @object = "list", data = Models.Select(id => new { id, @object = "model", created = 1_700_000_000, owned_by = "pipelinegateway-simulator" }) }));
+        app.MapPost("/v1/messages", AnthropicMessagesAsync);
+
+        // Azure OpenAI's deployment-scoped route, same behaviour.
+        app.MapPost("/openai/deployments/{deployment}/chat/completions", OpenAIChatAsync);
+        app.MapGet("/sim/stats", () => Results.Json(new { requests = Requests, aborted = Aborted, in_flight = InFlight }));
+    }
+
+    private FaultPlan Plan(HttpContext ctx)
+    {
+        lock (_random)
+        {
+            return FaultPlan.Draw(_options, _random, ctx.Request.Headers["x-sim-fault"]);
+        }
+    }
+
+    // ---------------------------------------------------------------- OpenAI
+
+    private async Task OpenAIChatAsync(HttpContext ctx)
+    {
+        Interlocked.Increment(ref _requests);
+        Interlocked.Increment(ref _inFlight);
+        try
+        {
+            if (_options.ApiKey is { } key && ctx.Request.Headers.Authorization != $"Bearer {key}" && ctx.Request.Headers["api-key"] != key)
+            {
+                // Like the real API, echo a masked fragment of the key that was sent.
+                var sent = ctx.Request.Headers.Authorization.ToString().Replace("Bearer ", string.Empty, StringComparison.Ordinal);
+                var masked = sent.Length > 8 ? $"{sent[..6]}***{sent[^4..]}" : "***";
+                await OpenAIError(ctx, 401, "invalid_request_error", "invalid_api_key", $"Incorrect API key provided: {masked}. You can find your API key in your account settings.").ConfigureAwait(false);
+                return;
+            }
+
+            ChatCompletionRequest? request;
+            try
+            {
+                request = await JsonSerializer.DeserializeAsync(ctx.Request.Body, GatewayJsonContext.Default.ChatCompletionRequest, ctx.RequestAborted).ConfigureAwait(false);
+            }
+            catch (JsonException ex)
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", null, $"We could not parse the JSON body of your request. ({ex.Message})").ConfigureAwait(false);
+                return;
+            }
+
+            if (request is null || request.Messages.Count == 0 || string.IsNullOrEmpty(request.Model))
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", null, "'model' and 'messages' are required.", "messages").ConfigureAwait(false);
+                return;
+            }
+
+            var plan = Plan(ctx);
+            if (!await PrepareAsync(ctx, plan, request, anthropic: false).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
+            var promptTokens = SimulatedText.PromptTokens(request);
+            var id = "chatcmpl-sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
+            var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            var tool = WantsTool(request);
+            if (request.Stream == true)
+            {
+                await OpenAIStreamAsync(ctx, plan, request, words, promptTokens, id, created, tool).ConfigureAwait(false);
+                return;
+            }
+
+            var message = tool is null
+                ? ChatCompletionMessage.Assistant(string.Join(' ', words))
+                : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(words) } }] };
+            var response = new ChatCompletionResponse
+            {
+                Id = id,
+                Created = created,
+                Model = request.Model,
+                Choices = [new ChatChoice { Message = message, FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls }],
+                Usage = TokenUsage.Of(promptTokens, words.Length),
+            };
+            SetRateLimitHeaders(ctx);
+            ctx.Response.ContentType = "application/json";
+            await JsonSerializer.SerializeAsync(ctx.Response.Body, response, GatewayJsonContext.Default.ChatCompletionResponse, ctx.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            Interlocked.Increment(ref _aborted);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
+    }
+
+    private async Task OpenAIStreamAsync(HttpContext ctx, FaultPlan plan, ChatCompletionRequest request, string[] words, int promptTokens, string id, long created, string? tool)
+    {
+        StartSse(ctx);
+        var chunks = new List<ChatCompletionChunk>();
+        ChatCompletionChunk Chunk(ChatCompletionDelta delta, string? finish = null) => new()
+        {
+            Id = id,
+            Created = created,
+            Model = request.Model,
+            Choices = [new ChunkChoice { Delta = delta, FinishReason = finish }],
+        };
+
+        if (tool is null)
+        {
+            for (var i = 0; i < words.Length; i++)
+            {
+                chunks.Add(Chunk(new ChatCompletionDelta { Role = i == 0 ? ChatRoles.Assistant : null, Content = i == 0 ? words[i] : " " + words[i] }));
+            }
+
+            chunks.Add(Chunk(new ChatCompletionDelta(), FinishReasons.Stop));
+        }
+        else
+        {
+            // A streamed tool call: the name first, then the arguments in fragments.
+            var args = ToolArguments(words);
+            var half = args.Length / 2;
+            chunks.Add(Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Index = 0, Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[..half] } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[half..] } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta(), FinishReasons.ToolCalls));
+        }
+
+        if (request.StreamOptions?.IncludeUsage == true)
+        {
+            chunks.Add(new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [], Usage = TokenUsage.Of(promptTokens, words.Length) });
+        }
+
+        for (var i = 0; i < chunks.Count; i++)
+        {
+            if (await FaultMidStreamAsync(ctx, plan, i).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            await WriteSseAsync(ctx, null, JsonSerializer.SerializeToUtf8Bytes(chunks[i], GatewayJsonContext.Default.ChatCompletionChunk)).ConfigureAwait(false);
+        }
+
+        await WriteSseAsync(ctx, null, "[DONE]"u8.ToArray()).ConfigureAwait(false);
+    }
+
+    private static Task OpenAIError(HttpContext ctx, int status, string type, string? code, string message, string? param = null)
+    {
+        ctx.Response.StatusCode = status;
+        return ctx.Response.WriteAsJsonAsync(new { error = new { message, type, param, code } }, ctx.RequestAborted);
+    }
+
+    // ---------------------------------------------------------------- Anthropic
+
+    private async Task AnthropicMessagesAsync(HttpContext ctx)
+    {
+        Interlocked.Increment(ref _requests);
+        Interlocked.Increment(ref _inFlight);
+        try
+        {
+            if (_options.ApiKey is { } key && ctx.Request.Headers["x-api-key"] != key)
+            {
+                await AnthropicError(ctx, 401, "authentication_error", "invalid x-api-key").ConfigureAwait(false);
+                return;
+            }
+
+            if (string.IsNullOrEmpty(ctx.Request.Headers["anthropic-version"]))
+            {
+                await AnthropicError(ctx, 400, "invalid_request_error", "anthropic-version: header is required").ConfigureAwait(false);
+                return;
+            }
+
+            JsonDocument doc;
+            try
+            {
+                doc = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted).ConfigureAwait(false);
+            }
+            catch (JsonException ex)
+            {
+                await AnthropicError(ctx, 400, "invalid_request_error", $"The request body is not valid JSON: {ex.Message}").ConfigureAwait(false);
+                return;
+            }
+
+            using (doc)
+            {
+                var root = doc.RootElement;
+                if (!root.TryGetProperty("max_tokens", out var maxTokens) || maxTokens.ValueKind != JsonValueKind.Number)
+                {
+                    await AnthropicError(ctx, 400, "invalid_request_error", "max_tokens: Field required").ConfigureAwait(false);
+                    return;
+                }
+
+                if (!root.TryGetProperty("messages", out var messages) || messages.ValueKind != JsonValueKind.Array || messages.GetArrayLength() == 0)
+                {
+                    await AnthropicError(ctx, 400, "invalid_request_error", "messages: Field required").ConfigureAwait(false);
+                    return;
+                }
+
+                var request = ToCanonical(root);
+                var plan = Plan(ctx);
+                if (!await PrepareAsync(ctx, plan, request, anthropic: true).ConfigureAwait(false))
+                {
+                    return;
+                }
+
+                var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
+                var promptTokens = SimulatedText.PromptTokens(request);
+                var tool = WantsTool(request);
+                var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
+                if (root.TryGetProperty("stream", out var s) && s.ValueKind == JsonValueKind.True)
+                {
+                    await AnthropicStreamAsync(ctx, plan, request.Model, words, promptTokens, id, tool).ConfigureAwait(false);
+                    return;
+                }
+
+                var content = tool is null
+                    ? new List<AnthropicContentBlock> { new() { Type = "text", Text = string.Join(' ', words) } }
+                    : [new() { Type = "text", Text = "Let me look that up." }, new() { Type = "tool_use", Id = "toolu_sim1", Name = tool, Input = JsonDocument.Parse(ToolArguments(words)).RootElement }];
+                var message = new AnthropicMessage
+                {
+                    Id = id,
+                    Model = request.Model,
+                    Content = content,
+                    StopReason = tool is null ? "end_turn" : "tool_use",
+                    Usage = new AnthropicUsage { InputTokens = promptTokens, OutputTokens = words.Length },
+                };
+                SetRateLimitHeaders(ctx);
+                ctx.Response.ContentType = "application/json";
+                await JsonSerializer.SerializeAsync(ctx.Response.Body, message, AnthropicJsonContext.Default.AnthropicMessage, ctx.RequestAborted).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            Interlocked.Increment(ref _aborted);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
+    }
+
+    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, int promptTokens, string id, string? tool)
+    {
+        StartSse(ctx);
+        var events = new List<(string Name, string Json)>
+        {
+            ("message_start", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "message_start", Message = new AnthropicMessage { Id = id, Model = model, Usage = new AnthropicUsage { InputTokens = promptTokens, OutputTokens = 1 } } }, AnthropicJsonContext.Default.AnthropicStreamEvent)),
+            ("ping", """{"type":"ping"}"""),
+            ("content_block_start", """{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"""),
+        };
+        for (var i = 0; i < words.Length; i++)
+        {
+            events.Add(("content_block_delta", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "content_block_delta", Index = 0, Delta = new AnthropicDelta { Type = "text_delta", Text = i == 0 ? words[i] : " " + words[i] } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
+        }
+
+        events.Add(("content_block_stop", """{"type":"content_block_stop","index":0}"""));
+        if (tool is not null)
+        {
+            var args = ToolArguments(words);
+            var half = args.Length / 2;
+            events.Add(("content_block_start", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "content_block_start", Index = 1, ContentBlock = new AnthropicContentBlock { Type = "tool_use", Id = "toolu_sim1", Name = tool, Input = JsonDocument.Parse("{}").RootElement } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
+            events.Add(("content_block_delta", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "content_block_delta", Index = 1, Delta = new AnthropicDelta { Type = "input_json_delta", PartialJson = args[..half] } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
+            events.Add(("content_block_delta", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "content_block_delta", Index = 1, Delta = new AnthropicDelta { Type = "input_json_delta", PartialJson = args[half..] } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
+            events.Add(("content_block_stop", """{"type":"content_block_stop","index":1}"""));
+        }
+
+        events.Add(("message_delta", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = tool is null ? "end_turn" : "tool_use" }, Usage = new AnthropicUsage { OutputTokens = words.Length } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
+        events.Add(("message_stop", """{"type":"message_stop"}"""));
+
+        for (var i = 0; i < events.Count; i++)
+        {
+            if (await FaultMidStreamAsync(ctx, plan, i).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            await WriteSseAsync(ctx, events[i].Name, Encoding.UTF8.GetBytes(events[i].Json)).ConfigureAwait(false);
+        }
+    }
+
+    private static Task AnthropicError(HttpContext ctx, int status, string type, string message)
+    {
+        ctx.Response.StatusCode = status;
+        return ctx.Response.WriteAsJsonAsync(new { type = "error", error = new { type, message } }, ctx.RequestAborted);
+    }
+
+    /// <summary>The parts of an Anthropic request the simulator needs, in canonical form.</summary>
+    private static ChatCompletionRequest ToCanonical(JsonElement root)
+    {
+        var request = new ChatCompletionRequest
+        {
+            Model = root.TryGetProperty("model", out var m) ? m.GetString() ?? string.Empty : string.Empty,
+            MaxTokens = root.GetProperty("max_tokens").GetInt32(),
+        };
+        if (root.TryGetProperty("system", out var system))
+        {
+            request.Messages.Add(ChatCompletionMessage.System(system.ValueKind == JsonValueKind.String ? system.GetString()! : system.ToString()));
+        }
+
+        foreach (var message in root.GetProperty("messages").EnumerateArray())
+        {
+            var role = message.GetProperty("role").GetString() ?? "user";
+            var content = message.GetProperty("content");
+            var text = content.ValueKind == JsonValueKind.String
+                ? content.GetString()!
+                : string.Concat(content.EnumerateArray().Where(b => b.TryGetProperty("text", out _)).Select(b => b.GetProperty("text").GetString()));
+            request.Messages.Add(new ChatCompletionMessage { Role = role, Content = text });
+        }
+
+        if (root.TryGetProperty("tools", out var tools) && tools.ValueKind == JsonValueKind.Array && tools.GetArrayLength() > 0)
+        {
+            request.Tools = [.. tools.EnumerateArray().Select(t => new ToolDefinition { Function = new FunctionDefinition { Name = t.GetProperty("name").GetString()! } })];
+            if (root.TryGetProperty("tool_choice", out var choice) && choice.TryGetProperty("type", out var type))
+            {
+                request.ToolChoice = JsonDocument.Parse(type.GetString() switch { "any" => "\"required\"", "tool" => "\"required\"", "none" => "\"none\"", _ => "\"auto\"" }).RootElement;
+            }
+        }
+
+        return request;
+    }
+
+    // ---------------------------------------------------------------- shared
+
+    /// <summary>Applies latency and the planned fault before any answer; false when the fault answered.</summary>
+    private async Task<bool> PrepareAsync(HttpContext ctx, FaultPlan plan, ChatCompletionRequest request, bool anthropic)
+    {
+        if (plan.Hang)
+        {
+            await Task.Delay(Timeout.Infinite, ctx.RequestAborted).ConfigureAwait(false);
+        }
+
+        if (plan.LatencyMs > 0)
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(plan.LatencyMs), ctx.RequestAborted).ConfigureAwait(false);
+        }
+
+        if (plan.ContextLength || SimulatedText.PromptTokens(request) > _options.ContextWindow)
+        {
+            if (anthropic)
+            {
+                await AnthropicError(ctx, 400, "invalid_request_error", $"prompt is too long: {SimulatedText.PromptTokens(request)} tokens > {_options.ContextWindow} maximum").ConfigureAwait(false);
+            }
+            else
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", "context_length_exceeded", $"This model's maximum context length is {_options.ContextWindow} tokens. However, your messages resulted in {SimulatedText.PromptTokens(request)} tokens.", "messages").ConfigureAwait(false);
+            }
+
+            return false;
+        }
+
+        if (plan.Status is { } status)
+        {
+            if (plan.RetryAfterSeconds is { } ra)
+            {
+                ctx.Response.Headers.RetryAfter = Math.Ceiling(ra).ToString(System.Globalization.CultureInfo.InvariantCulture);
+                if (!anthropic)
+                {
+                    ctx.Response.Headers["retry-after-ms"] = (ra * 1000).ToString(System.Globalization.CultureInfo.InvariantCulture);
+                }
+            }
+
+            if (anthropic)
+            {
+                var type = status switch { 429 => "rate_limit_error", 529 => "overloaded_error", 401 => "authentication_error", >= 500 => "api_error", _ => "invalid_request_error" };
+                await AnthropicError(ctx, status, type, $"Simulated {status}.").ConfigureAwait(false);
+            }
+            else
+            {
+                var type = status switch { 429 => "rate_limit_exceeded", >= 500 => "server_error", _ => "invalid_request_error" };
+                await OpenAIError(ctx, status, type, status == 429 ? "rate_limit_exceeded" : null, $"Simulated {status}.").ConfigureAwait(false);
+            }
+
+            return false;
+        }
+
+        return true;
+    }
+
+    /// <summary>Breaks or truncates a stream at the planned event; true when the stream must end now.</summary>
+    private async Task<bool> FaultMidStreamAsync(HttpContext ctx, FaultPlan plan, int index)
+    {
+        if (plan.BreakAfter == index)
+        {
+            await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+            ctx.Abort(); // the connection is reset mid-stream
+            return true;
+        }
+
+        if (plan.TruncateAfter == index)
+        {
+            return true; // ends cleanly but without the terminating event
+        }
+
+        if (index > 0 && _options.TokenDelayMs > 0)
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(_options.TokenDelayMs), ctx.RequestAborted).ConfigureAwait(false);
+        }
+
+        return false;
+    }
+
+    private static void StartSse(HttpContext ctx)
+    {
+        ctx.Response.ContentType = "text/event-stream";
+        ctx.Response.Headers.CacheControl = "no-cache";
+        SetRateLimitHeaders(ctx);
+    }
+
+    private static void SetRateLimitHeaders(HttpContext ctx)
+    {
+        if (ctx.Request.Path.StartsWithSegments("/v1/messages", StringComparison.Ordinal))
+        {
+            var reset = DateTimeOffset.UtcNow.AddSeconds(1).ToString("yyyy-MM-ddTHH:mm:ssZ", System.Globalization.CultureInfo.InvariantCulture);
+            ctx.Response.Headers["anthropic-ratelimit-requests-limit"] = "4000";
+            ctx.Response.Headers["anthropic-ratelimit-requests-remaining"] = "3999";
+            ctx.Response.Headers["anthropic-ratelimit-requests-reset"] = reset;
+            ctx.Response.Headers["anthropic-ratelimit-tokens-limit"] = "400000";
+            ctx.Response.Headers["anthropic-ratelimit-tokens-remaining"] = "399000";
+            ctx.Response.Headers["anthropic-ratelimit-tokens-reset"] = reset;
+            return;
+        }
+
+        ctx.Response.Headers["x-ratelimit-limit-requests"] = "10000";
+        ctx.Response.Headers["x-ratelimit-remaining-requests"] = "9999";
+        ctx.Response.Headers["x-ratelimit-reset-requests"] = "6ms";
+        ctx.Response.Headers["x-ratelimit-limit-tokens"] = "2000000";
+        ctx.Response.Headers["x-ratelimit-remaining-tokens"] = "1999000";
+        ctx.Response.Headers["x-ratelimit-reset-tokens"] = "30ms";
+    }
+
+    private static async Task WriteSseAsync(HttpContext ctx, string? eventName, byte[] data)
+    {
+        var body = ctx.Response.Body;
+        if (eventName is not null)
+        {
+            await body.WriteAsync(Encoding.UTF8.GetBytes($"event: {eventName}\n"), ctx.RequestAborted).ConfigureAwait(false);
+        }
+
+        await body.WriteAsync("data: "u8.ToArray(), ctx.RequestAborted).ConfigureAwait(false);
+        await body.WriteAsync(data, ctx.RequestAborted).ConfigureAwait(false);
+        await body.WriteAsync("\n\n"u8.ToArray(), ctx.RequestAborted).ConfigureAwait(false);
+        await body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+    }
+
+    /// <summary>The tool to call: when tools are offered and the caller requires one, the first.</summary>
+    private static string? WantsTool(ChatCompletionRequest request)
+    {
+        if (request.Tools is not { Count: > 0 } tools || request.Messages[^1].Role == ChatRoles.Tool)
+        {
+            return null;
+        }
+
+        var choice = request.ToolChoice;
+        var required = choice is { ValueKind: JsonValueKind.String } c ? c.GetString() == "required" : choice is { ValueKind: JsonValueKind.Object };
+        return required ? tools[0].Function?.Name : null;
+    }
+
+    private static string ToolArguments(string[] words) => JsonSerializer.Serialize(new Dictionary<string, string> { ["query"] = string.Join(' ', words.Take(3)) }, SimJson.Default.DictionaryStringString);
+}
+
+[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, string>))]
+internal sealed partial class SimJson : System.Text.Json.Serialization.JsonSerializerContext;
