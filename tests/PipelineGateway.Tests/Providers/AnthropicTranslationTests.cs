@@ -1,0 +1,139 @@
+using System.Buffers;
+using System.Text.Json;
+using FluentAssertions;
+using PipelineGateway.Providers.Anthropic;
+
+namespace PipelineGateway.Tests.Providers;
+
+public sealed class AnthropicTranslationTests
+{
+    private static JsonElement Translate(ChatCompletionRequest request, bool stream = false, int defaultMax = 4096)
+    {
+        var buffer = new ArrayBufferWriter<byte>();
+        AnthropicTranslator.WriteRequest(buffer, request, "claude-sonnet-4-5", stream, defaultMax);
+        return JsonDocument.Parse(buffer.WrittenMemory).RootElement.Clone();
+    }
+
+    [Fact]
+    public void System_messages_go_to_the_top_level_and_same_role_turns_merge()
+    {
+        var body = Translate(new ChatCompletionRequest
+        {
+            Model = "x",
+            Messages =
+            [
+                ChatCompletionMessage.System("You are terse."),
+                ChatCompletionMessage.User("Hi."),
+                ChatCompletionMessage.User("Still there?"),
+                ChatCompletionMessage.Assistant("Yes."),
+                new ChatCompletionMessage { Role = "developer", Content = "Answer in French." },
+            ],
+            Stop = "STOP",
+        });
+
+        body.GetProperty("system").GetString().Should().Be("You are terse.\n\nAnswer in French.");
+        body.GetProperty("max_tokens").GetInt32().Should().Be(4096, "Anthropic requires max_tokens; the configured default fills in");
+        var messages = body.GetProperty("messages").EnumerateArray().ToList();
+        messages.Should().HaveCount(2);
+        messages[0].GetProperty("role").GetString().Should().Be("user");
+        messages[0].GetProperty("content").EnumerateArray().Select(b => b.GetProperty("text").GetString()).Should().Equal("Hi.", "Still there?");
+        messages[1].GetProperty("role").GetString().Should().Be("assistant");
+        body.GetProperty("stop_sequences").EnumerateArray().Select(s => s.GetString()).Should().Equal("STOP");
+    }
+
+    [Fact]
+    public void Tool_calls_and_tool_results_become_tool_use_and_tool_result_blocks()
+    {
+        var body = Translate(new ChatCompletionRequest
+        {
+            Model = "x",
+            MaxTokens = 100,
+            Messages =
+            [
+                ChatCompletionMessage.User("Weather in Paris?"),
+                new ChatCompletionMessage { Role = "assistant", ToolCalls = [new ToolCall { Id = "call_1", Type = "function", Function = new FunctionCall { Name = "get_weather", Arguments = """{"city":"Paris"}""" } }] },
+                ChatCompletionMessage.Tool("call_1", "18C and sunny"),
+            ],
+            Tools = [new ToolDefinition { Function = new FunctionDefinition { Name = "get_weather", Description = "Weather by city", Parameters = JsonDocument.Parse("""{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}""").RootElement } }],
+            ToolChoice = JsonDocument.Parse("""{"type":"function","function":{"name":"get_weather"}}""").RootElement,
+            User = "u-42",
+        });
+
+        body.GetProperty("max_tokens").GetInt32().Should().Be(100);
+        var messages = body.GetProperty("messages").EnumerateArray().ToList();
+        var toolUse = messages[1].GetProperty("content")[0];
+        toolUse.GetProperty("type").GetString().Should().Be("tool_use");
+        toolUse.GetProperty("id").GetString().Should().Be("call_1");
+        toolUse.GetProperty("input").GetProperty("city").GetString().Should().Be("Paris");
+        var result = messages[2].GetProperty("content")[0];
+        messages[2].GetProperty("role").GetString().Should().Be("user");
+        result.GetProperty("type").GetString().Should().Be("tool_result");
+        result.GetProperty("tool_use_id").GetString().Should().Be("call_1");
+        result.GetProperty("content").GetString().Should().Be("18C and sunny");
+        var tool = body.GetProperty("tools")[0];
+        tool.GetProperty("name").GetString().Should().Be("get_weather");
+        tool.GetProperty("input_schema").GetProperty("required")[0].GetString().Should().Be("city");
+        body.GetProperty("tool_choice").GetProperty("type").GetString().Should().Be("tool");
+        body.GetProperty("tool_choice").GetProperty("name").GetString().Should().Be("get_weather");
+        body.GetProperty("metadata").GetProperty("user_id").GetString().Should().Be("u-42");
+    }
+
+    [Fact]
+    public void Images_become_base64_or_url_image_blocks()
+    {
+        var body = Translate(new ChatCompletionRequest
+        {
+            Model = "x",
+            Messages =
+            [
+                new ChatCompletionMessage
+                {
+                    Role = "user",
+                    Content = new MessageContent(
+                    [
+                        new ContentPart { Type = "text", Text = "What is this?" },
+                        new ContentPart { Type = "image_url", ImageUrl = new ImageUrl { Url = "data:image/png;base64,iVBORw0KGgo=" } },
+                        new ContentPart { Type = "image_url", ImageUrl = new ImageUrl { Url = "https://example.test/cat.jpg" } },
+                    ]),
+                },
+            ],
+        });
+
+        var blocks = body.GetProperty("messages")[0].GetProperty("content").EnumerateArray().ToList();
+        blocks[1].GetProperty("source").GetProperty("type").GetString().Should().Be("base64");
+        blocks[1].GetProperty("source").GetProperty("media_type").GetString().Should().Be("image/png");
+        blocks[1].GetProperty("source").GetProperty("data").GetString().Should().Be("iVBORw0KGgo=");
+        blocks[2].GetProperty("source").GetProperty("url").GetString().Should().Be("https://example.test/cat.jpg");
+    }
+
+    [Fact]
+    public void A_round_trip_keeps_text_tool_calls_and_finish_reason()
+    {
+        var message = new AnthropicMessage
+        {
+            Id = "msg_1",
+            Model = "claude",
+            Content = [new AnthropicContentBlock { Type = "text", Text = "Sure." }, new AnthropicContentBlock { Type = "tool_use", Id = "t1", Name = "f", Input = JsonDocument.Parse("""{"a":1}""").RootElement }],
+            StopReason = "tool_use",
+            Usage = new AnthropicUsage { InputTokens = 10, OutputTokens = 5 },
+        };
+
+        var canonical = AnthropicTranslator.ToCanonical(message);
+        var back = Translate(new ChatCompletionRequest { Model = "x", Messages = [ChatCompletionMessage.User("q"), canonical.Choices[0].Message!] });
+
+        var blocks = back.GetProperty("messages")[1].GetProperty("content").EnumerateArray().ToList();
+        blocks[0].GetProperty("text").GetString().Should().Be("Sure.");
+        blocks[1].GetProperty("id").GetString().Should().Be("t1");
+        blocks[1].GetProperty("input").GetProperty("a").GetInt32().Should().Be(1);
+        canonical.FinishReason.Should().Be(FinishReasons.ToolCalls);
+    }
+
+    [Theory]
+    [InlineData("end_turn", "stop")]
+    [InlineData("stop_sequence", "stop")]
+    [InlineData("max_tokens", "length")]
+    [InlineData("tool_use", "tool_calls")]
+    [InlineData("refusal", "content_filter")]
+    public void Stop_reasons_map_to_finish_reasons(string stopReason, string finishReason) =>
+        AnthropicTranslator.FinishReason(stopReason).Should().Be(finishReason);
+}
