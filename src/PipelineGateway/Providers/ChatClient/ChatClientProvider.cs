@@ -206,8 +206,11 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
         return calls;
     }
 
+    // M.E.AI's default options indent; tool-call arguments travel compact, as the OpenAI API sends them.
+    private static readonly JsonSerializerOptions CompactOptions = new(AIJsonUtilities.DefaultOptions) { WriteIndented = false };
+
     private static string Arguments(FunctionCallContent call) =>
-        call.Arguments is null ? "{}" : JsonSerializer.Serialize(call.Arguments, AIJsonUtilities.DefaultOptions.GetTypeInfo(typeof(IDictionary<string, object?>)));
+        call.Arguments is null ? "{}" : JsonSerializer.Serialize(call.Arguments, CompactOptions.GetTypeInfo(typeof(IDictionary<string, object?>)));
 
     private static TokenUsage? Usage(UsageDetails? usage) =>
         usage is null ? null : TokenUsage.Of((int)(usage.InputTokenCount ?? 0), (int)(usage.OutputTokenCount ?? 0));
