@@ -19,6 +19,7 @@ try
     return line.Command switch
     {
         "demo" => await DemoCommand.RunAsync(line, Console.Out, cts.Token),
+        "simulate" => await SimulateCommand.RunAsync(args[1..], Console.Out, cts.Token),
         "help" or "--help" or "-h" => Usage(Console.Out),
         _ => throw new CliException($"Unknown command '{line.Command}'. Run 'pgw help' for the commands."),
     };
@@ -53,6 +54,11 @@ static int Usage(TextWriter output)
           demo [--config FILE] [--concurrency N]
               Push the built-in sample batch through the gateway (simulated providers, no keys needed)
               and print the metrics snapshot.
+          simulate [--urls http://127.0.0.1:8081] [--latency-ms N] [--jitter-ms N] [--token-delay-ms N]
+                   [--error-rate R] [--error-status 500|503|529] [--rate-limit-rate R] [--retry-after S]
+                   [--hang-rate R] [--break-rate R] [--truncate-rate R] [--seed N] [--api-key-env VAR]
+              Run the upstream simulator: OpenAI /v1/chat/completions and /v1/models, Anthropic /v1/messages,
+              whole and streamed, with scripted faults (per request: header x-sim-fault, e.g. status=429;retry-after=2).
           help
               Show this text.
 
