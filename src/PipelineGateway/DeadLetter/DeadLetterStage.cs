@@ -5,10 +5,18 @@ using PipelineGateway.Pipeline;
 namespace PipelineGateway.DeadLetter;
 
 /// <summary>
-/// Reads failed attempts and decides: fall back to another deployment at once, retry after a backoff
-/// (honouring Retry-After, never past the deadline), or fail the request with every attempt listed.
-/// Re-enqueueing to the router never waits (the router channel holds MaxInFlight items), so this stage
-/// can never be blocked by the stages it feeds.
+/// Reads failed attempts and decides, in this order:
+/// <list type="number">
+/// <item>cancelled (caller, deadline, shutdown) → the matching typed failure;</item>
+/// <item>context length exceeded → the next context-window fallback group, else fail;</item>
+/// <item>not retryable (400, 401, 403, 404, 422) → fail: another deployment would reject it too;</item>
+/// <item>attempts used up → fail with every attempt listed;</item>
+/// <item>an untried deployment in the group → back to the router at once (fallback);</item>
+/// <item>a next group in the fallback chain → back to the router at once, in that group;</item>
+/// <item>otherwise a retry after exponential backoff with jitter, at least the Retry-After, never past the deadline.</item>
+/// </list>
+/// Re-enqueueing to the router never waits (the router channel holds MaxInFlight items), so this stage can never
+/// be blocked by the stages it feeds.
 /// </summary>
 internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLetterStage> logger)
     : PipelineStage(pipeline, logger)
@@ -32,8 +40,19 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
             case AttemptOutcome.Cancelled:
                 Pipeline.FailAndRetire(item, item.CancellationError());
                 return ValueTask.CompletedTask;
-            case AttemptOutcome.NonRetryableError or AttemptOutcome.ContextLengthExceeded:
-                // Another deployment would reject the same request: a 400 does not fail over.
+            case AttemptOutcome.ContextLengthExceeded:
+                if (item.AttemptCount < options.MaxAttempts && item.TryAdvanceContextFallback())
+                {
+                    Pipeline.Metrics.OnFallback();
+                    Pipeline.Requeue(item);
+                }
+                else
+                {
+                    Fail(item, "the prompt exceeds the model's context window and no larger-context fallback is left");
+                }
+
+                return ValueTask.CompletedTask;
+            case AttemptOutcome.NonRetryableError:
                 Fail(item, "the provider rejected the request");
                 return ValueTask.CompletedTask;
         }
@@ -44,27 +63,29 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
             return ValueTask.CompletedTask;
         }
 
-        var delay = HasUntried(item) ? TimeSpan.Zero : Backoff(item, failure);
-        var now = Pipeline.Time.GetUtcNow();
-        if (now + delay >= item.Deadline)
+        if (HasUntried(item))
+        {
+            Pipeline.Requeue(item);
+            return ValueTask.CompletedTask;
+        }
+
+        if (item.TryAdvanceFallback())
+        {
+            Pipeline.Metrics.OnFallback();
+            Pipeline.Requeue(item);
+            return ValueTask.CompletedTask;
+        }
+
+        var delay = Backoff(item, failure);
+        if (Pipeline.Time.GetUtcNow() + delay >= item.Deadline)
         {
             Fail(item, $"the next retry ({delay.TotalMilliseconds:F0} ms away) would pass the deadline");
             return ValueTask.CompletedTask;
         }
 
-        if (delay <= TimeSpan.Zero)
-        {
-            Requeue(item);
-        }
-        else
-        {
-            item.ScheduleRetry(Pipeline.Time, delay, static i => i.Observer!.Requeue(i));
-        }
-
+        item.ScheduleRetry(Pipeline.Time, delay, static i => i.Observer!.Requeue(i));
         return ValueTask.CompletedTask;
     }
-
-    private void Requeue(WorkItem item) => Pipeline.Requeue(item);
 
     private void Fail(WorkItem item, string reason) =>
         Pipeline.FailAndRetire(item, new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), reason));
@@ -82,7 +103,7 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
         return false;
     }
 
-    /// <summary>Exponential backoff with full jitter, at least the provider's Retry-After, at most RetryMaxDelay.</summary>
+    /// <summary>Exponential backoff with jitter (half to full), at least the provider's Retry-After, at most RetryMaxDelay.</summary>
     private TimeSpan Backoff(WorkItem item, ProviderFailure failure)
     {
         var options = Pipeline.Options.Pipeline;

@@ -18,7 +18,6 @@ internal sealed partial class ProviderWorkerPool
     private readonly ILogger _logger;
     private GatewayPipeline? _pipeline;
     private Task[] _running = [];
-    private long _inFlight;
 
     public ProviderWorkerPool(ILlmProvider provider, int workers, int queueCapacity, ILogger logger)
     {
@@ -26,6 +25,7 @@ internal sealed partial class ProviderWorkerPool
         _workers = workers;
         QueueCapacity = queueCapacity;
         _logger = logger;
+        _permits = new SemaphoreSlim(workers, workers);
         _queue = Channel.CreateBounded<WorkItem>(new BoundedChannelOptions(queueCapacity)
         {
             FullMode = BoundedChannelFullMode.Wait,
@@ -45,7 +45,7 @@ internal sealed partial class ProviderWorkerPool
     public int QueueDepth => _queue.Reader.Count;
 
     /// <summary>Attempts running against the provider right now.</summary>
-    public long InFlight => Interlocked.Read(ref _inFlight);
+    public long InFlight => _workers - _permits.CurrentCount;
 
     public ChannelWriter<WorkItem> Writer => _queue.Writer;
 
@@ -90,56 +90,212 @@ internal sealed partial class ProviderWorkerPool
     private async ValueTask AttemptAsync(WorkItem item)
     {
         var pipeline = _pipeline!;
-        if (item.IsCompleted)
-        {
-            pipeline.Retire(item);
-            return;
-        }
-
-        if (pipeline.IsFailingRemaining)
-        {
-            // Shutdown's grace period is over: start nothing new upstream.
-            item.Cancel(CancelReason.Shutdown);
-            pipeline.FailAndRetire(item, item.CancellationError());
-            return;
-        }
-
         var deployment = item.Current!;
-        var time = pipeline.Time;
-
-        // A request whose deadline passed while it waited in the queue is never sent upstream.
-        if (time.GetUtcNow() >= item.Deadline)
-        {
-            item.Cancel(CancelReason.Deadline);
-            pipeline.FailAndRetire(item, item.CancellationError());
-            return;
-        }
-
-        var started = time.GetTimestamp();
-        Interlocked.Increment(ref _inFlight);
         try
         {
-            if (item.IsStream)
+            if (item.IsCompleted)
             {
-                await StreamAttemptAsync(item, deployment, started).ConfigureAwait(false);
+                deployment.State.OnNeutral();
+                pipeline.Retire(item);
+                return;
+            }
+
+            if (pipeline.IsFailingRemaining)
+            {
+                // Shutdown's grace period is over: start nothing new upstream.
+                item.Cancel(CancelReason.Shutdown);
+                deployment.State.OnNeutral();
+                pipeline.FailAndRetire(item, item.CancellationError());
+                return;
+            }
+
+            // A request whose deadline passed while it waited in the queue is never sent upstream.
+            if (pipeline.Time.GetUtcNow() >= item.Deadline)
+            {
+                item.Cancel(CancelReason.Deadline);
+                deployment.State.OnNeutral();
+                pipeline.FailAndRetire(item, item.CancellationError());
+                return;
+            }
+
+            if (item.Group.Hedging is { } hedging && !item.IsStream)
+            {
+                await HedgedAttemptAsync(item, deployment, hedging.Delay).ConfigureAwait(false);
             }
             else
             {
-                var response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false);
-                var latency = time.GetElapsedTime(started);
-                Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, latency));
-                pipeline.CompleteSuccess(item, deployment, response);
+                await SingleAttemptAsync(item, deployment).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            deployment.State.Exit();
+        }
+    }
+
+    /// <summary>One attempt, holding one of this provider's concurrency permits.</summary>
+    private async ValueTask SingleAttemptAsync(WorkItem item, Deployment deployment)
+    {
+        var pipeline = _pipeline!;
+        var started = pipeline.Time.GetTimestamp();
+        try
+        {
+            await AcquirePermitAsync(item.Token).ConfigureAwait(false);
+            try
+            {
+                started = pipeline.Time.GetTimestamp();
+                if (item.IsStream)
+                {
+                    await StreamAttemptAsync(item, deployment, started).ConfigureAwait(false);
+                }
+                else
+                {
+                    var response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false);
+                    Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, pipeline.Time.GetElapsedTime(started)), null);
+                    pipeline.CompleteSuccess(item, deployment, response);
+                }
+            }
+            finally
+            {
+                ReleasePermit();
             }
         }
         catch (Exception ex)
         {
             OnAttemptFailed(item, deployment, started, ex);
         }
+    }
+
+    /// <summary>
+    /// Hedging: if the first attempt has not answered after <paramref name="delay"/>, a second goes to another
+    /// healthy deployment (holding a permit of that provider, so its concurrency limit still holds). The first
+    /// success answers the caller and the other attempt is cancelled; if both fail, the later failure goes to
+    /// the dead-letter stage with both attempts listed.
+    /// </summary>
+    private async ValueTask HedgedAttemptAsync(WorkItem item, Deployment primary, TimeSpan delay)
+    {
+        var pipeline = _pipeline!;
+        using var primaryCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
+        var primaryTask = RunAsync(this, primary, item, ownPermit: true, primaryCts.Token);
+        var timer = Task.Delay(delay, pipeline.Time, primaryCts.Token);
+        if (await Task.WhenAny(primaryTask, timer).ConfigureAwait(false) == primaryTask)
+        {
+            await FinishAsync(item, primaryTask.Result, null).ConfigureAwait(false);
+            return;
+        }
+
+        Deployment[] scratch = [];
+        var other = pipeline.Selector.Select(item, item.Group, ref scratch, exclude: primary);
+        if (other is not null && !other.Pool.TryAcquirePermit())
+        {
+            other.State.OnNeutral(); // give back a half-open probe we will not use
+            other = null;
+        }
+
+        if (other is null)
+        {
+            // Nowhere to hedge to right now: wait for the first attempt.
+            await FinishAsync(item, await primaryTask.ConfigureAwait(false), null).ConfigureAwait(false);
+            return;
+        }
+
+        pipeline.Metrics.OnHedge();
+        other.State.Enter();
+        using var hedgeCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
+        var hedgeTask = RunAsync(other.Pool, other, item, ownPermit: false, hedgeCts.Token);
+        try
+        {
+            var first = await Task.WhenAny(primaryTask, hedgeTask).ConfigureAwait(false);
+            var second = first == primaryTask ? hedgeTask : primaryTask;
+            var firstResult = await first.ConfigureAwait(false);
+            if (firstResult.Response is not null)
+            {
+                // The winner answers; the loser is cancelled and listed as such.
+                await (first == primaryTask ? hedgeCts : primaryCts).CancelAsync().ConfigureAwait(false);
+                var loser = await second.ConfigureAwait(false);
+                await FinishAsync(item, firstResult, loser).ConfigureAwait(false);
+                return;
+            }
+
+            var secondResult = await second.ConfigureAwait(false);
+            await FinishAsync(item, secondResult, firstResult).ConfigureAwait(false);
+        }
         finally
         {
-            Interlocked.Decrement(ref _inFlight);
+            other.State.Exit();
         }
     }
+
+    /// <summary>The outcome of one hedged leg, as a value.</summary>
+    private readonly record struct Leg(Deployment Deployment, ProviderWorkerPool Pool, ChatCompletionResponse? Response, Exception? Error, TimeSpan Latency);
+
+    private static async Task<Leg> RunAsync(ProviderWorkerPool pool, Deployment deployment, WorkItem item, bool ownPermit, CancellationToken token)
+    {
+        var time = pool._pipeline!.Time;
+        var started = time.GetTimestamp();
+        var holding = !ownPermit; // a hedge leg's permit was taken by the caller
+        try
+        {
+            if (ownPermit)
+            {
+                await pool.AcquirePermitAsync(token).ConfigureAwait(false);
+                holding = true;
+                started = time.GetTimestamp();
+            }
+
+            var response = await pool.Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), token).ConfigureAwait(false);
+            return new Leg(deployment, pool, response, null, time.GetElapsedTime(started));
+        }
+        catch (Exception ex)
+        {
+            return new Leg(deployment, pool, null, ex, time.GetElapsedTime(started));
+        }
+        finally
+        {
+            if (holding)
+            {
+                pool.ReleasePermit();
+            }
+        }
+    }
+
+    private ValueTask FinishAsync(WorkItem item, Leg result, Leg? other)
+    {
+        var pipeline = _pipeline!;
+        if (result.Response is { } response)
+        {
+            if (other is { } loser)
+            {
+                // A leg cancelled because the other won says nothing about its provider's health.
+                var lost = loser.Error is OperationCanceledException && !item.Token.IsCancellationRequested;
+                var failure = lost ? new ProviderFailure(AttemptOutcome.Cancelled, null, null, "hedge lost: the other attempt answered first") : Classify(item, loser.Error!);
+                loser.Pool.Record(item, loser.Deployment, new GatewayAttempt(loser.Pool.Name, loser.Deployment.Model, failure.Outcome, loser.Latency, failure.StatusCode, failure.Message), failure.RetryAfter);
+            }
+
+            result.Pool.Record(item, result.Deployment, new GatewayAttempt(result.Pool.Name, result.Deployment.Model, AttemptOutcome.Success, result.Latency), null);
+            pipeline.CompleteSuccess(item, result.Deployment, response);
+            return ValueTask.CompletedTask;
+        }
+
+        if (other is { } earlier)
+        {
+            var f = Classify(item, earlier.Error!);
+            earlier.Pool.Record(item, earlier.Deployment, new GatewayAttempt(earlier.Pool.Name, earlier.Deployment.Model, f.Outcome, earlier.Latency, f.StatusCode, f.Message), f.RetryAfter);
+        }
+
+        result.Pool.OnAttemptFailedAfter(item, result.Deployment, result.Latency, result.Error!);
+        return ValueTask.CompletedTask;
+    }
+
+    private readonly SemaphoreSlim _permits;
+
+    private ValueTask AcquirePermitAsync(CancellationToken token) =>
+        _permits.Wait(0, CancellationToken.None) ? ValueTask.CompletedTask : new ValueTask(_permits.WaitAsync(token));
+
+    /// <summary>Takes a concurrency permit without waiting (for a hedge borrowing this provider).</summary>
+    internal bool TryAcquirePermit() => _permits.Wait(0, CancellationToken.None);
+
+    private void ReleasePermit() => _permits.Release();
 
     private async ValueTask StreamAttemptAsync(WorkItem item, Deployment deployment, long started)
     {
@@ -151,7 +307,7 @@ internal sealed partial class ProviderWorkerPool
             if (first)
             {
                 // From here on the caller has seen output: no fallback can be invisible any more.
-                Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, pipeline.Time.GetElapsedTime(started)));
+                Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, pipeline.Time.GetElapsedTime(started)), null);
                 chunk.Gateway = pipeline.Metrics.Describe(item, deployment, cached: false);
                 item.StreamStarted = true;
                 first = false;
@@ -175,15 +331,18 @@ internal sealed partial class ProviderWorkerPool
     /// <summary>Stands in for the response of a finished stream: streams hand their data over as chunks.</summary>
     private static readonly ChatCompletionResponse EmptyResponse = new();
 
-    private void OnAttemptFailed(WorkItem item, Deployment deployment, long started, Exception ex)
+    private void OnAttemptFailed(WorkItem item, Deployment deployment, long started, Exception ex) =>
+        OnAttemptFailedAfter(item, deployment, _pipeline!.Time.GetElapsedTime(started), ex);
+
+    private void OnAttemptFailedAfter(WorkItem item, Deployment deployment, TimeSpan latency, Exception ex)
     {
         var pipeline = _pipeline!;
-        var latency = pipeline.Time.GetElapsedTime(started);
         var failure = Classify(item, ex);
 
         if (item.StreamStarted)
         {
             // Output already reached the caller: the stream ends with an error, no fallback.
+            pipeline.Selector.Health.Report(deployment, failure.Outcome, latency, failure.RetryAfter);
             if (failure.Outcome != AttemptOutcome.Cancelled)
             {
                 item.TryFail(new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), $"the stream from '{Name}' broke after it started: {failure.Message}"));
@@ -193,7 +352,7 @@ internal sealed partial class ProviderWorkerPool
             return;
         }
 
-        Record(item, deployment, new GatewayAttempt(Name, deployment.Model, failure.Outcome, latency, failure.StatusCode, failure.Message));
+        Record(item, deployment, new GatewayAttempt(Name, deployment.Model, failure.Outcome, latency, failure.StatusCode, failure.Message), failure.RetryAfter);
         item.LastFailure = failure;
 
         // Never waits: the dead-letter channel holds MaxInFlight items (see GatewayPipeline).
@@ -203,10 +362,12 @@ internal sealed partial class ProviderWorkerPool
         }
     }
 
-    private void Record(WorkItem item, Deployment deployment, GatewayAttempt attempt)
+    /// <summary>Adds the attempt to the request, and reports it to metrics and to the health tracker.</summary>
+    private void Record(WorkItem item, Deployment deployment, GatewayAttempt attempt, TimeSpan? retryAfter)
     {
         item.AddAttempt(deployment, attempt);
         _pipeline!.Metrics.OnAttempt(attempt);
+        _pipeline.Selector.Health.Report(deployment, attempt.Outcome, attempt.Latency, retryAfter);
     }
 
     private static ProviderFailure Classify(WorkItem item, Exception ex)

@@ -20,6 +20,8 @@ public sealed class GatewayOptions
     public AdmissionOptions Admission { get; set; } = new();
 
     public CacheOptions Cache { get; set; } = new();
+
+    public Routing.Health.HealthOptions Health { get; set; } = new();
 }
 
 /// <summary>Sizes and timings of the pipeline engine. See docs/architecture.md for why each bound is where it is.</summary>

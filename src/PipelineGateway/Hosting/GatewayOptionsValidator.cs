@@ -128,6 +128,41 @@ internal sealed class GatewayOptionsValidator(
             }
         }
 
+        for (var i = 0; i < options.Models.Count; i++)
+        {
+            var group = options.Models[i];
+            foreach (var (list, setting) in new[] { (group.Fallbacks, "Fallbacks"), (group.ContextWindowFallbacks, "ContextWindowFallbacks") })
+            {
+                foreach (var target in list)
+                {
+                    if (!modelNames.Contains(target))
+                    {
+                        errors.Add($"{root}:Models:{i}:{setting} names '{target}', which is not a model group or alias.");
+                    }
+                    else if (string.Equals(target, group.Name, StringComparison.OrdinalIgnoreCase) || group.Aliases.Contains(target, StringComparer.OrdinalIgnoreCase))
+                    {
+                        errors.Add($"{root}:Models:{i}:{setting} names the group itself ('{target}').");
+                    }
+                }
+            }
+
+            if (group.Hedging is { } hedging && hedging.Delay <= TimeSpan.Zero)
+            {
+                errors.Add($"{root}:Models:{i}:Hedging:Delay must be a positive duration; got {hedging.Delay}.");
+            }
+        }
+
+        var h = options.Health;
+        Annotations(h, $"{root}:Health", errors);
+        Positive(h.Window, $"{root}:Health:Window", errors);
+        Positive(h.Cooldown, $"{root}:Health:Cooldown", errors);
+        Positive(h.RateLimitCooldown, $"{root}:Health:RateLimitCooldown", errors);
+        Positive(h.LatencyProbeInterval, $"{root}:Health:LatencyProbeInterval", errors);
+        if (h.MaxCooldown < h.Cooldown)
+        {
+            errors.Add($"{root}:Health:MaxCooldown must be at least Cooldown ({h.Cooldown}); got {h.MaxCooldown}.");
+        }
+
         for (var i = 0; i < options.Admission.RateLimits.Count; i++)
         {
             var rule = options.Admission.RateLimits[i];

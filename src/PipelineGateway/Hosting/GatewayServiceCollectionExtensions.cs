@@ -14,6 +14,7 @@ using Microsoft.Extensions.Http;
 using PipelineGateway.Providers;
 using PipelineGateway.Providers.Http;
 using PipelineGateway.Routing;
+using PipelineGateway.Routing.Health;
 
 namespace PipelineGateway.Hosting;
 
@@ -57,6 +58,12 @@ public static class GatewayServiceCollectionExtensions
 
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, RoundRobinStrategy>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, PriorityStrategy>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, LowestLatencyStrategy>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, CostOptimizedStrategy>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, WeightedStrategy>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, LeastBusyStrategy>());
+        services.TryAddSingleton<HealthTracker>();
+        services.TryAddSingleton<DeploymentSelector>();
 
         services.TryAddSingleton(BuildPools);
         services.TryAddSingleton(BuildCatalog);
@@ -132,9 +139,9 @@ public static class GatewayServiceCollectionExtensions
             var deployments = g.Deployments.Select((d, i) =>
             {
                 pools.TryGet(d.Provider, out var pool);
-                return new Deployment(g.Name, pool, d.Model ?? g.Name, d.Priority, d.Weight, i);
+                return new Deployment(g.Name, pool, d.Model ?? g.Name, d.Priority, d.Weight, i, d.InputPricePerMillion, d.OutputPricePerMillion);
             }).ToArray();
-            return new ModelGroup(g.Name, g.Aliases.ToArray(), strategies[g.Strategy], deployments);
+            return new ModelGroup(g, strategies[g.Strategy], deployments);
         });
         return new ModelCatalog(groups);
     }

@@ -33,6 +33,8 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     private long _cacheLookups;
     private long _retries;
     private long _fallbacks;
+    private long _groupFallbacks;
+    private long _hedges;
     private long _promptTokens;
     private long _completionTokens;
 
@@ -66,6 +68,12 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             Interlocked.Increment(ref _fallbacks);
         }
     }
+
+    /// <summary>A request moved along its model group's fallback chain (or to a larger-context group).</summary>
+    public void OnFallback() => Interlocked.Increment(ref _groupFallbacks);
+
+    /// <summary>A hedged second attempt was sent.</summary>
+    public void OnHedge() => Interlocked.Increment(ref _hedges);
 
     /// <summary>Called by a worker for each attempt it finishes.</summary>
     public void OnAttempt(GatewayAttempt attempt)
@@ -157,6 +165,8 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             P99LatencyMs = _latency.PercentileMs(0.99),
             Retries = Interlocked.Read(ref _retries),
             Fallbacks = Interlocked.Read(ref _fallbacks),
+            GroupFallbacks = Interlocked.Read(ref _groupFallbacks),
+            Hedges = Interlocked.Read(ref _hedges),
             PromptTokens = Interlocked.Read(ref _promptTokens),
             CompletionTokens = Interlocked.Read(ref _completionTokens),
             TotalCost = providers.Values.Sum(p => p.TotalCost),

@@ -41,6 +41,12 @@ public sealed class GatewayMetricsSnapshot
     /// <summary>Retries that went to a different deployment.</summary>
     public long Fallbacks { get; init; }
 
+    /// <summary>Moves to another model group along a fallback chain (or to a larger-context group).</summary>
+    public long GroupFallbacks { get; init; }
+
+    /// <summary>Hedged second attempts sent.</summary>
+    public long Hedges { get; init; }
+
     public decimal TotalCost { get; init; }
 
     public long PromptTokens { get; init; }

@@ -31,6 +31,7 @@ internal sealed partial class GatewayPipeline
         ProviderPools pools,
         GatewayMetrics metrics,
         ResponseCache cache,
+        DeploymentSelector selector,
         TimeProvider time,
         ILogger<GatewayPipeline> logger)
     {
@@ -39,6 +40,7 @@ internal sealed partial class GatewayPipeline
         Pools = pools;
         Metrics = metrics;
         Cache = cache;
+        Selector = selector;
         Time = time;
         _logger = logger;
         var p = Options.Pipeline;
@@ -71,6 +73,9 @@ internal sealed partial class GatewayPipeline
     public GatewayMetrics Metrics { get; }
 
     public ResponseCache Cache { get; }
+
+    /// <summary>Deployment choice and health, shared by the router and hedging workers.</summary>
+    public DeploymentSelector Selector { get; }
 
     public TimeProvider Time { get; }
 

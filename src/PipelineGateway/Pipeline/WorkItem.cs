@@ -30,6 +30,7 @@ internal sealed class WorkItem
         Sequence = sequence;
         Request = request;
         Group = group;
+        RootGroup = group;
         Timeout = timeout;
         CallerToken = callerToken;
         StartTimestamp = time.GetTimestamp();
@@ -71,7 +72,40 @@ internal sealed class WorkItem
     /// <summary>The failure the caller was given, if any (streams read it after the last chunk).</summary>
     public Exception? Failure { get; private set; }
 
-    public ModelGroup Group { get; set; }
+    /// <summary>The group now serving the request (changes along fallback chains).</summary>
+    public ModelGroup Group { get; private set; }
+
+    /// <summary>The group the caller's model name resolved to.</summary>
+    public ModelGroup RootGroup { get; }
+
+    private int _fallbackPosition = -1;
+    private int _contextFallbackPosition = -1;
+
+    /// <summary>Moves to the next group of the root group's fallback chain, if there is one.</summary>
+    public bool TryAdvanceFallback()
+    {
+        var chain = RootGroup.Fallbacks;
+        if (_fallbackPosition + 1 >= chain.Count)
+        {
+            return false;
+        }
+
+        Group = chain[++_fallbackPosition];
+        return true;
+    }
+
+    /// <summary>Moves to the next larger-context group, used only after a context-length error.</summary>
+    public bool TryAdvanceContextFallback()
+    {
+        var chain = RootGroup.ContextWindowFallbacks;
+        if (_contextFallbackPosition + 1 >= chain.Count)
+        {
+            return false;
+        }
+
+        Group = chain[++_contextFallbackPosition];
+        return true;
+    }
 
     public TimeSpan Timeout { get; }
 

@@ -20,6 +20,10 @@ public static class RoutingStrategyNames
 {
     public const string RoundRobin = "RoundRobin";
     public const string Priority = "Priority";
+    public const string LowestLatency = "LowestLatency";
+    public const string CostOptimized = "CostOptimized";
+    public const string Weighted = "Weighted";
+    public const string LeastBusy = "LeastBusy";
 }
 
 /// <summary>Even spread across candidates; an interlocked counter keeps it correct under concurrency.</summary>

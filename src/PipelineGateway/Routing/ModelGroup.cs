@@ -6,7 +6,7 @@ namespace PipelineGateway.Routing;
 /// <summary>One provider serving a model group under an upstream model name (resolved at start).</summary>
 public sealed class Deployment
 {
-    internal Deployment(string group, ProviderWorkerPool pool, string model, int priority, double weight, int index)
+    internal Deployment(string group, ProviderWorkerPool pool, string model, int priority, double weight, int index, decimal? inputPrice, decimal? outputPrice)
     {
         Group = group;
         Pool = pool;
@@ -14,7 +14,13 @@ public sealed class Deployment
         Priority = priority;
         Weight = weight;
         Index = index;
+        InputPricePerMillion = inputPrice;
+        OutputPricePerMillion = outputPrice;
+        Id = $"{group}/{pool.Name}/{model}";
     }
+
+    /// <summary>"group/provider/model": unique in a gateway.</summary>
+    public string Id { get; }
 
     public string Group { get; }
 
@@ -30,9 +36,16 @@ public sealed class Deployment
     /// <summary>Position in its group's deployment list.</summary>
     public int Index { get; }
 
+    public decimal? InputPricePerMillion { get; }
+
+    public decimal? OutputPricePerMillion { get; }
+
+    /// <summary>Live measurements strategies read: latency, requests in flight, circuit state.</summary>
+    public DeploymentState State { get; } = new();
+
     internal ProviderWorkerPool Pool { get; }
 
-    public override string ToString() => $"{ProviderName}/{Model}";
+    public override string ToString() => Id;
 }
 
 /// <summary>A model name callers ask for, with its deployments and the strategy that picks among them.</summary>
@@ -40,12 +53,16 @@ public sealed class ModelGroup
 {
     private int _sequence = -1;
 
-    internal ModelGroup(string name, IReadOnlyList<string> aliases, IRoutingStrategy strategy, Deployment[] deployments)
+    internal ModelGroup(ModelGroupOptions options, IRoutingStrategy strategy, Deployment[] deployments)
     {
-        Name = name;
-        Aliases = aliases;
+        Name = options.Name;
+        Aliases = [.. options.Aliases];
         Strategy = strategy;
         Deployments = deployments;
+        ExpectedCompletionTokens = options.ExpectedCompletionTokens;
+        Hedging = options.Hedging;
+        FallbackNames = [.. options.Fallbacks];
+        ContextWindowFallbackNames = [.. options.ContextWindowFallbacks];
     }
 
     public string Name { get; }
@@ -56,10 +73,30 @@ public sealed class ModelGroup
 
     public IReadOnlyList<Deployment> Deployments { get; }
 
+    public int ExpectedCompletionTokens { get; }
+
+    public HedgingOptions? Hedging { get; }
+
+    /// <summary>Groups tried, in order, after every deployment of this one failed.</summary>
+    public IReadOnlyList<ModelGroup> Fallbacks { get; private set; } = [];
+
+    /// <summary>Groups tried, in order, on a context-length error only.</summary>
+    public IReadOnlyList<ModelGroup> ContextWindowFallbacks { get; private set; } = [];
+
+    internal IReadOnlyList<string> FallbackNames { get; }
+
+    internal IReadOnlyList<string> ContextWindowFallbackNames { get; }
+
     internal Deployment[] DeploymentArray => (Deployment[])Deployments;
 
     /// <summary>A per-group counter strategies may use for rotation; safe under concurrency.</summary>
     public int NextSequence() => Interlocked.Increment(ref _sequence);
+
+    internal void Link(ModelCatalog catalog)
+    {
+        Fallbacks = [.. FallbackNames.Select(n => catalog.TryResolve(n, out var g) ? g : throw new InvalidOperationException($"Unknown fallback group '{n}'."))];
+        ContextWindowFallbacks = [.. ContextWindowFallbackNames.Select(n => catalog.TryResolve(n, out var g) ? g : throw new InvalidOperationException($"Unknown fallback group '{n}'."))];
+    }
 }
 
 /// <summary>Model names and aliases to groups, fixed at start.</summary>
@@ -81,9 +118,15 @@ public sealed class ModelCatalog
         }
 
         _byName = map.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
+        foreach (var g in Groups)
+        {
+            g.Link(this);
+        }
     }
 
     public IReadOnlyList<ModelGroup> Groups { get; }
+
+    public IEnumerable<Deployment> AllDeployments => Groups.SelectMany(g => g.Deployments);
 
     public bool TryResolve(string model, out ModelGroup group) => _byName.TryGetValue(model, out group!);
 }

@@ -11,10 +11,26 @@ public sealed class ModelGroupOptions
     /// <summary>Other names that resolve to this group.</summary>
     public List<string> Aliases { get; set; } = [];
 
-    /// <summary>The routing strategy by name: RoundRobin or Priority.</summary>
+    /// <summary>
+    /// The routing strategy by name: RoundRobin, LowestLatency, CostOptimized, Priority, Weighted, LeastBusy,
+    /// or the name of one registered with <c>AddRoutingStrategy</c>.
+    /// </summary>
     public string Strategy { get; set; } = RoutingStrategyNames.RoundRobin;
 
     public List<DeploymentOptions> Deployments { get; set; } = [];
+
+    /// <summary>Groups to try, in order, once every deployment of this one has failed (for example gpt-4o → claude-sonnet).</summary>
+    public List<string> Fallbacks { get; set; } = [];
+
+    /// <summary>Groups with larger context windows, tried in order only when a deployment reports a context-length error.</summary>
+    public List<string> ContextWindowFallbacks { get; set; } = [];
+
+    /// <summary>Completion tokens expected when the request sets no max_tokens (for CostOptimized).</summary>
+    [Range(0, 10_000_000)]
+    public int ExpectedCompletionTokens { get; set; } = 256;
+
+    /// <summary>Send a second attempt to another deployment when the first is slow (non-streamed requests).</summary>
+    public HedgingOptions? Hedging { get; set; }
 }
 
 /// <summary>One provider serving a model group under an upstream model name.</summary>
@@ -29,6 +45,21 @@ public sealed class DeploymentOptions
     /// <summary>Lower is preferred by the Priority strategy.</summary>
     public int Priority { get; set; }
 
+    /// <summary>Share of traffic under the Weighted strategy.</summary>
     [Range(0.0, 1_000_000.0)]
     public double Weight { get; set; } = 1;
+
+    /// <summary>USD per million prompt tokens (for CostOptimized and cost tracking); falls back to the pricing table.</summary>
+    [Range(0.0, 1_000_000.0)]
+    public decimal? InputPricePerMillion { get; set; }
+
+    /// <summary>USD per million completion tokens.</summary>
+    [Range(0.0, 1_000_000.0)]
+    public decimal? OutputPricePerMillion { get; set; }
+}
+
+/// <summary>Hedging: after <see cref="Delay"/> without an answer, race a second deployment; the first success wins.</summary>
+public sealed class HedgingOptions
+{
+    public TimeSpan Delay { get; set; } = TimeSpan.FromSeconds(2);
 }

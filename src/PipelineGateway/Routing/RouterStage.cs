@@ -1,15 +1,17 @@
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Pipeline;
+using PipelineGateway.Routing.Health;
 
 namespace PipelineGateway.Routing;
 
 /// <summary>
-/// Third stage: picks a deployment of the request's model group — not one this request already tried,
-/// unless every one was — and queues the request at that provider's worker pool. When the chosen pool's
-/// queue is full it prefers another candidate with room, and only then waits (backpressure).
+/// Third stage: picks a deployment for each request (see <see cref="DeploymentSelector"/>); when its group has
+/// none available it moves along the group's fallback chain, and when no group has one it applies
+/// <c>Health:WhenAllUnhealthy</c>. The request is then queued at that provider's worker pool; a full queue
+/// makes the router prefer another candidate with room, and only then wait (backpressure).
 /// </summary>
-internal sealed class RouterStage(GatewayPipeline pipeline, ILogger<RouterStage> logger)
+internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector selector, ILogger<RouterStage> logger)
     : PipelineStage(pipeline, logger)
 {
     // The router is one loop, so one scratch buffer serves every decision without allocating.
@@ -27,37 +29,57 @@ internal sealed class RouterStage(GatewayPipeline pipeline, ILogger<RouterStage>
             return ValueTask.CompletedTask;
         }
 
-        var candidates = Candidates(item);
-        if (candidates.IsEmpty)
+        var chosen = selector.Select(item, item.Group, ref _scratch);
+        while (chosen is null && item.TryAdvanceFallback())
         {
-            Pipeline.FailAndRetire(item, new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), "no deployment is available"));
-            return ValueTask.CompletedTask;
+            Pipeline.Metrics.OnFallback();
+            chosen = selector.Select(item, item.Group, ref _scratch);
         }
 
-        var chosen = candidates[item.Group.Strategy.Select(candidates, new RoutingContext(item.Group, item.Request, item.AttemptCount))];
-        if (chosen.Pool.QueueDepth >= chosen.Pool.QueueCapacity)
+        if (chosen is null)
         {
-            foreach (var other in candidates)
+            if (selector.Health.Options.WhenAllUnhealthy == AllUnhealthyBehavior.FailFast)
             {
-                if (other.Pool.QueueDepth < other.Pool.QueueCapacity)
-                {
-                    chosen = other;
-                    break;
-                }
+                Pipeline.FailAndRetire(item, new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), "every deployment is unhealthy (circuit open or cooling down after a 429)"));
+                return ValueTask.CompletedTask;
             }
+
+            chosen = DeploymentSelector.Earliest(item, item.Group)!;
         }
 
+        chosen = PreferRoom(chosen, item);
         item.Current = chosen;
+        chosen.State.Enter();
         if (item.AttemptCount > 0)
         {
             Pipeline.Metrics.OnRetry(fallback: !item.HasTried(chosen));
         }
 
         var writer = chosen.Pool.Writer;
-        return writer.TryWrite(item) ? ValueTask.CompletedTask : WaitForRoomAsync(writer, item);
+        return writer.TryWrite(item) ? ValueTask.CompletedTask : WaitForRoomAsync(writer, item, chosen);
     }
 
-    private async ValueTask WaitForRoomAsync(ChannelWriter<WorkItem> writer, WorkItem item)
+    /// <summary>When the chosen provider's queue is full, another healthy candidate with room goes first.</summary>
+    private Deployment PreferRoom(Deployment chosen, WorkItem item)
+    {
+        if (chosen.Pool.QueueDepth < chosen.Pool.QueueCapacity)
+        {
+            return chosen;
+        }
+
+        var now = selector.Health.Now;
+        foreach (var other in item.Group.DeploymentArray)
+        {
+            if (!ReferenceEquals(other, chosen) && !item.HasTried(other) && other.Pool.QueueDepth < other.Pool.QueueCapacity && other.State.Circuit == CircuitState.Closed && selector.Health.IsSelectable(other, now))
+            {
+                return other;
+            }
+        }
+
+        return chosen;
+    }
+
+    private async ValueTask WaitForRoomAsync(ChannelWriter<WorkItem> writer, WorkItem item, Deployment chosen)
     {
         try
         {
@@ -66,28 +88,9 @@ internal sealed class RouterStage(GatewayPipeline pipeline, ILogger<RouterStage>
         }
         catch (OperationCanceledException) when (item.Token.IsCancellationRequested)
         {
+            chosen.State.Exit();
+            chosen.State.OnNeutral();
             Pipeline.FailAndRetire(item, item.CancellationError());
         }
-    }
-
-    private ReadOnlySpan<Deployment> Candidates(WorkItem item)
-    {
-        var all = item.Group.DeploymentArray;
-        if (_scratch.Length < all.Length)
-        {
-            _scratch = new Deployment[all.Length];
-        }
-
-        var n = 0;
-        foreach (var d in all)
-        {
-            if (!item.HasTried(d))
-            {
-                _scratch[n++] = d;
-            }
-        }
-
-        // Every deployment already tried: the dead-letter stage has backed off; try them again.
-        return n > 0 ? _scratch.AsSpan(0, n) : all;
     }
 }
