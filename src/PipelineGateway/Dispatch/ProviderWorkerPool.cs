@@ -176,10 +176,13 @@ internal sealed partial class ProviderWorkerPool
     {
         var pipeline = _pipeline!;
         using var primaryCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
-        var primaryTask = RunAsync(this, primary, item, ownPermit: true, primaryCts.Token);
+
+        // The hedge clock starts before the first attempt does.
         var timer = Task.Delay(delay, pipeline.Time, primaryCts.Token);
+        var primaryTask = RunAsync(this, primary, item, ownPermit: true, primaryCts.Token);
         if (await Task.WhenAny(primaryTask, timer).ConfigureAwait(false) == primaryTask)
         {
+            await primaryCts.CancelAsync().ConfigureAwait(false); // stops the hedge timer; the attempt is over
             await FinishAsync(item, primaryTask.Result, null).ConfigureAwait(false);
             return;
         }

@@ -115,6 +115,7 @@ public sealed class GatewayBuilder
         to.Models = from.Models;
         to.Admission = from.Admission;
         to.Cache = from.Cache;
+        to.Health = from.Health;
     }
 }
 

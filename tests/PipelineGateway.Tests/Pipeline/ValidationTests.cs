@@ -58,11 +58,11 @@ public sealed class ValidationTests
         var a = new FakeProvider("a");
         await using var gateway = await new GatewayBuilder()
             .AddProvider(a)
-            .Configure(o => o.Models.Add(new Routing.ModelGroupOptions
+            .Configure(o => o.Models.Add(new PipelineGateway.Routing.ModelGroupOptions
             {
                 Name = "gpt-4o",
                 Aliases = ["gpt-4"],
-                Deployments = [new Routing.DeploymentOptions { Provider = "a", Model = "upstream-4o" }],
+                Deployments = [new PipelineGateway.Routing.DeploymentOptions { Provider = "a", Model = "upstream-4o" }],
             }))
             .StartAsync(Ct);
 
@@ -79,7 +79,7 @@ public sealed class ValidationTests
         { "Gateway:Providers:1:Workers", o => o.Providers.Add(new ProviderOptions { Name = "y", Workers = 0 }) },
         { "Gateway:Models:0:Strategy 'Fastest' is unknown", o => o.Models[0].Strategy = "Fastest" },
         { "Gateway:Models:0:Deployments:0:Provider 'ghost' is not a configured provider", o => o.Models[0].Deployments[0].Provider = "ghost" },
-        { "Gateway:Models:1: the model name or alias 'm' is used more than once", o => o.Models.Add(new Routing.ModelGroupOptions { Name = "m", Deployments = [new Routing.DeploymentOptions { Provider = "a" }] }) },
+        { "Gateway:Models:1: the model name or alias 'm' is used more than once", o => o.Models.Add(new PipelineGateway.Routing.ModelGroupOptions { Name = "m", Deployments = [new PipelineGateway.Routing.DeploymentOptions { Provider = "a" }] }) },
         { "Gateway:Admission:RateLimits:0:Limit", o => o.Admission.RateLimits.Add(new Admission.RateLimitRule { Limit = 0 }) },
     };
 
