@@ -16,6 +16,9 @@ public sealed class Deployment
         Index = index;
         InputPricePerMillion = inputPrice;
         OutputPricePerMillion = outputPrice;
+        IsPriced = inputPrice is not null || outputPrice is not null;
+        InputPrice = (double)(inputPrice ?? 0);
+        OutputPrice = (double)(outputPrice ?? 0);
         Id = $"{group}/{pool.Name}/{model}";
     }
 
@@ -39,6 +42,12 @@ public sealed class Deployment
     public decimal? InputPricePerMillion { get; }
 
     public decimal? OutputPricePerMillion { get; }
+
+    internal bool IsPriced { get; }
+
+    internal double InputPrice { get; }
+
+    internal double OutputPrice { get; }
 
     /// <summary>Live measurements strategies read: latency, requests in flight, circuit state.</summary>
     public DeploymentState State { get; } = new();

