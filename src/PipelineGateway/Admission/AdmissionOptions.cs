@@ -8,8 +8,18 @@ public sealed class AdmissionOptions
     /// <summary>Limits chained together: a request passes only if every one admits it.</summary>
     public List<RateLimitRule> RateLimits { get; set; } = [];
 
-    /// <summary>What separates one tenant's limits from another's.</summary>
+    /// <summary>What separates one tenant's limits from another's; combine with commas ("Key, Model").</summary>
     public RateLimitPartition PartitionBy { get; set; } = RateLimitPartition.Key;
+
+    /// <summary>
+    /// How long a waiting caller (<see cref="SubmitMode.Wait"/>) may wait for a rate-limit permit before it is
+    /// refused; fail-fast callers are refused at once. Waiters are admitted in arrival order as permits refill.
+    /// </summary>
+    public TimeSpan MaxWait { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Completion tokens charged at admission when the request sets no max_tokens (corrected after the answer).</summary>
+    [Range(0, 10_000_000)]
+    public int ExpectedCompletionTokens { get; set; } = 256;
 }
 
 public enum RateLimitAlgorithm
@@ -21,19 +31,29 @@ public enum RateLimitAlgorithm
     SlidingWindow,
 }
 
+[Flags]
 public enum RateLimitPartition
 {
     /// <summary>One set of counters for everyone.</summary>
-    None,
+    None = 0,
 
-    /// <summary>Per <see cref="GatewayRequestOptions.RateLimitKey"/> (the gateway key), falling back to the shared partition.</summary>
-    Key,
+    /// <summary>Per <see cref="GatewayRequestOptions.RateLimitKey"/> (the gateway key).</summary>
+    Key = 1,
 
     /// <summary>Per the request's <c>user</c> field.</summary>
-    User,
+    User = 2,
 
     /// <summary>Per requested model.</summary>
-    Model,
+    Model = 4,
+}
+
+public enum RateLimitUnit
+{
+    /// <summary>Each request costs 1.</summary>
+    Requests,
+
+    /// <summary>Each request costs its estimated tokens (prompt + max_tokens), corrected to actual usage after the answer.</summary>
+    Tokens,
 }
 
 /// <summary>One limit: <see cref="Limit"/> requests per <see cref="Window"/>.</summary>
@@ -43,6 +63,8 @@ public sealed class RateLimitRule
     public string? Name { get; set; }
 
     public RateLimitAlgorithm Algorithm { get; set; } = RateLimitAlgorithm.TokenBucket;
+
+    public RateLimitUnit Unit { get; set; } = RateLimitUnit.Requests;
 
     [Range(1, long.MaxValue)]
     public long Limit { get; set; } = 60;
@@ -54,7 +76,7 @@ public sealed class RateLimitRule
     [Range(1, long.MaxValue)]
     public long? Burst { get; set; }
 
-    public string DisplayName => Name ?? $"{Limit} requests per {Describe(Window)} ({Algorithm})";
+    public string DisplayName => Name ?? $"{Limit} {(Unit == RateLimitUnit.Tokens ? "tokens" : "requests")} per {Describe(Window)} ({Algorithm})";
 
     private static string Describe(TimeSpan window) => window switch
     {

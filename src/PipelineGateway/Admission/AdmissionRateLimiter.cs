@@ -6,7 +6,7 @@ using PipelineGateway.Pipeline;
 namespace PipelineGateway.Admission;
 
 /// <summary>
-/// The chained, partitioned request limits of the admission stage.
+/// The chained, partitioned limits of the admission stage, on requests and on tokens.
 /// </summary>
 /// <remarks>
 /// Hand-written rather than built on System.Threading.RateLimiting, deliberately:
@@ -16,209 +16,291 @@ namespace PipelineGateway.Admission;
 /// back when disposed, so a refusal by the per-hour limit would still consume the per-minute permit —
 /// here every rule of a chain is checked first and charged only if all admit;
 /// (3) its sliding window counts whole segments, which lets up to twice the limit through around a
-/// segment edge; the window here keeps a log and is exact.
+/// segment edge; the window here keeps a log and is exact;
+/// (4) a token charge must be corrected after the answer (estimated → actual usage), which its leases cannot do.
 /// Each partition has its own lock, so one tenant's traffic never contends with another's.
 /// </remarks>
 internal sealed class AdmissionRateLimiter
 {
     private readonly RateLimitRule[] _rules;
-    private readonly RateLimitPartition _partitionBy;
+    private readonly AdmissionOptions _options;
     private readonly TimeProvider _time;
-    private readonly ConcurrentDictionary<string, PartitionState> _partitions = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Partition> _partitions = new(StringComparer.Ordinal);
 
     public AdmissionRateLimiter(IOptions<GatewayOptions> options, TimeProvider time)
     {
-        _rules = [.. options.Value.Admission.RateLimits];
-        _partitionBy = options.Value.Admission.PartitionBy;
+        _options = options.Value.Admission;
+        _rules = [.. _options.RateLimits];
         _time = time;
+        CountsTokens = _rules.Any(r => r.Unit == RateLimitUnit.Tokens);
     }
 
     public bool IsEnabled => _rules.Length > 0;
 
-    /// <summary>Admits the request (charging every rule) or returns the refusal without charging any.</summary>
-    public RateLimitedException? TryAdmit(WorkItem item) => TryAdmit(PartitionKey(item.Request), 1);
+    /// <summary>True when some rule is on tokens: only then is the prompt counted at admission.</summary>
+    public bool CountsTokens { get; }
 
-    public RateLimitedException? TryAdmit(string partition, long cost)
+    /// <summary>Called with a waiting request once it is admitted, or refused (the item then carries its failure).</summary>
+    public Action<WorkItem, RateLimitedException?>? OnWaitOver { get; set; }
+
+    /// <summary>Admits (charging every rule), parks a waiting caller, or refuses without charging any rule.</summary>
+    public AdmissionDecision TryAdmit(WorkItem item, out RateLimitedException? refusal)
     {
+        refusal = null;
         if (_rules.Length == 0)
         {
-            return null;
+            return AdmissionDecision.Admitted;
         }
 
-        var state = _partitions.GetOrAdd(partition, static (_, rules) => new PartitionState(rules), _rules);
+        var partition = _partitions.GetOrAdd(PartitionKey(item.Request), static (_, rules) => new Partition(rules), _rules);
+        var tokens = CountsTokens ? item.EstimatedTokens : 0;
         var now = _time.GetTimestamp();
-        lock (state)
+        lock (partition)
         {
-            for (var i = 0; i < _rules.Length; i++)
+            // Waiters go first, in arrival order: a newcomer never jumps the queue.
+            var wait = partition.Waiters.Count > 0 ? partition.HeadWait : partition.TimeUntilAvailable(now, tokens, _time.TimestampFrequency, out _);
+            if (wait == TimeSpan.Zero)
             {
-                var wait = state.Limits[i].TimeUntilAvailable(now, cost, _time.TimestampFrequency);
-                if (wait > TimeSpan.Zero)
+                item.RateLimitCharge = partition.Charge(now, tokens);
+                return AdmissionDecision.Admitted;
+            }
+
+            var limitName = partition.Waiters.Count > 0 ? "waiting queue" : partition.BlockingRule;
+            if (item.Mode == SubmitMode.Wait && wait != TimeSpan.MaxValue && _options.MaxWait > TimeSpan.Zero)
+            {
+                var giveUpAt = Min(_time.GetUtcNow() + _options.MaxWait, item.Deadline);
+                partition.Waiters.Enqueue(new Waiter(item, tokens, giveUpAt));
+                if (partition.Waiters.Count == 1)
                 {
-                    return new RateLimitedException(_rules[i].DisplayName, wait);
+                    Schedule(partition, wait);
                 }
+
+                return AdmissionDecision.Parked;
             }
 
-            for (var i = 0; i < _rules.Length; i++)
-            {
-                state.Limits[i].Charge(now, cost);
-            }
-        }
-
-        return null;
-    }
-
-    /// <summary>What is left of each rule for a partition, for x-ratelimit-* headers and metrics.</summary>
-    public IReadOnlyList<RateLimitStatus> GetStatus(string partition)
-    {
-        if (!_partitions.TryGetValue(partition, out var state))
-        {
-            return [.. _rules.Select(r => new RateLimitStatus(r.DisplayName, r.Limit, r.Burst ?? r.Limit, TimeSpan.Zero))];
-        }
-
-        var now = _time.GetTimestamp();
-        lock (state)
-        {
-            return [.. _rules.Select((r, i) => state.Limits[i].Status(r, now, _time.TimestampFrequency))];
+            refusal = new RateLimitedException(limitName, wait == TimeSpan.MaxValue ? _rules[0].Window : wait,
+                wait == TimeSpan.MaxValue ? $"The request ({tokens} estimated tokens) is larger than the limit '{limitName}' allows at all." : null);
+            return AdmissionDecision.Refused;
         }
     }
 
-    public string PartitionKey(ChatCompletionRequest request) => _partitionBy switch
+    /// <summary>Corrects a token charge to the actual usage (0 when no answer came, or it came from the cache).</summary>
+    public void Settle(WorkItem item, long actualTokens)
     {
-        RateLimitPartition.Key => request.Gateway?.RateLimitKey ?? string.Empty,
-        RateLimitPartition.User => request.User ?? string.Empty,
-        RateLimitPartition.Model => request.Model,
-        _ => string.Empty,
-    };
-
-    private sealed class PartitionState(RateLimitRule[] rules)
-    {
-        public ILimitState[] Limits { get; } = [.. rules.Select(ILimitState.Create)];
-    }
-}
-
-/// <summary>A rule's state for one partition, at a moment.</summary>
-public readonly record struct RateLimitStatus(string Name, long Limit, long Remaining, TimeSpan ResetAfter);
-
-internal interface ILimitState
-{
-    TimeSpan TimeUntilAvailable(long now, long cost, long frequency);
-
-    void Charge(long now, long cost);
-
-    RateLimitStatus Status(RateLimitRule rule, long now, long frequency);
-
-    static ILimitState Create(RateLimitRule rule) => rule.Algorithm switch
-    {
-        RateLimitAlgorithm.SlidingWindow => new SlidingWindowState(rule),
-        _ => new TokenBucketState(rule),
-    };
-}
-
-/// <summary>Continuous refill at Limit/Window up to Burst; refill computed lazily from timestamps.</summary>
-internal sealed class TokenBucketState(RateLimitRule rule) : ILimitState
-{
-    private readonly double _capacity = rule.Burst ?? rule.Limit;
-    private readonly double _perSecond = rule.Limit / rule.Window.TotalSeconds;
-    private double _tokens = rule.Burst ?? rule.Limit;
-    private long _last = -1;
-
-    public TimeSpan TimeUntilAvailable(long now, long cost, long frequency)
-    {
-        Refill(now, frequency);
-        if (cost > _capacity)
+        if (item.RateLimitCharge is not { } charge || !CountsTokens)
         {
-            return TimeSpan.MaxValue;
-        }
-
-        var missing = cost - _tokens;
-
-        // A hair of tolerance absorbs floating-point residue from many small refills.
-        return missing <= 1e-9 ? TimeSpan.Zero : TimeSpan.FromSeconds(Math.Max(missing / _perSecond, 1e-6));
-    }
-
-    public void Charge(long now, long cost) => _tokens = Math.Max(0, _tokens - cost);
-
-    public RateLimitStatus Status(RateLimitRule rule, long now, long frequency)
-    {
-        Refill(now, frequency);
-        var toFull = (_capacity - _tokens) / _perSecond;
-        return new RateLimitStatus(rule.DisplayName, rule.Limit, (long)Math.Floor(_tokens + 1e-9), TimeSpan.FromSeconds(toFull));
-    }
-
-    private void Refill(long now, long frequency)
-    {
-        if (_last < 0)
-        {
-            _last = now;
             return;
         }
 
-        var elapsed = (double)(now - _last) / frequency;
-        _last = now;
-        _tokens = Math.Min(_capacity, _tokens + (elapsed * _perSecond));
+        item.RateLimitCharge = null;
+        lock (charge.Partition)
+        {
+            charge.Partition.Adjust(charge, actualTokens - charge.Tokens);
+        }
     }
-}
 
-/// <summary>
-/// An exact sliding window: a log of (time, amount) for what was admitted in the last Window. A request
-/// is admitted when the amounts still inside the window plus its own stay within the limit.
-/// </summary>
-internal sealed class SlidingWindowState(RateLimitRule rule) : ILimitState
-{
-    private readonly Queue<(long At, long Amount)> _log = new();
-    private readonly long _limit = rule.Limit;
-    private readonly TimeSpan _window = rule.Window;
-    private long _sum;
-
-    public TimeSpan TimeUntilAvailable(long now, long cost, long frequency)
+    /// <summary>Fails every waiting request (shutdown). Returns how many there were.</summary>
+    public int FailWaiting(Func<Exception> error)
     {
-        var windowTicks = WindowTicks(frequency);
-        Expire(now, windowTicks);
-        if (cost > _limit)
+        var failed = 0;
+        foreach (var partition in _partitions.Values)
         {
-            return TimeSpan.MaxValue;
-        }
-
-        if (_sum + cost <= _limit)
-        {
-            return TimeSpan.Zero;
-        }
-
-        // Walk the oldest entries until enough would have left the window.
-        var freed = 0L;
-        foreach (var (at, amount) in _log)
-        {
-            freed += amount;
-            if (_sum - freed + cost <= _limit)
+            List<Waiter> waiters;
+            lock (partition)
             {
-                return TimeSpan.FromSeconds(Math.Max((double)(at + windowTicks - now) / frequency, 1e-6));
+                waiters = [.. partition.Waiters];
+                partition.Waiters.Clear();
+                partition.Timer?.Dispose();
+                partition.Timer = null;
+            }
+
+            foreach (var w in waiters)
+            {
+                w.Item.TryFail(error());
+                OnWaitOver?.Invoke(w.Item, null);
+                failed++;
             }
         }
 
-        return _window;
+        return failed;
     }
 
-    public void Charge(long now, long cost)
+    /// <summary>What is left of each rule for a request's partition (for x-ratelimit-* headers).</summary>
+    public IReadOnlyList<RateLimitStatus> GetStatus(ChatCompletionRequest request)
     {
-        _log.Enqueue((now, cost));
-        _sum += cost;
-    }
-
-    public RateLimitStatus Status(RateLimitRule rule, long now, long frequency)
-    {
-        var windowTicks = WindowTicks(frequency);
-        Expire(now, windowTicks);
-        var reset = _log.Count == 0 ? TimeSpan.Zero : TimeSpan.FromSeconds((double)(_log.Peek().At + windowTicks - now) / frequency);
-        return new RateLimitStatus(rule.DisplayName, rule.Limit, Math.Max(0, _limit - _sum), reset);
-    }
-
-    private long WindowTicks(long frequency) => (long)(_window.TotalSeconds * frequency);
-
-    private void Expire(long now, long windowTicks)
-    {
-        while (_log.Count > 0 && now - _log.Peek().At >= windowTicks)
+        var key = PartitionKey(request);
+        if (!_partitions.TryGetValue(key, out var partition))
         {
-            _sum -= _log.Dequeue().Amount;
+            return [.. _rules.Select(r => new RateLimitStatus(r.DisplayName, r.Limit, r.Burst ?? r.Limit, TimeSpan.Zero) { Unit = r.Unit })];
+        }
+
+        var now = _time.GetTimestamp();
+        lock (partition)
+        {
+            return [.. _rules.Select((r, i) => partition.Limits[i].Status(r.DisplayName, r.Limit, now, _time.TimestampFrequency) with { Unit = r.Unit })];
         }
     }
+
+    public string PartitionKey(ChatCompletionRequest request)
+    {
+        var by = _options.PartitionBy;
+        if (by == RateLimitPartition.None)
+        {
+            return string.Empty;
+        }
+
+        var key = (by & RateLimitPartition.Key) != 0 ? request.Gateway?.RateLimitKey ?? string.Empty : string.Empty;
+        if ((by & RateLimitPartition.User) != 0)
+        {
+            key = key + "\u001fu:" + request.User;
+        }
+
+        if ((by & RateLimitPartition.Model) != 0)
+        {
+            key = key + "\u001fm:" + request.Model;
+        }
+
+        return key;
+    }
+
+    private void Schedule(Partition partition, TimeSpan wait)
+    {
+        partition.HeadWait = wait;
+        partition.Timer ??= _time.CreateTimer(static s => { var (self, p) = ((AdmissionRateLimiter, Partition))s!; self.Wake(p); }, (this, partition), Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        partition.Timer.Change(wait, Timeout.InfiniteTimeSpan);
+    }
+
+    /// <summary>Admits waiters in order while permits allow; gives up on those whose wait ran out.</summary>
+    private void Wake(Partition partition)
+    {
+        var over = new List<(WorkItem Item, RateLimitedException? Refusal)>();
+        lock (partition)
+        {
+            var nowTs = _time.GetTimestamp();
+            var now = _time.GetUtcNow();
+            while (partition.Waiters.TryPeek(out var head))
+            {
+                if (head.Item.IsCompleted)
+                {
+                    partition.Waiters.Dequeue();
+                    over.Add((head.Item, null));
+                    continue;
+                }
+
+                var wait = partition.TimeUntilAvailable(nowTs, head.Tokens, _time.TimestampFrequency, out var rule);
+                if (wait == TimeSpan.Zero)
+                {
+                    partition.Waiters.Dequeue();
+                    head.Item.RateLimitCharge = partition.Charge(nowTs, head.Tokens);
+                    over.Add((head.Item, null));
+                    continue;
+                }
+
+                if (now + wait > head.GiveUpAt)
+                {
+                    partition.Waiters.Dequeue();
+                    over.Add((head.Item, new RateLimitedException(rule, wait, $"Rate limit '{rule}' exceeded and the wait ({wait.TotalSeconds:F3} s) would pass the request's maximum wait.")));
+                    continue;
+                }
+
+                Schedule(partition, wait);
+                break;
+            }
+
+            if (partition.Waiters.Count == 0)
+            {
+                partition.HeadWait = TimeSpan.Zero;
+            }
+        }
+
+        foreach (var (item, refusal) in over)
+        {
+            OnWaitOver?.Invoke(item, refusal);
+        }
+    }
+
+    private static DateTimeOffset Min(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
+
+    internal sealed record Waiter(WorkItem Item, long Tokens, DateTimeOffset GiveUpAt);
+
+    /// <summary>One tenant's counters: a state per rule, and the queue of callers waiting for a permit.</summary>
+    internal sealed class Partition
+    {
+        private readonly RateLimitRule[] _rules;
+
+        public Partition(RateLimitRule[] rules)
+        {
+            _rules = rules;
+            Limits = [.. rules.Select(r => ILimitState.Create(r.Algorithm, r.Limit, r.Window, r.Burst))];
+        }
+
+        public ILimitState[] Limits { get; }
+
+        public Queue<Waiter> Waiters { get; } = new();
+
+        public ITimer? Timer { get; set; }
+
+        public TimeSpan HeadWait { get; set; }
+
+        public string BlockingRule { get; private set; } = string.Empty;
+
+        /// <summary>The longest wait any rule imposes (zero when every rule admits).</summary>
+        public TimeSpan TimeUntilAvailable(long now, long tokens, long frequency, out string rule)
+        {
+            var wait = TimeSpan.Zero;
+            rule = string.Empty;
+            for (var i = 0; i < _rules.Length; i++)
+            {
+                var w = Limits[i].TimeUntilAvailable(now, Cost(_rules[i], tokens), frequency);
+                if (w > wait)
+                {
+                    wait = w;
+                    rule = _rules[i].DisplayName;
+                }
+            }
+
+            BlockingRule = rule;
+            return wait;
+        }
+
+        public RateLimitCharge Charge(long now, long tokens)
+        {
+            var handles = new object?[_rules.Length];
+            for (var i = 0; i < _rules.Length; i++)
+            {
+                handles[i] = Limits[i].Charge(now, Cost(_rules[i], tokens));
+            }
+
+            return new RateLimitCharge(this, tokens, handles);
+        }
+
+        public void Adjust(RateLimitCharge charge, long delta)
+        {
+            for (var i = 0; i < _rules.Length; i++)
+            {
+                if (_rules[i].Unit == RateLimitUnit.Tokens)
+                {
+                    Limits[i].Adjust(charge.Handles[i], delta);
+                }
+            }
+        }
+
+        private static long Cost(RateLimitRule rule, long tokens) => rule.Unit == RateLimitUnit.Tokens ? tokens : 1;
+    }
+}
+
+public enum AdmissionDecision
+{
+    Admitted,
+    Parked,
+    Refused,
+}
+
+/// <summary>What admission charged a request, kept so the charge can be corrected to actual usage.</summary>
+internal sealed record RateLimitCharge(AdmissionRateLimiter.Partition Partition, long Tokens, object?[] Handles);
+
+/// <summary>A rule's state for one partition, at a moment.</summary>
+public readonly record struct RateLimitStatus(string Name, long Limit, long Remaining, TimeSpan ResetAfter)
+{
+    public RateLimitUnit Unit { get; init; }
 }

@@ -9,9 +9,17 @@ namespace PipelineGateway.Admission;
 /// requests are inside: backpressure), applies the gateway-side rate limits and hands the request on.
 /// Its <see cref="StopAsync"/> drives the shutdown drain, since it is the first hosted stage to stop.
 /// </summary>
-internal sealed class AdmissionStage(GatewayPipeline pipeline, AdmissionRateLimiter limiter, ILogger<AdmissionStage> logger)
-    : PipelineStage(pipeline, logger)
+internal sealed class AdmissionStage : PipelineStage
 {
+    private readonly AdmissionRateLimiter limiter;
+
+    public AdmissionStage(GatewayPipeline pipeline, AdmissionRateLimiter limiter, ILogger<AdmissionStage> logger)
+        : base(pipeline, logger)
+    {
+        this.limiter = limiter;
+        limiter.OnWaitOver = OnWaitOver;
+    }
+
     protected override string StageName => "admission";
 
     protected override ChannelReader<WorkItem> Input => Pipeline.Admission.Reader;
@@ -28,21 +36,40 @@ internal sealed class AdmissionStage(GatewayPipeline pipeline, AdmissionRateLimi
         await base.StopAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    protected override async ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
+    protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
         if (item.IsCompleted)
         {
             // Cancelled or timed out while queued: it never took a slot.
             Pipeline.Retire(item);
-            return;
+            return ValueTask.CompletedTask;
         }
 
         if (Pipeline.IsFailingRemaining)
         {
             Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway shut down before the request was admitted."));
-            return;
+            return ValueTask.CompletedTask;
         }
 
+        // Rate limits come before the in-flight slot: a request waiting for a permit holds no slot.
+        switch (limiter.TryAdmit(item, out var refusal))
+        {
+            case AdmissionDecision.Refused:
+                Pipeline.Metrics.OnRateLimited();
+                Pipeline.FailAndRetire(item, refusal!);
+                return ValueTask.CompletedTask;
+            case AdmissionDecision.Parked:
+                // The limiter hands it back through OnWaitOver, in order, as permits refill.
+                Pipeline.Metrics.OnRateLimitWait();
+                return ValueTask.CompletedTask;
+            default:
+                return ForwardAsync(item, stopping);
+        }
+    }
+
+    /// <summary>Takes an in-flight slot (waiting when MaxInFlight are inside) and hands the request to the cache stage.</summary>
+    private async ValueTask ForwardAsync(WorkItem item, CancellationToken stopping)
+    {
         var slot = await Pipeline.AcquireSlotAsync(stopping).ConfigureAwait(false);
         Pipeline.Occupy(item, slot);
         if (item.IsCompleted)
@@ -51,7 +78,16 @@ internal sealed class AdmissionStage(GatewayPipeline pipeline, AdmissionRateLimi
             return;
         }
 
-        var refusal = limiter.TryAdmit(item);
+        var next = Pipeline.CacheLookup.Writer;
+        if (!next.TryWrite(item))
+        {
+            await next.WriteAsync(item, stopping).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>A waiting request's wait is over: admitted (continue), refused, or already answered.</summary>
+    private void OnWaitOver(WorkItem item, RateLimitedException? refusal)
+    {
         if (refusal is not null)
         {
             Pipeline.Metrics.OnRateLimited();
@@ -59,10 +95,26 @@ internal sealed class AdmissionStage(GatewayPipeline pipeline, AdmissionRateLimi
             return;
         }
 
-        var next = Pipeline.CacheLookup.Writer;
-        if (!next.TryWrite(item))
+        if (item.IsCompleted)
         {
-            await next.WriteAsync(item, stopping).ConfigureAwait(false);
+            Pipeline.Retire(item);
+            return;
+        }
+
+        _ = ContinueAsync(item);
+    }
+
+    private async Task ContinueAsync(WorkItem item)
+    {
+        try
+        {
+            await ForwardAsync(item, Stopping).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            Pipeline.FailAndRetire(item, ex is OperationCanceledException
+                ? new GatewayUnavailableException("The gateway shut down before the request was admitted.")
+                : new GatewayUnavailableException("The gateway's admission stage failed while handling the request."));
         }
     }
 }

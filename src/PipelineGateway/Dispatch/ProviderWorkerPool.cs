@@ -19,8 +19,13 @@ internal sealed partial class ProviderWorkerPool
     private GatewayPipeline? _pipeline;
     private Task[] _running = [];
 
-    public ProviderWorkerPool(ILlmProvider provider, int workers, int queueCapacity, ILogger logger)
+    private readonly int? _requestsPerMinute;
+    private readonly int? _tokensPerMinute;
+
+    public ProviderWorkerPool(ILlmProvider provider, int workers, int queueCapacity, ILogger logger, int? requestsPerMinute = null, int? tokensPerMinute = null)
     {
+        _requestsPerMinute = requestsPerMinute;
+        _tokensPerMinute = tokensPerMinute;
         Provider = provider;
         _workers = workers;
         QueueCapacity = queueCapacity;
@@ -49,9 +54,13 @@ internal sealed partial class ProviderWorkerPool
 
     public ChannelWriter<WorkItem> Writer => _queue.Writer;
 
+    /// <summary>The provider's RPM/TPM limits and 429 pause.</summary>
+    internal ProviderRateLimiter Limits { get; private set; } = null!;
+
     public void Start(GatewayPipeline pipeline, CancellationToken stop)
     {
         _pipeline = pipeline;
+        Limits = new ProviderRateLimiter(_requestsPerMinute, _tokensPerMinute, pipeline.Time);
         _running = new Task[_workers];
         for (var i = 0; i < _workers; i++)
         {
@@ -138,8 +147,11 @@ internal sealed partial class ProviderWorkerPool
     {
         var pipeline = _pipeline!;
         var started = pipeline.Time.GetTimestamp();
+        ProviderRateLimiter.Charge? charge = null;
         try
         {
+            // Rate first (holding no concurrency permit while waiting), then a concurrency permit.
+            charge = await AcquireRateAsync(item).ConfigureAwait(false);
             await AcquirePermitAsync(item.Token).ConfigureAwait(false);
             try
             {
@@ -147,10 +159,12 @@ internal sealed partial class ProviderWorkerPool
                 if (item.IsStream)
                 {
                     await StreamAttemptAsync(item, deployment, started).ConfigureAwait(false);
+                    Limits.Settle(charge, item.StreamUsage?.TotalTokens ?? charge?.Tokens ?? 0);
                 }
                 else
                 {
                     var response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false);
+                    Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
                     Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, pipeline.Time.GetElapsedTime(started)), null);
                     pipeline.CompleteSuccess(item, deployment, response);
                 }
@@ -162,6 +176,7 @@ internal sealed partial class ProviderWorkerPool
         }
         catch (Exception ex)
         {
+            Limits.Settle(charge, 0);
             OnAttemptFailed(item, deployment, started, ex);
         }
     }
@@ -189,8 +204,10 @@ internal sealed partial class ProviderWorkerPool
 
         Deployment[] scratch = [];
         var other = pipeline.Selector.Select(item, item.Group, ref scratch, exclude: primary);
-        if (other is not null && !other.Pool.TryAcquirePermit())
+        ProviderRateLimiter.Charge? hedgeCharge = null;
+        if (other is not null && (other.Pool.Limits.TryAcquire(other.Pool.Limits.CountsTokens ? item.EstimatedTokens : 0, out hedgeCharge) != TimeSpan.Zero || !other.Pool.TryAcquirePermit()))
         {
+            other.Pool.Limits.Settle(hedgeCharge, 0); // a hedge is only sent if its provider has room right now
             other.State.OnNeutral(); // give back a half-open probe we will not use
             other = null;
         }
@@ -205,7 +222,7 @@ internal sealed partial class ProviderWorkerPool
         pipeline.Metrics.OnHedge();
         other.State.Enter();
         using var hedgeCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
-        var hedgeTask = RunAsync(other.Pool, other, item, ownPermit: false, hedgeCts.Token);
+        var hedgeTask = RunAsync(other.Pool, other, item, ownPermit: false, hedgeCts.Token, hedgeCharge);
         try
         {
             var first = await Task.WhenAny(primaryTask, hedgeTask).ConfigureAwait(false);
@@ -232,8 +249,9 @@ internal sealed partial class ProviderWorkerPool
     /// <summary>The outcome of one hedged leg, as a value.</summary>
     private readonly record struct Leg(Deployment Deployment, ProviderWorkerPool Pool, ChatCompletionResponse? Response, Exception? Error, TimeSpan Latency);
 
-    private static async Task<Leg> RunAsync(ProviderWorkerPool pool, Deployment deployment, WorkItem item, bool ownPermit, CancellationToken token)
+    private static async Task<Leg> RunAsync(ProviderWorkerPool pool, Deployment deployment, WorkItem item, bool ownPermit, CancellationToken token, ProviderRateLimiter.Charge? hedgeCharge = null)
     {
+        var charge = hedgeCharge;
         var time = pool._pipeline!.Time;
         var started = time.GetTimestamp();
         var holding = !ownPermit; // a hedge leg's permit was taken by the caller
@@ -241,16 +259,19 @@ internal sealed partial class ProviderWorkerPool
         {
             if (ownPermit)
             {
+                charge = await pool.AcquireRateAsync(item).ConfigureAwait(false);
                 await pool.AcquirePermitAsync(token).ConfigureAwait(false);
                 holding = true;
                 started = time.GetTimestamp();
             }
 
             var response = await pool.Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), token).ConfigureAwait(false);
+            pool.Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
             return new Leg(deployment, pool, response, null, time.GetElapsedTime(started));
         }
         catch (Exception ex)
         {
+            pool.Limits.Settle(charge, 0);
             return new Leg(deployment, pool, null, ex, time.GetElapsedTime(started));
         }
         finally
@@ -292,6 +313,15 @@ internal sealed partial class ProviderWorkerPool
 
     private readonly SemaphoreSlim _permits;
 
+    private ValueTask<ProviderRateLimiter.Charge?> AcquireRateAsync(WorkItem item)
+    {
+        // The synchronous try covers the common case (no limit, or room now) without an async state machine.
+        var tokens = Limits.CountsTokens ? item.EstimatedTokens : 0;
+        return Limits.TryAcquire(tokens, out var charge) == TimeSpan.Zero
+            ? ValueTask.FromResult(charge)
+            : Limits.AcquireAsync(tokens, item.Token);
+    }
+
     private ValueTask AcquirePermitAsync(CancellationToken token) =>
         _permits.Wait(0, CancellationToken.None) ? ValueTask.CompletedTask : new ValueTask(_permits.WaitAsync(token));
 
@@ -314,6 +344,11 @@ internal sealed partial class ProviderWorkerPool
                 chunk.Gateway = pipeline.Metrics.Describe(item, deployment, cached: false);
                 item.StreamStarted = true;
                 first = false;
+            }
+
+            if (chunk.Usage is { } usage)
+            {
+                item.StreamUsage = usage;
             }
 
             if (!writer.TryWrite(chunk))
@@ -368,6 +403,12 @@ internal sealed partial class ProviderWorkerPool
     /// <summary>Adds the attempt to the request, and reports it to metrics and to the health tracker.</summary>
     private void Record(WorkItem item, Deployment deployment, GatewayAttempt attempt, TimeSpan? retryAfter)
     {
+        if (attempt.Outcome == AttemptOutcome.RateLimited)
+        {
+            // The provider said 429: the whole pool slows down until its Retry-After.
+            Limits.Pause(retryAfter ?? _pipeline!.Selector.Health.Options.RateLimitCooldown);
+        }
+
         item.AddAttempt(deployment, attempt);
         _pipeline!.Metrics.OnAttempt(attempt);
         _pipeline.Selector.Health.Report(deployment, attempt.Outcome, attempt.Latency, retryAfter);

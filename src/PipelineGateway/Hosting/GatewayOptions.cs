@@ -73,6 +73,14 @@ public sealed class ProviderOptions
     [Range(1, 10_000)]
     public int Workers { get; set; } = 16;
 
+    /// <summary>Requests per minute the upstream allows; the pool never sends more in any 60-second window.</summary>
+    [Range(1, 100_000_000)]
+    public int? RequestsPerMinute { get; set; }
+
+    /// <summary>Tokens per minute the upstream allows (estimated at send, corrected to actual usage).</summary>
+    [Range(1, 1_000_000_000)]
+    public int? TokensPerMinute { get; set; }
+
     /// <summary>Capacity of this provider's queue.</summary>
     [Range(1, 1_000_000)]
     public int QueueCapacity { get; set; } = 256;

@@ -116,7 +116,7 @@ public static class GatewayServiceCollectionExtensions
             var provider = custom.Remove(o.Name, out var registered)
                 ? registered
                 : factories[o.Type].Create(o, sp);
-            pools.Add(new ProviderWorkerPool(provider, o.Workers, o.QueueCapacity, logger));
+            pools.Add(new ProviderWorkerPool(provider, o.Workers, o.QueueCapacity, logger, o.RequestsPerMinute, o.TokensPerMinute));
         }
 
         // Providers registered in code with no configuration entry get the defaults.

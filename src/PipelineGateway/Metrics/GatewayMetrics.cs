@@ -29,6 +29,7 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     private long _cancelled;
     private long _deadline;
     private long _rateLimited;
+    private long _rateLimitWaits;
     private long _shed;
     private long _cacheLookups;
     private long _retries;
@@ -57,6 +58,8 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     public void OnCacheMiss() => Interlocked.Increment(ref _cacheLookups);
 
     public void OnRateLimited() => Interlocked.Increment(ref _rateLimited);
+
+    public void OnRateLimitWait() => Interlocked.Increment(ref _rateLimitWaits);
 
     public void OnShed() => Interlocked.Increment(ref _shed);
 
@@ -157,6 +160,7 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             CancelledRequests = Interlocked.Read(ref _cancelled),
             DeadlineExceededRequests = Interlocked.Read(ref _deadline),
             RateLimitedRequests = Interlocked.Read(ref _rateLimited),
+            RateLimitWaits = Interlocked.Read(ref _rateLimitWaits),
             ShedRequests = Interlocked.Read(ref _shed),
             CacheHitRate = lookups == 0 ? 0 : Math.Round((double)Interlocked.Read(ref _cached) / lookups, 4),
             AvgLatencyMs = Math.Round(_latency.MeanMs, 3),

@@ -16,7 +16,11 @@ public sealed class GatewayMetricsSnapshot
 
     public long CancelledRequests { get; init; }
 
+    /// <summary>Requests refused by a gateway rate limit.</summary>
     public long RateLimitedRequests { get; init; }
+
+    /// <summary>Requests that waited for a rate-limit permit (and were then admitted or refused).</summary>
+    public long RateLimitWaits { get; init; }
 
     /// <summary>Requests refused at once because the queue was full (load shedding).</summary>
     public long ShedRequests { get; init; }

@@ -31,6 +31,7 @@ internal sealed partial class GatewayPipeline
         ProviderPools pools,
         GatewayMetrics metrics,
         ResponseCache cache,
+        Admission.AdmissionRateLimiter limiter,
         DeploymentSelector selector,
         TimeProvider time,
         ILogger<GatewayPipeline> logger)
@@ -40,6 +41,7 @@ internal sealed partial class GatewayPipeline
         Pools = pools;
         Metrics = metrics;
         Cache = cache;
+        Limiter = limiter;
         Selector = selector;
         Time = time;
         _logger = logger;
@@ -56,7 +58,8 @@ internal sealed partial class GatewayPipeline
         Routing = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
         DeadLetter = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
 
-        _freeSlots = Channel.CreateBounded<int>(Bounded(MaxInFlight, singleReader: true));
+        // Read by the admission loop and by waiters admitted from a rate-limit timer.
+        _freeSlots = Channel.CreateBounded<int>(Bounded(MaxInFlight, singleReader: false));
         _live = new WorkItem?[MaxInFlight];
         for (var i = 0; i < MaxInFlight; i++)
         {
@@ -73,6 +76,8 @@ internal sealed partial class GatewayPipeline
     public GatewayMetrics Metrics { get; }
 
     public ResponseCache Cache { get; }
+
+    public Admission.AdmissionRateLimiter Limiter { get; }
 
     /// <summary>Deployment choice and health, shared by the router and hedging workers.</summary>
     public DeploymentSelector Selector { get; }
@@ -191,6 +196,16 @@ internal sealed partial class GatewayPipeline
     /// <summary>Called exactly once per item, by whichever thread completed it.</summary>
     internal void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error)
     {
+        // The token charge becomes the actual usage: nothing for a failure or a cache hit; an answer that
+        // reported no usage keeps its estimate.
+        if (error is not null || response?.Gateway?.Cached == true)
+        {
+            Limiter.Settle(item, 0);
+        }
+        else if ((response?.Usage ?? item.StreamUsage) is { } usage)
+        {
+            Limiter.Settle(item, usage.TotalTokens);
+        }
         Metrics.OnCompleted(item, response, error, Time.GetElapsedTime(item.StartTimestamp));
         if (error is not null && error is not RequestCancelledException)
         {
@@ -231,6 +246,7 @@ internal sealed partial class GatewayPipeline
             }
         }
 
+        failed += Limiter.FailWaiting(static () => new GatewayUnavailableException("The gateway shut down while the request waited for a rate-limit permit."));
         LogFailedRemaining(_logger, failed, Outstanding);
 
         // Cancelled items leave the stages quickly; wait a little for that, on real time: this only bounds

@@ -19,6 +19,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
         try
         {
             item = Create(request, stream: false, cancellationToken);
+            item.Mode = mode;
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
@@ -45,6 +46,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
     public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, SubmitMode mode, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         var item = Create(request, stream: true, cancellationToken);
+        item.Mode = mode;
         if (!pipeline.Admission.Writer.TryWrite(item))
         {
             await WaitForRoomAsync(item, mode).ConfigureAwait(false);

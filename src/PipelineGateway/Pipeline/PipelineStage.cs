@@ -23,6 +23,9 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
 
     protected ILogger Logger { get; }
 
+    /// <summary>Fires when the stage stops.</summary>
+    protected CancellationToken Stopping => _stop.Token;
+
     protected abstract string StageName { get; }
 
     protected abstract ChannelReader<WorkItem> Input { get; }

@@ -127,6 +127,32 @@ internal sealed class WorkItem
 
     public int Slot { get; set; } = -1;
 
+    /// <summary>Whether the caller waits for room and for rate-limit permits, or is refused at once.</summary>
+    public SubmitMode Mode { get; set; }
+
+    /// <summary>What admission charged the rate limits, for correction to actual usage.</summary>
+    public Admission.RateLimitCharge? RateLimitCharge { get; set; }
+
+    /// <summary>Usage reported by a stream's last chunk.</summary>
+    public TokenUsage? StreamUsage { get; set; }
+
+    private long _estimatedTokens = -1;
+
+    /// <summary>Prompt tokens (counted with the model's tokenizer) plus the completion budget; computed once, on demand.</summary>
+    public long EstimatedTokens
+    {
+        get
+        {
+            if (_estimatedTokens < 0)
+            {
+                var completion = Request.RequestedCompletionTokens ?? Observer?.Options.Admission.ExpectedCompletionTokens ?? 256;
+                _estimatedTokens = Admission.TokenCounter.CountPrompt(Request, Request.Model) + completion;
+            }
+
+            return _estimatedTokens;
+        }
+    }
+
     /// <summary>Set by the cache stage when the answer may be stored.</summary>
     public Caching.CacheKey? CacheKey { get; set; }
 

@@ -36,12 +36,17 @@ public sealed class QuickStartTests
             await gateway.SubmitAsync(new ChatCompletionRequest { Model = "gpt-4", Messages = [ChatCompletionMessage.User($"Hello {i}")] }, Ct);
         }
 
-        var act = async () => await gateway.SubmitAsync(new ChatCompletionRequest { Model = "gpt-4", Messages = [ChatCompletionMessage.User("one too many")] }, Ct);
+        // A fail-fast caller is refused with an accurate retry-after…
+        var act = async () => await gateway.SubmitAsync(new ChatCompletionRequest { Model = "gpt-4", Messages = [ChatCompletionMessage.User("one too many")] }, SubmitMode.FailFast, Ct);
         var limited = (await act.Should().ThrowAsync<RateLimitedException>()).Which;
         limited.RetryAfter.Should().BeCloseTo(TimeSpan.FromSeconds(1), TimeSpan.FromMilliseconds(5));
 
+        // …a waiting caller (the default) is admitted when the bucket refills.
+        var waiting = gateway.SubmitAsync(new ChatCompletionRequest { Model = "gpt-4", Messages = [ChatCompletionMessage.User("after refill")] }, Ct).AsTask();
+        await Wait.Until(() => gateway.Metrics.GetSnapshot().RateLimitWaits == 1, "the caller waits for a permit");
+        waiting.IsCompleted.Should().BeFalse();
         clock.Advance(TimeSpan.FromSeconds(1));
-        (await gateway.SubmitAsync(new ChatCompletionRequest { Model = "gpt-4", Messages = [ChatCompletionMessage.User("after refill")] }, Ct)).Content.Should().NotBeEmpty();
+        (await waiting).Content.Should().NotBeEmpty();
 
         clock.Advance(TimeSpan.FromSeconds(3601));
         (await gateway.SubmitAsync(hello, Ct)).Gateway!.Cached.Should().BeFalse("the hour-long TTL has passed");

@@ -70,7 +70,16 @@ public sealed class StreamingTests
             break;
         }
 
-        await cancelled.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
+        try
+        {
+            await cancelled.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
+        }
+        catch (TimeoutException)
+        {
+            var s = gateway.Metrics.GetSnapshot();
+            var p = gateway.Services.GetService(typeof(PipelineGateway.Pipeline.GatewayPipeline)) as PipelineGateway.Pipeline.GatewayPipeline;
+            throw new Xunit.Sdk.XunitException($"DEBUG total={s.TotalRequests} cancelled={s.CancelledRequests} failed={s.FailedRequests} ok={s.SuccessfulRequests} outstanding={p!.Outstanding} calls={a.Calls} inflight={s.InFlight}");
+        }
     }
 
     private static async IAsyncEnumerable<ChatCompletionChunk> FailingStream()

@@ -1,0 +1,98 @@
+using Microsoft.ML.Tokenizers;
+using PipelineGateway.Pipeline;
+
+namespace PipelineGateway.Admission;
+
+/// <summary>
+/// Counts prompt tokens the way OpenAI bills them: the o200k encoding for the gpt-4o / o-series / gpt-4.1 / gpt-5
+/// families, cl100k for gpt-4 and gpt-3.5, plus the chat framing (3 tokens a message, 1 more for a name, 3 to
+/// prime the reply). Other models (Claude, Llama, …) have no public tokenizer here and get the cheap estimate.
+/// Tokenizers load once, on first use; nothing calls this unless a token limit or budget needs it.
+/// </summary>
+public static class TokenCounter
+{
+    private static readonly Lazy<Tokenizer> O200k = new(() => TiktokenTokenizer.CreateForEncoding("o200k_base"));
+    private static readonly Lazy<Tokenizer> Cl100k = new(() => TiktokenTokenizer.CreateForEncoding("cl100k_base"));
+
+    /// <summary>The encoding used for a model name, or null when the cheap estimate is used.</summary>
+    public static string? EncodingFor(string model)
+    {
+        var m = model.AsSpan();
+        var slash = m.LastIndexOf('/');
+        if (slash >= 0)
+        {
+            m = m[(slash + 1)..]; // "openai/gpt-4o" style names
+        }
+
+        if (m.StartsWith("gpt-4o", StringComparison.OrdinalIgnoreCase) || m.StartsWith("gpt-4.1", StringComparison.OrdinalIgnoreCase)
+            || m.StartsWith("gpt-4.5", StringComparison.OrdinalIgnoreCase) || m.StartsWith("gpt-5", StringComparison.OrdinalIgnoreCase)
+            || m.StartsWith("o1", StringComparison.OrdinalIgnoreCase) || m.StartsWith("o3", StringComparison.OrdinalIgnoreCase)
+            || m.StartsWith("o4", StringComparison.OrdinalIgnoreCase) || m.StartsWith("chatgpt-4o", StringComparison.OrdinalIgnoreCase))
+        {
+            return "o200k_base";
+        }
+
+        if (m.StartsWith("gpt-4", StringComparison.OrdinalIgnoreCase) || m.StartsWith("gpt-3.5", StringComparison.OrdinalIgnoreCase)
+            || m.StartsWith("text-embedding", StringComparison.OrdinalIgnoreCase))
+        {
+            return "cl100k_base";
+        }
+
+        return null;
+    }
+
+    /// <summary>Prompt tokens of a request for a model (the requested model name or the upstream one).</summary>
+    public static int CountPrompt(ChatCompletionRequest request, string model)
+    {
+        var tokenizer = EncodingFor(model) switch
+        {
+            "o200k_base" => O200k.Value,
+            "cl100k_base" => Cl100k.Value,
+            _ => null,
+        };
+        if (tokenizer is null)
+        {
+            return TokenEstimate.Approximate(request);
+        }
+
+        var tokens = 3; // every reply is primed with <|start|>assistant<|message|>
+        foreach (var m in request.Messages)
+        {
+            tokens += 3 + tokenizer.CountTokens(m.Role);
+            if (m.Name is { } name)
+            {
+                tokens += 1 + tokenizer.CountTokens(name);
+            }
+
+            if (m.Content?.Text is { } text)
+            {
+                tokens += tokenizer.CountTokens(text);
+            }
+            else if (m.Content?.Parts is { } parts)
+            {
+                foreach (var p in parts)
+                {
+                    // Images are billed by tile, not text: 85 tokens is the low-detail price, the floor.
+                    tokens += p.Text is { } t ? tokenizer.CountTokens(t) : p.Type == "image_url" ? 85 : 0;
+                }
+            }
+
+            foreach (var call in m.ToolCalls ?? [])
+            {
+                tokens += 3 + tokenizer.CountTokens(call.Function?.Name ?? string.Empty) + tokenizer.CountTokens(call.Function?.Arguments ?? string.Empty);
+            }
+        }
+
+        if (request.Tools is { Count: > 0 } tools)
+        {
+            foreach (var tool in tools)
+            {
+                tokens += 8 + tokenizer.CountTokens(tool.Function?.Name ?? string.Empty)
+                    + tokenizer.CountTokens(tool.Function?.Description ?? string.Empty)
+                    + (tool.Function?.Parameters is { } schema ? tokenizer.CountTokens(schema.GetRawText()) : 0);
+            }
+        }
+
+        return tokens;
+    }
+}
