@@ -66,9 +66,10 @@ internal sealed class AdmissionRateLimiter
             }
 
             var limitName = partition.Waiters.Count > 0 ? "waiting queue" : partition.BlockingRule;
-            if (item.Mode == SubmitMode.Wait && wait != TimeSpan.MaxValue && _options.MaxWait > TimeSpan.Zero)
+            var nowUtc = _time.GetUtcNow();
+            var giveUpAt = Min(nowUtc + _options.MaxWait, item.Deadline);
+            if (item.Mode == SubmitMode.Wait && wait != TimeSpan.MaxValue && nowUtc + wait <= giveUpAt)
             {
-                var giveUpAt = Min(_time.GetUtcNow() + _options.MaxWait, item.Deadline);
                 partition.Waiters.Enqueue(new Waiter(item, tokens, giveUpAt));
                 if (partition.Waiters.Count == 1)
                 {
@@ -188,7 +189,7 @@ internal sealed class AdmissionRateLimiter
                 }
 
                 var wait = partition.TimeUntilAvailable(nowTs, head.Tokens, _time.TimestampFrequency, out var rule);
-                if (wait == TimeSpan.Zero)
+                if (wait == TimeSpan.Zero && now <= head.GiveUpAt)
                 {
                     partition.Waiters.Dequeue();
                     head.Item.RateLimitCharge = partition.Charge(nowTs, head.Tokens);

@@ -138,7 +138,7 @@ internal sealed partial class ProviderWorkerPool
         }
         finally
         {
-            deployment.State.Exit();
+            item.ReleaseDeployment();
         }
     }
 
@@ -403,6 +403,11 @@ internal sealed partial class ProviderWorkerPool
     /// <summary>Adds the attempt to the request, and reports it to metrics and to the health tracker.</summary>
     private void Record(WorkItem item, Deployment deployment, GatewayAttempt attempt, TimeSpan? retryAfter)
     {
+        if (ReferenceEquals(item.Current, deployment))
+        {
+            item.ReleaseDeployment();
+        }
+
         if (attempt.Outcome == AttemptOutcome.RateLimited)
         {
             // The provider said 429: the whole pool slows down until its Retry-After.

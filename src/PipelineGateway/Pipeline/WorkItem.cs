@@ -165,8 +165,30 @@ internal sealed class WorkItem
 
     public Task<ChatCompletionResponse> ResponseTask => _response!.Task;
 
-    /// <summary>The deployment chosen by the router for the current attempt.</summary>
-    public Deployment? Current { get; set; }
+    private Deployment? _current;
+    private Deployment? _entered;
+
+    /// <summary>The deployment chosen by the router for the current attempt; counted in its in-flight load until the attempt ends.</summary>
+    public Deployment? Current
+    {
+        get => _current;
+        set
+        {
+            ReleaseDeployment();
+            _current = value;
+            if (value is not null)
+            {
+                value.State.Enter();
+                Volatile.Write(ref _entered, value);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Takes the request out of its deployment's in-flight count, once. Called as soon as the attempt's outcome is
+    /// known — before the caller is answered, so a caller that immediately sends again sees the load as it is.
+    /// </summary>
+    public void ReleaseDeployment() => Interlocked.Exchange(ref _entered, null)?.State.Exit();
 
     /// <summary>The failure of the last attempt, read by the dead-letter stage.</summary>
     public ProviderFailure LastFailure { get; set; }

@@ -49,7 +49,6 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
 
         chosen = PreferRoom(chosen, item);
         item.Current = chosen;
-        chosen.State.Enter();
         if (item.AttemptCount > 0)
         {
             Pipeline.Metrics.OnRetry(fallback: !item.HasTried(chosen));
@@ -88,7 +87,7 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
         }
         catch (OperationCanceledException) when (item.Token.IsCancellationRequested)
         {
-            chosen.State.Exit();
+            item.ReleaseDeployment();
             chosen.State.OnNeutral();
             Pipeline.FailAndRetire(item, item.CancellationError());
         }

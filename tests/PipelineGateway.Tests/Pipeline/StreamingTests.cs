@@ -70,16 +70,8 @@ public sealed class StreamingTests
             break;
         }
 
-        try
-        {
-            await cancelled.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
-        }
-        catch (TimeoutException)
-        {
-            var s = gateway.Metrics.GetSnapshot();
-            var p = gateway.Services.GetService(typeof(PipelineGateway.Pipeline.GatewayPipeline)) as PipelineGateway.Pipeline.GatewayPipeline;
-            throw new Xunit.Sdk.XunitException($"DEBUG total={s.TotalRequests} cancelled={s.CancelledRequests} failed={s.FailedRequests} ok={s.SuccessfulRequests} outstanding={p!.Outstanding} calls={a.Calls} inflight={s.InFlight}");
-        }
+        await cancelled.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
+        gateway.Metrics.GetSnapshot().CancelledRequests.Should().Be(1);
     }
 
     private static async IAsyncEnumerable<ChatCompletionChunk> FailingStream()
@@ -100,11 +92,22 @@ public sealed class StreamingTests
 
     private static async IAsyncEnumerable<ChatCompletionChunk> Endless(string model, TaskCompletionSource cancelled, [EnumeratorCancellation] CancellationToken ct)
     {
-        using var reg = ct.Register(() => cancelled.TrySetResult());
-        for (var i = 0; ; i++)
+        // Observed in finally rather than with ct.Register: a registration can be disposed by the iterator's own
+        // unwinding (when another cancellation callback resumes it inline) before its callback runs.
+        try
         {
-            yield return FakeProvider.Chunk(model, i.ToString(System.Globalization.CultureInfo.InvariantCulture));
-            await Task.Delay(1, ct);
+            for (var i = 0; ; i++)
+            {
+                yield return FakeProvider.Chunk(model, i.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                await Task.Delay(1, ct);
+            }
+        }
+        finally
+        {
+            if (ct.IsCancellationRequested)
+            {
+                cancelled.TrySetResult();
+            }
         }
     }
 }

@@ -80,7 +80,7 @@ public sealed class ValidationTests
         { "Gateway:Models:0:Strategy 'Fastest' is unknown", o => o.Models[0].Strategy = "Fastest" },
         { "Gateway:Models:0:Deployments:0:Provider 'ghost' is not a configured provider", o => o.Models[0].Deployments[0].Provider = "ghost" },
         { "Gateway:Models:1: the model name or alias 'm' is used more than once", o => o.Models.Add(new PipelineGateway.Routing.ModelGroupOptions { Name = "m", Deployments = [new PipelineGateway.Routing.DeploymentOptions { Provider = "a" }] }) },
-        { "Gateway:Admission:RateLimits:0:Limit", o => o.Admission.RateLimits.Add(new Admission.RateLimitRule { Limit = 0 }) },
+        { "Gateway:Admission:RateLimits:0:Limit", o => o.Admission.RateLimits.Add(new PipelineGateway.Admission.RateLimitRule { Limit = 0 }) },
     };
 
     [Theory]
