@@ -74,7 +74,7 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddSingleton(sp =>
         {
             var pipeline = ActivatorUtilities.CreateInstance<GatewayPipeline>(sp);
-            pipeline.Metrics.Attach(pipeline.GetQueueDepths);
+            pipeline.Metrics.Attach(pipeline.GetQueueDepths, [.. pipeline.Catalog.AllDeployments], pipeline.Time);
             return pipeline;
         });
         services.TryAddSingleton<IGatewayQueue, GatewayQueue>();

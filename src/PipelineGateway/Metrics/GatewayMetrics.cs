@@ -45,7 +45,15 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         _providers = pools.All.ToFrozenDictionary(p => p.Name, _ => new ProviderStats(), StringComparer.Ordinal);
     }
 
-    internal void Attach(Func<QueueDepths> depths) => _depths = depths;
+    private IReadOnlyList<Deployment> _deployments = [];
+    private TimeProvider _time = TimeProvider.System;
+
+    internal void Attach(Func<QueueDepths> depths, IReadOnlyList<Deployment> deployments, TimeProvider time)
+    {
+        _depths = depths;
+        _deployments = deployments;
+        _time = time;
+    }
 
     public void OnSubmitted() => Interlocked.Increment(ref _submitted);
 
@@ -137,6 +145,40 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             providers[pool.Name] = _providers[pool.Name].Snapshot(pool);
         }
 
+        var now = _time.GetUtcNow();
+        var deployments = new Dictionary<string, DeploymentHealthSnapshot>(StringComparer.Ordinal);
+        foreach (var d in _deployments)
+        {
+            var state = d.State;
+            var latency = state.LatencyMs;
+            var remaining = state.AvailableAt - now;
+            deployments[d.Id] = new DeploymentHealthSnapshot
+            {
+                HealthState = Name(state.Circuit),
+                ConsecutiveFailures = state.ConsecutiveFailures,
+                CooldownRemainingMs = remaining > TimeSpan.Zero ? Math.Round(remaining.TotalMilliseconds, 3) : 0,
+                LatencyMs = double.IsNaN(latency) ? null : Math.Round(latency, 3),
+                InFlight = state.InFlight,
+            };
+            if (providers.TryGetValue(d.ProviderName, out var p))
+            {
+                providers[d.ProviderName] = new ProviderMetricsSnapshot
+                {
+                    Requests = p.Requests,
+                    Successes = p.Successes,
+                    Failures = p.Failures,
+                    SuccessRate = p.SuccessRate,
+                    AvgLatencyMs = p.AvgLatencyMs,
+                    P95LatencyMs = p.P95LatencyMs,
+                    TotalCost = p.TotalCost,
+                    InFlight = p.InFlight,
+                    QueueDepth = p.QueueDepth,
+                    HealthState = Worse(p.HealthState, Name(state.Circuit)),
+                    ConsecutiveFailures = Math.Max(p.ConsecutiveFailures, state.ConsecutiveFailures),
+                };
+            }
+        }
+
         var queueDepths = new Dictionary<string, int>(StringComparer.Ordinal);
         if (depths is not null)
         {
@@ -177,8 +219,20 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             InFlight = depths?.InFlight ?? 0,
             QueueDepths = queueDepths,
             Providers = providers,
+            Deployments = deployments,
         };
     }
+
+    private static string Name(Routing.Health.CircuitState state) => state switch
+    {
+        Routing.Health.CircuitState.Open => "open",
+        Routing.Health.CircuitState.HalfOpen => "half_open",
+        _ => "closed",
+    };
+
+    private static string Worse(string a, string b) => Rank(b) > Rank(a) ? b : a;
+
+    private static int Rank(string s) => s switch { "open" => 2, "half_open" => 1, _ => 0 };
 
     private sealed class ProviderStats
     {

@@ -64,6 +64,25 @@ public sealed class GatewayMetricsSnapshot
     public required Dictionary<string, int> QueueDepths { get; init; }
 
     public required Dictionary<string, ProviderMetricsSnapshot> Providers { get; init; }
+
+    /// <summary>Per deployment ("group/provider/model"): circuit, failures in a row, latency, load.</summary>
+    public Dictionary<string, DeploymentHealthSnapshot> Deployments { get; init; } = [];
+}
+
+public sealed class DeploymentHealthSnapshot
+{
+    /// <summary>closed, open or half_open.</summary>
+    public required string HealthState { get; init; }
+
+    public int ConsecutiveFailures { get; init; }
+
+    /// <summary>Milliseconds until the deployment may be used again (open circuit or 429 cooldown); 0 when usable.</summary>
+    public double CooldownRemainingMs { get; init; }
+
+    /// <summary>Exponentially weighted latency; null before the first sample.</summary>
+    public double? LatencyMs { get; init; }
+
+    public int InFlight { get; init; }
 }
 
 public sealed class ProviderMetricsSnapshot
@@ -88,4 +107,10 @@ public sealed class ProviderMetricsSnapshot
     public long InFlight { get; init; }
 
     public int QueueDepth { get; init; }
+
+    /// <summary>The worst circuit state among the provider's deployments: closed, half_open or open.</summary>
+    public string HealthState { get; init; } = "closed";
+
+    /// <summary>The most failures in a row among the provider's deployments.</summary>
+    public int ConsecutiveFailures { get; init; }
 }

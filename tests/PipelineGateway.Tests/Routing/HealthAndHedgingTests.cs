@@ -49,6 +49,11 @@ public sealed class HealthAndHedgingTests
         (await Send()).Should().Equal("primary", "backup");
         state.Circuit.Should().Be(CircuitState.Open, "two consecutive failures open it");
         state.AvailableAt.Should().Be(clock.GetUtcNow() + TimeSpan.FromSeconds(10));
+        var snapshot = gateway.Metrics.GetSnapshot();
+        snapshot.Providers["primary"].HealthState.Should().Be("open", "health is visible in metrics");
+        snapshot.Providers["primary"].ConsecutiveFailures.Should().Be(2);
+        snapshot.Deployments["m/primary/m"].CooldownRemainingMs.Should().Be(10_000);
+        snapshot.Providers["backup"].HealthState.Should().Be("closed");
 
         (await Send()).Should().Equal("backup");
         clock.Advance(TimeSpan.FromSeconds(10) - TimeSpan.FromTicks(1));
