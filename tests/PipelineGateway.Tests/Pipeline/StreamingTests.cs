@@ -71,7 +71,7 @@ public sealed class StreamingTests
         }
 
         await cancelled.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
-        gateway.Metrics.GetSnapshot().CancelledRequests.Should().Be(1);
+        await Wait.Until(() => gateway.Metrics.GetSnapshot().CancelledRequests == 1, "the request ends as cancelled");
     }
 
     private static async IAsyncEnumerable<ChatCompletionChunk> FailingStream()
