@@ -71,7 +71,9 @@ public sealed class StreamingTests
         }
 
         await cancelled.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
-        await Wait.Until(() => gateway.Metrics.GetSnapshot().CancelledRequests == 1, "the request ends as cancelled");
+        await Wait.Until(() => gateway.Metrics.GetSnapshot().TotalRequests == 1, "the request ends");
+        var snapshot = gateway.Metrics.GetSnapshot();
+        snapshot.CancelledRequests.Should().Be(1, $"DEBUG failed={snapshot.FailedRequests} ok={snapshot.SuccessfulRequests} dl={snapshot.DeadlineExceededRequests} calls={a.Calls}");
     }
 
     private static async IAsyncEnumerable<ChatCompletionChunk> FailingStream()
