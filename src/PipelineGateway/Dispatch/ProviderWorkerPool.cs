@@ -381,10 +381,11 @@ internal sealed partial class ProviderWorkerPool
         {
             // Output already reached the caller: the stream ends with an error, no fallback.
             pipeline.Selector.Health.Report(deployment, failure.Outcome, latency, failure.RetryAfter);
-            if (failure.Outcome != AttemptOutcome.Cancelled)
-            {
-                item.TryFail(new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), $"the stream from '{Name}' broke after it started: {failure.Message}"));
-            }
+            // A cancellation can reach us before the item's own cancellation callback has run (callbacks run
+            // in reverse order, and continuations may run inline): answer with the cancellation ourselves.
+            item.TryFail(failure.Outcome == AttemptOutcome.Cancelled
+                ? item.CancellationError()
+                : new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), $"the stream from '{Name}' broke after it started: {failure.Message}"));
 
             pipeline.Retire(item);
             return;

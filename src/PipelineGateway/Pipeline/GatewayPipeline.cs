@@ -140,9 +140,17 @@ internal sealed partial class GatewayPipeline
     {
         if (!item.IsCompleted)
         {
-            // A stage must answer the caller before letting go; if one did not, the caller must not hang.
-            LogRetiredIncomplete(_logger, item.RequestId);
-            item.TryFail(new GatewayUnavailableException("The request was dropped by the pipeline without an answer."));
+            if (item.Token.IsCancellationRequested)
+            {
+                // Cancelled, and its cancellation callback has not run yet: answer with the cancellation.
+                item.TryFail(item.CancellationError());
+            }
+            else
+            {
+                // A stage must answer the caller before letting go; if one did not, the caller must not hang.
+                LogRetiredIncomplete(_logger, item.RequestId);
+                item.TryFail(new GatewayUnavailableException("The request was dropped by the pipeline without an answer."));
+            }
         }
 
         var slot = item.Slot;

@@ -73,7 +73,7 @@ public sealed class StreamingTests
         await cancelled.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
         await Wait.Until(() => gateway.Metrics.GetSnapshot().TotalRequests == 1, "the request ends");
         var snapshot = gateway.Metrics.GetSnapshot();
-        snapshot.CancelledRequests.Should().Be(1, $"DEBUG failed={snapshot.FailedRequests} ok={snapshot.SuccessfulRequests} dl={snapshot.DeadlineExceededRequests} calls={a.Calls}");
+        snapshot.CancelledRequests.Should().Be(1, "the request ends as a cancellation, whatever order the cancellation callbacks ran in");
     }
 
     private static async IAsyncEnumerable<ChatCompletionChunk> FailingStream()
