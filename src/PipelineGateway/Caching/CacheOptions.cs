@@ -14,6 +14,13 @@ public sealed class CacheOptions
     [Range(1, 100_000_000)]
     public int MaxEntries { get; set; } = 10_000;
 
+    /// <summary>Approximate bytes kept at most (answers' text and metadata); the least recently used leave first.</summary>
+    [Range(1024, long.MaxValue)]
+    public long MaxBytes { get; set; } = 256L * 1024 * 1024;
+
     /// <summary>Also cache answers to requests with temperature above 0 (not deterministic, so off by default).</summary>
     public bool CacheNonDeterministic { get; set; }
+
+    /// <summary>Identical requests in flight share one upstream call.</summary>
+    public bool SingleFlight { get; set; } = true;
 }

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Pipeline;
@@ -5,7 +6,9 @@ using PipelineGateway.Pipeline;
 namespace PipelineGateway.Caching;
 
 /// <summary>
-/// Second stage: a cached answer completes the request at once; a miss goes on to the router.
+/// Second stage. A cached answer completes the request at once (replayed as chunks for a stream). On a miss,
+/// an identical request already in flight is joined (single-flight: one upstream call serves every waiter);
+/// otherwise the request goes on to the router as the leader of a new flight.
 /// </summary>
 internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, ILogger<CacheStage> logger)
     : PipelineStage(pipeline, logger)
@@ -22,19 +25,24 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
             return ValueTask.CompletedTask;
         }
 
-        if (cache.IsEnabled && !item.IsStream && cache.IsCacheable(item.Request))
+        if (cache.IsEnabled && cache.IsCacheable(item.Request))
         {
             var key = CacheKey.Compute(item.Group.Name, item.Request);
             item.CacheKey = key;
             if (item.Request.Gateway?.NoCache != true && cache.TryGet(key, out var cached))
             {
-                Pipeline.Metrics.OnCacheHit();
-                item.TryComplete(CloneForHit(cached, item));
+                Pipeline.Metrics.OnCacheHit(cached.Gateway?.Cost ?? 0);
+                Answer(Pipeline, item, cached, cached: true);
                 Pipeline.Retire(item);
                 return ValueTask.CompletedTask;
             }
 
             Pipeline.Metrics.OnCacheMiss();
+            if (cache.SingleFlight && !item.IsStream && Pipeline.Flights.Join(key, item))
+            {
+                Pipeline.Metrics.OnCoalesced();
+                return ValueTask.CompletedTask; // answered when the leader's call ends
+            }
         }
 
         // Never waits: the router channel holds MaxInFlight items (see GatewayPipeline).
@@ -46,25 +54,145 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
         return ValueTask.CompletedTask;
     }
 
-    private ChatCompletionResponse CloneForHit(ChatCompletionResponse cached, WorkItem item) => new()
+    /// <summary>Answers a request with a shared answer: a copy with its own metadata, or chunks for a stream.</summary>
+    internal static void Answer(GatewayPipeline pipeline, WorkItem item, ChatCompletionResponse shared, bool cached)
     {
-        Id = cached.Id,
-        Object = cached.Object,
-        Created = cached.Created,
-        Model = cached.Model,
-        Choices = cached.Choices,
-        Usage = cached.Usage,
-        SystemFingerprint = cached.SystemFingerprint,
-        AdditionalProperties = cached.AdditionalProperties,
-        Gateway = new GatewayResponseInfo
+        var info = new GatewayResponseInfo
         {
-            Provider = cached.Gateway?.Provider ?? "cache",
-            ProviderModel = cached.Gateway?.ProviderModel ?? cached.Model,
-            Attempts = [],
-            Cached = true,
-            Cost = 0,
-            Latency = Pipeline.Time.GetElapsedTime(item.StartTimestamp),
+            Provider = shared.Gateway?.Provider ?? "cache",
+            ProviderModel = shared.Gateway?.ProviderModel ?? shared.Model,
+            Attempts = cached ? [] : shared.Gateway?.Attempts ?? [],
+            Cached = cached,
+            Cost = cached ? 0 : shared.Gateway?.Cost ?? 0,
+            Latency = pipeline.Time.GetElapsedTime(item.StartTimestamp),
             RequestSequence = item.Sequence,
-        },
-    };
+        };
+
+        if (item.IsStream)
+        {
+            foreach (var chunk in StreamReplay.ToChunks(shared, info))
+            {
+                // The replay is a handful of chunks, far below the chunk channel's capacity.
+                item.Chunks!.Writer.TryWrite(chunk);
+            }
+
+            item.TryComplete(shared);
+            return;
+        }
+
+        item.TryComplete(new ChatCompletionResponse
+        {
+            Id = shared.Id,
+            Object = shared.Object,
+            Created = shared.Created,
+            Model = shared.Model,
+            Choices = shared.Choices,
+            Usage = shared.Usage,
+            SystemFingerprint = shared.SystemFingerprint,
+            AdditionalProperties = shared.AdditionalProperties,
+            Gateway = info,
+        });
+    }
+}
+
+/// <summary>
+/// Identical requests in flight (single-flight). The first is the leader and goes upstream; followers wait here
+/// holding their slots. When the leader ends: a success answers every follower; a failure reaches them all —
+/// except the leader's own caller giving up, which must not fail the others: the first follower still waiting
+/// then becomes the leader and goes upstream instead.
+/// </summary>
+internal sealed class Flights
+{
+    private readonly ConcurrentDictionary<CacheKey, Flight> _flights = new();
+
+    public int Count => _flights.Count;
+
+    /// <summary>Joins an identical request in flight (true), or makes this one the leader of a new flight (false).</summary>
+    public bool Join(CacheKey key, WorkItem item)
+    {
+        while (true)
+        {
+            if (_flights.TryGetValue(key, out var flight))
+            {
+                lock (flight)
+                {
+                    if (!flight.Closed)
+                    {
+                        flight.Followers.Add(item);
+                        return true;
+                    }
+                }
+
+                continue; // closing as we looked: start a new one
+            }
+
+            var mine = new Flight(item);
+            if (_flights.TryAdd(key, mine))
+            {
+                item.Flight = mine;
+                return false;
+            }
+        }
+    }
+
+    /// <summary>The leader ended (exactly once per item): answer, fail or hand over to a follower.</summary>
+    public void OnLeaderCompleted(GatewayPipeline pipeline, WorkItem leader, ChatCompletionResponse? response, Exception? error)
+    {
+        if (leader.Flight is not { } flight || leader.CacheKey is not { } key)
+        {
+            return;
+        }
+
+        leader.Flight = null;
+        List<WorkItem> followers;
+        WorkItem? successor = null;
+        lock (flight)
+        {
+            followers = flight.Followers;
+            if (error is RequestCancelledException && followers.Exists(f => !f.IsCompleted))
+            {
+                // The leader's caller gave up; the others still want the answer.
+                successor = followers.First(f => !f.IsCompleted);
+                followers.Remove(successor);
+                flight.Leader = successor;
+                successor.Flight = flight;
+                successor.CacheKey = key;
+                flight.Followers = followers;
+            }
+            else
+            {
+                flight.Closed = true;
+                _flights.TryRemove(new KeyValuePair<CacheKey, Flight>(key, flight));
+            }
+        }
+
+        if (successor is not null)
+        {
+            pipeline.Requeue(successor);
+            return;
+        }
+
+        foreach (var follower in followers)
+        {
+            if (response is not null && error is null)
+            {
+                CacheStage.Answer(pipeline, follower, response, cached: false);
+            }
+            else
+            {
+                follower.TryFail(error ?? new GatewayUnavailableException("The shared request ended without an answer."));
+            }
+
+            pipeline.Retire(follower);
+        }
+    }
+
+    internal sealed class Flight(WorkItem leader)
+    {
+        public WorkItem Leader { get; set; } = leader;
+
+        public List<WorkItem> Followers { get; set; } = [];
+
+        public bool Closed { get; set; }
+    }
 }

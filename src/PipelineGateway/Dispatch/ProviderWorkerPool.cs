@@ -335,13 +335,14 @@ internal sealed partial class ProviderWorkerPool
         var pipeline = _pipeline!;
         var writer = item.Chunks!.Writer;
         var first = true;
+        var replay = item.CacheKey is not null ? new Caching.StreamReplay() : null; // a finished stream is cached whole
         await foreach (var chunk in Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false))
         {
             if (first)
             {
                 // From here on the caller has seen output: no fallback can be invisible any more.
                 Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, pipeline.Time.GetElapsedTime(started)), null);
-                chunk.Gateway = pipeline.Metrics.Describe(item, deployment, cached: false);
+                chunk.Gateway = pipeline.Metrics.Describe(item, deployment, null);
                 item.StreamStarted = true;
                 first = false;
             }
@@ -350,6 +351,8 @@ internal sealed partial class ProviderWorkerPool
             {
                 item.StreamUsage = usage;
             }
+
+            replay?.Add(chunk);
 
             if (!writer.TryWrite(chunk))
             {
@@ -360,6 +363,14 @@ internal sealed partial class ProviderWorkerPool
         if (first)
         {
             throw new ProviderException(AttemptOutcome.RetryableError, "The provider ended the stream without any chunk.");
+        }
+
+        if (replay is not null && item.CacheKey is { } key)
+        {
+            // Only a stream that ended normally is stored; a broken one never reaches here.
+            var whole = replay.ToResponse();
+            whole.Gateway = pipeline.Metrics.Describe(item, deployment, whole.Usage);
+            pipeline.Cache.Set(key, whole, item.Request.Gateway?.CacheTtl);
         }
 
         item.TryComplete(EmptyResponse);

@@ -75,6 +75,7 @@ public static class GatewayServiceCollectionExtensions
         {
             var pipeline = ActivatorUtilities.CreateInstance<GatewayPipeline>(sp);
             pipeline.Metrics.Attach(pipeline.GetQueueDepths, [.. pipeline.Catalog.AllDeployments], pipeline.Time);
+            pipeline.Metrics.AttachCache(pipeline.Cache);
             return pipeline;
         });
         services.TryAddSingleton<IGatewayQueue, GatewayQueue>();

@@ -57,11 +57,27 @@ internal sealed class GatewayMetrics : IGatewayMetrics
 
     public void OnSubmitted() => Interlocked.Increment(ref _submitted);
 
-    public void OnCacheHit()
+    public void OnCacheHit(decimal saved)
     {
         Interlocked.Increment(ref _cacheLookups);
         Interlocked.Increment(ref _cached);
+        if (saved != 0)
+        {
+            lock (_savedLock)
+            {
+                _costSaved += saved;
+            }
+        }
     }
+
+    public void OnCoalesced() => Interlocked.Increment(ref _coalesced);
+
+    private readonly object _savedLock = new();
+    private decimal _costSaved;
+    private long _coalesced;
+    private Caching.ResponseCache? _cache;
+
+    internal void AttachCache(Caching.ResponseCache cache) => _cache = cache;
 
     public void OnCacheMiss() => Interlocked.Increment(ref _cacheLookups);
 
@@ -125,15 +141,19 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         }
     }
 
-    public GatewayResponseInfo Describe(WorkItem item, Deployment deployment, bool cached) => new()
+    public GatewayResponseInfo Describe(WorkItem item, Deployment deployment, TokenUsage? usage) => new()
     {
         Provider = deployment.ProviderName,
         ProviderModel = deployment.Model,
         Attempts = item.FinalAttempts,
-        Cached = cached,
         Latency = item.Observer?.Time.GetElapsedTime(item.StartTimestamp) ?? TimeSpan.Zero,
         RequestSequence = item.Sequence,
+        Cost = usage is null ? 0 : Price(deployment, usage),
     };
+
+    /// <summary>USD for a usage on a deployment, from its configured prices (0 when unpriced).</summary>
+    public static decimal Price(Deployment deployment, TokenUsage usage) =>
+        (((deployment.InputPricePerMillion ?? 0) * usage.PromptTokens) + ((deployment.OutputPricePerMillion ?? 0) * usage.CompletionTokens)) / 1_000_000m;
 
     public GatewayMetricsSnapshot GetSnapshot()
     {
@@ -217,10 +237,24 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             CompletionTokens = Interlocked.Read(ref _completionTokens),
             TotalCost = providers.Values.Sum(p => p.TotalCost),
             InFlight = depths?.InFlight ?? 0,
+            CacheMisses = lookups - Interlocked.Read(ref _cached),
+            CoalescedRequests = Interlocked.Read(ref _coalesced),
+            CacheEntries = _cache?.Count ?? 0,
+            CacheBytes = _cache?.Bytes ?? 0,
+            CacheEvictions = _cache?.Evictions ?? 0,
+            CostSaved = CostSaved(),
             QueueDepths = queueDepths,
             Providers = providers,
             Deployments = deployments,
         };
+    }
+
+    private decimal CostSaved()
+    {
+        lock (_savedLock)
+        {
+            return _costSaved;
+        }
     }
 
     private static string Name(Routing.Health.CircuitState state) => state switch

@@ -27,6 +27,22 @@ public sealed class GatewayMetricsSnapshot
 
     public long DeadlineExceededRequests { get; init; }
 
+    public long CacheMisses { get; init; }
+
+    /// <summary>Requests that joined an identical request in flight instead of calling upstream.</summary>
+    public long CoalescedRequests { get; init; }
+
+    public long CacheEntries { get; init; }
+
+    /// <summary>Approximate bytes the cache holds.</summary>
+    public long CacheBytes { get; init; }
+
+    /// <summary>Entries removed to make room (least recently used first).</summary>
+    public long CacheEvictions { get; init; }
+
+    /// <summary>What cache hits would have cost upstream (priced from the cached usage).</summary>
+    public decimal CostSaved { get; init; }
+
     /// <summary>Cache hits over cache lookups.</summary>
     public double CacheHitRate { get; init; }
 

@@ -79,6 +79,9 @@ internal sealed partial class GatewayPipeline
 
     public Admission.AdmissionRateLimiter Limiter { get; }
 
+    /// <summary>Identical requests in flight sharing one upstream call.</summary>
+    public Flights Flights { get; } = new();
+
     /// <summary>Deployment choice and health, shared by the router and hedging workers.</summary>
     public DeploymentSelector Selector { get; }
 
@@ -184,7 +187,7 @@ internal sealed partial class GatewayPipeline
     /// <summary>A provider answered: describe how, fill the cache, answer the caller, let go.</summary>
     public void CompleteSuccess(WorkItem item, Deployment deployment, ChatCompletionResponse response)
     {
-        response.Gateway = Metrics.Describe(item, deployment, cached: false);
+        response.Gateway = Metrics.Describe(item, deployment, response.Usage);
         if (item.CacheKey is { } key && response.Choices.Count > 0)
         {
             Cache.Set(key, response, item.Request.Gateway?.CacheTtl);
@@ -204,6 +207,11 @@ internal sealed partial class GatewayPipeline
     /// <summary>Called exactly once per item, by whichever thread completed it.</summary>
     internal void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error)
     {
+        if (item.Flight is not null)
+        {
+            Flights.OnLeaderCompleted(this, item, response, error);
+        }
+
         // The token charge becomes the actual usage: nothing for a failure or a cache hit; an answer that
         // reported no usage keeps its estimate.
         if (error is not null || response?.Gateway?.Cached == true)

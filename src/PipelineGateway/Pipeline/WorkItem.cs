@@ -153,6 +153,9 @@ internal sealed class WorkItem
         }
     }
 
+    /// <summary>The single-flight group this request leads, if any.</summary>
+    public Caching.Flights.Flight? Flight { get; set; }
+
     /// <summary>Set by the cache stage when the answer may be stored.</summary>
     public Caching.CacheKey? CacheKey { get; set; }
 
