@@ -182,17 +182,8 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             };
             if (providers.TryGetValue(d.ProviderName, out var p))
             {
-                providers[d.ProviderName] = new ProviderMetricsSnapshot
+                providers[d.ProviderName] = p with
                 {
-                    Requests = p.Requests,
-                    Successes = p.Successes,
-                    Failures = p.Failures,
-                    SuccessRate = p.SuccessRate,
-                    AvgLatencyMs = p.AvgLatencyMs,
-                    P95LatencyMs = p.P95LatencyMs,
-                    TotalCost = p.TotalCost,
-                    InFlight = p.InFlight,
-                    QueueDepth = p.QueueDepth,
                     HealthState = Worse(p.HealthState, Name(state.Circuit)),
                     ConsecutiveFailures = Math.Max(p.ConsecutiveFailures, state.ConsecutiveFailures),
                 };

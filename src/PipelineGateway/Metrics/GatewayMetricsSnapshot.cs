@@ -101,7 +101,7 @@ public sealed class DeploymentHealthSnapshot
     public int InFlight { get; init; }
 }
 
-public sealed class ProviderMetricsSnapshot
+public sealed record ProviderMetricsSnapshot
 {
     /// <summary>Attempts sent to this provider.</summary>
     public long Requests { get; init; }

@@ -117,14 +117,7 @@ public sealed class ResponseCacheTests
     public async Task A_hundred_concurrent_identical_requests_make_exactly_one_upstream_call()
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var provider = new FakeProvider("p")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await gate.Task.WaitAsync(ct);
-                return FakeProvider.Answer(r.Model, "shared");
-            },
-        };
+        var provider = FakeProvider.Gated("p", gate, "shared");
         await using var gateway = await Start(provider);
 
         var all = Enumerable.Range(0, 100).Select(_ => gateway.SubmitAsync(TestGateway.Request(), Ct).AsTask()).ToArray();
@@ -141,14 +134,7 @@ public sealed class ResponseCacheTests
     public async Task One_waiter_cancelling_does_not_cancel_the_shared_call_for_the_others()
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var provider = new FakeProvider("p")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await gate.Task.WaitAsync(ct);
-                return FakeProvider.Answer(r.Model, "shared");
-            },
-        };
+        var provider = FakeProvider.Gated("p", gate, "shared");
         await using var gateway = await Start(provider);
         using var leaderCaller = new CancellationTokenSource();
 
@@ -171,14 +157,7 @@ public sealed class ResponseCacheTests
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var fail = true;
-        var provider = new FakeProvider("p")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await gate.Task.WaitAsync(ct);
-                return fail ? throw new PipelineGateway.Providers.ProviderException(AttemptOutcome.NonRetryableError, "bad", 400) : FakeProvider.Answer(r.Model, "ok");
-            },
-        };
+        var provider = FakeProvider.Gated("p", gate, failure: () => fail ? new PipelineGateway.Providers.ProviderException(AttemptOutcome.NonRetryableError, "bad", 400) : null);
         await using var gateway = await Start(provider);
 
         var all = Enumerable.Range(0, 10).Select(_ => gateway.SubmitAsync(TestGateway.Request(), Ct).AsTask()).ToArray();

@@ -67,4 +67,14 @@ public sealed class FakeProvider(string name) : ILlmProvider
     }
 
     public static ProviderException Fail503() => new(AttemptOutcome.RetryableError, "upstream 503", 503);
+
+    /// <summary>A provider that answers <paramref name="text"/> once <paramref name="gate"/> opens (or fails with <paramref name="failure"/>).</summary>
+    public static FakeProvider Gated(string name, TaskCompletionSource gate, string text = "ok", Func<Exception?>? failure = null) => new(name)
+    {
+        OnComplete = async (r, ct) =>
+        {
+            await gate.Task.WaitAsync(ct);
+            return failure?.Invoke() is { } f ? throw f : Answer(r.Model, text);
+        },
+    };
 }
