@@ -365,20 +365,19 @@ internal sealed partial class ProviderWorkerPool
             throw new ProviderException(AttemptOutcome.RetryableError, "The provider ended the stream without any chunk.");
         }
 
+        // The caller has had the chunks; this whole answer carries the usage and cost for metrics (and the cache).
+        var whole = replay?.ToResponse() ?? new ChatCompletionResponse { Model = deployment.Model, Usage = item.StreamUsage };
+        whole.Gateway = pipeline.Metrics.Describe(item, deployment, whole.Usage);
         if (replay is not null && item.CacheKey is { } key)
         {
             // Only a stream that ended normally is stored; a broken one never reaches here.
-            var whole = replay.ToResponse();
-            whole.Gateway = pipeline.Metrics.Describe(item, deployment, whole.Usage);
             pipeline.Cache.Set(key, whole, item.Request.Gateway?.CacheTtl);
         }
 
-        item.TryComplete(EmptyResponse);
+        item.TryComplete(whole);
         pipeline.Retire(item);
     }
 
-    /// <summary>Stands in for the response of a finished stream: streams hand their data over as chunks.</summary>
-    private static readonly ChatCompletionResponse EmptyResponse = new();
 
     private void OnAttemptFailed(WorkItem item, Deployment deployment, long started, Exception ex) =>
         OnAttemptFailedAfter(item, deployment, _pipeline!.Time.GetElapsedTime(started), ex);

@@ -116,6 +116,7 @@ public sealed class GatewayBuilder
         to.Admission = from.Admission;
         to.Cache = from.Cache;
         to.Health = from.Health;
+        to.Pricing = from.Pricing;
     }
 }
 

@@ -22,6 +22,9 @@ public sealed class GatewayOptions
     public CacheOptions Cache { get; set; } = new();
 
     public Routing.Health.HealthOptions Health { get; set; } = new();
+
+    /// <summary>Prices by upstream model name (USD per million tokens), over the shipped defaults.</summary>
+    public Dictionary<string, Cost.ModelPrice> Pricing { get; set; } = new(StringComparer.OrdinalIgnoreCase);
 }
 
 /// <summary>Sizes and timings of the pipeline engine. See docs/architecture.md for why each bound is where it is.</summary>

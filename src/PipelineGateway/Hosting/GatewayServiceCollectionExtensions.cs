@@ -67,6 +67,8 @@ public static class GatewayServiceCollectionExtensions
 
         services.TryAddSingleton(BuildPools);
         services.TryAddSingleton(BuildCatalog);
+        services.TryAddSingleton<Cost.PricingTable>();
+        services.TryAddSingleton(sp => new GatewayInstruments(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>()));
         services.TryAddSingleton<GatewayMetrics>();
         services.TryAddSingleton<IGatewayMetrics>(sp => sp.GetRequiredService<GatewayMetrics>());
         services.TryAddSingleton<ResponseCache>();
@@ -76,6 +78,10 @@ public static class GatewayServiceCollectionExtensions
             var pipeline = ActivatorUtilities.CreateInstance<GatewayPipeline>(sp);
             pipeline.Metrics.Attach(pipeline.GetQueueDepths, [.. pipeline.Catalog.AllDeployments], pipeline.Time);
             pipeline.Metrics.AttachCache(pipeline.Cache);
+            pipeline.Metrics.SetSystems(sp.GetRequiredService<IOptions<GatewayOptions>>().Value.Providers.ToDictionary(
+                p => p.Name,
+                p => p.Type.ToUpperInvariant() switch { "OPENAI" or "OPENAICOMPATIBLE" => "openai", "AZUREOPENAI" => "az.ai.openai", "ANTHROPIC" => "anthropic", _ => p.Name },
+                StringComparer.Ordinal));
             return pipeline;
         });
         services.TryAddSingleton<IGatewayQueue, GatewayQueue>();

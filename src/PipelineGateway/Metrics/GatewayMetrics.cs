@@ -39,8 +39,14 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     private long _promptTokens;
     private long _completionTokens;
 
-    public GatewayMetrics(ProviderPools pools)
+    private readonly Cost.PricingTable _pricing;
+    private readonly GatewayInstruments _instruments;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, ModelStats> _models = new(StringComparer.Ordinal);
+
+    public GatewayMetrics(ProviderPools pools, Cost.PricingTable pricing, GatewayInstruments instruments)
     {
+        _pricing = pricing;
+        _instruments = instruments;
         _pools = pools;
         _providers = pools.All.ToFrozenDictionary(p => p.Name, _ => new ProviderStats(), StringComparer.Ordinal);
     }
@@ -53,6 +59,20 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         _depths = depths;
         _deployments = deployments;
         _time = time;
+        _instruments.Observe(
+            () =>
+            {
+                var d = depths();
+                return
+                [
+                    new(d.Admission, new KeyValuePair<string, object?>("pgw.stage", "admission")),
+                    new(d.Cache, new KeyValuePair<string, object?>("pgw.stage", "cache")),
+                    new(d.Router, new KeyValuePair<string, object?>("pgw.stage", "router")),
+                    new(d.DeadLetter, new KeyValuePair<string, object?>("pgw.stage", "dead_letter")),
+                    .. d.Providers.Select(p => new System.Diagnostics.Metrics.Measurement<int>(p.Value, new KeyValuePair<string, object?>("pgw.stage", "provider"), new KeyValuePair<string, object?>("pgw.provider", p.Key))),
+                ];
+            },
+            () => deployments.Select(dep => new System.Diagnostics.Metrics.Measurement<int>((int)dep.State.Circuit, new KeyValuePair<string, object?>("pgw.deployment", dep.Id), new KeyValuePair<string, object?>("pgw.provider", dep.ProviderName))));
     }
 
     public void OnSubmitted() => Interlocked.Increment(ref _submitted);
@@ -115,6 +135,15 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     public void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error, TimeSpan latency)
     {
         Interlocked.Increment(ref _total);
+        var info = response?.Gateway;
+        var model = _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats());
+        model.Record(error is null, info is { Cached: false } ? response!.Usage : null, info is { Cached: false } ? info.Cost : 0);
+        if (info is { Cached: false, Cost: > 0 } && _providers.TryGetValue(info.Provider, out var served))
+        {
+            served.AddCost(info.Cost);
+        }
+
+        RecordInstruments(item, response, info, error, latency);
 
         if (error is null)
         {
@@ -148,12 +177,8 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         Attempts = item.FinalAttempts,
         Latency = item.Observer?.Time.GetElapsedTime(item.StartTimestamp) ?? TimeSpan.Zero,
         RequestSequence = item.Sequence,
-        Cost = usage is null ? 0 : Price(deployment, usage),
+        Cost = usage is null ? 0 : _pricing.Cost(deployment, usage),
     };
-
-    /// <summary>USD for a usage on a deployment, from its configured prices (0 when unpriced).</summary>
-    public static decimal Price(Deployment deployment, TokenUsage usage) =>
-        (((deployment.InputPricePerMillion ?? 0) * usage.PromptTokens) + ((deployment.OutputPricePerMillion ?? 0) * usage.CompletionTokens)) / 1_000_000m;
 
     public GatewayMetricsSnapshot GetSnapshot()
     {
@@ -235,10 +260,52 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             CacheEvictions = _cache?.Evictions ?? 0,
             CostSaved = CostSaved(),
             QueueDepths = queueDepths,
+            Models = _models.ToDictionary(kv => kv.Key, kv => kv.Value.Snapshot(), StringComparer.Ordinal),
             Providers = providers,
             Deployments = deployments,
         };
     }
+
+    private void RecordInstruments(WorkItem item, ChatCompletionResponse? response, GatewayResponseInfo? info, Exception? error, TimeSpan latency)
+    {
+        var i = _instruments;
+        if (!i.Duration.Enabled && !i.Tokens.Enabled && !i.RequestCount.Enabled && !i.Cost.Enabled && !i.CacheHitCount.Enabled)
+        {
+            return; // nobody listens: no tags built, nothing recorded
+        }
+
+        var system = info is null ? "pipelinegateway" : _systems.GetValueOrDefault(info.Provider, info.Provider);
+        var tags = GatewayInstruments.Tags(system, item.Request.Model, response?.Model is { Length: > 0 } m ? m : info?.ProviderModel, error?.GetType().Name);
+        i.Duration.Record(latency.TotalSeconds, tags);
+        var outcome = tags;
+        outcome.Add("pgw.outcome", error is null ? (info?.Cached == true ? "cached" : "success") : "failure");
+        i.RequestCount.Add(1, outcome);
+        if (info?.Cached == true)
+        {
+            i.CacheHitCount.Add(1, tags);
+            return;
+        }
+
+        if (response?.Usage is { } usage)
+        {
+            var input = tags;
+            input.Add("gen_ai.token.type", "input");
+            i.Tokens.Record(usage.PromptTokens, input);
+            var output = tags;
+            output.Add("gen_ai.token.type", "output");
+            i.Tokens.Record(usage.CompletionTokens, output);
+        }
+
+        if (info is { Cost: > 0 } priced)
+        {
+            i.Cost.Add((double)priced.Cost, tags);
+        }
+    }
+
+    private System.Collections.Frozen.FrozenDictionary<string, string> _systems = System.Collections.Frozen.FrozenDictionary<string, string>.Empty;
+
+    /// <summary>The gen_ai.system of each provider (openai, anthropic, az.ai.openai, or the provider's name).</summary>
+    internal void SetSystems(IReadOnlyDictionary<string, string> systems) => _systems = systems.ToFrozenDictionary(StringComparer.Ordinal);
 
     private decimal CostSaved()
     {
@@ -264,6 +331,9 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         private readonly LatencyHistogram _latency = new();
         private long _requests;
         private long _failures;
+        private long _costNanoUsd; // money summed as whole nano-dollars: interlocked, no lock, exact to 1e-9 USD
+
+        public void AddCost(decimal usd) => Interlocked.Add(ref _costNanoUsd, (long)decimal.Round(usd * 1_000_000_000m));
 
         public void Record(GatewayAttempt attempt)
         {
@@ -296,9 +366,48 @@ internal sealed class GatewayMetrics : IGatewayMetrics
                 SuccessRate = requests == 0 ? 1 : Math.Round((double)(requests - failures) / requests, 4),
                 AvgLatencyMs = Math.Round(_latency.MeanMs, 3),
                 P95LatencyMs = _latency.PercentileMs(0.95),
+                TotalCost = Interlocked.Read(ref _costNanoUsd) / 1_000_000_000m,
                 InFlight = pool.InFlight,
                 QueueDepth = pool.QueueDepth,
             };
         }
+    }
+
+    private sealed class ModelStats
+    {
+        private long _requests;
+        private long _failures;
+        private long _promptTokens;
+        private long _completionTokens;
+        private long _costNanoUsd;
+
+        public void Record(bool success, TokenUsage? usage, decimal cost)
+        {
+            Interlocked.Increment(ref _requests);
+            if (!success)
+            {
+                Interlocked.Increment(ref _failures);
+            }
+
+            if (usage is not null)
+            {
+                Interlocked.Add(ref _promptTokens, usage.PromptTokens);
+                Interlocked.Add(ref _completionTokens, usage.CompletionTokens);
+            }
+
+            if (cost != 0)
+            {
+                Interlocked.Add(ref _costNanoUsd, (long)decimal.Round(cost * 1_000_000_000m));
+            }
+        }
+
+        public ModelMetricsSnapshot Snapshot() => new()
+        {
+            Requests = Interlocked.Read(ref _requests),
+            Failures = Interlocked.Read(ref _failures),
+            PromptTokens = Interlocked.Read(ref _promptTokens),
+            CompletionTokens = Interlocked.Read(ref _completionTokens),
+            TotalCost = Interlocked.Read(ref _costNanoUsd) / 1_000_000_000m,
+        };
     }
 }

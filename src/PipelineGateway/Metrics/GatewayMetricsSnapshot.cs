@@ -81,6 +81,9 @@ public sealed class GatewayMetricsSnapshot
 
     public required Dictionary<string, ProviderMetricsSnapshot> Providers { get; init; }
 
+    /// <summary>Per requested model group: requests, failures, tokens, cost.</summary>
+    public Dictionary<string, ModelMetricsSnapshot> Models { get; init; } = [];
+
     /// <summary>Per deployment ("group/provider/model"): circuit, failures in a row, latency, load.</summary>
     public Dictionary<string, DeploymentHealthSnapshot> Deployments { get; init; } = [];
 }
@@ -129,4 +132,17 @@ public sealed record ProviderMetricsSnapshot
 
     /// <summary>The most failures in a row among the provider's deployments.</summary>
     public int ConsecutiveFailures { get; init; }
+}
+
+public sealed class ModelMetricsSnapshot
+{
+    public long Requests { get; init; }
+
+    public long Failures { get; init; }
+
+    public long PromptTokens { get; init; }
+
+    public long CompletionTokens { get; init; }
+
+    public decimal TotalCost { get; init; }
 }

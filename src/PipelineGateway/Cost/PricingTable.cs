@@ -1,0 +1,114 @@
+using Microsoft.Extensions.Options;
+using PipelineGateway.Hosting;
+using PipelineGateway.Routing;
+
+namespace PipelineGateway.Cost;
+
+/// <summary>USD per million tokens for one model.</summary>
+public sealed class ModelPrice
+{
+    public decimal InputPerMillion { get; set; }
+
+    public decimal OutputPerMillion { get; set; }
+
+    /// <summary>Price of prompt tokens served from the provider's prompt cache, when it differs.</summary>
+    public decimal? CachedInputPerMillion { get; set; }
+}
+
+/// <summary>
+/// Prices by upstream model name: the deployment's own prices first, then <c>Gateway:Pricing</c>, then the
+/// defaults shipped here (public list prices of common OpenAI and Anthropic models; override them in
+/// configuration when they change). A dated or suffixed name matches its longest known prefix
+/// (<c>gpt-4o-mini-2024-07-18</c> → <c>gpt-4o-mini</c>). Money is <see cref="decimal"/>.
+/// </summary>
+public sealed class PricingTable
+{
+    /// <summary>Shipped defaults, USD per million tokens (input, output).</summary>
+    public static IReadOnlyDictionary<string, ModelPrice> Defaults { get; } = new Dictionary<string, ModelPrice>(StringComparer.OrdinalIgnoreCase)
+    {
+        ["gpt-4o"] = new() { InputPerMillion = 2.50m, OutputPerMillion = 10.00m, CachedInputPerMillion = 1.25m },
+        ["gpt-4o-mini"] = new() { InputPerMillion = 0.15m, OutputPerMillion = 0.60m, CachedInputPerMillion = 0.075m },
+        ["gpt-4.1"] = new() { InputPerMillion = 2.00m, OutputPerMillion = 8.00m, CachedInputPerMillion = 0.50m },
+        ["gpt-4.1-mini"] = new() { InputPerMillion = 0.40m, OutputPerMillion = 1.60m, CachedInputPerMillion = 0.10m },
+        ["gpt-4.1-nano"] = new() { InputPerMillion = 0.10m, OutputPerMillion = 0.40m, CachedInputPerMillion = 0.025m },
+        ["gpt-4-turbo"] = new() { InputPerMillion = 10.00m, OutputPerMillion = 30.00m },
+        ["gpt-3.5-turbo"] = new() { InputPerMillion = 0.50m, OutputPerMillion = 1.50m },
+        ["o1"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 60.00m, CachedInputPerMillion = 7.50m },
+        ["o3-mini"] = new() { InputPerMillion = 1.10m, OutputPerMillion = 4.40m, CachedInputPerMillion = 0.55m },
+        ["claude-3-5-haiku"] = new() { InputPerMillion = 0.80m, OutputPerMillion = 4.00m, CachedInputPerMillion = 0.08m },
+        ["claude-3-5-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m },
+        ["claude-3-7-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m },
+        ["claude-sonnet-4"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m },
+        ["claude-opus-4"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 75.00m, CachedInputPerMillion = 1.50m },
+        ["claude-haiku-4"] = new() { InputPerMillion = 1.00m, OutputPerMillion = 5.00m, CachedInputPerMillion = 0.10m },
+    };
+
+    private readonly Dictionary<string, ModelPrice> _prices;
+
+    public PricingTable(IOptions<GatewayOptions> options)
+        : this(options.Value.Pricing)
+    {
+    }
+
+    public PricingTable(IReadOnlyDictionary<string, ModelPrice>? overrides)
+    {
+        _prices = new Dictionary<string, ModelPrice>(Defaults, StringComparer.OrdinalIgnoreCase);
+        foreach (var (model, price) in overrides ?? new Dictionary<string, ModelPrice>())
+        {
+            _prices[model] = price;
+        }
+    }
+
+    /// <summary>The price of a model, by exact name or longest known prefix.</summary>
+    public ModelPrice? Find(string model)
+    {
+        if (_prices.TryGetValue(model, out var exact))
+        {
+            return exact;
+        }
+
+        ModelPrice? best = null;
+        var bestLength = 0;
+        foreach (var (name, price) in _prices)
+        {
+            if (name.Length > bestLength && model.StartsWith(name, StringComparison.OrdinalIgnoreCase))
+            {
+                best = price;
+                bestLength = name.Length;
+            }
+        }
+
+        return best;
+    }
+
+    /// <summary>USD for a usage on a deployment (0 when the model has no known price).</summary>
+    public decimal Cost(Deployment deployment, TokenUsage usage)
+    {
+        decimal input, output;
+        decimal? cachedInput = null;
+        if (deployment.InputPricePerMillion is not null || deployment.OutputPricePerMillion is not null)
+        {
+            input = deployment.InputPricePerMillion ?? 0;
+            output = deployment.OutputPricePerMillion ?? 0;
+        }
+        else if (Find(deployment.Model) is { } price)
+        {
+            input = price.InputPerMillion;
+            output = price.OutputPerMillion;
+            cachedInput = price.CachedInputPerMillion;
+        }
+        else
+        {
+            return 0;
+        }
+
+        var cached = CachedPromptTokens(usage);
+        var fresh = Math.Max(0, usage.PromptTokens - cached);
+        return ((fresh * input) + (cached * (cachedInput ?? input)) + (usage.CompletionTokens * output)) / 1_000_000m;
+    }
+
+    private static int CachedPromptTokens(TokenUsage usage) =>
+        usage.AdditionalProperties?.TryGetValue("prompt_tokens_details", out var details) == true
+        && details.ValueKind == System.Text.Json.JsonValueKind.Object
+        && details.TryGetProperty("cached_tokens", out var c) && c.TryGetInt32(out var n) ? n : 0;
+}

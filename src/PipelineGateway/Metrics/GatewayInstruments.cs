@@ -1,0 +1,79 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+
+namespace PipelineGateway.Metrics;
+
+/// <summary>
+/// System.Diagnostics.Metrics instruments, named after the OpenTelemetry GenAI semantic conventions where they
+/// exist, gateway-specific (<c>pgw.*</c>) otherwise. Names, units and bucket bounds live here only. Export them
+/// with OpenTelemetry (<c>AddMeter(GatewayInstruments.MeterName)</c>) or read them with a <see cref="MeterListener"/>.
+/// </summary>
+public sealed class GatewayInstruments : IDisposable
+{
+    public const string MeterName = "PipelineGateway";
+
+    public const string OperationDuration = "gen_ai.client.operation.duration";
+    public const string TokenUsage = "gen_ai.client.token.usage";
+    public const string Requests = "pgw.requests";
+    public const string CacheHits = "pgw.cache.hits";
+    public const string CostUsd = "pgw.cost";
+    public const string QueueDepth = "pgw.queue.depth";
+    public const string DeploymentHealth = "pgw.deployment.health";
+
+    // Bucket bounds advised by the GenAI semantic conventions.
+    private static readonly double[] DurationBuckets = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92];
+    private static readonly long[] TokenBuckets = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864];
+
+    private readonly Meter _meter;
+
+    public GatewayInstruments(IMeterFactory? factory = null)
+    {
+        _meter = factory?.Create(MeterName) ?? new Meter(MeterName);
+        Duration = _meter.CreateHistogram(OperationDuration, "s", "Duration of gateway chat operations, admission to answer.", advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets });
+        Tokens = _meter.CreateHistogram(TokenUsage, "{token}", "Tokens used per answered request, by gen_ai.token.type.", advice: new InstrumentAdvice<long> { HistogramBucketBoundaries = TokenBuckets });
+        RequestCount = _meter.CreateCounter<long>(Requests, "{request}", "Requests ended, by outcome.");
+        CacheHitCount = _meter.CreateCounter<long>(CacheHits, "{request}", "Requests answered from the response cache.");
+        Cost = _meter.CreateCounter<double>(CostUsd, "USD", "Spend priced from usage, by provider and model.");
+    }
+
+    internal Histogram<double> Duration { get; }
+
+    internal Histogram<long> Tokens { get; }
+
+    internal Counter<long> RequestCount { get; }
+
+    internal Counter<long> CacheHitCount { get; }
+
+    internal Counter<double> Cost { get; }
+
+    /// <summary>Registers the observable gauges (queue depth per stage, circuit state per deployment).</summary>
+    internal void Observe(Func<IEnumerable<Measurement<int>>> depths, Func<IEnumerable<Measurement<int>>> health)
+    {
+        _meter.CreateObservableGauge(QueueDepth, depths, "{request}", "Requests waiting in each stage's channel.");
+        _meter.CreateObservableGauge(DeploymentHealth, health, "{state}", "Circuit state per deployment: 0 closed, 1 half-open, 2 open.");
+    }
+
+    /// <summary>The standard attributes of one finished operation.</summary>
+    internal static TagList Tags(string system, string requestModel, string? responseModel, string? errorType)
+    {
+        var tags = new TagList
+        {
+            { "gen_ai.operation.name", "chat" },
+            { "gen_ai.system", system },
+            { "gen_ai.request.model", requestModel },
+        };
+        if (responseModel is not null)
+        {
+            tags.Add("gen_ai.response.model", responseModel);
+        }
+
+        if (errorType is not null)
+        {
+            tags.Add("error.type", errorType);
+        }
+
+        return tags;
+    }
+
+    public void Dispose() => _meter.Dispose();
+}

@@ -1,0 +1,143 @@
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using PipelineGateway.Cost;
+using PipelineGateway.Hosting;
+using PipelineGateway.Metrics;
+using PipelineGateway.Providers;
+using PipelineGateway.Routing;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Metrics;
+
+public sealed class MetricsTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Theory]
+    [InlineData("gpt-4o", 1_000_000, 0, 2.50)]
+    [InlineData("gpt-4o", 0, 1_000_000, 10.00)]
+    [InlineData("gpt-4o-mini-2024-07-18", 1000, 500, 0.00045)]
+    [InlineData("claude-sonnet-4-5", 2000, 1000, 0.021)]
+    [InlineData("unknown-model", 1000, 1000, 0)]
+    public void Cost_is_priced_from_usage_by_the_longest_known_prefix(string model, int prompt, int completion, double expected)
+    {
+        var table = new PricingTable((IReadOnlyDictionary<string, ModelPrice>?)null);
+        var deployment = Catalog(model).Groups[0].Deployments[0];
+
+        table.Cost(deployment, TokenUsage.Of(prompt, completion)).Should().Be((decimal)expected);
+    }
+
+    [Fact]
+    public void Configured_and_deployment_prices_override_the_defaults()
+    {
+        var table = new PricingTable(new Dictionary<string, ModelPrice> { ["gpt-4o"] = new() { InputPerMillion = 1m, OutputPerMillion = 1m } });
+        table.Cost(Catalog("gpt-4o").Groups[0].Deployments[0], TokenUsage.Of(1_000_000, 0)).Should().Be(1m);
+        table.Cost(Catalog("gpt-4o", input: 7m).Groups[0].Deployments[0], TokenUsage.Of(1_000_000, 0)).Should().Be(7m);
+    }
+
+    [Fact]
+    public async Task The_snapshot_json_has_the_named_fields_with_the_right_values_after_a_scripted_mix()
+    {
+        var primary = new FakeProvider("primary") { OnComplete = (r, _) => r.Request.Messages[0].Content!.GetText() == "fail-over" ? throw FakeProvider.Fail503() : ValueTask.FromResult(FakeProvider.Answer(r.Model, "p")) };
+        var backup = new FakeProvider("backup") { OnComplete = (r, _) => r.Request.Messages[0].Content!.GetText() == "fail-over" ? ValueTask.FromResult(FakeProvider.Answer(r.Model, "b")) : throw new ProviderException(AttemptOutcome.NonRetryableError, "no", 400) };
+        await using var gateway = await TestGateway.With(primary, backup)
+            .WithCache(TimeSpan.FromHours(1))
+            .Configure(o => o.Models[0].Deployments.ForEach(d => { d.InputPricePerMillion = 1_000_000m; d.OutputPricePerMillion = 1_000_000m; }))
+            .StartAsync(Ct);
+
+        await gateway.SubmitAsync(TestGateway.Request(text: "a"), Ct);          // primary
+        await gateway.SubmitAsync(TestGateway.Request(text: "a"), Ct);          // cache hit
+        await gateway.SubmitAsync(TestGateway.Request(text: "fail-over"), Ct);  // primary 503 → backup
+        var bad = TestGateway.Request(text: "fail-over");
+        bad.Gateway = new GatewayRequestOptions { NoStore = true };
+        primary.OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.NonRetryableError, "bad request", 400);
+        var act = async () => await gateway.SubmitAsync(bad, Ct);               // a 400: failed, not retried
+        await act.Should().ThrowAsync<AllProvidersFailedException>();
+
+        var json = JsonDocument.Parse(JsonSerializer.Serialize(gateway.Metrics.GetSnapshot(), GatewayJsonContext.Default.GatewayMetricsSnapshot)).RootElement;
+        json.GetProperty("total_requests").GetInt64().Should().Be(4);
+        json.GetProperty("cached_requests").GetInt64().Should().Be(1);
+        json.GetProperty("failed_requests").GetInt64().Should().Be(1);
+        json.GetProperty("cache_hit_rate").GetDouble().Should().Be(0.3333, "1 hit in 3 lookups (the no-store request does not look)");
+        json.GetProperty("avg_latency_ms").GetDouble().Should().BeGreaterThan(0);
+        json.GetProperty("total_cost").GetDecimal().Should().Be(8m, "two answers of 3 + 1 tokens at $1 a token");
+        json.GetProperty("fallbacks").GetInt64().Should().Be(1);
+        var providers = json.GetProperty("providers");
+        providers.GetProperty("primary").GetProperty("success_rate").GetDouble().Should().Be(Math.Round(1.0 / 3, 4));
+        providers.GetProperty("primary").GetProperty("total_cost").GetDecimal().Should().Be(4m);
+        providers.GetProperty("backup").GetProperty("success_rate").GetDouble().Should().Be(1);
+        providers.GetProperty("backup").GetProperty("avg_latency_ms").GetDouble().Should().BeGreaterThanOrEqualTo(0);
+        json.GetProperty("models").GetProperty("m").GetProperty("requests").GetInt64().Should().Be(4);
+        json.GetProperty("cost_saved").GetDecimal().Should().Be(4m);
+    }
+
+    [Fact]
+    public async Task Counts_are_exact_after_100000_requests_from_64_threads()
+    {
+        var provider = new FakeProvider("p") { OnComplete = (r, _) => ValueTask.FromResult(FakeProvider.Answer(r.Model, "x")) };
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(provider, workers: 8, queueCapacity: 1024)
+            .AddModel("m", providers: "p")
+            .Configure(o => o.Pipeline.MaxInFlight = 2048)
+            .StartAsync(Ct);
+
+        await Task.WhenAll(Enumerable.Range(0, 64).Select(t => Task.Run(async () =>
+        {
+            for (var i = 0; i < 100_000 / 64 + (t < 100_000 % 64 ? 1 : 0); i++)
+            {
+                await gateway.SubmitAsync(TestGateway.Request(), Ct);
+            }
+        }, Ct)));
+
+        var s = gateway.Metrics.GetSnapshot();
+        s.TotalRequests.Should().Be(100_000);
+        s.SuccessfulRequests.Should().Be(100_000);
+        s.PromptTokens.Should().Be(300_000);
+        s.CompletionTokens.Should().Be(100_000);
+        s.Providers["p"].Requests.Should().Be(100_000);
+        s.Models["m"].Requests.Should().Be(100_000);
+        provider.Calls.Should().Be(100_000);
+    }
+
+    [Fact]
+    public async Task Instruments_follow_the_GenAI_conventions()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(provider)
+            .Configure(o => o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "p", Model = "gpt-4o" }] }))
+            .StartAsync(Ct);
+        var instruments = gateway.Services.GetRequiredService<GatewayInstruments>();
+        using var duration = new MetricCollector<double>(instruments.Duration);
+        using var tokens = new MetricCollector<long>(instruments.Tokens);
+        using var cost = new MetricCollector<double>(instruments.Cost);
+
+        await gateway.SubmitAsync(TestGateway.Request(), Ct);
+
+        var d = duration.GetMeasurementSnapshot().Should().ContainSingle().Subject;
+        d.Value.Should().BePositive();
+        d.Tags["gen_ai.operation.name"].Should().Be("chat");
+        d.Tags["gen_ai.request.model"].Should().Be("m");
+        d.Tags["gen_ai.response.model"].Should().Be("gpt-4o");
+        d.Tags["gen_ai.system"].Should().Be("p");
+        var t = tokens.GetMeasurementSnapshot();
+        t.Should().HaveCount(2);
+        t.Single(m => (string)m.Tags["gen_ai.token.type"]! == "input").Value.Should().Be(3);
+        t.Single(m => (string)m.Tags["gen_ai.token.type"]! == "output").Value.Should().Be(1);
+        cost.GetMeasurementSnapshot().Single().Value.Should().BeApproximately((3 * 2.5 + 1 * 10) / 1_000_000.0, 1e-12);
+        instruments.Duration.Name.Should().Be("gen_ai.client.operation.duration");
+        instruments.Duration.Unit.Should().Be("s");
+        instruments.Tokens.Name.Should().Be("gen_ai.client.token.usage");
+    }
+
+    private static ModelCatalog Catalog(string model, decimal? input = null)
+    {
+        var gateway = new GatewayBuilder()
+            .AddProvider(new FakeProvider("p"))
+            .Configure(o => o.Models.Add(new ModelGroupOptions { Name = "g", Deployments = [new DeploymentOptions { Provider = "p", Model = model, InputPricePerMillion = input }] }))
+            .StartAsync().GetAwaiter().GetResult();
+        return gateway.Services.GetRequiredService<ModelCatalog>();
+    }
+}
