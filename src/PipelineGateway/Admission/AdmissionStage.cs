@@ -67,7 +67,7 @@ internal sealed class AdmissionStage : PipelineStage
         }
     }
 
-    /// <summary>Takes an in-flight slot (waiting when MaxInFlight are inside) and hands the request to the cache stage.</summary>
+    /// <summary>Takes an in-flight slot (waiting when MaxInFlight are inside) and hands the request on.</summary>
     private async ValueTask ForwardAsync(WorkItem item, CancellationToken stopping)
     {
         var slot = await Pipeline.AcquireSlotAsync(stopping).ConfigureAwait(false);

@@ -343,6 +343,7 @@ internal sealed partial class ProviderWorkerPool
                 // From here on the caller has seen output: no fallback can be invisible any more.
                 Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, pipeline.Time.GetElapsedTime(started)), null);
                 chunk.Gateway = pipeline.Metrics.Describe(item, deployment, null);
+                pipeline.Metrics.OnFirstToken(pipeline.Time.GetElapsedTime(item.StartTimestamp));
                 item.StreamStarted = true;
                 first = false;
             }

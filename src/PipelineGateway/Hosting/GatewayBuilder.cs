@@ -66,6 +66,13 @@ public sealed class GatewayBuilder
         return this;
     }
 
+    /// <summary>Adds a spending limit, for example $50 a day for everyone.</summary>
+    public GatewayBuilder WithBudget(decimal usd, Cost.BudgetPeriod period = Cost.BudgetPeriod.Month, Cost.BudgetScope scope = Cost.BudgetScope.Global)
+    {
+        _options.Budgets.Add(new Cost.BudgetOptions { LimitUsd = usd, Period = period, Scope = scope });
+        return this;
+    }
+
     /// <summary>Changes any other option.</summary>
     public GatewayBuilder Configure(Action<GatewayOptions> configure)
     {
@@ -117,6 +124,7 @@ public sealed class GatewayBuilder
         to.Cache = from.Cache;
         to.Health = from.Health;
         to.Pricing = from.Pricing;
+        to.Budgets = from.Budgets;
     }
 }
 

@@ -25,6 +25,9 @@ public sealed class GatewayOptions
 
     /// <summary>Prices by upstream model name (USD per million tokens), over the shipped defaults.</summary>
     public Dictionary<string, Cost.ModelPrice> Pricing { get; set; } = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>Spending limits per day or month, global or per gateway key.</summary>
+    public List<Cost.BudgetOptions> Budgets { get; set; } = [];
 }
 
 /// <summary>Sizes and timings of the pipeline engine. See docs/architecture.md for why each bound is where it is.</summary>

@@ -152,6 +152,11 @@ internal sealed class GatewayOptionsValidator(
             }
         }
 
+        for (var i = 0; i < options.Budgets.Count; i++)
+        {
+            Annotations(options.Budgets[i], $"{root}:Budgets:{i}", errors);
+        }
+
         var h = options.Health;
         Annotations(h, $"{root}:Health", errors);
         Positive(h.Window, $"{root}:Health:Window", errors);

@@ -68,6 +68,7 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddSingleton(BuildPools);
         services.TryAddSingleton(BuildCatalog);
         services.TryAddSingleton<Cost.PricingTable>();
+        services.TryAddSingleton<Cost.BudgetTracker>();
         services.TryAddSingleton(sp => new GatewayInstruments(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>()));
         services.TryAddSingleton<GatewayMetrics>();
         services.TryAddSingleton<IGatewayMetrics>(sp => sp.GetRequiredService<GatewayMetrics>());

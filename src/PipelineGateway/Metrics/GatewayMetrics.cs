@@ -42,6 +42,7 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     private readonly Cost.PricingTable _pricing;
     private readonly GatewayInstruments _instruments;
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, ModelStats> _models = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, ModelStats> _keys = new(StringComparer.Ordinal);
 
     public GatewayMetrics(ProviderPools pools, Cost.PricingTable pricing, GatewayInstruments instruments)
     {
@@ -105,6 +106,14 @@ internal sealed class GatewayMetrics : IGatewayMetrics
 
     public void OnRateLimitWait() => Interlocked.Increment(ref _rateLimitWaits);
 
+    public void OnBudgetExceeded() => Interlocked.Increment(ref _budgetExceeded);
+
+    /// <summary>A stream's first chunk reached the caller.</summary>
+    public void OnFirstToken(TimeSpan sinceAdmission) => _ttft.Record(sinceAdmission);
+
+    private long _budgetExceeded;
+    private readonly LatencyHistogram _ttft = new();
+
     public void OnShed() => Interlocked.Increment(ref _shed);
 
     public void OnRetry(bool fallback)
@@ -138,6 +147,8 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         var info = response?.Gateway;
         var model = _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats());
         model.Record(error is null, info is { Cached: false } ? response!.Usage : null, info is { Cached: false } ? info.Cost : 0);
+        var key = _keys.GetOrAdd(item.Request.Gateway?.RateLimitKey ?? string.Empty, static _ => new ModelStats());
+        key.Record(error is null, info is { Cached: false } ? response!.Usage : null, info is { Cached: false } ? info.Cost : 0);
         if (info is { Cached: false, Cost: > 0 } && _providers.TryGetValue(info.Provider, out var served))
         {
             served.AddCost(info.Cost);
@@ -245,6 +256,11 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             P50LatencyMs = _latency.PercentileMs(0.50),
             P95LatencyMs = _latency.PercentileMs(0.95),
             P99LatencyMs = _latency.PercentileMs(0.99),
+            P50TimeToFirstTokenMs = _ttft.PercentileMs(0.50),
+            P95TimeToFirstTokenMs = _ttft.PercentileMs(0.95),
+            P99TimeToFirstTokenMs = _ttft.PercentileMs(0.99),
+            BudgetExceededRequests = Interlocked.Read(ref _budgetExceeded),
+            Keys = _keys.ToDictionary(kv => kv.Key.Length == 0 ? "(no key)" : kv.Key, kv => kv.Value.Snapshot(), StringComparer.Ordinal),
             Retries = Interlocked.Read(ref _retries),
             Fallbacks = Interlocked.Read(ref _fallbacks),
             GroupFallbacks = Interlocked.Read(ref _groupFallbacks),

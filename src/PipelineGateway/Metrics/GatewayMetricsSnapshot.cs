@@ -55,6 +55,16 @@ public sealed class GatewayMetricsSnapshot
 
     public double P99LatencyMs { get; init; }
 
+    /// <summary>Time to first token of streamed requests, admission to first chunk.</summary>
+    public double P50TimeToFirstTokenMs { get; init; }
+
+    public double P95TimeToFirstTokenMs { get; init; }
+
+    public double P99TimeToFirstTokenMs { get; init; }
+
+    /// <summary>Requests refused because a budget would be exceeded.</summary>
+    public long BudgetExceededRequests { get; init; }
+
     /// <summary>Attempts beyond the first.</summary>
     public long Retries { get; init; }
 
@@ -80,6 +90,9 @@ public sealed class GatewayMetricsSnapshot
     public required Dictionary<string, int> QueueDepths { get; init; }
 
     public required Dictionary<string, ProviderMetricsSnapshot> Providers { get; init; }
+
+    /// <summary>Per gateway key: requests, failures, tokens, cost.</summary>
+    public Dictionary<string, ModelMetricsSnapshot> Keys { get; init; } = [];
 
     /// <summary>Per requested model group: requests, failures, tokens, cost.</summary>
     public Dictionary<string, ModelMetricsSnapshot> Models { get; init; } = [];

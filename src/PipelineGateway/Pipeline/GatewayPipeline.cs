@@ -32,6 +32,7 @@ internal sealed partial class GatewayPipeline
         GatewayMetrics metrics,
         ResponseCache cache,
         Admission.AdmissionRateLimiter limiter,
+        Cost.BudgetTracker budgets,
         DeploymentSelector selector,
         TimeProvider time,
         ILogger<GatewayPipeline> logger)
@@ -42,6 +43,7 @@ internal sealed partial class GatewayPipeline
         Metrics = metrics;
         Cache = cache;
         Limiter = limiter;
+        Budgets = budgets;
         Selector = selector;
         Time = time;
         _logger = logger;
@@ -78,6 +80,8 @@ internal sealed partial class GatewayPipeline
     public ResponseCache Cache { get; }
 
     public Admission.AdmissionRateLimiter Limiter { get; }
+
+    public Cost.BudgetTracker Budgets { get; }
 
     /// <summary>Identical requests in flight sharing one upstream call.</summary>
     public Flights Flights { get; } = new();
@@ -211,6 +215,9 @@ internal sealed partial class GatewayPipeline
         {
             Flights.OnLeaderCompleted(this, item, response, error);
         }
+
+        // The budget reservation becomes the actual cost (nothing for a failure or a cache hit).
+        Budgets.Settle(item, error is null && response?.Gateway is { Cached: false } info ? info.Cost : 0);
 
         // The token charge becomes the actual usage: nothing for a failure or a cache hit; an answer that
         // reported no usage keeps its estimate.

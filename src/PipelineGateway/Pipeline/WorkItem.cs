@@ -138,6 +138,12 @@ internal sealed class WorkItem
 
     private long _estimatedTokens = -1;
 
+    /// <summary>The token estimate if something already counted it (no counting just to ask).</summary>
+    public long? EstimatedTokensIfCounted => _estimatedTokens >= 0 ? _estimatedTokens : null;
+
+    /// <summary>What admission reserved against budgets, settled with the actual cost.</summary>
+    public Cost.BudgetTracker.Reservation? BudgetReservation { get; set; }
+
     /// <summary>Prompt tokens (counted with the model's tokenizer) plus the completion budget; computed once, on demand.</summary>
     public long EstimatedTokens
     {

@@ -29,6 +29,21 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
             return ValueTask.CompletedTask;
         }
 
+        if (item.AttemptCount == 0 && item.BudgetReservation is null && Pipeline.Budgets.IsEnabled)
+        {
+            // Budgets are reserved here, after the cache: a cache hit costs nothing and is never refused.
+            try
+            {
+                Pipeline.Budgets.Reserve(item);
+            }
+            catch (BudgetExceededException ex)
+            {
+                Pipeline.Metrics.OnBudgetExceeded();
+                Pipeline.FailAndRetire(item, ex);
+                return ValueTask.CompletedTask;
+            }
+        }
+
         var chosen = selector.Select(item, item.Group, ref _scratch);
         while (chosen is null && item.TryAdvanceFallback())
         {

@@ -1,0 +1,193 @@
+using System.Collections.Concurrent;
+using System.ComponentModel.DataAnnotations;
+using Microsoft.Extensions.Options;
+using PipelineGateway.Hosting;
+using PipelineGateway.Pipeline;
+
+namespace PipelineGateway.Cost;
+
+public enum BudgetScope
+{
+    /// <summary>One budget for all traffic.</summary>
+    Global,
+
+    /// <summary>One budget per gateway key (<see cref="GatewayRequestOptions.RateLimitKey"/>), or for one key when <see cref="BudgetOptions.Key"/> is set.</summary>
+    Key,
+}
+
+public enum BudgetPeriod
+{
+    Day,
+    Month,
+}
+
+/// <summary>A spending limit in USD per UTC day or month (section <c>Gateway:Budgets</c>).</summary>
+public sealed class BudgetOptions
+{
+    public string? Name { get; set; }
+
+    public BudgetScope Scope { get; set; } = BudgetScope.Global;
+
+    /// <summary>With Scope Key: only this key's budget (otherwise every key gets its own of this size).</summary>
+    public string? Key { get; set; }
+
+    public BudgetPeriod Period { get; set; } = BudgetPeriod.Month;
+
+    [Range(0.0, 1_000_000_000.0)]
+    public decimal LimitUsd { get; set; }
+
+    public string DisplayName => Name ?? $"{(Scope == BudgetScope.Global ? "global" : Key ?? "per-key")} {Period.ToString().ToLowerInvariant()}ly ${LimitUsd}";
+}
+
+/// <summary>
+/// Budgets: admission reserves a request's estimated cost (its token estimate at the dearest price among the
+/// group's deployments), the actual cost settles it. A request is refused when spent + reserved + its estimate
+/// would pass the limit, so concurrent requests can overspend by at most what they were reserved for and
+/// then exceeded. Amounts are whole nano-dollars under a lock per budget partition (not shared by all requests).
+/// </summary>
+internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTable pricing, TimeProvider time)
+{
+    private readonly BudgetOptions[] _budgets = [.. options.Value.Budgets];
+    private readonly ConcurrentDictionary<(int Budget, string Key), Account> _accounts = new();
+
+    public bool IsEnabled => _budgets.Length > 0;
+
+    /// <summary>Reserves the estimate in every budget that applies, or throws without reserving any.</summary>
+    public void Reserve(WorkItem item)
+    {
+        if (_budgets.Length == 0)
+        {
+            return;
+        }
+
+        var estimate = ToNano(Estimate(item));
+        var key = item.Request.Gateway?.RateLimitKey ?? string.Empty;
+        var period = time.GetUtcNow();
+        var accounts = new List<Account>(_budgets.Length);
+        for (var i = 0; i < _budgets.Length; i++)
+        {
+            var b = _budgets[i];
+            if (b.Scope == BudgetScope.Key && b.Key is not null && b.Key != key)
+            {
+                continue;
+            }
+
+            accounts.Add(_accounts.GetOrAdd((i, b.Scope == BudgetScope.Global ? string.Empty : key), static (_, b) => new Account(b), b));
+        }
+
+        // All or nothing, in a fixed order so two requests never hold locks crosswise.
+        var taken = new List<Account>(accounts.Count);
+        foreach (var account in accounts)
+        {
+            if (!account.TryReserve(estimate, period, out var spent))
+            {
+                foreach (var t in taken)
+                {
+                    t.Release(estimate);
+                }
+
+                throw new BudgetExceededException(account.Options.DisplayName, account.Options.LimitUsd, FromNano(spent));
+            }
+
+            taken.Add(account);
+        }
+
+        item.BudgetReservation = new Reservation([.. taken], estimate);
+    }
+
+    /// <summary>Replaces the reservation with the actual cost (0 for a failure or a cache hit).</summary>
+    public void Settle(WorkItem item, decimal actual)
+    {
+        if (item.BudgetReservation is not { } r)
+        {
+            return;
+        }
+
+        item.BudgetReservation = null;
+        foreach (var account in r.Accounts)
+        {
+            account.Settle(r.Estimate, ToNano(actual));
+        }
+    }
+
+    /// <summary>Spent and reserved in USD, per budget and key (for metrics and tests).</summary>
+    public IReadOnlyDictionary<string, (decimal Spent, decimal Reserved)> Balances() =>
+        _accounts.ToDictionary(kv => $"{kv.Value.Options.DisplayName}{(kv.Key.Key.Length > 0 ? ":" + kv.Key.Key : string.Empty)}", kv => kv.Value.Balance());
+
+    private decimal Estimate(WorkItem item)
+    {
+        var tokens = item.EstimatedTokensIfCounted ?? (TokenEstimate.Approximate(item.Request) + (item.Request.RequestedCompletionTokens ?? options.Value.Admission.ExpectedCompletionTokens));
+        var completion = item.Request.RequestedCompletionTokens ?? options.Value.Admission.ExpectedCompletionTokens;
+        var prompt = Math.Max(0, tokens - completion);
+        var dearest = 0m;
+        foreach (var d in item.RootGroup.Deployments)
+        {
+            dearest = Math.Max(dearest, pricing.Cost(d, TokenUsage.Of((int)Math.Min(int.MaxValue, prompt), completion)));
+        }
+
+        return dearest;
+    }
+
+    private static long ToNano(decimal usd) => (long)decimal.Round(usd * 1_000_000_000m);
+
+    private static decimal FromNano(long nano) => nano / 1_000_000_000m;
+
+    internal sealed record Reservation(Account[] Accounts, long Estimate);
+
+    internal sealed class Account(BudgetOptions options)
+    {
+        private readonly long _limit = ToNano(options.LimitUsd);
+        private long _periodIndex = -1;
+        private long _spent;
+        private long _reserved;
+
+        public BudgetOptions Options { get; } = options;
+
+        public bool TryReserve(long estimate, DateTimeOffset now, out long spentAndReserved)
+        {
+            lock (this)
+            {
+                var index = Options.Period == BudgetPeriod.Day ? now.UtcDateTime.Date.Ticks : (now.Year * 12L) + now.Month;
+                if (index != _periodIndex)
+                {
+                    _periodIndex = index;
+                    _spent = 0; // a new day or month starts from nothing; reservations in flight stay
+                }
+
+                spentAndReserved = _spent + _reserved;
+                if (_spent + _reserved + estimate > _limit)
+                {
+                    return false;
+                }
+
+                _reserved += estimate;
+                return true;
+            }
+        }
+
+        public void Release(long estimate)
+        {
+            lock (this)
+            {
+                _reserved -= estimate;
+            }
+        }
+
+        public void Settle(long estimate, long actual)
+        {
+            lock (this)
+            {
+                _reserved -= estimate;
+                _spent += actual;
+            }
+        }
+
+        public (decimal Spent, decimal Reserved) Balance()
+        {
+            lock (this)
+            {
+                return (FromNano(_spent), FromNano(_reserved));
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+using FluentAssertions;
+using Microsoft.Extensions.DependencyInjection;
+using PipelineGateway.Cost;
+using PipelineGateway.Hosting;
+using PipelineGateway.Routing;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Metrics;
+
+public sealed class BudgetTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    // $1 a token in and out, so costs are easy to read: each answer here costs 3 + 1 = $4; the estimate for a
+    // request with max_tokens 1 is its approximate prompt ((6 + 16) / 4 = 5 tokens) + 1 = $6.
+    private static GatewayBuilder Priced(FakeProvider provider) => new GatewayBuilder()
+        .AddProvider(provider, workers: 16, queueCapacity: 1000)
+        .Configure(o =>
+        {
+            o.Pipeline.MaxInFlight = 2048;
+            o.Pipeline.AdmissionQueueCapacity = 2048;
+            o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = provider.Name, InputPricePerMillion = 1_000_000m, OutputPricePerMillion = 1_000_000m }] });
+        });
+
+    private static ChatCompletionRequest Req(string? key = null)
+    {
+        var r = TestGateway.Request();
+        r.MaxTokens = 1;
+        r.Gateway = key is null ? null : new GatewayRequestOptions { RateLimitKey = key };
+        return r;
+    }
+
+    [Fact]
+    public async Task Concurrent_requests_cannot_overspend_beyond_the_reservations_in_flight()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var provider = FakeProvider.Gated("p", gate);
+        await using var gateway = await Priced(provider).WithBudget(120m, BudgetPeriod.Day).StartAsync(Ct);
+
+        // 1,000 concurrent requests, each reserving $6: only 20 fit in $120 while they are all in flight.
+        var all = Enumerable.Range(0, 1000).Select(_ => gateway.SubmitAsync(Req(), Ct).AsTask()).ToArray();
+        await Wait.Until(() => gateway.Metrics.GetSnapshot().TotalRequests == 980, "the rest are refused");
+        gate.SetResult();
+        var results = await Task.WhenAll(all.Select(async t =>
+        {
+            try
+            {
+                await t;
+                return true;
+            }
+            catch (BudgetExceededException)
+            {
+                return false;
+            }
+        }));
+
+        results.Count(ok => ok).Should().Be(20);
+        var spent = gateway.Services.GetRequiredService<BudgetTracker>().Balances().Single().Value;
+        spent.Spent.Should().Be(80m, "20 answers of $4 each settled");
+        spent.Reserved.Should().Be(0);
+        gateway.Metrics.GetSnapshot().BudgetExceededRequests.Should().Be(980);
+    }
+
+    [Fact]
+    public async Task A_refusal_names_the_budget_and_a_new_day_starts_afresh()
+    {
+        var clock = TestGateway.Clock();
+        var provider = new FakeProvider("p");
+        await using var gateway = await Priced(provider)
+            .WithTimeProvider(clock)
+            .Configure(o => o.Budgets.Add(new BudgetOptions { Name = "tenant-a daily", Scope = BudgetScope.Key, Key = "a", Period = BudgetPeriod.Day, LimitUsd = 10m }))
+            .StartAsync(Ct);
+
+        await gateway.SubmitAsync(Req("a"), Ct); // 0 + 6 fits; spent 4
+        await gateway.SubmitAsync(Req("a"), Ct); // 4 + 6 fits; spent 8
+        var act = async () => await gateway.SubmitAsync(Req("a"), Ct); // 8 + 6 > 10
+        var refusal = (await act.Should().ThrowAsync<BudgetExceededException>()).Which;
+        refusal.Budget.Should().Be("tenant-a daily");
+        refusal.Limit.Should().Be(10m);
+        refusal.Message.Should().Contain("tenant-a daily");
+
+        await gateway.SubmitAsync(Req("b"), Ct); // another key is not limited by a's budget
+
+        clock.Advance(TimeSpan.FromDays(1));
+        (await gateway.SubmitAsync(Req("a"), Ct)).Content.Should().Be("ok");
+        var keys = gateway.Metrics.GetSnapshot().Keys;
+        keys["a"].TotalCost.Should().Be(12m);
+        keys["b"].TotalCost.Should().Be(4m);
+    }
+
+    [Fact]
+    public async Task Cache_hits_cost_nothing_against_a_budget()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await Priced(provider).WithCache(TimeSpan.FromHours(1)).WithBudget(9m).StartAsync(Ct);
+
+        var first = TestGateway.Request();
+        first.MaxTokens = 1;
+        await gateway.SubmitAsync(first, Ct);
+        for (var i = 0; i < 10; i++)
+        {
+            var again = TestGateway.Request();
+            again.MaxTokens = 1;
+            (await gateway.SubmitAsync(again, Ct)).Gateway!.Cached.Should().BeTrue();
+        }
+
+        gateway.Services.GetRequiredService<BudgetTracker>().Balances().Single().Value.Spent.Should().Be(4m);
+    }
+}
