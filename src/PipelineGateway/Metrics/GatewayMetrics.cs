@@ -84,17 +84,13 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         Interlocked.Increment(ref _cached);
         if (saved != 0)
         {
-            lock (_savedLock)
-            {
-                _costSaved += saved;
-            }
+            Interlocked.Add(ref _costSavedNanoUsd, (long)decimal.Round(saved * 1_000_000_000m));
         }
     }
 
     public void OnCoalesced() => Interlocked.Increment(ref _coalesced);
 
-    private readonly object _savedLock = new();
-    private decimal _costSaved;
+    private long _costSavedNanoUsd;
     private long _coalesced;
     private Caching.ResponseCache? _cache;
 
@@ -323,13 +319,7 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     /// <summary>The gen_ai.system of each provider (openai, anthropic, az.ai.openai, or the provider's name).</summary>
     internal void SetSystems(IReadOnlyDictionary<string, string> systems) => _systems = systems.ToFrozenDictionary(StringComparer.Ordinal);
 
-    private decimal CostSaved()
-    {
-        lock (_savedLock)
-        {
-            return _costSaved;
-        }
-    }
+    private decimal CostSaved() => Interlocked.Read(ref _costSavedNanoUsd) / 1_000_000_000m;
 
     private static string Name(Routing.Health.CircuitState state) => state switch
     {
