@@ -60,26 +60,7 @@ public class LimiterBenchmarks
     [Benchmark(OperationsPerInvoke = PerOp)]
     public void Chain_PartitionPerThread() => Run(t => _limiter.TryAdmit(_ownPartitions[t], out _));
 
-    private void Run(Action<int> acquire)
-    {
-        if (Threads == 1)
-        {
-            for (var i = 0; i < PerOp; i++)
-            {
-                acquire(0);
-            }
-
-            return;
-        }
-
-        Parallel.For(0, Threads, new ParallelOptions { MaxDegreeOfParallelism = Threads }, t =>
-        {
-            for (var i = 0; i < PerOp / Threads; i++)
-            {
-                acquire(t);
-            }
-        });
-    }
+    private void Run(Action<int> acquire) => Threaded.Run(Threads, PerOp, acquire);
 }
 
 /// <summary>Prompt token counting with the o200k tokenizer versus the cheap estimate, for 2 KB and 50 KB conversations.</summary>

@@ -49,24 +49,5 @@ public class MetricsSinkBenchmarks
     [Benchmark(OperationsPerInvoke = PerOp)]
     public void OnCompleted() => Run(() => _metrics.OnCompleted(_item, _response, null, TimeSpan.FromMilliseconds(42)));
 
-    private void Run(Action record)
-    {
-        if (Threads == 1)
-        {
-            for (var i = 0; i < PerOp; i++)
-            {
-                record();
-            }
-
-            return;
-        }
-
-        Parallel.For(0, Threads, new ParallelOptions { MaxDegreeOfParallelism = Threads }, _ =>
-        {
-            for (var i = 0; i < PerOp / Threads; i++)
-            {
-                record();
-            }
-        });
-    }
+    private void Run(Action record) => Threaded.Run(Threads, PerOp, _ => record());
 }
