@@ -20,6 +20,7 @@ try
     {
         "demo" => await DemoCommand.RunAsync(line, Console.Out, cts.Token),
         "simulate" => await SimulateCommand.RunAsync(args[1..], Console.Out, cts.Token),
+        "serve" => await ServeCommand.RunAsync(line, Console.Out),
         "help" or "--help" or "-h" => Usage(Console.Out),
         _ => throw new CliException($"Unknown command '{line.Command}'. Run 'pgw help' for the commands."),
     };
@@ -54,6 +55,9 @@ static int Usage(TextWriter output)
           demo [--config FILE] [--concurrency N]
               Push the built-in sample batch through the gateway (simulated providers, no keys needed)
               and print the metrics snapshot.
+          serve [--urls http://127.0.0.1:8080] [--config FILE]
+              Run the OpenAI-compatible HTTP front door (POST /v1/chat/completions, GET /v1/models,
+              GET /v1/gateway/metrics, /healthz, /readyz). SIGTERM or Ctrl+C drains in-flight requests.
           simulate [--urls http://127.0.0.1:8081] [--latency-ms N] [--jitter-ms N] [--token-delay-ms N]
                    [--error-rate R] [--error-status 500|503|529] [--rate-limit-rate R] [--retry-after S]
                    [--hang-rate R] [--break-rate R] [--truncate-rate R] [--seed N] [--api-key-env VAR]

@@ -1,0 +1,53 @@
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.AspNetCore.Http;
+
+namespace PipelineGateway.Server;
+
+/// <summary>
+/// Checks gateway keys: the presented key (Authorization: Bearer, or x-api-key) is hashed with SHA-256 and
+/// compared in constant time with every configured hash, so neither timing nor logs reveal a key.
+/// </summary>
+internal sealed class GatewayKeys(ServerOptions options)
+{
+    private readonly (GatewayKeyOptions Key, byte[] Hash)[] _keys = [.. options.Keys.Select(k => (k, Convert.FromHexString(k.Sha256)))];
+
+    public bool Required => _keys.Length > 0;
+
+    /// <summary>The key the request presents, or null when none matches (or none was sent).</summary>
+    public GatewayKeyOptions? Authenticate(HttpRequest request)
+    {
+        var presented = Presented(request);
+        if (presented is null)
+        {
+            return null;
+        }
+
+        var hash = SHA256.HashData(Encoding.UTF8.GetBytes(presented));
+        GatewayKeyOptions? match = null;
+        foreach (var (key, expected) in _keys)
+        {
+            // Compare with every key, always: the time taken says nothing about which key (or whether any) matched.
+            if (CryptographicOperations.FixedTimeEquals(hash, expected))
+            {
+                match = key;
+            }
+        }
+
+        return match;
+    }
+
+    public static string Hash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
+
+    private static string? Presented(HttpRequest request)
+    {
+        var auth = request.Headers.Authorization.ToString();
+        if (auth.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
+        {
+            return auth[7..].Trim();
+        }
+
+        var apiKey = request.Headers["x-api-key"].ToString();
+        return apiKey.Length > 0 ? apiKey : null;
+    }
+}

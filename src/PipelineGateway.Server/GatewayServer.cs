@@ -1,0 +1,135 @@
+using System.Net;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Hosting;
+using PipelineGateway.Metrics;
+using PipelineGateway.Pipeline;
+using PipelineGateway.Routing;
+
+namespace PipelineGateway.Server;
+
+/// <summary>
+/// The HTTP front door: an OpenAI-compatible server in front of the same pipeline the library uses.
+/// Bound to loopback it may run without gateway keys (with a warning); bound to anything else without keys it
+/// refuses to start.
+/// </summary>
+public static partial class GatewayServer
+{
+    /// <summary>Builds the server (not started) from a configuration holding the <c>Gateway</c> section.</summary>
+    public static WebApplication Build(IConfiguration configuration, string urls, Action<ILoggingBuilder>? logging = null, Action<IServiceCollection>? services = null)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Configuration.AddConfiguration(configuration);
+        builder.Logging.ClearProviders();
+        if (logging is null)
+        {
+            builder.Logging.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Information);
+        }
+        else
+        {
+            logging(builder.Logging);
+        }
+
+        builder.WebHost.UseUrls(urls);
+        var server = builder.Configuration.GetSection(ServerOptions.SectionName).Get<ServerOptions>() ?? new ServerOptions();
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.AddServerHeader = false;
+            k.Limits.MaxRequestBodySize = server.MaxRequestBodyBytes;
+        });
+        builder.Services.AddSingleton(server);
+        builder.Services.AddSingleton<GatewayKeys>();
+        builder.Services.AddSingleton<ChatCompletionsEndpoint>();
+        services?.Invoke(builder.Services);
+        builder.Services.AddPipelineGateway(builder.Configuration);
+        builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(30));
+
+        var app = builder.Build();
+        Map(app);
+        return app;
+    }
+
+    /// <summary>Starts the server and checks it is safe: keys are required off loopback. Returns the bound address.</summary>
+    public static async Task<Uri> StartAsync(WebApplication app, CancellationToken cancellationToken = default)
+    {
+        await app.StartAsync(cancellationToken);
+        var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
+        var keys = app.Services.GetRequiredService<GatewayKeys>();
+        var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("PipelineGateway.Server");
+        var exposed = addresses.Where(a => !IsLoopback(a)).ToList();
+        if (!keys.Required)
+        {
+            if (exposed.Count > 0)
+            {
+                await app.StopAsync(CancellationToken.None);
+                throw new InvalidOperationException($"Refusing to serve on {string.Join(", ", exposed)} without gateway keys: configure Gateway:Server:Keys (SHA-256 hashes), or bind to 127.0.0.1.");
+            }
+
+            LogNoKeys(logger);
+        }
+
+        var first = addresses.First();
+        return new Uri(first.EndsWith('/') ? first : first + "/");
+    }
+
+    private static bool IsLoopback(string address)
+    {
+        var uri = new Uri(address.Replace("*", "0.0.0.0", StringComparison.Ordinal).Replace("+", "0.0.0.0", StringComparison.Ordinal));
+        return uri.IsLoopback || (IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip) && IPAddress.IsLoopback(ip));
+    }
+
+    private static void Map(WebApplication app)
+    {
+        var chat = app.Services.GetRequiredService<ChatCompletionsEndpoint>();
+        app.MapPost("/v1/chat/completions", chat.HandleAsync);
+        app.MapGet("/v1/models", (HttpContext ctx) => ModelsAsync(ctx, app.Services.GetRequiredService<ModelCatalog>(), app.Services.GetRequiredService<GatewayKeys>()));
+        app.MapGet("/v1/gateway/metrics", async (HttpContext ctx) =>
+        {
+            ctx.Response.ContentType = "application/json";
+            await JsonSerializer.SerializeAsync(ctx.Response.Body, app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot(), GatewayJsonContext.Default.GatewayMetricsSnapshot);
+        });
+        app.MapGet("/healthz", () => Results.Text("ok"));
+        app.MapGet("/readyz", () => app.Services.GetRequiredService<GatewayPipeline>().IsAccepting
+            ? Results.Text("ready")
+            : Results.Text("not ready: the pipeline is starting or draining", statusCode: 503));
+        app.MapFallback(async ctx => await OpenAIErrors.WriteAsync(ctx, 404, new OpenAIError { Message = $"No route for {ctx.Request.Method} {ctx.Request.Path}.", Type = "invalid_request_error", Code = "unknown_route" }));
+    }
+
+    private static async Task ModelsAsync(HttpContext ctx, ModelCatalog catalog, GatewayKeys keys)
+    {
+        if (keys.Required && keys.Authenticate(ctx.Request) is null)
+        {
+            await OpenAIErrors.WriteAsync(ctx, new UnauthorizedException("Missing or invalid gateway key."));
+            return;
+        }
+
+        ctx.Response.ContentType = "application/json";
+        await using var w = new Utf8JsonWriter(ctx.Response.Body);
+        w.WriteStartObject();
+        w.WriteString("object", "list");
+        w.WriteStartArray("data");
+        foreach (var group in catalog.Groups)
+        {
+            w.WriteStartObject();
+            w.WriteString("id", group.Name);
+            w.WriteString("object", "model");
+            w.WriteNumber("created", 0);
+            w.WriteString("owned_by", "pipelinegateway");
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
+        w.WriteEndObject();
+    }
+
+    [LoggerMessage(EventId = 100, Level = LogLevel.Warning, Message = "No gateway keys are configured: serving on loopback only, without authentication.")]
+    private static partial void LogNoKeys(ILogger logger);
+}

@@ -1,0 +1,254 @@
+using System.ClientModel;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging;
+using OpenAI;
+using OpenAI.Chat;
+using PipelineGateway.Server;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>A real Kestrel on 127.0.0.1 (port 0) in front of the pipeline with simulated providers.</summary>
+public sealed class ServerTests : IAsyncLifetime
+{
+    private const string Key = "sk-gw-test-0123456789";
+    private WebApplication _app = null!;
+    private readonly CapturingLoggerProvider _logs = new();
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private Uri Base { get; set; } = null!;
+
+    private HttpClient Http { get; } = new();
+
+    public async ValueTask InitializeAsync()
+    {
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "sim",
+            ["Gateway:Providers:0:Type"] = "Simulated",
+            ["Gateway:Providers:0:Simulated:LatencyMs"] = "0",
+            ["Gateway:Models:0:Name"] = "gpt-4o-mini",
+            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
+            ["Gateway:Models:1:Name"] = "restricted",
+            ["Gateway:Models:1:Deployments:0:Provider"] = "sim",
+            ["Gateway:Admission:RateLimits:0:Limit"] = "1000",
+            ["Gateway:Admission:RateLimits:0:Window"] = "00:01:00",
+            ["Gateway:Admission:RateLimits:1:Name"] = "tiny",
+            ["Gateway:Admission:RateLimits:1:Limit"] = "5",
+            ["Gateway:Admission:RateLimits:1:Window"] = "00:10:00",
+            ["Gateway:Admission:PartitionBy"] = "Key, User",
+            ["Gateway:Server:Keys:0:Id"] = "team-a",
+            ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
+            ["Gateway:Server:Keys:0:AllowedModels:0"] = "gpt-4o-mini",
+            ["Gateway:Server:MaxRequestBodyBytes"] = "65536",
+            ["Gateway:Cache:Enabled"] = "true",
+        }).Build();
+        _app = GatewayServer.Build(config, "http://127.0.0.1:0", l => l.AddProvider(_logs));
+        Base = await GatewayServer.StartAsync(_app, Ct);
+        Http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Http.Dispose();
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+
+    private Task<HttpResponseMessage> Post(string json, string path = "v1/chat/completions", Action<HttpRequestMessage>? tweak = null)
+    {
+        var message = new HttpRequestMessage(HttpMethod.Post, new Uri(Base, path)) { Content = new StringContent(json, Encoding.UTF8, "application/json") };
+        tweak?.Invoke(message);
+        return Http.SendAsync(message, Ct);
+    }
+
+    private static string Chat(string text = "Hello!", string model = "gpt-4o-mini", bool stream = false, string? user = null) =>
+        JsonSerializer.Serialize(new Dictionary<string, object?> { ["model"] = model, ["messages"] = new[] { new { role = "user", content = text } }, ["stream"] = stream, ["user"] = user });
+
+    private static bool HasUsage(JsonElement chunk) => chunk.TryGetProperty("usage", out _);
+
+    private static async Task<JsonElement> Error(HttpResponseMessage r) => (await r.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("error");
+
+    [Fact]
+    public async Task A_chat_completion_answers_in_the_OpenAI_format_with_gateway_headers()
+    {
+        var r = await Post(Chat(user: "u1"));
+
+        r.StatusCode.Should().Be(HttpStatusCode.OK);
+        var body = await r.Content.ReadFromJsonAsync<JsonElement>(Ct);
+        body.GetProperty("object").GetString().Should().Be("chat.completion");
+        body.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString().Should().NotBeEmpty();
+        r.Headers.GetValues("x-gateway-provider").Should().Equal("sim");
+        r.Headers.GetValues("x-gateway-cache").Should().Equal("miss");
+        r.Headers.GetValues("x-gateway-attempts").Should().Equal("1");
+        r.Headers.Contains("x-gateway-cost-usd").Should().BeTrue();
+        r.Headers.Contains("x-request-id").Should().BeTrue();
+        r.Headers.GetValues("x-ratelimit-limit-requests").Should().Equal("5");
+        r.Headers.GetValues("x-ratelimit-remaining-requests").Should().Equal("4");
+    }
+
+    [Fact]
+    public async Task Streaming_answers_with_server_sent_events_ending_in_DONE()
+    {
+        var r = await Post(Chat(stream: true));
+
+        r.Content.Headers.ContentType!.MediaType.Should().Be("text/event-stream");
+        var lines = (await r.Content.ReadAsStringAsync(Ct)).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        lines.Should().OnlyContain(l => l.StartsWith("data: ", StringComparison.Ordinal));
+        lines[^1].Should().Be("data: [DONE]");
+        var chunks = lines[..^1].Select(l => JsonDocument.Parse(l[6..]).RootElement).ToList();
+        chunks.Should().OnlyContain(c => c.GetProperty("object").GetString() == "chat.completion.chunk");
+        chunks.Count(HasUsage).Should().Be(0, "usage was not asked for");
+    }
+
+    public static TheoryData<string, string, HttpStatusCode, string?> BadRequests => new()
+    {
+        { "malformed JSON", """{"model": "gpt-4o-mini", "messages": [""", HttpStatusCode.BadRequest, null },
+        { "missing messages", """{"model":"gpt-4o-mini"}""", HttpStatusCode.BadRequest, "messages" },
+        { "bad temperature", """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"temperature":9}""", HttpStatusCode.BadRequest, "temperature" },
+        { "wrong type", """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":"many"}""", HttpStatusCode.BadRequest, "max_tokens" },
+        { "unknown model", """{"model":"nope","messages":[{"role":"user","content":"x"}]}""", HttpStatusCode.NotFound, "model" },
+        { "model not allowed for the key", """{"model":"restricted","messages":[{"role":"user","content":"x"}]}""", HttpStatusCode.Forbidden, "model" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadRequests))]
+    public async Task Client_mistakes_get_the_OpenAI_error_shape_never_a_500(string why, string json, HttpStatusCode status, string? param)
+    {
+        var r = await Post(json);
+
+        r.StatusCode.Should().Be(status, why);
+        var error = await Error(r);
+        error.GetProperty("message").GetString().Should().NotBeNullOrEmpty();
+        error.GetProperty("type").GetString().Should().NotBeNullOrEmpty();
+        if (param is not null)
+        {
+            error.GetProperty("param").GetString().Should().Be(param, why);
+        }
+    }
+
+    [Fact]
+    public async Task A_bad_or_missing_key_is_401_and_the_key_is_never_logged()
+    {
+        using var anonymous = new HttpClient(); // no default Authorization header
+        async Task<HttpResponseMessage> Send(Action<HttpRequestMessage> tweak)
+        {
+            var m = new HttpRequestMessage(HttpMethod.Post, new Uri(Base, "v1/chat/completions")) { Content = new StringContent(Chat(), Encoding.UTF8, "application/json") };
+            tweak(m);
+            return await anonymous.SendAsync(m, Ct);
+        }
+
+        var wrong = await Send(m => m.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", "sk-wrong-key-987654"));
+        var none = await Send(_ => { });
+        var viaHeader = await Send(m => m.Headers.Add("x-api-key", Key));
+
+        wrong.StatusCode.Should().Be(HttpStatusCode.Unauthorized);
+        none.StatusCode.Should().Be(HttpStatusCode.Unauthorized);
+        viaHeader.StatusCode.Should().Be(HttpStatusCode.OK);
+        (await Error(wrong)).GetProperty("type").GetString().Should().Be("authentication_error");
+        _logs.All.Should().NotContain(Key).And.NotContain("sk-wrong-key-987654");
+    }
+
+    [Fact]
+    public async Task Rate_limited_requests_get_429_with_retry_after()
+    {
+        HttpResponseMessage last = null!;
+        for (var i = 0; i < 6; i++)
+        {
+            last = await Post(Chat(user: "limited-user"));
+        }
+
+        last.StatusCode.Should().Be((HttpStatusCode)429);
+        last.Headers.RetryAfter!.Delta.Should().BePositive();
+        (await Error(last)).GetProperty("code").GetString().Should().Be("rate_limit_exceeded");
+        last.Headers.GetValues("x-ratelimit-remaining-requests").Should().Equal("0");
+    }
+
+    [Fact]
+    public async Task A_body_over_the_limit_is_413()
+    {
+        var r = await Post(Chat(text: new string('x', 70_000)));
+
+        r.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
+        (await Error(r)).GetProperty("code").GetString().Should().Be("request_too_large");
+    }
+
+    [Fact]
+    public async Task Per_request_cache_headers_are_honoured()
+    {
+        await Post(Chat(text: "cache me"));
+        var hit = await Post(Chat(text: "cache me"));
+        var skipped = await Post(Chat(text: "cache me"), tweak: m => m.Headers.Add("x-gateway-cache", "no-cache"));
+        var bad = await Post(Chat(text: "cache me"), tweak: m => m.Headers.Add("x-gateway-cache", "sometimes"));
+
+        hit.Headers.GetValues("x-gateway-cache").Should().Equal("hit");
+        skipped.Headers.GetValues("x-gateway-cache").Should().Equal("miss");
+        bad.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        (await Error(bad)).GetProperty("param").GetString().Should().Be("x-gateway-cache");
+    }
+
+    [Fact]
+    public async Task Models_metrics_health_and_readiness_endpoints()
+    {
+        var models = await Http.GetFromJsonAsync<JsonElement>(new Uri(Base, "v1/models"), Ct);
+        models.GetProperty("object").GetString().Should().Be("list");
+        models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).Should().BeEquivalentTo(["gpt-4o-mini", "restricted"]);
+
+        await Post(Chat());
+        var metrics = await Http.GetFromJsonAsync<JsonElement>(new Uri(Base, "v1/gateway/metrics"), Ct);
+        metrics.GetProperty("total_requests").GetInt64().Should().BeGreaterThan(0);
+        metrics.GetProperty("providers").GetProperty("sim").GetProperty("success_rate").GetDouble().Should().Be(1);
+
+        (await Http.GetAsync(new Uri(Base, "healthz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+        (await Http.GetAsync(new Uri(Base, "readyz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+        (await Http.GetAsync(new Uri(Base, "v1/nothing"), Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+    }
+
+    [Fact]
+    public async Task The_official_OpenAI_SDK_works_against_the_gateway()
+    {
+        var client = new ChatClient("gpt-4o-mini", new ApiKeyCredential(Key), new OpenAIClientOptions { Endpoint = new Uri(Base, "v1") });
+
+        ChatCompletion completion = await client.CompleteChatAsync([new UserChatMessage("Hello from the SDK")], cancellationToken: Ct);
+        completion.Content[0].Text.Should().NotBeEmpty();
+        completion.Usage.OutputTokenCount.Should().BePositive();
+
+        var streamed = new StringBuilder();
+        await foreach (var update in client.CompleteChatStreamingAsync([new UserChatMessage("Stream please")], cancellationToken: Ct))
+        {
+            foreach (var part in update.ContentUpdate)
+            {
+                streamed.Append(part.Text);
+            }
+        }
+
+        streamed.Length.Should().BePositive();
+
+        var unknown = new ChatClient("no-such-model", new ApiKeyCredential(Key), new OpenAIClientOptions { Endpoint = new Uri(Base, "v1") });
+        var act = async () => await unknown.CompleteChatAsync([new UserChatMessage("x")], cancellationToken: Ct);
+        (await act.Should().ThrowAsync<ClientResultException>()).Which.Status.Should().Be(404);
+    }
+
+    [Fact]
+    public async Task Refuses_to_start_off_loopback_without_keys()
+    {
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "sim",
+            ["Gateway:Models:0:Name"] = "m",
+            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
+        }).Build();
+        await using var app = GatewayServer.Build(config, "http://0.0.0.0:0", l => { });
+
+        var act = async () => await GatewayServer.StartAsync(app, Ct);
+
+        (await act.Should().ThrowAsync<InvalidOperationException>()).Which.Message.Should().Contain("without gateway keys");
+    }
+}
