@@ -13,6 +13,7 @@ using PipelineGateway.Hosting;
 using PipelineGateway.Metrics;
 using PipelineGateway.Pipeline;
 using PipelineGateway.Routing;
+using OpenTelemetry.Metrics;
 
 namespace PipelineGateway.Server;
 
@@ -50,6 +51,9 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
         services?.Invoke(builder.Services);
         builder.Services.AddPipelineGateway(builder.Configuration);
+
+        // The gateway's instruments (GenAI conventions + pgw.*) exported for Prometheus at GET /metrics.
+        builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(GatewayInstruments.MeterName).AddPrometheusExporter());
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(30));
 
         var app = builder.Build();
@@ -96,6 +100,7 @@ public static partial class GatewayServer
             ctx.Response.ContentType = "application/json";
             await JsonSerializer.SerializeAsync(ctx.Response.Body, app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot(), GatewayJsonContext.Default.GatewayMetricsSnapshot);
         });
+        app.MapPrometheusScrapingEndpoint("/metrics");
         app.MapGet("/healthz", () => Results.Text("ok"));
         app.MapGet("/readyz", () => app.Services.GetRequiredService<GatewayPipeline>().IsAccepting
             ? Results.Text("ready")

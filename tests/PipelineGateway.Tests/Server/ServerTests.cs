@@ -206,6 +206,9 @@ public sealed class ServerTests : IAsyncLifetime
         metrics.GetProperty("total_requests").GetInt64().Should().BeGreaterThan(0);
         metrics.GetProperty("providers").GetProperty("sim").GetProperty("success_rate").GetDouble().Should().Be(1);
 
+        var prometheus = await Http.GetStringAsync(new Uri(Base, "metrics"), Ct);
+        prometheus.Should().Contain("gen_ai_client_operation_duration").And.Contain("gen_ai_client_token_usage").And.Contain("gen_ai_request_model=\"gpt-4o-mini\"");
+
         (await Http.GetAsync(new Uri(Base, "healthz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
         (await Http.GetAsync(new Uri(Base, "readyz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
         (await Http.GetAsync(new Uri(Base, "v1/nothing"), Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
