@@ -49,6 +49,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton(server);
         builder.Services.AddSingleton<GatewayKeys>();
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
+        builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         services?.Invoke(builder.Services);
         builder.Services.AddPipelineGateway(builder.Configuration);
 
@@ -94,6 +95,7 @@ public static partial class GatewayServer
     {
         var chat = app.Services.GetRequiredService<ChatCompletionsEndpoint>();
         app.MapPost("/v1/chat/completions", chat.HandleAsync);
+        app.MapPost("/v1/messages", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleAsync);
         app.MapGet("/v1/models", (HttpContext ctx) => ModelsAsync(ctx, app.Services.GetRequiredService<ModelCatalog>(), app.Services.GetRequiredService<GatewayKeys>()));
         app.MapGet("/v1/gateway/metrics", async (HttpContext ctx) =>
         {

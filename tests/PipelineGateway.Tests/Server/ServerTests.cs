@@ -49,6 +49,13 @@ public sealed class ServerTests : IAsyncLifetime
             ["Gateway:Server:Keys:0:AllowedModels:0"] = "gpt-4o-mini",
             ["Gateway:Server:MaxRequestBodyBytes"] = "65536",
             ["Gateway:Cache:Enabled"] = "true",
+            ["Gateway:Providers:1:Name"] = "sim-slow",
+            ["Gateway:Providers:1:Type"] = "Simulated",
+            ["Gateway:Providers:1:Simulated:LatencyMs"] = "600000",
+            ["Gateway:Models:2:Name"] = "slow",
+            ["Gateway:Models:2:Deployments:0:Provider"] = "sim-slow",
+            ["Gateway:Server:Keys:1:Id"] = "team-b",
+            ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(Key + "-b"),
         }).Build();
         _app = GatewayServer.Build(config, "http://127.0.0.1:0", l => l.AddProvider(_logs));
         Base = await GatewayServer.StartAsync(_app, Ct);
@@ -199,7 +206,7 @@ public sealed class ServerTests : IAsyncLifetime
     {
         var models = await Http.GetFromJsonAsync<JsonElement>(new Uri(Base, "v1/models"), Ct);
         models.GetProperty("object").GetString().Should().Be("list");
-        models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).Should().BeEquivalentTo(["gpt-4o-mini", "restricted"]);
+        models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).Should().BeEquivalentTo(["gpt-4o-mini", "restricted", "slow"]);
 
         await Post(Chat());
         var metrics = await Http.GetFromJsonAsync<JsonElement>(new Uri(Base, "v1/gateway/metrics"), Ct);
@@ -237,6 +244,74 @@ public sealed class ServerTests : IAsyncLifetime
         var unknown = new ChatClient("no-such-model", new ApiKeyCredential(Key), new OpenAIClientOptions { Endpoint = new Uri(Base, "v1") });
         var act = async () => await unknown.CompleteChatAsync([new UserChatMessage("x")], cancellationToken: Ct);
         (await act.Should().ThrowAsync<ClientResultException>()).Which.Status.Should().Be(404);
+    }
+
+    [Fact]
+    public async Task Anthropic_messages_answers_in_the_Anthropic_format()
+    {
+        var r = await Post("""{"model":"gpt-4o-mini","max_tokens":16,"system":"Be brief.","messages":[{"role":"user","content":[{"type":"text","text":"Hello"}]}]}""", "v1/messages", m =>
+        {
+            m.Headers.Authorization = null;
+            m.Headers.Add("x-api-key", Key);
+            m.Headers.Add("anthropic-version", "2023-06-01");
+        });
+
+        r.StatusCode.Should().Be(HttpStatusCode.OK);
+        var body = await r.Content.ReadFromJsonAsync<JsonElement>(Ct);
+        body.GetProperty("type").GetString().Should().Be("message");
+        body.GetProperty("role").GetString().Should().Be("assistant");
+        body.GetProperty("content")[0].GetProperty("type").GetString().Should().Be("text");
+        body.GetProperty("content")[0].GetProperty("text").GetString().Should().NotBeEmpty();
+        body.GetProperty("stop_reason").GetString().Should().Be("end_turn");
+        body.GetProperty("usage").GetProperty("output_tokens").GetInt32().Should().BePositive();
+    }
+
+    [Fact]
+    public async Task Anthropic_messages_streams_the_Anthropic_events_in_order()
+    {
+        var r = await Post("""{"model":"gpt-4o-mini","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"Hi"}]}""", "v1/messages");
+
+        var text = await r.Content.ReadAsStringAsync(Ct);
+        var events = text.Split('\n').Where(l => l.StartsWith("event: ", StringComparison.Ordinal)).Select(l => l[7..]).ToList();
+        events.First().Should().Be("message_start");
+        events.Should().ContainInOrder("message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop");
+        events.Last().Should().Be("message_stop");
+        var deltas = text.Split('\n').Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => JsonDocument.Parse(l[6..]).RootElement)
+            .Where(e => e.GetProperty("type").GetString() == "content_block_delta").Select(e => e.GetProperty("delta").GetProperty("text").GetString());
+        string.Concat(deltas).Split(' ').Should().HaveCount(5);
+    }
+
+    [Fact]
+    public async Task Anthropic_messages_errors_use_the_Anthropic_error_shape()
+    {
+        var missingMax = await Post("""{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]}""", "v1/messages");
+        var unknown = await Post("""{"model":"nope","max_tokens":5,"messages":[{"role":"user","content":"x"}]}""", "v1/messages");
+
+        missingMax.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        var e1 = await missingMax.Content.ReadFromJsonAsync<JsonElement>(Ct);
+        e1.GetProperty("type").GetString().Should().Be("error");
+        e1.GetProperty("error").GetProperty("type").GetString().Should().Be("invalid_request_error");
+        e1.GetProperty("error").GetProperty("message").GetString().Should().Contain("max_tokens");
+        unknown.StatusCode.Should().Be(HttpStatusCode.NotFound);
+        (await unknown.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("error").GetProperty("type").GetString().Should().Be("not_found_error");
+    }
+
+    [Fact]
+    public async Task A_client_that_disconnects_cancels_its_upstream_call()
+    {
+        using var http = new HttpClient();
+        http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key + "-b");
+        using var cts = new CancellationTokenSource();
+        var metrics = _app.Services.GetService(typeof(PipelineGateway.Metrics.IGatewayMetrics)) as PipelineGateway.Metrics.IGatewayMetrics;
+
+        var pending = http.PostAsync(new Uri(Base, "v1/chat/completions"), new StringContent(Chat(model: "slow"), Encoding.UTF8, "application/json"), cts.Token);
+        await Wait.Until(() => metrics!.GetSnapshot().Providers["sim-slow"].InFlight == 1, "the upstream call is running");
+        await cts.CancelAsync();
+
+        var act = async () => await pending;
+        await act.Should().ThrowAsync<OperationCanceledException>();
+        await Wait.Until(() => metrics!.GetSnapshot().CancelledRequests == 1, "the gateway cancels the request and its upstream call");
+        metrics!.GetSnapshot().Providers["sim-slow"].InFlight.Should().Be(0);
     }
 
     [Fact]
