@@ -26,10 +26,10 @@ internal static class GatewayConfiguration
             builder.AddJsonFile(Path.GetFullPath(path), optional: false, reloadOnChange: false);
             source = path;
         }
-        else if (File.Exists(DefaultPath))
+        else if (FindDefault() is { } found)
         {
-            builder.AddJsonFile(Path.GetFullPath(DefaultPath), optional: false, reloadOnChange: false);
-            source = DefaultPath;
+            builder.AddJsonFile(found, optional: false, reloadOnChange: false);
+            source = Path.GetRelativePath(Environment.CurrentDirectory, found);
         }
         else
         {
@@ -39,6 +39,24 @@ internal static class GatewayConfiguration
 
         builder.AddEnvironmentVariables("PGW_");
         return (builder.Build(), source);
+    }
+
+    /// <summary>
+    /// config/gateway.json in the working directory or the nearest parent: <c>dotnet run --project</c> starts
+    /// the program in the project's folder, below the repository root where the file lives.
+    /// </summary>
+    private static string? FindDefault()
+    {
+        for (var dir = new DirectoryInfo(Environment.CurrentDirectory); dir is not null; dir = dir.Parent)
+        {
+            var candidate = Path.Combine(dir.FullName, DefaultPath);
+            if (File.Exists(candidate))
+            {
+                return candidate;
+            }
+        }
+
+        return null;
     }
 
     public static Stream OpenEmbedded(string name) =>

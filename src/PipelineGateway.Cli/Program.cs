@@ -66,7 +66,7 @@ static int Usage(TextWriter output)
           help
               Show this text.
 
-        Configuration: --config FILE, else config/gateway.json in the working directory, else the
+        Configuration: --config FILE, else config/gateway.json in the working directory or a parent, else the
         embedded default. Environment variables prefixed PGW_ override settings, for example
         PGW_Gateway__Pipeline__MaxInFlight=256.
         """);
