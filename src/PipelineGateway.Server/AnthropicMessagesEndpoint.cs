@@ -23,7 +23,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
 
         if (ctx.Request.ContentLength > options.MaxRequestBodyBytes)
         {
-            await WriteErrorAsync(ctx, 413, "request_too_large", $"The request body is larger than {options.MaxRequestBodyBytes} bytes.");
+            await WriteTooLargeAsync(ctx);
             return;
         }
 
@@ -45,7 +45,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         }
         catch (BadHttpRequestException ex) when (ex.StatusCode == 413)
         {
-            await WriteErrorAsync(ctx, 413, "request_too_large", $"The request body is larger than {options.MaxRequestBodyBytes} bytes.");
+            await WriteTooLargeAsync(ctx);
             return;
         }
 
@@ -68,6 +68,9 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
             await WriteErrorAsync(ctx, ex);
         }
     }
+
+    private Task WriteTooLargeAsync(HttpContext ctx) =>
+        WriteErrorAsync(ctx, 413, "request_too_large", $"The request body is larger than {options.MaxRequestBodyBytes} bytes.");
 
     /// <summary>An Anthropic Messages request in canonical form.</summary>
     internal static ChatCompletionRequest ToCanonical(JsonElement root)
@@ -329,7 +332,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
     private static Task WriteErrorAsync(HttpContext ctx, Exception ex)
     {
         var (status, type, message) = Map(ex);
-        if (OpenAIErrors.Map(ex).RetryAfter is { } ra)
+        if (OpenAIErrors.Map(ex).RetryAfter is { } ra) // the status mapping is shared with the OpenAI routes
         {
             ctx.Response.Headers.RetryAfter = Math.Max(1, Math.Ceiling(ra.TotalSeconds)).ToString(CultureInfo.InvariantCulture);
         }

@@ -13,6 +13,8 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
 {
     private static readonly byte[] Done = "data: [DONE]\n\n"u8.ToArray();
     private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
+    private static readonly byte[] DataPrefix = "data: "u8.ToArray();
+    private static readonly byte[] EventEnd = "\n\n"u8.ToArray();
 
     public async Task HandleAsync(HttpContext ctx)
     {
@@ -25,7 +27,7 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
 
         if (ctx.Request.ContentLength > options.MaxRequestBodyBytes)
         {
-            await OpenAIErrors.WriteAsync(ctx, 413, new OpenAIError { Message = $"The request body is larger than {options.MaxRequestBodyBytes} bytes.", Type = "invalid_request_error", Code = "request_too_large" });
+            await WriteTooLargeAsync(ctx);
             return;
         }
 
@@ -42,7 +44,7 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
         }
         catch (BadHttpRequestException ex) when (ex.StatusCode == 413)
         {
-            await OpenAIErrors.WriteAsync(ctx, 413, new OpenAIError { Message = $"The request body is larger than {options.MaxRequestBodyBytes} bytes.", Type = "invalid_request_error", Code = "request_too_large" });
+            await WriteTooLargeAsync(ctx);
             return;
         }
 
@@ -85,6 +87,9 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
             await OpenAIErrors.WriteAsync(ctx, ex);
         }
     }
+
+    private Task WriteTooLargeAsync(HttpContext ctx) =>
+        OpenAIErrors.WriteAsync(ctx, 413, new OpenAIError { Message = $"The request body is larger than {options.MaxRequestBodyBytes} bytes.", Type = "invalid_request_error", Code = "request_too_large" });
 
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request)
     {
@@ -171,9 +176,9 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
 
     private static async Task WriteDataAsync(HttpContext ctx, byte[] json)
     {
-        await ctx.Response.Body.WriteAsync("data: "u8.ToArray(), ctx.RequestAborted);
+        await ctx.Response.Body.WriteAsync(DataPrefix, ctx.RequestAborted);
         await ctx.Response.Body.WriteAsync(json, ctx.RequestAborted);
-        await ctx.Response.Body.WriteAsync("\n\n"u8.ToArray(), ctx.RequestAborted);
+        await ctx.Response.Body.WriteAsync(EventEnd, ctx.RequestAborted);
         await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
     }
 
