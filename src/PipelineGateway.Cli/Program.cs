@@ -1,7 +1,7 @@
 using Microsoft.Extensions.Options;
 using PipelineGateway.Cli;
 
-var flags = new HashSet<string>(StringComparer.Ordinal) { "help", "h" };
+var flags = new HashSet<string>(StringComparer.Ordinal) { "help", "h", "retry-failed" };
 using var cts = new CancellationTokenSource();
 Console.CancelKeyPress += (_, e) =>
 {
@@ -19,6 +19,7 @@ try
     return line.Command switch
     {
         "demo" => await DemoCommand.RunAsync(line, Console.Out, cts.Token),
+        "batch" => await BatchCommand.RunAsync(line, Console.Out, cts.Token),
         "simulate" => await SimulateCommand.RunAsync(args[1..], Console.Out, cts.Token),
         "serve" => await ServeCommand.RunAsync(line, Console.Out),
         "help" or "--help" or "-h" => Usage(Console.Out),
@@ -52,9 +53,13 @@ static int Usage(TextWriter output)
         pgw — PipelineGateway, an LLM gateway on a bounded channel pipeline
 
         Commands:
-          demo [--config FILE] [--concurrency N]
-              Push the built-in sample batch through the gateway (simulated providers, no keys needed)
-              and print the metrics snapshot.
+          demo [--config FILE] [--concurrency N] [--output DIR]
+              Run the built-in sample batch through the gateway (simulated providers with a flaky primary,
+              duplicate prompts, a tight rate limit; no keys needed), then print the metrics snapshot.
+          batch INPUT.jsonl -o OUTPUT.jsonl [--errors FILE] [--concurrency N] [--retry-failed] [--config FILE]
+              Run an OpenAI Batch API input file through the gateway; results in the Batch output format.
+              Killed or stopped, the same command again continues where it stopped (each custom_id once).
+              --retry-failed runs the requests that failed before again.
           serve [--urls http://127.0.0.1:8080] [--config FILE]
               Run the OpenAI-compatible HTTP front door (POST /v1/chat/completions, GET /v1/models,
               GET /v1/gateway/metrics, /healthz, /readyz). SIGTERM or Ctrl+C drains in-flight requests.

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using PipelineGateway.Batch;
 
 namespace PipelineGateway.Cli;
 
@@ -10,18 +11,16 @@ internal sealed class ProgressReporter : IAsyncDisposable
 {
     private readonly TextWriter _out;
     private readonly bool _interactive;
-    private readonly long _total;
-    private readonly Func<(long Done, long Failed, long Cached)> _read;
+    private readonly BatchProgress _progress;
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _loop;
 
-    public ProgressReporter(TextWriter output, bool interactive, long total, Func<(long Done, long Failed, long Cached)> read)
+    public ProgressReporter(TextWriter output, bool interactive, BatchProgress progress)
     {
         _out = output;
         _interactive = interactive;
-        _total = total;
-        _read = read;
+        _progress = progress;
         _loop = Task.Run(RunAsync);
     }
 
@@ -43,15 +42,17 @@ internal sealed class ProgressReporter : IAsyncDisposable
 
     private void Draw(bool final)
     {
-        var (done, failed, cached) = _read();
+        var p = _progress;
+        var (done, total) = (p.Done, p.Lines);
         var elapsed = _clock.Elapsed.TotalSeconds;
-        var rate = elapsed > 0 ? done / elapsed : 0;
-        var eta = rate > 0 && _total > done ? TimeSpan.FromSeconds((_total - done) / rate) : TimeSpan.Zero;
-        var stats = $"{done}/{_total} {rate,7:F1}/s ETA {eta:mm\\:ss} failed {failed} cached {cached}";
+        var ranNow = p.Succeeded + p.Failed; // this run's requests: the rate ignores lines done by an earlier run
+        var rate = elapsed > 0 ? ranNow / elapsed : 0;
+        var eta = rate > 0 && total > done ? TimeSpan.FromSeconds((total - done) / rate) : TimeSpan.Zero;
+        var stats = $"{done}/{total} {rate,7:F1}/s ETA {(int)eta.TotalHours:00}:{eta:mm\\:ss} failed {p.Failed} bad {p.BadLines} cached {p.CacheHits}";
         if (_interactive)
         {
             const int width = 30;
-            var filled = _total == 0 ? width : (int)(width * Math.Min(1.0, (double)done / _total));
+            var filled = total == 0 ? width : (int)(width * Math.Min(1.0, (double)done / total));
             _out.Write($"\r[{new string('#', filled)}{new string('.', width - filled)}] {stats}   ");
             if (final)
             {

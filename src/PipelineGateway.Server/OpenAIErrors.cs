@@ -5,23 +5,6 @@ using Microsoft.AspNetCore.Http;
 
 namespace PipelineGateway.Server;
 
-/// <summary>The OpenAI error body: <c>{"error":{"message","type","param","code"}}</c>.</summary>
-public sealed class OpenAIErrorBody
-{
-    public required OpenAIError Error { get; init; }
-}
-
-public sealed class OpenAIError
-{
-    public required string Message { get; init; }
-
-    public required string Type { get; init; }
-
-    public string? Param { get; init; }
-
-    public string? Code { get; init; }
-}
-
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower)]
 [JsonSerializable(typeof(OpenAIErrorBody))]
 internal sealed partial class ServerJsonContext : JsonSerializerContext;
@@ -29,20 +12,7 @@ internal sealed partial class ServerJsonContext : JsonSerializerContext;
 /// <summary>Maps every gateway failure to a status code and an OpenAI error body; never a 500 for a client's mistake.</summary>
 internal static class OpenAIErrors
 {
-    public static (int Status, OpenAIError Error, TimeSpan? RetryAfter) Map(Exception error) => error switch
-    {
-        InvalidRequestException e => (400, new OpenAIError { Message = e.Message, Type = "invalid_request_error", Param = e.Param, Code = "invalid_request" }, null),
-        ModelNotFoundException e => (404, new OpenAIError { Message = e.Message, Type = "invalid_request_error", Param = "model", Code = "model_not_found" }, null),
-        UnauthorizedException e => (401, new OpenAIError { Message = e.Message, Type = "authentication_error", Code = "invalid_api_key" }, null),
-        RateLimitedException e => (429, new OpenAIError { Message = e.Message, Type = "rate_limit_error", Code = "rate_limit_exceeded" }, e.RetryAfter),
-        BudgetExceededException e => (429, new OpenAIError { Message = e.Message, Type = "insufficient_quota", Code = "budget_exceeded" }, null),
-        QueueFullException e => (503, new OpenAIError { Message = e.Message, Type = "server_overloaded", Code = "queue_full" }, e.RetryAfter),
-        DeadlineExceededException e => (504, new OpenAIError { Message = e.Message, Type = "timeout", Code = "deadline_exceeded" }, null),
-        AllProvidersFailedException e => (502, new OpenAIError { Message = e.Message, Type = "upstream_error", Code = "all_providers_failed" }, null),
-        GatewayUnavailableException e => (503, new OpenAIError { Message = e.Message, Type = "server_unavailable", Code = "unavailable" }, TimeSpan.FromSeconds(1)),
-        OperationCanceledException => (499, new OpenAIError { Message = "The client closed the request.", Type = "cancelled", Code = "cancelled" }, null),
-        _ => (500, new OpenAIError { Message = "The gateway failed unexpectedly.", Type = "server_error", Code = "internal_error" }, null),
-    };
+    public static (int Status, OpenAIError Error, TimeSpan? RetryAfter) Map(Exception error) => OpenAIErrorMapping.Map(error);
 
     public static async Task WriteAsync(HttpContext ctx, int status, OpenAIError error, TimeSpan? retryAfter = null)
     {

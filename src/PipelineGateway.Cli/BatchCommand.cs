@@ -1,0 +1,84 @@
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using PipelineGateway.Batch;
+using PipelineGateway.Metrics;
+
+namespace PipelineGateway.Cli;
+
+/// <summary>
+/// <c>pgw batch INPUT -o OUTPUT [--errors FILE] [--concurrency N] [--retry-failed] [--config FILE]</c>:
+/// a resumable OpenAI-Batch-format run through the gateway.
+/// </summary>
+internal static class BatchCommand
+{
+    public static async Task<int> RunAsync(CommandLine args, TextWriter output, CancellationToken stop)
+    {
+        if (args.Positional.Count != 1)
+        {
+            throw new CliException("Usage: pgw batch INPUT.jsonl -o OUTPUT.jsonl [--errors FILE] [--concurrency N] [--retry-failed] [--config FILE]");
+        }
+
+        var outputPath = args.Get("o") ?? args.Get("output") ?? throw new CliException("Name the output file with -o OUTPUT.jsonl.");
+        var options = new BatchOptions
+        {
+            InputPath = args.Positional[0],
+            OutputPath = outputPath,
+            ErrorsPath = args.Get("errors"),
+            Concurrency = args.GetInt("concurrency", 128, 1, 100_000),
+            RetryFailed = args.Has("retry-failed"),
+        };
+        var (configuration, source) = GatewayConfiguration.Load(args.Get("config"));
+        return await RunBatchAsync(configuration, source, options, output, stop).ConfigureAwait(false);
+    }
+
+    /// <summary>Runs one batch with a progress display, then prints the summary and the metrics snapshot.</summary>
+    public static async Task<int> RunBatchAsync(Microsoft.Extensions.Configuration.IConfiguration configuration, string source, BatchOptions options, TextWriter output, CancellationToken stop)
+    {
+        // SIGTERM stops admitting like Ctrl+C does; in-flight work finishes and the run stays resumable.
+        using var stopping = CancellationTokenSource.CreateLinkedTokenSource(stop);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
+        {
+            ctx.Cancel = true;
+            stopping.Cancel();
+        });
+
+        using var host = await GatewayHost.StartAsync(configuration, stop).ConfigureAwait(false);
+        var queue = host.Services.GetRequiredService<IGatewayQueue>();
+        var metrics = host.Services.GetRequiredService<IGatewayMetrics>();
+        var progress = new BatchProgress();
+        await output.WriteLineAsync($"pgw batch: {options.InputPath} -> {options.OutputPath} (errors: {options.ResolvedErrorsPath}), config: {source}, concurrency {options.Concurrency}").ConfigureAwait(false);
+
+        BatchSummary summary;
+        try
+        {
+            await using (new ProgressReporter(output, !Console.IsOutputRedirected, progress))
+            {
+                summary = await BatchRunner.RunAsync(queue, options, progress, stopping.Token).ConfigureAwait(false);
+            }
+        }
+        catch (BatchException ex)
+        {
+            throw new CliException(ex.Message);
+        }
+        finally
+        {
+            await host.StopAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+
+        await output.WriteLineAsync(JsonSerializer.Serialize(metrics.GetSnapshot(), CliJson.Indented.GatewayMetricsSnapshot)).ConfigureAwait(false);
+        await output.WriteLineAsync($"""
+            {summary.Lines} lines: {summary.Succeeded} answered ({summary.CacheHits} from cache), {summary.Failed} failed, {summary.BadLines} bad lines, {summary.AlreadyDone} done by an earlier run.
+            Results: {Path.GetFullPath(summary.OutputPath)}
+            Errors:  {Path.GetFullPath(summary.ErrorsPath)}
+            """).ConfigureAwait(false);
+        if (summary.Stopped)
+        {
+            await output.WriteLineAsync($"Stopped with {summary.Remaining} lines to go: run the same command again to continue.").ConfigureAwait(false);
+            return 130;
+        }
+
+        return 0;
+    }
+}

@@ -1,0 +1,105 @@
+using System.Buffers;
+using System.IO.Hashing;
+using System.Text;
+using System.Text.Json;
+
+namespace PipelineGateway.Batch;
+
+/// <summary>One input line: a request to run, or the reason it cannot run.</summary>
+internal readonly record struct BatchLine(long Number, string? CustomId, ChatCompletionRequest? Request, string? ErrorCode, string? ErrorMessage)
+{
+    public const string ChatCompletionsUrl = "/v1/chat/completions";
+
+    public bool IsBad => ErrorCode is not null;
+
+    /// <summary>Parses one line of the OpenAI Batch API input format.</summary>
+    public static BatchLine Parse(string text, long number)
+    {
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(text);
+        }
+        catch (JsonException ex)
+        {
+            return Bad(number, null, "invalid_json", $"line {number} is not valid JSON: {ex.Message}");
+        }
+
+        using (doc)
+        {
+            var root = doc.RootElement;
+            if (root.ValueKind != JsonValueKind.Object)
+            {
+                return Bad(number, null, "invalid_json", $"line {number} is not a JSON object.");
+            }
+
+            var customId = root.TryGetProperty("custom_id", out var id) && id.ValueKind == JsonValueKind.String ? id.GetString() : null;
+            if (string.IsNullOrEmpty(customId))
+            {
+                return Bad(number, null, "missing_custom_id", $"line {number} has no 'custom_id' (a non-empty string is required).");
+            }
+
+            if (!root.TryGetProperty("url", out var url) || url.ValueKind != JsonValueKind.String || url.GetString() != ChatCompletionsUrl)
+            {
+                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\" (the only endpoint a batch can call).");
+            }
+
+            if (root.TryGetProperty("method", out var method) && (method.ValueKind != JsonValueKind.String || !string.Equals(method.GetString(), "POST", StringComparison.OrdinalIgnoreCase)))
+            {
+                return Bad(number, customId, "unsupported_method", $"line {number}: 'method' must be \"POST\".");
+            }
+
+            if (!root.TryGetProperty("body", out var body) || body.ValueKind != JsonValueKind.Object)
+            {
+                return Bad(number, customId, "invalid_body", $"line {number}: 'body' must be a chat completion request object.");
+            }
+
+            ChatCompletionRequest? request;
+            try
+            {
+                request = body.Deserialize(GatewayJsonContext.Default.ChatCompletionRequest);
+            }
+            catch (JsonException ex)
+            {
+                return Bad(number, customId, "invalid_body", $"line {number}: 'body' is not a valid chat completion request ({ex.Path}): {ex.Message}");
+            }
+
+            if (request is null)
+            {
+                return Bad(number, customId, "invalid_body", $"line {number}: 'body' is empty.");
+            }
+
+            if (request.Stream == true)
+            {
+                return Bad(number, customId, "invalid_body", $"line {number}: 'body.stream' must not be true in a batch (results are written whole).");
+            }
+
+            return new BatchLine(number, customId, request, null, null);
+        }
+    }
+
+    private static BatchLine Bad(long number, string? customId, string code, string message) => new(number, customId, null, code, message);
+
+    /// <summary>
+    /// A 128-bit fingerprint of a custom_id: the run remembers these (16 bytes a line) instead of the ids,
+    /// so a million-line batch needs ~40 MB for duplicate and resume checks, and a collision is out of reach.
+    /// </summary>
+    public static UInt128 Fingerprint(string customId)
+    {
+        var max = Encoding.UTF8.GetMaxByteCount(customId.Length);
+        var rented = max <= 512 ? null : ArrayPool<byte>.Shared.Rent(max);
+        Span<byte> buffer = rented ?? stackalloc byte[512];
+        try
+        {
+            var n = Encoding.UTF8.GetBytes(customId, buffer);
+            return XxHash128.HashToUInt128(buffer[..n]);
+        }
+        finally
+        {
+            if (rented is not null)
+            {
+                ArrayPool<byte>.Shared.Return(rented);
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+namespace PipelineGateway.Batch;
+
+/// <summary>Live counters of a batch run, safe to read from another thread (a progress bar).</summary>
+public sealed class BatchProgress
+{
+    private long _lines;
+    private long _alreadyDone;
+    private long _succeeded;
+    private long _failed;
+    private long _badLines;
+    private long _cacheHits;
+
+    /// <summary>Non-blank input lines; known once the input has been counted.</summary>
+    public long Lines => Volatile.Read(ref _lines);
+
+    public long AlreadyDone => Volatile.Read(ref _alreadyDone);
+
+    public long Succeeded => Volatile.Read(ref _succeeded);
+
+    public long Failed => Volatile.Read(ref _failed);
+
+    public long BadLines => Volatile.Read(ref _badLines);
+
+    public long CacheHits => Volatile.Read(ref _cacheHits);
+
+    /// <summary>Lines that have a result: already done, answered, failed or reported as bad.</summary>
+    public long Done => AlreadyDone + Succeeded + Failed + BadLines;
+
+    internal void SetLines(long lines) => Volatile.Write(ref _lines, lines);
+
+    internal void AddAlreadyDone() => Interlocked.Increment(ref _alreadyDone);
+
+    internal void AddSucceeded(bool cached)
+    {
+        Interlocked.Increment(ref _succeeded);
+        if (cached)
+        {
+            Interlocked.Increment(ref _cacheHits);
+        }
+    }
+
+    internal void AddFailed() => Interlocked.Increment(ref _failed);
+
+    internal void AddBadLine() => Interlocked.Increment(ref _badLines);
+}

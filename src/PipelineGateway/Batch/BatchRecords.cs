@@ -1,0 +1,89 @@
+using System.Buffers;
+using System.Text.Json;
+
+namespace PipelineGateway.Batch;
+
+/// <summary>
+/// Writes the OpenAI Batch output format:
+/// <c>{"id","custom_id","response":{"status_code","request_id","body"},"error"}</c>, one line each.
+/// A request failure keeps the status and OpenAI error body in <c>response</c> and says what failed in
+/// <c>error</c>; a bad input line has <c>"response": null</c> and its line number in <c>error.line</c>.
+/// </summary>
+internal sealed class BatchRecords
+{
+    private readonly ArrayBufferWriter<byte> _buffer = new(4096);
+    private readonly Utf8JsonWriter _json;
+
+    public BatchRecords() => _json = new Utf8JsonWriter(_buffer, new JsonWriterOptions { SkipValidation = true });
+
+    public static string RecordId(long line) => "batch_req_" + line.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    public byte[] Success(BatchLine line, ChatCompletionResponse response)
+    {
+        Begin(line.Number, line.CustomId);
+        _json.WriteStartObject("response");
+        _json.WriteNumber("status_code", 200);
+        _json.WriteString("request_id", response.Gateway?.RequestId);
+        _json.WritePropertyName("body");
+        JsonSerializer.Serialize(_json, response, GatewayJsonContext.Default.ChatCompletionResponse);
+        _json.WriteEndObject();
+        _json.WriteNull("error");
+        return End();
+    }
+
+    public byte[] Failure(BatchLine line, Exception error)
+    {
+        var (status, body, _) = OpenAIErrorMapping.Map(error);
+        Begin(line.Number, line.CustomId);
+        _json.WriteStartObject("response");
+        _json.WriteNumber("status_code", status);
+        _json.WriteNull("request_id");
+        _json.WriteStartObject("body");
+        _json.WriteStartObject("error");
+        _json.WriteString("message", body.Message);
+        _json.WriteString("type", body.Type);
+        _json.WriteString("param", body.Param);
+        _json.WriteString("code", body.Code);
+        _json.WriteEndObject();
+        _json.WriteEndObject();
+        _json.WriteEndObject();
+        WriteError(body.Code ?? body.Type, body.Message, line.Number);
+        return End();
+    }
+
+    public byte[] BadLine(BatchLine line)
+    {
+        Begin(line.Number, line.CustomId);
+        _json.WriteNull("response");
+        WriteError(line.ErrorCode!, line.ErrorMessage!, line.Number);
+        return End();
+    }
+
+    private void Begin(long number, string? customId)
+    {
+        _buffer.ResetWrittenCount();
+        _json.Reset();
+        _json.WriteStartObject();
+        _json.WriteString("id", RecordId(number));
+        _json.WriteString("custom_id", customId);
+    }
+
+    private void WriteError(string code, string message, long number)
+    {
+        _json.WriteStartObject("error");
+        _json.WriteString("code", code);
+        _json.WriteString("message", message);
+        _json.WriteNumber("line", number);
+        _json.WriteEndObject();
+    }
+
+    private byte[] End()
+    {
+        _json.WriteEndObject();
+        _json.Flush();
+        var bytes = new byte[_buffer.WrittenCount + 1];
+        _buffer.WrittenSpan.CopyTo(bytes);
+        bytes[^1] = (byte)'\n';
+        return bytes;
+    }
+}

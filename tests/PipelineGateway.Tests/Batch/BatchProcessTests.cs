@@ -1,0 +1,93 @@
+using System.Text.Json;
+using FluentAssertions;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Batch;
+
+/// <summary>The real <c>pgw batch</c> and <c>pgw demo</c> processes.</summary>
+public sealed class BatchProcessTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    // One simulated provider slow enough (50 ms, 4 workers: ~80 lines/s) for a run to be killed in the middle.
+    private const string SlowConfig = """
+        {
+          "Gateway": {
+            "Providers": [ { "Name": "sim", "Type": "Simulated", "Workers": 4, "QueueCapacity": 64, "Simulated": { "LatencyMs": 50, "Seed": 1 } } ],
+            "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim", "Model": "m" } ] } ]
+          }
+        }
+        """;
+
+    [Fact]
+    public async Task A_batch_killed_mid_run_and_run_again_answers_every_custom_id_exactly_once()
+    {
+        using var files = new BatchFiles();
+        const int lines = 400;
+        files.WriteRequests(lines);
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, SlowConfig, Ct);
+        string[] args = ["batch", files.Input, "-o", files.Output, "--config", config, "--concurrency", "16"];
+
+        using (var first = PgwProcess.Start(files.Dir, args))
+        {
+            await Wait.Until(() => File.Exists(files.Output) && CountLines(files.Output) >= 40 || first.Process.HasExited, "the first run has written 40 results", 60_000);
+            first.Process.HasExited.Should().BeFalse($"the run must still be going when it is killed; stderr: {first.Stderr}");
+            first.Process.Kill(); // SIGKILL: no chance to clean up
+            await first.Process.WaitForExitAsync(Ct);
+        }
+
+        var afterKill = CountLines(files.Output);
+        afterKill.Should().BeLessThan(lines, "the kill came in the middle of the run");
+
+        using var second = PgwProcess.Start(files.Dir, args);
+        (await second.ExitCodeAsync()).Should().Be(0, second.Stderr);
+        second.Stdout.Should().Contain("done by an earlier run");
+
+        var ids = files.AnsweredIds();
+        ids.Should().OnlyHaveUniqueItems("no custom_id is written twice");
+        ids.Should().BeEquivalentTo(Enumerable.Range(0, lines).Select(i => $"req-{i}"), "no custom_id is lost");
+    }
+
+    [Fact]
+    public async Task A_missing_input_file_is_a_clear_error_and_no_output_is_created()
+    {
+        using var files = new BatchFiles();
+        using var pgw = PgwProcess.Start(files.Dir, "batch", files.Input, "-o", files.Output);
+        (await pgw.ExitCodeAsync()).Should().Be(2);
+        pgw.Stderr.Should().Contain("pgw: The input file").And.Contain("does not exist");
+        File.Exists(files.Output).Should().BeFalse();
+    }
+
+    [Fact]
+    public async Task The_demo_shows_fallbacks_cache_hits_and_rate_limiting_in_its_metrics()
+    {
+        using var files = new BatchFiles();
+        using var demo = PgwProcess.Start(files.Dir, "demo", "--output", files.Dir);
+        (await demo.ExitCodeAsync()).Should().Be(0, demo.Stderr);
+
+        var stdout = demo.Stdout;
+        stdout.Should().Contain("progress: 240/240");
+        var json = stdout[stdout.IndexOf("\n{", StringComparison.Ordinal)..(stdout.LastIndexOf("\n}", StringComparison.Ordinal) + 2)];
+        var metrics = JsonDocument.Parse(json).RootElement;
+        metrics.GetProperty("total_requests").GetInt64().Should().Be(240);
+        metrics.GetProperty("cached_requests").GetInt64().Should().BeGreaterThan(0, "the sample has duplicate prompts");
+        metrics.GetProperty("fallbacks").GetInt64().Should().BeGreaterThan(0, "the primary is flaky");
+        metrics.GetProperty("rate_limit_waits").GetInt64().Should().BeGreaterThan(0, "the rate limit is tight");
+        metrics.GetProperty("failed_requests").GetInt64().Should().Be(0);
+        files.AnsweredIds().Should().HaveCount(240).And.OnlyHaveUniqueItems();
+    }
+
+    private static int CountLines(string path)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        var n = 0;
+        int b;
+        while ((b = stream.ReadByte()) >= 0)
+        {
+            n += b == '\n' ? 1 : 0;
+        }
+
+        return n;
+    }
+}

@@ -1,0 +1,125 @@
+using System.Diagnostics;
+using System.Reflection;
+using System.Text;
+
+namespace PipelineGateway.Tests.Support;
+
+/// <summary>Runs the real <c>pgw</c> executable (built beside the tests) as a child process.</summary>
+public sealed class PgwProcess : IDisposable
+{
+    private readonly StringBuilder _stdout = new();
+    private readonly StringBuilder _stderr = new();
+
+    private PgwProcess(Process process) => Process = process;
+
+    public Process Process { get; }
+
+    public string Stdout
+    {
+        get
+        {
+            lock (_stdout)
+            {
+                return _stdout.ToString();
+            }
+        }
+    }
+
+    public string Stderr
+    {
+        get
+        {
+            lock (_stderr)
+            {
+                return _stderr.ToString();
+            }
+        }
+    }
+
+    public static string PgwDll
+    {
+        get
+        {
+            var configuration = typeof(PgwProcess).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Debug";
+            for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            {
+                if (File.Exists(Path.Combine(dir.FullName, "PipelineGateway.sln")))
+                {
+                    var dll = Path.Combine(dir.FullName, "src", "PipelineGateway.Cli", "bin", configuration, "net10.0", "pgw.dll");
+                    return File.Exists(dll) ? dll : throw new FileNotFoundException($"pgw was not built at {dll}.");
+                }
+            }
+
+            throw new DirectoryNotFoundException("The repository root (PipelineGateway.sln) was not found above the test folder.");
+        }
+    }
+
+    public static PgwProcess Start(string workingDirectory, params string[] args)
+    {
+        var info = new ProcessStartInfo("dotnet")
+        {
+            WorkingDirectory = workingDirectory,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+            UseShellExecute = false,
+        };
+        info.ArgumentList.Add(PgwDll);
+        foreach (var a in args)
+        {
+            info.ArgumentList.Add(a);
+        }
+
+        info.Environment["DOTNET_NOLOGO"] = "1";
+        var process = new Process { StartInfo = info };
+        var pgw = new PgwProcess(process);
+        process.OutputDataReceived += (_, e) => Append(pgw._stdout, e.Data);
+        process.ErrorDataReceived += (_, e) => Append(pgw._stderr, e.Data);
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        return pgw;
+    }
+
+    private static void Append(StringBuilder sb, string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        lock (sb)
+        {
+            sb.AppendLine(line);
+        }
+    }
+
+    /// <summary>Waits for the process to exit (bounded) and returns its exit code.</summary>
+    public async Task<int> ExitCodeAsync(int timeoutMs = 120_000)
+    {
+        using var cts = new CancellationTokenSource(timeoutMs);
+        try
+        {
+            await Process.WaitForExitAsync(cts.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            Process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"pgw did not exit in {timeoutMs} ms.\nstdout:\n{Stdout}\nstderr:\n{Stderr}");
+        }
+
+        Process.WaitForExit(); // drains the output readers
+        return Process.ExitCode;
+    }
+
+    public void Dispose()
+    {
+        if (!Process.HasExited)
+        {
+            Process.Kill(entireProcessTree: true);
+            Process.WaitForExit();
+        }
+
+        Process.Dispose();
+    }
+}
