@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -36,14 +35,6 @@ internal static class BatchCommand
     /// <summary>Runs one batch with a progress display, then prints the summary and the metrics snapshot.</summary>
     public static async Task<int> RunBatchAsync(Microsoft.Extensions.Configuration.IConfiguration configuration, string source, BatchOptions options, TextWriter output, CancellationToken stop)
     {
-        // SIGTERM stops admitting like Ctrl+C does; in-flight work finishes and the run stays resumable.
-        using var stopping = CancellationTokenSource.CreateLinkedTokenSource(stop);
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
-        {
-            ctx.Cancel = true;
-            stopping.Cancel();
-        });
-
         using var host = await GatewayHost.StartAsync(configuration, stop).ConfigureAwait(false);
         var queue = host.Services.GetRequiredService<IGatewayQueue>();
         var metrics = host.Services.GetRequiredService<IGatewayMetrics>();
@@ -55,7 +46,7 @@ internal static class BatchCommand
         {
             await using (new ProgressReporter(output, !Console.IsOutputRedirected, progress))
             {
-                summary = await BatchRunner.RunAsync(queue, options, progress, stopping.Token).ConfigureAwait(false);
+                summary = await BatchRunner.RunAsync(queue, options, progress, stop).ConfigureAwait(false);
             }
         }
         catch (BatchException ex)

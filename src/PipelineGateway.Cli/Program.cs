@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Cli;
 
@@ -12,6 +13,14 @@ Console.CancelKeyPress += (_, e) =>
         cts.Cancel();
     }
 };
+
+// SIGTERM (a service manager, `kill`, a script's clean-up) stops a command the way the first Ctrl+C does. Without
+// this, a hosted server inside a command takes the signal for itself and the command never returns.
+using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
+{
+    ctx.Cancel = true;
+    cts.Cancel();
+});
 
 try
 {

@@ -50,6 +50,34 @@ public sealed class BatchProcessTests
     }
 
     [Fact]
+    public async Task SIGTERM_stops_admitting_finishes_in_flight_work_exits_130_and_the_rerun_completes()
+    {
+        using var files = new BatchFiles();
+        const int lines = 400;
+        files.WriteRequests(lines);
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, SlowConfig, Ct);
+        string[] args = ["batch", files.Input, "-o", files.Output, "--config", config, "--concurrency", "16"];
+
+        using (var first = PgwProcess.Start(files.Dir, args))
+        {
+            await Wait.Until(() => File.Exists(files.Output) && CountLines(files.Output) >= 40 || first.Process.HasExited, "the first run has written 40 results", 60_000);
+            first.Process.HasExited.Should().BeFalse(first.Stderr);
+            PgwProcess.Signal(first.Process, "TERM");
+            (await first.ExitCodeAsync()).Should().Be(130, first.Stderr);
+            first.Stdout.Should().Contain("run the same command again to continue");
+        }
+
+        var afterStop = files.AnsweredIds();
+        afterStop.Should().OnlyHaveUniqueItems().And.HaveCountLessThan(lines);
+        File.ReadAllText(files.Output).Should().EndWith("\n", "a graceful stop leaves no torn line");
+
+        using var second = PgwProcess.Start(files.Dir, args);
+        (await second.ExitCodeAsync()).Should().Be(0, second.Stderr);
+        files.AnsweredIds().Should().OnlyHaveUniqueItems().And.HaveCount(lines);
+    }
+
+    [Fact]
     public async Task A_missing_input_file_is_a_clear_error_and_no_output_is_created()
     {
         using var files = new BatchFiles();

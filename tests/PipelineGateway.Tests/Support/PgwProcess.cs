@@ -81,6 +81,13 @@ public sealed class PgwProcess : IDisposable
         return pgw;
     }
 
+    /// <summary>Sends a signal (TERM, INT…) with the system's kill command.</summary>
+    public static void Signal(Process process, string signal)
+    {
+        using var kill = System.Diagnostics.Process.Start("kill", ["-" + signal, process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        kill.WaitForExit();
+    }
+
     private static void Append(StringBuilder sb, string? line)
     {
         if (line is null)
