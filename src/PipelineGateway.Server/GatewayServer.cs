@@ -52,6 +52,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         services?.Invoke(builder.Services);
         builder.Services.AddPipelineGateway(builder.Configuration);
+        builder.Services.AddHostedService<DrainOnStopping>();
 
         // The gateway's instruments (GenAI conventions + pgw.*) exported for Prometheus at GET /metrics.
         builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(GatewayInstruments.MeterName).AddPrometheusExporter());

@@ -22,6 +22,8 @@ internal sealed partial class GatewayPipeline
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _outstanding;
     private volatile bool _draining;
+    private readonly object _drainLock = new();
+    private Task? _drain;
     private volatile bool _failingRemaining;
     private volatile bool _started;
 
@@ -239,8 +241,18 @@ internal sealed partial class GatewayPipeline
     /// <summary>
     /// Stops admission, lets in-flight work finish within the drain timeout, then fails what is left
     /// explicitly. Returns when every item has been let go of (or the host's own stop token fires).
+    /// Runs once: a host that starts the drain early (the HTTP server, before Kestrel stops) and the
+    /// admission stage's own stop share the same drain.
     /// </summary>
-    public async Task DrainAsync(CancellationToken hostStopping)
+    public Task DrainAsync(CancellationToken hostStopping)
+    {
+        lock (_drainLock)
+        {
+            return _drain ??= DrainOnceAsync(hostStopping);
+        }
+    }
+
+    private async Task DrainOnceAsync(CancellationToken hostStopping)
     {
         _draining = true;
         Admission.Writer.TryComplete();

@@ -1,4 +1,7 @@
 using System.ClientModel;
+using Anthropic;
+using Anthropic.Exceptions;
+using Anthropic.Models.Messages;
 using System.Net;
 using System.Net.Http.Json;
 using System.Text;
@@ -244,6 +247,42 @@ public sealed class ServerTests : IAsyncLifetime
         var unknown = new ChatClient("no-such-model", new ApiKeyCredential(Key), new OpenAIClientOptions { Endpoint = new Uri(Base, "v1") });
         var act = async () => await unknown.CompleteChatAsync([new UserChatMessage("x")], cancellationToken: Ct);
         (await act.Should().ThrowAsync<ClientResultException>()).Which.Status.Should().Be(404);
+    }
+
+    [Fact]
+    public async Task The_official_Anthropic_SDK_works_against_the_gateway()
+    {
+        using var client = new AnthropicClient { ApiKey = Key, BaseUrl = Base.ToString().TrimEnd('/'), MaxRetries = 0 };
+        MessageCreateParams Ask(string model, string text) => new()
+        {
+            Model = model,
+            MaxTokens = 32,
+            Messages = [new UserMessageParam { Content = text }],
+        };
+
+        var message = await client.Messages.Create(Ask("gpt-4o-mini", "Hello from the Anthropic SDK"), Ct);
+        message.Content.Should().NotBeEmpty();
+        message.Content[0].TryPickText(out var text).Should().BeTrue();
+        text!.Text.Should().NotBeEmpty();
+        message.Usage.OutputTokens.Should().BePositive();
+
+        var streamed = new StringBuilder();
+        var kinds = new List<string>();
+        await foreach (var ev in client.Messages.CreateStreaming(Ask("gpt-4o-mini", "Stream please"), Ct))
+        {
+            kinds.Add(ev.Json.GetProperty("type").GetString()!);
+            if (ev.TryPickContentBlockDelta(out var delta) && delta.Delta.TryPickText(out var piece))
+            {
+                streamed.Append(piece.Text);
+            }
+        }
+
+        streamed.Length.Should().BePositive();
+        kinds.First().Should().Be("message_start");
+        kinds.Last().Should().Be("message_stop");
+
+        var act = async () => await client.Messages.Create(Ask("no-such-model", "x"), Ct);
+        await act.Should().ThrowAsync<AnthropicNotFoundException>();
     }
 
     [Fact]

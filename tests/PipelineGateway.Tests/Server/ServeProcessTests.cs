@@ -1,0 +1,87 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using FluentAssertions;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>The real <c>pgw serve</c> process: start-up on an OS-chosen port and the SIGTERM drain.</summary>
+public sealed partial class ServeProcessTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    // "fast" answers in 1.5 s, within the 3 s grace period; "slow" would take 10 minutes.
+    private const string Config = """
+        {
+          "Gateway": {
+            "Pipeline": { "DrainTimeout": "00:00:03" },
+            "Providers": [
+              { "Name": "fast", "Type": "Simulated", "Simulated": { "LatencyMs": 1500 } },
+              { "Name": "slow", "Type": "Simulated", "Simulated": { "LatencyMs": 600000 } }
+            ],
+            "Models": [
+              { "Name": "fast", "Deployments": [ { "Provider": "fast", "Model": "m" } ] },
+              { "Name": "slow", "Deployments": [ { "Provider": "slow", "Model": "m" } ] }
+            ]
+          }
+        }
+        """;
+
+    [Fact]
+    public async Task SIGTERM_turns_readyz_not_ready_lets_in_flight_requests_finish_and_fails_the_rest_explicitly()
+    {
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, Config, Ct);
+        using var serve = PgwProcess.Start(files.Dir, "serve", "--urls", "http://127.0.0.1:0", "--config", config);
+        await Wait.Until(() => Listening().IsMatch(serve.Stdout) || serve.Process.HasExited, "pgw serve is listening", 60_000);
+        var address = new Uri(Listening().Match(serve.Stdout).Groups[1].Value);
+        using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromMinutes(1) };
+        (await http.GetAsync("readyz", Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+
+        var fast = http.PostAsync("v1/chat/completions", Chat("fast"), Ct);
+        var slow = http.PostAsync("v1/chat/completions", Chat("slow"), Ct);
+        await Wait.Until(() => InFlight(http) == 2, "both requests are in flight");
+
+        PgwProcess.Signal(serve.Process, "TERM");
+        await Wait.Until(() => Ready(http) == HttpStatusCode.ServiceUnavailable, "/readyz turns not ready");
+        var late = await http.PostAsync("v1/chat/completions", Chat("fast"), Ct);
+        late.StatusCode.Should().Be(HttpStatusCode.ServiceUnavailable, "a request after SIGTERM is refused, not queued");
+
+        var finished = await fast;
+        finished.StatusCode.Should().Be(HttpStatusCode.OK, "an in-flight request finishes within the grace period");
+        (await finished.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString().Should().NotBeEmpty();
+
+        var cut = await slow;
+        cut.StatusCode.Should().Be(HttpStatusCode.ServiceUnavailable, "what outlasts the grace period fails explicitly");
+        (await cut.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("error").GetProperty("code").GetString().Should().Be("unavailable");
+
+        (await serve.ExitCodeAsync(30_000)).Should().Be(0, serve.Stderr);
+    }
+
+    private static StringContent Chat(string model) =>
+        new($$"""{"model":"{{model}}","messages":[{"role":"user","content":"hi"}]}""", System.Text.Encoding.UTF8, "application/json");
+
+    private static long InFlight(HttpClient http)
+    {
+        var metrics = http.GetFromJsonAsync<JsonElement>("v1/gateway/metrics").GetAwaiter().GetResult();
+        return metrics.GetProperty("in_flight").GetInt64();
+    }
+
+    private static HttpStatusCode? Ready(HttpClient http)
+    {
+        try
+        {
+            return http.GetAsync("readyz").GetAwaiter().GetResult().StatusCode;
+        }
+        catch (HttpRequestException)
+        {
+            return null;
+        }
+    }
+
+    [GeneratedRegex(@"listening on (http://127\.0\.0\.1:\d+/)")]
+    private static partial Regex Listening();
+}
