@@ -1,4 +1,6 @@
 using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Hosting;
 using PipelineGateway.Pipeline;
@@ -20,20 +22,31 @@ namespace PipelineGateway.Admission;
 /// (4) a token charge must be corrected after the answer (estimated → actual usage), which its leases cannot do.
 /// Each partition has its own lock, so one tenant's traffic never contends with another's.
 /// </remarks>
-internal sealed class AdmissionRateLimiter
+internal sealed partial class AdmissionRateLimiter
 {
     private readonly RateLimitRule[] _rules;
     private readonly AdmissionOptions _options;
     private readonly TimeProvider _time;
     private readonly ConcurrentDictionary<string, Partition> _partitions = new(StringComparer.Ordinal);
+    private readonly IDistributedRateLimitStore? _store;
+    private readonly ILogger _logger;
+    private int _storeDown;
 
-    public AdmissionRateLimiter(IOptions<GatewayOptions> options, TimeProvider time)
+    public AdmissionRateLimiter(IOptions<GatewayOptions> options, TimeProvider time, ILogger<AdmissionRateLimiter>? logger = null, IDistributedRateLimitStore? store = null)
     {
         _options = options.Value.Admission;
         _rules = [.. _options.RateLimits];
         _time = time;
+        _store = store;
+        _logger = (ILogger?)logger ?? NullLogger.Instance;
         CountsTokens = _rules.Any(r => r.Unit == RateLimitUnit.Tokens);
     }
+
+    /// <summary>True when the limits are shared through a distributed store.</summary>
+    public bool IsDistributed => _store is not null && _rules.Length > 0;
+
+    /// <summary>Called when a request starts waiting for a permit (for the metrics).</summary>
+    public Action? OnWaitStarted { get; set; }
 
     public bool IsEnabled => _rules.Length > 0;
 
@@ -52,6 +65,19 @@ internal sealed class AdmissionRateLimiter
             return AdmissionDecision.Admitted;
         }
 
+        if (_store is not null)
+        {
+            // The decision needs a round trip to the store: it comes back through OnWaitOver, like a waiter's.
+            _ = AcquireDistributedAsync(item);
+            return AdmissionDecision.Pending;
+        }
+
+        return TryAdmitLocal(item, out refusal);
+    }
+
+    private AdmissionDecision TryAdmitLocal(WorkItem item, out RateLimitedException? refusal)
+    {
+        refusal = null;
         var partition = _partitions.GetOrAdd(PartitionKey(item.Request), static (_, rules) => new Partition(rules), _rules);
         var tokens = CountsTokens ? item.EstimatedTokens : 0;
         var now = _time.GetTimestamp();
@@ -85,9 +111,127 @@ internal sealed class AdmissionRateLimiter
         }
     }
 
+    /// <summary>
+    /// Asks the store, waits out a refusal while the caller may wait, and hands the request back through
+    /// <see cref="OnWaitOver"/>. Requests of one partition retry independently here (no arrival-order queue
+    /// across instances); each retry is one atomic evaluation of every rule.
+    /// </summary>
+    private async Task AcquireDistributedAsync(WorkItem item)
+    {
+        var tokens = CountsTokens ? item.EstimatedTokens : 0;
+        var partitionKey = PartitionKey(item.Request);
+        var waited = false;
+        try
+        {
+            while (!item.IsCompleted)
+            {
+                var decision = await _store!.TryAcquireAsync(partitionKey, _rules, tokens, item.RequestId, CancellationToken.None).ConfigureAwait(false);
+                switch (decision.Outcome)
+                {
+                    case DistributedLimitOutcome.Admitted:
+                        StoreUp();
+                        item.DistributedCharge = decision.Charge;
+                        OnWaitOver?.Invoke(item, null);
+                        return;
+                    case DistributedLimitOutcome.TooLarge:
+                        StoreUp();
+                        var rule = _rules[Math.Clamp(decision.BlockingRule, 0, _rules.Length - 1)];
+                        OnWaitOver?.Invoke(item, new RateLimitedException(rule.DisplayName, rule.Window, $"The request ({tokens} estimated tokens) is larger than the limit '{rule.DisplayName}' allows at all."));
+                        return;
+                    case DistributedLimitOutcome.Unavailable:
+                        StoreDown(decision.Error);
+                        if (_store.FailOpen)
+                        {
+                            // Fail-open: this instance's own limits stand in until the store is back.
+                            switch (TryAdmitLocal(item, out var refusal))
+                            {
+                                case AdmissionDecision.Admitted:
+                                    OnWaitOver?.Invoke(item, null);
+                                    break;
+                                case AdmissionDecision.Refused:
+                                    OnWaitOver?.Invoke(item, refusal);
+                                    break;
+                                default:
+                                    OnWaitStarted?.Invoke(); // parked locally: the local waiter queue hands it back
+                                    break;
+                            }
+                        }
+                        else
+                        {
+                            OnWaitOver?.Invoke(item, new RateLimitedException("distributed rate limiter", TimeSpan.FromSeconds(1), "The shared rate-limit store is unreachable and the gateway is configured to fail closed; retry shortly."));
+                        }
+
+                        return;
+                }
+
+                StoreUp();
+                var blocking = _rules[Math.Clamp(decision.BlockingRule, 0, _rules.Length - 1)].DisplayName;
+                var now = _time.GetUtcNow();
+                var giveUpAt = Min(now + _options.MaxWait, item.Deadline);
+                if (item.Mode != SubmitMode.Wait || now + decision.RetryAfter > giveUpAt)
+                {
+                    OnWaitOver?.Invoke(item, new RateLimitedException(blocking, decision.RetryAfter, waited ? $"Rate limit '{blocking}' exceeded and the wait ({decision.RetryAfter.TotalSeconds:F3} s) would pass the request's maximum wait." : null));
+                    return;
+                }
+
+                if (!waited)
+                {
+                    waited = true;
+                    OnWaitStarted?.Invoke();
+                }
+
+                await Task.Delay(decision.RetryAfter, _time).ConfigureAwait(false);
+            }
+
+            OnWaitOver?.Invoke(item, null); // answered (cancelled, timed out) while waiting: the stage retires it
+        }
+        catch (Exception ex)
+        {
+            // A store that throws instead of answering Unavailable: never lose the request.
+            LogStoreFailed(_logger, ex);
+            OnWaitOver?.Invoke(item, new RateLimitedException("distributed rate limiter", TimeSpan.FromSeconds(1), "The shared rate-limit store failed; retry shortly."));
+        }
+    }
+
+    private void StoreDown(string? error)
+    {
+        if (Interlocked.Exchange(ref _storeDown, 1) == 0)
+        {
+            LogStoreDown(_logger, _store!.FailOpen ? "failing open: this instance's own limits apply" : "failing closed: requests are refused", error ?? "unreachable");
+        }
+    }
+
+    private void StoreUp()
+    {
+        if (Volatile.Read(ref _storeDown) == 1 && Interlocked.Exchange(ref _storeDown, 0) == 1)
+        {
+            LogStoreUp(_logger);
+        }
+    }
+
+    [LoggerMessage(EventId = 20, Level = LogLevel.Error, Message = "The shared rate-limit store is unreachable ({Error}); {Mode}.")]
+    private static partial void LogStoreDown(ILogger logger, string mode, string error);
+
+    [LoggerMessage(EventId = 21, Level = LogLevel.Information, Message = "The shared rate-limit store is reachable again; shared limits apply.")]
+    private static partial void LogStoreUp(ILogger logger);
+
+    [LoggerMessage(EventId = 22, Level = LogLevel.Error, Message = "The shared rate-limit store failed.")]
+    private static partial void LogStoreFailed(ILogger logger, Exception error);
+
     /// <summary>Corrects a token charge to the actual usage (0 when no answer came, or it came from the cache).</summary>
     public void Settle(WorkItem item, long actualTokens)
     {
+        if (item.DistributedCharge is { } shared)
+        {
+            item.DistributedCharge = null;
+            if (CountsTokens && actualTokens != shared.Tokens)
+            {
+                _ = _store!.AdjustAsync(shared, actualTokens - shared.Tokens, CancellationToken.None).AsTask();
+            }
+
+            return;
+        }
+
         if (item.RateLimitCharge is not { } charge || !CountsTokens)
         {
             return;
@@ -295,6 +439,9 @@ public enum AdmissionDecision
     Admitted,
     Parked,
     Refused,
+
+    /// <summary>Asked a distributed store; the answer comes back through the wait-over callback.</summary>
+    Pending,
 }
 
 /// <summary>What admission charged a request, kept so the charge can be corrected to actual usage.</summary>

@@ -18,6 +18,7 @@ internal sealed class AdmissionStage : PipelineStage
     {
         this.limiter = limiter;
         limiter.OnWaitOver = OnWaitOver;
+        limiter.OnWaitStarted = pipeline.Metrics.OnRateLimitWait;
     }
 
     protected override string StageName => "admission";
@@ -61,6 +62,9 @@ internal sealed class AdmissionStage : PipelineStage
             case AdmissionDecision.Parked:
                 // The limiter hands it back through OnWaitOver, in order, as permits refill.
                 Pipeline.Metrics.OnRateLimitWait();
+                return ValueTask.CompletedTask;
+            case AdmissionDecision.Pending:
+                // A distributed store decides; the answer comes back through OnWaitOver.
                 return ValueTask.CompletedTask;
             default:
                 return ForwardAsync(item, stopping);

@@ -19,6 +19,7 @@ public sealed class GatewayBuilder
     private readonly List<ILlmProvider> _custom = [];
     private TimeProvider? _time;
     private Action<ILoggingBuilder>? _logging;
+    private readonly List<Action<IServiceCollection>> _services = [];
 
     /// <summary>Adds a simulated provider (no keys; latency and failures as configured).</summary>
     public GatewayBuilder AddSimulatedProvider(string name, Action<SimulatedProviderOptions>? configure = null, int workers = 16)
@@ -92,6 +93,13 @@ public sealed class GatewayBuilder
         return this;
     }
 
+    /// <summary>Registers services of your own (extensions such as PipelineGateway.Redis use this).</summary>
+    public GatewayBuilder ConfigureServices(Action<IServiceCollection> configure)
+    {
+        _services.Add(configure);
+        return this;
+    }
+
     /// <summary>Builds and starts the gateway; fails with an <see cref="Microsoft.Extensions.Options.OptionsValidationException"/> naming the bad setting.</summary>
     public async Task<Gateway> StartAsync(CancellationToken cancellationToken = default)
     {
@@ -105,6 +113,11 @@ public sealed class GatewayBuilder
         foreach (var provider in _custom)
         {
             builder.Services.AddGatewayProvider(provider);
+        }
+
+        foreach (var configure in _services)
+        {
+            configure(builder.Services);
         }
 
         var snapshot = _options;

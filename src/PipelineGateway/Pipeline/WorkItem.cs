@@ -133,6 +133,9 @@ internal sealed class WorkItem
     /// <summary>What admission charged the rate limits, for correction to actual usage.</summary>
     public Admission.RateLimitCharge? RateLimitCharge { get; set; }
 
+    /// <summary>The charge a distributed rate-limit store took, kept for the correction to actual usage.</summary>
+    public Admission.DistributedLimitCharge? DistributedCharge { get; set; }
+
     /// <summary>Usage reported by a stream's last chunk.</summary>
     public TokenUsage? StreamUsage { get; set; }
 

@@ -1,0 +1,37 @@
+using System.ComponentModel.DataAnnotations;
+
+namespace PipelineGateway.Redis;
+
+/// <summary>Distributed mode (<c>Gateway:Redis</c>): what the instances of a fleet share through Redis.</summary>
+public sealed class RedisOptions
+{
+    public const string SectionName = "Gateway:Redis";
+
+    /// <summary>A StackExchange.Redis configuration string, e.g. <c>redis-1:6379,redis-2:6379,password=…</c>.</summary>
+    [Required]
+    public string Configuration { get; set; } = string.Empty;
+
+    /// <summary>Prefix of every key the gateway writes; instances that share limits share the prefix.</summary>
+    [Required]
+    [RegularExpression("^[A-Za-z0-9_.:-]{1,64}$", ErrorMessage = "Gateway:Redis:KeyPrefix may use letters, digits and _ . : - (1–64 characters).")]
+    public string KeyPrefix { get; set; } = "pgw";
+
+    /// <summary>What happens while Redis is unreachable.</summary>
+    public RedisFailureMode FailureMode { get; set; } = RedisFailureMode.FailOpen;
+
+    /// <summary>How long one Redis operation may take before it counts as unreachable.</summary>
+    [Range(typeof(TimeSpan), "00:00:00.010", "00:01:00")]
+    public TimeSpan OperationTimeout { get; set; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>Share the admission rate limits across the fleet.</summary>
+    public bool RateLimits { get; set; } = true;
+}
+
+public enum RedisFailureMode
+{
+    /// <summary>Each instance falls back to its own limits until Redis is back (available, may over-admit by the fleet size).</summary>
+    FailOpen,
+
+    /// <summary>Requests that need Redis are refused until it is back (never over-admits).</summary>
+    FailClosed,
+}

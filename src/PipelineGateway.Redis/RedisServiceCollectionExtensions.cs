@@ -1,0 +1,44 @@
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using PipelineGateway.Admission;
+using PipelineGateway.Hosting;
+
+namespace PipelineGateway.Redis;
+
+public static class RedisServiceCollectionExtensions
+{
+    /// <summary>
+    /// Distributed mode from the <c>Gateway:Redis</c> section (nothing happens when the section is absent):
+    /// the admission rate limits are shared by every instance that uses the same Redis and key prefix.
+    /// </summary>
+    public static IServiceCollection AddPipelineGatewayRedis(this IServiceCollection services, IConfiguration configuration)
+    {
+        var section = configuration.GetSection(RedisOptions.SectionName);
+        return section.Exists() ? services.AddPipelineGatewayRedis(o => section.Bind(o)) : services;
+    }
+
+    /// <summary>Distributed mode configured in code.</summary>
+    public static IServiceCollection AddPipelineGatewayRedis(this IServiceCollection services, Action<RedisOptions> configure)
+    {
+        services.AddOptions<RedisOptions>().Configure(configure).ValidateDataAnnotations().ValidateOnStart();
+        services.TryAddSingleton<RedisConnection>();
+        var probe = new RedisOptions();
+        configure(probe);
+        if (probe.RateLimits)
+        {
+            services.TryAddSingleton<IDistributedRateLimitStore, RedisRateLimitStore>();
+        }
+
+        return services;
+    }
+
+    /// <summary>Distributed mode for a <see cref="GatewayBuilder"/> gateway.</summary>
+    public static GatewayBuilder UseRedis(this GatewayBuilder builder, string configuration, RedisFailureMode failureMode = RedisFailureMode.FailOpen, string keyPrefix = "pgw") =>
+        builder.ConfigureServices(s => s.AddPipelineGatewayRedis(o =>
+        {
+            o.Configuration = configuration;
+            o.FailureMode = failureMode;
+            o.KeyPrefix = keyPrefix;
+        }));
+}
