@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Hosting;
+using PipelineGateway.Redis;
 
 namespace PipelineGateway.Cli;
 
@@ -18,6 +19,7 @@ internal static class GatewayHost
         // lifetime would otherwise take those signals for itself.
         builder.Services.AddSingleton<IHostLifetime, CommandLifetime>();
         builder.Services.AddPipelineGateway(configuration);
+        builder.Services.AddPipelineGatewayRedis(configuration);
         var host = builder.Build();
         try
         {

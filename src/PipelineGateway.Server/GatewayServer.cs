@@ -15,6 +15,8 @@ using PipelineGateway.Pipeline;
 using PipelineGateway.Routing;
 using OpenTelemetry.Metrics;
 
+using PipelineGateway.Redis;
+
 namespace PipelineGateway.Server;
 
 /// <summary>
@@ -52,6 +54,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         services?.Invoke(builder.Services);
         builder.Services.AddPipelineGateway(builder.Configuration);
+        builder.Services.AddPipelineGatewayRedis(builder.Configuration);
         builder.Services.AddHostedService<DrainOnStopping>();
 
         // The gateway's instruments (GenAI conventions + pgw.*) exported for Prometheus at GET /metrics.
