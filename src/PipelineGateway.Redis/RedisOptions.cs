@@ -25,6 +25,13 @@ public sealed class RedisOptions
 
     /// <summary>Share the admission rate limits across the fleet.</summary>
     public bool RateLimits { get; set; } = true;
+
+    /// <summary>Use Redis as a shared second level behind each instance's response cache.</summary>
+    public bool Cache { get; set; } = true;
+
+    /// <summary>Answers larger than this stay in the instance's own cache only.</summary>
+    [Range(1024, 64 * 1024 * 1024)]
+    public int CacheMaxEntryBytes { get; set; } = 512 * 1024;
 }
 
 public enum RedisFailureMode

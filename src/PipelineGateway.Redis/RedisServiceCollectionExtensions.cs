@@ -2,6 +2,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using PipelineGateway.Admission;
+using PipelineGateway.Caching;
 using PipelineGateway.Hosting;
 
 namespace PipelineGateway.Redis;
@@ -10,7 +11,8 @@ public static class RedisServiceCollectionExtensions
 {
     /// <summary>
     /// Distributed mode from the <c>Gateway:Redis</c> section (nothing happens when the section is absent):
-    /// the admission rate limits are shared by every instance that uses the same Redis and key prefix.
+    /// the admission rate limits and the response cache are shared by every instance that uses the same Redis
+    /// and key prefix.
     /// </summary>
     public static IServiceCollection AddPipelineGatewayRedis(this IServiceCollection services, IConfiguration configuration)
     {
@@ -28,6 +30,11 @@ public static class RedisServiceCollectionExtensions
         if (probe.RateLimits)
         {
             services.TryAddSingleton<IDistributedRateLimitStore, RedisRateLimitStore>();
+        }
+
+        if (probe.Cache)
+        {
+            services.TryAddSingleton<IDistributedResponseCache, RedisResponseCache>();
         }
 
         return services;

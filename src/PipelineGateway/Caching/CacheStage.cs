@@ -37,21 +37,60 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
                 return ValueTask.CompletedTask;
             }
 
-            Pipeline.Metrics.OnCacheMiss();
-            if (cache.SingleFlight && !item.IsStream && Pipeline.Flights.Join(key, item))
+            if (cache.HasSecondLevel && item.Request.Gateway?.NoCache != true)
             {
-                Pipeline.Metrics.OnCoalesced();
-                return ValueTask.CompletedTask; // answered when the leader's call ends
+                // The shared second level answers after a round trip: the stage goes on with the next request
+                // meanwhile, and this one continues from the lookup's completion.
+                _ = LookUpSecondLevelAsync(item, key);
+                return ValueTask.CompletedTask;
             }
+
+            Miss(item, key);
+            return ValueTask.CompletedTask;
         }
 
+        Route(item);
+        return ValueTask.CompletedTask;
+    }
+
+    private async Task LookUpSecondLevelAsync(WorkItem item, CacheKey key)
+    {
+        var shared = await cache.GetSecondLevelAsync(key, CancellationToken.None).ConfigureAwait(false);
+        if (item.IsCompleted)
+        {
+            Pipeline.Retire(item);
+        }
+        else if (shared is not null)
+        {
+            Pipeline.Metrics.OnCacheHit(shared.Gateway?.Cost ?? 0);
+            Answer(Pipeline, item, shared, cached: true);
+            Pipeline.Retire(item);
+        }
+        else
+        {
+            Miss(item, key);
+        }
+    }
+
+    private void Miss(WorkItem item, CacheKey key)
+    {
+        Pipeline.Metrics.OnCacheMiss();
+        if (cache.SingleFlight && !item.IsStream && Pipeline.Flights.Join(key, item))
+        {
+            Pipeline.Metrics.OnCoalesced();
+            return; // answered when the leader's call ends
+        }
+
+        Route(item);
+    }
+
+    private void Route(WorkItem item)
+    {
         // Never waits: the router channel holds MaxInFlight items (see GatewayPipeline).
         if (!Pipeline.Routing.Writer.TryWrite(item))
         {
             Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
         }
-
-        return ValueTask.CompletedTask;
     }
 
     /// <summary>Answers a request with a shared answer: a copy with its own metadata, or chunks for a stream.</summary>

@@ -22,10 +22,12 @@ internal sealed class ResponseCache : IDisposable
     private readonly CacheOptions _options;
     private readonly PostEvictionCallbackRegistration _onEvicted;
     private long _evictions;
+    private readonly IDistributedResponseCache? _secondLevel;
 
-    public ResponseCache(IOptions<GatewayOptions> options, TimeProvider time)
+    public ResponseCache(IOptions<GatewayOptions> options, TimeProvider time, IDistributedResponseCache? secondLevel = null)
     {
         _options = options.Value.Cache;
+        _secondLevel = secondLevel;
         _cache = new MemoryCache(new MemoryCacheOptions
         {
             SizeLimit = _options.MaxBytes,
@@ -78,7 +80,38 @@ internal sealed class ResponseCache : IDisposable
         return false;
     }
 
+    /// <summary>True when a shared second level sits behind this cache.</summary>
+    public bool HasSecondLevel => _secondLevel is not null;
+
+    /// <summary>Looks a key up in the second level; a hit is kept in memory too. Any failure is a miss.</summary>
+    public async ValueTask<ChatCompletionResponse?> GetSecondLevelAsync(CacheKey key, CancellationToken cancellationToken)
+    {
+        ChatCompletionResponse? response;
+        try
+        {
+            response = await _secondLevel!.GetAsync(key.ToString(), cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            return null;
+        }
+
+        if (response is not null)
+        {
+            SetLocal(key, response, null);
+        }
+
+        return response;
+    }
+
+    /// <summary>Stores an answer in memory and, when there is one, in the shared second level.</summary>
     public void Set(in CacheKey key, ChatCompletionResponse response, TimeSpan? ttl)
+    {
+        SetLocal(key, response, ttl);
+        _secondLevel?.Set(key.ToString(), response, ttl ?? _options.DefaultTtl);
+    }
+
+    private void SetLocal(in CacheKey key, ChatCompletionResponse response, TimeSpan? ttl)
     {
         var bytes = ApproximateBytes(response);
         if (bytes > _options.MaxBytes)

@@ -1,0 +1,69 @@
+using FluentAssertions;
+using PipelineGateway.Hosting;
+using PipelineGateway.Redis;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Redis;
+
+/// <summary>Redis as the shared second-level cache of two gateway instances.</summary>
+public sealed class RedisCacheTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static Task<Gateway> Instance(string redis, string prefix, FakeProvider provider) =>
+        new GatewayBuilder()
+            .AddProvider(provider, workers: 4, queueCapacity: 64)
+            .AddModel("m", providers: provider.Name)
+            .WithCache(TimeSpan.FromMinutes(5))
+            .UseRedis(redis, keyPrefix: prefix)
+            .StartAsync(Ct);
+
+    private static string Prefix() => "t" + Guid.NewGuid().ToString("N")[..12];
+
+    [Fact]
+    public async Task An_answer_cached_by_one_instance_is_a_hit_on_the_other_with_the_TTL_honoured()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        var providerA = new FakeProvider("pa") { OnComplete = (r, _) => ValueTask.FromResult(FakeProvider.Answer(r.Model, "from A")) };
+        var providerB = new FakeProvider("pb") { OnComplete = (r, _) => ValueTask.FromResult(FakeProvider.Answer(r.Model, "from B")) };
+        await using var a = await Instance(redis, prefix, providerA);
+        await using var b = await Instance(redis, prefix, providerB);
+
+        var first = await a.SubmitAsync(TestGateway.Request(text: "shared question"), Ct);
+        first.Gateway!.Cached.Should().BeFalse();
+
+        var db = RedisServer.Connect(redis);
+        var key = $"{prefix}:c:{PipelineGateway.Caching.CacheKey.Compute("m", TestGateway.Request(text: "shared question"))}";
+        await Wait.Until(() => db.KeyExists(key), "the answer reaches Redis");
+        var ttl = await db.KeyTimeToLiveAsync(key);
+        ttl.Should().NotBeNull();
+        ttl!.Value.Should().BeGreaterThan(TimeSpan.FromMinutes(4)).And.BeLessThanOrEqualTo(TimeSpan.FromMinutes(5));
+
+        var second = await b.SubmitAsync(TestGateway.Request(text: "shared question"), Ct);
+        second.Gateway!.Cached.Should().BeTrue("instance B finds A's answer in Redis");
+        second.Content.Should().Be("from A");
+        second.Gateway.Provider.Should().Be("pa");
+        providerB.Calls.Should().Be(0);
+
+        var other = await b.SubmitAsync(TestGateway.Request(text: "another question"), Ct);
+        other.Gateway!.Cached.Should().BeFalse();
+        other.Content.Should().Be("from B");
+    }
+
+    [Fact]
+    public async Task With_Redis_down_the_cache_is_a_miss_and_requests_still_succeed()
+    {
+        await using var server = await RedisServer.StartAsync();
+        var provider = new FakeProvider("p");
+        await using var a = await Instance(server.Configuration, Prefix(), provider);
+        await server.StopAsync();
+
+        var r1 = await a.SubmitAsync(TestGateway.Request(text: "q1"), Ct);
+        var r2 = await a.SubmitAsync(TestGateway.Request(text: "q1"), Ct);
+
+        r1.Gateway!.Cached.Should().BeFalse();
+        r2.Gateway!.Cached.Should().BeTrue("the instance's own cache still works");
+        provider.Calls.Should().Be(1);
+    }
+}
