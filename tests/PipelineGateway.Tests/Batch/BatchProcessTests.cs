@@ -23,22 +23,16 @@ public sealed class BatchProcessTests
     public async Task A_batch_killed_mid_run_and_run_again_answers_every_custom_id_exactly_once()
     {
         using var files = new BatchFiles();
-        const int lines = 400;
-        files.WriteRequests(lines);
-        var config = Path.Combine(files.Dir, "gateway.json");
-        await File.WriteAllTextAsync(config, SlowConfig, Ct);
-        string[] args = ["batch", files.Input, "-o", files.Output, "--config", config, "--concurrency", "16"];
+        var args = await SlowBatchAsync(files);
 
-        using (var first = PgwProcess.Start(files.Dir, args))
+        using (var first = await StartUntilUnderWayAsync(files, args))
         {
-            await Wait.Until(() => File.Exists(files.Output) && CountLines(files.Output) >= 40 || first.Process.HasExited, "the first run has written 40 results", 60_000);
-            first.Process.HasExited.Should().BeFalse($"the run must still be going when it is killed; stderr: {first.Stderr}");
             first.Process.Kill(); // SIGKILL: no chance to clean up
             await first.Process.WaitForExitAsync(Ct);
         }
 
         var afterKill = CountLines(files.Output);
-        afterKill.Should().BeLessThan(lines, "the kill came in the middle of the run");
+        afterKill.Should().BeLessThan(Lines, "the kill came in the middle of the run");
 
         using var second = PgwProcess.Start(files.Dir, args);
         (await second.ExitCodeAsync()).Should().Be(0, second.Stderr);
@@ -46,35 +40,29 @@ public sealed class BatchProcessTests
 
         var ids = files.AnsweredIds();
         ids.Should().OnlyHaveUniqueItems("no custom_id is written twice");
-        ids.Should().BeEquivalentTo(Enumerable.Range(0, lines).Select(i => $"req-{i}"), "no custom_id is lost");
+        ids.Should().BeEquivalentTo(Enumerable.Range(0, Lines).Select(i => $"req-{i}"), "no custom_id is lost");
     }
 
     [Fact]
     public async Task SIGTERM_stops_admitting_finishes_in_flight_work_exits_130_and_the_rerun_completes()
     {
         using var files = new BatchFiles();
-        const int lines = 400;
-        files.WriteRequests(lines);
-        var config = Path.Combine(files.Dir, "gateway.json");
-        await File.WriteAllTextAsync(config, SlowConfig, Ct);
-        string[] args = ["batch", files.Input, "-o", files.Output, "--config", config, "--concurrency", "16"];
+        var args = await SlowBatchAsync(files);
 
-        using (var first = PgwProcess.Start(files.Dir, args))
+        using (var first = await StartUntilUnderWayAsync(files, args))
         {
-            await Wait.Until(() => File.Exists(files.Output) && CountLines(files.Output) >= 40 || first.Process.HasExited, "the first run has written 40 results", 60_000);
-            first.Process.HasExited.Should().BeFalse(first.Stderr);
             PgwProcess.Signal(first.Process, "TERM");
             (await first.ExitCodeAsync()).Should().Be(130, first.Stderr);
             first.Stdout.Should().Contain("run the same command again to continue");
         }
 
         var afterStop = files.AnsweredIds();
-        afterStop.Should().OnlyHaveUniqueItems().And.HaveCountLessThan(lines);
+        afterStop.Should().OnlyHaveUniqueItems().And.HaveCountLessThan(Lines);
         File.ReadAllText(files.Output).Should().EndWith("\n", "a graceful stop leaves no torn line");
 
         using var second = PgwProcess.Start(files.Dir, args);
         (await second.ExitCodeAsync()).Should().Be(0, second.Stderr);
-        files.AnsweredIds().Should().OnlyHaveUniqueItems().And.HaveCount(lines);
+        files.AnsweredIds().Should().OnlyHaveUniqueItems().And.HaveCount(Lines);
     }
 
     [Fact]
@@ -104,6 +92,26 @@ public sealed class BatchProcessTests
         metrics.GetProperty("rate_limit_waits").GetInt64().Should().BeGreaterThan(0, "the rate limit is tight");
         metrics.GetProperty("failed_requests").GetInt64().Should().Be(0);
         files.AnsweredIds().Should().HaveCount(240).And.OnlyHaveUniqueItems();
+    }
+
+    private const int Lines = 400;
+
+    /// <summary>Writes 400 lines and the slow config; returns the <c>pgw batch</c> arguments.</summary>
+    private static async Task<string[]> SlowBatchAsync(BatchFiles files)
+    {
+        files.WriteRequests(Lines);
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, SlowConfig, Ct);
+        return ["batch", files.Input, "-o", files.Output, "--config", config, "--concurrency", "16"];
+    }
+
+    /// <summary>Starts a run and returns once it has written 40 results and is still going.</summary>
+    private static async Task<PgwProcess> StartUntilUnderWayAsync(BatchFiles files, string[] args)
+    {
+        var run = PgwProcess.Start(files.Dir, args);
+        await Wait.Until(() => File.Exists(files.Output) && CountLines(files.Output) >= 40 || run.Process.HasExited, "the first run has written 40 results", 60_000);
+        run.Process.HasExited.Should().BeFalse($"the run must still be going when it is stopped; stderr: {run.Stderr}");
+        return run;
     }
 
     private static int CountLines(string path)
