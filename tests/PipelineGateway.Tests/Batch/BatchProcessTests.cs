@@ -43,15 +43,17 @@ public sealed class BatchProcessTests
         ids.Should().BeEquivalentTo(Enumerable.Range(0, Lines).Select(i => $"req-{i}"), "no custom_id is lost");
     }
 
-    [Fact]
-    public async Task SIGTERM_stops_admitting_finishes_in_flight_work_exits_130_and_the_rerun_completes()
+    [Theory]
+    [InlineData("TERM")]
+    [InlineData("INT")] // what Ctrl+C sends
+    public async Task A_stop_signal_stops_admitting_finishes_in_flight_work_exits_130_and_the_rerun_completes(string signal)
     {
         using var files = new BatchFiles();
         var args = await SlowBatchAsync(files);
 
         using (var first = await StartUntilUnderWayAsync(files, args))
         {
-            PgwProcess.Signal(first.Process, "TERM");
+            PgwProcess.Signal(first.Process, signal);
             (await first.ExitCodeAsync()).Should().Be(130, first.Stderr);
             first.Stdout.Should().Contain("run the same command again to continue");
         }
