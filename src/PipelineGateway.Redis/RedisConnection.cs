@@ -24,6 +24,8 @@ internal sealed partial class RedisConnection : IDisposable
 
     public IDatabase Database => _multiplexer.Value.GetDatabase();
 
+    public ISubscriber Subscriber => _multiplexer.Value.GetSubscriber();
+
     public bool IsConnected => _multiplexer.Value.IsConnected;
 
     private ConnectionMultiplexer Connect()

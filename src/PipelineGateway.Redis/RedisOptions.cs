@@ -29,6 +29,9 @@ public sealed class RedisOptions
     /// <summary>Use Redis as a shared second level behind each instance's response cache.</summary>
     public bool Cache { get; set; } = true;
 
+    /// <summary>Share circuit openings and 429 cooldowns between instances (pub/sub).</summary>
+    public bool Health { get; set; } = true;
+
     /// <summary>Answers larger than this stay in the instance's own cache only.</summary>
     [Range(1024, 64 * 1024 * 1024)]
     public int CacheMaxEntryBytes { get; set; } = 512 * 1024;

@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using PipelineGateway.Admission;
 using PipelineGateway.Caching;
+using PipelineGateway.Routing.Health;
 using PipelineGateway.Hosting;
 
 namespace PipelineGateway.Redis;
@@ -11,8 +12,8 @@ public static class RedisServiceCollectionExtensions
 {
     /// <summary>
     /// Distributed mode from the <c>Gateway:Redis</c> section (nothing happens when the section is absent):
-    /// the admission rate limits and the response cache are shared by every instance that uses the same Redis
-    /// and key prefix.
+    /// the admission rate limits, the response cache and deployment health (open circuits, 429 cooldowns) are
+    /// shared by every instance that uses the same Redis and key prefix.
     /// </summary>
     public static IServiceCollection AddPipelineGatewayRedis(this IServiceCollection services, IConfiguration configuration)
     {
@@ -30,6 +31,11 @@ public static class RedisServiceCollectionExtensions
         if (probe.RateLimits)
         {
             services.TryAddSingleton<IDistributedRateLimitStore, RedisRateLimitStore>();
+        }
+
+        if (probe.Health)
+        {
+            services.TryAddSingleton<IDistributedHealthChannel, RedisHealthChannel>();
         }
 
         if (probe.Cache)

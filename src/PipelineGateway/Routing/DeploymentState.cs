@@ -165,6 +165,35 @@ public sealed class DeploymentState
         }
     }
 
+    /// <summary>Another instance saw a 429: stay away until <paramref name="until"/>.</summary>
+    internal void ApplyCooldown(DateTimeOffset until)
+    {
+        lock (this)
+        {
+            if (until.UtcTicks > _coolUntilUtcTicks)
+            {
+                Volatile.Write(ref _coolUntilUtcTicks, until.UtcTicks);
+            }
+        }
+    }
+
+    /// <summary>Another instance opened the circuit: open it here too until <paramref name="until"/>, then probe.</summary>
+    internal void ApplyOpen(DateTimeOffset until)
+    {
+        lock (this)
+        {
+            // A probe of this instance's own is already deciding; leave it to finish.
+            if ((CircuitState)_circuit == CircuitState.HalfOpen || until.UtcTicks <= _openUntilUtcTicks && (CircuitState)_circuit == CircuitState.Open)
+            {
+                return;
+            }
+
+            Volatile.Write(ref _openUntilUtcTicks, until.UtcTicks);
+            Volatile.Write(ref _circuit, (int)CircuitState.Open);
+            Volatile.Write(ref _probeInFlight, 0);
+        }
+    }
+
     /// <summary>An outcome that says nothing about health (a 400, a cancellation): a probe may go again.</summary>
     internal void OnNeutral()
     {

@@ -1,3 +1,5 @@
+using System.Collections.Frozen;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Hosting;
 
@@ -8,9 +10,27 @@ namespace PipelineGateway.Routing.Health;
 /// what it may use. Circuits follow closed → open (cooldown) → half-open (one probe) → closed, or open again
 /// with a doubled cooldown; a 429 cools a deployment down until its Retry-After.
 /// </summary>
-internal sealed class HealthTracker(IOptions<GatewayOptions> options, TimeProvider time)
+internal sealed class HealthTracker
 {
-    private readonly HealthOptions _options = options.Value.Health;
+    private readonly HealthOptions _options;
+    private readonly TimeProvider time;
+    private readonly IDistributedHealthChannel? _channel;
+    private readonly Lazy<FrozenDictionary<string, Deployment>> _deployments;
+
+    public HealthTracker(IOptions<GatewayOptions> options, TimeProvider time, IServiceProvider services, IDistributedHealthChannel? channel = null)
+    {
+        _options = options.Value.Health;
+        this.time = time;
+        _channel = channel;
+
+        // Resolved on the first remote signal: the catalog is built after the tracker.
+        _deployments = new Lazy<FrozenDictionary<string, Deployment>>(() =>
+            services.GetRequiredService<ModelCatalog>().AllDeployments.ToFrozenDictionary(d => d.Id, StringComparer.Ordinal));
+        if (_channel is not null && _options.Enabled)
+        {
+            _channel.Subscribe(Apply);
+        }
+    }
 
     public HealthOptions Options => _options;
 
@@ -35,13 +55,39 @@ internal sealed class HealthTracker(IOptions<GatewayOptions> options, TimeProvid
                 break;
             case AttemptOutcome.RateLimited when _options.Enabled:
                 d.State.OnRateLimited(now, retryAfter, _options);
+                _channel?.Publish(new HealthSignal(d.Id, HealthSignalKind.Cooldown, retryAfter ?? _options.RateLimitCooldown));
                 break;
             case AttemptOutcome.RetryableError or AttemptOutcome.Timeout when _options.Enabled:
+                var wasOpen = d.State.Circuit == CircuitState.Open;
                 d.State.OnFailure(now, _options);
+                if (_channel is not null && !wasOpen && d.State.Circuit == CircuitState.Open)
+                {
+                    _channel.Publish(new HealthSignal(d.Id, HealthSignalKind.CircuitOpen, d.State.AvailableAt - now));
+                }
+
                 break;
             default:
                 d.State.OnNeutral();
                 break;
+        }
+    }
+
+    /// <summary>Another instance's verdict: honoured here for the same duration.</summary>
+    private void Apply(HealthSignal signal)
+    {
+        if (signal.Duration <= TimeSpan.Zero || !_deployments.Value.TryGetValue(signal.DeploymentId, out var d))
+        {
+            return; // over already, or a deployment this instance does not have
+        }
+
+        var until = time.GetUtcNow() + signal.Duration;
+        if (signal.Kind == HealthSignalKind.Cooldown)
+        {
+            d.State.ApplyCooldown(until);
+        }
+        else
+        {
+            d.State.ApplyOpen(until);
         }
     }
 }

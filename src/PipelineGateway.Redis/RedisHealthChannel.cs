@@ -1,0 +1,85 @@
+using System.Globalization;
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Routing.Health;
+using StackExchange.Redis;
+
+namespace PipelineGateway.Redis;
+
+/// <summary>
+/// Health verdicts over Redis pub/sub (<c>PREFIX:health</c>): a cooldown or an open circuit seen by one instance
+/// reaches the others in milliseconds. Messages are <c>instance␟kind␟duration-ms␟deployment-id</c>; an instance
+/// ignores its own. Pub/sub keeps no history: an instance that starts, or reconnects, while a verdict is running
+/// learns of that outage through its own attempts. StackExchange.Redis re-subscribes after a reconnect by itself;
+/// a subscription that could not be made at start is retried in the background.
+/// </summary>
+internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<RedisHealthChannel> logger) : IDistributedHealthChannel, IDisposable
+{
+    private const char Separator = '\u001f';
+    private readonly string _instance = Guid.NewGuid().ToString("N")[..12];
+    private readonly RedisChannel _channel = RedisChannel.Literal(redis.Options.KeyPrefix + ":health");
+    private readonly CancellationTokenSource _stop = new();
+
+    public void Publish(HealthSignal signal)
+    {
+        var message = string.Join(Separator, _instance, (int)signal.Kind, ((long)signal.Duration.TotalMilliseconds).ToString(CultureInfo.InvariantCulture), signal.DeploymentId);
+        try
+        {
+            redis.Subscriber.Publish(_channel, message, CommandFlags.FireAndForget);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+        {
+            // Redis is away: the other instances learn of this outage through their own attempts.
+        }
+    }
+
+    public void Subscribe(Action<HealthSignal> onSignal) => _ = SubscribeAsync(onSignal);
+
+    private async Task SubscribeAsync(Action<HealthSignal> onSignal)
+    {
+        var delay = TimeSpan.FromMilliseconds(250);
+        while (!_stop.IsCancellationRequested)
+        {
+            try
+            {
+                await redis.Subscriber.SubscribeAsync(_channel, (_, message) => Deliver(message, onSignal)).ConfigureAwait(false);
+                return;
+            }
+            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            {
+                LogSubscribeFailed(logger, ex.Message);
+                try
+                {
+                    await Task.Delay(delay, _stop.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+
+                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
+            }
+        }
+    }
+
+    private void Deliver(RedisValue message, Action<HealthSignal> onSignal)
+    {
+        var parts = ((string?)message ?? string.Empty).Split(Separator, 4);
+        if (parts.Length != 4 || parts[0] == _instance
+            || !int.TryParse(parts[1], CultureInfo.InvariantCulture, out var kind) || !Enum.IsDefined((HealthSignalKind)kind)
+            || !long.TryParse(parts[2], CultureInfo.InvariantCulture, out var ms))
+        {
+            return; // this instance's own, or not a message of ours
+        }
+
+        onSignal(new HealthSignal(parts[3], (HealthSignalKind)kind, TimeSpan.FromMilliseconds(ms)));
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _stop.Dispose();
+    }
+
+    [LoggerMessage(EventId = 10, Level = LogLevel.Warning, Message = "Could not subscribe to shared health signals ({Reason}); retrying.")]
+    private static partial void LogSubscribeFailed(ILogger logger, string reason);
+}

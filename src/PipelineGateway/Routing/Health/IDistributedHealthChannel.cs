@@ -1,0 +1,31 @@
+namespace PipelineGateway.Routing.Health;
+
+/// <summary>
+/// Carries health verdicts between gateway instances (for example over Redis pub/sub, in PipelineGateway.Redis):
+/// when one instance opens a deployment's circuit or cools it down after a 429, the others stop sending to it too,
+/// instead of each learning the outage with its own failed requests.
+/// </summary>
+public interface IDistributedHealthChannel
+{
+    /// <summary>Tells the other instances; in the background, never throws.</summary>
+    void Publish(HealthSignal signal);
+
+    /// <summary>Starts delivering the other instances' signals (not this instance's own).</summary>
+    void Subscribe(Action<HealthSignal> onSignal);
+}
+
+/// <summary>
+/// A verdict on one deployment (<see cref="Deployment.Id"/>: group/provider/model, the same on every instance with
+/// the same configuration), valid for <see cref="Duration"/> from when it is received — durations rather than
+/// instants, so instances whose clocks disagree still agree on how long to stay away.
+/// </summary>
+public readonly record struct HealthSignal(string DeploymentId, HealthSignalKind Kind, TimeSpan Duration);
+
+public enum HealthSignalKind
+{
+    /// <summary>The upstream said 429: send nothing until the cooldown is over.</summary>
+    Cooldown,
+
+    /// <summary>The circuit opened: send nothing until it is over, then probe.</summary>
+    CircuitOpen,
+}

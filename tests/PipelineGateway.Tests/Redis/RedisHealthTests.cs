@@ -1,0 +1,80 @@
+using FluentAssertions;
+using PipelineGateway.Hosting;
+using PipelineGateway.Providers;
+using PipelineGateway.Redis;
+using PipelineGateway.Tests.Support;
+using StackExchange.Redis;
+
+namespace PipelineGateway.Tests.Redis;
+
+/// <summary>Health verdicts shared by two gateway instances through Redis pub/sub.</summary>
+public sealed class RedisHealthTests
+{
+    private const string Primary = "m/p/m";
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    // Model "m": deployment p first, q as the fallback; the same configuration on both instances.
+    private static Task<Gateway> Instance(string redis, string prefix, FakeProvider p, FakeProvider q) =>
+        TestGateway.With(p, q)
+            .Configure(o =>
+            {
+                o.Health.ConsecutiveFailures = 2;
+                o.Health.Cooldown = TimeSpan.FromSeconds(30);
+                o.Pipeline.RetryBaseDelay = TimeSpan.FromMilliseconds(1);
+            })
+            .UseRedis(redis, keyPrefix: prefix)
+            .StartAsync(Ct);
+
+    private static Task BothSubscribed(string redis, string prefix)
+    {
+        var db = RedisServer.Connect(redis);
+        return Wait.Until(() => (long)((RedisResult[])db.Execute("PUBSUB", "NUMSUB", prefix + ":health")!)[1] == 2, "both instances subscribe to health signals");
+    }
+
+    private static string Prefix() => "t" + Guid.NewGuid().ToString("N")[..12];
+
+    [Fact]
+    public async Task A_429_cooldown_seen_by_one_instance_is_honoured_by_the_other()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        var pA = new FakeProvider("p") { OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.RateLimited, "429", 429, TimeSpan.FromSeconds(30)) };
+        var pB = new FakeProvider("p");
+        await using var a = await Instance(redis, prefix, pA, new FakeProvider("q"));
+        await using var b = await Instance(redis, prefix, pB, new FakeProvider("q"));
+        await BothSubscribed(redis, prefix); // pub/sub keeps no history: both must listen before the verdict
+
+        (await a.SubmitAsync(TestGateway.Request(), Ct)).Gateway!.Provider.Should().Be("q", "A falls back after p's 429");
+
+        await Wait.Until(() => b.Metrics.GetSnapshot().Deployments[Primary].CooldownRemainingMs > 20_000, "B learns of p's cooldown", timeoutMs: 5_000);
+        for (var i = 0; i < 5; i++)
+        {
+            (await b.SubmitAsync(TestGateway.Request(text: $"b{i}"), Ct)).Gateway!.Provider.Should().Be("q");
+        }
+
+        pB.Calls.Should().Be(0, "B never sends to a deployment another instance saw rate-limited");
+    }
+
+    [Fact]
+    public async Task A_circuit_opened_by_one_instance_is_open_on_the_other()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        var pA = new FakeProvider("p") { OnComplete = (_, _) => throw FakeProvider.Fail503() };
+        var pB = new FakeProvider("p");
+        await using var a = await Instance(redis, prefix, pA, new FakeProvider("q"));
+        await using var b = await Instance(redis, prefix, pB, new FakeProvider("q"));
+        await BothSubscribed(redis, prefix);
+
+        for (var i = 0; i < 3; i++)
+        {
+            await a.SubmitAsync(TestGateway.Request(text: $"a{i}"), Ct);
+        }
+
+        a.Metrics.GetSnapshot().Deployments[Primary].HealthState.Should().Be("open");
+        await Wait.Until(() => b.Metrics.GetSnapshot().Deployments[Primary].HealthState == "open", "B opens p's circuit too", timeoutMs: 5_000);
+        (await b.SubmitAsync(TestGateway.Request(text: "b"), Ct)).Gateway!.Provider.Should().Be("q");
+        pB.Calls.Should().Be(0);
+    }
+}
