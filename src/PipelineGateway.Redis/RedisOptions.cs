@@ -29,6 +29,9 @@ public sealed class RedisOptions
     /// <summary>Use Redis as a shared second level behind each instance's response cache.</summary>
     public bool Cache { get; set; } = true;
 
+    /// <summary>Share budget accounts (spend and reservations) across the fleet.</summary>
+    public bool Budgets { get; set; } = true;
+
     /// <summary>Share circuit openings and 429 cooldowns between instances (pub/sub).</summary>
     public bool Health { get; set; } = true;
 

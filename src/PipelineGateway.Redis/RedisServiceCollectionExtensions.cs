@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using PipelineGateway.Admission;
 using PipelineGateway.Caching;
+using PipelineGateway.Cost;
 using PipelineGateway.Routing.Health;
 using PipelineGateway.Hosting;
 
@@ -12,8 +13,8 @@ public static class RedisServiceCollectionExtensions
 {
     /// <summary>
     /// Distributed mode from the <c>Gateway:Redis</c> section (nothing happens when the section is absent):
-    /// the admission rate limits, the response cache and deployment health (open circuits, 429 cooldowns) are
-    /// shared by every instance that uses the same Redis and key prefix.
+    /// the admission rate limits, the response cache, deployment health (open circuits, 429 cooldowns) and budget
+    /// accounts are shared by every instance that uses the same Redis and key prefix.
     /// </summary>
     public static IServiceCollection AddPipelineGatewayRedis(this IServiceCollection services, IConfiguration configuration)
     {
@@ -31,6 +32,11 @@ public static class RedisServiceCollectionExtensions
         if (probe.RateLimits)
         {
             services.TryAddSingleton<IDistributedRateLimitStore, RedisRateLimitStore>();
+        }
+
+        if (probe.Budgets)
+        {
+            services.TryAddSingleton<IDistributedBudgetStore, RedisBudgetStore>();
         }
 
         if (probe.Health)

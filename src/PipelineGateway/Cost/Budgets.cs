@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.ComponentModel.DataAnnotations;
+using System.Globalization;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Hosting;
 using PipelineGateway.Pipeline;
@@ -45,12 +46,66 @@ public sealed class BudgetOptions
 /// would pass the limit, so concurrent requests can overspend by at most what they were reserved for and
 /// then exceeded. Amounts are whole nano-dollars under a lock per budget partition (not shared by all requests).
 /// </summary>
-internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTable pricing, TimeProvider time)
+internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTable pricing, TimeProvider time, IDistributedBudgetStore? store = null)
 {
     private readonly BudgetOptions[] _budgets = [.. options.Value.Budgets];
     private readonly ConcurrentDictionary<(int Budget, string Key), Account> _accounts = new();
 
     public bool IsEnabled => _budgets.Length > 0;
+
+    /// <summary>True when the accounts are shared through a distributed store (reservation is then asynchronous).</summary>
+    public bool IsDistributed => store is not null && _budgets.Length > 0;
+
+    /// <summary>
+    /// Reserves in the shared store: all accounts or none. Throws <see cref="BudgetExceededException"/> on a
+    /// refusal; with the store unreachable, fails open to the local accounts or refuses, as configured.
+    /// </summary>
+    public async ValueTask ReserveSharedAsync(WorkItem item)
+    {
+        var estimate = ToNano(Estimate(item));
+        var key = item.Request.Gateway?.RateLimitKey ?? string.Empty;
+        var now = time.GetUtcNow();
+        var refs = new List<BudgetAccountRef>(_budgets.Length);
+        for (var i = 0; i < _budgets.Length; i++)
+        {
+            var b = _budgets[i];
+            if (b.Scope == BudgetScope.Key && b.Key is not null && b.Key != key)
+            {
+                continue;
+            }
+
+            var (period, end) = b.Period == BudgetPeriod.Day
+                ? ("d" + now.UtcDateTime.ToString("yyyyMMdd", CultureInfo.InvariantCulture), new DateTimeOffset(now.UtcDateTime.Date.AddDays(1), TimeSpan.Zero))
+                : ("m" + now.UtcDateTime.ToString("yyyyMM", CultureInfo.InvariantCulture), new DateTimeOffset(now.Year, now.Month, 1, 0, 0, 0, TimeSpan.Zero).AddMonths(1));
+            refs.Add(new BudgetAccountRef($"{i}:{(b.Scope == BudgetScope.Global ? string.Empty : key)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName));
+        }
+
+        if (refs.Count == 0)
+        {
+            item.BudgetReservation = NoReservation;
+            return;
+        }
+
+        var result = await store!.TryReserveAsync(refs, estimate, CancellationToken.None).ConfigureAwait(false);
+        if (result.Unavailable)
+        {
+            if (store.FailOpen)
+            {
+                Reserve(item); // this instance's own accounts stand in
+                return;
+            }
+
+            throw new BudgetExceededException("budget store unreachable", 0m, 0m);
+        }
+
+        if (!result.Reserved)
+        {
+            var refused = refs[Math.Clamp(result.RefusedBy, 0, refs.Count - 1)];
+            throw new BudgetExceededException(refused.DisplayName, FromNano(refused.LimitNanoUsd), FromNano(result.SpentAndReservedNanoUsd));
+        }
+
+        item.SharedBudgetReservation = new SharedReservation(refs, estimate);
+    }
 
     /// <summary>Reserves the estimate in every budget that applies, or throws without reserving any.</summary>
     public void Reserve(WorkItem item)
@@ -98,6 +153,13 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     /// <summary>Replaces the reservation with the actual cost (0 for a failure or a cache hit).</summary>
     public void Settle(WorkItem item, decimal actual)
     {
+        if (item.SharedBudgetReservation is { } shared)
+        {
+            item.SharedBudgetReservation = null;
+            store!.Settle(shared.Accounts, shared.Estimate, ToNano(actual));
+            return;
+        }
+
         if (item.BudgetReservation is not { } r)
         {
             return;
@@ -133,6 +195,11 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     private static decimal FromNano(long nano) => nano / 1_000_000_000m;
 
     internal sealed record Reservation(Account[] Accounts, long Estimate);
+
+    internal sealed record SharedReservation(IReadOnlyList<BudgetAccountRef> Accounts, long Estimate);
+
+    /// <summary>A request no budget applies to.</summary>
+    internal static readonly Reservation NoReservation = new([], 0);
 
     internal sealed class Account(BudgetOptions options)
     {

@@ -147,6 +147,9 @@ internal sealed class WorkItem
     /// <summary>What admission reserved against budgets, settled with the actual cost.</summary>
     public Cost.BudgetTracker.Reservation? BudgetReservation { get; set; }
 
+    /// <summary>A reservation in a shared budget store, settled with the actual cost.</summary>
+    public Cost.BudgetTracker.SharedReservation? SharedBudgetReservation { get; set; }
+
     /// <summary>Prompt tokens (counted with the model's tokenizer) plus the completion budget; computed once, on demand.</summary>
     public long EstimatedTokens
     {

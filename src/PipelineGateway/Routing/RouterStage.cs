@@ -1,5 +1,6 @@
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
+using PipelineGateway.Cost;
 using PipelineGateway.Pipeline;
 using PipelineGateway.Routing.Health;
 
@@ -29,7 +30,15 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
             return ValueTask.CompletedTask;
         }
 
-        if (item.AttemptCount == 0 && item.BudgetReservation is null && Pipeline.Budgets.IsEnabled)
+        if (item.AttemptCount == 0 && item.BudgetReservation is null && item.SharedBudgetReservation is null && Pipeline.Budgets.IsDistributed)
+        {
+            // The shared store answers after a round trip: the router goes on meanwhile, and the request comes
+            // back through the router's channel once its reservation is made (that channel never fills).
+            _ = ReserveSharedThenRouteAsync(item);
+            return ValueTask.CompletedTask;
+        }
+
+        if (item.AttemptCount == 0 && item.BudgetReservation is null && item.SharedBudgetReservation is null && Pipeline.Budgets.IsEnabled)
         {
             // Budgets are reserved here, after the cache: a cache hit costs nothing and is never refused.
             try
@@ -71,6 +80,31 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
 
         var writer = chosen.Pool.Writer;
         return writer.TryWrite(item) ? ValueTask.CompletedTask : WaitForRoomAsync(writer, item, chosen);
+    }
+
+    private async Task ReserveSharedThenRouteAsync(WorkItem item)
+    {
+        try
+        {
+            await Pipeline.Budgets.ReserveSharedAsync(item).ConfigureAwait(false);
+        }
+        catch (BudgetExceededException ex)
+        {
+            Pipeline.Metrics.OnBudgetExceeded();
+            Pipeline.FailAndRetire(item, ex);
+            return;
+        }
+
+        if (item.BudgetReservation is null && item.SharedBudgetReservation is null)
+        {
+            // Reserved nowhere (no budget applies to this key): mark it so the router does not ask again.
+            item.BudgetReservation = BudgetTracker.NoReservation;
+        }
+
+        if (!Pipeline.Routing.Writer.TryWrite(item))
+        {
+            Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
+        }
     }
 
     /// <summary>When the chosen provider's queue is full, another healthy candidate with room goes first.</summary>

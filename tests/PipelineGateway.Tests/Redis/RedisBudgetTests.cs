@@ -1,0 +1,66 @@
+using FluentAssertions;
+using PipelineGateway.Cost;
+using PipelineGateway.Hosting;
+using PipelineGateway.Redis;
+using PipelineGateway.Routing;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Redis;
+
+/// <summary>One budget spent by two gateway instances through a real Redis.</summary>
+public sealed class RedisBudgetTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    // $1 a token in and out: each answer costs 3 + 1 = $4; each request is reserved at $6 (see BudgetTests).
+    private static Task<Gateway> Instance(string redis, string prefix, FakeProvider provider) => new GatewayBuilder()
+        .AddProvider(provider, workers: 16, queueCapacity: 1000)
+        .Configure(o =>
+        {
+            o.Pipeline.MaxInFlight = 2048;
+            o.Pipeline.AdmissionQueueCapacity = 2048;
+            o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = provider.Name, InputPricePerMillion = 1_000_000m, OutputPricePerMillion = 1_000_000m }] });
+        })
+        .WithBudget(120m, BudgetPeriod.Day)
+        .UseRedis(redis, keyPrefix: prefix)
+        .StartAsync(Ct);
+
+    [Fact]
+    public async Task Two_instances_cannot_overspend_one_budget_beyond_the_reservations_in_flight()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = "t" + Guid.NewGuid().ToString("N")[..12];
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var a = await Instance(redis, prefix, FakeProvider.Gated("p", gate));
+        await using var b = await Instance(redis, prefix, FakeProvider.Gated("p", gate));
+
+        // 1,000 concurrent requests over both instances, each reserving $6: only 20 fit in $120 between them.
+        var all = Enumerable.Range(0, 1000).Select(i =>
+        {
+            var r = TestGateway.Request();
+            r.MaxTokens = 1;
+            return (i % 2 == 0 ? a : b).SubmitAsync(r, Ct).AsTask();
+        }).ToArray();
+        await Wait.Until(() => a.Metrics.GetSnapshot().TotalRequests + b.Metrics.GetSnapshot().TotalRequests == 980, "the rest are refused");
+        gate.SetResult();
+        var results = await Task.WhenAll(all.Select(async t =>
+        {
+            try
+            {
+                await t;
+                return true;
+            }
+            catch (BudgetExceededException)
+            {
+                return false;
+            }
+        }));
+
+        results.Count(ok => ok).Should().Be(20, "the fleet shares one $120 budget");
+        var db = RedisServer.Connect(redis);
+        var day = "d" + DateTime.UtcNow.ToString("yyyyMMdd", System.Globalization.CultureInfo.InvariantCulture);
+        var account = $"{prefix}:{{b}}:0::{day}";
+        await Wait.Until(() => (long)db.HashGet(account, "r") == 0, "every reservation is settled");
+        ((long)await db.HashGetAsync(account, "s")).Should().Be(80_000_000_000, "20 answers of $4, in nano-dollars");
+    }
+}
