@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using PipelineGateway.Batch;
 using PipelineGateway.Metrics;
+using PipelineGateway.Redis;
 
 namespace PipelineGateway.Cli;
 
@@ -16,7 +17,7 @@ internal static class BatchCommand
     {
         if (args.Positional.Count != 1)
         {
-            throw new CliException("Usage: pgw batch INPUT.jsonl -o OUTPUT.jsonl [--errors FILE] [--concurrency N] [--retry-failed] [--config FILE]");
+            throw new CliException("Usage: pgw batch INPUT.jsonl -o OUTPUT.jsonl [--errors FILE] [--concurrency N] [--retry-failed] [--config FILE] [--redis CONNECTION [--batch-id ID] [--claim-after SECONDS]]");
         }
 
         var outputPath = args.Get("o") ?? args.Get("output") ?? throw new CliException("Name the output file with -o OUTPUT.jsonl.");
@@ -29,11 +30,19 @@ internal static class BatchCommand
             RetryFailed = args.Has("retry-failed"),
         };
         var (configuration, source) = GatewayConfiguration.Load(args.Get("config"));
-        return await RunBatchAsync(configuration, source, options, output, stop).ConfigureAwait(false);
+        RedisBatchOptions? shared = args.Get("redis") is { } redis
+            ? new RedisBatchOptions
+            {
+                Configuration = redis,
+                BatchId = args.Get("batch-id"),
+                ClaimAfter = TimeSpan.FromSeconds(args.GetInt("claim-after", 120, 1, 86_400)),
+            }
+            : null;
+        return await RunBatchAsync(configuration, source, options, output, stop, shared).ConfigureAwait(false);
     }
 
     /// <summary>Runs one batch with a progress display, then prints the summary and the metrics snapshot.</summary>
-    public static async Task<int> RunBatchAsync(Microsoft.Extensions.Configuration.IConfiguration configuration, string source, BatchOptions options, TextWriter output, CancellationToken stop)
+    public static async Task<int> RunBatchAsync(Microsoft.Extensions.Configuration.IConfiguration configuration, string source, BatchOptions options, TextWriter output, CancellationToken stop, RedisBatchOptions? shared = null)
     {
         using var host = await GatewayHost.StartAsync(configuration, stop).ConfigureAwait(false);
         var queue = host.Services.GetRequiredService<IGatewayQueue>();
@@ -46,7 +55,9 @@ internal static class BatchCommand
         {
             await using (new ProgressReporter(output, !Console.IsOutputRedirected, progress))
             {
-                summary = await BatchRunner.RunAsync(queue, options, progress, stop).ConfigureAwait(false);
+                summary = shared is null
+                    ? await BatchRunner.RunAsync(queue, options, progress, stop).ConfigureAwait(false)
+                    : await RedisBatchRunner.RunAsync(queue, options, shared, progress, stop).ConfigureAwait(false);
             }
         }
         catch (BatchException ex)
@@ -60,7 +71,7 @@ internal static class BatchCommand
 
         await output.WriteLineAsync(JsonSerializer.Serialize(metrics.GetSnapshot(), CliJson.Indented.GatewayMetricsSnapshot)).ConfigureAwait(false);
         await output.WriteLineAsync($"""
-            {summary.Lines} lines: {summary.Succeeded} answered ({summary.CacheHits} from cache), {summary.Failed} failed, {summary.BadLines} bad lines, {summary.AlreadyDone} done by an earlier run.
+            {summary.Lines} lines: {summary.Succeeded} answered ({summary.CacheHits} from cache), {summary.Failed} failed, {summary.BadLines} bad lines, {summary.AlreadyDone} done by an earlier run{(shared is null ? string.Empty : " or another worker")}.
             Results: {Path.GetFullPath(summary.OutputPath)}
             Errors:  {Path.GetFullPath(summary.ErrorsPath)}
             """).ConfigureAwait(false);

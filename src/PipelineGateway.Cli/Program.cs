@@ -69,6 +69,8 @@ static int Usage(TextWriter output)
               Run an OpenAI Batch API input file through the gateway; results in the Batch output format.
               Killed or stopped, the same command again continues where it stopped (each custom_id once).
               --retry-failed runs the requests that failed before again.
+              --redis CONNECTION [--batch-id ID] [--claim-after SECONDS]: work one batch from several machines
+              through a Redis Stream; every machine ends with the complete output.
           serve [--urls http://127.0.0.1:8080] [--config FILE]
               Run the OpenAI-compatible HTTP front door (POST /v1/chat/completions, GET /v1/models,
               GET /v1/gateway/metrics, /healthz, /readyz). SIGTERM or Ctrl+C drains in-flight requests.

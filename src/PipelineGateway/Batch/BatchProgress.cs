@@ -30,6 +30,9 @@ public sealed class BatchProgress
 
     internal void AddAlreadyDone() => Interlocked.Increment(ref _alreadyDone);
 
+    /// <summary>Lines answered elsewhere (an earlier run, or other workers of a shared batch).</summary>
+    internal void SetAlreadyDone(long count) => Volatile.Write(ref _alreadyDone, count);
+
     internal void AddSucceeded(bool cached)
     {
         Interlocked.Increment(ref _succeeded);

@@ -93,7 +93,7 @@ public static class BatchRunner
         return summary with { Stopped = summary.Remaining > 0 };
     }
 
-    private static void CheckPaths(string input, string output, string errors)
+    internal static void CheckPaths(string input, string output, string errors)
     {
         if (!File.Exists(input))
         {
@@ -229,7 +229,7 @@ public static class BatchRunner
         }
     }
 
-    private static async Task<(bool, byte[])?> RunLineAsync(
+    internal static async Task<(bool, byte[])?> RunLineAsync(
         IGatewayQueue queue, BatchLine line, BatchRecords records, BatchProgress progress, TimeProvider time, CancellationToken stop, CancellationToken abort)
     {
         while (true)

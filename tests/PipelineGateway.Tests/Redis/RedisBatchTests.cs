@@ -1,0 +1,53 @@
+using FluentAssertions;
+using PipelineGateway.Tests.Support;
+using StackExchange.Redis;
+
+namespace PipelineGateway.Tests.Redis;
+
+/// <summary>One batch worked by two real <c>pgw batch --redis</c> processes; one is killed mid-run.</summary>
+public sealed class RedisBatchTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private const string SlowConfig = """
+        {
+          "Gateway": {
+            "Providers": [ { "Name": "sim", "Type": "Simulated", "Workers": 4, "QueueCapacity": 64, "Simulated": { "LatencyMs": 50, "Seed": 1 } } ],
+            "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim", "Model": "m" } ] } ]
+          }
+        }
+        """;
+
+    [Fact]
+    public async Task A_worker_killed_mid_batch_has_its_lines_finished_by_the_other_with_no_duplicate_custom_id()
+    {
+        var redis = RedisServer.Shared();
+        using var files = new BatchFiles();
+        const int lines = 400;
+        files.WriteRequests(lines);
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, SlowConfig, Ct);
+        var batchId = "t" + Guid.NewGuid().ToString("N")[..12];
+        string[] Args(string output) => ["batch", files.Input, "-o", output, "--config", config, "--concurrency", "8", "--redis", redis, "--batch-id", batchId, "--claim-after", "2"];
+        var db = RedisServer.Connect(redis);
+        var results = (RedisKey)$"pgw:batch:{{{batchId}}}:results";
+
+        var survivorOutput = Path.Combine(files.Dir, "survivor.jsonl");
+        using var victim = PgwProcess.Start(files.Dir, Args(Path.Combine(files.Dir, "victim.jsonl")));
+        using var survivor = PgwProcess.Start(files.Dir, Args(survivorOutput));
+        await Wait.Until(() => db.HashLength(results) >= 60 || victim.Process.HasExited, "both workers are under way", 60_000);
+        victim.Process.HasExited.Should().BeFalse(victim.Stderr);
+        victim.Process.Kill(); // SIGKILL: its pending lines stay claimed by a dead consumer
+        await victim.Process.WaitForExitAsync(Ct);
+
+        (await survivor.ExitCodeAsync()).Should().Be(0, survivor.Stderr);
+        var ids = BatchFiles.ReadRecords(survivorOutput).Select(r => r.GetProperty("custom_id").GetString()).ToList();
+        ids.Should().OnlyHaveUniqueItems("each line has one result, whoever ran it").And.HaveCount(lines, "the dead worker's lines were taken over");
+        ((long)await db.HashLengthAsync(results)).Should().Be(lines);
+        var pending = await db.StreamPendingAsync($"pgw:batch:{{{batchId}}}:work", "workers");
+        pending.PendingMessageCount.Should().Be(0, "every line is acknowledged");
+        var consumers = await db.StreamConsumerInfoAsync($"pgw:batch:{{{batchId}}}:work", "workers");
+        consumers.Should().HaveCount(2, "both processes worked the batch");
+        File.Exists(Path.Combine(files.Dir, "victim.jsonl")).Should().BeFalse("the killed worker never finished");
+    }
+}
