@@ -22,6 +22,8 @@ internal sealed partial class RedisConnection : IDisposable
 
     public RedisOptions Options { get; }
 
+    public ConnectionMultiplexer Multiplexer => _multiplexer.Value;
+
     public IDatabase Database => _multiplexer.Value.GetDatabase();
 
     public ISubscriber Subscriber => _multiplexer.Value.GetSubscriber();

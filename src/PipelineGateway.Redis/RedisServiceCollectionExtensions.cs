@@ -2,7 +2,9 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using PipelineGateway.Admission;
+using Microsoft.Extensions.Caching.StackExchangeRedis;
 using PipelineGateway.Caching;
+using StackExchange.Redis;
 using PipelineGateway.Cost;
 using PipelineGateway.Routing.Health;
 using PipelineGateway.Hosting;
@@ -46,7 +48,15 @@ public static class RedisServiceCollectionExtensions
 
         if (probe.Cache)
         {
-            services.TryAddSingleton<IDistributedResponseCache, RedisResponseCache>();
+            // The second level is Microsoft's Redis IDistributedCache on the gateway's own multiplexer (so it shares
+            // the fail-fast, reconnecting connection), behind the gateway's in-memory cache.
+            services.AddStackExchangeRedisCache(_ => { });
+            services.AddOptions<RedisCacheOptions>().Configure<RedisConnection>((o, connection) =>
+            {
+                o.InstanceName = connection.Options.KeyPrefix + ":c:";
+                o.ConnectionMultiplexerFactory = () => Task.FromResult<IConnectionMultiplexer>(connection.Multiplexer);
+            });
+            services.AddPipelineGatewayDistributedCache(probe.CacheMaxEntryBytes);
         }
 
         return services;

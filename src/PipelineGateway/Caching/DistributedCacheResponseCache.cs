@@ -1,57 +1,59 @@
 using System.Buffers;
 using System.Globalization;
 using System.Text.Json;
-using PipelineGateway.Caching;
-using StackExchange.Redis;
+using Microsoft.Extensions.Caching.Distributed;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 
-namespace PipelineGateway.Redis;
+namespace PipelineGateway.Caching;
 
 /// <summary>
-/// Redis as the shared second level behind each instance's in-memory cache: same canonical keys
-/// (<c>PREFIX:c:NAMESPACE:HASH</c>), the entry's TTL as the key's expiry, so an answer cached by one instance is
-/// a hit on every other. Entries larger than <see cref="RedisOptions.CacheMaxEntryBytes"/> stay in memory only
-/// (one huge answer should not cost every instance a large transfer on each hit). Writes are fire-and-forget;
-/// reads that fail or time out are misses, so an unreachable Redis never fails or slows a request beyond
-/// <see cref="RedisOptions.OperationTimeout"/>.
+/// The response cache's second level over any <see cref="IDistributedCache"/> (Redis, SQL Server, …): the
+/// in-memory cache stays the first level. Entries are <c>{"provider","provider_model","cost","response"}</c> so a
+/// hit on another instance reports who produced the answer and its cost; the TTL becomes the entry's absolute
+/// expiry. Answers over <paramref name="maxEntryBytes"/> stay local. Writes are in the background and a failed
+/// read is a miss: the second level never fails a request.
 /// </summary>
-internal sealed class RedisResponseCache(RedisConnection redis) : IDistributedResponseCache
+public sealed class DistributedCacheResponseCache(IDistributedCache cache, int maxEntryBytes = 512 * 1024) : IDistributedResponseCache
 {
-    private readonly string _prefix = redis.Options.KeyPrefix + ":c:";
-
     public async ValueTask<ChatCompletionResponse?> GetAsync(string key, CancellationToken cancellationToken)
     {
-        RedisValue value;
+        byte[]? bytes;
         try
         {
-            value = await redis.Database.StringGetAsync(_prefix + key).ConfigureAwait(false);
+            bytes = await cache.GetAsync(key, cancellationToken).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+        catch (Exception ex) when (ex is not OperationCanceledException)
         {
             return null;
         }
 
-        return value.IsNullOrEmpty ? null : Read((byte[])value!);
+        return bytes is null ? null : Read(bytes);
     }
 
     public void Set(string key, ChatCompletionResponse response, TimeSpan ttl)
     {
         var bytes = Write(response);
-        if (bytes.Length > redis.Options.CacheMaxEntryBytes || ttl <= TimeSpan.Zero)
+        if (bytes.Length > maxEntryBytes || ttl <= TimeSpan.Zero)
         {
             return;
         }
 
+        _ = SetAsync(key, bytes, ttl);
+    }
+
+    private async Task SetAsync(string key, byte[] bytes, TimeSpan ttl)
+    {
         try
         {
-            redis.Database.StringSet(_prefix + key, bytes, ttl, When.Always, CommandFlags.FireAndForget);
+            await cache.SetAsync(key, bytes, new DistributedCacheEntryOptions { AbsoluteExpirationRelativeToNow = ttl }).ConfigureAwait(false);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+        catch (Exception ex) when (ex is not OperationCanceledException)
         {
             // Not shared this time; the instance's own cache still has it.
         }
     }
 
-    /// <summary><c>{"provider","provider_model","cost","response"}</c>: the answer and who produced it at what cost.</summary>
     internal static byte[] Write(ChatCompletionResponse response)
     {
         var buffer = new ArrayBufferWriter<byte>(1024);
@@ -94,5 +96,18 @@ internal sealed class RedisResponseCache(RedisConnection redis) : IDistributedRe
         {
             return null; // written by another version, or damaged: a miss, and the next answer overwrites it
         }
+    }
+}
+
+public static class DistributedCacheServiceCollectionExtensions
+{
+    /// <summary>
+    /// Uses the registered <see cref="IDistributedCache"/> (any implementation) as the response cache's shared
+    /// second level. PipelineGateway.Redis does this for Redis by itself.
+    /// </summary>
+    public static IServiceCollection AddPipelineGatewayDistributedCache(this IServiceCollection services, int maxEntryBytes = 512 * 1024)
+    {
+        services.TryAddSingleton<IDistributedResponseCache>(sp => new DistributedCacheResponseCache(sp.GetRequiredService<IDistributedCache>(), maxEntryBytes));
+        return services;
     }
 }
