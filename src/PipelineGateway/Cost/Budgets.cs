@@ -95,7 +95,9 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
                 return;
             }
 
-            throw new BudgetExceededException("budget store unreachable", 0m, 0m);
+            var first = refs[0];
+            throw new BudgetExceededException(first.DisplayName, FromNano(first.LimitNanoUsd), 0m,
+                "The shared budget store is unreachable and the gateway is configured to fail closed, so spending cannot be checked; retry shortly.");
         }
 
         if (!result.Reserved)

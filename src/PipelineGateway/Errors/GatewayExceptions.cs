@@ -57,8 +57,8 @@ public sealed class DeadlineExceededException(TimeSpan timeout, IReadOnlyList<Ga
 }
 
 /// <summary>A spending budget would be exceeded by this request.</summary>
-public sealed class BudgetExceededException(string budget, decimal limit, decimal spent)
-    : GatewayException("budget_exceeded", $"Budget '{budget}' of ${limit} is exhausted (${spent} spent or reserved).")
+public sealed class BudgetExceededException(string budget, decimal limit, decimal spent, string? message = null)
+    : GatewayException("budget_exceeded", message ?? $"Budget '{budget}' of ${limit} is exhausted (${spent} spent or reserved).")
 {
     public string Budget { get; } = budget;
 

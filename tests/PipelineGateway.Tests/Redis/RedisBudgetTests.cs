@@ -13,7 +13,7 @@ public sealed class RedisBudgetTests
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     // $1 a token in and out: each answer costs 3 + 1 = $4; each request is reserved at $6 (see BudgetTests).
-    private static Task<Gateway> Instance(string redis, string prefix, FakeProvider provider) => new GatewayBuilder()
+    private static Task<Gateway> Instance(string redis, string prefix, FakeProvider provider, RedisFailureMode mode = RedisFailureMode.FailOpen) => new GatewayBuilder()
         .AddProvider(provider, workers: 16, queueCapacity: 1000)
         .Configure(o =>
         {
@@ -22,7 +22,7 @@ public sealed class RedisBudgetTests
             o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = provider.Name, InputPricePerMillion = 1_000_000m, OutputPricePerMillion = 1_000_000m }] });
         })
         .WithBudget(120m, BudgetPeriod.Day)
-        .UseRedis(redis, keyPrefix: prefix)
+        .UseRedis(redis, mode, prefix)
         .StartAsync(Ct);
 
     [Fact]
@@ -62,5 +62,42 @@ public sealed class RedisBudgetTests
         var account = $"{prefix}:{{b}}:0::{day}";
         await Wait.Until(() => (long)db.HashGet(account, "r") == 0, "every reservation is settled");
         ((long)await db.HashGetAsync(account, "s")).Should().Be(80_000_000_000, "20 answers of $4, in nano-dollars");
+    }
+
+    [Theory]
+    [InlineData(RedisFailureMode.FailOpen)]
+    [InlineData(RedisFailureMode.FailClosed)]
+    public async Task With_Redis_down_budgets_follow_the_failure_mode_and_recover(RedisFailureMode mode)
+    {
+        await using var server = await RedisServer.StartAsync();
+        await using var a = await Instance(server.Configuration, "t" + Guid.NewGuid().ToString("N")[..12], new FakeProvider("p"), mode);
+        var r = TestGateway.Request();
+        r.MaxTokens = 1;
+        await a.SubmitAsync(r, Ct);
+
+        await server.StopAsync();
+        var act = async () => await a.SubmitAsync(r, Ct);
+        if (mode == RedisFailureMode.FailOpen)
+        {
+            await act.Should().NotThrowAsync("this instance's own accounts stand in");
+        }
+        else
+        {
+            (await act.Should().ThrowAsync<BudgetExceededException>()).WithMessage("*unreachable*fail closed*");
+        }
+
+        await server.StartAsync();
+        await Wait.Until(() =>
+        {
+            try
+            {
+                a.SubmitAsync(r, Ct).AsTask().GetAwaiter().GetResult();
+                return true;
+            }
+            catch (BudgetExceededException)
+            {
+                return false;
+            }
+        }, "Redis is back and reservations work again");
     }
 }
