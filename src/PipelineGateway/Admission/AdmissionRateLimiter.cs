@@ -180,7 +180,8 @@ internal sealed partial class AdmissionRateLimiter
                     OnWaitStarted?.Invoke();
                 }
 
-                await Task.Delay(decision.RetryAfter, _time).ConfigureAwait(false);
+                // Ends early when the request is cancelled, times out or the gateway drains.
+                await Task.Delay(decision.RetryAfter, _time, item.Token).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             }
 
             OnWaitOver?.Invoke(item, null); // answered (cancelled, timed out) while waiting: the stage retires it
