@@ -126,19 +126,9 @@ public static class RedisBatchRunner
             await WriteFilesAsync(db, keys, options.OutputPath, errorsPath).ConfigureAwait(false);
         }
 
-        return new BatchSummary
-        {
-            OutputPath = options.OutputPath,
-            ErrorsPath = errorsPath,
-            Lines = lines,
-            AlreadyDone = progress.AlreadyDone,
-            Succeeded = progress.Succeeded,
-            Failed = progress.Failed,
-            BadLines = progress.BadLines,
-            CacheHits = progress.CacheHits,
-            Remaining = Math.Max(0, lines - finalDone),
-            Stopped = total is null || finalDone < total,
-        };
+        // Not finished while the line count is unknown (the input is still loading).
+        var remaining = total is null ? Math.Max(1, lines - finalDone) : Math.Max(0, lines - finalDone);
+        return progress.ToSummary(options.OutputPath, errorsPath, remaining) with { Lines = lines };
     }
 
     private static async Task RunEntryAsync(IGatewayQueue queue, IDatabase db, Keys keys, StreamEntry entry, BatchRecords records, BatchProgress progress, BatchOptions options, CancellationToken stop)

@@ -26,6 +26,21 @@ public sealed class BatchProgress
     /// <summary>Lines that have a result: already done, answered, failed or reported as bad.</summary>
     public long Done => AlreadyDone + Succeeded + Failed + BadLines;
 
+    /// <summary>The run's summary: what these counters say, with <paramref name="remaining"/> lines still to do.</summary>
+    internal BatchSummary ToSummary(string outputPath, string errorsPath, long remaining) => new()
+    {
+        OutputPath = outputPath,
+        ErrorsPath = errorsPath,
+        Lines = Lines,
+        AlreadyDone = AlreadyDone,
+        Succeeded = Succeeded,
+        Failed = Failed,
+        BadLines = BadLines,
+        CacheHits = CacheHits,
+        Remaining = remaining,
+        Stopped = remaining > 0,
+    };
+
     internal void SetLines(long lines) => Volatile.Write(ref _lines, lines);
 
     internal void AddAlreadyDone() => Interlocked.Increment(ref _alreadyDone);

@@ -78,19 +78,7 @@ public static class BatchRunner
             await writer.ConfigureAwait(false);
         }
 
-        var summary = new BatchSummary
-        {
-            OutputPath = options.OutputPath,
-            ErrorsPath = errorsPath,
-            Lines = progress.Lines,
-            AlreadyDone = progress.AlreadyDone,
-            Succeeded = progress.Succeeded,
-            Failed = progress.Failed,
-            BadLines = progress.BadLines,
-            CacheHits = progress.CacheHits,
-            Remaining = Math.Max(0, progress.Lines - progress.Done),
-        };
-        return summary with { Stopped = summary.Remaining > 0 };
+        return progress.ToSummary(options.OutputPath, errorsPath, Math.Max(0, progress.Lines - progress.Done));
     }
 
     internal static void CheckPaths(string input, string output, string errors)

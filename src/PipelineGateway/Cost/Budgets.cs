@@ -66,18 +66,13 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         var key = item.Request.Gateway?.RateLimitKey ?? string.Empty;
         var now = time.GetUtcNow();
         var refs = new List<BudgetAccountRef>(_budgets.Length);
-        for (var i = 0; i < _budgets.Length; i++)
+        foreach (var i in Applicable(key))
         {
             var b = _budgets[i];
-            if (b.Scope == BudgetScope.Key && b.Key is not null && b.Key != key)
-            {
-                continue;
-            }
-
             var (period, end) = b.Period == BudgetPeriod.Day
                 ? ("d" + now.UtcDateTime.ToString("yyyyMMdd", CultureInfo.InvariantCulture), new DateTimeOffset(now.UtcDateTime.Date.AddDays(1), TimeSpan.Zero))
                 : ("m" + now.UtcDateTime.ToString("yyyyMM", CultureInfo.InvariantCulture), new DateTimeOffset(now.Year, now.Month, 1, 0, 0, 0, TimeSpan.Zero).AddMonths(1));
-            refs.Add(new BudgetAccountRef($"{i}:{(b.Scope == BudgetScope.Global ? string.Empty : key)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName));
+            refs.Add(new BudgetAccountRef($"{i}:{AccountKey(b, key)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName));
         }
 
         if (refs.Count == 0)
@@ -121,15 +116,10 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         var key = item.Request.Gateway?.RateLimitKey ?? string.Empty;
         var period = time.GetUtcNow();
         var accounts = new List<Account>(_budgets.Length);
-        for (var i = 0; i < _budgets.Length; i++)
+        foreach (var i in Applicable(key))
         {
             var b = _budgets[i];
-            if (b.Scope == BudgetScope.Key && b.Key is not null && b.Key != key)
-            {
-                continue;
-            }
-
-            accounts.Add(_accounts.GetOrAdd((i, b.Scope == BudgetScope.Global ? string.Empty : key), static (_, b) => new Account(b), b));
+            accounts.Add(_accounts.GetOrAdd((i, AccountKey(b, key)), static (_, b) => new Account(b), b));
         }
 
         // All or nothing, in a fixed order so two requests never hold locks crosswise.
@@ -191,6 +181,21 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
 
         return dearest;
     }
+
+    /// <summary>The indexes of the budgets that apply to a gateway key.</summary>
+    private IEnumerable<int> Applicable(string key)
+    {
+        for (var i = 0; i < _budgets.Length; i++)
+        {
+            var b = _budgets[i];
+            if (b.Scope != BudgetScope.Key || b.Key is null || b.Key == key)
+            {
+                yield return i;
+            }
+        }
+    }
+
+    private static string AccountKey(BudgetOptions budget, string key) => budget.Scope == BudgetScope.Global ? string.Empty : key;
 
     private static long ToNano(decimal usd) => (long)decimal.Round(usd * 1_000_000_000m);
 

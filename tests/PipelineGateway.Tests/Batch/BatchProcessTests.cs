@@ -9,15 +9,6 @@ public sealed class BatchProcessTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    // One simulated provider slow enough (50 ms, 4 workers: ~80 lines/s) for a run to be killed in the middle.
-    private const string SlowConfig = """
-        {
-          "Gateway": {
-            "Providers": [ { "Name": "sim", "Type": "Simulated", "Workers": 4, "QueueCapacity": 64, "Simulated": { "LatencyMs": 50, "Seed": 1 } } ],
-            "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim", "Model": "m" } ] } ]
-          }
-        }
-        """;
 
     [Fact]
     public async Task A_batch_killed_mid_run_and_run_again_answers_every_custom_id_exactly_once()
@@ -102,8 +93,7 @@ public sealed class BatchProcessTests
     private static async Task<string[]> SlowBatchAsync(BatchFiles files)
     {
         files.WriteRequests(Lines);
-        var config = Path.Combine(files.Dir, "gateway.json");
-        await File.WriteAllTextAsync(config, SlowConfig, Ct);
+        var config = await files.WriteSlowConfigAsync(Ct);
         return ["batch", files.Input, "-o", files.Output, "--config", config, "--concurrency", "16"];
     }
 

@@ -9,14 +9,6 @@ public sealed class RedisBatchTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private const string SlowConfig = """
-        {
-          "Gateway": {
-            "Providers": [ { "Name": "sim", "Type": "Simulated", "Workers": 4, "QueueCapacity": 64, "Simulated": { "LatencyMs": 50, "Seed": 1 } } ],
-            "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim", "Model": "m" } ] } ]
-          }
-        }
-        """;
 
     [Fact]
     public async Task A_worker_killed_mid_batch_has_its_lines_finished_by_the_other_with_no_duplicate_custom_id()
@@ -25,8 +17,7 @@ public sealed class RedisBatchTests
         using var files = new BatchFiles();
         const int lines = 400;
         files.WriteRequests(lines);
-        var config = Path.Combine(files.Dir, "gateway.json");
-        await File.WriteAllTextAsync(config, SlowConfig, Ct);
+        var config = await files.WriteSlowConfigAsync(Ct);
         var batchId = "t" + Guid.NewGuid().ToString("N")[..12];
         string[] Args(string output) => ["batch", files.Input, "-o", output, "--config", config, "--concurrency", "8", "--redis", redis, "--batch-id", batchId, "--claim-after", "2"];
         var db = RedisServer.Connect(redis);

@@ -19,6 +19,24 @@ public sealed class BatchFiles : IDisposable
 
     public string Errors => Path.Combine(Dir, "output.errors.jsonl");
 
+    /// <summary>One simulated provider slow enough (50 ms, 4 workers: ~80 lines/s) for a run to be stopped in the middle.</summary>
+    public const string SlowConfig = """
+        {
+          "Gateway": {
+            "Providers": [ { "Name": "sim", "Type": "Simulated", "Workers": 4, "QueueCapacity": 64, "Simulated": { "LatencyMs": 50, "Seed": 1 } } ],
+            "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim", "Model": "m" } ] } ]
+          }
+        }
+        """;
+
+    /// <summary>Writes <see cref="SlowConfig"/> into the folder and returns its path.</summary>
+    public async Task<string> WriteSlowConfigAsync(CancellationToken cancellationToken)
+    {
+        var path = Path.Combine(Dir, "gateway.json");
+        await File.WriteAllTextAsync(path, SlowConfig, cancellationToken);
+        return path;
+    }
+
     public static string RequestLine(string customId, string model = "m", string text = "Hello!") =>
         new JsonObject
         {
