@@ -9,7 +9,6 @@ public sealed class BatchProcessTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-
     [Fact]
     public async Task A_batch_killed_mid_run_and_run_again_answers_every_custom_id_exactly_once()
     {

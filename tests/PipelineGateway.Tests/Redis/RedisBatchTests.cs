@@ -9,7 +9,6 @@ public sealed class RedisBatchTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-
     [Fact]
     public async Task A_worker_killed_mid_batch_has_its_lines_finished_by_the_other_with_no_duplicate_custom_id()
     {
