@@ -1,4 +1,6 @@
 using FluentAssertions;
+using PipelineGateway.Batch;
+using PipelineGateway.Redis;
 using PipelineGateway.Tests.Support;
 using StackExchange.Redis;
 
@@ -39,5 +41,40 @@ public sealed class RedisBatchTests
         var consumers = await db.StreamConsumerInfoAsync($"pgw:batch:{{{batchId}}}:work", "workers");
         consumers.Should().HaveCount(2, "both processes worked the batch");
         File.Exists(Path.Combine(files.Dir, "victim.jsonl")).Should().BeFalse("the killed worker never finished");
+    }
+
+    [Fact]
+    public async Task A_shared_batch_reports_bad_lines_and_duplicates_once_and_every_worker_writes_the_whole_result()
+    {
+        var redis = RedisServer.Shared();
+        using var files = new BatchFiles();
+        File.WriteAllLines(files.Input,
+        [
+            BatchFiles.RequestLine("a"),
+            "{not json",
+            BatchFiles.RequestLine("a"),
+            BatchFiles.RequestLine("b"),
+            BatchFiles.RequestLine("c", model: "nope"),
+        ]);
+        var shared = new RedisBatchOptions { Configuration = redis, BatchId = "t" + Guid.NewGuid().ToString("N")[..12] };
+        await using var one = await TestGateway.With(new FakeProvider("p")).StartAsync(Ct);
+        await using var two = await TestGateway.With(new FakeProvider("p")).StartAsync(Ct);
+        var secondOutput = Path.Combine(files.Dir, "second.jsonl");
+
+        var runs = await Task.WhenAll(
+            RedisBatchRunner.RunAsync(one, new BatchOptions { InputPath = files.Input, OutputPath = files.Output }, shared, stop: Ct),
+            RedisBatchRunner.RunAsync(two, new BatchOptions { InputPath = files.Input, OutputPath = secondOutput }, shared, stop: Ct));
+
+        runs.Should().AllSatisfy(r => r.Stopped.Should().BeFalse());
+        runs.Sum(r => r.Succeeded).Should().Be(2);
+        runs.Sum(r => r.Failed).Should().Be(1);
+        runs.Sum(r => r.BadLines).Should().Be(2);
+        foreach (var output in new[] { files.Output, secondOutput })
+        {
+            BatchFiles.ReadRecords(output).Select(r => r.GetProperty("custom_id").GetString()).Should().BeEquivalentTo("a", "b");
+            var errors = BatchFiles.ReadRecords(BatchOptions.DefaultErrorsPath(output));
+            errors.Select(e => e.GetProperty("error").GetProperty("code").GetString()).Should().BeEquivalentTo("invalid_json", "duplicate_custom_id", "model_not_found");
+            errors.Single(e => e.GetProperty("error").GetProperty("code").GetString() == "duplicate_custom_id").GetProperty("error").GetProperty("line").GetInt64().Should().Be(3);
+        }
     }
 }
