@@ -38,6 +38,8 @@ public sealed class FailureClassTests
     [InlineData("6m0s", 360_000)]
     [InlineData("20ms", 20)]
     [InlineData("1h2m3.5s", 3_723_500)]
+    [InlineData("0.5s", 500)]
+    [InlineData("1m30.25s", 90_250)]
     public void OpenAI_reset_durations_parse(string text, double ms) =>
         UpstreamHeaders.Duration(text).Should().Be(TimeSpan.FromMilliseconds(ms));
 
@@ -47,4 +49,11 @@ public sealed class FailureClassTests
         SecretRedactor.Redact("Incorrect API key provided: sk-proj-abc***wxyz. Check it.", null).Should().NotContain("abc").And.NotContain("wxyz");
         SecretRedactor.Redact("token my-secret-value rejected", "my-secret-value").Should().Be("token [redacted] rejected");
     }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("soon")]
+    [InlineData("15")]
+    public void Reset_durations_without_a_unit_are_not_durations(string text) =>
+        UpstreamHeaders.Duration(text).Should().BeNull();
 }
