@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.IO.Hashing;
 using System.Text;
+using System.Threading.Channels;
 using PipelineGateway.Batch;
 using StackExchange.Redis;
 
@@ -69,51 +70,93 @@ public static class RedisBatchRunner
         var db = connection.GetDatabase();
         var id = redis.BatchId ?? ContentId(options.InputPath);
         var keys = new Keys(redis.KeyPrefix, id);
-        var me = redis.ConsumerName ?? $"{Environment.MachineName}-{Environment.ProcessId}";
+        // Stable per machine and output file: a rerun of a stopped process picks up its own pending lines at once
+        // (instead of waiting ClaimAfter for another worker to claim them).
+        var me = redis.ConsumerName ?? $"{Environment.MachineName}-{XxHash64.HashToUInt64(Encoding.UTF8.GetBytes(Path.GetFullPath(options.OutputPath))):x8}";
         await EnsureGroupAsync(db, keys).ConfigureAwait(false);
 
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(stop);
         var loader = LoadAsync(db, keys, options.InputPath, me, progress, cts.Token);
-        var records = new BatchRecords[options.Concurrency];
-        for (var i = 0; i < records.Length; i++)
+
+        // Lines flow to a fixed set of workers through a small bounded queue: a slow line holds one worker, not a
+        // whole round of them. Lines fetched but not started when a stop comes stay pending for a rerun.
+        var work = Channel.CreateBounded<StreamEntry>(new BoundedChannelOptions(options.Concurrency) { SingleWriter = true, FullMode = BoundedChannelFullMode.Wait });
+        var workers = Enumerable.Range(0, options.Concurrency).Select(_ => Task.Run(async () =>
         {
-            records[i] = new BatchRecords();
-        }
+            var records = new BatchRecords();
+            await foreach (var entry in work.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            {
+                if (!stop.IsCancellationRequested)
+                {
+                    await RunEntryAsync(queue, db, keys, entry, records, progress, options, stop).ConfigureAwait(false);
+                }
+            }
+        })).ToArray();
 
         long? total = null;
-        while (!stop.IsCancellationRequested)
+        var position = "0-0"; // first this consumer's own pending lines (from a run that stopped), then new ones
+        try
         {
-            total ??= (long?)await db.StringGetAsync(keys.Total).ConfigureAwait(false);
-            var done = await db.HashLengthAsync(keys.Results).ConfigureAwait(false);
-            progress.SetAlreadyDone(Math.Max(0, done - progress.Succeeded - progress.Failed - progress.BadLines));
-            if (total is { } t)
+            while (!stop.IsCancellationRequested)
             {
-                progress.SetLines(t);
-                if (done >= t)
+                total ??= (long?)await db.StringGetAsync(keys.Total).ConfigureAwait(false);
+                var done = await db.HashLengthAsync(keys.Results).ConfigureAwait(false);
+                progress.SetAlreadyDone(Math.Max(0, done - progress.Succeeded - progress.Failed - progress.BadLines));
+                if (total is { } t)
                 {
-                    break;
-                }
-            }
-
-            var entries = await db.StreamReadGroupAsync(keys.Stream, Group, me, ">", options.Concurrency).ConfigureAwait(false);
-            if (entries.Length == 0)
-            {
-                var claimed = await db.StreamAutoClaimAsync(keys.Stream, Group, me, (long)redis.ClaimAfter.TotalMilliseconds, "0-0", options.Concurrency).ConfigureAwait(false);
-                entries = claimed.ClaimedEntries;
-            }
-
-            if (entries.Length == 0)
-            {
-                if (loader.IsFaulted)
-                {
-                    await loader.ConfigureAwait(false); // surfaces the loader's error
+                    progress.SetLines(t);
+                    if (done >= t)
+                    {
+                        break;
+                    }
                 }
 
-                await Task.Delay(TimeSpan.FromMilliseconds(100), stop).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-                continue;
-            }
+                var entries = await db.StreamReadGroupAsync(keys.Stream, Group, me, position, options.Concurrency).ConfigureAwait(false);
+                if (position != ">" && entries.Length == 0)
+                {
+                    position = ">";
+                    continue;
+                }
 
-            await Task.WhenAll(entries.Select((e, i) => RunEntryAsync(queue, db, keys, e, records[i], progress, options, stop))).ConfigureAwait(false);
+                if (entries.Length == 0)
+                {
+                    var claimed = await db.StreamAutoClaimAsync(keys.Stream, Group, me, (long)redis.ClaimAfter.TotalMilliseconds, "0-0", options.Concurrency).ConfigureAwait(false);
+                    entries = claimed.ClaimedEntries;
+                }
+
+                if (entries.Length == 0)
+                {
+                    if (loader.IsFaulted)
+                    {
+                        await loader.ConfigureAwait(false); // surfaces the loader's error
+                    }
+
+                    await Task.Delay(TimeSpan.FromMilliseconds(100), stop).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                    continue;
+                }
+
+                if (position != ">")
+                {
+                    position = entries[^1].Id!; // page through this consumer's own pending lines
+                }
+
+                try
+                {
+                    foreach (var entry in entries)
+                    {
+                        await work.Writer.WriteAsync(entry, stop).ConfigureAwait(false);
+                    }
+                }
+                catch (OperationCanceledException) when (stop.IsCancellationRequested)
+                {
+                    // Stopping: the lines not handed out stay pending for a rerun.
+                }
+            }
+        }
+        finally
+        {
+            work.Writer.TryComplete();
+            await Task.WhenAll(workers).ConfigureAwait(false);
         }
 
         await cts.CancelAsync().ConfigureAwait(false);

@@ -77,4 +77,29 @@ public sealed class RedisBatchTests
             errors.Single(e => e.GetProperty("error").GetProperty("code").GetString() == "duplicate_custom_id").GetProperty("error").GetProperty("line").GetInt64().Should().Be(3);
         }
     }
+
+    [Fact]
+    public async Task A_shared_batch_stopped_with_SIGTERM_exits_130_and_the_same_command_finishes_it()
+    {
+        var redis = RedisServer.Shared();
+        using var files = new BatchFiles();
+        files.WriteRequests(300);
+        var config = await files.WriteSlowConfigAsync(Ct);
+        var batchId = "t" + Guid.NewGuid().ToString("N")[..12];
+        string[] args = ["batch", files.Input, "-o", files.Output, "--config", config, "--concurrency", "8", "--redis", redis, "--batch-id", batchId, "--claim-after", "600"];
+        var db = RedisServer.Connect(redis);
+        var results = (RedisKey)$"pgw:batch:{{{batchId}}}:results";
+
+        using (var first = PgwProcess.Start(files.Dir, args))
+        {
+            await Wait.Until(() => db.HashLength(results) >= 40 || first.Process.HasExited, "the run is under way", 60_000);
+            PgwProcess.Signal(first.Process, "TERM");
+            (await first.ExitCodeAsync()).Should().Be(130, first.Stderr);
+        }
+
+        // claim-after is 10 minutes: the rerun finishes only because it takes up its own pending lines itself.
+        using var second = PgwProcess.Start(files.Dir, args);
+        (await second.ExitCodeAsync()).Should().Be(0, second.Stderr);
+        files.OutputRecords.Select(r => r.GetProperty("custom_id").GetString()).Should().OnlyHaveUniqueItems().And.HaveCount(300);
+    }
 }
