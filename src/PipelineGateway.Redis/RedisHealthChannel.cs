@@ -8,9 +8,10 @@ namespace PipelineGateway.Redis;
 /// <summary>
 /// Health verdicts over Redis pub/sub (<c>PREFIX:health</c>): a cooldown or an open circuit seen by one instance
 /// reaches the others in milliseconds. Messages are <c>instance␟kind␟duration-ms␟deployment-id</c>; an instance
-/// ignores its own. Pub/sub keeps no history: an instance that starts, or reconnects, while a verdict is running
-/// learns of that outage through its own attempts. StackExchange.Redis re-subscribes after a reconnect by itself;
-/// a subscription that could not be made at start is retried in the background.
+/// ignores its own. Pub/sub keeps no history, so each verdict is also kept as a key that expires with it
+/// (<c>PREFIX:health:v:KIND:DEPLOYMENT</c>): an instance that starts while a verdict runs reads the keys once it
+/// has subscribed and applies what is left of each. StackExchange.Redis re-subscribes after a reconnect by
+/// itself; a subscription that could not be made at start is retried in the background.
 /// </summary>
 internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<RedisHealthChannel> logger) : IDistributedHealthChannel, IDisposable
 {
@@ -25,6 +26,7 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
         try
         {
             redis.Subscriber.Publish(_channel, message, CommandFlags.FireAndForget);
+            redis.Database.StringSet(VerdictKey(signal.Kind, signal.DeploymentId), _instance, signal.Duration, When.Always, CommandFlags.FireAndForget);
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
         {
@@ -42,6 +44,7 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
             try
             {
                 await redis.Subscriber.SubscribeAsync(_channel, (_, message) => Deliver(message, onSignal)).ConfigureAwait(false);
+                await ReplayRunningVerdictsAsync(onSignal).ConfigureAwait(false);
                 return;
             }
             catch (Exception ex) when (ex is RedisException or TimeoutException)
@@ -57,6 +60,27 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
                 }
 
                 delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
+            }
+        }
+    }
+
+    private RedisKey VerdictKey(HealthSignalKind kind, string deploymentId) =>
+        $"{redis.Options.KeyPrefix}:health:v:{(int)kind}:{deploymentId}";
+
+    /// <summary>Verdicts given before this instance listened: applied for what is left of them.</summary>
+    private async Task ReplayRunningVerdictsAsync(Action<HealthSignal> onSignal)
+    {
+        var prefix = $"{redis.Options.KeyPrefix}:health:v:";
+        foreach (var server in redis.Multiplexer.GetServers().Where(s => s.IsConnected && !s.IsReplica))
+        {
+            await foreach (var key in server.KeysAsync(pattern: prefix + "*", pageSize: 500).ConfigureAwait(false))
+            {
+                var rest = ((string)key!)[prefix.Length..].Split(':', 2);
+                var ttl = await redis.Database.KeyTimeToLiveAsync(key).ConfigureAwait(false);
+                if (rest.Length == 2 && int.TryParse(rest[0], CultureInfo.InvariantCulture, out var kind) && Enum.IsDefined((HealthSignalKind)kind) && ttl is { } left && left > TimeSpan.Zero)
+                {
+                    onSignal(new HealthSignal(rest[1], (HealthSignalKind)kind, left));
+                }
             }
         }
     }

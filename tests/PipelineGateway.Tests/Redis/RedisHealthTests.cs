@@ -77,4 +77,22 @@ public sealed class RedisHealthTests
         (await b.SubmitAsync(TestGateway.Request(text: "b"), Ct)).Gateway!.Provider.Should().Be("q");
         pB.Calls.Should().Be(0);
     }
+
+    [Fact]
+    public async Task An_instance_that_starts_during_a_cooldown_honours_it_too()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        var pA = new FakeProvider("p") { OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.RateLimited, "429", 429, TimeSpan.FromSeconds(30)) };
+        await using var a = await Instance(redis, prefix, pA, new FakeProvider("q"));
+        (await a.SubmitAsync(TestGateway.Request(), Ct)).Gateway!.Provider.Should().Be("q");
+        var db = RedisServer.Connect(redis);
+        await Wait.Until(() => db.KeyExists($"{prefix}:health:v:0:{Primary}"), "the verdict is kept in Redis");
+
+        var pB = new FakeProvider("p");
+        await using var b = await Instance(redis, prefix, pB, new FakeProvider("q"));
+        await Wait.Until(() => b.Metrics.GetSnapshot().Deployments[Primary].CooldownRemainingMs > 20_000, "the late instance reads the running verdict", timeoutMs: 5_000);
+        (await b.SubmitAsync(TestGateway.Request(text: "late"), Ct)).Gateway!.Provider.Should().Be("q");
+        pB.Calls.Should().Be(0);
+    }
 }
