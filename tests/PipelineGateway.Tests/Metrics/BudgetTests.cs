@@ -41,20 +41,9 @@ public sealed class BudgetTests
         var all = Enumerable.Range(0, 1000).Select(_ => gateway.SubmitAsync(Req(), Ct).AsTask()).ToArray();
         await Wait.Until(() => gateway.Metrics.GetSnapshot().TotalRequests == 980, "the rest are refused");
         gate.SetResult();
-        var results = await Task.WhenAll(all.Select(async t =>
-        {
-            try
-            {
-                await t;
-                return true;
-            }
-            catch (BudgetExceededException)
-            {
-                return false;
-            }
-        }));
+        var admitted = await Outcomes.CountSucceeded<BudgetExceededException>(all);
 
-        results.Count(ok => ok).Should().Be(20);
+        admitted.Should().Be(20);
         var spent = gateway.Services.GetRequiredService<BudgetTracker>().Balances().Single().Value;
         spent.Spent.Should().Be(80m, "20 answers of $4 each settled");
         spent.Reserved.Should().Be(0);

@@ -43,20 +43,9 @@ public sealed class RedisBudgetTests
         }).ToArray();
         await Wait.Until(() => a.Metrics.GetSnapshot().TotalRequests + b.Metrics.GetSnapshot().TotalRequests == 980, "the rest are refused");
         gate.SetResult();
-        var results = await Task.WhenAll(all.Select(async t =>
-        {
-            try
-            {
-                await t;
-                return true;
-            }
-            catch (BudgetExceededException)
-            {
-                return false;
-            }
-        }));
+        var admitted = await Outcomes.CountSucceeded<BudgetExceededException>(all);
 
-        results.Count(ok => ok).Should().Be(20, "the fleet shares one $120 budget");
+        admitted.Should().Be(20, "the fleet shares one $120 budget");
         var db = RedisServer.Connect(redis);
         var day = "d" + DateTime.UtcNow.ToString("yyyyMMdd", System.Globalization.CultureInfo.InvariantCulture);
         var account = $"{prefix}:{{b}}:0::{day}";
