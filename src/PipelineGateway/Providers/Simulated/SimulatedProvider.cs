@@ -34,7 +34,7 @@ public sealed class SimulatedProvider : ILlmProvider
         {
             cancellationToken.ThrowIfCancellationRequested();
             FailIfDrawn(draw);
-            return new ValueTask<ChatCompletionResponse>(BuildResponse(request));
+            return new ValueTask<ChatCompletionResponse>(BuildResponse(request, draw));
         }
 
         return CompleteSlowAsync(request, draw, delay, cancellationToken);
@@ -44,7 +44,7 @@ public sealed class SimulatedProvider : ILlmProvider
     {
         await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
         FailIfDrawn(draw);
-        return BuildResponse(request);
+        return BuildResponse(request, draw);
     }
 
     public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
@@ -118,12 +118,12 @@ public sealed class SimulatedProvider : ILlmProvider
         }
     }
 
-    private ChatCompletionResponse BuildResponse(ProviderRequest request)
+    private ChatCompletionResponse BuildResponse(ProviderRequest request, ulong draw)
     {
         var words = AnswerWords(request.Request);
         return new ChatCompletionResponse
         {
-            Id = "chatcmpl-sim-" + Interlocked.Read(ref _calls).ToString(System.Globalization.CultureInfo.InvariantCulture),
+            Id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture), // this call's own draw: unique per call
             Created = _time.GetUtcNow().ToUnixTimeSeconds(),
             Model = request.Model,
             Choices = [new ChatChoice { Message = new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = string.Join(' ', words) }, FinishReason = FinishReasons.Stop }],
