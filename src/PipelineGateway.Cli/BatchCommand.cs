@@ -30,6 +30,11 @@ internal static class BatchCommand
             RetryFailed = args.Has("retry-failed"),
         };
         var (configuration, source) = GatewayConfiguration.Load(args.Get("config"));
+        if (args.Has("redis") && options.RetryFailed)
+        {
+            throw new CliException("--retry-failed works on a local batch's files; a shared (--redis) batch keeps its results in Redis. Run the failed lines as a new batch instead.");
+        }
+
         RedisBatchOptions? shared = args.Get("redis") is { } redis
             ? new RedisBatchOptions
             {
