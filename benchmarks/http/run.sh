@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# HTTP load benchmark: the same load against the simulator directly and through the gateway, in one run:
-# at saturation (wrk, fixed connections) and at a fixed rate (pgw-loadgen, open loop, 2,000 req/s by default).
+# HTTP load benchmark, all in one run: the same load against
+#   1. the simulator directly                                     (the baseline),
+#   2. a bare forwarding proxy in front of it (pgw-bareproxy)     (the floor of any Kestrel + HttpClient gateway),
+#   3. the gateway in front of it (pgw serve)                     (what is measured),
+# at saturation (wrk, fixed connections) and at a fixed rate (pgw-loadgen, open loop, 2,000 req/s by default),
+# plus the CPU each process spent per request at the fixed rate (from /proc/PID/stat) and the gateway's peak RSS.
 # Everything binds to 127.0.0.1; every run is bounded by its duration. Usage: benchmarks/http/run.sh [seconds] [rate]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -8,38 +12,67 @@ DURATION="${1:-15}"
 RATE="${2:-2000}"
 SIM_PORT=18181
 GW_PORT=18180
+BARE_PORT=18182
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 
-dotnet build -c Release src/PipelineGateway.Cli >/dev/null
-dotnet build -c Release benchmarks/PipelineGateway.LoadGen >/dev/null
+for project in src/PipelineGateway.Cli benchmarks/PipelineGateway.LoadGen benchmarks/PipelineGateway.BareProxy; do
+  dotnet build -c Release "$project" >/dev/null
+done
 PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
 LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
+BARE=benchmarks/PipelineGateway.BareProxy/bin/Release/net10.0/pgw-bareproxy
 
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 &
 SIM=$!
 "$PGW" serve --urls "http://127.0.0.1:$GW_PORT" --config benchmarks/http/gateway-over-simulator.json >/dev/null 2>&1 &
 GW=$!
-trap 'kill $SIM $GW 2>/dev/null; wait 2>/dev/null' EXIT
-for port in $SIM_PORT $GW_PORT; do
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/v1/models" >/dev/null 2>&1 && break; sleep 0.1; done
+"$BARE" --urls "http://127.0.0.1:$BARE_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 &
+BARE_PID=$!
+trap 'kill $SIM $GW $BARE_PID 2>/dev/null; wait 2>/dev/null' EXIT
+for port in $SIM_PORT $GW_PORT $BARE_PORT; do
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && break # any answer: the server is listening
+    sleep 0.1
+  done
 done
+
+URL_DIRECT="http://127.0.0.1:$SIM_PORT/v1/chat/completions"
+URL_BARE="http://127.0.0.1:$BARE_PORT/v1/chat/completions"
+URL_GW="http://127.0.0.1:$GW_PORT/v1/chat/completions"
 
 run() { # name url connections
   wrk -t2 -c"$3" -d"${DURATION}s" --latency -s benchmarks/http/post-chat.lua "$2" \
-    | awk -v name="$1" -v c="$3" '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {printf "%-28s c=%-4s %10s req/s  p50 %-9s p99 %s\n", name, c, rps, p50, p99}'
+    | awk -v name="$1" -v c="$3" '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {printf "%-22s c=%-4s %10s req/s  p50 %-9s p99 %s\n", name, c, rps, p50, p99}'
 }
 
-echo "warm-up"; wrk -t2 -c32 -d5s -s benchmarks/http/post-chat.lua "http://127.0.0.1:$GW_PORT/v1/chat/completions" >/dev/null
+# Warm-up: long enough for tiered compilation to finish its optimized code (under a saturating load the JIT's
+# background thread competes for the same two cores; measured before that, the gateway is ~15% slower).
+echo "warm-up (20 s)"
+wrk -t2 -c32 -d12s -s benchmarks/http/post-chat.lua "$URL_GW" >/dev/null
+wrk -t2 -c32 -d8s -s benchmarks/http/post-chat.lua "$URL_BARE" >/dev/null
+
 for c in 16 128; do
-  run "direct to simulator" "http://127.0.0.1:$SIM_PORT/v1/chat/completions" "$c"
-  run "through the gateway" "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$c"
+  run "direct to simulator" "$URL_DIRECT" "$c"
+  run "bare proxy (floor)" "$URL_BARE" "$c"
+  run "through the gateway" "$URL_GW" "$c"
 done
-fixed() { # name url
-  printf '%-28s ' "$1"
-  "$LOADGEN" "$2" --rate "$RATE" --seconds "$DURATION" --warmup 3 --connections 64
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU of a process, in clock ticks
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+fixed() { # name url pid-in-front-of-the-simulator (or empty)
+  local front0 sim0 front1 sim1 line
+  front0=$([ -n "$3" ] && ticks "$3" || echo 0); sim0=$(ticks $SIM)
+  line=$("$LOADGEN" "$2" --rate "$RATE" --seconds "$DURATION" --warmup 3 --connections 64)
+  front1=$([ -n "$3" ] && ticks "$3" || echo 0); sim1=$(ticks $SIM)
+  # The generator's warm-up requests are counted in the CPU figures too: divide by all requests sent.
+  local requests=$((RATE * (DURATION + 3)))
+  printf '%-22s %s\n%-22s CPU per request: simulator %d us' "$1" "$line" "" $(((sim1 - sim0) * TICK_US / requests))
+  [ -n "$3" ] && printf ', %s %d us' "$4" $(((front1 - front0) * TICK_US / requests))
+  echo
 }
 for _ in 1 2; do
-  fixed "direct to simulator" "http://127.0.0.1:$SIM_PORT/v1/chat/completions"
-  fixed "through the gateway" "http://127.0.0.1:$GW_PORT/v1/chat/completions"
+  fixed "direct to simulator" "$URL_DIRECT" "" ""
+  fixed "bare proxy (floor)" "$URL_BARE" "$BARE_PID" "bare proxy"
+  fixed "through the gateway" "$URL_GW" "$GW" "gateway"
 done
 echo "gateway peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$GW/status)"

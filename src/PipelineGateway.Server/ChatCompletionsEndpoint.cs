@@ -35,7 +35,7 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
         ChatCompletionRequest? request;
         try
         {
-            request = await JsonSerializer.DeserializeAsync(ctx.Request.Body, GatewayJsonContext.Default.ChatCompletionRequest, ctx.RequestAborted);
+            request = await JsonBody.ReadAsync(ctx.Request.BodyReader, GatewayJsonContext.Default.ChatCompletionRequest, ctx.RequestAborted);
         }
         catch (JsonException ex)
         {
@@ -78,8 +78,7 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
         {
             var response = await queue.SubmitAsync(request, SubmitMode.FailFast, ctx.RequestAborted);
             WriteGatewayHeaders(ctx, request, response.Gateway);
-            ctx.Response.ContentType = "application/json";
-            await JsonSerializer.SerializeAsync(ctx.Response.Body, response, GatewayJsonContext.Default.ChatCompletionResponse, ctx.RequestAborted);
+            await JsonBody.WriteAsync(ctx.Response, response, GatewayJsonContext.Default.ChatCompletionResponse, ctx.RequestAborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {

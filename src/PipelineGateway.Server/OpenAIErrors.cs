@@ -27,8 +27,7 @@ internal static class OpenAIErrors
             ctx.Response.Headers.RetryAfter = Math.Max(1, Math.Ceiling(ra.TotalSeconds)).ToString(CultureInfo.InvariantCulture);
         }
 
-        ctx.Response.ContentType = "application/json";
-        await JsonSerializer.SerializeAsync(ctx.Response.Body, new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody, CancellationToken.None);
+        await JsonBody.WriteAsync(ctx.Response, new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody, CancellationToken.None);
     }
 
     public static Task WriteAsync(HttpContext ctx, Exception error)

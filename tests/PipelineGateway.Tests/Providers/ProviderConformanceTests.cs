@@ -43,6 +43,9 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
     /// <summary>The adapter's provider type and base URL relative to the simulator.</summary>
     protected abstract ProviderOptions Options(Uri simulator);
 
+    /// <summary>Every request an adapter made, as it left the adapter (seen by the outermost handler).</summary>
+    protected List<(HttpRequestMessage Request, long? ContentLength)> Sent { get; } = [];
+
     protected HttpChatProvider Create(Action<ProviderOptions>? tweak = null, TimeProvider? time = null)
     {
         var options = Options(Simulator.BaseAddress);
@@ -50,7 +53,7 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
         options.ApiKeyEnvironmentVariable = _keyVariable;
         tweak?.Invoke(options);
         var factory = new HttpProviderFactory(options.Type);
-        return (HttpChatProvider)factory.Create(options, new TestHttpClientFactory(options, time ?? TimeProvider.System), time ?? TimeProvider.System, LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Trace)));
+        return (HttpChatProvider)factory.Create(options, new TestHttpClientFactory(options, time ?? TimeProvider.System, r => Sent.Add((r, r.Content?.Headers.ContentLength))), time ?? TimeProvider.System, LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Trace)));
     }
 
     protected static ProviderRequest Ask(string text = "What is a bounded channel?", int? maxTokens = null, Action<ChatCompletionRequest>? tweak = null)
@@ -73,6 +76,7 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
         response.Usage!.CompletionTokens.Should().Be(5);
         response.Usage.PromptTokens.Should().BePositive();
         response.Usage.TotalTokens.Should().Be(response.Usage.PromptTokens + 5);
+        Sent.Should().ContainSingle().Which.ContentLength.Should().BePositive("the body goes with its length, not chunked");
     }
 
     [Fact]
@@ -239,7 +243,7 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
 }
 
 /// <summary>The library's own named-client configuration, without a DI container.</summary>
-internal sealed class TestHttpClientFactory(ProviderOptions provider, TimeProvider time) : IHttpClientFactory
+internal sealed class TestHttpClientFactory(ProviderOptions provider, TimeProvider time, Action<HttpRequestMessage>? observe = null) : IHttpClientFactory
 {
     public HttpClient CreateClient(string name)
     {
@@ -252,6 +256,11 @@ internal sealed class TestHttpClientFactory(ProviderOptions provider, TimeProvid
             action(builder);
         }
 
+        if (observe is not null)
+        {
+            builder.AdditionalHandlers.Insert(0, new ObservingHandler(observe));
+        }
+
         var client = new HttpClient(builder.Build());
         foreach (var action in factoryOptions.HttpClientActions)
         {
@@ -259,6 +268,15 @@ internal sealed class TestHttpClientFactory(ProviderOptions provider, TimeProvid
         }
 
         return client;
+    }
+
+    private sealed class ObservingHandler(Action<HttpRequestMessage> observe) : DelegatingHandler
+    {
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            observe(request);
+            return base.SendAsync(request, cancellationToken);
+        }
     }
 
     private sealed class TestHandlerBuilder : Microsoft.Extensions.Http.HttpMessageHandlerBuilder

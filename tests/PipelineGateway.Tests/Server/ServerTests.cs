@@ -102,6 +102,53 @@ public sealed class ServerTests : IAsyncLifetime
         r.Headers.Contains("x-request-id").Should().BeTrue();
         r.Headers.GetValues("x-ratelimit-limit-requests").Should().Equal("5");
         r.Headers.GetValues("x-ratelimit-remaining-requests").Should().Equal("4");
+        r.Content.Headers.ContentLength.Should().Be((await r.Content.ReadAsByteArrayAsync(Ct)).Length, "the answer is sent with its length, not chunked");
+    }
+
+    [Fact]
+    public async Task A_body_of_several_kilobytes_sent_in_chunks_is_read_whole()
+    {
+        // 40 KB in 1 KB writes without a Content-Length: the body arrives chunked, over several pipe segments.
+        var text = new string('y', 40_000);
+        var json = Encoding.UTF8.GetBytes(Chat(text: text));
+        var content = new PushStreamContent(json, 1024);
+        content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+
+        var r = await Http.PostAsync(new Uri(Base, "v1/chat/completions"), content, Ct);
+
+        r.StatusCode.Should().Be(HttpStatusCode.OK);
+        (await r.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("usage").GetProperty("prompt_tokens").GetInt32().Should().BeGreaterThan(1000);
+    }
+
+    [Fact]
+    public async Task A_chunked_body_over_the_limit_is_413_too()
+    {
+        var content = new PushStreamContent(Encoding.UTF8.GetBytes(Chat(text: new string('x', 70_000))), 4096);
+        content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+
+        var r = await Http.PostAsync(new Uri(Base, "v1/chat/completions"), content, Ct);
+
+        r.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
+        (await Error(r)).GetProperty("code").GetString().Should().Be("request_too_large");
+    }
+
+    /// <summary>Writes a body in pieces and announces no length, so HttpClient sends it chunked.</summary>
+    private sealed class PushStreamContent(byte[] body, int piece) : HttpContent
+    {
+        protected override async Task SerializeToStreamAsync(Stream stream, System.Net.TransportContext? context)
+        {
+            for (var i = 0; i < body.Length; i += piece)
+            {
+                await stream.WriteAsync(body.AsMemory(i, Math.Min(piece, body.Length - i)));
+                await stream.FlushAsync();
+            }
+        }
+
+        protected override bool TryComputeLength(out long length)
+        {
+            length = 0;
+            return false;
+        }
     }
 
     [Fact]
@@ -121,6 +168,8 @@ public sealed class ServerTests : IAsyncLifetime
     public static TheoryData<string, string, HttpStatusCode, string?> BadRequests => new()
     {
         { "malformed JSON", """{"model": "gpt-4o-mini", "messages": [""", HttpStatusCode.BadRequest, null },
+        { "empty body", "", HttpStatusCode.BadRequest, null },
+        { "data after the JSON", """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]} {"again":1}""", HttpStatusCode.BadRequest, null },
         { "missing messages", """{"model":"gpt-4o-mini"}""", HttpStatusCode.BadRequest, "messages" },
         { "bad temperature", """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"temperature":9}""", HttpStatusCode.BadRequest, "temperature" },
         { "wrong type", """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":"many"}""", HttpStatusCode.BadRequest, "max_tokens" },

@@ -34,7 +34,7 @@ public sealed class AnthropicChatProvider : HttpChatProvider
         }
 
         message.Headers.TryAddWithoutValidation("anthropic-version", Options.AnthropicVersion);
-        message.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue(stream ? "text/event-stream" : "application/json"));
+        message.Headers.TryAddWithoutValidation("Accept", stream ? "text/event-stream" : "application/json");
         foreach (var (header, value) in Options.Headers)
         {
             message.Headers.TryAddWithoutValidation(header, value);
@@ -43,9 +43,9 @@ public sealed class AnthropicChatProvider : HttpChatProvider
         return message;
     }
 
-    protected override async ValueTask<ChatCompletionResponse> ReadResponseAsync(Stream body, ProviderRequest request, CancellationToken cancellationToken)
+    protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request)
     {
-        var message = await JsonSerializer.DeserializeAsync(body, AnthropicJsonContext.Default.AnthropicMessage, cancellationToken).ConfigureAwait(false)
+        var message = JsonSerializer.Deserialize(body, AnthropicJsonContext.Default.AnthropicMessage)
             ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
         var response = AnthropicTranslator.ToCanonical(message);
         response.Created = Time.GetUtcNow().ToUnixTimeSeconds();

@@ -47,7 +47,8 @@ public abstract partial class HttpChatProvider : ILlmProvider
 
     protected abstract HttpRequestMessage CreateRequest(ProviderRequest request, bool stream);
 
-    protected abstract ValueTask<ChatCompletionResponse> ReadResponseAsync(Stream body, ProviderRequest request, CancellationToken cancellationToken);
+    /// <summary>Parses a whole (non-streamed) answer, read into memory by the caller.</summary>
+    protected abstract ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request);
 
     protected abstract IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, CancellationToken cancellationToken);
 
@@ -58,17 +59,21 @@ public abstract partial class HttpChatProvider : ILlmProvider
     {
         using var message = CreateRequest(request, stream: false);
         using var response = await SendAsync(message, cancellationToken).ConfigureAwait(false);
+
+        // The answer is read into a pooled buffer and parsed synchronously: an answer is small, and parsing from
+        // memory skips System.Text.Json's resumable (async) reader, whose state it would otherwise allocate per call.
+        var body = await ResponseBody.ReadAsync(response.Content, cancellationToken).ConfigureAwait(false);
         try
         {
-            var body = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            await using (body.ConfigureAwait(false))
-            {
-                return await ReadResponseAsync(body, request, cancellationToken).ConfigureAwait(false);
-            }
+            return ParseResponse(body.Span, request);
         }
         catch (JsonException ex)
         {
             throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid chat completion: {ex.Message}", (int)response.StatusCode, inner: ex);
+        }
+        finally
+        {
+            body.Dispose();
         }
     }
 

@@ -1,5 +1,3 @@
-using System.Net.Http.Headers;
-using System.Net.Http.Json;
 using System.Net.ServerSentEvents;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
@@ -16,9 +14,12 @@ namespace PipelineGateway.Providers.OpenAI;
 /// </summary>
 public sealed class OpenAIChatProvider : HttpChatProvider
 {
-    private static readonly MediaTypeHeaderValue JsonType = new("application/json") { CharSet = "utf-8" };
     private readonly Uri _base;
+    private readonly Uri _chat;
     private readonly bool _azure;
+
+    /// <summary>The key header's value (<c>Bearer …</c>, or the bare key for Azure), built once. Never logged.</summary>
+    private readonly string? _authorization;
 
     public OpenAIChatProvider(string name, HttpClient http, ProviderOptions options, string? apiKey, TimeProvider time, ILogger logger)
         : base(name, http, options, apiKey, time, logger)
@@ -26,30 +27,27 @@ public sealed class OpenAIChatProvider : HttpChatProvider
         _azure = string.Equals(options.Type, ProviderTypes.AzureOpenAI, StringComparison.OrdinalIgnoreCase);
         var baseUrl = options.BaseUrl ?? (_azure ? throw new ArgumentException($"Provider '{name}': Azure OpenAI needs BaseUrl (the resource endpoint).") : "https://api.openai.com/v1");
         _base = new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/");
+        _chat = new Uri(_base, "chat/completions");
+        _authorization = string.IsNullOrEmpty(apiKey) ? null : _azure ? apiKey : "Bearer " + apiKey;
     }
 
     protected override HttpRequestMessage CreateRequest(ProviderRequest request, bool stream)
     {
         var uri = _azure
             ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/chat/completions?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
-            : new Uri(_base, "chat/completions");
-        var message = new HttpRequestMessage(HttpMethod.Post, uri)
+            : _chat;
+
+        // Serialized up front (System.Text.Json's pooled writer, one array for the result) so the upstream gets a
+        // Content-Length instead of a chunked body, which not every OpenAI-compatible server reads well.
+        var content = new ByteArrayContent(JsonSerializer.SerializeToUtf8Bytes(request.Request.ForUpstream(request.Model, stream), GatewayJsonContext.Default.ChatCompletionRequest));
+        content.Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=utf-8");
+        var message = new HttpRequestMessage(HttpMethod.Post, uri) { Content = content };
+        if (_authorization is not null)
         {
-            Content = JsonContent.Create(request.Request.ForUpstream(request.Model, stream), GatewayJsonContext.Default.ChatCompletionRequest, JsonType),
-        };
-        if (!string.IsNullOrEmpty(ApiKey))
-        {
-            if (_azure)
-            {
-                message.Headers.TryAddWithoutValidation("api-key", ApiKey);
-            }
-            else
-            {
-                message.Headers.Authorization = new AuthenticationHeaderValue("Bearer", ApiKey);
-            }
+            message.Headers.TryAddWithoutValidation(_azure ? "api-key" : "Authorization", _authorization);
         }
 
-        message.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue(stream ? "text/event-stream" : "application/json"));
+        message.Headers.TryAddWithoutValidation("Accept", stream ? "text/event-stream" : "application/json");
         foreach (var (header, value) in Options.Headers)
         {
             message.Headers.TryAddWithoutValidation(header, value);
@@ -58,8 +56,8 @@ public sealed class OpenAIChatProvider : HttpChatProvider
         return message;
     }
 
-    protected override async ValueTask<ChatCompletionResponse> ReadResponseAsync(Stream body, ProviderRequest request, CancellationToken cancellationToken) =>
-        await JsonSerializer.DeserializeAsync(body, GatewayJsonContext.Default.ChatCompletionResponse, cancellationToken).ConfigureAwait(false)
+    protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request) =>
+        JsonSerializer.Deserialize(body, GatewayJsonContext.Default.ChatCompletionResponse)
         ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
 
     protected override async IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
