@@ -51,6 +51,7 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IProviderFactory, SimulatedProviderFactory>());
         services.AddHttpClient();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IConfigureOptions<HttpClientFactoryOptions>, ProviderHttpClients>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IPostConfigureOptions<LoggerFilterOptions>, ProviderClientLogging>());
         foreach (var type in new[] { ProviderTypes.OpenAI, ProviderTypes.OpenAICompatible, ProviderTypes.AzureOpenAI, ProviderTypes.Anthropic })
         {
             services.AddSingleton<IProviderFactory>(new HttpProviderFactory(type));

@@ -64,6 +64,26 @@ internal sealed class ProviderHttpClients(IOptions<GatewayOptions> gateway, Time
     }
 }
 
+/// <summary>
+/// Quiets IHttpClientFactory's per-request logging of the provider clients (four Information lines per upstream
+/// call: start, sending, headers received, end) to Warning: the gateway logs its attempts itself, and at a few
+/// thousand requests a second writing those lines costs more CPU than the gateway's own work. Any level configured for
+/// HttpClient logging (a category starting with <c>System.Net.Http.HttpClient</c>, e.g.
+/// <c>Logging:LogLevel:System.Net.Http.HttpClient.pgw-provider</c>) turns this off.
+/// </summary>
+internal sealed class ProviderClientLogging : IPostConfigureOptions<LoggerFilterOptions>
+{
+    public const string Category = "System.Net.Http.HttpClient." + ProviderHttpClients.Prefix;
+
+    public void PostConfigure(string? name, LoggerFilterOptions options)
+    {
+        if (!options.Rules.Any(r => r.CategoryName?.StartsWith("System.Net.Http.HttpClient", StringComparison.OrdinalIgnoreCase) == true))
+        {
+            options.Rules.Add(new LoggerFilterRule(null, Category, LogLevel.Warning, null));
+        }
+    }
+}
+
 /// <summary>Creates the HTTP adapters (OpenAI, OpenAI-compatible, Azure OpenAI, Anthropic) from configuration.</summary>
 /// <remarks>
 /// It takes its services when it creates a provider, not in its constructor: the options validator lists the
