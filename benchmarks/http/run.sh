@@ -40,9 +40,13 @@ URL_DIRECT="http://127.0.0.1:$SIM_PORT/v1/chat/completions"
 URL_BARE="http://127.0.0.1:$BARE_PORT/v1/chat/completions"
 URL_GW="http://127.0.0.1:$GW_PORT/v1/chat/completions"
 
-run() { # name url connections
-  wrk -t2 -c"$3" -d"${DURATION}s" --latency -s benchmarks/http/post-chat.lua "$2" \
-    | awk -v name="$1" -v c="$3" '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {printf "%-22s c=%-4s %10s req/s  p50 %-9s p99 %s\n", name, c, rps, p50, p99}'
+declare -A RPS
+run() { # name url connections key
+  local line
+  line=$(wrk -t2 -c"$3" -d"${DURATION}s" --latency -s benchmarks/http/post-chat.lua "$2" \
+    | awk -v name="$1" -v c="$3" '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {printf "%-22s c=%-4s %10s req/s  p50 %-9s p99 %s\n", name, c, rps, p50, p99}')
+  echo "$line"
+  RPS[$4$3]=$(awk '{for (i = 2; i <= NF; i++) if ($i == "req/s") print $(i - 1)}' <<<"$line")
 }
 
 # Warm-up: long enough for tiered compilation to finish its optimized code (under a saturating load the JIT's
@@ -52,9 +56,11 @@ wrk -t2 -c32 -d12s -s benchmarks/http/post-chat.lua "$URL_GW" >/dev/null
 wrk -t2 -c32 -d8s -s benchmarks/http/post-chat.lua "$URL_BARE" >/dev/null
 
 for c in 16 128; do
-  run "direct to simulator" "$URL_DIRECT" "$c"
-  run "bare proxy (floor)" "$URL_BARE" "$c"
-  run "through the gateway" "$URL_GW" "$c"
+  run "direct to simulator" "$URL_DIRECT" "$c" direct
+  run "bare proxy (floor)" "$URL_BARE" "$c" bare
+  run "through the gateway" "$URL_GW" "$c" gateway
+  awk -v d="${RPS[direct$c]}" -v b="${RPS[bare$c]}" -v g="${RPS[gateway$c]}" -v c="$c" \
+    'BEGIN {printf "%-22s c=%-4s bare proxy %.0f%% of direct; gateway %.0f%% of direct, %.0f%% of the bare proxy\n", "saturation ratios", c, 100*b/d, 100*g/d, 100*g/b}'
 done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU of a process, in clock ticks

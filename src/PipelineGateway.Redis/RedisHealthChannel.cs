@@ -10,7 +10,8 @@ namespace PipelineGateway.Redis;
 /// reaches the others in milliseconds. Messages are <c>instance␟kind␟duration-ms␟deployment-id</c>; an instance
 /// ignores its own. Pub/sub keeps no history, so each verdict is also kept as a key that expires with it
 /// (<c>PREFIX:health:v:KIND:DEPLOYMENT</c>): an instance that starts while a verdict runs reads the keys once it
-/// has subscribed and applies what is left of each. StackExchange.Redis re-subscribes after a reconnect by
+/// has subscribed and applies what is left of each, and so does an instance whose connection to Redis comes back
+/// (the messages sent while it was away are lost to it). StackExchange.Redis re-subscribes after a reconnect by
 /// itself; a subscription that could not be made at start is retried in the background.
 /// </summary>
 internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<RedisHealthChannel> logger) : IDistributedHealthChannel, IDisposable
@@ -45,6 +46,10 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
             {
                 await redis.Subscriber.SubscribeAsync(_channel, (_, message) => Deliver(message, onSignal)).ConfigureAwait(false);
                 await ReplayRunningVerdictsAsync(onSignal).ConfigureAwait(false);
+
+                // Each restored connection (the subscription's and the commands') replays the kept verdicts: one
+                // of the two replays runs when both are back. Applying a verdict twice changes nothing.
+                redis.Multiplexer.ConnectionRestored += (_, _) => _ = ReplayAfterReconnectAsync(onSignal);
                 return;
             }
             catch (Exception ex) when (ex is RedisException or TimeoutException)
@@ -82,6 +87,18 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
                     onSignal(new HealthSignal(rest[1], (HealthSignalKind)kind, left));
                 }
             }
+        }
+    }
+
+    private async Task ReplayAfterReconnectAsync(Action<HealthSignal> onSignal)
+    {
+        try
+        {
+            await ReplayRunningVerdictsAsync(onSignal).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+        {
+            // The other connection is not back yet; its own restore replays again.
         }
     }
 

@@ -314,7 +314,7 @@ internal sealed partial class GatewayPipeline
         AllowSynchronousContinuations = false,
     };
 
-    [LoggerMessage(EventId = 1, Level = LogLevel.Warning, Message = "Request {RequestId} failed for model {Model}: {ErrorType} after {Attempts} attempt(s): {Reason}")]
+    [LoggerMessage(EventId = 1, Level = LogLevel.Warning, Message = "Request {RequestId} failed for model {Model}: {ErrorType} after {Attempts} finished attempt(s): {Reason}")]
     private static partial void LogRequestFailed(ILogger logger, string requestId, string model, string errorType, int attempts, string reason);
 
     [LoggerMessage(EventId = 2, Level = LogLevel.Error, Message = "Request {RequestId} was retired by a stage without an answer; failing it.")]

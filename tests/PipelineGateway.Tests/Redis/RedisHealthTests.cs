@@ -95,4 +95,33 @@ public sealed class RedisHealthTests
         (await b.SubmitAsync(TestGateway.Request(text: "late"), Ct)).Gateway!.Provider.Should().Be("q");
         pB.Calls.Should().Be(0);
     }
+
+    [Fact]
+    public async Task An_instance_whose_connection_comes_back_reads_the_verdicts_it_missed()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        var pB = new FakeProvider("p");
+        await using var b = await Instance(redis + ",name=gw-b-" + prefix, prefix, pB, new FakeProvider("q"));
+        var db = RedisServer.Connect(redis);
+        await Wait.Until(() => (long)((RedisResult[])db.Execute("PUBSUB", "NUMSUB", prefix + ":health")!)[1] == 1, "B subscribes");
+
+        // Another instance's verdict whose message B did not get (B was cut off when it was published): only the key.
+        db.StringSet($"{prefix}:health:v:0:{Primary}", "other-instance", TimeSpan.FromSeconds(30));
+        b.Metrics.GetSnapshot().Deployments[Primary].CooldownRemainingMs.Should().Be(0);
+
+        // Cut B's connections; StackExchange.Redis reconnects them by itself.
+        using var admin = await ConnectionMultiplexer.ConnectAsync(redis + ",allowAdmin=true");
+        var server = admin.GetServer(admin.GetEndPoints()[0]);
+        var killed = 0;
+        foreach (var client in server.ClientList().Where(c => c.Name == "gw-b-" + prefix))
+        {
+            killed += (int)server.ClientKill(id: client.Id);
+        }
+
+        killed.Should().BePositive("B's connections are found by their client name");
+        await Wait.Until(() => b.Metrics.GetSnapshot().Deployments[Primary].CooldownRemainingMs > 20_000, "B reads the running verdict once it is reconnected", timeoutMs: 10_000);
+        (await b.SubmitAsync(TestGateway.Request(text: "after"), Ct)).Gateway!.Provider.Should().Be("q");
+        pB.Calls.Should().Be(0);
+    }
 }
