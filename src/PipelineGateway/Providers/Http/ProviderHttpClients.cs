@@ -66,8 +66,9 @@ internal sealed class ProviderHttpClients(IOptions<GatewayOptions> gateway, Time
 
 /// <summary>
 /// Quiets IHttpClientFactory's per-request logging of the provider clients (four Information lines per upstream
-/// call: start, sending, headers received, end) to Warning: the gateway logs its attempts itself, and at a few
-/// thousand requests a second writing those lines costs more CPU than the gateway's own work. Any level configured for
+/// call: start, sending, headers received, end) to Warning: the gateway logs its attempts itself, and writing those
+/// lines costs about as much CPU as the gateway's own work (measured at 2,000 req/s with the console logger writing to
+/// /dev/null: +57 µs per request, 20% less throughput at saturation). Any level configured for
 /// HttpClient logging (a category starting with <c>System.Net.Http.HttpClient</c>, e.g.
 /// <c>Logging:LogLevel:System.Net.Http.HttpClient.pgw-provider</c>) turns this off.
 /// </summary>
