@@ -5,11 +5,15 @@
 #   3. the gateway in front of it (pgw serve)                     (what is measured),
 # at saturation (wrk, fixed connections) and at a fixed rate (pgw-loadgen, open loop, 2,000 req/s by default),
 # plus the CPU each process spent per request at the fixed rate (from /proc/PID/stat) and the gateway's peak RSS.
-# Everything binds to 127.0.0.1; every run is bounded by its duration. Usage: benchmarks/http/run.sh [seconds] [rate]
+# The fixed-rate runs go round-robin over the three targets ROUNDS times (default 3) and end with the medians of
+# what the bare proxy and the gateway add to the direct latency: single rounds on a shared VM move by more than most
+# changes do. Everything binds to 127.0.0.1; every run is bounded by its duration.
+# Usage: [ROUNDS=N] benchmarks/http/run.sh [seconds] [rate]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
 RATE="${2:-2000}"
+ROUNDS="${ROUNDS:-3}"
 SIM_PORT=18181
 GW_PORT=18180
 BARE_PORT=18182
@@ -65,7 +69,8 @@ done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU of a process, in clock ticks
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-fixed() { # name url pid-in-front-of-the-simulator (or empty)
+declare -A P50 P99 CPU
+fixed() { # name url pid-in-front-of-the-simulator (or empty) label key round
   local front0 sim0 front1 sim1 line
   front0=$([ -n "$3" ] && ticks "$3" || echo 0); sim0=$(ticks $SIM)
   line=$("$LOADGEN" "$2" --rate "$RATE" --seconds "$DURATION" --warmup 3 --connections 64)
@@ -75,10 +80,27 @@ fixed() { # name url pid-in-front-of-the-simulator (or empty)
   printf '%-22s %s\n%-22s CPU per request: simulator %d us' "$1" "$line" "" $(((sim1 - sim0) * TICK_US / requests))
   [ -n "$3" ] && printf ', %s %d us' "$4" $(((front1 - front0) * TICK_US / requests))
   echo
+  P50[$5$6]=$(sed -E 's/.* p50 ([0-9.]+) ms.*/\1/' <<<"$line")
+  P99[$5$6]=$(sed -E 's/.* p99 ([0-9.]+) ms.*/\1/' <<<"$line")
+  local used=$((sim1 - sim0)) # the process in front of the simulator, or the simulator itself when direct
+  [ -n "$3" ] && used=$((front1 - front0))
+  CPU[$5$6]=$((used * TICK_US / requests))
 }
-for _ in 1 2; do
-  fixed "direct to simulator" "$URL_DIRECT" "" ""
-  fixed "bare proxy (floor)" "$URL_BARE" "$BARE_PID" "bare proxy"
-  fixed "through the gateway" "$URL_GW" "$GW" "gateway"
+for round in $(seq 1 "$ROUNDS"); do
+  fixed "direct to simulator" "$URL_DIRECT" "" "" direct "$round"
+  fixed "bare proxy (floor)" "$URL_BARE" "$BARE_PID" "bare proxy" bare "$round"
+  fixed "through the gateway" "$URL_GW" "$GW" "gateway" gateway "$round"
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
+added() { # key p50|p99
+  local -n table=$2
+  for round in $(seq 1 "$ROUNDS"); do awk -v a="${table[$1$round]}" -v d="${table[direct$round]}" 'BEGIN {printf "%.3f ", a - d}'; done
+}
+echo "medians over $ROUNDS rounds at $RATE req/s (added = this target's latency minus direct's in the same round):"
+for key in bare gateway; do
+  cpus=""; for round in $(seq 1 "$ROUNDS"); do cpus+="${CPU[$key$round]} "; done
+  printf '  %-8s added p50 %s ms, added p99 %s ms, CPU per request %s us\n' "$key" \
+    "$(added $key P50 | median)" "$(added $key P99 | median)" "$(median <<<"$cpus")"
 done
 echo "gateway peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$GW/status)"
