@@ -81,7 +81,7 @@ fixed() { # name url pid-in-front-of-the-simulator (or empty) label key round
   [ -n "$3" ] && printf ', %s %d us' "$4" $(((front1 - front0) * TICK_US / requests))
   echo
   P50[$5$6]=$(sed -E 's/.* p50 ([0-9.]+) ms.*/\1/' <<<"$line")
-  P99[$5$6]=$(sed -E 's/.* p99 ([0-9.]+) ms.*/\1/' <<<"$line")
+  P99[$5$6]=$(sed -E 's/.*, p99 ([0-9.]+) ms, max.*/\1/' <<<"$line") # the latency's p99, not the send lag's
   local used=$((sim1 - sim0)) # the process in front of the simulator, or the simulator itself when direct
   [ -n "$3" ] && used=$((front1 - front0))
   CPU[$5$6]=$((used * TICK_US / requests))
