@@ -26,10 +26,20 @@ public sealed class RedisHealthTests
             .UseRedis(redis, keyPrefix: prefix)
             .StartAsync(Ct);
 
-    private static Task BothSubscribed(string redis, string prefix)
+    private static Task BothSubscribed(string redis, string prefix) => Subscribed(redis, prefix, 2);
+
+    private static Task Subscribed(string redis, string prefix, int instances)
     {
         var db = RedisServer.Connect(redis);
-        return Wait.Until(() => (long)((RedisResult[])db.Execute("PUBSUB", "NUMSUB", prefix + ":health")!)[1] == 2, "both instances subscribe to health signals");
+        return Wait.Until(() => (long)((RedisResult[])db.Execute("PUBSUB", "NUMSUB", prefix + ":health")!)[1] == instances, $"{instances} instance(s) subscribe to health signals");
+    }
+
+    /// <summary>Instance <paramref name="b"/> holds p's cooldown and sends around it: p's provider there is never called.</summary>
+    private static async Task HonoursCooldownAsync(Gateway b, FakeProvider pB, string because, int timeoutMs)
+    {
+        await Wait.Until(() => b.Metrics.GetSnapshot().Deployments[Primary].CooldownRemainingMs > 20_000, because, timeoutMs: timeoutMs);
+        (await b.SubmitAsync(TestGateway.Request(text: because), Ct)).Gateway!.Provider.Should().Be("q");
+        pB.Calls.Should().Be(0);
     }
 
     private static string Prefix() => "t" + Guid.NewGuid().ToString("N")[..12];
@@ -91,9 +101,7 @@ public sealed class RedisHealthTests
 
         var pB = new FakeProvider("p");
         await using var b = await Instance(redis, prefix, pB, new FakeProvider("q"));
-        await Wait.Until(() => b.Metrics.GetSnapshot().Deployments[Primary].CooldownRemainingMs > 20_000, "the late instance reads the running verdict", timeoutMs: 5_000);
-        (await b.SubmitAsync(TestGateway.Request(text: "late"), Ct)).Gateway!.Provider.Should().Be("q");
-        pB.Calls.Should().Be(0);
+        await HonoursCooldownAsync(b, pB, "the late instance reads the running verdict", timeoutMs: 5_000);
     }
 
     [Fact]
@@ -103,8 +111,8 @@ public sealed class RedisHealthTests
         var prefix = Prefix();
         var pB = new FakeProvider("p");
         await using var b = await Instance(redis + ",name=gw-b-" + prefix, prefix, pB, new FakeProvider("q"));
+        await Subscribed(redis, prefix, 1);
         var db = RedisServer.Connect(redis);
-        await Wait.Until(() => (long)((RedisResult[])db.Execute("PUBSUB", "NUMSUB", prefix + ":health")!)[1] == 1, "B subscribes");
 
         // Another instance's verdict whose message B did not get (B was cut off when it was published): only the key.
         db.StringSet($"{prefix}:health:v:0:{Primary}", "other-instance", TimeSpan.FromSeconds(30));
@@ -120,8 +128,6 @@ public sealed class RedisHealthTests
         }
 
         killed.Should().BePositive("B's connections are found by their client name");
-        await Wait.Until(() => b.Metrics.GetSnapshot().Deployments[Primary].CooldownRemainingMs > 20_000, "B reads the running verdict once it is reconnected", timeoutMs: 10_000);
-        (await b.SubmitAsync(TestGateway.Request(text: "after"), Ct)).Gateway!.Provider.Should().Be("q");
-        pB.Calls.Should().Be(0);
+        await HonoursCooldownAsync(b, pB, "B reads the running verdict once it is reconnected", timeoutMs: 10_000);
     }
 }
