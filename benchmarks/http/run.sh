@@ -80,7 +80,7 @@ fixed() { # name url pid-in-front-of-the-simulator (or empty) label key round
   printf '%-22s %s\n%-22s CPU per request: simulator %d us' "$1" "$line" "" $(((sim1 - sim0) * TICK_US / requests))
   [ -n "$3" ] && printf ', %s %d us' "$4" $(((front1 - front0) * TICK_US / requests))
   echo
-  P50[$5$6]=$(sed -E 's/.* p50 ([0-9.]+) ms.*/\1/' <<<"$line")
+  P50[$5$6]=$(sed -E 's/.*\/s, p50 ([0-9.]+) ms.*/\1/' <<<"$line") # the latency's p50, not the send lag's
   P99[$5$6]=$(sed -E 's/.*, p99 ([0-9.]+) ms, max.*/\1/' <<<"$line") # the latency's p99, not the send lag's
   local used=$((sim1 - sim0)) # the process in front of the simulator, or the simulator itself when direct
   [ -n "$3" ] && used=$((front1 - front0))
