@@ -59,7 +59,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
 
         try
         {
-            var response = await queue.SubmitAsync(request, SubmitMode.FailFast, ctx.RequestAborted);
+            var response = await ServerSubmit.SubmitAsync(queue, request, ctx.RequestAborted);
             ctx.Response.ContentType = "application/json";
             await JsonSerializer.SerializeAsync(ctx.Response.Body, ToAnthropic(response), AnthropicJsonContext.Default.AnthropicMessage, ctx.RequestAborted);
         }

@@ -76,7 +76,7 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
 
         try
         {
-            var response = await queue.SubmitAsync(request, SubmitMode.FailFast, ctx.RequestAborted);
+            var response = await ServerSubmit.SubmitAsync(queue, request, ctx.RequestAborted);
             WriteGatewayHeaders(ctx, request, response.Gateway);
             await JsonBody.WriteAsync(ctx.Response, response, GatewayJsonContext.Default.ChatCompletionResponse, ctx.RequestAborted);
         }
@@ -203,17 +203,28 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
             return;
         }
 
-        foreach (var (unit, suffix) in new[] { (RateLimitUnit.Requests, "requests"), (RateLimitUnit.Tokens, "tokens") })
-        {
-            var tightest = limiter.GetStatus(request).Where(s => s.Unit == unit).OrderBy(s => s.Remaining).FirstOrDefault();
-            if (tightest.Name is null)
-            {
-                continue;
-            }
+        // One status read (it takes the partition's lock) serves both units.
+        var statuses = limiter.GetStatus(request);
+        WriteTightest(ctx.Response.Headers, statuses, RateLimitUnit.Requests, "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests");
+        WriteTightest(ctx.Response.Headers, statuses, RateLimitUnit.Tokens, "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens");
+    }
 
-            ctx.Response.Headers[$"x-ratelimit-limit-{suffix}"] = tightest.Limit.ToString(CultureInfo.InvariantCulture);
-            ctx.Response.Headers[$"x-ratelimit-remaining-{suffix}"] = tightest.Remaining.ToString(CultureInfo.InvariantCulture);
-            ctx.Response.Headers[$"x-ratelimit-reset-{suffix}"] = Duration(tightest.ResetAfter);
+    private static void WriteTightest(IHeaderDictionary headers, IReadOnlyList<RateLimitStatus> statuses, RateLimitUnit unit, string limit, string remaining, string reset)
+    {
+        RateLimitStatus? tightest = null;
+        foreach (var s in statuses)
+        {
+            if (s.Unit == unit && (tightest is null || s.Remaining < tightest.Value.Remaining))
+            {
+                tightest = s;
+            }
+        }
+
+        if (tightest is { } t)
+        {
+            headers[limit] = t.Limit.ToString(CultureInfo.InvariantCulture);
+            headers[remaining] = t.Remaining.ToString(CultureInfo.InvariantCulture);
+            headers[reset] = Duration(t.ResetAfter);
         }
     }
 

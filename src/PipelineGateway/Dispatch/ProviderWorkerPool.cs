@@ -158,6 +158,7 @@ internal sealed partial class ProviderWorkerPool
         var pipeline = _pipeline!;
         var started = pipeline.Time.GetTimestamp();
         ProviderRateLimiter.Charge? charge = null;
+        ChatCompletionResponse? response = null;
         try
         {
             // Rate first (holding no concurrency permit while waiting), then a concurrency permit.
@@ -173,10 +174,9 @@ internal sealed partial class ProviderWorkerPool
                 }
                 else
                 {
-                    var response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false);
+                    response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false);
                     Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
                     Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, pipeline.Time.GetElapsedTime(started)), null);
-                    pipeline.CompleteSuccess(item, deployment, response);
                 }
             }
             finally
@@ -188,6 +188,13 @@ internal sealed partial class ProviderWorkerPool
         {
             Limits.Settle(charge, 0);
             OnAttemptFailed(item, deployment, started, ex);
+            return;
+        }
+
+        if (response is not null)
+        {
+            // After the permit is back: the caller may be resumed on this thread (see WorkItem.TryComplete).
+            pipeline.CompleteSuccess(item, deployment, response);
         }
     }
 

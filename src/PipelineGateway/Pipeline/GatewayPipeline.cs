@@ -190,7 +190,10 @@ internal sealed partial class GatewayPipeline
         }
     }
 
-    /// <summary>A provider answered: describe how, fill the cache, answer the caller, let go.</summary>
+    /// <summary>
+    /// A provider answered: describe how, fill the cache, answer the caller, let go. Called by a provider worker that
+    /// holds no permit any more, so a caller that asked for it is resumed right here (<see cref="WorkItem.TryComplete"/>).
+    /// </summary>
     public void CompleteSuccess(WorkItem item, Deployment deployment, ChatCompletionResponse response)
     {
         response.Gateway = Metrics.Describe(item, deployment, response.Usage);
@@ -199,7 +202,7 @@ internal sealed partial class GatewayPipeline
             Cache.Set(key, response, item.Request.Gateway?.CacheTtl);
         }
 
-        item.TryComplete(response);
+        item.TryComplete(response, fromWorker: true);
         Retire(item);
     }
 

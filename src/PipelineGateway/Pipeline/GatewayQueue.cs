@@ -13,13 +13,22 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
     public ValueTask<ChatCompletionResponse> SubmitAsync(ChatCompletionRequest request, CancellationToken cancellationToken = default) =>
         SubmitAsync(request, SubmitMode.Wait, cancellationToken);
 
-    public ValueTask<ChatCompletionResponse> SubmitAsync(ChatCompletionRequest request, SubmitMode mode, CancellationToken cancellationToken = default)
+    public ValueTask<ChatCompletionResponse> SubmitAsync(ChatCompletionRequest request, SubmitMode mode, CancellationToken cancellationToken = default) =>
+        SubmitAsync(request, mode, inlineSuccessContinuation: false, cancellationToken);
+
+    /// <summary>
+    /// For a caller whose continuation is the gateway's own short, non-blocking code (the HTTP front door writing its
+    /// answer): a provider's answer resumes it on the worker's thread (<see cref="WorkItem.InlineSuccessContinuation"/>).
+    /// Library callers never get this: their code after the await may block, and must not hold up a provider worker.
+    /// </summary>
+    internal ValueTask<ChatCompletionResponse> SubmitAsync(ChatCompletionRequest request, SubmitMode mode, bool inlineSuccessContinuation, CancellationToken cancellationToken)
     {
         WorkItem item;
         try
         {
             item = Create(request, stream: false, cancellationToken);
             item.Mode = mode;
+            item.InlineSuccessContinuation = inlineSuccessContinuation;
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
@@ -28,7 +37,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
 
         if (pipeline.Admission.Writer.TryWrite(item))
         {
-            return new ValueTask<ChatCompletionResponse>(item.ResponseTask);
+            return item.Response;
         }
 
         return EnqueueSlowAsync(item, mode);
@@ -37,7 +46,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
     private async ValueTask<ChatCompletionResponse> EnqueueSlowAsync(WorkItem item, SubmitMode mode)
     {
         await WaitForRoomAsync(item, mode).ConfigureAwait(false);
-        return await item.ResponseTask.ConfigureAwait(false);
+        return await item.Response.ConfigureAwait(false);
     }
 
     public IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, CancellationToken cancellationToken = default) =>

@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using System.Threading.Tasks.Sources;
 using PipelineGateway.Providers;
 using PipelineGateway.Routing;
 
@@ -14,10 +15,13 @@ namespace PipelineGateway.Pipeline;
 /// returned, so the number of items inside the pipeline never exceeds <c>MaxInFlight</c> — the bound
 /// the deadlock-freedom argument rests on (docs/architecture.md).</item>
 /// </list>
+/// The caller awaits the item itself (<see cref="Response"/>, an <see cref="IValueTaskSource{TResult}"/>): no task
+/// completion source and no task are allocated per request, and each completion chooses whether the caller's
+/// continuation runs on the completing thread (see <see cref="TryComplete"/>).
 /// </summary>
-internal sealed class WorkItem
+internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
 {
-    private readonly TaskCompletionSource<ChatCompletionResponse>? _response;
+    private ManualResetValueTaskSourceCore<ChatCompletionResponse> _response;
     private readonly CancellationTokenSource _cts;
     private readonly CancellationTokenRegistration _callerRegistration;
     private readonly CancellationTokenRegistration _cancelRegistration;
@@ -44,10 +48,6 @@ internal sealed class WorkItem
                 SingleWriter = true,
                 FullMode = BoundedChannelFullMode.Wait,
             });
-        }
-        else
-        {
-            _response = new TaskCompletionSource<ChatCompletionResponse>(TaskCreationOptions.RunContinuationsAsynchronously);
         }
 
         // Counted before any callback can complete it: a caller token that fires during construction
@@ -178,7 +178,14 @@ internal sealed class WorkItem
 
     public bool IsCompleted => Volatile.Read(ref _completed) != 0;
 
-    public Task<ChatCompletionResponse> ResponseTask => _response!.Task;
+    /// <summary>The caller's answer (a non-streamed request); awaited once, as every <see cref="ValueTask{TResult}"/> is.</summary>
+    public ValueTask<ChatCompletionResponse> Response => new(this, _response.Version);
+
+    /// <summary>
+    /// Set by a caller whose continuation is short and never blocks (the HTTP front door writing its answer): a
+    /// provider worker's success then runs it on the worker's thread instead of queueing it to the thread pool.
+    /// </summary>
+    public bool InlineSuccessContinuation { get; set; }
 
     private Deployment? _current;
     private Deployment? _entered;
@@ -258,7 +265,13 @@ internal sealed class WorkItem
         }
     }
 
-    public bool TryComplete(ChatCompletionResponse response)
+    /// <summary>
+    /// Answers the caller, once. The caller's continuation is queued to the thread pool, so no caller code runs on a
+    /// stage's thread — except when <paramref name="fromWorker"/> (a provider worker, one of many, holding nothing:
+    /// its concurrency permit is already released) and the caller asked for <see cref="InlineSuccessContinuation"/>:
+    /// then it runs here, which saves a thread-pool hand-off (a wake-up of another thread) per request.
+    /// </summary>
+    public bool TryComplete(ChatCompletionResponse response, bool fromWorker = false)
     {
         if (Interlocked.Exchange(ref _completed, 1) != 0)
         {
@@ -267,13 +280,14 @@ internal sealed class WorkItem
 
         ReleaseRegistrations();
         Observer?.OnCompleted(this, response, null);
-        if (_response is not null)
+        if (Chunks is null)
         {
-            _response.TrySetResult(response);
+            _response.RunContinuationsAsynchronously = !(fromWorker && InlineSuccessContinuation);
+            _response.SetResult(response);
         }
         else
         {
-            Chunks!.Writer.TryComplete();
+            Chunks.Writer.TryComplete();
         }
 
         return true;
@@ -289,9 +303,11 @@ internal sealed class WorkItem
         ReleaseRegistrations();
         Failure = error;
         Observer?.OnCompleted(this, null, error);
-        if (_response is not null)
+        if (Chunks is null)
         {
-            _response.TrySetException(error);
+            // Failures may come from a stage's loop or a cancellation callback: the caller never runs there.
+            _response.RunContinuationsAsynchronously = true;
+            _response.SetException(error);
         }
         else
         {
@@ -340,6 +356,13 @@ internal sealed class WorkItem
         _callerRegistration.Unregister();
         _cancelRegistration.Unregister();
     }
+
+    ChatCompletionResponse IValueTaskSource<ChatCompletionResponse>.GetResult(short token) => _response.GetResult(token);
+
+    ValueTaskSourceStatus IValueTaskSource<ChatCompletionResponse>.GetStatus(short token) => _response.GetStatus(token);
+
+    void IValueTaskSource<ChatCompletionResponse>.OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+        _response.OnCompleted(continuation, state, token, flags);
 
     private ITimer? _retryTimer;
 
