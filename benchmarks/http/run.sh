@@ -4,7 +4,8 @@
 #   2. a bare forwarding proxy in front of it (pgw-bareproxy)     (the floor of any Kestrel + HttpClient gateway),
 #   3. the gateway in front of it (pgw serve)                     (what is measured),
 # at saturation (wrk, fixed connections) and at a fixed rate (pgw-loadgen, open loop, 2,000 req/s by default),
-# plus the CPU each process spent per request at the fixed rate (from /proc/PID/stat) and the gateway's peak RSS.
+# plus the CPU each process spent per request (from /proc/PID/stat) and the gateway's peak RSS. At saturation it also
+# prints the ceiling the proxy's own CPU cost puts on its throughput relative to direct, whatever else it does.
 # The fixed-rate runs go round-robin over the three targets ROUNDS times (default 3) and end with the medians of
 # what the bare proxy and the gateway add to the direct latency: single rounds on a shared VM move by more than most
 # changes do. Everything binds to 127.0.0.1; every run is bounded by its duration.
@@ -45,13 +46,27 @@ URL_BARE="http://127.0.0.1:$BARE_PORT/v1/chat/completions"
 URL_GW="http://127.0.0.1:$GW_PORT/v1/chat/completions"
 
 declare -A RPS
-run() { # name url connections key
-  local line
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU of a process, in clock ticks
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+CORES=$(nproc)
+run() { # name url connections key pid-in-front-of-the-simulator (or empty)
+  local line front0 front1 rps
+  front0=$([ -n "$5" ] && ticks "$5" || echo 0)
   line=$(wrk -t2 -c"$3" -d"${DURATION}s" --latency -s benchmarks/http/post-chat.lua "$2" \
     | awk -v name="$1" -v c="$3" '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {printf "%-22s c=%-4s %10s req/s  p50 %-9s p99 %s\n", name, c, rps, p50, p99}')
+  front1=$([ -n "$5" ] && ticks "$5" || echo 0)
+  rps=$(awk '{for (i = 2; i <= NF; i++) if ($i == "req/s") print $(i - 1)}' <<<"$line")
+  RPS[$4$3]=$rps
+  if [ -n "$5" ]; then
+    # The CPU the process in front of the simulator spent per request at saturation, and the ceiling that puts on any
+    # proxy of that cost: the machine spends CORES / direct-rate of CPU per direct request (every core busy), so a front
+    # process costing C more per request can reach at most T / (T + C) of the direct rate.
+    FRONT_CPU[$4$3]=$(awk -v d=$((front1 - front0)) -v t=$TICK_US -v r="$rps" -v s="$DURATION" 'BEGIN {printf "%.1f", d * t / (r * s)}')
+    line+=$(awk -v c="${FRONT_CPU[$4$3]}" -v n=$CORES -v d="${RPS[direct$3]}" 'BEGIN {t = n * 1e6 / d; printf "  (its CPU %s us/request; machine %.1f us per direct request: ceiling %.0f%% of direct)", c, t, 100 * t / (t + c)}')
+  fi
   echo "$line"
-  RPS[$4$3]=$(awk '{for (i = 2; i <= NF; i++) if ($i == "req/s") print $(i - 1)}' <<<"$line")
 }
+declare -A FRONT_CPU
 
 # Warm-up: long enough for tiered compilation to finish its optimized code (under a saturating load the JIT's
 # background thread competes for the same two cores; measured before that, the gateway is ~15% slower).
@@ -60,15 +75,13 @@ wrk -t2 -c32 -d12s -s benchmarks/http/post-chat.lua "$URL_GW" >/dev/null
 wrk -t2 -c32 -d8s -s benchmarks/http/post-chat.lua "$URL_BARE" >/dev/null
 
 for c in 16 128; do
-  run "direct to simulator" "$URL_DIRECT" "$c" direct
-  run "bare proxy (floor)" "$URL_BARE" "$c" bare
-  run "through the gateway" "$URL_GW" "$c" gateway
+  run "direct to simulator" "$URL_DIRECT" "$c" direct ""
+  run "bare proxy (floor)" "$URL_BARE" "$c" bare "$BARE_PID"
+  run "through the gateway" "$URL_GW" "$c" gateway "$GW"
   awk -v d="${RPS[direct$c]}" -v b="${RPS[bare$c]}" -v g="${RPS[gateway$c]}" -v c="$c" \
     'BEGIN {printf "%-22s c=%-4s bare proxy %.0f%% of direct; gateway %.0f%% of direct, %.0f%% of the bare proxy\n", "saturation ratios", c, 100*b/d, 100*g/d, 100*g/b}'
 done
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU of a process, in clock ticks
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
 declare -A P50 P99 CPU
 fixed() { # name url pid-in-front-of-the-simulator (or empty) label key round
   local front0 sim0 front1 sim1 line
