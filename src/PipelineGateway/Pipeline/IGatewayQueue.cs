@@ -9,6 +9,11 @@ public interface IGatewayQueue
     /// Submits a request and returns its answer. When the queue is full this waits for room
     /// (backpressure); failures are <see cref="GatewayException"/>s, cancellation a <see cref="RequestCancelledException"/>.
     /// </summary>
+    /// <remarks>
+    /// The answer is a <see cref="ValueTask{TResult}"/> backed by the request's own pipeline item (nothing else is
+    /// allocated for it): await it once, or call <see cref="ValueTask{TResult}.AsTask"/> once to keep a task. The code
+    /// after the await never runs on a pipeline thread.
+    /// </remarks>
     ValueTask<ChatCompletionResponse> SubmitAsync(ChatCompletionRequest request, CancellationToken cancellationToken = default);
 
     /// <summary>
