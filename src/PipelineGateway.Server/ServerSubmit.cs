@@ -8,7 +8,7 @@ internal static class ServerSubmit
     /// <summary>
     /// Fail-fast (the front door sheds load instead of queueing), and resumed on the provider worker's thread when the
     /// answer comes: what follows the await is the endpoint writing its answer into Kestrel's buffer, short and never
-    /// blocking, so it is worth saving the thread-pool hand-off (measured: ~20 µs of the gateway's latency per request,
+    /// blocking, so it is worth saving the thread-pool hand-off (measured: 20.8 → 10.3 µs for that step at 2,000 req/s,
     /// docs/benchmarks.md). A queue that is not the gateway's own (a test double) gets the public call.
     /// </summary>
     public static ValueTask<ChatCompletionResponse> SubmitAsync(IGatewayQueue queue, ChatCompletionRequest request, CancellationToken cancellationToken) =>
