@@ -27,6 +27,14 @@ PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
 LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
 BARE=benchmarks/PipelineGateway.BareProxy/bin/Release/net10.0/pgw-bareproxy
 
+# The ports must be free: a server left over from another run would answer in place of the one started here (the
+# new one fails to bind), and every figure would describe the wrong process.
+for port in $SIM_PORT $GW_PORT $BARE_PORT; do
+  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+    echo "port $port is already in use on 127.0.0.1: stop what listens there first" >&2; exit 1
+  fi
+done
+
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 &
 SIM=$!
 "$PGW" serve --urls "http://127.0.0.1:$GW_PORT" --config benchmarks/http/gateway-over-simulator.json >/dev/null 2>&1 &
@@ -39,6 +47,9 @@ for port in $SIM_PORT $GW_PORT $BARE_PORT; do
     curl -s -o /dev/null "http://127.0.0.1:$port/" && break # any answer: the server is listening
     sleep 0.1
   done
+done
+for pid in $SIM $GW $BARE_PID; do
+  kill -0 "$pid" 2>/dev/null || { echo "a server exited at start (pid $pid): see its output by running it by hand" >&2; exit 1; }
 done
 
 URL_DIRECT="http://127.0.0.1:$SIM_PORT/v1/chat/completions"
