@@ -19,26 +19,20 @@ PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
 LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
 CFG=$(mktemp)
 sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" benchmarks/http/gateway-over-simulator.json >"$CFG"
-for port in $SIM_PORT $A_PORT $B_PORT; do
-  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is already in use on 127.0.0.1" >&2; exit 1; fi
-done
+. benchmarks/http/common.sh
+require_free_ports $SIM_PORT $A_PORT $B_PORT
 
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & SIM=$!
 "$A/pgw" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG" >/dev/null 2>&1 & GA=$!
 "$B/pgw" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" >/dev/null 2>&1 & GB=$!
 OUT_A=$(mktemp); OUT_B=$(mktemp)
 trap 'kill $SIM $GA $GB 2>/dev/null; wait 2>/dev/null; rm -f "$CFG" "$OUT_A" "$OUT_B"' EXIT
-for port in $SIM_PORT $A_PORT $B_PORT; do
-  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-done
-for pid in $SIM $GA $GB; do kill -0 "$pid" 2>/dev/null || { echo "a server exited at start (pid $pid)" >&2; exit 1; }; done
+wait_for_servers "$SIM_PORT $A_PORT $B_PORT" "$SIM $GA $GB"
 
 echo "warm-up (20 s)" # tiered compilation must finish in both before anything is compared
 wrk -t2 -c32 -d10s -s benchmarks/http/post-chat.lua "http://127.0.0.1:$A_PORT/v1/chat/completions" >/dev/null
 wrk -t2 -c32 -d10s -s benchmarks/http/post-chat.lua "http://127.0.0.1:$B_PORT/v1/chat/completions" >/dev/null
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU, in clock ticks
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
 summary() { sed -E 's/.*p50 ([0-9.]+) ms, p90 [0-9.]+ ms, p99 ([0-9.]+) ms.*send lag p50 [0-9.]+ ms, p99 ([0-9.]+) ms/p50 \1 ms  p99 \2 ms  lag99 \3 ms/' "$1"; }
 requests=$((RATE * SECONDS_PER_ROUND))
 for round in $(seq 1 "$ROUNDS"); do

@@ -27,13 +27,8 @@ PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
 LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
 BARE=benchmarks/PipelineGateway.BareProxy/bin/Release/net10.0/pgw-bareproxy
 
-# The ports must be free: a server left over from another run would answer in place of the one started here (the
-# new one fails to bind), and every figure would describe the wrong process.
-for port in $SIM_PORT $GW_PORT $BARE_PORT; do
-  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
-    echo "port $port is already in use on 127.0.0.1: stop what listens there first" >&2; exit 1
-  fi
-done
+. benchmarks/http/common.sh
+require_free_ports $SIM_PORT $GW_PORT $BARE_PORT
 
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 &
 SIM=$!
@@ -42,26 +37,16 @@ GW=$!
 "$BARE" --urls "http://127.0.0.1:$BARE_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 &
 BARE_PID=$!
 trap 'kill $SIM $GW $BARE_PID 2>/dev/null; wait 2>/dev/null' EXIT
-for port in $SIM_PORT $GW_PORT $BARE_PORT; do
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/" && break # any answer: the server is listening
-    sleep 0.1
-  done
-done
-for pid in $SIM $GW $BARE_PID; do
-  kill -0 "$pid" 2>/dev/null || { echo "a server exited at start (pid $pid): see its output by running it by hand" >&2; exit 1; }
-done
+wait_for_servers "$SIM_PORT $GW_PORT $BARE_PORT" "$SIM $GW $BARE_PID"
 
 URL_DIRECT="http://127.0.0.1:$SIM_PORT/v1/chat/completions"
 URL_BARE="http://127.0.0.1:$BARE_PORT/v1/chat/completions"
 URL_GW="http://127.0.0.1:$GW_PORT/v1/chat/completions"
 
 declare -A RPS
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU of a process, in clock ticks
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
 CORES=$(nproc)
 run() { # name url connections key pid-in-front-of-the-simulator (or empty)
-  local line front0 front1 rps
+  local line front0 front1 rps cpu
   front0=$([ -n "$5" ] && ticks "$5" || echo 0)
   line=$(wrk -t2 -c"$3" -d"${DURATION}s" --latency -s benchmarks/http/post-chat.lua "$2" \
     | awk -v name="$1" -v c="$3" '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {printf "%-22s c=%-4s %10s req/s  p50 %-9s p99 %s\n", name, c, rps, p50, p99}')
@@ -72,12 +57,11 @@ run() { # name url connections key pid-in-front-of-the-simulator (or empty)
     # The CPU the process in front of the simulator spent per request at saturation, and the ceiling that puts on any
     # proxy of that cost: the machine spends CORES / direct-rate of CPU per direct request (every core busy), so a front
     # process costing C more per request can reach at most T / (T + C) of the direct rate.
-    FRONT_CPU[$4$3]=$(awk -v d=$((front1 - front0)) -v t=$TICK_US -v r="$rps" -v s="$DURATION" 'BEGIN {printf "%.1f", d * t / (r * s)}')
-    line+=$(awk -v c="${FRONT_CPU[$4$3]}" -v n=$CORES -v d="${RPS[direct$3]}" 'BEGIN {t = n * 1e6 / d; printf "  (its CPU %s us/request; machine %.1f us per direct request: ceiling %.0f%% of direct)", c, t, 100 * t / (t + c)}')
+    cpu=$(awk -v d=$((front1 - front0)) -v t=$TICK_US -v r="$rps" -v s="$DURATION" 'BEGIN {printf "%.1f", d * t / (r * s)}')
+    line+=$(awk -v c="$cpu" -v n=$CORES -v d="${RPS[direct$3]}" 'BEGIN {t = n * 1e6 / d; printf "  (its CPU %s us/request; machine %.1f us per direct request: ceiling %.0f%% of direct)", c, t, 100 * t / (t + c)}')
   fi
   echo "$line"
 }
-declare -A FRONT_CPU
 
 # Warm-up: long enough for tiered compilation to finish its optimized code (under a saturating load the JIT's
 # background thread competes for the same two cores; measured before that, the gateway is ~15% slower).
