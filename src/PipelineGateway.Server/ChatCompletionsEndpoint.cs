@@ -272,6 +272,18 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
             options.Timeout = TimeSpan.FromMilliseconds(ms);
         }
 
+        switch (http.Headers["x-gateway-priority"].ToString().ToLowerInvariant())
+        {
+            case "" or "interactive":
+                break;
+            case "batch":
+                options.Priority = RequestPriority.Batch;
+                break;
+            default:
+                error = new InvalidRequestException("x-gateway-priority", "The header 'x-gateway-priority' must be 'interactive' or 'batch'.");
+                return false;
+        }
+
         request.Gateway = options;
         return true;
     }

@@ -17,6 +17,14 @@ public sealed class AdmissionOptions
     /// </summary>
     public TimeSpan MaxWait { get; set; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// Rate-limit partitions kept at once, at most. A partition whose limits are back at rest (a full bucket, an empty
+    /// window) and that has no waiter is forgotten within a minute, losing nothing; past the bound, requests of a new
+    /// partition are refused until room is made.
+    /// </summary>
+    [Range(1, 10_000_000)]
+    public int MaxPartitions { get; set; } = 100_000;
+
     /// <summary>Completion tokens charged at admission when the request sets no max_tokens (corrected after the answer).</summary>
     [Range(0, 10_000_000)]
     public int ExpectedCompletionTokens { get; set; } = 256;

@@ -22,7 +22,7 @@ namespace PipelineGateway.Admission;
 /// (4) a token charge must be corrected after the answer (estimated → actual usage), which its leases cannot do.
 /// Each partition has its own lock, so one tenant's traffic never contends with another's.
 /// </remarks>
-internal sealed partial class AdmissionRateLimiter
+internal sealed partial class AdmissionRateLimiter : IDisposable
 {
     private readonly RateLimitRule[] _rules;
     private readonly AdmissionOptions _options;
@@ -30,7 +30,12 @@ internal sealed partial class AdmissionRateLimiter
     private readonly ConcurrentDictionary<string, Partition> _partitions = new(StringComparer.Ordinal);
     private readonly IDistributedRateLimitStore? _store;
     private readonly ILogger _logger;
+    private readonly ITimer? _sweeper;
+    private long _lastFullSweep = long.MinValue;
     private int _storeDown;
+
+    /// <summary>How often partitions back at rest are forgotten.</summary>
+    internal static readonly TimeSpan SweepInterval = TimeSpan.FromMinutes(1);
 
     public AdmissionRateLimiter(IOptions<GatewayOptions> options, TimeProvider time, ILogger<AdmissionRateLimiter>? logger = null, IDistributedRateLimitStore? store = null)
     {
@@ -40,6 +45,73 @@ internal sealed partial class AdmissionRateLimiter
         _store = store;
         _logger = (ILogger?)logger ?? NullLogger.Instance;
         CountsTokens = _rules.Any(r => r.Unit == RateLimitUnit.Tokens);
+        if (_rules.Length > 0)
+        {
+            _sweeper = time.CreateTimer(static s => ((AdmissionRateLimiter)s!).Sweep(), this, SweepInterval, SweepInterval);
+        }
+    }
+
+    public void Dispose() => _sweeper?.Dispose();
+
+    /// <summary>Rate-limit partitions held now (tenants with recent traffic).</summary>
+    public int PartitionCount => _partitions.Count;
+
+    /// <summary>
+    /// Forgets every partition that is back at rest (its limits as if new) and has no waiter: recreating it later
+    /// behaves exactly the same, so this loses nothing. Returns how many were forgotten.
+    /// </summary>
+    internal int Sweep()
+    {
+        var now = _time.GetTimestamp();
+        var frequency = _time.TimestampFrequency;
+        var forgotten = 0;
+        foreach (var (key, partition) in _partitions)
+        {
+            lock (partition)
+            {
+                if (partition.Waiters.Count > 0 || !partition.AtRest(now, frequency))
+                {
+                    continue;
+                }
+
+                // Marked under its lock: a caller that looked it up just before sees the mark and looks up again.
+                partition.Evicted = true;
+                partition.Timer?.Dispose();
+            }
+
+            _partitions.TryRemove(new KeyValuePair<string, Partition>(key, partition));
+            forgotten++;
+        }
+
+        return forgotten;
+    }
+
+    /// <summary>The partition of a key, made if new — unless <c>Admission:MaxPartitions</c> are held and none can be forgotten.</summary>
+    private Partition? PartitionFor(string key)
+    {
+        if (_partitions.TryGetValue(key, out var existing))
+        {
+            return existing;
+        }
+
+        if (_partitions.Count >= _options.MaxPartitions)
+        {
+            // Full: forget those at rest, at most once a second (a sweep walks them all).
+            var now = _time.GetTimestamp();
+            var last = Interlocked.Read(ref _lastFullSweep);
+            if (last == long.MinValue || _time.GetElapsedTime(last, now) >= TimeSpan.FromSeconds(1))
+            {
+                Interlocked.Exchange(ref _lastFullSweep, now);
+                Sweep();
+            }
+
+            if (_partitions.Count >= _options.MaxPartitions)
+            {
+                return null;
+            }
+        }
+
+        return _partitions.GetOrAdd(key, static (_, rules) => new Partition(rules), _rules);
     }
 
     /// <summary>True when the limits are shared through a distributed store.</summary>
@@ -78,36 +150,54 @@ internal sealed partial class AdmissionRateLimiter
     private AdmissionDecision TryAdmitLocal(WorkItem item, out RateLimitedException? refusal)
     {
         refusal = null;
-        var partition = _partitions.GetOrAdd(PartitionKey(item.Request), static (_, rules) => new Partition(rules), _rules);
+        var key = PartitionKey(item.Request);
         var tokens = CountsTokens ? item.EstimatedTokens : 0;
-        var now = _time.GetTimestamp();
-        lock (partition)
+        while (true)
         {
-            // Waiters go first, in arrival order: a newcomer never jumps the queue.
-            var wait = partition.Waiters.Count > 0 ? partition.HeadWait : partition.TimeUntilAvailable(now, tokens, _time.TimestampFrequency, out _);
-            if (wait == TimeSpan.Zero)
+            var partition = PartitionFor(key);
+            if (partition is null)
             {
-                item.RateLimitCharge = partition.Charge(now, tokens);
-                return AdmissionDecision.Admitted;
+                refusal = new RateLimitedException("rate-limit partitions", TimeSpan.FromSeconds(1),
+                    $"The gateway holds {_options.MaxPartitions} rate-limit partitions, its configured maximum (Admission:MaxPartitions), and none is idle; retry shortly.");
+                return AdmissionDecision.Refused;
             }
 
-            var limitName = partition.Waiters.Count > 0 ? "waiting queue" : partition.BlockingRule;
-            var nowUtc = _time.GetUtcNow();
-            var giveUpAt = Min(nowUtc + _options.MaxWait, item.Deadline);
-            if (item.Mode == SubmitMode.Wait && wait != TimeSpan.MaxValue && nowUtc + wait <= giveUpAt)
+            var now = _time.GetTimestamp();
+            lock (partition)
             {
-                partition.Waiters.Enqueue(new Waiter(item, tokens, giveUpAt));
-                if (partition.Waiters.Count == 1)
+                if (partition.Evicted)
                 {
-                    Schedule(partition, wait);
+                    continue; // forgotten as it was looked up: look up again
                 }
 
-                return AdmissionDecision.Parked;
-            }
+                // Waiters go first, in arrival order: a newcomer never jumps the queue, and its wait counts every
+                // waiter ahead of it (not just the first).
+                var wait = partition.Waiters.Count > 0
+                    ? partition.WaitBehindWaiters(tokens, out var limitName)
+                    : partition.TimeUntilAvailable(now, tokens, _time.TimestampFrequency, out limitName);
+                if (wait == TimeSpan.Zero)
+                {
+                    item.RateLimitCharge = partition.Charge(now, tokens);
+                    return AdmissionDecision.Admitted;
+                }
 
-            refusal = new RateLimitedException(limitName, wait == TimeSpan.MaxValue ? _rules[0].Window : wait,
-                wait == TimeSpan.MaxValue ? $"The request ({tokens} estimated tokens) is larger than the limit '{limitName}' allows at all." : null);
-            return AdmissionDecision.Refused;
+                var nowUtc = _time.GetUtcNow();
+                var giveUpAt = Min(nowUtc + _options.MaxWait, item.Deadline);
+                if (item.Mode == SubmitMode.Wait && wait != TimeSpan.MaxValue && nowUtc + wait <= giveUpAt)
+                {
+                    partition.Park(new Waiter(item, tokens, giveUpAt));
+                    if (partition.Waiters.Count == 1)
+                    {
+                        Schedule(partition, wait);
+                    }
+
+                    return AdmissionDecision.Parked;
+                }
+
+                refusal = new RateLimitedException(limitName, wait == TimeSpan.MaxValue ? _rules[0].Window : wait,
+                    wait == TimeSpan.MaxValue ? $"The request ({tokens} estimated tokens) is larger than the limit '{limitName}' allows at all." : null);
+                return AdmissionDecision.Refused;
+            }
         }
     }
 
@@ -241,7 +331,11 @@ internal sealed partial class AdmissionRateLimiter
         item.RateLimitCharge = null;
         lock (charge.Partition)
         {
-            charge.Partition.Adjust(charge, actualTokens - charge.Tokens);
+            // A partition forgotten meanwhile was at rest: the charge had left every window, nothing to correct.
+            if (!charge.Partition.Evicted)
+            {
+                charge.Partition.Adjust(charge, actualTokens - charge.Tokens);
+            }
         }
     }
 
@@ -255,7 +349,11 @@ internal sealed partial class AdmissionRateLimiter
             lock (partition)
             {
                 waiters = [.. partition.Waiters];
-                partition.Waiters.Clear();
+                while (partition.Waiters.Count > 0)
+                {
+                    partition.Unpark();
+                }
+
                 partition.Timer?.Dispose();
                 partition.Timer = null;
             }
@@ -328,7 +426,7 @@ internal sealed partial class AdmissionRateLimiter
             {
                 if (head.Item.IsCompleted)
                 {
-                    partition.Waiters.Dequeue();
+                    partition.Unpark();
                     over.Add((head.Item, null));
                     continue;
                 }
@@ -336,7 +434,7 @@ internal sealed partial class AdmissionRateLimiter
                 var wait = partition.TimeUntilAvailable(nowTs, head.Tokens, _time.TimestampFrequency, out var rule);
                 if (wait == TimeSpan.Zero && now <= head.GiveUpAt)
                 {
-                    partition.Waiters.Dequeue();
+                    partition.Unpark();
                     head.Item.RateLimitCharge = partition.Charge(nowTs, head.Tokens);
                     over.Add((head.Item, null));
                     continue;
@@ -344,7 +442,7 @@ internal sealed partial class AdmissionRateLimiter
 
                 if (now + wait > head.GiveUpAt)
                 {
-                    partition.Waiters.Dequeue();
+                    partition.Unpark();
                     over.Add((head.Item, new RateLimitedException(rule, wait, $"Rate limit '{rule}' exceeded and the wait ({wait.TotalSeconds:F3} s) would pass the request's maximum wait.")));
                     continue;
                 }
@@ -384,6 +482,65 @@ internal sealed partial class AdmissionRateLimiter
 
         public Queue<Waiter> Waiters { get; } = new();
 
+        /// <summary>Set under the lock when the partition is forgotten (it was at rest); a holder must look up again.</summary>
+        public bool Evicted { get; set; }
+
+        /// <summary>Token estimates of the waiting requests, summed.</summary>
+        private long _waitingTokens;
+
+        public void Park(Waiter waiter)
+        {
+            Waiters.Enqueue(waiter);
+            _waitingTokens += waiter.Tokens;
+        }
+
+        public void Unpark() => _waitingTokens -= Waiters.Dequeue().Tokens;
+
+        /// <summary>
+        /// The wait of a newcomer behind the waiters: the first waiter's wait, then every rule refilling what the
+        /// other waiters and the newcomer need at its long-run rate (Limit per Window); the slowest rule decides.
+        /// </summary>
+        public TimeSpan WaitBehindWaiters(long tokens, out string rule)
+        {
+            var wait = HeadWait;
+            rule = "waiting queue";
+            var head = Waiters.Peek();
+            var worst = 0.0;
+            for (var i = 0; i < _rules.Length; i++)
+            {
+                var r = _rules[i];
+                var need = r.Unit == RateLimitUnit.Tokens ? _waitingTokens - head.Tokens + tokens : Waiters.Count;
+                var capacity = r.Algorithm == RateLimitAlgorithm.TokenBucket ? r.Burst ?? r.Limit : r.Limit;
+                if (r.Unit == RateLimitUnit.Tokens && tokens > capacity)
+                {
+                    rule = r.DisplayName;
+                    return TimeSpan.MaxValue; // larger than the rule allows at all
+                }
+
+                var seconds = need * r.Window.TotalSeconds / r.Limit;
+                if (seconds > worst)
+                {
+                    worst = seconds;
+                    rule = r.DisplayName;
+                }
+            }
+
+            return wait + TimeSpan.FromSeconds(worst);
+        }
+
+        public bool AtRest(long now, long frequency)
+        {
+            foreach (var l in Limits)
+            {
+                if (!l.AtRest(now, frequency))
+                {
+                    return false;
+                }
+            }
+
+            return true;
+        }
+
         public ITimer? Timer { get; set; }
 
         public TimeSpan HeadWait { get; set; }
@@ -411,7 +568,7 @@ internal sealed partial class AdmissionRateLimiter
 
         public RateLimitCharge Charge(long now, long tokens)
         {
-            var handles = new object?[_rules.Length];
+            var handles = new long[_rules.Length];
             for (var i = 0; i < _rules.Length; i++)
             {
                 handles[i] = Limits[i].Charge(now, Cost(_rules[i], tokens));
@@ -446,7 +603,7 @@ public enum AdmissionDecision
 }
 
 /// <summary>What admission charged a request, kept so the charge can be corrected to actual usage.</summary>
-internal sealed record RateLimitCharge(AdmissionRateLimiter.Partition Partition, long Tokens, object?[] Handles);
+internal sealed record RateLimitCharge(AdmissionRateLimiter.Partition Partition, long Tokens, long[] Handles);
 
 /// <summary>A rule's state for one partition, at a moment.</summary>
 public readonly record struct RateLimitStatus(string Name, long Limit, long Remaining, TimeSpan ResetAfter)

@@ -5,8 +5,8 @@ using PipelineGateway.Pipeline;
 namespace PipelineGateway.Admission;
 
 /// <summary>
-/// First stage: takes an in-flight slot for each submitted request (waiting when <c>MaxInFlight</c>
-/// requests are inside: backpressure), applies the gateway-side rate limits and hands the request on.
+/// First stage: applies the gateway-side rate limits, then gives each request an in-flight slot (or queues it,
+/// fairly between tenants, for the next free one) and hands it on to the cache stage.
 /// Its <see cref="StopAsync"/> drives the shutdown drain, since it is the first hosted stage to stop.
 /// </summary>
 internal sealed class AdmissionStage : PipelineStage
@@ -52,41 +52,28 @@ internal sealed class AdmissionStage : PipelineStage
             return ValueTask.CompletedTask;
         }
 
-        // Rate limits come before the in-flight slot: a request waiting for a permit holds no slot.
+        // Rate limits come before the in-flight slot: a request waiting for a permit holds no slot. Nothing here
+        // waits: a request that must wait is parked (rate limit) or queued (slot) and comes back by callback, so one
+        // tenant's waiting never holds up another's.
         switch (limiter.TryAdmit(item, out var refusal))
         {
             case AdmissionDecision.Refused:
                 Pipeline.Metrics.OnRateLimited();
                 Pipeline.FailAndRetire(item, refusal!);
-                return ValueTask.CompletedTask;
+                break;
             case AdmissionDecision.Parked:
                 // The limiter hands it back through OnWaitOver, in order, as permits refill.
                 Pipeline.Metrics.OnRateLimitWait();
-                return ValueTask.CompletedTask;
+                break;
             case AdmissionDecision.Pending:
                 // A distributed store decides; the answer comes back through OnWaitOver.
-                return ValueTask.CompletedTask;
+                break;
             default:
-                return ForwardAsync(item, stopping);
-        }
-    }
-
-    /// <summary>Takes an in-flight slot (waiting when MaxInFlight are inside) and hands the request on.</summary>
-    private async ValueTask ForwardAsync(WorkItem item, CancellationToken stopping)
-    {
-        var slot = await Pipeline.AcquireSlotAsync(stopping).ConfigureAwait(false);
-        Pipeline.Occupy(item, slot);
-        if (item.IsCompleted)
-        {
-            Pipeline.Retire(item);
-            return;
+                Pipeline.Admit(item);
+                break;
         }
 
-        var next = Pipeline.CacheLookup.Writer;
-        if (!next.TryWrite(item))
-        {
-            await next.WriteAsync(item, stopping).ConfigureAwait(false);
-        }
+        return ValueTask.CompletedTask;
     }
 
     /// <summary>A waiting request's wait is over: admitted (continue), refused, or already answered.</summary>
@@ -105,20 +92,6 @@ internal sealed class AdmissionStage : PipelineStage
             return;
         }
 
-        _ = ContinueAsync(item);
-    }
-
-    private async Task ContinueAsync(WorkItem item)
-    {
-        try
-        {
-            await ForwardAsync(item, Stopping).ConfigureAwait(false);
-        }
-        catch (Exception ex)
-        {
-            Pipeline.FailAndRetire(item, ex is OperationCanceledException
-                ? new GatewayUnavailableException("The gateway shut down before the request was admitted.")
-                : new GatewayUnavailableException("The gateway's admission stage failed while handling the request."));
-        }
+        Pipeline.Admit(item);
     }
 }

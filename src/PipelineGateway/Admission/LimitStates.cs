@@ -9,11 +9,14 @@ internal interface ILimitState
     /// <summary>How long until <paramref name="cost"/> fits (zero: now; <see cref="TimeSpan.MaxValue"/>: never).</summary>
     TimeSpan TimeUntilAvailable(long now, long cost, long frequency);
 
-    object? Charge(long now, long cost);
+    long Charge(long now, long cost);
 
-    void Adjust(object? handle, long delta);
+    void Adjust(long handle, long delta);
 
     RateLimitStatus Status(string name, long limit, long now, long frequency);
+
+    /// <summary>True when the state is as if new (a full bucket, an empty window): forgetting it changes nothing.</summary>
+    bool AtRest(long now, long frequency);
 
     static ILimitState Create(RateLimitAlgorithm algorithm, long limit, TimeSpan window, long? burst) => algorithm switch
     {
@@ -44,14 +47,20 @@ internal sealed class TokenBucketState(long limit, TimeSpan window, long? burst)
         return missing <= 1e-9 ? TimeSpan.Zero : TimeSpan.FromSeconds(Math.Max(missing / _perSecond, 1e-6));
     }
 
-    public object? Charge(long now, long cost)
+    public long Charge(long now, long cost)
     {
         _tokens -= cost;
-        return null;
+        return 0;
     }
 
     // A correction may leave the bucket in debt: the next requests wait until it is repaid.
-    public void Adjust(object? handle, long delta) => _tokens = Math.Min(_capacity, _tokens - delta);
+    public void Adjust(long handle, long delta) => _tokens = Math.Min(_capacity, _tokens - delta);
+
+    public bool AtRest(long now, long frequency)
+    {
+        Refill(now, frequency);
+        return _tokens >= _capacity - 1e-9;
+    }
 
     public RateLimitStatus Status(string name, long limit, long now, long frequency)
     {
@@ -79,9 +88,17 @@ internal sealed class TokenBucketState(long limit, TimeSpan window, long? burst)
 /// amounts still inside the window plus its own stay within the limit — so no interval of Window length ever
 /// holds more than Limit, and there is no double burst at a window edge.
 /// </summary>
+/// <remarks>
+/// The log is a ring of (time, amount) structs — 16 bytes per admission still inside the window, no object per
+/// admission — and a charge's handle is its sequence number, so a correction finds its entry in O(1) while it is
+/// still in the window.
+/// </remarks>
 internal sealed class SlidingWindowState(long limit, TimeSpan window) : ILimitState
 {
-    private readonly Queue<Entry> _log = new();
+    private Entry[] _log = new Entry[4];
+    private int _head;
+    private int _count;
+    private long _firstSequence; // sequence number of the entry at _head
     private long _sum;
 
     public TimeSpan TimeUntilAvailable(long now, long cost, long frequency)
@@ -100,62 +117,96 @@ internal sealed class SlidingWindowState(long limit, TimeSpan window) : ILimitSt
 
         // Walk the oldest entries until enough would have left the window.
         var freed = 0L;
-        foreach (var e in _log)
+        for (var i = 0; i < _count; i++)
         {
+            ref var e = ref At(i);
             freed += e.Amount;
             if (_sum - freed + cost <= limit)
             {
-                return TimeSpan.FromSeconds(Math.Max((double)(e.At + windowTicks - now) / frequency, 1e-6));
+                return TimeSpan.FromSeconds(Math.Max((double)(e.Time + windowTicks - now) / frequency, 1e-6));
             }
         }
 
         return window;
     }
 
-    public object? Charge(long now, long cost)
+    public long Charge(long now, long cost)
     {
-        var entry = new Entry(now, cost);
-        _log.Enqueue(entry);
+        if (_count == _log.Length)
+        {
+            var bigger = new Entry[_log.Length * 2];
+            for (var i = 0; i < _count; i++)
+            {
+                bigger[i] = At(i);
+            }
+
+            _log = bigger;
+            _head = 0;
+        }
+
+        _log[(_head + _count) % _log.Length] = new Entry(now, cost);
+        _count++;
         _sum += cost;
-        return entry;
+        return _firstSequence + _count - 1;
     }
 
-    public void Adjust(object? handle, long delta)
+    public void Adjust(long handle, long delta)
     {
-        if (handle is Entry { Expired: false } e)
+        var offset = handle - _firstSequence;
+        if (offset < 0 || offset >= _count)
         {
-            var corrected = Math.Max(0, e.Amount + delta);
-            _sum += corrected - e.Amount;
-            e.Amount = corrected;
+            return; // left the window already: nothing to correct
         }
+
+        ref var e = ref At((int)offset);
+        var corrected = Math.Max(0, e.Amount + delta);
+        _sum += corrected - e.Amount;
+        e.Amount = corrected;
     }
 
     public RateLimitStatus Status(string name, long limit2, long now, long frequency)
     {
         var windowTicks = WindowTicks(frequency);
         Expire(now, windowTicks);
-        var reset = _log.Count == 0 ? TimeSpan.Zero : TimeSpan.FromSeconds((double)(_log.Peek().At + windowTicks - now) / frequency);
+        var reset = _count == 0 ? TimeSpan.Zero : TimeSpan.FromSeconds((double)(At(0).Time + windowTicks - now) / frequency);
         return new RateLimitStatus(name, limit2, Math.Max(0, limit - _sum), reset);
     }
+
+    public bool AtRest(long now, long frequency)
+    {
+        Expire(now, WindowTicks(frequency));
+        return _count == 0;
+    }
+
+    /// <summary>Admissions still inside the window (what the log holds).</summary>
+    public int Entries => _count;
+
+    private ref Entry At(int i) => ref _log[(_head + i) % _log.Length];
 
     private long WindowTicks(long frequency) => (long)(window.TotalSeconds * frequency);
 
     private void Expire(long now, long windowTicks)
     {
-        while (_log.Count > 0 && now - _log.Peek().At >= windowTicks)
+        while (_count > 0 && now - _log[_head].Time >= windowTicks)
         {
-            var e = _log.Dequeue();
-            e.Expired = true;
-            _sum -= e.Amount;
+            _sum -= _log[_head].Amount;
+            _log[_head] = default;
+            _head = (_head + 1) % _log.Length;
+            _count--;
+            _firstSequence++;
+        }
+
+        if (_count == 0 && _log.Length > 64)
+        {
+            _log = new Entry[4]; // give back the memory of a burst that is over
+            _head = 0;
         }
     }
 
-    private sealed class Entry(long at, long amount)
+    private struct Entry(long time, long amount)
     {
-        public long At { get; } = at;
+        public long Time = time;
 
-        public long Amount { get; set; } = amount;
-
-        public bool Expired { get; set; }
+        public long Amount = amount;
     }
 }

@@ -220,6 +220,8 @@ public static class BatchRunner
     internal static async Task<(bool, byte[])?> RunLineAsync(
         IGatewayQueue queue, BatchLine line, BatchRecords records, BatchProgress progress, TimeProvider time, CancellationToken stop, CancellationToken abort)
     {
+        // Batch work yields to interactive requests under contention (and keeps its share of the capacity).
+        (line.Request!.Gateway ??= new GatewayRequestOptions()).Priority = RequestPriority.Batch;
         while (true)
         {
             try
@@ -228,12 +230,14 @@ public static class BatchRunner
                 progress.AddSucceeded(response.Gateway?.Cached == true);
                 return (false, records.Success(line, response));
             }
-            catch (RateLimitedException ex)
+            catch (Exception ex) when (ex is RateLimitedException or ProviderOverloadedException)
             {
-                // A gateway limit refused after its longest wait: the batch waits its turn, it does not fail.
+                // A limit refused after its longest wait, or every provider's queue is longer than the request may wait:
+                // the batch waits its turn, it does not fail.
+                var retryAfter = ex is RateLimitedException r ? r.RetryAfter : ((ProviderOverloadedException)ex).RetryAfter;
                 try
                 {
-                    await Task.Delay(ex.RetryAfter > TimeSpan.Zero ? ex.RetryAfter : TimeSpan.FromMilliseconds(100), time, stop).ConfigureAwait(false);
+                    await Task.Delay(retryAfter > TimeSpan.Zero ? retryAfter : TimeSpan.FromMilliseconds(100), time, stop).ConfigureAwait(false);
                 }
                 catch (OperationCanceledException)
                 {

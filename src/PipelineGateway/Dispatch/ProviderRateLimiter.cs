@@ -3,9 +3,9 @@ using PipelineGateway.Admission;
 namespace PipelineGateway.Dispatch;
 
 /// <summary>
-/// A provider's own limits: requests and tokens per minute as exact sliding windows, plus a pause while the
-/// provider has said 429. Workers wait here (on the injected clock) before sending, so work waits in the
-/// provider's queue instead of being sent to earn a 429, and a batch runs at exactly the allowed rate.
+/// A provider's own limits: requests and tokens per minute as exact sliding windows. Workers wait here (on the
+/// injected clock) before sending, so work waits in the provider's queue instead of being sent to earn a 429, and a
+/// batch runs at exactly the allowed rate. (The pause after a 429 is the health tracker's: one owner for it.)
 /// </summary>
 internal sealed class ProviderRateLimiter(int? requestsPerMinute, int? tokensPerMinute, TimeProvider time)
 {
@@ -13,11 +13,13 @@ internal sealed class ProviderRateLimiter(int? requestsPerMinute, int? tokensPer
     private readonly SlidingWindowState? _requests = requestsPerMinute is { } rpm ? new SlidingWindowState(rpm, Minute) : null;
     private readonly SlidingWindowState? _tokens = tokensPerMinute is { } tpm ? new SlidingWindowState(tpm, Minute) : null;
     private readonly object _lock = new();
-    private long _pausedUntilUtcTicks;
 
     public bool CountsTokens => _tokens is not null;
 
     public bool IsLimited => _requests is not null || _tokens is not null;
+
+    /// <summary>The spacing the requests-per-minute limit imposes on a steady flow (zero without one).</summary>
+    public TimeSpan RequestInterval { get; } = requestsPerMinute is { } r ? TimeSpan.FromMinutes(1) / r : TimeSpan.Zero;
 
     /// <summary>Waits until the request fits every limit and the provider is not paused, then charges it.</summary>
     public async ValueTask<Charge?> AcquireAsync(long tokens, CancellationToken cancellationToken)
@@ -38,12 +40,6 @@ internal sealed class ProviderRateLimiter(int? requestsPerMinute, int? tokensPer
     public TimeSpan TryAcquire(long tokens, out Charge? charge)
     {
         charge = null;
-        var paused = new DateTimeOffset(Volatile.Read(ref _pausedUntilUtcTicks), TimeSpan.Zero) - time.GetUtcNow();
-        if (paused > TimeSpan.Zero)
-        {
-            return paused;
-        }
-
         if (!IsLimited)
         {
             return TimeSpan.Zero;
@@ -71,7 +67,7 @@ internal sealed class ProviderRateLimiter(int? requestsPerMinute, int? tokensPer
                 return wait;
             }
 
-            charge = new Charge(_requests?.Charge(now, 1), _tokens?.Charge(now, cost), cost);
+            charge = new Charge(_requests?.Charge(now, 1) ?? -1, _tokens?.Charge(now, cost) ?? -1, cost);
             return TimeSpan.Zero;
         }
     }
@@ -79,7 +75,7 @@ internal sealed class ProviderRateLimiter(int? requestsPerMinute, int? tokensPer
     /// <summary>Corrects the token charge to the actual usage (0 when nothing was billed).</summary>
     public void Settle(Charge? charge, long actualTokens)
     {
-        if (charge?.TokenHandle is null || _tokens is null)
+        if (charge is null || _tokens is null)
         {
             return;
         }
@@ -90,21 +86,5 @@ internal sealed class ProviderRateLimiter(int? requestsPerMinute, int? tokensPer
         }
     }
 
-    /// <summary>The provider said 429: send nothing until its Retry-After.</summary>
-    public void Pause(TimeSpan retryAfter)
-    {
-        var until = (time.GetUtcNow() + retryAfter).UtcTicks;
-        long current;
-        do
-        {
-            current = Volatile.Read(ref _pausedUntilUtcTicks);
-            if (until <= current)
-            {
-                return;
-            }
-        }
-        while (Interlocked.CompareExchange(ref _pausedUntilUtcTicks, until, current) != current);
-    }
-
-    internal sealed record Charge(object? RequestHandle, object? TokenHandle, long Tokens);
+    internal sealed record Charge(long RequestHandle, long TokenHandle, long Tokens);
 }

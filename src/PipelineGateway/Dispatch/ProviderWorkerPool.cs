@@ -1,4 +1,3 @@
-using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Pipeline;
 using PipelineGateway.Providers;
@@ -7,13 +6,13 @@ using PipelineGateway.Routing;
 namespace PipelineGateway.Dispatch;
 
 /// <summary>
-/// One provider's bounded queue and its workers. Each worker makes one attempt at a time, so the
-/// number of workers is the provider's maximum concurrency. A success answers the caller here; a
+/// One provider's waiting room (<see cref="ProviderQueue"/>) and its workers. Each worker makes one attempt at a
+/// time, so the number of workers is the provider's maximum concurrency. A success answers the caller here; a
 /// failure becomes a value on the item and goes to the dead-letter stage, which decides what next.
 /// </summary>
 internal sealed partial class ProviderWorkerPool
 {
-    private readonly Channel<WorkItem> _queue;
+    private readonly ProviderQueue _queue;
     private readonly int _workers;
     private readonly ILogger _logger;
     private GatewayPipeline? _pipeline;
@@ -22,7 +21,7 @@ internal sealed partial class ProviderWorkerPool
     private readonly int? _requestsPerMinute;
     private readonly int? _tokensPerMinute;
 
-    public ProviderWorkerPool(ILlmProvider provider, int workers, int queueCapacity, ILogger logger, int? requestsPerMinute = null, int? tokensPerMinute = null)
+    public ProviderWorkerPool(ILlmProvider provider, int workers, int queueCapacity, ILogger logger, Hosting.FairnessOptions fairness, TimeProvider time, int? requestsPerMinute = null, int? tokensPerMinute = null)
     {
         _requestsPerMinute = requestsPerMinute;
         _tokensPerMinute = tokensPerMinute;
@@ -31,12 +30,8 @@ internal sealed partial class ProviderWorkerPool
         QueueCapacity = queueCapacity;
         _logger = logger;
         _permits = new SemaphoreSlim(workers, workers);
-        _queue = Channel.CreateBounded<WorkItem>(new BoundedChannelOptions(queueCapacity)
-        {
-            FullMode = BoundedChannelFullMode.Wait,
-            SingleReader = workers == 1,
-            SingleWriter = true,
-        });
+        _queue = new ProviderQueue(queueCapacity, workers, fairness, time);
+        Limits = new ProviderRateLimiter(requestsPerMinute, tokensPerMinute, time);
     }
 
     public string Name => Provider.Name;
@@ -47,66 +42,79 @@ internal sealed partial class ProviderWorkerPool
 
     public int Workers => _workers;
 
-    public int QueueDepth => _queue.Reader.Count;
+    public int QueueDepth => _queue.Count;
 
     /// <summary>Attempts running against the provider right now.</summary>
     public long InFlight => _workers - _permits.CurrentCount;
 
-    public ChannelWriter<WorkItem> Writer => _queue.Writer;
+    /// <summary>The provider's RPM/TPM limits.</summary>
+    internal ProviderRateLimiter Limits { get; }
 
-    /// <summary>The provider's RPM/TPM limits and 429 pause.</summary>
-    internal ProviderRateLimiter Limits { get; private set; } = null!;
+    /// <summary>How long a request arriving now would wait before a worker takes it (for metrics).</summary>
+    public TimeSpan ExpectedWait => _pipeline is null ? TimeSpan.Zero : _queue.ExpectedWait(_pipeline.Selector.Health.PausedFor(Name), Limits.RequestInterval);
+
+    /// <summary>How long the provider must not be called yet (a 429's pause, owned by the health tracker).</summary>
+    public TimeSpan PausedFor => _pipeline?.Selector.Health.PausedFor(Name) ?? TimeSpan.Zero;
+
+    /// <summary>The measured time a worker is occupied per request.</summary>
+    public TimeSpan ServiceTime => _queue.ServiceTime;
+
+    /// <summary>
+    /// Offers a request to this provider's queue: taken if its expected wait is at most <paramref name="maxWait"/>
+    /// (counting a 429 pause and the requests-per-minute limit), refused at once otherwise. Never waits.
+    /// </summary>
+    public QueueOffer Offer(WorkItem item, TimeSpan maxWait, out WorkItem? pushedOut) =>
+        _queue.Offer(item, maxWait, _pipeline!.Selector.Health.PausedFor(Name), Limits.RequestInterval, out pushedOut);
 
     public void Start(GatewayPipeline pipeline, CancellationToken stop)
     {
         _pipeline = pipeline;
-        Limits = new ProviderRateLimiter(_requestsPerMinute, _tokensPerMinute, pipeline.Time);
         _running = new Task[_workers];
         for (var i = 0; i < _workers; i++)
         {
-            _running[i] = Task.Run(() => WorkerLoopAsync(stop), CancellationToken.None);
+            _running[i] = Task.Run(WorkerLoopAsync, CancellationToken.None);
         }
+
+        stop.UnsafeRegister(static s => ((ProviderWorkerPool)s!).Stop(), this);
     }
 
     public Task Completion => Task.WhenAll(_running);
 
-    private async Task WorkerLoopAsync(CancellationToken stop)
+    /// <summary>Stops the workers once they finish what they hold; requests still queued are answered as shut out.</summary>
+    private void Stop()
     {
-        // ReadAsync, not WaitToReadAsync + TryRead: the workers share one queue, and a written item completes every
-        // reader waiting in WaitToReadAsync — with 256 idle workers, 256 wake-ups (and 255 fresh waits) for one
-        // request. A waiting ReadAsync is handed exactly one item, so one item wakes one worker. Measured at
-        // 2,000 req/s: the wake-ups were a third of all the gateway's allocations (docs/benchmarks.md).
-        var reader = _queue.Reader;
-        try
+        foreach (var item in _queue.Stop())
         {
-            while (true)
-            {
-                if (!reader.TryRead(out var item))
-                {
-                    item = await reader.ReadAsync(stop).ConfigureAwait(false);
-                }
-
-                try
-                {
-                    await AttemptAsync(item).ConfigureAwait(false);
-                }
-                catch (Exception ex)
-                {
-                    LogWorkerError(_logger, ex, Name);
-                    _pipeline!.FailAndRetire(item, new GatewayUnavailableException("The gateway failed while handling the request."));
-                }
-            }
-        }
-        catch (ChannelClosedException)
-        {
-            // The queue was completed and drained: the pool is stopping.
-        }
-        catch (OperationCanceledException) when (stop.IsCancellationRequested)
-        {
+            _pipeline!.FailAndRetire(item, new GatewayUnavailableException("The gateway shut down before the request reached its provider."));
         }
     }
 
-    private async ValueTask AttemptAsync(WorkItem item)
+    private async Task WorkerLoopAsync()
+    {
+        // Each worker parks its own reusable signal while idle, and a request is handed to exactly one parked worker
+        // (no thundering herd of wake-ups, no allocation per wait: docs/benchmarks.md).
+        var signal = new WorkerSignal();
+        while (await _queue.NextAsync(signal).ConfigureAwait(false) is { } item)
+        {
+            TimeSpan? service = null;
+            try
+            {
+                service = await AttemptAsync(item).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                LogWorkerError(_logger, ex, Name);
+                _pipeline!.FailAndRetire(item, new GatewayUnavailableException("The gateway failed while handling the request."));
+            }
+            finally
+            {
+                _queue.Done(item, service);
+            }
+        }
+    }
+
+    /// <summary>Makes the request's attempt here; returns how long it occupied the provider (null: none was sent).</summary>
+    private async ValueTask<TimeSpan?> AttemptAsync(WorkItem item)
     {
         var pipeline = _pipeline!;
         var deployment = item.Current!;
@@ -116,7 +124,7 @@ internal sealed partial class ProviderWorkerPool
             {
                 deployment.State.OnNeutral();
                 pipeline.Retire(item);
-                return;
+                return null;
             }
 
             if (pipeline.IsFailingRemaining)
@@ -125,7 +133,7 @@ internal sealed partial class ProviderWorkerPool
                 item.Cancel(CancelReason.Shutdown);
                 deployment.State.OnNeutral();
                 pipeline.FailAndRetire(item, item.CancellationError());
-                return;
+                return null;
             }
 
             // A request whose deadline passed while it waited in the queue is never sent upstream.
@@ -134,17 +142,12 @@ internal sealed partial class ProviderWorkerPool
                 item.Cancel(CancelReason.Deadline);
                 deployment.State.OnNeutral();
                 pipeline.FailAndRetire(item, item.CancellationError());
-                return;
+                return null;
             }
 
-            if (item.Group.Hedging is { } hedging && !item.IsStream)
-            {
-                await HedgedAttemptAsync(item, deployment, hedging.Delay).ConfigureAwait(false);
-            }
-            else
-            {
-                await SingleAttemptAsync(item, deployment).ConfigureAwait(false);
-            }
+            return item.Group.Hedging is { } hedging && !item.IsStream
+                ? await HedgedAttemptAsync(item, deployment, hedging.Delay).ConfigureAwait(false)
+                : await SingleAttemptAsync(item, deployment).ConfigureAwait(false);
         }
         finally
         {
@@ -153,10 +156,11 @@ internal sealed partial class ProviderWorkerPool
     }
 
     /// <summary>One attempt, holding one of this provider's concurrency permits.</summary>
-    private async ValueTask SingleAttemptAsync(WorkItem item, Deployment deployment)
+    private async ValueTask<TimeSpan?> SingleAttemptAsync(WorkItem item, Deployment deployment)
     {
         var pipeline = _pipeline!;
         var started = pipeline.Time.GetTimestamp();
+        var sent = false;
         ProviderRateLimiter.Charge? charge = null;
         ChatCompletionResponse? response = null;
         try
@@ -167,6 +171,7 @@ internal sealed partial class ProviderWorkerPool
             try
             {
                 started = pipeline.Time.GetTimestamp();
+                sent = true;
                 if (item.IsStream)
                 {
                     await StreamAttemptAsync(item, deployment, started).ConfigureAwait(false);
@@ -187,15 +192,19 @@ internal sealed partial class ProviderWorkerPool
         catch (Exception ex)
         {
             Limits.Settle(charge, 0);
+            var service = sent ? pipeline.Time.GetElapsedTime(started) : (TimeSpan?)null;
             OnAttemptFailed(item, deployment, started, ex);
-            return;
+            return service;
         }
 
+        var took = pipeline.Time.GetElapsedTime(started);
         if (response is not null)
         {
             // After the permit is back: the caller may be resumed on this thread (see WorkItem.TryComplete).
             pipeline.CompleteSuccess(item, deployment, response);
         }
+
+        return took;
     }
 
     /// <summary>
@@ -204,9 +213,10 @@ internal sealed partial class ProviderWorkerPool
     /// success answers the caller and the other attempt is cancelled; if both fail, the later failure goes to
     /// the dead-letter stage with both attempts listed.
     /// </summary>
-    private async ValueTask HedgedAttemptAsync(WorkItem item, Deployment primary, TimeSpan delay)
+    private async ValueTask<TimeSpan?> HedgedAttemptAsync(WorkItem item, Deployment primary, TimeSpan delay)
     {
         var pipeline = _pipeline!;
+        var started = pipeline.Time.GetTimestamp();
         using var primaryCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
 
         // The hedge clock starts before the first attempt does.
@@ -216,30 +226,22 @@ internal sealed partial class ProviderWorkerPool
         {
             await primaryCts.CancelAsync().ConfigureAwait(false); // stops the hedge timer; the attempt is over
             await FinishAsync(item, primaryTask.Result, null).ConfigureAwait(false);
-            return;
+            return primaryTask.Result.Latency;
         }
 
-        Deployment[] scratch = [];
-        var other = pipeline.Selector.Select(item, item.Group, ref scratch, exclude: primary);
-        ProviderRateLimiter.Charge? hedgeCharge = null;
-        if (other is not null && (other.Pool.Limits.TryAcquire(other.Pool.Limits.CountsTokens ? item.EstimatedTokens : 0, out hedgeCharge) != TimeSpan.Zero || !other.Pool.TryAcquirePermit()))
-        {
-            other.Pool.Limits.Settle(hedgeCharge, 0); // a hedge is only sent if its provider has room right now
-            other.State.OnNeutral(); // give back a half-open probe we will not use
-            other = null;
-        }
-
-        if (other is null)
+        // Where the hedge goes is Routing's decision; it comes back with room reserved at that provider, or not at all.
+        if (pipeline.Hedges.TryChoose(item, primary) is not var (other, reservation))
         {
             // Nowhere to hedge to right now: wait for the first attempt.
-            await FinishAsync(item, await primaryTask.ConfigureAwait(false), null).ConfigureAwait(false);
-            return;
+            var only = await primaryTask.ConfigureAwait(false);
+            await FinishAsync(item, only, null).ConfigureAwait(false);
+            return only.Latency;
         }
 
         pipeline.Metrics.OnHedge();
         other.State.Enter();
         using var hedgeCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
-        var hedgeTask = RunAsync(other.Pool, other, item, ownPermit: false, hedgeCts.Token, hedgeCharge);
+        var hedgeTask = other.Pool.RunReservedAsync(other, item, reservation, hedgeCts.Token);
         try
         {
             var first = await Task.WhenAny(primaryTask, hedgeTask).ConfigureAwait(false);
@@ -251,11 +253,12 @@ internal sealed partial class ProviderWorkerPool
                 await (first == primaryTask ? hedgeCts : primaryCts).CancelAsync().ConfigureAwait(false);
                 var loser = await second.ConfigureAwait(false);
                 await FinishAsync(item, firstResult, loser).ConfigureAwait(false);
-                return;
+                return pipeline.Time.GetElapsedTime(started);
             }
 
             var secondResult = await second.ConfigureAwait(false);
             await FinishAsync(item, secondResult, firstResult).ConfigureAwait(false);
+            return pipeline.Time.GetElapsedTime(started);
         }
         finally
         {
@@ -264,38 +267,68 @@ internal sealed partial class ProviderWorkerPool
     }
 
     /// <summary>The outcome of one hedged leg, as a value.</summary>
-    private readonly record struct Leg(Deployment Deployment, ProviderWorkerPool Pool, ChatCompletionResponse? Response, Exception? Error, TimeSpan Latency);
+    internal readonly record struct Leg(Deployment Deployment, string Provider, ChatCompletionResponse? Response, Exception? Error, TimeSpan Latency);
 
-    private static async Task<Leg> RunAsync(ProviderWorkerPool pool, Deployment deployment, WorkItem item, bool ownPermit, CancellationToken token, ProviderRateLimiter.Charge? hedgeCharge = null)
+    private static Task<Leg> RunAsync(ProviderWorkerPool pool, Deployment deployment, WorkItem item, bool ownPermit, CancellationToken token) =>
+        pool.RunLegAsync(deployment, item, null, ownPermit, token);
+
+    /// <summary>Runs a hedge leg on room reserved here by <see cref="TryReserve"/>.</summary>
+    public Task<Leg> RunReservedAsync(Deployment deployment, WorkItem item, ProviderReservation reservation, CancellationToken token) =>
+        RunLegAsync(deployment, item, reservation.Charge, ownPermit: false, token);
+
+    /// <summary>
+    /// Reserves room for a hedge now — a concurrency permit and the rate limits' charge — or nothing: a hedge never
+    /// waits and never passes the provider's limits, and no hedge goes to a provider paused by a 429.
+    /// </summary>
+    public bool TryReserve(WorkItem item, out ProviderReservation reservation)
     {
-        var charge = hedgeCharge;
-        var time = pool._pipeline!.Time;
+        reservation = default;
+        if (_pipeline!.Selector.Health.PausedFor(Name) > TimeSpan.Zero
+            || Limits.TryAcquire(Limits.CountsTokens ? item.EstimatedTokens : 0, out var charge) != TimeSpan.Zero)
+        {
+            return false;
+        }
+
+        if (!_permits.Wait(0, CancellationToken.None))
+        {
+            Limits.Settle(charge, 0);
+            return false;
+        }
+
+        reservation = new ProviderReservation(charge);
+        return true;
+    }
+
+    private async Task<Leg> RunLegAsync(Deployment deployment, WorkItem item, ProviderRateLimiter.Charge? reservedCharge, bool ownPermit, CancellationToken token)
+    {
+        var charge = reservedCharge;
+        var time = _pipeline!.Time;
         var started = time.GetTimestamp();
-        var holding = !ownPermit; // a hedge leg's permit was taken by the caller
+        var holding = !ownPermit; // a hedge leg's permit was reserved by the router
         try
         {
             if (ownPermit)
             {
-                charge = await pool.AcquireRateAsync(item).ConfigureAwait(false);
-                await pool.AcquirePermitAsync(token).ConfigureAwait(false);
+                charge = await AcquireRateAsync(item).ConfigureAwait(false);
+                await AcquirePermitAsync(token).ConfigureAwait(false);
                 holding = true;
                 started = time.GetTimestamp();
             }
 
-            var response = await pool.Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), token).ConfigureAwait(false);
-            pool.Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
-            return new Leg(deployment, pool, response, null, time.GetElapsedTime(started));
+            var response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), token).ConfigureAwait(false);
+            Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
+            return new Leg(deployment, Name, response, null, time.GetElapsedTime(started));
         }
         catch (Exception ex)
         {
-            pool.Limits.Settle(charge, 0);
-            return new Leg(deployment, pool, null, ex, time.GetElapsedTime(started));
+            Limits.Settle(charge, 0);
+            return new Leg(deployment, Name, null, ex, time.GetElapsedTime(started));
         }
         finally
         {
             if (holding)
             {
-                pool.ReleasePermit();
+                ReleasePermit();
             }
         }
     }
@@ -310,10 +343,10 @@ internal sealed partial class ProviderWorkerPool
                 // A leg cancelled because the other won says nothing about its provider's health.
                 var lost = loser.Error is OperationCanceledException && !item.Token.IsCancellationRequested;
                 var failure = lost ? new ProviderFailure(AttemptOutcome.Cancelled, null, null, "hedge lost: the other attempt answered first") : Classify(item, loser.Error!);
-                loser.Pool.Record(item, loser.Deployment, new GatewayAttempt(loser.Pool.Name, loser.Deployment.Model, failure.Outcome, loser.Latency, failure.StatusCode, failure.Message), failure.RetryAfter);
+                Record(item, loser.Deployment, new GatewayAttempt(loser.Provider, loser.Deployment.Model, failure.Outcome, loser.Latency, failure.StatusCode, failure.Message), failure.RetryAfter);
             }
 
-            result.Pool.Record(item, result.Deployment, new GatewayAttempt(result.Pool.Name, result.Deployment.Model, AttemptOutcome.Success, result.Latency), null);
+            Record(item, result.Deployment, new GatewayAttempt(result.Provider, result.Deployment.Model, AttemptOutcome.Success, result.Latency), null);
             pipeline.CompleteSuccess(item, result.Deployment, response);
             return ValueTask.CompletedTask;
         }
@@ -321,10 +354,10 @@ internal sealed partial class ProviderWorkerPool
         if (other is { } earlier)
         {
             var f = Classify(item, earlier.Error!);
-            earlier.Pool.Record(item, earlier.Deployment, new GatewayAttempt(earlier.Pool.Name, earlier.Deployment.Model, f.Outcome, earlier.Latency, f.StatusCode, f.Message), f.RetryAfter);
+            Record(item, earlier.Deployment, new GatewayAttempt(earlier.Provider, earlier.Deployment.Model, f.Outcome, earlier.Latency, f.StatusCode, f.Message), f.RetryAfter);
         }
 
-        result.Pool.OnAttemptFailedAfter(item, result.Deployment, result.Latency, result.Error!);
+        OnAttemptFailedAfter(item, result.Deployment, result.Provider, result.Latency, result.Error!);
         return ValueTask.CompletedTask;
     }
 
@@ -332,18 +365,34 @@ internal sealed partial class ProviderWorkerPool
 
     private ValueTask<ProviderRateLimiter.Charge?> AcquireRateAsync(WorkItem item)
     {
-        // The synchronous try covers the common case (no limit, or room now) without an async state machine.
+        // The synchronous try covers the common case (no pause, no limit, or room now) without an async state machine.
         var tokens = Limits.CountsTokens ? item.EstimatedTokens : 0;
-        return Limits.TryAcquire(tokens, out var charge) == TimeSpan.Zero
+        ProviderRateLimiter.Charge? charge = null;
+        return _pipeline!.Selector.Health.PausedFor(Name) == TimeSpan.Zero && Limits.TryAcquire(tokens, out charge) == TimeSpan.Zero
             ? ValueTask.FromResult(charge)
-            : Limits.AcquireAsync(tokens, item.Token);
+            : WaitForRateAsync(tokens, item.Token);
+    }
+
+    /// <summary>Waits out a 429 pause (the health tracker's) and the provider's RPM/TPM limits, on the injected clock.</summary>
+    private async ValueTask<ProviderRateLimiter.Charge?> WaitForRateAsync(long tokens, CancellationToken token)
+    {
+        var time = _pipeline!.Time;
+        while (true)
+        {
+            var paused = _pipeline.Selector.Health.PausedFor(Name);
+            ProviderRateLimiter.Charge? charge = null;
+            var wait = paused > TimeSpan.Zero ? paused : Limits.TryAcquire(tokens, out charge);
+            if (wait == TimeSpan.Zero)
+            {
+                return charge;
+            }
+
+            await Task.Delay(wait, time, token).ConfigureAwait(false);
+        }
     }
 
     private ValueTask AcquirePermitAsync(CancellationToken token) =>
         _permits.Wait(0, CancellationToken.None) ? ValueTask.CompletedTask : new ValueTask(_permits.WaitAsync(token));
-
-    /// <summary>Takes a concurrency permit without waiting (for a hedge borrowing this provider).</summary>
-    internal bool TryAcquirePermit() => _permits.Wait(0, CancellationToken.None);
 
     private void ReleasePermit() => _permits.Release();
 
@@ -398,9 +447,9 @@ internal sealed partial class ProviderWorkerPool
 
 
     private void OnAttemptFailed(WorkItem item, Deployment deployment, long started, Exception ex) =>
-        OnAttemptFailedAfter(item, deployment, _pipeline!.Time.GetElapsedTime(started), ex);
+        OnAttemptFailedAfter(item, deployment, Name, _pipeline!.Time.GetElapsedTime(started), ex);
 
-    private void OnAttemptFailedAfter(WorkItem item, Deployment deployment, TimeSpan latency, Exception ex)
+    private void OnAttemptFailedAfter(WorkItem item, Deployment deployment, string provider, TimeSpan latency, Exception ex)
     {
         var pipeline = _pipeline!;
         var failure = Classify(item, ex);
@@ -413,13 +462,13 @@ internal sealed partial class ProviderWorkerPool
             // in reverse order, and continuations may run inline): answer with the cancellation ourselves.
             item.TryFail(failure.Outcome == AttemptOutcome.Cancelled
                 ? item.CancellationError()
-                : new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), $"the stream from '{Name}' broke after it started: {failure.Message}"));
+                : new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), $"the stream from '{provider}' broke after it started: {failure.Message}"));
 
             pipeline.Retire(item);
             return;
         }
 
-        Record(item, deployment, new GatewayAttempt(Name, deployment.Model, failure.Outcome, latency, failure.StatusCode, failure.Message), failure.RetryAfter);
+        Record(item, deployment, new GatewayAttempt(provider, deployment.Model, failure.Outcome, latency, failure.StatusCode, failure.Message), failure.RetryAfter);
         item.LastFailure = failure;
 
         // Never waits: the dead-letter channel holds MaxInFlight items (see GatewayPipeline).
@@ -429,18 +478,12 @@ internal sealed partial class ProviderWorkerPool
         }
     }
 
-    /// <summary>Adds the attempt to the request, and reports it to metrics and to the health tracker.</summary>
+    /// <summary>Adds the attempt to the request, and reports it to metrics and to the health tracker (which owns 429 pauses).</summary>
     private void Record(WorkItem item, Deployment deployment, GatewayAttempt attempt, TimeSpan? retryAfter)
     {
         if (ReferenceEquals(item.Current, deployment))
         {
             item.ReleaseDeployment();
-        }
-
-        if (attempt.Outcome == AttemptOutcome.RateLimited)
-        {
-            // The provider said 429: the whole pool slows down until its Retry-After.
-            Limits.Pause(retryAfter ?? _pipeline!.Selector.Health.Options.RateLimitCooldown);
         }
 
         item.AddAttempt(deployment, attempt);
@@ -469,6 +512,9 @@ internal sealed partial class ProviderWorkerPool
     [LoggerMessage(EventId = 20, Level = LogLevel.Error, Message = "Worker of provider {Provider} failed while handling a request.")]
     private static partial void LogWorkerError(ILogger logger, Exception exception, string provider);
 }
+
+/// <summary>Room reserved at a provider for a hedge: a concurrency permit held, and the rate limits' charge.</summary>
+internal readonly record struct ProviderReservation(ProviderRateLimiter.Charge? Charge);
 
 /// <summary>Every provider's worker pool, by name.</summary>
 internal sealed class ProviderPools(IReadOnlyList<ProviderWorkerPool> pools)

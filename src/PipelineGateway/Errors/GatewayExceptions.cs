@@ -41,15 +41,33 @@ public sealed class RateLimitedException(string limit, TimeSpan retryAfter, stri
 }
 
 /// <summary>The gateway's queue is full and the caller asked not to wait (load shedding).</summary>
-public sealed class QueueFullException(TimeSpan retryAfter)
-    : GatewayException("queue_full", $"The gateway queue is full; retry after {retryAfter.TotalSeconds:F3} s.")
+public sealed class QueueFullException(TimeSpan retryAfter, string? message = null)
+    : GatewayException("queue_full", message ?? $"The gateway queue is full; retry after {retryAfter.TotalSeconds:F3} s.")
 {
     public TimeSpan RetryAfter { get; } = retryAfter;
 }
 
+/// <summary>
+/// Every deployment that could serve the request is overloaded: its expected queue wait is longer than the request may
+/// wait (<c>Pipeline:MaxQueueWait</c> for fail-fast callers, the remaining deadline for all). Refused at once, before
+/// waiting; <see cref="RetryAfter"/> is when the queue is expected to have room.
+/// </summary>
+public sealed class ProviderOverloadedException(string model, TimeSpan retryAfter, TimeSpan expectedWait, IReadOnlyList<GatewayAttempt> attempts, string? message = null)
+    : GatewayException("provider_overloaded", message ?? $"Every deployment of model '{model}' is overloaded: the expected wait ({expectedWait.TotalSeconds:F1} s) is longer than the request may wait; retry after {retryAfter.TotalSeconds:F1} s{AttemptText.Describe(attempts)}")
+{
+    public string Model { get; } = model;
+
+    public TimeSpan RetryAfter { get; } = retryAfter;
+
+    /// <summary>The shortest expected queue wait among the deployments that were considered.</summary>
+    public TimeSpan ExpectedWait { get; } = expectedWait;
+
+    public IReadOnlyList<GatewayAttempt> Attempts { get; } = attempts;
+}
+
 /// <summary>The request's deadline passed before an answer arrived.</summary>
-public sealed class DeadlineExceededException(TimeSpan timeout, IReadOnlyList<GatewayAttempt> attempts)
-    : GatewayException("deadline_exceeded", $"The request did not complete within its deadline of {timeout.TotalMilliseconds:F0} ms{AttemptText.Describe(attempts)}")
+public sealed class DeadlineExceededException(TimeSpan timeout, IReadOnlyList<GatewayAttempt> attempts, string? message = null)
+    : GatewayException("deadline_exceeded", message ?? $"The request did not complete within its deadline of {timeout.TotalMilliseconds:F0} ms{AttemptText.Describe(attempts)}")
 {
     public TimeSpan Timeout { get; } = timeout;
 

@@ -31,6 +31,7 @@ public static class OpenAIErrorMapping
         RateLimitedException e => (429, new OpenAIError { Message = e.Message, Type = "rate_limit_error", Code = "rate_limit_exceeded" }, e.RetryAfter),
         BudgetExceededException e => (429, new OpenAIError { Message = e.Message, Type = "insufficient_quota", Code = "budget_exceeded" }, null),
         QueueFullException e => (503, new OpenAIError { Message = e.Message, Type = "server_overloaded", Code = "queue_full" }, e.RetryAfter),
+        ProviderOverloadedException e => (503, new OpenAIError { Message = e.Message, Type = "server_overloaded", Code = "provider_overloaded" }, e.RetryAfter),
         DeadlineExceededException e => (504, new OpenAIError { Message = e.Message, Type = "timeout", Code = "deadline_exceeded" }, null),
         AllProvidersFailedException e => (502, new OpenAIError { Message = e.Message, Type = "upstream_error", Code = "all_providers_failed" }, null),
         GatewayUnavailableException e => (503, new OpenAIError { Message = e.Message, Type = "server_unavailable", Code = "unavailable" }, TimeSpan.FromSeconds(1)),

@@ -28,6 +28,38 @@ public sealed class GatewayOptions
 
     /// <summary>Spending limits per day or month, global or per gateway key.</summary>
     public List<Cost.BudgetOptions> Budgets { get; set; } = [];
+
+    /// <summary>How tenants share the gateway's waiting rooms and capacity.</summary>
+    public FairnessOptions Fairness { get; set; } = new();
+}
+
+/// <summary>
+/// Sharing between tenants (section <c>Gateway:Fairness</c>). A tenant is the request's
+/// <see cref="GatewayRequestOptions.RateLimitKey"/> (the gateway key's id over HTTP). Every waiting room is drained
+/// by weighted fair sharing, so one tenant's flood cannot starve another (docs/rate-limiting.md).
+/// </summary>
+public sealed class FairnessOptions
+{
+    /// <summary>Weight per tenant key (default 1): a tenant of weight 3 gets three times the share of a tenant of weight 1.</summary>
+    public Dictionary<string, double> Weights { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// How many requests one tenant may hold in admission's waiting room (queued, waiting for a rate-limit permit or
+    /// for an in-flight slot), at most; <c>Pipeline:AdmissionQueueCapacity</c> bounds all tenants together.
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int MaxQueuedPerKey { get; set; } = 256;
+
+    /// <summary>While interactive and batch work both wait, the part of the grants batch work gets (0.1: one in ten).</summary>
+    [Range(0.0, 1.0)]
+    public double BatchShare { get; set; } = 0.1;
+
+    /// <summary>Tenants tracked at once, at most (idle ones are forgotten); past it new tenants are refused.</summary>
+    [Range(1, 10_000_000)]
+    public int MaxTenants { get; set; } = 100_000;
+
+    /// <summary>The weight of a tenant key.</summary>
+    public double WeightOf(string key) => Weights.TryGetValue(key, out var w) && w > 0 ? w : 1;
 }
 
 /// <summary>Sizes and timings of the pipeline engine. See docs/architecture.md for why each bound is where it is.</summary>
@@ -41,9 +73,17 @@ public sealed class PipelineOptions
     [Range(1, 1_000_000)]
     public int AdmissionQueueCapacity { get; set; } = 1024;
 
-    /// <summary>Capacity of the admission → cache channel.</summary>
+    /// <summary>Not used any more: the admission → cache channel holds <see cref="MaxInFlight"/> (it can never be full). Kept so old files bind.</summary>
     [Range(1, 1_000_000)]
     public int CacheQueueCapacity { get; set; } = 256;
+
+    /// <summary>
+    /// The longest a fail-fast request (the HTTP front door) may be expected to wait in a deployment's queue: a
+    /// request whose expected wait there (queue ahead of it ÷ the provider's measured drain rate) is longer, or longer
+    /// than its remaining deadline, goes to another deployment with room or is refused at once with a Retry-After.
+    /// Waiting callers (<see cref="SubmitMode.Wait"/>) are refused only when the wait would pass their deadline.
+    /// </summary>
+    public TimeSpan MaxQueueWait { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>How long a request may take from submission to answer, unless it sets its own timeout.</summary>
     public TimeSpan DefaultTimeout { get; set; } = TimeSpan.FromSeconds(60);

@@ -27,6 +27,15 @@ internal sealed class GatewayOptionsValidator(
         Positive(p.DrainTimeout, $"{root}:Pipeline:DrainTimeout", errors);
         Positive(p.RetryBaseDelay, $"{root}:Pipeline:RetryBaseDelay", errors);
         Positive(p.QueueFullRetryAfter, $"{root}:Pipeline:QueueFullRetryAfter", errors);
+        Positive(p.MaxQueueWait, $"{root}:Pipeline:MaxQueueWait", errors);
+        Annotations(options.Fairness, $"{root}:Fairness", errors);
+        foreach (var (key, weight) in options.Fairness.Weights)
+        {
+            if (!(weight > 0 && weight <= 1_000_000))
+            {
+                errors.Add($"{root}:Fairness:Weights:{key} must be a number above 0 and at most 1000000; got {weight}.");
+            }
+        }
         if (p.RetryMaxDelay < p.RetryBaseDelay)
         {
             errors.Add($"{root}:Pipeline:RetryMaxDelay must be at least RetryBaseDelay ({p.RetryBaseDelay}); got {p.RetryMaxDelay}.");
@@ -168,6 +177,8 @@ internal sealed class GatewayOptionsValidator(
             errors.Add($"{root}:Health:MaxCooldown must be at least Cooldown ({h.Cooldown}); got {h.MaxCooldown}.");
         }
 
+        Annotations(options.Admission, $"{root}:Admission", errors);
+        Positive(options.Admission.MaxWait, $"{root}:Admission:MaxWait", errors);
         for (var i = 0; i < options.Admission.RateLimits.Count; i++)
         {
             var rule = options.Admission.RateLimits[i];

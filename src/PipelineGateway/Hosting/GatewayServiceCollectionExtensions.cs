@@ -75,6 +75,7 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddSingleton<IGatewayMetrics>(sp => sp.GetRequiredService<GatewayMetrics>());
         services.TryAddSingleton<ResponseCache>();
         services.TryAddSingleton<AdmissionRateLimiter>();
+        services.TryAddSingleton<AdmissionGate>();
         services.TryAddSingleton(sp =>
         {
             var pipeline = ActivatorUtilities.CreateInstance<GatewayPipeline>(sp);
@@ -119,20 +120,21 @@ public static class GatewayServiceCollectionExtensions
         var factories = sp.GetServices<IProviderFactory>().ToDictionary(f => f.Type, StringComparer.OrdinalIgnoreCase);
         var custom = sp.GetServices<ILlmProvider>().ToDictionary(p => p.Name, StringComparer.Ordinal);
         var logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger<ProviderWorkerPool>();
+        var time = sp.GetRequiredService<TimeProvider>();
         var pools = new List<ProviderWorkerPool>();
         foreach (var o in options.Providers)
         {
             var provider = custom.Remove(o.Name, out var registered)
                 ? registered
                 : factories[o.Type].Create(o, sp);
-            pools.Add(new ProviderWorkerPool(provider, o.Workers, o.QueueCapacity, logger, o.RequestsPerMinute, o.TokensPerMinute));
+            pools.Add(new ProviderWorkerPool(provider, o.Workers, o.QueueCapacity, logger, options.Fairness, time, o.RequestsPerMinute, o.TokensPerMinute));
         }
 
         // Providers registered in code with no configuration entry get the defaults.
         var defaults = new ProviderOptions();
         foreach (var provider in custom.Values)
         {
-            pools.Add(new ProviderWorkerPool(provider, defaults.Workers, defaults.QueueCapacity, logger));
+            pools.Add(new ProviderWorkerPool(provider, defaults.Workers, defaults.QueueCapacity, logger, options.Fairness, time));
         }
 
         return new ProviderPools(pools);

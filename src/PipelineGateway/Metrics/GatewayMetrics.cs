@@ -112,6 +112,11 @@ internal sealed class GatewayMetrics : IGatewayMetrics
 
     public void OnShed() => Interlocked.Increment(ref _shed);
 
+    /// <summary>A request was refused because every deployment's expected queue wait was too long.</summary>
+    public void OnOverloaded() => Interlocked.Increment(ref _overloaded);
+
+    private long _overloaded;
+
     public void OnRetry(bool fallback)
     {
         Interlocked.Increment(ref _retries);
@@ -247,6 +252,7 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             RateLimitedRequests = Interlocked.Read(ref _rateLimited),
             RateLimitWaits = Interlocked.Read(ref _rateLimitWaits),
             ShedRequests = Interlocked.Read(ref _shed),
+            OverloadedRequests = Interlocked.Read(ref _overloaded),
             CacheHitRate = lookups == 0 ? 0 : Math.Round((double)Interlocked.Read(ref _cached) / lookups, 4),
             AvgLatencyMs = Math.Round(_latency.MeanMs, 3),
             P50LatencyMs = _latency.PercentileMs(0.50),
@@ -375,6 +381,9 @@ internal sealed class GatewayMetrics : IGatewayMetrics
                 TotalCost = Interlocked.Read(ref _costNanoUsd) / 1_000_000_000m,
                 InFlight = pool.InFlight,
                 QueueDepth = pool.QueueDepth,
+                ExpectedWaitMs = Math.Round(pool.ExpectedWait.TotalMilliseconds, 3),
+                ServiceTimeMs = Math.Round(pool.ServiceTime.TotalMilliseconds, 3),
+                PausedMs = Math.Round(pool.PausedFor.TotalMilliseconds, 3),
             };
         }
     }

@@ -22,8 +22,11 @@ public sealed class GatewayMetricsSnapshot
     /// <summary>Requests that waited for a rate-limit permit (and were then admitted or refused).</summary>
     public long RateLimitWaits { get; init; }
 
-    /// <summary>Requests refused at once because the queue was full (load shedding).</summary>
+    /// <summary>Requests refused at once because admission's waiting room (or the tenant's share of it) was full (load shedding).</summary>
     public long ShedRequests { get; init; }
+
+    /// <summary>Requests refused at once because every deployment's expected queue wait was longer than they could wait (503 provider_overloaded).</summary>
+    public long OverloadedRequests { get; init; }
 
     public long DeadlineExceededRequests { get; init; }
 
@@ -139,6 +142,15 @@ public sealed record ProviderMetricsSnapshot
     public long InFlight { get; init; }
 
     public int QueueDepth { get; init; }
+
+    /// <summary>How long a request arriving now would wait in this provider's queue, in milliseconds (0 when a worker is idle).</summary>
+    public double ExpectedWaitMs { get; init; }
+
+    /// <summary>The measured time a worker is occupied per request, in milliseconds (0 before the first one).</summary>
+    public double ServiceTimeMs { get; init; }
+
+    /// <summary>Milliseconds until the provider may be called again after it said 429 (0 when not paused).</summary>
+    public double PausedMs { get; init; }
 
     /// <summary>The worst circuit state among the provider's deployments: closed, half_open or open.</summary>
     public string HealthState { get; init; } = "closed";

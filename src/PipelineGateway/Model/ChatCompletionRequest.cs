@@ -104,6 +104,22 @@ public sealed class GatewayRequestOptions
     /// <summary>Cache namespace (for example the gateway key), so tenants never share entries.</summary>
     public string? CacheNamespace { get; set; }
 
-    /// <summary>The partition key for rate limits (for example a tenant or gateway key id).</summary>
+    /// <summary>
+    /// The tenant: the partition key for rate limits, budgets and fair sharing (the HTTP front door sets the gateway
+    /// key's id). Requests without one share the tenant <c>""</c>.
+    /// </summary>
     public string? RateLimitKey { get; set; }
+
+    /// <summary>Interactive (the default) or batch: under contention batch work yields to interactive work, and still progresses.</summary>
+    public RequestPriority Priority { get; set; }
+}
+
+/// <summary>The priority class of a request; see docs/rate-limiting.md (fairness and priority).</summary>
+public enum RequestPriority
+{
+    /// <summary>A caller is waiting for the answer (the default).</summary>
+    Interactive = 0,
+
+    /// <summary>Background work (<c>pgw batch</c>): yields to interactive work under contention, but keeps a share.</summary>
+    Batch = 1,
 }

@@ -16,7 +16,7 @@ namespace PipelineGateway.Pipeline;
 /// </summary>
 internal sealed partial class GatewayPipeline
 {
-    private readonly Channel<int> _freeSlots;
+    private readonly InFlightSlots _slots;
     private readonly WorkItem?[] _live;
     private readonly ILogger _logger;
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -34,6 +34,7 @@ internal sealed partial class GatewayPipeline
         GatewayMetrics metrics,
         ResponseCache cache,
         Admission.AdmissionRateLimiter limiter,
+        Admission.AdmissionGate gate,
         Cost.BudgetTracker budgets,
         DeploymentSelector selector,
         TimeProvider time,
@@ -45,30 +46,29 @@ internal sealed partial class GatewayPipeline
         Metrics = metrics;
         Cache = cache;
         Limiter = limiter;
+        Gate = gate;
         Budgets = budgets;
         Selector = selector;
+        Hedges = new HedgeRouter(selector);
         Time = time;
         _logger = logger;
         var p = Options.Pipeline;
         MaxInFlight = p.MaxInFlight;
 
+        // The admission gate lets at most AdmissionQueueCapacity requests in before they hold a slot, so the
+        // admission channel can never be full when written to.
         Admission = Channel.CreateBounded<WorkItem>(Bounded(p.AdmissionQueueCapacity, singleReader: true));
-        CacheLookup = Channel.CreateBounded<WorkItem>(Bounded(p.CacheQueueCapacity, singleReader: true));
 
         // Deadlock freedom: at most MaxInFlight items exist past admission (each holds a slot until it
-        // is retired). The router and dead-letter channels hold MaxInFlight each, so a write to them can
-        // never find them full: the cache stage, the workers and the dead-letter stage use TryWrite and
-        // never wait, which breaks the router → pool → dead-letter → router cycle.
+        // is retired). The cache, router and dead-letter channels hold MaxInFlight each, so a write to them
+        // can never find them full: every stage uses TryWrite and never waits, which also breaks the
+        // router → provider queue → dead-letter → router cycle.
+        CacheLookup = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
         Routing = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
         DeadLetter = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
 
-        // Read by the admission loop and by waiters admitted from a rate-limit timer.
-        _freeSlots = Channel.CreateBounded<int>(Bounded(MaxInFlight, singleReader: false));
+        _slots = new InFlightSlots(MaxInFlight, Options.Fairness);
         _live = new WorkItem?[MaxInFlight];
-        for (var i = 0; i < MaxInFlight; i++)
-        {
-            _freeSlots.Writer.TryWrite(i);
-        }
     }
 
     public GatewayOptions Options { get; }
@@ -83,6 +83,12 @@ internal sealed partial class GatewayPipeline
 
     public Admission.AdmissionRateLimiter Limiter { get; }
 
+    /// <summary>Admission's waiting room: bounds what is held before a request takes an in-flight slot.</summary>
+    public Admission.AdmissionGate Gate { get; }
+
+    /// <summary>The in-flight slots, handed out fairly between tenants.</summary>
+    internal InFlightSlots Slots => _slots;
+
     public Cost.BudgetTracker Budgets { get; }
 
     /// <summary>Identical requests in flight sharing one upstream call.</summary>
@@ -90,6 +96,9 @@ internal sealed partial class GatewayPipeline
 
     /// <summary>Deployment choice and health, shared by the router and hedging workers.</summary>
     public DeploymentSelector Selector { get; }
+
+    /// <summary>Where hedges go (a routing decision, asked for by a worker whose first attempt is slow).</summary>
+    public HedgeRouter Hedges { get; }
 
     public TimeProvider Time { get; }
 
@@ -111,7 +120,7 @@ internal sealed partial class GatewayPipeline
     public long Outstanding => Interlocked.Read(ref _outstanding);
 
     /// <summary>Requests holding an in-flight slot.</summary>
-    public int InFlight => MaxInFlight - _freeSlots.Reader.Count;
+    public int InFlight => _slots.InUse;
 
     internal void MarkStarted() => _started = true;
 
@@ -135,17 +144,69 @@ internal sealed partial class GatewayPipeline
         item.Observer = this;
     }
 
-    /// <summary>Waits for a free in-flight slot (backpressure for everything upstream).</summary>
-    public ValueTask<int> AcquireSlotAsync(CancellationToken cancellationToken) => _freeSlots.Reader.ReadAsync(cancellationToken);
+    /// <summary>
+    /// Admission let the request through: it takes an in-flight slot and goes on to the cache stage, or waits for a
+    /// slot (handed to it by <see cref="Retire"/> of another request). Never waits itself.
+    /// </summary>
+    public void Admit(WorkItem item)
+    {
+        if (_slots.TryTake(item, out var slot))
+        {
+            Forward(item, slot);
+        }
+    }
 
-    public void Occupy(WorkItem item, int slot)
+    private void Forward(WorkItem item, int slot)
     {
         item.Slot = slot;
         Volatile.Write(ref _live[slot], item);
+        LeaveGate(item);
+        if (item.IsCompleted)
+        {
+            Retire(item);
+        }
+        else if (!CacheLookup.Writer.TryWrite(item))
+        {
+            // Cannot happen while the capacity argument holds (the cache channel holds MaxInFlight); never lose it.
+            FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
+        }
+    }
+
+    private void LeaveGate(WorkItem item)
+    {
+        if (item.GateTenant is { } tenant)
+        {
+            item.GateTenant = null;
+            Gate.Leave(tenant);
+        }
     }
 
     /// <summary>The owning stage lets go of the item for good: the slot is returned.</summary>
     public void Retire(WorkItem item)
+    {
+        var slot = LetGo(item);
+
+        // A request waiting for a slot takes the freed one and goes on; one that ended while it waited is retired
+        // in turn and passes the slot on (a loop, not recursion: a run of cancelled waiters cannot deepen the stack).
+        while (slot >= 0 && _slots.Release(item, slot, out var granted) is { } next)
+        {
+            next.Slot = granted;
+            Volatile.Write(ref _live[granted], next);
+            LeaveGate(next);
+            if (!next.IsCompleted && CacheLookup.Writer.TryWrite(next))
+            {
+                return;
+            }
+
+            // Ended while it waited; or (cannot happen while the capacity argument holds) no room: never lose it.
+            next.TryFail(new GatewayUnavailableException("The gateway is shutting down."));
+            item = next;
+            slot = LetGo(next);
+        }
+    }
+
+    /// <summary>Answers the caller if nobody did, leaves the waiting room, frees the item; returns the slot it held.</summary>
+    private int LetGo(WorkItem item)
     {
         if (!item.IsCompleted)
         {
@@ -162,12 +223,12 @@ internal sealed partial class GatewayPipeline
             }
         }
 
+        LeaveGate(item);
         var slot = item.Slot;
+        item.Slot = -1;
         if (slot >= 0)
         {
-            item.Slot = -1;
             Volatile.Write(ref _live[slot], null);
-            _freeSlots.Writer.TryWrite(slot);
         }
 
         item.DisposeResources();
@@ -175,6 +236,8 @@ internal sealed partial class GatewayPipeline
         {
             _drained.TrySetResult();
         }
+
+        return slot;
     }
 
     /// <summary>Sends a failed item back to the router. Never waits: the router channel holds MaxInFlight items.</summary>
@@ -258,6 +321,7 @@ internal sealed partial class GatewayPipeline
     private async Task DrainOnceAsync(CancellationToken hostStopping)
     {
         _draining = true;
+        Gate.Close(static () => new GatewayUnavailableException("The gateway is shutting down: it stopped accepting requests."));
         Admission.Writer.TryComplete();
         if (Interlocked.Read(ref _outstanding) == 0)
         {
@@ -285,6 +349,12 @@ internal sealed partial class GatewayPipeline
         }
 
         failed += Limiter.FailWaiting(static () => new GatewayUnavailableException("The gateway shut down while the request waited for a rate-limit permit."));
+        foreach (var waiting in _slots.TakeWaiting())
+        {
+            FailAndRetire(waiting, new GatewayUnavailableException("The gateway shut down while the request waited for an in-flight slot."));
+            failed++;
+        }
+
         LogFailedRemaining(_logger, failed, Outstanding);
 
         // Cancelled items leave the stages quickly; wait a little for that, on real time: this only bounds

@@ -1,11 +1,13 @@
 using System.Runtime.CompilerServices;
-using System.Threading.Channels;
+using PipelineGateway.Admission;
+using PipelineGateway.Routing;
 
 namespace PipelineGateway.Pipeline;
 
 /// <summary>
 /// Validates a request on the caller's thread (so bad input never takes queue room), resolves its model
-/// group, stamps its deadline and writes it into the admission channel.
+/// group, lets it into admission's waiting room (or refuses it, or makes its caller wait at the door), stamps its
+/// deadline and writes it into the admission channel.
 /// </summary>
 internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
 {
@@ -23,29 +25,31 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
     /// </summary>
     internal ValueTask<ChatCompletionResponse> SubmitAsync(ChatCompletionRequest request, SubmitMode mode, bool inlineSuccessContinuation, CancellationToken cancellationToken)
     {
-        WorkItem item;
+        ModelGroup group;
         try
         {
-            item = Create(request, stream: false, cancellationToken);
-            item.Mode = mode;
-            item.InlineSuccessContinuation = inlineSuccessContinuation;
+            group = Resolve(request);
         }
-        catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
+        catch (GatewayException ex)
         {
             return ValueTask.FromException<ChatCompletionResponse>(ex);
         }
 
-        if (pipeline.Admission.Writer.TryWrite(item))
+        if (Enter(request, group, stream: false, mode, cancellationToken) is { } item)
         {
+            item.InlineSuccessContinuation = inlineSuccessContinuation;
+            Enqueue(item);
             return item.Response;
         }
 
-        return EnqueueSlowAsync(item, mode);
+        return EnterSlowAsync(request, group, mode, inlineSuccessContinuation, cancellationToken);
     }
 
-    private async ValueTask<ChatCompletionResponse> EnqueueSlowAsync(WorkItem item, SubmitMode mode)
+    private async ValueTask<ChatCompletionResponse> EnterSlowAsync(ChatCompletionRequest request, ModelGroup group, SubmitMode mode, bool inline, CancellationToken cancellationToken)
     {
-        await WaitForRoomAsync(item, mode).ConfigureAwait(false);
+        var item = await WaitAtDoorAsync(request, group, stream: false, mode, cancellationToken).ConfigureAwait(false);
+        item.InlineSuccessContinuation = inline;
+        Enqueue(item);
         return await item.Response.ConfigureAwait(false);
     }
 
@@ -54,12 +58,10 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
 
     public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, SubmitMode mode, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var item = Create(request, stream: true, cancellationToken);
-        item.Mode = mode;
-        if (!pipeline.Admission.Writer.TryWrite(item))
-        {
-            await WaitForRoomAsync(item, mode).ConfigureAwait(false);
-        }
+        var group = Resolve(request);
+        var item = Enter(request, group, stream: true, mode, cancellationToken)
+            ?? await WaitAtDoorAsync(request, group, stream: true, mode, cancellationToken).ConfigureAwait(false);
+        Enqueue(item);
 
         var reader = item.Chunks!.Reader;
         try
@@ -87,43 +89,100 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
         }
     }
 
-    /// <summary>The queue was full on the first try: wait for room, or refuse at once.</summary>
-    private async Task WaitForRoomAsync(WorkItem item, SubmitMode mode)
+    private ModelGroup Resolve(ChatCompletionRequest request)
     {
-        if (mode == SubmitMode.FailFast || !pipeline.IsAccepting)
+        RequestValidator.Validate(request);
+        return pipeline.Catalog.TryResolve(request.Model, out var group) ? group : throw new ModelNotFoundException(request.Model);
+    }
+
+    /// <summary>
+    /// The request enters admission's waiting room and gets its pipeline item — or, when there is no room, a fail-fast
+    /// caller gets an item already answered with the refusal, and a waiting caller gets null (it waits at the door).
+    /// A caller that already gave up, or a gateway not accepting, gets an item answered with that: every submission is
+    /// counted and ends exactly once.
+    /// </summary>
+    private WorkItem? Enter(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, CancellationToken cancellationToken)
+    {
+        if (cancellationToken.IsCancellationRequested)
         {
-            pipeline.Metrics.OnShed();
-            pipeline.FailAndRetire(item, pipeline.IsAccepting
-                ? new QueueFullException(pipeline.Options.Pipeline.QueueFullRetryAfter)
-                : new GatewayUnavailableException("The gateway is not accepting requests (not started, or shutting down)."));
-            return;
+            return Refused(request, group, stream, mode, null, null, cancellationToken); // answered by its own cancellation
         }
 
+        if (!pipeline.IsAccepting)
+        {
+            return Refused(request, group, stream, mode, new GatewayUnavailableException("The gateway is not accepting requests (not started, or shutting down)."), null, cancellationToken);
+        }
+
+        var key = request.Gateway?.RateLimitKey ?? string.Empty;
+        if (pipeline.Gate.TryEnter(key) is { } tenant)
+        {
+            var item = Create(request, group, stream, mode, null, cancellationToken);
+            item.GateTenant = tenant;
+            return item;
+        }
+
+        if (mode == SubmitMode.Wait)
+        {
+            return null;
+        }
+
+        pipeline.Metrics.OnShed();
+        return Refused(request, group, stream, mode, pipeline.Gate.Refusal(key, pipeline.Options.Pipeline.QueueFullRetryAfter), null, cancellationToken);
+    }
+
+    /// <summary>A waiting caller waits at the door (no pipeline item meanwhile), then enters.</summary>
+    private async ValueTask<WorkItem> WaitAtDoorAsync(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, CancellationToken cancellationToken)
+    {
+        var submitted = pipeline.Time.GetTimestamp();
+        AdmissionGate.Tenant tenant;
         try
         {
-            // The item's token fires on the caller's cancellation and on the deadline.
-            await pipeline.Admission.Writer.WriteAsync(item, item.Token).ConfigureAwait(false);
+            tenant = await pipeline.Gate.WaitAsync(request.Gateway?.RateLimitKey ?? string.Empty, TimeoutOf(request), cancellationToken).ConfigureAwait(false);
         }
-        catch (OperationCanceledException) when (item.Token.IsCancellationRequested)
+        catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
-            pipeline.FailAndRetire(item, item.CancellationError());
+            if (ex is QueueFullException)
+            {
+                pipeline.Metrics.OnShed();
+            }
+
+            return Refused(request, group, stream, mode, ex is RequestCancelledException ? null : ex, submitted, cancellationToken);
         }
-        catch (ChannelClosedException)
+
+        var item = Create(request, group, stream, mode, submitted, cancellationToken);
+        item.GateTenant = tenant;
+        return item;
+    }
+
+    /// <summary>Hands an item that entered to the admission stage (its channel always has room for whoever is inside).</summary>
+    private void Enqueue(WorkItem item)
+    {
+        if (item.IsCompleted && item.GateTenant is null)
+        {
+            return; // refused before entering, already retired
+        }
+
+        if (!pipeline.Admission.Writer.TryWrite(item))
         {
             pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
         }
     }
 
-    private WorkItem Create(ChatCompletionRequest request, bool stream, CancellationToken cancellationToken)
+    /// <summary>An item answered at once (no room, shutting down, or cancelled by its caller: <paramref name="error"/> null) and retired.</summary>
+    private WorkItem Refused(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, Exception? error, long? submitted, CancellationToken cancellationToken)
     {
-        RequestValidator.Validate(request);
-        cancellationToken.ThrowIfCancellationRequested();
-        if (!pipeline.Catalog.TryResolve(request.Model, out var group))
+        var item = Create(request, group, stream, mode, submitted, cancellationToken);
+        if (error is not null)
         {
-            throw new ModelNotFoundException(request.Model);
+            item.TryFail(error);
         }
 
-        var timeout = request.Gateway?.Timeout ?? pipeline.Options.Pipeline.DefaultTimeout;
-        return new WorkItem(request, group, stream, timeout, pipeline.Time, cancellationToken, pipeline, RequestIds.Next());
+        pipeline.Retire(item);
+        return item;
     }
+
+    private WorkItem Create(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, long? submitted, CancellationToken cancellationToken) =>
+        new(request, group, stream, TimeoutOf(request), pipeline.Time, cancellationToken, pipeline, RequestIds.Next(), submitted) { Mode = mode };
+
+    private TimeSpan TimeoutOf(ChatCompletionRequest request) => request.Gateway?.Timeout ?? pipeline.Options.Pipeline.DefaultTimeout;
 }

@@ -29,7 +29,7 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
     private int _completed;
     private int _cancelReason;
 
-    public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, TimeProvider time, CancellationToken callerToken, GatewayPipeline? observer = null, long sequence = 0)
+    public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, TimeProvider time, CancellationToken callerToken, GatewayPipeline? observer = null, long sequence = 0, long? submittedTimestamp = null)
     {
         Sequence = sequence;
         Request = request;
@@ -37,8 +37,16 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
         RootGroup = group;
         Timeout = timeout;
         CallerToken = callerToken;
-        StartTimestamp = time.GetTimestamp();
-        Deadline = time.GetUtcNow() + timeout;
+
+        // A caller that waited at admission's door was submitted earlier: its deadline counts from then.
+        StartTimestamp = submittedTimestamp ?? time.GetTimestamp();
+        var remaining = submittedTimestamp is { } at ? timeout - time.GetElapsedTime(at) : timeout;
+        if (remaining <= TimeSpan.Zero)
+        {
+            remaining = TimeSpan.FromTicks(1);
+        }
+
+        Deadline = time.GetUtcNow() + remaining;
         if (stream)
         {
             // Bounded: a slow reader slows the upstream read instead of buffering the whole answer.
@@ -56,7 +64,7 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
 
         // One token for everything that can end the request early: the deadline (timer on the injected
         // TimeProvider), the caller's token and gateway shutdown. It is what the upstream call receives.
-        _cts = new CancellationTokenSource(timeout, time);
+        _cts = new CancellationTokenSource(remaining, time);
         _cancelRegistration = _cts.Token.UnsafeRegister(static s => ((WorkItem)s!).OnCancelled(), this);
         if (callerToken.CanBeCanceled)
         {
@@ -126,6 +134,23 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
     public bool StreamStarted { get; set; }
 
     public int Slot { get; set; } = -1;
+
+    /// <summary>The tenant (fairness, rate-limit and budget partition): the request's key, or "" without one.</summary>
+    public string TenantKey => Request.Gateway?.RateLimitKey ?? string.Empty;
+
+    public RequestPriority Priority => Request.Gateway?.Priority ?? RequestPriority.Interactive;
+
+    /// <summary>Set while the request is inside admission's waiting room (from acceptance until it holds a slot).</summary>
+    public Admission.AdmissionGate.Tenant? GateTenant { get; set; }
+
+    /// <summary>The tenant's share of the in-flight slots this request counts in, while it holds a slot.</summary>
+    public FairQueue<WorkItem>.Lane? SlotLane { get; set; }
+
+    /// <summary>The tenant's lane at the provider queue the request waits in or is served from.</summary>
+    public FairQueue<WorkItem>.Lane? QueueLane { get; set; }
+
+    /// <summary>When the request joined its provider's queue (for the queue-wait measurement).</summary>
+    public long EnqueuedTimestamp { get; set; }
 
     /// <summary>Whether the caller waits for room and for rate-limit permits, or is refused at once.</summary>
     public SubmitMode Mode { get; set; }

@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using PipelineGateway.Dispatch;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Cost;
 using PipelineGateway.Pipeline;
@@ -9,8 +10,10 @@ namespace PipelineGateway.Routing;
 /// <summary>
 /// Third stage: picks a deployment for each request (see <see cref="DeploymentSelector"/>); when its group has
 /// none available it moves along the group's fallback chain, and when no group has one it applies
-/// <c>Health:WhenAllUnhealthy</c>. The request is then queued at that provider's worker pool; a full queue
-/// makes the router prefer another candidate with room, and only then wait (backpressure).
+/// <c>Health:WhenAllUnhealthy</c>. The request is then offered to that deployment's provider queue, which takes it
+/// if its expected wait fits the request's allowed wait; otherwise another deployment of the group with room takes
+/// it, or it is refused at once (503 <c>provider_overloaded</c>, or 429 when the providers' own limits are why).
+/// The router never waits.
 /// </summary>
 internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector selector, ILogger<RouterStage> logger)
     : PipelineStage(pipeline, logger)
@@ -71,15 +74,106 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
             chosen = DeploymentSelector.Earliest(item, item.Group)!;
         }
 
-        chosen = PreferRoom(chosen, item);
-        item.Current = chosen;
-        if (item.AttemptCount > 0)
+        Dispatch(item, chosen);
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>
+    /// Offers the request to the chosen deployment's queue, then to the group's other usable deployments; the first
+    /// with room within the request's allowed wait takes it. None: refused at once with an honest Retry-After. Never
+    /// waits, so no provider's backlog ever holds up the router (and with it every other model).
+    /// </summary>
+    private void Dispatch(WorkItem item, Deployment chosen)
+    {
+        var maxWait = AllowedWait(item);
+        var best = Offer(item, chosen, maxWait);
+        if (best.Accepted)
         {
-            Pipeline.Metrics.OnRetry(fallback: !item.HasTried(chosen));
+            return;
         }
 
-        var writer = chosen.Pool.Writer;
-        return writer.TryWrite(item) ? ValueTask.CompletedTask : WaitForRoomAsync(writer, item, chosen);
+        chosen.State.OnNeutral(); // give back a half-open probe the request will not use
+        var now = selector.Health.Now;
+        foreach (var other in item.Group.DeploymentArray)
+        {
+            if (ReferenceEquals(other, chosen) || item.HasTried(other) || !selector.Health.TryAcquire(other, now))
+            {
+                continue;
+            }
+
+            var offer = Offer(item, other, maxWait);
+            if (offer.Accepted)
+            {
+                return;
+            }
+
+            other.State.OnNeutral();
+            best = Better(best, offer);
+        }
+
+        Refuse(item, best, maxWait);
+    }
+
+    private QueueOffer Offer(WorkItem item, Deployment deployment, TimeSpan maxWait)
+    {
+        // Counted in the deployment's load before the offer: an idle worker may take the request at once.
+        item.Current = deployment;
+        var retry = item.AttemptCount > 0;
+        var fallback = retry && !item.HasTried(deployment); // read before the offer: a worker may run the attempt at once
+        var offer = deployment.Pool.Offer(item, maxWait, out var pushedOut);
+        if (!offer.Accepted)
+        {
+            item.ReleaseDeployment();
+        }
+        else if (retry)
+        {
+            Pipeline.Metrics.OnRetry(fallback);
+        }
+
+        if (pushedOut is not null)
+        {
+            // A tenant holding far more of the queue gave way to this one: its newest request is refused — or, if its
+            // caller waits (SubmitMode.Wait), routed again (it will wait past the queue's capacity, see ProviderQueue).
+            var victimDeployment = pushedOut.Current;
+            pushedOut.ReleaseDeployment();
+            victimDeployment?.State.OnNeutral();
+            if (pushedOut.Mode == SubmitMode.Wait)
+            {
+                Pipeline.Requeue(pushedOut);
+                return offer;
+            }
+
+            Pipeline.Metrics.OnOverloaded();
+            Pipeline.FailAndRetire(pushedOut, new ProviderOverloadedException(pushedOut.Request.Model, offer.RetryAfter > TimeSpan.Zero ? offer.RetryAfter : TimeSpan.FromSeconds(1), offer.ExpectedWait, pushedOut.SnapshotAttempts(),
+                $"The queue of model '{pushedOut.Request.Model}' is full and other tenants' requests took its place (this tenant held the most of it); retry shortly."));
+        }
+
+        return offer;
+    }
+
+    /// <summary>How long the request may wait in a provider's queue: its remaining deadline, and for fail-fast callers <c>Pipeline:MaxQueueWait</c>.</summary>
+    private TimeSpan AllowedWait(WorkItem item)
+    {
+        var remaining = item.Deadline - selector.Health.Now;
+        return item.Mode == SubmitMode.FailFast && Pipeline.Options.Pipeline.MaxQueueWait < remaining ? Pipeline.Options.Pipeline.MaxQueueWait : remaining;
+    }
+
+    private static QueueOffer Better(QueueOffer a, QueueOffer b) => b.RetryAfter < a.RetryAfter ? b : a;
+
+    /// <summary>No deployment had room in time: 429 when the providers' own limits (a 429 pause, RPM) are why, else 503.</summary>
+    private void Refuse(WorkItem item, QueueOffer offer, TimeSpan maxWait)
+    {
+        var retryAfter = offer.RetryAfter > TimeSpan.Zero ? offer.RetryAfter : TimeSpan.FromSeconds(1);
+        if (offer.RateLimited)
+        {
+            Pipeline.Metrics.OnRateLimited();
+            Pipeline.FailAndRetire(item, new RateLimitedException($"providers of '{item.Request.Model}'", retryAfter,
+                $"Every deployment of model '{item.Request.Model}' is rate-limited by its provider (a 429's Retry-After or its requests-per-minute limit) for longer than the request may wait ({maxWait.TotalSeconds:F1} s); retry after {retryAfter.TotalSeconds:F1} s."));
+            return;
+        }
+
+        Pipeline.Metrics.OnOverloaded();
+        Pipeline.FailAndRetire(item, new ProviderOverloadedException(item.Request.Model, retryAfter, offer.ExpectedWait, item.SnapshotAttempts()));
     }
 
     private async Task ReserveSharedThenRouteAsync(WorkItem item)
@@ -104,41 +198,6 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
         if (!Pipeline.Routing.Writer.TryWrite(item))
         {
             Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
-        }
-    }
-
-    /// <summary>When the chosen provider's queue is full, another healthy candidate with room goes first.</summary>
-    private Deployment PreferRoom(Deployment chosen, WorkItem item)
-    {
-        if (chosen.Pool.QueueDepth < chosen.Pool.QueueCapacity)
-        {
-            return chosen;
-        }
-
-        var now = selector.Health.Now;
-        foreach (var other in item.Group.DeploymentArray)
-        {
-            if (!ReferenceEquals(other, chosen) && !item.HasTried(other) && other.Pool.QueueDepth < other.Pool.QueueCapacity && other.State.Circuit == CircuitState.Closed && selector.Health.IsSelectable(other, now))
-            {
-                return other;
-            }
-        }
-
-        return chosen;
-    }
-
-    private async ValueTask WaitForRoomAsync(ChannelWriter<WorkItem> writer, WorkItem item, Deployment chosen)
-    {
-        try
-        {
-            // The item's token fires on deadline, caller cancellation and shutdown.
-            await writer.WriteAsync(item, item.Token).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (item.Token.IsCancellationRequested)
-        {
-            item.ReleaseDeployment();
-            chosen.State.OnNeutral();
-            Pipeline.FailAndRetire(item, item.CancellationError());
         }
     }
 }

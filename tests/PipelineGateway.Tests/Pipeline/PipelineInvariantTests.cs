@@ -36,7 +36,7 @@ public sealed class PipelineInvariantTests
     }
 
     [Fact]
-    public async Task Channels_never_exceed_their_capacity_waiters_wait_and_fail_fast_callers_are_shed()
+    public async Task Every_waiting_room_holds_its_bound_waiting_callers_wait_at_the_door_and_fail_fast_callers_are_shed()
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var a = new FakeProvider("a")
@@ -54,33 +54,30 @@ public sealed class PipelineInvariantTests
             {
                 o.Pipeline.MaxInFlight = 8;
                 o.Pipeline.AdmissionQueueCapacity = 16;
-                o.Pipeline.CacheQueueCapacity = 4;
+                o.Fairness.MaxQueuedPerKey = 16;
             })
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
 
         const int submitters = 2000;
-        var maxAdmission = 0;
-        var maxProvider = 0;
-        var maxInFlight = 0;
         var tasks = Enumerable.Range(0, submitters)
             .Select(_ => Task.Run(async () => await gateway.SubmitAsync(TestGateway.Request(), Ct), Ct))
             .ToArray();
 
-        await Wait.Until(() => pipeline.Outstanding == submitters && pipeline.Admission.Reader.Count == 16, "every submitter is queued or waiting");
+        // Held by the gateway: AdmissionQueueCapacity (16) waiting for a slot + MaxInFlight (8) holding one; the rest
+        // of the callers wait at the door with no pipeline item.
+        await Wait.Until(() => pipeline.Gate.Waiting == submitters - 24 && pipeline.Slots.Waiting == 16 && a.Calls == 2, "every submitter is inside or waiting at the door");
         for (var i = 0; i < 200; i++)
         {
             var d = pipeline.GetQueueDepths();
-            maxAdmission = Math.Max(maxAdmission, d.Admission);
-            maxProvider = Math.Max(maxProvider, d.Providers["a"]);
-            maxInFlight = Math.Max(maxInFlight, d.InFlight);
-            d.Cache.Should().BeLessThanOrEqualTo(4);
+            pipeline.Gate.Inside.Should().Be(16, "admission's waiting room holds AdmissionQueueCapacity requests");
+            d.InFlight.Should().Be(8, "admission lets exactly MaxInFlight requests inside the pipeline");
+            d.Admission.Should().BeLessThanOrEqualTo(16);
+            d.Providers["a"].Should().Be(6, "the slot holders not with a worker wait in the provider's queue");
+            pipeline.Outstanding.Should().Be(24, "callers waiting at the door hold no pipeline item");
             await Task.Yield();
         }
 
-        maxAdmission.Should().Be(16);
-        maxProvider.Should().BeLessThanOrEqualTo(4);
-        maxInFlight.Should().Be(8, "admission holds exactly MaxInFlight requests inside the pipeline");
         tasks.Count(t => t.IsCompleted).Should().Be(0, "SubmitAsync waits for room instead of failing");
 
         var shed = gateway.SubmitAsync(TestGateway.Request(), SubmitMode.FailFast, Ct);
@@ -94,7 +91,11 @@ public sealed class PipelineInvariantTests
         a.Calls.Should().Be(submitters);
         await Wait.Until(() => pipeline.Outstanding == 0, "every item is retired");
         pipeline.InFlight.Should().Be(0);
-        gateway.Metrics.GetSnapshot().ShedRequests.Should().Be(1);
+        pipeline.Gate.Inside.Should().Be(0);
+        pipeline.Gate.TenantCount.Should().Be(0, "an idle tenant is forgotten");
+        var snapshot = gateway.Metrics.GetSnapshot();
+        snapshot.ShedRequests.Should().Be(1);
+        snapshot.TotalRequests.Should().Be(submitters + 1, "the refused request is counted too");
     }
 
     [Fact]

@@ -44,8 +44,9 @@ public sealed class RedisRateLimitTests
                 await instances[i % instances.Length].SubmitAsync(TestGateway.Request(), SubmitMode.FailFast, Ct);
                 return true;
             }
-            catch (RateLimitedException)
+            catch (Exception ex) when (ex is RateLimitedException or QueueFullException)
             {
+                // QueueFull: the tenant's share of admission's waiting room is full of requests pending a decision.
                 return false;
             }
         }).ToArray();

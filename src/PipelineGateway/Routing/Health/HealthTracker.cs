@@ -1,4 +1,6 @@
+using System.Collections.Concurrent;
 using System.Collections.Frozen;
+using System.Runtime.CompilerServices;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Hosting;
@@ -8,7 +10,7 @@ namespace PipelineGateway.Routing.Health;
 /// <summary>
 /// The one owner of deployment health: workers report every attempt's outcome here, the router asks here
 /// what it may use. Circuits follow closed → open (cooldown) → half-open (one probe) → closed, or open again
-/// with a doubled cooldown; a 429 cools a deployment down until its Retry-After.
+/// with a doubled cooldown; a 429 cools a deployment down and pauses its provider until its Retry-After.
 /// </summary>
 internal sealed class HealthTracker
 {
@@ -16,6 +18,7 @@ internal sealed class HealthTracker
     private readonly TimeProvider time;
     private readonly IDistributedHealthChannel? _channel;
     private readonly Lazy<FrozenDictionary<string, Deployment>> _deployments;
+    private readonly ConcurrentDictionary<string, StrongBox<long>> _pauses = new(StringComparer.Ordinal);
 
     public HealthTracker(IOptions<GatewayOptions> options, TimeProvider time, IServiceProvider services, IDistributedHealthChannel? channel = null)
     {
@@ -53,9 +56,18 @@ internal sealed class HealthTracker
                 }
 
                 break;
-            case AttemptOutcome.RateLimited when _options.Enabled:
-                d.State.OnRateLimited(now, retryAfter, _options);
-                _channel?.Publish(new HealthSignal(d.Id, HealthSignalKind.Cooldown, retryAfter ?? _options.RateLimitCooldown));
+            case AttemptOutcome.RateLimited:
+                // The provider said 429: nothing goes to it until its Retry-After (its limits are usually per account,
+                // not per model), and the deployment cools down for the router. Both are shared with other instances.
+                var pause = retryAfter ?? _options.RateLimitCooldown;
+                PauseProvider(d.ProviderName, now + pause);
+                _channel?.Publish(new HealthSignal(d.ProviderName, HealthSignalKind.ProviderPause, pause));
+                if (_options.Enabled)
+                {
+                    d.State.OnRateLimited(now, retryAfter, _options);
+                    _channel?.Publish(new HealthSignal(d.Id, HealthSignalKind.Cooldown, pause));
+                }
+
                 break;
             case AttemptOutcome.RetryableError or AttemptOutcome.Timeout when _options.Enabled:
                 var wasOpen = d.State.Circuit == CircuitState.Open;
@@ -72,12 +84,50 @@ internal sealed class HealthTracker
         }
     }
 
+    /// <summary>How long the provider must not be called yet (a 429's Retry-After, here or on another instance).</summary>
+    public TimeSpan PausedFor(string provider)
+    {
+        if (!_pauses.TryGetValue(provider, out var until))
+        {
+            return TimeSpan.Zero;
+        }
+
+        var left = new DateTimeOffset(Volatile.Read(ref until.Value), TimeSpan.Zero) - time.GetUtcNow();
+        return left > TimeSpan.Zero ? left : TimeSpan.Zero;
+    }
+
+    private void PauseProvider(string provider, DateTimeOffset until)
+    {
+        var box = _pauses.GetOrAdd(provider, static _ => new StrongBox<long>());
+        long current;
+        do
+        {
+            current = Volatile.Read(ref box.Value);
+            if (until.UtcTicks <= current)
+            {
+                return;
+            }
+        }
+        while (Interlocked.CompareExchange(ref box.Value, until.UtcTicks, current) != current);
+    }
+
     /// <summary>Another instance's verdict: honoured here for the same duration.</summary>
     private void Apply(HealthSignal signal)
     {
-        if (signal.Duration <= TimeSpan.Zero || !_deployments.Value.TryGetValue(signal.DeploymentId, out var d))
+        if (signal.Duration <= TimeSpan.Zero)
         {
-            return; // over already, or a deployment this instance does not have
+            return; // over already
+        }
+
+        if (signal.Kind == HealthSignalKind.ProviderPause)
+        {
+            PauseProvider(signal.DeploymentId, time.GetUtcNow() + signal.Duration);
+            return;
+        }
+
+        if (!_deployments.Value.TryGetValue(signal.DeploymentId, out var d))
+        {
+            return; // a deployment this instance does not have
         }
 
         var until = time.GetUtcNow() + signal.Duration;

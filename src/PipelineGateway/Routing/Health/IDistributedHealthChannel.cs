@@ -16,7 +16,7 @@ public interface IDistributedHealthChannel
 
 /// <summary>
 /// A verdict on one deployment (<see cref="Deployment.Id"/>: group/provider/model, the same on every instance with
-/// the same configuration), valid for <see cref="Duration"/> from when it is received — durations rather than
+/// the same configuration) or, for <see cref="HealthSignalKind.ProviderPause"/>, on one provider (its name), valid for <see cref="Duration"/> from when it is received — durations rather than
 /// instants, so instances whose clocks disagree still agree on how long to stay away.
 /// </summary>
 public readonly record struct HealthSignal(string DeploymentId, HealthSignalKind Kind, TimeSpan Duration);
@@ -28,4 +28,7 @@ public enum HealthSignalKind
 
     /// <summary>The circuit opened: send nothing until it is over, then probe.</summary>
     CircuitOpen,
+
+    /// <summary>The provider said 429: call none of its deployments until the pause is over (the id is the provider's name).</summary>
+    ProviderPause,
 }

@@ -1,0 +1,368 @@
+using Microsoft.Extensions.Options;
+using PipelineGateway.Hosting;
+using PipelineGateway.Pipeline;
+
+namespace PipelineGateway.Admission;
+
+/// <summary>
+/// The admission waiting room's door. A request is <i>inside</i> from the moment it is accepted until it holds an
+/// in-flight slot (or ends before): queued for the admission stage, waiting for a rate-limit permit or a store's
+/// decision, or waiting for a slot. At most <c>Pipeline:AdmissionQueueCapacity</c> requests are inside, and at most
+/// <c>Fairness:MaxQueuedPerKey</c> of one tenant, so a tenant's flood fills only its own share.
+/// </summary>
+/// <remarks>
+/// A request that finds no room is refused at once (<see cref="SubmitMode.FailFast"/>) or its caller waits at the
+/// door (<see cref="SubmitMode.Wait"/>) — before any pipeline item exists for it, so a waiting caller costs the
+/// gateway one small waiter, and no stage ever waits for room. Waiters are let in per tenant in arrival order; when
+/// room frees, a tenant with room in its own share goes next, in turn with the others.
+/// </remarks>
+internal sealed class AdmissionGate
+{
+    private readonly object _lock = new();
+    private readonly Dictionary<string, Tenant> _tenants = new(StringComparer.Ordinal);
+    private readonly Queue<Tenant> _turns = new();
+    private readonly int _capacity;
+    private readonly int _perKey;
+    private readonly int _maxTenants;
+    private readonly FairnessOptions _fairness;
+    private readonly TimeProvider _time;
+    private int _inside;
+    private int _waiters;
+    private bool _closed;
+
+    public AdmissionGate(IOptions<GatewayOptions> options, TimeProvider time)
+    {
+        var o = options.Value;
+        _capacity = o.Pipeline.AdmissionQueueCapacity;
+        _perKey = Math.Min(o.Fairness.MaxQueuedPerKey, _capacity);
+        _maxTenants = o.Fairness.MaxTenants;
+        _fairness = o.Fairness;
+        _time = time;
+    }
+
+    /// <summary>Requests inside the waiting room now.</summary>
+    public int Inside => Volatile.Read(ref _inside);
+
+    /// <summary>Callers waiting at the door (no pipeline item yet).</summary>
+    public int Waiting => Volatile.Read(ref _waiters);
+
+    /// <summary>Tenants known now (inside, or waiting at the door).</summary>
+    public int TenantCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _tenants.Count;
+            }
+        }
+    }
+
+    /// <summary>Lets the request in if its tenant's share and the room allow; null when it must wait or be refused.</summary>
+    public Tenant? TryEnter(string key)
+    {
+        lock (_lock)
+        {
+            if (_closed)
+            {
+                return null;
+            }
+
+            var tenant = Find(key);
+            if (tenant is null)
+            {
+                return null;
+            }
+
+            if (tenant.Waiters.Count > 0 || !HasRoom(tenant))
+            {
+                Forget(tenant);
+                return null;
+            }
+
+            Admit(tenant);
+            return tenant;
+        }
+    }
+
+    /// <summary>
+    /// Waits at the door until the tenant may enter. Fails with the request's deadline (<paramref name="timeout"/>),
+    /// the caller's cancellation, or <see cref="GatewayUnavailableException"/> when the gateway stops accepting.
+    /// </summary>
+    public Task<Tenant> WaitAsync(string key, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        Waiter waiter;
+        lock (_lock)
+        {
+            if (_closed)
+            {
+                return Task.FromException<Tenant>(new GatewayUnavailableException("The gateway is not accepting requests (shutting down)."));
+            }
+
+            var tenant = Find(key);
+            if (tenant is null)
+            {
+                return Task.FromException<Tenant>(TooManyTenants());
+            }
+
+            if (tenant.Waiters.Count == 0 && HasRoom(tenant))
+            {
+                Admit(tenant);
+                return Task.FromResult(tenant);
+            }
+
+            waiter = new Waiter(this, tenant, timeout);
+            if (tenant.Waiters.Count == 0)
+            {
+                _turns.Enqueue(tenant);
+            }
+
+            tenant.Waiters.AddLast(waiter);
+            _waiters++;
+        }
+
+        waiter.Arm(_time, cancellationToken);
+        return waiter.Task;
+    }
+
+    /// <summary>The request left the waiting room (it holds a slot now, or it ended): room for the next.</summary>
+    public void Leave(Tenant tenant)
+    {
+        List<Waiter>? admitted = null;
+        lock (_lock)
+        {
+            tenant.Inside--;
+            _inside--;
+            LetIn(tenant, ref admitted);
+            Forget(tenant);
+        }
+
+        Release(admitted);
+    }
+
+    /// <summary>Stops letting anyone in: every caller waiting at the door is answered with <paramref name="error"/>.</summary>
+    public int Close(Func<Exception> error)
+    {
+        List<Waiter> waiting = [];
+        lock (_lock)
+        {
+            _closed = true;
+            foreach (var tenant in _turns)
+            {
+                while (tenant.Waiters.Count > 0)
+                {
+                    waiting.Add(tenant.Waiters.RemoveFirst());
+                }
+            }
+
+            _turns.Clear();
+            _waiters = 0;
+        }
+
+        foreach (var w in waiting)
+        {
+            w.TrySetException(error());
+        }
+
+        return waiting.Count;
+    }
+
+    /// <summary>Why a request found no room: the tenant table is full, or the waiting room (or the tenant's share) is.</summary>
+    public QueueFullException Refusal(string key, TimeSpan retryAfter)
+    {
+        lock (_lock)
+        {
+            if (!_tenants.ContainsKey(key) && _tenants.Count >= _maxTenants)
+            {
+                return TooManyTenants();
+            }
+
+            return _inside >= _capacity
+                ? new QueueFullException(retryAfter)
+                : new QueueFullException(retryAfter, $"This tenant already has {_perKey} requests waiting in the gateway (Fairness:MaxQueuedPerKey); retry after {retryAfter.TotalSeconds:F3} s.");
+        }
+    }
+
+    private QueueFullException TooManyTenants() =>
+        new(TimeSpan.FromSeconds(1), $"The gateway is tracking {_maxTenants} tenants, its configured maximum (Fairness:MaxTenants); retry shortly.");
+
+    private bool HasRoom(Tenant tenant) => _inside < _capacity && tenant.Inside < _perKey;
+
+    private void Admit(Tenant tenant)
+    {
+        tenant.Inside++;
+        _inside++;
+    }
+
+    /// <summary>Lets waiting callers in while there is room: the leaving tenant's own first, then the others in turn.</summary>
+    private void LetIn(Tenant leaving, ref List<Waiter>? admitted)
+    {
+        if (leaving.Waiters.Count > 0 && HasRoom(leaving))
+        {
+            TakeFirst(leaving, ref admitted);
+        }
+
+        // Each tenant with waiters gets one look per round; one that has no room in its share waits for its own leave.
+        for (var n = _turns.Count; n > 0 && _inside < _capacity; n--)
+        {
+            var tenant = _turns.Dequeue();
+            if (tenant.Waiters.Count == 0)
+            {
+                continue;
+            }
+
+            if (tenant.Inside < _perKey)
+            {
+                TakeFirst(tenant, ref admitted);
+            }
+
+            if (tenant.Waiters.Count > 0)
+            {
+                _turns.Enqueue(tenant);
+            }
+        }
+    }
+
+    private void TakeFirst(Tenant tenant, ref List<Waiter>? admitted)
+    {
+        while (tenant.Waiters.Count > 0)
+        {
+            var waiter = tenant.Waiters.RemoveFirst();
+            _waiters--;
+            if (waiter.Task.IsCompleted)
+            {
+                continue; // gave up (cancelled or timed out) while waiting
+            }
+
+            Admit(tenant);
+            (admitted ??= []).Add(waiter);
+            return;
+        }
+    }
+
+    private static void Release(List<Waiter>? admitted)
+    {
+        if (admitted is null)
+        {
+            return;
+        }
+
+        foreach (var w in admitted)
+        {
+            if (!w.TrySetResult(w.Tenant))
+            {
+                // Gave up between the pick and now: pass the room on.
+                w.Gate.Leave(w.Tenant);
+            }
+        }
+    }
+
+    private Tenant? Find(string key)
+    {
+        if (_tenants.TryGetValue(key, out var tenant))
+        {
+            return tenant;
+        }
+
+        if (_tenants.Count >= _maxTenants)
+        {
+            return null;
+        }
+
+        tenant = new Tenant(key, _fairness.WeightOf(key));
+        _tenants.Add(key, tenant);
+        return tenant;
+    }
+
+    private void Forget(Tenant tenant)
+    {
+        if (tenant.Inside == 0 && tenant.Waiters.Count == 0)
+        {
+            _tenants.Remove(tenant.Key);
+        }
+    }
+
+    private void OnWaiterGaveUp(Waiter waiter)
+    {
+        lock (_lock)
+        {
+            // Removed lazily by the next pick; forget the tenant now if nothing else keeps it.
+            var tenant = waiter.Tenant;
+            if (tenant.Inside == 0 && AllGaveUp(tenant))
+            {
+                _waiters -= tenant.Waiters.Count;
+                while (tenant.Waiters.Count > 0)
+                {
+                    tenant.Waiters.RemoveFirst();
+                }
+
+                Forget(tenant);
+            }
+        }
+    }
+
+    private static bool AllGaveUp(Tenant tenant)
+    {
+        // Waiters complete in order of giving up, not of position: check all (rare path, short list).
+        var count = tenant.Waiters.Count;
+        var all = true;
+        for (var i = 0; i < count; i++)
+        {
+            var w = tenant.Waiters.RemoveFirst();
+            all &= w.Task.IsCompleted;
+            tenant.Waiters.AddLast(w);
+        }
+
+        return all;
+    }
+
+    /// <summary>One tenant at the door: how many of its requests are inside, and its callers waiting to enter.</summary>
+    internal sealed class Tenant(string key, double weight)
+    {
+        public string Key { get; } = key;
+
+        public double Weight { get; } = weight;
+
+        public int Inside { get; set; }
+
+        public Deque<Waiter> Waiters { get; } = new();
+    }
+
+    /// <summary>A caller waiting at the door, with its deadline and cancellation.</summary>
+    internal sealed class Waiter(AdmissionGate gate, Tenant tenant, TimeSpan timeout) : TaskCompletionSource<Tenant>(TaskCreationOptions.RunContinuationsAsynchronously)
+    {
+        private ITimer? _timer;
+        private CancellationTokenRegistration _registration;
+
+        public AdmissionGate Gate { get; } = gate;
+
+        public Tenant Tenant { get; } = tenant;
+
+        public void Arm(TimeProvider time, CancellationToken cancellationToken)
+        {
+            if (cancellationToken.CanBeCanceled)
+            {
+                _registration = cancellationToken.UnsafeRegister(static (s, ct) => ((Waiter)s!).GiveUp(new RequestCancelledException([], ct)), this);
+            }
+
+            _timer = time.CreateTimer(static s => ((Waiter)s!).GiveUp(null), this, timeout, Timeout.InfiniteTimeSpan);
+
+            // Last, so a waiter let in (or given up) while this ran is disarmed after everything was armed.
+            _ = Task.ContinueWith(static (_, s) => ((Waiter)s!).Disarm(), this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+
+        private void GiveUp(Exception? error)
+        {
+            if (TrySetException(error ?? new DeadlineExceededException(timeout, [], $"The request waited at the gateway's door for its whole deadline of {timeout.TotalMilliseconds:F0} ms: the waiting room stayed full.")))
+            {
+                Gate.OnWaiterGaveUp(this);
+            }
+        }
+
+        private void Disarm()
+        {
+            _timer?.Dispose();
+            _registration.Dispose();
+        }
+    }
+}
