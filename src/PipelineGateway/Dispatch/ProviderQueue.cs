@@ -12,8 +12,8 @@ namespace PipelineGateway.Dispatch;
 /// <para>
 /// The expected wait of a newcomer is the number of requests that would be served before it (its place under fair
 /// sharing, <see cref="FairQueue{T}.ItemsAhead"/>) plus one, times the provider's service time, divided by its workers.
-/// The service time is an exponentially weighted average of how long a worker is occupied per request, raised to the
-/// time since the last request finished while every worker is busy (so a provider that stalls is seen to stall before
+/// The service time is an exponentially weighted average of how long an attempt holds a concurrency permit, raised to
+/// the time since a permit was last given back while all are held (so a provider that stalls is seen to stall before
 /// any request completes). Until the first request has finished there is no measurement: one round (as many requests
 /// as there are workers) may queue for fail-fast callers, no more; waiting callers are not refused on a guess.
 /// Requests-per-minute limits and a 429 pause add their own wait.
@@ -28,13 +28,13 @@ internal sealed class ProviderQueue
     private const double Smoothing = 0.2;
     private readonly object _lock = new();
     private readonly FairQueue<WorkItem> _items;
+    private readonly FairQueue<WorkItem> _overflow;
     private readonly Stack<WorkerSignal> _idle = new();
+    private TaskCompletionSource? _room;
     private readonly Hosting.FairnessOptions _fairness;
     private readonly TimeProvider _time;
     private double _serviceSeconds;
     private long _samples;
-    private long _lastDeparture;
-    private int _busy;
     private int _count;
     private bool _stopped;
 
@@ -45,7 +45,7 @@ internal sealed class ProviderQueue
         _fairness = fairness;
         _time = time;
         _items = new FairQueue<WorkItem>(fairness.BatchShare);
-        _lastDeparture = time.GetTimestamp();
+        _overflow = new FairQueue<WorkItem>(fairness.BatchShare);
     }
 
     public int Capacity { get; }
@@ -55,6 +55,103 @@ internal sealed class ProviderQueue
     /// <summary>Requests waiting (not yet with a worker).</summary>
     public int Count => Volatile.Read(ref _count);
 
+    /// <summary>Waiting callers' requests parked until the queue has room (they hold no in-flight slot meanwhile).</summary>
+    public int Parked
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _overflow.Count;
+            }
+        }
+    }
+
+    /// <summary>True while the queue is full or requests are parked for it: a waiting caller should wait at the door.</summary>
+    public bool IsSaturated
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _count >= Capacity || _overflow.Count > 0;
+            }
+        }
+    }
+
+    /// <summary>Completes when the queue stops being saturated (the door's waiting callers then look again).</summary>
+    public Task RoomAsync()
+    {
+        lock (_lock)
+        {
+            if (_count < Capacity && _overflow.Count == 0)
+            {
+                return Task.CompletedTask;
+            }
+
+            return (_room ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+        }
+    }
+
+    /// <summary>
+    /// Parks a waiting caller's request that found the queue full: it waits here, fairly by tenant, without an
+    /// in-flight slot, and goes back to the router when the queue has room (<see cref="NextAsync"/> hands it out).
+    /// False when the queue has room again (offer it again) or stopped.
+    /// </summary>
+    public bool Park(WorkItem item)
+    {
+        var key = item.TenantKey;
+        lock (_lock)
+        {
+            if (_stopped || _count < Capacity)
+            {
+                return false;
+            }
+
+            _overflow.Enqueue(_overflow.LaneFor(key, _fairness.WeightOf(key)), item.Priority, item);
+            return true;
+        }
+    }
+
+    public bool IsStopped
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _stopped;
+            }
+        }
+    }
+
+    /// <summary>
+    /// A request unparked for room here went elsewhere (or ended): the room is still free, so the next parked request
+    /// is unparked instead (returned, for the caller to send back to the router). Null when none waits or there is no room.
+    /// </summary>
+    public WorkItem? UnparkNext()
+    {
+        lock (_lock)
+        {
+            if (_count < Capacity && _overflow.TryDequeue(out var parked, out var lane))
+            {
+                _overflow.Finish(lane);
+                SignalRoom();
+                return parked;
+            }
+
+            return null;
+        }
+    }
+
+    /// <summary>Takes a parked request out (it ended while parked). False when it was not parked here any more.</summary>
+    public bool Unpark(WorkItem item)
+    {
+        lock (_lock)
+        {
+            return _overflow.Remove(item);
+        }
+    }
+
     /// <summary>The measured time a worker is occupied per request (zero before the first one finished).</summary>
     public TimeSpan ServiceTime => TimeSpan.FromSeconds(Volatile.Read(ref _serviceSeconds));
 
@@ -63,9 +160,10 @@ internal sealed class ProviderQueue
     /// pushing out the newest request of a tenant holding far more: <paramref name="pushedOut"/>, for the router to
     /// refuse or, a waiting caller's, to route again).
     /// <paramref name="paused"/> is how long the provider must not be called (a 429's Retry-After);
-    /// <paramref name="requestInterval"/> the spacing its requests-per-minute limit imposes.
+    /// <paramref name="requestInterval"/> the spacing its requests-per-minute limit imposes; <paramref name="stalled"/>
+    /// how long every concurrency permit has been held with none given back (a floor on the service time).
     /// </summary>
-    public QueueOffer Offer(WorkItem item, TimeSpan maxWait, TimeSpan paused, TimeSpan requestInterval, out WorkItem? pushedOut)
+    public QueueOffer Offer(WorkItem item, TimeSpan maxWait, TimeSpan paused, TimeSpan requestInterval, TimeSpan stalled, out WorkItem? pushedOut)
     {
         pushedOut = null;
         WorkerSignal? worker = null;
@@ -80,7 +178,7 @@ internal sealed class ProviderQueue
 
             var lane = _items.LaneFor(key, _fairness.WeightOf(key));
             var ahead = _items.Count == 0 && _idle.Count > 0 ? -1 : _items.ItemsAhead(lane, item.Priority);
-            var (wait, rateBound) = Expected(ahead, paused, requestInterval);
+            var (wait, rateBound) = Expected(ahead, paused, requestInterval, stalled);
 
             // Nothing measured yet and a round already queued: a waiting caller waits (nothing says it won't fit its
             // deadline); a fail-fast caller is refused rather than queued blind.
@@ -88,7 +186,7 @@ internal sealed class ProviderQueue
             if (wait > maxWait && !(unknown && item.Mode == SubmitMode.Wait))
             {
                 _items.DropIfIdle(lane);
-                var floor = TimeSpan.FromSeconds(Math.Max(ServiceSeconds() / Workers, 0.1));
+                var floor = TimeSpan.FromSeconds(Math.Max(ServiceSeconds(stalled) / Workers, 0.1));
                 var retry = unknown ? TimeSpan.FromSeconds(1) : wait - maxWait;
                 return new QueueOffer(false, wait, retry > floor ? retry : floor, rateBound);
             }
@@ -98,19 +196,16 @@ internal sealed class ProviderQueue
                 // A worker is idle and nobody waits: straight to it.
                 worker = _idle.Pop();
                 item.QueueLane = _items.Start(key, _fairness.WeightOf(key));
-                _busy++;
                 result = new QueueOffer(true, wait, TimeSpan.Zero, rateBound);
             }
             else
             {
-                // The capacity bounds what fail-fast callers may queue. A waiting caller (SubmitMode.Wait) waits here even
-                // past it — its wait is this queue's, fair like any other, and bounded by the in-flight slots it holds.
-                if (_count >= Capacity && item.Mode == SubmitMode.FailFast)
+                if (_count >= Capacity)
                 {
                     if (!_items.TryPushOut(lane, out var victim))
                     {
                         _items.DropIfIdle(lane);
-                        return new QueueOffer(false, wait, TimeSpan.FromSeconds(Math.Max(ServiceSeconds() / Workers, 0.1)), rateBound);
+                        return new QueueOffer(false, wait, TimeSpan.FromSeconds(Math.Max(ServiceSeconds(stalled) / Workers, 0.1)), rateBound) { Full = true };
                     }
 
                     _count--;
@@ -128,19 +223,33 @@ internal sealed class ProviderQueue
         return result;
     }
 
-    /// <summary>A worker's next request: at once if one waits, else when one arrives; null when the queue stopped.</summary>
-    public ValueTask<WorkItem?> NextAsync(WorkerSignal worker)
+    /// <summary>
+    /// A worker's next request: at once if one waits, else when one arrives; null when the queue stopped. A request
+    /// parked for the room just freed is handed out in <paramref name="unparked"/>, for the worker to send back to the
+    /// router (outside this lock).
+    /// </summary>
+    public ValueTask<WorkItem?> NextAsync(WorkerSignal worker, out WorkItem? unparked)
     {
+        unparked = null;
         lock (_lock)
         {
+            // Whenever a worker looks for work and the queue has room, one parked request goes back to the router for it
+            // (however the room came about: this dequeue, or a queue that drained through direct hand-offs).
+            if (_count - (_items.Count > 0 ? 1 : 0) < Capacity && _overflow.TryDequeue(out var parked, out var parkedLane))
+            {
+                _overflow.Finish(parkedLane);
+                unparked = parked;
+            }
+
             if (_items.TryDequeue(out var item, out var lane))
             {
                 item.QueueLane = lane;
                 _count--;
-                _busy++;
+                SignalRoom();
                 return new ValueTask<WorkItem?>(item);
             }
 
+            SignalRoom();
             if (_stopped)
             {
                 return new ValueTask<WorkItem?>((WorkItem?)null);
@@ -156,7 +265,6 @@ internal sealed class ProviderQueue
     {
         lock (_lock)
         {
-            _busy--;
             if (item.QueueLane is { } lane)
             {
                 item.QueueLane = null;
@@ -167,7 +275,6 @@ internal sealed class ProviderQueue
             {
                 var seconds = s.TotalSeconds;
                 _serviceSeconds = _samples++ == 0 ? seconds : _serviceSeconds + (Smoothing * (seconds - _serviceSeconds));
-                _lastDeparture = _time.GetTimestamp();
             }
         }
     }
@@ -183,7 +290,9 @@ internal sealed class ProviderQueue
             idle = [.. _idle];
             _idle.Clear();
             left = _items.Clear();
+            left.AddRange(_overflow.Clear());
             _count = 0;
+            SignalRoom();
         }
 
         foreach (var w in idle)
@@ -195,26 +304,31 @@ internal sealed class ProviderQueue
     }
 
     /// <summary>The expected wait of the current newcomer, for metrics (zero when a worker is idle).</summary>
-    public TimeSpan ExpectedWait(TimeSpan paused, TimeSpan requestInterval)
+    public TimeSpan ExpectedWait(TimeSpan paused, TimeSpan requestInterval, TimeSpan stalled)
     {
         lock (_lock)
         {
             var ahead = _items.Count == 0 && _idle.Count > 0 ? -1 : _items.Count;
-            var (wait, _) = Expected(ahead, paused, requestInterval);
+            var (wait, _) = Expected(ahead, paused, requestInterval, stalled);
             return wait == TimeSpan.MaxValue ? TimeSpan.Zero : wait;
         }
     }
 
-    private double ServiceSeconds()
+    private void SignalRoom()
     {
-        // While every worker is busy, the time since the last one finished is a floor on the service time: a provider
-        // that stalls shows it before anything completes.
-        var since = _busy >= Workers ? _time.GetElapsedTime(_lastDeparture).TotalSeconds : 0;
-        return Math.Max(_serviceSeconds, since);
+        if (_room is { } room && _count < Capacity && _overflow.Count == 0)
+        {
+            _room = null;
+            room.TrySetResult();
+        }
     }
 
+    // While every concurrency permit is held (attempts running upstream, not waiting for a rate limit), the time since
+    // one was last given back is a floor on the service time: a provider that stalls shows it before anything completes.
+    private double ServiceSeconds(TimeSpan stalled) => Math.Max(_serviceSeconds, stalled.TotalSeconds);
+
     /// <summary>How long a newcomer with <paramref name="ahead"/> requests before it would wait (-1: a worker is idle).</summary>
-    private (TimeSpan Wait, bool RateBound) Expected(double ahead, TimeSpan paused, TimeSpan requestInterval)
+    private (TimeSpan Wait, bool RateBound) Expected(double ahead, TimeSpan paused, TimeSpan requestInterval, TimeSpan stalled)
     {
         var positions = Math.Max(ahead + 1, 0);
         var rate = paused + (requestInterval * positions);
@@ -230,7 +344,7 @@ internal sealed class ProviderQueue
         }
         else
         {
-            seconds = positions * ServiceSeconds() / Workers;
+            seconds = positions * ServiceSeconds(stalled) / Workers;
         }
 
         var service = double.IsPositiveInfinity(seconds) ? TimeSpan.MaxValue : TimeSpan.FromSeconds(seconds);
@@ -241,6 +355,9 @@ internal sealed class ProviderQueue
 /// <summary>The answer to an offer: taken, or refused with the expected wait and when to come back.</summary>
 internal readonly record struct QueueOffer(bool Accepted, TimeSpan ExpectedWait, TimeSpan RetryAfter, bool RateLimited)
 {
+    /// <summary>Refused because the queue holds its capacity (not for the expected wait).</summary>
+    public bool Full { get; init; }
+
     public static QueueOffer Stopped => new(false, TimeSpan.MaxValue, TimeSpan.FromSeconds(1), false);
 }
 

@@ -51,7 +51,12 @@ internal sealed partial class ProviderWorkerPool
     internal ProviderRateLimiter Limits { get; }
 
     /// <summary>How long a request arriving now would wait before a worker takes it (for metrics).</summary>
-    public TimeSpan ExpectedWait => _pipeline is null ? TimeSpan.Zero : _queue.ExpectedWait(_pipeline.Selector.Health.PausedFor(Name), Limits.RequestInterval);
+    public TimeSpan ExpectedWait => _pipeline is null ? TimeSpan.Zero : _queue.ExpectedWait(_pipeline.Selector.Health.PausedFor(Name), Limits.RequestInterval, Stalled);
+
+    /// <summary>How long every concurrency permit has been held with none given back (zero while one is free).</summary>
+    private TimeSpan Stalled => _permits.CurrentCount == 0 ? _pipeline!.Time.GetElapsedTime(Volatile.Read(ref _lastRelease)) : TimeSpan.Zero;
+
+    private long _lastRelease;
 
     /// <summary>How long the provider must not be called yet (a 429's pause, owned by the health tracker).</summary>
     public TimeSpan PausedFor => _pipeline?.Selector.Health.PausedFor(Name) ?? TimeSpan.Zero;
@@ -64,11 +69,12 @@ internal sealed partial class ProviderWorkerPool
     /// (counting a 429 pause and the requests-per-minute limit), refused at once otherwise. Never waits.
     /// </summary>
     public QueueOffer Offer(WorkItem item, TimeSpan maxWait, out WorkItem? pushedOut) =>
-        _queue.Offer(item, maxWait, _pipeline!.Selector.Health.PausedFor(Name), Limits.RequestInterval, out pushedOut);
+        _queue.Offer(item, maxWait, _pipeline!.Selector.Health.PausedFor(Name), Limits.RequestInterval, Stalled, out pushedOut);
 
     public void Start(GatewayPipeline pipeline, CancellationToken stop)
     {
         _pipeline = pipeline;
+        _lastRelease = pipeline.Time.GetTimestamp();
         _running = new Task[_workers];
         for (var i = 0; i < _workers; i++)
         {
@@ -94,7 +100,7 @@ internal sealed partial class ProviderWorkerPool
         // Each worker parks its own reusable signal while idle, and a request is handed to exactly one parked worker
         // (no thundering herd of wake-ups, no allocation per wait: docs/benchmarks.md).
         var signal = new WorkerSignal();
-        while (await _queue.NextAsync(signal).ConfigureAwait(false) is { } item)
+        while (await NextAsync(signal).ConfigureAwait(false) is { } item)
         {
             TimeSpan? service = null;
             try
@@ -112,6 +118,45 @@ internal sealed partial class ProviderWorkerPool
             }
         }
     }
+
+    private ValueTask<WorkItem?> NextAsync(WorkerSignal signal)
+    {
+        var next = _queue.NextAsync(signal, out var unparked);
+        if (unparked is not null)
+        {
+            // Room was freed: a waiting caller's request parked for it goes back to the router (with a slot again).
+            _pipeline!.Resume(unparked, this);
+        }
+
+        return next;
+    }
+
+    /// <summary>A request unparked for room here did not take it: the next parked one gets the chance.</summary>
+    public void PassRoomOn()
+    {
+        if (_queue.UnparkNext() is { } next)
+        {
+            _pipeline!.Resume(next, this);
+        }
+    }
+
+    /// <summary>
+    /// Parks a waiting caller's request that found this provider's queue full: it gives its in-flight slot back and
+    /// waits here until the queue has room. False when the queue has room again (offer again) or stopped.
+    /// </summary>
+    public bool Park(WorkItem item) => _queue.Park(item);
+
+    /// <summary>Takes a parked request out (it ended while parked).</summary>
+    public bool Unpark(WorkItem item) => _queue.Unpark(item);
+
+    /// <summary>Requests parked for room in this provider's queue.</summary>
+    public int Parked => _queue.Parked;
+
+    /// <summary>True while the queue is full or requests are parked for it.</summary>
+    public bool IsSaturated => _queue.IsSaturated;
+
+    /// <summary>Completes when the queue stops being saturated.</summary>
+    public Task RoomAsync() => _queue.RoomAsync();
 
     /// <summary>Makes the request's attempt here; returns how long it occupied the provider (null: none was sent).</summary>
     private async ValueTask<TimeSpan?> AttemptAsync(WorkItem item)
@@ -394,7 +439,11 @@ internal sealed partial class ProviderWorkerPool
     private ValueTask AcquirePermitAsync(CancellationToken token) =>
         _permits.Wait(0, CancellationToken.None) ? ValueTask.CompletedTask : new ValueTask(_permits.WaitAsync(token));
 
-    private void ReleasePermit() => _permits.Release();
+    private void ReleasePermit()
+    {
+        Volatile.Write(ref _lastRelease, _pipeline!.Time.GetTimestamp());
+        _permits.Release();
+    }
 
     private async ValueTask StreamAttemptAsync(WorkItem item, Deployment deployment, long started)
     {

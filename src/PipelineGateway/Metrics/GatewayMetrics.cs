@@ -116,6 +116,10 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     public void OnOverloaded() => Interlocked.Increment(ref _overloaded);
 
     private long _overloaded;
+    private long _parked;
+
+    /// <summary>A waiting caller's request was parked for room in a full provider queue.</summary>
+    public void OnParked() => Interlocked.Increment(ref _parked);
 
     public void OnRetry(bool fallback)
     {
@@ -253,6 +257,7 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             RateLimitWaits = Interlocked.Read(ref _rateLimitWaits),
             ShedRequests = Interlocked.Read(ref _shed),
             OverloadedRequests = Interlocked.Read(ref _overloaded),
+            ParkedRequests = Interlocked.Read(ref _parked),
             CacheHitRate = lookups == 0 ? 0 : Math.Round((double)Interlocked.Read(ref _cached) / lookups, 4),
             AvgLatencyMs = Math.Round(_latency.MeanMs, 3),
             P50LatencyMs = _latency.PercentileMs(0.50),
@@ -384,6 +389,7 @@ internal sealed class GatewayMetrics : IGatewayMetrics
                 ExpectedWaitMs = Math.Round(pool.ExpectedWait.TotalMilliseconds, 3),
                 ServiceTimeMs = Math.Round(pool.ServiceTime.TotalMilliseconds, 3),
                 PausedMs = Math.Round(pool.PausedFor.TotalMilliseconds, 3),
+                Parked = pool.Parked,
             };
         }
     }

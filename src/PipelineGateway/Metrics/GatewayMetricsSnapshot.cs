@@ -28,6 +28,9 @@ public sealed class GatewayMetricsSnapshot
     /// <summary>Requests refused at once because every deployment's expected queue wait was longer than they could wait (503 provider_overloaded).</summary>
     public long OverloadedRequests { get; init; }
 
+    /// <summary>Times a waiting caller's request was parked for room in a full provider queue (it gave its in-flight slot back meanwhile).</summary>
+    public long ParkedRequests { get; init; }
+
     public long DeadlineExceededRequests { get; init; }
 
     public long CacheMisses { get; init; }
@@ -142,6 +145,9 @@ public sealed record ProviderMetricsSnapshot
     public long InFlight { get; init; }
 
     public int QueueDepth { get; init; }
+
+    /// <summary>Waiting callers' requests parked for room in this provider's full queue now (holding no in-flight slot).</summary>
+    public int Parked { get; init; }
 
     /// <summary>How long a request arriving now would wait in this provider's queue, in milliseconds (0 when a worker is idle).</summary>
     public double ExpectedWaitMs { get; init; }

@@ -172,6 +172,25 @@ internal sealed class FairQueue<T>
         return interactive == 0 || BatchShare <= 0 ? ahead + interactive : Math.Min(ahead / BatchShare, ahead + interactive);
     }
 
+    /// <summary>Takes one waiting item out wherever it is (it ended while waiting); O(its lane's length).</summary>
+    public bool Remove(T item)
+    {
+        foreach (var lane in _waiting)
+        {
+            foreach (var priority in (ReadOnlySpan<RequestPriority>)[RequestPriority.Interactive, RequestPriority.Batch])
+            {
+                if (lane.Items(priority).Remove(item))
+                {
+                    Taken(lane, priority);
+                    DropIfIdle(lane);
+                    return true;
+                }
+            }
+        }
+
+        return false;
+    }
+
     /// <summary>Takes every waiting item out (shutdown).</summary>
     public List<T> Clear()
     {
@@ -304,6 +323,27 @@ internal sealed class Deque<T>
         _head = (_head + 1) % _items.Length;
         Count--;
         return item;
+    }
+
+    /// <summary>Removes one item wherever it is, keeping the order of the others; O(Count).</summary>
+    public bool Remove(T item)
+    {
+        for (var i = 0; i < Count; i++)
+        {
+            if (EqualityComparer<T>.Default.Equals(_items[(_head + i) % _items.Length], item))
+            {
+                for (var j = i; j < Count - 1; j++)
+                {
+                    _items[(_head + j) % _items.Length] = _items[(_head + j + 1) % _items.Length];
+                }
+
+                _items[(_head + Count - 1) % _items.Length] = default!;
+                Count--;
+                return true;
+            }
+        }
+
+        return false;
     }
 
     public T RemoveLast()

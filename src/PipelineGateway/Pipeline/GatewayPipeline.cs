@@ -165,11 +165,45 @@ internal sealed partial class GatewayPipeline
         {
             Retire(item);
         }
-        else if (!CacheLookup.Writer.TryWrite(item))
+        else if (!Next(item).TryWrite(item))
         {
-            // Cannot happen while the capacity argument holds (the cache channel holds MaxInFlight); never lose it.
+            // Cannot happen while the capacity argument holds (the channel holds MaxInFlight); never lose it.
             FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
         }
+    }
+
+    /// <summary>Where a request goes when it gets a slot: the cache stage, or straight back to the router once it was routed.</summary>
+    private ChannelWriter<WorkItem> Next(WorkItem item) => item.Routed ? Routing.Writer : CacheLookup.Writer;
+
+    /// <summary>
+    /// A waiting caller's request parked at a full provider queue gives its slot back, so a stuck provider never holds
+    /// more slots than its queue and workers; the next request waiting for a slot takes it.
+    /// </summary>
+    public void ReleaseSlot(WorkItem item, Dispatch.ProviderWorkerPool parkedAt)
+    {
+        item.ParkedAt = parkedAt;
+        var slot = item.Slot;
+        item.Slot = -1;
+        Volatile.Write(ref _live[slot], null);
+        PassOn(item, slot);
+    }
+
+    /// <summary>
+    /// A parked request's provider has room (<paramref name="roomAt"/>, null: not a provider's room): it takes a slot
+    /// again (fairly) and goes back to the router. If it does not take that room after all (it ends, or goes to another
+    /// deployment), the room is passed on to the next request parked there.
+    /// </summary>
+    public void Resume(WorkItem item, Dispatch.ProviderWorkerPool? roomAt)
+    {
+        item.ParkedAt = null;
+        item.ResumedFor = roomAt;
+        if (item.IsCompleted)
+        {
+            Retire(item);
+            return;
+        }
+
+        Admit(item);
     }
 
     private void LeaveGate(WorkItem item)
@@ -182,18 +216,20 @@ internal sealed partial class GatewayPipeline
     }
 
     /// <summary>The owning stage lets go of the item for good: the slot is returned.</summary>
-    public void Retire(WorkItem item)
-    {
-        var slot = LetGo(item);
+    public void Retire(WorkItem item) => PassOn(item, LetGo(item));
 
-        // A request waiting for a slot takes the freed one and goes on; one that ended while it waited is retired
-        // in turn and passes the slot on (a loop, not recursion: a run of cancelled waiters cannot deepen the stack).
+    /// <summary>
+    /// A freed slot goes to the next request waiting for one; one that ended while it waited is retired in turn and
+    /// passes the slot on (a loop, not recursion: a run of cancelled waiters cannot deepen the stack).
+    /// </summary>
+    private void PassOn(WorkItem item, int slot)
+    {
         while (slot >= 0 && _slots.Release(item, slot, out var granted) is { } next)
         {
             next.Slot = granted;
             Volatile.Write(ref _live[granted], next);
             LeaveGate(next);
-            if (!next.IsCompleted && CacheLookup.Writer.TryWrite(next))
+            if (!next.IsCompleted && Next(next).TryWrite(next))
             {
                 return;
             }
@@ -208,6 +244,12 @@ internal sealed partial class GatewayPipeline
     /// <summary>Answers the caller if nobody did, leaves the waiting room, frees the item; returns the slot it held.</summary>
     private int LetGo(WorkItem item)
     {
+        if (item.ResumedFor is { } room)
+        {
+            item.ResumedFor = null;
+            room.PassRoomOn(); // it was unparked for room there and ended before taking it
+        }
+
         if (!item.IsCompleted)
         {
             if (item.Token.IsCancellationRequested)
@@ -279,6 +321,13 @@ internal sealed partial class GatewayPipeline
     /// <summary>Called exactly once per item, by whichever thread completed it.</summary>
     internal void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error)
     {
+        if (item.ParkedAt is { } parkedAt && parkedAt.Unpark(item))
+        {
+            // Ended while parked for a full provider queue (its deadline, its caller): nobody else holds it, so it is
+            // let go of here — off this thread, which may be running the item's own cancellation callback.
+            ThreadPool.UnsafeQueueUserWorkItem(static s => s.Pipeline.Retire(s.Item), (Pipeline: this, Item: item), preferLocal: false);
+        }
+
         if (item.Flight is not null)
         {
             Flights.OnLeaderCompleted(this, item, response, error);

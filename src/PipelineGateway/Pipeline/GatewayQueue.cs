@@ -113,6 +113,11 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
             return Refused(request, group, stream, mode, new GatewayUnavailableException("The gateway is not accepting requests (not started, or shutting down)."), null, cancellationToken);
         }
 
+        if (mode == SubmitMode.Wait && Saturated(group))
+        {
+            return null; // every provider of the model is full: wait at the door for room, holding nothing
+        }
+
         var key = request.Gateway?.RateLimitKey ?? string.Empty;
         if (pipeline.Gate.TryEnter(key) is { } tenant)
         {
@@ -130,14 +135,29 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
         return Refused(request, group, stream, mode, pipeline.Gate.Refusal(key, pipeline.Options.Pipeline.QueueFullRetryAfter), null, cancellationToken);
     }
 
-    /// <summary>A waiting caller waits at the door (no pipeline item meanwhile), then enters.</summary>
+    /// <summary>
+    /// A waiting caller waits at the door (no pipeline item meanwhile): until a provider of its model has room, then
+    /// for room in its tenant's share of admission's waiting room; then it enters.
+    /// </summary>
     private async ValueTask<WorkItem> WaitAtDoorAsync(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, CancellationToken cancellationToken)
     {
         var submitted = pipeline.Time.GetTimestamp();
+        var timeout = TimeoutOf(request);
         AdmissionGate.Tenant tenant;
         try
         {
-            tenant = await pipeline.Gate.WaitAsync(request.Gateway?.RateLimitKey ?? string.Empty, TimeoutOf(request), cancellationToken).ConfigureAwait(false);
+            while (true)
+            {
+                await WaitForRoomAsync(group, timeout - pipeline.Time.GetElapsedTime(submitted), cancellationToken).ConfigureAwait(false);
+                tenant = await pipeline.Gate.WaitAsync(request.Gateway?.RateLimitKey ?? string.Empty, timeout - pipeline.Time.GetElapsedTime(submitted), cancellationToken).ConfigureAwait(false);
+                if (!Saturated(group))
+                {
+                    break;
+                }
+
+                // Its providers filled up while it waited for its tenant's turn: give the place back, wait for room.
+                pipeline.Gate.Leave(tenant);
+            }
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
@@ -152,6 +172,53 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
         var item = Create(request, group, stream, mode, submitted, cancellationToken);
         item.GateTenant = tenant;
         return item;
+    }
+
+    /// <summary>True when every provider that serves the model has a full queue (or requests parked for one).</summary>
+    private static bool Saturated(ModelGroup group)
+    {
+        foreach (var d in group.DeploymentArray)
+        {
+            if (!d.Pool.IsSaturated)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>Waits until some provider of the model has room (backpressure per model: other models pass freely).</summary>
+    private async Task WaitForRoomAsync(ModelGroup group, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var started = pipeline.Time.GetTimestamp();
+        while (Saturated(group))
+        {
+            var left = timeout - pipeline.Time.GetElapsedTime(started);
+            if (left <= TimeSpan.Zero)
+            {
+                throw new DeadlineExceededException(timeout, [], $"The request waited at the gateway's door for its whole deadline of {timeout.TotalMilliseconds:F0} ms: every provider of model '{group.Name}' stayed full.");
+            }
+
+            var rooms = group.DeploymentArray.Select(d => d.Pool.RoomAsync());
+            try
+            {
+                await Task.WhenAny(rooms).WaitAsync(left, pipeline.Time, cancellationToken).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                // Looked at again above: the deadline passed.
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                throw new RequestCancelledException([], cancellationToken);
+            }
+
+            if (!pipeline.IsAccepting)
+            {
+                throw new GatewayUnavailableException("The gateway is not accepting requests (shutting down).");
+            }
+        }
     }
 
     /// <summary>Hands an item that entered to the admission stage (its channel always has room for whoever is inside).</summary>

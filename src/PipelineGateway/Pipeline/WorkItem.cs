@@ -149,6 +149,15 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
     /// <summary>The tenant's lane at the provider queue the request waits in or is served from.</summary>
     public FairQueue<WorkItem>.Lane? QueueLane { get; set; }
 
+    /// <summary>Set once the router has seen the request: a slot regained later sends it back to the router, not the cache.</summary>
+    public bool Routed { get; set; }
+
+    /// <summary>The provider whose freed room this request was unparked for, until it is offered somewhere.</summary>
+    public Dispatch.ProviderWorkerPool? ResumedFor { get; set; }
+
+    /// <summary>The provider whose full queue this request is parked for (holding no slot), if any.</summary>
+    public Dispatch.ProviderWorkerPool? ParkedAt { get; set; }
+
     /// <summary>When the request joined its provider's queue (for the queue-wait measurement).</summary>
     public long EnqueuedTimestamp { get; set; }
 

@@ -33,6 +33,7 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
             return ValueTask.CompletedTask;
         }
 
+        item.Routed = true;
         if (item.AttemptCount == 0 && item.BudgetReservation is null && item.SharedBudgetReservation is null && Pipeline.Budgets.IsDistributed)
         {
             // The shared store answers after a round trip: the router goes on meanwhile, and the request comes
@@ -85,11 +86,24 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
     /// </summary>
     private void Dispatch(WorkItem item, Deployment chosen)
     {
+        // Unparked for room at a provider: if it lands anywhere else (or nowhere), that room goes to the next one parked there.
+        var room = item.ResumedFor;
+        item.ResumedFor = null;
+        var landed = DispatchTo(item, chosen);
+        if (room is not null && !ReferenceEquals(landed, room))
+        {
+            room.PassRoomOn();
+        }
+    }
+
+    /// <summary>Returns the pool that took or parked the request (null: refused).</summary>
+    private ProviderWorkerPool? DispatchTo(WorkItem item, Deployment chosen)
+    {
         var maxWait = AllowedWait(item);
         var best = Offer(item, chosen, maxWait);
         if (best.Accepted)
         {
-            return;
+            return chosen.Pool;
         }
 
         chosen.State.OnNeutral(); // give back a half-open probe the request will not use
@@ -104,14 +118,44 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
             var offer = Offer(item, other, maxWait);
             if (offer.Accepted)
             {
-                return;
+                return other.Pool;
             }
 
             other.State.OnNeutral();
             best = Better(best, offer);
         }
 
+        if (item.Mode == SubmitMode.Wait && best.Full)
+        {
+            // A waiting caller whose deployments are full waits for room at the chosen one, holding no slot.
+            Park(item, chosen);
+            return chosen.Pool;
+        }
+
         Refuse(item, best, maxWait);
+        return null;
+    }
+
+    /// <summary>
+    /// Parks a waiting caller's request at a full provider queue: its slot goes back (so a stuck provider never holds
+    /// more than its queue and workers), and it comes back through the router when the queue has room.
+    /// </summary>
+    private void Park(WorkItem item, Deployment at)
+    {
+        var pool = at.Pool;
+        Pipeline.ReleaseSlot(item, pool);
+        if (!pool.Park(item))
+        {
+            // Room again already (or stopping): take a slot and come round again.
+            Pipeline.Resume(item, null);
+            return;
+        }
+
+        Pipeline.Metrics.OnParked();
+        if (item.IsCompleted && pool.Unpark(item))
+        {
+            Pipeline.Retire(item); // ended as it was parked
+        }
     }
 
     private QueueOffer Offer(WorkItem item, Deployment deployment, TimeSpan maxWait)

@@ -36,7 +36,7 @@ public sealed class PipelineInvariantTests
     }
 
     [Fact]
-    public async Task Every_waiting_room_holds_its_bound_waiting_callers_wait_at_the_door_and_fail_fast_callers_are_shed()
+    public async Task Every_waiting_room_holds_its_bound_waiting_callers_wait_at_the_door_and_fail_fast_callers_are_refused()
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var a = new FakeProvider("a")
@@ -64,26 +64,27 @@ public sealed class PipelineInvariantTests
             .Select(_ => Task.Run(async () => await gateway.SubmitAsync(TestGateway.Request(), Ct), Ct))
             .ToArray();
 
-        // Held by the gateway: AdmissionQueueCapacity (16) waiting for a slot + MaxInFlight (8) holding one; the rest
-        // of the callers wait at the door with no pipeline item.
-        await Wait.Until(() => pipeline.Gate.Waiting == submitters - 24 && pipeline.Slots.Waiting == 16 && a.Calls == 2, "every submitter is inside or waiting at the door");
+        // The provider holds 2 in service and 4 queued (all holding slots); what else got past the door before it filled
+        // is parked for its queue holding no slot; every other caller waits at the door with no pipeline item.
+        int Parked() => gateway.Metrics.GetSnapshot().Providers["a"].Parked;
+        await Wait.Until(() => a.Calls == 2 && pipeline.GetQueueDepths().Providers["a"] == 4 && pipeline.Gate.Inside == 0 && pipeline.Slots.Waiting == 0
+            && pipeline.InFlight + Parked() == pipeline.Outstanding, "the provider's queue is full and the rest wait");
         for (var i = 0; i < 200; i++)
         {
             var d = pipeline.GetQueueDepths();
-            pipeline.Gate.Inside.Should().Be(16, "admission's waiting room holds AdmissionQueueCapacity requests");
-            d.InFlight.Should().Be(8, "admission lets exactly MaxInFlight requests inside the pipeline");
-            d.Admission.Should().BeLessThanOrEqualTo(16);
-            d.Providers["a"].Should().Be(6, "the slot holders not with a worker wait in the provider's queue");
-            pipeline.Outstanding.Should().Be(24, "callers waiting at the door hold no pipeline item");
+            d.InFlight.Should().Be(6, "only the requests in the provider's queue and workers hold slots");
+            d.Providers["a"].Should().Be(4, "the provider's queue holds its capacity");
+            pipeline.Outstanding.Should().BeLessThanOrEqualTo(16 + 8, "at most AdmissionQueueCapacity + MaxInFlight requests are held");
+            pipeline.Gate.Inside.Should().BeLessThanOrEqualTo(16);
             await Task.Yield();
         }
 
         tasks.Count(t => t.IsCompleted).Should().Be(0, "SubmitAsync waits for room instead of failing");
 
-        var shed = gateway.SubmitAsync(TestGateway.Request(), SubmitMode.FailFast, Ct);
-        shed.IsCompleted.Should().BeTrue("a fail-fast caller is refused at once");
-        var act = async () => await shed;
-        (await act.Should().ThrowAsync<QueueFullException>()).Which.RetryAfter.Should().BePositive();
+        // A fail-fast caller is not parked: the full queue refuses it (no upstream call), with a Retry-After.
+        var act = async () => await gateway.SubmitAsync(TestGateway.Request(), SubmitMode.FailFast, Ct);
+        (await act.Should().ThrowAsync<ProviderOverloadedException>()).Which.RetryAfter.Should().BePositive();
+        a.Calls.Should().Be(2);
 
         gate.SetResult();
         var responses = await Task.WhenAll(tasks);
@@ -94,7 +95,8 @@ public sealed class PipelineInvariantTests
         pipeline.Gate.Inside.Should().Be(0);
         pipeline.Gate.TenantCount.Should().Be(0, "an idle tenant is forgotten");
         var snapshot = gateway.Metrics.GetSnapshot();
-        snapshot.ShedRequests.Should().Be(1);
+        snapshot.OverloadedRequests.Should().Be(1);
+        snapshot.ParkedRequests.Should().BePositive();
         snapshot.TotalRequests.Should().Be(submitters + 1, "the refused request is counted too");
     }
 
