@@ -16,7 +16,7 @@ namespace PipelineGateway.Admission;
 /// gateway one small waiter, and no stage ever waits for room. Waiters are let in per tenant in arrival order; when
 /// room frees, a tenant with room in its own share goes next, in turn with the others.
 /// </remarks>
-internal sealed class AdmissionGate
+internal sealed class AdmissionGate : IDisposable
 {
     private readonly object _lock = new();
     private readonly Dictionary<string, Tenant> _tenants = new(StringComparer.Ordinal);
@@ -26,6 +26,9 @@ internal sealed class AdmissionGate
     private readonly int _maxTenants;
     private readonly FairnessOptions _fairness;
     private readonly TimeProvider _time;
+    private readonly PriorityQueue<Waiter, long> _deadlines = new();
+    private readonly ITimer _deadlineTimer;
+    private long _timerDue = long.MaxValue;
     private int _inside;
     private int _waiters;
     private bool _closed;
@@ -38,7 +41,13 @@ internal sealed class AdmissionGate
         _maxTenants = o.Fairness.MaxTenants;
         _fairness = o.Fairness;
         _time = time;
+
+        // One timer for every waiter's deadline (a heap by deadline), not one per waiter: a crowd at the door costs
+        // O(log n) per caller and nothing per tick.
+        _deadlineTimer = time.CreateTimer(static s => ((AdmissionGate)s!).ExpireWaiters(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
     }
+
+    public void Dispose() => _deadlineTimer.Dispose();
 
     /// <summary>Requests inside the waiting room now.</summary>
     public int Inside => Volatile.Read(ref _inside);
@@ -118,11 +127,61 @@ internal sealed class AdmissionGate
             }
 
             tenant.Waiters.AddLast(waiter);
+            tenant.Live++;
             _waiters++;
+            WatchDeadline(waiter, timeout);
         }
 
-        waiter.Arm(_time, cancellationToken);
+        waiter.Arm(cancellationToken);
         return waiter.Task;
+    }
+
+    private void WatchDeadline(Waiter waiter, TimeSpan timeout)
+    {
+        var now = _time.GetUtcNow();
+        var due = timeout >= DateTimeOffset.MaxValue - now ? DateTimeOffset.MaxValue.UtcTicks : (now + timeout).UtcTicks;
+        if (_deadlines.Count > (2 * _waiters) + 64)
+        {
+            // Waiters let in or gone stay in the heap until their deadline; rebuild it when they outnumber the rest.
+            var live = _deadlines.UnorderedItems.Where(e => !e.Element.Task.IsCompleted).ToList();
+            _deadlines.Clear();
+            _deadlines.EnqueueRange(live);
+        }
+
+        _deadlines.Enqueue(waiter, due);
+        if (due < _timerDue)
+        {
+            _timerDue = due;
+            _deadlineTimer.Change(TimeSpan.FromTicks(Math.Max(0, due - now.UtcTicks)), Timeout.InfiniteTimeSpan);
+        }
+    }
+
+    private void ExpireWaiters()
+    {
+        List<Waiter>? expired = null;
+        lock (_lock)
+        {
+            var now = _time.GetUtcNow().UtcTicks;
+            while (_deadlines.TryPeek(out var waiter, out var due) && (due <= now || waiter.Task.IsCompleted))
+            {
+                _deadlines.Dequeue();
+                if (!waiter.Task.IsCompleted)
+                {
+                    (expired ??= []).Add(waiter);
+                }
+            }
+
+            _timerDue = _deadlines.TryPeek(out _, out var next) ? next : long.MaxValue;
+            if (_timerDue != long.MaxValue)
+            {
+                _deadlineTimer.Change(TimeSpan.FromTicks(Math.Max(0, _timerDue - now)), Timeout.InfiniteTimeSpan);
+            }
+        }
+
+        foreach (var w in expired ?? [])
+        {
+            w.Expire();
+        }
     }
 
     /// <summary>The request left the waiting room (it holds a slot now, or it ended): room for the next.</summary>
@@ -157,6 +216,10 @@ internal sealed class AdmissionGate
 
             _turns.Clear();
             _waiters = 0;
+            foreach (var tenant in _tenants.Values)
+            {
+                tenant.Live = 0;
+            }
         }
 
         foreach (var w in waiting)
@@ -228,12 +291,14 @@ internal sealed class AdmissionGate
         while (tenant.Waiters.Count > 0)
         {
             var waiter = tenant.Waiters.RemoveFirst();
-            _waiters--;
             if (waiter.Task.IsCompleted)
             {
-                continue; // gave up (cancelled or timed out) while waiting
+                continue; // gave up (cancelled or timed out) while waiting: counted out already
             }
 
+            _waiters--;
+            tenant.Live--;
+            waiter.Picked = true;
             Admit(tenant);
             (admitted ??= []).Add(waiter);
             return;
@@ -286,11 +351,17 @@ internal sealed class AdmissionGate
     {
         lock (_lock)
         {
-            // Removed lazily by the next pick; forget the tenant now if nothing else keeps it.
             var tenant = waiter.Tenant;
-            if (tenant.Inside == 0 && AllGaveUp(tenant))
+            if (_closed || waiter.Picked)
             {
-                _waiters -= tenant.Waiters.Count;
+                return; // counted out already (shut, or let in just as it gave up: its room is passed on)
+            }
+
+            _waiters--;
+            tenant.Live--;
+            if (tenant.Live == 0)
+            {
+                // Every waiter of the tenant gave up: drop the dead ones now, and the tenant if nothing else keeps it.
                 while (tenant.Waiters.Count > 0)
                 {
                     tenant.Waiters.RemoveFirst();
@@ -299,21 +370,6 @@ internal sealed class AdmissionGate
                 Forget(tenant);
             }
         }
-    }
-
-    private static bool AllGaveUp(Tenant tenant)
-    {
-        // Waiters complete in order of giving up, not of position: check all (rare path, short list).
-        var count = tenant.Waiters.Count;
-        var all = true;
-        for (var i = 0; i < count; i++)
-        {
-            var w = tenant.Waiters.RemoveFirst();
-            all &= w.Task.IsCompleted;
-            tenant.Waiters.AddLast(w);
-        }
-
-        return all;
     }
 
     /// <summary>One tenant at the door: how many of its requests are inside, and its callers waiting to enter.</summary>
@@ -325,44 +381,46 @@ internal sealed class AdmissionGate
 
         public int Inside { get; set; }
 
+        /// <summary>Waiters at the door that have not given up.</summary>
+        public int Live { get; set; }
+
         public Deque<Waiter> Waiters { get; } = new();
     }
 
     /// <summary>A caller waiting at the door, with its deadline and cancellation.</summary>
     internal sealed class Waiter(AdmissionGate gate, Tenant tenant, TimeSpan timeout) : TaskCompletionSource<Tenant>(TaskCreationOptions.RunContinuationsAsynchronously)
     {
-        private ITimer? _timer;
         private CancellationTokenRegistration _registration;
 
         public AdmissionGate Gate { get; } = gate;
 
+        /// <summary>Set under the gate's lock when it was let in (it may still give up before it hears so).</summary>
+        public bool Picked { get; set; }
+
         public Tenant Tenant { get; } = tenant;
 
-        public void Arm(TimeProvider time, CancellationToken cancellationToken)
+        public void Arm(CancellationToken cancellationToken)
         {
-            if (cancellationToken.CanBeCanceled)
+            if (!cancellationToken.CanBeCanceled)
             {
-                _registration = cancellationToken.UnsafeRegister(static (s, ct) => ((Waiter)s!).GiveUp(new RequestCancelledException([], ct)), this);
+                return;
             }
 
-            _timer = time.CreateTimer(static s => ((Waiter)s!).GiveUp(null), this, timeout, Timeout.InfiniteTimeSpan);
+            _registration = cancellationToken.UnsafeRegister(static (s, ct) => ((Waiter)s!).GiveUp(new RequestCancelledException([], ct)), this);
 
-            // Last, so a waiter let in (or given up) while this ran is disarmed after everything was armed.
-            _ = Task.ContinueWith(static (_, s) => ((Waiter)s!).Disarm(), this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            // Last, so a waiter let in (or given up) while this ran is disarmed after it was armed.
+            _ = Task.ContinueWith(static (_, s) => ((Waiter)s!)._registration.Dispose(), this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
 
-        private void GiveUp(Exception? error)
+        /// <summary>Its deadline passed at the door (the gate's deadline timer says so).</summary>
+        public void Expire() => GiveUp(new DeadlineExceededException(timeout, [], $"The request waited at the gateway's door for its whole deadline of {timeout.TotalMilliseconds:F0} ms: the waiting room stayed full."));
+
+        private void GiveUp(Exception error)
         {
-            if (TrySetException(error ?? new DeadlineExceededException(timeout, [], $"The request waited at the gateway's door for its whole deadline of {timeout.TotalMilliseconds:F0} ms: the waiting room stayed full.")))
+            if (TrySetException(error))
             {
                 Gate.OnWaiterGaveUp(this);
             }
-        }
-
-        private void Disarm()
-        {
-            _timer?.Dispose();
-            _registration.Dispose();
         }
     }
 }

@@ -56,6 +56,8 @@ internal sealed partial class AdmissionRateLimiter : IDisposable
     /// <summary>Rate-limit partitions held now (tenants with recent traffic).</summary>
     public int PartitionCount => _partitions.Count;
 
+    internal IEnumerable<string> PartitionKeys => _partitions.Keys;
+
     /// <summary>
     /// Forgets every partition that is back at rest (its limits as if new) and has no waiter: recreating it later
     /// behaves exactly the same, so this loses nothing. Returns how many were forgotten.
@@ -468,7 +470,7 @@ internal sealed partial class AdmissionRateLimiter : IDisposable
     internal sealed record Waiter(WorkItem Item, long Tokens, DateTimeOffset GiveUpAt);
 
     /// <summary>One tenant's counters: a state per rule, and the queue of callers waiting for a permit.</summary>
-    internal sealed class Partition
+    internal sealed class Partition : IWaitingRoom
     {
         private readonly RateLimitRule[] _rules;
 
@@ -492,9 +494,42 @@ internal sealed partial class AdmissionRateLimiter : IDisposable
         {
             Waiters.Enqueue(waiter);
             _waitingTokens += waiter.Tokens;
+            waiter.Item.WaitingIn = this;
         }
 
-        public void Unpark() => _waitingTokens -= Waiters.Dequeue().Tokens;
+        public void Unpark()
+        {
+            var waiter = Waiters.Dequeue();
+            _waitingTokens -= waiter.Tokens;
+            waiter.Item.WaitingIn = null;
+        }
+
+        /// <summary>A waiter that ended (cancelled, timed out) leaves the queue at once, not when its turn comes.</summary>
+        public bool TryRemove(WorkItem item)
+        {
+            lock (this)
+            {
+                if (!ReferenceEquals(item.WaitingIn, this))
+                {
+                    return false;
+                }
+
+                for (var n = Waiters.Count; n > 0; n--)
+                {
+                    var w = Waiters.Dequeue();
+                    if (ReferenceEquals(w.Item, item))
+                    {
+                        _waitingTokens -= w.Tokens;
+                        continue;
+                    }
+
+                    Waiters.Enqueue(w);
+                }
+
+                item.WaitingIn = null;
+                return true;
+            }
+        }
 
         /// <summary>
         /// The wait of a newcomer behind the waiters: the first waiter's wait, then every rule refilling what the

@@ -23,7 +23,7 @@ namespace PipelineGateway.Dispatch;
 /// parked worker directly (its continuation runs on the thread pool, never on the router's thread).
 /// </para>
 /// </remarks>
-internal sealed class ProviderQueue
+internal sealed class ProviderQueue : IWaitingRoom
 {
     private const double Smoothing = 0.2;
     private readonly object _lock = new();
@@ -109,6 +109,7 @@ internal sealed class ProviderQueue
             }
 
             _overflow.Enqueue(_overflow.LaneFor(key, _fairness.WeightOf(key)), item.Priority, item);
+            item.WaitingIn = this;
             return true;
         }
     }
@@ -135,6 +136,7 @@ internal sealed class ProviderQueue
             if (_count < Capacity && _overflow.TryDequeue(out var parked, out var lane))
             {
                 _overflow.Finish(lane);
+                parked.WaitingIn = null;
                 SignalRoom();
                 return parked;
             }
@@ -143,12 +145,28 @@ internal sealed class ProviderQueue
         }
     }
 
-    /// <summary>Takes a parked request out (it ended while parked). False when it was not parked here any more.</summary>
-    public bool Unpark(WorkItem item)
+    /// <summary>Takes a request that ended while it waited out of the queue or the parked room.</summary>
+    public bool TryRemove(WorkItem item)
     {
         lock (_lock)
         {
-            return _overflow.Remove(item);
+            if (!ReferenceEquals(item.WaitingIn, this))
+            {
+                return false;
+            }
+
+            if (_items.Remove(item))
+            {
+                _count--;
+            }
+            else if (!_overflow.Remove(item))
+            {
+                return false;
+            }
+
+            item.WaitingIn = null;
+            SignalRoom();
+            return true;
         }
     }
 
@@ -209,11 +227,13 @@ internal sealed class ProviderQueue
                     }
 
                     _count--;
+                    victim.WaitingIn = null;
                     pushedOut = victim;
                 }
 
                 item.EnqueuedTimestamp = _time.GetTimestamp();
                 _items.Enqueue(lane, item.Priority, item);
+                item.WaitingIn = this;
                 _count++;
                 result = new QueueOffer(true, wait, TimeSpan.Zero, rateBound);
             }
@@ -238,11 +258,13 @@ internal sealed class ProviderQueue
             if (_count - (_items.Count > 0 ? 1 : 0) < Capacity && _overflow.TryDequeue(out var parked, out var parkedLane))
             {
                 _overflow.Finish(parkedLane);
+                parked.WaitingIn = null;
                 unparked = parked;
             }
 
             if (_items.TryDequeue(out var item, out var lane))
             {
+                item.WaitingIn = null;
                 item.QueueLane = lane;
                 _count--;
                 SignalRoom();
@@ -291,6 +313,11 @@ internal sealed class ProviderQueue
             _idle.Clear();
             left = _items.Clear();
             left.AddRange(_overflow.Clear());
+            foreach (var item in left)
+            {
+                item.WaitingIn = null;
+            }
+
             _count = 0;
             SignalRoom();
         }

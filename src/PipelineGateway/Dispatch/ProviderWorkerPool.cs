@@ -146,9 +146,6 @@ internal sealed partial class ProviderWorkerPool
     /// </summary>
     public bool Park(WorkItem item) => _queue.Park(item);
 
-    /// <summary>Takes a parked request out (it ended while parked).</summary>
-    public bool Unpark(WorkItem item) => _queue.Unpark(item);
-
     /// <summary>Requests parked for room in this provider's queue.</summary>
     public int Parked => _queue.Parked;
 

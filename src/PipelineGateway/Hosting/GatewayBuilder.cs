@@ -138,6 +138,7 @@ public sealed class GatewayBuilder
         to.Health = from.Health;
         to.Pricing = from.Pricing;
         to.Budgets = from.Budgets;
+        to.Fairness = from.Fairness;
     }
 }
 

@@ -3,8 +3,10 @@ namespace PipelineGateway.Pipeline;
 /// <summary>
 /// A waiting room shared by tenants, drained fairly: one lane per tenant key, two priority classes per lane.
 /// The next item goes to the interactive class unless batch work is owed its share (<see cref="BatchShare"/> of the
-/// grants while both wait), and within a class to the lane with the least <see cref="Lane.Active"/> work per unit of
-/// weight — weighted fair sharing of whatever the owner counts as active (in-flight slots, attempts in service).
+/// grants while both wait), and within a class by start-time fair queueing: each grant advances its lane's virtual
+/// time by 1 / weight, the lane whose next grant finishes earliest goes next, and a lane that was idle starts from the
+/// current virtual time (no credit banked while idle). Equal weights take turns; weight 3 against 1 gets three grants
+/// in four — of in-flight slots, or of a provider's workers.
 /// </summary>
 /// <remarks>
 /// Not thread-safe: the owner (the in-flight slots, a provider's queue) holds its own lock around every call, since
@@ -20,6 +22,7 @@ internal sealed class FairQueue<T>
     private readonly int[] _counts = new int[2];
     private double _batchCredit;
     private long _grants;
+    private double _virtual; // the start tag of the latest grant: the fair-queueing clock
 
     public FairQueue(double batchShare) => BatchShare = Math.Clamp(batchShare, 0, 1);
 
@@ -50,8 +53,12 @@ internal sealed class FairQueue<T>
     public Lane Start(string key, double weight)
     {
         var lane = LaneFor(key, weight);
-        lane.Active++;
-        lane.LastGrant = ++_grants;
+        if (lane.Queued == 0)
+        {
+            lane.Virtual = Math.Max(lane.Virtual, _virtual); // an idle tenant banks no credit
+        }
+
+        Grant(lane);
         return lane;
     }
 
@@ -61,6 +68,7 @@ internal sealed class FairQueue<T>
         if (lane.Queued == 0)
         {
             _waiting.Add(lane);
+            lane.Virtual = Math.Max(lane.Virtual, _virtual); // an idle tenant banks no credit
         }
 
         items.AddLast(item);
@@ -80,7 +88,7 @@ internal sealed class FairQueue<T>
 
         var priority = NextClass();
         Lane? best = null;
-        var bestLevel = double.MaxValue;
+        var bestFinish = double.MaxValue;
         foreach (var candidate in _waiting)
         {
             if (candidate.CountOf(priority) == 0)
@@ -88,20 +96,29 @@ internal sealed class FairQueue<T>
                 continue;
             }
 
-            var level = (candidate.Active + 1) / candidate.Weight;
-            if (level < bestLevel || (level == bestLevel && candidate.LastGrant < best!.LastGrant))
+            var finish = candidate.Virtual + (1 / candidate.Weight);
+            if (finish < bestFinish || (finish == bestFinish && candidate.LastGrant < best!.LastGrant))
             {
                 best = candidate;
-                bestLevel = level;
+                bestFinish = finish;
             }
         }
 
         lane = best!;
         item = lane.Items(priority).RemoveFirst();
         Taken(lane, priority);
+        Grant(lane);
+        return true;
+    }
+
+    // A waiting lane's virtual time was brought up to the clock when it started waiting; it keeps its own pace after.
+    private void Grant(Lane lane)
+    {
+        var start = lane.Virtual;
+        _virtual = Math.Max(_virtual, start);
+        lane.Virtual = start + (1 / lane.Weight);
         lane.Active++;
         lane.LastGrant = ++_grants;
-        return true;
     }
 
     /// <summary>Active work of a lane ended; an empty, idle lane is dropped.</summary>
@@ -144,19 +161,20 @@ internal sealed class FairQueue<T>
 
     /// <summary>
     /// How many waiting items would be handed out before a new item of <paramref name="lane"/> in class
-    /// <paramref name="priority"/>, if nothing else arrived: its own lane's queue, each other lane's items until that
-    /// lane reaches the same active-per-weight level, and the other class's share.
+    /// <paramref name="priority"/>, if nothing else arrived: its own lane's queue, each other lane's items whose virtual
+    /// finish comes before the new item's, and the other class's share.
     /// </summary>
     public double ItemsAhead(Lane lane, RequestPriority priority)
     {
         var own = lane.CountOf(priority);
-        var level = (lane.Active + own + 1) / lane.Weight;
+        var start = lane.Queued > 0 ? lane.Virtual : Math.Max(lane.Virtual, _virtual);
+        var finish = start + ((own + 1) / lane.Weight);
         double ahead = own;
         foreach (var other in _waiting)
         {
             if (!ReferenceEquals(other, lane) && other.CountOf(priority) is var queued and > 0)
             {
-                ahead += Math.Clamp((level * other.Weight) - other.Active, 0, queued);
+                ahead += Math.Clamp(Math.Floor((finish - other.Virtual) * other.Weight), 0, queued);
             }
         }
 
@@ -273,8 +291,11 @@ internal sealed class FairQueue<T>
 
         public double Weight { get; } = weight > 0 ? weight : 1;
 
-        /// <summary>Work of this tenant running now (what fairness equalizes, per unit of weight).</summary>
+        /// <summary>Work of this tenant granted and not finished (keeps the lane alive).</summary>
         public int Active { get; set; }
+
+        /// <summary>The virtual finish time of the lane's latest grant.</summary>
+        public double Virtual { get; set; }
 
         public int Queued { get; set; }
 

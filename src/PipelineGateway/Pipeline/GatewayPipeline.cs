@@ -179,9 +179,8 @@ internal sealed partial class GatewayPipeline
     /// A waiting caller's request parked at a full provider queue gives its slot back, so a stuck provider never holds
     /// more slots than its queue and workers; the next request waiting for a slot takes it.
     /// </summary>
-    public void ReleaseSlot(WorkItem item, Dispatch.ProviderWorkerPool parkedAt)
+    public void ReleaseSlot(WorkItem item)
     {
-        item.ParkedAt = parkedAt;
         var slot = item.Slot;
         item.Slot = -1;
         Volatile.Write(ref _live[slot], null);
@@ -195,7 +194,6 @@ internal sealed partial class GatewayPipeline
     /// </summary>
     public void Resume(WorkItem item, Dispatch.ProviderWorkerPool? roomAt)
     {
-        item.ParkedAt = null;
         item.ResumedFor = roomAt;
         if (item.IsCompleted)
         {
@@ -311,6 +309,17 @@ internal sealed partial class GatewayPipeline
         Retire(item);
     }
 
+    private void LetGoWaiting(WorkItem item)
+    {
+        if (item.Current is { } deployment && item.ReleaseDeployment())
+        {
+            // It waited in a provider's queue: it leaves the deployment's load, and any half-open probe it held.
+            deployment.State.OnNeutral();
+        }
+
+        Retire(item);
+    }
+
     /// <summary>Answers the caller with a failure and retires the item.</summary>
     public void FailAndRetire(WorkItem item, Exception error)
     {
@@ -321,11 +330,11 @@ internal sealed partial class GatewayPipeline
     /// <summary>Called exactly once per item, by whichever thread completed it.</summary>
     internal void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error)
     {
-        if (item.ParkedAt is { } parkedAt && parkedAt.Unpark(item))
+        if (item.WaitingIn is { } room && room.TryRemove(item))
         {
-            // Ended while parked for a full provider queue (its deadline, its caller): nobody else holds it, so it is
-            // let go of here — off this thread, which may be running the item's own cancellation callback.
-            ThreadPool.UnsafeQueueUserWorkItem(static s => s.Pipeline.Retire(s.Item), (Pipeline: this, Item: item), preferLocal: false);
+            // Ended while it waited (its deadline, its caller): taken out of the waiting room at once, and let go of
+            // here — off this thread, which may be running the item's own cancellation callback.
+            ThreadPool.UnsafeQueueUserWorkItem(static s => s.Pipeline.LetGoWaiting(s.Item), (Pipeline: this, Item: item), preferLocal: false);
         }
 
         if (item.Flight is not null)

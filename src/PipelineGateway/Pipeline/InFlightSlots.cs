@@ -13,7 +13,7 @@ namespace PipelineGateway.Pipeline;
 /// whoever frees one (<see cref="Release"/>). So the admission stage's loop never waits for a slot, and no tenant's
 /// requests can hold it up for another's.
 /// </remarks>
-internal sealed class InFlightSlots
+internal sealed class InFlightSlots : IWaitingRoom
 {
     private readonly object _lock = new();
     private readonly Stack<int> _free;
@@ -83,6 +83,7 @@ internal sealed class InFlightSlots
             }
 
             _waiting.Enqueue(_waiting.LaneFor(key, _fairness.WeightOf(key)), item.Priority, item);
+            item.WaitingIn = this;
             slot = -1;
             return false;
         }
@@ -104,6 +105,7 @@ internal sealed class InFlightSlots
 
             if (_waiting.TryDequeue(out var next, out var nextLane))
             {
+                next.WaitingIn = null;
                 next.SlotLane = nextLane;
                 granted = slot;
                 return next;
@@ -120,7 +122,27 @@ internal sealed class InFlightSlots
     {
         lock (_lock)
         {
-            return _waiting.Clear();
+            var all = _waiting.Clear();
+            foreach (var item in all)
+            {
+                item.WaitingIn = null;
+            }
+
+            return all;
+        }
+    }
+
+    public bool TryRemove(WorkItem item)
+    {
+        lock (_lock)
+        {
+            if (!ReferenceEquals(item.WaitingIn, this) || !_waiting.Remove(item))
+            {
+                return false;
+            }
+
+            item.WaitingIn = null;
+            return true;
         }
     }
 }

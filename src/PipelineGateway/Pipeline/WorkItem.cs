@@ -155,8 +155,14 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
     /// <summary>The provider whose freed room this request was unparked for, until it is offered somewhere.</summary>
     public Dispatch.ProviderWorkerPool? ResumedFor { get; set; }
 
-    /// <summary>The provider whose full queue this request is parked for (holding no slot), if any.</summary>
-    public Dispatch.ProviderWorkerPool? ParkedAt { get; set; }
+    /// <summary>The waiting room holding the request now, if any (set and cleared under that room's lock).</summary>
+    public IWaitingRoom? WaitingIn
+    {
+        get => Volatile.Read(ref _waitingIn);
+        set => Volatile.Write(ref _waitingIn, value);
+    }
+
+    private IWaitingRoom? _waitingIn;
 
     /// <summary>When the request joined its provider's queue (for the queue-wait measurement).</summary>
     public long EnqueuedTimestamp { get; set; }
@@ -244,7 +250,12 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
     /// Takes the request out of its deployment's in-flight count, once. Called as soon as the attempt's outcome is
     /// known — before the caller is answered, so a caller that immediately sends again sees the load as it is.
     /// </summary>
-    public void ReleaseDeployment() => Interlocked.Exchange(ref _entered, null)?.State.Exit();
+    public bool ReleaseDeployment()
+    {
+        var entered = Interlocked.Exchange(ref _entered, null);
+        entered?.State.Exit();
+        return entered is not null;
+    }
 
     /// <summary>The failure of the last attempt, read by the dead-letter stage.</summary>
     public ProviderFailure LastFailure { get; set; }

@@ -143,7 +143,7 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
     private void Park(WorkItem item, Deployment at)
     {
         var pool = at.Pool;
-        Pipeline.ReleaseSlot(item, pool);
+        Pipeline.ReleaseSlot(item);
         if (!pool.Park(item))
         {
             // Room again already (or stopping): take a slot and come round again.
@@ -152,7 +152,7 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
         }
 
         Pipeline.Metrics.OnParked();
-        if (item.IsCompleted && pool.Unpark(item))
+        if (item.IsCompleted && item.WaitingIn is { } room && room.TryRemove(item))
         {
             Pipeline.Retire(item); // ended as it was parked
         }
