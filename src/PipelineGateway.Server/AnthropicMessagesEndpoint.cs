@@ -332,10 +332,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
     private static Task WriteErrorAsync(HttpContext ctx, Exception ex)
     {
         var (status, type, message) = Map(ex);
-        if (OpenAIErrors.Map(ex).RetryAfter is { } ra) // the status mapping is shared with the OpenAI routes
-        {
-            ctx.Response.Headers.RetryAfter = Math.Max(1, Math.Ceiling(ra.TotalSeconds)).ToString(CultureInfo.InvariantCulture);
-        }
+        OpenAIErrors.WriteRetryAfter(ctx.Response, OpenAIErrors.Map(ex).RetryAfter); // the status mapping is shared with the OpenAI routes
 
         return WriteErrorAsync(ctx, status, type, message);
     }

@@ -22,12 +22,24 @@ internal static class OpenAIErrors
         }
 
         ctx.Response.StatusCode = status;
-        if (retryAfter is { } ra)
-        {
-            ctx.Response.Headers.RetryAfter = Math.Max(1, Math.Ceiling(ra.TotalSeconds)).ToString(CultureInfo.InvariantCulture);
-        }
+        WriteRetryAfter(ctx.Response, retryAfter);
 
         await JsonBody.WriteAsync(ctx.Response, new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody, CancellationToken.None);
+    }
+
+    /// <summary>
+    /// <c>Retry-After</c> in whole seconds (at least 1, what HTTP allows) and <c>retry-after-ms</c> to the millisecond,
+    /// which the OpenAI SDKs read first: clients told to come back in 0.3 s or 1.7 s need not all come back on the second.
+    /// </summary>
+    public static void WriteRetryAfter(HttpResponse response, TimeSpan? retryAfter)
+    {
+        if (retryAfter is not { } ra || response.HasStarted)
+        {
+            return;
+        }
+
+        response.Headers.RetryAfter = Math.Max(1, Math.Ceiling(ra.TotalSeconds)).ToString(CultureInfo.InvariantCulture);
+        response.Headers["retry-after-ms"] = Math.Max(1, Math.Ceiling(ra.TotalMilliseconds)).ToString(CultureInfo.InvariantCulture);
     }
 
     public static Task WriteAsync(HttpContext ctx, Exception error)

@@ -23,4 +23,11 @@ public sealed class CacheOptions
 
     /// <summary>Identical requests in flight share one upstream call.</summary>
     public bool SingleFlight { get; set; } = true;
+
+    /// <summary>
+    /// Requests that wait for one identical request in flight, at most; past it, an identical request makes its own
+    /// upstream call instead of waiting (nothing is refused). Followers hold in-flight slots while they wait.
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int MaxFollowers { get; set; } = 256;
 }

@@ -75,7 +75,7 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
     private void Miss(WorkItem item, CacheKey key)
     {
         Pipeline.Metrics.OnCacheMiss();
-        if (cache.SingleFlight && !item.IsStream && Pipeline.Flights.Join(key, item))
+        if (cache.SingleFlight && !item.IsStream && Pipeline.Flights.Join(key, item, cache.MaxFollowers))
         {
             Pipeline.Metrics.OnCoalesced();
             return; // answered when the leader's call ends
@@ -146,8 +146,11 @@ internal sealed class Flights
 
     public int Count => _flights.Count;
 
-    /// <summary>Joins an identical request in flight (true), or makes this one the leader of a new flight (false).</summary>
-    public bool Join(CacheKey key, WorkItem item)
+    /// <summary>
+    /// Joins an identical request in flight (true), or makes this one the leader of a new flight (false). A flight
+    /// that has <paramref name="maxFollowers"/> already is not joined: the request goes upstream on its own (false).
+    /// </summary>
+    public bool Join(CacheKey key, WorkItem item, int maxFollowers)
     {
         while (true)
         {
@@ -157,6 +160,11 @@ internal sealed class Flights
                 {
                     if (!flight.Closed)
                     {
+                        if (flight.Followers.Count >= maxFollowers)
+                        {
+                            return false; // full: this one makes its own call (and leads nothing)
+                        }
+
                         flight.Followers.Add(item);
                         return true;
                     }

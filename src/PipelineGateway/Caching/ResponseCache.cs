@@ -54,6 +54,8 @@ internal sealed class ResponseCache : IDisposable
 
     public bool SingleFlight => _options.SingleFlight;
 
+    public int MaxFollowers => _options.MaxFollowers;
+
     public int Count => _cache.Count;
 
     /// <summary>Approximate bytes held (MemoryCache's own size count, updated as entries come and go).</summary>

@@ -10,11 +10,14 @@ namespace PipelineGateway.Dispatch;
 /// </summary>
 /// <remarks>
 /// <para>
-/// The expected wait of a newcomer is the number of requests that would be served before it (its place under fair
-/// sharing, <see cref="FairQueue{T}.ItemsAhead"/>) plus one, times the provider's service time, divided by its workers.
+/// The expected wait of a newcomer is the number of worker rounds before a worker takes it — the requests served before
+/// it (its place under fair sharing, <see cref="FairQueue{T}.ItemsAhead"/>) plus one, divided by the workers, rounded
+/// up — times the provider's service time.
 /// The service time is an exponentially weighted average of how long an attempt holds a concurrency permit, raised to
 /// the time since a permit was last given back while all are held (so a provider that stalls is seen to stall before
-/// any request completes). Until the first request has finished there is no measurement: one round (as many requests
+/// any request completes); while the queue stays backlogged, the measured time between two takes is used when it is
+/// longer (it counts whatever the service time leaves out). Until the first request has finished there is no
+/// measurement: one round (as many requests
 /// as there are workers) may queue for fail-fast callers, no more; waiting callers are not refused on a guess.
 /// Requests-per-minute limits and a 429 pause add their own wait.
 /// </para>
@@ -35,6 +38,12 @@ internal sealed class ProviderQueue : IWaitingRoom
     private readonly TimeProvider _time;
     private double _serviceSeconds;
     private long _samples;
+    private readonly Metrics.LatencyHistogram _waits = new();
+    private long _maxWaitTicks;
+    private readonly long[] _takes;
+    private int _takeCount;
+    private int _takeNext;
+    private bool _backlogged;
     private int _count;
     private bool _stopped;
 
@@ -45,6 +54,7 @@ internal sealed class ProviderQueue : IWaitingRoom
         _fairness = fairness;
         _time = time;
         _items = new FairQueue<WorkItem>(fairness.BatchShare);
+        _takes = new long[Math.Max(16, 2 * workers)];
         _overflow = new FairQueue<WorkItem>(fairness.BatchShare);
     }
 
@@ -196,7 +206,9 @@ internal sealed class ProviderQueue : IWaitingRoom
 
             var lane = _items.LaneFor(key, _fairness.WeightOf(key));
             var ahead = _items.Count == 0 && _idle.Count > 0 ? -1 : _items.ItemsAhead(lane, item.Priority);
-            var (wait, rateBound) = Expected(ahead, paused, requestInterval, stalled);
+
+            // (LaneFor made this tenant's lane: any other lane is another tenant's, with work here.)
+            var (wait, rateBound) = Expected(ahead, paused, requestInterval, stalled, othersActive: _items.LaneCount > 1);
 
             // Nothing measured yet and a round already queued: a waiting caller waits (nothing says it won't fit its
             // deadline); a fail-fast caller is refused rather than queued blind.
@@ -266,6 +278,8 @@ internal sealed class ProviderQueue : IWaitingRoom
             {
                 item.WaitingIn = null;
                 item.QueueLane = lane;
+                RecordWait(item);
+                MeasureDrain();
                 _count--;
                 SignalRoom();
                 return new ValueTask<WorkItem?>(item);
@@ -341,6 +355,48 @@ internal sealed class ProviderQueue : IWaitingRoom
         }
     }
 
+    /// <summary>How long requests waited in this queue before a worker took them (the queue's own histogram).</summary>
+    public (double P50Ms, double P99Ms, double MaxMs) Waits => (_waits.PercentileMs(0.5), _waits.PercentileMs(0.99), TimeSpan.FromTicks(Volatile.Read(ref _maxWaitTicks)).TotalMilliseconds);
+
+    private void RecordWait(WorkItem item)
+    {
+        var waited = _time.GetElapsedTime(item.EnqueuedTimestamp);
+        _waits.Record(waited);
+        if (waited.Ticks > _maxWaitTicks)
+        {
+            Volatile.Write(ref _maxWaitTicks, waited.Ticks);
+        }
+    }
+
+    // While the queue stays backlogged, the takes of the last two rounds (2 x workers) tell how fast it really drains —
+    // workers, CPU, the provider's pace and all; the estimate never assumes faster than that. (Averaged over rounds, not
+    // between consecutive takes: workers that started together finish together, in waves.)
+    private void MeasureDrain()
+    {
+        if (!_backlogged)
+        {
+            _takeCount = 0; // a new backlog: measure it afresh
+        }
+
+        _takes[_takeNext] = _time.GetTimestamp();
+        _takeNext = (_takeNext + 1) % _takes.Length;
+        _takeCount = Math.Min(_takeCount + 1, _takes.Length);
+        _backlogged = _count > 1; // something is still waiting after this take
+    }
+
+    /// <summary>The average time between takes over the measured window (zero until a full window was seen).</summary>
+    private double TakeInterval()
+    {
+        if (!_backlogged || _takeCount < _takes.Length)
+        {
+            return 0;
+        }
+
+        var newest = _takes[(_takeNext - 1 + _takes.Length) % _takes.Length];
+        var oldest = _takes[_takeNext];
+        return _time.GetElapsedTime(oldest, newest).TotalSeconds / (_takes.Length - 1);
+    }
+
     private void SignalRoom()
     {
         if (_room is { } room && _count < Capacity && _overflow.Count == 0)
@@ -355,7 +411,7 @@ internal sealed class ProviderQueue : IWaitingRoom
     private double ServiceSeconds(TimeSpan stalled) => Math.Max(_serviceSeconds, stalled.TotalSeconds);
 
     /// <summary>How long a newcomer with <paramref name="ahead"/> requests before it would wait (-1: a worker is idle).</summary>
-    private (TimeSpan Wait, bool RateBound) Expected(double ahead, TimeSpan paused, TimeSpan requestInterval, TimeSpan stalled)
+    private (TimeSpan Wait, bool RateBound) Expected(double ahead, TimeSpan paused, TimeSpan requestInterval, TimeSpan stalled, bool othersActive = false)
     {
         var positions = Math.Max(ahead + 1, 0);
         var rate = paused + (requestInterval * positions);
@@ -371,7 +427,11 @@ internal sealed class ProviderQueue : IWaitingRoom
         }
         else
         {
-            seconds = positions * ServiceSeconds(stalled) / Workers;
+            // Rounds of the workers, each a service time (whole rounds: the workers ahead may all have started just now),
+            // or the measured pace of takes while the queue was backlogged, whichever is longer. While other tenants have
+            // work here, fair sharing may put their later requests ahead of this one: one more round is counted for that.
+            var rounds = Math.Ceiling(positions / Workers) + (othersActive && ahead > 0 ? 1 : 0);
+            seconds = Math.Max(rounds * ServiceSeconds(stalled), positions * TakeInterval());
         }
 
         var service = double.IsPositiveInfinity(seconds) ? TimeSpan.MaxValue : TimeSpan.FromSeconds(seconds);

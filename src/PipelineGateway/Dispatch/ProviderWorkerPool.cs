@@ -61,6 +61,9 @@ internal sealed partial class ProviderWorkerPool
     /// <summary>How long the provider must not be called yet (a 429's pause, owned by the health tracker).</summary>
     public TimeSpan PausedFor => _pipeline?.Selector.Health.PausedFor(Name) ?? TimeSpan.Zero;
 
+    /// <summary>How long requests waited in this provider's queue before a worker took them.</summary>
+    public (double P50Ms, double P99Ms, double MaxMs) QueueWaits => _queue.Waits;
+
     /// <summary>The measured time a worker is occupied per request.</summary>
     public TimeSpan ServiceTime => _queue.ServiceTime;
 

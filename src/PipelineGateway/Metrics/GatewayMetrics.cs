@@ -390,6 +390,9 @@ internal sealed class GatewayMetrics : IGatewayMetrics
                 ServiceTimeMs = Math.Round(pool.ServiceTime.TotalMilliseconds, 3),
                 PausedMs = Math.Round(pool.PausedFor.TotalMilliseconds, 3),
                 Parked = pool.Parked,
+                QueueWaitP50Ms = pool.QueueWaits.P50Ms,
+                QueueWaitP99Ms = pool.QueueWaits.P99Ms,
+                QueueWaitMaxMs = Math.Round(pool.QueueWaits.MaxMs, 3),
             };
         }
     }

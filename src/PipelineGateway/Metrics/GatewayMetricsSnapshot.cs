@@ -146,6 +146,13 @@ public sealed record ProviderMetricsSnapshot
 
     public int QueueDepth { get; init; }
 
+    /// <summary>How long requests waited in this provider's queue before a worker took them: median, 99th percentile, longest.</summary>
+    public double QueueWaitP50Ms { get; init; }
+
+    public double QueueWaitP99Ms { get; init; }
+
+    public double QueueWaitMaxMs { get; init; }
+
     /// <summary>Waiting callers' requests parked for room in this provider's full queue now (holding no in-flight slot).</summary>
     public int Parked { get; init; }
 

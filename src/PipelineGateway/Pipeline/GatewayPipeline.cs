@@ -69,6 +69,16 @@ internal sealed partial class GatewayPipeline
 
         _slots = new InFlightSlots(MaxInFlight, Options.Fairness);
         _live = new WorkItem?[MaxInFlight];
+
+        // A provider holds at most its queue and its workers in slots; if that is every slot, one that stops answering
+        // would leave none for the others.
+        foreach (var pool in pools.All)
+        {
+            if (pool.QueueCapacity + pool.Workers >= MaxInFlight)
+            {
+                LogProviderCanHoldEverySlot(_logger, pool.Name, pool.QueueCapacity, pool.Workers, MaxInFlight);
+            }
+        }
     }
 
     public GatewayOptions Options { get; }
@@ -444,6 +454,9 @@ internal sealed partial class GatewayPipeline
         SingleWriter = false,
         AllowSynchronousContinuations = false,
     };
+
+    [LoggerMessage(EventId = 6, Level = LogLevel.Warning, Message = "Provider {Provider}: QueueCapacity ({QueueCapacity}) + Workers ({Workers}) is at least Pipeline:MaxInFlight ({MaxInFlight}); if it stops answering it can hold every in-flight slot and stall the other providers. Keep it below MaxInFlight.")]
+    private static partial void LogProviderCanHoldEverySlot(ILogger logger, string provider, int queueCapacity, int workers, int maxInFlight);
 
     [LoggerMessage(EventId = 1, Level = LogLevel.Warning, Message = "Request {RequestId} failed for model {Model}: {ErrorType} after {Attempts} finished attempt(s): {Reason}")]
     private static partial void LogRequestFailed(ILogger logger, string requestId, string model, string errorType, int attempts, string reason);

@@ -207,7 +207,8 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
     /// <summary>No deployment had room in time: 429 when the providers' own limits (a 429 pause, RPM) are why, else 503.</summary>
     private void Refuse(WorkItem item, QueueOffer offer, TimeSpan maxWait)
     {
-        var retryAfter = offer.RetryAfter > TimeSpan.Zero ? offer.RetryAfter : TimeSpan.FromSeconds(1);
+        // Up to a quarter later, at random: callers refused in the same instant should not all come back in the same one.
+        var retryAfter = (offer.RetryAfter > TimeSpan.Zero ? offer.RetryAfter : TimeSpan.FromSeconds(1)) * (1 + (Random.Shared.NextDouble() / 4));
         if (offer.RateLimited)
         {
             Pipeline.Metrics.OnRateLimited();

@@ -131,6 +131,26 @@ public sealed class ResponseCacheTests
     }
 
     [Fact]
+    public async Task Followers_of_one_call_are_bounded_and_the_rest_make_their_own_call()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var provider = FakeProvider.Gated("p", gate, "shared");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(provider, workers: 16)
+            .AddModel("m", "Priority", "p")
+            .WithCache(TimeSpan.FromMinutes(10))
+            .Configure(o => o.Cache.MaxFollowers = 3)
+            .StartAsync(Ct);
+
+        var all = Enumerable.Range(0, 10).Select(_ => gateway.SubmitAsync(TestGateway.Request(), Ct).AsTask()).ToArray();
+        await Wait.Until(() => provider.Calls == 7, "one leader with three followers, and six on their own");
+        gateway.Metrics.GetSnapshot().CoalescedRequests.Should().Be(3);
+        gate.SetResult();
+        (await Task.WhenAll(all)).Should().OnlyContain(r => r.Content == "shared");
+        provider.Calls.Should().Be(7);
+    }
+
+    [Fact]
     public async Task One_waiter_cancelling_does_not_cancel_the_shared_call_for_the_others()
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
