@@ -37,7 +37,7 @@ public class PipelineBenchmarks
             {
                 o.Pipeline.MaxInFlight = 2048;
                 o.Pipeline.AdmissionQueueCapacity = 2048;
-                o.Pipeline.CacheQueueCapacity = 1024;
+                o.Fairness.MaxQueuedPerKey = 2048; // one tenant: its share is the whole waiting room
             })
             .StartAsync();
     }

@@ -311,23 +311,29 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
     }
 
+    /// <summary>A failure in Anthropic's terms: the same status as on the OpenAI routes, with Anthropic's error type.</summary>
     private static (int Status, string Type, string Message) Map(Exception ex)
     {
         var (status, error, _) = OpenAIErrors.Map(ex);
-        var type = status switch
-        {
-            400 => "invalid_request_error",
-            401 => "authentication_error",
-            403 => "permission_error",
-            404 => "not_found_error",
-            413 => "request_too_large",
-            429 => "rate_limit_error",
-            503 => "overloaded_error",
-            504 => "timeout_error",
-            _ => "api_error",
-        };
+        var type = ex is UpstreamRejectedException { ErrorType: { } upstream } && AnthropicTypes.Contains(upstream)
+            ? upstream
+            : status switch
+            {
+                400 or 422 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                503 or 529 => "overloaded_error",
+                504 => "timeout_error",
+                _ => "api_error",
+            };
         return (status, type, error.Message);
     }
+
+    private static readonly HashSet<string> AnthropicTypes =
+        ["invalid_request_error", "authentication_error", "permission_error", "not_found_error", "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "timeout_error"];
 
     private static Task WriteErrorAsync(HttpContext ctx, Exception ex)
     {

@@ -87,7 +87,9 @@ public sealed class SimulatorOptions
 /// <summary>
 /// What happens to one request: drawn from the server options, or scripted by the request header
 /// <c>x-sim-fault</c>, a <c>;</c>-separated list such as <c>status=429;retry-after=2</c>, <c>status=529</c>,
-/// <c>hang</c>, <c>break-after=3</c>, <c>truncate-after=3</c>, <c>latency-ms=250</c>, <c>context-length</c>.
+/// <c>hang</c>, <c>break-after=3</c>, <c>truncate-after=3</c>, <c>latency-ms=250</c>, <c>context-length</c>,
+/// <c>status=400;code=invalid_value;param=temperature;message=...</c> (the error body's fields),
+/// <c>stream-error=overloaded_error</c> (an error event right after the stream's opening).
 /// </summary>
 public sealed record FaultPlan
 {
@@ -104,6 +106,21 @@ public sealed record FaultPlan
     public double LatencyMs { get; init; }
 
     public bool ContextLength { get; init; }
+
+    /// <summary>The error body's type, code, param and message for a scripted status (defaults by status).</summary>
+    public string? Type { get; init; }
+
+    public string? Code { get; init; }
+
+    public string? Param { get; init; }
+
+    public string? Message { get; init; }
+
+    /// <summary>
+    /// An error sent inside the stream right after its opening (a role-only chunk on OpenAI, <c>message_start</c> on
+    /// Anthropic), of this type: <c>overloaded_error</c> is how Anthropic reports overload mid-stream.
+    /// </summary>
+    public string? StreamError { get; init; }
 
     public static FaultPlan Draw(SimulatorOptions o, Random random, string? header)
     {
@@ -157,6 +174,11 @@ public sealed record FaultPlan
                 "truncate-after" => plan with { TruncateAfter = int.Parse(value!, CultureInfo.InvariantCulture) },
                 "latency-ms" => plan with { LatencyMs = double.Parse(value!, CultureInfo.InvariantCulture) },
                 "context-length" => plan with { ContextLength = true },
+                "type" => plan with { Type = value },
+                "code" => plan with { Code = value },
+                "param" => plan with { Param = value },
+                "message" => plan with { Message = value },
+                "stream-error" => plan with { StreamError = value ?? "overloaded_error" },
                 _ => plan,
             };
         }

@@ -168,6 +168,15 @@ public sealed class SimulatorServer : IAsyncDisposable
     private async Task OpenAIStreamAsync(HttpContext ctx, FaultPlan plan, ChatCompletionRequest request, string[] words, int promptTokens, string id, long created, string? tool)
     {
         StartSse(ctx);
+        if (plan.StreamError is { } streamError)
+        {
+            // The opening (role only, no content), then an error in the stream, as OpenAI reports a failure mid-stream.
+            var opening = new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { Role = ChatRoles.Assistant, Content = string.Empty } }] };
+            await WriteSseAsync(ctx, null, JsonSerializer.SerializeToUtf8Bytes(opening, GatewayJsonContext.Default.ChatCompletionChunk)).ConfigureAwait(false);
+            await WriteSseAsync(ctx, null, JsonSerializer.SerializeToUtf8Bytes(new { error = new { message = plan.Message ?? "The server is overloaded.", type = streamError, param = (string?)null, code = (string?)null } })).ConfigureAwait(false);
+            return;
+        }
+
         var chunks = new List<ChatCompletionChunk>();
         ChatCompletionChunk Chunk(ChatCompletionDelta delta, string? finish = null) => new()
         {
@@ -313,9 +322,18 @@ public sealed class SimulatorServer : IAsyncDisposable
     private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, int promptTokens, string id, string? tool)
     {
         StartSse(ctx);
+        var start = JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "message_start", Message = new AnthropicMessage { Id = id, Model = model, Usage = new AnthropicUsage { InputTokens = promptTokens, OutputTokens = 1 } } }, AnthropicJsonContext.Default.AnthropicStreamEvent);
+        if (plan.StreamError is { } streamError)
+        {
+            // message_start, then an error event: the usual way Anthropic reports overload mid-stream.
+            await WriteSseAsync(ctx, "message_start", Encoding.UTF8.GetBytes(start)).ConfigureAwait(false);
+            await WriteSseAsync(ctx, "error", JsonSerializer.SerializeToUtf8Bytes(new { type = "error", error = new { type = streamError, message = plan.Message ?? "Overloaded" } })).ConfigureAwait(false);
+            return;
+        }
+
         var events = new List<(string Name, string Json)>
         {
-            ("message_start", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "message_start", Message = new AnthropicMessage { Id = id, Model = model, Usage = new AnthropicUsage { InputTokens = promptTokens, OutputTokens = 1 } } }, AnthropicJsonContext.Default.AnthropicStreamEvent)),
+            ("message_start", start),
             ("ping", """{"type":"ping"}"""),
             ("content_block_start", """{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"""),
         };
@@ -432,13 +450,13 @@ public sealed class SimulatorServer : IAsyncDisposable
 
             if (anthropic)
             {
-                var type = status switch { 429 => "rate_limit_error", 529 => "overloaded_error", 401 => "authentication_error", >= 500 => "api_error", _ => "invalid_request_error" };
-                await AnthropicError(ctx, status, type, $"Simulated {status}.").ConfigureAwait(false);
+                var type = plan.Type ?? status switch { 429 => "rate_limit_error", 529 => "overloaded_error", 401 => "authentication_error", 403 => "permission_error", 404 => "not_found_error", 413 => "request_too_large", >= 500 => "api_error", _ => "invalid_request_error" };
+                await AnthropicError(ctx, status, type, plan.Message ?? $"Simulated {status}.").ConfigureAwait(false);
             }
             else
             {
-                var type = status switch { 429 => "rate_limit_exceeded", >= 500 => "server_error", _ => "invalid_request_error" };
-                await OpenAIError(ctx, status, type, status == 429 ? "rate_limit_exceeded" : null, $"Simulated {status}.").ConfigureAwait(false);
+                var type = plan.Type ?? status switch { 429 => "rate_limit_exceeded", >= 500 => "server_error", _ => "invalid_request_error" };
+                await OpenAIError(ctx, status, type, plan.Code ?? (status == 429 ? "rate_limit_exceeded" : null), plan.Message ?? $"Simulated {status}.", plan.Param).ConfigureAwait(false);
             }
 
             return false;

@@ -5,14 +5,20 @@ using PipelineGateway.Pipeline;
 namespace PipelineGateway.DeadLetter;
 
 /// <summary>
-/// Reads failed attempts and decides, in this order:
+/// Reads failed attempts and decides, in this order (the table in docs/routing.md):
 /// <list type="number">
 /// <item>cancelled (caller, deadline, shutdown) → the matching typed failure;</item>
-/// <item>context length exceeded → the next context-window fallback group, else fail;</item>
-/// <item>not retryable (400, 401, 403, 404, 422) → fail: another deployment would reject it too;</item>
-/// <item>attempts used up → fail with every attempt listed;</item>
+/// <item>context length exceeded → the next context-window fallback group, else the upstream's 400
+/// <c>context_length_exceeded</c> (<see cref="UpstreamRejectedException"/>);</item>
+/// <item>the caller's own mistake (400, 413, 422, a content filter) → <see cref="UpstreamRejectedException"/> with the
+/// upstream's status, type, code and param: no retry, no fallback — another deployment would reject it too;</item>
+/// <item>the deployment's key or model rejected (401, 403, 404; health takes it out of rotation) → another deployment
+/// or fallback group at once, else fail naming the cause (never a 401: the caller's own key is fine);</item>
+/// <item>attempts used up → fail with every attempt listed (429 with the earliest time a deployment is free again when
+/// the providers are rate-limiting; 503 when overloaded; 504 when the attempts timed out; 502 otherwise);</item>
 /// <item>an untried deployment in the group → back to the router at once (fallback);</item>
 /// <item>a next group in the fallback chain → back to the router at once, in that group;</item>
+/// <item>every deployment rate-limited and the caller fail-fast → 429 now, with when a deployment is free again;</item>
 /// <item>otherwise a retry after exponential backoff with jitter, at least the Retry-After, never past the deadline.</item>
 /// </list>
 /// Re-enqueueing to the router never waits (the router channel holds MaxInFlight items), so this stage can never
@@ -48,18 +54,35 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
                 }
                 else
                 {
-                    Fail(item, "the prompt exceeds the model's context window and no larger-context fallback is left");
+                    Rejected(item, failure with
+                    {
+                        ErrorCode = "context_length_exceeded",
+                        Param = failure.Param ?? "messages",
+                        UpstreamMessage = failure.UpstreamMessage ?? "The prompt is longer than the model's context window, and no larger-context fallback is left.",
+                    });
                 }
 
                 return ValueTask.CompletedTask;
             case AttemptOutcome.NonRetryableError:
-                Fail(item, "the provider rejected the request");
+                Rejected(item, failure);
+                return ValueTask.CompletedTask;
+            case AttemptOutcome.DeploymentUnavailable:
+                // That deployment is out of rotation (health): another one, or another group, may serve the request.
+                if (item.AttemptCount < options.MaxAttempts && (HasUntried(item) || item.TryAdvanceFallback()))
+                {
+                    Pipeline.Requeue(item);
+                }
+                else
+                {
+                    Fail(item, "every deployment left refused its credentials or model");
+                }
+
                 return ValueTask.CompletedTask;
         }
 
         if (item.AttemptCount >= options.MaxAttempts)
         {
-            Fail(item, $"{item.AttemptCount} attempt(s) made, the configured maximum");
+            Exhausted(item, failure, $"{item.AttemptCount} attempt(s) made, the configured maximum");
             return ValueTask.CompletedTask;
         }
 
@@ -76,10 +99,18 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
             return ValueTask.CompletedTask;
         }
 
+        if (failure.Outcome == AttemptOutcome.RateLimited && item.Mode == SubmitMode.FailFast)
+        {
+            // Every deployment said 429: a fail-fast caller (HTTP) is told so now, with when one is free again, rather
+            // than held while the gateway waits out the providers' Retry-After (a waiting caller waits it out).
+            Exhausted(item, failure, "every deployment is rate-limited");
+            return ValueTask.CompletedTask;
+        }
+
         var delay = Backoff(item, failure);
         if (Pipeline.Time.GetUtcNow() + delay >= item.Deadline)
         {
-            Fail(item, $"the next retry ({delay.TotalMilliseconds:F0} ms away) would pass the deadline");
+            Exhausted(item, failure, $"the next retry ({delay.TotalMilliseconds:F0} ms away) would pass the deadline");
             return ValueTask.CompletedTask;
         }
 
@@ -89,6 +120,28 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
 
     private void Fail(WorkItem item, string reason) =>
         Pipeline.FailAndRetire(item, new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), reason));
+
+    /// <summary>The upstream rejected the caller's request: its status, type, code and param reach the caller.</summary>
+    private void Rejected(WorkItem item, ProviderFailure failure) =>
+        Pipeline.FailAndRetire(item, new UpstreamRejectedException(
+            item.Request.Model, failure.StatusCode is >= 400 and < 500 ? failure.StatusCode.Value : 400, failure.ErrorType ?? "invalid_request_error",
+            failure.ErrorCode, failure.Param, failure.UpstreamMessage ?? failure.Message, item.SnapshotAttempts()));
+
+    /// <summary>No attempt left: rate-limited providers answer 429 with when one is free again; the rest fail with every attempt.</summary>
+    private void Exhausted(WorkItem item, ProviderFailure failure, string reason)
+    {
+        if (failure.Outcome == AttemptOutcome.RateLimited)
+        {
+            var retryAfter = Pipeline.Selector.EarliestAvailable(item.Group, failure.RetryAfter);
+            Pipeline.Metrics.OnRateLimited();
+            Pipeline.FailAndRetire(item, new RateLimitedException($"providers of '{item.Request.Model}'", retryAfter,
+                $"Every deployment of model '{item.Request.Model}' is rate-limited by its provider; retry after {retryAfter.TotalSeconds:F1} s{AttemptText.Describe(item.SnapshotAttempts())}",
+                item.SnapshotAttempts()));
+            return;
+        }
+
+        Fail(item, reason);
+    }
 
     private static bool HasUntried(WorkItem item)
     {

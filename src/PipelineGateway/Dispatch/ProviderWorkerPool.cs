@@ -388,7 +388,7 @@ internal sealed partial class ProviderWorkerPool
                 // A leg cancelled because the other won says nothing about its provider's health.
                 var lost = loser.Error is OperationCanceledException && !item.Token.IsCancellationRequested;
                 var failure = lost ? new ProviderFailure(AttemptOutcome.Cancelled, null, null, "hedge lost: the other attempt answered first") : Classify(item, loser.Error!);
-                Record(item, loser.Deployment, new GatewayAttempt(loser.Provider, loser.Deployment.Model, failure.Outcome, loser.Latency, failure.StatusCode, failure.Message), failure.RetryAfter);
+                Record(item, loser.Deployment, failure.ToAttempt(loser.Provider, loser.Deployment.Model, loser.Latency), failure.RetryAfter);
             }
 
             Record(item, result.Deployment, new GatewayAttempt(result.Provider, result.Deployment.Model, AttemptOutcome.Success, result.Latency), null);
@@ -399,7 +399,7 @@ internal sealed partial class ProviderWorkerPool
         if (other is { } earlier)
         {
             var f = Classify(item, earlier.Error!);
-            Record(item, earlier.Deployment, new GatewayAttempt(earlier.Provider, earlier.Deployment.Model, f.Outcome, earlier.Latency, f.StatusCode, f.Message), f.RetryAfter);
+            Record(item, earlier.Deployment, f.ToAttempt(earlier.Provider, earlier.Deployment.Model, earlier.Latency), f.RetryAfter);
         }
 
         OnAttemptFailedAfter(item, result.Deployment, result.Provider, result.Latency, result.Error!);
@@ -445,30 +445,44 @@ internal sealed partial class ProviderWorkerPool
         _permits.Release();
     }
 
+    /// <summary>
+    /// Streams one attempt to the caller. Chunks that carry no content (the role-only opening, an empty delta, usage)
+    /// are held back until the first content-bearing one (text, a tool call, a refusal): until then nothing reached the
+    /// caller and a failure — an upstream's error event right after its opening, say — can still fall back to another
+    /// deployment. The attempt is recorded when it ends, with its real outcome.
+    /// </summary>
     private async ValueTask StreamAttemptAsync(WorkItem item, Deployment deployment, long started)
     {
         var pipeline = _pipeline!;
         var writer = item.Chunks!.Writer;
-        var first = true;
+        List<ChatCompletionChunk>? held = null;
+        var any = false;
+        var firstToken = TimeSpan.Zero;
         var replay = item.CacheKey is not null ? new Caching.StreamReplay() : null; // a finished stream is cached whole
         await foreach (var chunk in Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false))
         {
-            if (first)
-            {
-                // From here on the caller has seen output: no fallback can be invisible any more.
-                Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, pipeline.Time.GetElapsedTime(started)), null);
-                chunk.Gateway = pipeline.Metrics.Describe(item, deployment, null);
-                pipeline.Metrics.OnFirstToken(pipeline.Time.GetElapsedTime(item.StartTimestamp));
-                item.StreamStarted = true;
-                first = false;
-            }
-
+            any = true;
             if (chunk.Usage is { } usage)
             {
                 item.StreamUsage = usage;
             }
 
             replay?.Add(chunk);
+            if (!item.StreamStarted)
+            {
+                if (!CarriesContent(chunk))
+                {
+                    (held ??= new List<ChatCompletionChunk>(2)).Add(chunk);
+                    continue;
+                }
+
+                // From here on the caller has seen output: no fallback can be invisible any more.
+                firstToken = pipeline.Time.GetElapsedTime(started);
+                pipeline.Metrics.OnFirstToken(pipeline.Time.GetElapsedTime(item.StartTimestamp));
+                await ReleaseHeldAsync(item, deployment, held, chunk, firstToken).ConfigureAwait(false);
+                held = null;
+                continue;
+            }
 
             if (!writer.TryWrite(chunk))
             {
@@ -476,10 +490,20 @@ internal sealed partial class ProviderWorkerPool
             }
         }
 
-        if (first)
+        if (!any)
         {
             throw new ProviderException(AttemptOutcome.RetryableError, "The provider ended the stream without any chunk.");
         }
+
+        if (!item.StreamStarted)
+        {
+            // A whole answer without content (an empty completion): what was held is the answer.
+            firstToken = pipeline.Time.GetElapsedTime(started);
+            await ReleaseHeldAsync(item, deployment, held, null, firstToken).ConfigureAwait(false);
+        }
+
+        // Recorded now that it ended well; its latency is the time to the first token (what LowestLatency ranks).
+        Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken), null);
 
         // The caller has had the chunks; this whole answer carries the usage and cost for metrics (and the cache).
         var whole = replay?.ToResponse() ?? new ChatCompletionResponse { Model = deployment.Model, Usage = item.StreamUsage };
@@ -494,6 +518,44 @@ internal sealed partial class ProviderWorkerPool
         pipeline.Retire(item);
     }
 
+    /// <summary>
+    /// The stream starts for the caller: the held chunks, then <paramref name="first"/>. The opening chunk carries the
+    /// gateway's info, listing the attempts so far and this one as answering (its final outcome is recorded at the end).
+    /// </summary>
+    private async ValueTask ReleaseHeldAsync(WorkItem item, Deployment deployment, List<ChatCompletionChunk>? held, ChatCompletionChunk? first, TimeSpan firstToken)
+    {
+        item.StreamStarted = true;
+        var writer = item.Chunks!.Writer;
+        var opening = held is { Count: > 0 } ? held[0] : first!;
+        opening.Gateway = _pipeline!.Metrics.Describe(item, deployment, null, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
+        foreach (var chunk in held ?? [])
+        {
+            if (!writer.TryWrite(chunk))
+            {
+                await writer.WriteAsync(chunk, item.Token).ConfigureAwait(false);
+            }
+        }
+
+        if (first is not null && !writer.TryWrite(first))
+        {
+            await writer.WriteAsync(first, item.Token).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Text, a tool call or a refusal: what a caller has seen once it is sent.</summary>
+    private static bool CarriesContent(ChatCompletionChunk chunk)
+    {
+        foreach (var choice in chunk.Choices)
+        {
+            var d = choice.Delta;
+            if (!string.IsNullOrEmpty(d.Content) || d.ToolCalls is { Count: > 0 } || !string.IsNullOrEmpty(d.Refusal))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
 
     private void OnAttemptFailed(WorkItem item, Deployment deployment, long started, Exception ex) =>
         OnAttemptFailedAfter(item, deployment, Name, _pipeline!.Time.GetElapsedTime(started), ex);
@@ -505,7 +567,10 @@ internal sealed partial class ProviderWorkerPool
 
         if (item.StreamStarted)
         {
-            // Output already reached the caller: the stream ends with an error, no fallback.
+            // Output already reached the caller: the stream ends with an error, no fallback. The attempt is listed with
+            // its real outcome.
+            item.AddAttempt(deployment, failure.ToAttempt(provider, deployment.Model, latency));
+            pipeline.Metrics.OnAttempt(item.FinalAttempts[^1]);
             pipeline.Selector.Health.Report(deployment, failure.Outcome, latency, failure.RetryAfter);
             // A cancellation can reach us before the item's own cancellation callback has run (callbacks run
             // in reverse order, and continuations may run inline): answer with the cancellation ourselves.
@@ -517,7 +582,7 @@ internal sealed partial class ProviderWorkerPool
             return;
         }
 
-        Record(item, deployment, new GatewayAttempt(provider, deployment.Model, failure.Outcome, latency, failure.StatusCode, failure.Message), failure.RetryAfter);
+        Record(item, deployment, failure.ToAttempt(provider, deployment.Model, latency), failure.RetryAfter);
         item.LastFailure = failure;
 
         // Never waits: the dead-letter channel holds MaxInFlight items (see GatewayPipeline).
@@ -537,26 +602,10 @@ internal sealed partial class ProviderWorkerPool
 
         item.AddAttempt(deployment, attempt);
         _pipeline!.Metrics.OnAttempt(attempt);
-        _pipeline.Selector.Health.Report(deployment, attempt.Outcome, attempt.Latency, retryAfter);
+        _pipeline.Selector.Health.Report(deployment, attempt.Outcome, attempt.Latency, retryAfter, attempt.StatusCode is { } s ? $"{s}: {attempt.Error}" : attempt.Error);
     }
 
-    private static ProviderFailure Classify(WorkItem item, Exception ex)
-    {
-        if (item.Token.IsCancellationRequested && ex is OperationCanceledException)
-        {
-            return new ProviderFailure(AttemptOutcome.Cancelled, null, null, item.Reason.ToString().ToLowerInvariant());
-        }
-
-        return ex switch
-        {
-            ProviderException p => new ProviderFailure(p.Outcome, p.StatusCode, p.RetryAfter, p.Message),
-
-            // The provider's own timeout (HttpClient, resilience handler) rather than ours.
-            OperationCanceledException or TimeoutException => new ProviderFailure(AttemptOutcome.Timeout, null, null, "The attempt timed out."),
-            HttpRequestException h => new ProviderFailure(h.StatusCode is { } s ? ProviderException.Classify((int)s) : AttemptOutcome.RetryableError, (int?)h.StatusCode, null, "Connection to the provider failed."),
-            _ => new ProviderFailure(AttemptOutcome.RetryableError, null, null, $"The provider failed unexpectedly ({ex.GetType().Name})."),
-        };
-    }
+    private static ProviderFailure Classify(WorkItem item, Exception ex) => FailureClassifier.Classify(item, ex);
 
     [LoggerMessage(EventId = 20, Level = LogLevel.Error, Message = "Worker of provider {Provider} failed while handling a request.")]
     private static partial void LogWorkerError(ILogger logger, Exception exception, string provider);

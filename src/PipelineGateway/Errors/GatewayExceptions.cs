@@ -31,13 +31,40 @@ public sealed class ModelNotFoundException(string model)
 public sealed class UnauthorizedException(string message) : GatewayException("unauthorized", message);
 
 /// <summary>A gateway-side rate limit refused the request; retry after <see cref="RetryAfter"/>.</summary>
-public sealed class RateLimitedException(string limit, TimeSpan retryAfter, string? message = null)
+public sealed class RateLimitedException(string limit, TimeSpan retryAfter, string? message = null, IReadOnlyList<GatewayAttempt>? attempts = null)
     : GatewayException("rate_limited", message ?? $"Rate limit '{limit}' exceeded; retry after {retryAfter.TotalSeconds:F3} s.")
 {
-    /// <summary>The name of the limit that refused the request.</summary>
+    /// <summary>The name of the limit that refused the request (a gateway rule, or the providers' own limits).</summary>
     public string Limit { get; } = limit;
 
     public TimeSpan RetryAfter { get; } = retryAfter;
+
+    /// <summary>The attempts made before every deployment turned out rate-limited (none for a gateway limit).</summary>
+    public IReadOnlyList<GatewayAttempt> Attempts { get; } = attempts ?? [];
+}
+
+/// <summary>
+/// The upstream rejected the caller's own request — a 400, 413 or 422 (an invalid parameter, a content filter), or a
+/// prompt too long for every model the group can fall back to. It was neither retried nor sent elsewhere: another
+/// deployment would reject it too. <see cref="StatusCode"/>, <see cref="ErrorType"/>, <see cref="GatewayException.Code"/>
+/// and <see cref="Param"/> are the upstream's, so a client can act on them (trim history on
+/// <c>context_length_exceeded</c>, fix the named field).
+/// </summary>
+public sealed class UpstreamRejectedException(string model, int statusCode, string? errorType, string? errorCode, string? param, string message, IReadOnlyList<GatewayAttempt> attempts)
+    : GatewayException(errorCode ?? "invalid_request", message)
+{
+    public string Model { get; } = model;
+
+    /// <summary>The upstream's status (400, 413, 422…).</summary>
+    public int StatusCode { get; } = statusCode;
+
+    /// <summary>The upstream's error type (<c>invalid_request_error</c>…), if it said.</summary>
+    public string? ErrorType { get; } = errorType;
+
+    /// <summary>The request field the upstream named, if it did.</summary>
+    public string? Param { get; } = param;
+
+    public IReadOnlyList<GatewayAttempt> Attempts { get; } = attempts;
 }
 
 /// <summary>The gateway's queue is full and the caller asked not to wait (load shedding).</summary>
@@ -85,9 +112,14 @@ public sealed class BudgetExceededException(string budget, decimal limit, decima
     public decimal Spent { get; } = spent;
 }
 
-/// <summary>Every attempt failed; <see cref="Attempts"/> lists each one in order.</summary>
-public sealed class AllProvidersFailedException(string model, IReadOnlyList<GatewayAttempt> attempts, string? reason = null)
-    : GatewayException("all_providers_failed", $"All providers failed for model '{model}'{(reason is null ? string.Empty : $" ({reason})")}{AttemptText.Describe(attempts)}")
+/// <summary>
+/// Every attempt failed on the providers' side (5xx, overload, timeouts, network, or every deployment's key or model
+/// rejected); <see cref="Attempts"/> lists each one in order with its real outcome. <see cref="StatusCode"/> is what
+/// the HTTP front door answers: 504 when the attempts timed out, 503 when the providers said they were overloaded,
+/// 502 otherwise.
+/// </summary>
+public sealed class AllProvidersFailedException(string model, IReadOnlyList<GatewayAttempt> attempts, string? reason = null, string? code = null)
+    : GatewayException(code ?? CodeOf(attempts), $"All providers failed for model '{model}'{(reason is null ? string.Empty : $" ({reason})")}{AttemptText.Describe(attempts)}")
 {
     public string Model { get; } = model;
 
@@ -95,6 +127,35 @@ public sealed class AllProvidersFailedException(string model, IReadOnlyList<Gate
 
     /// <summary>The status code of the last attempt that reached a provider, if any.</summary>
     public int? LastStatusCode => Attempts.LastOrDefault(a => a.StatusCode is not null)?.StatusCode;
+
+    /// <summary>502 (upstream errors, rejected deployments), 503 (providers overloaded) or 504 (attempts timed out).</summary>
+    public int StatusCode => Code switch
+    {
+        "upstream_timeout" => 504,
+        "upstream_overloaded" => 503,
+        _ => 502,
+    };
+
+    /// <summary>When the providers said to come back (the last attempt's Retry-After), if they did.</summary>
+    public TimeSpan? RetryAfter => Last(Attempts)?.RetryAfter;
+
+    private static GatewayAttempt? Last(IReadOnlyList<GatewayAttempt> attempts) =>
+        attempts.LastOrDefault(a => a.Outcome is not (AttemptOutcome.Cancelled or AttemptOutcome.Success));
+
+    private static string CodeOf(IReadOnlyList<GatewayAttempt> attempts)
+    {
+        if (attempts.Count > 0 && attempts.All(a => a.Outcome is AttemptOutcome.DeploymentUnavailable or AttemptOutcome.Cancelled))
+        {
+            return "deployment_unavailable";
+        }
+
+        return Last(attempts) switch
+        {
+            { Outcome: AttemptOutcome.Timeout } => "upstream_timeout",
+            { StatusCode: 503 or 529 } or { ErrorType: "overloaded_error" } => "upstream_overloaded",
+            _ => "all_providers_failed",
+        };
+    }
 }
 
 /// <summary>The gateway is shutting down and can no longer serve the request.</summary>

@@ -171,6 +171,7 @@ internal sealed class GatewayOptionsValidator(
         Positive(h.Window, $"{root}:Health:Window", errors);
         Positive(h.Cooldown, $"{root}:Health:Cooldown", errors);
         Positive(h.RateLimitCooldown, $"{root}:Health:RateLimitCooldown", errors);
+        Positive(h.RejectedCooldown, $"{root}:Health:RejectedCooldown", errors);
         Positive(h.LatencyProbeInterval, $"{root}:Health:LatencyProbeInterval", errors);
         if (h.MaxCooldown < h.Cooldown)
         {

@@ -186,11 +186,11 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         }
     }
 
-    public GatewayResponseInfo Describe(WorkItem item, Deployment deployment, TokenUsage? usage) => new()
+    public GatewayResponseInfo Describe(WorkItem item, Deployment deployment, TokenUsage? usage, IReadOnlyList<GatewayAttempt>? attempts = null) => new()
     {
         Provider = deployment.ProviderName,
         ProviderModel = deployment.Model,
-        Attempts = item.FinalAttempts,
+        Attempts = attempts ?? item.FinalAttempts,
         Latency = item.Observer?.Time.GetElapsedTime(item.StartTimestamp) ?? TimeSpan.Zero,
         RequestSequence = item.Sequence,
         Cost = usage is null ? 0 : _pricing.Cost(deployment, usage),
@@ -213,9 +213,11 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             var state = d.State;
             var latency = state.LatencyMs;
             var remaining = state.AvailableAt - now;
+            var rejected = state.IsRejected(now);
             deployments[d.Id] = new DeploymentHealthSnapshot
             {
-                HealthState = Name(state.Circuit),
+                HealthState = rejected ? "rejected" : Name(state.Circuit),
+                RejectedBecause = rejected ? state.RejectedBecause : null,
                 ConsecutiveFailures = state.ConsecutiveFailures,
                 CooldownRemainingMs = remaining > TimeSpan.Zero ? Math.Round(remaining.TotalMilliseconds, 3) : 0,
                 LatencyMs = double.IsNaN(latency) ? null : Math.Round(latency, 3),
@@ -225,7 +227,7 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             {
                 providers[d.ProviderName] = p with
                 {
-                    HealthState = Worse(p.HealthState, Name(state.Circuit)),
+                    HealthState = Worse(p.HealthState, rejected ? "rejected" : Name(state.Circuit)),
                     ConsecutiveFailures = Math.Max(p.ConsecutiveFailures, state.ConsecutiveFailures),
                 };
             }
@@ -341,7 +343,7 @@ internal sealed class GatewayMetrics : IGatewayMetrics
 
     private static string Worse(string a, string b) => Rank(b) > Rank(a) ? b : a;
 
-    private static int Rank(string s) => s switch { "open" => 2, "half_open" => 1, _ => 0 };
+    private static int Rank(string s) => s switch { "rejected" => 3, "open" => 2, "half_open" => 1, _ => 0 };
 
     private sealed class ProviderStats
     {

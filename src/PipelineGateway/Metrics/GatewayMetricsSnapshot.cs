@@ -109,8 +109,11 @@ public sealed class GatewayMetricsSnapshot
 
 public sealed class DeploymentHealthSnapshot
 {
-    /// <summary>closed, open or half_open.</summary>
+    /// <summary>closed, open or half_open (the circuit), or rejected (its provider refuses its key or model: out of rotation for Health:RejectedCooldown).</summary>
     public required string HealthState { get; init; }
+
+    /// <summary>For a rejected deployment: the provider's answer (status and message, secrets redacted).</summary>
+    public string? RejectedBecause { get; init; }
 
     public int ConsecutiveFailures { get; init; }
 

@@ -35,8 +35,12 @@ public sealed class ChunkChoice
 
     public ChatCompletionDelta Delta { get; set; } = new();
 
+    /// <summary>Always written (null until the last chunk), as the OpenAI schema has it.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.Never)]
     public string? FinishReason { get; set; }
 
+    /// <summary>Always written (null when the upstream sent none), as the OpenAI schema has it.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.Never)]
     public JsonElement? Logprobs { get; set; }
 }
 

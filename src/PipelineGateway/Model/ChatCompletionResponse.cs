@@ -40,10 +40,14 @@ public sealed class ChatChoice
 {
     public int Index { get; set; }
 
+    /// <summary>Written with <c>content</c> and <c>refusal</c> always present (null when absent), as the OpenAI schema has them.</summary>
+    [JsonConverter(typeof(ResponseMessageConverter))]
     public ChatCompletionMessage? Message { get; set; }
 
     public string? FinishReason { get; set; }
 
+    /// <summary>Always written (null when the upstream sent none), as the OpenAI schema has it.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.Never)]
     public JsonElement? Logprobs { get; set; }
 }
 

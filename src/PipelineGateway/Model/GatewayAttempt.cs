@@ -22,6 +22,12 @@ public enum AttemptOutcome
 
     /// <summary>The caller cancelled, the deadline passed or the gateway shut down while the attempt ran.</summary>
     Cancelled,
+
+    /// <summary>
+    /// The provider refused this deployment itself — its key (401, 403) or its model (404) — not the request: the
+    /// deployment is taken out of rotation for <c>Health:RejectedCooldown</c> and the request goes to another.
+    /// </summary>
+    DeploymentUnavailable,
 }
 
 /// <summary>One attempt at one provider deployment, as reported to the caller.</summary>
@@ -35,6 +41,18 @@ public sealed record GatewayAttempt(
 {
     /// <summary>The deployment attempted (gateway-internal: lets the router skip what was tried).</summary>
     internal Routing.Deployment? Deployment { get; set; }
+
+    /// <summary>The upstream's error type (OpenAI <c>invalid_request_error</c>, Anthropic <c>overloaded_error</c>…), if it said.</summary>
+    public string? ErrorType { get; init; }
+
+    /// <summary>The upstream's error code (OpenAI <c>context_length_exceeded</c>, <c>invalid_value</c>…), if it said.</summary>
+    public string? ErrorCode { get; init; }
+
+    /// <summary>The request field the upstream named as wrong, if it did.</summary>
+    public string? Param { get; init; }
+
+    /// <summary>How long the upstream asked to wait (its Retry-After), if it said.</summary>
+    public TimeSpan? RetryAfter { get; init; }
 
     public override string ToString() =>
         Outcome == AttemptOutcome.Success

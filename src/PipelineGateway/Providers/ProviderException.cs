@@ -26,11 +26,27 @@ public sealed class ProviderException : Exception
     /// <summary>How long the provider asked us to wait (Retry-After), if it said.</summary>
     public TimeSpan? RetryAfter { get; }
 
+    /// <summary>The upstream's error type (OpenAI <c>invalid_request_error</c>, Anthropic <c>overloaded_error</c>…), if it said.</summary>
+    public string? ErrorType { get; init; }
+
+    /// <summary>The upstream's error code (OpenAI <c>context_length_exceeded</c>…), if it said.</summary>
+    public string? ErrorCode { get; init; }
+
+    /// <summary>The request field the upstream named as wrong, if it did.</summary>
+    public string? Param { get; init; }
+
+    /// <summary>
+    /// The upstream's own message, reduced to its text and with secrets redacted: what a caller is shown when the
+    /// upstream rejected the caller's request (a 400 passed through), instead of the gateway's attempt description.
+    /// </summary>
+    public string? UpstreamMessage { get; init; }
+
     /// <summary>The failure class of an HTTP status code: the one table every adapter uses.</summary>
     public static AttemptOutcome Classify(int statusCode) => statusCode switch
     {
         429 => AttemptOutcome.RateLimited,
         408 => AttemptOutcome.Timeout,
+        401 or 403 or 404 => AttemptOutcome.DeploymentUnavailable,
         >= 500 => AttemptOutcome.RetryableError,
         >= 400 => AttemptOutcome.NonRetryableError,
         _ => AttemptOutcome.RetryableError,

@@ -63,16 +63,45 @@ internal sealed class DeploymentSelector(HealthTracker health)
         return null;
     }
 
+    /// <summary>
+    /// How long until some deployment of the group may be called again (its cooldown and its provider's 429 pause
+    /// both over); <paramref name="atLeast"/> (the last Retry-After) when nothing is known, and never under a second.
+    /// </summary>
+    public TimeSpan EarliestAvailable(ModelGroup group, TimeSpan? atLeast)
+    {
+        var now = health.Now;
+        var earliest = TimeSpan.MaxValue;
+        foreach (var d in group.DeploymentArray)
+        {
+            if (d.State.IsRejected(now))
+            {
+                continue;
+            }
+
+            var cooling = d.State.AvailableAt - now;
+            var paused = health.PausedFor(d.ProviderName);
+            var free = cooling > paused ? cooling : paused;
+            earliest = free < earliest ? free : earliest;
+        }
+
+        if (earliest == TimeSpan.MaxValue || earliest <= TimeSpan.Zero)
+        {
+            earliest = atLeast ?? TimeSpan.FromSeconds(1);
+        }
+
+        return earliest < TimeSpan.FromSeconds(1) ? TimeSpan.FromSeconds(1) : earliest;
+    }
+
     /// <summary>The deployment whose cooldown ends first (untried ones preferred), for the TryEarliest policy.</summary>
-    public static Deployment? Earliest(WorkItem item, ModelGroup group, Deployment? exclude = null)
+    public static Deployment? Earliest(WorkItem item, ModelGroup group, DateTimeOffset now, Deployment? exclude = null)
     {
         Deployment? best = null;
         var bestUntried = false;
         foreach (var d in group.DeploymentArray)
         {
-            if (ReferenceEquals(d, exclude))
+            if (ReferenceEquals(d, exclude) || d.State.IsRejected(now))
             {
-                continue;
+                continue; // a deployment whose key or model the provider rejects is not worth trying earliest
             }
 
             var untried = !item.HasTried(d);

@@ -22,6 +22,7 @@ public sealed class DeploymentState
     private long _coolUntilUtcTicks;
     private int _probeInFlight;
     private int _opens;
+    private long _rejectedUntilUtcTicks;
 
     /// <summary>Exponentially weighted latency (time to first token for streams), or NaN before the first sample.</summary>
     public double LatencyMs => Volatile.Read(ref _latencyMs);
@@ -35,8 +36,36 @@ public sealed class DeploymentState
 
     public CircuitState Circuit => (CircuitState)Volatile.Read(ref _circuit);
 
-    /// <summary>When the circuit may be probed again (Open), or when a 429 cooldown ends.</summary>
-    public DateTimeOffset AvailableAt => new(Math.Max(Volatile.Read(ref _openUntilUtcTicks), Volatile.Read(ref _coolUntilUtcTicks)), TimeSpan.Zero);
+    /// <summary>When the circuit may be probed again (Open), a 429 cooldown ends, or a rejected deployment comes back.</summary>
+    public DateTimeOffset AvailableAt => new(Math.Max(Math.Max(Volatile.Read(ref _openUntilUtcTicks), Volatile.Read(ref _coolUntilUtcTicks)), Volatile.Read(ref _rejectedUntilUtcTicks)), TimeSpan.Zero);
+
+    /// <summary>Until when the deployment is out of rotation because its provider refused its key or model (401/403/404), if it is.</summary>
+    public DateTimeOffset? RejectedUntil => Volatile.Read(ref _rejectedUntilUtcTicks) is var t and > 0 ? new DateTimeOffset(t, TimeSpan.Zero) : null;
+
+    /// <summary>The provider's answer that took the deployment out of rotation (status and message, secrets redacted).</summary>
+    public string? RejectedBecause { get; private set; }
+
+    internal bool IsRejected(DateTimeOffset now) => now.UtcTicks < Volatile.Read(ref _rejectedUntilUtcTicks);
+
+    /// <summary>
+    /// The provider refused this deployment's key or model: out of rotation until <paramref name="until"/>. Returns
+    /// true when it was in rotation until now (so the transition is logged once).
+    /// </summary>
+    internal bool OnRejected(DateTimeOffset now, DateTimeOffset until, string? because)
+    {
+        lock (this)
+        {
+            var was = IsRejected(now);
+            if (until.UtcTicks > _rejectedUntilUtcTicks)
+            {
+                Volatile.Write(ref _rejectedUntilUtcTicks, until.UtcTicks);
+            }
+
+            RejectedBecause = because ?? RejectedBecause;
+            ReleaseProbe();
+            return !was;
+        }
+    }
 
     internal void Enter() => Interlocked.Increment(ref _inFlight);
 
@@ -75,7 +104,7 @@ public sealed class DeploymentState
     internal bool IsSelectable(DateTimeOffset now)
     {
         var ticks = now.UtcTicks;
-        if (ticks < Volatile.Read(ref _coolUntilUtcTicks))
+        if (ticks < Volatile.Read(ref _coolUntilUtcTicks) || ticks < Volatile.Read(ref _rejectedUntilUtcTicks))
         {
             return false;
         }

@@ -72,7 +72,13 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
                 return ValueTask.CompletedTask;
             }
 
-            chosen = DeploymentSelector.Earliest(item, item.Group)!;
+            chosen = DeploymentSelector.Earliest(item, item.Group, selector.Health.Now);
+            if (chosen is null)
+            {
+                // Every deployment's key or model is being refused by its provider: nothing to try.
+                Pipeline.FailAndRetire(item, new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), "every deployment's credentials or model are being rejected by its provider (see the deployments' health)", "deployment_unavailable"));
+                return ValueTask.CompletedTask;
+            }
         }
 
         Dispatch(item, chosen);

@@ -12,5 +12,7 @@ namespace PipelineGateway;
 [JsonSerializable(typeof(ChatCompletionChunk))]
 [JsonSerializable(typeof(List<ContentPart>))]
 [JsonSerializable(typeof(List<ToolDefinition>))]
+[JsonSerializable(typeof(List<ToolCall>))]
+[JsonSerializable(typeof(MessageContent))]
 [JsonSerializable(typeof(GatewayMetricsSnapshot))]
 public sealed partial class GatewayJsonContext : JsonSerializerContext;

@@ -181,8 +181,8 @@ public sealed class BatchRunnerTests
         first.Failed.Should().Be(1);
         var failure = files.ErrorRecords.Single();
         failure.GetProperty("custom_id").GetString().Should().Be("req-3");
-        failure.GetProperty("response").GetProperty("status_code").GetInt32().Should().Be(502);
-        failure.GetProperty("error").GetProperty("code").GetString().Should().Be("all_providers_failed");
+        failure.GetProperty("response").GetProperty("status_code").GetInt32().Should().Be(503, "the upstream said 503 on every attempt: overloaded");
+        failure.GetProperty("error").GetProperty("code").GetString().Should().Be("upstream_overloaded");
         failure.GetProperty("error").GetProperty("message").GetString().Should().Contain("503");
 
         var rerun = await BatchRunner.RunAsync(gateway, Options(files), stop: Ct);

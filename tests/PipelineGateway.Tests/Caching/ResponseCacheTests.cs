@@ -186,7 +186,7 @@ public sealed class ResponseCacheTests
         foreach (var t in all)
         {
             var act = async () => await t;
-            await act.Should().ThrowAsync<AllProvidersFailedException>();
+            await act.Should().ThrowAsync<UpstreamRejectedException>();
         }
 
         fail = false;

@@ -54,7 +54,7 @@ public sealed class MetricsTests
         bad.Gateway = new GatewayRequestOptions { NoStore = true };
         primary.OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.NonRetryableError, "bad request", 400);
         var act = async () => await gateway.SubmitAsync(bad, Ct);               // a 400: failed, not retried
-        await act.Should().ThrowAsync<AllProvidersFailedException>();
+        await act.Should().ThrowAsync<UpstreamRejectedException>();
 
         var json = JsonDocument.Parse(JsonSerializer.Serialize(gateway.Metrics.GetSnapshot(), GatewayJsonContext.Default.GatewayMetricsSnapshot)).RootElement;
         json.GetProperty("total_requests").GetInt64().Should().Be(4);

@@ -93,7 +93,7 @@ public sealed class CompletionContinuationTests
         {
             var failed = await SubmitAsync(gateway, TestGateway.Request(), inline: true);
 
-            failed.Error.Should().BeOfType<AllProvidersFailedException>();
+            failed.Error.Should().BeOfType<UpstreamRejectedException>();
             failed.ResumedInsideCompletion.Should().BeFalse("a failure is answered from the dead-letter stage's loop, which must never run caller code");
         }
 

@@ -176,9 +176,9 @@ public sealed class PipelineInvariantTests
 
         var act = async () => await gateway.SubmitAsync(TestGateway.Request(), Ct);
 
-        var failure = (await act.Should().ThrowAsync<AllProvidersFailedException>()).Which;
+        var failure = (await act.Should().ThrowAsync<UpstreamRejectedException>()).Which;
         failure.Attempts.Should().ContainSingle().Which.StatusCode.Should().Be(400);
-        failure.LastStatusCode.Should().Be(400);
+        failure.StatusCode.Should().Be(400, "the caller's own mistake keeps the upstream's status");
         b.Calls.Should().Be(0);
     }
 

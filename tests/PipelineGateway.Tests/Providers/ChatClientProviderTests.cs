@@ -1,3 +1,4 @@
+using System.Net;
 using System.Runtime.CompilerServices;
 using FluentAssertions;
 using Microsoft.Extensions.AI;
@@ -46,6 +47,36 @@ public sealed class ChatClientProviderTests
         public void Dispose()
         {
         }
+    }
+
+    [Theory]
+    [InlineData(400, typeof(UpstreamRejectedException), 0)]
+    [InlineData(422, typeof(UpstreamRejectedException), 0)]
+    [InlineData(401, null, 1)]
+    [InlineData(503, null, 1)]
+    public async Task An_IChatClients_errors_go_through_the_same_classifier_as_HTTP_providers(int status, Type? failure, int backupCalls)
+    {
+        var failing = new FakeChatClient { Answer = () => throw new HttpRequestException("upstream said no", null, (HttpStatusCode)status) };
+        var backup = new FakeProvider("backup");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(new ChatClientProvider("meai", failing))
+            .AddProvider(backup)
+            .AddModel("m", "Priority", "meai", "backup")
+            .StartAsync(Ct);
+
+        var act = async () => await gateway.SubmitAsync(TestGateway.Request(), Ct);
+
+        if (failure is null)
+        {
+            (await act()).Content.Should().Be("ok", "a revoked key or an outage fails over to the backup");
+        }
+        else
+        {
+            var rejected = (await act.Should().ThrowAsync<UpstreamRejectedException>()).Which;
+            rejected.StatusCode.Should().Be(status, "the caller's own mistake keeps its status and is not failed over");
+        }
+
+        backup.Calls.Should().Be(backupCalls);
     }
 
     [Fact]

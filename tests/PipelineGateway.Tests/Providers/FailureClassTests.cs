@@ -10,9 +10,9 @@ public sealed class FailureClassTests
 {
     [Theory]
     [InlineData(400, AttemptOutcome.NonRetryableError)]
-    [InlineData(401, AttemptOutcome.NonRetryableError)]
-    [InlineData(403, AttemptOutcome.NonRetryableError)]
-    [InlineData(404, AttemptOutcome.NonRetryableError)]
+    [InlineData(401, AttemptOutcome.DeploymentUnavailable)]
+    [InlineData(403, AttemptOutcome.DeploymentUnavailable)]
+    [InlineData(404, AttemptOutcome.DeploymentUnavailable)]
     [InlineData(422, AttemptOutcome.NonRetryableError)]
     [InlineData(408, AttemptOutcome.Timeout)]
     [InlineData(429, AttemptOutcome.RateLimited)]
@@ -29,7 +29,7 @@ public sealed class FailureClassTests
     [InlineData("rate_limit_error", AttemptOutcome.RateLimited)]
     [InlineData("api_error", AttemptOutcome.RetryableError)]
     [InlineData("invalid_request_error", AttemptOutcome.NonRetryableError)]
-    [InlineData("authentication_error", AttemptOutcome.NonRetryableError)]
+    [InlineData("authentication_error", AttemptOutcome.DeploymentUnavailable)]
     public void Anthropic_error_types_map_to_failure_classes(string type, AttemptOutcome outcome) =>
         AnthropicTranslator.Classify(type, 500).Should().Be(outcome);
 

@@ -44,6 +44,51 @@ public sealed class GoldenTests
     }
 
     [Fact]
+    public async Task OpenAI_tool_call_only_answer_is_passed_on_in_the_OpenAI_shape_field_for_field()
+    {
+        // What OpenAI sends for a tool-call-only answer (content null, refusal null, logprobs null, unknown fields) is
+        // what the gateway's own clients receive: parsed by the adapter and written by the gateway's serializer.
+        var response = await OpenAI(new StubHandler(HttpStatusCode.OK, Golden("openai-tool-call.json"))).CompleteAsync(Ask(), Ct);
+
+        var written = System.Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(response, GatewayJsonContext.Default.ChatCompletionResponse));
+        var golden = System.Text.Json.Nodes.JsonNode.Parse(Golden("openai-tool-call.json"));
+        System.Text.Json.Nodes.JsonNode.DeepEquals(written, golden).Should().BeTrue($"the gateway writes\n{written}\nand OpenAI's reference is\n{golden}");
+        var message = written!["choices"]![0]!["message"]!.AsObject();
+        message.Should().ContainKey("content").WhoseValue.Should().BeNull("a tool-call-only answer has \"content\": null, not no content key");
+    }
+
+    [Fact]
+    public async Task Anthropic_tool_use_only_answer_is_written_with_content_null_refusal_null_and_logprobs_null()
+    {
+        const string body = """{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"tool_use","id":"toolu_01","name":"get_current_weather","input":{"location":"Boston, MA"}}],"stop_reason":"tool_use","usage":{"input_tokens":10,"output_tokens":5}}""";
+        var response = await Anthropic(new StubHandler(HttpStatusCode.OK, body)).CompleteAsync(Ask(), Ct);
+
+        var choice = JsonDocument.Parse(JsonSerializer.Serialize(response, GatewayJsonContext.Default.ChatCompletionResponse)).RootElement.GetProperty("choices")[0];
+        choice.GetProperty("message").GetProperty("content").ValueKind.Should().Be(JsonValueKind.Null);
+        choice.GetProperty("message").GetProperty("refusal").ValueKind.Should().Be(JsonValueKind.Null);
+        choice.GetProperty("logprobs").ValueKind.Should().Be(JsonValueKind.Null);
+        choice.GetProperty("finish_reason").GetString().Should().Be("tool_calls");
+        choice.GetProperty("message").GetProperty("tool_calls")[0].GetProperty("function").GetProperty("name").GetString().Should().Be("get_current_weather");
+    }
+
+    [Fact]
+    public async Task Parallel_tool_calls_false_reaches_Anthropic_as_disable_parallel_tool_use()
+    {
+        var stub = new StubHandler(HttpStatusCode.OK, """{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":1}}""");
+        var request = JsonSerializer.Deserialize("""
+            {"model":"g","messages":[{"role":"user","content":"What is the weather in Boston and in Paris?"}],"max_tokens":1024,"parallel_tool_calls":false,
+             "tools":[{"type":"function","function":{"name":"get_current_weather","description":"Get the current weather in a given location",
+               "parameters":{"type":"object","properties":{"location":{"type":"string"}},"required":["location"]}}}]}
+            """, GatewayJsonContext.Default.ChatCompletionRequest)!;
+
+        await Anthropic(stub).CompleteAsync(new ProviderRequest(request, "claude-sonnet-4-5"), Ct);
+
+        var sent = System.Text.Json.Nodes.JsonNode.Parse(stub.LastBody!);
+        var golden = System.Text.Json.Nodes.JsonNode.Parse(Golden("anthropic-request-parallel-tools.json"));
+        System.Text.Json.Nodes.JsonNode.DeepEquals(sent, golden).Should().BeTrue($"the adapter sent\n{sent}\nand the golden request is\n{golden}");
+    }
+
+    [Fact]
     public async Task OpenAI_context_length_error_body_is_its_own_failure_class()
     {
         var act = async () => await OpenAI(new StubHandler(HttpStatusCode.BadRequest, Golden("openai-error-context.json"))).CompleteAsync(Ask(), Ct);

@@ -123,7 +123,7 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
         { "status=503", AttemptOutcome.RetryableError, 503 },
         { "status=529", AttemptOutcome.RetryableError, 529 },
         { "status=400", AttemptOutcome.NonRetryableError, 400 },
-        { "status=404", AttemptOutcome.NonRetryableError, 404 },
+        { "status=404", AttemptOutcome.DeploymentUnavailable, 404 },
         { "context-length", AttemptOutcome.ContextLengthExceeded, 400 },
     };
 
@@ -224,7 +224,7 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
 
         var failure = (await act.Should().ThrowAsync<ProviderException>()).Which;
         failure.StatusCode.Should().Be(401);
-        failure.Outcome.Should().Be(AttemptOutcome.NonRetryableError);
+        failure.Outcome.Should().Be(AttemptOutcome.DeploymentUnavailable, "a refused key takes the deployment out of rotation, it is not the caller's mistake");
         var everything = failure.ToString() + Logs.All;
         everything.Should().NotContain(wrongKey).And.NotContain(wrongKey[..12]).And.NotContain(wrongKey[^4..]);
         everything.Should().NotContain(Key);

@@ -67,6 +67,32 @@ public sealed class RedisHealthTests
     }
 
     [Fact]
+    public async Task A_providers_429_pause_seen_by_one_instance_pauses_that_provider_on_the_other()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        var pA = new FakeProvider("p") { OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.RateLimited, "429", 429, TimeSpan.FromSeconds(30)) };
+        var pB = new FakeProvider("p");
+
+        // Model "other" is served by p alone: the deployment cooldown of m/p/m does not cover it, the provider's pause does.
+        Task<Gateway> Start(FakeProvider p) => TestGateway.With(p, new FakeProvider("q"))
+            .AddModel("other", "Priority", "p")
+            .Configure(o => o.Pipeline.MaxQueueWait = TimeSpan.FromSeconds(5))
+            .UseRedis(redis, keyPrefix: prefix)
+            .StartAsync(Ct);
+        await using var a = await Start(pA);
+        await using var b = await Start(pB);
+        await BothSubscribed(redis, prefix);
+
+        (await a.SubmitAsync(TestGateway.Request(), Ct)).Gateway!.Provider.Should().Be("q", "A falls back after p's 429");
+        await Wait.Until(() => b.Metrics.GetSnapshot().Providers["p"].PausedMs > 20_000, "B learns of p's pause", timeoutMs: 5_000);
+
+        var act = async () => await b.SubmitAsync(TestGateway.Request(model: "other"), SubmitMode.FailFast, Ct);
+        (await act.Should().ThrowAsync<RateLimitedException>()).Which.RetryAfter.Should().BeGreaterThan(TimeSpan.FromSeconds(15));
+        pB.Calls.Should().Be(0, "B does not call a provider another instance saw rate-limited, for any of its models");
+    }
+
+    [Fact]
     public async Task A_circuit_opened_by_one_instance_is_open_on_the_other()
     {
         var redis = RedisServer.Shared();

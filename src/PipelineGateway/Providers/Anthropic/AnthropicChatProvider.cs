@@ -77,12 +77,10 @@ public sealed class AnthropicChatProvider : HttpChatProvider
         throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' ended before message_stop.");
     }
 
-    protected override (string Message, bool ContextLength) ParseError(int status, string body)
+    protected override UpstreamError ParseError(int status, string body)
     {
-        var message = ErrorMessage(body, "error", "message") ?? Trim(body);
-        var type = ErrorMessage(body, "error", "type");
-        var contextLength = type == "invalid_request_error"
-            && (message.Contains("prompt is too long", StringComparison.OrdinalIgnoreCase) || message.Contains("context window", StringComparison.OrdinalIgnoreCase));
-        return (message, contextLength);
+        var error = ParseErrorBody(body, static (message, _) =>
+            message.Contains("prompt is too long", StringComparison.OrdinalIgnoreCase) || message.Contains("context window", StringComparison.OrdinalIgnoreCase));
+        return error with { ContextLength = error.ContextLength && error.Type is "invalid_request_error" or null };
     }
 }

@@ -127,7 +127,7 @@ public static class AnthropicTranslator
             }
 
             w.WriteEndArray();
-            WriteToolChoice(w, request.ToolChoice);
+            WriteToolChoice(w, request.ToolChoice, ParallelToolCalls(request) == false);
         }
 
         if (request.User is not null)
@@ -252,10 +252,28 @@ public static class AnthropicTranslator
         w.WriteEndObject();
     }
 
-    private static void WriteToolChoice(Utf8JsonWriter w, JsonElement? choice)
+    /// <summary>OpenAI's <c>parallel_tool_calls</c> (carried as an unknown field), if the caller set it.</summary>
+    private static bool? ParallelToolCalls(ChatCompletionRequest request) =>
+        request.AdditionalProperties?.TryGetValue("parallel_tool_calls", out var p) == true && p.ValueKind is JsonValueKind.True or JsonValueKind.False
+            ? p.ValueKind == JsonValueKind.True
+            : null;
+
+    /// <summary>
+    /// Anthropic's <c>tool_choice</c>; <c>parallel_tool_calls: false</c> becomes <c>disable_parallel_tool_use: true</c>
+    /// (written with an <c>auto</c> choice when the caller named none, since Anthropic carries it only there).
+    /// </summary>
+    private static void WriteToolChoice(Utf8JsonWriter w, JsonElement? choice, bool disableParallel)
     {
         if (choice is not { } c)
         {
+            if (disableParallel)
+            {
+                w.WriteStartObject("tool_choice");
+                w.WriteString("type", "auto");
+                w.WriteBoolean("disable_parallel_tool_use", true);
+                w.WriteEndObject();
+            }
+
             return;
         }
 
@@ -277,6 +295,11 @@ public static class AnthropicTranslator
         else
         {
             w.WriteString("type", "auto");
+        }
+
+        if (disableParallel && !(c.ValueKind == JsonValueKind.String && c.GetString() == "none"))
+        {
+            w.WriteBoolean("disable_parallel_tool_use", true);
         }
 
         w.WriteEndObject();
@@ -343,7 +366,8 @@ public static class AnthropicTranslator
         "overloaded_error" or "api_error" => AttemptOutcome.RetryableError,
         "rate_limit_error" => AttemptOutcome.RateLimited,
         "timeout_error" => AttemptOutcome.Timeout,
-        "invalid_request_error" or "authentication_error" or "permission_error" or "not_found_error" or "request_too_large" => AttemptOutcome.NonRetryableError,
+        "invalid_request_error" or "request_too_large" => AttemptOutcome.NonRetryableError,
+        "authentication_error" or "permission_error" or "not_found_error" => AttemptOutcome.DeploymentUnavailable,
         _ => ProviderException.Classify(status),
     };
 
@@ -422,7 +446,11 @@ public static class AnthropicTranslator
                     break;
                 case "error":
                     var error = e.Error ?? new AnthropicError { Type = "api_error", Message = "unknown stream error" };
-                    throw new ProviderException(Classify(error.Type, 500), $"Stream error {error.Type}: {error.Message}", error.Type == "overloaded_error" ? 529 : null);
+                    throw new ProviderException(Classify(error.Type, 500), $"Stream error {error.Type}: {error.Message}", error.Type == "overloaded_error" ? 529 : null)
+                    {
+                        ErrorType = error.Type,
+                        UpstreamMessage = error.Message,
+                    };
             }
         }
 

@@ -17,15 +17,9 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
     public async ValueTask<ChatCompletionResponse> CompleteAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
         var (messages, options) = ToChatClient(request);
-        AI.ChatResponse response;
-        try
-        {
-            response = await client.GetResponseAsync(messages, options, cancellationToken).ConfigureAwait(false);
-        }
-        catch (Exception ex) when (ex is not OperationCanceledException and not ProviderException)
-        {
-            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' failed: {ex.GetType().Name}", inner: ex);
-        }
+        // Whatever the client throws goes to the gateway's one classifier as it is (an SDK's status code decides:
+        // a 400 is the caller's mistake, not a reason to fall back).
+        var response = await client.GetResponseAsync(messages, options, cancellationToken).ConfigureAwait(false);
 
         var message = response.Messages.LastOrDefault(m => m.Role == ChatRole.Assistant) ?? new AI.ChatMessage(ChatRole.Assistant, response.Text);
         var calls = ToolCalls(message.Contents);

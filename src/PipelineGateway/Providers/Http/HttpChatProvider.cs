@@ -52,8 +52,8 @@ public abstract partial class HttpChatProvider : ILlmProvider
 
     protected abstract IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, CancellationToken cancellationToken);
 
-    /// <summary>Turns an error body into a failure: message, and whether it is a context-length error.</summary>
-    protected abstract (string Message, bool ContextLength) ParseError(int status, string body);
+    /// <summary>Turns an error body into the upstream's error: message, type, code, param, and whether it is a context-length error.</summary>
+    protected abstract UpstreamError ParseError(int status, string body);
 
     public async ValueTask<ChatCompletionResponse> CompleteAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
@@ -151,12 +151,18 @@ public abstract partial class HttpChatProvider : ILlmProvider
         {
             var status = (int)response.StatusCode;
             var body = await ReadBoundedAsync(response, cancellationToken).ConfigureAwait(false);
-            var (text, contextLength) = ParseError(status, body);
-            var outcome = contextLength ? AttemptOutcome.ContextLengthExceeded : ProviderException.Classify(status);
+            var error = ParseError(status, body);
+            var outcome = error.ContextLength ? AttemptOutcome.ContextLengthExceeded : ProviderException.Classify(status);
             var retryAfter = UpstreamHeaders.RetryAfter(response.Headers, now);
-            var safe = SecretRedactor.Redact(text, ApiKey);
+            var safe = SecretRedactor.Redact(error.Message, ApiKey);
             LogUpstreamError(Logger, Name, status, outcome, safe);
-            throw new ProviderException(outcome, $"'{Name}' answered {status}: {safe}", status, retryAfter);
+            throw new ProviderException(outcome, $"'{Name}' answered {status}: {safe}", status, retryAfter)
+            {
+                ErrorType = error.Type,
+                ErrorCode = error.ContextLength ? "context_length_exceeded" : error.Code,
+                Param = error.Param ?? (error.ContextLength ? "messages" : null),
+                UpstreamMessage = safe,
+            };
         }
     }
 
@@ -192,31 +198,43 @@ public abstract partial class HttpChatProvider : ILlmProvider
         _ => ex.HttpRequestError.ToString(),
     };
 
-    /// <summary>Parses a JSON error body's message at the given path, or returns the raw text (trimmed).</summary>
-    protected static string? ErrorMessage(string body, params string[] path)
+    protected static string Trim(string body) => body.Length <= 500 ? body : body[..500] + "…";
+
+    /// <summary>Parses an OpenAI-shaped or Anthropic-shaped error body (<c>{"error":{...}}</c>); null fields when absent.</summary>
+    protected static UpstreamError ParseErrorBody(string body, Func<string, string?, bool> isContextLength)
     {
+        string? message = null, type = null, code = null, param = null;
         try
         {
             using var doc = JsonDocument.Parse(body);
-            var e = doc.RootElement;
-            foreach (var p in path)
+            if (doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("error", out var e) && e.ValueKind == JsonValueKind.Object)
             {
-                if (e.ValueKind != JsonValueKind.Object || !e.TryGetProperty(p, out e))
-                {
-                    return null;
-                }
+                message = Text(e, "message");
+                type = Text(e, "type");
+                code = Text(e, "code");
+                param = Text(e, "param");
             }
-
-            return e.ValueKind == JsonValueKind.String ? e.GetString() : e.ToString();
         }
         catch (JsonException)
         {
-            return null;
+            // Not JSON (an HTML error page from a proxy, say): the raw text, trimmed, is the message.
         }
-    }
 
-    protected static string Trim(string body) => body.Length <= 500 ? body : body[..500] + "…";
+        message ??= Trim(body);
+        return new UpstreamError(message, type, code, param, isContextLength(message, code));
+
+        static string? Text(JsonElement e, string name) =>
+            e.TryGetProperty(name, out var v) ? v.ValueKind switch
+            {
+                JsonValueKind.String => v.GetString(),
+                JsonValueKind.Number => v.GetRawText(),
+                _ => null,
+            } : null;
+    }
 
     [LoggerMessage(EventId = 30, Level = LogLevel.Information, Message = "Provider {Provider} answered {Status} ({Outcome}): {Message}")]
     private static partial void LogUpstreamError(ILogger logger, string provider, int status, AttemptOutcome outcome, string message);
 }
+
+/// <summary>An upstream's error as it reported it: its message, type, code and param, and whether it says the prompt is too long.</summary>
+public readonly record struct UpstreamError(string Message, string? Type, string? Code, string? Param, bool ContextLength);

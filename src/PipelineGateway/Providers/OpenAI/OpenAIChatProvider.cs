@@ -73,9 +73,17 @@ public sealed class OpenAIChatProvider : HttpChatProvider
 
             if (chunk.AdditionalProperties?.TryGetValue("error", out var error) == true)
             {
-                // An error sent inside the stream (OpenAI does this for mid-stream failures).
-                var text = error.ValueKind == JsonValueKind.Object && error.TryGetProperty("message", out var m) ? m.GetString() : error.ToString();
-                throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' sent an error in the stream: {SecretRedactor.Redact(text ?? "unknown", ApiKey)}");
+                // An error sent inside the stream (OpenAI does this for mid-stream failures): classified by its type or code.
+                var text = SecretRedactor.Redact((error.ValueKind == JsonValueKind.Object && error.TryGetProperty("message", out var m) ? m.GetString() : error.ToString()) ?? "unknown", ApiKey);
+                var type = error.ValueKind == JsonValueKind.Object && error.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+                var code = error.ValueKind == JsonValueKind.Object && error.TryGetProperty("code", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString() : null;
+                var outcome = (type ?? code) switch
+                {
+                    "rate_limit_exceeded" or "rate_limit_error" or "tokens" or "requests" => AttemptOutcome.RateLimited,
+                    "invalid_request_error" => AttemptOutcome.NonRetryableError,
+                    _ => AttemptOutcome.RetryableError,
+                };
+                throw new ProviderException(outcome, $"'{Name}' sent an error in the stream: {text}") { ErrorType = type, ErrorCode = code, UpstreamMessage = text };
             }
 
             yield return chunk;
@@ -85,12 +93,7 @@ public sealed class OpenAIChatProvider : HttpChatProvider
         throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' ended before [DONE].");
     }
 
-    protected override (string Message, bool ContextLength) ParseError(int status, string body)
-    {
-        var message = ErrorMessage(body, "error", "message") ?? Trim(body);
-        var code = ErrorMessage(body, "error", "code");
-        var contextLength = code == "context_length_exceeded"
-            || (status == 400 && message.Contains("maximum context length", StringComparison.OrdinalIgnoreCase));
-        return (message, contextLength);
-    }
+    protected override UpstreamError ParseError(int status, string body) =>
+        ParseErrorBody(body, (message, code) => code == "context_length_exceeded"
+            || (status == 400 && message.Contains("maximum context length", StringComparison.OrdinalIgnoreCase)));
 }

@@ -30,6 +30,12 @@ public sealed class HealthOptions
     /// <summary>Cooldown after a 429 that carried no Retry-After.</summary>
     public TimeSpan RateLimitCooldown { get; set; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// How long a deployment stays out of rotation after its provider refused its key or its model (401, 403, 404):
+    /// requests go to the group's other deployments meanwhile. A fixed key takes effect after this long (or a restart).
+    /// </summary>
+    public TimeSpan RejectedCooldown { get; set; } = TimeSpan.FromMinutes(5);
+
     /// <summary>What to do when every deployment of a request's groups is unhealthy.</summary>
     public AllUnhealthyBehavior WhenAllUnhealthy { get; set; } = AllUnhealthyBehavior.TryEarliest;
 

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Collections.Frozen;
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Hosting;
 
@@ -12,7 +13,7 @@ namespace PipelineGateway.Routing.Health;
 /// what it may use. Circuits follow closed → open (cooldown) → half-open (one probe) → closed, or open again
 /// with a doubled cooldown; a 429 cools a deployment down and pauses its provider until its Retry-After.
 /// </summary>
-internal sealed class HealthTracker
+internal sealed partial class HealthTracker
 {
     private readonly HealthOptions _options;
     private readonly TimeProvider time;
@@ -20,11 +21,14 @@ internal sealed class HealthTracker
     private readonly Lazy<FrozenDictionary<string, Deployment>> _deployments;
     private readonly ConcurrentDictionary<string, StrongBox<long>> _pauses = new(StringComparer.Ordinal);
 
-    public HealthTracker(IOptions<GatewayOptions> options, TimeProvider time, IServiceProvider services, IDistributedHealthChannel? channel = null)
+    private readonly ILogger _logger;
+
+    public HealthTracker(IOptions<GatewayOptions> options, TimeProvider time, IServiceProvider services, IDistributedHealthChannel? channel = null, ILogger<HealthTracker>? logger = null)
     {
         _options = options.Value.Health;
         this.time = time;
         _channel = channel;
+        _logger = (ILogger?)logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
 
         // Resolved on the first remote signal: the catalog is built after the tracker.
         _deployments = new Lazy<FrozenDictionary<string, Deployment>>(() =>
@@ -43,11 +47,21 @@ internal sealed class HealthTracker
 
     public bool TryAcquire(Deployment d, DateTimeOffset now) => !_options.Enabled || d.State.TryAcquire(now);
 
-    public void Report(Deployment d, AttemptOutcome outcome, TimeSpan latency, TimeSpan? retryAfter)
+    public void Report(Deployment d, AttemptOutcome outcome, TimeSpan latency, TimeSpan? retryAfter, string? error = null)
     {
         var now = time.GetUtcNow();
         switch (outcome)
         {
+            case AttemptOutcome.DeploymentUnavailable:
+                // Its key or model is refused (401/403/404): out of rotation for a long while, whatever health says
+                // about circuits, so one bad key never takes down a group whose other deployments are fine.
+                if (d.State.OnRejected(now, now + _options.RejectedCooldown, error))
+                {
+                    LogRejected(_logger, d.Id, _options.RejectedCooldown.TotalSeconds, error ?? "rejected");
+                }
+
+                _channel?.Publish(new HealthSignal(d.Id, HealthSignalKind.Rejected, _options.RejectedCooldown));
+                break;
             case AttemptOutcome.Success:
                 d.State.RecordLatency(latency.TotalMilliseconds, now, _options.LatencySmoothing);
                 if (_options.Enabled)
@@ -131,7 +145,14 @@ internal sealed class HealthTracker
         }
 
         var until = time.GetUtcNow() + signal.Duration;
-        if (signal.Kind == HealthSignalKind.Cooldown)
+        if (signal.Kind == HealthSignalKind.Rejected)
+        {
+            if (d.State.OnRejected(time.GetUtcNow(), until, "rejected by its provider (seen by another instance)"))
+            {
+                LogRejected(_logger, d.Id, signal.Duration.TotalSeconds, "seen by another instance");
+            }
+        }
+        else if (signal.Kind == HealthSignalKind.Cooldown)
         {
             d.State.ApplyCooldown(until);
         }
@@ -140,4 +161,7 @@ internal sealed class HealthTracker
             d.State.ApplyOpen(until);
         }
     }
+
+    [LoggerMessage(EventId = 40, Level = LogLevel.Warning, Message = "Deployment {Deployment} is out of rotation for {Seconds} s: its provider refused its key or model ({Error}). Requests go to the other deployments of its group.")]
+    private static partial void LogRejected(ILogger logger, string deployment, double seconds, string error);
 }

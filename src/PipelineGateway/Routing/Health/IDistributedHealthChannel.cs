@@ -31,4 +31,7 @@ public enum HealthSignalKind
 
     /// <summary>The provider said 429: call none of its deployments until the pause is over (the id is the provider's name).</summary>
     ProviderPause,
+
+    /// <summary>The provider refused the deployment's key or model (401, 403, 404): out of rotation for the duration.</summary>
+    Rejected,
 }

@@ -1,0 +1,281 @@
+using System.ClientModel;
+using System.ClientModel.Primitives;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Anthropic;
+using Anthropic.Exceptions;
+using Anthropic.Models.Messages;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using OpenAI;
+using OpenAI.Chat;
+using PipelineGateway.Metrics;
+using PipelineGateway.Server;
+using PipelineGateway.Simulator;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// What clients are told when upstreams fail (docs/routing.md, the error table), checked with the official OpenAI and
+/// Anthropic SDKs against the gateway's HTTP server in front of real simulators with scripted faults — one simulator
+/// per provider, so every upstream call is counted.
+/// </summary>
+public sealed class ErrorContractTests : IAsyncLifetime
+{
+    private const string Key = "sk-gw-contract-0123456789";
+    private readonly Dictionary<string, SimulatorServer> _sims = [];
+    private WebApplication _app = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private Uri Base { get; set; } = null!;
+
+    /// <summary>Provider name → (type, scripted fault): each gets its own simulator.</summary>
+    private static readonly (string Name, string Type, string? Fault)[] Providers =
+    [
+        ("bad-request", "OpenAICompatible", "status=400;code=invalid_value;param=temperature;message=Invalid value for temperature"),
+        ("too-long", "OpenAICompatible", "context-length"),
+        ("limited-a", "OpenAICompatible", "status=429;retry-after=3"),
+        ("limited-b", "OpenAICompatible", "status=429;retry-after=5"),
+        ("revoked", "OpenAICompatible", "status=401;code=invalid_api_key;message=Incorrect API key provided"),
+        ("overloaded-stream", "OpenAICompatible", "stream-error=server_error"),
+        ("down", "OpenAICompatible", "status=503"),
+        ("anthropic-bad", "Anthropic", "status=400;message=max_tokens: must be positive"),
+        ("anthropic-overloaded", "Anthropic", "stream-error=overloaded_error"),
+        ("backup", "OpenAICompatible", null),
+    ];
+
+    /// <summary>Model → its deployments' providers, in priority order.</summary>
+    private static readonly (string Model, string[] Providers)[] Models =
+    [
+        ("invalid", ["bad-request", "backup"]),
+        ("context", ["too-long"]),
+        ("limited", ["limited-a", "limited-b"]),
+        ("revoked", ["revoked", "backup"]),
+        ("revoked-only", ["revoked"]),
+        ("overloaded-stream", ["overloaded-stream", "backup"]),
+        ("down", ["down"]),
+        ("anthropic-invalid", ["anthropic-bad", "backup"]),
+        ("anthropic-overloaded", ["anthropic-overloaded", "backup"]),
+    ];
+
+    public async ValueTask InitializeAsync()
+    {
+        var settings = new Dictionary<string, string?>
+        {
+            ["Gateway:Server:Keys:0:Id"] = "contract",
+            ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
+            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.010",
+            ["Gateway:Pipeline:RetryMaxDelay"] = "00:00:00.020",
+        };
+        for (var i = 0; i < Providers.Length; i++)
+        {
+            var (name, type, fault) = Providers[i];
+            var sim = await SimulatorServer.StartAsync(new SimulatorOptions(), cancellationToken: Ct);
+            _sims[name] = sim;
+            settings[$"Gateway:Providers:{i}:Name"] = name;
+            settings[$"Gateway:Providers:{i}:Type"] = type;
+            settings[$"Gateway:Providers:{i}:BaseUrl"] = new Uri(sim.BaseAddress, "v1").ToString();
+            settings[$"Gateway:Providers:{i}:ApiKeyEnvironmentVariable"] = type == "Anthropic" ? "PGW_TEST_CONTRACT_KEY" : null;
+            if (fault is not null)
+            {
+                settings[$"Gateway:Providers:{i}:Headers:x-sim-fault"] = fault;
+            }
+        }
+
+        for (var m = 0; m < Models.Length; m++)
+        {
+            settings[$"Gateway:Models:{m}:Name"] = Models[m].Model;
+            settings[$"Gateway:Models:{m}:Strategy"] = "Priority";
+            for (var d = 0; d < Models[m].Providers.Length; d++)
+            {
+                settings[$"Gateway:Models:{m}:Deployments:{d}:Provider"] = Models[m].Providers[d];
+                settings[$"Gateway:Models:{m}:Deployments:{d}:Model"] = "gpt-4o-mini";
+                settings[$"Gateway:Models:{m}:Deployments:{d}:Priority"] = d.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            }
+        }
+
+        Environment.SetEnvironmentVariable("PGW_TEST_CONTRACT_KEY", "sk-ant-test-upstream");
+        _app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
+        Base = await GatewayServer.StartAsync(_app, Ct);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+        foreach (var sim in _sims.Values)
+        {
+            await sim.DisposeAsync();
+        }
+    }
+
+    private long Calls(string provider) => _sims[provider].Requests;
+
+    private ChatClient OpenAIClient(string model, int? retries = null) => new(model, new ApiKeyCredential(Key), new OpenAIClientOptions
+    {
+        Endpoint = new Uri(Base, "v1"),
+        RetryPolicy = retries is { } n ? new ClientRetryPolicy(n) : null,
+    });
+
+    private AnthropicClient AnthropicClient(int retries = 0) => new() { ApiKey = Key, BaseUrl = Base.ToString().TrimEnd('/'), MaxRetries = retries };
+
+    private static MessageCreateParams Ask(string model, string text = "Hello") => new() { Model = model, MaxTokens = 32, Messages = [new UserMessageParam { Content = text }] };
+
+    private static JsonElement ErrorOf(ClientResultException ex) => JsonDocument.Parse(ex.GetRawResponse()!.Content.ToString()).RootElement.GetProperty("error");
+
+    [Fact]
+    public async Task An_upstream_400_reaches_the_OpenAI_SDK_as_a_400_with_the_upstreams_code_and_param_and_is_sent_once()
+    {
+        // The SDK's default retry policy is on: it retries 5xx and 429, so a 400 must arrive as a 400 to be sent once.
+        var act = async () => await OpenAIClient("invalid").CompleteChatAsync([new UserChatMessage("hi")], cancellationToken: Ct);
+
+        var ex = (await act.Should().ThrowAsync<ClientResultException>()).Which;
+        ex.Status.Should().Be(400);
+        var error = ErrorOf(ex);
+        error.GetProperty("type").GetString().Should().Be("invalid_request_error");
+        error.GetProperty("code").GetString().Should().Be("invalid_value");
+        error.GetProperty("param").GetString().Should().Be("temperature");
+        error.GetProperty("message").GetString().Should().Be("Invalid value for temperature");
+        Calls("bad-request").Should().Be(1, "not retried by the gateway, nor by the SDK");
+        Calls("backup").Should().Be(0, "a client's mistake is not failed over");
+    }
+
+    [Fact]
+    public async Task An_upstream_400_reaches_the_Anthropic_SDK_as_a_bad_request_and_is_sent_once()
+    {
+        using var client = AnthropicClient(retries: 2);
+        var act = async () => await client.Messages.Create(Ask("anthropic-invalid"), Ct);
+
+        (await act.Should().ThrowAsync<AnthropicBadRequestException>()).Which.Message.Should().Contain("max_tokens: must be positive");
+        Calls("anthropic-bad").Should().Be(1);
+        Calls("backup").Should().Be(0);
+    }
+
+    [Fact]
+    public async Task A_context_window_error_without_a_fallback_is_a_400_context_length_exceeded()
+    {
+        var act = async () => await OpenAIClient("context").CompleteChatAsync([new UserChatMessage("a very long prompt")], cancellationToken: Ct);
+
+        var ex = (await act.Should().ThrowAsync<ClientResultException>()).Which;
+        ex.Status.Should().Be(400);
+        var error = ErrorOf(ex);
+        error.GetProperty("code").GetString().Should().Be("context_length_exceeded");
+        error.GetProperty("param").GetString().Should().Be("messages");
+        Calls("too-long").Should().Be(1);
+    }
+
+    [Fact]
+    public async Task Every_deployment_rate_limited_is_a_429_with_the_earliest_Retry_After_on_both_routes()
+    {
+        using var http = new HttpClient();
+        http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key);
+        var response = await http.PostAsync(new Uri(Base, "v1/chat/completions"),
+            new StringContent("""{"model":"limited","messages":[{"role":"user","content":"hi"}]}""", Encoding.UTF8, "application/json"), Ct);
+
+        response.StatusCode.Should().Be(HttpStatusCode.TooManyRequests);
+        response.Headers.RetryAfter!.Delta.Should().BeGreaterThanOrEqualTo(TimeSpan.FromSeconds(2)).And.BeLessThanOrEqualTo(TimeSpan.FromSeconds(3), "the earlier of the two cooldowns (3 s and 5 s)");
+        var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error");
+        body.GetProperty("code").GetString().Should().Be("rate_limit_exceeded");
+        (Calls("limited-a") + Calls("limited-b")).Should().Be(2, "each deployment once: nothing sent into a known cooldown");
+
+        // The next request waits out the shorter pause (3 s, within MaxQueueWait) rather than being sent into it.
+        using var client = AnthropicClient();
+        var act = async () => await client.Messages.Create(Ask("limited"), Ct);
+        await act.Should().ThrowAsync<AnthropicRateLimitException>();
+        (Calls("limited-a") + Calls("limited-b")).Should().BeLessThanOrEqualTo(4);
+    }
+
+    [Fact]
+    public async Task A_revoked_key_takes_its_deployment_out_of_rotation_and_the_request_fails_over()
+    {
+        var answer = await OpenAIClient("revoked").CompleteChatAsync([new UserChatMessage("hi")], cancellationToken: Ct);
+        answer.Value.Content[0].Text.Should().NotBeEmpty();
+        Calls("revoked").Should().Be(1);
+        Calls("backup").Should().Be(1);
+
+        await OpenAIClient("revoked").CompleteChatAsync([new UserChatMessage("again")], cancellationToken: Ct);
+        Calls("revoked").Should().Be(1, "the rejected deployment is out of rotation");
+        Calls("backup").Should().Be(2);
+
+        var health = _app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot().Deployments["revoked/revoked/gpt-4o-mini"];
+        health.HealthState.Should().Be("rejected");
+        health.RejectedBecause.Should().Contain("401").And.Contain("Incorrect API key");
+    }
+
+    [Fact]
+    public async Task A_model_whose_only_deployment_is_revoked_is_a_502_naming_the_cause_never_a_401()
+    {
+        var act = async () => await OpenAIClient("revoked-only", retries: 0).CompleteChatAsync([new UserChatMessage("hi")], cancellationToken: Ct);
+
+        var ex = (await act.Should().ThrowAsync<ClientResultException>()).Which;
+        ex.Status.Should().Be(502, "the caller's own key is fine: a 401 would tell it otherwise");
+        var error = ErrorOf(ex);
+        error.GetProperty("code").GetString().Should().Be("deployment_unavailable");
+        error.GetProperty("message").GetString().Should().Contain("DeploymentUnavailable (401)");
+
+        // The next request is answered from health, without calling the provider that refuses the key.
+        var again = (await act.Should().ThrowAsync<ClientResultException>()).Which;
+        again.Status.Should().Be(502);
+        ErrorOf(again).GetProperty("message").GetString().Should().Contain("credentials or model");
+        Calls("revoked").Should().Be(1);
+    }
+
+    [Fact]
+    public async Task Upstream_5xx_after_every_attempt_is_a_502_listing_each_attempts_real_outcome()
+    {
+        using var http = new HttpClient();
+        http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key);
+        var response = await http.PostAsync(new Uri(Base, "v1/chat/completions"),
+            new StringContent("""{"model":"down","messages":[{"role":"user","content":"hi"}]}""", Encoding.UTF8, "application/json"), Ct);
+
+        response.StatusCode.Should().Be(HttpStatusCode.ServiceUnavailable, "the upstream said 503: overloaded");
+        response.Headers.RetryAfter.Should().NotBeNull();
+        var error = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error");
+        error.GetProperty("code").GetString().Should().Be("upstream_overloaded");
+        error.GetProperty("message").GetString().Should().Contain("RetryableError (503)").And.NotContain("success");
+        Calls("down").Should().Be(3, "MaxAttempts");
+    }
+
+    [Fact]
+    public async Task An_OpenAI_stream_that_errors_after_its_role_chunk_falls_back_before_any_content()
+    {
+        var text = new StringBuilder();
+        await foreach (var update in OpenAIClient("overloaded-stream").CompleteChatStreamingAsync([new UserChatMessage("stream please")], cancellationToken: Ct))
+        {
+            foreach (var part in update.ContentUpdate)
+            {
+                text.Append(part.Text);
+            }
+        }
+
+        text.Length.Should().BePositive("the backup answered the whole stream");
+        Calls("overloaded-stream").Should().Be(1);
+        Calls("backup").Should().Be(1);
+    }
+
+    [Fact]
+    public async Task An_Anthropic_overloaded_event_right_after_message_start_falls_back_before_any_content()
+    {
+        using var client = AnthropicClient();
+        var text = new StringBuilder();
+        var kinds = new List<string>();
+        await foreach (var ev in client.Messages.CreateStreaming(Ask("anthropic-overloaded", "stream please"), Ct))
+        {
+            kinds.Add(ev.Json.GetProperty("type").GetString()!);
+            if (ev.TryPickContentBlockDelta(out var delta) && delta.Delta.TryPickText(out var piece))
+            {
+                text.Append(piece.Text);
+            }
+        }
+
+        text.Length.Should().BePositive("the backup answered the whole stream");
+        kinds.Should().NotContain("error");
+        kinds.Count(k => k == "message_start").Should().Be(1, "the caller saw one stream, not the failed opening");
+        Calls("anthropic-overloaded").Should().Be(1);
+        Calls("backup").Should().Be(1);
+    }
+}
