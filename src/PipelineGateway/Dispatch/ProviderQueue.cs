@@ -17,8 +17,8 @@ namespace PipelineGateway.Dispatch;
 /// the time since a permit was last given back while all are held (so a provider that stalls is seen to stall before
 /// any request completes); while the queue stays backlogged, the measured time between two takes is used when it is
 /// longer (it counts whatever the service time leaves out). Until the first request has finished there is no
-/// measurement: one round (as many requests
-/// as there are workers) may queue for fail-fast callers, no more; waiting callers are not refused on a guess.
+/// measurement: requests are taken up to the capacity (a burst at start is not refused on a guess), and when the first
+/// measurement comes, those it shows cannot be taken within their allowed wait are refused then.
 /// Requests-per-minute limits and a 429 pause add their own wait.
 /// </para>
 /// <para>
@@ -212,12 +212,11 @@ internal sealed class ProviderQueue : IWaitingRoom
 
             // Nothing measured yet and a round already queued: a waiting caller waits (nothing says it won't fit its
             // deadline); a fail-fast caller is refused rather than queued blind.
-            var unknown = wait == TimeSpan.MaxValue;
-            if (wait > maxWait && !(unknown && item.Mode == SubmitMode.Wait))
+            if (wait > maxWait)
             {
                 _items.DropIfIdle(lane);
                 var floor = TimeSpan.FromSeconds(Math.Max(ServiceSeconds(stalled) / Workers, 0.1));
-                var retry = unknown ? TimeSpan.FromSeconds(1) : wait - maxWait;
+                var retry = wait - maxWait;
                 return new QueueOffer(false, wait, retry > floor ? retry : floor, rateBound);
             }
 
@@ -244,6 +243,7 @@ internal sealed class ProviderQueue : IWaitingRoom
                 }
 
                 item.EnqueuedTimestamp = _time.GetTimestamp();
+                item.TakeBy = maxWait == TimeSpan.MaxValue || maxWait > TimeSpan.FromDays(365) ? long.MaxValue : item.EnqueuedTimestamp + (long)(maxWait.TotalSeconds * _time.TimestampFrequency);
                 _items.Enqueue(lane, item.Priority, item);
                 item.WaitingIn = this;
                 _count++;
@@ -296,8 +296,12 @@ internal sealed class ProviderQueue : IWaitingRoom
         }
     }
 
-    /// <summary>A worker finished with a request; <paramref name="service"/> is how long it took (null: no attempt was made).</summary>
-    public void Done(WorkItem item, TimeSpan? service)
+    /// <summary>
+    /// A worker finished with a request; <paramref name="service"/> is how long it took (null: no attempt was made).
+    /// Returns the requests that must be refused now: when the first measurement arrives, those taken in blind (before
+    /// anything was known) that it shows cannot be taken within their allowed wait.
+    /// </summary>
+    public List<WorkItem>? Done(WorkItem item, TimeSpan? service)
     {
         lock (_lock)
         {
@@ -311,8 +315,47 @@ internal sealed class ProviderQueue : IWaitingRoom
             {
                 var seconds = s.TotalSeconds;
                 _serviceSeconds = _samples++ == 0 ? seconds : _serviceSeconds + (Smoothing * (seconds - _serviceSeconds));
+                if (_samples == 1)
+                {
+                    return RefuseWhatCannotBeTakenInTime();
+                }
+            }
+
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Until the first request finishes, nothing is known of the service time and the queue takes requests up to its
+    /// capacity (a burst at start is not refused on a guess). The first measurement tells when each of those will be
+    /// taken (in arrival order, a round of the workers per service time): the ones that would wait past their allowed
+    /// wait are taken out, to be refused with a Retry-After now rather than kept past the wait they were promised.
+    /// </summary>
+    private List<WorkItem>? RefuseWhatCannotBeTakenInTime()
+    {
+        if (_items.Count == 0)
+        {
+            return null;
+        }
+
+        var now = _time.GetTimestamp();
+        var queued = _items.Snapshot();
+        queued.Sort(static (a, b) => a.EnqueuedTimestamp.CompareTo(b.EnqueuedTimestamp));
+        List<WorkItem>? refused = null;
+        for (var i = 0; i < queued.Count; i++)
+        {
+            var takenIn = Math.Ceiling((i + 1.0) / Workers) * _serviceSeconds;
+            var item = queued[i];
+            if (item.TakeBy != long.MaxValue && now + (long)(takenIn * _time.TimestampFrequency) > item.TakeBy && _items.Remove(item))
+            {
+                item.WaitingIn = null;
+                _count--;
+                (refused ??= []).Add(item);
             }
         }
+
+        SignalRoom();
+        return refused;
     }
 
     /// <summary>Stops the queue: parked workers are released, and what still waits is returned to be answered.</summary>
@@ -422,8 +465,8 @@ internal sealed class ProviderQueue : IWaitingRoom
         }
         else if (_samples == 0)
         {
-            // Nothing measured yet: one round may queue.
-            seconds = ahead < Workers ? 0 : double.PositiveInfinity;
+            // Nothing measured yet: taken up to the capacity, and corrected at the first measurement (Done).
+            seconds = 0;
         }
         else
         {

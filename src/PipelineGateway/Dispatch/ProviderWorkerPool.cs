@@ -117,8 +117,29 @@ internal sealed partial class ProviderWorkerPool
             }
             finally
             {
-                _queue.Done(item, service);
+                if (_queue.Done(item, service) is { } refused)
+                {
+                    RefuseLate(refused);
+                }
             }
+        }
+    }
+
+    /// <summary>Requests taken in blind at start that the first measurement shows would wait past their allowed wait.</summary>
+    private void RefuseLate(List<WorkItem> refused)
+    {
+        var service = _queue.ServiceTime;
+        foreach (var item in refused)
+        {
+            var deployment = item.Current;
+            if (item.ReleaseDeployment())
+            {
+                deployment?.State.OnNeutral();
+            }
+
+            _pipeline!.Metrics.OnOverloaded();
+            _pipeline.FailAndRetire(item, new ProviderOverloadedException(item.Request.Model, service, service * refused.Count / Workers, item.SnapshotAttempts(),
+                $"The provider of model '{item.Request.Model}' turned out slower than the request may wait (its first answers took {service.TotalSeconds:F1} s); retry after {service.TotalSeconds:F1} s."));
         }
     }
 

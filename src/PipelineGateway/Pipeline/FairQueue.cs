@@ -209,6 +209,25 @@ internal sealed class FairQueue<T>
         return false;
     }
 
+    /// <summary>Every waiting item, in no particular order (the queue is unchanged).</summary>
+    public List<T> Snapshot()
+    {
+        var all = new List<T>(Count);
+        foreach (var lane in _waiting)
+        {
+            foreach (var priority in (ReadOnlySpan<RequestPriority>)[RequestPriority.Interactive, RequestPriority.Batch])
+            {
+                var items = lane.Items(priority);
+                for (var i = 0; i < items.Count; i++)
+                {
+                    all.Add(items[i]);
+                }
+            }
+        }
+
+        return all;
+    }
+
     /// <summary>Takes every waiting item out (shutdown).</summary>
     public List<T> Clear()
     {
@@ -334,6 +353,8 @@ internal sealed class Deque<T>
         _items[(_head + Count) % _items.Length] = item;
         Count++;
     }
+
+    public T this[int index] => _items[(_head + index) % _items.Length];
 
     public T PeekFirst() => Count == 0 ? throw new InvalidOperationException("The deque is empty.") : _items[_head];
 

@@ -164,6 +164,9 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
 
     private IWaitingRoom? _waitingIn;
 
+    /// <summary>By when (a timestamp) a worker must take it from its provider's queue: the wait it was accepted for.</summary>
+    public long TakeBy { get; set; } = long.MaxValue;
+
     /// <summary>When the request joined its provider's queue (for the queue-wait measurement).</summary>
     public long EnqueuedTimestamp { get; set; }
 

@@ -152,6 +152,48 @@ public sealed class IsolationTests
     }
 
     [Fact]
+    public async Task A_burst_at_start_is_taken_blind_and_the_first_answer_refuses_what_could_not_be_taken_in_time()
+    {
+        var clock = TestGateway.Clock();
+        var release = new SemaphoreSlim(0);
+        var provider = new FakeProvider("p")
+        {
+            OnComplete = async (r, ct) =>
+            {
+                await release.WaitAsync(ct);
+                return FakeProvider.Answer(r.Model, "ok");
+            },
+        };
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(provider, workers: 1, queueCapacity: 100)
+            .AddModel("m", "Priority", "p")
+            .WithTimeProvider(clock)
+            .Configure(o => o.Pipeline.MaxQueueWait = TimeSpan.FromSeconds(10))
+            .StartAsync(Ct);
+        var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
+
+        // Nothing measured yet: the burst is not refused on a guess.
+        var burst = Enumerable.Range(0, 10).Select(_ => gateway.SubmitAsync(Req("m"), SubmitMode.FailFast, Ct).AsTask()).ToList();
+        await Wait.Until(() => provider.Calls == 1 && pipeline.GetQueueDepths().Providers["p"] == 9, "one running, nine queued");
+
+        // The first answer takes 4 s: the next one queued is taken at 8 s (within 10), the other eight at 12 s and later.
+        clock.Advance(TimeSpan.FromSeconds(4));
+        release.Release();
+        await Wait.Until(() => burst.Count(t => t.IsCompleted) == 9, "the first is answered and eight are refused now");
+        burst.Count(t => t.IsCompletedSuccessfully).Should().Be(1);
+        foreach (var refused in burst.Where(t => t.IsFaulted))
+        {
+            var act = async () => await refused;
+            (await act.Should().ThrowAsync<ProviderOverloadedException>()).Which.RetryAfter.Should().Be(TimeSpan.FromSeconds(4));
+        }
+
+        pipeline.GetQueueDepths().Providers["p"].Should().Be(0, "the one that fits is with the worker");
+        release.Release();
+        (await burst.Single(t => !t.IsCompleted)).Content.Should().Be("ok");
+        provider.Calls.Should().Be(2, "no refused request reached the provider");
+    }
+
+    [Fact]
     public async Task A_provider_paused_by_a_429_refuses_fail_fast_callers_with_a_429_and_the_pause_as_Retry_After()
     {
         var clock = TestGateway.Clock();
