@@ -82,7 +82,7 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
-            WriteRateLimitHeaders(ctx, request);
+            WriteRateLimitHeaders(ctx, request, ex);
             await OpenAIErrors.WriteAsync(ctx, ex);
         }
     }
@@ -149,7 +149,7 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
 
             if (!ctx.Response.HasStarted)
             {
-                WriteRateLimitHeaders(ctx, request);
+                WriteRateLimitHeaders(ctx, request, ex);
                 await OpenAIErrors.WriteAsync(ctx, ex);
                 return;
             }
@@ -195,10 +195,25 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
         WriteRateLimitHeaders(ctx, request);
     }
 
-    /// <summary>x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the tightest rule of each unit.</summary>
-    private void WriteRateLimitHeaders(HttpContext ctx, ChatCompletionRequest request)
+    /// <summary>
+    /// x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the tightest rule of each unit; when every deployment
+    /// is rate-limited by its provider, nothing is left until the first is free again, whatever the gateway's own rules say.
+    /// </summary>
+    private void WriteRateLimitHeaders(HttpContext ctx, ChatCompletionRequest request, Exception? error = null)
     {
-        if (!limiter.IsEnabled || ctx.Response.HasStarted)
+        if (ctx.Response.HasStarted)
+        {
+            return;
+        }
+
+        if (error is RateLimitedException { Attempts.Count: > 0 } providers)
+        {
+            ctx.Response.Headers["x-ratelimit-remaining-requests"] = "0";
+            ctx.Response.Headers["x-ratelimit-reset-requests"] = Duration(providers.RetryAfter);
+            return;
+        }
+
+        if (!limiter.IsEnabled)
         {
             return;
         }

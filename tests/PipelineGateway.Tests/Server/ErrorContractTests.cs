@@ -177,6 +177,7 @@ public sealed class ErrorContractTests : IAsyncLifetime
             new StringContent("""{"model":"limited","messages":[{"role":"user","content":"hi"}]}""", Encoding.UTF8, "application/json"), Ct);
 
         response.StatusCode.Should().Be(HttpStatusCode.TooManyRequests);
+        response.Headers.GetValues("x-ratelimit-remaining-requests").Single().Should().Be("0");
         response.Headers.RetryAfter!.Delta.Should().BeGreaterThanOrEqualTo(TimeSpan.FromSeconds(2)).And.BeLessThanOrEqualTo(TimeSpan.FromSeconds(3), "the earlier of the two cooldowns (3 s and 5 s)");
         var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error");
         body.GetProperty("code").GetString().Should().Be("rate_limit_exceeded");
