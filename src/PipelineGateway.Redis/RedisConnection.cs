@@ -33,6 +33,7 @@ internal sealed partial class RedisConnection : IDisposable
     private ConnectionMultiplexer Connect()
     {
         var config = ConfigurationOptions.Parse(Options.Configuration);
+        PipelineGateway.Providers.SecretRedactor.Register(config.Password); // never in a log line or an answer
         config.AbortOnConnectFail = false;                       // start even if Redis is down; reconnect later
         config.BacklogPolicy = BacklogPolicy.FailFast;           // bounded memory while down: fail, don't queue
         config.ConnectTimeout = (int)Math.Max(100, Options.OperationTimeout.TotalMilliseconds * 4);

@@ -4,12 +4,12 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using PipelineGateway.Admission;
-using PipelineGateway.Routing;
+using Microsoft.Extensions.Logging;
 
 namespace PipelineGateway.Server;
 
 /// <summary><c>POST /v1/chat/completions</c>: OpenAI format in and out, SSE when <c>stream: true</c>.</summary>
-internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, ModelCatalog catalog, AdmissionRateLimiter limiter)
+internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, AdmissionRateLimiter limiter, ILogger<ChatCompletionsEndpoint> logger)
 {
     private static readonly byte[] Done = "data: [DONE]\n\n"u8.ToArray();
     private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
@@ -18,55 +18,43 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
 
     public async Task HandleAsync(HttpContext ctx)
     {
-        var key = keys.Authenticate(ctx.Request);
-        if (keys.Required && key is null)
-        {
-            await OpenAIErrors.WriteAsync(ctx, new UnauthorizedException("Missing or invalid gateway key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."));
-            return;
-        }
-
-        if (ctx.Request.ContentLength > options.MaxRequestBodyBytes)
-        {
-            await WriteTooLargeAsync(ctx);
-            return;
-        }
-
+        // Key, content type, size and x-gateway-* headers were checked by the front door.
+        var caller = ctx.Features.Get<GatewayCaller>()!;
         ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
         ChatCompletionRequest? request;
         try
         {
-            request = await JsonBody.ReadAsync(ctx.Request.BodyReader, GatewayJsonContext.Default.ChatCompletionRequest, ctx.RequestAborted);
+            request = await JsonBody.ReadAsync(ctx.Request.BodyReader, FrontDoorJsonContext.Default.ChatCompletionRequest, ctx.RequestAborted);
         }
         catch (JsonException ex)
         {
-            await OpenAIErrors.WriteAsync(ctx, new InvalidRequestException(ex.Path?.TrimStart('$', '.'), $"The request body is not valid JSON for a chat completion{(ex.Path is null ? string.Empty : $" (at {ex.Path})")}: {ex.Message}"));
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(ex.Path?.TrimStart('$', '.'), $"The request body is not valid JSON for a chat completion{(ex.Path is null ? string.Empty : $" (at {ex.Path})")}: {FirstSentence(ex.Message)}"));
             return;
         }
-        catch (BadHttpRequestException ex) when (ex.StatusCode == 413)
+        catch (BadHttpRequestException ex)
         {
-            await WriteTooLargeAsync(ctx);
+            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
+            return;
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or ArgumentException or DecoderFallbackException or NotSupportedException)
+        {
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {FirstSentence(ex.Message)}"));
             return;
         }
 
         if (request is null)
         {
-            await OpenAIErrors.WriteAsync(ctx, new InvalidRequestException(null, "The request body is empty."));
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, "The request body is empty."));
             return;
         }
 
-        if (key is { AllowedModels.Count: > 0 } && catalog.TryResolve(request.Model ?? string.Empty, out var group)
-            && !key.AllowedModels.Any(m => catalog.TryResolve(m, out var allowed) && ReferenceEquals(allowed, group)))
+        if (!keys.MayUse(caller.Key, request.Model ?? string.Empty))
         {
-            await OpenAIErrors.WriteAsync(ctx, 403, new OpenAIError { Message = $"This key may not use the model '{request.Model}'.", Type = "permission_error", Param = "model", Code = "model_not_allowed" });
+            await RouteErrors.WriteAsync(ctx, 403, "permission_error", "model_not_allowed", $"This key may not use the model '{request.Model}'.", "model");
             return;
         }
 
-        if (!ApplyHeaders(ctx.Request, request, key, out var headerError))
-        {
-            await OpenAIErrors.WriteAsync(ctx, headerError!);
-            return;
-        }
-
+        request.Gateway = caller.Headers.ToOptions(caller.Key);
         ctx.Response.Headers["x-request-id"] = ctx.TraceIdentifier;
         if (request.Stream == true)
         {
@@ -87,8 +75,12 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
         }
     }
 
-    private Task WriteTooLargeAsync(HttpContext ctx) =>
-        OpenAIErrors.WriteAsync(ctx, 413, new OpenAIError { Message = $"The request body is larger than {options.MaxRequestBodyBytes} bytes.", Type = "invalid_request_error", Code = "request_too_large" });
+    /// <summary>System.Text.Json's message up to its path and line details (the path is reported on its own).</summary>
+    internal static string FirstSentence(string message)
+    {
+        var cut = message.IndexOf(" Path:", StringComparison.Ordinal);
+        return cut > 0 ? message[..cut] : message;
+    }
 
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request)
     {
@@ -241,66 +233,6 @@ internal sealed class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys k
             headers[remaining] = t.Remaining.ToString(CultureInfo.InvariantCulture);
             headers[reset] = Duration(t.ResetAfter);
         }
-    }
-
-    /// <summary>Per-request controls from headers; the key's id scopes rate limits, budgets and the cache.</summary>
-    private static bool ApplyHeaders(HttpRequest http, ChatCompletionRequest request, GatewayKeyOptions? key, out GatewayException? error)
-    {
-        error = null;
-        var options = request.Gateway ?? new GatewayRequestOptions();
-        options.RateLimitKey = key?.Id;
-        options.CacheNamespace = key?.Id;
-        switch (http.Headers["x-gateway-cache"].ToString().ToLowerInvariant())
-        {
-            case "":
-                break;
-            case "no-cache":
-                options.NoCache = true;
-                break;
-            case "no-store":
-                options.NoStore = true;
-                break;
-            default:
-                error = new InvalidRequestException("x-gateway-cache", "The header 'x-gateway-cache' must be 'no-cache' or 'no-store'.");
-                return false;
-        }
-
-        if (http.Headers["x-gateway-cache-ttl"].ToString() is { Length: > 0 } ttl)
-        {
-            if (!double.TryParse(ttl, NumberStyles.Float, CultureInfo.InvariantCulture, out var seconds) || seconds <= 0)
-            {
-                error = new InvalidRequestException("x-gateway-cache-ttl", "The header 'x-gateway-cache-ttl' must be a positive number of seconds.");
-                return false;
-            }
-
-            options.CacheTtl = TimeSpan.FromSeconds(seconds);
-        }
-
-        if (http.Headers["x-gateway-timeout-ms"].ToString() is { Length: > 0 } timeout)
-        {
-            if (!double.TryParse(timeout, NumberStyles.Float, CultureInfo.InvariantCulture, out var ms) || ms <= 0)
-            {
-                error = new InvalidRequestException("x-gateway-timeout-ms", "The header 'x-gateway-timeout-ms' must be a positive number of milliseconds.");
-                return false;
-            }
-
-            options.Timeout = TimeSpan.FromMilliseconds(ms);
-        }
-
-        switch (http.Headers["x-gateway-priority"].ToString().ToLowerInvariant())
-        {
-            case "" or "interactive":
-                break;
-            case "batch":
-                options.Priority = RequestPriority.Batch;
-                break;
-            default:
-                error = new InvalidRequestException("x-gateway-priority", "The header 'x-gateway-priority' must be 'interactive' or 'batch'.");
-                return false;
-        }
-
-        request.Gateway = options;
-        return true;
     }
 
     private static string Duration(TimeSpan t) => t.TotalSeconds >= 1

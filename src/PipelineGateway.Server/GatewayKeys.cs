@@ -8,11 +8,25 @@ namespace PipelineGateway.Server;
 /// Checks gateway keys: the presented key (Authorization: Bearer, or x-api-key) is hashed with SHA-256 and
 /// compared in constant time with every configured hash, so neither timing nor logs reveal a key.
 /// </summary>
-internal sealed class GatewayKeys(ServerOptions options)
+internal sealed class GatewayKeys(ServerOptions options, Routing.ModelCatalog catalog)
 {
     private readonly (GatewayKeyOptions Key, byte[] Hash)[] _keys = [.. options.Keys.Select(k => (k, Convert.FromHexString(k.Sha256)))];
 
     public bool Required => _keys.Length > 0;
+
+    /// <summary>
+    /// Whether the key may call the model (by name or alias); a key without AllowedModels may call any. A model the
+    /// gateway does not have passes here, to be answered 404 like for any key.
+    /// </summary>
+    public bool MayUse(GatewayKeyOptions? key, string model)
+    {
+        if (key is not { AllowedModels.Count: > 0 } || !catalog.TryResolve(model, out var group))
+        {
+            return true;
+        }
+
+        return key.AllowedModels.Exists(m => catalog.TryResolve(m, out var allowed) && ReferenceEquals(allowed, group));
+    }
 
     /// <summary>The key the request presents, or null when none matches (or none was sent).</summary>
     public GatewayKeyOptions? Authenticate(HttpRequest request)

@@ -9,6 +9,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 using PipelineGateway.Hosting;
 using PipelineGateway.Metrics;
 using PipelineGateway.Pipeline;
@@ -43,13 +44,23 @@ public static partial class GatewayServer
 
         builder.WebHost.UseUrls(urls);
         var server = builder.Configuration.GetSection(ServerOptions.SectionName).Get<ServerOptions>() ?? new ServerOptions();
+        if (server.Validate().ToList() is { Count: > 0 } problems)
+        {
+            throw new OptionsValidationException(ServerOptions.SectionName, typeof(ServerOptions), problems);
+        }
+
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.AddServerHeader = false;
             k.Limits.MaxRequestBodySize = server.MaxRequestBodyBytes;
+
+            // Any byte in a header value is read (as Latin-1) instead of Kestrel answering an empty 400 before the
+            // gateway sees the request: a key with odd bytes in it is then just a wrong key, answered 401 in the route's shape.
+            k.RequestHeaderEncodingSelector = static _ => System.Text.Encoding.Latin1;
         });
         builder.Services.AddSingleton(server);
         builder.Services.AddSingleton<GatewayKeys>();
+        builder.Services.AddSingleton<AuthThrottle>();
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         services?.Invoke(builder.Services);
@@ -60,6 +71,7 @@ public static partial class GatewayServer
         // The gateway's instruments (GenAI conventions + pgw.*) exported for Prometheus at GET /metrics.
         builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(GatewayInstruments.MeterName).AddPrometheusExporter());
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(30));
+        RedactingLoggerProvider.WrapAll(builder.Services);
 
         var app = builder.Build();
         Map(app);
@@ -97,6 +109,8 @@ public static partial class GatewayServer
 
     private static void Map(WebApplication app)
     {
+        // One pipeline in front of every route: keys, the admin surface, failed-key throttling, content type, size, headers.
+        app.UseMiddleware<FrontDoor>();
         var chat = app.Services.GetRequiredService<ChatCompletionsEndpoint>();
         app.MapPost("/v1/chat/completions", chat.HandleAsync);
         app.MapPost("/v1/messages", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleAsync);
@@ -111,17 +125,13 @@ public static partial class GatewayServer
         app.MapGet("/readyz", () => app.Services.GetRequiredService<GatewayPipeline>().IsAccepting
             ? Results.Text("ready")
             : Results.Text("not ready: the pipeline is starting or draining", statusCode: 503));
-        app.MapFallback(async ctx => await OpenAIErrors.WriteAsync(ctx, 404, new OpenAIError { Message = $"No route for {ctx.Request.Method} {ctx.Request.Path}.", Type = "invalid_request_error", Code = "unknown_route" }));
+        app.MapFallback(ctx => RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "unknown_route", $"No route for {ctx.Request.Method} {ctx.Request.Path}."));
     }
 
+    /// <summary>The models the caller's key may use (all of them for a key without AllowedModels).</summary>
     private static async Task ModelsAsync(HttpContext ctx, ModelCatalog catalog, GatewayKeys keys)
     {
-        if (keys.Required && keys.Authenticate(ctx.Request) is null)
-        {
-            await OpenAIErrors.WriteAsync(ctx, new UnauthorizedException("Missing or invalid gateway key."));
-            return;
-        }
-
+        var key = ctx.Features.Get<GatewayCaller>()?.Key;
         ctx.Response.ContentType = "application/json";
         await using var w = new Utf8JsonWriter(ctx.Response.Body);
         w.WriteStartObject();
@@ -129,6 +139,11 @@ public static partial class GatewayServer
         w.WriteStartArray("data");
         foreach (var group in catalog.Groups)
         {
+            if (!keys.MayUse(key, group.Name))
+            {
+                continue;
+            }
+
             w.WriteStartObject();
             w.WriteString("id", group.Name);
             w.WriteString("object", "model");

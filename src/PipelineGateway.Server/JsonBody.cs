@@ -1,8 +1,10 @@
 using System.Buffers;
 using System.IO.Pipelines;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using System.Text.Json.Serialization.Metadata;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
 
 namespace PipelineGateway.Server;
 
@@ -12,8 +14,68 @@ namespace PipelineGateway.Server;
 /// state (stack frames, async machinery) they allocate per call; from memory the serializer needs none of it.
 /// The answer also goes out with a Content-Length instead of chunked.
 /// </summary>
-internal static class JsonBody
+internal static partial class JsonBody
 {
+    /// <summary>Parses a body from memory (a reader that is not System.Text.Json's source-generated one, say).</summary>
+    public delegate T BodyParser<out T>(ReadOnlySpan<byte> body);
+
+    /// <summary>Reads the whole request body and hands it to <paramref name="parse"/>.</summary>
+    public static async ValueTask<T> ReadAsync<T>(PipeReader body, BodyParser<T> parse, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var result = await body.ReadAsync(cancellationToken);
+            var buffer = result.Buffer;
+            if (!result.IsCompleted)
+            {
+                body.AdvanceTo(buffer.Start, buffer.End);
+                continue;
+            }
+
+            try
+            {
+                if (buffer.IsSingleSegment)
+                {
+                    return parse(buffer.FirstSpan);
+                }
+
+                var length = checked((int)buffer.Length);
+                var copy = ArrayPool<byte>.Shared.Rent(length);
+                try
+                {
+                    buffer.CopyTo(copy);
+                    return parse(copy.AsSpan(0, length));
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(copy);
+                }
+            }
+            finally
+            {
+                body.AdvanceTo(buffer.End);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Kestrel refused the body while it was read: too large (413), too slow (408: below the minimum data rate), or
+    /// badly framed (400). Answered in the route's shape and logged below warning: a client's doing, not the gateway's.
+    /// </summary>
+    public static Task WriteBodyFailureAsync(HttpContext ctx, BadHttpRequestException ex, ServerOptions options, ILogger logger)
+    {
+        LogBodyRefused(logger, ex.StatusCode, ex.Message);
+        return ex.StatusCode switch
+        {
+            413 => FrontDoor.WriteTooLargeAsync(ctx, options),
+            408 => RouteErrors.WriteAsync(ctx, 408, "invalid_request_error", "request_timeout", "The request body arrived too slowly."),
+            _ => RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_request", "The request body could not be read (malformed framing)."),
+        };
+    }
+
+    [LoggerMessage(EventId = 120, Level = LogLevel.Debug, Message = "Refused a request body ({Status}): {Reason}")]
+    private static partial void LogBodyRefused(ILogger logger, int status, string reason);
+
     /// <summary>Reads the whole request body (Kestrel enforces the size limit while reading) and parses it.</summary>
     /// <exception cref="JsonException">The body is not one valid JSON value of the type (empty included).</exception>
     public static async ValueTask<T?> ReadAsync<T>(PipeReader body, JsonTypeInfo<T> info, CancellationToken cancellationToken)
@@ -70,3 +132,15 @@ internal static class JsonBody
         return response.Body.WriteAsync(bytes, cancellationToken).AsTask();
     }
 }
+
+/// <summary>
+/// The chat request as the front door reads it: the canonical contract plus a duplicate key refused (a body with two
+/// <c>"model"</c> keys is ambiguous: last-wins parsing would let a proxy and the gateway disagree about it).
+/// </summary>
+[JsonSourceGenerationOptions(
+    PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+    UseStringEnumConverter = true,
+    AllowDuplicateProperties = false)]
+[JsonSerializable(typeof(ChatCompletionRequest))]
+internal sealed partial class FrontDoorJsonContext : JsonSerializerContext;

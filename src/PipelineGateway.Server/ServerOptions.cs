@@ -16,6 +16,46 @@ public sealed class ServerOptions
 
     /// <summary>SSE comment keep-alives while a stream waits for its first token.</summary>
     public TimeSpan StreamKeepAlive { get; set; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>
+    /// Failed key checks one client address may make in a minute; past it, every request from that address is answered
+    /// 429 with a Retry-After until the minute has passed (keys cannot be guessed at speed).
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int MaxAuthFailuresPerMinute { get; set; } = 20;
+
+    /// <summary>Checks the settings across fields; the messages name the setting and what is allowed.</summary>
+    public IEnumerable<string> Validate()
+    {
+        var results = new List<ValidationResult>();
+        Validator.TryValidateObject(this, new ValidationContext(this), results, validateAllProperties: true);
+        foreach (var r in results)
+        {
+            yield return $"{SectionName}:{r.MemberNames.FirstOrDefault()}: {r.ErrorMessage}";
+        }
+
+        if (StreamKeepAlive <= TimeSpan.Zero)
+        {
+            yield return $"{SectionName}:StreamKeepAlive must be a positive duration; got {StreamKeepAlive}.";
+        }
+
+        var ids = new HashSet<string>(StringComparer.Ordinal);
+        for (var i = 0; i < Keys.Count; i++)
+        {
+            var key = Keys[i];
+            var keyResults = new List<ValidationResult>();
+            Validator.TryValidateObject(key, new ValidationContext(key), keyResults, validateAllProperties: true);
+            foreach (var r in keyResults)
+            {
+                yield return $"{SectionName}:Keys:{i}:{r.MemberNames.FirstOrDefault()}: {r.ErrorMessage}";
+            }
+
+            if (!string.IsNullOrEmpty(key.Id) && !ids.Add(key.Id))
+            {
+                yield return $"{SectionName}:Keys:{i}:Id '{key.Id}' is used by more than one key.";
+            }
+        }
+    }
 }
 
 /// <summary>One gateway key: its hash, its id (used for rate limits, budgets and the cache namespace) and what it may use.</summary>
@@ -31,4 +71,10 @@ public sealed class GatewayKeyOptions
 
     /// <summary>Model names or aliases this key may use; empty means all.</summary>
     public List<string> AllowedModels { get; set; } = [];
+
+    /// <summary>
+    /// May read the admin surface (<c>/v1/gateway/*</c> metrics, <c>/metrics</c>, the dashboard) when keys are
+    /// configured. Other keys get 403 there.
+    /// </summary>
+    public bool Admin { get; set; }
 }

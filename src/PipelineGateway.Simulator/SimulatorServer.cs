@@ -250,64 +250,55 @@ public sealed class SimulatorServer : IAsyncDisposable
                 return;
             }
 
-            JsonDocument doc;
+            // The gateway's own Anthropic codec reads the request: the simulator and /v1/messages agree on what is valid.
+            ChatCompletionRequest request;
             try
             {
-                doc = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted).ConfigureAwait(false);
+                using var body = new MemoryStream();
+                await ctx.Request.Body.CopyToAsync(body, ctx.RequestAborted).ConfigureAwait(false);
+                request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse(body.ToArray()));
             }
-            catch (JsonException ex)
+            catch (AnthropicRequestException ex)
             {
-                await AnthropicError(ctx, 400, "invalid_request_error", $"The request body is not valid JSON: {ex.Message}").ConfigureAwait(false);
+                await AnthropicError(ctx, 400, "invalid_request_error", ex.Message).ConfigureAwait(false);
                 return;
             }
 
-            using (doc)
+            var plan = Plan(ctx);
+            if (!await PrepareAsync(ctx, plan, request, anthropic: true).ConfigureAwait(false))
             {
-                var root = doc.RootElement;
-                if (!root.TryGetProperty("max_tokens", out var maxTokens) || maxTokens.ValueKind != JsonValueKind.Number)
-                {
-                    await AnthropicError(ctx, 400, "invalid_request_error", "max_tokens: Field required").ConfigureAwait(false);
-                    return;
-                }
-
-                if (!root.TryGetProperty("messages", out var messages) || messages.ValueKind != JsonValueKind.Array || messages.GetArrayLength() == 0)
-                {
-                    await AnthropicError(ctx, 400, "invalid_request_error", "messages: Field required").ConfigureAwait(false);
-                    return;
-                }
-
-                var request = ToCanonical(root);
-                var plan = Plan(ctx);
-                if (!await PrepareAsync(ctx, plan, request, anthropic: true).ConfigureAwait(false))
-                {
-                    return;
-                }
-
-                var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
-                var promptTokens = SimulatedText.PromptTokens(request);
-                var tool = WantsTool(request);
-                var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
-                if (root.TryGetProperty("stream", out var s) && s.ValueKind == JsonValueKind.True)
-                {
-                    await AnthropicStreamAsync(ctx, plan, request.Model, words, promptTokens, id, tool).ConfigureAwait(false);
-                    return;
-                }
-
-                var content = tool is null
-                    ? new List<AnthropicContentBlock> { new() { Type = "text", Text = string.Join(' ', words) } }
-                    : [new() { Type = "text", Text = "Let me look that up." }, new() { Type = "tool_use", Id = "toolu_sim1", Name = tool, Input = JsonDocument.Parse(ToolArguments(words)).RootElement }];
-                var message = new AnthropicMessage
-                {
-                    Id = id,
-                    Model = request.Model,
-                    Content = content,
-                    StopReason = tool is null ? "end_turn" : "tool_use",
-                    Usage = new AnthropicUsage { InputTokens = promptTokens, OutputTokens = words.Length },
-                };
-                SetRateLimitHeaders(ctx);
-                ctx.Response.ContentType = "application/json";
-                await JsonSerializer.SerializeAsync(ctx.Response.Body, message, AnthropicJsonContext.Default.AnthropicMessage, ctx.RequestAborted).ConfigureAwait(false);
+                return;
             }
+
+            var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
+            var promptTokens = SimulatedText.PromptTokens(request);
+            var tool = WantsTool(request);
+            var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
+            if (request.Stream == true)
+            {
+                await AnthropicStreamAsync(ctx, plan, request.Model, words, promptTokens, id, tool).ConfigureAwait(false);
+                return;
+            }
+
+            var answer = new ChatCompletionResponse
+            {
+                Id = id,
+                Model = request.Model,
+                Choices =
+                [
+                    new ChatChoice
+                    {
+                        Message = tool is null
+                            ? ChatCompletionMessage.Assistant(string.Join(' ', words))
+                            : new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = "Let me look that up.", ToolCalls = [new ToolCall { Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(words) } }] },
+                        FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls,
+                    },
+                ],
+                Usage = TokenUsage.Of(promptTokens, words.Length),
+            };
+            SetRateLimitHeaders(ctx);
+            ctx.Response.ContentType = "application/json";
+            await JsonSerializer.SerializeAsync(ctx.Response.Body, AnthropicResponses.ToAnthropic(answer), AnthropicJsonContext.Default.AnthropicMessage, ctx.RequestAborted).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
         {
@@ -322,40 +313,55 @@ public sealed class SimulatorServer : IAsyncDisposable
     private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, int promptTokens, string id, string? tool)
     {
         StartSse(ctx);
-        var start = JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "message_start", Message = new AnthropicMessage { Id = id, Model = model, Usage = new AnthropicUsage { InputTokens = promptTokens, OutputTokens = 1 } } }, AnthropicJsonContext.Default.AnthropicStreamEvent);
+
+        // The answer as canonical chunks, written as Anthropic events by the gateway's own stream writer.
+        var writer = new AnthropicStreamWriter(promptTokens);
+        ChatCompletionChunk Chunk(ChatCompletionDelta delta, string? finish = null) => new()
+        {
+            Id = id,
+            Model = model,
+            Choices = [new ChunkChoice { Delta = delta, FinishReason = finish }],
+        };
+
+        var chunks = new List<ChatCompletionChunk> { Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant }) };
         if (plan.StreamError is { } streamError)
         {
             // message_start, then an error event: the usual way Anthropic reports overload mid-stream.
-            await WriteSseAsync(ctx, "message_start", Encoding.UTF8.GetBytes(start)).ConfigureAwait(false);
-            await WriteSseAsync(ctx, "error", JsonSerializer.SerializeToUtf8Bytes(new { type = "error", error = new { type = streamError, message = plan.Message ?? "Overloaded" } })).ConfigureAwait(false);
+            foreach (var e in writer.OnChunk(chunks[0]).Take(1))
+            {
+                await WriteSseAsync(ctx, e.Name, e.Json).ConfigureAwait(false);
+            }
+
+            var error = AnthropicStreamWriter.Error(streamError, plan.Message ?? "Overloaded");
+            await WriteSseAsync(ctx, error.Name, error.Json).ConfigureAwait(false);
             return;
         }
 
-        var events = new List<(string Name, string Json)>
+        if (tool is not null)
         {
-            ("message_start", start),
-            ("ping", """{"type":"ping"}"""),
-            ("content_block_start", """{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"""),
-        };
-        for (var i = 0; i < words.Length; i++)
+            chunks.Add(Chunk(new ChatCompletionDelta { Content = "Let me look that up." }));
+        }
+        else
         {
-            events.Add(("content_block_delta", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "content_block_delta", Index = 0, Delta = new AnthropicDelta { Type = "text_delta", Text = i == 0 ? words[i] : " " + words[i] } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
+            for (var i = 0; i < words.Length; i++)
+            {
+                chunks.Add(Chunk(new ChatCompletionDelta { Content = i == 0 ? words[i] : " " + words[i] }));
+            }
         }
 
-        events.Add(("content_block_stop", """{"type":"content_block_stop","index":0}"""));
         if (tool is not null)
         {
             var args = ToolArguments(words);
             var half = args.Length / 2;
-            events.Add(("content_block_start", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "content_block_start", Index = 1, ContentBlock = new AnthropicContentBlock { Type = "tool_use", Id = "toolu_sim1", Name = tool, Input = JsonDocument.Parse("{}").RootElement } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
-            events.Add(("content_block_delta", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "content_block_delta", Index = 1, Delta = new AnthropicDelta { Type = "input_json_delta", PartialJson = args[..half] } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
-            events.Add(("content_block_delta", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "content_block_delta", Index = 1, Delta = new AnthropicDelta { Type = "input_json_delta", PartialJson = args[half..] } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
-            events.Add(("content_block_stop", """{"type":"content_block_stop","index":1}"""));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[..half] } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[half..] } }] }));
         }
 
-        events.Add(("message_delta", JsonSerializer.Serialize(new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = tool is null ? "end_turn" : "tool_use" }, Usage = new AnthropicUsage { OutputTokens = words.Length } }, AnthropicJsonContext.Default.AnthropicStreamEvent)));
-        events.Add(("message_stop", """{"type":"message_stop"}"""));
+        chunks.Add(Chunk(new ChatCompletionDelta(), tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls));
+        chunks.Add(new ChatCompletionChunk { Id = id, Model = model, Choices = [], Usage = TokenUsage.Of(promptTokens, words.Length) });
 
+        var events = chunks.SelectMany(writer.OnChunk).Concat(writer.Finish()).ToList();
         for (var i = 0; i < events.Count; i++)
         {
             if (await FaultMidStreamAsync(ctx, plan, i).ConfigureAwait(false))
@@ -363,7 +369,7 @@ public sealed class SimulatorServer : IAsyncDisposable
                 return;
             }
 
-            await WriteSseAsync(ctx, events[i].Name, Encoding.UTF8.GetBytes(events[i].Json)).ConfigureAwait(false);
+            await WriteSseAsync(ctx, events[i].Name, events[i].Json).ConfigureAwait(false);
         }
     }
 
@@ -371,41 +377,6 @@ public sealed class SimulatorServer : IAsyncDisposable
     {
         ctx.Response.StatusCode = status;
         return ctx.Response.WriteAsJsonAsync(new { type = "error", error = new { type, message } }, ctx.RequestAborted);
-    }
-
-    /// <summary>The parts of an Anthropic request the simulator needs, in canonical form.</summary>
-    private static ChatCompletionRequest ToCanonical(JsonElement root)
-    {
-        var request = new ChatCompletionRequest
-        {
-            Model = root.TryGetProperty("model", out var m) ? m.GetString() ?? string.Empty : string.Empty,
-            MaxTokens = root.GetProperty("max_tokens").GetInt32(),
-        };
-        if (root.TryGetProperty("system", out var system))
-        {
-            request.Messages.Add(ChatCompletionMessage.System(system.ValueKind == JsonValueKind.String ? system.GetString()! : system.ToString()));
-        }
-
-        foreach (var message in root.GetProperty("messages").EnumerateArray())
-        {
-            var role = message.GetProperty("role").GetString() ?? "user";
-            var content = message.GetProperty("content");
-            var text = content.ValueKind == JsonValueKind.String
-                ? content.GetString()!
-                : string.Concat(content.EnumerateArray().Where(b => b.TryGetProperty("text", out _)).Select(b => b.GetProperty("text").GetString()));
-            request.Messages.Add(new ChatCompletionMessage { Role = role, Content = text });
-        }
-
-        if (root.TryGetProperty("tools", out var tools) && tools.ValueKind == JsonValueKind.Array && tools.GetArrayLength() > 0)
-        {
-            request.Tools = [.. tools.EnumerateArray().Select(t => new ToolDefinition { Function = new FunctionDefinition { Name = t.GetProperty("name").GetString()! } })];
-            if (root.TryGetProperty("tool_choice", out var choice) && choice.TryGetProperty("type", out var type))
-            {
-                request.ToolChoice = JsonDocument.Parse(type.GetString() switch { "any" => "\"required\"", "tool" => "\"required\"", "none" => "\"none\"", _ => "\"auto\"" }).RootElement;
-            }
-        }
-
-        return request;
     }
 
     // ---------------------------------------------------------------- shared

@@ -85,8 +85,8 @@ public sealed class MessageContent
 
 public sealed class ContentPart
 {
-    /// <summary>"text", "image_url", "input_audio", "file", ...</summary>
-    public string Type { get; set; } = "text";
+    /// <summary>"text", "image_url", "input_audio", "file", ... (required: a part without one is refused).</summary>
+    public string Type { get; set; } = string.Empty;
 
     public string? Text { get; set; }
 

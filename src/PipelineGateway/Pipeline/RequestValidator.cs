@@ -93,5 +93,26 @@ internal static class RequestValidator
             case ChatRoles.System or ChatRoles.Developer or ChatRoles.User when m.Content is null:
                 throw new InvalidRequestException($"messages[{i}].content", $"'messages[{i}].content' is required for a {m.Role} message.");
         }
+
+        var parts = m.Content?.Parts;
+        for (var j = 0; j < (parts?.Count ?? 0); j++)
+        {
+            var part = parts![j];
+            var at = $"messages[{i}].content[{j}]";
+            if (part is null || string.IsNullOrEmpty(part.Type))
+            {
+                throw new InvalidRequestException($"{at}.type", $"'{at}.type' is required (text, image_url, input_audio or file).");
+            }
+
+            if (part.Type == "text" && part.Text is null)
+            {
+                throw new InvalidRequestException($"{at}.text", $"'{at}.text' is required for a text part.");
+            }
+
+            if (part.Type == "image_url" && string.IsNullOrEmpty(part.ImageUrl?.Url))
+            {
+                throw new InvalidRequestException($"{at}.image_url.url", $"'{at}.image_url.url' is required for an image part.");
+            }
+        }
     }
 }

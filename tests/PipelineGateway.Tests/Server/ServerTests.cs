@@ -21,6 +21,7 @@ namespace PipelineGateway.Tests.Server;
 public sealed class ServerTests : IAsyncLifetime
 {
     private const string Key = "sk-gw-test-0123456789";
+    private const string AdminKey = "sk-gw-admin-0123456789";
     private WebApplication _app = null!;
     private readonly CapturingLoggerProvider _logs = new();
 
@@ -59,6 +60,9 @@ public sealed class ServerTests : IAsyncLifetime
             ["Gateway:Models:2:Deployments:0:Provider"] = "sim-slow",
             ["Gateway:Server:Keys:1:Id"] = "team-b",
             ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(Key + "-b"),
+            ["Gateway:Server:Keys:2:Id"] = "ops",
+            ["Gateway:Server:Keys:2:Sha256"] = GatewayKeys.Hash(AdminKey),
+            ["Gateway:Server:Keys:2:Admin"] = "true",
         }).Build();
         _app = GatewayServer.Build(config, "http://127.0.0.1:0", l => l.AddProvider(_logs));
         Base = await GatewayServer.StartAsync(_app, Ct);
@@ -258,18 +262,26 @@ public sealed class ServerTests : IAsyncLifetime
     {
         var models = await Http.GetFromJsonAsync<JsonElement>(new Uri(Base, "v1/models"), Ct);
         models.GetProperty("object").GetString().Should().Be("list");
-        models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).Should().BeEquivalentTo(["gpt-4o-mini", "restricted", "slow"]);
+        models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).Should().BeEquivalentTo(["gpt-4o-mini"], "team-a may use only gpt-4o-mini: it sees only that");
+
+        using var admin = new HttpClient();
+        admin.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", AdminKey);
+        var all = await admin.GetFromJsonAsync<JsonElement>(new Uri(Base, "v1/models"), Ct);
+        all.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).Should().BeEquivalentTo(["gpt-4o-mini", "restricted", "slow"]);
 
         await Post(Chat());
-        var metrics = await Http.GetFromJsonAsync<JsonElement>(new Uri(Base, "v1/gateway/metrics"), Ct);
+        (await Http.GetAsync(new Uri(Base, "v1/gateway/metrics"), Ct)).StatusCode.Should().Be(HttpStatusCode.Forbidden, "metrics are the admin's");
+        (await new HttpClient().GetAsync(new Uri(Base, "metrics"), Ct)).StatusCode.Should().Be(HttpStatusCode.Unauthorized);
+        var metrics = await admin.GetFromJsonAsync<JsonElement>(new Uri(Base, "v1/gateway/metrics"), Ct);
         metrics.GetProperty("total_requests").GetInt64().Should().BeGreaterThan(0);
         metrics.GetProperty("providers").GetProperty("sim").GetProperty("success_rate").GetDouble().Should().Be(1);
 
-        var prometheus = await Http.GetStringAsync(new Uri(Base, "metrics"), Ct);
+        var prometheus = await admin.GetStringAsync(new Uri(Base, "metrics"), Ct);
         prometheus.Should().Contain("gen_ai_client_operation_duration").And.Contain("gen_ai_client_token_usage").And.Contain("gen_ai_request_model=\"gpt-4o-mini\"");
 
-        (await Http.GetAsync(new Uri(Base, "healthz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
-        (await Http.GetAsync(new Uri(Base, "readyz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+        using var anonymous = new HttpClient();
+        (await anonymous.GetAsync(new Uri(Base, "healthz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK, "health stays open");
+        (await anonymous.GetAsync(new Uri(Base, "readyz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
         (await Http.GetAsync(new Uri(Base, "v1/nothing"), Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
     }
 

@@ -441,15 +441,17 @@ public static class AnthropicTranslator
                         Model = _model,
                         Created = _created,
                         Choices = [],
-                        Usage = TokenUsage.Of(_inputTokens, e.Usage?.OutputTokens ?? 0),
+                        // message_delta repeats the prompt's tokens in newer API versions (and from the gateway's own writer).
+                        Usage = TokenUsage.Of(e.Usage is { InputTokens: > 0 } u ? u.InputTokens : _inputTokens, e.Usage?.OutputTokens ?? 0),
                     };
                     break;
                 case "error":
                     var error = e.Error ?? new AnthropicError { Type = "api_error", Message = "unknown stream error" };
-                    throw new ProviderException(Classify(error.Type, 500), $"Stream error {error.Type}: {error.Message}", error.Type == "overloaded_error" ? 529 : null)
+                    var said = SecretRedactor.RedactAndTrim(error.Message);
+                    throw new ProviderException(Classify(error.Type, 500), $"Stream error {error.Type}: {said}", error.Type == "overloaded_error" ? 529 : null)
                     {
                         ErrorType = error.Type,
-                        UpstreamMessage = error.Message,
+                        UpstreamMessage = said,
                     };
             }
         }

@@ -27,6 +27,7 @@ public abstract partial class HttpChatProvider : ILlmProvider
         ApiKey = apiKey;
         Time = time;
         Logger = logger;
+        SecretRedactor.Register(apiKey);
     }
 
     public string Name { get; }
@@ -154,7 +155,7 @@ public abstract partial class HttpChatProvider : ILlmProvider
             var error = ParseError(status, body);
             var outcome = error.ContextLength ? AttemptOutcome.ContextLengthExceeded : ProviderException.Classify(status);
             var retryAfter = UpstreamHeaders.RetryAfter(response.Headers, now);
-            var safe = SecretRedactor.Redact(error.Message, ApiKey);
+            var safe = SecretRedactor.RedactAndTrim(SecretRedactor.Redact(error.Message, ApiKey));
             LogUpstreamError(Logger, Name, status, outcome, safe);
             throw new ProviderException(outcome, $"'{Name}' answered {status}: {safe}", status, retryAfter)
             {
@@ -198,7 +199,6 @@ public abstract partial class HttpChatProvider : ILlmProvider
         _ => ex.HttpRequestError.ToString(),
     };
 
-    protected static string Trim(string body) => body.Length <= 500 ? body : body[..500] + "…";
 
     /// <summary>Parses an OpenAI-shaped or Anthropic-shaped error body (<c>{"error":{...}}</c>); null fields when absent.</summary>
     protected static UpstreamError ParseErrorBody(string body, Func<string, string?, bool> isContextLength)
@@ -220,7 +220,8 @@ public abstract partial class HttpChatProvider : ILlmProvider
             // Not JSON (an HTML error page from a proxy, say): the raw text, trimmed, is the message.
         }
 
-        message ??= Trim(body);
+        // Only the message reaches anyone: redacted whole first, then cut (a cut could split a key out of the redactor's reach).
+        message = SecretRedactor.RedactAndTrim(message ?? body);
         return new UpstreamError(message, type, code, param, isContextLength(message, code));
 
         static string? Text(JsonElement e, string name) =>

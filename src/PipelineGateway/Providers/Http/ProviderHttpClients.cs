@@ -111,8 +111,13 @@ internal sealed class HttpProviderFactory(string type) : IProviderFactory
 /// <summary>API keys come only from the environment variable the configuration names.</summary>
 internal static class ApiKeys
 {
-    public static string? Read(ProviderOptions options) =>
-        string.IsNullOrWhiteSpace(options.ApiKeyEnvironmentVariable) ? null : Environment.GetEnvironmentVariable(options.ApiKeyEnvironmentVariable);
+    /// <summary>The provider's key from its environment variable; registered with the redactor as it is read, so it never leaves.</summary>
+    public static string? Read(ProviderOptions options)
+    {
+        var key = string.IsNullOrWhiteSpace(options.ApiKeyEnvironmentVariable) ? null : Environment.GetEnvironmentVariable(options.ApiKeyEnvironmentVariable);
+        SecretRedactor.Register(key);
+        return key;
+    }
 
     /// <summary>Whether the provider type cannot work without a key.</summary>
     public static bool Required(string type) =>

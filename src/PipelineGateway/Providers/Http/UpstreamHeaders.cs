@@ -160,21 +160,3 @@ public static partial class UpstreamHeaders
         return null;
     }
 }
-
-/// <summary>Keeps secrets out of messages that came from upstreams (some echo part of the key back).</summary>
-public static partial class SecretRedactor
-{
-    public static string Redact(string text, string? secret)
-    {
-        if (!string.IsNullOrEmpty(secret) && secret.Length >= 4)
-        {
-            text = text.Replace(secret, "[redacted]", StringComparison.Ordinal);
-        }
-
-        return KeyLike().Replace(text, "$1[redacted]");
-    }
-
-    // OpenAI-style (sk-…, sk-proj-…), Anthropic (sk-ant-…) and masked echoes such as "sk-abc***xyz".
-    [GeneratedRegex(@"\b(sk-)[A-Za-z0-9_\-\*]{3,}", RegexOptions.CultureInvariant)]
-    private static partial Regex KeyLike();
-}

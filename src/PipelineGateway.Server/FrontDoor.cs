@@ -1,0 +1,184 @@
+using System.Net;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+using Microsoft.Net.Http.Headers;
+
+namespace PipelineGateway.Server;
+
+/// <summary>Who is calling, and how: set by the <see cref="FrontDoor"/> for the endpoints behind it.</summary>
+internal sealed record GatewayCaller(GatewayKeyOptions? Key, RequestHeaders Headers);
+
+/// <summary>
+/// The one request pipeline in front of every route, so no route can forget a check:
+/// <list type="number">
+/// <item><c>/healthz</c> and <c>/readyz</c> pass, open to all;</item>
+/// <item>a client address with too many failed key checks in the last minute is refused (429, <c>Retry-After</c>);</item>
+/// <item>with keys configured, every other route needs one (401 otherwise, counted as a failure); the admin surface
+/// (<c>/v1/gateway/*</c>, <c>/metrics</c>, <c>/dashboard</c>) needs an admin key (403 otherwise);</item>
+/// <item>a body must be JSON (415 otherwise) and within the size limit (413);</item>
+/// <item>every <c>x-gateway-*</c> header is parsed, a bad one answered 400 naming it.</item>
+/// </list>
+/// Errors are written in the route's own shape (<see cref="RouteErrors"/>). The model a key may use is checked by the
+/// endpoints once the body is read (<see cref="GatewayKeys.MayUse"/>).
+/// </summary>
+internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, ServerOptions options, AuthThrottle throttle, ILogger<FrontDoor> logger)
+{
+    public async Task InvokeAsync(HttpContext ctx)
+    {
+        var path = ctx.Request.Path;
+        if (path.Equals("/healthz", StringComparison.OrdinalIgnoreCase) || path.Equals("/readyz", StringComparison.OrdinalIgnoreCase))
+        {
+            await next(ctx);
+            return;
+        }
+
+        var address = ctx.Connection.RemoteIpAddress ?? IPAddress.None;
+        if (throttle.BlockedFor(address) is { } wait)
+        {
+            await RouteErrors.WriteAsync(ctx, 429, "rate_limit_error", "too_many_auth_failures",
+                $"Too many failed key checks from this address; retry after {Math.Ceiling(wait.TotalSeconds)} s.", retryAfter: wait);
+            return;
+        }
+
+        GatewayKeyOptions? key = null;
+        if (keys.Required)
+        {
+            key = keys.Authenticate(ctx.Request);
+            if (key is null)
+            {
+                throttle.Failed(address);
+                LogRejectedKey(logger, address, path.Value ?? string.Empty);
+                await RouteErrors.WriteAsync(ctx, 401, "authentication_error", "invalid_api_key",
+                    "Missing or invalid gateway key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.");
+                return;
+            }
+
+            if (IsAdminSurface(path) && !key.Admin)
+            {
+                await RouteErrors.WriteAsync(ctx, 403, "permission_error", "admin_key_required", "This endpoint needs an admin gateway key (Gateway:Server:Keys[].Admin).");
+                return;
+            }
+        }
+
+        if (HttpMethods.IsPost(ctx.Request.Method))
+        {
+            if (!IsJson(ctx.Request.ContentType))
+            {
+                await RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type",
+                    $"The request body must be JSON (Content-Type: application/json); got '{Shorten(ctx.Request.ContentType ?? "none")}'.");
+                return;
+            }
+
+            if (ctx.Request.ContentLength > options.MaxRequestBodyBytes)
+            {
+                await WriteTooLargeAsync(ctx, options);
+                return;
+            }
+        }
+
+        RequestHeaders headers;
+        try
+        {
+            headers = RequestHeaders.Parse(ctx.Request.Headers);
+        }
+        catch (InvalidRequestException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, ex);
+            return;
+        }
+
+        ctx.Features.Set(new GatewayCaller(key, headers));
+        await next(ctx);
+    }
+
+    public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options) =>
+        RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The request body is larger than {options.MaxRequestBodyBytes} bytes.");
+
+    private static bool IsAdminSurface(PathString path) =>
+        path.StartsWithSegments("/v1/gateway", StringComparison.OrdinalIgnoreCase)
+        || path.StartsWithSegments("/metrics", StringComparison.OrdinalIgnoreCase)
+        || path.StartsWithSegments("/dashboard", StringComparison.OrdinalIgnoreCase);
+
+    private static bool IsJson(string? contentType) =>
+        MediaTypeHeaderValue.TryParse(contentType, out var media)
+        && media.MediaType.Value is { } type
+        && (type.Equals("application/json", StringComparison.OrdinalIgnoreCase) || type.EndsWith("+json", StringComparison.OrdinalIgnoreCase));
+
+    private static string Shorten(string text) => text.Length <= 64 ? text : text[..64] + "…";
+
+    [LoggerMessage(EventId = 110, Level = LogLevel.Information, Message = "Rejected a missing or invalid gateway key from {Address} for {Path}.")]
+    private static partial void LogRejectedKey(ILogger logger, IPAddress address, string path);
+}
+
+/// <summary>
+/// Failed key checks per client address over the last minute (<c>Gateway:Server:MaxAuthFailuresPerMinute</c>); an
+/// address past the limit is refused until its oldest failure is a minute old. Memory is bounded: at most
+/// <see cref="MaxAddresses"/> addresses are tracked (the least recently failing are forgotten first).
+/// </summary>
+internal sealed class AuthThrottle(ServerOptions options, TimeProvider time)
+{
+    public const int MaxAddresses = 10_000;
+    private static readonly TimeSpan Window = TimeSpan.FromMinutes(1);
+    private readonly object _lock = new();
+    private readonly Dictionary<IPAddress, Queue<long>> _failures = [];
+    private readonly LinkedList<IPAddress> _recent = new();
+
+    /// <summary>How long the address is still refused, or null when it is not.</summary>
+    public TimeSpan? BlockedFor(IPAddress address)
+    {
+        lock (_lock)
+        {
+            if (!_failures.TryGetValue(address, out var failures))
+            {
+                return null;
+            }
+
+            var now = time.GetTimestamp();
+            Expire(failures, now);
+            if (failures.Count < options.MaxAuthFailuresPerMinute)
+            {
+                return null;
+            }
+
+            return Window - time.GetElapsedTime(failures.Peek(), now);
+        }
+    }
+
+    public void Failed(IPAddress address)
+    {
+        lock (_lock)
+        {
+            var now = time.GetTimestamp();
+            if (!_failures.TryGetValue(address, out var failures))
+            {
+                if (_failures.Count >= MaxAddresses)
+                {
+                    _failures.Remove(_recent.First!.Value);
+                    _recent.RemoveFirst();
+                }
+
+                _failures[address] = failures = new Queue<long>();
+            }
+            else
+            {
+                _recent.Remove(address);
+            }
+
+            _recent.AddLast(address);
+            Expire(failures, now);
+            failures.Enqueue(now);
+            while (failures.Count > options.MaxAuthFailuresPerMinute)
+            {
+                failures.Dequeue(); // only the newest MaxAuthFailuresPerMinute matter
+            }
+        }
+    }
+
+    private void Expire(Queue<long> failures, long now)
+    {
+        while (failures.Count > 0 && time.GetElapsedTime(failures.Peek(), now) >= Window)
+        {
+            failures.Dequeue();
+        }
+    }
+}

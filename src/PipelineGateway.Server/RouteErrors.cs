@@ -1,0 +1,66 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+using PipelineGateway.Providers.Anthropic;
+
+namespace PipelineGateway.Server;
+
+/// <summary>The error shape a route answers in: OpenAI's on the OpenAI routes, Anthropic's on <c>/v1/messages</c>.</summary>
+internal enum ErrorShape
+{
+    OpenAI,
+    Anthropic,
+}
+
+/// <summary>Writes any failure in the shape of the route it happened on; one place for status, type and Retry-After.</summary>
+internal static class RouteErrors
+{
+    public static ErrorShape ShapeOf(PathString path) =>
+        path.StartsWithSegments("/v1/messages", StringComparison.OrdinalIgnoreCase) ? ErrorShape.Anthropic : ErrorShape.OpenAI;
+
+    /// <summary>A gateway failure, mapped once (<see cref="OpenAIErrorMapping"/>), written in the route's shape.</summary>
+    public static Task WriteAsync(HttpContext ctx, Exception error)
+    {
+        var (status, body, retryAfter) = OpenAIErrors.Map(error);
+        return ShapeOf(ctx.Request.Path) == ErrorShape.Anthropic
+            ? WriteAnthropicAsync(ctx, status, AnthropicType(status, error), body.Message, retryAfter)
+            : OpenAIErrors.WriteAsync(ctx, status, body, retryAfter);
+    }
+
+    /// <summary>A front-door refusal (status, OpenAI type and code, message) in the route's shape.</summary>
+    public static Task WriteAsync(HttpContext ctx, int status, string type, string code, string message, string? param = null, TimeSpan? retryAfter = null) =>
+        ShapeOf(ctx.Request.Path) == ErrorShape.Anthropic
+            ? WriteAnthropicAsync(ctx, status, AnthropicType(status, null), message, retryAfter)
+            : OpenAIErrors.WriteAsync(ctx, status, new OpenAIError { Message = message, Type = type, Code = code, Param = param }, retryAfter);
+
+    /// <summary>Anthropic's error type for a status (or the upstream's own Anthropic type, when it gave one).</summary>
+    public static string AnthropicType(int status, Exception? error) =>
+        error is UpstreamRejectedException { ErrorType: { } upstream } && AnthropicTypes.Contains(upstream)
+            ? upstream
+            : status switch
+            {
+                400 or 415 or 422 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                503 or 529 => "overloaded_error",
+                504 => "timeout_error",
+                _ => "api_error",
+            };
+
+    public static async Task WriteAnthropicAsync(HttpContext ctx, int status, string type, string message, TimeSpan? retryAfter = null)
+    {
+        if (ctx.Response.HasStarted)
+        {
+            return;
+        }
+
+        ctx.Response.StatusCode = status;
+        OpenAIErrors.WriteRetryAfter(ctx.Response, retryAfter);
+        await JsonBody.WriteAsync(ctx.Response, new AnthropicErrorBody { Error = new AnthropicError { Type = type, Message = message } }, AnthropicJsonContext.Default.AnthropicErrorBody, CancellationToken.None);
+    }
+
+    private static readonly HashSet<string> AnthropicTypes =
+        ["invalid_request_error", "authentication_error", "permission_error", "not_found_error", "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "timeout_error"];
+}

@@ -1,0 +1,500 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace PipelineGateway.Providers.Anthropic;
+
+/// <summary>
+/// The one reader of Anthropic Messages requests, for the gateway's <c>/v1/messages</c> route and the simulator:
+/// source-generated DTOs with strict types (a <c>"16"</c> where a number belongs, a duplicate key, an unknown block
+/// type are errors), then a translation to the canonical (OpenAI) request that refuses what it cannot carry rather
+/// than dropping it. Every error is an <see cref="AnthropicRequestException"/> naming the field the way Anthropic
+/// does (<c>messages.0.content.1.text: Field required</c>).
+/// </summary>
+internal static class AnthropicCodec
+{
+    /// <summary>Parses and validates a request body. Throws <see cref="AnthropicRequestException"/>.</summary>
+    public static AnthropicRequest Parse(ReadOnlySpan<byte> body)
+    {
+        AnthropicRequest? request;
+        try
+        {
+            request = JsonSerializer.Deserialize(body, AnthropicRequestContext.Default.AnthropicRequest);
+        }
+        catch (JsonException ex)
+        {
+            throw new AnthropicRequestException(Field(ex.Path), Reason(ex));
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or ArgumentException or DecoderFallbackException or NotSupportedException)
+        {
+            // Invalid UTF-8 and the like: the body is not the JSON it claims to be.
+            throw new AnthropicRequestException(null, $"The request body is not valid JSON: {ex.Message}");
+        }
+
+        if (request is null)
+        {
+            throw new AnthropicRequestException(null, "The request body must be a JSON object.");
+        }
+
+        Validate(request);
+        return request;
+    }
+
+    /// <summary>The request in canonical form. Throws <see cref="AnthropicRequestException"/> for what the canonical form cannot carry.</summary>
+    public static ChatCompletionRequest ToCanonical(AnthropicRequest a)
+    {
+        var request = new ChatCompletionRequest
+        {
+            Model = a.Model,
+            MaxTokens = a.MaxTokens,
+            Stream = a.Stream == true ? true : null,
+            Temperature = a.Temperature,
+            TopP = a.TopP,
+            User = a.Metadata?.UserId,
+            Stop = a.StopSequences is { Count: > 0 } stops ? new StopSequences(stops) : null,
+            AdditionalProperties = a.Extra,
+        };
+
+        if (a.TopK is { } topK)
+        {
+            (request.AdditionalProperties ??= [])["top_k"] = JsonSerializer.SerializeToElement(topK, AnthropicRequestContext.Default.Int32);
+        }
+
+        if (a.System is { } system && system.Text.Length > 0)
+        {
+            request.Messages.Add(ChatCompletionMessage.System(system.Text));
+        }
+
+        for (var i = 0; i < a.Messages.Count; i++)
+        {
+            AddMessage(request, a.Messages[i], $"messages.{i}");
+        }
+
+        if (a.Tools is { Count: > 0 } tools)
+        {
+            request.Tools = [.. tools.Select(t => new ToolDefinition
+            {
+                Function = new FunctionDefinition { Name = t.Name, Description = t.Description, Parameters = t.InputSchema },
+            })];
+        }
+
+        if (a.ToolChoice is { } choice)
+        {
+            request.ToolChoice = choice.Type switch
+            {
+                "any" => Json("\"required\""),
+                "none" => Json("\"none\""),
+                "tool" => JsonSerializer.SerializeToElement(new ToolChoiceFunction { Function = new FunctionName { Name = choice.Name! } }, AnthropicRequestContext.Default.ToolChoiceFunction),
+                _ => Json("\"auto\""),
+            };
+            if (choice.DisableParallelToolUse == true)
+            {
+                (request.AdditionalProperties ??= [])["parallel_tool_calls"] = Json("false");
+            }
+        }
+
+        return request;
+    }
+
+    private static void AddMessage(ChatCompletionRequest request, AnthropicInputMessage m, string path)
+    {
+        if (m.Content.Text is { } text)
+        {
+            request.Messages.Add(new ChatCompletionMessage { Role = m.Role, Content = text });
+            return;
+        }
+
+        var parts = new List<ContentPart>();
+        var calls = new List<ToolCall>();
+        var blocks = m.Content.Blocks!;
+        for (var i = 0; i < blocks.Count; i++)
+        {
+            var b = blocks[i];
+            var at = $"{path}.content.{i}";
+            switch (b.Type)
+            {
+                case "text":
+                    parts.Add(new ContentPart { Type = "text", Text = b.Text });
+                    break;
+                case "image":
+                    var source = b.Source!;
+                    parts.Add(new ContentPart
+                    {
+                        Type = "image_url",
+                        ImageUrl = new ImageUrl { Url = source.Type == "base64" ? $"data:{source.MediaType};base64,{source.Data}" : source.Url! },
+                    });
+                    break;
+                case "tool_use":
+                    if (m.Role != "assistant")
+                    {
+                        throw new AnthropicRequestException($"{at}.type", "tool_use blocks belong to assistant turns.");
+                    }
+
+                    calls.Add(new ToolCall { Id = b.Id, Type = "function", Function = new FunctionCall { Name = b.Name, Arguments = b.Input!.Value.GetRawText() } });
+                    break;
+                case "tool_result":
+                    if (m.Role != "user")
+                    {
+                        throw new AnthropicRequestException($"{at}.type", "tool_result blocks belong to user turns.");
+                    }
+
+                    request.Messages.Add(ChatCompletionMessage.Tool(b.ToolUseId!, b.Content?.Text ?? string.Empty));
+                    break;
+                default:
+                    throw new AnthropicRequestException($"{at}.type", $"Content blocks of type '{b.Type}' cannot be carried by this gateway (it translates to the OpenAI chat format); supported: text, image, tool_use, tool_result.");
+            }
+        }
+
+        if (parts.Count > 0 || calls.Count > 0)
+        {
+            request.Messages.Add(new ChatCompletionMessage
+            {
+                Role = m.Role,
+                Content = parts.Count == 0 ? null : parts.TrueForAll(p => p.Type == "text") ? new MessageContent(string.Concat(parts.Select(p => p.Text))) : new MessageContent(parts),
+                ToolCalls = calls.Count > 0 ? calls : null,
+            });
+        }
+    }
+
+    /// <summary>Rules STJ's types do not express: roles, required fields per block type, sensible ranges.</summary>
+    private static void Validate(AnthropicRequest a)
+    {
+        if (string.IsNullOrWhiteSpace(a.Model))
+        {
+            throw new AnthropicRequestException("model", "model: Field required");
+        }
+
+        if (a.MaxTokens < 1)
+        {
+            throw new AnthropicRequestException("max_tokens", "max_tokens: must be at least 1");
+        }
+
+        if (a.Temperature is { } t && (double.IsNaN(t) || t < 0 || t > 1))
+        {
+            throw new AnthropicRequestException("temperature", "temperature: must be between 0 and 1");
+        }
+
+        if (a.TopP is { } p && (double.IsNaN(p) || p < 0 || p > 1))
+        {
+            throw new AnthropicRequestException("top_p", "top_p: must be between 0 and 1");
+        }
+
+        if (a.Messages.Count == 0)
+        {
+            throw new AnthropicRequestException("messages", "messages: at least one message is required");
+        }
+
+        for (var i = 0; i < a.Messages.Count; i++)
+        {
+            var m = a.Messages[i];
+            if ((object?)m is null)
+            {
+                throw new AnthropicRequestException($"messages.{i}", $"messages.{i}: must be an object with role and content");
+            }
+
+            if (m.Role is not ("user" or "assistant"))
+            {
+                throw new AnthropicRequestException($"messages.{i}.role", $"messages.{i}.role: must be 'user' or 'assistant'");
+            }
+
+            if (m.Content is null)
+            {
+                throw new AnthropicRequestException($"messages.{i}.content", $"messages.{i}.content: Field required");
+            }
+
+            for (var j = 0; j < (m.Content.Blocks?.Count ?? 0); j++)
+            {
+                ValidateBlock(m.Content.Blocks![j], $"messages.{i}.content.{j}");
+            }
+        }
+
+        for (var i = 0; i < (a.StopSequences?.Count ?? 0); i++)
+        {
+            if (a.StopSequences![i] is null)
+            {
+                throw new AnthropicRequestException($"stop_sequences.{i}", $"stop_sequences.{i}: must be a string");
+            }
+        }
+
+        for (var i = 0; i < (a.Tools?.Count ?? 0); i++)
+        {
+            var tool = a.Tools![i];
+            if ((object?)tool is null)
+            {
+                throw new AnthropicRequestException($"tools.{i}", $"tools.{i}: must be an object");
+            }
+
+            if (string.IsNullOrEmpty(tool.Name))
+            {
+                throw new AnthropicRequestException($"tools.{i}.name", $"tools.{i}.name: Field required");
+            }
+
+            if (tool.InputSchema is not { ValueKind: JsonValueKind.Object })
+            {
+                throw new AnthropicRequestException($"tools.{i}.input_schema", $"tools.{i}.input_schema: Field required (a JSON Schema object)");
+            }
+        }
+
+        if (a.ToolChoice is { } choice)
+        {
+            if (choice.Type is not ("auto" or "any" or "none" or "tool"))
+            {
+                throw new AnthropicRequestException("tool_choice.type", "tool_choice.type: must be one of 'auto', 'any', 'tool', 'none'");
+            }
+
+            if (choice.Type == "tool" && string.IsNullOrEmpty(choice.Name))
+            {
+                throw new AnthropicRequestException("tool_choice.name", "tool_choice.name: Field required when type is 'tool'");
+            }
+        }
+    }
+
+    private static void ValidateBlock(AnthropicInputBlock b, string path)
+    {
+        // A null element in a JSON array reaches here as null, whatever the annotations say.
+        if ((object?)b is null)
+        {
+            throw new AnthropicRequestException(path, $"{path}: must be a content block object");
+        }
+
+        string? Missing() => b.Type switch
+        {
+            "text" when b.Text is null => "text",
+            "image" when b.Source is null => "source",
+            "image" when b.Source!.Type is not ("base64" or "url") => "source.type",
+            "image" when b.Source!.Type == "base64" && (string.IsNullOrEmpty(b.Source.MediaType) || string.IsNullOrEmpty(b.Source.Data)) => string.IsNullOrEmpty(b.Source.MediaType) ? "source.media_type" : "source.data",
+            "image" when b.Source!.Type == "url" && string.IsNullOrEmpty(b.Source.Url) => "source.url",
+            "tool_use" when string.IsNullOrEmpty(b.Id) => "id",
+            "tool_use" when string.IsNullOrEmpty(b.Name) => "name",
+            "tool_use" when b.Input is not { ValueKind: JsonValueKind.Object } => "input",
+            "tool_result" when string.IsNullOrEmpty(b.ToolUseId) => "tool_use_id",
+            _ => null,
+        };
+
+        if (Missing() is { } field)
+        {
+            throw new AnthropicRequestException($"{path}.{field}", $"{path}.{field}: Field required");
+        }
+    }
+
+    private static JsonElement Json(string json)
+    {
+        using var doc = JsonDocument.Parse(json);
+        return doc.RootElement.Clone();
+    }
+
+    /// <summary>STJ's path (<c>$.messages[0].content[1]</c>) the way Anthropic names fields (<c>messages.0.content.1</c>).</summary>
+    private static string? Field(string? jsonPath)
+    {
+        if (string.IsNullOrEmpty(jsonPath) || jsonPath == "$")
+        {
+            return null;
+        }
+
+        var s = jsonPath.TrimStart('$').TrimStart('.').Replace("['", ".", StringComparison.Ordinal).Replace("']", string.Empty, StringComparison.Ordinal);
+        return s.Replace("[", ".", StringComparison.Ordinal).Replace("]", string.Empty, StringComparison.Ordinal).TrimStart('.');
+    }
+
+    private static string Reason(JsonException ex)
+    {
+        var field = Field(ex.Path);
+        var what = ex.Message;
+        var cut = what.IndexOf(" Path:", StringComparison.Ordinal);
+        if (cut > 0)
+        {
+            what = what[..cut];
+        }
+
+        return field is null ? $"The request body is not valid: {what}" : $"{field}: {what}";
+    }
+}
+
+/// <summary>A malformed or unsupported Anthropic request: <see cref="Field"/> names the field (Anthropic's dotted form).</summary>
+internal sealed class AnthropicRequestException(string? field, string message) : Exception(message)
+{
+    public string? Field { get; } = field;
+}
+
+/// <summary>An Anthropic Messages request, as much of it as the gateway reads (unknown top-level fields are kept).</summary>
+internal sealed class AnthropicRequest
+{
+    [JsonRequired]
+    public string Model { get; set; } = string.Empty;
+
+    [JsonRequired]
+    public int MaxTokens { get; set; }
+
+    [JsonRequired]
+    public List<AnthropicInputMessage> Messages { get; set; } = [];
+
+    public AnthropicSystem? System { get; set; }
+
+    public double? Temperature { get; set; }
+
+    public double? TopP { get; set; }
+
+    public int? TopK { get; set; }
+
+    public List<string>? StopSequences { get; set; }
+
+    public bool? Stream { get; set; }
+
+    public AnthropicMetadata? Metadata { get; set; }
+
+    public List<AnthropicTool>? Tools { get; set; }
+
+    public AnthropicToolChoice? ToolChoice { get; set; }
+
+    /// <summary>Fields the gateway does not read (<c>thinking</c>, <c>service_tier</c>…): carried to the upstream, not dropped.</summary>
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? Extra { get; set; }
+}
+
+internal sealed class AnthropicInputMessage
+{
+    [JsonRequired]
+    public string Role { get; set; } = string.Empty;
+
+    [JsonRequired]
+    public AnthropicInputContent Content { get; set; } = null!;
+}
+
+/// <summary>A message's content: a string, or a list of content blocks.</summary>
+[JsonConverter(typeof(AnthropicInputContentConverter))]
+internal sealed class AnthropicInputContent
+{
+    public string? Text { get; init; }
+
+    public List<AnthropicInputBlock>? Blocks { get; init; }
+}
+
+internal sealed class AnthropicInputBlock
+{
+    [JsonRequired]
+    public string Type { get; set; } = string.Empty;
+
+    public string? Text { get; set; }
+
+    public AnthropicImageSource? Source { get; set; }
+
+    public string? Id { get; set; }
+
+    public string? Name { get; set; }
+
+    public JsonElement? Input { get; set; }
+
+    public string? ToolUseId { get; set; }
+
+    /// <summary>A tool_result's content: a string or text blocks.</summary>
+    public AnthropicSystem? Content { get; set; }
+
+    public bool? IsError { get; set; }
+
+    public JsonElement? CacheControl { get; set; }
+}
+
+/// <summary>The system prompt (or a tool result): a string, or a list of text blocks, joined.</summary>
+[JsonConverter(typeof(AnthropicTextConverter))]
+internal sealed class AnthropicSystem
+{
+    public string Text { get; init; } = string.Empty;
+}
+
+internal sealed class AnthropicMetadata
+{
+    public string? UserId { get; set; }
+}
+
+internal sealed class AnthropicTool
+{
+    public string Name { get; set; } = string.Empty;
+
+    public string? Description { get; set; }
+
+    public JsonElement? InputSchema { get; set; }
+
+    public string? Type { get; set; }
+
+    public JsonElement? CacheControl { get; set; }
+}
+
+internal sealed class AnthropicToolChoice
+{
+    [JsonRequired]
+    public string Type { get; set; } = string.Empty;
+
+    public string? Name { get; set; }
+
+    public bool? DisableParallelToolUse { get; set; }
+}
+
+internal sealed class ToolChoiceFunction
+{
+    public string Type { get; set; } = "function";
+
+    public FunctionName Function { get; set; } = new();
+}
+
+internal sealed class FunctionName
+{
+    public string Name { get; set; } = string.Empty;
+}
+
+/// <summary>A string, or an array of content blocks; anything else is an error naming the field.</summary>
+internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicInputContent>
+{
+    public override AnthropicInputContent? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
+    {
+        JsonTokenType.String => new AnthropicInputContent { Text = reader.GetString() },
+        JsonTokenType.StartArray => new AnthropicInputContent { Blocks = JsonSerializer.Deserialize(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) },
+        _ => throw new JsonException("must be a string or a list of content blocks"),
+    };
+
+    public override void Write(Utf8JsonWriter writer, AnthropicInputContent value, JsonSerializerOptions options) =>
+        throw new NotSupportedException("Anthropic request content is only read.");
+}
+
+/// <summary>A string, or an array of text blocks (joined); anything else is an error naming the field.</summary>
+internal sealed class AnthropicTextConverter : JsonConverter<AnthropicSystem>
+{
+    public override AnthropicSystem? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options)
+    {
+        if (reader.TokenType == JsonTokenType.String)
+        {
+            return new AnthropicSystem { Text = reader.GetString() ?? string.Empty };
+        }
+
+        if (reader.TokenType != JsonTokenType.StartArray)
+        {
+            throw new JsonException("must be a string or a list of text blocks");
+        }
+
+        var text = new StringBuilder();
+        var blocks = JsonSerializer.Deserialize(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) ?? [];
+        foreach (var block in blocks)
+        {
+            if ((object?)block is not AnthropicInputBlock { Type: "text", Text: { } t })
+            {
+                throw new JsonException("must be a string or a list of text blocks (type 'text' with a 'text' field)");
+            }
+
+            text.Append(t);
+        }
+
+        return new AnthropicSystem { Text = text.ToString() };
+    }
+
+    public override void Write(Utf8JsonWriter writer, AnthropicSystem value, JsonSerializerOptions options) =>
+        throw new NotSupportedException("Anthropic request text is only read.");
+}
+
+[JsonSourceGenerationOptions(
+    PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+    AllowDuplicateProperties = false,
+    NumberHandling = JsonNumberHandling.Strict)]
+[JsonSerializable(typeof(AnthropicRequest))]
+[JsonSerializable(typeof(List<AnthropicInputBlock>))]
+[JsonSerializable(typeof(ToolChoiceFunction))]
+[JsonSerializable(typeof(int))]
+internal sealed partial class AnthropicRequestContext : JsonSerializerContext;

@@ -1,0 +1,171 @@
+using System.Text;
+using System.Text.Json;
+
+namespace PipelineGateway.Providers.Anthropic;
+
+/// <summary>Canonical answers in the Anthropic Messages format: a whole message (the stream's events: <see cref="AnthropicStreamWriter"/>).</summary>
+internal static class AnthropicResponses
+{
+    /// <summary>A canonical answer as an Anthropic message.</summary>
+    public static AnthropicMessage ToAnthropic(ChatCompletionResponse response)
+    {
+        var message = response.Choices.Count > 0 ? response.Choices[0].Message : null;
+        var content = new List<AnthropicContentBlock>();
+        if (message?.Content?.GetText() is { Length: > 0 } text)
+        {
+            content.Add(new AnthropicContentBlock { Type = "text", Text = text });
+        }
+
+        foreach (var call in message?.ToolCalls ?? [])
+        {
+            content.Add(new AnthropicContentBlock { Type = "tool_use", Id = call.Id, Name = call.Function?.Name, Input = ParseInput(call.Function?.Arguments) });
+        }
+
+        return new AnthropicMessage
+        {
+            Id = response.Id.StartsWith("msg_", StringComparison.Ordinal) ? response.Id : "msg_" + response.Id,
+            Model = response.Model,
+            Content = content,
+            StopReason = StopReason(response.FinishReason),
+            Usage = new AnthropicUsage { InputTokens = response.Usage?.PromptTokens ?? 0, OutputTokens = response.Usage?.CompletionTokens ?? 0 },
+        };
+    }
+
+    /// <summary>OpenAI's finish reason in Anthropic's terms.</summary>
+    public static string? StopReason(string? finish) => finish switch
+    {
+        null => null,
+        FinishReasons.Length => "max_tokens",
+        FinishReasons.ToolCalls => "tool_use",
+        FinishReasons.ContentFilter => "refusal",
+        _ => "end_turn",
+    };
+
+    /// <summary>A tool call's arguments as Anthropic's <c>input</c> object (an empty object when they are not one).</summary>
+    public static JsonElement ParseInput(string? json)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(string.IsNullOrWhiteSpace(json) ? "{}" : json);
+            if (doc.RootElement.ValueKind == JsonValueKind.Object)
+            {
+                return doc.RootElement.Clone();
+            }
+        }
+        catch (JsonException)
+        {
+            // Not JSON: an empty input rather than a failed answer.
+        }
+
+        using var empty = JsonDocument.Parse("{}");
+        return empty.RootElement.Clone();
+    }
+}
+
+/// <summary>
+/// Canonical stream chunks as Anthropic stream events, in Anthropic's order: <c>message_start</c>, <c>ping</c>,
+/// <c>content_block_start</c> / <c>content_block_delta</c> (text, then each tool call's input JSON) /
+/// <c>content_block_stop</c>, <c>message_delta</c> (stop reason and usage), <c>message_stop</c>. One writer for the
+/// gateway's <c>/v1/messages</c> route and the simulator.
+/// </summary>
+internal sealed class AnthropicStreamWriter(int? inputTokens = null)
+{
+    private static readonly byte[] Ping = """{"type":"ping"}"""u8.ToArray();
+    private static readonly byte[] MessageStop = """{"type":"message_stop"}"""u8.ToArray();
+    private readonly Dictionary<int, int> _toolBlocks = [];
+    private bool _started;
+    private bool _textOpen;
+    private int _block = -1;
+    private string? _finish;
+    private int _inputTokens = inputTokens ?? 0;
+    private int _outputTokens;
+
+    /// <summary>The events for one chunk (the opening ones come with the first).</summary>
+    public IEnumerable<(string Name, byte[] Json)> OnChunk(ChatCompletionChunk chunk)
+    {
+        if (!_started)
+        {
+            _started = true;
+            var id = chunk.Id.StartsWith("msg_", StringComparison.Ordinal) ? chunk.Id : "msg_" + chunk.Id;
+            // Anthropic reports the prompt's tokens at the start; a canonical stream knows them only at its end, so they
+            // are given here when known (the simulator) and always repeated in message_delta.
+            yield return Event("message_start", new AnthropicStreamEvent { Type = "message_start", Message = new AnthropicMessage { Id = id, Model = chunk.Model, Usage = new AnthropicUsage { InputTokens = inputTokens ?? 0, OutputTokens = 1 } } });
+            yield return ("ping", Ping);
+        }
+
+        if (chunk.Usage is { } usage)
+        {
+            _inputTokens = usage.PromptTokens;
+            _outputTokens = usage.CompletionTokens;
+        }
+
+        foreach (var choice in chunk.Choices)
+        {
+            if (choice.Delta.Content is { Length: > 0 } text)
+            {
+                if (!_textOpen)
+                {
+                    _block++;
+                    _textOpen = true;
+                    yield return Event("content_block_start", new AnthropicStreamEvent { Type = "content_block_start", Index = _block, ContentBlock = new AnthropicContentBlock { Type = "text", Text = string.Empty } });
+                }
+
+                yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = _block, Delta = new AnthropicDelta { Type = "text_delta", Text = text } });
+            }
+
+            foreach (var call in choice.Delta.ToolCalls ?? [])
+            {
+                var toolIndex = call.Index ?? 0;
+                if (!_toolBlocks.TryGetValue(toolIndex, out var index))
+                {
+                    if (_block >= 0)
+                    {
+                        yield return Stop(_block);
+                        _textOpen = false;
+                    }
+
+                    index = _toolBlocks[toolIndex] = ++_block;
+                    yield return Event("content_block_start", new AnthropicStreamEvent { Type = "content_block_start", Index = index, ContentBlock = new AnthropicContentBlock { Type = "tool_use", Id = call.Id, Name = call.Function?.Name, Input = AnthropicResponses.ParseInput("{}") } });
+                }
+
+                if (call.Function?.Arguments is { Length: > 0 } args)
+                {
+                    yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = index, Delta = new AnthropicDelta { Type = "input_json_delta", PartialJson = args } });
+                }
+            }
+
+            _finish = choice.FinishReason ?? _finish;
+        }
+    }
+
+    /// <summary>The closing events, once the stream ended normally.</summary>
+    public IEnumerable<(string Name, byte[] Json)> Finish()
+    {
+        if (_block >= 0)
+        {
+            yield return Stop(_block);
+        }
+
+        yield return Event("message_delta", new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = AnthropicResponses.StopReason(_finish) }, Usage = new AnthropicUsage { InputTokens = _inputTokens, OutputTokens = _outputTokens } });
+        yield return ("message_stop", MessageStop);
+    }
+
+    /// <summary>An error event (the stream failed after it started).</summary>
+    public static (string Name, byte[] Json) Error(string type, string message) =>
+        Event("error", new AnthropicStreamEvent { Type = "error", Error = new AnthropicError { Type = type, Message = message } });
+
+    /// <summary>Writes one event as SSE: <c>event: NAME</c>, <c>data: JSON</c>, a blank line.</summary>
+    public static async ValueTask WriteAsync(Stream body, (string Name, byte[] Json) e, CancellationToken cancellationToken)
+    {
+        await body.WriteAsync(Encoding.UTF8.GetBytes($"event: {e.Name}\ndata: "), cancellationToken).ConfigureAwait(false);
+        await body.WriteAsync(e.Json, cancellationToken).ConfigureAwait(false);
+        await body.WriteAsync("\n\n"u8.ToArray(), cancellationToken).ConfigureAwait(false);
+        await body.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private static (string, byte[]) Stop(int index) =>
+        ("content_block_stop", Encoding.UTF8.GetBytes($$"""{"type":"content_block_stop","index":{{index}}}"""));
+
+    private static (string, byte[]) Event(string name, AnthropicStreamEvent e) =>
+        (name, JsonSerializer.SerializeToUtf8Bytes(e, AnthropicJsonContext.Default.AnthropicStreamEvent));
+}

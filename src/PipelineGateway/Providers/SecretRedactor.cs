@@ -1,0 +1,74 @@
+using System.Collections.Immutable;
+using System.Text.RegularExpressions;
+
+namespace PipelineGateway.Providers;
+
+/// <summary>
+/// Keeps secrets out of everything the gateway writes: answers, error bodies, attempt lists, metrics, logs. Three
+/// nets, applied to the whole text before anything is cut short:
+/// <list type="number">
+/// <item>every configured secret (provider keys as they are read, the Redis password, anything passed to
+/// <see cref="Register"/>), wherever it appears;</item>
+/// <item>any token masked the way upstreams echo a key back — characters, a mask (<c>***</c>, <c>…</c>, <c>...</c>),
+/// characters (<c>gsk_ab***wxyz</c>, <c>sk-proj-…7f3a</c>) — whatever the key's shape, since its visible ends are
+/// fragments of a real key;</item>
+/// <item>common key shapes whole (<c>sk-</c>, <c>sk-ant-</c>, <c>sk-proj-</c>, <c>gsk_</c>, <c>xai-</c>, <c>AIza</c>,
+/// <c>ghp_</c>, <c>hf_</c>, <c>Bearer …</c>).</item>
+/// </list>
+/// </summary>
+public static partial class SecretRedactor
+{
+    private const string Mark = "[redacted]";
+    private static ImmutableArray<string> s_secrets = [];
+
+    /// <summary>Adds a secret to redact everywhere from now on (values shorter than 8 characters are ignored: too common).</summary>
+    public static void Register(string? secret)
+    {
+        if (string.IsNullOrEmpty(secret) || secret.Length < 8)
+        {
+            return;
+        }
+
+        ImmutableInterlocked.Update(ref s_secrets, static (list, s) => list.Contains(s) ? list : list.Add(s), secret);
+    }
+
+    /// <summary>The text with every secret, masked key echo and key-shaped token replaced by <c>[redacted]</c>.</summary>
+    public static string Redact(string? text, string? secret = null)
+    {
+        if (string.IsNullOrEmpty(text))
+        {
+            return text ?? string.Empty;
+        }
+
+        if (!string.IsNullOrEmpty(secret) && secret.Length >= 4)
+        {
+            text = text.Replace(secret, Mark, StringComparison.Ordinal);
+        }
+
+        foreach (var s in s_secrets)
+        {
+            text = text.Replace(s, Mark, StringComparison.Ordinal);
+        }
+
+        text = MaskedToken().Replace(text, Mark);
+        text = KeyShape().Replace(text, Mark);
+        return Bearer().Replace(text, "Bearer " + Mark);
+    }
+
+    /// <summary>Redacts first, then cuts to <paramref name="max"/> characters (never the other way round: a cut could split a secret out of reach).</summary>
+    public static string RedactAndTrim(string? text, int max = 500)
+    {
+        var safe = Redact(text);
+        return safe.Length <= max ? safe : safe[..max] + "…";
+    }
+
+    // A masked echo: visible characters on one or both sides of a mask.
+    [GeneratedRegex(@"[A-Za-z0-9_\-]{2,}(?:\*{2,}|…|\.{3})[A-Za-z0-9_\-]*|(?:\*{2,}|…|\.{3})[A-Za-z0-9_\-]{4,}", RegexOptions.CultureInvariant)]
+    private static partial Regex MaskedToken();
+
+    [GeneratedRegex(@"\b(?:sk-ant-|sk-proj-|sk-|gsk_|xai-|AIza|ghp_|github_pat_|hf_|pk-|rk-)[A-Za-z0-9_\-]{6,}", RegexOptions.CultureInvariant)]
+    private static partial Regex KeyShape();
+
+    [GeneratedRegex(@"\bBearer\s+[A-Za-z0-9_\-\.=+/]{6,}", RegexOptions.CultureInvariant | RegexOptions.IgnoreCase)]
+    private static partial Regex Bearer();
+}
