@@ -65,4 +65,8 @@ internal static class GatewayConfiguration
 }
 
 /// <summary>A user-facing error: printed without a stack trace, exit code 2.</summary>
-internal sealed class CliException(string message) : Exception(message);
+/// <summary>A failure the user can act on, printed as one line; <see cref="ExitCode"/> 2 for a wrong command line, 1 for the rest.</summary>
+internal sealed class CliException(string message, int exitCode = 2) : Exception(message)
+{
+    public int ExitCode { get; } = exitCode;
+}

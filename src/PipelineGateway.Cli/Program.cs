@@ -38,17 +38,13 @@ try
 catch (CliException ex)
 {
     Console.Error.WriteLine($"pgw: {ex.Message}");
-    return 2;
+    return ex.ExitCode;
 }
 catch (OptionsValidationException ex)
 {
-    Console.Error.WriteLine("pgw: the configuration is invalid:");
-    foreach (var failure in ex.Failures)
-    {
-        Console.Error.WriteLine($"  - {failure}");
-    }
-
-    return 2;
+    // One line, naming every setting that is wrong: start-up failures are read in service logs.
+    Console.Error.WriteLine($"pgw: the configuration is invalid: {string.Join("; ", ex.Failures)}");
+    return 1;
 }
 catch (OperationCanceledException) when (cts.IsCancellationRequested)
 {

@@ -36,6 +36,10 @@ public static partial class GatewayServer
         if (logging is null)
         {
             builder.Logging.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(LogLevel.Information);
+
+            // A start-up failure (the port is taken) is reported once, in one line, by whoever starts the server; the
+            // host's own error log of it is a 30-line stack trace.
+            builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", LogLevel.Critical);
         }
         else
         {
