@@ -35,6 +35,11 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
             await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
             return;
         }
+        catch (InvalidRequestException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, ex);
+            return;
+        }
 
         if (!keys.MayUse(caller.Key, request.Model))
         {

@@ -36,6 +36,11 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
             return;
         }
+        catch (InvalidRequestException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, ex);
+            return;
+        }
         catch (Exception ex) when (ex is InvalidOperationException or ArgumentException or DecoderFallbackException or NotSupportedException)
         {
             await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {FirstSentence(ex.Message)}"));

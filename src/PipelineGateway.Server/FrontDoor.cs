@@ -120,7 +120,7 @@ internal sealed class AuthThrottle(ServerOptions options, TimeProvider time)
     public const int MaxAddresses = 10_000;
     private static readonly TimeSpan Window = TimeSpan.FromMinutes(1);
     private readonly object _lock = new();
-    private readonly Dictionary<IPAddress, Queue<long>> _failures = [];
+    private readonly Dictionary<IPAddress, Failures> _failures = [];
     private readonly LinkedList<IPAddress> _recent = new();
 
     /// <summary>How long the address is still refused, or null when it is not.</summary>
@@ -128,11 +128,12 @@ internal sealed class AuthThrottle(ServerOptions options, TimeProvider time)
     {
         lock (_lock)
         {
-            if (!_failures.TryGetValue(address, out var failures))
+            if (!_failures.TryGetValue(address, out var entry))
             {
                 return null;
             }
 
+            var failures = entry.Times;
             var now = time.GetTimestamp();
             Expire(failures, now);
             if (failures.Count < options.MaxAuthFailuresPerMinute)
@@ -149,7 +150,7 @@ internal sealed class AuthThrottle(ServerOptions options, TimeProvider time)
         lock (_lock)
         {
             var now = time.GetTimestamp();
-            if (!_failures.TryGetValue(address, out var failures))
+            if (!_failures.TryGetValue(address, out var entry))
             {
                 if (_failures.Count >= MaxAddresses)
                 {
@@ -157,14 +158,16 @@ internal sealed class AuthThrottle(ServerOptions options, TimeProvider time)
                     _recent.RemoveFirst();
                 }
 
-                _failures[address] = failures = new Queue<long>();
+                _failures[address] = entry = new Failures(new Queue<long>(), _recent.AddLast(address));
             }
             else
             {
-                _recent.Remove(address);
+                // O(1): the entry holds its own node in the recency list.
+                _recent.Remove(entry.Node);
+                _recent.AddLast(entry.Node);
             }
 
-            _recent.AddLast(address);
+            var failures = entry.Times;
             Expire(failures, now);
             failures.Enqueue(now);
             while (failures.Count > options.MaxAuthFailuresPerMinute)
@@ -173,6 +176,8 @@ internal sealed class AuthThrottle(ServerOptions options, TimeProvider time)
             }
         }
     }
+
+    private sealed record Failures(Queue<long> Times, LinkedListNode<IPAddress> Node);
 
     private void Expire(Queue<long> failures, long now)
     {

@@ -1,5 +1,7 @@
 using System.Buffers;
 using System.IO.Pipelines;
+using System.Text;
+using System.Text.Unicode;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using System.Text.Json.Serialization.Metadata;
@@ -19,8 +21,20 @@ internal static partial class JsonBody
     /// <summary>Parses a body from memory (a reader that is not System.Text.Json's source-generated one, say).</summary>
     public delegate T BodyParser<out T>(ReadOnlySpan<byte> body);
 
+    private delegate T BodyParser<in TState, out T>(ReadOnlySpan<byte> body, TState state);
+
     /// <summary>Reads the whole request body and hands it to <paramref name="parse"/>.</summary>
-    public static async ValueTask<T> ReadAsync<T>(PipeReader body, BodyParser<T> parse, CancellationToken cancellationToken)
+    /// <exception cref="InvalidRequestException">The body is not valid UTF-8.</exception>
+    public static ValueTask<T> ReadAsync<T>(PipeReader body, BodyParser<T> parse, CancellationToken cancellationToken) =>
+        ReadAsync(body, parse, static (span, parse) => parse(span), cancellationToken);
+
+    /// <summary>Reads the whole request body (Kestrel enforces the size limit while reading) and parses it.</summary>
+    /// <exception cref="JsonException">The body is not one valid JSON value of the type (empty included).</exception>
+    /// <exception cref="InvalidRequestException">The body is not valid UTF-8.</exception>
+    public static ValueTask<T?> ReadAsync<T>(PipeReader body, JsonTypeInfo<T> info, CancellationToken cancellationToken) =>
+        ReadAsync(body, info, static (span, info) => JsonSerializer.Deserialize(span, info), cancellationToken);
+
+    private static async ValueTask<T> ReadAsync<TState, T>(PipeReader body, TState state, BodyParser<TState, T> parse, CancellationToken cancellationToken)
     {
         while (true)
         {
@@ -28,7 +42,7 @@ internal static partial class JsonBody
             var buffer = result.Buffer;
             if (!result.IsCompleted)
             {
-                body.AdvanceTo(buffer.Start, buffer.End);
+                body.AdvanceTo(buffer.Start, buffer.End); // everything seen, nothing consumed: wait for the rest
                 continue;
             }
 
@@ -36,15 +50,17 @@ internal static partial class JsonBody
             {
                 if (buffer.IsSingleSegment)
                 {
-                    return parse(buffer.FirstSpan);
+                    return Parse(buffer.FirstSpan, state, parse);
                 }
 
+                // A body spanning several pipe segments is copied once: parsing a span validates it whole (trailing
+                // data is an error, as it is for a stream), which Deserialize(ref Utf8JsonReader) would not.
                 var length = checked((int)buffer.Length);
                 var copy = ArrayPool<byte>.Shared.Rent(length);
                 try
                 {
                     buffer.CopyTo(copy);
-                    return parse(copy.AsSpan(0, length));
+                    return Parse(copy.AsSpan(0, length), state, parse);
                 }
                 finally
                 {
@@ -56,6 +72,29 @@ internal static partial class JsonBody
                 body.AdvanceTo(buffer.End);
             }
         }
+    }
+
+    private static T Parse<TState, T>(ReadOnlySpan<byte> body, TState state, BodyParser<TState, T> parse)
+    {
+        // The whole body is checked up front (vectorized, a few GB/s): System.Text.Json checks UTF-8 only in what it
+        // decodes, so bad bytes in a name it skips or in extension data would otherwise surface later, mid-request.
+        if (!Utf8.IsValid(body))
+        {
+            throw new InvalidRequestException(null, $"The request body is not valid UTF-8 (at byte {FirstInvalid(body)}).");
+        }
+
+        return parse(body, state);
+    }
+
+    private static int FirstInvalid(ReadOnlySpan<byte> body)
+    {
+        var at = 0;
+        while (at < body.Length && Rune.DecodeFromUtf8(body[at..], out _, out var used) == OperationStatus.Done)
+        {
+            at += used;
+        }
+
+        return at;
     }
 
     /// <summary>
@@ -75,53 +114,6 @@ internal static partial class JsonBody
 
     [LoggerMessage(EventId = 120, Level = LogLevel.Debug, Message = "Refused a request body ({Status}): {Reason}")]
     private static partial void LogBodyRefused(ILogger logger, int status, string reason);
-
-    /// <summary>Reads the whole request body (Kestrel enforces the size limit while reading) and parses it.</summary>
-    /// <exception cref="JsonException">The body is not one valid JSON value of the type (empty included).</exception>
-    public static async ValueTask<T?> ReadAsync<T>(PipeReader body, JsonTypeInfo<T> info, CancellationToken cancellationToken)
-    {
-        while (true)
-        {
-            var result = await body.ReadAsync(cancellationToken);
-            var buffer = result.Buffer;
-            if (!result.IsCompleted)
-            {
-                body.AdvanceTo(buffer.Start, buffer.End); // everything seen, nothing consumed: wait for the rest
-                continue;
-            }
-
-            try
-            {
-                return Parse(buffer, info);
-            }
-            finally
-            {
-                body.AdvanceTo(buffer.End);
-            }
-        }
-    }
-
-    private static T? Parse<T>(ReadOnlySequence<byte> body, JsonTypeInfo<T> info)
-    {
-        if (body.IsSingleSegment)
-        {
-            return JsonSerializer.Deserialize(body.FirstSpan, info);
-        }
-
-        // A body spanning several pipe segments is copied once: parsing a span validates it whole (trailing data
-        // is an error, as it is for a stream), which Deserialize(ref Utf8JsonReader) would not.
-        var length = checked((int)body.Length);
-        var copy = ArrayPool<byte>.Shared.Rent(length);
-        try
-        {
-            body.CopyTo(copy);
-            return JsonSerializer.Deserialize(copy.AsSpan(0, length), info);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(copy);
-        }
-    }
 
     /// <summary>Writes <paramref name="value"/> as the whole response body, with its Content-Length.</summary>
     public static Task WriteAsync<T>(HttpResponse response, T value, JsonTypeInfo<T> info, CancellationToken cancellationToken)

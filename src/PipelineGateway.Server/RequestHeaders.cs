@@ -42,6 +42,14 @@ internal sealed class RequestHeaders
             }
         }
 
+        foreach (var name in Known)
+        {
+            if (headers.TryGetValue(name, out var sent) && sent.ToString().Trim().Length == 0)
+            {
+                throw new InvalidRequestException(name, $"The header '{name}' is empty; leave it out or give it a value (docs/server.md, request headers).");
+            }
+        }
+
         var cache = headers["x-gateway-cache"].ToString().Trim().ToLowerInvariant();
         if (cache is not ("" or "no-cache" or "no-store"))
         {

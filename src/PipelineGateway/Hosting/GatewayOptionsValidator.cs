@@ -132,7 +132,7 @@ internal sealed class GatewayOptionsValidator(
                 Annotations(d, $"{path}:Deployments:{j}", errors);
                 if (!string.IsNullOrEmpty(d.Provider) && !providers.Contains(d.Provider))
                 {
-                    errors.Add($"{path}:Deployments:{j}:Provider '{d.Provider}' is not a configured provider; configured: {string.Join(", ", providers.Order())}.");
+                    errors.Add($"{path}:Deployments:{j}:Provider '{d.Provider}' is not a configured provider; {(providers.Count == 0 ? "no providers are configured (Gateway:Providers)" : "configured: " + string.Join(", ", providers.Order()))}.");
                 }
             }
         }

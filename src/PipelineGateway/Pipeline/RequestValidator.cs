@@ -1,3 +1,5 @@
+using System.Text.Json;
+
 namespace PipelineGateway.Pipeline;
 
 /// <summary>Checks a request before it takes queue room; a failure names the offending field.</summary>
@@ -55,16 +57,32 @@ internal static class RequestValidator
             throw new InvalidRequestException("stop", "'stop' takes at most 4 sequences.");
         }
 
+        for (var i = 0; i < (request.Stop?.Count ?? 0); i++)
+        {
+            if (request.Stop![i] is null)
+            {
+                throw new InvalidRequestException($"stop[{i}]", $"'stop[{i}]' must be a string.");
+            }
+        }
+
         if (request.Tools is { } tools)
         {
             for (var i = 0; i < tools.Count; i++)
             {
+                if (tools[i] is null)
+                {
+                    throw new InvalidRequestException($"tools[{i}]", $"'tools[{i}]' is null; a tool is an object with 'type' and 'function'.");
+                }
+
                 if (tools[i].Type == "function" && string.IsNullOrWhiteSpace(tools[i].Function?.Name))
                 {
                     throw new InvalidRequestException($"tools[{i}].function.name", $"'tools[{i}].function.name' is required.");
                 }
             }
         }
+
+        ValidateToolChoice(request.ToolChoice);
+        ValidateResponseFormat(request.ResponseFormat);
 
         if (request.Gateway?.Timeout is { } timeout && timeout <= TimeSpan.Zero)
         {
@@ -94,6 +112,26 @@ internal static class RequestValidator
                 throw new InvalidRequestException($"messages[{i}].content", $"'messages[{i}].content' is required for a {m.Role} message.");
         }
 
+        for (var j = 0; j < (m.ToolCalls?.Count ?? 0); j++)
+        {
+            var call = m.ToolCalls![j];
+            var at = $"messages[{i}].tool_calls[{j}]";
+            if (call is null)
+            {
+                throw new InvalidRequestException(at, $"'{at}' is null; a tool call is an object with 'id', 'type' and 'function'.");
+            }
+
+            if (string.IsNullOrEmpty(call.Id))
+            {
+                throw new InvalidRequestException($"{at}.id", $"'{at}.id' is required.");
+            }
+
+            if (string.IsNullOrWhiteSpace(call.Function?.Name))
+            {
+                throw new InvalidRequestException($"{at}.function.name", $"'{at}.function.name' is required.");
+            }
+        }
+
         var parts = m.Content?.Parts;
         for (var j = 0; j < (parts?.Count ?? 0); j++)
         {
@@ -113,6 +151,63 @@ internal static class RequestValidator
             {
                 throw new InvalidRequestException($"{at}.image_url.url", $"'{at}.image_url.url' is required for an image part.");
             }
+        }
+    }
+
+    /// <summary>
+    /// <c>tool_choice</c> is kept as JSON for OpenAI-compatible upstreams, so its shape is checked here, once, before
+    /// any provider translates it: a string of the known modes, or an object with a string <c>type</c> whose
+    /// <c>function</c> (when given) names one.
+    /// </summary>
+    private static void ValidateToolChoice(JsonElement? choice)
+    {
+        if (choice is not { } c || c.ValueKind == JsonValueKind.Null)
+        {
+            return;
+        }
+
+        if (c.ValueKind == JsonValueKind.String)
+        {
+            if (c.GetString() is not ("none" or "auto" or "required"))
+            {
+                throw new InvalidRequestException("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or an object naming a function.");
+            }
+
+            return;
+        }
+
+        if (c.ValueKind != JsonValueKind.Object || !c.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String)
+        {
+            throw new InvalidRequestException("tool_choice", "'tool_choice' must be a string or an object with a string 'type'.");
+        }
+
+        var hasFunction = c.TryGetProperty("function", out var function);
+        if ((hasFunction || type.GetString() == "function")
+            && (function.ValueKind != JsonValueKind.Object || !function.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String || string.IsNullOrWhiteSpace(name.GetString())))
+        {
+            throw new InvalidRequestException("tool_choice.function.name", "'tool_choice.function.name' must name a function.");
+        }
+    }
+
+    /// <summary><c>response_format</c>: an object whose <c>type</c> is text, json_object or json_schema (with its schema object).</summary>
+    private static void ValidateResponseFormat(JsonElement? format)
+    {
+        if (format is not { } f || f.ValueKind == JsonValueKind.Null)
+        {
+            return;
+        }
+
+        if (f.ValueKind != JsonValueKind.Object || !f.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String || type.GetString() is not ("text" or "json_object" or "json_schema"))
+        {
+            throw new InvalidRequestException("response_format.type", "'response_format' must be an object whose 'type' is 'text', 'json_object' or 'json_schema'.");
+        }
+
+        if (type.GetString() == "json_schema"
+            && (!f.TryGetProperty("json_schema", out var js) || js.ValueKind != JsonValueKind.Object
+                || (js.TryGetProperty("schema", out var schema) && schema.ValueKind != JsonValueKind.Object)
+                || (js.TryGetProperty("name", out var name) && name.ValueKind != JsonValueKind.String)))
+        {
+            throw new InvalidRequestException("response_format.json_schema", "'response_format.json_schema' must be an object with a string 'name' and a 'schema' object.");
         }
     }
 }

@@ -62,8 +62,10 @@ public static partial class SecretRedactor
         return safe.Length <= max ? safe : safe[..max] + "…";
     }
 
-    // A masked echo: visible characters on one or both sides of a mask.
-    [GeneratedRegex(@"[A-Za-z0-9_\-]{2,}(?:\*{2,}|…|\.{3})[A-Za-z0-9_\-]*|(?:\*{2,}|…|\.{3})[A-Za-z0-9_\-]{4,}", RegexOptions.CultureInvariant)]
+    // A masked echo: visible characters on both sides of a mask (sk-ab***wxyz, gsk_…wxyz), a key's start before a run
+    // of stars (gsk_abcd****), or its last characters after a mask (****wxyz, …wxyz). A word before "..." alone
+    // ("Loading...") is prose, not a fragment, so dots need characters after them.
+    [GeneratedRegex(@"[A-Za-z0-9_\-]{2,}(?:\*{2,}|…|\.{3})[A-Za-z0-9_\-]{2,}|[A-Za-z0-9_\-]{4,}\*{3,}|(?:\*{2,}|…|\.{3})[A-Za-z0-9_\-]{4,}", RegexOptions.CultureInvariant)]
     private static partial Regex MaskedToken();
 
     [GeneratedRegex(@"\b(?:sk-ant-|sk-proj-|sk-|gsk_|xai-|AIza|ghp_|github_pat_|hf_|pk-|rk-)[A-Za-z0-9_\-]{6,}", RegexOptions.CultureInvariant)]

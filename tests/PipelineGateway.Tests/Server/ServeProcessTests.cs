@@ -61,6 +61,39 @@ public sealed partial class ServeProcessTests
         (await serve.ExitCodeAsync(30_000)).Should().Be(0, serve.Stderr);
     }
 
+    [Fact]
+    public async Task A_port_in_use_is_one_clear_line_and_exit_code_1()
+    {
+        using var taken = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        var port = ((IPEndPoint)taken.LocalEndpoint).Port;
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, Config, Ct);
+
+        using var serve = PgwProcess.Start(files.Dir, "serve", "--urls", $"http://127.0.0.1:{port}", "--config", config);
+
+        (await serve.ExitCodeAsync(60_000)).Should().Be(1);
+        var error = serve.Stderr.Trim();
+        error.Should().Contain($"127.0.0.1:{port}").And.Contain("cannot listen");
+        error.Split('\n').Should().ContainSingle("one line, no stack trace: " + error);
+        serve.Stdout.Should().NotContain("   at ");
+    }
+
+    [Fact]
+    public async Task An_invalid_config_is_one_clear_line_per_problem_and_exit_code_1()
+    {
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, """{ "Gateway": { "Models": [ { "Name": "m", "Deployments": [ { "Provider": "missing" } ] } ] } }""", Ct);
+
+        using var serve = PgwProcess.Start(files.Dir, "serve", "--urls", "http://127.0.0.1:0", "--config", config);
+
+        (await serve.ExitCodeAsync(60_000)).Should().Be(1);
+        serve.Stderr.Should().Contain("missing").And.NotContain("   at ");
+        serve.Stdout.Should().NotContain("   at ");
+    }
+
     private static StringContent Chat(string model) =>
         new($$"""{"model":"{{model}}","messages":[{"role":"user","content":"hi"}]}""", System.Text.Encoding.UTF8, "application/json");
 

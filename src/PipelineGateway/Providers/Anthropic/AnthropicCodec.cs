@@ -11,11 +11,18 @@ namespace PipelineGateway.Providers.Anthropic;
 /// than dropping it. Every error is an <see cref="AnthropicRequestException"/> naming the field the way Anthropic
 /// does (<c>messages.0.content.1.text: Field required</c>).
 /// </summary>
-internal static class AnthropicCodec
+internal static partial class AnthropicCodec
 {
     /// <summary>Parses and validates a request body. Throws <see cref="AnthropicRequestException"/>.</summary>
     public static AnthropicRequest Parse(ReadOnlySpan<byte> body)
     {
+        // System.Text.Json checks UTF-8 only where it decodes: bad bytes kept in extension data or a tool's input
+        // schema would otherwise surface when the request is translated or forwarded.
+        if (!System.Text.Unicode.Utf8.IsValid(body))
+        {
+            throw new AnthropicRequestException(null, "The request body is not valid UTF-8.");
+        }
+
         AnthropicRequest? request;
         try
         {
@@ -179,7 +186,7 @@ internal static class AnthropicCodec
             throw new AnthropicRequestException("top_p", "top_p: must be between 0 and 1");
         }
 
-        if (a.Messages.Count == 0)
+        if ((object?)a.Messages is null || a.Messages.Count == 0)
         {
             throw new AnthropicRequestException("messages", "messages: at least one message is required");
         }
@@ -284,7 +291,7 @@ internal static class AnthropicCodec
     }
 
     /// <summary>STJ's path (<c>$.messages[0].content[1]</c>) the way Anthropic names fields (<c>messages.0.content.1</c>).</summary>
-    private static string? Field(string? jsonPath)
+    internal static string? Field(string? jsonPath)
     {
         if (string.IsNullOrEmpty(jsonPath) || jsonPath == "$")
         {
@@ -299,13 +306,79 @@ internal static class AnthropicCodec
     {
         var field = Field(ex.Path);
         var what = ex.Message;
+        if (ex is NestedJsonException nested)
+        {
+            // Thrown inside a converter that reads a sub-tree on its own: its path starts again at that sub-tree.
+            field = field is null ? nested.Field : nested.Field is null ? field : $"{field}.{nested.Field}";
+            what = nested.What;
+        }
+
+        what = Plain(what);
+        if (what.EndsWith(": Field required", StringComparison.Ordinal))
+        {
+            return field is null ? what : $"{field}.{what}";
+        }
+
+        return field is null ? $"The request body is not valid: {what}" : $"{field}: {what}";
+    }
+
+    /// <summary>System.Text.Json's wording with the .NET type names put the way an API user reads them.</summary>
+    private static string Plain(string what)
+    {
         var cut = what.IndexOf(" Path:", StringComparison.Ordinal);
         if (cut > 0)
         {
             what = what[..cut];
         }
 
-        return field is null ? $"The request body is not valid: {what}" : $"{field}: {what}";
+        if (MissingRequired().Match(what) is { Success: true } missing)
+        {
+            return $"{missing.Groups[1].Value}: Field required";
+        }
+
+        if (NotConvertible().Match(what) is { Success: true } type)
+        {
+            return type.Groups[1].Value switch
+            {
+                "System.String" => "must be a string",
+                "System.Int32" or "System.Int64" or "System.Nullable`1[System.Int32]" => "must be an integer",
+                "System.Double" or "System.Nullable`1[System.Double]" => "must be a number",
+                "System.Boolean" or "System.Nullable`1[System.Boolean]" => "must be a boolean",
+                var t when t.StartsWith("System.Collections.Generic.List", StringComparison.Ordinal) => "must be a list",
+                var t when t.EndsWith("InputBlock", StringComparison.Ordinal) => "must be a content block object",
+                var t when t.EndsWith("AnthropicRequest", StringComparison.Ordinal) => "must be a JSON object",
+                _ => "must be an object",
+            };
+        }
+
+        return what.Replace("PipelineGateway.Providers.Anthropic.", string.Empty, StringComparison.Ordinal);
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"missing required properties including: '([^']+)'")]
+    private static partial System.Text.RegularExpressions.Regex MissingRequired();
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"could not be converted to ([^ ]+?)\.?$")]
+    private static partial System.Text.RegularExpressions.Regex NotConvertible();
+}
+
+/// <summary>A JSON error inside a sub-tree a converter reads on its own (<see cref="Field"/> is relative to it).</summary>
+internal sealed class NestedJsonException(string? field, string what) : JsonException(what)
+{
+    public string? Field { get; } = field;
+
+    public string What { get; } = what;
+
+    /// <summary>Reads a sub-tree, turning its errors into ones whose field is relative to the sub-tree.</summary>
+    public static T? Read<T>(ref Utf8JsonReader reader, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize(ref reader, info);
+        }
+        catch (JsonException ex) when (ex is not NestedJsonException)
+        {
+            throw new NestedJsonException(AnthropicCodec.Field(ex.Path), ex.Message);
+        }
     }
 }
 
@@ -446,7 +519,7 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
     public override AnthropicInputContent? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
     {
         JsonTokenType.String => new AnthropicInputContent { Text = reader.GetString() },
-        JsonTokenType.StartArray => new AnthropicInputContent { Blocks = JsonSerializer.Deserialize(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) },
+        JsonTokenType.StartArray => new AnthropicInputContent { Blocks = NestedJsonException.Read(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) },
         _ => throw new JsonException("must be a string or a list of content blocks"),
     };
 
@@ -470,7 +543,7 @@ internal sealed class AnthropicTextConverter : JsonConverter<AnthropicSystem>
         }
 
         var text = new StringBuilder();
-        var blocks = JsonSerializer.Deserialize(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) ?? [];
+        var blocks = NestedJsonException.Read(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) ?? [];
         foreach (var block in blocks)
         {
             if ((object?)block is not AnthropicInputBlock { Type: "text", Text: { } t })

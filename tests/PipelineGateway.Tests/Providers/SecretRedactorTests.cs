@@ -1,0 +1,69 @@
+using FluentAssertions;
+using PipelineGateway.Providers;
+
+namespace PipelineGateway.Tests.Providers;
+
+public sealed class SecretRedactorTests
+{
+    [Theory]
+    [InlineData("Incorrect API key provided: sk-proj-abc***************wxyz. Check it.", "abc", "wxyz")]
+    [InlineData("Invalid API Key: gsk_AbCd****************************WxYz", "AbCd", "WxYz")]
+    [InlineData("key xai-Qm…9f3a was revoked", "Qm", "9f3a")]
+    [InlineData("key ends in ****9f3a", "9f3a", null)]
+    [InlineData("key ends in …9f3a", "9f3a", null)]
+    [InlineData("key starts gsk_AbCd******", "AbCd", null)]
+    [InlineData("key AIzaSyA1...Zk9q rejected", "SyA1", "Zk9q")]
+    public void Masked_echoes_lose_both_visible_ends(string text, string head, string? tail)
+    {
+        var safe = SecretRedactor.Redact(text);
+
+        safe.Should().NotContain(head).And.Contain("[redacted]");
+        if (tail is not null)
+        {
+            safe.Should().NotContain(tail);
+        }
+    }
+
+    [Theory]
+    [InlineData("sk-abcdefghijklmnop")]
+    [InlineData("sk-ant-api03-abcdefghijklmnop")]
+    [InlineData("sk-proj-abcdefghijklmnop")]
+    [InlineData("gsk_abcdefghijklmnop")]
+    [InlineData("xai-abcdefghijklmnop")]
+    [InlineData("AIzaSyAbcdefghijklmnop")]
+    [InlineData("hf_abcdefghijklmnop")]
+    public void Common_key_shapes_are_redacted_whole(string key) =>
+        SecretRedactor.Redact($"bad key '{key}' sent").Should().Be("bad key '[redacted]' sent");
+
+    [Fact]
+    public void Bearer_tokens_are_redacted_whatever_their_shape() =>
+        SecretRedactor.Redact("Authorization: Bearer abc.def-ghi_jkl").Should().Be("Authorization: Bearer [redacted]");
+
+    [Fact]
+    public void A_registered_secret_of_any_shape_is_redacted_everywhere()
+    {
+        SecretRedactor.Register("plain-4f9c2e7d1a");
+
+        SecretRedactor.Redact("x=plain-4f9c2e7d1a;y=plain-4f9c2e7d1a").Should().Be("x=[redacted];y=[redacted]");
+    }
+
+    [Fact]
+    public void Redaction_runs_before_the_cut_so_a_key_across_the_limit_leaves_no_fragment()
+    {
+        const string key = "gsk_Zq81LmNoPqRsTuVw";
+        var text = new string('x', 490) + " " + key + " tail";
+
+        var safe = SecretRedactor.RedactAndTrim(text, 500);
+
+        safe.Should().NotContain("gsk_Zq").And.NotContain("Zq81");
+        safe.Length.Should().BeLessThanOrEqualTo(501);
+    }
+
+    [Theory]
+    [InlineData("Loading... please wait")]
+    [InlineData("max_tokens: must be positive")]
+    [InlineData("The model `gpt-4o-mini` does not exist")]
+    [InlineData("Rate limit reached for requests. Try again in 20s.")]
+    public void Ordinary_error_prose_is_left_alone(string text) =>
+        SecretRedactor.Redact(text).Should().Be(text);
+}
