@@ -31,6 +31,7 @@ public static class RedisServiceCollectionExtensions
         services.TryAddSingleton<RedisConnection>();
         var probe = new RedisOptions();
         configure(probe);
+        RegisterPassword(probe.Configuration);
         if (probe.RateLimits)
         {
             services.TryAddSingleton<IDistributedRateLimitStore, RedisRateLimitStore>();
@@ -70,4 +71,25 @@ public static class RedisServiceCollectionExtensions
             o.FailureMode = failureMode;
             o.KeyPrefix = keyPrefix;
         }));
+
+    /// <summary>
+    /// The password is a secret from the moment it is configured: registered with the redactor before anything
+    /// (a validation message, a connection error) could write the configuration string.
+    /// </summary>
+    private static void RegisterPassword(string? configuration)
+    {
+        if (string.IsNullOrWhiteSpace(configuration))
+        {
+            return;
+        }
+
+        try
+        {
+            PipelineGateway.Providers.SecretRedactor.Register(ConfigurationOptions.Parse(configuration, ignoreUnknown: true).Password);
+        }
+        catch (ArgumentException)
+        {
+            // An unparsable string is reported by the connection; nothing in it is known to be a password.
+        }
+    }
 }

@@ -175,6 +175,14 @@ public sealed class RequestCancelledException(IReadOnlyList<GatewayAttempt> atte
 
 internal static class AttemptText
 {
-    public static string Describe(IReadOnlyList<GatewayAttempt> attempts) =>
-        attempts.Count == 0 ? "." : ": " + string.Join("; ", attempts.Select((a, i) => $"#{i + 1} {a}")) + ".";
+    public static string Describe(IReadOnlyList<GatewayAttempt> attempts)
+    {
+        if (attempts.Count == 0)
+        {
+            return ".";
+        }
+
+        var text = ": " + string.Join("; ", attempts.Select((a, i) => $"#{i + 1} {a}"));
+        return text.EndsWith('.') || text.EndsWith('…') ? text : text + ".";
+    }
 }

@@ -200,16 +200,25 @@ public abstract partial class HttpChatProvider : ILlmProvider
     };
 
 
-    /// <summary>Parses an OpenAI-shaped or Anthropic-shaped error body (<c>{"error":{...}}</c>); null fields when absent.</summary>
+    /// <summary>
+    /// Reduces an upstream error body to its message (and type, code, param when it gives them): OpenAI's and
+    /// Anthropic's <c>{"error":{...}}</c>, <c>{"error":"..."}</c>, vLLM's top-level <c>message</c>, FastAPI's
+    /// <c>detail</c>. Anything else is described, not forwarded: an HTML page from a proxy by its size, plain text
+    /// by its first line. Null fields when absent.
+    /// </summary>
     protected static UpstreamError ParseErrorBody(string body, Func<string, string?, bool> isContextLength)
     {
         string? message = null, type = null, code = null, param = null;
+        var json = false;
         try
         {
             using var doc = JsonDocument.Parse(body);
-            if (doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("error", out var e) && e.ValueKind == JsonValueKind.Object)
+            json = true;
+            var root = doc.RootElement;
+            if (root.ValueKind == JsonValueKind.Object)
             {
-                message = Text(e, "message");
+                var e = root.TryGetProperty("error", out var inner) && inner.ValueKind == JsonValueKind.Object ? inner : root;
+                message = Text(e, "message") ?? Text(root, "error") ?? Text(root, "detail");
                 type = Text(e, "type");
                 code = Text(e, "code");
                 param = Text(e, "param");
@@ -217,11 +226,12 @@ public abstract partial class HttpChatProvider : ILlmProvider
         }
         catch (JsonException)
         {
-            // Not JSON (an HTML error page from a proxy, say): the raw text, trimmed, is the message.
         }
 
+        message ??= Describe(body, json);
+
         // Only the message reaches anyone: redacted whole first, then cut (a cut could split a key out of the redactor's reach).
-        message = SecretRedactor.RedactAndTrim(message ?? body);
+        message = SecretRedactor.RedactAndTrim(message);
         return new UpstreamError(message, type, code, param, isContextLength(message, code));
 
         static string? Text(JsonElement e, string name) =>
@@ -231,6 +241,28 @@ public abstract partial class HttpChatProvider : ILlmProvider
                 JsonValueKind.Number => v.GetRawText(),
                 _ => null,
             } : null;
+
+        static string Describe(string body, bool json)
+        {
+            var text = body.AsSpan().Trim();
+            if (text.IsEmpty)
+            {
+                return "(an empty body)";
+            }
+
+            if (json)
+            {
+                return $"(a JSON body without an error message, {body.Length} characters)";
+            }
+
+            if (text[0] == '<')
+            {
+                return $"(an HTML page, {body.Length} characters)";
+            }
+
+            var line = text.IndexOfAny('\r', '\n') is var end and >= 0 ? text[..end] : text;
+            return SecretRedactor.RedactAndTrim(line.ToString(), 200);
+        }
     }
 
     [LoggerMessage(EventId = 30, Level = LogLevel.Information, Message = "Provider {Provider} answered {Status} ({Outcome}): {Message}")]

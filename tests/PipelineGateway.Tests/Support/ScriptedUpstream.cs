@@ -1,0 +1,152 @@
+using System.Text;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace PipelineGateway.Tests.Support;
+
+/// <summary>
+/// A hostile upstream that is not our simulator: a real Kestrel on 127.0.0.1 (port 0) answering every POST with the
+/// fault named by the request's <c>x-fault</c> header — error bodies that echo the caller's own key whole, masked,
+/// past a 500-character cut, in HTML or plain text, in a stream before or after content — in OpenAI's or
+/// Anthropic's wire format (by path). The key it echoes is the one the gateway sent it.
+/// </summary>
+public sealed class ScriptedUpstream : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private ScriptedUpstream(WebApplication app, Uri address)
+    {
+        _app = app;
+        BaseAddress = address;
+    }
+
+    public Uri BaseAddress { get; }
+
+    /// <summary>The faults it knows (the <c>x-fault</c> values).</summary>
+    public static readonly string[] Faults =
+    [
+        "echo-400", "masked-401", "ellipsis-403", "long-500", "html-502", "plain-503", "masked-429", "stream-error-first", "stream-error-mid", "truncated-200",
+    ];
+
+    public static async Task<ScriptedUpstream> StartAsync(CancellationToken cancellationToken)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        var app = builder.Build();
+        app.MapPost("/{**path}", (Delegate)AnswerAsync);
+        await app.StartAsync(cancellationToken);
+        var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        return new ScriptedUpstream(app, new Uri(address.TrimEnd('/') + "/"));
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+
+    private static async Task AnswerAsync(HttpContext ctx)
+    {
+        var anthropic = ctx.Request.Path.Value!.EndsWith("/messages", StringComparison.Ordinal);
+        var key = ctx.Request.Headers["x-api-key"].ToString() is { Length: > 0 } k ? k : ctx.Request.Headers.Authorization.ToString().Replace("Bearer ", string.Empty, StringComparison.Ordinal);
+        var masked = key.Length > 12 ? $"{key[..8]}{new string('*', 24)}{key[^4..]}" : "****";
+        switch (ctx.Request.Headers["x-fault"].ToString())
+        {
+            case "echo-400":
+                await Error(ctx, anthropic, 400, "invalid_request_error", $"Invalid request sent with key {key}: temperature is too high.");
+                break;
+            case "masked-401":
+                await Error(ctx, anthropic, 401, "authentication_error", $"Incorrect API key provided: {masked}. You can find your API key in your dashboard.");
+                break;
+            case "ellipsis-403":
+                await Error(ctx, anthropic, 403, "permission_error", $"The key {key[..6]}…{key[^4..]} may not use this model.");
+                break;
+            case "long-500":
+                // The key crosses the 500th character of the message: a cut made before redaction would leave its head.
+                await Error(ctx, anthropic, 500, "api_error", new string('x', 490) + " " + key + " after the key");
+                break;
+            case "html-502":
+                await Raw(ctx, 502, "text/html", $"<html><body><h1>502 Bad Gateway</h1><pre>upstream call with Authorization: Bearer {key} failed</pre></body></html>");
+                break;
+            case "plain-503":
+                ctx.Response.Headers.RetryAfter = "0";
+                await Raw(ctx, 503, "text/plain", $"overloaded; request from {key} shed");
+                break;
+            case "masked-429":
+                ctx.Response.Headers.RetryAfter = "0";
+                await Error(ctx, anthropic, 429, "rate_limit_error", $"Rate limit reached for key {masked} on requests per min.");
+                break;
+            case "stream-error-first":
+                await Stream(ctx, anthropic, contentFirst: false, key);
+                break;
+            case "stream-error-mid":
+                await Stream(ctx, anthropic, contentFirst: true, key);
+                break;
+            case "truncated-200":
+                await Raw(ctx, 200, "application/json", $"{{\"id\":\"x\",\"note\":\"{key}\",\"choices\":[");
+                break;
+            default:
+                await Raw(ctx, 418, "text/plain", "no such fault");
+                break;
+        }
+    }
+
+    private static Task Error(HttpContext ctx, bool anthropic, int status, string type, string message)
+    {
+        var json = System.Text.Json.JsonSerializer.Serialize(message);
+        return Raw(ctx, status, "application/json", anthropic
+            ? $$$"""{"type":"error","error":{"type":"{{{type}}}","message":{{{json}}}}}"""
+            : $$$"""{"error":{"message":{{{json}}},"type":"{{{(status == 400 ? "invalid_request_error" : type)}}}","param":null,"code":null}}""");
+    }
+
+    private static async Task Raw(HttpContext ctx, int status, string contentType, string body)
+    {
+        ctx.Response.StatusCode = status;
+        ctx.Response.ContentType = contentType;
+        await ctx.Response.Body.WriteAsync(Encoding.UTF8.GetBytes(body));
+    }
+
+    private static async Task Stream(HttpContext ctx, bool anthropic, bool contentFirst, string key)
+    {
+        var body = await new StreamReader(ctx.Request.Body).ReadToEndAsync();
+        var streaming = body.Contains("\"stream\":true", StringComparison.Ordinal);
+        var error = System.Text.Json.JsonSerializer.Serialize($"stream failed for key {key}");
+        if (!streaming)
+        {
+            // A non-streaming caller gets the same failure as a plain error.
+            await Error(ctx, anthropic, 500, "api_error", $"stream failed for key {key}");
+            return;
+        }
+
+        ctx.Response.ContentType = "text/event-stream";
+        var sb = new StringBuilder();
+        if (anthropic)
+        {
+            sb.Append("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":3,\"output_tokens\":0}}}\n\n");
+            if (contentFirst)
+            {
+                sb.Append("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+                sb.Append("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n");
+            }
+
+            sb.Append($"event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\"message\":{error}}}}}\n\n");
+        }
+        else
+        {
+            if (contentFirst)
+            {
+                sb.Append("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"},\"finish_reason\":null}]}\n\n");
+            }
+
+            sb.Append($"data: {{\"error\":{{\"message\":{error},\"type\":\"server_error\"}}}}\n\n");
+        }
+
+        await ctx.Response.Body.WriteAsync(Encoding.UTF8.GetBytes(sb.ToString()));
+    }
+}
