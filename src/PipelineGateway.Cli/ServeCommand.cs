@@ -22,7 +22,8 @@ internal static class ServeCommand
         catch (IOException ex) when (ex.InnerException is System.Net.Sockets.SocketException || ex.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase) || ex.GetType().Name == "AddressInUseException")
         {
             // Kestrel's bind failure (the port is taken, or the address is not this machine's): one line, not a stack.
-            throw new CliException($"cannot listen on {urls}: {ex.Message}", exitCode: 1);
+            var why = ex.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase) ? "the address is already in use (another process listens there)" : ex.Message;
+            throw new CliException($"cannot listen on {urls}: {why}.", exitCode: 1);
         }
 
         await output.WriteLineAsync($"pgw serve: listening on {address} (config: {source}). Try: curl {address}v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'");
