@@ -7,6 +7,7 @@ using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using PipelineGateway.Server;
 using PipelineGateway.Simulator;
 using PipelineGateway.Tests.Support;
@@ -374,6 +375,47 @@ public sealed class FrontDoorTests : IAsyncLifetime
 
         time.Advance(TimeSpan.FromSeconds(56));
         (await Models(Key)).StatusCode.Should().Be(HttpStatusCode.OK, "the oldest failure has left the minute");
+        await app.StopAsync(Ct);
+    }
+
+    [Theory]
+    [InlineData(Chat)]
+    [InlineData(Messages)]
+    public async Task A_body_sent_too_slowly_is_a_408_in_the_route_shape_logged_below_warning(string path)
+    {
+        // Kestrel's body data-rate check runs on its own one-second heartbeat (not a TimeProvider), so this test
+        // runs in real time: the grace period is shortened to 1.5 s (Kestrel's least) and the body trickles until Kestrel gives up.
+        var logs = new CapturingLoggerProvider();
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "sim",
+            ["Gateway:Providers:0:Type"] = "Simulated",
+            ["Gateway:Models:0:Name"] = "gpt-4o-mini",
+            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
+        }).Build();
+        await using var app = GatewayServer.Build(config, "http://127.0.0.1:0", l => l.AddProvider(logs).SetMinimumLevel(LogLevel.Debug),
+            s => s.Configure<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>(k =>
+                k.Limits.MinRequestBodyDataRate = new Microsoft.AspNetCore.Server.Kestrel.Core.MinDataRate(240, TimeSpan.FromSeconds(1.5))));
+        var root = await GatewayServer.StartAsync(app, Ct);
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(root.Host, root.Port, Ct);
+        var stream = tcp.GetStream();
+        var body = Encoding.UTF8.GetBytes(MessagesBody());
+        await stream.WriteAsync(Encoding.ASCII.GetBytes($"POST /{path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\n\r\n"), Ct);
+        var read = new byte[4096];
+        var answer = stream.ReadAsync(read, Ct).AsTask();
+        for (var i = 0; i < body.Length && !answer.IsCompleted; i++)
+        {
+            await stream.WriteAsync(body.AsMemory(i, 1), Ct);
+            await Task.WhenAny(answer, Task.Delay(100, Ct)); // the trickle itself: one byte per 100 ms
+        }
+
+        var n = await answer;
+        var response = Encoding.UTF8.GetString(read, 0, n);
+        response.Should().StartWith("HTTP/1.1 408");
+        ErrorIn(path, JsonDocument.Parse(response[(response.IndexOf("\r\n\r\n", StringComparison.Ordinal) + 4)..]).RootElement);
+        logs.Lines.Where(l => !l.Contains("No gateway keys are configured", StringComparison.Ordinal)) // the start-up warning of a keyless server
+            .Should().NotContain(l => l.StartsWith("Warning", StringComparison.Ordinal) || l.StartsWith("Error", StringComparison.Ordinal) || l.StartsWith("Critical", StringComparison.Ordinal));
         await app.StopAsync(Ct);
     }
 
