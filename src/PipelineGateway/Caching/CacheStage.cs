@@ -31,7 +31,7 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
             item.CacheKey = key;
             if (item.Request.Gateway?.NoCache != true && cache.TryGet(key, out var cached))
             {
-                Pipeline.Metrics.OnCacheHit(cached.Gateway?.Cost ?? 0);
+                Pipeline.Metrics.OnCacheHit();
                 Answer(Pipeline, item, cached, cached: true);
                 Pipeline.Retire(item);
                 return ValueTask.CompletedTask;
@@ -62,7 +62,7 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
         }
         else if (shared is not null)
         {
-            Pipeline.Metrics.OnCacheHit(shared.Gateway?.Cost ?? 0);
+            Pipeline.Metrics.OnCacheHit();
             Answer(Pipeline, item, shared, cached: true);
             Pipeline.Retire(item);
         }
@@ -93,44 +93,37 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
         }
     }
 
-    /// <summary>Answers a request with a shared answer: a copy with its own metadata, or chunks for a stream.</summary>
-    internal static void Answer(GatewayPipeline pipeline, WorkItem item, ChatCompletionResponse shared, bool cached)
+    /// <summary>
+    /// Answers a request from a stored answer — a cache hit, or a follower of an identical request's call — with its
+    /// own copy and its own info: charged nothing, the avoided cost in <see cref="GatewayResponseInfo.CostSaved"/>. A
+    /// stream gets the copy as chunks, the last carrying the usage and the info.
+    /// </summary>
+    internal static void Answer(GatewayPipeline pipeline, WorkItem item, StoredAnswer stored, bool cached)
     {
-        var info = new GatewayResponseInfo
+        var copy = stored.Materialize();
+        copy.Gateway = new GatewayResponseInfo
         {
-            Provider = shared.Gateway?.Provider ?? "cache",
-            ProviderModel = shared.Gateway?.ProviderModel ?? shared.Model,
-            Attempts = cached ? [] : shared.Gateway?.Attempts ?? [],
+            Provider = stored.Provider,
+            ProviderModel = stored.ProviderModel,
+            Attempts = [],
             Cached = cached,
-            Cost = cached ? 0 : shared.Gateway?.Cost ?? 0,
+            Coalesced = !cached,
+            Cost = 0,
+            CostSaved = stored.Cost,
             Latency = pipeline.Time.GetElapsedTime(item.StartTimestamp),
             RequestSequence = item.Sequence,
         };
 
         if (item.IsStream)
         {
-            foreach (var chunk in StreamReplay.ToChunks(shared, info))
+            foreach (var chunk in StreamReplay.ToChunks(copy, copy.Gateway))
             {
                 // The replay is a handful of chunks, far below the chunk channel's capacity.
                 item.Chunks!.Writer.TryWrite(chunk);
             }
-
-            item.TryComplete(shared);
-            return;
         }
 
-        item.TryComplete(new ChatCompletionResponse
-        {
-            Id = shared.Id,
-            Object = shared.Object,
-            Created = shared.Created,
-            Model = shared.Model,
-            Choices = shared.Choices,
-            Usage = shared.Usage,
-            SystemFingerprint = shared.SystemFingerprint,
-            AdditionalProperties = shared.AdditionalProperties,
-            Gateway = info,
-        });
+        item.TryComplete(copy);
     }
 }
 
@@ -183,7 +176,7 @@ internal sealed class Flights
     }
 
     /// <summary>The leader ended (exactly once per item): answer, fail or hand over to a follower.</summary>
-    public void OnLeaderCompleted(GatewayPipeline pipeline, WorkItem leader, ChatCompletionResponse? response, Exception? error)
+    public void OnLeaderCompleted(GatewayPipeline pipeline, WorkItem leader, StoredAnswer? answer, Exception? error)
     {
         if (leader.Flight is not { } flight || leader.CacheKey is not { } key)
         {
@@ -221,9 +214,9 @@ internal sealed class Flights
 
         foreach (var follower in followers)
         {
-            if (response is not null && error is null)
+            if (answer is not null && error is null)
             {
-                CacheStage.Answer(pipeline, follower, response, cached: false);
+                CacheStage.Answer(pipeline, follower, answer, cached: false);
             }
             else
             {

@@ -31,9 +31,11 @@ public sealed class DistributedCacheResponseCache(IDistributedCache cache, int m
         return bytes is null ? null : Read(bytes);
     }
 
-    public void Set(string key, ChatCompletionResponse response, TimeSpan ttl)
+    public void Set(string key, ChatCompletionResponse response, TimeSpan ttl) => SetSerialized(key, Write(response), ttl);
+
+    /// <summary>Stores an entry already in this format (the in-memory cache keeps answers this way).</summary>
+    internal void SetSerialized(string key, byte[] bytes, TimeSpan ttl)
     {
-        var bytes = Write(response);
         if (bytes.Length > maxEntryBytes || ttl <= TimeSpan.Zero)
         {
             return;

@@ -68,7 +68,7 @@ internal sealed class StreamReplay
         Usage = _usage,
     };
 
-    /// <summary>A stored answer as stream chunks: role, content, tool calls, finish reason, then usage.</summary>
+    /// <summary>A stored answer as stream chunks: role, content, tool calls, finish reason, then usage; the first and the last carry <paramref name="info"/>.</summary>
     public static IEnumerable<ChatCompletionChunk> ToChunks(ChatCompletionResponse response, GatewayResponseInfo info)
     {
         var message = response.Choices.Count > 0 ? response.Choices[0].Message : null;
@@ -92,10 +92,15 @@ internal sealed class StreamReplay
             });
         }
 
-        yield return Chunk(new ChatCompletionDelta(), response.Choices.Count > 0 ? response.Choices[0].FinishReason ?? FinishReasons.Stop : FinishReasons.Stop);
-        if (response.Usage is { } usage)
+        var finish = Chunk(new ChatCompletionDelta(), response.Choices.Count > 0 ? response.Choices[0].FinishReason ?? FinishReasons.Stop : FinishReasons.Stop);
+        if (response.Usage is not { } usage)
         {
-            yield return new ChatCompletionChunk { Id = response.Id, Created = response.Created, Model = response.Model, Choices = [], Usage = usage };
+            finish.Gateway = info; // the last chunk carries the info (and with it the cost), as a live stream's does
+            yield return finish;
+            yield break;
         }
+
+        yield return finish;
+        yield return new ChatCompletionChunk { Id = response.Id, Created = response.Created, Model = response.Model, Choices = [], Usage = usage, Gateway = info };
     }
 }

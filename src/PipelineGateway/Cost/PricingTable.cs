@@ -81,30 +81,29 @@ public sealed class PricingTable
         return best;
     }
 
-    /// <summary>USD for a usage on a deployment (0 when the model has no known price).</summary>
+    /// <summary>
+    /// The price a deployment is ranked and billed by: its own prices when either is set (the other counts as 0),
+    /// else the table's (configured, then shipped defaults), else null (unpriced: ranked last by CostOptimized).
+    /// </summary>
+    public static ModelPrice? Resolve(string model, decimal? inputPerMillion, decimal? outputPerMillion, PricingTable? table) =>
+        inputPerMillion is not null || outputPerMillion is not null
+            ? new ModelPrice { InputPerMillion = inputPerMillion ?? 0, OutputPerMillion = outputPerMillion ?? 0 }
+            : (table ?? DefaultsOnly).Find(model);
+
+    private static readonly PricingTable DefaultsOnly = new((IReadOnlyDictionary<string, ModelPrice>?)null);
+
+    /// <summary>USD for a usage on a deployment (0 when the model has no known price): the same price CostOptimized ranks by.</summary>
     public decimal Cost(Deployment deployment, TokenUsage usage)
     {
-        decimal input, output;
-        decimal? cachedInput = null;
-        if (deployment.InputPricePerMillion is not null || deployment.OutputPricePerMillion is not null)
-        {
-            input = deployment.InputPricePerMillion ?? 0;
-            output = deployment.OutputPricePerMillion ?? 0;
-        }
-        else if (Find(deployment.Model) is { } price)
-        {
-            input = price.InputPerMillion;
-            output = price.OutputPerMillion;
-            cachedInput = price.CachedInputPerMillion;
-        }
-        else
+        // Resolved the way the deployment's own Price was (with the gateway's table), so ranking and billing agree.
+        if (Resolve(deployment.Model, deployment.InputPricePerMillion, deployment.OutputPricePerMillion, this) is not { } price)
         {
             return 0;
         }
 
         var cached = CachedPromptTokens(usage);
         var fresh = Math.Max(0, usage.PromptTokens - cached);
-        return ((fresh * input) + (cached * (cachedInput ?? input)) + (usage.CompletionTokens * output)) / 1_000_000m;
+        return ((fresh * price.InputPerMillion) + (cached * (price.CachedInputPerMillion ?? price.InputPerMillion)) + (usage.CompletionTokens * price.OutputPerMillion)) / 1_000_000m;
     }
 
     private static int CachedPromptTokens(TokenUsage usage) =>

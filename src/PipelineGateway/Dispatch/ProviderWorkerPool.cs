@@ -480,6 +480,8 @@ internal sealed partial class ProviderWorkerPool
         var any = false;
         var firstToken = TimeSpan.Zero;
         var replay = item.CacheKey is not null ? new Caching.StreamReplay() : null; // a finished stream is cached whole
+        ChatCompletionChunk? usageChunk = null;
+        ChatCompletionChunk? pendingLast = null;
         await foreach (var chunk in Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false))
         {
             any = true;
@@ -489,6 +491,13 @@ internal sealed partial class ProviderWorkerPool
             }
 
             replay?.Add(chunk);
+            if (chunk.Choices.Count == 0 && chunk.Usage is not null)
+            {
+                // The usage-only chunk (the stream's last): held, to go out last with the request's cost on it.
+                usageChunk = chunk;
+                continue;
+            }
+
             if (!item.StreamStarted)
             {
                 if (!CarriesContent(chunk))
@@ -505,10 +514,20 @@ internal sealed partial class ProviderWorkerPool
                 continue;
             }
 
-            if (!writer.TryWrite(chunk))
+            if (pendingLast is not null)
             {
-                await writer.WriteAsync(chunk, item.Token).ConfigureAwait(false);
+                await WriteAsync(writer, pendingLast, item.Token).ConfigureAwait(false);
+                pendingLast = null;
             }
+
+            if (chunk.Choices.Exists(static c => c.FinishReason is not null))
+            {
+                // The finishing chunk: held until the stream ends (nothing is delayed by it), to carry the cost.
+                pendingLast = chunk;
+                continue;
+            }
+
+            await WriteAsync(writer, chunk, item.Token).ConfigureAwait(false);
         }
 
         if (!any)
@@ -529,11 +548,23 @@ internal sealed partial class ProviderWorkerPool
         // The caller has had the chunks; this whole answer carries the usage and cost for metrics (and the cache).
         var whole = replay?.ToResponse() ?? new ChatCompletionResponse { Model = deployment.Model, Usage = item.StreamUsage };
         whole.Gateway = pipeline.Metrics.Describe(item, deployment, whole.Usage);
-        if (replay is not null && item.CacheKey is { } key)
+        if (replay is not null)
         {
             // Only a stream that ended normally is stored; a broken one never reaches here.
-            pipeline.Cache.Set(key, whole, item.Request.Gateway?.CacheTtl);
+            pipeline.Store(item, whole);
         }
+
+        // The last chunk the caller gets carries the usage and what the request cost (the opening chunk could not):
+        // the upstream's usage chunk, else its finishing chunk, else (a stream that ended without either) a closing one.
+        if (usageChunk is not null && pendingLast is not null)
+        {
+            await WriteAsync(writer, pendingLast, item.Token).ConfigureAwait(false);
+            pendingLast = null;
+        }
+
+        var last = usageChunk ?? pendingLast ?? new ChatCompletionChunk { Id = whole.Id, Created = whole.Created, Model = whole.Model, Choices = [], Usage = whole.Usage };
+        last.Gateway = whole.Gateway;
+        await WriteAsync(writer, last, item.Token).ConfigureAwait(false);
 
         item.TryComplete(whole);
         pipeline.Retire(item);
@@ -547,8 +578,11 @@ internal sealed partial class ProviderWorkerPool
     {
         item.StreamStarted = true;
         var writer = item.Chunks!.Writer;
-        var opening = held is { Count: > 0 } ? held[0] : first!;
-        opening.Gateway = _pipeline!.Metrics.Describe(item, deployment, null, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
+        if ((held is { Count: > 0 } ? held[0] : first) is { } opening)
+        {
+            opening.Gateway = _pipeline!.Metrics.Describe(item, deployment, null, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
+        }
+
         foreach (var chunk in held ?? [])
         {
             if (!writer.TryWrite(chunk))
@@ -562,6 +596,9 @@ internal sealed partial class ProviderWorkerPool
             await writer.WriteAsync(first, item.Token).ConfigureAwait(false);
         }
     }
+
+    private static ValueTask WriteAsync(System.Threading.Channels.ChannelWriter<ChatCompletionChunk> writer, ChatCompletionChunk chunk, CancellationToken token) =>
+        writer.TryWrite(chunk) ? ValueTask.CompletedTask : writer.WriteAsync(chunk, token);
 
     /// <summary>Text, a tool call or a refusal: what a caller has seen once it is sent.</summary>
     private static bool CarriesContent(ChatCompletionChunk chunk)

@@ -145,12 +145,13 @@ public static class GatewayServiceCollectionExtensions
         var options = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
         var pools = sp.GetRequiredService<ProviderPools>();
         var strategies = sp.GetServices<IRoutingStrategy>().ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
+        var pricing = sp.GetRequiredService<Cost.PricingTable>();
         var groups = options.Models.Select(g =>
         {
             var deployments = g.Deployments.Select((d, i) =>
             {
                 pools.TryGet(d.Provider, out var pool);
-                return new Deployment(g.Name, pool, d.Model ?? g.Name, d.Priority, d.Weight, i, d.InputPricePerMillion, d.OutputPricePerMillion);
+                return new Deployment(g.Name, pool, d.Model ?? g.Name, d.Priority, d.Weight, i, d.InputPricePerMillion, d.OutputPricePerMillion, pricing);
             }).ToArray();
             return new ModelGroup(g, strategies[g.Strategy], deployments);
         });

@@ -78,15 +78,13 @@ internal sealed class GatewayMetrics : IGatewayMetrics
 
     public void OnSubmitted() => Interlocked.Increment(ref _submitted);
 
-    public void OnCacheHit(decimal saved)
+    public void OnCacheHit()
     {
         Interlocked.Increment(ref _cacheLookups);
-        Interlocked.Increment(ref _cached);
-        if (saved != 0)
-        {
-            Interlocked.Add(ref _costSavedNanoUsd, (long)decimal.Round(saved * 1_000_000_000m));
-        }
+        Interlocked.Increment(ref _cacheHits);
     }
+
+    private long _cacheHits;
 
     public void OnCoalesced() => Interlocked.Increment(ref _coalesced);
 
@@ -150,13 +148,17 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     {
         Interlocked.Increment(ref _total);
         var info = response?.Gateway;
-        var model = _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats());
-        model.Record(error is null, info is { Cached: false } ? response!.Usage : null, info is { Cached: false } ? info.Cost : 0);
-        var key = _keys.GetOrAdd(item.Request.Gateway?.RateLimitKey ?? string.Empty, static _ => new ModelStats());
-        key.Record(error is null, info is { Cached: false } ? response!.Usage : null, info is { Cached: false } ? info.Cost : 0);
-        if (info is { Cached: false, Cost: > 0 } && _providers.TryGetValue(info.Provider, out var served))
+
+        // Only the request that made the upstream call is charged its usage and cost (docs/metrics.md, "accounting"):
+        // a cache hit or a coalesced request costs nothing, and what it avoided goes to cost_saved.
+        var billed = error is null && info is { Billed: true };
+        var usage = billed ? response!.Usage : null;
+        var cost = billed ? info!.Cost : 0;
+        _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats()).Record(error is null, usage, cost);
+        _keys.GetOrAdd(item.Request.Gateway?.RateLimitKey ?? string.Empty, static _ => new ModelStats()).Record(error is null, usage, cost);
+        if (cost != 0 && _providers.TryGetValue(info!.Provider, out var served))
         {
-            served.AddCost(info.Cost);
+            served.AddCost(cost);
         }
 
         RecordInstruments(item, response, info, error, latency);
@@ -165,7 +167,17 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         {
             Interlocked.Increment(ref _succeeded);
             _latency.Record(latency);
-            if (response?.Usage is { } usage)
+            if (info is { Cached: true })
+            {
+                Interlocked.Increment(ref _cached);
+            }
+
+            if (info is { CostSaved: > 0 } saving)
+            {
+                Interlocked.Add(ref _costSavedNanoUsd, (long)decimal.Round(saving.CostSaved * 1_000_000_000m));
+            }
+
+            if (usage is not null)
             {
                 Interlocked.Add(ref _promptTokens, usage.PromptTokens);
                 Interlocked.Add(ref _completionTokens, usage.CompletionTokens);
@@ -260,7 +272,8 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             ShedRequests = Interlocked.Read(ref _shed),
             OverloadedRequests = Interlocked.Read(ref _overloaded),
             ParkedRequests = Interlocked.Read(ref _parked),
-            CacheHitRate = lookups == 0 ? 0 : Math.Round((double)Interlocked.Read(ref _cached) / lookups, 4),
+            CacheHitRate = Interlocked.Read(ref _total) is var total and > 0 ? Math.Round((double)Interlocked.Read(ref _cached) / total, 4) : 0,
+            CacheLookupHitRate = lookups == 0 ? 0 : Math.Round((double)Interlocked.Read(ref _cacheHits) / lookups, 4),
             AvgLatencyMs = Math.Round(_latency.MeanMs, 3),
             P50LatencyMs = _latency.PercentileMs(0.50),
             P95LatencyMs = _latency.PercentileMs(0.95),
@@ -278,7 +291,8 @@ internal sealed class GatewayMetrics : IGatewayMetrics
             CompletionTokens = Interlocked.Read(ref _completionTokens),
             TotalCost = providers.Values.Sum(p => p.TotalCost),
             InFlight = depths?.InFlight ?? 0,
-            CacheMisses = lookups - Interlocked.Read(ref _cached),
+            CacheLookups = lookups,
+            CacheMisses = lookups - Interlocked.Read(ref _cacheHits),
             CoalescedRequests = Interlocked.Read(ref _coalesced),
             CacheEntries = _cache?.Count ?? 0,
             CacheBytes = _cache?.Bytes ?? 0,
@@ -303,12 +317,16 @@ internal sealed class GatewayMetrics : IGatewayMetrics
         var tags = GatewayInstruments.Tags(system, item.Request.Model, response?.Model is { Length: > 0 } m ? m : info?.ProviderModel, error?.GetType().Name);
         i.Duration.Record(latency.TotalSeconds, tags);
         var outcome = tags;
-        outcome.Add("pgw.outcome", error is null ? (info?.Cached == true ? "cached" : "success") : "failure");
+        outcome.Add("pgw.outcome", error is not null ? "failure" : info?.Cached == true ? "cached" : info?.Coalesced == true ? "coalesced" : "success");
         i.RequestCount.Add(1, outcome);
         if (info?.Cached == true)
         {
             i.CacheHitCount.Add(1, tags);
-            return;
+        }
+
+        if (info is not { Billed: true })
+        {
+            return; // a hit or a coalesced request used no tokens upstream and cost nothing
         }
 
         if (response?.Usage is { } usage)

@@ -33,6 +33,9 @@ public sealed class GatewayMetricsSnapshot
 
     public long DeadlineExceededRequests { get; init; }
 
+    /// <summary>Requests that looked the cache up (hits and misses).</summary>
+    public long CacheLookups { get; init; }
+
     public long CacheMisses { get; init; }
 
     /// <summary>Requests that joined an identical request in flight instead of calling upstream.</summary>
@@ -46,11 +49,14 @@ public sealed class GatewayMetricsSnapshot
     /// <summary>Entries removed to make room (least recently used first).</summary>
     public long CacheEvictions { get; init; }
 
-    /// <summary>What cache hits would have cost upstream (priced from the cached usage).</summary>
+    /// <summary>What cache hits and coalesced requests would have cost upstream: the cost of the calls their answers came from.</summary>
     public decimal CostSaved { get; init; }
 
-    /// <summary>Cache hits over cache lookups.</summary>
+    /// <summary>Requests answered from the cache over all requests that ended (<see cref="CachedRequests"/> / <see cref="TotalRequests"/>).</summary>
     public double CacheHitRate { get; init; }
+
+    /// <summary>Cache hits over cache lookups (requests that could use the cache and looked it up).</summary>
+    public double CacheLookupHitRate { get; init; }
 
     /// <summary>Mean latency of requests that produced an answer (cache hits included).</summary>
     public double AvgLatencyMs { get; init; }
@@ -83,10 +89,13 @@ public sealed class GatewayMetricsSnapshot
     /// <summary>Hedged second attempts sent.</summary>
     public long Hedges { get; init; }
 
+    /// <summary>What requests were charged: the sum over providers, over models, over keys, and of the costs reported to callers.</summary>
     public decimal TotalCost { get; init; }
 
+    /// <summary>Prompt tokens used upstream (a cache hit or a coalesced request used none).</summary>
     public long PromptTokens { get; init; }
 
+    /// <summary>Completion tokens used upstream.</summary>
     public long CompletionTokens { get; init; }
 
     public long InFlight { get; init; }

@@ -92,8 +92,21 @@ public sealed class GatewayResponseInfo
     /// <summary>True when the answer came from the response cache.</summary>
     public bool Cached { get; init; }
 
-    /// <summary>Cost in USD priced from usage (0 for a cache hit or an unpriced model).</summary>
+    /// <summary>True when the answer is a copy of an identical request's, which was in flight (single-flight).</summary>
+    public bool Coalesced { get; init; }
+
+    /// <summary>
+    /// What this request is charged, in USD, priced from the upstream usage: 0 for a cache hit, a coalesced request or
+    /// an unpriced model. The sum over requests is the metrics' <c>total_cost</c> and what budgets were charged.
+    /// </summary>
     public decimal Cost { get; init; }
+
+    /// <summary>What the upstream call this answer was served from cost (a cache hit or a coalesced request avoided it); 0 otherwise.</summary>
+    public decimal CostSaved { get; init; }
+
+    /// <summary>True when this request made the upstream call its answer came from (not a hit, not coalesced): what is billed.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool Billed => !Cached && !Coalesced;
 
     private string? _requestId;
 

@@ -310,13 +310,24 @@ internal sealed partial class GatewayPipeline
     public void CompleteSuccess(WorkItem item, Deployment deployment, ChatCompletionResponse response)
     {
         response.Gateway = Metrics.Describe(item, deployment, response.Usage);
-        if (item.CacheKey is { } key && response.Choices.Count > 0)
-        {
-            Cache.Set(key, response, item.Request.Gateway?.CacheTtl);
-        }
-
+        Store(item, response);
         item.TryComplete(response, fromWorker: true);
         Retire(item);
+    }
+
+    /// <summary>
+    /// Captures a cacheable answer before its caller holds it — for the cache, and for the identical requests that
+    /// wait on it — so neither ever sees what the caller later does with its own object.
+    /// </summary>
+    public void Store(WorkItem item, ChatCompletionResponse response)
+    {
+        if (item.CacheKey is not { } key || response.Choices.Count == 0)
+        {
+            return;
+        }
+
+        item.Stored = Caching.StoredAnswer.From(response);
+        Cache.Set(key, item.Stored, item.Request.Gateway?.CacheTtl);
     }
 
     private void LetGoWaiting(WorkItem item)
@@ -349,15 +360,17 @@ internal sealed partial class GatewayPipeline
 
         if (item.Flight is not null)
         {
-            Flights.OnLeaderCompleted(this, item, response, error);
+            Flights.OnLeaderCompleted(this, item, error is null ? item.Stored : null, error);
         }
 
-        // The budget reservation becomes the actual cost (nothing for a failure or a cache hit).
-        Budgets.Settle(item, error is null && response?.Gateway is { Cached: false } info ? info.Cost : 0);
+        // The budget reservation becomes the actual cost: nothing for a failure, a cache hit or a coalesced request
+        // (the one that made the call pays once), so budgets and metrics add up to the same total.
+        var billed = error is null && response?.Gateway is { Billed: true };
+        Budgets.Settle(item, billed ? response!.Gateway!.Cost : 0);
 
-        // The token charge becomes the actual usage: nothing for a failure or a cache hit; an answer that
-        // reported no usage keeps its estimate.
-        if (error is not null || response?.Gateway?.Cached == true)
+        // The token charge becomes the actual upstream usage: nothing for a failure, a hit or a coalesced request; an
+        // answer that reported no usage keeps its estimate.
+        if (!billed)
         {
             Limiter.Settle(item, 0);
         }

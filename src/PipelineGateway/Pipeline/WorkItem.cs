@@ -214,6 +214,9 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
     /// <summary>Set by the cache stage when the answer may be stored.</summary>
     public Caching.CacheKey? CacheKey { get; set; }
 
+    /// <summary>This request's answer as the cache and its followers keep it (captured before its caller has it).</summary>
+    public Caching.StoredAnswer? Stored { get; set; }
+
     /// <summary>The request's number in this process; <see cref="RequestId"/> is formatted from it on demand.</summary>
     public long Sequence { get; set; }
 

@@ -6,7 +6,7 @@ namespace PipelineGateway.Routing;
 /// <summary>One provider serving a model group under an upstream model name (resolved at start).</summary>
 public sealed class Deployment
 {
-    internal Deployment(string group, ProviderWorkerPool pool, string model, int priority, double weight, int index, decimal? inputPrice, decimal? outputPrice)
+    internal Deployment(string group, ProviderWorkerPool pool, string model, int priority, double weight, int index, decimal? inputPrice, decimal? outputPrice, Cost.PricingTable? pricing = null)
     {
         Group = group;
         Pool = pool;
@@ -16,9 +16,13 @@ public sealed class Deployment
         Index = index;
         InputPricePerMillion = inputPrice;
         OutputPricePerMillion = outputPrice;
-        IsPriced = inputPrice is not null || outputPrice is not null;
-        InputPrice = (double)(inputPrice ?? 0);
-        OutputPrice = (double)(outputPrice ?? 0);
+
+        // One price for ranking and for billing: the deployment's own, else the pricing table's (configured, then
+        // shipped defaults). CostOptimized and the cost tracker read this same one.
+        Price = Cost.PricingTable.Resolve(model, inputPrice, outputPrice, pricing);
+        IsPriced = Price is not null;
+        InputPrice = (double)(Price?.InputPerMillion ?? 0);
+        OutputPrice = (double)(Price?.OutputPerMillion ?? 0);
         Id = $"{group}/{pool.Name}/{model}";
     }
 
@@ -39,9 +43,14 @@ public sealed class Deployment
     /// <summary>Position in its group's deployment list.</summary>
     public int Index { get; }
 
+    /// <summary>The input price configured on the deployment itself (null: the pricing table's applies, see <see cref="Price"/>).</summary>
     public decimal? InputPricePerMillion { get; }
 
+    /// <summary>The output price configured on the deployment itself (null: the pricing table's applies, see <see cref="Price"/>).</summary>
     public decimal? OutputPricePerMillion { get; }
+
+    /// <summary>The price this deployment is ranked and billed by, or null when no price is known anywhere.</summary>
+    public Cost.ModelPrice? Price { get; }
 
     internal bool IsPriced { get; }
 

@@ -69,8 +69,9 @@ internal sealed class LowestLatencyStrategy(IServiceProvider services, TimeProvi
 
 /// <summary>
 /// The cheapest deployment for this request: estimated prompt tokens times the input price plus expected
-/// completion tokens (max_tokens, else the group's ExpectedCompletionTokens) times the output price.
-/// Unpriced deployments rank last; ties rotate.
+/// completion tokens (max_tokens, else the group's ExpectedCompletionTokens) times the output price — the price the
+/// cost tracker bills by (<see cref="Deployment.Price"/>: the deployment's own, else the pricing table's, else the
+/// shipped defaults). Deployments with no price anywhere rank last; ties rotate.
 /// </summary>
 internal sealed class CostOptimizedStrategy : IRoutingStrategy
 {
@@ -106,9 +107,9 @@ internal sealed class CostOptimizedStrategy : IRoutingStrategy
 
     /// <summary>The estimated cost in USD of a request on a deployment (for display and tests).</summary>
     public static decimal Estimate(Deployment d, int promptTokens, int completionTokens) =>
-        !d.IsPriced
+        d.Price is not { } price
             ? decimal.MaxValue
-            : (((d.InputPricePerMillion ?? 0) * promptTokens) + ((d.OutputPricePerMillion ?? 0) * completionTokens)) / 1_000_000m;
+            : ((price.InputPerMillion * promptTokens) + (price.OutputPerMillion * completionTokens)) / 1_000_000m;
 }
 
 /// <summary>Random, in proportion to <see cref="DeploymentOptions.Weight"/>.</summary>

@@ -60,7 +60,9 @@ public sealed class MetricsTests
         json.GetProperty("total_requests").GetInt64().Should().Be(4);
         json.GetProperty("cached_requests").GetInt64().Should().Be(1);
         json.GetProperty("failed_requests").GetInt64().Should().Be(1);
-        json.GetProperty("cache_hit_rate").GetDouble().Should().Be(0.3333, "1 hit in 3 lookups (the no-store request does not look)");
+        json.GetProperty("cache_hit_rate").GetDouble().Should().Be(0.25, "1 cached answer in 4 requests");
+        json.GetProperty("cache_lookup_hit_rate").GetDouble().Should().Be(0.3333, "1 hit in 3 lookups (the no-store request does not look)");
+        json.GetProperty("cache_lookups").GetInt64().Should().Be(3);
         json.GetProperty("avg_latency_ms").GetDouble().Should().BeGreaterThan(0);
         json.GetProperty("total_cost").GetDecimal().Should().Be(8m, "two answers of 3 + 1 tokens at $1 a token");
         json.GetProperty("fallbacks").GetInt64().Should().Be(1);
