@@ -67,3 +67,70 @@ public class CacheHitBenchmarks
     [Benchmark]
     public async Task<int> Hit() => (await _gateway.SubmitAsync(_cachedRequest)).Choices.Count;
 }
+
+/// <summary>
+/// Inserting into a full cache (each insert evicts the least recently used entry) against replacing an entry in a
+/// cache of the same size (no eviction: what an insert into a cache that is not full costs), same run. Issue 19's
+/// target: eviction adds at most 2 µs, at any size.
+/// </summary>
+[MemoryDiagnoser]
+public class CacheInsertBenchmarks
+{
+    private const int Batch = 1_000;
+    private ResponseCache _cache = null!;
+    private CacheKey[] _keys = null!;
+    private StoredAnswer _answer = null!;
+    private int _next;
+    private int _replace;
+
+    [Params(1_000, 10_000, 100_000)]
+    public int Entries { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var options = new GatewayOptions();
+        options.Cache.Enabled = true;
+        options.Cache.MaxEntries = Entries;
+        options.Cache.MaxBytes = long.MaxValue / 2;
+        _cache = new ResponseCache(Microsoft.Extensions.Options.Options.Create(options), TimeProvider.System);
+        _keys = Enumerable.Range(0, 2 * Entries)
+            .Select(i => CacheKey.Compute("m", new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User($"prompt {i}")] }))
+            .ToArray();
+        _answer = StoredAnswer.From(new ChatCompletionResponse
+        {
+            Id = "x",
+            Model = "m",
+            Choices = [new ChatChoice { Message = ChatCompletionMessage.Assistant("An answer of a typical length, a sentence or two long."), FinishReason = FinishReasons.Stop }],
+            Usage = TokenUsage.Of(12, 14),
+        });
+        for (var i = 0; i < Entries; i++)
+        {
+            _cache.Set(_keys[i], _answer, null);
+        }
+
+        _next = Entries;
+    }
+
+    [Benchmark(Baseline = true, OperationsPerInvoke = Batch)]
+    public void Replace_NotFull()
+    {
+        for (var i = 0; i < Batch; i++)
+        {
+            // One of the entries held (keys 0 .. Entries-1): replaced, nothing evicted.
+            _cache.Set(_keys[_replace], _answer, null);
+            _replace = (_replace + 1) % Entries;
+        }
+    }
+
+    [Benchmark(OperationsPerInvoke = Batch)]
+    public void Insert_Full_Evicting()
+    {
+        for (var i = 0; i < Batch; i++)
+        {
+            // Keys cycle over twice the capacity, so the next one is never held: every insert evicts one entry.
+            _cache.Set(_keys[_next], _answer, null);
+            _next = (_next + 1) % _keys.Length;
+        }
+    }
+}

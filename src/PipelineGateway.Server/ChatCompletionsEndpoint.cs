@@ -130,6 +130,12 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
 
                     chunk.Usage = null;
                 }
+                else if (chunk.Usage is { } usage && chunk.Gateway is { } final)
+                {
+                    // The last chunk: its usage says what the request cost (OpenRouter's usage.cost), since the
+                    // response headers went out before the cost was known.
+                    chunk.Usage = WithCost(usage, final.Cost);
+                }
 
                 await WriteDataAsync(ctx, JsonSerializer.SerializeToUtf8Bytes(chunk, GatewayJsonContext.Default.ChatCompletionChunk));
             }
@@ -157,6 +163,17 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         }
     }
 
+    private static TokenUsage WithCost(TokenUsage usage, decimal cost) => new()
+    {
+        PromptTokens = usage.PromptTokens,
+        CompletionTokens = usage.CompletionTokens,
+        TotalTokens = usage.TotalTokens,
+        AdditionalProperties = new Dictionary<string, JsonElement>(usage.AdditionalProperties ?? [])
+        {
+            ["cost"] = JsonSerializer.SerializeToElement(cost, GatewayJsonContext.Default.Decimal),
+        },
+    };
+
     private void StartSse(HttpContext ctx, ChatCompletionRequest request, GatewayResponseInfo? info)
     {
         if (ctx.Response.HasStarted)
@@ -167,7 +184,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         ctx.Response.ContentType = "text/event-stream";
         ctx.Response.Headers.CacheControl = "no-cache";
         ctx.Response.Headers["x-accel-buffering"] = "no";
-        WriteGatewayHeaders(ctx, request, info);
+        WriteGatewayHeaders(ctx, request, info, streaming: true);
     }
 
     private static async Task WriteDataAsync(HttpContext ctx, byte[] json)
@@ -178,7 +195,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
     }
 
-    private void WriteGatewayHeaders(HttpContext ctx, ChatCompletionRequest request, GatewayResponseInfo? info)
+    private void WriteGatewayHeaders(HttpContext ctx, ChatCompletionRequest request, GatewayResponseInfo? info, bool streaming = false)
     {
         if (info is not null)
         {
@@ -186,7 +203,11 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             h["x-gateway-provider"] = info.Provider;
             h["x-gateway-cache"] = info.Cached ? "hit" : "miss";
             h["x-gateway-attempts"] = Math.Max(1, info.Attempts.Count).ToString(CultureInfo.InvariantCulture);
-            h["x-gateway-cost-usd"] = info.Cost.ToString("0.##########", CultureInfo.InvariantCulture);
+            if (!streaming || !info.Billed)
+            {
+                // A live stream's cost is known only at its end: it travels in the final usage chunk (usage.cost).
+                h["x-gateway-cost-usd"] = info.Cost.ToString("0.##########", CultureInfo.InvariantCulture);
+            }
         }
 
         WriteRateLimitHeaders(ctx, request);

@@ -56,17 +56,21 @@ public sealed class DistributedCacheResponseCache(IDistributedCache cache, int m
         }
     }
 
-    internal static byte[] Write(ChatCompletionResponse response)
+    internal static byte[] Write(ChatCompletionResponse response) =>
+        Envelope(response.Gateway?.Provider, response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0, JsonSerializer.SerializeToUtf8Bytes(response, GatewayJsonContext.Default.ChatCompletionResponse));
+
+    /// <summary>The stored form around an answer already serialized: <c>{"provider","provider_model","cost","response"}</c>.</summary>
+    internal static byte[] Envelope(string? provider, string providerModel, decimal cost, ReadOnlySpan<byte> responseJson)
     {
-        var buffer = new ArrayBufferWriter<byte>(1024);
+        var buffer = new ArrayBufferWriter<byte>(responseJson.Length + 128);
         using (var w = new Utf8JsonWriter(buffer))
         {
             w.WriteStartObject();
-            w.WriteString("provider", response.Gateway?.Provider);
-            w.WriteString("provider_model", response.Gateway?.ProviderModel ?? response.Model);
-            w.WriteString("cost", (response.Gateway?.Cost ?? 0).ToString(CultureInfo.InvariantCulture));
+            w.WriteString("provider", provider);
+            w.WriteString("provider_model", providerModel);
+            w.WriteString("cost", cost.ToString(CultureInfo.InvariantCulture));
             w.WritePropertyName("response");
-            JsonSerializer.Serialize(w, response, GatewayJsonContext.Default.ChatCompletionResponse);
+            w.WriteRawValue(responseJson, skipInputValidation: true);
             w.WriteEndObject();
         }
 

@@ -80,7 +80,7 @@ internal sealed class ResponseCache
             case null:
                 break;
             case DistributedCacheResponseCache shared:
-                shared.SetSerialized(key.ToString(), answer.Json, lifetime); // already in its format: not written twice
+                shared.SetSerialized(key.ToString(), answer.ToEnvelope(), lifetime); // the answer's bytes are reused, not written again
                 break;
             default:
                 _secondLevel.Set(key.ToString(), answer.Materialize(), lifetime);

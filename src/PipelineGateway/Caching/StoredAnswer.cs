@@ -1,3 +1,5 @@
+using System.Text.Json;
+
 namespace PipelineGateway.Caching;
 
 /// <summary>
@@ -15,7 +17,7 @@ internal sealed class StoredAnswer
         Cost = cost;
     }
 
-    /// <summary><c>{"provider","provider_model","cost","response"}</c> (see <see cref="DistributedCacheResponseCache"/>).</summary>
+    /// <summary>The answer as its wire JSON (without the gateway's info, which is not part of it).</summary>
     public byte[] Json { get; }
 
     public string Provider { get; }
@@ -30,9 +32,12 @@ internal sealed class StoredAnswer
 
     /// <summary>Captures an answer before anyone else holds it (its <see cref="ChatCompletionResponse.Gateway"/> info included).</summary>
     public static StoredAnswer From(ChatCompletionResponse response) =>
-        new(DistributedCacheResponseCache.Write(response), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0);
+        new(JsonSerializer.SerializeToUtf8Bytes(response, GatewayJsonContext.Default.ChatCompletionResponse), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0);
 
-    /// <summary>A new, independent copy of the answer (without gateway info: the caller's own is attached by the server of it).</summary>
+    /// <summary>A new, independent copy of the answer (without gateway info: whoever serves it attaches the caller's own).</summary>
     public ChatCompletionResponse Materialize() =>
-        DistributedCacheResponseCache.Read(Json) ?? throw new InvalidOperationException("A stored answer could not be read back.");
+        JsonSerializer.Deserialize(Json, GatewayJsonContext.Default.ChatCompletionResponse) ?? throw new InvalidOperationException("A stored answer could not be read back.");
+
+    /// <summary>The second level's form (<see cref="DistributedCacheResponseCache"/>): who produced it and its cost around the answer.</summary>
+    public byte[] ToEnvelope() => DistributedCacheResponseCache.Envelope(Provider, ProviderModel, Cost, Json);
 }

@@ -169,6 +169,27 @@ public sealed class ServerTests : IAsyncLifetime
         chunks.Count(HasUsage).Should().Be(0, "usage was not asked for");
     }
 
+    [Fact]
+    public async Task A_stream_asked_for_usage_ends_with_its_cost_in_the_usage_chunk()
+    {
+        var body = JsonSerializer.Serialize(new Dictionary<string, object?>
+        {
+            ["model"] = "gpt-4o-mini",
+            ["stream"] = true,
+            ["stream_options"] = new { include_usage = true },
+            ["messages"] = new[] { new { role = "user", content = "What does it cost?" } },
+        });
+
+        var r = await Post(body, tweak: m => m.Headers.Add("x-gateway-cache", "no-store"));
+
+        r.Headers.Contains("x-gateway-cost-usd").Should().BeFalse("a live stream's cost is not known when its headers go out");
+        var lines = (await r.Content.ReadAsStringAsync(Ct)).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var last = JsonDocument.Parse(lines[^2][6..]).RootElement;
+        var usage = last.GetProperty("usage");
+        usage.GetProperty("prompt_tokens").GetInt32().Should().BePositive();
+        usage.GetProperty("cost").GetDecimal().Should().BePositive("gpt-4o-mini is priced by the shipped defaults");
+    }
+
     public static TheoryData<string, string, HttpStatusCode, string?> BadRequests => new()
     {
         { "malformed JSON", """{"model": "gpt-4o-mini", "messages": [""", HttpStatusCode.BadRequest, null },
