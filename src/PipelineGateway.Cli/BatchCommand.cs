@@ -7,43 +7,13 @@ using PipelineGateway.Redis;
 
 namespace PipelineGateway.Cli;
 
-/// <summary>
-/// <c>pgw batch INPUT -o OUTPUT [--errors FILE] [--concurrency N] [--retry-failed] [--config FILE]</c>:
-/// a resumable OpenAI-Batch-format run through the gateway.
-/// </summary>
+/// <summary><c>pgw batch INPUT -o OUTPUT …</c> (options in <see cref="Commands"/>): a resumable OpenAI-Batch-format run through the gateway.</summary>
 internal static class BatchCommand
 {
-    public static async Task<int> RunAsync(CommandLine args, TextWriter output, CancellationToken stop)
+    public static Task<int> RunAsync(string? config, BatchOptions options, RedisBatchOptions? shared, TextWriter output, CancellationToken stop)
     {
-        if (args.Positional.Count != 1)
-        {
-            throw new CliException("Usage: pgw batch INPUT.jsonl -o OUTPUT.jsonl [--errors FILE] [--concurrency N] [--retry-failed] [--config FILE] [--redis CONNECTION [--batch-id ID] [--claim-after SECONDS]]");
-        }
-
-        var outputPath = args.Get("o") ?? args.Get("output") ?? throw new CliException("Name the output file with -o OUTPUT.jsonl.");
-        var options = new BatchOptions
-        {
-            InputPath = args.Positional[0],
-            OutputPath = outputPath,
-            ErrorsPath = args.Get("errors"),
-            Concurrency = args.GetInt("concurrency", 128, 1, 100_000),
-            RetryFailed = args.Has("retry-failed"),
-        };
-        var (configuration, source) = GatewayConfiguration.Load(args.Get("config"));
-        if (args.Has("redis") && options.RetryFailed)
-        {
-            throw new CliException("--retry-failed works on a local batch's files; a shared (--redis) batch keeps its results in Redis. Run the failed lines as a new batch instead.");
-        }
-
-        RedisBatchOptions? shared = args.Get("redis") is { } redis
-            ? new RedisBatchOptions
-            {
-                Configuration = redis,
-                BatchId = args.Get("batch-id"),
-                ClaimAfter = TimeSpan.FromSeconds(args.GetInt("claim-after", 120, 1, 86_400)),
-            }
-            : null;
-        return await RunBatchAsync(configuration, source, options, output, stop, shared).ConfigureAwait(false);
+        var (configuration, source) = GatewayConfiguration.Load(config);
+        return RunBatchAsync(configuration, source, options, output, stop, shared);
     }
 
     /// <summary>Runs one batch with a progress display, then prints the summary and the metrics snapshot.</summary>

@@ -10,10 +10,10 @@ namespace PipelineGateway.Cli;
 /// </summary>
 internal static class DemoCommand
 {
-    public static async Task<int> RunAsync(CommandLine args, TextWriter output, CancellationToken cancellationToken)
+    public static async Task<int> RunAsync(string? config, int concurrency, string? outputDir, TextWriter output, CancellationToken cancellationToken)
     {
-        var (configuration, source) = GatewayConfiguration.Load(args.Get("config"));
-        var dir = args.Get("output") ?? Path.Combine(Path.GetTempPath(), $"pgw-demo-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Environment.ProcessId}");
+        var (configuration, source) = GatewayConfiguration.Load(config);
+        var dir = outputDir ?? Path.Combine(Path.GetTempPath(), $"pgw-demo-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Environment.ProcessId}");
         Directory.CreateDirectory(dir);
         var input = Path.Combine(dir, "demo-batch.jsonl");
         if (!File.Exists(input))
@@ -27,7 +27,7 @@ internal static class DemoCommand
         {
             InputPath = input,
             OutputPath = Path.Combine(dir, "output.jsonl"),
-            Concurrency = args.GetInt("concurrency", 64, 1, 100_000),
+            Concurrency = concurrency,
         };
         return await BatchCommand.RunBatchAsync(configuration, source, options, output, cancellationToken).ConfigureAwait(false);
     }

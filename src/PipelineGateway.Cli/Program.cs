@@ -1,8 +1,8 @@
+using System.CommandLine;
 using System.Runtime.InteropServices;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Cli;
 
-var flags = new HashSet<string>(StringComparer.Ordinal) { "help", "h", "retry-failed" };
 using var cts = new CancellationTokenSource();
 Console.CancelKeyPress += (_, e) =>
 {
@@ -22,65 +22,58 @@ using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
     cts.Cancel();
 });
 
-try
+return await Cli.RunAsync(args, Console.Out, Console.Error, cts.Token);
+
+namespace PipelineGateway.Cli
 {
-    var line = CommandLine.Parse(args, flags);
-    return line.Command switch
+    /// <summary>Parses, reports usage mistakes in one line (exit 2), runs the command, and maps its failures to exit codes.</summary>
+    internal static class Cli
     {
-        "demo" => await DemoCommand.RunAsync(line, Console.Out, cts.Token),
-        "batch" => await BatchCommand.RunAsync(line, Console.Out, cts.Token),
-        "simulate" => await SimulateCommand.RunAsync(args[1..], Console.Out, cts.Token),
-        "serve" => await ServeCommand.RunAsync(line, Console.Out),
-        "help" or "--help" or "-h" => Usage(Console.Out),
-        _ => throw new CliException($"Unknown command '{line.Command}'. Run 'pgw help' for the commands."),
-    };
-}
-catch (CliException ex)
-{
-    Console.Error.WriteLine($"pgw: {ex.Message}");
-    return ex.ExitCode;
-}
-catch (OptionsValidationException ex)
-{
-    // One line, naming every setting that is wrong: start-up failures are read in service logs.
-    Console.Error.WriteLine($"pgw: the configuration is invalid: {string.Join("; ", ex.Failures)}");
-    return 1;
-}
-catch (OperationCanceledException) when (cts.IsCancellationRequested)
-{
-    Console.Error.WriteLine("pgw: stopped.");
-    return 130;
-}
+        public static async Task<int> RunAsync(string[] args, TextWriter output, TextWriter error, CancellationToken stop)
+        {
+            // `pgw` alone and `pgw help` show the help, as `pgw --help` does.
+            if (args is [] or ["help"])
+            {
+                args = ["--help"];
+            }
 
-static int Usage(TextWriter output)
-{
-    output.WriteLine("""
-        pgw — PipelineGateway, an LLM gateway on a bounded channel pipeline
+            var root = Commands.Create(output);
+            var parsed = root.Parse(args);
+            if (parsed.Errors.Count > 0)
+            {
+                foreach (var e in parsed.Errors)
+                {
+                    await error.WriteLineAsync($"pgw: {e.Message}").ConfigureAwait(false);
+                }
 
-        Commands:
-          demo [--config FILE] [--concurrency N] [--output DIR]
-              Run the built-in sample batch through the gateway (simulated providers with a flaky primary,
-              duplicate prompts, a tight rate limit; no keys needed), then print the metrics snapshot.
-          batch INPUT.jsonl -o OUTPUT.jsonl [--errors FILE] [--concurrency N] [--retry-failed] [--config FILE]
-              Run an OpenAI Batch API input file through the gateway; results in the Batch output format.
-              Killed or stopped, the same command again continues where it stopped (each custom_id once).
-              --retry-failed runs the requests that failed before again.
-              --redis CONNECTION [--batch-id ID] [--claim-after SECONDS]: work one batch from several machines
-              through a Redis Stream; every machine ends with the complete output.
-          serve [--urls http://127.0.0.1:8080] [--config FILE]
-              Run the OpenAI-compatible HTTP front door (POST /v1/chat/completions, GET /v1/models,
-              GET /v1/gateway/metrics, /healthz, /readyz). SIGTERM or Ctrl+C drains in-flight requests.
-          simulate [--urls http://127.0.0.1:8081] [--latency-ms N] [--jitter-ms N] [--token-delay-ms N]
-                   [--error-rate R] [--error-status 500|503|529] [--rate-limit-rate R] [--retry-after S]
-                   [--hang-rate R] [--break-rate R] [--truncate-rate R] [--seed N] [--api-key-env VAR]
-              Run the upstream simulator: OpenAI /v1/chat/completions and /v1/models, Anthropic /v1/messages,
-              whole and streamed, with scripted faults (per request: header x-sim-fault, e.g. status=429;retry-after=2).
-          help
-              Show this text.
+                var command = parsed.CommandResult.Command;
+                await error.WriteLineAsync($"Run 'pgw{(command == root ? string.Empty : " " + command.Name)} --help' for the options.").ConfigureAwait(false);
+                return 2;
+            }
 
-        Configuration: --config FILE, else config/gateway.json in the working directory or a parent, else the
-        embedded default. Environment variables prefixed PGW_ override settings, for example
-        PGW_Gateway__Pipeline__MaxInFlight=256.
-        """);
-    return 0;
+            try
+            {
+                // ProcessTerminationTimeout null: System.CommandLine would otherwise take SIGTERM and Ctrl+C itself and end
+                // the process 2 s later, in the middle of `serve`'s drain. The signals are handled above, and by the host.
+                var invocation = new InvocationConfiguration { EnableDefaultExceptionHandler = false, Output = output, Error = error, ProcessTerminationTimeout = null };
+                return await parsed.InvokeAsync(invocation, stop).ConfigureAwait(false);
+            }
+            catch (CliException ex)
+            {
+                await error.WriteLineAsync($"pgw: {ex.Message}").ConfigureAwait(false);
+                return ex.ExitCode;
+            }
+            catch (OptionsValidationException ex)
+            {
+                // One line, naming every setting that is wrong: start-up failures are read in service logs.
+                await error.WriteLineAsync($"pgw: the configuration is invalid: {string.Join("; ", ex.Failures)}").ConfigureAwait(false);
+                return 1;
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                await error.WriteLineAsync("pgw: stopped.").ConfigureAwait(false);
+                return 130;
+            }
+        }
+    }
 }

@@ -5,10 +5,9 @@ namespace PipelineGateway.Cli;
 /// <summary><c>pgw serve</c>: the HTTP front door on the configured pipeline, until SIGTERM or Ctrl+C.</summary>
 internal static class ServeCommand
 {
-    public static async Task<int> RunAsync(CommandLine args, TextWriter output)
+    public static async Task<int> RunAsync(string? config, string urls, TextWriter output)
     {
-        var (configuration, source) = GatewayConfiguration.Load(args.Get("config"));
-        var urls = args.Get("urls") ?? "http://127.0.0.1:8080";
+        var (configuration, source) = GatewayConfiguration.Load(config);
         await using var app = GatewayServer.Build(configuration, urls);
         Uri address;
         try
