@@ -103,7 +103,7 @@ internal static class BenchmarkCatalog
 {
     public static ModelGroup Group()
     {
-        var gateway = new GatewayBuilder().AddProvider(new InstantProvider("p")).AddModel("m", providers: "p").StartAsync().GetAwaiter().GetResult();
+        var gateway = new GatewayBuilder().AddProvider(new InstantProvider("p")).AddModel("m", "p").StartAsync().GetAwaiter().GetResult();
         return ((ModelCatalog)gateway.Services.GetService(typeof(ModelCatalog))!).Groups[0];
     }
 }

@@ -50,8 +50,8 @@ public class CacheHitBenchmarks
     {
         _gateway = await new GatewayBuilder()
             .AddProvider(new InstantProvider("p"))
-            .AddModel("m", providers: "p")
-            .WithCache(TimeSpan.FromHours(1))
+            .AddModel("m", "p")
+            .AddCache(TimeSpan.FromHours(1))
             .StartAsync();
         _cachedRequest = new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("Hello, cached!")] };
         _uncachedRequest = new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("Hello, fresh!")], Gateway = new GatewayRequestOptions { NoStore = true } };

@@ -28,7 +28,7 @@ public class MetricsSinkBenchmarks
     [GlobalSetup]
     public async Task Setup()
     {
-        _gateway = await new GatewayBuilder().AddProvider(new InstantProvider("p")).AddModel("m", providers: "p").StartAsync();
+        _gateway = await new GatewayBuilder().AddProvider(new InstantProvider("p")).AddModel("m", "p").StartAsync();
         _metrics = _gateway.Services.GetRequiredService<GatewayMetrics>();
         var group = _gateway.Services.GetRequiredService<ModelCatalog>().Groups[0];
         _item = new WorkItem(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("hi")] }, group, false, TimeSpan.FromMinutes(1), TimeProvider.System, CancellationToken.None);

@@ -32,7 +32,7 @@ public class PipelineBenchmarks
         _request = new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("Hello!")] };
         _gateway = await new GatewayBuilder()
             .AddProvider(_provider, workers: Environment.ProcessorCount * 2, queueCapacity: 1024)
-            .AddModel("m", providers: "instant")
+            .AddModel("m", "instant")
             .Configure(o =>
             {
                 o.Pipeline.MaxInFlight = 2048;

@@ -63,15 +63,6 @@ public static class RedisServiceCollectionExtensions
         return services;
     }
 
-    /// <summary>Distributed mode for a <see cref="GatewayBuilder"/> gateway.</summary>
-    public static GatewayBuilder UseRedis(this GatewayBuilder builder, string configuration, RedisFailureMode failureMode = RedisFailureMode.FailOpen, string keyPrefix = "pgw") =>
-        builder.ConfigureServices(s => s.AddPipelineGatewayRedis(o =>
-        {
-            o.Configuration = configuration;
-            o.FailureMode = failureMode;
-            o.KeyPrefix = keyPrefix;
-        }));
-
     /// <summary>
     /// The password is a secret from the moment it is configured: registered with the redactor before anything
     /// (a validation message, a connection error) could write the configuration string.
@@ -91,5 +82,35 @@ public static class RedisServiceCollectionExtensions
         {
             // An unparsable string is reported by the connection; nothing in it is known to be a password.
         }
+    }
+}
+
+/// <summary>Distributed mode on the gateway's builder: <c>services.AddPipelineGateway(config).AddRedis(config)</c>.</summary>
+public static class RedisGatewayBuilderExtensions
+{
+    /// <summary>Shares limits, the cache's second level, cooldowns and budgets through Redis (the <c>Gateway:Redis</c> section; none = off).</summary>
+    public static TBuilder AddRedis<TBuilder>(this TBuilder builder, IConfiguration configuration)
+        where TBuilder : IGatewayBuilder
+    {
+        builder.Services.AddPipelineGatewayRedis(configuration);
+        return builder;
+    }
+
+    /// <summary>Shares limits, the cache's second level, cooldowns and budgets through the Redis at <paramref name="configuration"/>.</summary>
+    public static TBuilder AddRedis<TBuilder>(this TBuilder builder, string configuration, RedisFailureMode failureMode = RedisFailureMode.FailOpen, string keyPrefix = "pgw")
+        where TBuilder : IGatewayBuilder =>
+        builder.AddRedis(o =>
+        {
+            o.Configuration = configuration;
+            o.FailureMode = failureMode;
+            o.KeyPrefix = keyPrefix;
+        });
+
+    /// <summary>Shares limits, the cache's second level, cooldowns and budgets through Redis, configured in code.</summary>
+    public static TBuilder AddRedis<TBuilder>(this TBuilder builder, Action<RedisOptions> configure)
+        where TBuilder : IGatewayBuilder
+    {
+        builder.Services.AddPipelineGatewayRedis(configure);
+        return builder;
     }
 }

@@ -22,28 +22,53 @@ public static class GatewayServiceCollectionExtensions
 {
     /// <summary>
     /// Adds the gateway, configured from <paramref name="configuration"/> (the <c>Gateway</c> section, or the
-    /// section itself), validated at start. Register it before hosted services that submit work, so it stops
-    /// after them (hosted services stop in reverse order).
+    /// section itself), validated at start, and returns its builder for anything more in code. Register it before
+    /// hosted services that submit work, so it stops after them (hosted services stop in reverse order). Calling it
+    /// again is harmless: the same registration, the same configuration bound once.
     /// </summary>
-    public static IServiceCollection AddPipelineGateway(this IServiceCollection services, IConfiguration configuration, Action<GatewayOptions>? configure = null)
+    public static IGatewayBuilder AddPipelineGateway(this IServiceCollection services, IConfiguration configuration, Action<GatewayOptions>? configure = null)
     {
         ArgumentNullException.ThrowIfNull(configuration);
+        var builder = services.AddPipelineGateway();
         var section = configuration.GetSection(GatewayOptions.SectionName);
         var source = section.Exists() ? section : configuration;
-        return services.AddPipelineGateway(o =>
+        if (Registration(services).Bound.Add(configuration))
         {
-            source.Bind(o);
-            configure?.Invoke(o);
-        });
+            services.Configure<GatewayOptions>(o => source.Bind(o));
+        }
+
+        if (configure is not null)
+        {
+            services.Configure(configure);
+        }
+
+        return builder;
     }
 
     /// <summary>Adds the gateway, configured in code.</summary>
-    public static IServiceCollection AddPipelineGateway(this IServiceCollection services, Action<GatewayOptions> configure)
+    public static IGatewayBuilder AddPipelineGateway(this IServiceCollection services, Action<GatewayOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(configure);
+        var builder = services.AddPipelineGateway();
+        services.Configure(configure);
+        return builder;
+    }
+
+    /// <summary>
+    /// Adds the gateway with nothing configured yet: configure it with the returned builder's typed methods
+    /// (<see cref="GatewayBuilderExtensions"/>). Idempotent: a second call returns a builder over the same registration.
+    /// </summary>
+    public static IGatewayBuilder AddPipelineGateway(this IServiceCollection services)
     {
         ArgumentNullException.ThrowIfNull(services);
-        ArgumentNullException.ThrowIfNull(configure);
+        if (services.FirstOrDefault(d => d.ServiceType == typeof(GatewayRegistration))?.ImplementationInstance is GatewayRegistration existing)
+        {
+            return existing;
+        }
 
-        services.AddOptions<GatewayOptions>().Configure(configure).ValidateOnStart();
+        var registration = new GatewayRegistration(services);
+        services.AddSingleton(registration);
+        services.AddOptions<GatewayOptions>().ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<GatewayOptions>, GatewayOptionsValidator>());
         services.TryAddSingleton(TimeProvider.System);
         services.AddLogging();
@@ -96,22 +121,19 @@ public static class GatewayServiceCollectionExtensions
         services.AddHostedService<RouterStage>();
         services.AddHostedService<CacheStage>();
         services.AddHostedService<AdmissionStage>();
-        return services;
+        return registration;
     }
 
-    /// <summary>Registers a provider implemented in code; deployments refer to it by <see cref="ILlmProvider.Name"/>.</summary>
-    public static IServiceCollection AddGatewayProvider(this IServiceCollection services, ILlmProvider provider)
-    {
-        services.AddSingleton(provider);
-        return services;
-    }
+    private static GatewayRegistration Registration(IServiceCollection services) =>
+        (GatewayRegistration)services.First(d => d.ServiceType == typeof(GatewayRegistration)).ImplementationInstance!;
 
-    /// <summary>Registers a routing strategy that model groups can name.</summary>
-    public static IServiceCollection AddRoutingStrategy<T>(this IServiceCollection services)
-        where T : class, IRoutingStrategy
+    /// <summary>The gateway's registration in a service collection: there is one, whatever the number of AddPipelineGateway calls.</summary>
+    private sealed class GatewayRegistration(IServiceCollection services) : IGatewayBuilder
     {
-        services.TryAddEnumerable(ServiceDescriptor.Singleton<IRoutingStrategy, T>());
-        return services;
+        public IServiceCollection Services { get; } = services;
+
+        /// <summary>Configuration sources already bound (binding one twice would add its providers and models twice).</summary>
+        public HashSet<IConfiguration> Bound { get; } = new(ReferenceEqualityComparer.Instance);
     }
 
     private static ProviderPools BuildPools(IServiceProvider sp)

@@ -15,7 +15,7 @@ public sealed class AdmissionTests
     {
         var provider = new FakeProvider("p");
         var gateway = await TestGateway.With(provider)
-            .WithTimeProvider(clock)
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Pipeline.DefaultTimeout = TimeSpan.FromHours(10);

@@ -54,8 +54,8 @@ public sealed class FairnessTests
         var provider = new FakeProvider("p");
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 2, queueCapacity: 4)
-            .AddModel("m", "Priority", "p")
-            .WithTimeProvider(clock)
+            .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Pipeline.MaxInFlight = 4;
@@ -119,7 +119,7 @@ public sealed class FairnessTests
     {
         var clock = TestGateway.Clock();
         await using var gateway = await TestGateway.With(new FakeProvider("p"))
-            .WithTimeProvider(clock)
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Admission.MaxPartitions = 100;
@@ -161,7 +161,7 @@ public sealed class FairnessTests
         var stepped = new SteppedProvider();
         await using var gateway = await new GatewayBuilder()
             .AddProvider(stepped.Provider, workers: 1, queueCapacity: 100)
-            .AddModel("m", "Priority", "p")
+            .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
 
@@ -187,7 +187,7 @@ public sealed class FairnessTests
         var stepped = new SteppedProvider();
         await using var gateway = await new GatewayBuilder()
             .AddProvider(stepped.Provider, workers: 1, queueCapacity: 100)
-            .AddModel("m", "Priority", "p")
+            .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
             .Configure(o => o.Fairness.Weights["gold"] = 3)
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
@@ -216,7 +216,7 @@ public sealed class FairnessTests
         var stepped = new SteppedProvider();
         await using var gateway = await new GatewayBuilder()
             .AddProvider(stepped.Provider, workers: 1, queueCapacity: 100)
-            .AddModel("m", "Priority", "p")
+            .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
             .Configure(o => o.Fairness.BatchShare = 0.25)
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
@@ -256,7 +256,7 @@ public sealed class FairnessTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 1, queueCapacity: 8)
-            .AddModel("m", "Priority", "p")
+            .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
             .Configure(o => o.Pipeline.MaxInFlight = 2)
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
@@ -276,7 +276,7 @@ public sealed class FairnessTests
     {
         var clock = TestGateway.Clock();
         await using var gateway = await TestGateway.With(new FakeProvider("p"))
-            .WithTimeProvider(clock)
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Pipeline.DefaultTimeout = TimeSpan.FromHours(1);

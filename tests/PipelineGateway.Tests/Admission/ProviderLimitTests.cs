@@ -32,8 +32,8 @@ public sealed class ProviderLimitTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 4, queueCapacity: 1000)
-            .AddModel("m", providers: "limited")
-            .WithTimeProvider(clock)
+            .AddModel("m", "limited")
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Providers[0].RequestsPerMinute = 100;
@@ -78,8 +78,8 @@ public sealed class ProviderLimitTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 2, queueCapacity: 100)
-            .AddModel("m", providers: "tpm")
-            .WithTimeProvider(clock)
+            .AddModel("m", "tpm")
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Providers[0].TokensPerMinute = 1000;
@@ -121,8 +121,8 @@ public sealed class ProviderLimitTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 1, queueCapacity: 10)
-            .AddModel("m", providers: "p")
-            .WithTimeProvider(clock)
+            .AddModel("m", "p")
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Health.Enabled = false;

@@ -138,7 +138,7 @@ public sealed class BatchRunnerTests
                 return FakeProvider.Answer(r.Model, "ok");
             },
         };
-        await using var gateway = await new GatewayBuilder().AddProvider(provider, workers: 4, queueCapacity: 64).AddModel("m", providers: "p").StartAsync(Ct);
+        await using var gateway = await new GatewayBuilder().AddProvider(provider, workers: 4, queueCapacity: 64).AddModel("m", "p").StartAsync(Ct);
         using var stop = new CancellationTokenSource();
         var run = BatchRunner.RunAsync(gateway, Options(files, concurrency: 8), stop: stop.Token);
         await Wait.Until(() => Volatile.Read(ref started) > 30, "the run is under way");
@@ -238,8 +238,8 @@ public sealed class BatchRunnerTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 8, queueCapacity: 64)
-            .AddModel("m", providers: "limited")
-            .WithTimeProvider(clock)
+            .AddModel("m", "limited")
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Providers[0].RequestsPerMinute = rpm;

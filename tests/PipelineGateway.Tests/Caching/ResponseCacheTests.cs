@@ -12,10 +12,10 @@ public sealed class ResponseCacheTests
 
     private static async Task<Gateway> Start(FakeProvider provider, Microsoft.Extensions.Time.Testing.FakeTimeProvider? clock = null, Action<GatewayOptions>? tweak = null)
     {
-        var builder = TestGateway.With(provider).WithCache(TimeSpan.FromMinutes(10));
+        var builder = TestGateway.With(provider).AddCache(TimeSpan.FromMinutes(10));
         if (clock is not null)
         {
-            builder.WithTimeProvider(clock);
+            builder.UseTimeProvider(clock);
         }
 
         return await builder.Configure(o =>
@@ -137,8 +137,8 @@ public sealed class ResponseCacheTests
         var provider = FakeProvider.Gated("p", gate, "shared");
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 16)
-            .AddModel("m", "Priority", "p")
-            .WithCache(TimeSpan.FromMinutes(10))
+            .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
+            .AddCache(TimeSpan.FromMinutes(10))
             .Configure(o => o.Cache.MaxFollowers = 3)
             .StartAsync(Ct);
 

@@ -52,9 +52,9 @@ public sealed class AccountingTests
 
         // Frozen time: the token bucket never refills during a case, so what is left of it shows what was charged.
         var gateway = await TestGateway.With(provider)
-            .WithTimeProvider(TestGateway.Clock())
-            .WithCache(TimeSpan.FromHours(1))
-            .WithBudget(1_000_000m)
+            .UseTimeProvider(TestGateway.Clock())
+            .AddCache(TimeSpan.FromHours(1))
+            .AddBudget(1_000_000m)
             .Configure(o =>
             {
                 o.Pricing["m"] = new ModelPrice { InputPerMillion = 1_000_000m, OutputPerMillion = 2_000_000m };
@@ -299,7 +299,7 @@ public sealed class AccountingTests
         var unknown = new FakeProvider("unknown");
         await using var gateway = await new GatewayBuilder()
             .AddProvider(unknown).AddProvider(expensive).AddProvider(cheap)
-            .AddModel("m", RoutingStrategyNames.CostOptimized, "unknown", "expensive", "cheap")
+            .AddModel("m", m => m.Strategy(RoutingStrategyNames.CostOptimized).Deploy("unknown").Deploy("expensive").Deploy("cheap"))
             .Configure(o =>
             {
                 o.Models[0].Deployments[0].Model = "in-house-llm";  // no price anywhere

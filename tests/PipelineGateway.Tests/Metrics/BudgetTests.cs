@@ -35,7 +35,7 @@ public sealed class BudgetTests
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var provider = FakeProvider.Gated("p", gate);
-        await using var gateway = await Priced(provider).WithBudget(120m, BudgetPeriod.Day).StartAsync(Ct);
+        await using var gateway = await Priced(provider).AddBudget(120m, BudgetPeriod.Day).StartAsync(Ct);
 
         // 1,000 concurrent requests, each reserving $6: only 20 fit in $120 while they are all in flight.
         var all = Enumerable.Range(0, 1000).Select(_ => gateway.SubmitAsync(Req(), Ct).AsTask()).ToArray();
@@ -56,7 +56,7 @@ public sealed class BudgetTests
         var clock = TestGateway.Clock();
         var provider = new FakeProvider("p");
         await using var gateway = await Priced(provider)
-            .WithTimeProvider(clock)
+            .UseTimeProvider(clock)
             .Configure(o => o.Budgets.Add(new BudgetOptions { Name = "tenant-a daily", Scope = BudgetScope.Key, Key = "a", Period = BudgetPeriod.Day, LimitUsd = 10m }))
             .StartAsync(Ct);
 
@@ -81,7 +81,7 @@ public sealed class BudgetTests
     public async Task Cache_hits_cost_nothing_against_a_budget()
     {
         var provider = new FakeProvider("p");
-        await using var gateway = await Priced(provider).WithCache(TimeSpan.FromHours(1)).WithBudget(9m).StartAsync(Ct);
+        await using var gateway = await Priced(provider).AddCache(TimeSpan.FromHours(1)).AddBudget(9m).StartAsync(Ct);
 
         var first = TestGateway.Request();
         first.MaxTokens = 1;

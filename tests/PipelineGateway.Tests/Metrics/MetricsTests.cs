@@ -43,7 +43,7 @@ public sealed class MetricsTests
         var primary = new FakeProvider("primary") { OnComplete = (r, _) => r.Request.Messages[0].Content!.GetText() == "fail-over" ? throw FakeProvider.Fail503() : ValueTask.FromResult(FakeProvider.Answer(r.Model, "p")) };
         var backup = new FakeProvider("backup") { OnComplete = (r, _) => r.Request.Messages[0].Content!.GetText() == "fail-over" ? ValueTask.FromResult(FakeProvider.Answer(r.Model, "b")) : throw new ProviderException(AttemptOutcome.NonRetryableError, "no", 400) };
         await using var gateway = await TestGateway.With(primary, backup)
-            .WithCache(TimeSpan.FromHours(1))
+            .AddCache(TimeSpan.FromHours(1))
             .Configure(o => o.Models[0].Deployments.ForEach(d => { d.InputPricePerMillion = 1_000_000m; d.OutputPricePerMillion = 1_000_000m; }))
             .StartAsync(Ct);
 
@@ -81,7 +81,7 @@ public sealed class MetricsTests
         var provider = new FakeProvider("p") { OnComplete = (r, _) => ValueTask.FromResult(FakeProvider.Answer(r.Model, "x")) };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 8, queueCapacity: 1024)
-            .AddModel("m", providers: "p")
+            .AddModel("m", "p")
             .Configure(o => o.Pipeline.MaxInFlight = 2048)
             .StartAsync(Ct);
 

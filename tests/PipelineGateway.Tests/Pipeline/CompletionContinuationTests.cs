@@ -97,7 +97,7 @@ public sealed class CompletionContinuationTests
             failed.ResumedInsideCompletion.Should().BeFalse("a failure is answered from the dead-letter stage's loop, which must never run caller code");
         }
 
-        await using (var cached = await TestGateway.With(Upstream()).WithCache(TimeSpan.FromMinutes(5)).StartAsync(Ct))
+        await using (var cached = await TestGateway.With(Upstream()).AddCache(TimeSpan.FromMinutes(5)).StartAsync(Ct))
         {
             var first = await SubmitAsync(cached, TestGateway.Request(text: "same"), inline: true);
             var hit = await SubmitAsync(cached, TestGateway.Request(text: "same"), inline: true);

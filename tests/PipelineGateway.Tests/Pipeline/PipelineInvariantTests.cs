@@ -49,7 +49,7 @@ public sealed class PipelineInvariantTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(a, workers: 2, queueCapacity: 4)
-            .AddModel("m", "Priority", "a")
+            .AddModel("m", m => m.Strategy("Priority").Deploy("a"))
             .Configure(o =>
             {
                 o.Pipeline.MaxInFlight = 8;
@@ -117,7 +117,7 @@ public sealed class PipelineInvariantTests
         await using var gateway = await new GatewayBuilder()
             .AddProvider(a, workers: 1, queueCapacity: 1)
             .AddProvider(b, workers: 1, queueCapacity: 1)
-            .AddModel("m", "RoundRobin", "a", "b")
+            .AddModel("m", m => m.Strategy("RoundRobin").Deploy("a").Deploy("b"))
             .Configure(o =>
             {
                 o.Pipeline.MaxInFlight = 4;
@@ -231,8 +231,8 @@ public sealed class PipelineInvariantTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(a, workers: 1, queueCapacity: 8)
-            .AddModel("m", "Priority", "a")
-            .WithTimeProvider(clock)
+            .AddModel("m", m => m.Strategy("Priority").Deploy("a"))
+            .UseTimeProvider(clock)
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
 
@@ -296,7 +296,7 @@ public sealed class PipelineInvariantTests
             },
         };
         var gateway = await TestGateway.With(a)
-            .WithTimeProvider(clock)
+            .UseTimeProvider(clock)
             .Configure(o => o.Pipeline.DrainTimeout = TimeSpan.FromSeconds(10))
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();

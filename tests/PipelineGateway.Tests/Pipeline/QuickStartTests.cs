@@ -16,10 +16,10 @@ public sealed class QuickStartTests
         var clock = TestGateway.Clock();
         await using var gateway = await new GatewayBuilder()
             .AddSimulatedProvider("openai", o => o.LatencyMs = 0)
-            .AddModel("gpt-4", providers: "openai")
-            .WithRateLimit(60, TimeSpan.FromMinutes(1))
-            .WithCache(TimeSpan.FromSeconds(3600))
-            .WithTimeProvider(clock)
+            .AddModel("gpt-4", "openai")
+            .AddRateLimit(60, TimeSpan.FromMinutes(1))
+            .AddCache(TimeSpan.FromSeconds(3600))
+            .UseTimeProvider(clock)
             .StartAsync(Ct);
         var hello = new ChatCompletionRequest { Model = "gpt-4", Messages = [ChatCompletionMessage.User("Hello!")] };
 

@@ -61,7 +61,7 @@ public sealed class ChatClientProviderTests
         await using var gateway = await new GatewayBuilder()
             .AddProvider(new ChatClientProvider("meai", failing))
             .AddProvider(backup)
-            .AddModel("m", "Priority", "meai", "backup")
+            .AddModel("m", m => m.Strategy("Priority").Deploy("meai").Deploy("backup"))
             .StartAsync(Ct);
 
         var act = async () => await gateway.SubmitAsync(TestGateway.Request(), Ct);
@@ -85,7 +85,7 @@ public sealed class ChatClientProviderTests
         var client = new FakeChatClient();
         await using var gateway = await new GatewayBuilder()
             .AddProvider(new ChatClientProvider("meai", client))
-            .AddModel("m", providers: "meai")
+            .AddModel("m", "meai")
             .StartAsync(Ct);
         var request = TestGateway.Request();
         request.Messages.Insert(0, ChatCompletionMessage.System("be brief"));

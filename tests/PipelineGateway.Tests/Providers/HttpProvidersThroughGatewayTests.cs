@@ -24,7 +24,7 @@ public sealed class HttpProvidersThroughGatewayTests
             await using var broken = await SimulatorServer.StartAsync(new SimulatorOptions { ApiKey = key, ErrorRate = 1, ErrorStatus = 503 }, cancellationToken: Ct);
             await using var healthy = await SimulatorServer.StartAsync(new SimulatorOptions { ApiKey = key }, cancellationToken: Ct);
             await using var gateway = await new GatewayBuilder()
-                .WithLogging(l => l.AddProvider(logs))
+                .ConfigureLogging(l => l.AddProvider(logs))
                 .Configure(o =>
                 {
                     o.Providers.Add(new ProviderOptions { Name = "openai", Type = ProviderTypes.OpenAI, BaseUrl = new Uri(broken.BaseAddress, "v1").ToString(), ApiKeyEnvironmentVariable = keyVar });

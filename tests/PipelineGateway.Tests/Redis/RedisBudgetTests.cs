@@ -21,8 +21,8 @@ public sealed class RedisBudgetTests
             o.Pipeline.AdmissionQueueCapacity = 2048;
             o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = provider.Name, InputPricePerMillion = 1_000_000m, OutputPricePerMillion = 1_000_000m }] });
         })
-        .WithBudget(120m, BudgetPeriod.Day)
-        .UseRedis(redis, mode, prefix)
+        .AddBudget(120m, BudgetPeriod.Day)
+        .AddRedis(redis, mode, prefix)
         .StartAsync(Ct);
 
     [Fact]

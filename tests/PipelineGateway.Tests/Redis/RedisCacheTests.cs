@@ -13,9 +13,9 @@ public sealed class RedisCacheTests
     private static Task<Gateway> Instance(string redis, string prefix, FakeProvider provider) =>
         new GatewayBuilder()
             .AddProvider(provider, workers: 4, queueCapacity: 64)
-            .AddModel("m", providers: provider.Name)
-            .WithCache(TimeSpan.FromMinutes(5))
-            .UseRedis(redis, keyPrefix: prefix)
+            .AddModel("m", provider.Name)
+            .AddCache(TimeSpan.FromMinutes(5))
+            .AddRedis(redis, keyPrefix: prefix)
             .StartAsync(Ct);
 
     private static string Prefix() => "t" + Guid.NewGuid().ToString("N")[..12];

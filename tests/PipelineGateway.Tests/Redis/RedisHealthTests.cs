@@ -23,7 +23,7 @@ public sealed class RedisHealthTests
                 o.Health.Cooldown = TimeSpan.FromSeconds(30);
                 o.Pipeline.RetryBaseDelay = TimeSpan.FromMilliseconds(1);
             })
-            .UseRedis(redis, keyPrefix: prefix)
+            .AddRedis(redis, keyPrefix: prefix)
             .StartAsync(Ct);
 
     private static Task BothSubscribed(string redis, string prefix) => Subscribed(redis, prefix, 2);
@@ -76,9 +76,9 @@ public sealed class RedisHealthTests
 
         // Model "other" is served by p alone: the deployment cooldown of m/p/m does not cover it, the provider's pause does.
         Task<Gateway> Start(FakeProvider p) => TestGateway.With(p, new FakeProvider("q"))
-            .AddModel("other", "Priority", "p")
+            .AddModel("other", m => m.Strategy("Priority").Deploy("p"))
             .Configure(o => o.Pipeline.MaxQueueWait = TimeSpan.FromSeconds(5))
-            .UseRedis(redis, keyPrefix: prefix)
+            .AddRedis(redis, keyPrefix: prefix)
             .StartAsync(Ct);
         await using var a = await Start(pA);
         await using var b = await Start(pB);

@@ -16,21 +16,21 @@ public sealed class RedisRateLimitTests
     private static Task<Gateway> Instance(string redis, string prefix, Action<AdmissionOptions> limits, RedisFailureMode mode = RedisFailureMode.FailOpen, CapturingLoggerProvider? logs = null, FakeProvider? provider = null) =>
         new GatewayBuilder()
             .AddProvider(provider ?? new FakeProvider("p"), workers: 8, queueCapacity: 512)
-            .AddModel("m", providers: "p")
+            .AddModel("m", "p")
             .Configure(o =>
             {
                 o.Pipeline.MaxInFlight = 1024;
                 o.Pipeline.AdmissionQueueCapacity = 1024;
                 limits(o.Admission);
             })
-            .WithLogging(l =>
+            .ConfigureLogging(l =>
             {
                 if (logs is not null)
                 {
                     l.AddProvider(logs);
                 }
             })
-            .UseRedis(redis, mode, prefix)
+            .AddRedis(redis, mode, prefix)
             .StartAsync(Ct);
 
     private static string Prefix() => "t" + Guid.NewGuid().ToString("N")[..12];

@@ -20,7 +20,7 @@ public sealed class HealthAndHedgingTests
 
     private static async Task<Gateway> TwoDeployments(FakeProvider primary, FakeProvider backup, Microsoft.Extensions.Time.Testing.FakeTimeProvider clock, Action<GatewayOptions>? tweak = null) =>
         await TestGateway.With(primary, backup)
-            .WithTimeProvider(clock)
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Health.ConsecutiveFailures = 2;
@@ -176,7 +176,7 @@ public sealed class HealthAndHedgingTests
         };
         var fast = new FakeProvider("fast");
         await using var gateway = await TestGateway.With(slow, fast)
-            .WithTimeProvider(clock)
+            .UseTimeProvider(clock)
             .Configure(o => o.Models[0].Hedging = new HedgingOptions { Delay = TimeSpan.FromMilliseconds(500) })
             .StartAsync(Ct);
 

@@ -33,8 +33,8 @@ public sealed class IsolationTests
         await using var gateway = await new GatewayBuilder()
             .AddProvider(stuck, workers: 2, queueCapacity: 4)
             .AddProvider(fast, workers: 2, queueCapacity: 4)
-            .AddModel("slow", "Priority", "stuck")
-            .AddModel("quick", "Priority", "fast")
+            .AddModel("slow", m => m.Strategy("Priority").Deploy("stuck"))
+            .AddModel("quick", m => m.Strategy("Priority").Deploy("fast"))
             .Configure(o =>
             {
                 o.Pipeline.MaxInFlight = 16; // far fewer slots than the flood: a stuck provider must not hold them all
@@ -100,8 +100,8 @@ public sealed class IsolationTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 1, queueCapacity: 100)
-            .AddModel("m", "Priority", "p")
-            .WithTimeProvider(clock)
+            .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Pipeline.MaxQueueWait = TimeSpan.FromSeconds(10);
@@ -166,8 +166,8 @@ public sealed class IsolationTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 1, queueCapacity: 100)
-            .AddModel("m", "Priority", "p")
-            .WithTimeProvider(clock)
+            .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
+            .UseTimeProvider(clock)
             .Configure(o => o.Pipeline.MaxQueueWait = TimeSpan.FromSeconds(10))
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
@@ -207,8 +207,8 @@ public sealed class IsolationTests
         };
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 1, queueCapacity: 10)
-            .AddModel("m", "Priority", "p")
-            .WithTimeProvider(clock)
+            .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
+            .UseTimeProvider(clock)
             .Configure(o =>
             {
                 o.Pipeline.MaxQueueWait = TimeSpan.FromSeconds(10);

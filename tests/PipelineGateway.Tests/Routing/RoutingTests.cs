@@ -105,7 +105,7 @@ public sealed class RoutingTests
         var clock = TestGateway.Clock();
         var providers = new[] { new FakeProvider("a"), new FakeProvider("b"), new FakeProvider("c") };
         await using var gateway = await Group("LowestLatency", [.. providers.Select(p => (p, (Action<DeploymentOptions>?)null))])
-            .WithTimeProvider(clock)
+            .UseTimeProvider(clock)
             .Configure(o => o.Health.LatencyProbeInterval = TimeSpan.FromSeconds(30))
             .StartAsync(Ct);
         var group = gateway.Services.GetRequiredService<ModelCatalog>().Groups[0];
@@ -150,7 +150,7 @@ public sealed class RoutingTests
         var slow = Timed("slow", 200);
         var fast = Timed("fast", 20);
         await using var gateway = await Group("LowestLatency", (slow, null), (fast, null))
-            .WithTimeProvider(clock)
+            .UseTimeProvider(clock)
             .Configure(o => o.Health.LatencyProbeInterval = TimeSpan.FromHours(1))
             .StartAsync(Ct);
 

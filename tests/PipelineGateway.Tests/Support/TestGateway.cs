@@ -22,7 +22,14 @@ public static class TestGateway
             builder.AddProvider(p, workers: 4, queueCapacity: 16);
         }
 
-        return builder.AddModel("m", strategy.ToString(), providers.Select(p => p.Name).ToArray());
+        return builder.AddModel("m", m =>
+        {
+            m.Strategy(strategy.ToString());
+            foreach (var p in providers)
+            {
+                m.Deploy(p.Name);
+            }
+        });
     }
 
     public static FakeTimeProvider Clock() => new(new DateTimeOffset(2026, 1, 1, 0, 0, 0, TimeSpan.Zero));

@@ -1,0 +1,118 @@
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
+using PipelineGateway.Admission;
+using PipelineGateway.Cost;
+using PipelineGateway.Hosting;
+using PipelineGateway.Routing;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Hosting;
+
+/// <summary><c>AddPipelineGateway</c>'s builder: typed methods that say what the configuration file says, and idempotent registration.</summary>
+public sealed class GatewayBuilderTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private const string Json = """
+        {
+          "Gateway": {
+            "Providers": [
+              { "Name": "sim", "Type": "Simulated", "Workers": 8 },
+              { "Name": "backup", "Type": "Simulated" }
+            ],
+            "Models": [
+              { "Name": "chat", "Strategy": "Priority", "Aliases": [ "default" ], "Fallbacks": [ "small" ],
+                "Hedging": { "Delay": "00:00:03" },
+                "Deployments": [ { "Provider": "sim", "Model": "gpt-4o", "Priority": 0, "Weight": 1 },
+                                 { "Provider": "backup", "Model": "gpt-4o-mini", "Priority": 1, "Weight": 1, "InputPricePerMillion": 0.1, "OutputPricePerMillion": 0.4 } ] },
+              { "Name": "small", "Strategy": "RoundRobin", "Deployments": [ { "Provider": "sim", "Priority": 0, "Weight": 1 } ] }
+            ],
+            "Admission": { "PartitionBy": "Key", "RateLimits": [ { "Limit": 100000, "Window": "00:01:00", "Unit": "Tokens", "Algorithm": "SlidingWindow", "Burst": 150 } ] },
+            "Cache": { "Enabled": true, "DefaultTtl": "00:10:00", "MaxEntries": 500 },
+            "Budgets": [ { "LimitUsd": 20, "Period": "Day", "Scope": "Key", "Key": "team-a" } ],
+            "Pricing": { "my-model": { "InputPerMillion": 1, "OutputPerMillion": 2 } },
+            "Pipeline": { "MaxInFlight": 64 },
+            "Fairness": { "Weights": { "team-a": 3 } }
+          }
+        }
+        """;
+
+    private static GatewayOptions Options(Action<IServiceCollection> register)
+    {
+        var services = new ServiceCollection();
+        register(services);
+        return services.BuildServiceProvider().GetRequiredService<IOptions<GatewayOptions>>().Value;
+    }
+
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    private static string Canonical(GatewayOptions o) => JsonSerializer.Serialize(o, Indented);
+
+    [Fact]
+    public void The_typed_methods_say_what_the_configuration_file_says()
+    {
+        var fromFile = Options(s => s.AddPipelineGateway(new ConfigurationBuilder().AddJsonStream(new MemoryStream(System.Text.Encoding.UTF8.GetBytes(Json))).Build()));
+        var fromCode = Options(s => s.AddPipelineGateway()
+            .AddSimulatedProvider("sim", workers: 8)
+            .AddSimulatedProvider("backup")
+            .AddModel("chat", m => m
+                .Strategy(RoutingStrategyNames.Priority)
+                .Alias("default")
+                .FallbackTo("small")
+                .Hedge(TimeSpan.FromSeconds(3))
+                .Deploy("sim", model: "gpt-4o")
+                .Deploy("backup", model: "gpt-4o-mini", inputPricePerMillion: 0.1m, outputPricePerMillion: 0.4m))
+            .AddModel("small", "sim")
+            .PartitionRateLimitsBy(RateLimitPartition.Key)
+            .AddRateLimit(100_000, TimeSpan.FromMinutes(1), RateLimitUnit.Tokens, RateLimitAlgorithm.SlidingWindow, burst: 150)
+            .AddCache(TimeSpan.FromMinutes(10), maxEntries: 500)
+            .AddBudget(20m, BudgetPeriod.Day, BudgetScope.Key, key: "team-a")
+            .AddPrice("my-model", 1m, 2m)
+            .ConfigurePipeline(p => p.MaxInFlight = 64)
+            .WithTenantWeight("team-a", 3));
+
+        // The simulated providers' own options are created by the builder and left null by the file: the rest is equal.
+        fromFile.Providers.ForEach(p => p.Simulated ??= new PipelineGateway.Providers.Simulated.SimulatedProviderOptions());
+        Canonical(fromCode).Should().Be(Canonical(fromFile));
+    }
+
+    [Fact]
+    public async Task Registering_twice_is_one_gateway_with_its_configuration_bound_once()
+    {
+        var configuration = new ConfigurationBuilder().AddJsonStream(new MemoryStream(System.Text.Encoding.UTF8.GetBytes(Json))).Build();
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+
+        var first = builder.Services.AddPipelineGateway(configuration);
+        var second = builder.Services.AddPipelineGateway(configuration);
+        builder.Services.AddPipelineGateway().AddModel("extra", "sim");
+
+        second.Should().BeSameAs(first);
+        builder.Services.Count(d => d.ServiceType == typeof(IHostedService)).Should().Be(5, "five stages, registered once");
+        using var host = builder.Build();
+        await host.StartAsync(Ct);
+        var options = host.Services.GetRequiredService<IOptions<GatewayOptions>>().Value;
+        options.Providers.Select(p => p.Name).Should().Equal("sim", "backup");
+        options.Models.Select(m => m.Name).Should().Equal("chat", "small", "extra");
+        var answer = await host.Services.GetRequiredService<IGatewayQueue>().SubmitAsync(TestGateway.Request("extra"), Ct);
+        answer.Choices.Should().NotBeEmpty();
+        await host.StopAsync(Ct);
+    }
+
+    [Fact]
+    public async Task A_model_named_with_its_providers_spreads_over_all_of_them()
+    {
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(new FakeProvider("p1"))
+            .AddProvider(new FakeProvider("p2"))
+            .AddModel("m", "p1", "p2")
+            .StartAsync(Ct);
+
+        var group = gateway.Services.GetRequiredService<IOptions<GatewayOptions>>().Value.Models.Single();
+        group.Strategy.Should().Be(RoutingStrategyNames.RoundRobin);
+        group.Deployments.Select(d => d.Provider).Should().Equal(["p1", "p2"], "no provider is taken for a strategy");
+    }
+}
