@@ -34,7 +34,7 @@ public class CacheKeyBenchmarks
     public UInt128 HashRawTextOnly() => System.IO.Hashing.XxHash128.HashToUInt128(_raw);
 
     [Benchmark]
-    public CacheKey CanonicalKey() => CacheKey.Compute("m", _request);
+    public UInt128 CanonicalKey() => CacheKey.Compute("m", _request).Hash;
 }
 
 /// <summary>A cache hit through the whole pipeline, against a miss answered by an instant provider (same run).</summary>

@@ -627,7 +627,7 @@ internal sealed partial class AdmissionRateLimiter : IDisposable
     }
 }
 
-public enum AdmissionDecision
+internal enum AdmissionDecision
 {
     Admitted,
     Parked,
@@ -641,7 +641,7 @@ public enum AdmissionDecision
 internal sealed record RateLimitCharge(AdmissionRateLimiter.Partition Partition, long Tokens, long[] Handles);
 
 /// <summary>A rule's state for one partition, at a moment.</summary>
-public readonly record struct RateLimitStatus(string Name, long Limit, long Remaining, TimeSpan ResetAfter)
+internal readonly record struct RateLimitStatus(string Name, long Limit, long Remaining, TimeSpan ResetAfter)
 {
     public RateLimitUnit Unit { get; init; }
 }

@@ -5,7 +5,7 @@ namespace PipelineGateway.Admission;
 /// PipelineGateway.Redis). The store evaluates every rule of a partition at once: all admit and are charged
 /// together, or none is charged. Without a store the limits are this process's own.
 /// </summary>
-public interface IDistributedRateLimitStore
+internal interface IDistributedRateLimitStore
 {
     /// <summary>What admission does when the store cannot be reached: true uses this instance's local limits.</summary>
     bool FailOpen { get; }
@@ -23,7 +23,7 @@ public interface IDistributedRateLimitStore
 }
 
 /// <summary>The store's answer: admitted (with the charge), wait this long, never fits, or unreachable.</summary>
-public readonly record struct DistributedLimitDecision
+internal readonly record struct DistributedLimitDecision
 {
     public DistributedLimitOutcome Outcome { get; init; }
 
@@ -40,7 +40,7 @@ public readonly record struct DistributedLimitDecision
     public string? Error { get; init; }
 }
 
-public enum DistributedLimitOutcome
+internal enum DistributedLimitOutcome
 {
     Admitted,
     Wait,
@@ -49,4 +49,4 @@ public enum DistributedLimitOutcome
 }
 
 /// <summary>A charge taken in a store, kept by the request so the store can correct it to actual usage.</summary>
-public sealed record DistributedLimitCharge(string Partition, IReadOnlyList<RateLimitRule> Rules, long Tokens, string RequestId, long ChargedAtMs);
+internal sealed record DistributedLimitCharge(string Partition, IReadOnlyList<RateLimitRule> Rules, long Tokens, string RequestId, long ChargedAtMs);

@@ -9,7 +9,7 @@ namespace PipelineGateway.Admission;
 /// prime the reply). Other models (Claude, Llama, …) have no public tokenizer here and get the cheap estimate.
 /// Tokenizers load once, on first use; nothing calls this unless a token limit or budget needs it.
 /// </summary>
-public static class TokenCounter
+internal static class TokenCounter
 {
     private static readonly Lazy<Tokenizer> O200k = new(() => TiktokenTokenizer.CreateForEncoding("o200k_base"));
     private static readonly Lazy<Tokenizer> Cl100k = new(() => TiktokenTokenizer.CreateForEncoding("cl100k_base"));

@@ -9,7 +9,7 @@ namespace PipelineGateway.Caching;
 /// messages, sampling parameters, tools, response format and pass-through fields. Object keys are sorted and
 /// numbers normalized (1 and 1.0 give the same key); stream, user and gateway controls are left out.
 /// </summary>
-public readonly record struct CacheKey(UInt128 Hash, string? Namespace)
+internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
 {
     public override string ToString() => (Namespace is null ? string.Empty : Namespace + ":") + Hash.ToString("x32", System.Globalization.CultureInfo.InvariantCulture);
 

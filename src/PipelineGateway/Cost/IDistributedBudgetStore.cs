@@ -5,7 +5,7 @@ namespace PipelineGateway.Cost;
 /// PipelineGateway.Redis). Reservation is all or nothing across the accounts that apply to a request, so a
 /// fleet can overspend a budget by at most what its requests in flight were reserved for and then exceeded.
 /// </summary>
-public interface IDistributedBudgetStore
+internal interface IDistributedBudgetStore
 {
     /// <summary>What happens when the store cannot be reached: true uses this instance's local accounts.</summary>
     bool FailOpen { get; }
@@ -23,9 +23,9 @@ public interface IDistributedBudgetStore
 /// <param name="LimitNanoUsd">The budget's limit in nano-dollars.</param>
 /// <param name="Lifetime">How long the account must outlive now (the rest of its period, plus a margin).</param>
 /// <param name="DisplayName">The budget's name, for refusals.</param>
-public sealed record BudgetAccountRef(string Id, string Period, long LimitNanoUsd, TimeSpan Lifetime, string DisplayName);
+internal sealed record BudgetAccountRef(string Id, string Period, long LimitNanoUsd, TimeSpan Lifetime, string DisplayName);
 
-public readonly record struct BudgetReservationResult
+internal readonly record struct BudgetReservationResult
 {
     public bool Reserved { get; init; }
 

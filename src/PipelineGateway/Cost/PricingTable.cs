@@ -21,7 +21,7 @@ public sealed class ModelPrice
 /// configuration when they change). A dated or suffixed name matches its longest known prefix
 /// (<c>gpt-4o-mini-2024-07-18</c> → <c>gpt-4o-mini</c>). Money is <see cref="decimal"/>.
 /// </summary>
-public sealed class PricingTable
+internal sealed class PricingTable
 {
     /// <summary>Shipped defaults, USD per million tokens (input, output).</summary>
     public static IReadOnlyDictionary<string, ModelPrice> Defaults { get; } = new Dictionary<string, ModelPrice>(StringComparer.OrdinalIgnoreCase)

@@ -27,9 +27,6 @@ public sealed class ModelNotFoundException(string model)
     public string Model { get; } = model;
 }
 
-/// <summary>The caller's key is missing, unknown or not allowed to do this.</summary>
-public sealed class UnauthorizedException(string message) : GatewayException("unauthorized", message);
-
 /// <summary>A gateway-side rate limit refused the request; retry after <see cref="RetryAfter"/>.</summary>
 public sealed class RateLimitedException(string limit, TimeSpan retryAfter, string? message = null, IReadOnlyList<GatewayAttempt>? attempts = null)
     : GatewayException("rate_limited", message ?? $"Rate limit '{limit}' exceeded; retry after {retryAfter.TotalSeconds:F3} s.")

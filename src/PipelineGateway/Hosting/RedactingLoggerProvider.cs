@@ -9,7 +9,7 @@ namespace PipelineGateway.Hosting;
 /// source too, but a framework's or a library's message (an exception text quoting a connection string, a handler
 /// logging a header) must not be the one line that leaks a key. Messages reach the wrapped provider already formatted.
 /// </summary>
-public sealed class RedactingLoggerProvider(ILoggerProvider inner) : ILoggerProvider
+internal sealed class RedactingLoggerProvider(ILoggerProvider inner) : ILoggerProvider
 {
     public ILogger CreateLogger(string categoryName) => new RedactingLogger(inner.CreateLogger(categoryName));
 

@@ -6,11 +6,11 @@ namespace PipelineGateway.Metrics;
 /// <summary>
 /// System.Diagnostics.Metrics instruments, named after the OpenTelemetry GenAI semantic conventions where they
 /// exist, gateway-specific (<c>pgw.*</c>) otherwise. Names, units and bucket bounds live here only. Export them
-/// with OpenTelemetry (<c>AddMeter(GatewayInstruments.MeterName)</c>) or read them with a <see cref="MeterListener"/>.
+/// with OpenTelemetry (<c>AddMeter(GatewayTelemetry.MeterName)</c>) or read them with a <see cref="MeterListener"/>.
 /// </summary>
-public sealed class GatewayInstruments : IDisposable
+internal sealed class GatewayInstruments : IDisposable
 {
-    public const string MeterName = "PipelineGateway";
+    public const string MeterName = GatewayTelemetry.MeterName;
 
     public const string OperationDuration = "gen_ai.client.operation.duration";
     public const string TokenUsage = "gen_ai.client.token.usage";
@@ -76,4 +76,11 @@ public sealed class GatewayInstruments : IDisposable
     }
 
     public void Dispose() => _meter.Dispose();
+}
+
+/// <summary>Names to give OpenTelemetry: <c>.WithMetrics(m => m.AddMeter(GatewayTelemetry.MeterName))</c>.</summary>
+public static class GatewayTelemetry
+{
+    /// <summary>The meter every gateway instrument is on (docs/metrics.md lists them).</summary>
+    public const string MeterName = "PipelineGateway";
 }

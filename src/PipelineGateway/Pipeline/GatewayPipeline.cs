@@ -488,4 +488,4 @@ internal sealed partial class GatewayPipeline
 }
 
 /// <summary>How many requests wait in each stage's channel.</summary>
-public sealed record QueueDepths(int Admission, int Cache, int Router, int DeadLetter, int InFlight, IReadOnlyDictionary<string, int> Providers);
+internal sealed record QueueDepths(int Admission, int Cache, int Router, int DeadLetter, int InFlight, IReadOnlyDictionary<string, int> Providers);

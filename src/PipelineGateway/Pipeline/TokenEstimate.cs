@@ -4,7 +4,7 @@ namespace PipelineGateway.Pipeline;
 /// A cheap prompt-size estimate (about four characters a token plus per-message framing), for decisions that
 /// need an order of magnitude rather than an exact count (routing by cost).
 /// </summary>
-public static class TokenEstimate
+internal static class TokenEstimate
 {
     public static int Approximate(ChatCompletionRequest request)
     {

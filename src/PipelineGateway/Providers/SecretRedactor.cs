@@ -16,7 +16,7 @@ namespace PipelineGateway.Providers;
 /// <c>ghp_</c>, <c>hf_</c>, <c>Bearer …</c>).</item>
 /// </list>
 /// </summary>
-public static partial class SecretRedactor
+internal static partial class SecretRedactor
 {
     private const string Mark = "[redacted]";
     private static ImmutableArray<string> s_secrets = [];

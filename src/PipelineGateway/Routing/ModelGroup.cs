@@ -118,7 +118,7 @@ public sealed class ModelGroup
 }
 
 /// <summary>Model names and aliases to groups, fixed at start.</summary>
-public sealed class ModelCatalog
+internal sealed class ModelCatalog
 {
     private readonly FrozenDictionary<string, ModelGroup> _byName;
 

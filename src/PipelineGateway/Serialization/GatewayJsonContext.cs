@@ -15,4 +15,4 @@ namespace PipelineGateway;
 [JsonSerializable(typeof(List<ToolCall>))]
 [JsonSerializable(typeof(MessageContent))]
 [JsonSerializable(typeof(GatewayMetricsSnapshot))]
-public sealed partial class GatewayJsonContext : JsonSerializerContext;
+internal sealed partial class GatewayJsonContext : JsonSerializerContext;

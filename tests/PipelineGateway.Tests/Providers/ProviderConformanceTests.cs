@@ -46,7 +46,7 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
     /// <summary>Every request an adapter made, as it left the adapter (seen by the outermost handler).</summary>
     protected List<(HttpRequestMessage Request, long? ContentLength)> Sent { get; } = [];
 
-    protected HttpChatProvider Create(Action<ProviderOptions>? tweak = null, TimeProvider? time = null)
+    private protected HttpChatProvider Create(Action<ProviderOptions>? tweak = null, TimeProvider? time = null)
     {
         var options = Options(Simulator.BaseAddress);
         options.Name = "under-test";

@@ -10,7 +10,7 @@ using PipelineGateway.Providers.Http;
 namespace PipelineGateway.Providers.Anthropic;
 
 /// <summary>Anthropic Messages (<c>POST {base}/messages</c>, <c>x-api-key</c>, <c>anthropic-version</c>).</summary>
-public sealed class AnthropicChatProvider : HttpChatProvider
+internal sealed class AnthropicChatProvider : HttpChatProvider
 {
     private readonly Uri _messages;
 

@@ -4,7 +4,7 @@ using System.Text.Json.Serialization;
 namespace PipelineGateway.Providers.Anthropic;
 
 /// <summary>An Anthropic Messages response (<c>type: message</c>).</summary>
-public sealed class AnthropicMessage
+internal sealed class AnthropicMessage
 {
     public string Id { get; set; } = string.Empty;
 
@@ -24,7 +24,7 @@ public sealed class AnthropicMessage
 }
 
 /// <summary>A content block: text, image, tool_use or tool_result (the fields of each kind).</summary>
-public sealed class AnthropicContentBlock
+internal sealed class AnthropicContentBlock
 {
     public string Type { get; set; } = "text";
 
@@ -46,7 +46,7 @@ public sealed class AnthropicContentBlock
     public AnthropicImageSource? Source { get; set; }
 }
 
-public sealed class AnthropicImageSource
+internal sealed class AnthropicImageSource
 {
     public string Type { get; set; } = "base64";
 
@@ -57,7 +57,7 @@ public sealed class AnthropicImageSource
     public string? Url { get; set; }
 }
 
-public sealed class AnthropicUsage
+internal sealed class AnthropicUsage
 {
     public int InputTokens { get; set; }
 
@@ -69,7 +69,7 @@ public sealed class AnthropicUsage
 }
 
 /// <summary>One server-sent event of an Anthropic stream; which fields are set depends on <see cref="Type"/>.</summary>
-public sealed class AnthropicStreamEvent
+internal sealed class AnthropicStreamEvent
 {
     public string Type { get; set; } = string.Empty;
 
@@ -86,7 +86,7 @@ public sealed class AnthropicStreamEvent
     public AnthropicError? Error { get; set; }
 }
 
-public sealed class AnthropicDelta
+internal sealed class AnthropicDelta
 {
     public string? Type { get; set; }
 
@@ -99,7 +99,7 @@ public sealed class AnthropicDelta
     public string? StopSequence { get; set; }
 }
 
-public sealed class AnthropicError
+internal sealed class AnthropicError
 {
     public string Type { get; set; } = string.Empty;
 
@@ -107,7 +107,7 @@ public sealed class AnthropicError
 }
 
 /// <summary>An Anthropic error body: <c>{"type":"error","error":{"type":…,"message":…}}</c>.</summary>
-public sealed class AnthropicErrorBody
+internal sealed class AnthropicErrorBody
 {
     public string Type { get; set; } = "error";
 
@@ -120,4 +120,4 @@ public sealed class AnthropicErrorBody
 [JsonSerializable(typeof(AnthropicMessage))]
 [JsonSerializable(typeof(AnthropicStreamEvent))]
 [JsonSerializable(typeof(AnthropicErrorBody))]
-public sealed partial class AnthropicJsonContext : JsonSerializerContext;
+internal sealed partial class AnthropicJsonContext : JsonSerializerContext;

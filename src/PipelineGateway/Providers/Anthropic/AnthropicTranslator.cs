@@ -10,7 +10,7 @@ namespace PipelineGateway.Providers.Anthropic;
 /// merged; tool calls become <c>tool_use</c> blocks and tool messages <c>tool_result</c> blocks; images become
 /// base64 or URL image blocks; <c>stop</c> becomes <c>stop_sequences</c>.
 /// </summary>
-public static class AnthropicTranslator
+internal static class AnthropicTranslator
 {
     /// <summary>Writes the Anthropic request body for a canonical request.</summary>
     public static void WriteRequest(IBufferWriter<byte> output, ChatCompletionRequest request, string model, bool stream, int defaultMaxTokens)

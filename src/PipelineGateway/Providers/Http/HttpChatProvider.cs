@@ -14,7 +14,7 @@ namespace PipelineGateway.Providers.Http;
 /// rate-limit headers read, secrets kept out of every message, and streams read as they arrive with an
 /// idle timeout on the injected clock.
 /// </summary>
-public abstract partial class HttpChatProvider : ILlmProvider
+internal abstract partial class HttpChatProvider : ILlmProvider
 {
     private const int MaxErrorBodyBytes = 64 * 1024;
     private volatile UpstreamRateLimits? _rateLimits;
@@ -270,4 +270,4 @@ public abstract partial class HttpChatProvider : ILlmProvider
 }
 
 /// <summary>An upstream's error as it reported it: its message, type, code and param, and whether it says the prompt is too long.</summary>
-public readonly record struct UpstreamError(string Message, string? Type, string? Code, string? Param, bool ContextLength);
+internal readonly record struct UpstreamError(string Message, string? Type, string? Code, string? Param, bool ContextLength);

@@ -5,7 +5,7 @@ using System.Text.RegularExpressions;
 namespace PipelineGateway.Providers.Http;
 
 /// <summary>The rate-limit state an upstream reported in its last response headers.</summary>
-public sealed record UpstreamRateLimits(
+internal sealed record UpstreamRateLimits(
     long? LimitRequests,
     long? RemainingRequests,
     TimeSpan? ResetRequests,
@@ -14,7 +14,7 @@ public sealed record UpstreamRateLimits(
     TimeSpan? ResetTokens);
 
 /// <summary>Reads Retry-After and rate-limit headers in the OpenAI and Anthropic dialects.</summary>
-public static partial class UpstreamHeaders
+internal static partial class UpstreamHeaders
 {
     /// <summary><c>retry-after-ms</c> (OpenAI), else <c>retry-after</c> in seconds or as an HTTP date.</summary>
     public static TimeSpan? RetryAfter(HttpResponseHeaders headers, DateTimeOffset now)

@@ -12,7 +12,7 @@ namespace PipelineGateway.Providers.OpenAI;
 /// OpenAI-compatible endpoint by base URL (vLLM, Ollama, Groq, Together, Mistral…) and Azure OpenAI
 /// (deployment URL, <c>api-key</c> header, <c>api-version</c> query).
 /// </summary>
-public sealed class OpenAIChatProvider : HttpChatProvider
+internal sealed class OpenAIChatProvider : HttpChatProvider
 {
     private readonly Uri _base;
     private readonly Uri _chat;

@@ -7,7 +7,7 @@ namespace PipelineGateway.Providers.Simulated;
 /// It powers the default configuration, the demo, tests and benchmarks, so everything runs with no keys.
 /// The answer is derived from the request, with token counts of realistic size (about 4 characters a token).
 /// </summary>
-public sealed class SimulatedProvider : ILlmProvider
+internal sealed class SimulatedProvider : ILlmProvider
 {
     private readonly SimulatedProviderOptions _options;
     private readonly TimeProvider _time;

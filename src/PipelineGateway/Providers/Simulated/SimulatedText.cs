@@ -4,7 +4,7 @@ namespace PipelineGateway.Providers.Simulated;
 /// The deterministic answers of the simulated provider and the upstream simulator: a function of the last
 /// message, the seed and the requested length, with token counts of realistic size.
 /// </summary>
-public static class SimulatedText
+internal static class SimulatedText
 {
     private static readonly string[] Vocabulary =
     [

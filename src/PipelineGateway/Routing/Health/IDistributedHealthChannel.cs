@@ -5,7 +5,7 @@ namespace PipelineGateway.Routing.Health;
 /// when one instance opens a deployment's circuit or cools it down after a 429, the others stop sending to it too,
 /// instead of each learning the outage with its own failed requests.
 /// </summary>
-public interface IDistributedHealthChannel
+internal interface IDistributedHealthChannel
 {
     /// <summary>Tells the other instances; in the background, never throws.</summary>
     void Publish(HealthSignal signal);
@@ -19,9 +19,9 @@ public interface IDistributedHealthChannel
 /// the same configuration) or, for <see cref="HealthSignalKind.ProviderPause"/>, on one provider (its name), valid for <see cref="Duration"/> from when it is received — durations rather than
 /// instants, so instances whose clocks disagree still agree on how long to stay away.
 /// </summary>
-public readonly record struct HealthSignal(string DeploymentId, HealthSignalKind Kind, TimeSpan Duration);
+internal readonly record struct HealthSignal(string DeploymentId, HealthSignalKind Kind, TimeSpan Duration);
 
-public enum HealthSignalKind
+internal enum HealthSignalKind
 {
     /// <summary>The upstream said 429: send nothing until the cooldown is over.</summary>
     Cooldown,

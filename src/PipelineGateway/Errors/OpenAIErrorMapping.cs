@@ -1,12 +1,12 @@
 namespace PipelineGateway;
 
 /// <summary>The OpenAI error body: <c>{"error":{"message","type","param","code"}}</c>.</summary>
-public sealed class OpenAIErrorBody
+internal sealed class OpenAIErrorBody
 {
     public required OpenAIError Error { get; init; }
 }
 
-public sealed class OpenAIError
+internal sealed class OpenAIError
 {
     public required string Message { get; init; }
 
@@ -21,13 +21,12 @@ public sealed class OpenAIError
 /// Maps every gateway failure to an HTTP status and an OpenAI error; never a 500 for a client's mistake.
 /// One table for every surface that reports failures in OpenAI terms: the HTTP routes and the batch files.
 /// </summary>
-public static class OpenAIErrorMapping
+internal static class OpenAIErrorMapping
 {
     public static (int Status, OpenAIError Error, TimeSpan? RetryAfter) Map(Exception error) => error switch
     {
         InvalidRequestException e => (400, new OpenAIError { Message = e.Message, Type = "invalid_request_error", Param = e.Param, Code = "invalid_request" }, null),
         ModelNotFoundException e => (404, new OpenAIError { Message = e.Message, Type = "invalid_request_error", Param = "model", Code = "model_not_found" }, null),
-        UnauthorizedException e => (401, new OpenAIError { Message = e.Message, Type = "authentication_error", Code = "invalid_api_key" }, null),
         RateLimitedException e => (429, new OpenAIError { Message = e.Message, Type = "rate_limit_error", Code = "rate_limit_exceeded" }, e.RetryAfter),
         BudgetExceededException e => (429, new OpenAIError { Message = e.Message, Type = "insufficient_quota", Code = "budget_exceeded" }, null),
         QueueFullException e => (503, new OpenAIError { Message = e.Message, Type = "server_overloaded", Code = "queue_full" }, e.RetryAfter),
