@@ -47,7 +47,7 @@ public class MetricsSinkBenchmarks
     public void InterlockedIncrement() => Run(() => Interlocked.Increment(ref _counter));
 
     [Benchmark(OperationsPerInvoke = PerOp)]
-    public void OnCompleted() => Run(() => _metrics.OnCompleted(_item, _response, null, TimeSpan.FromMilliseconds(42)));
+    public void OnCompleted() => Run(() => _metrics.OnCompleted(new Completion(_item, _response, null, TimeSpan.FromMilliseconds(42))));
 
     private void Run(Action record) => Threaded.Run(Threads, PerOp, _ => record());
 }

@@ -22,7 +22,7 @@ namespace PipelineGateway.Admission;
 /// (4) a token charge must be corrected after the answer (estimated → actual usage), which its leases cannot do.
 /// Each partition has its own lock, so one tenant's traffic never contends with another's.
 /// </remarks>
-internal sealed partial class AdmissionRateLimiter : IDisposable
+internal sealed partial class AdmissionRateLimiter : IDisposable, Pipeline.ICompletionListener
 {
     private readonly RateLimitRule[] _rules;
     private readonly AdmissionOptions _options;
@@ -310,6 +310,22 @@ internal sealed partial class AdmissionRateLimiter : IDisposable
 
     [LoggerMessage(EventId = 22, Level = LogLevel.Error, Message = "The shared rate-limit store failed.")]
     private static partial void LogStoreFailed(ILogger logger, Exception error);
+
+    /// <summary>
+    /// A request ended: its token charge becomes the upstream usage — nothing for a failure, a hit or a coalesced
+    /// request; a billed answer that reported no usage keeps its estimate.
+    /// </summary>
+    public void OnCompleted(in Pipeline.Completion completion)
+    {
+        if (!completion.Billed)
+        {
+            Settle(completion.Item, 0);
+        }
+        else if (completion.BilledUsage is { } usage)
+        {
+            Settle(completion.Item, usage.TotalTokens);
+        }
+    }
 
     /// <summary>Corrects a token charge to the actual usage (0 when no answer came, or it came from the cache).</summary>
     public void Settle(WorkItem item, long actualTokens)

@@ -39,13 +39,6 @@ internal sealed class AdmissionStage : PipelineStage
 
     protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
-        if (item.IsCompleted)
-        {
-            // Cancelled or timed out while queued: it never took a slot.
-            Pipeline.Retire(item);
-            return ValueTask.CompletedTask;
-        }
-
         if (Pipeline.IsFailingRemaining)
         {
             Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway shut down before the request was admitted."));

@@ -19,12 +19,6 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
 
     protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
-        if (item.IsCompleted)
-        {
-            Pipeline.Retire(item);
-            return ValueTask.CompletedTask;
-        }
-
         if (cache.IsEnabled && cache.IsCacheable(item.Request))
         {
             var key = CacheKey.Compute(item.Group.Name, item.Request);
@@ -101,18 +95,7 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
     internal static void Answer(GatewayPipeline pipeline, WorkItem item, StoredAnswer stored, bool cached)
     {
         var copy = stored.Materialize();
-        copy.Gateway = new GatewayResponseInfo
-        {
-            Provider = stored.Provider,
-            ProviderModel = stored.ProviderModel,
-            Attempts = [],
-            Cached = cached,
-            Coalesced = !cached,
-            Cost = 0,
-            CostSaved = stored.Cost,
-            Latency = pipeline.Time.GetElapsedTime(item.StartTimestamp),
-            RequestSequence = item.Sequence,
-        };
+        copy.Gateway = ResponseInfo.Served(item, stored, cached, pipeline.Time);
 
         if (item.IsStream)
         {
@@ -133,7 +116,7 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
 /// except the leader's own caller giving up, which must not fail the others: the first follower still waiting
 /// then becomes the leader and goes upstream instead.
 /// </summary>
-internal sealed class Flights
+internal sealed class Flights(GatewayPipeline pipeline) : ICompletionListener
 {
     private readonly ConcurrentDictionary<CacheKey, Flight> _flights = new();
 
@@ -175,8 +158,17 @@ internal sealed class Flights
         }
     }
 
+    /// <summary>A request ended: when it led a flight, its followers are answered, failed or handed over.</summary>
+    public void OnCompleted(in Completion completion)
+    {
+        if (completion.Item.Flight is not null)
+        {
+            OnLeaderCompleted(completion.Item, completion.Error is null ? completion.Item.Stored : null, completion.Error);
+        }
+    }
+
     /// <summary>The leader ended (exactly once per item): answer, fail or hand over to a follower.</summary>
-    public void OnLeaderCompleted(GatewayPipeline pipeline, WorkItem leader, StoredAnswer? answer, Exception? error)
+    private void OnLeaderCompleted(WorkItem leader, StoredAnswer? answer, Exception? error)
     {
         if (leader.Flight is not { } flight || leader.CacheKey is not { } key)
         {

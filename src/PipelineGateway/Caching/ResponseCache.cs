@@ -70,6 +70,21 @@ internal sealed class ResponseCache
         return answer;
     }
 
+    /// <summary>
+    /// Captures a cacheable request's answer before its caller holds it — for the cache, and for the identical requests
+    /// that wait on it — so neither ever sees what the caller later does with its own object.
+    /// </summary>
+    public void Store(Pipeline.WorkItem item, ChatCompletionResponse response)
+    {
+        if (item.CacheKey is not { } key || response.Choices.Count == 0)
+        {
+            return;
+        }
+
+        item.Stored = StoredAnswer.From(response);
+        Set(key, item.Stored, item.Request.Gateway?.CacheTtl);
+    }
+
     /// <summary>Stores an answer in memory and, when there is one, in the shared second level.</summary>
     public void Set(in CacheKey key, StoredAnswer answer, TimeSpan? ttl)
     {

@@ -46,7 +46,7 @@ public sealed class BudgetOptions
 /// would pass the limit, so concurrent requests can overspend by at most what they were reserved for and
 /// then exceeded. Amounts are whole nano-dollars under a lock per budget partition (not shared by all requests).
 /// </summary>
-internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTable pricing, TimeProvider time, IDistributedBudgetStore? store = null)
+internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTable pricing, TimeProvider time, IDistributedBudgetStore? store = null) : Pipeline.ICompletionListener
 {
     private readonly BudgetOptions[] _budgets = [.. options.Value.Budgets];
     private readonly ConcurrentDictionary<(int Budget, string Key), Account> _accounts = new();
@@ -141,6 +141,12 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
 
         item.BudgetReservation = new Reservation([.. taken], estimate);
     }
+
+    /// <summary>
+    /// A request ended: its reservation becomes the billed cost — nothing for a failure, a cache hit or a coalesced
+    /// request (the one that made the call pays once), so budgets and metrics add up to the same total.
+    /// </summary>
+    public void OnCompleted(in Pipeline.Completion completion) => Settle(completion.Item, completion.BilledCost);
 
     /// <summary>Replaces the reservation with the actual cost (0 for a failure or a cache hit).</summary>
     public void Settle(WorkItem item, decimal actual)

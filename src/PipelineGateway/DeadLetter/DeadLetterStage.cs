@@ -33,12 +33,6 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
 
     protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
-        if (item.IsCompleted)
-        {
-            Pipeline.Retire(item);
-            return ValueTask.CompletedTask;
-        }
-
         var failure = item.LastFailure;
         var options = Pipeline.Options.Pipeline;
         switch (failure.Outcome)

@@ -547,11 +547,11 @@ internal sealed partial class ProviderWorkerPool
 
         // The caller has had the chunks; this whole answer carries the usage and cost for metrics (and the cache).
         var whole = replay?.ToResponse() ?? new ChatCompletionResponse { Model = deployment.Model, Usage = item.StreamUsage };
-        whole.Gateway = pipeline.Metrics.Describe(item, deployment, whole.Usage);
+        whole.Gateway = ResponseInfo.Answered(item, deployment, whole.Usage, pipeline.Pricing, pipeline.Time);
         if (replay is not null)
         {
             // Only a stream that ended normally is stored; a broken one never reaches here.
-            pipeline.Store(item, whole);
+            pipeline.Cache.Store(item, whole);
         }
 
         // The last chunk the caller gets carries the usage and what the request cost (the opening chunk could not):
@@ -580,7 +580,7 @@ internal sealed partial class ProviderWorkerPool
         var writer = item.Chunks!.Writer;
         if ((held is { Count: > 0 } ? held[0] : first) is { } opening)
         {
-            opening.Gateway = _pipeline!.Metrics.Describe(item, deployment, null, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
+            opening.Gateway = ResponseInfo.Answered(item, deployment, null, _pipeline!.Pricing, _pipeline.Time, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
         }
 
         foreach (var chunk in held ?? [])

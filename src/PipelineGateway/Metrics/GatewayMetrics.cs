@@ -15,7 +15,7 @@ public interface IGatewayMetrics
 /// The metrics sink: every stage reports here. Counters are interlocked fields and histograms are
 /// lock-free, so recording takes no lock shared by requests.
 /// </summary>
-internal sealed class GatewayMetrics : IGatewayMetrics
+internal sealed class GatewayMetrics : IGatewayMetrics, ICompletionListener
 {
     private readonly FrozenDictionary<string, ProviderStats> _providers;
     private readonly LatencyHistogram _latency = new();
@@ -144,14 +144,15 @@ internal sealed class GatewayMetrics : IGatewayMetrics
     }
 
     /// <summary>Called exactly once per request, when it ends.</summary>
-    public void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error, TimeSpan latency)
+    public void OnCompleted(in Completion completion) => OnCompleted(completion.Item, completion.Response, completion.Error, completion.Latency, completion.Billed);
+
+    private void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error, TimeSpan latency, bool billed)
     {
         Interlocked.Increment(ref _total);
         var info = response?.Gateway;
 
         // Only the request that made the upstream call is charged its usage and cost (docs/metrics.md, "accounting"):
         // a cache hit or a coalesced request costs nothing, and what it avoided goes to cost_saved.
-        var billed = error is null && info is { Billed: true };
         var usage = billed ? response!.Usage : null;
         var cost = billed ? info!.Cost : 0;
         _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats()).Record(error is null, usage, cost);
@@ -197,16 +198,6 @@ internal sealed class GatewayMetrics : IGatewayMetrics
                 break;
         }
     }
-
-    public GatewayResponseInfo Describe(WorkItem item, Deployment deployment, TokenUsage? usage, IReadOnlyList<GatewayAttempt>? attempts = null) => new()
-    {
-        Provider = deployment.ProviderName,
-        ProviderModel = deployment.Model,
-        Attempts = attempts ?? item.FinalAttempts,
-        Latency = item.Observer?.Time.GetElapsedTime(item.StartTimestamp) ?? TimeSpan.Zero,
-        RequestSequence = item.Sequence,
-        Cost = usage is null ? 0 : _pricing.Cost(deployment, usage),
-    };
 
     public GatewayMetricsSnapshot GetSnapshot()
     {

@@ -36,6 +36,7 @@ internal sealed partial class GatewayPipeline
         Admission.AdmissionRateLimiter limiter,
         Admission.AdmissionGate gate,
         Cost.BudgetTracker budgets,
+        Cost.PricingTable pricing,
         DeploymentSelector selector,
         TimeProvider time,
         ILogger<GatewayPipeline> logger)
@@ -48,10 +49,16 @@ internal sealed partial class GatewayPipeline
         Limiter = limiter;
         Gate = gate;
         Budgets = budgets;
+        Pricing = pricing;
         Selector = selector;
         Hedges = new HedgeRouter(selector);
         Time = time;
         _logger = logger;
+        Flights = new Flights(this);
+
+        // Ending a request, folder by folder (ICompletionListener): waiters on the same call, the budget, the token
+        // limits, then the metrics (which see every other folder's settlement done).
+        _listeners = [Flights, budgets, limiter, metrics];
         var p = Options.Pipeline;
         MaxInFlight = p.MaxInFlight;
 
@@ -101,8 +108,13 @@ internal sealed partial class GatewayPipeline
 
     public Cost.BudgetTracker Budgets { get; }
 
+    /// <summary>Prices answers (the same prices CostOptimized ranks by).</summary>
+    public Cost.PricingTable Pricing { get; }
+
     /// <summary>Identical requests in flight sharing one upstream call.</summary>
-    public Flights Flights { get; } = new();
+    public Flights Flights { get; }
+
+    private readonly ICompletionListener[] _listeners;
 
     /// <summary>Deployment choice and health, shared by the router and hedging workers.</summary>
     public DeploymentSelector Selector { get; }
@@ -309,25 +321,10 @@ internal sealed partial class GatewayPipeline
     /// </summary>
     public void CompleteSuccess(WorkItem item, Deployment deployment, ChatCompletionResponse response)
     {
-        response.Gateway = Metrics.Describe(item, deployment, response.Usage);
-        Store(item, response);
+        response.Gateway = ResponseInfo.Answered(item, deployment, response.Usage, Pricing, Time);
+        Cache.Store(item, response);
         item.TryComplete(response, fromWorker: true);
         Retire(item);
-    }
-
-    /// <summary>
-    /// Captures a cacheable answer before its caller holds it — for the cache, and for the identical requests that
-    /// wait on it — so neither ever sees what the caller later does with its own object.
-    /// </summary>
-    public void Store(WorkItem item, ChatCompletionResponse response)
-    {
-        if (item.CacheKey is not { } key || response.Choices.Count == 0)
-        {
-            return;
-        }
-
-        item.Stored = Caching.StoredAnswer.From(response);
-        Cache.Set(key, item.Stored, item.Request.Gateway?.CacheTtl);
     }
 
     private void LetGoWaiting(WorkItem item)
@@ -358,27 +355,12 @@ internal sealed partial class GatewayPipeline
             ThreadPool.UnsafeQueueUserWorkItem(static s => s.Pipeline.LetGoWaiting(s.Item), (Pipeline: this, Item: item), preferLocal: false);
         }
 
-        if (item.Flight is not null)
+        var completion = new Completion(item, response, error, Time.GetElapsedTime(item.StartTimestamp));
+        foreach (var listener in _listeners)
         {
-            Flights.OnLeaderCompleted(this, item, error is null ? item.Stored : null, error);
+            listener.OnCompleted(completion);
         }
 
-        // The budget reservation becomes the actual cost: nothing for a failure, a cache hit or a coalesced request
-        // (the one that made the call pays once), so budgets and metrics add up to the same total.
-        var billed = error is null && response?.Gateway is { Billed: true };
-        Budgets.Settle(item, billed ? response!.Gateway!.Cost : 0);
-
-        // The token charge becomes the actual upstream usage: nothing for a failure, a hit or a coalesced request; an
-        // answer that reported no usage keeps its estimate.
-        if (!billed)
-        {
-            Limiter.Settle(item, 0);
-        }
-        else if ((response?.Usage ?? item.StreamUsage) is { } usage)
-        {
-            Limiter.Settle(item, usage.TotalTokens);
-        }
-        Metrics.OnCompleted(item, response, error, Time.GetElapsedTime(item.StartTimestamp));
         if (error is not null && error is not RequestCancelledException)
         {
             LogRequestFailed(_logger, item.RequestId, item.Request.Model, error.GetType().Name, item.AttemptCount, error.Message);

@@ -6,7 +6,8 @@ namespace PipelineGateway.Pipeline;
 
 /// <summary>
 /// A hosted stage: one loop reading its input channel (<c>WaitToReadAsync</c> + <c>TryRead</c>) and
-/// handling each item. A handler that throws fails only that item, never the loop.
+/// handling each item that is still running (one that ended while it waited is retired here, before any handler
+/// sees it). A handler that throws fails only that item, never the loop.
 /// </summary>
 internal abstract partial class PipelineStage : IHostedService, IDisposable
 {
@@ -54,6 +55,14 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
             {
                 while (reader.TryRead(out var item))
                 {
+                    if (item.IsCompleted)
+                    {
+                        // Ended while it waited in this stage's channel (its caller, its deadline): nothing to do
+                        // but let go of it — here, once, for every stage.
+                        Pipeline.Retire(item);
+                        continue;
+                    }
+
                     try
                     {
                         await HandleAsync(item, stopping).ConfigureAwait(false);

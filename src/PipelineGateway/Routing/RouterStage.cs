@@ -27,12 +27,6 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
 
     protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
-        if (item.IsCompleted)
-        {
-            Pipeline.Retire(item);
-            return ValueTask.CompletedTask;
-        }
-
         item.Routed = true;
         if (item.AttemptCount == 0 && item.BudgetReservation is null && item.SharedBudgetReservation is null && Pipeline.Budgets.IsDistributed)
         {

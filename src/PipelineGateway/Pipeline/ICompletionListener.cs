@@ -1,0 +1,28 @@
+namespace PipelineGateway.Pipeline;
+
+/// <summary>
+/// A folder's share of ending a request, so each keeps its own state and settles it itself: Caching answers the
+/// requests that waited on this one, Cost turns the budget reservation into the billed cost, Admission turns the
+/// token charge into the upstream usage, Metrics records the outcome. Called exactly once per request, in that
+/// order, by whichever thread completed it (<see cref="GatewayPipeline"/> holds the list).
+/// </summary>
+internal interface ICompletionListener
+{
+    void OnCompleted(in Completion completion);
+}
+
+/// <summary>How a request ended, as every listener sees it.</summary>
+internal readonly record struct Completion(WorkItem Item, ChatCompletionResponse? Response, Exception? Error, TimeSpan Latency)
+{
+    /// <summary>
+    /// True when this request made the upstream call its answer came from: the one rule of the accounting
+    /// (docs/metrics.md): only a billed request is charged its cost and its tokens.
+    /// </summary>
+    public bool Billed => Error is null && Response?.Gateway is { Billed: true };
+
+    /// <summary>The upstream usage of a billed answer (its stream's usage when the answer carried none), else null.</summary>
+    public TokenUsage? BilledUsage => Billed ? Response!.Usage ?? Item.StreamUsage : null;
+
+    /// <summary>What a billed answer cost, else 0.</summary>
+    public decimal BilledCost => Billed ? Response!.Gateway!.Cost : 0;
+}
