@@ -109,8 +109,14 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
         }
 
         item.ScheduleRetry(Pipeline.Time, delay, static i => i.Observer!.Requeue(i));
+        Interlocked.Increment(ref _retriesScheduled);
         return ValueTask.CompletedTask;
     }
+
+    private long _retriesScheduled;
+
+    /// <summary>Retries put on the clock so far (an explicit signal: a test moves a fake clock only after the timer exists).</summary>
+    internal long RetriesScheduled => Interlocked.Read(ref _retriesScheduled);
 
     private void Fail(WorkItem item, string reason) =>
         Pipeline.FailAndRetire(item, new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), reason));

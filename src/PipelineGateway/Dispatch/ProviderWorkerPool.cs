@@ -453,9 +453,22 @@ internal sealed partial class ProviderWorkerPool
                 return charge;
             }
 
-            await Task.Delay(wait, time, token).ConfigureAwait(false);
+            Interlocked.Increment(ref _waitingForRate);
+            try
+            {
+                await Task.Delay(wait, time, token).ConfigureAwait(false);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _waitingForRate);
+            }
         }
     }
+
+    private int _waitingForRate;
+
+    /// <summary>Workers waiting out a 429 pause or the provider's RPM/TPM limit right now (an explicit signal for tests and metrics).</summary>
+    internal int WaitingForRate => Volatile.Read(ref _waitingForRate);
 
     private ValueTask AcquirePermitAsync(CancellationToken token) =>
         _permits.Wait(0, CancellationToken.None) ? ValueTask.CompletedTask : new ValueTask(_permits.WaitAsync(token));

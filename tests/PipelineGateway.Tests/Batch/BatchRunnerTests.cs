@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using System.Collections.Concurrent;
 using System.Text.Json;
 using FluentAssertions;
@@ -255,9 +256,13 @@ public sealed class BatchRunnerTests
             var expected = Math.Min(lines, (minute + 1) * rpm);
             await Wait.Until(() => calls.Count >= expected, $"minute {minute}'s calls are sent");
 
-            // Let the refused workers start their waits on the fake clock before it moves (as ProviderLimitTests do);
-            // a wait started after the move would count its minute from the new time.
-            await Task.Delay(50, Ct);
+            // The refused workers wait on the fake clock before it moves (a wait started after the move would count its
+            // minute from the new time): every worker that has a line waits.
+            if (calls.Count < lines)
+            {
+                await Wait.Until(() => gateway.Services.GetRequiredService<PipelineGateway.Dispatch.ProviderPools>().All[0].WaitingForRate == 8, "the workers wait for the next minute");
+            }
+
             calls.Count.Should().Be(expected, "the limit holds within the minute");
             clock.Advance(TimeSpan.FromMinutes(1));
             if (calls.Count == lines)

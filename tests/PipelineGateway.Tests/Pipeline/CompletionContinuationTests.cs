@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using FluentAssertions;
 using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Hosting;
@@ -9,13 +8,17 @@ using PipelineGateway.Tests.Support;
 namespace PipelineGateway.Tests.Pipeline;
 
 /// <summary>
-/// Where a caller's code resumes after its answer. By default never on a pipeline thread (a library caller's code after
-/// the await may block); only a provider worker's success, for a caller that asked for it (the HTTP front door), resumes
-/// the caller inside the worker's completion, saving a thread-pool hand-off. The stack at the resumed caller shows which.
+/// Where a caller's code resumes after its answer, shown by what the caller's code can do to the gateway. By default
+/// never on a pipeline thread: a library caller's code after the await may block, and the gateway goes on answering
+/// others. Only a provider worker's success, for a caller that asked for it (the HTTP front door), resumes the caller
+/// inside the worker's completion, on the worker's own thread, saving a thread-pool hand-off.
 /// </summary>
 public sealed class CompletionContinuationTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>How long a request that should go through may take before the test calls the gateway stalled.</summary>
+    private static readonly TimeSpan Stalled = TimeSpan.FromSeconds(20);
 
     /// <summary>A provider that answers after a real asynchronous step, as an HTTP provider does.</summary>
     private static FakeProvider Upstream() => new("p")
@@ -27,59 +30,116 @@ public sealed class CompletionContinuationTests
         },
     };
 
-    private static Task<Resumed> SubmitAsync(Gateway gateway, ChatCompletionRequest request, bool inline) =>
-        ResumeAsync(() => ((GatewayQueue)gateway.Services.GetRequiredService<IGatewayQueue>()).SubmitAsync(request, SubmitMode.Wait, inline, Ct));
+    /// <summary>One worker, so a worker held by a caller's code would hold every later request.</summary>
+    private static GatewayBuilder OneWorker(FakeProvider provider) =>
+        new GatewayBuilder().AddProvider(provider, workers: 1, queueCapacity: 16).AddModel("m", "p");
+
+    private static ValueTask<ChatCompletionResponse> Internal(Gateway gateway, ChatCompletionRequest request, bool inline) =>
+        ((GatewayQueue)gateway.Services.GetRequiredService<IGatewayQueue>()).SubmitAsync(request, SubmitMode.Wait, inline, Ct);
 
     /// <summary>
-    /// Awaits without the test's synchronization context (which would take every continuation and make "never inline"
-    /// true whatever the gateway did), and records the answer or failure and where the caller resumed.
+    /// A caller whose code after the await blocks until released (awaiting without the test's synchronization context,
+    /// which would take every continuation and hide where the gateway resumed it).
     /// </summary>
-    private static async Task<Resumed> ResumeAsync(Func<ValueTask<ChatCompletionResponse>> submit)
+    private sealed class BlockingCaller : IDisposable
     {
-        try
+        private readonly ManualResetEventSlim _release = new();
+        private readonly TaskCompletionSource<object> _resumed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task<object> Resumed => _resumed.Task;
+
+        public Task Run(Func<ValueTask<ChatCompletionResponse>> submit) => Task.Run(async () =>
         {
-            var response = await submit().ConfigureAwait(false);
-            return new Resumed(response, null, ResumedInsideCompletion());
-        }
-        catch (GatewayException ex)
+            object outcome;
+            try
+            {
+                outcome = await submit().ConfigureAwait(false);
+            }
+            catch (GatewayException ex)
+            {
+                outcome = ex;
+            }
+
+            _resumed.SetResult(outcome);
+            _release.Wait(Stalled); // the caller's own blocking code
+        });
+
+        public void Release() => _release.Set();
+
+        public void Dispose()
         {
-            return new Resumed(null, ex, ResumedInsideCompletion());
+            _release.Set();
+            _release.Dispose();
         }
     }
 
-    private sealed record Resumed(ChatCompletionResponse? Response, GatewayException? Error, bool ResumedInsideCompletion);
-
-    /// <summary>True when the caller's code runs inside the completion itself (every completion goes through these two).</summary>
-    private static bool ResumedInsideCompletion() =>
-        new StackTrace().GetFrames().Any(f => f.GetMethod() is { Name: nameof(WorkItem.TryComplete) or nameof(WorkItem.TryFail), DeclaringType: var t } && t == typeof(WorkItem));
-
     [Fact]
-    public async Task A_caller_that_asks_for_it_is_resumed_inside_the_workers_completion()
+    public async Task A_caller_that_asks_for_it_runs_inside_the_workers_completion_before_the_worker_takes_its_next_request()
     {
-        await using var gateway = await TestGateway.With(Upstream()).StartAsync(Ct);
+        var calls = 0;
+        var firstAnswer = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var provider = new FakeProvider("p")
+        {
+            OnComplete = async (r, _) =>
+            {
+                if (Interlocked.Increment(ref calls) == 1)
+                {
+                    await firstAnswer.Task;
+                }
 
-        var resumed = await SubmitAsync(gateway, TestGateway.Request(), inline: true);
+                await Task.Yield();
+                return FakeProvider.Answer(r.Model, "ok");
+            },
+        };
+        await using var gateway = await OneWorker(provider).StartAsync(Ct);
+        var pool = gateway.Services.GetRequiredService<PipelineGateway.Dispatch.ProviderPools>().All[0];
+        using var caller = new BlockingCaller();
 
-        resumed.Response!.Content.Should().Be("ok");
-        resumed.ResumedInsideCompletion.Should().BeTrue();
+        // The caller's request is with the only worker; the next one waits in the worker's queue.
+        var run = caller.Run(() => Internal(gateway, TestGateway.Request(text: "a"), inline: true));
+        await Wait.Until(() => Volatile.Read(ref calls) == 1, "the first request reaches the provider");
+        var next = gateway.SubmitAsync(TestGateway.Request(text: "b"), Ct).AsTask();
+        await Wait.Until(() => pool.QueueDepth == 1, "the next request waits for the worker");
+        firstAnswer.SetResult();
+
+        var outcome = await caller.Resumed.WaitAsync(Stalled, Ct);
+        outcome.Should().BeOfType<ChatCompletionResponse>().Which.Content.Should().Be("ok");
+
+        // While the caller's code runs, the worker cannot take the next request: it is the worker running that code.
+        // (Resumed anywhere else, the free worker takes it within microseconds; 200 ms is only how long we look.)
+        var workerTookNext = SpinWait.SpinUntil(() => pool.QueueDepth == 0 || Volatile.Read(ref calls) > 1, TimeSpan.FromMilliseconds(200));
+        workerTookNext.Should().BeFalse("the worker runs the caller's code as part of its completion, before it takes the next request");
+        caller.Release();
+        (await next.WaitAsync(Stalled, Ct)).Content.Should().Be("ok");
+        await run;
     }
 
     [Fact]
-    public async Task A_library_caller_is_never_resumed_on_a_pipeline_thread()
+    public async Task A_library_caller_that_blocks_after_its_answer_does_not_hold_the_worker()
     {
-        await using var gateway = await TestGateway.With(Upstream()).StartAsync(Ct);
+        await using var gateway = await OneWorker(Upstream()).StartAsync(Ct);
+        using var internalCaller = new BlockingCaller();
+        using var publicCaller = new BlockingCaller();
 
-        var internalCall = await SubmitAsync(gateway, TestGateway.Request(), inline: false);
-        var publicCall = await ResumeAsync(() => gateway.SubmitAsync(TestGateway.Request(), Ct));
+        var runs = new[]
+        {
+            internalCaller.Run(() => Internal(gateway, TestGateway.Request(text: "a"), inline: false)),
+            publicCaller.Run(() => gateway.SubmitAsync(TestGateway.Request(text: "b"), Ct)),
+        };
+        await internalCaller.Resumed.WaitAsync(Stalled, Ct);
+        await publicCaller.Resumed.WaitAsync(Stalled, Ct);
 
-        internalCall.Response!.Content.Should().Be("ok");
-        internalCall.ResumedInsideCompletion.Should().BeFalse();
-        publicCall.Response!.Content.Should().Be("ok");
-        publicCall.ResumedInsideCompletion.Should().BeFalse();
+        // Both callers are blocked in their own code; the only worker still answers.
+        var next = await gateway.SubmitAsync(TestGateway.Request(text: "c"), Ct).AsTask().WaitAsync(Stalled, Ct);
+        next.Content.Should().Be("ok");
+
+        internalCaller.Release();
+        publicCaller.Release();
+        await Task.WhenAll(runs);
     }
 
     [Fact]
-    public async Task Failures_and_cache_hits_never_resume_the_caller_on_the_completing_thread()
+    public async Task A_caller_blocked_after_a_failure_does_not_hold_the_dead_letter_stage()
     {
         var failing = new FakeProvider("p")
         {
@@ -89,22 +149,36 @@ public sealed class CompletionContinuationTests
                 throw new ProviderException(AttemptOutcome.NonRetryableError, "bad request", 400);
             },
         };
-        await using (var gateway = await TestGateway.With(failing).StartAsync(Ct))
-        {
-            var failed = await SubmitAsync(gateway, TestGateway.Request(), inline: true);
+        await using var gateway = await OneWorker(failing).StartAsync(Ct);
+        using var caller = new BlockingCaller();
 
-            failed.Error.Should().BeOfType<UpstreamRejectedException>();
-            failed.ResumedInsideCompletion.Should().BeFalse("a failure is answered from the dead-letter stage's loop, which must never run caller code");
-        }
+        var run = caller.Run(() => Internal(gateway, TestGateway.Request(text: "a"), inline: true));
+        (await caller.Resumed.WaitAsync(Stalled, Ct)).Should().BeOfType<UpstreamRejectedException>();
 
-        await using (var cached = await TestGateway.With(Upstream()).AddCache(TimeSpan.FromMinutes(5)).StartAsync(Ct))
-        {
-            var first = await SubmitAsync(cached, TestGateway.Request(text: "same"), inline: true);
-            var hit = await SubmitAsync(cached, TestGateway.Request(text: "same"), inline: true);
+        // A failure is answered from the dead-letter stage's single loop; the next failure needs that loop.
+        var next = async () => await Internal(gateway, TestGateway.Request(text: "b"), inline: true).AsTask().WaitAsync(Stalled, Ct);
+        await next.Should().ThrowAsync<UpstreamRejectedException>();
 
-            first.ResumedInsideCompletion.Should().BeTrue();
-            hit.Response!.Gateway!.Cached.Should().BeTrue();
-            hit.ResumedInsideCompletion.Should().BeFalse("a hit is answered on the cache stage's loop");
-        }
+        caller.Release();
+        await run;
+    }
+
+    [Fact]
+    public async Task A_caller_blocked_after_a_cache_hit_does_not_hold_the_cache_stage()
+    {
+        await using var gateway = await OneWorker(Upstream()).AddCache(TimeSpan.FromMinutes(5)).StartAsync(Ct);
+        await gateway.SubmitAsync(TestGateway.Request(text: "same"), Ct);
+        using var caller = new BlockingCaller();
+
+        var run = caller.Run(() => Internal(gateway, TestGateway.Request(text: "same"), inline: true));
+        var outcome = await caller.Resumed.WaitAsync(Stalled, Ct);
+        outcome.Should().BeOfType<ChatCompletionResponse>().Which.Gateway!.Cached.Should().BeTrue();
+
+        // A hit is answered on the cache stage's single loop; every later request passes through it.
+        var next = await gateway.SubmitAsync(TestGateway.Request(text: "other"), Ct).AsTask().WaitAsync(Stalled, Ct);
+        next.Gateway!.Cached.Should().BeFalse();
+
+        caller.Release();
+        await run;
     }
 }

@@ -5,7 +5,7 @@ using PipelineGateway.Hosting;
 using PipelineGateway.Routing;
 using PipelineGateway.Tests.Support;
 
-namespace PipelineGateway.Tests.Metrics;
+namespace PipelineGateway.Tests.Cost;
 
 public sealed class BudgetTests
 {

@@ -1,3 +1,6 @@
+using Microsoft.Extensions.Hosting;
+using PipelineGateway.DeadLetter;
+using Microsoft.Extensions.DependencyInjection;
 using System.Collections.Concurrent;
 using FluentAssertions;
 using PipelineGateway.Hosting;
@@ -5,7 +8,7 @@ using PipelineGateway.Providers;
 using PipelineGateway.Routing;
 using PipelineGateway.Tests.Support;
 
-namespace PipelineGateway.Tests.Admission;
+namespace PipelineGateway.Tests.Dispatch;
 
 public sealed class ProviderLimitTests
 {
@@ -48,7 +51,12 @@ public sealed class ProviderLimitTests
         {
             var expected = minute * 100;
             await Wait.Until(() => calls.Count == expected, $"minute {minute}'s 100 calls are sent");
-            await Task.Delay(20, Ct); // give the workers a chance to overshoot, if they could
+            if (minute < 10)
+            {
+                // Every worker has been refused by the limit and waits on the clock: nothing more can go this minute.
+                await Wait.Until(() => Pool(gateway).WaitingForRate == 4, "the four workers wait for the next minute");
+            }
+
             calls.Count.Should().Be(expected, "the limit holds within the minute");
             clock.Advance(TimeSpan.FromMinutes(1));
         }
@@ -132,12 +140,15 @@ public sealed class ProviderLimitTests
 
         var pending = gateway.SubmitAsync(TestGateway.Request(), Ct).AsTask();
         await Wait.Until(() => times.Count == 1, "the first attempt gets a 429");
-        await Task.Delay(20, Ct);
+        await Wait.Until(() => gateway.Services.GetServices<IHostedService>().OfType<DeadLetterStage>().Single().RetriesScheduled == 1, "the retry waits out the Retry-After on the clock");
         times.Count.Should().Be(1, "nothing is sent while the provider asked us to wait");
         clock.Advance(TimeSpan.FromSeconds(5));
         (await pending).Gateway!.Attempts.Select(a => a.Outcome).Should().Equal(AttemptOutcome.RateLimited, AttemptOutcome.Success);
         (times.Last() - times.First()).Should().Be(TimeSpan.FromSeconds(5));
     }
+
+    private static PipelineGateway.Dispatch.ProviderWorkerPool Pool(Gateway gateway) =>
+        gateway.Services.GetRequiredService<PipelineGateway.Dispatch.ProviderPools>().All[0];
 
     private static void InterlockedMax(ref int target, int value)
     {
