@@ -25,7 +25,11 @@ public sealed class AdmissionOptions
     [Range(1, 10_000_000)]
     public int MaxPartitions { get; set; } = 100_000;
 
-    /// <summary>Completion tokens charged at admission when the request sets no max_tokens (corrected after the answer).</summary>
+    /// <summary>
+    /// Completion tokens expected when a request sets no max_tokens and its model sets no
+    /// <c>ExpectedCompletionTokens</c>: charged to token limits at admission (corrected after the answer), reserved by
+    /// budgets, ranked by CostOptimized.
+    /// </summary>
     [Range(0, 10_000_000)]
     public int ExpectedCompletionTokens { get; set; } = 256;
 }

@@ -176,8 +176,8 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
 
     private decimal Estimate(WorkItem item)
     {
-        var tokens = item.EstimatedTokensIfCounted ?? (TokenEstimate.Approximate(item.Request) + (item.Request.RequestedCompletionTokens ?? options.Value.Admission.ExpectedCompletionTokens));
-        var completion = item.Request.RequestedCompletionTokens ?? options.Value.Admission.ExpectedCompletionTokens;
+        var completion = item.Request.RequestedCompletionTokens ?? item.Group.ExpectedCompletionTokens;
+        var tokens = item.EstimatedTokensIfCounted ?? (TokenEstimate.Approximate(item.Request) + completion);
         var prompt = Math.Max(0, tokens - completion);
         var dearest = 0m;
         foreach (var d in item.RootGroup.Deployments)

@@ -175,7 +175,7 @@ public static class GatewayServiceCollectionExtensions
                 pools.TryGet(d.Provider, out var pool);
                 return new Deployment(g.Name, pool, d.Model ?? g.Name, d.Priority, d.Weight, i, d.InputPricePerMillion, d.OutputPricePerMillion, pricing);
             }).ToArray();
-            return new ModelGroup(g, strategies[g.Strategy], deployments);
+            return new ModelGroup(g, strategies[g.Strategy], deployments, options.Admission.ExpectedCompletionTokens);
         });
         return new ModelCatalog(groups);
     }

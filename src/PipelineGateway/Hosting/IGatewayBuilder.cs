@@ -266,7 +266,7 @@ public sealed class ModelGroupBuilder
         return this;
     }
 
-    /// <summary>Completion tokens expected when a request sets no <c>max_tokens</c> (for CostOptimized).</summary>
+    /// <summary>Completion tokens expected when a request of this model sets no <c>max_tokens</c> (CostOptimized, token limits, budgets); default <c>Admission:ExpectedCompletionTokens</c>.</summary>
     public ModelGroupBuilder ExpectCompletionTokens(int tokens)
     {
         Options.ExpectedCompletionTokens = tokens;

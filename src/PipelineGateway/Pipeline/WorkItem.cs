@@ -200,7 +200,7 @@ internal sealed class WorkItem : IValueTaskSource<ChatCompletionResponse>
         {
             if (_estimatedTokens < 0)
             {
-                var completion = Request.RequestedCompletionTokens ?? Observer?.Options.Admission.ExpectedCompletionTokens ?? 256;
+                var completion = Request.RequestedCompletionTokens ?? Group.ExpectedCompletionTokens;
                 _estimatedTokens = Admission.TokenCounter.CountPrompt(Request, Request.Model) + completion;
             }
 

@@ -71,13 +71,13 @@ public sealed class ModelGroup
 {
     private int _sequence = -1;
 
-    internal ModelGroup(ModelGroupOptions options, IRoutingStrategy strategy, Deployment[] deployments)
+    internal ModelGroup(ModelGroupOptions options, IRoutingStrategy strategy, Deployment[] deployments, int defaultCompletionTokens = 256)
     {
         Name = options.Name;
         Aliases = [.. options.Aliases];
         Strategy = strategy;
         Deployments = deployments;
-        ExpectedCompletionTokens = options.ExpectedCompletionTokens;
+        ExpectedCompletionTokens = options.ExpectedCompletionTokens ?? defaultCompletionTokens;
         Hedging = options.Hedging;
         FallbackNames = [.. options.Fallbacks];
         ContextWindowFallbackNames = [.. options.ContextWindowFallbacks];
@@ -91,6 +91,7 @@ public sealed class ModelGroup
 
     public IReadOnlyList<Deployment> Deployments { get; }
 
+    /// <summary>Completion tokens expected when a request sets no max_tokens: the model's setting, else admission's. One value for routing, limits and budgets.</summary>
     public int ExpectedCompletionTokens { get; }
 
     public HedgingOptions? Hedging { get; }

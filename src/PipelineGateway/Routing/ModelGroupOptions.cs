@@ -25,9 +25,12 @@ public sealed class ModelGroupOptions
     /// <summary>Groups with larger context windows, tried in order only when a deployment reports a context-length error.</summary>
     public List<string> ContextWindowFallbacks { get; set; } = [];
 
-    /// <summary>Completion tokens expected when the request sets no max_tokens (for CostOptimized).</summary>
+    /// <summary>
+    /// Completion tokens expected when a request of this model sets no max_tokens: what CostOptimized ranks by, what
+    /// admission charges the token limits and what the budget reserves. Unset: <c>Admission:ExpectedCompletionTokens</c>.
+    /// </summary>
     [Range(0, 10_000_000)]
-    public int ExpectedCompletionTokens { get; set; } = 256;
+    public int? ExpectedCompletionTokens { get; set; }
 
     /// <summary>Send a second attempt to another deployment when the first is slow (non-streamed requests).</summary>
     public HedgingOptions? Hedging { get; set; }

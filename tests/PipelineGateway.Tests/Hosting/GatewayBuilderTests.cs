@@ -115,4 +115,19 @@ public sealed class GatewayBuilderTests
         group.Strategy.Should().Be(RoutingStrategyNames.RoundRobin);
         group.Deployments.Select(d => d.Provider).Should().Equal(["p1", "p2"], "no provider is taken for a strategy");
     }
+
+    [Fact]
+    public async Task A_models_expected_completion_tokens_default_to_admissions_and_one_value_serves_routing_limits_and_budgets()
+    {
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(new FakeProvider("p"))
+            .AddModel("long", m => m.Deploy("p").ExpectCompletionTokens(4000))
+            .AddModel("short", "p")
+            .Configure(o => o.Admission.ExpectedCompletionTokens = 64)
+            .StartAsync(Ct);
+
+        var catalog = gateway.Services.GetRequiredService<ModelCatalog>();
+        catalog.Groups.Single(g => g.Name == "long").ExpectedCompletionTokens.Should().Be(4000);
+        catalog.Groups.Single(g => g.Name == "short").ExpectedCompletionTokens.Should().Be(64, "a model without its own setting uses admission's");
+    }
 }
