@@ -20,7 +20,7 @@ var app = builder.Build();
 
 using var http = new HttpClient(new SocketsHttpHandler
 {
-    MaxConnectionsPerServer = 256,
+    MaxConnectionsPerServer = int.MaxValue, // as YARP: the slow-upstream mode keeps thousands of requests in flight
     UseCookies = false,
     AllowAutoRedirect = false,
     AutomaticDecompression = DecompressionMethods.None,

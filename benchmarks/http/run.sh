@@ -10,7 +10,8 @@
 # than most changes do. Everything binds to 127.0.0.1; every run is bounded by its duration.
 #
 # Usage: [ROUNDS=N] [CONNECTIONS="16 64 128"] [LATENCY_MS=0] [FIXED=1] benchmarks/http/run.sh [seconds] [rate]
-#   LATENCY_MS=1000 CONNECTIONS=3000 FIXED=0: the slow-upstream mode (memory per in-flight request).
+#   LATENCY_MS=1000 CONNECTIONS=3000 FIXED=0 CONFIG=benchmarks/http/gateway-over-slow-simulator.json: the slow-upstream
+#   mode (memory per in-flight request; the gateway gets workers and connections for 3,000 requests in flight).
 # GC settings under test are passed to every .NET process alike through the environment (DOTNET_GCgen0size, ...).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +21,7 @@ ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-16 64 128}"
 LATENCY_MS="${LATENCY_MS:-0}"
 FIXED="${FIXED:-1}"
+CONFIG="${CONFIG:-benchmarks/http/gateway-over-simulator.json}"
 SIM_PORT=18181
 GW_PORT=18180
 BARE_PORT=18182
@@ -40,7 +42,7 @@ ulimit -n 65536 2>/dev/null || true
 
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --latency-ms "$LATENCY_MS" >/dev/null 2>&1 &
 SIM=$!
-"$PGW" serve --urls "http://127.0.0.1:$GW_PORT" --config benchmarks/http/gateway-over-simulator.json >/dev/null 2>&1 &
+"$PGW" serve --urls "http://127.0.0.1:$GW_PORT" --config "$CONFIG" >/dev/null 2>&1 &
 GW=$!
 "$BARE" --urls "http://127.0.0.1:$BARE_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 &
 BARE_PID=$!
