@@ -453,10 +453,12 @@ internal sealed partial class ProviderWorkerPool
                 return charge;
             }
 
+            // Counted once the timer exists: a test that moves a fake clock on this signal must not move it before.
+            var delay = Task.Delay(wait, time, token);
             Interlocked.Increment(ref _waitingForRate);
             try
             {
-                await Task.Delay(wait, time, token).ConfigureAwait(false);
+                await delay.ConfigureAwait(false);
             }
             finally
             {
