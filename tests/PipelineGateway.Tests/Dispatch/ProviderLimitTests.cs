@@ -53,8 +53,12 @@ public sealed class ProviderLimitTests
             await Wait.Until(() => calls.Count == expected, $"minute {minute}'s 100 calls are sent");
             if (minute < 10)
             {
-                // Every worker has been refused by the limit and waits on the clock: nothing more can go this minute.
-                await Wait.Until(() => Pool(gateway).WaitingForRate == 4, "the four workers wait for the next minute");
+                // Every worker has been refused by the limit and waits on the clock, and every request left is in the
+                // provider's hands (none still on its way through the door and the stages): nothing more can go this
+                // minute, and nothing arrives after the clock moves.
+                await Wait.Until(
+                    () => Pool(gateway).WaitingForRate == 4 && Pool(gateway).QueueDepth + 4 == 1000 - expected,
+                    "the four workers wait for the next minute with every request left queued");
             }
 
             calls.Count.Should().Be(expected, "the limit holds within the minute");
