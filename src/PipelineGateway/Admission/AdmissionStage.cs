@@ -7,35 +7,23 @@ namespace PipelineGateway.Admission;
 /// <summary>
 /// First stage: applies the gateway-side rate limits, then gives each request an in-flight slot (or queues it,
 /// fairly between tenants, for the next free one) and hands it on to the cache stage.
-/// Its <see cref="StopAsync"/> drives the shutdown drain, since it is the first hosted stage to stop.
+/// (The shutdown drain is started by <see cref="PipelineLifetime"/>, which stops before every stage.)
 /// </summary>
 internal sealed class AdmissionStage : PipelineStage
 {
     private readonly AdmissionRateLimiter limiter;
+    private readonly Metrics.GatewayMetrics metrics;
 
-    public AdmissionStage(GatewayPipeline pipeline, AdmissionRateLimiter limiter, ILogger<AdmissionStage> logger)
-        : base(pipeline, logger)
+    public AdmissionStage(ChannelReader<WorkItem> input, GatewayPipeline pipeline, AdmissionRateLimiter limiter, Metrics.GatewayMetrics metrics, ILogger<AdmissionStage> logger)
+        : base(input, pipeline, logger)
     {
         this.limiter = limiter;
+        this.metrics = metrics;
         limiter.OnWaitOver = OnWaitOver;
-        limiter.OnWaitStarted = pipeline.Metrics.OnRateLimitWait;
+        limiter.OnWaitStarted = metrics.OnRateLimitWait;
     }
 
     protected override string StageName => "admission";
-
-    protected override ChannelReader<WorkItem> Input => Pipeline.Admission.Reader;
-
-    public override Task StartAsync(CancellationToken cancellationToken)
-    {
-        Pipeline.MarkStarted();
-        return base.StartAsync(cancellationToken);
-    }
-
-    public override async Task StopAsync(CancellationToken cancellationToken)
-    {
-        await Pipeline.DrainAsync(cancellationToken).ConfigureAwait(false);
-        await base.StopAsync(cancellationToken).ConfigureAwait(false);
-    }
 
     protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
@@ -51,12 +39,12 @@ internal sealed class AdmissionStage : PipelineStage
         switch (limiter.TryAdmit(item, out var refusal))
         {
             case AdmissionDecision.Refused:
-                Pipeline.Metrics.OnRateLimited();
+                metrics.OnRateLimited();
                 Pipeline.FailAndRetire(item, refusal!);
                 break;
             case AdmissionDecision.Parked:
                 // The limiter hands it back through OnWaitOver, in order, as permits refill.
-                Pipeline.Metrics.OnRateLimitWait();
+                metrics.OnRateLimitWait();
                 break;
             case AdmissionDecision.Pending:
                 // A distributed store decides; the answer comes back through OnWaitOver.
@@ -74,7 +62,7 @@ internal sealed class AdmissionStage : PipelineStage
     {
         if (refusal is not null)
         {
-            Pipeline.Metrics.OnRateLimited();
+            metrics.OnRateLimited();
             Pipeline.FailAndRetire(item, refusal);
             return;
         }

@@ -10,12 +10,18 @@ namespace PipelineGateway.Caching;
 /// an identical request already in flight is joined (single-flight: one upstream call serves every waiter);
 /// otherwise the request goes on to the router as the leader of a new flight.
 /// </summary>
-internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, ILogger<CacheStage> logger)
-    : PipelineStage(pipeline, logger)
+internal sealed class CacheStage(
+    ChannelReader<WorkItem> input,
+    ChannelWriter<WorkItem> router,
+    GatewayPipeline pipeline,
+    ResponseCache cache,
+    Flights flights,
+    Metrics.GatewayMetrics metrics,
+    TimeProvider time,
+    ILogger<CacheStage> logger)
+    : PipelineStage(input, pipeline, logger)
 {
     protected override string StageName => "cache";
-
-    protected override ChannelReader<WorkItem> Input => Pipeline.CacheLookup.Reader;
 
     protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
@@ -25,8 +31,8 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
             item.CacheKey = key;
             if (item.Request.Gateway?.NoCache != true && cache.TryGet(key, out var cached))
             {
-                Pipeline.Metrics.OnCacheHit();
-                Answer(Pipeline, item, cached, cached: true);
+                metrics.OnCacheHit();
+                Answer(time, item, cached, cached: true);
                 Pipeline.Retire(item);
                 return ValueTask.CompletedTask;
             }
@@ -56,8 +62,8 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
         }
         else if (shared is not null)
         {
-            Pipeline.Metrics.OnCacheHit();
-            Answer(Pipeline, item, shared, cached: true);
+            metrics.OnCacheHit();
+            Answer(time, item, shared, cached: true);
             Pipeline.Retire(item);
         }
         else
@@ -68,34 +74,27 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
 
     private void Miss(WorkItem item, CacheKey key)
     {
-        Pipeline.Metrics.OnCacheMiss();
-        if (cache.SingleFlight && !item.IsStream && Pipeline.Flights.Join(key, item, cache.MaxFollowers))
+        metrics.OnCacheMiss();
+        if (cache.SingleFlight && !item.IsStream && flights.Join(key, item, cache.MaxFollowers))
         {
-            Pipeline.Metrics.OnCoalesced();
+            metrics.OnCoalesced();
             return; // answered when the leader's call ends
         }
 
         Route(item);
     }
 
-    private void Route(WorkItem item)
-    {
-        // Never waits: the router channel holds MaxInFlight items (see GatewayPipeline).
-        if (!Pipeline.Routing.Writer.TryWrite(item))
-        {
-            Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
-        }
-    }
+    private void Route(WorkItem item) => Forward(item, router);
 
     /// <summary>
     /// Answers a request from a stored answer — a cache hit, or a follower of an identical request's call — with its
     /// own copy and its own info: charged nothing, the avoided cost in <see cref="GatewayResponseInfo.CostSaved"/>. A
     /// stream gets the copy as chunks, the last carrying the usage and the info.
     /// </summary>
-    internal static void Answer(GatewayPipeline pipeline, WorkItem item, StoredAnswer stored, bool cached)
+    internal static void Answer(TimeProvider time, WorkItem item, StoredAnswer stored, bool cached)
     {
         var copy = stored.Materialize();
-        copy.Gateway = ResponseInfo.Served(item, stored, cached, pipeline.Time);
+        copy.Gateway = ResponseInfo.Served(item, stored, cached, time);
 
         if (item.IsStream)
         {
@@ -116,7 +115,7 @@ internal sealed class CacheStage(GatewayPipeline pipeline, ResponseCache cache, 
 /// except the leader's own caller giving up, which must not fail the others: the first follower still waiting
 /// then becomes the leader and goes upstream instead.
 /// </summary>
-internal sealed class Flights(GatewayPipeline pipeline) : ICompletionListener
+internal sealed class Flights(GatewayPipeline pipeline, TimeProvider time) : ICompletionListener
 {
     private readonly ConcurrentDictionary<CacheKey, Flight> _flights = new();
 
@@ -208,7 +207,7 @@ internal sealed class Flights(GatewayPipeline pipeline) : ICompletionListener
         {
             if (answer is not null && error is null)
             {
-                CacheStage.Answer(pipeline, follower, answer, cached: false);
+                CacheStage.Answer(time, follower, answer, cached: false);
             }
             else
             {

@@ -24,17 +24,25 @@ namespace PipelineGateway.DeadLetter;
 /// Re-enqueueing to the router never waits (the router channel holds MaxInFlight items), so this stage can never
 /// be blocked by the stages it feeds.
 /// </summary>
-internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLetterStage> logger)
-    : PipelineStage(pipeline, logger)
+internal sealed class DeadLetterStage(
+    ChannelReader<WorkItem> input,
+    ChannelWriter<WorkItem> router,
+    GatewayPipeline pipeline,
+    Microsoft.Extensions.Options.IOptions<Hosting.GatewayOptions> gatewayOptions,
+    Routing.DeploymentSelector selector,
+    Metrics.GatewayMetrics metrics,
+    TimeProvider time,
+    ILogger<DeadLetterStage> logger)
+    : PipelineStage(input, pipeline, logger)
 {
-    protected override string StageName => "dead-letter";
+    private readonly Hosting.PipelineOptions _options = gatewayOptions.Value.Pipeline;
 
-    protected override ChannelReader<WorkItem> Input => Pipeline.DeadLetter.Reader;
+    protected override string StageName => "dead-letter";
 
     protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
         var failure = item.LastFailure;
-        var options = Pipeline.Options.Pipeline;
+        var options = _options;
         switch (failure.Outcome)
         {
             case AttemptOutcome.Cancelled:
@@ -43,8 +51,8 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
             case AttemptOutcome.ContextLengthExceeded:
                 if (item.AttemptCount < options.MaxAttempts && item.TryAdvanceContextFallback())
                 {
-                    Pipeline.Metrics.OnFallback();
-                    Pipeline.Requeue(item);
+                    metrics.OnFallback();
+                    Forward(item, router);
                 }
                 else
                 {
@@ -64,7 +72,7 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
                 // That deployment is out of rotation (health): another one, or another group, may serve the request.
                 if (item.AttemptCount < options.MaxAttempts && (HasUntried(item) || item.TryAdvanceFallback()))
                 {
-                    Pipeline.Requeue(item);
+                    Forward(item, router);
                 }
                 else
                 {
@@ -82,14 +90,14 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
 
         if (HasUntried(item))
         {
-            Pipeline.Requeue(item);
+            Forward(item, router);
             return ValueTask.CompletedTask;
         }
 
         if (item.TryAdvanceFallback())
         {
-            Pipeline.Metrics.OnFallback();
-            Pipeline.Requeue(item);
+            metrics.OnFallback();
+            Forward(item, router);
             return ValueTask.CompletedTask;
         }
 
@@ -102,13 +110,13 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
         }
 
         var delay = Backoff(item, failure);
-        if (Pipeline.Time.GetUtcNow() + delay >= item.Deadline)
+        if (time.GetUtcNow() + delay >= item.Deadline)
         {
             Exhausted(item, failure, $"the next retry ({delay.TotalMilliseconds:F0} ms away) would pass the deadline");
             return ValueTask.CompletedTask;
         }
 
-        item.ScheduleRetry(Pipeline.Time, delay, static i => i.Observer!.Requeue(i));
+        item.ScheduleRetry(time, delay, static i => i.Observer!.Requeue(i));
         Interlocked.Increment(ref _retriesScheduled);
         return ValueTask.CompletedTask;
     }
@@ -132,8 +140,8 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
     {
         if (failure.Outcome == AttemptOutcome.RateLimited)
         {
-            var retryAfter = Pipeline.Selector.EarliestAvailable(item.Group, failure.RetryAfter);
-            Pipeline.Metrics.OnRateLimited();
+            var retryAfter = selector.EarliestAvailable(item.Group, failure.RetryAfter);
+            metrics.OnRateLimited();
             Pipeline.FailAndRetire(item, new RateLimitedException($"providers of '{item.Request.Model}'", retryAfter,
                 $"Every deployment of model '{item.Request.Model}' is rate-limited by its provider; retry after {retryAfter.TotalSeconds:F1} s{AttemptText.Describe(item.SnapshotAttempts())}",
                 item.SnapshotAttempts()));
@@ -159,7 +167,7 @@ internal sealed class DeadLetterStage(GatewayPipeline pipeline, ILogger<DeadLett
     /// <summary>Exponential backoff with jitter (half to full), at least the provider's Retry-After, at most RetryMaxDelay.</summary>
     private TimeSpan Backoff(WorkItem item, ProviderFailure failure)
     {
-        var options = Pipeline.Options.Pipeline;
+        var options = _options;
         var exponent = Math.Min(item.AttemptCount - 1, 16);
         var ceiling = Math.Min(options.RetryMaxDelay.TotalMilliseconds, options.RetryBaseDelay.TotalMilliseconds * Math.Pow(2, exponent));
         var jittered = TimeSpan.FromMilliseconds((ceiling / 2) + (Random.Shared.NextDouble() * ceiling / 2));

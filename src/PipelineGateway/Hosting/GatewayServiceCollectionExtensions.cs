@@ -101,27 +101,41 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddSingleton<ResponseCache>();
         services.TryAddSingleton<AdmissionRateLimiter>();
         services.TryAddSingleton<AdmissionGate>();
+        services.TryAddSingleton<PipelineChannels>();
         services.TryAddSingleton(sp =>
         {
+            var metrics = sp.GetRequiredService<GatewayMetrics>();
             var pipeline = ActivatorUtilities.CreateInstance<GatewayPipeline>(sp);
-            pipeline.Metrics.Attach(pipeline.GetQueueDepths, [.. pipeline.Catalog.AllDeployments], pipeline.Time);
-            pipeline.Metrics.AttachCache(pipeline.Cache);
-            pipeline.Metrics.SetSystems(sp.GetRequiredService<IOptions<GatewayOptions>>().Value.Providers.ToDictionary(
+            metrics.Attach(pipeline.GetQueueDepths, [.. sp.GetRequiredService<ModelCatalog>().AllDeployments], sp.GetRequiredService<TimeProvider>());
+            metrics.AttachCache(sp.GetRequiredService<ResponseCache>());
+            metrics.SetSystems(sp.GetRequiredService<IOptions<GatewayOptions>>().Value.Providers.ToDictionary(
                 p => p.Name,
                 p => p.Type.ToUpperInvariant() switch { "OPENAI" or "OPENAICOMPATIBLE" => "openai", "AZUREOPENAI" => "az.ai.openai", "ANTHROPIC" => "anthropic", _ => p.Name },
                 StringComparer.Ordinal));
             return pipeline;
         });
+        services.TryAddSingleton(sp => sp.GetRequiredService<GatewayPipeline>().Flights);
+        services.TryAddSingleton<HedgeRouter>();
+        services.TryAddSingleton(sp => ActivatorUtilities.CreateInstance<WorkerServices>(sp, sp.GetRequiredService<PipelineChannels>().DeadLetter.Writer));
         services.TryAddSingleton<IGatewayQueue, GatewayQueue>();
 
-        // Hosted services start in registration order and stop in reverse: consumers start before
-        // producers, and admission (which drives the drain) stops first while the rest still run.
-        services.AddHostedService<DeadLetterStage>();
-        services.AddHostedService<DispatchStage>();
-        services.AddHostedService<RouterStage>();
-        services.AddHostedService<CacheStage>();
-        services.AddHostedService<AdmissionStage>();
+        // Each stage is given the channel it reads and the one it feeds, and its own services (PipelineChannels).
+        // Hosted services start in registration order and stop in reverse: consumers start before producers, the
+        // lifetime (which accepts requests once every stage runs, and drives the drain) starts last and stops first.
+        services.AddHostedService(sp => Stage<DeadLetterStage>(sp, c => c.DeadLetter.Reader, c => c.Routing.Writer));
+        services.AddHostedService<ProviderWorkers>();
+        services.AddHostedService(sp => Stage<RouterStage>(sp, c => c.Routing.Reader, c => c.Routing.Writer));
+        services.AddHostedService(sp => Stage<CacheStage>(sp, c => c.CacheLookup.Reader, c => c.Routing.Writer));
+        services.AddHostedService(sp => ActivatorUtilities.CreateInstance<AdmissionStage>(sp, sp.GetRequiredService<PipelineChannels>().Admission.Reader));
+        services.AddHostedService<PipelineLifetime>();
         return registration;
+    }
+
+    private static TStage Stage<TStage>(IServiceProvider sp, Func<PipelineChannels, System.Threading.Channels.ChannelReader<WorkItem>> input, Func<PipelineChannels, System.Threading.Channels.ChannelWriter<WorkItem>> next)
+        where TStage : PipelineStage
+    {
+        var channels = sp.GetRequiredService<PipelineChannels>();
+        return ActivatorUtilities.CreateInstance<TStage>(sp, input(channels), next(channels));
     }
 
     private static GatewayRegistration Registration(IServiceCollection services) =>
@@ -143,20 +157,21 @@ public static class GatewayServiceCollectionExtensions
         var custom = sp.GetServices<ILlmProvider>().ToDictionary(p => p.Name, StringComparer.Ordinal);
         var logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger<ProviderWorkerPool>();
         var time = sp.GetRequiredService<TimeProvider>();
+        var health = sp.GetRequiredService<HealthTracker>();
         var pools = new List<ProviderWorkerPool>();
         foreach (var o in options.Providers)
         {
             var provider = custom.Remove(o.Name, out var registered)
                 ? registered
                 : factories[o.Type].Create(o, sp);
-            pools.Add(new ProviderWorkerPool(provider, o.Workers, o.QueueCapacity, logger, options.Fairness, time, o.RequestsPerMinute, o.TokensPerMinute));
+            pools.Add(new ProviderWorkerPool(provider, o.Workers, o.QueueCapacity, logger, options.Fairness, time, health, o.RequestsPerMinute, o.TokensPerMinute));
         }
 
         // Providers registered in code with no configuration entry get the defaults.
         var defaults = new ProviderOptions();
         foreach (var provider in custom.Values)
         {
-            pools.Add(new ProviderWorkerPool(provider, defaults.Workers, defaults.QueueCapacity, logger, options.Fairness, time));
+            pools.Add(new ProviderWorkerPool(provider, defaults.Workers, defaults.QueueCapacity, logger, options.Fairness, time, health));
         }
 
         return new ProviderPools(pools);

@@ -10,9 +10,9 @@ using PipelineGateway.Routing;
 namespace PipelineGateway.Pipeline;
 
 /// <summary>
-/// The channels that join the stages, the in-flight slots and the drain logic. Every stage reads
-/// one channel and writes the next; this class owns them so the sizes (and the argument that the
-/// dead-letter → router cycle can never block) live in one place.
+/// A work item's life past the door: the in-flight slots (handed out fairly), forwarding a request that got one, letting
+/// go of it (<see cref="Retire"/>), settlement when it ends (each folder's <see cref="ICompletionListener"/>, in order)
+/// and the drain. Stages call it to let go of what they hold; it holds no other stage's services.
 /// </summary>
 internal sealed partial class GatewayPipeline
 {
@@ -20,6 +20,14 @@ internal sealed partial class GatewayPipeline
     private readonly WorkItem?[] _live;
     private readonly ILogger _logger;
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly PipelineOptions _options;
+    private readonly PipelineChannels _channels;
+    private readonly ProviderPools _pools;
+    private readonly GatewayMetrics _metrics;
+    private readonly Admission.AdmissionRateLimiter _limiter;
+    private readonly Admission.AdmissionGate _gate;
+    private readonly TimeProvider _time;
+    private readonly ICompletionListener[] _listeners;
     private long _outstanding;
     private volatile bool _draining;
     private readonly object _drainLock = new();
@@ -29,52 +37,30 @@ internal sealed partial class GatewayPipeline
 
     public GatewayPipeline(
         IOptions<GatewayOptions> options,
-        ModelCatalog catalog,
+        PipelineChannels channels,
         ProviderPools pools,
         GatewayMetrics metrics,
-        ResponseCache cache,
         Admission.AdmissionRateLimiter limiter,
         Admission.AdmissionGate gate,
         Cost.BudgetTracker budgets,
-        Cost.PricingTable pricing,
-        DeploymentSelector selector,
         TimeProvider time,
         ILogger<GatewayPipeline> logger)
     {
-        Options = options.Value;
-        Catalog = catalog;
-        Pools = pools;
-        Metrics = metrics;
-        Cache = cache;
-        Limiter = limiter;
-        Gate = gate;
-        Budgets = budgets;
-        Pricing = pricing;
-        Selector = selector;
-        Hedges = new HedgeRouter(selector);
-        Time = time;
+        _options = options.Value.Pipeline;
+        _channels = channels;
+        _pools = pools;
+        _metrics = metrics;
+        _limiter = limiter;
+        _gate = gate;
+        _time = time;
         _logger = logger;
-        Flights = new Flights(this);
+        Flights = new Flights(this, time);
 
         // Ending a request, folder by folder (ICompletionListener): waiters on the same call, the budget, the token
         // limits, then the metrics (which see every other folder's settlement done).
         _listeners = [Flights, budgets, limiter, metrics];
-        var p = Options.Pipeline;
-        MaxInFlight = p.MaxInFlight;
-
-        // The admission gate lets at most AdmissionQueueCapacity requests in before they hold a slot, so the
-        // admission channel can never be full when written to.
-        Admission = Channel.CreateBounded<WorkItem>(Bounded(p.AdmissionQueueCapacity, singleReader: true));
-
-        // Deadlock freedom: at most MaxInFlight items exist past admission (each holds a slot until it
-        // is retired). The cache, router and dead-letter channels hold MaxInFlight each, so a write to them
-        // can never find them full: every stage uses TryWrite and never waits, which also breaks the
-        // router → provider queue → dead-letter → router cycle.
-        CacheLookup = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
-        Routing = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
-        DeadLetter = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight, singleReader: true));
-
-        _slots = new InFlightSlots(MaxInFlight, Options.Fairness);
+        MaxInFlight = channels.MaxInFlight;
+        _slots = new InFlightSlots(MaxInFlight, options.Value.Fairness);
         _live = new WorkItem?[MaxInFlight];
 
         // A provider holds at most its queue and its workers in slots; if that is every slot, one that stops answering
@@ -88,51 +74,13 @@ internal sealed partial class GatewayPipeline
         }
     }
 
-    public GatewayOptions Options { get; }
-
-    public ModelCatalog Catalog { get; }
-
-    public ProviderPools Pools { get; }
-
-    public GatewayMetrics Metrics { get; }
-
-    public ResponseCache Cache { get; }
-
-    public Admission.AdmissionRateLimiter Limiter { get; }
-
-    /// <summary>Admission's waiting room: bounds what is held before a request takes an in-flight slot.</summary>
-    public Admission.AdmissionGate Gate { get; }
-
     /// <summary>The in-flight slots, handed out fairly between tenants.</summary>
     internal InFlightSlots Slots => _slots;
 
-    public Cost.BudgetTracker Budgets { get; }
-
-    /// <summary>Prices answers (the same prices CostOptimized ranks by).</summary>
-    public Cost.PricingTable Pricing { get; }
-
-    /// <summary>Identical requests in flight sharing one upstream call.</summary>
+    /// <summary>Identical requests in flight sharing one upstream call (Caching's, settled here as a listener).</summary>
     public Flights Flights { get; }
 
-    private readonly ICompletionListener[] _listeners;
-
-    /// <summary>Deployment choice and health, shared by the router and hedging workers.</summary>
-    public DeploymentSelector Selector { get; }
-
-    /// <summary>Where hedges go (a routing decision, asked for by a worker whose first attempt is slow).</summary>
-    public HedgeRouter Hedges { get; }
-
-    public TimeProvider Time { get; }
-
     public int MaxInFlight { get; }
-
-    public Channel<WorkItem> Admission { get; }
-
-    public Channel<WorkItem> CacheLookup { get; }
-
-    public Channel<WorkItem> Routing { get; }
-
-    public Channel<WorkItem> DeadLetter { get; }
 
     public bool IsAccepting => _started && !_draining;
 
@@ -149,20 +97,20 @@ internal sealed partial class GatewayPipeline
     /// <summary>Depth of each stage's channel, for metrics and tests.</summary>
     public QueueDepths GetQueueDepths()
     {
-        var pools = Pools.All;
+        var pools = _pools.All;
         var perProvider = new Dictionary<string, int>(pools.Count, StringComparer.Ordinal);
         foreach (var pool in pools)
         {
             perProvider[pool.Name] = pool.QueueDepth;
         }
 
-        return new QueueDepths(Admission.Reader.Count, CacheLookup.Reader.Count, Routing.Reader.Count, DeadLetter.Reader.Count, InFlight, perProvider);
+        return new QueueDepths(_channels.Admission.Reader.Count, _channels.CacheLookup.Reader.Count, _channels.Routing.Reader.Count, _channels.DeadLetter.Reader.Count, InFlight, perProvider);
     }
 
     public void OnCreated(WorkItem item)
     {
         Interlocked.Increment(ref _outstanding);
-        Metrics.OnSubmitted();
+        _metrics.OnSubmitted();
         item.Observer = this;
     }
 
@@ -195,7 +143,7 @@ internal sealed partial class GatewayPipeline
     }
 
     /// <summary>Where a request goes when it gets a slot: the cache stage, or straight back to the router once it was routed.</summary>
-    private ChannelWriter<WorkItem> Next(WorkItem item) => item.Routed ? Routing.Writer : CacheLookup.Writer;
+    private ChannelWriter<WorkItem> Next(WorkItem item) => item.Routed ? _channels.Routing.Writer : _channels.CacheLookup.Writer;
 
     /// <summary>
     /// A waiting caller's request parked at a full provider queue gives its slot back, so a stuck provider never holds
@@ -231,7 +179,7 @@ internal sealed partial class GatewayPipeline
         if (item.GateTenant is { } tenant)
         {
             item.GateTenant = null;
-            Gate.Leave(tenant);
+            _gate.Leave(tenant);
         }
     }
 
@@ -309,22 +257,10 @@ internal sealed partial class GatewayPipeline
         {
             Retire(item);
         }
-        else if (!Routing.Writer.TryWrite(item))
+        else if (!_channels.Routing.Writer.TryWrite(item))
         {
             FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
         }
-    }
-
-    /// <summary>
-    /// A provider answered: describe how, fill the cache, answer the caller, let go. Called by a provider worker that
-    /// holds no permit any more, so a caller that asked for it is resumed right here (<see cref="WorkItem.TryComplete"/>).
-    /// </summary>
-    public void CompleteSuccess(WorkItem item, Deployment deployment, ChatCompletionResponse response)
-    {
-        response.Gateway = ResponseInfo.Answered(item, deployment, response.Usage, Pricing, Time);
-        Cache.Store(item, response);
-        item.TryComplete(response, fromWorker: true);
-        Retire(item);
     }
 
     private void LetGoWaiting(WorkItem item)
@@ -355,7 +291,7 @@ internal sealed partial class GatewayPipeline
             ThreadPool.UnsafeQueueUserWorkItem(static s => s.Pipeline.LetGoWaiting(s.Item), (Pipeline: this, Item: item), preferLocal: false);
         }
 
-        var completion = new Completion(item, response, error, Time.GetElapsedTime(item.StartTimestamp));
+        var completion = new Completion(item, response, error, _time.GetElapsedTime(item.StartTimestamp));
         foreach (var listener in _listeners)
         {
             listener.OnCompleted(completion);
@@ -384,15 +320,15 @@ internal sealed partial class GatewayPipeline
     private async Task DrainOnceAsync(CancellationToken hostStopping)
     {
         _draining = true;
-        Gate.Close(static () => new GatewayUnavailableException("The gateway is shutting down: it stopped accepting requests."));
-        Admission.Writer.TryComplete();
+        _gate.Close(static () => new GatewayUnavailableException("The gateway is shutting down: it stopped accepting requests."));
+        _channels.Admission.Writer.TryComplete();
         if (Interlocked.Read(ref _outstanding) == 0)
         {
             _drained.TrySetResult();
         }
 
-        LogDraining(_logger, Outstanding, Options.Pipeline.DrainTimeout.TotalMilliseconds);
-        if (await WaitDrainedAsync(Options.Pipeline.DrainTimeout, hostStopping).ConfigureAwait(false))
+        LogDraining(_logger, Outstanding, _options.DrainTimeout.TotalMilliseconds);
+        if (await WaitDrainedAsync(_options.DrainTimeout, hostStopping).ConfigureAwait(false))
         {
             LogDrained(_logger);
             return;
@@ -411,7 +347,7 @@ internal sealed partial class GatewayPipeline
             }
         }
 
-        failed += Limiter.FailWaiting(static () => new GatewayUnavailableException("The gateway shut down while the request waited for a rate-limit permit."));
+        failed += _limiter.FailWaiting(static () => new GatewayUnavailableException("The gateway shut down while the request waited for a rate-limit permit."));
         foreach (var waiting in _slots.TakeWaiting())
         {
             FailAndRetire(waiting, new GatewayUnavailableException("The gateway shut down while the request waited for an in-flight slot."));
@@ -429,7 +365,7 @@ internal sealed partial class GatewayPipeline
     {
         try
         {
-            await _drained.Task.WaitAsync(timeout, time ?? Time, cancellationToken).ConfigureAwait(false);
+            await _drained.Task.WaitAsync(timeout, time ?? _time, cancellationToken).ConfigureAwait(false);
             return true;
         }
         catch (TimeoutException)
@@ -441,14 +377,6 @@ internal sealed partial class GatewayPipeline
             return false;
         }
     }
-
-    private static BoundedChannelOptions Bounded(int capacity, bool singleReader) => new(capacity)
-    {
-        FullMode = BoundedChannelFullMode.Wait,
-        SingleReader = singleReader,
-        SingleWriter = false,
-        AllowSynchronousContinuations = false,
-    };
 
     [LoggerMessage(EventId = 6, Level = LogLevel.Warning, Message = "Provider {Provider}: QueueCapacity ({QueueCapacity}) + Workers ({Workers}) is at least Pipeline:MaxInFlight ({MaxInFlight}); if it stops answering it can hold every in-flight slot and stall the other providers. Keep it below MaxInFlight.")]
     private static partial void LogProviderCanHoldEverySlot(ILogger logger, string provider, int queueCapacity, int workers, int maxInFlight);

@@ -9,8 +9,16 @@ namespace PipelineGateway.Pipeline;
 /// group, lets it into admission's waiting room (or refuses it, or makes its caller wait at the door), stamps its
 /// deadline and writes it into the admission channel.
 /// </summary>
-internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
+internal sealed class GatewayQueue(
+    GatewayPipeline pipeline,
+    PipelineChannels channels,
+    ModelCatalog catalog,
+    AdmissionGate gate,
+    Metrics.GatewayMetrics metrics,
+    Microsoft.Extensions.Options.IOptions<Hosting.GatewayOptions> options,
+    TimeProvider time) : IGatewayQueue
 {
+    private readonly Hosting.PipelineOptions _options = options.Value.Pipeline;
 
     public ValueTask<ChatCompletionResponse> SubmitAsync(ChatCompletionRequest request, CancellationToken cancellationToken = default) =>
         SubmitAsync(request, SubmitMode.Wait, cancellationToken);
@@ -92,7 +100,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
     private ModelGroup Resolve(ChatCompletionRequest request)
     {
         RequestValidator.Validate(request);
-        return pipeline.Catalog.TryResolve(request.Model, out var group) ? group : throw new ModelNotFoundException(request.Model);
+        return catalog.TryResolve(request.Model, out var group) ? group : throw new ModelNotFoundException(request.Model);
     }
 
     /// <summary>
@@ -119,7 +127,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
         }
 
         var key = request.Gateway?.RateLimitKey ?? string.Empty;
-        if (pipeline.Gate.TryEnter(key) is { } tenant)
+        if (gate.TryEnter(key) is { } tenant)
         {
             var item = Create(request, group, stream, mode, null, cancellationToken);
             item.GateTenant = tenant;
@@ -131,8 +139,8 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
             return null;
         }
 
-        pipeline.Metrics.OnShed();
-        return Refused(request, group, stream, mode, pipeline.Gate.Refusal(key, pipeline.Options.Pipeline.QueueFullRetryAfter), null, cancellationToken);
+        metrics.OnShed();
+        return Refused(request, group, stream, mode, gate.Refusal(key, _options.QueueFullRetryAfter), null, cancellationToken);
     }
 
     /// <summary>
@@ -141,29 +149,29 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
     /// </summary>
     private async ValueTask<WorkItem> WaitAtDoorAsync(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, CancellationToken cancellationToken)
     {
-        var submitted = pipeline.Time.GetTimestamp();
+        var submitted = time.GetTimestamp();
         var timeout = TimeoutOf(request);
         AdmissionGate.Tenant tenant;
         try
         {
             while (true)
             {
-                await WaitForRoomAsync(group, timeout - pipeline.Time.GetElapsedTime(submitted), cancellationToken).ConfigureAwait(false);
-                tenant = await pipeline.Gate.WaitAsync(request.Gateway?.RateLimitKey ?? string.Empty, timeout - pipeline.Time.GetElapsedTime(submitted), cancellationToken).ConfigureAwait(false);
+                await WaitForRoomAsync(group, timeout - time.GetElapsedTime(submitted), cancellationToken).ConfigureAwait(false);
+                tenant = await gate.WaitAsync(request.Gateway?.RateLimitKey ?? string.Empty, timeout - time.GetElapsedTime(submitted), cancellationToken).ConfigureAwait(false);
                 if (!Saturated(group))
                 {
                     break;
                 }
 
                 // Its providers filled up while it waited for its tenant's turn: give the place back, wait for room.
-                pipeline.Gate.Leave(tenant);
+                gate.Leave(tenant);
             }
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
             if (ex is QueueFullException)
             {
-                pipeline.Metrics.OnShed();
+                metrics.OnShed();
             }
 
             return Refused(request, group, stream, mode, ex is RequestCancelledException ? null : ex, submitted, cancellationToken);
@@ -191,10 +199,10 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
     /// <summary>Waits until some provider of the model has room (backpressure per model: other models pass freely).</summary>
     private async Task WaitForRoomAsync(ModelGroup group, TimeSpan timeout, CancellationToken cancellationToken)
     {
-        var started = pipeline.Time.GetTimestamp();
+        var started = time.GetTimestamp();
         while (Saturated(group))
         {
-            var left = timeout - pipeline.Time.GetElapsedTime(started);
+            var left = timeout - time.GetElapsedTime(started);
             if (left <= TimeSpan.Zero)
             {
                 throw new DeadlineExceededException(timeout, [], $"The request waited at the gateway's door for its whole deadline of {timeout.TotalMilliseconds:F0} ms: every provider of model '{group.Name}' stayed full.");
@@ -203,7 +211,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
             var rooms = group.DeploymentArray.Select(d => d.Pool.RoomAsync());
             try
             {
-                await Task.WhenAny(rooms).WaitAsync(left, pipeline.Time, cancellationToken).ConfigureAwait(false);
+                await Task.WhenAny(rooms).WaitAsync(left, time, cancellationToken).ConfigureAwait(false);
             }
             catch (TimeoutException)
             {
@@ -229,7 +237,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
             return; // refused before entering, already retired
         }
 
-        if (!pipeline.Admission.Writer.TryWrite(item))
+        if (!channels.Admission.Writer.TryWrite(item))
         {
             pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
         }
@@ -249,7 +257,7 @@ internal sealed class GatewayQueue(GatewayPipeline pipeline) : IGatewayQueue
     }
 
     private WorkItem Create(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, long? submitted, CancellationToken cancellationToken) =>
-        new(request, group, stream, TimeoutOf(request), pipeline.Time, cancellationToken, pipeline, RequestIds.Next(), submitted) { Mode = mode };
+        new(request, group, stream, TimeoutOf(request), time, cancellationToken, pipeline, RequestIds.Next(), submitted) { Mode = mode };
 
-    private TimeSpan TimeoutOf(ChatCompletionRequest request) => request.Gateway?.Timeout ?? pipeline.Options.Pipeline.DefaultTimeout;
+    private TimeSpan TimeoutOf(ChatCompletionRequest request) => request.Gateway?.Timeout ?? _options.DefaultTimeout;
 }

@@ -7,19 +7,24 @@ namespace PipelineGateway.Pipeline;
 /// <summary>
 /// A hosted stage: one loop reading its input channel (<c>WaitToReadAsync</c> + <c>TryRead</c>) and
 /// handling each item that is still running (one that ended while it waited is retired here, before any handler
-/// sees it). A handler that throws fails only that item, never the loop.
+/// sees it). A handler that throws fails only that item, never the loop. A stage is given its input reader, the
+/// writer it feeds (if any), the pipeline's lifecycle calls (<see cref="GatewayPipeline"/>: retire, fail, slots) and
+/// its own folder's services — nothing else.
 /// </summary>
 internal abstract partial class PipelineStage : IHostedService, IDisposable
 {
     private readonly CancellationTokenSource _stop = new();
+    private readonly ChannelReader<WorkItem> _input;
     private Task _loop = Task.CompletedTask;
 
-    protected PipelineStage(GatewayPipeline pipeline, ILogger logger)
+    protected PipelineStage(ChannelReader<WorkItem> input, GatewayPipeline pipeline, ILogger logger)
     {
+        _input = input;
         Pipeline = pipeline;
         Logger = logger;
     }
 
+    /// <summary>The work item's lifecycle: let go of it, fail it, give back or take its slot.</summary>
     protected GatewayPipeline Pipeline { get; }
 
     protected ILogger Logger { get; }
@@ -28,8 +33,6 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
     protected CancellationToken Stopping => _stop.Token;
 
     protected abstract string StageName { get; }
-
-    protected abstract ChannelReader<WorkItem> Input { get; }
 
     protected abstract ValueTask HandleAsync(WorkItem item, CancellationToken stopping);
 
@@ -48,7 +51,7 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
 
     private async Task RunAsync(CancellationToken stopping)
     {
-        var reader = Input;
+        var reader = _input;
         try
         {
             while (await reader.WaitToReadAsync(stopping).ConfigureAwait(false))
@@ -82,6 +85,18 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
         }
         catch (OperationCanceledException) when (stopping.IsCancellationRequested)
         {
+        }
+    }
+
+    /// <summary>
+    /// Hands the item to the next stage's channel. Never waits: every channel past admission holds MaxInFlight items
+    /// (see <see cref="PipelineChannels"/>), so a full one means the gateway is shutting down.
+    /// </summary>
+    protected void Forward(WorkItem item, ChannelWriter<WorkItem> next)
+    {
+        if (!next.TryWrite(item))
+        {
+            Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
         }
     }
 

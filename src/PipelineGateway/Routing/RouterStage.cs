@@ -15,20 +15,28 @@ namespace PipelineGateway.Routing;
 /// it, or it is refused at once (503 <c>provider_overloaded</c>, or 429 when the providers' own limits are why).
 /// The router never waits.
 /// </summary>
-internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector selector, ILogger<RouterStage> logger)
-    : PipelineStage(pipeline, logger)
+internal sealed class RouterStage(
+    ChannelReader<WorkItem> input,
+    ChannelWriter<WorkItem> self,
+    GatewayPipeline pipeline,
+    DeploymentSelector selector,
+    BudgetTracker budgets,
+    Metrics.GatewayMetrics metrics,
+    Microsoft.Extensions.Options.IOptions<Hosting.GatewayOptions> options,
+    ILogger<RouterStage> logger)
+    : PipelineStage(input, pipeline, logger)
 {
+    private readonly TimeSpan _maxQueueWait = options.Value.Pipeline.MaxQueueWait;
+
     // The router is one loop, so one scratch buffer serves every decision without allocating.
     private Deployment[] _scratch = new Deployment[16];
 
     protected override string StageName => "router";
 
-    protected override ChannelReader<WorkItem> Input => Pipeline.Routing.Reader;
-
     protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
         item.Routed = true;
-        if (item.AttemptCount == 0 && item.BudgetReservation is null && item.SharedBudgetReservation is null && Pipeline.Budgets.IsDistributed)
+        if (item.AttemptCount == 0 && item.BudgetReservation is null && item.SharedBudgetReservation is null && budgets.IsDistributed)
         {
             // The shared store answers after a round trip: the router goes on meanwhile, and the request comes
             // back through the router's channel once its reservation is made (that channel never fills).
@@ -36,16 +44,16 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
             return ValueTask.CompletedTask;
         }
 
-        if (item.AttemptCount == 0 && item.BudgetReservation is null && item.SharedBudgetReservation is null && Pipeline.Budgets.IsEnabled)
+        if (item.AttemptCount == 0 && item.BudgetReservation is null && item.SharedBudgetReservation is null && budgets.IsEnabled)
         {
             // Budgets are reserved here, after the cache: a cache hit costs nothing and is never refused.
             try
             {
-                Pipeline.Budgets.Reserve(item);
+                budgets.Reserve(item);
             }
             catch (BudgetExceededException ex)
             {
-                Pipeline.Metrics.OnBudgetExceeded();
+                metrics.OnBudgetExceeded();
                 Pipeline.FailAndRetire(item, ex);
                 return ValueTask.CompletedTask;
             }
@@ -54,7 +62,7 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
         var chosen = selector.Select(item, item.Group, ref _scratch);
         while (chosen is null && item.TryAdvanceFallback())
         {
-            Pipeline.Metrics.OnFallback();
+            metrics.OnFallback();
             chosen = selector.Select(item, item.Group, ref _scratch);
         }
 
@@ -151,7 +159,7 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
             return;
         }
 
-        Pipeline.Metrics.OnParked();
+        metrics.OnParked();
         if (item.IsCompleted && item.WaitingIn is { } room && room.TryRemove(item))
         {
             Pipeline.Retire(item); // ended as it was parked
@@ -171,7 +179,7 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
         }
         else if (retry)
         {
-            Pipeline.Metrics.OnRetry(fallback);
+            metrics.OnRetry(fallback);
         }
 
         if (pushedOut is not null)
@@ -183,11 +191,11 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
             victimDeployment?.State.OnNeutral();
             if (pushedOut.Mode == SubmitMode.Wait)
             {
-                Pipeline.Requeue(pushedOut);
+                Forward(pushedOut, self);
                 return offer;
             }
 
-            Pipeline.Metrics.OnOverloaded();
+            metrics.OnOverloaded();
             Pipeline.FailAndRetire(pushedOut, new ProviderOverloadedException(pushedOut.Request.Model, offer.RetryAfter > TimeSpan.Zero ? offer.RetryAfter : TimeSpan.FromSeconds(1), offer.ExpectedWait, pushedOut.SnapshotAttempts(),
                 $"The queue of model '{pushedOut.Request.Model}' is full and other tenants' requests took its place (this tenant held the most of it); retry shortly."));
         }
@@ -199,7 +207,7 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
     private TimeSpan AllowedWait(WorkItem item)
     {
         var remaining = item.Deadline - selector.Health.Now;
-        return item.Mode == SubmitMode.FailFast && Pipeline.Options.Pipeline.MaxQueueWait < remaining ? Pipeline.Options.Pipeline.MaxQueueWait : remaining;
+        return item.Mode == SubmitMode.FailFast && _maxQueueWait < remaining ? _maxQueueWait : remaining;
     }
 
     private static QueueOffer Better(QueueOffer a, QueueOffer b) => b.RetryAfter < a.RetryAfter ? b : a;
@@ -211,13 +219,13 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
         var retryAfter = (offer.RetryAfter > TimeSpan.Zero ? offer.RetryAfter : TimeSpan.FromSeconds(1)) * (1 + (Random.Shared.NextDouble() / 4));
         if (offer.RateLimited)
         {
-            Pipeline.Metrics.OnRateLimited();
+            metrics.OnRateLimited();
             Pipeline.FailAndRetire(item, new RateLimitedException($"providers of '{item.Request.Model}'", retryAfter,
                 $"Every deployment of model '{item.Request.Model}' is rate-limited by its provider (a 429's Retry-After or its requests-per-minute limit) for longer than the request may wait ({maxWait.TotalSeconds:F1} s); retry after {retryAfter.TotalSeconds:F1} s."));
             return;
         }
 
-        Pipeline.Metrics.OnOverloaded();
+        metrics.OnOverloaded();
         Pipeline.FailAndRetire(item, new ProviderOverloadedException(item.Request.Model, retryAfter, offer.ExpectedWait, item.SnapshotAttempts()));
     }
 
@@ -225,11 +233,11 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
     {
         try
         {
-            await Pipeline.Budgets.ReserveSharedAsync(item).ConfigureAwait(false);
+            await budgets.ReserveSharedAsync(item).ConfigureAwait(false);
         }
         catch (BudgetExceededException ex)
         {
-            Pipeline.Metrics.OnBudgetExceeded();
+            metrics.OnBudgetExceeded();
             Pipeline.FailAndRetire(item, ex);
             return;
         }
@@ -240,9 +248,6 @@ internal sealed class RouterStage(GatewayPipeline pipeline, DeploymentSelector s
             item.BudgetReservation = BudgetTracker.NoReservation;
         }
 
-        if (!Pipeline.Routing.Writer.TryWrite(item))
-        {
-            Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway is shutting down."));
-        }
+        Forward(item, self);
     }
 }

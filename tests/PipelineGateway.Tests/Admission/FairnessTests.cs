@@ -67,17 +67,18 @@ public sealed class FairnessTests
             })
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
+        var door = gateway.Services.GetRequiredService<PipelineGateway.Admission.AdmissionGate>();
         var limiter = gateway.Services.GetRequiredService<AdmissionRateLimiter>();
 
         using var cancel = CancellationTokenSource.CreateLinkedTokenSource(Ct);
         const int submits = 50_000;
         var before = GC.GetTotalMemory(forceFullCollection: true);
         var waiting = Enumerable.Range(0, submits).Select(_ => gateway.SubmitAsync(Req(), cancel.Token).AsTask()).ToArray();
-        await Wait.Until(() => provider.Calls == 2 && pipeline.Gate.Waiting == submits - 2 - 4 && pipeline.Outstanding == 4, "two admitted, four inside waiting for a permit, the rest at the door");
+        await Wait.Until(() => provider.Calls == 2 && door.Waiting == submits - 2 - 4 && pipeline.Outstanding == 4, "two admitted, four inside waiting for a permit, the rest at the door");
 
         // Held by the gateway: the two answered are gone; four wait for a rate-limit permit; nothing else.
         pipeline.Outstanding.Should().Be(4, "at most AdmissionQueueCapacity + MaxInFlight requests are held, here only the waiting room");
-        pipeline.Gate.Inside.Should().Be(4);
+        door.Inside.Should().Be(4);
         var perWaiter = (GC.GetTotalMemory(forceFullCollection: true) - before) / (double)submits;
         perWaiter.Should().BeLessThan(2048, "a caller waiting at the door (its own request and task included) costs a small waiter, not a pipeline item");
 
@@ -87,7 +88,7 @@ public sealed class FairnessTests
 
         // A minute on, two more are admitted and two more come in from the door, in order.
         clock.Advance(TimeSpan.FromMinutes(1));
-        await Wait.Until(() => provider.Calls == 4 && pipeline.Gate.Waiting == submits - 4 - 4 && pipeline.Outstanding == 4, "the next two are admitted");
+        await Wait.Until(() => provider.Calls == 4 && door.Waiting == submits - 4 - 4 && pipeline.Outstanding == 4, "the next two are admitted");
         pipeline.Outstanding.Should().Be(4);
 
         await cancel.CancelAsync();
@@ -106,8 +107,8 @@ public sealed class FairnessTests
         outcomes.Count(o => o == "ok").Should().Be(4);
         outcomes.Count(o => o == "cancelled").Should().Be(submits - 4);
         await Wait.Until(() => pipeline.Outstanding == 0, "everything is let go of");
-        pipeline.Gate.TenantCount.Should().Be(0);
-        pipeline.Gate.Waiting.Should().Be(0);
+        door.TenantCount.Should().Be(0);
+        door.Waiting.Should().Be(0);
         var snapshot = gateway.Metrics.GetSnapshot();
         snapshot.TotalRequests.Should().Be(submits + 1, "every submission, the refused one included, ended exactly once");
         snapshot.CancelledRequests.Should().Be(submits - 4);

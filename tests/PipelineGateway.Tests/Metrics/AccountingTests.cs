@@ -198,11 +198,11 @@ public sealed class AccountingTests
         snapshot.PromptTokens.Should().Be(3L * billedCount, "tokens are the upstream's usage");
         snapshot.CompletionTokens.Should().Be(billedCount);
 
-        var (spent, reserved) = pipeline.Budgets.Balances().Values.Single();
+        var (spent, reserved) = gateway.Services.GetRequiredService<PipelineGateway.Cost.BudgetTracker>().Balances().Values.Single();
         spent.Should().Be(snapshot.TotalCost, "budgets and metrics agree to the cent: " + what);
         reserved.Should().Be(0);
 
-        var tokens = pipeline.Limiter.GetStatus(TestGateway.Request()).Single();
+        var tokens = gateway.Services.GetRequiredService<PipelineGateway.Admission.AdmissionRateLimiter>().GetStatus(TestGateway.Request()).Single();
         (TokenLimit - tokens.Remaining).Should().Be(4L * billedCount, "the token limit is charged the upstream usage, nothing for hits and followers: " + what);
 
         snapshot.TotalRequests.Should().Be(all.Length);
@@ -227,7 +227,7 @@ public sealed class AccountingTests
         second.Info!.Cached.Should().BeTrue();
         second.Info.Cost.Should().Be(0);
         gateway.Metrics.GetSnapshot().TotalCost.Should().Be(CallCost, "the replay is not billed again");
-        var tokens = gateway.Services.GetRequiredService<GatewayPipeline>().Limiter.GetStatus(TestGateway.Request()).Single();
+        var tokens = gateway.Services.GetRequiredService<PipelineGateway.Admission.AdmissionRateLimiter>().GetStatus(TestGateway.Request()).Single();
         (TokenLimit - tokens.Remaining).Should().Be(4);
     }
 

@@ -58,6 +58,7 @@ public sealed class PipelineInvariantTests
             })
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
+        var door = gateway.Services.GetRequiredService<PipelineGateway.Admission.AdmissionGate>();
 
         const int submitters = 2000;
         var tasks = Enumerable.Range(0, submitters)
@@ -67,15 +68,15 @@ public sealed class PipelineInvariantTests
         // The provider holds 2 in service and 4 queued (all holding slots); what else got past the door before it filled
         // is parked for its queue holding no slot; every other caller waits at the door with no pipeline item.
         int Parked() => gateway.Metrics.GetSnapshot().Providers["a"].Parked;
-        await Wait.Until(() => a.Calls == 2 && pipeline.GetQueueDepths().Providers["a"] == 4 && pipeline.Gate.Inside == 0 && pipeline.Slots.Waiting == 0
-            && pipeline.InFlight + Parked() == pipeline.Outstanding, "the provider's queue is full and the rest wait");
+        await Wait.Until(() => a.Calls == 2 && pipeline.GetQueueDepths().Providers["a"] == 4 && door.Inside == 0 && pipeline.Slots.Waiting == 0
+            && pipeline.InFlight + Parked() == pipeline.Outstanding && pipeline.InFlight == 6, "the provider's queue is full and the rest wait");
         for (var i = 0; i < 200; i++)
         {
             var d = pipeline.GetQueueDepths();
             d.InFlight.Should().Be(6, "only the requests in the provider's queue and workers hold slots");
             d.Providers["a"].Should().Be(4, "the provider's queue holds its capacity");
             pipeline.Outstanding.Should().BeLessThanOrEqualTo(16 + 8, "at most AdmissionQueueCapacity + MaxInFlight requests are held");
-            pipeline.Gate.Inside.Should().BeLessThanOrEqualTo(16);
+            door.Inside.Should().BeLessThanOrEqualTo(16);
             await Task.Yield();
         }
 
@@ -92,8 +93,8 @@ public sealed class PipelineInvariantTests
         a.Calls.Should().Be(submitters);
         await Wait.Until(() => pipeline.Outstanding == 0, "every item is retired");
         pipeline.InFlight.Should().Be(0);
-        pipeline.Gate.Inside.Should().Be(0);
-        pipeline.Gate.TenantCount.Should().Be(0, "an idle tenant is forgotten");
+        door.Inside.Should().Be(0);
+        door.TenantCount.Should().Be(0, "an idle tenant is forgotten");
         var snapshot = gateway.Metrics.GetSnapshot();
         snapshot.OverloadedRequests.Should().Be(1);
         snapshot.ParkedRequests.Should().BePositive();

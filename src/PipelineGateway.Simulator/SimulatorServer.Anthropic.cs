@@ -1,0 +1,167 @@
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Providers.Anthropic;
+using PipelineGateway.Providers.Simulated;
+
+namespace PipelineGateway.Simulator;
+
+/// <summary>The Anthropic route: /v1/messages, read with the gateway's own Anthropic codec, whole and streamed, with the Anthropic error shape.</summary>
+public sealed partial class SimulatorServer
+{
+    private async Task AnthropicMessagesAsync(HttpContext ctx)
+    {
+        Interlocked.Increment(ref _requests);
+        Interlocked.Increment(ref _inFlight);
+        try
+        {
+            if (_options.ApiKey is { } key && ctx.Request.Headers["x-api-key"] != key)
+            {
+                await AnthropicError(ctx, 401, "authentication_error", "invalid x-api-key").ConfigureAwait(false);
+                return;
+            }
+
+            if (string.IsNullOrEmpty(ctx.Request.Headers["anthropic-version"]))
+            {
+                await AnthropicError(ctx, 400, "invalid_request_error", "anthropic-version: header is required").ConfigureAwait(false);
+                return;
+            }
+
+            // The gateway's own Anthropic codec reads the request: the simulator and /v1/messages agree on what is valid.
+            ChatCompletionRequest request;
+            try
+            {
+                using var body = new MemoryStream();
+                await ctx.Request.Body.CopyToAsync(body, ctx.RequestAborted).ConfigureAwait(false);
+                request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse(body.ToArray()));
+            }
+            catch (AnthropicRequestException ex)
+            {
+                await AnthropicError(ctx, 400, "invalid_request_error", ex.Message).ConfigureAwait(false);
+                return;
+            }
+
+            var plan = Plan(ctx);
+            if (!await PrepareAsync(ctx, plan, request, anthropic: true).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
+            var promptTokens = SimulatedText.PromptTokens(request);
+            var tool = WantsTool(request);
+            var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
+            if (request.Stream == true)
+            {
+                await AnthropicStreamAsync(ctx, plan, request.Model, words, promptTokens, id, tool).ConfigureAwait(false);
+                return;
+            }
+
+            var answer = new ChatCompletionResponse
+            {
+                Id = id,
+                Model = request.Model,
+                Choices =
+                [
+                    new ChatChoice
+                    {
+                        Message = tool is null
+                            ? ChatCompletionMessage.Assistant(string.Join(' ', words))
+                            : new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = "Let me look that up.", ToolCalls = [new ToolCall { Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(words) } }] },
+                        FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls,
+                    },
+                ],
+                Usage = TokenUsage.Of(promptTokens, words.Length),
+            };
+            SetRateLimitHeaders(ctx);
+            ctx.Response.ContentType = "application/json";
+            await JsonSerializer.SerializeAsync(ctx.Response.Body, AnthropicResponses.ToAnthropic(answer), AnthropicJsonContext.Default.AnthropicMessage, ctx.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            Interlocked.Increment(ref _aborted);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
+    }
+
+    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, int promptTokens, string id, string? tool)
+    {
+        StartSse(ctx);
+
+        // The answer as canonical chunks, written as Anthropic events by the gateway's own stream writer.
+        var writer = new AnthropicStreamWriter(promptTokens);
+        ChatCompletionChunk Chunk(ChatCompletionDelta delta, string? finish = null) => new()
+        {
+            Id = id,
+            Model = model,
+            Choices = [new ChunkChoice { Delta = delta, FinishReason = finish }],
+        };
+
+        var chunks = new List<ChatCompletionChunk> { Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant }) };
+        if (plan.StreamError is { } streamError)
+        {
+            // message_start, then an error event: the usual way Anthropic reports overload mid-stream.
+            foreach (var e in writer.OnChunk(chunks[0]).Take(1))
+            {
+                await WriteSseAsync(ctx, e.Name, e.Json).ConfigureAwait(false);
+            }
+
+            var error = AnthropicStreamWriter.Error(streamError, plan.Message ?? "Overloaded");
+            await WriteSseAsync(ctx, error.Name, error.Json).ConfigureAwait(false);
+            return;
+        }
+
+        if (tool is not null)
+        {
+            chunks.Add(Chunk(new ChatCompletionDelta { Content = "Let me look that up." }));
+        }
+        else
+        {
+            for (var i = 0; i < words.Length; i++)
+            {
+                chunks.Add(Chunk(new ChatCompletionDelta { Content = i == 0 ? words[i] : " " + words[i] }));
+            }
+        }
+
+        if (tool is not null)
+        {
+            var args = ToolArguments(words);
+            var half = args.Length / 2;
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[..half] } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[half..] } }] }));
+        }
+
+        chunks.Add(Chunk(new ChatCompletionDelta(), tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls));
+        chunks.Add(new ChatCompletionChunk { Id = id, Model = model, Choices = [], Usage = TokenUsage.Of(promptTokens, words.Length) });
+
+        var events = chunks.SelectMany(writer.OnChunk).Concat(writer.Finish()).ToList();
+        for (var i = 0; i < events.Count; i++)
+        {
+            if (await FaultMidStreamAsync(ctx, plan, i).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            await WriteSseAsync(ctx, events[i].Name, events[i].Json).ConfigureAwait(false);
+        }
+    }
+
+    private static Task AnthropicError(HttpContext ctx, int status, string type, string message)
+    {
+        ctx.Response.StatusCode = status;
+        return ctx.Response.WriteAsJsonAsync(new { type = "error", error = new { type, message } }, ctx.RequestAborted);
+    }
+
+    // ---------------------------------------------------------------- shared
+}

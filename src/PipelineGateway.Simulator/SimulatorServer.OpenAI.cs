@@ -1,0 +1,159 @@
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Providers.Anthropic;
+using PipelineGateway.Providers.Simulated;
+
+namespace PipelineGateway.Simulator;
+
+/// <summary>The OpenAI route: /v1/chat/completions, whole and streamed, with the OpenAI error shape.</summary>
+public sealed partial class SimulatorServer
+{
+    private async Task OpenAIChatAsync(HttpContext ctx)
+    {
+        Interlocked.Increment(ref _requests);
+        Interlocked.Increment(ref _inFlight);
+        try
+        {
+            if (_options.ApiKey is { } key && ctx.Request.Headers.Authorization != $"Bearer {key}" && ctx.Request.Headers["api-key"] != key)
+            {
+                // Like the real API, echo a masked fragment of the key that was sent.
+                var sent = ctx.Request.Headers.Authorization.ToString().Replace("Bearer ", string.Empty, StringComparison.Ordinal);
+                var masked = sent.Length > 8 ? $"{sent[..6]}***{sent[^4..]}" : "***";
+                await OpenAIError(ctx, 401, "invalid_request_error", "invalid_api_key", $"Incorrect API key provided: {masked}. You can find your API key in your account settings.").ConfigureAwait(false);
+                return;
+            }
+
+            ChatCompletionRequest? request;
+            try
+            {
+                request = await JsonSerializer.DeserializeAsync(ctx.Request.Body, GatewayJsonContext.Default.ChatCompletionRequest, ctx.RequestAborted).ConfigureAwait(false);
+            }
+            catch (JsonException ex)
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", null, $"We could not parse the JSON body of your request. ({ex.Message})").ConfigureAwait(false);
+                return;
+            }
+
+            if (request is null || request.Messages.Count == 0 || string.IsNullOrEmpty(request.Model))
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", null, "'model' and 'messages' are required.", "messages").ConfigureAwait(false);
+                return;
+            }
+
+            var plan = Plan(ctx);
+            if (!await PrepareAsync(ctx, plan, request, anthropic: false).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
+            var promptTokens = SimulatedText.PromptTokens(request);
+            var id = "chatcmpl-sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
+            var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            var tool = WantsTool(request);
+            if (request.Stream == true)
+            {
+                await OpenAIStreamAsync(ctx, plan, request, words, promptTokens, id, created, tool).ConfigureAwait(false);
+                return;
+            }
+
+            var message = tool is null
+                ? ChatCompletionMessage.Assistant(string.Join(' ', words))
+                : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(words) } }] };
+            var response = new ChatCompletionResponse
+            {
+                Id = id,
+                Created = created,
+                Model = request.Model,
+                Choices = [new ChatChoice { Message = message, FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls }],
+                Usage = TokenUsage.Of(promptTokens, words.Length),
+            };
+            SetRateLimitHeaders(ctx);
+            ctx.Response.ContentType = "application/json";
+            await JsonSerializer.SerializeAsync(ctx.Response.Body, response, GatewayJsonContext.Default.ChatCompletionResponse, ctx.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            Interlocked.Increment(ref _aborted);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
+    }
+
+    private async Task OpenAIStreamAsync(HttpContext ctx, FaultPlan plan, ChatCompletionRequest request, string[] words, int promptTokens, string id, long created, string? tool)
+    {
+        StartSse(ctx);
+        if (plan.StreamError is { } streamError)
+        {
+            // The opening (role only, no content), then an error in the stream, as OpenAI reports a failure mid-stream.
+            var opening = new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { Role = ChatRoles.Assistant, Content = string.Empty } }] };
+            await WriteSseAsync(ctx, null, JsonSerializer.SerializeToUtf8Bytes(opening, GatewayJsonContext.Default.ChatCompletionChunk)).ConfigureAwait(false);
+            await WriteSseAsync(ctx, null, JsonSerializer.SerializeToUtf8Bytes(new { error = new { message = plan.Message ?? "The server is overloaded.", type = streamError, param = (string?)null, code = (string?)null } })).ConfigureAwait(false);
+            return;
+        }
+
+        var chunks = new List<ChatCompletionChunk>();
+        ChatCompletionChunk Chunk(ChatCompletionDelta delta, string? finish = null) => new()
+        {
+            Id = id,
+            Created = created,
+            Model = request.Model,
+            Choices = [new ChunkChoice { Delta = delta, FinishReason = finish }],
+        };
+
+        if (tool is null)
+        {
+            for (var i = 0; i < words.Length; i++)
+            {
+                chunks.Add(Chunk(new ChatCompletionDelta { Role = i == 0 ? ChatRoles.Assistant : null, Content = i == 0 ? words[i] : " " + words[i] }));
+            }
+
+            chunks.Add(Chunk(new ChatCompletionDelta(), FinishReasons.Stop));
+        }
+        else
+        {
+            // A streamed tool call: the name first, then the arguments in fragments.
+            var args = ToolArguments(words);
+            var half = args.Length / 2;
+            chunks.Add(Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Index = 0, Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[..half] } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[half..] } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta(), FinishReasons.ToolCalls));
+        }
+
+        if (request.StreamOptions?.IncludeUsage == true)
+        {
+            chunks.Add(new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [], Usage = TokenUsage.Of(promptTokens, words.Length) });
+        }
+
+        for (var i = 0; i < chunks.Count; i++)
+        {
+            if (await FaultMidStreamAsync(ctx, plan, i).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            await WriteSseAsync(ctx, null, JsonSerializer.SerializeToUtf8Bytes(chunks[i], GatewayJsonContext.Default.ChatCompletionChunk)).ConfigureAwait(false);
+        }
+
+        await WriteSseAsync(ctx, null, "[DONE]"u8.ToArray()).ConfigureAwait(false);
+    }
+
+    private static Task OpenAIError(HttpContext ctx, int status, string type, string? code, string message, string? param = null)
+    {
+        ctx.Response.StatusCode = status;
+        return ctx.Response.WriteAsJsonAsync(new { error = new { message, type, param, code } }, ctx.RequestAborted);
+    }
+
+    // ---------------------------------------------------------------- Anthropic
+}

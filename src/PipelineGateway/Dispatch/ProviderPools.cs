@@ -1,0 +1,32 @@
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Pipeline;
+using PipelineGateway.Providers;
+using PipelineGateway.Routing;
+using PipelineGateway.Routing.Health;
+
+namespace PipelineGateway.Dispatch;
+
+/// <summary>
+/// What a provider's workers hand requests on to and report to: the pipeline's lifecycle (retire, fail, resume), the
+/// dead-letter channel (their next stage), where hedges go, metrics, prices and the cache an answer fills.
+/// </summary>
+internal sealed record WorkerServices(
+    GatewayPipeline Lifecycle,
+    System.Threading.Channels.ChannelWriter<WorkItem> DeadLetter,
+    HedgeRouter Hedges,
+    Metrics.GatewayMetrics Metrics,
+    Cost.PricingTable Pricing,
+    Caching.ResponseCache Cache);
+
+/// <summary>Room reserved at a provider for a hedge: a concurrency permit held, and the rate limits' charge.</summary>
+internal readonly record struct ProviderReservation(ProviderRateLimiter.Charge? Charge);
+
+/// <summary>Every provider's worker pool, by name.</summary>
+internal sealed class ProviderPools(IReadOnlyList<ProviderWorkerPool> pools)
+{
+    private readonly Dictionary<string, ProviderWorkerPool> _byName = pools.ToDictionary(p => p.Name, StringComparer.Ordinal);
+
+    public IReadOnlyList<ProviderWorkerPool> All { get; } = pools;
+
+    public bool TryGet(string name, out ProviderWorkerPool pool) => _byName.TryGetValue(name, out pool!);
+}

@@ -1,0 +1,160 @@
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Pipeline;
+using PipelineGateway.Providers;
+using PipelineGateway.Routing;
+using PipelineGateway.Routing.Health;
+
+namespace PipelineGateway.Dispatch;
+
+/// <summary>A streamed attempt: chunks held until the first content (so a failure before it can still fall back), then passed through.</summary>
+internal sealed partial class ProviderWorkerPool
+{
+    /// <summary>
+    /// Streams one attempt to the caller. Chunks that carry no content (the role-only opening, an empty delta, usage)
+    /// are held back until the first content-bearing one (text, a tool call, a refusal): until then nothing reached the
+    /// caller and a failure — an upstream's error event right after its opening, say — can still fall back to another
+    /// deployment. The attempt is recorded when it ends, with its real outcome.
+    /// </summary>
+    private async ValueTask StreamAttemptAsync(WorkItem item, Deployment deployment, long started)
+    {
+        var services = _services!;
+        var writer = item.Chunks!.Writer;
+        List<ChatCompletionChunk>? held = null;
+        var any = false;
+        var firstToken = TimeSpan.Zero;
+        var replay = item.CacheKey is not null ? new Caching.StreamReplay() : null; // a finished stream is cached whole
+        ChatCompletionChunk? usageChunk = null;
+        ChatCompletionChunk? pendingLast = null;
+        await foreach (var chunk in Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false))
+        {
+            any = true;
+            if (chunk.Usage is { } usage)
+            {
+                item.StreamUsage = usage;
+            }
+
+            replay?.Add(chunk);
+            if (chunk.Choices.Count == 0 && chunk.Usage is not null)
+            {
+                // The usage-only chunk (the stream's last): held, to go out last with the request's cost on it.
+                usageChunk = chunk;
+                continue;
+            }
+
+            if (!item.StreamStarted)
+            {
+                if (!CarriesContent(chunk))
+                {
+                    (held ??= new List<ChatCompletionChunk>(2)).Add(chunk);
+                    continue;
+                }
+
+                // From here on the caller has seen output: no fallback can be invisible any more.
+                firstToken = _time.GetElapsedTime(started);
+                services.Metrics.OnFirstToken(_time.GetElapsedTime(item.StartTimestamp));
+                await ReleaseHeldAsync(item, deployment, held, chunk, firstToken).ConfigureAwait(false);
+                held = null;
+                continue;
+            }
+
+            if (pendingLast is not null)
+            {
+                await WriteAsync(writer, pendingLast, item.Token).ConfigureAwait(false);
+                pendingLast = null;
+            }
+
+            if (chunk.Choices.Exists(static c => c.FinishReason is not null))
+            {
+                // The finishing chunk: held until the stream ends (nothing is delayed by it), to carry the cost.
+                pendingLast = chunk;
+                continue;
+            }
+
+            await WriteAsync(writer, chunk, item.Token).ConfigureAwait(false);
+        }
+
+        if (!any)
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, "The provider ended the stream without any chunk.");
+        }
+
+        if (!item.StreamStarted)
+        {
+            // A whole answer without content (an empty completion): what was held is the answer.
+            firstToken = _time.GetElapsedTime(started);
+            await ReleaseHeldAsync(item, deployment, held, null, firstToken).ConfigureAwait(false);
+        }
+
+        // Recorded now that it ended well; its latency is the time to the first token (what LowestLatency ranks).
+        Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken), null);
+
+        // The caller has had the chunks; this whole answer carries the usage and cost for metrics (and the cache).
+        var whole = replay?.ToResponse() ?? new ChatCompletionResponse { Model = deployment.Model, Usage = item.StreamUsage };
+        whole.Gateway = ResponseInfo.Answered(item, deployment, whole.Usage, services.Pricing, _time);
+        if (replay is not null)
+        {
+            // Only a stream that ended normally is stored; a broken one never reaches here.
+            services.Cache.Store(item, whole);
+        }
+
+        // The last chunk the caller gets carries the usage and what the request cost (the opening chunk could not):
+        // the upstream's usage chunk, else its finishing chunk, else (a stream that ended without either) a closing one.
+        if (usageChunk is not null && pendingLast is not null)
+        {
+            await WriteAsync(writer, pendingLast, item.Token).ConfigureAwait(false);
+            pendingLast = null;
+        }
+
+        var last = usageChunk ?? pendingLast ?? new ChatCompletionChunk { Id = whole.Id, Created = whole.Created, Model = whole.Model, Choices = [], Usage = whole.Usage };
+        last.Gateway = whole.Gateway;
+        await WriteAsync(writer, last, item.Token).ConfigureAwait(false);
+
+        item.TryComplete(whole);
+        services.Lifecycle.Retire(item);
+    }
+
+    /// <summary>
+    /// The stream starts for the caller: the held chunks, then <paramref name="first"/>. The opening chunk carries the
+    /// gateway's info, listing the attempts so far and this one as answering (its final outcome is recorded at the end).
+    /// </summary>
+    private async ValueTask ReleaseHeldAsync(WorkItem item, Deployment deployment, List<ChatCompletionChunk>? held, ChatCompletionChunk? first, TimeSpan firstToken)
+    {
+        item.StreamStarted = true;
+        var writer = item.Chunks!.Writer;
+        if ((held is { Count: > 0 } ? held[0] : first) is { } opening)
+        {
+            opening.Gateway = ResponseInfo.Answered(item, deployment, null, _services!.Pricing, _time, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
+        }
+
+        foreach (var chunk in held ?? [])
+        {
+            if (!writer.TryWrite(chunk))
+            {
+                await writer.WriteAsync(chunk, item.Token).ConfigureAwait(false);
+            }
+        }
+
+        if (first is not null && !writer.TryWrite(first))
+        {
+            await writer.WriteAsync(first, item.Token).ConfigureAwait(false);
+        }
+    }
+
+    private static ValueTask WriteAsync(System.Threading.Channels.ChannelWriter<ChatCompletionChunk> writer, ChatCompletionChunk chunk, CancellationToken token) =>
+        writer.TryWrite(chunk) ? ValueTask.CompletedTask : writer.WriteAsync(chunk, token);
+
+    /// <summary>Text, a tool call or a refusal: what a caller has seen once it is sent.</summary>
+    private static bool CarriesContent(ChatCompletionChunk chunk)
+    {
+        foreach (var choice in chunk.Choices)
+        {
+            var d = choice.Delta;
+            if (!string.IsNullOrEmpty(d.Content) || d.ToolCalls is { Count: > 0 } || !string.IsNullOrEmpty(d.Refusal))
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+}

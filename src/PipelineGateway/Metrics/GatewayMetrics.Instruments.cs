@@ -1,0 +1,55 @@
+using System.Collections.Frozen;
+using PipelineGateway.Dispatch;
+using PipelineGateway.Pipeline;
+using PipelineGateway.Routing;
+
+namespace PipelineGateway.Metrics;
+
+/// <summary>The OpenTelemetry instruments (GenAI conventions) recorded as each request ends.</summary>
+internal sealed partial class GatewayMetrics
+{
+    private void RecordInstruments(WorkItem item, ChatCompletionResponse? response, GatewayResponseInfo? info, Exception? error, TimeSpan latency)
+    {
+        var i = _instruments;
+        if (!i.Duration.Enabled && !i.Tokens.Enabled && !i.RequestCount.Enabled && !i.Cost.Enabled && !i.CacheHitCount.Enabled)
+        {
+            return; // nobody listens: no tags built, nothing recorded
+        }
+
+        var system = info is null ? "pipelinegateway" : _systems.GetValueOrDefault(info.Provider, info.Provider);
+        var tags = GatewayInstruments.Tags(system, item.Request.Model, response?.Model is { Length: > 0 } m ? m : info?.ProviderModel, error?.GetType().Name);
+        i.Duration.Record(latency.TotalSeconds, tags);
+        var outcome = tags;
+        outcome.Add("pgw.outcome", error is not null ? "failure" : info?.Cached == true ? "cached" : info?.Coalesced == true ? "coalesced" : "success");
+        i.RequestCount.Add(1, outcome);
+        if (info?.Cached == true)
+        {
+            i.CacheHitCount.Add(1, tags);
+        }
+
+        if (info is not { Billed: true })
+        {
+            return; // a hit or a coalesced request used no tokens upstream and cost nothing
+        }
+
+        if (response?.Usage is { } usage)
+        {
+            var input = tags;
+            input.Add("gen_ai.token.type", "input");
+            i.Tokens.Record(usage.PromptTokens, input);
+            var output = tags;
+            output.Add("gen_ai.token.type", "output");
+            i.Tokens.Record(usage.CompletionTokens, output);
+        }
+
+        if (info is { Cost: > 0 } priced)
+        {
+            i.Cost.Add((double)priced.Cost, tags);
+        }
+    }
+
+    private System.Collections.Frozen.FrozenDictionary<string, string> _systems = System.Collections.Frozen.FrozenDictionary<string, string>.Empty;
+
+    /// <summary>The gen_ai.system of each provider (openai, anthropic, az.ai.openai, or the provider's name).</summary>
+    internal void SetSystems(IReadOnlyDictionary<string, string> systems) => _systems = systems.ToFrozenDictionary(StringComparer.Ordinal);
+}

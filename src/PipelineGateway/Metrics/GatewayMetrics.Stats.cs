@@ -1,0 +1,102 @@
+using System.Collections.Frozen;
+using PipelineGateway.Dispatch;
+using PipelineGateway.Pipeline;
+using PipelineGateway.Routing;
+
+namespace PipelineGateway.Metrics;
+
+/// <summary>Per-provider and per-model (and per-key) running figures.</summary>
+internal sealed partial class GatewayMetrics
+{
+    private sealed class ProviderStats
+    {
+        private readonly LatencyHistogram _latency = new();
+        private long _requests;
+        private long _failures;
+        private long _costNanoUsd; // money summed as whole nano-dollars: interlocked, no lock, exact to 1e-9 USD
+
+        public void AddCost(decimal usd) => Interlocked.Add(ref _costNanoUsd, (long)decimal.Round(usd * 1_000_000_000m));
+
+        public void Record(GatewayAttempt attempt)
+        {
+            if (attempt.Outcome == AttemptOutcome.Cancelled)
+            {
+                // The caller gave up (or the deadline passed): not the provider's failure.
+                return;
+            }
+
+            Interlocked.Increment(ref _requests);
+            if (attempt.Outcome == AttemptOutcome.Success)
+            {
+                _latency.Record(attempt.Latency);
+            }
+            else
+            {
+                Interlocked.Increment(ref _failures);
+            }
+        }
+
+        public ProviderMetricsSnapshot Snapshot(ProviderWorkerPool pool)
+        {
+            var requests = Interlocked.Read(ref _requests);
+            var failures = Interlocked.Read(ref _failures);
+            return new ProviderMetricsSnapshot
+            {
+                Requests = requests,
+                Successes = requests - failures,
+                Failures = failures,
+                SuccessRate = requests == 0 ? 1 : Math.Round((double)(requests - failures) / requests, 4),
+                AvgLatencyMs = Math.Round(_latency.MeanMs, 3),
+                P95LatencyMs = _latency.PercentileMs(0.95),
+                TotalCost = Interlocked.Read(ref _costNanoUsd) / 1_000_000_000m,
+                InFlight = pool.InFlight,
+                QueueDepth = pool.QueueDepth,
+                ExpectedWaitMs = Math.Round(pool.ExpectedWait.TotalMilliseconds, 3),
+                ServiceTimeMs = Math.Round(pool.ServiceTime.TotalMilliseconds, 3),
+                PausedMs = Math.Round(pool.PausedFor.TotalMilliseconds, 3),
+                Parked = pool.Parked,
+                QueueWaitP50Ms = pool.QueueWaits.P50Ms,
+                QueueWaitP99Ms = pool.QueueWaits.P99Ms,
+                QueueWaitMaxMs = Math.Round(pool.QueueWaits.MaxMs, 3),
+            };
+        }
+    }
+
+    private sealed class ModelStats
+    {
+        private long _requests;
+        private long _failures;
+        private long _promptTokens;
+        private long _completionTokens;
+        private long _costNanoUsd;
+
+        public void Record(bool success, TokenUsage? usage, decimal cost)
+        {
+            Interlocked.Increment(ref _requests);
+            if (!success)
+            {
+                Interlocked.Increment(ref _failures);
+            }
+
+            if (usage is not null)
+            {
+                Interlocked.Add(ref _promptTokens, usage.PromptTokens);
+                Interlocked.Add(ref _completionTokens, usage.CompletionTokens);
+            }
+
+            if (cost != 0)
+            {
+                Interlocked.Add(ref _costNanoUsd, (long)decimal.Round(cost * 1_000_000_000m));
+            }
+        }
+
+        public ModelMetricsSnapshot Snapshot() => new()
+        {
+            Requests = Interlocked.Read(ref _requests),
+            Failures = Interlocked.Read(ref _failures),
+            PromptTokens = Interlocked.Read(ref _promptTokens),
+            CompletionTokens = Interlocked.Read(ref _completionTokens),
+            TotalCost = Interlocked.Read(ref _costNanoUsd) / 1_000_000_000m,
+        };
+    }
+}

@@ -1,0 +1,94 @@
+using System.Threading.Channels;
+using System.Threading.Tasks.Sources;
+using PipelineGateway.Providers;
+using PipelineGateway.Routing;
+
+namespace PipelineGateway.Pipeline;
+
+/// <summary>What each folder keeps on the request while it holds it (slots and lanes, waiting rooms, charges and reservations, the flight): written by that folder only.</summary>
+internal sealed partial class WorkItem
+{
+    public int Slot { get; set; } = -1;
+
+    /// <summary>The tenant (fairness, rate-limit and budget partition): the request's key, or "" without one.</summary>
+    public string TenantKey => Request.Gateway?.RateLimitKey ?? string.Empty;
+
+    public RequestPriority Priority => Request.Gateway?.Priority ?? RequestPriority.Interactive;
+
+    /// <summary>Set while the request is inside admission's waiting room (from acceptance until it holds a slot).</summary>
+    public Admission.AdmissionGate.Tenant? GateTenant { get; set; }
+
+    /// <summary>The tenant's share of the in-flight slots this request counts in, while it holds a slot.</summary>
+    public FairQueue<WorkItem>.Lane? SlotLane { get; set; }
+
+    /// <summary>The tenant's lane at the provider queue the request waits in or is served from.</summary>
+    public FairQueue<WorkItem>.Lane? QueueLane { get; set; }
+
+    /// <summary>Set once the router has seen the request: a slot regained later sends it back to the router, not the cache.</summary>
+    public bool Routed { get; set; }
+
+    /// <summary>The provider whose freed room this request was unparked for, until it is offered somewhere.</summary>
+    public Dispatch.ProviderWorkerPool? ResumedFor { get; set; }
+
+    /// <summary>The waiting room holding the request now, if any (set and cleared under that room's lock).</summary>
+    public IWaitingRoom? WaitingIn
+    {
+        get => Volatile.Read(ref _waitingIn);
+        set => Volatile.Write(ref _waitingIn, value);
+    }
+
+    private IWaitingRoom? _waitingIn;
+
+    /// <summary>By when (a timestamp) a worker must take it from its provider's queue: the wait it was accepted for.</summary>
+    public long TakeBy { get; set; } = long.MaxValue;
+
+    /// <summary>When the request joined its provider's queue (for the queue-wait measurement).</summary>
+    public long EnqueuedTimestamp { get; set; }
+
+    /// <summary>Whether the caller waits for room and for rate-limit permits, or is refused at once.</summary>
+    public SubmitMode Mode { get; set; }
+
+    /// <summary>What admission charged the rate limits, for correction to actual usage.</summary>
+    public Admission.RateLimitCharge? RateLimitCharge { get; set; }
+
+    /// <summary>The charge a distributed rate-limit store took, kept for the correction to actual usage.</summary>
+    public Admission.DistributedLimitCharge? DistributedCharge { get; set; }
+
+    /// <summary>Usage reported by a stream's last chunk.</summary>
+    public TokenUsage? StreamUsage { get; set; }
+
+    private long _estimatedTokens = -1;
+
+    /// <summary>The token estimate if something already counted it (no counting just to ask).</summary>
+    public long? EstimatedTokensIfCounted => _estimatedTokens >= 0 ? _estimatedTokens : null;
+
+    /// <summary>What admission reserved against budgets, settled with the actual cost.</summary>
+    public Cost.BudgetTracker.Reservation? BudgetReservation { get; set; }
+
+    /// <summary>A reservation in a shared budget store, settled with the actual cost.</summary>
+    public Cost.BudgetTracker.SharedReservation? SharedBudgetReservation { get; set; }
+
+    /// <summary>Prompt tokens (counted with the model's tokenizer) plus the completion budget; computed once, on demand.</summary>
+    public long EstimatedTokens
+    {
+        get
+        {
+            if (_estimatedTokens < 0)
+            {
+                var completion = Request.RequestedCompletionTokens ?? Group.ExpectedCompletionTokens;
+                _estimatedTokens = Admission.TokenCounter.CountPrompt(Request, Request.Model) + completion;
+            }
+
+            return _estimatedTokens;
+        }
+    }
+
+    /// <summary>The single-flight group this request leads, if any.</summary>
+    public Caching.Flights.Flight? Flight { get; set; }
+
+    /// <summary>Set by the cache stage when the answer may be stored.</summary>
+    public Caching.CacheKey? CacheKey { get; set; }
+
+    /// <summary>This request's answer as the cache and its followers keep it (captured before its caller has it).</summary>
+    public Caching.StoredAnswer? Stored { get; set; }
+}
