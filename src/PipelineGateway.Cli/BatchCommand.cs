@@ -10,16 +10,16 @@ namespace PipelineGateway.Cli;
 /// <summary><c>pgw batch INPUT -o OUTPUT …</c> (options in <see cref="Commands"/>): a resumable OpenAI-Batch-format run through the gateway.</summary>
 internal static class BatchCommand
 {
-    public static Task<int> RunAsync(string? config, BatchOptions options, RedisBatchOptions? shared, TextWriter output, CancellationToken stop)
+    public static Task<int> RunAsync(string? config, BatchOptions options, RedisBatchOptions? shared, bool noLog, TextWriter output, CancellationToken stop)
     {
         var (configuration, source) = GatewayConfiguration.Load(config);
-        return RunBatchAsync(configuration, source, options, output, stop, shared);
+        return RunBatchAsync(configuration, source, options, output, stop, shared, RequestLogSetup.Register(GatewayConfiguration.DirectoryOf(config), noLog));
     }
 
     /// <summary>Runs one batch with a progress display, then prints the summary and the metrics snapshot.</summary>
-    public static async Task<int> RunBatchAsync(Microsoft.Extensions.Configuration.IConfiguration configuration, string source, BatchOptions options, TextWriter output, CancellationToken stop, RedisBatchOptions? shared = null)
+    public static async Task<int> RunBatchAsync(Microsoft.Extensions.Configuration.IConfiguration configuration, string source, BatchOptions options, TextWriter output, CancellationToken stop, RedisBatchOptions? shared = null, Action<IServiceCollection>? services = null)
     {
-        using var host = await GatewayHost.StartAsync(configuration, stop).ConfigureAwait(false);
+        using var host = await GatewayHost.StartAsync(configuration, stop, services).ConfigureAwait(false);
         var queue = host.Services.GetRequiredService<IGatewayQueue>();
         var metrics = host.Services.GetRequiredService<IGatewayMetrics>();
         var progress = new BatchProgress();

@@ -23,8 +23,11 @@ internal static class Commands
         root.Subcommands.Add(Batch(output));
         root.Subcommands.Add(Serve(output));
         root.Subcommands.Add(Simulate(output));
+        root.Subcommands.Add(Usage(output));
         return root;
     }
+
+    private static Option<bool> NoLog() => new("--no-log") { Description = "Write no request log (default: one row per request in SQLite at Gateway:RequestLog:Path, pgw-data/gateway.db beside the config)." };
 
     private static Option<string?> Config() => new("--config") { Description = "The gateway configuration file (JSON with a Gateway section)." };
 
@@ -65,9 +68,10 @@ internal static class Commands
         var redis = new Option<string?>("--redis") { Description = "Work one batch from several machines through a Redis Stream (a StackExchange.Redis connection string); every machine ends with the complete output." };
         var batchId = new Option<string?>("--batch-id") { Description = "The shared batch's id (with --redis; default: from the input file)." };
         var claimAfter = Whole("--claim-after", 120, 1, 86_400, "Seconds before a line another machine took and did not finish is taken over (with --redis)");
+        var noLog = NoLog();
         var command = new Command("batch", "Run an OpenAI Batch API input file through the gateway; results in the Batch output format. Killed or stopped, the same command again continues where it stopped (each custom_id answered once).")
         {
-            input, result, errors, concurrency, retryFailed, config, redis, batchId, claimAfter,
+            input, result, errors, concurrency, retryFailed, config, redis, batchId, claimAfter, noLog,
         };
         command.Validators.Add(c =>
         {
@@ -89,7 +93,7 @@ internal static class Commands
             var shared = p.GetValue(redis) is { } connection
                 ? new RedisBatchOptions { Configuration = connection, BatchId = p.GetValue(batchId), ClaimAfter = TimeSpan.FromSeconds(p.GetValue(claimAfter)) }
                 : null;
-            return BatchCommand.RunAsync(p.GetValue(config), options, shared, output, stop);
+            return BatchCommand.RunAsync(p.GetValue(config), options, shared, p.GetValue(noLog), output, stop);
         });
         return command;
     }
@@ -98,11 +102,34 @@ internal static class Commands
     {
         var urls = new Option<string>("--urls") { Description = "Where to listen (default http://127.0.0.1:8080). Off loopback, gateway keys are required.", DefaultValueFactory = _ => "http://127.0.0.1:8080" };
         var config = Config();
-        var command = new Command("serve", "Run the HTTP front door: OpenAI /v1/chat/completions and /v1/models, Anthropic /v1/messages, the admin surface (/v1/gateway/metrics, /metrics), /healthz and /readyz. SIGTERM or Ctrl+C drains in-flight requests.")
+        var noLog = NoLog();
+        var command = new Command("serve", "Run the HTTP front door: OpenAI /v1/chat/completions and /v1/models, Anthropic /v1/messages, the admin surface (/v1/gateway/metrics, /v1/gateway/logs, /v1/gateway/spend, /metrics), /healthz and /readyz. SIGTERM or Ctrl+C drains in-flight requests.")
         {
-            urls, config,
+            urls, config, noLog,
         };
-        command.SetAction((p, _) => ServeCommand.RunAsync(p.GetValue(config), p.GetValue(urls)!, output));
+        command.SetAction((p, _) => ServeCommand.RunAsync(p.GetValue(config), p.GetValue(urls)!, p.GetValue(noLog), output));
+        return command;
+    }
+
+    private static Command Usage(TextWriter output)
+    {
+        var db = new Option<string?>("--db") { Description = "The request log file (default: Gateway:RequestLog:Path of the configuration, pgw-data/gateway.db beside it)." };
+        var by = new Option<string>("--by") { Description = "Group by key, model, deployment or day.", DefaultValueFactory = _ => "key" };
+        by.AcceptOnlyFromAmong("key", "model", "deployment", "day");
+        var since = new Option<string>("--since") { Description = "From when: 30m, 24h, 7d, 2w, or an ISO 8601 date or time (UTC).", DefaultValueFactory = _ => "7d" };
+        since.Validators.Add(r =>
+        {
+            if (!RequestLog.TimeSpec.TryParse(r.GetValueOrDefault<string>(), DateTimeOffset.UtcNow, out _))
+            {
+                r.AddError($"--since must be {RequestLog.TimeSpec.Help}; got '{r.GetValueOrDefault<string>()}'.");
+            }
+        });
+        var config = Config();
+        var command = new Command("usage", "Print who spent what from the request log: requests, failures, tokens and cost grouped by key, model, deployment or day.")
+        {
+            db, by, since, config,
+        };
+        command.SetAction((p, stop) => UsageCommand.RunAsync(p.GetValue(db), p.GetValue(config), p.GetValue(by)!, p.GetValue(since)!, output, stop));
         return command;
     }
 

@@ -29,7 +29,9 @@ internal static class DemoCommand
             OutputPath = Path.Combine(dir, "output.jsonl"),
             Concurrency = concurrency,
         };
-        return await BatchCommand.RunBatchAsync(configuration, source, options, output, cancellationToken).ConfigureAwait(false);
+        // The demo's request log goes beside its output (not into the configuration's folder).
+        var log = RequestLogSetup.Register(dir, disabled: false, path: Path.Combine(dir, "gateway.db"));
+        return await BatchCommand.RunBatchAsync(configuration, source, options, output, cancellationToken, services: log).ConfigureAwait(false);
     }
 }
 

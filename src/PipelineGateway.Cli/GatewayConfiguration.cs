@@ -41,6 +41,10 @@ internal static class GatewayConfiguration
         return (builder.Build(), source);
     }
 
+    /// <summary>The directory of the configuration file <see cref="Load"/> reads (null: the embedded default).</summary>
+    public static string? DirectoryOf(string? path) =>
+        path is not null ? Path.GetDirectoryName(Path.GetFullPath(path)) : FindDefault() is { } found ? Path.GetDirectoryName(found) : null;
+
     /// <summary>
     /// config/gateway.json in the working directory or the nearest parent: <c>dotnet run --project</c> starts
     /// the program in the project's folder, below the repository root where the file lives.

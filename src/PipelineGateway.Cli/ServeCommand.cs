@@ -5,10 +5,10 @@ namespace PipelineGateway.Cli;
 /// <summary><c>pgw serve</c>: the HTTP front door on the configured pipeline, until SIGTERM or Ctrl+C.</summary>
 internal static class ServeCommand
 {
-    public static async Task<int> RunAsync(string? config, string urls, TextWriter output)
+    public static async Task<int> RunAsync(string? config, string urls, bool noLog, TextWriter output)
     {
         var (configuration, source) = GatewayConfiguration.Load(config);
-        await using var app = GatewayServer.Build(configuration, urls);
+        await using var app = GatewayServer.Build(configuration, urls, services: RequestLogSetup.Register(GatewayConfiguration.DirectoryOf(config), noLog));
         Uri address;
         try
         {

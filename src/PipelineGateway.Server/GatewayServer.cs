@@ -15,8 +15,10 @@ using PipelineGateway.Metrics;
 using PipelineGateway.Pipeline;
 using PipelineGateway.Routing;
 using OpenTelemetry.Metrics;
+using OpenTelemetry.Trace;
 
 using PipelineGateway.Redis;
+using PipelineGateway.RequestLog;
 
 namespace PipelineGateway.Server;
 
@@ -73,7 +75,27 @@ public static partial class GatewayServer
         builder.Services.AddHostedService<DrainOnStopping>();
 
         // The gateway's instruments (GenAI conventions + pgw.*) exported for Prometheus at GET /metrics.
-        builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(GatewayInstruments.MeterName).AddPrometheusExporter());
+        var telemetry = builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(GatewayInstruments.MeterName).AddPrometheusExporter());
+
+        // Traces over OTLP, off unless an endpoint is configured (Gateway:Telemetry:OtlpEndpoint, or the standard
+        // OTEL_EXPORTER_OTLP_ENDPOINT): a span per request and per upstream attempt (docs/observability.md).
+        var otlp = builder.Configuration["Gateway:Telemetry:OtlpEndpoint"] ?? Environment.GetEnvironmentVariable("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if (!string.IsNullOrWhiteSpace(otlp))
+        {
+            if (!Uri.TryCreate(otlp, UriKind.Absolute, out var endpoint) || (endpoint.Scheme != Uri.UriSchemeHttp && endpoint.Scheme != Uri.UriSchemeHttps))
+            {
+                throw new OptionsValidationException("Gateway:Telemetry", typeof(ServerOptions), (string[])[$"Gateway:Telemetry:OtlpEndpoint must be an http(s) URL such as http://127.0.0.1:4317; got '{otlp}'."]);
+            }
+
+            var protocol = string.Equals(builder.Configuration["Gateway:Telemetry:OtlpProtocol"], "http", StringComparison.OrdinalIgnoreCase)
+                ? OpenTelemetry.Exporter.OtlpExportProtocol.HttpProtobuf
+                : OpenTelemetry.Exporter.OtlpExportProtocol.Grpc;
+            telemetry.WithTracing(t => t.AddSource(GatewayTelemetry.ActivitySourceName).AddOtlpExporter(o =>
+            {
+                o.Endpoint = endpoint;
+                o.Protocol = protocol;
+            }));
+        }
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(30));
         RedactingLoggerProvider.WrapAll(builder.Services);
 
@@ -114,6 +136,7 @@ public static partial class GatewayServer
     private static void Map(WebApplication app)
     {
         // One pipeline in front of every route: keys, the admin surface, failed-key throttling, content type, size, headers.
+        app.UseMiddleware<TraceContext>();
         app.UseMiddleware<FrontDoor>();
         var chat = app.Services.GetRequiredService<ChatCompletionsEndpoint>();
         app.MapPost("/v1/chat/completions", chat.HandleAsync);
@@ -124,6 +147,10 @@ public static partial class GatewayServer
             ctx.Response.ContentType = "application/json";
             await JsonSerializer.SerializeAsync(ctx.Response.Body, app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot(), GatewayJsonContext.Default.GatewayMetricsSnapshot);
         });
+        var requestLog = app.Services.GetRequiredService<RequestLogWriter>();
+        var time = app.Services.GetRequiredService<TimeProvider>();
+        app.MapGet("/v1/gateway/logs", (HttpContext ctx) => RequestLogEndpoints.LogsAsync(ctx, requestLog, time));
+        app.MapGet("/v1/gateway/spend", (HttpContext ctx) => RequestLogEndpoints.SpendAsync(ctx, requestLog, time));
         app.MapPrometheusScrapingEndpoint("/metrics");
         app.MapGet("/healthz", () => Results.Text("ok"));
         app.MapGet("/readyz", () => app.Services.GetRequiredService<GatewayPipeline>().IsAccepting

@@ -170,6 +170,34 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         }
     }
 
+    /// <summary>
+    /// Restores what was spent in the current day and month (read back from the request log at start), so a restart
+    /// changes no budget. Called before the gateway accepts requests.
+    /// </summary>
+    public void Restore(IReadOnlyList<RequestLog.DailySpend> spend, DateTimeOffset now)
+    {
+        var today = DateOnly.FromDateTime(now.UtcDateTime);
+        foreach (var row in spend)
+        {
+            foreach (var i in Applicable(row.KeyId))
+            {
+                var b = _budgets[i];
+                if (b.Period == BudgetPeriod.Day && row.Day != today)
+                {
+                    continue;
+                }
+
+                if (row.Day.Year != today.Year || row.Day.Month != today.Month)
+                {
+                    continue;
+                }
+
+                var account = _accounts.GetOrAdd((i, AccountKey(b, row.KeyId)), static (_, b) => new Account(b), b);
+                account.Restore(ToNano(row.Cost), now);
+            }
+        }
+    }
+
     /// <summary>Spent and reserved in USD, per budget and key (for metrics and tests).</summary>
     public IReadOnlyDictionary<string, (decimal Spent, decimal Reserved)> Balances() =>
         _accounts.ToDictionary(kv => $"{kv.Value.Options.DisplayName}{(kv.Key.Key.Length > 0 ? ":" + kv.Key.Key : string.Empty)}", kv => kv.Value.Balance());
@@ -242,6 +270,21 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
 
                 _reserved += estimate;
                 return true;
+            }
+        }
+
+        public void Restore(long spent, DateTimeOffset now)
+        {
+            lock (this)
+            {
+                var index = Options.Period == BudgetPeriod.Day ? now.UtcDateTime.Date.Ticks : (now.Year * 12L) + now.Month;
+                if (index != _periodIndex)
+                {
+                    _periodIndex = index;
+                    _spent = 0;
+                }
+
+                _spent += spent;
             }
         }
 

@@ -8,7 +8,7 @@ namespace PipelineGateway.Dispatch;
 
 /// <summary>
 /// What a provider's workers hand requests on to and report to: the pipeline's lifecycle (retire, fail, resume), the
-/// dead-letter channel (their next stage), where hedges go, metrics, prices and the cache an answer fills.
+/// dead-letter channel (their next stage), where hedges go, metrics, prices, the cache an answer fills and the attempts' trace spans.
 /// </summary>
 internal sealed record WorkerServices(
     GatewayPipeline Lifecycle,
@@ -16,7 +16,8 @@ internal sealed record WorkerServices(
     HedgeRouter Hedges,
     Metrics.GatewayMetrics Metrics,
     Cost.PricingTable Pricing,
-    Caching.ResponseCache Cache);
+    Caching.ResponseCache Cache,
+    Tracing.GatewayTracing Tracing);
 
 /// <summary>Room reserved at a provider for a hedge: a concurrency permit held, and the rate limits' charge.</summary>
 internal readonly record struct ProviderReservation(ProviderRateLimiter.Charge? Charge);

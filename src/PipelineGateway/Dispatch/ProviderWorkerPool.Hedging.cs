@@ -107,6 +107,7 @@ internal sealed partial class ProviderWorkerPool
         var time = _time;
         var started = time.GetTimestamp();
         var holding = !ownPermit; // a hedge leg's permit was reserved by the router
+        System.Diagnostics.Activity? span = null;
         try
         {
             if (ownPermit)
@@ -117,12 +118,15 @@ internal sealed partial class ProviderWorkerPool
                 started = time.GetTimestamp();
             }
 
+            span = _services!.Tracing.StartAttempt(item, Name, deployment, hedge: !ownPermit);
             var response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), token).ConfigureAwait(false);
             Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
+            Tracing.GatewayTracing.EndAttempt(span, response, null);
             return new Leg(deployment, Name, response, null, time.GetElapsedTime(started));
         }
         catch (Exception ex)
         {
+            Tracing.GatewayTracing.EndAttempt(span, null, ex);
             Limits.Settle(charge, 0);
             return new Leg(deployment, Name, null, ex, time.GetElapsedTime(started));
         }

@@ -51,7 +51,8 @@ internal sealed partial class ProviderWorkerPool
 
                 // From here on the caller has seen output: no fallback can be invisible any more.
                 firstToken = _time.GetElapsedTime(started);
-                services.Metrics.OnFirstToken(_time.GetElapsedTime(item.StartTimestamp));
+                item.TimeToFirstToken = _time.GetElapsedTime(item.StartTimestamp);
+                services.Metrics.OnFirstToken(item.TimeToFirstToken.Value);
                 await ReleaseHeldAsync(item, deployment, held, chunk, firstToken).ConfigureAwait(false);
                 held = null;
                 continue;

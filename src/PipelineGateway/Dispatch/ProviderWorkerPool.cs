@@ -244,16 +244,27 @@ internal sealed partial class ProviderWorkerPool
             {
                 started = _time.GetTimestamp();
                 sent = true;
-                if (item.IsStream)
+                var span = services.Tracing.StartAttempt(item, Name, deployment, hedge: false);
+                try
                 {
-                    await StreamAttemptAsync(item, deployment, started).ConfigureAwait(false);
-                    Limits.Settle(charge, item.StreamUsage?.TotalTokens ?? charge?.Tokens ?? 0);
+                    if (item.IsStream)
+                    {
+                        await StreamAttemptAsync(item, deployment, started).ConfigureAwait(false);
+                        Limits.Settle(charge, item.StreamUsage?.TotalTokens ?? charge?.Tokens ?? 0);
+                    }
+                    else
+                    {
+                        response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false);
+                        Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
+                        Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, _time.GetElapsedTime(started)), null);
+                    }
+
+                    Tracing.GatewayTracing.EndAttempt(span, response, null);
                 }
-                else
+                catch (Exception ex)
                 {
-                    response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false);
-                    Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
-                    Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, _time.GetElapsedTime(started)), null);
+                    Tracing.GatewayTracing.EndAttempt(span, null, ex);
+                    throw;
                 }
             }
             finally

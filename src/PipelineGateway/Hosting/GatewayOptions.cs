@@ -31,6 +31,9 @@ public sealed class GatewayOptions
 
     /// <summary>How tenants share the gateway's waiting rooms and capacity.</summary>
     public FairnessOptions Fairness { get; set; } = new();
+
+    /// <summary>The per-request log (written when a store is registered: SQLite in <c>pgw serve</c> and <c>pgw batch</c>).</summary>
+    public RequestLog.RequestLogOptions RequestLog { get; set; } = new();
 }
 
 /// <summary>

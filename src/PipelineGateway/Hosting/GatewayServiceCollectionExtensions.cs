@@ -102,16 +102,16 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddSingleton<AdmissionRateLimiter>();
         services.TryAddSingleton<AdmissionGate>();
         services.TryAddSingleton<PipelineChannels>();
+        services.TryAddSingleton<RequestLog.RequestLogWriter>();
+        services.TryAddSingleton<Tracing.GatewayTracing>();
         services.TryAddSingleton(sp =>
         {
             var metrics = sp.GetRequiredService<GatewayMetrics>();
             var pipeline = ActivatorUtilities.CreateInstance<GatewayPipeline>(sp);
             metrics.Attach(pipeline.GetQueueDepths, [.. sp.GetRequiredService<ModelCatalog>().AllDeployments], sp.GetRequiredService<TimeProvider>());
             metrics.AttachCache(sp.GetRequiredService<ResponseCache>());
-            metrics.SetSystems(sp.GetRequiredService<IOptions<GatewayOptions>>().Value.Providers.ToDictionary(
-                p => p.Name,
-                p => p.Type.ToUpperInvariant() switch { "OPENAI" or "OPENAICOMPATIBLE" => "openai", "AZUREOPENAI" => "az.ai.openai", "ANTHROPIC" => "anthropic", _ => p.Name },
-                StringComparer.Ordinal));
+            metrics.AttachRequestLog(sp.GetRequiredService<RequestLog.RequestLogWriter>());
+            metrics.SetSystems(Tracing.GatewayTracing.Systems(sp.GetRequiredService<IOptions<GatewayOptions>>().Value));
             return pipeline;
         });
         services.TryAddSingleton(sp => sp.GetRequiredService<GatewayPipeline>().Flights);
@@ -122,6 +122,9 @@ public static class GatewayServiceCollectionExtensions
         // Each stage is given the channel it reads and the one it feeds, and its own services (PipelineChannels).
         // Hosted services start in registration order and stop in reverse: consumers start before producers, the
         // lifetime (which accepts requests once every stage runs, and drives the drain) starts last and stops first.
+        // The request log's writer starts first (the log is ready, budgets restored) and stops last (after the drain,
+        // so every answered request is written).
+        services.AddHostedService(sp => sp.GetRequiredService<RequestLog.RequestLogWriter>());
         services.AddHostedService(sp => Stage<DeadLetterStage>(sp, c => c.DeadLetter.Reader, c => c.Routing.Writer));
         services.AddHostedService<ProviderWorkers>();
         services.AddHostedService(sp => Stage<RouterStage>(sp, c => c.Routing.Reader, c => c.Routing.Writer));

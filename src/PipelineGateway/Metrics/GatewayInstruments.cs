@@ -83,4 +83,10 @@ public static class GatewayTelemetry
 {
     /// <summary>The meter every gateway instrument is on (docs/metrics.md lists them).</summary>
     public const string MeterName = "PipelineGateway";
+
+    /// <summary>
+    /// The ActivitySource of the gateway's trace spans: one per request, a child per upstream attempt (GenAI semantic
+    /// conventions; docs/observability.md). <c>.WithTracing(t => t.AddSource(GatewayTelemetry.ActivitySourceName))</c>.
+    /// </summary>
+    public const string ActivitySourceName = "PipelineGateway";
 }

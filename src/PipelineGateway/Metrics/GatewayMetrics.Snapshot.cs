@@ -98,6 +98,7 @@ internal sealed partial class GatewayMetrics
             CacheBytes = _cache?.Bytes ?? 0,
             CacheEvictions = _cache?.Evictions ?? 0,
             CostSaved = CostSaved(),
+            RequestLog = _requestLog?.Stats ?? new RequestLog.RequestLogStats(),
             QueueDepths = queueDepths,
             Models = _models.ToDictionary(kv => kv.Key, kv => kv.Value.Snapshot(), StringComparer.Ordinal),
             Providers = providers,

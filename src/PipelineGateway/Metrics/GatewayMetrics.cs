@@ -94,6 +94,10 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
 
     internal void AttachCache(Caching.ResponseCache cache) => _cache = cache;
 
+    private RequestLog.RequestLogWriter? _requestLog;
+
+    internal void AttachRequestLog(RequestLog.RequestLogWriter log) => _requestLog = log;
+
     public void OnCacheMiss() => Interlocked.Increment(ref _cacheLookups);
 
     public void OnRateLimited() => Interlocked.Increment(ref _rateLimited);

@@ -50,6 +50,9 @@ public sealed class GatewayMetricsSnapshot
     public long CacheEvictions { get; init; }
 
     /// <summary>What cache hits and coalesced requests would have cost upstream: the cost of the calls their answers came from.</summary>
+    /// <summary>The request log's writer: rows written, dropped (queue full), lost (store failing), queued.</summary>
+    public RequestLog.RequestLogStats RequestLog { get; init; } = new();
+
     public decimal CostSaved { get; init; }
 
     /// <summary>Requests answered from the cache over all requests that ended (<see cref="CachedRequests"/> / <see cref="TotalRequests"/>).</summary>

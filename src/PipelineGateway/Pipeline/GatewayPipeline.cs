@@ -43,6 +43,8 @@ internal sealed partial class GatewayPipeline
         Admission.AdmissionRateLimiter limiter,
         Admission.AdmissionGate gate,
         Cost.BudgetTracker budgets,
+        RequestLog.RequestLogWriter requestLog,
+        Tracing.GatewayTracing tracing,
         TimeProvider time,
         ILogger<GatewayPipeline> logger)
     {
@@ -57,8 +59,9 @@ internal sealed partial class GatewayPipeline
         Flights = new Flights(this, time);
 
         // Ending a request, folder by folder (ICompletionListener): waiters on the same call, the budget, the token
-        // limits, then the metrics (which see every other folder's settlement done).
-        _listeners = [Flights, budgets, limiter, metrics];
+        // limits, the metrics (which see every other folder's settlement done), then the request log and the trace
+        // span (which only record what happened).
+        _listeners = [Flights, budgets, limiter, metrics, requestLog, tracing];
         MaxInFlight = channels.MaxInFlight;
         _slots = new InFlightSlots(MaxInFlight, options.Value.Fairness);
         _live = new WorkItem?[MaxInFlight];

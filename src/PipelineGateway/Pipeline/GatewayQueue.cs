@@ -256,8 +256,12 @@ internal sealed class GatewayQueue(
         return item;
     }
 
-    private WorkItem Create(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, long? submitted, CancellationToken cancellationToken) =>
-        new(request, group, stream, TimeoutOf(request), time, cancellationToken, pipeline, RequestIds.Next(), submitted) { Mode = mode };
+    private WorkItem Create(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, long? submitted, CancellationToken cancellationToken)
+    {
+        var item = new WorkItem(request, group, stream, TimeoutOf(request), time, cancellationToken, pipeline, RequestIds.Next(), submitted) { Mode = mode };
+        Tracing.GatewayTracing.StartRequest(item);
+        return item;
+    }
 
     private TimeSpan TimeoutOf(ChatCompletionRequest request) => request.Gateway?.Timeout ?? _options.DefaultTimeout;
 }

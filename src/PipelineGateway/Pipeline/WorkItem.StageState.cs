@@ -91,4 +91,10 @@ internal sealed partial class WorkItem
 
     /// <summary>This request's answer as the cache and its followers keep it (captured before its caller has it).</summary>
     public Caching.StoredAnswer? Stored { get; set; }
+
+    /// <summary>When a stream's first content reached the caller, since submission (for the request log).</summary>
+    public TimeSpan? TimeToFirstToken { get; set; }
+
+    /// <summary>The request's trace span (null when nobody listens to the gateway's ActivitySource).</summary>
+    public System.Diagnostics.Activity? Span { get; set; }
 }

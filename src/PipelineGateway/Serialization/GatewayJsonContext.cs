@@ -14,5 +14,6 @@ namespace PipelineGateway;
 [JsonSerializable(typeof(List<ToolDefinition>))]
 [JsonSerializable(typeof(List<ToolCall>))]
 [JsonSerializable(typeof(MessageContent))]
+[JsonSerializable(typeof(List<ChatCompletionMessage>))]
 [JsonSerializable(typeof(GatewayMetricsSnapshot))]
 internal sealed partial class GatewayJsonContext : JsonSerializerContext;

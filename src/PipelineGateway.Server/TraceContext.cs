@@ -1,0 +1,30 @@
+using System.Diagnostics;
+using Microsoft.AspNetCore.Http;
+
+namespace PipelineGateway.Server;
+
+/// <summary>
+/// The caller's W3C trace context for the gateway's spans. ASP.NET Core makes the request's activity from the
+/// <c>traceparent</c> header only when someone listens to its own source; when nobody does but the gateway's spans are
+/// listened to, this middleware makes that parent itself (a malformed header is ignored, as the W3C spec says), so the
+/// request's span, its attempts' spans and the upstream's <c>traceparent</c> stay in the caller's trace.
+/// </summary>
+internal sealed class TraceContext(RequestDelegate next)
+{
+    public async Task InvokeAsync(HttpContext ctx)
+    {
+        if (Activity.Current is not null || !Tracing.GatewayTracing.Source.HasListeners()
+            || ctx.Request.Headers.TraceParent.ToString() is not { Length: > 0 } traceparent
+            || !ActivityContext.TryParse(traceparent, ctx.Request.Headers.TraceState.ToString(), isRemote: true, out var parent))
+        {
+            await next(ctx);
+            return;
+        }
+
+        using var inbound = new Activity("pgw.inbound");
+        inbound.SetParentId(parent.TraceId, parent.SpanId, parent.TraceFlags);
+        inbound.TraceStateString = parent.TraceState;
+        inbound.Start();
+        await next(ctx);
+    }
+}

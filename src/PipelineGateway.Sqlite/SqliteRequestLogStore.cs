@@ -1,0 +1,359 @@
+using System.Globalization;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.Options;
+using PipelineGateway.Hosting;
+using PipelineGateway.RequestLog;
+
+namespace PipelineGateway.Sqlite;
+
+/// <summary>
+/// The request log in one SQLite file: WAL mode (readers never block the writer), <c>synchronous=NORMAL</c> (a committed
+/// batch survives the process being killed), one transaction per batch with a prepared insert, and queries on their
+/// own pooled connections. Costs are kept as whole nano-dollars so sums are exact. The schema is in
+/// docs/observability.md.
+/// </summary>
+internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
+{
+    private const string Columns = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer";
+    private readonly string _path;
+    private readonly string _connectionString;
+    private SqliteConnection? _writer;
+    private SqliteCommand? _insert;
+
+    private readonly int _lockTimeoutMs;
+
+    public SqliteRequestLogStore(IOptions<GatewayOptions> options)
+    {
+        _lockTimeoutMs = (int)Math.Clamp(options.Value.RequestLog.LockTimeout.TotalMilliseconds, 0, int.MaxValue);
+        _path = System.IO.Path.GetFullPath(options.Value.RequestLog.Path);
+        _connectionString = new SqliteConnectionStringBuilder
+        {
+            DataSource = _path,
+            Mode = SqliteOpenMode.ReadWriteCreate,
+            Cache = SqliteCacheMode.Private,
+            Pooling = true,
+            DefaultTimeout = Math.Max(1, (int)Math.Ceiling(options.Value.RequestLog.LockTimeout.TotalSeconds)),
+        }.ToString();
+    }
+
+    public string FilePath => _path;
+
+    public async ValueTask InitializeAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            var dir = System.IO.Path.GetDirectoryName(_path);
+            if (!string.IsNullOrEmpty(dir))
+            {
+                Directory.CreateDirectory(dir);
+            }
+
+            await OpenWriterAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is SqliteException or IOException or UnauthorizedAccessException)
+        {
+            CloseWriter();
+            throw new InvalidOperationException($"Gateway:RequestLog:Path '{_path}' cannot be used for the request log: {Reason(ex)} Fix the path or its permissions, or disable the log (Gateway:RequestLog:Enabled = false, or --no-log).", ex);
+        }
+    }
+
+    private async Task OpenWriterAsync(CancellationToken cancellationToken)
+    {
+        var connection = new SqliteConnection(_connectionString);
+        try
+        {
+            await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
+            await ExecAsync(connection, $"PRAGMA busy_timeout = {_lockTimeoutMs};", cancellationToken).ConfigureAwait(false);
+            await ExecAsync(connection, """
+                PRAGMA journal_mode = WAL;
+                PRAGMA synchronous = NORMAL;
+                CREATE TABLE IF NOT EXISTS requests (
+                    id INTEGER PRIMARY KEY,
+                    ts INTEGER NOT NULL,
+                    request_id TEXT NOT NULL,
+                    key_id TEXT NOT NULL,
+                    model TEXT NOT NULL,
+                    provider TEXT,
+                    provider_model TEXT,
+                    status INTEGER NOT NULL,
+                    error_code TEXT,
+                    error_type TEXT,
+                    prompt_tokens INTEGER NOT NULL,
+                    completion_tokens INTEGER NOT NULL,
+                    cost_nano INTEGER NOT NULL,
+                    cost_saved_nano INTEGER NOT NULL,
+                    cached INTEGER NOT NULL,
+                    coalesced INTEGER NOT NULL,
+                    stream INTEGER NOT NULL,
+                    latency_ms REAL NOT NULL,
+                    ttft_ms REAL,
+                    priority TEXT NOT NULL,
+                    attempts TEXT NOT NULL,
+                    prompt TEXT,
+                    answer TEXT);
+                CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
+                CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
+                CREATE INDEX IF NOT EXISTS requests_model_ts ON requests (model, ts);
+                CREATE VIEW IF NOT EXISTS request_log AS
+                    SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch') AS time, request_id, key_id, model,
+                           provider, provider_model, status, error_code, prompt_tokens, completion_tokens,
+                           cost_nano / 1e9 AS cost_usd, cost_saved_nano / 1e9 AS cost_saved_usd, cached, coalesced, stream,
+                           latency_ms, ttft_ms, priority, attempts
+                    FROM requests;
+                PRAGMA user_version = 1;
+                """, cancellationToken).ConfigureAwait(false);
+
+            var insert = connection.CreateCommand();
+            insert.CommandText = $"INSERT INTO requests ({Columns}) VALUES ({string.Join(", ", Columns.Split(", ").Select(c => "$" + c))})";
+            foreach (var c in Columns.Split(", "))
+            {
+                insert.Parameters.Add(new SqliteParameter("$" + c, null));
+            }
+
+            insert.Prepare();
+            _writer = connection;
+            _insert = insert;
+        }
+        catch
+        {
+            await connection.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    public async ValueTask WriteAsync(IReadOnlyList<RequestRecord> batch, CancellationToken cancellationToken)
+    {
+        try
+        {
+            if (_writer is null)
+            {
+                await OpenWriterAsync(cancellationToken).ConfigureAwait(false);
+            }
+
+            using var tx = _writer!.BeginTransaction();
+            var insert = _insert!;
+            insert.Transaction = tx;
+            var p = insert.Parameters;
+            foreach (var r in batch)
+            {
+                p[0].Value = r.Timestamp.ToUnixTimeMilliseconds();
+                p[1].Value = r.RequestId;
+                p[2].Value = r.KeyId;
+                p[3].Value = r.Model;
+                p[4].Value = (object?)r.Provider ?? DBNull.Value;
+                p[5].Value = (object?)r.ProviderModel ?? DBNull.Value;
+                p[6].Value = r.Status;
+                p[7].Value = (object?)r.ErrorCode ?? DBNull.Value;
+                p[8].Value = (object?)r.ErrorType ?? DBNull.Value;
+                p[9].Value = r.PromptTokens;
+                p[10].Value = r.CompletionTokens;
+                p[11].Value = ToNano(r.Cost);
+                p[12].Value = ToNano(r.CostSaved);
+                p[13].Value = r.Cached ? 1 : 0;
+                p[14].Value = r.Coalesced ? 1 : 0;
+                p[15].Value = r.Stream ? 1 : 0;
+                p[16].Value = r.LatencyMs;
+                p[17].Value = (object?)r.TimeToFirstTokenMs ?? DBNull.Value;
+                p[18].Value = r.Priority;
+                p[19].Value = r.Attempts;
+                p[20].Value = (object?)r.Prompt ?? DBNull.Value;
+                p[21].Value = (object?)r.Answer ?? DBNull.Value;
+                insert.ExecuteNonQuery();
+            }
+
+            tx.Commit();
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            // The file may be gone, locked, read-only or corrupt: start from a fresh connection on the retry.
+            CloseWriter();
+            throw new InvalidOperationException(Reason(ex), ex);
+        }
+    }
+
+    public async ValueTask<int> DeleteOlderThanAsync(DateTimeOffset cutoff, int max, CancellationToken cancellationToken)
+    {
+        if (_writer is null)
+        {
+            return 0;
+        }
+
+        // On the writer's connection, between writes (the writer's loop calls it): small chunks keep each pause short.
+        using var cmd = _writer.CreateCommand();
+        cmd.CommandText = "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < $cutoff ORDER BY ts LIMIT $max)";
+        cmd.Parameters.AddWithValue("$cutoff", cutoff.ToUnixTimeMilliseconds());
+        cmd.Parameters.AddWithValue("$max", max);
+        return await cmd.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    public async ValueTask<RequestLogPage> QueryAsync(RequestLogQuery query, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenReaderAsync(cancellationToken).ConfigureAwait(false);
+        await using var cmd = connection.CreateCommand();
+        var where = new List<string>();
+        if (query.KeyId is { } key)
+        {
+            where.Add("key_id = $key");
+            cmd.Parameters.AddWithValue("$key", key);
+        }
+
+        if (query.Model is { } model)
+        {
+            where.Add("model = $model");
+            cmd.Parameters.AddWithValue("$model", model);
+        }
+
+        if (query.Status is { } status)
+        {
+            where.Add("status = $status");
+            cmd.Parameters.AddWithValue("$status", status);
+        }
+
+        if (query.Since is { } since)
+        {
+            where.Add("ts >= $since");
+            cmd.Parameters.AddWithValue("$since", since.ToUnixTimeMilliseconds());
+        }
+
+        if (query.Until is { } until)
+        {
+            where.Add("ts < $until");
+            cmd.Parameters.AddWithValue("$until", until.ToUnixTimeMilliseconds());
+        }
+
+        if (query.Before is { } before)
+        {
+            where.Add("id < $before");
+            cmd.Parameters.AddWithValue("$before", before);
+        }
+
+        var limit = Math.Clamp(query.Limit, 1, 1000);
+        cmd.CommandText = $"SELECT id, {Columns} FROM requests {(where.Count > 0 ? "WHERE " + string.Join(" AND ", where) : string.Empty)} ORDER BY id DESC LIMIT {limit + 1}";
+        var rows = new List<LoggedRequest>(limit);
+        long? next = null;
+        await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            if (rows.Count == limit)
+            {
+                next = rows[^1].Id;
+                break;
+            }
+
+            rows.Add(new LoggedRequest(reader.GetInt64(0), Read(reader)));
+        }
+
+        return new RequestLogPage(rows, next);
+    }
+
+    public async ValueTask<IReadOnlyList<SpendRow>> SpendAsync(SpendGrouping groupBy, DateTimeOffset since, CancellationToken cancellationToken)
+    {
+        var group = groupBy switch
+        {
+            SpendGrouping.Key => "key_id",
+            SpendGrouping.Model => "model",
+            SpendGrouping.Deployment => "COALESCE(provider || '/' || provider_model, '(none)')",
+            SpendGrouping.Day => "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')",
+            _ => throw new ArgumentOutOfRangeException(nameof(groupBy)),
+        };
+        await using var connection = await OpenReaderAsync(cancellationToken).ConfigureAwait(false);
+        await using var cmd = connection.CreateCommand();
+        cmd.CommandText = $"""
+            SELECT {group} AS g, COUNT(*), SUM(status >= 400), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_nano), SUM(cost_saved_nano)
+            FROM requests WHERE ts >= $since GROUP BY g ORDER BY {(groupBy == SpendGrouping.Day ? "g" : "SUM(cost_nano) DESC, g")}
+            """;
+        cmd.Parameters.AddWithValue("$since", since.ToUnixTimeMilliseconds());
+        var rows = new List<SpendRow>();
+        await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            rows.Add(new SpendRow(reader.IsDBNull(0) ? string.Empty : reader.GetString(0), reader.GetInt64(1), reader.GetInt64(2), reader.GetInt64(3), reader.GetInt64(4), FromNano(reader.GetInt64(5)), FromNano(reader.GetInt64(6))));
+        }
+
+        return rows;
+    }
+
+    public async ValueTask<IReadOnlyList<DailySpend>> DailySpendAsync(DateTimeOffset since, CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenReaderAsync(cancellationToken).ConfigureAwait(false);
+        await using var cmd = connection.CreateCommand();
+        cmd.CommandText = """
+            SELECT key_id, strftime('%Y-%m-%d', ts / 1000, 'unixepoch') AS day, SUM(cost_nano)
+            FROM requests WHERE ts >= $since AND cost_nano > 0 GROUP BY key_id, day
+            """;
+        cmd.Parameters.AddWithValue("$since", since.ToUnixTimeMilliseconds());
+        var rows = new List<DailySpend>();
+        await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            rows.Add(new DailySpend(reader.GetString(0), DateOnly.ParseExact(reader.GetString(1), "yyyy-MM-dd", CultureInfo.InvariantCulture), FromNano(reader.GetInt64(2))));
+        }
+
+        return rows;
+    }
+
+    private async Task<SqliteConnection> OpenReaderAsync(CancellationToken cancellationToken)
+    {
+        var connection = new SqliteConnection(_connectionString);
+        await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
+        return connection;
+    }
+
+    private static RequestRecord Read(SqliteDataReader r) => new()
+    {
+        Timestamp = DateTimeOffset.FromUnixTimeMilliseconds(r.GetInt64(1)),
+        RequestId = r.GetString(2),
+        KeyId = r.GetString(3),
+        Model = r.GetString(4),
+        Provider = r.IsDBNull(5) ? null : r.GetString(5),
+        ProviderModel = r.IsDBNull(6) ? null : r.GetString(6),
+        Status = r.GetInt32(7),
+        ErrorCode = r.IsDBNull(8) ? null : r.GetString(8),
+        ErrorType = r.IsDBNull(9) ? null : r.GetString(9),
+        PromptTokens = r.GetInt64(10),
+        CompletionTokens = r.GetInt64(11),
+        Cost = FromNano(r.GetInt64(12)),
+        CostSaved = FromNano(r.GetInt64(13)),
+        Cached = r.GetInt64(14) != 0,
+        Coalesced = r.GetInt64(15) != 0,
+        Stream = r.GetInt64(16) != 0,
+        LatencyMs = r.GetDouble(17),
+        TimeToFirstTokenMs = r.IsDBNull(18) ? null : r.GetDouble(18),
+        Priority = r.GetString(19),
+        Attempts = r.GetString(20),
+        Prompt = r.IsDBNull(21) ? null : r.GetString(21),
+        Answer = r.IsDBNull(22) ? null : r.GetString(22),
+    };
+
+    private static async Task ExecAsync(SqliteConnection connection, string sql, CancellationToken cancellationToken)
+    {
+        await using var cmd = connection.CreateCommand();
+        cmd.CommandText = sql;
+        await cmd.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>What went wrong, in words a person acts on (SQLite's own message, and the error code's meaning).</summary>
+    private static string Reason(Exception ex) => ex switch
+    {
+        SqliteException { SqliteErrorCode: 5 or 6 } s => $"the database is locked by another process ({s.Message})",
+        SqliteException { SqliteErrorCode: 8 } s => $"the database is read-only ({s.Message})",
+        SqliteException { SqliteErrorCode: 11 or 26 } s => $"the file is not a usable SQLite database: corrupt, or another kind of file ({s.Message})",
+        SqliteException { SqliteErrorCode: 13 } s => $"the disk is full ({s.Message})",
+        SqliteException { SqliteErrorCode: 14 } s => $"the file cannot be opened ({s.Message})",
+        _ => ex.Message,
+    };
+
+    private static long ToNano(decimal usd) => (long)decimal.Round(usd * 1_000_000_000m);
+
+    private static decimal FromNano(long nano) => nano / 1_000_000_000m;
+
+    private void CloseWriter()
+    {
+        _insert?.Dispose();
+        _insert = null;
+        _writer?.Dispose();
+        _writer = null;
+    }
+
+    public void Dispose() => CloseWriter();
+}
