@@ -1,0 +1,278 @@
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Cost;
+using PipelineGateway.Hosting;
+using PipelineGateway.RequestLog;
+using PipelineGateway.Routing;
+using PipelineGateway.Sqlite;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.RequestLog;
+
+/// <summary>The request log on a real SQLite file: rows, budgets across a restart, a locked or corrupt file, drops, retention, bodies.</summary>
+public sealed class RequestLogTests : IDisposable
+{
+    private readonly BatchFiles _files = new();
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private string Db => Path.Combine(_files.Dir, "data", "gateway.db");
+
+    public void Dispose()
+    {
+        SqliteConnection.ClearAllPools();
+        _files.Dispose();
+    }
+
+    // $1 a token in and out: each answer (3 in, 1 out) costs $4; the estimate reserved per request is $6.
+    private GatewayBuilder Logged(FakeProvider provider, Action<GatewayOptions>? more = null) => new GatewayBuilder()
+        .AddProvider(provider, workers: 4, queueCapacity: 64)
+        .Configure(o =>
+        {
+            o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = provider.Name, InputPricePerMillion = 1_000_000m, OutputPricePerMillion = 1_000_000m }] });
+            o.RequestLog.Path = Db;
+            more?.Invoke(o);
+        })
+        .AddSqliteRequestLog();
+
+    private static ChatCompletionRequest Req(string? key = null, string text = "Hello!", double? temperature = 0)
+    {
+        var r = TestGateway.Request(text: text);
+        r.MaxTokens = 1;
+        r.Temperature = temperature;
+        r.Gateway = key is null ? null : new GatewayRequestOptions { RateLimitKey = key };
+        return r;
+    }
+
+    private static async Task<IReadOnlyList<RequestRecord>> Rows(Gateway gateway, RequestLogQuery? query = null)
+    {
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+        var page = await gateway.Services.GetRequiredService<IRequestLogStore>().QueryAsync(query ?? new RequestLogQuery { Limit = 1000 }, Ct);
+        return [.. page.Rows.Select(r => r.Request).Reverse()];
+    }
+
+    [Fact]
+    public async Task Every_request_is_one_row_saying_who_asked_what_answered_what_it_cost_and_why_it_failed()
+    {
+        var failing = false;
+        var provider = new FakeProvider("p") { OnComplete = (r, _) => failing ? throw FakeProvider.Fail503() : ValueTask.FromResult(FakeProvider.Answer(r.Model, "ok")) };
+        await using var gateway = await Logged(provider, o => o.Cache.Enabled = true).StartAsync(Ct);
+
+        await gateway.SubmitAsync(Req("a", "one"), Ct);
+        await gateway.SubmitAsync(Req("a", "one"), Ct); // a cache hit
+        await foreach (var _ in gateway.StreamAsync(Req("b", "two"), Ct))
+        {
+        }
+
+        failing = true;
+        var act = async () => await gateway.SubmitAsync(Req("b", "three"), Ct);
+        await act.Should().ThrowAsync<AllProvidersFailedException>();
+
+        var rows = await Rows(gateway);
+        rows.Should().HaveCount(4);
+        var (answered, hit, streamed, failed) = (rows[0], rows[1], rows[2], rows[3]);
+
+        answered.KeyId.Should().Be("a");
+        answered.Model.Should().Be("m");
+        answered.Provider.Should().Be("p");
+        answered.ProviderModel.Should().Be("m");
+        answered.Status.Should().Be(200);
+        answered.ErrorCode.Should().BeNull();
+        (answered.PromptTokens, answered.CompletionTokens, answered.Cost).Should().Be((3, 1, 4m));
+        answered.Cached.Should().BeFalse();
+        answered.Priority.Should().Be("interactive");
+        answered.RequestId.Should().StartWith("req_");
+        JsonDocument.Parse(answered.Attempts).RootElement.EnumerateArray().Single().GetProperty("outcome").GetString().Should().Be("Success");
+
+        hit.Cached.Should().BeTrue();
+        hit.Cost.Should().Be(0, "a cache hit costs nothing");
+        hit.CostSaved.Should().Be(4m);
+        hit.PromptTokens.Should().Be(0, "only billed usage is logged, as in the metrics");
+
+        streamed.Stream.Should().BeTrue();
+        streamed.TimeToFirstTokenMs.Should().NotBeNull();
+        streamed.KeyId.Should().Be("b");
+
+        failed.Status.Should().Be(503, "what the caller got: the last attempt's 503");
+        failed.ErrorType.Should().Be("server_overloaded");
+        failed.Provider.Should().BeNull();
+        failed.Cost.Should().Be(0);
+        var attempts = JsonDocument.Parse(failed.Attempts).RootElement.EnumerateArray().ToList();
+        attempts.Should().NotBeEmpty().And.OnlyContain(a => a.GetProperty("status").GetInt32() == 503);
+
+        // The log and the metrics agree on the cost, to the cent.
+        rows.Sum(r => r.Cost).Should().Be(gateway.Metrics.GetSnapshot().TotalCost);
+        gateway.Metrics.GetSnapshot().RequestLog.Written.Should().Be(4);
+
+        var onlyB = await Rows(gateway, new RequestLogQuery { KeyId = "b", Status = 503 });
+        onlyB.Should().ContainSingle().Which.RequestId.Should().Be(failed.RequestId);
+    }
+
+    [Fact]
+    public async Task Spend_groups_by_key_model_deployment_and_day()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await Logged(provider).StartAsync(Ct);
+        await gateway.SubmitAsync(Req("a", "1"), Ct);
+        await gateway.SubmitAsync(Req("a", "2"), Ct);
+        await gateway.SubmitAsync(Req("b", "3"), Ct);
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+        var store = gateway.Services.GetRequiredService<IRequestLogStore>();
+        var since = DateTimeOffset.UtcNow.AddHours(-1);
+
+        var byKey = await store.SpendAsync(SpendGrouping.Key, since, Ct);
+        byKey.Select(r => (r.Group, r.Requests, r.Cost)).Should().Equal(("a", 2L, 8m), ("b", 1L, 4m));
+        (await store.SpendAsync(SpendGrouping.Deployment, since, Ct)).Single().Group.Should().Be("p/m");
+        (await store.SpendAsync(SpendGrouping.Day, since, Ct)).Single().Group.Should().Be(DateTime.UtcNow.ToString("yyyy-MM-dd", System.Globalization.CultureInfo.InvariantCulture));
+        (await store.SpendAsync(SpendGrouping.Model, DateTimeOffset.UtcNow.AddMinutes(1), Ct)).Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task A_restart_changes_no_budget_spend_is_restored_from_the_log()
+    {
+        var clock = TestGateway.Clock();
+        var budget = new BudgetOptions { Name = "a daily", Scope = BudgetScope.Key, Key = "a", Period = BudgetPeriod.Day, LimitUsd = 10m };
+        await using (var first = await Logged(new FakeProvider("p"), o => o.Budgets.Add(budget)).UseTimeProvider(clock).StartAsync(Ct))
+        {
+            await first.SubmitAsync(Req("a", "1"), Ct); // spent 4
+            await first.SubmitAsync(Req("a", "2"), Ct); // spent 8
+        }
+
+        // Disposed: the writer stopped after the drain, so both rows are in the file. A new process reads them back.
+        await using var second = await Logged(new FakeProvider("p"), o => o.Budgets.Add(budget)).UseTimeProvider(clock).StartAsync(Ct);
+        second.Services.GetRequiredService<BudgetTracker>().Balances().Single().Value.Spent.Should().Be(8m);
+        var act = async () => await second.SubmitAsync(Req("a", "3"), Ct); // 8 + 6 > 10, as before the restart
+        await act.Should().ThrowAsync<BudgetExceededException>();
+
+        clock.Advance(TimeSpan.FromDays(1));
+        (await second.SubmitAsync(Req("a", "4"), Ct)).Content.Should().Be("ok", "yesterday's spend does not count against today's budget");
+    }
+
+    [Fact]
+    public async Task A_locked_database_never_stops_the_gateway_says_so_once_and_the_rows_are_written_when_it_frees()
+    {
+        var logs = new CapturingLoggerProvider();
+        var provider = new FakeProvider("p");
+        await using var gateway = await Logged(provider, o => o.RequestLog.LockTimeout = TimeSpan.FromMilliseconds(50))
+            .ConfigureLogging(l => l.AddProvider(logs))
+            .StartAsync(Ct);
+        var writer = gateway.Services.GetRequiredService<RequestLogWriter>();
+        await gateway.SubmitAsync(Req("a", "before"), Ct);
+        await writer.FlushAsync(Ct);
+
+        // Another process holds the write lock.
+        using (var other = new SqliteConnection($"Data Source={Db}"))
+        {
+            other.Open();
+            using var tx = other.BeginTransaction(System.Data.IsolationLevel.Serializable);
+            using (var cmd = other.CreateCommand())
+            {
+                cmd.Transaction = tx;
+                cmd.CommandText = "DELETE FROM requests WHERE 0";
+                cmd.ExecuteNonQuery();
+            }
+
+            for (var i = 0; i < 5; i++)
+            {
+                (await gateway.SubmitAsync(Req("a", $"during {i}"), Ct)).Content.Should().Be("ok", "the gateway keeps answering");
+            }
+
+            await Wait.Until(() => gateway.Metrics.GetSnapshot().RequestLog.Failing, "the writer finds the file locked");
+            gateway.Metrics.GetSnapshot().RequestLog.Lost.Should().Be(0, "the rows are kept for the retry");
+            tx.Rollback();
+        }
+
+        await writer.FlushAsync(Ct);
+        var stats = gateway.Metrics.GetSnapshot().RequestLog;
+        (stats.Written, stats.Lost, stats.Failing).Should().Be((6L, 0L, false));
+        (await Rows(gateway)).Should().HaveCount(6);
+        logs.Lines.Count(l => l.Contains("request log cannot be written", StringComparison.Ordinal)).Should().Be(1, "one message per outage");
+        logs.Lines.Should().Contain(l => l.Contains("locked", StringComparison.Ordinal) && l.Contains("Gateway:RequestLog:Path", StringComparison.Ordinal));
+        logs.Lines.Should().Contain(l => l.Contains("written again", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_full_queue_drops_rows_and_counts_them_and_requests_never_wait()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await Logged(provider, o =>
+        {
+            o.RequestLog.Capacity = 2;
+            o.RequestLog.MaxBatch = 100_000;
+            o.RequestLog.FlushInterval = TimeSpan.FromHours(1);
+        }).StartAsync(Ct);
+
+        for (var i = 0; i < 10; i++)
+        {
+            await gateway.SubmitAsync(Req("a", $"r{i}"), Ct);
+        }
+
+        var stats = gateway.Metrics.GetSnapshot().RequestLog;
+        stats.Dropped.Should().Be(8, "two fit in the queue, the rest are dropped and counted");
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+        gateway.Metrics.GetSnapshot().RequestLog.Written.Should().Be(2);
+    }
+
+    [Fact]
+    public async Task Rows_older_than_the_retention_are_deleted()
+    {
+        var clock = TestGateway.Clock();
+        await using var gateway = await Logged(new FakeProvider("p"), o => o.RequestLog.RetentionDays = 30).UseTimeProvider(clock).StartAsync(Ct);
+        await gateway.SubmitAsync(Req("a", "old"), Ct);
+        (await Rows(gateway)).Should().HaveCount(1);
+
+        clock.Advance(TimeSpan.FromDays(31));
+        await gateway.SubmitAsync(Req("a", "new"), Ct);
+        var rows = await Rows(gateway);
+        rows.Should().ContainSingle().Which.Timestamp.Should().Be(clock.GetUtcNow(), "only the new one is kept");
+    }
+
+    [Fact]
+    public async Task Bodies_are_off_by_default_and_when_on_are_redacted_and_capped()
+    {
+        const string secret = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD";
+        await using (var quiet = await Logged(new FakeProvider("p")).StartAsync(Ct))
+        {
+            await quiet.SubmitAsync(Req("a", "my key is " + secret), Ct);
+            var row = (await Rows(quiet)).Single();
+            (row.Prompt, row.Answer).Should().Be((null, null));
+        }
+
+        SqliteConnection.ClearAllPools();
+        File.Delete(Db);
+        await using var verbose = await Logged(new FakeProvider("p"), o =>
+        {
+            o.RequestLog.LogBodies = true;
+            o.RequestLog.MaxBodyChars = 100;
+        }).StartAsync(Ct);
+        await verbose.SubmitAsync(Req("a", "my key is " + secret + new string('x', 500)), Ct);
+        var logged = (await Rows(verbose)).Single();
+        logged.Prompt.Should().NotContain(secret).And.Contain("my key is");
+        logged.Prompt!.Length.Should().BeLessThanOrEqualTo(100 + "…[truncated]".Length);
+        logged.Answer.Should().Be("ok");
+    }
+
+    [Fact]
+    public async Task An_unusable_path_fails_the_start_naming_the_setting()
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(Db)!);
+        await File.WriteAllTextAsync(Db, new string('#', 4096), Ct); // not a database
+
+        var act = async () => await Logged(new FakeProvider("p")).StartAsync(Ct);
+
+        var error = (await act.Should().ThrowAsync<InvalidOperationException>()).Which;
+        error.Message.Should().Contain("Gateway:RequestLog:Path").And.Contain(Db).And.Contain("not a usable SQLite database");
+    }
+
+    [Fact]
+    public async Task Disabled_nothing_is_written_and_the_metrics_say_so()
+    {
+        await using var gateway = await Logged(new FakeProvider("p"), o => o.RequestLog.Enabled = false).StartAsync(Ct);
+        await gateway.SubmitAsync(Req("a"), Ct);
+        gateway.Metrics.GetSnapshot().RequestLog.Enabled.Should().BeFalse();
+        File.Exists(Db).Should().BeFalse();
+    }
+}

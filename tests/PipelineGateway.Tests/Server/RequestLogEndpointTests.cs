@@ -1,0 +1,137 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using PipelineGateway.Hosting;
+using PipelineGateway.Server;
+using PipelineGateway.Sqlite;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>GET /v1/gateway/logs and /v1/gateway/spend on a real Kestrel (127.0.0.1, port 0) over a real SQLite log.</summary>
+public sealed class RequestLogEndpointTests : IAsyncLifetime
+{
+    private const string Key = "sk-gw-team-a-0123456789";
+    private const string AdminKey = "sk-gw-admin-0123456789";
+    private readonly BatchFiles _files = new();
+    private WebApplication _app = null!;
+    private HttpClient _http = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync()
+    {
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "sim",
+            ["Gateway:Providers:0:Type"] = "Simulated",
+            ["Gateway:Providers:0:Simulated:LatencyMs"] = "0",
+            ["Gateway:Models:0:Name"] = "gpt-4o-mini",
+            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
+            ["Gateway:Server:Keys:0:Id"] = "team-a",
+            ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
+            ["Gateway:Server:Keys:1:Id"] = "ops",
+            ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(AdminKey),
+            ["Gateway:Server:Keys:1:Admin"] = "true",
+            ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
+        }).Build();
+        _app = GatewayServer.Build(config, "http://127.0.0.1:0", l => { }, s => s.AddPipelineGateway().AddSqliteRequestLog());
+        _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct) };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _http.Dispose();
+        await _app.DisposeAsync();
+        SqliteConnection.ClearAllPools();
+        _files.Dispose();
+    }
+
+    private async Task<HttpResponseMessage> Send(HttpMethod method, string path, string key, string? body = null)
+    {
+        using var request = new HttpRequestMessage(method, path);
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", key);
+        if (body is not null)
+        {
+            request.Content = new StringContent(body, Encoding.UTF8, "application/json");
+        }
+
+        return await _http.SendAsync(request, Ct);
+    }
+
+    private Task<HttpResponseMessage> Chat(string model, string text) =>
+        Send(HttpMethod.Post, "v1/chat/completions", Key, $$"""{"model":"{{model}}","messages":[{"role":"user","content":"{{text}}"}]}""");
+
+    private async Task<JsonElement> Admin(string path)
+    {
+        await _app.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
+        var response = await Send(HttpMethod.Get, path, AdminKey);
+        response.StatusCode.Should().Be(HttpStatusCode.OK, await response.Content.ReadAsStringAsync(Ct));
+        return await response.Content.ReadFromJsonAsync<JsonElement>(Ct);
+    }
+
+    [Fact]
+    public async Task Logs_are_filtered_and_paged_newest_first_and_spend_is_grouped()
+    {
+        for (var i = 0; i < 5; i++)
+        {
+            (await Chat("gpt-4o-mini", $"hello {i}")).StatusCode.Should().Be(HttpStatusCode.OK);
+        }
+
+        var firstPage = await Admin("v1/gateway/logs?limit=3&key=team-a");
+        var rows = firstPage.GetProperty("data").EnumerateArray().ToList();
+        rows.Should().HaveCount(3);
+        rows.Select(r => r.GetProperty("id").GetInt64()).Should().BeInDescendingOrder();
+        rows.Should().OnlyContain(r => r.GetProperty("key_id").GetString() == "team-a" && r.GetProperty("status").GetInt32() == 200 && r.GetProperty("provider").GetString() == "sim");
+        rows[0].GetProperty("attempts")[0].GetProperty("outcome").GetString().Should().Be("Success");
+        var cursor = firstPage.GetProperty("next_cursor").GetInt64();
+
+        var second = await Admin($"v1/gateway/logs?limit=3&cursor={cursor}");
+        second.GetProperty("data").GetArrayLength().Should().Be(2);
+        second.GetProperty("next_cursor").ValueKind.Should().Be(JsonValueKind.Null);
+
+        (await Admin("v1/gateway/logs?model=other")).GetProperty("data").GetArrayLength().Should().Be(0);
+        (await Admin("v1/gateway/logs?status=200&since=1h")).GetProperty("data").GetArrayLength().Should().Be(5);
+
+        var spend = await Admin("v1/gateway/spend?group_by=key&since=1d");
+        var team = spend.GetProperty("data").EnumerateArray().Single();
+        team.GetProperty("group").GetString().Should().Be("team-a");
+        team.GetProperty("requests").GetInt64().Should().Be(5);
+        team.GetProperty("cost_usd").GetDecimal().Should().BePositive();
+        spend.GetProperty("total_cost_usd").GetDecimal().Should().Be(team.GetProperty("cost_usd").GetDecimal());
+    }
+
+    [Theory]
+    [InlineData("v1/gateway/logs?limit=0", "limit")]
+    [InlineData("v1/gateway/logs?limit=abc", "limit")]
+    [InlineData("v1/gateway/logs?status=1000", "status")]
+    [InlineData("v1/gateway/logs?since=yesterday", "since")]
+    [InlineData("v1/gateway/logs?until=99999999999d", "until")]
+    [InlineData("v1/gateway/logs?cursor=-5", "cursor")]
+    [InlineData("v1/gateway/spend?group_by=tenant", "group_by")]
+    [InlineData("v1/gateway/spend?group_by=1", "group_by")]
+    [InlineData("v1/gateway/spend?since=%00", "since")]
+    public async Task A_bad_parameter_is_a_400_naming_it(string path, string param)
+    {
+        var response = await Send(HttpMethod.Get, path, AdminKey);
+        response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        var error = (await response.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("error");
+        error.GetProperty("param").GetString().Should().Be(param);
+        error.GetProperty("code").GetString().Should().Be("invalid_parameter");
+    }
+
+    [Fact]
+    public async Task Only_an_admin_key_reads_the_log()
+    {
+        (await Send(HttpMethod.Get, "v1/gateway/logs", Key)).StatusCode.Should().Be(HttpStatusCode.Forbidden);
+        (await Send(HttpMethod.Get, "v1/gateway/spend", Key)).StatusCode.Should().Be(HttpStatusCode.Forbidden);
+        (await _http.GetAsync("v1/gateway/logs", Ct)).StatusCode.Should().Be(HttpStatusCode.Unauthorized);
+    }
+}
