@@ -13,6 +13,8 @@
 #   LATENCY_MS=1000 CONNECTIONS=3000 FIXED=0 CONFIG=benchmarks/http/gateway-over-slow-simulator.json: the slow-upstream
 #   mode (memory per in-flight request; the gateway gets workers and connections for 3,000 requests in flight).
 # GC settings under test are passed to every .NET process alike through the environment (DOTNET_GCgen0size, ...).
+# The gateway runs as shipped: its request log on (SQLite, in a temporary directory). LOG_AB=1 adds a second gateway
+# started with --no-log, loaded in the same rounds, and prints the log's CPU per request (issue 22's target).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
@@ -26,6 +28,9 @@ SIM_PORT=18181
 GW_PORT=18180
 BARE_PORT=18182
 YARP_PORT=18183
+NOLOG_PORT=18184
+LOG_AB="${LOG_AB:-0}"
+LOG_DIR=$(mktemp -d)
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 
 for project in src/PipelineGateway.Cli benchmarks/PipelineGateway.LoadGen benchmarks/PipelineGateway.BareProxy benchmarks/PipelineGateway.YarpProxy; do
@@ -37,25 +42,36 @@ BARE=benchmarks/PipelineGateway.BareProxy/bin/Release/net10.0/pgw-bareproxy
 YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
 
 . benchmarks/http/common.sh
-require_free_ports $SIM_PORT $GW_PORT $BARE_PORT $YARP_PORT
+require_free_ports $SIM_PORT $GW_PORT $BARE_PORT $YARP_PORT $NOLOG_PORT
 ulimit -n 65536 2>/dev/null || true
 
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --latency-ms "$LATENCY_MS" >/dev/null 2>&1 &
 SIM=$!
-"$PGW" serve --urls "http://127.0.0.1:$GW_PORT" --config "$CONFIG" >/dev/null 2>&1 &
+PGW_Gateway__RequestLog__Path="$LOG_DIR/gateway.db" "$PGW" serve --urls "http://127.0.0.1:$GW_PORT" --config "$CONFIG" >/dev/null 2>&1 &
 GW=$!
+NOLOG=""
+if [ "$LOG_AB" = 1 ]; then
+  "$PGW" serve --urls "http://127.0.0.1:$NOLOG_PORT" --config "$CONFIG" --no-log >/dev/null 2>&1 &
+  NOLOG=$!
+fi
 "$BARE" --urls "http://127.0.0.1:$BARE_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 &
 BARE_PID=$!
 "$YARP" --urls "http://127.0.0.1:$YARP_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 &
 YARP_PID=$!
-trap 'kill $SIM $GW $BARE_PID $YARP_PID 2>/dev/null; wait 2>/dev/null' EXIT
-wait_for_servers "$SIM_PORT $GW_PORT $BARE_PORT $YARP_PORT" "$SIM $GW $BARE_PID $YARP_PID"
+trap 'kill $SIM $GW $BARE_PID $YARP_PID $NOLOG 2>/dev/null; wait 2>/dev/null; rm -rf "$LOG_DIR"' EXIT
+if [ "$LOG_AB" = 1 ]; then
+  wait_for_servers "$SIM_PORT $GW_PORT $BARE_PORT $YARP_PORT $NOLOG_PORT" "$SIM $GW $BARE_PID $YARP_PID $NOLOG"
+else
+  wait_for_servers "$SIM_PORT $GW_PORT $BARE_PORT $YARP_PORT" "$SIM $GW $BARE_PID $YARP_PID"
+fi
 
 declare -A URL=([direct]="http://127.0.0.1:$SIM_PORT/v1/chat/completions" [yarp]="http://127.0.0.1:$YARP_PORT/v1/chat/completions"
-  [bare]="http://127.0.0.1:$BARE_PORT/v1/chat/completions" [gateway]="http://127.0.0.1:$GW_PORT/v1/chat/completions")
-declare -A PID=([direct]="" [yarp]=$YARP_PID [bare]=$BARE_PID [gateway]=$GW)
-declare -A NAME=([direct]="direct to simulator" [yarp]="YARP proxy" [bare]="bare proxy" [gateway]="through the gateway")
+  [bare]="http://127.0.0.1:$BARE_PORT/v1/chat/completions" [gateway]="http://127.0.0.1:$GW_PORT/v1/chat/completions"
+  [nolog]="http://127.0.0.1:$NOLOG_PORT/v1/chat/completions")
+declare -A PID=([direct]="" [yarp]=$YARP_PID [bare]=$BARE_PID [gateway]=$GW [nolog]=$NOLOG)
+declare -A NAME=([direct]="direct to simulator" [yarp]="YARP proxy" [bare]="bare proxy" [gateway]="through the gateway" [nolog]="gateway, --no-log")
 TARGETS="direct yarp bare gateway"
+[ "$LOG_AB" = 1 ] && TARGETS="direct yarp bare gateway nolog"
 CORES=$(nproc)
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 rss() { awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status"; } # peak resident set, MiB
@@ -63,7 +79,7 @@ rss() { awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status"; } # peak resid
 # Warm-up: long enough for tiered compilation to finish its optimized code (under a saturating load the JIT's
 # background thread competes for the same two cores; measured before that, the gateway is ~15% slower).
 echo "warm-up"
-for t in gateway yarp bare; do wrk -t2 -c32 -d8s -s benchmarks/http/post-chat.lua "${URL[$t]}" >/dev/null; done
+for t in ${TARGETS#direct }; do wrk -t2 -c32 -d8s -s benchmarks/http/post-chat.lua "${URL[$t]}" >/dev/null; done
 
 declare -A RPS CPUS
 saturate() { # target connections round
@@ -86,6 +102,13 @@ for c in $CONNECTIONS; do
   awk -v d="$(median <<<"${RPS[direct$c]}")" -v y="$(median <<<"${RPS[yarp$c]}")" -v b="$(median <<<"${RPS[bare$c]}")" \
       -v g="$(median <<<"${RPS[gateway$c]}")" -v gc="$(median <<<"${CPUS[gateway$c]}")" -v yc="$(median <<<"${CPUS[yarp$c]}")" -v c="$c" \
     'BEGIN {printf "  ratios c=%-5s YARP %.0f%% of direct, bare %.0f%% of direct; gateway %.0f%% of direct, %.2fx YARP throughput, %.2fx YARP CPU per request\n", c, 100*y/d, 100*b/d, 100*g/d, g/y, gc/yc}'
+  if [ "$LOG_AB" = 1 ]; then
+    # Each round loads both gateways back to back: the median of the rounds' differences cancels slow drifts of the host.
+    diffs=$(paste -d' ' <(tr ' ' '\n' <<<"${CPUS[gateway$c]}" | grep -v '^$') <(tr ' ' '\n' <<<"${CPUS[nolog$c]}" | grep -v '^$') | awk '{printf "%.1f ", $1 - $2}')
+    awk -v g="$(median <<<"${CPUS[gateway$c]}")" -v n="$(median <<<"${CPUS[nolog$c]}")" -v gr="$(median <<<"${RPS[gateway$c]}")" -v nr="$(median <<<"${RPS[nolog$c]}")" \
+        -v d="$(median <<<"$diffs")" -v all="$diffs" -v c="$c" \
+      'BEGIN {printf "  request log c=%-5s %+.1f us CPU per request, median of the rounds'"'"' differences (rounds: %s); medians %.1f with the log, %.1f without; throughput %.2fx without\n", c, d, all, g, n, gr/nr}'
+  fi
 done
 
 if [ "$FIXED" = 1 ]; then
@@ -110,10 +133,11 @@ if [ "$FIXED" = 1 ]; then
     for round in $(seq 1 "$ROUNDS"); do awk -v a="${table[$1$round]}" -v d="${table[direct$round]}" 'BEGIN {printf "%.3f ", a - d}'; done
   }
   echo "medians over $ROUNDS rounds at $RATE req/s (added = this target's latency minus direct's in the same round):"
-  for t in yarp bare gateway; do
+  for t in ${TARGETS#direct }; do
     cpus=""; for round in $(seq 1 "$ROUNDS"); do cpus+="${CPU[$t$round]} "; done
     printf '  %-20s added p50 %s ms, added p99 %s ms, CPU per request %s us\n' "${NAME[$t]}" \
       "$(added "$t" P50 | median)" "$(added "$t" P99 | median)" "$(median <<<"$cpus")"
   done
 fi
-echo "peak RSS: YARP $(rss $YARP_PID) MiB, bare proxy $(rss $BARE_PID) MiB, gateway $(rss $GW) MiB, simulator $(rss $SIM) MiB"
+echo "peak RSS: YARP $(rss $YARP_PID) MiB, bare proxy $(rss $BARE_PID) MiB, gateway $(rss $GW) MiB$([ -n "$NOLOG" ] && echo ", gateway --no-log $(rss $NOLOG) MiB"), simulator $(rss $SIM) MiB"
+[ -f "$LOG_DIR/gateway.db" ] && echo "request log: $(du -h "$LOG_DIR/gateway.db" | cut -f1) on disk (+ WAL $(du -h "$LOG_DIR/gateway.db-wal" 2>/dev/null | cut -f1))"

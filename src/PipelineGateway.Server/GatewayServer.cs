@@ -90,6 +90,13 @@ public static partial class GatewayServer
             var protocol = string.Equals(builder.Configuration["Gateway:Telemetry:OtlpProtocol"], "http", StringComparison.OrdinalIgnoreCase)
                 ? OpenTelemetry.Exporter.OtlpExportProtocol.HttpProtobuf
                 : OpenTelemetry.Exporter.OtlpExportProtocol.Grpc;
+            if (protocol == OpenTelemetry.Exporter.OtlpExportProtocol.HttpProtobuf && endpoint.AbsolutePath == "/")
+            {
+                // Set in code, the HTTP exporter posts to the endpoint as given: add the traces path the environment
+                // variable would have added.
+                endpoint = new Uri(endpoint, "v1/traces");
+            }
+
             telemetry.WithTracing(t => t.AddSource(GatewayTelemetry.ActivitySourceName).AddOtlpExporter(o =>
             {
                 o.Endpoint = endpoint;

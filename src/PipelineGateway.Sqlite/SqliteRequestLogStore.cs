@@ -1,5 +1,9 @@
+using System.Buffers;
 using System.Globalization;
+using System.Text;
+using System.Text.Json;
 using Microsoft.Data.Sqlite;
+using SQLitePCL;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Hosting;
 using PipelineGateway.RequestLog;
@@ -18,7 +22,10 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
     private readonly string _path;
     private readonly string _connectionString;
     private SqliteConnection? _writer;
-    private SqliteCommand? _insert;
+    private sqlite3_stmt? _insert;
+    private byte[] _utf8 = new byte[1024];
+    private readonly ArrayBufferWriter<byte> _json = new(1024);
+    private Utf8JsonWriter? _jsonWriter;
 
     private readonly int _lockTimeoutMs;
 
@@ -67,6 +74,8 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
             await ExecAsync(connection, """
                 PRAGMA journal_mode = WAL;
                 PRAGMA synchronous = NORMAL;
+                PRAGMA wal_autocheckpoint = 10000;
+                PRAGMA journal_size_limit = 67108864;
                 CREATE TABLE IF NOT EXISTS requests (
                     id INTEGER PRIMARY KEY,
                     ts INTEGER NOT NULL,
@@ -93,7 +102,6 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                     answer TEXT);
                 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
                 CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
-                CREATE INDEX IF NOT EXISTS requests_model_ts ON requests (model, ts);
                 CREATE VIEW IF NOT EXISTS request_log AS
                     SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch') AS time, request_id, key_id, model,
                            provider, provider_model, status, error_code, prompt_tokens, completion_tokens,
@@ -103,14 +111,12 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                 PRAGMA user_version = 1;
                 """, cancellationToken).ConfigureAwait(false);
 
-            var insert = connection.CreateCommand();
-            insert.CommandText = $"INSERT INTO requests ({Columns}) VALUES ({string.Join(", ", Columns.Split(", ").Select(c => "$" + c))})";
-            foreach (var c in Columns.Split(", "))
-            {
-                insert.Parameters.Add(new SqliteParameter("$" + c, null));
-            }
-
-            insert.Prepare();
+            // The insert goes through SQLitePCL.raw (the library under Microsoft.Data.Sqlite) on the same connection:
+            // SqliteCommand boxes every parameter and allocates a data reader per execution — measured 12.6 µs and
+            // 2.6 KB per row (RequestLogWriteBenchmarks, docs/benchmarks.md) — while binding by index into a prepared
+            // statement, UTF-8 from a reused buffer, costs a few µs and allocates nothing per row.
+            var sql = $"INSERT INTO requests ({Columns}) VALUES ({string.Join(", ", Enumerable.Range(1, Columns.Split(", ").Length).Select(i => "?" + i))})";
+            Check(connection.Handle!, raw.sqlite3_prepare_v2(connection.Handle, sql, out var insert));
             _writer = connection;
             _insert = insert;
         }
@@ -131,34 +137,38 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
             }
 
             using var tx = _writer!.BeginTransaction();
-            var insert = _insert!;
-            insert.Transaction = tx;
-            var p = insert.Parameters;
+            var db = _writer.Handle!;
+            var stmt = _insert!;
             foreach (var r in batch)
             {
-                p[0].Value = r.Timestamp.ToUnixTimeMilliseconds();
-                p[1].Value = r.RequestId;
-                p[2].Value = r.KeyId;
-                p[3].Value = r.Model;
-                p[4].Value = (object?)r.Provider ?? DBNull.Value;
-                p[5].Value = (object?)r.ProviderModel ?? DBNull.Value;
-                p[6].Value = r.Status;
-                p[7].Value = (object?)r.ErrorCode ?? DBNull.Value;
-                p[8].Value = (object?)r.ErrorType ?? DBNull.Value;
-                p[9].Value = r.PromptTokens;
-                p[10].Value = r.CompletionTokens;
-                p[11].Value = ToNano(r.Cost);
-                p[12].Value = ToNano(r.CostSaved);
-                p[13].Value = r.Cached ? 1 : 0;
-                p[14].Value = r.Coalesced ? 1 : 0;
-                p[15].Value = r.Stream ? 1 : 0;
-                p[16].Value = r.LatencyMs;
-                p[17].Value = (object?)r.TimeToFirstTokenMs ?? DBNull.Value;
-                p[18].Value = r.Priority;
-                p[19].Value = r.Attempts;
-                p[20].Value = (object?)r.Prompt ?? DBNull.Value;
-                p[21].Value = (object?)r.Answer ?? DBNull.Value;
-                insert.ExecuteNonQuery();
+                Check(db, raw.sqlite3_bind_int64(stmt, 1, r.Timestamp.ToUnixTimeMilliseconds()));
+                Text(db, stmt, 2, r.RequestId);
+                Text(db, stmt, 3, r.KeyId);
+                Text(db, stmt, 4, r.Model);
+                Text(db, stmt, 5, r.Provider);
+                Text(db, stmt, 6, r.ProviderModel);
+                Check(db, raw.sqlite3_bind_int64(stmt, 7, r.Status));
+                Text(db, stmt, 8, r.ErrorCode);
+                Text(db, stmt, 9, r.ErrorType);
+                Check(db, raw.sqlite3_bind_int64(stmt, 10, r.PromptTokens));
+                Check(db, raw.sqlite3_bind_int64(stmt, 11, r.CompletionTokens));
+                Check(db, raw.sqlite3_bind_int64(stmt, 12, ToNano(r.Cost)));
+                Check(db, raw.sqlite3_bind_int64(stmt, 13, ToNano(r.CostSaved)));
+                Check(db, raw.sqlite3_bind_int64(stmt, 14, r.Cached ? 1 : 0));
+                Check(db, raw.sqlite3_bind_int64(stmt, 15, r.Coalesced ? 1 : 0));
+                Check(db, raw.sqlite3_bind_int64(stmt, 16, r.Stream ? 1 : 0));
+                Check(db, raw.sqlite3_bind_double(stmt, 17, r.LatencyMs));
+                Check(db, r.TimeToFirstTokenMs is { } ttft ? raw.sqlite3_bind_double(stmt, 18, ttft) : raw.sqlite3_bind_null(stmt, 18));
+                Text(db, stmt, 19, r.Priority);
+                Attempts(db, stmt, 20, r);
+                Text(db, stmt, 21, r.Prompt);
+                Text(db, stmt, 22, r.Answer);
+                var rc = raw.sqlite3_step(stmt);
+                raw.sqlite3_reset(stmt);
+                if (rc != raw.SQLITE_DONE)
+                {
+                    Check(db, rc);
+                }
             }
 
             tx.Commit();
@@ -325,6 +335,57 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         Answer = r.IsDBNull(22) ? null : r.GetString(22),
     };
 
+    /// <summary>Binds a string as UTF-8 from a reused buffer (SQLite copies it): no allocation per value.</summary>
+    private void Text(sqlite3 db, sqlite3_stmt stmt, int index, string? value)
+    {
+        if (value is null)
+        {
+            Check(db, raw.sqlite3_bind_null(stmt, index));
+            return;
+        }
+
+        var max = Encoding.UTF8.GetMaxByteCount(value.Length);
+        if (max > _utf8.Length)
+        {
+            _utf8 = new byte[Math.Max(max, _utf8.Length * 2)];
+        }
+
+        var length = Encoding.UTF8.GetBytes(value, _utf8);
+        Check(db, raw.sqlite3_bind_text(stmt, index, _utf8.AsSpan(0, length)));
+    }
+
+    /// <summary>The attempts as JSON, written straight into a reused buffer (no string per row).</summary>
+    private void Attempts(sqlite3 db, sqlite3_stmt stmt, int index, RequestRecord r)
+    {
+        if (r.AttemptsText is { } text)
+        {
+            Text(db, stmt, index, text);
+            return;
+        }
+
+        _json.ResetWrittenCount();
+        if (_jsonWriter is null)
+        {
+            _jsonWriter = new Utf8JsonWriter(_json);
+        }
+        else
+        {
+            _jsonWriter.Reset(_json);
+        }
+
+        AttemptsJson.Write(_jsonWriter, r.AttemptList);
+        _jsonWriter.Flush();
+        Check(db, raw.sqlite3_bind_text(stmt, index, _json.WrittenSpan));
+    }
+
+    private static void Check(sqlite3 db, int rc)
+    {
+        if (rc is not (raw.SQLITE_OK or raw.SQLITE_DONE or raw.SQLITE_ROW))
+        {
+            throw new SqliteException(raw.sqlite3_errmsg(db).utf8_to_string(), rc);
+        }
+    }
+
     private static async Task ExecAsync(SqliteConnection connection, string sql, CancellationToken cancellationToken)
     {
         await using var cmd = connection.CreateCommand();
@@ -349,6 +410,8 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
 
     private void CloseWriter()
     {
+        _jsonWriter?.Dispose();
+        _jsonWriter = null;
         _insert?.Dispose();
         _insert = null;
         _writer?.Dispose();

@@ -1,5 +1,3 @@
-using System.Buffers;
-using System.Text;
 using System.Text.Json;
 using System.Threading.Channels;
 using Microsoft.Extensions.Hosting;
@@ -366,7 +364,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         return new RequestRecord
         {
             Timestamp = _time.GetUtcNow() - c.Latency,
-            RequestId = item.RequestId,
+            RequestSequence = item.Sequence,
             KeyId = item.TenantKey,
             Model = item.Request.Model,
             Provider = c.Error is null ? info?.Provider : null,
@@ -384,55 +382,13 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             LatencyMs = c.Latency.TotalMilliseconds,
             TimeToFirstTokenMs = item.TimeToFirstToken?.TotalMilliseconds,
             Priority = item.Priority == RequestPriority.Batch ? "batch" : "interactive",
-            Attempts = AttemptsJson(attempts),
+            AttemptList = attempts,
             Prompt = prompt,
             Answer = answer,
         };
     }
 
     private string Cap(string text) => text.Length <= _options.MaxBodyChars ? text : string.Concat(text.AsSpan(0, _options.MaxBodyChars), "…[truncated]");
-
-    private static string AttemptsJson(IReadOnlyList<GatewayAttempt> attempts)
-    {
-        if (attempts.Count == 0)
-        {
-            return "[]";
-        }
-
-        var buffer = new ArrayBufferWriter<byte>(128 * attempts.Count);
-        using (var w = new Utf8JsonWriter(buffer))
-        {
-            w.WriteStartArray();
-            foreach (var a in attempts)
-            {
-                w.WriteStartObject();
-                w.WriteString("provider", a.Provider);
-                w.WriteString("model", a.ProviderModel);
-                w.WriteString("outcome", a.Outcome.ToString());
-                if (a.StatusCode is { } sc)
-                {
-                    w.WriteNumber("status", sc);
-                }
-
-                w.WriteNumber("latency_ms", Math.Round(a.Latency.TotalMilliseconds, 3));
-                if (a.ErrorCode is { } ec)
-                {
-                    w.WriteString("error_code", ec);
-                }
-
-                if (a.Error is { } err)
-                {
-                    w.WriteString("error", SecretRedactor.RedactAndTrim(err, 200));
-                }
-
-                w.WriteEndObject();
-            }
-
-            w.WriteEndArray();
-        }
-
-        return Encoding.UTF8.GetString(buffer.WrittenSpan);
-    }
 
     private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 

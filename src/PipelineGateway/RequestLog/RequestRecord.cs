@@ -6,7 +6,18 @@ public sealed class RequestRecord
     /// <summary>When the request was submitted (UTC).</summary>
     public DateTimeOffset Timestamp { get; init; }
 
-    public required string RequestId { get; init; }
+    private string? _requestId;
+    private string? _attempts;
+
+    /// <summary>The gateway's id for the request (<c>x-gateway-request-id</c>).</summary>
+    public string RequestId
+    {
+        // Formatted when read: the row is built on the request's path, read on the writer's thread.
+        get => _requestId ??= Pipeline.RequestIds.Format(RequestSequence);
+        init => _requestId = value;
+    }
+
+    internal long RequestSequence { get; init; }
 
     /// <summary>The gateway key's id (the request's rate-limit key); empty for none.</summary>
     public string KeyId { get; init; } = string.Empty;
@@ -54,7 +65,17 @@ public sealed class RequestRecord
     public string Priority { get; init; } = "interactive";
 
     /// <summary>Every attempt: provider, model, outcome, status and latency, as JSON.</summary>
-    public string Attempts { get; init; } = "[]";
+    public string Attempts
+    {
+        get => _attempts ??= AttemptsJson.Format(AttemptList);
+        init => _attempts = value;
+    }
+
+    /// <summary>The attempts themselves, turned into JSON on the writer's thread (or when <see cref="Attempts"/> is read).</summary>
+    internal IReadOnlyList<GatewayAttempt>? AttemptList { get; init; }
+
+    /// <summary>The attempts' JSON when it was given as text (a row read back), else null: write <see cref="AttemptList"/>.</summary>
+    internal string? AttemptsText => _attempts;
 
     /// <summary>The prompt (only with <c>LogBodies</c>; redacted and capped).</summary>
     public string? Prompt { get; init; }

@@ -156,3 +156,62 @@ public sealed class TracingTests : IAsyncLifetime
         await Support.Wait.Until(() => _spans.Count >= before + 2, "the spans ended");
     }
 }
+
+/// <summary>pgw serve's OTLP export, to a receiver that is a plain Kestrel (127.0.0.1, port 0) taking OTLP/HTTP posts.</summary>
+public sealed class OtlpExportTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task Spans_reach_an_otlp_http_receiver_and_nothing_is_exported_without_an_endpoint()
+    {
+        var posts = new ConcurrentQueue<(string Path, string ContentType, byte[] Body)>();
+        var receiverBuilder = WebApplication.CreateSlimBuilder();
+        receiverBuilder.Logging.ClearProviders();
+        receiverBuilder.WebHost.UseUrls("http://127.0.0.1:0");
+        await using var receiver = receiverBuilder.Build();
+        receiver.MapPost("/{**path}", async (HttpContext ctx) =>
+        {
+            using var body = new MemoryStream();
+            await ctx.Request.Body.CopyToAsync(body);
+            posts.Enqueue((ctx.Request.Path.Value!, ctx.Request.ContentType ?? string.Empty, body.ToArray()));
+            ctx.Response.ContentType = "application/x-protobuf";
+        });
+        await receiver.StartAsync(Ct);
+        var receiverAddress = receiver.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "sim",
+            ["Gateway:Providers:0:Type"] = "Simulated",
+            ["Gateway:Providers:0:Simulated:LatencyMs"] = "0",
+            ["Gateway:Models:0:Name"] = "gpt-4o-mini",
+            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
+            ["Gateway:Telemetry:OtlpEndpoint"] = receiverAddress,
+            ["Gateway:Telemetry:OtlpProtocol"] = "http",
+        }).Build();
+        await using (var gateway = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }))
+        {
+            using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(gateway, Ct) };
+            using var body = new StringContent("""{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}""", Encoding.UTF8, "application/json");
+            (await http.PostAsync("v1/chat/completions", body, Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+            await gateway.StopAsync(Ct); // the exporter flushes its batch at shutdown
+        }
+
+        var export = posts.Should().ContainSingle(p => p.Path == "/v1/traces").Which;
+        export.ContentType.Should().Be("application/x-protobuf");
+        var text = Encoding.UTF8.GetString(export.Body);
+        text.Should().Contain("chat gpt-4o-mini").And.Contain("gen_ai.request.model").And.Contain("pgw.request_id");
+    }
+
+    [Fact]
+    public void A_bad_endpoint_stops_the_start_naming_the_setting()
+    {
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Telemetry:OtlpEndpoint"] = "not a url",
+        }).Build();
+        var act = () => GatewayServer.Build(config, "http://127.0.0.1:0", _ => { });
+        act.Should().Throw<Microsoft.Extensions.Options.OptionsValidationException>().WithMessage("*Gateway:Telemetry:OtlpEndpoint*");
+    }
+}

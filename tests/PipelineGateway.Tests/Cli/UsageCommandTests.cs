@@ -1,0 +1,80 @@
+using FluentAssertions;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Cli;
+
+/// <summary>The real <c>pgw</c>: <c>pgw batch</c> keeps the request log beside its config, <c>pgw usage</c> reads it.</summary>
+public sealed class UsageCommandTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private const string FastConfig = """
+        {
+          "Gateway": {
+            "Providers": [ { "Name": "sim", "Type": "Simulated", "Simulated": { "LatencyMs": 0, "Seed": 1 } } ],
+            "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim", "Model": "gpt-4o-mini" } ] } ]
+          }
+        }
+        """;
+
+    private static async Task<string> RunOk(BatchFiles files, params string[] args)
+    {
+        using var pgw = PgwProcess.Start(files.Dir, args);
+        (await pgw.ExitCodeAsync(60_000)).Should().Be(0, pgw.Stderr);
+        return pgw.Stdout;
+    }
+
+    [Fact]
+    public async Task A_batch_is_logged_beside_its_config_and_pgw_usage_prints_who_spent_what()
+    {
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, FastConfig, Ct);
+        await File.WriteAllLinesAsync(files.Input, Enumerable.Range(0, 5).Select(i => BatchFiles.RequestLine($"req-{i}", text: $"line {i}")), Ct);
+
+        await RunOk(files, "batch", files.Input, "-o", files.Output, "--config", config);
+        File.Exists(Path.Combine(files.Dir, "pgw-data", "gateway.db")).Should().BeTrue("the log is beside the configuration file");
+
+        var table = await RunOk(files, "usage", "--config", config, "--by", "model", "--since", "1h");
+        var lines = table.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        lines.Should().Contain(l => l.StartsWith("MODEL", StringComparison.Ordinal) && l.Contains("COST USD", StringComparison.Ordinal));
+        lines.Single(l => l.StartsWith("m ", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1].Should().Be("5");
+        lines.Should().Contain(l => l.StartsWith("TOTAL", StringComparison.Ordinal));
+
+        var byDay = await RunOk(files, "usage", "--db", Path.Combine(files.Dir, "pgw-data", "gateway.db"), "--by", "day");
+        byDay.Should().Contain(DateTime.UtcNow.ToString("yyyy-MM-dd", System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    [Fact]
+    public async Task No_log_writes_nothing_and_usage_on_a_missing_file_says_where_it_looked()
+    {
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, FastConfig, Ct);
+        await File.WriteAllLinesAsync(files.Input, [BatchFiles.RequestLine("req-0")], Ct);
+
+        await RunOk(files, "batch", files.Input, "-o", files.Output, "--config", config, "--no-log");
+        Directory.Exists(Path.Combine(files.Dir, "pgw-data")).Should().BeFalse();
+
+        using var usage = PgwProcess.Start(files.Dir, "usage", "--config", config);
+        (await usage.ExitCodeAsync(60_000)).Should().Be(1);
+        usage.Stderr.Should().Contain(Path.Combine(files.Dir, "pgw-data", "gateway.db")).And.Contain("No request log");
+    }
+
+    [Fact]
+    public async Task Serve_with_an_unusable_log_path_is_one_line_naming_the_setting_and_exit_code_1()
+    {
+        using var files = new BatchFiles();
+        var notADatabase = Path.Combine(files.Dir, "notes.txt");
+        await File.WriteAllTextAsync(notADatabase, new string('#', 4096), Ct);
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, FastConfig.Replace("\"Models\"", $"\"RequestLog\": {{ \"Path\": \"{notADatabase}\" }},\n    \"Models\"", StringComparison.Ordinal), Ct);
+
+        using var serve = PgwProcess.Start(files.Dir, "serve", "--urls", "http://127.0.0.1:0", "--config", config);
+
+        (await serve.ExitCodeAsync(60_000)).Should().Be(1);
+        var error = serve.Stderr.Trim();
+        error.Should().Contain("Gateway:RequestLog:Path").And.Contain(notADatabase).And.Contain("not a usable SQLite database");
+        error.Split('\n').Should().ContainSingle("one line, no stack trace: " + error);
+    }
+}
