@@ -30,9 +30,9 @@ wait_for_servers "$SIM_PORT $LOG_PORT $NOLOG_PORT" "$SIM $GL $GN"
 URL_L="http://127.0.0.1:$LOG_PORT/v1/chat/completions"
 URL_N="http://127.0.0.1:$NOLOG_PORT/v1/chat/completions"
 
-echo "warm-up (both at once, 12 s)"
-wrk -t1 -c"$CONNECTIONS" -d12s -s benchmarks/http/post-chat.lua "$URL_L" >/dev/null & W1=$!
-wrk -t1 -c"$CONNECTIONS" -d12s -s benchmarks/http/post-chat.lua "$URL_N" >/dev/null & W2=$!
+echo "warm-up (both at once, 20 s: tiered compilation finishes its optimized code first)"
+wrk -t1 -c"$CONNECTIONS" -d20s -s benchmarks/http/post-chat.lua "$URL_L" >/dev/null & W1=$!
+wrk -t1 -c"$CONNECTIONS" -d20s -s benchmarks/http/post-chat.lua "$URL_N" >/dev/null & W2=$!
 wait $W1 $W2
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }

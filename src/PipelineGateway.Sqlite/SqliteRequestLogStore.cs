@@ -18,7 +18,7 @@ namespace PipelineGateway.Sqlite;
 /// </summary>
 internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
 {
-    private const string Columns = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer";
+    private const string Columns = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer, upstream_ms";
     private readonly string _path;
     private readonly string _connectionString;
     private SqliteConnection? _writer;
@@ -97,16 +97,17 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                     latency_ms REAL NOT NULL,
                     ttft_ms REAL,
                     priority TEXT NOT NULL,
-                    attempts TEXT NOT NULL,
+                    attempts TEXT,
                     prompt TEXT,
-                    answer TEXT);
+                    answer TEXT,
+                    upstream_ms REAL);
                 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
                 CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
                 CREATE VIEW IF NOT EXISTS request_log AS
                     SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch') AS time, request_id, key_id, model,
                            provider, provider_model, status, error_code, prompt_tokens, completion_tokens,
                            cost_nano / 1e9 AS cost_usd, cost_saved_nano / 1e9 AS cost_saved_usd, cached, coalesced, stream,
-                           latency_ms, ttft_ms, priority, attempts
+                           latency_ms, ttft_ms, upstream_ms, priority, attempts
                     FROM requests;
                 PRAGMA user_version = 1;
                 """, cancellationToken).ConfigureAwait(false);
@@ -142,7 +143,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
             foreach (var r in batch)
             {
                 Check(db, raw.sqlite3_bind_int64(stmt, 1, r.Timestamp.ToUnixTimeMilliseconds()));
-                Text(db, stmt, 2, r.RequestId);
+                RequestId(db, stmt, 2, r);
                 Text(db, stmt, 3, r.KeyId);
                 Text(db, stmt, 4, r.Model);
                 Text(db, stmt, 5, r.Provider);
@@ -160,7 +161,19 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                 Check(db, raw.sqlite3_bind_double(stmt, 17, r.LatencyMs));
                 Check(db, r.TimeToFirstTokenMs is { } ttft ? raw.sqlite3_bind_double(stmt, 18, ttft) : raw.sqlite3_bind_null(stmt, 18));
                 Text(db, stmt, 19, r.Priority);
-                Attempts(db, stmt, 20, r);
+                // The common row — one successful attempt at the deployment that answered — keeps no JSON: its attempt
+                // is the row's own provider and model, and its time is upstream_ms (a third less to write per row).
+                if (SingleSuccess(r) is { } upstream)
+                {
+                    Check(db, raw.sqlite3_bind_null(stmt, 20));
+                    Check(db, raw.sqlite3_bind_double(stmt, 23, upstream));
+                }
+                else
+                {
+                    Attempts(db, stmt, 20, r);
+                    Check(db, raw.sqlite3_bind_null(stmt, 23));
+                }
+
                 Text(db, stmt, 21, r.Prompt);
                 Text(db, stmt, 22, r.Answer);
                 var rc = raw.sqlite3_step(stmt);
@@ -330,7 +343,9 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         LatencyMs = r.GetDouble(17),
         TimeToFirstTokenMs = r.IsDBNull(18) ? null : r.GetDouble(18),
         Priority = r.GetString(19),
-        Attempts = r.GetString(20),
+        Attempts = !r.IsDBNull(20) ? r.GetString(20)
+            : r.IsDBNull(5) || r.IsDBNull(23) ? "[]"
+            : AttemptsJson.Format([new GatewayAttempt(r.GetString(5), r.IsDBNull(6) ? string.Empty : r.GetString(6), AttemptOutcome.Success, TimeSpan.FromMilliseconds(r.GetDouble(23)))]),
         Prompt = r.IsDBNull(21) ? null : r.GetString(21),
         Answer = r.IsDBNull(22) ? null : r.GetString(22),
     };
@@ -351,6 +366,26 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         }
 
         var length = Encoding.UTF8.GetBytes(value, _utf8);
+        Check(db, raw.sqlite3_bind_text(stmt, index, _utf8.AsSpan(0, length)));
+    }
+
+    /// <summary>The upstream time of a row whose only attempt succeeded at the deployment that answered, else null.</summary>
+    private static double? SingleSuccess(RequestRecord r) =>
+        r.AttemptsText is null && r.AttemptList is { Count: 1 } list && list[0] is { Outcome: AttemptOutcome.Success } a
+            && a.Provider == r.Provider && a.ProviderModel == r.ProviderModel
+            ? Math.Round(a.Latency.TotalMilliseconds, 3)
+            : null;
+
+    /// <summary>The request id formatted straight into the reused buffer (no string per row).</summary>
+    private void RequestId(sqlite3 db, sqlite3_stmt stmt, int index, RequestRecord r)
+    {
+        if (r.RequestIdText is { } text)
+        {
+            Text(db, stmt, index, text);
+            return;
+        }
+
+        var length = Pipeline.RequestIds.FormatUtf8(r.RequestSequence, _utf8);
         Check(db, raw.sqlite3_bind_text(stmt, index, _utf8.AsSpan(0, length)));
     }
 

@@ -8,6 +8,14 @@ namespace PipelineGateway.RequestLog;
 /// <summary>The <c>attempts</c> column: <c>[{"provider","model","outcome","status","latency_ms","error_code","error"}]</c>.</summary>
 internal static class AttemptsJson
 {
+    private static readonly JsonEncodedText ProviderName = JsonEncodedText.Encode("provider");
+    private static readonly JsonEncodedText ModelName = JsonEncodedText.Encode("model");
+    private static readonly JsonEncodedText OutcomeName = JsonEncodedText.Encode("outcome");
+    private static readonly JsonEncodedText StatusName = JsonEncodedText.Encode("status");
+    private static readonly JsonEncodedText LatencyName = JsonEncodedText.Encode("latency_ms");
+    private static readonly JsonEncodedText ErrorCodeName = JsonEncodedText.Encode("error_code");
+    private static readonly JsonEncodedText ErrorName = JsonEncodedText.Encode("error");
+
     public static string Format(IReadOnlyList<GatewayAttempt>? attempts)
     {
         if (attempts is not { Count: > 0 })
@@ -30,23 +38,23 @@ internal static class AttemptsJson
         foreach (var a in attempts ?? [])
         {
             w.WriteStartObject();
-            w.WriteString("provider", a.Provider);
-            w.WriteString("model", a.ProviderModel);
-            w.WriteString("outcome", a.Outcome.ToString());
+            w.WriteString(ProviderName, a.Provider);
+            w.WriteString(ModelName, a.ProviderModel);
+            w.WriteString(OutcomeName, a.Outcome.ToString());
             if (a.StatusCode is { } sc)
             {
-                w.WriteNumber("status", sc);
+                w.WriteNumber(StatusName, sc);
             }
 
-            w.WriteNumber("latency_ms", Math.Round(a.Latency.TotalMilliseconds, 3));
+            w.WriteNumber(LatencyName, Math.Round(a.Latency.TotalMilliseconds, 3));
             if (a.ErrorCode is { } ec)
             {
-                w.WriteString("error_code", ec);
+                w.WriteString(ErrorCodeName, ec);
             }
 
             if (a.Error is { } err)
             {
-                w.WriteString("error", SecretRedactor.RedactAndTrim(err, 200));
+                w.WriteString(ErrorName, SecretRedactor.RedactAndTrim(err, 200));
             }
 
             w.WriteEndObject();

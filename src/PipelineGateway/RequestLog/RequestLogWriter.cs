@@ -34,7 +34,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
     private Task _loop = Task.CompletedTask;
     private DateTimeOffset _nextCleanup;
     private long _queued;
-    private long _accepted;
+    private int _pendingCount;
     private long _written;
     private long _dropped;
     private long _lost;
@@ -123,7 +123,6 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             }
         }
 
-        Interlocked.Increment(ref _accepted);
         if (Interlocked.Increment(ref _queued) >= _options.MaxBatch)
         {
             _full.TrySetResult();
@@ -148,8 +147,9 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
     /// <summary>Writes everything accepted so far (for tests and for a clean handover); returns when it is committed or counted lost.</summary>
     internal async Task FlushAsync(CancellationToken cancellationToken = default)
     {
-        var target = Interlocked.Read(ref _accepted);
-        while (Interlocked.Read(ref _written) + Interlocked.Read(ref _lost) < target && !_loop.IsCompleted)
+        // Everything queued when this was called is written (or counted lost) once a flush round ends with nothing
+        // queued or kept for a retry: wake the writer until then.
+        while ((Interlocked.Read(ref _queued) > 0 || Volatile.Read(ref _pendingCount) > 0) && !_loop.IsCompleted)
         {
             var flushed = Volatile.Read(ref _flushed).Task;
             _full.TrySetResult();
@@ -179,6 +179,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             while (_pending.Count < _options.MaxBatch && reader.TryRead(out var record))
             {
                 _pending.Add(record);
+                Volatile.Write(ref _pendingCount, _pending.Count);
                 Interlocked.Decrement(ref _queued);
             }
 
@@ -209,9 +210,11 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             }
 
             await CleanupIfDueAsync(stop).ConfigureAwait(false);
+            Volatile.Write(ref _pendingCount, _pending.Count);
             Interlocked.Exchange(ref _flushed, NewSignal()).TrySetResult();
         }
 
+        Volatile.Write(ref _pendingCount, _pending.Count);
         Interlocked.Exchange(ref _flushed, NewSignal()).TrySetResult();
     }
 

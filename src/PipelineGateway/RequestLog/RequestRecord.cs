@@ -19,6 +19,9 @@ public sealed class RequestRecord
 
     internal long RequestSequence { get; init; }
 
+    /// <summary>The id when it was given as text (a row read back), else null: format <see cref="RequestSequence"/>.</summary>
+    internal string? RequestIdText => _requestId;
+
     /// <summary>The gateway key's id (the request's rate-limit key); empty for none.</summary>
     public string KeyId { get; init; } = string.Empty;
 
