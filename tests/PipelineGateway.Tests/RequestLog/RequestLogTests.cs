@@ -217,6 +217,28 @@ public sealed class RequestLogTests : IDisposable
     }
 
     [Fact]
+    public async Task In_wait_mode_a_full_queue_makes_the_ending_request_wait_and_no_row_is_dropped()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await Logged(provider, o =>
+        {
+            o.RequestLog.Capacity = 2;
+            o.RequestLog.MaxBatch = 100_000;
+            o.RequestLog.FlushInterval = TimeSpan.FromHours(1); // only a full queue wakes the writer
+            o.RequestLog.WhenFull = RequestLogFullMode.Wait;
+        }).StartAsync(Ct);
+
+        for (var i = 0; i < 10; i++)
+        {
+            (await gateway.SubmitAsync(Req("a", $"r{i}"), Ct)).Content.Should().Be("ok");
+        }
+
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+        var stats = gateway.Metrics.GetSnapshot().RequestLog;
+        (stats.Dropped, stats.Written).Should().Be((0L, 10L), "a full queue made the ending thread wait for room instead of dropping");
+    }
+
+    [Fact]
     public async Task Rows_older_than_the_retention_are_deleted()
     {
         var clock = TestGateway.Clock();
