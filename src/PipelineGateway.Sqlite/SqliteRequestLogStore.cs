@@ -71,6 +71,12 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         {
             await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
             await ExecAsync(connection, $"PRAGMA busy_timeout = {_lockTimeoutMs};", cancellationToken).ConfigureAwait(false);
+            if (raw.sqlite3_db_readonly(connection.Handle, "main") == 1)
+            {
+                // SQLite opens a file it may not write read-only, silently: say so now, not at the first batch.
+                throw new SqliteException("attempt to write a readonly database (the file or its directory is not writable)", raw.SQLITE_READONLY);
+            }
+
             await ExecAsync(connection, """
                 PRAGMA journal_mode = WAL;
                 PRAGMA synchronous = NORMAL;

@@ -148,6 +148,48 @@ public sealed partial class RequestLogDurabilityTests
         SqliteConnection.ClearAllPools();
     }
 
+    [Fact]
+    public async Task A_full_disk_never_stops_the_gateway_the_lost_rows_are_counted_and_it_says_so_once()
+    {
+        using var files = new BatchFiles();
+        var db = Path.Combine(files.Dir, "pgw-data", "gateway.db");
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, Config(db).Replace("\"MaxBatch\": 100000", "\"MaxBatch\": 200, \"Capacity\": 1000", StringComparison.Ordinal), Ct);
+
+        // Any file this pgw writes may grow to 256 KB, no further: past it a write fails as on a full disk.
+        using var serve = PgwProcess.Start(files.Dir, fileSizeLimitKb: 256, "serve", "--urls", "http://127.0.0.1:0", "--config", config);
+        await Wait.Until(() => Listening().IsMatch(serve.Stdout) || serve.Process.HasExited, "pgw serve is listening", 60_000);
+        serve.Process.HasExited.Should().BeFalse(serve.Stderr);
+        using var http = new HttpClient { BaseAddress = new Uri(Listening().Match(serve.Stdout).Groups[1].Value) };
+
+        var answered = 0;
+        for (var i = 0; i < 20_000 && !Failing(); i++)
+        {
+            using var body = new StringContent($$"""{"model":"m","messages":[{"role":"user","content":"request {{i}} {{new string('x', 200)}}"}]}""", Encoding.UTF8, "application/json");
+            (await http.PostAsync("v1/chat/completions", body, Ct)).StatusCode.Should().Be(HttpStatusCode.OK, "the gateway keeps answering");
+            answered++;
+        }
+
+        Failing().Should().BeTrue($"the log filled its 256 KB after {answered} requests");
+        for (var i = 0; i < 1_500; i++)
+        {
+            using var body = new StringContent("""{"model":"m","messages":[{"role":"user","content":"after"}]}""", Encoding.UTF8, "application/json");
+            (await http.PostAsync("v1/chat/completions", body, Ct)).StatusCode.Should().Be(HttpStatusCode.OK, "and keeps answering while the disk is full");
+        }
+
+        await Wait.Until(() => Stats(http).GetProperty("lost").GetInt64() > 0, "rows past the capacity are counted as lost");
+        PgwProcess.Signal(serve.Process, "TERM");
+        (await serve.ExitCodeAsync(60_000)).Should().Be(0, serve.Stderr);
+        var said = (serve.Stdout + serve.Stderr).Split('\n').Count(l => l.Contains("request log cannot be written", StringComparison.Ordinal));
+        said.Should().Be(1, "one message for the outage: " + serve.Stdout);
+        SqliteConnection.ClearAllPools();
+
+        bool Failing() => Stats(http).GetProperty("failing").GetBoolean();
+    }
+
+    private static System.Text.Json.JsonElement Stats(HttpClient http) =>
+        System.Text.Json.JsonDocument.Parse(http.GetStringAsync("v1/gateway/metrics").GetAwaiter().GetResult()).RootElement.GetProperty("request_log");
+
     [GeneratedRegex(@"listening on (http://\S+/)")]
     private static partial Regex Listening();
 }

@@ -194,6 +194,88 @@ public sealed class RequestLogTests : IDisposable
         logs.Lines.Should().Contain(l => l.Contains("written again", StringComparison.Ordinal));
     }
 
+    /// <summary>chattr +i: a file nobody may write, root included (the tests may run as root, for whom chmod is no barrier).</summary>
+    private static bool Immutable(bool on, params string[] files)
+    {
+        foreach (var file in files.Where(File.Exists))
+        {
+            using var chattr = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("chattr", [on ? "+i" : "-i", file]) { RedirectStandardError = true });
+            chattr!.WaitForExit();
+            if (chattr.ExitCode != 0)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    [Fact]
+    public async Task A_read_only_database_never_stops_the_gateway_and_its_rows_are_written_once_it_is_writable_again()
+    {
+        var logs = new CapturingLoggerProvider();
+        await using var gateway = await Logged(new FakeProvider("p"), o => o.RequestLog.LockTimeout = TimeSpan.FromMilliseconds(50))
+            .ConfigureLogging(l => l.AddProvider(logs))
+            .StartAsync(Ct);
+        var writer = gateway.Services.GetRequiredService<RequestLogWriter>();
+        await gateway.SubmitAsync(Req("a", "before"), Ct);
+        await writer.FlushAsync(Ct);
+
+        var files = new[] { Db, Db + "-wal", Db + "-shm" };
+        if (!Immutable(true, files))
+        {
+            Immutable(false, files);
+            Assert.Skip("chattr +i is not available on this file system (it makes a file read-only for root too).");
+        }
+
+        try
+        {
+            for (var i = 0; i < 5; i++)
+            {
+                (await gateway.SubmitAsync(Req("a", $"during {i}"), Ct)).Content.Should().Be("ok", "the gateway keeps answering");
+            }
+
+            await Wait.Until(() => gateway.Metrics.GetSnapshot().RequestLog.Failing, "the writer finds the file read-only");
+            gateway.Metrics.GetSnapshot().RequestLog.Lost.Should().Be(0, "the rows are kept for the retry");
+        }
+        finally
+        {
+            Immutable(false, files);
+        }
+
+        await writer.FlushAsync(Ct);
+        (await Rows(gateway)).Should().HaveCount(6);
+        logs.Lines.Count(l => l.Contains("request log cannot be written", StringComparison.Ordinal)).Should().Be(1, "one message per outage");
+    }
+
+    [Fact]
+    public async Task A_read_only_database_at_start_fails_the_start_naming_the_setting()
+    {
+        await using (var first = await Logged(new FakeProvider("p")).StartAsync(Ct))
+        {
+            await first.SubmitAsync(Req("a"), Ct);
+        }
+
+        SqliteConnection.ClearAllPools();
+        var files = new[] { Db, Db + "-wal", Db + "-shm", Path.GetDirectoryName(Db)! };
+        if (!Immutable(true, files))
+        {
+            Immutable(false, files);
+            Assert.Skip("chattr +i is not available on this file system (it makes a file read-only for root too).");
+        }
+
+        try
+        {
+            var act = async () => await Logged(new FakeProvider("p")).StartAsync(Ct);
+            var error = (await act.Should().ThrowAsync<InvalidOperationException>()).Which;
+            error.Message.Should().Contain("Gateway:RequestLog:Path").And.Contain(Db).And.Contain("read-only");
+        }
+        finally
+        {
+            Immutable(false, files);
+        }
+    }
+
     [Fact]
     public async Task A_full_queue_drops_rows_and_counts_them_and_requests_never_wait()
     {

@@ -54,9 +54,15 @@ public sealed class PgwProcess : IDisposable
         }
     }
 
-    public static PgwProcess Start(string workingDirectory, params string[] args)
+    public static PgwProcess Start(string workingDirectory, params string[] args) => Start(workingDirectory, fileSizeLimitKb: null, args);
+
+    /// <summary>
+    /// Starts pgw with a limit on the size of any file it writes (RLIMIT_FSIZE, <c>ulimit -f</c>), SIGXFSZ ignored: a write
+    /// past it fails the way a full disk does, for this process only.
+    /// </summary>
+    public static PgwProcess Start(string workingDirectory, int? fileSizeLimitKb, params string[] args)
     {
-        var info = new ProcessStartInfo("dotnet")
+        var info = new ProcessStartInfo(fileSizeLimitKb is null ? "dotnet" : "bash")
         {
             WorkingDirectory = workingDirectory,
             RedirectStandardOutput = true,
@@ -64,6 +70,14 @@ public sealed class PgwProcess : IDisposable
             RedirectStandardInput = true,
             UseShellExecute = false,
         };
+        if (fileSizeLimitKb is { } kb)
+        {
+            info.ArgumentList.Add("-c");
+            info.ArgumentList.Add($"trap '' XFSZ; ulimit -f {kb}; exec dotnet \"$@\"");
+            info.Environment["DOTNET_EnableWriteXorExecute"] = "0"; // W^X maps code through a memory file the limit would cap
+            info.ArgumentList.Add("pgw");
+        }
+
         info.ArgumentList.Add(PgwDll);
         foreach (var a in args)
         {
