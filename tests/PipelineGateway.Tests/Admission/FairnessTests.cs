@@ -269,7 +269,11 @@ public sealed class FairnessTests
 
         gate.SetResult();
         await Task.WhenAll(flood.Append(other));
-        order.ToArray()[2].Should().Be("other", "the first freed slot goes to the tenant holding none, not to the ninth of the flood");
+        // The first freed slot goes to the tenant holding none, not to the ninth of the flood; at the provider's own fair
+        // queue "other" may then even pass the flood's request already queued there (both orders are fair).
+        var calls = order.ToArray();
+        Array.IndexOf(calls, "other").Should().BeInRange(1, 2, "other is served right after the call in progress or the one queued before it, never after the rest of the flood: " + string.Join(",", calls));
+        calls.Should().HaveCount(11);
     }
 
     [Fact]
