@@ -30,7 +30,7 @@ internal static class DemoCommand
             Concurrency = concurrency,
         };
         // The demo's request log goes beside its output (not into the configuration's folder).
-        var log = RequestLogSetup.Register(dir, disabled: false, path: Path.Combine(dir, "gateway.db"));
+        var log = RequestLogSetup.Register(dir, disabled: false, path: Path.GetFullPath(Path.Combine(dir, "gateway.db")));
         return await BatchCommand.RunBatchAsync(configuration, source, options, output, cancellationToken, services: log).ConfigureAwait(false);
     }
 }
