@@ -10,14 +10,14 @@ namespace PipelineGateway.Cli;
 /// <summary><c>pgw batch INPUT -o OUTPUT …</c> (options in <see cref="Commands"/>): a resumable OpenAI-Batch-format run through the gateway.</summary>
 internal static class BatchCommand
 {
-    public static Task<int> RunAsync(string? config, BatchOptions options, RedisBatchOptions? shared, bool noLog, TextWriter output, CancellationToken stop)
+    public static Task<int> RunAsync(string? config, BatchOptions options, RedisBatchOptions? shared, bool noLog, bool json, TextWriter output, CancellationToken stop)
     {
         var (configuration, source) = GatewayConfiguration.Load(config);
-        return RunBatchAsync(configuration, source, options, output, stop, shared, RequestLogSetup.Register(GatewayConfiguration.DirectoryOf(config), noLog));
+        return RunBatchAsync(configuration, source, options, output, stop, shared, RequestLogSetup.Register(GatewayConfiguration.DirectoryOf(config), noLog), json);
     }
 
     /// <summary>Runs one batch with a progress display, then prints the summary and the metrics snapshot.</summary>
-    public static async Task<int> RunBatchAsync(Microsoft.Extensions.Configuration.IConfiguration configuration, string source, BatchOptions options, TextWriter output, CancellationToken stop, RedisBatchOptions? shared = null, Action<IServiceCollection>? services = null)
+    public static async Task<int> RunBatchAsync(Microsoft.Extensions.Configuration.IConfiguration configuration, string source, BatchOptions options, TextWriter output, CancellationToken stop, RedisBatchOptions? shared = null, Action<IServiceCollection>? services = null, bool json = false)
     {
         using var host = await GatewayHost.StartAsync(configuration, stop, services).ConfigureAwait(false);
         var queue = host.Services.GetRequiredService<IGatewayQueue>();
@@ -44,7 +44,15 @@ internal static class BatchCommand
             await host.StopAsync(CancellationToken.None).ConfigureAwait(false);
         }
 
-        await output.WriteLineAsync(JsonSerializer.Serialize(metrics.GetSnapshot(), CliJson.Indented.GatewayMetricsSnapshot)).ConfigureAwait(false);
+        if (json)
+        {
+            await output.WriteLineAsync(JsonSerializer.Serialize(metrics.GetSnapshot(), CliJson.Indented.GatewayMetricsSnapshot)).ConfigureAwait(false);
+        }
+        else
+        {
+            MetricsSummary.Write(output, metrics.GetSnapshot(), interactive: !Console.IsOutputRedirected);
+        }
+
         await output.WriteLineAsync($"""
             {summary.Lines} lines: {summary.Succeeded} answered ({summary.CacheHits} from cache), {summary.Failed} failed, {summary.BadLines} bad lines, {summary.AlreadyDone} done by an earlier run{(shared is null ? string.Empty : " or another worker")}.
             Results: {Path.GetFullPath(summary.OutputPath)}

@@ -27,6 +27,8 @@ internal static class Commands
         return root;
     }
 
+    private static Option<bool> Json() => new("--json") { Description = "End with the full metrics snapshot as JSON instead of the summary tables." };
+
     private static Option<bool> NoLog() => new("--no-log") { Description = "Write no request log (default: one row per request in SQLite at Gateway:RequestLog:Path, pgw-data/gateway.db beside the config)." };
 
     private static Option<string?> Config() => new("--config") { Description = "The gateway configuration file (JSON with a Gateway section)." };
@@ -48,12 +50,13 @@ internal static class Commands
     {
         var config = Config();
         var concurrency = Whole("--concurrency", 64, 1, 100_000, "Requests in flight at once");
-        var dir = new Option<string?>("--output") { Description = "The directory for the sample input, the results and the errors (default: a new temporary directory)." };
-        var command = new Command("demo", "Run the built-in sample batch through the gateway (simulated providers with a flaky primary, duplicate prompts, a tight rate limit; no keys needed), then print the metrics snapshot.")
+        var dir = new Option<string?>("--output") { Description = "The directory for the sample input, the results, the errors and the request log (default: a new temporary directory)." };
+        var json = Json();
+        var command = new Command("demo", "Run the built-in sample batch through the gateway (simulated providers with a flaky primary, duplicate prompts, a tight rate limit; no keys needed), then print the metrics summary.")
         {
-            config, concurrency, dir,
+            config, concurrency, dir, json,
         };
-        command.SetAction((p, stop) => DemoCommand.RunAsync(p.GetValue(config), p.GetValue(concurrency), p.GetValue(dir), output, stop));
+        command.SetAction((p, stop) => DemoCommand.RunAsync(p.GetValue(config), p.GetValue(concurrency), p.GetValue(dir), p.GetValue(json), output, stop));
         return command;
     }
 
@@ -69,9 +72,10 @@ internal static class Commands
         var batchId = new Option<string?>("--batch-id") { Description = "The shared batch's id (with --redis; default: from the input file)." };
         var claimAfter = Whole("--claim-after", 120, 1, 86_400, "Seconds before a line another machine took and did not finish is taken over (with --redis)");
         var noLog = NoLog();
+        var json = Json();
         var command = new Command("batch", "Run an OpenAI Batch API input file through the gateway; results in the Batch output format. Killed or stopped, the same command again continues where it stopped (each custom_id answered once).")
         {
-            input, result, errors, concurrency, retryFailed, config, redis, batchId, claimAfter, noLog,
+            input, result, errors, concurrency, retryFailed, config, redis, batchId, claimAfter, noLog, json,
         };
         command.Validators.Add(c =>
         {
@@ -93,7 +97,7 @@ internal static class Commands
             var shared = p.GetValue(redis) is { } connection
                 ? new RedisBatchOptions { Configuration = connection, BatchId = p.GetValue(batchId), ClaimAfter = TimeSpan.FromSeconds(p.GetValue(claimAfter)) }
                 : null;
-            return BatchCommand.RunAsync(p.GetValue(config), options, shared, p.GetValue(noLog), output, stop);
+            return BatchCommand.RunAsync(p.GetValue(config), options, shared, p.GetValue(noLog), p.GetValue(json), output, stop);
         });
         return command;
     }

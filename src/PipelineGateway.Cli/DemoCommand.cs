@@ -6,11 +6,11 @@ namespace PipelineGateway.Cli;
 /// <summary>
 /// <c>pgw demo</c>: runs the built-in sample batch (config/samples/demo-batch.jsonl, with duplicate prompts)
 /// through <c>pgw batch</c> against the configuration's simulated providers (a flaky primary falls back to a
-/// second provider, a tight rate limit makes requests wait), with the progress bar and the metrics snapshot.
+/// second provider, a tight rate limit makes requests wait), with the progress bar and the metrics summary.
 /// </summary>
 internal static class DemoCommand
 {
-    public static async Task<int> RunAsync(string? config, int concurrency, string? outputDir, TextWriter output, CancellationToken cancellationToken)
+    public static async Task<int> RunAsync(string? config, int concurrency, string? outputDir, bool json, TextWriter output, CancellationToken cancellationToken)
     {
         var (configuration, source) = GatewayConfiguration.Load(config);
         var dir = outputDir ?? Path.Combine(Path.GetTempPath(), $"pgw-demo-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Environment.ProcessId}");
@@ -31,7 +31,7 @@ internal static class DemoCommand
         };
         // The demo's request log goes beside its output (not into the configuration's folder).
         var log = RequestLogSetup.Register(dir, disabled: false, path: Path.GetFullPath(Path.Combine(dir, "gateway.db")));
-        return await BatchCommand.RunBatchAsync(configuration, source, options, output, cancellationToken, services: log).ConfigureAwait(false);
+        return await BatchCommand.RunBatchAsync(configuration, source, options, output, cancellationToken, services: log, json: json).ConfigureAwait(false);
     }
 }
 

@@ -1,11 +1,12 @@
 using System.Diagnostics;
 using PipelineGateway.Batch;
+using Spectre.Console;
 
 namespace PipelineGateway.Cli;
 
 /// <summary>
-/// Shows batch progress: on a terminal a live bar redrawn in place (done/total, rate, ETA, failures,
-/// cache hits); otherwise a plain line every few seconds, so logs stay readable.
+/// Shows batch progress: on a terminal a live Spectre.Console progress bar (done/total, rate, ETA, failures, cache hits);
+/// otherwise (output redirected) a plain line every few seconds, so logs stay readable.
 /// </summary>
 internal sealed class ProgressReporter : IAsyncDisposable
 {
@@ -21,7 +22,47 @@ internal sealed class ProgressReporter : IAsyncDisposable
         _out = output;
         _interactive = interactive;
         _progress = progress;
-        _loop = Task.Run(RunAsync);
+        _loop = interactive ? Task.Run(RunBarAsync) : Task.Run(RunAsync);
+    }
+
+    /// <summary>The terminal's live bar, redrawn in place until the run ends.</summary>
+    private Task RunBarAsync()
+    {
+        var console = Spectre.Console.AnsiConsole.Create(new Spectre.Console.AnsiConsoleSettings { Out = new Spectre.Console.AnsiConsoleOutput(_out) });
+        return console.Progress()
+            .AutoClear(false)
+            .Columns(new Spectre.Console.TaskDescriptionColumn(), new Spectre.Console.ProgressBarColumn(), new Spectre.Console.PercentageColumn(), new Spectre.Console.RemainingTimeColumn())
+            .StartAsync(async ctx =>
+            {
+                var task = ctx.AddTask("starting", maxValue: 1);
+                while (true)
+                {
+                    var p = _progress;
+                    task.MaxValue = Math.Max(1, p.Lines);
+                    task.Value = p.Done;
+                    task.Description = Spectre.Console.Markup.Escape(Stats());
+                    if (_stop.IsCancellationRequested)
+                    {
+                        break;
+                    }
+
+                    try
+                    {
+                        await Task.Delay(200, _stop.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                    }
+                }
+            });
+    }
+
+    private string Stats()
+    {
+        var p = _progress;
+        var elapsed = _clock.Elapsed.TotalSeconds;
+        var rate = elapsed > 0 ? (p.Succeeded + p.Failed) / elapsed : 0;
+        return $"{p.Done}/{p.Lines} {rate:F1}/s failed {p.Failed} bad {p.BadLines} cached {p.CacheHits}";
     }
 
     private async Task RunAsync()
@@ -71,7 +112,11 @@ internal sealed class ProgressReporter : IAsyncDisposable
     {
         await _stop.CancelAsync().ConfigureAwait(false);
         await _loop.ConfigureAwait(false);
-        Draw(final: true);
+        if (!_interactive)
+        {
+            Draw(final: true); // the bar drew its own last state
+        }
+
         _stop.Dispose();
     }
 }

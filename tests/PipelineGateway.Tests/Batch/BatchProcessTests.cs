@@ -71,7 +71,7 @@ public sealed class BatchProcessTests
     public async Task The_demo_shows_fallbacks_cache_hits_and_rate_limiting_in_its_metrics()
     {
         using var files = new BatchFiles();
-        using var demo = PgwProcess.Start(files.Dir, "demo", "--output", files.Dir);
+        using var demo = PgwProcess.Start(files.Dir, "demo", "--output", files.Dir, "--json");
         (await demo.ExitCodeAsync()).Should().Be(0, demo.Stderr);
 
         var stdout = demo.Stdout;
@@ -84,6 +84,27 @@ public sealed class BatchProcessTests
         metrics.GetProperty("rate_limit_waits").GetInt64().Should().BeGreaterThan(0, "the rate limit is tight");
         metrics.GetProperty("failed_requests").GetInt64().Should().Be(0);
         files.AnsweredIds().Should().HaveCount(240).And.OnlyHaveUniqueItems();
+    }
+
+    [Fact]
+    public async Task The_demo_ends_with_a_compact_summary_of_the_metrics_and_per_provider_figures()
+    {
+        using var files = new BatchFiles();
+        using var demo = PgwProcess.Start(files.Dir, "demo", "--output", files.Dir);
+        (await demo.ExitCodeAsync()).Should().Be(0, demo.Stderr);
+
+        var lines = demo.Stdout.Split('\n');
+        lines.Should().Contain(l => l.Contains("Gateway metrics", StringComparison.Ordinal));
+        var header = Array.FindIndex(lines, l => l.Contains("| total |", StringComparison.Ordinal));
+        header.Should().BePositive("the totals table is drawn in ASCII when the output is redirected");
+        var totals = lines[header + 2].Split('|', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        (totals[0], totals[1], totals[3]).Should().Be(("240", "240", "0"), "total, succeeded, failed");
+        totals[4].Should().EndWith("%");
+        totals[7].Should().StartWith("$");
+        lines.Should().Contain(l => l.Contains("Per provider", StringComparison.Ordinal));
+        lines.Should().Contain(l => l.TrimStart().StartsWith("| sim-openai", StringComparison.Ordinal) && l.Contains('%'));
+        demo.Stdout.Should().NotContain("\"total_requests\"", "the full snapshot is for --json");
+        lines.Length.Should().BeLessThan(40, "compact: not a 100-line dump");
     }
 
     private const int Lines = 400;
