@@ -169,7 +169,7 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
         return (messages, options);
     }
 
-    private static Dictionary<string, object?>? ParseArguments(string? json)
+    internal static Dictionary<string, object?>? ParseArguments(string? json)
     {
         if (string.IsNullOrWhiteSpace(json))
         {

@@ -1,0 +1,285 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.Json;
+using Microsoft.Extensions.AI;
+using PipelineGateway.Providers.ChatClient;
+using AI = Microsoft.Extensions.AI;
+
+namespace PipelineGateway;
+
+/// <summary>
+/// The gateway as a Microsoft.Extensions.AI <see cref="IChatClient"/>: every call is submitted to the gateway's queue, so
+/// it goes through admission, the cache, routing, failover and metrics like any other request. Messages, tools and tool
+/// calls, usage and <see cref="ChatOptions"/> (model, temperature, top-p, max output tokens, seed, stop sequences,
+/// response format, tools and tool mode) are translated both ways. The gateway's failures surface as its typed
+/// exceptions (<see cref="RateLimitedException"/>, <see cref="BudgetExceededException"/>…); a cancelled call throws an
+/// <see cref="OperationCanceledException"/>, as M.E.AI callers expect. The gateway never runs tools: put
+/// <c>UseFunctionInvocation()</c> on top (a <see cref="ChatClientBuilder"/>) to have them run.
+/// </summary>
+public sealed class GatewayChatClient : IChatClient
+{
+    private readonly IGatewayQueue _gateway;
+    private readonly string _model;
+
+    public GatewayChatClient(IGatewayQueue gateway, string model)
+    {
+        ArgumentNullException.ThrowIfNull(gateway);
+        ArgumentException.ThrowIfNullOrWhiteSpace(model);
+        _gateway = gateway;
+        _model = model;
+    }
+
+    public async Task<ChatResponse> GetResponseAsync(IEnumerable<AI.ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var request = ToRequest(messages, options, stream: false);
+        var response = await _gateway.SubmitAsync(request, cancellationToken).ConfigureAwait(false);
+        var choice = response.Choices.Count > 0 ? response.Choices[0] : null;
+        var contents = new List<AIContent>();
+        if (choice?.Message?.Content?.GetText() is { Length: > 0 } text)
+        {
+            contents.Add(new TextContent(text));
+        }
+
+        foreach (var call in choice?.Message?.ToolCalls ?? [])
+        {
+            contents.Add(new FunctionCallContent(call.Id ?? string.Empty, call.Function?.Name ?? string.Empty, ChatClientProvider.ParseArguments(call.Function?.Arguments)));
+        }
+
+        return new ChatResponse(new AI.ChatMessage(ChatRole.Assistant, contents))
+        {
+            ResponseId = response.Id,
+            ModelId = response.Model,
+            CreatedAt = response.Created > 0 ? DateTimeOffset.FromUnixTimeSeconds(response.Created) : null,
+            FinishReason = FinishReason(choice?.FinishReason),
+            Usage = Usage(response.Usage),
+            AdditionalProperties = Info(response.Gateway),
+            RawRepresentation = response,
+        };
+    }
+
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AI.ChatMessage> messages, ChatOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var request = ToRequest(messages, options, stream: true);
+
+        // Tool calls arrive in pieces (name first, arguments in fragments, by index): they are put together and handed on
+        // whole, in the update that finishes the answer, which is what a function-invoking client needs.
+        SortedDictionary<int, (string? Id, string? Name, StringBuilder Arguments)>? calls = null;
+        await foreach (var chunk in _gateway.StreamAsync(request, cancellationToken).ConfigureAwait(false))
+        {
+            var contents = new List<AIContent>();
+            string? finish = null;
+            foreach (var choice in chunk.Choices)
+            {
+                if (!string.IsNullOrEmpty(choice.Delta.Content))
+                {
+                    contents.Add(new TextContent(choice.Delta.Content));
+                }
+
+                foreach (var call in choice.Delta.ToolCalls ?? [])
+                {
+                    calls ??= [];
+                    var index = call.Index ?? calls.Count;
+                    var (id, name, args) = calls.TryGetValue(index, out var seen) ? seen : (null, null, new StringBuilder());
+                    args.Append(call.Function?.Arguments);
+                    calls[index] = (call.Id ?? id, call.Function?.Name ?? name, args);
+                }
+
+                finish ??= choice.FinishReason;
+            }
+
+            if (finish is not null && calls is not null)
+            {
+                foreach (var (id, name, args) in calls.Values)
+                {
+                    contents.Add(new FunctionCallContent(id ?? string.Empty, name ?? string.Empty, ChatClientProvider.ParseArguments(args.ToString())));
+                }
+
+                calls = null;
+            }
+
+            if (Usage(chunk.Usage) is { } usage)
+            {
+                contents.Add(new UsageContent(usage));
+            }
+
+            yield return new ChatResponseUpdate(ChatRole.Assistant, contents)
+            {
+                ResponseId = chunk.Id,
+                ModelId = chunk.Model,
+                CreatedAt = chunk.Created > 0 ? DateTimeOffset.FromUnixTimeSeconds(chunk.Created) : null,
+                FinishReason = FinishReason(finish),
+                AdditionalProperties = Info(chunk.Gateway),
+                RawRepresentation = chunk,
+            };
+        }
+    }
+
+    public object? GetService(Type serviceType, object? serviceKey = null) =>
+        serviceKey is not null ? null
+        : serviceType == typeof(ChatClientMetadata) ? new ChatClientMetadata("pipelinegateway", null, _model)
+        : serviceType.IsInstanceOfType(this) ? this
+        : serviceType.IsInstanceOfType(_gateway) ? _gateway
+        : null;
+
+    public void Dispose()
+    {
+        // The gateway belongs to whoever built it.
+    }
+
+    /// <summary>M.E.AI messages and options as the gateway's request.</summary>
+    internal ChatCompletionRequest ToRequest(IEnumerable<AI.ChatMessage> messages, ChatOptions? options, bool stream)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var request = new ChatCompletionRequest
+        {
+            Model = options?.ModelId ?? _model,
+            Temperature = options?.Temperature,
+            TopP = options?.TopP,
+            MaxTokens = options?.MaxOutputTokens,
+            Seed = options?.Seed,
+            Stop = options?.StopSequences is { Count: > 0 } stop ? new StopSequences(stop) : null,
+            Stream = stream ? true : null,
+        };
+        foreach (var m in messages)
+        {
+            AddMessage(request.Messages, m);
+        }
+
+        if (options?.Tools is { Count: > 0 } tools)
+        {
+            request.Tools = [.. tools.OfType<AIFunctionDeclaration>().Select(t => new ToolDefinition
+            {
+                Function = new FunctionDefinition { Name = t.Name, Description = string.IsNullOrEmpty(t.Description) ? null : t.Description, Parameters = t.JsonSchema },
+            })];
+            request.ToolChoice = options.ToolMode switch
+            {
+                NoneChatToolMode => Json("\"none\""),
+                RequiredChatToolMode { RequiredFunctionName: { } name } => Json($$$"""{"type":"function","function":{"name":{{{JsonSerializer.Serialize(name, GatewayJsonContext.Default.String)}}}}}"""),
+                RequiredChatToolMode => Json("\"required\""),
+                _ => null,
+            };
+        }
+
+        request.ResponseFormat = options?.ResponseFormat switch
+        {
+            ChatResponseFormatJson { Schema: { } schema } json => Json($$$"""{"type":"json_schema","json_schema":{"name":{{{JsonSerializer.Serialize(json.SchemaName ?? "response", GatewayJsonContext.Default.String)}}},"schema":{{{schema.GetRawText()}}}}}"""),
+            ChatResponseFormatJson => Json("""{"type":"json_object"}"""),
+            _ => null,
+        };
+        return request;
+    }
+
+    private static void AddMessage(List<ChatCompletionMessage> into, AI.ChatMessage m)
+    {
+        if (m.Role == ChatRole.Tool)
+        {
+            // One tool message per result: the OpenAI shape the gateway speaks.
+            foreach (var result in m.Contents.OfType<FunctionResultContent>())
+            {
+                into.Add(ChatCompletionMessage.Tool(result.CallId, result.Result switch
+                {
+                    null => string.Empty,
+                    string s => s,
+                    JsonElement { ValueKind: JsonValueKind.String } e => e.GetString()!, // a tool's text result, serialized by the invoker
+                    JsonElement e => e.GetRawText(),
+                    var other => JsonSerializer.Serialize(other, AIJsonUtilities.DefaultOptions.GetTypeInfo(other.GetType())),
+                }));
+            }
+
+            return;
+        }
+
+        var role = m.Role == ChatRole.System ? ChatRoles.System : m.Role == ChatRole.Assistant ? ChatRoles.Assistant : ChatRoles.User;
+        var parts = new List<ContentPart>();
+        List<ToolCall>? calls = null;
+        foreach (var content in m.Contents)
+        {
+            switch (content)
+            {
+                case TextContent text:
+                    parts.Add(new ContentPart { Type = "text", Text = text.Text });
+                    break;
+                case DataContent data when data.HasTopLevelMediaType("image"):
+                    parts.Add(new ContentPart { Type = "image_url", ImageUrl = new ImageUrl { Url = data.Uri } });
+                    break;
+                case UriContent uri when uri.HasTopLevelMediaType("image"):
+                    parts.Add(new ContentPart { Type = "image_url", ImageUrl = new ImageUrl { Url = uri.Uri.ToString() } });
+                    break;
+                case FunctionCallContent call:
+                    (calls ??= []).Add(new ToolCall
+                    {
+                        Id = call.CallId,
+                        Type = "function",
+                        Function = new FunctionCall { Name = call.Name, Arguments = call.Arguments is null ? "{}" : JsonSerializer.Serialize(call.Arguments, AIJsonUtilities.DefaultOptions.GetTypeInfo(typeof(IDictionary<string, object?>))) },
+                    });
+                    break;
+            }
+        }
+
+        into.Add(new ChatCompletionMessage
+        {
+            Role = role,
+            Name = m.AuthorName,
+            Content = parts.Count == 0 ? (calls is null ? new MessageContent(string.Empty) : null)
+                : parts.TrueForAll(p => p.Type == "text") ? new MessageContent(string.Concat(parts.Select(p => p.Text))) : new MessageContent(parts),
+            ToolCalls = calls,
+        });
+    }
+
+    private static JsonElement Json(string json)
+    {
+        using var doc = JsonDocument.Parse(json);
+        return doc.RootElement.Clone();
+    }
+
+    private static UsageDetails? Usage(TokenUsage? usage) =>
+        usage is null ? null : new UsageDetails { InputTokenCount = usage.PromptTokens, OutputTokenCount = usage.CompletionTokens, TotalTokenCount = usage.TotalTokens };
+
+    private static ChatFinishReason? FinishReason(string? reason) => reason switch
+    {
+        null => null,
+        FinishReasons.Stop => ChatFinishReason.Stop,
+        FinishReasons.Length => ChatFinishReason.Length,
+        FinishReasons.ToolCalls => ChatFinishReason.ToolCalls,
+        FinishReasons.ContentFilter => ChatFinishReason.ContentFilter,
+        _ => new ChatFinishReason(reason),
+    };
+
+    /// <summary>What the gateway adds: who answered, whether from the cache, the cost, the request id.</summary>
+    private static AdditionalPropertiesDictionary? Info(GatewayResponseInfo? info) => info is null ? null : new()
+    {
+        ["gateway.request_id"] = info.RequestId,
+        ["gateway.provider"] = info.Provider,
+        ["gateway.cached"] = info.Cached,
+        ["gateway.cost_usd"] = info.Cost,
+        ["gateway.attempts"] = info.Attempts.Count,
+    };
+}
+
+/// <summary>The gateway as an <see cref="IChatClient"/>.</summary>
+public static class GatewayChatClientExtensions
+{
+    /// <summary>An <see cref="IChatClient"/> over the gateway, for <paramref name="model"/> (a model group or alias) unless <see cref="ChatOptions.ModelId"/> says otherwise.</summary>
+    public static IChatClient AsChatClient(this IGatewayQueue gateway, string model) => new GatewayChatClient(gateway, model);
+
+    /// <summary>
+    /// Registers an <see cref="IChatClient"/> over the gateway for <paramref name="model"/> (keyed by <paramref name="serviceKey"/>
+    /// when given): code written against Microsoft.Extensions.AI uses the gateway without changes.
+    /// </summary>
+    public static TBuilder AddChatClient<TBuilder>(this TBuilder builder, string model, object? serviceKey = null)
+        where TBuilder : Hosting.IGatewayBuilder
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentException.ThrowIfNullOrWhiteSpace(model);
+        if (serviceKey is null)
+        {
+            Microsoft.Extensions.DependencyInjection.ServiceCollectionServiceExtensions.AddSingleton<IChatClient>(builder.Services, sp => new GatewayChatClient(Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<IGatewayQueue>(sp), model));
+        }
+        else
+        {
+            Microsoft.Extensions.DependencyInjection.ServiceCollectionServiceExtensions.AddKeyedSingleton<IChatClient>(builder.Services, serviceKey, (sp, _) => new GatewayChatClient(Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<IGatewayQueue>(sp), model));
+        }
+
+        return builder;
+    }
+}
