@@ -26,7 +26,10 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
     public async Task InvokeAsync(HttpContext ctx)
     {
         var path = ctx.Request.Path;
-        if (path.Equals("/healthz", StringComparison.OrdinalIgnoreCase) || path.Equals("/readyz", StringComparison.OrdinalIgnoreCase))
+        // The dashboard's page is a static shell holding no data (it asks for the admin key when keys are configured and
+        // sends it on its data stream, /dashboard/events, which is admin-only like the rest of the admin surface).
+        if (path.Equals("/healthz", StringComparison.OrdinalIgnoreCase) || path.Equals("/readyz", StringComparison.OrdinalIgnoreCase)
+            || (path.Equals("/dashboard", StringComparison.OrdinalIgnoreCase) && HttpMethods.IsGet(ctx.Request.Method)))
         {
             await next(ctx);
             return;

@@ -158,6 +158,10 @@ public static partial class GatewayServer
         var time = app.Services.GetRequiredService<TimeProvider>();
         app.MapGet("/v1/gateway/logs", (HttpContext ctx) => RequestLogEndpoints.LogsAsync(ctx, requestLog, time));
         app.MapGet("/v1/gateway/spend", (HttpContext ctx) => RequestLogEndpoints.SpendAsync(ctx, requestLog, time));
+        app.MapGet("/dashboard", DashboardEndpoints.PageAsync);
+        app.MapGet("/dashboard/events", (HttpContext ctx) => DashboardEndpoints.EventsAsync(ctx,
+            app.Services.GetRequiredService<IGatewayMetrics>(), app.Services.GetRequiredService<PipelineGateway.Metrics.GatewayMetrics>(),
+            app.Services.GetRequiredService<PipelineGateway.Cost.BudgetTracker>(), time));
         app.MapPrometheusScrapingEndpoint("/metrics");
         app.MapGet("/healthz", () => Results.Text("ok"));
         app.MapGet("/readyz", () => app.Services.GetRequiredService<GatewayPipeline>().IsAccepting

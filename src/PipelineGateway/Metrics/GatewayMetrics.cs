@@ -150,9 +150,23 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
     /// <summary>Called exactly once per request, when it ends.</summary>
     public void OnCompleted(in Completion completion) => OnCompleted(completion.Item, completion.Response, completion.Error, completion.Latency, completion.Billed);
 
+    private readonly System.Collections.Concurrent.ConcurrentQueue<RecentFailure> _recentFailures = new();
+
+    /// <summary>The last 20 failures (not cancellations), newest last: for the dashboard.</summary>
+    internal IReadOnlyList<RecentFailure> RecentFailures() => [.. _recentFailures];
+
     private void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error, TimeSpan latency, bool billed)
     {
         Interlocked.Increment(ref _total);
+        if (error is not null and not OperationCanceledException)
+        {
+            var (status, e, _) = OpenAIErrorMapping.Map(error);
+            _recentFailures.Enqueue(new RecentFailure(_time.GetUtcNow(), item.RequestId, item.Request.Model, status, e.Code ?? e.Type ?? "error", Providers.SecretRedactor.RedactAndTrim(e.Message, 160)));
+            while (_recentFailures.Count > 20 && _recentFailures.TryDequeue(out _))
+            {
+            }
+        }
+
         var info = response?.Gateway;
 
         // Only the request that made the upstream call is charged its usage and cost (docs/metrics.md, "accounting"):
@@ -204,3 +218,6 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
     }
 
 }
+
+/// <summary>A failed request, as the dashboard lists it.</summary>
+internal sealed record RecentFailure(DateTimeOffset Time, string RequestId, string Model, int Status, string Code, string Message);

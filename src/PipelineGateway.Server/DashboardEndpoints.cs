@@ -1,0 +1,95 @@
+using System.Globalization;
+using System.Reflection;
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+using PipelineGateway.Metrics;
+
+namespace PipelineGateway.Server;
+
+/// <summary>
+/// <c>/dashboard</c>: one page (embedded in this assembly, no file fetched from anywhere) that draws itself from
+/// <c>/dashboard/events</c>, a server-sent event every second carrying the metrics snapshot (the same JSON as
+/// <c>/v1/gateway/metrics</c>), the budgets' spend per key and the most recent failures.
+/// </summary>
+internal static class DashboardEndpoints
+{
+    private static readonly byte[] Page = Load();
+
+    private static byte[] Load()
+    {
+        using var stream = Assembly.GetExecutingAssembly().GetManifestResourceStream("dashboard.html")
+            ?? throw new InvalidOperationException("The dashboard page is missing from this build.");
+        using var copy = new MemoryStream();
+        stream.CopyTo(copy);
+        return copy.ToArray();
+    }
+
+    public static async Task PageAsync(HttpContext ctx)
+    {
+        ctx.Response.ContentType = "text/html; charset=utf-8";
+        ctx.Response.Headers.CacheControl = "no-store";
+        // Nothing leaves this origin: the page's script and style are inline, its data comes from /dashboard/events.
+        ctx.Response.Headers.ContentSecurityPolicy = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:";
+        await ctx.Response.Body.WriteAsync(Page, ctx.RequestAborted);
+    }
+
+    public static async Task EventsAsync(HttpContext ctx, IGatewayMetrics metrics, GatewayMetrics own, Cost.BudgetTracker budgets, TimeProvider time)
+    {
+        ctx.Response.ContentType = "text/event-stream";
+        ctx.Response.Headers.CacheControl = "no-cache";
+        ctx.Response.Headers["x-accel-buffering"] = "no";
+        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1), time);
+        try
+        {
+            do
+            {
+                await using (var buffer = new MemoryStream())
+                {
+                    await using (var w = new Utf8JsonWriter(buffer))
+                    {
+                        w.WriteStartObject();
+                        w.WriteString("time", time.GetUtcNow().UtcDateTime.ToString("O", CultureInfo.InvariantCulture));
+                        w.WritePropertyName("metrics");
+                        JsonSerializer.Serialize(w, metrics.GetSnapshot(), GatewayJsonContext.Default.GatewayMetricsSnapshot);
+                        w.WriteStartArray("budgets");
+                        foreach (var (name, (spent, reserved)) in budgets.Balances())
+                        {
+                            w.WriteStartObject();
+                            w.WriteString("budget", name);
+                            w.WriteNumber("spent_usd", spent);
+                            w.WriteNumber("reserved_usd", reserved);
+                            w.WriteEndObject();
+                        }
+
+                        w.WriteEndArray();
+                        w.WriteStartArray("failures");
+                        foreach (var f in own.RecentFailures())
+                        {
+                            w.WriteStartObject();
+                            w.WriteString("time", f.Time.UtcDateTime.ToString("O", CultureInfo.InvariantCulture));
+                            w.WriteString("request_id", f.RequestId);
+                            w.WriteString("model", f.Model);
+                            w.WriteNumber("status", f.Status);
+                            w.WriteString("code", f.Code);
+                            w.WriteString("message", f.Message);
+                            w.WriteEndObject();
+                        }
+
+                        w.WriteEndArray();
+                        w.WriteEndObject();
+                    }
+
+                    await ctx.Response.Body.WriteAsync("data: "u8.ToArray(), ctx.RequestAborted);
+                    await ctx.Response.Body.WriteAsync(buffer.GetBuffer().AsMemory(0, (int)buffer.Length), ctx.RequestAborted);
+                    await ctx.Response.Body.WriteAsync("\n\n"u8.ToArray(), ctx.RequestAborted);
+                    await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
+                }
+            }
+            while (await timer.WaitForNextTickAsync(ctx.RequestAborted));
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            // The browser went away.
+        }
+    }
+}
