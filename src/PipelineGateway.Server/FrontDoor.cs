@@ -14,7 +14,7 @@ internal sealed record GatewayCaller(GatewayKeyOptions? Key, RequestHeaders Head
 /// <item><c>/healthz</c> and <c>/readyz</c> pass, open to all;</item>
 /// <item>a client address with too many failed key checks in the last minute is refused (429, <c>Retry-After</c>);</item>
 /// <item>with keys configured, every other route needs one (401 otherwise, counted as a failure); the admin surface
-/// (<c>/v1/gateway/*</c>, <c>/metrics</c>, <c>/dashboard</c>) needs an admin key (403 otherwise);</item>
+/// (<c>/v1/gateway/*</c>, <c>/metrics</c>, <c>/dashboard/events</c>; the <c>/dashboard</c> page is a data-free shell) needs an admin key (403 otherwise);</item>
 /// <item>a body must be JSON (415 otherwise) and within the size limit (413);</item>
 /// <item>every <c>x-gateway-*</c> header is parsed, a bad one answered 400 naming it.</item>
 /// </list>
