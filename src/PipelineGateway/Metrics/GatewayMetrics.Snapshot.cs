@@ -34,6 +34,9 @@ internal sealed partial class GatewayMetrics
                 CooldownRemainingMs = remaining > TimeSpan.Zero ? Math.Round(remaining.TotalMilliseconds, 3) : 0,
                 LatencyMs = double.IsNaN(latency) ? null : Math.Round(latency, 3),
                 InFlight = state.InFlight,
+                Requests = d.Counters.Attempts,
+                SuccessRate = d.Counters.Attempts == 0 ? 1 : Math.Round((double)d.Counters.Successes / d.Counters.Attempts, 4),
+                TotalCost = d.Counters.Cost,
             };
             if (providers.TryGetValue(d.ProviderName, out var p))
             {

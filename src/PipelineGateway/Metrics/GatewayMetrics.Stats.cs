@@ -100,3 +100,28 @@ internal sealed partial class GatewayMetrics
         };
     }
 }
+
+/// <summary>A deployment's attempts, successes and billed cost (kept on the deployment, written by the metrics only).</summary>
+internal sealed class DeploymentCounters
+{
+    private long _attempts;
+    private long _successes;
+    private long _costNano;
+
+    public long Attempts => Interlocked.Read(ref _attempts);
+
+    public long Successes => Interlocked.Read(ref _successes);
+
+    public decimal Cost => Interlocked.Read(ref _costNano) / 1_000_000_000m;
+
+    public void Record(bool success)
+    {
+        Interlocked.Increment(ref _attempts);
+        if (success)
+        {
+            Interlocked.Increment(ref _successes);
+        }
+    }
+
+    public void AddCost(decimal usd) => Interlocked.Add(ref _costNano, (long)decimal.Round(usd * 1_000_000_000m));
+}

@@ -141,6 +141,11 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
     /// <summary>Called by a worker for each attempt it finishes.</summary>
     public void OnAttempt(GatewayAttempt attempt)
     {
+        if (attempt.Outcome != AttemptOutcome.Cancelled)
+        {
+            attempt.Deployment?.Counters.Record(attempt.Outcome == AttemptOutcome.Success);
+        }
+
         if (_providers.TryGetValue(attempt.Provider, out var stats))
         {
             stats.Record(attempt);
@@ -151,6 +156,19 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
     public void OnCompleted(in Completion completion) => OnCompleted(completion.Item, completion.Response, completion.Error, completion.Latency, completion.Billed);
 
     private readonly System.Collections.Concurrent.ConcurrentQueue<RecentFailure> _recentFailures = new();
+
+    private static GatewayAttempt? LastSuccess(IReadOnlyList<GatewayAttempt> attempts)
+    {
+        for (var i = attempts.Count - 1; i >= 0; i--)
+        {
+            if (attempts[i].Outcome == AttemptOutcome.Success)
+            {
+                return attempts[i];
+            }
+        }
+
+        return null;
+    }
 
     /// <summary>The last 20 failures (not cancellations), newest last: for the dashboard.</summary>
     internal IReadOnlyList<RecentFailure> RecentFailures() => [.. _recentFailures];
@@ -175,6 +193,11 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
         var cost = billed ? info!.Cost : 0;
         _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats()).Record(error is null, usage, cost);
         _keys.GetOrAdd(item.Request.Gateway?.RateLimitKey ?? string.Empty, static _ => new ModelStats()).Record(error is null, usage, cost);
+        if (cost != 0 && LastSuccess(info!.Attempts)?.Deployment is { } answered)
+        {
+            answered.Counters.AddCost(cost);
+        }
+
         if (cost != 0 && _providers.TryGetValue(info!.Provider, out var served))
         {
             served.AddCost(cost);

@@ -135,6 +135,15 @@ public sealed class DeploymentHealthSnapshot
     /// <summary>Exponentially weighted latency; null before the first sample.</summary>
     public double? LatencyMs { get; init; }
 
+    /// <summary>Attempts made at this deployment (cancelled hedge legs not counted).</summary>
+    public long Requests { get; init; }
+
+    /// <summary>Share of those attempts that succeeded (1 when none was made).</summary>
+    public double SuccessRate { get; init; }
+
+    /// <summary>What the answers from this deployment cost.</summary>
+    public decimal TotalCost { get; init; }
+
     public int InFlight { get; init; }
 }
 

@@ -6,6 +6,9 @@ namespace PipelineGateway.Routing;
 /// <summary>One provider serving a model group under an upstream model name (resolved at start).</summary>
 public sealed class Deployment
 {
+    /// <summary>Attempts, successes and cost here (for the metrics snapshot and the dashboard).</summary>
+    internal Metrics.DeploymentCounters Counters { get; } = new();
+
     internal Deployment(string group, ProviderWorkerPool pool, string model, int priority, double weight, int index, decimal? inputPrice, decimal? outputPrice, Cost.PricingTable? pricing = null)
     {
         Group = group;

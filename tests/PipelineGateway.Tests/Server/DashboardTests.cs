@@ -97,12 +97,14 @@ public sealed class DashboardTests : IAsyncLifetime
         await Assertions.Expect(page.Locator("#provider-p .success-rate")).ToHaveTextAsync("100.0 %");
         var deployment = page.Locator("tr[id^='dep-'] .health");
         await Assertions.Expect(deployment).ToHaveTextAsync("closed");
+        await Assertions.Expect(page.Locator("tr[id^='dep-'] .success-rate")).ToHaveTextAsync("100.0 %");
 
         // A scripted fault: two failures open the circuit; the badge turns open, the failures are listed.
         _failing = true;
         await Chat(2);
         await Assertions.Expect(deployment).ToHaveTextAsync("open");
         await Assertions.Expect(page.Locator("#failures")).ToContainTextAsync("m");
+        await Assertions.Expect(page.Locator("tr[id^='dep-'] .success-rate")).ToHaveTextAsync("77.8 %"); // 7 of 9 attempts
         // The screenshot in docs/ is this one (PGW_UPDATE_SCREENSHOT=1 writes it there; otherwise a temporary file).
         var shot = Environment.GetEnvironmentVariable("PGW_UPDATE_SCREENSHOT") == "1" ? Path.Combine(RepoDocs(), "dashboard.png") : Path.Combine(Path.GetTempPath(), $"pgw-dashboard-{Guid.NewGuid():N}.png");
         await page.ScreenshotAsync(new PageScreenshotOptions { Path = shot, FullPage = true });
