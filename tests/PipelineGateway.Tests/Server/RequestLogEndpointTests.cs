@@ -134,4 +134,29 @@ public sealed class RequestLogEndpointTests : IAsyncLifetime
         (await Send(HttpMethod.Get, "v1/gateway/spend", Key)).StatusCode.Should().Be(HttpStatusCode.Forbidden);
         (await _http.GetAsync("v1/gateway/logs", Ct)).StatusCode.Should().Be(HttpStatusCode.Unauthorized);
     }
+
+    [Fact]
+    public async Task The_dashboards_data_needs_an_admin_key_and_its_page_holds_none()
+    {
+        var page = await _http.GetAsync("dashboard", Ct);
+        page.StatusCode.Should().Be(HttpStatusCode.OK, "the page is a shell that asks for the key");
+        page.Content.Headers.ContentType!.MediaType.Should().Be("text/html");
+        page.Headers.GetValues("Content-Security-Policy").Single().Should().Contain("default-src 'none'");
+        var html = await page.Content.ReadAsStringAsync(Ct);
+        html.Should().NotContain("src=").And.NotContain("href=").And.NotContain("@import").And.NotContain("url(", "nothing is fetched from anywhere: script and style are inline");
+
+        (await _http.GetAsync("dashboard/events", Ct)).StatusCode.Should().Be(HttpStatusCode.Unauthorized);
+        (await Send(HttpMethod.Get, "dashboard/events", Key)).StatusCode.Should().Be(HttpStatusCode.Forbidden);
+
+        using var request = new HttpRequestMessage(HttpMethod.Get, "dashboard/events");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", AdminKey);
+        using var events = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        events.StatusCode.Should().Be(HttpStatusCode.OK);
+        events.Content.Headers.ContentType!.MediaType.Should().Be("text/event-stream");
+        using var reader = new StreamReader(await events.Content.ReadAsStreamAsync(Ct));
+        var first = await reader.ReadLineAsync(Ct);
+        first.Should().StartWith("data: ");
+        using var doc = JsonDocument.Parse(first!["data: ".Length..]);
+        doc.RootElement.GetProperty("metrics").TryGetProperty("total_requests", out _).Should().BeTrue();
+    }
 }
