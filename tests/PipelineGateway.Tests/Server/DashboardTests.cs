@@ -118,6 +118,23 @@ public sealed class DashboardTests : IAsyncLifetime
         errors.Should().BeEmpty("the page logs no console errors");
     }
 
+    [Fact]
+    public async Task On_a_phone_sized_screen_the_page_fits_its_width_in_one_column()
+    {
+        var (playwright, browser) = await BrowserAsync();
+        using var _ = playwright;
+        await using var __ = browser;
+        var page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 390, Height = 844 }, IsMobile = true, HasTouch = true });
+        await Chat(3);
+        await page.GotoAsync(new Uri(_base, "dashboard").ToString());
+        await Assertions.Expect(page.Locator("#total-requests")).ToHaveTextAsync("3");
+
+        var width = await page.EvaluateAsync<int>("() => document.documentElement.scrollWidth");
+        width.Should().BeLessThanOrEqualTo(390, "nothing runs off the side of the screen (wide tables scroll inside their panel)");
+        var columns = await page.EvaluateAsync<int>("() => new Set([...document.querySelectorAll('main > section:not([hidden])')].map(s => s.getBoundingClientRect().left)).size");
+        columns.Should().Be(1, "the panels stack in one column");
+    }
+
     private async Task<bool> ProbeAsync()
     {
         using var body = new StringContent("""{"model":"m","messages":[{"role":"user","content":"probe"}]}""", Encoding.UTF8, "application/json");
