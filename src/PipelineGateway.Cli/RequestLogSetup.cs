@@ -1,4 +1,3 @@
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Hosting;
 using PipelineGateway.RequestLog;

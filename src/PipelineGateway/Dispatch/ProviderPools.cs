@@ -1,8 +1,5 @@
-using Microsoft.Extensions.Logging;
 using PipelineGateway.Pipeline;
-using PipelineGateway.Providers;
 using PipelineGateway.Routing;
-using PipelineGateway.Routing.Health;
 
 namespace PipelineGateway.Dispatch;
 

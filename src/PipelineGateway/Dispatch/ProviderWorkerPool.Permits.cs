@@ -1,6 +1,4 @@
-using Microsoft.Extensions.Logging;
 using PipelineGateway.Pipeline;
-using PipelineGateway.Providers;
 using PipelineGateway.Routing;
 using PipelineGateway.Routing.Health;
 

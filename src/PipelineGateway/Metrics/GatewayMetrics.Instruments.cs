@@ -1,7 +1,5 @@
 using System.Collections.Frozen;
-using PipelineGateway.Dispatch;
 using PipelineGateway.Pipeline;
-using PipelineGateway.Routing;
 
 namespace PipelineGateway.Metrics;
 

@@ -1,4 +1,3 @@
-using System.Collections.Frozen;
 using PipelineGateway.Dispatch;
 using PipelineGateway.Pipeline;
 using PipelineGateway.Routing;

@@ -1,6 +1,4 @@
-using System.Collections.Frozen;
 using PipelineGateway.Dispatch;
-using PipelineGateway.Pipeline;
 using PipelineGateway.Routing;
 
 namespace PipelineGateway.Metrics;

@@ -5,7 +5,6 @@ using PipelineGateway.Caching;
 using PipelineGateway.Dispatch;
 using PipelineGateway.Hosting;
 using PipelineGateway.Metrics;
-using PipelineGateway.Routing;
 
 namespace PipelineGateway.Pipeline;
 

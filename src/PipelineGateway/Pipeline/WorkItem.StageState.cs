@@ -1,4 +1,3 @@
-using System.Threading.Channels;
 using System.Threading.Tasks.Sources;
 using PipelineGateway.Providers;
 using PipelineGateway.Routing;

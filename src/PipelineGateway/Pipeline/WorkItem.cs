@@ -1,6 +1,5 @@
 using System.Threading.Channels;
 using System.Threading.Tasks.Sources;
-using PipelineGateway.Providers;
 using PipelineGateway.Routing;
 
 namespace PipelineGateway.Pipeline;

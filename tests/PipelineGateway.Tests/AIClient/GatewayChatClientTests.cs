@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Runtime.CompilerServices;
 using System.Text.Json;
 using FluentAssertions;
 using Microsoft.Extensions.AI;
@@ -161,7 +160,8 @@ public sealed class GatewayChatClientTests
     [Fact]
     public async Task Gateway_failures_surface_typed_and_cancellation_as_an_operation_cancelled_exception()
     {
-        var provider = new FakeProvider("p") { OnComplete = async (r, ct) => { await Task.Delay(Timeout.Infinite, ct); return FakeProvider.Answer(r.Model, "never"); } };
+        var never = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // never set: the call ends only by cancellation
+        var provider = FakeProvider.Gated("p", never);
         await using var gateway = await TestGateway.With(provider).StartAsync(Ct);
         var client = gateway.AsChatClient("m");
 

@@ -210,6 +210,15 @@ public sealed class RequestLogTests : IDisposable
         return true;
     }
 
+    private static void MakeReadOnlyOrSkip(string[] files)
+    {
+        if (!Immutable(true, files))
+        {
+            Immutable(false, files);
+            Assert.Skip("chattr +i is not available on this file system (it makes a file read-only for root too).");
+        }
+    }
+
     [Fact]
     public async Task A_read_only_database_never_stops_the_gateway_and_its_rows_are_written_once_it_is_writable_again()
     {
@@ -222,11 +231,7 @@ public sealed class RequestLogTests : IDisposable
         await writer.FlushAsync(Ct);
 
         var files = new[] { Db, Db + "-wal", Db + "-shm" };
-        if (!Immutable(true, files))
-        {
-            Immutable(false, files);
-            Assert.Skip("chattr +i is not available on this file system (it makes a file read-only for root too).");
-        }
+        MakeReadOnlyOrSkip(files);
 
         try
         {
@@ -258,11 +263,7 @@ public sealed class RequestLogTests : IDisposable
 
         SqliteConnection.ClearAllPools();
         var files = new[] { Db, Db + "-wal", Db + "-shm", Path.GetDirectoryName(Db)! };
-        if (!Immutable(true, files))
-        {
-            Immutable(false, files);
-            Assert.Skip("chattr +i is not available on this file system (it makes a file read-only for root too).");
-        }
+        MakeReadOnlyOrSkip(files);
 
         try
         {

@@ -6,10 +6,10 @@ using System.Text.Json.Nodes;
 using CsCheck;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
 using PipelineGateway.Providers.Anthropic;
 using PipelineGateway.Server;
 using PipelineGateway.Simulator;
+using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
 
@@ -41,13 +41,8 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
         // Three ways to an answer: in-process, over HTTP as OpenAI, over HTTP as Anthropic (the translators run too).
         _sim = await SimulatorServer.StartAsync(new SimulatorOptions(), cancellationToken: Ct);
         Environment.SetEnvironmentVariable("PGW_TEST_FUZZ_ANTHROPIC_KEY", "sk-ant-fuzz-upstream-key");
-        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        var config = TestServerConfig.Simulated(new Dictionary<string, string?>
         {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "Simulated",
-            ["Gateway:Providers:0:Simulated:LatencyMs"] = "0",
-            ["Gateway:Models:0:Name"] = "gpt-4o-mini",
-            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
             ["Gateway:Providers:1:Name"] = "sim-http",
             ["Gateway:Providers:1:Type"] = "OpenAICompatible",
             ["Gateway:Providers:1:BaseUrl"] = new Uri(_sim.BaseAddress, "v1").ToString(),
@@ -66,7 +61,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
             ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
             ["Gateway:Server:MaxAuthFailuresPerMinute"] = "1000000",
             ["Gateway:Server:MaxRequestBodyBytes"] = "65536",
-        }).Build();
+        });
         _app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { });
         var root = await GatewayServer.StartAsync(_app, Ct);
 

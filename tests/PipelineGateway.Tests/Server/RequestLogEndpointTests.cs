@@ -6,7 +6,6 @@ using System.Text.Json;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Data.Sqlite;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Hosting;
 using PipelineGateway.Server;
@@ -28,20 +27,15 @@ public sealed class RequestLogEndpointTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        var config = TestServerConfig.Simulated(new Dictionary<string, string?>
         {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "Simulated",
-            ["Gateway:Providers:0:Simulated:LatencyMs"] = "0",
-            ["Gateway:Models:0:Name"] = "gpt-4o-mini",
-            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
             ["Gateway:Server:Keys:0:Id"] = "team-a",
             ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
             ["Gateway:Server:Keys:1:Id"] = "ops",
             ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(AdminKey),
             ["Gateway:Server:Keys:1:Admin"] = "true",
             ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
-        }).Build();
+        });
         _app = GatewayServer.Build(config, "http://127.0.0.1:0", l => { }, s => s.AddPipelineGateway().AddSqliteRequestLog());
         _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct) };
     }

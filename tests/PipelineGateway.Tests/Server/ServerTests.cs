@@ -33,13 +33,8 @@ public sealed class ServerTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        var config = TestServerConfig.Simulated(new Dictionary<string, string?>
         {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "Simulated",
-            ["Gateway:Providers:0:Simulated:LatencyMs"] = "0",
-            ["Gateway:Models:0:Name"] = "gpt-4o-mini",
-            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
             ["Gateway:Models:1:Name"] = "restricted",
             ["Gateway:Models:1:Deployments:0:Provider"] = "sim",
             ["Gateway:Admission:RateLimits:0:Limit"] = "1000",
@@ -63,7 +58,7 @@ public sealed class ServerTests : IAsyncLifetime
             ["Gateway:Server:Keys:2:Id"] = "ops",
             ["Gateway:Server:Keys:2:Sha256"] = GatewayKeys.Hash(AdminKey),
             ["Gateway:Server:Keys:2:Admin"] = "true",
-        }).Build();
+        });
         _app = GatewayServer.Build(config, "http://127.0.0.1:0", l => l.AddProvider(_logs));
         Base = await GatewayServer.StartAsync(_app, Ct);
         Http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key);

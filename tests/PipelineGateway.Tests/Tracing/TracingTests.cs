@@ -13,6 +13,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Metrics;
 using PipelineGateway.Server;
+using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Tracing;
 
@@ -180,16 +181,11 @@ public sealed class OtlpExportTests
         await receiver.StartAsync(Ct);
         var receiverAddress = receiver.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
 
-        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        var config = TestServerConfig.Simulated(new Dictionary<string, string?>
         {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "Simulated",
-            ["Gateway:Providers:0:Simulated:LatencyMs"] = "0",
-            ["Gateway:Models:0:Name"] = "gpt-4o-mini",
-            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
             ["Gateway:Telemetry:OtlpEndpoint"] = receiverAddress,
             ["Gateway:Telemetry:OtlpProtocol"] = "http",
-        }).Build();
+        });
         await using (var gateway = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }))
         {
             using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(gateway, Ct) };
