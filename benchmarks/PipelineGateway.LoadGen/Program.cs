@@ -16,8 +16,13 @@ using System.Text;
 //
 // Usage: pgw-loadgen URL --rate N --seconds S [--connections C] [--body JSON] [--warmup S]
 // Prints one line: rate, sent, ok, errors, achieved rate, p50 / p90 / p99 / max latency in ms.
+// Streaming mode: pgw-loadgen URL --streams N --seconds S [--warmup S] (see StreamLoad).
 var options = ParseArgs(args);
 var url = new Uri(options.Url);
+if (options.Streams > 0)
+{
+    return await StreamLoad.RunAsync(url, options.Streams, options.Seconds, options.WarmupSeconds);
+}
 var body = Encoding.UTF8.GetBytes(options.Body);
 
 using var handler = new SocketsHttpHandler
@@ -98,7 +103,7 @@ static Options ParseArgs(string[] args)
 {
     if (args.Length == 0 || args[0].StartsWith('-'))
     {
-        throw new ArgumentException("Usage: pgw-loadgen URL --rate N --seconds S [--connections C] [--body JSON] [--warmup S]");
+        throw new ArgumentException("Usage: pgw-loadgen URL --rate N --seconds S [--connections C] [--body JSON] [--warmup S] | URL --streams N --seconds S [--warmup S]");
     }
 
     var o = new Options { Url = args[0] };
@@ -112,6 +117,7 @@ static Options ParseArgs(string[] args)
             "--connections" => o with { Connections = int.Parse(v, CultureInfo.InvariantCulture) },
             "--body" => o with { Body = v },
             "--warmup" => o with { WarmupSeconds = double.Parse(v, CultureInfo.InvariantCulture) },
+            "--streams" => o with { Streams = int.Parse(v, CultureInfo.InvariantCulture) },
             _ => throw new ArgumentException($"Unknown option {args[i]}"),
         };
     }
@@ -130,6 +136,8 @@ internal sealed record Options
     public int Connections { get; init; } = 64;
 
     public double WarmupSeconds { get; init; } = 2;
+
+    public int Streams { get; init; }
 
     public string Body { get; init; } = """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello from the load test"}],"max_tokens":16}""";
 }

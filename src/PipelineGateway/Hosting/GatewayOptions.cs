@@ -106,6 +106,13 @@ public sealed class PipelineOptions
 
     /// <summary>The retry-after suggested to callers refused because the queue is full.</summary>
     public TimeSpan QueueFullRetryAfter { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// A request written to an idle stage whose channel is empty is handled by that stage on the writer's thread
+    /// instead of waking the stage's loop (one thread-pool hand-off fewer per stage; the admission, cache and router
+    /// handlers never wait). Busy stages queue as before. Off: every request crosses every channel (for comparison).
+    /// </summary>
+    public bool PassThroughIdleStages { get; set; } = true;
 }
 
 /// <summary>One provider: a backend with its own worker pool.</summary>

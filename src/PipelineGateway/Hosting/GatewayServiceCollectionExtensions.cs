@@ -124,20 +124,26 @@ public static class GatewayServiceCollectionExtensions
         // The request log's writer starts first (the log is ready, budgets restored) and stops last (after the drain,
         // so every answered request is written).
         services.AddHostedService(sp => sp.GetRequiredService<RequestLog.RequestLogWriter>());
-        services.AddHostedService(sp => Stage<DeadLetterStage>(sp, c => c.DeadLetter.Reader, c => c.Routing.Writer));
+        services.AddHostedService(sp => Stage<DeadLetterStage>(sp, c => c.DeadLetter, c => c.Routing.Writer));
         services.AddHostedService<ProviderWorkers>();
-        services.AddHostedService(sp => Stage<RouterStage>(sp, c => c.Routing.Reader, c => c.Routing.Writer));
-        services.AddHostedService(sp => Stage<CacheStage>(sp, c => c.CacheLookup.Reader, c => c.Routing.Writer));
-        services.AddHostedService(sp => ActivatorUtilities.CreateInstance<AdmissionStage>(sp, sp.GetRequiredService<PipelineChannels>().Admission.Reader));
+        services.AddHostedService(sp => Stage<RouterStage>(sp, c => c.Routing, c => c.Routing.Writer));
+        services.AddHostedService(sp => Stage<CacheStage>(sp, c => c.CacheLookup, c => c.Routing.Writer));
+        services.AddHostedService(sp => Stage<AdmissionStage>(sp, c => c.Admission, next: null));
         services.AddHostedService<PipelineLifetime>();
         return registration;
     }
 
-    private static TStage Stage<TStage>(IServiceProvider sp, Func<PipelineChannels, System.Threading.Channels.ChannelReader<WorkItem>> input, Func<PipelineChannels, System.Threading.Channels.ChannelWriter<WorkItem>> next)
+    /// <summary>A stage over its input channel (which may hand it writes directly, see StageChannel) and the writer it feeds.</summary>
+    private static TStage Stage<TStage>(IServiceProvider sp, Func<PipelineChannels, StageChannel> input, Func<PipelineChannels, System.Threading.Channels.ChannelWriter<WorkItem>>? next)
         where TStage : PipelineStage
     {
         var channels = sp.GetRequiredService<PipelineChannels>();
-        return ActivatorUtilities.CreateInstance<TStage>(sp, input(channels), next(channels));
+        var channel = input(channels);
+        var stage = next is null
+            ? ActivatorUtilities.CreateInstance<TStage>(sp, channel.Reader)
+            : ActivatorUtilities.CreateInstance<TStage>(sp, channel.Reader, next(channels));
+        channel.Attach(stage);
+        return stage;
     }
 
     private static GatewayRegistration Registration(IServiceCollection services) =>

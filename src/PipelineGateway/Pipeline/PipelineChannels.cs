@@ -18,30 +18,32 @@ internal sealed class PipelineChannels
 
         // The admission gate lets at most AdmissionQueueCapacity requests in before they hold a slot, so the
         // admission channel can never be full when written to.
-        Admission = Channel.CreateBounded<WorkItem>(Bounded(p.AdmissionQueueCapacity));
+        Admission = new StageChannel(Bounded(p.AdmissionQueueCapacity), p.PassThroughIdleStages);
 
         // Deadlock freedom: at most MaxInFlight items exist past admission (each holds a slot until it is retired).
         // The cache, router and dead-letter channels hold MaxInFlight each, so a write to them can never find them
         // full: every stage uses TryWrite and never waits, which also breaks the router → provider queue →
         // dead-letter → router cycle.
-        CacheLookup = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight));
-        Routing = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight));
-        DeadLetter = Channel.CreateBounded<WorkItem>(Bounded(MaxInFlight));
+        // A write may be handled by an idle reading stage on the writer's thread (StageChannel): it then never
+        // enters the channel, so the argument only gets stronger.
+        CacheLookup = new StageChannel(Bounded(MaxInFlight), p.PassThroughIdleStages);
+        Routing = new StageChannel(Bounded(MaxInFlight), p.PassThroughIdleStages);
+        DeadLetter = new StageChannel(Bounded(MaxInFlight), p.PassThroughIdleStages);
     }
 
     public int MaxInFlight { get; }
 
     /// <summary>Submitted requests, read by the admission stage.</summary>
-    public Channel<WorkItem> Admission { get; }
+    public StageChannel Admission { get; }
 
     /// <summary>Requests holding a slot, read by the cache stage.</summary>
-    public Channel<WorkItem> CacheLookup { get; }
+    public StageChannel CacheLookup { get; }
 
     /// <summary>Requests to place at a provider (cache misses, retries, fallbacks), read by the router.</summary>
-    public Channel<WorkItem> Routing { get; }
+    public StageChannel Routing { get; }
 
     /// <summary>Failed attempts, read by the dead-letter stage.</summary>
-    public Channel<WorkItem> DeadLetter { get; }
+    public StageChannel DeadLetter { get; }
 
     private static BoundedChannelOptions Bounded(int capacity) => new(capacity)
     {

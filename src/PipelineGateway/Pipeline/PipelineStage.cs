@@ -17,6 +17,15 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
     private readonly ChannelReader<WorkItem> _input;
     private Task _loop = Task.CompletedTask;
 
+    /// <summary>How many stages one thread may handle inline, nested (admission → cache → router is three).</summary>
+    private const int MaxInlineDepth = 4;
+
+    [ThreadStatic]
+    private static int t_inlineDepth;
+
+    private int _owner; // 1 while the loop or a writer handles items: the stage's state has one owner at a time
+    private volatile bool _running;
+
     protected PipelineStage(ChannelReader<WorkItem> input, GatewayPipeline pipeline, ILogger logger)
     {
         _input = input;
@@ -39,12 +48,14 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
     public virtual Task StartAsync(CancellationToken cancellationToken)
     {
         _loop = Task.Run(() => RunAsync(_stop.Token), CancellationToken.None);
+        _running = true;
         return Task.CompletedTask;
     }
 
     public virtual async Task StopAsync(CancellationToken cancellationToken)
     {
         // Stages stop after admission has drained the pipeline (hosted services stop in reverse order).
+        _running = false;
         await _stop.CancelAsync().ConfigureAwait(false);
         await _loop.WaitAsync(cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
     }
@@ -56,35 +67,122 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
         {
             while (await reader.WaitToReadAsync(stopping).ConfigureAwait(false))
             {
-                while (reader.TryRead(out var item))
+                // The loop owns the stage while it drains its channel; a writer finding the stage owned queues.
+                Acquire();
+                try
                 {
-                    if (item.IsCompleted)
+                    while (reader.TryRead(out var item))
                     {
-                        // Ended while it waited in this stage's channel (its caller, its deadline): nothing to do
-                        // but let go of it — here, once, for every stage.
-                        Pipeline.Retire(item);
-                        continue;
+                        await ProcessAsync(item, stopping).ConfigureAwait(false);
                     }
-
-                    try
-                    {
-                        await HandleAsync(item, stopping).ConfigureAwait(false);
-                    }
-                    catch (OperationCanceledException) when (stopping.IsCancellationRequested)
-                    {
-                        Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway shut down before the request completed."));
-                        throw;
-                    }
-                    catch (Exception ex)
-                    {
-                        LogHandlerFailed(Logger, ex, StageName);
-                        Pipeline.FailAndRetire(item, new GatewayUnavailableException($"The gateway's {StageName} stage failed while handling the request."));
-                    }
+                }
+                finally
+                {
+                    Volatile.Write(ref _owner, 0);
                 }
             }
         }
         catch (OperationCanceledException) when (stopping.IsCancellationRequested)
         {
+        }
+    }
+
+    private async ValueTask ProcessAsync(WorkItem item, CancellationToken stopping)
+    {
+        if (item.IsCompleted)
+        {
+            // Ended while it waited in this stage's channel (its caller, its deadline): nothing to do
+            // but let go of it — here, once, for every stage.
+            Pipeline.Retire(item);
+            return;
+        }
+
+        try
+        {
+            await HandleAsync(item, stopping).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+            Pipeline.FailAndRetire(item, new GatewayUnavailableException("The gateway shut down before the request completed."));
+            throw;
+        }
+        catch (Exception ex)
+        {
+            LogHandlerFailed(Logger, ex, StageName);
+            Pipeline.FailAndRetire(item, new GatewayUnavailableException($"The gateway's {StageName} stage failed while handling the request."));
+        }
+    }
+
+    /// <summary>
+    /// Handles <paramref name="item"/> on the calling thread, as the loop would have, when the stage is running, idle
+    /// (nobody owns it) and its channel empty; false otherwise (the caller queues it). Taking ownership before looking
+    /// at the channel is what keeps the order: the loop takes ownership before it reads, so while a writer owns the
+    /// stage no item is in the loop's hands, and one already queued is seen by the second look and goes first.
+    /// Nesting is bounded per thread (<see cref="MaxInlineDepth"/>): a stage handled inline may hand on to the next, or
+    /// retire an item whose slot goes to a waiting request, but a run of those never deepens the stack without limit.
+    /// </summary>
+    internal bool TryHandleInline(WorkItem item)
+    {
+        if (!_running || t_inlineDepth >= MaxInlineDepth || _input.Count != 0 || Interlocked.CompareExchange(ref _owner, 1, 0) != 0)
+        {
+            return false;
+        }
+
+        t_inlineDepth++;
+        try
+        {
+            if (_input.Count != 0 || !_running)
+            {
+                Volatile.Write(ref _owner, 0);
+                return false;
+            }
+
+            var handled = ProcessAsync(item, _stop.Token);
+            if (!handled.IsCompletedSuccessfully)
+            {
+                // Only a handler that finishes at once runs inline (every stage's does: waiting is always a callback);
+                // one that did not keeps the stage owned until it is done, as the loop would have.
+                _ = ReleaseWhenDoneAsync(handled);
+                return true;
+            }
+
+            Volatile.Write(ref _owner, 0);
+            return true;
+        }
+        catch
+        {
+            Volatile.Write(ref _owner, 0);
+            throw;
+        }
+        finally
+        {
+            t_inlineDepth--;
+        }
+    }
+
+    private async Task ReleaseWhenDoneAsync(ValueTask handled)
+    {
+        try
+        {
+            await handled.ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // Stopping: the item was failed by ProcessAsync.
+        }
+        finally
+        {
+            Volatile.Write(ref _owner, 0);
+        }
+    }
+
+    /// <summary>Waits for a writer handling an item inline (a few microseconds at most) to let go of the stage.</summary>
+    private void Acquire()
+    {
+        var spin = default(SpinWait);
+        while (Interlocked.CompareExchange(ref _owner, 1, 0) != 0)
+        {
+            spin.SpinOnce();
         }
     }
 

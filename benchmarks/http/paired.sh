@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Two front processes over one simulator, saturated AT THE SAME TIME by two wrk runs (CONNECTIONS each), so whatever
+# disturbs this shared VM during a round disturbs both alike: rounds taken one after the other differ by up to ±15 µs
+# of CPU per request on this host, more than most changes (docs/benchmarks.md). Each round prints both processes' CPU
+# per request (from /proc/PID/stat), requests served and the difference; the results are the medians of the rounds'
+# differences and ratios. Everything binds to 127.0.0.1; every run is bounded by its duration.
+#
+#   PAIR=yarp         the gateway as shipped (request log on)  vs  a plain YARP proxy (pgw-yarp)   — issue 21's floor
+#   PAIR=passthrough  the gateway as shipped                   vs  the same with Pipeline:PassThroughIdleStages off
+#   PAIR=log          the gateway as shipped                   vs  the same with --no-log           — issue 22's cost
+#
+# Usage: [PAIR=yarp] [ROUNDS=9] [CONNECTIONS=32] [WARMUP=40] benchmarks/http/paired.sh [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${1:-10}"
+PAIR="${PAIR:-yarp}"
+ROUNDS="${ROUNDS:-9}"
+CONNECTIONS="${CONNECTIONS:-32}"
+WARMUP="${WARMUP:-40}" # tiered compilation of the gateway's code under load settles after ~30 s (dotnet-counters)
+SIM_PORT=18201 A_PORT=18202 B_PORT=18203
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+dotnet build -c Release src/PipelineGateway.Cli >/dev/null
+dotnet build -c Release benchmarks/PipelineGateway.YarpProxy >/dev/null
+PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
+YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
+. benchmarks/http/common.sh
+require_free_ports $SIM_PORT $A_PORT $B_PORT
+ulimit -n 65536 2>/dev/null || true
+CFG=$(mktemp); LOG_DIR=$(mktemp -d)
+sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" "${CONFIG:-benchmarks/http/gateway-over-simulator.json}" >"$CFG"
+
+"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & SIM=$!
+PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG" >/dev/null 2>&1 & A=$!
+A_NAME="gateway"
+case "$PAIR" in
+  yarp) "$YARP" --urls "http://127.0.0.1:$B_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & B=$!; B_NAME="YARP";;
+  passthrough) PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" PGW_Gateway__Pipeline__PassThroughIdleStages=false \
+      "$PGW" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" >/dev/null 2>&1 & B=$!; B_NAME="no pass-through";;
+  log) "$PGW" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" --no-log >/dev/null 2>&1 & B=$!; A_NAME="with the log"; B_NAME="--no-log";;
+  *) echo "PAIR is yarp, passthrough or log" >&2; exit 2;;
+esac
+OUT_A=$(mktemp); OUT_B=$(mktemp)
+trap 'kill $SIM $A $B 2>/dev/null; wait 2>/dev/null; rm -rf "$CFG" "$OUT_A" "$OUT_B" "$LOG_DIR"' EXIT
+wait_for_servers "$SIM_PORT $A_PORT $B_PORT" "$SIM $A $B"
+URL_A="http://127.0.0.1:$A_PORT/v1/chat/completions"
+URL_B="http://127.0.0.1:$B_PORT/v1/chat/completions"
+
+load_both() { # seconds: both loaded at once, each by its own wrk
+  wrk -t1 -c"$CONNECTIONS" -d"$1s" --timeout 30s -s benchmarks/http/post-chat.lua "$URL_A" >"$OUT_A" & local w1=$!
+  wrk -t1 -c"$CONNECTIONS" -d"$1s" --timeout 30s -s benchmarks/http/post-chat.lua "$URL_B" >"$OUT_B" & local w2=$!
+  wait $w1 $w2
+}
+echo "$A_NAME vs $B_NAME: warm-up (both at once, $WARMUP s)"
+load_both "$WARMUP"
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
+requests() { awk '/requests in/ {print $1}' "$1"; }
+errors() { grep -E 'Non-2xx|Socket errors' "$1" | tr -s ' ' | tr '\n' ' ' || true; }
+DIFFS="" RATIOS="" SERVED="" CA_ALL="" CB_ALL=""
+for round in $(seq 1 "$ROUNDS"); do
+  a0=$(ticks $A); b0=$(ticks $B)
+  load_both "$DURATION"
+  a1=$(ticks $A); b1=$(ticks $B)
+  ra=$(requests "$OUT_A"); rb=$(requests "$OUT_B")
+  read -r ca cb d r s <<<"$(awk -v da=$((a1 - a0)) -v db=$((b1 - b0)) -v ra="$ra" -v rb="$rb" -v t=$TICK_US \
+    'BEGIN {ca = da * t / ra; cb = db * t / rb; printf "%.1f %.1f %.1f %.3f %.3f", ca, cb, ca - cb, ca / cb, ra / rb}')"
+  CA_ALL+="$ca "; CB_ALL+="$cb "; DIFFS+="$d "; RATIOS+="$r "; SERVED+="$s "
+  printf '  round %s  %s %6s us/request (%s requests)   %s %6s us/request (%s requests)   %+.1f us, %.2fx CPU, %.2fx served %s%s\n' \
+    "$round" "$A_NAME" "$ca" "$ra" "$B_NAME" "$cb" "$rb" "$d" "$r" "$s" "$(errors "$OUT_A")" "$(errors "$OUT_B")"
+done
+printf '%s vs %s, %s connections each, %s rounds of %s s: %+.1f us CPU per request (median of the rounds'"'"' differences), %sx its CPU per request, %sx its requests served (medians of the rounds'"'"' ratios); medians %s and %s us\n' \
+  "$A_NAME" "$B_NAME" "$CONNECTIONS" "$ROUNDS" "$DURATION" "$(median <<<"$DIFFS")" "$(median <<<"$RATIOS")" "$(median <<<"$SERVED")" \
+  "$(median <<<"$CA_ALL")" "$(median <<<"$CB_ALL")"
+echo "peak RSS: $A_NAME $(awk '/VmHWM/ {printf "%d", $2 / 1024}' /proc/$A/status) MiB, $B_NAME $(awk '/VmHWM/ {printf "%d", $2 / 1024}' /proc/$B/status) MiB"
