@@ -83,7 +83,7 @@ public class AdapterBenchmarks
     [Benchmark]
     public async Task<int> Anthropic_Whole() => (await _anthropic.CompleteAsync(_request, CancellationToken.None)).Choices.Count;
 
-    private sealed class CannedHandler(string body) : HttpMessageHandler
+    internal sealed class CannedHandler(string body) : HttpMessageHandler
     {
         private readonly byte[] _body = Encoding.UTF8.GetBytes(body);
 

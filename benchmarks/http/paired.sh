@@ -9,18 +9,23 @@
 #   PAIR=passthrough  the gateway as shipped                   vs  the same with Pipeline:PassThroughIdleStages off
 #   PAIR=log          the gateway as shipped                   vs  the same with --no-log           — issue 22's cost
 #
-# Usage: [PAIR=yarp] [ROUNDS=9] [CONNECTIONS=32] [WARMUP=40] benchmarks/http/paired.sh [seconds]
+# RATE=N loads each at a fixed rate instead (pgw-loadgen, open loop, 64 connections each) and adds both latencies.
+#
+# Usage: [PAIR=yarp] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] benchmarks/http/paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
 PAIR="${PAIR:-yarp}"
 ROUNDS="${ROUNDS:-9}"
 CONNECTIONS="${CONNECTIONS:-32}"
+RATE="${RATE:-}"
 WARMUP="${WARMUP:-40}" # tiered compilation of the gateway's code under load settles after ~30 s (dotnet-counters)
 SIM_PORT=18201 A_PORT=18202 B_PORT=18203
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 dotnet build -c Release src/PipelineGateway.Cli >/dev/null
 dotnet build -c Release benchmarks/PipelineGateway.YarpProxy >/dev/null
+dotnet build -c Release benchmarks/PipelineGateway.LoadGen >/dev/null
+LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
 PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
 YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
 . benchmarks/http/common.sh
@@ -45,7 +50,13 @@ wait_for_servers "$SIM_PORT $A_PORT $B_PORT" "$SIM $A $B"
 URL_A="http://127.0.0.1:$A_PORT/v1/chat/completions"
 URL_B="http://127.0.0.1:$B_PORT/v1/chat/completions"
 
-load_both() { # seconds: both loaded at once, each by its own wrk
+load_both() { # seconds: both loaded at once, each by its own wrk (or pgw-loadgen at RATE)
+  if [ -n "$RATE" ] && [ "$1" = "$DURATION" ]; then
+    "$LOADGEN" "$URL_A" --rate "$RATE" --seconds "$1" --warmup 0 >"$OUT_A" & local l1=$!
+    "$LOADGEN" "$URL_B" --rate "$RATE" --seconds "$1" --warmup 0 >"$OUT_B" & local l2=$!
+    wait $l1 $l2 || true
+    return
+  fi
   wrk -t1 -c"$CONNECTIONS" -d"$1s" --timeout 30s -s benchmarks/http/post-chat.lua "$URL_A" >"$OUT_A" & local w1=$!
   wrk -t1 -c"$CONNECTIONS" -d"$1s" --timeout 30s -s benchmarks/http/post-chat.lua "$URL_B" >"$OUT_B" & local w2=$!
   wait $w1 $w2
@@ -54,8 +65,9 @@ echo "$A_NAME vs $B_NAME: warm-up (both at once, $WARMUP s)"
 load_both "$WARMUP"
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
-requests() { awk '/requests in/ {print $1}' "$1"; }
-errors() { grep -E 'Non-2xx|Socket errors' "$1" | tr -s ' ' | tr '\n' ' ' || true; }
+requests() { if [ -n "$RATE" ]; then sed -E 's/.*sent ([0-9]+),.*/\1/' "$1"; else awk '/requests in/ {print $1}' "$1"; fi; }
+latency() { [ -n "$RATE" ] && sed -E 's/.*(p50 [0-9.]+ ms), p90 [0-9.]+ ms, (p99 [0-9.]+ ms).*/ [\1, \2]/' "$1" || true; }
+errors() { grep -E 'Non-2xx|Socket errors|errors [1-9]' "$1" | tr -s ' ' | tr '\n' ' ' | cut -c1-80 || true; }
 DIFFS="" RATIOS="" SERVED="" CA_ALL="" CB_ALL=""
 for round in $(seq 1 "$ROUNDS"); do
   a0=$(ticks $A); b0=$(ticks $B)
@@ -65,8 +77,8 @@ for round in $(seq 1 "$ROUNDS"); do
   read -r ca cb d r s <<<"$(awk -v da=$((a1 - a0)) -v db=$((b1 - b0)) -v ra="$ra" -v rb="$rb" -v t=$TICK_US \
     'BEGIN {ca = da * t / ra; cb = db * t / rb; printf "%.1f %.1f %.1f %.3f %.3f", ca, cb, ca - cb, ca / cb, ra / rb}')"
   CA_ALL+="$ca "; CB_ALL+="$cb "; DIFFS+="$d "; RATIOS+="$r "; SERVED+="$s "
-  printf '  round %s  %s %6s us/request (%s requests)   %s %6s us/request (%s requests)   %+.1f us, %.2fx CPU, %.2fx served %s%s\n' \
-    "$round" "$A_NAME" "$ca" "$ra" "$B_NAME" "$cb" "$rb" "$d" "$r" "$s" "$(errors "$OUT_A")" "$(errors "$OUT_B")"
+  printf '  round %s  %s %6s us/request (%s requests%s)   %s %6s us/request (%s requests%s)   %+.1f us, %.2fx CPU, %.2fx served %s%s\n' \
+    "$round" "$A_NAME" "$ca" "$ra" "$(latency "$OUT_A")" "$B_NAME" "$cb" "$rb" "$(latency "$OUT_B")" "$d" "$r" "$s" "$(errors "$OUT_A")" "$(errors "$OUT_B")"
 done
 printf '%s vs %s, %s connections each, %s rounds of %s s: %+.1f us CPU per request (median of the rounds'"'"' differences), %sx its CPU per request, %sx its requests served (medians of the rounds'"'"' ratios); medians %s and %s us\n' \
   "$A_NAME" "$B_NAME" "$CONNECTIONS" "$ROUNDS" "$DURATION" "$(median <<<"$DIFFS")" "$(median <<<"$RATIOS")" "$(median <<<"$SERVED")" \
