@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
@@ -94,12 +95,14 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         var started = false;
         try
         {
+            using var json = new Utf8JsonWriter(ctx.Response.BodyWriter, new JsonWriterOptions { SkipValidation = true });
             while (true)
             {
-                var next = chunks.MoveNextAsync().AsTask();
+                bool more;
                 if (!started)
                 {
                     // Comment keep-alives until the first token: long-thinking models otherwise trip idle timeouts.
+                    var next = chunks.MoveNextAsync().AsTask();
                     while (await Task.WhenAny(next, Task.Delay(options.StreamKeepAlive, ctx.RequestAborted)) != next)
                     {
                         StartSse(ctx, request, null);
@@ -107,9 +110,15 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                         await ctx.Response.Body.WriteAsync(KeepAlive, ctx.RequestAborted);
                         await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
                     }
+
+                    more = await next;
+                }
+                else
+                {
+                    more = await chunks.MoveNextAsync(); // no task per chunk once the stream runs
                 }
 
-                if (!await next)
+                if (!more)
                 {
                     break;
                 }
@@ -137,7 +146,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                     chunk.Usage = WithCost(usage, final.Cost);
                 }
 
-                await WriteDataAsync(ctx, JsonSerializer.SerializeToUtf8Bytes(chunk, GatewayJsonContext.Default.ChatCompletionChunk));
+                await WriteEventAsync(ctx, json, chunk);
             }
 
             await ctx.Response.Body.WriteAsync(Done, ctx.RequestAborted);
@@ -185,6 +194,21 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         ctx.Response.Headers.CacheControl = "no-cache";
         ctx.Response.Headers["x-accel-buffering"] = "no";
         WriteGatewayHeaders(ctx, request, info, streaming: true);
+    }
+
+    /// <summary>
+    /// One SSE event serialized straight into Kestrel's response pipe and flushed once: no byte array and no separate
+    /// stream writes per chunk (issue 21: a stream's cost is per chunk; measured in docs/benchmarks.md, streaming mode).
+    /// </summary>
+    private static ValueTask<System.IO.Pipelines.FlushResult> WriteEventAsync(HttpContext ctx, Utf8JsonWriter json, ChatCompletionChunk chunk)
+    {
+        var pipe = ctx.Response.BodyWriter;
+        pipe.Write(DataPrefix);
+        json.Reset(pipe);
+        JsonSerializer.Serialize(json, chunk, GatewayJsonContext.Default.ChatCompletionChunk);
+        json.Flush();
+        pipe.Write(EventEnd);
+        return pipe.FlushAsync(ctx.RequestAborted);
     }
 
     private static async Task WriteDataAsync(HttpContext ctx, byte[] json)
