@@ -72,7 +72,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         var started = false;
         try
         {
-            await foreach (var chunk in queue.StreamAsync(request, SubmitMode.FailFast, ctx.RequestAborted))
+            await foreach (var chunk in ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted))
             {
                 if (!started)
                 {

@@ -91,7 +91,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request)
     {
         var includeUsage = request.StreamOptions?.IncludeUsage == true;
-        await using var chunks = queue.StreamAsync(request, SubmitMode.FailFast, ctx.RequestAborted).GetAsyncEnumerator(ctx.RequestAborted);
+        await using var chunks = ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted).GetAsyncEnumerator(ctx.RequestAborted);
         var started = false;
         try
         {

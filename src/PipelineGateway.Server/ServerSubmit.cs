@@ -15,4 +15,10 @@ internal static class ServerSubmit
         queue is GatewayQueue own
             ? own.SubmitAsync(request, SubmitMode.FailFast, inlineSuccessContinuation: true, cancellationToken)
             : queue.SubmitAsync(request, SubmitMode.FailFast, cancellationToken);
+
+    /// <summary>A streamed request, fail-fast, its chunks handed to the endpoint on the worker's thread as they arrive (same reasoning).</summary>
+    public static IAsyncEnumerable<ChatCompletionChunk> StreamAsync(IGatewayQueue queue, ChatCompletionRequest request, CancellationToken cancellationToken) =>
+        queue is GatewayQueue own
+            ? own.StreamAsync(request, SubmitMode.FailFast, inlineChunks: true, cancellationToken)
+            : queue.StreamAsync(request, SubmitMode.FailFast, cancellationToken);
 }

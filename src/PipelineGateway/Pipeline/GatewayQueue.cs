@@ -64,11 +64,23 @@ internal sealed class GatewayQueue(
     public IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, CancellationToken cancellationToken = default) =>
         StreamAsync(request, SubmitMode.Wait, cancellationToken);
 
-    public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, SubmitMode mode, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    public IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, SubmitMode mode, CancellationToken cancellationToken = default) =>
+        StreamAsync(request, mode, inlineChunks: false, cancellationToken);
+
+    /// <summary>
+    /// For a reader whose code is the gateway's own front door (an SSE endpoint): chunks reach it on the provider
+    /// worker's thread (<see cref="WorkItem.DeliverChunksInline"/>). Library callers never get this.
+    /// </summary>
+    internal async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, SubmitMode mode, bool inlineChunks, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         var group = Resolve(request);
         var item = Enter(request, group, stream: true, mode, cancellationToken)
             ?? await WaitAtDoorAsync(request, group, stream: true, mode, cancellationToken).ConfigureAwait(false);
+        if (inlineChunks)
+        {
+            item.DeliverChunksInline();
+        }
+
         Enqueue(item);
 
         var reader = item.Chunks!.Reader;

@@ -27,6 +27,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     private List<GatewayAttempt>? _attempts;
     private int _completed;
     private int _cancelReason;
+    private bool _chunksInline;
 
     public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, TimeProvider time, CancellationToken callerToken, GatewayPipeline? observer = null, long sequence = 0, long? submittedTimestamp = null)
     {
@@ -49,12 +50,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         if (stream)
         {
             // Bounded: a slow reader slows the upstream read instead of buffering the whole answer.
-            Chunks = Channel.CreateBounded<ChatCompletionChunk>(new BoundedChannelOptions(64)
-            {
-                SingleReader = true,
-                SingleWriter = true,
-                FullMode = BoundedChannelFullMode.Wait,
-            });
+            Chunks = ChunkChannel(synchronousContinuations: false);
         }
 
         // Counted before any callback can complete it: a caller token that fires during construction
@@ -98,7 +94,32 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
 
     public bool IsStream => Chunks is not null;
 
-    public Channel<ChatCompletionChunk>? Chunks { get; }
+    public Channel<ChatCompletionChunk>? Chunks { get; private set; }
+
+    /// <summary>
+    /// For a reader whose code is the gateway's own short, non-blocking front door (an SSE endpoint writing each chunk
+    /// into Kestrel's buffer): chunks are handed to it on the worker's thread as they arrive, saving a thread-pool
+    /// hand-off per chunk (issue 21's streaming mode). Called before the item enters the pipeline; a failure still
+    /// reaches the reader on the thread pool (see <see cref="TryFail"/>). Library callers never get this.
+    /// </summary>
+    internal void DeliverChunksInline()
+    {
+        if (Chunks is not null && !IsCompleted)
+        {
+            Chunks = ChunkChannel(synchronousContinuations: true);
+            _chunksInline = true;
+        }
+    }
+
+    // Bounded: a slow reader slows the upstream read instead of buffering the whole answer.
+    private static Channel<ChatCompletionChunk> ChunkChannel(bool synchronousContinuations) =>
+        Channel.CreateBounded<ChatCompletionChunk>(new BoundedChannelOptions(64)
+        {
+            SingleReader = true,
+            SingleWriter = true,
+            FullMode = BoundedChannelFullMode.Wait,
+            AllowSynchronousContinuations = synchronousContinuations,
+        });
 
     /// <summary>Set once the first chunk reached the caller: from then on no fallback is possible.</summary>
     public bool StreamStarted { get; set; }
@@ -166,8 +187,16 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         else
         {
             // The stream reader sees the end of the channel, then rethrows Failure as it is
-            // (a channel completed with an OperationCanceledException would lose its type).
-            Chunks!.Writer.TryComplete();
+            // (a channel completed with an OperationCanceledException would lose its type). A reader taking chunks
+            // inline is resumed on the thread pool here: failures come from stage loops and cancellation callbacks.
+            if (_chunksInline)
+            {
+                ThreadPool.UnsafeQueueUserWorkItem(static c => c.Writer.TryComplete(), Chunks!, preferLocal: false);
+            }
+            else
+            {
+                Chunks!.Writer.TryComplete();
+            }
         }
 
         return true;
