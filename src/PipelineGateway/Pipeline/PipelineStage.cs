@@ -38,6 +38,9 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
 
     protected ILogger Logger { get; }
 
+    /// <summary>The loop or a writer is handling items (for tests).</summary>
+    internal bool IsOwned => Volatile.Read(ref _owner) != 0;
+
     /// <summary>Fires when the stage stops.</summary>
     protected CancellationToken Stopping => _stop.Token;
 
