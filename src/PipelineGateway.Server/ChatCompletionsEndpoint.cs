@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
@@ -14,8 +13,6 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
 {
     private static readonly byte[] Done = "data: [DONE]\n\n"u8.ToArray();
     private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
-    private static readonly byte[] DataPrefix = "data: "u8.ToArray();
-    private static readonly byte[] EventEnd = "\n\n"u8.ToArray();
 
     public async Task HandleAsync(HttpContext ctx)
     {
@@ -146,7 +143,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                     chunk.Usage = WithCost(usage, final.Cost);
                 }
 
-                await WriteEventAsync(ctx, json, chunk);
+                await SseWriter.WriteDataAsync(ctx.Response, json, chunk, GatewayJsonContext.Default.ChatCompletionChunk, ctx.RequestAborted);
             }
 
             await ctx.Response.Body.WriteAsync(Done, ctx.RequestAborted);
@@ -168,7 +165,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
 
             // Output already went out: the error travels in the stream, as OpenAI does.
             var (_, error, _) = OpenAIErrors.Map(ex);
-            await WriteDataAsync(ctx, JsonSerializer.SerializeToUtf8Bytes(new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody));
+            await SseWriter.WriteDataAsync(ctx.Response, JsonSerializer.SerializeToUtf8Bytes(new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody), ctx.RequestAborted);
         }
     }
 
@@ -194,29 +191,6 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         ctx.Response.Headers.CacheControl = "no-cache";
         ctx.Response.Headers["x-accel-buffering"] = "no";
         WriteGatewayHeaders(ctx, request, info, streaming: true);
-    }
-
-    /// <summary>
-    /// One SSE event serialized straight into Kestrel's response pipe and flushed once: no byte array and no separate
-    /// stream writes per chunk (issue 21: a stream's cost is per chunk; measured in docs/benchmarks.md, streaming mode).
-    /// </summary>
-    private static ValueTask<System.IO.Pipelines.FlushResult> WriteEventAsync(HttpContext ctx, Utf8JsonWriter json, ChatCompletionChunk chunk)
-    {
-        var pipe = ctx.Response.BodyWriter;
-        pipe.Write(DataPrefix);
-        json.Reset(pipe);
-        JsonSerializer.Serialize(json, chunk, GatewayJsonContext.Default.ChatCompletionChunk);
-        json.Flush();
-        pipe.Write(EventEnd);
-        return pipe.FlushAsync(ctx.RequestAborted);
-    }
-
-    private static async Task WriteDataAsync(HttpContext ctx, byte[] json)
-    {
-        await ctx.Response.Body.WriteAsync(DataPrefix, ctx.RequestAborted);
-        await ctx.Response.Body.WriteAsync(json, ctx.RequestAborted);
-        await ctx.Response.Body.WriteAsync(EventEnd, ctx.RequestAborted);
-        await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
     }
 
     private void WriteGatewayHeaders(HttpContext ctx, ChatCompletionRequest request, GatewayResponseInfo? info, bool streaming = false)

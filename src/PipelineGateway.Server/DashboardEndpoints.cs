@@ -79,10 +79,7 @@ internal static class DashboardEndpoints
                         w.WriteEndObject();
                     }
 
-                    await ctx.Response.Body.WriteAsync("data: "u8.ToArray(), ctx.RequestAborted);
-                    await ctx.Response.Body.WriteAsync(buffer.GetBuffer().AsMemory(0, (int)buffer.Length), ctx.RequestAborted);
-                    await ctx.Response.Body.WriteAsync("\n\n"u8.ToArray(), ctx.RequestAborted);
-                    await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
+                    await SseWriter.WriteDataAsync(ctx.Response, buffer.GetBuffer().AsSpan(0, (int)buffer.Length), ctx.RequestAborted);
                 }
             }
             while (await timer.WaitForNextTickAsync(ctx.RequestAborted));

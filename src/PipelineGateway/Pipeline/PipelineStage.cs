@@ -120,42 +120,39 @@ internal abstract partial class PipelineStage : IHostedService, IDisposable
     /// Handles <paramref name="item"/> on the calling thread, as the loop would have, when the stage is running, idle
     /// (nobody owns it) and its channel empty; false otherwise (the caller queues it). Taking ownership before looking
     /// at the channel is what keeps the order: the loop takes ownership before it reads, so while a writer owns the
-    /// stage no item is in the loop's hands, and one already queued is seen by the second look and goes first.
+    /// stage no item is in the loop's hands, and one already queued is seen by that look and goes first.
     /// Nesting is bounded per thread (<see cref="MaxInlineDepth"/>): a stage handled inline may hand on to the next, or
     /// retire an item whose slot goes to a waiting request, but a run of those never deepens the stack without limit.
     /// </summary>
     internal bool TryHandleInline(WorkItem item)
     {
-        if (!_running || t_inlineDepth >= MaxInlineDepth || _input.Count != 0 || Interlocked.CompareExchange(ref _owner, 1, 0) != 0)
+        if (!_running || t_inlineDepth >= MaxInlineDepth || Interlocked.CompareExchange(ref _owner, 1, 0) != 0)
         {
+            return false;
+        }
+
+        if (_input.Count != 0)
+        {
+            Volatile.Write(ref _owner, 0);
             return false;
         }
 
         t_inlineDepth++;
         try
         {
-            if (_input.Count != 0 || !_running)
+            var handled = ProcessAsync(item, _stop.Token); // never throws: ProcessAsync is async
+            if (handled.IsCompletedSuccessfully)
             {
                 Volatile.Write(ref _owner, 0);
-                return false;
             }
-
-            var handled = ProcessAsync(item, _stop.Token);
-            if (!handled.IsCompletedSuccessfully)
+            else
             {
                 // Only a handler that finishes at once runs inline (every stage's does: waiting is always a callback);
                 // one that did not keeps the stage owned until it is done, as the loop would have.
                 _ = ReleaseWhenDoneAsync(handled);
-                return true;
             }
 
-            Volatile.Write(ref _owner, 0);
             return true;
-        }
-        catch
-        {
-            Volatile.Write(ref _owner, 0);
-            throw;
         }
         finally
         {
