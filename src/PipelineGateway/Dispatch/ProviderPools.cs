@@ -19,12 +19,20 @@ internal sealed record WorkerServices(
 /// <summary>Room reserved at a provider for a hedge: a concurrency permit held, and the rate limits' charge.</summary>
 internal readonly record struct ProviderReservation(ProviderRateLimiter.Charge? Charge);
 
-/// <summary>Every provider's worker pool, by name.</summary>
-internal sealed class ProviderPools(IReadOnlyList<ProviderWorkerPool> pools)
+/// <summary>Every provider's worker pool, by name; disposes the providers the gateway created (their connection pools).</summary>
+internal sealed class ProviderPools(IReadOnlyList<ProviderWorkerPool> pools, IReadOnlyList<IDisposable>? owned = null) : IDisposable
 {
     private readonly Dictionary<string, ProviderWorkerPool> _byName = pools.ToDictionary(p => p.Name, StringComparer.Ordinal);
 
     public IReadOnlyList<ProviderWorkerPool> All { get; } = pools;
 
     public bool TryGet(string name, out ProviderWorkerPool pool) => _byName.TryGetValue(name, out pool!);
+
+    public void Dispose()
+    {
+        foreach (var provider in owned ?? [])
+        {
+            provider.Dispose();
+        }
+    }
 }

@@ -73,9 +73,6 @@ public static class GatewayServiceCollectionExtensions
         services.AddLogging();
 
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IProviderFactory, SimulatedProviderFactory>());
-        services.AddHttpClient();
-        services.TryAddEnumerable(ServiceDescriptor.Singleton<IConfigureOptions<HttpClientFactoryOptions>, ProviderHttpClients>());
-        services.TryAddEnumerable(ServiceDescriptor.Singleton<IPostConfigureOptions<LoggerFilterOptions>, ProviderClientLogging>());
         foreach (var type in new[] { ProviderTypes.OpenAI, ProviderTypes.OpenAICompatible, ProviderTypes.AzureOpenAI, ProviderTypes.Anthropic })
         {
             services.AddSingleton<IProviderFactory>(new HttpProviderFactory(type));
@@ -167,11 +164,23 @@ public static class GatewayServiceCollectionExtensions
         var time = sp.GetRequiredService<TimeProvider>();
         var health = sp.GetRequiredService<HealthTracker>();
         var pools = new List<ProviderWorkerPool>();
+        var owned = new List<IDisposable>();
         foreach (var o in options.Providers)
         {
-            var provider = custom.Remove(o.Name, out var registered)
-                ? registered
-                : factories[o.Type].Create(o, sp);
+            ILlmProvider provider;
+            if (custom.Remove(o.Name, out var registered))
+            {
+                provider = registered; // the container owns it
+            }
+            else
+            {
+                provider = factories[o.Type].Create(o, sp);
+                if (provider is IDisposable disposable)
+                {
+                    owned.Add(disposable);
+                }
+            }
+
             pools.Add(new ProviderWorkerPool(provider, o.Workers, o.QueueCapacity, logger, options.Fairness, time, health, o.RequestsPerMinute, o.TokensPerMinute));
         }
 
@@ -182,7 +191,7 @@ public static class GatewayServiceCollectionExtensions
             pools.Add(new ProviderWorkerPool(provider, defaults.Workers, defaults.QueueCapacity, logger, options.Fairness, time, health));
         }
 
-        return new ProviderPools(pools);
+        return new ProviderPools(pools, owned);
     }
 
     private static ModelCatalog BuildCatalog(IServiceProvider sp)

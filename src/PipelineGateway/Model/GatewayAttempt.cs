@@ -24,7 +24,8 @@ public enum AttemptOutcome
     Cancelled,
 
     /// <summary>
-    /// The provider refused this deployment itself — its key (401, 403) or its model (404) — not the request: the
+    /// The provider refused this deployment itself — its key (401, 403), its model (404) or its address (a 3xx redirect,
+    /// which the gateway does not follow) — not the request: the
     /// deployment is taken out of rotation for <c>Health:RejectedCooldown</c> and the request goes to another.
     /// </summary>
     DeploymentUnavailable,

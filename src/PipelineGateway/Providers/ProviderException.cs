@@ -46,7 +46,7 @@ public sealed class ProviderException : Exception
     {
         429 => AttemptOutcome.RateLimited,
         408 => AttemptOutcome.Timeout,
-        401 or 403 or 404 => AttemptOutcome.DeploymentUnavailable,
+        401 or 403 or 404 or (>= 300 and < 400) => AttemptOutcome.DeploymentUnavailable, // a 3xx: redirects are not followed
         >= 500 => AttemptOutcome.RetryableError,
         >= 400 => AttemptOutcome.NonRetryableError,
         _ => AttemptOutcome.RetryableError,

@@ -16,6 +16,7 @@ namespace PipelineGateway.Tests.Providers;
 public abstract class ProviderConformanceTests : IAsyncLifetime
 {
     private readonly string _keyVariable = "PGW_TEST_KEY_" + Guid.NewGuid().ToString("N");
+    private readonly List<HttpChatProvider> _created = [];
 
     protected static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -36,6 +37,7 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
     public async ValueTask DisposeAsync()
     {
         Environment.SetEnvironmentVariable(_keyVariable, null);
+        _created.ForEach(p => p.Dispose());
         await Simulator.DisposeAsync();
         GC.SuppressFinalize(this);
     }
@@ -53,7 +55,13 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
         options.ApiKeyEnvironmentVariable = _keyVariable;
         tweak?.Invoke(options);
         var factory = new HttpProviderFactory(options.Type);
-        return (HttpChatProvider)factory.Create(options, new TestHttpClientFactory(options, time ?? TimeProvider.System, r => Sent.Add((r, r.Content?.Headers.ContentLength))), time ?? TimeProvider.System, LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Trace)));
+        var provider = (HttpChatProvider)factory.Create(
+            options,
+            time ?? TimeProvider.System,
+            LoggerFactory.Create(b => b.AddProvider(Logs).SetMinimumLevel(LogLevel.Trace)),
+            pool => new ObservingHandler(pool, r => Sent.Add((r, r.Content?.Headers.ContentLength))));
+        _created.Add(provider);
+        return provider;
     }
 
     protected static ProviderRequest Ask(string text = "What is a bounded channel?", int? maxTokens = null, Action<ChatCompletionRequest>? tweak = null)
@@ -242,51 +250,12 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
     }
 }
 
-/// <summary>The library's own named-client configuration, without a DI container.</summary>
-internal sealed class TestHttpClientFactory(ProviderOptions provider, TimeProvider time, Action<HttpRequestMessage>? observe = null) : IHttpClientFactory
+/// <summary>A handler in front of the adapter's connection pool that sees every request as it leaves the adapter.</summary>
+internal sealed class ObservingHandler(HttpMessageHandler inner, Action<HttpRequestMessage> observe) : DelegatingHandler(inner)
 {
-    public HttpClient CreateClient(string name)
+    protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
     {
-        var gateway = Microsoft.Extensions.Options.Options.Create(new GatewayOptions { Providers = [provider] });
-        var factoryOptions = new Microsoft.Extensions.Http.HttpClientFactoryOptions();
-        new ProviderHttpClients(gateway, time).Configure(name, factoryOptions);
-        var builder = new TestHandlerBuilder();
-        foreach (var action in factoryOptions.HttpMessageHandlerBuilderActions)
-        {
-            action(builder);
-        }
-
-        if (observe is not null)
-        {
-            builder.AdditionalHandlers.Insert(0, new ObservingHandler(observe));
-        }
-
-        var client = new HttpClient(builder.Build());
-        foreach (var action in factoryOptions.HttpClientActions)
-        {
-            action(client);
-        }
-
-        return client;
-    }
-
-    private sealed class ObservingHandler(Action<HttpRequestMessage> observe) : DelegatingHandler
-    {
-        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
-        {
-            observe(request);
-            return base.SendAsync(request, cancellationToken);
-        }
-    }
-
-    private sealed class TestHandlerBuilder : Microsoft.Extensions.Http.HttpMessageHandlerBuilder
-    {
-        public override string? Name { get; set; }
-
-        public override HttpMessageHandler PrimaryHandler { get; set; } = new SocketsHttpHandler();
-
-        public override IList<DelegatingHandler> AdditionalHandlers { get; } = [];
-
-        public override HttpMessageHandler Build() => CreateHandlerPipeline(PrimaryHandler, AdditionalHandlers);
+        observe(request);
+        return base.SendAsync(request, cancellationToken);
     }
 }

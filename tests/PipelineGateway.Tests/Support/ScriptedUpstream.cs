@@ -27,11 +27,22 @@ public sealed class ScriptedUpstream : IAsyncDisposable
 
     public Uri BaseAddress { get; }
 
+    /// <summary>How many answers have sent their headers and then stalled (the <c>stall-body</c> fault).</summary>
+    public int Stalled => _stalled;
+
+    /// <summary>The Accept-Encoding of the last request, as received.</summary>
+    public string? LastAcceptEncoding { get; private set; }
+
+    private int _stalled;
+
     /// <summary>The faults it knows (the <c>x-fault</c> values).</summary>
     public static readonly string[] Faults =
     [
         "echo-400", "masked-401", "ellipsis-403", "long-500", "html-502", "plain-503", "masked-429", "stream-error-first", "stream-error-mid", "truncated-200",
     ];
+
+    /// <summary>Faults about the HTTP exchange rather than the error body (<see cref="UpstreamHttpTests"/>).</summary>
+    public static readonly string[] HttpFaults = ["gzip-200", "deflate-200", "br-200", "gzip-stream", "zstd-200", "redirect-308", "stall-body"];
 
     public static async Task<ScriptedUpstream> StartAsync(CancellationToken cancellationToken)
     {
@@ -39,10 +50,12 @@ public sealed class ScriptedUpstream : IAsyncDisposable
         builder.Logging.ClearProviders();
         builder.WebHost.UseUrls("http://127.0.0.1:0");
         var app = builder.Build();
-        app.MapPost("/{**path}", (Delegate)AnswerAsync);
+        ScriptedUpstream? upstream = null;
+        app.MapPost("/{**path}", (HttpContext ctx) => upstream!.AnswerAsync(ctx));
         await app.StartAsync(cancellationToken);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        return new ScriptedUpstream(app, new Uri(address.TrimEnd('/') + "/"));
+        upstream = new ScriptedUpstream(app, new Uri(address.TrimEnd('/') + "/"));
+        return upstream;
     }
 
     public async ValueTask DisposeAsync()
@@ -51,8 +64,9 @@ public sealed class ScriptedUpstream : IAsyncDisposable
         await _app.DisposeAsync();
     }
 
-    private static async Task AnswerAsync(HttpContext ctx)
+    private async Task AnswerAsync(HttpContext ctx)
     {
+        LastAcceptEncoding = ctx.Request.Headers.AcceptEncoding.ToString();
         var anthropic = ctx.Request.Path.Value!.EndsWith("/messages", StringComparison.Ordinal);
         var key = ctx.Request.Headers["x-api-key"].ToString() is { Length: > 0 } k ? k : ctx.Request.Headers.Authorization.ToString().Replace("Bearer ", string.Empty, StringComparison.Ordinal);
         var masked = key.Length > 12 ? $"{key[..8]}{new string('*', 24)}{key[^4..]}" : "****";
@@ -88,6 +102,25 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case "stream-error-mid":
                 await Stream(ctx, anthropic, contentFirst: true, key);
                 break;
+            case "gzip-200" or "deflate-200" or "br-200" or "zstd-200":
+                await Compressed(ctx, ctx.Request.Headers["x-fault"].ToString()[..^4], Answer(anthropic));
+                break;
+            case "gzip-stream":
+                ctx.Response.ContentType = "text/event-stream";
+                await Compressed(ctx, "gzip", anthropic ? AnthropicStream : OpenAIStream);
+                break;
+            case "redirect-308":
+                ctx.Response.StatusCode = 308;
+                ctx.Response.Headers.Location = $"https://moved.example/v1/chat/completions?token={key}";
+                break;
+            case "stall-body":
+                ctx.Response.ContentType = "application/json";
+                ctx.Response.ContentLength = 1000;
+                await ctx.Response.Body.WriteAsync("{\"id\":"u8.ToArray());
+                await ctx.Response.Body.FlushAsync();
+                Interlocked.Increment(ref _stalled);
+                await Task.Delay(Timeout.Infinite, ctx.RequestAborted).ContinueWith(_ => { }, TaskScheduler.Default);
+                break;
             case "truncated-200":
                 await Raw(ctx, 200, "application/json", $"{{\"id\":\"x\",\"note\":\"{key}\",\"choices\":[");
                 break;
@@ -95,6 +128,47 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 await Raw(ctx, 418, "text/plain", "no such fault");
                 break;
         }
+    }
+
+    private const string OpenAIStream =
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello compressed\"},\"finish_reason\":null}]}\n\n"
+        + "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n"
+        + "data: [DONE]\n\n";
+
+    private const string AnthropicStream =
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":3,\"output_tokens\":0}}}\n\n"
+        + "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+        + "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello compressed\"}}\n\n"
+        + "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+        + "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n"
+        + "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+    private static string Answer(bool anthropic) => anthropic
+        ? """{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"Hello compressed"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":2}}"""
+        : """{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello compressed"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}""";
+
+    /// <summary>The body compressed as <paramref name="encoding"/> says, whatever the request accepted (zstd: marked, not compressed).</summary>
+    private static async Task Compressed(HttpContext ctx, string encoding, string body)
+    {
+        if (ctx.Response.ContentType is null)
+        {
+            ctx.Response.ContentType = "application/json";
+        }
+
+        ctx.Response.Headers.ContentEncoding = encoding;
+        using var buffer = new MemoryStream();
+        await using (System.IO.Stream compressor = encoding switch
+        {
+            "gzip" => new System.IO.Compression.GZipStream(buffer, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true),
+            "deflate" => new System.IO.Compression.ZLibStream(buffer, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true),
+            "br" => new System.IO.Compression.BrotliStream(buffer, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true),
+            _ => new MemoryStream(),
+        })
+        {
+            await compressor.WriteAsync(Encoding.UTF8.GetBytes(body));
+        }
+
+        await ctx.Response.Body.WriteAsync(encoding is "gzip" or "deflate" or "br" ? buffer.ToArray() : Encoding.UTF8.GetBytes(body));
     }
 
     private static Task Error(HttpContext ctx, bool anthropic, int status, string type, string message)

@@ -14,7 +14,7 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
 {
     private readonly Uri _messages;
 
-    public AnthropicChatProvider(string name, HttpClient http, ProviderOptions options, string? apiKey, TimeProvider time, ILogger logger)
+    public AnthropicChatProvider(string name, HttpMessageInvoker http, ProviderOptions options, string? apiKey, TimeProvider time, ILogger logger)
         : base(name, http, options, apiKey, time, logger)
     {
         var baseUrl = options.BaseUrl ?? "https://api.anthropic.com/v1";

@@ -3,7 +3,6 @@ using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
-using Polly.Timeout;
 using PipelineGateway.Hosting;
 
 namespace PipelineGateway.Providers.Http;
@@ -14,12 +13,12 @@ namespace PipelineGateway.Providers.Http;
 /// rate-limit headers read, secrets kept out of every message, and streams read as they arrive with an
 /// idle timeout on the injected clock.
 /// </summary>
-internal abstract partial class HttpChatProvider : ILlmProvider
+internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 {
     private const int MaxErrorBodyBytes = 64 * 1024;
     private volatile UpstreamRateLimits? _rateLimits;
 
-    protected HttpChatProvider(string name, HttpClient http, ProviderOptions options, string? apiKey, TimeProvider time, ILogger logger)
+    protected HttpChatProvider(string name, HttpMessageInvoker http, ProviderOptions options, string? apiKey, TimeProvider time, ILogger logger)
     {
         Name = name;
         Http = http;
@@ -35,7 +34,8 @@ internal abstract partial class HttpChatProvider : ILlmProvider
     /// <summary>The rate-limit state the upstream reported last, if it reports one.</summary>
     public UpstreamRateLimits? RateLimits => _rateLimits;
 
-    protected HttpClient Http { get; }
+    /// <summary>The provider's own connection pool and nothing around it (see <see cref="ProviderHttp"/>); disposed with the provider.</summary>
+    protected HttpMessageInvoker Http { get; }
 
     protected ProviderOptions Options { get; }
 
@@ -58,19 +58,36 @@ internal abstract partial class HttpChatProvider : ILlmProvider
 
     public async ValueTask<ChatCompletionResponse> CompleteAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
+        // The per-attempt timeout runs until the whole answer is read, not only until its headers.
+        using var deadline = new AttemptDeadline(Time, Options.Timeout, cancellationToken);
         using var message = CreateRequest(request, stream: false);
-        using var response = await SendAsync(message, cancellationToken).ConfigureAwait(false);
+        PooledBody body;
+        int status;
+        try
+        {
+            using var response = await SendAsync(message, deadline).ConfigureAwait(false);
+            status = (int)response.StatusCode;
 
-        // The answer is read into a pooled buffer and parsed synchronously: an answer is small, and parsing from
-        // memory skips System.Text.Json's resumable (async) reader, whose state it would otherwise allocate per call.
-        var body = await ResponseBody.ReadAsync(response.Content, cancellationToken).ConfigureAwait(false);
+            // The answer is read into a pooled buffer and parsed synchronously: an answer is small, and parsing from
+            // memory skips System.Text.Json's resumable (async) reader, whose state it would otherwise allocate per call.
+            body = await ResponseBody.ReadAsync(response.Content, deadline.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException ex) when (deadline.TimedOut)
+        {
+            throw TimedOut(ex);
+        }
+        catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidDataException && !cancellationToken.IsCancellationRequested)
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, $"The answer from '{Name}' broke off: {ex.GetType().Name}.", inner: ex);
+        }
+
         try
         {
             return ParseResponse(body.Span, request);
         }
         catch (JsonException ex)
         {
-            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid chat completion: {ex.Message}", (int)response.StatusCode, inner: ex);
+            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid chat completion: {ex.Message}", status, inner: ex);
         }
         finally
         {
@@ -80,57 +97,89 @@ internal abstract partial class HttpChatProvider : ILlmProvider
 
     public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        // A stream that goes quiet for StreamIdleTimeout is cancelled and reported as a timeout.
-        using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        using var timer = Time.CreateTimer(static s => ((CancellationTokenSource)s!).Cancel(), idle, Options.StreamIdleTimeout, System.Threading.Timeout.InfiniteTimeSpan);
+        // One deadline: the per-attempt timeout until the response headers, then the idle timeout, restarted by every
+        // chunk, so a stream that goes quiet for StreamIdleTimeout is cancelled and reported as a timeout.
+        using var deadline = new AttemptDeadline(Time, Options.Timeout, cancellationToken);
         using var message = CreateRequest(request, stream: true);
-        using var response = await SendAsync(message, idle.Token).ConfigureAwait(false);
-        var body = await response.Content.ReadAsStreamAsync(idle.Token).ConfigureAwait(false);
-        await using (body.ConfigureAwait(false))
+        HttpResponseMessage response;
+        Stream body;
+        try
         {
-            await using var chunks = ReadStreamAsync(body, request, idle.Token).GetAsyncEnumerator(idle.Token);
-            while (true)
+            response = await SendAsync(message, deadline).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException ex) when (deadline.TimedOut)
+        {
+            throw TimedOut(ex);
+        }
+
+        using (response)
+        {
+            deadline.Restart(Options.StreamIdleTimeout);
+            try
             {
-                bool more;
-                try
-                {
-                    more = await chunks.MoveNextAsync().ConfigureAwait(false);
-                }
-                catch (OperationCanceledException ex) when (idle.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-                {
-                    throw new ProviderException(AttemptOutcome.Timeout, $"The stream from '{Name}' sent nothing for {Options.StreamIdleTimeout.TotalSeconds:F0} s.", inner: ex);
-                }
-                catch (Exception ex) when (ex is IOException or HttpRequestException && !cancellationToken.IsCancellationRequested)
-                {
-                    throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {ex.GetType().Name}.", inner: ex);
-                }
-                catch (JsonException ex)
-                {
-                    throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' sent an invalid event: {ex.Message}", inner: ex);
-                }
+                body = await ResponseBody.OpenAsync(response.Content, deadline.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException ex) when (deadline.TimedOut)
+            {
+                throw IdleTimeout(ex);
+            }
 
-                if (!more)
+            await using (body.ConfigureAwait(false))
+            {
+                await using var chunks = ReadStreamAsync(body, request, deadline.Token).GetAsyncEnumerator(deadline.Token);
+                while (true)
                 {
-                    break;
-                }
+                    bool more;
+                    try
+                    {
+                        more = await chunks.MoveNextAsync().ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException ex) when (deadline.TimedOut)
+                    {
+                        throw IdleTimeout(ex);
+                    }
+                    catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidDataException && !cancellationToken.IsCancellationRequested)
+                    {
+                        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {ex.GetType().Name}.", inner: ex);
+                    }
+                    catch (JsonException ex)
+                    {
+                        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' sent an invalid event: {ex.Message}", inner: ex);
+                    }
 
-                timer.Change(Options.StreamIdleTimeout, System.Threading.Timeout.InfiniteTimeSpan);
-                yield return chunks.Current;
+                    if (!more)
+                    {
+                        break;
+                    }
+
+                    deadline.Restart(Options.StreamIdleTimeout);
+                    yield return chunks.Current;
+                }
             }
         }
     }
 
-    /// <summary>Sends one attempt; a non-success status becomes a classified <see cref="ProviderException"/>.</summary>
-    protected async Task<HttpResponseMessage> SendAsync(HttpRequestMessage message, CancellationToken cancellationToken)
+    private ProviderException TimedOut(Exception inner) =>
+        new(AttemptOutcome.Timeout, $"'{Name}' did not answer within {Options.Timeout.TotalSeconds:F0} s.", inner: inner);
+
+    private ProviderException IdleTimeout(Exception inner) =>
+        new(AttemptOutcome.Timeout, $"The stream from '{Name}' sent nothing for {Options.StreamIdleTimeout.TotalSeconds:F0} s.", inner: inner);
+
+    public void Dispose() => Http.Dispose();
+
+    /// <summary>
+    /// Sends one attempt; a non-success status becomes a classified <see cref="ProviderException"/>. A timeout is left to
+    /// the caller, which knows which of its limits ran out (an <see cref="OperationCanceledException"/> with
+    /// <see cref="AttemptDeadline.TimedOut"/> set).
+    /// </summary>
+    private async Task<HttpResponseMessage> SendAsync(HttpRequestMessage message, AttemptDeadline deadline)
     {
+        var cancellationToken = deadline.Token;
+        ResponseBody.AcceptCompressed(message);
         HttpResponseMessage response;
         try
         {
-            response = await Http.SendAsync(message, HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
-        }
-        catch (TimeoutRejectedException ex)
-        {
-            throw new ProviderException(AttemptOutcome.Timeout, $"'{Name}' did not answer within {Options.Timeout.TotalSeconds:F0} s.", inner: ex);
+            response = await Http.SendAsync(message, cancellationToken).ConfigureAwait(false);
         }
         catch (HttpRequestException ex) when (!cancellationToken.IsCancellationRequested)
         {
@@ -152,7 +201,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider
         {
             var status = (int)response.StatusCode;
             var body = await ReadBoundedAsync(response, cancellationToken).ConfigureAwait(false);
-            var error = ParseError(status, body);
+            var error = status is >= 300 and < 400 ? Redirected(response) : ParseError(status, body);
             var outcome = error.ContextLength ? AttemptOutcome.ContextLengthExceeded : ProviderException.Classify(status);
             var retryAfter = UpstreamHeaders.RetryAfter(response.Headers, now);
             var safe = SecretRedactor.RedactAndTrim(SecretRedactor.Redact(error.Message, ApiKey));
@@ -171,7 +220,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider
     {
         try
         {
-            var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            var stream = await ResponseBody.OpenAsync(response.Content, cancellationToken).ConfigureAwait(false);
             await using (stream.ConfigureAwait(false))
             {
                 var buffer = new byte[MaxErrorBodyBytes];
@@ -185,10 +234,25 @@ internal abstract partial class HttpChatProvider : ILlmProvider
                 return Encoding.UTF8.GetString(buffer, 0, read);
             }
         }
-        catch (Exception ex) when (ex is IOException or HttpRequestException)
+        catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidDataException)
         {
             return string.Empty;
         }
+    }
+
+    /// <summary>
+    /// Redirects are not followed (an API that moved is a configuration to fix, and a POST must not silently become a
+    /// GET): the error names where the upstream points, its address only, without the query, which could carry a token.
+    /// </summary>
+    private static UpstreamError Redirected(HttpResponseMessage response)
+    {
+        var location = response.Headers.Location is { } to
+            ? (to.IsAbsoluteUri ? to.GetLeftPart(UriPartial.Path) : to.OriginalString.Split('?', 2)[0])
+            : null;
+        var message = location is null
+            ? "a redirect without a Location; redirects are not followed: check the provider's BaseUrl"
+            : $"a redirect to {SecretRedactor.RedactAndTrim(location, 200)}; redirects are not followed: set the provider's BaseUrl to it";
+        return new UpstreamError(message, null, null, null, false);
     }
 
     private static string Describe(HttpRequestException ex) => ex.HttpRequestError switch

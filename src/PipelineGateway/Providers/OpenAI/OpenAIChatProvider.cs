@@ -21,7 +21,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
     /// <summary>The key header's value (<c>Bearer …</c>, or the bare key for Azure), built once. Never logged.</summary>
     private readonly string? _authorization;
 
-    public OpenAIChatProvider(string name, HttpClient http, ProviderOptions options, string? apiKey, TimeProvider time, ILogger logger)
+    public OpenAIChatProvider(string name, HttpMessageInvoker http, ProviderOptions options, string? apiKey, TimeProvider time, ILogger logger)
         : base(name, http, options, apiKey, time, logger)
     {
         _azure = string.Equals(options.Type, ProviderTypes.AzureOpenAI, StringComparison.OrdinalIgnoreCase);

@@ -1,0 +1,120 @@
+using FluentAssertions;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Time.Testing;
+using PipelineGateway.Hosting;
+using PipelineGateway.Providers;
+using PipelineGateway.Providers.Http;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Providers;
+
+/// <summary>
+/// The adapters' HTTP exchange with an upstream that is not our simulator (a real Kestrel on 127.0.0.1): compressed
+/// answers and streams undone, an encoding nobody asked for refused, redirects reported instead of followed, and the
+/// per-attempt timeout covering a body that stalls after its headers — for the OpenAI and the Anthropic wire formats.
+/// </summary>
+public sealed class UpstreamHttpTests : IAsyncLifetime
+{
+    private readonly List<HttpChatProvider> _created = [];
+    private ScriptedUpstream _upstream = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public static TheoryData<string> Types => [ProviderTypes.OpenAICompatible, ProviderTypes.Anthropic];
+
+    public async ValueTask InitializeAsync() => _upstream = await ScriptedUpstream.StartAsync(Ct);
+
+    public async ValueTask DisposeAsync()
+    {
+        _created.ForEach(p => p.Dispose());
+        await _upstream.DisposeAsync();
+    }
+
+    private HttpChatProvider Create(string type, string fault, TimeProvider? time = null, Action<ProviderOptions>? tweak = null)
+    {
+        var options = new ProviderOptions { Name = "scripted", Type = type, BaseUrl = new Uri(_upstream.BaseAddress, "v1").ToString() };
+        options.Headers["x-fault"] = fault;
+        tweak?.Invoke(options);
+        var provider = (HttpChatProvider)new HttpProviderFactory(type).Create(options, time ?? TimeProvider.System, NullLoggerFactory.Instance);
+        _created.Add(provider);
+        return provider;
+    }
+
+    private static ProviderRequest Ask() =>
+        new(new ChatCompletionRequest { Model = "group", Messages = [ChatCompletionMessage.User("Hello")] }, "upstream-model");
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public async Task Gzip_deflate_and_Brotli_answers_are_asked_for_and_undone(string type)
+    {
+        foreach (var encoding in new[] { "gzip", "deflate", "br" })
+        {
+            var response = await Create(type, $"{encoding}-200").CompleteAsync(Ask(), Ct);
+
+            response.Content.Should().Be("Hello compressed", encoding);
+            response.Usage!.CompletionTokens.Should().Be(2, encoding);
+            _upstream.LastAcceptEncoding.Should().Be("gzip, deflate, br");
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public async Task A_compressed_stream_is_undone_as_it_arrives(string type)
+    {
+        var text = new System.Text.StringBuilder();
+        await foreach (var chunk in Create(type, "gzip-stream").StreamAsync(Ask(), Ct))
+        {
+            text.Append(chunk.Choices.FirstOrDefault()?.Delta?.Content);
+        }
+
+        text.ToString().Should().Be("Hello compressed");
+    }
+
+    [Fact]
+    public async Task A_configured_Accept_Encoding_is_sent_instead_of_the_gateways()
+    {
+        await Create(ProviderTypes.OpenAICompatible, "gzip-200", tweak: o => o.Headers["Accept-Encoding"] = "gzip").CompleteAsync(Ask(), Ct);
+
+        _upstream.LastAcceptEncoding.Should().Be("gzip");
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public async Task An_encoding_the_gateway_did_not_ask_for_is_a_retryable_failure_not_garbage(string type)
+    {
+        var act = async () => await Create(type, "zstd-200").CompleteAsync(Ask(), Ct);
+
+        var error = (await act.Should().ThrowAsync<ProviderException>()).Which;
+        error.Outcome.Should().Be(AttemptOutcome.RetryableError);
+        error.InnerException.Should().BeOfType<InvalidDataException>().Which.Message.Should().Contain("'zstd'");
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public async Task A_redirect_is_not_followed_and_says_where_it_points_without_its_query(string type)
+    {
+        var act = async () => await Create(type, "redirect-308").CompleteAsync(Ask(), Ct);
+
+        var error = (await act.Should().ThrowAsync<ProviderException>()).Which;
+        error.Outcome.Should().Be(AttemptOutcome.DeploymentUnavailable, "a deployment whose address moved is out of rotation until its BaseUrl is fixed");
+        error.StatusCode.Should().Be(308);
+        error.Message.Should().Contain("https://moved.example/v1/chat/completions").And.Contain("redirects are not followed").And.NotContain("token=");
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public async Task The_per_attempt_timeout_covers_a_body_that_stalls_after_its_headers(string type)
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var provider = Create(type, "stall-body", clock, o => o.Timeout = TimeSpan.FromSeconds(30));
+
+        var pending = provider.CompleteAsync(Ask(), Ct).AsTask();
+        await Wait.Until(() => _upstream.Stalled == 1, "the upstream sent its headers and part of the body");
+        clock.Advance(TimeSpan.FromSeconds(29));
+        pending.IsCompleted.Should().BeFalse("the limit is not reached yet");
+        clock.Advance(TimeSpan.FromSeconds(2));
+
+        var act = async () => await pending;
+        (await act.Should().ThrowAsync<ProviderException>()).Which.Outcome.Should().Be(AttemptOutcome.Timeout);
+    }
+}
