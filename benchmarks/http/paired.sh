@@ -8,10 +8,12 @@
 #   PAIR=yarp         the gateway as shipped (request log on)  vs  a plain YARP proxy (pgw-yarp)   — issue 21's floor
 #   PAIR=passthrough  the gateway as shipped                   vs  the same with Pipeline:PassThroughIdleStages off
 #   PAIR=log          the gateway as shipped                   vs  the same with --no-log           — issue 22's cost
+#   PAIR=build        the gateway as shipped                   vs  another build of it, B_BUILD=DIR (a copy of an
+#                                                                  earlier src/PipelineGateway.Cli/bin/Release/net10.0)
 #
 # RATE=N loads each at a fixed rate instead (pgw-loadgen, open loop, 64 connections each) and adds both latencies.
 #
-# Usage: [PAIR=yarp] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] benchmarks/http/paired.sh [seconds]
+# Usage: [PAIR=yarp|passthrough|log|build] [B_BUILD=DIR] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] benchmarks/http/paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
@@ -42,7 +44,10 @@ case "$PAIR" in
   passthrough) PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" PGW_Gateway__Pipeline__PassThroughIdleStages=false \
       "$PGW" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" >/dev/null 2>&1 & B=$!; B_NAME="no pass-through";;
   log) "$PGW" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" --no-log >/dev/null 2>&1 & B=$!; A_NAME="with the log"; B_NAME="--no-log";;
-  *) echo "PAIR is yarp, passthrough or log" >&2; exit 2;;
+  build) [ -x "${B_BUILD:-}/pgw" ] || { echo "PAIR=build needs B_BUILD=DIR holding a pgw build" >&2; exit 2; }
+      PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" "$B_BUILD/pgw" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" >/dev/null 2>&1 & B=$!
+      A_NAME="this build"; B_NAME="$(basename "$B_BUILD")";;
+  *) echo "PAIR is yarp, passthrough, log or build" >&2; exit 2;;
 esac
 OUT_A=$(mktemp); OUT_B=$(mktemp)
 trap 'kill $SIM $A $B 2>/dev/null; wait 2>/dev/null; rm -rf "$CFG" "$OUT_A" "$OUT_B" "$LOG_DIR"' EXIT

@@ -104,6 +104,7 @@ public static partial class GatewayServer
             }));
         }
         builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = TimeSpan.FromSeconds(30));
+        builder.Services.AddSingleton<IPostConfigureOptions<LoggerFilterOptions>, HostingRequestLogging>();
         RedactingLoggerProvider.WrapAll(builder.Services);
 
         var app = builder.Build();
