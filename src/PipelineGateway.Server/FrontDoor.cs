@@ -23,7 +23,8 @@ internal sealed record GatewayCaller(GatewayKeyOptions? Key, RequestHeaders Head
 /// </summary>
 internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, ServerOptions options, AuthThrottle throttle, ILogger<FrontDoor> logger)
 {
-    public async Task InvokeAsync(HttpContext ctx)
+    /// <remarks>Not an async method: every branch hands back the task of what it calls (no state machine per request).</remarks>
+    public Task InvokeAsync(HttpContext ctx)
     {
         var path = ctx.Request.Path;
         // The dashboard's page is a static shell holding no data (it asks for the admin key when keys are configured and
@@ -31,16 +32,14 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         if (path.Equals("/healthz", StringComparison.OrdinalIgnoreCase) || path.Equals("/readyz", StringComparison.OrdinalIgnoreCase)
             || (path.Equals("/dashboard", StringComparison.OrdinalIgnoreCase) && HttpMethods.IsGet(ctx.Request.Method)))
         {
-            await next(ctx);
-            return;
+            return next(ctx);
         }
 
         var address = ctx.Connection.RemoteIpAddress ?? IPAddress.None;
         if (throttle.BlockedFor(address) is { } wait)
         {
-            await RouteErrors.WriteAsync(ctx, 429, "rate_limit_error", "too_many_auth_failures",
+            return RouteErrors.WriteAsync(ctx, 429, "rate_limit_error", "too_many_auth_failures",
                 $"Too many failed key checks from this address; retry after {Math.Ceiling(wait.TotalSeconds)} s.", retryAfter: wait);
-            return;
         }
 
         GatewayKeyOptions? key = null;
@@ -51,15 +50,13 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
             {
                 throttle.Failed(address);
                 LogRejectedKey(logger, address, path.Value ?? string.Empty);
-                await RouteErrors.WriteAsync(ctx, 401, "authentication_error", "invalid_api_key",
+                return RouteErrors.WriteAsync(ctx, 401, "authentication_error", "invalid_api_key",
                     "Missing or invalid gateway key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.");
-                return;
             }
 
             if (IsAdminSurface(path) && !key.Admin)
             {
-                await RouteErrors.WriteAsync(ctx, 403, "permission_error", "admin_key_required", "This endpoint needs an admin gateway key (Gateway:Server:Keys[].Admin).");
-                return;
+                return RouteErrors.WriteAsync(ctx, 403, "permission_error", "admin_key_required", "This endpoint needs an admin gateway key (Gateway:Server:Keys[].Admin).");
             }
         }
 
@@ -67,15 +64,13 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         {
             if (!IsJson(ctx.Request.ContentType))
             {
-                await RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type",
+                return RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type",
                     $"The request body must be JSON (Content-Type: application/json); got '{Shorten(ctx.Request.ContentType ?? "none")}'.");
-                return;
             }
 
             if (ctx.Request.ContentLength > options.MaxRequestBodyBytes)
             {
-                await WriteTooLargeAsync(ctx, options);
-                return;
+                return WriteTooLargeAsync(ctx, options);
             }
         }
 
@@ -86,12 +81,11 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         }
         catch (InvalidRequestException ex)
         {
-            await RouteErrors.WriteAsync(ctx, ex);
-            return;
+            return RouteErrors.WriteAsync(ctx, ex);
         }
 
         ctx.Features.Set(new GatewayCaller(key, headers));
-        await next(ctx);
+        return next(ctx);
     }
 
     public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options) =>

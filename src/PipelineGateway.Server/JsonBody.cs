@@ -115,13 +115,58 @@ internal static partial class JsonBody
     [LoggerMessage(EventId = 120, Level = LogLevel.Debug, Message = "Refused a request body ({Status}): {Reason}")]
     private static partial void LogBodyRefused(ILogger logger, int status, string reason);
 
-    /// <summary>Writes <paramref name="value"/> as the whole response body, with its Content-Length.</summary>
-    public static Task WriteAsync<T>(HttpResponse response, T value, JsonTypeInfo<T> info, CancellationToken cancellationToken)
+    /// <summary>
+    /// Writes <paramref name="value"/> as the whole response body, with its Content-Length. It is serialized into this
+    /// thread's reused buffer and copied into Kestrel's (no array of its own per answer, as <c>SerializeToUtf8Bytes</c>
+    /// would allocate), all before the first await, so no other request can touch the buffer meanwhile.
+    /// </summary>
+    public static async Task WriteAsync<T>(HttpResponse response, T value, JsonTypeInfo<T> info, CancellationToken cancellationToken)
     {
-        var bytes = JsonSerializer.SerializeToUtf8Bytes(value, info);
-        response.ContentType = "application/json";
-        response.ContentLength = bytes.Length;
-        return response.Body.WriteAsync(bytes, cancellationToken).AsTask();
+        var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
+        buffer.ResetWrittenCount();
+        var writer = t_writer is { } cached && ReferenceEquals(t_writerOptions, info.Options) ? cached : NewWriter(info.Options);
+        writer.Reset(buffer);
+        try
+        {
+            JsonSerializer.Serialize(writer, value, info);
+            writer.Flush();
+            response.ContentType = "application/json";
+            response.ContentLength = buffer.WrittenCount;
+            response.BodyWriter.Write(buffer.WrittenSpan);
+        }
+        finally
+        {
+            if (buffer.Capacity > MaxKeptBuffer)
+            {
+                t_buffer = null; // an unusually large answer: neither its buffer nor the writer pointing at it is kept
+                t_writer = null;
+            }
+        }
+
+        await response.BodyWriter.FlushAsync(cancellationToken);
+    }
+
+    private const int MaxKeptBuffer = 64 * 1024;
+
+    [ThreadStatic]
+    private static ArrayBufferWriter<byte>? t_buffer;
+
+    [ThreadStatic]
+    private static Utf8JsonWriter? t_writer;
+
+    [ThreadStatic]
+    private static JsonSerializerOptions? t_writerOptions;
+
+    private static Utf8JsonWriter NewWriter(JsonSerializerOptions options)
+    {
+        t_writerOptions = options;
+        return t_writer = new Utf8JsonWriter(Stream.Null, new JsonWriterOptions
+        {
+            Encoder = options.Encoder,
+            Indented = options.WriteIndented,
+            MaxDepth = options.MaxDepth,
+            SkipValidation = true,
+        });
     }
 }
 

@@ -11,16 +11,21 @@ namespace PipelineGateway.Server;
 /// </summary>
 internal sealed class TraceContext(RequestDelegate next)
 {
-    public async Task InvokeAsync(HttpContext ctx)
+    /// <remarks>Not an async method on the common path (no parent to make): no state machine per request.</remarks>
+    public Task InvokeAsync(HttpContext ctx)
     {
         if (Activity.Current is not null || !Tracing.GatewayTracing.Source.HasListeners()
             || ctx.Request.Headers.TraceParent.ToString() is not { Length: > 0 } traceparent
             || !ActivityContext.TryParse(traceparent, ctx.Request.Headers.TraceState.ToString(), isRemote: true, out var parent))
         {
-            await next(ctx);
-            return;
+            return next(ctx);
         }
 
+        return WithParentAsync(ctx, parent);
+    }
+
+    private async Task WithParentAsync(HttpContext ctx, ActivityContext parent)
+    {
         using var inbound = new Activity("pgw.inbound");
         inbound.SetParentId(parent.TraceId, parent.SpanId, parent.TraceFlags);
         inbound.TraceStateString = parent.TraceState;
