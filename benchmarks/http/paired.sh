@@ -28,7 +28,7 @@ dotnet build -c Release src/PipelineGateway.Cli >/dev/null
 dotnet build -c Release benchmarks/PipelineGateway.YarpProxy >/dev/null
 dotnet build -c Release benchmarks/PipelineGateway.LoadGen >/dev/null
 LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
-PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
+PGW="${A_BUILD:-src/PipelineGateway.Cli/bin/Release/net10.0}/pgw" # A_BUILD=DIR: the gateway side from another build
 YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
 . benchmarks/http/common.sh
 require_free_ports $SIM_PORT $A_PORT $B_PORT

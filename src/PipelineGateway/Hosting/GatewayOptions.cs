@@ -156,7 +156,7 @@ public sealed class ProviderOptions
     /// </summary>
     public string? ApiKeyEnvironmentVariable { get; set; }
 
-    /// <summary>Per-attempt timeout (time to response headers for streams; see also <see cref="StreamIdleTimeout"/>).</summary>
+    /// <summary>Per-attempt timeout: until the whole answer is read, or for a stream until its response headers (then <see cref="StreamIdleTimeout"/> applies).</summary>
     public TimeSpan Timeout { get; set; } = TimeSpan.FromSeconds(120);
 
     /// <summary>A stream that sends nothing for this long is treated as stalled (a timeout failure).</summary>

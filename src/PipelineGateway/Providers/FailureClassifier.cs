@@ -30,7 +30,7 @@ internal static class FailureClassifier
                 UpstreamMessage = p.UpstreamMessage,
             },
 
-            // The provider's own timeout (HttpClient, resilience handler) rather than ours.
+            // The provider's own timeout (a custom provider's HttpClient, say) rather than ours.
             OperationCanceledException or TimeoutException => new ProviderFailure(AttemptOutcome.Timeout, null, null, "The attempt timed out."),
             HttpRequestException { StatusCode: { } status } => FromStatus((int)status, ex),
             HttpRequestException => new ProviderFailure(AttemptOutcome.RetryableError, null, null, "Connection to the provider failed."),

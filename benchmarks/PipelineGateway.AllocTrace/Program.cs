@@ -1,0 +1,71 @@
+using Microsoft.Diagnostics.Tracing.Etlx;
+using Microsoft.Diagnostics.Tracing.Parsers.Clr;
+
+// Where a process's allocations come from, from a trace of the runtime's sampled allocation events (one event about
+// every 100 KB allocated, with the type and the allocating stack): benchmarks/http/alloc.sh takes the trace.
+// Prints the share of sampled bytes by type, by "owner" (the first frame of the stack, innermost first, that names one
+// of the parts below: the gateway's stages, ASP.NET Core's and System.Net.Http's layers), and by owner and type.
+// Usage: pgw-alloctrace TRACE.nettrace [rows]
+if (args.Length < 1)
+{
+    Console.Error.WriteLine("usage: pgw-alloctrace TRACE.nettrace [rows]");
+    return 2;
+}
+
+string[] owners =
+[
+    "Kestrel.Core.Internal.Http.HttpProtocol+<ProcessRequests>", "HostingApplication", "LoggingScopeHttpMessageHandler",
+    "LoggingHttpMessageHandler", "Polly", "Resilience", "RedirectHandler", "DecompressionHandler", "HttpConnection",
+    "HttpClient", "JsonBody", "CreateRequest", "HttpChatProvider+<CompleteAsync>", "HttpChatProvider+<SendAsync>",
+    "ChatCompletionsEndpoint.WriteGatewayHeaders", "ChatCompletionsEndpoint", "AnthropicMessagesEndpoint", "RequestLog",
+    "Metrics", "GatewayQueue", "WorkItem", "ProviderWorkerPool", "RouterStage", "Admission", "FrontDoor", "TraceContext",
+    "Routing", "Sqlite",
+];
+var rows = args.Length > 1 ? int.Parse(args[1]) : 40;
+var byType = new Dictionary<string, long>();
+var byOwner = new Dictionary<string, long>();
+var byOwnerAndType = new Dictionary<string, long>();
+long total = 0;
+using var log = TraceLog.OpenOrConvert(TraceLog.CreateFromEventPipeDataFile(args[0]));
+foreach (var e in log.Events)
+{
+    if (e is not GCAllocationTickTraceData tick)
+    {
+        continue;
+    }
+
+    var type = tick.TypeName ?? "?";
+    var owner = "(other)";
+    for (var frame = e.CallStack(); frame is not null; frame = frame.Caller)
+    {
+        var name = frame.CodeAddress.FullMethodName;
+        if (!string.IsNullOrEmpty(name) && owners.FirstOrDefault(name.Contains) is { } found)
+        {
+            owner = found;
+            break;
+        }
+    }
+
+    total += tick.AllocationAmount64;
+    Add(byType, type, tick.AllocationAmount64);
+    Add(byOwner, owner, tick.AllocationAmount64);
+    Add(byOwnerAndType, owner + " | " + type, tick.AllocationAmount64);
+}
+
+Console.WriteLine($"sampled {total / 1e6:F1} MB");
+Print("by owner", byOwner);
+Print("by type", byType);
+Print("by owner and type", byOwnerAndType);
+return 0;
+
+void Print(string title, Dictionary<string, long> shares)
+{
+    Console.WriteLine($"-- {title}");
+    foreach (var (key, bytes) in shares.OrderByDescending(kv => kv.Value).Take(rows))
+    {
+        Console.WriteLine($"{100.0 * bytes / Math.Max(1, total),6:F2}%  {key}");
+    }
+}
+
+static void Add(Dictionary<string, long> into, string key, long bytes) =>
+    into[key] = into.GetValueOrDefault(key) + bytes;
