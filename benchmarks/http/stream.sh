@@ -5,12 +5,13 @@
 # CPU per event of the front process (from /proc/PID/stat), time to first byte (p50, p99, and added over direct in the
 # same round), each stream's duration, and memory per stream: (peak RSS − RSS when idle after start) ÷ STREAMS.
 # Everything binds to 127.0.0.1; every run is bounded by its duration.
-# Usage: [STREAMS=5000] [ROUNDS=3] benchmarks/http/stream.sh [seconds]
+# Usage: [STREAMS=5000] [ROUNDS=3] [WARMUP=30] benchmarks/http/stream.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-20}"
 STREAMS="${STREAMS:-5000}"
 ROUNDS="${ROUNDS:-3}"
+WARMUP="${WARMUP:-30}"
 SIM_PORT=18181 GW_PORT=18180 YARP_PORT=18183
 LOG_DIR=$(mktemp -d)
 for project in src/PipelineGateway.Cli benchmarks/PipelineGateway.LoadGen benchmarks/PipelineGateway.YarpProxy; do
@@ -40,6 +41,12 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (
 field() { sed -E "s/.*$1 ([0-9.]+).*/\1/"; }
 declare -A EPS CPU FB50 FB99
 echo "$STREAMS streams, 50 chunks 20 ms apart upstream, $DURATION s per target per round (after a 5 s warm-up of each)"
+# Once, before the rounds: tiered compilation of the proxies' code under this load settles after ~30 s (the 5 s of
+# each round left the gateway's first round still compiling in the first runs).
+if [ "$WARMUP" -gt 0 ]; then
+  echo "warm-up: $WARMUP s of the same load on YARP and on the gateway (not measured)"
+  for t in yarp gateway; do "$LOADGEN" "${URL[$t]}" --streams "$STREAMS" --seconds "$WARMUP" --warmup 0 >/dev/null; done
+fi
 for round in $(seq 1 "$ROUNDS"); do
   for t in direct yarp gateway; do
     c0=$(ticks "${PID[$t]}")
