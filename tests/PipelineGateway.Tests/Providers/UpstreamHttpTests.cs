@@ -86,7 +86,23 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
 
         var error = (await act.Should().ThrowAsync<ProviderException>()).Which;
         error.Outcome.Should().Be(AttemptOutcome.RetryableError);
-        error.InnerException.Should().BeOfType<InvalidDataException>().Which.Message.Should().Contain("'zstd'");
+        error.InnerException.Should().BeOfType<InvalidDataException>();
+        error.Message.Should().Contain("encoded as 'zstd', which the gateway did not ask for");
+    }
+
+    [Fact]
+    public async Task A_stream_in_an_encoding_the_gateway_did_not_ask_for_is_a_retryable_failure()
+    {
+        var act = async () =>
+        {
+            await foreach (var _ in Create(ProviderTypes.OpenAICompatible, "zstd-200").StreamAsync(Ask(), Ct))
+            {
+            }
+        };
+
+        var error = (await act.Should().ThrowAsync<ProviderException>()).Which;
+        error.Outcome.Should().Be(AttemptOutcome.RetryableError);
+        error.Message.Should().Contain("encoded as 'zstd'");
     }
 
     [Theory]

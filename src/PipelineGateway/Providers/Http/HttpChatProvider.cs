@@ -78,7 +78,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         }
         catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidDataException && !cancellationToken.IsCancellationRequested)
         {
-            throw new ProviderException(AttemptOutcome.RetryableError, $"The answer from '{Name}' broke off: {ex.GetType().Name}.", inner: ex);
+            throw new ProviderException(AttemptOutcome.RetryableError, $"The answer from '{Name}' broke off: {Why(ex)}.", inner: ex);
         }
 
         try
@@ -123,6 +123,10 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             {
                 throw IdleTimeout(ex);
             }
+            catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidDataException && !cancellationToken.IsCancellationRequested)
+            {
+                throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {Why(ex)}.", inner: ex);
+            }
 
             await using (body.ConfigureAwait(false))
             {
@@ -140,7 +144,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                     }
                     catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidDataException && !cancellationToken.IsCancellationRequested)
                     {
-                        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {ex.GetType().Name}.", inner: ex);
+                        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {Why(ex)}.", inner: ex);
                     }
                     catch (JsonException ex)
                     {
@@ -158,6 +162,9 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             }
         }
     }
+
+    /// <summary>What broke: the gateway's own words for a body it could not decode (they name no upstream content), the type otherwise.</summary>
+    private static string Why(Exception ex) => ex is InvalidDataException ? ex.Message : ex.GetType().Name;
 
     private ProviderException TimedOut(Exception inner) =>
         new(AttemptOutcome.Timeout, $"'{Name}' did not answer within {Options.Timeout.TotalSeconds:F0} s.", inner: inner);
