@@ -119,7 +119,7 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 await ctx.Response.Body.WriteAsync("{\"id\":"u8.ToArray());
                 await ctx.Response.Body.FlushAsync();
                 Interlocked.Increment(ref _stalled);
-                await Task.Delay(Timeout.Infinite, ctx.RequestAborted).ContinueWith(_ => { }, TaskScheduler.Default);
+                await Aborted(ctx.RequestAborted); // the rest never comes: held until the gateway gives up
                 break;
             case "truncated-200":
                 await Raw(ctx, 200, "application/json", $"{{\"id\":\"x\",\"note\":\"{key}\",\"choices\":[");
@@ -147,28 +147,41 @@ public sealed class ScriptedUpstream : IAsyncDisposable
         ? """{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"Hello compressed"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":2}}"""
         : """{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello compressed"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}""";
 
-    /// <summary>The body compressed as <paramref name="encoding"/> says, whatever the request accepted (zstd: marked, not compressed).</summary>
+    /// <summary>The body compressed as <paramref name="encoding"/> says, whatever the request accepted (zstd: labelled, sent plain).</summary>
     private static async Task Compressed(HttpContext ctx, string encoding, string body)
     {
-        if (ctx.Response.ContentType is null)
-        {
-            ctx.Response.ContentType = "application/json";
-        }
-
+        ctx.Response.ContentType ??= "application/json";
         ctx.Response.Headers.ContentEncoding = encoding;
+        var plain = Encoding.UTF8.GetBytes(body);
         using var buffer = new MemoryStream();
-        await using (System.IO.Stream compressor = encoding switch
+        await using (System.IO.Stream? compressor = encoding switch
         {
             "gzip" => new System.IO.Compression.GZipStream(buffer, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true),
             "deflate" => new System.IO.Compression.ZLibStream(buffer, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true),
             "br" => new System.IO.Compression.BrotliStream(buffer, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true),
-            _ => new MemoryStream(),
+            _ => null,
         })
         {
-            await compressor.WriteAsync(Encoding.UTF8.GetBytes(body));
+            if (compressor is null)
+            {
+                await ctx.Response.Body.WriteAsync(plain);
+                return;
+            }
+
+            await compressor.WriteAsync(plain);
         }
 
-        await ctx.Response.Body.WriteAsync(encoding is "gzip" or "deflate" or "br" ? buffer.ToArray() : Encoding.UTF8.GetBytes(body));
+        await ctx.Response.Body.WriteAsync(buffer.ToArray());
+    }
+
+    /// <summary>Completes when the client abandons the request (the explicit signal a stalled answer waits for).</summary>
+    private static async Task Aborted(CancellationToken requestAborted)
+    {
+        var aborted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using (requestAborted.Register(static s => ((TaskCompletionSource)s!).TrySetResult(), aborted))
+        {
+            await aborted.Task;
+        }
     }
 
     private static Task Error(HttpContext ctx, bool anthropic, int status, string type, string message)

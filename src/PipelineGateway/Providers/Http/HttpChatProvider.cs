@@ -76,7 +76,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         {
             throw TimedOut(ex);
         }
-        catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidDataException && !cancellationToken.IsCancellationRequested)
+        catch (Exception ex) when (BrokeOff(ex, cancellationToken))
         {
             throw new ProviderException(AttemptOutcome.RetryableError, $"The answer from '{Name}' broke off: {Why(ex)}.", inner: ex);
         }
@@ -123,9 +123,9 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             {
                 throw IdleTimeout(ex);
             }
-            catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidDataException && !cancellationToken.IsCancellationRequested)
+            catch (Exception ex) when (BrokeOff(ex, cancellationToken))
             {
-                throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {Why(ex)}.", inner: ex);
+                throw StreamBroke(ex);
             }
 
             await using (body.ConfigureAwait(false))
@@ -142,9 +142,9 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                     {
                         throw IdleTimeout(ex);
                     }
-                    catch (Exception ex) when (ex is IOException or HttpRequestException or InvalidDataException && !cancellationToken.IsCancellationRequested)
+                    catch (Exception ex) when (BrokeOff(ex, cancellationToken))
                     {
-                        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {Why(ex)}.", inner: ex);
+                        throw StreamBroke(ex);
                     }
                     catch (JsonException ex)
                     {
@@ -163,8 +163,15 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         }
     }
 
+    /// <summary>A body that broke off (connection reset, cut short, undecodable) while the caller still waits for it.</summary>
+    private static bool BrokeOff(Exception ex, CancellationToken caller) =>
+        ex is IOException or HttpRequestException or InvalidDataException && !caller.IsCancellationRequested;
+
     /// <summary>What broke: the gateway's own words for a body it could not decode (they name no upstream content), the type otherwise.</summary>
     private static string Why(Exception ex) => ex is InvalidDataException ? ex.Message : ex.GetType().Name;
+
+    private ProviderException StreamBroke(Exception ex) =>
+        new(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {Why(ex)}.", inner: ex);
 
     private ProviderException TimedOut(Exception inner) =>
         new(AttemptOutcome.Timeout, $"'{Name}' did not answer within {Options.Timeout.TotalSeconds:F0} s.", inner: inner);
