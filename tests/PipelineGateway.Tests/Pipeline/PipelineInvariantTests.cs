@@ -270,9 +270,10 @@ public sealed class PipelineInvariantTests
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
         var pending = Enumerable.Range(0, 20).Select(_ => gateway.SubmitAsync(TestGateway.Request(), Ct).AsTask()).ToArray();
 
-        // Every one in flight before the stop (4 in service, 16 queued): a caller still waiting at the door for room in
-        // the provider's queue is not in flight, and the drain refuses it.
-        await Wait.Until(() => a.Calls == 4 && pipeline.Outstanding == 20, "the workers are busy and the rest queued");
+        // Every one in flight before the stop (4 in service, 16 queued), each holding its in-flight slot: a caller still
+        // waiting at the door for room in the provider's queue, or created but not yet handed to admission, is not in
+        // flight, and the drain refuses it (counting created items, Outstanding, let one slip through that window).
+        await Wait.Until(() => a.Calls == 4 && pipeline.InFlight == 20, "the workers are busy and the rest queued");
 
         var stopping = gateway.StopAsync(Ct);
         await Wait.Until(() => !pipeline.IsAccepting, "admission stops");
