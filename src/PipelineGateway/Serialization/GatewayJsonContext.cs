@@ -2,11 +2,16 @@ using System.Text.Json.Serialization;
 
 namespace PipelineGateway;
 
-/// <summary>Source-generated JSON for the canonical (OpenAI) wire model: no reflection on the hot path.</summary>
+/// <summary>
+/// Source-generated JSON for the canonical (OpenAI) wire model: no reflection on the hot path. Answers and stream
+/// chunks go through hand-written converters (<see cref="AnswerJson"/>: the serializer's own contract, measured
+/// faster); everything else is the generator's.
+/// </summary>
 [JsonSourceGenerationOptions(
     PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower,
     DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
-    UseStringEnumConverter = true)]
+    UseStringEnumConverter = true,
+    Converters = [typeof(ChatCompletionResponseConverter), typeof(ChatCompletionChunkConverter)])]
 [JsonSerializable(typeof(ChatCompletionRequest))]
 [JsonSerializable(typeof(ChatCompletionResponse))]
 [JsonSerializable(typeof(ChatCompletionChunk))]

@@ -91,55 +91,6 @@ internal sealed class ResponseMessageConverter : JsonConverter<ChatCompletionMes
     public override ChatCompletionMessage? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
         JsonSerializer.Deserialize(ref reader, GatewayJsonContext.Default.ChatCompletionMessage);
 
-    public override void Write(Utf8JsonWriter writer, ChatCompletionMessage value, JsonSerializerOptions options)
-    {
-        writer.WriteStartObject();
-        writer.WriteString("role"u8, value.Role);
-        writer.WritePropertyName("content"u8);
-        if (value.Content is { } content)
-        {
-            JsonSerializer.Serialize(writer, content, GatewayJsonContext.Default.MessageContent);
-        }
-        else
-        {
-            writer.WriteNullValue();
-        }
-
-        if (value.Name is not null)
-        {
-            writer.WriteString("name"u8, value.Name);
-        }
-
-        writer.WritePropertyName("refusal"u8);
-        if (value.Refusal is not null)
-        {
-            writer.WriteStringValue(value.Refusal);
-        }
-        else
-        {
-            writer.WriteNullValue();
-        }
-
-        if (value.ToolCalls is { Count: > 0 } calls)
-        {
-            writer.WritePropertyName("tool_calls"u8);
-            JsonSerializer.Serialize(writer, calls, GatewayJsonContext.Default.ListToolCall);
-        }
-
-        if (value.ToolCallId is not null)
-        {
-            writer.WriteString("tool_call_id"u8, value.ToolCallId);
-        }
-
-        foreach (var (name, element) in value.AdditionalProperties ?? [])
-        {
-            if (name is not ("content" or "refusal" or "role" or "tool_calls"))
-            {
-                writer.WritePropertyName(name);
-                element.WriteTo(writer);
-            }
-        }
-
-        writer.WriteEndObject();
-    }
+    public override void Write(Utf8JsonWriter writer, ChatCompletionMessage value, JsonSerializerOptions options) =>
+        AnswerJson.WriteAnswerMessage(writer, value);
 }

@@ -267,6 +267,8 @@ internal static class Fuzz
         "model", "messages", "role", "content", "stream", "max_tokens", "temperature", "top_p", "n", "stop", "tools", "tool_choice",
         "type", "text", "image_url", "url", "source", "tool_calls", "function", "name", "arguments", "system", "metadata", "user_id",
         "stream_options", "include_usage", "response_format", "logprobs", "stop_sequences", "tool_use_id", "input", "id", "__proto__", "",
+        "choices", "index", "message", "delta", "finish_reason", "usage", "prompt_tokens", "completion_tokens", "total_tokens", "refusal",
+        "created", "object", "system_fingerprint", "detail", "tool_call_id",
     ];
 
     private static readonly string[] Words = ["user", "assistant", "system", "tool", "developer", "text", "image", "tool_use", "tool_result", "auto", "any", "none", "gpt-4o-mini", "json_object", "", " ", "\u0000", "\ud800", "é"];
@@ -296,6 +298,7 @@ internal static class Fuzz
     /// <summary>One change to the serialized text: a duplicated key, a number token, bytes inserted, a cut.</summary>
     private static readonly Gen<(string How, Func<byte[], byte[]> Apply)> TextMutation = Gen.Frequency(
         (2, Gen.OneOf("model", "messages", "max_tokens", "stream", "role").Select(k => ($"duplicate {k}", (Func<byte[], byte[]>)(b => Insert(b, 1, Encoding.UTF8.GetBytes($"\"{k}\":1,")))))),
+        (1, Gen.OneOf(Names).Select(k => ($"escape the name {k}", (Func<byte[], byte[]>)(b => EscapeName(b, k))))),
         (2, Gen.Select(Gen.Int[0, 10_000], Gen.OneOf(NumberTokens)).Select(t => ($"number token {t.Item2} at #{t.Item1}", (Func<byte[], byte[]>)(b => ReplaceNumber(b, t.Item1, t.Item2))))),
         (2, Gen.Select(Gen.Int[0, 10_000], Gen.Byte.Array[1, 6]).Select(t => ($"insert {Convert.ToHexString(t.Item2)} at {t.Item1}", (Func<byte[], byte[]>)(b => Insert(b, t.Item1 % (b.Length + 1), t.Item2))))),
         (1, Gen.Int[60, 5_000].Select(depth => ($"nested {depth} deep", (Func<byte[], byte[]>)(b => Insert(b, 1, Encoding.UTF8.GetBytes($"\"deep\":{new string('[', depth)}{new string(']', depth)},")))))),
@@ -343,6 +346,14 @@ internal static class Fuzz
         }
 
         return new FuzzBody(bytes, string.Join("; ", tree.Select(t => t.How).Concat(text.Select(t => t.How)).DefaultIfEmpty("as is")));
+    }
+
+    /// <summary>The first <c>"name":</c> spelt with its first letter escaped (<c>"\u006dodel":</c>): the same name to a parser.</summary>
+    private static byte[] EscapeName(byte[] body, string name)
+    {
+        var text = Encoding.UTF8.GetString(body);
+        var at = name.Length == 0 ? -1 : text.IndexOf($"\"{name}\":", StringComparison.Ordinal);
+        return at < 0 ? body : Encoding.UTF8.GetBytes(string.Concat(text.AsSpan(0, at + 1), $"\\u{(int)name[0]:x4}", text.AsSpan(at + 2)));
     }
 
     private static JsonObject Object((string, JsonNode?)[] props)

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Where the CPU goes, gateway against YARP: each alone over one simulator, under the same wrk load (CONNECTIONS),
+# warmed WARMUP seconds, then `perf record -g` for SECONDS while the load goes on; the requests served during the
+# recording come from wrk. Prints CPU samples per 1,000 requests grouped by assembly (perf-group.py), gateway (A) vs
+# YARP (B), largest difference first. JIT-compiled frames are named through the runtime's perf map.
+#
+# Usage: [CONNECTIONS=32] [WARMUP=30] [KEEP=DIR] benchmarks/http/profile.sh [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECONDS_REC="${1:-15}"
+CONNECTIONS="${CONNECTIONS:-32}"
+WARMUP="${WARMUP:-30}"
+SIM_PORT=18201 A_PORT=18202
+command -v perf >/dev/null || { echo "perf is needed (linux-perf)" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+dotnet build -c Release src/PipelineGateway.Cli >/dev/null
+dotnet build -c Release benchmarks/PipelineGateway.YarpProxy >/dev/null
+PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
+YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
+. benchmarks/http/common.sh
+require_free_ports $SIM_PORT $A_PORT
+ulimit -n 65536 2>/dev/null || true
+OUT=${KEEP:-$(mktemp -d)}; mkdir -p "$OUT"
+CFG=$(mktemp)
+sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" "${CONFIG:-benchmarks/http/gateway-over-simulator.json}" >"$CFG"
+"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & SIM=$!
+trap 'kill $SIM 2>/dev/null; wait 2>/dev/null; rm -f "$CFG"; [ -n "${KEEP:-}" ] || rm -rf "$OUT"' EXIT
+wait_for_servers "$SIM_PORT" "$SIM"
+
+profile() { # name, then the command line of the front process
+  local name=$1; shift
+  DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0 "$@" >/dev/null 2>&1 & local pid=$!
+  wait_for_servers "$A_PORT" "$pid"
+  local url="http://127.0.0.1:$A_PORT/v1/chat/completions"
+  wrk -t2 -c"$CONNECTIONS" -d"${WARMUP}s" -s benchmarks/http/post-chat.lua "$url" >/dev/null
+  wrk -t2 -c"$CONNECTIONS" -d"$((SECONDS_REC + 2))s" -s benchmarks/http/post-chat.lua "$url" >"$OUT/$name.wrk" & local w=$!
+  sleep 1
+  perf record -q -F 499 -g -p "$pid" -o "$OUT/$name.data" -- sleep "$SECONDS_REC" 2>/dev/null
+  wait $w
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  # requests during the recording: wrk's rate times the recorded seconds
+  awk -v s="$SECONDS_REC" '/Requests\/sec/ {printf "%d\n", $2 * s}' "$OUT/$name.wrk" >"$OUT/$name.requests"
+}
+LOG_DIR=$(mktemp -d)
+profile gateway env PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG"
+profile yarp "$YARP" --urls "http://127.0.0.1:$A_PORT" --upstream "http://127.0.0.1:$SIM_PORT"
+rm -rf "$LOG_DIR"
+echo "gateway $(cat "$OUT/gateway.requests") requests, YARP $(cat "$OUT/yarp.requests") requests recorded (c=$CONNECTIONS, ${SECONDS_REC} s)"
+python3 benchmarks/http/perf-group.py "$OUT/gateway.data" "$OUT/yarp.data" "$(cat "$OUT/gateway.requests")" "$(cat "$OUT/yarp.requests")"

@@ -1,0 +1,688 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace PipelineGateway;
+
+/// <summary>
+/// Chat answers (<see cref="ChatCompletionResponse"/>, and <see cref="ChatCompletionChunk"/> for streams) read and written
+/// by hand with <see cref="Utf8JsonReader"/> and <see cref="Utf8JsonWriter"/>. Every answer is parsed from the
+/// upstream and written to the client, so this is the gateway's hottest JSON. Why not System.Text.Json's source
+/// generator alone: these types keep the fields they do not know (<c>[JsonExtensionData]</c>), which rules out its fast
+/// path, and its metadata path (a converter per property, a stack of frames allocated per nested parse) was measured
+/// at ~12% of the gateway's CPU per request under load (docs/benchmarks.md, issue 21).
+/// <para>
+/// The contract is the serializer's for these types, exactly: snake_case names matched case-sensitively (escaped
+/// names unescaped; the names of <c>[JsonIgnore]</c> members dropped), a JSON null sets a reference to null and fails a number, unknown fields kept in arrival order with
+/// the last of two same-named ones winning (on types with <c>AdditionalProperties</c>; skipped on the others), nulls
+/// left out on write except <c>finish_reason</c>/<c>logprobs</c>, unknown fields written back last.
+/// AnswerJsonDifferentialTests hold it to a reference context that uses the serializer.
+/// </para>
+/// </summary>
+internal static class AnswerJson
+{
+    // ---- reading: each reader starts on the value's first token and ends on its last ----
+
+    public static ChatCompletionResponse ReadResponse(ref Utf8JsonReader r)
+    {
+        Expect(ref r, JsonTokenType.StartObject, "a chat completion", "an object");
+        var value = new ChatCompletionResponse();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChoice, "'choices'")!; }
+            else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = String(ref r, "'id'")!; }
+            else if (r.ValueTextEquals("usage"u8)) { Value(ref r); value.Usage = ReadUsage(ref r); }
+            else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = String(ref r, "'model'")!; }
+            else if (r.ValueTextEquals("created"u8)) { Value(ref r); value.Created = Int64(ref r, "'created'"); }
+            else if (r.ValueTextEquals("object"u8)) { Value(ref r); value.Object = String(ref r, "'object'")!; }
+            else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = String(ref r, "'system_fingerprint'"); }
+            else if (r.ValueTextEquals("content"u8) || r.ValueTextEquals("finish_reason"u8) || r.ValueTextEquals("gateway"u8)) { Skip(ref r); } // [JsonIgnore] members: dropped, not kept
+            else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
+        }
+
+        return value;
+    }
+
+    public static ChatCompletionChunk ReadChunk(ref Utf8JsonReader r)
+    {
+        Expect(ref r, JsonTokenType.StartObject, "a chat completion chunk", "an object");
+        var value = new ChatCompletionChunk();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChunkChoice, "'choices'")!; }
+            else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = String(ref r, "'id'")!; }
+            else if (r.ValueTextEquals("usage"u8)) { Value(ref r); value.Usage = ReadUsage(ref r); }
+            else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = String(ref r, "'model'")!; }
+            else if (r.ValueTextEquals("created"u8)) { Value(ref r); value.Created = Int64(ref r, "'created'"); }
+            else if (r.ValueTextEquals("object"u8)) { Value(ref r); value.Object = String(ref r, "'object'")!; }
+            else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = String(ref r, "'system_fingerprint'"); }
+            else if (r.ValueTextEquals("gateway"u8)) { Skip(ref r); } // a [JsonIgnore] member: dropped, not kept
+            else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
+        }
+
+        return value;
+    }
+
+    private static ChatChoice? ReadChoice(ref Utf8JsonReader r)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, "a choice", "an object");
+        var value = new ChatChoice();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("message"u8)) { Value(ref r); value.Message = ReadMessage(ref r); }
+            else if (r.ValueTextEquals("index"u8)) { Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
+            else if (r.ValueTextEquals("finish_reason"u8)) { Value(ref r); value.FinishReason = String(ref r, "'finish_reason'"); }
+            else if (r.ValueTextEquals("logprobs"u8)) { Value(ref r); value.Logprobs = OptionalElement(ref r); }
+            else { Skip(ref r); }
+        }
+
+        return value;
+    }
+
+    private static ChunkChoice? ReadChunkChoice(ref Utf8JsonReader r)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, "a choice", "an object");
+        var value = new ChunkChoice();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("delta"u8)) { Value(ref r); value.Delta = ReadDelta(ref r)!; }
+            else if (r.ValueTextEquals("index"u8)) { Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
+            else if (r.ValueTextEquals("finish_reason"u8)) { Value(ref r); value.FinishReason = String(ref r, "'finish_reason'"); }
+            else if (r.ValueTextEquals("logprobs"u8)) { Value(ref r); value.Logprobs = OptionalElement(ref r); }
+            else { Skip(ref r); }
+        }
+
+        return value;
+    }
+
+    private static ChatCompletionDelta? ReadDelta(ref Utf8JsonReader r)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, "a delta", "an object");
+        var value = new ChatCompletionDelta();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("content"u8)) { Value(ref r); value.Content = String(ref r, "a delta's 'content'"); }
+            else if (r.ValueTextEquals("role"u8)) { Value(ref r); value.Role = String(ref r, "'role'"); }
+            else if (r.ValueTextEquals("tool_calls"u8)) { Value(ref r); value.ToolCalls = ReadList(ref r, ReadToolCall, "'tool_calls'"); }
+            else if (r.ValueTextEquals("refusal"u8)) { Value(ref r); value.Refusal = String(ref r, "'refusal'"); }
+            else { Skip(ref r); }
+        }
+
+        return value;
+    }
+
+    /// <summary>A message as <see cref="ChatCompletionMessage"/>'s contract reads it (answers and requests alike).</summary>
+    public static ChatCompletionMessage? ReadMessage(ref Utf8JsonReader r)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, "a message", "an object");
+        var value = new ChatCompletionMessage();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("content"u8)) { Value(ref r); value.Content = ReadContent(ref r); }
+            else if (r.ValueTextEquals("role"u8)) { Value(ref r); value.Role = String(ref r, "'role'")!; }
+            else if (r.ValueTextEquals("refusal"u8)) { Value(ref r); value.Refusal = String(ref r, "'refusal'"); }
+            else if (r.ValueTextEquals("tool_calls"u8)) { Value(ref r); value.ToolCalls = ReadList(ref r, ReadToolCall, "'tool_calls'"); }
+            else if (r.ValueTextEquals("name"u8)) { Value(ref r); value.Name = String(ref r, "'name'"); }
+            else if (r.ValueTextEquals("tool_call_id"u8)) { Value(ref r); value.ToolCallId = String(ref r, "'tool_call_id'"); }
+            else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
+        }
+
+        return value;
+    }
+
+    /// <summary><see cref="MessageContent"/>: a string or an array of parts (<see cref="MessageContentConverter"/>).</summary>
+    public static MessageContent? ReadContent(ref Utf8JsonReader r) => r.TokenType switch
+    {
+        JsonTokenType.Null => null,
+        JsonTokenType.String => new MessageContent(r.GetString()!),
+        JsonTokenType.StartArray => new MessageContent(ReadList(ref r, ReadPart, "'content'")!),
+        _ => throw new JsonException("'content' must be a string or an array of content parts."),
+    };
+
+    private static ContentPart? ReadPart(ref Utf8JsonReader r)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, "a content part", "an object");
+        var value = new ContentPart();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("type"u8)) { Value(ref r); value.Type = String(ref r, "a content part's 'type'")!; }
+            else if (r.ValueTextEquals("text"u8)) { Value(ref r); value.Text = String(ref r, "a content part's 'text'"); }
+            else if (r.ValueTextEquals("image_url"u8)) { Value(ref r); value.ImageUrl = ReadImageUrl(ref r); }
+            else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
+        }
+
+        return value;
+    }
+
+    private static ImageUrl? ReadImageUrl(ref Utf8JsonReader r)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, "'image_url'", "an object");
+        var value = new ImageUrl();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("url"u8)) { Value(ref r); value.Url = String(ref r, "'url'")!; }
+            else if (r.ValueTextEquals("detail"u8)) { Value(ref r); value.Detail = String(ref r, "'detail'"); }
+            else { Skip(ref r); }
+        }
+
+        return value;
+    }
+
+    private static ToolCall? ReadToolCall(ref Utf8JsonReader r)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, "a tool call", "an object");
+        var value = new ToolCall();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("function"u8)) { Value(ref r); value.Function = ReadFunctionCall(ref r); }
+            else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = String(ref r, "a tool call's 'id'"); }
+            else if (r.ValueTextEquals("type"u8)) { Value(ref r); value.Type = String(ref r, "a tool call's 'type'"); }
+            else if (r.ValueTextEquals("index"u8)) { Value(ref r); value.Index = r.TokenType == JsonTokenType.Null ? null : Int32(ref r, "a tool call's 'index'"); }
+            else { Skip(ref r); }
+        }
+
+        return value;
+    }
+
+    private static FunctionCall? ReadFunctionCall(ref Utf8JsonReader r)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, "a tool call's 'function'", "an object");
+        var value = new FunctionCall();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("arguments"u8)) { Value(ref r); value.Arguments = String(ref r, "'arguments'"); }
+            else if (r.ValueTextEquals("name"u8)) { Value(ref r); value.Name = String(ref r, "a function's 'name'"); }
+            else { Skip(ref r); }
+        }
+
+        return value;
+    }
+
+    private static TokenUsage? ReadUsage(ref Utf8JsonReader r)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, "'usage'", "an object");
+        var value = new TokenUsage();
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("prompt_tokens"u8)) { Value(ref r); value.PromptTokens = Int32(ref r, "'prompt_tokens'"); }
+            else if (r.ValueTextEquals("completion_tokens"u8)) { Value(ref r); value.CompletionTokens = Int32(ref r, "'completion_tokens'"); }
+            else if (r.ValueTextEquals("total_tokens"u8)) { Value(ref r); value.TotalTokens = Int32(ref r, "'total_tokens'"); }
+            else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
+        }
+
+        return value;
+    }
+
+    private delegate T? ItemReader<T>(ref Utf8JsonReader r);
+
+    /// <summary>A list, or null; a null element is kept (the serializer keeps it too).</summary>
+    private static List<T>? ReadList<T>(ref Utf8JsonReader r, ItemReader<T> item, string what)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return null;
+        }
+
+        Expect(ref r, JsonTokenType.StartArray, what, "an array");
+        var list = new List<T>();
+        while (r.Read() && r.TokenType != JsonTokenType.EndArray)
+        {
+            list.Add(item(ref r)!);
+        }
+
+        return list;
+    }
+
+    /// <summary>Moves to the next property name; false at the object's end.</summary>
+    private static bool NextProperty(ref Utf8JsonReader r) => r.Read() && r.TokenType == JsonTokenType.PropertyName;
+
+    /// <summary>Moves from a property name to its value.</summary>
+    private static void Value(ref Utf8JsonReader r) => r.Read();
+
+    private static void Skip(ref Utf8JsonReader r)
+    {
+        r.Read();
+        r.Skip();
+    }
+
+    /// <summary>
+    /// An unknown field, kept: the last of two same-named ones wins, and a name that is not valid UTF-8 is decoded with
+    /// replacement characters rather than refused, both as the serializer's extension data does.
+    /// </summary>
+    private static Dictionary<string, JsonElement> Extension(ref Utf8JsonReader r, Dictionary<string, JsonElement>? extra)
+    {
+        var name = r.ValueIsEscaped || r.HasValueSequence ? UnescapedName(ref r) : Encoding.UTF8.GetString(r.ValueSpan);
+        r.Read();
+        extra ??= [];
+        extra[name] = JsonElement.ParseValue(ref r);
+        return extra;
+    }
+
+    /// <summary>
+    /// An escaped (or split) name, unescaped; bytes that are not UTF-8 become replacement characters, as the serializer
+    /// reads extension names. <see cref="Utf8JsonReader.GetString"/> refuses those, so the rare escaped name with bad bytes
+    /// is unescaped here (the reader has already checked the escapes' syntax; an unpaired surrogate is refused).
+    /// </summary>
+    private static string UnescapedName(ref Utf8JsonReader r)
+    {
+        try
+        {
+            return r.GetString()!;
+        }
+        catch (InvalidOperationException)
+        {
+            var raw = r.HasValueSequence ? r.ValueSequence.ToArray() : r.ValueSpan.ToArray();
+            var text = new StringBuilder(raw.Length);
+            var run = 0;
+            for (var i = 0; i < raw.Length; i++)
+            {
+                if (raw[i] != (byte)'\\')
+                {
+                    continue;
+                }
+
+                text.Append(Encoding.UTF8.GetString(raw, run, i - run));
+                var escape = raw[++i];
+                if (escape != (byte)'u')
+                {
+                    text.Append(escape switch { (byte)'b' => '\b', (byte)'f' => '\f', (byte)'n' => '\n', (byte)'r' => '\r', (byte)'t' => '\t', _ => (char)escape });
+                }
+                else
+                {
+                    var unit = (char)Convert.ToUInt16(Encoding.ASCII.GetString(raw, i + 1, 4), 16);
+                    i += 4;
+                    if (char.IsHighSurrogate(unit) && i + 6 < raw.Length && raw[i + 1] == '\\' && raw[i + 2] == 'u'
+                        && char.IsLowSurrogate((char)Convert.ToUInt16(Encoding.ASCII.GetString(raw, i + 3, 4), 16)))
+                    {
+                        text.Append(unit).Append((char)Convert.ToUInt16(Encoding.ASCII.GetString(raw, i + 3, 4), 16));
+                        i += 6;
+                    }
+                    else if (char.IsSurrogate(unit))
+                    {
+                        throw new JsonException("A field name holds an unpaired surrogate escape.");
+                    }
+                    else
+                    {
+                        text.Append(unit);
+                    }
+                }
+
+                run = i + 1;
+            }
+
+            return text.Append(Encoding.UTF8.GetString(raw, run, raw.Length - run)).ToString();
+        }
+    }
+
+    private static JsonElement? OptionalElement(ref Utf8JsonReader r) =>
+        r.TokenType == JsonTokenType.Null ? null : JsonElement.ParseValue(ref r);
+
+    private static string? String(ref Utf8JsonReader r, string what) => r.TokenType switch
+    {
+        JsonTokenType.String => r.GetString(),
+        JsonTokenType.Null => null,
+        _ => throw Mismatch(ref r, what, "a string"),
+    };
+
+    private static int Int32(ref Utf8JsonReader r, string what) =>
+        r.TokenType == JsonTokenType.Number && r.TryGetInt32(out var value) ? value : throw Mismatch(ref r, what, "an integer");
+
+    private static long Int64(ref Utf8JsonReader r, string what) =>
+        r.TokenType == JsonTokenType.Number && r.TryGetInt64(out var value) ? value : throw Mismatch(ref r, what, "an integer");
+
+    private static void Expect(ref Utf8JsonReader r, JsonTokenType token, string what, string kind)
+    {
+        if (r.TokenType != token)
+        {
+            throw Mismatch(ref r, what, kind);
+        }
+    }
+
+    private static JsonException Mismatch(ref Utf8JsonReader r, string what, string kind) =>
+        new($"{what} must be {kind}, not {Describe(r.TokenType)} (at byte {r.TokenStartIndex}).");
+
+    private static string Describe(JsonTokenType token) => token switch
+    {
+        JsonTokenType.StartObject => "an object",
+        JsonTokenType.StartArray => "an array",
+        JsonTokenType.String => "a string",
+        JsonTokenType.Number => "a number out of range or with a fraction",
+        JsonTokenType.True or JsonTokenType.False => "a boolean",
+        JsonTokenType.Null => "null",
+        _ => token.ToString(),
+    };
+
+    // ---- writing: nulls left out (WhenWritingNull) unless the schema keeps them; unknown fields last ----
+
+    public static void WriteResponse(Utf8JsonWriter w, ChatCompletionResponse value)
+    {
+        w.WriteStartObject();
+        WriteHeader(w, value.Id, value.Object, value.Created, value.Model);
+        if (value.Choices is { } choices)
+        {
+            w.WriteStartArray("choices"u8);
+            foreach (var choice in choices)
+            {
+                if (choice is null)
+                {
+                    w.WriteNullValue();
+                    continue;
+                }
+
+                w.WriteStartObject();
+                w.WriteNumber("index"u8, choice.Index);
+                if (choice.Message is { } message)
+                {
+                    w.WritePropertyName("message"u8);
+                    WriteAnswerMessage(w, message);
+                }
+
+                if (choice.FinishReason is { } finish)
+                {
+                    w.WriteString("finish_reason"u8, finish);
+                }
+
+                WriteAlways(w, "logprobs"u8, choice.Logprobs);
+                w.WriteEndObject();
+            }
+
+            w.WriteEndArray();
+        }
+
+        WriteTrailer(w, value.Usage, value.SystemFingerprint, value.AdditionalProperties);
+    }
+
+    public static void WriteChunk(Utf8JsonWriter w, ChatCompletionChunk value)
+    {
+        w.WriteStartObject();
+        WriteHeader(w, value.Id, value.Object, value.Created, value.Model);
+        if (value.Choices is { } choices)
+        {
+            w.WriteStartArray("choices"u8);
+            foreach (var choice in choices)
+            {
+                if (choice is null)
+                {
+                    w.WriteNullValue();
+                    continue;
+                }
+
+                w.WriteStartObject();
+                w.WriteNumber("index"u8, choice.Index);
+                if (choice.Delta is { } delta)
+                {
+                    w.WriteStartObject("delta"u8);
+                    WriteIfNotNull(w, "role"u8, delta.Role);
+                    WriteIfNotNull(w, "content"u8, delta.Content);
+                    WriteToolCalls(w, delta.ToolCalls);
+                    WriteIfNotNull(w, "refusal"u8, delta.Refusal);
+                    w.WriteEndObject();
+                }
+
+                w.WritePropertyName("finish_reason"u8);
+                if (choice.FinishReason is { } finish)
+                {
+                    w.WriteStringValue(finish);
+                }
+                else
+                {
+                    w.WriteNullValue();
+                }
+
+                WriteAlways(w, "logprobs"u8, choice.Logprobs);
+                w.WriteEndObject();
+            }
+
+            w.WriteEndArray();
+        }
+
+        WriteTrailer(w, value.Usage, value.SystemFingerprint, value.AdditionalProperties);
+    }
+
+    /// <summary>
+    /// An answer's message as the OpenAI schema has it: <c>content</c> and <c>refusal</c> always present, null when
+    /// absent (a tool-call-only answer has <c>"content": null</c>); unknown fields of those names are not written twice.
+    /// </summary>
+    public static void WriteAnswerMessage(Utf8JsonWriter w, ChatCompletionMessage value)
+    {
+        w.WriteStartObject();
+        w.WriteString("role"u8, value.Role);
+        w.WritePropertyName("content"u8);
+        if (value.Content is { } content)
+        {
+            WriteContent(w, content);
+        }
+        else
+        {
+            w.WriteNullValue();
+        }
+
+        WriteIfNotNull(w, "name"u8, value.Name);
+        w.WritePropertyName("refusal"u8);
+        if (value.Refusal is not null)
+        {
+            w.WriteStringValue(value.Refusal);
+        }
+        else
+        {
+            w.WriteNullValue();
+        }
+
+        if (value.ToolCalls is { Count: > 0 } calls)
+        {
+            WriteToolCalls(w, calls);
+        }
+
+        WriteIfNotNull(w, "tool_call_id"u8, value.ToolCallId);
+        foreach (var (name, element) in value.AdditionalProperties ?? [])
+        {
+            if (name is not ("content" or "refusal" or "role" or "tool_calls"))
+            {
+                w.WritePropertyName(name);
+                element.WriteTo(w);
+            }
+        }
+
+        w.WriteEndObject();
+    }
+
+    /// <summary><see cref="MessageContent"/>: its text as a string, else its parts as an array.</summary>
+    public static void WriteContent(Utf8JsonWriter w, MessageContent value)
+    {
+        if (value.Text is not null)
+        {
+            w.WriteStringValue(value.Text);
+            return;
+        }
+
+        w.WriteStartArray();
+        foreach (var part in value.Parts ?? [])
+        {
+            if (part is null)
+            {
+                w.WriteNullValue();
+                continue;
+            }
+
+            w.WriteStartObject();
+            WriteIfNotNull(w, "type"u8, part.Type);
+            WriteIfNotNull(w, "text"u8, part.Text);
+            if (part.ImageUrl is { } image)
+            {
+                w.WriteStartObject("image_url"u8);
+                WriteIfNotNull(w, "url"u8, image.Url);
+                WriteIfNotNull(w, "detail"u8, image.Detail);
+                w.WriteEndObject();
+            }
+
+            WriteExtra(w, part.AdditionalProperties);
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
+    }
+
+    private static void WriteToolCalls(Utf8JsonWriter w, List<ToolCall>? calls)
+    {
+        if (calls is null)
+        {
+            return;
+        }
+
+        w.WriteStartArray("tool_calls"u8);
+        foreach (var call in calls)
+        {
+            if (call is null)
+            {
+                w.WriteNullValue();
+                continue;
+            }
+
+            w.WriteStartObject();
+            if (call.Index is { } index)
+            {
+                w.WriteNumber("index"u8, index);
+            }
+
+            WriteIfNotNull(w, "id"u8, call.Id);
+            WriteIfNotNull(w, "type"u8, call.Type);
+            if (call.Function is { } function)
+            {
+                w.WriteStartObject("function"u8);
+                WriteIfNotNull(w, "name"u8, function.Name);
+                WriteIfNotNull(w, "arguments"u8, function.Arguments);
+                w.WriteEndObject();
+            }
+
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
+    }
+
+    private static void WriteHeader(Utf8JsonWriter w, string? id, string? type, long created, string? model)
+    {
+        WriteIfNotNull(w, "id"u8, id);
+        WriteIfNotNull(w, "object"u8, type);
+        w.WriteNumber("created"u8, created);
+        WriteIfNotNull(w, "model"u8, model);
+    }
+
+    private static void WriteTrailer(Utf8JsonWriter w, TokenUsage? usage, string? fingerprint, Dictionary<string, JsonElement>? extra)
+    {
+        if (usage is not null)
+        {
+            w.WriteStartObject("usage"u8);
+            w.WriteNumber("prompt_tokens"u8, usage.PromptTokens);
+            w.WriteNumber("completion_tokens"u8, usage.CompletionTokens);
+            w.WriteNumber("total_tokens"u8, usage.TotalTokens);
+            WriteExtra(w, usage.AdditionalProperties);
+            w.WriteEndObject();
+        }
+
+        WriteIfNotNull(w, "system_fingerprint"u8, fingerprint);
+        WriteExtra(w, extra);
+        w.WriteEndObject();
+    }
+
+    private static void WriteIfNotNull(Utf8JsonWriter w, ReadOnlySpan<byte> name, string? value)
+    {
+        if (value is not null)
+        {
+            w.WriteString(name, value);
+        }
+    }
+
+    private static void WriteAlways(Utf8JsonWriter w, ReadOnlySpan<byte> name, JsonElement? value)
+    {
+        w.WritePropertyName(name);
+        if (value is { } element)
+        {
+            element.WriteTo(w);
+        }
+        else
+        {
+            w.WriteNullValue();
+        }
+    }
+
+    private static void WriteExtra(Utf8JsonWriter w, Dictionary<string, JsonElement>? extra)
+    {
+        if (extra is null)
+        {
+            return;
+        }
+
+        foreach (var (name, element) in extra)
+        {
+            w.WritePropertyName(name);
+            element.WriteTo(w);
+        }
+    }
+}
+
+/// <summary>Puts <see cref="AnswerJson"/> behind the serializer's API for <see cref="ChatCompletionResponse"/>.</summary>
+internal sealed class ChatCompletionResponseConverter : JsonConverter<ChatCompletionResponse>
+{
+    public override ChatCompletionResponse Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
+        AnswerJson.ReadResponse(ref reader);
+
+    public override void Write(Utf8JsonWriter writer, ChatCompletionResponse value, JsonSerializerOptions options) =>
+        AnswerJson.WriteResponse(writer, value);
+}
+
+/// <summary>Puts <see cref="AnswerJson"/> behind the serializer's API for <see cref="ChatCompletionChunk"/>.</summary>
+internal sealed class ChatCompletionChunkConverter : JsonConverter<ChatCompletionChunk>
+{
+    public override ChatCompletionChunk Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
+        AnswerJson.ReadChunk(ref reader);
+
+    public override void Write(Utf8JsonWriter writer, ChatCompletionChunk value, JsonSerializerOptions options) =>
+        AnswerJson.WriteChunk(writer, value);
+}
