@@ -568,7 +568,7 @@ internal static class AnswerJson
         w.WriteEndArray();
     }
 
-    private static void WriteToolCalls(Utf8JsonWriter w, List<ToolCall>? calls)
+    internal static void WriteToolCalls(Utf8JsonWriter w, List<ToolCall>? calls)
     {
         if (calls is null)
         {
@@ -631,7 +631,7 @@ internal static class AnswerJson
         w.WriteEndObject();
     }
 
-    private static void WriteIfNotNull(Utf8JsonWriter w, ReadOnlySpan<byte> name, string? value)
+    internal static void WriteIfNotNull(Utf8JsonWriter w, ReadOnlySpan<byte> name, string? value)
     {
         if (value is not null)
         {
@@ -652,7 +652,7 @@ internal static class AnswerJson
         }
     }
 
-    private static void WriteExtra(Utf8JsonWriter w, Dictionary<string, JsonElement>? extra)
+    internal static void WriteExtra(Utf8JsonWriter w, Dictionary<string, JsonElement>? extra)
     {
         if (extra is null)
         {

@@ -37,9 +37,9 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
             ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/chat/completions?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
             : _chat;
 
-        // Serialized up front (System.Text.Json's pooled writer, one array for the result) so the upstream gets a
-        // Content-Length instead of a chunked body, which not every OpenAI-compatible server reads well.
-        var content = new ByteArrayContent(JsonSerializer.SerializeToUtf8Bytes(request.Request.ForUpstream(request.Model, stream), GatewayJsonContext.Default.ChatCompletionRequest));
+        // Serialized up front (a per-thread buffer, one array for the result) so the upstream gets a Content-Length
+        // instead of a chunked body, which not every OpenAI-compatible server reads well.
+        var content = new ByteArrayContent(RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, GatewayJsonContext.Default.Options));
         content.Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=utf-8");
         var message = new HttpRequestMessage(HttpMethod.Post, uri) { Content = content };
         if (_authorization is not null)
