@@ -22,7 +22,8 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         ChatCompletionRequest? request;
         try
         {
-            request = await JsonBody.ReadAsync(ctx.Request.BodyReader, FrontDoorJsonContext.Default.ChatCompletionRequest, ctx.RequestAborted);
+            // The common request is read by hand; anything else (and every refusal, with its JSON path) by the serializer.
+            request = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => RequestJson.TryRead(body) ?? JsonSerializer.Deserialize(body, FrontDoorJsonContext.Default.ChatCompletionRequest), ctx.RequestAborted);
         }
         catch (JsonException ex)
         {

@@ -4,14 +4,15 @@ using System.Text.Json;
 namespace PipelineGateway;
 
 /// <summary>
-/// A chat request as an OpenAI-compatible upstream receives it, written by hand: what
+/// A chat request read from a client (<see cref="TryRead"/>) and as an OpenAI-compatible upstream receives it
+/// (<see cref="WriteUpstream"/>). Written by hand: what
 /// <c>JsonSerializer.Serialize(request.ForUpstream(model, stream), GatewayJsonContext.Default.ChatCompletionRequest)</c>
 /// writes, byte for byte (RequestJsonDifferentialTests), without the copy of the request, the serializer's write stack
 /// and its metadata walk, for every attempt. Why by hand: the request type keeps unknown fields
 /// (<c>[JsonExtensionData]</c>), which rules out the source generator's fast path; its metadata path allocated a
 /// write-stack array and a request copy per attempt (docs/benchmarks.md, issue 21).
 /// </summary>
-internal static class RequestJson
+internal static partial class RequestJson
 {
     /// <summary>The request's JSON for <paramref name="model"/>, streamed (with usage asked for) or not, as a new array.</summary>
     public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, JsonSerializerOptions options)

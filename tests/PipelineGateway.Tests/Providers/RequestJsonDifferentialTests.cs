@@ -59,6 +59,69 @@ public sealed class RequestJsonDifferentialTests
     }
 
     [Fact]
+    public void Mutated_requests_read_by_hand_are_read_as_the_serializer_reads_them_with_duplicates_refused()
+    {
+        // The fast reader may hand any body back to the serializer; what it does read must be what the serializer
+        // (the front door's context: duplicate keys refused) reads, and it must read most well-formed requests.
+        var failures = new List<string>();
+        var (accepted, fast) = (0, 0);
+        var pcg = new PCG(1, Seed + 11);
+        var gen = Fuzz.Body(Fuzz.ChatTemplate);
+        for (var i = 0; i < Cases && failures.Count < 5; i++)
+        {
+            var body = gen.Generate(pcg, null, out _);
+            if (!System.Text.Unicode.Utf8.IsValid(body.Bytes))
+            {
+                continue; // the front door refuses these before any reader sees them
+            }
+
+            var expected = Read(body.Bytes);
+            accepted += expected.StartsWith("throws", StringComparison.Ordinal) ? 0 : 1;
+            if (RequestJson.TryRead(body.Bytes) is not { } request)
+            {
+                continue;
+            }
+
+            fast++;
+            var actual = Write(() => JsonSerializer.SerializeToUtf8Bytes(request, GatewayJsonContext.Default.ChatCompletionRequest));
+            if (expected != actual)
+            {
+                failures.Add($"{body}\n  serializer:   {expected}\n  hand-written: {actual}");
+            }
+        }
+
+        failures.Should().BeEmpty();
+        fast.Should().BeGreaterThan(accepted * 3 / 4, $"the fast reader must take most requests the serializer reads ({fast} of {accepted})");
+    }
+
+    [Theory]
+    [InlineData("""{"model":"m","messages":[],"model":"n"}""")]
+    [InlineData("""{"model":"m","messages":[{"role":"user","role":"system"}]}""")]
+    [InlineData("""{"model":"m","messages":[],"x":1,"x":2}""")]
+    [InlineData("""{"model":"m","messages":[],"tool_choice":{"a":1,"a":2}}""")]
+    [InlineData("""{"model":"m","messages":[],"\u006dodel":"n"}""")]
+    [InlineData("""{"model":"m","messages":[]} {}""")]
+    [InlineData("""{"model":"m","messages":[],"gateway":{"no_cache":true}}""")]
+    [InlineData("""{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u","x":1,"x":2}}]}]}""")]
+    public void What_the_serializer_must_decide_is_handed_back_to_it(string body) =>
+        RequestJson.TryRead(Encoding.UTF8.GetBytes(body)).Should().BeNull();
+
+    [Fact]
+    public void A_well_formed_request_is_read_by_hand()
+    {
+        var request = RequestJson.TryRead("""{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.5,"stop":["a"],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"metadata":{"k":"v"}}"""u8);
+        request.Should().NotBeNull();
+        request!.Model.Should().Be("m");
+        request.Messages.Single().Content!.GetText().Should().Be("hi");
+        request.Temperature.Should().Be(0.5);
+        request.Tools!.Single().Function!.Parameters!.Value.GetProperty("type").GetString().Should().Be("object");
+        request.AdditionalProperties!["metadata"].GetProperty("k").GetString().Should().Be("v");
+    }
+
+    private static string Read(byte[] body) => Write(() =>
+        JsonSerializer.SerializeToUtf8Bytes(JsonSerializer.Deserialize(body, PipelineGateway.Server.FrontDoorJsonContext.Default.ChatCompletionRequest), GatewayJsonContext.Default.ChatCompletionRequest));
+
+    [Fact]
     public void A_request_is_written_with_the_upstream_model_and_usage_asked_for_when_streamed()
     {
         var request = new ChatCompletionRequest
