@@ -37,7 +37,10 @@ internal sealed class MessageContentConverter : JsonConverter<MessageContent>
 /// <summary>Reads <c>stop</c> as a string or an array of strings; writes it back in the form it came in.</summary>
 internal sealed class StopSequencesConverter : JsonConverter<StopSequences>
 {
-    public override StopSequences? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options)
+    public override StopSequences? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => ReadValue(ref reader);
+
+    /// <summary>Reads <c>stop</c> from its first token (also for the hand-written request reader, <see cref="RequestJson"/>).</summary>
+    public static StopSequences? ReadValue(ref Utf8JsonReader reader)
     {
         switch (reader.TokenType)
         {

@@ -56,7 +56,7 @@ internal static partial class RequestJson
             else if (r.ValueTextEquals("tools"u8)) { Once(ref seen, 8); r.Read(); value.Tools = ListOf(ref r, body, ReadTool); }
             else if (r.ValueTextEquals("tool_choice"u8)) { Once(ref seen, 9); r.Read(); value.ToolChoice = Element(ref r, body); }
             else if (r.ValueTextEquals("response_format"u8)) { Once(ref seen, 10); r.Read(); value.ResponseFormat = Element(ref r, body); }
-            else if (r.ValueTextEquals("stop"u8)) { Once(ref seen, 11); r.Read(); value.Stop = Stop(ref r); }
+            else if (r.ValueTextEquals("stop"u8)) { Once(ref seen, 11); r.Read(); value.Stop = StopSequencesConverter.ReadValue(ref r); }
             else if (r.ValueTextEquals("n"u8)) { Once(ref seen, 12); r.Read(); value.N = Int32(ref r); }
             else if (r.ValueTextEquals("seed"u8)) { Once(ref seen, 13); r.Read(); value.Seed = r.TokenType == JsonTokenType.Null ? null : r.TokenType == JsonTokenType.Number && r.TryGetInt64(out var seed) ? seed : throw Back; }
             else if (r.ValueTextEquals("stream_options"u8)) { Once(ref seen, 14); r.Read(); value.StreamOptions = ReadStreamOptions(ref r, body); }
@@ -229,27 +229,6 @@ internal static partial class RequestJson
         }
 
         return value;
-    }
-
-    private static StopSequences? Stop(ref Utf8JsonReader r)
-    {
-        switch (r.TokenType)
-        {
-            case JsonTokenType.Null:
-                return null;
-            case JsonTokenType.String:
-                return new StopSequences([r.GetString()!]) { WasSingle = true };
-            case JsonTokenType.StartArray:
-                var list = new StopSequences();
-                while (r.Read() && r.TokenType != JsonTokenType.EndArray)
-                {
-                    list.Add(r.TokenType == JsonTokenType.String ? r.GetString()! : throw Back);
-                }
-
-                return list;
-            default:
-                throw Back;
-        }
     }
 
     private delegate T? ItemReader<T>(ref Utf8JsonReader r, ReadOnlySpan<byte> body);

@@ -17,8 +17,8 @@ namespace PipelineGateway.Tests.Providers;
 /// </summary>
 public sealed class AnswerJsonDifferentialTests
 {
-    private static readonly ulong Seed = ulong.TryParse(Environment.GetEnvironmentVariable("PGW_FUZZ_SEED"), out var s) ? s : 20261202UL;
-    private static readonly int Cases = 20_000 * (int.TryParse(Environment.GetEnvironmentVariable("PGW_FUZZ_SCALE"), out var x) && x > 0 ? x : 1);
+    private static readonly ulong Seed = Fuzz.Seed;
+    private static readonly int Cases = 20_000 * Fuzz.Scale;
 
     private const string Response = """
         {"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","system_fingerprint":"fp_1",

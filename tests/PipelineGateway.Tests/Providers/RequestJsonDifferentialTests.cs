@@ -14,8 +14,8 @@ namespace PipelineGateway.Tests.Providers;
 /// </summary>
 public sealed class RequestJsonDifferentialTests
 {
-    private static readonly ulong Seed = ulong.TryParse(Environment.GetEnvironmentVariable("PGW_FUZZ_SEED"), out var s) ? s : 20261202UL;
-    private static readonly int Cases = 20_000 * (int.TryParse(Environment.GetEnvironmentVariable("PGW_FUZZ_SCALE"), out var x) && x > 0 ? x : 1);
+    private static readonly ulong Seed = Fuzz.Seed;
+    private static readonly int Cases = 20_000 * Fuzz.Scale;
 
     [Fact]
     public void Mutated_requests_are_written_for_the_upstream_as_the_serializer_writes_them()

@@ -26,8 +26,8 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
 
     // CI runs these fixed seeds and counts (a few seconds). To explore further, set PGW_FUZZ_SEED and
     // PGW_FUZZ_SCALE (a multiplier of the counts): a failure prints the case, and the same seed replays it.
-    private static readonly ulong Seed = ulong.TryParse(Environment.GetEnvironmentVariable("PGW_FUZZ_SEED"), out var s) ? s : 20261202UL;
-    private static readonly int Scale = int.TryParse(Environment.GetEnvironmentVariable("PGW_FUZZ_SCALE"), out var x) && x > 0 ? x : 1;
+    private static readonly ulong Seed = Fuzz.Seed;
+    private static readonly int Scale = Fuzz.Scale;
     private static readonly int HttpCases = 2_000 * Scale;
     private static readonly int CodecCases = 20_000 * Scale;
     private WebApplication _app = null!;
@@ -243,6 +243,12 @@ internal sealed record FuzzRequest(string Path, FuzzBody Body, string? ContentTy
 /// <summary>The generators: valid templates, JSON values, mutations, header values.</summary>
 internal static class Fuzz
 {
+    /// <summary>The fixed seed CI runs, or PGW_FUZZ_SEED's; a failure prints its case and the same seed replays it.</summary>
+    public static readonly ulong Seed = ulong.TryParse(Environment.GetEnvironmentVariable("PGW_FUZZ_SEED"), out var s) ? s : 20261202UL;
+
+    /// <summary>A multiplier of the case counts (PGW_FUZZ_SCALE), to explore further than CI does.</summary>
+    public static readonly int Scale = int.TryParse(Environment.GetEnvironmentVariable("PGW_FUZZ_SCALE"), out var x) && x > 0 ? x : 1;
+
     public const string Chat = "v1/chat/completions";
     public const string Messages = "v1/messages";
 
