@@ -44,14 +44,18 @@ public sealed class IsolationTests
             .StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
 
-        // Waiting callers and fail-fast callers flood the stuck provider.
+        // Waiting callers flood the stuck provider until its workers and queue are full; then fail-fast callers come.
+        // (Sent together, a fail-fast caller could take a place in the queue before the flood filled it, rightly, and
+        // then wait for ever with the stuck provider: the test once hung on that race.)
         using var flood = CancellationTokenSource.CreateLinkedTokenSource(Ct);
         var waiting = Enumerable.Range(0, 500).Select(_ => gateway.SubmitAsync(Req("slow"), SubmitMode.Wait, flood.Token).AsTask()).ToArray();
-        var failFast = Enumerable.Range(0, 200).Select(_ => gateway.SubmitAsync(Req("slow"), SubmitMode.FailFast, flood.Token).AsTask()).ToArray();
         await Wait.Until(() => stuck.Calls == 2 && pipeline.GetQueueDepths().Providers["stuck"] == 4, "the stuck provider's workers and queue are full");
+        var failFast = Enumerable.Range(0, 200).Select(_ => gateway.SubmitAsync(Req("slow"), SubmitMode.FailFast, flood.Token).AsTask()).ToArray();
 
-        // Fail-fast callers of the stuck model are refused at once (by the full queue, or by admission's full waiting
-        // room while the flood passed through it), never queued past its capacity.
+        // Fail-fast callers of the saturated model are refused (by the full queue, or by admission's full waiting room
+        // while the flood passes through it), never queued past its capacity: all of them, without waiting for room.
+        await Wait.Until(() => failFast.All(t => t.IsCompleted), "every fail-fast caller is answered");
+        pipeline.GetQueueDepths().Providers["stuck"].Should().Be(4);
         foreach (var t in failFast)
         {
             var refusedAtOnce = async () => await t;
