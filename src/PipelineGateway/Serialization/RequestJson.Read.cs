@@ -37,7 +37,7 @@ internal static partial class RequestJson
     /// <summary>Thrown where the serializer, not this reader, must decide.</summary>
     private sealed class FallBack : Exception;
 
-    private static readonly FallBack Back = new();
+    private static FallBack Back => new(); // one per throw: an exception object thrown on two threads at once races
 
     private static ChatCompletionRequest ReadRequest(ref Utf8JsonReader r, ReadOnlySpan<byte> body)
     {
