@@ -4,6 +4,7 @@ using Microsoft.Extensions.Time.Testing;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
 using PipelineGateway.Providers.Http;
+using PipelineGateway.Routing;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Providers;
@@ -133,4 +134,60 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         var act = async () => await pending;
         (await act.Should().ThrowAsync<ProviderException>()).Which.Outcome.Should().Be(AttemptOutcome.Timeout);
     }
+
+    [Theory]
+    [InlineData("""{"choices":null}""")]
+    [InlineData("""{"choices":[null]}""")]
+    [InlineData("""{"choices":[{"index":0,"message":null,"finish_reason":"stop"}]}""")]
+    [InlineData("""{"id":null,"model":null,"object":null,"choices":[{"index":0,"message":{"role":null,"content":null}}]}""")]
+    [InlineData("""{"choices":[{"index":0,"message":{"role":"assistant","content":[null]}}]}""")]
+    [InlineData("""{"choices":[],"usage":{"prompt_tokens":-5,"completion_tokens":-1,"total_tokens":0}}""")]
+    public async Task An_odd_but_valid_JSON_answer_gets_a_typed_error_or_an_answer_never_a_crash(string body)
+    {
+        await using var gateway = await Answering("body-200", body);
+        try
+        {
+            var response = await gateway.SubmitAsync(TestGateway.Request("m"), Ct);
+            _ = (response.Content, response.FinishReason, response.Choices.Count); // the answer's own API holds up too
+        }
+        catch (Exception ex)
+        {
+            ex.Should().BeAssignableTo<GatewayException>($"the upstream answered {body}");
+        }
+    }
+
+    [Theory]
+    [InlineData("""{"choices":[null]}""", false)]
+    [InlineData("""{"choices":[{"index":0,"delta":null}]}""", false)]
+    [InlineData("""{"choices":[{"index":0,"delta":{"tool_calls":[null]}}]}""", false)]
+    [InlineData("""{"choices":null,"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}""", true)]
+    public async Task An_odd_but_valid_JSON_stream_event_gets_a_typed_error_or_is_read_never_a_crash(string chunk, bool readable)
+    {
+        await using var gateway = await Answering("sse-200", chunk);
+
+        var act = async () => await gateway.StreamAsync(TestGateway.Request("m"), Ct).ToListAsync(Ct);
+
+        if (readable)
+        {
+            (await act()).Should().OnlyContain(c => c.Choices != null);
+        }
+        else
+        {
+            await act.Should().ThrowAsync<GatewayException>();
+        }
+    }
+
+    /// <summary>A gateway over the scripted upstream answering with <paramref name="fault"/> and <paramref name="body"/>, one attempt per request.</summary>
+    private async Task<Gateway> Answering(string fault, string body) => await new GatewayBuilder()
+        .Configure(o =>
+        {
+            var provider = new ProviderOptions { Name = "odd", Type = ProviderTypes.OpenAICompatible, BaseUrl = new Uri(_upstream.BaseAddress, "v1").ToString() };
+            provider.Headers["x-fault"] = fault;
+            provider.Headers["x-body"] = body;
+            o.Providers.Add(provider);
+            o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "odd" }] });
+            o.Cache.Enabled = true;
+            o.Pipeline.MaxAttempts = 1;
+        })
+        .StartAsync(Ct);
 }

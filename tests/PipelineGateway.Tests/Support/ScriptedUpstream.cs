@@ -121,6 +121,14 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 Interlocked.Increment(ref _stalled);
                 await Aborted(ctx.RequestAborted); // the rest never comes: held until the gateway gives up
                 break;
+            case "body-200":
+                // The answer body the test chose, sent as a 200 (odd shapes a real upstream could send).
+                await Raw(ctx, 200, "application/json", ctx.Request.Headers["x-body"].ToString());
+                break;
+            case "sse-200":
+                // One event the test chose, then [DONE].
+                await Raw(ctx, 200, "text/event-stream", $"data: {ctx.Request.Headers["x-body"]}\n\ndata: [DONE]\n\n");
+                break;
             case "truncated-200":
                 await Raw(ctx, 200, "application/json", $"{{\"id\":\"x\",\"note\":\"{key}\",\"choices\":[");
                 break;
