@@ -66,12 +66,11 @@ internal static class AnswerJson
 
     private static ChatChoice? ReadChoice(ref Utf8JsonReader r)
     {
-        if (r.TokenType == JsonTokenType.Null)
+        if (!Object(ref r, "a choice"))
         {
             return null;
         }
 
-        Expect(ref r, JsonTokenType.StartObject, "a choice", "an object");
         var value = new ChatChoice();
         while (NextProperty(ref r))
         {
@@ -87,12 +86,11 @@ internal static class AnswerJson
 
     private static ChunkChoice? ReadChunkChoice(ref Utf8JsonReader r)
     {
-        if (r.TokenType == JsonTokenType.Null)
+        if (!Object(ref r, "a choice"))
         {
             return null;
         }
 
-        Expect(ref r, JsonTokenType.StartObject, "a choice", "an object");
         var value = new ChunkChoice();
         while (NextProperty(ref r))
         {
@@ -108,12 +106,11 @@ internal static class AnswerJson
 
     private static ChatCompletionDelta? ReadDelta(ref Utf8JsonReader r)
     {
-        if (r.TokenType == JsonTokenType.Null)
+        if (!Object(ref r, "a delta"))
         {
             return null;
         }
 
-        Expect(ref r, JsonTokenType.StartObject, "a delta", "an object");
         var value = new ChatCompletionDelta();
         while (NextProperty(ref r))
         {
@@ -130,12 +127,11 @@ internal static class AnswerJson
     /// <summary>A message as <see cref="ChatCompletionMessage"/>'s contract reads it (answers and requests alike).</summary>
     public static ChatCompletionMessage? ReadMessage(ref Utf8JsonReader r)
     {
-        if (r.TokenType == JsonTokenType.Null)
+        if (!Object(ref r, "a message"))
         {
             return null;
         }
 
-        Expect(ref r, JsonTokenType.StartObject, "a message", "an object");
         var value = new ChatCompletionMessage();
         while (NextProperty(ref r))
         {
@@ -162,12 +158,11 @@ internal static class AnswerJson
 
     private static ContentPart? ReadPart(ref Utf8JsonReader r)
     {
-        if (r.TokenType == JsonTokenType.Null)
+        if (!Object(ref r, "a content part"))
         {
             return null;
         }
 
-        Expect(ref r, JsonTokenType.StartObject, "a content part", "an object");
         var value = new ContentPart();
         while (NextProperty(ref r))
         {
@@ -182,12 +177,11 @@ internal static class AnswerJson
 
     private static ImageUrl? ReadImageUrl(ref Utf8JsonReader r)
     {
-        if (r.TokenType == JsonTokenType.Null)
+        if (!Object(ref r, "'image_url'"))
         {
             return null;
         }
 
-        Expect(ref r, JsonTokenType.StartObject, "'image_url'", "an object");
         var value = new ImageUrl();
         while (NextProperty(ref r))
         {
@@ -201,12 +195,11 @@ internal static class AnswerJson
 
     private static ToolCall? ReadToolCall(ref Utf8JsonReader r)
     {
-        if (r.TokenType == JsonTokenType.Null)
+        if (!Object(ref r, "a tool call"))
         {
             return null;
         }
 
-        Expect(ref r, JsonTokenType.StartObject, "a tool call", "an object");
         var value = new ToolCall();
         while (NextProperty(ref r))
         {
@@ -222,12 +215,11 @@ internal static class AnswerJson
 
     private static FunctionCall? ReadFunctionCall(ref Utf8JsonReader r)
     {
-        if (r.TokenType == JsonTokenType.Null)
+        if (!Object(ref r, "a tool call's 'function'"))
         {
             return null;
         }
 
-        Expect(ref r, JsonTokenType.StartObject, "a tool call's 'function'", "an object");
         var value = new FunctionCall();
         while (NextProperty(ref r))
         {
@@ -241,12 +233,11 @@ internal static class AnswerJson
 
     private static TokenUsage? ReadUsage(ref Utf8JsonReader r)
     {
-        if (r.TokenType == JsonTokenType.Null)
+        if (!Object(ref r, "'usage'"))
         {
             return null;
         }
 
-        Expect(ref r, JsonTokenType.StartObject, "'usage'", "an object");
         var value = new TokenUsage();
         while (NextProperty(ref r))
         {
@@ -277,6 +268,18 @@ internal static class AnswerJson
         }
 
         return list;
+    }
+
+    /// <summary>True on an object's start, false on null (a null object); anything else is refused.</summary>
+    private static bool Object(ref Utf8JsonReader r, string what)
+    {
+        if (r.TokenType == JsonTokenType.Null)
+        {
+            return false;
+        }
+
+        Expect(ref r, JsonTokenType.StartObject, what, "an object");
+        return true;
     }
 
     /// <summary>Moves to the next property name; false at the object's end.</summary>
@@ -404,37 +407,22 @@ internal static class AnswerJson
     {
         w.WriteStartObject();
         WriteHeader(w, value.Id, value.Object, value.Created, value.Model);
-        if (value.Choices is { } choices)
+        WriteChoices(w, value.Choices, static (w, choice) =>
         {
-            w.WriteStartArray("choices"u8);
-            foreach (var choice in choices)
+            w.WriteNumber("index"u8, choice.Index);
+            if (choice.Message is { } message)
             {
-                if (choice is null)
-                {
-                    w.WriteNullValue();
-                    continue;
-                }
-
-                w.WriteStartObject();
-                w.WriteNumber("index"u8, choice.Index);
-                if (choice.Message is { } message)
-                {
-                    w.WritePropertyName("message"u8);
-                    WriteAnswerMessage(w, message);
-                }
-
-                if (choice.FinishReason is { } finish)
-                {
-                    w.WriteString("finish_reason"u8, finish);
-                }
-
-                WriteAlways(w, "logprobs"u8, choice.Logprobs);
-                w.WriteEndObject();
+                w.WritePropertyName("message"u8);
+                WriteAnswerMessage(w, message);
             }
 
-            w.WriteEndArray();
-        }
+            if (choice.FinishReason is { } finish)
+            {
+                w.WriteString("finish_reason"u8, finish);
+            }
 
+            WriteAlways(w, "logprobs"u8, choice.Logprobs);
+        });
         WriteTrailer(w, value.Usage, value.SystemFingerprint, value.AdditionalProperties);
     }
 
@@ -442,47 +430,58 @@ internal static class AnswerJson
     {
         w.WriteStartObject();
         WriteHeader(w, value.Id, value.Object, value.Created, value.Model);
-        if (value.Choices is { } choices)
+        WriteChoices(w, value.Choices, static (w, choice) =>
         {
-            w.WriteStartArray("choices"u8);
-            foreach (var choice in choices)
+            w.WriteNumber("index"u8, choice.Index);
+            if (choice.Delta is { } delta)
             {
-                if (choice is null)
-                {
-                    w.WriteNullValue();
-                    continue;
-                }
-
-                w.WriteStartObject();
-                w.WriteNumber("index"u8, choice.Index);
-                if (choice.Delta is { } delta)
-                {
-                    w.WriteStartObject("delta"u8);
-                    WriteIfNotNull(w, "role"u8, delta.Role);
-                    WriteIfNotNull(w, "content"u8, delta.Content);
-                    WriteToolCalls(w, delta.ToolCalls);
-                    WriteIfNotNull(w, "refusal"u8, delta.Refusal);
-                    w.WriteEndObject();
-                }
-
-                w.WritePropertyName("finish_reason"u8);
-                if (choice.FinishReason is { } finish)
-                {
-                    w.WriteStringValue(finish);
-                }
-                else
-                {
-                    w.WriteNullValue();
-                }
-
-                WriteAlways(w, "logprobs"u8, choice.Logprobs);
+                w.WriteStartObject("delta"u8);
+                WriteIfNotNull(w, "role"u8, delta.Role);
+                WriteIfNotNull(w, "content"u8, delta.Content);
+                WriteToolCalls(w, delta.ToolCalls);
+                WriteIfNotNull(w, "refusal"u8, delta.Refusal);
                 w.WriteEndObject();
             }
 
-            w.WriteEndArray();
+            w.WritePropertyName("finish_reason"u8);
+            if (choice.FinishReason is { } finish)
+            {
+                w.WriteStringValue(finish);
+            }
+            else
+            {
+                w.WriteNullValue();
+            }
+
+            WriteAlways(w, "logprobs"u8, choice.Logprobs);
+        });
+        WriteTrailer(w, value.Usage, value.SystemFingerprint, value.AdditionalProperties);
+    }
+
+    /// <summary>The <c>choices</c> array (left out when null): each choice an object written by <paramref name="body"/>, a null one as null.</summary>
+    private static void WriteChoices<T>(Utf8JsonWriter w, List<T>? choices, Action<Utf8JsonWriter, T> body)
+        where T : class
+    {
+        if (choices is null)
+        {
+            return;
         }
 
-        WriteTrailer(w, value.Usage, value.SystemFingerprint, value.AdditionalProperties);
+        w.WriteStartArray("choices"u8);
+        foreach (var choice in choices)
+        {
+            if (choice is null)
+            {
+                w.WriteNullValue();
+                continue;
+            }
+
+            w.WriteStartObject();
+            body(w, choice);
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
     }
 
     /// <summary>
