@@ -15,11 +15,12 @@ namespace PipelineGateway;
 internal static partial class RequestJson
 {
     /// <summary>The request's JSON for <paramref name="model"/>, streamed (with usage asked for) or not, as a new array.</summary>
-    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, JsonSerializerOptions options)
+    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream)
     {
         var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
         buffer.ResetWrittenCount();
-        var writer = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = options.Encoder, SkipValidation = true });
+        // The gateway's JSON settings (its escaping), as the serializer would have written with them.
+        var writer = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = GatewayJsonContext.Default.Options.Encoder, SkipValidation = true });
         writer.Reset(buffer);
         try
         {

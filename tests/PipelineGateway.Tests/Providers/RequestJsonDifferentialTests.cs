@@ -45,7 +45,7 @@ public sealed class RequestJsonDifferentialTests
             foreach (var stream in new[] { false, true })
             {
                 var expected = Write(() => JsonSerializer.SerializeToUtf8Bytes(request.ForUpstream("upstream-model", stream), GatewayJsonContext.Default.ChatCompletionRequest));
-                var actual = Write(() => RequestJson.ToUpstreamBytes(request, "upstream-model", stream, GatewayJsonContext.Default.Options));
+                var actual = Write(() => RequestJson.ToUpstreamBytes(request, "upstream-model", stream));
                 written++;
                 if (expected != actual)
                 {
@@ -133,9 +133,9 @@ public sealed class RequestJsonDifferentialTests
             StreamOptions = new StreamOptions { IncludeUsage = false, AdditionalProperties = new() { ["other"] = JsonDocument.Parse("1").RootElement } },
         };
 
-        Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o-mini", stream: true, GatewayJsonContext.Default.Options)).Should().Be(
+        Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o-mini", stream: true)).Should().Be(
             """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"h\u00E9 \u003Cb\u003E"}],"temperature":0.1,"stop":"x","stream":true,"stream_options":{"include_usage":true,"other":1}}""");
-        Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o-mini", stream: false, GatewayJsonContext.Default.Options)).Should().Be(
+        Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o-mini", stream: false)).Should().Be(
             """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"h\u00E9 \u003Cb\u003E"}],"temperature":0.1,"stop":"x"}""");
     }
 

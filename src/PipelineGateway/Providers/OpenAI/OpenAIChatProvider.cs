@@ -39,7 +39,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
 
         // Serialized up front (a per-thread buffer, one array for the result) so the upstream gets a Content-Length
         // instead of a chunked body, which not every OpenAI-compatible server reads well.
-        var content = new ByteArrayContent(RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, GatewayJsonContext.Default.Options));
+        var content = new ByteArrayContent(RequestJson.ToUpstreamBytes(request.Request, request.Model, stream));
         content.Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=utf-8");
         var message = new HttpRequestMessage(HttpMethod.Post, uri) { Content = content };
         if (_authorization is not null)
