@@ -23,8 +23,9 @@ internal sealed partial class ProviderWorkerPool
         var replay = item.CacheKey is not null ? new Caching.StreamReplay() : null; // a finished stream is cached whole
         ChatCompletionChunk? usageChunk = null;
         ChatCompletionChunk? pendingLast = null;
-        await foreach (var chunk in Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false))
+        await foreach (var received in Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false))
         {
+            var chunk = ProviderAnswer.Accept(received, Name);
             any = true;
             if (chunk.Usage is { } usage)
             {

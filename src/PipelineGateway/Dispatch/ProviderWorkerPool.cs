@@ -254,7 +254,7 @@ internal sealed partial class ProviderWorkerPool
                     }
                     else
                     {
-                        response = await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false);
+                        response = ProviderAnswer.Accept(await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false), Name);
                         Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
                         Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, _time.GetElapsedTime(started)), null);
                     }

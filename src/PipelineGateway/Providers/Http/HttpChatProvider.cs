@@ -46,50 +46,6 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
     protected ILogger Logger { get; }
 
-    /// <summary>
-    /// An answer that is valid JSON but not a usable chat completion — <c>"choices": null</c>, a null choice, a null
-    /// content part or tool call — is the upstream's failure (retryable, like a body that is not JSON), not something to
-    /// hand on: the answer's own API and every stage after the worker read those as present.
-    /// </summary>
-    private static ChatCompletionResponse Checked(ChatCompletionResponse response)
-    {
-        if (response.Choices is not { } choices)
-        {
-            throw new JsonException("'choices' is null.");
-        }
-
-        foreach (var choice in choices)
-        {
-            if (choice is null)
-            {
-                throw new JsonException("a choice is null.");
-            }
-
-            if (choice.Message is { } message && (message.Content?.Parts?.Contains(null!) == true || message.ToolCalls?.Contains(null!) == true))
-            {
-                throw new JsonException("a message holds a null content part or tool call.");
-            }
-        }
-
-        return response;
-    }
-
-    /// <summary>
-    /// The same for a stream's chunk (each choice, its delta and tool calls); a chunk with <c>"choices": null</c> is
-    /// read as one without choices, as usage-only and filter-result chunks are.
-    /// </summary>
-    private static void Check(ChatCompletionChunk chunk)
-    {
-        chunk.Choices ??= [];
-        foreach (var choice in chunk.Choices)
-        {
-            if (choice?.Delta is not { } delta || delta.ToolCalls?.Contains(null!) == true)
-            {
-                throw new JsonException("a choice, its delta or one of its tool calls is null.");
-            }
-        }
-    }
-
     protected abstract HttpRequestMessage CreateRequest(ProviderRequest request, bool stream);
 
     /// <summary>Parses a whole (non-streamed) answer, read into memory by the caller.</summary>
@@ -127,7 +83,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
         try
         {
-            return Checked(ParseResponse(body.Span, request));
+            return ParseResponse(body.Span, request);
         }
         catch (JsonException ex)
         {
@@ -181,10 +137,6 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                     try
                     {
                         more = await chunks.MoveNextAsync().ConfigureAwait(false);
-                        if (more)
-                        {
-                            Check(chunks.Current);
-                        }
                     }
                     catch (OperationCanceledException ex) when (deadline.TimedOut)
                     {

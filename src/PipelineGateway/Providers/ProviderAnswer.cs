@@ -1,0 +1,59 @@
+namespace PipelineGateway.Providers;
+
+/// <summary>
+/// What the worker accepts from any provider — an HTTP adapter, the Microsoft.Extensions.AI adapter or a user's own
+/// <see cref="ILlmProvider"/>. An answer that is present but not a usable chat completion (null, <c>"choices": null</c>, a
+/// null choice, content part or tool call) is that provider's retryable failure, like a body that is not JSON: the
+/// answer's own API, the cache, accounting and every writer after the worker read those parts as present.
+/// </summary>
+internal static class ProviderAnswer
+{
+    public static ChatCompletionResponse Accept(ChatCompletionResponse? response, string provider)
+    {
+        if (response?.Choices is not { } choices)
+        {
+            throw Unusable(provider, response is null ? "the answer is null" : "'choices' is null");
+        }
+
+        foreach (var choice in choices)
+        {
+            if (choice is null)
+            {
+                throw Unusable(provider, "a choice is null");
+            }
+
+            if (choice.Message is { } message && (message.Content?.Parts?.Contains(null!) == true || message.ToolCalls?.Contains(null!) == true))
+            {
+                throw Unusable(provider, "a message holds a null content part or tool call");
+            }
+        }
+
+        return response;
+    }
+
+    /// <summary>
+    /// The same for a stream's chunk (each choice, its delta and tool calls); a chunk with <c>"choices": null</c> is read as
+    /// one without choices, as usage-only and filter-result chunks are.
+    /// </summary>
+    public static ChatCompletionChunk Accept(ChatCompletionChunk? chunk, string provider)
+    {
+        if (chunk is null)
+        {
+            throw Unusable(provider, "a stream event is null");
+        }
+
+        chunk.Choices ??= [];
+        foreach (var choice in chunk.Choices)
+        {
+            if (choice?.Delta is not { } delta || delta.ToolCalls?.Contains(null!) == true)
+            {
+                throw Unusable(provider, "a stream event's choice, its delta or one of its tool calls is null");
+            }
+        }
+
+        return chunk;
+    }
+
+    private static ProviderException Unusable(string provider, string why) =>
+        new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable chat completion: {why}.");
+}

@@ -1,0 +1,165 @@
+using FluentAssertions;
+using PipelineGateway.Hosting;
+using PipelineGateway.Providers;
+using PipelineGateway.Routing;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Dispatch;
+
+/// <summary>
+/// Any provider's answer — not only an HTTP adapter's — is checked where the worker accepts it: one that is present
+/// but not a usable chat completion is that provider's retryable failure and falls back, never a crash further on.
+/// </summary>
+public sealed class ProviderAnswerTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public static TheoryData<string> Unusable => ["null answer", "null choices", "null choice", "null content part", "null tool call"];
+
+    private static ChatCompletionResponse? Odd(string kind, string model)
+    {
+        var answer = FakeProvider.Answer(model, "odd");
+        switch (kind)
+        {
+            case "null answer":
+                return null;
+            case "null choices":
+                answer.Choices = null!;
+                break;
+            case "null choice":
+                answer.Choices = [null!];
+                break;
+            case "null content part":
+                answer.Choices[0].Message = new ChatCompletionMessage { Role = "assistant", Content = new MessageContent([null!]) };
+                break;
+            case "null tool call":
+                answer.Choices[0].Message!.ToolCalls = [null!];
+                break;
+        }
+
+        return answer;
+    }
+
+    [Theory]
+    [MemberData(nameof(Unusable))]
+    public async Task A_custom_providers_unusable_answer_is_its_retryable_failure_and_falls_back(string kind)
+    {
+        var odd = new FakeProvider("odd") { OnComplete = (r, _) => ValueTask.FromResult(Odd(kind, r.Model)!) };
+        var good = new FakeProvider("good");
+        await using var gateway = await TestGateway.With(odd, good).StartAsync(Ct);
+
+        var response = await gateway.SubmitAsync(TestGateway.Request(), Ct);
+
+        response.Content.Should().Be("ok");
+        response.Gateway!.Provider.Should().Be("good");
+        var first = response.Gateway.Attempts[0];
+        first.Provider.Should().Be("odd");
+        first.Outcome.Should().Be(AttemptOutcome.RetryableError);
+        first.Error.Should().Contain("not a usable chat completion");
+    }
+
+    [Theory]
+    [MemberData(nameof(Unusable))]
+    public async Task A_hedged_legs_unusable_answer_loses_to_the_leg_that_answers(string kind)
+    {
+        var clock = TestGateway.Clock();
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var slow = FakeProvider.Gated("slow", gate);
+        var odd = new FakeProvider("odd") { OnComplete = (r, _) => ValueTask.FromResult(Odd(kind, r.Model)!) };
+        await using var gateway = await TestGateway.With(slow, odd)
+            .UseTimeProvider(clock)
+            .Configure(o => o.Models[0].Hedging = new HedgingOptions { Delay = TimeSpan.FromMilliseconds(500) })
+            .StartAsync(Ct);
+
+        var pending = gateway.SubmitAsync(TestGateway.Request(), Ct).AsTask();
+        await Wait.Until(() => slow.Calls == 1, "the first attempt is running");
+        clock.Advance(TimeSpan.FromMilliseconds(500));
+        await Wait.Until(() => odd.Calls == 1, "the hedge ran");
+        gate.SetResult();
+        var response = await pending.WaitAsync(TimeSpan.FromSeconds(20), Ct);
+
+        response.Gateway!.Provider.Should().Be("slow");
+        response.Gateway.Attempts.Should().ContainSingle(a => a.Provider == "odd" && a.Outcome == AttemptOutcome.RetryableError && a.Error!.Contains("not a usable"));
+    }
+
+    [Theory]
+    [InlineData("null event")]
+    [InlineData("null choice")]
+    [InlineData("null delta")]
+    [InlineData("null tool call")]
+    public async Task A_custom_providers_unusable_stream_event_before_any_content_falls_back(string kind)
+    {
+        var odd = new FakeProvider("odd") { OnStream = (r, _) => OddStream(kind, r.Model) };
+        var good = new FakeProvider("good");
+        await using var gateway = await TestGateway.With(odd, good).StartAsync(Ct);
+
+        var chunks = await gateway.StreamAsync(TestGateway.Request(), Ct).ToListAsync(Ct);
+
+        string.Concat(chunks.SelectMany(c => c.Choices).Select(c => c.Delta.Content)).Should().Be("hello world");
+        chunks.Should().OnlyContain(c => c.Choices != null);
+    }
+
+    [Fact]
+    public async Task A_stream_event_without_choices_is_read_as_one_with_none()
+    {
+        var odd = new FakeProvider("odd") { OnStream = (r, _) => ChoicesNull(r.Model) };
+        await using var gateway = await TestGateway.With(odd).StartAsync(Ct);
+
+        var chunks = await gateway.StreamAsync(TestGateway.Request(), Ct).ToListAsync(Ct);
+
+        chunks.Should().OnlyContain(c => c.Choices != null);
+        string.Concat(chunks.SelectMany(c => c.Choices).Select(c => c.Delta.Content)).Should().Be("hi");
+    }
+
+    [Fact]
+    public async Task An_unusable_stream_event_after_content_ends_the_stream_with_a_typed_error()
+    {
+        var odd = new FakeProvider("odd") { OnStream = (r, _) => BreaksAfterContent(r.Model) };
+        var good = new FakeProvider("good");
+        await using var gateway = await TestGateway.With(odd, good).StartAsync(Ct);
+
+        var act = async () => await gateway.StreamAsync(TestGateway.Request(), Ct).ToListAsync(Ct);
+
+        (await act.Should().ThrowAsync<AllProvidersFailedException>()).Which.Message.Should().Contain("not a usable chat completion");
+        good.Calls.Should().Be(0, "output already reached the caller: no invisible fallback");
+    }
+
+    private static async IAsyncEnumerable<ChatCompletionChunk> OddStream(string kind, string model)
+    {
+        await Task.Yield();
+        var chunk = FakeProvider.Chunk(model, "odd");
+        switch (kind)
+        {
+            case "null event":
+                chunk = null!;
+                break;
+            case "null choice":
+                chunk.Choices = [null!];
+                break;
+            case "null delta":
+                chunk.Choices[0].Delta = null!;
+                break;
+            case "null tool call":
+                chunk.Choices[0].Delta.ToolCalls = [null!];
+                break;
+        }
+
+        yield return chunk;
+        yield return FakeProvider.Chunk(model, "never seen", FinishReasons.Stop);
+    }
+
+    private static async IAsyncEnumerable<ChatCompletionChunk> ChoicesNull(string model)
+    {
+        await Task.Yield();
+        yield return new ChatCompletionChunk { Id = "x", Model = model, Choices = null! };
+        yield return FakeProvider.Chunk(model, "hi", FinishReasons.Stop);
+    }
+
+    private static async IAsyncEnumerable<ChatCompletionChunk> BreaksAfterContent(string model)
+    {
+        await Task.Yield();
+        yield return FakeProvider.Chunk(model, "partial");
+        yield return FakeProvider.Chunk(model, "more");
+        yield return null!;
+    }
+}
