@@ -2,7 +2,8 @@
 # Bytes allocated per request by the gateway (as shipped, request log on) and by a plain YARP proxy, behind one
 # simulator, each saturated alone by wrk (CONNECTIONS, after WARMUP s): the process's allocation rate from the runtime's
 # own counter (dotnet-counters, System.Runtime dotnet.gc.heap.total_allocated, median of 1 s samples) divided by the
-# requests per second wrk measured over the same 10 s. TRACE=1 also records the gateway's sampled allocation events
+# requests per second wrk measured over the same 10 s; and thread-pool work items per request the same way
+# (dotnet.thread_pool.work_item.count: each one a hand-off between threads). TRACE=1 also records the gateway's sampled allocation events
 # (dotnet-trace, one event per ~100 KB with type and stack) and prints where they come from (pgw-alloctrace).
 # Needs: wrk, and `dotnet tool install -g dotnet-counters` (and dotnet-trace for TRACE=1).
 # Usage: [CONNECTIONS=32] [WARMUP=35] [TRACE=0] benchmarks/http/alloc.sh
@@ -38,8 +39,9 @@ for target in "gateway $GW $GW_PORT" "YARP $YP $YARP_PORT"; do
   load "$3" 10 >"$WORK/$1.wrk"
   wait $counters || true
   rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/$1.wrk")
-  grep 'total_allocated' "$WORK/$1.csv" | awk -F, '{print $NF}' | sort -n |
-    awk -v r="$rps" -v n="$1" '{v[NR] = $1} END {m = v[int((NR + 1) / 2)]; printf "%-8s %8.0f req/s  %6.1f MB/s allocated  %6.0f B per request\n", n, r, m / 1e6, m / r}'
+  median() { grep "$1" "$WORK/$2.csv" | awk -F, '{print $NF}' | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+  bytes=$(median total_allocated "$1"); items=$(median thread_pool.work_item.count "$1")
+  awk -v r="$rps" -v n="$1" -v m="$bytes" -v i="$items" 'BEGIN {printf "%-8s %8.0f req/s  %6.1f MB/s allocated  %6.0f B per request  %5.2f thread-pool work items per request\n", n, r, m / 1e6, m / r, i / r}'
 done
 
 if [ "$TRACE" = 1 ]; then

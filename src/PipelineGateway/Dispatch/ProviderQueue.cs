@@ -65,6 +65,18 @@ internal sealed class ProviderQueue : IWaitingRoom
     /// <summary>Requests waiting (not yet with a worker).</summary>
     public int Count => Volatile.Read(ref _count);
 
+    /// <summary>Workers parked with nothing to do.</summary>
+    public int IdleWorkers
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _idle.Count;
+            }
+        }
+    }
+
     /// <summary>Waiting callers' requests parked until the queue has room (they hold no in-flight slot meanwhile).</summary>
     public int Parked
     {
@@ -491,9 +503,22 @@ internal readonly record struct QueueOffer(bool Accepted, TimeSpan ExpectedWait,
     public static QueueOffer Stopped => new(false, TimeSpan.MaxValue, TimeSpan.FromSeconds(1), false);
 }
 
-/// <summary>A worker's reusable wake-up: parked while idle, handed its next request (or null to stop).</summary>
+/// <summary>
+/// A worker's reusable wake-up: parked while idle, handed its next request (or null to stop).
+/// <para>
+/// A handed worker resumes on the thread pool — one thread-pool hop per request — except on a thread the HTTP front door
+/// lends (<see cref="Lend"/>): there the hand-off is kept until the submit has passed every stage (so no stage's
+/// single-owner flag is held meanwhile), then the worker resumes on that thread and runs its attempt up to the
+/// upstream's answer, as a plain proxy's request thread sends upstream itself. A worker that finishes an attempt while
+/// still on a lent thread yields before taking another request (<see cref="OnLentThread"/>), so the front door's
+/// thread is back after at most one attempt even with a provider that answers synchronously.
+/// </para>
+/// </summary>
 internal sealed class WorkerSignal : IValueTaskSource<WorkItem?>
 {
+    [ThreadStatic]
+    private static Loan? t_loan; // one per thread that ever lent, reused
+
     private ManualResetValueTaskSourceCore<WorkItem?> _core = new() { RunContinuationsAsynchronously = true };
 
     public ValueTask<WorkItem?> Wait()
@@ -502,7 +527,70 @@ internal sealed class WorkerSignal : IValueTaskSource<WorkItem?>
         return new ValueTask<WorkItem?>(this, _core.Version);
     }
 
-    public void Hand(WorkItem? item) => _core.SetResult(item);
+    /// <summary>True while a worker runs on a thread lent to it (see the class remarks).</summary>
+    public static bool OnLentThread => t_loan is { Running: true };
+
+    public void Hand(WorkItem? item)
+    {
+        if (item is not null && t_loan is { Open: true, Signal: null } loan)
+        {
+            loan.Signal = this; // resumed by EndLoan, when the lending submit is done with the stages
+            loan.Item = item;
+            return;
+        }
+
+        _core.RunContinuationsAsynchronously = true;
+        _core.SetResult(item);
+    }
+
+    /// <summary>
+    /// Lends the calling thread (the front door's, inside a submit) to at most one worker handed a request until
+    /// <see cref="EndLoan"/>; false (and nothing to end) when this thread is already lent or running a worker.
+    /// </summary>
+    public static bool Lend()
+    {
+        var loan = t_loan ??= new Loan();
+        if (loan.Open || loan.Running)
+        {
+            return false;
+        }
+
+        loan.Open = true;
+        return true;
+    }
+
+    /// <summary>Ends this thread's loan: the worker handed a request meanwhile, if any, resumes here and now.</summary>
+    public static void EndLoan()
+    {
+        var loan = t_loan!;
+        loan.Open = false;
+        if (loan.Signal is not { } signal)
+        {
+            return;
+        }
+
+        var item = loan.Item;
+        loan.Signal = null;
+        loan.Item = null;
+        loan.Running = true;
+        try
+        {
+            signal._core.RunContinuationsAsynchronously = false;
+            signal._core.SetResult(item);
+        }
+        finally
+        {
+            loan.Running = false;
+        }
+    }
+
+    private sealed class Loan
+    {
+        public bool Open;
+        public bool Running;
+        public WorkerSignal? Signal;
+        public WorkItem? Item;
+    }
 
     WorkItem? IValueTaskSource<WorkItem?>.GetResult(short token) => _core.GetResult(token);
 

@@ -128,6 +128,11 @@ internal sealed partial class ProviderWorkerPool
                     RefuseLate(refused);
                 }
             }
+
+            if (WorkerSignal.OnLentThread)
+            {
+                await Task.Yield(); // the front door's thread is given back after one attempt (WorkerSignal)
+            }
         }
     }
 
@@ -178,6 +183,9 @@ internal sealed partial class ProviderWorkerPool
 
     /// <summary>Requests parked for room in this provider's queue.</summary>
     public int Parked => _queue.Parked;
+
+    /// <summary>Workers parked with nothing to do.</summary>
+    public int IdleWorkers => _queue.IdleWorkers;
 
     /// <summary>True while the queue is full or requests are parked for it.</summary>
     public bool IsSaturated => _queue.IsSaturated;

@@ -46,7 +46,15 @@ internal sealed class GatewayQueue(
         if (Enter(request, group, stream: false, mode, cancellationToken) is { } item)
         {
             item.InlineSuccessContinuation = inlineSuccessContinuation;
-            Enqueue(item);
+            if (inlineSuccessContinuation)
+            {
+                EnqueueLending(item);
+            }
+            else
+            {
+                Enqueue(item);
+            }
+
             return item.Response;
         }
 
@@ -79,9 +87,12 @@ internal sealed class GatewayQueue(
         if (inlineChunks)
         {
             item.DeliverChunksInline();
+            EnqueueLending(item);
         }
-
-        Enqueue(item);
+        else
+        {
+            Enqueue(item);
+        }
 
         var reader = item.Chunks!.Reader;
         try
@@ -242,6 +253,28 @@ internal sealed class GatewayQueue(
     }
 
     /// <summary>Hands an item that entered to the admission stage (its channel always has room for whoever is inside).</summary>
+    /// <summary>
+    /// For the front door only: its thread goes on to the upstream call itself when an idle worker takes the request
+    /// (<see cref="Dispatch.WorkerSignal"/>), one thread-pool hop fewer per request. Library callers' threads are never lent.
+    /// </summary>
+    private void EnqueueLending(WorkItem item)
+    {
+        if (!Dispatch.WorkerSignal.Lend())
+        {
+            Enqueue(item);
+            return;
+        }
+
+        try
+        {
+            Enqueue(item);
+        }
+        finally
+        {
+            Dispatch.WorkerSignal.EndLoan();
+        }
+    }
+
     private void Enqueue(WorkItem item)
     {
         if (item.IsCompleted && item.GateTenant is null)

@@ -181,4 +181,103 @@ public sealed class CompletionContinuationTests
         caller.Release();
         await run;
     }
+
+    /// <summary>Which provider calls ran on the submitting thread while its submit had not returned yet.</summary>
+    private sealed class Submitter
+    {
+        [ThreadStatic]
+        private static bool t_submitting;
+
+        public List<string> RanInsideSubmit { get; } = [];
+
+        public void Note(string text)
+        {
+            if (t_submitting)
+            {
+                lock (RanInsideSubmit)
+                {
+                    RanInsideSubmit.Add(text);
+                }
+            }
+        }
+
+        public Task<ValueTask<ChatCompletionResponse>> Submit(Func<ValueTask<ChatCompletionResponse>> submit) => Task.Run(() =>
+        {
+            t_submitting = true;
+            try
+            {
+                return submit();
+            }
+            finally
+            {
+                t_submitting = false;
+            }
+        });
+    }
+
+    [Fact]
+    public async Task The_front_doors_thread_goes_on_to_the_upstream_call_when_a_worker_is_idle_a_library_callers_never_does()
+    {
+        var submitter = new Submitter();
+        var provider = new FakeProvider("p")
+        {
+            OnComplete = async (r, _) =>
+            {
+                submitter.Note(r.Request.Messages[0].Content!.GetText());
+                await Task.Yield(); // the upstream's answer arrives later, on another thread
+                return FakeProvider.Answer(r.Model, "ok");
+            },
+        };
+        await using var gateway = await OneWorker(provider).StartAsync(Ct);
+        await IdleWorker(gateway);
+
+        var front = await submitter.Submit(() => Internal(gateway, TestGateway.Request(text: "front door"), inline: true));
+        (await front.AsTask().WaitAsync(Stalled, Ct)).Content.Should().Be("ok");
+        await IdleWorker(gateway);
+        var library = await submitter.Submit(() => Internal(gateway, TestGateway.Request(text: "library"), inline: false));
+        (await library.AsTask().WaitAsync(Stalled, Ct)).Content.Should().Be("ok");
+
+        submitter.RanInsideSubmit.Should().Equal(["front door"], "only the front door lends its thread to the worker it handed a request to");
+    }
+
+    [Fact]
+    public async Task A_worker_on_the_front_doors_thread_gives_it_back_after_one_attempt_even_when_the_provider_answers_at_once()
+    {
+        var submitter = new Submitter();
+        await using var holder = new GatewayHolder();
+        var queued = new List<Task<ChatCompletionResponse>>();
+        var provider = new FakeProvider("p");
+        provider.OnComplete = (r, _) =>
+        {
+            var text = r.Request.Messages[0].Content!.GetText();
+            submitter.Note(text);
+            if (text == "first")
+            {
+                // While the worker is busy with the first request, two more queue up behind it.
+                queued.Add(Internal(holder.Gateway!, TestGateway.Request(text: "second"), inline: false).AsTask());
+                queued.Add(Internal(holder.Gateway!, TestGateway.Request(text: "third"), inline: false).AsTask());
+            }
+
+            return ValueTask.FromResult(FakeProvider.Answer(r.Model, text)); // answered synchronously
+        };
+        holder.Gateway = await OneWorker(provider).StartAsync(Ct);
+        await IdleWorker(holder.Gateway);
+
+        var first = await submitter.Submit(() => Internal(holder.Gateway, TestGateway.Request(text: "first"), inline: true));
+
+        (await first.AsTask().WaitAsync(Stalled, Ct)).Content.Should().Be("first");
+        (await Task.WhenAll(queued).WaitAsync(Stalled, Ct)).Select(a => a.Content).Should().Equal("second", "third");
+        submitter.RanInsideSubmit.Should().Equal(["first"], "the queued requests are taken on the worker's own thread, not the lent one");
+    }
+
+    /// <summary>Lending needs a parked worker: one still starting takes the request from the queue on its own thread.</summary>
+    private static Task IdleWorker(Gateway gateway) =>
+        Wait.Until(() => gateway.Services.GetRequiredService<PipelineGateway.Dispatch.ProviderPools>().All[0].IdleWorkers == 1, "the worker is parked");
+
+    private sealed class GatewayHolder : IAsyncDisposable
+    {
+        public Gateway? Gateway { get; set; }
+
+        public ValueTask DisposeAsync() => Gateway?.DisposeAsync() ?? ValueTask.CompletedTask;
+    }
 }
