@@ -23,9 +23,12 @@ internal sealed partial class ProviderWorkerPool
         var replay = item.CacheKey is not null ? new Caching.StreamReplay() : null; // a finished stream is cached whole
         ChatCompletionChunk? usageChunk = null;
         ChatCompletionChunk? pendingLast = null;
+        string? filledId = null; // what the upstream left out is filled the same way in every chunk
+        long filledCreated = 0;
         await foreach (var received in Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false))
         {
             var chunk = ProviderAnswer.Accept(received, Name);
+            ProviderAnswer.Fill(chunk, ref filledId, ref filledCreated, item, deployment.Model, _time);
             any = true;
             if (chunk.Usage is { } usage)
             {

@@ -353,6 +353,7 @@ internal sealed partial class ProviderWorkerPool
     private void Answer(WorkItem item, Deployment deployment, ChatCompletionResponse response)
     {
         var services = _services!;
+        ProviderAnswer.Fill(response, item, deployment.Model, _time);
         response.Gateway = ResponseInfo.Answered(item, deployment, response.Usage, services.Pricing, _time);
         services.Cache.Store(item, response);
         item.TryComplete(response, fromWorker: true);

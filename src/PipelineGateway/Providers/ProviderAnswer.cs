@@ -54,6 +54,67 @@ internal static class ProviderAnswer
         return chunk;
     }
 
+    /// <summary>
+    /// Fills what the OpenAI schema requires of an answer and the provider left out (null or empty): <c>id</c> (from the
+    /// gateway's request id), <c>object</c>, <c>created</c> (now), <c>model</c> (the deployment's) and each message's
+    /// role (<c>assistant</c>; a choice without a message gets an empty assistant message). SDKs read these as present.
+    /// </summary>
+    public static void Fill(ChatCompletionResponse response, Pipeline.WorkItem item, string model, TimeProvider time)
+    {
+        if (string.IsNullOrEmpty(response.Id))
+        {
+            response.Id = "chatcmpl-" + item.RequestId;
+        }
+
+        if (string.IsNullOrEmpty(response.Object))
+        {
+            response.Object = "chat.completion";
+        }
+
+        if (response.Created <= 0)
+        {
+            response.Created = time.GetUtcNow().ToUnixTimeSeconds();
+        }
+
+        if (string.IsNullOrEmpty(response.Model))
+        {
+            response.Model = model;
+        }
+
+        foreach (var choice in response.Choices)
+        {
+            choice.Message ??= new ChatCompletionMessage();
+            if (string.IsNullOrEmpty(choice.Message.Role))
+            {
+                choice.Message.Role = "assistant";
+            }
+        }
+    }
+
+    /// <summary>The same for a stream's chunk: <paramref name="id"/> and <paramref name="created"/> are chosen once per stream, so every chunk of it agrees.</summary>
+    public static void Fill(ChatCompletionChunk chunk, ref string? id, ref long created, Pipeline.WorkItem item, string model, TimeProvider time)
+    {
+        if (string.IsNullOrEmpty(chunk.Id))
+        {
+            chunk.Id = id ??= "chatcmpl-" + item.RequestId;
+        }
+
+        if (string.IsNullOrEmpty(chunk.Object))
+        {
+            chunk.Object = "chat.completion.chunk";
+        }
+
+        if (chunk.Created <= 0)
+        {
+            chunk.Created = created > 0 ? created : created = time.GetUtcNow().ToUnixTimeSeconds();
+        }
+
+        if (string.IsNullOrEmpty(chunk.Model))
+        {
+            chunk.Model = model;
+        }
+    }
+
     private static ProviderException Unusable(string provider, string why) =>
         new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable chat completion: {why}.");
 }

@@ -162,4 +162,67 @@ public sealed class ProviderAnswerTests
         yield return FakeProvider.Chunk(model, "more");
         yield return null!;
     }
+
+    [Fact]
+    public async Task What_the_schema_requires_and_a_provider_left_out_is_filled_in()
+    {
+        var model = "";
+        var bare = new FakeProvider("bare")
+        {
+            OnComplete = (r, _) =>
+            {
+                model = r.Model;
+                return ValueTask.FromResult(new ChatCompletionResponse
+                {
+                    Id = null!,
+                    Object = null!,
+                    Model = "",
+                    Choices =
+                    [
+                        new ChatChoice { Message = new ChatCompletionMessage { Role = null!, Content = new MessageContent("hi") }, FinishReason = FinishReasons.Stop },
+                        new ChatChoice { Index = 1, Message = null, FinishReason = FinishReasons.Stop },
+                    ],
+                });
+            },
+        };
+        await using var gateway = await TestGateway.With(bare).StartAsync(Ct);
+
+        var response = await gateway.SubmitAsync(TestGateway.Request(), Ct);
+
+        response.Id.Should().StartWith("chatcmpl-").And.HaveLength("chatcmpl-".Length + response.Gateway!.RequestId.Length);
+        response.Object.Should().Be("chat.completion");
+        response.Created.Should().BeGreaterThan(0);
+        response.Model.Should().Be(model).And.NotBeEmpty();
+        response.Choices.Should().OnlyContain(c => c.Message!.Role == "assistant");
+        response.Content.Should().Be("hi");
+    }
+
+    [Fact]
+    public async Task A_stream_whose_chunks_leave_out_id_model_and_created_gets_the_same_ones_in_every_chunk()
+    {
+        var bare = new FakeProvider("bare") { OnStream = (_, _) => Bare() };
+        await using var gateway = await TestGateway.With(bare).StartAsync(Ct);
+
+        var chunks = await gateway.StreamAsync(TestGateway.Request(), Ct).ToListAsync(Ct);
+
+        chunks.Should().HaveCountGreaterThan(1);
+        chunks.Select(c => c.Id).Distinct().Should().ContainSingle().Which.Should().StartWith("chatcmpl-");
+        chunks.Select(c => c.Created).Distinct().Should().ContainSingle().Which.Should().BeGreaterThan(0);
+        chunks.Should().OnlyContain(c => c.Model.Length > 0 && c.Object == "chat.completion.chunk");
+    }
+
+    private static async IAsyncEnumerable<ChatCompletionChunk> Bare()
+    {
+        foreach (var (text, finish) in new[] { ("a", (string?)null), ("b", null), ("c", FinishReasons.Stop) })
+        {
+            await Task.Yield();
+            yield return new ChatCompletionChunk
+            {
+                Id = null!,
+                Object = null!,
+                Model = null!,
+                Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { Content = text }, FinishReason = finish }],
+            };
+        }
+    }
 }

@@ -177,6 +177,21 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         }
     }
 
+    [Fact]
+    public async Task An_upstream_answer_without_id_model_created_or_role_reaches_the_caller_with_them_filled_in()
+    {
+        await using var gateway = await Answering("body-200", """{"choices":[{"index":0,"message":{"content":"hi"},"finish_reason":"stop"}]}""");
+
+        var response = await gateway.SubmitAsync(TestGateway.Request("m"), Ct);
+
+        response.Content.Should().Be("hi");
+        response.Id.Should().Be("chatcmpl-" + response.Gateway!.RequestId);
+        response.Model.Should().NotBeEmpty();
+        response.Created.Should().BeGreaterThan(0);
+        response.Object.Should().Be("chat.completion");
+        response.Choices[0].Message!.Role.Should().Be("assistant");
+    }
+
     /// <summary>A gateway over the scripted upstream answering with <paramref name="fault"/> and <paramref name="body"/>, one attempt per request.</summary>
     private async Task<Gateway> Answering(string fault, string body) => await new GatewayBuilder()
         .Configure(o =>
