@@ -46,15 +46,7 @@ internal sealed class GatewayQueue(
         if (Enter(request, group, stream: false, mode, cancellationToken) is { } item)
         {
             item.InlineSuccessContinuation = inlineSuccessContinuation;
-            if (inlineSuccessContinuation)
-            {
-                EnqueueLending(item);
-            }
-            else
-            {
-                Enqueue(item);
-            }
-
+            Enqueue(item, lendThread: inlineSuccessContinuation);
             return item.Response;
         }
 
@@ -87,12 +79,9 @@ internal sealed class GatewayQueue(
         if (inlineChunks)
         {
             item.DeliverChunksInline();
-            EnqueueLending(item);
         }
-        else
-        {
-            Enqueue(item);
-        }
+
+        Enqueue(item, lendThread: inlineChunks);
 
         var reader = item.Chunks!.Reader;
         try
@@ -252,14 +241,14 @@ internal sealed class GatewayQueue(
         }
     }
 
-    /// <summary>Hands an item that entered to the admission stage (its channel always has room for whoever is inside).</summary>
     /// <summary>
-    /// For the front door only: its thread goes on to the upstream call itself when an idle worker takes the request
-    /// (<see cref="Dispatch.WorkerSignal"/>), one thread-pool hop fewer per request. Library callers' threads are never lent.
+    /// <see cref="Enqueue(WorkItem)"/>, and with <paramref name="lendThread"/> (the front door only) the calling thread
+    /// goes on to the upstream call itself when an idle worker takes the request (<see cref="Dispatch.WorkerSignal"/>):
+    /// one thread-pool hop fewer per request. Library callers' threads are never lent.
     /// </summary>
-    private void EnqueueLending(WorkItem item)
+    private void Enqueue(WorkItem item, bool lendThread)
     {
-        if (!Dispatch.WorkerSignal.Lend())
+        if (!lendThread || !Dispatch.WorkerSignal.Lend())
         {
             Enqueue(item);
             return;
@@ -275,6 +264,7 @@ internal sealed class GatewayQueue(
         }
     }
 
+    /// <summary>Hands an item that entered to the admission stage (its channel always has room for whoever is inside).</summary>
     private void Enqueue(WorkItem item)
     {
         if (item.IsCompleted && item.GateTenant is null)
