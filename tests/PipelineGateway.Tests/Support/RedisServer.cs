@@ -6,9 +6,11 @@ using StackExchange.Redis;
 namespace PipelineGateway.Tests.Support;
 
 /// <summary>
-/// A real Redis for tests. The shared one is the server CI starts (<c>PGW_TEST_REDIS=127.0.0.1:PORT</c>);
-/// tests that stop and restart Redis start a private <c>redis-server</c> on 127.0.0.1 and a free port. Where
-/// neither is available (a machine without Redis), the tests are skipped and say why; CI always has Redis.
+/// A real Redis for tests. The shared one is the server CI starts (<c>PGW_TEST_REDIS=127.0.0.1:PORT</c>), or, under a
+/// plain <c>dotnet test</c> on a machine with <c>redis-server</c>, one this test process starts on 127.0.0.1 and a free
+/// port the first time a test asks, and kills when it exits. Tests that stop and restart Redis start a private
+/// <c>redis-server</c> of their own. Where neither is available (a machine without Redis), the tests are skipped and
+/// say why; CI always has Redis.
 /// </summary>
 public sealed class RedisServer : IAsyncDisposable
 {
@@ -35,9 +37,28 @@ public sealed class RedisServer : IAsyncDisposable
             return address;
         }
 
+        if (OwnShared.Value is { } own)
+        {
+            return own.Configuration;
+        }
+
         Assert.Skip($"No Redis for this test: set {EnvironmentVariable}=host:port (.ci/run starts one), or install redis-server.");
         return string.Empty;
     }
+
+    /// <summary>This process's own shared server when no address is given and redis-server is installed; stopped at exit.</summary>
+    private static readonly Lazy<RedisServer?> OwnShared = new(() =>
+    {
+        if (FindServer() is null)
+        {
+            return null;
+        }
+
+        // Started off the test's synchronization context: a blocking wait on it could otherwise wait for itself.
+        var server = Task.Run(StartAsync).GetAwaiter().GetResult();
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        return server;
+    });
 
     /// <summary>Starts a private redis-server (no persistence) on a free loopback port.</summary>
     public static async Task<RedisServer> StartAsync()
