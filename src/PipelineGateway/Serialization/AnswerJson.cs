@@ -33,10 +33,10 @@ internal static class AnswerJson
             if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChoice, "'choices'")!; }
             else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = String(ref r, "'id'")!; }
             else if (r.ValueTextEquals("usage"u8)) { Value(ref r); value.Usage = ReadUsage(ref r); }
-            else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = String(ref r, "'model'")!; }
+            else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = RepeatedStrings.Recently(ref r) ?? String(ref r, "'model'")!; }
             else if (r.ValueTextEquals("created"u8)) { Value(ref r); value.Created = Int64(ref r, "'created'"); }
-            else if (r.ValueTextEquals("object"u8)) { Value(ref r); value.Object = String(ref r, "'object'")!; }
-            else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = String(ref r, "'system_fingerprint'"); }
+            else if (r.ValueTextEquals("object"u8)) { Value(ref r); value.Object = RepeatedStrings.Object(ref r) ?? String(ref r, "'object'")!; }
+            else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = RepeatedStrings.Recently(ref r) ?? String(ref r, "'system_fingerprint'"); }
             else if (r.ValueTextEquals("content"u8) || r.ValueTextEquals("finish_reason"u8) || r.ValueTextEquals("gateway"u8)) { Skip(ref r); } // [JsonIgnore] members: dropped, not kept
             else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
         }
@@ -53,10 +53,10 @@ internal static class AnswerJson
             if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChunkChoice, "'choices'")!; }
             else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = String(ref r, "'id'")!; }
             else if (r.ValueTextEquals("usage"u8)) { Value(ref r); value.Usage = ReadUsage(ref r); }
-            else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = String(ref r, "'model'")!; }
+            else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = RepeatedStrings.Recently(ref r) ?? String(ref r, "'model'")!; }
             else if (r.ValueTextEquals("created"u8)) { Value(ref r); value.Created = Int64(ref r, "'created'"); }
-            else if (r.ValueTextEquals("object"u8)) { Value(ref r); value.Object = String(ref r, "'object'")!; }
-            else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = String(ref r, "'system_fingerprint'"); }
+            else if (r.ValueTextEquals("object"u8)) { Value(ref r); value.Object = RepeatedStrings.Object(ref r) ?? String(ref r, "'object'")!; }
+            else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = RepeatedStrings.Recently(ref r) ?? String(ref r, "'system_fingerprint'"); }
             else if (r.ValueTextEquals("gateway"u8)) { Skip(ref r); } // a [JsonIgnore] member: dropped, not kept
             else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
         }
@@ -76,7 +76,7 @@ internal static class AnswerJson
         {
             if (r.ValueTextEquals("message"u8)) { Value(ref r); value.Message = ReadMessage(ref r); }
             else if (r.ValueTextEquals("index"u8)) { Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
-            else if (r.ValueTextEquals("finish_reason"u8)) { Value(ref r); value.FinishReason = String(ref r, "'finish_reason'"); }
+            else if (r.ValueTextEquals("finish_reason"u8)) { Value(ref r); value.FinishReason = RepeatedStrings.FinishReason(ref r) ?? String(ref r, "'finish_reason'"); }
             else if (r.ValueTextEquals("logprobs"u8)) { Value(ref r); value.Logprobs = OptionalElement(ref r); }
             else { Skip(ref r); }
         }
@@ -96,7 +96,7 @@ internal static class AnswerJson
         {
             if (r.ValueTextEquals("delta"u8)) { Value(ref r); value.Delta = ReadDelta(ref r)!; }
             else if (r.ValueTextEquals("index"u8)) { Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
-            else if (r.ValueTextEquals("finish_reason"u8)) { Value(ref r); value.FinishReason = String(ref r, "'finish_reason'"); }
+            else if (r.ValueTextEquals("finish_reason"u8)) { Value(ref r); value.FinishReason = RepeatedStrings.FinishReason(ref r) ?? String(ref r, "'finish_reason'"); }
             else if (r.ValueTextEquals("logprobs"u8)) { Value(ref r); value.Logprobs = OptionalElement(ref r); }
             else { Skip(ref r); }
         }
@@ -115,7 +115,7 @@ internal static class AnswerJson
         while (NextProperty(ref r))
         {
             if (r.ValueTextEquals("content"u8)) { Value(ref r); value.Content = String(ref r, "a delta's 'content'"); }
-            else if (r.ValueTextEquals("role"u8)) { Value(ref r); value.Role = String(ref r, "'role'"); }
+            else if (r.ValueTextEquals("role"u8)) { Value(ref r); value.Role = RepeatedStrings.Role(ref r) ?? String(ref r, "'role'"); }
             else if (r.ValueTextEquals("tool_calls"u8)) { Value(ref r); value.ToolCalls = ReadList(ref r, ReadToolCall, "'tool_calls'"); }
             else if (r.ValueTextEquals("refusal"u8)) { Value(ref r); value.Refusal = String(ref r, "'refusal'"); }
             else { Skip(ref r); }
@@ -136,7 +136,7 @@ internal static class AnswerJson
         while (NextProperty(ref r))
         {
             if (r.ValueTextEquals("content"u8)) { Value(ref r); value.Content = ReadContent(ref r); }
-            else if (r.ValueTextEquals("role"u8)) { Value(ref r); value.Role = String(ref r, "'role'")!; }
+            else if (r.ValueTextEquals("role"u8)) { Value(ref r); value.Role = RepeatedStrings.Role(ref r) ?? String(ref r, "'role'")!; }
             else if (r.ValueTextEquals("refusal"u8)) { Value(ref r); value.Refusal = String(ref r, "'refusal'"); }
             else if (r.ValueTextEquals("tool_calls"u8)) { Value(ref r); value.ToolCalls = ReadList(ref r, ReadToolCall, "'tool_calls'"); }
             else if (r.ValueTextEquals("name"u8)) { Value(ref r); value.Name = String(ref r, "'name'"); }
@@ -519,12 +519,15 @@ internal static class AnswerJson
         }
 
         WriteIfNotNull(w, "tool_call_id"u8, value.ToolCallId);
-        foreach (var (name, element) in value.AdditionalProperties ?? [])
+        if (value.AdditionalProperties is { } extra) // (not `?? []`: that allocated an empty dictionary per answer)
         {
-            if (name is not ("content" or "refusal" or "role" or "tool_calls"))
+            foreach (var (name, element) in extra)
             {
-                w.WritePropertyName(name);
-                element.WriteTo(w);
+                if (name is not ("content" or "refusal" or "role" or "tool_calls"))
+                {
+                    w.WritePropertyName(name);
+                    element.WriteTo(w);
+                }
             }
         }
 

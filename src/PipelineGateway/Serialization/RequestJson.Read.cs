@@ -46,7 +46,7 @@ internal static partial class RequestJson
         while (Name(ref r))
         {
             if (r.ValueTextEquals("messages"u8)) { Once(ref seen, 0); r.Read(); value.Messages = ListOf(ref r, body, ReadMessage)!; }
-            else if (r.ValueTextEquals("model"u8)) { Once(ref seen, 1); r.Read(); value.Model = String(ref r)!; }
+            else if (r.ValueTextEquals("model"u8)) { Once(ref seen, 1); r.Read(); value.Model = RepeatedStrings.Recently(ref r) ?? String(ref r)!; }
             else if (r.ValueTextEquals("stream"u8)) { Once(ref seen, 2); r.Read(); value.Stream = Boolean(ref r); }
             else if (r.ValueTextEquals("temperature"u8)) { Once(ref seen, 3); r.Read(); value.Temperature = Double(ref r); }
             else if (r.ValueTextEquals("max_tokens"u8)) { Once(ref seen, 4); r.Read(); value.MaxTokens = Int32(ref r); }
@@ -78,7 +78,7 @@ internal static partial class RequestJson
         var seen = 0;
         while (Name(ref r))
         {
-            if (r.ValueTextEquals("role"u8)) { Once(ref seen, 0); r.Read(); value.Role = String(ref r)!; }
+            if (r.ValueTextEquals("role"u8)) { Once(ref seen, 0); r.Read(); value.Role = RepeatedStrings.Role(ref r) ?? String(ref r)!; }
             else if (r.ValueTextEquals("content"u8)) { Once(ref seen, 1); r.Read(); value.Content = Content(ref r, body); }
             else if (r.ValueTextEquals("name"u8)) { Once(ref seen, 2); r.Read(); value.Name = String(ref r); }
             else if (r.ValueTextEquals("tool_calls"u8)) { Once(ref seen, 3); r.Read(); value.ToolCalls = ListOf(ref r, body, ReadToolCall); }
