@@ -26,7 +26,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
     private readonly Cost.BudgetTracker _budgets;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
-    private readonly Channel<QueuedRow> _channel;
+    private readonly Channel<RequestRecord> _channel;
     private readonly CancellationTokenSource _stop = new();
     private readonly List<RequestRecord> _pending = [];
     private TaskCompletionSource _full = NewSignal();
@@ -49,7 +49,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         _budgets = budgets;
         _time = time;
         _logger = logger;
-        _channel = Channel.CreateBounded<QueuedRow>(new BoundedChannelOptions(_options.Capacity)
+        _channel = Channel.CreateBounded<RequestRecord>(new BoundedChannelOptions(_options.Capacity)
         {
             FullMode = BoundedChannelFullMode.Wait,
             SingleReader = true,
@@ -113,10 +113,10 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             return;
         }
 
-        var row = Build(completion);
-        if (!_channel.Writer.TryWrite(row))
+        var record = Build(completion);
+        if (!_channel.Writer.TryWrite(record))
         {
-            if (_options.WhenFull == RequestLogFullMode.Drop || !WaitToWrite(row))
+            if (_options.WhenFull == RequestLogFullMode.Drop || !WaitToWrite(record))
             {
                 Interlocked.Increment(ref _dropped);
                 return;
@@ -130,12 +130,12 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
     }
 
     /// <summary>Wait mode: the ending thread waits for room (false: the writer stopped).</summary>
-    private bool WaitToWrite(QueuedRow row)
+    private bool WaitToWrite(RequestRecord record)
     {
         try
         {
             _full.TrySetResult();
-            _channel.Writer.WriteAsync(row).AsTask().GetAwaiter().GetResult();
+            _channel.Writer.WriteAsync(record).AsTask().GetAwaiter().GetResult();
             return true;
         }
         catch (ChannelClosedException)
@@ -176,9 +176,9 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             }
 
             _full = NewSignal();
-            while (_pending.Count < _options.MaxBatch && reader.TryRead(out var row))
+            while (_pending.Count < _options.MaxBatch && reader.TryRead(out var record))
             {
-                _pending.Add(row.ToRecord());
+                _pending.Add(record);
                 Volatile.Write(ref _pendingCount, _pending.Count);
                 Interlocked.Decrement(ref _queued);
             }
@@ -218,7 +218,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         Interlocked.Exchange(ref _flushed, NewSignal()).TrySetResult();
     }
 
-    private static async ValueTask<bool> WaitToReadAsync(ChannelReader<QueuedRow> reader)
+    private static async ValueTask<bool> WaitToReadAsync(ChannelReader<RequestRecord> reader)
     {
         try
         {
@@ -343,7 +343,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         LogRestored(_logger, spend.Count, total);
     }
 
-    private QueuedRow Build(in Completion c)
+    private RequestRecord Build(in Completion c)
     {
         var item = c.Item;
         var info = c.Response?.Gateway;
@@ -364,24 +364,14 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             answer = c.Response is { } r ? Cap(SecretRedactor.Redact(r.Content)) : null;
         }
 
-        var provider = c.Error is null ? info?.Provider : null;
-        var providerModel = c.Error is null ? info?.ProviderModel : null;
-
-        // The common row, one successful attempt at the deployment that answered, keeps only that attempt's time: the
-        // queued row then holds nothing of the request's own objects (see QueuedRow).
-        TimeSpan? single = attempts is { Count: 1 } && attempts[0] is { Outcome: AttemptOutcome.Success } a
-            && provider is not null && a.Provider == provider && a.ProviderModel == providerModel
-            ? a.Latency
-            : null;
-        var model = item.Request.Model;
-        return new QueuedRow
+        return new RequestRecord
         {
             Timestamp = _time.GetUtcNow() - c.Latency,
-            Sequence = item.Sequence,
+            RequestSequence = item.Sequence,
             KeyId = item.TenantKey,
-            Model = string.Equals(model, item.RootGroup.Name, StringComparison.Ordinal) ? item.RootGroup.Name : model,
-            Provider = provider,
-            ProviderModel = providerModel,
+            Model = item.Request.Model,
+            Provider = c.Error is null ? info?.Provider : null,
+            ProviderModel = c.Error is null ? info?.ProviderModel : null,
             Status = status,
             ErrorCode = code,
             ErrorType = type,
@@ -392,97 +382,12 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             Cached = info?.Cached == true,
             Coalesced = info?.Coalesced == true,
             Stream = item.IsStream,
-            Batch = item.Priority == RequestPriority.Batch,
             LatencyMs = c.Latency.TotalMilliseconds,
             TimeToFirstTokenMs = item.TimeToFirstToken?.TotalMilliseconds,
-            SingleSuccess = single,
-            Attempts = single is null ? attempts : null,
+            Priority = item.Priority == RequestPriority.Batch ? "batch" : "interactive",
+            AttemptList = attempts,
             Prompt = prompt,
             Answer = answer,
-        };
-    }
-
-    /// <summary>
-    /// A row waiting for the writer. Rows wait up to <see cref="RequestLogOptions.FlushInterval"/> (a second): long
-    /// enough to outlive a young-generation collection or two. As objects (a <see cref="RequestRecord"/> holding the
-    /// request's attempt list and model string) they were promoted into the older generations and piled up there until
-    /// a full collection, raising the peak RSS under load (docs/benchmarks.md, "Less per request, 2026-12-03"). As a
-    /// struct they live in the channel's one reused ring array; the record a store takes is built on the writer's
-    /// thread just before its batch is written, and dies young.
-    /// </summary>
-    private readonly struct QueuedRow
-    {
-        public DateTimeOffset Timestamp { get; init; }
-
-        public long Sequence { get; init; }
-
-        public string KeyId { get; init; }
-
-        public string Model { get; init; }
-
-        public string? Provider { get; init; }
-
-        public string? ProviderModel { get; init; }
-
-        public int Status { get; init; }
-
-        public string? ErrorCode { get; init; }
-
-        public string? ErrorType { get; init; }
-
-        public long PromptTokens { get; init; }
-
-        public long CompletionTokens { get; init; }
-
-        public decimal Cost { get; init; }
-
-        public decimal CostSaved { get; init; }
-
-        public bool Cached { get; init; }
-
-        public bool Coalesced { get; init; }
-
-        public bool Stream { get; init; }
-
-        public bool Batch { get; init; }
-
-        public double LatencyMs { get; init; }
-
-        public double? TimeToFirstTokenMs { get; init; }
-
-        /// <summary>The time of the row's one successful attempt at its own provider and model (then <see cref="Attempts"/> is null).</summary>
-        public TimeSpan? SingleSuccess { get; init; }
-
-        public IReadOnlyList<GatewayAttempt>? Attempts { get; init; }
-
-        public string? Prompt { get; init; }
-
-        public string? Answer { get; init; }
-
-        public RequestRecord ToRecord() => new()
-        {
-            Timestamp = Timestamp,
-            RequestSequence = Sequence,
-            KeyId = KeyId,
-            Model = Model,
-            Provider = Provider,
-            ProviderModel = ProviderModel,
-            Status = Status,
-            ErrorCode = ErrorCode,
-            ErrorType = ErrorType,
-            PromptTokens = PromptTokens,
-            CompletionTokens = CompletionTokens,
-            Cost = Cost,
-            CostSaved = CostSaved,
-            Cached = Cached,
-            Coalesced = Coalesced,
-            Stream = Stream,
-            LatencyMs = LatencyMs,
-            TimeToFirstTokenMs = TimeToFirstTokenMs,
-            Priority = Batch ? "batch" : "interactive",
-            AttemptList = SingleSuccess is { } upstream ? [new GatewayAttempt(Provider!, ProviderModel!, AttemptOutcome.Success, upstream)] : Attempts,
-            Prompt = Prompt,
-            Answer = Answer,
         };
     }
 
