@@ -5,7 +5,7 @@ using Microsoft.Diagnostics.Tracing.Parsers.Clr;
 // every 100 KB allocated, with the type and the allocating stack): benchmarks/http/alloc.sh takes the trace.
 // Prints the share of sampled bytes by type, by "owner" (the first frame of the stack, innermost first, that names one
 // of the parts below: the gateway's stages, ASP.NET Core's and System.Net.Http's layers), and by owner and type.
-// Usage: pgw-alloctrace TRACE.nettrace [rows]
+// Usage: pgw-alloctrace TRACE.nettrace [rows] [type]   (with a type, or part of its name: also its top allocating stacks)
 if (args.Length < 1)
 {
     Console.Error.WriteLine("usage: pgw-alloctrace TRACE.nettrace [rows]");
@@ -22,6 +22,8 @@ string[] owners =
     "Routing", "Sqlite",
 ];
 var rows = args.Length > 1 ? int.Parse(args[1]) : 40;
+var stackOf = args.Length > 2 ? args[2] : null;
+var byStack = new Dictionary<string, long>();
 var byType = new Dictionary<string, long>();
 var byOwner = new Dictionary<string, long>();
 var byOwnerAndType = new Dictionary<string, long>();
@@ -47,6 +49,17 @@ foreach (var e in log.Events)
     }
 
     total += tick.AllocationAmount64;
+    if (stackOf is not null && type.Contains(stackOf, StringComparison.Ordinal))
+    {
+        var frames = new List<string>();
+        for (var frame = e.CallStack(); frame is not null && frames.Count < 8; frame = frame.Caller)
+        {
+            frames.Add(frame.CodeAddress.FullMethodName is { Length: > 0 } method ? method : "?");
+        }
+
+        Add(byStack, type + "\n      " + string.Join("\n      ", frames), tick.AllocationAmount64);
+    }
+
     Add(byType, type, tick.AllocationAmount64);
     Add(byOwner, owner, tick.AllocationAmount64);
     Add(byOwnerAndType, owner + " | " + type, tick.AllocationAmount64);
@@ -56,6 +69,11 @@ Console.WriteLine($"sampled {total / 1e6:F1} MB");
 Print("by owner", byOwner);
 Print("by type", byType);
 Print("by owner and type", byOwnerAndType);
+if (stackOf is not null)
+{
+    Print($"stacks allocating {stackOf}", byStack);
+}
+
 return 0;
 
 void Print(string title, Dictionary<string, long> shares)

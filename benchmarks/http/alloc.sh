@@ -6,7 +6,8 @@
 # (dotnet.thread_pool.work_item.count: each one a hand-off between threads). TRACE=1 also records the gateway's sampled allocation events
 # (dotnet-trace, one event per ~100 KB with type and stack) and prints where they come from (pgw-alloctrace).
 # Needs: wrk, and `dotnet tool install -g dotnet-counters` (and dotnet-trace for TRACE=1).
-# Usage: [CONNECTIONS=32] [WARMUP=35] [TRACE=0] benchmarks/http/alloc.sh
+# TRACE_TYPE=NAME (with TRACE=1) also prints the stacks that allocate types whose name contains NAME.
+# Usage: [CONNECTIONS=32] [WARMUP=35] [TRACE=0] [TRACE_TYPE=] benchmarks/http/alloc.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONNECTIONS="${CONNECTIONS:-32}" WARMUP="${WARMUP:-35}" TRACE="${TRACE:-0}"
@@ -50,5 +51,5 @@ if [ "$TRACE" = 1 ]; then
   sleep 1
   "$TOOLS/dotnet-trace" collect -p $GW --providers Microsoft-Windows-DotNETRuntime:0x1:5 --duration 00:00:00:08 -o "$WORK/gateway.nettrace" >/dev/null 2>&1
   wait $w || true
-  benchmarks/PipelineGateway.AllocTrace/bin/Release/net10.0/pgw-alloctrace "$WORK/gateway.nettrace" 25
+  benchmarks/PipelineGateway.AllocTrace/bin/Release/net10.0/pgw-alloctrace "$WORK/gateway.nettrace" 25 ${TRACE_TYPE:-}
 fi

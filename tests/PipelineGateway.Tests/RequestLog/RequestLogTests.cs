@@ -278,6 +278,59 @@ public sealed class RequestLogTests : IDisposable
     }
 
     [Fact]
+    public async Task A_store_of_its_own_is_given_each_rows_attempts_as_they_happened()
+    {
+        // Any store, not only SQLite (which keeps the common single-success row without its attempts JSON), is given the
+        // attempts the caller was told about: a fallback's two, and the common row's one.
+        var failFirst = true;
+        var first = new FakeProvider("p1") { OnComplete = (r, _) => failFirst ? throw FakeProvider.Fail503() : ValueTask.FromResult(FakeProvider.Answer(r.Model, "one")) };
+        var second = new FakeProvider("p2");
+        var store = new CapturingStore();
+        var builder = TestGateway.With(first, second);
+        builder.Services.AddSingleton<IRequestLogStore>(store);
+        await using var gateway = await builder.StartAsync(Ct);
+
+        var fellBack = await gateway.SubmitAsync(Req("a", "fell back"), Ct);
+        failFirst = false;
+        var single = await gateway.SubmitAsync(Req("a", "single"), Ct);
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+
+        store.Rows.Should().HaveCount(2);
+        var (fallbackRow, singleRow) = (store.Rows[0], store.Rows[1]);
+        fellBack.Gateway!.Attempts.Should().HaveCount(2);
+        fallbackRow.Attempts.Should().Be(AttemptsJson.Format(fellBack.Gateway.Attempts));
+        (fallbackRow.Provider, fallbackRow.Model).Should().Be(("p2", "m"));
+        single.Gateway!.Attempts.Should().ContainSingle();
+        singleRow.Attempts.Should().Be(AttemptsJson.Format(single.Gateway.Attempts), "the rebuilt attempt is the one that happened: provider, model, outcome and time");
+        (singleRow.Provider, singleRow.ProviderModel, singleRow.Status).Should().Be(("p1", "m", 200));
+    }
+
+    private sealed class CapturingStore : IRequestLogStore
+    {
+        public List<RequestRecord> Rows { get; } = [];
+
+        public ValueTask InitializeAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
+
+        public ValueTask WriteAsync(IReadOnlyList<RequestRecord> batch, CancellationToken cancellationToken)
+        {
+            lock (Rows)
+            {
+                Rows.AddRange(batch);
+            }
+
+            return ValueTask.CompletedTask;
+        }
+
+        public ValueTask<int> DeleteOlderThanAsync(DateTimeOffset cutoff, int max, CancellationToken cancellationToken) => ValueTask.FromResult(0);
+
+        public ValueTask<RequestLogPage> QueryAsync(RequestLogQuery query, CancellationToken cancellationToken) => ValueTask.FromResult(new RequestLogPage([], null));
+
+        public ValueTask<IReadOnlyList<SpendRow>> SpendAsync(SpendGrouping groupBy, DateTimeOffset since, CancellationToken cancellationToken) => ValueTask.FromResult<IReadOnlyList<SpendRow>>([]);
+
+        public ValueTask<IReadOnlyList<DailySpend>> DailySpendAsync(DateTimeOffset since, CancellationToken cancellationToken) => ValueTask.FromResult<IReadOnlyList<DailySpend>>([]);
+    }
+
+    [Fact]
     public async Task A_full_queue_drops_rows_and_counts_them_and_requests_never_wait()
     {
         var provider = new FakeProvider("p");
