@@ -10,10 +10,12 @@
 #   PAIR=log          the gateway as shipped                   vs  the same with --no-log           — issue 22's cost
 #   PAIR=build        the gateway as shipped                   vs  another build of it, B_BUILD=DIR (a copy of an
 #                                                                  earlier src/PipelineGateway.Cli/bin/Release/net10.0)
+#   PAIR=env          the gateway as shipped                   vs  the same with B_ENV='NAME=value …' in its environment
+#                                                                  (a setting: PGW_Gateway__RequestLog__MaxBatch=256)
 #
 # RATE=N loads each at a fixed rate instead (pgw-loadgen, open loop, 64 connections each) and adds both latencies.
 #
-# Usage: [PAIR=yarp|passthrough|log|build] [B_BUILD=DIR] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] benchmarks/http/paired.sh [seconds]
+# Usage: [PAIR=yarp|passthrough|log|build|env] [B_BUILD=DIR] [B_ENV=] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] benchmarks/http/paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
@@ -47,7 +49,11 @@ case "$PAIR" in
   build) [ -x "${B_BUILD:-}/pgw" ] || { echo "PAIR=build needs B_BUILD=DIR holding a pgw build" >&2; exit 2; }
       PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" "$B_BUILD/pgw" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" >/dev/null 2>&1 & B=$!
       A_NAME="this build"; B_NAME="$(basename "$B_BUILD")";;
-  *) echo "PAIR is yarp, passthrough, log or build" >&2; exit 2;;
+  env) [ -n "${B_ENV:-}" ] || { echo "PAIR=env needs B_ENV='NAME=value …'" >&2; exit 2; }
+      # shellcheck disable=SC2086 # B_ENV is a list of NAME=value words
+      env PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" $B_ENV "$PGW" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" >/dev/null 2>&1 & B=$!
+      A_NAME="as shipped"; B_NAME="$B_ENV";;
+  *) echo "PAIR is yarp, passthrough, log, build or env" >&2; exit 2;;
 esac
 OUT_A=$(mktemp); OUT_B=$(mktemp)
 trap 'kill $SIM $A $B 2>/dev/null; wait 2>/dev/null; rm -rf "$CFG" "$OUT_A" "$OUT_B" "$LOG_DIR"' EXIT

@@ -44,6 +44,32 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
     private static ProviderRequest Ask() =>
         new(new ChatCompletionRequest { Model = "group", Messages = [ChatCompletionMessage.User("Hello")] }, "upstream-model");
 
+    [Fact]
+    public async Task A_successs_rate_limit_headers_are_read_at_most_every_100_ms_and_a_failures_always()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var ok = Create("openai", "ratelimit-200", clock);
+
+        await ok.CompleteAsync(Ask(), Ct);
+        ok.RateLimits!.RemainingRequests.Should().Be(99, "the first answer is always read");
+        (ok.RateLimits.LimitRequests, ok.RateLimits.ResetRequests).Should().Be((100L, TimeSpan.FromSeconds(1)));
+
+        await ok.CompleteAsync(Ask(), Ct);
+        ok.RateLimits!.RemainingRequests.Should().Be(99, "a success within 100 ms of the last reading is not read");
+
+        clock.Advance(HttpChatProvider.RateLimitsReadInterval);
+        await ok.CompleteAsync(Ask(), Ct);
+        ok.RateLimits!.RemainingRequests.Should().Be(97, "100 ms later the headers are read again");
+
+        var limited = Create("openai", "ratelimit-429", clock);
+        for (var expected = 96; expected >= 95; expected--)
+        {
+            var act = async () => await limited.CompleteAsync(Ask(), Ct);
+            await act.Should().ThrowAsync<ProviderException>();
+            limited.RateLimits!.RemainingRequests.Should().Be(expected, "a failure's headers are always read");
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Types))]
     public async Task Gzip_deflate_and_Brotli_answers_are_asked_for_and_undone(string type)

@@ -34,6 +34,7 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     public string? LastAcceptEncoding { get; private set; }
 
     private int _stalled;
+    private int _rateLimited;
 
     /// <summary>The faults it knows (the <c>x-fault</c> values).</summary>
     public static readonly string[] Faults =
@@ -120,6 +121,20 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 await ctx.Response.Body.FlushAsync();
                 Interlocked.Increment(ref _stalled);
                 await Aborted(ctx.RequestAborted); // the rest never comes: held until the gateway gives up
+                break;
+            case "ratelimit-200" or "ratelimit-429":
+                // OpenAI's rate-limit headers, one request fewer remaining on every call (100 before the first).
+                ctx.Response.Headers["x-ratelimit-limit-requests"] = "100";
+                ctx.Response.Headers["x-ratelimit-remaining-requests"] = (100 - Interlocked.Increment(ref _rateLimited)).ToString(System.Globalization.CultureInfo.InvariantCulture);
+                ctx.Response.Headers["x-ratelimit-reset-requests"] = "1s";
+                if (ctx.Request.Headers["x-fault"] == "ratelimit-429")
+                {
+                    ctx.Response.Headers.RetryAfter = "0";
+                    await Error(ctx, anthropic, 429, "rate_limit_error", "Rate limit reached on requests per min.");
+                    break;
+                }
+
+                await Raw(ctx, 200, "application/json", Answer(anthropic));
                 break;
             case "body-200":
                 // The answer body the test chose, sent as a 200 (odd shapes a real upstream could send).
