@@ -262,7 +262,7 @@ internal sealed partial class ProviderWorkerPool
                     }
                     else
                     {
-                        response = ProviderAnswer.Accept(await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false), Name);
+                        response = ProviderAnswer.Accept(await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model) { Deadline = item.Deadline }, item.Token).ConfigureAwait(false), Name);
                         Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
                         Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, _time.GetElapsedTime(started)), null);
                     }

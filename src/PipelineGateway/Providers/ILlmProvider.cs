@@ -23,4 +23,12 @@ public interface ILlmProvider
 }
 
 /// <summary>One call to a provider: the caller's request and the upstream model the deployment maps it to.</summary>
-public readonly record struct ProviderRequest(ChatCompletionRequest Request, string Model);
+public readonly record struct ProviderRequest(ChatCompletionRequest Request, string Model)
+{
+    /// <summary>
+    /// When the gateway gives up on the request (its timeout), if it has one: the cancellation token passed with this
+    /// request fires then. A provider need not time its attempt beyond it; the HTTP adapters then run no timer of
+    /// their own when their per-attempt timeout would end later.
+    /// </summary>
+    public DateTimeOffset? Deadline { get; init; }
+}

@@ -161,6 +161,30 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         (await act.Should().ThrowAsync<ProviderException>()).Which.Outcome.Should().Be(AttemptOutcome.Timeout);
     }
 
+    [Fact]
+    public async Task An_attempt_whose_request_gives_up_first_runs_on_the_requests_deadline_and_a_later_one_keeps_its_own_limit()
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var provider = Create(ProviderTypes.OpenAICompatible, "stall-body", clock, o => o.Timeout = TimeSpan.FromSeconds(30));
+
+        // The request gives up in 10 s, before the attempt's 30 s: the attempt runs on the request's token alone.
+        using var request = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        var first = provider.CompleteAsync(Ask() with { Deadline = clock.GetUtcNow().AddSeconds(10) }, request.Token).AsTask();
+        await Wait.Until(() => _upstream.Stalled == 1, "the upstream sent its headers and part of the body");
+        clock.Advance(TimeSpan.FromSeconds(31));
+        first.IsCompleted.Should().BeFalse("no limit of its own: the request's deadline comes first, and its token ends the attempt");
+        await request.CancelAsync();
+        var cancelled = async () => await first;
+        await cancelled.Should().ThrowAsync<OperationCanceledException>("the request's cancellation, not an attempt timeout");
+
+        // The request gives up in 5 minutes, after the attempt's 30 s: the attempt's own limit ends it, as before.
+        var second = provider.CompleteAsync(Ask() with { Deadline = clock.GetUtcNow().AddMinutes(5) }, Ct).AsTask();
+        await Wait.Until(() => _upstream.Stalled == 2, "the second attempt stalls too");
+        clock.Advance(TimeSpan.FromSeconds(31));
+        var timedOut = async () => await second;
+        (await timedOut.Should().ThrowAsync<ProviderException>()).Which.Outcome.Should().Be(AttemptOutcome.Timeout);
+    }
+
     [Theory]
     [InlineData("""{"choices":null}""")]
     [InlineData("""{"choices":[null]}""")]

@@ -15,14 +15,27 @@ namespace PipelineGateway.Providers.Http;
 internal sealed class AttemptDeadline : IDisposable
 {
     private readonly CancellationToken _caller;
-    private readonly CancellationTokenSource _source;
+
+    /// <summary>Null when the caller's own deadline comes first: the caller's token is then the attempt's.</summary>
+    private readonly CancellationTokenSource? _source;
 
     /// <summary>For a clock other than the system's (tests' FakeTimeProvider); the system clock uses the source's own timer.</summary>
     private readonly ITimer? _timer;
 
-    public AttemptDeadline(TimeProvider time, TimeSpan limit, CancellationToken caller)
+    /// <param name="callerDeadline">
+    /// When <paramref name="caller"/> fires by itself (the request's timeout), if known. When it comes before this
+    /// attempt's limit — always, with the default 60 s request timeout and 120 s attempt timeout — the limit could
+    /// never end the attempt, and no linked source and timer are made for it: a source, a timer and two callback
+    /// registrations fewer per request. Not for a limit that is restarted (streams).
+    /// </param>
+    public AttemptDeadline(TimeProvider time, TimeSpan limit, CancellationToken caller, DateTimeOffset? callerDeadline = null)
     {
         _caller = caller;
+        if (callerDeadline is { } until && caller.CanBeCanceled && until - time.GetUtcNow() <= limit)
+        {
+            return;
+        }
+
         _source = CancellationTokenSource.CreateLinkedTokenSource(caller);
         if (ReferenceEquals(time, TimeProvider.System))
         {
@@ -34,14 +47,19 @@ internal sealed class AttemptDeadline : IDisposable
         }
     }
 
-    public CancellationToken Token => _source.Token;
+    public CancellationToken Token => _source?.Token ?? _caller;
 
     /// <summary>True when the limit ran out (not the caller's cancellation).</summary>
-    public bool TimedOut => _source.IsCancellationRequested && !_caller.IsCancellationRequested;
+    public bool TimedOut => _source is { IsCancellationRequested: true } && !_caller.IsCancellationRequested;
 
-    /// <summary>Starts the limit again from now, with a new length.</summary>
+    /// <summary>Starts the limit again from now, with a new length (a deadline made with its own limit only).</summary>
     public void Restart(TimeSpan limit)
     {
+        if (_source is null)
+        {
+            throw new InvalidOperationException("This attempt runs on its caller's deadline: it has no limit of its own to restart.");
+        }
+
         if (_timer is null)
         {
             _source.CancelAfter(limit);
@@ -55,7 +73,7 @@ internal sealed class AttemptDeadline : IDisposable
     public void Dispose()
     {
         _timer?.Dispose();
-        _source.Dispose();
+        _source?.Dispose();
     }
 
     private static void Cancel(CancellationTokenSource source)

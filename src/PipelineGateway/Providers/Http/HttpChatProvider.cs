@@ -84,7 +84,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     public async ValueTask<ChatCompletionResponse> CompleteAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
         // The per-attempt timeout runs until the whole answer is read, not only until its headers.
-        using var deadline = new AttemptDeadline(Time, Options.Timeout, cancellationToken);
+        using var deadline = new AttemptDeadline(Time, Options.Timeout, cancellationToken, request.Deadline);
         using var message = CreateRequest(request, stream: false);
         PooledBody body;
         int status;
