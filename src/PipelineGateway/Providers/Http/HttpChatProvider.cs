@@ -16,6 +16,7 @@ namespace PipelineGateway.Providers.Http;
 internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 {
     private const int MaxErrorBodyBytes = 64 * 1024;
+
     /// <summary>
     /// How often a success's rate-limit headers are read, at most (a failure's always are). Six header lookups and a
     /// record on every response were ~2% of what a request allocated at saturation, for a reading that nothing needs
