@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Where the gateway's RSS goes under load, second by second: the gateway (as shipped, request log on; extra arguments go
+# to `pgw serve`, e.g. --no-log) behind one simulator, saturated alone by wrk (CONNECTIONS) for SECONDS. Prints RSS each
+# second, and from the runtime's own counters (dotnet-counters, System.Runtime) the GC's committed memory and the gen1
+# and gen2 sizes after each collection, then the largest resident mappings at the end (anonymous memory, the JIT's
+# double-mapped code, libraries). Only the shape and the same run's figures compare: this host's speed swings.
+# Needs: wrk, `dotnet tool install -g dotnet-counters`.
+# Usage: [CONNECTIONS=128] benchmarks/http/rss-trace.sh [seconds] [pgw serve arguments…]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${1:-30}"; shift || true
+CONNECTIONS="${CONNECTIONS:-128}"
+SIM_PORT=18201 GW_PORT=18202
+COUNTERS="$HOME/.dotnet/tools/dotnet-counters"
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+[ -x "$COUNTERS" ] || { echo "dotnet-counters is needed: dotnet tool install -g dotnet-counters" >&2; exit 1; }
+dotnet build -c Release src/PipelineGateway.Cli >/dev/null
+PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
+. benchmarks/http/common.sh
+require_free_ports $SIM_PORT $GW_PORT
+CFG=$(mktemp); WORK=$(mktemp -d)
+sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" benchmarks/http/gateway-over-simulator.json >"$CFG"
+"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & SIM=$!
+PGW_Gateway__RequestLog__Path="$WORK/log.db" "$PGW" serve --urls "http://127.0.0.1:$GW_PORT" --config "$CFG" "$@" >/dev/null 2>&1 & GW=$!
+trap 'kill $SIM $GW 2>/dev/null; wait 2>/dev/null; rm -rf "$CFG" "$WORK"' EXIT
+wait_for_servers "$SIM_PORT $GW_PORT" "$SIM $GW"
+
+rss() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$GW/status"; }
+echo "idle RSS $(rss) MiB"
+"$COUNTERS" collect -p $GW --refresh-interval 1 --format csv -o "$WORK/counters.csv" --duration "00:00:$(printf '%02d' "$DURATION")" \
+  --counters System.Runtime >/dev/null 2>&1 & CTR=$!
+wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 30s -s benchmarks/http/post-chat.lua "http://127.0.0.1:$GW_PORT/v1/chat/completions" >"$WORK/wrk.txt" & W=$!
+SERIES=""
+while kill -0 $W 2>/dev/null; do SERIES+=" $(rss)"; sleep 1; done
+wait $W; wait $CTR || true
+echo "RSS each second (MiB):$SERIES"
+echo "peak RSS $(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$GW/status") MiB; $(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt") req/s"
+series() { grep -F "$1" "$WORK/counters.csv" | awk -F, '{printf "%d ", $NF / 1048576}'; }
+echo "GC committed (MiB):   $(series 'memory.committed_size')"
+echo "gen1 after a GC (MiB): $(series 'heap.size (By)[gc.heap.generation=gen1]')"
+echo "gen2 after a GC (MiB): $(series 'heap.size (By)[gc.heap.generation=gen2]')"
+echo "largest resident mappings at the end:"
+awk '/^[0-9a-f]+-[0-9a-f]+ / {name = (NF > 5 ? $6 : "[anon]"); sub(/.*\//, "", name)} /^Rss:/ {rss[name] += $2}
+  END {for (n in rss) printf "%8d KiB  %s\n", rss[n], n}' "/proc/$GW/smaps" | sort -rn | head -8
