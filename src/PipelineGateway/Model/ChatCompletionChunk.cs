@@ -8,7 +8,10 @@ public sealed class ChatCompletionChunk
 {
     public string Id { get; set; } = string.Empty;
 
-    public string Object { get; set; } = "chat.completion.chunk";
+    /// <summary>The schema's object name of a streamed chunk.</summary>
+    internal const string ObjectName = "chat.completion.chunk";
+
+    public string Object { get; set; } = ObjectName;
 
     public long Created { get; set; }
 

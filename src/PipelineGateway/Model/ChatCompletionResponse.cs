@@ -8,7 +8,10 @@ public sealed class ChatCompletionResponse
 {
     public string Id { get; set; } = string.Empty;
 
-    public string Object { get; set; } = "chat.completion";
+    /// <summary>The schema's object name of a whole answer.</summary>
+    internal const string ObjectName = "chat.completion";
+
+    public string Object { get; set; } = ObjectName;
 
     public long Created { get; set; }
 

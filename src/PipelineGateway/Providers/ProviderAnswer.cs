@@ -68,7 +68,7 @@ internal static class ProviderAnswer
 
         if (string.IsNullOrEmpty(response.Object))
         {
-            response.Object = "chat.completion";
+            response.Object = ChatCompletionResponse.ObjectName;
         }
 
         if (response.Created <= 0)
@@ -86,7 +86,7 @@ internal static class ProviderAnswer
             choice.Message ??= new ChatCompletionMessage();
             if (string.IsNullOrEmpty(choice.Message.Role))
             {
-                choice.Message.Role = "assistant";
+                choice.Message.Role = ChatRoles.Assistant;
             }
         }
     }
@@ -101,7 +101,7 @@ internal static class ProviderAnswer
 
         if (string.IsNullOrEmpty(chunk.Object))
         {
-            chunk.Object = "chat.completion.chunk";
+            chunk.Object = ChatCompletionChunk.ObjectName;
         }
 
         if (chunk.Created <= 0)

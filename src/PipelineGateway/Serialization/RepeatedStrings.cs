@@ -12,9 +12,9 @@ namespace PipelineGateway;
 /// </summary>
 internal static class RepeatedStrings
 {
-    private static readonly string[] Roles = ["assistant", "user", "system", "tool", "developer"];
+    private static readonly string[] Roles = [ChatRoles.Assistant, ChatRoles.User, ChatRoles.System, ChatRoles.Tool, ChatRoles.Developer];
     private static readonly string[] FinishReasons = ["stop", "length", "tool_calls", "content_filter", "function_call"];
-    private static readonly string[] Objects = ["chat.completion", "chat.completion.chunk"];
+    private static readonly string[] Objects = [ChatCompletionResponse.ObjectName, ChatCompletionChunk.ObjectName];
 
     // Names seen lately (model names, fingerprints): a small table indexed by a hash of the bytes, each slot replaced
     // by the latest value that lands there. A racing reader sees either string, both correct.
