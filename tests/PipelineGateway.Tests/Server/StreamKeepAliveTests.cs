@@ -1,0 +1,119 @@
+using System.Text;
+using System.Threading.Channels;
+using FluentAssertions;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
+using PipelineGateway.Server;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// <c>Server:StreamKeepAlive</c> (docs/server.md, "Streaming"): until a stream's first chunk the client gets an SSE
+/// comment every interval, so a long-thinking model does not trip an idle timeout on the way; and the wait leaves no
+/// timer armed once the chunk came (each one would live on for the whole interval, per stream).
+/// </summary>
+public sealed class StreamKeepAliveTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task A_stream_gets_a_comment_every_interval_until_its_first_chunk_and_then_no_keep_alive_timer_is_left()
+    {
+        var interval = TimeSpan.FromSeconds(15);
+        var time = new TimerWatch(new FakeTimeProvider(DateTimeOffset.UtcNow), interval);
+        var config = TestServerConfig.Simulated(new()
+        {
+            ["Gateway:Providers:0:Simulated:LatencyMs"] = "40000", // the first chunk comes after 40 s (fake time)
+            ["Gateway:Server:StreamKeepAlive"] = "00:00:15",
+        });
+        await using var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddSingleton<TimeProvider>(time));
+        var root = await GatewayServer.StartAsync(app, Ct);
+        using var http = new HttpClient { BaseAddress = root };
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
+        {
+            Content = new StringContent("""{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello there"}]}""", Encoding.UTF8, "application/json"),
+        };
+        var sent = http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+
+        // Nothing goes out before the interval: the headers come with the first keep-alive.
+        await time.Armed.ReadAsync(Ct);
+        sent.IsCompleted.Should().BeFalse("no byte is written before the first interval passes");
+        time.Advance(interval);
+        using var response = await sent;
+        response.Content.Headers.ContentType!.MediaType.Should().Be("text/event-stream");
+        using var body = new StreamReader(await response.Content.ReadAsStreamAsync(Ct));
+        (await body.ReadLineAsync(Ct)).Should().Be(": keep-alive");
+        (await body.ReadLineAsync(Ct)).Should().BeEmpty();
+
+        await time.Armed.ReadAsync(Ct); // the next interval's wait
+        time.Advance(interval);
+        (await body.ReadLineAsync(Ct)).Should().Be(": keep-alive");
+        (await body.ReadLineAsync(Ct)).Should().BeEmpty();
+
+        await time.Armed.ReadAsync(Ct);
+        time.Advance(TimeSpan.FromSeconds(10)); // 40 s: the answer starts, 5 s before a third keep-alive would be due
+        var rest = await body.ReadToEndAsync(Ct);
+        rest.Should().NotContain("keep-alive").And.Contain("\"content\"").And.EndWith("data: [DONE]\n\n");
+        time.Live.Should().Be(0, "the wait that the first chunk ended took its timer with it");
+        await app.StopAsync(Ct);
+    }
+
+    /// <summary>A fake clock that counts the live timers of one due time (the keep-alive's) and reports each new one.</summary>
+    private sealed class TimerWatch(FakeTimeProvider inner, TimeSpan watched) : TimeProvider
+    {
+        private int _live;
+
+        public Channel<bool> ArmedChannel { get; } = Channel.CreateUnbounded<bool>();
+
+        public ChannelReader<bool> Armed => ArmedChannel.Reader;
+
+        public int Live => Volatile.Read(ref _live);
+
+        public void Advance(TimeSpan by) => inner.Advance(by);
+
+        public override DateTimeOffset GetUtcNow() => inner.GetUtcNow();
+
+        public override long GetTimestamp() => inner.GetTimestamp();
+
+        public override long TimestampFrequency => inner.TimestampFrequency;
+
+        public override TimeZoneInfo LocalTimeZone => inner.LocalTimeZone;
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            var timer = inner.CreateTimer(callback, state, dueTime, period);
+            if (dueTime != watched)
+            {
+                return timer;
+            }
+
+            Interlocked.Increment(ref _live);
+            ArmedChannel.Writer.TryWrite(true);
+            return new Watched(timer, this);
+        }
+
+        private sealed class Watched(ITimer timer, TimerWatch owner) : ITimer
+        {
+            private int _disposed;
+
+            public bool Change(TimeSpan dueTime, TimeSpan period) => timer.Change(dueTime, period);
+
+            public void Dispose()
+            {
+                if (Interlocked.Exchange(ref _disposed, 1) == 0)
+                {
+                    Interlocked.Decrement(ref owner._live);
+                }
+
+                timer.Dispose();
+            }
+
+            public ValueTask DisposeAsync()
+            {
+                Dispose();
+                return ValueTask.CompletedTask;
+            }
+        }
+    }
+}
