@@ -4,13 +4,18 @@
 # recording come from wrk. Prints CPU samples per 1,000 requests grouped by assembly (perf-group.py), gateway (A) vs
 # YARP (B), largest difference first. JIT-compiled frames are named through the runtime's perf map.
 #
-# Usage: [CONNECTIONS=32] [WARMUP=30] [KEEP=DIR] benchmarks/http/profile.sh [seconds]
+# PAIRED=1 loads and records both AT THE SAME TIME instead (one wrk each, as paired.sh does): profiles taken one after
+# the other can disagree with the paired ratios — on 2026-12-03 one such pair put the gateway at 0.94x YARP's CPU per
+# request while paired runs of the same builds said 1.26x (docs/benchmarks.md, "Profiled side by side").
+#
+# Usage: [CONNECTIONS=32] [WARMUP=30] [PAIRED=0] [KEEP=DIR] benchmarks/http/profile.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_REC="${1:-15}"
 CONNECTIONS="${CONNECTIONS:-32}"
 WARMUP="${WARMUP:-30}"
-SIM_PORT=18201 A_PORT=18202
+PAIRED="${PAIRED:-0}"
+SIM_PORT=18201 A_PORT=18202 B_PORT=18203
 command -v perf >/dev/null || { echo "perf is needed (linux-perf)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 dotnet build -c Release src/PipelineGateway.Cli >/dev/null
@@ -18,13 +23,13 @@ dotnet build -c Release benchmarks/PipelineGateway.YarpProxy >/dev/null
 PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
 YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
 . benchmarks/http/common.sh
-require_free_ports $SIM_PORT $A_PORT
+require_free_ports $SIM_PORT $A_PORT $B_PORT
 ulimit -n 65536 2>/dev/null || true
 OUT=${KEEP:-$(mktemp -d)}; mkdir -p "$OUT"
 CFG=$(mktemp)
 sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" "${CONFIG:-benchmarks/http/gateway-over-simulator.json}" >"$CFG"
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & SIM=$!
-trap 'kill $SIM 2>/dev/null; wait 2>/dev/null; rm -f "$CFG"; [ -n "${KEEP:-}" ] || rm -rf "$OUT"' EXIT
+trap 'kill $SIM $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -f "$CFG"; [ -n "${KEEP:-}" ] || rm -rf "$OUT"' EXIT
 wait_for_servers "$SIM_PORT" "$SIM"
 
 profile() { # name, then the command line of the front process
@@ -41,9 +46,31 @@ profile() { # name, then the command line of the front process
   # requests during the recording: wrk's rate times the recorded seconds
   awk -v s="$SECONDS_REC" '/Requests\/sec/ {printf "%d\n", $2 * s}' "$OUT/$name.wrk" >"$OUT/$name.requests"
 }
+profile_paired() { # both started, warmed and recorded at once, one wrk each
+  local perfmap=(env DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0)
+  "${perfmap[@]}" PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG" >/dev/null 2>&1 & local a=$!
+  "${perfmap[@]}" "$YARP" --urls "http://127.0.0.1:$B_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & local b=$!
+  wait_for_servers "$A_PORT $B_PORT" "$a $b"
+  local ua="http://127.0.0.1:$A_PORT/v1/chat/completions" ub="http://127.0.0.1:$B_PORT/v1/chat/completions"
+  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -s benchmarks/http/post-chat.lua "$ua" >/dev/null & local w1=$!
+  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -s benchmarks/http/post-chat.lua "$ub" >/dev/null & local w2=$!
+  wait $w1 $w2
+  wrk -t1 -c"$CONNECTIONS" -d"$((SECONDS_REC + 2))s" -s benchmarks/http/post-chat.lua "$ua" >"$OUT/gateway.wrk" & w1=$!
+  wrk -t1 -c"$CONNECTIONS" -d"$((SECONDS_REC + 2))s" -s benchmarks/http/post-chat.lua "$ub" >"$OUT/yarp.wrk" & w2=$!
+  sleep 1
+  perf record -q -F 499 -g -p "$a" -o "$OUT/gateway.data" -- sleep "$SECONDS_REC" 2>/dev/null & local p1=$!
+  perf record -q -F 499 -g -p "$b" -o "$OUT/yarp.data" -- sleep "$SECONDS_REC" 2>/dev/null & local p2=$!
+  wait $p1 $p2 $w1 $w2
+  kill "$a" "$b"; wait "$a" "$b" 2>/dev/null || true
+  for name in gateway yarp; do awk -v s="$SECONDS_REC" '/Requests\/sec/ {printf "%d\n", $2 * s}' "$OUT/$name.wrk" >"$OUT/$name.requests"; done
+}
 LOG_DIR=$(mktemp -d)
-profile gateway env PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG"
-profile yarp "$YARP" --urls "http://127.0.0.1:$A_PORT" --upstream "http://127.0.0.1:$SIM_PORT"
+if [ "$PAIRED" = 1 ]; then
+  profile_paired
+else
+  profile gateway env PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG"
+  profile yarp "$YARP" --urls "http://127.0.0.1:$A_PORT" --upstream "http://127.0.0.1:$SIM_PORT"
+fi
 rm -rf "$LOG_DIR"
-echo "gateway $(cat "$OUT/gateway.requests") requests, YARP $(cat "$OUT/yarp.requests") requests recorded (c=$CONNECTIONS, ${SECONDS_REC} s)"
+echo "gateway $(cat "$OUT/gateway.requests") requests, YARP $(cat "$OUT/yarp.requests") requests recorded (c=$CONNECTIONS, ${SECONDS_REC} s$([ "$PAIRED" = 1 ] && echo ", loaded at once"))"
 python3 benchmarks/http/perf-group.py "$OUT/gateway.data" "$OUT/yarp.data" "$(cat "$OUT/gateway.requests")" "$(cat "$OUT/yarp.requests")"
