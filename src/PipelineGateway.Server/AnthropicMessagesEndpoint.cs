@@ -48,7 +48,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         }
 
         request.Gateway = caller.Headers.ToOptions(caller.Key);
-        ctx.Response.Headers["request-id"] = ctx.TraceIdentifier;
+        ServerSubmit.Identify(ctx, request, "request-id");
         if (request.Stream == true)
         {
             await StreamAsync(ctx, request);

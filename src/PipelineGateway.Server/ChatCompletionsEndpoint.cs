@@ -59,7 +59,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         }
 
         request.Gateway = caller.Headers.ToOptions(caller.Key);
-        ctx.Response.Headers["x-request-id"] = ctx.TraceIdentifier;
+        ServerSubmit.Identify(ctx, request, "x-request-id");
         if (request.Stream == true)
         {
             await StreamAsync(ctx, request);
@@ -222,7 +222,6 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         {
             var h = ctx.Response.Headers;
             h["x-gateway-provider"] = info.Provider;
-            h["x-gateway-request-id"] = info.RequestId; // the request log's request_id and the trace's pgw.request_id
             h["x-gateway-cache"] = info.Cached ? "hit" : "miss";
             h["x-gateway-attempts"] = Math.Max(1, info.Attempts.Count).ToString(CultureInfo.InvariantCulture);
             if (!streaming || !info.Billed)

@@ -1,3 +1,4 @@
+using Microsoft.AspNetCore.Http;
 using PipelineGateway.Pipeline;
 
 namespace PipelineGateway.Server;
@@ -5,6 +6,21 @@ namespace PipelineGateway.Server;
 /// <summary>How the endpoints hand a non-streamed request to the pipeline.</summary>
 internal static class ServerSubmit
 {
+    /// <summary>
+    /// Draws the request's id before it is submitted and puts it on the answer at once, as the route's own request-id
+    /// header (<paramref name="header"/>: <c>x-request-id</c>, which the OpenAI SDKs expose as the response's request
+    /// id; <c>request-id</c> on the Anthropic route) and as <c>x-gateway-request-id</c>: one id, the request log's
+    /// <c>request_id</c> and the trace's <c>pgw.request_id</c>, on every answer the pipeline gives — an error too.
+    /// </summary>
+    public static void Identify(HttpContext ctx, ChatCompletionRequest request, string header)
+    {
+        var options = request.Gateway ??= new GatewayRequestOptions();
+        options.RequestSequence = RequestIds.Next();
+        var id = RequestIds.Format(options.RequestSequence);
+        ctx.Response.Headers[header] = id;
+        ctx.Response.Headers["x-gateway-request-id"] = id;
+    }
+
     /// <summary>
     /// Fail-fast (the front door sheds load instead of queueing), and resumed on the provider worker's thread when the
     /// answer comes: what follows the await is the endpoint writing its answer into Kestrel's buffer, short and never

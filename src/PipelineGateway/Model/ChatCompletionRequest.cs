@@ -112,6 +112,12 @@ public sealed class GatewayRequestOptions
 
     /// <summary>Interactive (the default) or batch: under contention batch work yields to interactive work, and still progresses.</summary>
     public RequestPriority Priority { get; set; }
+
+    /// <summary>
+    /// The request's id, drawn by the HTTP front door before it submits (0: drawn at submission), so the answer's
+    /// headers carry the request log's <c>request_id</c> whatever happens next — a refusal or an upstream error too.
+    /// </summary>
+    internal long RequestSequence { get; set; }
 }
 
 /// <summary>The priority class of a request; see docs/rate-limiting.md (fairness and priority).</summary>
