@@ -28,9 +28,10 @@ internal static class AnswerJson
     {
         Expect(ref r, JsonTokenType.StartObject, "a chat completion", "an object");
         var value = new ChatCompletionResponse();
+        var fresh = value.Choices; // the constructor's empty list: filled rather than replaced
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChoice, "'choices'")!; }
+            if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChoice, "'choices'", Take(ref fresh))!; }
             else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = String(ref r, "'id'")!; }
             else if (r.ValueTextEquals("usage"u8)) { Value(ref r); value.Usage = ReadUsage(ref r); }
             else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = RepeatedStrings.Recently(ref r) ?? String(ref r, "'model'")!; }
@@ -48,10 +49,11 @@ internal static class AnswerJson
     {
         Expect(ref r, JsonTokenType.StartObject, "a chat completion chunk", "an object");
         var value = new ChatCompletionChunk();
+        var fresh = value.Choices; // the constructor's empty list: filled rather than replaced
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChunkChoice, "'choices'")!; }
-            else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = String(ref r, "'id'")!; }
+            if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChunkChoice, "'choices'", Take(ref fresh))!; }
+            else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = RepeatedStrings.StreamId(ref r) ?? String(ref r, "'id'")!; }
             else if (r.ValueTextEquals("usage"u8)) { Value(ref r); value.Usage = ReadUsage(ref r); }
             else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = RepeatedStrings.Recently(ref r) ?? String(ref r, "'model'")!; }
             else if (r.ValueTextEquals("created"u8)) { Value(ref r); value.Created = Int64(ref r, "'created'"); }
@@ -92,9 +94,10 @@ internal static class AnswerJson
         }
 
         var value = new ChunkChoice();
+        var fresh = value.Delta; // the constructor's empty delta: filled rather than replaced
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("delta"u8)) { Value(ref r); value.Delta = ReadDelta(ref r)!; }
+            if (r.ValueTextEquals("delta"u8)) { Value(ref r); value.Delta = ReadDelta(ref r, Take(ref fresh))!; }
             else if (r.ValueTextEquals("index"u8)) { Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
             else if (r.ValueTextEquals("finish_reason"u8)) { Value(ref r); value.FinishReason = RepeatedStrings.FinishReason(ref r) ?? String(ref r, "'finish_reason'"); }
             else if (r.ValueTextEquals("logprobs"u8)) { Value(ref r); value.Logprobs = OptionalElement(ref r); }
@@ -104,14 +107,14 @@ internal static class AnswerJson
         return value;
     }
 
-    private static ChatCompletionDelta? ReadDelta(ref Utf8JsonReader r)
+    private static ChatCompletionDelta? ReadDelta(ref Utf8JsonReader r, ChatCompletionDelta? into)
     {
         if (!Object(ref r, "a delta"))
         {
             return null;
         }
 
-        var value = new ChatCompletionDelta();
+        var value = into ?? new ChatCompletionDelta();
         while (NextProperty(ref r))
         {
             if (r.ValueTextEquals("content"u8)) { Value(ref r); value.Content = String(ref r, "a delta's 'content'"); }
@@ -252,8 +255,22 @@ internal static class AnswerJson
 
     private delegate T? ItemReader<T>(ref Utf8JsonReader r);
 
-    /// <summary>A list, or null; a null element is kept (the serializer keeps it too).</summary>
-    private static List<T>? ReadList<T>(ref Utf8JsonReader r, ItemReader<T> item, string what)
+    /// <summary>
+    /// The object a constructor made for a member (an empty choices list, an empty delta), handed out once: the first
+    /// occurrence of the member fills it, a repeated one (last wins, as with the serializer) gets a new object.
+    /// </summary>
+    private static T? Take<T>(ref T? fresh) where T : class
+    {
+        var taken = fresh;
+        fresh = null;
+        return taken;
+    }
+
+    /// <summary>
+    /// A list, or null; a null element is kept (the serializer keeps it too). <paramref name="into"/>: an empty list to
+    /// fill instead of a new one (an answer's or chunk's own, made by its constructor), sized for the usual one item.
+    /// </summary>
+    private static List<T>? ReadList<T>(ref Utf8JsonReader r, ItemReader<T> item, string what, List<T>? into = null)
     {
         if (r.TokenType == JsonTokenType.Null)
         {
@@ -261,7 +278,18 @@ internal static class AnswerJson
         }
 
         Expect(ref r, JsonTokenType.StartArray, what, "an array");
-        var list = new List<T>();
+        var list = into ?? new List<T>();
+        if (into is not null && r.Read())
+        {
+            if (r.TokenType == JsonTokenType.EndArray)
+            {
+                return list;
+            }
+
+            list.Capacity = 1; // one choice is the rule; n > 1 grows it as List<T> does
+            list.Add(item(ref r)!);
+        }
+
         while (r.Read() && r.TokenType != JsonTokenType.EndArray)
         {
             list.Add(item(ref r)!);

@@ -49,6 +49,35 @@ internal static class RepeatedStrings
         return text;
     }
 
+    /// <summary>
+    /// The id of the previous chunk of the stream being read on this thread (set by <see cref="ReadChunk"/> around one
+    /// chunk's parse, which never awaits): every chunk of a stream repeats the same id, so each reuses the first one's
+    /// string instead of allocating its own. Thread-static rather than a parameter because the chunk is read by the
+    /// serializer through <see cref="ChatCompletionChunkConverter"/>, the path the differential tests hold it to.
+    /// </summary>
+    [ThreadStatic]
+    private static string? t_streamId;
+
+    /// <summary>The stream's id if these bytes are it (an unescaped ASCII string equal to the previous chunk's id); otherwise null.</summary>
+    public static string? StreamId(ref Utf8JsonReader r) =>
+        t_streamId is { } last && Plain(ref r, out var bytes) && bytes.Length == last.Length && Ascii.Equals(bytes, last) ? last : null;
+
+    /// <summary>Reads one stream chunk with the serializer, its id shared with the previous chunk of the same stream (<paramref name="previousId"/>, updated).</summary>
+    public static ChatCompletionChunk? ReadChunk(ReadOnlySpan<byte> data, ref string? previousId)
+    {
+        t_streamId = previousId;
+        try
+        {
+            var chunk = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionChunk);
+            previousId = chunk?.Id ?? previousId;
+            return chunk;
+        }
+        finally
+        {
+            t_streamId = null;
+        }
+    }
+
     private static string? OneOf(ref Utf8JsonReader r, string[] known)
     {
         if (Plain(ref r, out var bytes))

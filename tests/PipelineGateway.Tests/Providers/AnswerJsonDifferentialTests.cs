@@ -51,6 +51,9 @@ public sealed class AnswerJsonDifferentialTests
     [InlineData("""{"choices":[{"message":{"content":[null,{"type":null,"image_url":null}],"tool_calls":[null,{"index":null,"function":null}]}}]}""")]
     [InlineData("""{"created":9223372036854775807,"choices":[{"index":2147483648}]}""")]
     [InlineData("""{"created":-0,"choices":[{"index":1.0}]}""")]
+    [InlineData("""{"choices":[{"index":0},{"index":1}],"choices":[{"index":2}]}""")]
+    [InlineData("""{"choices":[{"delta":{"content":"a","role":"user"},"delta":{"content":"b"}}],"choices":[]}""")]
+    [InlineData("""{"choices":[{"delta":{"content":"a"},"delta":null}],"choices":null}""")]
     [InlineData("""{"id":"a"} """)]
     [InlineData("""{"id":"a"}{}""")]
     [InlineData("""null""")]
@@ -58,7 +61,8 @@ public sealed class AnswerJsonDifferentialTests
     public void Edge_cases_are_read_and_written_as_the_serializer_does(string body)
     {
         // Escaped names (unpaired and paired surrogates, escapes the fuzzer rarely draws), nulls where objects go,
-        // numbers at the edges of their types, trailing data.
+        // numbers at the edges of their types, trailing data, a member given twice (the reader fills the empty choices
+        // list and delta the constructor made: the second occurrence must still replace the first).
         foreach (var bytes in new[] { Encoding.UTF8.GetBytes(body), [.. Encoding.UTF8.GetBytes(body[..2]), 0xC3, .. Encoding.UTF8.GetBytes(body[2..])] })
         {
             Differs(bytes, SerializerReferenceContext.Default.ChatCompletionResponse, GatewayJsonContext.Default.ChatCompletionResponse).Should().BeNull();

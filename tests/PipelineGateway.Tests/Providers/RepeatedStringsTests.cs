@@ -60,4 +60,37 @@ public sealed class RepeatedStringsTests
         var escaped = JsonSerializer.Deserialize(answer.Replace("\"role\":\"assistant\"", "\"role\":\"\\u0061ssistant\""), GatewayJsonContext.Default.ChatCompletionResponse)!;
         escaped.Choices[0].Message!.Role.Should().Be("assistant");
     }
+
+    [Fact]
+    public void Property_a_streams_chunks_each_read_their_own_id_and_share_the_previous_ones_string_when_it_repeats()
+    {
+        // CsCheck, fixed seed: two chunks of one stream, the second's id arbitrary, equal to the first's, or equal but
+        // escaped; each must read as exactly its own id, and a plain repeat must be the first chunk's very string.
+        var pcg = new PCG(22, 5);
+        var ids = Gen.Int[0, 3].SelectMany(pick => pick < 2 ? Gen.String[0, 30] : Gen.Const("chatcmpl-AbC123xyz"))
+            .Where(v => v.All(c => !char.IsSurrogate(c)));
+        static byte[] Chunk(string id, bool escape) => Encoding.UTF8.GetBytes(
+            $$$"""{"id":{{{(escape ? "\"" + string.Concat(id.Select(c => $"\\u{(int)c:x4}")) + "\"" : JsonSerializer.Serialize(id))}}},"object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"x"}}]}""");
+        for (var i = 0; i < 5_000; i++)
+        {
+            var a = ids.Generate(pcg, null, out _);
+            var b = pcg.Next() % 2 == 0 ? a : ids.Generate(pcg, null, out _);
+            var escape = pcg.Next() % 4 == 0;
+            string? previous = null;
+            var first = RepeatedStrings.ReadChunk(Chunk(a, false), ref previous)!;
+            first.Id.Should().Be(a);
+            previous.Should().BeSameAs(first.Id);
+            var second = RepeatedStrings.ReadChunk(Chunk(b, escape), ref previous)!;
+            second.Id.Should().Be(b);
+            if (b == a && !escape && JsonSerializer.Serialize(a) == "\"" + a + "\"" && a.All(char.IsAscii))
+            {
+                second.Id.Should().BeSameAs(first.Id, "a plain repeat of the stream's id is read as the same string");
+            }
+        }
+
+        // Outside a stream's read nothing is remembered: another stream's chunk gets its own string.
+        string? none = null;
+        var one = RepeatedStrings.ReadChunk(Chunk("chatcmpl-AbC123xyz", false), ref none)!;
+        JsonSerializer.Deserialize(Chunk("chatcmpl-AbC123xyz", false), GatewayJsonContext.Default.ChatCompletionChunk)!.Id.Should().NotBeSameAs(one.Id);
+    }
 }

@@ -62,8 +62,9 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
 
     protected override async IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        // Chunks are parsed straight from the event bytes: no string per event.
-        var parser = SseParser.Create(body, static (_, data) => data.SequenceEqual("[DONE]"u8) ? null : JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionChunk));
+        // Chunks are parsed straight from the event bytes (no string per event), all sharing the first one's id string.
+        string? id = null;
+        var parser = SseParser.Create(body, (_, data) => data.SequenceEqual("[DONE]"u8) ? null : RepeatedStrings.ReadChunk(data, ref id));
         await foreach (var item in parser.EnumerateAsync(cancellationToken).ConfigureAwait(false))
         {
             if (item.Data is not { } chunk)
