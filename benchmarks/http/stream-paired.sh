@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Streaming, paired: two front processes over one streaming simulator (50 chunks, 20 ms apart), each held at STREAMS
+# concurrent SSE streams by its own pgw-loadgen AT THE SAME TIME, so whatever disturbs this shared VM during a round
+# disturbs both alike (stream.sh's round-robin rounds moved by ±15% in CPU per event between runs on 2026-12-03).
+# Each round prints both processes' CPU per SSE event (from /proc/PID/stat) and events delivered; the end prints the
+# medians of the rounds' ratios and each process's memory per stream: (peak RSS − RSS when idle after start) ÷ STREAMS.
+# Everything binds to 127.0.0.1; every run is bounded by its duration.
+#
+#   PAIR=yarp    the gateway as shipped (request log on)  vs  a plain YARP proxy (pgw-yarp)   — issue 21's streaming target
+#   PAIR=build   the gateway as shipped                   vs  another build of it, B_BUILD=DIR (a copy of an earlier
+#                                                             src/PipelineGateway.Cli/bin/Release/net10.0)
+#
+# Usage: [PAIR=yarp|build] [B_BUILD=DIR] [STREAMS=1000] [ROUNDS=5] [WARMUP=30] benchmarks/http/stream-paired.sh [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${1:-15}"
+PAIR="${PAIR:-yarp}"
+STREAMS="${STREAMS:-1000}"
+ROUNDS="${ROUNDS:-5}"
+WARMUP="${WARMUP:-30}"
+SIM_PORT=18181 A_PORT=18180 B_PORT=18184
+for project in src/PipelineGateway.Cli benchmarks/PipelineGateway.LoadGen benchmarks/PipelineGateway.YarpProxy; do
+  dotnet build -c Release "$project" >/dev/null
+done
+PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
+LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
+YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
+. benchmarks/http/common.sh
+require_free_ports $SIM_PORT $A_PORT $B_PORT
+ulimit -n 65536 2>/dev/null || true
+LOG_DIR=$(mktemp -d); OUT_A=$(mktemp); OUT_B=$(mktemp)
+CONFIG=benchmarks/http/gateway-over-streaming-simulator.json
+
+"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --token-delay-ms 20 --completion-words 50 >/dev/null 2>&1 & SIM=$!
+PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CONFIG" >/dev/null 2>&1 & A=$!
+A_NAME="gateway"
+case "$PAIR" in
+  yarp) "$YARP" --urls "http://127.0.0.1:$B_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & B=$!; B_NAME="YARP";;
+  build) [ -x "${B_BUILD:-}/pgw" ] || { echo "PAIR=build needs B_BUILD=DIR holding a pgw build" >&2; exit 2; }
+      PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" "$B_BUILD/pgw" serve --urls "http://127.0.0.1:$B_PORT" --config "$CONFIG" >/dev/null 2>&1 & B=$!
+      A_NAME="this build"; B_NAME="$(basename "$B_BUILD")";;
+  *) echo "PAIR is yarp or build" >&2; exit 2;;
+esac
+trap 'kill $SIM $A $B 2>/dev/null; wait 2>/dev/null; rm -rf "$LOG_DIR" "$OUT_A" "$OUT_B"' EXIT
+wait_for_servers "$SIM_PORT $A_PORT $B_PORT" "$SIM $A $B"
+sleep 2
+rss_now() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$1/status"; }
+rss_peak() { awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status"; }
+IDLE_A=$(rss_now $A); IDLE_B=$(rss_now $B)
+URL_A="http://127.0.0.1:$A_PORT/v1/chat/completions"
+URL_B="http://127.0.0.1:$B_PORT/v1/chat/completions"
+
+load_both() { # seconds
+  "$LOADGEN" "$URL_A" --streams "$STREAMS" --seconds "$1" --warmup 0 >"$OUT_A" & local l1=$!
+  "$LOADGEN" "$URL_B" --streams "$STREAMS" --seconds "$1" --warmup 0 >"$OUT_B" & local l2=$!
+  wait $l1 $l2
+}
+echo "$A_NAME vs $B_NAME: $STREAMS streams each, warm-up (both at once, $WARMUP s)"
+load_both "$WARMUP"
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
+events() { sed -E 's/.*events ([0-9]+) .*/\1/' "$1"; }
+CPU_RATIOS="" EVENT_RATIOS="" CPU_A="" CPU_B=""
+for round in $(seq 1 "$ROUNDS"); do
+  a0=$(ticks $A); b0=$(ticks $B)
+  load_both "$DURATION"
+  a1=$(ticks $A); b1=$(ticks $B)
+  ea=$(events "$OUT_A"); eb=$(events "$OUT_B")
+  ua=$(awk -v d=$((a1 - a0)) -v t=$TICK_US -v e="$ea" 'BEGIN {printf "%.2f", d * t / e}')
+  ub=$(awk -v d=$((b1 - b0)) -v t=$TICK_US -v e="$eb" 'BEGIN {printf "%.2f", d * t / e}')
+  cr=$(awk -v a="$ua" -v b="$ub" 'BEGIN {printf "%.3f", a / b}'); er=$(awk -v a="$ea" -v b="$eb" 'BEGIN {printf "%.3f", a / b}')
+  CPU_A+="$ua "; CPU_B+="$ub "; CPU_RATIOS+="$cr "; EVENT_RATIOS+="$er "
+  printf '  round %s  %s %6s us/event (%s events)   %s %6s us/event (%s events)   %sx CPU per event, %sx events\n' \
+    "$round" "$A_NAME" "$ua" "$ea" "$B_NAME" "$ub" "$eb" "$cr" "$er"
+done
+PEAK_A=$(rss_peak $A); PEAK_B=$(rss_peak $B)
+echo "$A_NAME vs $B_NAME, $STREAMS streams each, $ROUNDS rounds of $DURATION s: $(median <<<"$CPU_RATIOS")x its CPU per event, $(median <<<"$EVENT_RATIOS")x its events (medians of the rounds' ratios); medians $(median <<<"$CPU_A") and $(median <<<"$CPU_B") us"
+echo "memory per stream: $A_NAME $(( (PEAK_A - IDLE_A) * 1024 / STREAMS )) KiB (peak $PEAK_A MiB, idle $IDLE_A), $B_NAME $(( (PEAK_B - IDLE_B) * 1024 / STREAMS )) KiB (peak $PEAK_B MiB, idle $IDLE_B)"
