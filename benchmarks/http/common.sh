@@ -1,4 +1,5 @@
-# Shared by the HTTP load scripts (sourced, not run): checks that servers are really the ones started, and CPU readings.
+# Shared by the HTTP load scripts (sourced, not run): building the front processes, checks that servers are really the
+# ones started, and CPU readings.
 
 # The ports must be free: a server left over from another run would answer in place of the one about to start (which
 # then fails to bind), and every figure would describe the wrong process.
@@ -28,3 +29,14 @@ wait_for_servers() {
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU of a process, in clock ticks
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# Builds the gateway, the load generator and the YARP proxy (Release) and names their executables PGW, LOADGEN, YARP.
+build_front_processes() {
+  local project
+  for project in src/PipelineGateway.Cli benchmarks/PipelineGateway.LoadGen benchmarks/PipelineGateway.YarpProxy; do
+    dotnet build -c Release "$project" >/dev/null
+  done
+  PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
+  LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
+  YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
+}

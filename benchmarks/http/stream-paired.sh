@@ -19,13 +19,8 @@ STREAMS="${STREAMS:-1000}"
 ROUNDS="${ROUNDS:-5}"
 WARMUP="${WARMUP:-30}"
 SIM_PORT=18181 A_PORT=18180 B_PORT=18184
-for project in src/PipelineGateway.Cli benchmarks/PipelineGateway.LoadGen benchmarks/PipelineGateway.YarpProxy; do
-  dotnet build -c Release "$project" >/dev/null
-done
-PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
-LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
-YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
 . benchmarks/http/common.sh
+build_front_processes
 require_free_ports $SIM_PORT $A_PORT $B_PORT
 ulimit -n 65536 2>/dev/null || true
 LOG_DIR=$(mktemp -d); OUT_A=$(mktemp); OUT_B=$(mktemp)

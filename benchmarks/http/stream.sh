@@ -14,13 +14,8 @@ ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-30}"
 SIM_PORT=18181 GW_PORT=18180 YARP_PORT=18183
 LOG_DIR=$(mktemp -d)
-for project in src/PipelineGateway.Cli benchmarks/PipelineGateway.LoadGen benchmarks/PipelineGateway.YarpProxy; do
-  dotnet build -c Release "$project" >/dev/null
-done
-PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
-LOADGEN=benchmarks/PipelineGateway.LoadGen/bin/Release/net10.0/pgw-loadgen
-YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
 . benchmarks/http/common.sh
+build_front_processes
 require_free_ports $SIM_PORT $GW_PORT $YARP_PORT
 ulimit -n 65536 2>/dev/null || true
 
