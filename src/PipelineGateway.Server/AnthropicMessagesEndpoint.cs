@@ -74,6 +74,11 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         {
             await foreach (var chunk in ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted))
             {
+                if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
+                {
+                    continue; // this route still flushes each event as it writes it
+                }
+
                 if (!started)
                 {
                     ctx.Response.ContentType = "text/event-stream";

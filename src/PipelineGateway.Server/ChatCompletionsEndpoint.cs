@@ -121,6 +121,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request)
     {
         var includeUsage = request.StreamOptions?.IncludeUsage == true;
+        var flushEach = !ServerSubmit.MarksBursts(queue);
         await using var chunks = ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted).GetAsyncEnumerator(ctx.RequestAborted);
         var started = false;
         try
@@ -144,6 +145,13 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                 }
 
                 var chunk = chunks.Current;
+                if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
+                {
+                    // The upstream's next event is not here yet: what was written goes out now, in one flush.
+                    await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
+                    continue;
+                }
+
                 if (!started || chunk.Gateway is not null)
                 {
                     StartSse(ctx, request, chunk.Gateway);
@@ -166,7 +174,14 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                     chunk.Usage = WithCost(usage, final.Cost);
                 }
 
-                await SseWriter.WriteDataAsync(ctx.Response, json, chunk, GatewayJsonContext.Default.ChatCompletionChunk, ctx.RequestAborted);
+                if (flushEach)
+                {
+                    await SseWriter.WriteDataAsync(ctx.Response, json, chunk, GatewayJsonContext.Default.ChatCompletionChunk, ctx.RequestAborted);
+                }
+                else
+                {
+                    SseWriter.WriteData(ctx.Response, json, chunk, GatewayJsonContext.Default.ChatCompletionChunk);
+                }
             }
 
             await ctx.Response.Body.WriteAsync(Done, ctx.RequestAborted);

@@ -32,6 +32,12 @@ internal static class ServerSubmit
             ? own.SubmitAsync(request, SubmitMode.FailFast, inlineSuccessContinuation: true, cancellationToken)
             : queue.SubmitAsync(request, SubmitMode.FailFast, cancellationToken);
 
+    /// <summary>
+    /// True when <see cref="StreamAsync"/> marks where each burst of chunks ends (<c>WorkItem.BurstEnd</c>: the
+    /// gateway's own queue): the endpoint then flushes once per burst; another queue's chunks are flushed one by one.
+    /// </summary>
+    public static bool MarksBursts(IGatewayQueue queue) => queue is GatewayQueue;
+
     /// <summary>A streamed request, fail-fast, its chunks handed to the endpoint on the worker's thread as they arrive (same reasoning).</summary>
     public static IAsyncEnumerable<ChatCompletionChunk> StreamAsync(IGatewayQueue queue, ChatCompletionRequest request, CancellationToken cancellationToken) =>
         queue is GatewayQueue own

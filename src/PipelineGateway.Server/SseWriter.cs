@@ -25,8 +25,15 @@ internal static class SseWriter
         return pipe.FlushAsync(cancellationToken);
     }
 
-    /// <summary>An event serialized straight into the pipe by <paramref name="json"/> (reused from event to event).</summary>
+    /// <summary>An event serialized straight into the pipe by <paramref name="json"/> (reused from event to event), then flushed.</summary>
     public static ValueTask<FlushResult> WriteDataAsync<T>(HttpResponse response, Utf8JsonWriter json, T value, JsonTypeInfo<T> info, CancellationToken cancellationToken)
+    {
+        WriteData(response, json, value, info);
+        return response.BodyWriter.FlushAsync(cancellationToken);
+    }
+
+    /// <summary>An event serialized straight into the pipe, not flushed (the caller flushes once per burst).</summary>
+    public static void WriteData<T>(HttpResponse response, Utf8JsonWriter json, T value, JsonTypeInfo<T> info)
     {
         var pipe = response.BodyWriter;
         pipe.Write(DataPrefix);
@@ -34,6 +41,5 @@ internal static class SseWriter
         JsonSerializer.Serialize(json, value, info);
         json.Flush();
         pipe.Write(EventEnd);
-        return pipe.FlushAsync(cancellationToken);
     }
 }

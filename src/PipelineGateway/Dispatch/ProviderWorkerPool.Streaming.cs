@@ -25,9 +25,25 @@ internal sealed partial class ProviderWorkerPool
         ChatCompletionChunk? pendingLast = null;
         string? filledId = null; // what the upstream left out is filled the same way in every chunk
         long filledCreated = 0;
-        await foreach (var received in Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).ConfigureAwait(false))
+        var handedOver = false; // chunks handed to the caller since the last burst end
+        var upstream = Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).GetAsyncEnumerator(item.Token);
+        await using var upstreamDisposal = upstream.ConfigureAwait(false);
+        while (true)
         {
-            var chunk = ProviderAnswer.Accept(received, Name);
+            var next = upstream.MoveNextAsync();
+            if (handedOver && !next.IsCompleted)
+            {
+                // The next event is not buffered yet: what was handed over is a burst, flushed once (EndBurst never throws).
+                handedOver = false;
+                item.EndBurst();
+            }
+
+            if (!await next.ConfigureAwait(false))
+            {
+                break;
+            }
+
+            var chunk = ProviderAnswer.Accept(upstream.Current, Name);
             ProviderAnswer.Fill(chunk, ref filledId, ref filledCreated, item, deployment.Model, _time);
             any = true;
             if (chunk.Usage is { } usage)
@@ -57,6 +73,7 @@ internal sealed partial class ProviderWorkerPool
                 services.Metrics.OnFirstToken(item.TimeToFirstToken.Value);
                 await ReleaseHeldAsync(item, deployment, held, chunk, firstToken).ConfigureAwait(false);
                 held = null;
+                handedOver = true;
                 continue;
             }
 
@@ -64,6 +81,7 @@ internal sealed partial class ProviderWorkerPool
             {
                 await WriteAsync(writer, pendingLast, item.Token).ConfigureAwait(false);
                 pendingLast = null;
+                handedOver = true;
             }
 
             if (chunk.Choices.Exists(static c => c.FinishReason is not null))
@@ -74,6 +92,7 @@ internal sealed partial class ProviderWorkerPool
             }
 
             await WriteAsync(writer, chunk, item.Token).ConfigureAwait(false);
+            handedOver = true;
         }
 
         if (!any)

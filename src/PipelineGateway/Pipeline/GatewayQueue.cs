@@ -90,7 +90,19 @@ internal sealed class GatewayQueue(
             {
                 while (reader.TryRead(out var chunk))
                 {
-                    yield return chunk;
+                    if (!ReferenceEquals(chunk, WorkItem.BurstEnd))
+                    {
+                        yield return chunk;
+                    }
+                    else if (inlineChunks && item.TakeFlushOwed())
+                    {
+                        yield return chunk;
+                    }
+                }
+
+                if (inlineChunks && item.TakeFlushOwed())
+                {
+                    yield return WorkItem.BurstEnd; // its marker found the channel full: paid now that the reader caught up
                 }
             }
         }

@@ -9,11 +9,12 @@ using PipelineGateway.Tests.Support;
 namespace PipelineGateway.Tests.Server;
 
 /// <summary>
-/// <c>Server:StreamKeepAlive</c> (docs/server.md, "Streaming"): until a stream's first chunk the client gets an SSE
-/// comment every interval, so a long-thinking model does not trip an idle timeout on the way; and the wait leaves no
-/// timer armed once the chunk came (each one would live on for the whole interval, per stream).
+/// When a stream's bytes leave (docs/server.md, "Streaming"). <c>Server:StreamKeepAlive</c>: until a stream's first
+/// chunk the client gets an SSE comment every interval, so a long-thinking model does not trip an idle timeout on the
+/// way, and the wait leaves no timer armed once the chunk came. Flushes: once per burst of chunks the upstream had
+/// ready, never later than the moment the gateway starts waiting for the upstream's next one.
 /// </summary>
-public sealed class StreamKeepAliveTests
+public sealed class StreamPacingTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -56,6 +57,46 @@ public sealed class StreamKeepAliveTests
         var rest = await body.ReadToEndAsync(Ct);
         rest.Should().NotContain("keep-alive").And.Contain("\"content\"").And.EndWith("data: [DONE]\n\n");
         time.Live.Should().Be(0, "the wait that the first chunk ended took its timer with it");
+        await app.StopAsync(Ct);
+    }
+
+    [Fact]
+    public async Task Each_chunk_reaches_the_client_before_the_upstream_produces_the_next()
+    {
+        // One token a second (fake time): every chunk ends a burst, so each must be on the wire while the next is
+        // still a second away. A gateway that held written chunks until the next one would block the read below.
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var config = TestServerConfig.Simulated(new()
+        {
+            ["Gateway:Providers:0:Simulated:PerTokenDelayMs"] = "1000",
+            ["Gateway:Providers:0:Simulated:CompletionWords"] = "4",
+        });
+        await using var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddSingleton<TimeProvider>(time));
+        var root = await GatewayServer.StartAsync(app, Ct);
+        using var http = new HttpClient { BaseAddress = root, Timeout = TimeSpan.FromSeconds(20) }; // an unflushed stream fails here, not after 100 s
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
+        {
+            Content = new StringContent("""{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello there"}]}""", Encoding.UTF8, "application/json"),
+        };
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        using var body = new StreamReader(await response.Content.ReadAsStreamAsync(Ct));
+        var contents = 0;
+        while (contents < 4)
+        {
+            // Generous real-time bound: a chunk not flushed would never come without the clock moving.
+            var line = await body.ReadLineAsync(Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), Ct);
+            line.Should().NotBeNull();
+            if (line!.StartsWith("data: {", StringComparison.Ordinal) && line.Contains("\"content\":\"", StringComparison.Ordinal))
+            {
+                contents++;
+                if (contents < 4)
+                {
+                    time.Advance(TimeSpan.FromSeconds(1)); // only now may the upstream produce the next word
+                }
+            }
+        }
+
+        (await body.ReadToEndAsync(Ct)).Should().EndWith("data: [DONE]\n\n");
         await app.StopAsync(Ct);
     }
 
