@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Streaming, paired: two front processes over one streaming simulator (50 chunks, 20 ms apart), each held at STREAMS
+# Streaming, paired: two front processes over one streaming simulator (50 chunks, TOKEN_DELAY_MS apart: 20), each held at STREAMS
 # concurrent SSE streams by its own pgw-loadgen AT THE SAME TIME, so whatever disturbs this shared VM during a round
 # disturbs both alike (stream.sh's round-robin rounds moved by ±15% in CPU per event between runs on 2026-12-03).
 # Each round prints both processes' CPU per SSE event (from /proc/PID/stat) and events delivered; the end prints the
@@ -10,7 +10,7 @@
 #   PAIR=build   the gateway as shipped                   vs  another build of it, B_BUILD=DIR (a copy of an earlier
 #                                                             src/PipelineGateway.Cli/bin/Release/net10.0)
 #
-# Usage: [PAIR=yarp|build] [B_BUILD=DIR] [STREAMS=1000] [ROUNDS=5] [WARMUP=30] benchmarks/http/stream-paired.sh [seconds]
+# Usage: [PAIR=yarp|build] [B_BUILD=DIR] [STREAMS=1000] [ROUNDS=5] [WARMUP=30] [TOKEN_DELAY_MS=20] benchmarks/http/stream-paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
@@ -26,7 +26,7 @@ ulimit -n 65536 2>/dev/null || true
 LOG_DIR=$(mktemp -d); OUT_A=$(mktemp); OUT_B=$(mktemp)
 CONFIG=benchmarks/http/gateway-over-streaming-simulator.json
 
-"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --token-delay-ms 20 --completion-words 50 >/dev/null 2>&1 & SIM=$!
+"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --token-delay-ms "${TOKEN_DELAY_MS:-20}" --completion-words 50 >/dev/null 2>&1 & SIM=$!
 PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CONFIG" >/dev/null 2>&1 & A=$!
 A_NAME="gateway"
 case "$PAIR" in
