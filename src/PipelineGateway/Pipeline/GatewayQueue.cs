@@ -94,15 +94,13 @@ internal sealed class GatewayQueue(
                     {
                         yield return chunk;
                     }
-                    else if (inlineChunks && item.TakeFlushOwed())
-                    {
-                        yield return chunk;
-                    }
                 }
 
+                // Caught up, about to wait: a burst that ended is flushed now (its marker only woke this reader, or
+                // found the channel full and was never queued).
                 if (inlineChunks && item.TakeFlushOwed())
                 {
-                    yield return WorkItem.BurstEnd; // its marker found the channel full: paid now that the reader caught up
+                    yield return WorkItem.BurstEnd;
                 }
             }
         }

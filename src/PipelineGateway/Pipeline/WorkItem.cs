@@ -123,8 +123,9 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
 
     /// <summary>
     /// The worker is about to wait for the upstream after handing over chunks: an inline reader gets
-    /// <see cref="BurstEnd"/>. The debt is recorded before the marker is offered, so a full channel (the reader behind,
-    /// not waiting) loses nothing: the reader pays it when it has caught up (<see cref="TakeFlushOwed"/>).
+    /// <see cref="BurstEnd"/> once it has read everything queued. The debt is recorded before the marker (which only
+    /// wakes a waiting reader) is offered, so a full channel (the reader behind, not waiting) loses nothing: the reader
+    /// pays it when it has caught up (<see cref="TakeFlushOwed"/>).
     /// </summary>
     internal void EndBurst()
     {
