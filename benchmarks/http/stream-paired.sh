@@ -10,7 +10,11 @@
 #   PAIR=build   the gateway as shipped                   vs  another build of it, B_BUILD=DIR (a copy of an earlier
 #                                                             src/PipelineGateway.Cli/bin/Release/net10.0)
 #
-# Usage: [PAIR=yarp|build] [B_BUILD=DIR] [STREAMS=1000] [ROUNDS=5] [WARMUP=30] [TOKEN_DELAY_MS=20] benchmarks/http/stream-paired.sh [seconds]
+# PERF=1 also records both processes with `perf record -g` during the last round and prints CPU samples per 1,000
+# events grouped by assembly (perf-group.py), A against B, largest difference first; KEEP=DIR keeps the recordings
+# (a.perf, b.perf) for `perf report`.
+#
+# Usage: [PAIR=yarp|build] [B_BUILD=DIR] [STREAMS=1000] [ROUNDS=5] [WARMUP=30] [TOKEN_DELAY_MS=20] [PERF=0] [KEEP=DIR] benchmarks/http/stream-paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
@@ -25,6 +29,11 @@ require_free_ports $SIM_PORT $A_PORT $B_PORT
 ulimit -n 65536 2>/dev/null || true
 LOG_DIR=$(mktemp -d); OUT_A=$(mktemp); OUT_B=$(mktemp)
 CONFIG=benchmarks/http/gateway-over-streaming-simulator.json
+PERF="${PERF:-0}"
+if [ "$PERF" = 1 ]; then
+  command -v perf >/dev/null || { echo "PERF=1 needs perf (linux-perf)" >&2; exit 1; }
+  export DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0 # JIT frames named through the runtime's perf map
+fi
 
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --token-delay-ms "${TOKEN_DELAY_MS:-20}" --completion-words 50 >/dev/null 2>&1 & SIM=$!
 PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CONFIG" >/dev/null 2>&1 & A=$!
@@ -37,6 +46,7 @@ case "$PAIR" in
   *) echo "PAIR is yarp or build" >&2; exit 2;;
 esac
 trap 'kill $SIM $A $B 2>/dev/null; wait 2>/dev/null; rm -rf "$LOG_DIR" "$OUT_A" "$OUT_B"' EXIT
+unset DOTNET_PerfMapEnabled DOTNET_EnableWriteXorExecute # the load generators are not profiled
 wait_for_servers "$SIM_PORT $A_PORT $B_PORT" "$SIM $A $B"
 sleep 2
 rss_now() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$1/status"; }
@@ -58,6 +68,11 @@ events() { sed -E 's/.*events ([0-9]+) .*/\1/' "$1"; }
 CPU_RATIOS="" EVENT_RATIOS="" CPU_A="" CPU_B=""
 for round in $(seq 1 "$ROUNDS"); do
   a0=$(ticks $A); b0=$(ticks $B)
+  if [ "$PERF" = 1 ] && [ "$round" = "$ROUNDS" ]; then
+    PERF_DIR=${KEEP:-$LOG_DIR}; mkdir -p "$PERF_DIR"
+    perf record -q -F 499 -g -p "$A" -o "$PERF_DIR/a.perf" -- sleep "$DURATION" 2>/dev/null & P1=$!
+    perf record -q -F 499 -g -p "$B" -o "$PERF_DIR/b.perf" -- sleep "$DURATION" 2>/dev/null & P2=$!
+  fi
   load_both "$DURATION"
   a1=$(ticks $A); b1=$(ticks $B)
   ea=$(events "$OUT_A"); eb=$(events "$OUT_B")
@@ -68,6 +83,11 @@ for round in $(seq 1 "$ROUNDS"); do
   printf '  round %s  %s %6s us/event (%s events)   %s %6s us/event (%s events)   %sx CPU per event, %sx events\n' \
     "$round" "$A_NAME" "$ua" "$ea" "$B_NAME" "$ub" "$eb" "$cr" "$er"
 done
+if [ "$PERF" = 1 ]; then
+  wait $P1 $P2 2>/dev/null || true
+  echo "last round, CPU samples (perf, 499 Hz) per 1,000 events: A = $A_NAME, B = $B_NAME"
+  python3 benchmarks/http/perf-group.py "$PERF_DIR/a.perf" "$PERF_DIR/b.perf" "$ea" "$eb" 40
+fi
 PEAK_A=$(rss_peak $A); PEAK_B=$(rss_peak $B)
 echo "$A_NAME vs $B_NAME, $STREAMS streams each, $ROUNDS rounds of $DURATION s: $(median <<<"$CPU_RATIOS")x its CPU per event, $(median <<<"$EVENT_RATIOS")x its events (medians of the rounds' ratios); medians $(median <<<"$CPU_A") and $(median <<<"$CPU_B") us"
 echo "memory per stream: $A_NAME $(( (PEAK_A - IDLE_A) * 1024 / STREAMS )) KiB (peak $PEAK_A MiB, idle $IDLE_A), $B_NAME $(( (PEAK_B - IDLE_B) * 1024 / STREAMS )) KiB (peak $PEAK_B MiB, idle $IDLE_B)"

@@ -122,6 +122,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
     {
         var includeUsage = request.StreamOptions?.IncludeUsage == true;
         var flushEach = !ServerSubmit.MarksBursts(queue);
+        request.Gateway!.KeepsEventJson = true; // an upstream chunk in the gateway's own shape is written as it came
         await using var chunks = ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted).GetAsyncEnumerator(ctx.RequestAborted);
         var started = false;
         try
@@ -166,21 +167,28 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                     }
 
                     chunk.Usage = null;
+                    chunk.EventJson = null; // changed: no longer what the upstream's bytes say
                 }
                 else if (chunk.Usage is { } usage && chunk.Gateway is { } final)
                 {
                     // The last chunk: its usage says what the request cost (OpenRouter's usage.cost), since the
                     // response headers went out before the cost was known.
                     chunk.Usage = WithCost(usage, final.Cost);
+                    chunk.EventJson = null;
                 }
 
-                if (flushEach)
+                if (chunk.EventJson is { } verbatim)
                 {
-                    await SseWriter.WriteDataAsync(ctx.Response, json, chunk, GatewayJsonContext.Default.ChatCompletionChunk, ctx.RequestAborted);
+                    SseWriter.WriteData(ctx.Response, verbatim); // the upstream's bytes say what writing the chunk would
                 }
                 else
                 {
                     SseWriter.WriteData(ctx.Response, json, chunk, GatewayJsonContext.Default.ChatCompletionChunk);
+                }
+
+                if (flushEach)
+                {
+                    await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
                 }
             }
 

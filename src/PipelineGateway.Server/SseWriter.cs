@@ -15,24 +15,23 @@ internal static class SseWriter
     private static readonly byte[] DataPrefix = "data: "u8.ToArray();
     private static readonly byte[] EventEnd = "\n\n"u8.ToArray();
 
-    /// <summary>An event whose JSON is already written.</summary>
+    /// <summary>An event whose JSON is already written, then flushed.</summary>
     public static ValueTask<FlushResult> WriteDataAsync(HttpResponse response, ReadOnlySpan<byte> json, CancellationToken cancellationToken)
+    {
+        WriteData(response, json);
+        return response.BodyWriter.FlushAsync(cancellationToken);
+    }
+
+    /// <summary>An event whose JSON is already written (one line: the caller made sure), not flushed.</summary>
+    public static void WriteData(HttpResponse response, ReadOnlySpan<byte> json)
     {
         var pipe = response.BodyWriter;
         pipe.Write(DataPrefix);
         pipe.Write(json);
         pipe.Write(EventEnd);
-        return pipe.FlushAsync(cancellationToken);
     }
 
-    /// <summary>An event serialized straight into the pipe by <paramref name="json"/> (reused from event to event), then flushed.</summary>
-    public static ValueTask<FlushResult> WriteDataAsync<T>(HttpResponse response, Utf8JsonWriter json, T value, JsonTypeInfo<T> info, CancellationToken cancellationToken)
-    {
-        WriteData(response, json, value, info);
-        return response.BodyWriter.FlushAsync(cancellationToken);
-    }
-
-    /// <summary>An event serialized straight into the pipe, not flushed (the caller flushes once per burst).</summary>
+    /// <summary>An event serialized straight into the pipe by <paramref name="json"/> (reused from event to event), not flushed (the caller flushes once per burst).</summary>
     public static void WriteData<T>(HttpResponse response, Utf8JsonWriter json, T value, JsonTypeInfo<T> info)
     {
         var pipe = response.BodyWriter;

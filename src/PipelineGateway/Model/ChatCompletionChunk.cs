@@ -30,6 +30,18 @@ public sealed class ChatCompletionChunk
     /// <summary>Set by the gateway on the final chunk it hands to the caller.</summary>
     [JsonIgnore]
     public GatewayResponseInfo? Gateway { get; set; }
+
+    /// <summary>
+    /// The upstream event's JSON exactly as received, when writing those bytes says what writing this chunk would: the
+    /// event was in the shape the gateway writes (every member it always writes present once, no line break, valid
+    /// UTF-8, no usage) — the SSE endpoint then forwards them instead of re-serializing the chunk (issue 21: writing
+    /// each chunk again is work a byte-copying proxy does not do; docs/benchmarks.md). Only for a request whose endpoint asked
+    /// (<see cref="GatewayRequestOptions.KeepsEventJson"/>); cleared by anything in the gateway that changes the chunk
+    /// before it is written (<see cref="Providers.ProviderAnswer.Fill(ChatCompletionChunk, ref string?, ref long, Pipeline.WorkItem, string, TimeProvider)"/>,
+    /// the endpoint when it changes a chunk's usage).
+    /// </summary>
+    [JsonIgnore]
+    internal byte[]? EventJson { get; set; }
 }
 
 public sealed class ChunkChoice

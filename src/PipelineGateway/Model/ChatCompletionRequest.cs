@@ -118,6 +118,13 @@ public sealed class GatewayRequestOptions
     /// headers carry the request log's <c>request_id</c> whatever happens next — a refusal or an upstream error too.
     /// </summary>
     internal long RequestSequence { get; set; }
+
+    /// <summary>
+    /// Set by the OpenAI SSE endpoint, which can write a streamed chunk's upstream bytes as they came: the OpenAI adapter
+    /// then keeps them on each chunk in the gateway's own shape (<see cref="ChatCompletionChunk.EventJson"/>). Nobody
+    /// else pays the copy.
+    /// </summary>
+    internal bool KeepsEventJson { get; set; }
 }
 
 /// <summary>The priority class of a request; see docs/rate-limiting.md (fairness and priority).</summary>

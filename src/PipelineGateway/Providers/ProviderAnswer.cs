@@ -91,27 +91,41 @@ internal static class ProviderAnswer
         }
     }
 
-    /// <summary>The same for a stream's chunk: <paramref name="id"/> and <paramref name="created"/> are chosen once per stream, so every chunk of it agrees.</summary>
+    /// <summary>
+    /// The same for a stream's chunk: <paramref name="id"/> and <paramref name="created"/> are chosen once per stream, so
+    /// every chunk of it agrees. A chunk that gets anything filled no longer writes as its upstream bytes
+    /// (<see cref="ChatCompletionChunk.EventJson"/>, which the reader keeps only when nothing is missing).
+    /// </summary>
     public static void Fill(ChatCompletionChunk chunk, ref string? id, ref long created, Pipeline.WorkItem item, string model, TimeProvider time)
     {
+        var filled = false;
         if (string.IsNullOrEmpty(chunk.Id))
         {
             chunk.Id = id ??= "chatcmpl-" + item.RequestId;
+            filled = true;
         }
 
         if (string.IsNullOrEmpty(chunk.Object))
         {
             chunk.Object = ChatCompletionChunk.ObjectName;
+            filled = true;
         }
 
         if (chunk.Created <= 0)
         {
             chunk.Created = created > 0 ? created : created = time.GetUtcNow().ToUnixTimeSeconds();
+            filled = true;
         }
 
         if (string.IsNullOrEmpty(chunk.Model))
         {
             chunk.Model = model;
+            filled = true;
+        }
+
+        if (filled)
+        {
+            chunk.EventJson = null;
         }
     }
 

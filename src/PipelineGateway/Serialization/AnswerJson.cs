@@ -45,25 +45,53 @@ internal static class AnswerJson
         return value;
     }
 
+    /// <summary>
+    /// Set on this thread by the chunk readers when the chunk just read is not in the shape <see cref="WriteChunk"/>
+    /// writes — a member it always writes is missing (<c>id</c>, <c>object</c>, <c>created</c>, <c>model</c>,
+    /// <c>choices</c>; a choice's <c>index</c>, <c>delta</c>, <c>finish_reason</c>, <c>logprobs</c>), a member it writes once
+    /// came twice, or a <c>gateway</c> member was dropped — so its bytes may not stand in for the object
+    /// (<see cref="ChatCompletionChunk.EventJson"/>). Reset and read by <see cref="RepeatedStrings.ReadChunk"/> around one
+    /// chunk's read, which never awaits.
+    /// </summary>
+    [ThreadStatic]
+    internal static bool t_chunkOffShape;
+
     public static ChatCompletionChunk ReadChunk(ref Utf8JsonReader r)
     {
         Expect(ref r, JsonTokenType.StartObject, "a chat completion chunk", "an object");
         var value = new ChatCompletionChunk();
         var fresh = value.Choices; // the constructor's empty list: filled rather than replaced
+        var seen = 0; // the members the writer always writes, once each: choices, id, model, created, object
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChunkChoice, "'choices'", Take(ref fresh))!; }
-            else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = RepeatedStrings.StreamId(ref r) ?? String(ref r, "'id'")!; }
+            if (r.ValueTextEquals("choices"u8)) { Seen(ref seen, 1); Value(ref r); value.Choices = ReadList(ref r, ReadChunkChoice, "'choices'", Take(ref fresh))!; }
+            else if (r.ValueTextEquals("id"u8)) { Seen(ref seen, 2); Value(ref r); value.Id = RepeatedStrings.StreamId(ref r) ?? String(ref r, "'id'")!; }
             else if (r.ValueTextEquals("usage"u8)) { Value(ref r); value.Usage = ReadUsage(ref r); }
-            else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = RepeatedStrings.Recently(ref r) ?? String(ref r, "'model'")!; }
-            else if (r.ValueTextEquals("created"u8)) { Value(ref r); value.Created = Int64(ref r, "'created'"); }
-            else if (r.ValueTextEquals("object"u8)) { Value(ref r); value.Object = RepeatedStrings.Object(ref r) ?? String(ref r, "'object'")!; }
+            else if (r.ValueTextEquals("model"u8)) { Seen(ref seen, 4); Value(ref r); value.Model = RepeatedStrings.Recently(ref r) ?? String(ref r, "'model'")!; }
+            else if (r.ValueTextEquals("created"u8)) { Seen(ref seen, 8); Value(ref r); value.Created = Int64(ref r, "'created'"); }
+            else if (r.ValueTextEquals("object"u8)) { Seen(ref seen, 16); Value(ref r); value.Object = RepeatedStrings.Object(ref r) ?? String(ref r, "'object'")!; }
             else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = RepeatedStrings.Recently(ref r) ?? String(ref r, "'system_fingerprint'"); }
-            else if (r.ValueTextEquals("gateway"u8)) { Skip(ref r); } // a [JsonIgnore] member: dropped, not kept
+            else if (r.ValueTextEquals("gateway"u8)) { t_chunkOffShape = true; Skip(ref r); } // a [JsonIgnore] member: dropped, not kept
             else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
         }
 
+        if (seen != 31)
+        {
+            t_chunkOffShape = true;
+        }
+
         return value;
+    }
+
+    /// <summary>Notes a member that the chunk writer writes once: a second one puts the chunk off its shape.</summary>
+    private static void Seen(ref int seen, int member)
+    {
+        if ((seen & member) != 0)
+        {
+            t_chunkOffShape = true;
+        }
+
+        seen |= member;
     }
 
     private static ChatChoice? ReadChoice(ref Utf8JsonReader r)
@@ -95,13 +123,19 @@ internal static class AnswerJson
 
         var value = new ChunkChoice();
         var fresh = value.Delta; // the constructor's empty delta: filled rather than replaced
+        var seen = 0; // delta, index, finish_reason, logprobs: the writer writes each once
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("delta"u8)) { Value(ref r); value.Delta = ReadDelta(ref r, Take(ref fresh))!; }
-            else if (r.ValueTextEquals("index"u8)) { Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
-            else if (r.ValueTextEquals("finish_reason"u8)) { Value(ref r); value.FinishReason = RepeatedStrings.FinishReason(ref r) ?? String(ref r, "'finish_reason'"); }
-            else if (r.ValueTextEquals("logprobs"u8)) { Value(ref r); value.Logprobs = OptionalElement(ref r); }
+            if (r.ValueTextEquals("delta"u8)) { Seen(ref seen, 1); Value(ref r); value.Delta = ReadDelta(ref r, Take(ref fresh))!; }
+            else if (r.ValueTextEquals("index"u8)) { Seen(ref seen, 2); Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
+            else if (r.ValueTextEquals("finish_reason"u8)) { Seen(ref seen, 4); Value(ref r); value.FinishReason = RepeatedStrings.FinishReason(ref r) ?? String(ref r, "'finish_reason'"); }
+            else if (r.ValueTextEquals("logprobs"u8)) { Seen(ref seen, 8); Value(ref r); value.Logprobs = OptionalElement(ref r); }
             else { Skip(ref r); }
+        }
+
+        if (seen != 15)
+        {
+            t_chunkOffShape = true;
         }
 
         return value;
@@ -115,12 +149,13 @@ internal static class AnswerJson
         }
 
         var value = into ?? new ChatCompletionDelta();
+        var seen = 0; // a member given twice: the gateway reads the last, a client might not
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("content"u8)) { Value(ref r); value.Content = String(ref r, "a delta's 'content'"); }
-            else if (r.ValueTextEquals("role"u8)) { Value(ref r); value.Role = RepeatedStrings.Role(ref r) ?? String(ref r, "'role'"); }
-            else if (r.ValueTextEquals("tool_calls"u8)) { Value(ref r); value.ToolCalls = ReadList(ref r, ReadToolCall, "'tool_calls'"); }
-            else if (r.ValueTextEquals("refusal"u8)) { Value(ref r); value.Refusal = String(ref r, "'refusal'"); }
+            if (r.ValueTextEquals("content"u8)) { Seen(ref seen, 1); Value(ref r); value.Content = String(ref r, "a delta's 'content'"); }
+            else if (r.ValueTextEquals("role"u8)) { Seen(ref seen, 2); Value(ref r); value.Role = RepeatedStrings.Role(ref r) ?? String(ref r, "'role'"); }
+            else if (r.ValueTextEquals("tool_calls"u8)) { Seen(ref seen, 4); Value(ref r); value.ToolCalls = ReadList(ref r, ReadToolCall, "'tool_calls'"); }
+            else if (r.ValueTextEquals("refusal"u8)) { Seen(ref seen, 8); Value(ref r); value.Refusal = String(ref r, "'refusal'"); }
             else { Skip(ref r); }
         }
 

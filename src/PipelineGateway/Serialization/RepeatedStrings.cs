@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using System.Text.Unicode;
 
 namespace PipelineGateway;
 
@@ -62,14 +63,24 @@ internal static class RepeatedStrings
     public static string? StreamId(ref Utf8JsonReader r) =>
         t_streamId is { } last && Plain(ref r, out var bytes) && bytes.Length == last.Length && Ascii.Equals(bytes, last) ? last : null;
 
-    /// <summary>Reads one stream chunk with the serializer, its id shared with the previous chunk of the same stream (<paramref name="previousId"/>, updated).</summary>
-    public static ChatCompletionChunk? ReadChunk(ReadOnlySpan<byte> data, ref string? previousId)
+    /// <summary>
+    /// Reads one stream chunk with the serializer, its id shared with the previous chunk of the same stream
+    /// (<paramref name="previousId"/>, updated). <paramref name="keepEventJson"/>: the chunk also keeps the event's bytes
+    /// when they may be written in its place (<see cref="ChatCompletionChunk.EventJson"/>).
+    /// </summary>
+    public static ChatCompletionChunk? ReadChunk(ReadOnlySpan<byte> data, ref string? previousId, bool keepEventJson = false)
     {
         t_streamId = previousId;
+        AnswerJson.t_chunkOffShape = false;
         try
         {
             var chunk = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionChunk);
             previousId = chunk?.Id ?? previousId;
+            if (keepEventJson && chunk is not null && WritesAsItself(chunk, data))
+            {
+                chunk.EventJson = data.ToArray();
+            }
+
             return chunk;
         }
         finally
@@ -77,6 +88,18 @@ internal static class RepeatedStrings
             t_streamId = null;
         }
     }
+
+    /// <summary>
+    /// The event's bytes say what the gateway would write for <paramref name="chunk"/>: the reader found it in the
+    /// writer's shape, nothing is left for the gateway to fill (id, object, created, model), it is one SSE line and
+    /// valid UTF-8 (the reader does not decode every string it skips). A chunk with usage is not worth the copy: the
+    /// endpoint changes its usage (the request's cost, or none when the caller did not ask) and writes it anew.
+    /// </summary>
+    private static bool WritesAsItself(ChatCompletionChunk chunk, ReadOnlySpan<byte> data) =>
+        !AnswerJson.t_chunkOffShape
+        && chunk is { Usage: null, Choices: not null, Id.Length: > 0, Object.Length: > 0, Created: > 0, Model.Length: > 0 }
+        && data.IndexOfAny((byte)'\r', (byte)'\n') < 0
+        && Utf8.IsValid(data);
 
     private static string? OneOf(ref Utf8JsonReader r, string[] known)
     {

@@ -144,6 +144,16 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 // One event the test chose, then [DONE].
                 await Raw(ctx, 200, "text/event-stream", $"data: {ctx.Request.Headers["x-body"]}\n\ndata: [DONE]\n\n");
                 break;
+            case "sse-echo":
+                // The SSE body the test chose, any bytes at all, carried as the request's last message (a header holds
+                // neither line breaks nor UTF-8): sent as it is, after headers that say event-stream.
+                using (var request = await System.Text.Json.JsonDocument.ParseAsync(ctx.Request.Body))
+                {
+                    var messages = request.RootElement.GetProperty("messages");
+                    await Raw(ctx, 200, "text/event-stream", messages[messages.GetArrayLength() - 1].GetProperty("content").GetString()!);
+                }
+
+                break;
             case "truncated-200":
                 await Raw(ctx, 200, "application/json", $"{{\"id\":\"x\",\"note\":\"{key}\",\"choices\":[");
                 break;

@@ -62,9 +62,11 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
 
     protected override async IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
-        // Chunks are parsed straight from the event bytes (no string per event), all sharing the first one's id string.
+        // Chunks are parsed straight from the event bytes (no string per event), all sharing the first one's id string,
+        // and keep those bytes when the endpoint can write them as they came.
         string? id = null;
-        var parser = SseParser.Create(body, (_, data) => data.SequenceEqual("[DONE]"u8) ? null : RepeatedStrings.ReadChunk(data, ref id));
+        var keep = request.Request.Gateway?.KeepsEventJson == true;
+        var parser = SseParser.Create(body, (_, data) => data.SequenceEqual("[DONE]"u8) ? null : RepeatedStrings.ReadChunk(data, ref id, keep));
         await foreach (var item in parser.EnumerateAsync(cancellationToken).ConfigureAwait(false))
         {
             if (item.Data is not { } chunk)

@@ -1,0 +1,116 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using PipelineGateway.Server;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// An upstream's stream event that is already in the gateway's own shape reaches the client as the upstream's bytes
+/// (docs/server.md, "Streaming"); one that is not — a member left out, one given twice — is written by the gateway,
+/// with what it fills in. The upstream here is a real Kestrel that is not our simulator, sending bytes the test chose.
+/// </summary>
+public sealed class StreamPassThroughTests : IAsyncLifetime
+{
+    private ScriptedUpstream _upstream = null!;
+    private WebApplication _app = null!;
+    private HttpClient _http = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync()
+    {
+        _upstream = await ScriptedUpstream.StartAsync(Ct);
+        var settings = new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "echo",
+            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
+            ["Gateway:Providers:0:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString(),
+            ["Gateway:Providers:0:Headers:x-fault"] = "sse-echo",
+            ["Gateway:Models:0:Name"] = "m",
+            ["Gateway:Models:0:Deployments:0:Provider"] = "echo",
+            ["Gateway:Models:0:Deployments:0:Model"] = "m-up",
+            ["Gateway:Pipeline:MaxAttempts"] = "1",
+        };
+        _app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
+        _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct), Timeout = TimeSpan.FromSeconds(30) };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _http.Dispose();
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+        await _upstream.DisposeAsync();
+    }
+
+    private const string Head = "\"id\":\"chatcmpl-up1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m-up\"";
+
+    [Fact]
+    public async Task Events_in_the_gateways_shape_go_out_as_the_upstream_sent_them_and_the_others_are_written_by_the_gateway()
+    {
+        // Literal UTF-8 and HTML characters (the gateway's own writer escapes both) and a delta member the gateway does
+        // not model: only the upstream's bytes carry them that way.
+        var opening = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"héllo 世界 <b>&\",\"reasoning_content\":\"because\"},\"logprobs\":null,\"finish_reason\":null}],\"service_tier\":\"default\"}";
+        var noLogprobs = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" second\"},\"finish_reason\":null}]}";
+        var twice = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" shown\",\"content\":\" third\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        var noId = "{\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m-up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" fourth\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        var finish = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}";
+        var usage = "{" + Head + ",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}";
+        var upstream = string.Concat(new[] { opening, noLogprobs, twice, noId, finish, usage }.Select(e => $"data: {e}\n\n")) + "data: [DONE]\n\n";
+
+        var events = await StreamAsync(upstream);
+
+        events.Should().HaveCount(7);
+        events[0].Should().Be(opening, "an event in the gateway's shape is forwarded byte for byte");
+        Node(events[0])["choices"]![0]!["delta"]!["reasoning_content"]!.GetValue<string>().Should().Be("because");
+
+        events[1].Should().NotBe(noLogprobs, "a choice without logprobs is written by the gateway, which always writes it");
+        Node(events[1])["choices"]![0]!.AsObject().Should().ContainKey("logprobs");
+        Node(events[1])["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be(" second");
+
+        events[2].Should().NotBe(twice, "a member given twice is written once, with the value the gateway read (the last)");
+        Node(events[2])["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be(" third");
+
+        Node(events[3])["id"]!.GetValue<string>().Should().StartWith("chatcmpl-", "what the upstream left out is filled in");
+        events[4].Should().Be(finish);
+        Node(events[5])["usage"]!["cost"].Should().NotBeNull("the usage chunk is rewritten to carry the request's cost");
+        events[6].Should().Be("[DONE]");
+    }
+
+    [Theory]
+    [InlineData("{\"id\":\"chatcmpl-up1\",\n\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m-up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]
+    [InlineData("{" + Head + ",\"gateway\":{\"provider\":\"forged\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]
+    [InlineData("{" + Head + ",\"model\":\"other\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]
+    public async Task An_event_that_is_two_lines_carries_a_gateway_member_or_repeats_a_member_is_rewritten(string event1)
+    {
+        // Two data lines are one event joined by a line break (written as-is it would break the SSE framing); the
+        // gateway's own member and a repeated one are what its reader drops or reads last.
+        var upstream = string.Concat(event1.Split('\n').Select(line => $"data: {line}\n")) + "\n"
+            + "data: {" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+        var events = await StreamAsync(upstream);
+
+        var first = Node(events[0]);
+        events[0].Should().NotContain("\n").And.NotContain("forged").And.NotBe(event1);
+        first["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be("hi");
+        first["model"]!.GetValue<string>().Should().Be(event1.Contains("\"other\"", StringComparison.Ordinal) ? "other" : "m-up");
+    }
+
+    /// <summary>The data of each event the client got for a streamed request whose upstream sends <paramref name="sse"/>.</summary>
+    private async Task<List<string>> StreamAsync(string sse)
+    {
+        var body = JsonSerializer.Serialize(new { model = "m", stream = true, stream_options = new { include_usage = true }, messages = new[] { new { role = "user", content = sse } } });
+        using var response = await _http.PostAsync("v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        response.IsSuccessStatusCode.Should().BeTrue(await response.Content.ReadAsStringAsync(Ct));
+        var text = Encoding.UTF8.GetString(await response.Content.ReadAsByteArrayAsync(Ct));
+        text.Should().EndWith("\n\n");
+        return text[..^2].Split("\n\n").Select(e => e.StartsWith("data: ", StringComparison.Ordinal) ? e["data: ".Length..] : throw new InvalidOperationException($"not a data event: {e}")).ToList();
+    }
+
+    private static JsonNode Node(string json) => JsonNode.Parse(json)!;
+}
