@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
@@ -167,19 +168,22 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                     }
 
                     chunk.Usage = null;
-                    chunk.EventJson = null; // changed: no longer what the upstream's bytes say
+                    chunk.DropEventJson(); // changed: no longer what the upstream's bytes say
                 }
                 else if (chunk.Usage is { } usage && chunk.Gateway is { } final)
                 {
                     // The last chunk: its usage says what the request cost (OpenRouter's usage.cost), since the
                     // response headers went out before the cost was known.
                     chunk.Usage = WithCost(usage, final.Cost);
-                    chunk.EventJson = null;
+                    chunk.DropEventJson();
                 }
 
-                if (chunk.EventJson is { } verbatim)
+                if (chunk.TakeEventJson(out var verbatim, out var length))
                 {
-                    SseWriter.WriteData(ctx.Response, verbatim); // the upstream's bytes say what writing the chunk would
+                    // The upstream's bytes say what writing the chunk would: copied into Kestrel's buffer, then the
+                    // rented buffer goes back (this endpoint is its one writer; the chunk let go of it).
+                    SseWriter.WriteData(ctx.Response, verbatim.AsSpan(0, length));
+                    ArrayPool<byte>.Shared.Return(verbatim);
                 }
                 else
                 {

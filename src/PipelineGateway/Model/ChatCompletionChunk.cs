@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
@@ -35,13 +36,49 @@ public sealed class ChatCompletionChunk
     /// The upstream event's JSON exactly as received, when writing those bytes says what writing this chunk would: the
     /// event was in the shape the gateway writes (every member it always writes present once, no line break, valid
     /// UTF-8, no usage) — the SSE endpoint then forwards them instead of re-serializing the chunk (issue 21: writing
-    /// each chunk again is work a byte-copying proxy does not do; docs/benchmarks.md). Only for a request whose endpoint asked
-    /// (<see cref="GatewayRequestOptions.KeepsEventJson"/>); cleared by anything in the gateway that changes the chunk
-    /// before it is written (<see cref="Providers.ProviderAnswer.Fill(ChatCompletionChunk, ref string?, ref long, Pipeline.WorkItem, string, TimeProvider)"/>,
+    /// each chunk again is work a byte-copying proxy does not do; docs/benchmarks.md). Only for a request whose endpoint
+    /// asked (<see cref="GatewayRequestOptions.KeepsEventJson"/>); dropped by anything in the gateway that changes the
+    /// chunk before it is written (<see cref="Providers.ProviderAnswer.Fill(ChatCompletionChunk, ref string?, ref long, Pipeline.WorkItem, string, TimeProvider)"/>,
     /// the endpoint when it changes a chunk's usage).
+    /// <para>
+    /// The bytes are in a buffer rented from <see cref="ArrayPool{T}.Shared"/> (a copy per event was 30% of what a
+    /// streamed event allocated). Ownership is strict: the chunk owns the buffer until <see cref="TakeEventJson"/> hands
+    /// it to the one writer, which returns it after copying it out; a buffer dropped (<see cref="DropEventJson"/>) or
+    /// never taken (a stream cut short) is left to the GC, never returned, since whoever drops it cannot know it is its
+    /// last reader.
+    /// </para>
     /// </summary>
-    [JsonIgnore]
-    internal byte[]? EventJson { get; set; }
+    internal ReadOnlySpan<byte> EventJson => _eventJson is null ? default : _eventJson.AsSpan(0, _eventJsonLength);
+
+    /// <summary>True while the chunk holds its upstream bytes (<see cref="EventJson"/>).</summary>
+    internal bool HasEventJson => _eventJson is not null;
+
+    private byte[]? _eventJson;
+    private int _eventJsonLength;
+
+    /// <summary>Keeps a copy of the event's bytes in a rented buffer the chunk owns.</summary>
+    internal void KeepEventJson(ReadOnlySpan<byte> json)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(json.Length);
+        json.CopyTo(buffer);
+        _eventJson = buffer;
+        _eventJsonLength = json.Length;
+    }
+
+    /// <summary>The chunk no longer writes as its upstream bytes (it was changed); the buffer is left to the GC.</summary>
+    internal void DropEventJson() => _eventJson = null;
+
+    /// <summary>
+    /// Hands the bytes' buffer to the caller, which writes <paramref name="length"/> bytes of it and then returns it to
+    /// <see cref="ArrayPool{T}.Shared"/>; the chunk lets go of it first, so nothing can read it after its return.
+    /// </summary>
+    internal bool TakeEventJson([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out byte[]? buffer, out int length)
+    {
+        buffer = _eventJson;
+        length = _eventJsonLength;
+        _eventJson = null;
+        return buffer is not null;
+    }
 }
 
 public sealed class ChunkChoice

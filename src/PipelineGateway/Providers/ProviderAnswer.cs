@@ -125,7 +125,7 @@ internal static class ProviderAnswer
 
         if (filled)
         {
-            chunk.EventJson = null;
+            chunk.DropEventJson();
         }
     }
 

@@ -78,7 +78,7 @@ internal static class RepeatedStrings
             previousId = chunk?.Id ?? previousId;
             if (keepEventJson && chunk is not null && WritesAsItself(chunk, data))
             {
-                chunk.EventJson = data.ToArray();
+                chunk.KeepEventJson(data);
             }
 
             return chunk;

@@ -103,15 +103,16 @@ public sealed class EventJsonTests
             string? id = null;
             var chunk = RepeatedStrings.ReadChunk(bytes, ref id, keepEventJson: true)!;
             string? other = null;
-            RepeatedStrings.ReadChunk(bytes, ref other)!.EventJson.Should().BeNull("only a reader asked to keep the bytes keeps them");
+            RepeatedStrings.ReadChunk(bytes, ref other)!.HasEventJson.Should().BeFalse("only a reader asked to keep the bytes keeps them");
             var written = JsonSerializer.SerializeToUtf8Bytes(chunk, GatewayJsonContext.Default.ChatCompletionChunk);
             if (inShape)
             {
-                chunk.EventJson.Should().NotBeNull($"the event is in the gateway's shape: {Encoding.UTF8.GetString(bytes)}");
+                chunk.HasEventJson.Should().BeTrue($"the event is in the gateway's shape: {Encoding.UTF8.GetString(bytes)}");
             }
 
-            if (chunk.EventJson is { } kept1)
+            if (chunk.HasEventJson)
             {
+                var kept1 = chunk.EventJson.ToArray();
                 kept++;
                 kept1.Should().Equal(bytes);
                 JsonNode.DeepEquals(Meaning(kept1), Meaning(written)).Should().BeTrue(
@@ -124,6 +125,24 @@ public sealed class EventJsonTests
         }
 
         (kept, rewritten).Should().Match<(int Kept, int Rewritten)>(c => c.Kept > 2_000 && c.Rewritten > 2_000, "both kinds of event were generated");
+    }
+
+    [Fact]
+    public void The_bytes_go_to_one_writer_once_and_a_changed_chunk_has_none()
+    {
+        var json = "{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}"u8.ToArray();
+        string? id = null;
+        var chunk = RepeatedStrings.ReadChunk(json, ref id, keepEventJson: true)!;
+
+        chunk.TakeEventJson(out var buffer, out var length).Should().BeTrue();
+        buffer!.AsSpan(0, length).ToArray().Should().Equal(json);
+        chunk.HasEventJson.Should().BeFalse("the writer that took the buffer returns it to the pool: the chunk let go of it");
+        chunk.TakeEventJson(out _, out _).Should().BeFalse("a second writer gets nothing, never a buffer already returned");
+        chunk.EventJson.IsEmpty.Should().BeTrue();
+
+        var changed = RepeatedStrings.ReadChunk(json, ref id, keepEventJson: true)!;
+        changed.DropEventJson();
+        changed.TakeEventJson(out _, out _).Should().BeFalse();
     }
 
     /// <summary>
