@@ -2,7 +2,8 @@
 # Streaming, paired: two front processes over one streaming simulator (50 chunks, TOKEN_DELAY_MS apart: 20), each held at STREAMS
 # concurrent SSE streams by its own pgw-loadgen AT THE SAME TIME, so whatever disturbs this shared VM during a round
 # disturbs both alike (stream.sh's round-robin rounds moved by ±15% in CPU per event between runs on 2026-12-03).
-# Each round prints both processes' CPU per SSE event (from /proc/PID/stat) and events delivered; the end prints the
+# Each round prints both processes' CPU per SSE event (from /proc/PID/stat), events delivered and the p50 time to a
+# stream's first byte; the end prints the
 # medians of the rounds' ratios and each process's memory per stream: (peak RSS − RSS when idle after start) ÷ STREAMS.
 # Everything binds to 127.0.0.1; every run is bounded by its duration.
 #
@@ -65,7 +66,8 @@ load_both "$WARMUP"
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 events() { sed -E 's/.*events ([0-9]+) .*/\1/' "$1"; }
-CPU_RATIOS="" EVENT_RATIOS="" CPU_A="" CPU_B=""
+first_byte() { sed -E 's/.*first byte p50 ([0-9.]+) ms.*/\1/' "$1"; }
+CPU_RATIOS="" EVENT_RATIOS="" CPU_A="" CPU_B="" FB_A="" FB_B=""
 for round in $(seq 1 "$ROUNDS"); do
   a0=$(ticks $A); b0=$(ticks $B)
   if [ "$PERF" = 1 ] && [ "$round" = "$ROUNDS" ]; then
@@ -79,9 +81,10 @@ for round in $(seq 1 "$ROUNDS"); do
   ua=$(awk -v d=$((a1 - a0)) -v t=$TICK_US -v e="$ea" 'BEGIN {printf "%.2f", d * t / e}')
   ub=$(awk -v d=$((b1 - b0)) -v t=$TICK_US -v e="$eb" 'BEGIN {printf "%.2f", d * t / e}')
   cr=$(awk -v a="$ua" -v b="$ub" 'BEGIN {printf "%.3f", a / b}'); er=$(awk -v a="$ea" -v b="$eb" 'BEGIN {printf "%.3f", a / b}')
-  CPU_A+="$ua "; CPU_B+="$ub "; CPU_RATIOS+="$cr "; EVENT_RATIOS+="$er "
-  printf '  round %s  %s %6s us/event (%s events)   %s %6s us/event (%s events)   %sx CPU per event, %sx events\n' \
-    "$round" "$A_NAME" "$ua" "$ea" "$B_NAME" "$ub" "$eb" "$cr" "$er"
+  fa=$(first_byte "$OUT_A"); fb=$(first_byte "$OUT_B")
+  CPU_A+="$ua "; CPU_B+="$ub "; CPU_RATIOS+="$cr "; EVENT_RATIOS+="$er "; FB_A+="$fa "; FB_B+="$fb "
+  printf '  round %s  %s %6s us/event (%s events, first byte p50 %s ms)   %s %6s us/event (%s events, first byte p50 %s ms)   %sx CPU per event, %sx events\n' \
+    "$round" "$A_NAME" "$ua" "$ea" "$fa" "$B_NAME" "$ub" "$eb" "$fb" "$cr" "$er"
 done
 if [ "$PERF" = 1 ]; then
   wait $P1 $P2 2>/dev/null || true
@@ -90,4 +93,5 @@ if [ "$PERF" = 1 ]; then
 fi
 PEAK_A=$(rss_peak $A); PEAK_B=$(rss_peak $B)
 echo "$A_NAME vs $B_NAME, $STREAMS streams each, $ROUNDS rounds of $DURATION s: $(median <<<"$CPU_RATIOS")x its CPU per event, $(median <<<"$EVENT_RATIOS")x its events (medians of the rounds' ratios); medians $(median <<<"$CPU_A") and $(median <<<"$CPU_B") us"
+echo "first byte p50 (from the request, at the load generator; medians of the rounds): $A_NAME $(median <<<"$FB_A") ms, $B_NAME $(median <<<"$FB_B") ms"
 echo "memory per stream: $A_NAME $(( (PEAK_A - IDLE_A) * 1024 / STREAMS )) KiB (peak $PEAK_A MiB, idle $IDLE_A), $B_NAME $(( (PEAK_B - IDLE_B) * 1024 / STREAMS )) KiB (peak $PEAK_B MiB, idle $IDLE_B)"

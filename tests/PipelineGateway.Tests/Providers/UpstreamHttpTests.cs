@@ -207,6 +207,7 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
     }
 
     [Theory]
+    [InlineData("null", false)]
     [InlineData("""{"choices":[null]}""", false)]
     [InlineData("""{"choices":[{"index":0,"delta":null}]}""", false)]
     [InlineData("""{"choices":[{"index":0,"delta":{"tool_calls":[null]}}]}""", false)]

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Net.Http.Headers;
-using System.Net.ServerSentEvents;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
@@ -55,10 +54,10 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
     protected override async IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         var state = new AnthropicTranslator.StreamState(Time.GetUtcNow().ToUnixTimeSeconds());
-        var parser = SseParser.Create(body, static (_, data) => JsonSerializer.Deserialize(data, AnthropicJsonContext.Default.AnthropicStreamEvent));
-        await foreach (var item in parser.EnumerateAsync(cancellationToken).ConfigureAwait(false))
+        using var events = new SseEventReader(body);
+        while (await events.MoveNextAsync(cancellationToken).ConfigureAwait(false))
         {
-            if (item.Data is not { } e)
+            if (JsonSerializer.Deserialize(events.Data, AnthropicJsonContext.Default.AnthropicStreamEvent) is not { } e)
             {
                 continue;
             }

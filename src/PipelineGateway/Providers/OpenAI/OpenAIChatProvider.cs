@@ -1,4 +1,3 @@
-using System.Net.ServerSentEvents;
 using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
@@ -66,12 +65,18 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         // and keep those bytes when the endpoint can write them as they came.
         string? id = null;
         var keep = request.Request.Gateway?.KeepsEventJson == true;
-        var parser = SseParser.Create(body, (_, data) => data.SequenceEqual("[DONE]"u8) ? null : RepeatedStrings.ReadChunk(data, ref id, keep));
-        await foreach (var item in parser.EnumerateAsync(cancellationToken).ConfigureAwait(false))
+        using var events = new SseEventReader(body);
+        while (await events.MoveNextAsync(cancellationToken).ConfigureAwait(false))
         {
-            if (item.Data is not { } chunk)
+            if (events.Data.SequenceEqual("[DONE]"u8))
             {
-                yield break; // data: [DONE]
+                yield break;
+            }
+
+            if (RepeatedStrings.ReadChunk(events.Data, ref id, keep) is not { } chunk)
+            {
+                // Reported as an invalid event (SseParser's null item had ended the stream as if it were [DONE]).
+                throw new JsonException("A stream event is the JSON null.");
             }
 
             if (chunk.AdditionalProperties?.TryGetValue("error", out var error) == true)
