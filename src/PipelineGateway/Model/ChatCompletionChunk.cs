@@ -55,18 +55,36 @@ public sealed class ChatCompletionChunk
 
     private byte[]? _eventJson;
     private int _eventJsonLength;
+    private bool _membersUnread;
 
-    /// <summary>Keeps a copy of the event's bytes in a rented buffer the chunk owns.</summary>
-    internal void KeepEventJson(ReadOnlySpan<byte> json)
+    /// <summary>
+    /// Keeps a copy of the event's bytes in a rented buffer the chunk owns. <paramref name="membersUnread"/>: the
+    /// reader skipped the top-level members the gateway does not model (the bytes carry them; see
+    /// <see cref="AnswerJson.t_chunkSkipUnknown"/>), so <see cref="AdditionalProperties"/> lacks them until
+    /// <see cref="DropEventJson"/> reads them back.
+    /// </summary>
+    internal void KeepEventJson(ReadOnlySpan<byte> json, bool membersUnread)
     {
         var buffer = ArrayPool<byte>.Shared.Rent(json.Length);
         json.CopyTo(buffer);
         _eventJson = buffer;
         _eventJsonLength = json.Length;
+        _membersUnread = membersUnread;
     }
 
-    /// <summary>The chunk no longer writes as its upstream bytes (it was changed); the buffer is left to the GC.</summary>
-    internal void DropEventJson() => _eventJson = null;
+    /// <summary>
+    /// The chunk no longer writes as its upstream bytes (it was or is about to be changed): the members its read skipped
+    /// are read back from them first, so writing the chunk keeps them; the buffer is left to the GC.
+    /// </summary>
+    internal void DropEventJson()
+    {
+        if (_eventJson is not null && _membersUnread)
+        {
+            AdditionalProperties = JsonSerializer.Deserialize(EventJson, GatewayJsonContext.Default.ChatCompletionChunk)?.AdditionalProperties;
+        }
+
+        _eventJson = null;
+    }
 
     /// <summary>
     /// Hands the bytes' buffer to the caller, which writes <paramref name="length"/> bytes of it and then returns it to

@@ -56,6 +56,18 @@ internal static class AnswerJson
     [ThreadStatic]
     internal static bool t_chunkOffShape;
 
+    /// <summary>
+    /// Set around a chunk's read when its bytes may be kept (<see cref="RepeatedStrings.ReadChunk"/>): top-level members
+    /// the gateway does not model are skipped instead of copied into <see cref="ChatCompletionChunk.AdditionalProperties"/>
+    /// — a document per member per event; OpenAI sends two (<c>service_tier</c>, <c>obfuscation</c>) — since the kept
+    /// bytes carry them. <see cref="t_chunkSkipped"/> says some were; an <c>error</c> member is always read.
+    /// </summary>
+    [ThreadStatic]
+    internal static bool t_chunkSkipUnknown;
+
+    [ThreadStatic]
+    internal static bool t_chunkSkipped;
+
     public static ChatCompletionChunk ReadChunk(ref Utf8JsonReader r)
     {
         Expect(ref r, JsonTokenType.StartObject, "a chat completion chunk", "an object");
@@ -72,6 +84,7 @@ internal static class AnswerJson
             else if (r.ValueTextEquals("object"u8)) { Seen(ref seen, 16); Value(ref r); value.Object = RepeatedStrings.Object(ref r) ?? String(ref r, "'object'")!; }
             else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = RepeatedStrings.Recently(ref r) ?? String(ref r, "'system_fingerprint'"); }
             else if (r.ValueTextEquals("gateway"u8)) { t_chunkOffShape = true; Skip(ref r); } // a [JsonIgnore] member: dropped, not kept
+            else if (t_chunkSkipUnknown && !r.ValueTextEquals("error"u8)) { t_chunkSkipped = true; Skip(ref r); }
             else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
         }
 

@@ -72,20 +72,32 @@ internal static class RepeatedStrings
     {
         t_streamId = previousId;
         AnswerJson.t_chunkOffShape = false;
+        AnswerJson.t_chunkSkipUnknown = keepEventJson;
+        AnswerJson.t_chunkSkipped = false;
         try
         {
             var chunk = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionChunk);
-            previousId = chunk?.Id ?? previousId;
-            if (keepEventJson && chunk is not null && WritesAsItself(chunk, data))
+            if (keepEventJson && chunk is not null)
             {
-                chunk.KeepEventJson(data);
+                if (WritesAsItself(chunk, data))
+                {
+                    chunk.KeepEventJson(data, membersUnread: AnswerJson.t_chunkSkipped);
+                }
+                else if (AnswerJson.t_chunkSkipped)
+                {
+                    // Not kept after all: read again, with the members it skipped (an event off the gateway's shape).
+                    AnswerJson.t_chunkSkipUnknown = false;
+                    chunk = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionChunk);
+                }
             }
 
+            previousId = chunk?.Id ?? previousId;
             return chunk;
         }
         finally
         {
             t_streamId = null;
+            AnswerJson.t_chunkSkipUnknown = false;
         }
     }
 

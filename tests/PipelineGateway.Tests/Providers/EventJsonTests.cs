@@ -97,26 +97,32 @@ public sealed class EventJsonTests
             else if (OneIn(4)) { top.Add("\"usage\":null"); }
             if (OneIn(20)) { inShape = false; top.Add("\"gateway\":{\"provider\":\"forged\"}"); }
             if (OneIn(4)) { top.Add($"\"service_tier\":{Str()}"); }
+            if (OneIn(4)) { top.Add($"\"obfuscation\":{(OneIn(5) ? "{\"nested\":[1,null]}" : Str())}"); }
+            if (OneIn(30)) { top.Add("\"error\":{\"message\":\"m\"}"); }
             if (OneIn(4)) { top.Add("\"system_fingerprint\":\"fp_1\""); }
             var bytes = Encoding.UTF8.GetBytes(Object(top));
 
             string? id = null;
             var chunk = RepeatedStrings.ReadChunk(bytes, ref id, keepEventJson: true)!;
             string? other = null;
-            RepeatedStrings.ReadChunk(bytes, ref other)!.HasEventJson.Should().BeFalse("only a reader asked to keep the bytes keeps them");
-            var written = JsonSerializer.SerializeToUtf8Bytes(chunk, GatewayJsonContext.Default.ChatCompletionChunk);
+            var plain = RepeatedStrings.ReadChunk(bytes, ref other)!;
+            plain.HasEventJson.Should().BeFalse("only a reader asked to keep the bytes keeps them");
+            var written = JsonSerializer.SerializeToUtf8Bytes(plain, GatewayJsonContext.Default.ChatCompletionChunk);
             if (inShape)
             {
                 chunk.HasEventJson.Should().BeTrue($"the event is in the gateway's shape: {Encoding.UTF8.GetString(bytes)}");
             }
 
-            if (chunk.HasEventJson)
+            var keptBytes = chunk.HasEventJson ? chunk.EventJson.ToArray() : null;
+            chunk.DropEventJson();
+            JsonSerializer.SerializeToUtf8Bytes(chunk, GatewayJsonContext.Default.ChatCompletionChunk).Should().Equal(written,
+                $"a chunk read to keep its bytes says what it would have said without them once it lets them go: {Encoding.UTF8.GetString(bytes)}");
+            if (keptBytes is not null)
             {
-                var kept1 = chunk.EventJson.ToArray();
                 kept++;
-                kept1.Should().Equal(bytes);
-                JsonNode.DeepEquals(Meaning(kept1), Meaning(written)).Should().BeTrue(
-                    $"the kept bytes must mean what the gateway writes:\n{Encoding.UTF8.GetString(kept1)}\n{Encoding.UTF8.GetString(written)}");
+                keptBytes.Should().Equal(bytes);
+                JsonNode.DeepEquals(Meaning(keptBytes), Meaning(written)).Should().BeTrue(
+                    $"the kept bytes must mean what the gateway writes:\n{Encoding.UTF8.GetString(keptBytes)}\n{Encoding.UTF8.GetString(written)}");
             }
             else
             {

@@ -56,7 +56,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         // Literal UTF-8 and HTML characters (the gateway's own writer escapes both) and a delta member the gateway does
         // not model: only the upstream's bytes carry them that way.
         var opening = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"héllo 世界 <b>&\",\"reasoning_content\":\"because\"},\"logprobs\":null,\"finish_reason\":null}],\"service_tier\":\"default\"}";
-        var noLogprobs = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" second\"},\"finish_reason\":null}]}";
+        var noLogprobs = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" second\"},\"finish_reason\":null}],\"service_tier\":\"default\"}";
         var twice = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" shown\",\"content\":\" third\"},\"logprobs\":null,\"finish_reason\":null}]}";
         var noId = "{\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m-up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" fourth\"},\"logprobs\":null,\"finish_reason\":null}]}";
         var finish = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}";
@@ -72,6 +72,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         events[1].Should().NotBe(noLogprobs, "a choice without logprobs is written by the gateway, which always writes it");
         Node(events[1])["choices"]![0]!.AsObject().Should().ContainKey("logprobs");
         Node(events[1])["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be(" second");
+        Node(events[1])["service_tier"]!.GetValue<string>().Should().Be("default", "a member the gateway does not model is written back");
 
         events[2].Should().NotBe(twice, "a member given twice is written once, with the value the gateway read (the last)");
         Node(events[2])["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be(" third");
