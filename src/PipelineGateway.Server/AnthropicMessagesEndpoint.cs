@@ -12,7 +12,7 @@ namespace PipelineGateway.Server;
 /// malformed or unsupported field is a 400 in Anthropic's shape naming it) and translated to the canonical form; the
 /// answer is translated back.
 /// </summary>
-internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, ILogger<AnthropicMessagesEndpoint> logger)
+internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, TimeProvider time, ILogger<AnthropicMessagesEndpoint> logger)
 {
     public async Task HandleAsync(HttpContext ctx)
     {
@@ -69,23 +69,36 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request)
     {
         var writer = new AnthropicStreamWriter();
-        var started = false;
+        await using var chunks = ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted).GetAsyncEnumerator(ctx.RequestAborted);
+        var first = true;
         try
         {
-            await foreach (var chunk in ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted))
+            while (true)
             {
+                bool more;
+                if (first)
+                {
+                    // Until the first chunk, SSE comments keep idle proxies from cutting a long-thinking model.
+                    (more, _) = await SseWriter.FirstAsync(ctx, chunks.MoveNextAsync(), options.StreamKeepAlive, time, static (c, _) => StartSse(c), 0);
+                    first = false;
+                }
+                else
+                {
+                    more = await chunks.MoveNextAsync();
+                }
+
+                if (!more)
+                {
+                    break;
+                }
+
+                var chunk = chunks.Current;
                 if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
                 {
                     continue; // this route still flushes each event as it writes it
                 }
 
-                if (!started)
-                {
-                    ctx.Response.ContentType = "text/event-stream";
-                    ctx.Response.Headers.CacheControl = "no-cache";
-                    started = true;
-                }
-
+                StartSse(ctx);
                 foreach (var e in writer.OnChunk(chunk))
                 {
                     await AnthropicStreamWriter.WriteAsync(ctx.Response.Body, e, ctx.RequestAborted);
@@ -104,15 +117,25 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
                 return; // the client went away; the upstream call was cancelled with it
             }
 
-            if (!started)
+            if (!ctx.Response.HasStarted)
             {
                 await RouteErrors.WriteAsync(ctx, ex);
                 return;
             }
 
-            // Output already went out: the error travels in the stream, as Anthropic does.
+            // Output already went out (an event, or a keep-alive): the error travels in the stream, as Anthropic does.
             var (status, error, _) = OpenAIErrors.Map(ex);
             await AnthropicStreamWriter.WriteAsync(ctx.Response.Body, AnthropicStreamWriter.Error(RouteErrors.AnthropicType(status, ex), error.Message), ctx.RequestAborted);
+        }
+    }
+
+    private static void StartSse(HttpContext ctx)
+    {
+        if (!ctx.Response.HasStarted)
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            ctx.Response.Headers.CacheControl = "no-cache";
+            ctx.Response.Headers["x-accel-buffering"] = "no";
         }
     }
 }

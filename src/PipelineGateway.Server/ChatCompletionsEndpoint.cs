@@ -13,7 +13,6 @@ namespace PipelineGateway.Server;
 internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, AdmissionRateLimiter limiter, TimeProvider time, ILogger<ChatCompletionsEndpoint> logger)
 {
     private static readonly byte[] Done = "data: [DONE]\n\n"u8.ToArray();
-    private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
 
     public async Task HandleAsync(HttpContext ctx)
     {
@@ -80,38 +79,6 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         }
     }
 
-    /// <summary>
-    /// Waits for the stream's first chunk, with comment keep-alives every <see cref="ServerOptions.StreamKeepAlive"/>
-    /// meanwhile (long-thinking models otherwise trip idle timeouts); Started: a keep-alive went out. The wait's timer
-    /// ends with the wait (WaitAsync disposes it when the chunk comes; none at all when it is already there): a
-    /// Task.Delay raced with WhenAny stayed armed for the whole interval after every stream's first chunk — 15,000 live
-    /// timers at 1,000 streams a second, each holding a registration on the request's abort token.
-    /// </summary>
-    private async ValueTask<(bool More, bool Started)> FirstChunkAsync(HttpContext ctx, ChatCompletionRequest request, ValueTask<bool> next)
-    {
-        if (next.IsCompleted)
-        {
-            return (await next, false);
-        }
-
-        var pending = next.AsTask();
-        var started = false;
-        while (true)
-        {
-            try
-            {
-                return (await pending.WaitAsync(options.StreamKeepAlive, time, ctx.RequestAborted), started);
-            }
-            catch (TimeoutException) when (!pending.IsCompleted)
-            {
-                StartSse(ctx, request, null);
-                started = true;
-                await ctx.Response.Body.WriteAsync(KeepAlive, ctx.RequestAborted);
-                await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
-            }
-        }
-    }
-
     /// <summary>System.Text.Json's message up to its path and line details (the path is reported on its own).</summary>
     internal static string FirstSentence(string message)
     {
@@ -134,7 +101,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                 bool more;
                 if (!started)
                 {
-                    (more, started) = await FirstChunkAsync(ctx, request, chunks.MoveNextAsync());
+                    (more, started) = await SseWriter.FirstAsync(ctx, chunks.MoveNextAsync(), options.StreamKeepAlive, time, static (c, s) => s.Endpoint.StartSse(c, s.Request, null), (Endpoint: this, Request: request));
                 }
                 else
                 {

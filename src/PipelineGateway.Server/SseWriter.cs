@@ -14,6 +14,41 @@ internal static class SseWriter
 {
     private static readonly byte[] DataPrefix = "data: "u8.ToArray();
     private static readonly byte[] EventEnd = "\n\n"u8.ToArray();
+    private static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
+
+    /// <summary>
+    /// Waits for a stream's first item, with an SSE comment (<c>: keep-alive</c>, which every SSE client ignores — unlike
+    /// Anthropic's <c>event: ping</c>, which its Python SDK refuses before <c>message_start</c>) every
+    /// <paramref name="interval"/> meanwhile: long-thinking models otherwise trip idle timeouts on the way. The first
+    /// comment starts the response (<paramref name="start"/> sets its headers). Started: a keep-alive went out. The wait's
+    /// timer ends with the wait (WaitAsync disposes it when the item comes; none at all when it is already there): a
+    /// Task.Delay raced with WhenAny stayed armed for the whole interval after every stream's first chunk — 15,000 live
+    /// timers at 1,000 streams a second, each holding a registration on the request's abort token.
+    /// </summary>
+    public static async ValueTask<(bool More, bool Started)> FirstAsync<TState>(HttpContext ctx, ValueTask<bool> next, TimeSpan interval, TimeProvider time, Action<HttpContext, TState> start, TState state)
+    {
+        if (next.IsCompleted)
+        {
+            return (await next, false);
+        }
+
+        var pending = next.AsTask();
+        var started = false;
+        while (true)
+        {
+            try
+            {
+                return (await pending.WaitAsync(interval, time, ctx.RequestAborted), started);
+            }
+            catch (TimeoutException) when (!pending.IsCompleted)
+            {
+                start(ctx, state);
+                started = true;
+                await ctx.Response.Body.WriteAsync(KeepAlive, ctx.RequestAborted);
+                await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
+            }
+        }
+    }
 
     /// <summary>An event whose JSON is already written, then flushed.</summary>
     public static ValueTask<FlushResult> WriteDataAsync(HttpResponse response, ReadOnlySpan<byte> json, CancellationToken cancellationToken)

@@ -10,7 +10,7 @@ namespace PipelineGateway.Tests.Server;
 
 /// <summary>
 /// When a stream's bytes leave (docs/server.md, "Streaming"). <c>Server:StreamKeepAlive</c>: until a stream's first
-/// chunk the client gets an SSE comment every interval, so a long-thinking model does not trip an idle timeout on the
+/// chunk the client gets an SSE comment every interval (on both streaming routes), so a long-thinking model does not trip an idle timeout on the
 /// way, and the wait leaves no timer armed once the chunk came. Flushes: once per burst of chunks the upstream had
 /// ready, never later than the moment the gateway starts waiting for the upstream's next one.
 /// </summary>
@@ -18,8 +18,10 @@ public sealed class StreamPacingTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    [Fact]
-    public async Task A_stream_gets_a_comment_every_interval_until_its_first_chunk_and_then_no_keep_alive_timer_is_left()
+    [Theory]
+    [InlineData("v1/chat/completions", """{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello there"}]}""", "\"content\"", "data: [DONE]\n\n")]
+    [InlineData("v1/messages", """{"model":"gpt-4o-mini","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hello there"}]}""", "event: message_start", "\"type\":\"message_stop\"}\n\n")]
+    public async Task A_stream_gets_a_comment_every_interval_until_its_first_chunk_and_then_no_keep_alive_timer_is_left(string route, string json, string answers, string ends)
     {
         var interval = TimeSpan.FromSeconds(15);
         var time = new TimerWatch(new FakeTimeProvider(DateTimeOffset.UtcNow), interval);
@@ -31,14 +33,11 @@ public sealed class StreamPacingTests
         await using var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddSingleton<TimeProvider>(time));
         var root = await GatewayServer.StartAsync(app, Ct);
         using var http = new HttpClient { BaseAddress = root };
-        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
-        {
-            Content = new StringContent("""{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello there"}]}""", Encoding.UTF8, "application/json"),
-        };
+        using var request = new HttpRequestMessage(HttpMethod.Post, route) { Content = new StringContent(json, Encoding.UTF8, "application/json") };
         var sent = http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
 
         // Nothing goes out before the interval: the headers come with the first keep-alive.
-        await time.Armed.ReadAsync(Ct);
+        await time.NextWaitAsync(Ct);
         sent.IsCompleted.Should().BeFalse("no byte is written before the first interval passes");
         time.Advance(interval);
         using var response = await sent;
@@ -47,15 +46,15 @@ public sealed class StreamPacingTests
         (await body.ReadLineAsync(Ct)).Should().Be(": keep-alive");
         (await body.ReadLineAsync(Ct)).Should().BeEmpty();
 
-        await time.Armed.ReadAsync(Ct); // the next interval's wait
+        await time.NextWaitAsync(Ct); // the next interval's wait
         time.Advance(interval);
         (await body.ReadLineAsync(Ct)).Should().Be(": keep-alive");
         (await body.ReadLineAsync(Ct)).Should().BeEmpty();
 
-        await time.Armed.ReadAsync(Ct);
+        await time.NextWaitAsync(Ct);
         time.Advance(TimeSpan.FromSeconds(10)); // 40 s: the answer starts, 5 s before a third keep-alive would be due
         var rest = await body.ReadToEndAsync(Ct);
-        rest.Should().NotContain("keep-alive").And.Contain("\"content\"").And.EndWith("data: [DONE]\n\n");
+        rest.Should().NotContain("keep-alive").And.Contain(answers).And.EndWith(ends);
         time.Live.Should().Be(0, "the wait that the first chunk ended took its timer with it");
         await app.StopAsync(Ct);
     }
@@ -108,6 +107,13 @@ public sealed class StreamPacingTests
         public Channel<bool> ArmedChannel { get; } = Channel.CreateUnbounded<bool>();
 
         public ChannelReader<bool> Armed => ArmedChannel.Reader;
+
+        /// <summary>
+        /// The next keep-alive wait being armed. Guarded by 30 s of real time, so a route that arms none fails here
+        /// instead of hanging the run (the clock the test drives is fake; this only bounds a broken build's wait).
+        /// </summary>
+        public async Task NextWaitAsync(CancellationToken cancellationToken) =>
+            await Armed.ReadAsync(cancellationToken).AsTask().WaitAsync(TimeSpan.FromSeconds(30), cancellationToken);
 
         public int Live => Volatile.Read(ref _live);
 
