@@ -69,6 +69,8 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request)
     {
         var writer = new AnthropicStreamWriter();
+        var flushEach = !ServerSubmit.MarksBursts(queue);
+        var wrote = false; // events are in the response pipe, perhaps not flushed yet
         await using var chunks = ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted).GetAsyncEnumerator(ctx.RequestAborted);
         var first = true;
         try
@@ -95,20 +97,30 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
                 var chunk = chunks.Current;
                 if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
                 {
-                    continue; // this route still flushes each event as it writes it
+                    // The upstream's next chunk is not here yet: what was written goes out now, in one flush.
+                    await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
+                    continue;
                 }
 
                 StartSse(ctx);
                 foreach (var e in writer.OnChunk(chunk))
                 {
-                    await AnthropicStreamWriter.WriteAsync(ctx.Response.Body, e, ctx.RequestAborted);
+                    AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
+                    wrote = true;
+                }
+
+                if (flushEach)
+                {
+                    await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
                 }
             }
 
             foreach (var e in writer.Finish())
             {
-                await AnthropicStreamWriter.WriteAsync(ctx.Response.Body, e, ctx.RequestAborted);
+                AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
             }
+
+            await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
@@ -117,15 +129,17 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
                 return; // the client went away; the upstream call was cancelled with it
             }
 
-            if (!ctx.Response.HasStarted)
+            if (!ctx.Response.HasStarted && !wrote)
             {
                 await RouteErrors.WriteAsync(ctx, ex);
                 return;
             }
 
-            // Output already went out (an event, or a keep-alive): the error travels in the stream, as Anthropic does.
+            // Output already went out or is written (an event, or a keep-alive): the error travels in the stream, after
+            // it, as Anthropic does.
             var (status, error, _) = OpenAIErrors.Map(ex);
-            await AnthropicStreamWriter.WriteAsync(ctx.Response.Body, AnthropicStreamWriter.Error(RouteErrors.AnthropicType(status, ex), error.Message), ctx.RequestAborted);
+            AnthropicStreamWriter.Write(ctx.Response.BodyWriter, AnthropicStreamWriter.Error(RouteErrors.AnthropicType(status, ex), error.Message));
+            await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
         }
     }
 

@@ -173,14 +173,15 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                 return; // the client went away; the upstream call was cancelled with it
             }
 
-            if (!ctx.Response.HasStarted)
+            if (!ctx.Response.HasStarted && !started)
             {
                 WriteRateLimitHeaders(ctx, request, ex);
                 await OpenAIErrors.WriteAsync(ctx, ex);
                 return;
             }
 
-            // Output already went out: the error travels in the stream, as OpenAI does.
+            // Output already went out or is written, perhaps not flushed yet (chunks, or a keep-alive): the error
+            // travels in the stream, after it, as OpenAI does.
             var (_, error, _) = OpenAIErrors.Map(ex);
             await SseWriter.WriteDataAsync(ctx.Response, JsonSerializer.SerializeToUtf8Bytes(new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody), ctx.RequestAborted);
         }

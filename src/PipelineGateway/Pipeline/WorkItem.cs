@@ -112,10 +112,10 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     }
 
     /// <summary>
-    /// Handed to an inline reader (the SSE endpoint) where a burst of chunks ends — the provider's next event is not
+    /// Handed to an inline reader (the SSE endpoints) where a burst of chunks ends — the provider's next event is not
     /// already buffered, so the worker is about to wait for the upstream: the endpoint flushes there, once per burst,
-    /// instead of once per chunk (a flush per event cost about a quarter of the gateway's CPU per event, paired against
-    /// the same build without it, docs/benchmarks.md). Never reaches a library caller.
+    /// instead of once per chunk (measured: Kestrel's socket writes 3.6 → 1.4 per 50-chunk stream from an instant
+    /// upstream; CPU per event unchanged, docs/benchmarks.md). Never reaches a library caller.
     /// </summary>
     internal static readonly ChatCompletionChunk BurstEnd = new();
 

@@ -59,8 +59,10 @@ public sealed class StreamPacingTests
         await app.StopAsync(Ct);
     }
 
-    [Fact]
-    public async Task Each_chunk_reaches_the_client_before_the_upstream_produces_the_next()
+    [Theory]
+    [InlineData("v1/chat/completions", """{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello there"}]}""", "\"content\":\"", "data: [DONE]\n\n")]
+    [InlineData("v1/messages", """{"model":"gpt-4o-mini","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hello there"}]}""", "\"text_delta\"", "\"type\":\"message_stop\"}\n\n")]
+    public async Task Each_chunk_reaches_the_client_before_the_upstream_produces_the_next(string route, string json, string content, string ends)
     {
         // One token a second (fake time): every chunk ends a burst, so each must be on the wire while the next is
         // still a second away. A gateway that held written chunks until the next one would block the read below.
@@ -73,10 +75,7 @@ public sealed class StreamPacingTests
         await using var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddSingleton<TimeProvider>(time));
         var root = await GatewayServer.StartAsync(app, Ct);
         using var http = new HttpClient { BaseAddress = root, Timeout = TimeSpan.FromSeconds(20) }; // an unflushed stream fails here, not after 100 s
-        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
-        {
-            Content = new StringContent("""{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello there"}]}""", Encoding.UTF8, "application/json"),
-        };
+        using var request = new HttpRequestMessage(HttpMethod.Post, route) { Content = new StringContent(json, Encoding.UTF8, "application/json") };
         using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
         using var body = new StreamReader(await response.Content.ReadAsStreamAsync(Ct));
         var contents = 0;
@@ -85,7 +84,7 @@ public sealed class StreamPacingTests
             // Generous real-time bound: a chunk not flushed would never come without the clock moving.
             var line = await body.ReadLineAsync(Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), Ct);
             line.Should().NotBeNull();
-            if (line!.StartsWith("data: {", StringComparison.Ordinal) && line.Contains("\"content\":\"", StringComparison.Ordinal))
+            if (line!.StartsWith("data: {", StringComparison.Ordinal) && line.Contains(content, StringComparison.Ordinal))
             {
                 contents++;
                 if (contents < 4)
@@ -95,7 +94,7 @@ public sealed class StreamPacingTests
             }
         }
 
-        (await body.ReadToEndAsync(Ct)).Should().EndWith("data: [DONE]\n\n");
+        (await body.ReadToEndAsync(Ct)).Should().EndWith(ends);
         await app.StopAsync(Ct);
     }
 
