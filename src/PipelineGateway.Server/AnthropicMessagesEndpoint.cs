@@ -75,6 +75,8 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         var first = true;
         try
         {
+            // The chat route's loop (keep-alives until the first chunk, a flush where a burst ends), not shared through
+            // a helper: an async helper between the enumerator and this loop is one more state machine per event.
             while (true)
             {
                 bool more;
