@@ -102,6 +102,21 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         first["model"]!.GetValue<string>().Should().Be(event1.Contains("\"other\"", StringComparison.Ordinal) ? "other" : "m-up");
     }
 
+    [Fact]
+    public async Task An_upstream_error_right_after_content_follows_that_content_in_the_stream()
+    {
+        // One write upstream: the content and then the error reach the gateway together, so the content is written to
+        // the client's response but not yet flushed when the error comes; it must still go out, the error after it.
+        var content = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"partial\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        var upstream = $"data: {content}\n\ndata: {{\"error\":{{\"message\":\"upstream broke\",\"type\":\"server_error\"}}}}\n\n";
+
+        var events = await StreamAsync(upstream);
+
+        events.Should().HaveCount(2);
+        events[0].Should().Be(content);
+        Node(events[1])["error"]!["message"]!.GetValue<string>().Should().Contain("upstream broke");
+    }
+
     /// <summary>The data of each event the client got for a streamed request whose upstream sends <paramref name="sse"/>.</summary>
     private async Task<List<string>> StreamAsync(string sse)
     {
