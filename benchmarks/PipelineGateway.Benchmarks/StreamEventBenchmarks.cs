@@ -20,16 +20,16 @@ public class StreamEventBenchmarks
     private string? _id;
 
     [Benchmark(Baseline = true)]
-    public ChatCompletionChunk? SimulatorEvent() => RepeatedStrings.ReadChunk(Simulator, ref _id);
+    public ChatCompletionChunk? SimulatorEvent() => AnswerJson.ReadStreamChunk(Simulator, ref _id);
 
     [Benchmark]
-    public ChatCompletionChunk? SimulatorEventKept() => Release(RepeatedStrings.ReadChunk(Simulator, ref _id, keepEventJson: true));
+    public ChatCompletionChunk? SimulatorEventKept() => Release(AnswerJson.ReadStreamChunk(Simulator, ref _id, keepEventJson: true));
 
     [Benchmark]
-    public ChatCompletionChunk? OpenAIEvent() => RepeatedStrings.ReadChunk(OpenAI, ref _id);
+    public ChatCompletionChunk? OpenAIEvent() => AnswerJson.ReadStreamChunk(OpenAI, ref _id);
 
     [Benchmark]
-    public ChatCompletionChunk? OpenAIEventKept() => Release(RepeatedStrings.ReadChunk(OpenAI, ref _id, keepEventJson: true));
+    public ChatCompletionChunk? OpenAIEventKept() => Release(AnswerJson.ReadStreamChunk(OpenAI, ref _id, keepEventJson: true));
 
     /// <summary>What the SSE endpoint does after writing the bytes: the rented buffer goes back.</summary>
     private static ChatCompletionChunk? Release(ChatCompletionChunk? chunk)

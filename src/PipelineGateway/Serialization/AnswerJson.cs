@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using System.Text.Unicode;
 
 namespace PipelineGateway;
 
@@ -50,14 +51,14 @@ internal static class AnswerJson
     /// writes — a member it always writes is missing (<c>id</c>, <c>object</c>, <c>created</c>, <c>model</c>,
     /// <c>choices</c>; a choice's <c>index</c>, <c>delta</c>, <c>finish_reason</c>, <c>logprobs</c>), a member it writes once
     /// came twice, or a <c>gateway</c> member was dropped — so its bytes may not stand in for the object
-    /// (<see cref="ChatCompletionChunk.EventJson"/>). Reset and read by <see cref="RepeatedStrings.ReadChunk"/> around one
+    /// (<see cref="ChatCompletionChunk.EventJson"/>). Reset and read by <see cref="ReadStreamChunk"/> around one
     /// chunk's read, which never awaits.
     /// </summary>
     [ThreadStatic]
     internal static bool t_chunkOffShape;
 
     /// <summary>
-    /// Set around a chunk's read when its bytes may be kept (<see cref="RepeatedStrings.ReadChunk"/>): top-level members
+    /// Set around a chunk's read when its bytes may be kept (<see cref="ReadStreamChunk"/>): top-level members
     /// the gateway does not model are skipped instead of copied into <see cref="ChatCompletionChunk.AdditionalProperties"/>
     /// — a document per member per event; OpenAI sends two (<c>service_tier</c>, <c>obfuscation</c>) — since the kept
     /// bytes carry them. <see cref="t_chunkSkipped"/> says some were; an <c>error</c> member is always read.
@@ -67,6 +68,56 @@ internal static class AnswerJson
 
     [ThreadStatic]
     internal static bool t_chunkSkipped;
+
+    /// <summary>
+    /// Reads one stream chunk with the serializer (as the OpenAI adapter reads each SSE event), its id shared with the previous chunk of the same stream
+    /// (<paramref name="previousId"/>, updated). <paramref name="keepEventJson"/>: the chunk also keeps the event's bytes
+    /// when they may be written in its place (<see cref="ChatCompletionChunk.EventJson"/>).
+    /// </summary>
+    public static ChatCompletionChunk? ReadStreamChunk(ReadOnlySpan<byte> data, ref string? previousId, bool keepEventJson = false)
+    {
+        RepeatedStrings.t_streamId = previousId;
+        t_chunkOffShape = false;
+        t_chunkSkipUnknown = keepEventJson;
+        t_chunkSkipped = false;
+        try
+        {
+            var chunk = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionChunk);
+            if (keepEventJson && chunk is not null)
+            {
+                if (WritesAsItself(chunk, data))
+                {
+                    chunk.KeepEventJson(data, membersUnread: t_chunkSkipped);
+                }
+                else if (t_chunkSkipped)
+                {
+                    // Not kept after all: read again, with the members it skipped (an event off the gateway's shape).
+                    t_chunkSkipUnknown = false;
+                    chunk = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionChunk);
+                }
+            }
+
+            previousId = chunk?.Id ?? previousId;
+            return chunk;
+        }
+        finally
+        {
+            RepeatedStrings.t_streamId = null;
+            t_chunkSkipUnknown = false;
+        }
+    }
+
+    /// <summary>
+    /// The event's bytes say what the gateway would write for <paramref name="chunk"/>: the reader found it in the
+    /// writer's shape, nothing is left for the gateway to fill (id, object, created, model), it is one SSE line and
+    /// valid UTF-8 (the reader does not decode every string it skips). A chunk with usage is not worth the copy: the
+    /// endpoint changes its usage (the request's cost, or none when the caller did not ask) and writes it anew.
+    /// </summary>
+    private static bool WritesAsItself(ChatCompletionChunk chunk, ReadOnlySpan<byte> data) =>
+        !t_chunkOffShape
+        && chunk is { Usage: null, Choices: not null, Id.Length: > 0, Object.Length: > 0, Created: > 0, Model.Length: > 0 }
+        && data.IndexOfAny((byte)'\r', (byte)'\n') < 0
+        && Utf8.IsValid(data);
 
     public static ChatCompletionChunk ReadChunk(ref Utf8JsonReader r)
     {

@@ -1,6 +1,5 @@
 using System.Text;
 using System.Text.Json;
-using System.Text.Unicode;
 
 namespace PipelineGateway;
 
@@ -51,67 +50,17 @@ internal static class RepeatedStrings
     }
 
     /// <summary>
-    /// The id of the previous chunk of the stream being read on this thread (set by <see cref="ReadChunk"/> around one
-    /// chunk's parse, which never awaits): every chunk of a stream repeats the same id, so each reuses the first one's
+    /// The id of the previous chunk of the stream being read on this thread (set by <see cref="AnswerJson.ReadStreamChunk"/>
+    /// around one chunk's parse, which never awaits): every chunk of a stream repeats the same id, so each reuses the first one's
     /// string instead of allocating its own. Thread-static rather than a parameter because the chunk is read by the
     /// serializer through <see cref="ChatCompletionChunkConverter"/>, the path the differential tests hold it to.
     /// </summary>
     [ThreadStatic]
-    private static string? t_streamId;
+    internal static string? t_streamId;
 
     /// <summary>The stream's id if these bytes are it (an unescaped ASCII string equal to the previous chunk's id); otherwise null.</summary>
     public static string? StreamId(ref Utf8JsonReader r) =>
         t_streamId is { } last && Plain(ref r, out var bytes) && bytes.Length == last.Length && Ascii.Equals(bytes, last) ? last : null;
-
-    /// <summary>
-    /// Reads one stream chunk with the serializer, its id shared with the previous chunk of the same stream
-    /// (<paramref name="previousId"/>, updated). <paramref name="keepEventJson"/>: the chunk also keeps the event's bytes
-    /// when they may be written in its place (<see cref="ChatCompletionChunk.EventJson"/>).
-    /// </summary>
-    public static ChatCompletionChunk? ReadChunk(ReadOnlySpan<byte> data, ref string? previousId, bool keepEventJson = false)
-    {
-        t_streamId = previousId;
-        AnswerJson.t_chunkOffShape = false;
-        AnswerJson.t_chunkSkipUnknown = keepEventJson;
-        AnswerJson.t_chunkSkipped = false;
-        try
-        {
-            var chunk = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionChunk);
-            if (keepEventJson && chunk is not null)
-            {
-                if (WritesAsItself(chunk, data))
-                {
-                    chunk.KeepEventJson(data, membersUnread: AnswerJson.t_chunkSkipped);
-                }
-                else if (AnswerJson.t_chunkSkipped)
-                {
-                    // Not kept after all: read again, with the members it skipped (an event off the gateway's shape).
-                    AnswerJson.t_chunkSkipUnknown = false;
-                    chunk = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionChunk);
-                }
-            }
-
-            previousId = chunk?.Id ?? previousId;
-            return chunk;
-        }
-        finally
-        {
-            t_streamId = null;
-            AnswerJson.t_chunkSkipUnknown = false;
-        }
-    }
-
-    /// <summary>
-    /// The event's bytes say what the gateway would write for <paramref name="chunk"/>: the reader found it in the
-    /// writer's shape, nothing is left for the gateway to fill (id, object, created, model), it is one SSE line and
-    /// valid UTF-8 (the reader does not decode every string it skips). A chunk with usage is not worth the copy: the
-    /// endpoint changes its usage (the request's cost, or none when the caller did not ask) and writes it anew.
-    /// </summary>
-    private static bool WritesAsItself(ChatCompletionChunk chunk, ReadOnlySpan<byte> data) =>
-        !AnswerJson.t_chunkOffShape
-        && chunk is { Usage: null, Choices: not null, Id.Length: > 0, Object.Length: > 0, Created: > 0, Model.Length: > 0 }
-        && data.IndexOfAny((byte)'\r', (byte)'\n') < 0
-        && Utf8.IsValid(data);
 
     private static string? OneOf(ref Utf8JsonReader r, string[] known)
     {

@@ -103,9 +103,9 @@ public sealed class EventJsonTests
             var bytes = Encoding.UTF8.GetBytes(Object(top));
 
             string? id = null;
-            var chunk = RepeatedStrings.ReadChunk(bytes, ref id, keepEventJson: true)!;
+            var chunk = AnswerJson.ReadStreamChunk(bytes, ref id, keepEventJson: true)!;
             string? other = null;
-            var plain = RepeatedStrings.ReadChunk(bytes, ref other)!;
+            var plain = AnswerJson.ReadStreamChunk(bytes, ref other)!;
             plain.HasEventJson.Should().BeFalse("only a reader asked to keep the bytes keeps them");
             var written = JsonSerializer.SerializeToUtf8Bytes(plain, GatewayJsonContext.Default.ChatCompletionChunk);
             if (inShape)
@@ -138,7 +138,7 @@ public sealed class EventJsonTests
     {
         var json = "{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}"u8.ToArray();
         string? id = null;
-        var chunk = RepeatedStrings.ReadChunk(json, ref id, keepEventJson: true)!;
+        var chunk = AnswerJson.ReadStreamChunk(json, ref id, keepEventJson: true)!;
 
         chunk.TakeEventJson(out var buffer, out var length).Should().BeTrue();
         buffer!.AsSpan(0, length).ToArray().Should().Equal(json);
@@ -146,7 +146,7 @@ public sealed class EventJsonTests
         chunk.TakeEventJson(out _, out _).Should().BeFalse("a second writer gets nothing, never a buffer already returned");
         chunk.EventJson.IsEmpty.Should().BeTrue();
 
-        var changed = RepeatedStrings.ReadChunk(json, ref id, keepEventJson: true)!;
+        var changed = AnswerJson.ReadStreamChunk(json, ref id, keepEventJson: true)!;
         changed.DropEventJson();
         changed.TakeEventJson(out _, out _).Should().BeFalse();
     }

@@ -77,10 +77,10 @@ public sealed class RepeatedStringsTests
             var b = pcg.Next() % 2 == 0 ? a : ids.Generate(pcg, null, out _);
             var escape = pcg.Next() % 4 == 0;
             string? previous = null;
-            var first = RepeatedStrings.ReadChunk(Chunk(a, false), ref previous)!;
+            var first = AnswerJson.ReadStreamChunk(Chunk(a, false), ref previous)!;
             first.Id.Should().Be(a);
             previous.Should().BeSameAs(first.Id);
-            var second = RepeatedStrings.ReadChunk(Chunk(b, escape), ref previous)!;
+            var second = AnswerJson.ReadStreamChunk(Chunk(b, escape), ref previous)!;
             second.Id.Should().Be(b);
             if (b == a && !escape && JsonSerializer.Serialize(a) == "\"" + a + "\"" && a.All(char.IsAscii))
             {
@@ -90,7 +90,7 @@ public sealed class RepeatedStringsTests
 
         // Outside a stream's read nothing is remembered: another stream's chunk gets its own string.
         string? none = null;
-        var one = RepeatedStrings.ReadChunk(Chunk("chatcmpl-AbC123xyz", false), ref none)!;
+        var one = AnswerJson.ReadStreamChunk(Chunk("chatcmpl-AbC123xyz", false), ref none)!;
         JsonSerializer.Deserialize(Chunk("chatcmpl-AbC123xyz", false), GatewayJsonContext.Default.ChatCompletionChunk)!.Id.Should().NotBeSameAs(one.Id);
     }
 }

@@ -73,7 +73,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
                 yield break;
             }
 
-            if (RepeatedStrings.ReadChunk(events.Data, ref id, keep) is not { } chunk)
+            if (AnswerJson.ReadStreamChunk(events.Data, ref id, keep) is not { } chunk)
             {
                 // Reported as an invalid event (SseParser's null item had ended the stream as if it were [DONE]).
                 throw new JsonException("A stream event is the JSON null.");
