@@ -48,8 +48,10 @@ public class LimiterBenchmarks
         _ownPartitions = [.. Enumerable.Range(0, 64).Select(i => Item(group, "tenant-" + i))];
     }
 
+    private static readonly Pipeline.Deadlines Deadlines = new(TimeProvider.System);
+
     private static WorkItem Item(ModelGroup group, string key) =>
-        new(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("hi")], Gateway = new GatewayRequestOptions { RateLimitKey = key } }, group, false, TimeSpan.FromHours(1), TimeProvider.System, CancellationToken.None);
+        new(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("hi")], Gateway = new GatewayRequestOptions { RateLimitKey = key } }, group, false, TimeSpan.FromHours(1), Deadlines, CancellationToken.None);
 
     [Benchmark(Baseline = true, OperationsPerInvoke = PerOp)]
     public void Bcl_TokenBucket() => Run(t => { using var lease = _bcl.AttemptAcquire(1); });

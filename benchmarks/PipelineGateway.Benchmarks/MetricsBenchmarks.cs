@@ -31,7 +31,7 @@ public class MetricsSinkBenchmarks
         _gateway = await new GatewayBuilder().AddProvider(new InstantProvider("p")).AddModel("m", "p").StartAsync();
         _metrics = _gateway.Services.GetRequiredService<GatewayMetrics>();
         var group = _gateway.Services.GetRequiredService<ModelCatalog>().Groups[0];
-        _item = new WorkItem(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("hi")] }, group, false, TimeSpan.FromMinutes(1), TimeProvider.System, CancellationToken.None);
+        _item = new WorkItem(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("hi")] }, group, false, TimeSpan.FromMinutes(1), new Pipeline.Deadlines(TimeProvider.System), CancellationToken.None);
         _response = new ChatCompletionResponse
         {
             Model = "m",

@@ -37,7 +37,7 @@ public class RedisLimiterBenchmarks
         _store = new RedisRateLimitStore(_connection);
         _db = _connection.Database;
         _local = new AdmissionRateLimiter(Options.Create(new Hosting.GatewayOptions { Admission = new AdmissionOptions { RateLimits = [.. Rules] } }), TimeProvider.System);
-        _item = new Pipeline.WorkItem(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("hi")] }, BenchmarkCatalog.Group(), false, TimeSpan.FromHours(1), TimeProvider.System, CancellationToken.None);
+        _item = new Pipeline.WorkItem(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("hi")] }, BenchmarkCatalog.Group(), false, TimeSpan.FromHours(1), new Pipeline.Deadlines(TimeProvider.System), CancellationToken.None);
     }
 
     [GlobalCleanup]

@@ -50,7 +50,7 @@ public class RoutingBenchmarks
         }
 
         var request = new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("Hello, how are you today?")] };
-        _item = new WorkItem(request, _group, stream: false, TimeSpan.FromMinutes(1), TimeProvider.System, CancellationToken.None);
+        _item = new WorkItem(request, _group, stream: false, TimeSpan.FromMinutes(1), new Pipeline.Deadlines(TimeProvider.System), CancellationToken.None);
     }
 
     [GlobalCleanup]

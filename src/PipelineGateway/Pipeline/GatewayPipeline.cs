@@ -56,6 +56,7 @@ internal sealed partial class GatewayPipeline
         _time = time;
         _logger = logger;
         Flights = new Flights(this, time);
+        Deadlines = new Deadlines(time);
 
         // Ending a request, folder by folder (ICompletionListener): waiters on the same call, the budget, the token
         // limits, the metrics (which see every other folder's settlement done), then the request log and the trace
@@ -81,6 +82,9 @@ internal sealed partial class GatewayPipeline
 
     /// <summary>Identical requests in flight sharing one upstream call (Caching's, settled here as a listener).</summary>
     public Flights Flights { get; }
+
+    /// <summary>Every request's deadline, on a few timers instead of one per request.</summary>
+    public Deadlines Deadlines { get; }
 
     public int MaxInFlight { get; }
 

@@ -304,7 +304,7 @@ internal sealed class GatewayQueue(
     private WorkItem Create(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, long? submitted, CancellationToken cancellationToken)
     {
         var sequence = request.Gateway?.RequestSequence is > 0 and var drawn ? drawn : RequestIds.Next();
-        var item = new WorkItem(request, group, stream, TimeoutOf(request), time, cancellationToken, pipeline, sequence, submitted) { Mode = mode };
+        var item = new WorkItem(request, group, stream, TimeoutOf(request), pipeline.Deadlines, cancellationToken, pipeline, sequence, submitted) { Mode = mode };
         Tracing.GatewayTracing.StartRequest(item);
         return item;
     }

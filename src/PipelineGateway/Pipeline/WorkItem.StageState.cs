@@ -96,4 +96,11 @@ internal sealed partial class WorkItem
 
     /// <summary>The request's trace span (null when nobody listens to the gateway's ActivitySource).</summary>
     public System.Diagnostics.Activity? Span { get; set; }
+
+    /// <summary>Where the deadline's entry is (<see cref="Pipeline.Deadlines"/>, under its shard's lock; -1: none).</summary>
+    internal Deadlines.Shard? DeadlineShard { get; set; }
+
+    internal int DeadlineIndex { get; set; } = -1;
+
+    internal long DeadlineDue { get; set; }
 }

@@ -23,13 +23,12 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     private ManualResetValueTaskSourceCore<ChatCompletionResponse> _response;
     private readonly CancellationTokenSource _cts;
     private readonly CancellationTokenRegistration _callerRegistration;
-    private readonly CancellationTokenRegistration _cancelRegistration;
     private List<GatewayAttempt>? _attempts;
     private int _completed;
     private int _cancelReason;
     private bool _chunksInline;
 
-    public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, TimeProvider time, CancellationToken callerToken, GatewayPipeline? observer = null, long sequence = 0, long? submittedTimestamp = null)
+    public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, Deadlines deadlines, CancellationToken callerToken, GatewayPipeline? observer = null, long sequence = 0, long? submittedTimestamp = null)
     {
         Sequence = sequence;
         Request = request;
@@ -37,6 +36,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         RootGroup = group;
         Timeout = timeout;
         CallerToken = callerToken;
+        var time = deadlines.Time;
 
         // A caller that waited at admission's door was submitted earlier: its deadline counts from then.
         StartTimestamp = submittedTimestamp ?? time.GetTimestamp();
@@ -57,10 +57,11 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         // must still be seen ending exactly once.
         observer?.OnCreated(this);
 
-        // One token for everything that can end the request early: the deadline (timer on the injected
-        // TimeProvider), the caller's token and gateway shutdown. It is what the upstream call receives.
-        _cts = new CancellationTokenSource(remaining, time);
-        _cancelRegistration = _cts.Token.UnsafeRegister(static s => ((WorkItem)s!).OnCancelled(), this);
+        // One token for everything that can end the request early: the deadline (Deadlines, on the injected
+        // TimeProvider), the caller's token and gateway shutdown. It is what the upstream call receives. Each of them
+        // goes through Cancel, which then answers the caller: the source needs no timer and no callback of its own.
+        _cts = new CancellationTokenSource();
+        deadlines.Add(this, StartTimestamp + Deadlines.ToTimestampTicks(Timeout, time.TimestampFrequency));
         if (callerToken.CanBeCanceled)
         {
             _callerRegistration = callerToken.UnsafeRegister(static s => ((WorkItem)s!).Cancel(CancelReason.Caller), this);
@@ -238,11 +239,20 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         Interlocked.CompareExchange(ref _cancelReason, (int)reason, 0);
         try
         {
+            // The upstream call's callbacks run first (as when the token's own timer fired them), then the caller is
+            // answered, even if one of those callbacks threw.
             _cts.Cancel();
         }
         catch (ObjectDisposedException)
         {
             // Completed and cleaned up concurrently: nothing left to cancel.
+        }
+        finally
+        {
+            if (!IsCompleted)
+            {
+                TryFail(CancellationError());
+            }
         }
     }
 
@@ -257,17 +267,10 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         _ => new DeadlineExceededException(Timeout, SnapshotAttempts()),
     };
 
-    private void OnCancelled()
-    {
-        Interlocked.CompareExchange(ref _cancelReason, (int)CancelReason.Deadline, 0);
-        TryFail(CancellationError());
-    }
-
     private void ReleaseRegistrations()
     {
-        // Unregister without waiting: we may be running inside one of these callbacks.
+        // Unregister without waiting: we may be running inside its callback.
         _callerRegistration.Unregister();
-        _cancelRegistration.Unregister();
     }
 
     ChatCompletionResponse IValueTaskSource<ChatCompletionResponse>.GetResult(short token) => _response.GetResult(token);
@@ -298,8 +301,8 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     public void DisposeResources()
     {
         _retryTimer?.Dispose();
+        Deadlines.Remove(this);
         _callerRegistration.Dispose();
-        _cancelRegistration.Unregister();
         _cts.Dispose();
     }
 }

@@ -135,8 +135,10 @@ public sealed class PassThroughTests
         }
     }
 
+    private static readonly Deadlines Deadlines = new(TimeProvider.System);
+
     private static WorkItem Item(ModelGroup group, string text) =>
-        new(TestGateway.Request(text: text), group, stream: false, TimeSpan.FromMinutes(1), TimeProvider.System, CancellationToken.None);
+        new(TestGateway.Request(text: text), group, stream: false, TimeSpan.FromMinutes(1), Deadlines, CancellationToken.None);
 
     /// <summary>Records each item it handles and the thread it ran on; may hold the stage on an item, or hand items on.</summary>
     private sealed class RecordingStage(ChannelReader<WorkItem> input, GatewayPipeline pipeline, Func<WorkItem, ManualResetEventSlim?>? hold, StageChannel? next = null)

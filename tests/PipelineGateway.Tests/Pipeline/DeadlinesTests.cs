@@ -1,0 +1,149 @@
+using CsCheck;
+using FluentAssertions;
+using Microsoft.Extensions.DependencyInjection;
+using PipelineGateway.Hosting;
+using PipelineGateway.Pipeline;
+using PipelineGateway.Routing;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Pipeline;
+
+/// <summary>
+/// Request deadlines share a few timers (<see cref="Deadlines"/>) instead of a timer per request: each must still fire
+/// exactly at its request's deadline on the injected clock, never before, and an entry must leave with its request.
+/// </summary>
+public sealed class DeadlinesTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task Property_each_deadline_fires_exactly_when_the_clock_reaches_it_and_a_retired_request_never_fires()
+    {
+        // CsCheck, fixed seed: requests with timeouts of 1 ms to 3 s created, clock moves of 0 to 400 ms and retirements
+        // before the deadline, interleaved at random. After every step: exactly the requests whose deadline has come are
+        // cancelled (token fired, caller failed with the deadline), a retired one never is, and only live ones hold an entry.
+        await using var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
+        gateway.Services.GetRequiredService<ModelCatalog>().TryResolve("m", out var group).Should().BeTrue();
+        var pcg = new PCG(21, 7);
+        for (var run = 0; run < 300; run++)
+        {
+            var clock = TestGateway.Clock();
+            var deadlines = new Deadlines(clock);
+            var live = new List<(WorkItem Item, DateTimeOffset Due)>();
+            var retired = new List<CancellationToken>(); // taken before retirement: a disposed source gives no token
+            var steps = 1 + (int)(pcg.Next() % 60);
+            for (var s = 0; s < steps; s++)
+            {
+                switch (pcg.Next() % 5)
+                {
+                    case 0 or 1:
+                        var timeout = TimeSpan.FromMilliseconds(1 + pcg.Next() % 3_000);
+                        live.Add((new WorkItem(TestGateway.Request(), group!, stream: false, timeout, deadlines, CancellationToken.None), clock.GetUtcNow() + timeout));
+                        break;
+                    case 2 or 3:
+                        clock.Advance(TimeSpan.FromMilliseconds(pcg.Next() % 400));
+                        break;
+                    default:
+                        if (live.Count > 0 && live[(int)(pcg.Next() % (uint)live.Count)] is var (item, due) && !item.IsCompleted)
+                        {
+                            var token = item.Token;
+                            item.TryComplete(new ChatCompletionResponse()).Should().BeTrue();
+                            item.DisposeResources();
+                            live.Remove((item, due));
+                            retired.Add(token);
+                        }
+
+                        break;
+                }
+
+                foreach (var (item, due) in live)
+                {
+                    var passed = clock.GetUtcNow() >= due;
+                    item.Token.IsCancellationRequested.Should().Be(passed, "run {0}: a deadline fires exactly when the clock reaches it", run);
+                    item.IsCompleted.Should().Be(passed);
+                    if (passed)
+                    {
+                        item.Failure.Should().BeOfType<DeadlineExceededException>();
+                    }
+                }
+
+                retired.Where(t => t.IsCancellationRequested).Should().BeEmpty("a retired request's deadline is disarmed");
+                deadlines.Count.Should().Be(live.Count(l => !l.Item.IsCompleted), "an entry leaves when its deadline fires or its request retires");
+            }
+
+            foreach (var (item, _) in live)
+            {
+                item.DisposeResources();
+            }
+
+            deadlines.Count.Should().Be(0);
+        }
+    }
+
+    [Fact]
+    public async Task A_deadline_cancels_the_upstream_call_in_progress_and_the_caller_gets_DeadlineExceeded()
+    {
+        var clock = TestGateway.Clock();
+        var upstreamCancelled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var a = new FakeProvider("a")
+        {
+            OnComplete = async (_, token) =>
+            {
+                await using (token.Register(() => upstreamCancelled.TrySetResult()))
+                {
+                    await Task.Delay(Timeout.Infinite, token);
+                }
+
+                return FakeProvider.Answer("m", "never");
+            },
+        };
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(a)
+            .AddModel("m", "a")
+            .UseTimeProvider(clock)
+            .StartAsync(Ct);
+        var request = TestGateway.Request();
+        request.Gateway = new GatewayRequestOptions { Timeout = TimeSpan.FromSeconds(2) };
+
+        var call = gateway.SubmitAsync(request, Ct).AsTask();
+        await Wait.Until(() => a.Calls == 1, "the upstream call is in progress");
+        clock.Advance(TimeSpan.FromMilliseconds(1_999));
+        upstreamCancelled.Task.IsCompleted.Should().BeFalse("the deadline has not come yet");
+        call.IsCompleted.Should().BeFalse();
+
+        clock.Advance(TimeSpan.FromMilliseconds(1));
+
+        await upstreamCancelled.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
+        var act = async () => await call;
+        (await act.Should().ThrowAsync<DeadlineExceededException>()).Which.Timeout.Should().Be(TimeSpan.FromSeconds(2));
+    }
+
+    [Fact]
+    public async Task No_deadline_entry_outlives_its_request()
+    {
+        var a = new FakeProvider("a");
+        await using var gateway = await TestGateway.With(a).StartAsync(Ct);
+        var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
+
+        await Task.WhenAll(Enumerable.Range(0, 200).Select(i => gateway.SubmitAsync(TestGateway.Request(text: "r" + i), Ct).AsTask()));
+        using var cancelled = new CancellationTokenSource();
+        await cancelled.CancelAsync();
+        var refused = async () => await gateway.SubmitAsync(TestGateway.Request(), cancelled.Token);
+        await refused.Should().ThrowAsync<RequestCancelledException>();
+
+        await Wait.Until(() => pipeline.Outstanding == 0, "every request is retired");
+        pipeline.Deadlines.Count.Should().Be(0, "a retired request holds no deadline entry (nor its item)");
+    }
+
+    [Theory]
+    [InlineData(1_000_000_000L)]
+    [InlineData(10_000_000L)]
+    [InlineData(1_000L)]
+    public void Conversions_round_up_and_saturate(long frequency)
+    {
+        Deadlines.ToTimeSpanCeiling(1, frequency).Should().BePositive("a timer never fires before the deadline");
+        Deadlines.ToTimeSpanCeiling(frequency, frequency).Should().Be(TimeSpan.FromSeconds(1));
+        Deadlines.ToTimestampTicks(TimeSpan.FromSeconds(1), frequency).Should().Be(frequency);
+        Deadlines.ToTimestampTicks(TimeSpan.MaxValue, frequency).Should().BePositive("a deadline years away does not overflow");
+    }
+}
