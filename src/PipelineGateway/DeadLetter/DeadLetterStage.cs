@@ -41,7 +41,13 @@ internal sealed class DeadLetterStage(
 
     protected override ValueTask HandleAsync(WorkItem item, CancellationToken stopping)
     {
-        var failure = item.LastFailure;
+        if (item.LastFailure is not { } failure)
+        {
+            // Only a failed attempt sends an item here; one without its failure must still be answered.
+            Pipeline.FailAndRetire(item, new GatewayUnavailableException("The request reached the dead-letter stage without a recorded failure."));
+            return ValueTask.CompletedTask;
+        }
+
         var options = _options;
         switch (failure.Outcome)
         {

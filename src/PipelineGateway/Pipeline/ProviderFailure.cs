@@ -9,7 +9,7 @@ internal enum CancelReason
 }
 
 /// <summary>A failed attempt as a value, handed from a worker to the dead-letter stage.</summary>
-internal readonly record struct ProviderFailure(AttemptOutcome Outcome, int? StatusCode, TimeSpan? RetryAfter, string Message)
+internal sealed record ProviderFailure(AttemptOutcome Outcome, int? StatusCode, TimeSpan? RetryAfter, string Message)
 {
     /// <summary>The upstream's error type, code, param and own message (redacted), when it said.</summary>
     public string? ErrorType { get; init; }

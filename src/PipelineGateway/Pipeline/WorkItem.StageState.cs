@@ -1,3 +1,4 @@
+using System.Threading.Channels;
 using System.Threading.Tasks.Sources;
 using PipelineGateway.Providers;
 using PipelineGateway.Routing;
@@ -54,7 +55,11 @@ internal sealed partial class WorkItem
     public Admission.DistributedLimitCharge? DistributedCharge { get; set; }
 
     /// <summary>Usage reported by a stream's last chunk.</summary>
-    public TokenUsage? StreamUsage { get; set; }
+    public TokenUsage? StreamUsage
+    {
+        get => _stream?.Usage;
+        set => StreamOnly.Usage = value;
+    }
 
     private long _estimatedTokens = -1;
 
@@ -92,7 +97,11 @@ internal sealed partial class WorkItem
     public Caching.StoredAnswer? Stored { get; set; }
 
     /// <summary>When a stream's first content reached the caller, since submission (for the request log).</summary>
-    public TimeSpan? TimeToFirstToken { get; set; }
+    public TimeSpan? TimeToFirstToken
+    {
+        get => _stream?.TimeToFirstToken;
+        set => StreamOnly.TimeToFirstToken = value;
+    }
 
     /// <summary>The request's trace span (null when nobody listens to the gateway's ActivitySource).</summary>
     public System.Diagnostics.Activity? Span { get; set; }
@@ -103,4 +112,14 @@ internal sealed partial class WorkItem
     internal int DeadlineIndex { get; set; } = -1;
 
     internal long DeadlineDue { get; set; }
+
+    private sealed class StreamState
+    {
+        public required Channel<ChatCompletionChunk> Chunks;
+        public bool ChunksInline;
+        public int FlushOwed;
+        public bool Started;
+        public TokenUsage? Usage;
+        public TimeSpan? TimeToFirstToken;
+    }
 }

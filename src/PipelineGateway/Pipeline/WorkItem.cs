@@ -23,10 +23,9 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     private ManualResetValueTaskSourceCore<ChatCompletionResponse> _response;
     private readonly CancellationTokenSource _cts;
     private readonly CancellationTokenRegistration _callerRegistration;
-    private List<GatewayAttempt>? _attempts;
+    private GatewayAttempt[]? _attempts;
     private int _completed;
     private int _cancelReason;
-    private bool _chunksInline;
 
     public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, Deadlines deadlines, CancellationToken callerToken, GatewayPipeline? observer = null, long sequence = 0, long? submittedTimestamp = null)
     {
@@ -50,7 +49,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         if (stream)
         {
             // Bounded: a slow reader slows the upstream read instead of buffering the whole answer.
-            Chunks = ChunkChannel(synchronousContinuations: false);
+            _stream = new StreamState { Chunks = ChunkChannel(synchronousContinuations: false) };
         }
 
         // Counted before any callback can complete it: a caller token that fires during construction
@@ -93,9 +92,12 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     /// <summary>Fires on deadline, caller cancellation or shutdown; passed to the upstream call.</summary>
     public CancellationToken Token => _cts.Token;
 
-    public bool IsStream => Chunks is not null;
+    public bool IsStream => _stream is not null;
 
-    public Channel<ChatCompletionChunk>? Chunks { get; private set; }
+    /// <summary>A stream's own state, apart so that a non-streamed request (most of them) carries none of it.</summary>
+    private readonly StreamState? _stream;
+
+    public Channel<ChatCompletionChunk>? Chunks => _stream?.Chunks;
 
     /// <summary>
     /// For a reader whose code is the gateway's own short, non-blocking front door (an SSE endpoint writing each chunk
@@ -105,10 +107,10 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     /// </summary>
     internal void DeliverChunksInline()
     {
-        if (Chunks is not null && !IsCompleted)
+        if (_stream is not null && !IsCompleted)
         {
-            Chunks = ChunkChannel(synchronousContinuations: true);
-            _chunksInline = true;
+            _stream.Chunks = ChunkChannel(synchronousContinuations: true);
+            _stream.ChunksInline = true;
         }
     }
 
@@ -120,8 +122,6 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     /// </summary>
     internal static readonly ChatCompletionChunk BurstEnd = new();
 
-    private int _flushOwed;
-
     /// <summary>
     /// The worker is about to wait for the upstream after handing over chunks: an inline reader gets
     /// <see cref="BurstEnd"/> once it has read everything queued. The debt is recorded before the marker (which only
@@ -130,17 +130,17 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     /// </summary>
     internal void EndBurst()
     {
-        if (!_chunksInline)
+        if (_stream is not { ChunksInline: true } stream)
         {
             return;
         }
 
-        Volatile.Write(ref _flushOwed, 1);
-        Chunks!.Writer.TryWrite(BurstEnd);
+        Volatile.Write(ref stream.FlushOwed, 1);
+        stream.Chunks.Writer.TryWrite(BurstEnd);
     }
 
     /// <summary>True once per recorded burst end (the reader's side of <see cref="EndBurst"/>).</summary>
-    internal bool TakeFlushOwed() => Interlocked.Exchange(ref _flushOwed, 0) == 1;
+    internal bool TakeFlushOwed() => _stream is { } stream && Interlocked.Exchange(ref stream.FlushOwed, 0) == 1;
 
     // Bounded: a slow reader slows the upstream read instead of buffering the whole answer.
     private static Channel<ChatCompletionChunk> ChunkChannel(bool synchronousContinuations) =>
@@ -153,7 +153,13 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         });
 
     /// <summary>Set once the first chunk reached the caller: from then on no fallback is possible.</summary>
-    public bool StreamStarted { get; set; }
+    public bool StreamStarted
+    {
+        get => _stream?.Started ?? false;
+        set => StreamOnly.Started = value;
+    }
+
+    private StreamState StreamOnly => _stream ?? throw new InvalidOperationException("Only a streamed request has a stream's state.");
 
     /// <summary>The request's number in this process; <see cref="RequestId"/> is formatted from it on demand.</summary>
     public long Sequence { get; set; }
@@ -220,7 +226,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
             // The stream reader sees the end of the channel, then rethrows Failure as it is
             // (a channel completed with an OperationCanceledException would lose its type). A reader taking chunks
             // inline is resumed on the thread pool here: failures come from stage loops and cancellation callbacks.
-            if (_chunksInline)
+            if (_stream!.ChunksInline)
             {
                 ThreadPool.UnsafeQueueUserWorkItem(static c => c.Writer.TryComplete(), Chunks!, preferLocal: false);
             }
