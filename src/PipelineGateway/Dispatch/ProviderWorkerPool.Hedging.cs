@@ -15,54 +15,62 @@ internal sealed partial class ProviderWorkerPool
     /// </summary>
     private async ValueTask<TimeSpan?> HedgedAttemptAsync(WorkItem item, Deployment primary, TimeSpan delay)
     {
-        var services = _services!;
-        var started = _time.GetTimestamp();
-        using var primaryCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
-
-        // The hedge clock starts before the first attempt does.
-        var timer = Task.Delay(delay, _time, primaryCts.Token);
-        var primaryTask = RunAsync(this, primary, item, ownPermit: true, primaryCts.Token);
-        if (await Task.WhenAny(primaryTask, timer).ConfigureAwait(false) == primaryTask)
-        {
-            await primaryCts.CancelAsync().ConfigureAwait(false); // stops the hedge timer; the attempt is over
-            await FinishAsync(item, primaryTask.Result, null).ConfigureAwait(false);
-            return primaryTask.Result.Latency;
-        }
-
-        // Where the hedge goes is Routing's decision; it comes back with room reserved at that provider, or not at all.
-        if (services.Hedges.TryChoose(item, primary) is not var (other, reservation))
-        {
-            // Nowhere to hedge to right now: wait for the first attempt.
-            var only = await primaryTask.ConfigureAwait(false);
-            await FinishAsync(item, only, null).ConfigureAwait(false);
-            return only.Latency;
-        }
-
-        services.Metrics.OnHedge();
-        other.State.Enter();
-        using var hedgeCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
-        var hedgeTask = other.Pool.RunReservedAsync(other, item, reservation, hedgeCts.Token);
         try
         {
-            var first = await Task.WhenAny(primaryTask, hedgeTask).ConfigureAwait(false);
-            var second = first == primaryTask ? hedgeTask : primaryTask;
-            var firstResult = await first.ConfigureAwait(false);
-            if (firstResult.Response is not null)
+            var services = _services!;
+            var started = _time.GetTimestamp();
+            using var primaryCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
+
+            // The hedge clock starts before the first attempt does.
+            var timer = Task.Delay(delay, _time, primaryCts.Token);
+            var primaryTask = RunAsync(this, primary, item, ownPermit: true, primaryCts.Token);
+            if (await Task.WhenAny(primaryTask, timer).ConfigureAwait(false) == primaryTask)
             {
-                // The winner answers; the loser is cancelled and listed as such.
-                await (first == primaryTask ? hedgeCts : primaryCts).CancelAsync().ConfigureAwait(false);
-                var loser = await second.ConfigureAwait(false);
-                await FinishAsync(item, firstResult, loser).ConfigureAwait(false);
-                return _time.GetElapsedTime(started);
+                await primaryCts.CancelAsync().ConfigureAwait(false); // stops the hedge timer; the attempt is over
+                await FinishAsync(item, primaryTask.Result, null).ConfigureAwait(false);
+                return primaryTask.Result.Latency;
             }
 
-            var secondResult = await second.ConfigureAwait(false);
-            await FinishAsync(item, secondResult, firstResult).ConfigureAwait(false);
-            return _time.GetElapsedTime(started);
+            // Where the hedge goes is Routing's decision; it comes back with room reserved at that provider, or not at all.
+            if (services.Hedges.TryChoose(item, primary) is not var (other, reservation))
+            {
+                // Nowhere to hedge to right now: wait for the first attempt.
+                var only = await primaryTask.ConfigureAwait(false);
+                await FinishAsync(item, only, null).ConfigureAwait(false);
+                return only.Latency;
+            }
+
+            services.Metrics.OnHedge();
+            other.State.Enter();
+            using var hedgeCts = CancellationTokenSource.CreateLinkedTokenSource(item.Token);
+            var hedgeTask = other.Pool.RunReservedAsync(other, item, reservation, hedgeCts.Token);
+            try
+            {
+                var first = await Task.WhenAny(primaryTask, hedgeTask).ConfigureAwait(false);
+                var second = first == primaryTask ? hedgeTask : primaryTask;
+                var firstResult = await first.ConfigureAwait(false);
+                if (firstResult.Response is not null)
+                {
+                    // The winner answers; the loser is cancelled and listed as such.
+                    await (first == primaryTask ? hedgeCts : primaryCts).CancelAsync().ConfigureAwait(false);
+                    var loser = await second.ConfigureAwait(false);
+                    await FinishAsync(item, firstResult, loser).ConfigureAwait(false);
+                    return _time.GetElapsedTime(started);
+                }
+
+                var secondResult = await second.ConfigureAwait(false);
+                await FinishAsync(item, secondResult, firstResult).ConfigureAwait(false);
+                return _time.GetElapsedTime(started);
+            }
+            finally
+            {
+                other.State.Exit();
+            }
         }
         finally
         {
-            other.State.Exit();
+            // The deployment's load is let go of once the attempt ends, however it ends (idempotent: usually done already).
+            item.ReleaseDeployment();
         }
     }
 

@@ -194,108 +194,137 @@ internal sealed partial class ProviderWorkerPool
     public Task RoomAsync() => _queue.RoomAsync();
 
     /// <summary>Makes the request's attempt here; returns how long it occupied the provider (null: none was sent).</summary>
-    private async ValueTask<TimeSpan?> AttemptAsync(WorkItem item)
+    /// <remarks>
+    /// Not async itself: the checks before sending are synchronous, and the attempt's own async method (which releases
+    /// the deployment when it ends) is returned as it is — one async state machine per request fewer (~170 B).
+    /// </remarks>
+    private ValueTask<TimeSpan?> AttemptAsync(WorkItem item)
     {
-        var services = _services!;
         var deployment = item.Current!;
+        var send = false;
         try
         {
-            if (item.IsCompleted)
-            {
-                deployment.State.OnNeutral();
-                services.Lifecycle.Retire(item);
-                return null;
-            }
-
-            if (services.Lifecycle.IsFailingRemaining)
-            {
-                // Shutdown's grace period is over: start nothing new upstream.
-                item.Cancel(CancelReason.Shutdown);
-                deployment.State.OnNeutral();
-                services.Lifecycle.FailAndRetire(item, item.CancellationError());
-                return null;
-            }
-
-            // A request whose deadline passed while it waited in the queue is never sent upstream.
-            if (_time.GetUtcNow() >= item.Deadline)
-            {
-                item.Cancel(CancelReason.Deadline);
-                deployment.State.OnNeutral();
-                services.Lifecycle.FailAndRetire(item, item.CancellationError());
-                return null;
-            }
-
-            return item.Group.Hedging is { } hedging && !item.IsStream
-                ? await HedgedAttemptAsync(item, deployment, hedging.Delay).ConfigureAwait(false)
-                : await SingleAttemptAsync(item, deployment).ConfigureAwait(false);
+            send = ReadyToSend(item, deployment);
         }
         finally
         {
-            item.ReleaseDeployment();
+            if (!send)
+            {
+                item.ReleaseDeployment();
+            }
         }
+
+        if (!send)
+        {
+            return new ValueTask<TimeSpan?>((TimeSpan?)null);
+        }
+
+        return item.Group.Hedging is { } hedging && !item.IsStream
+            ? HedgedAttemptAsync(item, deployment, hedging.Delay)
+            : SingleAttemptAsync(item, deployment);
+    }
+
+    /// <summary>False when the request must not be sent (already answered, shutdown's grace over, deadline passed): it is then retired here.</summary>
+    private bool ReadyToSend(WorkItem item, Deployment deployment)
+    {
+        var services = _services!;
+        if (item.IsCompleted)
+        {
+            deployment.State.OnNeutral();
+            services.Lifecycle.Retire(item);
+            return false;
+        }
+
+        if (services.Lifecycle.IsFailingRemaining)
+        {
+            // Shutdown's grace period is over: start nothing new upstream.
+            item.Cancel(CancelReason.Shutdown);
+            deployment.State.OnNeutral();
+            services.Lifecycle.FailAndRetire(item, item.CancellationError());
+            return false;
+        }
+
+        // A request whose deadline passed while it waited in the queue is never sent upstream.
+        if (_time.GetUtcNow() >= item.Deadline)
+        {
+            item.Cancel(CancelReason.Deadline);
+            deployment.State.OnNeutral();
+            services.Lifecycle.FailAndRetire(item, item.CancellationError());
+            return false;
+        }
+
+        return true;
     }
 
     /// <summary>One attempt, holding one of this provider's concurrency permits.</summary>
     private async ValueTask<TimeSpan?> SingleAttemptAsync(WorkItem item, Deployment deployment)
     {
-        var services = _services!;
-        var started = _time.GetTimestamp();
-        var sent = false;
-        ProviderRateLimiter.Charge? charge = null;
-        ChatCompletionResponse? response = null;
         try
         {
-            // Rate first (holding no concurrency permit while waiting), then a concurrency permit.
-            charge = await AcquireRateAsync(item).ConfigureAwait(false);
-            await AcquirePermitAsync(item.Token).ConfigureAwait(false);
+            var services = _services!;
+            var started = _time.GetTimestamp();
+            var sent = false;
+            ProviderRateLimiter.Charge? charge = null;
+            ChatCompletionResponse? response = null;
             try
             {
-                started = _time.GetTimestamp();
-                sent = true;
-                var span = services.Tracing.StartAttempt(item, Name, deployment, hedge: false);
+                // Rate first (holding no concurrency permit while waiting), then a concurrency permit.
+                charge = await AcquireRateAsync(item).ConfigureAwait(false);
+                await AcquirePermitAsync(item.Token).ConfigureAwait(false);
                 try
                 {
-                    if (item.IsStream)
+                    started = _time.GetTimestamp();
+                    sent = true;
+                    var span = services.Tracing.StartAttempt(item, Name, deployment, hedge: false);
+                    try
                     {
-                        await StreamAttemptAsync(item, deployment, started).ConfigureAwait(false);
-                        Limits.Settle(charge, item.StreamUsage?.TotalTokens ?? charge?.Tokens ?? 0);
-                    }
-                    else
-                    {
-                        response = ProviderAnswer.Accept(await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model) { Deadline = item.Deadline }, item.Token).ConfigureAwait(false), Name);
-                        Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
-                        Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, _time.GetElapsedTime(started)), null);
-                    }
+                        if (item.IsStream)
+                        {
+                            await StreamAttemptAsync(item, deployment, started).ConfigureAwait(false);
+                            Limits.Settle(charge, item.StreamUsage?.TotalTokens ?? charge?.Tokens ?? 0);
+                        }
+                        else
+                        {
+                            response = ProviderAnswer.Accept(await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model) { Deadline = item.Deadline }, item.Token).ConfigureAwait(false), Name);
+                            Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
+                            Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, _time.GetElapsedTime(started)), null);
+                        }
 
-                    Tracing.GatewayTracing.EndAttempt(span, response, null);
+                        Tracing.GatewayTracing.EndAttempt(span, response, null);
+                    }
+                    catch (Exception ex)
+                    {
+                        Tracing.GatewayTracing.EndAttempt(span, null, ex);
+                        throw;
+                    }
                 }
-                catch (Exception ex)
+                finally
                 {
-                    Tracing.GatewayTracing.EndAttempt(span, null, ex);
-                    throw;
+                    ReleasePermit();
                 }
             }
-            finally
+            catch (Exception ex)
             {
-                ReleasePermit();
+                Limits.Settle(charge, 0);
+                var service = sent ? _time.GetElapsedTime(started) : (TimeSpan?)null;
+                OnAttemptFailed(item, deployment, started, ex);
+                return service;
             }
-        }
-        catch (Exception ex)
-        {
-            Limits.Settle(charge, 0);
-            var service = sent ? _time.GetElapsedTime(started) : (TimeSpan?)null;
-            OnAttemptFailed(item, deployment, started, ex);
-            return service;
-        }
 
-        var took = _time.GetElapsedTime(started);
-        if (response is not null)
-        {
-            // After the permit is back: the caller may be resumed on this thread (see WorkItem.TryComplete).
-            Answer(item, deployment, response);
-        }
+            var took = _time.GetElapsedTime(started);
+            if (response is not null)
+            {
+                // After the permit is back: the caller may be resumed on this thread (see WorkItem.TryComplete).
+                Answer(item, deployment, response);
+            }
 
-        return took;
+            return took;
+        }
+        finally
+        {
+            // The deployment's load is let go of once the attempt ends, however it ends (idempotent: usually done already).
+            item.ReleaseDeployment();
+        }
     }
 
     private void OnAttemptFailed(WorkItem item, Deployment deployment, long started, Exception ex) =>
