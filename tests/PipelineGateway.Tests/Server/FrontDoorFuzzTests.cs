@@ -102,6 +102,34 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
     }
 
     [Fact]
+    public void The_content_type_check_says_what_the_media_type_parser_says()
+    {
+        // The front door recognises the usual JSON content types without parsing them; for any content type — the
+        // usual ones in any letter case, with parameters, spaces, other types, +json types, broken syntax — its answer
+        // must be the parser's.
+        var pcg = new PCG((uint)(Seed + 7), 3);
+        var parts = new[] { "application/json", "APPLICATION/JSON", "Application/Json", "application/json; charset=utf-8",
+            "application/json; Charset=UTF-8", "application/json;charset=utf-8", "application/jsonx", "application/vnd.api+json",
+            "text/json", "text/plain", "json", "application/", "/json", ";", " ", "\t", "charset=utf-8", "; q=1", "\"", ",", "+json" };
+        for (var i = 0; i < 20_000 * Scale; i++)
+        {
+            var text = new StringBuilder();
+            var pieces = 1 + (int)(pcg.Next() % 3);
+            for (var p = 0; p < pieces; p++)
+            {
+                text.Append(parts[pcg.Next() % (uint)parts.Length]);
+            }
+
+            var contentType = pcg.Next() % 50 == 0 ? null : text.ToString();
+            FrontDoor.IsJson(contentType).Should().Be(FrontDoor.IsJsonParsed(contentType), "content type '{0}'", contentType);
+        }
+
+        FrontDoor.IsJson("application/json").Should().BeTrue();
+        FrontDoor.IsJson("Application/JSON; charset=UTF-8").Should().BeTrue();
+        FrontDoor.IsJson("text/plain").Should().BeFalse();
+    }
+
+    [Fact]
     public void The_Anthropic_codec_refuses_any_mutation_with_its_own_error_and_never_anything_else()
     {
         var unexpected = new List<string>();
