@@ -61,16 +61,29 @@ wait_for_servers "$SIM_PORT $A_PORT $B_PORT" "$SIM $A $B"
 URL_A="http://127.0.0.1:$A_PORT/v1/chat/completions"
 URL_B="http://127.0.0.1:$B_PORT/v1/chat/completions"
 
-load_both() { # seconds: both loaded at once, each by its own wrk (or pgw-loadgen at RATE)
-  if [ -n "$RATE" ] && [ "$1" = "$DURATION" ]; then
-    "$LOADGEN" "$URL_A" --rate "$RATE" --seconds "$1" --warmup 0 >"$OUT_A" & local l1=$!
-    "$LOADGEN" "$URL_B" --rate "$RATE" --seconds "$1" --warmup 0 >"$OUT_B" & local l2=$!
-    wait $l1 $l2 || true
-    return
+# Which side's load generator starts first alternates by round: swapping two builds of the gateway showed the side
+# started first ~2% cheaper per request when it always started first (docs/benchmarks.md, 2026-12-03 fifth session).
+B_FIRST=0
+load_one() { # url output seconds
+  if [ -n "$RATE" ] && [ "$3" = "$DURATION" ]; then
+    "$LOADGEN" "$1" --rate "$RATE" --seconds "$3" --warmup 0 >"$2"
+  else
+    wrk -t1 -c"$CONNECTIONS" -d"$3s" --timeout 30s -s benchmarks/http/post-chat.lua "$1" >"$2"
   fi
-  wrk -t1 -c"$CONNECTIONS" -d"$1s" --timeout 30s -s benchmarks/http/post-chat.lua "$URL_A" >"$OUT_A" & local w1=$!
-  wrk -t1 -c"$CONNECTIONS" -d"$1s" --timeout 30s -s benchmarks/http/post-chat.lua "$URL_B" >"$OUT_B" & local w2=$!
-  wait $w1 $w2
+}
+load_both() { # seconds: both loaded at once, each by its own wrk (or pgw-loadgen at RATE)
+  local w1 w2
+  if [ "$B_FIRST" = 1 ]; then
+    load_one "$URL_B" "$OUT_B" "$1" & w2=$!
+    load_one "$URL_A" "$OUT_A" "$1" & w1=$!
+  else
+    load_one "$URL_A" "$OUT_A" "$1" & w1=$!
+    load_one "$URL_B" "$OUT_B" "$1" & w2=$!
+  fi
+  local rc=0
+  wait $w1 || rc=$?
+  wait $w2 || rc=$?
+  [ "$rc" = 0 ] || [ -n "$RATE" ] || { echo "a load generator failed (exit $rc)" >&2; exit 1; }
 }
 echo "$A_NAME vs $B_NAME: warm-up (both at once, $WARMUP s)"
 load_both "$WARMUP"
@@ -81,6 +94,7 @@ latency() { [ -n "$RATE" ] && sed -E 's/.*(p50 [0-9.]+ ms), p90 [0-9.]+ ms, (p99
 errors() { grep -E 'Non-2xx|Socket errors|errors [1-9]' "$1" | tr -s ' ' | tr '\n' ' ' | cut -c1-80 || true; }
 DIFFS="" RATIOS="" SERVED="" CA_ALL="" CB_ALL=""
 for round in $(seq 1 "$ROUNDS"); do
+  B_FIRST=$((round % 2 == 0))
   a0=$(ticks $A); b0=$(ticks $B)
   load_both "$DURATION"
   a1=$(ticks $A); b1=$(ticks $B)
