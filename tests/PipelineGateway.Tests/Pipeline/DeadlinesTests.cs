@@ -81,6 +81,74 @@ public sealed class DeadlinesTests
     }
 
     [Fact]
+    public async Task Under_concurrent_adds_retirements_and_clock_moves_no_deadline_fires_early_and_no_entry_is_left()
+    {
+        // Four threads create and retire requests (random timeouts, retired at random) on shared shards while a fifth
+        // moves the clock: every cancellation comes at or after its request's deadline, every request still live after
+        // the clock passed its deadline has been cancelled, and when all are retired no entry is left.
+        await using var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
+        gateway.Services.GetRequiredService<ModelCatalog>().TryResolve("m", out var group).Should().BeTrue();
+        var clock = TestGateway.Clock();
+        var deadlines = new Deadlines(clock);
+        var early = 0;
+        using var stop = new CancellationTokenSource();
+        var mover = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                clock.Advance(TimeSpan.FromMilliseconds(7));
+                Thread.Yield();
+            }
+        }, Ct);
+        var workers = Enumerable.Range(0, 4).Select(w => Task.Run(() =>
+        {
+            var pcg = new PCG((uint)(31 + w), 5);
+            var live = new List<(WorkItem Item, DateTimeOffset Due)>();
+            for (var i = 0; i < 2_000; i++)
+            {
+                var timeout = TimeSpan.FromMilliseconds(1 + pcg.Next() % 200);
+                var item = new WorkItem(TestGateway.Request(), group!, stream: false, timeout, deadlines, CancellationToken.None);
+                // The deadline as the clock's timestamp: the wall-clock Deadline is read a moment apart from it, and the
+                // clock may move in between.
+                var due = item.DeadlineDue;
+                item.Token.Register(() =>
+                {
+                    if (clock.GetTimestamp() < due)
+                    {
+                        Interlocked.Increment(ref early);
+                    }
+                });
+                live.Add((item, item.Deadline));
+                if (pcg.Next() % 3 == 0 && live.Count > 0)
+                {
+                    var k = (int)(pcg.Next() % (uint)live.Count);
+                    var old = live[k].Item;
+                    old.TryComplete(new ChatCompletionResponse());
+                    old.DisposeResources();
+                    live.RemoveAt(k);
+                }
+            }
+
+            return live;
+        }, Ct)).ToArray();
+
+        var left = (await Task.WhenAll(workers)).SelectMany(l => l).ToList();
+        await stop.CancelAsync();
+        await mover;
+
+        // Every deadline still armed has come once the clock moves past the longest timeout.
+        clock.Advance(TimeSpan.FromSeconds(1));
+        left.Should().OnlyContain(l => l.Item.Token.IsCancellationRequested && l.Item.Failure is DeadlineExceededException, "a deadline the clock passed has fired");
+        early.Should().Be(0, "no deadline fires before the clock reaches it");
+        foreach (var (item, _) in left)
+        {
+            item.DisposeResources();
+        }
+
+        deadlines.Count.Should().Be(0, "every retired request's entry is gone");
+    }
+
+    [Fact]
     public async Task A_deadline_cancels_the_upstream_call_in_progress_and_the_caller_gets_DeadlineExceeded()
     {
         var clock = TestGateway.Clock();
