@@ -20,14 +20,7 @@ public sealed class DeploymentLoadTests
     public async Task Every_deployment_load_returns_to_zero_however_its_requests_ended()
     {
         var clock = TestGateway.Clock();
-        var hang = new FakeProvider("hang")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await Task.Delay(Timeout.Infinite, ct);
-                return FakeProvider.Answer(r.Model, "never");
-            },
-        };
+        var hang = FakeProvider.NeverAnswers("hang");
         var failing = new FakeProvider("failing") { OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.RetryableError, "boom", 500) };
         var ok = new FakeProvider("ok");
         await using var gateway = await new GatewayBuilder()

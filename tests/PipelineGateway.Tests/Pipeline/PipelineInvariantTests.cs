@@ -291,14 +291,7 @@ public sealed class PipelineInvariantTests
     public async Task Shutdown_fails_what_is_left_after_the_grace_period_and_cancels_upstream()
     {
         var clock = TestGateway.Clock();
-        var a = new FakeProvider("a")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await Task.Delay(Timeout.Infinite, ct);
-                return FakeProvider.Answer(r.Model, "never");
-            },
-        };
+        var a = FakeProvider.NeverAnswers("a");
         var gateway = await TestGateway.With(a)
             .UseTimeProvider(clock)
             .Configure(o => o.Pipeline.DrainTimeout = TimeSpan.FromSeconds(10))

@@ -166,14 +166,7 @@ public sealed class HealthAndHedgingTests
     public async Task Hedging_takes_the_first_success_and_cancels_the_loser()
     {
         var clock = TestGateway.Clock();
-        var slow = new FakeProvider("slow")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await Task.Delay(Timeout.Infinite, ct);
-                return FakeProvider.Answer(r.Model, "slow");
-            },
-        };
+        var slow = FakeProvider.NeverAnswers("slow");
         var fast = new FakeProvider("fast");
         await using var gateway = await TestGateway.With(slow, fast)
             .UseTimeProvider(clock)

@@ -21,14 +21,7 @@ public sealed class IsolationTests
     [Fact]
     public async Task A_provider_that_never_answers_does_not_delay_another_providers_requests()
     {
-        var stuck = new FakeProvider("stuck")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await Task.Delay(Timeout.Infinite, ct);
-                return FakeProvider.Answer(r.Model, "never");
-            },
-        };
+        var stuck = FakeProvider.NeverAnswers("stuck");
         var fast = new FakeProvider("fast");
         await using var gateway = await new GatewayBuilder()
             .AddProvider(stuck, workers: 2, queueCapacity: 4)

@@ -44,6 +44,16 @@ public sealed class FakeProvider(string name) : ILlmProvider
         }
     }
 
+    /// <summary>A provider that never answers: each call waits until its token is cancelled.</summary>
+    public static FakeProvider NeverAnswers(string name) => new(name)
+    {
+        OnComplete = async (r, ct) =>
+        {
+            await Task.Delay(Timeout.Infinite, ct);
+            return Answer(r.Model, "never");
+        },
+    };
+
     public static ChatCompletionResponse Answer(string model, string text) => new()
     {
         Id = "fake",
