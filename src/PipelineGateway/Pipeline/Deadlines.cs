@@ -121,6 +121,14 @@ internal sealed class Deadlines
 
         private void Fire()
         {
+            if (Monitor.IsEntered(_lock))
+            {
+                // Run from inside Add or Fire's own re-arming, by a TimeProvider that runs a timer due now at once (a test
+                // clock can): acting here would cancel a request inside its constructor, under this lock. Later, on its own.
+                ThreadPool.UnsafeQueueUserWorkItem(static s => s.Fire(), this, preferLocal: false);
+                return;
+            }
+
             List<WorkItem>? due = null;
             lock (_lock)
             {

@@ -149,6 +149,29 @@ public sealed class DeadlinesTests
     }
 
     [Fact]
+    public async Task A_request_created_past_its_deadline_is_cancelled_after_its_construction_not_inside_it()
+    {
+        // A caller that waited at the door past its whole timeout: its deadline is due as the item is made. A clock whose
+        // timers run at once when due (FakeTimeProvider does) must not cancel it inside its constructor, under the
+        // shard's lock: the cancellation comes after, on its own.
+        await using var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
+        gateway.Services.GetRequiredService<ModelCatalog>().TryResolve("m", out var group).Should().BeTrue();
+        var clock = TestGateway.Clock();
+        var deadlines = new Deadlines(clock);
+        var submitted = clock.GetTimestamp();
+        clock.Advance(TimeSpan.FromSeconds(10));
+
+        var item = new WorkItem(TestGateway.Request(), group!, stream: false, TimeSpan.FromSeconds(5), deadlines, CancellationToken.None, submittedTimestamp: submitted);
+        var createdCompleted = item.IsCompleted;
+
+        await Wait.Until(() => item.IsCompleted, "the past deadline fires");
+        createdCompleted.Should().BeFalse("the item is whole before its deadline is acted on");
+        item.Failure.Should().BeOfType<DeadlineExceededException>();
+        item.DisposeResources();
+        deadlines.Count.Should().Be(0);
+    }
+
+    [Fact]
     public async Task A_deadline_cancels_the_upstream_call_in_progress_and_the_caller_gets_DeadlineExceeded()
     {
         var clock = TestGateway.Clock();
