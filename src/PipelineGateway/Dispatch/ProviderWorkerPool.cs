@@ -342,8 +342,8 @@ internal sealed partial class ProviderWorkerPool
             item.AddAttempt(deployment, failure.ToAttempt(provider, deployment.Model, latency));
             services.Metrics.OnAttempt(item.FinalAttempts[^1]);
             _health.Report(deployment, failure.Outcome, latency, failure.RetryAfter);
-            // A cancellation can reach us before the item's own cancellation callback has run (callbacks run
-            // in reverse order, and continuations may run inline): answer with the cancellation ourselves.
+            // A cancellation can reach us before the item is answered (WorkItem.Cancel fires the token first, and
+            // continuations may run inline): answer with the cancellation ourselves.
             item.TryFail(failure.Outcome == AttemptOutcome.Cancelled
                 ? item.CancellationError()
                 : new AllProvidersFailedException(item.Request.Model, item.SnapshotAttempts(), $"the stream from '{provider}' broke after it started: {failure.Message}"));

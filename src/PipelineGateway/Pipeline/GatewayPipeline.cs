@@ -228,7 +228,7 @@ internal sealed partial class GatewayPipeline
         {
             if (item.Token.IsCancellationRequested)
             {
-                // Cancelled, and its cancellation callback has not run yet: answer with the cancellation.
+                // Cancelled, and not answered yet (WorkItem.Cancel fires the token first): answer with the cancellation.
                 item.TryFail(item.CancellationError());
             }
             else
@@ -293,7 +293,7 @@ internal sealed partial class GatewayPipeline
         if (item.WaitingIn is { } room && room.TryRemove(item))
         {
             // Ended while it waited (its deadline, its caller): taken out of the waiting room at once, and let go of
-            // here — off this thread, which may be running the item's own cancellation callback.
+            // here — off this thread, which may be inside the item's own cancellation (WorkItem.Cancel).
             ThreadPool.UnsafeQueueUserWorkItem(static s => s.Pipeline.LetGoWaiting(s.Item), (Pipeline: this, Item: item), preferLocal: false);
         }
 
