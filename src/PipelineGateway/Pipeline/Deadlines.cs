@@ -15,6 +15,7 @@ namespace PipelineGateway.Pipeline;
 internal sealed class Deadlines
 {
     private static readonly TimeSpan MaxWait = TimeSpan.FromDays(1);
+    private const int MinShrinkCapacity = 1024;
     private readonly Shard[] _shards;
 
     public Deadlines(TimeProvider time)
@@ -41,6 +42,21 @@ internal sealed class Deadlines
             }
 
             return count;
+        }
+    }
+
+    /// <summary>Slots the shards' heaps hold (tests: a burst's heap gives its memory back).</summary>
+    internal int Capacity
+    {
+        get
+        {
+            var capacity = 0;
+            foreach (var shard in _shards)
+            {
+                capacity += shard.Capacity;
+            }
+
+            return capacity;
         }
     }
 
@@ -77,6 +93,17 @@ internal sealed class Deadlines
                 lock (_lock)
                 {
                     return _count;
+                }
+            }
+        }
+
+        public int Capacity
+        {
+            get
+            {
+                lock (_lock)
+                {
+                    return _heap.Length;
                 }
             }
         }
@@ -183,6 +210,12 @@ internal sealed class Deadlines
             }
 
             _heap[_count] = null!;
+
+            // A burst's heap gives its memory back once the burst is over (halved while a quarter full, down to 1,024).
+            if (_heap.Length > MinShrinkCapacity && _count < _heap.Length / 4)
+            {
+                Array.Resize(ref _heap, _heap.Length / 2);
+            }
         }
 
         private bool SiftUp(int index)

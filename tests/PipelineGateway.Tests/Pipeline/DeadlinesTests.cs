@@ -226,6 +226,39 @@ public sealed class DeadlinesTests
         pipeline.Deadlines.Count.Should().Be(0, "a retired request holds no deadline entry (nor its item)");
     }
 
+    [Fact]
+    public async Task A_burst_of_requests_gives_the_heap_memory_back_once_retired()
+    {
+        await using var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
+        gateway.Services.GetRequiredService<ModelCatalog>().TryResolve("m", out var group).Should().BeTrue();
+        var clock = TestGateway.Clock();
+        var deadlines = new Deadlines(clock);
+        var items = Enumerable.Range(0, 20_000)
+            .Select(i => new WorkItem(TestGateway.Request(), group!, stream: false, TimeSpan.FromMilliseconds(1 + i % 997), deadlines, CancellationToken.None))
+            .ToList();
+        deadlines.Capacity.Should().BeGreaterThanOrEqualTo(20_000);
+
+        // Half expire (in deadline order); three quarters retire in the order they were made (the heap shrinks under the
+        // rest); then the rest expire, each still found, and retire.
+        clock.Advance(TimeSpan.FromMilliseconds(500));
+        items.Where(i => i.IsCompleted).Should().OnlyContain(i => i.Failure is DeadlineExceededException);
+        foreach (var item in items.Take(15_000))
+        {
+            item.DisposeResources();
+        }
+
+        var rest = items.Skip(15_000).ToList();
+        clock.Advance(TimeSpan.FromSeconds(1));
+        rest.Should().OnlyContain(i => i.IsCompleted && i.Failure is DeadlineExceededException, "every deadline left in the shrunk heap fires");
+        foreach (var item in rest)
+        {
+            item.DisposeResources();
+        }
+
+        deadlines.Count.Should().Be(0);
+        deadlines.Capacity.Should().BeLessThanOrEqualTo(2 * 1024 * Math.Clamp(Environment.ProcessorCount, 1, 16), "each shard's heap shrinks back once the burst is retired");
+    }
+
     [Theory]
     [InlineData(1_000_000_000L)]
     [InlineData(10_000_000L)]
