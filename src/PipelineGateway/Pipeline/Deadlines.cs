@@ -31,34 +31,10 @@ internal sealed class Deadlines
     public TimeProvider Time { get; }
 
     /// <summary>Entries not yet removed, across shards (tests: a retired request holds no entry).</summary>
-    public int Count
-    {
-        get
-        {
-            var count = 0;
-            foreach (var shard in _shards)
-            {
-                count += shard.Count;
-            }
-
-            return count;
-        }
-    }
+    public int Count => _shards.Sum(static s => s.Count);
 
     /// <summary>Slots the shards' heaps hold (tests: a burst's heap gives its memory back).</summary>
-    internal int Capacity
-    {
-        get
-        {
-            var capacity = 0;
-            foreach (var shard in _shards)
-            {
-                capacity += shard.Capacity;
-            }
-
-            return capacity;
-        }
-    }
+    internal int Capacity => _shards.Sum(static s => s.Capacity);
 
     /// <summary>Arms <paramref name="item"/>'s deadline at the timestamp <paramref name="due"/> (of <see cref="Time"/>).</summary>
     public void Add(WorkItem item, long due) => _shards[(uint)Environment.CurrentManagedThreadId % (uint)_shards.Length].Add(item, due);
