@@ -182,7 +182,7 @@ public sealed class DeadlinesTests
             {
                 await using (token.Register(() => upstreamCancelled.TrySetResult()))
                 {
-                    await Task.Delay(Timeout.Infinite, token);
+                    await FakeProvider.UntilCancelled(token);
                 }
 
                 return FakeProvider.Answer("m", "never");

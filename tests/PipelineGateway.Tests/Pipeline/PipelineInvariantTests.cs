@@ -191,7 +191,7 @@ public sealed class PipelineInvariantTests
             OnComplete = async (r, ct) =>
             {
                 started.TrySetResult();
-                await Task.Delay(Timeout.Infinite, ct);
+                await FakeProvider.UntilCancelled(ct);
                 return FakeProvider.Answer(r.Model, "never");
             },
         };

@@ -49,10 +49,27 @@ public sealed class FakeProvider(string name) : ILlmProvider
     {
         OnComplete = async (r, ct) =>
         {
-            await Task.Delay(Timeout.Infinite, ct);
+            await UntilCancelled(ct);
             return Answer(r.Model, "never");
         },
     };
+
+    /// <summary>
+    /// Completes only when <paramref name="token"/> is cancelled (throwing its cancellation): no timer, no sleep. The
+    /// caller resumes off the cancelling thread, so the callbacks registered before this one still run.
+    /// </summary>
+    public static async Task UntilCancelled(CancellationToken token)
+    {
+        var cancelled = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using (token.Register(static s =>
+        {
+            var (source, cancelledBy) = ((TaskCompletionSource, CancellationToken))s!;
+            source.TrySetCanceled(cancelledBy);
+        }, (cancelled, token)))
+        {
+            await cancelled.Task;
+        }
+    }
 
     public static ChatCompletionResponse Answer(string model, string text) => new()
     {
