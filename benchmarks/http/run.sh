@@ -75,11 +75,16 @@ TARGETS="direct yarp bare gateway"
 CORES=$(nproc)
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 rss() { awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$1/status"; } # peak resident set, MiB
+rss_now() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$1/status"; } # resident set now, MiB
 
 # Warm-up: long enough for tiered compilation to finish its optimized code (under a saturating load the JIT's
 # background thread competes for the same two cores; measured before that, the gateway is ~15% slower).
 echo "warm-up"
 for t in ${TARGETS#direct }; do wrk -t2 -c32 -d8s -s benchmarks/http/post-chat.lua "${URL[$t]}" >/dev/null; done
+# Resident after the warm-up: the process's code and idle state. The peak minus this, over the connections of one
+# CONNECTIONS value, is the memory each request in flight cost (the slow-upstream mode's "memory per in-flight request").
+declare -A WARM_RSS
+for t in ${TARGETS#direct }; do WARM_RSS[$t]=$(rss_now "${PID[$t]}"); done
 
 declare -A RPS CPUS
 saturate() { # target connections round
@@ -137,6 +142,13 @@ if [ "$FIXED" = 1 ]; then
     cpus=""; for round in $(seq 1 "$ROUNDS"); do cpus+="${CPU[$t$round]} "; done
     printf '  %-20s added p50 %s ms, added p99 %s ms, CPU per request %s us\n' "${NAME[$t]}" \
       "$(added "$t" P50 | median)" "$(added "$t" P99 | median)" "$(median <<<"$cpus")"
+  done
+fi
+echo "RSS after the warm-up: YARP ${WARM_RSS[yarp]} MiB, bare proxy ${WARM_RSS[bare]} MiB, gateway ${WARM_RSS[gateway]} MiB"
+if [ "$(wc -w <<<"$CONNECTIONS")" = 1 ]; then
+  for t in ${TARGETS#direct }; do
+    awk -v n="${NAME[$t]}" -v p="$(rss "${PID[$t]}")" -v w="${WARM_RSS[$t]}" -v c="$CONNECTIONS" \
+      'BEGIN {printf "  %-20s peak minus warm %d MiB: %.1f KiB per connection (c=%d)\n", n, p - w, (p - w) * 1024 / c, c}'
   done
 fi
 echo "peak RSS: YARP $(rss $YARP_PID) MiB, bare proxy $(rss $BARE_PID) MiB, gateway $(rss $GW) MiB$([ -n "$NOLOG" ] && echo ", gateway --no-log $(rss $NOLOG) MiB"), simulator $(rss $SIM) MiB"

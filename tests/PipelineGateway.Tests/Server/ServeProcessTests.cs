@@ -94,6 +94,30 @@ public sealed partial class ServeProcessTests
         serve.Stdout.Should().NotContain("   at ");
     }
 
+    [Fact]
+    public async Task No_route_compiles_an_expression_tree_so_the_process_never_loads_System_Linq_Expressions()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "reads the process's mappings from /proc");
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, Config, Ct);
+        using var serve = PgwProcess.Start(files.Dir, "serve", "--urls", "http://127.0.0.1:0", "--config", config, "--no-log");
+        await Wait.Until(() => Listening().IsMatch(serve.Stdout) || serve.Process.HasExited, "pgw serve is listening", 60_000);
+        using var http = new HttpClient { BaseAddress = new Uri(Listening().Match(serve.Stdout).Groups[1].Value) };
+
+        // Every route once: the endpoints are built at the first request, and a route whose handler is not a
+        // RequestDelegate gets an expression tree compiled by RequestDelegateFactory — resident for the process's life.
+        foreach (var route in new[] { "healthz", "readyz", "v1/models", "v1/gateway/metrics", "metrics", "dashboard", "nowhere" })
+        {
+            using var answer = await http.GetAsync(route, Ct);
+            answer.StatusCode.Should().NotBe(HttpStatusCode.InternalServerError, route);
+        }
+
+        (await http.PostAsync("v1/chat/completions", Chat("fast"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+        var maps = await File.ReadAllTextAsync($"/proc/{serve.Process.Id}/maps", Ct);
+        maps.Should().Contain("System.Private.CoreLib.dll", "the mappings were read").And.NotContain("System.Linq.Expressions.dll");
+    }
+
     private static StringContent Chat(string model) =>
         new($$"""{"model":"{{model}}","messages":[{"role":"user","content":"hi"}]}""", System.Text.Encoding.UTF8, "application/json");
 
