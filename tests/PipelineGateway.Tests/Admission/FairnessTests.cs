@@ -9,6 +9,7 @@ using PipelineGateway.Tests.Support;
 namespace PipelineGateway.Tests.Admission;
 
 /// <summary>Every waiting room is bounded, and drained fairly between tenants and priority classes.</summary>
+[Collection(MemoryMeasured.Name)]
 public sealed class FairnessTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
