@@ -83,7 +83,7 @@ internal sealed class AdmissionGate : IDisposable
                 return null;
             }
 
-            if (tenant.Waiters.Count > 0 || !HasRoom(tenant))
+            if (tenant.WaiterCount > 0 || !HasRoom(tenant))
             {
                 Forget(tenant);
                 return null;
@@ -114,14 +114,14 @@ internal sealed class AdmissionGate : IDisposable
                 return Task.FromException<Tenant>(TooManyTenants());
             }
 
-            if (tenant.Waiters.Count == 0 && HasRoom(tenant))
+            if (tenant.WaiterCount == 0 && HasRoom(tenant))
             {
                 Admit(tenant);
                 return Task.FromResult(tenant);
             }
 
             waiter = new Waiter(this, tenant, timeout);
-            if (tenant.Waiters.Count == 0)
+            if (tenant.WaiterCount == 0)
             {
                 _turns.Enqueue(tenant);
             }
@@ -208,7 +208,7 @@ internal sealed class AdmissionGate : IDisposable
             _closed = true;
             foreach (var tenant in _turns)
             {
-                while (tenant.Waiters.Count > 0)
+                while (tenant.WaiterCount > 0)
                 {
                     waiting.Add(tenant.Waiters.RemoveFirst());
                 }
@@ -260,7 +260,7 @@ internal sealed class AdmissionGate : IDisposable
     /// <summary>Lets waiting callers in while there is room: the leaving tenant's own first, then the others in turn.</summary>
     private void LetIn(Tenant leaving, ref List<Waiter>? admitted)
     {
-        if (leaving.Waiters.Count > 0 && HasRoom(leaving))
+        if (leaving.WaiterCount > 0 && HasRoom(leaving))
         {
             TakeFirst(leaving, ref admitted);
         }
@@ -269,7 +269,7 @@ internal sealed class AdmissionGate : IDisposable
         for (var n = _turns.Count; n > 0 && _inside < _capacity; n--)
         {
             var tenant = _turns.Dequeue();
-            if (tenant.Waiters.Count == 0)
+            if (tenant.WaiterCount == 0)
             {
                 continue;
             }
@@ -279,7 +279,7 @@ internal sealed class AdmissionGate : IDisposable
                 TakeFirst(tenant, ref admitted);
             }
 
-            if (tenant.Waiters.Count > 0)
+            if (tenant.WaiterCount > 0)
             {
                 _turns.Enqueue(tenant);
             }
@@ -288,7 +288,7 @@ internal sealed class AdmissionGate : IDisposable
 
     private void TakeFirst(Tenant tenant, ref List<Waiter>? admitted)
     {
-        while (tenant.Waiters.Count > 0)
+        while (tenant.WaiterCount > 0)
         {
             var waiter = tenant.Waiters.RemoveFirst();
             if (waiter.Task.IsCompleted)
@@ -341,7 +341,7 @@ internal sealed class AdmissionGate : IDisposable
 
     private void Forget(Tenant tenant)
     {
-        if (tenant.Inside == 0 && tenant.Waiters.Count == 0)
+        if (tenant.Inside == 0 && tenant.WaiterCount == 0)
         {
             _tenants.Remove(tenant.Key);
         }
@@ -362,7 +362,7 @@ internal sealed class AdmissionGate : IDisposable
             if (tenant.Live == 0)
             {
                 // Every waiter of the tenant gave up: drop the dead ones now, and the tenant if nothing else keeps it.
-                while (tenant.Waiters.Count > 0)
+                while (tenant.WaiterCount > 0)
                 {
                     tenant.Waiters.RemoveFirst();
                 }
@@ -384,7 +384,12 @@ internal sealed class AdmissionGate : IDisposable
         /// <summary>Waiters at the door that have not given up.</summary>
         public int Live { get; set; }
 
-        public Deque<Waiter> Waiters { get; } = new();
+        private Deque<Waiter>? _waiters;
+
+        /// <summary>Made when the tenant's first caller has to wait: most tenants come and go without one.</summary>
+        public Deque<Waiter> Waiters => _waiters ??= new();
+
+        public int WaiterCount => _waiters?.Count ?? 0;
     }
 
     /// <summary>A caller waiting at the door, with its deadline and cancellation.</summary>
