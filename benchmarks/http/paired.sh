@@ -13,9 +13,10 @@
 #   PAIR=env          the gateway as shipped                   vs  the same with B_ENV='NAME=value …' in its environment
 #                                                                  (a setting: PGW_Gateway__RequestLog__MaxBatch=256)
 #
+# A_ARGS='…' adds arguments to the gateway side's `pgw serve` (A_ARGS=--no-log: the gateway without its request log).
 # RATE=N loads each at a fixed rate instead (pgw-loadgen, open loop, 64 connections each) and adds both latencies.
 #
-# Usage: [PAIR=yarp|passthrough|log|build|env] [B_BUILD=DIR] [B_ENV=] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] benchmarks/http/paired.sh [seconds]
+# Usage: [PAIR=yarp|passthrough|log|build|env] [A_ARGS=] [B_BUILD=DIR] [B_ENV=] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] benchmarks/http/paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
@@ -39,8 +40,9 @@ CFG=$(mktemp); LOG_DIR=$(mktemp -d)
 sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" "${CONFIG:-benchmarks/http/gateway-over-simulator.json}" >"$CFG"
 
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & SIM=$!
-PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG" >/dev/null 2>&1 & A=$!
-A_NAME="gateway"
+# shellcheck disable=SC2086 # A_ARGS is a list of words
+PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG" ${A_ARGS:-} >/dev/null 2>&1 & A=$!
+A_NAME="gateway${A_ARGS:+ $A_ARGS}"
 case "$PAIR" in
   yarp) "$YARP" --urls "http://127.0.0.1:$B_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & B=$!; B_NAME="YARP";;
   passthrough) PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" PGW_Gateway__Pipeline__PassThroughIdleStages=false \
