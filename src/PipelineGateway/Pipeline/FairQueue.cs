@@ -331,9 +331,8 @@ internal sealed class FairQueue<T>
 /// <summary>A growable ring buffer with removal at both ends (the waiting rooms take their newest out to make room).</summary>
 internal sealed class Deque<T>
 {
-    // Empty until the first item: the admission door makes a tenant (and its deque of waiters) whenever a tenant with
-    // nothing inside arrives — with few callers, for most requests — and its callers rarely wait (measured: the array
-    // was ~1.2% of the bytes a proxied request allocated, docs/benchmarks.md).
+    // Empty until the first item: many deques never hold one (a lane's batch class, a tenant whose callers never wait;
+    // the admission door's 4-slot arrays were ~1.2% of the bytes a proxied request allocated, docs/benchmarks.md).
     private T[] _items = [];
     private int _head;
 
