@@ -10,7 +10,8 @@ namespace PipelineGateway.Tests.Dispatch;
 
 /// <summary>
 /// A deployment's in-flight count (what least-load routing and the hedge choice read) goes back to zero whatever way
-/// each request ended: answered, failed over, hedged, cancelled by its caller mid-call, or past its deadline mid-call.
+/// each request ended: answered, failed over, hedged, cancelled by its caller mid-call, or past its deadline mid-call —
+/// or ended while it waited in the provider's queue (taken out at once; a worker that took it first finds it ended), never sent.
 /// </summary>
 public sealed class DeploymentLoadTests
 {
@@ -59,5 +60,50 @@ public sealed class DeploymentLoadTests
         var catalog = gateway.Services.GetRequiredService<ModelCatalog>();
         var loads = catalog.Groups.SelectMany(g => g.DeploymentArray).Select(d => (Name: $"{d.Pool.Name}/{d.Model}", d.State.InFlight)).ToList();
         loads.Should().OnlyContain(l => l.InFlight == 0, "no request's end leaves load on a deployment: {0}", string.Join(", ", loads));
+    }
+
+    [Fact]
+    public async Task A_request_that_ended_while_queued_is_never_sent_and_leaves_no_load()
+    {
+        var clock = TestGateway.Clock();
+        using var gate = new SemaphoreSlim(0);
+        var busy = new FakeProvider("busy")
+        {
+            OnComplete = async (r, ct) =>
+            {
+                await gate.WaitAsync(ct);
+                return FakeProvider.Answer(r.Model, "ok");
+            },
+        };
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(busy, workers: 1, queueCapacity: 8)
+            .AddModel("m", m => m.Deploy("busy"))
+            .UseTimeProvider(clock)
+            .StartAsync(Ct);
+        var deployment = gateway.Services.GetRequiredService<ModelCatalog>().Groups.Single().DeploymentArray.Single();
+
+        // The only worker is held by the first request; the next two wait in the provider's queue, routed (counted as
+        // load on the deployment) but not sent.
+        var first = gateway.SubmitAsync(TestGateway.Request("m"), Ct).AsTask();
+        await Wait.Until(() => busy.Calls == 1, "the first request holds the only worker");
+        using var caller = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        var cancelled = gateway.SubmitAsync(TestGateway.Request("m"), caller.Token).AsTask();
+        var timed = TestGateway.Request("m");
+        timed.Gateway = new GatewayRequestOptions { Timeout = TimeSpan.FromSeconds(5) };
+        var expired = gateway.SubmitAsync(timed, Ct).AsTask();
+        await Wait.Until(() => deployment.State.InFlight == 3, "both queued requests are routed to the deployment");
+
+        await caller.CancelAsync();
+        clock.Advance(TimeSpan.FromSeconds(5));
+        await FluentActions.Awaiting(() => cancelled).Should().ThrowAsync<RequestCancelledException>();
+        await FluentActions.Awaiting(() => expired).Should().ThrowAsync<DeadlineExceededException>();
+
+        // The worker is let go: the two ended requests are not sent, and their load is let go of.
+        gate.Release();
+        (await first.WaitAsync(TimeSpan.FromSeconds(30), Ct)).Content.Should().Be("ok");
+        var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
+        await Wait.Until(() => pipeline.Outstanding == 0, "every request is retired");
+        busy.Calls.Should().Be(1, "a request that ended while queued is never sent upstream");
+        deployment.State.InFlight.Should().Be(0, "an ended request's load is let go of");
     }
 }
