@@ -5,6 +5,7 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using PipelineGateway.Admission;
+using PipelineGateway.Serialization;
 using Microsoft.Extensions.Logging;
 
 namespace PipelineGateway.Server;
@@ -95,7 +96,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         var started = false;
         try
         {
-            using var json = new Utf8JsonWriter(ctx.Response.BodyWriter, new JsonWriterOptions { SkipValidation = true });
+            using var json = new Utf8JsonWriter(ctx.Response.BodyWriter, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
             while (true)
             {
                 bool more;

@@ -162,7 +162,7 @@ internal static partial class JsonBody
         t_writerOptions = options;
         return t_writer = new Utf8JsonWriter(Stream.Null, new JsonWriterOptions
         {
-            Encoder = options.Encoder,
+            Encoder = PipelineGateway.Serialization.WireJson.Encoder,
             Indented = options.WriteIndented,
             MaxDepth = options.MaxDepth,
             SkipValidation = true,

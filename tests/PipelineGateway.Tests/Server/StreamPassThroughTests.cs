@@ -53,8 +53,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     [Fact]
     public async Task Events_in_the_gateways_shape_go_out_as_the_upstream_sent_them_and_the_others_are_written_by_the_gateway()
     {
-        // Literal UTF-8 and HTML characters (the gateway's own writer escapes both) and a delta member the gateway does
-        // not model: only the upstream's bytes carry them that way.
+        // Literal UTF-8, HTML characters and a delta member the gateway does not model: the upstream's bytes, kept.
         var opening = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"héllo 世界 <b>&\",\"reasoning_content\":\"because\"},\"logprobs\":null,\"finish_reason\":null}],\"service_tier\":\"default\"}";
         var noLogprobs = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" second\"},\"finish_reason\":null}],\"service_tier\":\"default\"}";
         var twice = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" shown\",\"content\":\" third\"},\"logprobs\":null,\"finish_reason\":null}]}";
@@ -118,6 +117,31 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     }
 
     /// <summary>The data of each event the client got for a streamed request whose upstream sends <paramref name="sse"/>.</summary>
+    [Fact]
+    public async Task Text_the_gateway_writes_itself_stays_literal_UTF_8_on_both_routes_as_OpenAI_and_Anthropic_send_it()
+    {
+        // An event the gateway rewrites (no logprobs) and the /v1/messages events it translates: non-ASCII text and HTML
+        // characters go out as UTF-8, not as \uXXXX escapes (WireJson), and read back as the same text. (An emoji, outside
+        // the Basic Multilingual Plane, is still escaped as a surrogate pair by System.Text.Json: valid, and read back.)
+        const string Literal = "héllo 世界 <b>&'";
+        const string Text = Literal + "🙂";
+        var content = JsonSerializer.Serialize(Text);
+        var upstream = "data: {" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":" + content + "},\"finish_reason\":null}]}\n\n"
+            + "data: {" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+        var chat = await StreamAsync(upstream);
+        chat[0].Should().Contain(Literal, "the gateway's own writer keeps UTF-8 as UTF-8").And.NotContain("\\u00");
+        Node(chat[0])["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be(Text);
+
+        var body = JsonSerializer.Serialize(new { model = "m", max_tokens = 100, stream = true, messages = new[] { new { role = "user", content = upstream } } });
+        using var response = await _http.PostAsync("v1/messages", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        response.IsSuccessStatusCode.Should().BeTrue(await response.Content.ReadAsStringAsync(Ct));
+        var events = Encoding.UTF8.GetString(await response.Content.ReadAsByteArrayAsync(Ct));
+        var delta = events.Split("\n").Single(l => l.StartsWith("data: ", StringComparison.Ordinal) && l.Contains("text_delta", StringComparison.Ordinal));
+        delta.Should().Contain(Literal).And.NotContain("\\u00");
+        Node(delta["data: ".Length..])["delta"]!["text"]!.GetValue<string>().Should().Be(Text);
+    }
+
     private async Task<List<string>> StreamAsync(string sse)
     {
         var body = JsonSerializer.Serialize(new { model = "m", stream = true, stream_options = new { include_usage = true }, messages = new[] { new { role = "user", content = sse } } });

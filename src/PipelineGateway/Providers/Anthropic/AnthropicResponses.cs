@@ -175,5 +175,8 @@ internal sealed class AnthropicStreamWriter(int? inputTokens = null)
         ("content_block_stop", Encoding.UTF8.GetBytes($$"""{"type":"content_block_stop","index":{{index}}}"""));
 
     private static (string, byte[]) Event(string name, AnthropicStreamEvent e) =>
-        (name, JsonSerializer.SerializeToUtf8Bytes(e, AnthropicJsonContext.Default.AnthropicStreamEvent));
+        (name, JsonSerializer.SerializeToUtf8Bytes(e, Wire.AnthropicStreamEvent));
+
+    /// <summary>The events' JSON as the answers' is escaped on the wire (<see cref="Serialization.WireJson"/>).</summary>
+    private static readonly AnthropicJsonContext Wire = new(new JsonSerializerOptions(AnthropicJsonContext.Default.Options) { Encoder = Serialization.WireJson.Encoder });
 }

@@ -1,0 +1,18 @@
+using System.Text.Encodings.Web;
+
+namespace PipelineGateway.Serialization;
+
+/// <summary>
+/// How the gateway's answers are escaped on the wire (non-streamed bodies, SSE events, on both routes): non-ASCII text
+/// stays UTF-8, as OpenAI and Anthropic send it, instead of the default encoder's <c>\uXXXX</c> (6 bytes for what UTF-8
+/// says in 2–4, through the encoder's slow path). The relaxed encoder still escapes quotes, backslashes, control
+/// characters and lone surrogates, so the JSON is the same JSON; it leaves <c>&lt;</c>, <c>&gt;</c>, <c>&amp;</c> and
+/// <c>'</c> as they are, which matters only to JSON pasted into HTML — these bodies are <c>application/json</c> and
+/// <c>text/event-stream</c>. The dashboard's events keep the default encoder, and so do cache keys (a key must not
+/// change between versions). Characters outside the Basic Multilingual Plane (emoji) are still escaped as surrogate
+/// pairs: System.Text.Json's encoders do not pass them through.
+/// </summary>
+internal static class WireJson
+{
+    public static JavaScriptEncoder Encoder => JavaScriptEncoder.UnsafeRelaxedJsonEscaping;
+}
