@@ -1,13 +1,14 @@
 using System.Buffers;
 using System.Text.Json;
+using PipelineGateway.Serialization;
 
 namespace PipelineGateway;
 
 /// <summary>
 /// A chat request read from a client (<see cref="TryRead"/>) and as an OpenAI-compatible upstream receives it
 /// (<see cref="WriteUpstream"/>). Written by hand: what
-/// <c>JsonSerializer.Serialize(request.ForUpstream(model, stream), GatewayJsonContext.Default.ChatCompletionRequest)</c>
-/// writes, byte for byte (RequestJsonDifferentialTests), without the copy of the request, the serializer's write stack
+/// <c>JsonSerializer.Serialize(request.ForUpstream(model, stream), …ChatCompletionRequest)</c> writes with the wire
+/// encoder (<see cref="Serialization.WireJson"/>), byte for byte (RequestJsonDifferentialTests), without the copy of the request, the serializer's write stack
 /// and its metadata walk, for every attempt. Why by hand: the request type keeps unknown fields
 /// (<c>[JsonExtensionData]</c>), which rules out the source generator's fast path; its metadata path allocated a
 /// write-stack array and a request copy per attempt (docs/benchmarks.md, issue 21).
@@ -19,8 +20,8 @@ internal static partial class RequestJson
     {
         var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
         buffer.ResetWrittenCount();
-        // The gateway's JSON settings (its escaping), as the serializer would have written with them.
-        var writer = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = GatewayJsonContext.Default.Options.Encoder, SkipValidation = true });
+        // Non-ASCII text goes upstream as UTF-8, as clients send it to OpenAI (WireJson), not as \uXXXX escapes.
+        var writer = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
         writer.Reset(buffer);
         try
         {

@@ -3,9 +3,10 @@ using System.Text.Encodings.Web;
 namespace PipelineGateway.Serialization;
 
 /// <summary>
-/// How the gateway's answers are escaped on the wire (non-streamed bodies, SSE events, on both routes): non-ASCII text
-/// stays UTF-8, as OpenAI and Anthropic send it, instead of the default encoder's <c>\uXXXX</c> (6 bytes for what UTF-8
-/// says in 2–4, through the encoder's slow path). The relaxed encoder still escapes quotes, backslashes, control
+/// How the gateway's JSON is escaped on the wire — answers (non-streamed bodies, SSE events, on both routes) and the
+/// requests it sends upstream (OpenAI-compatible and Anthropic): non-ASCII text stays UTF-8, as OpenAI and Anthropic
+/// send it, instead of the default encoder's <c>\uXXXX</c> (6 bytes for what UTF-8 says in 2–3, through the encoder's
+/// slow path). The relaxed encoder still escapes quotes, backslashes, control
 /// characters and lone surrogates, so the JSON is the same JSON; it leaves <c>&lt;</c>, <c>&gt;</c>, <c>&amp;</c> and
 /// <c>'</c> as they are, which matters only to JSON pasted into HTML — these bodies are <c>application/json</c> and
 /// <c>text/event-stream</c>. The dashboard's events keep the default encoder, and so do cache keys (a key must not

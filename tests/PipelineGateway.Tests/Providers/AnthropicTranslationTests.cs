@@ -15,6 +15,20 @@ public sealed class AnthropicTranslationTests
     }
 
     [Fact]
+    public void Non_ASCII_text_goes_to_Anthropic_as_UTF_8_not_as_escapes()
+    {
+        const string Text = "héllo 世界 <b>&'";
+        var buffer = new ArrayBufferWriter<byte>();
+        AnthropicTranslator.WriteRequest(buffer, new ChatCompletionRequest { Model = "x", Messages = [ChatCompletionMessage.System(Text), ChatCompletionMessage.User(Text)] }, "claude-sonnet-4-5", stream: false, 4096);
+
+        var json = System.Text.Encoding.UTF8.GetString(buffer.WrittenSpan);
+        json.Should().Contain("\"" + Text + "\"").And.NotContain("\\u", "WireJson: text as clients send it to Anthropic");
+        var body = JsonDocument.Parse(buffer.WrittenMemory).RootElement;
+        body.GetProperty("system").ToString().Should().Contain(Text);
+        body.GetProperty("messages")[0].GetProperty("content").ToString().Should().Contain(Text);
+    }
+
+    [Fact]
     public void System_messages_go_to_the_top_level_and_same_role_turns_merge()
     {
         var body = Translate(new ChatCompletionRequest

@@ -15,7 +15,7 @@ internal static class AnthropicTranslator
     /// <summary>Writes the Anthropic request body for a canonical request.</summary>
     public static void WriteRequest(IBufferWriter<byte> output, ChatCompletionRequest request, string model, bool stream, int defaultMaxTokens)
     {
-        using var w = new Utf8JsonWriter(output);
+        using var w = new Utf8JsonWriter(output, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
         w.WriteStartObject();
         w.WriteString("model", model);
         w.WriteNumber("max_tokens", request.RequestedCompletionTokens ?? defaultMaxTokens);
