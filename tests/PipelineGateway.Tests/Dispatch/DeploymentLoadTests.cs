@@ -67,14 +67,7 @@ public sealed class DeploymentLoadTests
     {
         var clock = TestGateway.Clock();
         using var gate = new SemaphoreSlim(0);
-        var busy = new FakeProvider("busy")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await gate.WaitAsync(ct);
-                return FakeProvider.Answer(r.Model, "ok");
-            },
-        };
+        var busy = FakeProvider.AnswersWhenReleased("busy", gate);
         await using var gateway = await new GatewayBuilder()
             .AddProvider(busy, workers: 1, queueCapacity: 8)
             .AddModel("m", m => m.Deploy("busy"))

@@ -87,14 +87,7 @@ public sealed class IsolationTests
     {
         var clock = TestGateway.Clock();
         var release = new SemaphoreSlim(0);
-        var provider = new FakeProvider("p")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await release.WaitAsync(ct);
-                return FakeProvider.Answer(r.Model, "ok");
-            },
-        };
+        var provider = FakeProvider.AnswersWhenReleased("p", release);
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 1, queueCapacity: 100)
             .AddModel("m", m => m.Strategy("Priority").Deploy("p"))
@@ -153,14 +146,7 @@ public sealed class IsolationTests
     {
         var clock = TestGateway.Clock();
         var release = new SemaphoreSlim(0);
-        var provider = new FakeProvider("p")
-        {
-            OnComplete = async (r, ct) =>
-            {
-                await release.WaitAsync(ct);
-                return FakeProvider.Answer(r.Model, "ok");
-            },
-        };
+        var provider = FakeProvider.AnswersWhenReleased("p", release);
         await using var gateway = await new GatewayBuilder()
             .AddProvider(provider, workers: 1, queueCapacity: 100)
             .AddModel("m", m => m.Strategy("Priority").Deploy("p"))

@@ -44,6 +44,16 @@ public sealed class FakeProvider(string name) : ILlmProvider
         }
     }
 
+    /// <summary>A provider whose calls each answer "ok" once the test releases <paramref name="gate"/> (a slot per call).</summary>
+    public static FakeProvider AnswersWhenReleased(string name, SemaphoreSlim gate) => new(name)
+    {
+        OnComplete = async (r, ct) =>
+        {
+            await gate.WaitAsync(ct);
+            return Answer(r.Model, "ok");
+        },
+    };
+
     /// <summary>A provider that never answers: each call waits until its token is cancelled.</summary>
     public static FakeProvider NeverAnswers(string name) => new(name)
     {
