@@ -26,6 +26,9 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
     /// <remarks>Not an async method: every branch hands back the task of what it calls (no state machine per request).</remarks>
     public Task InvokeAsync(HttpContext ctx)
     {
+        // Every answer says what it is and may not be sniffed as anything else: error bodies echo what the client sent
+        // (a path, a model name), and JSON is written with HTML characters unescaped (Serialization/WireJson.cs).
+        ctx.Response.Headers.XContentTypeOptions = "nosniff";
         var path = ctx.Request.Path;
         // The dashboard's page is a static shell holding no data (it asks for the admin key when keys are configured and
         // sends it on its data stream, /dashboard/events, which is admin-only like the rest of the admin surface).

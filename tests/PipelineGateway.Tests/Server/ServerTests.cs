@@ -299,6 +299,13 @@ public sealed class ServerTests : IAsyncLifetime
         (await anonymous.GetAsync(new Uri(Base, "healthz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK, "health stays open");
         (await anonymous.GetAsync(new Uri(Base, "readyz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
         (await Http.GetAsync(new Uri(Base, "v1/nothing"), Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+
+        // An error body echoing the client's input (HTML characters unescaped in JSON) may not be sniffed as a page.
+        using var echo = await Http.GetAsync(new Uri(Base, "v1/%3Cscript%3Ealert(1)%3C/script%3E"), Ct);
+        echo.StatusCode.Should().Be(HttpStatusCode.NotFound);
+        echo.Content.Headers.ContentType!.MediaType.Should().Be("application/json");
+        echo.Headers.GetValues("X-Content-Type-Options").Should().Equal("nosniff");
+        (await anonymous.GetAsync(new Uri(Base, "healthz"), Ct)).Headers.GetValues("X-Content-Type-Options").Should().Equal("nosniff");
     }
 
     [Fact]
