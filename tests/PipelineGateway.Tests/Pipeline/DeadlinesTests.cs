@@ -16,14 +16,22 @@ public sealed class DeadlinesTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
+    /// <summary>A started gateway and the group of its model "m", which the items made here belong to.</summary>
+    private static async Task<(Gateway Gateway, ModelGroup Group)> StartAsync()
+    {
+        var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
+        gateway.Services.GetRequiredService<ModelCatalog>().TryResolve("m", out var group).Should().BeTrue();
+        return (gateway, group!);
+    }
+
     [Fact]
     public async Task Property_each_deadline_fires_exactly_when_the_clock_reaches_it_and_a_retired_request_never_fires()
     {
         // CsCheck, fixed seed: requests with timeouts of 1 ms to 3 s created, clock moves of 0 to 400 ms and retirements
         // before the deadline, interleaved at random. After every step: exactly the requests whose deadline has come are
         // cancelled (token fired, caller failed with the deadline), a retired one never is, and only live ones hold an entry.
-        await using var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
-        gateway.Services.GetRequiredService<ModelCatalog>().TryResolve("m", out var group).Should().BeTrue();
+        var (gateway, group) = await StartAsync();
+        await using var _ = gateway;
         var pcg = new PCG(21, 7);
         for (var run = 0; run < 300; run++)
         {
@@ -86,8 +94,8 @@ public sealed class DeadlinesTests
         // Four threads create and retire requests (random timeouts, retired at random) on shared shards while a fifth
         // moves the clock: every cancellation comes at or after its request's deadline, every request still live after
         // the clock passed its deadline has been cancelled, and when all are retired no entry is left.
-        await using var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
-        gateway.Services.GetRequiredService<ModelCatalog>().TryResolve("m", out var group).Should().BeTrue();
+        var (gateway, group) = await StartAsync();
+        await using var _ = gateway;
         var clock = TestGateway.Clock();
         var deadlines = new Deadlines(clock);
         var early = 0;
@@ -154,8 +162,8 @@ public sealed class DeadlinesTests
         // A caller that waited at the door past its whole timeout: its deadline is due as the item is made. A clock whose
         // timers run at once when due (FakeTimeProvider does) must not cancel it inside its constructor, under the
         // shard's lock: the cancellation comes after, on its own.
-        await using var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
-        gateway.Services.GetRequiredService<ModelCatalog>().TryResolve("m", out var group).Should().BeTrue();
+        var (gateway, group) = await StartAsync();
+        await using var _ = gateway;
         var clock = TestGateway.Clock();
         var deadlines = new Deadlines(clock);
         var submitted = clock.GetTimestamp();
@@ -229,8 +237,8 @@ public sealed class DeadlinesTests
     [Fact]
     public async Task A_burst_of_requests_gives_the_heap_memory_back_once_retired()
     {
-        await using var gateway = await TestGateway.With(new FakeProvider("a")).StartAsync(Ct);
-        gateway.Services.GetRequiredService<ModelCatalog>().TryResolve("m", out var group).Should().BeTrue();
+        var (gateway, group) = await StartAsync();
+        await using var _ = gateway;
         var clock = TestGateway.Clock();
         var deadlines = new Deadlines(clock);
         var items = Enumerable.Range(0, 20_000)
