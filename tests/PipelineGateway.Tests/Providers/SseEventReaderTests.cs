@@ -19,7 +19,8 @@ public sealed class SseEventReaderTests
     {
         // CsCheck, fixed seed: a BOM or not; lines of every kind (data with and without a colon or the space after it,
         // event, id, retry, comments, unknown fields, empty lines), values with colons, spaces and multi-byte UTF-8;
-        // every line ending (LF, CR, CRLF); sometimes a last line left unfinished — delivered in reads of 1 to 17 bytes.
+        // every line ending (LF, CR, CRLF); sometimes a last line left unfinished — delivered in reads of 1 to 17 bytes,
+        // or in reads as large as the reader asks for.
         var pcg = new PCG(25, 13);
         var values = Gen.String[0, 12].Select(v => new string(v.Where(c => c is not ('\r' or '\n') && !char.IsSurrogate(c)).ToArray()));
         var events = 0;
@@ -59,7 +60,10 @@ public sealed class SseEventReaderTests
             var expected = SseParser.Create(new MemoryStream(bytes), static (_, data) => data.ToArray()).Enumerate().Select(e => e.Data).ToList();
 
             var actual = new List<byte[]>();
-            using var reader = new SseEventReader(new SlicedStream(bytes, pcg));
+            // Half the readers start with the smallest buffer the pool has (16 bytes), so lines outgrow it and an event's
+            // data is joined while the buffer moves under it; the rest with the default.
+            var body = new SlicedStream(bytes, pcg, maxRead: pcg.Next() % 3 == 0 ? int.MaxValue : 17);
+            using var reader = pcg.Next() % 2 == 0 ? new SseEventReader(body, 1) : new SseEventReader(body);
             while (await reader.MoveNextAsync(Ct))
             {
                 actual.Add(reader.Data.ToArray());
@@ -87,8 +91,8 @@ public sealed class SseEventReaderTests
 
     private static string Show(byte[] bytes) => Encoding.UTF8.GetString(bytes).Replace("\r", "\\r", StringComparison.Ordinal).Replace("\n", "\\n", StringComparison.Ordinal);
 
-    /// <summary>A body that hands out its bytes in reads of 1 to 17 bytes, a quarter of them completing later.</summary>
-    private sealed class SlicedStream(byte[] bytes, PCG pcg) : Stream
+    /// <summary>A body that hands out its bytes in reads of 1 to <paramref name="maxRead"/> bytes, a quarter of them completing later.</summary>
+    private sealed class SlicedStream(byte[] bytes, PCG pcg, int maxRead) : Stream
     {
         private int _position;
 
@@ -106,7 +110,7 @@ public sealed class SseEventReaderTests
 
         public override int Read(Span<byte> buffer)
         {
-            var n = Math.Min(Math.Min(buffer.Length, bytes.Length - _position), 1 + (int)(pcg.Next() % 17));
+            var n = Math.Min(Math.Min(buffer.Length, bytes.Length - _position), maxRead == int.MaxValue ? int.MaxValue : 1 + (int)(pcg.Next() % (uint)maxRead));
             bytes.AsSpan(_position, n).CopyTo(buffer);
             _position += n;
             return n;

@@ -24,21 +24,45 @@ internal sealed class SseEventReader : IDisposable
 
     private static ReadOnlySpan<byte> Bom => [0xEF, 0xBB, 0xBF];
 
+    /// <summary>
+    /// The read buffer's first size: an event from an LLM is one line of a few hundred bytes, and a stream's buffers are
+    /// rented while it runs — with a thousand streams at once the shared pool has none to spare, so each stream's were new
+    /// arrays, garbage at its end (4 KB and 1 KB until 2026-12-03: 12% of what a streamed event allocated, by the
+    /// allocation trace of <c>benchmarks/http/stream-alloc.sh</c>). A longer line doubles it, up to <see cref="MaxLineBytes"/>.
+    /// </summary>
+    internal const int InitialBufferBytes = 1024;
+
     private readonly Stream _body;
-    private byte[] _buffer = ArrayPool<byte>.Shared.Rent(4096);
+    private byte[] _buffer;
     private int _start; // the first unread byte
     private int _end; // one past the last byte read
-    private byte[] _data = ArrayPool<byte>.Shared.Rent(1024);
+
+    // The event's data. Usually one data line, whose bytes are still in the read buffer when the empty line after it
+    // dispatches the event: the data is then that slice (_sliceStart, _sliceLength ≥ 0), not a copy. Data that spans
+    // lines, or a slice the buffer is about to move, is joined into _data (rented when first needed).
+    private int _sliceStart;
+    private int _sliceLength = -1;
+    private byte[] _data = [];
     private int _dataLength;
     private bool _hasData; // a data field was seen since the last dispatch (even an empty one)
     private bool _afterCr; // the last line ended in CR: an LF that follows belongs to it
     private bool _started; // past the optional BOM
     private bool _ended;
 
-    public SseEventReader(Stream body) => _body = body;
+    public SseEventReader(Stream body)
+        : this(body, InitialBufferBytes)
+    {
+    }
+
+    /// <param name="initialBufferBytes">The read buffer's first size (tests make it tiny, so that lines outgrow it).</param>
+    internal SseEventReader(Stream body, int initialBufferBytes)
+    {
+        _body = body;
+        _buffer = ArrayPool<byte>.Shared.Rent(initialBufferBytes);
+    }
 
     /// <summary>The current event's data (its <c>data</c> lines joined by LF); valid until the next <see cref="MoveNextAsync"/>.</summary>
-    public ReadOnlySpan<byte> Data => _data.AsSpan(0, _dataLength);
+    public ReadOnlySpan<byte> Data => _sliceLength >= 0 ? _buffer.AsSpan(_sliceStart, _sliceLength) : _data.AsSpan(0, _dataLength);
 
     /// <summary>Moves to the next event with data; false when the body ended.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
@@ -48,6 +72,7 @@ internal sealed class SseEventReader : IDisposable
         {
             _hasData = false; // the event returned last time was consumed
             _dataLength = 0;
+            _sliceLength = -1;
         }
 
         while (true)
@@ -62,12 +87,18 @@ internal sealed class SseEventReader : IDisposable
                 return false;
             }
 
+            if (_sliceLength >= 0)
+            {
+                JoinSlice(); // MakeRoom may move the bytes the slice points at
+            }
+
             MakeRoom();
             var read = await _body.ReadAsync(_buffer.AsMemory(_end), cancellationToken).ConfigureAwait(false);
             if (read == 0)
             {
                 _ended = true; // an unfinished line and an undispatched event are dropped, as the format says
                 _dataLength = 0;
+                _sliceLength = -1;
                 _hasData = false;
                 return false;
             }
@@ -113,8 +144,9 @@ internal sealed class SseEventReader : IDisposable
             }
 
             _afterCr = unread[eol] == (byte)'\r';
+            var lineStart = _start;
             _start += eol + 1;
-            if (Line(unread[..eol]))
+            if (Line(unread[..eol], lineStart))
             {
                 return true;
             }
@@ -123,8 +155,11 @@ internal sealed class SseEventReader : IDisposable
         return false;
     }
 
-    /// <summary>One complete line; true when it is the empty line that dispatches an event with data.</summary>
-    private bool Line(ReadOnlySpan<byte> line)
+    /// <summary>
+    /// One complete line, which starts at <paramref name="offset"/> in the read buffer; true when it is the empty line
+    /// that dispatches an event with data.
+    /// </summary>
+    private bool Line(ReadOnlySpan<byte> line, int offset)
     {
         if (line.IsEmpty)
         {
@@ -133,7 +168,7 @@ internal sealed class SseEventReader : IDisposable
                 return false;
             }
 
-            _dataLength = Math.Max(0, _dataLength - 1); // the LF after the last data line
+            _dataLength = Math.Max(0, _dataLength - 1); // the LF after the last joined data line (none for a slice)
             return true;
         }
 
@@ -149,14 +184,36 @@ internal sealed class SseEventReader : IDisposable
             return false; // event, id, retry and unknown fields: nothing the adapters read
         }
 
-        var value = colon < 0 ? default : line[(colon + 1)..];
-        if (!value.IsEmpty && value[0] == (byte)' ')
+        var valueStart = colon < 0 ? line.Length : colon + 1;
+        if (valueStart < line.Length && line[valueStart] == (byte)' ')
         {
-            value = value[1..];
+            valueStart++;
         }
 
-        AppendData(value);
+        if (!_hasData)
+        {
+            // The event's first data line: kept where it is, until another joins it or the buffer moves.
+            _sliceStart = offset + valueStart;
+            _sliceLength = line.Length - valueStart;
+            _hasData = true;
+            return false;
+        }
+
+        if (_sliceLength >= 0)
+        {
+            JoinSlice();
+        }
+
+        AppendData(line[valueStart..]);
         return false;
+    }
+
+    /// <summary>The event's data so far, held as a slice of the read buffer, copied into the joined data (with its LF).</summary>
+    private void JoinSlice()
+    {
+        var slice = _buffer.AsSpan(_sliceStart, _sliceLength);
+        _sliceLength = -1;
+        AppendData(slice);
     }
 
     private void AppendData(ReadOnlySpan<byte> value)
@@ -169,9 +226,9 @@ internal sealed class SseEventReader : IDisposable
                 throw new InvalidDataException($"The stream sent an event longer than {MaxLineBytes / (1024 * 1024)} MiB.");
             }
 
-            var bigger = ArrayPool<byte>.Shared.Rent(needed);
+            var bigger = ArrayPool<byte>.Shared.Rent(Math.Max(needed, 256));
             _data.AsSpan(0, _dataLength).CopyTo(bigger);
-            ArrayPool<byte>.Shared.Return(_data);
+            Return(_data);
             _data = bigger;
         }
 
@@ -201,15 +258,25 @@ internal sealed class SseEventReader : IDisposable
 
             var bigger = ArrayPool<byte>.Shared.Rent(_buffer.Length * 2);
             _buffer.AsSpan(0, _end).CopyTo(bigger);
-            ArrayPool<byte>.Shared.Return(_buffer);
+            Return(_buffer);
             _buffer = bigger;
         }
     }
 
     public void Dispose()
     {
-        ArrayPool<byte>.Shared.Return(_buffer);
-        ArrayPool<byte>.Shared.Return(_data);
+        Return(_buffer);
+        Return(_data);
         _buffer = _data = [];
+        _sliceLength = -1;
+    }
+
+    /// <summary>Gives a rented buffer back (the empty array that stands for none is not the pool's).</summary>
+    private static void Return(byte[] buffer)
+    {
+        if (buffer.Length > 0)
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
     }
 }
