@@ -130,7 +130,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
 
                 if (chunk.Usage is not null && !includeUsage)
                 {
-                    if (chunk.Choices.Count == 0)
+                    if (chunk.HasNoChoices)
                     {
                         continue; // the usage-only chunk the caller did not ask for
                     }

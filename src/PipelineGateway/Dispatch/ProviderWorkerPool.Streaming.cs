@@ -26,7 +26,8 @@ internal sealed partial class ProviderWorkerPool
         string? filledId = null; // what the upstream left out is filled the same way in every chunk
         long filledCreated = 0;
         var handedOver = false; // chunks handed to the caller since the last burst end
-        var upstream = Provider.StreamAsync(new ProviderRequest(item.Request, deployment.Model), item.Token).GetAsyncEnumerator(item.Token);
+        var request = new ProviderRequest(item.Request, deployment.Model) { ChoicesMayStayUnread = replay is null };
+        var upstream = Provider.StreamAsync(request, item.Token).GetAsyncEnumerator(item.Token);
         await using var upstreamDisposal = upstream.ConfigureAwait(false);
         while (true)
         {
@@ -52,7 +53,7 @@ internal sealed partial class ProviderWorkerPool
             }
 
             replay?.Add(chunk);
-            if (chunk.Choices.Count == 0 && chunk.Usage is not null)
+            if (chunk.Usage is not null && chunk.HasNoChoices)
             {
                 // The usage-only chunk (the stream's last): held, to go out last with the request's cost on it.
                 usageChunk = chunk;
@@ -61,7 +62,7 @@ internal sealed partial class ProviderWorkerPool
 
             if (!item.StreamStarted)
             {
-                if (!CarriesContent(chunk))
+                if (!chunk.CarriesContent)
                 {
                     (held ??= new List<ChatCompletionChunk>(2)).Add(chunk);
                     continue;
@@ -84,7 +85,7 @@ internal sealed partial class ProviderWorkerPool
                 handedOver = true;
             }
 
-            if (chunk.Choices.Exists(static c => c.FinishReason is not null))
+            if (chunk.Finishes)
             {
                 // The finishing chunk: held until the stream ends (nothing is delayed by it), to carry the cost.
                 pendingLast = chunk;
@@ -165,18 +166,4 @@ internal sealed partial class ProviderWorkerPool
     private static ValueTask WriteAsync(System.Threading.Channels.ChannelWriter<ChatCompletionChunk> writer, ChatCompletionChunk chunk, CancellationToken token) =>
         writer.TryWrite(chunk) ? ValueTask.CompletedTask : writer.WriteAsync(chunk, token);
 
-    /// <summary>Text, a tool call or a refusal: what a caller has seen once it is sent.</summary>
-    private static bool CarriesContent(ChatCompletionChunk chunk)
-    {
-        foreach (var choice in chunk.Choices)
-        {
-            var d = choice.Delta;
-            if (!string.IsNullOrEmpty(d.Content) || d.ToolCalls is { Count: > 0 } || !string.IsNullOrEmpty(d.Refusal))
-            {
-                return true;
-            }
-        }
-
-        return false;
-    }
 }

@@ -18,7 +18,19 @@ public sealed class ChatCompletionChunk
 
     public string Model { get; set; } = string.Empty;
 
-    public List<ChunkChoice> Choices { get; set; } = [];
+    /// <summary>
+    /// The chunk's choices. A chunk the SSE endpoint forwards as its upstream bytes may have been read without them
+    /// (<see cref="ChoicesUnread"/>): they are then read from those bytes the first time anything asks.
+    /// </summary>
+    public List<ChunkChoice> Choices
+    {
+        get => _choicesUnread ? ReadChoices() : _choices!;
+        set
+        {
+            _choices = value;
+            _choicesUnread = false;
+        }
+    }
 
     /// <summary>Present on the last chunk when usage was asked for (<c>stream_options.include_usage</c>).</summary>
     public TokenUsage? Usage { get; set; }
@@ -56,6 +68,82 @@ public sealed class ChatCompletionChunk
     private byte[]? _eventJson;
     private int _eventJsonLength;
     private bool _membersUnread;
+    private List<ChunkChoice>? _choices;
+
+    public ChatCompletionChunk() => _choices = [];
+
+    /// <summary>No list for the choices: the skimming read leaves them in the bytes (<see cref="SkipChoices"/>) or drops the chunk.</summary>
+    private ChatCompletionChunk(List<ChunkChoice>? choices) => _choices = choices;
+
+    /// <summary>A chunk for the skimming read (<see cref="AnswerJson.ReadStreamChunk"/>), which gives it <see cref="SkipChoices"/>.</summary>
+    internal static ChatCompletionChunk Skimmed() => new(choices: null);
+
+    // What the skimming read (AnswerJson.ReadStreamChunk) learnt of the choices it did not read: how many, whether one
+    // finishes, whether one carries content. Valid while _choicesUnread.
+    private bool _choicesUnread;
+    private int _unreadChoiceCount;
+    private bool _unreadFinishes;
+    private bool _unreadCarriesContent;
+
+    /// <summary>
+    /// True while the choices are only in <see cref="EventJson"/>: the read skimmed them (an event in the gateway's own
+    /// shape, forwarded as its bytes, whose choices nothing in the gateway needs — building them was a third of a
+    /// streamed event's allocation; docs/benchmarks.md). <see cref="HasNoChoices"/>, <see cref="Finishes"/> and
+    /// <see cref="CarriesContent"/> answer without reading them.
+    /// </summary>
+    internal bool ChoicesUnread => _choicesUnread;
+
+    /// <summary>Marks the choices as unread, with what the skim learnt of them (<see cref="ChoicesUnread"/>).</summary>
+    internal void SkipChoices(int count, bool finishes, bool carriesContent)
+    {
+        _choices = null;
+        _choicesUnread = true;
+        _unreadChoiceCount = count;
+        _unreadFinishes = finishes;
+        _unreadCarriesContent = carriesContent;
+    }
+
+    /// <summary>No choices (a usage-only chunk, say).</summary>
+    internal bool HasNoChoices => _choicesUnread ? _unreadChoiceCount == 0 : Choices.Count == 0;
+
+    /// <summary>A choice says why it finished: the stream's finishing chunk.</summary>
+    internal bool Finishes => _choicesUnread ? _unreadFinishes : Choices.Exists(static c => c.FinishReason is not null);
+
+    /// <summary>Text, a tool call or a refusal: what a caller has seen once it is sent.</summary>
+    internal bool CarriesContent
+    {
+        get
+        {
+            if (_choicesUnread)
+            {
+                return _unreadCarriesContent;
+            }
+
+            foreach (var choice in Choices)
+            {
+                var d = choice.Delta;
+                if (!string.IsNullOrEmpty(d.Content) || d.ToolCalls is { Count: > 0 } || !string.IsNullOrEmpty(d.Refusal))
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+    }
+
+    /// <summary>The choices the read skimmed, read from the event's bytes.</summary>
+    private List<ChunkChoice> ReadChoices()
+    {
+        if (_eventJson is null)
+        {
+            // Only the writer takes the bytes, and it is the chunk's last reader: reaching here is a gateway bug.
+            throw new InvalidOperationException("The chunk's choices were forwarded as its upstream bytes, which were released; they can no longer be read.");
+        }
+
+        Choices = JsonSerializer.Deserialize(EventJson, GatewayJsonContext.Default.ChatCompletionChunk)?.Choices ?? [];
+        return _choices!;
+    }
 
     /// <summary>
     /// Keeps a copy of the event's bytes in a rented buffer the chunk owns. <paramref name="membersUnread"/>: the
@@ -78,9 +166,18 @@ public sealed class ChatCompletionChunk
     /// </summary>
     internal void DropEventJson()
     {
-        if (_eventJson is not null && _membersUnread)
+        if (_eventJson is not null && (_membersUnread || _choicesUnread))
         {
-            AdditionalProperties = JsonSerializer.Deserialize(EventJson, GatewayJsonContext.Default.ChatCompletionChunk)?.AdditionalProperties;
+            var read = JsonSerializer.Deserialize(EventJson, GatewayJsonContext.Default.ChatCompletionChunk);
+            if (_membersUnread)
+            {
+                AdditionalProperties = read?.AdditionalProperties;
+            }
+
+            if (_choicesUnread)
+            {
+                Choices = read?.Choices ?? [];
+            }
         }
 
         _eventJson = null;

@@ -31,4 +31,11 @@ public readonly record struct ProviderRequest(ChatCompletionRequest Request, str
     /// their own when their per-attempt timeout would end later.
     /// </summary>
     public DateTimeOffset? Deadline { get; init; }
+
+    /// <summary>
+    /// A streamed chunk that keeps its upstream bytes (<see cref="GatewayRequestOptions.KeepsEventJson"/>) may leave its
+    /// choices in them (<see cref="ChatCompletionChunk.ChoicesUnread"/>): nothing in the gateway reads them on the way
+    /// (no cached answer is being built from the chunks).
+    /// </summary>
+    internal bool ChoicesMayStayUnread { get; init; }
 }

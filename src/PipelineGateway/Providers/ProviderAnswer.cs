@@ -42,6 +42,11 @@ internal static class ProviderAnswer
             throw Unusable(provider, "a stream event is null");
         }
 
+        if (chunk.ChoicesUnread)
+        {
+            return chunk; // skimmed: each choice and its delta were objects, without tool calls
+        }
+
         chunk.Choices ??= [];
         foreach (var choice in chunk.Choices)
         {

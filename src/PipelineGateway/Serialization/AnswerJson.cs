@@ -74,8 +74,14 @@ internal static class AnswerJson
     /// (<paramref name="previousId"/>, updated). <paramref name="keepEventJson"/>: the chunk also keeps the event's bytes
     /// when they may be written in its place (<see cref="ChatCompletionChunk.EventJson"/>).
     /// </summary>
-    public static ChatCompletionChunk? ReadStreamChunk(ReadOnlySpan<byte> data, ref string? previousId, bool keepEventJson = false)
+    public static ChatCompletionChunk? ReadStreamChunk(ReadOnlySpan<byte> data, ref string? previousId, bool keepEventJson = false, bool skimChoices = false)
     {
+        if (keepEventJson && skimChoices && Skim(data, previousId) is { } skimmed)
+        {
+            previousId = skimmed.Id;
+            return skimmed;
+        }
+
         RepeatedStrings.t_streamId = previousId;
         t_chunkOffShape = false;
         t_chunkSkipUnknown = keepEventJson;
@@ -105,6 +111,235 @@ internal static class AnswerJson
             RepeatedStrings.t_streamId = null;
             t_chunkSkipUnknown = false;
         }
+    }
+
+    /// <summary>
+    /// The chunk of an event in the shape the gateway writes, read without its choices (<see cref="ChatCompletionChunk.ChoicesUnread"/>),
+    /// keeping the event's bytes; null when the event is anything else — then it is read in full, which also reports
+    /// what is wrong with it. What it accepts is what the full read keeps as its bytes (<see cref="WritesAsItself"/>):
+    /// one line of valid UTF-8; <c>id</c>, <c>object</c>, <c>created</c>, <c>model</c> and <c>choices</c> once each and
+    /// not empty; no usage (null is none), no <c>error</c>; each choice an object with <c>index</c>, <c>delta</c>,
+    /// <c>finish_reason</c> and <c>logprobs</c> once each, its delta an object whose <c>content</c>, <c>role</c> and
+    /// <c>refusal</c> are strings or null — a delta with tool calls is read in full. Members it does not model are left
+    /// in the bytes, as the full read leaves them (<see cref="t_chunkSkipUnknown"/>). No allocation but the chunk, its
+    /// copy of the bytes, and the id and model strings when they differ from the last chunk's.
+    /// </summary>
+    private static ChatCompletionChunk? Skim(ReadOnlySpan<byte> data, string? previousId)
+    {
+        if (data.IndexOfAny((byte)'\r', (byte)'\n') >= 0 || !Utf8.IsValid(data))
+        {
+            return null;
+        }
+
+        var r = new Utf8JsonReader(data);
+        var chunk = ChatCompletionChunk.Skimmed();
+        var skipped = false;
+        var seen = 0;
+        int count = 0;
+        bool finishes = false, content = false;
+        try
+        {
+            if (!r.Read() || r.TokenType != JsonTokenType.StartObject)
+            {
+                return null;
+            }
+
+            RepeatedStrings.t_streamId = previousId;
+            while (NextProperty(ref r))
+            {
+                if (r.ValueTextEquals("choices"u8))
+                {
+                    if (!Once(ref seen, 1) || !r.Read() || r.TokenType != JsonTokenType.StartArray)
+                    {
+                        return null;
+                    }
+
+                    while (r.Read() && r.TokenType != JsonTokenType.EndArray)
+                    {
+                        if (!SkimChoice(ref r, ref finishes, ref content))
+                        {
+                            return null;
+                        }
+
+                        count++;
+                    }
+                }
+                else if (r.ValueTextEquals("id"u8))
+                {
+                    if (!Once(ref seen, 2) || !r.Read() || r.TokenType != JsonTokenType.String)
+                    {
+                        return null;
+                    }
+
+                    chunk.Id = RepeatedStrings.StreamId(ref r) ?? r.GetString()!;
+                }
+                else if (r.ValueTextEquals("model"u8))
+                {
+                    if (!Once(ref seen, 4) || !r.Read() || r.TokenType != JsonTokenType.String)
+                    {
+                        return null;
+                    }
+
+                    chunk.Model = RepeatedStrings.Recently(ref r) ?? r.GetString()!;
+                }
+                else if (r.ValueTextEquals("created"u8))
+                {
+                    if (!Once(ref seen, 8) || !r.Read() || r.TokenType != JsonTokenType.Number || !r.TryGetInt64(out var created))
+                    {
+                        return null;
+                    }
+
+                    chunk.Created = created;
+                }
+                else if (r.ValueTextEquals("object"u8))
+                {
+                    if (!Once(ref seen, 16) || !r.Read() || r.TokenType != JsonTokenType.String)
+                    {
+                        return null;
+                    }
+
+                    chunk.Object = RepeatedStrings.Object(ref r) ?? r.GetString()!;
+                }
+                else if (r.ValueTextEquals("system_fingerprint"u8))
+                {
+                    if (!r.Read() || r.TokenType is not (JsonTokenType.String or JsonTokenType.Null))
+                    {
+                        return null;
+                    }
+
+                    chunk.SystemFingerprint = r.TokenType == JsonTokenType.Null ? null : RepeatedStrings.Recently(ref r) ?? r.GetString();
+                }
+                else if (r.ValueTextEquals("usage"u8))
+                {
+                    if (!r.Read() || r.TokenType != JsonTokenType.Null)
+                    {
+                        return null; // usage is written by the gateway, with its cost: read in full
+                    }
+                }
+                else if (r.ValueTextEquals("error"u8) || r.ValueTextEquals("gateway"u8))
+                {
+                    return null;
+                }
+                else
+                {
+                    skipped = true;
+                    r.Read();
+                    r.Skip();
+                }
+            }
+
+            if (r.Read())
+            {
+                return null; // something after the object
+            }
+        }
+        catch (JsonException)
+        {
+            return null; // not JSON: the full read says why
+        }
+        finally
+        {
+            RepeatedStrings.t_streamId = null;
+        }
+
+        if (seen != 31 || chunk is not { Id.Length: > 0, Object.Length: > 0, Created: > 0, Model.Length: > 0 })
+        {
+            return null;
+        }
+
+        chunk.SkipChoices(count, finishes, content);
+        chunk.KeepEventJson(data, membersUnread: skipped);
+        return chunk;
+    }
+
+    /// <summary>One choice, skimmed (<see cref="Skim"/>); false when it is not in the writer's shape.</summary>
+    private static bool SkimChoice(ref Utf8JsonReader r, ref bool finishes, ref bool content)
+    {
+        if (r.TokenType != JsonTokenType.StartObject)
+        {
+            return false;
+        }
+
+        var seen = 0;
+        while (NextProperty(ref r))
+        {
+            if (r.ValueTextEquals("delta"u8))
+            {
+                if (!Once(ref seen, 1) || !r.Read() || r.TokenType != JsonTokenType.StartObject)
+                {
+                    return false;
+                }
+
+                var deltaSeen = 0;
+                while (NextProperty(ref r))
+                {
+                    var member = r.ValueTextEquals("content"u8) ? 1 : r.ValueTextEquals("role"u8) ? 2 : r.ValueTextEquals("refusal"u8) ? 4 : r.ValueTextEquals("tool_calls"u8) ? 8 : 0;
+                    if (member == 8 || (member != 0 && !Once(ref deltaSeen, member)))
+                    {
+                        return false; // tool calls, or a member given twice: read in full
+                    }
+
+                    r.Read();
+                    if (member == 0)
+                    {
+                        r.Skip(); // as the full read skips it; the bytes carry it
+                    }
+                    else if (r.TokenType == JsonTokenType.String)
+                    {
+                        content |= member != 2 && (r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length) > 0;
+                    }
+                    else if (r.TokenType != JsonTokenType.Null)
+                    {
+                        return false;
+                    }
+                }
+            }
+            else if (r.ValueTextEquals("index"u8))
+            {
+                if (!Once(ref seen, 2) || !r.Read() || r.TokenType != JsonTokenType.Number || !r.TryGetInt32(out _))
+                {
+                    return false;
+                }
+            }
+            else if (r.ValueTextEquals("finish_reason"u8))
+            {
+                if (!Once(ref seen, 4) || !r.Read() || r.TokenType is not (JsonTokenType.String or JsonTokenType.Null))
+                {
+                    return false;
+                }
+
+                finishes |= r.TokenType == JsonTokenType.String;
+            }
+            else if (r.ValueTextEquals("logprobs"u8))
+            {
+                if (!Once(ref seen, 8))
+                {
+                    return false;
+                }
+
+                r.Read();
+                r.Skip();
+            }
+            else
+            {
+                r.Read();
+                r.Skip();
+            }
+        }
+
+        return seen == 15;
+    }
+
+    /// <summary>Notes a member that may come once; false when it came before.</summary>
+    private static bool Once(ref int seen, int member)
+    {
+        if ((seen & member) != 0)
+        {
+            return false;
+        }
+
+        seen |= member;
+        return true;
     }
 
     /// <summary>

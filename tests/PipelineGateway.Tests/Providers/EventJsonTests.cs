@@ -24,7 +24,7 @@ public sealed class EventJsonTests
         // escaped or literal UTF-8 — in any order.
         var pcg = new PCG(24, 11);
         var text = Gen.String[0, 24].Where(v => v.All(c => !char.IsSurrogate(c)));
-        int kept = 0, rewritten = 0;
+        int kept = 0, rewritten = 0, skims = 0;
         for (var i = 0; i < 20_000; i++)
         {
             var inShape = true;
@@ -102,12 +102,45 @@ public sealed class EventJsonTests
             if (OneIn(4)) { top.Add("\"system_fingerprint\":\"fp_1\""); }
             var bytes = Encoding.UTF8.GetBytes(Object(top));
 
+            if (OneIn(25))
+            {
+                // Cut short: reading it with its choices skimmed fails as reading it in full does.
+                var cut = bytes[..(int)(pcg.Next() % (uint)bytes.Length)];
+                string? a = null, b = null;
+                var full = Record.Exception(() => AnswerJson.ReadStreamChunk(cut, ref a, keepEventJson: true));
+                var skimming = Record.Exception(() => AnswerJson.ReadStreamChunk(cut, ref b, keepEventJson: true, skimChoices: true));
+                skimming?.Message.Should().Be(full?.Message, Encoding.UTF8.GetString(cut));
+                (skimming is null).Should().Be(full is null);
+                continue;
+            }
+
             string? id = null;
             var chunk = AnswerJson.ReadStreamChunk(bytes, ref id, keepEventJson: true)!;
             string? other = null;
             var plain = AnswerJson.ReadStreamChunk(bytes, ref other)!;
             plain.HasEventJson.Should().BeFalse("only a reader asked to keep the bytes keeps them");
             var written = JsonSerializer.SerializeToUtf8Bytes(plain, GatewayJsonContext.Default.ChatCompletionChunk);
+            string? third = null;
+            var skimmed = AnswerJson.ReadStreamChunk(bytes, ref third, keepEventJson: true, skimChoices: true)!;
+            skimmed.HasEventJson.Should().Be(chunk.HasEventJson, "a chunk keeps its bytes whether or not its choices are skimmed");
+            third.Should().Be(id);
+            if (skimmed.ChoicesUnread)
+            {
+                skims++;
+                skimmed.HasEventJson.Should().BeTrue("a chunk's choices stay unread only in its bytes");
+                (skimmed.HasNoChoices, skimmed.Finishes, skimmed.CarriesContent).Should().Be((plain.HasNoChoices, plain.Finishes, plain.CarriesContent),
+                    $"what the skim learnt of the choices is what they say: {Encoding.UTF8.GetString(bytes)}");
+                if (OneIn(2))
+                {
+                    // Asked for while the bytes are held: read from them.
+                    JsonSerializer.Serialize(skimmed.Choices).Should().Be(JsonSerializer.Serialize(plain.Choices));
+                    skimmed.ChoicesUnread.Should().BeFalse();
+                }
+            }
+
+            skimmed.DropEventJson();
+            JsonSerializer.SerializeToUtf8Bytes(skimmed, GatewayJsonContext.Default.ChatCompletionChunk).Should().Equal(written,
+                $"a chunk read with its choices skimmed says what the full read says once it lets its bytes go: {Encoding.UTF8.GetString(bytes)}");
             if (inShape)
             {
                 chunk.HasEventJson.Should().BeTrue($"the event is in the gateway's shape: {Encoding.UTF8.GetString(bytes)}");
@@ -131,6 +164,7 @@ public sealed class EventJsonTests
         }
 
         (kept, rewritten).Should().Match<(int Kept, int Rewritten)>(c => c.Kept > 2_000 && c.Rewritten > 2_000, "both kinds of event were generated");
+        skims.Should().BeGreaterThan(1_000, "events were read with their choices skimmed");
     }
 
     [Fact]

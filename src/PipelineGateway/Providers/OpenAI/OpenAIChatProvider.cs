@@ -65,6 +65,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         // and keep those bytes when the endpoint can write them as they came.
         string? id = null;
         var keep = request.Request.Gateway?.KeepsEventJson == true;
+        var skim = keep && request.ChoicesMayStayUnread;
         using var events = new SseEventReader(body);
         while (await events.MoveNextAsync(cancellationToken).ConfigureAwait(false))
         {
@@ -73,7 +74,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
                 yield break;
             }
 
-            if (AnswerJson.ReadStreamChunk(events.Data, ref id, keep) is not { } chunk)
+            if (AnswerJson.ReadStreamChunk(events.Data, ref id, keep, skim) is not { } chunk)
             {
                 // Reported as an invalid event (SseParser's null item had ended the stream as if it were [DONE]).
                 throw new JsonException("A stream event is the JSON null.");
