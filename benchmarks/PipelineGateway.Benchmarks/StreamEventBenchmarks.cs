@@ -6,7 +6,8 @@ namespace PipelineGateway.Benchmarks;
 /// <summary>
 /// Reading one streamed event into a chunk, as the OpenAI adapter does per SSE event: for a library caller (the chunk
 /// only) and for the SSE endpoint (the chunk keeps the event's bytes). Two events: the simulator's, and one as OpenAI
-/// sends it today, with members the gateway does not model (<c>service_tier</c>, <c>obfuscation</c>) and nulls.
+/// sends it today, with members the gateway does not model (<c>service_tier</c>, <c>obfuscation</c>) and nulls; and the
+/// SSE endpoint's read with the choices skimmed (left in the kept bytes).
 /// </summary>
 [MemoryDiagnoser]
 public class StreamEventBenchmarks
@@ -25,11 +26,18 @@ public class StreamEventBenchmarks
     [Benchmark]
     public ChatCompletionChunk? SimulatorEventKept() => Release(AnswerJson.ReadStreamChunk(Simulator, ref _id, keepEventJson: true));
 
+    /// <summary>The SSE endpoint's read when nothing in the gateway needs the choices (no cached answer being built): skimmed.</summary>
+    [Benchmark]
+    public ChatCompletionChunk? SimulatorEventSkimmed() => Release(AnswerJson.ReadStreamChunk(Simulator, ref _id, keepEventJson: true, skimChoices: true));
+
     [Benchmark]
     public ChatCompletionChunk? OpenAIEvent() => AnswerJson.ReadStreamChunk(OpenAI, ref _id);
 
     [Benchmark]
     public ChatCompletionChunk? OpenAIEventKept() => Release(AnswerJson.ReadStreamChunk(OpenAI, ref _id, keepEventJson: true));
+
+    [Benchmark]
+    public ChatCompletionChunk? OpenAIEventSkimmed() => Release(AnswerJson.ReadStreamChunk(OpenAI, ref _id, keepEventJson: true, skimChoices: true));
 
     /// <summary>What the SSE endpoint does after writing the bytes: the rented buffer goes back.</summary>
     private static ChatCompletionChunk? Release(ChatCompletionChunk? chunk)
