@@ -15,14 +15,14 @@
 # events grouped by assembly (perf-group.py), A against B, largest difference first; KEEP=DIR keeps the recordings
 # (a.perf, b.perf) for `perf report`.
 #
-# Usage: [PAIR=yarp|build] [B_BUILD=DIR] [STREAMS=1000] [ROUNDS=5] [WARMUP=30] [TOKEN_DELAY_MS=20] [PERF=0] [KEEP=DIR] benchmarks/http/stream-paired.sh [seconds]
+# Usage: [PAIR=yarp|build] [B_BUILD=DIR] [STREAMS=1000] [ROUNDS=5] [WARMUP=60] [TOKEN_DELAY_MS=20] [PERF=0] [KEEP=DIR] benchmarks/http/stream-paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
 PAIR="${PAIR:-yarp}"
 STREAMS="${STREAMS:-1000}"
 ROUNDS="${ROUNDS:-5}"
-WARMUP="${WARMUP:-30}"
+WARMUP="${WARMUP:-60}" # the gateway's JIT still compiles after 30 s with both sides loaded (docs/benchmarks.md, seventh session)
 SIM_PORT=18181 A_PORT=18180 B_PORT=18184
 . benchmarks/http/common.sh
 build_front_processes
