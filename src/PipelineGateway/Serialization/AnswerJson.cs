@@ -126,7 +126,7 @@ internal static class AnswerJson
     /// </summary>
     private static ChatCompletionChunk? Skim(ReadOnlySpan<byte> data, string? previousId)
     {
-        if (data.IndexOfAny((byte)'\r', (byte)'\n') >= 0 || !Utf8.IsValid(data))
+        if (!OneLineOfUtf8(data))
         {
             return null;
         }
@@ -223,8 +223,7 @@ internal static class AnswerJson
                 else
                 {
                     skipped = true;
-                    r.Read();
-                    r.Skip();
+                    Skip(ref r);
                 }
             }
 
@@ -242,7 +241,7 @@ internal static class AnswerJson
             RepeatedStrings.t_streamId = null;
         }
 
-        if (seen != 31 || chunk is not { Id.Length: > 0, Object.Length: > 0, Created: > 0, Model.Length: > 0 })
+        if (seen != 31 || !NothingToFill(chunk))
         {
             return null;
         }
@@ -317,13 +316,11 @@ internal static class AnswerJson
                     return false;
                 }
 
-                r.Read();
-                r.Skip();
+                Skip(ref r);
             }
             else
             {
-                r.Read();
-                r.Skip();
+                Skip(ref r);
             }
         }
 
@@ -350,9 +347,16 @@ internal static class AnswerJson
     /// </summary>
     private static bool WritesAsItself(ChatCompletionChunk chunk, ReadOnlySpan<byte> data) =>
         !t_chunkOffShape
-        && chunk is { Usage: null, Choices: not null, Id.Length: > 0, Object.Length: > 0, Created: > 0, Model.Length: > 0 }
-        && data.IndexOfAny((byte)'\r', (byte)'\n') < 0
-        && Utf8.IsValid(data);
+        && chunk is { Usage: null, Choices: not null }
+        && NothingToFill(chunk)
+        && OneLineOfUtf8(data);
+
+    /// <summary>The members the gateway fills when missing (<see cref="Providers.ProviderAnswer"/>) are all there.</summary>
+    private static bool NothingToFill(ChatCompletionChunk chunk) =>
+        chunk is { Id.Length: > 0, Object.Length: > 0, Created: > 0, Model.Length: > 0 };
+
+    /// <summary>Bytes that can go out as one SSE data line: no line break, valid UTF-8 (the readers do not decode every string they skip).</summary>
+    private static bool OneLineOfUtf8(ReadOnlySpan<byte> data) => data.IndexOfAny((byte)'\r', (byte)'\n') < 0 && Utf8.IsValid(data);
 
     public static ChatCompletionChunk ReadChunk(ref Utf8JsonReader r)
     {
@@ -385,12 +389,10 @@ internal static class AnswerJson
     /// <summary>Notes a member that the chunk writer writes once: a second one puts the chunk off its shape.</summary>
     private static void Seen(ref int seen, int member)
     {
-        if ((seen & member) != 0)
+        if (!Once(ref seen, member))
         {
             t_chunkOffShape = true;
         }
-
-        seen |= member;
     }
 
     private static ChatChoice? ReadChoice(ref Utf8JsonReader r)
