@@ -14,6 +14,11 @@ var urls = ArgValue(args, "--urls") ?? "http://127.0.0.1:18183";
 var builder = WebApplication.CreateSlimBuilder();
 builder.Logging.ClearProviders();
 builder.WebHost.UseUrls(urls);
+if (args.Contains("--inline") || Environment.GetEnvironmentVariable("YARP_INLINE_SCHEDULING") == "1")
+{
+    builder.WebHost.UseSockets(o => o.UnsafePreferInlineScheduling = true);
+}
+
 builder.Services.AddReverseProxy().LoadFromMemory(
     [new RouteConfig { RouteId = "all", ClusterId = "upstream", Match = new RouteMatch { Path = "{**path}" } }],
     [new ClusterConfig { ClusterId = "upstream", Destinations = new Dictionary<string, DestinationConfig> { ["simulator"] = new() { Address = upstream } } }]);

@@ -10,12 +10,14 @@
 #   PAIR=yarp    the gateway as shipped (request log on)  vs  a plain YARP proxy (pgw-yarp)   — issue 21's streaming target
 #   PAIR=build   the gateway as shipped                   vs  another build of it, B_BUILD=DIR (a copy of an earlier
 #                                                             src/PipelineGateway.Cli/bin/Release/net10.0)
+#   PAIR=env     the gateway as shipped                   vs  the same with B_ENV='NAME=value …' in its environment
+#                                                             (a setting: PGW_Gateway__Server__InlineScheduling=true)
 #
 # PERF=1 also records both processes with `perf record -g` during the last round and prints CPU samples per 1,000
 # events grouped by assembly (perf-group.py), A against B, largest difference first; KEEP=DIR keeps the recordings
 # (a.perf, b.perf) for `perf report`.
 #
-# Usage: [PAIR=yarp|build] [B_BUILD=DIR] [STREAMS=1000] [ROUNDS=5] [WARMUP=60] [TOKEN_DELAY_MS=20] [PERF=0] [KEEP=DIR] benchmarks/http/stream-paired.sh [seconds]
+# Usage: [PAIR=yarp|build|env] [B_BUILD=DIR] [B_ENV=] [STREAMS=1000] [ROUNDS=5] [WARMUP=60] [TOKEN_DELAY_MS=20] [PERF=0] [KEEP=DIR] benchmarks/http/stream-paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
@@ -44,7 +46,11 @@ case "$PAIR" in
   build) [ -x "${B_BUILD:-}/pgw" ] || { echo "PAIR=build needs B_BUILD=DIR holding a pgw build" >&2; exit 2; }
       PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" "$B_BUILD/pgw" serve --urls "http://127.0.0.1:$B_PORT" --config "$CONFIG" >/dev/null 2>&1 & B=$!
       A_NAME="this build"; B_NAME="$(basename "$B_BUILD")";;
-  *) echo "PAIR is yarp or build" >&2; exit 2;;
+  env) [ -n "${B_ENV:-}" ] || { echo "PAIR=env needs B_ENV='NAME=value …'" >&2; exit 2; }
+      # shellcheck disable=SC2086 # B_ENV is a list of NAME=value words
+      env PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" $B_ENV "$PGW" serve --urls "http://127.0.0.1:$B_PORT" --config "$CONFIG" >/dev/null 2>&1 & B=$!
+      A_NAME="as shipped"; B_NAME="$B_ENV";;
+  *) echo "PAIR is yarp, build or env" >&2; exit 2;;
 esac
 trap 'kill $SIM $A $B 2>/dev/null; wait 2>/dev/null; rm -rf "$LOG_DIR" "$OUT_A" "$OUT_B"' EXIT
 unset DOTNET_PerfMapEnabled DOTNET_EnableWriteXorExecute # the load generators are not profiled

@@ -55,6 +55,8 @@ public static partial class GatewayServer
             throw new OptionsValidationException(ServerOptions.SectionName, typeof(ServerOptions), problems);
         }
 
+        // Off unless asked for (Gateway:Server:InlineScheduling): a throughput-for-streaming trade, measured (ServerOptions).
+        builder.WebHost.UseSockets(o => o.UnsafePreferInlineScheduling = server.InlineScheduling);
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.AddServerHeader = false;

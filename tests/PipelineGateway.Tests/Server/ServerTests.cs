@@ -8,6 +8,9 @@ using System.Text;
 using System.Text.Json;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging;
 using OpenAI;
@@ -453,5 +456,28 @@ public sealed class ServerTests : IAsyncLifetime
         var act = async () => await GatewayServer.StartAsync(app, Ct);
 
         (await act.Should().ThrowAsync<InvalidOperationException>()).Which.Message.Should().Contain("without gateway keys");
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Inline_scheduling_is_Kestrels_setting_and_serves_whole_and_streamed_answers(bool inline)
+    {
+        var config = TestServerConfig.Simulated(new Dictionary<string, string?> { ["Gateway:Server:InlineScheduling"] = inline ? "true" : null });
+        await using var app = GatewayServer.Build(config, "http://127.0.0.1:0", l => { });
+        app.Services.GetRequiredService<IOptions<SocketTransportOptions>>().Value.UnsafePreferInlineScheduling.Should().Be(inline);
+        var baseUri = await GatewayServer.StartAsync(app, Ct);
+        using var http = new HttpClient { BaseAddress = baseUri };
+
+        using var whole = await http.PostAsync("v1/chat/completions", new StringContent(Chat(), Encoding.UTF8, "application/json"), Ct);
+        whole.StatusCode.Should().Be(HttpStatusCode.OK);
+        (await whole.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString().Should().NotBeNullOrEmpty();
+
+        using var streamed = await http.PostAsync("v1/chat/completions", new StringContent(Chat(stream: true), Encoding.UTF8, "application/json"), Ct);
+        streamed.StatusCode.Should().Be(HttpStatusCode.OK);
+        var events = (await streamed.Content.ReadAsStringAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+        events.Length.Should().BeGreaterThan(2);
+        events[^1].Should().Be("data: [DONE]");
+        await app.StopAsync(Ct);
     }
 }
