@@ -3,6 +3,7 @@ using System.IO.Pipelines;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
 using Microsoft.AspNetCore.Http;
+using PipelineGateway.Serialization;
 
 namespace PipelineGateway.Server;
 
@@ -58,13 +59,8 @@ internal static class SseWriter
     }
 
     /// <summary>An event whose JSON is already written (one line: the caller made sure), not flushed.</summary>
-    public static void WriteData(HttpResponse response, ReadOnlySpan<byte> json)
-    {
-        var pipe = response.BodyWriter;
-        pipe.Write(DataPrefix);
-        pipe.Write(json);
-        pipe.Write(EventEnd);
-    }
+    public static void WriteData(HttpResponse response, ReadOnlySpan<byte> json) =>
+        SseFrame.Write(response.BodyWriter, DataPrefix, json, EventEnd);
 
     /// <summary>An event serialized straight into the pipe by <paramref name="json"/> (reused from event to event), not flushed (the caller flushes once per burst).</summary>
     public static void WriteData<T>(HttpResponse response, Utf8JsonWriter json, T value, JsonTypeInfo<T> info)

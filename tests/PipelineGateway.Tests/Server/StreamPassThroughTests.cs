@@ -82,6 +82,24 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         events[6].Should().Be("[DONE]");
     }
 
+    [Fact]
+    public async Task Events_of_every_size_around_the_output_buffer_go_out_byte_for_byte()
+    {
+        // Written with one span when the event fits Kestrel's 4 KB buffer, in parts when it does not: the bytes are the
+        // same either way, next to each other and across the buffer's end.
+        int[] contentLengths = [0, 1, 3913, 3914, 3915, 2000, 2000, 4100, 9000, 70_000, 3]; // 3914: an event of exactly 4,096 bytes
+        var sent = contentLengths.Select((n, i) => "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + new string((char)('a' + i), n) + "\"},\"logprobs\":null,\"finish_reason\":null}]}").ToList();
+        var upstream = string.Concat(sent.Select(e => $"data: {e}\n\n")) + "data: [DONE]\n\n";
+
+        var events = await StreamAsync(upstream);
+
+        events.Should().HaveCount(sent.Count + 2, "then the usage chunk the caller asked for, and [DONE]");
+        for (var i = 0; i < sent.Count; i++)
+        {
+            (events[i] == sent[i]).Should().BeTrue($"event {i} ({sent[i].Length} bytes of JSON) goes out as the upstream sent it");
+        }
+    }
+
     [Theory]
     [InlineData("{\"id\":\"chatcmpl-up1\",\n\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m-up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]
     [InlineData("{" + Head + ",\"gateway\":{\"provider\":\"forged\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]

@@ -155,20 +155,17 @@ internal sealed class AnthropicStreamWriter(int? inputTokens = null)
     public static (string Name, byte[] Json) Error(string type, string message) =>
         Event("error", new AnthropicStreamEvent { Type = "error", Error = new AnthropicError { Type = type, Message = message } });
 
-    /// <summary>Writes one event as SSE: <c>event: NAME</c>, <c>data: JSON</c>, a blank line.</summary>
     /// <summary>
-    /// One event into a response pipe, not flushed (the gateway's <c>/v1/messages</c> flushes once per burst of the
-    /// upstream's chunks, as the chat route does; each event used to be three stream writes, three arrays and four
-    /// flushes).
+    /// One event as SSE (<c>event: NAME</c>, <c>data: JSON</c>, a blank line) into a response pipe, not flushed (the
+    /// gateway's <c>/v1/messages</c> flushes once per burst of the upstream's chunks, as the chat route does; each event
+    /// used to be three stream writes, three arrays and four flushes), its parts next to each other (<see cref="Serialization.SseFrame"/>).
     /// </summary>
     public static void Write(IBufferWriter<byte> pipe, (string Name, byte[] Json) e)
     {
-        pipe.Write("event: "u8);
-        var name = pipe.GetSpan(Encoding.UTF8.GetMaxByteCount(e.Name.Length));
-        pipe.Advance(Encoding.UTF8.GetBytes(e.Name, name));
-        pipe.Write("\ndata: "u8);
-        pipe.Write(e.Json);
-        pipe.Write("\n\n"u8);
+        // Event names are the protocol's own few words: encoded on the stack.
+        Span<byte> name = stackalloc byte[128];
+        var length = Encoding.UTF8.GetMaxByteCount(e.Name.Length) <= name.Length ? Encoding.UTF8.GetBytes(e.Name, name) : -1;
+        Serialization.SseFrame.Write(pipe, "event: "u8, length >= 0 ? name[..length] : Encoding.UTF8.GetBytes(e.Name), "\ndata: "u8, e.Json, "\n\n"u8);
     }
 
     private static (string, byte[]) Stop(int index) =>
