@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Net.Http.Headers;
-using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Hosting;
@@ -51,29 +50,33 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         return response;
     }
 
-    protected override async IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
+    protected override StreamEvents ReadStream(ProviderRequest request) => new Events(new AnthropicTranslator.StreamState(Time.GetUtcNow().ToUnixTimeSeconds()));
+
+    /// <summary>Anthropic's events translated into chat chunks: an event makes none, one or several.</summary>
+    private sealed class Events(AnthropicTranslator.StreamState state) : StreamEvents
     {
-        var state = new AnthropicTranslator.StreamState(Time.GetUtcNow().ToUnixTimeSeconds());
-        using var events = new SseEventReader(body);
-        while (await events.MoveNextAsync(cancellationToken).ConfigureAwait(false))
+        private readonly Queue<ChatCompletionChunk> _made = new();
+
+        public override string LastEvent => "message_stop";
+
+        public override ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end)
         {
-            if (JsonSerializer.Deserialize(events.Data, AnthropicJsonContext.Default.AnthropicStreamEvent) is not { } e)
+            end = false;
+            if (JsonSerializer.Deserialize(data, AnthropicJsonContext.Default.AnthropicStreamEvent) is not { } e)
             {
-                continue;
+                return null;
             }
 
             foreach (var chunk in state.OnEvent(e))
             {
-                yield return chunk;
+                _made.Enqueue(chunk);
             }
 
-            if (e.Type == "message_stop")
-            {
-                yield break;
-            }
+            end = e.Type == "message_stop";
+            return Next();
         }
 
-        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' ended before message_stop.");
+        public override ChatCompletionChunk? Next() => _made.TryDequeue(out var chunk) ? chunk : null;
     }
 
     protected override UpstreamError ParseError(int status, string body)

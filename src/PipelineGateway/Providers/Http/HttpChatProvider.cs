@@ -60,7 +60,12 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     /// <summary>Parses a whole (non-streamed) answer, read into memory by the caller.</summary>
     protected abstract ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request);
 
-    protected abstract IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, CancellationToken cancellationToken);
+    /// <summary>
+    /// A reader of one stream's events (<see cref="StreamEvents"/>). The reading loop is this class's, one level of
+    /// asynchronous iteration per chunk: an adapter's own iterator over the events was one more per chunk (issue 21's
+    /// streaming mode).
+    /// </summary>
+    protected abstract StreamEvents ReadStream(ProviderRequest request);
 
     /// <summary>Turns an error body into the upstream's error: message, type, code, param, and whether it is a context-length error.</summary>
     protected abstract UpstreamError ParseError(int status, string body);
@@ -180,13 +185,21 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
             await using (body.ConfigureAwait(false))
             {
-                await using var chunks = ReadStreamAsync(body, request, deadline.Token).GetAsyncEnumerator(deadline.Token);
+                var reader = ReadStream(request);
+                using var events = new SseEventReader(body);
                 while (true)
                 {
-                    bool more;
+                    ChatCompletionChunk? chunk;
+                    bool end;
                     try
                     {
-                        more = await chunks.MoveNextAsync().ConfigureAwait(false);
+                        if (!await events.MoveNextAsync(deadline.Token).ConfigureAwait(false))
+                        {
+                            // The body ended without the provider's last event: the stream was cut short.
+                            throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' ended before {reader.LastEvent}.");
+                        }
+
+                        chunk = reader.Read(events.Data, out end);
                     }
                     catch (OperationCanceledException ex) when (deadline.TimedOut)
                     {
@@ -201,13 +214,16 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                         throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' sent an invalid event: {ex.Message}", inner: ex);
                     }
 
-                    if (!more)
+                    for (; chunk is not null; chunk = reader.Next())
+                    {
+                        deadline.Restart(Options.StreamIdleTimeout);
+                        yield return chunk;
+                    }
+
+                    if (end)
                     {
                         break;
                     }
-
-                    deadline.Restart(Options.StreamIdleTimeout);
-                    yield return chunks.Current;
                 }
             }
         }
@@ -396,3 +412,20 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
 /// <summary>An upstream's error as it reported it: its message, type, code and param, and whether it says the prompt is too long.</summary>
 internal readonly record struct UpstreamError(string Message, string? Type, string? Code, string? Param, bool ContextLength);
+
+/// <summary>
+/// Turns one upstream stream's SSE events into chunks, one event at a time, for <see cref="HttpChatProvider"/>'s
+/// reading loop: an event makes no chunk, one, or several (<see cref="Next"/>), and says whether it was the last.
+/// </summary>
+internal abstract class StreamEvents
+{
+    /// <summary>The provider's last event, named in the error when the body ends before it.</summary>
+    public abstract string LastEvent { get; }
+
+    /// <summary>The first chunk one event's data makes (null: none); <paramref name="end"/> when it ends the stream.</summary>
+    /// <exception cref="System.Text.Json.JsonException">The event is not valid JSON of the provider's shape.</exception>
+    public abstract ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end);
+
+    /// <summary>The next chunk the last event made, after the one <see cref="Read"/> returned (null: no more).</summary>
+    public virtual ChatCompletionChunk? Next() => null;
+}

@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Hosting;
@@ -59,22 +58,29 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         JsonSerializer.Deserialize(body, GatewayJsonContext.Default.ChatCompletionResponse)
         ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
 
-    protected override async IAsyncEnumerable<ChatCompletionChunk> ReadStreamAsync(Stream body, ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
+    protected override StreamEvents ReadStream(ProviderRequest request) => new Events(this, request);
+
+    /// <summary>
+    /// Chunks are parsed straight from the event bytes (no string per event), all sharing the first one's id string,
+    /// and keep those bytes when the endpoint can write them as they came.
+    /// </summary>
+    private sealed class Events(OpenAIChatProvider provider, ProviderRequest request) : StreamEvents
     {
-        // Chunks are parsed straight from the event bytes (no string per event), all sharing the first one's id string,
-        // and keep those bytes when the endpoint can write them as they came.
-        string? id = null;
-        var keep = request.Request.Gateway?.KeepsEventJson == true;
-        var skim = keep && request.ChoicesMayStayUnread;
-        using var events = new SseEventReader(body);
-        while (await events.MoveNextAsync(cancellationToken).ConfigureAwait(false))
+        private readonly bool _keep = request.Request.Gateway?.KeepsEventJson == true;
+        private readonly bool _skim = request.Request.Gateway?.KeepsEventJson == true && request.ChoicesMayStayUnread;
+        private string? _id;
+
+        public override string LastEvent => "[DONE]";
+
+        public override ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end)
         {
-            if (events.Data.SequenceEqual("[DONE]"u8))
+            end = data.SequenceEqual("[DONE]"u8);
+            if (end)
             {
-                yield break;
+                return null;
             }
 
-            if (AnswerJson.ReadStreamChunk(events.Data, ref id, keep, skim) is not { } chunk)
+            if (AnswerJson.ReadStreamChunk(data, ref _id, _keep, _skim) is not { } chunk)
             {
                 // Reported as an invalid event (SseParser's null item had ended the stream as if it were [DONE]).
                 throw new JsonException("A stream event is the JSON null.");
@@ -82,24 +88,26 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
 
             if (chunk.AdditionalProperties?.TryGetValue("error", out var error) == true)
             {
-                // An error sent inside the stream (OpenAI does this for mid-stream failures): classified by its type or code.
-                var text = SecretRedactor.Redact((error.ValueKind == JsonValueKind.Object && error.TryGetProperty("message", out var m) ? m.GetString() : error.ToString()) ?? "unknown", ApiKey);
-                var type = error.ValueKind == JsonValueKind.Object && error.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
-                var code = error.ValueKind == JsonValueKind.Object && error.TryGetProperty("code", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString() : null;
-                var outcome = (type ?? code) switch
-                {
-                    "rate_limit_exceeded" or "rate_limit_error" or "tokens" or "requests" => AttemptOutcome.RateLimited,
-                    "invalid_request_error" => AttemptOutcome.NonRetryableError,
-                    _ => AttemptOutcome.RetryableError,
-                };
-                throw new ProviderException(outcome, $"'{Name}' sent an error in the stream: {text}") { ErrorType = type, ErrorCode = code, UpstreamMessage = text };
+                throw provider.StreamError(error);
             }
 
-            yield return chunk;
+            return chunk;
         }
+    }
 
-        // The body ended without "data: [DONE]": the stream was cut short.
-        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' ended before [DONE].");
+    /// <summary>An error sent inside the stream (OpenAI does this for mid-stream failures): classified by its type or code.</summary>
+    private ProviderException StreamError(JsonElement error)
+    {
+        var text = SecretRedactor.Redact((error.ValueKind == JsonValueKind.Object && error.TryGetProperty("message", out var m) ? m.GetString() : error.ToString()) ?? "unknown", ApiKey);
+        var type = error.ValueKind == JsonValueKind.Object && error.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+        var code = error.ValueKind == JsonValueKind.Object && error.TryGetProperty("code", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString() : null;
+        var outcome = (type ?? code) switch
+        {
+            "rate_limit_exceeded" or "rate_limit_error" or "tokens" or "requests" => AttemptOutcome.RateLimited,
+            "invalid_request_error" => AttemptOutcome.NonRetryableError,
+            _ => AttemptOutcome.RetryableError,
+        };
+        return new ProviderException(outcome, $"'{Name}' sent an error in the stream: {text}") { ErrorType = type, ErrorCode = code, UpstreamMessage = text };
     }
 
     protected override UpstreamError ParseError(int status, string body) =>
