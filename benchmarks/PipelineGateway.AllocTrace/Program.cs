@@ -6,9 +6,19 @@ using Microsoft.Diagnostics.Tracing.Parsers.Clr;
 // Prints the share of sampled bytes by type, by "owner" (the first frame of the stack, innermost first, that names one
 // of the parts below: the gateway's stages, ASP.NET Core's and System.Net.Http's layers), and by owner and type.
 // Usage: pgw-alloctrace TRACE.nettrace [rows] [type]   (with a type, or part of its name: also its top allocating stacks)
+//
+// With --enqueues, the trace is of the thread pool's enqueue events instead (FrameworkEventSource, ThreadPoolEnqueueWork,
+// each with its stack: benchmarks/http/alloc.sh HOPS=1 takes it): every hand-off of work to another thread-pool thread,
+// grouped by the frames that queued it (the tracing frames left out).
+// Usage: pgw-alloctrace --enqueues TRACE.nettrace [rows] [frames]
+if (args.Length >= 2 && args[0] == "--enqueues")
+{
+    return Enqueues(args[1], args.Length > 2 ? int.Parse(args[2]) : 12, args.Length > 3 ? int.Parse(args[3]) : 7);
+}
+
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: pgw-alloctrace TRACE.nettrace [rows]");
+    Console.Error.WriteLine("usage: pgw-alloctrace TRACE.nettrace [rows] [type] | pgw-alloctrace --enqueues TRACE.nettrace [rows] [frames]");
     return 2;
 }
 
@@ -87,3 +97,39 @@ void Print(string title, Dictionary<string, long> shares)
 
 static void Add(Dictionary<string, long> into, string key, long bytes) =>
     into[key] = into.GetValueOrDefault(key) + bytes;
+
+static int Enqueues(string path, int rows, int depth)
+{
+    var byStack = new Dictionary<string, long>();
+    long total = 0;
+    using var trace = TraceLog.OpenOrConvert(TraceLog.CreateFromEventPipeDataFile(path));
+    foreach (var e in trace.Events)
+    {
+        if (e.EventName != "ThreadPoolEnqueueWork")
+        {
+            continue;
+        }
+
+        total++;
+        var frames = new List<string>();
+        for (var frame = e.CallStack(); frame is not null && frames.Count < depth; frame = frame.Caller)
+        {
+            var name = frame.CodeAddress.FullMethodName is { Length: > 0 } method ? method : "?";
+            if (!name.Contains("Diagnostics.Tracing", StringComparison.Ordinal))
+            {
+                frames.Add(name.Length > 150 ? name[..150] : name);
+            }
+        }
+
+        var key = string.Join("\n      ", frames);
+        byStack[key] = byStack.GetValueOrDefault(key) + 1;
+    }
+
+    Console.WriteLine($"{total} thread-pool enqueues");
+    foreach (var (key, count) in byStack.OrderByDescending(kv => kv.Value).Take(rows))
+    {
+        Console.WriteLine($"{100.0 * count / Math.Max(1, total),6:F2}%  {key}");
+    }
+
+    return 0;
+}

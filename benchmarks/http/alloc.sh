@@ -5,19 +5,21 @@
 # requests per second wrk measured over the same 10 s; and thread-pool work items per request the same way
 # (dotnet.thread_pool.work_item.count: each one a hand-off between threads). TRACE=1 also records the gateway's sampled allocation events
 # (dotnet-trace, one event per ~100 KB with type and stack) and prints where they come from (pgw-alloctrace).
-# Needs: wrk, and `dotnet tool install -g dotnet-counters` (and dotnet-trace for TRACE=1).
 # TRACE_TYPE=NAME (with TRACE=1) also prints the stacks that allocate types whose name contains NAME.
-# Usage: [CONNECTIONS=32] [WARMUP=35] [TRACE=0] [TRACE_TYPE=] benchmarks/http/alloc.sh
+# HOPS=1 also records both processes' thread-pool enqueues for 3 s each (FrameworkEventSource ThreadPoolEnqueueWork, with
+# stacks) and prints where the hand-offs come from (pgw-alloctrace --enqueues): the work items per request, explained.
+# Needs: wrk, and `dotnet tool install -g dotnet-counters` (and dotnet-trace for TRACE=1 or HOPS=1).
+# Usage: [CONNECTIONS=32] [WARMUP=35] [TRACE=0] [TRACE_TYPE=] [HOPS=0] benchmarks/http/alloc.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CONNECTIONS="${CONNECTIONS:-32}" WARMUP="${WARMUP:-35}" TRACE="${TRACE:-0}"
+CONNECTIONS="${CONNECTIONS:-32}" WARMUP="${WARMUP:-35}" TRACE="${TRACE:-0}" HOPS="${HOPS:-0}"
 SIM_PORT=18201 GW_PORT=18202 YARP_PORT=18203
 TOOLS="$HOME/.dotnet/tools"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 [ -x "$TOOLS/dotnet-counters" ] || { echo "dotnet-counters is needed: dotnet tool install -g dotnet-counters" >&2; exit 1; }
 dotnet build -c Release src/PipelineGateway.Cli >/dev/null
 dotnet build -c Release benchmarks/PipelineGateway.YarpProxy >/dev/null
-[ "$TRACE" = 1 ] && dotnet build -c Release benchmarks/PipelineGateway.AllocTrace >/dev/null
+if [ "$TRACE" = 1 ] || [ "$HOPS" = 1 ]; then dotnet build -c Release benchmarks/PipelineGateway.AllocTrace >/dev/null; fi
 PGW=src/PipelineGateway.Cli/bin/Release/net10.0/pgw
 YARP=benchmarks/PipelineGateway.YarpProxy/bin/Release/net10.0/pgw-yarp
 . benchmarks/http/common.sh
@@ -52,4 +54,17 @@ if [ "$TRACE" = 1 ]; then
   "$TOOLS/dotnet-trace" collect -p $GW --providers Microsoft-Windows-DotNETRuntime:0x1:5 --duration 00:00:00:08 -o "$WORK/gateway.nettrace" >/dev/null 2>&1
   wait $w || true
   benchmarks/PipelineGateway.AllocTrace/bin/Release/net10.0/pgw-alloctrace "$WORK/gateway.nettrace" 25 ${TRACE_TYPE:-}
+fi
+
+if [ "$HOPS" = 1 ]; then
+  [ -x "$TOOLS/dotnet-trace" ] || { echo "dotnet-trace is needed: dotnet tool install -g dotnet-trace" >&2; exit 1; }
+  for target in "gateway $GW $GW_PORT" "YARP $YP $YARP_PORT"; do
+    set -- $target
+    load "$3" 6 >"$WORK/$1-hops.wrk" & w=$!
+    sleep 1
+    "$TOOLS/dotnet-trace" collect -p "$2" --providers "System.Diagnostics.Eventing.FrameworkEventSource:0x12:5" --duration 00:00:00:03 -o "$WORK/$1-hops.nettrace" >/dev/null 2>&1
+    wait $w || true
+    echo "-- $1: thread-pool hand-offs in 3 s at $(awk '/Requests\/sec/ {print $2}' "$WORK/$1-hops.wrk") req/s over 6 s (tracing slows it: compare shares)"
+    benchmarks/PipelineGateway.AllocTrace/bin/Release/net10.0/pgw-alloctrace --enqueues "$WORK/$1-hops.nettrace" 8 7
+  done
 fi
