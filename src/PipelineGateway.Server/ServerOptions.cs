@@ -29,7 +29,7 @@ public sealed class ServerOptions
     /// answer on the thread that produced it, instead of handing each to the thread pool
     /// (<c>SocketTransportOptions.UnsafePreferInlineScheduling</c>). Off by default, as in Kestrel: measured paired on
     /// two cores (docs/benchmarks.md, issue 21), whole answers were served ~11% more for ~3% more CPU per request,
-    /// but streams cost ~6% more CPU per event (each flushed event is sent on the writing thread instead of
+    /// but streams cost ~6–7% more CPU per event (each flushed event is sent on the writing thread instead of
     /// Kestrel's I/O queue). Safe with the gateway's own code (nothing on the request path blocks a thread), not with
     /// middleware of yours that does.
     /// </summary>
