@@ -62,7 +62,7 @@ public sealed class PgwProcess : IDisposable
     /// </summary>
     public static PgwProcess Start(string workingDirectory, int? fileSizeLimitKb, params string[] args)
     {
-        var info = new ProcessStartInfo(fileSizeLimitKb is null ? "dotnet" : "bash")
+        var info = new ProcessStartInfo(fileSizeLimitKb is null ? (DefaultSignals.Value ? "env" : "dotnet") : "bash")
         {
             WorkingDirectory = workingDirectory,
             RedirectStandardOutput = true,
@@ -76,6 +76,13 @@ public sealed class PgwProcess : IDisposable
             info.ArgumentList.Add($"trap '' XFSZ; ulimit -f {kb}; exec dotnet \"$@\"");
             info.Environment["DOTNET_EnableWriteXorExecute"] = "0"; // W^X maps code through a memory file the limit would cap
             info.ArgumentList.Add("pgw");
+        }
+        else if (DefaultSignals.Value)
+        {
+            // A test host started with SIGINT ignored (a background job of a non-interactive shell: CI scripts run that
+            // way) passes the ignoring on, and .NET keeps it, so Ctrl+C's signal would never reach pgw: reset it.
+            info.ArgumentList.Add("--default-signal=INT");
+            info.ArgumentList.Add("dotnet");
         }
 
         info.ArgumentList.Add(PgwDll);
@@ -94,6 +101,21 @@ public sealed class PgwProcess : IDisposable
         process.BeginErrorReadLine();
         return pgw;
     }
+
+    /// <summary>True where <c>env --default-signal</c> exists (GNU coreutils 8.31 and later).</summary>
+    private static readonly Lazy<bool> DefaultSignals = new(() =>
+    {
+        try
+        {
+            using var probe = System.Diagnostics.Process.Start(new ProcessStartInfo("env", ["--default-signal=INT", "true"]) { UseShellExecute = false, RedirectStandardError = true });
+            probe!.WaitForExit();
+            return probe.ExitCode == 0;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return false;
+        }
+    });
 
     /// <summary>Sends a signal (TERM, INT…) with the system's kill command.</summary>
     public static void Signal(Process process, string signal)
