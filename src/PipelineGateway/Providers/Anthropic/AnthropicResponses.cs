@@ -163,9 +163,9 @@ internal sealed class AnthropicStreamWriter(int? inputTokens = null)
     public static void Write(IBufferWriter<byte> pipe, (string Name, byte[] Json) e)
     {
         // Event names are the protocol's own few words: encoded on the stack.
-        Span<byte> name = stackalloc byte[128];
-        var length = Encoding.UTF8.GetMaxByteCount(e.Name.Length) <= name.Length ? Encoding.UTF8.GetBytes(e.Name, name) : -1;
-        Serialization.SseFrame.Write(pipe, "event: "u8, length >= 0 ? name[..length] : Encoding.UTF8.GetBytes(e.Name), "\ndata: "u8, e.Json, "\n\n"u8);
+        Span<byte> buffer = stackalloc byte[64];
+        ReadOnlySpan<byte> name = Encoding.UTF8.TryGetBytes(e.Name, buffer, out var length) ? buffer[..length] : Encoding.UTF8.GetBytes(e.Name);
+        Serialization.SseFrame.Write(pipe, "event: "u8, name, "\ndata: "u8, e.Json, "\n\n"u8);
     }
 
     private static (string, byte[]) Stop(int index) =>

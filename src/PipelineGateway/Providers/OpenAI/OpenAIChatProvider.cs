@@ -58,16 +58,18 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         JsonSerializer.Deserialize(body, GatewayJsonContext.Default.ChatCompletionResponse)
         ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
 
-    protected override StreamEvents ReadStream(ProviderRequest request) => new Events(this, request);
+    protected override StreamEvents ReadStream(ProviderRequest request)
+    {
+        var keep = request.Request.Gateway?.KeepsEventJson == true;
+        return new Events(this, keep, skim: keep && request.ChoicesMayStayUnread);
+    }
 
     /// <summary>
     /// Chunks are parsed straight from the event bytes (no string per event), all sharing the first one's id string,
     /// and keep those bytes when the endpoint can write them as they came.
     /// </summary>
-    private sealed class Events(OpenAIChatProvider provider, ProviderRequest request) : StreamEvents
+    private sealed class Events(OpenAIChatProvider provider, bool keep, bool skim) : StreamEvents
     {
-        private readonly bool _keep = request.Request.Gateway?.KeepsEventJson == true;
-        private readonly bool _skim = request.Request.Gateway?.KeepsEventJson == true && request.ChoicesMayStayUnread;
         private string? _id;
 
         public override string LastEvent => "[DONE]";
@@ -80,7 +82,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
                 return null;
             }
 
-            if (AnswerJson.ReadStreamChunk(data, ref _id, _keep, _skim) is not { } chunk)
+            if (AnswerJson.ReadStreamChunk(data, ref _id, keep, skim) is not { } chunk)
             {
                 // Reported as an invalid event (SseParser's null item had ended the stream as if it were [DONE]).
                 throw new JsonException("A stream event is the JSON null.");
