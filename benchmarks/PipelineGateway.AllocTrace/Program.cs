@@ -11,9 +11,19 @@ using Microsoft.Diagnostics.Tracing.Parsers.Clr;
 // each with its stack: benchmarks/http/alloc.sh HOPS=1 takes it): every hand-off of work to another thread-pool thread,
 // grouped by the frames that queued it (the tracing frames left out).
 // Usage: pgw-alloctrace --enqueues TRACE.nettrace [rows] [frames]
+//
+// With --gc, the trace is of the runtime's GC events (benchmarks/http/rss-trace.sh GC_TRACE=1 takes it): one line per
+// collection — when, which generation and why, how many heaps, the pause, each generation's size after it and what it
+// promoted — to see what sets the GC's committed memory (its budgets, the heap count DATAS chose, what survives).
+// Usage: pgw-alloctrace --gc TRACE.nettrace
 if (args.Length >= 2 && args[0] == "--enqueues")
 {
     return Enqueues(args[1], args.Length > 2 ? int.Parse(args[2]) : 12, args.Length > 3 ? int.Parse(args[3]) : 7);
+}
+
+if (args.Length >= 2 && args[0] == "--gc")
+{
+    return Collections(args[1]);
 }
 
 if (args.Length < 1)
@@ -129,6 +139,33 @@ static int Enqueues(string path, int rows, int depth)
     foreach (var (key, count) in byStack.OrderByDescending(kv => kv.Value).Take(rows))
     {
         Console.WriteLine($"{100.0 * count / Math.Max(1, total),6:F2}%  {key}");
+    }
+
+    return 0;
+}
+
+static int Collections(string path)
+{
+    using var source = new Microsoft.Diagnostics.Tracing.EventPipeEventSource(path);
+    Microsoft.Diagnostics.Tracing.Analysis.TraceLoadedDotNetRuntimeExtensions.NeedLoadedDotNetRuntimes(source);
+    source.Process();
+    foreach (var process in Microsoft.Diagnostics.Tracing.Analysis.TraceProcessesExtensions.Processes(source))
+    {
+        var runtime = Microsoft.Diagnostics.Tracing.Analysis.TraceLoadedDotNetRuntimeExtensions.LoadedDotNetRuntime(process);
+        if (runtime is null)
+        {
+            continue;
+        }
+
+        Console.WriteLine("    s    #  gen reason              heaps  pause ms  gen0/gen1/gen2/loh after MB  promoted MB  allocated since last MB");
+        foreach (var gc in runtime.GC.GCs)
+        {
+            Console.WriteLine(
+                $"{gc.StartRelativeMSec / 1000,5:F1} {gc.Number,4}  {gc.Generation,3} {gc.Reason,-18} {gc.HeapCount,6} {gc.PauseDurationMSec,9:F2}  " +
+                $"{gc.GenSizeAfterMB(Gens.Gen0),6:F1} {gc.GenSizeAfterMB(Gens.Gen1),6:F1} " +
+                $"{gc.GenSizeAfterMB(Gens.Gen2),6:F1} {gc.GenSizeAfterMB(Gens.GenLargeObj),6:F1}  " +
+                $"{gc.PromotedMB,10:F2}  {gc.AllocedSinceLastGCMB,10:F1}");
+        }
     }
 
     return 0;
