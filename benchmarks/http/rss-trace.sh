@@ -21,6 +21,7 @@ command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2;
 TARGET="${TARGET:-gateway}"
 . benchmarks/http/common.sh
 build_front_processes
+[ "${GC_TRACE:-0}" = 1 ] && dotnet build -c Release benchmarks/PipelineGateway.AllocTrace >/dev/null
 require_free_ports $SIM_PORT $GW_PORT
 CFG=$(mktemp); WORK=$(mktemp -d)
 sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" benchmarks/http/gateway-over-simulator.json >"$CFG"
@@ -38,7 +39,6 @@ echo "idle RSS $(rss) MiB"
 "$COUNTERS" collect -p $GW --refresh-interval 1 --format csv -o "$WORK/counters.csv" --duration "00:00:$(printf '%02d' "$DURATION")" \
   --counters System.Runtime >/dev/null 2>&1 & CTR=$!
 if [ "${GC_TRACE:-0}" = 1 ]; then
-  dotnet build -c Release benchmarks/PipelineGateway.AllocTrace >/dev/null
   "$HOME/.dotnet/tools/dotnet-trace" collect -p $GW --providers Microsoft-Windows-DotNETRuntime:0x1:4 -o "$WORK/gc.nettrace" \
     --duration "00:00:00:$(printf '%02d' "$DURATION")" >/dev/null 2>&1 & TRC=$!
 fi
