@@ -28,7 +28,7 @@ if (args.Length >= 2 && args[0] == "--gc")
 
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: pgw-alloctrace TRACE.nettrace [rows] [type] | pgw-alloctrace --enqueues TRACE.nettrace [rows] [frames]");
+    Console.Error.WriteLine("usage: pgw-alloctrace TRACE.nettrace [rows] [type] | pgw-alloctrace --enqueues TRACE.nettrace [rows] [frames] | pgw-alloctrace --gc TRACE.nettrace");
     return 2;
 }
 
