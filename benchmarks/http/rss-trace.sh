@@ -8,8 +8,10 @@
 # load and the same runtime settings, for the same picture of the floor. ENV='VAR=value …' is set on the traced process.
 # GC_TRACE=1 also traces the runtime's GC events through the run (dotnet-trace) and prints one line per collection
 # (pgw-alloctrace --gc: generation, reason, heap count, sizes after, promoted).
+# LATENCY_MS and CONFIG give the slow-upstream mode of run.sh (LATENCY_MS=1000 CONNECTIONS=3000
+# CONFIG=benchmarks/http/gateway-over-slow-simulator.json): the simulator answers after that delay.
 # Needs: wrk, `dotnet tool install -g dotnet-counters` (and dotnet-trace for GC_TRACE).
-# Usage: [CONNECTIONS=128] [TARGET=gateway|yarp] [ENV=] [GC_TRACE=1] benchmarks/http/rss-trace.sh [seconds] [pgw serve arguments…]
+# Usage: [CONNECTIONS=128] [TARGET=gateway|yarp] [ENV=] [GC_TRACE=1] [LATENCY_MS=0 CONFIG=…] benchmarks/http/rss-trace.sh [seconds] [pgw serve arguments…]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-30}"; shift || true
@@ -23,9 +25,10 @@ TARGET="${TARGET:-gateway}"
 build_front_processes
 [ "${GC_TRACE:-0}" = 1 ] && dotnet build -c Release benchmarks/PipelineGateway.AllocTrace >/dev/null
 require_free_ports $SIM_PORT $GW_PORT
+ulimit -n 65536 2>/dev/null || true
 CFG=$(mktemp); WORK=$(mktemp -d)
-sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" benchmarks/http/gateway-over-simulator.json >"$CFG"
-"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & SIM=$!
+sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" "${CONFIG:-benchmarks/http/gateway-over-simulator.json}" >"$CFG"
+"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --latency-ms "${LATENCY_MS:-0}" >/dev/null 2>&1 & SIM=$!
 if [ "$TARGET" = yarp ]; then
   env ${ENV:-} "$YARP" --urls "http://127.0.0.1:$GW_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & GW=$!
 else

@@ -75,6 +75,8 @@ public static partial class GatewayServer
         builder.Services.AddPipelineGateway(builder.Configuration);
         builder.Services.AddPipelineGatewayRedis(builder.Configuration);
         builder.Services.AddHostedService<DrainOnStopping>();
+        builder.Services.AddSingleton<Gen1Guard>();
+        builder.Services.AddHostedService(static sp => sp.GetRequiredService<Gen1Guard>());
 
         // The gateway's instruments (GenAI conventions + pgw.*) exported for Prometheus at GET /metrics.
         var telemetry = builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(GatewayInstruments.MeterName).AddPrometheusExporter());
