@@ -8,10 +8,12 @@
 # load and the same runtime settings, for the same picture of the floor. ENV='VAR=value …' is set on the traced process.
 # GC_TRACE=1 also traces the runtime's GC events through the run (dotnet-trace) and prints one line per collection
 # (pgw-alloctrace --gc: generation, reason, heap count, sizes after, promoted).
+# GCDUMP=N takes a dotnet-gcdump of the traced process N seconds into the load (the live objects, by type; the dump
+# forces a full collection, so the RSS after that second no longer shows the run's own shape).
 # LATENCY_MS and CONFIG give the slow-upstream mode of run.sh (LATENCY_MS=1000 CONNECTIONS=3000
 # CONFIG=benchmarks/http/gateway-over-slow-simulator.json): the simulator answers after that delay.
 # Needs: wrk, `dotnet tool install -g dotnet-counters` (and dotnet-trace for GC_TRACE).
-# Usage: [CONNECTIONS=128] [TARGET=gateway|yarp] [ENV=] [GC_TRACE=1] [LATENCY_MS=0 CONFIG=…] benchmarks/http/rss-trace.sh [seconds] [pgw serve arguments…]
+# Usage: [CONNECTIONS=128] [TARGET=gateway|yarp] [ENV=] [GC_TRACE=1] [GCDUMP=seconds] [LATENCY_MS=0 CONFIG=…] benchmarks/http/rss-trace.sh [seconds] [pgw serve arguments…]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-30}"; shift || true
@@ -46,8 +48,13 @@ if [ "${GC_TRACE:-0}" = 1 ]; then
     --duration "00:00:00:$(printf '%02d' "$DURATION")" >/dev/null 2>&1 & TRC=$!
 fi
 wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 30s -s benchmarks/http/post-chat.lua "http://127.0.0.1:$GW_PORT/v1/chat/completions" >"$WORK/wrk.txt" & W=$!
-SERIES=""
-while kill -0 $W 2>/dev/null; do SERIES+=" $(rss)"; sleep 1; done
+SERIES=""; SECOND=0
+while kill -0 $W 2>/dev/null; do
+  SERIES+=" $(rss)"; sleep 1; SECOND=$((SECOND + 1))
+  if [ "$SECOND" = "${GCDUMP:-}" ]; then
+    "$HOME/.dotnet/tools/dotnet-gcdump" collect -p $GW -o "$WORK/live.gcdump" >/dev/null 2>&1 || echo "dotnet-gcdump failed (dotnet tool install -g dotnet-gcdump)" >&2
+  fi
+done
 wait $W; wait $CTR || true
 echo "RSS each second (MiB):$SERIES"
 echo "peak RSS $(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/$GW/status") MiB; $(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt") req/s"
@@ -60,6 +67,10 @@ echo "collections: gen0 $(total 'collections ({collection} / 1 sec)[gc.heap.gene
 echo "largest resident mappings at the end:"
 awk '/^[0-9a-f]+-[0-9a-f]+ / {name = (NF > 5 ? $6 : "[anon]"); sub(/.*\//, "", name)} /^Rss:/ {rss[name] += $2}
   END {for (n in rss) printf "%8d KiB  %s\n", rss[n], n}' "/proc/$GW/smaps" | sort -rn | head -8 || true
+if [ -f "$WORK/live.gcdump" ]; then
+  echo "live objects ${GCDUMP} s into the load (dotnet-gcdump), largest types first:"
+  "$HOME/.dotnet/tools/dotnet-gcdump" report "$WORK/live.gcdump" | head -30
+fi
 if [ "${GC_TRACE:-0}" = 1 ]; then
   wait $TRC || true
   echo "collections (GC events):"
