@@ -75,8 +75,10 @@ public static partial class GatewayServer
         builder.Services.AddPipelineGateway(builder.Configuration);
         builder.Services.AddPipelineGatewayRedis(builder.Configuration);
         builder.Services.AddHostedService<DrainOnStopping>();
-        builder.Services.AddSingleton<Gen1Guard>();
-        builder.Services.AddHostedService(static sp => sp.GetRequiredService<Gen1Guard>());
+        if (server.GcGen1GuardMiB > 0)
+        {
+            builder.Services.AddGatewayGcGen1Guard(server.GcGen1GuardMiB);
+        }
 
         // The gateway's instruments (GenAI conventions + pgw.*) exported for Prometheus at GET /metrics.
         var telemetry = builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(GatewayInstruments.MeterName).AddPrometheusExporter());

@@ -20,6 +20,29 @@ namespace PipelineGateway.Hosting;
 public static class GatewayServiceCollectionExtensions
 {
     /// <summary>
+    /// Adds the GC gen1 guard to a process that hosts the gateway: after a collection, when the GC's generation 1
+    /// holds more than <paramref name="limitMiB"/> MiB and more than twice what that collection promoted, it asks for
+    /// one gen1 collection — the dead requests .NET's GC otherwise lets pile up in gen1 under load from a cold start,
+    /// and with slow upstreams (docs/server.md, "Runtime settings"; measured in docs/benchmarks.md, issue 21). The HTTP
+    /// server runs it by default (<c>Gateway:Server:GcGen1GuardMiB</c>); a worker service hosting the library opts in
+    /// here, or sets <c>DOTNET_GCGen1MaxBudget</c> in its environment instead.
+    /// </summary>
+    public static IServiceCollection AddGatewayGcGen1Guard(this IServiceCollection services, int limitMiB = 4)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(limitMiB);
+        services.TryAddSingleton(TimeProvider.System);
+        services.Replace(ServiceDescriptor.Singleton(new Gen1Guard.Limit(limitMiB))); // called again: the last limit
+        if (!services.Any(static d => d.ServiceType == typeof(Gen1Guard)))
+        {
+            services.AddSingleton<Gen1Guard>();
+            services.AddHostedService(static sp => sp.GetRequiredService<Gen1Guard>());
+        }
+
+        return services;
+    }
+
+    /// <summary>
     /// Adds the gateway, configured from <paramref name="configuration"/> (the <c>Gateway</c> section, or the
     /// section itself), validated at start, and returns its builder for anything more in code. Register it before
     /// hosted services that submit work, so it stops after them (hosted services stop in reverse order). Calling it

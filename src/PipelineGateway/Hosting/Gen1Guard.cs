@@ -1,11 +1,12 @@
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
-namespace PipelineGateway.Server;
+namespace PipelineGateway.Hosting;
 
 /// <summary>
 /// Keeps dead requests from piling up in the GC's generation 1 while the runtime is still tuning its budgets
-/// (<see cref="ServerOptions.GcGen1GuardMiB"/>). Under load from a cold start, .NET's server GC (with DATAS) collects
+/// (<see cref="GatewayServiceCollectionExtensions.AddGatewayGcGen1Guard"/>; on by default in the HTTP server,
+/// <c>Gateway:Server:GcGen1GuardMiB</c>). Under load from a cold start, .NET's server GC (with DATAS) collects
 /// only gen0 for the first ~10–20 s: each collection promotes the requests in flight at that moment into gen1, and
 /// gen1's first budget is large enough that 15–25 MB of long-dead requests accumulate there before the first gen1
 /// collection re-tunes it — the warm-up's peak of resident memory (docs/benchmarks.md, issue 21). The runtime's own
@@ -34,9 +35,9 @@ internal sealed partial class Gen1Guard : IHostedService, IDisposable
     private ITimer? _timer;
     private int _checking;
 
-    public Gen1Guard(ServerOptions options, TimeProvider time, ILogger<Gen1Guard> logger, GcProbe? probe = null)
+    public Gen1Guard(Limit limit, TimeProvider time, ILogger<Gen1Guard> logger, GcProbe? probe = null)
     {
-        _limitBytes = (long)options.GcGen1GuardMiB << 20;
+        _limitBytes = (long)limit.MiB << 20;
         _time = time;
         _logger = logger;
         _probe = probe ?? new GcProbe();
@@ -121,4 +122,7 @@ internal sealed partial class Gen1Guard : IHostedService, IDisposable
     }
 
     internal readonly record struct Sample(long Gen1Bytes, long PromotedBytes);
+
+    /// <summary>The guard's limit in MiB (0: it never looks).</summary>
+    internal sealed record Limit(int MiB);
 }

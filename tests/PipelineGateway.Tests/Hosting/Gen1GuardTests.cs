@@ -3,13 +3,14 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Time.Testing;
+using PipelineGateway.Hosting;
 using PipelineGateway.Server;
 using PipelineGateway.Tests.Support;
 
-namespace PipelineGateway.Tests.Server;
+namespace PipelineGateway.Tests.Hosting;
 
 /// <summary>
-/// The GC gen1 guard (docs/server.md, "Runtime settings"): after a collection, gen1 is collected only when it holds more
+/// The GC gen1 guard (docs/server.md, "Runtime settings"; on in the server, opted into by a library host): after a collection, gen1 is collected only when it holds more
 /// than the limit and more than twice what the latest collection promoted; it looks once per period and only after a new
 /// collection; 0 turns it off. The GC's readings are scripted (the process's own GC is shared with every other test);
 /// one test checks the real probe against the real GC.
@@ -25,7 +26,7 @@ public sealed class Gen1GuardTests
     {
         var time = new FakeTimeProvider();
         var probe = new ScriptedProbe();
-        using var guard = new Gen1Guard(new ServerOptions { GcGen1GuardMiB = 4 }, time, NullLogger<Gen1Guard>.Instance, probe);
+        using var guard = new Gen1Guard(new Gen1Guard.Limit(4), time, NullLogger<Gen1Guard>.Instance, probe);
         await guard.StartAsync(Ct);
 
         // Below the limit: left alone.
@@ -61,7 +62,7 @@ public sealed class Gen1GuardTests
     {
         var time = new FakeTimeProvider();
         var probe = new ScriptedProbe { Always = new(30 * MiB, 0) };
-        using var guard = new Gen1Guard(new ServerOptions(), time, NullLogger<Gen1Guard>.Instance, probe);
+        using var guard = new Gen1Guard(new Gen1Guard.Limit(4), time, NullLogger<Gen1Guard>.Instance, probe);
         await guard.StartAsync(Ct);
 
         time.Advance(Gen1Guard.Period - TimeSpan.FromMilliseconds(1));
@@ -82,7 +83,7 @@ public sealed class Gen1GuardTests
     {
         var time = new FakeTimeProvider();
         var probe = new ScriptedProbe { Always = new(500 * MiB, 0) };
-        using var guard = new Gen1Guard(new ServerOptions { GcGen1GuardMiB = 0 }, time, NullLogger<Gen1Guard>.Instance, probe);
+        using var guard = new Gen1Guard(new Gen1Guard.Limit(0), time, NullLogger<Gen1Guard>.Instance, probe);
         await guard.StartAsync(Ct);
 
         time.Advance(Gen1Guard.Period * 20);
@@ -96,17 +97,35 @@ public sealed class Gen1GuardTests
     {
         await using (var app = GatewayServer.Build(TestServerConfig.Simulated([]), "http://127.0.0.1:0", l => { }))
         {
-            app.Services.GetServices<IHostedService>().Should().Contain(s => s is Gen1Guard);
-            app.Services.GetRequiredService<ServerOptions>().GcGen1GuardMiB.Should().Be(4);
+            app.Services.GetServices<IHostedService>().Should().ContainSingle(s => s is Gen1Guard);
+            app.Services.GetRequiredService<Gen1Guard.Limit>().MiB.Should().Be(4);
+        }
+
+        await using (var app = GatewayServer.Build(TestServerConfig.Simulated(new Dictionary<string, string?> { ["Gateway:Server:GcGen1GuardMiB"] = "16" }), "http://127.0.0.1:0", l => { }))
+        {
+            app.Services.GetRequiredService<Gen1Guard.Limit>().MiB.Should().Be(16);
         }
 
         await using (var app = GatewayServer.Build(TestServerConfig.Simulated(new Dictionary<string, string?> { ["Gateway:Server:GcGen1GuardMiB"] = "0" }), "http://127.0.0.1:0", l => { }))
         {
-            app.Services.GetRequiredService<ServerOptions>().GcGen1GuardMiB.Should().Be(0);
+            app.Services.GetServices<IHostedService>().Should().NotContain(s => s is Gen1Guard);
         }
 
         var act = () => GatewayServer.Build(TestServerConfig.Simulated(new Dictionary<string, string?> { ["Gateway:Server:GcGen1GuardMiB"] = "-1" }), "http://127.0.0.1:0", l => { });
         act.Should().Throw<Microsoft.Extensions.Options.OptionsValidationException>().Which.Message.Should().Contain("GcGen1GuardMiB");
+    }
+
+    [Fact]
+    public void A_library_host_opts_in_once_whatever_the_number_of_calls_and_the_last_limit_wins()
+    {
+        var services = new ServiceCollection().AddLogging();
+        services.AddGatewayGcGen1Guard().AddGatewayGcGen1Guard(limitMiB: 8);
+        using var provider = services.BuildServiceProvider();
+
+        provider.GetServices<IHostedService>().Should().ContainSingle(s => s is Gen1Guard);
+        provider.GetRequiredService<Gen1Guard.Limit>().MiB.Should().Be(8);
+        var zero = () => new ServiceCollection().AddGatewayGcGen1Guard(limitMiB: 0);
+        zero.Should().Throw<ArgumentOutOfRangeException>();
     }
 
     [Fact]
