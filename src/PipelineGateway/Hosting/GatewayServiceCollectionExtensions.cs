@@ -32,12 +32,9 @@ public static class GatewayServiceCollectionExtensions
         ArgumentNullException.ThrowIfNull(services);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(limitMiB);
         services.TryAddSingleton(TimeProvider.System);
-        services.Replace(ServiceDescriptor.Singleton(new Gen1Guard.Limit(limitMiB))); // called again: the last limit
-        if (!services.Any(static d => d.ServiceType == typeof(Gen1Guard)))
-        {
-            services.AddSingleton<Gen1Guard>();
-            services.AddHostedService(static sp => sp.GetRequiredService<Gen1Guard>());
-        }
+        services.AddSingleton(new Gen1Guard.Limit(limitMiB));
+        services.TryAddSingleton<Gen1Guard>();
+        services.AddHostedService(static sp => sp.GetRequiredService<Gen1Guard>()); // added once (TryAddEnumerable)
 
         return services;
     }
