@@ -39,7 +39,7 @@ public sealed class ServerOptions
     /// Asks the GC for a gen1 collection when, after a collection, gen1 holds more than this many MiB and more than twice
     /// what that collection promoted: under load from a cold start the runtime otherwise lets 15–25 MB of dead requests
     /// pile up in gen1 for its first seconds, and with a slow upstream far more (measured on two cores, docs/benchmarks.md,
-    /// issue 21: warm-up peak ~5–8 MiB lower at 128 connections, ~40–70 MiB lower with 3,000 connections to a 1 s
+    /// issue 21: warm-up peak ~5–15 MiB lower at 128 connections, ~70 MiB lower with 3,000 connections to a 1 s
     /// upstream; CPU per request unchanged). The same effect as <c>DOTNET_GCGen1MaxBudget</c>, which the runtime reads
     /// from the environment only. 0 turns it off.
     /// </summary>

@@ -11,7 +11,7 @@ namespace PipelineGateway.Hosting;
 /// gen1's first budget is large enough that 15–25 MB of long-dead requests accumulate there before the first gen1
 /// collection re-tunes it — the warm-up's peak of resident memory (docs/benchmarks.md, issue 21). The runtime's own
 /// cap, <c>DOTNET_GCGen1MaxBudget</c>, is read from the environment only (a process cannot ship it in its
-/// runtimeconfig), so the server looks after each collection instead: when gen1 holds more than the limit and more
+/// runtimeconfig), so the guard looks after each collection instead: when gen1 holds more than the limit and more
 /// than <see cref="SurvivorMultiple"/> times what that collection promoted, it asks for one gen1 collection. The second
 /// condition leaves alone a gen1 that is large only because many requests were in flight at the last collection (it
 /// promoted them all): it takes a pile of older survivors — in a gateway, requests long answered — to trigger it.
