@@ -24,10 +24,9 @@ public sealed class Gen1GuardTests
     [Fact]
     public async Task Collects_gen1_when_it_holds_a_pile_of_older_survivors_and_only_then()
     {
-        var time = new FakeTimeProvider();
         var probe = new ScriptedProbe();
-        using var guard = new Gen1Guard(new Gen1Guard.Limit(4), time, NullLogger<Gen1Guard>.Instance, probe);
-        await guard.StartAsync(Ct);
+        var (time, guard) = await StartAsync(4, probe);
+        using var _ = guard;
 
         // Below the limit: left alone.
         probe.Next = new(3 * MiB, 400 * 1024);
@@ -60,10 +59,9 @@ public sealed class Gen1GuardTests
     [Fact]
     public async Task Looks_once_per_period_and_stops_when_the_host_stops()
     {
-        var time = new FakeTimeProvider();
         var probe = new ScriptedProbe { Always = new(30 * MiB, 0) };
-        using var guard = new Gen1Guard(new Gen1Guard.Limit(4), time, NullLogger<Gen1Guard>.Instance, probe);
-        await guard.StartAsync(Ct);
+        var (time, guard) = await StartAsync(4, probe);
+        using var _ = guard;
 
         time.Advance(Gen1Guard.Period - TimeSpan.FromMilliseconds(1));
         probe.Reads.Should().Be(0);
@@ -81,10 +79,9 @@ public sealed class Gen1GuardTests
     [Fact]
     public async Task Zero_turns_it_off()
     {
-        var time = new FakeTimeProvider();
         var probe = new ScriptedProbe { Always = new(500 * MiB, 0) };
-        using var guard = new Gen1Guard(new Gen1Guard.Limit(0), time, NullLogger<Gen1Guard>.Instance, probe);
-        await guard.StartAsync(Ct);
+        var (time, guard) = await StartAsync(0, probe);
+        using var _ = guard;
 
         time.Advance(Gen1Guard.Period * 20);
 
@@ -143,6 +140,15 @@ public sealed class Gen1GuardTests
         var gen1 = GC.CollectionCount(1);
         probe.CollectGen1();
         GC.CollectionCount(1).Should().BeGreaterThan(gen1);
+    }
+
+    /// <summary>A guard on a fake clock, reading the scripted probe, started.</summary>
+    private static async Task<(FakeTimeProvider Time, Gen1Guard Guard)> StartAsync(int limitMiB, ScriptedProbe probe)
+    {
+        var time = new FakeTimeProvider();
+        var guard = new Gen1Guard(new Gen1Guard.Limit(limitMiB), time, NullLogger<Gen1Guard>.Instance, probe);
+        await guard.StartAsync(Ct);
+        return (time, guard);
     }
 
     private sealed class ScriptedProbe : Gen1Guard.GcProbe
