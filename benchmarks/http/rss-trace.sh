@@ -8,7 +8,7 @@
 # load and the same runtime settings, for the same picture of the floor. ENV='VAR=value …' is set on the traced process.
 # GC_TRACE=1 also traces the runtime's GC events through the run (dotnet-trace) and prints one line per collection
 # (pgw-alloctrace --gc: generation, reason, heap count, sizes after, promoted).
-# GCDUMP=N takes a dotnet-gcdump of the traced process N seconds into the load (the live objects, by type; the dump
+# GCDUMP=N takes a dotnet-gcdump of the traced process N seconds into the load (the live heap and its types; the dump
 # forces a full collection, so the RSS after that second no longer shows the run's own shape).
 # LATENCY_MS and CONFIG give the slow-upstream mode of run.sh (LATENCY_MS=1000 CONNECTIONS=3000
 # CONFIG=benchmarks/http/gateway-over-slow-simulator.json): the simulator answers after that delay.
@@ -68,7 +68,7 @@ echo "largest resident mappings at the end:"
 awk '/^[0-9a-f]+-[0-9a-f]+ / {name = (NF > 5 ? $6 : "[anon]"); sub(/.*\//, "", name)} /^Rss:/ {rss[name] += $2}
   END {for (n in rss) printf "%8d KiB  %s\n", rss[n], n}' "/proc/$GW/smaps" | sort -rn | head -8 || true
 if [ -f "$WORK/live.gcdump" ]; then
-  echo "live objects ${GCDUMP} s into the load (dotnet-gcdump), largest types first:"
+  echo "live objects ${GCDUMP} s into the load (dotnet-gcdump report: the live heap's total, then types by size class):"
   "$HOME/.dotnet/tools/dotnet-gcdump" report "$WORK/live.gcdump" | head -30
 fi
 if [ "${GC_TRACE:-0}" = 1 ]; then
