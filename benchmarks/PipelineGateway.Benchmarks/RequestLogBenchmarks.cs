@@ -117,13 +117,6 @@ public class RequestLogPipelineBenchmarks
     [Params(false, true)]
     public bool Logged { get; set; }
 
-    /// <summary>
-    /// "Server": rows shaped as the gateway builds them (a sequence-numbered request id, the one successful attempt as a
-    /// list, sixteen keys, one model); "Texts": every value a string, as a library host's own records are.
-    /// </summary>
-    [Params("Server", "Texts")]
-    public string Rows { get; set; } = "Server";
-
     [GlobalSetup]
     public async Task Setup()
     {

@@ -4,7 +4,7 @@
 #   2. a plain YARP reverse proxy in front of it (pgw-yarp)       (the best-kept .NET proxy: the floor to beat),
 #   3. a bare forwarding proxy in front of it (pgw-bareproxy)     (Kestrel + HttpClient copying bytes, nothing else),
 #   4. the gateway in front of it (pgw serve)                     (what is measured),
-# at saturation (wrk, fixed connections, ROUNDS round-robin rounds) and at a fixed rate (pgw-loadgen, open loop,
+# at saturation (wrk, fixed connections, ROUNDS round-robin rounds, the order rotated each round) and at a fixed rate (pgw-loadgen, open loop,
 # 2,000 req/s by default), with the CPU each front process spent per request (from /proc/PID/stat) and each process's
 # peak RSS (VmHWM). Medians over rounds, and the gateway's ratios to YARP: single rounds on a shared VM move by more
 # than most changes do. Everything binds to 127.0.0.1; every run is bounded by its duration.
@@ -86,6 +86,13 @@ for t in ${TARGETS#direct }; do wrk -t2 -c32 -d8s -s benchmarks/http/post-chat.l
 declare -A WARM_RSS
 for t in ${TARGETS#direct }; do WARM_RSS[$t]=$(rss_now "${PID[$t]}"); done
 
+# The targets in round N's order: rotated by N-1, so each takes each place in turn over the rounds (a fixed order
+# put the gateway last every round, after three targets' loads: the host's slow spells then fell on it more often).
+in_order() { # round
+  local -a all=($TARGETS); local n=${#all[@]} i
+  for ((i = 0; i < n; i++)); do printf '%s ' "${all[$(( (i + $1 - 1) % n ))]}"; done
+}
+
 declare -A RPS CPUS
 saturate() { # target connections round
   local t=$1 c=$2 front0=0 front1=0 line rps cpu=""
@@ -100,7 +107,7 @@ saturate() { # target connections round
     "$(awk '{print $2}' <<<"$line")" "$(awk '{print $3}' <<<"$line")" "${cpu:--}" "$(cut -d' ' -f4- <<<"$line")"
 }
 for c in $CONNECTIONS; do
-  for round in $(seq 1 "$ROUNDS"); do for t in $TARGETS; do saturate "$t" "$c" "$round"; done; done
+  for round in $(seq 1 "$ROUNDS"); do for t in $(in_order "$round"); do saturate "$t" "$c" "$round"; done; done
   for t in $TARGETS; do
     printf '  median c=%-5s %-20s %10s req/s  CPU/request %s us\n' "$c" "${NAME[$t]}" "$(median <<<"${RPS[$t$c]}")" "$(median <<<"${CPUS[$t$c]}")"
   done
@@ -108,7 +115,8 @@ for c in $CONNECTIONS; do
       -v g="$(median <<<"${RPS[gateway$c]}")" -v gc="$(median <<<"${CPUS[gateway$c]}")" -v yc="$(median <<<"${CPUS[yarp$c]}")" -v c="$c" \
     'BEGIN {printf "  ratios c=%-5s YARP %.0f%% of direct, bare %.0f%% of direct; gateway %.0f%% of direct, %.2fx YARP throughput, %.2fx YARP CPU per request\n", c, 100*y/d, 100*b/d, 100*g/d, g/y, gc/yc}'
   if [ "$LOG_AB" = 1 ]; then
-    # Each round loads both gateways back to back: the median of the rounds' differences cancels slow drifts of the host.
+    # Each round loads both gateways (back to back but in the round where the rotation splits them): the median of the
+    # rounds' differences cancels slow drifts of the host.
     diffs=$(paste -d' ' <(tr ' ' '\n' <<<"${CPUS[gateway$c]}" | grep -v '^$') <(tr ' ' '\n' <<<"${CPUS[nolog$c]}" | grep -v '^$') | awk '{printf "%.1f ", $1 - $2}')
     awk -v g="$(median <<<"${CPUS[gateway$c]}")" -v n="$(median <<<"${CPUS[nolog$c]}")" -v gr="$(median <<<"${RPS[gateway$c]}")" -v nr="$(median <<<"${RPS[nolog$c]}")" \
         -v d="$(median <<<"$diffs")" -v all="$diffs" -v c="$c" \
@@ -132,7 +140,7 @@ if [ "$FIXED" = 1 ]; then
     P99[$t$2]=$(sed -E 's/.*, p99 ([0-9.]+) ms, max.*/\1/' <<<"$line") # the latency's p99, not the send lag's
   }
   echo "fixed rate, $RATE req/s:"
-  for round in $(seq 1 "$ROUNDS"); do for t in $TARGETS; do fixed "$t" "$round"; done; done
+  for round in $(seq 1 "$ROUNDS"); do for t in $(in_order "$round"); do fixed "$t" "$round"; done; done
   added() { # key p50|p99
     local -n table=$2
     for round in $(seq 1 "$ROUNDS"); do awk -v a="${table[$1$round]}" -v d="${table[direct$round]}" 'BEGIN {printf "%.3f ", a - d}'; done
