@@ -13,7 +13,7 @@ namespace PipelineGateway.Benchmarks;
 [ThreadingDiagnoser]
 public class PipelineBenchmarks
 {
-    private const int TotalPerOperation = 4096;
+    internal const int TotalPerOperation = 4096;
     private const int OperationsPerInvoke = TotalPerOperation;
 
     private Gateway _gateway = null!;

@@ -55,9 +55,10 @@ internal sealed partial class ProviderWorkerPool
     private ValueTask AcquirePermitAsync(CancellationToken token) =>
         _permits.Wait(0, CancellationToken.None) ? ValueTask.CompletedTask : new ValueTask(_permits.WaitAsync(token));
 
-    private void ReleasePermit()
+    /// <summary>Gives a concurrency permit back; <paramref name="now"/>: a timestamp the caller just read (0: read one).</summary>
+    private void ReleasePermit(long now = 0)
     {
-        Volatile.Write(ref _lastRelease, _time.GetTimestamp());
+        Volatile.Write(ref _lastRelease, now != 0 ? now : _time.GetTimestamp());
         _permits.Release();
     }
 }

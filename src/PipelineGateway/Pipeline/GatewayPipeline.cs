@@ -297,7 +297,10 @@ internal sealed partial class GatewayPipeline
             ThreadPool.UnsafeQueueUserWorkItem(static s => s.Pipeline.LetGoWaiting(s.Item), (Pipeline: this, Item: item), preferLocal: false);
         }
 
-        var completion = new Completion(item, response, error, _time.GetElapsedTime(item.StartTimestamp));
+        // An answer built for this very request (ResponseInfo, just before completing it) already carries its latency:
+        // the same figure then reaches the caller, the metrics and the log, for one clock read fewer.
+        var latency = response?.Gateway is { } info && info.RequestSequence == item.Sequence ? info.Latency : _time.GetElapsedTime(item.StartTimestamp);
+        var completion = new Completion(item, response, error, latency);
         foreach (var listener in _listeners)
         {
             listener.OnCompleted(completion);

@@ -9,13 +9,16 @@ namespace PipelineGateway.Pipeline;
 /// </summary>
 internal static class ResponseInfo
 {
-    /// <summary>An upstream's answer (or a stream's opening, <paramref name="usage"/> null: its cost is not known yet).</summary>
-    public static GatewayResponseInfo Answered(WorkItem item, Deployment deployment, TokenUsage? usage, Cost.PricingTable pricing, TimeProvider time, IReadOnlyList<GatewayAttempt>? attempts = null) => new()
+    /// <summary>
+    /// An upstream's answer (or a stream's opening, <paramref name="usage"/> null: its cost is not known yet).
+    /// <paramref name="now"/>: a timestamp the caller just read (0: read one).
+    /// </summary>
+    public static GatewayResponseInfo Answered(WorkItem item, Deployment deployment, TokenUsage? usage, Cost.PricingTable pricing, TimeProvider time, IReadOnlyList<GatewayAttempt>? attempts = null, long now = 0) => new()
     {
         Provider = deployment.ProviderName,
         ProviderModel = deployment.Model,
         Attempts = attempts ?? item.FinalAttempts,
-        Latency = time.GetElapsedTime(item.StartTimestamp),
+        Latency = time.GetElapsedTime(item.StartTimestamp, now != 0 ? now : time.GetTimestamp()),
         RequestSequence = item.Sequence,
         Cost = usage is null ? 0 : pricing.Cost(deployment, usage),
     };

@@ -12,8 +12,8 @@ internal sealed class DeploymentSelector(HealthTracker health)
 {
     public HealthTracker Health => health;
 
-    /// <summary>Picks and acquires a deployment, or returns null when none is available now.</summary>
-    public Deployment? Select(WorkItem item, ModelGroup group, ref Deployment[] scratch, Deployment? exclude = null)
+    /// <summary>Picks and acquires a deployment, or returns null when none is available now (<paramref name="at"/>: the caller's clock read, if it has one).</summary>
+    public Deployment? Select(WorkItem item, ModelGroup group, ref Deployment[] scratch, Deployment? exclude = null, DateTimeOffset? at = null)
     {
         var all = group.DeploymentArray;
         if (scratch.Length < all.Length)
@@ -21,7 +21,7 @@ internal sealed class DeploymentSelector(HealthTracker health)
             scratch = new Deployment[all.Length];
         }
 
-        var now = health.Now;
+        var now = at ?? health.Now;
         var n = 0;
         var anyUntried = false;
         foreach (var d in all)

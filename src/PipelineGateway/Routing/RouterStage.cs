@@ -59,11 +59,13 @@ internal sealed class RouterStage(
             }
         }
 
-        var chosen = selector.Select(item, item.Group, ref _scratch);
+        // One clock read for the whole decision: health, the fallbacks and the allowed wait all see the same instant.
+        var now = selector.Health.Now;
+        var chosen = selector.Select(item, item.Group, ref _scratch, at: now);
         while (chosen is null && item.TryAdvanceFallback())
         {
             metrics.OnFallback();
-            chosen = selector.Select(item, item.Group, ref _scratch);
+            chosen = selector.Select(item, item.Group, ref _scratch, at: now);
         }
 
         if (chosen is null)
@@ -74,7 +76,7 @@ internal sealed class RouterStage(
                 return ValueTask.CompletedTask;
             }
 
-            chosen = DeploymentSelector.Earliest(item, item.Group, selector.Health.Now);
+            chosen = DeploymentSelector.Earliest(item, item.Group, now);
             if (chosen is null)
             {
                 // Every deployment's key or model is being refused by its provider: nothing to try.
@@ -83,7 +85,7 @@ internal sealed class RouterStage(
             }
         }
 
-        Dispatch(item, chosen);
+        Dispatch(item, chosen, now);
         return ValueTask.CompletedTask;
     }
 
@@ -92,12 +94,12 @@ internal sealed class RouterStage(
     /// with room within the request's allowed wait takes it. None: refused at once with an honest Retry-After. Never
     /// waits, so no provider's backlog ever holds up the router (and with it every other model).
     /// </summary>
-    private void Dispatch(WorkItem item, Deployment chosen)
+    private void Dispatch(WorkItem item, Deployment chosen, DateTimeOffset now)
     {
         // Unparked for room at a provider: if it lands anywhere else (or nowhere), that room goes to the next one parked there.
         var room = item.ResumedFor;
         item.ResumedFor = null;
-        var landed = DispatchTo(item, chosen);
+        var landed = DispatchTo(item, chosen, now);
         if (room is not null && !ReferenceEquals(landed, room))
         {
             room.PassRoomOn();
@@ -105,9 +107,9 @@ internal sealed class RouterStage(
     }
 
     /// <summary>Returns the pool that took or parked the request (null: refused).</summary>
-    private ProviderWorkerPool? DispatchTo(WorkItem item, Deployment chosen)
+    private ProviderWorkerPool? DispatchTo(WorkItem item, Deployment chosen, DateTimeOffset now)
     {
-        var maxWait = AllowedWait(item);
+        var maxWait = AllowedWait(item, now);
         var best = Offer(item, chosen, maxWait);
         if (best.Accepted)
         {
@@ -115,7 +117,6 @@ internal sealed class RouterStage(
         }
 
         chosen.State.OnNeutral(); // give back a half-open probe the request will not use
-        var now = selector.Health.Now;
         foreach (var other in item.Group.DeploymentArray)
         {
             if (ReferenceEquals(other, chosen) || item.HasTried(other) || !selector.Health.TryAcquire(other, now))
@@ -204,9 +205,9 @@ internal sealed class RouterStage(
     }
 
     /// <summary>How long the request may wait in a provider's queue: its remaining deadline, and for fail-fast callers <c>Pipeline:MaxQueueWait</c>.</summary>
-    private TimeSpan AllowedWait(WorkItem item)
+    private TimeSpan AllowedWait(WorkItem item, DateTimeOffset now)
     {
-        var remaining = item.Deadline - selector.Health.Now;
+        var remaining = item.Deadline - now;
         return item.Mode == SubmitMode.FailFast && _maxQueueWait < remaining ? _maxQueueWait : remaining;
     }
 
