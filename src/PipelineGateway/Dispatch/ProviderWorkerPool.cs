@@ -271,7 +271,7 @@ internal sealed partial class ProviderWorkerPool
             try
             {
                 // Rate first (holding no concurrency permit while waiting), then a concurrency permit. The attempt's time
-                // starts when both are held: read again only if either had to wait (clock reads were ~18% of the
+                // starts when both are held: read again only if either had to wait (clock reads were ~20% of the
                 // in-process path's samples, docs/benchmarks.md).
                 var rate = AcquireRateAsync(item);
                 var waited = !rate.IsCompleted;
