@@ -58,7 +58,7 @@ internal sealed partial class ProviderWorkerPool
     /// <summary>Gives a concurrency permit back; <paramref name="now"/>: a timestamp the caller just read (0: read one).</summary>
     private void ReleasePermit(long now = 0)
     {
-        Volatile.Write(ref _lastRelease, now != 0 ? now : _time.GetTimestamp());
+        Volatile.Write(ref _lastRelease, _time.OrNow(now));
         _permits.Release();
     }
 }

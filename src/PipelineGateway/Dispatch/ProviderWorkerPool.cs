@@ -324,7 +324,7 @@ internal sealed partial class ProviderWorkerPool
                 return service;
             }
 
-            var took = _time.GetElapsedTime(started, ended != 0 ? ended : _time.GetTimestamp());
+            var took = _time.GetElapsedTime(started, _time.OrNow(ended));
             if (response is not null)
             {
                 // After the permit is back: the caller may be resumed on this thread (see WorkItem.TryComplete).

@@ -18,7 +18,7 @@ internal static class ResponseInfo
         Provider = deployment.ProviderName,
         ProviderModel = deployment.Model,
         Attempts = attempts ?? item.FinalAttempts,
-        Latency = time.GetElapsedTime(item.StartTimestamp, now != 0 ? now : time.GetTimestamp()),
+        Latency = time.GetElapsedTime(item.StartTimestamp, time.OrNow(now)),
         RequestSequence = item.Sequence,
         Cost = usage is null ? 0 : pricing.Cost(deployment, usage),
     };
