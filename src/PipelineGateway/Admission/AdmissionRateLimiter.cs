@@ -187,6 +187,7 @@ internal sealed partial class AdmissionRateLimiter : IDisposable, Pipeline.IComp
                 var giveUpAt = Min(nowUtc + _options.MaxWait, item.Deadline);
                 if (item.Mode == SubmitMode.Wait && wait != TimeSpan.MaxValue && nowUtc + wait <= giveUpAt)
                 {
+                    item.NeverReuse(); // the permit's timer and shutdown reach it from other threads
                     partition.Park(new Waiter(item, tokens, giveUpAt));
                     if (partition.Waiters.Count == 1)
                     {

@@ -140,6 +140,7 @@ internal sealed class Flights(GatewayPipeline pipeline, TimeProvider time) : ICo
                             return false; // full: this one makes its own call (and leads nothing)
                         }
 
+                        item.NeverReuse(); // answered by the leader's thread, retired by this stage's
                         flight.Followers.Add(item);
                         return true;
                     }
@@ -148,6 +149,7 @@ internal sealed class Flights(GatewayPipeline pipeline, TimeProvider time) : ICo
                 continue; // closing as we looked: start a new one
             }
 
+            item.NeverReuse(); // its followers are answered from its completion
             var mine = new Flight(item);
             if (_flights.TryAdd(key, mine))
             {

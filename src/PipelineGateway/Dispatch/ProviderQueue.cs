@@ -132,6 +132,7 @@ internal sealed class ProviderQueue : IWaitingRoom
 
             _overflow.Enqueue(_overflow.LaneFor(key, _fairness.WeightOf(key)), item.Priority, item);
             item.WaitingIn = this;
+            item.NeverReuse(); // parked: resumed by whichever worker frees room, maybe after it ended
             return true;
         }
     }
@@ -309,18 +310,27 @@ internal sealed class ProviderQueue : IWaitingRoom
         }
     }
 
+    /// <summary>The lane a worker's request holds here, taken off the request (the worker hands it to <see cref="Done"/>).</summary>
+    public static FairQueue<WorkItem>.Lane? TakeLane(WorkItem item)
+    {
+        var lane = item.QueueLane;
+        item.QueueLane = null;
+        return lane;
+    }
+
     /// <summary>
     /// A worker finished with a request; <paramref name="service"/> is how long it took (null: no attempt was made).
     /// Returns the requests that must be refused now: when the first measurement arrives, those taken in blind (before
     /// anything was known) that it shows cannot be taken within their allowed wait.
     /// </summary>
-    public List<WorkItem>? Done(WorkItem item, TimeSpan? service)
+    /// <param name="lane">The request's lane here, taken off it when the worker took it (<see cref="TakeLane"/>): by now
+    /// the request may be another stage's, or another request's.</param>
+    public List<WorkItem>? Done(FairQueue<WorkItem>.Lane? lane, TimeSpan? service)
     {
         lock (_lock)
         {
-            if (item.QueueLane is { } lane)
+            if (lane is not null)
             {
-                item.QueueLane = null;
                 _items.Finish(lane);
             }
 

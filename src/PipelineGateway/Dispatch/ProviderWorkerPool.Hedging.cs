@@ -15,6 +15,7 @@ internal sealed partial class ProviderWorkerPool
     /// </summary>
     private async ValueTask<TimeSpan?> HedgedAttemptAsync(WorkItem item, Deployment primary, TimeSpan delay)
     {
+        item.NeverReuse(); // two legs and a timer hold it, the losing leg past the answer
         try
         {
             var services = _services!;

@@ -111,6 +111,9 @@ internal sealed partial class ProviderWorkerPool
         var signal = new WorkerSignal();
         while (await NextAsync(signal).ConfigureAwait(false) is { } item)
         {
+            // Past the attempt the item may be another stage's (dead-letter) or, retired, another request's: what the
+            // queue needs back from it is taken now.
+            var lane = ProviderQueue.TakeLane(item);
             TimeSpan? service = null;
             try
             {
@@ -123,7 +126,7 @@ internal sealed partial class ProviderWorkerPool
             }
             finally
             {
-                if (_queue.Done(item, service) is { } refused)
+                if (_queue.Done(lane, service) is { } refused)
                 {
                     RefuseLate(refused);
                 }
@@ -201,17 +204,15 @@ internal sealed partial class ProviderWorkerPool
     private ValueTask<TimeSpan?> AttemptAsync(WorkItem item)
     {
         var deployment = item.Current!;
-        var send = false;
+        bool send;
         try
         {
             send = ReadyToSend(item, deployment);
         }
-        finally
+        catch
         {
-            if (!send)
-            {
-                item.ReleaseDeployment();
-            }
+            item.ReleaseDeployment();
+            throw;
         }
 
         if (!send)
@@ -224,12 +225,16 @@ internal sealed partial class ProviderWorkerPool
             : SingleAttemptAsync(item, deployment);
     }
 
-    /// <summary>False when the request must not be sent (already answered, shutdown's grace over, deadline passed): it is then retired here.</summary>
+    /// <summary>
+    /// False when the request must not be sent (already answered, shutdown's grace over, deadline passed): it then leaves
+    /// the deployment's load and is retired here.
+    /// </summary>
     private bool ReadyToSend(WorkItem item, Deployment deployment)
     {
         var services = _services!;
         if (item.IsCompleted)
         {
+            item.ReleaseDeployment();
             deployment.State.OnNeutral();
             services.Lifecycle.Retire(item);
             return false;
@@ -239,6 +244,7 @@ internal sealed partial class ProviderWorkerPool
         {
             // Shutdown's grace period is over: start nothing new upstream.
             item.Cancel(CancelReason.Shutdown);
+            item.ReleaseDeployment();
             deployment.State.OnNeutral();
             services.Lifecycle.FailAndRetire(item, item.CancellationError());
             return false;
@@ -249,6 +255,7 @@ internal sealed partial class ProviderWorkerPool
         if (_time.GetTimestamp() >= item.DeadlineDue)
         {
             item.Cancel(CancelReason.Deadline);
+            item.ReleaseDeployment();
             deployment.State.OnNeutral();
             services.Lifecycle.FailAndRetire(item, item.CancellationError());
             return false;
@@ -260,6 +267,7 @@ internal sealed partial class ProviderWorkerPool
     /// <summary>One attempt, holding one of this provider's concurrency permits.</summary>
     private async ValueTask<TimeSpan?> SingleAttemptAsync(WorkItem item, Deployment deployment)
     {
+        var handedOn = false;
         try
         {
             var services = _services!;
@@ -320,11 +328,15 @@ internal sealed partial class ProviderWorkerPool
             {
                 Limits.Settle(charge, 0);
                 var service = sent ? _time.GetElapsedTime(started) : (TimeSpan?)null;
+                item.ReleaseDeployment();
+                handedOn = true;
                 OnAttemptFailed(item, deployment, started, ex);
                 return service;
             }
 
             var took = _time.GetElapsedTime(started, _time.OrNow(ended));
+            item.ReleaseDeployment();
+            handedOn = true;
             if (response is not null)
             {
                 // After the permit is back: the caller may be resumed on this thread (see WorkItem.TryComplete).
@@ -335,8 +347,12 @@ internal sealed partial class ProviderWorkerPool
         }
         finally
         {
-            // The deployment's load is let go of once the attempt ends, however it ends (idempotent: usually done already).
-            item.ReleaseDeployment();
+            // The deployment's load is let go of once the attempt ends, however it ends (idempotent: usually done
+            // already) — before the item moves on: past that it may be another stage's, or another request's.
+            if (!handedOn)
+            {
+                item.ReleaseDeployment();
+            }
         }
     }
 

@@ -113,6 +113,13 @@ public sealed class PipelineOptions
     /// handlers never wait). Busy stages queue as before. Off: every request crosses every channel (for comparison).
     /// </summary>
     public bool PassThroughIdleStages { get; set; } = true;
+
+    /// <summary>
+    /// A request's work item is reused for a later request once its caller has its answer and the pipeline let go of it
+    /// (not when anything else may still reach it: a cancellation, a stream, a shared cache call, a hedge, a retry).
+    /// Saves ~430 B per request in process. Off: every request gets a new one (for comparison, or to rule it out).
+    /// </summary>
+    public bool ReuseWorkItems { get; set; } = true;
 }
 
 /// <summary>One provider: a backend with its own worker pool.</summary>

@@ -139,6 +139,8 @@ internal sealed class Deadlines
                 var now = _time.GetTimestamp();
                 while (_count > 0 && _heap[0].DeadlineDue <= now)
                 {
+                    // Never reused: this thread acts on it after the lock, when its owner may have let go of it.
+                    _heap[0].NeverReuse();
                     (due ??= []).Add(_heap[0]);
                     RemoveAt(0);
                 }

@@ -57,6 +57,7 @@ internal sealed partial class GatewayPipeline
         _logger = logger;
         Flights = new Flights(this, time);
         Deadlines = new Deadlines(time);
+        Items = _options.ReuseWorkItems ? new WorkItemPool(Math.Clamp(_options.MaxInFlight, 16, 1024)) : null;
 
         // Ending a request, folder by folder (ICompletionListener): waiters on the same call, the budget, the token
         // limits, the metrics (which see every other folder's settlement done), then the request log and the trace
@@ -85,6 +86,9 @@ internal sealed partial class GatewayPipeline
 
     /// <summary>Every request's deadline, on a few timers instead of one per request.</summary>
     public Deadlines Deadlines { get; }
+
+    /// <summary>Work items for reuse (<see cref="WorkItemPool"/>); none when <c>Pipeline:ReuseWorkItems</c> is off.</summary>
+    public WorkItemPool? Items { get; }
 
     public int MaxInFlight { get; }
 
@@ -160,7 +164,7 @@ internal sealed partial class GatewayPipeline
         var slot = item.Slot;
         item.Slot = -1;
         Volatile.Write(ref _live[slot], null);
-        PassOn(item, slot);
+        PassOn(item, slot, retiring: false);
     }
 
     /// <summary>
@@ -189,17 +193,33 @@ internal sealed partial class GatewayPipeline
         }
     }
 
-    /// <summary>The owning stage lets go of the item for good: the slot is returned.</summary>
-    public void Retire(WorkItem item) => PassOn(item, LetGo(item));
+    /// <summary>
+    /// The owning stage lets go of the item for good: the slot is returned. The caller of this must not touch the item
+    /// afterwards: it may already be another request's (<see cref="WorkItemPool"/>).
+    /// </summary>
+    public void Retire(WorkItem item) => PassOn(item, LetGo(item), retiring: true);
 
     /// <summary>
     /// A freed slot goes to the next request waiting for one; one that ended while it waited is retired in turn and
-    /// passes the slot on (a loop, not recursion: a run of cancelled waiters cannot deepen the stack).
+    /// passes the slot on (a loop, not recursion: a run of cancelled waiters cannot deepen the stack). A retiring item's
+    /// hold is released once the slot is passed on (the last use of it here).
     /// </summary>
-    private void PassOn(WorkItem item, int slot)
+    private void PassOn(WorkItem item, int slot, bool retiring)
     {
-        while (slot >= 0 && _slots.Release(item, slot, out var granted) is { } next)
+        while (true)
         {
+            var granted = -1;
+            var next = slot >= 0 ? _slots.Release(item, slot, out granted) : null;
+            if (retiring)
+            {
+                item.PipelineDone();
+            }
+
+            if (next is null)
+            {
+                return;
+            }
+
             next.Slot = granted;
             Volatile.Write(ref _live[granted], next);
             LeaveGate(next);
@@ -211,6 +231,7 @@ internal sealed partial class GatewayPipeline
             // Ended while it waited; or (cannot happen while the capacity argument holds) no room: never lose it.
             next.TryFail(new GatewayUnavailableException("The gateway is shutting down."));
             item = next;
+            retiring = true;
             slot = LetGo(next);
         }
     }
@@ -329,6 +350,7 @@ internal sealed partial class GatewayPipeline
     private async Task DrainOnceAsync(CancellationToken hostStopping)
     {
         _draining = true;
+        Items?.Close();
         _gate.Close(static () => new GatewayUnavailableException("The gateway is shutting down: it stopped accepting requests."));
         _channels.Admission.Writer.TryComplete();
         if (Interlocked.Read(ref _outstanding) == 0)

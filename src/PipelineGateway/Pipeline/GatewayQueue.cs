@@ -292,6 +292,7 @@ internal sealed class GatewayQueue(
     private WorkItem Refused(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, Exception? error, long? submitted, CancellationToken cancellationToken)
     {
         var item = Create(request, group, stream, mode, submitted, cancellationToken);
+        item.NeverReuse(); // the submitting code still looks at it after its retirement (rare: a refusal)
         if (error is not null)
         {
             item.TryFail(error);
@@ -304,7 +305,18 @@ internal sealed class GatewayQueue(
     private WorkItem Create(ChatCompletionRequest request, ModelGroup group, bool stream, SubmitMode mode, long? submitted, CancellationToken cancellationToken)
     {
         var sequence = request.Gateway?.RequestSequence is > 0 and var drawn ? drawn : RequestIds.Next();
-        var item = new WorkItem(request, group, stream, TimeoutOf(request), pipeline.Deadlines, cancellationToken, pipeline, sequence, submitted) { Mode = mode };
+        WorkItem item;
+        if (pipeline.Items?.Rent() is { } reused)
+        {
+            item = reused;
+            item.Initialize(request, group, stream, TimeoutOf(request), pipeline.Deadlines, pipeline, sequence, submitted, cancellationToken);
+        }
+        else
+        {
+            item = new WorkItem(request, group, stream, TimeoutOf(request), pipeline.Deadlines, cancellationToken, pipeline, sequence, submitted, pipeline.Items);
+        }
+
+        item.Mode = mode;
         Tracing.GatewayTracing.StartRequest(item);
         return item;
     }

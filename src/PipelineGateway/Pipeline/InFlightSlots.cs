@@ -84,6 +84,7 @@ internal sealed class InFlightSlots : IWaitingRoom
 
             _waiting.Enqueue(_waiting.LaneFor(key, _fairness.WeightOf(key)), item.Priority, item);
             item.WaitingIn = this;
+            item.NeverReuse(); // a retiring request hands it its slot, shutdown takes it out: other threads' lives
             slot = -1;
             return false;
         }

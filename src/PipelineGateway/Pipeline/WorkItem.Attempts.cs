@@ -43,7 +43,12 @@ internal sealed partial class WorkItem
     /// <summary>The deployment chosen by the router for the current attempt; counted in its in-flight load until the attempt ends.</summary>
     public Deployment? Current
     {
-        get => _current;
+        get
+        {
+            Live();
+            return _current;
+        }
+
         set
         {
             ReleaseDeployment();
@@ -62,6 +67,7 @@ internal sealed partial class WorkItem
     /// </summary>
     public bool ReleaseDeployment()
     {
+        Live();
         var entered = Interlocked.Exchange(ref _entered, null);
         entered?.State.Exit();
         return entered is not null;
@@ -99,6 +105,7 @@ internal sealed partial class WorkItem
         // one a slot longer, so a snapshot taken by a cancellation callback on another thread is the array it reads, with
         // no lock and no list (a request makes one attempt, rarely more than three; a list and its array were 72 B per
         // request against 32 for one array of one).
+        Live();
         attempt.Deployment = deployment;
         var attempts = _attempts;
         GatewayAttempt[] grown;

@@ -8,7 +8,15 @@ namespace PipelineGateway.Pipeline;
 /// <summary>What each folder keeps on the request while it holds it (slots and lanes, waiting rooms, charges and reservations, the flight): written by that folder only.</summary>
 internal sealed partial class WorkItem
 {
-    public int Slot { get; set; } = -1;
+    public int Slot
+    {
+        get;
+        set
+        {
+            Live();
+            field = value;
+        }
+    } = -1;
 
     /// <summary>The tenant (fairness, rate-limit and budget partition): the request's key, or "" without one.</summary>
     public string TenantKey => Request.Gateway?.RateLimitKey ?? string.Empty;
@@ -19,10 +27,28 @@ internal sealed partial class WorkItem
     public Admission.AdmissionGate.Tenant? GateTenant { get; set; }
 
     /// <summary>The tenant's share of the in-flight slots this request counts in, while it holds a slot.</summary>
-    public FairQueue<WorkItem>.Lane? SlotLane { get; set; }
+    public FairQueue<WorkItem>.Lane? SlotLane
+    {
+        get
+        {
+            Live();
+            return field;
+        }
+
+        set;
+    }
 
     /// <summary>The tenant's lane at the provider queue the request waits in or is served from.</summary>
-    public FairQueue<WorkItem>.Lane? QueueLane { get; set; }
+    public FairQueue<WorkItem>.Lane? QueueLane
+    {
+        get
+        {
+            Live();
+            return field;
+        }
+
+        set;
+    }
 
     /// <summary>Set once the router has seen the request: a slot regained later sends it back to the router, not the cache.</summary>
     public bool Routed { get; set; }
@@ -34,7 +60,11 @@ internal sealed partial class WorkItem
     public IWaitingRoom? WaitingIn
     {
         get => Volatile.Read(ref _waitingIn);
-        set => Volatile.Write(ref _waitingIn, value);
+        set
+        {
+            Live();
+            Volatile.Write(ref _waitingIn, value);
+        }
     }
 
     private IWaitingRoom? _waitingIn;

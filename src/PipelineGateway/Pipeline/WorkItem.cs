@@ -21,14 +21,28 @@ namespace PipelineGateway.Pipeline;
 internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse>
 {
     private ManualResetValueTaskSourceCore<ChatCompletionResponse> _response;
-    private readonly CancellationTokenSource _cts;
-    private readonly CancellationTokenRegistration _callerRegistration;
+    private CancellationTokenSource _cts = null!;
+    private CancellationTokenRegistration _callerRegistration;
     private GatewayAttempt[]? _attempts;
     private int _completed;
     private int _cancelReason;
 
-    public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, Deadlines deadlines, CancellationToken callerToken, GatewayPipeline? observer = null, long sequence = 0, long? submittedTimestamp = null)
+    public WorkItem(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, Deadlines deadlines, CancellationToken callerToken, GatewayPipeline? observer = null, long sequence = 0, long? submittedTimestamp = null, WorkItemPool? pool = null)
     {
+        _pool = pool;
+        Initialize(request, group, stream, timeout, deadlines, observer, sequence, submittedTimestamp, callerToken);
+    }
+
+    /// <summary>
+    /// Sets the item up for a request: a new item, or one back from <see cref="WorkItemPool"/> (whose every field
+    /// <see cref="Clear"/> put back as a new item has it; <c>WorkItemPoolTests</c> checks that field by field).
+    /// </summary>
+    internal void Initialize(ChatCompletionRequest request, ModelGroup group, bool stream, TimeSpan timeout, Deadlines deadlines, GatewayPipeline? observer, long sequence, long? submittedTimestamp, CancellationToken callerToken)
+    {
+        // The caller (until it has read its answer) and the pipeline (until it lets go of the item) hold it; a stream's
+        // item is read by its caller chunk by chunk, a life the pool does not follow: never reused.
+        _holds = 2;
+        _reusable = !stream && _pool is not null;
         Sequence = sequence;
         Request = request;
         Group = group;
@@ -59,7 +73,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         // One token for everything that can end the request early: the deadline (Deadlines, on the injected
         // TimeProvider), the caller's token and gateway shutdown. It is what the upstream call receives. Each of them
         // goes through Cancel, which then answers the caller: the source needs no timer and no callback of its own.
-        _cts = new CancellationTokenSource();
+        _cts ??= new CancellationTokenSource();
         deadlines.Add(this, StartTimestamp + Deadlines.ToTimestampTicks(Timeout, time.TimestampFrequency));
         if (callerToken.CanBeCanceled)
         {
@@ -67,7 +81,16 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         }
     }
 
-    public ChatCompletionRequest Request { get; }
+    public ChatCompletionRequest Request
+    {
+        get
+        {
+            Live();
+            return field;
+        }
+
+        private set;
+    } = null!;
 
     /// <summary>Told exactly once when the item completes (metrics, failure logs).</summary>
     public GatewayPipeline? Observer { get; set; }
@@ -76,18 +99,18 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     public Exception? Failure { get; private set; }
 
     /// <summary>The group now serving the request (changes along fallback chains).</summary>
-    public ModelGroup Group { get; private set; }
+    public ModelGroup Group { get; private set; } = null!;
 
     /// <summary>The group the caller's model name resolved to.</summary>
-    public ModelGroup RootGroup { get; }
+    public ModelGroup RootGroup { get; private set; } = null!;
 
-    public TimeSpan Timeout { get; }
+    public TimeSpan Timeout { get; private set; }
 
-    public DateTimeOffset Deadline { get; }
+    public DateTimeOffset Deadline { get; private set; }
 
-    public long StartTimestamp { get; }
+    public long StartTimestamp { get; private set; }
 
-    public CancellationToken CallerToken { get; }
+    public CancellationToken CallerToken { get; private set; }
 
     /// <summary>Fires on deadline, caller cancellation or shutdown; passed to the upstream call.</summary>
     public CancellationToken Token => _cts.Token;
@@ -95,7 +118,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     public bool IsStream => _stream is not null;
 
     /// <summary>A stream's own state, apart so that a non-streamed request (most of them) carries none of it.</summary>
-    private readonly StreamState? _stream;
+    private StreamState? _stream;
 
     public Channel<ChatCompletionChunk>? Chunks => _stream?.Chunks;
 
@@ -166,7 +189,14 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
 
     public string RequestId => RequestIds.Format(Sequence);
 
-    public bool IsCompleted => Volatile.Read(ref _completed) != 0;
+    public bool IsCompleted
+    {
+        get
+        {
+            Live();
+            return Volatile.Read(ref _completed) != 0;
+        }
+    }
 
     /// <summary>The caller's answer (a non-streamed request); awaited once, as every <see cref="ValueTask{TResult}"/> is.</summary>
     public ValueTask<ChatCompletionResponse> Response => new(this, _response.Version);
@@ -185,6 +215,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     /// </summary>
     public bool TryComplete(ChatCompletionResponse response, bool fromWorker = false)
     {
+        Live();
         if (Interlocked.Exchange(ref _completed, 1) != 0)
         {
             return false;
@@ -207,6 +238,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
 
     public bool TryFail(Exception error)
     {
+        Live();
         if (Interlocked.Exchange(ref _completed, 1) != 0)
         {
             return false;
@@ -242,6 +274,10 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     /// <summary>Ends the request early: the upstream call (if any) is cancelled and the caller answered.</summary>
     public void Cancel(CancelReason reason)
     {
+        // Cancellations come from other threads (a deadline's timer, the caller's token, shutdown), which may still hold
+        // the item after its owner let go of it: an item ever cancelled is never reused.
+        Live();
+        NeverReuse();
         Interlocked.CompareExchange(ref _cancelReason, (int)reason, 0);
         try
         {
@@ -279,7 +315,23 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
         _callerRegistration.Unregister();
     }
 
-    ChatCompletionResponse IValueTaskSource<ChatCompletionResponse>.GetResult(short token) => _response.GetResult(token);
+    ChatCompletionResponse IValueTaskSource<ChatCompletionResponse>.GetResult(short token)
+    {
+        // The caller is done with the item once it has its answer (a ValueTask is awaited once): its hold is released.
+        // A stale token (a ValueTask kept past that) throws here, as the core's own check says, before anything else.
+        var answered = token == _response.Version && _response.GetStatus(token) != ValueTaskSourceStatus.Pending;
+        try
+        {
+            return _response.GetResult(token);
+        }
+        finally
+        {
+            if (answered && Interlocked.Exchange(ref _callerDone, 1) == 0)
+            {
+                Release();
+            }
+        }
+    }
 
     ValueTaskSourceStatus IValueTaskSource<ChatCompletionResponse>.GetStatus(short token) => _response.GetStatus(token);
 
@@ -291,6 +343,7 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     /// <summary>Runs <paramref name="requeue"/> after <paramref name="delay"/> on the injected clock (a backoff).</summary>
     public void ScheduleRetry(TimeProvider time, TimeSpan delay, Action<WorkItem> requeue)
     {
+        NeverReuse(); // a timer's callback holds it
         _retryTimer?.Dispose();
         _retryTimer = time.CreateTimer(
             static s =>
@@ -308,7 +361,12 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     {
         _retryTimer?.Dispose();
         Deadlines.Remove(this);
+
+        // Waits for a caller-token callback running on another thread: none runs past this point.
         _callerRegistration.Dispose();
-        _cts.Dispose();
+        if (!Volatile.Read(ref _reusable))
+        {
+            _cts.Dispose();
+        }
     }
 }
