@@ -18,8 +18,10 @@ public sealed class WorkItemPoolTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private static GatewayBuilder Reusing(params FakeProvider[] providers) =>
-        TestGateway.With(providers);
+    private static GatewayBuilder Reusing(params FakeProvider[] providers) => Reusing(true, providers);
+
+    private static GatewayBuilder Reusing(bool reuse, params FakeProvider[] providers) =>
+        TestGateway.With(providers).Configure(o => o.Pipeline.ReuseWorkItems = reuse);
 
     [Fact]
     public async Task Clear_then_Initialize_gives_every_field_the_value_a_new_item_has()
@@ -97,8 +99,10 @@ public sealed class WorkItemPoolTests
         await again.Should().ThrowAsync<InvalidOperationException>();
     }
 
-    [Fact]
-    public async Task Concurrent_requests_with_failures_fallbacks_cancellations_and_deadlines_each_get_only_their_own_answer()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Concurrent_requests_with_failures_fallbacks_cancellations_and_deadlines_each_get_only_their_own_answer(bool reuse)
     {
         // 64 callers, 40 requests each, every prompt unique; the providers echo it. A third of the requests fail at "a"
         // and fall back to "b"; some callers cancel at once, some requests have a deadline too short to make. Whatever
@@ -122,7 +126,7 @@ public sealed class WorkItemPoolTests
             },
         };
 
-        await using var gateway = await Reusing(Echo("a", failSome: true), Echo("b", failSome: false)).StartAsync(Ct);
+        await using var gateway = await Reusing(reuse, Echo("a", failSome: true), Echo("b", failSome: false)).StartAsync(Ct);
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
         var answered = 0;
         var ended = 0;
@@ -166,7 +170,14 @@ public sealed class WorkItemPoolTests
         ended.Should().Be(64 * 40);
         answered.Should().BeGreaterThan(64 * 40 / 2);
         await Wait.Until(() => pipeline.Outstanding == 0, "every request retired");
-        pipeline.Items!.Reused.Should().BeGreaterThan(1000, "items were reused");
+        if (reuse)
+        {
+            pipeline.Items!.Reused.Should().BeGreaterThan(1000, "items were reused");
+        }
+        else
+        {
+            pipeline.Items.Should().BeNull("Pipeline:ReuseWorkItems is off");
+        }
     }
 
     [Fact]
