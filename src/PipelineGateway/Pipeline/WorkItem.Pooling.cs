@@ -28,6 +28,11 @@ internal sealed partial class WorkItem
     /// <summary>The pipeline let go of the item (the end of <see cref="GatewayPipeline.Retire"/>): its hold is released.</summary>
     internal void PipelineDone()
     {
+        if (_pool is { IsClosed: true })
+        {
+            NeverReuse(); // shutdown's scan of the in-flight table may still cancel it
+        }
+
         Volatile.Write(ref _letGo, true);
         Release();
     }
@@ -147,6 +152,8 @@ internal sealed class WorkItemPool(int capacity)
     /// list it read without the owners' knowledge).
     /// </summary>
     public void Close() => _closed = true;
+
+    public bool IsClosed => _closed;
 
     public WorkItem? Rent()
     {
