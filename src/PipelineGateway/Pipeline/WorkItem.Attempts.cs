@@ -74,7 +74,16 @@ internal sealed partial class WorkItem
     }
 
     /// <summary>The failure of the last attempt, read by the dead-letter stage.</summary>
-    public ProviderFailure? LastFailure { get; set; }
+    public ProviderFailure? LastFailure
+    {
+        get
+        {
+            Live();
+            return field;
+        }
+
+        set;
+    }
 
     public IReadOnlyList<GatewayAttempt> Attempts => (IReadOnlyList<GatewayAttempt>?)Volatile.Read(ref _attempts) ?? [];
 

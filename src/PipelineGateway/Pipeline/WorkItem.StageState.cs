@@ -24,7 +24,16 @@ internal sealed partial class WorkItem
     public RequestPriority Priority => Request.Gateway?.Priority ?? RequestPriority.Interactive;
 
     /// <summary>Set while the request is inside admission's waiting room (from acceptance until it holds a slot).</summary>
-    public Admission.AdmissionGate.Tenant? GateTenant { get; set; }
+    public Admission.AdmissionGate.Tenant? GateTenant
+    {
+        get
+        {
+            Live();
+            return field;
+        }
+
+        set;
+    }
 
     /// <summary>The tenant's share of the in-flight slots this request counts in, while it holds a slot.</summary>
     public FairQueue<WorkItem>.Lane? SlotLane
@@ -51,7 +60,16 @@ internal sealed partial class WorkItem
     }
 
     /// <summary>Set once the router has seen the request: a slot regained later sends it back to the router, not the cache.</summary>
-    public bool Routed { get; set; }
+    public bool Routed
+    {
+        get
+        {
+            Live();
+            return field;
+        }
+
+        set;
+    }
 
     /// <summary>The provider whose freed room this request was unparked for, until it is offered somewhere.</summary>
     public Dispatch.ProviderWorkerPool? ResumedFor { get; set; }

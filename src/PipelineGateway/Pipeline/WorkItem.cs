@@ -99,7 +99,16 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     public Exception? Failure { get; private set; }
 
     /// <summary>The group now serving the request (changes along fallback chains).</summary>
-    public ModelGroup Group { get; private set; } = null!;
+    public ModelGroup Group
+    {
+        get
+        {
+            Live();
+            return field;
+        }
+
+        private set;
+    } = null!;
 
     /// <summary>The group the caller's model name resolved to.</summary>
     public ModelGroup RootGroup { get; private set; } = null!;
@@ -113,7 +122,14 @@ internal sealed partial class WorkItem : IValueTaskSource<ChatCompletionResponse
     public CancellationToken CallerToken { get; private set; }
 
     /// <summary>Fires on deadline, caller cancellation or shutdown; passed to the upstream call.</summary>
-    public CancellationToken Token => _cts.Token;
+    public CancellationToken Token
+    {
+        get
+        {
+            Live();
+            return _cts.Token;
+        }
+    }
 
     public bool IsStream => _stream is not null;
 
