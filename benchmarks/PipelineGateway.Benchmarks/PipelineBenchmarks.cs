@@ -23,6 +23,10 @@ public class PipelineBenchmarks
     [Params(1, 64, 1024)]
     public int Concurrency { get; set; }
 
+    /// <summary>`Pipeline:ReuseWorkItems` (on as shipped): off measures what reusing the work item saves, in the same run.</summary>
+    [Params(true, false)]
+    public bool ReuseWorkItems { get; set; } = true;
+
     private int PerCaller => TotalPerOperation / Concurrency;
 
     [GlobalSetup]
@@ -36,6 +40,7 @@ public class PipelineBenchmarks
             .Configure(o =>
             {
                 o.Pipeline.MaxInFlight = 2048;
+                o.Pipeline.ReuseWorkItems = ReuseWorkItems;
                 o.Pipeline.AdmissionQueueCapacity = 2048;
                 o.Fairness.MaxQueuedPerKey = 2048; // one tenant: its share is the whole waiting room
             })
