@@ -22,9 +22,6 @@ internal sealed partial class WorkItem
     /// <summary>Something other than the caller and the owning stage may still reach the item: it is never reused.</summary>
     public void NeverReuse() => Volatile.Write(ref _reusable, false);
 
-    /// <summary>Whether the item may go back to its pool once let go of (tests).</summary>
-    internal bool Reusable => Volatile.Read(ref _reusable);
-
     /// <summary>The pipeline let go of the item (the end of <see cref="GatewayPipeline.Retire"/>): its hold is released.</summary>
     internal void PipelineDone()
     {
