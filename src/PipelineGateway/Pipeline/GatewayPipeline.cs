@@ -324,7 +324,16 @@ internal sealed partial class GatewayPipeline
         var completion = new Completion(item, response, error, latency);
         foreach (var listener in _listeners)
         {
-            listener.OnCompleted(completion);
+            try
+            {
+                listener.OnCompleted(completion);
+            }
+            catch (Exception ex)
+            {
+                // The caller is answered after this (WorkItem.TryComplete): a listener that throws (a host's own
+                // ActivityListener ending the request's span, say) must not leave it waiting, nor skip the others.
+                LogListenerFailed(_logger, ex, listener.GetType().Name, item.RequestId);
+            }
         }
 
         if (error is not null && error is not RequestCancelledException)
@@ -414,6 +423,9 @@ internal sealed partial class GatewayPipeline
 
     [LoggerMessage(EventId = 1, Level = LogLevel.Warning, Message = "Request {RequestId} failed for model {Model}: {ErrorType} after {Attempts} finished attempt(s): {Reason}")]
     private static partial void LogRequestFailed(ILogger logger, string requestId, string model, string errorType, int attempts, string reason);
+
+    [LoggerMessage(EventId = 7, Level = LogLevel.Error, Message = "Settling request {RequestId} failed in {Listener}; the caller is answered regardless.")]
+    private static partial void LogListenerFailed(ILogger logger, Exception exception, string listener, string requestId);
 
     [LoggerMessage(EventId = 2, Level = LogLevel.Error, Message = "Request {RequestId} was retired by a stage without an answer; failing it.")]
     private static partial void LogRetiredIncomplete(ILogger logger, string requestId);

@@ -1,5 +1,8 @@
+using System.Diagnostics;
 using FluentAssertions;
+using Microsoft.Extensions.Logging;
 using PipelineGateway.Hosting;
+using PipelineGateway.Metrics;
 using PipelineGateway.Pipeline;
 using PipelineGateway.Providers;
 using PipelineGateway.Tests.Support;
@@ -402,5 +405,41 @@ public sealed class PipelineInvariantTests
         snapshot.SuccessfulRequests.Should().Be(ok);
         snapshot.FailedRequests.Should().Be(snapshot.TotalRequests - ok);
         pipeline.InFlight.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task A_settling_step_that_throws_leaves_no_caller_waiting_and_is_logged()
+    {
+        // A host's own ActivityListener that throws when the request's span ends (the tracing step of settlement, which
+        // runs before the caller is answered): the caller still gets its answer, and the failure is logged. The listener
+        // acts only on this test's model, so tests running alongside are not touched.
+        const string Model = "settling-throws";
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = s => s.Name == GatewayTelemetry.ActivitySourceName,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = a =>
+            {
+                if (a.Kind == ActivityKind.Internal && a.GetTagItem("gen_ai.request.model") as string == Model)
+                {
+                    throw new InvalidOperationException("the host's span processor failed");
+                }
+            },
+        };
+        ActivitySource.AddActivityListener(listener);
+        var logs = new CapturingLoggerProvider();
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(new FakeProvider("a"), workers: 2, queueCapacity: 8)
+            .AddModel(Model, "a")
+            .ConfigureLogging(l => l.Services.AddSingleton<ILoggerProvider>(logs))
+            .StartAsync(Ct);
+
+        for (var i = 0; i < 3; i++)
+        {
+            var answer = await gateway.SubmitAsync(TestGateway.Request(Model), Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(30), Ct);
+            answer.Content.Should().Be("ok");
+        }
+
+        logs.All.Should().Contain("failed in GatewayTracing").And.Contain("the caller is answered regardless");
     }
 }
