@@ -18,11 +18,12 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
     {
         // Key, content type, size and x-gateway-* headers were checked by the front door.
         var caller = ctx.Features.Get<GatewayCaller>()!;
+        var aborted = ctx.RequestAborted; // read once: Kestrel takes a lock on every read of it
         ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
         ChatCompletionRequest request;
         try
         {
-            var parsed = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => AnthropicCodec.Parse(body), ctx.RequestAborted);
+            var parsed = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => AnthropicCodec.Parse(body), aborted);
             request = AnthropicCodec.ToCanonical(parsed);
         }
         catch (AnthropicRequestException ex)
@@ -51,14 +52,14 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         ServerSubmit.Identify(ctx, request, "request-id");
         if (request.Stream == true)
         {
-            await StreamAsync(ctx, request);
+            await StreamAsync(ctx, request, aborted);
             return;
         }
 
         try
         {
-            var response = await ServerSubmit.SubmitAsync(queue, request, ctx.RequestAborted);
-            await JsonBody.WriteAsync(ctx.Response, AnthropicResponses.ToAnthropic(response), AnthropicJsonContext.Default.AnthropicMessage, ctx.RequestAborted);
+            var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
+            await JsonBody.WriteAsync(ctx.Response, AnthropicResponses.ToAnthropic(response), AnthropicJsonContext.Default.AnthropicMessage, aborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
@@ -66,12 +67,12 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         }
     }
 
-    private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request)
+    private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
     {
         var writer = new AnthropicStreamWriter();
         var flushEach = !ServerSubmit.MarksBursts(queue);
         var wrote = false; // events are in the response pipe, perhaps not flushed yet
-        await using var chunks = ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted).GetAsyncEnumerator(ctx.RequestAborted);
+        await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
         var first = true;
         try
         {
@@ -100,7 +101,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
                 if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
                 {
                     // The upstream's next chunk is not here yet: what was written goes out now, in one flush.
-                    await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
+                    await ctx.Response.BodyWriter.FlushAsync(aborted);
                     continue;
                 }
 
@@ -113,7 +114,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
 
                 if (flushEach)
                 {
-                    await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
+                    await ctx.Response.BodyWriter.FlushAsync(aborted);
                 }
             }
 
@@ -122,11 +123,11 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
                 AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
             }
 
-            await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
+            await ctx.Response.BodyWriter.FlushAsync(aborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
-            if (ctx.RequestAborted.IsCancellationRequested)
+            if (aborted.IsCancellationRequested)
             {
                 return; // the client went away; the upstream call was cancelled with it
             }
@@ -141,7 +142,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
             // it, as Anthropic does.
             var (status, error, _) = OpenAIErrors.Map(ex);
             AnthropicStreamWriter.Write(ctx.Response.BodyWriter, AnthropicStreamWriter.Error(RouteErrors.AnthropicType(status, ex), error.Message));
-            await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
+            await ctx.Response.BodyWriter.FlushAsync(aborted);
         }
     }
 

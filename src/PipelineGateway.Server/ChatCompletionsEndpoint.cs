@@ -19,12 +19,13 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
     {
         // Key, content type, size and x-gateway-* headers were checked by the front door.
         var caller = ctx.Features.Get<GatewayCaller>()!;
+        var aborted = ctx.RequestAborted; // read once: Kestrel takes a lock on every read of it
         ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
         ChatCompletionRequest? request;
         try
         {
             // The common request is read by hand; anything else (and every refusal, with its JSON path) by the serializer.
-            request = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => RequestJson.TryRead(body) ?? JsonSerializer.Deserialize(body, FrontDoorJsonContext.Default.ChatCompletionRequest), ctx.RequestAborted);
+            request = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => RequestJson.TryRead(body) ?? JsonSerializer.Deserialize(body, FrontDoorJsonContext.Default.ChatCompletionRequest), aborted);
         }
         catch (JsonException ex)
         {
@@ -63,15 +64,15 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         ServerSubmit.Identify(ctx, request, "x-request-id");
         if (request.Stream == true)
         {
-            await StreamAsync(ctx, request);
+            await StreamAsync(ctx, request, aborted);
             return;
         }
 
         try
         {
-            var response = await ServerSubmit.SubmitAsync(queue, request, ctx.RequestAborted);
+            var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
             WriteGatewayHeaders(ctx, request, response.Gateway);
-            await JsonBody.WriteAsync(ctx.Response, response, GatewayJsonContext.Default.ChatCompletionResponse, ctx.RequestAborted);
+            await JsonBody.WriteAsync(ctx.Response, response, GatewayJsonContext.Default.ChatCompletionResponse, aborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
@@ -87,12 +88,12 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         return cut > 0 ? message[..cut] : message;
     }
 
-    private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request)
+    private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
     {
         var includeUsage = request.StreamOptions?.IncludeUsage == true;
         var flushEach = !ServerSubmit.MarksBursts(queue);
         request.Gateway!.KeepsEventJson = true; // an upstream chunk in the gateway's own shape is written as it came
-        await using var chunks = ServerSubmit.StreamAsync(queue, request, ctx.RequestAborted).GetAsyncEnumerator(ctx.RequestAborted);
+        await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
         var started = false;
         try
         {
@@ -118,7 +119,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                 if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
                 {
                     // The upstream's next event is not here yet: what was written goes out now, in one flush.
-                    await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
+                    await ctx.Response.BodyWriter.FlushAsync(aborted);
                     continue;
                 }
 
@@ -160,16 +161,16 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
 
                 if (flushEach)
                 {
-                    await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
+                    await ctx.Response.BodyWriter.FlushAsync(aborted);
                 }
             }
 
-            await ctx.Response.Body.WriteAsync(Done, ctx.RequestAborted);
-            await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
+            await ctx.Response.Body.WriteAsync(Done, aborted);
+            await ctx.Response.Body.FlushAsync(aborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
-            if (ctx.RequestAborted.IsCancellationRequested)
+            if (aborted.IsCancellationRequested)
             {
                 return; // the client went away; the upstream call was cancelled with it
             }
@@ -184,7 +185,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             // Output already went out or is written, perhaps not flushed yet (chunks, or a keep-alive): the error
             // travels in the stream, after it, as OpenAI does.
             var (_, error, _) = OpenAIErrors.Map(ex);
-            await SseWriter.WriteDataAsync(ctx.Response, JsonSerializer.SerializeToUtf8Bytes(new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody), ctx.RequestAborted);
+            await SseWriter.WriteDataAsync(ctx.Response, JsonSerializer.SerializeToUtf8Bytes(new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody), aborted);
         }
     }
 
