@@ -4,7 +4,8 @@ namespace PipelineGateway.Routing;
 
 /// <summary>
 /// What the gateway knows about one deployment right now: its latency average, requests in flight, and its
-/// circuit. Reads on the routing path are lock-free; state transitions (rare) take the deployment's own lock.
+/// circuit. Reads on the routing path are lock-free; state transitions (rare) take the deployment's own lock — a private
+/// one: this type is public, and a host that locks an instance it got from the API must not stall the circuit.
 /// </summary>
 public sealed class DeploymentState
 {
@@ -12,6 +13,7 @@ public sealed class DeploymentState
     private readonly long[] _bucketEpoch = new long[Buckets];
     private readonly long[] _bucketTotal = new long[Buckets];
     private readonly long[] _bucketFailed = new long[Buckets];
+    private readonly Lock _gate = new(); // the circuit's transitions
     private double _latencyMs = double.NaN;
     private long _lastSampleUtcTicks;
     private long _probeClaimUtcTicks;
@@ -53,7 +55,7 @@ public sealed class DeploymentState
     /// </summary>
     internal bool OnRejected(DateTimeOffset now, DateTimeOffset until, string? because)
     {
-        lock (this)
+        lock (_gate)
         {
             var was = IsRejected(now);
             if (until.UtcTicks > _rejectedUntilUtcTicks)
@@ -149,7 +151,7 @@ public sealed class DeploymentState
 
         if (Volatile.Read(ref _circuit) != (int)CircuitState.Closed)
         {
-            lock (this)
+            lock (_gate)
             {
                 Volatile.Write(ref _circuit, (int)CircuitState.Closed);
                 _opens = 0;
@@ -163,7 +165,7 @@ public sealed class DeploymentState
     {
         Record(now, options, failed: true);
         var consecutive = Interlocked.Increment(ref _consecutiveFailures);
-        lock (this)
+        lock (_gate)
         {
             var circuit = (CircuitState)_circuit;
             if (circuit == CircuitState.HalfOpen)
@@ -183,7 +185,7 @@ public sealed class DeploymentState
     internal void OnRateLimited(DateTimeOffset now, TimeSpan? retryAfter, HealthOptions options)
     {
         var until = (now + (retryAfter ?? options.RateLimitCooldown)).UtcTicks;
-        lock (this)
+        lock (_gate)
         {
             if (until > _coolUntilUtcTicks)
             {
@@ -197,7 +199,7 @@ public sealed class DeploymentState
     /// <summary>Another instance saw a 429: stay away until <paramref name="until"/>.</summary>
     internal void ApplyCooldown(DateTimeOffset until)
     {
-        lock (this)
+        lock (_gate)
         {
             if (until.UtcTicks > _coolUntilUtcTicks)
             {
@@ -209,7 +211,7 @@ public sealed class DeploymentState
     /// <summary>Another instance opened the circuit: open it here too until <paramref name="until"/>, then probe.</summary>
     internal void ApplyOpen(DateTimeOffset until)
     {
-        lock (this)
+        lock (_gate)
         {
             // A probe of this instance's own is already deciding; leave it to finish.
             if ((CircuitState)_circuit == CircuitState.HalfOpen || until.UtcTicks <= _openUntilUtcTicks && (CircuitState)_circuit == CircuitState.Open)
@@ -228,7 +230,7 @@ public sealed class DeploymentState
     {
         if (Volatile.Read(ref _circuit) == (int)CircuitState.HalfOpen)
         {
-            lock (this)
+            lock (_gate)
             {
                 ReleaseProbe();
             }

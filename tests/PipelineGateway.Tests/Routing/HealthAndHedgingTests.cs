@@ -12,6 +12,42 @@ public sealed class HealthAndHedgingTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
+    /// <summary>
+    /// <see cref="DeploymentState"/> is public (a host reads it from the catalog): a host that locks an instance must not
+    /// stall the circuit's transitions, which take the state's own private lock.
+    /// </summary>
+    [Fact]
+    public async Task A_host_holding_a_deployment_states_monitor_does_not_stall_its_circuit()
+    {
+        var state = new DeploymentState();
+        using var held = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        var holder = Task.Factory.StartNew(
+            () =>
+            {
+                lock (state)
+                {
+                    held.Set();
+                    release.Wait();
+                }
+            },
+            Ct,
+            TaskCreationOptions.LongRunning,
+            TaskScheduler.Default);
+        held.Wait(Ct);
+        try
+        {
+            var failure = Task.Run(() => state.OnFailure(DateTimeOffset.UtcNow, new HealthOptions { ConsecutiveFailures = 1 }), Ct);
+            await failure.WaitAsync(TimeSpan.FromSeconds(30), Ct); // a bound, not a pause: it returns as soon as the call does
+            state.Circuit.Should().Be(CircuitState.Open);
+        }
+        finally
+        {
+            release.Set();
+            await holder;
+        }
+    }
+
     /// <summary>A provider whose answer can be switched between success and a given failure.</summary>
     private static FakeProvider Switchable(string name, Func<ProviderException?> failure) => new(name)
     {
