@@ -19,7 +19,10 @@ public static class SqliteRequestLogExtensions
         return builder;
     }
 
-    /// <summary>Opens a request log file for reading (what <c>pgw usage</c> does): the same queries, no writer.</summary>
+    /// <summary>
+    /// Opens a request log file for reading (what <c>pgw usage</c> does): the same queries, no writer, the file opened
+    /// read-only and never changed — a log the caller may not write can be read.
+    /// </summary>
     public static async Task<IRequestLogStore> OpenRequestLogAsync(string path, CancellationToken cancellationToken = default)
     {
         var options = new GatewayOptions();
@@ -29,7 +32,7 @@ public static class SqliteRequestLogExtensions
             throw new FileNotFoundException($"No request log at '{Path.GetFullPath(path)}' (pgw serve and pgw batch write one at Gateway:RequestLog:Path, default pgw-data/gateway.db beside the config).", path);
         }
 
-        var store = new SqliteRequestLogStore(Microsoft.Extensions.Options.Options.Create(options));
+        var store = new SqliteRequestLogStore(Microsoft.Extensions.Options.Options.Create(options), readOnly: true);
         await store.InitializeAsync(cancellationToken).ConfigureAwait(false);
         return store;
     }

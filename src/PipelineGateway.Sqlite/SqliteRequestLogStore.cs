@@ -20,7 +20,6 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
 {
     private const string Columns = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer, upstream_ms";
     private readonly string _path;
-    private readonly string _connectionString;
     private SqliteConnection? _writer;
     private sqlite3_stmt? _insert;
     private readonly Bound[] _bound = new Bound[24];
@@ -29,25 +28,46 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
     private Utf8JsonWriter? _jsonWriter;
 
     private readonly int _lockTimeoutMs;
+    private readonly bool _readOnly;
+    private string _connectionString;
 
     public SqliteRequestLogStore(IOptions<GatewayOptions> options)
+        : this(options, readOnly: false)
     {
+    }
+
+    /// <param name="options">The log's path and lock timeout.</param>
+    /// <param name="readOnly">
+    /// Queries only (<c>pgw usage</c>): the file is opened read-only and never changed — no schema, no writer — so a
+    /// log the reader may not write (another user's, a read-only mount, a copy kept immutable) can still be read.
+    /// </param>
+    internal SqliteRequestLogStore(IOptions<GatewayOptions> options, bool readOnly)
+    {
+        _readOnly = readOnly;
         _lockTimeoutMs = (int)Math.Clamp(options.Value.RequestLog.LockTimeout.TotalMilliseconds, 0, int.MaxValue);
         _path = System.IO.Path.GetFullPath(options.Value.RequestLog.Path);
-        _connectionString = new SqliteConnectionStringBuilder
-        {
-            DataSource = _path,
-            Mode = SqliteOpenMode.ReadWriteCreate,
-            Cache = SqliteCacheMode.Private,
-            Pooling = true,
-            DefaultTimeout = Math.Max(1, (int)Math.Ceiling(options.Value.RequestLog.LockTimeout.TotalSeconds)),
-        }.ToString();
+        _connectionString = ConnectionString(_path, readOnly ? SqliteOpenMode.ReadOnly : SqliteOpenMode.ReadWriteCreate, options.Value.RequestLog.LockTimeout);
     }
+
+    private static string ConnectionString(string dataSource, SqliteOpenMode mode, TimeSpan lockTimeout) => new SqliteConnectionStringBuilder
+    {
+        DataSource = dataSource,
+        Mode = mode,
+        Cache = SqliteCacheMode.Private,
+        Pooling = true,
+        DefaultTimeout = Math.Max(1, (int)Math.Ceiling(lockTimeout.TotalSeconds)),
+    }.ToString();
 
     public string FilePath => _path;
 
     public async ValueTask InitializeAsync(CancellationToken cancellationToken)
     {
+        if (_readOnly)
+        {
+            await CheckReadableAsync(cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
         try
         {
             var dir = System.IO.Path.GetDirectoryName(_path);
@@ -65,8 +85,50 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         }
     }
 
+    /// <summary>
+    /// A read-only store checks that the file is a request log it can read. A log in WAL mode is read through its
+    /// <c>-shm</c> index, which a reader creates when it is missing (the writer removes it when it closes cleanly): in a
+    /// directory the reader may not write, that fails, and the file is then read as immutable — safe, since no writer is
+    /// active when there is no <c>-shm</c> to share with it.
+    /// </summary>
+    private async Task CheckReadableAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            try
+            {
+                await CheckSchemaAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (SqliteException ex) when (ex.SqliteErrorCode is 14 or 8 && !File.Exists(_path + "-shm"))
+            {
+                _connectionString = ConnectionString(new Uri(_path).AbsoluteUri + "?immutable=1", SqliteOpenMode.ReadOnly, TimeSpan.FromMilliseconds(_lockTimeoutMs));
+                await CheckSchemaAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (SqliteException ex)
+        {
+            throw new InvalidOperationException($"The request log '{_path}' cannot be read: {Reason(ex)}.", ex);
+        }
+    }
+
+    private async Task CheckSchemaAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = await OpenReaderAsync(cancellationToken).ConfigureAwait(false);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'";
+        if (Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), CultureInfo.InvariantCulture) == 0)
+        {
+            throw new InvalidOperationException($"'{_path}' is a SQLite database but not a request log (it has no requests table).");
+        }
+    }
+
     private async Task OpenWriterAsync(CancellationToken cancellationToken)
     {
+        if (_readOnly)
+        {
+            throw new InvalidOperationException($"The request log '{_path}' was opened for reading only.");
+        }
+
         var connection = new SqliteConnection(_connectionString);
         try
         {

@@ -45,6 +45,37 @@ public sealed class UsageCommandTests
         byDay.Should().Contain(DateTime.UtcNow.ToString("yyyy-MM-dd", System.Globalization.CultureInfo.InvariantCulture));
     }
 
+    /// <summary>
+    /// <c>pgw usage</c> only reads: a log the caller may not write (another user's, a read-only mount; here immutable,
+    /// file and directory, which binds root too) is read, and its file is left exactly as it was.
+    /// </summary>
+    [Fact]
+    public async Task Pgw_usage_reads_a_log_it_may_not_write_and_changes_nothing()
+    {
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, FastConfig, Ct);
+        await File.WriteAllLinesAsync(files.Input, Enumerable.Range(0, 4).Select(i => BatchFiles.RequestLine($"req-{i}", text: $"line {i}")), Ct);
+        await RunOk(files, "batch", files.Input, "-o", files.Output, "--config", config);
+        var dir = Path.Combine(files.Dir, "pgw-data");
+        var db = Path.Combine(dir, "gateway.db");
+        var before = await File.ReadAllBytesAsync(db, Ct);
+
+        ImmutableFiles.MakeOrSkip(db, dir);
+        try
+        {
+            var table = await RunOk(files, "usage", "--config", config, "--by", "model", "--since", "1h");
+            table.Split('\n', StringSplitOptions.RemoveEmptyEntries).Single(l => l.StartsWith("m ", StringComparison.Ordinal))
+                .Split(' ', StringSplitOptions.RemoveEmptyEntries)[1].Should().Be("4");
+        }
+        finally
+        {
+            ImmutableFiles.Set(false, db, dir);
+        }
+
+        (await File.ReadAllBytesAsync(db, Ct)).Should().Equal(before);
+    }
+
     [Fact]
     public async Task No_log_writes_nothing_and_usage_on_a_missing_file_says_where_it_looked()
     {

@@ -196,31 +196,6 @@ public sealed class RequestLogTests : IDisposable
         logs.Lines.Should().Contain(l => l.Contains("written again", StringComparison.Ordinal));
     }
 
-    /// <summary>chattr +i: a file nobody may write, root included (the tests may run as root, for whom chmod is no barrier).</summary>
-    private static bool Immutable(bool on, params string[] files)
-    {
-        foreach (var file in files.Where(File.Exists))
-        {
-            using var chattr = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("chattr", [on ? "+i" : "-i", file]) { RedirectStandardError = true });
-            chattr!.WaitForExit();
-            if (chattr.ExitCode != 0)
-            {
-                return false;
-            }
-        }
-
-        return true;
-    }
-
-    private static void MakeReadOnlyOrSkip(string[] files)
-    {
-        if (!Immutable(true, files))
-        {
-            Immutable(false, files);
-            Assert.Skip("chattr +i is not available on this file system (it makes a file read-only for root too).");
-        }
-    }
-
     [Fact]
     public async Task A_read_only_database_never_stops_the_gateway_and_its_rows_are_written_once_it_is_writable_again()
     {
@@ -233,7 +208,7 @@ public sealed class RequestLogTests : IDisposable
         await writer.FlushAsync(Ct);
 
         var files = new[] { Db, Db + "-wal", Db + "-shm" };
-        MakeReadOnlyOrSkip(files);
+        ImmutableFiles.MakeOrSkip(files);
 
         try
         {
@@ -247,7 +222,7 @@ public sealed class RequestLogTests : IDisposable
         }
         finally
         {
-            Immutable(false, files);
+            ImmutableFiles.Set(false, files);
         }
 
         await writer.FlushAsync(Ct);
@@ -265,7 +240,7 @@ public sealed class RequestLogTests : IDisposable
 
         SqliteConnection.ClearAllPools();
         var files = new[] { Db, Db + "-wal", Db + "-shm", Path.GetDirectoryName(Db)! };
-        MakeReadOnlyOrSkip(files);
+        ImmutableFiles.MakeOrSkip(files);
 
         try
         {
@@ -275,7 +250,7 @@ public sealed class RequestLogTests : IDisposable
         }
         finally
         {
-            Immutable(false, files);
+            ImmutableFiles.Set(false, files);
         }
     }
 
@@ -434,6 +409,27 @@ public sealed class RequestLogTests : IDisposable
         await gateway.SubmitAsync(Req("a"), Ct);
         gateway.Metrics.GetSnapshot().RequestLog.Enabled.Should().BeFalse();
         File.Exists(Db).Should().BeFalse();
+    }
+
+    /// <summary>
+    /// The read-only store (<c>pgw usage</c>) reads a log while the gateway writes it: rows committed to the write-ahead
+    /// log and not yet copied into the file are counted (a reader that took the file as immutable would miss them).
+    /// </summary>
+    [Fact]
+    public async Task A_read_only_store_sees_rows_a_running_writer_has_committed()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await Logged(provider).StartAsync(Ct);
+        await gateway.SubmitAsync(Req("a", "1"), Ct);
+        await gateway.SubmitAsync(Req("b", "2"), Ct);
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+        File.Exists(Db + "-wal").Should().BeTrue("the gateway still writes: its rows are in the write-ahead log");
+
+        using var reader = (SqliteRequestLogStore)await PipelineGateway.Sqlite.SqliteRequestLogExtensions.OpenRequestLogAsync(Db, Ct);
+        var byKey = await reader.SpendAsync(SpendGrouping.Key, DateTimeOffset.UtcNow.AddHours(-1), Ct);
+
+        byKey.Select(r => (r.Group, r.Requests)).Should().Equal(("a", 1L), ("b", 1L));
+        await FluentActions.Awaiting(async () => await reader.WriteAsync([], Ct)).Should().ThrowAsync<InvalidOperationException>().WithMessage("*reading only*");
     }
 
     [Fact]
