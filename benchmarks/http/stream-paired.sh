@@ -17,7 +17,7 @@
 # events grouped by assembly (perf-group.py), A against B, largest difference first; KEEP=DIR keeps the recordings
 # (a.perf, b.perf) for `perf report`.
 #
-# Usage: [PAIR=yarp|build|env] [B_BUILD=DIR] [B_ENV=] [STREAMS=1000] [ROUNDS=5] [WARMUP=60] [TOKEN_DELAY_MS=20] [PERF=0] [KEEP=DIR] benchmarks/http/stream-paired.sh [seconds]
+# Usage: [PAIR=yarp|build|env] [B_BUILD=DIR] [B_ENV=] [SIM_ARGS=] [STREAMS=1000] [ROUNDS=5] [WARMUP=60] [TOKEN_DELAY_MS=20] [PERF=0] [KEEP=DIR] benchmarks/http/stream-paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-15}"
@@ -38,7 +38,9 @@ if [ "$PERF" = 1 ]; then
   export DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0 # JIT frames named through the runtime's perf map
 fi
 
-"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --token-delay-ms "${TOKEN_DELAY_MS:-20}" --completion-words 50 >/dev/null 2>&1 & SIM=$!
+# SIM_ARGS adds simulator options: SIM_ARGS=--openai-extras sends events as OpenAI does (service_tier,
+# system_fingerprint, obfuscation padding), members the gateway does not model.
+"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --token-delay-ms "${TOKEN_DELAY_MS:-20}" --completion-words 50 ${SIM_ARGS:-} >/dev/null 2>&1 & SIM=$!
 PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CONFIG" >/dev/null 2>&1 & A=$!
 A_NAME="gateway"
 case "$PAIR" in

@@ -169,9 +169,10 @@ internal static class Commands
             return (Option: option, n.Set);
         }).ToArray();
         var apiKeyEnv = new Option<string?>("--api-key-env") { Description = "The environment variable holding the API key callers must send (default: none required)." };
+        var openAIExtras = new Option<bool>("--openai-extras") { Description = "Streamed OpenAI events as OpenAI sends them: with service_tier, system_fingerprint and obfuscation (random padding), members the gateway does not model." };
         var command = new Command("simulate", "Run the upstream simulator: OpenAI /v1/chat/completions and /v1/models, Anthropic /v1/messages, whole and streamed, with faults drawn at the rates given or scripted per request (header x-sim-fault, e.g. status=429;retry-after=2).")
         {
-            urls, apiKeyEnv,
+            urls, apiKeyEnv, openAIExtras,
         };
         foreach (var (option, _) in options)
         {
@@ -189,6 +190,7 @@ internal static class Commands
                 }
             }
 
+            simulator.OpenAIExtras = p.GetValue(openAIExtras);
             if (p.GetValue(apiKeyEnv) is { } variable)
             {
                 simulator.ApiKey = Environment.GetEnvironmentVariable(variable);

@@ -48,6 +48,12 @@ public sealed class SimulatorOptions
 
     public int Seed { get; set; } = 1;
 
+    /// <summary>
+    /// Streamed events as OpenAI sends them, with the members the gateway does not model: <c>service_tier</c>,
+    /// <c>system_fingerprint</c>, and <c>obfuscation</c> (random padding of varying length on every event).
+    /// </summary>
+    public bool OpenAIExtras { get; set; }
+
     /// <summary>Reads <c>--latency-ms 20 --error-rate 0.1 …</c> style arguments.</summary>
     public static SimulatorOptions Parse(IReadOnlyList<string> args, out string urls)
     {
@@ -76,6 +82,7 @@ public sealed class SimulatorOptions
                 case "--context-window": o.ContextWindow = I(); break;
                 case "--api-key-env": o.ApiKey = Environment.GetEnvironmentVariable(Next()); break;
                 case "--seed": o.Seed = I(); break;
+                case "--openai-extras": o.OpenAIExtras = true; break;
                 default: throw new ArgumentException($"Unknown simulator option '{name}'.");
             }
         }

@@ -109,6 +109,9 @@ public sealed partial class SimulatorServer
             Choices = [new ChunkChoice { Delta = delta, FinishReason = finish }],
         };
 
+        // OpenAI's own events carry members the gateway does not model (--openai-extras): every event gets them.
+        var extras = _options.OpenAIExtras ? new Random(unchecked((int)created ^ id.Length)) : null;
+
         if (tool is null)
         {
             for (var i = 0; i < words.Length; i++)
@@ -141,11 +144,32 @@ public sealed partial class SimulatorServer
                 return;
             }
 
+            if (extras is not null)
+            {
+                chunks[i].SystemFingerprint = "fp_sim0000001";
+                chunks[i].AdditionalProperties = new Dictionary<string, JsonElement>
+                {
+                    ["service_tier"] = JsonSerializer.SerializeToElement("default", GatewayJsonContext.Default.String),
+                    ["obfuscation"] = JsonSerializer.SerializeToElement(Padding(extras), GatewayJsonContext.Default.String),
+                };
+            }
+
             await WriteSseAsync(ctx, null, JsonSerializer.SerializeToUtf8Bytes(chunks[i], GatewayJsonContext.Default.ChatCompletionChunk)).ConfigureAwait(false);
         }
 
         await WriteSseAsync(ctx, null, "[DONE]"u8.ToArray()).ConfigureAwait(false);
     }
+
+    /// <summary>Random padding of 1–16 letters and digits, as OpenAI's <c>obfuscation</c> member carries.</summary>
+    private static string Padding(Random random) =>
+        string.Create(random.Next(1, 17), random, static (span, r) =>
+        {
+            const string Alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+            for (var i = 0; i < span.Length; i++)
+            {
+                span[i] = Alphabet[r.Next(Alphabet.Length)];
+            }
+        });
 
     private static Task OpenAIError(HttpContext ctx, int status, string type, string? code, string message, string? param = null)
     {

@@ -59,6 +59,44 @@ public sealed class HttpProvidersThroughGatewayTests
         }
     }
 
+    /// <summary>
+    /// The simulator's <c>--openai-extras</c> (what the streaming benchmarks use to send events as OpenAI does): every
+    /// event carries <c>service_tier</c>, <c>system_fingerprint</c> and a padding of varying length, and a stream through
+    /// the gateway keeps them and the text.
+    /// </summary>
+    [Fact]
+    public async Task Events_shaped_as_OpenAI_sends_them_keep_their_extra_members_and_text_through_the_gateway()
+    {
+        var keyVar = "PGW_TEST_KEY_" + Guid.NewGuid().ToString("N");
+        var key = "sk-" + Guid.NewGuid().ToString("N");
+        Environment.SetEnvironmentVariable(keyVar, key);
+        try
+        {
+            await using var upstream = await SimulatorServer.StartAsync(new SimulatorOptions { ApiKey = key, OpenAIExtras = true }, cancellationToken: Ct);
+            await using var gateway = await new GatewayBuilder()
+                .Configure(o =>
+                {
+                    o.Providers.Add(new ProviderOptions { Name = "openai", Type = ProviderTypes.OpenAI, BaseUrl = new Uri(upstream.BaseAddress, "v1").ToString(), ApiKeyEnvironmentVariable = keyVar });
+                    o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "openai", Model = "gpt-4o" }] });
+                })
+                .StartAsync(Ct);
+
+            var whole = await gateway.SubmitAsync(TestGateway.Request("m"), Ct);
+            var chunks = await gateway.StreamAsync(TestGateway.Request("m"), Ct).ToListAsync(Ct);
+
+            var events = chunks.Where(c => c.Choices.Count > 0).ToList();
+            events.Should().NotBeEmpty().And.OnlyContain(c => c.SystemFingerprint == "fp_sim0000001"
+                && c.AdditionalProperties!["service_tier"].GetString() == "default"
+                && c.AdditionalProperties["obfuscation"].GetString()!.Length > 0);
+            events.Select(c => c.AdditionalProperties!["obfuscation"].GetString()!.Length).Distinct().Should().HaveCountGreaterThan(1, "the padding varies from event to event");
+            string.Concat(events.Select(c => c.Choices[0].Delta.Content)).Should().Be(whole.Content);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(keyVar, null);
+        }
+    }
+
     [Fact]
     public async Task A_missing_key_stops_start_up_naming_the_variable()
     {
