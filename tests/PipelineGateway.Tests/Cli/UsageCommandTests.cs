@@ -24,15 +24,21 @@ public sealed class UsageCommandTests
         return pgw.Stdout;
     }
 
+    /// <summary>Writes the config and <paramref name="lines"/> requests, runs <c>pgw batch</c> (which logs them); returns the config's path.</summary>
+    private static async Task<string> LoggedBatchAsync(BatchFiles files, int lines)
+    {
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, FastConfig, Ct);
+        await File.WriteAllLinesAsync(files.Input, Enumerable.Range(0, lines).Select(i => BatchFiles.RequestLine($"req-{i}", text: $"line {i}")), Ct);
+        await RunOk(files, "batch", files.Input, "-o", files.Output, "--config", config);
+        return config;
+    }
+
     [Fact]
     public async Task A_batch_is_logged_beside_its_config_and_pgw_usage_prints_who_spent_what()
     {
         using var files = new BatchFiles();
-        var config = Path.Combine(files.Dir, "gateway.json");
-        await File.WriteAllTextAsync(config, FastConfig, Ct);
-        await File.WriteAllLinesAsync(files.Input, Enumerable.Range(0, 5).Select(i => BatchFiles.RequestLine($"req-{i}", text: $"line {i}")), Ct);
-
-        await RunOk(files, "batch", files.Input, "-o", files.Output, "--config", config);
+        var config = await LoggedBatchAsync(files, 5);
         File.Exists(Path.Combine(files.Dir, "pgw-data", "gateway.db")).Should().BeTrue("the log is beside the configuration file");
 
         var table = await RunOk(files, "usage", "--config", config, "--by", "model", "--since", "1h");
@@ -53,10 +59,7 @@ public sealed class UsageCommandTests
     public async Task Pgw_usage_reads_a_log_it_may_not_write_and_changes_nothing()
     {
         using var files = new BatchFiles();
-        var config = Path.Combine(files.Dir, "gateway.json");
-        await File.WriteAllTextAsync(config, FastConfig, Ct);
-        await File.WriteAllLinesAsync(files.Input, Enumerable.Range(0, 4).Select(i => BatchFiles.RequestLine($"req-{i}", text: $"line {i}")), Ct);
-        await RunOk(files, "batch", files.Input, "-o", files.Output, "--config", config);
+        var config = await LoggedBatchAsync(files, 4);
         var dir = Path.Combine(files.Dir, "pgw-data");
         var db = Path.Combine(dir, "gateway.db");
         var before = await File.ReadAllBytesAsync(db, Ct);

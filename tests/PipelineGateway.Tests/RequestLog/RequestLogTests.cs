@@ -40,6 +40,19 @@ public sealed class RequestLogTests : IDisposable
         })
         .AddSqliteRequestLog();
 
+    /// <summary>A logged gateway (one fake provider, "p") that answered these requests, their rows committed.</summary>
+    private async Task<Gateway> LoggedWithRequestsAsync(params (string Key, string Text)[] requests)
+    {
+        var gateway = await Logged(new FakeProvider("p")).StartAsync(Ct);
+        foreach (var (key, text) in requests)
+        {
+            await gateway.SubmitAsync(Req(key, text), Ct);
+        }
+
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+        return gateway;
+    }
+
     private static ChatCompletionRequest Req(string? key = null, string text = "Hello!", double? temperature = 0)
     {
         var r = TestGateway.Request(text: text);
@@ -116,12 +129,7 @@ public sealed class RequestLogTests : IDisposable
     [Fact]
     public async Task Spend_groups_by_key_model_deployment_and_day()
     {
-        var provider = new FakeProvider("p");
-        await using var gateway = await Logged(provider).StartAsync(Ct);
-        await gateway.SubmitAsync(Req("a", "1"), Ct);
-        await gateway.SubmitAsync(Req("a", "2"), Ct);
-        await gateway.SubmitAsync(Req("b", "3"), Ct);
-        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+        await using var gateway = await LoggedWithRequestsAsync(("a", "1"), ("a", "2"), ("b", "3"));
         var store = gateway.Services.GetRequiredService<IRequestLogStore>();
         var since = DateTimeOffset.UtcNow.AddHours(-1);
 
@@ -418,11 +426,7 @@ public sealed class RequestLogTests : IDisposable
     [Fact]
     public async Task A_read_only_store_sees_rows_a_running_writer_has_committed()
     {
-        var provider = new FakeProvider("p");
-        await using var gateway = await Logged(provider).StartAsync(Ct);
-        await gateway.SubmitAsync(Req("a", "1"), Ct);
-        await gateway.SubmitAsync(Req("b", "2"), Ct);
-        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+        await using var gateway = await LoggedWithRequestsAsync(("a", "1"), ("b", "2"));
         File.Exists(Db + "-wal").Should().BeTrue("the gateway still writes: its rows are in the write-ahead log");
 
         using var reader = (SqliteRequestLogStore)await PipelineGateway.Sqlite.SqliteRequestLogExtensions.OpenRequestLogAsync(Db, Ct);
