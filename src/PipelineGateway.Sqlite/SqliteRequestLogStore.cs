@@ -107,7 +107,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         }
         catch (SqliteException ex)
         {
-            throw new InvalidOperationException($"The request log '{_path}' cannot be read: {Reason(ex)}.", ex);
+            throw new InvalidOperationException($"The request log '{_path}' cannot be read: {Reason(ex)}", ex);
         }
     }
 

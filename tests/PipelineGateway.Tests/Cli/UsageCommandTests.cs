@@ -79,6 +79,36 @@ public sealed class UsageCommandTests
         (await File.ReadAllBytesAsync(db, Ct)).Should().Equal(before);
     }
 
+    [Theory]
+    [InlineData("not SQLite", "not a usable SQLite database")]
+    [InlineData("SQLite without the table", "not a request log")]
+    public async Task Usage_on_a_file_that_is_not_a_request_log_is_one_line_naming_it_and_exit_code_1(string kind, string says)
+    {
+        using var files = new BatchFiles();
+        var path = Path.Combine(files.Dir, "other.db");
+        if (kind == "not SQLite")
+        {
+            await File.WriteAllTextAsync(path, new string('#', 4096), Ct);
+        }
+        else
+        {
+            await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Pooling=False");
+            await connection.OpenAsync(Ct);
+            await using var create = connection.CreateCommand();
+            create.CommandText = "CREATE TABLE notes (text TEXT)";
+            await create.ExecuteNonQueryAsync(Ct);
+        }
+
+        var before = await File.ReadAllBytesAsync(path, Ct);
+        using var usage = PgwProcess.Start(files.Dir, "usage", "--db", path);
+
+        (await usage.ExitCodeAsync(60_000)).Should().Be(1);
+        var error = usage.Stderr.Trim();
+        error.Should().Contain(path).And.Contain(says);
+        error.Split('\n').Should().ContainSingle("one line, no stack trace: " + error);
+        (await File.ReadAllBytesAsync(path, Ct)).Should().Equal(before, "a reader changes nothing, not even a file it refuses");
+    }
+
     [Fact]
     public async Task No_log_writes_nothing_and_usage_on_a_missing_file_says_where_it_looked()
     {
