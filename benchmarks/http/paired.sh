@@ -16,7 +16,7 @@
 # A_ARGS='…' adds arguments to the gateway side's `pgw serve` (A_ARGS=--no-log: the gateway without its request log).
 # RATE=N loads each at a fixed rate instead (pgw-loadgen, open loop, 64 connections each) and adds both latencies.
 #
-# Usage: [PAIR=yarp|passthrough|log|build|env] [A_ARGS=] [B_BUILD=DIR] [B_ENV=] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] benchmarks/http/paired.sh [seconds]
+# Usage: [PAIR=yarp|passthrough|log|build|env] [A_ARGS=] [B_BUILD=DIR] [B_ENV=] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] [IDLE=] benchmarks/http/paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
@@ -97,6 +97,7 @@ errors() { grep -E 'Non-2xx|Socket errors|errors [1-9]' "$1" | tr -s ' ' | tr '\
 DIFFS="" RATIOS="" SERVED="" CA_ALL="" CB_ALL=""
 for round in $(seq 1 "$ROUNDS"); do
   B_FIRST=$((round % 2 == 0))
+  [ -z "${IDLE:-}" ] || sleep "$IDLE" # IDLE=S: both idle S seconds before each round (run.sh leaves each target idle)
   a0=$(ticks $A); b0=$(ticks $B)
   load_both "$DURATION"
   a1=$(ticks $A); b1=$(ticks $B)
