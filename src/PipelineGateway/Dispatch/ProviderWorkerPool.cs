@@ -234,8 +234,7 @@ internal sealed partial class ProviderWorkerPool
         var services = _services!;
         if (item.IsCompleted)
         {
-            item.ReleaseDeployment();
-            deployment.State.OnNeutral();
+            LeaveUnsent(item, deployment);
             services.Lifecycle.Retire(item);
             return false;
         }
@@ -244,8 +243,7 @@ internal sealed partial class ProviderWorkerPool
         {
             // Shutdown's grace period is over: start nothing new upstream.
             item.Cancel(CancelReason.Shutdown);
-            item.ReleaseDeployment();
-            deployment.State.OnNeutral();
+            LeaveUnsent(item, deployment);
             services.Lifecycle.FailAndRetire(item, item.CancellationError());
             return false;
         }
@@ -255,13 +253,19 @@ internal sealed partial class ProviderWorkerPool
         if (_time.GetTimestamp() >= item.DeadlineDue)
         {
             item.Cancel(CancelReason.Deadline);
-            item.ReleaseDeployment();
-            deployment.State.OnNeutral();
+            LeaveUnsent(item, deployment);
             services.Lifecycle.FailAndRetire(item, item.CancellationError());
             return false;
         }
 
         return true;
+    }
+
+    /// <summary>A request not sent after all leaves the deployment's load, neither a success nor a failure of it.</summary>
+    private static void LeaveUnsent(WorkItem item, Deployment deployment)
+    {
+        item.ReleaseDeployment();
+        deployment.State.OnNeutral();
     }
 
     /// <summary>One attempt, holding one of this provider's concurrency permits.</summary>
