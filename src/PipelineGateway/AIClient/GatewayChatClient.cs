@@ -2,7 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.AI;
-using PipelineGateway.Providers.ChatClient;
+using PipelineGateway.Providers;
 using AI = Microsoft.Extensions.AI;
 
 namespace PipelineGateway;
@@ -42,7 +42,7 @@ public sealed class GatewayChatClient : IChatClient
 
         foreach (var call in choice?.Message?.ToolCalls ?? [])
         {
-            contents.Add(new FunctionCallContent(call.Id ?? string.Empty, call.Function?.Name ?? string.Empty, ChatClientProvider.ParseArguments(call.Function?.Arguments)));
+            contents.Add(FunctionCallContent.CreateFromParsedArguments(call.Function?.Arguments ?? string.Empty, call.Id ?? string.Empty, call.Function?.Name ?? string.Empty, ToolArguments.ParseAnswer));
         }
 
         return new ChatResponse(new AI.ChatMessage(ChatRole.Assistant, contents))
@@ -91,7 +91,7 @@ public sealed class GatewayChatClient : IChatClient
             {
                 foreach (var (id, name, args) in calls.Values)
                 {
-                    contents.Add(new FunctionCallContent(id ?? string.Empty, name ?? string.Empty, ChatClientProvider.ParseArguments(args.ToString())));
+                    contents.Add(FunctionCallContent.CreateFromParsedArguments(args.ToString(), id ?? string.Empty, name ?? string.Empty, ToolArguments.ParseAnswer));
                 }
 
                 calls = null;

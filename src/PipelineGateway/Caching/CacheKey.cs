@@ -88,7 +88,6 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
                 w.WriteStartObject();
                 w.WriteString("id", t.Id);
                 w.WriteString("name", t.Function?.Name);
-                w.WritePropertyName("arguments");
                 WriteArguments(w, t.Function?.Arguments);
                 w.WriteEndObject();
             }
@@ -107,21 +106,29 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
 
     private static void WriteArguments(Utf8JsonWriter w, string? arguments)
     {
-        // Tool arguments are JSON in a string; compare them as JSON when they parse.
+        // Tool arguments are JSON in a string; compare them as JSON when they parse. Text that does not parse goes under
+        // its own name: as a string value it would be the key of the JSON string with that text ("x" and x alike).
         if (arguments is null)
         {
-            w.WriteNullValue();
+            w.WriteNull("arguments");
             return;
         }
 
+        JsonDocument doc;
         try
         {
-            using var doc = JsonDocument.Parse(arguments);
-            WriteCanonical(w, doc.RootElement);
+            doc = JsonDocument.Parse(arguments);
         }
         catch (JsonException)
         {
-            w.WriteStringValue(arguments);
+            w.WriteString("arguments_text", arguments);
+            return;
+        }
+
+        using (doc)
+        {
+            w.WritePropertyName("arguments");
+            WriteCanonical(w, doc.RootElement);
         }
     }
 

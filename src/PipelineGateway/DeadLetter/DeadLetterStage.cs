@@ -72,7 +72,17 @@ internal sealed class DeadLetterStage(
 
                 return ValueTask.CompletedTask;
             case AttemptOutcome.NonRetryableError:
-                Rejected(item, failure);
+                // A request one deployment cannot carry (never sent) may suit another one, or a fallback group's;
+                // one the upstream rejected would be rejected everywhere.
+                if (failure.NotSent && item.AttemptCount < options.MaxAttempts && (HasUntried(item) || item.TryAdvanceFallback()))
+                {
+                    Forward(item, router);
+                }
+                else
+                {
+                    Rejected(item, failure);
+                }
+
                 return ValueTask.CompletedTask;
             case AttemptOutcome.DeploymentUnavailable:
                 // That deployment is out of rotation (health): another one, or another group, may serve the request.

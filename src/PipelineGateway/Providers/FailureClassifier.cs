@@ -28,6 +28,7 @@ internal static class FailureClassifier
                 ErrorCode = p.ErrorCode,
                 Param = p.Param,
                 UpstreamMessage = p.UpstreamMessage,
+                NotSent = p.NotSent,
             },
 
             // The provider's own timeout (a custom provider's HttpClient, say) rather than ours.

@@ -41,6 +41,25 @@ public sealed class ProviderException : Exception
     /// </summary>
     public string? UpstreamMessage { get; init; }
 
+    /// <summary>
+    /// The request never left the gateway: this provider has no form for part of it (<see cref="Param"/> names the part
+    /// — a content type it does not take, tool arguments that are not a JSON object where it needs one). Nothing is
+    /// dropped to make it fit. The gateway tries the group's other deployments and its fallbacks, which may take the
+    /// request as it is; when none can, the caller gets this 400. The deployment's health is not affected.
+    /// </summary>
+    public bool NotSent { get; init; }
+
+    /// <summary>A request this provider cannot carry as it is (<see cref="NotSent"/>): a 400 <c>unsupported_value</c> naming <paramref name="param"/>.</summary>
+    public static ProviderException Unsupported(string param, string message) =>
+        new(AttemptOutcome.NonRetryableError, message, statusCode: 400)
+        {
+            ErrorType = "invalid_request_error",
+            ErrorCode = "unsupported_value",
+            Param = param,
+            UpstreamMessage = message,
+            NotSent = true,
+        };
+
     /// <summary>The failure class of an HTTP status code: the one table every adapter uses.</summary>
     public static AttemptOutcome Classify(int statusCode) => statusCode switch
     {

@@ -117,6 +117,36 @@ public sealed class GatewayChatClientTests
     }
 
     [Fact]
+    public async Task A_models_tool_arguments_that_are_not_a_JSON_object_come_back_as_the_calls_exception_not_as_no_arguments()
+    {
+        var model = new FakeProvider("p")
+        {
+            OnComplete = (r, _) => ValueTask.FromResult(new ChatCompletionResponse
+            {
+                Id = "c1",
+                Model = r.Model,
+                Choices = [new ChatChoice { Message = new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "call_1", Type = "function", Function = new FunctionCall { Name = "get_weather", Arguments = "city=Oslo" } }] }, FinishReason = FinishReasons.ToolCalls }],
+            }),
+            OnStream = (r, _) => new[]
+            {
+                ToolChunk(r.Model, new ToolCall { Index = 0, Id = "call_1", Type = "function", Function = new FunctionCall { Name = "get_weather", Arguments = "[\"Os" } }),
+                ToolChunk(r.Model, new ToolCall { Index = 0, Function = new FunctionCall { Arguments = "lo\"]" } }),
+                new ChatCompletionChunk { Id = "s", Model = r.Model, Choices = [new ChunkChoice { Delta = new ChatCompletionDelta(), FinishReason = FinishReasons.ToolCalls }] },
+            }.ToAsyncEnumerable(),
+        };
+        await using var gateway = await TestGateway.With(model).StartAsync(Ct);
+
+        var whole = (await gateway.AsChatClient("m").GetResponseAsync("Weather?", cancellationToken: Ct)).Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().Single();
+        var streamed = (await gateway.AsChatClient("m").GetStreamingResponseAsync("Weather?", cancellationToken: Ct).ToListAsync(Ct)).SelectMany(u => u.Contents).OfType<FunctionCallContent>().Single();
+
+        whole.Exception.Should().NotBeNull("a function-invoking client reports it to the model instead of calling the tool with no arguments");
+        whole.Exception!.InnerException!.Message.Should().Contain("not JSON");
+        whole.Arguments.Should().BeNull();
+        streamed.Exception!.InnerException!.Message.Should().Contain("JSON array, not an object");
+        streamed.Name.Should().Be("get_weather");
+    }
+
+    [Fact]
     public async Task Chat_options_reach_the_provider_as_the_gateway_request()
     {
         var seen = new ConcurrentQueue<ChatCompletionRequest>();

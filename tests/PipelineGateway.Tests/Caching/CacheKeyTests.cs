@@ -63,6 +63,18 @@ public sealed class CacheKeyTests
     }
 
     [Fact]
+    public void Tool_arguments_that_are_not_JSON_do_not_share_a_key_with_the_JSON_string_of_the_same_text()
+    {
+        static string WithArguments(string arguments) =>
+            "{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":"
+            + JsonSerializer.Serialize(arguments) + "}}]},{\"role\":\"tool\",\"tool_call_id\":\"c\",\"content\":\"ok\"}]}";
+
+        Key(WithArguments("x")).Should().NotBe(Key(WithArguments("\"x\"")), "the text x and the JSON string \"x\" are different arguments");
+        Key(WithArguments("{\"a\": 1, \"b\": 2}")).Should().Be(Key(WithArguments("{\"b\":2,\"a\":1}")), "JSON arguments still compare as JSON");
+        Key(WithArguments("x")).Should().Be(Key(WithArguments("x"))).And.NotBe(Key(WithArguments("y")));
+    }
+
+    [Fact]
     public void Generated_requests_keep_keys_stable_under_reordering_and_number_forms()
     {
         // Property-style: for random requests, shuffled object keys and re-written numbers never change the key,

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Text.Json;
 using FluentAssertions;
+using PipelineGateway.Providers;
 using PipelineGateway.Providers.Anthropic;
 
 namespace PipelineGateway.Tests.Providers;
@@ -118,6 +119,96 @@ public sealed class AnthropicTranslationTests
         blocks[1].GetProperty("source").GetProperty("media_type").GetString().Should().Be("image/png");
         blocks[1].GetProperty("source").GetProperty("data").GetString().Should().Be("iVBORw0KGgo=");
         blocks[2].GetProperty("source").GetProperty("url").GetString().Should().Be("https://example.test/cat.jpg");
+    }
+
+    private static ChatCompletionRequest Parse(string json) => JsonSerializer.Deserialize(json, GatewayJsonContext.Default.ChatCompletionRequest)!;
+
+    private static string Assistant(string arguments) =>
+        """{"model":"x","messages":[{"role":"user","content":"Weather?"},{"role":"assistant","tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{}"}},{"id":"b","type":"function","function":{"name":"f","arguments":"""
+        + JsonSerializer.Serialize(arguments) + """}}]},{"role":"tool","tool_call_id":"a","content":"ok"},{"role":"tool","tool_call_id":"b","content":"ok"}]}""";
+
+    public static TheoryData<string, string> ArgumentsWithoutAnObject => new()
+    {
+        { "{\"city\": \"Par", "not JSON" },
+        { "city=Paris", "not JSON" },
+        { "[\"Paris\"]", "JSON array, not an object" },
+        { "\"Paris\"", "JSON string, not an object" },
+        { "42", "JSON number, not an object" },
+    };
+
+    [Theory]
+    [MemberData(nameof(ArgumentsWithoutAnObject))]
+    public void Tool_arguments_that_are_not_a_JSON_object_are_not_sent_rather_than_sent_as_an_empty_input(string arguments, string what)
+    {
+        var act = () => Translate(Parse(Assistant(arguments)));
+
+        var e = act.Should().Throw<ProviderException>().Which;
+        e.NotSent.Should().BeTrue("another deployment may take the request as it is");
+        e.Outcome.Should().Be(AttemptOutcome.NonRetryableError);
+        e.StatusCode.Should().Be(400);
+        e.ErrorType.Should().Be("invalid_request_error");
+        e.ErrorCode.Should().Be("unsupported_value");
+        e.Param.Should().Be("messages[1].tool_calls[1].function.arguments");
+        e.UpstreamMessage.Should().Contain(what).And.NotContain(arguments, "the arguments are the caller's data, not the error's");
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("  ")]
+    public void Empty_tool_arguments_are_an_empty_input(string arguments) =>
+        Translate(Parse(Assistant(arguments))).GetProperty("messages")[1].GetProperty("content")[1].GetProperty("input").GetRawText().Should().Be("{}");
+
+    public static TheoryData<string, string> PartsWithoutAForm => new()
+    {
+        { """{"role":"user","content":[{"type":"text","text":"Hear this"},{"type":"input_audio","input_audio":{"data":"UklGRg==","format":"wav"}}]}""", "messages[1].content[1]" },
+        { """{"role":"user","content":[{"type":"file","file":{"file_id":"file-abc123"}}]}""", "messages[1].content[0]" },
+        { """{"role":"user","content":[{"type":"file","file":{"file_data":"data:text/csv;base64,YSxi","filename":"t.csv"}}]}""", "messages[1].content[0]" },
+        { """{"role":"user","content":[{"type":"video_url","video_url":{"url":"https://example.test/v.mp4"}}]}""", "messages[1].content[0]" },
+        { """{"role":"tool","tool_call_id":"a","content":[{"type":"file","file":{"file_data":"data:application/pdf;base64,JVBERi0="}}]}""", "messages[1].content[0]" },
+    };
+
+    [Theory]
+    [MemberData(nameof(PartsWithoutAForm))]
+    public void A_content_part_Anthropic_has_no_form_for_is_named_not_dropped(string message, string param)
+    {
+        var act = () => Translate(Parse("""{"model":"x","messages":[{"role":"system","content":"Be brief."},""" + message + "]}"));
+
+        var e = act.Should().Throw<ProviderException>().Which;
+        e.NotSent.Should().BeTrue();
+        e.StatusCode.Should().Be(400);
+        e.Param.Should().Be(param);
+        e.UpstreamMessage.Should().Contain(param).And.Contain("not sent");
+    }
+
+    [Fact]
+    public void A_system_message_with_an_image_is_named_not_flattened_to_its_text()
+    {
+        var act = () => Translate(Parse("""{"model":"x","messages":[{"role":"system","content":[{"type":"text","text":"Style:"},{"type":"image_url","image_url":{"url":"https://example.test/s.png"}}]},{"role":"user","content":"Hi"}]}"""));
+
+        act.Should().Throw<ProviderException>().Which.Param.Should().Be("messages[0].content[1]");
+    }
+
+    [Fact]
+    public void A_PDF_file_part_becomes_a_document_block_and_an_image_in_a_tool_result_an_image_block()
+    {
+        var body = Translate(Parse("""
+            {"model":"x","messages":[
+              {"role":"user","content":[{"type":"text","text":"Summarise"},{"type":"file","file":{"filename":"a.pdf","file_data":"data:application/pdf;base64,JVBERi0xLjQ="}}]},
+              {"role":"assistant","tool_calls":[{"id":"a","type":"function","function":{"name":"shot","arguments":"{}"}}]},
+              {"role":"tool","tool_call_id":"a","content":[{"type":"text","text":"The screen:"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]}]}
+            """));
+
+        var messages = body.GetProperty("messages");
+        var document = messages[0].GetProperty("content")[1];
+        document.GetProperty("type").GetString().Should().Be("document");
+        document.GetProperty("source").GetProperty("type").GetString().Should().Be("base64");
+        document.GetProperty("source").GetProperty("media_type").GetString().Should().Be("application/pdf");
+        document.GetProperty("source").GetProperty("data").GetString().Should().Be("JVBERi0xLjQ=");
+        var result = messages[2].GetProperty("content")[0];
+        result.GetProperty("type").GetString().Should().Be("tool_result");
+        result.GetProperty("content")[0].GetProperty("text").GetString().Should().Be("The screen:");
+        result.GetProperty("content")[1].GetProperty("type").GetString().Should().Be("image");
+        result.GetProperty("content")[1].GetProperty("source").GetProperty("data").GetString().Should().Be("iVBORw0KGgo=");
     }
 
     [Fact]

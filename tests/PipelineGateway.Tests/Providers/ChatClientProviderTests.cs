@@ -129,4 +129,67 @@ public sealed class ChatClientProviderTests
         response.FinishReason.Should().Be(FinishReasons.ToolCalls);
         client.LastOptions!.Tools!.Single().Name.Should().Be("lookup");
     }
+
+    private static ChatCompletionRequest Parse(string json) => System.Text.Json.JsonSerializer.Deserialize(json, GatewayJsonContext.Default.ChatCompletionRequest)!;
+
+    [Fact]
+    public void Audio_and_file_parts_become_data_and_hosted_file_contents()
+    {
+        var request = Parse("""
+            {"model":"m","messages":[{"role":"user","content":[
+              {"type":"text","text":"Listen, read"},
+              {"type":"input_audio","input_audio":{"data":"UklGRg==","format":"wav"}},
+              {"type":"input_audio","input_audio":{"data":"SUQz","format":"mp3"}},
+              {"type":"file","file":{"filename":"a.pdf","file_data":"data:application/pdf;base64,JVBERi0="}},
+              {"type":"file","file":{"file_id":"file-abc123"}}]}]}
+            """);
+
+        var (messages, _) = ChatClientProvider.ToChatClient(new PipelineGateway.Providers.ProviderRequest(request, "m"));
+
+        var contents = messages.Single().Contents;
+        contents.Should().HaveCount(5);
+        var wav = contents[1].Should().BeOfType<DataContent>().Which;
+        wav.MediaType.Should().Be("audio/wav");
+        wav.Data.ToArray().Should().Equal(Convert.FromBase64String("UklGRg=="));
+        contents[2].Should().BeOfType<DataContent>().Which.MediaType.Should().Be("audio/mpeg");
+        var pdf = contents[3].Should().BeOfType<DataContent>().Which;
+        pdf.MediaType.Should().Be("application/pdf");
+        pdf.Name.Should().Be("a.pdf");
+        pdf.Data.ToArray().Should().Equal(Convert.FromBase64String("JVBERi0="));
+        contents[4].Should().BeOfType<HostedFileContent>().Which.FileId.Should().Be("file-abc123");
+    }
+
+    public static TheoryData<string, string> NoForm => new()
+    {
+        { """{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"city=Oslo"}}]}""", "messages[1].tool_calls[0].function.arguments" },
+        { """{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"[1]"}}]}""", "messages[1].tool_calls[0].function.arguments" },
+        { """{"role":"user","content":[{"type":"video_url","video_url":{"url":"https://example.test/v.mp4"}}]}""", "messages[1].content[0]" },
+        { """{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"not base64!","format":"wav"}}]}""", "messages[1].content[0]" },
+        { """{"role":"tool","tool_call_id":"c","content":[{"type":"text","text":"see"},{"type":"image_url","image_url":{"url":"https://example.test/a.png"}}]}""", "messages[1].content[1]" },
+    };
+
+    [Theory]
+    [MemberData(nameof(NoForm))]
+    public async Task What_an_IChatClient_has_no_form_for_is_named_and_the_request_goes_as_it_is_to_a_deployment_that_can_take_it(string message, string param)
+    {
+        var client = new FakeChatClient();
+        var backup = new FakeProvider("backup");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(new ChatClientProvider("meai", client))
+            .AddProvider(backup)
+            .AddModel("m", m => m.Strategy("Priority").Deploy("meai").Deploy("backup"))
+            .AddModel("only", "meai")
+            .StartAsync(Ct);
+        var json = """{"model":"MODEL","messages":[{"role":"user","content":"hi"},""" + message + "]}";
+
+        (await gateway.SubmitAsync(Parse(json.Replace("MODEL", "m", StringComparison.Ordinal)), Ct)).Content.Should().Be("ok");
+        backup.Calls.Should().Be(1, "the backup takes the request as the caller sent it");
+
+        var act = async () => await gateway.SubmitAsync(Parse(json.Replace("MODEL", "only", StringComparison.Ordinal)), Ct);
+        var rejected = (await act.Should().ThrowAsync<UpstreamRejectedException>()).Which;
+        rejected.StatusCode.Should().Be(400);
+        rejected.Code.Should().Be("unsupported_value");
+        rejected.Param.Should().Be(param);
+        client.LastMessages.Should().BeEmpty("nothing was sent to the chat client, with a part left out or otherwise");
+    }
 }

@@ -45,6 +45,7 @@ public sealed class ErrorContractTests : IAsyncLifetime
         ("down", "OpenAICompatible", "status=503"),
         ("anthropic-bad", "Anthropic", "status=400;message=max_tokens: must be positive"),
         ("anthropic-overloaded", "Anthropic", "stream-error=overloaded_error"),
+        ("anthropic-plain", "Anthropic", null),
         ("backup", "OpenAICompatible", null),
     ];
 
@@ -60,6 +61,8 @@ public sealed class ErrorContractTests : IAsyncLifetime
         ("down", ["down"]),
         ("anthropic-invalid", ["anthropic-bad", "backup"]),
         ("anthropic-overloaded", ["anthropic-overloaded", "backup"]),
+        ("anthropic-only", ["anthropic-plain"]),
+        ("anthropic-first", ["anthropic-plain", "backup"]),
     ];
 
     public async ValueTask InitializeAsync()
@@ -142,6 +145,63 @@ public sealed class ErrorContractTests : IAsyncLifetime
         error.GetProperty("message").GetString().Should().Be("Invalid value for temperature");
         Calls("bad-request").Should().Be(1, "not retried by the gateway, nor by the SDK");
         Calls("backup").Should().Be(0, "a client's mistake is not failed over");
+    }
+
+    /// <summary>A tool call and its result: <paramref name="arguments"/> as the assistant's call carried them.</summary>
+    private static List<ChatMessage> ToolTurn(string arguments) =>
+    [
+        new UserChatMessage("Weather in Paris?"),
+        new AssistantChatMessage([ChatToolCall.CreateFunctionToolCall("call_1", "get_weather", BinaryData.FromString(arguments))]),
+        new ToolChatMessage("call_1", "18C and sunny"),
+    ];
+
+    [Fact]
+    public async Task Tool_arguments_an_Anthropic_deployment_cannot_carry_are_a_400_naming_them_and_nothing_is_sent()
+    {
+        // Arguments a model produced that are not a JSON object: Anthropic's input must be one. Sending {} instead
+        // would ask the upstream about another call than the caller's.
+        for (var i = 0; i < 6; i++)
+        {
+            var act = async () => await OpenAIClient("anthropic-only").CompleteChatAsync(ToolTurn("city=Paris"), cancellationToken: Ct);
+
+            var ex = (await act.Should().ThrowAsync<ClientResultException>()).Which;
+            ex.Status.Should().Be(400, "the request as sent cannot be carried: the SDK must not retry it");
+            var error = ErrorOf(ex);
+            error.GetProperty("type").GetString().Should().Be("invalid_request_error");
+            error.GetProperty("code").GetString().Should().Be("unsupported_value");
+            error.GetProperty("param").GetString().Should().Be("messages[1].tool_calls[0].function.arguments");
+            error.GetProperty("message").GetString().Should().Contain("not JSON").And.NotContain("city=Paris");
+        }
+
+        Calls("anthropic-plain").Should().Be(0, "nothing was sent in place of the caller's arguments");
+        var health = _app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot().Deployments["anthropic-only/anthropic-plain/gpt-4o-mini"];
+        health.HealthState.Should().Be("closed", "more failures than ConsecutiveFailures, none of them the deployment's");
+
+        var answer = await OpenAIClient("anthropic-only").CompleteChatAsync(ToolTurn("""{"city":"Paris"}"""), cancellationToken: Ct);
+        answer.Value.Content[0].Text.Should().NotBeEmpty();
+        Calls("anthropic-plain").Should().Be(1);
+    }
+
+    [Fact]
+    public async Task A_request_one_deployment_cannot_carry_goes_as_it_is_to_one_that_can_whole_and_streamed()
+    {
+        var answer = await OpenAIClient("anthropic-first", retries: 0).CompleteChatAsync(ToolTurn("city=Paris"), cancellationToken: Ct);
+        answer.Value.Content[0].Text.Should().NotBeEmpty();
+        Calls("anthropic-plain").Should().Be(0);
+        Calls("backup").Should().Be(1, "the OpenAI-compatible deployment takes any arguments text");
+
+        var text = new StringBuilder();
+        await foreach (var update in OpenAIClient("anthropic-first", retries: 0).CompleteChatStreamingAsync(ToolTurn("[1, 2]"), cancellationToken: Ct))
+        {
+            foreach (var part in update.ContentUpdate)
+            {
+                text.Append(part.Text);
+            }
+        }
+
+        text.Length.Should().BePositive();
+        Calls("anthropic-plain").Should().Be(0);
+        Calls("backup").Should().Be(2);
     }
 
     [Fact]

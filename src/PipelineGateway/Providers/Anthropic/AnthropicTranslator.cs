@@ -21,10 +21,12 @@ internal static class AnthropicTranslator
         w.WriteNumber("max_tokens", request.RequestedCompletionTokens ?? defaultMaxTokens);
 
         var system = new StringBuilder();
-        foreach (var m in request.Messages)
+        for (var i = 0; i < request.Messages.Count; i++)
         {
+            var m = request.Messages[i];
             if (m.Role is ChatRoles.System or ChatRoles.Developer)
             {
+                OnlyText(m.Content, i, "a system message's content");
                 if (system.Length > 0)
                 {
                     system.Append("\n\n");
@@ -41,8 +43,9 @@ internal static class AnthropicTranslator
 
         w.WriteStartArray("messages");
         string? openRole = null;
-        foreach (var m in request.Messages)
+        for (var i = 0; i < request.Messages.Count; i++)
         {
+            var m = request.Messages[i];
             if (m.Role is ChatRoles.System or ChatRoles.Developer)
             {
                 continue;
@@ -63,7 +66,7 @@ internal static class AnthropicTranslator
                 openRole = role;
             }
 
-            WriteBlocks(w, m);
+            WriteBlocks(w, m, i);
         }
 
         if (openRole is not null)
@@ -145,14 +148,29 @@ internal static class AnthropicTranslator
         w.WriteEndObject();
     }
 
-    private static void WriteBlocks(Utf8JsonWriter w, ChatCompletionMessage m)
+    /// <summary>
+    /// One message's blocks. What Anthropic has no form for is not dropped: <see cref="ProviderException.Unsupported"/>
+    /// names it, and the request may go to another deployment as it is (<see cref="ProviderException.NotSent"/>).
+    /// </summary>
+    private static void WriteBlocks(Utf8JsonWriter w, ChatCompletionMessage m, int index)
     {
         if (m.Role == ChatRoles.Tool)
         {
             w.WriteStartObject();
             w.WriteString("type", "tool_result");
             w.WriteString("tool_use_id", m.ToolCallId);
-            w.WriteString("content", m.Content?.GetText() ?? string.Empty);
+            if (m.Content?.Parts is { } resultParts && resultParts.Exists(static p => p.Type != "text"))
+            {
+                // A tool's result with an image: Anthropic takes text and image blocks there.
+                w.WriteStartArray("content");
+                WriteParts(w, resultParts, index, toolResult: true);
+                w.WriteEndArray();
+            }
+            else
+            {
+                w.WriteString("content", m.Content?.GetText() ?? string.Empty);
+            }
+
             w.WriteEndObject();
             return;
         }
@@ -165,31 +183,91 @@ internal static class AnthropicTranslator
             }
             else if (content.Parts is not null)
             {
-                foreach (var part in content.Parts)
-                {
-                    if (part.Type == "text")
-                    {
-                        WriteText(w, part.Text);
-                    }
-                    else if (part.Type == "image_url" && part.ImageUrl is { } image)
-                    {
-                        WriteImage(w, image.Url);
-                    }
-                }
+                WriteParts(w, content.Parts, index, toolResult: false);
             }
         }
 
         if (m.ToolCalls is { } calls)
         {
-            foreach (var call in calls)
+            for (var j = 0; j < calls.Count; j++)
             {
+                var call = calls[j];
                 w.WriteStartObject();
                 w.WriteString("type", "tool_use");
                 w.WriteString("id", call.Id);
                 w.WriteString("name", call.Function?.Name);
                 w.WritePropertyName("input");
-                WriteArguments(w, call.Function?.Arguments);
+                WriteArguments(w, call.Function?.Arguments, index, j);
                 w.WriteEndObject();
+            }
+        }
+    }
+
+    private static void WriteParts(Utf8JsonWriter w, List<ContentPart> parts, int index, bool toolResult)
+    {
+        for (var j = 0; j < parts.Count; j++)
+        {
+            var part = parts[j];
+            switch (part.Type)
+            {
+                case "text":
+                    WriteText(w, part.Text);
+                    break;
+                case "image_url" when part.ImageUrl is { } image:
+                    WriteImage(w, image.Url);
+                    break;
+                case "file" when !toolResult && PdfData(part) is { } pdf:
+                    WriteDocument(w, pdf);
+                    break;
+                default:
+                    throw ProviderException.Unsupported(
+                        $"messages[{index}].content[{j}]",
+                        $"messages[{index}].content[{j}] is a '{part.Type}' part, which Anthropic does not take in {(toolResult ? "a tool result (text and image_url parts)" : "a message (text, image_url, and file parts with a base64 PDF in file_data)")}; the request was not sent to this deployment.");
+            }
+        }
+    }
+
+    /// <summary>The base64 of a <c>file</c> part's <c>file_data</c> when it is a PDF data URL (OpenAI's inline file), else null.</summary>
+    private static string? PdfData(ContentPart part)
+    {
+        const string Prefix = "data:application/pdf;base64,";
+        return part.AdditionalProperties?.TryGetValue("file", out var file) == true
+            && file.ValueKind == JsonValueKind.Object
+            && file.TryGetProperty("file_data", out var data)
+            && data.ValueKind == JsonValueKind.String
+            && data.GetString() is { } url
+            && url.StartsWith(Prefix, StringComparison.Ordinal)
+            ? url[Prefix.Length..]
+            : null;
+    }
+
+    private static void WriteDocument(Utf8JsonWriter w, string base64)
+    {
+        w.WriteStartObject();
+        w.WriteString("type", "document");
+        w.WriteStartObject("source");
+        w.WriteString("type", "base64");
+        w.WriteString("media_type", "application/pdf");
+        w.WriteString("data", base64);
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
+    /// <summary>A system message's content goes to Anthropic's <c>system</c> text: a part other than text has no place there.</summary>
+    private static void OnlyText(MessageContent? content, int index, string where)
+    {
+        if (content?.Parts is not { } parts)
+        {
+            return;
+        }
+
+        for (var j = 0; j < parts.Count; j++)
+        {
+            if (parts[j].Type != "text")
+            {
+                throw ProviderException.Unsupported(
+                    $"messages[{index}].content[{j}]",
+                    $"messages[{index}].content[{j}] is a '{parts[j].Type}' part, which Anthropic does not take in {where} (text only); the request was not sent to this deployment.");
             }
         }
     }
@@ -229,27 +307,18 @@ internal static class AnthropicTranslator
         w.WriteEndObject();
     }
 
-    private static void WriteArguments(Utf8JsonWriter w, string? arguments)
+    /// <summary>A tool call's arguments as Anthropic's <c>input</c> object (<see cref="ToolArguments"/>).</summary>
+    private static void WriteArguments(Utf8JsonWriter w, string? arguments, int index, int call)
     {
-        if (!string.IsNullOrWhiteSpace(arguments))
+        if (string.IsNullOrWhiteSpace(arguments))
         {
-            try
-            {
-                using var doc = JsonDocument.Parse(arguments);
-                if (doc.RootElement.ValueKind == JsonValueKind.Object)
-                {
-                    doc.RootElement.WriteTo(w);
-                    return;
-                }
-            }
-            catch (JsonException)
-            {
-                // Not JSON: fall through to an empty input rather than fail the request.
-            }
+            w.WriteStartObject();
+            w.WriteEndObject();
+            return;
         }
 
-        w.WriteStartObject();
-        w.WriteEndObject();
+        using var doc = ToolArguments.ParseObject(arguments, out var problem) ?? throw ToolArguments.NotAnObject(index, call, problem, "Anthropic");
+        doc.RootElement.WriteTo(w);
     }
 
     /// <summary>OpenAI's <c>parallel_tool_calls</c> (carried as an unknown field), if the caller set it.</summary>

@@ -92,8 +92,9 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
     {
         var r = request.Request;
         var messages = new List<AI.ChatMessage>(r.Messages.Count);
-        foreach (var m in r.Messages)
+        for (var i = 0; i < r.Messages.Count; i++)
         {
+            var m = r.Messages[i];
             var role = m.Role switch
             {
                 ChatRoles.System or ChatRoles.Developer => ChatRole.System,
@@ -104,19 +105,21 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
             var contents = new List<AIContent>();
             if (m.Role == ChatRoles.Tool)
             {
+                if (m.Content?.Parts is { } resultParts && resultParts.FindIndex(static p => p.Type != "text") is var other and >= 0)
+                {
+                    throw ProviderException.Unsupported($"messages[{i}].content[{other}]",
+                        $"messages[{i}].content[{other}] is a '{resultParts[other].Type}' part in a tool result, which an IChatClient deployment takes as text only; the request was not sent to this deployment.");
+                }
+
                 contents.Add(new FunctionResultContent(m.ToolCallId ?? string.Empty, m.Content?.GetText()));
             }
             else if (m.Content?.Parts is { } parts)
             {
-                foreach (var part in parts)
+                for (var j = 0; j < parts.Count; j++)
                 {
-                    if (part.Type == "text" && part.Text is not null)
+                    if (Content(parts[j], i, j) is { } content)
                     {
-                        contents.Add(new TextContent(part.Text));
-                    }
-                    else if (part.Type == "image_url" && part.ImageUrl is { } image)
-                    {
-                        contents.Add(image.Url.StartsWith("data:", StringComparison.Ordinal) ? new DataContent(image.Url) : new UriContent(new Uri(image.Url), "image/*"));
+                        contents.Add(content);
                     }
                 }
             }
@@ -125,9 +128,11 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
                 contents.Add(new TextContent(text));
             }
 
-            foreach (var call in m.ToolCalls ?? [])
+            var calls = m.ToolCalls ?? [];
+            for (var j = 0; j < calls.Count; j++)
             {
-                contents.Add(new FunctionCallContent(call.Id ?? string.Empty, call.Function?.Name ?? string.Empty, ParseArguments(call.Function?.Arguments)));
+                var call = calls[j];
+                contents.Add(new FunctionCallContent(call.Id ?? string.Empty, call.Function?.Name ?? string.Empty, ToolArguments.ToDictionary(call.Function?.Arguments, i, j, "an IChatClient deployment")));
             }
 
             messages.Add(new AI.ChatMessage(role, contents) { AuthorName = m.Name });
@@ -169,25 +174,52 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
         return (messages, options);
     }
 
-    internal static Dictionary<string, object?>? ParseArguments(string? json)
+    /// <summary>
+    /// One content part as M.E.AI content: text, an image (a data URL or a link), audio (<c>input_audio</c>'s base64 and
+    /// format), a file (<c>file_data</c>'s data URL, or a <c>file_id</c> the provider holds). A part with no M.E.AI form
+    /// is named, not dropped (<see cref="ProviderException.Unsupported"/>).
+    /// </summary>
+    private static AIContent? Content(ContentPart part, int message, int index)
     {
-        if (string.IsNullOrWhiteSpace(json))
-        {
-            return null;
-        }
-
+        var at = $"messages[{message}].content[{index}]";
         try
         {
-            using var doc = JsonDocument.Parse(json);
-            return doc.RootElement.ValueKind == JsonValueKind.Object
-                ? doc.RootElement.EnumerateObject().ToDictionary(p => p.Name, p => (object?)p.Value.Clone())
-                : null;
+            switch (part.Type)
+            {
+                case "text":
+                    return part.Text is null ? null : new TextContent(part.Text);
+                case "image_url" when part.ImageUrl is { } image:
+                    return image.Url.StartsWith("data:", StringComparison.Ordinal) ? new DataContent(image.Url) : new UriContent(new Uri(image.Url), "image/*");
+                case "input_audio" when Member(part, "input_audio") is { ValueKind: JsonValueKind.Object } audio
+                    && audio.TryGetProperty("data", out var data) && data.ValueKind == JsonValueKind.String
+                    && audio.TryGetProperty("format", out var format) && format.ValueKind == JsonValueKind.String:
+                    return new DataContent(data.GetBytesFromBase64(), format.GetString() == "mp3" ? "audio/mpeg" : "audio/" + format.GetString());
+                case "file" when Member(part, "file") is { ValueKind: JsonValueKind.Object } file:
+                    var name = file.TryGetProperty("filename", out var n) && n.ValueKind == JsonValueKind.String ? n.GetString() : null;
+                    if (file.TryGetProperty("file_data", out var fileData) && fileData.ValueKind == JsonValueKind.String)
+                    {
+                        return new DataContent(fileData.GetString()!) { Name = name };
+                    }
+
+                    if (file.TryGetProperty("file_id", out var id) && id.ValueKind == JsonValueKind.String)
+                    {
+                        return new HostedFileContent(id.GetString()!) { Name = name };
+                    }
+
+                    break;
+            }
         }
-        catch (JsonException)
+        catch (Exception ex) when (ex is FormatException or UriFormatException or ArgumentException or InvalidOperationException)
         {
-            return null;
+            throw ProviderException.Unsupported(at, $"{at} ('{part.Type}') is not well formed ({ex.GetType().Name}); the request was not sent to this deployment.");
         }
+
+        throw ProviderException.Unsupported(at,
+            $"{at} is a '{part.Type}' part an IChatClient deployment has no form for (text, image_url, input_audio with data and format, file with file_data or file_id); the request was not sent to this deployment.");
     }
+
+    private static JsonElement? Member(ContentPart part, string name) =>
+        part.AdditionalProperties?.TryGetValue(name, out var value) == true ? value : null;
 
     private static List<ToolCall>? ToolCalls(IList<AIContent> contents)
     {
