@@ -7,8 +7,11 @@ namespace PipelineGateway.Admission;
 /// <summary>
 /// The admission waiting room's door. A request is <i>inside</i> from the moment it is accepted until it holds an
 /// in-flight slot (or ends before): queued for the admission stage, waiting for a rate-limit permit or a store's
-/// decision, or waiting for a slot. At most <c>Pipeline:AdmissionQueueCapacity</c> requests are inside, and at most
-/// <c>Fairness:MaxQueuedPerKey</c> of one tenant, so a tenant's flood fills only its own share.
+/// decision, or waiting for a slot. At most <c>Pipeline:AdmissionQueueCapacity</c> requests are inside. Each tenant's
+/// share is <c>Fairness:MaxQueuedPerKey</c>; past it, a tenant may use more of the room only while more than a share of
+/// it stays free — the last <c>MaxQueuedPerKey</c> places are kept for tenants within their share. So one tenant's burst
+/// with the gateway otherwise idle is not refused at its share (3,000 connections opening at once put more than 256 of
+/// one tenant inside for an instant, with every worker free), and another tenant still always finds its share's worth of room.
 /// </summary>
 /// <remarks>
 /// A request that finds no room is refused at once (<see cref="SubmitMode.FailFast"/>) or its caller waits at the
@@ -240,16 +243,20 @@ internal sealed class AdmissionGate : IDisposable
                 return TooManyTenants();
             }
 
-            return _inside >= _capacity
+            return _inside >= _capacity || !_tenants.TryGetValue(key, out var tenant) || tenant.Inside < _perKey
                 ? new QueueFullException(retryAfter)
-                : new QueueFullException(retryAfter, $"This tenant already has {_perKey} requests waiting in the gateway (Fairness:MaxQueuedPerKey); retry after {retryAfter.TotalSeconds:F3} s.");
+                : new QueueFullException(retryAfter, $"This tenant already has {tenant.Inside} requests waiting in the gateway, past its share (Fairness:MaxQueuedPerKey = {_perKey}), and the rest of the room is kept for other tenants; retry after {retryAfter.TotalSeconds:F3} s.");
         }
     }
 
     private QueueFullException TooManyTenants() =>
         new(TimeSpan.FromSeconds(1), $"The gateway is tracking {_maxTenants} tenants, its configured maximum (Fairness:MaxTenants); retry shortly.");
 
-    private bool HasRoom(Tenant tenant) => _inside < _capacity && tenant.Inside < _perKey;
+    /// <summary>
+    /// Within its share a tenant enters while the room has a place; past it, only while more than a share's worth of
+    /// places stays free (borrowed room, for a burst while others are quiet; never the reserve other tenants need).
+    /// </summary>
+    private bool HasRoom(Tenant tenant) => _inside < (tenant.Inside < _perKey ? _capacity : _capacity - _perKey);
 
     private void Admit(Tenant tenant)
     {
@@ -265,7 +272,8 @@ internal sealed class AdmissionGate : IDisposable
             TakeFirst(leaving, ref admitted);
         }
 
-        // Each tenant with waiters gets one look per round; one that has no room in its share waits for its own leave.
+        // Each tenant with waiters gets one look per round; one with no room (its share used, no room to borrow) waits
+        // for its own leave or for the room to empty.
         for (var n = _turns.Count; n > 0 && _inside < _capacity; n--)
         {
             var tenant = _turns.Dequeue();
@@ -274,7 +282,7 @@ internal sealed class AdmissionGate : IDisposable
                 continue;
             }
 
-            if (tenant.Inside < _perKey)
+            if (HasRoom(tenant))
             {
                 TakeFirst(tenant, ref admitted);
             }

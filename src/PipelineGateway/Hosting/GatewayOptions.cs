@@ -47,8 +47,10 @@ public sealed class FairnessOptions
     public Dictionary<string, double> Weights { get; set; } = new(StringComparer.Ordinal);
 
     /// <summary>
-    /// How many requests one tenant may hold in admission's waiting room (queued, waiting for a rate-limit permit or
-    /// for an in-flight slot), at most; <c>Pipeline:AdmissionQueueCapacity</c> bounds all tenants together.
+    /// A tenant's share of admission's waiting room (queued, waiting for a rate-limit permit or for an in-flight slot):
+    /// always available to it. Past it a tenant may use more of the room only while more than this many places stay
+    /// free, so a burst into a quiet gateway is not refused and other tenants keep their share;
+    /// <c>Pipeline:AdmissionQueueCapacity</c> bounds all tenants together.
     /// </summary>
     [Range(1, 1_000_000)]
     public int MaxQueuedPerKey { get; set; } = 256;
