@@ -59,7 +59,7 @@ public sealed class FairnessOptions
     [Range(0.0, 1.0)]
     public double BatchShare { get; set; } = 0.1;
 
-    /// <summary>Tenants tracked at once, at most (idle ones are forgotten); past it new tenants are refused.</summary>
+    /// <summary>Tenants tracked at the door at once, at most (idle ones are forgotten); past it new tenants are refused. Also the number of keys the metrics count one by one (later keys are counted together).</summary>
     [Range(1, 10_000_000)]
     public int MaxTenants { get; set; } = 100_000;
 

@@ -84,7 +84,7 @@ internal sealed partial class GatewayMetrics
             P95TimeToFirstTokenMs = _ttft.PercentileMs(0.95),
             P99TimeToFirstTokenMs = _ttft.PercentileMs(0.99),
             BudgetExceededRequests = Interlocked.Read(ref _budgetExceeded),
-            Keys = _keys.ToDictionary(kv => kv.Key.Length == 0 ? "(no key)" : kv.Key, kv => kv.Value.Snapshot(), StringComparer.Ordinal),
+            Keys = KeysSnapshot(),
             Retries = Interlocked.Read(ref _retries),
             Fallbacks = Interlocked.Read(ref _fallbacks),
             GroupFallbacks = Interlocked.Read(ref _groupFallbacks),
@@ -121,4 +121,15 @@ internal sealed partial class GatewayMetrics
     private static string Worse(string a, string b) => Rank(b) > Rank(a) ? b : a;
 
     private static int Rank(string s) => s switch { "rejected" => 3, "open" => 2, "half_open" => 1, _ => 0 };
+
+    private Dictionary<string, ModelMetricsSnapshot> KeysSnapshot()
+    {
+        var keys = _keys.ToDictionary(kv => kv.Key.Length == 0 ? "(no key)" : kv.Key, kv => kv.Value.Snapshot(), StringComparer.Ordinal);
+        if (_otherKeys.Snapshot() is { Requests: > 0 } others)
+        {
+            keys[OtherKeys] = others;
+        }
+
+        return keys;
+    }
 }

@@ -44,12 +44,47 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, ModelStats> _models = new(StringComparer.Ordinal);
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, ModelStats> _keys = new(StringComparer.Ordinal);
 
-    public GatewayMetrics(ProviderPools pools, Cost.PricingTable pricing, GatewayInstruments instruments)
+    /// <summary>Keys counted on their own, at most (<c>Fairness:MaxTenants</c>); later ones share <see cref="OtherKeys"/>.</summary>
+    private readonly int _maxKeys;
+    private int _keyCount;
+    private readonly ModelStats _otherKeys = new();
+
+    /// <summary>The snapshot's name for the keys past <c>Fairness:MaxTenants</c>, counted together.</summary>
+    internal const string OtherKeys = "(other keys)";
+
+    public GatewayMetrics(ProviderPools pools, Cost.PricingTable pricing, GatewayInstruments instruments, Microsoft.Extensions.Options.IOptions<Hosting.GatewayOptions> options)
     {
+        _maxKeys = options.Value.Fairness.MaxTenants;
         _pricing = pricing;
         _instruments = instruments;
         _pools = pools;
         _providers = pools.All.ToFrozenDictionary(p => p.Name, _ => new ProviderStats(), StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// A key's counters. A library caller's <c>RateLimitKey</c> can be anything (an end user's id, say), so the keys
+    /// counted on their own are bounded like the door's tenants; the rest are counted together, never dropped.
+    /// </summary>
+    private ModelStats KeyStats(string key)
+    {
+        if (_keys.TryGetValue(key, out var stats))
+        {
+            return stats;
+        }
+
+        if (Volatile.Read(ref _keyCount) >= _maxKeys)
+        {
+            return _otherKeys;
+        }
+
+        var fresh = new ModelStats();
+        if (_keys.TryAdd(key, fresh))
+        {
+            Interlocked.Increment(ref _keyCount);
+            return fresh;
+        }
+
+        return _keys.TryGetValue(key, out stats) ? stats : _otherKeys;
     }
 
     private IReadOnlyList<Deployment> _deployments = [];
@@ -192,7 +227,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
         var usage = billed ? response!.Usage : null;
         var cost = billed ? info!.Cost : 0;
         _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats()).Record(error is null, usage, cost);
-        _keys.GetOrAdd(item.Request.Gateway?.RateLimitKey ?? string.Empty, static _ => new ModelStats()).Record(error is null, usage, cost);
+        KeyStats(item.Request.Gateway?.RateLimitKey ?? string.Empty).Record(error is null, usage, cost);
         if (cost != 0 && LastSuccess(info!.Attempts)?.Deployment is { } answered)
         {
             answered.Counters.AddCost(cost);

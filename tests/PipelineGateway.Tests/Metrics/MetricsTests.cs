@@ -76,6 +76,28 @@ public sealed class MetricsTests
     }
 
     [Fact]
+    public async Task Keys_past_MaxTenants_are_counted_together_not_each_and_not_lost()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await TestGateway.With(provider).Configure(o => o.Fairness.MaxTenants = 3).StartAsync(Ct);
+
+        // A library caller's RateLimitKey can be an end user's id: a key map without a bound grows with every user.
+        for (var i = 0; i < 50; i++)
+        {
+            var request = TestGateway.Request();
+            request.Gateway = new GatewayRequestOptions { RateLimitKey = "user-" + (i % 10) };
+            await gateway.SubmitAsync(request, Ct);
+        }
+
+        var keys = gateway.Metrics.GetSnapshot().Keys;
+        keys.Keys.Should().BeEquivalentTo(["user-0", "user-1", "user-2", "(other keys)"]);
+        keys["user-0"].Requests.Should().Be(5);
+        keys["(other keys)"].Requests.Should().Be(35);
+        keys["(other keys)"].PromptTokens.Should().Be(35 * 3);
+        keys.Values.Sum(k => k.Requests).Should().Be(gateway.Metrics.GetSnapshot().TotalRequests);
+    }
+
+    [Fact]
     public async Task Counts_are_exact_after_100000_requests_from_64_threads()
     {
         var provider = new FakeProvider("p") { OnComplete = (r, _) => ValueTask.FromResult(FakeProvider.Answer(r.Model, "x")) };
