@@ -58,7 +58,7 @@ public sealed partial class SimulatorServer
             var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
             if (request.Stream == true)
             {
-                await AnthropicStreamAsync(ctx, plan, request.Model, words, promptTokens, id, tool).ConfigureAwait(false);
+                await AnthropicStreamAsync(ctx, plan, request.Model, words, promptTokens, id, tool, tool is null ? null : ToolArguments(request, tool, words)).ConfigureAwait(false);
                 return;
             }
 
@@ -72,7 +72,7 @@ public sealed partial class SimulatorServer
                     {
                         Message = tool is null
                             ? ChatCompletionMessage.Assistant(string.Join(' ', words))
-                            : new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = "Let me look that up.", ToolCalls = [new ToolCall { Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(words) } }] },
+                            : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(request, tool, words) } }] },
                         FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls,
                     },
                 ],
@@ -92,7 +92,7 @@ public sealed partial class SimulatorServer
         }
     }
 
-    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, int promptTokens, string id, string? tool)
+    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, int promptTokens, string id, string? tool, string? args)
     {
         StartSse(ctx);
 
@@ -119,22 +119,17 @@ public sealed partial class SimulatorServer
             return;
         }
 
-        if (tool is not null)
-        {
-            chunks.Add(Chunk(new ChatCompletionDelta { Content = "Let me look that up." }));
-        }
-        else
+        // A tool the caller forced (tool_choice any or a named tool) is called with no text before it, as Anthropic does.
+        if (tool is null)
         {
             for (var i = 0; i < words.Length; i++)
             {
                 chunks.Add(Chunk(new ChatCompletionDelta { Content = i == 0 ? words[i] : " " + words[i] }));
             }
         }
-
-        if (tool is not null)
+        else
         {
-            var args = ToolArguments(words);
-            var half = args.Length / 2;
+            var half = args!.Length / 2;
             chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] }));
             chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[..half] } }] }));
             chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[half..] } }] }));

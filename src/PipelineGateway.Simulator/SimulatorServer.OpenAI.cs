@@ -65,7 +65,7 @@ public sealed partial class SimulatorServer
 
             var message = tool is null
                 ? ChatCompletionMessage.Assistant(string.Join(' ', words))
-                : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(words) } }] };
+                : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(request, tool, words) } }] };
             var response = new ChatCompletionResponse
             {
                 Id = id,
@@ -124,7 +124,7 @@ public sealed partial class SimulatorServer
         else
         {
             // A streamed tool call: the name first, then the arguments in fragments.
-            var args = ToolArguments(words);
+            var args = ToolArguments(request, tool, words);
             var half = args.Length / 2;
             chunks.Add(Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Index = 0, Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] }));
             chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[..half] } }] }));

@@ -211,6 +211,103 @@ public sealed class AnthropicTranslationTests
         result.GetProperty("content")[1].GetProperty("source").GetProperty("data").GetString().Should().Be("iVBORw0KGgo=");
     }
 
+    public static TheoryData<string, string> OpenAIOnly => new()
+    {
+        { "\"n\":2", "n" },
+        { "\"logprobs\":true", "logprobs" },
+        { "\"top_logprobs\":3", "top_logprobs" },
+        { "\"logit_bias\":{\"50256\":-100}", "logit_bias" },
+        { "\"modalities\":[\"text\",\"audio\"]", "modalities" },
+        { "\"audio\":{\"voice\":\"alloy\",\"format\":\"wav\"}", "audio" },
+    };
+
+    [Theory]
+    [MemberData(nameof(OpenAIOnly))]
+    public void A_parameter_that_changes_what_comes_back_and_Anthropic_cannot_honour_is_named_not_dropped(string member, string param)
+    {
+        var act = () => Translate(Parse("""{"model":"x","messages":[{"role":"user","content":"Hi"}],""" + member + "}"));
+
+        var e = act.Should().Throw<ProviderException>().Which;
+        e.NotSent.Should().BeTrue();
+        e.Param.Should().Be(param);
+    }
+
+    [Fact]
+    public void Parameters_that_only_tune_the_answer_are_not_refused_and_top_k_is_carried()
+    {
+        var body = Translate(Parse("""{"model":"x","messages":[{"role":"user","content":"Hi"}],"n":1,"logprobs":false,"seed":7,"presence_penalty":0.5,"logit_bias":{},"top_k":40}"""));
+
+        body.GetProperty("top_k").GetInt32().Should().Be(40);
+        body.TryGetProperty("seed", out _).Should().BeFalse();
+    }
+
+    private const string WeatherSchema = """{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}""";
+
+    [Fact]
+    public void A_JSON_schema_answer_goes_as_a_tool_the_model_must_call()
+    {
+        var body = Translate(Parse("""{"model":"x","messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"w","description":"The weather.","schema":""" + WeatherSchema + "}}}"));
+
+        var tool = body.GetProperty("tools").EnumerateArray().Single();
+        tool.GetProperty("name").GetString().Should().Be(AnthropicTranslator.JsonTool);
+        tool.GetProperty("description").GetString().Should().Be("The weather.");
+        tool.GetProperty("input_schema").GetRawText().Should().Be(WeatherSchema);
+        body.GetProperty("tool_choice").GetRawText().Should().Be("""{"type":"tool","name":"json_response"}""");
+    }
+
+    [Theory]
+    [InlineData(null, """{"type":"any"}""")]
+    [InlineData("\"auto\"", """{"type":"any"}""")]
+    [InlineData("\"none\"", """{"type":"tool","name":"json_response"}""")]
+    [InlineData("{\"type\":\"function\",\"function\":{\"name\":\"lookup\"}}", """{"type":"tool","name":"lookup"}""")]
+    public void With_the_callers_tools_a_JSON_answer_is_the_JSON_tool_or_one_of_theirs(string? choice, string expected)
+    {
+        var body = Translate(Parse("""{"model":"x","messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_object"},"tools":[{"type":"function","function":{"name":"lookup","parameters":{"type":"object"}}}]"""
+            + (choice is null ? string.Empty : ",\"tool_choice\":" + choice) + "}"));
+
+        body.GetProperty("tools").EnumerateArray().Select(t => t.GetProperty("name").GetString()).Should().Equal("lookup", AnthropicTranslator.JsonTool);
+        body.GetProperty("tools")[1].GetProperty("input_schema").GetRawText().Should().Be("""{"type":"object"}""", "json_object: any object");
+        body.GetProperty("tool_choice").GetRawText().Should().Be(expected);
+    }
+
+    [Fact]
+    public void A_JSON_schema_whose_root_is_not_an_object_is_named_not_sent()
+    {
+        var act = () => Translate(Parse("""{"model":"x","messages":[{"role":"user","content":"Hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"w","schema":{"type":"array","items":{"type":"string"}}}}}"""));
+
+        act.Should().Throw<ProviderException>().Which.Param.Should().Be("response_format.json_schema.schema");
+    }
+
+    [Fact]
+    public void The_JSON_tools_input_is_the_answers_content_whole_and_streamed()
+    {
+        var message = JsonSerializer.Deserialize("""
+            {"id":"msg_1","type":"message","role":"assistant","model":"claude","stop_reason":"tool_use",
+             "content":[{"type":"tool_use","id":"toolu_1","name":"json_response","input":{"city":"Oslo"}}],"usage":{"input_tokens":5,"output_tokens":7}}
+            """, AnthropicJsonContext.Default.AnthropicMessage)!;
+
+        var whole = AnthropicTranslator.ToCanonical(message, answersInJson: true);
+        whole.Content.Should().Be("""{"city":"Oslo"}""");
+        whole.Choices[0].Message!.ToolCalls.Should().BeNull();
+        whole.FinishReason.Should().Be(FinishReasons.Stop);
+        AnthropicTranslator.ToCanonical(message).Choices[0].Message!.ToolCalls!.Single().Function!.Name.Should().Be("json_response", "without response_format it is an ordinary tool call");
+
+        var state = new AnthropicTranslator.StreamState(0, answersInJson: true);
+        var chunks = new[]
+        {
+            """{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[],"usage":{"input_tokens":5,"output_tokens":0}}}""",
+            """{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"json_response","input":{}}}""",
+            """{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"city\":"}}""",
+            """{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":" \"Oslo\"}"}}""",
+            """{"type":"content_block_stop","index":0}""",
+            """{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":7}}""",
+        }.SelectMany(e => state.OnEvent(JsonSerializer.Deserialize(e, AnthropicJsonContext.Default.AnthropicStreamEvent)!)).ToList();
+
+        string.Concat(chunks.SelectMany(c => c.Choices).Select(c => c.Delta.Content)).Should().Be("""{"city": "Oslo"}""");
+        chunks.SelectMany(c => c.Choices).Should().NotContain(c => c.Delta.ToolCalls != null);
+        chunks.SelectMany(c => c.Choices).Single(c => c.FinishReason != null).FinishReason.Should().Be(FinishReasons.Stop);
+    }
+
     [Fact]
     public void A_round_trip_keeps_text_tool_calls_and_finish_reason()
     {

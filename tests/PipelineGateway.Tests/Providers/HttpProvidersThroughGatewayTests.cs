@@ -60,6 +60,52 @@ public sealed class HttpProvidersThroughGatewayTests
     }
 
     /// <summary>
+    /// <c>response_format</c> against an Anthropic deployment, which has none: the schema goes as a tool the model is made
+    /// to call (the simulator, like Anthropic, calls a forced tool with no text before it) and its input comes back as
+    /// the answer's content — whole and streamed, over real HTTP.
+    /// </summary>
+    [Fact]
+    public async Task A_JSON_schema_answer_from_an_Anthropic_deployment_is_the_content_not_a_tool_call()
+    {
+        var keyVar = "PGW_TEST_KEY_" + Guid.NewGuid().ToString("N");
+        Environment.SetEnvironmentVariable(keyVar, "sk-ant-test");
+        try
+        {
+            await using var upstream = await SimulatorServer.StartAsync(new SimulatorOptions { ApiKey = "sk-ant-test" }, cancellationToken: Ct);
+            await using var gateway = await new GatewayBuilder()
+                .Configure(o =>
+                {
+                    o.Providers.Add(new ProviderOptions { Name = "anthropic", Type = ProviderTypes.Anthropic, BaseUrl = new Uri(upstream.BaseAddress, "v1").ToString(), ApiKeyEnvironmentVariable = keyVar });
+                    o.Models.Add(new ModelGroupOptions { Name = "claude", Deployments = [new DeploymentOptions { Provider = "anthropic", Model = "claude-sonnet-4-5" }] });
+                })
+                .StartAsync(Ct);
+            ChatCompletionRequest Ask() => System.Text.Json.JsonSerializer.Deserialize("""
+                {"model":"claude","messages":[{"role":"user","content":"Weather in Oslo as JSON"}],
+                 "response_format":{"type":"json_schema","json_schema":{"name":"weather","strict":true,
+                   "schema":{"type":"object","properties":{"city":{"type":"string"},"celsius":{"type":"number"},"sunny":{"type":"boolean"}},"required":["city","celsius","sunny"],"additionalProperties":false}}}}
+                """, GatewayJsonContext.Default.ChatCompletionRequest)!;
+
+            var whole = await gateway.SubmitAsync(Ask(), Ct);
+            var chunks = await gateway.StreamAsync(Ask(), Ct).ToListAsync(Ct);
+
+            whole.Choices[0].Message!.ToolCalls.Should().BeNull("the JSON tool is the gateway's, not the caller's");
+            whole.FinishReason.Should().Be(FinishReasons.Stop);
+            var answer = System.Text.Json.JsonDocument.Parse(whole.Content!).RootElement;
+            answer.GetProperty("city").GetString().Should().NotBeEmpty();
+            answer.GetProperty("celsius").GetDouble().Should().Be(3);
+            answer.GetProperty("sunny").GetBoolean().Should().BeTrue();
+            var streamed = string.Concat(chunks.SelectMany(c => c.Choices).Select(c => c.Delta.Content));
+            System.Text.Json.JsonDocument.Parse(streamed).RootElement.GetProperty("celsius").GetDouble().Should().Be(3);
+            chunks.SelectMany(c => c.Choices).Should().NotContain(c => c.Delta.ToolCalls != null);
+            chunks.SelectMany(c => c.Choices).Last(c => c.FinishReason != null).FinishReason.Should().Be(FinishReasons.Stop);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(keyVar, null);
+        }
+    }
+
+    /// <summary>
     /// The simulator's <c>--openai-extras</c> (what the streaming benchmarks use to send events as OpenAI does): every
     /// event carries <c>service_tier</c>, <c>system_fingerprint</c> and a padding of varying length, and a stream through
     /// the gateway keeps them and the text.

@@ -205,6 +205,24 @@ public sealed class ErrorContractTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Log_probabilities_an_Anthropic_deployment_cannot_give_are_a_400_or_come_from_a_deployment_that_can()
+    {
+        var options = new ChatCompletionOptions { IncludeLogProbabilities = true, TopLogProbabilityCount = 2 };
+
+        var act = async () => await OpenAIClient("anthropic-only").CompleteChatAsync([new UserChatMessage("hi")], options, Ct);
+        var ex = (await act.Should().ThrowAsync<ClientResultException>()).Which;
+        ex.Status.Should().Be(400);
+        ErrorOf(ex).GetProperty("param").GetString().Should().Be("logprobs");
+        ErrorOf(ex).GetProperty("code").GetString().Should().Be("unsupported_value");
+        Calls("anthropic-plain").Should().Be(0, "an answer without the log probabilities asked for is not the answer asked for");
+
+        var answer = await OpenAIClient("anthropic-first").CompleteChatAsync([new UserChatMessage("hi")], options, Ct);
+        answer.Value.Content[0].Text.Should().NotBeEmpty();
+        Calls("anthropic-plain").Should().Be(0);
+        Calls("backup").Should().Be(1);
+    }
+
+    [Fact]
     public async Task An_upstream_400_reaches_the_Anthropic_SDK_as_a_bad_request_and_is_sent_once()
     {
         using var client = AnthropicClient(retries: 2);

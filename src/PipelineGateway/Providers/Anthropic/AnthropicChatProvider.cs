@@ -45,12 +45,12 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
     {
         var message = JsonSerializer.Deserialize(body, AnthropicJsonContext.Default.AnthropicMessage)
             ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
-        var response = AnthropicTranslator.ToCanonical(message);
+        var response = AnthropicTranslator.ToCanonical(message, AnthropicTranslator.AnswersInJson(request.Request));
         response.Created = Time.GetUtcNow().ToUnixTimeSeconds();
         return response;
     }
 
-    protected override StreamEvents ReadStream(ProviderRequest request) => new Events(new AnthropicTranslator.StreamState(Time.GetUtcNow().ToUnixTimeSeconds()));
+    protected override StreamEvents ReadStream(ProviderRequest request) => new Events(new AnthropicTranslator.StreamState(Time.GetUtcNow().ToUnixTimeSeconds(), AnthropicTranslator.AnswersInJson(request.Request)));
 
     /// <summary>Anthropic's events translated into chat chunks: an event makes none, one or several.</summary>
     private sealed class Events(AnthropicTranslator.StreamState state) : StreamEvents

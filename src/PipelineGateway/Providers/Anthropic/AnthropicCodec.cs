@@ -418,7 +418,11 @@ internal sealed class AnthropicRequest
 
     public AnthropicToolChoice? ToolChoice { get; set; }
 
-    /// <summary>Fields the gateway does not read (<c>thinking</c>, <c>service_tier</c>…): carried to the upstream, not dropped.</summary>
+    /// <summary>
+    /// Fields the gateway does not read (<c>thinking</c>, <c>service_tier</c>…): kept on the canonical request's unknown
+    /// fields. An OpenAI-compatible upstream gets them as they are; the Anthropic translator writes <c>top_k</c> and
+    /// nothing else of them (docs/providers.md).
+    /// </summary>
     [JsonExtensionData]
     public Dictionary<string, JsonElement>? Extra { get; set; }
 }

@@ -13,8 +13,22 @@ namespace PipelineGateway.Providers.Anthropic;
 internal static class AnthropicTranslator
 {
     /// <summary>Writes the Anthropic request body for a canonical request.</summary>
+    /// <summary>
+    /// The tool that carries a JSON answer (<c>response_format</c> <c>json_object</c> or <c>json_schema</c>): Anthropic has
+    /// no response format, so the schema becomes this tool's input schema, the model is made to call it, and its input
+    /// comes back as the answer's content (<see cref="ToCanonical"/>, <see cref="StreamState"/>).
+    /// </summary>
+    internal const string JsonTool = "json_response";
+
+    /// <summary>True when the request asks for a JSON answer, which travels as <see cref="JsonTool"/>'s input.</summary>
+    public static bool AnswersInJson(ChatCompletionRequest request) =>
+        request.ResponseFormat is { ValueKind: JsonValueKind.Object } f
+        && f.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String
+        && (type.ValueEquals("json_object"u8) || type.ValueEquals("json_schema"u8));
+
     public static void WriteRequest(IBufferWriter<byte> output, ChatCompletionRequest request, string model, bool stream, int defaultMaxTokens)
     {
+        OpenAIOnlyParameters.Check(request, "Anthropic");
         using var w = new Utf8JsonWriter(output, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
         w.WriteStartObject();
         w.WriteString("model", model);
@@ -99,7 +113,16 @@ internal static class AnthropicTranslator
             w.WriteNumber("top_p", p);
         }
 
-        if (request.Tools is { Count: > 0 } tools)
+        // Anthropic's own top_k (from /v1/messages, or an OpenAI-format caller that sets it): carried, not dropped.
+        if (request.AdditionalProperties?.TryGetValue("top_k", out var topK) == true && topK.ValueKind == JsonValueKind.Number)
+        {
+            w.WritePropertyName("top_k");
+            topK.WriteTo(w);
+        }
+
+        var json = AnswersInJson(request);
+        var tools = request.Tools ?? [];
+        if (tools.Count > 0 || json)
         {
             w.WriteStartArray("tools");
             foreach (var tool in tools)
@@ -107,6 +130,11 @@ internal static class AnthropicTranslator
                 if (tool.Function is not { } f)
                 {
                     continue;
+                }
+
+                if (json && f.Name == JsonTool)
+                {
+                    throw ProviderException.Unsupported("tools", $"A tool is named '{JsonTool}', the name the gateway gives Anthropic for response_format's JSON answer; the request was not sent to this deployment.");
                 }
 
                 w.WriteStartObject();
@@ -129,8 +157,13 @@ internal static class AnthropicTranslator
                 w.WriteEndObject();
             }
 
+            if (json)
+            {
+                WriteJsonTool(w, request.ResponseFormat!.Value);
+            }
+
             w.WriteEndArray();
-            WriteToolChoice(w, request.ToolChoice, ParallelToolCalls(request) == false);
+            WriteToolChoice(w, request.ToolChoice, ParallelToolCalls(request) == false, json, tools.Count > 0);
         }
 
         if (request.User is not null)
@@ -321,6 +354,49 @@ internal static class AnthropicTranslator
         doc.RootElement.WriteTo(w);
     }
 
+    /// <summary>
+    /// <see cref="JsonTool"/>: its input schema is <c>json_schema.schema</c> (an object at its root: a tool's input is
+    /// one), or any object for <c>json_object</c>.
+    /// </summary>
+    private static void WriteJsonTool(Utf8JsonWriter w, JsonElement format)
+    {
+        JsonElement? schema = null;
+        string? description = null;
+        if (format.TryGetProperty("json_schema", out var js) && js.ValueKind == JsonValueKind.Object)
+        {
+            if (js.TryGetProperty("schema", out var s) && s.ValueKind == JsonValueKind.Object)
+            {
+                if (s.TryGetProperty("type", out var root) && !(root.ValueKind == JsonValueKind.String && root.ValueEquals("object"u8)))
+                {
+                    throw ProviderException.Unsupported("response_format.json_schema.schema",
+                        "response_format.json_schema.schema must describe an object at its root for an Anthropic deployment (the answer travels as a tool's input, which is an object); the request was not sent to this deployment.");
+                }
+
+                schema = s;
+            }
+
+            if (js.TryGetProperty("description", out var d) && d.ValueKind == JsonValueKind.String)
+            {
+                description = d.GetString();
+            }
+        }
+
+        w.WriteStartObject();
+        w.WriteString("name", JsonTool);
+        w.WriteString("description", description ?? "Give the answer as this tool's input.");
+        w.WritePropertyName("input_schema");
+        if (schema is { } given)
+        {
+            given.WriteTo(w);
+        }
+        else
+        {
+            w.WriteRawValue("""{"type":"object"}""");
+        }
+
+        w.WriteEndObject();
+    }
+
     /// <summary>OpenAI's <c>parallel_tool_calls</c> (carried as an unknown field), if the caller set it.</summary>
     private static bool? ParallelToolCalls(ChatCompletionRequest request) =>
         request.AdditionalProperties?.TryGetValue("parallel_tool_calls", out var p) == true && p.ValueKind is JsonValueKind.True or JsonValueKind.False
@@ -331,8 +407,37 @@ internal static class AnthropicTranslator
     /// Anthropic's <c>tool_choice</c>; <c>parallel_tool_calls: false</c> becomes <c>disable_parallel_tool_use: true</c>
     /// (written with an <c>auto</c> choice when the caller named none, since Anthropic carries it only there).
     /// </summary>
-    private static void WriteToolChoice(Utf8JsonWriter w, JsonElement? choice, bool disableParallel)
+    private static void WriteToolChoice(Utf8JsonWriter w, JsonElement? choice, bool disableParallel, bool json, bool callerTools)
     {
+        if (json)
+        {
+            // The JSON answer must be the JSON tool's call: forced when the caller's tools may not be called (none, or
+            // tool_choice "none"); otherwise some tool must be called — the caller's, or the JSON tool to answer.
+            var named = choice is { ValueKind: JsonValueKind.Object } o && o.TryGetProperty("function", out var fn) && fn.TryGetProperty("name", out _);
+            if (!named)
+            {
+                var none = choice is { ValueKind: JsonValueKind.String } s && s.ValueEquals("none"u8);
+                w.WriteStartObject("tool_choice");
+                if (!callerTools || none)
+                {
+                    w.WriteString("type", "tool");
+                    w.WriteString("name", JsonTool);
+                }
+                else
+                {
+                    w.WriteString("type", "any");
+                }
+
+                if (disableParallel)
+                {
+                    w.WriteBoolean("disable_parallel_tool_use", true);
+                }
+
+                w.WriteEndObject();
+                return;
+            }
+        }
+
         if (choice is not { } c)
         {
             if (disableParallel)
@@ -375,16 +480,20 @@ internal static class AnthropicTranslator
     }
 
     /// <summary>An Anthropic message as a canonical chat completion.</summary>
-    public static ChatCompletionResponse ToCanonical(AnthropicMessage message)
+    public static ChatCompletionResponse ToCanonical(AnthropicMessage message, bool answersInJson = false)
     {
         var text = new StringBuilder();
         List<ToolCall>? calls = null;
+        string? json = null;
         foreach (var block in message.Content)
         {
             switch (block.Type)
             {
                 case "text":
                     text.Append(block.Text);
+                    break;
+                case "tool_use" when answersInJson && block.Name == JsonTool:
+                    json = block.Input?.GetRawText() ?? "{}"; // the answer, in the format asked for: not a tool call
                     break;
                 case "tool_use":
                     (calls ??= []).Add(new ToolCall
@@ -409,10 +518,10 @@ internal static class AnthropicTranslator
                     Message = new ChatCompletionMessage
                     {
                         Role = ChatRoles.Assistant,
-                        Content = calls is not null && text.Length == 0 ? null : new MessageContent(text.ToString()),
+                        Content = json is not null ? new MessageContent(json) : calls is not null && text.Length == 0 ? null : new MessageContent(text.ToString()),
                         ToolCalls = calls,
                     },
-                    FinishReason = FinishReason(message.StopReason),
+                    FinishReason = json is not null && calls is null && message.StopReason == "tool_use" ? FinishReasons.Stop : FinishReason(message.StopReason),
                 },
             ],
             Usage = Usage(usage.InputTokens + (usage.CacheReadInputTokens ?? 0) + (usage.CacheCreationInputTokens ?? 0), usage.OutputTokens, usage.CacheReadInputTokens),
@@ -465,8 +574,16 @@ internal static class AnthropicTranslator
         private string _model = string.Empty;
         private int _inputTokens;
         private readonly long _created;
+        private readonly bool _answersInJson;
+        private int? _jsonBlock;
 
-        public StreamState(long created) => _created = created;
+        /// <param name="created">The chunks' <c>created</c>.</param>
+        /// <param name="answersInJson">The request asked for a JSON answer: <see cref="JsonTool"/>'s input streams as content.</param>
+        public StreamState(long created, bool answersInJson = false)
+        {
+            _created = created;
+            _answersInJson = answersInJson;
+        }
 
         /// <summary>Returns the chunks for one event (none for ping and block stops).</summary>
         public IEnumerable<ChatCompletionChunk> OnEvent(AnthropicStreamEvent e)
@@ -478,6 +595,12 @@ internal static class AnthropicTranslator
                     _model = m.Model;
                     _inputTokens = (m.Usage?.InputTokens ?? 0) + (m.Usage?.CacheReadInputTokens ?? 0) + (m.Usage?.CacheCreationInputTokens ?? 0);
                     yield return Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, Content = string.Empty });
+                    break;
+                case "content_block_start" when _answersInJson && e.ContentBlock is { Type: "tool_use", Name: JsonTool }:
+                    _jsonBlock = e.Index ?? 0;
+                    break;
+                case "content_block_delta" when _jsonBlock is { } jb && (e.Index ?? 0) == jb && e.Delta is { Type: "input_json_delta" } jd:
+                    yield return Chunk(new ChatCompletionDelta { Content = jd.PartialJson });
                     break;
                 case "content_block_start" when e.ContentBlock is { Type: "tool_use" } block:
                     var toolIndex = _toolIndexByBlock.Count;
@@ -502,7 +625,9 @@ internal static class AnthropicTranslator
                     break;
                 case "message_delta":
                     var finish = Chunk(new ChatCompletionDelta());
-                    finish.Choices[0].FinishReason = FinishReason(e.Delta?.StopReason);
+                    finish.Choices[0].FinishReason = _jsonBlock is not null && _toolIndexByBlock.Count == 0 && e.Delta?.StopReason == "tool_use"
+                        ? FinishReasons.Stop // the JSON answer is content, not a tool call
+                        : FinishReason(e.Delta?.StopReason);
                     yield return finish;
                     yield return new ChatCompletionChunk
                     {

@@ -91,6 +91,7 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
     public static (List<AI.ChatMessage> Messages, ChatOptions Options) ToChatClient(ProviderRequest request)
     {
         var r = request.Request;
+        OpenAIOnlyParameters.Check(r, "an IChatClient deployment");
         var messages = new List<AI.ChatMessage>(r.Messages.Count);
         for (var i = 0; i < r.Messages.Count; i++)
         {
@@ -146,6 +147,8 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
             MaxOutputTokens = r.RequestedCompletionTokens,
             Seed = r.Seed,
             StopSequences = r.Stop is { Count: > 0 } ? [.. r.Stop] : null,
+            FrequencyPenalty = Number(r, "frequency_penalty"),
+            PresencePenalty = Number(r, "presence_penalty"),
         };
         if (r.Tools is { Count: > 0 })
         {
@@ -217,6 +220,10 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
         throw ProviderException.Unsupported(at,
             $"{at} is a '{part.Type}' part an IChatClient deployment has no form for (text, image_url, input_audio with data and format, file with file_data or file_id); the request was not sent to this deployment.");
     }
+
+    /// <summary>A number the request carries as an unknown field (OpenAI's penalties), if it does.</summary>
+    private static float? Number(ChatCompletionRequest r, string name) =>
+        r.AdditionalProperties?.TryGetValue(name, out var v) == true && v.ValueKind == JsonValueKind.Number ? v.GetSingle() : null;
 
     private static JsonElement? Member(ContentPart part, string name) =>
         part.AdditionalProperties?.TryGetValue(name, out var value) == true ? value : null;
