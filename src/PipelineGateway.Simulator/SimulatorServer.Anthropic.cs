@@ -53,12 +53,12 @@ public sealed partial class SimulatorServer
             }
 
             var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
-            var promptTokens = SimulatedText.PromptTokens(request);
+            var usage = PromptCacheUsage(request, words.Length);
             var tool = WantsTool(request);
             var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
             if (request.Stream == true)
             {
-                await AnthropicStreamAsync(ctx, plan, request.Model, words, promptTokens, id, tool, tool is null ? null : ToolArguments(request, tool, words)).ConfigureAwait(false);
+                await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : ToolArguments(request, tool, words)).ConfigureAwait(false);
                 return;
             }
 
@@ -76,7 +76,7 @@ public sealed partial class SimulatorServer
                         FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls,
                     },
                 ],
-                Usage = TokenUsage.Of(promptTokens, words.Length),
+                Usage = usage,
             };
             SetRateLimitHeaders(ctx);
             ctx.Response.ContentType = "application/json";
@@ -92,12 +92,12 @@ public sealed partial class SimulatorServer
         }
     }
 
-    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, int promptTokens, string id, string? tool, string? args)
+    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, TokenUsage usage, string id, string? tool, string? args)
     {
         StartSse(ctx);
 
         // The answer as canonical chunks, written as Anthropic events by the gateway's own stream writer.
-        var writer = new AnthropicStreamWriter(promptTokens);
+        var writer = new AnthropicStreamWriter(usage);
         ChatCompletionChunk Chunk(ChatCompletionDelta delta, string? finish = null) => new()
         {
             Id = id,
@@ -136,7 +136,7 @@ public sealed partial class SimulatorServer
         }
 
         chunks.Add(Chunk(new ChatCompletionDelta(), tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls));
-        chunks.Add(new ChatCompletionChunk { Id = id, Model = model, Choices = [], Usage = TokenUsage.Of(promptTokens, words.Length) });
+        chunks.Add(new ChatCompletionChunk { Id = id, Model = model, Choices = [], Usage = usage });
 
         var events = chunks.SelectMany(writer.OnChunk).Concat(writer.Finish()).ToList();
         for (var i = 0; i < events.Count; i++)
@@ -149,6 +149,38 @@ public sealed partial class SimulatorServer
             await WriteSseAsync(ctx, events[i].Name, events[i].Json).ConfigureAwait(false);
         }
     }
+
+    /// <summary>
+    /// Anthropic's prompt cache, simulated: the prompt up to the last block marked <c>cache_control</c> (system and
+    /// messages in order) is the cached prefix when it is at least <see cref="MinCachedTokens"/> long — written to the
+    /// cache the first time this server sees it, read from it after that.
+    /// </summary>
+    private TokenUsage PromptCacheUsage(ChatCompletionRequest request, int completion)
+    {
+        var total = SimulatedText.PromptTokens(request);
+        var last = request.Messages.FindLastIndex(static m => m.AdditionalProperties?.ContainsKey("cache_control") == true
+            || m.Content?.Parts?.Exists(static p => p.AdditionalProperties?.ContainsKey("cache_control") == true) == true);
+        if (last < 0)
+        {
+            return TokenUsage.Of(total, completion);
+        }
+
+        var prefix = new ChatCompletionRequest { Model = request.Model, Messages = request.Messages[..(last + 1)] };
+        var cached = SimulatedText.PromptTokens(prefix);
+        if (cached < MinCachedTokens)
+        {
+            return TokenUsage.Of(total, completion);
+        }
+
+        var key = request.Model + "\n" + string.Join("\n", prefix.Messages.Select(static m => m.Role + ":" + m.Content?.GetText()));
+        var seen = !_promptCache.TryAdd(key, 0);
+        return Cost.PromptCacheTokens.Usage(total - cached, completion, seen ? cached : 0, seen ? 0 : cached);
+    }
+
+    /// <summary>Anthropic caches prompts of at least 1,024 tokens (Sonnet and Opus).</summary>
+    private const int MinCachedTokens = 1024;
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _promptCache = new(StringComparer.Ordinal);
 
     private static Task AnthropicError(HttpContext ctx, int status, string type, string message)
     {

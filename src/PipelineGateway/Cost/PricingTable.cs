@@ -13,6 +13,12 @@ public sealed class ModelPrice
 
     /// <summary>Price of prompt tokens served from the provider's prompt cache, when it differs.</summary>
     public decimal? CachedInputPerMillion { get; set; }
+
+    /// <summary>
+    /// Price of prompt tokens written to the provider's prompt cache (Anthropic's cache writes: 1.25× the input price for
+    /// the 5-minute cache), when it differs from <see cref="InputPerMillion"/>.
+    /// </summary>
+    public decimal? CacheWriteInputPerMillion { get; set; }
 }
 
 /// <summary>
@@ -35,12 +41,13 @@ internal sealed class PricingTable
         ["gpt-3.5-turbo"] = new() { InputPerMillion = 0.50m, OutputPerMillion = 1.50m },
         ["o1"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 60.00m, CachedInputPerMillion = 7.50m },
         ["o3-mini"] = new() { InputPerMillion = 1.10m, OutputPerMillion = 4.40m, CachedInputPerMillion = 0.55m },
-        ["claude-3-5-haiku"] = new() { InputPerMillion = 0.80m, OutputPerMillion = 4.00m, CachedInputPerMillion = 0.08m },
-        ["claude-3-5-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m },
-        ["claude-3-7-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m },
-        ["claude-sonnet-4"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m },
-        ["claude-opus-4"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 75.00m, CachedInputPerMillion = 1.50m },
-        ["claude-haiku-4"] = new() { InputPerMillion = 1.00m, OutputPerMillion = 5.00m, CachedInputPerMillion = 0.10m },
+        ["claude-3-5-haiku"] = new() { InputPerMillion = 0.80m, OutputPerMillion = 4.00m, CachedInputPerMillion = 0.08m, CacheWriteInputPerMillion = 1.00m },
+        ["claude-3-5-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m },
+        ["claude-3-7-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m },
+        ["claude-sonnet-4"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m },
+        ["claude-opus-4-5"] = new() { InputPerMillion = 5.00m, OutputPerMillion = 25.00m, CachedInputPerMillion = 0.50m, CacheWriteInputPerMillion = 6.25m },
+        ["claude-opus-4"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 75.00m, CachedInputPerMillion = 1.50m, CacheWriteInputPerMillion = 18.75m },
+        ["claude-haiku-4"] = new() { InputPerMillion = 1.00m, OutputPerMillion = 5.00m, CachedInputPerMillion = 0.10m, CacheWriteInputPerMillion = 1.25m },
     };
 
     private readonly Dictionary<string, ModelPrice> _prices;
@@ -101,13 +108,12 @@ internal sealed class PricingTable
             return 0;
         }
 
-        var cached = CachedPromptTokens(usage);
-        var fresh = Math.Max(0, usage.PromptTokens - cached);
-        return ((fresh * price.InputPerMillion) + (cached * (price.CachedInputPerMillion ?? price.InputPerMillion)) + (usage.CompletionTokens * price.OutputPerMillion)) / 1_000_000m;
+        var cached = Math.Min(PromptCacheTokens.ReadOf(usage), usage.PromptTokens);
+        var written = Math.Min(PromptCacheTokens.WrittenOf(usage), usage.PromptTokens - cached);
+        var fresh = Math.Max(0, usage.PromptTokens - cached - written);
+        return ((fresh * price.InputPerMillion)
+            + (cached * (price.CachedInputPerMillion ?? price.InputPerMillion))
+            + (written * (price.CacheWriteInputPerMillion ?? price.InputPerMillion))
+            + (usage.CompletionTokens * price.OutputPerMillion)) / 1_000_000m;
     }
-
-    private static int CachedPromptTokens(TokenUsage usage) =>
-        usage.AdditionalProperties?.TryGetValue("prompt_tokens_details", out var details) == true
-        && details.ValueKind == System.Text.Json.JsonValueKind.Object
-        && details.TryGetProperty("cached_tokens", out var c) && c.TryGetInt32(out var n) ? n : 0;
 }

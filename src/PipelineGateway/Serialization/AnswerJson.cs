@@ -1025,8 +1025,14 @@ internal static class AnswerJson
             return;
         }
 
+        var dropCacheControl = RequestJson.t_dropCacheControl;
         foreach (var (name, element) in extra)
         {
+            if (dropCacheControl && name == "cache_control")
+            {
+                continue;
+            }
+
             w.WritePropertyName(name);
             element.WriteTo(w);
         }

@@ -16,13 +16,14 @@ namespace PipelineGateway;
 internal static partial class RequestJson
 {
     /// <summary>The request's JSON for <paramref name="model"/>, streamed (with usage asked for) or not, as a new array.</summary>
-    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream)
+    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, bool dropCacheControl = false)
     {
         var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
         buffer.ResetWrittenCount();
         // Non-ASCII text goes upstream as UTF-8, as clients send it to OpenAI (WireJson), not as \uXXXX escapes.
         var writer = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
         writer.Reset(buffer);
+        t_dropCacheControl = dropCacheControl;
         try
         {
             WriteUpstream(writer, request, model, stream);
@@ -31,6 +32,7 @@ internal static partial class RequestJson
         }
         finally
         {
+            t_dropCacheControl = false;
             if (buffer.Capacity > MaxKeptBuffer)
             {
                 t_buffer = null; // an unusually large request: neither its buffer nor the writer pointing at it is kept
@@ -40,6 +42,13 @@ internal static partial class RequestJson
     }
 
     private const int MaxKeptBuffer = 256 * 1024;
+
+    /// <summary>
+    /// Set around one <see cref="ToUpstreamBytes"/> (which never awaits) for an upstream that refuses Anthropic's
+    /// <c>cache_control</c> members: <see cref="AnswerJson.WriteExtra"/> leaves them out, wherever they are.
+    /// </summary>
+    [ThreadStatic]
+    internal static bool t_dropCacheControl;
 
     [ThreadStatic]
     private static ArrayBufferWriter<byte>? t_buffer;

@@ -30,6 +30,18 @@ public sealed class MetricsTests
     }
 
     [Fact]
+    public void Prompt_cache_reads_and_writes_are_priced_at_their_own_rates()
+    {
+        var table = new PricingTable((IReadOnlyDictionary<string, ModelPrice>?)null);
+        var usage = PromptCacheTokens.Usage(fresh: 1000, completion: 100, read: 2000, written: 4000);
+
+        usage.PromptTokens.Should().Be(7000, "prompt_tokens counts every prompt token, cached or not");
+        table.Cost(Catalog("claude-sonnet-4-5").Groups[0].Deployments[0], usage).Should().Be(((1000 * 3.00m) + (2000 * 0.30m) + (4000 * 3.75m) + (100 * 15.00m)) / 1_000_000m);
+        table.Cost(Catalog("claude-opus-4-5-20251101").Groups[0].Deployments[0], TokenUsage.Of(1_000_000, 0)).Should().Be(5.00m, "Opus 4.5 is not priced as Opus 4");
+        table.Cost(Catalog("gpt-4o").Groups[0].Deployments[0], usage).Should().Be(((1000 * 2.50m) + (2000 * 1.25m) + (4000 * 2.50m) + (100 * 10.00m)) / 1_000_000m, "no write price: writes at the input price");
+    }
+
+    [Fact]
     public void Configured_and_deployment_prices_override_the_defaults()
     {
         var table = new PricingTable(new Dictionary<string, ModelPrice> { ["gpt-4o"] = new() { InputPerMillion = 1m, OutputPerMillion = 1m } });

@@ -309,6 +309,54 @@ public sealed class AnthropicTranslationTests
     }
 
     [Fact]
+    public void Prompt_caching_marks_from_an_Anthropic_client_reach_an_Anthropic_upstream_where_they_were()
+    {
+        const string Mark = """{"type":"ephemeral"}""";
+        const string HourMark = """{"type":"ephemeral","ttl":"1h"}""";
+        var request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse(System.Text.Encoding.UTF8.GetBytes($$$"""
+            {"model":"claude","max_tokens":64,
+             "system":[{"type":"text","text":"You are terse. "},{"type":"text","text":"Long rules.","cache_control":{{{HourMark}}}}],
+             "tools":[{"name":"lookup","input_schema":{"type":"object"},"cache_control":{{{Mark}}}}],
+             "messages":[
+               {"role":"user","content":[{"type":"text","text":"Look it up."},{"type":"text","text":"Context.","cache_control":{{{Mark}}}}]},
+               {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"lookup","input":{}}]},
+               {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"found","cache_control":{{{Mark}}}}]}]}
+            """)));
+
+        var body = Translate(request);
+
+        var system = body.GetProperty("system");
+        system.ValueKind.Should().Be(JsonValueKind.Array, "a marked system prompt stays in blocks");
+        system[0].GetProperty("text").GetString().Should().Be("You are terse. ");
+        system[0].TryGetProperty("cache_control", out _).Should().BeFalse();
+        system[1].GetProperty("cache_control").GetRawText().Should().Be(HourMark);
+        body.GetProperty("tools")[0].GetProperty("cache_control").GetRawText().Should().Be(Mark);
+        var messages = body.GetProperty("messages");
+        messages[0].GetProperty("content")[1].GetProperty("cache_control").GetRawText().Should().Be(Mark);
+        messages[0].GetProperty("content")[0].TryGetProperty("cache_control", out _).Should().BeFalse();
+        messages[2].GetProperty("content")[0].GetProperty("type").GetString().Should().Be("tool_result");
+        messages[2].GetProperty("content")[0].GetProperty("cache_control").GetRawText().Should().Be(Mark);
+    }
+
+    [Fact]
+    public void Prompt_caching_marks_do_not_reach_OpenAI_itself_but_do_reach_an_OpenAI_compatible_router()
+    {
+        var request = Parse("""
+            {"model":"x","messages":[{"role":"system","content":[{"type":"text","text":"Rules.","cache_control":{"type":"ephemeral"}}]},
+              {"role":"tool","tool_call_id":"t","content":"ok","cache_control":{"type":"ephemeral"}},
+              {"role":"user","content":"Hi"}],
+             "tools":[{"type":"function","function":{"name":"f"},"cache_control":{"type":"ephemeral"}}],"metadata":{"a":"b"}}
+            """);
+
+        var toOpenAI = System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropCacheControl: true));
+        var toRouter = System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "anthropic/claude", stream: false));
+
+        toOpenAI.Should().NotContain("cache_control").And.Contain("\"metadata\":{\"a\":\"b\"}", "only cache_control is left out");
+        System.Text.RegularExpressions.Regex.Count(toRouter, "cache_control").Should().Be(3);
+        System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false)).Should().Contain("cache_control", "the flag lasts one write");
+    }
+
+    [Fact]
     public void A_round_trip_keeps_text_tool_calls_and_finish_reason()
     {
         var message = new AnthropicMessage

@@ -222,6 +222,64 @@ public sealed class ErrorContractTests : IAsyncLifetime
         Calls("backup").Should().Be(1);
     }
 
+    /// <summary>
+    /// Prompt caching from an Anthropic client (Claude Code marks its system prompt and latest turn): the marks reach the
+    /// Anthropic upstream (the simulator caches a marked prefix of 1,024 tokens or more, as Anthropic does), the
+    /// cache's writes and reads come back in Anthropic's usage fields, and a streamed answer is priced exactly as the
+    /// same whole answer is (cache reads at the cached rate) — the stream used to lose the cache's share.
+    /// </summary>
+    [Fact]
+    public async Task Prompt_caching_reaches_Claude_and_its_reads_and_writes_are_reported_and_priced_alike_whole_and_streamed()
+    {
+        using var http = new HttpClient();
+        http.DefaultRequestHeaders.Add("x-api-key", Key);
+        http.DefaultRequestHeaders.Add("anthropic-version", "2023-06-01");
+        var rules = string.Join(' ', Enumerable.Repeat("Answer briefly, precisely, and cite the rule you follow.", 120));
+        async Task<JsonElement> Ask(bool stream)
+        {
+            var body = JsonSerializer.Serialize(new Dictionary<string, object>
+            {
+                ["model"] = "anthropic-only",
+                ["max_tokens"] = 32,
+                ["stream"] = stream,
+                ["system"] = new object[] { new Dictionary<string, object> { ["type"] = "text", ["text"] = rules, ["cache_control"] = new Dictionary<string, string> { ["type"] = "ephemeral" } } },
+                ["messages"] = new object[] { new Dictionary<string, object> { ["role"] = "user", ["content"] = "What is rule one?" } },
+            });
+            var response = await http.PostAsync(new Uri(Base, "v1/messages"), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+            var text = await response.Content.ReadAsStringAsync(Ct);
+            response.StatusCode.Should().Be(HttpStatusCode.OK, text);
+            if (!stream)
+            {
+                return JsonDocument.Parse(text).RootElement.GetProperty("usage").Clone();
+            }
+
+            var delta = text.Split('\n').Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => JsonDocument.Parse(l[6..]).RootElement)
+                .Single(e => e.GetProperty("type").GetString() == "message_delta");
+            return delta.GetProperty("usage").Clone();
+        }
+
+        decimal Spent() => _app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot().TotalCost;
+
+        var first = await Ask(stream: false);
+        first.GetProperty("cache_creation_input_tokens").GetInt32().Should().BeGreaterThanOrEqualTo(1024, "the marked system prompt was written to the cache");
+        first.TryGetProperty("cache_read_input_tokens", out _).Should().BeFalse();
+        var written = first.GetProperty("cache_creation_input_tokens").GetInt32();
+
+        var before = Spent();
+        var whole = await Ask(stream: false);
+        var wholeCost = Spent() - before;
+        before = Spent();
+        var streamed = await Ask(stream: true);
+        var streamedCost = Spent() - before;
+
+        whole.GetProperty("cache_read_input_tokens").GetInt32().Should().Be(written, "the same prefix is read from the cache");
+        streamed.GetProperty("cache_read_input_tokens").GetInt32().Should().Be(written);
+        streamed.GetProperty("input_tokens").GetInt32().Should().Be(whole.GetProperty("input_tokens").GetInt32());
+        wholeCost.Should().BePositive();
+        streamedCost.Should().Be(wholeCost, "the same usage costs the same, streamed or not");
+        Calls("anthropic-plain").Should().Be(3);
+    }
+
     [Fact]
     public async Task An_upstream_400_reaches_the_Anthropic_SDK_as_a_bad_request_and_is_sent_once()
     {

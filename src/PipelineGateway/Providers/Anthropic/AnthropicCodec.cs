@@ -69,7 +69,7 @@ internal static partial class AnthropicCodec
 
         if (a.System is { } system && system.Text.Length > 0)
         {
-            request.Messages.Add(ChatCompletionMessage.System(system.Text));
+            request.Messages.Add(new ChatCompletionMessage { Role = ChatRoles.System, Content = system.ToContent() });
         }
 
         for (var i = 0; i < a.Messages.Count; i++)
@@ -82,6 +82,7 @@ internal static partial class AnthropicCodec
             request.Tools = [.. tools.Select(t => new ToolDefinition
             {
                 Function = new FunctionDefinition { Name = t.Name, Description = t.Description, Parameters = t.InputSchema },
+                AdditionalProperties = CacheControl(t.CacheControl),
             })];
         }
 
@@ -121,7 +122,7 @@ internal static partial class AnthropicCodec
             switch (b.Type)
             {
                 case "text":
-                    parts.Add(new ContentPart { Type = "text", Text = b.Text });
+                    parts.Add(TextPart(b));
                     break;
                 case "image":
                     var source = b.Source!;
@@ -129,6 +130,7 @@ internal static partial class AnthropicCodec
                     {
                         Type = "image_url",
                         ImageUrl = new ImageUrl { Url = source.Type == "base64" ? $"data:{source.MediaType};base64,{source.Data}" : source.Url! },
+                        AdditionalProperties = CacheControl(b.CacheControl),
                     });
                     break;
                 case "tool_use":
@@ -145,7 +147,9 @@ internal static partial class AnthropicCodec
                         throw new AnthropicRequestException($"{at}.type", "tool_result blocks belong to user turns.");
                     }
 
-                    request.Messages.Add(ChatCompletionMessage.Tool(b.ToolUseId!, b.Content?.Text ?? string.Empty));
+                    var result = ChatCompletionMessage.Tool(b.ToolUseId!, b.Content?.Text ?? string.Empty);
+                    result.AdditionalProperties = CacheControl(b.CacheControl);
+                    request.Messages.Add(result);
                     break;
                 default:
                     throw new AnthropicRequestException($"{at}.type", $"Content blocks of type '{b.Type}' cannot be carried by this gateway (it translates to the OpenAI chat format); supported: text, image, tool_use, tool_result.");
@@ -157,7 +161,7 @@ internal static partial class AnthropicCodec
             request.Messages.Add(new ChatCompletionMessage
             {
                 Role = m.Role,
-                Content = parts.Count == 0 ? null : parts.TrueForAll(p => p.Type == "text") ? new MessageContent(string.Concat(parts.Select(p => p.Text))) : new MessageContent(parts),
+                Content = parts.Count == 0 ? null : parts.TrueForAll(p => p.Type == "text" && p.AdditionalProperties is null) ? new MessageContent(string.Concat(parts.Select(p => p.Text))) : new MessageContent(parts),
                 ToolCalls = calls.Count > 0 ? calls : null,
             });
         }
@@ -255,6 +259,18 @@ internal static partial class AnthropicCodec
             }
         }
     }
+
+    /// <summary>A text block as a canonical text part, its <c>cache_control</c> (prompt caching) kept for an Anthropic upstream.</summary>
+    internal static ContentPart TextPart(AnthropicInputBlock b) => new() { Type = "text", Text = b.Text, AdditionalProperties = CacheControl(b.CacheControl) };
+
+    /// <summary>
+    /// A block's or tool's <c>cache_control</c> as a canonical unknown member (null without one): the Anthropic translator
+    /// writes it back where it was, an OpenAI upstream does not get it (docs/providers.md).
+    /// </summary>
+    private static Dictionary<string, JsonElement>? CacheControl(JsonElement? cacheControl) =>
+        cacheControl is { ValueKind: not JsonValueKind.Null } c ? new() { [CacheControlMember] = c } : null;
+
+    internal const string CacheControlMember = "cache_control";
 
     private static void ValidateBlock(AnthropicInputBlock b, string path)
     {
@@ -475,6 +491,14 @@ internal sealed class AnthropicInputBlock
 internal sealed class AnthropicSystem
 {
     public string Text { get; init; } = string.Empty;
+
+    /// <summary>The text blocks as they came, when one of them carries <c>cache_control</c> (else null: the text is enough).</summary>
+    public List<AnthropicInputBlock>? CachedBlocks { get; init; }
+
+    /// <summary>The text as canonical content: the joined string, or text parts keeping each block's <c>cache_control</c>.</summary>
+    public MessageContent ToContent() => CachedBlocks is { } blocks
+        ? new MessageContent([.. blocks.Select(AnthropicCodec.TextPart)])
+        : new MessageContent(Text);
 }
 
 internal sealed class AnthropicMetadata
@@ -558,7 +582,7 @@ internal sealed class AnthropicTextConverter : JsonConverter<AnthropicSystem>
             text.Append(t);
         }
 
-        return new AnthropicSystem { Text = text.ToString() };
+        return new AnthropicSystem { Text = text.ToString(), CachedBlocks = blocks.Exists(static b => b.CacheControl is not null) ? blocks : null };
     }
 
     public override void Write(Utf8JsonWriter writer, AnthropicSystem value, JsonSerializerOptions options) =>

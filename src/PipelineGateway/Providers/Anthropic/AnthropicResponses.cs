@@ -28,7 +28,29 @@ internal static class AnthropicResponses
             Model = response.Model,
             Content = content,
             StopReason = StopReason(response.FinishReason),
-            Usage = new AnthropicUsage { InputTokens = response.Usage?.PromptTokens ?? 0, OutputTokens = response.Usage?.CompletionTokens ?? 0 },
+            Usage = Usage(response.Usage),
+        };
+    }
+
+    /// <summary>
+    /// A canonical usage in Anthropic's terms: <c>input_tokens</c> are the prompt's tokens neither read from nor written to
+    /// the prompt cache, which Anthropic reports beside them (<see cref="Cost.PromptCacheTokens"/>).
+    /// </summary>
+    public static AnthropicUsage Usage(TokenUsage? usage)
+    {
+        if (usage is null)
+        {
+            return new AnthropicUsage();
+        }
+
+        var read = Cost.PromptCacheTokens.ReadOf(usage);
+        var written = Cost.PromptCacheTokens.WrittenOf(usage);
+        return new AnthropicUsage
+        {
+            InputTokens = Math.Max(0, usage.PromptTokens - read - written),
+            OutputTokens = usage.CompletionTokens,
+            CacheReadInputTokens = read > 0 ? read : null,
+            CacheCreationInputTokens = written > 0 ? written : null,
         };
     }
 
@@ -69,7 +91,7 @@ internal static class AnthropicResponses
 /// <c>content_block_stop</c>, <c>message_delta</c> (stop reason and usage), <c>message_stop</c>. One writer for the
 /// gateway's <c>/v1/messages</c> route and the simulator.
 /// </summary>
-internal sealed class AnthropicStreamWriter(int? inputTokens = null)
+internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
 {
     private static readonly byte[] Ping = """{"type":"ping"}"""u8.ToArray();
     private static readonly byte[] MessageStop = """{"type":"message_stop"}"""u8.ToArray();
@@ -78,8 +100,7 @@ internal sealed class AnthropicStreamWriter(int? inputTokens = null)
     private bool _textOpen;
     private int _block = -1;
     private string? _finish;
-    private int _inputTokens = inputTokens ?? 0;
-    private int _outputTokens;
+    private AnthropicUsage _usage = AnthropicResponses.Usage(usage);
 
     /// <summary>The events for one chunk (the opening ones come with the first).</summary>
     public IEnumerable<(string Name, byte[] Json)> OnChunk(ChatCompletionChunk chunk)
@@ -90,14 +111,13 @@ internal sealed class AnthropicStreamWriter(int? inputTokens = null)
             var id = chunk.Id.StartsWith("msg_", StringComparison.Ordinal) ? chunk.Id : "msg_" + chunk.Id;
             // Anthropic reports the prompt's tokens at the start; a canonical stream knows them only at its end, so they
             // are given here when known (the simulator) and always repeated in message_delta.
-            yield return Event("message_start", new AnthropicStreamEvent { Type = "message_start", Message = new AnthropicMessage { Id = id, Model = chunk.Model, Usage = new AnthropicUsage { InputTokens = inputTokens ?? 0, OutputTokens = 1 } } });
+            yield return Event("message_start", new AnthropicStreamEvent { Type = "message_start", Message = new AnthropicMessage { Id = id, Model = chunk.Model, Usage = Opening(_usage) } });
             yield return ("ping", Ping);
         }
 
         if (chunk.Usage is { } usage)
         {
-            _inputTokens = usage.PromptTokens;
-            _outputTokens = usage.CompletionTokens;
+            _usage = AnthropicResponses.Usage(usage);
         }
 
         foreach (var choice in chunk.Choices)
@@ -139,6 +159,15 @@ internal sealed class AnthropicStreamWriter(int? inputTokens = null)
         }
     }
 
+    /// <summary>message_start's usage: the prompt's (and the cache's) tokens when known, one output token so far.</summary>
+    private static AnthropicUsage Opening(AnthropicUsage known) => new()
+    {
+        InputTokens = known.InputTokens,
+        OutputTokens = 1,
+        CacheReadInputTokens = known.CacheReadInputTokens,
+        CacheCreationInputTokens = known.CacheCreationInputTokens,
+    };
+
     /// <summary>The closing events, once the stream ended normally.</summary>
     public IEnumerable<(string Name, byte[] Json)> Finish()
     {
@@ -147,7 +176,7 @@ internal sealed class AnthropicStreamWriter(int? inputTokens = null)
             yield return Stop(_block);
         }
 
-        yield return Event("message_delta", new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = AnthropicResponses.StopReason(_finish) }, Usage = new AnthropicUsage { InputTokens = _inputTokens, OutputTokens = _outputTokens } });
+        yield return Event("message_delta", new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = AnthropicResponses.StopReason(_finish) }, Usage = _usage });
         yield return ("message_stop", MessageStop);
     }
 

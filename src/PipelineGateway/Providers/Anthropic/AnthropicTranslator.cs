@@ -34,26 +34,7 @@ internal static class AnthropicTranslator
         w.WriteString("model", model);
         w.WriteNumber("max_tokens", request.RequestedCompletionTokens ?? defaultMaxTokens);
 
-        var system = new StringBuilder();
-        for (var i = 0; i < request.Messages.Count; i++)
-        {
-            var m = request.Messages[i];
-            if (m.Role is ChatRoles.System or ChatRoles.Developer)
-            {
-                OnlyText(m.Content, i, "a system message's content");
-                if (system.Length > 0)
-                {
-                    system.Append("\n\n");
-                }
-
-                system.Append(m.Content?.GetText());
-            }
-        }
-
-        if (system.Length > 0)
-        {
-            w.WriteString("system", system.ToString());
-        }
+        WriteSystem(w, request.Messages);
 
         w.WriteStartArray("messages");
         string? openRole = null;
@@ -154,6 +135,7 @@ internal static class AnthropicTranslator
                     w.WriteRawValue("""{"type":"object","properties":{}}""");
                 }
 
+                WriteCacheControl(w, tool.AdditionalProperties);
                 w.WriteEndObject();
             }
 
@@ -182,6 +164,76 @@ internal static class AnthropicTranslator
     }
 
     /// <summary>
+    /// The system and developer messages as Anthropic's top-level <c>system</c>: their text joined by blank lines, or —
+    /// when a part carries <c>cache_control</c> (prompt caching) — as text blocks, each keeping its own.
+    /// </summary>
+    private static void WriteSystem(Utf8JsonWriter w, List<ChatCompletionMessage> messages)
+    {
+        var system = new StringBuilder();
+        var cached = false;
+        for (var i = 0; i < messages.Count; i++)
+        {
+            var m = messages[i];
+            if (m.Role is ChatRoles.System or ChatRoles.Developer)
+            {
+                OnlyText(m.Content, i, "a system message's content");
+                cached |= m.Content?.Parts?.Exists(static p => CacheControl(p.AdditionalProperties) is not null) == true;
+                if (system.Length > 0)
+                {
+                    system.Append("\n\n");
+                }
+
+                system.Append(m.Content?.GetText());
+            }
+        }
+
+        if (system.Length == 0)
+        {
+            return;
+        }
+
+        if (!cached)
+        {
+            w.WriteString("system", system.ToString());
+            return;
+        }
+
+        w.WriteStartArray("system");
+        foreach (var m in messages)
+        {
+            if (m.Role is ChatRoles.System or ChatRoles.Developer && m.Content is { } content)
+            {
+                if (content.Parts is { } parts)
+                {
+                    foreach (var part in parts)
+                    {
+                        WriteText(w, part.Text, part.AdditionalProperties);
+                    }
+                }
+                else
+                {
+                    WriteText(w, content.Text);
+                }
+            }
+        }
+
+        w.WriteEndArray();
+    }
+
+    /// <summary>An Anthropic <c>cache_control</c> carried on a canonical part, message or tool, if any.</summary>
+    private static JsonElement? CacheControl(Dictionary<string, JsonElement>? extra) =>
+        extra?.TryGetValue(AnthropicCodec.CacheControlMember, out var c) == true && c.ValueKind == JsonValueKind.Object ? c : null;
+
+    private static void WriteCacheControl(Utf8JsonWriter w, Dictionary<string, JsonElement>? extra)
+    {
+        if (CacheControl(extra) is { } c)
+        {
+            w.WritePropertyName(AnthropicCodec.CacheControlMember);
+            c.WriteTo(w);
+        }
+    }
+
+    /// <summary>
     /// One message's blocks. What Anthropic has no form for is not dropped: <see cref="ProviderException.Unsupported"/>
     /// names it, and the request may go to another deployment as it is (<see cref="ProviderException.NotSent"/>).
     /// </summary>
@@ -204,6 +256,7 @@ internal static class AnthropicTranslator
                 w.WriteString("content", m.Content?.GetText() ?? string.Empty);
             }
 
+            WriteCacheControl(w, m.AdditionalProperties);
             w.WriteEndObject();
             return;
         }
@@ -244,13 +297,13 @@ internal static class AnthropicTranslator
             switch (part.Type)
             {
                 case "text":
-                    WriteText(w, part.Text);
+                    WriteText(w, part.Text, part.AdditionalProperties);
                     break;
                 case "image_url" when part.ImageUrl is { } image:
-                    WriteImage(w, image.Url);
+                    WriteImage(w, image.Url, part.AdditionalProperties);
                     break;
                 case "file" when !toolResult && PdfData(part) is { } pdf:
-                    WriteDocument(w, pdf);
+                    WriteDocument(w, pdf, part.AdditionalProperties);
                     break;
                 default:
                     throw ProviderException.Unsupported(
@@ -274,7 +327,7 @@ internal static class AnthropicTranslator
             : null;
     }
 
-    private static void WriteDocument(Utf8JsonWriter w, string base64)
+    private static void WriteDocument(Utf8JsonWriter w, string base64, Dictionary<string, JsonElement>? extra)
     {
         w.WriteStartObject();
         w.WriteString("type", "document");
@@ -283,6 +336,7 @@ internal static class AnthropicTranslator
         w.WriteString("media_type", "application/pdf");
         w.WriteString("data", base64);
         w.WriteEndObject();
+        WriteCacheControl(w, extra);
         w.WriteEndObject();
     }
 
@@ -305,7 +359,7 @@ internal static class AnthropicTranslator
         }
     }
 
-    private static void WriteText(Utf8JsonWriter w, string? text)
+    private static void WriteText(Utf8JsonWriter w, string? text, Dictionary<string, JsonElement>? extra = null)
     {
         // Anthropic rejects empty text blocks.
         if (string.IsNullOrEmpty(text))
@@ -316,10 +370,11 @@ internal static class AnthropicTranslator
         w.WriteStartObject();
         w.WriteString("type", "text");
         w.WriteString("text", text);
+        WriteCacheControl(w, extra);
         w.WriteEndObject();
     }
 
-    private static void WriteImage(Utf8JsonWriter w, string url)
+    private static void WriteImage(Utf8JsonWriter w, string url, Dictionary<string, JsonElement>? extra)
     {
         w.WriteStartObject();
         w.WriteString("type", "image");
@@ -337,6 +392,7 @@ internal static class AnthropicTranslator
         }
 
         w.WriteEndObject();
+        WriteCacheControl(w, extra);
         w.WriteEndObject();
     }
 
@@ -524,7 +580,7 @@ internal static class AnthropicTranslator
                     FinishReason = json is not null && calls is null && message.StopReason == "tool_use" ? FinishReasons.Stop : FinishReason(message.StopReason),
                 },
             ],
-            Usage = Usage(usage.InputTokens + (usage.CacheReadInputTokens ?? 0) + (usage.CacheCreationInputTokens ?? 0), usage.OutputTokens, usage.CacheReadInputTokens),
+            Usage = Cost.PromptCacheTokens.Usage(usage.InputTokens, usage.OutputTokens, usage.CacheReadInputTokens ?? 0, usage.CacheCreationInputTokens ?? 0),
         };
     }
 
@@ -549,20 +605,6 @@ internal static class AnthropicTranslator
         _ => ProviderException.Classify(status),
     };
 
-    private static TokenUsage Usage(int input, int output, int? cached)
-    {
-        var usage = TokenUsage.Of(input, output);
-        if (cached is > 0)
-        {
-            usage.AdditionalProperties = new Dictionary<string, JsonElement>
-            {
-                ["prompt_tokens_details"] = JsonSerializer.SerializeToElement(new Dictionary<string, int> { ["cached_tokens"] = cached.Value }, CachedTokensContext.Default.DictionaryStringInt32),
-            };
-        }
-
-        return usage;
-    }
-
     /// <summary>
     /// Folds Anthropic stream events into canonical chunks, keeping what later events need
     /// (message id, model, input tokens, which content block is which tool call).
@@ -573,6 +615,8 @@ internal static class AnthropicTranslator
         private string _id = string.Empty;
         private string _model = string.Empty;
         private int _inputTokens;
+        private int _cacheRead;
+        private int _cacheWritten;
         private readonly long _created;
         private readonly bool _answersInJson;
         private int? _jsonBlock;
@@ -593,7 +637,9 @@ internal static class AnthropicTranslator
                 case "message_start" when e.Message is { } m:
                     _id = m.Id;
                     _model = m.Model;
-                    _inputTokens = (m.Usage?.InputTokens ?? 0) + (m.Usage?.CacheReadInputTokens ?? 0) + (m.Usage?.CacheCreationInputTokens ?? 0);
+                    _inputTokens = m.Usage?.InputTokens ?? 0;
+                    _cacheRead = m.Usage?.CacheReadInputTokens ?? 0;
+                    _cacheWritten = m.Usage?.CacheCreationInputTokens ?? 0;
                     yield return Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, Content = string.Empty });
                     break;
                 case "content_block_start" when _answersInJson && e.ContentBlock is { Type: "tool_use", Name: JsonTool }:
@@ -635,8 +681,13 @@ internal static class AnthropicTranslator
                         Model = _model,
                         Created = _created,
                         Choices = [],
-                        // message_delta repeats the prompt's tokens in newer API versions (and from the gateway's own writer).
-                        Usage = TokenUsage.Of(e.Usage is { InputTokens: > 0 } u ? u.InputTokens : _inputTokens, e.Usage?.OutputTokens ?? 0),
+                        // message_delta repeats the prompt's tokens in newer API versions (and from the gateway's own writer),
+                        // the cache's reads and writes with them: the last word on each wins. The same usage as a whole answer's.
+                        Usage = Cost.PromptCacheTokens.Usage(
+                            e.Usage is { InputTokens: > 0 } u ? u.InputTokens : _inputTokens,
+                            e.Usage?.OutputTokens ?? 0,
+                            e.Usage?.CacheReadInputTokens ?? _cacheRead,
+                            e.Usage?.CacheCreationInputTokens ?? _cacheWritten),
                     };
                     break;
                 case "error":
@@ -659,6 +710,3 @@ internal static class AnthropicTranslator
         };
     }
 }
-
-[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, int>))]
-internal sealed partial class CachedTokensContext : System.Text.Json.Serialization.JsonSerializerContext;
