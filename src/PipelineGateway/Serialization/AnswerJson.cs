@@ -1028,7 +1028,7 @@ internal static class AnswerJson
         var dropCacheControl = RequestJson.t_dropCacheControl;
         foreach (var (name, element) in extra)
         {
-            if (dropCacheControl && name == "cache_control")
+            if (dropCacheControl && name is "cache_control" or "is_error")
             {
                 continue;
             }

@@ -44,8 +44,9 @@ internal static partial class RequestJson
     private const int MaxKeptBuffer = 256 * 1024;
 
     /// <summary>
-    /// Set around one <see cref="ToUpstreamBytes"/> (which never awaits) for an upstream that refuses Anthropic's
-    /// <c>cache_control</c> members: <see cref="AnswerJson.WriteExtra"/> leaves them out, wherever they are.
+    /// Set around one <see cref="ToUpstreamBytes"/> (which never awaits) for an upstream that refuses Anthropic's own
+    /// members — <c>cache_control</c>, and a tool result's <c>is_error</c>: <see cref="AnswerJson.WriteExtra"/> leaves
+    /// them out, wherever they are.
     /// </summary>
     [ThreadStatic]
     internal static bool t_dropCacheControl;

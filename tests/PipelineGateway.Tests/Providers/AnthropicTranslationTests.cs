@@ -339,6 +339,30 @@ public sealed class AnthropicTranslationTests
     }
 
     [Fact]
+    public void A_PDF_document_and_a_failed_tool_result_from_an_Anthropic_client_reach_an_Anthropic_upstream_as_they_were()
+    {
+        var request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse("""
+            {"model":"claude","max_tokens":64,"messages":[
+              {"role":"user","content":[{"type":"document","title":"Q3.pdf","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0xLjQ="},"cache_control":{"type":"ephemeral"}},{"type":"text","text":"Sum it up."}]},
+              {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"lookup","input":{}}]},
+              {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"timed out","is_error":true}]}]}
+            """u8.ToArray()));
+
+        var file = request.Messages[0].Content!.Parts![0];
+        file.Type.Should().Be("file", "an OpenAI upstream gets OpenAI's inline file part");
+        file.AdditionalProperties!["file"].GetProperty("file_data").GetString().Should().Be("data:application/pdf;base64,JVBERi0xLjQ=");
+        var body = Translate(request);
+        var document = body.GetProperty("messages")[0].GetProperty("content")[0];
+        document.GetProperty("type").GetString().Should().Be("document");
+        document.GetProperty("title").GetString().Should().Be("Q3.pdf");
+        document.GetProperty("source").GetProperty("data").GetString().Should().Be("JVBERi0xLjQ=");
+        document.GetProperty("cache_control").GetProperty("type").GetString().Should().Be("ephemeral");
+        var result = body.GetProperty("messages")[2].GetProperty("content")[0];
+        result.GetProperty("is_error").GetBoolean().Should().BeTrue();
+        System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropCacheControl: true)).Should().NotContain("is_error").And.Contain("file_data");
+    }
+
+    [Fact]
     public void Prompt_caching_marks_do_not_reach_OpenAI_itself_but_do_reach_an_OpenAI_compatible_router()
     {
         var request = Parse("""

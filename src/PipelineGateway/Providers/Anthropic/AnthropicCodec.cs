@@ -149,10 +149,28 @@ internal static partial class AnthropicCodec
 
                     var result = ChatCompletionMessage.Tool(b.ToolUseId!, b.Content?.Text ?? string.Empty);
                     result.AdditionalProperties = CacheControl(b.CacheControl);
+                    if (b.IsError == true)
+                    {
+                        (result.AdditionalProperties ??= [])[IsErrorMember] = JsonSerializer.SerializeToElement(true, AnthropicRequestContext.Default.Boolean);
+                    }
+
                     request.Messages.Add(result);
                     break;
+                case "document":
+                    // A base64 PDF (what the canonical form can carry): OpenAI's inline file part, the Anthropic
+                    // translator's document block again. Validated above.
+                    var file = new Dictionary<string, string> { ["file_data"] = "data:application/pdf;base64," + b.Source!.Data };
+                    if (b.Title is { } title)
+                    {
+                        file["filename"] = title;
+                    }
+
+                    var document = new ContentPart { Type = "file", AdditionalProperties = CacheControl(b.CacheControl) ?? [] };
+                    document.AdditionalProperties["file"] = JsonSerializer.SerializeToElement(file, AnthropicRequestContext.Default.DictionaryStringString);
+                    parts.Add(document);
+                    break;
                 default:
-                    throw new AnthropicRequestException($"{at}.type", $"Content blocks of type '{b.Type}' cannot be carried by this gateway (it translates to the OpenAI chat format); supported: text, image, tool_use, tool_result.");
+                    throw new AnthropicRequestException($"{at}.type", $"Content blocks of type '{b.Type}' cannot be carried by this gateway (it translates to the OpenAI chat format); supported: text, image, document (a base64 PDF), tool_use, tool_result.");
             }
         }
 
@@ -272,6 +290,9 @@ internal static partial class AnthropicCodec
 
     internal const string CacheControlMember = "cache_control";
 
+    /// <summary>A tool_result's <c>is_error</c>, kept on the canonical tool message for an Anthropic upstream.</summary>
+    internal const string IsErrorMember = "is_error";
+
     private static void ValidateBlock(AnthropicInputBlock b, string path)
     {
         // A null element in a JSON array reaches here as null, whatever the annotations say.
@@ -287,6 +308,8 @@ internal static partial class AnthropicCodec
             "image" when b.Source!.Type is not ("base64" or "url") => "source.type",
             "image" when b.Source!.Type == "base64" && (string.IsNullOrEmpty(b.Source.MediaType) || string.IsNullOrEmpty(b.Source.Data)) => string.IsNullOrEmpty(b.Source.MediaType) ? "source.media_type" : "source.data",
             "image" when b.Source!.Type == "url" && string.IsNullOrEmpty(b.Source.Url) => "source.url",
+            "document" when b.Source is null => "source",
+            "document" when string.IsNullOrEmpty(b.Source!.Data) && b.Source.Type == "base64" => "source.data",
             "tool_use" when string.IsNullOrEmpty(b.Id) => "id",
             "tool_use" when string.IsNullOrEmpty(b.Name) => "name",
             "tool_use" when b.Input is not { ValueKind: JsonValueKind.Object } => "input",
@@ -297,6 +320,20 @@ internal static partial class AnthropicCodec
         if (Missing() is { } field)
         {
             throw new AnthropicRequestException($"{path}.{field}", $"{path}.{field}: Field required");
+        }
+
+        if (b.Type == "document")
+        {
+            // What the canonical form has no place for is refused, never dropped.
+            if (b.Source!.Type != "base64" || b.Source.MediaType != "application/pdf")
+            {
+                throw new AnthropicRequestException($"{path}.source", $"{path}.source: only a base64 PDF document (type 'base64', media_type 'application/pdf') can be carried by this gateway.");
+            }
+
+            if (b.Context is not null || b.Citations is { ValueKind: JsonValueKind.Object } c && c.TryGetProperty("enabled", out var on) && on.ValueKind == JsonValueKind.True)
+            {
+                throw new AnthropicRequestException($"{path}.{(b.Context is not null ? "context" : "citations")}", $"{path}: a document's context and citations cannot be carried by this gateway.");
+            }
         }
     }
 
@@ -484,6 +521,15 @@ internal sealed class AnthropicInputBlock
     public bool? IsError { get; set; }
 
     public JsonElement? CacheControl { get; set; }
+
+    /// <summary>A document's title (carried as the file's name).</summary>
+    public string? Title { get; set; }
+
+    /// <summary>A document's context: refused (no canonical place).</summary>
+    public string? Context { get; set; }
+
+    /// <summary>A document's citations setting: enabled is refused (the answer's citations have no canonical place).</summary>
+    public JsonElement? Citations { get; set; }
 }
 
 /// <summary>The system prompt (or a tool result): a string, or a list of text blocks, joined.</summary>
@@ -598,4 +644,6 @@ internal sealed class AnthropicTextConverter : JsonConverter<AnthropicSystem>
 [JsonSerializable(typeof(List<AnthropicInputBlock>))]
 [JsonSerializable(typeof(ToolChoiceFunction))]
 [JsonSerializable(typeof(int))]
+[JsonSerializable(typeof(bool))]
+[JsonSerializable(typeof(Dictionary<string, string>))]
 internal sealed partial class AnthropicRequestContext : JsonSerializerContext;

@@ -256,6 +256,11 @@ internal static class AnthropicTranslator
                 w.WriteString("content", m.Content?.GetText() ?? string.Empty);
             }
 
+            if (m.AdditionalProperties?.TryGetValue(AnthropicCodec.IsErrorMember, out var isError) == true && isError.ValueKind == JsonValueKind.True)
+            {
+                w.WriteBoolean(AnthropicCodec.IsErrorMember, true);
+            }
+
             WriteCacheControl(w, m.AdditionalProperties);
             w.WriteEndObject();
             return;
@@ -303,7 +308,7 @@ internal static class AnthropicTranslator
                     WriteImage(w, image.Url, part.AdditionalProperties);
                     break;
                 case "file" when !toolResult && PdfData(part) is { } pdf:
-                    WriteDocument(w, pdf, part.AdditionalProperties);
+                    WriteDocument(w, pdf, FileName(part), part.AdditionalProperties);
                     break;
                 default:
                     throw ProviderException.Unsupported(
@@ -327,7 +332,12 @@ internal static class AnthropicTranslator
             : null;
     }
 
-    private static void WriteDocument(Utf8JsonWriter w, string base64, Dictionary<string, JsonElement>? extra)
+    /// <summary>A <c>file</c> part's <c>filename</c>, if it has one (a document's title).</summary>
+    private static string? FileName(ContentPart part) =>
+        part.AdditionalProperties?.TryGetValue("file", out var file) == true && file.ValueKind == JsonValueKind.Object
+        && file.TryGetProperty("filename", out var name) && name.ValueKind == JsonValueKind.String ? name.GetString() : null;
+
+    private static void WriteDocument(Utf8JsonWriter w, string base64, string? title, Dictionary<string, JsonElement>? extra)
     {
         w.WriteStartObject();
         w.WriteString("type", "document");
@@ -336,6 +346,11 @@ internal static class AnthropicTranslator
         w.WriteString("media_type", "application/pdf");
         w.WriteString("data", base64);
         w.WriteEndObject();
+        if (title is not null)
+        {
+            w.WriteString("title", title);
+        }
+
         WriteCacheControl(w, extra);
         w.WriteEndObject();
     }
