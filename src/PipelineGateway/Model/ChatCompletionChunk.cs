@@ -109,7 +109,7 @@ public sealed class ChatCompletionChunk
     /// <summary>A choice says why it finished: the stream's finishing chunk.</summary>
     internal bool Finishes => _choicesUnread ? _unreadFinishes : Choices.Exists(static c => c.FinishReason is not null);
 
-    /// <summary>Text, a tool call or a refusal: what a caller has seen once it is sent.</summary>
+    /// <summary>Text, a tool call, a refusal or reasoning text: what a caller has seen once it is sent.</summary>
     internal bool CarriesContent
     {
         get
@@ -122,7 +122,7 @@ public sealed class ChatCompletionChunk
             foreach (var choice in Choices)
             {
                 var d = choice.Delta;
-                if (!string.IsNullOrEmpty(d.Content) || d.ToolCalls is { Count: > 0 } || !string.IsNullOrEmpty(d.Refusal))
+                if (!string.IsNullOrEmpty(d.Content) || d.ToolCalls is { Count: > 0 } || !string.IsNullOrEmpty(d.Refusal) || d.CarriesReasoning)
                 {
                     return true;
                 }
@@ -220,4 +220,17 @@ public sealed class ChatCompletionDelta
     public List<ToolCall>? ToolCalls { get; set; }
 
     public string? Refusal { get; set; }
+
+    /// <summary>
+    /// Members the gateway does not model, kept and written back: a reasoning model's <c>reasoning_content</c>
+    /// (DeepSeek, vLLM, LiteLLM) or <c>reasoning</c> (OpenRouter), say — output the caller sees like text.
+    /// </summary>
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
+
+    /// <summary>The delta carries reasoning text (<c>reasoning_content</c> or <c>reasoning</c>, not empty).</summary>
+    internal bool CarriesReasoning =>
+        AdditionalProperties is { } extra
+        && ((extra.TryGetValue("reasoning_content", out var a) && a.ValueKind == JsonValueKind.String && a.GetString() is { Length: > 0 })
+            || (extra.TryGetValue("reasoning", out var b) && b.ValueKind == JsonValueKind.String && b.GetString() is { Length: > 0 }));
 }

@@ -278,10 +278,14 @@ internal static class AnswerJson
                         return false; // tool calls, or a member given twice: read in full
                     }
 
+                    var reasoning = member == 0 && (r.ValueTextEquals("reasoning_content"u8) || r.ValueTextEquals("reasoning"u8));
                     r.Read();
                     if (member == 0)
                     {
-                        r.Skip(); // as the full read skips it; the bytes carry it
+                        // Not modelled: the bytes carry it (the full read keeps it as an unknown member). Reasoning text
+                        // is output the caller sees, as text is.
+                        content |= reasoning && r.TokenType == JsonTokenType.String && (r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length) > 0;
+                        r.Skip();
                     }
                     else if (r.TokenType == JsonTokenType.String)
                     {
@@ -457,7 +461,7 @@ internal static class AnswerJson
             else if (r.ValueTextEquals("role"u8)) { Seen(ref seen, 2); Value(ref r); value.Role = RepeatedStrings.Role(ref r) ?? String(ref r, "'role'"); }
             else if (r.ValueTextEquals("tool_calls"u8)) { Seen(ref seen, 4); Value(ref r); value.ToolCalls = ReadList(ref r, ReadToolCall, "'tool_calls'"); }
             else if (r.ValueTextEquals("refusal"u8)) { Seen(ref seen, 8); Value(ref r); value.Refusal = String(ref r, "'refusal'"); }
-            else { Skip(ref r); }
+            else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
         }
 
         return value;
@@ -804,6 +808,7 @@ internal static class AnswerJson
                 WriteIfNotNull(w, "content"u8, delta.Content);
                 WriteToolCalls(w, delta.ToolCalls);
                 WriteIfNotNull(w, "refusal"u8, delta.Refusal);
+                WriteExtraExcept(w, delta.AdditionalProperties);
                 w.WriteEndObject();
             }
 
@@ -883,19 +888,26 @@ internal static class AnswerJson
         }
 
         WriteIfNotNull(w, "tool_call_id"u8, value.ToolCallId);
-        if (value.AdditionalProperties is { } extra) // (not `?? []`: that allocated an empty dictionary per answer)
+        WriteExtraExcept(w, value.AdditionalProperties);
+        w.WriteEndObject();
+    }
+
+    /// <summary>Unknown members, written last, except those named like the members always written before them.</summary>
+    private static void WriteExtraExcept(Utf8JsonWriter w, Dictionary<string, JsonElement>? extra)
+    {
+        if (extra is null) // (not `?? []`: that allocated an empty dictionary per answer)
         {
-            foreach (var (name, element) in extra)
-            {
-                if (name is not ("content" or "refusal" or "role" or "tool_calls"))
-                {
-                    w.WritePropertyName(name);
-                    element.WriteTo(w);
-                }
-            }
+            return;
         }
 
-        w.WriteEndObject();
+        foreach (var (name, element) in extra)
+        {
+            if (name is not ("content" or "refusal" or "role" or "tool_calls"))
+            {
+                w.WritePropertyName(name);
+                element.WriteTo(w);
+            }
+        }
     }
 
     /// <summary><see cref="MessageContent"/>: its text as a string, else its parts as an array.</summary>

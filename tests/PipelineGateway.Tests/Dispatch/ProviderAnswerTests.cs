@@ -111,6 +111,54 @@ public sealed class ProviderAnswerTests
         string.Concat(chunks.SelectMany(c => c.Choices).Select(c => c.Delta.Content)).Should().Be("hi");
     }
 
+    /// <summary>
+    /// A reasoning model (DeepSeek, vLLM, OpenRouter) streams its reasoning before its answer, as <c>reasoning_content</c>
+    /// or <c>reasoning</c> deltas: output the caller sees, so it goes out as it comes — not held back with the role-only
+    /// opening until the answer's first text (a long think would reach the caller all at once, and pile up in memory).
+    /// </summary>
+    [Theory]
+    [InlineData("reasoning_content")]
+    [InlineData("reasoning")]
+    public async Task Reasoning_text_reaches_the_caller_as_it_comes_not_held_until_the_answers_text(string member)
+    {
+        var answer = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thinker = new FakeProvider("thinker") { OnStream = (r, ct) => Thinks(r.Model, member, answer.Task, ct) };
+        await using var gateway = await TestGateway.With(thinker).StartAsync(Ct);
+        await using var chunks = gateway.StreamAsync(TestGateway.Request(), Ct).GetAsyncEnumerator(Ct);
+
+        var seen = new List<ChatCompletionChunk>();
+        while (!seen.Exists(c => c.Choices.Exists(ch => ch.Delta.AdditionalProperties?.ContainsKey(member) == true)))
+        {
+            // A bound on a wait for an event, not a sleep: held back, the reasoning would never come before the answer.
+            (await chunks.MoveNextAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30), Ct)).Should().BeTrue();
+            seen.Add(chunks.Current);
+        }
+
+        answer.Task.IsCompleted.Should().BeFalse("the provider has not answered yet");
+        seen.SelectMany(c => c.Choices).Select(c => c.Delta.AdditionalProperties?.GetValueOrDefault(member).ToString()).Should().Contain("Let me think.");
+        answer.SetResult();
+        while (await chunks.MoveNextAsync())
+        {
+            seen.Add(chunks.Current);
+        }
+
+        string.Concat(seen.SelectMany(c => c.Choices).Select(c => c.Delta.Content)).Should().Be("Done.");
+    }
+
+    private static async IAsyncEnumerable<ChatCompletionChunk> Thinks(string model, string member, Task answer, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+    {
+        await Task.Yield();
+        yield return new ChatCompletionChunk { Id = "r", Model = model, Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { Role = "assistant", Content = string.Empty } }] };
+        yield return new ChatCompletionChunk
+        {
+            Id = "r",
+            Model = model,
+            Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { AdditionalProperties = new() { [member] = System.Text.Json.JsonDocument.Parse("\"Let me think.\"").RootElement.Clone() } } }],
+        };
+        await answer.WaitAsync(ct);
+        yield return FakeProvider.Chunk(model, "Done.", FinishReasons.Stop);
+    }
+
     [Fact]
     public async Task An_unusable_stream_event_after_content_ends_the_stream_with_a_typed_error()
     {
