@@ -46,6 +46,12 @@ public sealed partial class SimulatorServer
                 return;
             }
 
+            if (ForgedThinking(request) is { } forged)
+            {
+                await AnthropicError(ctx, 400, "invalid_request_error", forged).ConfigureAwait(false);
+                return;
+            }
+
             var plan = Plan(ctx);
             if (!await PrepareAsync(ctx, plan, request, anthropic: true).ConfigureAwait(false))
             {
@@ -54,11 +60,12 @@ public sealed partial class SimulatorServer
 
             var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
             var usage = PromptCacheUsage(request, words.Length);
+            var thought = Thinks(request) ? "Considering: " + string.Join(' ', words.Take(4)) : null;
             var tool = WantsTool(request);
             var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
             if (request.Stream == true)
             {
-                await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : ToolArguments(request, tool, words)).ConfigureAwait(false);
+                await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : ToolArguments(request, tool, words), thought).ConfigureAwait(false);
                 return;
             }
 
@@ -78,6 +85,12 @@ public sealed partial class SimulatorServer
                 ],
                 Usage = usage,
             };
+            if (thought is not null)
+            {
+                var message = answer.Choices[0].Message!;
+                message.AdditionalProperties = ThinkingBlocks.Write(message.AdditionalProperties, [new ThinkingBlock(ThinkingBlock.Plain, thought, Sign(thought), null)], thought);
+            }
+
             SetRateLimitHeaders(ctx);
             ctx.Response.ContentType = "application/json";
             await JsonSerializer.SerializeAsync(ctx.Response.Body, AnthropicResponses.ToAnthropic(answer), AnthropicJsonContext.Default.AnthropicMessage, ctx.RequestAborted).ConfigureAwait(false);
@@ -92,7 +105,7 @@ public sealed partial class SimulatorServer
         }
     }
 
-    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, TokenUsage usage, string id, string? tool, string? args)
+    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, TokenUsage usage, string id, string? tool, string? args, string? thought)
     {
         StartSse(ctx);
 
@@ -117,6 +130,15 @@ public sealed partial class SimulatorServer
             var error = AnthropicStreamWriter.Error(streamError, plan.Message ?? "Overloaded");
             await WriteSseAsync(ctx, error.Name, error.Json).ConfigureAwait(false);
             return;
+        }
+
+        if (thought is not null)
+        {
+            // Extended thinking: the thought in two pieces, then its signature, as Claude streams it.
+            var half = thought.Length / 2;
+            chunks.Add(Chunk(new ChatCompletionDelta { AdditionalProperties = ThinkingBlocks.Write(null, [new ThinkingBlock(ThinkingBlock.Plain, thought[..half], null, null)], thought[..half]) }));
+            chunks.Add(Chunk(new ChatCompletionDelta { AdditionalProperties = ThinkingBlocks.Write(null, [new ThinkingBlock(ThinkingBlock.Plain, thought[half..], null, null)], thought[half..]) }));
+            chunks.Add(Chunk(new ChatCompletionDelta { AdditionalProperties = ThinkingBlocks.Write(null, [new ThinkingBlock(ThinkingBlock.Plain, string.Empty, Sign(thought), null)], null) }));
         }
 
         // A tool the caller forced (tool_choice any or a named tool) is called with no text before it, as Anthropic does.
@@ -148,6 +170,34 @@ public sealed partial class SimulatorServer
 
             await WriteSseAsync(ctx, events[i].Name, events[i].Json).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>The request turns extended thinking on (<c>thinking: {"type": "enabled", …}</c>).</summary>
+    private static bool Thinks(ChatCompletionRequest request) =>
+        request.AdditionalProperties?.TryGetValue(ThinkingBlocks.Parameter, out var t) == true && t.ValueKind == JsonValueKind.Object
+        && t.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "enabled";
+
+    /// <summary>The simulator's signature of a thought (Claude's are opaque; this one is checked as Claude checks its own).</summary>
+    private static string Sign(string thought) => "sim_sig_" + SimulatedText.StableHash(thought).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>
+    /// A thinking block given back with a signature this server did not give it (changed text, or none): Anthropic refuses
+    /// such a request, and so does the simulator, so a gateway that alters Claude's thinking on its way back is seen.
+    /// </summary>
+    private static string? ForgedThinking(ChatCompletionRequest request)
+    {
+        for (var i = 0; i < request.Messages.Count; i++)
+        {
+            foreach (var block in ThinkingBlocks.Read(request.Messages[i].AdditionalProperties))
+            {
+                if (block.Type == ThinkingBlock.Plain && block.Signature != Sign(block.Thinking ?? string.Empty))
+                {
+                    return $"messages.{i}: Invalid `signature` in `thinking` block";
+                }
+            }
+        }
+
+        return null;
     }
 
     /// <summary>

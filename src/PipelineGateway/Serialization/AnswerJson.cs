@@ -1037,10 +1037,10 @@ internal static class AnswerJson
             return;
         }
 
-        var dropCacheControl = RequestJson.t_dropCacheControl;
+        var dropAnthropicMembers = RequestJson.t_dropAnthropicMembers;
         foreach (var (name, element) in extra)
         {
-            if (dropCacheControl && name is "cache_control" or "is_error")
+            if (dropAnthropicMembers && name is "cache_control" or "is_error" or "thinking_blocks" or "thinking")
             {
                 continue;
             }

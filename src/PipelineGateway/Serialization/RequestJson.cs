@@ -16,14 +16,14 @@ namespace PipelineGateway;
 internal static partial class RequestJson
 {
     /// <summary>The request's JSON for <paramref name="model"/>, streamed (with usage asked for) or not, as a new array.</summary>
-    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, bool dropCacheControl = false)
+    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, bool dropAnthropicMembers = false)
     {
         var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
         buffer.ResetWrittenCount();
         // Non-ASCII text goes upstream as UTF-8, as clients send it to OpenAI (WireJson), not as \uXXXX escapes.
         var writer = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
         writer.Reset(buffer);
-        t_dropCacheControl = dropCacheControl;
+        t_dropAnthropicMembers = dropAnthropicMembers;
         try
         {
             WriteUpstream(writer, request, model, stream);
@@ -32,7 +32,7 @@ internal static partial class RequestJson
         }
         finally
         {
-            t_dropCacheControl = false;
+            t_dropAnthropicMembers = false;
             if (buffer.Capacity > MaxKeptBuffer)
             {
                 t_buffer = null; // an unusually large request: neither its buffer nor the writer pointing at it is kept
@@ -45,11 +45,11 @@ internal static partial class RequestJson
 
     /// <summary>
     /// Set around one <see cref="ToUpstreamBytes"/> (which never awaits) for an upstream that refuses Anthropic's own
-    /// members — <c>cache_control</c>, and a tool result's <c>is_error</c>: <see cref="AnswerJson.WriteExtra"/> leaves
-    /// them out, wherever they are.
+    /// members — <c>cache_control</c>, a tool result's <c>is_error</c>, Claude's <c>thinking_blocks</c> in earlier turns and
+    /// the <c>thinking</c> parameter: <see cref="AnswerJson.WriteExtra"/> leaves them out, wherever they are.
     /// </summary>
     [ThreadStatic]
-    internal static bool t_dropCacheControl;
+    internal static bool t_dropAnthropicMembers;
 
     [ThreadStatic]
     private static ArrayBufferWriter<byte>? t_buffer;

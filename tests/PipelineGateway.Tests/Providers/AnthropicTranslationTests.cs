@@ -359,7 +359,29 @@ public sealed class AnthropicTranslationTests
         document.GetProperty("cache_control").GetProperty("type").GetString().Should().Be("ephemeral");
         var result = body.GetProperty("messages")[2].GetProperty("content")[0];
         result.GetProperty("is_error").GetBoolean().Should().BeTrue();
-        System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropCacheControl: true)).Should().NotContain("is_error").And.Contain("file_data");
+        System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropAnthropicMembers: true)).Should().NotContain("is_error").And.Contain("file_data");
+    }
+
+    [Fact]
+    public void Claudes_thinking_in_an_earlier_turn_and_the_thinking_parameter_do_not_reach_OpenAI_itself()
+    {
+        var request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse("""
+            {"model":"claude","max_tokens":2048,"thinking":{"type":"enabled","budget_tokens":1024},"messages":[
+              {"role":"user","content":"Hi"},
+              {"role":"assistant","content":[{"type":"thinking","thinking":"Hm.","signature":"sig"},{"type":"redacted_thinking","data":"opaque"},{"type":"text","text":"Hello."}]},
+              {"role":"user","content":"Again"}]}
+            """u8.ToArray()));
+
+        var body = Translate(request);
+        body.GetProperty("thinking").GetProperty("budget_tokens").GetInt32().Should().Be(1024);
+        var turn = body.GetProperty("messages")[1].GetProperty("content");
+        turn.EnumerateArray().Select(b => b.GetProperty("type").GetString()).Should().Equal("thinking", "redacted_thinking", "text");
+        turn[0].GetProperty("signature").GetString().Should().Be("sig");
+        turn[1].GetProperty("data").GetString().Should().Be("opaque");
+
+        var toOpenAI = System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropAnthropicMembers: true));
+        toOpenAI.Should().NotContain("thinking").And.Contain("Hello.");
+        System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "router/claude", stream: false)).Should().Contain("thinking_blocks").And.Contain("budget_tokens");
     }
 
     [Fact]
@@ -372,7 +394,7 @@ public sealed class AnthropicTranslationTests
              "tools":[{"type":"function","function":{"name":"f"},"cache_control":{"type":"ephemeral"}}],"metadata":{"a":"b"}}
             """);
 
-        var toOpenAI = System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropCacheControl: true));
+        var toOpenAI = System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropAnthropicMembers: true));
         var toRouter = System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "anthropic/claude", stream: false));
 
         toOpenAI.Should().NotContain("cache_control").And.Contain("\"metadata\":{\"a\":\"b\"}", "only cache_control is left out");

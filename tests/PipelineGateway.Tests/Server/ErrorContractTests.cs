@@ -280,6 +280,80 @@ public sealed class ErrorContractTests : IAsyncLifetime
         Calls("anthropic-plain").Should().Be(3);
     }
 
+    /// <summary>
+    /// Extended thinking from an Anthropic client (Claude Code): <c>thinking</c> reaches Claude, its thinking blocks come
+    /// back whole and streamed (text and signature), and given back in the next turn they reach Claude unchanged — the
+    /// simulator, like Claude, refuses a thinking block whose signature does not match. An OpenAI-format caller gets
+    /// the same thinking as <c>reasoning_content</c> and <c>thinking_blocks</c> (LiteLLM's members).
+    /// </summary>
+    [Fact]
+    public async Task Claudes_thinking_goes_out_comes_back_whole_and_streamed_and_returns_unchanged_in_the_next_turn()
+    {
+        using var http = new HttpClient();
+        http.DefaultRequestHeaders.Add("x-api-key", Key);
+        http.DefaultRequestHeaders.Add("anthropic-version", "2023-06-01");
+        async Task<(HttpStatusCode Status, string Body)> Post(string path, object body)
+        {
+            var response = await http.PostAsync(new Uri(Base, path), new StringContent(JsonSerializer.Serialize(body), Encoding.UTF8, "application/json"), Ct);
+            return (response.StatusCode, await response.Content.ReadAsStringAsync(Ct));
+        }
+
+        var thinking = new Dictionary<string, object> { ["type"] = "enabled", ["budget_tokens"] = 1024 };
+        var question = new Dictionary<string, object> { ["role"] = "user", ["content"] = "Why is the sky blue?" };
+        Dictionary<string, object> Ask(bool stream, params object[] messages) => new()
+        {
+            ["model"] = "anthropic-only",
+            ["max_tokens"] = 2048,
+            ["stream"] = stream,
+            ["thinking"] = thinking,
+            ["messages"] = messages,
+        };
+
+        var (status, text) = await Post("v1/messages", Ask(false, question));
+        status.Should().Be(HttpStatusCode.OK, text);
+        var content = JsonDocument.Parse(text).RootElement.GetProperty("content");
+        content[0].GetProperty("type").GetString().Should().Be("thinking");
+        var thought = content[0].GetProperty("thinking").GetString()!;
+        var signature = content[0].GetProperty("signature").GetString()!;
+        thought.Should().StartWith("Considering:");
+        signature.Should().NotBeEmpty();
+        content[1].GetProperty("type").GetString().Should().Be("text");
+
+        (status, text) = await Post("v1/messages", Ask(true, question));
+        status.Should().Be(HttpStatusCode.OK, text);
+        var events = text.Split('\n').Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => JsonDocument.Parse(l[6..]).RootElement).ToList();
+        events.Single(e => e.GetProperty("type").GetString() == "content_block_start" && e.GetProperty("index").GetInt32() == 0)
+            .GetProperty("content_block").GetProperty("type").GetString().Should().Be("thinking");
+        var deltas = events.Where(e => e.GetProperty("type").GetString() == "content_block_delta").Select(e => e.GetProperty("delta")).ToList();
+        string.Concat(deltas.Where(d => d.GetProperty("type").GetString() == "thinking_delta").Select(d => d.GetProperty("thinking").GetString())).Should().Be(thought);
+        deltas.Single(d => d.GetProperty("type").GetString() == "signature_delta").GetProperty("signature").GetString().Should().Be(signature);
+        events.Where(e => e.GetProperty("type").GetString() == "content_block_start").Select(e => e.GetProperty("content_block").GetProperty("type").GetString())
+            .Should().Equal("thinking", "text");
+
+        object Turn(string said) => new Dictionary<string, object>
+        {
+            ["role"] = "assistant",
+            ["content"] = new object[]
+            {
+                new Dictionary<string, object> { ["type"] = "thinking", ["thinking"] = said, ["signature"] = signature },
+                new Dictionary<string, object> { ["type"] = "text", ["text"] = "Rayleigh scattering." },
+            },
+        };
+        var followUp = new Dictionary<string, object> { ["role"] = "user", ["content"] = "And sunsets?" };
+        (status, text) = await Post("v1/messages", Ask(false, question, Turn(thought), followUp));
+        status.Should().Be(HttpStatusCode.OK, "the thinking went back to Claude as Claude wrote it: " + text);
+        (status, text) = await Post("v1/messages", Ask(false, question, Turn(thought + " (edited)"), followUp));
+        status.Should().Be(HttpStatusCode.BadRequest, "Claude refuses altered thinking, and says so to the caller");
+        text.Should().Contain("signature");
+
+        // The OpenAI route: the same thinking as LiteLLM carries it.
+        (status, text) = await Post("v1/chat/completions", new Dictionary<string, object> { ["model"] = "anthropic-only", ["thinking"] = thinking, ["messages"] = new object[] { question } });
+        status.Should().Be(HttpStatusCode.OK, text);
+        var message = JsonDocument.Parse(text).RootElement.GetProperty("choices")[0].GetProperty("message");
+        message.GetProperty("reasoning_content").GetString().Should().Be(thought);
+        message.GetProperty("thinking_blocks")[0].GetProperty("signature").GetString().Should().Be(signature);
+    }
+
     [Fact]
     public async Task An_upstream_400_reaches_the_Anthropic_SDK_as_a_bad_request_and_is_sent_once()
     {

@@ -114,6 +114,7 @@ internal static partial class AnthropicCodec
 
         var parts = new List<ContentPart>();
         var calls = new List<ToolCall>();
+        var thinking = new List<ThinkingBlock>();
         var blocks = m.Content.Blocks!;
         for (var i = 0; i < blocks.Count; i++)
         {
@@ -156,6 +157,16 @@ internal static partial class AnthropicCodec
 
                     request.Messages.Add(result);
                     break;
+                case ThinkingBlock.Plain or ThinkingBlock.Redacted:
+                    // Claude's thinking in an earlier turn: given back unchanged (signature and all) to an Anthropic
+                    // upstream, which requires it in a tool loop; OpenAI and Azure do not get it (ThinkingBlocks).
+                    if (m.Role != "assistant")
+                    {
+                        throw new AnthropicRequestException($"{at}.type", $"{b.Type} blocks belong to assistant turns.");
+                    }
+
+                    thinking.Add(new ThinkingBlock(b.Type, b.Thinking, b.Signature, b.Data));
+                    break;
                 case "document":
                     // A base64 PDF (what the canonical form can carry): OpenAI's inline file part, the Anthropic
                     // translator's document block again. Validated above.
@@ -170,17 +181,18 @@ internal static partial class AnthropicCodec
                     parts.Add(document);
                     break;
                 default:
-                    throw new AnthropicRequestException($"{at}.type", $"Content blocks of type '{b.Type}' cannot be carried by this gateway (it translates to the OpenAI chat format); supported: text, image, document (a base64 PDF), tool_use, tool_result.");
+                    throw new AnthropicRequestException($"{at}.type", $"Content blocks of type '{b.Type}' cannot be carried by this gateway (it translates to the OpenAI chat format); supported: text, image, document (a base64 PDF), thinking, redacted_thinking, tool_use, tool_result.");
             }
         }
 
-        if (parts.Count > 0 || calls.Count > 0)
+        if (parts.Count > 0 || calls.Count > 0 || thinking.Count > 0)
         {
             request.Messages.Add(new ChatCompletionMessage
             {
                 Role = m.Role,
                 Content = parts.Count == 0 ? null : parts.TrueForAll(p => p.Type == "text" && p.AdditionalProperties is null) ? new MessageContent(string.Concat(parts.Select(p => p.Text))) : new MessageContent(parts),
                 ToolCalls = calls.Count > 0 ? calls : null,
+                AdditionalProperties = ThinkingBlocks.Write(null, thinking, reasoning: null),
             });
         }
     }
@@ -314,6 +326,9 @@ internal static partial class AnthropicCodec
             "tool_use" when string.IsNullOrEmpty(b.Name) => "name",
             "tool_use" when b.Input is not { ValueKind: JsonValueKind.Object } => "input",
             "tool_result" when string.IsNullOrEmpty(b.ToolUseId) => "tool_use_id",
+            ThinkingBlock.Plain when b.Thinking is null => "thinking",
+            ThinkingBlock.Plain when string.IsNullOrEmpty(b.Signature) => "signature",
+            ThinkingBlock.Redacted when string.IsNullOrEmpty(b.Data) => "data",
             _ => null,
         };
 
@@ -521,6 +536,15 @@ internal sealed class AnthropicInputBlock
     public bool? IsError { get; set; }
 
     public JsonElement? CacheControl { get; set; }
+
+    /// <summary>A thinking block's text.</summary>
+    public string? Thinking { get; set; }
+
+    /// <summary>A thinking block's signature.</summary>
+    public string? Signature { get; set; }
+
+    /// <summary>A redacted thinking block's data.</summary>
+    public string? Data { get; set; }
 
     /// <summary>A document's title (carried as the file's name).</summary>
     public string? Title { get; set; }

@@ -44,6 +44,15 @@ internal sealed class AnthropicContentBlock
     public bool? IsError { get; set; }
 
     public AnthropicImageSource? Source { get; set; }
+
+    /// <summary>A thinking block's text.</summary>
+    public string? Thinking { get; set; }
+
+    /// <summary>A thinking block's signature.</summary>
+    public string? Signature { get; set; }
+
+    /// <summary>A redacted thinking block's data.</summary>
+    public string? Data { get; set; }
 }
 
 internal sealed class AnthropicImageSource
@@ -93,6 +102,12 @@ internal sealed class AnthropicDelta
     public string? Text { get; set; }
 
     public string? PartialJson { get; set; }
+
+    /// <summary>A <c>thinking_delta</c>'s text.</summary>
+    public string? Thinking { get; set; }
+
+    /// <summary>A <c>signature_delta</c>'s signature.</summary>
+    public string? Signature { get; set; }
 
     public string? StopReason { get; set; }
 

@@ -22,6 +22,12 @@ internal static class AnthropicResponses
             content.Add(new AnthropicContentBlock { Type = "tool_use", Id = call.Id, Name = call.Function?.Name, Input = ParseInput(call.Function?.Arguments) });
         }
 
+        // Claude's thinking first, with its signatures (ThinkingBlocks); reasoning text without blocks (another
+        // provider's reasoning model) has no signature, which Claude would refuse when it is given back: not written.
+        content.InsertRange(0, ThinkingBlocks.Read(message?.AdditionalProperties).Select(static b => b.Type == ThinkingBlock.Redacted
+            ? new AnthropicContentBlock { Type = b.Type, Data = b.Data }
+            : new AnthropicContentBlock { Type = b.Type, Thinking = b.Thinking ?? string.Empty, Signature = b.Signature ?? string.Empty }));
+
         return new AnthropicMessage
         {
             Id = response.Id.StartsWith("msg_", StringComparison.Ordinal) ? response.Id : "msg_" + response.Id,
@@ -97,7 +103,9 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
     private static readonly byte[] MessageStop = """{"type":"message_stop"}"""u8.ToArray();
     private readonly Dictionary<int, int> _toolBlocks = [];
     private bool _started;
-    private bool _textOpen;
+
+    /// <summary>The type of the block open now (the last one started and not stopped), or null.</summary>
+    private string? _open;
     private int _block = -1;
     private string? _finish;
     private AnthropicUsage _usage = AnthropicResponses.Usage(usage);
@@ -122,13 +130,22 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
 
         foreach (var choice in chunk.Choices)
         {
+            foreach (var piece in ThinkingBlocks.Read(choice.Delta.AdditionalProperties))
+            {
+                foreach (var e in Thinking(piece))
+                {
+                    yield return e;
+                }
+            }
+
             if (choice.Delta.Content is { Length: > 0 } text)
             {
-                if (!_textOpen)
+                if (_open != "text")
                 {
-                    _block++;
-                    _textOpen = true;
-                    yield return Event("content_block_start", new AnthropicStreamEvent { Type = "content_block_start", Index = _block, ContentBlock = new AnthropicContentBlock { Type = "text", Text = string.Empty } });
+                    foreach (var e in Open(new AnthropicContentBlock { Type = "text", Text = string.Empty }))
+                    {
+                        yield return e;
+                    }
                 }
 
                 yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = _block, Delta = new AnthropicDelta { Type = "text_delta", Text = text } });
@@ -139,14 +156,12 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
                 var toolIndex = call.Index ?? 0;
                 if (!_toolBlocks.TryGetValue(toolIndex, out var index))
                 {
-                    if (_block >= 0)
+                    foreach (var e in Open(new AnthropicContentBlock { Type = "tool_use", Id = call.Id, Name = call.Function?.Name, Input = AnthropicResponses.ParseInput("{}") }))
                     {
-                        yield return Stop(_block);
-                        _textOpen = false;
+                        yield return e;
                     }
 
-                    index = _toolBlocks[toolIndex] = ++_block;
-                    yield return Event("content_block_start", new AnthropicStreamEvent { Type = "content_block_start", Index = index, ContentBlock = new AnthropicContentBlock { Type = "tool_use", Id = call.Id, Name = call.Function?.Name, Input = AnthropicResponses.ParseInput("{}") } });
+                    index = _toolBlocks[toolIndex] = _block;
                 }
 
                 if (call.Function?.Arguments is { Length: > 0 } args)
@@ -156,6 +171,56 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
             }
 
             _finish = choice.FinishReason ?? _finish;
+        }
+    }
+
+    /// <summary>Closes the open block, if any, and starts <paramref name="block"/> as the next one.</summary>
+    private IEnumerable<(string Name, byte[] Json)> Open(AnthropicContentBlock block)
+    {
+        if (_open is not null)
+        {
+            yield return Stop(_block);
+        }
+
+        _block++;
+        _open = block.Type;
+        yield return Event("content_block_start", new AnthropicStreamEvent { Type = "content_block_start", Index = _block, ContentBlock = block });
+    }
+
+    /// <summary>
+    /// A piece of Claude's thinking (<see cref="ThinkingBlocks"/>) as Claude streams it: a thinking block opened at its
+    /// first piece, <c>thinking_delta</c>s, its <c>signature_delta</c>; a redacted block whole.
+    /// </summary>
+    private IEnumerable<(string Name, byte[] Json)> Thinking(ThinkingBlock piece)
+    {
+        if (piece.Type == ThinkingBlock.Redacted)
+        {
+            foreach (var e in Open(new AnthropicContentBlock { Type = piece.Type, Data = piece.Data }))
+            {
+                yield return e;
+            }
+
+            yield return Stop(_block);
+            _open = null;
+            yield break;
+        }
+
+        if (_open != ThinkingBlock.Plain)
+        {
+            foreach (var e in Open(new AnthropicContentBlock { Type = ThinkingBlock.Plain, Thinking = string.Empty, Signature = string.Empty }))
+            {
+                yield return e;
+            }
+        }
+
+        if (piece.Thinking is { Length: > 0 } text)
+        {
+            yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = _block, Delta = new AnthropicDelta { Type = "thinking_delta", Thinking = text } });
+        }
+
+        if (piece.Signature is { Length: > 0 } signature)
+        {
+            yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = _block, Delta = new AnthropicDelta { Type = "signature_delta", Signature = signature } });
         }
     }
 
@@ -171,9 +236,10 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
     /// <summary>The closing events, once the stream ended normally.</summary>
     public IEnumerable<(string Name, byte[] Json)> Finish()
     {
-        if (_block >= 0)
+        if (_open is not null)
         {
             yield return Stop(_block);
+            _open = null;
         }
 
         yield return Event("message_delta", new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = AnthropicResponses.StopReason(_finish) }, Usage = _usage });

@@ -94,11 +94,18 @@ internal static class AnthropicTranslator
             w.WriteNumber("top_p", p);
         }
 
-        // Anthropic's own top_k (from /v1/messages, or an OpenAI-format caller that sets it): carried, not dropped.
+        // Anthropic's own top_k and thinking (from /v1/messages, or an OpenAI-format caller that sets them, as LiteLLM
+        // accepts them): carried, not dropped.
         if (request.AdditionalProperties?.TryGetValue("top_k", out var topK) == true && topK.ValueKind == JsonValueKind.Number)
         {
             w.WritePropertyName("top_k");
             topK.WriteTo(w);
+        }
+
+        if (request.AdditionalProperties?.TryGetValue(ThinkingBlocks.Parameter, out var thinking) == true && thinking.ValueKind == JsonValueKind.Object)
+        {
+            w.WritePropertyName(ThinkingBlocks.Parameter);
+            thinking.WriteTo(w);
         }
 
         var json = AnswersInJson(request);
@@ -264,6 +271,24 @@ internal static class AnthropicTranslator
             WriteCacheControl(w, m.AdditionalProperties);
             w.WriteEndObject();
             return;
+        }
+
+        // Claude's thinking in that turn goes first, as Claude wrote it (its signature is checked).
+        foreach (var block in ThinkingBlocks.Read(m.AdditionalProperties))
+        {
+            w.WriteStartObject();
+            w.WriteString("type", block.Type);
+            if (block.Type == ThinkingBlock.Redacted)
+            {
+                w.WriteString("data", block.Data);
+            }
+            else
+            {
+                w.WriteString("thinking", block.Thinking);
+                w.WriteString("signature", block.Signature);
+            }
+
+            w.WriteEndObject();
         }
 
         if (m.Content is { } content)
@@ -556,12 +581,21 @@ internal static class AnthropicTranslator
         var text = new StringBuilder();
         List<ToolCall>? calls = null;
         string? json = null;
+        List<ThinkingBlock>? thinking = null;
+        StringBuilder? reasoning = null;
         foreach (var block in message.Content)
         {
             switch (block.Type)
             {
                 case "text":
                     text.Append(block.Text);
+                    break;
+                case ThinkingBlock.Plain:
+                    (thinking ??= []).Add(new ThinkingBlock(block.Type, block.Thinking, block.Signature, null));
+                    (reasoning ??= new StringBuilder()).Append(block.Thinking);
+                    break;
+                case ThinkingBlock.Redacted:
+                    (thinking ??= []).Add(new ThinkingBlock(block.Type, null, null, block.Data));
                     break;
                 case "tool_use" when answersInJson && block.Name == JsonTool:
                     json = block.Input?.GetRawText() ?? "{}"; // the answer, in the format asked for: not a tool call
@@ -591,6 +625,7 @@ internal static class AnthropicTranslator
                         Role = ChatRoles.Assistant,
                         Content = json is not null ? new MessageContent(json) : calls is not null && text.Length == 0 ? null : new MessageContent(text.ToString()),
                         ToolCalls = calls,
+                        AdditionalProperties = thinking is null ? null : ThinkingBlocks.Write(null, thinking, reasoning?.ToString()),
                     },
                     FinishReason = json is not null && calls is null && message.StopReason == "tool_use" ? FinishReasons.Stop : FinishReason(message.StopReason),
                 },
@@ -657,6 +692,18 @@ internal static class AnthropicTranslator
                     _cacheWritten = m.Usage?.CacheCreationInputTokens ?? 0;
                     yield return Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, Content = string.Empty });
                     break;
+                case "content_block_start" when e.ContentBlock is { Type: ThinkingBlock.Redacted } redacted:
+                    yield return Thinking(new ThinkingBlock(ThinkingBlock.Redacted, null, null, redacted.Data), null);
+                    break;
+                case "content_block_start" when e.ContentBlock is { Type: ThinkingBlock.Plain, Thinking: { Length: > 0 } opening }:
+                    yield return Thinking(new ThinkingBlock(ThinkingBlock.Plain, opening, null, null), opening);
+                    break;
+                case "content_block_delta" when e.Delta is { Type: "thinking_delta", Thinking: { Length: > 0 } piece }:
+                    yield return Thinking(new ThinkingBlock(ThinkingBlock.Plain, piece, null, null), piece);
+                    break;
+                case "content_block_delta" when e.Delta is { Type: "signature_delta", Signature: { Length: > 0 } signature }:
+                    yield return Thinking(new ThinkingBlock(ThinkingBlock.Plain, string.Empty, signature, null), null);
+                    break;
                 case "content_block_start" when _answersInJson && e.ContentBlock is { Type: "tool_use", Name: JsonTool }:
                     _jsonBlock = e.Index ?? 0;
                     break;
@@ -715,6 +762,10 @@ internal static class AnthropicTranslator
                     };
             }
         }
+
+        /// <summary>A piece of Claude's thinking as a delta: its text as <c>reasoning_content</c>, the piece in <c>thinking_blocks</c>.</summary>
+        private ChatCompletionChunk Thinking(ThinkingBlock piece, string? text) =>
+            Chunk(new ChatCompletionDelta { AdditionalProperties = ThinkingBlocks.Write(null, [piece], text) });
 
         private ChatCompletionChunk Chunk(ChatCompletionDelta delta) => new()
         {

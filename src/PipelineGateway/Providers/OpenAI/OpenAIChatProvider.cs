@@ -17,11 +17,12 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
     private readonly bool _azure;
 
     /// <summary>
-    /// OpenAI itself (and Azure OpenAI) gets no Anthropic <c>cache_control</c> (prompt-caching marks from Anthropic-format
-    /// clients, or OpenAI-format callers addressing Claude): a strict schema refuses unknown members. An OpenAI-compatible
-    /// endpoint gets them as they are — routers in front of Claude (OpenRouter, LiteLLM) read them.
+    /// OpenAI itself (and Azure OpenAI) gets none of Anthropic's own members — <c>cache_control</c> (prompt-caching
+    /// marks), a tool result's <c>is_error</c>, Claude's <c>thinking_blocks</c>, the <c>thinking</c> parameter — from
+    /// Anthropic-format clients or OpenAI-format callers addressing Claude: a strict schema refuses unknown members. An
+    /// OpenAI-compatible endpoint gets them as they are — routers in front of Claude (OpenRouter, LiteLLM) read them.
     /// </summary>
-    private readonly bool _dropCacheControl;
+    private readonly bool _dropAnthropicMembers;
 
     /// <summary>The key header's value (<c>Bearer …</c>, or the bare key for Azure), built once. Never logged.</summary>
     private readonly string? _authorization;
@@ -30,7 +31,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         : base(name, http, options, apiKey, time, logger)
     {
         _azure = string.Equals(options.Type, ProviderTypes.AzureOpenAI, StringComparison.OrdinalIgnoreCase);
-        _dropCacheControl = _azure || string.Equals(options.Type, ProviderTypes.OpenAI, StringComparison.OrdinalIgnoreCase);
+        _dropAnthropicMembers = _azure || string.Equals(options.Type, ProviderTypes.OpenAI, StringComparison.OrdinalIgnoreCase);
         var baseUrl = options.BaseUrl ?? (_azure ? throw new ArgumentException($"Provider '{name}': Azure OpenAI needs BaseUrl (the resource endpoint).") : "https://api.openai.com/v1");
         _base = new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/");
         _chat = new Uri(_base, "chat/completions");
@@ -45,7 +46,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
 
         // Serialized up front (a per-thread buffer, one array for the result) so the upstream gets a Content-Length
         // instead of a chunked body, which not every OpenAI-compatible server reads well.
-        var content = new ByteArrayContent(RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropCacheControl));
+        var content = new ByteArrayContent(RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropAnthropicMembers));
         content.Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=utf-8");
         var message = new HttpRequestMessage(HttpMethod.Post, uri) { Content = content };
         if (_authorization is not null)
