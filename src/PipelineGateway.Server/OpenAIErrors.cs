@@ -22,6 +22,7 @@ internal static class OpenAIErrors
         }
 
         ctx.Response.StatusCode = status;
+        RouteErrors.EnsureRequestId(ctx);
         WriteRetryAfter(ctx.Response, retryAfter);
 
         await JsonBody.WriteAsync(ctx.Response, new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody, CancellationToken.None);

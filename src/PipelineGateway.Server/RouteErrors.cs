@@ -32,6 +32,24 @@ internal static class RouteErrors
             ? WriteAnthropicAsync(ctx, status, AnthropicType(status, null), message, retryAfter)
             : OpenAIErrors.WriteAsync(ctx, status, new OpenAIError { Message = message, Type = type, Code = code, Param = param }, retryAfter);
 
+    /// <summary>
+    /// A refusal before the request reached the pipeline (a key, a body, a header) gets a request id too, as every answer
+    /// of OpenAI's and Anthropic's APIs has one (<c>x-request-id</c>, <c>request-id</c> on <c>/v1/messages</c>; and
+    /// <c>x-gateway-request-id</c>): the id an SDK reports with the error, to find it in the gateway's logs.
+    /// </summary>
+    internal static void EnsureRequestId(HttpContext ctx)
+    {
+        var headers = ctx.Response.Headers;
+        if (ctx.Response.HasStarted || headers.ContainsKey("x-gateway-request-id"))
+        {
+            return;
+        }
+
+        var id = Pipeline.RequestIds.Format(Pipeline.RequestIds.Next());
+        headers[ShapeOf(ctx.Request.Path) == ErrorShape.Anthropic ? "request-id" : "x-request-id"] = id;
+        headers["x-gateway-request-id"] = id;
+    }
+
     /// <summary>Anthropic's error type for a status (or the upstream's own Anthropic type, when it gave one).</summary>
     public static string AnthropicType(int status, Exception? error) =>
         error is UpstreamRejectedException { ErrorType: { } upstream } && AnthropicTypes.Contains(upstream)
@@ -57,6 +75,7 @@ internal static class RouteErrors
         }
 
         ctx.Response.StatusCode = status;
+        EnsureRequestId(ctx);
         OpenAIErrors.WriteRetryAfter(ctx.Response, retryAfter);
         await JsonBody.WriteAsync(ctx.Response, new AnthropicErrorBody { Error = new AnthropicError { Type = type, Message = message } }, AnthropicJsonContext.Default.AnthropicErrorBody, CancellationToken.None);
     }

@@ -209,6 +209,24 @@ public sealed class FrontDoorTests : IAsyncLifetime
     }
 
     [Theory]
+    [InlineData("v1/chat/completions", "x-request-id")]
+    [InlineData("v1/messages", "request-id")]
+    public async Task A_refusal_before_the_pipeline_has_a_request_id_as_every_answer_has(string path, string header)
+    {
+        var ids = new List<string>();
+        foreach (var (key, body, contentType) in new[] { ((string?)null, "{}", "application/json"), (Key, "{}", "text/plain"), (Key, "{", "application/json") })
+        {
+            var (status, _, response) = await Send(path, body, key, contentType);
+            ((int)status).Should().BeInRange(400, 499);
+            var id = response.Headers.GetValues(header).Single();
+            response.Headers.GetValues("x-gateway-request-id").Single().Should().Be(id);
+            ids.Add(id);
+        }
+
+        ids.Should().OnlyHaveUniqueItems();
+    }
+
+    [Theory]
     [InlineData("healthz")]
     [InlineData("readyz")]
     public async Task Liveness_and_readiness_stay_open(string path) =>
