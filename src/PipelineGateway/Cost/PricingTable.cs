@@ -27,11 +27,14 @@ public sealed class ModelPrice
 /// configuration when they change). A dated or suffixed name matches its longest known prefix
 /// (<c>gpt-4o-mini-2024-07-18</c> → <c>gpt-4o-mini</c>). Money is <see cref="decimal"/>.
 /// </summary>
-internal sealed class PricingTable
+internal sealed partial class PricingTable
 {
     /// <summary>Shipped defaults, USD per million tokens (input, output).</summary>
     public static IReadOnlyDictionary<string, ModelPrice> Defaults { get; } = new Dictionary<string, ModelPrice>(StringComparer.OrdinalIgnoreCase)
     {
+        ["gpt-5"] = new() { InputPerMillion = 1.25m, OutputPerMillion = 10.00m, CachedInputPerMillion = 0.125m },
+        ["gpt-5-mini"] = new() { InputPerMillion = 0.25m, OutputPerMillion = 2.00m, CachedInputPerMillion = 0.025m },
+        ["gpt-5-nano"] = new() { InputPerMillion = 0.05m, OutputPerMillion = 0.40m, CachedInputPerMillion = 0.005m },
         ["gpt-4o"] = new() { InputPerMillion = 2.50m, OutputPerMillion = 10.00m, CachedInputPerMillion = 1.25m },
         ["gpt-4o-mini"] = new() { InputPerMillion = 0.15m, OutputPerMillion = 0.60m, CachedInputPerMillion = 0.075m },
         ["gpt-4.1"] = new() { InputPerMillion = 2.00m, OutputPerMillion = 8.00m, CachedInputPerMillion = 0.50m },
@@ -40,7 +43,10 @@ internal sealed class PricingTable
         ["gpt-4-turbo"] = new() { InputPerMillion = 10.00m, OutputPerMillion = 30.00m },
         ["gpt-3.5-turbo"] = new() { InputPerMillion = 0.50m, OutputPerMillion = 1.50m },
         ["o1"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 60.00m, CachedInputPerMillion = 7.50m },
+        ["o1-mini"] = new() { InputPerMillion = 1.10m, OutputPerMillion = 4.40m, CachedInputPerMillion = 0.55m },
+        ["o3"] = new() { InputPerMillion = 2.00m, OutputPerMillion = 8.00m, CachedInputPerMillion = 0.50m },
         ["o3-mini"] = new() { InputPerMillion = 1.10m, OutputPerMillion = 4.40m, CachedInputPerMillion = 0.55m },
+        ["o4-mini"] = new() { InputPerMillion = 1.10m, OutputPerMillion = 4.40m, CachedInputPerMillion = 0.275m },
         ["claude-3-5-haiku"] = new() { InputPerMillion = 0.80m, OutputPerMillion = 4.00m, CachedInputPerMillion = 0.08m, CacheWriteInputPerMillion = 1.00m },
         ["claude-3-5-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m },
         ["claude-3-7-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m },
@@ -116,4 +122,33 @@ internal sealed class PricingTable
             + (written * (price.CacheWriteInputPerMillion ?? price.InputPerMillion))
             + (usage.CompletionTokens * price.OutputPerMillion)) / 1_000_000m;
     }
+
+    /// <summary>
+    /// Says which deployments have no price anywhere (their answers count as $0 in cost metrics, the request log and
+    /// budgets): a warning when budgets are configured — a budget that never sees their spending is not a limit — and
+    /// information otherwise (a local model may well be free).
+    /// </summary>
+    public static void ReportUnpriced(IEnumerable<Deployment> deployments, bool budgets, Microsoft.Extensions.Logging.ILogger logger)
+    {
+        foreach (var d in deployments)
+        {
+            if (!d.IsPriced)
+            {
+                if (budgets)
+                {
+                    LogUnpricedUnderBudget(logger, d.Id, d.Model);
+                }
+                else
+                {
+                    LogUnpriced(logger, d.Id, d.Model);
+                }
+            }
+        }
+    }
+
+    [Microsoft.Extensions.Logging.LoggerMessage(EventId = 90, Level = Microsoft.Extensions.Logging.LogLevel.Warning, Message = "Deployment {Deployment}: no price is known for model '{Model}', so its answers count as $0 against the configured budgets and in cost metrics. Set the deployment's InputPricePerMillion / OutputPricePerMillion, or Gateway:Pricing.")]
+    private static partial void LogUnpricedUnderBudget(Microsoft.Extensions.Logging.ILogger logger, string deployment, string model);
+
+    [Microsoft.Extensions.Logging.LoggerMessage(EventId = 91, Level = Microsoft.Extensions.Logging.LogLevel.Information, Message = "Deployment {Deployment}: no price is known for model '{Model}'; its answers count as $0 in cost metrics (set a price to track its spending).")]
+    private static partial void LogUnpriced(Microsoft.Extensions.Logging.ILogger logger, string deployment, string model);
 }

@@ -124,7 +124,10 @@ public static class GatewayServiceCollectionExtensions
         {
             var metrics = sp.GetRequiredService<GatewayMetrics>();
             var pipeline = ActivatorUtilities.CreateInstance<GatewayPipeline>(sp);
-            metrics.Attach(pipeline.GetQueueDepths, [.. sp.GetRequiredService<ModelCatalog>().AllDeployments], sp.GetRequiredService<TimeProvider>());
+            var deployments = sp.GetRequiredService<ModelCatalog>().AllDeployments;
+            metrics.Attach(pipeline.GetQueueDepths, [.. deployments], sp.GetRequiredService<TimeProvider>());
+            Cost.PricingTable.ReportUnpriced(deployments, sp.GetRequiredService<IOptions<GatewayOptions>>().Value.Budgets.Count > 0,
+                sp.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()?.CreateLogger("PipelineGateway.Cost") ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
             metrics.AttachCache(sp.GetRequiredService<ResponseCache>());
             metrics.AttachRequestLog(sp.GetRequiredService<RequestLog.RequestLogWriter>());
             metrics.SetSystems(Tracing.GatewayTracing.Systems(sp.GetRequiredService<IOptions<GatewayOptions>>().Value));

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using FluentAssertions;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using PipelineGateway.Cost;
 using PipelineGateway.Hosting;
@@ -21,6 +22,9 @@ public sealed class MetricsTests
     [InlineData("gpt-4o-mini-2024-07-18", 1000, 500, 0.00045)]
     [InlineData("claude-sonnet-4-5", 2000, 1000, 0.021)]
     [InlineData("unknown-model", 1000, 1000, 0)]
+    [InlineData("gpt-5-mini-2025-08-07", 1000, 1000, 0.00225)]
+    [InlineData("gpt-5.1", 1_000_000, 0, 1.25)]
+    [InlineData("o4-mini", 0, 1_000_000, 4.40)]
     public void Cost_is_priced_from_usage_by_the_longest_known_prefix(string model, int prompt, int completion, double expected)
     {
         var table = new PricingTable((IReadOnlyDictionary<string, ModelPrice>?)null);
@@ -39,6 +43,29 @@ public sealed class MetricsTests
         table.Cost(Catalog("claude-sonnet-4-5").Groups[0].Deployments[0], usage).Should().Be(((1000 * 3.00m) + (2000 * 0.30m) + (4000 * 3.75m) + (100 * 15.00m)) / 1_000_000m);
         table.Cost(Catalog("claude-opus-4-5-20251101").Groups[0].Deployments[0], TokenUsage.Of(1_000_000, 0)).Should().Be(5.00m, "Opus 4.5 is not priced as Opus 4");
         table.Cost(Catalog("gpt-4o").Groups[0].Deployments[0], usage).Should().Be(((1000 * 2.50m) + (2000 * 1.25m) + (4000 * 2.50m) + (100 * 10.00m)) / 1_000_000m, "no write price: writes at the input price");
+    }
+
+    [Theory]
+    [InlineData(true, "Warning")]
+    [InlineData(false, "Information")]
+    public async Task A_deployment_with_no_known_price_is_named_at_start_a_warning_when_budgets_count_on_it(bool budget, string level)
+    {
+        var logs = new CapturingLoggerProvider();
+        await using var gateway = await new GatewayBuilder()
+            .ConfigureLogging(l => l.AddProvider(logs))
+            .AddProvider(new FakeProvider("local"))
+            .AddModel("m", m => m.Deploy("local", "my-finetune-7b").Deploy("local", "gpt-4o-mini"))
+            .Configure(o =>
+            {
+                if (budget)
+                {
+                    o.Budgets.Add(new BudgetOptions { LimitUsd = 10 });
+                }
+            })
+            .StartAsync(Ct);
+
+        var lines = logs.Lines.Where(l => l.Contains("no price is known", StringComparison.Ordinal)).ToList();
+        lines.Should().ContainSingle().Which.Should().StartWith(level).And.Contain("my-finetune-7b").And.NotContain("gpt-4o-mini");
     }
 
     [Fact]
