@@ -130,6 +130,25 @@ public sealed class ErrorContractTests : IAsyncLifetime
 
     private static JsonElement ErrorOf(ClientResultException ex) => JsonDocument.Parse(ex.GetRawResponse()!.Content.ToString()).RootElement.GetProperty("error");
 
+    /// <summary>A plain client with the gateway key and Anthropic's version header, for bodies the SDKs do not build.</summary>
+    private static HttpClient AnthropicHttp()
+    {
+        var http = new HttpClient();
+        http.DefaultRequestHeaders.Add("x-api-key", Key);
+        http.DefaultRequestHeaders.Add("anthropic-version", "2023-06-01");
+        return http;
+    }
+
+    private async Task<(HttpStatusCode Status, string Body)> PostAsync(HttpClient http, string path, object body)
+    {
+        var response = await http.PostAsync(new Uri(Base, path), new StringContent(JsonSerializer.Serialize(body), Encoding.UTF8, "application/json"), Ct);
+        return (response.StatusCode, await response.Content.ReadAsStringAsync(Ct));
+    }
+
+    /// <summary>A stream's events (the <c>data:</c> lines' JSON).</summary>
+    private static List<JsonElement> SseEvents(string stream) =>
+        [.. stream.Split('\n').Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => JsonDocument.Parse(l[6..]).RootElement)];
+
     [Fact]
     public async Task An_upstream_400_reaches_the_OpenAI_SDK_as_a_400_with_the_upstreams_code_and_param_and_is_sent_once()
     {
@@ -231,13 +250,11 @@ public sealed class ErrorContractTests : IAsyncLifetime
     [Fact]
     public async Task Prompt_caching_reaches_Claude_and_its_reads_and_writes_are_reported_and_priced_alike_whole_and_streamed()
     {
-        using var http = new HttpClient();
-        http.DefaultRequestHeaders.Add("x-api-key", Key);
-        http.DefaultRequestHeaders.Add("anthropic-version", "2023-06-01");
+        using var http = AnthropicHttp();
         var rules = string.Join(' ', Enumerable.Repeat("Answer briefly, precisely, and cite the rule you follow.", 120));
         async Task<JsonElement> Ask(bool stream)
         {
-            var body = JsonSerializer.Serialize(new Dictionary<string, object>
+            var (status, text) = await PostAsync(http, "v1/messages", new Dictionary<string, object>
             {
                 ["model"] = "anthropic-only",
                 ["max_tokens"] = 32,
@@ -245,17 +262,10 @@ public sealed class ErrorContractTests : IAsyncLifetime
                 ["system"] = new object[] { new Dictionary<string, object> { ["type"] = "text", ["text"] = rules, ["cache_control"] = new Dictionary<string, string> { ["type"] = "ephemeral" } } },
                 ["messages"] = new object[] { new Dictionary<string, object> { ["role"] = "user", ["content"] = "What is rule one?" } },
             });
-            var response = await http.PostAsync(new Uri(Base, "v1/messages"), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
-            var text = await response.Content.ReadAsStringAsync(Ct);
-            response.StatusCode.Should().Be(HttpStatusCode.OK, text);
-            if (!stream)
-            {
-                return JsonDocument.Parse(text).RootElement.GetProperty("usage").Clone();
-            }
-
-            var delta = text.Split('\n').Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => JsonDocument.Parse(l[6..]).RootElement)
-                .Single(e => e.GetProperty("type").GetString() == "message_delta");
-            return delta.GetProperty("usage").Clone();
+            status.Should().Be(HttpStatusCode.OK, text);
+            return stream
+                ? SseEvents(text).Single(e => e.GetProperty("type").GetString() == "message_delta").GetProperty("usage").Clone()
+                : JsonDocument.Parse(text).RootElement.GetProperty("usage").Clone();
         }
 
         decimal Spent() => _app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot().TotalCost;
@@ -289,14 +299,8 @@ public sealed class ErrorContractTests : IAsyncLifetime
     [Fact]
     public async Task Claudes_thinking_goes_out_comes_back_whole_and_streamed_and_returns_unchanged_in_the_next_turn()
     {
-        using var http = new HttpClient();
-        http.DefaultRequestHeaders.Add("x-api-key", Key);
-        http.DefaultRequestHeaders.Add("anthropic-version", "2023-06-01");
-        async Task<(HttpStatusCode Status, string Body)> Post(string path, object body)
-        {
-            var response = await http.PostAsync(new Uri(Base, path), new StringContent(JsonSerializer.Serialize(body), Encoding.UTF8, "application/json"), Ct);
-            return (response.StatusCode, await response.Content.ReadAsStringAsync(Ct));
-        }
+        using var http = AnthropicHttp();
+        Task<(HttpStatusCode Status, string Body)> Post(string path, object body) => PostAsync(http, path, body);
 
         var thinking = new Dictionary<string, object> { ["type"] = "enabled", ["budget_tokens"] = 1024 };
         var question = new Dictionary<string, object> { ["role"] = "user", ["content"] = "Why is the sky blue?" };
@@ -321,7 +325,7 @@ public sealed class ErrorContractTests : IAsyncLifetime
 
         (status, text) = await Post("v1/messages", Ask(true, question));
         status.Should().Be(HttpStatusCode.OK, text);
-        var events = text.Split('\n').Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => JsonDocument.Parse(l[6..]).RootElement).ToList();
+        var events = SseEvents(text);
         events.Single(e => e.GetProperty("type").GetString() == "content_block_start" && e.GetProperty("index").GetInt32() == 0)
             .GetProperty("content_block").GetProperty("type").GetString().Should().Be("thinking");
         var deltas = events.Where(e => e.GetProperty("type").GetString() == "content_block_delta").Select(e => e.GetProperty("delta")).ToList();
