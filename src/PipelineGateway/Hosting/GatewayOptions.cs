@@ -181,6 +181,15 @@ public sealed class ProviderOptions
     /// <summary>Anthropic: the anthropic-version header.</summary>
     public string AnthropicVersion { get; set; } = "2023-06-01";
 
+    /// <summary>
+    /// OpenAI-format adapters: leave out Anthropic's own members (<c>cache_control</c>, a tool result's <c>is_error</c>,
+    /// Claude's <c>thinking_blocks</c>, the <c>thinking</c> parameter) that Anthropic-format clients and Claude-minded
+    /// callers send. Null (the default): left out for <c>OpenAI</c> and <c>AzureOpenAI</c>, whose strict schemas refuse
+    /// them, and sent to <c>OpenAICompatible</c> endpoints (routers in front of Claude read them); set true for a strict
+    /// OpenAI-compatible endpoint that answers 400 to them.
+    /// </summary>
+    public bool? StripAnthropicMembers { get; set; }
+
     /// <summary>Anthropic requires max_tokens; this is sent when the request sets none.</summary>
     [Range(1, 1_000_000)]
     public int DefaultMaxTokens { get; set; } = 4096;

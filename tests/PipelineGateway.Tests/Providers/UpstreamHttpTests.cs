@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Time.Testing;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
+using PipelineGateway.Providers.Anthropic;
 using PipelineGateway.Providers.Http;
 using PipelineGateway.Routing;
 using PipelineGateway.Tests.Support;
@@ -243,11 +244,38 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         response.Choices[0].Message!.Role.Should().Be("assistant");
     }
 
+    /// <summary>
+    /// Claude Code through the gateway to a strict OpenAI-compatible endpoint (Fireworks, Kimi): Anthropic's own members
+    /// (prompt-caching marks, Claude's thinking) are a 400 there; <c>StripAnthropicMembers</c> leaves them out.
+    /// </summary>
+    [Theory]
+    [InlineData(null, false)]
+    [InlineData(true, true)]
+    public async Task A_strict_OpenAI_compatible_endpoint_gets_no_Anthropic_members_when_told_to_strip_them(bool? strip, bool served)
+    {
+        await using var gateway = await Answering("strict-200", """{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}""", strip);
+        var request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse("""
+            {"model":"m","max_tokens":64,"system":[{"type":"text","text":"Rules.","cache_control":{"type":"ephemeral"}}],
+             "messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":[{"type":"thinking","thinking":"Hm.","signature":"sig"},{"type":"text","text":"Hello."}]},{"role":"user","content":"Again"}]}
+            """u8.ToArray()));
+
+        var act = async () => await gateway.SubmitAsync(request, Ct);
+
+        if (served)
+        {
+            (await act()).Content.Should().Be("ok");
+        }
+        else
+        {
+            (await act.Should().ThrowAsync<UpstreamRejectedException>()).Which.Message.Should().Contain("Extra inputs are not permitted");
+        }
+    }
+
     /// <summary>A gateway over the scripted upstream answering with <paramref name="fault"/> and <paramref name="body"/>, one attempt per request.</summary>
-    private async Task<Gateway> Answering(string fault, string body) => await new GatewayBuilder()
+    private async Task<Gateway> Answering(string fault, string body, bool? stripAnthropicMembers = null) => await new GatewayBuilder()
         .Configure(o =>
         {
-            var provider = new ProviderOptions { Name = "odd", Type = ProviderTypes.OpenAICompatible, BaseUrl = new Uri(_upstream.BaseAddress, "v1").ToString() };
+            var provider = new ProviderOptions { Name = "odd", Type = ProviderTypes.OpenAICompatible, BaseUrl = new Uri(_upstream.BaseAddress, "v1").ToString(), StripAnthropicMembers = stripAnthropicMembers };
             provider.Headers["x-fault"] = fault;
             provider.Headers["x-body"] = body;
             o.Providers.Add(provider);

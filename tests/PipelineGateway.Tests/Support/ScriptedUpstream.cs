@@ -154,12 +154,52 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 }
 
                 break;
+            case "strict-200":
+                // A strict OpenAI-compatible server (Fireworks, Kimi): a member it does not know is a 400 naming it.
+                using (var request = await System.Text.Json.JsonDocument.ParseAsync(ctx.Request.Body))
+                {
+                    if (Unknown(request.RootElement) is { } member)
+                    {
+                        await Error(ctx, anthropic: false, 400, "invalid_request_error", $"Extra inputs are not permitted: {member}");
+                        break;
+                    }
+                }
+
+                await Raw(ctx, 200, "application/json", ctx.Request.Headers["x-body"].ToString());
+                break;
             case "truncated-200":
                 await Raw(ctx, 200, "application/json", $"{{\"id\":\"x\",\"note\":\"{key}\",\"choices\":[");
                 break;
             default:
                 await Raw(ctx, 418, "text/plain", "no such fault");
                 break;
+        }
+    }
+
+    /// <summary>The first of Anthropic's own members anywhere in a request body, as a strict OpenAI schema would find it.</summary>
+    private static string? Unknown(System.Text.Json.JsonElement e)
+    {
+        switch (e.ValueKind)
+        {
+            case System.Text.Json.JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    if (p.Name is "cache_control" or "thinking_blocks" or "is_error" or "thinking")
+                    {
+                        return p.Name;
+                    }
+
+                    if (Unknown(p.Value) is { } inner)
+                    {
+                        return inner;
+                    }
+                }
+
+                return null;
+            case System.Text.Json.JsonValueKind.Array:
+                return e.EnumerateArray().Select(Unknown).FirstOrDefault(static m => m is not null);
+            default:
+                return null;
         }
     }
 

@@ -20,7 +20,8 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
     /// OpenAI itself (and Azure OpenAI) gets none of Anthropic's own members — <c>cache_control</c> (prompt-caching
     /// marks), a tool result's <c>is_error</c>, Claude's <c>thinking_blocks</c>, the <c>thinking</c> parameter — from
     /// Anthropic-format clients or OpenAI-format callers addressing Claude: a strict schema refuses unknown members. An
-    /// OpenAI-compatible endpoint gets them as they are — routers in front of Claude (OpenRouter, LiteLLM) read them.
+    /// OpenAI-compatible endpoint gets them as they are — routers in front of Claude (OpenRouter, LiteLLM) read them —
+    /// unless <see cref="ProviderOptions.StripAnthropicMembers"/> says otherwise.
     /// </summary>
     private readonly bool _dropAnthropicMembers;
 
@@ -31,7 +32,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         : base(name, http, options, apiKey, time, logger)
     {
         _azure = string.Equals(options.Type, ProviderTypes.AzureOpenAI, StringComparison.OrdinalIgnoreCase);
-        _dropAnthropicMembers = _azure || string.Equals(options.Type, ProviderTypes.OpenAI, StringComparison.OrdinalIgnoreCase);
+        _dropAnthropicMembers = options.StripAnthropicMembers ?? (_azure || string.Equals(options.Type, ProviderTypes.OpenAI, StringComparison.OrdinalIgnoreCase));
         var baseUrl = options.BaseUrl ?? (_azure ? throw new ArgumentException($"Provider '{name}': Azure OpenAI needs BaseUrl (the resource endpoint).") : "https://api.openai.com/v1");
         _base = new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/");
         _chat = new Uri(_base, "chat/completions");
