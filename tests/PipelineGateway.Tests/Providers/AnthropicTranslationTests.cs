@@ -384,6 +384,32 @@ public sealed class AnthropicTranslationTests
         System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "router/claude", stream: false)).Should().Contain("thinking_blocks").And.Contain("budget_tokens");
     }
 
+    [Theory]
+    [InlineData("\"reasoning_effort\":\"high\",\"max_completion_tokens\":8000", 4096)]
+    [InlineData("\"reasoning_effort\":\"low\"", 1024)]
+    [InlineData("\"reasoning_effort\":\"high\",\"max_tokens\":3000", 2999)]
+    [InlineData("\"reasoning_effort\":\"high\",\"max_tokens\":1024", null)]
+    [InlineData("\"reasoning_effort\":\"minimal\"", null)]
+    [InlineData("\"reasoning_effort\":\"medium\",\"temperature\":0.2", null)]
+    [InlineData("\"reasoning_effort\":\"medium\",\"response_format\":{\"type\":\"json_object\"}", null)]
+    [InlineData("\"reasoning_effort\":\"medium\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"required\"", null)]
+    [InlineData("\"reasoning_effort\":\"medium\",\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":1500}", 1500)]
+    public void OpenAIs_reasoning_effort_is_Claudes_thinking_budget_where_Claude_can_think(string members, int? budget)
+    {
+        var body = Translate(Parse("""{"model":"x","messages":[{"role":"user","content":"Hi"}],""" + members + "}"));
+
+        if (budget is null)
+        {
+            body.TryGetProperty("thinking", out _).Should().BeFalse();
+        }
+        else
+        {
+            body.GetProperty("thinking").GetProperty("type").GetString().Should().Be("enabled");
+            body.GetProperty("thinking").GetProperty("budget_tokens").GetInt32().Should().Be(budget.Value);
+            body.GetProperty("thinking").GetProperty("budget_tokens").GetInt32().Should().BeLessThan(body.GetProperty("max_tokens").GetInt32());
+        }
+    }
+
     [Fact]
     public void Prompt_caching_marks_do_not_reach_OpenAI_itself_but_do_reach_an_OpenAI_compatible_router()
     {

@@ -350,6 +350,13 @@ public sealed class ErrorContractTests : IAsyncLifetime
         status.Should().Be(HttpStatusCode.BadRequest, "Claude refuses altered thinking, and says so to the caller");
         text.Should().Contain("signature");
 
+        // The OpenAI SDK's reasoning effort: Claude thinks (a budget within max_tokens), and the raw answer has the thinking.
+#pragma warning disable OPENAI001 // the SDK marks reasoning effort as evaluation-only; the wire member is stable
+        var effort = await OpenAIClient("anthropic-only").CompleteChatAsync([new UserChatMessage("Why is the sky blue?")], new ChatCompletionOptions { ReasoningEffortLevel = ChatReasoningEffortLevel.High, MaxOutputTokenCount = 8000 }, Ct);
+#pragma warning restore OPENAI001
+        JsonDocument.Parse(effort.GetRawResponse().Content.ToString()).RootElement.GetProperty("choices")[0].GetProperty("message")
+            .GetProperty("reasoning_content").GetString().Should().Be(thought);
+
         // The OpenAI route: the same thinking as LiteLLM carries it.
         (status, text) = await Post("v1/chat/completions", new Dictionary<string, object> { ["model"] = "anthropic-only", ["thinking"] = thinking, ["messages"] = new object[] { question } });
         status.Should().Be(HttpStatusCode.OK, text);

@@ -107,6 +107,13 @@ internal static class AnthropicTranslator
             w.WritePropertyName(ThinkingBlocks.Parameter);
             thinking.WriteTo(w);
         }
+        else if (ThinkingBudget(request, request.RequestedCompletionTokens ?? defaultMaxTokens) is { } budget)
+        {
+            w.WriteStartObject(ThinkingBlocks.Parameter);
+            w.WriteString("type", "enabled");
+            w.WriteNumber("budget_tokens", budget);
+            w.WriteEndObject();
+        }
 
         var json = AnswersInJson(request);
         var tools = request.Tools ?? [];
@@ -168,6 +175,39 @@ internal static class AnthropicTranslator
         }
 
         w.WriteEndObject();
+    }
+
+    /// <summary>
+    /// OpenAI's <c>reasoning_effort</c> as Claude's extended thinking, as LiteLLM maps it: <c>low</c> 1,024 thinking tokens,
+    /// <c>medium</c> 2,048, <c>high</c> 4,096 — within <c>max_tokens</c>, which counts them on both APIs (at least 1,024 and
+    /// fewer than <c>max_tokens</c>, Claude's bounds). None (the effort only tunes the answer, so it is dropped, not
+    /// refused) when Claude could not think here: <c>max_tokens</c> too small, a temperature other than 1 or <c>top_k</c>
+    /// set, or a tool call forced (a named function, <c>required</c>, a JSON response format) — Claude's own limits on thinking.
+    /// </summary>
+    private static int? ThinkingBudget(ChatCompletionRequest request, int maxTokens)
+    {
+        if (request.AdditionalProperties?.TryGetValue("reasoning_effort", out var effort) != true || effort.ValueKind != JsonValueKind.String)
+        {
+            return null;
+        }
+
+        var wanted = effort.GetString() switch
+        {
+            "low" => 1024,
+            "medium" => 2048,
+            "high" => 4096,
+            _ => 0, // minimal, none
+        };
+        var forced = AnswersInJson(request)
+            || request.ToolChoice is { ValueKind: JsonValueKind.Object }
+            || request.ToolChoice is { ValueKind: JsonValueKind.String } c && c.ValueEquals("required"u8);
+        if (wanted == 0 || forced || request.Temperature is { } t && t != 1 || request.AdditionalProperties.ContainsKey("top_k"))
+        {
+            return null;
+        }
+
+        var budget = Math.Min(wanted, maxTokens - 1);
+        return budget >= 1024 ? budget : null;
     }
 
     /// <summary>
