@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.AI;
 using PipelineGateway.Providers;
+using PipelineGateway.Providers.ChatClient;
 using AI = Microsoft.Extensions.AI;
 
 namespace PipelineGateway;
@@ -35,6 +36,11 @@ public sealed class GatewayChatClient : IChatClient
         var response = await _gateway.SubmitAsync(request, cancellationToken).ConfigureAwait(false);
         var choice = response.Choices.Count > 0 ? response.Choices[0] : null;
         var contents = new List<AIContent>();
+        if (ReasoningMapping.Content(choice?.Message?.AdditionalProperties) is { } reasoning)
+        {
+            contents.Add(reasoning);
+        }
+
         if (choice?.Message?.Content?.GetText() is { Length: > 0 } text)
         {
             contents.Add(new TextContent(text));
@@ -70,6 +76,11 @@ public sealed class GatewayChatClient : IChatClient
             string? finish = null;
             foreach (var choice in chunk.Choices)
             {
+                if (ReasoningMapping.Content(choice.Delta.AdditionalProperties) is { } reasoning)
+                {
+                    contents.Add(reasoning);
+                }
+
                 if (!string.IsNullOrEmpty(choice.Delta.Content))
                 {
                     contents.Add(new TextContent(choice.Delta.Content));
@@ -140,6 +151,9 @@ public sealed class GatewayChatClient : IChatClient
             Stop = options?.StopSequences is { Count: > 0 } stop ? new StopSequences(stop) : null,
             Stream = stream ? true : null,
         };
+        ReasoningMapping.SetEffort(request, options?.Reasoning);
+        SetNumber(request, "frequency_penalty", options?.FrequencyPenalty);
+        SetNumber(request, "presence_penalty", options?.PresencePenalty);
         foreach (var m in messages)
         {
             AddMessage(request.Messages, m);
@@ -167,6 +181,14 @@ public sealed class GatewayChatClient : IChatClient
             _ => null,
         };
         return request;
+    }
+
+    private static void SetNumber(ChatCompletionRequest request, string name, float? value)
+    {
+        if (value is { } v)
+        {
+            (request.AdditionalProperties ??= [])[name] = JsonSerializer.SerializeToElement((double)v, GatewayJsonContext.Default.Double);
+        }
     }
 
     private static void AddMessage(List<ChatCompletionMessage> into, AI.ChatMessage m)

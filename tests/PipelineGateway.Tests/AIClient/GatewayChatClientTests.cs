@@ -147,6 +147,40 @@ public sealed class GatewayChatClientTests
     }
 
     [Fact]
+    public async Task A_reasoning_models_thinking_comes_back_as_reasoning_content_and_the_effort_goes_out()
+    {
+        var seen = new ConcurrentQueue<ChatCompletionRequest>();
+        static System.Text.Json.JsonElement Text(string s) => System.Text.Json.JsonDocument.Parse(System.Text.Json.JsonSerializer.Serialize(s)).RootElement.Clone();
+        var model = new FakeProvider("p")
+        {
+            OnComplete = (r, _) =>
+            {
+                seen.Enqueue(r.Request);
+                var answer = FakeProvider.Answer(r.Model, "42");
+                answer.Choices[0].Message!.AdditionalProperties = new() { ["reasoning_content"] = Text("Thinking it over.") };
+                return ValueTask.FromResult(answer);
+            },
+            OnStream = (r, _) => new[]
+            {
+                new ChatCompletionChunk { Id = "s", Model = r.Model, Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { AdditionalProperties = new() { ["reasoning_content"] = Text("Hm.") } } }] },
+                FakeProvider.Chunk(r.Model, "42", FinishReasons.Stop),
+            }.ToAsyncEnumerable(),
+        };
+        await using var gateway = await TestGateway.With(model).StartAsync(Ct);
+        var options = new ChatOptions { Reasoning = new ReasoningOptions { Effort = ReasoningEffort.Medium }, FrequencyPenalty = 0.5f };
+
+        var whole = await gateway.AsChatClient("m").GetResponseAsync("Why?", options, Ct);
+        var streamed = await gateway.AsChatClient("m").GetStreamingResponseAsync("Why?", options, Ct).ToListAsync(Ct);
+
+        whole.Messages.Single().Contents.OfType<TextReasoningContent>().Single().Text.Should().Be("Thinking it over.");
+        whole.Text.Should().Be("42");
+        streamed.SelectMany(u => u.Contents).OfType<TextReasoningContent>().Single().Text.Should().Be("Hm.");
+        var sent = seen.Single();
+        sent.AdditionalProperties!["reasoning_effort"].GetString().Should().Be("medium");
+        sent.AdditionalProperties["frequency_penalty"].GetDouble().Should().Be(0.5);
+    }
+
+    [Fact]
     public async Task Chat_options_reach_the_provider_as_the_gateway_request()
     {
         var seen = new ConcurrentQueue<ChatCompletionRequest>();

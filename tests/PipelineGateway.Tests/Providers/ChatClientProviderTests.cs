@@ -34,9 +34,18 @@ public sealed class ChatClientProviderTests
             return Task.FromResult(Answer());
         }
 
+        /// <summary>What a stream yields first, before the fixed text (a reasoning model's thinking, say).</summary>
+        public List<ChatResponseUpdate> Opening { get; } = [];
+
         public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AI.ChatMessage> messages, ChatOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
         {
+            LastOptions = options;
             await Task.Yield();
+            foreach (var update in Opening)
+            {
+                yield return update;
+            }
+
             yield return new ChatResponseUpdate(ChatRole.Assistant, "streamed");
             yield return new ChatResponseUpdate(null, " text") { FinishReason = ChatFinishReason.Stop };
             yield return new ChatResponseUpdate { Contents = [new UsageContent(new UsageDetails { InputTokenCount = 3, OutputTokenCount = 2 })] };
@@ -191,5 +200,27 @@ public sealed class ChatClientProviderTests
         rejected.Code.Should().Be("unsupported_value");
         rejected.Param.Should().Be(param);
         client.LastMessages.Should().BeEmpty("nothing was sent to the chat client, with a part left out or otherwise");
+    }
+
+    [Fact]
+    public async Task A_reasoning_chat_clients_thinking_and_the_callers_effort_cross_both_ways()
+    {
+        var client = new FakeChatClient
+        {
+            Answer = () => new AI.ChatResponse(new AI.ChatMessage(ChatRole.Assistant, [new TextReasoningContent("Thinking it over."), new TextContent("42")])),
+        };
+        client.Opening.Add(new ChatResponseUpdate { Role = ChatRole.Assistant, Contents = [new TextReasoningContent("Hm, ")] });
+        client.Opening.Add(new ChatResponseUpdate { Contents = [new TextReasoningContent("yes.")] });
+        await using var gateway = await new GatewayBuilder().AddProvider(new ChatClientProvider("meai", client)).AddModel("m", "meai").StartAsync(Ct);
+        var request = Parse("""{"model":"m","messages":[{"role":"user","content":"Why?"}],"reasoning_effort":"high"}""");
+
+        var whole = await gateway.SubmitAsync(request, Ct);
+        whole.Content.Should().Be("42");
+        whole.Choices[0].Message!.AdditionalProperties!["reasoning_content"].GetString().Should().Be("Thinking it over.");
+        client.LastOptions!.Reasoning!.Effort.Should().Be(ReasoningEffort.High);
+
+        var chunks = await gateway.StreamAsync(Parse("""{"model":"m","messages":[{"role":"user","content":"Why?"}],"reasoning_effort":"low"}"""), Ct).ToListAsync(Ct);
+        string.Concat(chunks.SelectMany(c => c.Choices).Select(c => c.Delta.AdditionalProperties?.GetValueOrDefault("reasoning_content").ToString())).Should().Be("Hm, yes.");
+        client.LastOptions!.Reasoning!.Effort.Should().Be(ReasoningEffort.Low);
     }
 }

@@ -37,6 +37,7 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
                         Role = ChatRoles.Assistant,
                         Content = calls is not null && string.IsNullOrEmpty(message.Text) ? null : new MessageContent(message.Text),
                         ToolCalls = calls,
+                        AdditionalProperties = ReasoningMapping.WithReasoning(null, message.Contents),
                     },
                     FinishReason = FinishReason(response.FinishReason) ?? (calls is not null ? FinishReasons.ToolCalls : FinishReasons.Stop),
                 },
@@ -75,6 +76,8 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
                         break;
                 }
             }
+
+            delta.AdditionalProperties = ReasoningMapping.WithReasoning(null, update.Contents);
 
             yield return new ChatCompletionChunk
             {
@@ -149,6 +152,7 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
             StopSequences = r.Stop is { Count: > 0 } ? [.. r.Stop] : null,
             FrequencyPenalty = Number(r, "frequency_penalty"),
             PresencePenalty = Number(r, "presence_penalty"),
+            Reasoning = ReasoningMapping.Options(r),
         };
         if (r.Tools is { Count: > 0 })
         {
