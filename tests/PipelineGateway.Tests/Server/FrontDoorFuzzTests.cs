@@ -289,10 +289,11 @@ internal static class Fuzz
         """;
 
     public const string MessagesTemplate = """
-        {"model":"gpt-4o-mini","max_tokens":16,"stream":false,"temperature":0.5,"top_p":0.9,"top_k":5,"system":"be brief","metadata":{"user_id":"u1"},
-         "messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]},
-                     {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]},
-                     {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"42"}]}],
+        {"model":"gpt-4o-mini","max_tokens":16,"stream":false,"temperature":0.5,"top_p":0.9,"top_k":5,"system":[{"type":"text","text":"be brief","cache_control":{"type":"ephemeral"}}],"metadata":{"user_id":"u1"},
+         "messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}},
+                       {"type":"document","title":"a.pdf","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="},"cache_control":{"type":"ephemeral"}}]},
+                     {"role":"assistant","content":[{"type":"thinking","thinking":"hm","signature":"s1"},{"type":"tool_use","id":"t1","name":"f","input":{}}]},
+                     {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"42","is_error":false}]}],
          "tools":[{"name":"f","input_schema":{"type":"object"}}],"tool_choice":{"type":"auto"},"stop_sequences":["x"]}
         """;
 
