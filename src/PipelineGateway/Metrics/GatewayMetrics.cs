@@ -176,6 +176,11 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
     /// <summary>Called by a worker for each attempt it finishes.</summary>
     public void OnAttempt(GatewayAttempt attempt)
     {
+        if (attempt.NotSent)
+        {
+            return; // nothing reached the provider: neither its requests nor the deployment's success rate
+        }
+
         if (attempt.Outcome != AttemptOutcome.Cancelled)
         {
             attempt.Deployment?.Counters.Record(attempt.Outcome == AttemptOutcome.Success);

@@ -55,8 +55,14 @@ public sealed record GatewayAttempt(
     /// <summary>How long the upstream asked to wait (its Retry-After), if it said.</summary>
     public TimeSpan? RetryAfter { get; init; }
 
+    /// <summary>
+    /// The request never left the gateway: the deployment has no form for part of it (<c>ProviderException.NotSent</c>).
+    /// Not counted as a request to the provider or in the deployment's success rate; no status (nothing answered).
+    /// </summary>
+    public bool NotSent { get; init; }
+
     public override string ToString() =>
         Outcome == AttemptOutcome.Success
             ? $"{Provider}/{ProviderModel}: success in {Latency.TotalMilliseconds:F1} ms"
-            : $"{Provider}/{ProviderModel}: {Outcome}{(StatusCode is { } s ? $" ({s})" : string.Empty)} after {Latency.TotalMilliseconds:F1} ms{(Error is null ? string.Empty : $": {Error}")}";
+            : $"{Provider}/{ProviderModel}: {(NotSent ? "not sent" : Outcome.ToString())}{(StatusCode is { } s ? $" ({s})" : string.Empty)} after {Latency.TotalMilliseconds:F1} ms{(Error is null ? string.Empty : $": {Error}")}";
 }

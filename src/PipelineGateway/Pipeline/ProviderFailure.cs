@@ -25,5 +25,5 @@ internal sealed record ProviderFailure(AttemptOutcome Outcome, int? StatusCode, 
 
     /// <summary>The attempt this failure describes, as the caller sees it.</summary>
     public GatewayAttempt ToAttempt(string provider, string model, TimeSpan latency) =>
-        new(provider, model, Outcome, latency, StatusCode, Message) { ErrorType = ErrorType, ErrorCode = ErrorCode, Param = Param, RetryAfter = RetryAfter };
+        new(provider, model, Outcome, latency, StatusCode, Message) { ErrorType = ErrorType, ErrorCode = ErrorCode, Param = Param, RetryAfter = RetryAfter, NotSent = NotSent };
 }

@@ -49,9 +49,12 @@ public sealed class ProviderException : Exception
     /// </summary>
     public bool NotSent { get; init; }
 
-    /// <summary>A request this provider cannot carry as it is (<see cref="NotSent"/>): a 400 <c>unsupported_value</c> naming <paramref name="param"/>.</summary>
+    /// <summary>
+    /// A request this provider cannot carry as it is (<see cref="NotSent"/>): the caller's 400 <c>unsupported_value</c>
+    /// naming <paramref name="param"/> when no deployment can take it. No status of its own: nothing answered.
+    /// </summary>
     public static ProviderException Unsupported(string param, string message) =>
-        new(AttemptOutcome.NonRetryableError, message, statusCode: 400)
+        new(AttemptOutcome.NonRetryableError, message)
         {
             ErrorType = "invalid_request_error",
             ErrorCode = "unsupported_value",

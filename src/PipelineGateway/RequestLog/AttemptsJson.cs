@@ -57,6 +57,11 @@ internal static class AttemptsJson
                 w.WriteString(ErrorName, SecretRedactor.RedactAndTrim(err, 200));
             }
 
+            if (a.NotSent)
+            {
+                w.WriteBoolean("not_sent"u8, true);
+            }
+
             w.WriteEndObject();
         }
 

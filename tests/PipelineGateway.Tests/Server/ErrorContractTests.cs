@@ -193,8 +193,12 @@ public sealed class ErrorContractTests : IAsyncLifetime
         }
 
         Calls("anthropic-plain").Should().Be(0, "nothing was sent in place of the caller's arguments");
-        var health = _app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot().Deployments["anthropic-only/anthropic-plain/gpt-4o-mini"];
+        var snapshot = _app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot();
+        var health = snapshot.Deployments["anthropic-only/anthropic-plain/gpt-4o-mini"];
         health.HealthState.Should().Be("closed", "more failures than ConsecutiveFailures, none of them the deployment's");
+        health.Requests.Should().Be(0, "no attempt reached it");
+        snapshot.Providers["anthropic-plain"].Requests.Should().Be(0, "attempts sent to the provider: none");
+        snapshot.FailedRequests.Should().Be(6, "the callers' requests did fail");
 
         var answer = await OpenAIClient("anthropic-only").CompleteChatAsync(ToolTurn("""{"city":"Paris"}"""), cancellationToken: Ct);
         answer.Value.Content[0].Text.Should().NotBeEmpty();
