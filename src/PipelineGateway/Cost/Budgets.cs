@@ -115,6 +115,16 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         var estimate = ToNano(Estimate(item));
         var key = item.Request.Gateway?.RateLimitKey ?? string.Empty;
         var period = time.GetUtcNow();
+        ForgetEndedPeriods(period);
+        while (!TryReserveAll(item, key, estimate, period))
+        {
+            // An account was forgotten between its lookup and the reservation: look it up again (a fresh one).
+        }
+    }
+
+    /// <summary>Reserves in every account that applies, or throws without reserving any; false when one was forgotten meanwhile.</summary>
+    private bool TryReserveAll(WorkItem item, string key, long estimate, DateTimeOffset period)
+    {
         var accounts = new List<Account>(_budgets.Length);
         foreach (var i in Applicable(key))
         {
@@ -126,11 +136,17 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         var taken = new List<Account>(accounts.Count);
         foreach (var account in accounts)
         {
-            if (!account.TryReserve(estimate, period, out var spent))
+            var result = account.TryReserve(estimate, period, out var spent);
+            if (result != Account.Reserved)
             {
                 foreach (var t in taken)
                 {
                     t.Release(estimate);
+                }
+
+                if (result == Account.Forgotten)
+                {
+                    return false;
                 }
 
                 throw new BudgetExceededException(account.Options.DisplayName, account.Options.LimitUsd, FromNano(spent));
@@ -140,7 +156,35 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         }
 
         item.BudgetReservation = new Reservation([.. taken], estimate);
+        return true;
     }
+
+    private long _sweptDay;
+
+    /// <summary>
+    /// Once a UTC day, forgets the accounts of ended periods with nothing reserved: a library caller's keys can be one
+    /// per end user, and an account per key and budget kept forever would grow without bound. A key seen again gets a
+    /// fresh account, which is what a new period starts from anyway.
+    /// </summary>
+    private void ForgetEndedPeriods(DateTimeOffset now)
+    {
+        var day = now.UtcDateTime.Date.Ticks;
+        if (Volatile.Read(ref _sweptDay) == day || Interlocked.Exchange(ref _sweptDay, day) == day)
+        {
+            return;
+        }
+
+        foreach (var entry in _accounts)
+        {
+            if (entry.Value.TryForget(now))
+            {
+                _accounts.TryRemove(entry);
+            }
+        }
+    }
+
+    /// <summary>Accounts held now (tests: ended periods are forgotten).</summary>
+    internal int AccountCount => _accounts.Count;
 
     /// <summary>
     /// A request ended: its reservation becomes the billed cost — nothing for a failure, a cache hit or a coalesced
@@ -251,11 +295,24 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
 
         public BudgetOptions Options { get; } = options;
 
-        public bool TryReserve(long estimate, DateTimeOffset now, out long spentAndReserved)
+        public const int Reserved = 0;
+        public const int Refused = 1;
+        public const int Forgotten = 2;
+
+        private bool _forgotten;
+
+        /// <summary><see cref="Reserved"/>, <see cref="Refused"/> (past the limit), or <see cref="Forgotten"/> (no longer the key's account).</summary>
+        public int TryReserve(long estimate, DateTimeOffset now, out long spentAndReserved)
         {
             lock (this)
             {
-                var index = Options.Period == BudgetPeriod.Day ? now.UtcDateTime.Date.Ticks : (now.Year * 12L) + now.Month;
+                spentAndReserved = 0;
+                if (_forgotten)
+                {
+                    return Forgotten;
+                }
+
+                var index = PeriodIndex(now);
                 if (index != _periodIndex)
                 {
                     _periodIndex = index;
@@ -265,19 +322,35 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
                 spentAndReserved = _spent + _reserved;
                 if (_spent + _reserved + estimate > _limit)
                 {
-                    return false;
+                    return Refused;
                 }
 
                 _reserved += estimate;
-                return true;
+                return Reserved;
             }
         }
+
+        /// <summary>Marks the account forgotten when its period has ended and nothing is reserved in it (none will settle here).</summary>
+        public bool TryForget(DateTimeOffset now)
+        {
+            lock (this)
+            {
+                if (_reserved == 0 && PeriodIndex(now) != _periodIndex)
+                {
+                    _forgotten = true;
+                }
+
+                return _forgotten;
+            }
+        }
+
+        private long PeriodIndex(DateTimeOffset now) => Options.Period == BudgetPeriod.Day ? now.UtcDateTime.Date.Ticks : (now.Year * 12L) + now.Month;
 
         public void Restore(long spent, DateTimeOffset now)
         {
             lock (this)
             {
-                var index = Options.Period == BudgetPeriod.Day ? now.UtcDateTime.Date.Ticks : (now.Year * 12L) + now.Month;
+                var index = PeriodIndex(now);
                 if (index != _periodIndex)
                 {
                     _periodIndex = index;

@@ -51,6 +51,35 @@ public sealed class BudgetTests
     }
 
     [Fact]
+    public async Task Per_key_accounts_of_ended_days_are_forgotten_and_a_returning_key_starts_afresh()
+    {
+        // A library caller's keys can be one per end user: an account per key kept forever would grow without bound.
+        var clock = TestGateway.Clock();
+        await using var gateway = await Priced(new FakeProvider("p"))
+            .UseTimeProvider(clock)
+            .Configure(o => o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.Key, Period = BudgetPeriod.Day, LimitUsd = 10m }))
+            .StartAsync(Ct);
+        var budgets = gateway.Services.GetRequiredService<BudgetTracker>();
+
+        for (var i = 0; i < 50; i++)
+        {
+            await gateway.SubmitAsync(Req("user-" + i), Ct);
+        }
+
+        await gateway.SubmitAsync(Req("user-0"), Ct); // spent 8 of 10 today
+        budgets.AccountCount.Should().Be(50);
+        var act = async () => await gateway.SubmitAsync(Req("user-0"), Ct);
+        await act.Should().ThrowAsync<BudgetExceededException>("the day's account is still there");
+
+        clock.Advance(TimeSpan.FromDays(1));
+        await gateway.SubmitAsync(Req("user-0"), Ct);
+        budgets.AccountCount.Should().Be(1, "yesterday's 50 accounts are forgotten; user-0 has today's");
+        budgets.Balances().Single().Value.Spent.Should().Be(4m, "the returning key starts the day from nothing");
+        await gateway.SubmitAsync(Req("user-0"), Ct);
+        await act.Should().ThrowAsync<BudgetExceededException>("today's account counts as before");
+    }
+
+    [Fact]
     public async Task A_refusal_names_the_budget_and_a_new_day_starts_afresh()
     {
         var clock = TestGateway.Clock();
