@@ -63,6 +63,9 @@ public sealed class ProviderException : Exception
             NotSent = true,
         };
 
+    /// <summary>A caller's value named in an <see cref="Unsupported"/> message: at most 40 characters of it (a part's type can be any length).</summary>
+    internal static string Quoted(string? value) => value is null ? "null" : value.Length <= 40 ? value : value[..40] + "…";
+
     /// <summary>The failure class of an HTTP status code: the one table every adapter uses.</summary>
     public static AttemptOutcome Classify(int statusCode) => statusCode switch
     {

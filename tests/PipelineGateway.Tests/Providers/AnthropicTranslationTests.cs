@@ -181,6 +181,17 @@ public sealed class AnthropicTranslationTests
     }
 
     [Fact]
+    public void A_parts_type_is_named_in_at_most_40_characters()
+    {
+        var type = new string('x', 100_000);
+        var act = () => Translate(Parse("""{"model":"x","messages":[{"role":"user","content":[{"type":"TYPE"}]}]}""".Replace("TYPE", type, StringComparison.Ordinal)));
+
+        var message = act.Should().Throw<ProviderException>().Which.UpstreamMessage!;
+        message.Should().Contain(new string('x', 40) + "…").And.NotContain(new string('x', 41));
+        message.Length.Should().BeLessThan(400);
+    }
+
+    [Fact]
     public void A_system_message_with_an_image_is_named_not_flattened_to_its_text()
     {
         var act = () => Translate(Parse("""{"model":"x","messages":[{"role":"system","content":[{"type":"text","text":"Style:"},{"type":"image_url","image_url":{"url":"https://example.test/s.png"}}]},{"role":"user","content":"Hi"}]}"""));

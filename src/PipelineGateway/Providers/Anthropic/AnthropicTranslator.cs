@@ -378,7 +378,7 @@ internal static class AnthropicTranslator
                 default:
                     throw ProviderException.Unsupported(
                         $"messages[{index}].content[{j}]",
-                        $"messages[{index}].content[{j}] is a '{part.Type}' part, which Anthropic does not take in {(toolResult ? "a tool result (text and image_url parts)" : "a message (text, image_url, and file parts with a base64 PDF in file_data)")}; the request was not sent to this deployment.");
+                        $"messages[{index}].content[{j}] is a '{ProviderException.Quoted(part.Type)}' part, which Anthropic does not take in {(toolResult ? "a tool result (text and image_url parts)" : "a message (text, image_url, and file parts with a base64 PDF in file_data)")}; the request was not sent to this deployment.");
             }
         }
     }
@@ -434,7 +434,7 @@ internal static class AnthropicTranslator
             {
                 throw ProviderException.Unsupported(
                     $"messages[{index}].content[{j}]",
-                    $"messages[{index}].content[{j}] is a '{parts[j].Type}' part, which Anthropic does not take in {where} (text only); the request was not sent to this deployment.");
+                    $"messages[{index}].content[{j}] is a '{ProviderException.Quoted(parts[j].Type)}' part, which Anthropic does not take in {where} (text only); the request was not sent to this deployment.");
             }
         }
     }

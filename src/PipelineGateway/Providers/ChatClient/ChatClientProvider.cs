@@ -112,7 +112,7 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
                 if (m.Content?.Parts is { } resultParts && resultParts.FindIndex(static p => p.Type != "text") is var other and >= 0)
                 {
                     throw ProviderException.Unsupported($"messages[{i}].content[{other}]",
-                        $"messages[{i}].content[{other}] is a '{resultParts[other].Type}' part in a tool result, which an IChatClient deployment takes as text only; the request was not sent to this deployment.");
+                        $"messages[{i}].content[{other}] is a '{ProviderException.Quoted(resultParts[other].Type)}' part in a tool result, which an IChatClient deployment takes as text only; the request was not sent to this deployment.");
                 }
 
                 contents.Add(new FunctionResultContent(m.ToolCallId ?? string.Empty, m.Content?.GetText()));
@@ -218,11 +218,11 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
         }
         catch (Exception ex) when (ex is FormatException or UriFormatException or ArgumentException or InvalidOperationException)
         {
-            throw ProviderException.Unsupported(at, $"{at} ('{part.Type}') is not well formed ({ex.GetType().Name}); the request was not sent to this deployment.");
+            throw ProviderException.Unsupported(at, $"{at} ('{ProviderException.Quoted(part.Type)}') is not well formed ({ex.GetType().Name}); the request was not sent to this deployment.");
         }
 
         throw ProviderException.Unsupported(at,
-            $"{at} is a '{part.Type}' part an IChatClient deployment has no form for (text, image_url, input_audio with data and format, file with file_data or file_id); the request was not sent to this deployment.");
+            $"{at} is a '{ProviderException.Quoted(part.Type)}' part an IChatClient deployment has no form for (text, image_url, input_audio with data and format, file with file_data or file_id); the request was not sent to this deployment.");
     }
 
     /// <summary>A number the request carries as an unknown field (OpenAI's penalties), if it does.</summary>
