@@ -2,6 +2,7 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Logging;
+using PipelineGateway.Providers;
 using PipelineGateway.Providers.Anthropic;
 
 namespace PipelineGateway.Server;
@@ -12,39 +13,15 @@ namespace PipelineGateway.Server;
 /// malformed or unsupported field is a 400 in Anthropic's shape naming it) and translated to the canonical form; the
 /// answer is translated back.
 /// </summary>
-internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, TimeProvider time, ILogger<AnthropicMessagesEndpoint> logger)
+internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, TimeProvider time, Routing.ModelCatalog catalog, ILogger<AnthropicMessagesEndpoint> logger)
 {
     public async Task HandleAsync(HttpContext ctx)
     {
         // Key, content type, size and x-gateway-* headers were checked by the front door.
         var caller = ctx.Features.Get<GatewayCaller>()!;
         var aborted = ctx.RequestAborted; // read once: Kestrel takes a lock on every read of it
-        ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
-        ChatCompletionRequest request;
-        try
+        if (await ReadAsync(ctx, caller, counting: false, aborted) is not { } request)
         {
-            var parsed = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => AnthropicCodec.Parse(body), aborted);
-            request = AnthropicCodec.ToCanonical(parsed);
-        }
-        catch (AnthropicRequestException ex)
-        {
-            await RouteErrors.WriteAnthropicAsync(ctx, 400, "invalid_request_error", ex.Message);
-            return;
-        }
-        catch (BadHttpRequestException ex)
-        {
-            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
-            return;
-        }
-        catch (InvalidRequestException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, ex);
-            return;
-        }
-
-        if (!keys.MayUse(caller.Key, request.Model))
-        {
-            await RouteErrors.WriteAnthropicAsync(ctx, 403, "permission_error", $"This key may not use the model '{request.Model}'.");
             return;
         }
 
@@ -65,6 +42,93 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         {
             await RouteErrors.WriteAsync(ctx, ex);
         }
+    }
+
+    /// <summary>
+    /// <c>POST /v1/messages/count_tokens</c> (Claude Code asks it every turn, to manage its context): the request's input
+    /// tokens as <c>{"input_tokens": N}</c>. Claude's own count when the model's group has an Anthropic deployment (exact,
+    /// free, not a chat call: no worker, budget or log row); else — or when Claude cannot answer it — the gateway's
+    /// tokenizer (an estimate). Never a made-up number: Claude Code falls back to its own estimate only on an error.
+    /// <c>x-gateway-token-count</c> says which (<c>upstream</c>, <c>tokenizer</c>).
+    /// </summary>
+    public async Task HandleCountAsync(HttpContext ctx)
+    {
+        var caller = ctx.Features.Get<GatewayCaller>()!;
+        var aborted = ctx.RequestAborted;
+        if (await ReadAsync(ctx, caller, counting: true, aborted) is not { } request)
+        {
+            return;
+        }
+
+        if (!catalog.TryResolve(request.Model, out var group))
+        {
+            await RouteErrors.WriteAnthropicAsync(ctx, 404, "not_found_error", $"model: the model '{ProviderException.Quoted(request.Model)}' is not a model group or alias of this gateway.");
+            return;
+        }
+
+        request.Gateway = caller.Headers.ToOptions(caller.Key);
+        ServerSubmit.Identify(ctx, request, "request-id");
+        int? tokens = null;
+        var claude = Array.Find(group.DeploymentArray, static d => d.Pool.Provider is AnthropicChatProvider);
+        if (claude is not null)
+        {
+            try
+            {
+                tokens = await ((AnthropicChatProvider)claude.Pool.Provider).CountTokensAsync(new ProviderRequest(request, claude.Model), aborted);
+            }
+            catch (ProviderException ex) when (ex.Outcome == AttemptOutcome.NonRetryableError && !ex.NotSent)
+            {
+                // Claude says the request is wrong: so is the caller's messages request; say so, in Claude's words.
+                await RouteErrors.WriteAnthropicAsync(ctx, ex.StatusCode ?? 400, "invalid_request_error", ex.UpstreamMessage ?? ex.Message);
+                return;
+            }
+            catch (ProviderException)
+            {
+                // Unreachable, overloaded, a key it refuses, a request it has no form for: the tokenizer's count instead.
+            }
+        }
+
+        ctx.Response.Headers["x-gateway-token-count"] = tokens is null ? "tokenizer" : "upstream";
+        tokens ??= Admission.TokenCounter.CountPrompt(request, (claude ?? group.DeploymentArray[0]).Model);
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.WriteAsync($$"""{"input_tokens":{{tokens}}}""", aborted);
+    }
+
+    /// <summary>The body read by the Anthropic codec and the key's model checked; null once the error is written.</summary>
+    private async Task<ChatCompletionRequest?> ReadAsync(HttpContext ctx, GatewayCaller caller, bool counting, CancellationToken aborted)
+    {
+        ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
+        ChatCompletionRequest request;
+        try
+        {
+            var parsed = counting
+                ? await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => AnthropicCodec.ParseCount(body), aborted)
+                : await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => AnthropicCodec.Parse(body), aborted);
+            request = AnthropicCodec.ToCanonical(parsed);
+        }
+        catch (AnthropicRequestException ex)
+        {
+            await RouteErrors.WriteAnthropicAsync(ctx, 400, "invalid_request_error", ex.Message);
+            return null;
+        }
+        catch (BadHttpRequestException ex)
+        {
+            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
+            return null;
+        }
+        catch (InvalidRequestException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, ex);
+            return null;
+        }
+
+        if (!keys.MayUse(caller.Key, request.Model))
+        {
+            await RouteErrors.WriteAnthropicAsync(ctx, 403, "permission_error", $"This key may not use the model '{request.Model}'.");
+            return null;
+        }
+
+        return request;
     }
 
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)

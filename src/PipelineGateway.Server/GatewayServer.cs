@@ -155,6 +155,7 @@ public static partial class GatewayServer
         var chat = app.Services.GetRequiredService<ChatCompletionsEndpoint>();
         app.MapPost("/v1/chat/completions", chat.HandleAsync);
         app.MapPost("/v1/messages", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleAsync);
+        app.MapPost("/v1/messages/count_tokens", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleCountAsync);
         app.MapGet("/v1/models", (HttpContext ctx) => ModelsAsync(ctx, app.Services.GetRequiredService<ModelCatalog>(), app.Services.GetRequiredService<GatewayKeys>()));
         app.MapGet("/v1/gateway/metrics", async (HttpContext ctx) =>
         {

@@ -172,6 +172,49 @@ public sealed partial class SimulatorServer
         }
     }
 
+    /// <summary>
+    /// <c>/v1/messages/count_tokens</c>: the prompt's tokens as the messages route counts them (its usage's input tokens),
+    /// and as strict as Claude about the body — a member count_tokens does not take is a 400.
+    /// </summary>
+    private async Task AnthropicCountTokensAsync(HttpContext ctx)
+    {
+        Interlocked.Increment(ref _countRequests);
+        if (_options.ApiKey is { } key && ctx.Request.Headers["x-api-key"] != key)
+        {
+            await AnthropicError(ctx, 401, "authentication_error", "invalid x-api-key").ConfigureAwait(false);
+            return;
+        }
+
+        using var body = new MemoryStream();
+        await ctx.Request.Body.CopyToAsync(body, ctx.RequestAborted).ConfigureAwait(false);
+        try
+        {
+            using (var doc = JsonDocument.Parse(body.ToArray()))
+            {
+                foreach (var member in doc.RootElement.EnumerateObject())
+                {
+                    if (member.Name is not ("model" or "messages" or "system" or "tools" or "tool_choice" or "thinking" or "mcp_servers"))
+                    {
+                        await AnthropicError(ctx, 400, "invalid_request_error", $"{member.Name}: Extra inputs are not permitted").ConfigureAwait(false);
+                        return;
+                    }
+                }
+            }
+
+            var request = AnthropicCodec.ToCanonical(AnthropicCodec.ParseCount(body.ToArray()));
+            await ctx.Response.WriteAsJsonAsync(new Dictionary<string, int> { ["input_tokens"] = SimulatedText.PromptTokens(request) }, SimJson.Default.DictionaryStringInt32, cancellationToken: ctx.RequestAborted).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is AnthropicRequestException or JsonException)
+        {
+            await AnthropicError(ctx, 400, "invalid_request_error", ex.Message).ConfigureAwait(false);
+        }
+    }
+
+    private long _countRequests;
+
+    /// <summary>count_tokens requests received.</summary>
+    public long CountRequests => Interlocked.Read(ref _countRequests);
+
     /// <summary>The request turns extended thinking on (<c>thinking: {"type": "enabled", …}</c>).</summary>
     private static bool Thinks(ChatCompletionRequest request) =>
         request.AdditionalProperties?.TryGetValue(ThinkingBlocks.Parameter, out var t) == true && t.ValueKind == JsonValueKind.Object

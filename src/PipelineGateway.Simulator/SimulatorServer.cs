@@ -72,6 +72,7 @@ public sealed partial class SimulatorServer : IAsyncDisposable
         app.MapGet("/v1/models", (HttpContext ctx) => Results.Json(
             new { @object = "list", data = Models.Select(id => new { id, @object = "model", created = 1_700_000_000, owned_by = "pipelinegateway-simulator" }) }));
         app.MapPost("/v1/messages", AnthropicMessagesAsync);
+        app.MapPost("/v1/messages/count_tokens", AnthropicCountTokensAsync);
 
         // Azure OpenAI's deployment-scoped route, same behaviour.
         app.MapPost("/openai/deployments/{deployment}/chat/completions", OpenAIChatAsync);
@@ -267,4 +268,5 @@ public sealed partial class SimulatorServer : IAsyncDisposable
 }
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, string>))]
+[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, int>))]
 internal sealed partial class SimJson : System.Text.Json.Serialization.JsonSerializerContext;

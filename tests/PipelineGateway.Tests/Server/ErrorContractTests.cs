@@ -369,6 +369,54 @@ public sealed class ErrorContractTests : IAsyncLifetime
         message.GetProperty("thinking_blocks")[0].GetProperty("signature").GetString().Should().Be(signature);
     }
 
+    /// <summary>
+    /// <c>/v1/messages/count_tokens</c>, which Claude Code asks every turn: Claude's own count for a group with an
+    /// Anthropic deployment (the same input tokens the messages route then reports; only the members count_tokens takes
+    /// are sent — the simulator, as strict as Claude, refuses others), the gateway's tokenizer otherwise; never a 404.
+    /// </summary>
+    [Fact]
+    public async Task Count_tokens_is_Claudes_own_count_where_Claude_serves_the_model_and_the_tokenizers_elsewhere()
+    {
+        using var http = AnthropicHttp();
+        var body = new Dictionary<string, object>
+        {
+            ["model"] = "anthropic-only",
+            ["system"] = "You are terse.",
+            ["temperature"] = 0.2,
+            ["metadata"] = new Dictionary<string, string> { ["user_id"] = "u1" },
+            ["tools"] = new object[] { new Dictionary<string, object> { ["name"] = "lookup", ["input_schema"] = new Dictionary<string, string> { ["type"] = "object" } } },
+            ["messages"] = new object[] { new Dictionary<string, object> { ["role"] = "user", ["content"] = "How many tokens is this question?" } },
+        };
+
+        var response = await http.PostAsync(new Uri(Base, "v1/messages/count_tokens"), new StringContent(JsonSerializer.Serialize(body), Encoding.UTF8, "application/json"), Ct);
+        var text = await response.Content.ReadAsStringAsync(Ct);
+        response.StatusCode.Should().Be(HttpStatusCode.OK, text);
+        response.Headers.GetValues("x-gateway-token-count").Single().Should().Be("upstream");
+        var counted = JsonDocument.Parse(text).RootElement.GetProperty("input_tokens").GetInt32();
+        _sims["anthropic-plain"].CountRequests.Should().Be(1);
+        Calls("anthropic-plain").Should().Be(0, "a count is not a chat call");
+
+        body["max_tokens"] = 16;
+        var (status, answer) = await PostAsync(http, "v1/messages", body);
+        status.Should().Be(HttpStatusCode.OK, answer);
+        JsonDocument.Parse(answer).RootElement.GetProperty("usage").GetProperty("input_tokens").GetInt32().Should().Be(counted, "the count is the one the answer is billed by");
+
+        body["model"] = "down";
+        response = await http.PostAsync(new Uri(Base, "v1/messages/count_tokens"), new StringContent(JsonSerializer.Serialize(body), Encoding.UTF8, "application/json"), Ct);
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        response.Headers.GetValues("x-gateway-token-count").Single().Should().Be("tokenizer");
+        JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("input_tokens").GetInt32().Should().BePositive();
+        Calls("down").Should().Be(0);
+
+        body["model"] = "no-such-model";
+        (status, answer) = await PostAsync(http, "v1/messages/count_tokens", body);
+        status.Should().Be(HttpStatusCode.NotFound);
+        JsonDocument.Parse(answer).RootElement.GetProperty("error").GetProperty("type").GetString().Should().Be("not_found_error");
+        (status, answer) = await PostAsync(http, "v1/messages/count_tokens", new Dictionary<string, object> { ["model"] = "anthropic-only" });
+        status.Should().Be(HttpStatusCode.BadRequest);
+        answer.Should().Contain("messages");
+    }
+
     [Fact]
     public async Task An_upstream_400_reaches_the_Anthropic_SDK_as_a_bad_request_and_is_sent_once()
     {

@@ -227,6 +227,35 @@ public sealed class FrontDoorTests : IAsyncLifetime
     }
 
     [Theory]
+    [InlineData("{}", "model")]
+    [InlineData("{  }", "model")]
+    [InlineData("[1]", "object")]
+    [InlineData("{", "not valid")]
+    [InlineData("""{"model":"gpt-4o-mini","messages":[{"role":"user","content":[{"type":"text"}]}]}""", "messages.0.content.0.text")]
+    [InlineData("""{"model":"gpt-4o-mini","max_tokens":"x","messages":[{"role":"user","content":"hi"}]}""", "max_tokens")]
+    public async Task A_malformed_count_tokens_body_is_a_400_in_the_Anthropic_shape_naming_the_field(string body, string field)
+    {
+        var (status, json, _) = await Send("v1/messages/count_tokens", body);
+
+        status.Should().Be(HttpStatusCode.BadRequest, body);
+        var error = ErrorIn(Messages, json);
+        error.GetProperty("type").GetString().Should().Be("invalid_request_error");
+        error.GetProperty("message").GetString().Should().Contain(field);
+    }
+
+    [Fact]
+    public async Task Count_tokens_without_max_tokens_counts_with_the_tokenizer_when_no_Claude_serves_the_model()
+    {
+        var (status, json, response) = await Send("v1/messages/count_tokens", """{"model":"gpt-4o-mini","system":"Be brief.","messages":[{"role":"user","content":"How many tokens?"}]}""");
+
+        status.Should().Be(HttpStatusCode.OK);
+        json.GetProperty("input_tokens").GetInt32().Should().BeInRange(5, 40);
+        response.Headers.GetValues("x-gateway-token-count").Single().Should().Be("tokenizer");
+        response.Headers.GetValues("request-id").Single().Should().NotBeEmpty();
+        _sim.Requests.Should().Be(0, "counting calls no chat upstream");
+    }
+
+    [Theory]
     [InlineData("healthz")]
     [InlineData("readyz")]
     public async Task Liveness_and_readiness_stay_open(string path) =>

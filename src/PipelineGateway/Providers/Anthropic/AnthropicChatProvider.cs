@@ -17,7 +17,10 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
     {
         var baseUrl = options.BaseUrl ?? "https://api.anthropic.com/v1";
         _messages = new Uri(new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/"), "messages");
+        _countTokens = new Uri(new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/"), "messages/count_tokens");
     }
+
+    private readonly Uri _countTokens;
 
     protected override HttpRequestMessage CreateRequest(ProviderRequest request, bool stream)
     {
@@ -26,6 +29,13 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         var content = new ReadOnlyMemoryContent(body.WrittenMemory);
         content.Headers.ContentType = new MediaTypeHeaderValue("application/json") { CharSet = "utf-8" };
         var message = new HttpRequestMessage(HttpMethod.Post, _messages) { Content = content };
+        AddHeaders(message, stream);
+        return message;
+    }
+
+    /// <summary>The key, the API version, what the answer may be, and the provider's configured headers.</summary>
+    private void AddHeaders(HttpRequestMessage message, bool stream)
+    {
         if (!string.IsNullOrEmpty(ApiKey))
         {
             message.Headers.TryAddWithoutValidation("x-api-key", ApiKey);
@@ -37,8 +47,55 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         {
             message.Headers.TryAddWithoutValidation(header, value);
         }
+    }
 
-        return message;
+    /// <summary>
+    /// Claude's own count of a request's input tokens (<c>POST {base}/messages/count_tokens</c>): exact for this model, free,
+    /// and not a chat call (no worker, no budget, no log row). Upstream failures are <see cref="ProviderException"/>s.
+    /// </summary>
+    public async Task<int> CountTokensAsync(ProviderRequest request, CancellationToken cancellationToken)
+    {
+        var body = new ArrayBufferWriter<byte>(2048);
+        AnthropicTranslator.WriteRequest(body, request.Request, request.Model, stream: false, Options.DefaultMaxTokens, counting: true);
+        using var message = new HttpRequestMessage(HttpMethod.Post, _countTokens) { Content = new ReadOnlyMemoryContent(body.WrittenMemory) };
+        message.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json") { CharSet = "utf-8" };
+        AddHeaders(message, stream: false);
+        var (answer, status) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
+        using (answer)
+        {
+            return InputTokens(answer.Span)
+                ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered count_tokens without a count of input tokens.", status);
+        }
+    }
+
+    private static int? InputTokens(ReadOnlySpan<byte> body)
+    {
+        try
+        {
+            var r = new Utf8JsonReader(body);
+            if (!r.Read() || r.TokenType != JsonTokenType.StartObject)
+            {
+                return null;
+            }
+
+            while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
+            {
+                var isCount = r.ValueTextEquals("input_tokens"u8);
+                r.Read();
+                if (isCount)
+                {
+                    return r.TokenType == JsonTokenType.Number && r.TryGetInt32(out var n) && n >= 0 ? n : null;
+                }
+
+                r.Skip();
+            }
+        }
+        catch (JsonException)
+        {
+            // Not JSON: no count.
+        }
+
+        return null;
     }
 
     protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request)

@@ -47,6 +47,60 @@ internal static partial class AnthropicCodec
         return request;
     }
 
+    /// <summary>
+    /// The body of <c>/v1/messages/count_tokens</c>: a messages request without <c>max_tokens</c> (read by the same codec,
+    /// with the same checks; a <c>max_tokens</c> it carries anyway is read and not used).
+    /// </summary>
+    public static AnthropicRequest ParseCount(ReadOnlySpan<byte> body)
+    {
+        if (!System.Text.Unicode.Utf8.IsValid(body) || HasTopLevelMember(body, "max_tokens"u8))
+        {
+            return Parse(body);
+        }
+
+        // Put "max_tokens":1 first in the object (the first '{' opens it: the body is an object, or Parse says what it is).
+        var open = body.IndexOf((byte)'{');
+        if (open < 0)
+        {
+            return Parse(body);
+        }
+
+        var rest = body[(open + 1)..];
+        var empty = rest.TrimStart(" \t\r\n"u8).StartsWith("}"u8);
+        byte[] with = [.. body[..(open + 1)], .. (empty ? "\"max_tokens\":1"u8 : "\"max_tokens\":1,"u8), .. rest];
+        return Parse(with);
+    }
+
+    /// <summary>True when the object's top level has the member (false for anything that is not a JSON object: Parse reports it).</summary>
+    private static bool HasTopLevelMember(ReadOnlySpan<byte> body, ReadOnlySpan<byte> name)
+    {
+        try
+        {
+            var r = new Utf8JsonReader(body);
+            if (!r.Read() || r.TokenType != JsonTokenType.StartObject)
+            {
+                return false;
+            }
+
+            while (r.Read() && r.TokenType == JsonTokenType.PropertyName)
+            {
+                if (r.ValueTextEquals(name))
+                {
+                    return true;
+                }
+
+                r.Read();
+                r.Skip();
+            }
+        }
+        catch (JsonException)
+        {
+            // Not JSON: Parse says so.
+        }
+
+        return false;
+    }
+
     /// <summary>The request in canonical form. Throws <see cref="AnthropicRequestException"/> for what the canonical form cannot carry.</summary>
     public static ChatCompletionRequest ToCanonical(AnthropicRequest a)
     {

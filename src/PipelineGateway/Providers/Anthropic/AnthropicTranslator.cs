@@ -26,13 +26,20 @@ internal static class AnthropicTranslator
         && f.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String
         && (type.ValueEquals("json_object"u8) || type.ValueEquals("json_schema"u8));
 
-    public static void WriteRequest(IBufferWriter<byte> output, ChatCompletionRequest request, string model, bool stream, int defaultMaxTokens)
+    /// <param name="counting">
+    /// The body of <c>/v1/messages/count_tokens</c>: only what it takes (model, system, messages, tools, tool_choice,
+    /// thinking) — Claude refuses any other member there.
+    /// </param>
+    public static void WriteRequest(IBufferWriter<byte> output, ChatCompletionRequest request, string model, bool stream, int defaultMaxTokens, bool counting = false)
     {
         OpenAIOnlyParameters.Check(request, "Anthropic");
         using var w = new Utf8JsonWriter(output, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
         w.WriteStartObject();
         w.WriteString("model", model);
-        w.WriteNumber("max_tokens", request.RequestedCompletionTokens ?? defaultMaxTokens);
+        if (!counting)
+        {
+            w.WriteNumber("max_tokens", request.RequestedCompletionTokens ?? defaultMaxTokens);
+        }
 
         WriteSystem(w, request.Messages);
 
@@ -72,34 +79,9 @@ internal static class AnthropicTranslator
 
         w.WriteEndArray();
 
-        if (request.Stop is { Count: > 0 } stop)
+        if (!counting)
         {
-            w.WriteStartArray("stop_sequences");
-            foreach (var s in stop)
-            {
-                w.WriteStringValue(s);
-            }
-
-            w.WriteEndArray();
-        }
-
-        if (request.Temperature is { } t)
-        {
-            // OpenAI's range is 0..2, Anthropic's 0..1.
-            w.WriteNumber("temperature", Math.Min(t, 1.0));
-        }
-
-        if (request.TopP is { } p)
-        {
-            w.WriteNumber("top_p", p);
-        }
-
-        // Anthropic's own top_k and thinking (from /v1/messages, or an OpenAI-format caller that sets them, as LiteLLM
-        // accepts them): carried, not dropped.
-        if (request.AdditionalProperties?.TryGetValue("top_k", out var topK) == true && topK.ValueKind == JsonValueKind.Number)
-        {
-            w.WritePropertyName("top_k");
-            topK.WriteTo(w);
+            WriteSampling(w, request);
         }
 
         if (request.AdditionalProperties?.TryGetValue(ThinkingBlocks.Parameter, out var thinking) == true && thinking.ValueKind == JsonValueKind.Object)
@@ -107,13 +89,14 @@ internal static class AnthropicTranslator
             w.WritePropertyName(ThinkingBlocks.Parameter);
             thinking.WriteTo(w);
         }
-        else if (ThinkingBudget(request, request.RequestedCompletionTokens ?? defaultMaxTokens) is { } budget)
+        else if (!counting && ThinkingBudget(request, request.RequestedCompletionTokens ?? defaultMaxTokens) is { } budget)
         {
             w.WriteStartObject(ThinkingBlocks.Parameter);
             w.WriteString("type", "enabled");
             w.WriteNumber("budget_tokens", budget);
             w.WriteEndObject();
         }
+
 
         var json = AnswersInJson(request);
         var tools = request.Tools ?? [];
@@ -162,7 +145,7 @@ internal static class AnthropicTranslator
             WriteToolChoice(w, request.ToolChoice, ParallelToolCalls(request) == false, json, tools.Count > 0);
         }
 
-        if (request.User is not null)
+        if (request.User is not null && !counting)
         {
             w.WriteStartObject("metadata");
             w.WriteString("user_id", request.User);
@@ -175,6 +158,40 @@ internal static class AnthropicTranslator
         }
 
         w.WriteEndObject();
+    }
+
+    /// <summary>What shapes the answer (not taken by count_tokens): stop sequences, temperature, top_p, top_k.</summary>
+    private static void WriteSampling(Utf8JsonWriter w, ChatCompletionRequest request)
+    {
+        if (request.Stop is { Count: > 0 } stop)
+        {
+            w.WriteStartArray("stop_sequences");
+            foreach (var s in stop)
+            {
+                w.WriteStringValue(s);
+            }
+
+            w.WriteEndArray();
+        }
+
+        if (request.Temperature is { } t)
+        {
+            // OpenAI's range is 0..2, Anthropic's 0..1.
+            w.WriteNumber("temperature", Math.Min(t, 1.0));
+        }
+
+        if (request.TopP is { } p)
+        {
+            w.WriteNumber("top_p", p);
+        }
+
+        // Anthropic's own top_k and thinking (from /v1/messages, or an OpenAI-format caller that sets them, as LiteLLM
+        // accepts them): carried, not dropped.
+        if (request.AdditionalProperties?.TryGetValue("top_k", out var topK) == true && topK.ValueKind == JsonValueKind.Number)
+        {
+            w.WritePropertyName("top_k");
+            topK.WriteTo(w);
+        }
     }
 
     /// <summary>

@@ -89,9 +89,31 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
     public async ValueTask<ChatCompletionResponse> CompleteAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
-        // The per-attempt timeout runs until the whole answer is read, not only until its headers.
-        using var deadline = new AttemptDeadline(Time, Options.Timeout, cancellationToken, request.Deadline);
         using var message = CreateRequest(request, stream: false);
+        var (body, status) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            return ParseResponse(body.Span, request);
+        }
+        catch (JsonException ex)
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid chat completion: {ex.Message}", status, inner: ex);
+        }
+        finally
+        {
+            body.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Sends <paramref name="message"/> and reads its whole answer into a pooled buffer (the caller disposes it): the
+    /// per-attempt timeout until the answer is read, the upstream's errors as <see cref="ProviderException"/>s with
+    /// their status and message (redacted), a broken body as a retryable failure.
+    /// </summary>
+    protected async Task<(PooledBody Body, int Status)> ExchangeAsync(HttpRequestMessage message, DateTimeOffset? deadlineAt, CancellationToken cancellationToken)
+    {
+        // The per-attempt timeout runs until the whole answer is read, not only until its headers.
+        using var deadline = new AttemptDeadline(Time, Options.Timeout, cancellationToken, deadlineAt);
         PooledBody body;
         int status;
         try
@@ -123,18 +145,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             throw new ProviderException(AttemptOutcome.RetryableError, $"The answer from '{Name}' broke off: {Why(ex)}.", inner: ex);
         }
 
-        try
-        {
-            return ParseResponse(body.Span, request);
-        }
-        catch (JsonException ex)
-        {
-            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid chat completion: {ex.Message}", status, inner: ex);
-        }
-        finally
-        {
-            body.Dispose();
-        }
+        return (body, status);
     }
 
     public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
