@@ -230,7 +230,9 @@ public sealed class ChatCompletionDelta
 
     /// <summary>The delta carries reasoning text (<c>reasoning_content</c> or <c>reasoning</c>, not empty).</summary>
     internal bool CarriesReasoning =>
-        AdditionalProperties is { } extra
-        && ((extra.TryGetValue("reasoning_content", out var a) && a.ValueKind == JsonValueKind.String && a.GetString() is { Length: > 0 })
-            || (extra.TryGetValue("reasoning", out var b) && b.ValueKind == JsonValueKind.String && b.GetString() is { Length: > 0 }));
+        AdditionalProperties is { } extra && (NotEmpty(extra, "reasoning_content") || NotEmpty(extra, "reasoning"));
+
+    /// <summary>A string member that is not empty (compared in place: no string made to look at it).</summary>
+    private static bool NotEmpty(Dictionary<string, JsonElement> extra, string name) =>
+        extra.TryGetValue(name, out var v) && v.ValueKind == JsonValueKind.String && !v.ValueEquals(ReadOnlySpan<byte>.Empty);
 }

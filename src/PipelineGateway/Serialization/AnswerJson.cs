@@ -1040,7 +1040,7 @@ internal static class AnswerJson
         var dropAnthropicMembers = RequestJson.t_dropAnthropicMembers;
         foreach (var (name, element) in extra)
         {
-            if (dropAnthropicMembers && name is "cache_control" or "is_error" or "thinking_blocks" or "thinking")
+            if (dropAnthropicMembers && Providers.Anthropic.AnthropicCodec.IsAnthropicOwn(name))
             {
                 continue;
             }

@@ -359,6 +359,14 @@ internal static partial class AnthropicCodec
     /// <summary>A tool_result's <c>is_error</c>, kept on the canonical tool message for an Anthropic upstream.</summary>
     internal const string IsErrorMember = "is_error";
 
+    /// <summary>
+    /// Anthropic's own members that the canonical form carries as unknown ones — <c>cache_control</c>, <c>is_error</c>,
+    /// Claude's <c>thinking_blocks</c> and the <c>thinking</c> parameter: what an upstream with OpenAI's strict schema is
+    /// not sent (<see cref="Hosting.ProviderOptions.StripAnthropicMembers"/>).
+    /// </summary>
+    internal static bool IsAnthropicOwn(string name) =>
+        name is CacheControlMember or IsErrorMember or ThinkingBlocks.Member or ThinkingBlocks.Parameter;
+
     private static void ValidateBlock(AnthropicInputBlock b, string path)
     {
         // A null element in a JSON array reaches here as null, whatever the annotations say.

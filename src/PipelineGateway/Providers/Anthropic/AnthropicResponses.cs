@@ -130,11 +130,14 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
 
         foreach (var choice in chunk.Choices)
         {
-            foreach (var piece in ThinkingBlocks.Read(choice.Delta.AdditionalProperties))
+            if (choice.Delta.AdditionalProperties is { } extra)
             {
-                foreach (var e in Thinking(piece))
+                foreach (var piece in ThinkingBlocks.Read(extra))
                 {
-                    yield return e;
+                    foreach (var e in Thinking(piece))
+                    {
+                        yield return e;
+                    }
                 }
             }
 

@@ -29,13 +29,14 @@ internal static class ThinkingBlocks
     public const string Parameter = "thinking";
 
     /// <summary>The blocks a message or delta carries (none when it carries none, or not in this shape).</summary>
-    public static List<ThinkingBlock> Read(Dictionary<string, JsonElement>? extra)
+    public static IReadOnlyList<ThinkingBlock> Read(Dictionary<string, JsonElement>? extra)
     {
-        var blocks = new List<ThinkingBlock>();
         if (extra?.TryGetValue(Member, out var list) != true || list.ValueKind != JsonValueKind.Array)
         {
-            return blocks;
+            return []; // the usual answer, on every streamed chunk of /v1/messages: nothing allocated
         }
+
+        var blocks = new List<ThinkingBlock>();
 
         foreach (var b in list.EnumerateArray())
         {

@@ -188,7 +188,6 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
     /// </summary>
     private static AIContent? Content(ContentPart part, int message, int index)
     {
-        var at = $"messages[{message}].content[{index}]";
         try
         {
             switch (part.Type)
@@ -218,11 +217,13 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
         }
         catch (Exception ex) when (ex is FormatException or UriFormatException or ArgumentException or InvalidOperationException)
         {
+            var at = $"messages[{message}].content[{index}]";
             throw ProviderException.Unsupported(at, $"{at} ('{ProviderException.Quoted(part.Type)}') is not well formed ({ex.GetType().Name}); the request was not sent to this deployment.");
         }
 
-        throw ProviderException.Unsupported(at,
-            $"{at} is a '{ProviderException.Quoted(part.Type)}' part an IChatClient deployment has no form for (text, image_url, input_audio with data and format, file with file_data or file_id); the request was not sent to this deployment.");
+        var where = $"messages[{message}].content[{index}]";
+        throw ProviderException.Unsupported(where,
+            $"{where} is a '{ProviderException.Quoted(part.Type)}' part an IChatClient deployment has no form for (text, image_url, input_audio with data and format, file with file_data or file_id); the request was not sent to this deployment.");
     }
 
     /// <summary>A number the request carries as an unknown field (OpenAI's penalties), if it does.</summary>

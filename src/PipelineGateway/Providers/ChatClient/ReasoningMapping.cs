@@ -46,10 +46,19 @@ internal static class ReasoningMapping
     }
 
     /// <summary>The reasoning text among M.E.AI contents, as <c>reasoning_content</c> on <paramref name="extra"/>.</summary>
-    public static Dictionary<string, JsonElement>? WithReasoning(Dictionary<string, JsonElement>? extra, IEnumerable<AIContent> contents)
+    public static Dictionary<string, JsonElement>? WithReasoning(Dictionary<string, JsonElement>? extra, IList<AIContent> contents)
     {
-        var text = string.Concat(contents.OfType<TextReasoningContent>().Select(static r => r.Text));
-        if (text.Length == 0)
+        // Every streamed update comes through here: no enumerator or string unless there is reasoning in it.
+        string? text = null;
+        for (var i = 0; i < contents.Count; i++)
+        {
+            if (contents[i] is TextReasoningContent { Text: { Length: > 0 } piece })
+            {
+                text = text is null ? piece : text + piece;
+            }
+        }
+
+        if (text is null)
         {
             return extra;
         }
