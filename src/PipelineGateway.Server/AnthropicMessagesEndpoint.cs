@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Threading.RateLimiting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Logging;
@@ -13,8 +14,26 @@ namespace PipelineGateway.Server;
 /// malformed or unsupported field is a 400 in Anthropic's shape naming it) and translated to the canonical form; the
 /// answer is translated back.
 /// </summary>
-internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, TimeProvider time, Routing.ModelCatalog catalog, ILogger<AnthropicMessagesEndpoint> logger)
+internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, TimeProvider time, Routing.ModelCatalog catalog, ILogger<AnthropicMessagesEndpoint> logger) : IDisposable
 {
+    /// <summary>
+    /// Claude's counts each key may ask for (<see cref="ServerOptions.CountTokensPerMinute"/>): a token bucket per key
+    /// id, from System.Threading.RateLimiting (idle buckets — full again — are dropped by the library; keys are the
+    /// configured ones, so the partitions are bounded). Null when every count is the tokenizer's.
+    /// </summary>
+    private readonly PartitionedRateLimiter<string>? _upstreamCounts = options.CountTokensPerMinute <= 0 ? null : PartitionedRateLimiter.Create<string, string>(
+        key => RateLimitPartition.GetTokenBucketLimiter(key, _ => new TokenBucketRateLimiterOptions
+        {
+            TokenLimit = options.CountTokensPerMinute,
+            TokensPerPeriod = options.CountTokensPerMinute,
+            ReplenishmentPeriod = TimeSpan.FromMinutes(1),
+            QueueLimit = 0,
+            AutoReplenishment = true,
+        }),
+        StringComparer.Ordinal);
+
+    public void Dispose() => _upstreamCounts?.Dispose();
+
     public async Task HandleAsync(HttpContext ctx)
     {
         // Key, content type, size and x-gateway-* headers were checked by the front door.
@@ -47,8 +66,8 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
     /// <summary>
     /// <c>POST /v1/messages/count_tokens</c> (Claude Code asks it every turn, to manage its context): the request's input
     /// tokens as <c>{"input_tokens": N}</c>. Claude's own count when the model's group has an Anthropic deployment (exact,
-    /// free, not a chat call: no worker, budget or log row); else — or when Claude cannot answer it — the gateway's
-    /// tokenizer (an estimate). Never a made-up number: Claude Code falls back to its own estimate only on an error.
+    /// free, not a chat call: no worker, budget or log row), at most <see cref="ServerOptions.CountTokensPerMinute"/> a
+    /// minute per key; else — past that rate, or when Claude cannot answer it — the gateway's tokenizer (an estimate). Never a made-up number: Claude Code falls back to its own estimate only on an error.
     /// <c>x-gateway-token-count</c> says which (<c>upstream</c>, <c>tokenizer</c>).
     /// </summary>
     public async Task HandleCountAsync(HttpContext ctx)
@@ -70,7 +89,8 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         ServerSubmit.Identify(ctx, request, "request-id");
         int? tokens = null;
         var claude = Array.Find(group.DeploymentArray, static d => d.Pool.Provider is AnthropicChatProvider);
-        if (claude is not null)
+        using var permit = claude is null ? null : _upstreamCounts?.AttemptAcquire(caller.Key?.Id ?? string.Empty);
+        if (claude is not null && permit is { IsAcquired: true })
         {
             try
             {

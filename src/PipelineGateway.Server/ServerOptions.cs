@@ -46,6 +46,16 @@ public sealed class ServerOptions
     [Range(0, 1_000_000)]
     public int GcGen1GuardMiB { get; set; } = 4;
 
+    /// <summary>
+    /// How many <c>POST /v1/messages/count_tokens</c> calls one gateway key may pass on to Claude per minute (a token
+    /// bucket holding this many). Claude's count is a call on the organisation's Anthropic quota (count_tokens has its own
+    /// requests-per-minute limit there), and Claude Code asks it every turn: past this rate the key's counts come from the
+    /// gateway's tokenizer (<c>x-gateway-token-count: tokenizer</c>) instead — never a refusal, since the caller only
+    /// needs an estimate, and never one tenant spending every other tenant's count rate. 0: always the tokenizer.
+    /// </summary>
+    [Range(0, 1_000_000)]
+    public int CountTokensPerMinute { get; set; } = 100;
+
     /// <summary>Checks the settings across fields; the messages name the setting and what is allowed.</summary>
     public IEnumerable<string> Validate()
     {

@@ -73,6 +73,7 @@ public sealed class ErrorContractTests : IAsyncLifetime
             ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
             ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.010",
             ["Gateway:Pipeline:RetryMaxDelay"] = "00:00:00.020",
+            ["Gateway:Server:CountTokensPerMinute"] = "2",
         };
         for (var i = 0; i < Providers.Length; i++)
         {
@@ -415,6 +416,34 @@ public sealed class ErrorContractTests : IAsyncLifetime
         (status, answer) = await PostAsync(http, "v1/messages/count_tokens", new Dictionary<string, object> { ["model"] = "anthropic-only" });
         status.Should().Be(HttpStatusCode.BadRequest);
         answer.Should().Contain("messages");
+    }
+
+    /// <summary>
+    /// A key asks Claude for at most <c>Server:CountTokensPerMinute</c> counts a minute (2 here): its next counts are the
+    /// tokenizer's, answered 200 all the same — one tenant cannot spend the organisation's count_tokens rate at Anthropic.
+    /// </summary>
+    [Fact]
+    public async Task Count_tokens_past_the_keys_rate_is_the_tokenizers_count_and_Claude_is_not_asked()
+    {
+        using var http = AnthropicHttp();
+        var body = new Dictionary<string, object>
+        {
+            ["model"] = "anthropic-only",
+            ["messages"] = new object[] { new Dictionary<string, object> { ["role"] = "user", ["content"] = "Count me." } },
+        };
+
+        var sources = new List<string>();
+        for (var i = 0; i < 4; i++)
+        {
+            var response = await http.PostAsync(new Uri(Base, "v1/messages/count_tokens"), new StringContent(JsonSerializer.Serialize(body), Encoding.UTF8, "application/json"), Ct);
+            var text = await response.Content.ReadAsStringAsync(Ct);
+            response.StatusCode.Should().Be(HttpStatusCode.OK, text);
+            JsonDocument.Parse(text).RootElement.GetProperty("input_tokens").GetInt32().Should().BePositive();
+            sources.Add(response.Headers.GetValues("x-gateway-token-count").Single());
+        }
+
+        sources.Should().Equal("upstream", "upstream", "tokenizer", "tokenizer");
+        _sims["anthropic-plain"].CountRequests.Should().Be(2);
     }
 
     [Fact]
