@@ -153,6 +153,8 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
 
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
     {
+        // An Anthropic deployment's content events are written as they came (server tools' blocks, citations, indexes).
+        request.Gateway!.KeepsAnthropicEvents = true;
         var writer = new AnthropicStreamWriter();
         var flushEach = !ServerSubmit.MarksBursts(queue);
         var wrote = false; // events are in the response pipe, perhaps not flushed yet

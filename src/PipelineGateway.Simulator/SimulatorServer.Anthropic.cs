@@ -46,9 +46,9 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            if (ForgedThinking(request) is { } forged)
+            if ((ForgedThinking(request) ?? ServerToolError(request)) is { } refused)
             {
-                await AnthropicError(ctx, 400, "invalid_request_error", forged).ConfigureAwait(false);
+                await AnthropicError(ctx, 400, "invalid_request_error", refused).ConfigureAwait(false);
                 return;
             }
 
@@ -63,6 +63,13 @@ public sealed partial class SimulatorServer
             var thought = Thinks(request) ? "Considering: " + string.Join(' ', words.Take(4)) : null;
             var tool = WantsTool(request);
             var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
+            if (WebSearchQuery(request, words) is { } query)
+            {
+                SetRateLimitHeaders(ctx);
+                await (request.Stream == true ? StreamSearchAsync(ctx, id, request.Model, query, words, usage) : WriteSearchAsync(ctx, id, request.Model, query, words, usage)).ConfigureAwait(false);
+                return;
+            }
+
             if (request.Stream == true)
             {
                 await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : ToolArguments(request, tool, words), thought).ConfigureAwait(false);

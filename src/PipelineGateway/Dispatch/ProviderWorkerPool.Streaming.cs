@@ -21,6 +21,7 @@ internal sealed partial class ProviderWorkerPool
         var any = false;
         var firstToken = TimeSpan.Zero;
         var replay = item.CacheKey is not null ? new Caching.StreamReplay() : null; // a finished stream is cached whole
+        var storable = true; // false once a chunk says the whole answer cannot be rebuilt from the chunks (Claude's server tools)
         ChatCompletionChunk? usageChunk = null;
         ChatCompletionChunk? pendingLast = null;
         string? filledId = null; // what the upstream left out is filled the same way in every chunk
@@ -53,6 +54,7 @@ internal sealed partial class ProviderWorkerPool
             }
 
             replay?.Add(chunk);
+            storable &= !chunk.Uncacheable;
             if (chunk.Usage is not null && chunk.HasNoChoices)
             {
                 // The usage-only chunk (the stream's last): held, to go out last with the request's cost on it.
@@ -114,7 +116,7 @@ internal sealed partial class ProviderWorkerPool
         // The caller has had the chunks; this whole answer carries the usage and cost for metrics (and the cache).
         var whole = replay?.ToResponse() ?? new ChatCompletionResponse { Model = deployment.Model, Usage = item.StreamUsage };
         whole.Gateway = ResponseInfo.Answered(item, deployment, whole.Usage, services.Pricing, _time);
-        if (replay is not null)
+        if (replay is not null && storable)
         {
             // Only a stream that ended normally is stored; a broken one never reaches here.
             services.Cache.Store(item, whole);

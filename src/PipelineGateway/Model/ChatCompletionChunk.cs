@@ -62,6 +62,20 @@ public sealed class ChatCompletionChunk
     /// </summary>
     internal ReadOnlySpan<byte> EventJson => _eventJson is null ? default : _eventJson.AsSpan(0, _eventJsonLength);
 
+    /// <summary>
+    /// Claude's content event as it came (its name and JSON, on one line), for a <c>/v1/messages</c> caller streaming from
+    /// an Anthropic deployment (<see cref="GatewayRequestOptions.KeepsAnthropicEvents"/>): the route writes it in place of
+    /// what it would make of the chunk, so blocks the canonical form has no fields for (a server tool's call and
+    /// results, citations) reach the caller as Claude wrote them, in their order and with their indexes.
+    /// </summary>
+    internal (string Name, byte[] Json)? AnthropicEvent { get; set; }
+
+    /// <summary>The chunk opens or continues a block a caller sees (a server tool's call or result) though it has no canonical content.</summary>
+    internal bool CarriesNativeContent { get; set; }
+
+    /// <summary>The stream carried blocks its canonical chunks cannot hold (a server tool's, citations): not stored in the cache.</summary>
+    internal bool Uncacheable { get; set; }
+
     /// <summary>True while the chunk holds its upstream bytes (<see cref="EventJson"/>).</summary>
     internal bool HasEventJson => _eventJson is not null;
 
@@ -117,6 +131,11 @@ public sealed class ChatCompletionChunk
             if (_choicesUnread)
             {
                 return _unreadCarriesContent;
+            }
+
+            if (CarriesNativeContent)
+            {
+                return true;
             }
 
             foreach (var choice in Choices)

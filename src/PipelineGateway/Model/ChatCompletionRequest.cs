@@ -125,6 +125,12 @@ public sealed class GatewayRequestOptions
     /// else pays the copy.
     /// </summary>
     internal bool KeepsEventJson { get; set; }
+
+    /// <summary>
+    /// Set by the <c>/v1/messages</c> SSE endpoint: an Anthropic deployment's content events are kept on the chunks as they
+    /// came (<see cref="ChatCompletionChunk.AnthropicEvent"/>) and written as they came.
+    /// </summary>
+    internal bool KeepsAnthropicEvents { get; set; }
 }
 
 /// <summary>The priority class of a request; see docs/rate-limiting.md (fairness and priority).</summary>

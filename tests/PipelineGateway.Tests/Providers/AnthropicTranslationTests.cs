@@ -440,6 +440,61 @@ public sealed class AnthropicTranslationTests
     }
 
     [Fact]
+    public void One_of_Anthropics_own_tools_reaches_Claude_with_every_member_and_another_kind_of_tool_is_named_not_dropped()
+    {
+        var body = Translate(Parse("""
+            {"model":"x","messages":[{"role":"user","content":"Hi"}],
+             "tools":[{"type":"function","function":{"name":"f"}},
+                      {"type":"web_search_20250305","name":"web_search","max_uses":3,"allowed_domains":["example.com"],"cache_control":{"type":"ephemeral"}}]}
+            """));
+        var search = body.GetProperty("tools")[1];
+        search.GetProperty("type").GetString().Should().Be("web_search_20250305");
+        search.GetProperty("name").GetString().Should().Be("web_search");
+        search.GetProperty("max_uses").GetInt32().Should().Be(3);
+        search.GetProperty("allowed_domains")[0].GetString().Should().Be("example.com");
+        search.GetProperty("cache_control").GetProperty("type").GetString().Should().Be("ephemeral");
+        search.TryGetProperty("input_schema", out _).Should().BeFalse();
+
+        // OpenAI's custom tools (GPT-5) were left out for Claude before: now the request is not sent to it.
+        var act = () => Translate(Parse("""{"model":"x","messages":[{"role":"user","content":"Hi"}],"tools":[{"type":"custom","custom":{"name":"grammar"}}]}"""));
+        var e = act.Should().Throw<ProviderException>().Which;
+        e.NotSent.Should().BeTrue();
+        e.Param.Should().Be("tools[0].type");
+    }
+
+    [Fact]
+    public void Claudes_own_tools_and_a_turns_server_tool_blocks_do_not_reach_OpenAI_itself_and_reach_a_router_as_they_are()
+    {
+        var request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse(System.Text.Encoding.UTF8.GetBytes("""
+            {"model":"x","max_tokens":16,"tools":[{"type":"web_search_20250305","name":"web_search","max_uses":1}],
+             "messages":[{"role":"user","content":"weather?"},
+                         {"role":"assistant","content":[{"type":"server_tool_use","id":"s1","name":"web_search","input":{"query":"w"}},
+                           {"type":"web_search_tool_result","tool_use_id":"s1","content":[{"type":"web_search_result","url":"https://e.x","encrypted_content":"enc"}]},
+                           {"type":"text","text":"Sunny.","citations":[{"type":"web_search_result_location","url":"https://e.x","cited_text":"sun"}]}]},
+                         {"role":"user","content":"tomorrow?"}]}
+            """)));
+
+        request.Messages[1].Content!.GetText().Should().Be("Sunny.", "other providers read the turn's text");
+        var toClaude = Translate(request).GetProperty("messages")[1].GetProperty("content");
+        toClaude.GetArrayLength().Should().Be(3);
+        toClaude[1].GetProperty("content")[0].GetProperty("encrypted_content").GetString().Should().Be("enc");
+        toClaude[2].GetProperty("citations")[0].GetProperty("cited_text").GetString().Should().Be("sun");
+
+        // What OpenAI's strict schema has no form for (its provider asks this before sending; the HTTP test is ServerToolsTests).
+        var act = () => ServerTools.Refuse(request, "'openai'", anyType: false);
+        act.Should().Throw<ProviderException>().Which.NotSent.Should().BeTrue();
+        var tools = request.Tools;
+        request.Tools = null;
+        act.Should().Throw<ProviderException>().Which.Param.Should().Be("messages[1].anthropic_content");
+        request.Tools = tools;
+
+        var toOpenAI = System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropAnthropicMembers: true));
+        toOpenAI.Should().NotContain("anthropic_content");
+        var router = System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "anthropic/claude", stream: false));
+        router.Should().Contain("\"anthropic_content\"").And.Contain("web_search_tool_result").And.Contain("\"max_uses\"" , "a router in front of Claude gets them as they are").And.Contain("web_search_20250305");
+    }
+
+    [Fact]
     public void A_round_trip_keeps_text_tool_calls_and_finish_reason()
     {
         var message = new AnthropicMessage

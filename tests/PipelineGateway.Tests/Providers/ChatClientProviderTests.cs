@@ -175,7 +175,23 @@ public sealed class ChatClientProviderTests
         { """{"role":"user","content":[{"type":"video_url","video_url":{"url":"https://example.test/v.mp4"}}]}""", "messages[1].content[0]" },
         { """{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"not base64!","format":"wav"}}]}""", "messages[1].content[0]" },
         { """{"role":"tool","tool_call_id":"c","content":[{"type":"text","text":"see"},{"type":"image_url","image_url":{"url":"https://example.test/a.png"}}]}""", "messages[1].content[1]" },
+        { """{"role":"assistant","content":"Sunny.","anthropic_content":[{"type":"server_tool_use","id":"s","name":"web_search","input":{}}]}""", "messages[1].anthropic_content" },
     };
+
+    [Theory]
+    [InlineData("""{"type":"web_search_20250305","name":"web_search"}""")]
+    [InlineData("""{"type":"custom","custom":{"name":"grammar"}}""")]
+    [InlineData("""{"type":"function"}""")]
+    public void A_tool_that_is_not_a_function_is_named_not_left_out(string tool)
+    {
+        var request = Parse("""{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}},TOOL]}""".Replace("TOOL", tool, StringComparison.Ordinal));
+
+        var act = () => ChatClientProvider.ToChatClient(new PipelineGateway.Providers.ProviderRequest(request, "m"));
+
+        var e = act.Should().Throw<PipelineGateway.Providers.ProviderException>().Which;
+        e.NotSent.Should().BeTrue();
+        e.Param.Should().StartWith("tools[1]");
+    }
 
     [Theory]
     [MemberData(nameof(NoForm))]

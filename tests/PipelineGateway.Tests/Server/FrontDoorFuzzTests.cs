@@ -133,7 +133,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
     public void The_Anthropic_codec_refuses_any_mutation_with_its_own_error_and_never_anything_else()
     {
         var unexpected = new List<string>();
-        foreach (var c in Cases(Fuzz.Body(Fuzz.MessagesTemplate), CodecCases, Seed + 1))
+        foreach (var c in Cases(Gen.Frequency((1, Fuzz.Body(Fuzz.MessagesTemplate)), (1, Fuzz.Body(Fuzz.ServerToolsTemplate))), CodecCases, Seed + 1))
         {
             try
             {
@@ -297,16 +297,27 @@ internal static class Fuzz
          "tools":[{"name":"f","input_schema":{"type":"object"}}],"tool_choice":{"type":"auto"},"stop_sequences":["x"]}
         """;
 
+    /// <summary>A body with Claude's own tools and, in an assistant turn, a server tool's blocks and cited text (kept as written).</summary>
+    public const string ServerToolsTemplate = """
+        {"model":"claude","max_tokens":16,
+         "messages":[{"role":"user","content":"weather?"},
+                     {"role":"assistant","content":[{"type":"text","text":"Let me search."},{"type":"server_tool_use","id":"srvtoolu_1","name":"web_search","input":{"query":"weather"}},
+                       {"type":"web_search_tool_result","tool_use_id":"srvtoolu_1","content":[{"type":"web_search_result","url":"https://e.x","title":"t","encrypted_content":"enc","page_age":null}]},
+                       {"type":"text","text":"Sunny.","citations":[{"type":"web_search_result_location","url":"https://e.x","title":"t","encrypted_index":"i","cited_text":"sun"}]}]},
+                     {"role":"user","content":[{"type":"text","text":"and tomorrow?"}]}],
+         "tools":[{"type":"web_search_20250305","name":"web_search","max_uses":2},{"type":"bash_20250124","name":"bash"},{"name":"f","input_schema":{"type":"object"}}]}
+        """;
+
     private static readonly string[] Names =
     [
         "model", "messages", "role", "content", "stream", "max_tokens", "temperature", "top_p", "n", "stop", "tools", "tool_choice",
         "type", "text", "image_url", "url", "source", "tool_calls", "function", "name", "arguments", "system", "metadata", "user_id",
         "stream_options", "include_usage", "response_format", "logprobs", "stop_sequences", "tool_use_id", "input", "id", "__proto__", "",
         "choices", "index", "message", "delta", "finish_reason", "usage", "prompt_tokens", "completion_tokens", "total_tokens", "refusal",
-        "created", "object", "system_fingerprint", "detail", "tool_call_id",
+        "created", "object", "system_fingerprint", "detail", "tool_call_id", "citations", "encrypted_content", "max_uses",
     ];
 
-    private static readonly string[] Words = ["user", "assistant", "system", "tool", "developer", "text", "image", "tool_use", "tool_result", "auto", "any", "none", "gpt-4o-mini", "json_object", "", " ", "\u0000", "\ud800", "é"];
+    private static readonly string[] Words = ["user", "assistant", "system", "tool", "developer", "text", "image", "tool_use", "tool_result", "server_tool_use", "web_search_tool_result", "web_search_20250305", "auto", "any", "none", "gpt-4o-mini", "json_object", "", " ", "\u0000", "\ud800", "é"];
 
     private static readonly string[] NumberTokens = ["1e400", "-1e400", "-0", "1.5", "99999999999999999999999", "-9223372036854775809", "0.0000001", "1E+2", "NaN", "Infinity", "-", "01", ".5", "1.", "0x10"];
 

@@ -107,10 +107,17 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         return response;
     }
 
-    protected override StreamEvents ReadStream(ProviderRequest request) => new Events(new AnthropicTranslator.StreamState(Time.GetUtcNow().ToUnixTimeSeconds(), AnthropicTranslator.AnswersInJson(request.Request)));
+    protected override StreamEvents ReadStream(ProviderRequest request)
+    {
+        var json = AnthropicTranslator.AnswersInJson(request.Request);
+        // The /v1/messages route writes Claude's content events as they came (not for a JSON answer, whose tool the
+        // gateway made up and turns into content).
+        var keep = request.Request.Gateway?.KeepsAnthropicEvents == true && !json;
+        return new Events(new AnthropicTranslator.StreamState(Time.GetUtcNow().ToUnixTimeSeconds(), json), keep);
+    }
 
     /// <summary>Anthropic's events translated into chat chunks: an event makes none, one or several.</summary>
-    private sealed class Events(AnthropicTranslator.StreamState state) : StreamEvents
+    private sealed class Events(AnthropicTranslator.StreamState state, bool keepEvents) : StreamEvents
     {
         private readonly Queue<ChatCompletionChunk> _made = new();
 
@@ -124,9 +131,22 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
                 return null;
             }
 
+            ChatCompletionChunk? made = null;
             foreach (var chunk in state.OnEvent(e))
             {
                 _made.Enqueue(chunk);
+                made = chunk;
+            }
+
+            if (keepEvents && e.Type?.StartsWith("content_block_", StringComparison.Ordinal) == true)
+            {
+                // A content event makes at most one chunk; it carries the event as it came (one without a chunk, a bare one).
+                if (made is null)
+                {
+                    _made.Enqueue(made = state.Bare(e));
+                }
+
+                made.AnthropicEvent = (e.Type, OneLine(data));
             }
 
             end = e.Type == "message_stop";
@@ -134,6 +154,23 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         }
 
         public override ChatCompletionChunk? Next() => _made.TryDequeue(out var chunk) ? chunk : null;
+
+        /// <summary>
+        /// The event's JSON on one line: an SSE event's data may come as several <c>data:</c> lines, joined by line
+        /// breaks, which can only be whitespace between JSON tokens (the event was read as JSON): spaces keep it one
+        /// <c>data:</c> line when it is written on.
+        /// </summary>
+        private static byte[] OneLine(ReadOnlySpan<byte> data)
+        {
+            var copy = data.ToArray();
+            if (copy.AsSpan().IndexOfAny((byte)'\n', (byte)'\r') >= 0)
+            {
+                copy.AsSpan().Replace((byte)'\n', (byte)' ');
+                copy.AsSpan().Replace((byte)'\r', (byte)' ');
+            }
+
+            return copy;
+        }
     }
 
     protected override UpstreamError ParseError(int status, string body)

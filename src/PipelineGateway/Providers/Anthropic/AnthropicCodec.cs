@@ -133,11 +133,13 @@ internal static partial class AnthropicCodec
 
         if (a.Tools is { Count: > 0 } tools)
         {
-            request.Tools = [.. tools.Select(t => new ToolDefinition
-            {
-                Function = new FunctionDefinition { Name = t.Name, Description = t.Description, Parameters = t.InputSchema },
-                AdditionalProperties = CacheControl(t.CacheControl),
-            })];
+            request.Tools = [.. tools.Select(static t => t.Type is null or "custom"
+                ? new ToolDefinition
+                {
+                    Function = new FunctionDefinition { Name = t.Name, Description = t.Description, Parameters = t.InputSchema },
+                    AdditionalProperties = CacheControl(t.CacheControl),
+                }
+                : AnthropicTool(t))];
         }
 
         if (a.ToolChoice is { } choice)
@@ -156,6 +158,36 @@ internal static partial class AnthropicCodec
         }
 
         return request;
+    }
+
+    /// <summary>One of Anthropic's own tools as a canonical tool of its type, every member but the type kept as it came.</summary>
+    private static ToolDefinition AnthropicTool(AnthropicTool t)
+    {
+        var members = new Dictionary<string, JsonElement>(StringComparer.Ordinal)
+        {
+            ["name"] = JsonSerializer.SerializeToElement(t.Name, AnthropicRequestContext.Default.String),
+        };
+        if (t.Description is not null)
+        {
+            members["description"] = JsonSerializer.SerializeToElement(t.Description, AnthropicRequestContext.Default.String);
+        }
+
+        if (t.InputSchema is { } schema)
+        {
+            members["input_schema"] = schema;
+        }
+
+        if (t.CacheControl is { ValueKind: not JsonValueKind.Null } cache)
+        {
+            members[CacheControlMember] = cache;
+        }
+
+        foreach (var (name, value) in t.Extra ?? [])
+        {
+            members[name] = value;
+        }
+
+        return new ToolDefinition { Type = t.Type!, AdditionalProperties = members };
     }
 
     private static void AddMessage(ChatCompletionRequest request, AnthropicInputMessage m, string path)
@@ -234,19 +266,40 @@ internal static partial class AnthropicCodec
                     document.AdditionalProperties["file"] = JsonSerializer.SerializeToElement(file, AnthropicRequestContext.Default.DictionaryStringString);
                     parts.Add(document);
                     break;
+                case var server when ServerTools.IsServerBlock(server):
+                    // A server tool's call or result in an earlier answer: the turn's blocks go back to Claude as they
+                    // came (below); the canonical form holds the turn's text and the caller's own tool calls.
+                    if (m.Role != "assistant")
+                    {
+                        throw new AnthropicRequestException($"{at}.type", $"{at}.type: {server} blocks belong to assistant turns.");
+                    }
+
+                    break;
                 default:
-                    throw new AnthropicRequestException($"{at}.type", $"Content blocks of type '{b.Type}' cannot be carried by this gateway (it translates to the OpenAI chat format); supported: text, image, document (a base64 PDF), thinking, redacted_thinking, tool_use, tool_result.");
+                    throw new AnthropicRequestException($"{at}.type", $"Content blocks of type '{ProviderException.Quoted(b.Type)}' cannot be carried by this gateway (it translates to the OpenAI chat format); supported: text, image, document (a base64 PDF), thinking, redacted_thinking, tool_use, tool_result, and in assistant turns the blocks of Claude's server tools.");
             }
         }
 
-        if (parts.Count > 0 || calls.Count > 0 || thinking.Count > 0)
+        if (m.Content.Raw is { } raw && m.Role != "assistant")
         {
+            // Cited text in a user turn: the citations have no canonical place (server blocks there were refused above).
+            throw new AnthropicRequestException($"{path}.content", $"{path}.content: text with citations belongs to assistant turns.");
+        }
+
+        if (parts.Count > 0 || calls.Count > 0 || thinking.Count > 0 || m.Content.Raw is not null)
+        {
+            var extra = ThinkingBlocks.Write(null, thinking, reasoning: null);
+            if (m.Content.Raw is { } blocksAsWritten)
+            {
+                (extra ??= [])[ServerTools.ContentMember] = blocksAsWritten;
+            }
+
             request.Messages.Add(new ChatCompletionMessage
             {
                 Role = m.Role,
                 Content = parts.Count == 0 ? null : parts.TrueForAll(p => p.Type == "text" && p.AdditionalProperties is null) ? new MessageContent(string.Concat(parts.Select(p => p.Text))) : new MessageContent(parts),
                 ToolCalls = calls.Count > 0 ? calls : null,
-                AdditionalProperties = ThinkingBlocks.Write(null, thinking, reasoning: null),
+                AdditionalProperties = extra,
             });
         }
     }
@@ -324,6 +377,18 @@ internal static partial class AnthropicCodec
                 throw new AnthropicRequestException($"tools.{i}.name", $"tools.{i}.name: Field required");
             }
 
+            if (tool.Type is not (null or "custom"))
+            {
+                // One of Anthropic's own tools (web search, code execution, bash, the text editor…): carried as it is,
+                // its own members and all, for Claude to check (ServerTools).
+                if (!ServerTools.IsAnthropicToolType(tool.Type))
+                {
+                    throw new AnthropicRequestException($"tools.{i}.type", $"tools.{i}.type: '{ProviderException.Quoted(tool.Type)}' is not a tool type: 'custom' (or none) for a tool with an input_schema, or one of Anthropic's own (a name and a version date, such as 'web_search_20250305').");
+                }
+
+                continue;
+            }
+
             if (tool.InputSchema is not { ValueKind: JsonValueKind.Object })
             {
                 throw new AnthropicRequestException($"tools.{i}.input_schema", $"tools.{i}.input_schema: Field required (a JSON Schema object)");
@@ -365,7 +430,7 @@ internal static partial class AnthropicCodec
     /// not sent (<see cref="Hosting.ProviderOptions.StripAnthropicMembers"/>).
     /// </summary>
     internal static bool IsAnthropicOwn(string name) =>
-        name is CacheControlMember or IsErrorMember or ThinkingBlocks.Member or ThinkingBlocks.Parameter;
+        name is CacheControlMember or IsErrorMember or ThinkingBlocks.Member or ThinkingBlocks.Parameter or ServerTools.ContentMember;
 
     private static void ValidateBlock(AnthropicInputBlock b, string path)
     {
@@ -373,6 +438,11 @@ internal static partial class AnthropicCodec
         if ((object?)b is null)
         {
             throw new AnthropicRequestException(path, $"{path}: must be a content block object");
+        }
+
+        if (ServerTools.IsServerBlock(b.Type))
+        {
+            return; // kept as written, for Claude to check
         }
 
         string? Missing() => b.Type switch
@@ -573,6 +643,12 @@ internal sealed class AnthropicInputContent
     public string? Text { get; init; }
 
     public List<AnthropicInputBlock>? Blocks { get; init; }
+
+    /// <summary>
+    /// The blocks as written, when some have no canonical form — a server tool's blocks, text with citations — (else
+    /// null): what Claude is given back (<see cref="ServerTools.ContentMember"/>).
+    /// </summary>
+    public JsonElement? Raw { get; init; }
 }
 
 internal sealed class AnthropicInputBlock
@@ -649,6 +725,10 @@ internal sealed class AnthropicTool
     public string? Type { get; set; }
 
     public JsonElement? CacheControl { get; set; }
+
+    /// <summary>The members of one of Anthropic's own tools (<c>max_uses</c>, <c>allowed_domains</c>, <c>display_width_px</c>…), kept.</summary>
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? Extra { get; set; }
 }
 
 internal sealed class AnthropicToolChoice
@@ -679,9 +759,83 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
     public override AnthropicInputContent? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
     {
         JsonTokenType.String => new AnthropicInputContent { Text = reader.GetString() },
-        JsonTokenType.StartArray => new AnthropicInputContent { Blocks = NestedJsonException.Read(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) },
+        JsonTokenType.StartArray => KeepsRaw(reader) ? ReadWithRaw(ref reader) : new AnthropicInputContent { Blocks = NestedJsonException.Read(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) },
         _ => throw new JsonException("must be a string or a list of content blocks"),
     };
+
+    /// <summary>
+    /// Whether the array holds a block with no canonical form — a server tool's (<see cref="ServerTools.IsServerBlock"/>)
+    /// or text with <c>citations</c> — looked for on a copy of the reader (false for anything malformed: the normal read
+    /// names the error).
+    /// </summary>
+    private static bool KeepsRaw(Utf8JsonReader probe)
+    {
+        try
+        {
+            var depth = probe.CurrentDepth;
+            while (probe.Read() && !(probe.TokenType == JsonTokenType.EndArray && probe.CurrentDepth == depth))
+            {
+                if (probe.TokenType != JsonTokenType.StartObject)
+                {
+                    probe.Skip();
+                    continue;
+                }
+
+                while (probe.Read() && probe.TokenType == JsonTokenType.PropertyName)
+                {
+                    var isType = probe.ValueTextEquals("type"u8);
+                    var isCitations = probe.ValueTextEquals("citations"u8);
+                    probe.Read();
+                    if (isType && probe.TokenType == JsonTokenType.String && ServerTools.IsServerBlock(probe.GetString())
+                        || isCitations && probe.TokenType == JsonTokenType.StartArray)
+                    {
+                        return true;
+                    }
+
+                    probe.Skip();
+                }
+            }
+        }
+        catch (JsonException)
+        {
+            // Malformed: the normal read says where.
+        }
+
+        return false;
+    }
+
+    /// <summary>The blocks one by one (a server tool's as its type only: Claude checks the rest), and the array as written.</summary>
+    private static AnthropicInputContent ReadWithRaw(ref Utf8JsonReader reader)
+    {
+        var raw = JsonElement.ParseValue(ref reader);
+        var blocks = new List<AnthropicInputBlock>();
+        var i = 0;
+        foreach (var element in raw.EnumerateArray())
+        {
+            if (element.ValueKind == JsonValueKind.Object && element.TryGetProperty("type"u8, out var type) && type.ValueKind == JsonValueKind.String && ServerTools.IsServerBlock(type.GetString()))
+            {
+                blocks.Add(new AnthropicInputBlock { Type = type.GetString()! });
+            }
+            else
+            {
+                try
+                {
+                    blocks.Add(element.Deserialize(AnthropicRequestContext.Default.AnthropicInputBlock)!);
+                }
+                catch (JsonException ex)
+                {
+                    var nested = ex as NestedJsonException;
+                    var inner = AnthropicCodec.Field(ex.Path);
+                    var field = inner is null ? $"{i}" : $"{i}.{inner}";
+                    throw new NestedJsonException(nested?.Field is { } f ? $"{field}.{f}" : field, nested?.What ?? ex.Message);
+                }
+            }
+
+            i++;
+        }
+
+        return new AnthropicInputContent { Blocks = blocks, Raw = raw };
+    }
 
     public override void Write(Utf8JsonWriter writer, AnthropicInputContent value, JsonSerializerOptions options) =>
         throw new NotSupportedException("Anthropic request content is only read.");
@@ -728,6 +882,7 @@ internal sealed class AnthropicTextConverter : JsonConverter<AnthropicSystem>
     NumberHandling = JsonNumberHandling.Strict)]
 [JsonSerializable(typeof(AnthropicRequest))]
 [JsonSerializable(typeof(List<AnthropicInputBlock>))]
+[JsonSerializable(typeof(string))]
 [JsonSerializable(typeof(ToolChoiceFunction))]
 [JsonSerializable(typeof(int))]
 [JsonSerializable(typeof(bool))]

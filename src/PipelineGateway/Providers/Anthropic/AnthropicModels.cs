@@ -53,6 +53,13 @@ internal sealed class AnthropicContentBlock
 
     /// <summary>A redacted thinking block's data.</summary>
     public string? Data { get; set; }
+
+    /// <summary>
+    /// The members of blocks the gateway does not model — a text's <c>citations</c>, a server tool's results — kept so
+    /// the block can be written back as Claude wrote it (<see cref="ServerTools"/>). Null on the usual blocks.
+    /// </summary>
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? Extra { get; set; }
 }
 
 internal sealed class AnthropicImageSource
@@ -135,4 +142,5 @@ internal sealed class AnthropicErrorBody
 [JsonSerializable(typeof(AnthropicMessage))]
 [JsonSerializable(typeof(AnthropicStreamEvent))]
 [JsonSerializable(typeof(AnthropicErrorBody))]
+[JsonSerializable(typeof(List<AnthropicContentBlock>))]
 internal sealed partial class AnthropicJsonContext : JsonSerializerContext;

@@ -11,6 +11,13 @@ internal static class AnthropicResponses
     public static AnthropicMessage ToAnthropic(ChatCompletionResponse response)
     {
         var message = response.Choices.Count > 0 ? response.Choices[0].Message : null;
+        if (message?.AdditionalProperties is not null && ServerTools.Content(message) is { } written
+            && written.Deserialize(AnthropicJsonContext.Default.ListAnthropicContentBlock) is { } blocks)
+        {
+            // Claude used its server tools (or cited sources): its blocks as it wrote them, in their order.
+            return Message(response, blocks);
+        }
+
         var content = new List<AnthropicContentBlock>();
         if (message?.Content?.GetText() is { Length: > 0 } text)
         {
@@ -28,15 +35,17 @@ internal static class AnthropicResponses
             ? new AnthropicContentBlock { Type = b.Type, Data = b.Data }
             : new AnthropicContentBlock { Type = b.Type, Thinking = b.Thinking ?? string.Empty, Signature = b.Signature ?? string.Empty }));
 
-        return new AnthropicMessage
-        {
-            Id = response.Id.StartsWith("msg_", StringComparison.Ordinal) ? response.Id : "msg_" + response.Id,
-            Model = response.Model,
-            Content = content,
-            StopReason = StopReason(response.FinishReason),
-            Usage = Usage(response.Usage),
-        };
+        return Message(response, content);
     }
+
+    private static AnthropicMessage Message(ChatCompletionResponse response, List<AnthropicContentBlock> content) => new()
+    {
+        Id = response.Id.StartsWith("msg_", StringComparison.Ordinal) ? response.Id : "msg_" + response.Id,
+        Model = response.Model,
+        Content = content,
+        StopReason = StopReason(response.FinishReason),
+        Usage = Usage(response.Usage),
+    };
 
     /// <summary>
     /// A canonical usage in Anthropic's terms: <c>input_tokens</c> are the prompt's tokens neither read from nor written to
@@ -126,6 +135,19 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
         if (chunk.Usage is { } usage)
         {
             _usage = AnthropicResponses.Usage(usage);
+        }
+
+        if (chunk.AnthropicEvent is { } asCame)
+        {
+            // Claude's own event (an Anthropic deployment streaming to /v1/messages): written as it came, its index
+            // Claude's — every content event of such a stream comes this way, so no block is opened here.
+            foreach (var choice in chunk.Choices)
+            {
+                _finish = choice.FinishReason ?? _finish;
+            }
+
+            yield return asCame;
+            yield break;
         }
 
         foreach (var choice in chunk.Choices)

@@ -103,11 +103,18 @@ internal static class AnthropicTranslator
         if (tools.Count > 0 || json)
         {
             w.WriteStartArray("tools");
-            foreach (var tool in tools)
+            for (var i = 0; i < tools.Count; i++)
             {
+                var tool = tools[i];
+                if (tool.Type != "function")
+                {
+                    WriteAnthropicTool(w, tool, i);
+                    continue;
+                }
+
                 if (tool.Function is not { } f)
                 {
-                    continue;
+                    throw ProviderException.Unsupported($"tools[{i}].function", $"tools[{i}] is a function tool without its function; the request was not sent to this deployment.");
                 }
 
                 if (json && f.Name == JsonTool)
@@ -155,6 +162,31 @@ internal static class AnthropicTranslator
         if (stream)
         {
             w.WriteBoolean("stream", true);
+        }
+
+        w.WriteEndObject();
+    }
+
+    /// <summary>
+    /// One of Anthropic's own tools (<see cref="ServerTools"/>), as the caller wrote it: its type and every other member.
+    /// Another type (OpenAI's <c>custom</c>, say) has no form here: refused, not dropped.
+    /// </summary>
+    private static void WriteAnthropicTool(Utf8JsonWriter w, ToolDefinition tool, int i)
+    {
+        if (!ServerTools.IsAnthropicToolType(tool.Type))
+        {
+            throw ProviderException.Unsupported($"tools[{i}].type", $"tools[{i}] is a tool of type '{ProviderException.Quoted(tool.Type)}', which Claude has no form for (its tools are functions and Anthropic's own, such as 'web_search_20250305'); the request was not sent to this deployment.");
+        }
+
+        w.WriteStartObject();
+        w.WriteString("type", tool.Type);
+        foreach (var (name, value) in tool.AdditionalProperties ?? [])
+        {
+            if (name != "type")
+            {
+                w.WritePropertyName(name);
+                value.WriteTo(w);
+            }
         }
 
         w.WriteEndObject();
@@ -327,6 +359,18 @@ internal static class AnthropicTranslator
 
             WriteCacheControl(w, m.AdditionalProperties);
             w.WriteEndObject();
+            return;
+        }
+
+        if (m.Role == ChatRoles.Assistant && m.AdditionalProperties is not null && ServerTools.Content(m) is { } written)
+        {
+            // A turn in which Claude used its server tools (or cited sources): its blocks as Claude wrote them, in their
+            // order — the canonical fields hold only what other providers can read of it.
+            foreach (var block in written.EnumerateArray())
+            {
+                block.WriteTo(w);
+            }
+
             return;
         }
 
@@ -640,12 +684,14 @@ internal static class AnthropicTranslator
         string? json = null;
         List<ThinkingBlock>? thinking = null;
         StringBuilder? reasoning = null;
+        var asWritten = false; // a block the canonical fields cannot hold: the blocks are kept as Claude wrote them
         foreach (var block in message.Content)
         {
             switch (block.Type)
             {
                 case "text":
                     text.Append(block.Text);
+                    asWritten |= block.Extra is { Count: > 0 }; // citations
                     break;
                 case ThinkingBlock.Plain:
                     (thinking ??= []).Add(new ThinkingBlock(block.Type, block.Thinking, block.Signature, null));
@@ -665,7 +711,16 @@ internal static class AnthropicTranslator
                         Function = new FunctionCall { Name = block.Name, Arguments = block.Input?.GetRawText() ?? "{}" },
                     });
                     break;
+                default:
+                    asWritten = true; // a server tool's call or result (web search, code execution…)
+                    break;
             }
+        }
+
+        var extra = thinking is null ? null : ThinkingBlocks.Write(null, thinking, reasoning?.ToString());
+        if (asWritten && json is null)
+        {
+            (extra ??= [])[ServerTools.ContentMember] = JsonSerializer.SerializeToElement(message.Content, AnthropicJsonContext.Default.ListAnthropicContentBlock);
         }
 
         var usage = message.Usage ?? new AnthropicUsage();
@@ -682,7 +737,7 @@ internal static class AnthropicTranslator
                         Role = ChatRoles.Assistant,
                         Content = json is not null ? new MessageContent(json) : calls is not null && text.Length == 0 ? null : new MessageContent(text.ToString()),
                         ToolCalls = calls,
-                        AdditionalProperties = thinking is null ? null : ThinkingBlocks.Write(null, thinking, reasoning?.ToString()),
+                        AdditionalProperties = extra,
                     },
                     FinishReason = json is not null && calls is null && message.StopReason == "tool_use" ? FinishReasons.Stop : FinishReason(message.StopReason),
                 },
@@ -727,6 +782,9 @@ internal static class AnthropicTranslator
         private readonly long _created;
         private readonly bool _answersInJson;
         private int? _jsonBlock;
+
+        /// <summary>A server tool's block or a citation went by: the stream's chunks do not hold all of it (not cached).</summary>
+        private bool _native;
 
         /// <param name="created">The chunks' <c>created</c>.</param>
         /// <param name="answersInJson">The request asked for a JSON answer: <see cref="JsonTool"/>'s input streams as content.</param>
@@ -775,14 +833,25 @@ internal static class AnthropicTranslator
                         ToolCalls = [new ToolCall { Index = toolIndex, Id = block.Id, Type = "function", Function = new FunctionCall { Name = block.Name, Arguments = string.Empty } }],
                     });
                     break;
-                case "content_block_start" when e.ContentBlock is { Type: "text", Text: { Length: > 0 } text }:
-                    yield return Chunk(new ChatCompletionDelta { Content = text });
+                case "content_block_start" when e.ContentBlock is { Type: "text" } textBlock:
+                    _native |= textBlock.Extra?.ContainsKey("citations") == true;
+                    if (textBlock.Text is { Length: > 0 } text)
+                    {
+                        yield return Chunk(new ChatCompletionDelta { Content = text });
+                    }
+
+                    break;
+                case "content_block_start" when e.ContentBlock is { } other && ServerTools.IsServerBlock(other.Type):
+                    _native = true; // a server tool's call or result: no canonical chunk (the /v1/messages route gets the event)
+                    break;
+                case "content_block_delta" when e.Delta is { Type: "citations_delta" }:
+                    _native = true;
                     break;
                 case "content_block_delta" when e.Delta is { Type: "text_delta" } d:
                     yield return Chunk(new ChatCompletionDelta { Content = d.Text });
                     break;
-                case "content_block_delta" when e.Delta is { Type: "input_json_delta" } d:
-                    var index = _toolIndexByBlock.GetValueOrDefault(e.Index ?? 0);
+                case "content_block_delta" when e.Delta is { Type: "input_json_delta" } d && _toolIndexByBlock.TryGetValue(e.Index ?? 0, out var index):
+                    // Only the caller's tools' input: a server tool's (its search query, say) is not a tool call of the caller's.
                     yield return Chunk(new ChatCompletionDelta
                     {
                         ToolCalls = [new ToolCall { Index = index, Function = new FunctionCall { Arguments = d.PartialJson } }],
@@ -830,6 +899,22 @@ internal static class AnthropicTranslator
             Model = _model,
             Created = _created,
             Choices = [new ChunkChoice { Index = 0, Delta = delta }],
+            Uncacheable = _native,
+        };
+
+        /// <summary>
+        /// A chunk with no choices, only to carry a content event the canonical chunks have nothing of (a block's start or
+        /// stop, a server tool's call or result, a citation) to the <c>/v1/messages</c> route; a server tool's block counts
+        /// as content the caller has seen.
+        /// </summary>
+        public ChatCompletionChunk Bare(AnthropicStreamEvent e) => new()
+        {
+            Id = _id,
+            Model = _model,
+            Created = _created,
+            Choices = [],
+            Uncacheable = _native,
+            CarriesNativeContent = e.Type == "content_block_start" && ServerTools.IsServerBlock(e.ContentBlock?.Type),
         };
     }
 }

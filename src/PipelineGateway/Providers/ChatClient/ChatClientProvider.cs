@@ -154,6 +154,9 @@ public sealed class ChatClientProvider(string name, IChatClient client) : ILlmPr
             PresencePenalty = Number(r, "presence_penalty"),
             Reasoning = ReasoningMapping.Options(r),
         };
+        // A tool of another type than function (Anthropic's own, OpenAI's custom) or a turn's server-tool blocks: an
+        // IChatClient's tools are functions, so the request is not sent here rather than sent without them.
+        Anthropic.ServerTools.Refuse(r, "an IChatClient deployment", anyType: true);
         if (r.Tools is { Count: > 0 })
         {
             options.Tools = [.. r.Tools.Where(t => t.Function is not null).Select(t => (AITool)AIFunctionFactory.CreateDeclaration(

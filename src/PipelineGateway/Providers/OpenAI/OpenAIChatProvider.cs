@@ -45,6 +45,12 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
             ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/chat/completions?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
             : _chat;
 
+        if (_dropAnthropicMembers)
+        {
+            // Claude's own tools and a turn's server-tool blocks: OpenAI's strict schema has no form for them.
+            Anthropic.ServerTools.Refuse(request.Request, $"'{Name}'", anyType: false);
+        }
+
         // Serialized up front (a per-thread buffer, one array for the result) so the upstream gets a Content-Length
         // instead of a chunked body, which not every OpenAI-compatible server reads well.
         var content = new ByteArrayContent(RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropAnthropicMembers));
