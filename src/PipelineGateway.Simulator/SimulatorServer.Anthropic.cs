@@ -65,6 +65,8 @@ public sealed partial class SimulatorServer
             var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
             if (WebSearchQuery(request, words) is { } query)
             {
+                // One search, reported as Claude reports it (billed per search).
+                usage = Cost.ServerToolUse.With(usage, JsonSerializer.SerializeToElement(new Dictionary<string, int> { ["web_search_requests"] = 1 }));
                 SetRateLimitHeaders(ctx);
                 await (request.Stream == true ? StreamSearchAsync(ctx, id, request.Model, query, words, usage) : WriteSearchAsync(ctx, id, request.Model, query, words, usage)).ConfigureAwait(false);
                 return;

@@ -19,6 +19,12 @@ public sealed class ModelPrice
     /// the 5-minute cache), when it differs from <see cref="InputPerMillion"/>.
     /// </summary>
     public decimal? CacheWriteInputPerMillion { get; set; }
+
+    /// <summary>
+    /// USD per 1,000 web searches a model's server tool runs (Anthropic's <c>web_search</c>: $10 per 1,000, on top of the
+    /// tokens), billed from the usage's <c>server_tool_use.web_search_requests</c>. Null: searches are not priced.
+    /// </summary>
+    public decimal? WebSearchPerThousand { get; set; }
 }
 
 /// <summary>
@@ -47,13 +53,13 @@ internal sealed partial class PricingTable
         ["o3"] = new() { InputPerMillion = 2.00m, OutputPerMillion = 8.00m, CachedInputPerMillion = 0.50m },
         ["o3-mini"] = new() { InputPerMillion = 1.10m, OutputPerMillion = 4.40m, CachedInputPerMillion = 0.55m },
         ["o4-mini"] = new() { InputPerMillion = 1.10m, OutputPerMillion = 4.40m, CachedInputPerMillion = 0.275m },
-        ["claude-3-5-haiku"] = new() { InputPerMillion = 0.80m, OutputPerMillion = 4.00m, CachedInputPerMillion = 0.08m, CacheWriteInputPerMillion = 1.00m },
-        ["claude-3-5-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m },
-        ["claude-3-7-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m },
-        ["claude-sonnet-4"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m },
-        ["claude-opus-4-5"] = new() { InputPerMillion = 5.00m, OutputPerMillion = 25.00m, CachedInputPerMillion = 0.50m, CacheWriteInputPerMillion = 6.25m },
-        ["claude-opus-4"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 75.00m, CachedInputPerMillion = 1.50m, CacheWriteInputPerMillion = 18.75m },
-        ["claude-haiku-4"] = new() { InputPerMillion = 1.00m, OutputPerMillion = 5.00m, CachedInputPerMillion = 0.10m, CacheWriteInputPerMillion = 1.25m },
+        ["claude-3-5-haiku"] = new() { InputPerMillion = 0.80m, OutputPerMillion = 4.00m, CachedInputPerMillion = 0.08m, CacheWriteInputPerMillion = 1.00m, WebSearchPerThousand = 10.00m },
+        ["claude-3-5-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m, WebSearchPerThousand = 10.00m },
+        ["claude-3-7-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m, WebSearchPerThousand = 10.00m },
+        ["claude-sonnet-4"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m, WebSearchPerThousand = 10.00m },
+        ["claude-opus-4-5"] = new() { InputPerMillion = 5.00m, OutputPerMillion = 25.00m, CachedInputPerMillion = 0.50m, CacheWriteInputPerMillion = 6.25m, WebSearchPerThousand = 10.00m },
+        ["claude-opus-4"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 75.00m, CachedInputPerMillion = 1.50m, CacheWriteInputPerMillion = 18.75m, WebSearchPerThousand = 10.00m },
+        ["claude-haiku-4"] = new() { InputPerMillion = 1.00m, OutputPerMillion = 5.00m, CachedInputPerMillion = 0.10m, CacheWriteInputPerMillion = 1.25m, WebSearchPerThousand = 10.00m },
     };
 
     private readonly Dictionary<string, ModelPrice> _prices;
@@ -120,7 +126,11 @@ internal sealed partial class PricingTable
         return ((fresh * price.InputPerMillion)
             + (cached * (price.CachedInputPerMillion ?? price.InputPerMillion))
             + (written * (price.CacheWriteInputPerMillion ?? price.InputPerMillion))
-            + (usage.CompletionTokens * price.OutputPerMillion)) / 1_000_000m;
+            + (usage.CompletionTokens * price.OutputPerMillion)) / 1_000_000m
+            + (usage.AdditionalProperties is not null && ServerToolUse.WebSearches(usage) is > 0 and var searches
+                // A search's price does not depend on the token prices a deployment may set: else the table's.
+                ? searches * (price.WebSearchPerThousand ?? Find(deployment.Model)?.WebSearchPerThousand ?? 0) / 1_000m
+                : 0);
     }
 
     /// <summary>

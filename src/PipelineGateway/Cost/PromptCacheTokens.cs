@@ -44,6 +44,35 @@ internal static class PromptCacheTokens
         usage.AdditionalProperties?.TryGetValue(Written, out var w) == true && w.ValueKind == JsonValueKind.Number && w.TryGetInt32(out var n) && n > 0 ? n : 0;
 }
 
+/// <summary>
+/// Claude's server tools' use in a canonical usage: the member <c>server_tool_use</c> as Anthropic reports it (and
+/// LiteLLM carries it), <c>{"web_search_requests": N}</c>; web searches are billed per search
+/// (<see cref="ModelPrice.WebSearchPerThousand"/>).
+/// </summary>
+internal static class ServerToolUse
+{
+    public const string Member = "server_tool_use";
+
+    /// <summary>Sets the member on <paramref name="usage"/> when the upstream reported one (an object).</summary>
+    public static TokenUsage With(TokenUsage usage, JsonElement? used)
+    {
+        if (used is { ValueKind: JsonValueKind.Object } u)
+        {
+            (usage.AdditionalProperties ??= [])[Member] = u;
+        }
+
+        return usage;
+    }
+
+    /// <summary>The member as it came, if any.</summary>
+    public static JsonElement? Of(TokenUsage? usage) =>
+        usage?.AdditionalProperties?.TryGetValue(Member, out var u) == true && u.ValueKind == JsonValueKind.Object ? u : null;
+
+    /// <summary>Web searches Claude ran for the answer.</summary>
+    public static int WebSearches(TokenUsage usage) =>
+        Of(usage) is { } u && u.TryGetProperty("web_search_requests", out var n) && n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out var count) && count > 0 ? count : 0;
+}
+
 [System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, int>))]
 [System.Text.Json.Serialization.JsonSerializable(typeof(int))]
 internal sealed partial class PromptCacheJson : System.Text.Json.Serialization.JsonSerializerContext;

@@ -5,6 +5,8 @@ using System.Text.Json.Nodes;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using PipelineGateway.Metrics;
 using PipelineGateway.Server;
 using PipelineGateway.Simulator;
 
@@ -148,13 +150,24 @@ public sealed class ServerToolsTests : IAsyncLifetime
         return [.. blocks.Values];
     }
 
+    private decimal Spent() => _app.Services.GetRequiredService<IGatewayMetrics>().GetSnapshot().TotalCost;
+
+    /// <summary>What a search answer costs: its tokens at claude-sonnet-4's prices, and the search at $10 per 1,000.</summary>
+    private static decimal SearchCost(JsonElement usage)
+    {
+        usage.GetProperty("server_tool_use").GetProperty("web_search_requests").GetInt32().Should().Be(1);
+        return ((usage.GetProperty("input_tokens").GetInt32() * 3.00m) + (usage.GetProperty("output_tokens").GetInt32() * 15.00m)) / 1_000_000m + 0.01m;
+    }
+
     private static string[] Types(JsonArray blocks) => [.. blocks.Select(b => b!["type"]!.GetValue<string>())];
 
     [Fact]
     public async Task A_web_search_comes_back_whole_as_Claude_wrote_it_and_the_next_turn_gives_its_results_back_unchanged()
     {
+        var before = Spent();
         var (status, text) = await PostAsync("v1/messages", Ask("claude", stream: false));
         status.Should().Be(HttpStatusCode.OK, text);
+        Spent().Should().Be(before + SearchCost(JsonDocument.Parse(text).RootElement.GetProperty("usage")), "a search is billed on top of the tokens");
         var content = JsonNode.Parse(text)!["content"]!.AsArray();
         Types(content).Should().Equal("text", "server_tool_use", "web_search_tool_result", "text");
         content[1]!["input"]!["query"]!.GetValue<string>().Should().NotBeEmpty();
@@ -178,9 +191,11 @@ public sealed class ServerToolsTests : IAsyncLifetime
     [Fact]
     public async Task A_web_search_streams_as_Claude_streams_it_with_its_indexes_and_citations_and_is_not_cached()
     {
+        var spent = Spent();
         var (status, text) = await PostAsync("v1/messages", Ask("claude", stream: true));
         status.Should().Be(HttpStatusCode.OK, text);
         var events = Events(text);
+        Spent().Should().Be(spent + SearchCost(events.Single(e => e.Name == "message_delta").Data.GetProperty("usage")));
         events.Select(e => e.Name).Should().StartWith(["message_start", "ping"]).And.EndWith(["message_delta", "message_stop"]);
         var blocks = Blocks(events);
         Types(blocks).Should().Equal("text", "server_tool_use", "web_search_tool_result", "text");

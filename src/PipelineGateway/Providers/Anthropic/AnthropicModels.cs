@@ -82,6 +82,9 @@ internal sealed class AnthropicUsage
     public int? CacheCreationInputTokens { get; set; }
 
     public int? CacheReadInputTokens { get; set; }
+
+    /// <summary>Claude's server tools' use (<c>{"web_search_requests": N}</c>), billed per use (<see cref="Cost.ServerToolUse"/>).</summary>
+    public JsonElement? ServerToolUse { get; set; }
 }
 
 /// <summary>One server-sent event of an Anthropic stream; which fields are set depends on <see cref="Type"/>.</summary>

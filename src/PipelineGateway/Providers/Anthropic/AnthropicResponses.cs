@@ -66,6 +66,7 @@ internal static class AnthropicResponses
             OutputTokens = usage.CompletionTokens,
             CacheReadInputTokens = read > 0 ? read : null,
             CacheCreationInputTokens = written > 0 ? written : null,
+            ServerToolUse = Cost.ServerToolUse.Of(usage),
         };
     }
 

@@ -742,7 +742,7 @@ internal static class AnthropicTranslator
                     FinishReason = json is not null && calls is null && message.StopReason == "tool_use" ? FinishReasons.Stop : FinishReason(message.StopReason),
                 },
             ],
-            Usage = Cost.PromptCacheTokens.Usage(usage.InputTokens, usage.OutputTokens, usage.CacheReadInputTokens ?? 0, usage.CacheCreationInputTokens ?? 0),
+            Usage = Cost.ServerToolUse.With(Cost.PromptCacheTokens.Usage(usage.InputTokens, usage.OutputTokens, usage.CacheReadInputTokens ?? 0, usage.CacheCreationInputTokens ?? 0), usage.ServerToolUse),
         };
     }
 
@@ -871,11 +871,13 @@ internal static class AnthropicTranslator
                         Choices = [],
                         // message_delta repeats the prompt's tokens in newer API versions (and from the gateway's own writer),
                         // the cache's reads and writes with them: the last word on each wins. The same usage as a whole answer's.
-                        Usage = Cost.PromptCacheTokens.Usage(
-                            e.Usage is { InputTokens: > 0 } u ? u.InputTokens : _inputTokens,
-                            e.Usage?.OutputTokens ?? 0,
-                            e.Usage?.CacheReadInputTokens ?? _cacheRead,
-                            e.Usage?.CacheCreationInputTokens ?? _cacheWritten),
+                        Usage = Cost.ServerToolUse.With(
+                            Cost.PromptCacheTokens.Usage(
+                                e.Usage is { InputTokens: > 0 } u ? u.InputTokens : _inputTokens,
+                                e.Usage?.OutputTokens ?? 0,
+                                e.Usage?.CacheReadInputTokens ?? _cacheRead,
+                                e.Usage?.CacheCreationInputTokens ?? _cacheWritten),
+                            e.Usage?.ServerToolUse),
                     };
                     break;
                 case "error":
