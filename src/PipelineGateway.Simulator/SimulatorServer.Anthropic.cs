@@ -58,7 +58,7 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
+            var words = StopAt(SimulatedText.Answer(request, _options.Seed, _options.CompletionWords), request, out var stoppedAt);
             var usage = PromptCacheUsage(request, words.Length);
             var thought = Thinks(request) ? "Considering: " + string.Join(' ', words.Take(4)) : null;
             var tool = WantsTool(request);
@@ -74,7 +74,7 @@ public sealed partial class SimulatorServer
 
             if (request.Stream == true)
             {
-                await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : ToolArguments(request, tool, words), thought).ConfigureAwait(false);
+                await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : ToolArguments(request, tool, words), thought, tool is null ? stoppedAt : null).ConfigureAwait(false);
                 return;
             }
 
@@ -94,6 +94,11 @@ public sealed partial class SimulatorServer
                 ],
                 Usage = usage,
             };
+            if (tool is null && stoppedAt is not null)
+            {
+                AnthropicStop.Set(answer, AnthropicStop.Sequence, stoppedAt); // Claude says which stop sequence ended the answer
+            }
+
             if (thought is not null)
             {
                 var message = answer.Choices[0].Message!;
@@ -114,7 +119,7 @@ public sealed partial class SimulatorServer
         }
     }
 
-    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, TokenUsage usage, string id, string? tool, string? args, string? thought)
+    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, TokenUsage usage, string id, string? tool, string? args, string? thought, string? stoppedAt)
     {
         StartSse(ctx);
 
@@ -167,6 +172,7 @@ public sealed partial class SimulatorServer
         }
 
         chunks.Add(Chunk(new ChatCompletionDelta(), tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls));
+        chunks[^1].AnthropicStop = stoppedAt is null ? null : (AnthropicStop.Sequence, stoppedAt);
         chunks.Add(new ChatCompletionChunk { Id = id, Model = model, Choices = [], Usage = usage });
 
         var events = chunks.SelectMany(writer.OnChunk).Concat(writer.Finish()).ToList();

@@ -52,7 +52,7 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            var words = SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
+            var words = StopAt(SimulatedText.Answer(request, _options.Seed, _options.CompletionWords), request, out _);
             var promptTokens = SimulatedText.PromptTokens(request);
             var id = "chatcmpl-sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
             var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();

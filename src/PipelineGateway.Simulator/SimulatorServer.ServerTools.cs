@@ -23,6 +23,28 @@ public sealed partial class SimulatorServer
 
     private const string WebSearchTool = "web_search_20250305";
 
+    /// <summary>
+    /// The answer up to the first of its words that is one of the request's stop sequences (matched word by word: the
+    /// simulator's text is words), as a model stops there; <paramref name="matched"/> is that sequence, else null.
+    /// </summary>
+    private static string[] StopAt(string[] words, ChatCompletionRequest request, out string? matched)
+    {
+        matched = null;
+        if (request.Stop is not { Count: > 0 } stops)
+        {
+            return words;
+        }
+
+        var at = Array.FindIndex(words, stops.Contains);
+        if (at < 0)
+        {
+            return words;
+        }
+
+        matched = words[at];
+        return words[..at];
+    }
+
     /// <summary>What Claude would refuse in the request's server tools and their blocks, or null.</summary>
     private static string? ServerToolError(ChatCompletionRequest request)
     {

@@ -70,6 +70,12 @@ public sealed class ChatCompletionChunk
     /// </summary>
     internal (string Name, byte[] Json)? AnthropicEvent { get; set; }
 
+    /// <summary>
+    /// On a stream's finishing chunk: Claude's stop reason when the finish reason loses it (<c>stop_sequence</c> and the
+    /// sequence, <c>pause_turn</c>; <see cref="Providers.Anthropic.AnthropicStop"/>), for <c>/v1/messages</c>.
+    /// </summary>
+    internal (string Reason, string? Sequence)? AnthropicStop { get; set; }
+
     /// <summary>The chunk opens or continues a block a caller sees (a server tool's call or result) though it has no canonical content.</summary>
     internal bool CarriesNativeContent { get; set; }
 

@@ -522,6 +522,8 @@ public sealed class AnthropicTranslationTests
     [InlineData("max_tokens", "length")]
     [InlineData("tool_use", "tool_calls")]
     [InlineData("refusal", "content_filter")]
+    [InlineData("model_context_window_exceeded", "length")]
+    [InlineData("pause_turn", "stop")]
     public void Stop_reasons_map_to_finish_reasons(string stopReason, string finishReason) =>
         AnthropicTranslator.FinishReason(stopReason).Should().Be(finishReason);
 }

@@ -446,6 +446,45 @@ public sealed class ErrorContractTests : IAsyncLifetime
         _sims["anthropic-plain"].CountRequests.Should().Be(2);
     }
 
+    /// <summary>
+    /// Claude stopping at a caller's stop sequence says so, and which one: Anthropic clients read <c>stop_reason</c>
+    /// <c>stop_sequence</c> and <c>stop_sequence</c> (the canonical finish reason, <c>stop</c>, reached them as
+    /// <c>end_turn</c> before). Whole and streamed.
+    /// </summary>
+    [Fact]
+    public async Task A_stop_sequence_Claude_stopped_at_reaches_an_Anthropic_caller_with_the_sequence_whole_and_streamed()
+    {
+        using var http = AnthropicHttp();
+        var body = new Dictionary<string, object>
+        {
+            ["model"] = "anthropic-only",
+            ["max_tokens"] = 32,
+            ["messages"] = new object[] { new Dictionary<string, object> { ["role"] = "user", ["content"] = "Tell me about stop sequences." } },
+        };
+        var (status, text) = await PostAsync(http, "v1/messages", body);
+        status.Should().Be(HttpStatusCode.OK, text);
+        var whole = JsonDocument.Parse(text).RootElement;
+        whole.GetProperty("stop_reason").GetString().Should().Be("end_turn");
+        var words = whole.GetProperty("content")[0].GetProperty("text").GetString()!.Split(' ');
+        var at = Array.FindIndex(words, w => Array.IndexOf(words, w) > 0 && Array.IndexOf(words, w) == Array.LastIndexOf(words, w));
+        at.Should().BePositive("an answer of several words has a word that appears once, after the first");
+        body["stop_sequences"] = new[] { words[at] };
+
+        (status, text) = await PostAsync(http, "v1/messages", body);
+        status.Should().Be(HttpStatusCode.OK, text);
+        whole = JsonDocument.Parse(text).RootElement;
+        whole.GetProperty("stop_reason").GetString().Should().Be("stop_sequence");
+        whole.GetProperty("stop_sequence").GetString().Should().Be(words[at]);
+        whole.GetProperty("content")[0].GetProperty("text").GetString().Should().Be(string.Join(' ', words[..at]));
+
+        body["stream"] = true;
+        (status, text) = await PostAsync(http, "v1/messages", body);
+        status.Should().Be(HttpStatusCode.OK, text);
+        var delta = SseEvents(text).Single(e => e.GetProperty("type").GetString() == "message_delta").GetProperty("delta");
+        delta.GetProperty("stop_reason").GetString().Should().Be("stop_sequence");
+        delta.GetProperty("stop_sequence").GetString().Should().Be(words[at]);
+    }
+
     [Fact]
     public async Task An_upstream_400_reaches_the_Anthropic_SDK_as_a_bad_request_and_is_sent_once()
     {

@@ -146,4 +146,5 @@ internal sealed class AnthropicErrorBody
 [JsonSerializable(typeof(AnthropicStreamEvent))]
 [JsonSerializable(typeof(AnthropicErrorBody))]
 [JsonSerializable(typeof(List<AnthropicContentBlock>))]
+[JsonSerializable(typeof(string))]
 internal sealed partial class AnthropicJsonContext : JsonSerializerContext;

@@ -38,14 +38,19 @@ internal static class AnthropicResponses
         return Message(response, content);
     }
 
-    private static AnthropicMessage Message(ChatCompletionResponse response, List<AnthropicContentBlock> content) => new()
+    private static AnthropicMessage Message(ChatCompletionResponse response, List<AnthropicContentBlock> content)
     {
-        Id = response.Id.StartsWith("msg_", StringComparison.Ordinal) ? response.Id : "msg_" + response.Id,
-        Model = response.Model,
-        Content = content,
-        StopReason = StopReason(response.FinishReason),
-        Usage = Usage(response.Usage),
-    };
+        var kept = AnthropicStop.Of(response);
+        return new()
+        {
+            Id = response.Id.StartsWith("msg_", StringComparison.Ordinal) ? response.Id : "msg_" + response.Id,
+            Model = response.Model,
+            Content = content,
+            StopReason = kept?.Reason ?? StopReason(response.FinishReason),
+            StopSequence = kept?.Sequence,
+            Usage = Usage(response.Usage),
+        };
+    }
 
     /// <summary>
     /// A canonical usage in Anthropic's terms: <c>input_tokens</c> are the prompt's tokens neither read from nor written to
@@ -118,6 +123,7 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
     private string? _open;
     private int _block = -1;
     private string? _finish;
+    private (string Reason, string? Sequence)? _stop;
     private AnthropicUsage _usage = AnthropicResponses.Usage(usage);
 
     /// <summary>The events for one chunk (the opening ones come with the first).</summary>
@@ -138,6 +144,7 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
             _usage = AnthropicResponses.Usage(usage);
         }
 
+        _stop = chunk.AnthropicStop ?? _stop;
         if (chunk.AnthropicEvent is { } asCame)
         {
             // Claude's own event (an Anthropic deployment streaming to /v1/messages): written as it came, its index
@@ -268,7 +275,7 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
             _open = null;
         }
 
-        yield return Event("message_delta", new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = AnthropicResponses.StopReason(_finish) }, Usage = _usage });
+        yield return Event("message_delta", new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = _stop?.Reason ?? AnthropicResponses.StopReason(_finish), StopSequence = _stop?.Sequence }, Usage = _usage });
         yield return ("message_stop", MessageStop);
     }
 

@@ -724,7 +724,7 @@ internal static class AnthropicTranslator
         }
 
         var usage = message.Usage ?? new AnthropicUsage();
-        return new ChatCompletionResponse
+        var response = new ChatCompletionResponse
         {
             Id = message.Id,
             Model = message.Model,
@@ -744,13 +744,19 @@ internal static class AnthropicTranslator
             ],
             Usage = Cost.ServerToolUse.With(Cost.PromptCacheTokens.Usage(usage.InputTokens, usage.OutputTokens, usage.CacheReadInputTokens ?? 0, usage.CacheCreationInputTokens ?? 0), usage.ServerToolUse),
         };
+        if (json is null && AnthropicStop.IsKept(message.StopReason))
+        {
+            AnthropicStop.Set(response, message.StopReason!, message.StopSequence);
+        }
+
+        return response;
     }
 
     public static string? FinishReason(string? stopReason) => stopReason switch
     {
         null => null,
         "end_turn" or "stop_sequence" or "pause_turn" => FinishReasons.Stop,
-        "max_tokens" => FinishReasons.Length,
+        "max_tokens" or AnthropicStop.ContextWindow => FinishReasons.Length,
         "tool_use" => FinishReasons.ToolCalls,
         "refusal" => FinishReasons.ContentFilter,
         _ => FinishReasons.Stop,
@@ -862,6 +868,11 @@ internal static class AnthropicTranslator
                     finish.Choices[0].FinishReason = _jsonBlock is not null && _toolIndexByBlock.Count == 0 && e.Delta?.StopReason == "tool_use"
                         ? FinishReasons.Stop // the JSON answer is content, not a tool call
                         : FinishReason(e.Delta?.StopReason);
+                    if (_jsonBlock is null && AnthropicStop.IsKept(e.Delta?.StopReason))
+                    {
+                        finish.AnthropicStop = (e.Delta!.StopReason!, e.Delta.StopSequence);
+                    }
+
                     yield return finish;
                     yield return new ChatCompletionChunk
                     {
