@@ -35,7 +35,16 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
             ["Gateway:Models:0:Deployments:0:Provider"] = "echo",
             ["Gateway:Models:0:Deployments:0:Model"] = "m-up",
             ["Gateway:Pipeline:MaxAttempts"] = "1",
+            ["Gateway:Providers:1:Name"] = "echo-claude",
+            ["Gateway:Providers:1:Type"] = "Anthropic",
+            ["Gateway:Providers:1:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString(),
+            ["Gateway:Providers:1:ApiKeyEnvironmentVariable"] = "PGW_TEST_ECHO_CLAUDE_KEY",
+            ["Gateway:Providers:1:Headers:x-fault"] = "sse-echo",
+            ["Gateway:Models:1:Name"] = "claude",
+            ["Gateway:Models:1:Deployments:0:Provider"] = "echo-claude",
+            ["Gateway:Models:1:Deployments:0:Model"] = "claude-sonnet-4-5",
         };
+        Environment.SetEnvironmentVariable("PGW_TEST_ECHO_CLAUDE_KEY", "sk-ant-echo");
         _app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
         _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct), Timeout = TimeSpan.FromSeconds(30) };
     }
@@ -171,4 +180,39 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     }
 
     private static JsonNode Node(string json) => JsonNode.Parse(json)!;
+
+    /// <summary>
+    /// Claude's content events are written to a <c>/v1/messages</c> caller as they came — but under the protocol's own
+    /// event names, each on one <c>data:</c> line: an upstream event whose type carries a line break (to write an event
+    /// of its choosing), or whose JSON spans several <c>data:</c> lines, cannot break the caller's stream.
+    /// </summary>
+    [Fact]
+    public async Task An_Anthropic_upstreams_events_cannot_write_events_of_their_choosing_to_a_messages_caller()
+    {
+        var sse = string.Concat(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"one\"}}\n\n",
+            // Its type names another event after a line break.
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\\nevent: error\\ndata: {}\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" injected\"}}\n\n",
+            // Its JSON on two data: lines (SSE joins them with a line break).
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\ndata: \"delta\":{\"type\":\"text_delta\",\"text\":\" two\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        var body = JsonSerializer.Serialize(new { model = "claude", max_tokens = 16, stream = true, messages = new[] { new { role = "user", content = sse } } });
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/messages") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+        request.Headers.Add("anthropic-version", "2023-06-01");
+        using var response = await _http.SendAsync(request, Ct);
+        var text = await response.Content.ReadAsStringAsync(Ct);
+        response.IsSuccessStatusCode.Should().BeTrue(text);
+
+        var lines = text.Split('\n');
+        lines.Where(l => l.StartsWith("event: ", StringComparison.Ordinal)).Select(l => l[7..]).Distinct().Should()
+            .BeSubsetOf(["message_start", "ping", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]);
+        lines.Should().OnlyContain(l => l.Length == 0 || l.StartsWith("event: ", StringComparison.Ordinal) || l.StartsWith("data: {", StringComparison.Ordinal), "every data line is one whole JSON event");
+        var deltas = lines.Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => Node(l[6..]))
+            .Where(e => e["type"]!.GetValue<string>() == "content_block_delta").Select(e => e["delta"]!["text"]!.GetValue<string>());
+        string.Concat(deltas).Should().Be("one two", "the event with a forged type is not Claude's content");
+    }
 }

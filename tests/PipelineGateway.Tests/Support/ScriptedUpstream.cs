@@ -150,7 +150,10 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 using (var request = await System.Text.Json.JsonDocument.ParseAsync(ctx.Request.Body))
                 {
                     var messages = request.RootElement.GetProperty("messages");
-                    await Raw(ctx, 200, "text/event-stream", messages[messages.GetArrayLength() - 1].GetProperty("content").GetString()!);
+                    var content = messages[messages.GetArrayLength() - 1].GetProperty("content");
+                    // An Anthropic request carries the text as a block.
+                    var sse = content.ValueKind == System.Text.Json.JsonValueKind.Array ? content[0].GetProperty("text").GetString()! : content.GetString()!;
+                    await Raw(ctx, 200, "text/event-stream", sse);
                 }
 
                 break;

@@ -138,7 +138,7 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
                 made = chunk;
             }
 
-            if (keepEvents && e.Type?.StartsWith("content_block_", StringComparison.Ordinal) == true)
+            if (keepEvents && ContentEventName(e.Type) is { } name)
             {
                 // A content event makes at most one chunk; it carries the event as it came (one without a chunk, a bare one).
                 if (made is null)
@@ -146,7 +146,7 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
                     _made.Enqueue(made = state.Bare(e));
                 }
 
-                made.AnthropicEvent = (e.Type, OneLine(data));
+                made.AnthropicEvent = (name, OneLine(data));
             }
 
             end = e.Type == "message_stop";
@@ -154,6 +154,18 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         }
 
         public override ChatCompletionChunk? Next() => _made.TryDequeue(out var chunk) ? chunk : null;
+
+        /// <summary>
+        /// The SSE name a content event is written under: the protocol's own word, never the upstream's string (a type
+        /// with a line break in it would otherwise write an event of the upstream's choosing to the caller).
+        /// </summary>
+        private static string? ContentEventName(string? type) => type switch
+        {
+            "content_block_start" => "content_block_start",
+            "content_block_delta" => "content_block_delta",
+            "content_block_stop" => "content_block_stop",
+            _ => null,
+        };
 
         /// <summary>
         /// The event's JSON on one line: an SSE event's data may come as several <c>data:</c> lines, joined by line
