@@ -44,7 +44,6 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
             return;
         }
 
-        request.Gateway = caller.Headers.ToOptions(caller.Key);
         ServerSubmit.Identify(ctx, request, "request-id");
         if (request.Stream == true)
         {
@@ -85,7 +84,6 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
             return;
         }
 
-        request.Gateway = caller.Headers.ToOptions(caller.Key);
         ServerSubmit.Identify(ctx, request, "request-id");
         int? tokens = null;
         var claude = Array.Find(group.DeploymentArray, static d => d.Pool.Provider is AnthropicChatProvider);
@@ -144,11 +142,49 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
 
         if (!keys.MayUse(caller.Key, request.Model))
         {
-            await RouteErrors.WriteAnthropicAsync(ctx, 403, "permission_error", $"This key may not use the model '{request.Model}'.");
+            await RouteErrors.WriteAnthropicAsync(ctx, 403, "permission_error", $"This key may not use the model '{ProviderException.Quoted(request.Model)}'.");
             return null;
         }
 
+        if (!TryBeta(ctx.Request.Headers["anthropic-beta"], out var beta))
+        {
+            await RouteErrors.WriteAnthropicAsync(ctx, 400, "invalid_request_error", "anthropic-beta: must be a comma-separated list of beta feature names (letters, digits, '-', '.'; at most 32 names of 64 characters).");
+            return null;
+        }
+
+        request.Gateway = caller.Headers.ToOptions(caller.Key);
+        request.Gateway.AnthropicBeta = beta;
         return request;
+    }
+
+    /// <summary>
+    /// The caller's <c>anthropic-beta</c> header as one comma-separated list (null without one), or false when it is not
+    /// a list of feature names: the names are Claude's to accept or refuse, their shape is checked here.
+    /// </summary>
+    internal static bool TryBeta(Microsoft.Extensions.Primitives.StringValues header, out string? beta)
+    {
+        beta = null;
+        if (header.Count == 0)
+        {
+            return true;
+        }
+
+        var names = new List<string>();
+        foreach (var value in header)
+        {
+            foreach (var part in (value ?? string.Empty).Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+            {
+                if (part.Length > 64 || names.Count == 32 || !part.All(static c => char.IsAsciiLetterOrDigit(c) || c is '-' or '.'))
+                {
+                    return false;
+                }
+
+                names.Add(part);
+            }
+        }
+
+        beta = names.Count == 0 ? null : string.Join(',', names);
+        return true;
     }
 
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)

@@ -46,7 +46,7 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            if ((ForgedThinking(request) ?? ServerToolError(request)) is { } refused)
+            if ((ForgedThinking(request) ?? ServerToolError(request, string.Join(',', ctx.Request.Headers["anthropic-beta"].ToArray()))) is { } refused)
             {
                 await AnthropicError(ctx, 400, "invalid_request_error", refused).ConfigureAwait(false);
                 return;

@@ -23,6 +23,13 @@ public sealed partial class SimulatorServer
 
     private const string WebSearchTool = "web_search_20250305";
 
+    /// <summary>Tools Claude serves only with a beta asked for in the <c>anthropic-beta</c> header.</summary>
+    private static readonly Dictionary<string, string> BetaTools = new(StringComparer.Ordinal)
+    {
+        ["web_fetch_20250910"] = "web-fetch-2025-09-10",
+        ["code_execution_20250825"] = "code-execution-2025-08-25",
+    };
+
     /// <summary>
     /// The answer up to the first of its words that is one of the request's stop sequences (matched word by word: the
     /// simulator's text is words), as a model stops there; <paramref name="matched"/> is that sequence, else null.
@@ -46,7 +53,7 @@ public sealed partial class SimulatorServer
     }
 
     /// <summary>What Claude would refuse in the request's server tools and their blocks, or null.</summary>
-    private static string? ServerToolError(ChatCompletionRequest request)
+    private static string? ServerToolError(ChatCompletionRequest request, string? betas)
     {
         for (var i = 0; i < (request.Tools?.Count ?? 0); i++)
         {
@@ -59,6 +66,11 @@ public sealed partial class SimulatorServer
             if (!KnownAnthropicTools.Contains(tool.Type))
             {
                 return $"tools.{i}: Input tag '{tool.Type}' found using 'type' does not match any of the expected tags";
+            }
+
+            if (BetaTools.TryGetValue(tool.Type, out var beta) && !(betas ?? string.Empty).Split(',', StringSplitOptions.TrimEntries).Contains(beta))
+            {
+                return $"tools.{i}: the tool '{tool.Type}' requires the beta '{beta}' in the anthropic-beta header";
             }
 
             var name = tool.AdditionalProperties?.TryGetValue("name", out var n) == true && n.ValueKind == JsonValueKind.String ? n.GetString() : null;

@@ -131,6 +131,13 @@ public sealed class GatewayRequestOptions
     /// came (<see cref="ChatCompletionChunk.AnthropicEvent"/>) and written as they came.
     /// </summary>
     internal bool KeepsAnthropicEvents { get; set; }
+
+    /// <summary>
+    /// The <c>anthropic-beta</c> header of a <c>/v1/messages</c> caller (checked: comma-separated feature names), sent on
+    /// to an Anthropic deployment — Claude Code asks for betas (a 1M-token context, web fetch…) that Claude serves only
+    /// with it. Other deployments do not get it.
+    /// </summary>
+    internal string? AnthropicBeta { get; set; }
 }
 
 /// <summary>The priority class of a request; see docs/rate-limiting.md (fairness and priority).</summary>

@@ -130,6 +130,29 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
     }
 
     [Fact]
+    public void An_anthropic_beta_header_is_sent_on_only_as_a_list_of_names_whatever_the_caller_wrote()
+    {
+        // Any header value (one or several): refused, or a comma-separated list of names — never a character that could
+        // end the header line or start another on the way to Claude.
+        var value = Gen.Frequency(
+            (3, Gen.Char['\0', 'ÿ'].Array[0, 40].Select(chars => new string(chars))),
+            (3, Gen.OneOf("web-fetch-2025-09-10", "context-1m-2025-08-07", " ", ",", "a\r\nx-evil: 1", "é", ";", "").Array[1, 6].Select(parts => string.Join(",", parts))));
+        foreach (var values in Cases(value.Array[1, 3], 5_000, Seed + 9))
+        {
+            if (AnthropicMessagesEndpoint.TryBeta(new Microsoft.Extensions.Primitives.StringValues(values), out var beta) && beta is not null)
+            {
+                beta.Should().MatchRegex("^[A-Za-z0-9.-]+(,[A-Za-z0-9.-]+)*$");
+                beta.Split(',').Should().HaveCountLessThanOrEqualTo(32).And.OnlyContain(n => n.Length <= 64);
+            }
+        }
+
+        AnthropicMessagesEndpoint.TryBeta(new Microsoft.Extensions.Primitives.StringValues(["a, b", "c"]), out var joined).Should().BeTrue();
+        joined.Should().Be("a,b,c");
+        AnthropicMessagesEndpoint.TryBeta(default, out var none).Should().BeTrue();
+        none.Should().BeNull();
+    }
+
+    [Fact]
     public void The_Anthropic_codec_refuses_any_mutation_with_its_own_error_and_never_anything_else()
     {
         var unexpected = new List<string>();

@@ -72,10 +72,15 @@ public sealed class ServerToolsTests : IAsyncLifetime
         }
     }
 
-    private async Task<(HttpStatusCode Status, string Body)> PostAsync(string path, object body)
+    private async Task<(HttpStatusCode Status, string Body)> PostAsync(string path, object body, string? beta = null)
     {
         using var http = new HttpClient();
         http.DefaultRequestHeaders.Add("anthropic-version", "2023-06-01");
+        if (beta is not null)
+        {
+            http.DefaultRequestHeaders.TryAddWithoutValidation("anthropic-beta", beta);
+        }
+
         using var response = await http.PostAsync(new Uri(Base, path), new StringContent(JsonSerializer.Serialize(body), Encoding.UTF8, "application/json"), Ct);
         return (response.StatusCode, await response.Content.ReadAsStringAsync(Ct));
     }
@@ -266,6 +271,32 @@ public sealed class ServerToolsTests : IAsyncLifetime
         (status, text) = await PostAsync("v1/messages", next);
         status.Should().Be(HttpStatusCode.OK, text);
         _sims["gpt"].Requests.Should().Be(0);
+    }
+
+    /// <summary>
+    /// A caller's <c>anthropic-beta</c> header reaches Claude (web fetch, a 1M-token context… are served only with it):
+    /// without it the simulator, like Claude, refuses the web fetch tool; a header that is not a list of names is a 400
+    /// from the gateway, and nothing is sent.
+    /// </summary>
+    [Fact]
+    public async Task The_callers_anthropic_beta_header_reaches_Claude_and_a_malformed_one_is_a_400()
+    {
+        var body = JsonNode.Parse("""{"model":"claude","max_tokens":16,"tools":[{"type":"web_fetch_20250910","name":"web_fetch","max_uses":1}],"messages":[{"role":"user","content":"Read https://example.com"}]}""")!;
+        var (status, text) = await PostAsync("v1/messages", body);
+        status.Should().Be(HttpStatusCode.BadRequest, text);
+        text.Should().Contain("web-fetch-2025-09-10");
+
+        (status, text) = await PostAsync("v1/messages", body, beta: "interleaved-thinking-2025-05-14, web-fetch-2025-09-10");
+        status.Should().Be(HttpStatusCode.OK, text);
+        body["stream"] = true;
+        (status, text) = await PostAsync("v1/messages", body, beta: "web-fetch-2025-09-10");
+        status.Should().Be(HttpStatusCode.OK, text);
+
+        var sent = _sims["claude"].Requests;
+        (status, text) = await PostAsync("v1/messages", body, beta: "web-fetch-2025-09-10;evil=1");
+        status.Should().Be(HttpStatusCode.BadRequest, text);
+        JsonNode.Parse(text)!["error"]!["message"]!.GetValue<string>().Should().StartWith("anthropic-beta:");
+        _sims["claude"].Requests.Should().Be(sent);
     }
 
     [Theory]

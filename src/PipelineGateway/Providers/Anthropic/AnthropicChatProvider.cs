@@ -29,12 +29,12 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         var content = new ReadOnlyMemoryContent(body.WrittenMemory);
         content.Headers.ContentType = new MediaTypeHeaderValue("application/json") { CharSet = "utf-8" };
         var message = new HttpRequestMessage(HttpMethod.Post, _messages) { Content = content };
-        AddHeaders(message, stream);
+        AddHeaders(message, stream, request.Request.Gateway?.AnthropicBeta);
         return message;
     }
 
     /// <summary>The key, the API version, what the answer may be, and the provider's configured headers.</summary>
-    private void AddHeaders(HttpRequestMessage message, bool stream)
+    private void AddHeaders(HttpRequestMessage message, bool stream, string? beta)
     {
         if (!string.IsNullOrEmpty(ApiKey))
         {
@@ -43,6 +43,12 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
 
         message.Headers.TryAddWithoutValidation("anthropic-version", Options.AnthropicVersion);
         message.Headers.TryAddWithoutValidation("Accept", stream ? "text/event-stream" : "application/json");
+        if (beta is not null)
+        {
+            // The caller's betas (checked at /v1/messages), beside any the provider's configuration adds.
+            message.Headers.TryAddWithoutValidation("anthropic-beta", beta);
+        }
+
         foreach (var (header, value) in Options.Headers)
         {
             message.Headers.TryAddWithoutValidation(header, value);
@@ -59,7 +65,7 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         AnthropicTranslator.WriteRequest(body, request.Request, request.Model, stream: false, Options.DefaultMaxTokens, counting: true);
         using var message = new HttpRequestMessage(HttpMethod.Post, _countTokens) { Content = new ReadOnlyMemoryContent(body.WrittenMemory) };
         message.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json") { CharSet = "utf-8" };
-        AddHeaders(message, stream: false);
+        AddHeaders(message, stream: false, request.Request.Gateway?.AnthropicBeta);
         var (answer, status) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
         using (answer)
         {
