@@ -22,7 +22,7 @@ public sealed class InvalidRequestException(string? param, string message)
 
 /// <summary>The requested model is not a configured model group or alias.</summary>
 public sealed class ModelNotFoundException(string model)
-    : GatewayException("model_not_found", $"The model '{model}' does not exist on this gateway.")
+    : GatewayException("model_not_found", $"The model '{Providers.ProviderException.Quoted(model)}' does not exist on this gateway.")
 {
     public string Model { get; } = model;
 }

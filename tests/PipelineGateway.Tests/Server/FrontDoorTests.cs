@@ -121,6 +121,25 @@ public sealed class FrontDoorTests : IAsyncLifetime
         return error;
     }
 
+    /// <summary>A model name a caller made up is named in at most 40 characters on every route, refused (403) or unknown (404).</summary>
+    [Theory]
+    [InlineData("v1/chat/completions", "team-a")]
+    [InlineData("v1/messages", "team-a")]
+    [InlineData("v1/chat/completions", "ops")]
+    [InlineData("v1/messages", "ops")]
+    [InlineData("v1/messages/count_tokens", "ops")]
+    public async Task A_long_model_name_is_not_echoed_whole(string path, string key)
+    {
+        var model = "m" + new string('x', 100_000);
+        var body = path.Contains("messages", StringComparison.Ordinal) ? MessagesBody(model) : ChatBody(model);
+
+        var (status, json, _) = await Send(path, body, key == "ops" ? AdminKey : Key);
+
+        status.Should().BeOneOf(HttpStatusCode.NotFound, HttpStatusCode.Forbidden);
+        var message = ErrorIn(path, json).GetProperty("message").GetString()!;
+        message.Should().Contain("m" + new string('x', 39) + "…").And.NotContain(new string('x', 41));
+    }
+
     public static TheoryData<string, string> BadHeaders() => new()
     {
         { "x-gateway-timeout-ms", "4294967296" },
