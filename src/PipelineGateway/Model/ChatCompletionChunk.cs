@@ -68,19 +68,75 @@ public sealed class ChatCompletionChunk
     /// what it would make of the chunk, so blocks the canonical form has no fields for (a server tool's call and
     /// results, citations) reach the caller as Claude wrote them, in their order and with their indexes.
     /// </summary>
-    internal (string Name, byte[] Json)? AnthropicEvent { get; set; }
+    internal (string Name, byte[] Json)? AnthropicEvent
+    {
+        get => _claude?.Event;
+        set
+        {
+            if (value is not null || _claude is not null)
+            {
+                Claude.Event = value;
+            }
+        }
+    }
 
     /// <summary>
     /// On a stream's finishing chunk: Claude's stop reason when the finish reason loses it (<c>stop_sequence</c> and the
     /// sequence, <c>pause_turn</c>; <see cref="Providers.Anthropic.AnthropicStop"/>), for <c>/v1/messages</c>.
     /// </summary>
-    internal (string Reason, string? Sequence)? AnthropicStop { get; set; }
+    internal (string Reason, string? Sequence)? AnthropicStop
+    {
+        get => _claude?.Stop;
+        set
+        {
+            if (value is not null || _claude is not null)
+            {
+                Claude.Stop = value;
+            }
+        }
+    }
 
     /// <summary>The chunk opens or continues a block a caller sees (a server tool's call or result) though it has no canonical content.</summary>
-    internal bool CarriesNativeContent { get; set; }
+    internal bool CarriesNativeContent
+    {
+        get => _claude?.NativeContent == true;
+        set
+        {
+            if (value || _claude is not null)
+            {
+                Claude.NativeContent = value;
+            }
+        }
+    }
 
     /// <summary>The stream carried blocks its canonical chunks cannot hold (a server tool's, citations): not stored in the cache.</summary>
-    internal bool Uncacheable { get; set; }
+    internal bool Uncacheable
+    {
+        get => _claude?.Uncacheable == true;
+        set
+        {
+            if (value || _claude is not null)
+            {
+                Claude.Uncacheable = value;
+            }
+        }
+    }
+
+    /// <summary>
+    /// What only Claude's streams carry, apart: one reference on every chunk (streamed events are the gateway's most
+    /// allocated object; these members were ~50 bytes on each) and an object only where Claude needs it.
+    /// </summary>
+    private sealed class ClaudeState
+    {
+        public (string Name, byte[] Json)? Event;
+        public (string Reason, string? Sequence)? Stop;
+        public bool NativeContent;
+        public bool Uncacheable;
+    }
+
+    private ClaudeState? _claude;
+
+    private ClaudeState Claude => _claude ??= new ClaudeState();
 
     /// <summary>True while the chunk holds its upstream bytes (<see cref="EventJson"/>).</summary>
     internal bool HasEventJson => _eventJson is not null;
@@ -139,7 +195,7 @@ public sealed class ChatCompletionChunk
                 return _unreadCarriesContent;
             }
 
-            if (CarriesNativeContent)
+            if (_claude?.NativeContent == true)
             {
                 return true;
             }
