@@ -14,7 +14,7 @@ namespace PipelineGateway.Server;
 /// malformed or unsupported field is a 400 in Anthropic's shape naming it) and translated to the canonical form; the
 /// answer is translated back.
 /// </summary>
-internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, TimeProvider time, Routing.ModelCatalog catalog, ILogger<AnthropicMessagesEndpoint> logger) : IDisposable
+internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, Routing.ModelCatalog catalog, ILogger<AnthropicMessagesEndpoint> logger) : IDisposable
 {
     /// <summary>
     /// Claude's counts each key may ask for (<see cref="ServerOptions.CountTokensPerMinute"/>): a token bucket per key
@@ -54,10 +54,12 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         try
         {
             var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
+            headers.WriteGatewayHeaders(ctx, request, response.Gateway);
             await JsonBody.WriteAsync(ctx.Response, AnthropicResponses.ToAnthropic(response), AnthropicJsonContext.Default.AnthropicMessage, aborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
+            headers.WriteRateLimitHeaders(ctx, request, ex);
             await RouteErrors.WriteAsync(ctx, ex);
         }
     }
@@ -206,7 +208,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
                 if (first)
                 {
                     // Until the first chunk, SSE comments keep idle proxies from cutting a long-thinking model.
-                    (more, _) = await SseWriter.FirstAsync(ctx, chunks.MoveNextAsync(), options.StreamKeepAlive, time, static (c, _) => StartSse(c), 0);
+                    (more, _) = await SseWriter.FirstAsync(ctx, chunks.MoveNextAsync(), options.StreamKeepAlive, time, static (c, s) => s.Endpoint.StartSse(c, s.Request, null), (Endpoint: this, Request: request));
                     first = false;
                 }
                 else
@@ -227,7 +229,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
                     continue;
                 }
 
-                StartSse(ctx);
+                StartSse(ctx, request, chunk.Gateway);
                 foreach (var e in writer.OnChunk(chunk))
                 {
                     AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
@@ -256,6 +258,7 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
 
             if (!ctx.Response.HasStarted && !wrote)
             {
+                headers.WriteRateLimitHeaders(ctx, request, ex);
                 await RouteErrors.WriteAsync(ctx, ex);
                 return;
             }
@@ -268,13 +271,15 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         }
     }
 
-    private static void StartSse(HttpContext ctx)
+    /// <summary>The stream's headers, once: the gateway's too (who answered, attempts, rate limits) when the first chunk, which carries them, starts it.</summary>
+    private void StartSse(HttpContext ctx, ChatCompletionRequest request, GatewayResponseInfo? info)
     {
         if (!ctx.Response.HasStarted)
         {
             ctx.Response.ContentType = "text/event-stream";
             ctx.Response.Headers.CacheControl = "no-cache";
             ctx.Response.Headers["x-accel-buffering"] = "no";
+            headers.WriteGatewayHeaders(ctx, request, info, streaming: true);
         }
     }
 }

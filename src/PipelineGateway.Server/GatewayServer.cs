@@ -69,6 +69,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton(server);
         builder.Services.AddSingleton<GatewayKeys>();
         builder.Services.AddSingleton<AuthThrottle>();
+        builder.Services.AddSingleton<GatewayResponseHeaders>();
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         services?.Invoke(builder.Services);

@@ -107,6 +107,49 @@ public sealed class ServerTests : IAsyncLifetime
         r.Content.Headers.ContentLength.Should().Be((await r.Content.ReadAsByteArrayAsync(Ct)).Length, "the answer is sent with its length, not chunked");
     }
 
+    /// <summary>
+    /// <c>/v1/messages</c> answers with the same gateway headers as the chat route — who answered, cache, attempts, cost,
+    /// the caller's rate-limit state — whole and streamed, and its 429 says when to come back (none of them before).
+    /// </summary>
+    [Fact]
+    public async Task The_messages_route_carries_the_gateway_headers_whole_streamed_and_on_a_429()
+    {
+        string Messages(bool stream) => JsonSerializer.Serialize(new Dictionary<string, object?>
+        {
+            ["model"] = "gpt-4o-mini",
+            ["max_tokens"] = 16,
+            ["stream"] = stream,
+            ["metadata"] = new { user_id = "messages-user" },
+            ["messages"] = new[] { new { role = "user", content = "Hello!" } },
+        });
+        void Anthropic(HttpRequestMessage m) => m.Headers.Add("anthropic-version", "2023-06-01");
+
+        var whole = await Post(Messages(stream: false), "v1/messages", Anthropic);
+        whole.StatusCode.Should().Be(HttpStatusCode.OK);
+        whole.Headers.GetValues("x-gateway-provider").Should().Equal("sim");
+        whole.Headers.GetValues("x-gateway-cache").Should().Equal("miss");
+        whole.Headers.GetValues("x-gateway-attempts").Should().Equal("1");
+        whole.Headers.Contains("x-gateway-cost-usd").Should().BeTrue();
+        whole.Headers.GetValues("x-ratelimit-remaining-requests").Should().Equal("4");
+
+        var streamed = await Post(Messages(stream: true), "v1/messages", Anthropic);
+        streamed.StatusCode.Should().Be(HttpStatusCode.OK);
+        (await streamed.Content.ReadAsStringAsync(Ct)).Should().Contain("message_stop");
+        streamed.Headers.GetValues("x-gateway-provider").Should().Equal("sim");
+        streamed.Headers.GetValues("x-ratelimit-remaining-requests").Should().Equal("3");
+
+        HttpResponseMessage last = null!;
+        for (var i = 0; i < 4; i++)
+        {
+            last = await Post(Messages(stream: i % 2 == 0), "v1/messages", Anthropic);
+        }
+
+        last.StatusCode.Should().Be((HttpStatusCode)429);
+        last.Headers.RetryAfter!.Delta.Should().BePositive();
+        last.Headers.GetValues("x-ratelimit-remaining-requests").Should().Equal("0");
+        (await last.Content.ReadFromJsonAsync<JsonElement>(Ct)).GetProperty("error").GetProperty("type").GetString().Should().Be("rate_limit_error");
+    }
+
     [Fact]
     public async Task A_body_of_several_kilobytes_sent_in_chunks_is_read_whole()
     {
