@@ -157,7 +157,10 @@ public static partial class GatewayServer
         app.MapPost("/v1/chat/completions", chat.HandleAsync);
         app.MapPost("/v1/messages", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleAsync);
         app.MapPost("/v1/messages/count_tokens", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleCountAsync);
-        app.MapGet("/v1/models", (HttpContext ctx) => ModelsAsync(ctx, app.Services.GetRequiredService<ModelCatalog>(), app.Services.GetRequiredService<GatewayKeys>()));
+        var catalog = app.Services.GetRequiredService<ModelCatalog>();
+        var gatewayKeys = app.Services.GetRequiredService<GatewayKeys>();
+        app.MapGet("/v1/models", (HttpContext ctx) => ModelsEndpoint.ListAsync(ctx, catalog, gatewayKeys));
+        app.MapGet("/v1/models/{**id}", (HttpContext ctx) => ModelsEndpoint.RetrieveAsync(ctx, catalog, gatewayKeys));
         app.MapGet("/v1/gateway/metrics", async (HttpContext ctx) =>
         {
             ctx.Response.ContentType = "application/json";
@@ -181,34 +184,6 @@ public static partial class GatewayServer
             ? Results.Text("ready")
             : Results.Text("not ready: the pipeline is starting or draining", statusCode: 503)).ExecuteAsync(ctx));
         app.MapFallback(ctx => RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "unknown_route", $"No route for {ctx.Request.Method} {ctx.Request.Path}."));
-    }
-
-    /// <summary>The models the caller's key may use (all of them for a key without AllowedModels).</summary>
-    private static async Task ModelsAsync(HttpContext ctx, ModelCatalog catalog, GatewayKeys keys)
-    {
-        var key = ctx.Features.Get<GatewayCaller>()?.Key;
-        ctx.Response.ContentType = "application/json";
-        await using var w = new Utf8JsonWriter(ctx.Response.Body);
-        w.WriteStartObject();
-        w.WriteString("object", "list");
-        w.WriteStartArray("data");
-        foreach (var group in catalog.Groups)
-        {
-            if (!keys.MayUse(key, group.Name))
-            {
-                continue;
-            }
-
-            w.WriteStartObject();
-            w.WriteString("id", group.Name);
-            w.WriteString("object", "model");
-            w.WriteNumber("created", 0);
-            w.WriteString("owned_by", "pipelinegateway");
-            w.WriteEndObject();
-        }
-
-        w.WriteEndArray();
-        w.WriteEndObject();
     }
 
     [LoggerMessage(EventId = 100, Level = LogLevel.Warning, Message = "No gateway keys are configured: serving on loopback only, without authentication.")]

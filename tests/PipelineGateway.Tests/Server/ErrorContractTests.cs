@@ -485,6 +485,30 @@ public sealed class ErrorContractTests : IAsyncLifetime
         delta.GetProperty("stop_sequence").GetString().Should().Be(words[at]);
     }
 
+    /// <summary>
+    /// Both SDKs list and retrieve the gateway's models at the path their APIs share, each in its own shape (the
+    /// Anthropic SDK reads <c>type</c>, <c>display_name</c>, <c>created_at</c>, <c>has_more</c>: the gateway answers so
+    /// when <c>anthropic-version</c> is sent); an unknown model is a 404 each SDK reads as one.
+    /// </summary>
+    [Fact]
+    public async Task The_OpenAI_and_Anthropic_SDKs_list_and_retrieve_models_each_in_its_shape()
+    {
+        var openai = new OpenAI.Models.OpenAIModelClient(new ApiKeyCredential(Key), new OpenAIClientOptions { Endpoint = new Uri(Base, "v1") });
+        var listed = (await openai.GetModelsAsync(Ct)).Value;
+        listed.Select(m => m.Id).Should().Contain(["anthropic-only", "invalid"]);
+        (await openai.GetModelAsync("anthropic-only", Ct)).Value.Id.Should().Be("anthropic-only");
+        var missing = async () => await openai.GetModelAsync("no-such-model", Ct);
+        (await missing.Should().ThrowAsync<ClientResultException>()).Which.Status.Should().Be(404);
+
+        using var anthropic = AnthropicClient();
+        var page = await anthropic.Models.List(null, Ct);
+        page.Items.Select(m => m.ID).Should().Contain(["anthropic-only", "invalid"]);
+        page.Items.Should().OnlyContain(m => m.DisplayName == m.ID);
+        (await anthropic.Models.Retrieve("anthropic-only", null, Ct)).ID.Should().Be("anthropic-only");
+        var absent = async () => await anthropic.Models.Retrieve("no-such-model", null, Ct);
+        (await absent.Should().ThrowAsync<AnthropicNotFoundException>()).Which.Message.Should().Contain("no-such-model");
+    }
+
     [Fact]
     public async Task An_upstream_400_reaches_the_Anthropic_SDK_as_a_bad_request_and_is_sent_once()
     {
