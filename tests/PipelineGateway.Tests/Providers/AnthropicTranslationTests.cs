@@ -494,6 +494,40 @@ public sealed class AnthropicTranslationTests
         router.Should().Contain("\"anthropic_content\"").And.Contain("web_search_tool_result").And.Contain("\"max_uses\"" , "a router in front of Claude gets them as they are").And.Contain("web_search_20250305");
     }
 
+    /// <summary>
+    /// Claude's MCP connector, code execution container and context editing from a <c>/v1/messages</c> caller reach Claude
+    /// as they came (they were left out before: the request Claude answered had no MCP tools); count_tokens gets the MCP
+    /// servers only. OpenAI itself has no form for the first two (not sent there) and is not sent the third.
+    /// </summary>
+    [Fact]
+    public void Claudes_MCP_servers_container_and_context_editing_reach_Claude_and_not_OpenAI_itself()
+    {
+        var request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse(System.Text.Encoding.UTF8.GetBytes("""
+            {"model":"x","max_tokens":16,"messages":[{"role":"user","content":"hi"}],
+             "mcp_servers":[{"type":"url","url":"https://mcp.example.com/sse","name":"example","authorization_token":"tok"}],
+             "container":"container_011CQ","context_management":{"edits":[{"type":"clear_tool_uses_20250919"}]}}
+            """)));
+
+        var body = Translate(request);
+        body.GetProperty("mcp_servers")[0].GetProperty("url").GetString().Should().Be("https://mcp.example.com/sse");
+        body.GetProperty("container").GetString().Should().Be("container_011CQ");
+        body.GetProperty("context_management").GetProperty("edits")[0].GetProperty("type").GetString().Should().Be("clear_tool_uses_20250919");
+
+        var buffer = new ArrayBufferWriter<byte>();
+        AnthropicTranslator.WriteRequest(buffer, request, "claude-sonnet-4-5", stream: false, defaultMaxTokens: 64, counting: true);
+        var counted = JsonDocument.Parse(buffer.WrittenMemory).RootElement;
+        counted.TryGetProperty("mcp_servers", out _).Should().BeTrue();
+        counted.TryGetProperty("container", out _).Should().BeFalse();
+        counted.TryGetProperty("context_management", out _).Should().BeFalse();
+
+        var act = () => ServerTools.Refuse(request, "'openai'", anyType: false);
+        act.Should().Throw<ProviderException>().Which.Param.Should().Be("mcp_servers");
+        request.AdditionalProperties!.Remove("mcp_servers");
+        request.AdditionalProperties.Remove("container");
+        act.Should().NotThrow();
+        System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropAnthropicMembers: true)).Should().NotContain("context_management");
+    }
+
     [Fact]
     public void A_round_trip_keeps_text_tool_calls_and_finish_reason()
     {

@@ -255,7 +255,7 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
     {
         await using var gateway = await Answering("strict-200", """{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}""", strip);
         var request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse("""
-            {"model":"m","max_tokens":64,"system":[{"type":"text","text":"Rules.","cache_control":{"type":"ephemeral"}}],
+            {"model":"m","max_tokens":64,"top_k":5,"context_management":{"edits":[{"type":"clear_tool_uses_20250919"}]},"system":[{"type":"text","text":"Rules.","cache_control":{"type":"ephemeral"}}],
              "messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":[{"type":"thinking","thinking":"Hm.","signature":"sig"},{"type":"text","text":"Hello."}]},{"role":"user","content":"Again"}]}
             """u8.ToArray()));
 

@@ -187,7 +187,7 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case System.Text.Json.JsonValueKind.Object:
                 foreach (var p in e.EnumerateObject())
                 {
-                    if (p.Name is "cache_control" or "thinking_blocks" or "is_error" or "thinking")
+                    if (p.Name is "cache_control" or "thinking_blocks" or "is_error" or "thinking" or "top_k" or "context_management")
                     {
                         return p.Name;
                     }

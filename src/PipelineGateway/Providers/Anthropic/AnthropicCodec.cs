@@ -426,11 +426,14 @@ internal static partial class AnthropicCodec
 
     /// <summary>
     /// Anthropic's own members that the canonical form carries as unknown ones — <c>cache_control</c>, <c>is_error</c>,
-    /// Claude's <c>thinking_blocks</c> and the <c>thinking</c> parameter: what an upstream with OpenAI's strict schema is
-    /// not sent (<see cref="Hosting.ProviderOptions.StripAnthropicMembers"/>).
+    /// Claude's <c>thinking_blocks</c>, the <c>thinking</c>, <c>top_k</c> and <c>context_management</c> parameters, a
+    /// turn's <c>anthropic_content</c>: what an upstream with OpenAI's strict schema is not sent
+    /// (<see cref="Hosting.ProviderOptions.StripAnthropicMembers"/>). (<c>mcp_servers</c> and <c>container</c> change
+    /// what comes back: such a request is not sent there at all, <see cref="ServerTools.Refuse"/>.)
     /// </summary>
     internal static bool IsAnthropicOwn(string name) =>
-        name is CacheControlMember or IsErrorMember or ThinkingBlocks.Member or ThinkingBlocks.Parameter or ServerTools.ContentMember;
+        name is CacheControlMember or IsErrorMember or ThinkingBlocks.Member or ThinkingBlocks.Parameter or ServerTools.ContentMember
+            or "top_k" or ServerTools.ContextManagement;
 
     private static void ValidateBlock(AnthropicInputBlock b, string path)
     {

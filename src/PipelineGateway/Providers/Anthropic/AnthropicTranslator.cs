@@ -84,6 +84,17 @@ internal static class AnthropicTranslator
             WriteSampling(w, request);
         }
 
+        // Claude's MCP connector, code execution container and context editing, as a /v1/messages caller sent them
+        // (count_tokens takes the MCP servers, whose tools count).
+        foreach (var member in ServerTools.RequestMembers)
+        {
+            if ((!counting || member == ServerTools.McpServers) && request.AdditionalProperties?.TryGetValue(member, out var value) == true)
+            {
+                w.WritePropertyName(member);
+                value.WriteTo(w);
+            }
+        }
+
         if (request.AdditionalProperties?.TryGetValue(ThinkingBlocks.Parameter, out var thinking) == true && thinking.ValueKind == JsonValueKind.Object)
         {
             w.WritePropertyName(ThinkingBlocks.Parameter);

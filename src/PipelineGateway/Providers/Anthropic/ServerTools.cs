@@ -18,6 +18,18 @@ internal static class ServerTools
     /// <summary>The unknown member of an assistant message holding its content blocks as Claude wrote them.</summary>
     public const string ContentMember = "anthropic_content";
 
+    /// <summary>Claude's MCP connector: remote MCP servers whose tools Claude calls itself (with its beta).</summary>
+    public const string McpServers = "mcp_servers";
+
+    /// <summary>The code execution tool's container to reuse.</summary>
+    public const string Container = "container";
+
+    /// <summary>Claude's context editing (clearing old tool results as the context fills; with its beta).</summary>
+    public const string ContextManagement = "context_management";
+
+    /// <summary>Request members for Claude alone, carried from <c>/v1/messages</c> to an Anthropic deployment as they came.</summary>
+    public static readonly string[] RequestMembers = [McpServers, Container, ContextManagement];
+
     /// <summary>
     /// A tool type Anthropic defines: a name and the date of its version (<c>web_search_20250305</c>). Custom tools are
     /// <c>custom</c> or have no type; OpenAI's are <c>function</c> (and <c>custom</c>).
@@ -79,6 +91,15 @@ internal static class ServerTools
             {
                 throw ProviderException.Unsupported($"tools[{i}].type",
                     $"tools[{i}] is a tool of type '{ProviderException.Quoted(type)}', which {deployment} has no form for (only Claude runs Anthropic's own tools); the request was not sent to this deployment.");
+            }
+        }
+
+        foreach (var member in (ReadOnlySpan<string>)[McpServers, Container])
+        {
+            if (request.AdditionalProperties?.ContainsKey(member) == true)
+            {
+                throw ProviderException.Unsupported(member,
+                    $"{member} is Claude's own (its MCP connector, its code execution container), which {deployment} has no form for; the request was not sent to this deployment.");
             }
         }
 
