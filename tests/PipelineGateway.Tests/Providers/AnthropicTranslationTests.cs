@@ -494,6 +494,23 @@ public sealed class AnthropicTranslationTests
         router.Should().Contain("\"anthropic_content\"").And.Contain("web_search_tool_result").And.Contain("\"max_uses\"" , "a router in front of Claude gets them as they are").And.Contain("web_search_20250305");
     }
 
+    [Fact]
+    public void An_empty_citations_list_is_no_citation_and_an_escaped_server_block_type_is_still_one()
+    {
+        static ChatCompletionRequest Read(string json) => AnthropicCodec.ToCanonical(AnthropicCodec.Parse(System.Text.Encoding.UTF8.GetBytes(json)));
+
+        var plain = Read("""{"model":"x","max_tokens":16,"messages":[{"role":"user","content":[{"type":"text","text":"hi","citations":[]}]}]}""");
+        plain.Messages[0].AdditionalProperties.Should().BeNull("an empty citations list needs no blocks kept");
+
+        var escaped = Read("""
+            {"model":"x","max_tokens":16,"messages":[{"role":"user","content":"q"},{"role":"assistant","content":[
+              {"type":"server\u005ftool_use","id":"s1","name":"web_search","input":{}},
+              {"type":"web_search_tool_result","tool_use_id":"s1","content":[{"type":"web_search_result","url":"https://e.x","encrypted_content":"e"}]}]},
+              {"role":"user","content":"more"}]}
+            """);
+        ServerTools.Content(escaped.Messages[1]).Should().NotBeNull();
+    }
+
     /// <summary>
     /// Claude's MCP connector, code execution container and context editing from a <c>/v1/messages</c> caller reach Claude
     /// as they came (they were left out before: the request Claude answered had no MCP tools); count_tokens gets the MCP

@@ -789,8 +789,8 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
                     var isType = probe.ValueTextEquals("type"u8);
                     var isCitations = probe.ValueTextEquals("citations"u8);
                     probe.Read();
-                    if (isType && probe.TokenType == JsonTokenType.String && ServerTools.IsServerBlock(probe.GetString())
-                        || isCitations && probe.TokenType == JsonTokenType.StartArray)
+                    if (isType && probe.TokenType == JsonTokenType.String && IsServerBlock(ref probe)
+                        || isCitations && probe.TokenType == JsonTokenType.StartArray && !IsEmptyArray(probe))
                     {
                         return true;
                     }
@@ -806,6 +806,22 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
 
         return false;
     }
+
+    /// <summary>The type at the reader is a server tool's block's, read in place (no string per block on every request).</summary>
+    private static bool IsServerBlock(ref Utf8JsonReader r)
+    {
+        if (r.ValueIsEscaped || r.HasValueSequence)
+        {
+            return ServerTools.IsServerBlock(r.GetString());
+        }
+
+        var type = r.ValueSpan;
+        return type.SequenceEqual("server_tool_use"u8) || type.SequenceEqual("mcp_tool_use"u8) || type.SequenceEqual("container_upload"u8)
+            || type.EndsWith("_tool_result"u8) && !type.SequenceEqual("tool_result"u8);
+    }
+
+    /// <summary>The array starting at the reader has no element (an empty <c>citations</c> is no citation).</summary>
+    private static bool IsEmptyArray(Utf8JsonReader copy) => copy.Read() && copy.TokenType == JsonTokenType.EndArray;
 
     /// <summary>The blocks one by one (a server tool's as its type only: Claude checks the rest), and the array as written.</summary>
     private static AnthropicInputContent ReadWithRaw(ref Utf8JsonReader reader)
