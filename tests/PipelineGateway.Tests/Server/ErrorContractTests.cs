@@ -8,13 +8,13 @@ using Anthropic.Exceptions;
 using Anthropic.Models.Messages;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using OpenAI;
 using OpenAI.Chat;
 using PipelineGateway.Metrics;
 using PipelineGateway.Server;
 using PipelineGateway.Simulator;
+using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
 
@@ -26,12 +26,15 @@ namespace PipelineGateway.Tests.Server;
 public sealed class ErrorContractTests : IAsyncLifetime
 {
     private const string Key = "sk-gw-contract-0123456789";
-    private readonly Dictionary<string, SimulatorServer> _sims = [];
-    private WebApplication _app = null!;
+    private SimulatorFleet _fleet = null!;
+
+    private Dictionary<string, SimulatorServer> _sims => _fleet.Sims;
+
+    private WebApplication _app => _fleet.App;
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private Uri Base { get; set; } = null!;
+    private Uri Base => _fleet.Base;
 
     /// <summary>Provider name → (type, scripted fault): each gets its own simulator.</summary>
     private static readonly (string Name, string Type, string? Fault)[] Providers =
@@ -67,55 +70,17 @@ public sealed class ErrorContractTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        var settings = new Dictionary<string, string?>
+        _fleet = await SimulatorFleet.StartAsync(Providers, Models, "gpt-4o-mini", new Dictionary<string, string?>
         {
             ["Gateway:Server:Keys:0:Id"] = "contract",
             ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
             ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.010",
             ["Gateway:Pipeline:RetryMaxDelay"] = "00:00:00.020",
             ["Gateway:Server:CountTokensPerMinute"] = "2",
-        };
-        for (var i = 0; i < Providers.Length; i++)
-        {
-            var (name, type, fault) = Providers[i];
-            var sim = await SimulatorServer.StartAsync(new SimulatorOptions(), cancellationToken: Ct);
-            _sims[name] = sim;
-            settings[$"Gateway:Providers:{i}:Name"] = name;
-            settings[$"Gateway:Providers:{i}:Type"] = type;
-            settings[$"Gateway:Providers:{i}:BaseUrl"] = new Uri(sim.BaseAddress, "v1").ToString();
-            settings[$"Gateway:Providers:{i}:ApiKeyEnvironmentVariable"] = type == "Anthropic" ? "PGW_TEST_CONTRACT_KEY" : null;
-            if (fault is not null)
-            {
-                settings[$"Gateway:Providers:{i}:Headers:x-sim-fault"] = fault;
-            }
-        }
-
-        for (var m = 0; m < Models.Length; m++)
-        {
-            settings[$"Gateway:Models:{m}:Name"] = Models[m].Model;
-            settings[$"Gateway:Models:{m}:Strategy"] = "Priority";
-            for (var d = 0; d < Models[m].Providers.Length; d++)
-            {
-                settings[$"Gateway:Models:{m}:Deployments:{d}:Provider"] = Models[m].Providers[d];
-                settings[$"Gateway:Models:{m}:Deployments:{d}:Model"] = "gpt-4o-mini";
-                settings[$"Gateway:Models:{m}:Deployments:{d}:Priority"] = d.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            }
-        }
-
-        Environment.SetEnvironmentVariable("PGW_TEST_CONTRACT_KEY", "sk-ant-test-upstream");
-        _app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        Base = await GatewayServer.StartAsync(_app, Ct);
+        }, Ct);
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        await _app.StopAsync();
-        await _app.DisposeAsync();
-        foreach (var sim in _sims.Values)
-        {
-            await sim.DisposeAsync();
-        }
-    }
+    public ValueTask DisposeAsync() => _fleet.DisposeAsync();
 
     private long Calls(string provider) => _sims[provider].Requests;
 

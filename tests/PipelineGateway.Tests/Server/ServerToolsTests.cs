@@ -4,11 +4,11 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Metrics;
 using PipelineGateway.Server;
 using PipelineGateway.Simulator;
+using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
 
@@ -20,57 +20,26 @@ namespace PipelineGateway.Tests.Server;
 /// </summary>
 public sealed class ServerToolsTests : IAsyncLifetime
 {
-    private readonly Dictionary<string, SimulatorServer> _sims = [];
-    private WebApplication _app = null!;
+    private SimulatorFleet _fleet = null!;
+
+    private Dictionary<string, SimulatorServer> _sims => _fleet.Sims;
+
+    private WebApplication _app => _fleet.App;
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private Uri Base { get; set; } = null!;
+    private Uri Base => _fleet.Base;
 
     private static readonly object WebSearch = new Dictionary<string, object> { ["type"] = "web_search_20250305", ["name"] = "web_search", ["max_uses"] = 2 };
 
-    public async ValueTask InitializeAsync()
-    {
-        var settings = new Dictionary<string, string?> { ["Gateway:Cache:Enabled"] = "true" };
-        (string Name, string Type)[] providers = [("claude", "Anthropic"), ("gpt", "OpenAI"), ("compat", "OpenAICompatible")];
-        for (var i = 0; i < providers.Length; i++)
-        {
-            var sim = await SimulatorServer.StartAsync(new SimulatorOptions(), cancellationToken: Ct);
-            _sims[providers[i].Name] = sim;
-            settings[$"Gateway:Providers:{i}:Name"] = providers[i].Name;
-            settings[$"Gateway:Providers:{i}:Type"] = providers[i].Type;
-            settings[$"Gateway:Providers:{i}:BaseUrl"] = new Uri(sim.BaseAddress, "v1").ToString();
-            settings[$"Gateway:Providers:{i}:ApiKeyEnvironmentVariable"] = providers[i].Type == "OpenAICompatible" ? null : "PGW_TEST_SERVER_TOOLS_KEY";
-        }
+    public async ValueTask InitializeAsync() => _fleet = await SimulatorFleet.StartAsync(
+        [("claude", "Anthropic", null), ("gpt", "OpenAI", null), ("compat", "OpenAICompatible", null)],
+        [("claude", ["claude"]), ("gpt-first", ["gpt", "claude"]), ("gpt-only", ["gpt"])],
+        "claude-sonnet-4-5",
+        new Dictionary<string, string?> { ["Gateway:Cache:Enabled"] = "true" },
+        Ct);
 
-        Environment.SetEnvironmentVariable("PGW_TEST_SERVER_TOOLS_KEY", "sk-test-upstream");
-
-        (string Model, string[] Providers)[] models = [("claude", ["claude"]), ("gpt-first", ["gpt", "claude"]), ("gpt-only", ["gpt"])];
-        for (var m = 0; m < models.Length; m++)
-        {
-            settings[$"Gateway:Models:{m}:Name"] = models[m].Model;
-            settings[$"Gateway:Models:{m}:Strategy"] = "Priority";
-            for (var d = 0; d < models[m].Providers.Length; d++)
-            {
-                settings[$"Gateway:Models:{m}:Deployments:{d}:Provider"] = models[m].Providers[d];
-                settings[$"Gateway:Models:{m}:Deployments:{d}:Model"] = "claude-sonnet-4-5";
-                settings[$"Gateway:Models:{m}:Deployments:{d}:Priority"] = d.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            }
-        }
-
-        _app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        Base = await GatewayServer.StartAsync(_app, Ct);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        await _app.StopAsync();
-        await _app.DisposeAsync();
-        foreach (var sim in _sims.Values)
-        {
-            await sim.DisposeAsync();
-        }
-    }
+    public ValueTask DisposeAsync() => _fleet.DisposeAsync();
 
     private async Task<(HttpStatusCode Status, string Body)> PostAsync(string path, object body, string? beta = null)
     {

@@ -1,0 +1,79 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using PipelineGateway.Server;
+using PipelineGateway.Simulator;
+
+namespace PipelineGateway.Tests.Support;
+
+/// <summary>
+/// The gateway's HTTP server in front of one simulator per provider (so every upstream call is counted), each with its
+/// scripted fault if any, and model groups deploying them in priority order — what the HTTP contract tests run against.
+/// Providers of every type but <c>OpenAICompatible</c> get an API key (their types require one).
+/// </summary>
+internal sealed class SimulatorFleet : IAsyncDisposable
+{
+    private SimulatorFleet(WebApplication app, Uri baseAddress, Dictionary<string, SimulatorServer> sims)
+    {
+        App = app;
+        Base = baseAddress;
+        Sims = sims;
+    }
+
+    public WebApplication App { get; }
+
+    public Uri Base { get; }
+
+    /// <summary>Provider name → its simulator.</summary>
+    public Dictionary<string, SimulatorServer> Sims { get; }
+
+    public static async Task<SimulatorFleet> StartAsync(
+        (string Name, string Type, string? Fault)[] providers,
+        (string Model, string[] Providers)[] models,
+        string deploymentModel,
+        Dictionary<string, string?> settings,
+        CancellationToken cancellationToken)
+    {
+        const string KeyVariable = "PGW_TEST_FLEET_UPSTREAM_KEY";
+        Environment.SetEnvironmentVariable(KeyVariable, "sk-test-upstream");
+        var sims = new Dictionary<string, SimulatorServer>();
+        for (var i = 0; i < providers.Length; i++)
+        {
+            var (name, type, fault) = providers[i];
+            var sim = await SimulatorServer.StartAsync(new SimulatorOptions(), cancellationToken: cancellationToken);
+            sims[name] = sim;
+            settings[$"Gateway:Providers:{i}:Name"] = name;
+            settings[$"Gateway:Providers:{i}:Type"] = type;
+            settings[$"Gateway:Providers:{i}:BaseUrl"] = new Uri(sim.BaseAddress, "v1").ToString();
+            settings[$"Gateway:Providers:{i}:ApiKeyEnvironmentVariable"] = type == "OpenAICompatible" ? null : KeyVariable;
+            if (fault is not null)
+            {
+                settings[$"Gateway:Providers:{i}:Headers:x-sim-fault"] = fault;
+            }
+        }
+
+        for (var m = 0; m < models.Length; m++)
+        {
+            settings[$"Gateway:Models:{m}:Name"] = models[m].Model;
+            settings[$"Gateway:Models:{m}:Strategy"] = "Priority";
+            for (var d = 0; d < models[m].Providers.Length; d++)
+            {
+                settings[$"Gateway:Models:{m}:Deployments:{d}:Provider"] = models[m].Providers[d];
+                settings[$"Gateway:Models:{m}:Deployments:{d}:Model"] = deploymentModel;
+                settings[$"Gateway:Models:{m}:Deployments:{d}:Priority"] = d.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            }
+        }
+
+        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
+        return new SimulatorFleet(app, await GatewayServer.StartAsync(app, cancellationToken), sims);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await App.StopAsync();
+        await App.DisposeAsync();
+        foreach (var sim in Sims.Values)
+        {
+            await sim.DisposeAsync();
+        }
+    }
+}
