@@ -494,6 +494,36 @@ public sealed class AnthropicTranslationTests
         router.Should().Contain("\"anthropic_content\"").And.Contain("web_search_tool_result").And.Contain("\"max_uses\"" , "a router in front of Claude gets them as they are").And.Contain("web_search_20250305");
     }
 
+    [Theory]
+    [InlineData("standard_only", "default", "standard_only")]
+    [InlineData("auto", "auto", "auto")]
+    public void An_Anthropic_callers_service_tier_reaches_Claude_and_reads_as_OpenAIs_word_in_between(string given, string canonical, string toClaude)
+    {
+        var request = AnthropicCodec.ToCanonical(AnthropicCodec.Parse(System.Text.Encoding.UTF8.GetBytes(
+            $$"""{"model":"x","max_tokens":16,"service_tier":"{{given}}","messages":[{"role":"user","content":"hi"}]}""")));
+
+        request.AdditionalProperties!["service_tier"].GetString().Should().Be(canonical, "what an OpenAI upstream understands");
+        Translate(request).GetProperty("service_tier").GetString().Should().Be(toClaude);
+    }
+
+    [Theory]
+    [InlineData("priority", "auto")]
+    [InlineData("default", "standard_only")]
+    [InlineData("flex", null)]
+    public void An_OpenAI_callers_service_tier_reaches_Claude_in_its_words_or_not_at_all(string given, string? toClaude)
+    {
+        var body = Translate(Parse($$"""{"model":"x","service_tier":"{{given}}","messages":[{"role":"user","content":"hi"}]}"""));
+
+        if (toClaude is null)
+        {
+            body.TryGetProperty("service_tier", out _).Should().BeFalse();
+        }
+        else
+        {
+            body.GetProperty("service_tier").GetString().Should().Be(toClaude);
+        }
+    }
+
     [Fact]
     public void An_empty_citations_list_is_no_citation_and_an_escaped_server_block_type_is_still_one()
     {

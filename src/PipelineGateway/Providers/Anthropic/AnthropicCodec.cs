@@ -116,6 +116,13 @@ internal static partial class AnthropicCodec
             AdditionalProperties = a.Extra,
         };
 
+        if (a.Extra?.TryGetValue(ServiceTier, out var tier) == true && tier.ValueKind == JsonValueKind.String && tier.ValueEquals("standard_only"u8))
+        {
+            // The canonical request speaks OpenAI's words: Anthropic's standard-only tier is OpenAI's "default" (the
+            // Anthropic translator says "standard_only" again; an OpenAI upstream understands "default").
+            a.Extra[ServiceTier] = Json("\"default\"");
+        }
+
         if (a.TopK is { } topK)
         {
             (request.AdditionalProperties ??= [])["top_k"] = JsonSerializer.SerializeToElement(topK, AnthropicRequestContext.Default.Int32);
@@ -420,6 +427,9 @@ internal static partial class AnthropicCodec
         cacheControl is { ValueKind: not JsonValueKind.Null } c ? new() { [CacheControlMember] = c } : null;
 
     internal const string CacheControlMember = "cache_control";
+
+    /// <summary>The capacity tier (both APIs; OpenAI's words in the canonical request).</summary>
+    internal const string ServiceTier = "service_tier";
 
     /// <summary>A tool_result's <c>is_error</c>, kept on the canonical tool message for an Anthropic upstream.</summary>
     internal const string IsErrorMember = "is_error";

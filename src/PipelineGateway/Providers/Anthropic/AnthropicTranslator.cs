@@ -235,6 +235,15 @@ internal static class AnthropicTranslator
             w.WritePropertyName("top_k");
             topK.WriteTo(w);
         }
+
+        // The capacity tier in Anthropic's words: "default" (standard capacity only) is "standard_only"; "auto" and
+        // "priority" are "auto" (priority capacity when the organisation has it); OpenAI's "flex" and "scale" have no
+        // Anthropic form and only tune how the answer is served: dropped, as before.
+        if (request.AdditionalProperties?.TryGetValue(AnthropicCodec.ServiceTier, out var tier) == true && tier.ValueKind == JsonValueKind.String
+            && (tier.ValueEquals("default"u8) ? "standard_only" : tier.ValueEquals("auto"u8) || tier.ValueEquals("priority"u8) ? "auto" : null) is { } anthropicTier)
+        {
+            w.WriteString(AnthropicCodec.ServiceTier, anthropicTier);
+        }
     }
 
     /// <summary>
