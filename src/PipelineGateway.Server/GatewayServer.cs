@@ -72,6 +72,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<GatewayResponseHeaders>();
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
+        builder.Services.AddSingleton<Responses.ResponsesEndpoint>();
         services?.Invoke(builder.Services);
         builder.Services.AddPipelineGateway(builder.Configuration);
         builder.Services.AddPipelineGatewayRedis(builder.Configuration);
@@ -156,6 +157,7 @@ public static partial class GatewayServer
         var chat = app.Services.GetRequiredService<ChatCompletionsEndpoint>();
         app.MapPost("/v1/chat/completions", chat.HandleAsync);
         app.MapPost("/v1/messages", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleAsync);
+        app.MapPost("/v1/responses", app.Services.GetRequiredService<Responses.ResponsesEndpoint>().HandleAsync);
         app.MapPost("/v1/messages/count_tokens", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleCountAsync);
         var catalog = app.Services.GetRequiredService<ModelCatalog>();
         var gatewayKeys = app.Services.GetRequiredService<GatewayKeys>();

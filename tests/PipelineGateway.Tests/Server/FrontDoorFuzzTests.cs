@@ -28,7 +28,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
     // PGW_FUZZ_SCALE (a multiplier of the counts): a failure prints the case, and the same seed replays it.
     private static readonly ulong Seed = Fuzz.Seed;
     private static readonly int Scale = Fuzz.Scale;
-    private static readonly int HttpCases = 2_000 * Scale;
+    private static readonly int HttpCases = 3_000 * Scale;
     private static readonly int CodecCases = 20_000 * Scale;
     private WebApplication _app = null!;
     private HttpClient _http = null!;
@@ -82,7 +82,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Mutated_requests_on_both_routes_never_get_a_5xx_and_every_error_is_in_the_route_shape()
+    public async Task Mutated_requests_on_every_route_never_get_a_5xx_and_every_error_is_in_the_route_shape()
     {
         var failures = new List<string>();
         var statuses = new Dictionary<int, int>();
@@ -251,7 +251,12 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
 
         if (text.StartsWith("event:", StringComparison.Ordinal) || text.StartsWith("data:", StringComparison.Ordinal))
         {
-            var complete = c.Path == Fuzz.Messages ? text.Contains("event: message_stop", StringComparison.Ordinal) : text.Contains("data: [DONE]", StringComparison.Ordinal);
+            var complete = c.Path switch
+            {
+                Fuzz.Messages => text.Contains("event: message_stop", StringComparison.Ordinal),
+                Fuzz.Responses => text.Contains("event: response.completed", StringComparison.Ordinal) || text.Contains("event: response.incomplete", StringComparison.Ordinal),
+                _ => text.Contains("data: [DONE]", StringComparison.Ordinal),
+            };
             return complete ? null : "a stream that did not end properly";
         }
 
@@ -302,6 +307,18 @@ internal static class Fuzz
 
     public const string Chat = "v1/chat/completions";
     public const string Messages = "v1/messages";
+    public const string Responses = "v1/responses";
+
+    public const string ResponsesTemplate = """
+        {"model":"gpt-4o-mini","stream":false,"store":false,"temperature":0.5,"max_output_tokens":16,"instructions":"be brief","user":"u1",
+         "input":[{"role":"user","content":[{"type":"input_text","text":"hi"},{"type":"input_image","image_url":"https://example.com/a.png"}]},
+                  {"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},
+                  {"type":"function_call_output","call_id":"c1","output":"42"},
+                  {"type":"reasoning","id":"rs_1","summary":[]},
+                  {"role":"assistant","content":[{"type":"output_text","text":"ok"}]},
+                  {"role":"user","content":"again"}],
+         "tools":[{"type":"function","name":"f","parameters":{"type":"object"},"strict":false}],"tool_choice":"auto","text":{"format":{"type":"text"}},"reasoning":{"effort":"low"}}
+        """;
 
     public const string ChatTemplate = """
         {"model":"gpt-4o-mini","stream":false,"temperature":0.5,"max_tokens":16,"user":"u1",
@@ -338,9 +355,10 @@ internal static class Fuzz
         "stream_options", "include_usage", "response_format", "logprobs", "stop_sequences", "tool_use_id", "input", "id", "__proto__", "",
         "choices", "index", "message", "delta", "finish_reason", "usage", "prompt_tokens", "completion_tokens", "total_tokens", "refusal",
         "created", "object", "system_fingerprint", "detail", "tool_call_id", "citations", "encrypted_content", "max_uses",
+        "input", "instructions", "max_output_tokens", "call_id", "output", "previous_response_id", "format", "reasoning", "effort",
     ];
 
-    private static readonly string[] Words = ["user", "assistant", "system", "tool", "developer", "text", "image", "tool_use", "tool_result", "server_tool_use", "web_search_tool_result", "web_search_20250305", "auto", "any", "none", "gpt-4o-mini", "json_object", "", " ", "\u0000", "\ud800", "é"];
+    private static readonly string[] Words = ["user", "assistant", "system", "tool", "developer", "text", "image", "tool_use", "tool_result", "server_tool_use", "web_search_tool_result", "web_search_20250305", "input_text", "output_text", "function_call", "function_call_output", "json_schema", "auto", "any", "none", "gpt-4o-mini", "json_object", "", " ", "\u0000", "\ud800", "é"];
 
     private static readonly string[] NumberTokens = ["1e400", "-1e400", "-0", "1.5", "99999999999999999999999", "-9223372036854775809", "0.0000001", "1E+2", "NaN", "Infinity", "-", "01", ".5", "1.", "0x10"];
 
@@ -389,8 +407,8 @@ internal static class Fuzz
         (2, Gen.Char[' ', 'ÿ'].Array[0, 12].Select(chars => new string(chars))));
 
     public static readonly Gen<FuzzRequest> Request =
-        from path in Gen.OneOf(Chat, Messages)
-        from body in Gen.Frequency((9, Body(path == Chat ? ChatTemplate : MessagesTemplate)), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
+        from path in Gen.OneOf(Chat, Messages, Responses)
+        from body in Gen.Frequency((9, Body(path == Chat ? ChatTemplate : path == Messages ? MessagesTemplate : ResponsesTemplate)), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
         from contentType in Gen.Frequency((16, Gen.Const<string?>((string?)"application/json")), (1, Gen.OneOf<string?>(null, "text/plain", "application/json; charset=utf-8", "application/vnd.api+json", "json", ";;")))
         from key in Gen.Frequency((18, Gen.Const<string?>((string?)"sk-gw-fuzz-0123456789")), (1, Gen.Const<string?>((string?)null)), (1, Gen.String[0, 20].Select(s => (string?)new string(s.Where(c => c is >= ' ' and <= '~').ToArray()))))
         from headers in Gen.Select(Gen.OneOf(GatewayHeaders), HeaderValue).Array[0, 3]

@@ -1,0 +1,389 @@
+using System.Text.Json;
+
+namespace PipelineGateway.Server.Responses;
+
+/// <summary>
+/// OpenAI's Responses API request (<c>POST /v1/responses</c>) read into the canonical chat request — statelessly: the
+/// conversation comes whole in <c>input</c> (messages, the model's function calls, their outputs), as the Agents SDK
+/// and Codex send it with <c>store: false</c>. What needs state the gateway does not keep (<c>previous_response_id</c>,
+/// <c>item_reference</c>, <c>background</c>, <c>conversation</c>) and what it has no form for (OpenAI's hosted tools:
+/// web search, file search, computer use…; non-function tool choices) is a 400 naming the field, never dropped.
+/// Reasoning items given back are left out: their encrypted content is for OpenAI's own model only, and the
+/// canonical request has no place for it (docs/server.md).
+/// </summary>
+internal static class ResponsesCodec
+{
+    /// <summary>Members the gateway reads or knowingly leaves (<c>store</c>, <c>metadata</c>, <c>include</c>, <c>truncation</c>…).</summary>
+    private static readonly HashSet<string> Known =
+    [
+        "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls",
+        "stream", "text", "reasoning", "user", "metadata", "store", "include", "truncation", "service_tier", "prompt_cache_key",
+        "safety_identifier", "stream_options", "max_tool_calls", "prompt_cache_retention",
+    ];
+
+    /// <summary>Reads and checks a body; throws <see cref="InvalidRequestException"/> naming the field.</summary>
+    public static ChatCompletionRequest Parse(ReadOnlySpan<byte> body)
+    {
+        using var doc = JsonDocument.Parse(body.ToArray(), new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 });
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new InvalidRequestException(null, "The request body must be a JSON object.");
+        }
+
+        foreach (var member in root.EnumerateObject())
+        {
+            if (member.Name is "previous_response_id" or "conversation" or "background" or "prompt")
+            {
+                if (member.Value.ValueKind is not (JsonValueKind.Null or JsonValueKind.False))
+                {
+                    throw new InvalidRequestException(member.Name, $"{member.Name} is not supported: this gateway keeps no responses, conversations or prompts (send the whole conversation in 'input', with 'store': false).");
+                }
+            }
+            else if (member.Name == "top_logprobs")
+            {
+                if (member.Value.ValueKind is not JsonValueKind.Null && !(member.Value.ValueKind == JsonValueKind.Number && member.Value.TryGetInt32(out var n) && n == 0))
+                {
+                    throw new InvalidRequestException(member.Name, "top_logprobs is not supported by this gateway on /v1/responses.");
+                }
+            }
+            else if (!Known.Contains(member.Name))
+            {
+                throw new InvalidRequestException(member.Name, $"Unknown parameter: '{Providers.ProviderException.Quoted(member.Name)}'.");
+            }
+        }
+
+        var request = new ChatCompletionRequest
+        {
+            Model = RequiredString(root, "model"),
+            Temperature = Number(root, "temperature", 0, 2),
+            TopP = Number(root, "top_p", 0, 1),
+            MaxTokens = Integer(root, "max_output_tokens", 1),
+            User = OptionalString(root, "user") ?? OptionalString(root, "safety_identifier"),
+            Stream = Boolean(root, "stream") == true ? true : null,
+        };
+
+        if (request.Stream == true)
+        {
+            request.StreamOptions = new StreamOptions { IncludeUsage = true }; // response.completed carries the usage
+        }
+
+        if (OptionalString(root, "instructions") is { Length: > 0 } instructions)
+        {
+            request.Messages.Add(ChatCompletionMessage.System(instructions));
+        }
+
+        if (!root.TryGetProperty("input", out var input) || input.ValueKind == JsonValueKind.Null)
+        {
+            throw new InvalidRequestException("input", "input: required (a string or a list of input items).");
+        }
+
+        if (input.ValueKind == JsonValueKind.String)
+        {
+            request.Messages.Add(ChatCompletionMessage.User(input.GetString()!));
+        }
+        else if (input.ValueKind == JsonValueKind.Array)
+        {
+            var i = 0;
+            foreach (var item in input.EnumerateArray())
+            {
+                AddItem(request, item, $"input[{i++}]");
+            }
+        }
+        else
+        {
+            throw new InvalidRequestException("input", "input: must be a string or a list of input items.");
+        }
+
+        if (request.Messages.Count == 0 || request.Messages.TrueForAll(static m => m.Role is ChatRoles.System or ChatRoles.Developer))
+        {
+            throw new InvalidRequestException("input", "input: at least one message is required.");
+        }
+
+        ReadTools(root, request);
+        ReadText(root, request);
+        if (root.TryGetProperty("reasoning", out var reasoning) && reasoning.ValueKind == JsonValueKind.Object
+            && reasoning.TryGetProperty("effort", out var effort) && effort.ValueKind == JsonValueKind.String)
+        {
+            (request.AdditionalProperties ??= [])["reasoning_effort"] = effort.Clone();
+        }
+
+        foreach (var carried in (ReadOnlySpan<string>)["service_tier", "prompt_cache_key"])
+        {
+            if (root.TryGetProperty(carried, out var value) && value.ValueKind == JsonValueKind.String)
+            {
+                (request.AdditionalProperties ??= [])[carried] = value.Clone(); // the chat format has them too
+            }
+        }
+
+        if (Boolean(root, "parallel_tool_calls") is { } parallel)
+        {
+            (request.AdditionalProperties ??= [])["parallel_tool_calls"] = Element(w => w.WriteBooleanValue(parallel));
+        }
+
+        return request;
+    }
+
+    /// <summary>One input item: a message, a function call the model made, its output; a reasoning item is left out.</summary>
+    private static void AddItem(ChatCompletionRequest request, JsonElement item, string at)
+    {
+        if (item.ValueKind != JsonValueKind.Object)
+        {
+            throw new InvalidRequestException(at, $"{at}: must be an input item (an object).");
+        }
+
+        var type = item.TryGetProperty("type", out var t) ? t.ValueKind == JsonValueKind.String ? t.GetString() : throw new InvalidRequestException($"{at}.type", $"{at}.type: must be a string.") : "message";
+        switch (type)
+        {
+            case "message":
+                AddMessage(request, item, at);
+                break;
+            case "function_call":
+                var call = new ToolCall
+                {
+                    Id = RequiredString(item, "call_id", at),
+                    Type = "function",
+                    Function = new FunctionCall { Name = RequiredString(item, "name", at), Arguments = RequiredString(item, "arguments", at) },
+                };
+                // Consecutive calls are one assistant turn with several tool calls (as the chat format has them).
+                if (request.Messages.Count > 0 && request.Messages[^1] is { Role: ChatRoles.Assistant, ToolCalls: { } calls })
+                {
+                    calls.Add(call);
+                }
+                else
+                {
+                    request.Messages.Add(new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [call] });
+                }
+
+                break;
+            case "function_call_output":
+                var output = item.TryGetProperty("output", out var o) && o.ValueKind == JsonValueKind.String
+                    ? o.GetString()!
+                    : throw new InvalidRequestException($"{at}.output", $"{at}.output: required (a string).");
+                request.Messages.Add(ChatCompletionMessage.Tool(RequiredString(item, "call_id", at), output));
+                break;
+            case "reasoning":
+                break; // OpenAI's own encrypted reasoning: no canonical form, and no other model could read it
+            default:
+                throw new InvalidRequestException($"{at}.type", $"{at}.type: '{Providers.ProviderException.Quoted(type)}' is not supported by this gateway (it carries message, function_call, function_call_output and reasoning items).");
+        }
+    }
+
+    private static void AddMessage(ChatCompletionRequest request, JsonElement item, string at)
+    {
+        var role = RequiredString(item, "role", at);
+        if (role is not (ChatRoles.User or ChatRoles.Assistant or ChatRoles.System or ChatRoles.Developer))
+        {
+            throw new InvalidRequestException($"{at}.role", $"{at}.role: must be one of 'user', 'assistant', 'system', 'developer'.");
+        }
+
+        if (!item.TryGetProperty("content", out var content))
+        {
+            throw new InvalidRequestException($"{at}.content", $"{at}.content: required.");
+        }
+
+        if (content.ValueKind == JsonValueKind.String)
+        {
+            request.Messages.Add(new ChatCompletionMessage { Role = role, Content = content.GetString()! });
+            return;
+        }
+
+        if (content.ValueKind != JsonValueKind.Array)
+        {
+            throw new InvalidRequestException($"{at}.content", $"{at}.content: must be a string or a list of content parts.");
+        }
+
+        var parts = new List<ContentPart>();
+        var j = 0;
+        foreach (var part in content.EnumerateArray())
+        {
+            var path = $"{at}.content[{j++}]";
+            var partType = part.ValueKind == JsonValueKind.Object && part.TryGetProperty("type", out var pt) && pt.ValueKind == JsonValueKind.String
+                ? pt.GetString()
+                : throw new InvalidRequestException($"{path}.type", $"{path}: must be a content part with a type.");
+            switch (partType)
+            {
+                case "input_text" or "output_text":
+                    parts.Add(new ContentPart { Type = "text", Text = RequiredString(part, "text", path) });
+                    break;
+                case "refusal" when role == ChatRoles.Assistant:
+                    parts.Add(new ContentPart { Type = "text", Text = RequiredString(part, "refusal", path) });
+                    break;
+                case "input_image" when part.TryGetProperty("image_url", out var url) && url.ValueKind == JsonValueKind.String:
+                    parts.Add(new ContentPart
+                    {
+                        Type = "image_url",
+                        ImageUrl = new ImageUrl { Url = url.GetString()!, Detail = OptionalString(part, "detail") },
+                    });
+                    break;
+                default:
+                    throw new InvalidRequestException($"{path}.type", $"{path}.type: '{Providers.ProviderException.Quoted(partType)}' is not supported by this gateway (input_text, output_text, refusal, input_image by image_url).");
+            }
+        }
+
+        request.Messages.Add(new ChatCompletionMessage
+        {
+            Role = role,
+            Content = parts.TrueForAll(static p => p.Type == "text") ? new MessageContent(string.Concat(parts.Select(static p => p.Text))) : new MessageContent(parts),
+        });
+    }
+
+    private static void ReadTools(JsonElement root, ChatCompletionRequest request)
+    {
+        if (root.TryGetProperty("tools", out var tools) && tools.ValueKind != JsonValueKind.Null)
+        {
+            if (tools.ValueKind != JsonValueKind.Array)
+            {
+                throw new InvalidRequestException("tools", "tools: must be a list.");
+            }
+
+            var list = new List<ToolDefinition>();
+            var i = 0;
+            foreach (var tool in tools.EnumerateArray())
+            {
+                var at = $"tools[{i++}]";
+                var type = tool.ValueKind == JsonValueKind.Object ? OptionalString(tool, "type") : null;
+                if (type != "function")
+                {
+                    throw new InvalidRequestException($"{at}.type", $"{at}.type: only function tools are supported by this gateway (OpenAI's hosted tools run at OpenAI only), got '{Providers.ProviderException.Quoted(type)}'.");
+                }
+
+                list.Add(new ToolDefinition
+                {
+                    Function = new FunctionDefinition
+                    {
+                        Name = RequiredString(tool, "name", at),
+                        Description = OptionalString(tool, "description"),
+                        Parameters = tool.TryGetProperty("parameters", out var p) && p.ValueKind == JsonValueKind.Object ? p.Clone() : null,
+                        Strict = tool.TryGetProperty("strict", out var s) && s.ValueKind is JsonValueKind.True or JsonValueKind.False ? s.GetBoolean() : null,
+                    },
+                });
+            }
+
+            request.Tools = list.Count > 0 ? list : null;
+        }
+
+        if (root.TryGetProperty("tool_choice", out var choice) && choice.ValueKind != JsonValueKind.Null)
+        {
+            request.ToolChoice = choice.ValueKind switch
+            {
+                JsonValueKind.String when choice.GetString() is "auto" or "none" or "required" => choice.Clone(),
+                JsonValueKind.Object when OptionalString(choice, "type") == "function" && OptionalString(choice, "name") is { } name => Element(w =>
+                {
+                    w.WriteStartObject();
+                    w.WriteString("type", "function");
+                    w.WriteStartObject("function");
+                    w.WriteString("name", name);
+                    w.WriteEndObject();
+                    w.WriteEndObject();
+                }),
+                _ => throw new InvalidRequestException("tool_choice", "tool_choice: must be 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": …}."),
+            };
+        }
+    }
+
+    /// <summary><c>text.format</c> as the chat format's <c>response_format</c>.</summary>
+    private static void ReadText(JsonElement root, ChatCompletionRequest request)
+    {
+        if (!root.TryGetProperty("text", out var text) || text.ValueKind != JsonValueKind.Object || !text.TryGetProperty("format", out var format) || format.ValueKind == JsonValueKind.Null)
+        {
+            return;
+        }
+
+        switch (format.ValueKind == JsonValueKind.Object ? OptionalString(format, "type") : null)
+        {
+            case "text":
+                break;
+            case "json_object":
+                request.ResponseFormat = Element(static w =>
+                {
+                    w.WriteStartObject();
+                    w.WriteString("type", "json_object");
+                    w.WriteEndObject();
+                });
+                break;
+            case "json_schema":
+                var name = RequiredString(format, "name", "text.format");
+                var description = OptionalString(format, "description");
+                request.ResponseFormat = Element(w =>
+                {
+                    w.WriteStartObject();
+                    w.WriteString("type", "json_schema");
+                    w.WriteStartObject("json_schema");
+                    w.WriteString("name", name);
+                    if (description is not null)
+                    {
+                        w.WriteString("description", description);
+                    }
+
+                    if (format.TryGetProperty("schema", out var schema) && schema.ValueKind == JsonValueKind.Object)
+                    {
+                        w.WritePropertyName("schema");
+                        schema.WriteTo(w);
+                    }
+
+                    if (format.TryGetProperty("strict", out var strict) && strict.ValueKind is JsonValueKind.True or JsonValueKind.False)
+                    {
+                        w.WriteBoolean("strict", strict.GetBoolean());
+                    }
+
+                    w.WriteEndObject();
+                    w.WriteEndObject();
+                });
+                break;
+            default:
+                throw new InvalidRequestException("text.format.type", "text.format.type: must be 'text', 'json_object' or 'json_schema'.");
+        }
+    }
+
+    private static JsonElement Element(Action<Utf8JsonWriter> write)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(128);
+        using (var w = new Utf8JsonWriter(buffer))
+        {
+            write(w);
+        }
+
+        using var doc = JsonDocument.Parse(buffer.WrittenMemory);
+        return doc.RootElement.Clone();
+    }
+
+    private static string RequiredString(JsonElement o, string name, string? at = null) =>
+        o.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String && v.GetString() is { Length: > 0 } s
+            ? s
+            : throw new InvalidRequestException(at is null ? name : $"{at}.{name}", $"{(at is null ? name : $"{at}.{name}")}: required (a non-empty string).");
+
+    private static string? OptionalString(JsonElement o, string name) =>
+        o.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null
+            ? v.ValueKind == JsonValueKind.String ? v.GetString() : throw new InvalidRequestException(name, $"{name}: must be a string.")
+            : null;
+
+    private static double? Number(JsonElement o, string name, double min, double max)
+    {
+        if (!o.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+
+        return v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out var d) && double.IsFinite(d) && d >= min && d <= max
+            ? d
+            : throw new InvalidRequestException(name, $"{name}: must be a number from {min} to {max}.");
+    }
+
+    private static int? Integer(JsonElement o, string name, int min)
+    {
+        if (!o.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+
+        return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out var n) && n >= min
+            ? n
+            : throw new InvalidRequestException(name, $"{name}: must be an integer of at least {min}.");
+    }
+
+    private static bool? Boolean(JsonElement o, string name) =>
+        o.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null
+            ? v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw new InvalidRequestException(name, $"{name}: must be a boolean.")
+            : null;
+}

@@ -1,0 +1,419 @@
+using System.Buffers;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace PipelineGateway.Server.Responses;
+
+/// <summary>
+/// Canonical answers as OpenAI Responses API objects: a whole <c>response</c> (its <c>output</c> items — the answer's
+/// message, each function call — and usage), and a stream's events in the API's order, each with its
+/// <c>sequence_number</c>: <c>response.created</c>, <c>response.in_progress</c>, per item
+/// <c>response.output_item.added</c> … <c>response.output_item.done</c> (text as <c>response.content_part.added</c>,
+/// <c>response.output_text.delta</c>s, <c>….done</c>; a call's arguments as <c>response.function_call_arguments.delta</c>s),
+/// then <c>response.completed</c> with the whole response.
+/// </summary>
+internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, long createdAt)
+{
+    private static readonly JsonWriterOptions Options = new() { Encoder = Serialization.WireJson.Encoder };
+
+    private readonly List<Item> _items = [];
+    private readonly Dictionary<int, Item> _calls = [];
+    private Item? _text;
+    private int _sequence;
+    private string? _finish;
+    private TokenUsage? _usage;
+    private string _model = request.Model;
+
+    /// <summary>One output item: the answer's message, or a function call.</summary>
+    private sealed class Item(string id, bool call)
+    {
+        public string Id { get; } = id;
+
+        public bool IsCall { get; } = call;
+
+        public StringBuilder Text { get; } = new();
+
+        public string? CallId { get; set; }
+
+        public string? Name { get; set; }
+
+        public bool Done { get; set; }
+    }
+
+    /// <summary>A whole answer as a response object.</summary>
+    public byte[] Whole(ChatCompletionResponse response)
+    {
+        _model = response.Model is { Length: > 0 } m ? m : _model;
+        var message = response.Choices.Count > 0 ? response.Choices[0].Message : null;
+        if (message?.Content?.GetText() is { Length: > 0 } text)
+        {
+            var item = new Item(ItemId("msg"), call: false) { Done = true };
+            item.Text.Append(text);
+            _items.Add(item);
+        }
+
+        foreach (var call in message?.ToolCalls ?? [])
+        {
+            var item = new Item(ItemId("fc"), call: true) { CallId = call.Id, Name = call.Function?.Name, Done = true };
+            item.Text.Append(call.Function?.Arguments);
+            _items.Add(item);
+        }
+
+        _finish = response.FinishReason;
+        _usage = response.Usage;
+        return Json(w => WriteResponse(w, "completed"));
+    }
+
+    /// <summary>The opening events (the first chunk is here).</summary>
+    public IEnumerable<(string Name, byte[] Json)> Start()
+    {
+        yield return Event("response.created", w => WriteMember(w, "response", "in_progress"));
+        yield return Event("response.in_progress", w => WriteMember(w, "response", "in_progress"));
+    }
+
+    /// <summary>The events for one chunk.</summary>
+    public IEnumerable<(string Name, byte[] Json)> OnChunk(ChatCompletionChunk chunk)
+    {
+        _model = chunk.Model is { Length: > 0 } m ? m : _model;
+        _usage = chunk.Usage ?? _usage;
+        foreach (var choice in chunk.Choices)
+        {
+            if (choice.Index != 0)
+            {
+                continue;
+            }
+
+            _finish = choice.FinishReason ?? _finish;
+            if (choice.Delta.Content is { Length: > 0 } text)
+            {
+                if (_text is null)
+                {
+                    _text = new Item(ItemId("msg"), call: false);
+                    _items.Add(_text);
+                    var index = _items.Count - 1;
+                    yield return Event("response.output_item.added", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, _text, "in_progress"); });
+                    yield return Event("response.content_part.added", w => { WriteWhere(w, _text); w.WritePropertyName("part"); WritePart(w, string.Empty); });
+                }
+
+                _text.Text.Append(text);
+                var open = _text;
+                yield return Event("response.output_text.delta", w => { WriteWhere(w, open); w.WriteString("delta", text); w.WriteStartArray("logprobs"); w.WriteEndArray(); });
+            }
+
+            foreach (var call in choice.Delta.ToolCalls ?? [])
+            {
+                var k = call.Index ?? 0;
+                if (!_calls.TryGetValue(k, out var item))
+                {
+                    foreach (var e in CloseText())
+                    {
+                        yield return e;
+                    }
+
+                    item = _calls[k] = new Item(ItemId("fc"), call: true) { CallId = call.Id, Name = call.Function?.Name };
+                    _items.Add(item);
+                    var index = _items.Count - 1;
+                    yield return Event("response.output_item.added", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, item, "in_progress"); });
+                }
+
+                if (call.Function?.Arguments is { Length: > 0 } args)
+                {
+                    item.Text.Append(args);
+                    var index = _items.IndexOf(item);
+                    yield return Event("response.function_call_arguments.delta", w => { w.WriteString("item_id", item.Id); w.WriteNumber("output_index", index); w.WriteString("delta", args); });
+                }
+            }
+        }
+    }
+
+    /// <summary>The closing events: every open item done, then <c>response.completed</c> (or <c>response.incomplete</c>).</summary>
+    public IEnumerable<(string Name, byte[] Json)> Finish()
+    {
+        foreach (var e in CloseText())
+        {
+            yield return e;
+        }
+
+        foreach (var item in _items.Where(static i => i.IsCall && !i.Done))
+        {
+            item.Done = true;
+            var index = _items.IndexOf(item);
+            yield return Event("response.function_call_arguments.done", w => { w.WriteString("item_id", item.Id); w.WriteNumber("output_index", index); w.WriteString("arguments", item.Text.ToString()); });
+            yield return Event("response.output_item.done", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, item, "completed"); });
+        }
+
+        var status = Status();
+        yield return Event(status == "completed" ? "response.completed" : "response.incomplete", w => WriteMember(w, "response", status));
+    }
+
+    /// <summary>An <c>error</c> event (the stream failed after it started).</summary>
+    public (string Name, byte[] Json) Error(string code, string message) =>
+        Event("error", w => { w.WriteString("code", code); w.WriteString("message", message); w.WriteNull("param"); });
+
+    private IEnumerable<(string Name, byte[] Json)> CloseText()
+    {
+        if (_text is not { Done: false } text)
+        {
+            yield break;
+        }
+
+        text.Done = true;
+        var index = _items.IndexOf(text);
+        var all = text.Text.ToString();
+        yield return Event("response.output_text.done", w => { WriteWhere(w, text); w.WriteString("text", all); w.WriteStartArray("logprobs"); w.WriteEndArray(); });
+        yield return Event("response.content_part.done", w => { WriteWhere(w, text); w.WritePropertyName("part"); WritePart(w, all); });
+        yield return Event("response.output_item.done", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, text, "completed"); });
+    }
+
+    /// <summary>completed, or incomplete when the answer was cut (the token limit, a content filter).</summary>
+    private string Status() => _finish is FinishReasons.Length or FinishReasons.ContentFilter ? "incomplete" : "completed";
+
+    private void WriteWhere(Utf8JsonWriter w, Item item)
+    {
+        w.WriteString("item_id", item.Id);
+        w.WriteNumber("output_index", _items.IndexOf(item));
+        w.WriteNumber("content_index", 0);
+    }
+
+    private static void WritePart(Utf8JsonWriter w, string text)
+    {
+        w.WriteStartObject();
+        w.WriteString("type", "output_text");
+        w.WriteString("text", text);
+        w.WriteStartArray("annotations");
+        w.WriteEndArray();
+        w.WriteEndObject();
+    }
+
+    private static void WriteItem(Utf8JsonWriter w, Item item, string status)
+    {
+        w.WriteStartObject();
+        if (item.IsCall)
+        {
+            w.WriteString("type", "function_call");
+            w.WriteString("id", item.Id);
+            w.WriteString("call_id", item.CallId);
+            w.WriteString("name", item.Name);
+            w.WriteString("arguments", status == "completed" ? item.Text.ToString() : string.Empty);
+            w.WriteString("status", status);
+        }
+        else
+        {
+            w.WriteString("type", "message");
+            w.WriteString("id", item.Id);
+            w.WriteString("status", status);
+            w.WriteString("role", "assistant");
+            w.WriteStartArray("content");
+            if (status == "completed")
+            {
+                WritePart(w, item.Text.ToString());
+            }
+
+            w.WriteEndArray();
+        }
+
+        w.WriteEndObject();
+    }
+
+    private void WriteMember(Utf8JsonWriter w, string name, string status)
+    {
+        w.WritePropertyName(name);
+        WriteResponse(w, status);
+    }
+
+    /// <summary>The response object, with what it was asked for (as OpenAI echoes it) and, once done, its output and usage.</summary>
+    private void WriteResponse(Utf8JsonWriter w, string status)
+    {
+        var done = status != "in_progress";
+        w.WriteStartObject();
+        w.WriteString("id", id);
+        w.WriteString("object", "response");
+        w.WriteNumber("created_at", createdAt);
+        w.WriteString("status", status);
+        w.WriteNull("error");
+        if (status == "incomplete")
+        {
+            w.WriteStartObject("incomplete_details");
+            w.WriteString("reason", _finish == FinishReasons.ContentFilter ? "content_filter" : "max_output_tokens");
+            w.WriteEndObject();
+        }
+        else
+        {
+            w.WriteNull("incomplete_details");
+        }
+
+        var instructions = request.Messages.Count > 0 && request.Messages[0].Role == ChatRoles.System ? request.Messages[0].Content?.GetText() : null;
+        WriteStringOrNull(w, "instructions", instructions);
+        if (request.RequestedCompletionTokens is { } max)
+        {
+            w.WriteNumber("max_output_tokens", max);
+        }
+        else
+        {
+            w.WriteNull("max_output_tokens");
+        }
+
+        w.WriteString("model", _model);
+        w.WriteStartArray("output");
+        if (done)
+        {
+            foreach (var item in _items)
+            {
+                WriteItem(w, item, "completed");
+            }
+        }
+
+        w.WriteEndArray();
+        w.WriteBoolean("parallel_tool_calls", !(request.AdditionalProperties?.TryGetValue("parallel_tool_calls", out var p) == true && p.ValueKind == JsonValueKind.False));
+        w.WriteNull("previous_response_id");
+        w.WriteStartObject("reasoning");
+        if (request.AdditionalProperties?.TryGetValue("reasoning_effort", out var effort) == true)
+        {
+            w.WritePropertyName("effort");
+            effort.WriteTo(w);
+        }
+        else
+        {
+            w.WriteNull("effort");
+        }
+
+        w.WriteNull("summary");
+        w.WriteEndObject();
+        w.WriteBoolean("store", false);
+        WriteNumberOrNull(w, "temperature", request.Temperature);
+        w.WriteStartObject("text");
+        w.WriteStartObject("format");
+        w.WriteString("type", request.ResponseFormat is { ValueKind: JsonValueKind.Object } f && f.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : "text");
+        w.WriteEndObject();
+        w.WriteEndObject();
+        if (request.ToolChoice is { ValueKind: JsonValueKind.String } choice)
+        {
+            w.WritePropertyName("tool_choice");
+            choice.WriteTo(w);
+        }
+        else if (request.ToolChoice is { ValueKind: JsonValueKind.Object } named && named.TryGetProperty("function", out var fn) && fn.TryGetProperty("name", out var fname))
+        {
+            w.WriteStartObject("tool_choice");
+            w.WriteString("type", "function");
+            w.WritePropertyName("name");
+            fname.WriteTo(w);
+            w.WriteEndObject();
+        }
+        else
+        {
+            w.WriteString("tool_choice", "auto");
+        }
+
+        w.WriteStartArray("tools");
+        foreach (var tool in request.Tools ?? [])
+        {
+            w.WriteStartObject();
+            w.WriteString("type", "function");
+            w.WriteString("name", tool.Function?.Name);
+            WriteStringOrNull(w, "description", tool.Function?.Description);
+            if (tool.Function?.Parameters is { } parameters)
+            {
+                w.WritePropertyName("parameters");
+                parameters.WriteTo(w);
+            }
+            else
+            {
+                w.WriteNull("parameters");
+            }
+
+            if (tool.Function?.Strict is { } strict)
+            {
+                w.WriteBoolean("strict", strict);
+            }
+            else
+            {
+                w.WriteNull("strict");
+            }
+
+            w.WriteEndObject();
+        }
+
+        w.WriteEndArray();
+        WriteNumberOrNull(w, "top_p", request.TopP);
+        w.WriteString("truncation", "disabled");
+        if (done && _usage is { } usage)
+        {
+            w.WriteStartObject("usage");
+            w.WriteNumber("input_tokens", usage.PromptTokens);
+            w.WriteStartObject("input_tokens_details");
+            w.WriteNumber("cached_tokens", Cost.PromptCacheTokens.ReadOf(usage));
+            w.WriteEndObject();
+            w.WriteNumber("output_tokens", usage.CompletionTokens);
+            w.WriteStartObject("output_tokens_details");
+            w.WriteNumber("reasoning_tokens", ReasoningTokens(usage));
+            w.WriteEndObject();
+            w.WriteNumber("total_tokens", usage.PromptTokens + usage.CompletionTokens);
+            w.WriteEndObject();
+        }
+        else
+        {
+            w.WriteNull("usage");
+        }
+
+        WriteStringOrNull(w, "user", request.User);
+        w.WriteStartObject("metadata");
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
+    /// <summary>The usage's reasoning tokens, as OpenAI reports them in a chat usage (<c>completion_tokens_details</c>).</summary>
+    private static int ReasoningTokens(TokenUsage usage) =>
+        usage.AdditionalProperties?.TryGetValue("completion_tokens_details", out var d) == true && d.ValueKind == JsonValueKind.Object
+        && d.TryGetProperty("reasoning_tokens", out var r) && r.TryGetInt32(out var n) ? n : 0;
+
+    private static void WriteStringOrNull(Utf8JsonWriter w, string name, string? value)
+    {
+        if (value is null)
+        {
+            w.WriteNull(name);
+        }
+        else
+        {
+            w.WriteString(name, value);
+        }
+    }
+
+    private static void WriteNumberOrNull(Utf8JsonWriter w, string name, double? value)
+    {
+        if (value is { } v)
+        {
+            w.WriteNumber(name, v);
+        }
+        else
+        {
+            w.WriteNull(name);
+        }
+    }
+
+    private string ItemId(string prefix) => $"{prefix}_{id["resp_".Length..]}{_items.Count.ToString(CultureInfo.InvariantCulture)}";
+
+    private (string Name, byte[] Json) Event(string type, Action<Utf8JsonWriter> members)
+    {
+        var sequence = _sequence++;
+        return (type, Json(w =>
+        {
+            w.WriteStartObject();
+            w.WriteString("type", type);
+            w.WriteNumber("sequence_number", sequence);
+            members(w);
+            w.WriteEndObject();
+        }));
+    }
+
+    private static byte[] Json(Action<Utf8JsonWriter> write)
+    {
+        var buffer = new ArrayBufferWriter<byte>(512);
+        using (var w = new Utf8JsonWriter(buffer, Options))
+        {
+            write(w);
+        }
+
+        return buffer.WrittenSpan.ToArray();
+    }
+}

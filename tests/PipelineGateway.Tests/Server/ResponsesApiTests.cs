@@ -1,0 +1,186 @@
+#pragma warning disable OPENAI001 // the OpenAI SDK marks its Responses client as evaluation-only
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FluentAssertions;
+using OpenAI;
+using OpenAI.Responses;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// <c>POST /v1/responses</c> (docs/server.md, "The Responses API") with the official OpenAI SDK's Responses client, whole
+/// and streamed, a function call's round trip — through an OpenAI-compatible upstream and through Claude — and the
+/// refusals (state the gateway does not keep, items and tools it has no form for) in OpenAI's error shape.
+/// </summary>
+public sealed class ResponsesApiTests : IAsyncLifetime
+{
+    private SimulatorFleet _fleet = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync() => _fleet = await SimulatorFleet.StartAsync(
+        [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
+        [("gpt", ["sim"]), ("claude", ["claude"])],
+        "claude-sonnet-4-5",
+        [],
+        Ct);
+
+    public ValueTask DisposeAsync() => _fleet.DisposeAsync();
+
+    private ResponsesClient Client() => new(new ApiKeyCredential("sk-unused"), new ResponsesClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
+
+    private static readonly BinaryData WeatherSchema = BinaryData.FromString("""{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}""");
+
+    [Theory]
+    [InlineData("gpt")]
+    [InlineData("claude")]
+    public async Task The_SDK_gets_a_whole_response_with_its_text_and_usage(string model)
+    {
+        var options = new CreateResponseOptions(model, [ResponseItem.CreateUserMessageItem("Tell me about gateways.")]) { Instructions = "Be brief.", MaxOutputTokenCount = 32 };
+
+        var response = (await Client().CreateResponseAsync(options, Ct)).Value;
+
+        response.Status.Should().Be(ResponseStatus.Completed);
+        response.Id.Should().StartWith("resp_");
+        response.GetOutputText().Should().NotBeNullOrWhiteSpace();
+        response.OutputItems.Should().ContainSingle().Which.Should().BeAssignableTo<MessageResponseItem>();
+        response.Usage.InputTokenCount.Should().BePositive();
+        response.Usage.OutputTokenCount.Should().BePositive();
+        response.Usage.TotalTokenCount.Should().Be(response.Usage.InputTokenCount + response.Usage.OutputTokenCount);
+    }
+
+    [Theory]
+    [InlineData("gpt")]
+    [InlineData("claude")]
+    public async Task The_SDK_streams_a_response_and_its_deltas_make_the_completed_text(string model)
+    {
+        var options = new CreateResponseOptions(model, [ResponseItem.CreateUserMessageItem("Stream something.")]) { MaxOutputTokenCount = 32, StreamingEnabled = true };
+        var text = new StringBuilder();
+        ResponseResult? completed = null;
+        var sequence = new List<int>();
+
+        await foreach (var update in await Client().CreateResponseStreamingAsync(options, Ct))
+        {
+            sequence.Add(update.SequenceNumber);
+            switch (update)
+            {
+                case StreamingResponseOutputTextDeltaUpdate delta:
+                    text.Append(delta.Delta);
+                    break;
+                case StreamingResponseCompletedUpdate done:
+                    completed = done.Response;
+                    break;
+            }
+        }
+
+        text.Length.Should().BePositive();
+        completed.Should().NotBeNull();
+        completed!.GetOutputText().Should().Be(text.ToString());
+        completed.Usage.OutputTokenCount.Should().BePositive();
+        sequence.Should().Equal(Enumerable.Range(0, sequence.Count), "every event is numbered in order");
+    }
+
+    [Theory]
+    [InlineData("gpt", false)]
+    [InlineData("claude", false)]
+    [InlineData("claude", true)]
+    public async Task A_function_call_and_its_output_make_a_round_trip(string model, bool stream)
+    {
+        var client = Client();
+        var tools = new[] { ResponseTool.CreateFunctionTool("get_weather", WeatherSchema, false, "The weather in a city.") };
+        var first = new CreateResponseOptions(model, [ResponseItem.CreateUserMessageItem("Weather in Oslo?")]) { ToolChoice = ResponseToolChoice.CreateRequiredChoice() };
+        foreach (var tool in tools)
+        {
+            first.Tools.Add(tool);
+        }
+
+        FunctionCallResponseItem call;
+        if (stream)
+        {
+            first.StreamingEnabled = true;
+            ResponseResult? done = null;
+            await foreach (var update in await client.CreateResponseStreamingAsync(first, Ct))
+            {
+                done = update is StreamingResponseCompletedUpdate c ? c.Response : done;
+            }
+
+            call = done!.OutputItems.OfType<FunctionCallResponseItem>().Single();
+        }
+        else
+        {
+            call = (await client.CreateResponseAsync(first, Ct)).Value.OutputItems.OfType<FunctionCallResponseItem>().Single();
+        }
+
+        call.FunctionName.Should().Be("get_weather");
+        JsonDocument.Parse(call.FunctionArguments.ToString()).RootElement.GetProperty("city").ValueKind.Should().Be(JsonValueKind.String);
+
+        var second = new CreateResponseOptions(model, [ResponseItem.CreateUserMessageItem("Weather in Oslo?"), ResponseItem.CreateFunctionCallItem(call.CallId, call.FunctionName, call.FunctionArguments), ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C")]);
+        foreach (var tool in tools)
+        {
+            second.Tools.Add(tool);
+        }
+
+        var answer = (await client.CreateResponseAsync(second, Ct)).Value;
+        answer.GetOutputText().Should().NotBeNullOrWhiteSpace("the model answers after the tool's output");
+    }
+
+    public static TheoryData<string, string> Refused => new()
+    {
+        { """{"model":"gpt","input":"hi","previous_response_id":"resp_123"}""", "previous_response_id" },
+        { """{"model":"gpt","input":[{"type":"item_reference","id":"msg_1"}]}""", "input[0].type" },
+        { """{"model":"gpt","input":"hi","tools":[{"type":"web_search"}]}""", "tools[0].type" },
+        { """{"model":"gpt","input":[{"role":"user","content":[{"type":"input_file","file_id":"file-1"}]}]}""", "input[0].content[0].type" },
+        { """{"model":"gpt","input":[{"role":"pirate","content":"arr"}]}""", "input[0].role" },
+        { """{"model":"gpt"}""", "input" },
+        { """{"model":"gpt","input":"hi","temperature":3}""", "temperature" },
+        { """{"model":"gpt","input":"hi","surprise":1}""", "surprise" },
+        { """{"model":"gpt","input":"hi","text":{"format":{"type":"xml"}}}""", "text.format.type" },
+        { """{"model":"gpt","input":[{"type":"function_call_output","call_id":"c1"}]}""", "input[0].output" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Refused))]
+    public async Task What_the_gateway_cannot_carry_is_a_400_naming_the_field_and_nothing_is_sent(string body, string param)
+    {
+        var before = _fleet.Sims["sim"].Requests;
+        using var http = new HttpClient();
+        using var response = await http.PostAsync(new Uri(_fleet.Base, "v1/responses"), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        var text = await response.Content.ReadAsStringAsync(Ct);
+
+        response.StatusCode.Should().Be(HttpStatusCode.BadRequest, text);
+        var error = JsonNode.Parse(text)!["error"]!;
+        error["type"]!.GetValue<string>().Should().Be("invalid_request_error");
+        error["param"]!.GetValue<string>().Should().Be(param);
+        _fleet.Sims["sim"].Requests.Should().Be(before);
+    }
+
+    [Theory]
+    [InlineData("{\"model\":\"gpt\",\"input\":\"hi\",\"input\":\"again\"}")]
+    [InlineData("{\"model\":\"gpt\",\"input\":")]
+    [InlineData("[1,2]")]
+    public async Task A_malformed_body_is_a_400_in_OpenAIs_shape(string body)
+    {
+        using var http = new HttpClient();
+        using var response = await http.PostAsync(new Uri(_fleet.Base, "v1/responses"), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+
+        response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        JsonNode.Parse(await response.Content.ReadAsStringAsync(Ct))!["error"]!["type"]!.GetValue<string>().Should().Be("invalid_request_error");
+    }
+
+    [Fact]
+    public async Task A_reasoning_item_given_back_is_left_out_and_an_unknown_model_is_a_404()
+    {
+        using var http = new HttpClient();
+        var body = """{"model":"gpt","store":false,"input":[{"role":"user","content":"hi"},{"type":"reasoning","id":"rs_1","summary":[],"encrypted_content":"gAAAA"},{"role":"assistant","content":[{"type":"output_text","text":"Hello."}]},{"role":"user","content":[{"type":"input_text","text":"again"}]}]}""";
+        using var ok = await http.PostAsync(new Uri(_fleet.Base, "v1/responses"), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        ok.StatusCode.Should().Be(HttpStatusCode.OK, await ok.Content.ReadAsStringAsync(Ct));
+
+        using var missing = await http.PostAsync(new Uri(_fleet.Base, "v1/responses"), new StringContent("""{"model":"nope","input":"hi"}""", Encoding.UTF8, "application/json"), Ct);
+        missing.StatusCode.Should().Be(HttpStatusCode.NotFound);
+        JsonNode.Parse(await missing.Content.ReadAsStringAsync(Ct))!["error"]!["code"]!.GetValue<string>().Should().Be("model_not_found");
+    }
+}
