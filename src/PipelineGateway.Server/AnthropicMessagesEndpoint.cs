@@ -189,97 +189,26 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         return true;
     }
 
-    private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
+    private Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
     {
         // An Anthropic deployment's content events are written as they came (server tools' blocks, citations, indexes).
         request.Gateway!.KeepsAnthropicEvents = true;
-        var writer = new AnthropicStreamWriter();
-        var flushEach = !ServerSubmit.MarksBursts(queue);
-        var wrote = false; // events are in the response pipe, perhaps not flushed yet
-        await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
-        var first = true;
-        try
-        {
-            // The chat route's loop (keep-alives until the first chunk, a flush where a burst ends), not shared through
-            // a helper: an async helper between the enumerator and this loop is one more state machine per event.
-            while (true)
-            {
-                bool more;
-                if (first)
-                {
-                    // Until the first chunk, SSE comments keep idle proxies from cutting a long-thinking model.
-                    (more, _) = await SseWriter.FirstAsync(ctx, chunks.MoveNextAsync(), options.StreamKeepAlive, time, static (c, s) => s.Endpoint.StartSse(c, s.Request, null), (Endpoint: this, Request: request));
-                    first = false;
-                }
-                else
-                {
-                    more = await chunks.MoveNextAsync();
-                }
-
-                if (!more)
-                {
-                    break;
-                }
-
-                var chunk = chunks.Current;
-                if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
-                {
-                    // The upstream's next chunk is not here yet: what was written goes out now, in one flush.
-                    await ctx.Response.BodyWriter.FlushAsync(aborted);
-                    continue;
-                }
-
-                StartSse(ctx, request, chunk.Gateway);
-                foreach (var e in writer.OnChunk(chunk))
-                {
-                    AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
-                    wrote = true;
-                }
-
-                if (flushEach)
-                {
-                    await ctx.Response.BodyWriter.FlushAsync(aborted);
-                }
-            }
-
-            foreach (var e in writer.Finish())
-            {
-                AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
-            }
-
-            await ctx.Response.BodyWriter.FlushAsync(aborted);
-        }
-        catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
-        {
-            if (aborted.IsCancellationRequested)
-            {
-                return; // the client went away; the upstream call was cancelled with it
-            }
-
-            if (!ctx.Response.HasStarted && !wrote)
-            {
-                headers.WriteRateLimitHeaders(ctx, request, ex);
-                await RouteErrors.WriteAsync(ctx, ex);
-                return;
-            }
-
-            // Output already went out or is written (an event, or a keep-alive): the error travels in the stream, after
-            // it, as Anthropic does.
-            var (status, error, _) = OpenAIErrors.Map(ex);
-            AnthropicStreamWriter.Write(ctx.Response.BodyWriter, AnthropicStreamWriter.Error(RouteErrors.AnthropicType(status, ex), error.Message));
-            await ctx.Response.BodyWriter.FlushAsync(aborted);
-        }
+        return NamedEventStream.WriteAsync(ctx, queue, request, new Events(), options, time, headers, aborted);
     }
 
-    /// <summary>The stream's headers, once: the gateway's too (who answered, attempts, rate limits) when the first chunk, which carries them, starts it.</summary>
-    private void StartSse(HttpContext ctx, ChatCompletionRequest request, GatewayResponseInfo? info)
+    /// <summary>The Anthropic stream writer as the named-event loop takes it.</summary>
+    private sealed class Events : INamedEventWriter
     {
-        if (!ctx.Response.HasStarted)
-        {
-            ctx.Response.ContentType = "text/event-stream";
-            ctx.Response.Headers.CacheControl = "no-cache";
-            ctx.Response.Headers["x-accel-buffering"] = "no";
-            headers.WriteGatewayHeaders(ctx, request, info, streaming: true);
-        }
+        private readonly AnthropicStreamWriter _writer = new();
+
+        public IEnumerable<(string Name, byte[] Json)> Start() => [];
+
+        public IEnumerable<(string Name, byte[] Json)> OnChunk(ChatCompletionChunk chunk) => _writer.OnChunk(chunk);
+
+        public IEnumerable<(string Name, byte[] Json)> Finish() => _writer.Finish();
+
+        // As Anthropic does: an error event after the stream's start.
+        public (string Name, byte[] Json) Error(int status, Exception error, string message) =>
+            AnthropicStreamWriter.Error(RouteErrors.AnthropicType(status, error), message);
     }
 }

@@ -49,7 +49,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         var writer = new ResponsesWriter(request, "resp_" + request.Gateway.RequestSequence.ToString("x16", System.Globalization.CultureInfo.InvariantCulture), time.GetUtcNow().ToUnixTimeSeconds());
         if (request.Stream == true)
         {
-            await StreamAsync(ctx, request, writer, aborted);
+            await NamedEventStream.WriteAsync(ctx, queue, request, writer, options, time, headers, aborted);
             return;
         }
 
@@ -64,113 +64,6 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         {
             headers.WriteRateLimitHeaders(ctx, request, ex);
             await RouteErrors.WriteAsync(ctx, ex);
-        }
-    }
-
-    private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, ResponsesWriter writer, CancellationToken aborted)
-    {
-        var flushEach = !ServerSubmit.MarksBursts(queue);
-        var wrote = false;
-        await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
-        var first = true;
-        try
-        {
-            while (true)
-            {
-                bool more;
-                if (first)
-                {
-                    // Until the first chunk, SSE comments keep idle proxies from cutting a long-thinking model.
-                    (more, _) = await SseWriter.FirstAsync(ctx, chunks.MoveNextAsync(), options.StreamKeepAlive, time, static (c, s) => s.Endpoint.StartSse(c, s.Request, null), (Endpoint: this, Request: request));
-                }
-                else
-                {
-                    more = await chunks.MoveNextAsync();
-                }
-
-                if (!more)
-                {
-                    break;
-                }
-
-                var chunk = chunks.Current;
-                if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
-                {
-                    await ctx.Response.BodyWriter.FlushAsync(aborted);
-                    continue;
-                }
-
-                StartSse(ctx, request, chunk.Gateway);
-                if (first)
-                {
-                    first = false;
-                    foreach (var e in writer.Start())
-                    {
-                        Write(ctx, e);
-                    }
-                }
-
-                foreach (var e in writer.OnChunk(chunk))
-                {
-                    Write(ctx, e);
-                    wrote = true;
-                }
-
-                if (flushEach)
-                {
-                    await ctx.Response.BodyWriter.FlushAsync(aborted);
-                }
-            }
-
-            if (first)
-            {
-                StartSse(ctx, request, null);
-                foreach (var e in writer.Start())
-                {
-                    Write(ctx, e);
-                }
-            }
-
-            foreach (var e in writer.Finish())
-            {
-                Write(ctx, e);
-            }
-
-            await ctx.Response.BodyWriter.FlushAsync(aborted);
-        }
-        catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
-        {
-            if (aborted.IsCancellationRequested)
-            {
-                return;
-            }
-
-            if (!ctx.Response.HasStarted && !wrote && first)
-            {
-                headers.WriteRateLimitHeaders(ctx, request, ex);
-                await RouteErrors.WriteAsync(ctx, ex);
-                return;
-            }
-
-            // The stream started: the failure travels in it, as the API's error event.
-            var (_, error, _) = OpenAIErrors.Map(ex);
-            StartSse(ctx, request, null);
-            Write(ctx, writer.Error(error.Code ?? error.Type, error.Message));
-            await ctx.Response.BodyWriter.FlushAsync(aborted);
-        }
-    }
-
-    private static void Write(HttpContext ctx, (string Name, byte[] Json) e) =>
-        Providers.Anthropic.AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e); // event: NAME / data: JSON, the same framing
-
-    private void StartSse(HttpContext ctx, ChatCompletionRequest request, GatewayResponseInfo? info)
-    {
-        if (!ctx.Response.HasStarted)
-        {
-            ctx.Response.ContentType = "text/event-stream";
-            ctx.Response.Headers.CacheControl = "no-cache";
-            ctx.Response.Headers["x-accel-buffering"] = "no";
-            headers.WriteGatewayHeaders(ctx, request, info, streaming: true);
         }
     }
 }

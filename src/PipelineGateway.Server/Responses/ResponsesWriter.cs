@@ -13,7 +13,7 @@ namespace PipelineGateway.Server.Responses;
 /// <c>response.output_text.delta</c>s, <c>….done</c>; a call's arguments as <c>response.function_call_arguments.delta</c>s),
 /// then <c>response.completed</c> with the whole response.
 /// </summary>
-internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, long createdAt)
+internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, long createdAt) : INamedEventWriter
 {
     private static readonly JsonWriterOptions Options = new() { Encoder = Serialization.WireJson.Encoder };
 
@@ -147,9 +147,12 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         yield return Event(status == "completed" ? "response.completed" : "response.incomplete", w => WriteMember(w, "response", status));
     }
 
-    /// <summary>An <c>error</c> event (the stream failed after it started).</summary>
-    public (string Name, byte[] Json) Error(string code, string message) =>
-        Event("error", w => { w.WriteString("code", code); w.WriteString("message", message); w.WriteNull("param"); });
+    /// <summary>An <c>error</c> event (the stream failed after it started), with the OpenAI error's code.</summary>
+    public (string Name, byte[] Json) Error(int status, Exception error, string message)
+    {
+        var (_, body, _) = OpenAIErrors.Map(error);
+        return Event("error", w => { w.WriteString("code", body.Code ?? body.Type); w.WriteString("message", message); w.WriteNull("param"); });
+    }
 
     private IEnumerable<(string Name, byte[] Json)> CloseText()
     {

@@ -1,0 +1,124 @@
+using Microsoft.AspNetCore.Http;
+
+namespace PipelineGateway.Server;
+
+/// <summary>What a route with named SSE events (<c>event: NAME</c> / <c>data: JSON</c>) makes of a canonical stream.</summary>
+internal interface INamedEventWriter
+{
+    /// <summary>The events before the first chunk's (none for Anthropic's, whose opening comes with the first chunk).</summary>
+    IEnumerable<(string Name, byte[] Json)> Start();
+
+    IEnumerable<(string Name, byte[] Json)> OnChunk(ChatCompletionChunk chunk);
+
+    /// <summary>The closing events, once the stream ended normally.</summary>
+    IEnumerable<(string Name, byte[] Json)> Finish();
+
+    /// <summary>The event saying the stream failed after it started (its HTTP status already sent).</summary>
+    (string Name, byte[] Json) Error(int status, Exception error, string message);
+}
+
+/// <summary>
+/// The streaming loop of the routes with named SSE events (<c>/v1/messages</c>, <c>/v1/responses</c>): the chat route's
+/// (keep-alives until the first chunk, a flush where a burst of the upstream's chunks ends) — which stays written out
+/// in the chat route itself, the benchmarked one, where a helper between the enumerator and the loop is one more async
+/// state machine per event. A failure before any output is the route's error answer; after, an error event.
+/// </summary>
+internal static class NamedEventStream
+{
+    public static async Task WriteAsync(HttpContext ctx, IGatewayQueue queue, ChatCompletionRequest request, INamedEventWriter writer, ServerOptions options, TimeProvider time, GatewayResponseHeaders headers, CancellationToken aborted)
+    {
+        var flushEach = !ServerSubmit.MarksBursts(queue);
+        var wrote = false; // events are in the response pipe, perhaps not flushed yet
+        var started = false; // the writer's opening events are written
+        await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
+        var first = true;
+        try
+        {
+            while (true)
+            {
+                bool more;
+                if (first)
+                {
+                    // Until the first chunk, SSE comments keep idle proxies from cutting a long-thinking model.
+                    (more, _) = await SseWriter.FirstAsync(ctx, chunks.MoveNextAsync(), options.StreamKeepAlive, time, static (c, s) => StartSse(c, s.Request, null, s.Headers), (Request: request, Headers: headers));
+                    first = false;
+                }
+                else
+                {
+                    more = await chunks.MoveNextAsync();
+                }
+
+                if (!more)
+                {
+                    break;
+                }
+
+                var chunk = chunks.Current;
+                if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
+                {
+                    // The upstream's next chunk is not here yet: what was written goes out now, in one flush.
+                    await ctx.Response.BodyWriter.FlushAsync(aborted);
+                    continue;
+                }
+
+                StartSse(ctx, request, chunk.Gateway, headers);
+                wrote |= WriteAll(ctx, started ? [] : writer.Start());
+                started = true;
+                wrote |= WriteAll(ctx, writer.OnChunk(chunk));
+                if (flushEach)
+                {
+                    await ctx.Response.BodyWriter.FlushAsync(aborted);
+                }
+            }
+
+            StartSse(ctx, request, null, headers);
+            WriteAll(ctx, started ? [] : writer.Start());
+            WriteAll(ctx, writer.Finish());
+            await ctx.Response.BodyWriter.FlushAsync(aborted);
+        }
+        catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
+        {
+            if (aborted.IsCancellationRequested)
+            {
+                return; // the client went away; the upstream call was cancelled with it
+            }
+
+            if (!ctx.Response.HasStarted && !wrote)
+            {
+                headers.WriteRateLimitHeaders(ctx, request, ex);
+                await RouteErrors.WriteAsync(ctx, ex);
+                return;
+            }
+
+            // Output already went out or is written (an event, or a keep-alive): the error travels in the stream, after it.
+            var (status, error, _) = OpenAIErrors.Map(ex);
+            StartSse(ctx, request, null, headers);
+            WriteAll(ctx, [writer.Error(status, ex, error.Message)]);
+            await ctx.Response.BodyWriter.FlushAsync(aborted);
+        }
+    }
+
+    private static bool WriteAll(HttpContext ctx, IEnumerable<(string Name, byte[] Json)> events)
+    {
+        var any = false;
+        foreach (var e in events)
+        {
+            Providers.Anthropic.AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
+            any = true;
+        }
+
+        return any;
+    }
+
+    /// <summary>The stream's headers, once: the gateway's too (who answered, attempts, rate limits) when the first chunk, which carries them, starts it.</summary>
+    private static void StartSse(HttpContext ctx, ChatCompletionRequest request, GatewayResponseInfo? info, GatewayResponseHeaders headers)
+    {
+        if (!ctx.Response.HasStarted)
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            ctx.Response.Headers.CacheControl = "no-cache";
+            ctx.Response.Headers["x-accel-buffering"] = "no";
+            headers.WriteGatewayHeaders(ctx, request, info, streaming: true);
+        }
+    }
+}
