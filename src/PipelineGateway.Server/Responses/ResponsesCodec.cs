@@ -157,16 +157,42 @@ internal static class ResponsesCodec
 
                 break;
             case "function_call_output":
-                var output = item.TryGetProperty("output", out var o) && o.ValueKind == JsonValueKind.String
-                    ? o.GetString()!
-                    : throw new InvalidRequestException($"{at}.output", $"{at}.output: required (a string).");
-                request.Messages.Add(ChatCompletionMessage.Tool(RequiredString(item, "call_id", at), output));
+                request.Messages.Add(ChatCompletionMessage.Tool(RequiredString(item, "call_id", at), Output(item, at)));
                 break;
             case "reasoning":
                 break; // OpenAI's own encrypted reasoning: no canonical form, and no other model could read it
             default:
                 throw new InvalidRequestException($"{at}.type", $"{at}.type: '{Providers.ProviderException.Quoted(type)}' is not supported by this gateway (it carries message, function_call, function_call_output and reasoning items).");
         }
+    }
+
+    /// <summary>A function call's output: a string, or text parts (joined); an image in it has no form in a tool message.</summary>
+    private static string Output(JsonElement item, string at)
+    {
+        if (!item.TryGetProperty("output", out var output) || output.ValueKind is not (JsonValueKind.String or JsonValueKind.Array))
+        {
+            throw new InvalidRequestException($"{at}.output", $"{at}.output: required (a string or a list of input_text parts).");
+        }
+
+        if (output.ValueKind == JsonValueKind.String)
+        {
+            return output.GetString()!;
+        }
+
+        var text = new System.Text.StringBuilder();
+        var j = 0;
+        foreach (var part in output.EnumerateArray())
+        {
+            var path = $"{at}.output[{j++}]";
+            if (part.ValueKind != JsonValueKind.Object || OptionalString(part, "type") is not ("input_text" or "output_text"))
+            {
+                throw new InvalidRequestException($"{path}.type", $"{path}: only text parts (input_text) are supported in a function call's output by this gateway.");
+            }
+
+            text.Append(RequiredString(part, "text", path));
+        }
+
+        return text.ToString();
     }
 
     private static void AddMessage(ChatCompletionRequest request, JsonElement item, string at)

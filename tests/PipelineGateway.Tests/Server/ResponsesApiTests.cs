@@ -140,6 +140,7 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         { """{"model":"gpt","input":"hi","surprise":1}""", "surprise" },
         { """{"model":"gpt","input":"hi","text":{"format":{"type":"xml"}}}""", "text.format.type" },
         { """{"model":"gpt","input":[{"type":"function_call_output","call_id":"c1"}]}""", "input[0].output" },
+        { """{"model":"gpt","input":[{"type":"function_call_output","call_id":"c1","output":[{"type":"input_image","image_url":"https://e.x/a.png"}]}]}""", "input[0].output[0].type" },
     };
 
     [Theory]
@@ -172,10 +173,10 @@ public sealed class ResponsesApiTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_reasoning_item_given_back_is_left_out_and_an_unknown_model_is_a_404()
+    public async Task A_reasoning_item_given_back_is_left_out_a_text_parts_output_is_read_and_an_unknown_model_is_a_404()
     {
         using var http = new HttpClient();
-        var body = """{"model":"gpt","store":false,"input":[{"role":"user","content":"hi"},{"type":"reasoning","id":"rs_1","summary":[],"encrypted_content":"gAAAA"},{"role":"assistant","content":[{"type":"output_text","text":"Hello."}]},{"role":"user","content":[{"type":"input_text","text":"again"}]}]}""";
+        var body = """{"model":"gpt","store":false,"input":[{"role":"user","content":"hi"},{"type":"reasoning","id":"rs_1","summary":[],"encrypted_content":"gAAAA"},{"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c1","output":[{"type":"input_text","text":"4"},{"type":"input_text","text":"2"}]},{"role":"assistant","content":[{"type":"output_text","text":"Hello."}]},{"role":"user","content":[{"type":"input_text","text":"again"}]}]}""";
         using var ok = await http.PostAsync(new Uri(_fleet.Base, "v1/responses"), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         ok.StatusCode.Should().Be(HttpStatusCode.OK, await ok.Content.ReadAsStringAsync(Ct));
 
