@@ -8,7 +8,10 @@
 # the other can disagree with the paired ratios — on 2026-12-03 one such pair put the gateway at 0.94x YARP's CPU per
 # request while paired runs of the same builds said 1.26x (docs/benchmarks.md, "Profiled side by side").
 #
-# Usage: [CONNECTIONS=32] [WARMUP=30] [PAIRED=0] [KEEP=DIR] benchmarks/http/profile.sh [seconds]
+# B=nolog (with PAIRED=1) puts the gateway with `--no-log` on the B side instead of YARP: what the request log costs,
+# by assembly and symbol (the "yarp" files and column are then that gateway).
+#
+# Usage: [CONNECTIONS=32] [WARMUP=30] [PAIRED=0] [B=yarp|nolog] [KEEP=DIR] benchmarks/http/profile.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_REC="${1:-15}"
@@ -49,7 +52,11 @@ profile() { # name, then the command line of the front process
 profile_paired() { # both started, warmed and recorded at once, one wrk each
   local perfmap=(env DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0)
   "${perfmap[@]}" PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG" >/dev/null 2>&1 & local a=$!
-  "${perfmap[@]}" "$YARP" --urls "http://127.0.0.1:$B_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & local b=$!
+  if [ "${B:-yarp}" = nolog ]; then
+    "${perfmap[@]}" "$PGW" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" --no-log >/dev/null 2>&1 & local b=$!
+  else
+    "${perfmap[@]}" "$YARP" --urls "http://127.0.0.1:$B_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & local b=$!
+  fi
   wait_for_servers "$A_PORT $B_PORT" "$a $b"
   local ua="http://127.0.0.1:$A_PORT/v1/chat/completions" ub="http://127.0.0.1:$B_PORT/v1/chat/completions"
   wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -s benchmarks/http/post-chat.lua "$ua" >/dev/null & local w1=$!
@@ -72,5 +79,5 @@ else
   profile yarp "$YARP" --urls "http://127.0.0.1:$A_PORT" --upstream "http://127.0.0.1:$SIM_PORT"
 fi
 rm -rf "$LOG_DIR"
-echo "gateway $(cat "$OUT/gateway.requests") requests, YARP $(cat "$OUT/yarp.requests") requests recorded (c=$CONNECTIONS, ${SECONDS_REC} s$([ "$PAIRED" = 1 ] && echo ", loaded at once"))"
+echo "gateway $(cat "$OUT/gateway.requests") requests, $([ "${B:-yarp}" = nolog ] && echo "gateway --no-log" || echo YARP) $(cat "$OUT/yarp.requests") requests recorded (c=$CONNECTIONS, ${SECONDS_REC} s$([ "$PAIRED" = 1 ] && echo ", loaded at once"))"
 python3 benchmarks/http/perf-group.py "$OUT/gateway.data" "$OUT/yarp.data" "$(cat "$OUT/gateway.requests")" "$(cat "$OUT/yarp.requests")"
