@@ -185,7 +185,22 @@ public static partial class GatewayServer
         app.MapGet("/readyz", ctx => (app.Services.GetRequiredService<GatewayPipeline>().IsAccepting
             ? Results.Text("ready")
             : Results.Text("not ready: the pipeline is starting or draining", statusCode: 503)).ExecuteAsync(ctx));
-        app.MapFallback(ctx => RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "unknown_route", $"No route for {ctx.Request.Method} {ctx.Request.Path}."));
+        var routeMethods = new RouteMethods(app.Services.GetRequiredService<Microsoft.AspNetCore.Routing.EndpointDataSource>());
+        app.MapFallback(ctx =>
+        {
+            // The caller's path and method are echoed capped and redacted (a key pasted into a URL is not written back).
+            var path = Providers.SecretRedactor.RedactAndTrim(ctx.Request.Path.Value, 200);
+            var method = Providers.SecretRedactor.RedactAndTrim(ctx.Request.Method, 20);
+            var allowed = routeMethods.At(ctx.Request.Path);
+            if (allowed.Count == 0)
+            {
+                return RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "unknown_route", $"No route for {method} {path}.");
+            }
+
+            var methods = string.Join(", ", allowed);
+            ctx.Response.Headers.Allow = methods;
+            return RouteErrors.WriteAsync(ctx, 405, "invalid_request_error", "method_not_allowed", $"{method} is not served at {path}; use {methods}.");
+        });
     }
 
     [LoggerMessage(EventId = 100, Level = LogLevel.Warning, Message = "No gateway keys are configured: serving on loopback only, without authentication.")]

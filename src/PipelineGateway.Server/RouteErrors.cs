@@ -56,7 +56,7 @@ internal static class RouteErrors
             ? upstream
             : status switch
             {
-                400 or 408 or 415 or 422 => "invalid_request_error",
+                400 or 405 or 408 or 415 or 422 => "invalid_request_error",
                 401 => "authentication_error",
                 403 => "permission_error",
                 404 => "not_found_error",

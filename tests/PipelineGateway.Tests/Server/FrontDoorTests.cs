@@ -121,6 +121,51 @@ public sealed class FrontDoorTests : IAsyncLifetime
         return error;
     }
 
+    /// <summary>
+    /// A path the gateway serves asked with another method is a 405 naming the methods (an <c>Allow</c> header), in the
+    /// route's shape; only a path nothing serves is a 404. A key pasted into the path is not echoed.
+    /// </summary>
+    [Theory]
+    [InlineData("GET", "v1/chat/completions", "POST")]
+    [InlineData("PUT", "v1/chat/completions/", "POST")]
+    [InlineData("GET", "v1/messages", "POST")]
+    [InlineData("DELETE", "v1/responses", "POST")]
+    [InlineData("GET", "v1/messages/count_tokens", "POST")]
+    [InlineData("POST", "v1/models", "GET")]
+    [InlineData("POST", "v1/models/gpt-4o-mini", "GET")]
+    [InlineData("PATCH", "healthz", "GET")]
+    [InlineData("POST", "v1/gateway/logs", "GET")]
+    public async Task A_served_path_asked_with_another_method_is_a_405_naming_the_allowed_ones(string method, string path, string allowed)
+    {
+        using var http = new HttpClient();
+        using var message = new HttpRequestMessage(new HttpMethod(method), new Uri(Base, path));
+        message.Headers.Authorization = new AuthenticationHeaderValue("Bearer", AdminKey);
+        if (method != "GET")
+        {
+            message.Content = new StringContent("{}", Encoding.UTF8, "application/json");
+        }
+
+        var response = await http.SendAsync(message, Ct);
+
+        response.StatusCode.Should().Be(HttpStatusCode.MethodNotAllowed);
+        response.Content.Headers.Allow.Should().Equal(allowed);
+        var error = ErrorIn(path, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement);
+        error.GetProperty("type").GetString().Should().Be("invalid_request_error");
+        error.GetProperty("message").GetString().Should().Contain(allowed);
+        _sim.Requests.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task An_unknown_path_is_a_404_that_echoes_no_key_pasted_into_it()
+    {
+        var (status, json, _) = await Send("v1/sk-proj-abcdefghijklmnopqrstuvwxyz0123456789", "{}", key: AdminKey);
+
+        status.Should().Be(HttpStatusCode.NotFound);
+        var error = ErrorIn(Chat, json);
+        error.GetProperty("code").GetString().Should().Be("unknown_route");
+        error.GetProperty("message").GetString().Should().Contain("POST /v1/").And.NotContain("abcdefghijklmnop");
+    }
+
     /// <summary>A model name a caller made up is named in at most 40 characters on every route, refused (403) or unknown (404).</summary>
     [Theory]
     [InlineData("v1/chat/completions", "team-a")]
