@@ -29,7 +29,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         }
         catch (JsonException ex)
         {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(ex.Path?.TrimStart('$', '.'), $"The request body is not valid JSON for a chat completion{(ex.Path is null ? string.Empty : $" (at {ex.Path})")}: {FirstSentence(ex.Message)}"));
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(ex.Path?.TrimStart('$', '.'), JsonFailure(ex)));
             return;
         }
         catch (BadHttpRequestException ex)
@@ -79,6 +79,43 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             headers.WriteRateLimitHeaders(ctx, request, ex);
             await OpenAIErrors.WriteAsync(ctx, ex);
         }
+    }
+
+    /// <summary>
+    /// A serializer failure in a caller's words: a value of the wrong type says what was expected there ("expected a
+    /// whole number from …"), never the .NET type it was read into (<c>System.Nullable`1[System.Int32]</c>); malformed
+    /// JSON keeps the reader's own description.
+    /// </summary>
+    internal static string JsonFailure(JsonException ex)
+    {
+        var at = ex.Path is null ? string.Empty : $" (at {ex.Path})";
+        const string Conversion = "The JSON value could not be converted to ";
+        if (!ex.Message.StartsWith(Conversion, StringComparison.Ordinal))
+        {
+            return $"The request body is not valid JSON for a chat completion{at}: {FirstSentence(ex.Message)}";
+        }
+
+        if (ex.InnerException is InvalidOperationException { Message: var inner } && inner.Contains("UTF-16", StringComparison.Ordinal))
+        {
+            return $"Invalid value{at}: a string with an escape no character can be made of (a lone surrogate, \\uD800 to \\uDFFF).";
+        }
+
+        var type = FirstSentence(ex.Message)[Conversion.Length..].TrimEnd('.');
+        var expected = type switch
+        {
+            _ when type.Contains("System.Int32", StringComparison.Ordinal) => "a whole number from -2147483648 to 2147483647",
+            _ when type.Contains("System.Int64", StringComparison.Ordinal) => "a whole number from -9223372036854775808 to 9223372036854775807",
+            _ when type.Contains("System.Double", StringComparison.Ordinal) || type.Contains("System.Single", StringComparison.Ordinal) || type.Contains("System.Decimal", StringComparison.Ordinal) => "a number",
+            _ when type.Contains("System.Boolean", StringComparison.Ordinal) => "true or false",
+            "System.String" => "a string",
+            _ when type.StartsWith("System.Collections.Generic.List`1", StringComparison.Ordinal) || type.EndsWith("[]", StringComparison.Ordinal) => "a list",
+            _ when type.StartsWith("System.Collections.Generic.Dictionary`2", StringComparison.Ordinal) => "an object",
+            _ when type.EndsWith(".MessageContent", StringComparison.Ordinal) => "a string or a list of content parts",
+            _ when type.EndsWith(".StopSequences", StringComparison.Ordinal) => "a string or a list of strings",
+            _ when type.StartsWith("PipelineGateway.", StringComparison.Ordinal) => "an object",
+            _ => "a value of another type",
+        };
+        return $"Invalid value{at}: expected {expected}.";
     }
 
     /// <summary>System.Text.Json's message up to its path and line details (the path is reported on its own).</summary>

@@ -340,6 +340,33 @@ public sealed class FrontDoorTests : IAsyncLifetime
         _sim.Requests.Should().Be(0);
     }
 
+    /// <summary>
+    /// A value of the wrong type on the chat route says what was expected there, in the caller's words, and names the
+    /// field — never the .NET type the serializer read it into (<c>System.Nullable`1[System.Int32]</c>).
+    /// </summary>
+    [Theory]
+    [InlineData("\"n\":2147483648", "n", "expected a whole number from -2147483648 to 2147483647")]
+    [InlineData("\"max_tokens\":1.5", "max_tokens", "expected a whole number")]
+    [InlineData("\"seed\":1e30", "seed", "expected a whole number")]
+    [InlineData("\"top_p\":\"0.5\"", "top_p", "expected a number")]
+    [InlineData("\"stream\":\"yes\"", "stream", "expected true or false")]
+    [InlineData("\"user\":5", "user", "expected a string")]
+    [InlineData("\"tools\":{}", "tools", "expected a list")]
+    [InlineData("\"stream_options\":[]", "stream_options", "expected an object")]
+    [InlineData("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":5}}]", "tools[0].function.name", "expected a string")]
+    [InlineData("\"messages\":[{\"role\":\"user\",\"content\":\"\\ud800\"}]", "messages[0].content", "lone surrogate")]
+    public async Task A_value_of_the_wrong_type_is_a_400_saying_what_was_expected_without_a_dotnet_type(string member, string param, string expected)
+    {
+        var messages = member.StartsWith("\"messages\"", StringComparison.Ordinal) ? string.Empty : """ "messages":[{"role":"user","content":"hi"}],""";
+        var (status, json, _) = await Send(Chat, $$"""{"model":"gpt-4o-mini",{{messages}}{{member}}}""");
+
+        status.Should().Be(HttpStatusCode.BadRequest, member);
+        var error = ErrorIn(Chat, json);
+        error.GetProperty("param").GetString().Should().Be(param);
+        error.GetProperty("message").GetString().Should().Contain(expected).And.NotContain("System.").And.NotContain("PipelineGateway.");
+        _sim.Requests.Should().Be(0);
+    }
+
     [Theory]
     [InlineData(Chat, """{"model":"restricted","model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}""")]
     [InlineData(Chat, """{"model":"gpt-4o-mini","messages":[{"role":"user","role":"system","content":"hi"}]}""")]
