@@ -41,15 +41,69 @@ internal static class TokenCounter
         return null;
     }
 
+    private static Tokenizer? TokenizerFor(string model) => EncodingFor(model) switch
+    {
+        "o200k_base" => O200k.Value,
+        "cl100k_base" => Cl100k.Value,
+        _ => null,
+    };
+
+    /// <summary>
+    /// The usage of an answer whose upstream reported none (some OpenAI-compatible servers ignore
+    /// <c>stream_options.include_usage</c>, a host's own provider may leave it out): the prompt counted as above, the
+    /// answer's text and tool calls counted the same way — or, for a stream whose events were forwarded unread,
+    /// <paramref name="contentEvents"/>, one token per event that carried content (how OpenAI-compatible servers stream).
+    /// Marked <c>"estimated": true</c> so nobody takes it for the upstream's count. Budgets, cost, metrics and the request
+    /// log then see what was used instead of nothing.
+    /// </summary>
+    public static TokenUsage EstimateUsage(ChatCompletionRequest request, ChatCompletionResponse? answer, int contentEvents, string model)
+    {
+        var tokenizer = TokenizerFor(model);
+        var completion = 0;
+        var read = false;
+        foreach (var choice in answer?.Choices ?? [])
+        {
+            if (choice.Message is not { } message)
+            {
+                continue;
+            }
+
+            read = true;
+            completion += Count(tokenizer, message.Content?.Text);
+            foreach (var part in message.Content?.Parts ?? [])
+            {
+                completion += Count(tokenizer, part.Text);
+            }
+
+            foreach (var call in message.ToolCalls ?? [])
+            {
+                completion += 3 + Count(tokenizer, call.Function?.Name) + Count(tokenizer, call.Function?.Arguments);
+            }
+        }
+
+        if (!read || (completion == 0 && contentEvents > 0))
+        {
+            completion = contentEvents;
+        }
+
+        var usage = TokenUsage.Of(CountPrompt(request, model), completion);
+        usage.AdditionalProperties = new Dictionary<string, System.Text.Json.JsonElement> { ["estimated"] = Estimated };
+        return usage;
+    }
+
+    private static readonly System.Text.Json.JsonElement Estimated = System.Text.Json.JsonDocument.Parse("true").RootElement;
+
+    /// <summary>True when the usage is the gateway's estimate (<see cref="EstimateUsage"/>), not the upstream's count.</summary>
+    public static bool IsEstimated(TokenUsage? usage) =>
+        usage?.AdditionalProperties?.TryGetValue("estimated", out var flag) == true && flag.ValueKind == System.Text.Json.JsonValueKind.True;
+
+    private static int Count(Tokenizer? tokenizer, string? text) =>
+        string.IsNullOrEmpty(text) ? 0 : tokenizer?.CountTokens(text) ?? Math.Max(1, text.Length / 4);
+
     /// <summary>Prompt tokens of a request for a model (the requested model name or the upstream one).</summary>
     public static int CountPrompt(ChatCompletionRequest request, string model)
     {
-        var tokenizer = EncodingFor(model) switch
-        {
-            "o200k_base" => O200k.Value,
-            "cl100k_base" => Cl100k.Value,
-            _ => null,
-        };
+        var tokenizer = TokenizerFor(model);
         if (tokenizer is null)
         {
             return TokenEstimate.Approximate(request);

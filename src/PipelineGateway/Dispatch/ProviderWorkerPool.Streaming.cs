@@ -27,6 +27,8 @@ internal sealed partial class ProviderWorkerPool
         string? filledId = null; // what the upstream left out is filled the same way in every chunk
         long filledCreated = 0;
         var handedOver = false; // chunks handed to the caller since the last burst end
+        var contentEvents = 0;
+        (string? Id, long Created, string? Model) first = default;
         var request = new ProviderRequest(item.Request, deployment.Model) { ChoicesMayStayUnread = replay is null };
         var upstream = Provider.StreamAsync(request, item.Token).GetAsyncEnumerator(item.Token);
         await using var upstreamDisposal = upstream.ConfigureAwait(false);
@@ -47,7 +49,18 @@ internal sealed partial class ProviderWorkerPool
 
             var chunk = ProviderAnswer.Accept(upstream.Current, Name);
             ProviderAnswer.Fill(chunk, ref filledId, ref filledCreated, item, deployment.Model, _time);
+            if (!any)
+            {
+                // What a closing chunk of the gateway's own says it belongs to (the stream's first chunk's words).
+                first = (chunk.Id, chunk.Created, chunk.Model);
+            }
+
             any = true;
+            if (chunk.CarriesContent)
+            {
+                contentEvents++; // what the answer's size is estimated from, should the upstream report no usage
+            }
+
             if (chunk.Usage is { } usage)
             {
                 item.StreamUsage = usage;
@@ -115,6 +128,14 @@ internal sealed partial class ProviderWorkerPool
 
         // The caller has had the chunks; this whole answer carries the usage and cost for metrics (and the cache).
         var whole = replay?.ToResponse() ?? new ChatCompletionResponse { Model = deployment.Model, Usage = item.StreamUsage };
+        if (whole.Usage is null)
+        {
+            // The upstream counted nothing (it ignored include_usage): the gateway's estimate, marked as one, is billed
+            // and goes out on the finishing chunk (no chunk is added for it), or on a closing chunk of its own.
+            whole.Usage = item.StreamUsage = Admission.TokenCounter.EstimateUsage(item.Request, replay is null ? null : whole, contentEvents, deployment.Model);
+            pendingLast?.Usage = whole.Usage;
+        }
+
         whole.Gateway = ResponseInfo.Answered(item, deployment, whole.Usage, services.Pricing, _time);
         if (replay is not null && storable)
         {
@@ -130,7 +151,14 @@ internal sealed partial class ProviderWorkerPool
             pendingLast = null;
         }
 
-        var last = usageChunk ?? pendingLast ?? new ChatCompletionChunk { Id = whole.Id, Created = whole.Created, Model = whole.Model, Choices = [], Usage = whole.Usage };
+        var last = usageChunk ?? pendingLast ?? new ChatCompletionChunk
+        {
+            Id = first.Id ?? whole.Id,
+            Created = first.Created > 0 ? first.Created : whole.Created,
+            Model = string.IsNullOrEmpty(first.Model) ? whole.Model : first.Model,
+            Choices = [],
+            Usage = whole.Usage,
+        };
         last.Gateway = whole.Gateway;
         await WriteAsync(writer, last, item.Token).ConfigureAwait(false);
 

@@ -169,6 +169,50 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         Node(delta["data: ".Length..])["delta"]!["text"]!.GetValue<string>().Should().Be(Text);
     }
 
+    /// <summary>
+    /// Servers that never send <c>[DONE]</c> (llama.cpp forks, older TGI): a body that ends cleanly after the answer's
+    /// finish is a whole answer — the caller gets the finish with the gateway's usage on it (the upstream reported none:
+    /// estimated, one token per content event, marked) and <c>[DONE]</c>; a body that ends before the finish is still a
+    /// broken stream.
+    /// </summary>
+    [Fact]
+    public async Task A_stream_that_ends_after_its_finish_without_DONE_is_whole_and_one_cut_before_its_finish_is_not()
+    {
+        var one = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"one\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        var two = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" two\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        var finish = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}";
+
+        var whole = await StreamAsync(string.Concat(new[] { one, two, finish }.Select(e => $"data: {e}\n\n")));
+
+        whole.Should().HaveCount(4);
+        whole.Take(2).Should().Equal(one, two);
+        var last = Node(whole[2]);
+        last["id"]!.GetValue<string>().Should().Be("chatcmpl-up1");
+        last["choices"]![0]!["finish_reason"]!.GetValue<string>().Should().Be("stop");
+        last["usage"]!["completion_tokens"]!.GetValue<int>().Should().Be(2, "one token per content event");
+        last["usage"]!["prompt_tokens"]!.GetValue<int>().Should().BePositive();
+        last["usage"]!["estimated"]!.GetValue<bool>().Should().BeTrue();
+        last["usage"]!["cost"]!.GetValue<decimal>().Should().Be(0, "m-up has no price");
+        whole[3].Should().Be("[DONE]");
+
+        // Nor a finish: the gateway's own closing chunk carries the estimate, as part of the stream.
+        var noFinish = await StreamAsync(string.Concat(new[] { one, two }.Select(e => $"data: {e}\n\n")) + "data: [DONE]\n\n");
+
+        noFinish.Should().HaveCount(4);
+        var closing = Node(noFinish[2]);
+        closing["id"]!.GetValue<string>().Should().Be("chatcmpl-up1", "the gateway's own closing chunk belongs to the stream");
+        closing["model"]!.GetValue<string>().Should().Be("m-up");
+        closing["created"]!.GetValue<long>().Should().Be(1700000000);
+        closing["choices"]!.AsArray().Should().BeEmpty();
+        closing["usage"]!["completion_tokens"]!.GetValue<int>().Should().Be(2);
+        closing["usage"]!["estimated"]!.GetValue<bool>().Should().BeTrue();
+
+        var cut = await StreamAsync(string.Concat(new[] { one, two }.Select(e => $"data: {e}\n\n")));
+
+        cut.Take(2).Should().Equal(one, two);
+        Node(cut[^1])["error"]!["message"]!.GetValue<string>().Should().Contain("ended before [DONE]");
+    }
+
     private async Task<List<string>> StreamAsync(string sse)
     {
         var body = JsonSerializer.Serialize(new { model = "m", stream = true, stream_options = new { include_usage = true }, messages = new[] { new { role = "user", content = sse } } });

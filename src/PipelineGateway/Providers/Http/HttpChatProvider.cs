@@ -206,7 +206,14 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                     {
                         if (!await events.MoveNextAsync(deadline.Token).ConfigureAwait(false))
                         {
-                            // The body ended without the provider's last event: the stream was cut short.
+                            if (reader.EndedWhole)
+                            {
+                                // The body ended cleanly after every answer finished: a server that does not send the
+                                // last event (llama.cpp forks, older TGI) gave a whole answer.
+                                break;
+                            }
+
+                            // The body ended without the provider's last event, before the answer finished: cut short.
                             throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' ended before {reader.LastEvent}.");
                         }
 
@@ -439,4 +446,10 @@ internal abstract class StreamEvents
 
     /// <summary>The next chunk the last event made, after the one <see cref="Read"/> returned (null: no more).</summary>
     public virtual ChatCompletionChunk? Next() => null;
+
+    /// <summary>
+    /// True when a body that ends here, without <see cref="LastEvent"/>, still carried a whole answer (every choice
+    /// finished). False by default: the body was cut short.
+    /// </summary>
+    public virtual bool EndedWhole => false;
 }

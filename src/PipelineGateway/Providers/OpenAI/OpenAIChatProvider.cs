@@ -77,18 +77,45 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
     protected override StreamEvents ReadStream(ProviderRequest request)
     {
         var keep = request.Request.Gateway?.KeepsEventJson == true;
-        return new Events(this, keep, skim: keep && request.ChoicesMayStayUnread);
+        return new Events(this, keep, skim: keep && request.ChoicesMayStayUnread, choices: Math.Max(1, request.Request.N ?? 1));
     }
 
     /// <summary>
     /// Chunks are parsed straight from the event bytes (no string per event), all sharing the first one's id string,
     /// and keep those bytes when the endpoint can write them as they came.
     /// </summary>
-    private sealed class Events(OpenAIChatProvider provider, bool keep, bool skim) : StreamEvents
+    private sealed class Events(OpenAIChatProvider provider, bool keep, bool skim, int choices) : StreamEvents
     {
         private string? _id;
+        private int _finished;
 
         public override string LastEvent => "[DONE]";
+
+        /// <summary>
+        /// Every choice asked for got its finish_reason (a finishing event counted once when its choices were only
+        /// skimmed): the answer is whole even if [DONE] never comes.
+        /// </summary>
+        public override bool EndedWhole => _finished >= choices;
+
+        /// <summary>How many of the chunk's choices finish in it (a skimmed chunk: one if any does). Not yet accepted: choices may be null.</summary>
+        private static int Finishing(ChatCompletionChunk chunk)
+        {
+            if (chunk.ChoicesUnread)
+            {
+                return chunk.Finishes ? 1 : 0;
+            }
+
+            var finishing = 0;
+            foreach (var choice in chunk.Choices ?? [])
+            {
+                if (choice?.FinishReason is not null)
+                {
+                    finishing++;
+                }
+            }
+
+            return finishing;
+        }
 
         public override ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end)
         {
@@ -109,6 +136,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
                 throw provider.StreamError(error);
             }
 
+            _finished += Finishing(chunk);
             return chunk;
         }
     }
