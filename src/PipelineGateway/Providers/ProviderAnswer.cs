@@ -28,7 +28,33 @@ internal static class ProviderAnswer
             }
         }
 
+        if (response.Usage is { } usage)
+        {
+            response.Usage = Billable(usage);
+        }
+
         return response;
+    }
+
+    /// <summary>
+    /// An upstream's usage as the gateway bills it. A negative count, or counts whose sum no <see cref="int"/> holds, are
+    /// no usage at all (a broken or hostile upstream must not refund a budget, a cost total or a token limit): dropped,
+    /// so the answer is billed the gateway's estimate (<see cref="Admission.TokenCounter.EstimateUsage"/>). A total below
+    /// its parts' sum is raised to it (the token limits settle on the total).
+    /// </summary>
+    internal static TokenUsage? Billable(TokenUsage usage)
+    {
+        if (usage.PromptTokens < 0 || usage.CompletionTokens < 0 || (long)usage.PromptTokens + usage.CompletionTokens > int.MaxValue)
+        {
+            return null;
+        }
+
+        if (usage.TotalTokens < usage.PromptTokens + usage.CompletionTokens)
+        {
+            usage.TotalTokens = usage.PromptTokens + usage.CompletionTokens;
+        }
+
+        return usage;
     }
 
     /// <summary>
@@ -40,6 +66,12 @@ internal static class ProviderAnswer
         if (chunk is null)
         {
             throw Unusable(provider, "a stream event is null");
+        }
+
+        if (chunk.Usage is { } usage && !ReferenceEquals(Billable(usage), usage))
+        {
+            chunk.Usage = null; // unusable: the stream is billed the gateway's estimate
+            chunk.DropEventJson();
         }
 
         if (chunk.ChoicesUnread)

@@ -269,6 +269,48 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         streaming.Metrics.GetSnapshot().CompletionTokens.Should().Be(streamed.CompletionTokens);
     }
 
+    /// <summary>
+    /// A usage no upstream could have used — a negative count, counts whose sum overflows — refunds nothing: it is
+    /// dropped and the answer billed the gateway's estimate (whole and streamed); a total below its parts' sum is raised
+    /// to it (the token limits settle on the total). Before, a negative usage lowered the cost total and the budgets.
+    /// </summary>
+    [Theory]
+    [InlineData("""{"prompt_tokens":-5000,"completion_tokens":-1000,"total_tokens":-6000}""", true, 0)]
+    [InlineData("""{"prompt_tokens":10,"completion_tokens":-1,"total_tokens":9}""", true, 0)]
+    [InlineData("""{"prompt_tokens":2147483647,"completion_tokens":2147483647,"total_tokens":-2}""", true, 0)]
+    [InlineData("""{"prompt_tokens":12,"completion_tokens":5,"total_tokens":-2}""", false, 17)]
+    [InlineData("""{"prompt_tokens":12,"completion_tokens":5,"total_tokens":20}""", false, 20)]
+    public async Task An_unusable_upstream_usage_refunds_nothing_and_is_billed_the_estimate(string usage, bool estimated, int total)
+    {
+        var answer = $$"""{"id":"x","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Bounded channels push back."},"finish_reason":"stop"}],"usage":{{usage}}}""";
+        await using var gateway = await Answering("body-200", answer, deploymentModel: "gpt-4o-mini");
+
+        var response = await gateway.SubmitAsync(TestGateway.Request("m"), Ct);
+
+        Check(response.Usage!, response.Gateway!.Cost);
+        await Wait.Until(() => gateway.Metrics.GetSnapshot().TotalRequests == 1, "the request ends");
+        var metrics = gateway.Metrics.GetSnapshot();
+        (metrics.PromptTokens, metrics.CompletionTokens, metrics.TotalCost).Should().Be((response.Usage!.PromptTokens, response.Usage.CompletionTokens, response.Gateway.Cost));
+
+        await using var streaming = await Answering("sse-echo", string.Empty, deploymentModel: "gpt-4o-mini");
+        var sse = """data: {"id":"s","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Bounded channels push back."},"finish_reason":"stop"}]}""" + "\n\n"
+            + $$"""data: {"id":"s","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[],"usage":{{usage}}}""" + "\n\ndata: [DONE]\n\n";
+
+        var chunks = await streaming.StreamAsync(TestGateway.Request("m", sse), Ct).ToListAsync(Ct);
+
+        var last = chunks.Last(c => c.Usage is not null);
+        Check(last.Usage!, last.Gateway!.Cost);
+
+        void Check(TokenUsage billed, decimal cost)
+        {
+            PipelineGateway.Admission.TokenCounter.IsEstimated(billed).Should().Be(estimated, usage);
+            billed.PromptTokens.Should().BeGreaterThanOrEqualTo(0);
+            billed.CompletionTokens.Should().BeGreaterThanOrEqualTo(0);
+            billed.TotalTokens.Should().Be(estimated ? billed.PromptTokens + billed.CompletionTokens : total);
+            cost.Should().BeGreaterThanOrEqualTo(0);
+        }
+    }
+
     [Fact]
     public async Task An_upstream_answer_without_id_model_created_or_role_reaches_the_caller_with_them_filled_in()
     {
