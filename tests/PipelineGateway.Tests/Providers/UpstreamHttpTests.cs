@@ -269,6 +269,19 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         streaming.Metrics.GetSnapshot().CompletionTokens.Should().Be(streamed.CompletionTokens);
     }
 
+    /// <summary>An Anthropic-compatible server's answer without <c>usage</c> is billed the estimate too, not a zero.</summary>
+    [Fact]
+    public async Task An_Anthropic_answer_without_usage_is_billed_the_estimate_not_a_zero()
+    {
+        await using var gateway = await Answering("body-200", """{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Bounded channels push back."}],"stop_reason":"end_turn"}""", deploymentModel: "claude-sonnet-4-5", type: ProviderTypes.Anthropic);
+
+        var response = await gateway.SubmitAsync(TestGateway.Request("m", "What is a bounded channel?"), Ct);
+
+        PipelineGateway.Admission.TokenCounter.IsEstimated(response.Usage).Should().BeTrue();
+        response.Usage!.CompletionTokens.Should().BePositive();
+        response.Gateway!.Cost.Should().BePositive();
+    }
+
     /// <summary>
     /// A usage no upstream could have used — a negative count, counts whose sum overflows — refunds nothing: it is
     /// dropped and the answer billed the gateway's estimate (whole and streamed); a total below its parts' sum is raised
@@ -354,10 +367,16 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
     }
 
     /// <summary>A gateway over the scripted upstream answering with <paramref name="fault"/> and <paramref name="body"/>, one attempt per request.</summary>
-    private async Task<Gateway> Answering(string fault, string body, bool? stripAnthropicMembers = null, string? deploymentModel = null) => await new GatewayBuilder()
+    private async Task<Gateway> Answering(string fault, string body, bool? stripAnthropicMembers = null, string? deploymentModel = null, string type = ProviderTypes.OpenAICompatible) => await new GatewayBuilder()
         .Configure(o =>
         {
-            var provider = new ProviderOptions { Name = "odd", Type = ProviderTypes.OpenAICompatible, BaseUrl = new Uri(_upstream.BaseAddress, "v1").ToString(), StripAnthropicMembers = stripAnthropicMembers };
+            var provider = new ProviderOptions { Name = "odd", Type = type, BaseUrl = new Uri(_upstream.BaseAddress, "v1").ToString(), StripAnthropicMembers = stripAnthropicMembers };
+            if (type == ProviderTypes.Anthropic)
+            {
+                Environment.SetEnvironmentVariable("PGW_TEST_ODD_CLAUDE_KEY", "sk-ant-odd");
+                provider.ApiKeyEnvironmentVariable = "PGW_TEST_ODD_CLAUDE_KEY";
+            }
+
             provider.Headers["x-fault"] = fault;
             provider.Headers["x-body"] = body;
             o.Providers.Add(provider);

@@ -213,9 +213,9 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         Node(cut[^1])["error"]!["message"]!.GetValue<string>().Should().Contain("ended before [DONE]");
     }
 
-    private async Task<List<string>> StreamAsync(string sse)
+    private async Task<List<string>> StreamAsync(string sse, string model = "m")
     {
-        var body = JsonSerializer.Serialize(new { model = "m", stream = true, stream_options = new { include_usage = true }, messages = new[] { new { role = "user", content = sse } } });
+        var body = JsonSerializer.Serialize(new { model, stream = true, stream_options = new { include_usage = true }, messages = new[] { new { role = "user", content = sse } } });
         using var response = await _http.PostAsync("v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         response.IsSuccessStatusCode.Should().BeTrue(await response.Content.ReadAsStringAsync(Ct));
         var text = Encoding.UTF8.GetString(await response.Content.ReadAsByteArrayAsync(Ct));
@@ -258,5 +258,33 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         var deltas = lines.Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => Node(l[6..]))
             .Where(e => e["type"]!.GetValue<string>() == "content_block_delta").Select(e => e["delta"]!["text"]!.GetValue<string>());
         string.Concat(deltas).Should().Be("one two", "the event with a forged type is not Claude's content");
+    }
+
+    /// <summary>
+    /// The same for an Anthropic-format upstream: a body that ends after the message_delta with its stop_reason is whole
+    /// without message_stop, one that ends before it is broken; an upstream that reports no usage anywhere (an
+    /// Anthropic-compatible server) is billed the gateway's estimate, marked — not a zero.
+    /// </summary>
+    [Fact]
+    public async Task An_Anthropic_stream_is_whole_after_its_stop_reason_and_one_without_usage_is_billed_the_estimate()
+    {
+        const string Start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[]}}\n\n";
+        const string Text = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+            + "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"one two\"}}\n\n"
+            + "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n";
+        const string Delta = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}\n\n";
+
+        var events = await StreamAsync(Start + Text + Delta, "claude");
+
+        events[^1].Should().Be("[DONE]");
+        var usage = events.Where(e => e != "[DONE]").Select(Node).Where(e => e is JsonObject o && o.ContainsKey("usage")).Should().ContainSingle().Subject!["usage"]!;
+        usage["estimated"]!.GetValue<bool>().Should().BeTrue("no usage came: the gateway's estimate, said to be one");
+        usage["completion_tokens"]!.GetValue<int>().Should().BePositive();
+        usage["prompt_tokens"]!.GetValue<int>().Should().BePositive();
+        usage["cost"]!.GetValue<decimal>().Should().BePositive("claude-sonnet-4-5 is priced: the estimate is billed");
+
+        var cut = await StreamAsync(Start + Text, "claude");
+
+        Node(cut[^1])["error"]!["message"]!.GetValue<string>().Should().Contain("ended before message_stop");
     }
 }

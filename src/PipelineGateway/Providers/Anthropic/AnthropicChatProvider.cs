@@ -127,7 +127,12 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
     {
         private readonly Queue<ChatCompletionChunk> _made = new();
 
+        private bool _stopped;
+
         public override string LastEvent => "message_stop";
+
+        /// <summary>The message_delta with its stop_reason came (its usage with it): a body that ends there is whole.</summary>
+        public override bool EndedWhole => _stopped;
 
         public override ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end)
         {
@@ -156,6 +161,7 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
             }
 
             end = e.Type == "message_stop";
+            _stopped |= e.Type == "message_delta" && e.Delta?.StopReason is not null;
             return Next();
         }
 

@@ -743,7 +743,9 @@ internal static class AnthropicTranslator
             (extra ??= [])[ServerTools.ContentMember] = JsonSerializer.SerializeToElement(message.Content, AnthropicJsonContext.Default.ListAnthropicContentBlock);
         }
 
-        var usage = message.Usage ?? new AnthropicUsage();
+        // No usage in the message (an Anthropic-compatible server that leaves it out): none, so the gateway's estimate
+        // is billed (TokenCounter.EstimateUsage) — not a zero that bills nothing.
+        var usage = message.Usage;
         var response = new ChatCompletionResponse
         {
             Id = message.Id,
@@ -762,7 +764,7 @@ internal static class AnthropicTranslator
                     FinishReason = json is not null && calls is null && message.StopReason == "tool_use" ? FinishReasons.Stop : FinishReason(message.StopReason),
                 },
             ],
-            Usage = Cost.ServerToolUse.With(Cost.PromptCacheTokens.Usage(usage.InputTokens, usage.OutputTokens, usage.CacheReadInputTokens ?? 0, usage.CacheCreationInputTokens ?? 0), usage.ServerToolUse),
+            Usage = usage is null ? null : Cost.ServerToolUse.With(Cost.PromptCacheTokens.Usage(usage.InputTokens, usage.OutputTokens, usage.CacheReadInputTokens ?? 0, usage.CacheCreationInputTokens ?? 0), usage.ServerToolUse),
         };
         if (json is null && AnthropicStop.IsKept(message.StopReason))
         {
@@ -803,6 +805,7 @@ internal static class AnthropicTranslator
         private string _id = string.Empty;
         private string _model = string.Empty;
         private int _inputTokens;
+        private bool _counted; // message_start carried a usage
         private int _cacheRead;
         private int _cacheWritten;
         private readonly long _created;
@@ -828,6 +831,7 @@ internal static class AnthropicTranslator
                 case "message_start" when e.Message is { } m:
                     _id = m.Id;
                     _model = m.Model;
+                    _counted = m.Usage is not null;
                     _inputTokens = m.Usage?.InputTokens ?? 0;
                     _cacheRead = m.Usage?.CacheReadInputTokens ?? 0;
                     _cacheWritten = m.Usage?.CacheCreationInputTokens ?? 0;
@@ -894,6 +898,11 @@ internal static class AnthropicTranslator
                     }
 
                     yield return finish;
+                    if (e.Usage is null && !_counted)
+                    {
+                        break; // no usage anywhere in the stream: none, so the gateway's estimate is billed (not a zero)
+                    }
+
                     yield return new ChatCompletionChunk
                     {
                         Id = _id,
