@@ -175,6 +175,14 @@ public sealed class ProviderOptions
     [Range(1, 100_000)]
     public int MaxConnections { get; set; } = 256;
 
+    /// <summary>
+    /// A whole (non-streamed) answer's body, decompressed, is read up to this many bytes (default 64 MiB); a longer one
+    /// fails the attempt as a retryable error — a runaway upstream or a decompression bomb (the gateway asks for gzip
+    /// and Brotli) never grows the gateway's memory past it. A stream is bounded per event instead (4 MiB a line).
+    /// </summary>
+    [Range(1024, int.MaxValue - 1)]
+    public int MaxAnswerBytes { get; set; } = 64 * 1024 * 1024;
+
     /// <summary>Azure OpenAI: the api-version query parameter.</summary>
     public string AzureApiVersion { get; set; } = "2024-10-21";
 

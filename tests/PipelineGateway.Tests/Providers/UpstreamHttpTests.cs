@@ -98,6 +98,28 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         text.ToString().Should().Be("Hello compressed");
     }
 
+    /// <summary>
+    /// A whole answer is read up to the provider's <c>MaxAnswerBytes</c>: past it — a gzip bomb (4 KiB on the wire, 4 MiB
+    /// undone), a chunked body with no length, a length announced too long — the attempt is a retryable failure that
+    /// names the setting, and the read stops there. Under the default (64 MiB) the same 4 MiB answer is read whole.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Types))]
+    public async Task A_whole_answer_past_MaxAnswerBytes_is_a_retryable_failure_never_read_whole(string type)
+    {
+        foreach (var fault in new[] { "bomb-200", "long-200", "long-length-200" })
+        {
+            var act = async () => await Create(type, fault, tweak: o => o.MaxAnswerBytes = 1024 * 1024).CompleteAsync(Ask(), Ct);
+
+            var error = (await act.Should().ThrowAsync<ProviderException>()).Which;
+            error.Outcome.Should().Be(AttemptOutcome.RetryableError, fault);
+            error.Message.Should().Contain("longer than 1,048,576 bytes").And.Contain("MaxAnswerBytes", fault);
+
+            var whole = await Create(type, fault).CompleteAsync(Ask(), Ct);
+            whole.Content!.Length.Should().Be(ScriptedUpstream.LongAnswerChars, fault);
+        }
+    }
+
     [Fact]
     public async Task A_configured_Accept_Encoding_is_sent_instead_of_the_gateways()
     {

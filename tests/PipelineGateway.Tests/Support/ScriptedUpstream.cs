@@ -43,7 +43,10 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     ];
 
     /// <summary>Faults about the HTTP exchange rather than the error body (<see cref="UpstreamHttpTests"/>).</summary>
-    public static readonly string[] HttpFaults = ["gzip-200", "deflate-200", "br-200", "gzip-stream", "zstd-200", "stall-body"];
+    public static readonly string[] HttpFaults = ["gzip-200", "deflate-200", "br-200", "gzip-stream", "zstd-200", "stall-body", "bomb-200", "long-200", "long-length-200"];
+
+    /// <summary>The text of the <c>bomb-200</c> and <c>long-*</c> answers: 4 MiB (a gzip bomb's ~4 KiB on the wire).</summary>
+    public const int LongAnswerChars = 4 * 1024 * 1024;
 
     public static async Task<ScriptedUpstream> StartAsync(CancellationToken cancellationToken)
     {
@@ -105,6 +108,16 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 break;
             case "gzip-200" or "deflate-200" or "br-200" or "zstd-200":
                 await Compressed(ctx, ctx.Request.Headers["x-fault"].ToString()[..^4], Answer(anthropic));
+                break;
+            case "bomb-200":
+                await Compressed(ctx, "gzip", LongAnswer(anthropic));
+                break;
+            case "long-200":
+                await Raw(ctx, 200, "application/json", LongAnswer(anthropic)); // chunked: no length announced
+                break;
+            case "long-length-200":
+                ctx.Response.ContentLength = Encoding.UTF8.GetByteCount(LongAnswer(anthropic));
+                await Raw(ctx, 200, "application/json", LongAnswer(anthropic));
                 break;
             case "gzip-stream":
                 ctx.Response.ContentType = "text/event-stream";
@@ -218,6 +231,8 @@ public sealed class ScriptedUpstream : IAsyncDisposable
         + "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
         + "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n"
         + "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
+    private static string LongAnswer(bool anthropic) => Answer(anthropic).Replace("Hello compressed", new string('a', LongAnswerChars), StringComparison.Ordinal);
 
     private static string Answer(bool anthropic) => anthropic
         ? """{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"Hello compressed"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":2}}"""

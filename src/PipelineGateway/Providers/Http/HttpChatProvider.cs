@@ -134,7 +134,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
             // The answer is read into a pooled buffer and parsed synchronously: an answer is small, and parsing from
             // memory skips System.Text.Json's resumable (async) reader, whose state it would otherwise allocate per call.
-            body = await ResponseBody.ReadAsync(response.Content, deadline.Token).ConfigureAwait(false);
+            body = await ResponseBody.ReadAsync(response.Content, Options.MaxAnswerBytes, deadline.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException ex) when (deadline.TimedOut)
         {

@@ -73,11 +73,19 @@ internal static class ResponseBody
         throw new InvalidDataException($"The answer is encoded as '{SecretRedactor.RedactAndTrim(values.ToString(), 60)}', which the gateway did not ask for ({AcceptEncoding}).");
     }
 
-    public static async ValueTask<PooledBody> ReadAsync(HttpContent content, CancellationToken cancellationToken)
+    /// <summary>The whole answer, decompressed; at most <paramref name="max"/> bytes of it (past that, the read stops).</summary>
+    /// <exception cref="InvalidDataException">The answer is longer than <paramref name="max"/>: a runaway upstream or a
+    /// decompression bomb, never buffered past the bound.</exception>
+    public static async ValueTask<PooledBody> ReadAsync(HttpContent content, int max, CancellationToken cancellationToken)
     {
         // One byte more than the announced length, so the read that finds the end needs no bigger buffer (for a compressed
         // answer, the announced length is the compressed one: the buffer grows as it must).
         var announced = content.Headers.ContentLength;
+        if (announced > max)
+        {
+            throw TooLong(max);
+        }
+
         var buffer = ArrayPool<byte>.Shared.Rent(announced is > 0 and < MaxPresize ? (int)announced + 1 : DefaultSize);
         var read = 0;
         try
@@ -89,9 +97,14 @@ internal static class ResponseBody
                 while ((n = await stream.ReadAsync(buffer.AsMemory(read), cancellationToken).ConfigureAwait(false)) > 0)
                 {
                     read += n;
+                    if (read > max)
+                    {
+                        throw TooLong(max);
+                    }
+
                     if (read == buffer.Length)
                     {
-                        var bigger = ArrayPool<byte>.Shared.Rent(buffer.Length * 2);
+                        var bigger = ArrayPool<byte>.Shared.Rent((int)Math.Min((long)buffer.Length * 2, (long)max + 1));
                         buffer.AsSpan(0, read).CopyTo(bigger);
                         ArrayPool<byte>.Shared.Return(buffer);
                         buffer = bigger;
@@ -107,4 +120,7 @@ internal static class ResponseBody
 
         return new PooledBody(buffer, read);
     }
+
+    private static InvalidDataException TooLong(int max) =>
+        new($"the answer is longer than {max:N0} bytes (the provider's MaxAnswerBytes); it was not read further");
 }
