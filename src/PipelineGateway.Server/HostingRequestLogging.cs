@@ -5,7 +5,8 @@ namespace PipelineGateway.Server;
 
 /// <summary>
 /// Turns ASP.NET Core's per-request hosting log (<c>Microsoft.AspNetCore.Hosting.Diagnostics</c>: "Request starting",
-/// "Request finished") off, unless the configuration names that category (or <c>Microsoft.AspNetCore.Hosting</c>).
+/// "Request finished") off, unless the configuration names that category (or <c>Microsoft.AspNetCore.Hosting</c>), and
+/// the rest of ASP.NET Core to Warning unless the configuration names a <c>Microsoft.AspNetCore</c> category.
 /// </summary>
 /// <remarks>
 /// Not for the lines (they are Information, below the usual Warning), for what their mere possibility costs: while that
@@ -18,11 +19,22 @@ internal sealed class HostingRequestLogging : IPostConfigureOptions<LoggerFilter
 {
     public const string Category = "Microsoft.AspNetCore.Hosting.Diagnostics";
 
+    public const string AspNetCore = "Microsoft.AspNetCore";
+
     public void PostConfigure(string? name, LoggerFilterOptions options)
     {
         if (!options.Rules.Any(r => r.CategoryName is { } c && (c.Equals(Category, StringComparison.OrdinalIgnoreCase) || c.Equals("Microsoft.AspNetCore.Hosting", StringComparison.OrdinalIgnoreCase))))
         {
             options.Rules.Add(new LoggerFilterRule(null, Category, LogLevel.None, null));
+        }
+
+        // A configuration without a Logging section (a user's own file given to --config) would log ASP.NET Core at
+        // Information: two lines per request from the endpoint middleware ("Executing endpoint", "Executed endpoint"),
+        // each formatted and written to the console. ASP.NET Core's own templates set it to Warning; so does the
+        // gateway, unless the configuration names a Microsoft.AspNetCore category itself.
+        if (!options.Rules.Any(r => r.CategoryName is { } c && c.StartsWith(AspNetCore, StringComparison.OrdinalIgnoreCase) && !c.Equals(Category, StringComparison.OrdinalIgnoreCase)))
+        {
+            options.Rules.Add(new LoggerFilterRule(null, AspNetCore, LogLevel.Warning, null));
         }
     }
 }

@@ -35,4 +35,23 @@ public sealed class HostingRequestLoggingTests
     [InlineData("Microsoft.AspNetCore.Hosting")]
     public async Task A_level_configured_for_the_category_wins(string category) =>
         (await HostingLogEnabled(new() { [$"Logging:LogLevel:{category}"] = "Information" })).Should().BeTrue();
+
+    /// <summary>
+    /// A configuration without a Logging section (a user's own file) does not log two lines per request from ASP.NET
+    /// Core's endpoint middleware: ASP.NET Core is at Warning unless the configuration names one of its categories.
+    /// </summary>
+    [Fact]
+    public async Task AspNetCore_is_at_Warning_unless_the_configuration_names_it()
+    {
+        static async Task<(bool Info, bool Warning)> Endpoint(Dictionary<string, string?> settings)
+        {
+            await using var app = GatewayServer.Build(TestServerConfig.Simulated(settings), "http://127.0.0.1:0", b => b.AddProvider(new CapturingLoggerProvider()).SetMinimumLevel(LogLevel.Information));
+            var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Microsoft.AspNetCore.Routing.EndpointMiddleware");
+            return (logger.IsEnabled(LogLevel.Information), logger.IsEnabled(LogLevel.Warning));
+        }
+
+        (await Endpoint([])).Should().Be((false, true));
+        (await Endpoint(new() { ["Logging:LogLevel:Microsoft.AspNetCore"] = "Information" })).Should().Be((true, true));
+        (await Endpoint(new() { ["Logging:LogLevel:Microsoft.AspNetCore.Routing"] = "Debug" })).Should().Be((true, true));
+    }
 }
