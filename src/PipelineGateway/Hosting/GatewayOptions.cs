@@ -34,6 +34,9 @@ public sealed class GatewayOptions
 
     /// <summary>The per-request log (written when a store is registered: SQLite in <c>pgw serve</c> and <c>pgw batch</c>).</summary>
     public RequestLog.RequestLogOptions RequestLog { get; set; } = new();
+
+    /// <summary>Settings the configuration gave that nothing reads (<see cref="Hosting.UnknownSettings"/>): start-up errors.</summary>
+    internal List<string> UnknownSettings { get; } = [];
 }
 
 /// <summary>

@@ -17,7 +17,7 @@ internal sealed class GatewayOptionsValidator(
 {
     public ValidateOptionsResult Validate(string? name, GatewayOptions options)
     {
-        var errors = new List<string>();
+        var errors = new List<string>(options.UnknownSettings);
         const string root = GatewayOptions.SectionName;
         Annotations(options.Pipeline, $"{root}:Pipeline", errors);
         Annotations(options.Cache, $"{root}:Cache", errors);

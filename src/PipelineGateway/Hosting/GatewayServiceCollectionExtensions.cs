@@ -53,7 +53,11 @@ public static class GatewayServiceCollectionExtensions
         var source = section.Exists() ? section : configuration;
         if (Registration(services).Bound.Add(configuration))
         {
-            services.Configure<GatewayOptions>(o => source.Bind(o));
+            services.Configure<GatewayOptions>(o =>
+            {
+                source.Bind(o);
+                o.UnknownSettings.AddRange(UnknownSettings.In(source, GatewayOptions.SectionName));
+            });
         }
 
         if (configure is not null)

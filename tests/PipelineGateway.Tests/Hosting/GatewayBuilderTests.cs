@@ -80,6 +80,34 @@ public sealed class GatewayBuilderTests
         Canonical(fromCode).Should().Be(Canonical(fromFile));
     }
 
+    /// <summary>
+    /// A setting nothing reads in a provider, a simulated provider's options, a model group or a deployment stops
+    /// start-up naming it: a typo would leave the default in force, and an API key written into the file would leave the
+    /// provider without one — that message says where keys go, and never repeats the value.
+    /// </summary>
+    [Fact]
+    public void A_setting_nothing_reads_stops_start_up_naming_it_and_a_key_in_the_file_is_never_echoed()
+    {
+        const string Secret = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+        var json = Json
+            .Replace("""{ "Name": "sim", "Type": "Simulated", "Workers": 8 }""", $$"""{ "Name": "sim", "Type": "Simulated", "Workers": 8, "ApiKey": "{{Secret}}", "Timout": "00:00:05", "Simulated": { "LatencyMss": 5 } }""", StringComparison.Ordinal)
+            .Replace("""{ "Name": "small", "Strategy": "RoundRobin",""", """{ "Name": "small", "Stratgy": "Priority", "Strategy": "RoundRobin",""", StringComparison.Ordinal)
+            .Replace("""{ "Provider": "sim", "Model": "gpt-4o", "Priority": 0, "Weight": 1 }""", """{ "Provider": "sim", "Model": "gpt-4o", "Priority": 0, "Weight": 1, "Prio": 2 }""", StringComparison.Ordinal);
+        var services = new ServiceCollection();
+        services.AddPipelineGateway(new ConfigurationBuilder().AddJsonStream(new MemoryStream(System.Text.Encoding.UTF8.GetBytes(json))).Build());
+
+        var act = () => services.BuildServiceProvider().GetRequiredService<IOptions<GatewayOptions>>().Value;
+
+        var failures = act.Should().Throw<OptionsValidationException>().Which.Failures.ToList();
+        failures.Should().HaveCount(5);
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Providers:0:ApiKey is not read", StringComparison.Ordinal)).Which.Should().Contain("ApiKeyEnvironmentVariable");
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Providers:0:Timout is not a provider setting", StringComparison.Ordinal)).Which.Should().Contain("the settings read there are ").And.Contain(" Timeout,");
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Providers:0:Simulated:LatencyMss is not", StringComparison.Ordinal));
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Models:1:Stratgy is not a model group setting", StringComparison.Ordinal));
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Models:0:Deployments:0:Prio is not a deployment setting", StringComparison.Ordinal));
+        string.Join("\n", failures).Should().NotContain("abcdefghijklmnop", "the key's value is never repeated");
+    }
+
     [Fact]
     public async Task Registering_twice_is_one_gateway_with_its_configuration_bound_once()
     {
