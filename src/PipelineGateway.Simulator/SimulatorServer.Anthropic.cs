@@ -61,7 +61,7 @@ public sealed partial class SimulatorServer
             var words = StopAt(SimulatedText.Answer(request, _options.Seed, _options.CompletionWords), request, out var stoppedAt);
             var usage = PromptCacheUsage(request, words.Length);
             var thought = Thinks(request) ? "Considering: " + string.Join(' ', words.Take(4)) : null;
-            var tool = WantsTool(request);
+            var tool = SimulatedTools.WantsTool(request);
             var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
             if (WebSearchQuery(request, words) is { } query)
             {
@@ -74,7 +74,7 @@ public sealed partial class SimulatorServer
 
             if (request.Stream == true)
             {
-                await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : ToolArguments(request, tool, words), thought, tool is null ? stoppedAt : null).ConfigureAwait(false);
+                await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : SimulatedTools.ToolArguments(request, tool, words), thought, tool is null ? stoppedAt : null).ConfigureAwait(false);
                 return;
             }
 
@@ -88,7 +88,7 @@ public sealed partial class SimulatorServer
                     {
                         Message = tool is null
                             ? ChatCompletionMessage.Assistant(string.Join(' ', words))
-                            : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(request, tool, words) } }] },
+                            : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request, tool, words) } }] },
                         FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls,
                     },
                 ],

@@ -56,7 +56,7 @@ public sealed partial class SimulatorServer
             var promptTokens = SimulatedText.PromptTokens(request);
             var id = "chatcmpl-sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
             var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-            var tool = WantsTool(request);
+            var tool = SimulatedTools.WantsTool(request);
             if (request.Stream == true)
             {
                 await OpenAIStreamAsync(ctx, plan, request, words, promptTokens, id, created, tool).ConfigureAwait(false);
@@ -64,8 +64,8 @@ public sealed partial class SimulatorServer
             }
 
             var message = tool is null
-                ? ChatCompletionMessage.Assistant(string.Join(' ', words))
-                : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = ToolArguments(request, tool, words) } }] };
+                ? ChatCompletionMessage.Assistant(SimulatedTools.StructuredContent(request, words) ?? string.Join(' ', words))
+                : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request, tool, words) } }] };
             var response = new ChatCompletionResponse
             {
                 Id = id,
@@ -114,9 +114,11 @@ public sealed partial class SimulatorServer
 
         if (tool is null)
         {
-            for (var i = 0; i < words.Length; i++)
+            // Structured output streams its JSON in two pieces; text a word at a time.
+            var pieces = SimulatedTools.StructuredContent(request, words) is { } json ? [json[..(json.Length / 2)], json[(json.Length / 2)..]] : words.Select((w, i) => i == 0 ? w : " " + w).ToArray();
+            for (var i = 0; i < pieces.Length; i++)
             {
-                chunks.Add(Chunk(new ChatCompletionDelta { Role = i == 0 ? ChatRoles.Assistant : null, Content = i == 0 ? words[i] : " " + words[i] }));
+                chunks.Add(Chunk(new ChatCompletionDelta { Role = i == 0 ? ChatRoles.Assistant : null, Content = pieces[i] }));
             }
 
             chunks.Add(Chunk(new ChatCompletionDelta(), FinishReasons.Stop));
@@ -124,7 +126,7 @@ public sealed partial class SimulatorServer
         else
         {
             // A streamed tool call: the name first, then the arguments in fragments.
-            var args = ToolArguments(request, tool, words);
+            var args = SimulatedTools.ToolArguments(request, tool, words);
             var half = args.Length / 2;
             chunks.Add(Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Index = 0, Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] }));
             chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[..half] } }] }));

@@ -209,64 +209,7 @@ public sealed partial class SimulatorServer : IAsyncDisposable
         await body.WriteAsync("\n\n"u8.ToArray(), ctx.RequestAborted).ConfigureAwait(false);
         await body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
     }
-
-    /// <summary>The tool to call: when tools are offered and the caller requires one, the first.</summary>
-    private static string? WantsTool(ChatCompletionRequest request)
-    {
-        if (request.Tools is not { Count: > 0 } tools || request.Messages[^1].Role == ChatRoles.Tool)
-        {
-            return null;
-        }
-
-        var choice = request.ToolChoice;
-        if (choice is { ValueKind: JsonValueKind.Object } named && named.TryGetProperty("function", out var f) && f.TryGetProperty("name", out var name))
-        {
-            return name.GetString(); // the tool the caller named, wherever it is in the list
-        }
-
-        var required = choice is { ValueKind: JsonValueKind.String } c && c.GetString() == "required";
-        return required ? tools[0].Function?.Name : null;
-    }
-
-    /// <summary>
-    /// The called tool's arguments: a value of the declared type for every property its schema lists (text from the
-    /// answer's words, 3 for numbers, true, [] and {}), or <c>{"query": …}</c> for a schema without properties.
-    /// </summary>
-    private static string ToolArguments(ChatCompletionRequest request, string tool, string[] words)
-    {
-        var text = string.Join(' ', words.Take(3));
-        var schema = request.Tools?.FirstOrDefault(t => t.Function?.Name == tool)?.Function?.Parameters;
-        if (schema is not { ValueKind: JsonValueKind.Object } s || !s.TryGetProperty("properties", out var properties) || properties.ValueKind != JsonValueKind.Object)
-        {
-            return JsonSerializer.Serialize(new Dictionary<string, string> { ["query"] = text }, SimJson.Default.DictionaryStringString);
-        }
-
-        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
-        using (var w = new Utf8JsonWriter(buffer))
-        {
-            w.WriteStartObject();
-            foreach (var property in properties.EnumerateObject())
-            {
-                w.WritePropertyName(property.Name);
-                var type = property.Value.ValueKind == JsonValueKind.Object && property.Value.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : "string";
-                switch (type)
-                {
-                    case "integer" or "number": w.WriteNumberValue(3); break;
-                    case "boolean": w.WriteBooleanValue(true); break;
-                    case "array": w.WriteStartArray(); w.WriteEndArray(); break;
-                    case "object": w.WriteStartObject(); w.WriteEndObject(); break;
-                    case "null": w.WriteNullValue(); break;
-                    default: w.WriteStringValue(text); break;
-                }
-            }
-
-            w.WriteEndObject();
-        }
-
-        return Encoding.UTF8.GetString(buffer.WrittenSpan);
-    }
 }
 
-[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, string>))]
 [System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, int>))]
 internal sealed partial class SimJson : System.Text.Json.Serialization.JsonSerializerContext;

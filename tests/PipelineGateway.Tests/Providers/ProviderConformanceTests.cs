@@ -125,6 +125,25 @@ public abstract class ProviderConformanceTests : IAsyncLifetime
         chunks.SelectMany(c => c.Choices).Select(c => c.FinishReason).Should().Contain(FinishReasons.ToolCalls);
     }
 
+    /// <summary>Structured output against the simulator: a JSON schema is answered with an object of its shape, whole and streamed.</summary>
+    [Fact]
+    public async Task A_json_schema_is_answered_with_an_object_of_its_shape_whole_and_streamed()
+    {
+        var provider = Create();
+        static void Schema(ChatCompletionRequest r) => r.ResponseFormat = System.Text.Json.JsonDocument.Parse(
+            """{"type":"json_schema","json_schema":{"name":"forecast","schema":{"type":"object","properties":{"summary":{"type":"string"},"high":{"type":"number"}}}}}""").RootElement;
+
+        var whole = await provider.CompleteAsync(Ask(tweak: Schema), Ct);
+        var streamed = string.Concat((await provider.StreamAsync(Ask(tweak: Schema), Ct).ToListAsync(Ct)).SelectMany(c => c.Choices).Select(c => c.Delta.Content));
+
+        foreach (var text in new[] { whole.Content!, streamed })
+        {
+            using var json = System.Text.Json.JsonDocument.Parse(text);
+            json.RootElement.EnumerateObject().Select(p => p.Name).Should().Equal("summary", "high");
+            json.RootElement.GetProperty("high").GetInt32().Should().Be(3);
+        }
+    }
+
     public static TheoryData<string, AttemptOutcome, int> Faults => new()
     {
         { "status=500", AttemptOutcome.RetryableError, 500 },

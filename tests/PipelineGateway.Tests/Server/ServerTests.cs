@@ -379,6 +379,64 @@ public sealed class ServerTests : IAsyncLifetime
         (await act.Should().ThrowAsync<ClientResultException>()).Which.Status.Should().Be(404);
     }
 
+    /// <summary>
+    /// A client's tool loop and structured-output parsing run against the simulated providers of the default
+    /// configuration, whole and streamed, through the official SDK: a required tool is called with arguments of its
+    /// schema's shape (it answered text before), a JSON schema is answered with an object of that shape.
+    /// </summary>
+    [Fact]
+    public async Task The_simulated_provider_calls_a_required_tool_and_answers_a_json_schema_through_the_SDK()
+    {
+        var client = new ChatClient("gpt-4o-mini", new ApiKeyCredential(Key), new OpenAIClientOptions { Endpoint = new Uri(Base, "v1") });
+        var weather = ChatTool.CreateFunctionTool("get_weather", "The weather", BinaryData.FromString("""{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}}}"""));
+        var tools = new ChatCompletionOptions { Tools = { weather }, ToolChoice = ChatToolChoice.CreateRequiredChoice() };
+
+        ChatCompletion called = await client.CompleteChatAsync([new UserChatMessage("Weather in Paris?")], tools, Ct);
+
+        called.FinishReason.Should().Be(ChatFinishReason.ToolCalls);
+        var call = called.ToolCalls.Should().ContainSingle().Subject;
+        call.FunctionName.Should().Be("get_weather");
+        using (var args = JsonDocument.Parse(call.FunctionArguments))
+        {
+            args.RootElement.GetProperty("city").ValueKind.Should().Be(JsonValueKind.String);
+            args.RootElement.GetProperty("days").GetInt32().Should().Be(3);
+        }
+
+        var streamedArgs = new StringBuilder();
+        string? streamedName = null;
+        // Another question: not the cache's replay of the answer above (this server caches), the provider's own stream.
+        await foreach (var update in client.CompleteChatStreamingAsync([new UserChatMessage("Weather in Rome?")], tools, Ct))
+        {
+            foreach (var part in update.ToolCallUpdates)
+            {
+                streamedName ??= part.FunctionName;
+                streamedArgs.Append(part.FunctionArgumentsUpdate?.ToString());
+            }
+        }
+
+        streamedName.Should().Be("get_weather");
+        using (var joined = JsonDocument.Parse(streamedArgs.ToString()))
+        {
+            joined.RootElement.GetProperty("days").GetInt32().Should().Be(3, "the streamed fragments join into arguments of the schema's shape");
+        }
+
+        // After the tool's result, the model answers in text.
+        ChatCompletion answered = await client.CompleteChatAsync([new UserChatMessage("Weather in Paris?"), new AssistantChatMessage(called), new ToolChatMessage(call.Id, "sunny")], tools, Ct);
+        answered.FinishReason.Should().Be(ChatFinishReason.Stop);
+        answered.Content[0].Text.Should().NotBeEmpty();
+
+        var schema = new ChatCompletionOptions
+        {
+            ResponseFormat = ChatResponseFormat.CreateJsonSchemaFormat("forecast", BinaryData.FromString("""{"type":"object","properties":{"summary":{"type":"string"},"high":{"type":"number"},"rain":{"type":"boolean"}}}""")),
+        };
+        ChatCompletion structured = await client.CompleteChatAsync([new UserChatMessage("Forecast?")], schema, Ct);
+        using (var json = JsonDocument.Parse(structured.Content[0].Text))
+        {
+            json.RootElement.EnumerateObject().Select(p => p.Name).Should().Equal("summary", "high", "rain");
+            json.RootElement.GetProperty("rain").GetBoolean().Should().BeTrue();
+        }
+    }
+
     [Fact]
     public async Task The_official_Anthropic_SDK_works_against_the_gateway()
     {

@@ -63,7 +63,11 @@ internal sealed class SimulatedProvider : ILlmProvider
         var id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
         var created = _time.GetUtcNow().ToUnixTimeSeconds();
         var perToken = TimeSpan.FromMilliseconds(_options.PerTokenDelayMs);
-        for (var i = 0; i < words.Length; i++)
+        var tool = SimulatedTools.WantsTool(request.Request);
+        var deltas = tool is not null ? ToolCallDeltas(request.Request, tool, words)
+            : SimulatedTools.StructuredContent(request.Request, words) is { } json ? [Text(json[..(json.Length / 2)], true), Text(json[(json.Length / 2)..], false)]
+            : words.Select((w, i) => Text(i == 0 ? w : " " + w, i == 0)).ToArray();
+        for (var i = 0; i < deltas.Length; i++)
         {
             if (i > 0 && perToken > TimeSpan.Zero)
             {
@@ -71,25 +75,35 @@ internal sealed class SimulatedProvider : ILlmProvider
             }
 
             cancellationToken.ThrowIfCancellationRequested();
-            yield return new ChatCompletionChunk
-            {
-                Id = id,
-                Created = created,
-                Model = request.Model,
-                Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { Role = i == 0 ? ChatRoles.Assistant : null, Content = i == 0 ? words[i] : " " + words[i] } }],
-            };
+            yield return new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [new ChunkChoice { Delta = deltas[i] }] };
         }
 
-        var usage = Usage(request.Request, words);
         yield return new ChatCompletionChunk
         {
             Id = id,
             Created = created,
             Model = request.Model,
-            Choices = [new ChunkChoice { Delta = new ChatCompletionDelta(), FinishReason = FinishReasons.Stop }],
-            Usage = usage,
+            Choices = [new ChunkChoice { Delta = new ChatCompletionDelta(), FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls }],
+            Usage = Usage(request.Request, words),
         };
     }
+
+    private static ChatCompletionDelta Text(string text, bool first) => new() { Role = first ? ChatRoles.Assistant : null, Content = text };
+
+    /// <summary>A streamed tool call as OpenAI sends one: the name first, then the arguments in two fragments.</summary>
+    private static ChatCompletionDelta[] ToolCallDeltas(ChatCompletionRequest request, string tool, string[] words)
+    {
+        var args = SimulatedTools.ToolArguments(request, tool, words);
+        var half = args.Length / 2;
+        return
+        [
+            new() { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Index = 0, Id = ToolCallId, Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] },
+            new() { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[..half] } }] },
+            new() { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[half..] } }] },
+        ];
+    }
+
+    private const string ToolCallId = "call_sim1";
 
     private ulong NextDraw() => Mix((ulong)_options.Seed, (ulong)Interlocked.Increment(ref _calls));
 
@@ -121,12 +135,16 @@ internal sealed class SimulatedProvider : ILlmProvider
     private ChatCompletionResponse BuildResponse(ProviderRequest request, ulong draw)
     {
         var words = AnswerWords(request.Request);
+        var tool = SimulatedTools.WantsTool(request.Request);
+        var message = tool is not null
+            ? new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = ToolCallId, Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request.Request, tool, words) } }] }
+            : new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = SimulatedTools.StructuredContent(request.Request, words) ?? string.Join(' ', words) };
         return new ChatCompletionResponse
         {
             Id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture), // this call's own draw: unique per call
             Created = _time.GetUtcNow().ToUnixTimeSeconds(),
             Model = request.Model,
-            Choices = [new ChatChoice { Message = new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = string.Join(' ', words) }, FinishReason = FinishReasons.Stop }],
+            Choices = [new ChatChoice { Message = message, FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls }],
             Usage = Usage(request.Request, words),
         };
     }
