@@ -68,8 +68,11 @@ internal sealed class StreamReplay
         Usage = _usage,
     };
 
-    /// <summary>A stored answer as stream chunks: role, content, tool calls, finish reason, then usage; the first and the last carry <paramref name="info"/>.</summary>
-    public static IEnumerable<ChatCompletionChunk> ToChunks(ChatCompletionResponse response, GatewayResponseInfo info)
+    /// <summary>
+    /// A stored answer as stream chunks: role, content, tool calls, finish reason, then usage; the first and the last
+    /// carry <paramref name="info"/> (none: an upstream's whole answer to a stream request, before the worker's).
+    /// </summary>
+    public static IEnumerable<ChatCompletionChunk> ToChunks(ChatCompletionResponse response, GatewayResponseInfo? info)
     {
         var message = response.Choices.Count > 0 ? response.Choices[0].Message : null;
         ChatCompletionChunk Chunk(ChatCompletionDelta delta, string? finish = null) => new()

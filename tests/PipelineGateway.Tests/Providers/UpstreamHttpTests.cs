@@ -291,6 +291,45 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         streaming.Metrics.GetSnapshot().CompletionTokens.Should().Be(streamed.CompletionTokens);
     }
 
+    /// <summary>
+    /// A server that does not stream (a simple mock, a buffering proxy) answers a stream request whole, as JSON: the
+    /// caller gets that answer as a stream — text, finish, usage — in either wire format, instead of a "stream" without
+    /// events failed and retried.
+    /// </summary>
+    [Theory]
+    [InlineData(ProviderTypes.OpenAICompatible, """{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Answered whole."},"finish_reason":"stop"}],"usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}}""")]
+    [InlineData(ProviderTypes.Anthropic, """{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"Answered whole."}],"stop_reason":"end_turn","usage":{"input_tokens":4,"output_tokens":3}}""")]
+    public async Task A_stream_request_answered_whole_as_JSON_reaches_the_caller_as_a_stream(string type, string answer)
+    {
+        await using var gateway = await Answering("body-200", answer, type: type);
+
+        var chunks = await gateway.StreamAsync(TestGateway.Request("m"), Ct).ToListAsync(Ct);
+
+        string.Concat(chunks.SelectMany(c => c.Choices).Select(c => c.Delta.Content)).Should().Be("Answered whole.");
+        chunks.SelectMany(c => c.Choices).Select(c => c.FinishReason).Should().Contain(FinishReasons.Stop);
+        var usage = chunks.Last(c => c.Usage is not null).Usage!;
+        (usage.PromptTokens, usage.CompletionTokens).Should().Be((4, 3), "the upstream's own usage, not an estimate");
+    }
+
+    /// <summary>
+    /// An error sent with a 200 and no answer (<c>{"error":{…}}</c>) is the upstream's failure, classified by its type —
+    /// whole and streamed — never an empty answer passed on, and billed, with the error beside it.
+    /// </summary>
+    [Fact]
+    public async Task An_error_sent_with_a_200_is_a_failure_not_an_empty_answer()
+    {
+        await using var gateway = await Answering("body-200", """{"error":{"message":"The engine is currently overloaded","type":"server_error"}}""");
+
+        var whole = async () => await gateway.SubmitAsync(TestGateway.Request("m"), Ct);
+        var streamed = async () => await gateway.StreamAsync(TestGateway.Request("m", "another"), Ct).ToListAsync(Ct);
+
+        (await whole.Should().ThrowAsync<AllProvidersFailedException>()).Which.Message.Should().Contain("The engine is currently overloaded");
+        (await streamed.Should().ThrowAsync<AllProvidersFailedException>()).Which.Attempts.Should().OnlyContain(a => a.Outcome == AttemptOutcome.RetryableError);
+        await Wait.Until(() => gateway.Metrics.GetSnapshot().TotalRequests == 2, "both requests end");
+        var metrics = gateway.Metrics.GetSnapshot();
+        (metrics.FailedRequests, metrics.TotalCost, metrics.PromptTokens).Should().Be((2, 0m, 0));
+    }
+
     /// <summary>An Anthropic-compatible server's answer without <c>usage</c> is billed the estimate too, not a zero.</summary>
     [Fact]
     public async Task An_Anthropic_answer_without_usage_is_billed_the_estimate_not_a_zero()

@@ -180,6 +180,18 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
         using (response)
         {
+            if (AnsweredWhole(response))
+            {
+                // A server that does not stream (a simple mock, a proxy that buffers) answered the stream request
+                // whole, as JSON: that answer, as a stream's chunks — not a "stream" without events, failed and retried.
+                foreach (var chunk in Caching.StreamReplay.ToChunks(await WholeAnswerAsync(response, request, deadline).ConfigureAwait(false), null))
+                {
+                    yield return chunk;
+                }
+
+                yield break;
+            }
+
             deadline.Restart(Options.StreamIdleTimeout);
             try
             {
@@ -243,6 +255,41 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                         break;
                     }
                 }
+            }
+        }
+    }
+
+    /// <summary>A stream request answered as JSON (<c>application/json</c> or <c>+json</c>) instead of server-sent events.</summary>
+    private static bool AnsweredWhole(HttpResponseMessage response) =>
+        response.Content.Headers.ContentType?.MediaType is { } type
+        && (type.Equals("application/json", StringComparison.OrdinalIgnoreCase) || type.EndsWith("+json", StringComparison.OrdinalIgnoreCase));
+
+    /// <summary>Reads and parses a whole answer to a stream request, with the same bounds and failures as <see cref="CompleteAsync"/>.</summary>
+    private async ValueTask<ChatCompletionResponse> WholeAnswerAsync(HttpResponseMessage response, ProviderRequest request, AttemptDeadline deadline)
+    {
+        PooledBody body;
+        try
+        {
+            body = await ResponseBody.ReadAsync(response.Content, Options.MaxAnswerBytes, deadline.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException ex) when (deadline.TimedOut)
+        {
+            throw TimedOut(ex);
+        }
+        catch (Exception ex) when (BrokeOff(ex, CancellationToken.None))
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, $"The answer from '{Name}' broke off: {Why(ex)}.", inner: ex);
+        }
+
+        using (body)
+        {
+            try
+            {
+                return ParseResponse(body.Span, request);
+            }
+            catch (JsonException ex)
+            {
+                throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered a stream request with JSON that is not a valid chat completion: {ex.Message}", (int)response.StatusCode, inner: ex);
             }
         }
     }

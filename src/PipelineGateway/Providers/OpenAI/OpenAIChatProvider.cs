@@ -70,9 +70,20 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         return message;
     }
 
-    protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request) =>
-        JsonSerializer.Deserialize(body, GatewayJsonContext.Default.ChatCompletionResponse)
-        ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
+    protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request)
+    {
+        var response = JsonSerializer.Deserialize(body, GatewayJsonContext.Default.ChatCompletionResponse)
+            ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
+
+        // An error sent with a 200 and no answer (some OpenAI-compatible servers and proxies do): a failure classified
+        // by its type or code, never an empty answer passed on (and billed) with the error beside it.
+        if (response.Choices is null or { Count: 0 } && response.AdditionalProperties?.TryGetValue("error", out var error) == true && error.ValueKind == JsonValueKind.Object)
+        {
+            throw UpstreamErrorIn(error, "its answer (with a 200)");
+        }
+
+        return response;
+    }
 
     protected override StreamEvents ReadStream(ProviderRequest request)
     {
@@ -133,7 +144,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
 
             if (chunk.AdditionalProperties?.TryGetValue("error", out var error) == true)
             {
-                throw provider.StreamError(error);
+                throw provider.UpstreamErrorIn(error, "the stream");
             }
 
             _finished += Finishing(chunk);
@@ -141,8 +152,11 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         }
     }
 
-    /// <summary>An error sent inside the stream (OpenAI does this for mid-stream failures): classified by its type or code.</summary>
-    private ProviderException StreamError(JsonElement error)
+    /// <summary>
+    /// An error sent inside the stream (OpenAI does this for mid-stream failures) or inside a 200's body: classified by
+    /// its type or code.
+    /// </summary>
+    private ProviderException UpstreamErrorIn(JsonElement error, string where)
     {
         var text = SecretRedactor.Redact((error.ValueKind == JsonValueKind.Object && error.TryGetProperty("message", out var m) ? m.GetString() : error.ToString()) ?? "unknown", ApiKey);
         var type = error.ValueKind == JsonValueKind.Object && error.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
@@ -153,7 +167,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
             "invalid_request_error" => AttemptOutcome.NonRetryableError,
             _ => AttemptOutcome.RetryableError,
         };
-        return new ProviderException(outcome, $"'{Name}' sent an error in the stream: {text}") { ErrorType = type, ErrorCode = code, UpstreamMessage = text };
+        return new ProviderException(outcome, $"'{Name}' sent an error in {where}: {text}") { ErrorType = type, ErrorCode = code, UpstreamMessage = text };
     }
 
     protected override UpstreamError ParseError(int status, string body) =>
