@@ -184,7 +184,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             {
                 // A server that does not stream (a simple mock, a proxy that buffers) answered the stream request
                 // whole, as JSON: that answer, as a stream's chunks — not a "stream" without events, failed and retried.
-                foreach (var chunk in Caching.StreamReplay.ToChunks(await WholeAnswerAsync(response, request, deadline).ConfigureAwait(false), null))
+                foreach (var chunk in Caching.StreamReplay.ToChunks(await WholeAnswerAsync(response, request, deadline, cancellationToken).ConfigureAwait(false), null))
                 {
                     yield return chunk;
                 }
@@ -265,7 +265,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         && (type.Equals("application/json", StringComparison.OrdinalIgnoreCase) || type.EndsWith("+json", StringComparison.OrdinalIgnoreCase));
 
     /// <summary>Reads and parses a whole answer to a stream request, with the same bounds and failures as <see cref="CompleteAsync"/>.</summary>
-    private async ValueTask<ChatCompletionResponse> WholeAnswerAsync(HttpResponseMessage response, ProviderRequest request, AttemptDeadline deadline)
+    private async ValueTask<ChatCompletionResponse> WholeAnswerAsync(HttpResponseMessage response, ProviderRequest request, AttemptDeadline deadline, CancellationToken caller)
     {
         PooledBody body;
         try
@@ -276,7 +276,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         {
             throw TimedOut(ex);
         }
-        catch (Exception ex) when (BrokeOff(ex, CancellationToken.None))
+        catch (Exception ex) when (BrokeOff(ex, caller))
         {
             throw new ProviderException(AttemptOutcome.RetryableError, $"The answer from '{Name}' broke off: {Why(ex)}.", inner: ex);
         }
