@@ -56,7 +56,12 @@ public static class GatewayServiceCollectionExtensions
             services.Configure<GatewayOptions>(o =>
             {
                 source.Bind(o);
-                o.UnknownSettings.AddRange(UnknownSettings.In(source, GatewayOptions.SectionName));
+                if (source is IConfigurationSection gateway)
+                {
+                    // A section (Gateway, or one the host named): not a whole configuration root without one, whose
+                    // other sections (Logging, Kestrel…) are not the gateway's.
+                    o.UnknownSettings.AddRange(UnknownSettings.In(gateway, gateway.Path));
+                }
             });
         }
 

@@ -81,9 +81,10 @@ public sealed class GatewayBuilderTests
     }
 
     /// <summary>
-    /// A setting nothing reads in a provider, a simulated provider's options, a model group or a deployment stops
-    /// start-up naming it: a typo would leave the default in force, and an API key written into the file would leave the
-    /// provider without one — that message says where keys go, and never repeats the value.
+    /// A setting nothing reads anywhere in the Gateway section — a provider, its simulated options, a model group, a
+    /// deployment, a rate-limit rule, the cache, a price, the section itself — stops start-up naming it: a typo would
+    /// leave the default in force, and an API key written into the file would leave the provider without one — that
+    /// message says where keys go, and never repeats the value. Sections other parts read (Server, Redis) are theirs.
     /// </summary>
     [Fact]
     public void A_setting_nothing_reads_stops_start_up_naming_it_and_a_key_in_the_file_is_never_echoed()
@@ -92,19 +93,27 @@ public sealed class GatewayBuilderTests
         var json = Json
             .Replace("""{ "Name": "sim", "Type": "Simulated", "Workers": 8 }""", $$"""{ "Name": "sim", "Type": "Simulated", "Workers": 8, "ApiKey": "{{Secret}}", "Timout": "00:00:05", "Simulated": { "LatencyMss": 5 } }""", StringComparison.Ordinal)
             .Replace("""{ "Name": "small", "Strategy": "RoundRobin",""", """{ "Name": "small", "Stratgy": "Priority", "Strategy": "RoundRobin",""", StringComparison.Ordinal)
-            .Replace("""{ "Provider": "sim", "Model": "gpt-4o", "Priority": 0, "Weight": 1 }""", """{ "Provider": "sim", "Model": "gpt-4o", "Priority": 0, "Weight": 1, "Prio": 2 }""", StringComparison.Ordinal);
+            .Replace("""{ "Provider": "sim", "Model": "gpt-4o", "Priority": 0, "Weight": 1 }""", """{ "Provider": "sim", "Model": "gpt-4o", "Priority": 0, "Weight": 1, "Prio": 2 }""", StringComparison.Ordinal)
+            .Replace("""{ "Limit": 100000,""", """{ "Windw": "00:00:01", "Limit": 100000,""", StringComparison.Ordinal)
+            .Replace("\"Cache\": { \"Enabled\": true,", "\"Cache\": { \"Enabeld\": false, \"Enabled\": true,", StringComparison.Ordinal)
+            .Replace("""{ "InputPerMillion": 1,""", """{ "InputPerMilion": 1, "InputPerMillion": 1,""", StringComparison.Ordinal)
+            .Replace("\"Pipeline\": {", "\"Pipline\": { \"MaxInFlight\": 8 }, \"Server\": { \"Anything\": 1 }, \"Redis\": { \"Anything\": 1 }, \"Pipeline\": {", StringComparison.Ordinal);
         var services = new ServiceCollection();
         services.AddPipelineGateway(new ConfigurationBuilder().AddJsonStream(new MemoryStream(System.Text.Encoding.UTF8.GetBytes(json))).Build());
 
         var act = () => services.BuildServiceProvider().GetRequiredService<IOptions<GatewayOptions>>().Value;
 
         var failures = act.Should().Throw<OptionsValidationException>().Which.Failures.ToList();
-        failures.Should().HaveCount(5);
+        failures.Should().HaveCount(9, "the sections other parts read (Server, Redis) are theirs");
         failures.Should().ContainSingle(f => f.StartsWith("Gateway:Providers:0:ApiKey is not read", StringComparison.Ordinal)).Which.Should().Contain("ApiKeyEnvironmentVariable");
-        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Providers:0:Timout is not a provider setting", StringComparison.Ordinal)).Which.Should().Contain("the settings read there are ").And.Contain(" Timeout,");
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Providers:0:Timout is not a setting the gateway reads", StringComparison.Ordinal)).Which.Should().Contain("the settings read there are ").And.Contain(" Timeout,");
         failures.Should().ContainSingle(f => f.StartsWith("Gateway:Providers:0:Simulated:LatencyMss is not", StringComparison.Ordinal));
-        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Models:1:Stratgy is not a model group setting", StringComparison.Ordinal));
-        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Models:0:Deployments:0:Prio is not a deployment setting", StringComparison.Ordinal));
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Models:1:Stratgy is not a setting the gateway reads", StringComparison.Ordinal));
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Models:0:Deployments:0:Prio is not a setting the gateway reads", StringComparison.Ordinal));
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Admission:RateLimits:0:Windw is not", StringComparison.Ordinal)).Which.Should().Contain("Window");
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Cache:Enabeld is not", StringComparison.Ordinal));
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Pricing:my-model:InputPerMilion is not", StringComparison.Ordinal));
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Pipline is not", StringComparison.Ordinal)).Which.Should().Contain("Pipeline").And.Contain("Server, Redis, Telemetry");
         string.Join("\n", failures).Should().NotContain("abcdefghijklmnop", "the key's value is never repeated");
     }
 
