@@ -21,7 +21,19 @@ public static class RedisServiceCollectionExtensions
     public static IServiceCollection AddPipelineGatewayRedis(this IServiceCollection services, IConfiguration configuration)
     {
         var section = configuration.GetSection(RedisOptions.SectionName);
-        return section.Exists() ? services.AddPipelineGatewayRedis(o => section.Bind(o)) : services;
+        if (!section.Exists())
+        {
+            return services;
+        }
+
+        services.AddPipelineGatewayRedis(o => section.Bind(o));
+        if (Hosting.UnknownSettings.InSection(section, typeof(RedisOptions)) is { Count: > 0 } unknown)
+        {
+            // A setting nothing reads (a typo) stops start-up naming it, as everywhere in the Gateway section.
+            services.AddOptions<RedisOptions>().Validate(_ => false, string.Join(" ", unknown));
+        }
+
+        return services;
     }
 
     /// <summary>Distributed mode configured in code.</summary>

@@ -49,8 +49,9 @@ public static partial class GatewayServer
         }
 
         builder.WebHost.UseUrls(urls);
-        var server = builder.Configuration.GetSection(ServerOptions.SectionName).Get<ServerOptions>() ?? new ServerOptions();
-        if (server.Validate().ToList() is { Count: > 0 } problems)
+        var serverSection = builder.Configuration.GetSection(ServerOptions.SectionName);
+        var server = serverSection.Get<ServerOptions>() ?? new ServerOptions();
+        if (server.Validate().Concat(Hosting.UnknownSettings.InSection(serverSection, typeof(ServerOptions))).ToList() is { Count: > 0 } problems)
         {
             throw new OptionsValidationException(ServerOptions.SectionName, typeof(ServerOptions), problems);
         }

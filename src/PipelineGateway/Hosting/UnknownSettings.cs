@@ -32,6 +32,21 @@ internal static partial class UnknownSettings
         return errors;
     }
 
+    /// <summary>
+    /// The same for a section another package binds itself (<c>Gateway:Server</c>, <c>Gateway:Redis</c>): its settings
+    /// walked along <paramref name="type"/>'s shape.
+    /// </summary>
+    public static IReadOnlyList<string> InSection(IConfigurationSection section, Type type)
+    {
+        var errors = new List<string>();
+        foreach (var child in section.GetChildren())
+        {
+            Walk(child, type, section.Path, errors);
+        }
+
+        return errors;
+    }
+
     /// <summary>Checks <paramref name="section"/> as the property of <paramref name="owner"/> it names, then what it holds.</summary>
     private static void Walk(IConfigurationSection section, Type owner, string parent, List<string> errors)
     {
@@ -40,7 +55,9 @@ internal static partial class UnknownSettings
         if (property is null || !(property.SetMethod is { IsPublic: true } || property.PropertyType.IsGenericType))
         {
             errors.Add(SecretShaped().IsMatch(section.Key)
-                ? $"{path} is not read: an API key is never taken from a configuration file (it would sit there in plain text). Put it in an environment variable and name that variable in ApiKeyEnvironmentVariable."
+                ? owner.GetProperty("Sha256") is not null
+                    ? $"{path} is not read: a gateway key is never kept in plain text. Put the hex SHA-256 of the key in Sha256 (for example: printf %s \"$KEY\" | sha256sum)."
+                    : $"{path} is not read: an API key is never taken from a configuration file (it would sit there in plain text). Put it in an environment variable and name that variable in ApiKeyEnvironmentVariable."
                 : $"{path} is not a setting the gateway reads (a typo?); the settings read there are {string.Join(", ", Names(owner).Concat(owner == typeof(GatewayOptions) ? ReadElsewhere : []))}.");
             return;
         }

@@ -117,6 +117,38 @@ public sealed class GatewayBuilderTests
         string.Join("\n", failures).Should().NotContain("abcdefghijklmnop", "the key's value is never repeated");
     }
 
+    /// <summary>
+    /// The sections other packages read are checked by them the same way: a typo in <c>Gateway:Server</c> stops the
+    /// server's build, one in <c>Gateway:Redis</c> stops start-up; a gateway key written in plain text is told to
+    /// be stored as its SHA-256, and not repeated.
+    /// </summary>
+    [Fact]
+    public void The_server_and_Redis_sections_refuse_a_setting_nothing_reads_too()
+    {
+        var server = () => PipelineGateway.Server.GatewayServer.Build(TestServerConfig.Simulated(new()
+        {
+            ["Gateway:Server:MaxRequestBodyByte"] = "5",
+            ["Gateway:Server:Keys:0:Id"] = "a",
+            ["Gateway:Server:Keys:0:Sha256"] = new string('0', 64),
+            ["Gateway:Server:Keys:0:Key"] = "sk-gw-plaintext-abcdefghijk",
+        }), "http://127.0.0.1:0", _ => { });
+
+        var failures = server.Should().Throw<OptionsValidationException>().Which.Failures.ToList();
+        failures.Should().HaveCount(2);
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Server:MaxRequestBodyByte is not", StringComparison.Ordinal)).Which.Should().Contain("MaxRequestBodyBytes");
+        failures.Should().ContainSingle(f => f.StartsWith("Gateway:Server:Keys:0:Key is not read", StringComparison.Ordinal)).Which.Should().Contain("Sha256").And.NotContain("abcdefghijk");
+
+        var services = new ServiceCollection();
+        PipelineGateway.Redis.RedisServiceCollectionExtensions.AddPipelineGatewayRedis(services, new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Redis:Configuration"] = "127.0.0.1:1",
+            ["Gateway:Redis:RateLimts"] = "true",
+        }).Build());
+
+        var redis = () => services.BuildServiceProvider().GetRequiredService<IOptions<PipelineGateway.Redis.RedisOptions>>().Value;
+        redis.Should().Throw<OptionsValidationException>().Which.Message.Should().Contain("Gateway:Redis:RateLimts is not a setting the gateway reads").And.Contain("RateLimits");
+    }
+
     [Fact]
     public async Task Registering_twice_is_one_gateway_with_its_configuration_bound_once()
     {
