@@ -130,6 +130,7 @@ internal static class RequestLogEndpoints
         w.WriteString("error_type", r.ErrorType);
         w.WriteNumber("prompt_tokens", r.PromptTokens);
         w.WriteNumber("completion_tokens", r.CompletionTokens);
+        w.WriteBoolean("usage_estimated", r.UsageEstimated);
         w.WriteNumber("cost_usd", r.Cost);
         w.WriteNumber("cost_saved_usd", r.CostSaved);
         w.WriteBoolean("cached", r.Cached);

@@ -18,11 +18,16 @@ namespace PipelineGateway.Sqlite;
 /// </summary>
 internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
 {
-    private const string Columns = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer, upstream_ms";
+    private const string Columns = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer, upstream_ms, usage_estimated";
+
+    // A log written before usage_estimated existed (schema version 1), opened read-only (pgw usage): its rows read as the
+    // upstream's usage, which is all that log could hold.
+    private const string ColumnsBeforeEstimates = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer, upstream_ms, 0";
+    private bool _hasEstimates = true;
     private readonly string _path;
     private SqliteConnection? _writer;
     private sqlite3_stmt? _insert;
-    private readonly Bound[] _bound = new Bound[24];
+    private readonly Bound[] _bound = new Bound[25];
     private byte[] _utf8 = new byte[1024];
     private readonly ArrayBufferWriter<byte> _json = new(1024);
     private Utf8JsonWriter? _jsonWriter;
@@ -120,6 +125,16 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         {
             throw new InvalidOperationException($"'{_path}' is a SQLite database but not a request log (it has no requests table).");
         }
+
+        _hasEstimates = await HasColumnAsync(connection, "usage_estimated", cancellationToken).ConfigureAwait(false);
+    }
+
+    private static async Task<bool> HasColumnAsync(SqliteConnection connection, string column, CancellationToken cancellationToken)
+    {
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT count(*) FROM pragma_table_info('requests') WHERE name = $column";
+        command.Parameters.AddWithValue("$column", column);
+        return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), CultureInfo.InvariantCulture) > 0;
     }
 
     private async Task OpenWriterAsync(CancellationToken cancellationToken)
@@ -169,16 +184,29 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                     attempts TEXT,
                     prompt TEXT,
                     answer TEXT,
-                    upstream_ms REAL);
+                    upstream_ms REAL,
+                    usage_estimated INTEGER NOT NULL DEFAULT 0);
                 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
                 CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
-                CREATE VIEW IF NOT EXISTS request_log AS
+                """, cancellationToken).ConfigureAwait(false);
+
+            // Schema 2: usage_estimated (the usage is the gateway's estimate, not the upstream's count). A log of schema 1
+            // gets the column, every existing row marked 0 (they were the upstream's, or nothing).
+            if (!await HasColumnAsync(connection, "usage_estimated", cancellationToken).ConfigureAwait(false))
+            {
+                await ExecAsync(connection, "ALTER TABLE requests ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;", cancellationToken).ConfigureAwait(false);
+            }
+
+            // The view is made again so a log of schema 1 shows the new column too.
+            await ExecAsync(connection, """
+                DROP VIEW IF EXISTS request_log;
+                CREATE VIEW request_log AS
                     SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch') AS time, request_id, key_id, model,
                            provider, provider_model, status, error_code, prompt_tokens, completion_tokens,
                            cost_nano / 1e9 AS cost_usd, cost_saved_nano / 1e9 AS cost_saved_usd, cached, coalesced, stream,
-                           latency_ms, ttft_ms, upstream_ms, priority, attempts
+                           latency_ms, ttft_ms, upstream_ms, priority, attempts, usage_estimated
                     FROM requests;
-                PRAGMA user_version = 1;
+                PRAGMA user_version = 2;
                 """, cancellationToken).ConfigureAwait(false);
 
             // The insert goes through SQLitePCL.raw (the library under Microsoft.Data.Sqlite) on the same connection:
@@ -246,6 +274,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
 
                 Text(db, stmt, 21, r.Prompt);
                 Text(db, stmt, 22, r.Answer);
+                Int(db, stmt, 24, r.UsageEstimated ? 1 : 0);
                 var rc = raw.sqlite3_step(stmt);
                 raw.sqlite3_reset(stmt);
                 if (rc != raw.SQLITE_DONE)
@@ -321,7 +350,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         }
 
         var limit = Math.Clamp(query.Limit, 1, 1000);
-        cmd.CommandText = $"SELECT id, {Columns} FROM requests {(where.Count > 0 ? "WHERE " + string.Join(" AND ", where) : string.Empty)} ORDER BY id DESC LIMIT {limit + 1}";
+        cmd.CommandText = $"SELECT id, {(_hasEstimates ? Columns : ColumnsBeforeEstimates)} FROM requests {(where.Count > 0 ? "WHERE " + string.Join(" AND ", where) : string.Empty)} ORDER BY id DESC LIMIT {limit + 1}";
         var rows = new List<LoggedRequest>(limit);
         long? next = null;
         await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
@@ -418,6 +447,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
             : AttemptsJson.Format([new GatewayAttempt(r.GetString(5), r.IsDBNull(6) ? string.Empty : r.GetString(6), AttemptOutcome.Success, TimeSpan.FromMilliseconds(r.GetDouble(23)))]),
         Prompt = r.IsDBNull(21) ? null : r.GetString(21),
         Answer = r.IsDBNull(22) ? null : r.GetString(22),
+        UsageEstimated = r.GetInt64(24) != 0,
     };
 
     /// <summary>

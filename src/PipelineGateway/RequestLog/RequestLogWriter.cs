@@ -377,6 +377,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             ErrorType = type,
             PromptTokens = usage?.PromptTokens ?? 0,
             CompletionTokens = usage?.CompletionTokens ?? 0,
+            UsageEstimated = Admission.TokenCounter.IsEstimated(usage),
             Cost = c.BilledCost,
             CostSaved = c.Error is null ? info?.CostSaved ?? 0 : 0,
             Cached = info?.Cached == true,

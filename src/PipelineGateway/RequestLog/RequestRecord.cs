@@ -61,6 +61,12 @@ public sealed class RequestRecord
 
     public double LatencyMs { get; init; }
 
+    /// <summary>
+    /// True when the tokens (and so the cost) are the gateway's estimate: the upstream reported no usage, or one no
+    /// upstream could have used (docs/metrics.md, "Accounting").
+    /// </summary>
+    public bool UsageEstimated { get; init; }
+
     /// <summary>Time to the first token of a stream (null for whole answers).</summary>
     public double? TimeToFirstTokenMs { get; init; }
 

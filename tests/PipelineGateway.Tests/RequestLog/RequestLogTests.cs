@@ -423,6 +423,87 @@ public sealed class RequestLogTests : IDisposable
     /// The read-only store (<c>pgw usage</c>) reads a log while the gateway writes it: rows committed to the write-ahead
     /// log and not yet copied into the file are counted (a reader that took the file as immutable would miss them).
     /// </summary>
+    /// <summary>
+    /// A row whose usage is the gateway's estimate (the upstream reported none) says so (<c>usage_estimated</c>), with
+    /// the estimate's tokens and cost; the upstream's own count is not marked.
+    /// </summary>
+    [Fact]
+    public async Task A_row_billed_an_estimated_usage_says_so()
+    {
+        var counted = true;
+        var provider = new FakeProvider("p")
+        {
+            OnComplete = (r, _) =>
+            {
+                var answer = FakeProvider.Answer(r.Model, "Bounded channels push back.");
+                answer.Usage = counted ? answer.Usage : null;
+                return ValueTask.FromResult(answer);
+            },
+        };
+        await using var gateway = await Logged(provider).StartAsync(Ct);
+
+        await gateway.SubmitAsync(Req("a", "first"), Ct);
+        counted = false;
+        await gateway.SubmitAsync(Req("a", "second"), Ct);
+
+        var rows = await Rows(gateway);
+        rows.Select(r => r.UsageEstimated).Should().Equal(false, true);
+        rows[1].CompletionTokens.Should().BePositive();
+        rows[1].Cost.Should().BePositive("the estimate is billed");
+    }
+
+    /// <summary>
+    /// A log written before <c>usage_estimated</c> existed (schema 1): read as it is by a read-only store (its rows not
+    /// estimated, the file unchanged), and given the column when a gateway opens it to write — its old rows kept.
+    /// </summary>
+    [Fact]
+    public async Task A_log_of_the_schema_before_reads_as_it_is_and_gets_the_column_when_written()
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(Db)!);
+        await using (var old = new SqliteConnection($"Data Source={Db};Pooling=false"))
+        {
+            await old.OpenAsync(Ct);
+            await using var create = old.CreateCommand();
+            // An hour old: inside the retention the gateway's start applies.
+            create.CommandText = """
+                CREATE TABLE requests (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, request_id TEXT NOT NULL, key_id TEXT NOT NULL,
+                    model TEXT NOT NULL, provider TEXT, provider_model TEXT, status INTEGER NOT NULL, error_code TEXT, error_type TEXT,
+                    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost_nano INTEGER NOT NULL, cost_saved_nano INTEGER NOT NULL,
+                    cached INTEGER NOT NULL, coalesced INTEGER NOT NULL, stream INTEGER NOT NULL, latency_ms REAL NOT NULL, ttft_ms REAL,
+                    priority TEXT NOT NULL, attempts TEXT, prompt TEXT, answer TEXT, upstream_ms REAL);
+                CREATE VIEW request_log AS SELECT id, key_id FROM requests;
+                INSERT INTO requests (ts, request_id, key_id, model, provider, provider_model, status, prompt_tokens, completion_tokens,
+                    cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, priority, attempts)
+                VALUES ($ts, 'req_old', 'old-key', 'm', 'p', 'm', 200, 3, 1, 4000000000000000, 0, 0, 0, 0, 12.5, 'interactive', '[]');
+                PRAGMA user_version = 1;
+                """;
+            create.Parameters.AddWithValue("$ts", DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeMilliseconds());
+            await create.ExecuteNonQueryAsync(Ct);
+        }
+
+        SqliteConnection.ClearAllPools();
+        var before = await File.ReadAllBytesAsync(Db, Ct);
+        using (var reader = (SqliteRequestLogStore)await PipelineGateway.Sqlite.SqliteRequestLogExtensions.OpenRequestLogAsync(Db, Ct))
+        {
+            var page = await reader.QueryAsync(new RequestLogQuery { Limit = 10 }, Ct);
+            page.Rows.Should().ContainSingle().Which.Request.Should().Match<RequestRecord>(r => r.KeyId == "old-key" && !r.UsageEstimated);
+        }
+
+        SqliteConnection.ClearAllPools();
+        (await File.ReadAllBytesAsync(Db, Ct)).Should().Equal(before, "a read-only store changes nothing");
+
+        await using var gateway = await LoggedWithRequestsAsync(("new-key", "1"));
+        var rows = await Rows(gateway);
+        rows.Select(r => (r.KeyId, r.UsageEstimated)).Should().Equal(("old-key", false), ("new-key", false));
+        await using var check = new SqliteConnection($"Data Source={Db};Mode=ReadOnly;Pooling=false");
+        await check.OpenAsync(Ct);
+        await using var version = check.CreateCommand();
+        version.CommandText = "PRAGMA user_version";
+        Convert.ToInt64(await version.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture).Should().Be(2);
+        version.CommandText = "SELECT usage_estimated FROM request_log WHERE key_id = 'old-key'";
+        Convert.ToInt64(await version.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture).Should().Be(0, "the view is made again with the new column");
+    }
+
     [Fact]
     public async Task A_read_only_store_sees_rows_a_running_writer_has_committed()
     {

@@ -89,7 +89,7 @@ public sealed class RequestLogEndpointTests : IAsyncLifetime
         var rows = firstPage.GetProperty("data").EnumerateArray().ToList();
         rows.Should().HaveCount(3);
         rows.Select(r => r.GetProperty("id").GetInt64()).Should().BeInDescendingOrder();
-        rows.Should().OnlyContain(r => r.GetProperty("key_id").GetString() == "team-a" && r.GetProperty("status").GetInt32() == 200 && r.GetProperty("provider").GetString() == "sim");
+        rows.Should().OnlyContain(r => r.GetProperty("key_id").GetString() == "team-a" && r.GetProperty("status").GetInt32() == 200 && r.GetProperty("provider").GetString() == "sim" && !r.GetProperty("usage_estimated").GetBoolean());
         rows[0].GetProperty("attempts")[0].GetProperty("outcome").GetString().Should().Be("Success");
         var cursor = firstPage.GetProperty("next_cursor").GetInt64();
 
