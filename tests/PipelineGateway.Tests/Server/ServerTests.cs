@@ -437,6 +437,27 @@ public sealed class ServerTests : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// The default configuration's simulated provider answers <c>n</c> choices (it answered one, silently dropping the
+    /// rest), whole and streamed, each with its index, the usage counting them all.
+    /// </summary>
+    [Fact]
+    public async Task The_simulated_provider_answers_every_choice_n_asks_for()
+    {
+        var whole = await (await Post("""{"model":"gpt-4o-mini","n":3,"max_tokens":4,"messages":[{"role":"user","content":"three choices"}]}""")).Content.ReadFromJsonAsync<JsonElement>(Ct);
+
+        var choices = whole.GetProperty("choices").EnumerateArray().ToList();
+        choices.Select(c => c.GetProperty("index").GetInt32()).Should().Equal(0, 1, 2);
+        choices.Select(c => c.GetProperty("message").GetProperty("content").GetString()).Should().OnlyHaveUniqueItems();
+        whole.GetProperty("usage").GetProperty("completion_tokens").GetInt32().Should().Be(12, "four words for each of three choices");
+
+        var streamed = await (await Post("""{"model":"gpt-4o-mini","n":2,"max_tokens":4,"stream":true,"messages":[{"role":"user","content":"two streamed choices"}]}""")).Content.ReadAsStringAsync(Ct);
+        var events = streamed.Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => e["data: ".Length..]).Where(e => e != "[DONE]").Select(e => JsonDocument.Parse(e).RootElement).ToList();
+        var byIndex = events.SelectMany(e => e.GetProperty("choices").EnumerateArray()).GroupBy(c => c.GetProperty("index").GetInt32()).ToDictionary(g => g.Key, g => g.ToList());
+        byIndex.Keys.Should().BeEquivalentTo([0, 1]);
+        byIndex.Values.Should().OnlyContain(c => c.Count(x => x.GetProperty("finish_reason").ValueKind == JsonValueKind.String) == 1, "each choice finishes once");
+    }
+
     [Fact]
     public async Task The_official_Anthropic_SDK_works_against_the_gateway()
     {

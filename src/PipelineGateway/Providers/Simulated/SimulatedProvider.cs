@@ -59,33 +59,52 @@ internal sealed class SimulatedProvider : ILlmProvider
         cancellationToken.ThrowIfCancellationRequested();
         FailIfDrawn(draw);
 
-        var words = AnswerWords(request.Request);
         var id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
         var created = _time.GetUtcNow().ToUnixTimeSeconds();
         var perToken = TimeSpan.FromMilliseconds(_options.PerTokenDelayMs);
         var tool = SimulatedTools.WantsTool(request.Request);
-        var deltas = tool is not null ? ToolCallDeltas(request.Request, tool, words)
-            : SimulatedTools.StructuredContent(request.Request, words) is { } json ? [Text(json[..(json.Length / 2)], true), Text(json[(json.Length / 2)..], false)]
-            : words.Select((w, i) => Text(i == 0 ? w : " " + w, i == 0)).ToArray();
-        for (var i = 0; i < deltas.Length; i++)
+        var answers = Answers(request.Request);
+        var first = true;
+        for (var choice = 0; choice < answers.Length; choice++)
         {
-            if (i > 0 && perToken > TimeSpan.Zero)
+            // One choice after the other (n > 1), each with its index, as OpenAI streams them.
+            var words = answers[choice];
+            var deltas = tool is not null ? ToolCallDeltas(request.Request, tool, words)
+                : SimulatedTools.StructuredContent(request.Request, words) is { } json ? [Text(json[..(json.Length / 2)], true), Text(json[(json.Length / 2)..], false)]
+                : words.Select((w, i) => Text(i == 0 ? w : " " + w, i == 0)).ToArray();
+            foreach (var delta in deltas)
             {
-                await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
+                if (!first && perToken > TimeSpan.Zero)
+                {
+                    await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
+                }
+
+                first = false;
+                cancellationToken.ThrowIfCancellationRequested();
+                yield return new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [new ChunkChoice { Index = choice, Delta = delta }] };
             }
 
-            cancellationToken.ThrowIfCancellationRequested();
-            yield return new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [new ChunkChoice { Delta = deltas[i] }] };
+            yield return new ChatCompletionChunk
+            {
+                Id = id,
+                Created = created,
+                Model = request.Model,
+                Choices = [new ChunkChoice { Index = choice, Delta = new ChatCompletionDelta(), FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls }],
+                Usage = choice == answers.Length - 1 ? Usage(request.Request, answers) : null,
+            };
+        }
+    }
+
+    /// <summary>The answer's words for each choice asked for (<c>n</c>): the first as for one, the others from seeds of their own.</summary>
+    private string[][] Answers(ChatCompletionRequest request)
+    {
+        var answers = new string[Math.Max(1, request.N ?? 1)][];
+        for (var i = 0; i < answers.Length; i++)
+        {
+            answers[i] = SimulatedText.Answer(request, _options.Seed + i, _options.CompletionWords);
         }
 
-        yield return new ChatCompletionChunk
-        {
-            Id = id,
-            Created = created,
-            Model = request.Model,
-            Choices = [new ChunkChoice { Delta = new ChatCompletionDelta(), FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls }],
-            Usage = Usage(request.Request, words),
-        };
+        return answers;
     }
 
     private static ChatCompletionDelta Text(string text, bool first) => new() { Role = first ? ChatRoles.Assistant : null, Content = text };
@@ -134,26 +153,30 @@ internal sealed class SimulatedProvider : ILlmProvider
 
     private ChatCompletionResponse BuildResponse(ProviderRequest request, ulong draw)
     {
-        var words = AnswerWords(request.Request);
         var tool = SimulatedTools.WantsTool(request.Request);
-        var message = tool is not null
-            ? new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = ToolCallId, Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request.Request, tool, words) } }] }
-            : new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = SimulatedTools.StructuredContent(request.Request, words) ?? string.Join(' ', words) };
+        var answers = Answers(request.Request);
+        var choices = new List<ChatChoice>(answers.Length);
+        for (var i = 0; i < answers.Length; i++)
+        {
+            var words = answers[i];
+            var message = tool is not null
+                ? new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = ToolCallId, Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request.Request, tool, words) } }] }
+                : new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = SimulatedTools.StructuredContent(request.Request, words) ?? string.Join(' ', words) };
+            choices.Add(new ChatChoice { Index = i, Message = message, FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls });
+        }
+
         return new ChatCompletionResponse
         {
             Id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture), // this call's own draw: unique per call
             Created = _time.GetUtcNow().ToUnixTimeSeconds(),
             Model = request.Model,
-            Choices = [new ChatChoice { Message = message, FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls }],
-            Usage = Usage(request.Request, words),
+            Choices = choices,
+            Usage = Usage(request.Request, answers),
         };
     }
 
-    private string[] AnswerWords(ChatCompletionRequest request) =>
-        SimulatedText.Answer(request, _options.Seed, _options.CompletionWords);
-
-    private static TokenUsage Usage(ChatCompletionRequest request, string[] words) =>
-        TokenUsage.Of(SimulatedText.PromptTokens(request), words.Length);
+    private static TokenUsage Usage(ChatCompletionRequest request, string[][] answers) =>
+        TokenUsage.Of(SimulatedText.PromptTokens(request), answers.Sum(a => a.Length));
 
     private static double Unit(ulong x) => (x >> 11) * (1.0 / (1UL << 53));
 
