@@ -91,6 +91,12 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     {
         using var message = CreateRequest(request, stream: false);
         var (body, status) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
+        return ParseWhole(body, request, status);
+    }
+
+    /// <summary>Parses a whole answer read into <paramref name="body"/> (then given back); JSON that is not a chat completion is a retryable failure.</summary>
+    private ChatCompletionResponse ParseWhole(PooledBody body, ProviderRequest request, int status)
+    {
         try
         {
             return ParseResponse(body.Span, request);
@@ -259,10 +265,22 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         }
     }
 
-    /// <summary>A stream request answered as JSON (<c>application/json</c> or <c>+json</c>) instead of server-sent events.</summary>
-    private static bool AnsweredWhole(HttpResponseMessage response) =>
-        response.Content.Headers.ContentType?.MediaType is { } type
-        && (type.Equals("application/json", StringComparison.OrdinalIgnoreCase) || type.EndsWith("+json", StringComparison.OrdinalIgnoreCase));
+    /// <summary>
+    /// A stream request answered as JSON (<c>application/json</c> or <c>+json</c>) instead of server-sent events. Read
+    /// from the raw header, once per stream: the typed <c>ContentType</c> would parse it into an object every time.
+    /// </summary>
+    private static bool AnsweredWhole(HttpResponseMessage response)
+    {
+        if (!response.Content.Headers.NonValidated.TryGetValues("Content-Type", out var values))
+        {
+            return false;
+        }
+
+        var value = values.ToString().AsSpan();
+        var semicolon = value.IndexOf(';');
+        var type = (semicolon >= 0 ? value[..semicolon] : value).Trim();
+        return type.Equals("application/json", StringComparison.OrdinalIgnoreCase) || type.EndsWith("+json", StringComparison.OrdinalIgnoreCase);
+    }
 
     /// <summary>Reads and parses a whole answer to a stream request, with the same bounds and failures as <see cref="CompleteAsync"/>.</summary>
     private async ValueTask<ChatCompletionResponse> WholeAnswerAsync(HttpResponseMessage response, ProviderRequest request, AttemptDeadline deadline, CancellationToken caller)
@@ -281,17 +299,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             throw new ProviderException(AttemptOutcome.RetryableError, $"The answer from '{Name}' broke off: {Why(ex)}.", inner: ex);
         }
 
-        using (body)
-        {
-            try
-            {
-                return ParseResponse(body.Span, request);
-            }
-            catch (JsonException ex)
-            {
-                throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered a stream request with JSON that is not a valid chat completion: {ex.Message}", (int)response.StatusCode, inner: ex);
-            }
-        }
+        return ParseWhole(body, request, (int)response.StatusCode);
     }
 
     /// <summary>A body that broke off (connection reset, cut short, undecodable) while the caller still waits for it.</summary>
