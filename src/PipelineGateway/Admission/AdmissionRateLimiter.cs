@@ -205,18 +205,18 @@ internal sealed partial class AdmissionRateLimiter : IDisposable, Pipeline.IComp
     }
 
     /// <summary>
-    /// A request ended: its token charge becomes the upstream usage — nothing for a failure, a hit or a coalesced
-    /// request; a billed answer that reported no usage keeps its estimate.
+    /// A request ended: its token charge becomes the upstream usage — what an interrupted stream consumed, nothing for
+    /// any other failure, a hit or a coalesced request; a billed answer that reported no usage keeps its estimate.
     /// </summary>
     public void OnCompleted(in Pipeline.Completion completion)
     {
-        if (!completion.Billed)
-        {
-            Settle(completion.Item, 0);
-        }
-        else if (completion.BilledUsage is { } usage)
+        if (completion.BilledUsage is { } usage)
         {
             Settle(completion.Item, usage.TotalTokens);
+        }
+        else if (!completion.Billed)
+        {
+            Settle(completion.Item, 0);
         }
     }
 

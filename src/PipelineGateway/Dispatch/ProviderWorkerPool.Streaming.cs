@@ -58,7 +58,9 @@ internal sealed partial class ProviderWorkerPool
             any = true;
             if (chunk.CarriesContent)
             {
-                contentEvents++; // what the answer's size is estimated from, should the upstream report no usage
+                // What the answer's size is estimated from, should the upstream report no usage (or the stream be cut:
+                // the request's end reads the item's count, GatewayPipeline.Consumed).
+                item.StreamContentEvents = ++contentEvents;
             }
 
             if (chunk.Usage is { } usage)
@@ -172,6 +174,7 @@ internal sealed partial class ProviderWorkerPool
     /// </summary>
     private async ValueTask ReleaseHeldAsync(WorkItem item, Deployment deployment, List<ChatCompletionChunk>? held, ChatCompletionChunk? first, TimeSpan firstToken)
     {
+        item.StreamAnswering = deployment; // before Started: whoever sees the stream started sees whose it is
         item.StreamStarted = true;
         var writer = item.Chunks!.Writer;
         if ((held is { Count: > 0 } ? held[0] : first) is { } opening)

@@ -6,7 +6,10 @@ namespace PipelineGateway.Metrics;
 /// <summary>The OpenTelemetry instruments (GenAI conventions) recorded as each request ends.</summary>
 internal sealed partial class GatewayMetrics
 {
-    private void RecordInstruments(WorkItem item, ChatCompletionResponse? response, GatewayResponseInfo? info, Exception? error, TimeSpan latency)
+    /// <param name="usage">The billed usage (an answer's, or what an interrupted stream consumed), else null.</param>
+    /// <param name="cost">Its price.</param>
+    /// <param name="consumedAt">The deployment an interrupted stream consumed at (its system and model label the tokens).</param>
+    private void RecordInstruments(WorkItem item, ChatCompletionResponse? response, GatewayResponseInfo? info, Exception? error, TimeSpan latency, TokenUsage? usage, decimal cost, Routing.Deployment? consumedAt)
     {
         var i = _instruments;
         if (!i.Duration.Enabled && !i.Tokens.Enabled && !i.RequestCount.Enabled && !i.Cost.Enabled && !i.CacheHitCount.Enabled)
@@ -14,8 +17,9 @@ internal sealed partial class GatewayMetrics
             return; // nobody listens: no tags built, nothing recorded
         }
 
-        var system = info is null ? "pipelinegateway" : _systems.GetValueOrDefault(info.Provider, info.Provider);
-        var tags = GatewayInstruments.Tags(system, item.Request.Model, response?.Model is { Length: > 0 } m ? m : info?.ProviderModel, error?.GetType().Name);
+        var provider = consumedAt?.ProviderName ?? info?.Provider;
+        var system = provider is null ? "pipelinegateway" : _systems.GetValueOrDefault(provider, provider);
+        var tags = GatewayInstruments.Tags(system, item.Request.Model, response?.Model is { Length: > 0 } m ? m : consumedAt?.Model ?? info?.ProviderModel, error?.GetType().Name);
         i.Duration.Record(latency.TotalSeconds, tags);
         var outcome = tags;
         outcome.Add("pgw.outcome", error is not null ? "failure" : info?.Cached == true ? "cached" : info?.Coalesced == true ? "coalesced" : "success");
@@ -25,13 +29,9 @@ internal sealed partial class GatewayMetrics
             i.CacheHitCount.Add(1, tags);
         }
 
-        if (info is not { Billed: true })
+        if (usage is not null)
         {
-            return; // a hit or a coalesced request used no tokens upstream and cost nothing
-        }
-
-        if (response?.Usage is { } usage)
-        {
+            // Nothing for a hit or a coalesced request (no tokens used upstream) or a failure that consumed nothing.
             var input = tags;
             input.Add("gen_ai.token.type", "input");
             i.Tokens.Record(usage.PromptTokens, input);
@@ -40,9 +40,9 @@ internal sealed partial class GatewayMetrics
             i.Tokens.Record(usage.CompletionTokens, output);
         }
 
-        if (info is { Cost: > 0 } priced)
+        if (cost > 0)
         {
-            i.Cost.Add((double)priced.Cost, tags);
+            i.Cost.Add((double)cost, tags);
         }
     }
 

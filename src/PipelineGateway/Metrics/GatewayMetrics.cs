@@ -193,7 +193,6 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
     }
 
     /// <summary>Called exactly once per request, when it ends.</summary>
-    public void OnCompleted(in Completion completion) => OnCompleted(completion.Item, completion.Response, completion.Error, completion.Latency, completion.Billed);
 
     private readonly System.Collections.Concurrent.ConcurrentQueue<RecentFailure> _recentFailures = new();
 
@@ -213,8 +212,9 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
     /// <summary>The last 20 failures (not cancellations), newest last: for the dashboard.</summary>
     internal IReadOnlyList<RecentFailure> RecentFailures() => [.. _recentFailures];
 
-    private void OnCompleted(WorkItem item, ChatCompletionResponse? response, Exception? error, TimeSpan latency, bool billed)
+    public void OnCompleted(in Completion completion)
     {
+        var (item, response, error, latency) = completion;
         Interlocked.Increment(ref _total);
         if (error is not null and not OperationCanceledException)
         {
@@ -228,22 +228,30 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
         var info = response?.Gateway;
 
         // Only the request that made the upstream call is charged its usage and cost (docs/metrics.md, "accounting"):
-        // a cache hit or a coalesced request costs nothing, and what it avoided goes to cost_saved.
-        var usage = billed ? response!.Usage : null;
-        var cost = billed ? info!.Cost : 0;
+        // a cache hit or a coalesced request costs nothing, and what it avoided goes to cost_saved. A stream cut after
+        // its content reached the caller is charged what it consumed.
+        var usage = completion.Billed ? response!.Usage : completion.Consumed?.Usage;
+        var cost = completion.BilledCost;
         _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats()).Record(error is null, usage, cost);
         KeyStats(item.Request.Gateway?.RateLimitKey ?? string.Empty).Record(error is null, usage, cost);
-        if (cost != 0 && LastSuccess(info!.Attempts)?.Deployment is { } answered)
+        var charged = completion.Consumed?.Deployment ?? (cost != 0 ? LastSuccess(info!.Attempts)?.Deployment : null);
+        if (cost != 0 && charged is not null)
         {
-            answered.Counters.AddCost(cost);
+            charged.Counters.AddCost(cost);
         }
 
-        if (cost != 0 && _providers.TryGetValue(info!.Provider, out var served))
+        if (cost != 0 && _providers.TryGetValue(charged?.ProviderName ?? info!.Provider, out var served))
         {
             served.AddCost(cost);
         }
 
-        RecordInstruments(item, response, info, error, latency);
+        if (usage is not null)
+        {
+            Interlocked.Add(ref _promptTokens, usage.PromptTokens);
+            Interlocked.Add(ref _completionTokens, usage.CompletionTokens);
+        }
+
+        RecordInstruments(item, response, info, error, latency, usage, cost, completion.Consumed?.Deployment);
 
         if (error is null)
         {
@@ -257,12 +265,6 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
             if (info is { CostSaved: > 0 } saving)
             {
                 Interlocked.Add(ref _costSavedNanoUsd, (long)decimal.Round(saving.CostSaved * 1_000_000_000m));
-            }
-
-            if (usage is not null)
-            {
-                Interlocked.Add(ref _promptTokens, usage.PromptTokens);
-                Interlocked.Add(ref _completionTokens, usage.CompletionTokens);
             }
 
             return;

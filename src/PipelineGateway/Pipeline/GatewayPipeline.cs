@@ -26,6 +26,7 @@ internal sealed partial class GatewayPipeline
     private readonly Admission.AdmissionRateLimiter _limiter;
     private readonly Admission.AdmissionGate _gate;
     private readonly TimeProvider _time;
+    private readonly Cost.PricingTable _pricing;
     private readonly ICompletionListener[] _listeners;
     private long _outstanding;
     private volatile bool _draining;
@@ -44,9 +45,11 @@ internal sealed partial class GatewayPipeline
         Cost.BudgetTracker budgets,
         RequestLog.RequestLogWriter requestLog,
         Tracing.GatewayTracing tracing,
+        Cost.PricingTable pricing,
         TimeProvider time,
         ILogger<GatewayPipeline> logger)
     {
+        _pricing = pricing;
         _options = options.Value.Pipeline;
         _channels = channels;
         _pools = pools;
@@ -301,6 +304,24 @@ internal sealed partial class GatewayPipeline
         Retire(item);
     }
 
+    /// <summary>
+    /// A stream that ends in failure after its content reached the caller — the caller went away (a client that reads the
+    /// answer and disconnects before its last event, say), its deadline passed, the upstream broke — was generated upstream
+    /// and is billed by the provider: its usage is billed here too, so budgets, token limits, metrics and the request log
+    /// see it (a tenant could otherwise read whole answers for nothing). The upstream's usage when it came, else the
+    /// gateway's estimate (the prompt, one token per event that carried content), marked as one.
+    /// </summary>
+    private ConsumedStream? Consumed(WorkItem item)
+    {
+        if (item.StreamAnswering is not { } deployment)
+        {
+            return null;
+        }
+
+        var usage = item.StreamUsage ?? Admission.TokenCounter.EstimateUsage(item.Request, null, item.StreamContentEvents, deployment.Model);
+        return new ConsumedStream(deployment, usage, _pricing.Cost(deployment, usage));
+    }
+
     /// <summary>Answers the caller with a failure and retires the item.</summary>
     public void FailAndRetire(WorkItem item, Exception error)
     {
@@ -321,7 +342,7 @@ internal sealed partial class GatewayPipeline
         // An answer built for this very request (ResponseInfo, just before completing it) already carries its latency:
         // the same figure then reaches the caller, the metrics and the log, for one clock read fewer.
         var latency = response?.Gateway is { } info && info.RequestSequence == item.Sequence ? info.Latency : _time.GetElapsedTime(item.StartTimestamp);
-        var completion = new Completion(item, response, error, latency);
+        var completion = new Completion(item, response, error, latency) { Consumed = error is null ? null : Consumed(item) };
         foreach (var listener in _listeners)
         {
             try

@@ -15,14 +15,23 @@ internal interface ICompletionListener
 internal readonly record struct Completion(WorkItem Item, ChatCompletionResponse? Response, Exception? Error, TimeSpan Latency)
 {
     /// <summary>
+    /// A stream that failed after its content reached the caller (the caller went away, its deadline passed, the upstream
+    /// broke): what the upstream generated for it, billed (docs/metrics.md). Null for every other request.
+    /// </summary>
+    public ConsumedStream? Consumed { get; init; }
+
+    /// <summary>
     /// True when this request made the upstream call its answer came from: the one rule of the accounting
     /// (docs/metrics.md): only a billed request is charged its cost and its tokens.
     /// </summary>
     public bool Billed => Error is null && Response?.Gateway is { Billed: true };
 
     /// <summary>The upstream usage of a billed answer (its stream's usage when the answer carried none), else null.</summary>
-    public TokenUsage? BilledUsage => Billed ? Response!.Usage ?? Item.StreamUsage : null;
+    public TokenUsage? BilledUsage => Billed ? Response!.Usage ?? Item.StreamUsage : Consumed?.Usage;
 
-    /// <summary>What a billed answer cost, else 0.</summary>
-    public decimal BilledCost => Billed ? Response!.Gateway!.Cost : 0;
+    /// <summary>What a billed answer cost (or an interrupted stream consumed), else 0.</summary>
+    public decimal BilledCost => Billed ? Response!.Gateway!.Cost : Consumed?.Cost ?? 0;
 }
+
+/// <summary>What an interrupted stream consumed upstream: the deployment that streamed it, its usage and their price.</summary>
+internal sealed record ConsumedStream(Routing.Deployment Deployment, TokenUsage Usage, decimal Cost);

@@ -144,6 +144,26 @@ internal sealed partial class WorkItem
     /// <summary>This request's answer as the cache and its followers keep it (captured before its caller has it).</summary>
     public Caching.StoredAnswer? Stored { get; set; }
 
+    /// <summary>
+    /// The deployment whose stream reached the caller (set with <see cref="StreamStarted"/>): what an interrupted stream
+    /// consumed is billed at its price.
+    /// </summary>
+    public Routing.Deployment? StreamAnswering
+    {
+        get => _stream?.Answering;
+        set => StreamOnly.Answering = value;
+    }
+
+    /// <summary>
+    /// Events of the stream that carried content so far (written by the attempt, read when the request ends): what a
+    /// stream's answer is estimated from when no usage came.
+    /// </summary>
+    public int StreamContentEvents
+    {
+        get => _stream is { } s ? Volatile.Read(ref s.ContentEvents) : 0;
+        set => Volatile.Write(ref StreamOnly.ContentEvents, value);
+    }
+
     /// <summary>When a stream's first content reached the caller, since submission (for the request log).</summary>
     public TimeSpan? TimeToFirstToken
     {
@@ -168,6 +188,8 @@ internal sealed partial class WorkItem
         public int FlushOwed;
         public bool Started;
         public TokenUsage? Usage;
+        public Routing.Deployment? Answering;
+        public int ContentEvents;
         public TimeSpan? TimeToFirstToken;
     }
 }

@@ -370,8 +370,9 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             RequestSequence = item.Sequence,
             KeyId = item.TenantKey,
             Model = item.Request.Model,
-            Provider = c.Error is null ? info?.Provider : null,
-            ProviderModel = c.Error is null ? info?.ProviderModel : null,
+            // A failure names no deployment, unless it is a stream cut after its content went out: it was billed there.
+            Provider = c.Error is null ? info?.Provider : c.Consumed?.Deployment.ProviderName,
+            ProviderModel = c.Error is null ? info?.ProviderModel : c.Consumed?.Deployment.Model,
             Status = status,
             ErrorCode = code,
             ErrorType = type,

@@ -135,8 +135,16 @@ internal sealed class GatewayTracing(IOptions<GatewayOptions> options) : IComple
             span.SetTag("pgw.coalesced", info.Coalesced);
             span.SetTag("pgw.cost_usd", (double)info.Cost);
         }
+        else if (completion.Consumed is { } consumed)
+        {
+            // A stream cut after its content went out: billed at the deployment that streamed it.
+            span.SetTag("gen_ai.provider.name", _systems.GetValueOrDefault(consumed.Deployment.ProviderName, consumed.Deployment.ProviderName));
+            span.SetTag("gen_ai.response.model", consumed.Deployment.Model);
+            span.SetTag("pgw.provider", consumed.Deployment.ProviderName);
+            span.SetTag("pgw.cost_usd", (double)consumed.Cost);
+        }
 
-        if ((completion.Response?.Usage ?? item.StreamUsage) is { } usage)
+        if ((completion.Response?.Usage ?? completion.Consumed?.Usage ?? item.StreamUsage) is { } usage)
         {
             span.SetTag("gen_ai.usage.input_tokens", usage.PromptTokens);
             span.SetTag("gen_ai.usage.output_tokens", usage.CompletionTokens);

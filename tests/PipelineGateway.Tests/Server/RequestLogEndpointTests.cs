@@ -41,6 +41,13 @@ public sealed class RequestLogEndpointTests : IAsyncLifetime
             ["Gateway:Providers:1:Simulated:FailureRate"] = "1", // every call a 503
             ["Gateway:Models:1:Name"] = "broken",
             ["Gateway:Models:1:Deployments:0:Provider"] = "down",
+            ["Gateway:Providers:2:Name"] = "stall",
+            ["Gateway:Providers:2:Type"] = "Simulated",
+            ["Gateway:Providers:2:Simulated:LatencyMs"] = "0",
+            ["Gateway:Providers:2:Simulated:PerTokenDelayMs"] = "60000", // the first word at once, the next a minute later
+            ["Gateway:Models:2:Name"] = "stalls",
+            ["Gateway:Models:2:Deployments:0:Provider"] = "stall",
+            ["Gateway:Models:2:Deployments:0:Model"] = "gpt-4o-mini",
         });
         _app = GatewayServer.Build(config, "http://127.0.0.1:0", l => { }, s => s.AddPipelineGateway().AddSqliteRequestLog());
         _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct) };
@@ -106,6 +113,41 @@ public sealed class RequestLogEndpointTests : IAsyncLifetime
         team.GetProperty("requests").GetInt64().Should().Be(5);
         team.GetProperty("cost_usd").GetDecimal().Should().BePositive();
         spend.GetProperty("total_cost_usd").GetDecimal().Should().Be(team.GetProperty("cost_usd").GetDecimal());
+    }
+
+    [Fact]
+    public async Task A_client_that_reads_a_streams_content_and_disconnects_is_billed_what_it_consumed_in_the_log_and_the_spend()
+    {
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions"))
+        {
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", Key);
+            request.Content = new StringContent("""{"model":"stalls","stream":true,"messages":[{"role":"user","content":"tell me everything"}]}""", Encoding.UTF8, "application/json");
+            using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+            response.StatusCode.Should().Be(HttpStatusCode.OK);
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(Ct));
+            string? line;
+            while ((line = await reader.ReadLineAsync(Ct)) is not null && !line.Contains("\"content\":\"", StringComparison.Ordinal))
+            {
+            }
+
+            line.Should().NotBeNull("the first word came");
+        } // the client goes away with the upstream's next word a minute off
+
+        var metrics = _app.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>();
+        await Wait.Until(() => metrics.GetSnapshot().CancelledRequests == 1, "the gateway ends the request when its client leaves");
+
+        var row = (await Admin("v1/gateway/logs?model=stalls")).GetProperty("data").EnumerateArray().Single();
+        row.GetProperty("status").GetInt32().Should().Be(499);
+        row.GetProperty("provider").GetString().Should().Be("stall", "billed at the deployment that streamed it");
+        row.GetProperty("provider_model").GetString().Should().Be("gpt-4o-mini");
+        row.GetProperty("prompt_tokens").GetInt32().Should().BePositive();
+        row.GetProperty("completion_tokens").GetInt32().Should().Be(1, "one content event went out");
+        row.GetProperty("usage_estimated").GetBoolean().Should().BeTrue("the upstream never reported its usage");
+        var cost = row.GetProperty("cost_usd").GetDecimal();
+        cost.Should().BePositive();
+        metrics.GetSnapshot().TotalCost.Should().Be(cost, "the metrics bill what the log does");
+        var spend = await Admin("v1/gateway/spend?group_by=model&since=1d");
+        spend.GetProperty("total_cost_usd").GetDecimal().Should().Be(cost, "and so does the spend the budgets are restored from");
     }
 
     [Theory]
