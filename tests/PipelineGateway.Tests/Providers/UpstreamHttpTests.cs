@@ -312,6 +312,58 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
     }
 
     /// <summary>
+    /// The mirror case: a server or proxy that streams whatever it is asked answers a whole request with server-sent
+    /// events. The caller gets the answer those events carry — text, finish, the upstream's usage — in either wire
+    /// format, instead of a failure on "'d' is an invalid start of a value" retried three times; events cut before the
+    /// answer finished are still a failure.
+    /// </summary>
+    [Theory]
+    [InlineData(ProviderTypes.OpenAICompatible, """
+        data: {"id":"s","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Streamed "},"finish_reason":null}]}
+
+        data: {"id":"s","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"anyway."},"finish_reason":"stop"}]}
+
+        data: {"id":"s","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}}
+
+        data: [DONE]
+
+
+        """)]
+    [InlineData(ProviderTypes.Anthropic, """
+        event: message_start
+        data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"usage":{"input_tokens":4,"output_tokens":1}}}
+
+        event: content_block_start
+        data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}
+
+        event: content_block_delta
+        data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Streamed anyway."}}
+
+        event: message_delta
+        data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}
+
+        event: message_stop
+        data: {"type":"message_stop"}
+
+
+        """)]
+    public async Task A_whole_request_answered_with_events_reaches_the_caller_whole(string type, string events)
+    {
+        await using var gateway = await Answering("sse-echo", string.Empty, type: type);
+
+        var answer = await gateway.SubmitAsync(TestGateway.Request("m", events), Ct);
+
+        answer.Content.Should().Be("Streamed anyway.");
+        answer.Choices[0].FinishReason.Should().Be(FinishReasons.Stop);
+        (answer.Usage!.PromptTokens, answer.Usage.CompletionTokens).Should().Be((4, 3), "the upstream's own usage, not an estimate");
+
+        var cut = async () => await gateway.SubmitAsync(TestGateway.Request("m", events[..(events.LastIndexOf("\n\n", events.IndexOf("anyway", StringComparison.Ordinal), StringComparison.Ordinal) + 2)]), Ct);
+        (await cut.Should().ThrowAsync<AllProvidersFailedException>()).Which.Message.Should().Contain("ended before");
+        var invalid = async () => await gateway.SubmitAsync(TestGateway.Request("m", "data: {not json\n\n"), Ct);
+        (await invalid.Should().ThrowAsync<AllProvidersFailedException>()).Which.Message.Should().Contain("invalid event");
+    }
+
+    /// <summary>
     /// An error sent with a 200 and no answer (<c>{"error":{…}}</c>) is the upstream's failure, classified by its type —
     /// whole and streamed — never an empty answer passed on, and billed, with the error beside it.
     /// </summary>

@@ -66,7 +66,7 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         using var message = new HttpRequestMessage(HttpMethod.Post, _countTokens) { Content = new ReadOnlyMemoryContent(body.WrittenMemory) };
         message.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json") { CharSet = "utf-8" };
         AddHeaders(message, stream: false, request.Request.Gateway?.AnthropicBeta);
-        var (answer, status) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
+        var (answer, status, _) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
         using (answer)
         {
             return InputTokens(answer.Span)

@@ -90,8 +90,58 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     public async ValueTask<ChatCompletionResponse> CompleteAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
         using var message = CreateRequest(request, stream: false);
-        var (body, status) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
-        return ParseWhole(body, request, status);
+        var (body, status, events) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
+        return events ? await AssembleEventsAsync(body, request, status).ConfigureAwait(false) : ParseWhole(body, request, status);
+    }
+
+    /// <summary>
+    /// A whole request answered as server-sent events (a server or proxy that streams whatever it is asked): the events,
+    /// read as a stream's and assembled into the answer — its first choice, as a cached stream is
+    /// (<see cref="Caching.StreamReplay"/>) — within the same bound as any whole answer (read already). A body cut before the
+    /// provider's last event, or an event that is not the provider's, is a retryable failure as in a stream.
+    /// </summary>
+    private async ValueTask<ChatCompletionResponse> AssembleEventsAsync(PooledBody body, ProviderRequest request, int status)
+    {
+        try
+        {
+            var reader = ReadStream(request);
+            var answer = new Caching.StreamReplay();
+            using var bytes = body.AsStream();
+            using var events = new SseEventReader(bytes);
+            while (true)
+            {
+                if (!await events.MoveNextAsync(CancellationToken.None).ConfigureAwait(false))
+                {
+                    if (reader.EndedWhole)
+                    {
+                        break;
+                    }
+
+                    throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered with events that ended before {reader.LastEvent}.", status);
+                }
+
+                var chunk = reader.Read(events.Data, out var end);
+                for (; chunk is not null; chunk = reader.Next())
+                {
+                    answer.Add(chunk);
+                }
+
+                if (end)
+                {
+                    break;
+                }
+            }
+
+            return answer.ToResponse();
+        }
+        catch (JsonException ex)
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered with an invalid event: {ex.Message}", status, inner: ex);
+        }
+        finally
+        {
+            body.Dispose();
+        }
     }
 
     /// <summary>Parses a whole answer read into <paramref name="body"/> (then given back); JSON that is not a chat completion is a retryable failure.</summary>
@@ -116,12 +166,14 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     /// per-attempt timeout until the answer is read, the upstream's errors as <see cref="ProviderException"/>s with
     /// their status and message (redacted), a broken body as a retryable failure.
     /// </summary>
-    protected async Task<(PooledBody Body, int Status)> ExchangeAsync(HttpRequestMessage message, DateTimeOffset? deadlineAt, CancellationToken cancellationToken)
+    /// <returns>The body, the status, and whether the body is server-sent events (<c>text/event-stream</c>).</returns>
+    protected async Task<(PooledBody Body, int Status, bool Events)> ExchangeAsync(HttpRequestMessage message, DateTimeOffset? deadlineAt, CancellationToken cancellationToken)
     {
         // The per-attempt timeout runs until the whole answer is read, not only until its headers.
         using var deadline = new AttemptDeadline(Time, Options.Timeout, cancellationToken, deadlineAt);
         PooledBody body;
         int status;
+        bool events;
         try
         {
             HttpResponseMessage sent;
@@ -137,6 +189,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             using var response = sent;
             await ThrowIfFailedAsync(response, deadline.Token).ConfigureAwait(false);
             status = (int)response.StatusCode;
+            events = MediaType(response).Equals("text/event-stream", StringComparison.OrdinalIgnoreCase);
 
             // The answer is read into a pooled buffer and parsed synchronously: an answer is small, and parsing from
             // memory skips System.Text.Json's resumable (async) reader, whose state it would otherwise allocate per call.
@@ -151,7 +204,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             throw new ProviderException(AttemptOutcome.RetryableError, $"The answer from '{Name}' broke off: {Why(ex)}.", inner: ex);
         }
 
-        return (body, status);
+        return (body, status, events);
     }
 
     public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
@@ -271,15 +324,21 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     /// </summary>
     private static bool AnsweredWhole(HttpResponseMessage response)
     {
+        var type = MediaType(response);
+        return type.Equals("application/json", StringComparison.OrdinalIgnoreCase) || type.EndsWith("+json", StringComparison.OrdinalIgnoreCase);
+    }
+
+    /// <summary>The body's media type without its parameters (empty when none is given).</summary>
+    private static ReadOnlySpan<char> MediaType(HttpResponseMessage response)
+    {
         if (!response.Content.Headers.NonValidated.TryGetValues("Content-Type", out var values))
         {
-            return false;
+            return default;
         }
 
         var value = values.ToString().AsSpan();
         var semicolon = value.IndexOf(';');
-        var type = (semicolon >= 0 ? value[..semicolon] : value).Trim();
-        return type.Equals("application/json", StringComparison.OrdinalIgnoreCase) || type.EndsWith("+json", StringComparison.OrdinalIgnoreCase);
+        return (semicolon >= 0 ? value[..semicolon] : value).Trim();
     }
 
     /// <summary>Reads and parses a whole answer to a stream request, with the same bounds and failures as <see cref="CompleteAsync"/>.</summary>

@@ -8,6 +8,9 @@ internal readonly struct PooledBody(byte[] buffer, int length) : IDisposable
 {
     public ReadOnlySpan<byte> Span => buffer.AsSpan(0, length);
 
+    /// <summary>The body as a read-only stream over the same bytes (valid until disposed).</summary>
+    public MemoryStream AsStream() => new(buffer, 0, length, writable: false);
+
     public void Dispose() => ArrayPool<byte>.Shared.Return(buffer);
 }
 
