@@ -44,7 +44,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         }
         catch (Exception ex) when (ex is InvalidOperationException or ArgumentException or DecoderFallbackException or NotSupportedException)
         {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {FirstSentence(ex.Message)}"));
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
             return;
         }
 
@@ -89,10 +89,9 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
     internal static string JsonFailure(JsonException ex)
     {
         var at = ex.Path is null ? string.Empty : $" (at {ex.Path})";
-        const string Conversion = "The JSON value could not be converted to ";
-        if (!ex.Message.StartsWith(Conversion, StringComparison.Ordinal))
+        if (!Serialization.JsonProblems.IsConversion(ex))
         {
-            return $"The request body is not valid JSON for a chat completion{at}: {FirstSentence(ex.Message)}";
+            return $"The request body is not valid JSON for a chat completion{at}: {Serialization.JsonProblems.FirstSentence(ex.Message)}";
         }
 
         if (ex.InnerException is InvalidOperationException { Message: var inner } && inner.Contains("UTF-16", StringComparison.Ordinal))
@@ -100,7 +99,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             return $"Invalid value{at}: a string with an escape no character can be made of (a lone surrogate, \\uD800 to \\uDFFF).";
         }
 
-        var type = FirstSentence(ex.Message)[Conversion.Length..].TrimEnd('.');
+        var type = Serialization.JsonProblems.ConvertedTo(ex);
         var expected = type switch
         {
             _ when type.Contains("System.Int32", StringComparison.Ordinal) => "a whole number from -2147483648 to 2147483647",
@@ -116,13 +115,6 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             _ => "a value of another type",
         };
         return $"Invalid value{at}: expected {expected}.";
-    }
-
-    /// <summary>System.Text.Json's message up to its path and line details (the path is reported on its own).</summary>
-    internal static string FirstSentence(string message)
-    {
-        var cut = message.IndexOf(" Path:", StringComparison.Ordinal);
-        return cut > 0 ? message[..cut] : message;
     }
 
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)

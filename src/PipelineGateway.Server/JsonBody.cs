@@ -80,21 +80,10 @@ internal static partial class JsonBody
         // decodes, so bad bytes in a name it skips or in extension data would otherwise surface later, mid-request.
         if (!Utf8.IsValid(body))
         {
-            throw new InvalidRequestException(null, $"The request body is not valid UTF-8 (at byte {FirstInvalid(body)}).");
+            throw new InvalidRequestException(null, $"The request body is not valid UTF-8 (at byte {Serialization.JsonProblems.FirstInvalidUtf8(body)}).");
         }
 
         return parse(body, state);
-    }
-
-    private static int FirstInvalid(ReadOnlySpan<byte> body)
-    {
-        var at = 0;
-        while (at < body.Length && Rune.DecodeFromUtf8(body[at..], out _, out var used) == OperationStatus.Done)
-        {
-            at += used;
-        }
-
-        return at;
     }
 
     /// <summary>

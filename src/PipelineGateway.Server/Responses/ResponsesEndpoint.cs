@@ -24,7 +24,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         }
         catch (JsonException ex)
         {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {ChatCompletionsEndpoint.FirstSentence(ex.Message)}"));
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
             return;
         }
         catch (BadHttpRequestException ex)

@@ -756,14 +756,15 @@ internal static class AnswerJson
     }
 
     private static JsonException Mismatch(ref Utf8JsonReader r, string what, string kind) =>
-        new($"{what} must be {kind}, not {Describe(r.TokenType)} (at byte {r.TokenStartIndex}).");
+        new($"{what} must be {kind}, not {Describe(r.TokenType, kind)} (at byte {r.TokenStartIndex}).");
 
-    private static string Describe(JsonTokenType token) => token switch
+    /// <param name="expected">What was expected: a number where a number was expected did not fit it.</param>
+    private static string Describe(JsonTokenType token, string expected) => token switch
     {
         JsonTokenType.StartObject => "an object",
         JsonTokenType.StartArray => "an array",
         JsonTokenType.String => "a string",
-        JsonTokenType.Number => "a number out of range or with a fraction",
+        JsonTokenType.Number => expected.Contains("integer", StringComparison.Ordinal) || expected.Contains("number", StringComparison.Ordinal) ? "a number out of range or with a fraction" : "a number",
         JsonTokenType.True or JsonTokenType.False => "a boolean",
         JsonTokenType.Null => "null",
         _ => token.ToString(),

@@ -364,6 +364,26 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
     }
 
     /// <summary>
+    /// An answer the gateway cannot read says why in the caller's words — bytes that are not UTF-8 and where, a value of
+    /// the wrong type and where — never the .NET type it was read into nor the reader's line-and-byte tail.
+    /// </summary>
+    [Theory]
+    [InlineData("latin1-200", """{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"caf\u00e9"},"finish_reason":"stop"}]}""", "not valid UTF-8 (at byte 127)")]
+    [InlineData("body-200", """{"id":5,"object":"chat.completion","created":1,"model":"m","choices":[]}""", "'id' must be a string, not a number (at byte 6)")]
+    [InlineData("body-200", """{"id":"x","object":"chat.completion","created":1.5,"model":"m","choices":[]}""", "'created' must be an integer, not a number out of range or with a fraction (at byte 47)")]
+    [InlineData("body-200", """{"id":"x","choices":[}""", "'}' is an invalid start of a value")]
+    public async Task An_unreadable_answer_says_why_in_plain_words(string fault, string body, string why)
+    {
+        await using var gateway = await Answering(fault, body);
+
+        var act = async () => await gateway.SubmitAsync(TestGateway.Request("m"), Ct);
+
+        var message = (await act.Should().ThrowAsync<AllProvidersFailedException>()).Which.Message;
+        message.Should().Contain($"'odd' returned a body that is not a valid chat completion: {why}.");
+        message.Should().NotContain("PipelineGateway.").And.NotContain("LineNumber");
+    }
+
+    /// <summary>
     /// An error sent with a 200 and no answer (<c>{"error":{…}}</c>) is the upstream's failure, classified by its type —
     /// whole and streamed — never an empty answer passed on, and billed, with the error beside it.
     /// </summary>

@@ -183,6 +183,12 @@ public sealed class ScriptedUpstream : IAsyncDisposable
 
                 await Raw(ctx, 200, "application/json", ctx.Request.Headers["x-body"].ToString());
                 break;
+            case "latin1-200":
+                // The answer the test chose with its 'é's sent as Latin-1 bytes: JSON that is not UTF-8 (a misconfigured proxy).
+                ctx.Response.StatusCode = 200;
+                ctx.Response.ContentType = "application/json";
+                await ctx.Response.Body.WriteAsync(Encoding.Latin1.GetBytes(ctx.Request.Headers["x-body"].ToString().Replace("\\u00e9", "\u00e9", StringComparison.Ordinal)));
+                break;
             case "truncated-200":
                 await Raw(ctx, 200, "application/json", $"{{\"id\":\"x\",\"note\":\"{key}\",\"choices\":[");
                 break;

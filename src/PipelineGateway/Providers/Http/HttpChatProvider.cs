@@ -120,7 +120,17 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                     throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered with events that ended before {reader.LastEvent}.", status);
                 }
 
-                var chunk = reader.Read(events.Data, out var end);
+                ChatCompletionChunk? chunk;
+                bool end;
+                try
+                {
+                    chunk = reader.Read(events.Data, out end);
+                }
+                catch (JsonException ex)
+                {
+                    throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered with an invalid event: {Serialization.JsonProblems.Describe(ex, events.Data)}.", status, inner: ex);
+                }
+
                 for (; chunk is not null; chunk = reader.Next())
                 {
                     answer.Add(chunk);
@@ -133,10 +143,6 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             }
 
             return answer.ToResponse();
-        }
-        catch (JsonException ex)
-        {
-            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered with an invalid event: {ex.Message}", status, inner: ex);
         }
         finally
         {
@@ -153,7 +159,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         }
         catch (JsonException ex)
         {
-            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid chat completion: {ex.Message}", status, inner: ex);
+            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid chat completion: {Serialization.JsonProblems.Describe(ex, body.Span)}.", status, inner: ex);
         }
         finally
         {
@@ -300,7 +306,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                     }
                     catch (JsonException ex)
                     {
-                        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' sent an invalid event: {ex.Message}", inner: ex);
+                        throw new ProviderException(AttemptOutcome.RetryableError, $"The stream from '{Name}' sent an invalid event: {Serialization.JsonProblems.Describe(ex, events.Data)}.", inner: ex);
                     }
 
                     for (; chunk is not null; chunk = reader.Next())

@@ -1,0 +1,55 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
+using System.Text.Unicode;
+
+namespace PipelineGateway.Serialization;
+
+/// <summary>
+/// What is wrong with a JSON body, in words that name no .NET type and carry none of System.Text.Json's line-and-byte
+/// tail: for a client's request (the front door) and for an upstream's answer (in the failure a caller reads).
+/// </summary>
+internal static class JsonProblems
+{
+    private const string Conversion = "The JSON value could not be converted to ";
+
+    /// <summary>The offset of the first byte that is not part of valid UTF-8 (the length when all of it is).</summary>
+    public static int FirstInvalidUtf8(ReadOnlySpan<byte> text)
+    {
+        var at = 0;
+        while (at < text.Length && Rune.DecodeFromUtf8(text[at..], out _, out var used) == OperationStatus.Done)
+        {
+            at += used;
+        }
+
+        return at;
+    }
+
+    /// <summary>System.Text.Json's message up to its path and line details (the path is reported on its own).</summary>
+    public static string FirstSentence(string message)
+    {
+        var cut = message.IndexOf(" Path:", StringComparison.Ordinal);
+        return cut > 0 ? message[..cut] : message;
+    }
+
+    /// <summary>True when the reader failed converting a value to a type (the message names the .NET type).</summary>
+    public static bool IsConversion(JsonException ex) => ex.Message.StartsWith(Conversion, StringComparison.Ordinal);
+
+    /// <summary>The .NET type a conversion failure names (<see cref="IsConversion"/>).</summary>
+    public static string ConvertedTo(JsonException ex) => FirstSentence(ex.Message)[Conversion.Length..].TrimEnd('.');
+
+    /// <summary>
+    /// Why an upstream's <paramref name="body"/> (an answer, or one event's data) could not be read: bytes that are not
+    /// UTF-8 (where), a value of the wrong type (where), else the reader's own first sentence and where.
+    /// </summary>
+    public static string Describe(JsonException ex, ReadOnlySpan<byte> body)
+    {
+        if (!Utf8.IsValid(body))
+        {
+            return $"not valid UTF-8 (at byte {FirstInvalidUtf8(body)})";
+        }
+
+        var at = ex.Path is null or "$" ? string.Empty : $" (at {ex.Path})";
+        return IsConversion(ex) ? $"a value of the wrong type{at}" : FirstSentence(ex.Message).TrimEnd('.') + at;
+    }
+}
