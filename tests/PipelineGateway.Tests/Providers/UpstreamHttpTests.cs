@@ -114,10 +114,23 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
             var error = (await act.Should().ThrowAsync<ProviderException>()).Which;
             error.Outcome.Should().Be(AttemptOutcome.RetryableError, fault);
             error.Message.Should().Contain("longer than 1,048,576 bytes").And.Contain("MaxAnswerBytes", fault);
+            error.Message.Should().NotContain("..", "one sentence, one period");
 
             var whole = await Create(type, fault).CompleteAsync(Ask(), Ct);
             whole.Content!.Length.Should().Be(ScriptedUpstream.LongAnswerChars, fault);
         }
+    }
+
+    /// <summary>A stream with a line past the reader's bound breaks, saying so in one sentence (its reason ended in a period of its own).</summary>
+    [Fact]
+    public async Task A_stream_line_past_the_bound_breaks_the_stream_saying_why()
+    {
+        var endless = "data: " + new string('x', SseEventReader.MaxLineBytes + 16) + "\n\n";
+        var request = new ProviderRequest(new ChatCompletionRequest { Model = "group", Messages = [ChatCompletionMessage.User(endless)] }, "upstream-model");
+
+        var act = async () => await Create(ProviderTypes.OpenAICompatible, "sse-echo").StreamAsync(request, Ct).ToListAsync(Ct);
+
+        (await act.Should().ThrowAsync<ProviderException>()).Which.Message.Should().Be("The stream from 'scripted' broke: The stream sent a line longer than 4 MiB.");
     }
 
     [Fact]

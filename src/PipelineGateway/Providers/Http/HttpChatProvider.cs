@@ -372,7 +372,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         ex is IOException or HttpRequestException or InvalidDataException && !caller.IsCancellationRequested;
 
     /// <summary>What broke: the gateway's own words for a body it could not decode (they name no upstream content), the type otherwise.</summary>
-    private static string Why(Exception ex) => ex is InvalidDataException ? ex.Message : ex.GetType().Name;
+    private static string Why(Exception ex) => ex is InvalidDataException ? ex.Message.TrimEnd('.') : ex.GetType().Name;
 
     private ProviderException StreamBroke(Exception ex) =>
         new(AttemptOutcome.RetryableError, $"The stream from '{Name}' broke: {Why(ex)}.", inner: ex);
