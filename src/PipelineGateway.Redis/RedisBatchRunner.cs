@@ -40,7 +40,8 @@ public static class RedisBatchRunner
     private const string Group = "workers";
     private const int LoadChunk = 256;
 
-    // KEYS: position, stream. ARGV: expected position, new position, then (line number, payload, duplicate flag)…
+    // KEYS: position, stream. ARGV: expected position, new position, then (line number, payload, mark)… — the mark: 0, 1
+    // for a duplicate custom_id, or 2 + the offset where a line that is not UTF-8 goes wrong (its payload is then empty).
     // Appends only if nobody else loaded these lines: the position check makes loading exactly-once.
     private const string LoadScript = """
         local pos = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -177,9 +178,9 @@ public static class RedisBatchRunner
     private static async Task RunEntryAsync(IGatewayQueue queue, IDatabase db, Keys keys, StreamEntry entry, BatchRecords records, BatchProgress progress, BatchOptions options, CancellationToken stop)
     {
         var number = (long)entry["n"];
-        var text = (string)entry["d"]!;
-        var line = BatchLine.Parse(text, number);
-        if (!line.IsBad && (int)entry["x"] == 1)
+        var mark = (int)entry["x"];
+        var line = BatchLine.Parse(mark >= 2 ? new JsonlLine(null, mark - 2) : new JsonlLine((string)entry["d"]!), number);
+        if (!line.IsBad && mark == 1)
         {
             line = line with { Request = null, ErrorCode = "duplicate_custom_id", ErrorMessage = $"line {number}: custom_id '{line.CustomId}' appears on an earlier line; each custom_id must be unique." };
         }
@@ -232,11 +233,12 @@ public static class RedisBatchRunner
             var seen = new HashSet<UInt128>();
             var chunk = new List<RedisValue>();
             long number = 0, lines = 0;
-            using var reader = new StreamReader(input, Encoding.UTF8);
+            await using var file = File.OpenRead(input);
+            using var reader = new JsonlReader(file);
             while (await reader.ReadLineAsync(stop).ConfigureAwait(false) is { } text)
             {
                 number++;
-                if (string.IsNullOrWhiteSpace(text))
+                if (text.Text is { } t && string.IsNullOrWhiteSpace(t))
                 {
                     continue;
                 }
@@ -250,8 +252,8 @@ public static class RedisBatchRunner
                 }
 
                 chunk.Add(number);
-                chunk.Add(text);
-                chunk.Add(duplicate ? 1 : 0);
+                chunk.Add(text.Text ?? string.Empty);
+                chunk.Add(text.Text is null ? 2 + text.InvalidUtf8At : duplicate ? 1 : 0);
                 if (chunk.Count >= LoadChunk * 3)
                 {
                     (var ok, position) = await AppendAsync(db, keys, me, lease, position, number, chunk).ConfigureAwait(false);

@@ -12,6 +12,11 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
 
     public bool IsBad => ErrorCode is not null;
 
+    /// <summary>Parses one line of the OpenAI Batch API input format (a line that is not UTF-8 is not JSON either).</summary>
+    public static BatchLine Parse(JsonlLine line, long number) => line.Text is { } text
+        ? Parse(text, number)
+        : Bad(number, null, "invalid_json", $"line {number} is not valid UTF-8 (at byte {line.InvalidUtf8At}): JSON text is UTF-8 (save the file as UTF-8).");
+
     /// <summary>Parses one line of the OpenAI Batch API input format.</summary>
     public static BatchLine Parse(string text, long number)
     {
@@ -22,7 +27,8 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
         }
         catch (JsonException ex)
         {
-            return Bad(number, null, "invalid_json", $"line {number} is not valid JSON: {ex.Message}");
+            var at = ex.BytePositionInLine is { } position ? $" (at byte {position})" : string.Empty;
+            return Bad(number, null, "invalid_json", $"line {number} is not valid JSON{at}: {Serialization.JsonProblems.FirstSentence(ex.Message).TrimEnd()}");
         }
 
         using (doc)
@@ -36,7 +42,8 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
             var customId = root.TryGetProperty("custom_id", out var id) && id.ValueKind == JsonValueKind.String ? id.GetString() : null;
             if (string.IsNullOrEmpty(customId))
             {
-                return Bad(number, null, "missing_custom_id", $"line {number} has no 'custom_id' (a non-empty string is required).");
+                var which = id.ValueKind is JsonValueKind.Undefined or JsonValueKind.Null ? "has no 'custom_id'" : $"has a 'custom_id' that is {Kind(id)}";
+                return Bad(number, null, "missing_custom_id", $"line {number} {which} (a non-empty string is required).");
             }
 
             if (!root.TryGetProperty("url", out var url) || url.ValueKind != JsonValueKind.String || url.GetString() != ChatCompletionsUrl)
@@ -79,6 +86,15 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
     }
 
     private static BatchLine Bad(long number, string? customId, string code, string message) => new(number, customId, null, code, message);
+
+    private static string Kind(JsonElement value) => value.ValueKind switch
+    {
+        JsonValueKind.String => "empty",
+        JsonValueKind.Number => "a number",
+        JsonValueKind.True or JsonValueKind.False => "true or false",
+        JsonValueKind.Array => "a list",
+        _ => "an object",
+    };
 
     /// <summary>
     /// A 128-bit fingerprint of a custom_id: the run remembers these (16 bytes a line) instead of the ids,

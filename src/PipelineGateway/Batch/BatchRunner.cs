@@ -145,12 +145,13 @@ public static class BatchRunner
         var records = new BatchRecords();
         try
         {
-            using var reader = new StreamReader(path, Encoding.UTF8, detectEncodingFromByteOrderMarks: true, new FileStreamOptions { Access = FileAccess.Read, Share = FileShare.Read, BufferSize = 1 << 16, Options = FileOptions.SequentialScan });
+            await using var file = new FileStream(path, new FileStreamOptions { Access = FileAccess.Read, Share = FileShare.Read, BufferSize = 0, Options = FileOptions.SequentialScan });
+            using var reader = new JsonlReader(file);
             long number = 0;
             while (!stop.IsCancellationRequested && await reader.ReadLineAsync(stop).ConfigureAwait(false) is { } text)
             {
                 number++;
-                if (string.IsNullOrWhiteSpace(text))
+                if (text.Text is { } t && string.IsNullOrWhiteSpace(t))
                 {
                     continue;
                 }

@@ -25,10 +25,11 @@ internal static class JsonProblems
         return at;
     }
 
-    /// <summary>System.Text.Json's message up to its path and line details (the path is reported on its own).</summary>
+    /// <summary>System.Text.Json's message up to its path and line details (the path and the offset are reported on their own).</summary>
     public static string FirstSentence(string message)
     {
         var cut = message.IndexOf(" Path:", StringComparison.Ordinal);
+        cut = cut > 0 ? cut : message.IndexOf(" LineNumber:", StringComparison.Ordinal);
         return cut > 0 ? message[..cut] : message;
     }
 

@@ -99,6 +99,36 @@ public sealed class BatchRunnerTests
         files.ErrorRecords.Should().HaveCount(8);
     }
 
+    /// <summary>
+    /// A line that is not UTF-8 (a file saved as Latin-1) is a bad line saying where, never run with its custom_id or
+    /// prompt decoded into replacement characters (its result would match no line of the caller's); the lines around it
+    /// run as written.
+    /// </summary>
+    [Fact]
+    public async Task A_line_that_is_not_UTF8_is_a_bad_line_and_the_rest_run_unchanged()
+    {
+        using var files = new BatchFiles();
+        using (var input = File.Create(files.Input))
+        {
+            input.Write(System.Text.Encoding.UTF8.GetBytes(Raw("caf\u00e9-utf8") + "\r\n"));
+            input.Write(System.Text.Encoding.Latin1.GetBytes(Raw("caf\u00e9-latin1") + "\n"));
+            input.Write(System.Text.Encoding.UTF8.GetBytes(BatchFiles.RequestLine("last")));
+        }
+
+        await using var gateway = await TestGateway.With(new FakeProvider("p")).StartAsync(Ct);
+
+        var summary = await BatchRunner.RunAsync(gateway, Options(files), stop: Ct);
+
+        summary.Should().BeEquivalentTo(new { Lines = 3L, Succeeded = 2L, BadLines = 1L });
+        files.OutputRecords.Select(r => r.GetProperty("custom_id").GetString()).Should().BeEquivalentTo("caf\u00e9-utf8", "last");
+        var bad = files.ErrorRecords.Single().GetProperty("error");
+        (bad.GetProperty("code").GetString(), bad.GetProperty("line").GetInt64()).Should().Be(("invalid_json", 2L));
+        bad.GetProperty("message").GetString().Should().Be("line 2 is not valid UTF-8 (at byte 17): JSON text is UTF-8 (save the file as UTF-8).");
+
+        // The characters as they are in the file (RequestLine would escape them).
+        static string Raw(string customId) => $$$"""{"custom_id":"{{{customId}}}","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"{{{customId}}}"}]}}""";
+    }
+
     [Fact]
     public async Task A_torn_last_line_is_cut_off_and_its_request_done_again()
     {

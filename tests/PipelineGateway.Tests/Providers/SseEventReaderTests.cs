@@ -3,6 +3,7 @@ using System.Text;
 using CsCheck;
 using FluentAssertions;
 using PipelineGateway.Providers.Http;
+using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Providers;
 
@@ -90,50 +91,4 @@ public sealed class SseEventReaderTests
     }
 
     private static string Show(byte[] bytes) => Encoding.UTF8.GetString(bytes).Replace("\r", "\\r", StringComparison.Ordinal).Replace("\n", "\\n", StringComparison.Ordinal);
-
-    /// <summary>A body that hands out its bytes in reads of 1 to <paramref name="maxRead"/> bytes, a quarter of them completing later.</summary>
-    private sealed class SlicedStream(byte[] bytes, PCG pcg, int maxRead) : Stream
-    {
-        private int _position;
-
-        public override bool CanRead => true;
-
-        public override bool CanSeek => false;
-
-        public override bool CanWrite => false;
-
-        public override long Length => bytes.Length;
-
-        public override long Position { get => _position; set => throw new NotSupportedException(); }
-
-        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
-
-        public override int Read(Span<byte> buffer)
-        {
-            var n = Math.Min(Math.Min(buffer.Length, bytes.Length - _position), maxRead == int.MaxValue ? int.MaxValue : 1 + (int)(pcg.Next() % (uint)maxRead));
-            bytes.AsSpan(_position, n).CopyTo(buffer);
-            _position += n;
-            return n;
-        }
-
-        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
-        {
-            if (pcg.Next() % 4 == 0)
-            {
-                await Task.Yield(); // a read that waits for the upstream: the reader resumes later, on another thread
-            }
-
-            return Read(buffer.Span);
-        }
-
-        public override void Flush()
-        {
-        }
-
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-        public override void SetLength(long value) => throw new NotSupportedException();
-
-        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-    }
 }

@@ -56,6 +56,7 @@ public sealed class RedisBatchTests
             BatchFiles.RequestLine("b"),
             BatchFiles.RequestLine("c", model: "nope"),
         ]);
+        File.AppendAllText(files.Input, """{"custom_id":"café-latin1","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"x"}]}}""" + "\n", System.Text.Encoding.Latin1); // not UTF-8
         var shared = new RedisBatchOptions { Configuration = redis, BatchId = "t" + Guid.NewGuid().ToString("N")[..12] };
         await using var one = await TestGateway.With(new FakeProvider("p")).StartAsync(Ct);
         await using var two = await TestGateway.With(new FakeProvider("p")).StartAsync(Ct);
@@ -68,12 +69,14 @@ public sealed class RedisBatchTests
         runs.Should().AllSatisfy(r => r.Stopped.Should().BeFalse());
         runs.Sum(r => r.Succeeded).Should().Be(2);
         runs.Sum(r => r.Failed).Should().Be(1);
-        runs.Sum(r => r.BadLines).Should().Be(2);
+        runs.Sum(r => r.BadLines).Should().Be(3);
         foreach (var output in new[] { files.Output, secondOutput })
         {
             BatchFiles.ReadRecords(output).Select(r => r.GetProperty("custom_id").GetString()).Should().BeEquivalentTo("a", "b");
             var errors = BatchFiles.ReadRecords(BatchOptions.DefaultErrorsPath(output));
-            errors.Select(e => e.GetProperty("error").GetProperty("code").GetString()).Should().BeEquivalentTo("invalid_json", "duplicate_custom_id", "model_not_found");
+            errors.Select(e => e.GetProperty("error").GetProperty("code").GetString()).Should().BeEquivalentTo("invalid_json", "duplicate_custom_id", "model_not_found", "invalid_json");
+            errors.Single(e => e.GetProperty("error").GetProperty("line").GetInt64() == 6).GetProperty("error").GetProperty("message").GetString()
+                .Should().StartWith("line 6 is not valid UTF-8 (at byte 17)", "the line is reported, not run with its custom_id changed");
             errors.Single(e => e.GetProperty("error").GetProperty("code").GetString() == "duplicate_custom_id").GetProperty("error").GetProperty("line").GetInt64().Should().Be(3);
         }
     }
