@@ -19,7 +19,7 @@ internal sealed partial class GatewayMetrics
 
         var provider = consumedAt?.ProviderName ?? info?.Provider;
         var system = provider is null ? "pipelinegateway" : _systems.GetValueOrDefault(provider, provider);
-        var tags = GatewayInstruments.Tags(system, item.Request.Model, response?.Model is { Length: > 0 } m ? m : consumedAt?.Model ?? info?.ProviderModel, error?.GetType().Name);
+        var tags = GatewayInstruments.Tags(system, item.RootGroup.Spelling(item.Request.Model), response?.Model is { Length: > 0 } m ? m : consumedAt?.Model ?? info?.ProviderModel, error?.GetType().Name);
         i.Duration.Record(latency.TotalSeconds, tags);
         var outcome = tags;
         outcome.Add("pgw.outcome", error is not null ? "failure" : info?.Cached == true ? "cached" : info?.Coalesced == true ? "coalesced" : "success");

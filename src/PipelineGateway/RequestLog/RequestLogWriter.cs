@@ -369,7 +369,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             Timestamp = _time.GetUtcNow() - c.Latency,
             RequestSequence = item.Sequence,
             KeyId = item.TenantKey,
-            Model = item.Request.Model,
+            Model = item.RootGroup.Spelling(item.Request.Model), // as configured, whatever the caller's case
             // A failure names no deployment, unless it is a stream cut after its content went out: it was billed there.
             Provider = c.Error is null ? info?.Provider : c.Consumed?.Deployment.ProviderName,
             ProviderModel = c.Error is null ? info?.ProviderModel : c.Consumed?.Deployment.Model,

@@ -90,6 +90,29 @@ public sealed class ModelGroup
 
     public IReadOnlyList<string> Aliases { get; }
 
+    /// <summary>
+    /// The name or alias <paramref name="requested"/> matched, spelled as configured: names are matched whatever their
+    /// case, so what metrics label and the request log group by is the configured spelling — a caller varying the case
+    /// ("GPT-4O-mini", "gpt-4O-MINI"…) would otherwise make a label value each, without bound.
+    /// </summary>
+    internal string Spelling(string requested)
+    {
+        if (string.Equals(requested, Name, StringComparison.Ordinal))
+        {
+            return Name;
+        }
+
+        foreach (var alias in Aliases)
+        {
+            if (string.Equals(requested, alias, StringComparison.OrdinalIgnoreCase))
+            {
+                return alias;
+            }
+        }
+
+        return Name;
+    }
+
     public IRoutingStrategy Strategy { get; }
 
     public IReadOnlyList<Deployment> Deployments { get; }

@@ -195,6 +195,29 @@ public sealed class MetricsTests
         instruments.Tokens.Name.Should().Be("gen_ai.client.token.usage");
     }
 
+    /// <summary>
+    /// Model names match whatever their case; the instruments (and the request log) carry the name or alias as configured,
+    /// so a caller varying the case makes no label value of its own — without it, every spelling was a series.
+    /// </summary>
+    [Fact]
+    public async Task The_request_model_label_is_the_configured_spelling_whatever_the_callers_case()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(provider)
+            .Configure(o => o.Models.Add(new ModelGroupOptions { Name = "Team-Model", Aliases = ["gpt-4o"], Deployments = [new DeploymentOptions { Provider = "p", Model = "gpt-4o" }] }))
+            .StartAsync(Ct);
+        using var duration = new MetricCollector<double>(gateway.Services.GetRequiredService<GatewayInstruments>().Duration);
+
+        foreach (var spelling in new[] { "team-model", "TEAM-MODEL", "Team-Model", "GPT-4O", "gpt-4o" })
+        {
+            await gateway.SubmitAsync(TestGateway.Request(spelling), Ct);
+        }
+
+        duration.GetMeasurementSnapshot().Select(m => (string)m.Tags["gen_ai.request.model"]!)
+            .Should().Equal("Team-Model", "Team-Model", "Team-Model", "gpt-4o", "gpt-4o");
+    }
+
     private static ModelCatalog Catalog(string model, decimal? input = null)
     {
         var gateway = new GatewayBuilder()

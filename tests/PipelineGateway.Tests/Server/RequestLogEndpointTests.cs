@@ -116,6 +116,18 @@ public sealed class RequestLogEndpointTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_model_asked_for_in_any_case_is_logged_and_grouped_as_configured()
+    {
+        (await Chat("GPT-4O-MINI", "one")).StatusCode.Should().Be(HttpStatusCode.OK);
+        (await Chat("gpt-4o-MINI", "two")).StatusCode.Should().Be(HttpStatusCode.OK);
+
+        var rows = (await Admin("v1/gateway/logs")).GetProperty("data").EnumerateArray().ToList();
+        rows.Should().HaveCount(2).And.OnlyContain(r => r.GetProperty("model").GetString() == "gpt-4o-mini");
+        var spend = (await Admin("v1/gateway/spend?group_by=model&since=1d")).GetProperty("data").EnumerateArray().Single();
+        (spend.GetProperty("group").GetString(), spend.GetProperty("requests").GetInt64()).Should().Be(("gpt-4o-mini", 2L));
+    }
+
+    [Fact]
     public async Task A_client_that_reads_a_streams_content_and_disconnects_is_billed_what_it_consumed_in_the_log_and_the_spend()
     {
         using (var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions"))
