@@ -46,7 +46,7 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            if ((ForgedThinking(request) ?? ServerToolError(request, string.Join(',', ctx.Request.Headers["anthropic-beta"].ToArray()))) is { } refused)
+            if ((ForgedThinking(request) ?? ThinkingLeftOut(request) ?? ServerToolError(request, string.Join(',', ctx.Request.Headers["anthropic-beta"].ToArray()))) is { } refused)
             {
                 await AnthropicError(ctx, 400, "invalid_request_error", refused).ConfigureAwait(false);
                 return;
@@ -242,6 +242,27 @@ public sealed partial class SimulatorServer
     /// A thinking block given back with a signature this server did not give it (changed text, or none): Anthropic refuses
     /// such a request, and so does the simulator, so a gateway that alters Claude's thinking on its way back is seen.
     /// </summary>
+    /// <summary>
+    /// With thinking on, Claude wants its thinking back in a tool loop: the last assistant message, when it called tools,
+    /// must start with the thinking that came with it. Anthropic refuses a request without it, and so does the simulator,
+    /// so a route that drops Claude's thinking on its way back is seen.
+    /// </summary>
+    private static string? ThinkingLeftOut(ChatCompletionRequest request)
+    {
+        if (!Thinks(request))
+        {
+            return null;
+        }
+
+        var last = request.Messages.FindLastIndex(static m => m.Role == ChatRoles.Assistant);
+        if (last < 0 || request.Messages[last].ToolCalls is not { Count: > 0 } || ThinkingBlocks.Read(request.Messages[last].AdditionalProperties).Count > 0)
+        {
+            return null;
+        }
+
+        return $"messages.{last}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns. To avoid this requirement, disable `thinking`.";
+    }
+
     private static string? ForgedThinking(ChatCompletionRequest request)
     {
         for (var i = 0; i < request.Messages.Count; i++)

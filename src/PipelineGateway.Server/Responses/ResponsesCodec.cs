@@ -1,4 +1,5 @@
 using System.Text.Json;
+using PipelineGateway.Providers.Anthropic;
 
 namespace PipelineGateway.Server.Responses;
 
@@ -85,9 +86,10 @@ internal static class ResponsesCodec
         else if (input.ValueKind == JsonValueKind.Array)
         {
             var i = 0;
+            List<ThinkingBlock>? thinking = null;
             foreach (var item in input.EnumerateArray())
             {
-                AddItem(request, item, $"input[{i++}]");
+                AddItem(request, item, $"input[{i++}]", ref thinking);
             }
         }
         else
@@ -124,8 +126,13 @@ internal static class ResponsesCodec
         return request;
     }
 
-    /// <summary>One input item: a message, a function call the model made, its output; a reasoning item is left out.</summary>
-    private static void AddItem(ChatCompletionRequest request, JsonElement item, string at)
+    /// <summary>
+    /// One input item: a message, a function call the model made, its output. A reasoning item the gateway wrote carries
+    /// Claude's thinking blocks (<see cref="ResponsesReasoning"/>): they go to the assistant turn that follows it
+    /// (<paramref name="thinking"/> holds them until then), as Claude needs them back in a tool loop; another reasoning
+    /// item (OpenAI's own encrypted reasoning) has no canonical form, and no other model could read it: left out.
+    /// </summary>
+    private static void AddItem(ChatCompletionRequest request, JsonElement item, string at, ref List<ThinkingBlock>? thinking)
     {
         if (item.ValueKind != JsonValueKind.Object)
         {
@@ -137,6 +144,11 @@ internal static class ResponsesCodec
         {
             case "message":
                 AddMessage(request, item, at);
+                if (request.Messages[^1].Role == ChatRoles.Assistant)
+                {
+                    request.Messages[^1].AdditionalProperties = ResponsesReasoning.Attach(request.Messages[^1].AdditionalProperties, ref thinking);
+                }
+
                 break;
             case "function_call":
                 var call = new ToolCall
@@ -152,7 +164,7 @@ internal static class ResponsesCodec
                 }
                 else
                 {
-                    request.Messages.Add(new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [call] });
+                    request.Messages.Add(new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [call], AdditionalProperties = ResponsesReasoning.Attach(null, ref thinking) });
                 }
 
                 break;
@@ -160,7 +172,12 @@ internal static class ResponsesCodec
                 request.Messages.Add(ChatCompletionMessage.Tool(RequiredString(item, "call_id", at), Output(item, at)));
                 break;
             case "reasoning":
-                break; // OpenAI's own encrypted reasoning: no canonical form, and no other model could read it
+                if (ResponsesReasoning.Read(item, at) is { Count: > 0 } blocks)
+                {
+                    (thinking ??= []).AddRange(blocks);
+                }
+
+                break;
             default:
                 throw new InvalidRequestException($"{at}.type", $"{at}.type: '{Providers.ProviderException.Quoted(type)}' is not supported by this gateway (it carries message, function_call, function_call_output and reasoning items).");
         }

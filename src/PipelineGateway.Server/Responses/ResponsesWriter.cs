@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using PipelineGateway.Providers.Anthropic;
 
 namespace PipelineGateway.Server.Responses;
 
@@ -20,17 +21,22 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     private readonly List<Item> _items = [];
     private readonly Dictionary<int, Item> _calls = [];
     private Item? _text;
+    private Item? _reasoning;
+    private bool _summaryOpen;
     private int _sequence;
     private string? _finish;
     private TokenUsage? _usage;
     private string _model = request.Model;
 
-    /// <summary>One output item: the answer's message, or a function call.</summary>
+    /// <summary>One output item: the model's reasoning, the answer's message, or a function call.</summary>
     private sealed class Item(string id, bool call)
     {
         public string Id { get; } = id;
 
         public bool IsCall { get; } = call;
+
+        /// <summary>A reasoning item's thinking blocks (its <see cref="Text"/> is the summary); null for the others.</summary>
+        public ResponsesReasoning.Collector? Thinking { get; init; }
 
         public StringBuilder Text { get; } = new();
 
@@ -46,6 +52,17 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     {
         _model = response.Model is { Length: > 0 } m ? m : _model;
         var message = response.Choices.Count > 0 ? response.Choices[0].Message : null;
+        var blocks = ThinkingBlocks.Read(message?.AdditionalProperties);
+        var thought = ResponsesReasoning.Text(message?.AdditionalProperties);
+        if (blocks.Count > 0 || !string.IsNullOrEmpty(thought))
+        {
+            // The model's thinking first, as the Responses API orders it (and as the next turn must give it back).
+            var reasoning = new Item(ItemId("rs"), call: false) { Thinking = new ResponsesReasoning.Collector(), Done = true };
+            reasoning.Thinking.Add(blocks);
+            reasoning.Text.Append(thought ?? string.Concat(blocks.Select(static b => b.Thinking)));
+            _items.Add(reasoning);
+        }
+
         if (message?.Content?.GetText() is { Length: > 0 } text)
         {
             var item = new Item(ItemId("msg"), call: false) { Done = true };
@@ -85,10 +102,20 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
             }
 
             _finish = choice.FinishReason ?? _finish;
+            foreach (var e in OnThinking(choice.Delta.AdditionalProperties))
+            {
+                yield return e;
+            }
+
             if (choice.Delta.Content is { Length: > 0 } text)
             {
                 if (_text is null)
                 {
+                    foreach (var e in CloseReasoning())
+                    {
+                        yield return e;
+                    }
+
                     _text = new Item(ItemId("msg"), call: false);
                     _items.Add(_text);
                     var index = _items.Count - 1;
@@ -106,7 +133,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
                 var k = call.Index ?? 0;
                 if (!_calls.TryGetValue(k, out var item))
                 {
-                    foreach (var e in CloseText())
+                    foreach (var e in CloseReasoning().Concat(CloseText()))
                     {
                         yield return e;
                     }
@@ -130,7 +157,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     /// <summary>The closing events: every open item done, then <c>response.completed</c> (or <c>response.incomplete</c>).</summary>
     public IEnumerable<(string Name, byte[] Json)> Finish()
     {
-        foreach (var e in CloseText())
+        foreach (var e in CloseReasoning().Concat(CloseText()))
         {
             yield return e;
         }
@@ -152,6 +179,81 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     {
         var (_, body, _) = OpenAIErrors.Map(error);
         return Event("error", w => { w.WriteString("code", body.Code ?? body.Type); w.WriteString("message", message); w.WriteNull("param"); });
+    }
+
+    /// <summary>
+    /// A delta's thinking: the reasoning item opened at the first piece (its summary text streamed as
+    /// <c>response.reasoning_summary_text.delta</c>s), its blocks collected for the item's <c>encrypted_content</c>.
+    /// </summary>
+    private IEnumerable<(string Name, byte[] Json)> OnThinking(Dictionary<string, JsonElement>? extra)
+    {
+        var pieces = ThinkingBlocks.Read(extra);
+        var text = ResponsesReasoning.Text(extra);
+        if (pieces.Count == 0 && string.IsNullOrEmpty(text))
+        {
+            yield break;
+        }
+
+        if (_reasoning is null)
+        {
+            var opened = _reasoning = new Item(ItemId("rs"), call: false) { Thinking = new ResponsesReasoning.Collector() };
+            _items.Add(opened);
+            var index = _items.Count - 1;
+            yield return Event("response.output_item.added", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, opened, "in_progress"); });
+        }
+
+        var item = _reasoning;
+        if (item.Done)
+        {
+            yield break; // thinking after the answer began: Claude does not send it; nothing to put it in
+        }
+
+        item.Thinking!.Add(pieces);
+        if (!string.IsNullOrEmpty(text))
+        {
+            if (!_summaryOpen)
+            {
+                _summaryOpen = true;
+                yield return Event("response.reasoning_summary_part.added", w => { WriteSummaryWhere(w, item); w.WritePropertyName("part"); WriteSummary(w, string.Empty); });
+            }
+
+            item.Text.Append(text);
+            yield return Event("response.reasoning_summary_text.delta", w => { WriteSummaryWhere(w, item); w.WriteString("delta", text); });
+        }
+    }
+
+    private IEnumerable<(string Name, byte[] Json)> CloseReasoning()
+    {
+        if (_reasoning is not { Done: false } item)
+        {
+            yield break;
+        }
+
+        item.Done = true;
+        var index = _items.IndexOf(item);
+        if (_summaryOpen)
+        {
+            var all = item.Text.ToString();
+            yield return Event("response.reasoning_summary_text.done", w => { WriteSummaryWhere(w, item); w.WriteString("text", all); });
+            yield return Event("response.reasoning_summary_part.done", w => { WriteSummaryWhere(w, item); w.WritePropertyName("part"); WriteSummary(w, all); });
+        }
+
+        yield return Event("response.output_item.done", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, item, "completed"); });
+    }
+
+    private void WriteSummaryWhere(Utf8JsonWriter w, Item item)
+    {
+        w.WriteString("item_id", item.Id);
+        w.WriteNumber("output_index", _items.IndexOf(item));
+        w.WriteNumber("summary_index", 0);
+    }
+
+    private static void WriteSummary(Utf8JsonWriter w, string text)
+    {
+        w.WriteStartObject();
+        w.WriteString("type", "summary_text");
+        w.WriteString("text", text);
+        w.WriteEndObject();
     }
 
     private IEnumerable<(string Name, byte[] Json)> CloseText()
@@ -192,7 +294,25 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     private static void WriteItem(Utf8JsonWriter w, Item item, string status)
     {
         w.WriteStartObject();
-        if (item.IsCall)
+        if (item.Thinking is { } thinking)
+        {
+            w.WriteString("type", "reasoning");
+            w.WriteString("id", item.Id);
+            w.WriteStartArray("summary");
+            if (status == "completed" && item.Text.Length > 0)
+            {
+                WriteSummary(w, item.Text.ToString());
+            }
+
+            w.WriteEndArray();
+            if (status == "completed" && ResponsesReasoning.Encode(thinking.Blocks()) is { } sealedBlocks)
+            {
+                w.WriteString("encrypted_content", sealedBlocks);
+            }
+
+            w.WriteString("status", status);
+        }
+        else if (item.IsCall)
         {
             w.WriteString("type", "function_call");
             w.WriteString("id", item.Id);

@@ -128,6 +128,76 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         answer.GetOutputText().Should().NotBeNullOrWhiteSpace("the model answers after the tool's output");
     }
 
+    /// <summary>
+    /// Claude thinking in a tool loop through the Responses API: its thinking comes out as a reasoning item (the summary is
+    /// the thinking text, <c>encrypted_content</c> the signed blocks) before the function call, whole and streamed
+    /// (<c>response.reasoning_summary_text.delta</c>s); the SDK gives its output items back with the call's output, and
+    /// Claude gets its thinking back — it refuses a tool loop's next turn without it (the simulator too), which is what
+    /// the route did when it left reasoning items out.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Claudes_thinking_in_a_tool_loop_goes_out_as_a_reasoning_item_and_comes_back(bool stream)
+    {
+        var client = Client();
+        var tool = ResponseTool.CreateFunctionTool("get_weather", WeatherSchema, false, "The weather in a city.");
+        var first = new CreateResponseOptions("claude", [ResponseItem.CreateUserMessageItem("Use get_weather for Oslo.")])
+        {
+            ReasoningOptions = new ResponseReasoningOptions { ReasoningEffortLevel = ResponseReasoningEffortLevel.Low },
+        };
+        first.Tools.Add(tool);
+
+        ResponseResult answer;
+        var summaryDeltas = new StringBuilder();
+        if (stream)
+        {
+            first.StreamingEnabled = true;
+            ResponseResult? done = null;
+            await foreach (var update in await client.CreateResponseStreamingAsync(first, Ct))
+            {
+                summaryDeltas.Append((update as StreamingResponseReasoningSummaryTextDeltaUpdate)?.Delta);
+                done = update is StreamingResponseCompletedUpdate c ? c.Response : done;
+            }
+
+            answer = done!;
+        }
+        else
+        {
+            answer = (await client.CreateResponseAsync(first, Ct)).Value;
+        }
+
+        answer.OutputItems.Select(i => i.GetType().Name).Should().Equal(nameof(ReasoningResponseItem), nameof(FunctionCallResponseItem));
+        var reasoning = (ReasoningResponseItem)answer.OutputItems[0];
+        var thought = reasoning.SummaryParts.OfType<ReasoningSummaryTextPart>().Single().Text;
+        thought.Should().StartWith("Considering:", "the simulator's thinking, whole");
+        if (stream)
+        {
+            summaryDeltas.ToString().Should().Be(thought, "the summary streamed piece by piece");
+        }
+
+        var call = (FunctionCallResponseItem)answer.OutputItems[1];
+        var second = new CreateResponseOptions("claude", [ResponseItem.CreateUserMessageItem("Use get_weather for Oslo."), .. answer.OutputItems, ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C")])
+        {
+            ReasoningOptions = new ResponseReasoningOptions { ReasoningEffortLevel = ResponseReasoningEffortLevel.Low },
+        };
+        second.Tools.Add(tool);
+
+        var next = (await client.CreateResponseAsync(second, Ct)).Value;
+        next.GetOutputText().Should().NotBeNullOrWhiteSpace("Claude answers after the tool's output, its thinking given back");
+    }
+
+    [Fact]
+    public async Task A_reasoning_item_that_claims_to_be_the_gateways_but_cannot_be_read_is_a_400_naming_it()
+    {
+        using var http = new HttpClient();
+        var body = """{"model":"claude","input":[{"role":"user","content":"hi"},{"type":"reasoning","id":"rs_1","summary":[],"encrypted_content":"pgw1.@@not-base64@@"}]}""";
+        using var refused = await http.PostAsync(new Uri(_fleet.Base, "v1/responses"), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+
+        refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        JsonNode.Parse(await refused.Content.ReadAsStringAsync(Ct))!["error"]!["param"]!.GetValue<string>().Should().Be("input[1].encrypted_content");
+    }
+
     public static TheoryData<string, string> Refused => new()
     {
         { """{"model":"gpt","input":"hi","previous_response_id":"resp_123"}""", "previous_response_id" },

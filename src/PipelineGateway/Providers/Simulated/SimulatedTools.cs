@@ -11,7 +11,10 @@ namespace PipelineGateway.Providers.Simulated;
 /// </summary>
 internal static class SimulatedTools
 {
-    /// <summary>The tool to call: the one the caller named, or the first when it requires one (none after a tool's result).</summary>
+    /// <summary>
+    /// The tool to call: the one the caller named, the first when it requires one, or — left to the model — one the last
+    /// message names (none after a tool's result).
+    /// </summary>
     public static string? WantsTool(ChatCompletionRequest request)
     {
         if (request.Tools is not { Count: > 0 } tools || request.Messages.Count == 0 || request.Messages[^1].Role == ChatRoles.Tool)
@@ -27,7 +30,16 @@ internal static class SimulatedTools
         }
 
         var required = choice is { ValueKind: JsonValueKind.String } c && c.GetString() == "required";
-        return required ? tools[0].Function?.Name : null;
+        if (required)
+        {
+            return tools[0].Function?.Name;
+        }
+
+        // Left to the model (auto, or no choice): a tool the last message asks for by name is called, as a model would —
+        // the tool loop of a model that thinks (Claude cannot think with a forced tool call) needs a call made this way.
+        var auto = choice is null or { ValueKind: JsonValueKind.Undefined or JsonValueKind.Null } || choice is { ValueKind: JsonValueKind.String } a && a.GetString() == "auto";
+        var asked = request.Messages[^1].Content?.GetText();
+        return auto && asked is not null ? tools.FirstOrDefault(t => t.Function?.Name is { Length: > 0 } n && asked.Contains(n, StringComparison.Ordinal))?.Function?.Name : null;
     }
 
     /// <summary>
