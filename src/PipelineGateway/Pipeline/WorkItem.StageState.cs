@@ -145,13 +145,29 @@ internal sealed partial class WorkItem
     public Caching.StoredAnswer? Stored { get; set; }
 
     /// <summary>
-    /// The deployment whose stream reached the caller (set with <see cref="StreamStarted"/>): what an interrupted stream
+    /// The deployment whose stream reached the caller (set by <see cref="StartStream"/>): what an interrupted stream
     /// consumed is billed at its price.
     /// </summary>
-    public Routing.Deployment? StreamAnswering
+    public Routing.Deployment? StreamAnswering => _stream?.Answering;
+
+    /// <summary>When the attempt whose stream reached the caller started (a timestamp).</summary>
+    public long StreamAttemptStarted => _stream?.AttemptStarted ?? 0;
+
+    /// <summary>How many attempts were recorded before the streaming one (it is recorded when it ends).</summary>
+    public int StreamAttemptIndex => _stream?.AttemptIndex ?? -1;
+
+    /// <summary>
+    /// The stream reaches the caller from <paramref name="deployment"/>'s attempt, started at <paramref name="attemptStarted"/>:
+    /// no fallback from here on. Whose it is is set before <see cref="StreamStarted"/>, so whoever sees the stream started
+    /// sees whose it is.
+    /// </summary>
+    public void StartStream(Routing.Deployment deployment, long attemptStarted)
     {
-        get => _stream?.Answering;
-        set => StreamOnly.Answering = value;
+        var stream = StreamOnly;
+        stream.Answering = deployment;
+        stream.AttemptStarted = attemptStarted;
+        stream.AttemptIndex = AttemptCount;
+        Volatile.Write(ref stream.Started, true);
     }
 
     /// <summary>
@@ -189,6 +205,8 @@ internal sealed partial class WorkItem
         public bool Started;
         public TokenUsage? Usage;
         public Routing.Deployment? Answering;
+        public long AttemptStarted;
+        public int AttemptIndex;
         public int ContentEvents;
         public TimeSpan? TimeToFirstToken;
     }

@@ -356,7 +356,9 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         }
 
         var usage = c.BilledUsage;
-        var attempts = c.Error is null ? info?.Attempts ?? item.FinalAttempts : item.SnapshotAttempts();
+        // A stream cancelled before its worker recorded its attempt: the attempts with that one (GatewayPipeline.Consumed).
+        var attempts = c.Error is null ? info?.Attempts ?? item.FinalAttempts : c.Consumed?.Attempts ?? item.SnapshotAttempts();
+
         string? prompt = null, answer = null;
         if (_options.LogBodies)
         {

@@ -290,6 +290,40 @@ public sealed class RequestLogTests : IDisposable
         (singleRow.Provider, singleRow.ProviderModel, singleRow.Status).Should().Be(("p1", "m", 200));
     }
 
+    /// <summary>
+    /// A stream its caller leaves while the upstream waits: the caller is answered (the cancellation) before the worker
+    /// unwinds and records its attempt, and the row — billed at that deployment — still lists the attempt, cancelled.
+    /// </summary>
+    [Fact]
+    public async Task A_stream_left_by_its_caller_is_logged_with_its_attempt_and_what_it_consumed()
+    {
+        var provider = new FakeProvider("p") { OnStream = (r, ct) => OneWordThenWait(r, ct) };
+        var store = new CapturingStore();
+        var builder = TestGateway.With(provider);
+        builder.Services.AddSingleton<IRequestLogStore>(store);
+        await using var gateway = await builder.StartAsync(Ct);
+
+        await foreach (var chunk in gateway.StreamAsync(Req("a", "tell me"), Ct))
+        {
+            break; // the first word came: the caller leaves
+        }
+
+        await Wait.Until(() => gateway.Metrics.GetSnapshot().CancelledRequests == 1, "the request ends as cancelled");
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+
+        var row = store.Rows.Should().ContainSingle().Subject;
+        (row.Status, row.Provider, row.CompletionTokens, row.UsageEstimated).Should().Be((499, "p", 1, true));
+        var attempt = row.AttemptList.Should().ContainSingle("the streaming attempt, though its worker had not recorded it yet").Subject;
+        (attempt.Provider, attempt.Outcome, attempt.Error).Should().Be(("p", AttemptOutcome.Cancelled, "caller"));
+
+        static async IAsyncEnumerable<ChatCompletionChunk> OneWordThenWait(PipelineGateway.Providers.ProviderRequest r, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+        {
+            await Task.Yield();
+            yield return FakeProvider.Chunk(r.Model, "one");
+            await FakeProvider.UntilCancelled(ct); // resumes off the cancelling thread: the caller is answered first
+        }
+    }
+
     private sealed class CapturingStore : IRequestLogStore
     {
         public List<RequestRecord> Rows { get; } = [];

@@ -155,6 +155,8 @@ public sealed class RequestLogEndpointTests : IAsyncLifetime
         row.GetProperty("prompt_tokens").GetInt32().Should().BePositive();
         row.GetProperty("completion_tokens").GetInt32().Should().Be(1, "one content event went out");
         row.GetProperty("usage_estimated").GetBoolean().Should().BeTrue("the upstream never reported its usage");
+        var attempt = row.GetProperty("attempts").EnumerateArray().Should().ContainSingle("the streaming attempt is listed, though the caller was answered before its worker recorded it").Subject;
+        (attempt.GetProperty("provider").GetString(), attempt.GetProperty("outcome").GetString(), attempt.GetProperty("error").GetString()).Should().Be(("stall", "Cancelled", "caller"));
         var cost = row.GetProperty("cost_usd").GetDecimal();
         cost.Should().BePositive();
         metrics.GetSnapshot().TotalCost.Should().Be(cost, "the metrics bill what the log does");
