@@ -62,6 +62,7 @@ public sealed partial class SimulatorServer
             var usage = PromptCacheUsage(request, words.Length);
             var thought = Thinks(request) ? "Considering: " + string.Join(' ', words.Take(4)) : null;
             var tool = SimulatedTools.WantsTool(request);
+            var finish = SimulatedText.Finish(request, _options.CompletionWords, tool, stoppedAt is not null);
             var id = "msg_sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
             if (WebSearchQuery(request, words) is { } query)
             {
@@ -74,7 +75,7 @@ public sealed partial class SimulatorServer
 
             if (request.Stream == true)
             {
-                await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : SimulatedTools.ToolArguments(request, tool, words), thought, tool is null ? stoppedAt : null).ConfigureAwait(false);
+                await AnthropicStreamAsync(ctx, plan, request.Model, words, usage, id, tool, tool is null ? null : SimulatedTools.ToolArguments(request, tool, words), thought, tool is null ? stoppedAt : null, finish).ConfigureAwait(false);
                 return;
             }
 
@@ -89,7 +90,7 @@ public sealed partial class SimulatorServer
                         Message = tool is null
                             ? ChatCompletionMessage.Assistant(string.Join(' ', words))
                             : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request, tool, words) } }] },
-                        FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls,
+                        FinishReason = finish,
                     },
                 ],
                 Usage = usage,
@@ -119,7 +120,7 @@ public sealed partial class SimulatorServer
         }
     }
 
-    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, TokenUsage usage, string id, string? tool, string? args, string? thought, string? stoppedAt)
+    private async Task AnthropicStreamAsync(HttpContext ctx, FaultPlan plan, string model, string[] words, TokenUsage usage, string id, string? tool, string? args, string? thought, string? stoppedAt, string finish)
     {
         StartSse(ctx);
 
@@ -171,7 +172,7 @@ public sealed partial class SimulatorServer
             chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[half..] } }] }));
         }
 
-        chunks.Add(Chunk(new ChatCompletionDelta(), tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls));
+        chunks.Add(Chunk(new ChatCompletionDelta(), finish));
         chunks[^1].AnthropicStop = stoppedAt is null ? null : (AnthropicStop.Sequence, stoppedAt);
         chunks.Add(new ChatCompletionChunk { Id = id, Model = model, Choices = [], Usage = usage });
 

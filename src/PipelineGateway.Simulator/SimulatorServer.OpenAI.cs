@@ -52,14 +52,15 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            var words = StopAt(SimulatedText.Answer(request, _options.Seed, _options.CompletionWords), request, out _);
+            var words = StopAt(SimulatedText.Answer(request, _options.Seed, _options.CompletionWords), request, out var stoppedAt);
             var promptTokens = SimulatedText.PromptTokens(request);
             var id = "chatcmpl-sim" + SimulatedText.StableHash(string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
             var created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
             var tool = SimulatedTools.WantsTool(request);
+            var finish = SimulatedText.Finish(request, _options.CompletionWords, tool, stoppedAt is not null || SimulatedTools.StructuredContent(request, words) is not null);
             if (request.Stream == true)
             {
-                await OpenAIStreamAsync(ctx, plan, request, words, promptTokens, id, created, tool).ConfigureAwait(false);
+                await OpenAIStreamAsync(ctx, plan, request, words, promptTokens, id, created, tool, finish).ConfigureAwait(false);
                 return;
             }
 
@@ -71,7 +72,7 @@ public sealed partial class SimulatorServer
                 Id = id,
                 Created = created,
                 Model = request.Model,
-                Choices = [new ChatChoice { Message = message, FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls }],
+                Choices = [new ChatChoice { Message = message, FinishReason = finish }],
                 Usage = TokenUsage.Of(promptTokens, words.Length),
             };
             SetRateLimitHeaders(ctx);
@@ -88,7 +89,7 @@ public sealed partial class SimulatorServer
         }
     }
 
-    private async Task OpenAIStreamAsync(HttpContext ctx, FaultPlan plan, ChatCompletionRequest request, string[] words, int promptTokens, string id, long created, string? tool)
+    private async Task OpenAIStreamAsync(HttpContext ctx, FaultPlan plan, ChatCompletionRequest request, string[] words, int promptTokens, string id, long created, string? tool, string finish)
     {
         StartSse(ctx);
         if (plan.StreamError is { } streamError)
@@ -121,7 +122,7 @@ public sealed partial class SimulatorServer
                 chunks.Add(Chunk(new ChatCompletionDelta { Role = i == 0 ? ChatRoles.Assistant : null, Content = pieces[i] }));
             }
 
-            chunks.Add(Chunk(new ChatCompletionDelta(), FinishReasons.Stop));
+            chunks.Add(Chunk(new ChatCompletionDelta(), finish));
         }
         else
         {

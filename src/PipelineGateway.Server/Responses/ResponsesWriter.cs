@@ -79,7 +79,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         _finish = response.FinishReason;
         _usage = response.Usage;
-        return Json(w => WriteResponse(w, "completed"));
+        return Json(w => WriteResponse(w, Status())); // incomplete when cut, as the stream's last event says
     }
 
     /// <summary>The opening events (the first chunk is here).</summary>

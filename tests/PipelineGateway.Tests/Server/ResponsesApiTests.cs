@@ -198,6 +198,39 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         JsonNode.Parse(await refused.Content.ReadAsStringAsync(Ct))!["error"]!["param"]!.GetValue<string>().Should().Be("input[1].encrypted_content");
     }
 
+    /// <summary>An answer cut at <c>max_output_tokens</c> is <c>incomplete</c> with its reason, whole and streamed, through either upstream format.</summary>
+    [Theory]
+    [InlineData("gpt", false)]
+    [InlineData("gpt", true)]
+    [InlineData("claude", false)]
+    [InlineData("claude", true)]
+    public async Task An_answer_cut_at_max_output_tokens_is_incomplete_with_its_reason(string model, bool stream)
+    {
+        var client = Client();
+        var options = new CreateResponseOptions(model, [ResponseItem.CreateUserMessageItem("Tell me everything.")]) { MaxOutputTokenCount = 3 };
+
+        ResponseResult result;
+        if (stream)
+        {
+            options.StreamingEnabled = true;
+            ResponseResult? incomplete = null;
+            await foreach (var update in await client.CreateResponseStreamingAsync(options, Ct))
+            {
+                incomplete = update is StreamingResponseIncompleteUpdate i ? i.Response : incomplete;
+            }
+
+            result = incomplete!;
+        }
+        else
+        {
+            result = (await client.CreateResponseAsync(options, Ct)).Value;
+        }
+
+        result.Status.Should().Be(ResponseStatus.Incomplete);
+        result.IncompleteStatusDetails.Reason.Should().Be(ResponseIncompleteStatusReason.MaxOutputTokens);
+        result.GetOutputText().Split(' ').Should().HaveCount(3, "the three words the limit allowed");
+    }
+
     public static TheoryData<string, string> Refused => new()
     {
         { """{"model":"gpt","input":"hi","previous_response_id":"resp_123"}""", "previous_response_id" },

@@ -89,7 +89,7 @@ internal sealed class SimulatedProvider : ILlmProvider
                 Id = id,
                 Created = created,
                 Model = request.Model,
-                Choices = [new ChunkChoice { Index = choice, Delta = new ChatCompletionDelta(), FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls }],
+                Choices = [new ChunkChoice { Index = choice, Delta = new ChatCompletionDelta(), FinishReason = SimulatedText.Finish(request.Request, _options.CompletionWords, tool, SimulatedTools.StructuredContent(request.Request, words) is not null) }],
                 Usage = choice == answers.Length - 1 ? Usage(request.Request, answers) : null,
             };
         }
@@ -162,7 +162,7 @@ internal sealed class SimulatedProvider : ILlmProvider
             var message = tool is not null
                 ? new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = ToolCallId, Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request.Request, tool, words) } }] }
                 : new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = SimulatedTools.StructuredContent(request.Request, words) ?? string.Join(' ', words) };
-            choices.Add(new ChatChoice { Index = i, Message = message, FinishReason = tool is null ? FinishReasons.Stop : FinishReasons.ToolCalls });
+            choices.Add(new ChatChoice { Index = i, Message = message, FinishReason = SimulatedText.Finish(request.Request, _options.CompletionWords, tool, tool is null && message.Content!.GetText() != string.Join(' ', words)) });
         }
 
         return new ChatCompletionResponse

@@ -20,6 +20,16 @@ internal static class SimulatedText
         return Answer(prompt, seed, Math.Min(request.RequestedCompletionTokens ?? maxWords, maxWords));
     }
 
+    /// <summary>
+    /// Why an answer of <paramref name="maxWords"/> natural words ended: a tool call; the caller's token limit when it
+    /// asked for fewer (<c>length</c>, as every API reports a cut answer — one that is <paramref name="whole"/>, a JSON
+    /// answer or one a stop sequence ended, is not cut); else <c>stop</c>.
+    /// </summary>
+    public static string Finish(ChatCompletionRequest request, int maxWords, string? tool, bool whole) =>
+        tool is not null ? FinishReasons.ToolCalls
+        : !whole && request.RequestedCompletionTokens is { } asked && asked < maxWords ? FinishReasons.Length
+        : FinishReasons.Stop;
+
     public static string[] Answer(string prompt, int seed, int words)
     {
         var state = SimulatedProvider.Mix((ulong)seed, (ulong)StableHash(prompt));
