@@ -214,11 +214,11 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
             if (!_summaryOpen)
             {
                 _summaryOpen = true;
-                yield return Event("response.reasoning_summary_part.added", w => { WriteSummaryWhere(w, item); w.WritePropertyName("part"); WriteSummary(w, string.Empty); });
+                yield return Event("response.reasoning_summary_part.added", w => { WriteWhere(w, item, "summary_index"); w.WritePropertyName("part"); WriteSummary(w, string.Empty); });
             }
 
             item.Text.Append(text);
-            yield return Event("response.reasoning_summary_text.delta", w => { WriteSummaryWhere(w, item); w.WriteString("delta", text); });
+            yield return Event("response.reasoning_summary_text.delta", w => { WriteWhere(w, item, "summary_index"); w.WriteString("delta", text); });
         }
     }
 
@@ -234,18 +234,11 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         if (_summaryOpen)
         {
             var all = item.Text.ToString();
-            yield return Event("response.reasoning_summary_text.done", w => { WriteSummaryWhere(w, item); w.WriteString("text", all); });
-            yield return Event("response.reasoning_summary_part.done", w => { WriteSummaryWhere(w, item); w.WritePropertyName("part"); WriteSummary(w, all); });
+            yield return Event("response.reasoning_summary_text.done", w => { WriteWhere(w, item, "summary_index"); w.WriteString("text", all); });
+            yield return Event("response.reasoning_summary_part.done", w => { WriteWhere(w, item, "summary_index"); w.WritePropertyName("part"); WriteSummary(w, all); });
         }
 
         yield return Event("response.output_item.done", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, item, "completed"); });
-    }
-
-    private void WriteSummaryWhere(Utf8JsonWriter w, Item item)
-    {
-        w.WriteString("item_id", item.Id);
-        w.WriteNumber("output_index", _items.IndexOf(item));
-        w.WriteNumber("summary_index", 0);
     }
 
     private static void WriteSummary(Utf8JsonWriter w, string text)
@@ -274,11 +267,12 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     /// <summary>completed, or incomplete when the answer was cut (the token limit, a content filter).</summary>
     private string Status() => _finish is FinishReasons.Length or FinishReasons.ContentFilter ? "incomplete" : "completed";
 
-    private void WriteWhere(Utf8JsonWriter w, Item item)
+    /// <summary>Where an event's part is: its item, the item's place in the output, the part's (the only one: 0).</summary>
+    private void WriteWhere(Utf8JsonWriter w, Item item, string partIndex = "content_index")
     {
         w.WriteString("item_id", item.Id);
         w.WriteNumber("output_index", _items.IndexOf(item));
-        w.WriteNumber("content_index", 0);
+        w.WriteNumber(partIndex, 0);
     }
 
     private static void WritePart(Utf8JsonWriter w, string text)

@@ -21,7 +21,7 @@ public sealed class AccountingTests
 {
     // $1 per prompt token and $2 per completion token: every upstream answer (3 + 1 tokens) costs exactly $5.
     private const decimal CallCost = 5m;
-    private const long TokenLimit = 1_000_000_000;
+    internal const long TokenLimit = 1_000_000_000;
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -50,21 +50,24 @@ public sealed class AccountingTests
             OnStream = (r, ct) => GatedStream(gate(), r, ct),
         };
 
-        // Frozen time: the token bucket never refills during a case, so what is left of it shows what was charged.
-        var gateway = await TestGateway.With(provider)
-            .UseTimeProvider(TestGateway.Clock())
-            .AddCache(TimeSpan.FromHours(1))
-            .AddBudget(1_000_000m)
-            .Configure(o =>
-            {
-                o.Pricing["m"] = new ModelPrice { InputPerMillion = 1_000_000m, OutputPerMillion = 2_000_000m };
-                o.Admission.RateLimits.Add(new RateLimitRule { Unit = RateLimitUnit.Tokens, Limit = TokenLimit, Window = TimeSpan.FromHours(1) });
-                o.Pipeline.DefaultTimeout = TimeSpan.FromHours(1);
-                tweak?.Invoke(o);
-            })
-            .StartAsync(Ct);
+        var gateway = await Accounted(provider).AddCache(TimeSpan.FromHours(1)).Configure(o => tweak?.Invoke(o)).StartAsync(Ct);
         return (gateway, provider);
     }
+
+    /// <summary>
+    /// A gateway whose every charge is visible: $1 per prompt token and $2 per completion token for model "m", one budget,
+    /// a token limit of <see cref="TokenLimit"/>, and frozen time — the token bucket never refills during a case, so what
+    /// is left of it shows what was charged.
+    /// </summary>
+    internal static GatewayBuilder Accounted(FakeProvider provider) => TestGateway.With(provider)
+        .UseTimeProvider(TestGateway.Clock())
+        .AddBudget(1_000_000m)
+        .Configure(o =>
+        {
+            o.Pricing["m"] = new ModelPrice { InputPerMillion = 1_000_000m, OutputPerMillion = 2_000_000m };
+            o.Admission.RateLimits.Add(new RateLimitRule { Unit = RateLimitUnit.Tokens, Limit = TokenLimit, Window = TimeSpan.FromHours(1) });
+            o.Pipeline.DefaultTimeout = TimeSpan.FromHours(1);
+        });
 
     private static async IAsyncEnumerable<ChatCompletionChunk> GatedStream(TaskCompletionSource gate, ProviderRequest r, [EnumeratorCancellation] CancellationToken ct)
     {

@@ -17,23 +17,13 @@ namespace PipelineGateway.Tests.Metrics;
 /// </summary>
 public sealed class InterruptedStreamAccountingTests
 {
-    // $1 per prompt token and $2 per completion token.
-    private const long TokenLimit = 1_000_000_000;
+    private const long TokenLimit = AccountingTests.TokenLimit;
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
+    // $1 per prompt token and $2 per completion token (AccountingTests.Accounted).
     private static async Task<Gateway> StartAsync(FakeProvider provider, Action<GatewayOptions>? tweak = null) =>
-        await TestGateway.With(provider)
-            .UseTimeProvider(TestGateway.Clock())
-            .AddBudget(1_000_000m)
-            .Configure(o =>
-            {
-                o.Pricing["m"] = new ModelPrice { InputPerMillion = 1_000_000m, OutputPerMillion = 2_000_000m };
-                o.Admission.RateLimits.Add(new RateLimitRule { Unit = RateLimitUnit.Tokens, Limit = TokenLimit, Window = TimeSpan.FromHours(1) });
-                o.Pipeline.DefaultTimeout = TimeSpan.FromHours(1);
-                tweak?.Invoke(o);
-            })
-            .StartAsync(Ct);
+        await AccountingTests.Accounted(provider).Configure(o => tweak?.Invoke(o)).StartAsync(Ct);
 
     /// <summary>Three content events, then (when <paramref name="usage"/>) the finish and the usage, then nothing until cancelled or <paramref name="then"/> throws.</summary>
     private static async IAsyncEnumerable<ChatCompletionChunk> ThreeWordsThen(ProviderRequest r, TokenUsage? usage, Exception? then, [EnumeratorCancellation] CancellationToken ct)
