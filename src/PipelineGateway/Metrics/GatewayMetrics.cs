@@ -192,8 +192,6 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
         }
     }
 
-    /// <summary>Called exactly once per request, when it ends.</summary>
-
     private readonly System.Collections.Concurrent.ConcurrentQueue<RecentFailure> _recentFailures = new();
 
     private static GatewayAttempt? LastSuccess(IReadOnlyList<GatewayAttempt> attempts)
@@ -212,6 +210,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
     /// <summary>The last 20 failures (not cancellations), newest last: for the dashboard.</summary>
     internal IReadOnlyList<RecentFailure> RecentFailures() => [.. _recentFailures];
 
+    /// <summary>Called exactly once per request, when it ends.</summary>
     public void OnCompleted(in Completion completion)
     {
         var (item, response, error, latency) = completion;
