@@ -15,7 +15,7 @@ internal sealed record GatewayCaller(GatewayKeyOptions? Key, RequestHeaders Head
 /// <item>a client address with too many failed key checks in the last minute is refused (429, <c>Retry-After</c>);</item>
 /// <item>with keys configured, every other route needs one (401 otherwise, counted as a failure); the admin surface
 /// (<c>/v1/gateway/*</c>, <c>/metrics</c>, <c>/dashboard/events</c>; the <c>/dashboard</c> page is a data-free shell) needs an admin key (403 otherwise);</item>
-/// <item>a body must be JSON (415 otherwise) and within the size limit (413);</item>
+/// <item>a body must be JSON (415 otherwise), uncompressed (415) and within the size limit (413);</item>
 /// <item>every <c>x-gateway-*</c> header is parsed, a bad one answered 400 naming it.</item>
 /// </list>
 /// Errors are written in the route's own shape (<see cref="RouteErrors"/>). The model a key may use is checked by the
@@ -75,6 +75,14 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
             {
                 return WriteTooLargeAsync(ctx, options);
             }
+
+            // A compressed body is not read as JSON: its bytes were a misleading "not valid UTF-8 (at byte 1)". (Not
+            // decompressed: no SDK compresses its requests, and a small gzip can hold a large body.)
+            if (ctx.Request.Headers.ContentEncoding is { Count: > 0 } encoding && !IsIdentity(encoding))
+            {
+                return RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_content_encoding",
+                    $"A compressed request body is not accepted (Content-Encoding: '{Shorten(encoding.ToString())}'); send the JSON uncompressed.");
+            }
         }
 
         RequestHeaders headers;
@@ -113,6 +121,9 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         MediaTypeHeaderValue.TryParse(contentType, out var media)
         && media.MediaType.Value is { } type
         && (type.Equals("application/json", StringComparison.OrdinalIgnoreCase) || type.EndsWith("+json", StringComparison.OrdinalIgnoreCase));
+
+    private static bool IsIdentity(Microsoft.Extensions.Primitives.StringValues encoding) =>
+        encoding.All(static v => string.IsNullOrWhiteSpace(v) || v.Trim().Equals("identity", StringComparison.OrdinalIgnoreCase));
 
     private static string Shorten(string text) => text.Length <= 64 ? text : text[..64] + "…";
 

@@ -341,6 +341,45 @@ public sealed class FrontDoorTests : IAsyncLifetime
     }
 
     /// <summary>
+    /// A compressed body is refused by name (415), not read as JSON (its bytes were "not valid UTF-8 (at byte 1)"); an
+    /// identity encoding is no compression.
+    /// </summary>
+    [Theory]
+    [InlineData(Chat, "gzip", HttpStatusCode.UnsupportedMediaType)]
+    [InlineData(Messages, "br", HttpStatusCode.UnsupportedMediaType)]
+    [InlineData(Chat, "identity", HttpStatusCode.OK)]
+    public async Task A_compressed_body_is_a_415_naming_its_encoding(string path, string encoding, HttpStatusCode expected)
+    {
+        var json = Encoding.UTF8.GetBytes(path == Chat ? ChatBody() : MessagesBody());
+        using var body = new MemoryStream();
+        if (encoding == "identity")
+        {
+            body.Write(json);
+        }
+        else
+        {
+            using var gzip = new System.IO.Compression.GZipStream(body, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true);
+            gzip.Write(json);
+        }
+
+        using var http = new HttpClient();
+        using var message = new HttpRequestMessage(HttpMethod.Post, new Uri(Base, path)) { Content = new ByteArrayContent(body.ToArray()) };
+        message.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+        message.Content.Headers.ContentEncoding.Add(encoding);
+        message.Headers.Authorization = new AuthenticationHeaderValue("Bearer", Key);
+
+        using var response = await http.SendAsync(message, Ct);
+
+        response.StatusCode.Should().Be(expected, await response.Content.ReadAsStringAsync(Ct));
+        if (expected != HttpStatusCode.OK)
+        {
+            var error = ErrorIn(path, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement);
+            error.GetProperty("message").GetString().Should().Contain(encoding).And.Contain("uncompressed");
+            _sim.Requests.Should().Be(0);
+        }
+    }
+
+    /// <summary>
     /// A value of the wrong type on the chat route says what was expected there, in the caller's words, and names the
     /// field — never the .NET type the serializer read it into (<c>System.Nullable`1[System.Int32]</c>).
     /// </summary>
