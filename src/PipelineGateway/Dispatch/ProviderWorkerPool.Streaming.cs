@@ -89,7 +89,7 @@ internal sealed partial class ProviderWorkerPool
                 firstToken = _time.GetElapsedTime(started);
                 item.TimeToFirstToken = _time.GetElapsedTime(item.StartTimestamp);
                 services.Metrics.OnFirstToken(item.TimeToFirstToken.Value);
-                await ReleaseHeldAsync(item, deployment, held, chunk, started, firstToken).ConfigureAwait(false);
+                await ReleaseHeldAsync(item, deployment, held, chunk, firstToken).ConfigureAwait(false);
                 held = null;
                 handedOver = true;
                 continue;
@@ -122,7 +122,7 @@ internal sealed partial class ProviderWorkerPool
         {
             // A whole answer without content (an empty completion): what was held is the answer.
             firstToken = _time.GetElapsedTime(started);
-            await ReleaseHeldAsync(item, deployment, held, null, started, firstToken).ConfigureAwait(false);
+            await ReleaseHeldAsync(item, deployment, held, null, firstToken).ConfigureAwait(false);
         }
 
         // Recorded now that it ended well; its latency is the time to the first token (what LowestLatency ranks).
@@ -172,9 +172,9 @@ internal sealed partial class ProviderWorkerPool
     /// The stream starts for the caller: the held chunks, then <paramref name="first"/>. The opening chunk carries the
     /// gateway's info, listing the attempts so far and this one as answering (its final outcome is recorded at the end).
     /// </summary>
-    private async ValueTask ReleaseHeldAsync(WorkItem item, Deployment deployment, List<ChatCompletionChunk>? held, ChatCompletionChunk? first, long started, TimeSpan firstToken)
+    private async ValueTask ReleaseHeldAsync(WorkItem item, Deployment deployment, List<ChatCompletionChunk>? held, ChatCompletionChunk? first, TimeSpan firstToken)
     {
-        item.StartStream(deployment, started);
+        item.StartStream(deployment);
         var writer = item.Chunks!.Writer;
         if ((held is { Count: > 0 } ? held[0] : first) is { } opening)
         {

@@ -299,6 +299,7 @@ internal sealed partial class ProviderWorkerPool
                     }
 
                     sent = true;
+                    item.Sending(deployment, started);
                     var span = services.Tracing.StartAttempt(item, Name, deployment, hedge: false);
                     try
                     {

@@ -319,16 +319,7 @@ internal sealed partial class GatewayPipeline
         }
 
         var usage = item.StreamUsage ?? Admission.TokenCounter.EstimateUsage(item.Request, null, item.StreamContentEvents, deployment.Model);
-
-        // A cancellation answers the caller before the worker unwinds and records its attempt (WorkItem.Cancel; every
-        // other end of a started stream is recorded by the worker first): the record of the request (its log row) then
-        // lists the streaming attempt as the worker will, cancelled. One snapshot is both checked and listed, since the
-        // worker may record its attempt at any moment.
-        var recorded = item.SnapshotAttempts();
-        IReadOnlyList<GatewayAttempt>? attempts = recorded.Count == item.StreamAttemptIndex
-            ? [.. recorded, new GatewayAttempt(deployment.ProviderName, deployment.Model, AttemptOutcome.Cancelled, _time.GetElapsedTime(item.StreamAttemptStarted), null, item.Reason.ToString().ToLowerInvariant()) { Deployment = deployment }]
-            : null;
-        return new ConsumedStream(deployment, usage, _pricing.Cost(deployment, usage), attempts);
+        return new ConsumedStream(deployment, usage, _pricing.Cost(deployment, usage));
     }
 
     /// <summary>Answers the caller with a failure and retires the item.</summary>

@@ -33,8 +33,5 @@ internal readonly record struct Completion(WorkItem Item, ChatCompletionResponse
     public decimal BilledCost => Billed ? Response!.Gateway!.Cost : Consumed?.Cost ?? 0;
 }
 
-/// <summary>
-/// What an interrupted stream consumed upstream: the deployment that streamed it, its usage and their price — and, when
-/// the request ended (a cancellation) before the streaming attempt was recorded, the attempts with that one as it ended.
-/// </summary>
-internal sealed record ConsumedStream(Routing.Deployment Deployment, TokenUsage Usage, decimal Cost, IReadOnlyList<GatewayAttempt>? Attempts);
+/// <summary>What an interrupted stream consumed upstream: the deployment that streamed it, its usage and their price.</summary>
+internal sealed record ConsumedStream(Routing.Deployment Deployment, TokenUsage Usage, decimal Cost);

@@ -132,6 +132,38 @@ internal sealed partial class WorkItem
         Volatile.Write(ref _attempts, grown);
     }
 
+    private Deployment? _sentTo;
+    private long _sentAt;
+    private int _sentIndex;
+
+    /// <summary>
+    /// An attempt leaves for <paramref name="deployment"/> at <paramref name="at"/> (a timestamp): it is recorded when it
+    /// ends, which a cancellation does not wait for (see <see cref="AttemptsWithUnrecorded"/>).
+    /// </summary>
+    public void Sending(Deployment deployment, long at)
+    {
+        _sentIndex = AttemptCount;
+        _sentAt = at;
+        Volatile.Write(ref _sentTo, deployment);
+    }
+
+    /// <summary>
+    /// The attempts with the one in flight when it is not recorded yet — a cancellation answers the caller before the
+    /// attempt's worker unwinds and records it (<see cref="Cancel"/>; every other end of a sent attempt is recorded by its
+    /// worker first) — as the worker will record it: cancelled, its time so far. Null when nothing is missing. One
+    /// snapshot is both checked and listed, since the worker may record its attempt at any moment.
+    /// </summary>
+    public IReadOnlyList<GatewayAttempt>? AttemptsWithUnrecorded(TimeProvider time)
+    {
+        var recorded = SnapshotAttempts();
+        if (Volatile.Read(ref _sentTo) is not { } deployment || recorded.Count != _sentIndex)
+        {
+            return null;
+        }
+
+        return [.. recorded, new GatewayAttempt(deployment.ProviderName, deployment.Model, AttemptOutcome.Cancelled, time.GetElapsedTime(_sentAt), null, Reason.ToString().ToLowerInvariant()) { Deployment = deployment }];
+    }
+
     /// <summary>The attempts once the item is answered (no further attempt can be added): the array itself.</summary>
     public IReadOnlyList<GatewayAttempt> FinalAttempts => (IReadOnlyList<GatewayAttempt>?)Volatile.Read(ref _attempts) ?? [];
 

@@ -94,6 +94,9 @@ internal sealed partial class WorkItem
         _contextFallbackPosition = -1;
         _current = null;
         _entered = null;
+        _sentTo = null;
+        _sentAt = 0;
+        _sentIndex = 0;
         LastFailure = null;
 
         Slot = -1;

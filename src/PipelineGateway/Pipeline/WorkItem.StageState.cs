@@ -150,23 +150,14 @@ internal sealed partial class WorkItem
     /// </summary>
     public Routing.Deployment? StreamAnswering => _stream?.Answering;
 
-    /// <summary>When the attempt whose stream reached the caller started (a timestamp).</summary>
-    public long StreamAttemptStarted => _stream?.AttemptStarted ?? 0;
-
-    /// <summary>How many attempts were recorded before the streaming one (it is recorded when it ends).</summary>
-    public int StreamAttemptIndex => _stream?.AttemptIndex ?? -1;
-
     /// <summary>
-    /// The stream reaches the caller from <paramref name="deployment"/>'s attempt, started at <paramref name="attemptStarted"/>:
-    /// no fallback from here on. Whose it is is set before <see cref="StreamStarted"/>, so whoever sees the stream started
-    /// sees whose it is.
+    /// The stream reaches the caller from <paramref name="deployment"/>'s attempt: no fallback from here on. Whose it is
+    /// is set before <see cref="StreamStarted"/>, so whoever sees the stream started sees whose it is.
     /// </summary>
-    public void StartStream(Routing.Deployment deployment, long attemptStarted)
+    public void StartStream(Routing.Deployment deployment)
     {
         var stream = StreamOnly;
         stream.Answering = deployment;
-        stream.AttemptStarted = attemptStarted;
-        stream.AttemptIndex = AttemptCount;
         Volatile.Write(ref stream.Started, true);
     }
 
@@ -205,8 +196,6 @@ internal sealed partial class WorkItem
         public bool Started;
         public TokenUsage? Usage;
         public Routing.Deployment? Answering;
-        public long AttemptStarted;
-        public int AttemptIndex;
         public int ContentEvents;
         public TimeSpan? TimeToFirstToken;
     }

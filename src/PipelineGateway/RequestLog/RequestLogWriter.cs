@@ -356,8 +356,8 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         }
 
         var usage = c.BilledUsage;
-        // A stream cancelled before its worker recorded its attempt: the attempts with that one (GatewayPipeline.Consumed).
-        var attempts = c.Error is null ? info?.Attempts ?? item.FinalAttempts : c.Consumed?.Attempts ?? item.SnapshotAttempts();
+        // A request cancelled before its worker recorded the attempt in flight lists that one too (WorkItem.AttemptsWithUnrecorded).
+        var attempts = c.Error is null ? info?.Attempts ?? item.FinalAttempts : item.AttemptsWithUnrecorded(_time) ?? item.SnapshotAttempts();
 
         string? prompt = null, answer = null;
         if (_options.LogBodies)

@@ -25,8 +25,12 @@ public sealed class InterruptedStreamAccountingTests
     private static async Task<Gateway> StartAsync(FakeProvider provider, Action<GatewayOptions>? tweak = null) =>
         await AccountingTests.Accounted(provider).Configure(o => tweak?.Invoke(o)).StartAsync(Ct);
 
-    /// <summary>Three content events, then (when <paramref name="usage"/>) the finish and the usage, then nothing until cancelled or <paramref name="then"/> throws.</summary>
-    private static async IAsyncEnumerable<ChatCompletionChunk> ThreeWordsThen(ProviderRequest r, TokenUsage? usage, Exception? then, [EnumeratorCancellation] CancellationToken ct)
+    /// <summary>
+    /// Three content events, then (when <paramref name="usage"/>) the finish and the usage — <paramref name="usageTaken"/>
+    /// set once the gateway asked for the event after it, so it has read the usage — then nothing until cancelled or
+    /// <paramref name="then"/> throws.
+    /// </summary>
+    private static async IAsyncEnumerable<ChatCompletionChunk> ThreeWordsThen(ProviderRequest r, TokenUsage? usage, Exception? then, [EnumeratorCancellation] CancellationToken ct, TaskCompletionSource? usageTaken = null)
     {
         await Task.Yield();
         yield return FakeProvider.Chunk(r.Model, "one");
@@ -36,6 +40,7 @@ public sealed class InterruptedStreamAccountingTests
         {
             yield return FakeProvider.Chunk(r.Model, string.Empty, FinishReasons.Stop);
             yield return new ChatCompletionChunk { Id = "fake", Model = r.Model, Choices = [], Usage = usage };
+            usageTaken?.TrySetResult();
         }
 
         if (then is not null)
@@ -46,8 +51,11 @@ public sealed class InterruptedStreamAccountingTests
         await FakeProvider.UntilCancelled(ct);
     }
 
-    /// <summary>Reads the stream's chunks until <paramref name="content"/> arrived, then leaves it (the enumerator disposed: the caller went away).</summary>
-    private static async Task<string> ReadThenLeaveAsync(Gateway gateway, string content)
+    /// <summary>
+    /// Reads the stream's chunks until <paramref name="content"/> arrived and <paramref name="before"/> (if any) is done,
+    /// then leaves it (the enumerator disposed: the caller went away).
+    /// </summary>
+    private static async Task<string> ReadThenLeaveAsync(Gateway gateway, string content, Task? before = null)
     {
         var read = string.Empty;
         await foreach (var chunk in gateway.StreamAsync(TestGateway.Request(), Ct))
@@ -55,6 +63,7 @@ public sealed class InterruptedStreamAccountingTests
             read += chunk.Choices.Count > 0 ? chunk.Choices[0].Delta?.Content : null;
             if (read == content)
             {
+                await (before ?? Task.CompletedTask).WaitAsync(Ct);
                 break;
             }
         }
@@ -98,10 +107,11 @@ public sealed class InterruptedStreamAccountingTests
     {
         // The finish and the usage are held by the gateway until the upstream ends (they carry the cost): the caller
         // has read the content, and leaves while the upstream has not closed the stream yet.
-        var provider = new FakeProvider("p") { OnStream = (r, ct) => ThreeWordsThen(r, TokenUsage.Of(7, 5), null, ct) };
+        var usageTaken = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var provider = new FakeProvider("p") { OnStream = (r, ct) => ThreeWordsThen(r, TokenUsage.Of(7, 5), null, ct, usageTaken) };
         await using var gateway = await StartAsync(provider);
 
-        await ReadThenLeaveAsync(gateway, "one two three");
+        await ReadThenLeaveAsync(gateway, "one two three", usageTaken.Task); // the gateway has read the usage: then the caller leaves
         await Wait.Until(() => gateway.Metrics.GetSnapshot().CancelledRequests == 1, "the request ended as cancelled");
 
         var snapshot = gateway.Metrics.GetSnapshot();

@@ -324,6 +324,30 @@ public sealed class RequestLogTests : IDisposable
         }
     }
 
+    /// <summary>A whole request its caller gives up on while the upstream works is logged with that attempt, cancelled (and billed nothing).</summary>
+    [Fact]
+    public async Task A_whole_request_cancelled_in_flight_is_logged_with_its_attempt()
+    {
+        var provider = FakeProvider.NeverAnswers("p"); // resumes off the cancelling thread: the caller is answered first
+        var store = new CapturingStore();
+        var builder = TestGateway.With(provider);
+        builder.Services.AddSingleton<IRequestLogStore>(store);
+        await using var gateway = await builder.StartAsync(Ct);
+        using var cancel = new CancellationTokenSource();
+
+        var pending = gateway.SubmitAsync(Req("a", "slow"), cancel.Token);
+        await Wait.Until(() => provider.Calls == 1, "the attempt is under way");
+        await cancel.CancelAsync();
+        var act = async () => await pending;
+        await act.Should().ThrowAsync<RequestCancelledException>();
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+
+        var row = store.Rows.Should().ContainSingle().Subject;
+        (row.Status, row.Provider, row.Cost).Should().Be((499, (string?)null, 0m));
+        var attempt = row.AttemptList.Should().ContainSingle("the attempt in flight, though its worker had not recorded it yet").Subject;
+        (attempt.Provider, attempt.Outcome, attempt.Error).Should().Be(("p", AttemptOutcome.Cancelled, "caller"));
+    }
+
     private sealed class CapturingStore : IRequestLogStore
     {
         public List<RequestRecord> Rows { get; } = [];
