@@ -195,11 +195,13 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             using var response = sent;
             await ThrowIfFailedAsync(response, deadline.Token).ConfigureAwait(false);
             status = (int)response.StatusCode;
-            events = MediaType(response).Equals("text/event-stream", StringComparison.OrdinalIgnoreCase);
 
             // The answer is read into a pooled buffer and parsed synchronously: an answer is small, and parsing from
             // memory skips System.Text.Json's resumable (async) reader, whose state it would otherwise allocate per call.
             body = await ResponseBody.ReadAsync(response.Content, Options.MaxAnswerBytes, deadline.Token).ConfigureAwait(false);
+
+            // A JSON answer starts with its object: the header is read only when the body does not (off the common path).
+            events = !StartsAsObject(body.Span) && MediaType(response).Equals("text/event-stream", StringComparison.OrdinalIgnoreCase);
         }
         catch (OperationCanceledException ex) when (deadline.TimedOut)
         {
@@ -211,6 +213,12 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         }
 
         return (body, status, events);
+    }
+
+    private static bool StartsAsObject(ReadOnlySpan<byte> body)
+    {
+        var start = body.IndexOfAnyExcept(" \t\r\n"u8);
+        return start >= 0 && body[start] == (byte)'{';
     }
 
     public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
