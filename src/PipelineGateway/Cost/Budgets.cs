@@ -164,9 +164,7 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     /// <summary>
     /// Once a UTC day, forgets the accounts of ended periods with nothing reserved: a library caller's keys can be one
     /// per end user, and an account per key and budget kept forever would grow without bound. A key seen again gets a
-    /// fresh account, which is what a new period starts from anyway. The sweep runs on the thread pool, not on the
-    /// request that noticed the new day (it visits every account: a request a day waited on it); a reservation meanwhile
-    /// looks an account up again when it was forgotten under it.
+    /// fresh account, which is what a new period starts from anyway.
     /// </summary>
     private void ForgetEndedPeriods(DateTimeOffset now)
     {
@@ -176,11 +174,6 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
             return;
         }
 
-        ThreadPool.UnsafeQueueUserWorkItem(static s => s.Tracker.Sweep(s.Now), (Tracker: this, Now: now), preferLocal: false);
-    }
-
-    private void Sweep(DateTimeOffset now)
-    {
         foreach (var entry in _accounts)
         {
             if (entry.Value.TryForget(now))
