@@ -19,7 +19,11 @@ internal sealed partial class GatewayMetrics
 
         var provider = consumedAt?.ProviderName ?? info?.Provider;
         var system = provider is null ? "pipelinegateway" : _systems.GetValueOrDefault(provider, provider);
-        var tags = GatewayInstruments.Tags(system, item.RootGroup.Spelling(item.Request.Model), response?.Model is { Length: > 0 } m ? m : consumedAt?.Model ?? info?.ProviderModel, error?.GetType().Name);
+        // The reported model by the deployment's bounded labels; a cache hit or follower (no attempt of its own) by the
+        // deployment model its answer came from.
+        var answered = consumedAt ?? (info is null ? null : LastSuccess(info.Attempts)?.Deployment);
+        var responseModel = response?.Model is { Length: > 0 } m && answered is not null ? answered.ResponseModelLabel(m) : consumedAt?.Model ?? info?.ProviderModel;
+        var tags = GatewayInstruments.Tags(system, item.RootGroup.Spelling(item.Request.Model), responseModel, error?.GetType().Name);
         i.Duration.Record(latency.TotalSeconds, tags);
         var outcome = tags;
         outcome.Add("pgw.outcome", error is not null ? "failure" : info?.Cached == true ? "cached" : info?.Coalesced == true ? "coalesced" : "success");

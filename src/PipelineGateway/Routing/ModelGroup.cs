@@ -32,6 +32,49 @@ public sealed class Deployment
     /// <summary>"group/provider/model": unique in a gateway.</summary>
     public string Id { get; }
 
+    private const int MaxResponseModelLabels = 4;
+    private string[] _responseModels = [];
+    private readonly Lock _responseModelsLock = new();
+
+    /// <summary>
+    /// The label an answer's reported model (<c>gen_ai.response.model</c>) is recorded under: the first
+    /// <see cref="MaxResponseModelLabels"/> names this deployment's upstream reports are labels of their own (a model and
+    /// its dated snapshot, say), any later one this deployment's <see cref="Model"/> — an upstream that reported another
+    /// name on every answer would otherwise make a series of every instrument per answer.
+    /// </summary>
+    internal string ResponseModelLabel(string reported)
+    {
+        var seen = Volatile.Read(ref _responseModels);
+        foreach (var name in seen)
+        {
+            if (string.Equals(name, reported, StringComparison.Ordinal))
+            {
+                return name;
+            }
+        }
+
+        if (seen.Length >= MaxResponseModelLabels)
+        {
+            return Model;
+        }
+
+        lock (_responseModelsLock)
+        {
+            seen = _responseModels;
+            if (seen.Length >= MaxResponseModelLabels)
+            {
+                return Array.IndexOf(seen, reported) >= 0 ? reported : Model;
+            }
+
+            if (Array.IndexOf(seen, reported) < 0)
+            {
+                Volatile.Write(ref _responseModels, [.. seen, reported]);
+            }
+
+            return reported;
+        }
+    }
+
     public string Group { get; }
 
     public string ProviderName => Pool.Name;

@@ -196,6 +196,33 @@ public sealed class MetricsTests
     }
 
     /// <summary>
+    /// The model an upstream reports labels the instruments (<c>gen_ai.response.model</c>), up to four names per
+    /// deployment; past them the deployment's configured model: an upstream reporting another name on every answer made
+    /// a series of every instrument per answer.
+    /// </summary>
+    [Fact]
+    public async Task The_response_model_labels_of_a_deployment_are_bounded()
+    {
+        var calls = 0;
+        var provider = new FakeProvider("p") { OnComplete = (r, _) => ValueTask.FromResult(FakeProvider.Answer("reported-" + Interlocked.Increment(ref calls) % 7, "ok")) };
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(provider)
+            .Configure(o => o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "p", Model = "gpt-4o" }] }))
+            .StartAsync(Ct);
+        using var duration = new MetricCollector<double>(gateway.Services.GetRequiredService<GatewayInstruments>().Duration);
+
+        for (var i = 0; i < 14; i++)
+        {
+            await gateway.SubmitAsync(TestGateway.Request(text: "q" + i), Ct);
+        }
+
+        var labels = duration.GetMeasurementSnapshot().Select(m => (string)m.Tags["gen_ai.response.model"]!).ToList();
+        labels.Distinct().Should().BeEquivalentTo("reported-1", "reported-2", "reported-3", "reported-4", "gpt-4o");
+        labels.Take(4).Should().Equal("reported-1", "reported-2", "reported-3", "reported-4");
+        labels[7].Should().Be("reported-1", "a name already labelled keeps its label");
+    }
+
+    /// <summary>
     /// Model names match whatever their case; the instruments (and the request log) carry the name or alias as configured,
     /// so a caller varying the case makes no label value of its own — without it, every spelling was a series.
     /// </summary>
