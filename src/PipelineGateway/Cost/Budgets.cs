@@ -164,7 +164,9 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     /// <summary>
     /// Once a UTC day, forgets the accounts of ended periods with nothing reserved: a library caller's keys can be one
     /// per end user, and an account per key and budget kept forever would grow without bound. A key seen again gets a
-    /// fresh account, which is what a new period starts from anyway.
+    /// fresh account, which is what a new period starts from anyway. The sweep runs on the thread pool, not on the
+    /// request that noticed the new day (it visits every account: a request a day waited on it); a reservation meanwhile
+    /// looks an account up again when it was forgotten under it.
     /// </summary>
     private void ForgetEndedPeriods(DateTimeOffset now)
     {
@@ -174,6 +176,12 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
             return;
         }
 
+        ThreadPool.UnsafeQueueUserWorkItem(static s => s.Tracker.Sweep(s.Now), (Tracker: this, Now: now), preferLocal: false);
+    }
+
+    /// <summary>Forgets the accounts whose period ended before <paramref name="now"/>'s with nothing reserved (internal: tests run a late one).</summary>
+    internal void Sweep(DateTimeOffset now)
+    {
         foreach (var entry in _accounts)
         {
             if (entry.Value.TryForget(now))
@@ -330,12 +338,16 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
             }
         }
 
-        /// <summary>Marks the account forgotten when its period has ended and nothing is reserved in it (none will settle here).</summary>
+        /// <summary>
+        /// Marks the account forgotten when its period has ended and nothing is reserved in it (none will settle here).
+        /// Ended: before <paramref name="now"/>'s — a sweep that runs late, with the time it was started at, must not
+        /// forget an account a request has already carried into the new period (its spend would be lost).
+        /// </summary>
         public bool TryForget(DateTimeOffset now)
         {
             lock (this)
             {
-                if (_reserved == 0 && PeriodIndex(now) != _periodIndex)
+                if (_reserved == 0 && PeriodIndex(now) > _periodIndex)
                 {
                     _forgotten = true;
                 }

@@ -50,6 +50,34 @@ public sealed class BudgetTests
         gateway.Metrics.GetSnapshot().BudgetExceededRequests.Should().Be(980);
     }
 
+    /// <summary>
+    /// A sweep that runs late — started on an earlier day, run after a request carried an account into the new one —
+    /// forgets no account of the new day: it forgot every account whose period differed from its own, so today's spend
+    /// of a key was lost (and the key could spend its budget again). Found when the sweep moved off the request thread.
+    /// </summary>
+    [Fact]
+    public async Task A_late_sweep_never_forgets_an_account_already_in_the_new_period()
+    {
+        var clock = TestGateway.Clock();
+        await using var gateway = await Priced(new FakeProvider("p"))
+            .UseTimeProvider(clock)
+            .Configure(o => o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.Key, Period = BudgetPeriod.Day, LimitUsd = 10m }))
+            .StartAsync(Ct);
+        var budgets = gateway.Services.GetRequiredService<BudgetTracker>();
+        await gateway.SubmitAsync(Req("user-0"), Ct);
+        var yesterday = clock.GetUtcNow();
+
+        clock.Advance(TimeSpan.FromDays(1));
+        await gateway.SubmitAsync(Req("user-0"), Ct); // the account carried into today, today's spend in it
+        await Wait.Until(() => budgets.AccountCount == 1, "today's sweep is done");
+        var spent = budgets.Balances().Single().Value.Spent;
+
+        budgets.Sweep(yesterday);
+
+        budgets.AccountCount.Should().Be(1, "today's account is not yesterday's to forget");
+        budgets.Balances().Single().Value.Spent.Should().Be(spent).And.BePositive();
+    }
+
     [Fact]
     public async Task Per_key_accounts_of_ended_days_are_forgotten_and_a_returning_key_starts_afresh()
     {
@@ -73,7 +101,7 @@ public sealed class BudgetTests
 
         clock.Advance(TimeSpan.FromDays(1));
         await gateway.SubmitAsync(Req("user-0"), Ct);
-        budgets.AccountCount.Should().Be(1, "yesterday's 50 accounts are forgotten; user-0 has today's");
+        await Wait.Until(() => budgets.AccountCount == 1, "yesterday's 50 accounts are forgotten (off the request's thread); user-0 has today's");
         budgets.Balances().Single().Value.Spent.Should().Be(4m, "the returning key starts the day from nothing");
         await gateway.SubmitAsync(Req("user-0"), Ct);
         await act.Should().ThrowAsync<BudgetExceededException>("today's account counts as before");
