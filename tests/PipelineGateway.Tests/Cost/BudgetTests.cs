@@ -50,6 +50,12 @@ public sealed class BudgetTests
         gateway.Metrics.GetSnapshot().BudgetExceededRequests.Should().Be(980);
     }
 
+    /// <summary>A gateway with a $10 daily budget per key, on <paramref name="clock"/>.</summary>
+    private static Task<Gateway> PerUserDaily(Microsoft.Extensions.Time.Testing.FakeTimeProvider clock) => Priced(new FakeProvider("p"))
+        .UseTimeProvider(clock)
+        .Configure(o => o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.Key, Period = BudgetPeriod.Day, LimitUsd = 10m }))
+        .StartAsync(Ct);
+
     /// <summary>
     /// A sweep that runs late — started on an earlier day, run after a request carried an account into the new one —
     /// forgets no account of the new day: it forgot every account whose period differed from its own, so today's spend
@@ -59,10 +65,7 @@ public sealed class BudgetTests
     public async Task A_late_sweep_never_forgets_an_account_already_in_the_new_period()
     {
         var clock = TestGateway.Clock();
-        await using var gateway = await Priced(new FakeProvider("p"))
-            .UseTimeProvider(clock)
-            .Configure(o => o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.Key, Period = BudgetPeriod.Day, LimitUsd = 10m }))
-            .StartAsync(Ct);
+        await using var gateway = await PerUserDaily(clock);
         var budgets = gateway.Services.GetRequiredService<BudgetTracker>();
         await gateway.SubmitAsync(Req("user-0"), Ct);
         var yesterday = clock.GetUtcNow();
@@ -83,10 +86,7 @@ public sealed class BudgetTests
     {
         // A library caller's keys can be one per end user: an account per key kept forever would grow without bound.
         var clock = TestGateway.Clock();
-        await using var gateway = await Priced(new FakeProvider("p"))
-            .UseTimeProvider(clock)
-            .Configure(o => o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.Key, Period = BudgetPeriod.Day, LimitUsd = 10m }))
-            .StartAsync(Ct);
+        await using var gateway = await PerUserDaily(clock);
         var budgets = gateway.Services.GetRequiredService<BudgetTracker>();
 
         for (var i = 0; i < 50; i++)
