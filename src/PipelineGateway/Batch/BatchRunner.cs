@@ -122,8 +122,9 @@ public static class BatchRunner
                     lines += content ? 1 : 0;
                     content = false;
                 }
-                else if (b is not ((byte)' ' or (byte)'\r' or (byte)'\t'))
+                else if (b is not ((byte)' ' or (byte)'\r' or (byte)'\t' or 0))
                 {
+                    // A NUL is no content: UTF-8 JSON has none, and a UTF-16 file's are the high bytes of its line ends.
                     content = true;
                 }
             }

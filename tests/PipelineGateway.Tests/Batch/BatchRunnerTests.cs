@@ -129,6 +129,20 @@ public sealed class BatchRunnerTests
         static string Raw(string customId) => $$$"""{"custom_id":"{{{customId}}}","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"{{{customId}}}"}]}}""";
     }
 
+    /// <summary>A UTF-16 file (Windows PowerShell's Out-File) is read as such, and its lines counted right (its NULs are no lines).</summary>
+    [Fact]
+    public async Task A_UTF16_file_is_run_and_its_lines_counted_right()
+    {
+        using var files = new BatchFiles();
+        File.WriteAllText(files.Input, BatchFiles.RequestLine("caf\u00e9") + "\r\n\r\n" + BatchFiles.RequestLine("second") + "\r\n", System.Text.Encoding.Unicode);
+        await using var gateway = await TestGateway.With(new FakeProvider("p")).StartAsync(Ct);
+
+        var summary = await BatchRunner.RunAsync(gateway, Options(files), stop: Ct);
+
+        summary.Should().BeEquivalentTo(new { Lines = 2L, Succeeded = 2L, BadLines = 0L });
+        files.OutputRecords.Select(r => r.GetProperty("custom_id").GetString()).Should().BeEquivalentTo("caf\u00e9", "second");
+    }
+
     [Fact]
     public async Task A_torn_last_line_is_cut_off_and_its_request_done_again()
     {
