@@ -60,17 +60,18 @@ public sealed class Deployment
 
         lock (_responseModelsLock)
         {
-            seen = _responseModels;
+            seen = _responseModels; // another caller may have added names since the read above
+            if (Array.IndexOf(seen, reported) >= 0)
+            {
+                return reported;
+            }
+
             if (seen.Length >= MaxResponseModelLabels)
             {
-                return Array.IndexOf(seen, reported) >= 0 ? reported : Model;
+                return Model;
             }
 
-            if (Array.IndexOf(seen, reported) < 0)
-            {
-                Volatile.Write(ref _responseModels, [.. seen, reported]);
-            }
-
+            Volatile.Write(ref _responseModels, [.. seen, reported]);
             return reported;
         }
     }

@@ -33,6 +33,33 @@ public sealed class ResponsesApiTests : IAsyncLifetime
 
     private ResponsesClient Client() => new(new ApiKeyCredential("sk-unused"), new ResponsesClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
 
+    /// <summary>
+    /// The response the SDK gets, whole or streamed — streamed, the one its last event carries (<c>response.completed</c>
+    /// or <c>response.incomplete</c>), each update also handed to <paramref name="each"/>.
+    /// </summary>
+    private static async Task<ResponseResult> RespondAsync(ResponsesClient client, CreateResponseOptions options, bool stream, Action<StreamingResponseUpdate>? each = null)
+    {
+        if (!stream)
+        {
+            return (await client.CreateResponseAsync(options, Ct)).Value;
+        }
+
+        options.StreamingEnabled = true;
+        ResponseResult? last = null;
+        await foreach (var update in await client.CreateResponseStreamingAsync(options, Ct))
+        {
+            each?.Invoke(update);
+            last = update switch
+            {
+                StreamingResponseCompletedUpdate completed => completed.Response,
+                StreamingResponseIncompleteUpdate incomplete => incomplete.Response,
+                _ => last,
+            };
+        }
+
+        return last ?? throw new InvalidOperationException("The stream ended without its response.");
+    }
+
     private static readonly BinaryData WeatherSchema = BinaryData.FromString("""{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}""");
 
     [Theory]
@@ -98,22 +125,7 @@ public sealed class ResponsesApiTests : IAsyncLifetime
             first.Tools.Add(tool);
         }
 
-        FunctionCallResponseItem call;
-        if (stream)
-        {
-            first.StreamingEnabled = true;
-            ResponseResult? done = null;
-            await foreach (var update in await client.CreateResponseStreamingAsync(first, Ct))
-            {
-                done = update is StreamingResponseCompletedUpdate c ? c.Response : done;
-            }
-
-            call = done!.OutputItems.OfType<FunctionCallResponseItem>().Single();
-        }
-        else
-        {
-            call = (await client.CreateResponseAsync(first, Ct)).Value.OutputItems.OfType<FunctionCallResponseItem>().Single();
-        }
+        var call = (await RespondAsync(client, first, stream)).OutputItems.OfType<FunctionCallResponseItem>().Single();
 
         call.FunctionName.Should().Be("get_weather");
         JsonDocument.Parse(call.FunctionArguments.ToString()).RootElement.GetProperty("city").ValueKind.Should().Be(JsonValueKind.String);
@@ -148,24 +160,8 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         };
         first.Tools.Add(tool);
 
-        ResponseResult answer;
         var summaryDeltas = new StringBuilder();
-        if (stream)
-        {
-            first.StreamingEnabled = true;
-            ResponseResult? done = null;
-            await foreach (var update in await client.CreateResponseStreamingAsync(first, Ct))
-            {
-                summaryDeltas.Append((update as StreamingResponseReasoningSummaryTextDeltaUpdate)?.Delta);
-                done = update is StreamingResponseCompletedUpdate c ? c.Response : done;
-            }
-
-            answer = done!;
-        }
-        else
-        {
-            answer = (await client.CreateResponseAsync(first, Ct)).Value;
-        }
+        var answer = await RespondAsync(client, first, stream, update => summaryDeltas.Append((update as StreamingResponseReasoningSummaryTextDeltaUpdate)?.Delta));
 
         answer.OutputItems.Select(i => i.GetType().Name).Should().Equal(nameof(ReasoningResponseItem), nameof(FunctionCallResponseItem));
         var reasoning = (ReasoningResponseItem)answer.OutputItems[0];
@@ -209,22 +205,7 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         var client = Client();
         var options = new CreateResponseOptions(model, [ResponseItem.CreateUserMessageItem("Tell me everything.")]) { MaxOutputTokenCount = 3 };
 
-        ResponseResult result;
-        if (stream)
-        {
-            options.StreamingEnabled = true;
-            ResponseResult? incomplete = null;
-            await foreach (var update in await client.CreateResponseStreamingAsync(options, Ct))
-            {
-                incomplete = update is StreamingResponseIncompleteUpdate i ? i.Response : incomplete;
-            }
-
-            result = incomplete!;
-        }
-        else
-        {
-            result = (await client.CreateResponseAsync(options, Ct)).Value;
-        }
+        var result = await RespondAsync(client, options, stream);
 
         result.Status.Should().Be(ResponseStatus.Incomplete);
         result.IncompleteStatusDetails.Reason.Should().Be(ResponseIncompleteStatusReason.MaxOutputTokens);
