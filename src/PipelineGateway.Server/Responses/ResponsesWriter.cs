@@ -36,7 +36,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         public bool IsCall { get; } = call;
 
         /// <summary>A reasoning item's thinking blocks (its <see cref="Text"/> is the summary); null for the others.</summary>
-        public ResponsesReasoning.Collector? Thinking { get; init; }
+        public ThinkingBlocks.Collector? Thinking { get; init; }
 
         public StringBuilder Text { get; } = new();
 
@@ -57,7 +57,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         if (blocks.Count > 0 || !string.IsNullOrEmpty(thought))
         {
             // The model's thinking first, as the Responses API orders it (and as the next turn must give it back).
-            var reasoning = new Item(ItemId("rs"), call: false) { Thinking = new ResponsesReasoning.Collector(), Done = true };
+            var reasoning = new Item(ItemId("rs"), call: false) { Thinking = new ThinkingBlocks.Collector(), Done = true };
             reasoning.Thinking.Add(blocks);
             reasoning.Text.Append(thought ?? string.Concat(blocks.Select(static b => b.Thinking)));
             _items.Add(reasoning);
@@ -196,7 +196,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         if (_reasoning is null)
         {
-            var opened = _reasoning = new Item(ItemId("rs"), call: false) { Thinking = new ResponsesReasoning.Collector() };
+            var opened = _reasoning = new Item(ItemId("rs"), call: false) { Thinking = new ThinkingBlocks.Collector() };
             _items.Add(opened);
             var index = _items.Count - 1;
             yield return Event("response.output_item.added", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, opened, "in_progress"); });

@@ -98,7 +98,7 @@ internal sealed class CacheStage(
 
         if (item.IsStream)
         {
-            foreach (var chunk in StreamReplay.ToChunks(copy, copy.Gateway))
+            foreach (var chunk in StreamReplay.ToChunks(copy, copy.Gateway, item.Request.Gateway?.KeepsAnthropicEvents == true))
             {
                 // The replay is a handful of chunks, far below the chunk channel's capacity.
                 item.Chunks!.Writer.TryWrite(chunk);

@@ -2,6 +2,7 @@ using FluentAssertions;
 using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Caching;
 using PipelineGateway.Hosting;
+using PipelineGateway.Providers.Anthropic;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Caching;
@@ -227,6 +228,115 @@ public sealed class ResponseCacheTests
         broken = false;
 
         (await gateway.StreamAsync(TestGateway.Request(), Ct).ToListAsync(Ct))[0].Gateway!.Cached.Should().BeFalse();
+    }
+
+    [Fact]
+    public async Task A_cached_stream_keeps_its_thinking_and_stop_reason_for_whole_and_streamed_hits()
+    {
+        // Claude's signed thinking must come back whole from a hit: the caller gives it back in its tool loop's next
+        // turn, and Claude refuses the turn without it. Two blocks (the second a redacted one), the first in pieces.
+        var provider = new FakeProvider("p") { OnStream = (r, _) => ThinkingStream(r.Model) };
+        await using var gateway = await Start(provider);
+
+        await gateway.StreamAsync(TestGateway.Request(), Ct).ToListAsync(Ct);
+        var whole = await gateway.SubmitAsync(TestGateway.Request(), Ct);
+        var replay = await gateway.StreamAsync(TestGateway.Request(), Ct).ToListAsync(Ct);
+
+        provider.Calls.Should().Be(1);
+        whole.Gateway!.Cached.Should().BeTrue();
+        var message = whole.Choices[0].Message!;
+        Member(message.AdditionalProperties, "reasoning_content").Should().Be("Let me think.");
+        ThinkingBlocks.Read(message.AdditionalProperties).Should().Equal(Signed, Hidden);
+        AnthropicStop.Of(whole).Should().Be(("stop_sequence", "END"));
+        whole.Content.Should().Be("Hi");
+
+        replay[0].Gateway!.Cached.Should().BeTrue();
+        var collected = new ThinkingBlocks.Collector();
+        foreach (var delta in replay.SelectMany(c => c.Choices).Select(c => c.Delta))
+        {
+            collected.Add(ThinkingBlocks.Read(delta.AdditionalProperties));
+        }
+
+        collected.Blocks().Should().Equal(Signed, Hidden);
+        string.Concat(replay.SelectMany(c => c.Choices).Select(c => Member(c.Delta.AdditionalProperties, "reasoning_content"))).Should().Be("Let me think.");
+        Text(replay).Should().Be("Hi");
+        replay.Select(c => c.AnthropicStop).Should().Contain(("stop_sequence", "END"));
+    }
+
+    [Fact]
+    public async Task A_cached_answer_keeps_its_refusal_reasoning_and_log_probabilities_both_ways()
+    {
+        using var logprobs = System.Text.Json.JsonDocument.Parse("""{"content":null,"refusal":[{"token":"No","logprob":-0.5,"bytes":[78,111],"top_logprobs":[]}]}""");
+        var answer = new ChatCompletionResponse
+        {
+            Id = "r",
+            Model = "m",
+            Choices =
+            [
+                new ChatChoice
+                {
+                    Message = new ChatCompletionMessage
+                    {
+                        Role = ChatRoles.Assistant,
+                        Refusal = "No.",
+                        AdditionalProperties = new() { ["reasoning"] = System.Text.Json.JsonSerializer.SerializeToElement("Unsafe.") },
+                    },
+                    FinishReason = FinishReasons.Stop,
+                    Logprobs = logprobs.RootElement.Clone(),
+                },
+            ],
+            Usage = TokenUsage.Of(3, 1),
+        };
+        var provider = new FakeProvider("p") { OnComplete = (_, _) => ValueTask.FromResult(answer) };
+        await using var gateway = await Start(provider);
+
+        await gateway.SubmitAsync(TestGateway.Request(), Ct);
+        var replay = await gateway.StreamAsync(TestGateway.Request(), Ct).ToListAsync(Ct);
+
+        provider.Calls.Should().Be(1);
+        replay[0].Gateway!.Cached.Should().BeTrue();
+        var choices = replay.SelectMany(c => c.Choices).ToList();
+        string.Concat(choices.Select(c => c.Delta.Refusal)).Should().Be("No.");
+        Text(replay).Should().BeEmpty();
+        string.Concat(choices.Select(c => Member(c.Delta.AdditionalProperties, "reasoning"))).Should().Be("Unsafe.");
+        choices.Where(c => c.Logprobs is not null).Select(c => c.Logprobs!.Value.GetProperty("refusal")[0].GetProperty("token").GetString()).Should().Equal("No");
+
+        // And back: the replayed stream, assembled as a stream being stored is, says what the answer said.
+        var assembled = new StreamReplay();
+        replay.ForEach(assembled.Add);
+        var again = assembled.ToResponse();
+        again.Choices[0].Message!.Refusal.Should().Be("No.");
+        again.Choices[0].Message!.Content.Should().BeNull("a refusal has no text");
+        Member(again.Choices[0].Message!.AdditionalProperties, "reasoning").Should().Be("Unsafe.");
+        again.Choices[0].Logprobs!.Value.GetRawText().Should().Be("""{"content":null,"refusal":[{"token":"No","logprob":-0.5,"bytes":[78,111],"top_logprobs":[]}]}""");
+    }
+
+    private static readonly ThinkingBlock Signed = new(ThinkingBlock.Plain, "Let me think.", "SIG", null);
+
+    private static readonly ThinkingBlock Hidden = new(ThinkingBlock.Redacted, null, null, "opaque");
+
+    private static string? Member(Dictionary<string, System.Text.Json.JsonElement>? extra, string name) =>
+        extra?.TryGetValue(name, out var value) == true ? value.GetString() : null;
+
+    private static async IAsyncEnumerable<ChatCompletionChunk> ThinkingStream(string model)
+    {
+        await Task.Yield();
+        ChatCompletionChunk Thinking(string? text, string? signature, ThinkingBlock? whole = null) => new()
+        {
+            Id = "s",
+            Model = model,
+            Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { AdditionalProperties = ThinkingBlocks.Write(null, [whole ?? new ThinkingBlock(ThinkingBlock.Plain, text, signature, null)], text) } }],
+        };
+
+        yield return Thinking("Let me ", null);
+        yield return Thinking("think.", null);
+        yield return Thinking(string.Empty, "SIG");
+        yield return Thinking(null, null, Hidden);
+        yield return FakeProvider.Chunk(model, "Hi");
+        var finish = FakeProvider.Chunk(model, null!, FinishReasons.Stop);
+        finish.AnthropicStop = ("stop_sequence", "END");
+        yield return finish;
+        yield return new ChatCompletionChunk { Id = "s", Model = model, Choices = [], Usage = TokenUsage.Of(5, 2) };
     }
 
     private static string Text(List<ChatCompletionChunk> chunks) => string.Concat(chunks.SelectMany(c => c.Choices).Select(c => c.Delta.Content));

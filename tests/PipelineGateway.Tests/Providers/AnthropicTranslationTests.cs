@@ -607,4 +607,27 @@ public sealed class AnthropicTranslationTests
     [InlineData("pause_turn", "stop")]
     public void Stop_reasons_map_to_finish_reasons(string stopReason, string finishReason) =>
         AnthropicTranslator.FinishReason(stopReason).Should().Be(finishReason);
+
+    /// <summary>
+    /// Two signed thinking blocks in a row (a replayed answer's, in one delta) stream as two blocks: a signature ends
+    /// its block, so the next thinking is not written into the block already signed.
+    /// </summary>
+    [Fact]
+    public void A_signature_ends_its_thinking_block_in_a_messages_stream()
+    {
+        var writer = new AnthropicStreamWriter();
+        var blocks = new[] { new ThinkingBlock(ThinkingBlock.Plain, "First.", "S1", null), new ThinkingBlock(ThinkingBlock.Plain, "Second.", "S2", null) };
+        var chunk = new ChatCompletionChunk { Id = "x", Model = "m", Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { AdditionalProperties = ThinkingBlocks.Write(null, blocks, null) } }] };
+
+        var events = writer.OnChunk(chunk).Concat(writer.Finish()).Select(e => (e.Name, Json: JsonDocument.Parse(e.Json).RootElement)).ToList();
+
+        events.Where(e => e.Name == "content_block_start").Select(e => e.Json.GetProperty("index").GetInt32()).Should().Equal(0, 1);
+        events.Where(e => e.Name == "content_block_stop").Select(e => e.Json.GetProperty("index").GetInt32()).Should().Equal(0, 1);
+        events.Where(e => e.Name == "content_block_delta").Select(e => (e.Json.GetProperty("index").GetInt32(), e.Json.GetProperty("delta").GetRawText()))
+            .Should().Equal(
+                (0, """{"type":"thinking_delta","thinking":"First."}"""),
+                (0, """{"type":"signature_delta","signature":"S1"}"""),
+                (1, """{"type":"thinking_delta","thinking":"Second."}"""),
+                (1, """{"type":"signature_delta","signature":"S2"}"""));
+    }
 }

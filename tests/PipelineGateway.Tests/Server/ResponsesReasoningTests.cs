@@ -23,7 +23,7 @@ public sealed class ResponsesReasoningTests
         // pieces), a redacted block whole; the collector makes the blocks again, and what Encode seals Read opens.
         Gen.Select(Block.List[1, 6], Gen.Int[1, 5].Array[6]).Sample((blocks, cuts) =>
         {
-            var collector = new ResponsesReasoning.Collector();
+            var collector = new ThinkingBlocks.Collector();
             for (var b = 0; b < blocks.Count; b++)
             {
                 var block = blocks[b];

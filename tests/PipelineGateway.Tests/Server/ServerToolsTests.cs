@@ -189,6 +189,36 @@ public sealed class ServerToolsTests : IAsyncLifetime
         _sims["claude"].Requests.Should().Be(before + 1);
     }
 
+    /// <summary>
+    /// A search answered whole is cached with its blocks as Claude wrote them; asked again as a stream, the hit is
+    /// replayed as Claude's events of those blocks — the SDK's assembly of them is the whole answer's content.
+    /// </summary>
+    [Fact]
+    public async Task A_cached_search_replayed_to_a_messages_stream_brings_its_blocks_as_Claude_streams_them()
+    {
+        var question = User("What is the weather in Lisbon?");
+        var (status, text) = await PostAsync("v1/messages", Ask("claude", stream: false, question));
+        status.Should().Be(HttpStatusCode.OK, text);
+        var whole = JsonNode.Parse(text)!["content"]!.AsArray();
+        var before = _sims["claude"].Requests;
+
+        (status, text) = await PostAsync("v1/messages", Ask("claude", stream: true, question));
+        status.Should().Be(HttpStatusCode.OK, text);
+        _sims["claude"].Requests.Should().Be(before, "the answer came from the cache");
+        var events = Events(text);
+        events.Select(e => e.Name).Should().StartWith(["message_start", "ping"]).And.EndWith(["message_delta", "message_stop"]);
+        var blocks = Blocks(events);
+        Types(blocks).Should().Equal("text", "server_tool_use", "web_search_tool_result", "text");
+        JsonNode.DeepEquals(blocks, whole).Should().BeTrue($"the replay's blocks are the answer's: {blocks.ToJsonString()} vs {whole.ToJsonString()}");
+        events.Where(e => e.Name == "content_block_stop").Select(e => e.Data.GetProperty("index").GetInt32()).Should().Equal(0, 1, 2, 3);
+        events.Single(e => e.Name == "message_delta").Data.GetProperty("delta").GetProperty("stop_reason").GetString().Should().Be("end_turn");
+
+        // The replayed blocks, given back in the next turn, are accepted: they reached the caller unchanged.
+        var turn = new Dictionary<string, object> { ["role"] = "assistant", ["content"] = blocks };
+        (status, text) = await PostAsync("v1/messages", Ask("claude", stream: false, question, turn, User("And tomorrow?")));
+        status.Should().Be(HttpStatusCode.OK, text);
+    }
+
     [Fact]
     public async Task An_OpenAI_format_caller_gets_the_searchs_text_and_no_tool_call_of_its_own_whole_and_streamed()
     {

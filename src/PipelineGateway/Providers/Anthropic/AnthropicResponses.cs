@@ -75,6 +75,134 @@ internal static class AnthropicResponses
         };
     }
 
+    /// <summary>
+    /// Claude's blocks as Claude streams them (each block's <c>content_block_start</c>, its deltas, its
+    /// <c>content_block_stop</c>): a stored answer replayed to a <c>/v1/messages</c> stream, so blocks the canonical
+    /// chunks have no form for (a server tool's call and results, citations) reach the caller as a live stream would
+    /// have brought them. A block starts as Claude starts it — text and thinking empty, a call's input <c>{}</c> — and
+    /// its content follows in one delta of each kind; a block streamed whole (a tool's result) starts as it is.
+    /// </summary>
+    public static IEnumerable<(string Name, byte[] Json)> BlockEvents(JsonElement blocks)
+    {
+        var index = 0;
+        foreach (var block in blocks.EnumerateArray())
+        {
+            if (block.ValueKind != JsonValueKind.Object)
+            {
+                continue;
+            }
+
+            var type = block.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+            string[] streamed = type switch
+            {
+                "text" => ["text", "citations"],
+                ThinkingBlock.Plain => ["thinking", "signature"],
+                "tool_use" or "server_tool_use" or "mcp_tool_use" => ["input"],
+                _ => [],
+            };
+            yield return BlockEvent("content_block_start", index, w =>
+            {
+                w.WriteStartObject("content_block");
+                foreach (var member in block.EnumerateObject())
+                {
+                    if (Array.IndexOf(streamed, member.Name) < 0)
+                    {
+                        member.WriteTo(w);
+                    }
+                }
+
+                foreach (var name in streamed)
+                {
+                    if (name == "input")
+                    {
+                        w.WriteStartObject(name);
+                        w.WriteEndObject();
+                    }
+                    else if (name != "citations")
+                    {
+                        w.WriteString(name, string.Empty);
+                    }
+                }
+
+                w.WriteEndObject();
+            });
+
+            foreach (var (deltaType, member, value) in Deltas(block, type))
+            {
+                yield return BlockEvent("content_block_delta", index, w =>
+                {
+                    w.WriteStartObject("delta");
+                    w.WriteString("type", deltaType);
+                    w.WritePropertyName(member);
+                    value.WriteTo(w);
+                    w.WriteEndObject();
+                });
+            }
+
+            yield return BlockEvent("content_block_stop", index, static _ => { });
+            index++;
+        }
+    }
+
+    /// <summary>A block's content as deltas: (delta type, its member, the value).</summary>
+    private static IEnumerable<(string Type, string Member, JsonElement Value)> Deltas(JsonElement block, string? type)
+    {
+        switch (type)
+        {
+            case "text":
+                if (block.TryGetProperty("citations", out var citations) && citations.ValueKind == JsonValueKind.Array)
+                {
+                    foreach (var citation in citations.EnumerateArray())
+                    {
+                        yield return ("citations_delta", "citation", citation);
+                    }
+                }
+
+                if (block.TryGetProperty("text", out var text) && text.ValueKind == JsonValueKind.String && text.GetString()!.Length > 0)
+                {
+                    yield return ("text_delta", "text", text);
+                }
+
+                break;
+            case ThinkingBlock.Plain:
+                if (block.TryGetProperty("thinking", out var thinking) && thinking.ValueKind == JsonValueKind.String && thinking.GetString()!.Length > 0)
+                {
+                    yield return ("thinking_delta", "thinking", thinking);
+                }
+
+                if (block.TryGetProperty("signature", out var signature) && signature.ValueKind == JsonValueKind.String && signature.GetString()!.Length > 0)
+                {
+                    yield return ("signature_delta", "signature", signature);
+                }
+
+                break;
+            case "tool_use" or "server_tool_use" or "mcp_tool_use":
+                if (block.TryGetProperty("input", out var input) && input.ValueKind == JsonValueKind.Object && input.EnumerateObject().Any())
+                {
+                    // The input's JSON as a string, as Claude's input_json_delta carries it.
+                    using var json = JsonDocument.Parse(JsonSerializer.SerializeToUtf8Bytes(input.GetRawText(), AnthropicJsonContext.Default.String));
+                    yield return ("input_json_delta", "partial_json", json.RootElement.Clone());
+                }
+
+                break;
+        }
+    }
+
+    private static (string Name, byte[] Json) BlockEvent(string name, int index, Action<Utf8JsonWriter> body)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartObject();
+            w.WriteString("type", name);
+            w.WriteNumber("index", index);
+            body(w);
+            w.WriteEndObject();
+        }
+
+        return (name, buffer.WrittenSpan.ToArray());
+    }
+
     /// <summary>OpenAI's finish reason in Anthropic's terms.</summary>
     public static string? StopReason(string? finish) => finish switch
     {
@@ -114,6 +242,9 @@ internal static class AnthropicResponses
 /// </summary>
 internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
 {
+    /// <summary>What <see cref="_open"/> says of a thinking block whose signature came: still open, but nothing more goes in it.</summary>
+    private const string SignedThinking = "thinking (signed)";
+
     private static readonly byte[] Ping = """{"type":"ping"}"""u8.ToArray();
     private static readonly byte[] MessageStop = """{"type":"message_stop"}"""u8.ToArray();
     private readonly Dictionary<int, int> _toolBlocks = [];
@@ -254,6 +385,7 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
         if (piece.Signature is { Length: > 0 } signature)
         {
             yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = _block, Delta = new AnthropicDelta { Type = "signature_delta", Signature = signature } });
+            _open = SignedThinking; // the signature ends the block: thinking after it is another block (a replayed answer's next)
         }
     }
 

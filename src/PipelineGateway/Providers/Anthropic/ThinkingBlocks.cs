@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Text;
 using System.Text.Json;
 
 namespace PipelineGateway.Providers.Anthropic;
@@ -90,6 +91,54 @@ internal static class ThinkingBlocks
         }
 
         return extra;
+    }
+
+    /// <summary>
+    /// A stream's thinking pieces made whole again: text fragments of one block until its signature, a redacted block as
+    /// it came (the pieces <see cref="AnthropicTranslator"/> streams): the Responses route's reasoning item, a
+    /// stream stored in the cache (<see cref="Caching.StreamReplay"/>).
+    /// </summary>
+    public sealed class Collector
+    {
+        private readonly List<ThinkingBlock> _blocks = [];
+        private StringBuilder? _open;
+
+        public void Add(IReadOnlyList<ThinkingBlock> pieces)
+        {
+            foreach (var piece in pieces)
+            {
+                if (piece.Type == ThinkingBlock.Redacted)
+                {
+                    Close(null);
+                    _blocks.Add(piece);
+                    continue;
+                }
+
+                (_open ??= new StringBuilder()).Append(piece.Thinking);
+                if (!string.IsNullOrEmpty(piece.Signature))
+                {
+                    Close(piece.Signature);
+                }
+            }
+        }
+
+        /// <summary>Every block so far (a block still without its signature as it is).</summary>
+        public IReadOnlyList<ThinkingBlock> Blocks()
+        {
+            Close(null);
+            return _blocks;
+        }
+
+        private void Close(string? signature)
+        {
+            if (_open is null)
+            {
+                return;
+            }
+
+            _blocks.Add(new ThinkingBlock(ThinkingBlock.Plain, _open.ToString(), signature, null));
+            _open = null;
+        }
     }
 
     private static string? String(JsonElement o, string name) =>

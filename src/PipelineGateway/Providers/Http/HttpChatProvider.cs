@@ -257,7 +257,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             {
                 // A server that does not stream (a simple mock, a proxy that buffers) answered the stream request
                 // whole, as JSON: that answer, as a stream's chunks — not a "stream" without events, failed and retried.
-                foreach (var chunk in Caching.StreamReplay.ToChunks(await WholeAnswerAsync(response, request, deadline, cancellationToken).ConfigureAwait(false), null))
+                foreach (var chunk in Caching.StreamReplay.ToChunks(await WholeAnswerAsync(response, request, deadline, cancellationToken).ConfigureAwait(false), null, request.Request.Gateway?.KeepsAnthropicEvents == true))
                 {
                     yield return chunk;
                 }
