@@ -74,6 +74,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesEndpoint>();
+        builder.Services.AddSingleton<Responses.ResponsesStore>();
         services?.Invoke(builder.Services);
         builder.Services.AddPipelineGateway(builder.Configuration);
         builder.Services.AddPipelineGatewayRedis(builder.Configuration);
@@ -150,6 +151,8 @@ public static partial class GatewayServer
         return uri.IsLoopback || (IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip) && IPAddress.IsLoopback(ip));
     }
 
+    private static string RouteId(HttpContext ctx) => ctx.Request.RouteValues["id"] as string ?? string.Empty;
+
     private static void Map(WebApplication app)
     {
         // One pipeline in front of every route: keys, the admin surface, failed-key throttling, content type, size, headers.
@@ -158,7 +161,12 @@ public static partial class GatewayServer
         var chat = app.Services.GetRequiredService<ChatCompletionsEndpoint>();
         app.MapPost("/v1/chat/completions", chat.HandleAsync);
         app.MapPost("/v1/messages", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleAsync);
-        app.MapPost("/v1/responses", app.Services.GetRequiredService<Responses.ResponsesEndpoint>().HandleAsync);
+        var responses = app.Services.GetRequiredService<Responses.ResponsesEndpoint>();
+        app.MapPost("/v1/responses", responses.HandleAsync);
+        // Request delegates reading the id from the route values: a handler with a bound parameter compiles an expression tree.
+        app.MapGet("/v1/responses/{id}", (HttpContext ctx) => responses.GetAsync(ctx, RouteId(ctx)));
+        app.MapGet("/v1/responses/{id}/input_items", (HttpContext ctx) => responses.InputItemsAsync(ctx, RouteId(ctx)));
+        app.MapDelete("/v1/responses/{id}", (HttpContext ctx) => responses.DeleteAsync(ctx, RouteId(ctx)));
         app.MapPost("/v1/messages/count_tokens", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleCountAsync);
         var catalog = app.Services.GetRequiredService<ModelCatalog>();
         var gatewayKeys = app.Services.GetRequiredService<GatewayKeys>();

@@ -56,6 +56,18 @@ public sealed class ServerOptions
     [Range(0, 1_000_000)]
     public int CountTokensPerMinute { get; set; } = 100;
 
+    /// <summary>
+    /// How long a <c>/v1/responses</c> answer asked with <c>store</c> (OpenAI's default: true) is kept — its output items
+    /// for <c>item_reference</c> input items, the conversation for <c>previous_response_id</c>, the response for
+    /// <c>GET /v1/responses/{id}</c>. In memory, per gateway instance, per gateway key. Zero: nothing is kept (a stored
+    /// answer's reference is then a 400 naming it).
+    /// </summary>
+    public TimeSpan StoredResponsesTtl { get; set; } = TimeSpan.FromHours(24);
+
+    /// <summary>What the stored responses may hold, in bytes of their JSON; past it the least recently used leave first.</summary>
+    [Range(0, long.MaxValue)]
+    public long StoredResponsesMaxBytes { get; set; } = 64L * 1024 * 1024;
+
     /// <summary>Checks the settings across fields; the messages name the setting and what is allowed.</summary>
     public IEnumerable<string> Validate()
     {
@@ -64,6 +76,11 @@ public sealed class ServerOptions
         foreach (var r in results)
         {
             yield return $"{SectionName}:{r.MemberNames.FirstOrDefault()}: {r.ErrorMessage}";
+        }
+
+        if (StoredResponsesTtl < TimeSpan.Zero)
+        {
+            yield return $"{SectionName}:StoredResponsesTtl must be zero (keep nothing) or a positive duration; got {StoredResponsesTtl}.";
         }
 
         if (StreamKeepAlive <= TimeSpan.Zero)

@@ -4,13 +4,14 @@ using PipelineGateway.Providers.Anthropic;
 namespace PipelineGateway.Server.Responses;
 
 /// <summary>
-/// OpenAI's Responses API request (<c>POST /v1/responses</c>) read into the canonical chat request — statelessly: the
-/// conversation comes whole in <c>input</c> (messages, the model's function calls, their outputs), as the Agents SDK
-/// and Codex send it with <c>store: false</c>. What needs state the gateway does not keep (<c>previous_response_id</c>,
-/// <c>item_reference</c>, <c>background</c>, <c>conversation</c>) and what it has no form for (OpenAI's hosted tools:
-/// web search, file search, computer use…; non-function tool choices) is a 400 naming the field, never dropped.
-/// Reasoning items given back are left out: their encrypted content is for OpenAI's own model only, and the
-/// canonical request has no place for it (docs/server.md).
+/// OpenAI's Responses API request (<c>POST /v1/responses</c>) read into the canonical chat request: the conversation
+/// comes in <c>input</c> (messages, the model's function calls, their outputs, reasoning items), whole as the Agents SDK
+/// and Codex send it with <c>store: false</c>, or referring to what the gateway stored (<see cref="ResponsesStore"/>):
+/// <c>previous_response_id</c> puts the conversation that response ended first, an <c>item_reference</c> stands for the
+/// stored item. What needs state the gateway does not keep (<c>background</c>, <c>conversation</c>, <c>prompt</c>) and
+/// what it has no form for (OpenAI's hosted tools: web search, file search, computer use…; non-function tool choices)
+/// is a 400 naming the field, never dropped. Reasoning items the gateway did not write are left out: their encrypted
+/// content is for OpenAI's own model only (docs/server.md).
 /// </summary>
 internal static class ResponsesCodec
 {
@@ -19,11 +20,50 @@ internal static class ResponsesCodec
     [
         "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls",
         "stream", "text", "reasoning", "user", "metadata", "store", "include", "truncation", "service_tier", "prompt_cache_key",
-        "safety_identifier", "stream_options", "max_tool_calls", "prompt_cache_retention",
+        "safety_identifier", "stream_options", "max_tool_calls", "prompt_cache_retention", "previous_response_id",
     ];
 
-    /// <summary>Reads and checks a body; throws <see cref="InvalidRequestException"/> naming the field.</summary>
-    public static ChatCompletionRequest Parse(ReadOnlySpan<byte> body)
+    /// <summary>Where stored things are looked up: an item by its id, the conversation a response ended by the response's id.</summary>
+    public interface IStored
+    {
+        JsonElement? Item(string id);
+
+        JsonElement? Conversation(string responseId);
+    }
+
+    /// <summary>A reference to something the gateway does not have (expired, deleted, another key's, never stored): a 400 with OpenAI's code.</summary>
+    public sealed class NotFoundException(string param, string code, string message) : Exception(message)
+    {
+        public string Param { get; } = param;
+
+        public string Code { get; } = code;
+    }
+
+    /// <summary>A request read: the canonical request, and what storing its answer needs.</summary>
+    public sealed class Input(ChatCompletionRequest request)
+    {
+        public ChatCompletionRequest Request { get; } = request;
+
+        /// <summary>The answer is to be stored (<c>store</c> absent or true, as OpenAI's default).</summary>
+        public bool Store { get; set; } = true;
+
+        public string? PreviousResponseId { get; set; }
+
+        /// <summary>The conversation <see cref="PreviousResponseId"/> ended, as stored.</summary>
+        public JsonElement? Earlier { get; set; }
+
+        /// <summary>This request's input items, references replaced by what they stand for (a string input as its user message).</summary>
+        public List<JsonElement> Items { get; } = [];
+    }
+
+    /// <summary>Reads and checks a body (no stored things: every reference is not found).</summary>
+    public static ChatCompletionRequest Parse(ReadOnlySpan<byte> body) => Parse(body, null).Request;
+
+    /// <summary>
+    /// Reads and checks a body, references looked up in <paramref name="stored"/>; throws <see cref="InvalidRequestException"/>
+    /// naming the field, or <see cref="NotFoundException"/> for a reference to nothing stored.
+    /// </summary>
+    public static Input Parse(ReadOnlySpan<byte> body, IStored? stored)
     {
         using var doc = JsonDocument.Parse(body.ToArray(), new JsonDocumentOptions { AllowDuplicateProperties = false, MaxDepth = 64 });
         var root = doc.RootElement;
@@ -34,11 +74,11 @@ internal static class ResponsesCodec
 
         foreach (var member in root.EnumerateObject())
         {
-            if (member.Name is "previous_response_id" or "conversation" or "background" or "prompt")
+            if (member.Name is "conversation" or "background" or "prompt")
             {
                 if (member.Value.ValueKind is not (JsonValueKind.Null or JsonValueKind.False))
                 {
-                    throw new InvalidRequestException(member.Name, $"{member.Name} is not supported: this gateway keeps no responses, conversations or prompts (send the whole conversation in 'input', with 'store': false).");
+                    throw new InvalidRequestException(member.Name, $"{member.Name} is not supported: this gateway keeps no conversations, prompts or background responses (send the conversation in 'input', or continue a stored response with 'previous_response_id').");
                 }
             }
             else if (member.Name == "top_logprobs")
@@ -64,6 +104,7 @@ internal static class ResponsesCodec
             Stream = Boolean(root, "stream") == true ? true : null,
         };
 
+        var read = new Input(request) { Store = Boolean(root, "store") != false, PreviousResponseId = OptionalString(root, "previous_response_id") };
         if (request.Stream == true)
         {
             request.StreamOptions = new StreamOptions { IncludeUsage = true }; // response.completed carries the usage
@@ -71,7 +112,7 @@ internal static class ResponsesCodec
 
         if (OptionalString(root, "instructions") is { Length: > 0 } instructions)
         {
-            request.Messages.Add(ChatCompletionMessage.System(instructions));
+            request.Messages.Add(ChatCompletionMessage.System(instructions)); // this request's own: an earlier one's are not carried
         }
 
         if (!root.TryGetProperty("input", out var input) || input.ValueKind == JsonValueKind.Null)
@@ -79,17 +120,43 @@ internal static class ResponsesCodec
             throw new InvalidRequestException("input", "input: required (a string or a list of input items).");
         }
 
+        List<ThinkingBlock>? thinking = null;
+        if (read.PreviousResponseId is { } previous)
+        {
+            if (stored?.Conversation(previous) is not { ValueKind: JsonValueKind.Array } earlier)
+            {
+                throw new NotFoundException("previous_response_id", "previous_response_not_found", $"Previous response with id '{Providers.ProviderException.Quoted(previous)}' not found.");
+            }
+
+            read.Earlier = earlier;
+            var e = 0;
+            foreach (var item in earlier.EnumerateArray())
+            {
+                AddItem(request, item, $"previous_response_id[{e++}]", ref thinking);
+            }
+        }
+
         if (input.ValueKind == JsonValueKind.String)
         {
             request.Messages.Add(ChatCompletionMessage.User(input.GetString()!));
+            read.Items.Add(Element(w =>
+            {
+                w.WriteStartObject();
+                w.WriteString("type", "message");
+                w.WriteString("role", ChatRoles.User);
+                w.WriteString("content", input.GetString());
+                w.WriteEndObject();
+            }));
         }
         else if (input.ValueKind == JsonValueKind.Array)
         {
             var i = 0;
-            List<ThinkingBlock>? thinking = null;
-            foreach (var item in input.EnumerateArray())
+            foreach (var given in input.EnumerateArray())
             {
-                AddItem(request, item, $"input[{i++}]", ref thinking);
+                var at = $"input[{i++}]";
+                var item = Resolve(given, at, stored);
+                AddItem(request, item, at, ref thinking);
+                read.Items.Add(item.Clone());
             }
         }
         else
@@ -123,7 +190,19 @@ internal static class ResponsesCodec
             (request.AdditionalProperties ??= [])["parallel_tool_calls"] = Element(w => w.WriteBooleanValue(parallel));
         }
 
-        return request;
+        return read;
+    }
+
+    /// <summary>An input item, or the stored item an <c>item_reference</c> stands for.</summary>
+    private static JsonElement Resolve(JsonElement item, string at, IStored? stored)
+    {
+        if (item.ValueKind != JsonValueKind.Object || !item.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String || !type.ValueEquals("item_reference"))
+        {
+            return item;
+        }
+
+        var id = RequiredString(item, "id", at);
+        return stored?.Item(id) ?? throw new NotFoundException($"{at}.id", "item_not_found", $"Item with id '{Providers.ProviderException.Quoted(id)}' not found.");
     }
 
     /// <summary>
@@ -179,7 +258,7 @@ internal static class ResponsesCodec
 
                 break;
             default:
-                throw new InvalidRequestException($"{at}.type", $"{at}.type: '{Providers.ProviderException.Quoted(type)}' is not supported by this gateway (it carries message, function_call, function_call_output and reasoning items).");
+                throw new InvalidRequestException($"{at}.type", $"{at}.type: '{Providers.ProviderException.Quoted(type)}' is not supported by this gateway (it carries message, function_call, function_call_output, reasoning and item_reference items).");
         }
     }
 

@@ -14,7 +14,7 @@ namespace PipelineGateway.Server.Responses;
 /// <c>response.output_text.delta</c>s, <c>….done</c>; a call's arguments as <c>response.function_call_arguments.delta</c>s),
 /// then <c>response.completed</c> with the whole response.
 /// </summary>
-internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, long createdAt) : INamedEventWriter
+internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, long createdAt, bool store = false, string? previousResponseId = null) : INamedEventWriter
 {
     private static readonly JsonWriterOptions Options = new() { Encoder = Serialization.WireJson.Encoder };
 
@@ -27,6 +27,21 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     private string? _finish;
     private TokenUsage? _usage;
     private string _model = request.Model;
+
+    /// <summary>The response's id.</summary>
+    public string Id => id;
+
+    /// <summary>
+    /// Called with the finished response (completed or incomplete) before its last event is written: what keeps it
+    /// (<see cref="ResponsesStore"/>) has it before the caller can refer to it.
+    /// </summary>
+    public Action<ResponsesWriter, byte[]>? Finished { get; init; }
+
+    /// <summary>The finished response object's JSON.</summary>
+    private byte[] ResponseJson() => Json(w => WriteResponse(w, Status()));
+
+    /// <summary>The finished output items, each with its id and JSON (as it can be given back as an input item).</summary>
+    public List<(string Id, byte[] Json)> OutputItems() => [.. _items.Select(static item => (item.Id, Json(w => WriteItem(w, item, "completed"))))];
 
     /// <summary>One output item: the model's reasoning, the answer's message, or a function call.</summary>
     private sealed class Item(string id, bool call)
@@ -79,7 +94,9 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         _finish = response.FinishReason;
         _usage = response.Usage;
-        return Json(w => WriteResponse(w, Status())); // incomplete when cut, as the stream's last event says
+        var json = ResponseJson(); // incomplete when cut, as the stream's last event says
+        Finished?.Invoke(this, json);
+        return json;
     }
 
     /// <summary>The opening events (the first chunk is here).</summary>
@@ -170,6 +187,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
             yield return Event("response.output_item.done", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, item, "completed"); });
         }
 
+        Finished?.Invoke(this, ResponseJson());
         var status = Status();
         yield return Event(status == "completed" ? "response.completed" : "response.incomplete", w => WriteMember(w, "response", status));
     }
@@ -383,7 +401,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         w.WriteEndArray();
         w.WriteBoolean("parallel_tool_calls", !(request.AdditionalProperties?.TryGetValue("parallel_tool_calls", out var p) == true && p.ValueKind == JsonValueKind.False));
-        w.WriteNull("previous_response_id");
+        WriteStringOrNull(w, "previous_response_id", previousResponseId);
         w.WriteStartObject("reasoning");
         if (request.AdditionalProperties?.TryGetValue("reasoning_effort", out var effort) == true)
         {
@@ -397,7 +415,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         w.WriteNull("summary");
         w.WriteEndObject();
-        w.WriteBoolean("store", false);
+        w.WriteBoolean("store", store);
         WriteNumberOrNull(w, "temperature", request.Temperature);
         w.WriteStartObject("text");
         w.WriteStartObject("format");

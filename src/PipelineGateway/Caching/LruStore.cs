@@ -112,6 +112,21 @@ internal sealed class LruStore<TKey, TValue>(int maxEntries, long maxBytes, Time
         }
     }
 
+    /// <summary>Removes an entry (true: it was there, expired or not).</summary>
+    public bool Remove(TKey key)
+    {
+        lock (_lock)
+        {
+            if (!_map.TryGetValue(key, out var node))
+            {
+                return false;
+            }
+
+            Remove(node);
+            return true;
+        }
+    }
+
     /// <summary>Drops every expired entry (O(n), at most once per <see cref="SweepInterval"/>). Callers hold the lock.</summary>
     private void Sweep(long now)
     {

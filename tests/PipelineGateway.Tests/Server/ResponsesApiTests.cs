@@ -183,6 +183,103 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         next.GetOutputText().Should().NotBeNullOrWhiteSpace("Claude answers after the tool's output, its thinking given back");
     }
 
+    /// <summary>
+    /// A stored response (OpenAI's default, <c>store</c> absent) is continued with <c>previous_response_id</c> alone: the
+    /// next turn sends only the tool's output, and Claude — which refuses a tool loop's next turn without its thinking
+    /// (the simulator too) — answers, so the earlier items, its signed thinking among them, reached it. The response
+    /// reads back by id, its input items too, and once deleted neither it nor a continuation of it is found.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_stored_response_is_continued_by_its_id_read_back_and_deleted(bool stream)
+    {
+        var client = Client();
+        var tool = ResponseTool.CreateFunctionTool("get_weather", WeatherSchema, false, "The weather in a city.");
+        var first = new CreateResponseOptions("claude", [ResponseItem.CreateUserMessageItem("Use get_weather for Oslo.")])
+        {
+            Instructions = "Be brief.",
+            ReasoningOptions = new ResponseReasoningOptions { ReasoningEffortLevel = ResponseReasoningEffortLevel.Low },
+        };
+        first.Tools.Add(tool);
+        var answer = await RespondAsync(client, first, stream);
+        answer.OutputItems.Select(i => i.GetType().Name).Should().Equal(nameof(ReasoningResponseItem), nameof(FunctionCallResponseItem));
+        var call = (FunctionCallResponseItem)answer.OutputItems[1];
+
+        var read = (await client.GetResponseAsync(answer.Id, Ct)).Value;
+        read.Id.Should().Be(answer.Id);
+        read.OutputItems.Select(i => i.Id).Should().Equal(answer.OutputItems.Select(i => i.Id));
+
+        var second = new CreateResponseOptions("claude", [ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C")])
+        {
+            PreviousResponseId = answer.Id,
+            ReasoningOptions = new ResponseReasoningOptions { ReasoningEffortLevel = ResponseReasoningEffortLevel.Low },
+        };
+        second.Tools.Add(tool);
+        var next = await RespondAsync(client, second, stream);
+        next.GetOutputText().Should().NotBeNullOrWhiteSpace("Claude answers after the tool's output, its thinking carried from the stored response");
+        next.PreviousResponseId.Should().Be(answer.Id);
+        var alone = new CreateResponseOptions("claude", [ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C")]) { StoredOutputEnabled = false };
+        alone.Tools.Add(tool);
+        next.Usage.InputTokenCount.Should().BeGreaterThan((await client.CreateResponseAsync(alone, Ct)).Value.Usage.InputTokenCount + 10, "the earlier turns were sent before the tool's output");
+
+        using var http = new HttpClient();
+        var items = JsonNode.Parse(await http.GetStringAsync(new Uri(_fleet.Base, $"v1/responses/{answer.Id}/input_items"), Ct))!;
+        items["data"]!.AsArray().Select(i => i!["role"]!.GetValue<string>()).Should().Equal("user");
+        items["has_more"]!.GetValue<bool>().Should().BeFalse();
+
+        (await client.DeleteResponseAsync(answer.Id, Ct)).Value.Deleted.Should().BeTrue();
+        var gone = async () => await client.GetResponseAsync(answer.Id, Ct);
+        (await gone.Should().ThrowAsync<ClientResultException>()).Which.Status.Should().Be(404);
+        second.StreamingEnabled = null;
+        var continued = async () => await client.CreateResponseAsync(second, Ct);
+        var refused = (await continued.Should().ThrowAsync<ClientResultException>()).Which;
+        refused.Status.Should().Be(400);
+        JsonNode.Parse(refused.GetRawResponse()!.Content.ToString())!["error"]!["code"]!.GetValue<string>().Should().Be("previous_response_not_found");
+    }
+
+    /// <summary>
+    /// The Vercel AI SDK (its default OpenAI provider speaks the Responses API, <c>store</c> on) gives earlier turns back
+    /// as <c>item_reference</c>s — a reasoning item always, an answer's message too: each stands for the stored item,
+    /// so Claude gets its thinking back; an answer asked with <c>store: false</c> is not kept, and a reference to it is
+    /// a 400 naming it.
+    /// </summary>
+    [Fact]
+    public async Task Item_references_stand_for_the_stored_items_and_one_to_nothing_stored_is_a_400_naming_it()
+    {
+        using var http = new HttpClient();
+        async Task<(HttpStatusCode Status, JsonNode Body)> Post(string body)
+        {
+            using var response = await http.PostAsync(new Uri(_fleet.Base, "v1/responses"), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+            return (response.StatusCode, JsonNode.Parse(await response.Content.ReadAsStringAsync(Ct))!);
+        }
+
+        var tools = """ "tools":[{"type":"function","name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}],"reasoning":{"effort":"low"} """.Trim();
+        var (status, first) = await Post($$"""{"model":"claude","input":"Use get_weather for Oslo.",{{tools}}}""");
+        status.Should().Be(HttpStatusCode.OK, first.ToJsonString());
+        first["store"]!.GetValue<bool>().Should().BeTrue();
+        var output = first["output"]!.AsArray();
+        var reasoningId = output[0]!["id"]!.GetValue<string>();
+        var call = output[1]!;
+
+        var next = $$"""{"model":"claude","input":[{"role":"user","content":"Use get_weather for Oslo."},{"type":"item_reference","id":"{{reasoningId}}"},{{call.ToJsonString()}},{"type":"function_call_output","call_id":"{{call["call_id"]!.GetValue<string>()}}","output":"Sunny"}],{{tools}}}""";
+        (status, var answer) = await Post(next);
+        status.Should().Be(HttpStatusCode.OK, "the reference stood for the reasoning item, Claude's thinking with it: " + answer.ToJsonString());
+
+        var messageId = answer["output"]!.AsArray().Single(i => i!["type"]!.GetValue<string>() == "message")!["id"]!.GetValue<string>();
+        (status, answer) = await Post($$"""{"model":"gpt","input":[{"role":"user","content":"Hi"},{"type":"item_reference","id":"{{messageId}}"},{"role":"user","content":"More"}]}""");
+        status.Should().Be(HttpStatusCode.OK, answer.ToJsonString());
+
+        (status, var unstored) = await Post($$"""{"model":"claude","store":false,"input":"Use get_weather for Oslo.",{{tools}}}""");
+        status.Should().Be(HttpStatusCode.OK);
+        unstored["store"]!.GetValue<bool>().Should().BeFalse();
+        var unstoredId = unstored["output"]![0]!["id"]!.GetValue<string>();
+        (status, var refused) = await Post($$"""{"model":"claude","input":[{"role":"user","content":"Use get_weather for Oslo."},{"type":"item_reference","id":"{{unstoredId}}"}],{{tools}}}""");
+        status.Should().Be(HttpStatusCode.BadRequest);
+        refused["error"]!["param"]!.GetValue<string>().Should().Be("input[1].id");
+        refused["error"]!["code"]!.GetValue<string>().Should().Be("item_not_found");
+    }
+
     [Fact]
     public async Task A_reasoning_item_that_claims_to_be_the_gateways_but_cannot_be_read_is_a_400_naming_it()
     {
@@ -215,7 +312,8 @@ public sealed class ResponsesApiTests : IAsyncLifetime
     public static TheoryData<string, string> Refused => new()
     {
         { """{"model":"gpt","input":"hi","previous_response_id":"resp_123"}""", "previous_response_id" },
-        { """{"model":"gpt","input":[{"type":"item_reference","id":"msg_1"}]}""", "input[0].type" },
+        { """{"model":"gpt","input":[{"type":"item_reference","id":"msg_1"}]}""", "input[0].id" },
+        { """{"model":"gpt","input":"hi","conversation":"conv_1"}""", "conversation" },
         { """{"model":"gpt","input":"hi","tools":[{"type":"web_search"}]}""", "tools[0].type" },
         { """{"model":"gpt","input":[{"role":"user","content":[{"type":"input_file","file_id":"file-1"}]}]}""", "input[0].content[0].type" },
         { """{"model":"gpt","input":[{"role":"pirate","content":"arr"}]}""", "input[0].role" },
