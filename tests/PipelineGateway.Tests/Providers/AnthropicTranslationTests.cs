@@ -630,4 +630,37 @@ public sealed class AnthropicTranslationTests
                 (1, """{"type":"thinking_delta","thinking":"Second."}"""),
                 (1, """{"type":"signature_delta","signature":"S2"}"""));
     }
+
+    /// <summary>
+    /// Claude's structured outputs from a <c>/v1/messages</c> caller (the Vercel AI SDK's way of asking Claude for an
+    /// object): <c>output_config.format</c> (or the beta's <c>output_format</c>) is the canonical strict
+    /// <c>json_schema</c> response format — which Claude then gets as the gateway's JSON tool, and OpenAI natively —
+    /// and the rest of <c>output_config</c> (<c>effort</c>) reaches Claude as it came; OpenAI is not sent it. A format
+    /// that is not a JSON schema is a 400 naming it. (The member was dropped before, and the answer was prose.)
+    /// </summary>
+    [Fact]
+    public void Claudes_output_format_is_the_canonical_json_schema_and_its_effort_reaches_Claude()
+    {
+        static ChatCompletionRequest Read(string json) => AnthropicCodec.ToCanonical(AnthropicCodec.Parse(System.Text.Encoding.UTF8.GetBytes(json)));
+        const string Schema = """{"type":"object","properties":{"name":{"type":"string"}},"required":["name"],"additionalProperties":false}""";
+
+        var request = Read("""{"model":"x","max_tokens":64,"messages":[{"role":"user","content":"hi"}],"output_config":{"effort":"low","format":{"type":"json_schema","schema":""" + Schema + "}}}");
+        request.ResponseFormat!.Value.GetProperty("type").GetString().Should().Be("json_schema");
+        request.ResponseFormat.Value.GetProperty("json_schema").GetProperty("strict").GetBoolean().Should().BeTrue();
+        request.ResponseFormat.Value.GetProperty("json_schema").GetProperty("schema").GetRawText().Should().Be(Schema);
+        AnthropicTranslator.AnswersInJson(request).Should().BeTrue("Claude answers through the gateway's JSON tool");
+        var body = Translate(request);
+        body.GetProperty("output_config").GetRawText().Should().Be("""{"effort":"low"}""");
+        AnthropicCodec.IsAnthropicOwn("output_config").Should().BeTrue("an OpenAI upstream is not sent Claude's effort");
+
+        var beta = Read("""{"model":"x","max_tokens":64,"messages":[{"role":"user","content":"hi"}],"output_format":{"type":"json_schema","schema":""" + Schema + "}}");
+        beta.ResponseFormat!.Value.GetProperty("json_schema").GetProperty("schema").GetRawText().Should().Be(Schema);
+        beta.AdditionalProperties.Should().BeNull("nothing of it is left to send as it came");
+        Translate(beta).TryGetProperty("output_config", out _).Should().BeFalse();
+
+        var act = () => Read("""{"model":"x","max_tokens":64,"messages":[{"role":"user","content":"hi"}],"output_config":{"format":{"type":"xml"}}}""");
+        act.Should().Throw<AnthropicRequestException>().Which.Field.Should().Be("output_config.format.type");
+        act = () => Read("""{"model":"x","max_tokens":64,"messages":[{"role":"user","content":"hi"}],"output_config":"fast"}""");
+        act.Should().Throw<AnthropicRequestException>().Which.Field.Should().Be("output_config");
+    }
 }

@@ -219,6 +219,43 @@ public sealed class ServerToolsTests : IAsyncLifetime
         status.Should().Be(HttpStatusCode.OK, text);
     }
 
+    /// <summary>
+    /// Claude's structured outputs on <c>/v1/messages</c> (<c>output_config.format</c>, as the Vercel AI SDK asks Claude for
+    /// an object) are honoured by Claude and by OpenAI alike: the answer's text is a JSON object of the schema, whole and
+    /// streamed. (The format was dropped before: prose came back, and the SDK could not parse it.)
+    /// </summary>
+    [Theory]
+    [InlineData("claude", false)]
+    [InlineData("claude", true)]
+    [InlineData("gpt-only", false)]
+    public async Task Claudes_output_format_is_honoured_by_every_deployment(string model, bool stream)
+    {
+        var body = new Dictionary<string, object>
+        {
+            ["model"] = model,
+            ["max_tokens"] = 256,
+            ["stream"] = stream,
+            ["messages"] = new[] { User("A person, please.") },
+            ["output_config"] = new Dictionary<string, object>
+            {
+                ["format"] = new Dictionary<string, object>
+                {
+                    ["type"] = "json_schema",
+                    ["schema"] = JsonNode.Parse("""{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"number"}},"required":["name","age"],"additionalProperties":false}""")!,
+                },
+            },
+        };
+        var (status, text) = await PostAsync("v1/messages", body);
+        status.Should().Be(HttpStatusCode.OK, text);
+
+        var answer = stream
+            ? string.Concat(Events(text).Where(e => e.Name == "content_block_delta").Select(e => e.Data.GetProperty("delta")).Where(d => d.GetProperty("type").GetString() == "text_delta").Select(d => d.GetProperty("text").GetString()))
+            : JsonNode.Parse(text)!["content"]!.AsArray().Single()!["text"]!.GetValue<string>();
+        var json = JsonNode.Parse(answer)!.AsObject();
+        json["name"]!.GetValue<string>().Should().NotBeEmpty();
+        json["age"]!.GetValue<double>().Should().BeGreaterThanOrEqualTo(0);
+    }
+
     [Fact]
     public async Task An_OpenAI_format_caller_gets_the_searchs_text_and_no_tool_call_of_its_own_whole_and_streamed()
     {

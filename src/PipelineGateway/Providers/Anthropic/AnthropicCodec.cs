@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
@@ -127,6 +128,8 @@ internal static partial class AnthropicCodec
         {
             (request.AdditionalProperties ??= [])["top_k"] = JsonSerializer.SerializeToElement(topK, AnthropicRequestContext.Default.Int32);
         }
+
+        ReadOutputFormat(request);
 
         if (a.System is { } system && system.Text.Length > 0)
         {
@@ -436,14 +439,14 @@ internal static partial class AnthropicCodec
 
     /// <summary>
     /// Anthropic's own members that the canonical form carries as unknown ones — <c>cache_control</c>, <c>is_error</c>,
-    /// Claude's <c>thinking_blocks</c>, the <c>thinking</c>, <c>top_k</c> and <c>context_management</c> parameters, a
+    /// Claude's <c>thinking_blocks</c>, the <c>thinking</c>, <c>top_k</c>, <c>context_management</c> and <c>output_config</c> parameters, a
     /// turn's <c>anthropic_content</c>: what an upstream with OpenAI's strict schema is not sent
     /// (<see cref="Hosting.ProviderOptions.StripAnthropicMembers"/>). (<c>mcp_servers</c> and <c>container</c> change
     /// what comes back: such a request is not sent there at all, <see cref="ServerTools.Refuse"/>.)
     /// </summary>
     internal static bool IsAnthropicOwn(string name) =>
         name is CacheControlMember or IsErrorMember or ThinkingBlocks.Member or ThinkingBlocks.Parameter or ServerTools.ContentMember
-            or "top_k" or ServerTools.ContextManagement;
+            or "top_k" or ServerTools.ContextManagement or OutputConfig;
 
     private static void ValidateBlock(AnthropicInputBlock b, string path)
     {
@@ -495,6 +498,104 @@ internal static partial class AnthropicCodec
                 throw new AnthropicRequestException($"{path}.{(b.Context is not null ? "context" : "citations")}", $"{path}: a document's context and citations cannot be carried by this gateway.");
             }
         }
+    }
+
+    /// <summary>Claude's output settings (<c>effort</c>; its <c>format</c> read apart), sent on to Claude as they came.</summary>
+    internal const string OutputConfig = "output_config";
+
+    /// <summary>The structured-outputs beta's form of <c>output_config.format</c>.</summary>
+    private const string OutputFormat = "output_format";
+
+    /// <summary>
+    /// Claude's structured outputs — <c>output_config.format</c> (or the beta's <c>output_format</c>), a JSON schema the
+    /// answer follows — as the canonical <c>response_format</c> (a strict <c>json_schema</c>), so every deployment honours
+    /// it: OpenAI natively, Claude through the gateway's JSON tool (the answer's text is the JSON, as Claude's own would
+    /// be). The Vercel AI SDK asks Claude for objects this way; the member was carried and dropped before, and the
+    /// answer was prose. The rest of <c>output_config</c> (<c>effort</c>) stays for Claude.
+    /// </summary>
+    private static void ReadOutputFormat(ChatCompletionRequest request)
+    {
+        var extra = request.AdditionalProperties;
+        JsonElement? format = null;
+        var at = OutputFormat;
+        if (extra?.TryGetValue(OutputConfig, out var config) == true)
+        {
+            if (config.ValueKind != JsonValueKind.Object)
+            {
+                throw new AnthropicRequestException(OutputConfig, $"{OutputConfig}: must be an object");
+            }
+
+            if (config.TryGetProperty("format", out var f) && f.ValueKind != JsonValueKind.Null)
+            {
+                format = f;
+                at = OutputConfig + ".format";
+                var rest = config.EnumerateObject().Where(static m => m.Name != "format").ToList();
+                if (rest.Count == 0)
+                {
+                    extra.Remove(OutputConfig);
+                }
+                else
+                {
+                    var buffer = new ArrayBufferWriter<byte>(64);
+                    using (var w = new Utf8JsonWriter(buffer))
+                    {
+                        w.WriteStartObject();
+                        rest.ForEach(m => m.WriteTo(w));
+                        w.WriteEndObject();
+                    }
+
+                    using var doc = JsonDocument.Parse(buffer.WrittenMemory);
+                    extra[OutputConfig] = doc.RootElement.Clone();
+                }
+            }
+        }
+
+        if (extra?.Remove(OutputFormat, out var beta) == true && beta.ValueKind != JsonValueKind.Null)
+        {
+            if (format is not null)
+            {
+                throw new AnthropicRequestException(OutputFormat, $"{OutputFormat}: give the format once, in {OutputConfig}.format");
+            }
+
+            format = beta;
+        }
+
+        if (extra is { Count: 0 })
+        {
+            request.AdditionalProperties = null; // the format was all there was
+        }
+
+        if (format is not { } given)
+        {
+            return;
+        }
+
+        if (given.ValueKind != JsonValueKind.Object || !given.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String || !type.ValueEquals("json_schema"u8))
+        {
+            throw new AnthropicRequestException(at + ".type", $"{at}.type: must be 'json_schema'");
+        }
+
+        if (!given.TryGetProperty("schema", out var schema) || schema.ValueKind != JsonValueKind.Object)
+        {
+            throw new AnthropicRequestException(at + ".schema", $"{at}.schema: required (a JSON schema object)");
+        }
+
+        var output = new ArrayBufferWriter<byte>(256);
+        using (var w = new Utf8JsonWriter(output))
+        {
+            w.WriteStartObject();
+            w.WriteString("type", "json_schema");
+            w.WriteStartObject("json_schema");
+            w.WriteString("name", "output");
+            w.WritePropertyName("schema");
+            schema.WriteTo(w);
+            w.WriteBoolean("strict", true);
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+
+        using var made = JsonDocument.Parse(output.WrittenMemory);
+        request.ResponseFormat = made.RootElement.Clone();
     }
 
     private static JsonElement Json(string json)

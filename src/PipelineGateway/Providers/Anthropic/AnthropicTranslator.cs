@@ -95,6 +95,13 @@ internal static class AnthropicTranslator
             }
         }
 
+        if (!counting && request.AdditionalProperties?.TryGetValue(AnthropicCodec.OutputConfig, out var outputConfig) == true && outputConfig.ValueKind == JsonValueKind.Object)
+        {
+            // Claude's output settings as a /v1/messages caller sent them (effort; its format is the canonical response_format).
+            w.WritePropertyName(AnthropicCodec.OutputConfig);
+            outputConfig.WriteTo(w);
+        }
+
         if (request.AdditionalProperties?.TryGetValue(ThinkingBlocks.Parameter, out var thinking) == true && thinking.ValueKind == JsonValueKind.Object)
         {
             w.WritePropertyName(ThinkingBlocks.Parameter);
