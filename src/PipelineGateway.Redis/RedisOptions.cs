@@ -32,6 +32,15 @@ public sealed class RedisOptions
     /// <summary>Share budget accounts (spend and reservations) across the fleet.</summary>
     public bool Budgets { get; set; } = true;
 
+    /// <summary>
+    /// Keep <c>/v1/responses</c> answers asked with <c>store</c> in Redis (not in each instance's memory), so a
+    /// conversation continued by <c>previous_response_id</c> or <c>item_reference</c> finds them on any instance.
+    /// </summary>
+    public bool StoredResponses { get; set; } = true;
+
+    /// <summary>The service key under which the stored responses' <c>IDistributedCache</c> is registered.</summary>
+    public const string StoredResponsesServiceKey = "PipelineGateway.StoredResponses";
+
     /// <summary>Share circuit openings and 429 cooldowns between instances (pub/sub).</summary>
     public bool Health { get; set; } = true;
 

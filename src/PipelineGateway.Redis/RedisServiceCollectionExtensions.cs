@@ -2,7 +2,9 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using PipelineGateway.Admission;
+using Microsoft.Extensions.Caching.Distributed;
 using Microsoft.Extensions.Caching.StackExchangeRedis;
+using Microsoft.Extensions.Options;
 using PipelineGateway.Caching;
 using StackExchange.Redis;
 using PipelineGateway.Cost;
@@ -57,6 +59,21 @@ public static class RedisServiceCollectionExtensions
         if (probe.Health)
         {
             services.TryAddSingleton<IDistributedHealthChannel, RedisHealthChannel>();
+        }
+
+        if (probe.StoredResponses)
+        {
+            // The server's stored responses, in Redis under their own prefix (Microsoft's Redis IDistributedCache on the
+            // gateway's multiplexer, as the response cache's second level).
+            services.AddKeyedSingleton<IDistributedCache>(RedisOptions.StoredResponsesServiceKey, static (sp, _) =>
+            {
+                var connection = sp.GetRequiredService<RedisConnection>();
+                return new RedisCache(Options.Create(new RedisCacheOptions
+                {
+                    InstanceName = connection.Options.KeyPrefix + ":r:",
+                    ConnectionMultiplexerFactory = () => Task.FromResult<IConnectionMultiplexer>(connection.Multiplexer),
+                }));
+            });
         }
 
         if (probe.Cache)

@@ -13,6 +13,9 @@ internal interface INamedEventWriter
     /// <summary>The closing events, once the stream ended normally.</summary>
     IEnumerable<(string Name, byte[] Json)> Finish();
 
+    /// <summary>What must be done before the closing events go out (they are written, not yet flushed): keeping the answer.</summary>
+    ValueTask FinishedAsync() => ValueTask.CompletedTask;
+
     /// <summary>The event saying the stream failed after it started (its HTTP status already sent).</summary>
     (string Name, byte[] Json) Error(int status, Exception error, string message);
 }
@@ -74,6 +77,7 @@ internal static class NamedEventStream
             StartSse(ctx, request, null, headers);
             WriteAll(ctx, started ? [] : writer.Start());
             WriteAll(ctx, writer.Finish());
+            await writer.FinishedAsync();
             await ctx.Response.BodyWriter.FlushAsync(aborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)

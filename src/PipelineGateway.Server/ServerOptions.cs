@@ -59,12 +59,12 @@ public sealed class ServerOptions
     /// <summary>
     /// How long a <c>/v1/responses</c> answer asked with <c>store</c> (OpenAI's default: true) is kept — its output items
     /// for <c>item_reference</c> input items, the conversation for <c>previous_response_id</c>, the response for
-    /// <c>GET /v1/responses/{id}</c>. In memory, per gateway instance, per gateway key. Zero: nothing is kept (a stored
-    /// answer's reference is then a 400 naming it).
+    /// <c>GET /v1/responses/{id}</c>. Per gateway key; in the instance's memory, or in Redis in distributed mode
+    /// (<c>Gateway:Redis:StoredResponses</c>). Zero: nothing is kept (a stored answer's reference is then a 400 naming it).
     /// </summary>
     public TimeSpan StoredResponsesTtl { get; set; } = TimeSpan.FromHours(24);
 
-    /// <summary>What the stored responses may hold, in bytes of their JSON; past it the least recently used leave first.</summary>
+    /// <summary>What the stored responses may hold in the instance's memory, in bytes of their JSON; past it the least recently used leave first.</summary>
     [Range(0, long.MaxValue)]
     public long StoredResponsesMaxBytes { get; set; } = 64L * 1024 * 1024;
 

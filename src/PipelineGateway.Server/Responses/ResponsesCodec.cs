@@ -56,6 +56,44 @@ internal static class ResponsesCodec
         public List<JsonElement> Items { get; } = [];
     }
 
+    /// <summary>
+    /// What a body refers to, read ahead so the store can be asked before the body is read in full (the store may be
+    /// Redis): its <c>previous_response_id</c> and its <c>item_reference</c> ids. Nothing for a body that is not what it
+    /// should be — <see cref="Parse(ReadOnlySpan{byte}, IStored?)"/> says what is wrong with it.
+    /// </summary>
+    public static (string? Previous, List<string> Items) References(byte[] body)
+    {
+        var items = new List<string>();
+        try
+        {
+            using var doc = JsonDocument.Parse(body, new JsonDocumentOptions { MaxDepth = 64 });
+            var root = doc.RootElement;
+            if (root.ValueKind != JsonValueKind.Object)
+            {
+                return (null, items);
+            }
+
+            var previous = root.TryGetProperty("previous_response_id", out var p) && p.ValueKind == JsonValueKind.String ? p.GetString() : null;
+            if (root.TryGetProperty("input", out var input) && input.ValueKind == JsonValueKind.Array)
+            {
+                foreach (var item in input.EnumerateArray())
+                {
+                    if (item.ValueKind == JsonValueKind.Object && item.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.ValueEquals("item_reference")
+                        && item.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String && id.GetString() is { Length: > 0 } text)
+                    {
+                        items.Add(text);
+                    }
+                }
+            }
+
+            return (previous, items);
+        }
+        catch (JsonException)
+        {
+            return (null, items);
+        }
+    }
+
     /// <summary>Reads and checks a body (no stored things: every reference is not found).</summary>
     public static ChatCompletionRequest Parse(ReadOnlySpan<byte> body) => Parse(body, null).Request;
 

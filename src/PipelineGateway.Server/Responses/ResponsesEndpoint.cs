@@ -18,15 +18,21 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         var aborted = ctx.RequestAborted;
         ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
         var scope = ResponsesStore.ScopeOf(caller.Key);
-        var stored = new Stored(store, scope);
         ResponsesCodec.Input input;
         try
         {
-            input = await JsonBody.ReadAsync(ctx.Request.BodyReader, body => ResponsesCodec.Parse(body, stored), aborted);
+            var body = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => body.ToArray(), aborted);
+            var stored = await Stored.FetchAsync(store, scope, ResponsesCodec.References(body), aborted);
+            input = ResponsesCodec.Parse(body, stored);
         }
         catch (ResponsesCodec.NotFoundException ex)
         {
             await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", ex.Code, ex.Message, ex.Param);
+            return;
+        }
+        catch (StoreUnavailableException ex)
+        {
+            await StoreUnavailableAsync(ctx, ex);
             return;
         }
         catch (JsonException ex)
@@ -57,7 +63,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         var keep = input.Store && store.Enabled;
         var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), keep, input.PreviousResponseId)
         {
-            Finished = keep ? (w, json) => store.Save(scope, w.Id, json, input.Earlier, input.Items, w.OutputItems()) : null,
+            Finished = keep ? (w, json) => store.SaveAsync(scope, w.Id, json, input.Earlier, input.Items, w.OutputItems()) : null,
         };
         if (request.Stream == true)
         {
@@ -68,9 +74,11 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         try
         {
             var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
+            var json = writer.Whole(response);
+            await writer.FinishedAsync(); // kept before the caller can refer to it
             headers.WriteGatewayHeaders(ctx, request, response.Gateway);
             ctx.Response.ContentType = "application/json";
-            await ctx.Response.Body.WriteAsync(writer.Whole(response), aborted);
+            await ctx.Response.Body.WriteAsync(json, aborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
@@ -82,26 +90,22 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     /// <summary><c>GET /v1/responses/{id}</c>: a stored response, as it was answered.</summary>
     public async Task GetAsync(HttpContext ctx, string id)
     {
-        if (store.Response(ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key), id) is not { } json)
+        if (await LookUpAsync(ctx, id) is { } stored)
         {
-            await NotFoundAsync(ctx, id);
-            return;
+            ctx.Response.ContentType = "application/json";
+            await ctx.Response.Body.WriteAsync(stored.Response, ctx.RequestAborted);
         }
-
-        ctx.Response.ContentType = "application/json";
-        await ctx.Response.Body.WriteAsync(json, ctx.RequestAborted);
     }
 
     /// <summary><c>GET /v1/responses/{id}/input_items</c>: a stored response's own input items (references replaced by what they stood for).</summary>
     public async Task InputItemsAsync(HttpContext ctx, string id)
     {
-        if (store.InputItems(ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key), id) is not { } items)
+        if (await LookUpAsync(ctx, id) is not { } stored)
         {
-            await NotFoundAsync(ctx, id);
             return;
         }
 
-        using var doc = JsonDocument.Parse(items);
+        using var doc = JsonDocument.Parse(stored.Input);
         var list = doc.RootElement.EnumerateArray().ToList();
         ctx.Response.ContentType = "application/json";
         await using var w = new Utf8JsonWriter(ctx.Response.Body, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
@@ -136,7 +140,18 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     /// <summary><c>DELETE /v1/responses/{id}</c>: forgets a stored response and its output items.</summary>
     public async Task DeleteAsync(HttpContext ctx, string id)
     {
-        if (!store.Delete(ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key), id))
+        bool deleted;
+        try
+        {
+            deleted = await store.DeleteAsync(ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key), id, ctx.RequestAborted);
+        }
+        catch (StoreUnavailableException ex)
+        {
+            await StoreUnavailableAsync(ctx, ex);
+            return;
+        }
+
+        if (!deleted)
         {
             await NotFoundAsync(ctx, id);
             return;
@@ -152,14 +167,61 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         await w.FlushAsync(ctx.RequestAborted);
     }
 
+    /// <summary>The caller's stored response, or null with the 404 (or 503) written.</summary>
+    private async Task<ResponsesStore.Stored?> LookUpAsync(HttpContext ctx, string id)
+    {
+        try
+        {
+            if (await store.ResponseAsync(ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key), id, ctx.RequestAborted) is { } stored)
+            {
+                return stored;
+            }
+        }
+        catch (StoreUnavailableException ex)
+        {
+            await StoreUnavailableAsync(ctx, ex);
+            return null;
+        }
+
+        await NotFoundAsync(ctx, id);
+        return null;
+    }
+
     private static Task NotFoundAsync(HttpContext ctx, string id) =>
         RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "not_found", $"Response with id '{Providers.ProviderException.Quoted(id)}' not found.", "response_id");
 
-    /// <summary>The store as the codec looks things up: in the caller's scope.</summary>
-    private sealed class Stored(ResponsesStore store, string scope) : ResponsesCodec.IStored
-    {
-        public JsonElement? Item(string id) => store.Item(scope, id);
+    private static Task StoreUnavailableAsync(HttpContext ctx, StoreUnavailableException ex) =>
+        RouteErrors.WriteAsync(ctx, 503, "api_error", "store_unavailable", ex.Message, retryAfter: TimeSpan.FromSeconds(1));
 
-        public JsonElement? Conversation(string responseId) => store.Conversation(scope, responseId);
+    /// <summary>What a request refers to, fetched from the store before it is read (the store may be Redis), in the caller's scope.</summary>
+    private sealed class Stored : ResponsesCodec.IStored
+    {
+        private readonly Dictionary<string, JsonElement> _items = [];
+        private string? _previous;
+        private JsonElement? _conversation;
+
+        public static async ValueTask<Stored> FetchAsync(ResponsesStore store, string scope, (string? Previous, List<string> Items) references, CancellationToken cancellationToken)
+        {
+            var stored = new Stored();
+            if (references.Previous is { } previous && await store.ResponseAsync(scope, previous, cancellationToken) is { } response)
+            {
+                stored._previous = previous;
+                stored._conversation = response.Conversation;
+            }
+
+            foreach (var id in references.Items.Distinct())
+            {
+                if (await store.ItemAsync(scope, id, cancellationToken) is { } item)
+                {
+                    stored._items[id] = item;
+                }
+            }
+
+            return stored;
+        }
+
+        public JsonElement? Item(string id) => _items.TryGetValue(id, out var item) ? item : null;
+
+        public JsonElement? Conversation(string responseId) => responseId == _previous ? _conversation : null;
     }
 }

@@ -1,7 +1,13 @@
 using System.Buffers;
+using System.Buffers.Text;
 using System.Security.Cryptography;
+using System.Text;
 using System.Text.Json;
+using Microsoft.Extensions.Caching.Distributed;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using PipelineGateway.Caching;
+using PipelineGateway.Redis;
 
 namespace PipelineGateway.Server.Responses;
 
@@ -9,24 +15,38 @@ namespace PipelineGateway.Server.Responses;
 /// The <c>/v1/responses</c> answers asked with <c>store</c> (OpenAI's default): each response's output items, by id, for
 /// the <c>item_reference</c> input items the Vercel AI SDK sends in place of its earlier turns (and of reasoning items),
 /// the conversation so far for <c>previous_response_id</c> (the earlier input and output items, not the instructions,
-/// as OpenAI carries them), and the response for <c>GET /v1/responses/{id}</c>. Kept in memory for
-/// <see cref="ServerOptions.StoredResponsesTtl"/>, bounded by <see cref="ServerOptions.StoredResponsesMaxBytes"/> (the
-/// response cache's exact LRU), per gateway key: another key's ids are not found. Ids are random (128 bits), never a
-/// counter another caller could walk.
+/// as OpenAI carries them), and the response for <c>GET /v1/responses/{id}</c>. Kept for
+/// <see cref="ServerOptions.StoredResponsesTtl"/>, per gateway key (another key's ids are not found), in the instance's
+/// memory within <see cref="ServerOptions.StoredResponsesMaxBytes"/> (the response cache's exact LRU) — or, in
+/// distributed mode (<c>Gateway:Redis</c>, <see cref="RedisOptions.StoredResponses"/>), in Redis only, so every
+/// instance finds what any kept and a delete is seen by all. Ids are random (128 bits), never a counter another caller
+/// could walk.
 /// </summary>
-internal sealed class ResponsesStore(ServerOptions options, TimeProvider time)
+internal sealed partial class ResponsesStore
 {
     /// <summary>What one stored thing costs beyond its JSON (the entry, its key, the dictionary's slot), for the byte bound.</summary>
     private const int Overhead = 160;
 
-    private readonly LruStore<(string Scope, string Id), Entry> _entries = new(int.MaxValue, options.StoredResponsesMaxBytes, time);
+    private readonly ServerOptions _options;
+    private readonly LruStore<string, byte[]>? _local;
+    private readonly IDistributedCache? _shared;
+    private readonly ILogger _logger;
 
-    /// <summary>A stored thing: an item's JSON; or a response's JSON, the conversation after it, its own input items and its output items' ids.</summary>
-    private sealed record Entry(byte[] Json, byte[]? Conversation = null, byte[]? Input = null, string[]? Items = null);
+    public ResponsesStore(ServerOptions options, TimeProvider time, IServiceProvider services, ILogger<ResponsesStore> logger)
+    {
+        _options = options;
+        _logger = logger;
+        _shared = services.GetKeyedService<IDistributedCache>(RedisOptions.StoredResponsesServiceKey);
+        _local = _shared is null ? new LruStore<string, byte[]>(int.MaxValue, options.StoredResponsesMaxBytes, time) : null;
+    }
 
-    public bool Enabled => options.StoredResponsesTtl > TimeSpan.Zero && options.StoredResponsesMaxBytes > 0;
+    /// <summary>A stored response: its JSON, the conversation it ends, its own input items and its output items' ids.</summary>
+    public sealed record Stored(byte[] Response, JsonElement Conversation, byte[] Input, string[] Items);
 
-    public int Count => _entries.Count;
+    public bool Enabled => _options.StoredResponsesTtl > TimeSpan.Zero && (_shared is not null || _options.StoredResponsesMaxBytes > 0);
+
+    /// <summary>Kept in Redis, shared by the fleet (else in this instance's memory).</summary>
+    public bool Shared => _shared is not null;
 
     /// <summary>A new response id: <c>resp_</c> and 128 random bits.</summary>
     public static string NewResponseId() => "resp_" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
@@ -35,42 +55,41 @@ internal sealed class ResponsesStore(ServerOptions options, TimeProvider time)
     public static string ScopeOf(GatewayKeyOptions? key) => key?.Id ?? string.Empty;
 
     /// <summary>A stored item's JSON (null: none, expired, or another key's).</summary>
-    public JsonElement? Item(string scope, string id) =>
-        _entries.TryGet((scope, id), out var entry) && entry.Conversation is null ? Parse(entry.Json) : null;
+    /// <exception cref="StoreUnavailableException">Redis could not be read.</exception>
+    public async ValueTask<JsonElement?> ItemAsync(string scope, string id, CancellationToken cancellationToken) =>
+        await GetAsync(Key('i', scope, id), cancellationToken).ConfigureAwait(false) is { } json ? Parse(json) : null;
 
-    /// <summary>The conversation a stored response ends (its input and output items, after the ones before it), or null.</summary>
-    public JsonElement? Conversation(string scope, string responseId) =>
-        _entries.TryGet((scope, responseId), out var entry) && entry.Conversation is { } conversation ? Parse(conversation) : null;
+    /// <summary>A stored response (null: none, expired, or another key's).</summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be read.</exception>
+    public async ValueTask<Stored?> ResponseAsync(string scope, string responseId, CancellationToken cancellationToken)
+    {
+        if (await GetAsync(Key('r', scope, responseId), cancellationToken).ConfigureAwait(false) is not { } envelope)
+        {
+            return null;
+        }
 
-    /// <summary>A stored response's JSON, or null.</summary>
-    public byte[]? Response(string scope, string responseId) =>
-        _entries.TryGet((scope, responseId), out var entry) && entry.Conversation is not null ? entry.Json : null;
-
-    /// <summary>A stored response's own input items (a JSON array), or null.</summary>
-    public byte[]? InputItems(string scope, string responseId) =>
-        _entries.TryGet((scope, responseId), out var entry) && entry.Conversation is not null ? entry.Input : null;
+        using var doc = JsonDocument.Parse(envelope);
+        var root = doc.RootElement;
+        return new Stored(
+            Encoding.UTF8.GetBytes(root.GetProperty("response").GetRawText()),
+            root.GetProperty("conversation").Clone(),
+            Encoding.UTF8.GetBytes(root.GetProperty("input").GetRawText()),
+            [.. root.GetProperty("items").EnumerateArray().Select(static i => i.GetString()!)]);
+    }
 
     /// <summary>
     /// Keeps a finished response: each output item by its id, then the response with the conversation it ends — the
     /// items before it (<paramref name="earlier"/>, a response's own conversation), its input items, its output items.
+    /// Never throws: a shared store that cannot be written is logged (the answer still goes out).
     /// </summary>
-    public void Save(string scope, string responseId, byte[] response, JsonElement? earlier, IReadOnlyList<JsonElement> input, IReadOnlyList<(string Id, byte[] Json)> output)
+    public async Task SaveAsync(string scope, string responseId, byte[] response, JsonElement? earlier, IReadOnlyList<JsonElement> input, IReadOnlyList<(string Id, byte[] Json)> output)
     {
-        var ttl = options.StoredResponsesTtl;
-        foreach (var (id, json) in output)
+        var envelope = Json(w =>
         {
-            _entries.Set((scope, id), new Entry(json), json.Length + Overhead, ttl);
-        }
-
-        var inputJson = Array(w =>
-        {
-            foreach (var item in input)
-            {
-                item.WriteTo(w);
-            }
-        });
-        var conversation = Array(w =>
-        {
+            w.WriteStartObject();
+            w.WritePropertyName("response");
+            w.WriteRawValue(response, skipInputValidation: true);
+            w.WriteStartArray("conversation");
             if (earlier is { ValueKind: JsonValueKind.Array } before)
             {
                 foreach (var item in before.EnumerateArray())
@@ -88,25 +107,109 @@ internal sealed class ResponsesStore(ServerOptions options, TimeProvider time)
             {
                 w.WriteRawValue(json, skipInputValidation: true);
             }
+
+            w.WriteEndArray();
+            w.WriteStartArray("input");
+            foreach (var item in input)
+            {
+                item.WriteTo(w);
+            }
+
+            w.WriteEndArray();
+            w.WriteStartArray("items");
+            foreach (var (id, _) in output)
+            {
+                w.WriteStringValue(id);
+            }
+
+            w.WriteEndArray();
+            w.WriteEndObject();
         });
-        var size = response.Length + conversation.Length + inputJson.Length + Overhead;
-        _entries.Set((scope, responseId), new Entry(response, conversation, inputJson, [.. output.Select(static o => o.Id)]), size, ttl);
+
+        try
+        {
+            foreach (var (id, json) in output)
+            {
+                await SetAsync(Key('i', scope, id), json).ConfigureAwait(false);
+            }
+
+            await SetAsync(Key('r', scope, responseId), envelope).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_shared is not null)
+        {
+            LogNotKept(_logger, responseId, ex.GetType().Name);
+        }
     }
 
     /// <summary>Forgets a response and its output items (false: there was none).</summary>
-    public bool Delete(string scope, string responseId)
+    /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
+    public async ValueTask<bool> DeleteAsync(string scope, string responseId, CancellationToken cancellationToken)
     {
-        if (!_entries.TryGet((scope, responseId), out var entry) || entry.Conversation is null)
+        if (await ResponseAsync(scope, responseId, cancellationToken).ConfigureAwait(false) is not { } stored)
         {
             return false;
         }
 
-        foreach (var id in entry.Items ?? [])
+        try
         {
-            _entries.Remove((scope, id));
+            foreach (var id in stored.Items)
+            {
+                await RemoveAsync(Key('i', scope, id), cancellationToken).ConfigureAwait(false);
+            }
+
+            await RemoveAsync(Key('r', scope, responseId), cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception ex) when (_shared is not null && ex is not OperationCanceledException)
+        {
+            throw new StoreUnavailableException(ex);
+        }
+    }
+
+    /// <summary>
+    /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item), the scope in base64url (a key id may hold any
+    /// character: no scope's keys can be spelt from another's), the id.
+    /// </summary>
+    private static string Key(char kind, string scope, string id) =>
+        $"{kind}:{Base64Url.EncodeToString(Encoding.UTF8.GetBytes(scope))}:{id}";
+
+    private async ValueTask<byte[]?> GetAsync(string key, CancellationToken cancellationToken)
+    {
+        if (_local is not null)
+        {
+            return _local.TryGet(key, out var json) ? json : null;
         }
 
-        return _entries.Remove((scope, responseId));
+        try
+        {
+            return await _shared!.GetAsync(key, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            throw new StoreUnavailableException(ex);
+        }
+    }
+
+    private async ValueTask SetAsync(string key, byte[] json)
+    {
+        if (_local is not null)
+        {
+            _local.Set(key, json, json.Length + key.Length + Overhead, _options.StoredResponsesTtl);
+            return;
+        }
+
+        await _shared!.SetAsync(key, json, new DistributedCacheEntryOptions { AbsoluteExpirationRelativeToNow = _options.StoredResponsesTtl }).ConfigureAwait(false);
+    }
+
+    private async ValueTask RemoveAsync(string key, CancellationToken cancellationToken)
+    {
+        if (_local is not null)
+        {
+            _local.Remove(key);
+            return;
+        }
+
+        await _shared!.RemoveAsync(key, cancellationToken).ConfigureAwait(false);
     }
 
     private static JsonElement Parse(byte[] json)
@@ -115,16 +218,20 @@ internal sealed class ResponsesStore(ServerOptions options, TimeProvider time)
         return doc.RootElement.Clone();
     }
 
-    private static byte[] Array(Action<Utf8JsonWriter> items)
+    private static byte[] Json(Action<Utf8JsonWriter> write)
     {
         var buffer = new ArrayBufferWriter<byte>(1024);
         using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder, SkipValidation = true }))
         {
-            w.WriteStartArray();
-            items(w);
-            w.WriteEndArray();
+            write(w);
         }
 
         return buffer.WrittenSpan.ToArray();
     }
+
+    [LoggerMessage(EventId = 130, Level = LogLevel.Warning, Message = "The response {ResponseId} was not kept: the shared store could not be written ({Error}); a later reference to it is not found.")]
+    private static partial void LogNotKept(ILogger logger, string responseId, string error);
 }
+
+/// <summary>The shared store (Redis) could not be reached: a 503, which an SDK retries — not a "not found" it would not.</summary>
+internal sealed class StoreUnavailableException(Exception inner) : Exception("The stored responses could not be reached; retry shortly.", inner);

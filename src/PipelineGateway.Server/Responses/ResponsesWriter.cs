@@ -35,7 +35,12 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     /// Called with the finished response (completed or incomplete) before its last event is written: what keeps it
     /// (<see cref="ResponsesStore"/>) has it before the caller can refer to it.
     /// </summary>
-    public Action<ResponsesWriter, byte[]>? Finished { get; init; }
+    public Func<ResponsesWriter, byte[], Task>? Finished { get; init; }
+
+    private Task? _finishing;
+
+    /// <summary>What <see cref="Finished"/> does, done (before the response's last event or its body goes out).</summary>
+    public ValueTask FinishedAsync() => _finishing is { } task ? new ValueTask(task) : ValueTask.CompletedTask;
 
     /// <summary>The finished response object's JSON.</summary>
     private byte[] ResponseJson() => Json(w => WriteResponse(w, Status()));
@@ -95,7 +100,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         _finish = response.FinishReason;
         _usage = response.Usage;
         var json = ResponseJson(); // incomplete when cut, as the stream's last event says
-        Finished?.Invoke(this, json);
+        _finishing = Finished?.Invoke(this, json);
         return json;
     }
 
@@ -187,7 +192,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
             yield return Event("response.output_item.done", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, item, "completed"); });
         }
 
-        Finished?.Invoke(this, ResponseJson());
+        _finishing = Finished?.Invoke(this, ResponseJson());
         var status = Status();
         yield return Event(status == "completed" ? "response.completed" : "response.incomplete", w => WriteMember(w, "response", status));
     }

@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using FluentAssertions;
+using Microsoft.Extensions.DependencyInjection;
 using OpenAI;
 using OpenAI.Responses;
 using PipelineGateway.Tests.Support;
@@ -278,6 +279,94 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         status.Should().Be(HttpStatusCode.BadRequest);
         refused["error"]!["param"]!.GetValue<string>().Should().Be("input[1].id");
         refused["error"]!["code"]!.GetValue<string>().Should().Be("item_not_found");
+    }
+
+    /// <summary>
+    /// An answer is kept before its last event (or its body) goes out: a caller that continues it the moment it reads
+    /// <c>response.completed</c> — on another instance, with a shared store — finds it. A shared store whose write is
+    /// held (an <c>IDistributedCache</c> of the test's, as Redis is one) holds the last event back until it is done.
+    /// (The check that it is not out yet is made the moment the write starts: a build that did not wait fails it
+    /// most of the time, not always.)
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task An_answer_is_kept_before_its_last_event_or_its_body_goes_out(bool stream)
+    {
+        var store = new HeldCache();
+        await using var fleet = await SimulatorFleet.StartAsync([("sim", "OpenAICompatible", null)], [("gpt", ["sim"])], "gpt-4o-mini", [], Ct,
+            services => services.AddKeyedSingleton<Microsoft.Extensions.Caching.Distributed.IDistributedCache>(PipelineGateway.Redis.RedisOptions.StoredResponsesServiceKey, store));
+        var completed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var client = Task.Run(async () =>
+        {
+            using var http = new HttpClient();
+            using var response = await http.PostAsync(new Uri(fleet.Base, "v1/responses"), new StringContent($$"""{"model":"gpt","input":"Hello","stream":{{(stream ? "true" : "false")}}}""", Encoding.UTF8, "application/json"), Ct);
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(Ct));
+            if (!stream || await ReadUntil(reader, "event: response.completed"))
+            {
+                completed.SetResult();
+            }
+        }, Ct);
+
+        await store.Writing.Task.WaitAsync(Ct); // the answer is being kept…
+        completed.Task.IsCompleted.Should().BeFalse("…and its last event, or its body, waits for it");
+        store.Release.SetResult();
+        await client;
+        completed.Task.IsCompleted.Should().BeTrue();
+        store.Keys.Should().Contain(k => k.StartsWith("r:", StringComparison.Ordinal), "the response was kept");
+    }
+
+    private static async Task<bool> ReadUntil(StreamReader reader, string wanted)
+    {
+        string? line;
+        while ((line = await reader.ReadLineAsync(Ct)) is not null)
+        {
+            if (line == wanted)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>A distributed cache whose writes wait for the test: the first write signals <see cref="Writing"/>.</summary>
+    private sealed class HeldCache : Microsoft.Extensions.Caching.Distributed.IDistributedCache
+    {
+        private readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte[]> _entries = new();
+
+        public TaskCompletionSource Writing { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public ICollection<string> Keys => _entries.Keys;
+
+        public byte[]? Get(string key) => _entries.TryGetValue(key, out var v) ? v : null;
+
+        public Task<byte[]?> GetAsync(string key, CancellationToken token = default) => Task.FromResult(Get(key));
+
+        public void Refresh(string key)
+        {
+        }
+
+        public Task RefreshAsync(string key, CancellationToken token = default) => Task.CompletedTask;
+
+        public void Remove(string key) => _entries.TryRemove(key, out _);
+
+        public Task RemoveAsync(string key, CancellationToken token = default)
+        {
+            Remove(key);
+            return Task.CompletedTask;
+        }
+
+        public void Set(string key, byte[] value, Microsoft.Extensions.Caching.Distributed.DistributedCacheEntryOptions options) => _entries[key] = value;
+
+        public async Task SetAsync(string key, byte[] value, Microsoft.Extensions.Caching.Distributed.DistributedCacheEntryOptions options, CancellationToken token = default)
+        {
+            Writing.TrySetResult();
+            await Release.Task;
+            Set(key, value, options);
+        }
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
 using PipelineGateway.Server;
@@ -31,7 +32,8 @@ internal sealed class SimulatorFleet : IAsyncDisposable
         (string Model, string[] Providers)[] models,
         string deploymentModel,
         Dictionary<string, string?> settings,
-        CancellationToken cancellationToken)
+        CancellationToken cancellationToken,
+        Action<IServiceCollection>? services = null)
     {
         const string KeyVariable = "PGW_TEST_FLEET_UPSTREAM_KEY";
         Environment.SetEnvironmentVariable(KeyVariable, "sk-test-upstream");
@@ -63,7 +65,7 @@ internal sealed class SimulatorFleet : IAsyncDisposable
             }
         }
 
-        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
+        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { }, services);
         return new SimulatorFleet(app, await GatewayServer.StartAsync(app, cancellationToken), sims);
     }
 
