@@ -3,6 +3,7 @@ using System.ClientModel.Primitives;
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Anthropic;
 using Anthropic.Exceptions;
 using Anthropic.Models.Messages;
@@ -258,6 +259,42 @@ public sealed class ErrorContractTests : IAsyncLifetime
         wholeCost.Should().BePositive();
         streamedCost.Should().Be(wholeCost, "the same usage costs the same, streamed or not");
         Calls("anthropic-plain").Should().Be(3);
+    }
+
+    /// <summary>
+    /// A tool loop with <c>reasoning_effort</c> on Claude from an OpenAI-format client: the first step thinks and calls the
+    /// tool; the next, sent as OpenAI's clients send it (the assistant's tool call without <c>thinking_blocks</c>), was
+    /// refused by Claude (and the simulator) — "a final assistant message must start with a thinking block" — so every
+    /// such loop failed at its second step. It is answered without thinking now; given the blocks back, Claude thinks.
+    /// </summary>
+    [Fact]
+    public async Task A_tool_loops_next_step_without_thinking_blocks_is_answered_without_thinking()
+    {
+        using var http = new HttpClient();
+        http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key);
+        var tools = JsonNode.Parse("""[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]""");
+        var ask = new JsonObject { ["role"] = "user", ["content"] = "Use get_weather for Oslo." };
+        async Task<JsonNode> Chat(params JsonNode[] messages)
+        {
+            var body = new JsonObject { ["model"] = "anthropic-only", ["reasoning_effort"] = "low", ["max_tokens"] = 2048, ["tools"] = tools!.DeepClone(), ["messages"] = new JsonArray([.. messages.Select(m => m.DeepClone())]) };
+            var (status, text) = await PostAsync(http, "v1/chat/completions", body);
+            status.Should().Be(HttpStatusCode.OK, text);
+            return JsonNode.Parse(text)!["choices"]![0]!["message"]!;
+        }
+
+        var first = await Chat(ask);
+        first["thinking_blocks"]!.AsArray().Should().NotBeEmpty("the first step thinks");
+        var call = first["tool_calls"]![0]!;
+        var output = new JsonObject { ["role"] = "tool", ["tool_call_id"] = call["id"]!.GetValue<string>(), ["content"] = "Sunny" };
+
+        var plain = new JsonObject { ["role"] = "assistant", ["content"] = null, ["tool_calls"] = new JsonArray(call.DeepClone()) };
+        var withoutThinking = await Chat(ask, plain, output);
+        withoutThinking["content"]!.GetValue<string>().Should().NotBeEmpty();
+        withoutThinking["thinking_blocks"].Should().BeNull("this step was answered without thinking");
+
+        var full = plain.DeepClone();
+        full["thinking_blocks"] = first["thinking_blocks"]!.DeepClone();
+        (await Chat(ask, full, output))["thinking_blocks"]!.AsArray().Should().NotBeEmpty("given its blocks back, Claude thinks on");
     }
 
     /// <summary>

@@ -258,7 +258,12 @@ internal static class AnthropicTranslator
     /// <c>medium</c> 2,048, <c>high</c> 4,096 — within <c>max_tokens</c>, which counts them on both APIs (at least 1,024 and
     /// fewer than <c>max_tokens</c>, Claude's bounds). None (the effort only tunes the answer, so it is dropped, not
     /// refused) when Claude could not think here: <c>max_tokens</c> too small, a temperature other than 1 or <c>top_k</c>
-    /// set, or a tool call forced (a named function, <c>required</c>, a JSON response format) — Claude's own limits on thinking.
+    /// set, or a tool call forced (a named function, <c>required</c>, a JSON response format) — Claude's own limits on thinking
+    /// — or a tool loop's next step whose last assistant turn called tools without its thinking blocks: Claude refuses a
+    /// thinking request then ("a final assistant message must start with a thinking block"), and OpenAI-format clients
+    /// (the OpenAI SDKs, the Vercel AI SDK's chat provider) never give <c>thinking_blocks</c> back — every tool loop's
+    /// second step failed. The step is answered without thinking, as LiteLLM does; a caller that gives the blocks back
+    /// (LiteLLM's clients, the Responses route's reasoning items) keeps thinking.
     /// </summary>
     private static int? ThinkingBudget(ChatCompletionRequest request, int maxTokens)
     {
@@ -277,13 +282,27 @@ internal static class AnthropicTranslator
         var forced = AnswersInJson(request)
             || request.ToolChoice is { ValueKind: JsonValueKind.Object }
             || request.ToolChoice is { ValueKind: JsonValueKind.String } c && c.ValueEquals("required"u8);
-        if (wanted == 0 || forced || request.Temperature is { } t && t != 1 || request.AdditionalProperties.ContainsKey("top_k"))
+        if (wanted == 0 || forced || request.Temperature is { } t && t != 1 || request.AdditionalProperties.ContainsKey("top_k") || ToolStepWithoutThinking(request))
         {
             return null;
         }
 
         var budget = Math.Min(wanted, maxTokens - 1);
         return budget >= 1024 ? budget : null;
+    }
+
+    /// <summary>The last assistant turn called tools and carries no thinking blocks (see <see cref="ThinkingBudget"/>).</summary>
+    private static bool ToolStepWithoutThinking(ChatCompletionRequest request)
+    {
+        for (var i = request.Messages.Count - 1; i >= 0; i--)
+        {
+            if (request.Messages[i] is { Role: ChatRoles.Assistant } last)
+            {
+                return last.ToolCalls is { Count: > 0 } && ThinkingBlocks.Read(last.AdditionalProperties).Count == 0;
+            }
+        }
+
+        return false;
     }
 
     /// <summary>
