@@ -209,11 +209,15 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
                 stored._conversation = response.Conversation;
             }
 
-            foreach (var id in references.Items.Distinct())
+            // Every referenced item at once (a long conversation from the Vercel AI SDK refers to two items a turn): Redis
+            // pipelines them.
+            var ids = references.Items.Distinct().ToArray();
+            var items = await Task.WhenAll(ids.Select(id => store.ItemAsync(scope, id, cancellationToken).AsTask()));
+            for (var i = 0; i < ids.Length; i++)
             {
-                if (await store.ItemAsync(scope, id, cancellationToken) is { } item)
+                if (items[i] is { } item)
                 {
-                    stored._items[id] = item;
+                    stored._items[ids[i]] = item;
                 }
             }
 

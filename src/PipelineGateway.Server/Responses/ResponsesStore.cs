@@ -128,12 +128,15 @@ internal sealed partial class ResponsesStore
 
         try
         {
-            foreach (var (id, json) in output)
+            // All at once: Redis pipelines them (one round trip's wait, not one per item).
+            var writes = new Task[output.Count + 1];
+            for (var i = 0; i < output.Count; i++)
             {
-                await SetAsync(Key('i', scope, id), json).ConfigureAwait(false);
+                writes[i] = SetAsync(Key('i', scope, output[i].Id), output[i].Json).AsTask();
             }
 
-            await SetAsync(Key('r', scope, responseId), envelope).ConfigureAwait(false);
+            writes[^1] = SetAsync(Key('r', scope, responseId), envelope).AsTask();
+            await Task.WhenAll(writes).ConfigureAwait(false);
         }
         catch (Exception ex) when (_shared is not null)
         {
