@@ -67,6 +67,30 @@ public sealed class MicrosoftExtensionsAIInteropTests : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// The Anthropic SDK's own <c>IChatClient</c> (<c>AsIChatClient</c>) on <c>/v1/messages</c>, with automatic function
+    /// invocation: its tool loop runs to the answer, whole and streamed. (The adapter does not turn
+    /// <c>ChatOptions.Reasoning</c> into Claude's thinking: Claude does not think here.)
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task The_Anthropic_SDKs_chat_client_runs_a_tool_loop_on_the_messages_route(bool stream)
+    {
+        var calls = 0;
+        var weather = AIFunctionFactory.Create((string city) => { calls++; return $"Sunny in {city}, 21 °C"; }, "get_weather", "The weather in a city.");
+        var anthropic = new Anthropic.AnthropicClient { ApiKey = "sk-unused", BaseUrl = _fleet.Base.ToString().TrimEnd('/'), MaxRetries = 0 };
+        var client = new ChatClientBuilder(anthropic.AsIChatClient("claude")).UseFunctionInvocation().Build();
+        var options = new ChatOptions { Tools = [weather], MaxOutputTokens = 4096 };
+
+        var answer = stream
+            ? await client.GetStreamingResponseAsync("Use get_weather for Oslo.", options, Ct).ToChatResponseAsync(Ct)
+            : await client.GetResponseAsync("Use get_weather for Oslo.", options, Ct);
+
+        calls.Should().Be(1);
+        answer.Text.Should().NotBeNullOrWhiteSpace();
+    }
+
     [Fact]
     public async Task A_conversation_goes_on_by_its_id_over_the_Responses_API()
     {
