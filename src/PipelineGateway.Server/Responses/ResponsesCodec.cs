@@ -64,6 +64,12 @@ internal static class ResponsesCodec
     public static (string? Previous, List<string> Items) References(byte[] body)
     {
         var items = new List<string>();
+        var span = body.AsSpan();
+        if (span.IndexOf("previous_response_id"u8) < 0 && span.IndexOf("item_reference"u8) < 0 && span.IndexOf("\\u"u8) < 0)
+        {
+            return (null, items); // refers to nothing: not parsed again (a name spelt with escapes is looked for below)
+        }
+
         try
         {
             using var doc = JsonDocument.Parse(body, new JsonDocumentOptions { MaxDepth = 64 });

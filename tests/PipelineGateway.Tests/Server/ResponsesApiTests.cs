@@ -267,6 +267,12 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         (status, var answer) = await Post(next);
         status.Should().Be(HttpStatusCode.OK, "the reference stood for the reasoning item, Claude's thinking with it: " + answer.ToJsonString());
 
+        // The same references with their names spelt in JSON escapes are the same references.
+        (status, var escaped) = await Post($$"""{"model":"claude","previous\u005fresponse_id":"{{first["id"]!.GetValue<string>()}}","input":[{"type":"function_call_output","call_id":"{{call["call_id"]!.GetValue<string>()}}","output":"Sunny"}],{{tools}}}""");
+        status.Should().Be(HttpStatusCode.OK, escaped.ToJsonString());
+        (status, escaped) = await Post($$"""{"model":"claude","input":[{"role":"user","content":"Use get_weather for Oslo."},{"type":"item\u005freference","id":"{{reasoningId}}"},{{call.ToJsonString()}},{"type":"function_call_output","call_id":"{{call["call_id"]!.GetValue<string>()}}","output":"Sunny"}],{{tools}}}""");
+        status.Should().Be(HttpStatusCode.OK, escaped.ToJsonString());
+
         var messageId = answer["output"]!.AsArray().Single(i => i!["type"]!.GetValue<string>() == "message")!["id"]!.GetValue<string>();
         (status, answer) = await Post($$"""{"model":"gpt","input":[{"role":"user","content":"Hi"},{"type":"item_reference","id":"{{messageId}}"},{"role":"user","content":"More"}]}""");
         status.Should().Be(HttpStatusCode.OK, answer.ToJsonString());
