@@ -163,6 +163,7 @@ public static partial class GatewayServer
         app.MapPost("/v1/messages", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleAsync);
         var responses = app.Services.GetRequiredService<Responses.ResponsesEndpoint>();
         app.MapPost("/v1/responses", responses.HandleAsync);
+        app.MapPost("/v1/responses/input_tokens", responses.InputTokensAsync);
         // Request delegates reading the id from the route values: a handler with a bound parameter compiles an expression tree.
         app.MapGet("/v1/responses/{id}", (HttpContext ctx) => responses.GetAsync(ctx, RouteId(ctx)));
         app.MapGet("/v1/responses/{id}/input_items", (HttpContext ctx) => responses.InputItemsAsync(ctx, RouteId(ctx)));

@@ -10,54 +10,19 @@ namespace PipelineGateway.Server.Responses;
 /// through the same pipeline to any provider — the request read by <see cref="ResponsesCodec"/> into the canonical form,
 /// the answer written back by <see cref="ResponsesWriter"/>, whole or as the API's SSE events. Errors in OpenAI's shape.
 /// </summary>
-internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, ResponsesStore store, ILogger<ResponsesEndpoint> logger)
+internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, ResponsesStore store, Routing.ModelCatalog catalog, ILogger<ResponsesEndpoint> logger)
 {
     public async Task HandleAsync(HttpContext ctx)
     {
         var caller = ctx.Features.Get<GatewayCaller>()!;
         var aborted = ctx.RequestAborted;
-        ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
         var scope = ResponsesStore.ScopeOf(caller.Key);
-        ResponsesCodec.Input input;
-        try
+        if (await ReadAsync(ctx, caller, scope) is not { } input)
         {
-            var body = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => body.ToArray(), aborted);
-            var stored = await Stored.FetchAsync(store, scope, ResponsesCodec.References(body), aborted);
-            input = ResponsesCodec.Parse(body, stored);
-        }
-        catch (ResponsesCodec.NotFoundException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", ex.Code, ex.Message, ex.Param);
-            return;
-        }
-        catch (StoreUnavailableException ex)
-        {
-            await StoreUnavailableAsync(ctx, ex);
-            return;
-        }
-        catch (JsonException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
-            return;
-        }
-        catch (BadHttpRequestException ex)
-        {
-            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
-            return;
-        }
-        catch (InvalidRequestException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, ex);
             return;
         }
 
         var request = input.Request;
-        if (!keys.MayUse(caller.Key, request.Model))
-        {
-            await RouteErrors.WriteAsync(ctx, 403, "permission_error", "model_not_allowed", $"This key may not use the model '{Providers.ProviderException.Quoted(request.Model)}'.", "model");
-            return;
-        }
-
         request.Gateway = caller.Headers.ToOptions(caller.Key);
         ServerSubmit.Identify(ctx, request, "x-request-id");
         var keep = input.Store && store.Enabled;
@@ -85,6 +50,78 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             headers.WriteRateLimitHeaders(ctx, request, ex);
             await RouteErrors.WriteAsync(ctx, ex);
         }
+    }
+
+    /// <summary>
+    /// <c>POST /v1/responses/input_tokens</c>: what the request's input would count, by the gateway's tokenizer for the
+    /// model group's first deployment (<c>x-gateway-token-count: tokenizer</c>) — the same body as a response's, its
+    /// stored references included; nothing is sent upstream.
+    /// </summary>
+    public async Task InputTokensAsync(HttpContext ctx)
+    {
+        var caller = ctx.Features.Get<GatewayCaller>()!;
+        if (await ReadAsync(ctx, caller, ResponsesStore.ScopeOf(caller.Key)) is not { Request: var request })
+        {
+            return;
+        }
+
+        if (!catalog.TryResolve(request.Model, out var group))
+        {
+            await RouteErrors.WriteAsync(ctx, new ModelNotFoundException(request.Model));
+            return;
+        }
+
+        var tokens = Admission.TokenCounter.CountPrompt(request, group.DeploymentArray[0].Model);
+        ctx.Response.Headers["x-gateway-token-count"] = "tokenizer";
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.WriteAsync($$"""{"object":"response.input_tokens","input_tokens":{{tokens}}}""", ctx.RequestAborted);
+    }
+
+    /// <summary>The body read (its references fetched from the store) and the key's model checked; null once the error is written.</summary>
+    private async Task<ResponsesCodec.Input?> ReadAsync(HttpContext ctx, GatewayCaller caller, string scope)
+    {
+        var aborted = ctx.RequestAborted;
+        ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
+        ResponsesCodec.Input input;
+        try
+        {
+            var body = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => body.ToArray(), aborted);
+            var stored = await Stored.FetchAsync(store, scope, ResponsesCodec.References(body), aborted);
+            input = ResponsesCodec.Parse(body, stored);
+        }
+        catch (ResponsesCodec.NotFoundException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", ex.Code, ex.Message, ex.Param);
+            return null;
+        }
+        catch (StoreUnavailableException ex)
+        {
+            await StoreUnavailableAsync(ctx, ex);
+            return null;
+        }
+        catch (JsonException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
+            return null;
+        }
+        catch (BadHttpRequestException ex)
+        {
+            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
+            return null;
+        }
+        catch (InvalidRequestException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, ex);
+            return null;
+        }
+
+        if (!keys.MayUse(caller.Key, input.Request.Model))
+        {
+            await RouteErrors.WriteAsync(ctx, 403, "permission_error", "model_not_allowed", $"This key may not use the model '{Providers.ProviderException.Quoted(input.Request.Model)}'.", "model");
+            return null;
+        }
+
+        return input;
     }
 
     /// <summary><c>GET /v1/responses/{id}</c>: a stored response, as it was answered.</summary>

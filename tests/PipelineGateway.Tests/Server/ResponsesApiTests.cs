@@ -375,6 +375,37 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// <c>POST /v1/responses/input_tokens</c> counts what a response's input would be — with the conversation a
+    /// <c>previous_response_id</c> brings — by the gateway's tokenizer, sending nothing upstream; an unknown model is a 404.
+    /// </summary>
+    [Fact]
+    public async Task Input_tokens_are_counted_with_the_stored_conversation_and_nothing_is_sent()
+    {
+        using var http = new HttpClient();
+        async Task<(HttpStatusCode Status, JsonNode Body, string? Source)> Post(string path, string body)
+        {
+            using var response = await http.PostAsync(new Uri(_fleet.Base, path), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+            return (response.StatusCode, JsonNode.Parse(await response.Content.ReadAsStringAsync(Ct))!, response.Headers.TryGetValues("x-gateway-token-count", out var v) ? v.Single() : null);
+        }
+
+        var (_, first, _) = await Post("v1/responses", """{"model":"gpt","input":"Tell me about gateways, at length, with examples."}""");
+        var before = _fleet.Sims["sim"].Requests;
+
+        var (status, alone, source) = await Post("v1/responses/input_tokens", """{"model":"gpt","input":"And more?"}""");
+        status.Should().Be(HttpStatusCode.OK, alone.ToJsonString());
+        alone["object"]!.GetValue<string>().Should().Be("response.input_tokens");
+        source.Should().Be("tokenizer");
+        (status, var continued, _) = await Post("v1/responses/input_tokens", $$"""{"model":"gpt","input":"And more?","previous_response_id":"{{first["id"]!.GetValue<string>()}}"}""");
+        status.Should().Be(HttpStatusCode.OK);
+        continued["input_tokens"]!.GetValue<int>().Should().BeGreaterThan(alone["input_tokens"]!.GetValue<int>() + 10, "the stored conversation counts");
+        _fleet.Sims["sim"].Requests.Should().Be(before, "counting sends nothing upstream");
+
+        (status, var missing, _) = await Post("v1/responses/input_tokens", """{"model":"nope","input":"hi"}""");
+        status.Should().Be(HttpStatusCode.NotFound);
+        missing["error"]!["code"]!.GetValue<string>().Should().Be("model_not_found");
+    }
+
     [Fact]
     public async Task A_reasoning_item_that_claims_to_be_the_gateways_but_cannot_be_read_is_a_400_naming_it()
     {
