@@ -155,6 +155,37 @@ public sealed class FrontDoorTests : IAsyncLifetime
         _sim.Requests.Should().Be(0);
     }
 
+    /// <summary>
+    /// A stored response is its key's alone: another key neither reads, continues, refers to nor deletes it (each is
+    /// "not found", as for an id never stored), and without a key nothing of it is reached (401).
+    /// </summary>
+    [Fact]
+    public async Task A_stored_response_is_its_keys_alone()
+    {
+        var (status, stored, _) = await Send("v1/responses", """{"model":"gpt-4o-mini","input":"A secret plan."}""");
+        status.Should().Be(HttpStatusCode.OK);
+        var id = stored.GetProperty("id").GetString()!;
+        var item = stored.GetProperty("output")[0].GetProperty("id").GetString()!;
+
+        (await Send($"v1/responses/{id}", null)).Status.Should().Be(HttpStatusCode.OK, "its own key reads it");
+        (await Send($"v1/responses/{id}", null, key: AdminKey)).Status.Should().Be(HttpStatusCode.NotFound, "another key, even an admin one, does not");
+        (await Send($"v1/responses/{id}/input_items", null, key: AdminKey)).Status.Should().Be(HttpStatusCode.NotFound);
+        (await Send($"v1/responses/{id}", null, key: null)).Status.Should().Be(HttpStatusCode.Unauthorized);
+        var (continued, body, _) = await Send("v1/responses", $$"""{"model":"gpt-4o-mini","previous_response_id":"{{id}}","input":"Go on."}""", key: AdminKey);
+        continued.Should().Be(HttpStatusCode.BadRequest);
+        body.GetProperty("error").GetProperty("code").GetString().Should().Be("previous_response_not_found");
+        (await Send("v1/responses", $$"""{"model":"gpt-4o-mini","input":[{"type":"item_reference","id":"{{item}}"}]}""", key: AdminKey)).Status.Should().Be(HttpStatusCode.BadRequest);
+
+        using (var http = new HttpClient())
+        using (var delete = new HttpRequestMessage(HttpMethod.Delete, new Uri(Base, $"v1/responses/{id}")))
+        {
+            delete.Headers.Authorization = new AuthenticationHeaderValue("Bearer", AdminKey);
+            (await http.SendAsync(delete, Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound, "another key cannot delete it");
+        }
+
+        (await Send($"v1/responses/{id}", null)).Status.Should().Be(HttpStatusCode.OK, "still there for its own key");
+    }
+
     [Fact]
     public async Task An_unknown_path_is_a_404_that_echoes_no_key_pasted_into_it()
     {
