@@ -21,12 +21,7 @@ public sealed class MicrosoftExtensionsAIInteropTests : IAsyncLifetime
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    public async ValueTask InitializeAsync() => _fleet = await SimulatorFleet.StartAsync(
-        [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
-        [("gpt", ["sim"]), ("claude", ["claude"])],
-        "claude-sonnet-4-5",
-        [],
-        Ct);
+    public async ValueTask InitializeAsync() => _fleet = await SimulatorFleet.GptAndClaudeAsync(Ct);
 
     public ValueTask DisposeAsync() => _fleet.DisposeAsync();
 

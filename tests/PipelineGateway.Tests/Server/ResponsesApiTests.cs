@@ -23,12 +23,7 @@ public sealed class ResponsesApiTests : IAsyncLifetime
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    public async ValueTask InitializeAsync() => _fleet = await SimulatorFleet.StartAsync(
-        [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
-        [("gpt", ["sim"]), ("claude", ["claude"])],
-        "claude-sonnet-4-5",
-        [],
-        Ct);
+    public async ValueTask InitializeAsync() => _fleet = await SimulatorFleet.GptAndClaudeAsync(Ct);
 
     public ValueTask DisposeAsync() => _fleet.DisposeAsync();
 
@@ -300,8 +295,7 @@ public sealed class ResponsesApiTests : IAsyncLifetime
     public async Task An_answer_is_kept_before_its_last_event_or_its_body_goes_out(bool stream)
     {
         var store = new HeldCache();
-        await using var fleet = await SimulatorFleet.StartAsync([("sim", "OpenAICompatible", null)], [("gpt", ["sim"])], "gpt-4o-mini", [], Ct,
-            services => services.AddKeyedSingleton<Microsoft.Extensions.Caching.Distributed.IDistributedCache>(PipelineGateway.Redis.RedisOptions.StoredResponsesServiceKey, store));
+        await using var fleet = await SimulatorFleet.GptAndClaudeAsync(Ct, services => services.AddKeyedSingleton<Microsoft.Extensions.Caching.Distributed.IDistributedCache>(PipelineGateway.Redis.RedisOptions.StoredResponsesServiceKey, store));
         var completed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var client = Task.Run(async () =>
         {

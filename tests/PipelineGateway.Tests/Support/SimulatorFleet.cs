@@ -27,6 +27,15 @@ internal sealed class SimulatorFleet : IAsyncDisposable
     /// <summary>Provider name → its simulator.</summary>
     public Dictionary<string, SimulatorServer> Sims { get; }
 
+    /// <summary>An OpenAI-compatible simulator behind model <c>gpt</c> and a Claude one behind <c>claude</c> (the Responses and interop tests' pair).</summary>
+    public static Task<SimulatorFleet> GptAndClaudeAsync(CancellationToken cancellationToken, Action<IServiceCollection>? services = null) => StartAsync(
+        [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
+        [("gpt", ["sim"]), ("claude", ["claude"])],
+        "claude-sonnet-4-5",
+        [],
+        cancellationToken,
+        services);
+
     public static async Task<SimulatorFleet> StartAsync(
         (string Name, string Type, string? Fault)[] providers,
         (string Model, string[] Providers)[] models,
