@@ -125,6 +125,15 @@ internal sealed partial class ProviderWorkerPool
                 started = time.GetTimestamp();
             }
 
+            if (ownPermit)
+            {
+                item.Sending(deployment, started); // the first leg: listed if the request is cancelled before the legs are recorded
+            }
+            else
+            {
+                item.SendingHedge(deployment, started);
+            }
+
             span = _services!.Tracing.StartAttempt(item, Name, deployment, hedge: !ownPermit);
             var response = ProviderAnswer.Accept(await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model) { Deadline = item.Deadline }, token).ConfigureAwait(false), Name);
             Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);

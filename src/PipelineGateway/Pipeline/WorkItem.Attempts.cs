@@ -135,10 +135,14 @@ internal sealed partial class WorkItem
     private Deployment? _sentTo;
     private long _sentAt;
     private int _sentIndex;
+    private Deployment? _hedgeTo;
+    private long _hedgeAt;
+    private int _hedgeIndex;
 
     /// <summary>
     /// An attempt leaves for <paramref name="deployment"/> at <paramref name="at"/> (a timestamp): it is recorded when it
-    /// ends, which a cancellation does not wait for (see <see cref="AttemptsWithUnrecorded"/>).
+    /// ends, which a cancellation does not wait for (see <see cref="AttemptsWithUnrecorded"/>). A hedged attempt's first
+    /// leg too; its second is <see cref="SendingHedge"/>.
     /// </summary>
     public void Sending(Deployment deployment, long at)
     {
@@ -147,11 +151,20 @@ internal sealed partial class WorkItem
         Volatile.Write(ref _sentTo, deployment);
     }
 
+    /// <summary>A hedged attempt's second leg leaves for <paramref name="deployment"/> (both legs are recorded together, when both ended).</summary>
+    public void SendingHedge(Deployment deployment, long at)
+    {
+        _hedgeIndex = AttemptCount;
+        _hedgeAt = at;
+        Volatile.Write(ref _hedgeTo, deployment);
+    }
+
     /// <summary>
     /// The attempts with the one in flight when it is not recorded yet — a cancellation answers the caller before the
     /// attempt's worker unwinds and records it (<see cref="Cancel"/>; every other end of a sent attempt is recorded by its
     /// worker first) — as the worker will record it: cancelled, its time so far. Null when nothing is missing. One
-    /// snapshot is both checked and listed, since the worker may record its attempt at any moment.
+    /// snapshot is both checked and listed, since the worker may record its attempt at any moment. A hedged attempt's two
+    /// legs, both.
     /// </summary>
     public IReadOnlyList<GatewayAttempt>? AttemptsWithUnrecorded(TimeProvider time)
     {
@@ -161,7 +174,12 @@ internal sealed partial class WorkItem
             return null;
         }
 
-        return [.. recorded, new GatewayAttempt(deployment.ProviderName, deployment.Model, AttemptOutcome.Cancelled, time.GetElapsedTime(_sentAt), null, Reason.ToString().ToLowerInvariant()) { Deployment = deployment }];
+        var reason = Reason.ToString().ToLowerInvariant();
+        var sent = new GatewayAttempt(deployment.ProviderName, deployment.Model, AttemptOutcome.Cancelled, time.GetElapsedTime(_sentAt), null, reason) { Deployment = deployment };
+        // A second leg of this attempt (one of an earlier attempt was recorded with it: its index is older).
+        return Volatile.Read(ref _hedgeTo) is { } hedge && _hedgeIndex == _sentIndex
+            ? [.. recorded, sent, new GatewayAttempt(hedge.ProviderName, hedge.Model, AttemptOutcome.Cancelled, time.GetElapsedTime(_hedgeAt), null, reason) { Deployment = hedge }]
+            : [.. recorded, sent];
     }
 
     /// <summary>The attempts once the item is answered (no further attempt can be added): the array itself.</summary>

@@ -97,6 +97,9 @@ internal sealed partial class WorkItem
         _sentTo = null;
         _sentAt = 0;
         _sentIndex = 0;
+        _hedgeTo = null;
+        _hedgeAt = 0;
+        _hedgeIndex = 0;
         LastFailure = null;
 
         Slot = -1;

@@ -348,6 +348,36 @@ public sealed class RequestLogTests : IDisposable
         (attempt.Provider, attempt.Outcome, attempt.Error).Should().Be(("p", AttemptOutcome.Cancelled, "caller"));
     }
 
+    /// <summary>A hedged request its caller gives up on while both legs are in flight is logged with both, cancelled.</summary>
+    [Fact]
+    public async Task A_hedged_request_cancelled_with_both_legs_in_flight_is_logged_with_both()
+    {
+        var clock = TestGateway.Clock();
+        var first = FakeProvider.NeverAnswers("first");
+        var second = FakeProvider.NeverAnswers("second");
+        var store = new CapturingStore();
+        var builder = TestGateway.With(first, second).UseTimeProvider(clock)
+            .Configure(o => o.Models[0].Hedging = new HedgingOptions { Delay = TimeSpan.FromMilliseconds(500) });
+        builder.Services.AddSingleton<IRequestLogStore>(store);
+        await using var gateway = await builder.StartAsync(Ct);
+        using var cancel = new CancellationTokenSource();
+
+        var pending = gateway.SubmitAsync(Req("a", "slow"), cancel.Token);
+        await Wait.Until(() => first.Calls == 1, "the first leg is under way");
+        clock.Advance(TimeSpan.FromMilliseconds(500));
+        await Wait.Until(() => second.Calls == 1, "the hedge leg is under way");
+        await cancel.CancelAsync();
+        var act = async () => await pending;
+        await act.Should().ThrowAsync<RequestCancelledException>();
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+
+        var row = store.Rows.Should().ContainSingle().Subject;
+        row.Status.Should().Be(499);
+        row.AttemptList!.Select(a => (a.Provider, a.Outcome, a.Error)).Should().Equal(
+            ("first", AttemptOutcome.Cancelled, "caller"),
+            ("second", AttemptOutcome.Cancelled, "caller"));
+    }
+
     private sealed class CapturingStore : IRequestLogStore
     {
         public List<RequestRecord> Rows { get; } = [];
