@@ -6,9 +6,11 @@ using Microsoft.Extensions.Logging;
 namespace PipelineGateway.Server.Responses;
 
 /// <summary>
-/// <c>POST /v1/responses</c>: OpenAI's Responses API (the OpenAI SDKs' responses clients, the Agents SDK, Codex), stateless,
-/// through the same pipeline to any provider — the request read by <see cref="ResponsesCodec"/> into the canonical form,
-/// the answer written back by <see cref="ResponsesWriter"/>, whole or as the API's SSE events. Errors in OpenAI's shape.
+/// <c>POST /v1/responses</c>: OpenAI's Responses API (the OpenAI SDKs' responses clients, the Agents SDK, Codex, the Vercel
+/// AI SDK), its answers kept with <c>store</c> (<see cref="ResponsesStore"/>: <c>previous_response_id</c>,
+/// <c>item_reference</c>, <c>GET</c>/<c>DELETE /v1/responses/{id}</c>, <c>input_items</c>, <c>input_tokens</c>), through
+/// the same pipeline to any provider — the request read by <see cref="ResponsesCodec"/> into the canonical form, the
+/// answer written back by <see cref="ResponsesWriter"/>, whole or as the API's SSE events. Errors in OpenAI's shape.
 /// </summary>
 internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, ResponsesStore store, Routing.ModelCatalog catalog, ILogger<ResponsesEndpoint> logger)
 {
