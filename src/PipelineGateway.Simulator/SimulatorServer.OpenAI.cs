@@ -67,12 +67,13 @@ public sealed partial class SimulatorServer
             var message = tool is null
                 ? ChatCompletionMessage.Assistant(SimulatedTools.StructuredContent(request, words) ?? string.Join(' ', words))
                 : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "call_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request, tool, words) } }] };
+            var logprobs = tool is null ? SimulatedText.Logprobs(request, SimulatedProvider.Pieces(message.Content!.GetText(), words)) : null;
             var response = new ChatCompletionResponse
             {
                 Id = id,
                 Created = created,
                 Model = request.Model,
-                Choices = [new ChatChoice { Message = message, FinishReason = finish }],
+                Choices = [new ChatChoice { Message = message, FinishReason = finish, Logprobs = logprobs }],
                 Usage = TokenUsage.Of(promptTokens, words.Length),
             };
             SetRateLimitHeaders(ctx);
@@ -119,7 +120,9 @@ public sealed partial class SimulatorServer
             var pieces = SimulatedTools.StructuredContent(request, words) is { } json ? [json[..(json.Length / 2)], json[(json.Length / 2)..]] : words.Select((w, i) => i == 0 ? w : " " + w).ToArray();
             for (var i = 0; i < pieces.Length; i++)
             {
-                chunks.Add(Chunk(new ChatCompletionDelta { Role = i == 0 ? ChatRoles.Assistant : null, Content = pieces[i] }));
+                var chunk = Chunk(new ChatCompletionDelta { Role = i == 0 ? ChatRoles.Assistant : null, Content = pieces[i] });
+                chunk.Choices[0].Logprobs = SimulatedText.Logprobs(request, [pieces[i]]);
+                chunks.Add(chunk);
             }
 
             chunks.Add(Chunk(new ChatCompletionDelta(), finish));

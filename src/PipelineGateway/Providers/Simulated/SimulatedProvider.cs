@@ -81,7 +81,8 @@ internal sealed class SimulatedProvider : ILlmProvider
 
                 first = false;
                 cancellationToken.ThrowIfCancellationRequested();
-                yield return new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [new ChunkChoice { Index = choice, Delta = delta }] };
+                var logprobs = delta.Content is { } text ? SimulatedText.Logprobs(request.Request, [text]) : null;
+                yield return new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [new ChunkChoice { Index = choice, Delta = delta, Logprobs = logprobs }] };
             }
 
             yield return new ChatCompletionChunk
@@ -108,6 +109,10 @@ internal sealed class SimulatedProvider : ILlmProvider
     }
 
     private static ChatCompletionDelta Text(string text, bool first) => new() { Role = first ? ChatRoles.Assistant : null, Content = text };
+
+    /// <summary>The answer's tokens as it streams them: its words (after the first, each with its space), or a JSON answer's two halves.</summary>
+    internal static string[] Pieces(string content, string[] words) =>
+        content == string.Join(' ', words) ? words.Select((w, i) => i == 0 ? w : " " + w).ToArray() : [content[..(content.Length / 2)], content[(content.Length / 2)..]];
 
     /// <summary>A streamed tool call as OpenAI sends one: the name first, then the arguments in two fragments.</summary>
     private static ChatCompletionDelta[] ToolCallDeltas(ChatCompletionRequest request, string tool, string[] words)
@@ -162,7 +167,13 @@ internal sealed class SimulatedProvider : ILlmProvider
             var message = tool is not null
                 ? new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = ToolCallId, Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request.Request, tool, words) } }] }
                 : new ChatCompletionMessage { Role = ChatRoles.Assistant, Content = SimulatedTools.StructuredContent(request.Request, words) ?? string.Join(' ', words) };
-            choices.Add(new ChatChoice { Index = i, Message = message, FinishReason = SimulatedText.Finish(request.Request, _options.CompletionWords, tool, tool is null && message.Content!.GetText() != string.Join(' ', words)) });
+            choices.Add(new ChatChoice
+            {
+                Index = i,
+                Message = message,
+                FinishReason = SimulatedText.Finish(request.Request, _options.CompletionWords, tool, tool is null && message.Content!.GetText() != string.Join(' ', words)),
+                Logprobs = tool is null ? SimulatedText.Logprobs(request.Request, Pieces(message.Content!.GetText(), words)) : null,
+            });
         }
 
         return new ChatCompletionResponse

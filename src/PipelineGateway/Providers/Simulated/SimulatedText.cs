@@ -69,4 +69,64 @@ internal static class SimulatedText
             return h;
         }
     }
+
+    /// <summary>
+    /// The pieces' log probabilities as OpenAI's <c>logprobs</c> member carries them (<c>content</c>: each token with
+    /// its <c>logprob</c>, UTF-8 <c>bytes</c> and <c>top_logprobs</c> — the token itself first, then as many made-up
+    /// alternatives as <c>top_logprobs</c> asks, less likely); null unless the request asked (<c>logprobs: true</c>).
+    /// Deterministic: a function of each piece.
+    /// </summary>
+    public static System.Text.Json.JsonElement? Logprobs(ChatCompletionRequest request, IReadOnlyList<string> pieces)
+    {
+        if (request.AdditionalProperties?.TryGetValue("logprobs", out var asked) != true || asked.ValueKind != System.Text.Json.JsonValueKind.True)
+        {
+            return null;
+        }
+
+        var top = request.AdditionalProperties.TryGetValue("top_logprobs", out var n) && n.ValueKind == System.Text.Json.JsonValueKind.Number && n.TryGetInt32(out var count)
+            ? Math.Clamp(count, 0, 20)
+            : 0;
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
+        using (var w = new System.Text.Json.Utf8JsonWriter(buffer))
+        {
+            w.WriteStartObject();
+            w.WriteStartArray("content");
+            foreach (var piece in pieces)
+            {
+                var logprob = -((StableHash(piece) & 0x3FF) / 1024.0) - 0.001;
+                w.WriteStartObject();
+                Entry(w, piece, logprob);
+                w.WriteStartArray("top_logprobs");
+                for (var k = 0; k < top; k++)
+                {
+                    w.WriteStartObject();
+                    Entry(w, k == 0 ? piece : piece.Trim() + "~" + k, logprob - k);
+                    w.WriteEndObject();
+                }
+
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+
+            w.WriteEndArray();
+            w.WriteNull("refusal");
+            w.WriteEndObject();
+        }
+
+        using var doc = System.Text.Json.JsonDocument.Parse(buffer.WrittenMemory);
+        return doc.RootElement.Clone();
+
+        static void Entry(System.Text.Json.Utf8JsonWriter w, string token, double logprob)
+        {
+            w.WriteString("token", token);
+            w.WriteNumber("logprob", Math.Round(logprob, 6));
+            w.WriteStartArray("bytes");
+            foreach (var b in System.Text.Encoding.UTF8.GetBytes(token))
+            {
+                w.WriteNumberValue(b);
+            }
+
+            w.WriteEndArray();
+        }
+    }
 }
