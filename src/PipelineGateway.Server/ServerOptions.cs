@@ -64,9 +64,13 @@ public sealed class ServerOptions
     /// </summary>
     public TimeSpan StoredResponsesTtl { get; set; } = TimeSpan.FromHours(24);
 
-    /// <summary>What the stored responses may hold in the instance's memory, in bytes of their JSON; past it the least recently used leave first.</summary>
+    /// <summary>
+    /// What the stored responses may hold in the instance's memory, in bytes of their JSON (and their keys); past it the
+    /// least recently used leave first. A store this full and churning (every request stored, thousands a second) costs
+    /// the process several times this in resident memory — the GC's room for what was evicted (docs/server.md).
+    /// </summary>
     [Range(0, long.MaxValue)]
-    public long StoredResponsesMaxBytes { get; set; } = 64L * 1024 * 1024;
+    public long StoredResponsesMaxBytes { get; set; } = 32L * 1024 * 1024;
 
     /// <summary>Checks the settings across fields; the messages name the setting and what is allowed.</summary>
     public IEnumerable<string> Validate()

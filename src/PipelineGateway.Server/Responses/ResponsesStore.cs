@@ -24,7 +24,10 @@ namespace PipelineGateway.Server.Responses;
 /// </summary>
 internal sealed partial class ResponsesStore
 {
-    /// <summary>What one stored thing costs beyond its JSON (the entry, its key, the dictionary's slot), for the byte bound.</summary>
+    /// <summary>
+    /// What one stored thing costs beyond its JSON — the array's header, the LRU's node, the dictionary's slot and the key
+    /// (counted apart, as UTF-16) — for the byte bound.
+    /// </summary>
     private const int Overhead = 160;
 
     private readonly ServerOptions _options;
@@ -197,7 +200,7 @@ internal sealed partial class ResponsesStore
     {
         if (_local is not null)
         {
-            _local.Set(key, json, json.Length + key.Length + Overhead, _options.StoredResponsesTtl);
+            _local.Set(key, json, json.Length + (2 * key.Length) + Overhead, _options.StoredResponsesTtl);
             return;
         }
 
