@@ -333,16 +333,8 @@ public sealed class RequestLogTests : IDisposable
         var builder = TestGateway.With(provider);
         builder.Services.AddSingleton<IRequestLogStore>(store);
         await using var gateway = await builder.StartAsync(Ct);
-        using var cancel = new CancellationTokenSource();
 
-        var pending = gateway.SubmitAsync(Req("a", "slow"), cancel.Token);
-        await Wait.Until(() => provider.Calls == 1, "the attempt is under way");
-        await cancel.CancelAsync();
-        var act = async () => await pending;
-        await act.Should().ThrowAsync<RequestCancelledException>();
-        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
-
-        var row = store.Rows.Should().ContainSingle().Subject;
+        var row = await CancelledInFlightAsync(gateway, store, () => Wait.Until(() => provider.Calls == 1, "the attempt is under way"));
         (row.Status, row.Provider, row.Cost).Should().Be((499, (string?)null, 0m));
         var attempt = row.AttemptList.Should().ContainSingle("the attempt in flight, though its worker had not recorded it yet").Subject;
         (attempt.Provider, attempt.Outcome, attempt.Error).Should().Be(("p", AttemptOutcome.Cancelled, "caller"));
@@ -360,22 +352,30 @@ public sealed class RequestLogTests : IDisposable
             .Configure(o => o.Models[0].Hedging = new HedgingOptions { Delay = TimeSpan.FromMilliseconds(500) });
         builder.Services.AddSingleton<IRequestLogStore>(store);
         await using var gateway = await builder.StartAsync(Ct);
-        using var cancel = new CancellationTokenSource();
 
-        var pending = gateway.SubmitAsync(Req("a", "slow"), cancel.Token);
-        await Wait.Until(() => first.Calls == 1, "the first leg is under way");
-        clock.Advance(TimeSpan.FromMilliseconds(500));
-        await Wait.Until(() => second.Calls == 1, "the hedge leg is under way");
-        await cancel.CancelAsync();
-        var act = async () => await pending;
-        await act.Should().ThrowAsync<RequestCancelledException>();
-        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
-
-        var row = store.Rows.Should().ContainSingle().Subject;
+        var row = await CancelledInFlightAsync(gateway, store, async () =>
+        {
+            await Wait.Until(() => first.Calls == 1, "the first leg is under way");
+            clock.Advance(TimeSpan.FromMilliseconds(500));
+            await Wait.Until(() => second.Calls == 1, "the hedge leg is under way");
+        });
         row.Status.Should().Be(499);
         row.AttemptList!.Select(a => (a.Provider, a.Outcome, a.Error)).Should().Equal(
             ("first", AttemptOutcome.Cancelled, "caller"),
             ("second", AttemptOutcome.Cancelled, "caller"));
+    }
+
+    /// <summary>A whole request submitted, its caller giving up once <paramref name="underWay"/> says the upstream works; its log row.</summary>
+    private static async Task<RequestRecord> CancelledInFlightAsync(Gateway gateway, CapturingStore store, Func<Task> underWay)
+    {
+        using var cancel = new CancellationTokenSource();
+        var pending = gateway.SubmitAsync(Req("a", "slow"), cancel.Token);
+        await underWay();
+        await cancel.CancelAsync();
+        var act = async () => await pending;
+        await act.Should().ThrowAsync<RequestCancelledException>();
+        await gateway.Services.GetRequiredService<RequestLogWriter>().FlushAsync(Ct);
+        return store.Rows.Should().ContainSingle().Subject;
     }
 
     private sealed class CapturingStore : IRequestLogStore
