@@ -20,7 +20,7 @@ internal static class ResponsesCodec
     [
         "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls",
         "stream", "text", "reasoning", "user", "metadata", "store", "include", "truncation", "service_tier", "prompt_cache_key",
-        "safety_identifier", "stream_options", "max_tool_calls", "prompt_cache_retention", "previous_response_id",
+        "safety_identifier", "stream_options", "max_tool_calls", "prompt_cache_retention", "previous_response_id", "top_logprobs",
     ];
 
     /// <summary>Where stored things are looked up: an item by its id, the conversation a response ended by the response's id.</summary>
@@ -125,13 +125,6 @@ internal static class ResponsesCodec
                     throw new InvalidRequestException(member.Name, $"{member.Name} is not supported: this gateway keeps no conversations, prompts or background responses (send the conversation in 'input', or continue a stored response with 'previous_response_id').");
                 }
             }
-            else if (member.Name == "top_logprobs")
-            {
-                if (member.Value.ValueKind is not JsonValueKind.Null && !(member.Value.ValueKind == JsonValueKind.Number && member.Value.TryGetInt32(out var n) && n == 0))
-                {
-                    throw new InvalidRequestException(member.Name, "top_logprobs is not supported by this gateway on /v1/responses.");
-                }
-            }
             else if (!Known.Contains(member.Name))
             {
                 throw new InvalidRequestException(member.Name, $"Unknown parameter: '{Providers.ProviderException.Quoted(member.Name)}'.");
@@ -229,6 +222,7 @@ internal static class ResponsesCodec
             }
         }
 
+        ReadLogprobs(root, request);
         if (Boolean(root, "parallel_tool_calls") is { } parallel)
         {
             (request.AdditionalProperties ??= [])["parallel_tool_calls"] = Element(w => w.WriteBooleanValue(parallel));
@@ -445,6 +439,38 @@ internal static class ResponsesCodec
                 }),
                 _ => throw new InvalidRequestException("tool_choice", "tool_choice: must be 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": …}."),
             };
+        }
+    }
+
+    /// <summary>
+    /// Log probabilities — <c>include</c> naming <c>message.output_text.logprobs</c>, or <c>top_logprobs</c> above 0 — as the
+    /// chat format's <c>logprobs</c> and <c>top_logprobs</c> (a deployment that cannot give them refuses them, as on the chat
+    /// route); the answer's text parts carry them.
+    /// </summary>
+    private static void ReadLogprobs(JsonElement root, ChatCompletionRequest request)
+    {
+        var top = Integer(root, "top_logprobs", 0);
+        if (top > 20)
+        {
+            throw new InvalidRequestException("top_logprobs", "top_logprobs: must be an integer from 0 to 20.");
+        }
+
+        var included = false;
+        if (root.TryGetProperty("include", out var include) && include.ValueKind == JsonValueKind.Array)
+        {
+            foreach (var name in include.EnumerateArray())
+            {
+                included |= name.ValueKind == JsonValueKind.String && name.ValueEquals("message.output_text.logprobs");
+            }
+        }
+
+        if (included || top > 0)
+        {
+            (request.AdditionalProperties ??= [])["logprobs"] = Element(static w => w.WriteBooleanValue(true));
+            if (top > 0)
+            {
+                request.AdditionalProperties["top_logprobs"] = Element(w => w.WriteNumberValue(top.Value));
+            }
         }
     }
 

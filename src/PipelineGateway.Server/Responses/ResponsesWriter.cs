@@ -60,6 +60,9 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         public StringBuilder Text { get; } = new();
 
+        /// <summary>A message's tokens' log probabilities (the chat format's <c>logprobs.content</c> entries), when the answer has them.</summary>
+        public List<JsonElement>? Logprobs { get; set; }
+
         public string? CallId { get; set; }
 
         public string? Name { get; set; }
@@ -85,7 +88,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         if (message?.Content?.GetText() is { Length: > 0 } text)
         {
-            var item = new Item(ItemId("msg"), call: false) { Done = true };
+            var item = new Item(ItemId("msg"), call: false) { Done = true, Logprobs = Entries(response.Choices[0].Logprobs) };
             item.Text.Append(text);
             _items.Add(item);
         }
@@ -147,7 +150,13 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
                 _text.Text.Append(text);
                 var open = _text;
-                yield return Event("response.output_text.delta", w => { WriteWhere(w, open); w.WriteString("delta", text); w.WriteStartArray("logprobs"); w.WriteEndArray(); });
+                var entries = Entries(choice.Logprobs);
+                if (entries is not null)
+                {
+                    (open.Logprobs ??= []).AddRange(entries);
+                }
+
+                yield return Event("response.output_text.delta", w => { WriteWhere(w, open); w.WriteString("delta", text); WriteLogprobs(w, entries); });
             }
 
             foreach (var call in choice.Delta.ToolCalls ?? [])
@@ -282,8 +291,8 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         text.Done = true;
         var index = _items.IndexOf(text);
         var all = text.Text.ToString();
-        yield return Event("response.output_text.done", w => { WriteWhere(w, text); w.WriteString("text", all); w.WriteStartArray("logprobs"); w.WriteEndArray(); });
-        yield return Event("response.content_part.done", w => { WriteWhere(w, text); w.WritePropertyName("part"); WritePart(w, all); });
+        yield return Event("response.output_text.done", w => { WriteWhere(w, text); w.WriteString("text", all); WriteLogprobs(w, text.Logprobs); });
+        yield return Event("response.content_part.done", w => { WriteWhere(w, text); w.WritePropertyName("part"); WritePart(w, all, text.Logprobs); });
         yield return Event("response.output_item.done", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, text, "completed"); });
     }
 
@@ -298,15 +307,38 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         w.WriteNumber(partIndex, 0);
     }
 
-    private static void WritePart(Utf8JsonWriter w, string text)
+    private static void WritePart(Utf8JsonWriter w, string text, List<JsonElement>? logprobs = null)
     {
         w.WriteStartObject();
         w.WriteString("type", "output_text");
         w.WriteString("text", text);
         w.WriteStartArray("annotations");
         w.WriteEndArray();
+        if (logprobs is not null)
+        {
+            WriteLogprobs(w, logprobs);
+        }
+
         w.WriteEndObject();
     }
+
+    /// <summary>A part's or delta's <c>logprobs</c>: the tokens' entries, as the chat format has them (token, logprob, bytes, top_logprobs).</summary>
+    private static void WriteLogprobs(Utf8JsonWriter w, List<JsonElement>? entries)
+    {
+        w.WriteStartArray("logprobs");
+        foreach (var entry in entries ?? [])
+        {
+            entry.WriteTo(w);
+        }
+
+        w.WriteEndArray();
+    }
+
+    /// <summary>A choice's <c>logprobs.content</c> entries (null: none).</summary>
+    private static List<JsonElement>? Entries(JsonElement? logprobs) =>
+        logprobs is { ValueKind: JsonValueKind.Object } l && l.TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.Array
+            ? [.. content.EnumerateArray().Select(static e => e.Clone())]
+            : null;
 
     private static void WriteItem(Utf8JsonWriter w, Item item, string status)
     {
@@ -347,7 +379,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
             w.WriteStartArray("content");
             if (status == "completed")
             {
-                WritePart(w, item.Text.ToString());
+                WritePart(w, item.Text.ToString(), item.Logprobs);
             }
 
             w.WriteEndArray();

@@ -400,6 +400,44 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         missing["error"]!["code"]!.GetValue<string>().Should().Be("model_not_found");
     }
 
+    /// <summary>
+    /// Log probabilities on the Responses API (<c>include</c> <c>message.output_text.logprobs</c>, <c>top_logprobs</c>): the
+    /// answer's text part carries one entry per token, whole and streamed (each delta its own tokens'); a deployment that
+    /// cannot give them (Claude) refuses the request, as on the chat route. They were left out (and <c>top_logprobs</c> a 400).
+    /// </summary>
+    [Fact]
+    public async Task Log_probabilities_come_with_the_text_whole_and_streamed()
+    {
+        using var http = new HttpClient();
+        async Task<(HttpStatusCode Status, string Body)> Post(string body)
+        {
+            using var response = await http.PostAsync(new Uri(_fleet.Base, "v1/responses"), new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+            return (response.StatusCode, await response.Content.ReadAsStringAsync(Ct));
+        }
+
+        var (status, text) = await Post("""{"model":"gpt","input":"Tell me about logs.","include":["message.output_text.logprobs"],"top_logprobs":2}""");
+        status.Should().Be(HttpStatusCode.OK, text);
+        var part = JsonNode.Parse(text)!["output"]![0]!["content"]![0]!;
+        var entries = part["logprobs"]!.AsArray();
+        entries.Should().NotBeEmpty();
+        string.Concat(entries.Select(e => e!["token"]!.GetValue<string>())).Should().Be(part["text"]!.GetValue<string>());
+        entries.Should().AllSatisfy(e => e!["top_logprobs"]!.AsArray().Should().HaveCount(2));
+
+        (status, text) = await Post("""{"model":"gpt","input":"Tell me about streams.","stream":true,"top_logprobs":1}""");
+        status.Should().Be(HttpStatusCode.OK);
+        var events = text.Split('\n').Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => JsonNode.Parse(l[6..])!).ToList();
+        var deltas = events.Where(e => e["type"]!.GetValue<string>() == "response.output_text.delta").ToList();
+        string.Concat(deltas.SelectMany(d => d["logprobs"]!.AsArray()).Select(e => e!["token"]!.GetValue<string>()))
+            .Should().Be(string.Concat(deltas.Select(d => d["delta"]!.GetValue<string>())), "each delta carries its own tokens");
+        var completed = events.Single(e => e["type"]!.GetValue<string>() == "response.completed")["response"]!["output"]![0]!["content"]![0]!;
+        completed["logprobs"]!.AsArray().Should().HaveCount(deltas.Sum(d => d["logprobs"]!.AsArray().Count));
+
+        (status, text) = await Post("""{"model":"claude","input":"hi","top_logprobs":2}""");
+        status.Should().Be(HttpStatusCode.BadRequest, "Claude gives no log probabilities: " + text);
+        (status, _) = await Post("""{"model":"gpt","input":"hi","top_logprobs":21}""");
+        status.Should().Be(HttpStatusCode.BadRequest);
+    }
+
     [Fact]
     public async Task A_reasoning_item_that_claims_to_be_the_gateways_but_cannot_be_read_is_a_400_naming_it()
     {
