@@ -58,6 +58,17 @@ public sealed class ResponsesApiTests : IAsyncLifetime
 
     private static readonly BinaryData WeatherSchema = BinaryData.FromString("""{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}""");
 
+    /// <summary>A turn of a Claude tool loop with thinking on (reasoning effort low), offering <c>get_weather</c>.</summary>
+    private static CreateResponseOptions ThinkingTurn(params ResponseItem[] input)
+    {
+        var options = new CreateResponseOptions("claude", input)
+        {
+            ReasoningOptions = new ResponseReasoningOptions { ReasoningEffortLevel = ResponseReasoningEffortLevel.Low },
+        };
+        options.Tools.Add(ResponseTool.CreateFunctionTool("get_weather", WeatherSchema, false, "The weather in a city."));
+        return options;
+    }
+
     [Theory]
     [InlineData("gpt")]
     [InlineData("claude")]
@@ -149,12 +160,7 @@ public sealed class ResponsesApiTests : IAsyncLifetime
     public async Task Claudes_thinking_in_a_tool_loop_goes_out_as_a_reasoning_item_and_comes_back(bool stream)
     {
         var client = Client();
-        var tool = ResponseTool.CreateFunctionTool("get_weather", WeatherSchema, false, "The weather in a city.");
-        var first = new CreateResponseOptions("claude", [ResponseItem.CreateUserMessageItem("Use get_weather for Oslo.")])
-        {
-            ReasoningOptions = new ResponseReasoningOptions { ReasoningEffortLevel = ResponseReasoningEffortLevel.Low },
-        };
-        first.Tools.Add(tool);
+        var first = ThinkingTurn(ResponseItem.CreateUserMessageItem("Use get_weather for Oslo."));
 
         var summaryDeltas = new StringBuilder();
         var answer = await RespondAsync(client, first, stream, update => summaryDeltas.Append((update as StreamingResponseReasoningSummaryTextDeltaUpdate)?.Delta));
@@ -169,11 +175,7 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         }
 
         var call = (FunctionCallResponseItem)answer.OutputItems[1];
-        var second = new CreateResponseOptions("claude", [ResponseItem.CreateUserMessageItem("Use get_weather for Oslo."), .. answer.OutputItems, ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C")])
-        {
-            ReasoningOptions = new ResponseReasoningOptions { ReasoningEffortLevel = ResponseReasoningEffortLevel.Low },
-        };
-        second.Tools.Add(tool);
+        var second = ThinkingTurn([ResponseItem.CreateUserMessageItem("Use get_weather for Oslo."), .. answer.OutputItems, ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C")]);
 
         var next = (await client.CreateResponseAsync(second, Ct)).Value;
         next.GetOutputText().Should().NotBeNullOrWhiteSpace("Claude answers after the tool's output, its thinking given back");
@@ -191,13 +193,8 @@ public sealed class ResponsesApiTests : IAsyncLifetime
     public async Task A_stored_response_is_continued_by_its_id_read_back_and_deleted(bool stream)
     {
         var client = Client();
-        var tool = ResponseTool.CreateFunctionTool("get_weather", WeatherSchema, false, "The weather in a city.");
-        var first = new CreateResponseOptions("claude", [ResponseItem.CreateUserMessageItem("Use get_weather for Oslo.")])
-        {
-            Instructions = "Be brief.",
-            ReasoningOptions = new ResponseReasoningOptions { ReasoningEffortLevel = ResponseReasoningEffortLevel.Low },
-        };
-        first.Tools.Add(tool);
+        var first = ThinkingTurn(ResponseItem.CreateUserMessageItem("Use get_weather for Oslo."));
+        first.Instructions = "Be brief.";
         var answer = await RespondAsync(client, first, stream);
         answer.OutputItems.Select(i => i.GetType().Name).Should().Equal(nameof(ReasoningResponseItem), nameof(FunctionCallResponseItem));
         var call = (FunctionCallResponseItem)answer.OutputItems[1];
@@ -206,17 +203,13 @@ public sealed class ResponsesApiTests : IAsyncLifetime
         read.Id.Should().Be(answer.Id);
         read.OutputItems.Select(i => i.Id).Should().Equal(answer.OutputItems.Select(i => i.Id));
 
-        var second = new CreateResponseOptions("claude", [ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C")])
-        {
-            PreviousResponseId = answer.Id,
-            ReasoningOptions = new ResponseReasoningOptions { ReasoningEffortLevel = ResponseReasoningEffortLevel.Low },
-        };
-        second.Tools.Add(tool);
+        var second = ThinkingTurn(ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C"));
+        second.PreviousResponseId = answer.Id;
         var next = await RespondAsync(client, second, stream);
         next.GetOutputText().Should().NotBeNullOrWhiteSpace("Claude answers after the tool's output, its thinking carried from the stored response");
         next.PreviousResponseId.Should().Be(answer.Id);
-        var alone = new CreateResponseOptions("claude", [ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C")]) { StoredOutputEnabled = false };
-        alone.Tools.Add(tool);
+        var alone = ThinkingTurn(ResponseItem.CreateFunctionCallOutputItem(call.CallId, "Sunny, 21 °C"));
+        alone.StoredOutputEnabled = false;
         next.Usage.InputTokenCount.Should().BeGreaterThan((await client.CreateResponseAsync(alone, Ct)).Value.Usage.InputTokenCount + 10, "the earlier turns were sent before the tool's output");
 
         using var http = new HttpClient();
