@@ -56,7 +56,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
 
         if (!keys.MayUse(caller.Key, request.Model ?? string.Empty))
         {
-            await RouteErrors.WriteAsync(ctx, 403, "permission_error", "model_not_allowed", $"This key may not use the model '{Providers.ProviderException.Quoted(request.Model)}'.", "model");
+            await RouteErrors.ModelNotAllowedAsync(ctx, request.Model);
             return;
         }
 

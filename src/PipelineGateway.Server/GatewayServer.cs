@@ -72,6 +72,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<AuthThrottle>();
         builder.Services.AddSingleton<GatewayResponseHeaders>();
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
+        builder.Services.AddSingleton<EmbeddingsEndpoint>();
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesStore>();
@@ -161,6 +162,7 @@ public static partial class GatewayServer
         var chat = app.Services.GetRequiredService<ChatCompletionsEndpoint>();
         app.MapPost("/v1/chat/completions", chat.HandleAsync);
         app.MapPost("/v1/messages", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleAsync);
+        app.MapPost("/v1/embeddings", app.Services.GetRequiredService<EmbeddingsEndpoint>().HandleAsync);
         var responses = app.Services.GetRequiredService<Responses.ResponsesEndpoint>();
         app.MapPost("/v1/responses", responses.HandleAsync);
         app.MapPost("/v1/responses/input_tokens", responses.InputTokensAsync);

@@ -26,6 +26,10 @@ internal static class RouteErrors
             : OpenAIErrors.WriteAsync(ctx, status, body, retryAfter);
     }
 
+    /// <summary>The 403 for a model the caller's key may not use (<c>Gateway:Server:Keys</c>' model lists).</summary>
+    public static Task ModelNotAllowedAsync(HttpContext ctx, string? model) =>
+        WriteAsync(ctx, 403, "permission_error", "model_not_allowed", $"This key may not use the model '{Providers.ProviderException.Quoted(model)}'.", "model");
+
     /// <summary>A front-door refusal (status, OpenAI type and code, message) in the route's shape.</summary>
     public static Task WriteAsync(HttpContext ctx, int status, string type, string code, string message, string? param = null, TimeSpan? retryAfter = null) =>
         ShapeOf(ctx.Request.Path) == ErrorShape.Anthropic

@@ -20,12 +20,8 @@ public sealed partial class SimulatorServer
         Interlocked.Increment(ref _inFlight);
         try
         {
-            if (_options.ApiKey is { } key && ctx.Request.Headers.Authorization != $"Bearer {key}" && ctx.Request.Headers["api-key"] != key)
+            if (!await OpenAIKeyAcceptedAsync(ctx).ConfigureAwait(false))
             {
-                // Like the real API, echo a masked fragment of the key that was sent.
-                var sent = ctx.Request.Headers.Authorization.ToString().Replace("Bearer ", string.Empty, StringComparison.Ordinal);
-                var masked = sent.Length > 8 ? $"{sent[..6]}***{sent[^4..]}" : "***";
-                await OpenAIError(ctx, 401, "invalid_request_error", "invalid_api_key", $"Incorrect API key provided: {masked}. You can find your API key in your account settings.").ConfigureAwait(false);
                 return;
             }
 
@@ -79,6 +75,97 @@ public sealed partial class SimulatorServer
             SetRateLimitHeaders(ctx);
             ctx.Response.ContentType = "application/json";
             await JsonSerializer.SerializeAsync(ctx.Response.Body, response, GatewayJsonContext.Default.ChatCompletionResponse, ctx.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            Interlocked.Increment(ref _aborted);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
+    }
+
+    /// <summary>The key check of every OpenAI route: false (answered 401) when a key is configured and another was sent.</summary>
+    private async Task<bool> OpenAIKeyAcceptedAsync(HttpContext ctx)
+    {
+        if (_options.ApiKey is { } key && ctx.Request.Headers.Authorization != $"Bearer {key}" && ctx.Request.Headers["api-key"] != key)
+        {
+            // Like the real API, echo a masked fragment of the key that was sent.
+            var sent = ctx.Request.Headers.Authorization.ToString().Replace("Bearer ", string.Empty, StringComparison.Ordinal);
+            var masked = sent.Length > 8 ? $"{sent[..6]}***{sent[^4..]}" : "***";
+            await OpenAIError(ctx, 401, "invalid_request_error", "invalid_api_key", $"Incorrect API key provided: {masked}. You can find your API key in your account settings.").ConfigureAwait(false);
+            return false;
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// <c>POST /v1/embeddings</c> (and Azure's deployment route): OpenAI's embeddings answer, made up deterministically
+    /// (<see cref="SimulatedEmbeddings"/>), with the same faults and latency as the chat route.
+    /// </summary>
+    private async Task OpenAIEmbeddingsAsync(HttpContext ctx)
+    {
+        Interlocked.Increment(ref _requests);
+        Interlocked.Increment(ref _inFlight);
+        try
+        {
+            if (!await OpenAIKeyAcceptedAsync(ctx).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            var body = new MemoryStream();
+            await ctx.Request.Body.CopyToAsync(body, ctx.RequestAborted).ConfigureAwait(false);
+            ChatCompletionRequest request;
+            try
+            {
+                request = PipelineGateway.Providers.Embeddings.Read(body.GetBuffer().AsSpan(0, (int)body.Length));
+            }
+            catch (Exception ex) when (ex is JsonException or InvalidOperationException)
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", null, $"We could not parse the JSON body of your request. ({ex.Message})").ConfigureAwait(false);
+                return;
+            }
+            catch (InvalidRequestException ex)
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", null, ex.Message, ex.Param).ConfigureAwait(false);
+                return;
+            }
+
+            var plan = Plan(ctx);
+            if (!await PrepareAsync(ctx, plan, request, anthropic: false).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            JsonElement data;
+            try
+            {
+                data = SimulatedEmbeddings.Data(request.Embedding!.Value);
+            }
+            catch (PipelineGateway.Providers.ProviderException ex)
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", null, ex.Message, ex.Param).ConfigureAwait(false);
+                return;
+            }
+
+            var tokens = SimulatedEmbeddings.PromptTokens(request.Embedding.Value);
+            SetRateLimitHeaders(ctx);
+            ctx.Response.ContentType = "application/json";
+            await using var w = new Utf8JsonWriter(ctx.Response.Body);
+            w.WriteStartObject();
+            w.WriteString("object", "list");
+            w.WritePropertyName("data");
+            data.WriteTo(w);
+            w.WriteString("model", request.Model);
+            w.WriteStartObject("usage");
+            w.WriteNumber("prompt_tokens", tokens);
+            w.WriteNumber("total_tokens", tokens);
+            w.WriteEndObject();
+            w.WriteEndObject();
+            await w.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
         {

@@ -119,7 +119,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
 
         if (!keys.MayUse(caller.Key, input.Request.Model))
         {
-            await RouteErrors.WriteAsync(ctx, 403, "permission_error", "model_not_allowed", $"This key may not use the model '{Providers.ProviderException.Quoted(input.Request.Model)}'.", "model");
+            await RouteErrors.ModelNotAllowedAsync(ctx, input.Request.Model);
             return null;
         }
 

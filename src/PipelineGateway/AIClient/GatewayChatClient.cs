@@ -254,7 +254,7 @@ public sealed class GatewayChatClient : IChatClient
         return doc.RootElement.Clone();
     }
 
-    private static UsageDetails? Usage(TokenUsage? usage) =>
+    internal static UsageDetails? Usage(TokenUsage? usage) =>
         usage is null ? null : new UsageDetails { InputTokenCount = usage.PromptTokens, OutputTokenCount = usage.CompletionTokens, TotalTokenCount = usage.TotalTokens };
 
     private static ChatFinishReason? FinishReason(string? reason) => reason switch
@@ -268,7 +268,7 @@ public sealed class GatewayChatClient : IChatClient
     };
 
     /// <summary>What the gateway adds: who answered, whether from the cache, the cost, the request id.</summary>
-    private static AdditionalPropertiesDictionary? Info(GatewayResponseInfo? info) => info is null ? null : new()
+    internal static AdditionalPropertiesDictionary? Info(GatewayResponseInfo? info) => info is null ? null : new()
     {
         ["gateway.request_id"] = info.RequestId,
         ["gateway.provider"] = info.Provider,

@@ -104,6 +104,11 @@ internal static class TokenCounter
     public static int CountPrompt(ChatCompletionRequest request, string model)
     {
         var tokenizer = TokenizerFor(model);
+        if (request.Embedding is { } embedding)
+        {
+            return Providers.Embeddings.PromptTokens(embedding, text => Count(tokenizer, text)); // the inputs, no chat framing
+        }
+
         if (tokenizer is null)
         {
             return TokenEstimate.Approximate(request);

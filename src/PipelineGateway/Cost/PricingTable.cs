@@ -53,6 +53,10 @@ internal sealed partial class PricingTable
         ["o3"] = new() { InputPerMillion = 2.00m, OutputPerMillion = 8.00m, CachedInputPerMillion = 0.50m },
         ["o3-mini"] = new() { InputPerMillion = 1.10m, OutputPerMillion = 4.40m, CachedInputPerMillion = 0.55m },
         ["o4-mini"] = new() { InputPerMillion = 1.10m, OutputPerMillion = 4.40m, CachedInputPerMillion = 0.275m },
+        // Embeddings: input only.
+        ["text-embedding-3-small"] = new() { InputPerMillion = 0.02m, OutputPerMillion = 0m },
+        ["text-embedding-3-large"] = new() { InputPerMillion = 0.13m, OutputPerMillion = 0m },
+        ["text-embedding-ada-002"] = new() { InputPerMillion = 0.10m, OutputPerMillion = 0m },
         ["claude-3-5-haiku"] = new() { InputPerMillion = 0.80m, OutputPerMillion = 4.00m, CachedInputPerMillion = 0.08m, CacheWriteInputPerMillion = 1.00m, WebSearchPerThousand = 10.00m },
         ["claude-3-5-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m, WebSearchPerThousand = 10.00m },
         ["claude-3-7-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m, WebSearchPerThousand = 10.00m },

@@ -135,7 +135,7 @@ internal sealed partial class ProviderWorkerPool
             }
 
             span = _services!.Tracing.StartAttempt(item, Name, deployment, hedge: !ownPermit);
-            var response = ProviderAnswer.Accept(await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model) { Deadline = item.Deadline }, token).ConfigureAwait(false), Name);
+            var response = ProviderAnswer.Accept(await CompleteAsync(item, deployment, token).ConfigureAwait(false), Name);
             Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
             Tracing.GatewayTracing.EndAttempt(span, response, null);
             return new Leg(deployment, Name, response, null, time.GetElapsedTime(started));

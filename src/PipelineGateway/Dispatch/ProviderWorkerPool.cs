@@ -310,7 +310,7 @@ internal sealed partial class ProviderWorkerPool
                         }
                         else
                         {
-                            response = ProviderAnswer.Accept(await Provider.CompleteAsync(new ProviderRequest(item.Request, deployment.Model) { Deadline = item.Deadline }, item.Token).ConfigureAwait(false), Name);
+                            response = ProviderAnswer.Accept(await CompleteAsync(item, deployment, item.Token).ConfigureAwait(false), Name);
                             ended = _time.GetTimestamp(); // the attempt's latency, the service time and the permit's release
                             Limits.Settle(charge, response.Usage?.TotalTokens ?? charge?.Tokens ?? 0);
                             Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, _time.GetElapsedTime(started, ended)), null);
@@ -360,6 +360,21 @@ internal sealed partial class ProviderWorkerPool
             }
         }
     }
+
+    /// <summary>
+    /// One whole answer from the provider: a chat completion, or for an embeddings request (<see cref="ChatCompletionRequest.Embedding"/>)
+    /// the provider's embeddings, checked (<see cref="Embeddings.Accept"/>); a provider without an embeddings API refuses it.
+    /// </summary>
+    private ValueTask<ChatCompletionResponse> CompleteAsync(WorkItem item, Deployment deployment, CancellationToken token)
+    {
+        var request = new ProviderRequest(item.Request, deployment.Model) { Deadline = item.Deadline };
+        return item.Request.Embedding is null ? Provider.CompleteAsync(request, token) : EmbedAsync(request, token);
+    }
+
+    private async ValueTask<ChatCompletionResponse> EmbedAsync(ProviderRequest request, CancellationToken token) =>
+        Provider is IEmbeddingProvider embedder
+            ? Embeddings.Accept(await embedder.EmbedAsync(request, token).ConfigureAwait(false), request.Request, Name)
+            : throw Embeddings.NotServed(Name, request.Request.Model);
 
     private void OnAttemptFailed(WorkItem item, Deployment deployment, long started, Exception ex) =>
         OnAttemptFailedAfter(item, deployment, Name, _time.GetElapsedTime(started), ex);

@@ -52,6 +52,14 @@ public sealed class ChatCompletionRequest
     public GatewayRequestOptions? Gateway { get; set; }
 
     /// <summary>
+    /// Set for an embeddings request (<c>/v1/embeddings</c>): its body as the caller sent it, which the upstream gets (with
+    /// the deployment's model) instead of a chat request; the messages then hold its inputs for counting and the log
+    /// (<see cref="Providers.Embeddings"/>). Never serialized.
+    /// </summary>
+    [JsonIgnore]
+    internal JsonElement? Embedding { get; set; }
+
+    /// <summary>
     /// A shallow copy for an upstream call: the deployment's model name and the stream flags set, everything
     /// else (messages, unknown fields) shared with the original, which is never modified.
     /// </summary>

@@ -363,7 +363,9 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         if (_options.LogBodies)
         {
             prompt = Cap(SecretRedactor.Redact(JsonSerializer.Serialize(item.Request.Messages, GatewayJsonContext.Default.ListChatCompletionMessage)));
-            answer = c.Response is { } r ? Cap(SecretRedactor.Redact(r.Content)) : null;
+            answer = c.Response is not { } r ? null
+                : item.Request.Embedding is not null ? $"[{Providers.Embeddings.Data(r).GetArrayLength()} embeddings]" // the vectors are not a text to keep
+                : Cap(SecretRedactor.Redact(r.Content));
         }
 
         return new RequestRecord

@@ -127,6 +127,17 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 ctx.Response.StatusCode = 308;
                 ctx.Response.Headers.Location = $"https://moved.example/v1/chat/completions?token={key}";
                 break;
+            case "embeddings-short":
+                // One embedding for a request that asked for two or more (or none for one): the count is wrong.
+                await Raw(ctx, 200, "application/json", """{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"m","usage":{"prompt_tokens":2,"total_tokens":2}}""");
+                break;
+            case "embeddings-no-vector":
+                await Raw(ctx, 200, "application/json", """{"object":"list","data":[{"object":"embedding","index":0,"embedding":null}],"model":"m","usage":{"prompt_tokens":2,"total_tokens":2}}""");
+                break;
+            case "embeddings-chat":
+                // A chat completion where embeddings were asked (a server that ignores the path).
+                await Raw(ctx, 200, "application/json", Answer(anthropic: false));
+                break;
             case "stall-body":
                 ctx.Response.ContentType = "application/json";
                 ctx.Response.ContentLength = 1000;

@@ -10,10 +10,11 @@ namespace PipelineGateway.Providers.OpenAI;
 /// OpenAI-compatible endpoint by base URL (vLLM, Ollama, Groq, Together, Mistral…) and Azure OpenAI
 /// (deployment URL, <c>api-key</c> header, <c>api-version</c> query).
 /// </summary>
-internal sealed class OpenAIChatProvider : HttpChatProvider
+internal sealed class OpenAIChatProvider : HttpChatProvider, IEmbeddingProvider
 {
     private readonly Uri _base;
     private readonly Uri _chat;
+    private readonly Uri _embeddings;
     private readonly bool _azure;
 
     /// <summary>
@@ -36,6 +37,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         var baseUrl = options.BaseUrl ?? (_azure ? throw new ArgumentException($"Provider '{name}': Azure OpenAI needs BaseUrl (the resource endpoint).") : "https://api.openai.com/v1");
         _base = new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/");
         _chat = new Uri(_base, "chat/completions");
+        _embeddings = new Uri(_base, "embeddings");
         _authorization = string.IsNullOrEmpty(apiKey) ? null : _azure ? apiKey : "Bearer " + apiKey;
     }
 
@@ -53,7 +55,13 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
 
         // Serialized up front (a per-thread buffer, one array for the result) so the upstream gets a Content-Length
         // instead of a chunked body, which not every OpenAI-compatible server reads well.
-        var content = new ByteArrayContent(RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropAnthropicMembers));
+        return Post(uri, RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropAnthropicMembers), stream);
+    }
+
+    /// <summary>A POST of a JSON body with the key and the configured headers.</summary>
+    private HttpRequestMessage Post(Uri uri, byte[] body, bool stream)
+    {
+        var content = new ByteArrayContent(body);
         content.Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=utf-8");
         var message = new HttpRequestMessage(HttpMethod.Post, uri) { Content = content };
         if (_authorization is not null)
@@ -68,6 +76,36 @@ internal sealed class OpenAIChatProvider : HttpChatProvider
         }
 
         return message;
+    }
+
+    /// <summary>
+    /// <c>POST {base}/embeddings</c> (Azure: the deployment's <c>embeddings</c> route): the caller's body with the deployment's
+    /// model; the answer's <c>data</c> is kept as it came (checked by the worker, <see cref="Embeddings.Accept"/>).
+    /// </summary>
+    public async ValueTask<ChatCompletionResponse> EmbedAsync(ProviderRequest request, CancellationToken cancellationToken)
+    {
+        var uri = _azure
+            ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/embeddings?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
+            : _embeddings;
+        using var message = Post(uri, Embeddings.UpstreamBody(request.Request.Embedding!.Value, request.Model), stream: false);
+        var (body, status, events) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (events)
+            {
+                throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered an embeddings request with server-sent events.", status);
+            }
+
+            return ParseResponse(body.Span, request);
+        }
+        catch (JsonException ex)
+        {
+            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid embeddings list: {Serialization.JsonProblems.Describe(ex, body.Span)}.", status, inner: ex);
+        }
+        finally
+        {
+            body.Dispose();
+        }
     }
 
     protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request)

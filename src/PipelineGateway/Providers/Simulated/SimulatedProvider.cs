@@ -7,7 +7,7 @@ namespace PipelineGateway.Providers.Simulated;
 /// It powers the default configuration, the demo, tests and benchmarks, so everything runs with no keys.
 /// The answer is derived from the request, with token counts of realistic size (about 4 characters a token).
 /// </summary>
-internal sealed class SimulatedProvider : ILlmProvider
+internal sealed class SimulatedProvider : ILlmProvider, IEmbeddingProvider
 {
     private readonly SimulatedProviderOptions _options;
     private readonly TimeProvider _time;
@@ -38,6 +38,30 @@ internal sealed class SimulatedProvider : ILlmProvider
         }
 
         return CompleteSlowAsync(request, draw, delay, cancellationToken);
+    }
+
+    /// <summary>Embeddings (<see cref="SimulatedEmbeddings"/>) with the same latency and failure draws as a chat answer.</summary>
+    public async ValueTask<ChatCompletionResponse> EmbedAsync(ProviderRequest request, CancellationToken cancellationToken)
+    {
+        var draw = NextDraw();
+        var delay = Latency(draw);
+        if (delay > TimeSpan.Zero)
+        {
+            await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
+        }
+
+        cancellationToken.ThrowIfCancellationRequested();
+        FailIfDrawn(draw);
+        var body = request.Request.Embedding!.Value;
+        var tokens = SimulatedEmbeddings.PromptTokens(body);
+        return new ChatCompletionResponse
+        {
+            Object = "list",
+            Model = request.Model,
+            Choices = [],
+            Usage = new TokenUsage { PromptTokens = tokens, TotalTokens = tokens },
+            AdditionalProperties = new() { ["data"] = SimulatedEmbeddings.Data(body) },
+        };
     }
 
     private async ValueTask<ChatCompletionResponse> CompleteSlowAsync(ProviderRequest request, ulong draw, TimeSpan delay, CancellationToken cancellationToken)

@@ -1,0 +1,92 @@
+using System.Text;
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Providers;
+
+namespace PipelineGateway.Server;
+
+/// <summary>
+/// <c>POST /v1/embeddings</c>: OpenAI's embeddings API in and out. The request goes through the same pipeline as a chat
+/// request (<see cref="Embeddings"/>): keys and their model lists, rate and token limits, budgets, the cache and single
+/// flight, routing with failover to the group's other deployments and its fallbacks, cost, metrics and the request log.
+/// The vectors are written as the upstream sent them (numbers or base64), never parsed into numbers.
+/// </summary>
+internal sealed class EmbeddingsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, ILogger<EmbeddingsEndpoint> logger)
+{
+    public async Task HandleAsync(HttpContext ctx)
+    {
+        // Key, content type, size and x-gateway-* headers were checked by the front door.
+        var caller = ctx.Features.Get<GatewayCaller>()!;
+        var aborted = ctx.RequestAborted;
+        ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
+        ChatCompletionRequest request;
+        try
+        {
+            request = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => Embeddings.Read(body), aborted);
+        }
+        catch (JsonException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
+            return;
+        }
+        catch (BadHttpRequestException ex)
+        {
+            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
+            return;
+        }
+        catch (InvalidRequestException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, ex);
+            return;
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or ArgumentException or DecoderFallbackException)
+        {
+            // A string with an escape no character can be made of (a lone surrogate).
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
+            return;
+        }
+
+        if (!keys.MayUse(caller.Key, request.Model))
+        {
+            await RouteErrors.ModelNotAllowedAsync(ctx, request.Model);
+            return;
+        }
+
+        request.Gateway = caller.Headers.ToOptions(caller.Key);
+        ServerSubmit.Identify(ctx, request, "x-request-id");
+        ChatCompletionResponse response;
+        try
+        {
+            response = await ServerSubmit.SubmitAsync(queue, request, aborted);
+        }
+        catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
+        {
+            headers.WriteRateLimitHeaders(ctx, request, ex);
+            await OpenAIErrors.WriteAsync(ctx, ex);
+            return;
+        }
+
+        headers.WriteGatewayHeaders(ctx, request, response.Gateway);
+        ctx.Response.ContentType = "application/json";
+        await using var w = new Utf8JsonWriter(ctx.Response.BodyWriter, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
+        Write(w, response);
+        await w.FlushAsync(aborted);
+    }
+
+    /// <summary>OpenAI's embeddings answer: <c>object</c>, <c>data</c> as the upstream sent it, <c>model</c>, <c>usage</c> (prompt and total tokens).</summary>
+    internal static void Write(Utf8JsonWriter w, ChatCompletionResponse response)
+    {
+        w.WriteStartObject();
+        w.WriteString("object", "list");
+        w.WritePropertyName("data");
+        Embeddings.Data(response).WriteTo(w);
+        w.WriteString("model", response.Model);
+        w.WriteStartObject("usage");
+        w.WriteNumber("prompt_tokens", response.Usage?.PromptTokens ?? 0);
+        w.WriteNumber("total_tokens", response.Usage?.TotalTokens ?? 0);
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+}

@@ -1,0 +1,338 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
+
+namespace PipelineGateway.Providers;
+
+/// <summary>
+/// A provider that also serves OpenAI's embeddings API (<c>POST {base}/embeddings</c>): the OpenAI and OpenAI-compatible
+/// adapters (Azure included) and the simulated provider. Anthropic has no embeddings API; a deployment whose provider does
+/// not implement this refuses an embeddings request (<see cref="Embeddings.NotServed"/>).
+/// </summary>
+internal interface IEmbeddingProvider
+{
+    /// <summary>
+    /// Sends one embeddings request (<see cref="ChatCompletionRequest.Embedding"/>) and returns the answer in the gateway's
+    /// answer type: no choices, the upstream's <c>data</c> list kept as it came in
+    /// <see cref="ChatCompletionResponse.AdditionalProperties"/>, its usage (prompt tokens only).
+    /// </summary>
+    ValueTask<ChatCompletionResponse> EmbedAsync(ProviderRequest request, CancellationToken cancellationToken);
+}
+
+/// <summary>
+/// OpenAI's embeddings request and answer as the pipeline carries them. An embeddings request travels as a
+/// <see cref="ChatCompletionRequest"/> so every stage serves it as it serves a chat request — admission (rate limits,
+/// token limits, budgets), the cache and single flight, routing with failover and health, the worker pools, cost,
+/// metrics and the request log: its inputs are one user message (what admission counts, the log shows), and the request
+/// body as the caller sent it rides in <see cref="ChatCompletionRequest.Embedding"/> (what the cache key covers and the
+/// upstream gets, with the deployment's model). The answer's vectors are never parsed into numbers: the upstream's
+/// <c>data</c> is kept as JSON and written as it came.
+/// </summary>
+internal static class Embeddings
+{
+    /// <summary>OpenAI's bound on the inputs of one request.</summary>
+    public const int MaxInputs = 2048;
+
+    /// <summary>
+    /// Reads and checks an embeddings request body (OpenAI's schema: <c>model</c>, <c>input</c> — a string, a list of
+    /// strings, a list of token ids or a list of such lists —, <c>encoding_format</c>, <c>dimensions</c>, <c>user</c>;
+    /// other members are sent on as they came, for OpenAI-compatible servers that take more).
+    /// </summary>
+    /// <exception cref="JsonException">The body is not one JSON value.</exception>
+    /// <exception cref="InvalidRequestException">A member is missing or not what the schema allows; its name is the error's param.</exception>
+    public static ChatCompletionRequest Read(ReadOnlySpan<byte> body)
+    {
+        var reader = new Utf8JsonReader(body);
+        var root = JsonElement.ParseValue(ref reader);
+        if (reader.Read())
+        {
+            throw new JsonException("The body holds more than one JSON value.");
+        }
+
+        return ToRequest(root);
+    }
+
+    /// <summary>Checks an embeddings request given as JSON and makes the pipeline's request of it (see <see cref="Read"/>).</summary>
+    public static ChatCompletionRequest ToRequest(JsonElement root)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new InvalidRequestException(null, "The request body must be a JSON object.");
+        }
+
+        if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.String || model.GetString() is not { Length: > 0 } name)
+        {
+            throw new InvalidRequestException("model", "'model' is required: a string naming an embedding model.");
+        }
+
+        if (!root.TryGetProperty("input", out var input) || input.ValueKind is JsonValueKind.Null)
+        {
+            throw new InvalidRequestException("input", "'input' is required: a string, a list of strings, a list of token ids or a list of lists of token ids.");
+        }
+
+        var text = Describe(input);
+        if (root.TryGetProperty("encoding_format", out var format) && format.ValueKind != JsonValueKind.Null
+            && !(format.ValueKind == JsonValueKind.String && (format.ValueEquals("float") || format.ValueEquals("base64"))))
+        {
+            throw new InvalidRequestException("encoding_format", "'encoding_format' must be \"float\" or \"base64\".");
+        }
+
+        if (root.TryGetProperty("dimensions", out var dimensions) && dimensions.ValueKind != JsonValueKind.Null
+            && !(dimensions.ValueKind == JsonValueKind.Number && dimensions.TryGetInt32(out var d) && d > 0))
+        {
+            throw new InvalidRequestException("dimensions", "'dimensions' must be a whole number of at least 1.");
+        }
+
+        string? user = null;
+        if (root.TryGetProperty("user", out var u) && u.ValueKind != JsonValueKind.Null)
+        {
+            user = u.ValueKind == JsonValueKind.String ? u.GetString() : throw new InvalidRequestException("user", "'user' must be a string.");
+        }
+
+        if (root.TryGetProperty("stream", out var stream) && stream.ValueKind == JsonValueKind.True)
+        {
+            throw new InvalidRequestException("stream", "Embeddings are not streamed.");
+        }
+
+        return new ChatCompletionRequest
+        {
+            Model = name,
+            Messages = [ChatCompletionMessage.User(text)],
+            User = user,
+            Embedding = root,
+        };
+    }
+
+    /// <summary>
+    /// Checks <c>input</c> and gives what stands for it in the pipeline's one user message: the texts, one per paragraph;
+    /// token ids as how many there are (they are counted, not read).
+    /// </summary>
+    private static string Describe(JsonElement input)
+    {
+        switch (input.ValueKind)
+        {
+            case JsonValueKind.String:
+                var only = input.GetString()!;
+                return only.Length > 0 ? only : throw new InvalidRequestException("input", "'input' must not be empty.");
+            case JsonValueKind.Array:
+                var count = input.GetArrayLength();
+                if (count == 0 || count > MaxInputs)
+                {
+                    throw new InvalidRequestException("input", $"'input' must hold from 1 to {MaxInputs} items (it holds {count}).");
+                }
+
+                var first = input[0].ValueKind;
+                if (first == JsonValueKind.Number)
+                {
+                    CheckTokens(input, "input");
+                    return $"[{count} token ids]";
+                }
+
+                var text = new StringBuilder();
+                var i = 0;
+                foreach (var item in input.EnumerateArray())
+                {
+                    if (item.ValueKind != first)
+                    {
+                        throw new InvalidRequestException($"input[{i}]", "'input' must be a list of strings, of token ids or of lists of token ids, not a mix.");
+                    }
+
+                    if (first == JsonValueKind.String)
+                    {
+                        var s = item.GetString()!;
+                        if (s.Length == 0)
+                        {
+                            throw new InvalidRequestException($"input[{i}]", $"'input[{i}]' must not be empty.");
+                        }
+
+                        text.Append(i == 0 ? string.Empty : "\n\n").Append(s);
+                    }
+                    else if (first == JsonValueKind.Array)
+                    {
+                        if (item.GetArrayLength() == 0)
+                        {
+                            throw new InvalidRequestException($"input[{i}]", $"'input[{i}]' must not be empty.");
+                        }
+
+                        CheckTokens(item, $"input[{i}]");
+                        text.Append(i == 0 ? string.Empty : "\n\n").Append('[').Append(item.GetArrayLength()).Append(" token ids]");
+                    }
+                    else
+                    {
+                        throw new InvalidRequestException($"input[{i}]", "'input' must be a list of strings, of token ids or of lists of token ids.");
+                    }
+
+                    i++;
+                }
+
+                return text.ToString();
+            default:
+                throw new InvalidRequestException("input", "'input' must be a string, a list of strings, a list of token ids or a list of lists of token ids.");
+        }
+    }
+
+    private static void CheckTokens(JsonElement tokens, string param)
+    {
+        var i = 0;
+        foreach (var token in tokens.EnumerateArray())
+        {
+            if (token.ValueKind != JsonValueKind.Number || !token.TryGetInt32(out var id) || id < 0)
+            {
+                throw new InvalidRequestException($"{param}[{i}]", $"'{param}' must hold token ids: whole numbers from 0 to {int.MaxValue}.");
+            }
+
+            i++;
+        }
+    }
+
+    /// <summary>How many embeddings the request asks for: one per input.</summary>
+    public static int InputCount(JsonElement body) =>
+        body.TryGetProperty("input", out var input) && input.ValueKind == JsonValueKind.Array && input[0].ValueKind != JsonValueKind.Number ? input.GetArrayLength() : 1;
+
+    /// <summary>The inputs' texts (none for token ids), for a tokenizer or a simulator.</summary>
+    public static IEnumerable<string> Texts(JsonElement body)
+    {
+        var input = body.GetProperty("input");
+        if (input.ValueKind == JsonValueKind.String)
+        {
+            yield return input.GetString()!;
+            yield break;
+        }
+
+        foreach (var item in input.EnumerateArray())
+        {
+            if (item.ValueKind == JsonValueKind.String)
+            {
+                yield return item.GetString()!;
+            }
+        }
+    }
+
+    /// <summary>The inputs' token count: each text counted by <paramref name="count"/>, each token id one.</summary>
+    public static int PromptTokens(JsonElement body, Func<string, int> count)
+    {
+        var input = body.GetProperty("input");
+        if (input.ValueKind == JsonValueKind.String)
+        {
+            return count(input.GetString()!);
+        }
+
+        var tokens = 0;
+        foreach (var item in input.EnumerateArray())
+        {
+            tokens += item.ValueKind switch
+            {
+                JsonValueKind.String => count(item.GetString()!),
+                JsonValueKind.Array => item.GetArrayLength(),
+                _ => 1,
+            };
+        }
+
+        return tokens;
+    }
+
+    /// <summary>The body an upstream gets: the caller's, its <c>model</c> the deployment's.</summary>
+    public static byte[] UpstreamBody(JsonElement body, string model)
+    {
+        var buffer = new ArrayBufferWriter<byte>(1024);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartObject();
+            w.WriteString("model", model);
+            foreach (var member in body.EnumerateObject())
+            {
+                if (!member.NameEquals("model"))
+                {
+                    member.WriteTo(w);
+                }
+            }
+
+            w.WriteEndObject();
+        }
+
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>
+    /// An upstream's answer checked as the worker accepts it: a <c>data</c> list with one embedding per input, each an
+    /// object whose <c>embedding</c> is a list of numbers or a base64 string. Anything else is the provider's retryable
+    /// failure (a hostile or broken upstream's answer is never passed on as vectors).
+    /// </summary>
+    public static ChatCompletionResponse Accept(ChatCompletionResponse? response, ChatCompletionRequest request, string provider)
+    {
+        if (response?.AdditionalProperties?.TryGetValue("data", out var data) != true || data.ValueKind != JsonValueKind.Array)
+        {
+            throw Unusable(provider, "it has no 'data' list");
+        }
+
+        var expected = InputCount(request.Embedding!.Value);
+        if (data.GetArrayLength() != expected)
+        {
+            throw Unusable(provider, $"it holds {data.GetArrayLength()} embeddings for {expected} inputs");
+        }
+
+        foreach (var item in data.EnumerateArray())
+        {
+            if (item.ValueKind != JsonValueKind.Object || !item.TryGetProperty("embedding", out var vector) || vector.ValueKind is not (JsonValueKind.Array or JsonValueKind.String))
+            {
+                throw Unusable(provider, "an item of 'data' has no 'embedding' (a list of numbers or a base64 string)");
+            }
+        }
+
+        response.Choices ??= [];
+        if (string.IsNullOrEmpty(response.Object) || response.Object == ChatCompletionResponse.ObjectName)
+        {
+            response.Object = "list";
+        }
+
+        return response;
+    }
+
+    /// <summary>
+    /// One embedding as numbers: a JSON list of numbers, or base64 of little-endian float32s (what <c>encoding_format:
+    /// "base64"</c> answers).
+    /// </summary>
+    /// <exception cref="FormatException">Base64 that is not, or not whole float32s.</exception>
+    public static float[] Floats(JsonElement embedding)
+    {
+        if (embedding.ValueKind == JsonValueKind.String)
+        {
+            var bytes = embedding.GetBytesFromBase64();
+            if (bytes.Length % sizeof(float) != 0)
+            {
+                throw new FormatException($"A base64 embedding of {bytes.Length} bytes is not whole float32 values.");
+            }
+
+            var floats = new float[bytes.Length / sizeof(float)];
+            for (var i = 0; i < floats.Length; i++)
+            {
+                floats[i] = System.Buffers.Binary.BinaryPrimitives.ReadSingleLittleEndian(bytes.AsSpan(i * sizeof(float)));
+            }
+
+            return floats;
+        }
+
+        var vector = new float[embedding.GetArrayLength()];
+        var n = 0;
+        foreach (var x in embedding.EnumerateArray())
+        {
+            vector[n++] = x.GetSingle();
+        }
+
+        return vector;
+    }
+
+    /// <summary>The answer's embeddings as the upstream wrote them.</summary>
+    public static JsonElement Data(ChatCompletionResponse response) => response.AdditionalProperties!["data"];
+
+    /// <summary>
+    /// An embeddings request for a deployment whose provider has no embeddings API (Anthropic, a chat client): not sent, so
+    /// the group's other deployments and its fallbacks are tried and the deployment's health is untouched; when none can
+    /// embed, the caller's 400 naming <c>model</c>.
+    /// </summary>
+    public static ProviderException NotServed(string provider, string model) =>
+        ProviderException.Unsupported("model", $"The model '{ProviderException.Quoted(model)}' is served by '{provider}', which has no embeddings API.");
+
+    private static ProviderException Unusable(string provider, string why) =>
+        new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable embeddings list: {why}.");
+}

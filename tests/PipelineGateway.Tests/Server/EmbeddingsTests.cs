@@ -1,0 +1,339 @@
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using CsCheck;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using OpenAI;
+using OpenAI.Embeddings;
+using PipelineGateway.Hosting;
+using PipelineGateway.Providers;
+using PipelineGateway.Server;
+using PipelineGateway.Simulator;
+using PipelineGateway.Sqlite;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// <c>POST /v1/embeddings</c> over real HTTP: the official OpenAI .NET SDK against the gateway and against the upstream
+/// directly (the simulator's embeddings route), failover and providers without embeddings, the cache key, cost and the
+/// request log, refusals of bad requests, and upstreams that answer with something that is not an embeddings list.
+/// </summary>
+public sealed class EmbeddingsTests : IAsyncLifetime
+{
+    private const string Model = "text-embedding-3-small";
+    private readonly BatchFiles _files = new();
+    private SimulatorFleet _fleet = null!;
+    private HttpClient _http = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync()
+    {
+        _fleet = await SimulatorFleet.StartAsync(
+            [("sim", "OpenAICompatible", null), ("bad", "OpenAICompatible", "status=503"), ("claude", "Anthropic", null)],
+            [("emb", ["sim"]), ("emb-failover", ["bad", "sim"]), ("emb-mixed", ["claude", "sim"]), ("emb-claude", ["claude"])],
+            Model,
+            new Dictionary<string, string?>
+            {
+                ["Gateway:Cache:Enabled"] = "true",
+                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
+                ["Gateway:RequestLog:LogBodies"] = "true",
+            },
+            Ct,
+            s => s.AddPipelineGateway().AddSqliteRequestLog());
+        _http = new HttpClient { BaseAddress = _fleet.Base };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _http.Dispose();
+        await _fleet.DisposeAsync();
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        _files.Dispose();
+    }
+
+    private EmbeddingClient Client(string model, Uri endpoint) => new(model, new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = endpoint });
+
+    private async Task<(HttpResponseMessage Response, JsonElement Body)> PostAsync(string body)
+    {
+        var response = await _http.PostAsync("v1/embeddings", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        var text = await response.Content.ReadAsStringAsync(Ct);
+        return (response, JsonDocument.Parse(text).RootElement.Clone());
+    }
+
+    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
+
+    [Fact]
+    public async Task The_OpenAI_SDK_gets_the_upstreams_embeddings_through_the_gateway_as_it_gets_them_directly()
+    {
+        var options = new EmbeddingGenerationOptions { Dimensions = 16 };
+        var through = (await Client("emb", new Uri(_fleet.Base, "v1")).GenerateEmbeddingsAsync(["alpha", "beta gamma"], options, Ct)).Value;
+        var direct = (await Client(Model, new Uri(_fleet.Sims["sim"].BaseAddress, "v1")).GenerateEmbeddingsAsync(["alpha", "beta gamma"], options, Ct)).Value;
+
+        through.Should().HaveCount(2);
+        through.Select(e => e.Index).Should().Equal(0, 1);
+        through[0].ToFloats().Length.Should().Be(16);
+        through.Select(e => e.ToFloats().ToArray()).Should().BeEquivalentTo(direct.Select(e => e.ToFloats().ToArray()), o => o.WithStrictOrdering());
+        through[0].ToFloats().ToArray().Should().NotEqual(through[1].ToFloats().ToArray());
+        through.Usage.InputTokenCount.Should().Be(direct.Usage.InputTokenCount).And.BePositive();
+        through.Model.Should().Be(Model);
+
+        // Token ids, one list and several.
+        var tokens = (await Client("emb", new Uri(_fleet.Base, "v1")).GenerateEmbeddingsAsync([new ReadOnlyMemory<int>([1, 2, 3]), new ReadOnlyMemory<int>([4])], options, Ct)).Value;
+        tokens.Should().HaveCount(2);
+        tokens.Usage.InputTokenCount.Should().Be(4);
+
+        // Floats as JSON: the upstream's list written as it came, byte for byte.
+        const string Body = """{"model":"emb","input":"one text","encoding_format":"float","dimensions":5}""";
+        var (response, answer) = await PostAsync(Body);
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        using var upstream = await new HttpClient().PostAsync(new Uri(_fleet.Sims["sim"].BaseAddress, "v1/embeddings"), new StringContent(Body.Replace("\"emb\"", $"\"{Model}\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
+        var expected = JsonDocument.Parse(await upstream.Content.ReadAsStringAsync(Ct)).RootElement;
+        answer.GetProperty("object").GetString().Should().Be("list");
+        answer.GetProperty("data").GetRawText().Should().Be(expected.GetProperty("data").GetRawText());
+        answer.GetProperty("usage").GetProperty("prompt_tokens").GetInt32().Should().Be(expected.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+
+        // Priced per input token (text-embedding-3-small: $0.02 per million), in the header, the metrics and the log.
+        var prompt = answer.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture).Should().Be(prompt * 0.02m / 1_000_000m);
+        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
+        var logs = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=1", Ct)).RootElement.GetProperty("data")[0];
+        logs.GetProperty("request_id").GetString().Should().Be(Header(response, "x-request-id"));
+        logs.GetProperty("prompt_tokens").GetInt32().Should().Be(prompt);
+        logs.GetProperty("completion_tokens").GetInt32().Should().Be(0);
+        logs.GetProperty("usage_estimated").GetBoolean().Should().BeFalse();
+        logs.GetProperty("cost_usd").GetDecimal().Should().Be(prompt * 0.02m / 1_000_000m);
+        logs.GetProperty("prompt").GetString().Should().Contain("one text");
+        logs.GetProperty("answer").GetString().Should().Be("[1 embeddings]", "the vectors are not kept as a text");
+        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
+        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost, "the log and the metrics agree");
+    }
+
+    [Fact]
+    public async Task A_failing_deployment_fails_over_and_a_provider_without_embeddings_is_skipped_unsent()
+    {
+        var (failedOver, _) = await PostAsync("""{"model":"emb-failover","input":"fail over"}""");
+        failedOver.StatusCode.Should().Be(HttpStatusCode.OK);
+        Header(failedOver, "x-gateway-provider").Should().Be("sim");
+        Header(failedOver, "x-gateway-attempts").Should().Be("2");
+        _fleet.Sims["bad"].Requests.Should().Be(1, "the first deployment was tried");
+
+        var (mixed, body) = await PostAsync("""{"model":"emb-mixed","input":"skip claude"}""");
+        mixed.StatusCode.Should().Be(HttpStatusCode.OK);
+        Header(mixed, "x-gateway-provider").Should().Be("sim");
+        body.GetProperty("data").GetArrayLength().Should().Be(1);
+
+        var (refused, error) = await PostAsync("""{"model":"emb-claude","input":"no embeddings here"}""");
+        refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        error.GetProperty("error").GetProperty("param").GetString().Should().Be("model");
+        error.GetProperty("error").GetProperty("message").GetString().Should().Contain("no embeddings API");
+        _fleet.Sims["claude"].Requests.Should().Be(0, "nothing is sent to a provider that cannot embed");
+    }
+
+    [Fact]
+    public async Task The_cache_key_covers_the_inputs_as_sent_and_the_options_but_not_the_user()
+    {
+        var sim = _fleet.Sims["sim"];
+        async Task<string> Cache(string body)
+        {
+            var (response, _) = await PostAsync(body);
+            response.StatusCode.Should().Be(HttpStatusCode.OK);
+            return Header(response, "x-gateway-cache");
+        }
+
+        (await Cache("""{"model":"emb","input":["a","b"],"user":"u1"}""")).Should().Be("miss");
+        var calls = sim.Requests;
+        (await Cache("""{"model":"emb","input":["a","b"],"user":"u2"}""")).Should().Be("hit");
+        sim.Requests.Should().Be(calls, "a hit is not sent");
+        (await Cache("""{"model":"emb","input":"a\n\nb"}""")).Should().Be("miss", "one text is not two, whatever the log shows");
+        (await Cache("""{"model":"emb","input":["a","b"],"dimensions":8}""")).Should().Be("miss");
+        (await Cache("""{"model":"emb","input":["a","b"],"encoding_format":"base64"}""")).Should().Be("miss");
+
+        // A chat request whose one message is an embeddings request's text does not share its entry.
+        using var chat = await _http.PostAsync("v1/chat/completions", new StringContent("""{"model":"emb","messages":[{"role":"user","content":"a\n\nb"}]}""", Encoding.UTF8, "application/json"), Ct);
+        chat.StatusCode.Should().Be(HttpStatusCode.OK);
+        JsonDocument.Parse(await chat.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("choices").GetArrayLength().Should().Be(1);
+    }
+
+    [Theory]
+    [InlineData("""{"input":"x"}""", "model")]
+    [InlineData("""{"model":7,"input":"x"}""", "model")]
+    [InlineData("""{"model":"emb"}""", "input")]
+    [InlineData("""{"model":"emb","input":null}""", "input")]
+    [InlineData("""{"model":"emb","input":""}""", "input")]
+    [InlineData("""{"model":"emb","input":[]}""", "input")]
+    [InlineData("""{"model":"emb","input":{"text":"x"}}""", "input")]
+    [InlineData("""{"model":"emb","input":["a",""]}""", "input[1]")]
+    [InlineData("""{"model":"emb","input":["a",[1]]}""", "input[1]")]
+    [InlineData("""{"model":"emb","input":[1,-2]}""", "input[1]")]
+    [InlineData("""{"model":"emb","input":[1,2.5]}""", "input[1]")]
+    [InlineData("""{"model":"emb","input":[[1],[]]}""", "input[1]")]
+    [InlineData("""{"model":"emb","input":"x","encoding_format":"hex"}""", "encoding_format")]
+    [InlineData("""{"model":"emb","input":"x","dimensions":0}""", "dimensions")]
+    [InlineData("""{"model":"emb","input":"x","dimensions":"8"}""", "dimensions")]
+    [InlineData("""{"model":"emb","input":"x","user":5}""", "user")]
+    [InlineData("""{"model":"emb","input":"x","stream":true}""", "stream")]
+    [InlineData("""["emb"]""", null)]
+    [InlineData("""{"model":"emb","input":"x"} {}""", null)]
+    [InlineData("""{"model":"emb","input":"\ud800"}""", null)]
+    [InlineData("", null)]
+    public async Task A_bad_request_is_a_400_naming_its_field_and_reaches_no_upstream(string body, string? param)
+    {
+        var before = _fleet.Sims["sim"].Requests;
+        var (response, error) = await PostAsync(body);
+        response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        var e = FrontDoorTests.ErrorIn("v1/embeddings", error);
+        e.GetProperty("type").GetString().Should().Be("invalid_request_error");
+        (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
+        _fleet.Sims["sim"].Requests.Should().Be(before);
+    }
+
+    [Fact]
+    public async Task Too_many_inputs_are_refused_and_the_most_are_answered()
+    {
+        var most = JsonSerializer.Serialize(new { model = "emb", input = Enumerable.Range(0, Embeddings.MaxInputs).Select(i => $"t{i}").ToArray(), dimensions = 2 });
+        var (ok, answer) = await PostAsync(most);
+        ok.StatusCode.Should().Be(HttpStatusCode.OK);
+        answer.GetProperty("data").GetArrayLength().Should().Be(Embeddings.MaxInputs);
+
+        var (refused, error) = await PostAsync(JsonSerializer.Serialize(new { model = "emb", input = Enumerable.Range(0, Embeddings.MaxInputs + 1).Select(i => $"t{i}").ToArray() }));
+        refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        error.GetProperty("error").GetProperty("param").GetString().Should().Be("input");
+    }
+
+    [Fact]
+    public async Task Token_limits_count_the_inputs_and_no_completion()
+    {
+        // 100 tokens an hour: an embeddings request is counted as its inputs — texts by the tokenizer, token ids one each —
+        // with no completion budget on top (a chat request's 256 would refuse the first one outright).
+        await using var fleet = await SimulatorFleet.StartAsync(
+            [("sim", "OpenAICompatible", null)],
+            [("text-embedding-3-small", ["sim"])],
+            Model,
+            new Dictionary<string, string?>
+            {
+                ["Gateway:Admission:RateLimits:0:Name"] = "tokens",
+                ["Gateway:Admission:RateLimits:0:Unit"] = "Tokens",
+                ["Gateway:Admission:RateLimits:0:Algorithm"] = "SlidingWindow",
+                ["Gateway:Admission:RateLimits:0:Limit"] = "100",
+                ["Gateway:Admission:RateLimits:0:Window"] = "01:00:00",
+            },
+            Ct);
+        using var http = new HttpClient { BaseAddress = fleet.Base };
+        async Task<HttpStatusCode> Embed(string input)
+        {
+            using var response = await http.PostAsync("v1/embeddings", new StringContent($$"""{"model":"{{Model}}","input":{{input}}}""", Encoding.UTF8, "application/json"), Ct);
+            return response.StatusCode;
+        }
+
+        (await Embed("\"a short text\"")).Should().Be(HttpStatusCode.OK);
+        (await Embed(JsonSerializer.Serialize(Enumerable.Range(0, 150).ToArray()))).Should().Be(HttpStatusCode.TooManyRequests, "150 token ids are 150 tokens, over the limit");
+        fleet.Sims["sim"].Requests.Should().Be(1);
+    }
+
+    [Fact]
+    public void The_request_reader_refuses_any_mutation_with_a_request_error_and_never_anything_else()
+    {
+        var unexpected = new List<string>();
+        var accepted = 0;
+        var pcg = new PCG(1, Fuzz.Seed + 11);
+        var gen = Fuzz.Body(Fuzz.EmbeddingsTemplate);
+        for (var i = 0; i < 20_000 * Fuzz.Scale; i++)
+        {
+            var c = gen.Generate(pcg, null, out _);
+            try
+            {
+                var request = Embeddings.Read(c.Bytes);
+                accepted++;
+                request.Messages.Should().ContainSingle().Which.Content!.Text.Should().NotBeNullOrEmpty();
+                Embeddings.InputCount(request.Embedding!.Value).Should().BeInRange(1, Embeddings.MaxInputs);
+                Embeddings.UpstreamBody(request.Embedding.Value, "m").Should().NotBeEmpty();
+            }
+            catch (Exception ex) when (ex is JsonException or InvalidRequestException or InvalidOperationException)
+            {
+                // A request error (the endpoint's 400).
+            }
+            catch (Exception ex)
+            {
+                unexpected.Add($"{ex.GetType().Name}: {ex.Message}\n  body: {c}");
+            }
+        }
+
+        unexpected.Should().BeEmpty(string.Join("\n\n", unexpected.Take(5)));
+        accepted.Should().BePositive("some mutations stay valid");
+    }
+
+    [Fact]
+    public async Task An_upstream_answer_that_is_not_an_embeddings_list_fails_over_and_an_upstream_refusal_keeps_its_status_without_the_key()
+    {
+        await using var scripted = await ScriptedUpstream.StartAsync(Ct);
+        const string KeyVariable = "PGW_TEST_EMBEDDINGS_SCRIPTED_KEY";
+        const string UpstreamKey = "sk-embeddings-upstream-secret-0123456789";
+        Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
+        string[] faults = ["embeddings-short", "embeddings-no-vector", "embeddings-chat", "echo-400", "html-502", "masked-429"];
+        var settings = new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "sim",
+            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
+            ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
+            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
+        };
+        for (var f = 0; f < faults.Length; f++)
+        {
+            settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
+            settings[$"Gateway:Providers:{f + 1}:Type"] = "OpenAICompatible";
+            settings[$"Gateway:Providers:{f + 1}:BaseUrl"] = new Uri(scripted.BaseAddress, "v1").ToString();
+            settings[$"Gateway:Providers:{f + 1}:ApiKeyEnvironmentVariable"] = KeyVariable;
+            settings[$"Gateway:Providers:{f + 1}:Headers:x-fault"] = faults[f];
+            settings[$"Gateway:Models:{(2 * f)}:Name"] = faults[f];
+            settings[$"Gateway:Models:{(2 * f)}:Deployments:0:Provider"] = faults[f];
+            settings[$"Gateway:Models:{(2 * f)}:Deployments:0:Model"] = Model;
+            settings[$"Gateway:Models:{(2 * f) + 1}:Name"] = faults[f] + "-then-sim";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Strategy"] = "Priority";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Provider"] = faults[f];
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Model"] = Model;
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Priority"] = "0";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Provider"] = "sim";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Model"] = Model;
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Priority"] = "1";
+        }
+
+        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
+        async Task<(HttpStatusCode Status, string Text, string Provider)> Embed(string model)
+        {
+            using var response = await http.PostAsync("v1/embeddings", new StringContent($$"""{"model":"{{model}}","input":["one","two"]}""", Encoding.UTF8, "application/json"), Ct);
+            return (response.StatusCode, await response.Content.ReadAsStringAsync(Ct), Header(response, "x-gateway-provider"));
+        }
+
+        foreach (var broken in new[] { "embeddings-short", "embeddings-no-vector", "embeddings-chat" })
+        {
+            var (status, text, _) = await Embed(broken);
+            status.Should().Be(HttpStatusCode.BadGateway, broken);
+            text.Should().Contain("not a usable embeddings list", broken);
+
+            var (fallback, answer, provider) = await Embed(broken + "-then-sim");
+            fallback.Should().Be(HttpStatusCode.OK, broken);
+            provider.Should().Be("sim", "a broken answer is the provider's failure: the next deployment answers");
+            JsonDocument.Parse(answer).RootElement.GetProperty("data").GetArrayLength().Should().Be(2);
+        }
+
+        var (rejected, rejection, _) = await Embed("echo-400");
+        rejected.Should().Be(HttpStatusCode.BadRequest, "the upstream refused the request itself: its status, not a 502");
+        rejection.Should().Contain("temperature is too high").And.NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);
+
+        var (limited, _, _) = await Embed("masked-429");
+        limited.Should().Be(HttpStatusCode.TooManyRequests);
+
+        var (html, page, _) = await Embed("html-502");
+        ((int)html).Should().BeGreaterThanOrEqualTo(500);
+        page.Should().NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);
+        await app.StopAsync(Ct);
+    }
+}
