@@ -71,22 +71,7 @@ internal sealed class EmbeddingsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
         headers.WriteGatewayHeaders(ctx, request, response.Gateway);
         ctx.Response.ContentType = "application/json";
         await using var w = new Utf8JsonWriter(ctx.Response.BodyWriter, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
-        Write(w, response);
+        Embeddings.WriteAnswer(w, response);
         await w.FlushAsync(aborted);
-    }
-
-    /// <summary>OpenAI's embeddings answer: <c>object</c>, <c>data</c> as the upstream sent it, <c>model</c>, <c>usage</c> (prompt and total tokens).</summary>
-    internal static void Write(Utf8JsonWriter w, ChatCompletionResponse response)
-    {
-        w.WriteStartObject();
-        w.WriteString("object", "list");
-        w.WritePropertyName("data");
-        Embeddings.Data(response).WriteTo(w);
-        w.WriteString("model", response.Model);
-        w.WriteStartObject("usage");
-        w.WriteNumber("prompt_tokens", response.Usage?.PromptTokens ?? 0);
-        w.WriteNumber("total_tokens", response.Usage?.TotalTokens ?? 0);
-        w.WriteEndObject();
-        w.WriteEndObject();
     }
 }

@@ -10,6 +10,8 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
 {
     public const string ChatCompletionsUrl = "/v1/chat/completions";
 
+    public const string EmbeddingsUrl = "/v1/embeddings";
+
     public bool IsBad => ErrorCode is not null;
 
     /// <summary>Parses one line of the OpenAI Batch API input format (a line that is not UTF-8 is not JSON either).</summary>
@@ -46,9 +48,10 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
                 return Bad(number, null, "missing_custom_id", $"line {number} {which} (a non-empty string is required).");
             }
 
-            if (!root.TryGetProperty("url", out var url) || url.ValueKind != JsonValueKind.String || url.GetString() != ChatCompletionsUrl)
+            var embeddings = root.TryGetProperty("url", out var url) && url.ValueKind == JsonValueKind.String && url.ValueEquals(EmbeddingsUrl);
+            if (!embeddings && (url.ValueKind != JsonValueKind.String || !url.ValueEquals(ChatCompletionsUrl)))
             {
-                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\" (the only endpoint a batch can call).");
+                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\" or \"{EmbeddingsUrl}\" (the endpoints a batch can call).");
             }
 
             if (root.TryGetProperty("method", out var method) && (method.ValueKind != JsonValueKind.String || !string.Equals(method.GetString(), "POST", StringComparison.OrdinalIgnoreCase)))
@@ -58,7 +61,23 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
 
             if (!root.TryGetProperty("body", out var body) || body.ValueKind != JsonValueKind.Object)
             {
-                return Bad(number, customId, "invalid_body", $"line {number}: 'body' must be a chat completion request object.");
+                return Bad(number, customId, "invalid_body", $"line {number}: 'body' must be {(embeddings ? "an embeddings" : "a chat completion")} request object.");
+            }
+
+            if (embeddings)
+            {
+                try
+                {
+                    return new BatchLine(number, customId, Providers.Embeddings.ToRequest(body.Clone()), null, null);
+                }
+                catch (InvalidRequestException ex)
+                {
+                    return Bad(number, customId, "invalid_body", $"line {number}: 'body' is not a valid embeddings request{(ex.Param is null ? string.Empty : $" ({ex.Param})")}: {ex.Message}");
+                }
+                catch (InvalidOperationException ex)
+                {
+                    return Bad(number, customId, "invalid_body", $"line {number}: 'body' is not a valid embeddings request: {Serialization.JsonProblems.FirstSentence(ex.Message)}");
+                }
             }
 
             ChatCompletionRequest? request;

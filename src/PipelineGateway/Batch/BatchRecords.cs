@@ -25,7 +25,15 @@ internal sealed class BatchRecords
         _json.WriteNumber("status_code", 200);
         _json.WriteString("request_id", response.Gateway?.RequestId);
         _json.WritePropertyName("body");
-        JsonSerializer.Serialize(_json, response, GatewayJsonContext.Default.ChatCompletionResponse);
+        if (line.Request?.Embedding is not null)
+        {
+            Providers.Embeddings.WriteAnswer(_json, response);
+        }
+        else
+        {
+            JsonSerializer.Serialize(_json, response, GatewayJsonContext.Default.ChatCompletionResponse);
+        }
+
         _json.WriteEndObject();
         _json.WriteNull("error");
         return End();

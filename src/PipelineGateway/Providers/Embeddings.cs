@@ -322,6 +322,24 @@ internal static class Embeddings
         return vector;
     }
 
+    /// <summary>
+    /// OpenAI's embeddings answer, as <c>/v1/embeddings</c> and a batch's output write it: <c>object</c>, <c>data</c> as the
+    /// upstream sent it, <c>model</c>, <c>usage</c> (prompt and total tokens).
+    /// </summary>
+    public static void WriteAnswer(Utf8JsonWriter w, ChatCompletionResponse response)
+    {
+        w.WriteStartObject();
+        w.WriteString("object", "list");
+        w.WritePropertyName("data");
+        Data(response).WriteTo(w);
+        w.WriteString("model", response.Model);
+        w.WriteStartObject("usage");
+        w.WriteNumber("prompt_tokens", response.Usage?.PromptTokens ?? 0);
+        w.WriteNumber("total_tokens", response.Usage?.TotalTokens ?? 0);
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
     /// <summary>The answer's embeddings as the upstream wrote them.</summary>
     public static JsonElement Data(ChatCompletionResponse response) => response.AdditionalProperties!["data"];
 

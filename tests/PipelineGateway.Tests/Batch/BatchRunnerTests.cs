@@ -59,7 +59,7 @@ public sealed class BatchRunnerTests
             "{not json",
             """{"method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"x"}]}}""",
             BatchFiles.RequestLine("a"),
-            """{"custom_id":"e","method":"POST","url":"/v1/embeddings","body":{"model":"m","input":"x"}}""",
+            """{"custom_id":"e","method":"POST","url":"/v1/moderations","body":{"model":"m","input":"x"}}""",
             """{"custom_id":"f","method":"GET","url":"/v1/chat/completions","body":{"model":"m","messages":[]}}""",
             """{"custom_id":"g","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}}""",
             """{"custom_id":"h","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":"oops"}}""",
@@ -97,6 +97,44 @@ public sealed class BatchRunnerTests
         again.Should().BeEquivalentTo(new { AlreadyDone = 3L, Succeeded = 0L, Failed = 0L, BadLines = 7L, Remaining = 0L });
         files.OutputRecords.Should().HaveCount(2);
         files.ErrorRecords.Should().HaveCount(8);
+    }
+
+    /// <summary>
+    /// Embeddings lines (<c>/v1/embeddings</c>, as OpenAI's Batch API takes them) run beside chat lines: each result's body
+    /// is the embeddings answer; a bad embeddings body is a bad line naming the member, and a model without an embeddings
+    /// API a failed request (400).
+    /// </summary>
+    [Fact]
+    public async Task Embeddings_lines_run_beside_chat_lines_and_bad_ones_say_why()
+    {
+        using var files = new BatchFiles();
+        File.WriteAllLines(files.Input,
+        [
+            BatchFiles.RequestLine("chat", model: "sim"),
+            """{"custom_id":"emb","method":"POST","url":"/v1/embeddings","body":{"model":"sim","input":["one","two"],"dimensions":4}}""",
+            """{"custom_id":"empty","method":"POST","url":"/v1/embeddings","body":{"model":"sim","input":[]}}""",
+            """{"custom_id":"fake","method":"POST","url":"/v1/embeddings","body":{"model":"m","input":"x"}}""",
+        ]);
+        await using var gateway = await TestGateway.With(new FakeProvider("p"))
+            .AddSimulatedProvider("simulated", o => { o.LatencyMs = 0; o.JitterMs = 0; o.FailureRate = 0; })
+            .AddModel("sim", m => m.Deploy("simulated", "text-embedding-3-small"))
+            .StartAsync(Ct);
+
+        var summary = await BatchRunner.RunAsync(gateway, Options(files), stop: Ct);
+
+        summary.Should().BeEquivalentTo(new { Lines = 4L, Succeeded = 2L, Failed = 1L, BadLines = 1L });
+        var emb = files.OutputRecords.Single(r => r.GetProperty("custom_id").GetString() == "emb").GetProperty("response").GetProperty("body");
+        emb.GetProperty("object").GetString().Should().Be("list");
+        emb.GetProperty("data").EnumerateArray().Select(d => d.GetProperty("embedding").GetArrayLength()).Should().Equal(4, 4);
+        emb.GetProperty("usage").GetProperty("prompt_tokens").GetInt32().Should().BePositive();
+        emb.TryGetProperty("choices", out _).Should().BeFalse("an embeddings answer, not a chat completion");
+        files.OutputRecords.Single(r => r.GetProperty("custom_id").GetString() == "chat").GetProperty("response").GetProperty("body").GetProperty("object").GetString().Should().Be("chat.completion");
+
+        var errors = files.ErrorRecords.ToDictionary(r => r.GetProperty("custom_id").GetString()!);
+        errors["empty"].GetProperty("error").GetProperty("code").GetString().Should().Be("invalid_body");
+        errors["empty"].GetProperty("error").GetProperty("message").GetString().Should().Contain("(input)");
+        errors["fake"].GetProperty("response").GetProperty("status_code").GetInt32().Should().Be(400);
+        errors["fake"].GetProperty("response").GetProperty("body").GetProperty("error").GetProperty("message").GetString().Should().Contain("no embeddings API");
     }
 
     /// <summary>
