@@ -139,6 +139,22 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     /// <summary><c>GET /v1/responses/{id}/input_items</c>: a stored response's own input items (references replaced by what they stood for).</summary>
     public async Task InputItemsAsync(HttpContext ctx, string id)
     {
+        // OpenAI's list parameters: order (desc by default: the newest first), limit (1-100, 20), after/before (an item id).
+        var query = ctx.Request.Query;
+        var order = query["order"].ToString();
+        if (order is not ("" or "asc" or "desc"))
+        {
+            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", "'order' must be \"asc\" or \"desc\".", "order");
+            return;
+        }
+
+        var limit = 20;
+        if (query["limit"].ToString() is { Length: > 0 } l && (!int.TryParse(l, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out limit) || limit is < 1 or > 100))
+        {
+            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", "'limit' must be a whole number from 1 to 100.", "limit");
+            return;
+        }
+
         if (await LookUpAsync(ctx, id) is not { } stored)
         {
             return;
@@ -146,34 +162,50 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
 
         using var doc = JsonDocument.Parse(stored.Input);
         var list = doc.RootElement.EnumerateArray().ToList();
+        if (order != "asc")
+        {
+            list.Reverse();
+        }
+
+        var start = 0;
+        var end = list.Count;
+        foreach (var (name, cursor) in new[] { ("after", query["after"].ToString()), ("before", query["before"].ToString()) })
+        {
+            if (cursor.Length == 0)
+            {
+                continue;
+            }
+
+            var at = list.FindIndex(i => ItemId(i) == cursor);
+            if (at < 0)
+            {
+                await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", $"'{name}' names no input item of this response.", name);
+                return;
+            }
+
+            (start, end) = name == "after" ? (Math.Max(start, at + 1), end) : (start, Math.Min(end, at));
+        }
+
+        var page = list.Skip(start).Take(Math.Max(0, Math.Min(limit, end - start))).ToList();
         ctx.Response.ContentType = "application/json";
         await using var w = new Utf8JsonWriter(ctx.Response.Body, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
         w.WriteStartObject();
         w.WriteString("object", "list");
         w.WriteStartArray("data");
-        foreach (var item in list)
+        foreach (var item in page)
         {
             item.WriteTo(w);
         }
 
         w.WriteEndArray();
-        WriteId(w, "first_id", list.Count > 0 ? list[0] : null);
-        WriteId(w, "last_id", list.Count > 0 ? list[^1] : null);
-        w.WriteBoolean("has_more", false);
+        w.WriteString("first_id", page.Count > 0 ? ItemId(page[0]) : null);
+        w.WriteString("last_id", page.Count > 0 ? ItemId(page[^1]) : null);
+        w.WriteBoolean("has_more", start + page.Count < end);
         w.WriteEndObject();
         await w.FlushAsync(ctx.RequestAborted);
 
-        static void WriteId(Utf8JsonWriter w, string name, JsonElement? item)
-        {
-            if (item is { ValueKind: JsonValueKind.Object } o && o.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String)
-            {
-                w.WriteString(name, id.GetString());
-            }
-            else
-            {
-                w.WriteNull(name);
-            }
-        }
+        static string? ItemId(JsonElement item) =>
+            item.ValueKind == JsonValueKind.Object && item.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String ? id.GetString() : null;
     }
 
     /// <summary><c>DELETE /v1/responses/{id}</c>: forgets a stored response and its output items.</summary>

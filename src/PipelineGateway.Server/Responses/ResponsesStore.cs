@@ -51,6 +51,63 @@ internal sealed partial class ResponsesStore
     /// <summary>Kept in Redis, shared by the fleet (else in this instance's memory).</summary>
     public bool Shared => _shared is not null;
 
+    /// <summary>
+    /// An input item as <c>GET /v1/responses/{id}/input_items</c> lists it, as OpenAI does: with an <c>id</c> (its own, or
+    /// a new one by its type: <c>msg_</c>, <c>fc_</c>, <c>fco_</c>, <c>rs_</c>, else <c>item_</c>, and 128 random bits), a
+    /// message with its <c>type</c> and its text as a content list (<c>input_text</c>; <c>output_text</c> for the
+    /// assistant's). The conversation replayed to the model keeps the items as they were sent.
+    /// </summary>
+    internal static void WriteInputItem(Utf8JsonWriter w, JsonElement item)
+    {
+        if (item.ValueKind != JsonValueKind.Object)
+        {
+            item.WriteTo(w);
+            return;
+        }
+
+        var type = item.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString()!
+            : item.TryGetProperty("role", out _) ? "message" : null;
+        w.WriteStartObject();
+        if (item.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String)
+        {
+            w.WriteString("id", id.GetString());
+        }
+        else
+        {
+            var prefix = type switch { "message" => "msg_", "function_call" => "fc_", "function_call_output" => "fco_", "reasoning" => "rs_", _ => "item_" };
+            w.WriteString("id", prefix + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)));
+        }
+
+        if (type is not null)
+        {
+            w.WriteString("type", type);
+        }
+
+        foreach (var member in item.EnumerateObject())
+        {
+            if (member.NameEquals("id") || member.NameEquals("type"))
+            {
+                continue;
+            }
+
+            if (type == "message" && member.NameEquals("content") && member.Value.ValueKind == JsonValueKind.String)
+            {
+                var assistant = item.TryGetProperty("role", out var role) && role.ValueKind == JsonValueKind.String && role.ValueEquals("assistant");
+                w.WriteStartArray("content");
+                w.WriteStartObject();
+                w.WriteString("type", assistant ? "output_text" : "input_text");
+                w.WriteString("text", member.Value.GetString());
+                w.WriteEndObject();
+                w.WriteEndArray();
+                continue;
+            }
+
+            member.WriteTo(w);
+        }
+
+        w.WriteEndObject();
+    }
+
     /// <summary>A new response id: <c>resp_</c> and 128 random bits.</summary>
     public static string NewResponseId() => "resp_" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
 
@@ -115,7 +172,7 @@ internal sealed partial class ResponsesStore
             w.WriteStartArray("input");
             foreach (var item in input)
             {
-                item.WriteTo(w);
+                WriteInputItem(w, item);
             }
 
             w.WriteEndArray();

@@ -228,6 +228,57 @@ public sealed class ResponsesApiTests : IAsyncLifetime
     }
 
     /// <summary>
+    /// A stored response's input items are listed as OpenAI lists them: each with an id (kept across reads), a message
+    /// with its type and its text as a content list, the newest first by default, 20 a page, <c>after</c>/<c>before</c>
+    /// cursors by item id — the OpenAI .NET SDK's paging reads them all, in either order.
+    /// </summary>
+    [Fact]
+    public async Task Input_items_are_listed_with_ids_newest_first_and_paged_as_OpenAI_pages_them()
+    {
+        var client = Client();
+        var input = Enumerable.Range(0, 25).Select(i => i % 2 == 0 ? ResponseItem.CreateUserMessageItem($"question {i}") : ResponseItem.CreateAssistantMessageItem($"answer {i}")).ToList();
+        var answer = (await client.CreateResponseAsync(new CreateResponseOptions("gpt", input) { MaxOutputTokenCount = 16 }, Ct)).Value;
+
+        var newestFirst = new List<ResponseItem>();
+        await foreach (var item in client.GetResponseInputItemsAsync(new ResponseItemCollectionOptions(answer.Id) { PageSizeLimit = 7 }, Ct))
+        {
+            newestFirst.Add(item);
+        }
+
+        newestFirst.Should().HaveCount(25, "the SDK pages with after=last_id until has_more is false");
+        newestFirst.Select(i => ((MessageResponseItem)i).Content[0].Text).Should().Equal(Enumerable.Range(0, 25).Reverse().Select(i => i % 2 == 0 ? $"question {i}" : $"answer {i}"));
+        newestFirst.Select(i => i.Id).Should().OnlyHaveUniqueItems().And.OnlyContain(id => id.StartsWith("msg_", StringComparison.Ordinal));
+
+        var oldestFirst = new List<ResponseItem>();
+        await foreach (var item in client.GetResponseInputItemsAsync(new ResponseItemCollectionOptions(answer.Id) { Order = ResponseItemCollectionOrder.Ascending }, Ct))
+        {
+            oldestFirst.Add(item);
+        }
+
+        oldestFirst.Select(i => i.Id).Should().Equal(newestFirst.Select(i => i.Id).Reverse(), "the same ids on every read, the other way round");
+
+        using var http = new HttpClient { BaseAddress = _fleet.Base };
+        var page = JsonNode.Parse(await http.GetStringAsync($"v1/responses/{answer.Id}/input_items", Ct))!;
+        page["data"]!.AsArray().Should().HaveCount(20, "20 a page by default");
+        page["has_more"]!.GetValue<bool>().Should().BeTrue();
+        page["first_id"]!.GetValue<string>().Should().Be(newestFirst[0].Id);
+        page["last_id"]!.GetValue<string>().Should().Be(newestFirst[19].Id);
+        var first = page["data"]![0]!;
+        (first["type"]!.GetValue<string>(), first["role"]!.GetValue<string>(), first["content"]![0]!["type"]!.GetValue<string>()).Should().Be(("message", "user", "input_text"));
+        page["data"]![1]!["content"]![0]!["type"]!.GetValue<string>().Should().Be("output_text", "the assistant's text is output text");
+        var before = JsonNode.Parse(await http.GetStringAsync($"v1/responses/{answer.Id}/input_items?before={newestFirst[3].Id}&limit=2", Ct))!;
+        before["data"]!.AsArray().Select(i => i!["id"]!.GetValue<string>()).Should().Equal(newestFirst[0].Id, newestFirst[1].Id);
+        before["has_more"]!.GetValue<bool>().Should().BeTrue("one more before the cursor");
+
+        foreach (var bad in new[] { "limit=0", "limit=101", "limit=x", "order=up", "after=msg_nothing" })
+        {
+            using var refused = await http.GetAsync($"v1/responses/{answer.Id}/input_items?{bad}", Ct);
+            refused.StatusCode.Should().Be(HttpStatusCode.BadRequest, bad);
+            JsonNode.Parse(await refused.Content.ReadAsStringAsync(Ct))!["error"]!["param"]!.GetValue<string>().Should().Be(bad.Split('=')[0]);
+        }
+    }
+
+    /// <summary>
     /// The Vercel AI SDK (its default OpenAI provider speaks the Responses API, <c>store</c> on) gives earlier turns back
     /// as <c>item_reference</c>s — a reasoning item always, an answer's message too: each stands for the stored item,
     /// so Claude gets its thinking back; an answer asked with <c>store: false</c> is not kept, and a reference to it is
