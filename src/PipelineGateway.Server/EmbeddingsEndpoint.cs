@@ -69,9 +69,28 @@ internal sealed class EmbeddingsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
         }
 
         headers.WriteGatewayHeaders(ctx, request, response.Gateway);
-        ctx.Response.ContentType = "application/json";
-        await using var w = new Utf8JsonWriter(ctx.Response.BodyWriter, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
-        Embeddings.WriteAnswer(w, response);
-        await w.FlushAsync(aborted);
+        await WriteAsync(ctx.Response, response, aborted);
+    }
+
+    /// <summary>The largest piece of the vectors written before waiting for the client to take it.</summary>
+    private const int Piece = 64 * 1024;
+
+    /// <summary>
+    /// The answer with its length, the upstream's <c>data</c> bytes written a piece at a time, each flushed: the client's
+    /// pace holds the writing back, so an answer of tens of MB is never copied whole into the response's buffers.
+    /// </summary>
+    private static async Task WriteAsync(HttpResponse http, ChatCompletionResponse response, CancellationToken aborted)
+    {
+        var (head, tail) = Embeddings.Frame(response);
+        var data = response.Embeddings!.Json;
+        http.ContentType = "application/json";
+        http.ContentLength = head.Length + data.Length + tail.Length;
+        await http.BodyWriter.WriteAsync(head, aborted);
+        for (var at = 0; at < data.Length; at += Piece)
+        {
+            await http.BodyWriter.WriteAsync(data.Slice(at, Math.Min(Piece, data.Length - at)), aborted);
+        }
+
+        await http.BodyWriter.WriteAsync(tail, aborted);
     }
 }

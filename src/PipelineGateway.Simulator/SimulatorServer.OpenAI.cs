@@ -140,7 +140,7 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            JsonElement data;
+            PipelineGateway.Providers.EmbeddingsData data;
             try
             {
                 data = SimulatedEmbeddings.Data(request.Embedding!.Value);
@@ -154,18 +154,9 @@ public sealed partial class SimulatorServer
             var tokens = SimulatedEmbeddings.PromptTokens(request.Embedding.Value);
             SetRateLimitHeaders(ctx);
             ctx.Response.ContentType = "application/json";
-            await using var w = new Utf8JsonWriter(ctx.Response.Body);
-            w.WriteStartObject();
-            w.WriteString("object", "list");
-            w.WritePropertyName("data");
-            data.WriteTo(w);
-            w.WriteString("model", request.Model);
-            w.WriteStartObject("usage");
-            w.WriteNumber("prompt_tokens", tokens);
-            w.WriteNumber("total_tokens", tokens);
-            w.WriteEndObject();
-            w.WriteEndObject();
-            await w.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+            var answer = PipelineGateway.Providers.Embeddings.ToJson(new ChatCompletionResponse { Model = request.Model, Usage = new TokenUsage { PromptTokens = tokens, TotalTokens = tokens }, Embeddings = data });
+            ctx.Response.ContentLength = answer.Length;
+            await ctx.Response.Body.WriteAsync(answer, ctx.RequestAborted).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
         {

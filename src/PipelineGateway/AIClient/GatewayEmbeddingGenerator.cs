@@ -39,18 +39,8 @@ public sealed class GatewayEmbeddingGenerator : IEmbeddingGenerator<string, Embe
         var request = Embeddings.ToRequest(Body(options?.ModelId ?? _model, inputs, options?.Dimensions));
         var response = await _gateway.SubmitAsync(request, cancellationToken).ConfigureAwait(false);
         var created = response.Created > 0 ? DateTimeOffset.FromUnixTimeSeconds(response.Created) : (DateTimeOffset?)null;
-        var data = Embeddings.Data(response);
-        var embeddings = new Embedding<float>[data.GetArrayLength()];
-        var position = 0;
-        foreach (var item in data.EnumerateArray())
-        {
-            // In the order of the inputs: by each item's index when it has one in range, else as listed.
-            var index = item.TryGetProperty("index", out var i) && i.ValueKind == JsonValueKind.Number && i.TryGetInt32(out var n) && n >= 0 && n < embeddings.Length && embeddings[n] is null ? n : position;
-            embeddings[index] = new Embedding<float>(Embeddings.Floats(item.GetProperty("embedding"))) { ModelId = response.Model, CreatedAt = created };
-            position++;
-        }
-
-        return new GeneratedEmbeddings<Embedding<float>>(embeddings.Where(static e => e is not null))
+        var embeddings = Embeddings.Vectors(response.Embeddings!).Select(v => new Embedding<float>(v) { ModelId = response.Model, CreatedAt = created });
+        return new GeneratedEmbeddings<Embedding<float>>(embeddings)
         {
             Usage = GatewayChatClient.Usage(response.Usage),
             AdditionalProperties = GatewayChatClient.Info(response.Gateway),

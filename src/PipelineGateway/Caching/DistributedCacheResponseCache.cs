@@ -83,7 +83,10 @@ public sealed class DistributedCacheResponseCache(IDistributedCache cache, int m
         {
             using var doc = JsonDocument.Parse(bytes);
             var root = doc.RootElement;
-            var response = root.GetProperty("response").Deserialize(GatewayJsonContext.Default.ChatCompletionResponse);
+            var stored = root.GetProperty("response");
+            var response = stored.ValueKind == JsonValueKind.Object && stored.TryGetProperty("data", out _) && !stored.TryGetProperty("choices", out _)
+                ? Providers.Embeddings.ReadAnswer(System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(stored).ToArray(), copy: false, "cache", out _) // an embeddings answer
+                : stored.Deserialize(GatewayJsonContext.Default.ChatCompletionResponse);
             if (response is null)
             {
                 return null;
@@ -98,7 +101,7 @@ public sealed class DistributedCacheResponseCache(IDistributedCache cache, int m
             };
             return response;
         }
-        catch (Exception ex) when (ex is JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
+        catch (Exception ex) when (ex is JsonException or KeyNotFoundException or InvalidOperationException or FormatException or Providers.ProviderException)
         {
             return null; // written by another version, or damaged: a miss, and the next answer overwrites it
         }

@@ -76,7 +76,7 @@ internal sealed class ResponseCache
     /// </summary>
     public void Store(Pipeline.WorkItem item, ChatCompletionResponse response)
     {
-        if (item.CacheKey is not { } key || (response.Choices.Count == 0 && item.Request.Embedding is null)) // embeddings have no choices
+        if (item.CacheKey is not { } key || (response.Choices.Count == 0 && response.Embeddings is null)) // embeddings have no choices
         {
             return;
         }

@@ -9,9 +9,10 @@ namespace PipelineGateway.Caching;
 /// </summary>
 internal sealed class StoredAnswer
 {
-    private StoredAnswer(byte[] json, string provider, string providerModel, decimal cost)
+    private StoredAnswer(byte[] json, string provider, string providerModel, decimal cost, bool embeddings = false)
     {
         Json = json;
+        IsEmbeddings = embeddings;
         Provider = provider;
         ProviderModel = providerModel;
         Cost = cost;
@@ -22,6 +23,9 @@ internal sealed class StoredAnswer
 
     public string Provider { get; }
 
+    /// <summary>An embeddings answer: <see cref="Json"/> is OpenAI's embeddings answer, not a chat completion.</summary>
+    public bool IsEmbeddings { get; }
+
     public string ProviderModel { get; }
 
     /// <summary>What the upstream call that produced it cost: what a hit or a follower avoids.</summary>
@@ -31,12 +35,17 @@ internal sealed class StoredAnswer
     public long Size => Json.Length + 160;
 
     /// <summary>Captures an answer before anyone else holds it (its <see cref="ChatCompletionResponse.Gateway"/> info included).</summary>
-    public static StoredAnswer From(ChatCompletionResponse response) =>
-        new(JsonSerializer.SerializeToUtf8Bytes(response, GatewayJsonContext.Default.ChatCompletionResponse), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0);
+    public static StoredAnswer From(ChatCompletionResponse response) => response.Embeddings is not null
+        ? new(Providers.Embeddings.ToJson(response), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0, embeddings: true)
+        : new(JsonSerializer.SerializeToUtf8Bytes(response, GatewayJsonContext.Default.ChatCompletionResponse), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0);
 
-    /// <summary>A new, independent copy of the answer (without gateway info: whoever serves it attaches the caller's own).</summary>
-    public ChatCompletionResponse Materialize() =>
-        JsonSerializer.Deserialize(Json, GatewayJsonContext.Default.ChatCompletionResponse) ?? throw new InvalidOperationException("A stored answer could not be read back.");
+    /// <summary>
+    /// A new, independent copy of the answer (without gateway info: whoever serves it attaches the caller's own). An
+    /// embeddings answer's vectors are this entry's bytes, shared: nobody writes them.
+    /// </summary>
+    public ChatCompletionResponse Materialize() => IsEmbeddings
+        ? Providers.Embeddings.ReadAnswer(Json, copy: false, "cache", out _)
+        : JsonSerializer.Deserialize(Json, GatewayJsonContext.Default.ChatCompletionResponse) ?? throw new InvalidOperationException("A stored answer could not be read back.");
 
     /// <summary>The second level's form (<see cref="DistributedCacheResponseCache"/>): who produced it and its cost around the answer.</summary>
     public byte[] ToEnvelope() => DistributedCacheResponseCache.Envelope(Provider, ProviderModel, Cost, Json);

@@ -26,6 +26,10 @@ public sealed class ChatCompletionResponse
     [JsonExtensionData]
     public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
 
+    /// <summary>An embeddings request's answer (<c>/v1/embeddings</c>): its <c>data</c> as bytes; the response then has no choices.</summary>
+    [JsonIgnore]
+    internal Providers.EmbeddingsData? Embeddings { get; set; }
+
     /// <summary>How the gateway served this response (provider, attempts, latency, cache, cost).</summary>
     [JsonIgnore]
     public GatewayResponseInfo? Gateway { get; set; }

@@ -13,8 +13,8 @@ internal interface IEmbeddingProvider
 {
     /// <summary>
     /// Sends one embeddings request (<see cref="ChatCompletionRequest.Embedding"/>) and returns the answer in the gateway's
-    /// answer type: no choices, the upstream's <c>data</c> list kept as it came in
-    /// <see cref="ChatCompletionResponse.AdditionalProperties"/>, its usage (prompt tokens only).
+    /// answer type: no choices, the upstream's <c>data</c> list kept as its bytes in
+    /// <see cref="ChatCompletionResponse.Embeddings"/>, its usage (prompt tokens only).
     /// </summary>
     ValueTask<ChatCompletionResponse> EmbedAsync(ProviderRequest request, CancellationToken cancellationToken);
 }
@@ -254,46 +254,188 @@ internal static class Embeddings
     }
 
     /// <summary>
-    /// An upstream's answer checked as the worker accepts it: a <c>data</c> list with one embedding per input, each an
-    /// object whose <c>embedding</c> is a list of numbers or a base64 string. Anything else is the provider's retryable
-    /// failure (a hostile or broken upstream's answer is never passed on as vectors).
+    /// Reads an OpenAI embeddings answer in one forward pass: <c>model</c>, <c>usage</c> and <c>data</c>, which is kept as
+    /// its bytes (<see cref="EmbeddingsData"/>: never a parsed document, whose index alone would be about the size of the
+    /// vectors' text again) after each item is checked — an object whose <c>embedding</c> is a list of numbers or a
+    /// (base64) string. <paramref name="copy"/>: the bytes of <c>data</c> are copied out of <paramref name="json"/> (a
+    /// pooled buffer); else the answer refers to them (an immutable stored answer).
+    /// </summary>
+    /// <param name="error">An <c>error</c> object the body carries (a 200 that is an error), for the caller to classify.</param>
+    /// <exception cref="JsonException">The body is not JSON, or not an object.</exception>
+    /// <exception cref="ProviderException">The answer is not a usable embeddings list (retryable: the provider's failure).</exception>
+    public static ChatCompletionResponse ReadAnswer(ReadOnlyMemory<byte> json, bool copy, string provider, out JsonElement? error)
+    {
+        error = null;
+        var reader = new Utf8JsonReader(json.Span);
+        if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+        {
+            throw new JsonException("The answer is not a JSON object.");
+        }
+
+        var response = new ChatCompletionResponse { Object = "list", Choices = [] };
+        EmbeddingsData? data = null;
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            if (reader.ValueTextEquals("data"u8))
+            {
+                reader.Read();
+                if (reader.TokenType != JsonTokenType.StartArray)
+                {
+                    reader.Skip();
+                    continue; // not a list: no data (unusable unless a later 'data' is one)
+                }
+
+                var start = (int)reader.TokenStartIndex;
+                var count = ReadItems(ref reader, provider);
+                var bytes = json[start..(int)reader.BytesConsumed];
+                data = new EmbeddingsData(copy ? bytes.ToArray() : bytes, count);
+            }
+            else if (reader.ValueTextEquals("model"u8))
+            {
+                reader.Read();
+                response.Model = reader.TokenType == JsonTokenType.String ? reader.GetString()! : response.Model;
+                reader.Skip();
+            }
+            else if (reader.ValueTextEquals("usage"u8))
+            {
+                reader.Read();
+                response.Usage = reader.TokenType == JsonTokenType.StartObject ? ReadUsage(ref reader) : null;
+                reader.Skip();
+            }
+            else if (reader.ValueTextEquals("error"u8))
+            {
+                reader.Read();
+                error = JsonElement.ParseValue(ref reader);
+            }
+            else
+            {
+                reader.Read();
+                reader.Skip();
+            }
+        }
+
+        response.Embeddings = data;
+        return response;
+    }
+
+    /// <summary>Checks each item of a <c>data</c> list (the reader on its start), leaving the reader on its end; how many there are.</summary>
+    private static int ReadItems(ref Utf8JsonReader reader, string provider)
+    {
+        var count = 0;
+        while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+        {
+            var vector = false;
+            if (reader.TokenType == JsonTokenType.StartObject)
+            {
+                while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+                {
+                    var embedding = reader.ValueTextEquals("embedding"u8);
+                    reader.Read();
+                    if (embedding && reader.TokenType == JsonTokenType.String)
+                    {
+                        vector = true;
+                    }
+                    else if (embedding && reader.TokenType == JsonTokenType.StartArray)
+                    {
+                        while (reader.Read() && reader.TokenType == JsonTokenType.Number)
+                        {
+                        }
+
+                        vector = reader.TokenType == JsonTokenType.EndArray;
+                        if (!vector)
+                        {
+                            throw Unusable(provider, "an embedding holds something that is not a number");
+                        }
+                    }
+                    else
+                    {
+                        reader.Skip();
+                    }
+                }
+            }
+
+            if (!vector)
+            {
+                throw Unusable(provider, "an item of 'data' has no 'embedding' (a list of numbers or a base64 string)");
+            }
+
+            count++;
+        }
+
+        return count;
+    }
+
+    private static TokenUsage ReadUsage(ref Utf8JsonReader reader)
+    {
+        var usage = new TokenUsage();
+        var depth = reader.CurrentDepth;
+        while (reader.Read() && reader.CurrentDepth > depth)
+        {
+            if (reader.TokenType != JsonTokenType.PropertyName)
+            {
+                continue;
+            }
+
+            var prompt = reader.ValueTextEquals("prompt_tokens"u8);
+            var total = reader.ValueTextEquals("total_tokens"u8);
+            reader.Read();
+            if ((prompt || total) && reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out var n))
+            {
+                _ = prompt ? usage.PromptTokens = n : usage.TotalTokens = n;
+            }
+            else
+            {
+                reader.Skip();
+            }
+        }
+
+        return usage;
+    }
+
+    /// <summary>
+    /// An answer as the worker accepts it from any provider: embeddings (<see cref="ChatCompletionResponse.Embeddings"/>),
+    /// one per input. Anything else is the provider's retryable failure (a hostile or broken upstream's answer is never
+    /// passed on as vectors).
     /// </summary>
     public static ChatCompletionResponse Accept(ChatCompletionResponse? response, ChatCompletionRequest request, string provider)
     {
-        if (response?.AdditionalProperties?.TryGetValue("data", out var data) != true || data.ValueKind != JsonValueKind.Array)
+        if (response?.Embeddings is not { } data)
         {
             throw Unusable(provider, "it has no 'data' list");
         }
 
         var expected = InputCount(request.Embedding!.Value);
-        if (data.GetArrayLength() != expected)
+        if (data.Count != expected)
         {
-            throw Unusable(provider, $"it holds {data.GetArrayLength()} embeddings for {expected} inputs");
-        }
-
-        foreach (var item in data.EnumerateArray())
-        {
-            if (item.ValueKind != JsonValueKind.Object || !item.TryGetProperty("embedding", out var vector) || vector.ValueKind is not (JsonValueKind.Array or JsonValueKind.String))
-            {
-                throw Unusable(provider, "an item of 'data' has no 'embedding' (a list of numbers or a base64 string)");
-            }
+            throw Unusable(provider, $"it holds {data.Count} embeddings for {expected} inputs");
         }
 
         response.Choices ??= [];
-        if (string.IsNullOrEmpty(response.Object) || response.Object == ChatCompletionResponse.ObjectName)
-        {
-            response.Object = "list";
-        }
-
+        response.Object = "list";
         return response;
     }
 
     /// <summary>
-    /// One embedding as numbers: a JSON list of numbers, or base64 of little-endian float32s (what <c>encoding_format:
-    /// "base64"</c> answers).
+    /// The embeddings of an answer as numbers, in input order (by each item's <c>index</c> when it has one in range): a JSON
+    /// list of numbers, or base64 of little-endian float32s (what <c>encoding_format: "base64"</c> answers).
     /// </summary>
     /// <exception cref="FormatException">Base64 that is not, or not whole float32s.</exception>
-    public static float[] Floats(JsonElement embedding)
+    public static float[][] Vectors(EmbeddingsData data)
+    {
+        using var doc = JsonDocument.Parse(data.Json);
+        var vectors = new float[data.Count][];
+        var position = 0;
+        foreach (var item in doc.RootElement.EnumerateArray())
+        {
+            var index = item.TryGetProperty("index", out var i) && i.ValueKind == JsonValueKind.Number && i.TryGetInt32(out var n) && n >= 0 && n < vectors.Length && vectors[n] is null ? n : position;
+            vectors[index] = Floats(item.GetProperty("embedding"));
+            position++;
+        }
+
+        return vectors;
+    }
+
+    private static float[] Floats(JsonElement embedding)
     {
         if (embedding.ValueKind == JsonValueKind.String)
         {
@@ -313,35 +455,50 @@ internal static class Embeddings
         }
 
         var vector = new float[embedding.GetArrayLength()];
-        var n = 0;
+        var k = 0;
         foreach (var x in embedding.EnumerateArray())
         {
-            vector[n++] = x.GetSingle();
+            vector[k++] = x.GetSingle();
         }
 
         return vector;
     }
 
-    /// <summary>
-    /// OpenAI's embeddings answer, as <c>/v1/embeddings</c> and a batch's output write it: <c>object</c>, <c>data</c> as the
-    /// upstream sent it, <c>model</c>, <c>usage</c> (prompt and total tokens).
-    /// </summary>
-    public static void WriteAnswer(Utf8JsonWriter w, ChatCompletionResponse response)
+    /// <summary>The parts of OpenAI's embeddings answer around its <c>data</c>: <c>{"object":"list","data":</c> … <c>,"model":…,"usage":{…}}</c>.</summary>
+    public static (byte[] Head, byte[] Tail) Frame(ChatCompletionResponse response)
     {
-        w.WriteStartObject();
-        w.WriteString("object", "list");
-        w.WritePropertyName("data");
-        Data(response).WriteTo(w);
-        w.WriteString("model", response.Model);
-        w.WriteStartObject("usage");
-        w.WriteNumber("prompt_tokens", response.Usage?.PromptTokens ?? 0);
-        w.WriteNumber("total_tokens", response.Usage?.TotalTokens ?? 0);
-        w.WriteEndObject();
-        w.WriteEndObject();
+        var head = """{"object":"list","data":"""u8.ToArray();
+        var buffer = new ArrayBufferWriter<byte>(128);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartObject();
+            w.WriteString("model", response.Model);
+            w.WriteStartObject("usage");
+            w.WriteNumber("prompt_tokens", response.Usage?.PromptTokens ?? 0);
+            w.WriteNumber("total_tokens", response.Usage?.TotalTokens ?? 0);
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+
+        var tail = buffer.WrittenSpan.ToArray();
+        tail[0] = (byte)','; // the object's members, after data's
+        return (head, tail);
     }
 
-    /// <summary>The answer's embeddings as the upstream wrote them.</summary>
-    public static JsonElement Data(ChatCompletionResponse response) => response.AdditionalProperties!["data"];
+    /// <summary>OpenAI's embeddings answer, whole, as <c>/v1/embeddings</c> writes it (<see cref="Frame"/> around the data).</summary>
+    public static byte[] ToJson(ChatCompletionResponse response)
+    {
+        var (head, tail) = Frame(response);
+        var data = response.Embeddings!.Json.Span;
+        var json = new byte[head.Length + data.Length + tail.Length];
+        head.CopyTo(json.AsSpan());
+        data.CopyTo(json.AsSpan(head.Length));
+        tail.CopyTo(json.AsSpan(head.Length + data.Length));
+        return json;
+    }
+
+    /// <summary>The answer as a value of a JSON document being written (a batch result's <c>body</c>).</summary>
+    public static void WriteAnswer(Utf8JsonWriter w, ChatCompletionResponse response) => w.WriteRawValue(ToJson(response), skipInputValidation: true);
 
     /// <summary>
     /// An embeddings request for a deployment whose provider has no embeddings API (Anthropic, a chat client): not sent, so
@@ -354,3 +511,9 @@ internal static class Embeddings
     private static ProviderException Unusable(string provider, string why) =>
         new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable embeddings list: {why}.");
 }
+
+/// <summary>
+/// An embeddings answer's <c>data</c> list as the upstream wrote it (immutable: shared by a stored answer and its hits) and
+/// how many embeddings it holds.
+/// </summary>
+internal sealed record EmbeddingsData(ReadOnlyMemory<byte> Json, int Count);

@@ -236,6 +236,36 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         fleet.Sims["sim"].Requests.Should().Be(1);
     }
 
+    /// <summary>
+    /// The OpenAI adapter's embeddings call: the caller's body with the deployment's model on <c>{base}/embeddings</c> (Azure:
+    /// the deployment's route), and the answer's vectors its own — a small answer's bytes are copied out of the pooled
+    /// buffer, so what the pool hands out next cannot change them.
+    /// </summary>
+    [Fact]
+    public async Task The_adapter_posts_the_callers_body_and_keeps_the_vectors_out_of_the_pool()
+    {
+        const string Answer = """{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-0.25]}],"model":"m","usage":{"prompt_tokens":3,"total_tokens":3}}""";
+        var stub = new StubHandler(HttpStatusCode.OK, Answer);
+        using var provider = new PipelineGateway.Providers.OpenAI.OpenAIChatProvider("openai", new HttpClient(stub), new ProviderOptions { Name = "openai", Type = ProviderTypes.OpenAI, BaseUrl = "https://api.example.test/v1" }, "sk-test", TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var request = Embeddings.Read("""{"model":"group","input":"hi","dimensions":2,"input_type":"query"}"""u8);
+
+        var response = Embeddings.Accept(await provider.EmbedAsync(new ProviderRequest(request, "text-embedding-3-small"), Ct), request, "openai");
+
+        stub.LastRequest!.RequestUri!.ToString().Should().Be("https://api.example.test/v1/embeddings");
+        var sent = JsonDocument.Parse(stub.LastBody!).RootElement;
+        (sent.GetProperty("model").GetString(), sent.GetProperty("input").GetString(), sent.GetProperty("dimensions").GetInt32(), sent.GetProperty("input_type").GetString())
+            .Should().Be(("text-embedding-3-small", "hi", 2, "query"), "the caller's members, the deployment's model");
+        var rented = Enumerable.Range(0, 64).Select(_ => System.Buffers.ArrayPool<byte>.Shared.Rent(Answer.Length + 1)).ToList();
+        rented.ForEach(a => { a.AsSpan().Fill((byte)'x'); System.Buffers.ArrayPool<byte>.Shared.Return(a); });
+        Encoding.UTF8.GetString(response.Embeddings!.Json.Span).Should().Be("""[{"object":"embedding","index":0,"embedding":[0.5,-0.25]}]""");
+        (response.Usage!.PromptTokens, response.Model).Should().Be((3, "m"));
+
+        var azureStub = new StubHandler(HttpStatusCode.OK, Answer);
+        using var azure = new PipelineGateway.Providers.OpenAI.OpenAIChatProvider("azure", new HttpClient(azureStub), new ProviderOptions { Name = "azure", Type = ProviderTypes.AzureOpenAI, BaseUrl = "https://myres.openai.azure.com", AzureApiVersion = "2024-10-21" }, "azure-key", TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        await azure.EmbedAsync(new ProviderRequest(request, "my-embedding-deployment"), Ct);
+        azureStub.LastRequest!.RequestUri!.ToString().Should().Be("https://myres.openai.azure.com/openai/deployments/my-embedding-deployment/embeddings?api-version=2024-10-21");
+    }
+
     [Fact]
     public void The_request_reader_refuses_any_mutation_with_a_request_error_and_never_anything_else()
     {

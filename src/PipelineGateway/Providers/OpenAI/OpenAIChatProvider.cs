@@ -96,7 +96,16 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IEmbeddingProvider
                 throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered an embeddings request with server-sent events.", status);
             }
 
-            return ParseResponse(body.Span, request);
+            // Read in one pass, the vectors kept as their bytes — copied out of a pooled buffer, or, for a big answer
+            // (tens of MB for 2,048 inputs) read into an array of its own, left where they are: a parsed document would
+            // hold them twice over.
+            var response = Embeddings.ReadAnswer(body.Memory, copy: body.Pooled, Name, out var error);
+            if (response.Embeddings is null && error is { ValueKind: JsonValueKind.Object } e)
+            {
+                throw UpstreamErrorIn(e, "its answer (with a 200)");
+            }
+
+            return response;
         }
         catch (JsonException ex)
         {

@@ -60,7 +60,7 @@ internal sealed class SimulatedProvider : ILlmProvider, IEmbeddingProvider
             Model = request.Model,
             Choices = [],
             Usage = new TokenUsage { PromptTokens = tokens, TotalTokens = tokens },
-            AdditionalProperties = new() { ["data"] = SimulatedEmbeddings.Data(body) },
+            Embeddings = SimulatedEmbeddings.Data(body),
         };
     }
 
