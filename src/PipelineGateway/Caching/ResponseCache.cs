@@ -97,6 +97,8 @@ internal sealed class ResponseCache
             case DistributedCacheResponseCache shared:
                 shared.SetSerialized(key.ToString(), answer.ToEnvelope(), lifetime); // the answer's bytes are reused, not written again
                 break;
+            case not null when answer.IsEmbeddings:
+                break; // another store's format is the chat answer's, which has no place for an embeddings list
             default:
                 _secondLevel.Set(key.ToString(), answer.Materialize(), lifetime);
                 break;

@@ -52,6 +52,34 @@ public sealed class RedisCacheTests
     }
 
     [Fact]
+    public async Task An_embeddings_answer_cached_by_one_instance_is_served_by_the_other_as_it_was()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        Task<Gateway> Embedder(string provider) => new GatewayBuilder()
+            .AddSimulatedProvider(provider, o => { o.LatencyMs = 0; o.JitterMs = 0; o.FailureRate = 0; })
+            .AddModel("emb", m => m.Deploy(provider, "text-embedding-3-small"))
+            .AddCache(TimeSpan.FromMinutes(5))
+            .AddRedis(redis, keyPrefix: prefix)
+            .StartAsync(Ct);
+        await using var a = await Embedder("sa");
+        await using var b = await Embedder("sb");
+        static ChatCompletionRequest Ask() => PipelineGateway.Providers.Embeddings.Read("""{"model":"emb","input":["shared","texts"],"dimensions":4}"""u8);
+
+        var first = await a.SubmitAsync(Ask(), Ct);
+        var key = $"{prefix}:c:{PipelineGateway.Caching.CacheKey.Compute("emb", Ask())}";
+        var db = RedisServer.Connect(redis);
+        await Wait.Until(() => db.KeyExists(key), "the answer reaches Redis");
+
+        var second = await b.SubmitAsync(Ask(), Ct);
+        second.Gateway!.Cached.Should().BeTrue("instance B finds A's answer in Redis");
+        second.Gateway.Provider.Should().Be("sa");
+        second.Embeddings!.Count.Should().Be(2);
+        second.Embeddings.Json.ToArray().Should().Equal(first.Embeddings!.Json.ToArray());
+        (second.Usage!.PromptTokens, second.Model).Should().Be((first.Usage!.PromptTokens, first.Model));
+    }
+
+    [Fact]
     public async Task With_Redis_down_the_cache_is_a_miss_and_requests_still_succeed()
     {
         await using var server = await RedisServer.StartAsync();

@@ -150,6 +150,9 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         var calls = sim.Requests;
         (await Cache("""{"model":"emb","input":["a","b"],"user":"u2"}""")).Should().Be("hit");
         sim.Requests.Should().Be(calls, "a hit is not sent");
+        var (_, stored) = await PostAsync("""{"model":"emb","input":["a","b"],"dimensions":3,"encoding_format":"float"}""");
+        var (_, hit) = await PostAsync("""{"model":"emb","input":["a","b"],"dimensions":3,"encoding_format":"float"}""");
+        hit.GetRawText().Should().Be(stored.GetRawText(), "a hit is the answer as it was stored");
         (await Cache("""{"model":"emb","input":"a\n\nb"}""")).Should().Be("miss", "one text is not two, whatever the log shows");
         (await Cache("""{"model":"emb","input":["a","b"],"dimensions":8}""")).Should().Be("miss");
         (await Cache("""{"model":"emb","input":["a","b"],"encoding_format":"base64"}""")).Should().Be("miss");
