@@ -11,7 +11,7 @@ using Microsoft.Extensions.Logging;
 namespace PipelineGateway.Server;
 
 /// <summary><c>POST /v1/chat/completions</c>: OpenAI format in and out, SSE when <c>stream: true</c>.</summary>
-internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, ILogger<ChatCompletionsEndpoint> logger)
+internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, Responses.ResponsesStore store, ILogger<ChatCompletionsEndpoint> logger)
 {
     private static readonly byte[] Done = "data: [DONE]\n\n"u8.ToArray();
 
@@ -62,15 +62,22 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
 
         request.Gateway = caller.Headers.ToOptions(caller.Key);
         ServerSubmit.Identify(ctx, request, "x-request-id");
+        var scope = Responses.ResponsesStore.ScopeOf(caller.Key);
+        if (ThinkingRecall.Asked(request))
+        {
+            await ThinkingRecall.RecallAsync(store, scope, request, aborted); // a tool loop's thinking, given back to Claude
+        }
+
         if (request.Stream == true)
         {
-            await StreamAsync(ctx, request, aborted);
+            await StreamAsync(ctx, request, scope, aborted);
             return;
         }
 
         try
         {
             var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
+            await ThinkingRecall.RememberAsync(store, scope, request, response); // before the answer goes out: the next step may come at once
             headers.WriteGatewayHeaders(ctx, request, response.Gateway);
             await JsonBody.WriteAsync(ctx.Response, response, GatewayJsonContext.Default.ChatCompletionResponse, aborted);
         }
@@ -117,8 +124,9 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         return $"Invalid value{at}: expected {expected}.";
     }
 
-    private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
+    private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, string scope, CancellationToken aborted)
     {
+        var thinking = ThinkingRecall.Asked(request) && store.Enabled ? new ThinkingRecall.Gatherer() : null;
         var includeUsage = request.StreamOptions?.IncludeUsage == true;
         var flushEach = !ServerSubmit.MarksBursts(queue);
         request.Gateway!.KeepsEventJson = true; // an upstream chunk in the gateway's own shape is written as it came
@@ -151,6 +159,8 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                     await ctx.Response.BodyWriter.FlushAsync(aborted);
                     continue;
                 }
+
+                thinking?.Add(chunk);
 
                 if (!started || chunk.Gateway is not null)
                 {
@@ -192,6 +202,11 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                 {
                     await ctx.Response.BodyWriter.FlushAsync(aborted);
                 }
+            }
+
+            if (thinking is not null)
+            {
+                await thinking.RememberAsync(store, scope); // before the stream's end goes out: the next step may come at once
             }
 
             await ctx.Response.Body.WriteAsync(Done, aborted);

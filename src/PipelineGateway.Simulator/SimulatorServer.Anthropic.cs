@@ -89,7 +89,7 @@ public sealed partial class SimulatorServer
                     {
                         Message = tool is null
                             ? ChatCompletionMessage.Assistant(string.Join(' ', words))
-                            : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request, tool, words) } }] },
+                            : new ChatCompletionMessage { Role = ChatRoles.Assistant, ToolCalls = [new ToolCall { Id = ToolUseId(words, tool), Type = "function", Function = new FunctionCall { Name = tool, Arguments = SimulatedTools.ToolArguments(request, tool, words) } }] },
                         FinishReason = finish,
                     },
                 ],
@@ -167,7 +167,7 @@ public sealed partial class SimulatorServer
         else
         {
             var half = args!.Length / 2;
-            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Id = "toolu_sim1", Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] }));
+            chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Id = ToolUseId(words, tool), Type = "function", Function = new FunctionCall { Name = tool, Arguments = string.Empty } }] }));
             chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[..half] } }] }));
             chunks.Add(Chunk(new ChatCompletionDelta { ToolCalls = [new ToolCall { Index = 0, Function = new FunctionCall { Arguments = args[half..] } }] }));
         }
@@ -319,4 +319,8 @@ public sealed partial class SimulatorServer
     }
 
     // ---------------------------------------------------------------- shared
+
+    /// <summary>A tool call's id, different per answer as Claude's are (a function of the answer, so a run is repeatable).</summary>
+    private static string ToolUseId(string[] words, string tool) =>
+        "toolu_sim" + SimulatedText.StableHash(tool + ":" + string.Join(' ', words)).ToString("x8", System.Globalization.CultureInfo.InvariantCulture);
 }

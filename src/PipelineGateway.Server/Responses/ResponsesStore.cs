@@ -204,6 +204,36 @@ internal sealed partial class ResponsesStore
         }
     }
 
+    /// <summary>
+    /// Keeps Claude's thinking blocks of a chat answer that called tools, by its first tool call's id
+    /// (<see cref="ThinkingRecall"/>). Never throws: a shared store that cannot be written is logged (the next step is
+    /// then answered without thinking).
+    /// </summary>
+    public async Task RememberThinkingAsync(string scope, string toolCallId, byte[] blocks)
+    {
+        try
+        {
+            await SetAsync(Key('t', scope, toolCallId), blocks).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_shared is not null)
+        {
+            LogNotKept(_logger, toolCallId, ex.GetType().Name);
+        }
+    }
+
+    /// <summary>The thinking blocks kept for a tool call (null: none, expired, another key's, or the shared store down).</summary>
+    public async ValueTask<JsonElement?> RecallThinkingAsync(string scope, string toolCallId, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await GetAsync(Key('t', scope, toolCallId), cancellationToken).ConfigureAwait(false) is { } json ? Parse(json) : null;
+        }
+        catch (StoreUnavailableException)
+        {
+            return null; // answered without thinking, as when nothing was kept
+        }
+    }
+
     /// <summary>Forgets a response and its output items (false: there was none).</summary>
     /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
     public async ValueTask<bool> DeleteAsync(string scope, string responseId, CancellationToken cancellationToken)
@@ -230,7 +260,7 @@ internal sealed partial class ResponsesStore
     }
 
     /// <summary>
-    /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item), the scope in base64url (a key id may hold any
+    /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item, <c>t</c> a tool call's thinking), the scope in base64url (a key id may hold any
     /// character: no scope's keys can be spelt from another's), the id.
     /// </summary>
     private static string Key(char kind, string scope, string id) =>

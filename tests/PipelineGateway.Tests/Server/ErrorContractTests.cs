@@ -27,6 +27,7 @@ namespace PipelineGateway.Tests.Server;
 public sealed class ErrorContractTests : IAsyncLifetime
 {
     private const string Key = "sk-gw-contract-0123456789";
+    private const string OtherKey = "sk-gw-contract-other-0123456789";
     private SimulatorFleet _fleet = null!;
 
     private Dictionary<string, SimulatorServer> _sims => _fleet.Sims;
@@ -75,6 +76,8 @@ public sealed class ErrorContractTests : IAsyncLifetime
         {
             ["Gateway:Server:Keys:0:Id"] = "contract",
             ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
+            ["Gateway:Server:Keys:1:Id"] = "other",
+            ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(OtherKey),
             ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.010",
             ["Gateway:Pipeline:RetryMaxDelay"] = "00:00:00.020",
             ["Gateway:Server:CountTokensPerMinute"] = "2",
@@ -263,38 +266,54 @@ public sealed class ErrorContractTests : IAsyncLifetime
 
     /// <summary>
     /// A tool loop with <c>reasoning_effort</c> on Claude from an OpenAI-format client: the first step thinks and calls the
-    /// tool; the next, sent as OpenAI's clients send it (the assistant's tool call without <c>thinking_blocks</c>), was
-    /// refused by Claude (and the simulator) — "a final assistant message must start with a thinking block" — so every
-    /// such loop failed at its second step. It is answered without thinking now; given the blocks back, Claude thinks.
+    /// tool; the next comes as OpenAI's clients send it, the assistant's tool call without <c>thinking_blocks</c> — which
+    /// Claude (and the simulator) refuses with thinking on ("a final assistant message must start with a thinking block"),
+    /// so every such loop failed at its second step, then was answered without thinking. The gateway kept the first
+    /// step's blocks under its tool call's id (per key) and gives them back: Claude thinks on, with its own signed blocks
+    /// (the simulator, like Claude, refuses a block whose signature does not match) — the official OpenAI SDK unchanged,
+    /// whole and streamed. A tool call the gateway did not answer for this key: answered without thinking, as before.
     /// </summary>
     [Fact]
-    public async Task A_tool_loops_next_step_without_thinking_blocks_is_answered_without_thinking()
+    public async Task A_tool_loops_next_step_gets_its_thinking_back_from_the_gateway()
     {
-        using var http = new HttpClient();
-        http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key);
-        var tools = JsonNode.Parse("""[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]""");
-        var ask = new JsonObject { ["role"] = "user", ["content"] = "Use get_weather for Oslo." };
-        async Task<JsonNode> Chat(params JsonNode[] messages)
+        var weather = ChatTool.CreateFunctionTool("get_weather", "The weather in a city.", BinaryData.FromString("""{"type":"object","properties":{"city":{"type":"string"}}}"""));
+#pragma warning disable OPENAI001 // reasoning_effort: marked experimental in the SDK, as its users set it
+        var options = new ChatCompletionOptions { ReasoningEffortLevel = ChatReasoningEffortLevel.Low, MaxOutputTokenCount = 2048, Tools = { weather } };
+#pragma warning restore OPENAI001
+        var client = OpenAIClient("anthropic-only");
+        static JsonElement Message(ClientResult result) => JsonDocument.Parse(result.GetRawResponse().Content.ToString()).RootElement.GetProperty("choices")[0].GetProperty("message");
+        static int Blocks(JsonElement message) => message.TryGetProperty("thinking_blocks", out var b) && b.ValueKind == JsonValueKind.Array ? b.GetArrayLength() : 0;
+
+        var ask = new UserChatMessage("Use get_weather for Oslo.");
+        var first = await client.CompleteChatAsync([ask], options, Ct);
+        Blocks(Message(first)).Should().BePositive("the first step thinks");
+        var call = first.Value.ToolCalls.Single();
+
+        var next = await client.CompleteChatAsync([ask, new AssistantChatMessage([call]), new ToolChatMessage(call.Id, "Sunny")], options, Ct);
+        next.Value.Content[0].Text.Should().NotBeNullOrEmpty();
+        Blocks(Message(next)).Should().BePositive("the gateway gave Claude its blocks back: it thinks on");
+
+        // Streamed: the blocks gathered from the stream's pieces are kept the same way.
+        var ids = new List<string>();
+        await foreach (var update in client.CompleteChatStreamingAsync([new UserChatMessage("Use get_weather for Bergen.")], options, Ct))
         {
-            var body = new JsonObject { ["model"] = "anthropic-only", ["reasoning_effort"] = "low", ["max_tokens"] = 2048, ["tools"] = tools!.DeepClone(), ["messages"] = new JsonArray([.. messages.Select(m => m.DeepClone())]) };
-            var (status, text) = await PostAsync(http, "v1/chat/completions", body);
-            status.Should().Be(HttpStatusCode.OK, text);
-            return JsonNode.Parse(text)!["choices"]![0]!["message"]!;
+            ids.AddRange(update.ToolCallUpdates.Where(u => !string.IsNullOrEmpty(u.ToolCallId)).Select(u => u.ToolCallId));
         }
 
-        var first = await Chat(ask);
-        first["thinking_blocks"]!.AsArray().Should().NotBeEmpty("the first step thinks");
-        var call = first["tool_calls"]![0]!;
-        var output = new JsonObject { ["role"] = "tool", ["tool_call_id"] = call["id"]!.GetValue<string>(), ["content"] = "Sunny" };
+        var streamedCall = ChatToolCall.CreateFunctionToolCall(ids.Single(), "get_weather", BinaryData.FromString("""{"city":"Bergen"}"""));
+        var afterStream = await client.CompleteChatAsync([new UserChatMessage("Use get_weather for Bergen."), new AssistantChatMessage([streamedCall]), new ToolChatMessage(streamedCall.Id, "Rain")], options, Ct);
+        Blocks(Message(afterStream)).Should().BePositive("a streamed step's thinking is kept too");
 
-        var plain = new JsonObject { ["role"] = "assistant", ["content"] = null, ["tool_calls"] = new JsonArray(call.DeepClone()) };
-        var withoutThinking = await Chat(ask, plain, output);
-        withoutThinking["content"]!.GetValue<string>().Should().NotBeEmpty();
-        withoutThinking["thinking_blocks"].Should().BeNull("this step was answered without thinking");
+        // A tool call this gateway did not answer (a loop begun elsewhere): nothing to give back, answered without thinking.
+        var elsewhere = ChatToolCall.CreateFunctionToolCall("toolu_begun_elsewhere_0001", "get_weather", BinaryData.FromString("""{"city":"Oslo"}"""));
+        var plain = await client.CompleteChatAsync([ask, new AssistantChatMessage([elsewhere]), new ToolChatMessage(elsewhere.Id, "Sunny")], options, Ct);
+        plain.Value.Content[0].Text.Should().NotBeNullOrEmpty();
+        Blocks(Message(plain)).Should().Be(0, "this step was answered without thinking");
 
-        var full = plain.DeepClone();
-        full["thinking_blocks"] = first["thinking_blocks"]!.DeepClone();
-        (await Chat(ask, full, output))["thinking_blocks"]!.AsArray().Should().NotBeEmpty("given its blocks back, Claude thinks on");
+        // Another key's step naming this key's tool call gets nothing of it: the blocks are kept per key.
+        var other = new ChatClient("anthropic-only", new ApiKeyCredential(OtherKey), new OpenAIClientOptions { Endpoint = new Uri(Base, "v1") });
+        var foreign = await other.CompleteChatAsync([ask, new AssistantChatMessage([call]), new ToolChatMessage(call.Id, "Sunny")], options, Ct);
+        Blocks(Message(foreign)).Should().Be(0, "another key's thinking is not given");
     }
 
     /// <summary>
