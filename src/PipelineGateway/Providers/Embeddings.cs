@@ -508,6 +508,10 @@ internal static class Embeddings
     public static ProviderException NotServed(string provider, string model) =>
         ProviderException.Unsupported("model", $"The model '{ProviderException.Quoted(model)}' is served by '{provider}', which has no embeddings API.");
 
+    /// <summary>The same for a deployment whose upstream answered an embeddings request as a route or model it does not serve.</summary>
+    public static ProviderException NotServedBy(string provider, string model, ProviderException refusal) =>
+        ProviderException.Unsupported("model", $"The model '{ProviderException.Quoted(model)}' is served by '{provider}', whose upstream serves no embeddings for it ({refusal.StatusCode}: {refusal.UpstreamMessage ?? refusal.Message}).");
+
     private static ProviderException Unusable(string provider, string why) =>
         new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable embeddings list: {why}.");
 }

@@ -308,7 +308,7 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         const string KeyVariable = "PGW_TEST_EMBEDDINGS_SCRIPTED_KEY";
         const string UpstreamKey = "sk-embeddings-upstream-secret-0123456789";
         Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
-        string[] faults = ["embeddings-short", "embeddings-no-vector", "embeddings-chat", "echo-400", "html-502", "masked-429"];
+        string[] faults = ["embeddings-short", "embeddings-no-vector", "embeddings-chat", "echo-400", "html-502", "masked-429", "embeddings-404"];
         var settings = new Dictionary<string, string?>
         {
             ["Gateway:Providers:0:Name"] = "sim",
@@ -363,6 +363,17 @@ public sealed class EmbeddingsTests : IAsyncLifetime
 
         var (limited, _, _) = await Embed("masked-429");
         limited.Should().Be(HttpStatusCode.TooManyRequests);
+
+        // A chat-only upstream (404 on its embeddings route): passed over, not taken out of rotation — its chat still answers.
+        var (chatOnly, refusal, _) = await Embed("embeddings-404");
+        chatOnly.Should().Be(HttpStatusCode.BadRequest, "no deployment of the model serves embeddings");
+        refusal.Should().Contain("serves no embeddings");
+        var (passedOver, _, by) = await Embed("embeddings-404-then-sim");
+        (passedOver, by).Should().Be((HttpStatusCode.OK, "sim"));
+        using (var chat = await http.PostAsync("v1/chat/completions", new StringContent("""{"model":"embeddings-404","messages":[{"role":"user","content":"hi"}]}""", Encoding.UTF8, "application/json"), Ct))
+        {
+            chat.StatusCode.Should().Be(HttpStatusCode.OK, "a caller asking for embeddings does not cool the deployment down for chat");
+        }
 
         var (html, page, _) = await Embed("html-502");
         ((int)html).Should().BeGreaterThanOrEqualTo(500);

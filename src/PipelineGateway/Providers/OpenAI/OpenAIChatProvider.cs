@@ -88,7 +88,22 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IEmbeddingProvider
             ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/embeddings?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
             : _embeddings;
         using var message = Post(uri, Embeddings.UpstreamBody(request.Request.Embedding!.Value, request.Model), stream: false);
-        var (body, status, events) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
+        PooledBody body;
+        int status;
+        bool events;
+        try
+        {
+            (body, status, events) = await ExchangeAsync(message, request.Deadline, cancellationToken).ConfigureAwait(false);
+        }
+        catch (ProviderException ex) when (ex.StatusCode is 403 or 404 or 405 or 501)
+        {
+            // The upstream serves no embeddings here (a chat-only server, a model that does not embed, a key without the
+            // scope): that is this request's, not the deployment's — its chat traffic must not be taken out of rotation
+            // (a 403/404 would cool it down) by a caller asking it for embeddings. Passed over like a provider without
+            // the API; when no deployment can, the caller's 400.
+            throw Embeddings.NotServedBy(Name, request.Request.Model, ex);
+        }
+
         try
         {
             if (events)
