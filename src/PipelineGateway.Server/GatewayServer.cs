@@ -72,7 +72,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<AuthThrottle>();
         builder.Services.AddSingleton<GatewayResponseHeaders>();
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
-        builder.Services.AddSingleton<EmbeddingsEndpoint>();
+        builder.Services.AddSingleton<OperationsEndpoint>();
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesStore>();
@@ -162,7 +162,9 @@ public static partial class GatewayServer
         var chat = app.Services.GetRequiredService<ChatCompletionsEndpoint>();
         app.MapPost("/v1/chat/completions", chat.HandleAsync);
         app.MapPost("/v1/messages", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleAsync);
-        app.MapPost("/v1/embeddings", app.Services.GetRequiredService<EmbeddingsEndpoint>().HandleAsync);
+        var operations = app.Services.GetRequiredService<OperationsEndpoint>();
+        app.MapPost("/v1/embeddings", operations.EmbeddingsAsync);
+        app.MapPost("/v1/moderations", operations.ModerationsAsync);
         var responses = app.Services.GetRequiredService<Responses.ResponsesEndpoint>();
         app.MapPost("/v1/responses", responses.HandleAsync);
         app.MapPost("/v1/responses/input_tokens", responses.InputTokensAsync);

@@ -102,10 +102,15 @@ public sealed partial class SimulatorServer
     }
 
     /// <summary>
-    /// <c>POST /v1/embeddings</c> (and Azure's deployment route): OpenAI's embeddings answer, made up deterministically
-    /// (<see cref="SimulatedEmbeddings"/>), with the same faults and latency as the chat route.
+    /// <c>POST /v1/embeddings</c> and <c>/v1/moderations</c> (and Azure's deployment route for embeddings): OpenAI's
+    /// answers, made up deterministically (<see cref="SimulatedEmbeddings"/>, <see cref="SimulatedModerations"/>), with the
+    /// same faults and latency as the chat route.
     /// </summary>
-    private async Task OpenAIEmbeddingsAsync(HttpContext ctx)
+    private Task OpenAIEmbeddingsAsync(HttpContext ctx) => OpenAIOperationAsync(ctx, PipelineGateway.Providers.OperationKind.Embeddings);
+
+    private Task OpenAIModerationsAsync(HttpContext ctx) => OpenAIOperationAsync(ctx, PipelineGateway.Providers.OperationKind.Moderations);
+
+    private async Task OpenAIOperationAsync(HttpContext ctx, PipelineGateway.Providers.OperationKind kind)
     {
         Interlocked.Increment(ref _requests);
         Interlocked.Increment(ref _inFlight);
@@ -121,7 +126,7 @@ public sealed partial class SimulatorServer
             ChatCompletionRequest request;
             try
             {
-                request = PipelineGateway.Providers.Embeddings.Read(body.GetBuffer().AsSpan(0, (int)body.Length));
+                request = PipelineGateway.Providers.Operations.Read(kind, body.GetBuffer().AsSpan(0, (int)body.Length));
             }
             catch (Exception ex) when (ex is JsonException or InvalidOperationException)
             {
@@ -140,10 +145,13 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            PipelineGateway.Providers.EmbeddingsData data;
+            var operation = request.Operation!;
+            PipelineGateway.Providers.OperationAnswer data;
             try
             {
-                data = SimulatedEmbeddings.Data(request.Embedding!.Value);
+                data = kind == PipelineGateway.Providers.OperationKind.Embeddings
+                    ? SimulatedEmbeddings.Data(operation)
+                    : SimulatedModerations.Results(operation, (ulong)SimulatedText.StableHash(request.Messages[0].Content!.GetText()));
             }
             catch (PipelineGateway.Providers.ProviderException ex)
             {
@@ -151,10 +159,11 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            var tokens = SimulatedEmbeddings.PromptTokens(request.Embedding.Value);
+            var tokens = SimulatedEmbeddings.PromptTokens(operation);
             SetRateLimitHeaders(ctx);
             ctx.Response.ContentType = "application/json";
-            var answer = PipelineGateway.Providers.Embeddings.ToJson(new ChatCompletionResponse { Model = request.Model, Usage = new TokenUsage { PromptTokens = tokens, TotalTokens = tokens }, Embeddings = data });
+            var usage = kind == PipelineGateway.Providers.OperationKind.Embeddings ? new TokenUsage { PromptTokens = tokens, TotalTokens = tokens } : null; // moderations: no usage, as OpenAI
+            var answer = PipelineGateway.Providers.Operations.ToJson(new ChatCompletionResponse { Model = request.Model, Usage = usage, Operation = data });
             ctx.Response.ContentLength = answer.Length;
             await ctx.Response.Body.WriteAsync(answer, ctx.RequestAborted).ConfigureAwait(false);
         }

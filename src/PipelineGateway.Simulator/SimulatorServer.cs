@@ -77,6 +77,7 @@ public sealed partial class SimulatorServer : IAsyncDisposable
         // Azure OpenAI's deployment-scoped route, same behaviour.
         app.MapPost("/openai/deployments/{deployment}/chat/completions", OpenAIChatAsync);
         app.MapPost("/v1/embeddings", OpenAIEmbeddingsAsync);
+        app.MapPost("/v1/moderations", OpenAIModerationsAsync);
         app.MapPost("/openai/deployments/{deployment}/embeddings", OpenAIEmbeddingsAsync);
         app.MapGet("/sim/stats", () => Results.Json(new { requests = Requests, aborted = Aborted, in_flight = InFlight }));
     }

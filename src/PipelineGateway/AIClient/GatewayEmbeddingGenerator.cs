@@ -39,7 +39,7 @@ public sealed class GatewayEmbeddingGenerator : IEmbeddingGenerator<string, Embe
         var request = Embeddings.ToRequest(Body(options?.ModelId ?? _model, inputs, options?.Dimensions));
         var response = await _gateway.SubmitAsync(request, cancellationToken).ConfigureAwait(false);
         var created = response.Created > 0 ? DateTimeOffset.FromUnixTimeSeconds(response.Created) : (DateTimeOffset?)null;
-        var embeddings = Embeddings.Vectors(response.Embeddings!).Select(v => new Embedding<float>(v) { ModelId = response.Model, CreatedAt = created });
+        var embeddings = Embeddings.Vectors(response.Operation!).Select(v => new Embedding<float>(v) { ModelId = response.Model, CreatedAt = created });
         return new GeneratedEmbeddings<Embedding<float>>(embeddings)
         {
             Usage = GatewayChatClient.Usage(response.Usage),

@@ -104,9 +104,9 @@ internal static class TokenCounter
     public static int CountPrompt(ChatCompletionRequest request, string model)
     {
         var tokenizer = TokenizerFor(model);
-        if (request.Embedding is { } embedding)
+        if (request.Operation is { } operation)
         {
-            return Providers.Embeddings.PromptTokens(embedding, text => Count(tokenizer, text)); // the inputs, no chat framing
+            return Providers.Operations.PromptTokens(operation, text => Count(tokenizer, text)); // the inputs, no chat framing
         }
 
         if (tokenizer is null)

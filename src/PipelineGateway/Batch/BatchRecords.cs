@@ -25,9 +25,9 @@ internal sealed class BatchRecords
         _json.WriteNumber("status_code", 200);
         _json.WriteString("request_id", response.Gateway?.RequestId);
         _json.WritePropertyName("body");
-        if (line.Request?.Embedding is not null)
+        if (line.Request?.Operation is not null)
         {
-            Providers.Embeddings.WriteAnswer(_json, response);
+            Providers.Operations.WriteAnswer(_json, response);
         }
         else
         {

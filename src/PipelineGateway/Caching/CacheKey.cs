@@ -51,12 +51,12 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
 
             WriteElement(w, "tool_choice", request.ToolChoice);
             WriteElement(w, "response_format", request.ResponseFormat);
-            if (request.Embedding is { } embedding)
+            if (request.Operation is { } operation)
             {
-                // An embeddings request: its inputs as sent (two texts and their join are different requests) and its
-                // options; the model is the group's, the user left out as for a chat request.
-                w.WriteStartObject("embedding");
-                foreach (var member in embedding.EnumerateObject().OrderBy(static p => p.Name, StringComparer.Ordinal))
+                // Another API's request (embeddings, moderations): its inputs as sent (two texts and their join are
+                // different requests) and its options; the model is the group's, the user left out as for a chat request.
+                w.WriteStartObject(operation.Path);
+                foreach (var member in operation.Body.EnumerateObject().OrderBy(static p => p.Name, StringComparer.Ordinal))
                 {
                     if (member.Name is not ("model" or "user"))
                     {

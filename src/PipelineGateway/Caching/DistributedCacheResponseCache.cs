@@ -84,8 +84,9 @@ public sealed class DistributedCacheResponseCache(IDistributedCache cache, int m
             using var doc = JsonDocument.Parse(bytes);
             var root = doc.RootElement;
             var stored = root.GetProperty("response");
-            var response = stored.ValueKind == JsonValueKind.Object && stored.TryGetProperty("data", out _) && !stored.TryGetProperty("choices", out _)
-                ? Providers.Embeddings.ReadAnswer(System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(stored).ToArray(), copy: false, "cache", out _) // an embeddings answer
+            var response = stored.ValueKind == JsonValueKind.Object && !stored.TryGetProperty("choices", out _)
+                && (stored.TryGetProperty("data", out _) || stored.TryGetProperty("results", out _))
+                ? Providers.Operations.ReadAnswer(stored.TryGetProperty("data", out _) ? Providers.OperationKind.Embeddings : Providers.OperationKind.Moderations, System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(stored).ToArray(), copy: false, "cache", out _) // another API's answer
                 : stored.Deserialize(GatewayJsonContext.Default.ChatCompletionResponse);
             if (response is null)
             {

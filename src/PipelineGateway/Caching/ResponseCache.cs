@@ -76,7 +76,7 @@ internal sealed class ResponseCache
     /// </summary>
     public void Store(Pipeline.WorkItem item, ChatCompletionResponse response)
     {
-        if (item.CacheKey is not { } key || (response.Choices.Count == 0 && response.Embeddings is null)) // embeddings have no choices
+        if (item.CacheKey is not { } key || (response.Choices.Count == 0 && response.Operation is null)) // embeddings have no choices
         {
             return;
         }
@@ -97,8 +97,8 @@ internal sealed class ResponseCache
             case DistributedCacheResponseCache shared:
                 shared.SetSerialized(key.ToString(), answer.ToEnvelope(), lifetime); // the answer's bytes are reused, not written again
                 break;
-            case not null when answer.IsEmbeddings:
-                break; // another store's format is the chat answer's, which has no place for an embeddings list
+            case not null when answer.Operation is not null:
+                break; // another store's format is the chat answer's, which has no place for another API's list
             default:
                 _secondLevel.Set(key.ToString(), answer.Materialize(), lifetime);
                 break;

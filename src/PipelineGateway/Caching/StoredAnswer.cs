@@ -9,10 +9,10 @@ namespace PipelineGateway.Caching;
 /// </summary>
 internal sealed class StoredAnswer
 {
-    private StoredAnswer(byte[] json, string provider, string providerModel, decimal cost, bool embeddings = false)
+    private StoredAnswer(byte[] json, string provider, string providerModel, decimal cost, Providers.OperationKind? operation = null)
     {
         Json = json;
-        IsEmbeddings = embeddings;
+        Operation = operation;
         Provider = provider;
         ProviderModel = providerModel;
         Cost = cost;
@@ -23,8 +23,8 @@ internal sealed class StoredAnswer
 
     public string Provider { get; }
 
-    /// <summary>An embeddings answer: <see cref="Json"/> is OpenAI's embeddings answer, not a chat completion.</summary>
-    public bool IsEmbeddings { get; }
+    /// <summary>Another API's answer (embeddings, moderations): <see cref="Json"/> is that API's answer, not a chat completion.</summary>
+    public Providers.OperationKind? Operation { get; }
 
     public string ProviderModel { get; }
 
@@ -35,16 +35,16 @@ internal sealed class StoredAnswer
     public long Size => Json.Length + 160;
 
     /// <summary>Captures an answer before anyone else holds it (its <see cref="ChatCompletionResponse.Gateway"/> info included).</summary>
-    public static StoredAnswer From(ChatCompletionResponse response) => response.Embeddings is not null
-        ? new(Providers.Embeddings.ToJson(response), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0, embeddings: true)
+    public static StoredAnswer From(ChatCompletionResponse response) => response.Operation is { } operation
+        ? new(Providers.Operations.ToJson(response), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0, operation.Kind)
         : new(JsonSerializer.SerializeToUtf8Bytes(response, GatewayJsonContext.Default.ChatCompletionResponse), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0);
 
     /// <summary>
-    /// A new, independent copy of the answer (without gateway info: whoever serves it attaches the caller's own). An
-    /// embeddings answer's vectors are this entry's bytes, shared: nobody writes them.
+    /// A new, independent copy of the answer (without gateway info: whoever serves it attaches the caller's own). Another
+    /// API's list (vectors, moderation results) is this entry's bytes, shared: nobody writes them.
     /// </summary>
-    public ChatCompletionResponse Materialize() => IsEmbeddings
-        ? Providers.Embeddings.ReadAnswer(Json, copy: false, "cache", out _)
+    public ChatCompletionResponse Materialize() => Operation is { } kind
+        ? Providers.Operations.ReadAnswer(kind, Json, copy: false, "cache", out _)
         : JsonSerializer.Deserialize(Json, GatewayJsonContext.Default.ChatCompletionResponse) ?? throw new InvalidOperationException("A stored answer could not be read back.");
 
     /// <summary>The second level's form (<see cref="DistributedCacheResponseCache"/>): who produced it and its cost around the answer.</summary>

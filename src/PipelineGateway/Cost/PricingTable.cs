@@ -57,6 +57,9 @@ internal sealed partial class PricingTable
         ["text-embedding-3-small"] = new() { InputPerMillion = 0.02m, OutputPerMillion = 0m },
         ["text-embedding-3-large"] = new() { InputPerMillion = 0.13m, OutputPerMillion = 0m },
         ["text-embedding-ada-002"] = new() { InputPerMillion = 0.10m, OutputPerMillion = 0m },
+        // Moderations: free.
+        ["omni-moderation"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m },
+        ["text-moderation"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m },
         ["claude-3-5-haiku"] = new() { InputPerMillion = 0.80m, OutputPerMillion = 4.00m, CachedInputPerMillion = 0.08m, CacheWriteInputPerMillion = 1.00m, WebSearchPerThousand = 10.00m },
         ["claude-3-5-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m, WebSearchPerThousand = 10.00m },
         ["claude-3-7-sonnet"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 15.00m, CachedInputPerMillion = 0.30m, CacheWriteInputPerMillion = 3.75m, WebSearchPerThousand = 10.00m },

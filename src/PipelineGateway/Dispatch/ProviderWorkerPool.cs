@@ -362,19 +362,19 @@ internal sealed partial class ProviderWorkerPool
     }
 
     /// <summary>
-    /// One whole answer from the provider: a chat completion, or for an embeddings request (<see cref="ChatCompletionRequest.Embedding"/>)
-    /// the provider's embeddings, checked (<see cref="Embeddings.Accept"/>); a provider without an embeddings API refuses it.
+    /// One whole answer from the provider: a chat completion, or for another API's request (<see cref="ChatCompletionRequest.Operation"/>:
+    /// embeddings, moderations) its answer, checked (<see cref="Operations.Accept"/>); a provider without such APIs refuses it.
     /// </summary>
     private ValueTask<ChatCompletionResponse> CompleteAsync(WorkItem item, Deployment deployment, CancellationToken token)
     {
         var request = new ProviderRequest(item.Request, deployment.Model) { Deadline = item.Deadline };
-        return item.Request.Embedding is null ? Provider.CompleteAsync(request, token) : EmbedAsync(request, token);
+        return item.Request.Operation is null ? Provider.CompleteAsync(request, token) : SendAsync(request, token);
     }
 
-    private async ValueTask<ChatCompletionResponse> EmbedAsync(ProviderRequest request, CancellationToken token) =>
-        Provider is IEmbeddingProvider embedder
-            ? Embeddings.Accept(await embedder.EmbedAsync(request, token).ConfigureAwait(false), request.Request, Name)
-            : throw Embeddings.NotServed(Name, request.Request.Model);
+    private async ValueTask<ChatCompletionResponse> SendAsync(ProviderRequest request, CancellationToken token) =>
+        Provider is IOperationProvider operations
+            ? Operations.Accept(await operations.SendAsync(request, token).ConfigureAwait(false), request.Request, Name)
+            : throw Operations.NotServed(Name, request.Request.Operation!, request.Request.Model);
 
     private void OnAttemptFailed(WorkItem item, Deployment deployment, long started, Exception ex) =>
         OnAttemptFailedAfter(item, deployment, Name, _time.GetElapsedTime(started), ex);

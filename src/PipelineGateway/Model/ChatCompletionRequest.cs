@@ -52,12 +52,12 @@ public sealed class ChatCompletionRequest
     public GatewayRequestOptions? Gateway { get; set; }
 
     /// <summary>
-    /// Set for an embeddings request (<c>/v1/embeddings</c>): its body as the caller sent it, which the upstream gets (with
-    /// the deployment's model) instead of a chat request; the messages then hold its inputs for counting and the log
-    /// (<see cref="Providers.Embeddings"/>). Never serialized.
+    /// Set for another API's request (<c>/v1/embeddings</c>, <c>/v1/moderations</c>): its kind and body as the caller sent
+    /// it, which the upstream gets (with the deployment's model) instead of a chat request; the messages then hold its
+    /// inputs' text for the log (<see cref="Providers.Operations"/>). Never serialized.
     /// </summary>
     [JsonIgnore]
-    internal JsonElement? Embedding { get; set; }
+    internal Providers.OperationRequest? Operation { get; set; }
 
     /// <summary>
     /// A shallow copy for an upstream call: the deployment's model name and the stream flags set, everything

@@ -26,9 +26,9 @@ public sealed class ChatCompletionResponse
     [JsonExtensionData]
     public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
 
-    /// <summary>An embeddings request's answer (<c>/v1/embeddings</c>): its <c>data</c> as bytes; the response then has no choices.</summary>
+    /// <summary>Another API's answer (embeddings, moderations): its list as bytes; the response then has no choices.</summary>
     [JsonIgnore]
-    internal Providers.EmbeddingsData? Embeddings { get; set; }
+    internal Providers.OperationAnswer? Operation { get; set; }
 
     /// <summary>How the gateway served this response (provider, attempts, latency, cache, cost).</summary>
     [JsonIgnore]

@@ -49,7 +49,7 @@ public sealed class GatewayEmbeddingGeneratorTests
         }
 
         // The same vectors the simulator gives for each text (so the order is the inputs').
-        var expected = SimulatedEmbeddings.Data(JsonDocument.Parse("""{"input":["first","second","third"],"dimensions":8}""").RootElement);
+        var expected = SimulatedEmbeddings.Data(new OperationRequest(OperationKind.Embeddings, JsonDocument.Parse("""{"input":["first","second","third"],"dimensions":8}""").RootElement));
         embeddings.Select(e => e.Vector.ToArray()).Should().BeEquivalentTo(Embeddings.Vectors(expected), o => o.WithStrictOrdering());
 
         embeddings.Usage!.InputTokenCount.Should().BePositive();

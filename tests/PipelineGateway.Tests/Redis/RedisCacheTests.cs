@@ -74,8 +74,8 @@ public sealed class RedisCacheTests
         var second = await b.SubmitAsync(Ask(), Ct);
         second.Gateway!.Cached.Should().BeTrue("instance B finds A's answer in Redis");
         second.Gateway.Provider.Should().Be("sa");
-        second.Embeddings!.Count.Should().Be(2);
-        second.Embeddings.Json.ToArray().Should().Equal(first.Embeddings!.Json.ToArray());
+        second.Operation!.Count.Should().Be(2);
+        second.Operation.List.ToArray().Should().Equal(first.Operation!.List.ToArray());
         (second.Usage!.PromptTokens, second.Model).Should().Be((first.Usage!.PromptTokens, first.Model));
     }
 

@@ -252,7 +252,7 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         using var provider = new PipelineGateway.Providers.OpenAI.OpenAIChatProvider("openai", new HttpClient(stub), new ProviderOptions { Name = "openai", Type = ProviderTypes.OpenAI, BaseUrl = "https://api.example.test/v1" }, "sk-test", TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
         var request = Embeddings.Read("""{"model":"group","input":"hi","dimensions":2,"input_type":"query"}"""u8);
 
-        var response = Embeddings.Accept(await provider.EmbedAsync(new ProviderRequest(request, "text-embedding-3-small"), Ct), request, "openai");
+        var response = Operations.Accept(await provider.SendAsync(new ProviderRequest(request, "text-embedding-3-small"), Ct), request, "openai");
 
         stub.LastRequest!.RequestUri!.ToString().Should().Be("https://api.example.test/v1/embeddings");
         var sent = JsonDocument.Parse(stub.LastBody!).RootElement;
@@ -260,12 +260,12 @@ public sealed class EmbeddingsTests : IAsyncLifetime
             .Should().Be(("text-embedding-3-small", "hi", 2, "query"), "the caller's members, the deployment's model");
         var rented = Enumerable.Range(0, 64).Select(_ => System.Buffers.ArrayPool<byte>.Shared.Rent(Answer.Length + 1)).ToList();
         rented.ForEach(a => { a.AsSpan().Fill((byte)'x'); System.Buffers.ArrayPool<byte>.Shared.Return(a); });
-        Encoding.UTF8.GetString(response.Embeddings!.Json.Span).Should().Be("""[{"object":"embedding","index":0,"embedding":[0.5,-0.25]}]""");
+        Encoding.UTF8.GetString(response.Operation!.List.Span).Should().Be("""[{"object":"embedding","index":0,"embedding":[0.5,-0.25]}]""");
         (response.Usage!.PromptTokens, response.Model).Should().Be((3, "m"));
 
         var azureStub = new StubHandler(HttpStatusCode.OK, Answer);
         using var azure = new PipelineGateway.Providers.OpenAI.OpenAIChatProvider("azure", new HttpClient(azureStub), new ProviderOptions { Name = "azure", Type = ProviderTypes.AzureOpenAI, BaseUrl = "https://myres.openai.azure.com", AzureApiVersion = "2024-10-21" }, "azure-key", TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
-        await azure.EmbedAsync(new ProviderRequest(request, "my-embedding-deployment"), Ct);
+        await azure.SendAsync(new ProviderRequest(request, "my-embedding-deployment"), Ct);
         azureStub.LastRequest!.RequestUri!.ToString().Should().Be("https://myres.openai.azure.com/openai/deployments/my-embedding-deployment/embeddings?api-version=2024-10-21");
     }
 
@@ -284,8 +284,8 @@ public sealed class EmbeddingsTests : IAsyncLifetime
                 var request = Embeddings.Read(c.Bytes);
                 accepted++;
                 request.Messages.Should().ContainSingle().Which.Content!.Text.Should().NotBeNullOrEmpty();
-                Embeddings.InputCount(request.Embedding!.Value).Should().BeInRange(1, Embeddings.MaxInputs);
-                Embeddings.UpstreamBody(request.Embedding.Value, "m").Should().NotBeEmpty();
+                request.Operation!.InputCount.Should().BeInRange(1, Embeddings.MaxInputs);
+                Operations.UpstreamBody(request.Operation, "m").Should().NotBeEmpty();
             }
             catch (Exception ex) when (ex is JsonException or InvalidRequestException or InvalidOperationException)
             {

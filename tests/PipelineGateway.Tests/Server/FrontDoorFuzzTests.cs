@@ -105,7 +105,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
         failures.Should().BeEmpty(string.Join("\n\n", failures.Take(5)));
         statuses.Keys.Should().Contain(200, "the mutations leave some requests valid, so answers are checked too");
         statuses.Keys.Should().Contain(400);
-        answered.Should().BeEquivalentTo([Fuzz.Chat, Fuzz.Messages, Fuzz.Responses, Fuzz.Embeddings], "every route answers some of its cases");
+        answered.Should().BeEquivalentTo([Fuzz.Chat, Fuzz.Messages, Fuzz.Responses, Fuzz.Embeddings, Fuzz.Moderations], "every route answers some of its cases");
     }
 
     [Fact]
@@ -316,6 +316,11 @@ internal static class Fuzz
     public const string Messages = "v1/messages";
     public const string Responses = "v1/responses";
     public const string Embeddings = "v1/embeddings";
+    public const string Moderations = "v1/moderations";
+
+    public const string ModerationsTemplate = """
+        {"model":"gpt-4o-mini","input":[{"type":"text","text":"is this fine"},{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}
+        """;
 
     public const string EmbeddingsTemplate = """
         {"model":"gpt-4o-mini","input":["hello world","a second text"],"encoding_format":"float","dimensions":8,"user":"u1"}
@@ -420,8 +425,8 @@ internal static class Fuzz
         (2, Gen.Char[' ', 'ÿ'].Array[0, 12].Select(chars => new string(chars))));
 
     public static readonly Gen<FuzzRequest> Request =
-        from path in Gen.OneOf(Chat, Messages, Responses, Embeddings)
-        from body in Gen.Frequency((9, Body(path switch { Chat => ChatTemplate, Messages => MessagesTemplate, Embeddings => EmbeddingsTemplate, _ => ResponsesTemplate })), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
+        from path in Gen.OneOf(Chat, Messages, Responses, Embeddings, Moderations)
+        from body in Gen.Frequency((9, Body(path switch { Chat => ChatTemplate, Messages => MessagesTemplate, Embeddings => EmbeddingsTemplate, Moderations => ModerationsTemplate, _ => ResponsesTemplate })), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
         from contentType in Gen.Frequency((16, Gen.Const<string?>((string?)"application/json")), (1, Gen.OneOf<string?>(null, "text/plain", "application/json; charset=utf-8", "application/vnd.api+json", "json", ";;")))
         from key in Gen.Frequency((18, Gen.Const<string?>((string?)"sk-gw-fuzz-0123456789")), (1, Gen.Const<string?>((string?)null)), (1, Gen.String[0, 20].Select(s => (string?)new string(s.Where(c => c is >= ' ' and <= '~').ToArray()))))
         from headers in Gen.Select(Gen.OneOf(GatewayHeaders), HeaderValue).Array[0, 3]

@@ -134,12 +134,15 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case "embeddings-no-vector":
                 await Raw(ctx, 200, "application/json", """{"object":"list","data":[{"object":"embedding","index":0,"embedding":null}],"model":"m","usage":{"prompt_tokens":2,"total_tokens":2}}""");
                 break;
-            case "embeddings-404" when ctx.Request.Path.Value!.EndsWith("/embeddings", StringComparison.Ordinal):
-                // A chat-only server: no embeddings route (its chat route answers, below).
-                await Error(ctx, anthropic: false, 404, "invalid_request_error", "Not found: this server has no embeddings route.");
+            case "embeddings-404" when !ctx.Request.Path.Value!.EndsWith("/chat/completions", StringComparison.Ordinal):
+                // A chat-only server: no embeddings or moderations route (its chat route answers, below).
+                await Error(ctx, anthropic: false, 404, "invalid_request_error", "Not found: this server has no such route.");
                 break;
             case "embeddings-404":
                 await Raw(ctx, 200, "application/json", Answer(anthropic: false));
+                break;
+            case "moderations-no-flag":
+                await Raw(ctx, 200, "application/json", """{"id":"modr-1","model":"m","results":[{"categories":{"hate":false}}]}""");
                 break;
             case "embeddings-chat":
                 // A chat completion where embeddings were asked (a server that ignores the path).

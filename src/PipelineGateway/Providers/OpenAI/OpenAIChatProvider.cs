@@ -10,11 +10,10 @@ namespace PipelineGateway.Providers.OpenAI;
 /// OpenAI-compatible endpoint by base URL (vLLM, Ollama, Groq, Together, Mistral…) and Azure OpenAI
 /// (deployment URL, <c>api-key</c> header, <c>api-version</c> query).
 /// </summary>
-internal sealed class OpenAIChatProvider : HttpChatProvider, IEmbeddingProvider
+internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider
 {
     private readonly Uri _base;
     private readonly Uri _chat;
-    private readonly Uri _embeddings;
     private readonly bool _azure;
 
     /// <summary>
@@ -37,7 +36,6 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IEmbeddingProvider
         var baseUrl = options.BaseUrl ?? (_azure ? throw new ArgumentException($"Provider '{name}': Azure OpenAI needs BaseUrl (the resource endpoint).") : "https://api.openai.com/v1");
         _base = new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/");
         _chat = new Uri(_base, "chat/completions");
-        _embeddings = new Uri(_base, "embeddings");
         _authorization = string.IsNullOrEmpty(apiKey) ? null : _azure ? apiKey : "Bearer " + apiKey;
     }
 
@@ -79,15 +77,16 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IEmbeddingProvider
     }
 
     /// <summary>
-    /// <c>POST {base}/embeddings</c> (Azure: the deployment's <c>embeddings</c> route): the caller's body with the deployment's
-    /// model; the answer's <c>data</c> is kept as it came (checked by the worker, <see cref="Embeddings.Accept"/>).
+    /// <c>POST {base}/embeddings</c> or <c>{base}/moderations</c> (Azure: the deployment's route): the caller's body with the
+    /// deployment's model; the answer's list is kept as it came (checked by the worker, <see cref="Operations.Accept"/>).
     /// </summary>
-    public async ValueTask<ChatCompletionResponse> EmbedAsync(ProviderRequest request, CancellationToken cancellationToken)
+    public async ValueTask<ChatCompletionResponse> SendAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
+        var operation = request.Request.Operation!;
         var uri = _azure
-            ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/embeddings?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
-            : _embeddings;
-        using var message = Post(uri, Embeddings.UpstreamBody(request.Request.Embedding!.Value, request.Model), stream: false);
+            ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/{operation.Path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
+            : new Uri(_base, operation.Path);
+        using var message = Post(uri, Operations.UpstreamBody(operation, request.Model), stream: false);
         PooledBody body;
         int status;
         bool events;
@@ -97,25 +96,25 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IEmbeddingProvider
         }
         catch (ProviderException ex) when (ex.StatusCode is 403 or 404 or 405 or 501)
         {
-            // The upstream serves no embeddings here (a chat-only server, a model that does not embed, a key without the
-            // scope): that is this request's, not the deployment's — its chat traffic must not be taken out of rotation
-            // (a 403/404 would cool it down) by a caller asking it for embeddings. Passed over like a provider without
-            // the API; when no deployment can, the caller's 400.
-            throw Embeddings.NotServedBy(Name, request.Request.Model, ex);
+            // The upstream serves no such API here (a chat-only server, a model that does not embed, Azure without
+            // moderations, a key without the scope): that is this request's, not the deployment's — its chat traffic must
+            // not be taken out of rotation (a 403/404 would cool it down) by a caller asking it for embeddings. Passed over
+            // like a provider without the API; when no deployment can, the caller's 400.
+            throw Operations.NotServedBy(Name, operation, request.Request.Model, ex);
         }
 
         try
         {
             if (events)
             {
-                throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered an embeddings request with server-sent events.", status);
+                throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered a {operation.Path} request with server-sent events.", status);
             }
 
-            // Read in one pass, the vectors kept as their bytes — copied out of a pooled buffer, or, for a big answer
-            // (tens of MB for 2,048 inputs) read into an array of its own, left where they are: a parsed document would
+            // Read in one pass, the list kept as its bytes — copied out of a pooled buffer, or, for a big answer (tens of
+            // MB of vectors for 2,048 inputs) read into an array of its own, left where it is: a parsed document would
             // hold them twice over.
-            var response = Embeddings.ReadAnswer(body.Memory, copy: body.Pooled, Name, out var error);
-            if (response.Embeddings is null && error is { ValueKind: JsonValueKind.Object } e)
+            var response = Operations.ReadAnswer(operation.Kind, body.Memory, copy: body.Pooled, Name, out var error);
+            if (response.Operation is null && error is { ValueKind: JsonValueKind.Object } e)
             {
                 throw UpstreamErrorIn(e, "its answer (with a 200)");
             }
@@ -124,7 +123,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IEmbeddingProvider
         }
         catch (JsonException ex)
         {
-            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid embeddings list: {Serialization.JsonProblems.Describe(ex, body.Span)}.", status, inner: ex);
+            throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned a body that is not a valid {operation.Path} answer: {Serialization.JsonProblems.Describe(ex, body.Span)}.", status, inner: ex);
         }
         finally
         {

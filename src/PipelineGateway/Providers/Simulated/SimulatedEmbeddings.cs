@@ -18,12 +18,13 @@ internal static class SimulatedEmbeddings
     /// <summary>text-embedding-3-large's size, the most the simulators give.</summary>
     public const int MaxDimensions = 3072;
 
-    /// <summary>Usage as the simulators bill an embeddings request: about four characters a token, a token id one.</summary>
-    public static int PromptTokens(JsonElement body) => Math.Max(1, Embeddings.PromptTokens(body, static text => Math.Max(1, text.Length / 4)));
+    /// <summary>Usage as the simulators bill an embeddings or moderations request: about four characters a token, a token id one.</summary>
+    public static int PromptTokens(OperationRequest operation) => Math.Max(1, Operations.PromptTokens(operation, static text => Math.Max(1, text.Length / 4)));
 
     /// <summary>The answer's <c>data</c> list for an embeddings request body, as its bytes.</summary>
-    public static EmbeddingsData Data(JsonElement body)
+    public static OperationAnswer Data(OperationRequest operation)
     {
+        var body = operation.Body;
         var dimensions = body.TryGetProperty("dimensions", out var d) && d.ValueKind == JsonValueKind.Number && d.TryGetInt32(out var n) && n > 0 ? n : DefaultDimensions;
         if (dimensions > MaxDimensions)
         {
@@ -35,7 +36,7 @@ internal static class SimulatedEmbeddings
         var base64 = body.TryGetProperty("encoding_format", out var f) && f.ValueKind == JsonValueKind.String && f.ValueEquals("base64");
         // Sized for the answer up front (a float is at most ~14 characters written, base64 is 16 per 3 floats), so the
         // buffer is not grown by doubling through tens of MB, and its written part is the answer (no copy).
-        var count = Embeddings.InputCount(body);
+        var count = operation.InputCount;
         var buffer = new ArrayBufferWriter<byte>((int)Math.Min(int.MaxValue / 2, (long)count * ((dimensions * (base64 ? 6L : 14L)) + 64) + 16));
         using (var w = new Utf8JsonWriter(buffer))
         {
@@ -74,7 +75,7 @@ internal static class SimulatedEmbeddings
             w.WriteEndArray();
         }
 
-        return new EmbeddingsData(buffer.WrittenMemory, count);
+        return new OperationAnswer(OperationKind.Embeddings, buffer.WrittenMemory, count);
     }
 
     /// <summary>A stable number per input: its text, or its token ids.</summary>

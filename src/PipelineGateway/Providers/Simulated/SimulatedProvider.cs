@@ -7,7 +7,7 @@ namespace PipelineGateway.Providers.Simulated;
 /// It powers the default configuration, the demo, tests and benchmarks, so everything runs with no keys.
 /// The answer is derived from the request, with token counts of realistic size (about 4 characters a token).
 /// </summary>
-internal sealed class SimulatedProvider : ILlmProvider, IEmbeddingProvider
+internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
 {
     private readonly SimulatedProviderOptions _options;
     private readonly TimeProvider _time;
@@ -40,8 +40,11 @@ internal sealed class SimulatedProvider : ILlmProvider, IEmbeddingProvider
         return CompleteSlowAsync(request, draw, delay, cancellationToken);
     }
 
-    /// <summary>Embeddings (<see cref="SimulatedEmbeddings"/>) with the same latency and failure draws as a chat answer.</summary>
-    public async ValueTask<ChatCompletionResponse> EmbedAsync(ProviderRequest request, CancellationToken cancellationToken)
+    /// <summary>
+    /// Embeddings (<see cref="SimulatedEmbeddings"/>) and moderations (<see cref="SimulatedModerations"/>) with the same
+    /// latency and failure draws as a chat answer.
+    /// </summary>
+    public async ValueTask<ChatCompletionResponse> SendAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
         var draw = NextDraw();
         var delay = Latency(draw);
@@ -52,15 +55,20 @@ internal sealed class SimulatedProvider : ILlmProvider, IEmbeddingProvider
 
         cancellationToken.ThrowIfCancellationRequested();
         FailIfDrawn(draw);
-        var body = request.Request.Embedding!.Value;
-        var tokens = SimulatedEmbeddings.PromptTokens(body);
+        var operation = request.Request.Operation!;
+        if (operation.Kind == OperationKind.Moderations)
+        {
+            return new ChatCompletionResponse { Model = request.Model, Choices = [], Operation = SimulatedModerations.Results(operation, draw) };
+        }
+
+        var tokens = SimulatedEmbeddings.PromptTokens(operation);
         return new ChatCompletionResponse
         {
             Object = "list",
             Model = request.Model,
             Choices = [],
             Usage = new TokenUsage { PromptTokens = tokens, TotalTokens = tokens },
-            Embeddings = SimulatedEmbeddings.Data(body),
+            Operation = SimulatedEmbeddings.Data(operation),
         };
     }
 

@@ -8,14 +8,19 @@ using PipelineGateway.Providers;
 namespace PipelineGateway.Server;
 
 /// <summary>
-/// <c>POST /v1/embeddings</c>: OpenAI's embeddings API in and out. The request goes through the same pipeline as a chat
-/// request (<see cref="Embeddings"/>): keys and their model lists, rate and token limits, budgets, the cache and single
-/// flight, routing with failover to the group's other deployments and its fallbacks, cost, metrics and the request log.
-/// The vectors are written as the upstream sent them (numbers or base64), never parsed into numbers.
+/// <c>POST /v1/embeddings</c> and <c>POST /v1/moderations</c>: OpenAI's APIs in and out. The request goes through the same
+/// pipeline as a chat request (<see cref="Operations"/>): keys and their model lists, rate and token limits, budgets, the
+/// cache and single flight, routing with failover to the group's other deployments and its fallbacks, cost, metrics and
+/// the request log. The answer's list (vectors as numbers or base64, moderation results) is written as the upstream sent
+/// it, never parsed into objects.
 /// </summary>
-internal sealed class EmbeddingsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, ILogger<EmbeddingsEndpoint> logger)
+internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, ILogger<OperationsEndpoint> logger)
 {
-    public async Task HandleAsync(HttpContext ctx)
+    public Task EmbeddingsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Embeddings);
+
+    public Task ModerationsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Moderations);
+
+    private async Task HandleAsync(HttpContext ctx, OperationKind kind)
     {
         // Key, content type, size and x-gateway-* headers were checked by the front door.
         var caller = ctx.Features.Get<GatewayCaller>()!;
@@ -24,7 +29,9 @@ internal sealed class EmbeddingsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
         ChatCompletionRequest request;
         try
         {
-            request = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => Embeddings.Read(body), aborted);
+            request = kind == OperationKind.Embeddings
+                ? await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => Operations.Read(OperationKind.Embeddings, body), aborted)
+                : await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => Operations.Read(OperationKind.Moderations, body), aborted);
         }
         catch (JsonException ex)
         {
@@ -81,8 +88,8 @@ internal sealed class EmbeddingsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
     /// </summary>
     private static async Task WriteAsync(HttpResponse http, ChatCompletionResponse response, CancellationToken aborted)
     {
-        var (head, tail) = Embeddings.Frame(response);
-        var data = response.Embeddings!.Json;
+        var (head, tail) = Operations.Frame(response);
+        var data = response.Operation!.List;
         http.ContentType = "application/json";
         http.ContentLength = head.Length + data.Length + tail.Length;
         await http.BodyWriter.WriteAsync(head, aborted);

@@ -1,0 +1,99 @@
+using System.Text;
+using System.Text.Json;
+
+namespace PipelineGateway.Providers;
+
+/// <summary>
+/// OpenAI's moderations request (<c>POST /v1/moderations</c>) as the pipeline carries it (<see cref="Operations"/>):
+/// <c>input</c> — a string, a list of strings (one result each) or a list of content parts, text and images (one result
+/// for them all) — and <c>model</c>, a model group like any other, <see cref="DefaultModel"/> when left out, as OpenAI
+/// defaults it. Other members are sent on as they came.
+/// </summary>
+internal static class Moderations
+{
+    /// <summary>The model a request without one is for (OpenAI's default).</summary>
+    public const string DefaultModel = "omni-moderation-latest";
+
+    /// <summary>Checks a moderations request given as JSON and makes the pipeline's request of it.</summary>
+    /// <exception cref="InvalidRequestException">A member is missing or not what the schema allows; its name is the error's param.</exception>
+    public static ChatCompletionRequest ToRequest(JsonElement root)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new InvalidRequestException(null, "The request body must be a JSON object.");
+        }
+
+        var model = DefaultModel;
+        if (root.TryGetProperty("model", out var m) && m.ValueKind != JsonValueKind.Null)
+        {
+            model = m.ValueKind == JsonValueKind.String && m.GetString() is { Length: > 0 } name ? name : throw new InvalidRequestException("model", "'model' must be a string naming a moderation model.");
+        }
+
+        if (!root.TryGetProperty("input", out var input) || input.ValueKind is JsonValueKind.Null)
+        {
+            throw new InvalidRequestException("input", "'input' is required: a string, a list of strings or a list of text and image parts.");
+        }
+
+        return new ChatCompletionRequest
+        {
+            Model = model,
+            Messages = [ChatCompletionMessage.User(Describe(input))],
+            Operation = new OperationRequest(OperationKind.Moderations, root),
+        };
+    }
+
+    /// <summary>Checks <c>input</c> and gives its text for the pipeline's one user message (an image as its place).</summary>
+    private static string Describe(JsonElement input)
+    {
+        switch (input.ValueKind)
+        {
+            case JsonValueKind.String:
+                var only = input.GetString()!;
+                return only.Length > 0 ? only : throw new InvalidRequestException("input", "'input' must not be empty.");
+            case JsonValueKind.Array:
+                var count = input.GetArrayLength();
+                if (count == 0 || count > Embeddings.MaxInputs)
+                {
+                    throw new InvalidRequestException("input", $"'input' must hold from 1 to {Embeddings.MaxInputs} items (it holds {count}).");
+                }
+
+                var first = input[0].ValueKind;
+                var text = new StringBuilder();
+                var i = 0;
+                foreach (var item in input.EnumerateArray())
+                {
+                    var param = $"input[{i}]";
+                    if (item.ValueKind != first || first is not (JsonValueKind.String or JsonValueKind.Object))
+                    {
+                        throw new InvalidRequestException(param, "'input' must be a list of strings or a list of text and image parts, not a mix.");
+                    }
+
+                    text.Append(i == 0 ? string.Empty : "\n\n").Append(first == JsonValueKind.String ? NonEmpty(item, param) : Part(item, param));
+                    i++;
+                }
+
+                return text.ToString();
+            default:
+                throw new InvalidRequestException("input", "'input' must be a string, a list of strings or a list of text and image parts.");
+        }
+    }
+
+    private static string NonEmpty(JsonElement item, string param) =>
+        item.GetString() is { Length: > 0 } text ? text : throw new InvalidRequestException(param, $"'{param}' must not be empty.");
+
+    /// <summary>A content part: <c>{"type":"text","text":…}</c> or <c>{"type":"image_url","image_url":{"url":…}}</c>.</summary>
+    private static string Part(JsonElement part, string param)
+    {
+        var type = part.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+        switch (type)
+        {
+            case "text" when part.TryGetProperty("text", out var text) && text.ValueKind == JsonValueKind.String:
+                return NonEmpty(text, $"{param}.text");
+            case "image_url" when part.TryGetProperty("image_url", out var image) && image.ValueKind == JsonValueKind.Object
+                && image.TryGetProperty("url", out var url) && url.ValueKind == JsonValueKind.String && url.GetString() is { Length: > 0 }:
+                return "[image]";
+            default:
+                throw new InvalidRequestException(param, $"'{param}' must be a text part ({{\"type\":\"text\",\"text\":…}}) or an image part ({{\"type\":\"image_url\",\"image_url\":{{\"url\":…}}}}).");
+        }
+    }
+}

@@ -1,0 +1,367 @@
+using System.Buffers;
+using System.Text.Json;
+
+namespace PipelineGateway.Providers;
+
+/// <summary>The OpenAI APIs besides chat that the pipeline carries.</summary>
+internal enum OperationKind
+{
+    /// <summary><c>POST /v1/embeddings</c> (<see cref="Providers.Embeddings"/>).</summary>
+    Embeddings,
+
+    /// <summary><c>POST /v1/moderations</c> (<see cref="Providers.Moderations"/>).</summary>
+    Moderations,
+}
+
+/// <summary>An operation's request: its kind and its body as the caller sent it (checked), which the upstream gets with the deployment's model.</summary>
+internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
+{
+    /// <summary>The upstream route under the provider's base URL (<c>embeddings</c>, <c>moderations</c>).</summary>
+    public string Path => Kind == OperationKind.Embeddings ? "embeddings" : "moderations";
+
+    /// <summary>How many answers the request asks for (embeddings, moderation results): one per input.</summary>
+    public int InputCount
+    {
+        get
+        {
+            var input = Body.GetProperty("input");
+            return input.ValueKind != JsonValueKind.Array || input[0].ValueKind is JsonValueKind.Number or JsonValueKind.Object ? 1 : input.GetArrayLength();
+        }
+    }
+}
+
+/// <summary>
+/// An operation's answer: its list (<c>data</c>, <c>results</c>) as the upstream wrote it — immutable, shared by a stored
+/// answer and its hits — how many items it holds, and a moderation's <c>id</c>.
+/// </summary>
+internal sealed record OperationAnswer(OperationKind Kind, ReadOnlyMemory<byte> List, int Count, string? Id = null);
+
+/// <summary>
+/// A provider that also serves OpenAI's other APIs (<see cref="OperationKind"/>): the OpenAI-format adapters (an upstream
+/// without the route is passed over, <see cref="Operations.NotServedBy"/>) and the simulated provider. Anthropic and
+/// custom providers have none: a deployment on them is passed over unsent (<see cref="Operations.NotServed"/>).
+/// </summary>
+internal interface IOperationProvider
+{
+    /// <summary>
+    /// Sends one operation (<see cref="ChatCompletionRequest.Operation"/>) and returns its answer in the gateway's answer
+    /// type: no choices, the upstream's list kept as its bytes in <see cref="ChatCompletionResponse.Operation"/>, usage
+    /// when the upstream gives it (embeddings).
+    /// </summary>
+    ValueTask<ChatCompletionResponse> SendAsync(ProviderRequest request, CancellationToken cancellationToken);
+}
+
+/// <summary>
+/// What every operation shares on its way through the pipeline. An operation travels as a <see cref="ChatCompletionRequest"/>
+/// so every stage serves it as it serves a chat request — admission (rate and token limits, budgets), the cache and
+/// single flight, routing with failover and health, the worker pools, cost, metrics and the request log: its inputs'
+/// text is one user message (what the log shows), its body rides in <see cref="ChatCompletionRequest.Operation"/> (what
+/// admission counts, the cache key covers and the upstream gets). The answer's list is never parsed into objects: it is
+/// read once, each item checked, kept as its bytes and written as it came.
+/// </summary>
+internal static class Operations
+{
+    /// <summary>One JSON value (the whole body), or a <see cref="JsonException"/>.</summary>
+    public static JsonElement Parse(ReadOnlySpan<byte> body)
+    {
+        var reader = new Utf8JsonReader(body);
+        var root = JsonElement.ParseValue(ref reader);
+        if (reader.Read())
+        {
+            throw new JsonException("The body holds more than one JSON value.");
+        }
+
+        return root;
+    }
+
+    /// <summary>Reads and checks an operation's body (<see cref="Embeddings.ToRequest"/>, <see cref="Moderations.ToRequest"/>).</summary>
+    /// <exception cref="JsonException">The body is not one JSON value.</exception>
+    /// <exception cref="InvalidRequestException">A member is missing or not what the schema allows; its name is the error's param.</exception>
+    public static ChatCompletionRequest Read(OperationKind kind, ReadOnlySpan<byte> body) =>
+        kind == OperationKind.Embeddings ? Embeddings.ToRequest(Parse(body)) : Moderations.ToRequest(Parse(body));
+
+    /// <summary>The inputs' token count: each text counted by <paramref name="count"/>, each token id one, an image none.</summary>
+    public static int PromptTokens(OperationRequest operation, Func<string, int> count)
+    {
+        var input = operation.Body.GetProperty("input");
+        if (input.ValueKind == JsonValueKind.String)
+        {
+            return count(input.GetString()!);
+        }
+
+        var tokens = 0;
+        foreach (var item in input.EnumerateArray())
+        {
+            tokens += item.ValueKind switch
+            {
+                JsonValueKind.String => count(item.GetString()!),
+                JsonValueKind.Array => item.GetArrayLength(),
+                JsonValueKind.Object => item.TryGetProperty("text", out var text) && text.ValueKind == JsonValueKind.String ? count(text.GetString()!) : 0,
+                _ => 1,
+            };
+        }
+
+        return tokens;
+    }
+
+    /// <summary>The body an upstream gets: the caller's, its <c>model</c> the deployment's.</summary>
+    public static byte[] UpstreamBody(OperationRequest operation, string model)
+    {
+        var buffer = new ArrayBufferWriter<byte>(1024);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartObject();
+            w.WriteString("model", model);
+            foreach (var member in operation.Body.EnumerateObject())
+            {
+                if (!member.NameEquals("model"))
+                {
+                    member.WriteTo(w);
+                }
+            }
+
+            w.WriteEndObject();
+        }
+
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>
+    /// Reads an operation's answer in one forward pass: <c>model</c>, <c>usage</c>, a moderation's <c>id</c>, and its list
+    /// (<c>data</c>: each item an object whose <c>embedding</c> is a list of numbers or a base64 string; <c>results</c>: each
+    /// an object with a boolean <c>flagged</c>), kept as its bytes — never a parsed document, whose index alone would be
+    /// about the size of the vectors' text again. <paramref name="copy"/>: the list's bytes are copied out of
+    /// <paramref name="json"/> (a pooled buffer); else the answer refers to them (an immutable stored answer, or an array
+    /// of the answer's own).
+    /// </summary>
+    /// <param name="error">An <c>error</c> object the body carries (a 200 that is an error), for the caller to classify.</param>
+    /// <exception cref="JsonException">The body is not JSON, or not an object.</exception>
+    /// <exception cref="ProviderException">An item of the list is not what the API answers (retryable: the provider's failure).</exception>
+    public static ChatCompletionResponse ReadAnswer(OperationKind kind, ReadOnlyMemory<byte> json, bool copy, string provider, out JsonElement? error)
+    {
+        error = null;
+        var reader = new Utf8JsonReader(json.Span);
+        if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
+        {
+            throw new JsonException("The answer is not a JSON object.");
+        }
+
+        var listName = kind == OperationKind.Embeddings ? "data"u8 : "results"u8;
+        var response = new ChatCompletionResponse { Object = kind == OperationKind.Embeddings ? "list" : string.Empty, Choices = [] };
+        string? id = null;
+        (ReadOnlyMemory<byte> Bytes, int Count)? list = null;
+        while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+        {
+            if (reader.ValueTextEquals(listName))
+            {
+                reader.Read();
+                if (reader.TokenType != JsonTokenType.StartArray)
+                {
+                    reader.Skip();
+                    continue; // not a list: none (unusable unless a later one is)
+                }
+
+                var start = (int)reader.TokenStartIndex;
+                var count = ReadItems(kind, ref reader, provider);
+                var bytes = json[start..(int)reader.BytesConsumed];
+                list = (copy ? bytes.ToArray() : bytes, count);
+            }
+            else if (reader.ValueTextEquals("model"u8) || reader.ValueTextEquals("id"u8))
+            {
+                var isId = reader.ValueTextEquals("id"u8);
+                reader.Read();
+                if (reader.TokenType == JsonTokenType.String)
+                {
+                    _ = isId ? id = reader.GetString() : response.Model = reader.GetString()!;
+                }
+
+                reader.Skip();
+            }
+            else if (reader.ValueTextEquals("usage"u8))
+            {
+                reader.Read();
+                response.Usage = reader.TokenType == JsonTokenType.StartObject ? ReadUsage(ref reader) : null;
+                reader.Skip();
+            }
+            else if (reader.ValueTextEquals("error"u8))
+            {
+                reader.Read();
+                error = JsonElement.ParseValue(ref reader);
+            }
+            else
+            {
+                reader.Read();
+                reader.Skip();
+            }
+        }
+
+        response.Operation = list is { } l ? new OperationAnswer(kind, l.Bytes, l.Count, id) : null;
+        return response;
+    }
+
+    /// <summary>Checks each item of the list (the reader on its start), leaving the reader on its end; how many there are.</summary>
+    private static int ReadItems(OperationKind kind, ref Utf8JsonReader reader, string provider)
+    {
+        var count = 0;
+        while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+        {
+            var usable = false;
+            if (reader.TokenType == JsonTokenType.StartObject)
+            {
+                while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
+                {
+                    var key = kind == OperationKind.Embeddings ? reader.ValueTextEquals("embedding"u8) : reader.ValueTextEquals("flagged"u8);
+                    reader.Read();
+                    if (key && kind == OperationKind.Moderations)
+                    {
+                        usable = reader.TokenType is JsonTokenType.True or JsonTokenType.False;
+                    }
+                    else if (key && reader.TokenType == JsonTokenType.String)
+                    {
+                        usable = true; // base64
+                    }
+                    else if (key && reader.TokenType == JsonTokenType.StartArray)
+                    {
+                        while (reader.Read() && reader.TokenType == JsonTokenType.Number)
+                        {
+                        }
+
+                        usable = reader.TokenType == JsonTokenType.EndArray;
+                        if (!usable)
+                        {
+                            throw Unusable(provider, kind, "an embedding holds something that is not a number");
+                        }
+                    }
+                    else
+                    {
+                        reader.Skip();
+                    }
+                }
+            }
+
+            if (!usable)
+            {
+                throw Unusable(provider, kind, kind == OperationKind.Embeddings
+                    ? "an item of 'data' has no 'embedding' (a list of numbers or a base64 string)"
+                    : "an item of 'results' has no boolean 'flagged'");
+            }
+
+            count++;
+        }
+
+        return count;
+    }
+
+    private static TokenUsage ReadUsage(ref Utf8JsonReader reader)
+    {
+        var usage = new TokenUsage();
+        var depth = reader.CurrentDepth;
+        while (reader.Read() && reader.CurrentDepth > depth)
+        {
+            if (reader.TokenType != JsonTokenType.PropertyName)
+            {
+                continue;
+            }
+
+            var prompt = reader.ValueTextEquals("prompt_tokens"u8);
+            var total = reader.ValueTextEquals("total_tokens"u8);
+            reader.Read();
+            if ((prompt || total) && reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out var n))
+            {
+                _ = prompt ? usage.PromptTokens = n : usage.TotalTokens = n;
+            }
+            else
+            {
+                reader.Skip();
+            }
+        }
+
+        return usage;
+    }
+
+    /// <summary>
+    /// An answer as the worker accepts it from any provider: the operation's list, one item per input. Anything else is
+    /// the provider's retryable failure (a hostile or broken upstream's answer is never passed on).
+    /// </summary>
+    public static ChatCompletionResponse Accept(ChatCompletionResponse? response, ChatCompletionRequest request, string provider)
+    {
+        var operation = request.Operation!;
+        if (response?.Operation is not { } answer || answer.Kind != operation.Kind)
+        {
+            throw Unusable(provider, operation.Kind, $"it has no '{(operation.Kind == OperationKind.Embeddings ? "data" : "results")}' list");
+        }
+
+        if (answer.Count != operation.InputCount)
+        {
+            throw Unusable(provider, operation.Kind, $"it holds {answer.Count} items for {operation.InputCount} inputs");
+        }
+
+        response.Choices ??= [];
+        return response;
+    }
+
+    /// <summary>
+    /// The parts of the answer around its list: embeddings <c>{"object":"list","data":</c> … <c>,"model":…,"usage":{…}}</c>;
+    /// moderations <c>{"id":…,"model":…,"results":</c> … <c>}</c>.
+    /// </summary>
+    public static (byte[] Head, byte[] Tail) Frame(ChatCompletionResponse response)
+    {
+        var buffer = new ArrayBufferWriter<byte>(128);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartObject();
+            if (response.Operation!.Kind == OperationKind.Moderations)
+            {
+                w.WriteString("id", response.Operation.Id ?? response.Id);
+                w.WriteString("model", response.Model);
+                w.WriteEndObject();
+                w.Flush();
+                var head = buffer.WrittenSpan[..^1].ToArray(); // the object's members, open for the results
+                return ([.. head, .. ",\"results\":"u8], "}"u8.ToArray());
+            }
+
+            w.WriteString("model", response.Model);
+            w.WriteStartObject("usage");
+            w.WriteNumber("prompt_tokens", response.Usage?.PromptTokens ?? 0);
+            w.WriteNumber("total_tokens", response.Usage?.TotalTokens ?? 0);
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+
+        var tail = buffer.WrittenSpan.ToArray();
+        tail[0] = (byte)','; // the object's members, after data's
+        return ("""{"object":"list","data":"""u8.ToArray(), tail);
+    }
+
+    /// <summary>The whole answer, as the route writes it (<see cref="Frame"/> around the list).</summary>
+    public static byte[] ToJson(ChatCompletionResponse response)
+    {
+        var (head, tail) = Frame(response);
+        var list = response.Operation!.List.Span;
+        var json = new byte[head.Length + list.Length + tail.Length];
+        head.CopyTo(json.AsSpan());
+        list.CopyTo(json.AsSpan(head.Length));
+        tail.CopyTo(json.AsSpan(head.Length + list.Length));
+        return json;
+    }
+
+    /// <summary>The answer as a value of a JSON document being written (a batch result's <c>body</c>).</summary>
+    public static void WriteAnswer(Utf8JsonWriter w, ChatCompletionResponse response) => w.WriteRawValue(ToJson(response), skipInputValidation: true);
+
+    /// <summary>
+    /// An operation for a deployment whose provider has no such API (Anthropic, a chat client): not sent, so the group's
+    /// other deployments and its fallbacks are tried and the deployment's health is untouched; when none can, the
+    /// caller's 400 naming <c>model</c>.
+    /// </summary>
+    public static ProviderException NotServed(string provider, OperationRequest operation, string model) =>
+        ProviderException.Unsupported("model", $"The model '{ProviderException.Quoted(model)}' is served by '{provider}', which has no {Name(operation.Kind)} API.");
+
+    /// <summary>The same for a deployment whose upstream answered the route as one it does not serve (403, 404, 405, 501).</summary>
+    public static ProviderException NotServedBy(string provider, OperationRequest operation, string model, ProviderException refusal) =>
+        ProviderException.Unsupported("model", $"The model '{ProviderException.Quoted(model)}' is served by '{provider}', whose upstream serves no {Name(operation.Kind)} for it ({refusal.StatusCode}: {refusal.UpstreamMessage ?? refusal.Message}).");
+
+    private static string Name(OperationKind kind) => kind == OperationKind.Embeddings ? "embeddings" : "moderations";
+
+    private static ProviderException Unusable(string provider, OperationKind kind, string why) =>
+        new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable {(kind == OperationKind.Embeddings ? "embeddings list" : "moderation")}: {why}.");
+}
