@@ -36,7 +36,7 @@ public sealed class GatewayChatClient : IChatClient
         var response = await _gateway.SubmitAsync(request, cancellationToken).ConfigureAwait(false);
         var choice = response.Choices.Count > 0 ? response.Choices[0] : null;
         var contents = new List<AIContent>();
-        if (ReasoningMapping.Content(choice?.Message?.AdditionalProperties) is { } reasoning)
+        if (ReasoningMapping.WithBlocks(ReasoningMapping.Content(choice?.Message?.AdditionalProperties), ReasoningMapping.BlocksJson(choice?.Message?.AdditionalProperties)) is { } reasoning)
         {
             contents.Add(reasoning);
         }
@@ -70,6 +70,7 @@ public sealed class GatewayChatClient : IChatClient
         // Tool calls arrive in pieces (name first, arguments in fragments, by index): they are put together and handed on
         // whole, in the update that finishes the answer, which is what a function-invoking client needs.
         SortedDictionary<int, (string? Id, string? Name, StringBuilder Arguments)>? calls = null;
+        Providers.Anthropic.ThinkingBlocks.Collector? thinking = null; // Claude's signed blocks, handed on whole at the end (ReasoningMapping.WithBlocks)
         await foreach (var chunk in _gateway.StreamAsync(request, cancellationToken).ConfigureAwait(false))
         {
             var contents = new List<AIContent>();
@@ -79,6 +80,11 @@ public sealed class GatewayChatClient : IChatClient
                 if (ReasoningMapping.Content(choice.Delta.AdditionalProperties) is { } reasoning)
                 {
                     contents.Add(reasoning);
+                }
+
+                if (Providers.Anthropic.ThinkingBlocks.Read(choice.Delta.AdditionalProperties) is { Count: > 0 } pieces)
+                {
+                    (thinking ??= new()).Add(pieces);
                 }
 
                 if (!string.IsNullOrEmpty(choice.Delta.Content))
@@ -96,6 +102,13 @@ public sealed class GatewayChatClient : IChatClient
                 }
 
                 finish ??= choice.FinishReason;
+            }
+
+            if (finish is not null && thinking is not null)
+            {
+                var blocks = Providers.Anthropic.ThinkingBlocks.Write(null, thinking.Blocks(), null)![Providers.Anthropic.ThinkingBlocks.Member];
+                contents.Add(ReasoningMapping.WithBlocks(null, blocks.GetRawText())!);
+                thinking = null;
             }
 
             if (finish is not null && calls is not null)
@@ -245,6 +258,10 @@ public sealed class GatewayChatClient : IChatClient
             Content = parts.Count == 0 ? (calls is null ? new MessageContent(string.Empty) : null)
                 : parts.TrueForAll(p => p.Type == "text") ? new MessageContent(string.Concat(parts.Select(p => p.Text))) : new MessageContent(parts),
             ToolCalls = calls,
+            // An assistant turn's own thinking blocks go back with it: Claude needs them in a tool loop's next step.
+            AdditionalProperties = role == ChatRoles.Assistant && ReasoningMapping.Blocks(m.Contents) is { } blocks
+                ? new Dictionary<string, JsonElement> { [Providers.Anthropic.ThinkingBlocks.Member] = blocks }
+                : null,
         });
     }
 

@@ -73,4 +73,54 @@ internal static class ReasoningMapping
         extra?.TryGetValue(Text, out var t) == true && t.ValueKind == JsonValueKind.String && t.GetString() is { Length: > 0 } text
             ? new TextReasoningContent(text)
             : null;
+
+    /// <summary>
+    /// A whole answer's reasoning with Claude's signed thinking blocks (<c>thinking_blocks</c>) as the content's
+    /// <see cref="TextReasoningContent.ProtectedData"/> — what M.E.AI carries back unchanged in the conversation (a
+    /// function-invoking client replays the assistant's contents), so the next step of a tool loop gives Claude its
+    /// thinking back (<see cref="Blocks"/>).
+    /// </summary>
+    public static TextReasoningContent? WithBlocks(TextReasoningContent? reasoning, string? blocks)
+    {
+        if (blocks is null)
+        {
+            return reasoning;
+        }
+
+        reasoning ??= new TextReasoningContent(string.Empty);
+        reasoning.ProtectedData = blocks;
+        return reasoning;
+    }
+
+    /// <summary>The thinking blocks a message or delta carries, as JSON text (null: none).</summary>
+    public static string? BlocksJson(Dictionary<string, JsonElement>? extra) =>
+        extra?.TryGetValue(Anthropic.ThinkingBlocks.Member, out var b) == true && b.ValueKind == JsonValueKind.Array && b.GetArrayLength() > 0 ? b.GetRawText() : null;
+
+    /// <summary>
+    /// The thinking blocks an assistant message's reasoning carries (<see cref="WithBlocks"/>), as the message's
+    /// <c>thinking_blocks</c>; none when its protected data is not such a list (another provider's).
+    /// </summary>
+    public static JsonElement? Blocks(IList<AIContent> contents)
+    {
+        foreach (var content in contents)
+        {
+            if (content is TextReasoningContent { ProtectedData: { Length: > 0 } data } && data[0] == '[')
+            {
+                try
+                {
+                    using var doc = JsonDocument.Parse(data);
+                    if (Anthropic.ThinkingBlocks.Read(new Dictionary<string, JsonElement> { [Anthropic.ThinkingBlocks.Member] = doc.RootElement }).Count > 0)
+                    {
+                        return doc.RootElement.Clone();
+                    }
+                }
+                catch (JsonException)
+                {
+                    // Not ours.
+                }
+            }
+        }
+
+        return null;
+    }
 }
