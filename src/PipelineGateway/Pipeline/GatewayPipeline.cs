@@ -309,17 +309,27 @@ internal sealed partial class GatewayPipeline
     /// answer and disconnects before its last event, say), its deadline passed, the upstream broke — was generated upstream
     /// and is billed by the provider: its usage is billed here too, so budgets, token limits, metrics and the request log
     /// see it (a tenant could otherwise read whole answers for nothing). The upstream's usage when it came, else the
-    /// gateway's estimate (the prompt, one token per event that carried content), marked as one.
+    /// gateway's estimate (the prompt, one token per event that carried content), marked as one. A whole request given up
+    /// on (its caller gone, its deadline passed, the gateway stopping) while its upstream call was in flight is billed its
+    /// prompt, estimated: the upstream has read it, and most finish and bill a whole answer whoever waits for it — a
+    /// tenant must not get answers generated for nothing by cancelling just before they come (a lower bound: the
+    /// completion is not known).
     /// </summary>
-    private ConsumedStream? Consumed(WorkItem item)
+    private ConsumedUpstream? Consumed(WorkItem item)
     {
-        if (item.StreamAnswering is not { } deployment)
+        if (item.StreamAnswering is { } deployment)
         {
-            return null;
+            var usage = item.StreamUsage ?? Admission.TokenCounter.EstimateUsage(item.Request, null, item.StreamContentEvents, deployment.Model);
+            return new ConsumedUpstream(deployment, usage, _pricing.Cost(deployment, usage));
         }
 
-        var usage = item.StreamUsage ?? Admission.TokenCounter.EstimateUsage(item.Request, null, item.StreamContentEvents, deployment.Model);
-        return new ConsumedStream(deployment, usage, _pricing.Cost(deployment, usage));
+        if (!item.IsStream && item.InFlightTo is { } sent)
+        {
+            var prompt = Admission.TokenCounter.EstimateUsage(item.Request, null, 0, sent.Model);
+            return new ConsumedUpstream(sent, prompt, _pricing.Cost(sent, prompt));
+        }
+
+        return null;
     }
 
     /// <summary>Answers the caller with a failure and retires the item.</summary>

@@ -16,9 +16,10 @@ internal readonly record struct Completion(WorkItem Item, ChatCompletionResponse
 {
     /// <summary>
     /// A stream that failed after its content reached the caller (the caller went away, its deadline passed, the upstream
-    /// broke): what the upstream generated for it, billed (docs/metrics.md). Null for every other request.
+    /// broke), or a whole request given up on while its upstream call was in flight: what the upstream used for it, billed
+    /// (docs/metrics.md). Null for every other request.
     /// </summary>
-    public ConsumedStream? Consumed { get; init; }
+    public ConsumedUpstream? Consumed { get; init; }
 
     /// <summary>
     /// True when this request made the upstream call its answer came from: the one rule of the accounting
@@ -29,9 +30,9 @@ internal readonly record struct Completion(WorkItem Item, ChatCompletionResponse
     /// <summary>The upstream usage of a billed answer (its stream's usage when the answer carried none), else null.</summary>
     public TokenUsage? BilledUsage => Billed ? Response!.Usage ?? Item.StreamUsage : Consumed?.Usage;
 
-    /// <summary>What a billed answer cost (or an interrupted stream consumed), else 0.</summary>
+    /// <summary>What a billed answer cost (or an interrupted stream or call consumed), else 0.</summary>
     public decimal BilledCost => Billed ? Response!.Gateway!.Cost : Consumed?.Cost ?? 0;
 }
 
-/// <summary>What an interrupted stream consumed upstream: the deployment that streamed it, its usage and their price.</summary>
-internal sealed record ConsumedStream(Routing.Deployment Deployment, TokenUsage Usage, decimal Cost);
+/// <summary>What an interrupted stream or call consumed upstream: the deployment it went to, its usage and their price.</summary>
+internal sealed record ConsumedUpstream(Routing.Deployment Deployment, TokenUsage Usage, decimal Cost);

@@ -182,6 +182,25 @@ internal sealed partial class WorkItem
             : [.. recorded, sent];
     }
 
+    /// <summary>
+    /// Where the last attempt went when it was in flight as the request was given up on — not recorded yet (a cancellation
+    /// answers the caller before the attempt's worker unwinds: see <see cref="AttemptsWithUnrecorded"/>), or recorded since
+    /// as cancelled — else null.
+    /// </summary>
+    public Deployment? InFlightTo
+    {
+        get
+        {
+            if (Volatile.Read(ref _sentTo) is not { } deployment)
+            {
+                return null;
+            }
+
+            var recorded = SnapshotAttempts();
+            return recorded.Count == _sentIndex || (recorded.Count == _sentIndex + 1 && recorded[_sentIndex].Outcome == AttemptOutcome.Cancelled) ? deployment : null;
+        }
+    }
+
     /// <summary>The attempts once the item is answered (no further attempt can be added): the array itself.</summary>
     public IReadOnlyList<GatewayAttempt> FinalAttempts => (IReadOnlyList<GatewayAttempt>?)Volatile.Read(ref _attempts) ?? [];
 

@@ -324,18 +324,26 @@ public sealed class RequestLogTests : IDisposable
         }
     }
 
-    /// <summary>A whole request its caller gives up on while the upstream works is logged with that attempt, cancelled (and billed nothing).</summary>
+    /// <summary>
+    /// A whole request its caller gives up on while the upstream works is logged with that attempt, cancelled, and billed
+    /// its prompt (estimated) to that deployment: the upstream read it and will likely bill the answer whoever waits — a
+    /// tenant must not get answers generated for nothing by cancelling just before they come. The same figure reaches the
+    /// metrics and the budgets.
+    /// </summary>
     [Fact]
-    public async Task A_whole_request_cancelled_in_flight_is_logged_with_its_attempt()
+    public async Task A_whole_request_cancelled_in_flight_is_logged_with_its_attempt_and_billed_its_prompt()
     {
         var provider = FakeProvider.NeverAnswers("p"); // resumes off the cancelling thread: the caller is answered first
         var store = new CapturingStore();
-        var builder = TestGateway.With(provider);
+        var builder = TestGateway.With(provider).Configure(o => o.Models[0].Deployments[0].InputPricePerMillion = 1_000_000m); // $1 a token
         builder.Services.AddSingleton<IRequestLogStore>(store);
         await using var gateway = await builder.StartAsync(Ct);
 
         var row = await CancelledInFlightAsync(gateway, store, () => Wait.Until(() => provider.Calls == 1, "the attempt is under way"));
-        (row.Status, row.Provider, row.Cost).Should().Be((499, (string?)null, 0m));
+        (row.Status, row.Provider, row.UsageEstimated, row.CompletionTokens).Should().Be((499, "p", true, 0L));
+        row.PromptTokens.Should().BePositive();
+        row.Cost.Should().Be(row.PromptTokens, "its prompt, at the deployment's price");
+        gateway.Metrics.GetSnapshot().TotalCost.Should().Be(row.Cost, "the metrics agree with the log");
         var attempt = row.AttemptList.Should().ContainSingle("the attempt in flight, though its worker had not recorded it yet").Subject;
         (attempt.Provider, attempt.Outcome, attempt.Error).Should().Be(("p", AttemptOutcome.Cancelled, "caller"));
     }
