@@ -37,13 +37,22 @@ public sealed class AccountingTests
 
     private sealed record Outcome(Op Op, GatewayResponseInfo? Info, Exception? Error);
 
-    private static async Task<(Gateway Gateway, FakeProvider Provider)> StartAsync(Func<TaskCompletionSource> gate, Action<GatewayOptions>? tweak = null)
+    private static async Task<(Gateway Gateway, FakeProvider Provider)> StartAsync(Func<TaskCompletionSource> gate, Action<GatewayOptions>? tweak = null, System.Collections.Concurrent.ConcurrentBag<ChatCompletionRequest>? cancelledCalls = null)
     {
         var provider = new FakeProvider("p")
         {
             OnComplete = async (r, ct) =>
             {
-                await gate().Task.WaitAsync(ct);
+                try
+                {
+                    await gate().Task.WaitAsync(ct);
+                }
+                catch (OperationCanceledException)
+                {
+                    cancelledCalls?.Add(r.Request); // a whole call given up on in flight: billed its prompt (docs/metrics.md)
+                    throw;
+                }
+
                 var text = r.Request.Messages[0].Content!.GetText();
                 return text == "fail" ? throw new ProviderException(AttemptOutcome.NonRetryableError, "bad request", 400) : FakeProvider.Answer(r.Model, text);
             },
@@ -128,7 +137,8 @@ public sealed class AccountingTests
     private static async Task CheckAsync(Op[][] waves)
     {
         TaskCompletionSource gate = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        var (gateway, _) = await StartAsync(() => gate);
+        var cancelledCalls = new System.Collections.Concurrent.ConcurrentBag<ChatCompletionRequest>();
+        var (gateway, _) = await StartAsync(() => gate, cancelledCalls: cancelledCalls);
         await using var _ = gateway;
         var pipeline = gateway.Services.GetRequiredService<GatewayPipeline>();
         var outcomes = new List<Outcome>();
@@ -164,7 +174,11 @@ public sealed class AccountingTests
         }
 
         var all = waves.SelectMany(w => w).ToArray();
+        await Wait.Until(() => pipeline.Outstanding == 0, "every call ended, a cancelled one's too");
         var snapshot = gateway.Metrics.GetSnapshot();
+
+        // A whole call its caller gave up on in flight is billed its prompt, estimated ($1 a token), to no caller's answer.
+        var consumedTokens = cancelledCalls.Sum(r => (long)TokenCounter.EstimateUsage(r, null, 0, "m").PromptTokens);
         var what = string.Join(" | ", waves.Select(w => string.Join(", ", w.Select(o => $"{o.Kind}:{o.Text}"))));
 
         outcomes.Should().HaveCount(all.Length, what);
@@ -192,13 +206,13 @@ public sealed class AccountingTests
 
         var billedCount = outcomes.Count(o => o.Info is { Billed: true });
         var charged = outcomes.Sum(o => o.Info?.Cost ?? 0);
-        snapshot.TotalCost.Should().Be(charged, "total_cost is what callers were told they cost: " + what);
-        snapshot.TotalCost.Should().Be(billedCount * CallCost);
+        snapshot.TotalCost.Should().Be(charged + consumedTokens, "total_cost is what callers were told they cost, and what calls given up on consumed: " + what);
+        snapshot.TotalCost.Should().Be((billedCount * CallCost) + consumedTokens);
         snapshot.Providers.Values.Sum(p => p.TotalCost).Should().Be(snapshot.TotalCost);
         snapshot.Models.Values.Sum(m => m.TotalCost).Should().Be(snapshot.TotalCost);
         snapshot.Keys.Values.Sum(k => k.TotalCost).Should().Be(snapshot.TotalCost);
         snapshot.CostSaved.Should().Be(outcomes.Sum(o => o.Info?.CostSaved ?? 0));
-        snapshot.PromptTokens.Should().Be(3L * billedCount, "tokens are the upstream's usage");
+        snapshot.PromptTokens.Should().Be((3L * billedCount) + consumedTokens, "tokens are the upstream's usage (and the estimate of what was consumed)");
         snapshot.CompletionTokens.Should().Be(billedCount);
 
         var (spent, reserved) = gateway.Services.GetRequiredService<PipelineGateway.Cost.BudgetTracker>().Balances().Values.Single();
@@ -206,7 +220,7 @@ public sealed class AccountingTests
         reserved.Should().Be(0);
 
         var tokens = gateway.Services.GetRequiredService<PipelineGateway.Admission.AdmissionRateLimiter>().GetStatus(TestGateway.Request()).Single();
-        (TokenLimit - tokens.Remaining).Should().Be(4L * billedCount, "the token limit is charged the upstream usage, nothing for hits and followers: " + what);
+        (TokenLimit - tokens.Remaining).Should().Be((4L * billedCount) + consumedTokens, "the token limit is charged the upstream usage, nothing for hits and followers: " + what);
 
         snapshot.TotalRequests.Should().Be(all.Length);
         snapshot.CancelledRequests.Should().Be(outcomes.Count(o => o.Error is RequestCancelledException), "every cancellation is counted");
