@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 
 namespace PipelineGateway.Providers;
@@ -76,69 +75,35 @@ internal static class Embeddings
     /// Checks <c>input</c> and gives what stands for it in the pipeline's one user message: the texts, one per paragraph;
     /// token ids as how many there are (they are counted, not read).
     /// </summary>
-    private static string Describe(JsonElement input)
-    {
-        switch (input.ValueKind)
+    private static string Describe(JsonElement input) => Operations.DescribeInput(
+        input,
+        "a string, a list of strings, a list of token ids or a list of lists of token ids",
+        [JsonValueKind.String, JsonValueKind.Array],
+        static (item, param) =>
         {
-            case JsonValueKind.String:
-                var only = input.GetString()!;
-                return only.Length > 0 ? only : throw new InvalidRequestException("input", "'input' must not be empty.");
-            case JsonValueKind.Array:
-                var count = input.GetArrayLength();
-                if (count == 0 || count > MaxInputs)
-                {
-                    throw new InvalidRequestException("input", $"'input' must hold from 1 to {MaxInputs} items (it holds {count}).");
-                }
+            if (item.ValueKind == JsonValueKind.String)
+            {
+                return Operations.NonEmpty(item, param);
+            }
 
-                var first = input[0].ValueKind;
-                if (first == JsonValueKind.Number)
-                {
-                    CheckTokens(input, "input");
-                    return $"[{count} token ids]";
-                }
+            if (item.GetArrayLength() == 0)
+            {
+                throw new InvalidRequestException(param, $"'{param}' must not be empty.");
+            }
 
-                var text = new StringBuilder();
-                var i = 0;
-                foreach (var item in input.EnumerateArray())
-                {
-                    if (item.ValueKind != first)
-                    {
-                        throw new InvalidRequestException($"input[{i}]", "'input' must be a list of strings, of token ids or of lists of token ids, not a mix.");
-                    }
+            CheckTokens(item, param);
+            return $"[{item.GetArrayLength()} token ids]";
+        },
+        static list =>
+        {
+            if (list[0].ValueKind != JsonValueKind.Number)
+            {
+                return null;
+            }
 
-                    if (first == JsonValueKind.String)
-                    {
-                        var s = item.GetString()!;
-                        if (s.Length == 0)
-                        {
-                            throw new InvalidRequestException($"input[{i}]", $"'input[{i}]' must not be empty.");
-                        }
-
-                        text.Append(i == 0 ? string.Empty : "\n\n").Append(s);
-                    }
-                    else if (first == JsonValueKind.Array)
-                    {
-                        if (item.GetArrayLength() == 0)
-                        {
-                            throw new InvalidRequestException($"input[{i}]", $"'input[{i}]' must not be empty.");
-                        }
-
-                        CheckTokens(item, $"input[{i}]");
-                        text.Append(i == 0 ? string.Empty : "\n\n").Append('[').Append(item.GetArrayLength()).Append(" token ids]");
-                    }
-                    else
-                    {
-                        throw new InvalidRequestException($"input[{i}]", "'input' must be a list of strings, of token ids or of lists of token ids.");
-                    }
-
-                    i++;
-                }
-
-                return text.ToString();
-            default:
-                throw new InvalidRequestException("input", "'input' must be a string, a list of strings, a list of token ids or a list of lists of token ids.");
-        }
-    }
+            CheckTokens(list, "input"); // one input of token ids
+            return $"[{list.GetArrayLength()} token ids]";
+        });
 
     private static void CheckTokens(JsonElement tokens, string param)
     {

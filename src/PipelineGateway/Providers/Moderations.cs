@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 
 namespace PipelineGateway.Providers;
@@ -43,43 +42,11 @@ internal static class Moderations
     }
 
     /// <summary>Checks <c>input</c> and gives its text for the pipeline's one user message (an image as its place).</summary>
-    private static string Describe(JsonElement input)
-    {
-        switch (input.ValueKind)
-        {
-            case JsonValueKind.String:
-                var only = input.GetString()!;
-                return only.Length > 0 ? only : throw new InvalidRequestException("input", "'input' must not be empty.");
-            case JsonValueKind.Array:
-                var count = input.GetArrayLength();
-                if (count == 0 || count > Embeddings.MaxInputs)
-                {
-                    throw new InvalidRequestException("input", $"'input' must hold from 1 to {Embeddings.MaxInputs} items (it holds {count}).");
-                }
-
-                var first = input[0].ValueKind;
-                var text = new StringBuilder();
-                var i = 0;
-                foreach (var item in input.EnumerateArray())
-                {
-                    var param = $"input[{i}]";
-                    if (item.ValueKind != first || first is not (JsonValueKind.String or JsonValueKind.Object))
-                    {
-                        throw new InvalidRequestException(param, "'input' must be a list of strings or a list of text and image parts, not a mix.");
-                    }
-
-                    text.Append(i == 0 ? string.Empty : "\n\n").Append(first == JsonValueKind.String ? NonEmpty(item, param) : Part(item, param));
-                    i++;
-                }
-
-                return text.ToString();
-            default:
-                throw new InvalidRequestException("input", "'input' must be a string, a list of strings or a list of text and image parts.");
-        }
-    }
-
-    private static string NonEmpty(JsonElement item, string param) =>
-        item.GetString() is { Length: > 0 } text ? text : throw new InvalidRequestException(param, $"'{param}' must not be empty.");
+    private static string Describe(JsonElement input) => Operations.DescribeInput(
+        input,
+        "a string, a list of strings or a list of text and image parts",
+        [JsonValueKind.String, JsonValueKind.Object],
+        static (item, param) => item.ValueKind == JsonValueKind.String ? Operations.NonEmpty(item, param) : Part(item, param));
 
     /// <summary>A content part: <c>{"type":"text","text":…}</c> or <c>{"type":"image_url","image_url":{"url":…}}</c>.</summary>
     private static string Part(JsonElement part, string param)
@@ -88,7 +55,7 @@ internal static class Moderations
         switch (type)
         {
             case "text" when part.TryGetProperty("text", out var text) && text.ValueKind == JsonValueKind.String:
-                return NonEmpty(text, $"{param}.text");
+                return Operations.NonEmpty(text, $"{param}.text");
             case "image_url" when part.TryGetProperty("image_url", out var image) && image.ValueKind == JsonValueKind.Object
                 && image.TryGetProperty("url", out var url) && url.ValueKind == JsonValueKind.String && url.GetString() is { Length: > 0 }:
                 return "[image]";

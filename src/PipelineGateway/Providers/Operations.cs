@@ -80,6 +80,56 @@ internal static class Operations
     public static ChatCompletionRequest Read(OperationKind kind, ReadOnlySpan<byte> body) =>
         kind == OperationKind.Embeddings ? Embeddings.ToRequest(Parse(body)) : Moderations.ToRequest(Parse(body));
 
+    /// <summary>
+    /// Checks an operation's <c>input</c> — a non-empty string, or a list of 1 to <see cref="Embeddings.MaxInputs"/> items
+    /// of one kind among <paramref name="kinds"/> — and gives its text for the pipeline's one user message: the items'
+    /// texts (<paramref name="item"/>, which checks each with its param, <c>input[3]</c>), one per paragraph; or what
+    /// <paramref name="whole"/> makes of the list read as one input (embeddings' token ids), when it does.
+    /// </summary>
+    /// <param name="what">What <c>input</c> may be, in a refusal.</param>
+    public static string DescribeInput(JsonElement input, string what, JsonValueKind[] kinds, Func<JsonElement, string, string> item, Func<JsonElement, string?>? whole = null)
+    {
+        switch (input.ValueKind)
+        {
+            case JsonValueKind.String:
+                return NonEmpty(input, "input");
+            case JsonValueKind.Array:
+                var count = input.GetArrayLength();
+                if (count == 0 || count > Embeddings.MaxInputs)
+                {
+                    throw new InvalidRequestException("input", $"'input' must hold from 1 to {Embeddings.MaxInputs} items (it holds {count}).");
+                }
+
+                if (whole?.Invoke(input) is { } one)
+                {
+                    return one;
+                }
+
+                var first = input[0].ValueKind;
+                var text = new System.Text.StringBuilder();
+                var i = 0;
+                foreach (var element in input.EnumerateArray())
+                {
+                    var param = $"input[{i}]";
+                    if (element.ValueKind != first || Array.IndexOf(kinds, first) < 0)
+                    {
+                        throw new InvalidRequestException(param, $"'input' must be {what}{(Array.IndexOf(kinds, first) < 0 ? string.Empty : ", not a mix")}.");
+                    }
+
+                    text.Append(i == 0 ? string.Empty : "\n\n").Append(item(element, param));
+                    i++;
+                }
+
+                return text.ToString();
+            default:
+                throw new InvalidRequestException("input", $"'input' must be {what}.");
+        }
+    }
+
+    /// <summary>A string member that must not be empty (its param named when it is).</summary>
+    public static string NonEmpty(JsonElement text, string param) =>
+        text.GetString() is { Length: > 0 } value ? value : throw new InvalidRequestException(param, $"'{param}' must not be empty.");
+
     /// <summary>The inputs' token count: each text counted by <paramref name="count"/>, each token id one, an image none.</summary>
     public static int PromptTokens(OperationRequest operation, Func<string, int> count)
     {

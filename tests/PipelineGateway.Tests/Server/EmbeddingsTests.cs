@@ -272,33 +272,7 @@ public sealed class EmbeddingsTests : IAsyncLifetime
     [Fact]
     public void The_request_reader_refuses_any_mutation_with_a_request_error_and_never_anything_else()
     {
-        var unexpected = new List<string>();
-        var accepted = 0;
-        var pcg = new PCG(1, Fuzz.Seed + 11);
-        var gen = Fuzz.Body(Fuzz.EmbeddingsTemplate);
-        for (var i = 0; i < 20_000 * Fuzz.Scale; i++)
-        {
-            var c = gen.Generate(pcg, null, out _);
-            try
-            {
-                var request = Embeddings.Read(c.Bytes);
-                accepted++;
-                request.Messages.Should().ContainSingle().Which.Content!.Text.Should().NotBeNullOrEmpty();
-                request.Operation!.InputCount.Should().BeInRange(1, Embeddings.MaxInputs);
-                Operations.UpstreamBody(request.Operation, "m").Should().NotBeEmpty();
-            }
-            catch (Exception ex) when (ex is JsonException or InvalidRequestException or InvalidOperationException)
-            {
-                // A request error (the endpoint's 400).
-            }
-            catch (Exception ex)
-            {
-                unexpected.Add($"{ex.GetType().Name}: {ex.Message}\n  body: {c}");
-            }
-        }
-
-        unexpected.Should().BeEmpty(string.Join("\n\n", unexpected.Take(5)));
-        accepted.Should().BePositive("some mutations stay valid");
+        Fuzz.CheckOperationReader(OperationKind.Embeddings, Fuzz.EmbeddingsTemplate, Fuzz.Seed + 11);
     }
 
     [Fact]

@@ -410,6 +410,42 @@ internal static class Fuzz
         (1, Gen.Int[0, 10_000].Select(i => ($"cut at {i}", (Func<byte[], byte[]>)(b => b[..(i % (b.Length + 1))])))),
         (1, Gen.Byte.Array[0, 64].Select(bytes => ("replace all with random bytes", (Func<byte[], byte[]>)(_ => bytes)))));
 
+    /// <summary>
+    /// A CsCheck property over an operation's request reader (<c>/v1/embeddings</c>, <c>/v1/moderations</c>): any mutation of
+    /// its template is refused with a request error (the endpoint's 400) or read into a request the pipeline can carry —
+    /// never anything else.
+    /// </summary>
+    public static void CheckOperationReader(PipelineGateway.Providers.OperationKind kind, string template, ulong seed)
+    {
+        var unexpected = new List<string>();
+        var accepted = 0;
+        var pcg = new PCG(1, seed);
+        var gen = Body(template);
+        for (var i = 0; i < 20_000 * Scale; i++)
+        {
+            var c = gen.Generate(pcg, null, out _);
+            try
+            {
+                var request = PipelineGateway.Providers.Operations.Read(kind, c.Bytes);
+                accepted++;
+                request.Messages.Should().ContainSingle().Which.Content!.Text.Should().NotBeNullOrEmpty();
+                request.Operation!.InputCount.Should().BeInRange(1, PipelineGateway.Providers.Embeddings.MaxInputs);
+                PipelineGateway.Providers.Operations.UpstreamBody(request.Operation, "m").Should().NotBeEmpty();
+            }
+            catch (Exception ex) when (ex is JsonException or InvalidRequestException or InvalidOperationException)
+            {
+                // A request error (the endpoint's 400).
+            }
+            catch (Exception ex)
+            {
+                unexpected.Add($"{ex.GetType().Name}: {ex.Message}\n  body: {c}");
+            }
+        }
+
+        unexpected.Should().BeEmpty(string.Join("\n\n", unexpected.Take(5)));
+        accepted.Should().BePositive("some mutations stay valid");
+    }
+
     public static Gen<FuzzBody> Body(string template) =>
         from model in Gen.OneOf("gpt-4o-mini", "via-http", "via-anthropic")
         from tree in TreeMutation.Array[0, 4]

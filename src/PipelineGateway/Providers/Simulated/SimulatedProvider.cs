@@ -46,15 +46,7 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
     /// </summary>
     public async ValueTask<ChatCompletionResponse> SendAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
-        var draw = NextDraw();
-        var delay = Latency(draw);
-        if (delay > TimeSpan.Zero)
-        {
-            await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
-        }
-
-        cancellationToken.ThrowIfCancellationRequested();
-        FailIfDrawn(draw);
+        var draw = await DrawAsync(cancellationToken).ConfigureAwait(false);
         var operation = request.Request.Operation!;
         if (operation.Kind == OperationKind.Moderations)
         {
@@ -79,7 +71,8 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
         return BuildResponse(request, draw);
     }
 
-    public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
+    /// <summary>This call's draw, after its latency, failing when the draw says so (a stream's or another API's call).</summary>
+    private async ValueTask<ulong> DrawAsync(CancellationToken cancellationToken)
     {
         var draw = NextDraw();
         var delay = Latency(draw);
@@ -90,6 +83,12 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
 
         cancellationToken.ThrowIfCancellationRequested();
         FailIfDrawn(draw);
+        return draw;
+    }
+
+    public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var draw = await DrawAsync(cancellationToken).ConfigureAwait(false);
 
         var id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
         var created = _time.GetUtcNow().ToUnixTimeSeconds();
