@@ -54,11 +54,11 @@ internal sealed class GatewayInstruments : IDisposable
     }
 
     /// <summary>The standard attributes of one finished operation.</summary>
-    internal static TagList Tags(string system, string requestModel, string? responseModel, string? errorType)
+    internal static TagList Tags(string operation, string system, string requestModel, string? responseModel, string? errorType)
     {
         var tags = new TagList
         {
-            { "gen_ai.operation.name", "chat" },
+            { "gen_ai.operation.name", operation },
             { "gen_ai.system", system },
             { "gen_ai.request.model", requestModel },
         };

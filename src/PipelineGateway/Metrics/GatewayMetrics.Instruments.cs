@@ -23,7 +23,7 @@ internal sealed partial class GatewayMetrics
         // deployment model its answer came from.
         var answered = consumedAt ?? (info is null ? null : LastSuccess(info.Attempts)?.Deployment);
         var responseModel = response?.Model is { Length: > 0 } m && answered is not null ? answered.ResponseModelLabel(m) : consumedAt?.Model ?? info?.ProviderModel;
-        var tags = GatewayInstruments.Tags(system, item.RootGroup.Spelling(item.Request.Model), responseModel, error?.GetType().Name);
+        var tags = GatewayInstruments.Tags(Providers.Operations.OperationName(item.Request), system, item.RootGroup.Spelling(item.Request.Model), responseModel, error?.GetType().Name);
         i.Duration.Record(latency.TotalSeconds, tags);
         var outcome = tags;
         outcome.Add("pgw.outcome", error is not null ? "failure" : info?.Cached == true ? "cached" : info?.Coalesced == true ? "coalesced" : "success");

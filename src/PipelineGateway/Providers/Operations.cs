@@ -412,6 +412,12 @@ internal static class Operations
 
     private static string Name(OperationKind kind) => kind == OperationKind.Embeddings ? "embeddings" : "moderations";
 
+    /// <summary>
+    /// The request's <c>gen_ai.operation.name</c> (OpenTelemetry's GenAI conventions) for its spans and instruments:
+    /// <c>chat</c>, <c>embeddings</c>, or <c>moderations</c> (no well-known value: the API's own name).
+    /// </summary>
+    public static string OperationName(ChatCompletionRequest request) => request.Operation is { } operation ? Name(operation.Kind) : "chat";
+
     private static ProviderException Unusable(string provider, OperationKind kind, string why) =>
         new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable {(kind == OperationKind.Embeddings ? "embeddings list" : "moderation")}: {why}.");
 }

@@ -37,14 +37,15 @@ internal sealed class GatewayTracing(IOptions<GatewayOptions> options) : IComple
 
         // The span outlives this call (it ends when the request does, on another thread): it must not stay current here.
         var previous = Activity.Current;
-        var span = Source.StartActivity("chat " + item.Request.Model, ActivityKind.Internal);
+        var operation = Providers.Operations.OperationName(item.Request);
+        var span = Source.StartActivity(operation + " " + item.Request.Model, ActivityKind.Internal);
         Activity.Current = previous;
         if (span is null)
         {
             return;
         }
 
-        span.SetTag("gen_ai.operation.name", "chat");
+        span.SetTag("gen_ai.operation.name", operation);
         span.SetTag("gen_ai.request.model", item.Request.Model);
         if (item.Request.Temperature is { } t)
         {
@@ -72,13 +73,14 @@ internal sealed class GatewayTracing(IOptions<GatewayOptions> options) : IComple
             return null;
         }
 
-        var span = Source.StartActivity("chat " + deployment.Model, ActivityKind.Client, parent.Context);
+        var operation = Providers.Operations.OperationName(item.Request);
+        var span = Source.StartActivity(operation + " " + deployment.Model, ActivityKind.Client, parent.Context);
         if (span is null)
         {
             return null;
         }
 
-        span.SetTag("gen_ai.operation.name", "chat");
+        span.SetTag("gen_ai.operation.name", operation);
         span.SetTag("gen_ai.provider.name", _systems.GetValueOrDefault(provider, provider));
         span.SetTag("gen_ai.request.model", deployment.Model);
         span.SetTag("pgw.provider", provider);

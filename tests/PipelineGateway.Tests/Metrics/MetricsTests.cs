@@ -195,6 +195,23 @@ public sealed class MetricsTests
         instruments.Tokens.Name.Should().Be("gen_ai.client.token.usage");
     }
 
+    /// <summary>Embeddings and moderations requests are measured under their own operation names (the GenAI conventions' <c>embeddings</c>).</summary>
+    [Fact]
+    public async Task Embeddings_and_moderations_are_measured_under_their_operation_names()
+    {
+        await using var gateway = await new GatewayBuilder()
+            .AddSimulatedProvider("sim", o => { o.LatencyMs = 0; o.JitterMs = 0; o.FailureRate = 0; })
+            .AddModel("emb", m => m.Deploy("sim", "text-embedding-3-small"))
+            .StartAsync(Ct);
+        var instruments = gateway.Services.GetRequiredService<GatewayInstruments>();
+        using var duration = new MetricCollector<double>(instruments.Duration);
+
+        await gateway.SubmitAsync(PipelineGateway.Providers.Embeddings.Read("""{"model":"emb","input":"hi"}"""u8), Ct);
+        await gateway.SubmitAsync(PipelineGateway.Providers.Operations.Read(PipelineGateway.Providers.OperationKind.Moderations, """{"model":"emb","input":"hi"}"""u8), Ct);
+
+        duration.GetMeasurementSnapshot().Select(m => m.Tags["gen_ai.operation.name"]).Should().Equal("embeddings", "moderations");
+    }
+
     /// <summary>
     /// The model an upstream reports labels the instruments (<c>gen_ai.response.model</c>), up to four names per
     /// deployment; past them the deployment's configured model: an upstream reporting another name on every answer made

@@ -61,6 +61,12 @@ public sealed class TracingTests : IAsyncLifetime
             ctx.Response.ContentType = "application/json";
             await ctx.Response.WriteAsync("""{"id":"up-1","object":"chat.completion","created":1,"model":"gpt-4o-mini-2024","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}""");
         });
+        _upstream.MapPost("/v1/embeddings", async (HttpContext ctx) =>
+        {
+            _upstreamTraceparents.Enqueue(ctx.Request.Headers.TraceParent.ToString());
+            ctx.Response.ContentType = "application/json";
+            await ctx.Response.WriteAsync("""{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.6,0.8]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":3,"total_tokens":3}}""");
+        });
         await _upstream.StartAsync(Ct);
         var upstreamAddress = _upstream.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
 
@@ -96,6 +102,29 @@ public sealed class TracingTests : IAsyncLifetime
     }
 
     private List<Activity> SpansOf(ActivityTraceId trace) => [.. _spans.Where(s => s.TraceId == trace)];
+
+    /// <summary>
+    /// An embeddings request's spans say so, as OpenTelemetry's GenAI conventions name the operation
+    /// (<c>gen_ai.operation.name</c> <c>embeddings</c>, the span named for it), with its usage, in the caller's trace.
+    /// </summary>
+    [Fact]
+    public async Task An_embeddings_request_is_traced_as_embeddings()
+    {
+        var trace = ActivityTraceId.CreateRandom();
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/embeddings")
+        {
+            Content = new StringContent("""{"model":"gpt-4o-mini","input":"Hello"}""", Encoding.UTF8, "application/json"),
+        };
+        request.Headers.TryAddWithoutValidation("traceparent", $"00-{trace}-{ActivitySpanId.CreateRandom()}-01");
+        (await _http.SendAsync(request, Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+
+        await Support.Wait.Until(() => SpansOf(trace).Count == 2, "the request's span and the attempt's span ended");
+        var spans = SpansOf(trace);
+        spans.Should().OnlyContain(s => (string?)s.GetTagItem("gen_ai.operation.name") == "embeddings");
+        spans.Single(s => s.Kind == ActivityKind.Internal).DisplayName.Should().Be("embeddings gpt-4o-mini");
+        spans.Single(s => s.Kind == ActivityKind.Internal).GetTagItem("gen_ai.usage.input_tokens").Should().Be(3);
+        _upstreamTraceparents.Should().Contain(t => t.Contains(trace.ToString(), StringComparison.Ordinal), "the upstream call carries the trace");
+    }
 
     [Fact]
     public async Task A_request_and_its_attempt_are_spans_in_the_callers_trace_and_the_upstream_gets_its_traceparent()
