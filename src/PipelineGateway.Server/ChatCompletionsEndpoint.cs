@@ -15,7 +15,15 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
 {
     private static readonly byte[] Done = "data: [DONE]\n\n"u8.ToArray();
 
-    public async Task HandleAsync(HttpContext ctx)
+    public Task HandleAsync(HttpContext ctx) => HandleAsync(ctx, deployment: null);
+
+    /// <summary>
+    /// Azure OpenAI's route (<c>/openai/deployments/{deployment}/chat/completions</c>), what the Azure OpenAI SDKs call:
+    /// the deployment in the path is the model (a model group or alias), whatever the body says.
+    /// </summary>
+    public Task HandleAzureAsync(HttpContext ctx) => HandleAsync(ctx, ctx.Request.RouteValues["deployment"] as string);
+
+    private async Task HandleAsync(HttpContext ctx, string? deployment)
     {
         // Key, content type, size and x-gateway-* headers were checked by the front door.
         var caller = ctx.Features.Get<GatewayCaller>()!;
@@ -52,6 +60,11 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         {
             await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, "The request body is empty."));
             return;
+        }
+
+        if (deployment is not null)
+        {
+            request.Model = deployment;
         }
 
         if (!keys.MayUse(caller.Key, request.Model ?? string.Empty))

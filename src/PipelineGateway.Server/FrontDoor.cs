@@ -54,7 +54,7 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
                 throttle.Failed(address);
                 LogRejectedKey(logger, address, path.Value ?? string.Empty);
                 return RouteErrors.WriteAsync(ctx, 401, "authentication_error", "invalid_api_key",
-                    "Missing or invalid gateway key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.");
+                    "Missing or invalid gateway key: send it as 'Authorization: Bearer <key>', 'x-api-key: <key>' or 'api-key: <key>'.");
             }
 
             if (IsAdminSurface(path) && !key.Admin)

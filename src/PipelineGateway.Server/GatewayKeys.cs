@@ -5,7 +5,7 @@ using Microsoft.AspNetCore.Http;
 namespace PipelineGateway.Server;
 
 /// <summary>
-/// Checks gateway keys: the presented key (Authorization: Bearer, or x-api-key) is hashed with SHA-256 and
+/// Checks gateway keys: the presented key (Authorization: Bearer, x-api-key, or Azure's api-key) is hashed with SHA-256 and
 /// compared in constant time with every configured hash, so neither timing nor logs reveal a key.
 /// </summary>
 internal sealed class GatewayKeys(ServerOptions options, Routing.ModelCatalog catalog)
@@ -62,6 +62,13 @@ internal sealed class GatewayKeys(ServerOptions options, Routing.ModelCatalog ca
         }
 
         var apiKey = request.Headers["x-api-key"].ToString();
-        return apiKey.Length > 0 ? apiKey : null;
+        if (apiKey.Length > 0)
+        {
+            return apiKey;
+        }
+
+        // Azure OpenAI's key header: what the Azure OpenAI SDKs send (the Azure routes, GatewayServer).
+        var azureKey = request.Headers["api-key"].ToString();
+        return azureKey.Length > 0 ? azureKey : null;
     }
 }

@@ -165,6 +165,9 @@ public static partial class GatewayServer
         var operations = app.Services.GetRequiredService<OperationsEndpoint>();
         app.MapPost("/v1/embeddings", operations.EmbeddingsAsync);
         app.MapPost("/v1/moderations", operations.ModerationsAsync);
+        // Azure OpenAI's routes, what the Azure OpenAI SDKs call (the deployment in the path is the model; api-version ignored).
+        app.MapPost("/openai/deployments/{deployment}/chat/completions", chat.HandleAzureAsync);
+        app.MapPost("/openai/deployments/{deployment}/embeddings", operations.AzureEmbeddingsAsync);
         var responses = app.Services.GetRequiredService<Responses.ResponsesEndpoint>();
         app.MapPost("/v1/responses", responses.HandleAsync);
         app.MapPost("/v1/responses/input_tokens", responses.InputTokensAsync);

@@ -16,11 +16,14 @@ namespace PipelineGateway.Server;
 /// </summary>
 internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, ILogger<OperationsEndpoint> logger)
 {
-    public Task EmbeddingsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Embeddings);
+    public Task EmbeddingsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Embeddings, deployment: null);
 
-    public Task ModerationsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Moderations);
+    public Task ModerationsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Moderations, deployment: null);
 
-    private async Task HandleAsync(HttpContext ctx, OperationKind kind)
+    /// <summary>Azure OpenAI's embeddings route (<c>/openai/deployments/{deployment}/embeddings</c>): the deployment is the model.</summary>
+    public Task AzureEmbeddingsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Embeddings, ctx.Request.RouteValues["deployment"] as string);
+
+    private async Task HandleAsync(HttpContext ctx, OperationKind kind, string? deployment)
     {
         // Key, content type, size and x-gateway-* headers were checked by the front door.
         var caller = ctx.Features.Get<GatewayCaller>()!;
@@ -29,9 +32,7 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
         ChatCompletionRequest request;
         try
         {
-            request = kind == OperationKind.Embeddings
-                ? await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => Operations.Read(OperationKind.Embeddings, body), aborted)
-                : await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => Operations.Read(OperationKind.Moderations, body), aborted);
+            request = Operations.Read(kind, await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => body.ToArray(), aborted), deployment);
         }
         catch (JsonException ex)
         {

@@ -21,14 +21,16 @@ internal static class Embeddings
     public static ChatCompletionRequest Read(ReadOnlySpan<byte> body) => Operations.Read(OperationKind.Embeddings, body);
 
     /// <summary>Checks an embeddings request given as JSON and makes the pipeline's request of it (see <see cref="Read"/>).</summary>
-    public static ChatCompletionRequest ToRequest(JsonElement root)
+    /// <param name="model">The model the route names (Azure's deployment path): then the body's may be left out.</param>
+    public static ChatCompletionRequest ToRequest(JsonElement root, string? model = null)
     {
         if (root.ValueKind != JsonValueKind.Object)
         {
             throw new InvalidRequestException(null, "The request body must be a JSON object.");
         }
 
-        if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.String || model.GetString() is not { Length: > 0 } name)
+        string? name = model;
+        if (name is null && (!root.TryGetProperty("model", out var m) || m.ValueKind != JsonValueKind.String || (name = m.GetString()) is not { Length: > 0 }))
         {
             throw new InvalidRequestException("model", "'model' is required: a string naming an embedding model.");
         }

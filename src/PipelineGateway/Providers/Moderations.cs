@@ -15,15 +15,16 @@ internal static class Moderations
 
     /// <summary>Checks a moderations request given as JSON and makes the pipeline's request of it.</summary>
     /// <exception cref="InvalidRequestException">A member is missing or not what the schema allows; its name is the error's param.</exception>
-    public static ChatCompletionRequest ToRequest(JsonElement root)
+    /// <param name="route">The model the route names, which the body's then does not.</param>
+    public static ChatCompletionRequest ToRequest(JsonElement root, string? route = null)
     {
         if (root.ValueKind != JsonValueKind.Object)
         {
             throw new InvalidRequestException(null, "The request body must be a JSON object.");
         }
 
-        var model = DefaultModel;
-        if (root.TryGetProperty("model", out var m) && m.ValueKind != JsonValueKind.Null)
+        var model = route ?? DefaultModel;
+        if (route is null && root.TryGetProperty("model", out var m) && m.ValueKind != JsonValueKind.Null)
         {
             model = m.ValueKind == JsonValueKind.String && m.GetString() is { Length: > 0 } name ? name : throw new InvalidRequestException("model", "'model' must be a string naming a moderation model.");
         }

@@ -77,8 +77,9 @@ internal static class Operations
     /// <summary>Reads and checks an operation's body (<see cref="Embeddings.ToRequest"/>, <see cref="Moderations.ToRequest"/>).</summary>
     /// <exception cref="JsonException">The body is not one JSON value.</exception>
     /// <exception cref="InvalidRequestException">A member is missing or not what the schema allows; its name is the error's param.</exception>
-    public static ChatCompletionRequest Read(OperationKind kind, ReadOnlySpan<byte> body) =>
-        kind == OperationKind.Embeddings ? Embeddings.ToRequest(Parse(body)) : Moderations.ToRequest(Parse(body));
+    /// <param name="model">The model the route names (Azure's deployment path), which the body need not.</param>
+    public static ChatCompletionRequest Read(OperationKind kind, ReadOnlySpan<byte> body, string? model = null) =>
+        kind == OperationKind.Embeddings ? Embeddings.ToRequest(Parse(body), model) : Moderations.ToRequest(Parse(body), model);
 
     /// <summary>
     /// Checks an operation's <c>input</c> — a non-empty string, or a list of 1 to <see cref="Embeddings.MaxInputs"/> items
