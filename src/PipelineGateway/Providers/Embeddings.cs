@@ -122,7 +122,7 @@ internal static class Embeddings
     }
 
     /// <summary>
-    /// The embeddings of an answer as numbers, in input order (by each item's <c>index</c> when it has one in range): a JSON
+    /// The embeddings of an answer as numbers, in input order (by each item's <c>index</c> when it has one in range and not taken): a JSON
     /// list of numbers, or base64 of little-endian float32s (what <c>encoding_format: "base64"</c> answers).
     /// </summary>
     /// <exception cref="FormatException">Base64 that is not, or not whole float32s.</exception>
@@ -130,12 +130,11 @@ internal static class Embeddings
     {
         using var doc = JsonDocument.Parse(data.List);
         var vectors = new float[data.Count][];
-        var position = 0;
         foreach (var item in doc.RootElement.EnumerateArray())
         {
-            var index = item.TryGetProperty("index", out var i) && i.ValueKind == JsonValueKind.Number && i.TryGetInt32(out var n) && n >= 0 && n < vectors.Length && vectors[n] is null ? n : position;
+            // Its index when it has one not taken yet, else the first place left: every vector kept, none overwritten.
+            var index = item.TryGetProperty("index", out var i) && i.ValueKind == JsonValueKind.Number && i.TryGetInt32(out var n) && n >= 0 && n < vectors.Length && vectors[n] is null ? n : Array.IndexOf(vectors, null);
             vectors[index] = Floats(item.GetProperty("embedding"));
-            position++;
         }
 
         return vectors;

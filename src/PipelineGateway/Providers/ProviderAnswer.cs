@@ -100,7 +100,7 @@ internal static class ProviderAnswer
     {
         if (string.IsNullOrEmpty(response.Id))
         {
-            response.Id = "chatcmpl-" + item.RequestId;
+            response.Id = (response.Operation?.Kind == OperationKind.Moderations ? "modr-" : "chatcmpl-") + item.RequestId; // an id in the API's own form
         }
 
         if (string.IsNullOrEmpty(response.Object))

@@ -65,6 +65,13 @@ public sealed class GatewayEmbeddingGeneratorTests
     }
 
     [Fact]
+    public void Vectors_go_in_input_order_by_index_and_an_item_without_one_takes_the_first_place_left()
+    {
+        var list = """[{"index":1,"embedding":[1.5]},{"embedding":"AAAAQA=="},{"index":1,"embedding":[3]}]"""u8.ToArray();
+        Embeddings.Vectors(new OperationAnswer(OperationKind.Embeddings, list, 3)).Should().BeEquivalentTo(new[] { new[] { 2f }, new[] { 1.5f }, new[] { 3f } }, o => o.WithStrictOrdering());
+    }
+
+    [Fact]
     public async Task A_bad_input_is_a_typed_request_error_and_a_model_that_cannot_embed_says_so()
     {
         using var host = Host();

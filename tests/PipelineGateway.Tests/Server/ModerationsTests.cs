@@ -139,7 +139,7 @@ public sealed class ModerationsTests : IAsyncLifetime
             ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
             ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
         };
-        string[] faults = ["moderations-no-flag", "embeddings-404"];
+        string[] faults = ["moderations-no-flag", "embeddings-404", "moderations-no-id"];
         for (var f = 0; f < faults.Length; f++)
         {
             settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
@@ -164,6 +164,11 @@ public sealed class ModerationsTests : IAsyncLifetime
         // A chat-only upstream (404 on the moderations route): passed over, not cooled down.
         var (passedOver, _) = await PostAsync("""{"model":"embeddings-404","input":"x"}""", http);
         (passedOver.StatusCode, Header(passedOver, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
+
+        // An upstream's answer without an id gets one in the API's form (the gateway's request id), not a chat completion's.
+        var (unnamed, answer) = await PostAsync("""{"model":"moderations-no-id","input":"a"}""", http);
+        (unnamed.StatusCode, Header(unnamed, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "moderations-no-id"));
+        answer.GetProperty("id").GetString().Should().StartWith("modr-req_");
         await app.StopAsync(Ct);
     }
 }

@@ -141,6 +141,9 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case "embeddings-404":
                 await Raw(ctx, 200, "application/json", Answer(anthropic: false));
                 break;
+            case "moderations-no-id":
+                await Raw(ctx, 200, "application/json", """{"model":"m","results":[{"flagged":false,"categories":{"hate":false}}]}""");
+                break;
             case "moderations-no-flag":
                 await Raw(ctx, 200, "application/json", """{"id":"modr-1","model":"m","results":[{"categories":{"hate":false}}]}""");
                 break;
