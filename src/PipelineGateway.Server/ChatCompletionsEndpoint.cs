@@ -246,7 +246,8 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         }
     }
 
-    private static TokenUsage WithCost(TokenUsage usage, decimal cost) => new()
+    /// <summary>The stream's usage with what the request cost (<c>usage.cost</c>, OpenRouter's member).</summary>
+    internal static TokenUsage WithCost(TokenUsage usage, decimal cost) => new()
     {
         PromptTokens = usage.PromptTokens,
         CompletionTokens = usage.CompletionTokens,

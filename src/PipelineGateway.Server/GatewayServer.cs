@@ -73,6 +73,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<GatewayResponseHeaders>();
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
         builder.Services.AddSingleton<OperationsEndpoint>();
+        builder.Services.AddSingleton<CompletionsEndpoint>();
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesStore>();
@@ -165,6 +166,9 @@ public static partial class GatewayServer
         var operations = app.Services.GetRequiredService<OperationsEndpoint>();
         app.MapPost("/v1/embeddings", operations.EmbeddingsAsync);
         app.MapPost("/v1/moderations", operations.ModerationsAsync);
+        var completions = app.Services.GetRequiredService<CompletionsEndpoint>();
+        app.MapPost("/v1/completions", completions.HandleAsync);
+        app.MapPost("/openai/deployments/{deployment}/completions", completions.HandleAzureAsync);
         // Azure OpenAI's routes, what the Azure OpenAI SDKs call (the deployment in the path is the model; api-version ignored).
         app.MapPost("/openai/deployments/{deployment}/chat/completions", chat.HandleAzureAsync);
         app.MapPost("/openai/deployments/{deployment}/embeddings", operations.AzureEmbeddingsAsync);

@@ -2,7 +2,10 @@ using Microsoft.AspNetCore.Http;
 
 namespace PipelineGateway.Server;
 
-/// <summary>What a route with named SSE events (<c>event: NAME</c> / <c>data: JSON</c>) makes of a canonical stream.</summary>
+/// <summary>
+/// What a route with named SSE events (<c>event: NAME</c> / <c>data: JSON</c>) makes of a canonical stream; an event with
+/// an empty name is a plain <c>data:</c> event (<c>/v1/completions</c>).
+/// </summary>
 internal interface INamedEventWriter
 {
     /// <summary>The events before the first chunk's (none for Anthropic's, whose opening comes with the first chunk).</summary>
@@ -107,7 +110,14 @@ internal static class NamedEventStream
         var any = false;
         foreach (var e in events)
         {
-            Providers.Anthropic.AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
+            if (e.Name.Length == 0)
+            {
+                SseWriter.WriteData(ctx.Response, e.Json); // an unnamed event (the Completions stream's)
+            }
+            else
+            {
+                Providers.Anthropic.AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
+            }
             any = true;
         }
 

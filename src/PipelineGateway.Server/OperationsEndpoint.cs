@@ -28,42 +28,11 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
         // Key, content type, size and x-gateway-* headers were checked by the front door.
         var caller = ctx.Features.Get<GatewayCaller>()!;
         var aborted = ctx.RequestAborted;
-        ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
-        ChatCompletionRequest request;
-        try
+        if (await ReadAsync(ctx, caller, body => Operations.Read(kind, body, deployment), keys, options, logger) is not { } request)
         {
-            request = Operations.Read(kind, await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => body.ToArray(), aborted), deployment);
-        }
-        catch (JsonException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
-            return;
-        }
-        catch (BadHttpRequestException ex)
-        {
-            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
-            return;
-        }
-        catch (InvalidRequestException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, ex);
-            return;
-        }
-        catch (Exception ex) when (ex is InvalidOperationException or ArgumentException or DecoderFallbackException)
-        {
-            // A string with an escape no character can be made of (a lone surrogate).
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
             return;
         }
 
-        if (!keys.MayUse(caller.Key, request.Model))
-        {
-            await RouteErrors.ModelNotAllowedAsync(ctx, request.Model);
-            return;
-        }
-
-        request.Gateway = caller.Headers.ToOptions(caller.Key);
-        ServerSubmit.Identify(ctx, request, "x-request-id");
         ChatCompletionResponse response;
         try
         {
@@ -78,6 +47,53 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
 
         headers.WriteGatewayHeaders(ctx, request, response.Gateway);
         await WriteAsync(ctx.Response, response, aborted);
+    }
+
+    /// <summary>
+    /// Reads a request body of a route whose request is checked by hand (<paramref name="parse"/>: embeddings,
+    /// moderations, completions), then the key's model, and gives the pipeline's request its per-request options and id;
+    /// null once the route's error is written (invalid JSON, a refused member, a body too large or cut, a model the key
+    /// may not use).
+    /// </summary>
+    internal static async Task<ChatCompletionRequest?> ReadAsync(HttpContext ctx, GatewayCaller caller, Func<byte[], ChatCompletionRequest> parse, GatewayKeys keys, ServerOptions options, ILogger logger)
+    {
+        ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
+        ChatCompletionRequest request;
+        try
+        {
+            request = parse(await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => body.ToArray(), ctx.RequestAborted));
+        }
+        catch (JsonException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
+            return null;
+        }
+        catch (BadHttpRequestException ex)
+        {
+            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
+            return null;
+        }
+        catch (InvalidRequestException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, ex);
+            return null;
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or ArgumentException or DecoderFallbackException)
+        {
+            // A string with an escape no character can be made of (a lone surrogate).
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
+            return null;
+        }
+
+        if (!keys.MayUse(caller.Key, request.Model))
+        {
+            await RouteErrors.ModelNotAllowedAsync(ctx, request.Model);
+            return null;
+        }
+
+        request.Gateway = caller.Headers.ToOptions(caller.Key);
+        ServerSubmit.Identify(ctx, request, "x-request-id");
+        return request;
     }
 
     /// <summary>The largest piece of the vectors written before waiting for the client to take it.</summary>

@@ -121,21 +121,8 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            var body = new MemoryStream();
-            await ctx.Request.Body.CopyToAsync(body, ctx.RequestAborted).ConfigureAwait(false);
-            ChatCompletionRequest request;
-            try
+            if (await ReadCheckedAsync(ctx, body => PipelineGateway.Providers.Operations.Read(kind, body)) is not { } request)
             {
-                request = PipelineGateway.Providers.Operations.Read(kind, body.GetBuffer().AsSpan(0, (int)body.Length));
-            }
-            catch (Exception ex) when (ex is JsonException or InvalidOperationException)
-            {
-                await OpenAIError(ctx, 400, "invalid_request_error", null, $"We could not parse the JSON body of your request. ({ex.Message})").ConfigureAwait(false);
-                return;
-            }
-            catch (InvalidRequestException ex)
-            {
-                await OpenAIError(ctx, 400, "invalid_request_error", null, ex.Message, ex.Param).ConfigureAwait(false);
                 return;
             }
 

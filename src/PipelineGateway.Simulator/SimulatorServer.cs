@@ -79,6 +79,8 @@ public sealed partial class SimulatorServer : IAsyncDisposable
         app.MapPost("/v1/embeddings", OpenAIEmbeddingsAsync);
         app.MapPost("/v1/moderations", OpenAIModerationsAsync);
         app.MapPost("/openai/deployments/{deployment}/embeddings", OpenAIEmbeddingsAsync);
+        app.MapPost("/v1/completions", OpenAICompletionsAsync);
+        app.MapPost("/openai/deployments/{deployment}/completions", OpenAICompletionsAsync);
         app.MapGet("/sim/stats", () => Results.Json(new { requests = Requests, aborted = Aborted, in_flight = InFlight }));
     }
 

@@ -109,6 +109,11 @@ internal static class TokenCounter
             return Providers.Operations.PromptTokens(operation, text => Count(tokenizer, text)); // the inputs, no chat framing
         }
 
+        if (request.TextCompletion is { } completion)
+        {
+            return Providers.TextCompletions.PromptTokens(completion, text => Count(tokenizer, text)); // the prompts, no chat framing
+        }
+
         if (tokenizer is null)
         {
             return TokenEstimate.Approximate(request);

@@ -55,17 +55,12 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
             {
                 // Another API's request (embeddings, moderations): its inputs as sent (two texts and their join are
                 // different requests) and its options; the model is the group's, the user left out as for a chat request.
-                w.WriteStartObject(operation.Path);
-                foreach (var member in operation.Body.EnumerateObject().OrderBy(static p => p.Name, StringComparer.Ordinal))
-                {
-                    if (member.Name is not ("model" or "user"))
-                    {
-                        w.WritePropertyName(member.Name);
-                        WriteCanonical(w, member.Value);
-                    }
-                }
-
-                w.WriteEndObject();
+                WriteBody(w, operation.Path, operation.Body);
+            }
+            else if (request.TextCompletion is { } completion)
+            {
+                // A text completion: never a chat request's answer (the same prompt as a user message), its prompts as sent.
+                WriteBody(w, Providers.TextCompletionRequest.Path, completion.Body);
             }
 
             WriteExtra(w, request.AdditionalProperties, static name => name is "metadata" or "stream_options" or "store");
@@ -73,6 +68,25 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
         }
 
         return new CacheKey(XxHash128.HashToUInt128(buffer.WrittenSpan), request.Gateway?.CacheNamespace);
+    }
+
+    /// <summary>
+    /// Another API's body under its route's name, its members in order: the model (the group's, written already), the
+    /// user and the stream flags (a whole answer and a stream of it are the same answer) left out.
+    /// </summary>
+    private static void WriteBody(Utf8JsonWriter w, string name, JsonElement body)
+    {
+        w.WriteStartObject(name);
+        foreach (var member in body.EnumerateObject().OrderBy(static p => p.Name, StringComparer.Ordinal))
+        {
+            if (member.Name is not ("model" or "user" or "stream" or "stream_options"))
+            {
+                w.WritePropertyName(member.Name);
+                WriteCanonical(w, member.Value);
+            }
+        }
+
+        w.WriteEndObject();
     }
 
     private static void WriteMessage(Utf8JsonWriter w, ChatCompletionMessage m)

@@ -30,6 +30,11 @@ internal sealed partial class ProviderWorkerPool
         var contentEvents = 0;
         (string? Id, long Created, string? Model) first = default;
         var request = new ProviderRequest(item.Request, deployment.Model) { ChoicesMayStayUnread = replay is null };
+        if (TextCompletions.Refusal(Provider, item.Request, deployment.Model) is { } refusal)
+        {
+            throw refusal; // a text completion only a native route can serve
+        }
+
         var upstream = Provider.StreamAsync(request, item.Token).GetAsyncEnumerator(item.Token);
         await using var upstreamDisposal = upstream.ConfigureAwait(false);
         while (true)

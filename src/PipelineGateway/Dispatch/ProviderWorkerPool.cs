@@ -368,6 +368,11 @@ internal sealed partial class ProviderWorkerPool
     private ValueTask<ChatCompletionResponse> CompleteAsync(WorkItem item, Deployment deployment, CancellationToken token)
     {
         var request = new ProviderRequest(item.Request, deployment.Model) { Deadline = item.Deadline };
+        if (TextCompletions.Refusal(Provider, item.Request, deployment.Model) is { } refusal)
+        {
+            return ValueTask.FromException<ChatCompletionResponse>(refusal); // a text completion only a native route can serve
+        }
+
         return item.Request.Operation is null ? Provider.CompleteAsync(request, token) : SendAsync(request, token);
     }
 

@@ -201,6 +201,16 @@ public sealed class ProviderOptions
     /// </summary>
     public bool? StripAnthropicMembers { get; set; }
 
+    /// <summary>
+    /// OpenAI-format adapters: a text completion (<c>/v1/completions</c>) goes to the upstream's own <c>/completions</c>
+    /// route, the caller's body as sent (suffix, echo, log probabilities, token ids and the server's own members such as
+    /// vLLM's <c>top_k</c> all kept). False: it is asked as a chat completion, the prompt its one user message. Null (the
+    /// default): native for <c>OpenAICompatible</c> endpoints (vLLM, Ollama, llama.cpp and TGI serve the route for every
+    /// model), and for <c>OpenAI</c> and <c>AzureOpenAI</c> only for the models that have it (<c>gpt-3.5-turbo-instruct</c>,
+    /// <c>davinci-002</c>, <c>babbage-002</c>) — their chat models are asked as chat.
+    /// </summary>
+    public bool? NativeTextCompletions { get; set; }
+
     /// <summary>Anthropic requires max_tokens; this is sent when the request sets none.</summary>
     [Range(1, 1_000_000)]
     public int DefaultMaxTokens { get; set; } = 4096;

@@ -60,6 +60,14 @@ public sealed class ChatCompletionRequest
     internal Providers.OperationRequest? Operation { get; set; }
 
     /// <summary>
+    /// Set for a legacy text completion (<c>/v1/completions</c>): its body as the caller sent it, which a deployment with
+    /// the native route gets instead of a chat request; the messages then hold its prompt (<see cref="Providers.TextCompletions"/>).
+    /// Never serialized.
+    /// </summary>
+    [JsonIgnore]
+    internal Providers.TextCompletionRequest? TextCompletion { get; set; }
+
+    /// <summary>
     /// A shallow copy for an upstream call: the deployment's model name and the stream flags set, everything
     /// else (messages, unknown fields) shared with the original, which is never modified.
     /// </summary>

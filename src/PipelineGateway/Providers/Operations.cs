@@ -88,17 +88,18 @@ internal static class Operations
     /// <paramref name="whole"/> makes of the list read as one input (embeddings' token ids), when it does.
     /// </summary>
     /// <param name="what">What <c>input</c> may be, in a refusal.</param>
-    public static string DescribeInput(JsonElement input, string what, JsonValueKind[] kinds, Func<JsonElement, string, string> item, Func<JsonElement, string?>? whole = null)
+    /// <param name="param">The member's name (<c>input</c>; a completion's <c>prompt</c>).</param>
+    public static string DescribeInput(JsonElement input, string what, JsonValueKind[] kinds, Func<JsonElement, string, string> item, Func<JsonElement, string?>? whole = null, string param = "input")
     {
         switch (input.ValueKind)
         {
             case JsonValueKind.String:
-                return NonEmpty(input, "input");
+                return NonEmpty(input, param);
             case JsonValueKind.Array:
                 var count = input.GetArrayLength();
                 if (count == 0 || count > Embeddings.MaxInputs)
                 {
-                    throw new InvalidRequestException("input", $"'input' must hold from 1 to {Embeddings.MaxInputs} items (it holds {count}).");
+                    throw new InvalidRequestException(param, $"'{param}' must hold from 1 to {Embeddings.MaxInputs} items (it holds {count}).");
                 }
 
                 if (whole?.Invoke(input) is { } one)
@@ -111,19 +112,19 @@ internal static class Operations
                 var i = 0;
                 foreach (var element in input.EnumerateArray())
                 {
-                    var param = $"input[{i}]";
+                    var at = $"{param}[{i}]";
                     if (element.ValueKind != first || Array.IndexOf(kinds, first) < 0)
                     {
-                        throw new InvalidRequestException(param, $"'input' must be {what}{(Array.IndexOf(kinds, first) < 0 ? string.Empty : ", not a mix")}.");
+                        throw new InvalidRequestException(at, $"'{param}' must be {what}{(Array.IndexOf(kinds, first) < 0 ? string.Empty : ", not a mix")}.");
                     }
 
-                    text.Append(i == 0 ? string.Empty : "\n\n").Append(item(element, param));
+                    text.Append(i == 0 ? string.Empty : "\n\n").Append(item(element, at));
                     i++;
                 }
 
                 return text.ToString();
             default:
-                throw new InvalidRequestException("input", $"'input' must be {what}.");
+                throw new InvalidRequestException(param, $"'{param}' must be {what}.");
         }
     }
 
@@ -415,9 +416,9 @@ internal static class Operations
 
     /// <summary>
     /// The request's <c>gen_ai.operation.name</c> (OpenTelemetry's GenAI conventions) for its spans and instruments:
-    /// <c>chat</c>, <c>embeddings</c>, or <c>moderations</c> (no well-known value: the API's own name).
+    /// <c>chat</c>, <c>text_completion</c>, <c>embeddings</c>, or <c>moderations</c> (no well-known value: the API's own name).
     /// </summary>
-    public static string OperationName(ChatCompletionRequest request) => request.Operation is { } operation ? Name(operation.Kind) : "chat";
+    public static string OperationName(ChatCompletionRequest request) => request.Operation is { } operation ? Name(operation.Kind) : request.TextCompletion is null ? "chat" : "text_completion";
 
     private static ProviderException Unusable(string provider, OperationKind kind, string why) =>
         new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable {(kind == OperationKind.Embeddings ? "embeddings list" : "moderation")}: {why}.");

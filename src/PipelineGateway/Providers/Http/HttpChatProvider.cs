@@ -67,6 +67,9 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     /// </summary>
     protected abstract StreamEvents ReadStream(ProviderRequest request);
 
+    /// <summary>What an upstream's error status means for the call <paramref name="message"/> made: as classified, unless the adapter knows better.</summary>
+    protected virtual ProviderException Refused(HttpRequestMessage? message, ProviderException refusal) => refusal;
+
     /// <summary>Turns an error body into the upstream's error: message, type, code, param, and whether it is a context-length error.</summary>
     protected abstract UpstreamError ParseError(int status, string body);
 
@@ -429,13 +432,13 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             var retryAfter = UpstreamHeaders.RetryAfter(response.Headers, now);
             var safe = SecretRedactor.RedactAndTrim(SecretRedactor.Redact(error.Message, ApiKey));
             LogUpstreamError(Logger, Name, status, outcome, safe);
-            throw new ProviderException(outcome, $"'{Name}' answered {status}: {safe}", status, retryAfter)
+            throw Refused(response.RequestMessage, new ProviderException(outcome, $"'{Name}' answered {status}: {safe}", status, retryAfter)
             {
                 ErrorType = error.Type,
                 ErrorCode = error.ContextLength ? "context_length_exceeded" : error.Code,
                 Param = error.Param ?? (error.ContextLength ? "messages" : null),
                 UpstreamMessage = safe,
-            };
+            });
         }
     }
 

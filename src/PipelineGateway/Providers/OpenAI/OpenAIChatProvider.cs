@@ -10,8 +10,11 @@ namespace PipelineGateway.Providers.OpenAI;
 /// OpenAI-compatible endpoint by base URL (vLLM, Ollama, Groq, Together, Mistral…) and Azure OpenAI
 /// (deployment URL, <c>api-key</c> header, <c>api-version</c> query).
 /// </summary>
-internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider
+internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider, ITextCompletionProvider
 {
+    /// <summary>Marks an upstream call on the <c>/completions</c> route, with the caller's model (its refusal names it).</summary>
+    private static readonly HttpRequestOptionsKey<string> TextCompletionOf = new("pgw.completions");
+
     private readonly Uri _base;
     private readonly Uri _chat;
     private readonly bool _azure;
@@ -37,10 +40,33 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider
         _base = new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/");
         _chat = new Uri(_base, "chat/completions");
         _authorization = string.IsNullOrEmpty(apiKey) ? null : _azure ? apiKey : "Bearer " + apiKey;
+        _compatible = string.Equals(options.Type, ProviderTypes.OpenAICompatible, StringComparison.OrdinalIgnoreCase);
     }
+
+    private readonly bool _compatible;
+
+    public bool ServesTextCompletions(string model) =>
+        Options.NativeTextCompletions ?? (_compatible
+            || model.StartsWith("gpt-3.5-turbo-instruct", StringComparison.OrdinalIgnoreCase)
+            || model.StartsWith("davinci-002", StringComparison.OrdinalIgnoreCase)
+            || model.StartsWith("babbage-002", StringComparison.OrdinalIgnoreCase));
+
+    /// <summary>A text completion this deployment sends to the native route (not as chat).</summary>
+    private bool Native(ProviderRequest request) => request.Request.TextCompletion is not null && ServesTextCompletions(request.Model);
 
     protected override HttpRequestMessage CreateRequest(ProviderRequest request, bool stream)
     {
+        if (Native(request))
+        {
+            // POST {base}/completions (Azure: the deployment's route): the caller's body, the deployment's model.
+            var route = _azure
+                ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/{TextCompletionRequest.Path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
+                : new Uri(_base, TextCompletionRequest.Path);
+            var message = Post(route, TextCompletions.UpstreamBody(request.Request.TextCompletion!, request.Model, stream), stream);
+            message.Options.Set(TextCompletionOf, request.Request.Model);
+            return message;
+        }
+
         var uri = _azure
             ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/chat/completions?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
             : _chat;
@@ -133,6 +159,12 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider
 
     protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request)
     {
+        if (Native(request))
+        {
+            var answer = TextCompletions.ReadAnswer(body, out var refusal);
+            return refusal is { } e ? throw UpstreamErrorIn(e, "its answer (with a 200)") : answer;
+        }
+
         var response = JsonSerializer.Deserialize(body, GatewayJsonContext.Default.ChatCompletionResponse)
             ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
 
@@ -148,6 +180,11 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider
 
     protected override StreamEvents ReadStream(ProviderRequest request)
     {
+        if (Native(request))
+        {
+            return new TextEvents(this, Math.Max(1, request.Request.TextCompletion!.Choices));
+        }
+
         var keep = request.Request.Gateway?.KeepsEventJson == true;
         return new Events(this, keep, skim: keep && request.ChoicesMayStayUnread, choices: Math.Max(1, request.Request.N ?? 1));
     }
@@ -212,6 +249,48 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider
             return chunk;
         }
     }
+
+    /// <summary>A native text completion's events (<see cref="TextCompletions.ReadEvent"/>), whole once every choice finished.</summary>
+    private sealed class TextEvents(OpenAIChatProvider provider, int choices) : StreamEvents
+    {
+        private int _finished;
+
+        public override string LastEvent => "[DONE]";
+
+        public override bool EndedWhole => _finished >= choices;
+
+        public override ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end)
+        {
+            end = data.SequenceEqual("[DONE]"u8);
+            if (end)
+            {
+                return null;
+            }
+
+            var chunk = TextCompletions.ReadEvent(data, out var error);
+            if (error is { } e)
+            {
+                throw provider.UpstreamErrorIn(e, "the stream");
+            }
+
+            foreach (var choice in chunk.Choices!)
+            {
+                _finished += choice.FinishReason is null ? 0 : 1;
+            }
+
+            return chunk;
+        }
+    }
+
+    /// <summary>
+    /// The native completions route refused as one the upstream does not serve (403, 404, 405, 501: a chat-only server,
+    /// OpenAI's "this is a chat model"): the request's, not the deployment's — passed over without cooling the deployment
+    /// down, as an embeddings request to a chat-only server is.
+    /// </summary>
+    protected override ProviderException Refused(HttpRequestMessage? message, ProviderException refusal) =>
+        refusal.StatusCode is 403 or 404 or 405 or 501 && message?.Options.TryGetValue(TextCompletionOf, out var model) == true
+            ? TextCompletions.NotServedBy(Name, model, refusal)
+            : refusal;
 
     /// <summary>
     /// An error sent inside the stream (OpenAI does this for mid-stream failures) or inside a 200's body: classified by
