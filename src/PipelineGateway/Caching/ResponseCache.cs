@@ -40,6 +40,7 @@ internal sealed class ResponseCache
         _options.Enabled
         && request.Gateway?.NoStore != true
         && (request.N ?? 1) == 1
+        && request.TextCompletion is not { AsksLogprobs: true } // a stream's would not be rebuilt: the completions form is not chat's
         && (_options.CacheNonDeterministic || request.Temperature is null or 0);
 
     public bool TryGet(in CacheKey key, out StoredAnswer answer) => _store.TryGet(key, out answer);

@@ -13,6 +13,9 @@ internal sealed record TextCompletionRequest(JsonElement Body, int Choices, stri
 {
     /// <summary>The upstream route under the provider's base URL.</summary>
     public const string Path = "completions";
+
+    /// <summary>Log probabilities asked for (the completions form, which a cached stream does not rebuild).</summary>
+    public bool AsksLogprobs => Body.TryGetProperty("logprobs", out var logprobs) && logprobs.ValueKind != JsonValueKind.Null;
 }
 
 /// <summary>

@@ -105,7 +105,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
         failures.Should().BeEmpty(string.Join("\n\n", failures.Take(5)));
         statuses.Keys.Should().Contain(200, "the mutations leave some requests valid, so answers are checked too");
         statuses.Keys.Should().Contain(400);
-        answered.Should().BeEquivalentTo([Fuzz.Chat, Fuzz.Messages, Fuzz.Responses, Fuzz.Embeddings, Fuzz.Moderations], "every route answers some of its cases");
+        answered.Should().BeEquivalentTo([Fuzz.Chat, Fuzz.Messages, Fuzz.Responses, Fuzz.Embeddings, Fuzz.Moderations, Fuzz.Completions], "every route answers some of its cases");
     }
 
     [Fact]
@@ -317,6 +317,12 @@ internal static class Fuzz
     public const string Responses = "v1/responses";
     public const string Embeddings = "v1/embeddings";
     public const string Moderations = "v1/moderations";
+    public const string Completions = "v1/completions";
+
+    public const string CompletionsTemplate = """
+        {"model":"gpt-4o-mini","prompt":"def fib(n):","suffix":"","max_tokens":8,"temperature":0.5,"top_p":0.9,"n":1,"stop":["\n\n"],"echo":false,
+         "logprobs":null,"presence_penalty":0,"frequency_penalty":0,"best_of":1,"logit_bias":{"50256":-100},"seed":7,"user":"u1","top_k":5}
+        """;
 
     public const string ModerationsTemplate = """
         {"model":"gpt-4o-mini","input":[{"type":"text","text":"is this fine"},{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}
@@ -373,7 +379,7 @@ internal static class Fuzz
         "choices", "index", "message", "delta", "finish_reason", "usage", "prompt_tokens", "completion_tokens", "total_tokens", "refusal",
         "created", "object", "system_fingerprint", "detail", "tool_call_id", "citations", "encrypted_content", "max_uses",
         "input", "instructions", "max_output_tokens", "call_id", "output", "previous_response_id", "format", "reasoning", "effort",
-        "encoding_format", "dimensions",
+        "encoding_format", "dimensions", "prompt", "suffix", "echo", "best_of", "logit_bias", "seed",
     ];
 
     private static readonly string[] Words = ["user", "assistant", "system", "tool", "developer", "text", "image", "tool_use", "tool_result", "server_tool_use", "web_search_tool_result", "web_search_20250305", "input_text", "output_text", "function_call", "function_call_output", "json_schema", "auto", "any", "none", "gpt-4o-mini", "json_object", "", " ", "\u0000", "\ud800", "é", "float", "base64"];
@@ -415,7 +421,18 @@ internal static class Fuzz
     /// its template is refused with a request error (the endpoint's 400) or read into a request the pipeline can carry —
     /// never anything else.
     /// </summary>
-    public static void CheckOperationReader(PipelineGateway.Providers.OperationKind kind, string template, ulong seed)
+    public static void CheckOperationReader(PipelineGateway.Providers.OperationKind kind, string template, ulong seed) =>
+        CheckReader(template, seed, body => PipelineGateway.Providers.Operations.Read(kind, body), request =>
+        {
+            request.Operation!.InputCount.Should().BeInRange(1, PipelineGateway.Providers.Embeddings.MaxInputs);
+            PipelineGateway.Providers.Operations.UpstreamBody(request.Operation, "m").Should().NotBeEmpty();
+        });
+
+    /// <summary>
+    /// The same over a request reader checked by hand (<paramref name="read"/>): a request error, or a request with one
+    /// user message that <paramref name="check"/> accepts.
+    /// </summary>
+    public static void CheckReader(string template, ulong seed, Func<byte[], ChatCompletionRequest> read, Action<ChatCompletionRequest> check, bool emptyMessage = false)
     {
         var unexpected = new List<string>();
         var accepted = 0;
@@ -426,11 +443,15 @@ internal static class Fuzz
             var c = gen.Generate(pcg, null, out _);
             try
             {
-                var request = PipelineGateway.Providers.Operations.Read(kind, c.Bytes);
+                var request = read(c.Bytes);
                 accepted++;
-                request.Messages.Should().ContainSingle().Which.Content!.Text.Should().NotBeNullOrEmpty();
-                request.Operation!.InputCount.Should().BeInRange(1, PipelineGateway.Providers.Embeddings.MaxInputs);
-                PipelineGateway.Providers.Operations.UpstreamBody(request.Operation, "m").Should().NotBeEmpty();
+                var message = request.Messages.Should().ContainSingle().Which.Content!.Text;
+                if (!emptyMessage)
+                {
+                    message.Should().NotBeNullOrEmpty();
+                }
+
+                check(request);
             }
             catch (Exception ex) when (ex is JsonException or InvalidRequestException or InvalidOperationException)
             {
@@ -461,8 +482,8 @@ internal static class Fuzz
         (2, Gen.Char[' ', 'ÿ'].Array[0, 12].Select(chars => new string(chars))));
 
     public static readonly Gen<FuzzRequest> Request =
-        from path in Gen.OneOf(Chat, Messages, Responses, Embeddings, Moderations)
-        from body in Gen.Frequency((9, Body(path switch { Chat => ChatTemplate, Messages => MessagesTemplate, Embeddings => EmbeddingsTemplate, Moderations => ModerationsTemplate, _ => ResponsesTemplate })), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
+        from path in Gen.OneOf(Chat, Messages, Responses, Embeddings, Moderations, Completions)
+        from body in Gen.Frequency((9, Body(path switch { Chat => ChatTemplate, Messages => MessagesTemplate, Embeddings => EmbeddingsTemplate, Moderations => ModerationsTemplate, Completions => CompletionsTemplate, _ => ResponsesTemplate })), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
         from contentType in Gen.Frequency((16, Gen.Const<string?>((string?)"application/json")), (1, Gen.OneOf<string?>(null, "text/plain", "application/json; charset=utf-8", "application/vnd.api+json", "json", ";;")))
         from key in Gen.Frequency((18, Gen.Const<string?>((string?)"sk-gw-fuzz-0123456789")), (1, Gen.Const<string?>((string?)null)), (1, Gen.String[0, 20].Select(s => (string?)new string(s.Where(c => c is >= ' ' and <= '~').ToArray()))))
         from headers in Gen.Select(Gen.OneOf(GatewayHeaders), HeaderValue).Array[0, 3]

@@ -68,7 +68,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     protected abstract StreamEvents ReadStream(ProviderRequest request);
 
     /// <summary>What an upstream's error status means for the call <paramref name="message"/> made: as classified, unless the adapter knows better.</summary>
-    protected virtual ProviderException Refused(HttpRequestMessage? message, ProviderException refusal) => refusal;
+    protected virtual ProviderException Refused(HttpRequestMessage message, ProviderException refusal) => refusal;
 
     /// <summary>Turns an error body into the upstream's error: message, type, code, param, and whether it is a context-length error.</summary>
     protected abstract UpstreamError ParseError(int status, string body);
@@ -196,7 +196,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             }
 
             using var response = sent;
-            await ThrowIfFailedAsync(response, deadline.Token).ConfigureAwait(false);
+            await ThrowIfFailedAsync(message, response, deadline.Token).ConfigureAwait(false);
             status = (int)response.StatusCode;
 
             // The answer is read into a pooled buffer and parsed synchronously: an answer is small, and parsing from
@@ -247,7 +247,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
         try
         {
-            await ThrowIfFailedAsync(response, deadline.Token).ConfigureAwait(false);
+            await ThrowIfFailedAsync(message, response, deadline.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException ex) when (deadline.TimedOut)
         {
@@ -413,13 +413,13 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         new(AttemptOutcome.RetryableError, $"Could not reach '{Name}': {Describe(ex)}.", inner: ex);
 
     /// <summary>Reads the upstream's rate-limit headers; a non-success status becomes a classified <see cref="ProviderException"/> (the response is disposed then).</summary>
-    private ValueTask ThrowIfFailedAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    private ValueTask ThrowIfFailedAsync(HttpRequestMessage message, HttpResponseMessage response, CancellationToken cancellationToken)
     {
         ReadRateLimits(response);
-        return response.IsSuccessStatusCode ? ValueTask.CompletedTask : new ValueTask(ThrowUpstreamErrorAsync(response, cancellationToken));
+        return response.IsSuccessStatusCode ? ValueTask.CompletedTask : new ValueTask(ThrowUpstreamErrorAsync(message, response, cancellationToken));
     }
 
-    private async Task ThrowUpstreamErrorAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    private async Task ThrowUpstreamErrorAsync(HttpRequestMessage message, HttpResponseMessage response, CancellationToken cancellationToken)
     {
         var now = Time.GetUtcNow();
 
@@ -432,7 +432,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             var retryAfter = UpstreamHeaders.RetryAfter(response.Headers, now);
             var safe = SecretRedactor.RedactAndTrim(SecretRedactor.Redact(error.Message, ApiKey));
             LogUpstreamError(Logger, Name, status, outcome, safe);
-            throw Refused(response.RequestMessage, new ProviderException(outcome, $"'{Name}' answered {status}: {safe}", status, retryAfter)
+            throw Refused(message, new ProviderException(outcome, $"'{Name}' answered {status}: {safe}", status, retryAfter)
             {
                 ErrorType = error.Type,
                 ErrorCode = error.ContextLength ? "context_length_exceeded" : error.Code,

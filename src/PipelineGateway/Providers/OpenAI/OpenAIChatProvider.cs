@@ -287,8 +287,8 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     /// OpenAI's "this is a chat model"): the request's, not the deployment's — passed over without cooling the deployment
     /// down, as an embeddings request to a chat-only server is.
     /// </summary>
-    protected override ProviderException Refused(HttpRequestMessage? message, ProviderException refusal) =>
-        refusal.StatusCode is 403 or 404 or 405 or 501 && message?.Options.TryGetValue(TextCompletionOf, out var model) == true
+    protected override ProviderException Refused(HttpRequestMessage message, ProviderException refusal) =>
+        refusal.StatusCode is 403 or 404 or 405 or 501 && message.Options.TryGetValue(TextCompletionOf, out var model)
             ? TextCompletions.NotServedBy(Name, model, refusal)
             : refusal;
 
