@@ -12,6 +12,8 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
 
     public const string EmbeddingsUrl = "/v1/embeddings";
 
+    public const string CompletionsUrl = "/v1/completions";
+
     public bool IsBad => ErrorCode is not null;
 
     /// <summary>Parses one line of the OpenAI Batch API input format (a line that is not UTF-8 is not JSON either).</summary>
@@ -48,10 +50,12 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
                 return Bad(number, null, "missing_custom_id", $"line {number} {which} (a non-empty string is required).");
             }
 
-            var embeddings = root.TryGetProperty("url", out var url) && url.ValueKind == JsonValueKind.String && url.ValueEquals(EmbeddingsUrl);
-            if (!embeddings && (url.ValueKind != JsonValueKind.String || !url.ValueEquals(ChatCompletionsUrl)))
+            root.TryGetProperty("url", out var url);
+            var embeddings = url.ValueKind == JsonValueKind.String && url.ValueEquals(EmbeddingsUrl);
+            var completions = url.ValueKind == JsonValueKind.String && url.ValueEquals(CompletionsUrl);
+            if (!embeddings && !completions && (url.ValueKind != JsonValueKind.String || !url.ValueEquals(ChatCompletionsUrl)))
             {
-                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\" or \"{EmbeddingsUrl}\" (the endpoints a batch can call).");
+                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\", \"{CompletionsUrl}\" or \"{EmbeddingsUrl}\" (the endpoints a batch can call).");
             }
 
             if (root.TryGetProperty("method", out var method) && (method.ValueKind != JsonValueKind.String || !string.Equals(method.GetString(), "POST", StringComparison.OrdinalIgnoreCase)))
@@ -59,25 +63,32 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
                 return Bad(number, customId, "unsupported_method", $"line {number}: 'method' must be \"POST\".");
             }
 
+            var kind = embeddings ? "an embeddings" : completions ? "a completions" : "a chat completion";
             if (!root.TryGetProperty("body", out var body) || body.ValueKind != JsonValueKind.Object)
             {
-                return Bad(number, customId, "invalid_body", $"line {number}: 'body' must be {(embeddings ? "an embeddings" : "a chat completion")} request object.");
+                return Bad(number, customId, "invalid_body", $"line {number}: 'body' must be {kind} request object.");
             }
 
-            if (embeddings)
+            if (embeddings || completions)
             {
+                // Read by the routes' own checks: a bad body is a bad line naming the member, as the route's 400 would.
+                ChatCompletionRequest checkedRequest;
                 try
                 {
-                    return new BatchLine(number, customId, Providers.Embeddings.ToRequest(body.Clone()), null, null);
+                    checkedRequest = embeddings ? Providers.Embeddings.ToRequest(body.Clone()) : Providers.TextCompletions.ToRequest(body.Clone());
                 }
                 catch (InvalidRequestException ex)
                 {
-                    return Bad(number, customId, "invalid_body", $"line {number}: 'body' is not a valid embeddings request{(ex.Param is null ? string.Empty : $" ({ex.Param})")}: {ex.Message}");
+                    return Bad(number, customId, "invalid_body", $"line {number}: 'body' is not {kind} request{(ex.Param is null ? string.Empty : $" ({ex.Param})")}: {ex.Message}");
                 }
                 catch (InvalidOperationException ex)
                 {
-                    return Bad(number, customId, "invalid_body", $"line {number}: 'body' is not a valid embeddings request: {Serialization.JsonProblems.FirstSentence(ex.Message)}");
+                    return Bad(number, customId, "invalid_body", $"line {number}: 'body' is not {kind} request: {Serialization.JsonProblems.FirstSentence(ex.Message)}");
                 }
+
+                return checkedRequest.Stream == true
+                    ? Bad(number, customId, "invalid_body", $"line {number}: 'body.stream' must not be true in a batch (results are written whole).")
+                    : new BatchLine(number, customId, checkedRequest, null, null);
             }
 
             ChatCompletionRequest? request;

@@ -29,6 +29,10 @@ internal sealed class BatchRecords
         {
             Providers.Operations.WriteAnswer(_json, response);
         }
+        else if (line.Request?.TextCompletion is not null)
+        {
+            _json.WriteRawValue(Providers.TextCompletions.WriteAnswer(response), skipInputValidation: true);
+        }
         else
         {
             JsonSerializer.Serialize(_json, response, GatewayJsonContext.Default.ChatCompletionResponse);

@@ -100,12 +100,12 @@ public sealed class BatchRunnerTests
     }
 
     /// <summary>
-    /// Embeddings lines (<c>/v1/embeddings</c>, as OpenAI's Batch API takes them) run beside chat lines: each result's body
-    /// is the embeddings answer; a bad embeddings body is a bad line naming the member, and a model without an embeddings
-    /// API a failed request (400).
+    /// Embeddings and completions lines (<c>/v1/embeddings</c>, <c>/v1/completions</c>, as OpenAI's Batch API takes them) run
+    /// beside chat lines: each result's body is the route's answer; a bad body is a bad line naming the member, and a model
+    /// that cannot serve the request a failed request (400).
     /// </summary>
     [Fact]
-    public async Task Embeddings_lines_run_beside_chat_lines_and_bad_ones_say_why()
+    public async Task Embeddings_and_completions_lines_run_beside_chat_lines_and_bad_ones_say_why()
     {
         using var files = new BatchFiles();
         File.WriteAllLines(files.Input,
@@ -114,6 +114,9 @@ public sealed class BatchRunnerTests
             """{"custom_id":"emb","method":"POST","url":"/v1/embeddings","body":{"model":"sim","input":["one","two"],"dimensions":4}}""",
             """{"custom_id":"empty","method":"POST","url":"/v1/embeddings","body":{"model":"sim","input":[]}}""",
             """{"custom_id":"fake","method":"POST","url":"/v1/embeddings","body":{"model":"m","input":"x"}}""",
+            """{"custom_id":"cmpl","method":"POST","url":"/v1/completions","body":{"model":"sim","prompt":"hello","max_tokens":3}}""",
+            """{"custom_id":"cmpl-bad","method":"POST","url":"/v1/completions","body":{"model":"sim","prompt":[]}}""",
+            """{"custom_id":"cmpl-fim","method":"POST","url":"/v1/completions","body":{"model":"sim","prompt":"def f(","suffix":"return x"}}""",
         ]);
         await using var gateway = await TestGateway.With(new FakeProvider("p"))
             .AddSimulatedProvider("simulated", o => { o.LatencyMs = 0; o.JitterMs = 0; o.FailureRate = 0; })
@@ -122,7 +125,7 @@ public sealed class BatchRunnerTests
 
         var summary = await BatchRunner.RunAsync(gateway, Options(files), stop: Ct);
 
-        summary.Should().BeEquivalentTo(new { Lines = 4L, Succeeded = 2L, Failed = 1L, BadLines = 1L });
+        summary.Should().BeEquivalentTo(new { Lines = 7L, Succeeded = 3L, Failed = 2L, BadLines = 2L });
         var emb = files.OutputRecords.Single(r => r.GetProperty("custom_id").GetString() == "emb").GetProperty("response").GetProperty("body");
         emb.GetProperty("object").GetString().Should().Be("list");
         emb.GetProperty("data").EnumerateArray().Select(d => d.GetProperty("embedding").GetArrayLength()).Should().Equal(4, 4);
@@ -135,6 +138,13 @@ public sealed class BatchRunnerTests
         errors["empty"].GetProperty("error").GetProperty("message").GetString().Should().Contain("(input)");
         errors["fake"].GetProperty("response").GetProperty("status_code").GetInt32().Should().Be(400);
         errors["fake"].GetProperty("response").GetProperty("body").GetProperty("error").GetProperty("message").GetString().Should().Contain("no embeddings API");
+
+        var cmpl = files.OutputRecords.Single(r => r.GetProperty("custom_id").GetString() == "cmpl").GetProperty("response").GetProperty("body");
+        cmpl.GetProperty("object").GetString().Should().Be("text_completion");
+        cmpl.GetProperty("choices")[0].GetProperty("text").GetString().Should().NotBeNullOrEmpty();
+        cmpl.GetProperty("usage").GetProperty("completion_tokens").GetInt32().Should().Be(3);
+        errors["cmpl-bad"].GetProperty("error").GetProperty("message").GetString().Should().Contain("(prompt)");
+        errors["cmpl-fim"].GetProperty("response").GetProperty("body").GetProperty("error").GetProperty("param").GetString().Should().Be("suffix", "the simulated provider answers as chat, which has no suffix");
     }
 
     /// <summary>
