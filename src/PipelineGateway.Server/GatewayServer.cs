@@ -166,6 +166,8 @@ public static partial class GatewayServer
         var operations = app.Services.GetRequiredService<OperationsEndpoint>();
         app.MapPost("/v1/embeddings", operations.EmbeddingsAsync);
         app.MapPost("/v1/moderations", operations.ModerationsAsync);
+        app.MapPost("/v1/images/generations", operations.ImagesAsync);
+        app.MapPost("/openai/deployments/{deployment}/images/generations", operations.AzureImagesAsync);
         var completions = app.Services.GetRequiredService<CompletionsEndpoint>();
         app.MapPost("/v1/completions", completions.HandleAsync);
         app.MapPost("/openai/deployments/{deployment}/completions", completions.HandleAzureAsync);

@@ -20,6 +20,11 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
 
     public Task ModerationsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Moderations, deployment: null);
 
+    public Task ImagesAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Images, deployment: null);
+
+    /// <summary>Azure OpenAI's image route (<c>/openai/deployments/{deployment}/images/generations</c>): the deployment is the model.</summary>
+    public Task AzureImagesAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Images, ctx.Request.RouteValues["deployment"] as string);
+
     /// <summary>Azure OpenAI's embeddings route (<c>/openai/deployments/{deployment}/embeddings</c>): the deployment is the model.</summary>
     public Task AzureEmbeddingsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Embeddings, ctx.Request.RouteValues["deployment"] as string);
 

@@ -110,6 +110,8 @@ public sealed partial class SimulatorServer
 
     private Task OpenAIModerationsAsync(HttpContext ctx) => OpenAIOperationAsync(ctx, PipelineGateway.Providers.OperationKind.Moderations);
 
+    private Task OpenAIImagesAsync(HttpContext ctx) => OpenAIOperationAsync(ctx, PipelineGateway.Providers.OperationKind.Images);
+
     private async Task OpenAIOperationAsync(HttpContext ctx, PipelineGateway.Providers.OperationKind kind)
     {
         Interlocked.Increment(ref _requests);
@@ -136,9 +138,12 @@ public sealed partial class SimulatorServer
             PipelineGateway.Providers.OperationAnswer data;
             try
             {
-                data = kind == PipelineGateway.Providers.OperationKind.Embeddings
-                    ? SimulatedEmbeddings.Data(operation)
-                    : SimulatedModerations.Results(operation, (ulong)SimulatedText.StableHash(request.Messages[0].Content!.GetText()));
+                data = kind switch
+                {
+                    PipelineGateway.Providers.OperationKind.Embeddings => SimulatedEmbeddings.Data(operation),
+                    PipelineGateway.Providers.OperationKind.Moderations => SimulatedModerations.Results(operation, (ulong)SimulatedText.StableHash(request.Messages[0].Content!.GetText())),
+                    _ => SimulatedImages.Data(operation, request.Model),
+                };
             }
             catch (PipelineGateway.Providers.ProviderException ex)
             {
@@ -150,7 +155,7 @@ public sealed partial class SimulatorServer
             SetRateLimitHeaders(ctx);
             ctx.Response.ContentType = "application/json";
             var usage = kind == PipelineGateway.Providers.OperationKind.Embeddings ? new TokenUsage { PromptTokens = tokens, TotalTokens = tokens } : null; // moderations: no usage, as OpenAI
-            var answer = PipelineGateway.Providers.Operations.ToJson(new ChatCompletionResponse { Model = request.Model, Usage = usage, Operation = data });
+            var answer = PipelineGateway.Providers.Operations.ToJson(new ChatCompletionResponse { Model = request.Model, Created = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Usage = usage, Operation = data });
             ctx.Response.ContentLength = answer.Length;
             await ctx.Response.Body.WriteAsync(answer, ctx.RequestAborted).ConfigureAwait(false);
         }

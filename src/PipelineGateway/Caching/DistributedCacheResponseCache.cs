@@ -77,6 +77,12 @@ public sealed class DistributedCacheResponseCache(IDistributedCache cache, int m
         return buffer.WrittenSpan.ToArray();
     }
 
+    /// <summary>Which API a stored answer is: results are moderations'; data is an embeddings list (<c>"object":"list"</c>) or images.</summary>
+    private static Providers.OperationKind KindOf(JsonElement stored) =>
+        stored.TryGetProperty("results", out _) ? Providers.OperationKind.Moderations
+        : stored.TryGetProperty("object", out var o) && o.ValueKind == JsonValueKind.String && o.ValueEquals("list") ? Providers.OperationKind.Embeddings
+        : Providers.OperationKind.Images;
+
     internal static ChatCompletionResponse? Read(byte[] bytes)
     {
         try
@@ -86,7 +92,7 @@ public sealed class DistributedCacheResponseCache(IDistributedCache cache, int m
             var stored = root.GetProperty("response");
             var response = stored.ValueKind == JsonValueKind.Object && !stored.TryGetProperty("choices", out _)
                 && (stored.TryGetProperty("data", out _) || stored.TryGetProperty("results", out _))
-                ? Providers.Operations.ReadAnswer(stored.TryGetProperty("data", out _) ? Providers.OperationKind.Embeddings : Providers.OperationKind.Moderations, System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(stored).ToArray(), copy: false, "cache", out _) // another API's answer
+                ? Providers.Operations.ReadAnswer(KindOf(stored), System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(stored).ToArray(), copy: false, "cache", out _) // another API's answer
                 : stored.Deserialize(GatewayJsonContext.Default.ChatCompletionResponse);
             if (response is null)
             {

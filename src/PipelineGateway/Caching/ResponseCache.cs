@@ -41,7 +41,7 @@ internal sealed class ResponseCache
         && request.Gateway?.NoStore != true
         && (request.N ?? 1) == 1
         && request.TextCompletion is not { AsksLogprobs: true } // a stream's would not be rebuilt: the completions form is not chat's
-        && (_options.CacheNonDeterministic || request.Temperature is null or 0);
+        && (_options.CacheNonDeterministic || (request.Temperature is null or 0 && request.Operation?.Kind != Providers.OperationKind.Images)); // an image is drawn anew each time
 
     public bool TryGet(in CacheKey key, out StoredAnswer answer) => _store.TryGet(key, out answer);
 

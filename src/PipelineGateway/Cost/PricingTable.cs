@@ -25,6 +25,13 @@ public sealed class ModelPrice
     /// tokens), billed from the usage's <c>server_tool_use.web_search_requests</c>. Null: searches are not priced.
     /// </summary>
     public decimal? WebSearchPerThousand { get; set; }
+
+    /// <summary>
+    /// USD per image an image model makes (<c>/v1/images/generations</c>; DALL·E's are priced per image, at its standard
+    /// quality and smallest square size here — set the price of the size and quality a deployment is asked for), on top of
+    /// the tokens when the model counts them (gpt-image-1). Null: images are not priced by the image.
+    /// </summary>
+    public decimal? PerImage { get; set; }
 }
 
 /// <summary>
@@ -57,6 +64,11 @@ internal sealed partial class PricingTable
         ["text-embedding-3-small"] = new() { InputPerMillion = 0.02m, OutputPerMillion = 0m },
         ["text-embedding-3-large"] = new() { InputPerMillion = 0.13m, OutputPerMillion = 0m },
         ["text-embedding-ada-002"] = new() { InputPerMillion = 0.10m, OutputPerMillion = 0m },
+        // Images: DALL·E by the image (standard quality, 1024x1024), gpt-image-1 by the token (text in, image out).
+        ["dall-e-3"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m, PerImage = 0.04m },
+        ["dall-e-2"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m, PerImage = 0.02m },
+        ["gpt-image-1"] = new() { InputPerMillion = 5.00m, OutputPerMillion = 40.00m },
+        ["gpt-image-1-mini"] = new() { InputPerMillion = 2.00m, OutputPerMillion = 8.00m },
         // Moderations: free.
         ["omni-moderation"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m },
         ["text-moderation"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m },
@@ -137,6 +149,9 @@ internal sealed partial class PricingTable
             + (usage.AdditionalProperties is not null && ServerToolUse.WebSearches(usage) is > 0 and var searches
                 // A search's price does not depend on the token prices a deployment may set: else the table's.
                 ? searches * (price.WebSearchPerThousand ?? Find(deployment.Model)?.WebSearchPerThousand ?? 0) / 1_000m
+                : 0)
+            + (usage.AdditionalProperties is not null && Providers.Images.Generated(usage) is > 0 and var images
+                ? images * (price.PerImage ?? Find(deployment.Model)?.PerImage ?? 0) // likewise
                 : 0);
     }
 

@@ -11,19 +11,32 @@ internal enum OperationKind
 
     /// <summary><c>POST /v1/moderations</c> (<see cref="Providers.Moderations"/>).</summary>
     Moderations,
+
+    /// <summary><c>POST /v1/images/generations</c> (<see cref="Providers.Images"/>).</summary>
+    Images,
 }
 
 /// <summary>An operation's request: its kind and its body as the caller sent it (checked), which the upstream gets with the deployment's model.</summary>
 internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
 {
     /// <summary>The upstream route under the provider's base URL (<c>embeddings</c>, <c>moderations</c>).</summary>
-    public string Path => Kind == OperationKind.Embeddings ? "embeddings" : "moderations";
+    public string Path => Kind switch
+    {
+        OperationKind.Embeddings => "embeddings",
+        OperationKind.Moderations => "moderations",
+        _ => "images/generations",
+    };
 
-    /// <summary>How many answers the request asks for (embeddings, moderation results): one per input.</summary>
+    /// <summary>How many answers the request asks for (embeddings, moderation results: one per input; images: <c>n</c>).</summary>
     public int InputCount
     {
         get
         {
+            if (Kind == OperationKind.Images)
+            {
+                return Images.Count(Body);
+            }
+
             var input = Body.GetProperty("input");
             return input.ValueKind != JsonValueKind.Array || input[0].ValueKind is JsonValueKind.Number or JsonValueKind.Object ? 1 : input.GetArrayLength();
         }
@@ -32,9 +45,13 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
 
 /// <summary>
 /// An operation's answer: its list (<c>data</c>, <c>results</c>) as the upstream wrote it — immutable, shared by a stored
-/// answer and its hits — how many items it holds, and a moderation's <c>id</c>.
+/// answer and its hits — how many items it holds, a moderation's <c>id</c>, and an image answer's other members as they
+/// came (<c>"usage":{…},"size":…</c>: written back after the list).
 /// </summary>
-internal sealed record OperationAnswer(OperationKind Kind, ReadOnlyMemory<byte> List, int Count, string? Id = null);
+internal sealed record OperationAnswer(OperationKind Kind, ReadOnlyMemory<byte> List, int Count, string? Id = null)
+{
+    public ReadOnlyMemory<byte> Members { get; init; }
+}
 
 /// <summary>
 /// A provider that also serves OpenAI's other APIs (<see cref="OperationKind"/>): the OpenAI-format adapters (an upstream
@@ -78,8 +95,12 @@ internal static class Operations
     /// <exception cref="JsonException">The body is not one JSON value.</exception>
     /// <exception cref="InvalidRequestException">A member is missing or not what the schema allows; its name is the error's param.</exception>
     /// <param name="model">The model the route names (Azure's deployment path), which the body need not.</param>
-    public static ChatCompletionRequest Read(OperationKind kind, ReadOnlySpan<byte> body, string? model = null) =>
-        kind == OperationKind.Embeddings ? Embeddings.ToRequest(Parse(body), model) : Moderations.ToRequest(Parse(body), model);
+    public static ChatCompletionRequest Read(OperationKind kind, ReadOnlySpan<byte> body, string? model = null) => kind switch
+    {
+        OperationKind.Embeddings => Embeddings.ToRequest(Parse(body), model),
+        OperationKind.Moderations => Moderations.ToRequest(Parse(body), model),
+        _ => Images.ToRequest(Parse(body), model),
+    };
 
     /// <summary>
     /// Checks an operation's <c>input</c> — a non-empty string, or a list of 1 to <see cref="Embeddings.MaxInputs"/> items
@@ -135,6 +156,11 @@ internal static class Operations
     /// <summary>The inputs' token count: each text counted by <paramref name="count"/>, each token id one, an image none.</summary>
     public static int PromptTokens(OperationRequest operation, Func<string, int> count)
     {
+        if (operation.Kind == OperationKind.Images)
+        {
+            return count(operation.Body.GetProperty("prompt").GetString()!);
+        }
+
         var input = operation.Body.GetProperty("input");
         if (input.ValueKind == JsonValueKind.String)
         {
@@ -198,12 +224,37 @@ internal static class Operations
             throw new JsonException("The answer is not a JSON object.");
         }
 
-        var listName = kind == OperationKind.Embeddings ? "data"u8 : "results"u8;
+        var listName = kind == OperationKind.Moderations ? "results"u8 : "data"u8;
         var response = new ChatCompletionResponse { Object = kind == OperationKind.Embeddings ? "list" : string.Empty, Choices = [] };
         string? id = null;
         (ReadOnlyMemory<byte> Bytes, int Count)? list = null;
+        List<(int Start, int End)>? members = null; // an image answer's other members, kept as they came
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
+            if (kind == OperationKind.Images && !reader.ValueTextEquals(listName) && !reader.ValueTextEquals("error"u8))
+            {
+                var start = (int)reader.TokenStartIndex;
+                var created = reader.ValueTextEquals("created"u8);
+                var usage = reader.ValueTextEquals("usage"u8);
+                reader.Read();
+                if (created && reader.TokenType == JsonTokenType.Number && reader.TryGetInt64(out var at))
+                {
+                    response.Created = at;
+                    reader.Skip();
+                    continue;
+                }
+
+                if (usage && reader.TokenType == JsonTokenType.StartObject)
+                {
+                    var counts = reader; // the usage read from a copy; the member kept whole below
+                    response.Usage = Images.ReadUsage(ref counts);
+                }
+
+                reader.Skip();
+                (members ??= []).Add((start, (int)reader.BytesConsumed));
+                continue;
+            }
+
             if (reader.ValueTextEquals(listName))
             {
                 reader.Read();
@@ -247,8 +298,30 @@ internal static class Operations
             }
         }
 
-        response.Operation = list is { } l ? new OperationAnswer(kind, l.Bytes, l.Count, id) : null;
+        response.Operation = list is { } l ? new OperationAnswer(kind, l.Bytes, l.Count, id) { Members = Join(json, members) } : null;
         return response;
+    }
+
+    /// <summary>Members' bytes joined by commas (<c>"a":1,"b":{…}</c>), copied out of <paramref name="json"/>.</summary>
+    private static ReadOnlyMemory<byte> Join(ReadOnlyMemory<byte> json, List<(int Start, int End)>? members)
+    {
+        if (members is null)
+        {
+            return ReadOnlyMemory<byte>.Empty;
+        }
+
+        var joined = new ArrayBufferWriter<byte>();
+        foreach (var (start, end) in members)
+        {
+            if (joined.WrittenCount > 0)
+            {
+                joined.Write(","u8);
+            }
+
+            joined.Write(json.Span[start..end]);
+        }
+
+        return joined.WrittenMemory.ToArray();
     }
 
     /// <summary>Checks each item of the list (the reader on its start), leaving the reader on its end; how many there are.</summary>
@@ -262,7 +335,12 @@ internal static class Operations
             {
                 while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
                 {
-                    var key = kind == OperationKind.Embeddings ? reader.ValueTextEquals("embedding"u8) : reader.ValueTextEquals("flagged"u8);
+                    var key = kind switch
+                    {
+                        OperationKind.Embeddings => reader.ValueTextEquals("embedding"u8),
+                        OperationKind.Moderations => reader.ValueTextEquals("flagged"u8),
+                        _ => reader.ValueTextEquals("b64_json"u8) || reader.ValueTextEquals("url"u8),
+                    };
                     reader.Read();
                     if (key && kind == OperationKind.Moderations)
                     {
@@ -270,7 +348,7 @@ internal static class Operations
                     }
                     else if (key && reader.TokenType == JsonTokenType.String)
                     {
-                        usable = true; // base64
+                        usable = true; // base64 (an embedding's, an image's), or an image's address
                     }
                     else if (key && reader.TokenType == JsonTokenType.StartArray)
                     {
@@ -293,9 +371,12 @@ internal static class Operations
 
             if (!usable)
             {
-                throw Unusable(provider, kind, kind == OperationKind.Embeddings
-                    ? "an item of 'data' has no 'embedding' (a list of numbers or a base64 string)"
-                    : "an item of 'results' has no boolean 'flagged'");
+                throw Unusable(provider, kind, kind switch
+                {
+                    OperationKind.Embeddings => "an item of 'data' has no 'embedding' (a list of numbers or a base64 string)",
+                    OperationKind.Moderations => "an item of 'results' has no boolean 'flagged'",
+                    _ => "an item of 'data' has neither 'b64_json' nor 'url'",
+                });
             }
 
             count++;
@@ -340,21 +421,28 @@ internal static class Operations
         var operation = request.Operation!;
         if (response?.Operation is not { } answer || answer.Kind != operation.Kind)
         {
-            throw Unusable(provider, operation.Kind, $"it has no '{(operation.Kind == OperationKind.Embeddings ? "data" : "results")}' list");
+            throw Unusable(provider, operation.Kind, $"it has no '{(operation.Kind == OperationKind.Moderations ? "results" : "data")}' list");
         }
 
         if (answer.Count != operation.InputCount)
         {
-            throw Unusable(provider, operation.Kind, $"it holds {answer.Count} items for {operation.InputCount} inputs");
+            throw Unusable(provider, operation.Kind, $"it holds {answer.Count} items for {operation.InputCount} {(operation.Kind == OperationKind.Images ? "images asked for" : "inputs")}");
         }
 
         response.Choices ??= [];
+        if (operation.Kind == OperationKind.Images)
+        {
+            // Images are billed per image (PricingTable) as well as per token when the upstream counts them (gpt-image-1).
+            Images.SetGenerated(response.Usage ??= Admission.TokenCounter.EstimateUsage(request, response, 0, request.Model), answer.Count);
+        }
+
         return response;
     }
 
     /// <summary>
     /// The parts of the answer around its list: embeddings <c>{"object":"list","data":</c> … <c>,"model":…,"usage":{…}}</c>;
-    /// moderations <c>{"id":…,"model":…,"results":</c> … <c>}</c>.
+    /// moderations <c>{"id":…,"model":…,"results":</c> … <c>}</c>; images <c>{"created":…,"data":</c> … <c>,</c> the
+    /// upstream's other members <c>}</c>.
     /// </summary>
     public static (byte[] Head, byte[] Tail) Frame(ChatCompletionResponse response)
     {
@@ -362,7 +450,17 @@ internal static class Operations
         using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
         {
             w.WriteStartObject();
-            if (response.Operation!.Kind == OperationKind.Moderations)
+            if (response.Operation!.Kind == OperationKind.Images)
+            {
+                w.WriteNumber("created", response.Created);
+                w.WriteEndObject();
+                w.Flush();
+                var head = buffer.WrittenSpan[..^1].ToArray(); // the object's members, open for the data
+                var members = response.Operation.Members.Span;
+                return ([.. head, .. ",\"data\":"u8], members.IsEmpty ? "}"u8.ToArray() : [.. ","u8, .. members, .. "}"u8]);
+            }
+
+            if (response.Operation.Kind == OperationKind.Moderations)
             {
                 w.WriteString("id", response.Operation.Id ?? response.Id);
                 w.WriteString("model", response.Model);
@@ -412,14 +510,22 @@ internal static class Operations
     public static ProviderException NotServedBy(string provider, OperationRequest operation, string model, ProviderException refusal) =>
         ProviderException.Unsupported("model", $"The model '{ProviderException.Quoted(model)}' is served by '{provider}', whose upstream serves no {Name(operation.Kind)} for it ({refusal.StatusCode}: {refusal.UpstreamMessage ?? refusal.Message}).");
 
-    private static string Name(OperationKind kind) => kind == OperationKind.Embeddings ? "embeddings" : "moderations";
+    private static string Name(OperationKind kind) => kind switch
+    {
+        OperationKind.Embeddings => "embeddings",
+        OperationKind.Moderations => "moderations",
+        _ => "image generation",
+    };
 
     /// <summary>
     /// The request's <c>gen_ai.operation.name</c> (OpenTelemetry's GenAI conventions) for its spans and instruments:
-    /// <c>chat</c>, <c>text_completion</c>, <c>embeddings</c>, or <c>moderations</c> (no well-known value: the API's own name).
+    /// <c>chat</c>, <c>text_completion</c>, <c>embeddings</c>, or <c>moderations</c> and <c>image_generation</c> (no
+    /// well-known value: the API's own name).
     /// </summary>
-    public static string OperationName(ChatCompletionRequest request) => request.Operation is { } operation ? Name(operation.Kind) : request.TextCompletion is null ? "chat" : "text_completion";
+    public static string OperationName(ChatCompletionRequest request) => request.Operation is { } operation
+        ? operation.Kind == OperationKind.Images ? "image_generation" : Name(operation.Kind)
+        : request.TextCompletion is null ? "chat" : "text_completion";
 
     private static ProviderException Unusable(string provider, OperationKind kind, string why) =>
-        new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable {(kind == OperationKind.Embeddings ? "embeddings list" : "moderation")}: {why}.");
+        new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable {kind switch { OperationKind.Embeddings => "embeddings list", OperationKind.Moderations => "moderation", _ => "image generation" }}: {why}.");
 }

@@ -79,6 +79,39 @@ public sealed class RedisCacheTests
         (second.Usage!.PromptTokens, second.Model).Should().Be((first.Usage!.PromptTokens, first.Model));
     }
 
+    /// <summary>
+    /// An image answer, cached when non-deterministic answers are (images are drawn anew otherwise), is read back from Redis
+    /// as images — not as embeddings, whose stored answers also hold <c>data</c> — with the upstream's members.
+    /// </summary>
+    [Fact]
+    public async Task An_image_answer_cached_by_one_instance_is_served_by_the_other_as_it_was()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        Task<Gateway> Painter(string provider) => new GatewayBuilder()
+            .AddSimulatedProvider(provider, o => { o.LatencyMs = 0; o.JitterMs = 0; o.FailureRate = 0; })
+            .AddModel("img", m => m.Deploy(provider, "gpt-image-1"))
+            .AddCache(TimeSpan.FromMinutes(5), configure: c => c.CacheNonDeterministic = true)
+            .AddRedis(redis, keyPrefix: prefix)
+            .StartAsync(Ct);
+        await using var a = await Painter("sa");
+        await using var b = await Painter("sb");
+        static ChatCompletionRequest Ask() => PipelineGateway.Providers.Operations.Read(PipelineGateway.Providers.OperationKind.Images, """{"model":"img","prompt":"a shared fox","n":2,"size":"8x8"}"""u8);
+
+        var first = await a.SubmitAsync(Ask(), Ct);
+        var key = $"{prefix}:c:{PipelineGateway.Caching.CacheKey.Compute("img", Ask())}";
+        var db = RedisServer.Connect(redis);
+        await Wait.Until(() => db.KeyExists(key), "the answer reaches Redis");
+
+        var second = await b.SubmitAsync(Ask(), Ct);
+        second.Gateway!.Cached.Should().BeTrue("instance B finds A's answer in Redis");
+        second.Operation!.Kind.Should().Be(PipelineGateway.Providers.OperationKind.Images);
+        second.Operation.Count.Should().Be(2);
+        second.Operation.List.ToArray().Should().Equal(first.Operation!.List.ToArray());
+        second.Operation.Members.ToArray().Should().Equal(first.Operation.Members.ToArray(), "the usage and size as the upstream wrote them");
+        PipelineGateway.Providers.Operations.ToJson(second).Should().Equal(PipelineGateway.Providers.Operations.ToJson(first));
+    }
+
     [Fact]
     public async Task With_Redis_down_the_cache_is_a_miss_and_requests_still_succeed()
     {

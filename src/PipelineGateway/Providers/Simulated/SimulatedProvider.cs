@@ -41,8 +41,8 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
     }
 
     /// <summary>
-    /// Embeddings (<see cref="SimulatedEmbeddings"/>) and moderations (<see cref="SimulatedModerations"/>) with the same
-    /// latency and failure draws as a chat answer.
+    /// Embeddings (<see cref="SimulatedEmbeddings"/>), moderations (<see cref="SimulatedModerations"/>) and images
+    /// (<see cref="SimulatedImages"/>) with the same latency and failure draws as a chat answer.
     /// </summary>
     public async ValueTask<ChatCompletionResponse> SendAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
@@ -51,6 +51,12 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
         if (operation.Kind == OperationKind.Moderations)
         {
             return new ChatCompletionResponse { Model = request.Model, Choices = [], Operation = SimulatedModerations.Results(operation, draw) };
+        }
+
+        if (operation.Kind == OperationKind.Images)
+        {
+            var images = SimulatedImages.Data(operation, request.Model);
+            return new ChatCompletionResponse { Model = request.Model, Created = _time.GetUtcNow().ToUnixTimeSeconds(), Choices = [], Usage = SimulatedImages.Usage(images), Operation = images };
         }
 
         var tokens = SimulatedEmbeddings.PromptTokens(operation);

@@ -1,0 +1,127 @@
+using System.Text.Json;
+
+namespace PipelineGateway.Providers;
+
+/// <summary>
+/// OpenAI's image generation request (<c>POST /v1/images/generations</c>) as the pipeline carries it (<see cref="Operations"/>):
+/// <c>prompt</c>, <c>model</c> (a model group; <see cref="DefaultModel"/> when left out, as OpenAI defaults it), <c>n</c>
+/// (the images asked for: the answer must hold as many) and the options — <c>size</c>, <c>quality</c>, <c>style</c>,
+/// <c>response_format</c>, <c>background</c>, <c>output_format</c>, <c>output_compression</c>, <c>moderation</c>,
+/// <c>user</c> — checked for their type and sent on with any other member as they came; their values are the model's
+/// to accept (each model takes different sizes). The answer's images (<c>b64_json</c> or <c>url</c>) are never parsed.
+/// </summary>
+internal static class Images
+{
+    /// <summary>The model a request without one is for (OpenAI's default).</summary>
+    public const string DefaultModel = "dall-e-2";
+
+    /// <summary>OpenAI's bound on <c>n</c>.</summary>
+    public const int MaxImages = 10;
+
+    /// <summary>The usage member that counts the answer's images for pricing (<see cref="Cost.PricingTable"/>); never written out.</summary>
+    private const string GeneratedMember = "generated_images";
+
+    /// <summary>Checks an image generation request given as JSON and makes the pipeline's request of it.</summary>
+    /// <exception cref="InvalidRequestException">A member is missing or not what the schema allows; its name is the error's param.</exception>
+    /// <param name="route">The model the route names (Azure's deployment path), which the body's then does not.</param>
+    public static ChatCompletionRequest ToRequest(JsonElement root, string? route = null)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new InvalidRequestException(null, "The request body must be a JSON object.");
+        }
+
+        var model = route ?? DefaultModel;
+        if (route is null && root.TryGetProperty("model", out var m) && m.ValueKind != JsonValueKind.Null)
+        {
+            model = m.ValueKind == JsonValueKind.String && m.GetString() is { Length: > 0 } name ? name : throw new InvalidRequestException("model", "'model' must be a string naming an image model.");
+        }
+
+        if (!root.TryGetProperty("prompt", out var prompt) || prompt.ValueKind != JsonValueKind.String)
+        {
+            throw new InvalidRequestException("prompt", "'prompt' is required: a text description of the image.");
+        }
+
+        var text = Operations.NonEmpty(prompt, "prompt");
+        if (root.TryGetProperty("n", out var n) && n.ValueKind != JsonValueKind.Null
+            && !(n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out var count) && count is >= 1 and <= MaxImages))
+        {
+            throw new InvalidRequestException("n", $"'n' must be a whole number from 1 to {MaxImages}.");
+        }
+
+        foreach (var member in (ReadOnlySpan<string>)["size", "quality", "style", "background", "output_format", "moderation", "user"])
+        {
+            if (root.TryGetProperty(member, out var value) && value.ValueKind is not (JsonValueKind.String or JsonValueKind.Null))
+            {
+                throw new InvalidRequestException(member, $"'{member}' must be a string.");
+            }
+        }
+
+        if (root.TryGetProperty("response_format", out var format) && format.ValueKind != JsonValueKind.Null
+            && !(format.ValueKind == JsonValueKind.String && (format.ValueEquals("url") || format.ValueEquals("b64_json"))))
+        {
+            throw new InvalidRequestException("response_format", "'response_format' must be \"url\" or \"b64_json\".");
+        }
+
+        if (root.TryGetProperty("output_compression", out var compression) && compression.ValueKind != JsonValueKind.Null
+            && !(compression.ValueKind == JsonValueKind.Number && compression.TryGetInt32(out var c) && c is >= 0 and <= 100))
+        {
+            throw new InvalidRequestException("output_compression", "'output_compression' must be a whole number from 0 to 100.");
+        }
+
+        if (root.TryGetProperty("stream", out var stream) && stream.ValueKind == JsonValueKind.True)
+        {
+            throw new InvalidRequestException("stream", "Image generation is not streamed through the gateway (partial images): ask without 'stream'.");
+        }
+
+        return new ChatCompletionRequest
+        {
+            Model = model,
+            Messages = [ChatCompletionMessage.User(text)],
+            User = root.TryGetProperty("user", out var user) && user.ValueKind == JsonValueKind.String ? user.GetString() : null,
+            Operation = new OperationRequest(OperationKind.Images, root),
+        };
+    }
+
+    /// <summary>How many images a checked request asks for (<c>n</c>, 1 when left out).</summary>
+    public static int Count(JsonElement body) => body.TryGetProperty("n", out var n) && n.ValueKind == JsonValueKind.Number ? n.GetInt32() : 1;
+
+    /// <summary>
+    /// An image answer's usage (gpt-image-1: <c>input_tokens</c>, <c>output_tokens</c>, <c>total_tokens</c>) as the
+    /// gateway's (prompt, completion, total), the reader on the object's start; unknown or malformed counts are none.
+    /// </summary>
+    public static TokenUsage ReadUsage(ref Utf8JsonReader reader)
+    {
+        var usage = new TokenUsage();
+        var depth = reader.CurrentDepth;
+        while (reader.Read() && reader.CurrentDepth > depth)
+        {
+            if (reader.TokenType != JsonTokenType.PropertyName || reader.CurrentDepth != depth + 1)
+            {
+                continue;
+            }
+
+            var which = reader.ValueTextEquals("input_tokens"u8) ? 0 : reader.ValueTextEquals("output_tokens"u8) ? 1 : reader.ValueTextEquals("total_tokens"u8) ? 2 : -1;
+            reader.Read();
+            if (which >= 0 && reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out var count) && count >= 0)
+            {
+                _ = which switch { 0 => usage.PromptTokens = count, 1 => usage.CompletionTokens = count, _ => usage.TotalTokens = count };
+            }
+            else
+            {
+                reader.Skip();
+            }
+        }
+
+        usage.TotalTokens = Math.Max(usage.TotalTokens, usage.PromptTokens + usage.CompletionTokens);
+        return usage;
+    }
+
+    /// <summary>Marks how many images an answer holds on its usage (what <see cref="Generated"/> reads for pricing).</summary>
+    public static void SetGenerated(TokenUsage usage, int images) =>
+        (usage.AdditionalProperties ??= [])[GeneratedMember] = JsonSerializer.SerializeToElement(images, GatewayJsonContext.Default.Int32);
+
+    /// <summary>The images an answer's usage says were made (0 for any other answer).</summary>
+    public static int Generated(TokenUsage usage) =>
+        usage.AdditionalProperties?.TryGetValue(GeneratedMember, out var n) == true && n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out var images) && images > 0 ? images : 0;
+}

@@ -1,0 +1,254 @@
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using OpenAI;
+using OpenAI.Images;
+using PipelineGateway.Hosting;
+using PipelineGateway.Providers;
+using PipelineGateway.Server;
+using PipelineGateway.Sqlite;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// <c>POST /v1/images/generations</c> over real HTTP: the official OpenAI .NET SDK through the gateway (real PNGs of the
+/// size asked), the answer as the upstream wrote it, per-token and per-image prices billed alike in the header, the log
+/// and the metrics, providers without the API passed over, no cache by default, refusals of bad requests, a hostile
+/// upstream, Azure's route, and a CsCheck property over mutated bodies.
+/// </summary>
+public sealed class ImagesTests : IAsyncLifetime
+{
+    private readonly BatchFiles _files = new();
+    private SimulatorFleet _fleet = null!;
+    private HttpClient _http = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync()
+    {
+        _fleet = await SimulatorFleet.StartAsync(
+            [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
+            [("img", ["sim"]), ("img-mixed", ["claude", "sim"]), ("img-claude", ["claude"])],
+            "gpt-image-1",
+            new Dictionary<string, string?>
+            {
+                ["Gateway:Cache:Enabled"] = "true",
+                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
+                ["Gateway:RequestLog:LogBodies"] = "true",
+                ["Gateway:Models:3:Name"] = "dall-e-3",
+                ["Gateway:Models:3:Deployments:0:Provider"] = "sim",
+                ["Gateway:Models:3:Deployments:0:Model"] = "dall-e-3",
+            },
+            Ct,
+            s => s.AddPipelineGateway().AddSqliteRequestLog());
+        _http = new HttpClient { BaseAddress = _fleet.Base };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _http.Dispose();
+        await _fleet.DisposeAsync();
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        _files.Dispose();
+    }
+
+    private async Task<(HttpResponseMessage Response, JsonElement Body)> PostAsync(string body, HttpClient? http = null, string path = "v1/images/generations")
+    {
+        var response = await (http ?? _http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        return (response, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone());
+    }
+
+    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
+
+    private static decimal Cost(HttpResponseMessage response) => decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>A PNG's width and height, read from its header (the signature, then IHDR).</summary>
+    private static (int Width, int Height) PngSize(ReadOnlySpan<byte> png)
+    {
+        png[..8].ToArray().Should().Equal(0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A);
+        Encoding.ASCII.GetString(png[12..16]).Should().Be("IHDR");
+        return (System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(png[16..]), System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(png[20..]));
+    }
+
+    [Fact]
+    public async Task The_OpenAI_SDK_gets_the_upstreams_images_through_the_gateway_billed_by_the_token_alike_everywhere()
+    {
+        var client = new ImageClient("img", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
+        var images = (await client.GenerateImagesAsync("a lighthouse at dusk", 2, new ImageGenerationOptions { Size = new GeneratedImageSize(48, 32) }, Ct)).Value;
+
+        images.Should().HaveCount(2);
+        images.Select(i => PngSize(i.ImageBytes.ToArray())).Should().Equal((48, 32), (48, 32));
+        images[0].ImageBytes.ToArray().Should().NotEqual(images[1].ImageBytes.ToArray(), "each image its own");
+
+        // The answer as the upstream wrote it: data byte for byte, its usage and other members kept.
+        const string Body = """{"model":"img","prompt":"a red fox","size":"16x16","n":1}""";
+        var (response, through) = await PostAsync(Body);
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        using var direct = await new HttpClient().PostAsync(new Uri(_fleet.Sims["sim"].BaseAddress, "v1/images/generations"), new StringContent(Body.Replace("\"img\"", "\"gpt-image-1\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
+        var expected = JsonDocument.Parse(await direct.Content.ReadAsStringAsync(Ct)).RootElement;
+        through.GetProperty("data").GetRawText().Should().Be(expected.GetProperty("data").GetRawText());
+        through.GetProperty("usage").GetRawText().Should().Be(expected.GetProperty("usage").GetRawText());
+        (through.GetProperty("size").GetString(), through.GetProperty("output_format").GetString()).Should().Be(("16x16", "png"));
+        through.GetProperty("created").GetInt64().Should().BePositive();
+
+        // gpt-image-1 by the token: $5 per million in, $40 out — in the header, the log and the metrics alike.
+        var usage = through.GetProperty("usage");
+        var (input, output) = (usage.GetProperty("input_tokens").GetInt32(), usage.GetProperty("output_tokens").GetInt32());
+        Cost(response).Should().Be(((input * 5m) + (output * 40m)) / 1_000_000m).And.BePositive();
+        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
+        var row = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=1", Ct)).RootElement.GetProperty("data")[0];
+        row.GetProperty("request_id").GetString().Should().Be(Header(response, "x-request-id"));
+        (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("completion_tokens").GetInt32()).Should().Be((input, output));
+        row.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(response));
+        row.GetProperty("answer").GetString().Should().Be("[1 images]", "the image is not kept as a text");
+        row.GetProperty("prompt").GetString().Should().Contain("a red fox");
+        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
+        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost, "the log and the metrics agree");
+    }
+
+    [Fact]
+    public async Task DALL_E_is_billed_by_the_image_and_answers_addresses_unless_asked_for_the_bytes()
+    {
+        var (response, answer) = await PostAsync("""{"model":"dall-e-3","prompt":"a lighthouse"}""");
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        var image = answer.GetProperty("data").EnumerateArray().Single();
+        image.GetProperty("url").GetString().Should().StartWith("https://");
+        image.GetProperty("revised_prompt").GetString().Should().Contain("a lighthouse");
+        answer.TryGetProperty("usage", out _).Should().BeFalse("DALL·E reports no usage");
+        Cost(response).Should().Be(0.04m, "one image at DALL·E 3's standard price");
+
+        var (three, bytes) = await PostAsync("""{"model":"dall-e-3","prompt":"three","n":3,"response_format":"b64_json","size":"8x8"}""");
+        three.StatusCode.Should().Be(HttpStatusCode.OK);
+        bytes.GetProperty("data").EnumerateArray().Select(i => PngSize(i.GetProperty("b64_json").GetBytesFromBase64())).Should().Equal((8, 8), (8, 8), (8, 8));
+        Cost(three).Should().Be(0.12m);
+    }
+
+    [Fact]
+    public async Task A_provider_without_images_is_passed_over_unsent_and_images_are_not_cached_by_default()
+    {
+        var (mixed, _) = await PostAsync("""{"model":"img-mixed","prompt":"skip claude","size":"4x4"}""");
+        (mixed.StatusCode, Header(mixed, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
+
+        var (refused, error) = await PostAsync("""{"model":"img-claude","prompt":"x"}""");
+        refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        error.GetProperty("error").GetProperty("param").GetString().Should().Be("model");
+        error.GetProperty("error").GetProperty("message").GetString().Should().Contain("no image generation API");
+        _fleet.Sims["claude"].Requests.Should().Be(0, "nothing is sent to a provider without the API");
+
+        // An image is drawn anew each time: the same request twice goes upstream twice (unless CacheNonDeterministic).
+        var calls = _fleet.Sims["sim"].Requests;
+        var (first, _) = await PostAsync("""{"model":"img","prompt":"same","size":"4x4"}""");
+        var (second, _) = await PostAsync("""{"model":"img","prompt":"same","size":"4x4"}""");
+        (first.StatusCode, second.StatusCode).Should().Be((HttpStatusCode.OK, HttpStatusCode.OK));
+        Header(second, "x-gateway-cache").Should().NotBe("hit");
+        _fleet.Sims["sim"].Requests.Should().Be(calls + 2);
+    }
+
+    [Fact]
+    public async Task Azures_image_route_serves_the_deployment_in_its_path()
+    {
+        var (response, answer) = await PostAsync("""{"prompt":"azure","size":"4x4"}""", path: "openai/deployments/img/images/generations?api-version=2024-10-21");
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        answer.GetProperty("data").GetArrayLength().Should().Be(1);
+        Header(response, "x-gateway-provider").Should().Be("sim");
+    }
+
+    [Theory]
+    [InlineData("""{"model":"img"}""", "prompt")]
+    [InlineData("""{"model":"img","prompt":""}""", "prompt")]
+    [InlineData("""{"model":"img","prompt":["a"]}""", "prompt")]
+    [InlineData("""{"model":"img","prompt":"x","n":0}""", "n")]
+    [InlineData("""{"model":"img","prompt":"x","n":11}""", "n")]
+    [InlineData("""{"model":"img","prompt":"x","n":"2"}""", "n")]
+    [InlineData("""{"model":"img","prompt":"x","size":1024}""", "size")]
+    [InlineData("""{"model":"img","prompt":"x","response_format":"png"}""", "response_format")]
+    [InlineData("""{"model":"img","prompt":"x","output_compression":101}""", "output_compression")]
+    [InlineData("""{"model":"img","prompt":"x","quality":true}""", "quality")]
+    [InlineData("""{"model":"img","prompt":"x","stream":true}""", "stream")]
+    [InlineData("""{"model":7,"prompt":"x"}""", "model")]
+    [InlineData("""["img"]""", null)]
+    public async Task A_bad_request_is_a_400_naming_its_field_and_reaches_no_upstream(string body, string? param)
+    {
+        var (response, error) = await PostAsync(body);
+        response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        var e = FrontDoorTests.ErrorIn("v1/images/generations", error);
+        (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
+        _fleet.Sims["sim"].Requests.Should().Be(0);
+    }
+
+    [Fact]
+    public void The_request_reader_refuses_any_mutation_with_a_request_error_and_never_anything_else()
+    {
+        Fuzz.CheckOperationReader(OperationKind.Images, Fuzz.ImagesTemplate, Fuzz.Seed + 17);
+    }
+
+    [Fact]
+    public async Task An_upstream_answer_that_is_not_images_fails_over_and_upstream_refusals_keep_their_status_without_the_key()
+    {
+        await using var scripted = await ScriptedUpstream.StartAsync(Ct);
+        const string KeyVariable = "PGW_TEST_IMAGES_SCRIPTED_KEY";
+        const string UpstreamKey = "sk-images-upstream-secret-0123456789";
+        Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
+        var settings = new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "sim",
+            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
+            ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
+            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
+        };
+        string[] faults = ["embeddings-no-vector", "embeddings-chat", "embeddings-404", "echo-400"];
+        for (var f = 0; f < faults.Length; f++)
+        {
+            settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
+            settings[$"Gateway:Providers:{f + 1}:Type"] = "OpenAICompatible";
+            settings[$"Gateway:Providers:{f + 1}:BaseUrl"] = new Uri(scripted.BaseAddress, "v1").ToString();
+            settings[$"Gateway:Providers:{f + 1}:ApiKeyEnvironmentVariable"] = KeyVariable;
+            settings[$"Gateway:Providers:{f + 1}:Headers:x-fault"] = faults[f];
+            settings[$"Gateway:Models:{2 * f}:Name"] = faults[f];
+            settings[$"Gateway:Models:{2 * f}:Deployments:0:Provider"] = faults[f];
+            settings[$"Gateway:Models:{2 * f}:Deployments:0:Model"] = "gpt-image-1";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Name"] = faults[f] + "-then-sim";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Strategy"] = "Priority";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Provider"] = faults[f];
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Model"] = "gpt-image-1";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Priority"] = "0";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Provider"] = "sim";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Model"] = "gpt-image-1";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Priority"] = "1";
+        }
+
+        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
+        async Task<(HttpStatusCode Status, string Text, string Provider)> Generate(string model)
+        {
+            using var response = await http.PostAsync("v1/images/generations", new StringContent($$"""{"model":"{{model}}","prompt":"p","size":"4x4"}""", Encoding.UTF8, "application/json"), Ct);
+            return (response.StatusCode, await response.Content.ReadAsStringAsync(Ct), Header(response, "x-gateway-provider"));
+        }
+
+        foreach (var broken in new[] { "embeddings-no-vector", "embeddings-chat" })
+        {
+            var (status, text, _) = await Generate(broken);
+            status.Should().Be(HttpStatusCode.BadGateway, broken);
+            text.Should().Contain("not a usable image generation", broken);
+            var (fallback, _, provider) = await Generate(broken + "-then-sim");
+            (fallback, provider).Should().Be((HttpStatusCode.OK, "sim"), "a broken answer is the provider's failure: the next deployment answers");
+        }
+
+        // A chat-only upstream (404 on the images route): passed over, not cooled down.
+        var (chatOnly, refusal, _) = await Generate("embeddings-404");
+        chatOnly.Should().Be(HttpStatusCode.BadRequest);
+        refusal.Should().Contain("serves no image generation");
+        (await Generate("embeddings-404-then-sim")).Should().Match<(HttpStatusCode Status, string Text, string Provider)>(r => r.Status == HttpStatusCode.OK && r.Provider == "sim");
+
+        var (rejected, rejection, _) = await Generate("echo-400");
+        rejected.Should().Be(HttpStatusCode.BadRequest, "the upstream refused the request itself: its status, not a 502");
+        rejection.Should().Contain("temperature is too high").And.NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);
+        await app.StopAsync(Ct);
+    }
+}
