@@ -167,6 +167,8 @@ public static partial class GatewayServer
         app.MapPost("/v1/embeddings", operations.EmbeddingsAsync);
         app.MapPost("/v1/moderations", operations.ModerationsAsync);
         app.MapPost("/v1/images/generations", operations.ImagesAsync);
+        app.MapPost("/v1/audio/speech", operations.SpeechAsync);
+        app.MapPost("/openai/deployments/{deployment}/audio/speech", operations.AzureSpeechAsync);
         app.MapPost("/openai/deployments/{deployment}/images/generations", operations.AzureImagesAsync);
         var completions = app.Services.GetRequiredService<CompletionsEndpoint>();
         app.MapPost("/v1/completions", completions.HandleAsync);

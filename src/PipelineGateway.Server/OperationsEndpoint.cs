@@ -22,6 +22,11 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
 
     public Task ImagesAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Images, deployment: null);
 
+    public Task SpeechAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Speech, deployment: null);
+
+    /// <summary>Azure OpenAI's speech route (<c>/openai/deployments/{deployment}/audio/speech</c>): the deployment is the model.</summary>
+    public Task AzureSpeechAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Speech, ctx.Request.RouteValues["deployment"] as string);
+
     /// <summary>Azure OpenAI's image route (<c>/openai/deployments/{deployment}/images/generations</c>): the deployment is the model.</summary>
     public Task AzureImagesAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Images, ctx.Request.RouteValues["deployment"] as string);
 
@@ -112,7 +117,7 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
     {
         var (head, tail) = Operations.Frame(response);
         var data = response.Operation!.List;
-        http.ContentType = "application/json";
+        http.ContentType = response.Operation.MediaType; // JSON, or speech's audio
         http.ContentLength = head.Length + data.Length + tail.Length;
         await http.BodyWriter.WriteAsync(head, aborted);
         for (var at = 0; at < data.Length; at += Piece)

@@ -112,6 +112,8 @@ public sealed partial class SimulatorServer
 
     private Task OpenAIImagesAsync(HttpContext ctx) => OpenAIOperationAsync(ctx, PipelineGateway.Providers.OperationKind.Images);
 
+    private Task OpenAISpeechAsync(HttpContext ctx) => OpenAIOperationAsync(ctx, PipelineGateway.Providers.OperationKind.Speech);
+
     private async Task OpenAIOperationAsync(HttpContext ctx, PipelineGateway.Providers.OperationKind kind)
     {
         Interlocked.Increment(ref _requests);
@@ -142,6 +144,7 @@ public sealed partial class SimulatorServer
                 {
                     PipelineGateway.Providers.OperationKind.Embeddings => SimulatedEmbeddings.Data(operation),
                     PipelineGateway.Providers.OperationKind.Moderations => SimulatedModerations.Results(operation, (ulong)SimulatedText.StableHash(request.Messages[0].Content!.GetText())),
+                    PipelineGateway.Providers.OperationKind.Speech => SimulatedSpeech.Audio(operation),
                     _ => SimulatedImages.Data(operation, request.Model),
                 };
             }
@@ -153,7 +156,7 @@ public sealed partial class SimulatorServer
 
             var tokens = SimulatedEmbeddings.PromptTokens(operation);
             SetRateLimitHeaders(ctx);
-            ctx.Response.ContentType = "application/json";
+            ctx.Response.ContentType = data.MediaType; // JSON, or speech's audio
             var usage = kind == PipelineGateway.Providers.OperationKind.Embeddings ? new TokenUsage { PromptTokens = tokens, TotalTokens = tokens } : null; // moderations: no usage, as OpenAI
             var answer = PipelineGateway.Providers.Operations.ToJson(new ChatCompletionResponse { Model = request.Model, Created = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Usage = usage, Operation = data });
             ctx.Response.ContentLength = answer.Length;

@@ -81,6 +81,8 @@ public sealed partial class SimulatorServer : IAsyncDisposable
         app.MapPost("/openai/deployments/{deployment}/embeddings", OpenAIEmbeddingsAsync);
         app.MapPost("/v1/completions", OpenAICompletionsAsync);
         app.MapPost("/v1/images/generations", OpenAIImagesAsync);
+        app.MapPost("/v1/audio/speech", OpenAISpeechAsync);
+        app.MapPost("/openai/deployments/{deployment}/audio/speech", OpenAISpeechAsync);
         app.MapPost("/openai/deployments/{deployment}/images/generations", OpenAIImagesAsync);
         app.MapPost("/openai/deployments/{deployment}/completions", OpenAICompletionsAsync);
         app.MapGet("/sim/stats", () => Results.Json(new { requests = Requests, aborted = Aborted, in_flight = InFlight }));

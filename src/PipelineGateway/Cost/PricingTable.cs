@@ -69,6 +69,11 @@ internal sealed partial class PricingTable
         ["dall-e-2"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m, PerImage = 0.02m },
         ["gpt-image-1"] = new() { InputPerMillion = 5.00m, OutputPerMillion = 40.00m },
         ["gpt-image-1-mini"] = new() { InputPerMillion = 2.00m, OutputPerMillion = 8.00m },
+        // Speech: per character of input (a speech request's prompt count is its characters). gpt-4o-mini-tts is billed by
+        // text and audio tokens the speech API does not report: OpenAI's estimate of $0.015 a minute, ~1,000 characters.
+        ["tts-1"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 0m },
+        ["tts-1-hd"] = new() { InputPerMillion = 30.00m, OutputPerMillion = 0m },
+        ["gpt-4o-mini-tts"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 0m },
         // Moderations: free.
         ["omni-moderation"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m },
         ["text-moderation"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m },

@@ -14,6 +14,9 @@ internal enum OperationKind
 
     /// <summary><c>POST /v1/images/generations</c> (<see cref="Providers.Images"/>).</summary>
     Images,
+
+    /// <summary><c>POST /v1/audio/speech</c> (<see cref="Providers.Speech"/>): the answer is audio, not JSON.</summary>
+    Speech,
 }
 
 /// <summary>An operation's request: its kind and its body as the caller sent it (checked), which the upstream gets with the deployment's model.</summary>
@@ -24,7 +27,8 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
     {
         OperationKind.Embeddings => "embeddings",
         OperationKind.Moderations => "moderations",
-        _ => "images/generations",
+        OperationKind.Images => "images/generations",
+        _ => "audio/speech",
     };
 
     /// <summary>How many answers the request asks for (embeddings, moderation results: one per input; images: <c>n</c>).</summary>
@@ -32,9 +36,9 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
     {
         get
         {
-            if (Kind == OperationKind.Images)
+            if (Kind is OperationKind.Images or OperationKind.Speech)
             {
-                return Images.Count(Body);
+                return Kind == OperationKind.Speech ? 1 : Images.Count(Body);
             }
 
             var input = Body.GetProperty("input");
@@ -51,6 +55,9 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
 internal sealed record OperationAnswer(OperationKind Kind, ReadOnlyMemory<byte> List, int Count, string? Id = null)
 {
     public ReadOnlyMemory<byte> Members { get; init; }
+
+    /// <summary>What the answer is written as: JSON, or speech's audio format (<see cref="Speech.MediaType"/>).</summary>
+    public string MediaType { get; init; } = "application/json";
 }
 
 /// <summary>
@@ -99,7 +106,8 @@ internal static class Operations
     {
         OperationKind.Embeddings => Embeddings.ToRequest(Parse(body), model),
         OperationKind.Moderations => Moderations.ToRequest(Parse(body), model),
-        _ => Images.ToRequest(Parse(body), model),
+        OperationKind.Images => Images.ToRequest(Parse(body), model),
+        _ => Speech.ToRequest(Parse(body), model),
     };
 
     /// <summary>
@@ -161,6 +169,11 @@ internal static class Operations
             return count(operation.Body.GetProperty("prompt").GetString()!);
         }
 
+        if (operation.Kind == OperationKind.Speech)
+        {
+            return Speech.Characters(operation); // speech is counted and priced in characters
+        }
+
         var input = operation.Body.GetProperty("input");
         if (input.ValueKind == JsonValueKind.String)
         {
@@ -217,6 +230,11 @@ internal static class Operations
     /// <exception cref="ProviderException">An item of the list is not what the API answers (retryable: the provider's failure).</exception>
     public static ChatCompletionResponse ReadAnswer(OperationKind kind, ReadOnlyMemory<byte> json, bool copy, string provider, out JsonElement? error)
     {
+        if (kind == OperationKind.Speech)
+        {
+            return Speech.ReadAnswer(json, copy, out error); // audio, not JSON
+        }
+
         error = null;
         var reader = new Utf8JsonReader(json.Span);
         if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject)
@@ -421,7 +439,7 @@ internal static class Operations
         var operation = request.Operation!;
         if (response?.Operation is not { } answer || answer.Kind != operation.Kind)
         {
-            throw Unusable(provider, operation.Kind, $"it has no '{(operation.Kind == OperationKind.Moderations ? "results" : "data")}' list");
+            throw Unusable(provider, operation.Kind, $"it has no {operation.Kind switch { OperationKind.Moderations => "'results' list", OperationKind.Speech => "audio", _ => "'data' list" }}");
         }
 
         if (answer.Count != operation.InputCount)
@@ -430,6 +448,14 @@ internal static class Operations
         }
 
         response.Choices ??= [];
+        if (operation.Kind == OperationKind.Speech)
+        {
+            // The audio's media type, from the format asked; billed per character (no usage comes with audio).
+            response.Operation = answer with { MediaType = Speech.MediaType(Speech.Format(operation.Body)) };
+            var characters = Speech.Characters(operation);
+            response.Usage = new TokenUsage { PromptTokens = characters, TotalTokens = characters };
+        }
+
         if (operation.Kind == OperationKind.Images)
         {
             // Images are billed per image (PricingTable) as well as per token when the upstream counts them (gpt-image-1).
@@ -446,11 +472,16 @@ internal static class Operations
     /// </summary>
     public static (byte[] Head, byte[] Tail) Frame(ChatCompletionResponse response)
     {
+        if (response.Operation!.Kind == OperationKind.Speech)
+        {
+            return ([], []); // the audio alone
+        }
+
         var buffer = new ArrayBufferWriter<byte>(128);
         using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
         {
             w.WriteStartObject();
-            if (response.Operation!.Kind == OperationKind.Images)
+            if (response.Operation.Kind == OperationKind.Images)
             {
                 w.WriteNumber("created", response.Created);
                 w.WriteEndObject();
@@ -514,7 +545,8 @@ internal static class Operations
     {
         OperationKind.Embeddings => "embeddings",
         OperationKind.Moderations => "moderations",
-        _ => "image generation",
+        OperationKind.Images => "image generation",
+        _ => "speech",
     };
 
     /// <summary>
@@ -523,9 +555,9 @@ internal static class Operations
     /// well-known value: the API's own name).
     /// </summary>
     public static string OperationName(ChatCompletionRequest request) => request.Operation is { } operation
-        ? operation.Kind == OperationKind.Images ? "image_generation" : Name(operation.Kind)
+        ? operation.Kind switch { OperationKind.Images => "image_generation", OperationKind.Speech => "text_to_speech", _ => Name(operation.Kind) }
         : request.TextCompletion is null ? "chat" : "text_completion";
 
     private static ProviderException Unusable(string provider, OperationKind kind, string why) =>
-        new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable {kind switch { OperationKind.Embeddings => "embeddings list", OperationKind.Moderations => "moderation", _ => "image generation" }}: {why}.");
+        new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable {kind switch { OperationKind.Embeddings => "embeddings list", OperationKind.Moderations => "moderation", OperationKind.Images => "image generation", _ => "speech" }}: {why}.");
 }

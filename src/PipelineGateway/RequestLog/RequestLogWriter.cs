@@ -364,7 +364,11 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         {
             prompt = Cap(SecretRedactor.Redact(JsonSerializer.Serialize(item.Request.Messages, GatewayJsonContext.Default.ListChatCompletionMessage)));
             answer = c.Response is not { } r ? null
-                : r.Operation is { } operation ? $"[{operation.Count} {operation.Kind switch { Providers.OperationKind.Embeddings => "embeddings", Providers.OperationKind.Moderations => "moderation results", _ => "images" }}]" // not a text to keep
+                : r.Operation is { } operation ? operation.Kind switch // not a text to keep
+                {
+                    Providers.OperationKind.Speech => $"[{operation.MediaType}, {operation.List.Length} bytes]",
+                    var kind => $"[{operation.Count} {kind switch { Providers.OperationKind.Embeddings => "embeddings", Providers.OperationKind.Moderations => "moderation results", _ => "images" }}]",
+                }
                 : Cap(SecretRedactor.Redact(r.Content));
         }
 

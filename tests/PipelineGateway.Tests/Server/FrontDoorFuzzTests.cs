@@ -105,7 +105,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
         failures.Should().BeEmpty(string.Join("\n\n", failures.Take(5)));
         statuses.Keys.Should().Contain(200, "the mutations leave some requests valid, so answers are checked too");
         statuses.Keys.Should().Contain(400);
-        answered.Should().BeEquivalentTo([Fuzz.Chat, Fuzz.Messages, Fuzz.Responses, Fuzz.Embeddings, Fuzz.Moderations, Fuzz.Completions, Fuzz.Images], "every route answers some of its cases");
+        answered.Should().BeEquivalentTo([Fuzz.Chat, Fuzz.Messages, Fuzz.Responses, Fuzz.Embeddings, Fuzz.Moderations, Fuzz.Completions, Fuzz.Images, Fuzz.Speech], "every route answers some of its cases");
     }
 
     [Fact]
@@ -256,6 +256,11 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
             }
         }
 
+        if (c.Path == Fuzz.Speech)
+        {
+            return text.Length > 0 ? null : "a 2xx without audio"; // audio, not JSON
+        }
+
         if (text.StartsWith("event:", StringComparison.Ordinal) || text.StartsWith("data:", StringComparison.Ordinal))
         {
             var complete = c.Path switch
@@ -319,6 +324,11 @@ internal static class Fuzz
     public const string Moderations = "v1/moderations";
     public const string Completions = "v1/completions";
     public const string Images = "v1/images/generations";
+    public const string Speech = "v1/audio/speech";
+
+    public const string SpeechTemplate = """
+        {"model":"gpt-4o-mini","input":"Hello from the fuzz.","voice":"alloy","response_format":"wav","speed":1.25,"instructions":"calmly"}
+        """;
 
     public const string ImagesTemplate = """
         {"model":"gpt-4o-mini","prompt":"a lighthouse at dusk","n":1,"size":"16x16","response_format":"b64_json","quality":"standard","style":"vivid","output_compression":50,"user":"u1"}
@@ -385,7 +395,7 @@ internal static class Fuzz
         "created", "object", "system_fingerprint", "detail", "tool_call_id", "citations", "encrypted_content", "max_uses",
         "input", "instructions", "max_output_tokens", "call_id", "output", "previous_response_id", "format", "reasoning", "effort",
         "encoding_format", "dimensions", "prompt", "suffix", "echo", "best_of", "logit_bias", "seed", "size", "quality", "style",
-        "response_format", "output_compression", "background",
+        "response_format", "output_compression", "background", "voice", "speed", "stream_format",
     ];
 
     private static readonly string[] Words = ["user", "assistant", "system", "tool", "developer", "text", "image", "tool_use", "tool_result", "server_tool_use", "web_search_tool_result", "web_search_20250305", "input_text", "output_text", "function_call", "function_call_output", "json_schema", "auto", "any", "none", "gpt-4o-mini", "json_object", "", " ", "\u0000", "\ud800", "é", "float", "base64"];
@@ -488,8 +498,8 @@ internal static class Fuzz
         (2, Gen.Char[' ', 'ÿ'].Array[0, 12].Select(chars => new string(chars))));
 
     public static readonly Gen<FuzzRequest> Request =
-        from path in Gen.OneOf(Chat, Messages, Responses, Embeddings, Moderations, Completions, Images)
-        from body in Gen.Frequency((9, Body(path switch { Chat => ChatTemplate, Messages => MessagesTemplate, Embeddings => EmbeddingsTemplate, Moderations => ModerationsTemplate, Completions => CompletionsTemplate, Images => ImagesTemplate, _ => ResponsesTemplate })), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
+        from path in Gen.OneOf(Chat, Messages, Responses, Embeddings, Moderations, Completions, Images, Speech)
+        from body in Gen.Frequency((9, Body(path switch { Chat => ChatTemplate, Messages => MessagesTemplate, Embeddings => EmbeddingsTemplate, Moderations => ModerationsTemplate, Completions => CompletionsTemplate, Images => ImagesTemplate, Speech => SpeechTemplate, _ => ResponsesTemplate })), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
         from contentType in Gen.Frequency((16, Gen.Const<string?>((string?)"application/json")), (1, Gen.OneOf<string?>(null, "text/plain", "application/json; charset=utf-8", "application/vnd.api+json", "json", ";;")))
         from key in Gen.Frequency((18, Gen.Const<string?>((string?)"sk-gw-fuzz-0123456789")), (1, Gen.Const<string?>((string?)null)), (1, Gen.String[0, 20].Select(s => (string?)new string(s.Where(c => c is >= ' ' and <= '~').ToArray()))))
         from headers in Gen.Select(Gen.OneOf(GatewayHeaders), HeaderValue).Array[0, 3]

@@ -83,7 +83,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     }
 
     /// <summary>A POST of a JSON body with the key and the configured headers.</summary>
-    private HttpRequestMessage Post(Uri uri, byte[] body, bool stream)
+    private HttpRequestMessage Post(Uri uri, byte[] body, bool stream, string? accept = null)
     {
         var content = new ByteArrayContent(body);
         content.Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=utf-8");
@@ -93,7 +93,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             message.Headers.TryAddWithoutValidation(_azure ? "api-key" : "Authorization", _authorization);
         }
 
-        message.Headers.TryAddWithoutValidation("Accept", stream ? "text/event-stream" : "application/json");
+        message.Headers.TryAddWithoutValidation("Accept", accept ?? (stream ? "text/event-stream" : "application/json"));
         foreach (var (header, value) in Options.Headers)
         {
             message.Headers.TryAddWithoutValidation(header, value);
@@ -112,7 +112,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         var uri = _azure
             ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/{operation.Path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
             : new Uri(_base, operation.Path);
-        using var message = Post(uri, Operations.UpstreamBody(operation, request.Model), stream: false);
+        using var message = Post(uri, Operations.UpstreamBody(operation, request.Model), stream: false, operation.Kind == OperationKind.Speech ? "audio/*, application/json" : null);
         PooledBody body;
         int status;
         bool events;

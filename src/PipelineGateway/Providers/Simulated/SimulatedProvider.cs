@@ -53,6 +53,11 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
             return new ChatCompletionResponse { Model = request.Model, Choices = [], Operation = SimulatedModerations.Results(operation, draw) };
         }
 
+        if (operation.Kind == OperationKind.Speech)
+        {
+            return new ChatCompletionResponse { Model = request.Model, Choices = [], Operation = SimulatedSpeech.Audio(operation) };
+        }
+
         if (operation.Kind == OperationKind.Images)
         {
             var images = SimulatedImages.Data(operation, request.Model);

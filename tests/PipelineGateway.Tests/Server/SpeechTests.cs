@@ -1,0 +1,228 @@
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using OpenAI;
+using OpenAI.Audio;
+using PipelineGateway.Hosting;
+using PipelineGateway.Providers;
+using PipelineGateway.Server;
+using PipelineGateway.Sqlite;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// <c>POST /v1/audio/speech</c> over real HTTP: the official OpenAI .NET SDK through the gateway, the audio byte for byte
+/// as the upstream made it with the format's media type, billing per character alike in the header, the log and the
+/// metrics, providers without the API passed over, no cache, refusals of bad requests, a hostile upstream, Azure's
+/// route, and a CsCheck property over mutated bodies.
+/// </summary>
+public sealed class SpeechTests : IAsyncLifetime
+{
+    private readonly BatchFiles _files = new();
+    private SimulatorFleet _fleet = null!;
+    private HttpClient _http = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync()
+    {
+        _fleet = await SimulatorFleet.StartAsync(
+            [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
+            [("tts", ["sim"]), ("tts-mixed", ["claude", "sim"]), ("tts-claude", ["claude"])],
+            "tts-1",
+            new Dictionary<string, string?>
+            {
+                ["Gateway:Cache:Enabled"] = "true",
+                ["Gateway:Cache:CacheNonDeterministic"] = "true",
+                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
+                ["Gateway:RequestLog:LogBodies"] = "true",
+            },
+            Ct,
+            s => s.AddPipelineGateway().AddSqliteRequestLog());
+        _http = new HttpClient { BaseAddress = _fleet.Base };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _http.Dispose();
+        await _fleet.DisposeAsync();
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        _files.Dispose();
+    }
+
+    private async Task<(HttpResponseMessage Response, byte[] Body)> PostAsync(string body, HttpClient? http = null, string path = "v1/audio/speech")
+    {
+        var response = await (http ?? _http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        return (response, await response.Content.ReadAsByteArrayAsync(Ct));
+    }
+
+    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
+
+    [Fact]
+    public async Task The_OpenAI_SDK_gets_the_upstreams_audio_through_the_gateway_billed_per_character_alike_everywhere()
+    {
+        var client = new AudioClient("tts", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
+        const string Text = "The gateway speaks for every provider.";
+        var mp3 = (await client.GenerateSpeechAsync(Text, GeneratedSpeechVoice.Alloy, cancellationToken: Ct)).Value.ToArray();
+        mp3[..4].Should().Equal(0xFF, 0xFB, 0x90, 0xC0); // an MPEG-1 Layer III frame header
+        var wav = (await client.GenerateSpeechAsync(Text, GeneratedSpeechVoice.Alloy, new SpeechGenerationOptions { ResponseFormat = GeneratedSpeechFormat.Wav }, Ct)).Value.ToArray();
+        Encoding.ASCII.GetString(wav, 0, 4).Should().Be("RIFF");
+
+        // The audio as the upstream made it, byte for byte, with the format's media type and a length.
+        const string Body = """{"model":"tts","input":"The gateway speaks for every provider.","voice":"coral","speed":1.5}""";
+        var (response, through) = await PostAsync(Body);
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        response.Content.Headers.ContentType!.MediaType.Should().Be("audio/mpeg");
+        response.Content.Headers.ContentLength.Should().Be(through.Length);
+        using var direct = await new HttpClient().PostAsync(new Uri(_fleet.Sims["sim"].BaseAddress, "v1/audio/speech"), new StringContent(Body.Replace("\"tts\"", "\"tts-1\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
+        through.Should().Equal(await direct.Content.ReadAsByteArrayAsync(Ct));
+        through.Length.Should().BeLessThan(mp3.Length, "spoken faster, shorter");
+
+        // tts-1 by the character: $15 per million — in the header, the log and the metrics alike.
+        decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture).Should().Be(Text.Length * 15m / 1_000_000m);
+        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
+        var row = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=1", Ct)).RootElement.GetProperty("data")[0];
+        row.GetProperty("request_id").GetString().Should().Be(Header(response, "x-request-id"));
+        (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("completion_tokens").GetInt32()).Should().Be((Text.Length, 0));
+        row.GetProperty("usage_estimated").GetBoolean().Should().BeFalse("the characters are counted, not estimated");
+        row.GetProperty("cost_usd").GetDecimal().Should().Be(Text.Length * 15m / 1_000_000m);
+        row.GetProperty("answer").GetString().Should().Be($"[audio/mpeg, {through.Length} bytes]", "the audio is not kept as a text");
+        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
+        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost, "the log and the metrics agree");
+    }
+
+    [Fact]
+    public async Task A_provider_without_speech_is_passed_over_unsent_and_audio_is_never_cached()
+    {
+        var (mixed, _) = await PostAsync("""{"model":"tts-mixed","input":"skip claude","voice":"alloy","response_format":"pcm"}""");
+        (mixed.StatusCode, Header(mixed, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
+        mixed.Content.Headers.ContentType!.MediaType.Should().Be("audio/pcm");
+
+        var (refused, error) = await PostAsync("""{"model":"tts-claude","input":"x","voice":"alloy"}""");
+        refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        var e = JsonDocument.Parse(error).RootElement.GetProperty("error");
+        (e.GetProperty("param").GetString(), e.GetProperty("message").GetString()).Should().Match<(string?, string?)>(p => p.Item1 == "model" && p.Item2!.Contains("no speech API"));
+        _fleet.Sims["claude"].Requests.Should().Be(0, "nothing is sent to a provider without the API");
+
+        // Audio never goes into the cache, even with non-deterministic answers cached (this fleet's setting).
+        var calls = _fleet.Sims["sim"].Requests;
+        var (first, _) = await PostAsync("""{"model":"tts","input":"same","voice":"alloy"}""");
+        var (second, _) = await PostAsync("""{"model":"tts","input":"same","voice":"alloy"}""");
+        (first.StatusCode, second.StatusCode).Should().Be((HttpStatusCode.OK, HttpStatusCode.OK));
+        Header(second, "x-gateway-cache").Should().NotBe("hit");
+        _fleet.Sims["sim"].Requests.Should().Be(calls + 2);
+    }
+
+    [Fact]
+    public async Task Azures_speech_route_serves_the_deployment_in_its_path()
+    {
+        var (response, audio) = await PostAsync("""{"input":"azure","voice":"alloy","response_format":"wav"}""", path: "openai/deployments/tts/audio/speech?api-version=2025-03-01-preview");
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        Encoding.ASCII.GetString(audio, 0, 4).Should().Be("RIFF");
+    }
+
+    [Theory]
+    [InlineData("""{"input":"x","voice":"alloy"}""", "model")]
+    [InlineData("""{"model":"tts","voice":"alloy"}""", "input")]
+    [InlineData("""{"model":"tts","input":"","voice":"alloy"}""", "input")]
+    [InlineData("""{"model":"tts","input":["a"],"voice":"alloy"}""", "input")]
+    [InlineData("""{"model":"tts","input":"x"}""", "voice")]
+    [InlineData("""{"model":"tts","input":"x","voice":""}""", "voice")]
+    [InlineData("""{"model":"tts","input":"x","voice":{"name":"v"}}""", "voice")]
+    [InlineData("""{"model":"tts","input":"x","voice":"alloy","response_format":"ogg"}""", "response_format")]
+    [InlineData("""{"model":"tts","input":"x","voice":"alloy","speed":0.1}""", "speed")]
+    [InlineData("""{"model":"tts","input":"x","voice":"alloy","speed":"fast"}""", "speed")]
+    [InlineData("""{"model":"tts","input":"x","voice":"alloy","instructions":5}""", "instructions")]
+    [InlineData("""{"model":"tts","input":"x","voice":"alloy","stream_format":"sse"}""", "stream_format")]
+    [InlineData("""["tts"]""", null)]
+    public async Task A_bad_request_is_a_400_naming_its_field_and_reaches_no_upstream(string body, string? param)
+    {
+        var (response, error) = await PostAsync(body);
+        response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        var e = FrontDoorTests.ErrorIn("v1/audio/speech", JsonDocument.Parse(error).RootElement);
+        (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
+        _fleet.Sims["sim"].Requests.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task Too_long_an_input_is_refused()
+    {
+        var (response, error) = await PostAsync(JsonSerializer.Serialize(new { model = "tts", input = new string('a', Speech.MaxInput + 1), voice = "alloy" }));
+        response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        JsonDocument.Parse(error).RootElement.GetProperty("error").GetProperty("param").GetString().Should().Be("input");
+        (await PostAsync(JsonSerializer.Serialize(new { model = "tts", input = new string('a', Speech.MaxInput), voice = "alloy" }))).Response.StatusCode.Should().Be(HttpStatusCode.OK);
+    }
+
+    [Fact]
+    public void The_request_reader_refuses_any_mutation_with_a_request_error_and_never_anything_else()
+    {
+        Fuzz.CheckOperationReader(OperationKind.Speech, Fuzz.SpeechTemplate, Fuzz.Seed + 19);
+    }
+
+    [Fact]
+    public async Task An_upstream_answer_that_is_not_audio_fails_over_and_upstream_refusals_keep_their_status_without_the_key()
+    {
+        await using var scripted = await ScriptedUpstream.StartAsync(Ct);
+        const string KeyVariable = "PGW_TEST_SPEECH_SCRIPTED_KEY";
+        const string UpstreamKey = "sk-speech-upstream-secret-0123456789";
+        Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
+        var settings = new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "sim",
+            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
+            ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
+            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
+        };
+        string[] faults = ["embeddings-chat", "embeddings-404", "echo-400"];
+        for (var f = 0; f < faults.Length; f++)
+        {
+            settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
+            settings[$"Gateway:Providers:{f + 1}:Type"] = "OpenAICompatible";
+            settings[$"Gateway:Providers:{f + 1}:BaseUrl"] = new Uri(scripted.BaseAddress, "v1").ToString();
+            settings[$"Gateway:Providers:{f + 1}:ApiKeyEnvironmentVariable"] = KeyVariable;
+            settings[$"Gateway:Providers:{f + 1}:Headers:x-fault"] = faults[f];
+            settings[$"Gateway:Models:{2 * f}:Name"] = faults[f];
+            settings[$"Gateway:Models:{2 * f}:Deployments:0:Provider"] = faults[f];
+            settings[$"Gateway:Models:{2 * f}:Deployments:0:Model"] = "tts-1";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Name"] = faults[f] + "-then-sim";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Strategy"] = "Priority";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Provider"] = faults[f];
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Model"] = "tts-1";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Priority"] = "0";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Provider"] = "sim";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Model"] = "tts-1";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Priority"] = "1";
+        }
+
+        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
+        async Task<(HttpStatusCode Status, string Text, string Provider, string? Type)> Speak(string model)
+        {
+            using var response = await http.PostAsync("v1/audio/speech", new StringContent($$"""{"model":"{{model}}","input":"p","voice":"alloy"}""", Encoding.UTF8, "application/json"), Ct);
+            return (response.StatusCode, await response.Content.ReadAsStringAsync(Ct), Header(response, "x-gateway-provider"), response.Content.Headers.ContentType?.MediaType);
+        }
+
+        // A JSON answer (a chat completion) where audio was asked: the provider's failure, never passed on as audio.
+        var (status, text, _, type) = await Speak("embeddings-chat");
+        (status, type).Should().Be((HttpStatusCode.BadGateway, "application/json"));
+        text.Should().Contain("not a usable speech");
+        var fallback = await Speak("embeddings-chat-then-sim");
+        (fallback.Status, fallback.Provider, fallback.Type).Should().Be((HttpStatusCode.OK, "sim", "audio/mpeg"));
+
+        var (chatOnly, refusal, _, _) = await Speak("embeddings-404");
+        chatOnly.Should().Be(HttpStatusCode.BadRequest);
+        refusal.Should().Contain("serves no speech");
+        (await Speak("embeddings-404-then-sim")).Status.Should().Be(HttpStatusCode.OK);
+
+        var (rejected, rejection, _, _) = await Speak("echo-400");
+        rejected.Should().Be(HttpStatusCode.BadRequest, "the upstream refused the request itself: its status, not a 502");
+        rejection.Should().Contain("temperature is too high").And.NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);
+        await app.StopAsync(Ct);
+    }
+}
