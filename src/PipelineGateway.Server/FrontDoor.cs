@@ -65,15 +65,16 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
 
         if (HttpMethods.IsPost(ctx.Request.Method))
         {
-            if (!IsJson(ctx.Request.ContentType))
+            if (!IsJson(ctx.Request.ContentType) && !(IsUpload(path) && IsMultipart(ctx.Request.ContentType)))
             {
-                return RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type",
-                    $"The request body must be JSON (Content-Type: application/json); got '{Shorten(ctx.Request.ContentType ?? "none")}'.");
+                return RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type", IsUpload(path)
+                    ? $"The request body must be a multipart form (Content-Type: multipart/form-data) with the audio as its 'file'; got '{Shorten(ctx.Request.ContentType ?? "none")}'."
+                    : $"The request body must be JSON (Content-Type: application/json); got '{Shorten(ctx.Request.ContentType ?? "none")}'.");
             }
 
-            if (ctx.Request.ContentLength > options.MaxRequestBodyBytes)
+            if (ctx.Request.ContentLength > options.MaxRequestBodyBytes && !(IsUpload(path) && ctx.Request.ContentLength <= options.MaxUploadBytes))
             {
-                return WriteTooLargeAsync(ctx, options);
+                return WriteTooLargeAsync(ctx, options, IsUpload(path));
             }
 
             // A compressed body is not read as JSON: its bytes were a misleading "not valid UTF-8 (at byte 1)". (Not
@@ -99,8 +100,15 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         return next(ctx);
     }
 
-    public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options) =>
-        RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The request body is larger than {options.MaxRequestBodyBytes} bytes.");
+    public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options, bool upload = false) =>
+        RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The request body is larger than {(upload ? options.MaxUploadBytes : options.MaxRequestBodyBytes)} bytes.");
+
+    /// <summary>The routes that take a multipart upload (speech to text) rather than JSON.</summary>
+    internal static bool IsUpload(PathString path) =>
+        path.Value is { } p && (p.EndsWith("/audio/transcriptions", StringComparison.OrdinalIgnoreCase) || p.EndsWith("/audio/translations", StringComparison.OrdinalIgnoreCase));
+
+    private static bool IsMultipart(string? contentType) =>
+        MediaTypeHeaderValue.TryParse(contentType, out var media) && media.MediaType.Equals("multipart/form-data", StringComparison.OrdinalIgnoreCase) && media.Boundary.Length > 0;
 
     private static bool IsAdminSurface(PathString path) =>
         path.StartsWithSegments("/v1/gateway", StringComparison.OrdinalIgnoreCase)

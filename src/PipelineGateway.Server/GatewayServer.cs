@@ -74,6 +74,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
         builder.Services.AddSingleton<OperationsEndpoint>();
         builder.Services.AddSingleton<CompletionsEndpoint>();
+        builder.Services.AddSingleton<TranscriptionsEndpoint>();
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesStore>();
@@ -168,6 +169,11 @@ public static partial class GatewayServer
         app.MapPost("/v1/moderations", operations.ModerationsAsync);
         app.MapPost("/v1/images/generations", operations.ImagesAsync);
         app.MapPost("/v1/audio/speech", operations.SpeechAsync);
+        var transcriptions = app.Services.GetRequiredService<TranscriptionsEndpoint>();
+        app.MapPost("/v1/audio/transcriptions", transcriptions.TranscriptionsAsync);
+        app.MapPost("/v1/audio/translations", transcriptions.TranslationsAsync);
+        app.MapPost("/openai/deployments/{deployment}/audio/transcriptions", transcriptions.AzureTranscriptionsAsync);
+        app.MapPost("/openai/deployments/{deployment}/audio/translations", transcriptions.AzureTranslationsAsync);
         app.MapPost("/openai/deployments/{deployment}/audio/speech", operations.AzureSpeechAsync);
         app.MapPost("/openai/deployments/{deployment}/images/generations", operations.AzureImagesAsync);
         var completions = app.Services.GetRequiredService<CompletionsEndpoint>();

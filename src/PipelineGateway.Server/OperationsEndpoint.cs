@@ -113,7 +113,7 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
     /// The answer with its length, the upstream's <c>data</c> bytes written a piece at a time, each flushed: the client's
     /// pace holds the writing back, so an answer of tens of MB is never copied whole into the response's buffers.
     /// </summary>
-    private static async Task WriteAsync(HttpResponse http, ChatCompletionResponse response, CancellationToken aborted)
+    internal static async Task WriteAsync(HttpResponse http, ChatCompletionResponse response, CancellationToken aborted)
     {
         var (head, tail) = Operations.Frame(response);
         var data = response.Operation!.List;

@@ -14,6 +14,13 @@ public sealed class ServerOptions
     [Range(1024, int.MaxValue)]
     public int MaxRequestBodyBytes { get; set; } = 4 * 1024 * 1024;
 
+    /// <summary>
+    /// The bound of a multipart upload (<c>/v1/audio/transcriptions</c>, <c>/v1/audio/translations</c>: the audio and the
+    /// form around it) instead of <see cref="MaxRequestBodyBytes"/>: OpenAI takes files of up to 25 MB.
+    /// </summary>
+    [Range(1024, int.MaxValue)]
+    public int MaxUploadBytes { get; set; } = 26 * 1024 * 1024;
+
     /// <summary>SSE comment keep-alives while a stream waits for its first token.</summary>
     public TimeSpan StreamKeepAlive { get; set; } = TimeSpan.FromSeconds(15);
 

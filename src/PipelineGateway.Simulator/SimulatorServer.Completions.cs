@@ -181,6 +181,69 @@ public sealed partial class SimulatorServer
         return doc.RootElement.Clone();
     }
 
+    /// <summary>
+    /// <c>POST /v1/audio/transcriptions</c> and <c>/v1/audio/translations</c> (and Azure's routes): the form read by the
+    /// gateway's own checks, a transcript made up from the audio (<see cref="SimulatedTranscripts"/>) in the format asked,
+    /// with the chat route's faults and latency.
+    /// </summary>
+    private async Task OpenAITranscriptionAsync(HttpContext ctx, OperationKind kind)
+    {
+        Interlocked.Increment(ref _requests);
+        Interlocked.Increment(ref _inFlight);
+        try
+        {
+            if (!await OpenAIKeyAcceptedAsync(ctx).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            ChatCompletionRequest request;
+            try
+            {
+                var form = await ctx.Request.ReadFormAsync(ctx.RequestAborted).ConfigureAwait(false);
+                Upload? upload = null;
+                if (form.Files.GetFile("file") is { } file)
+                {
+                    using var bytes = new MemoryStream();
+                    await file.CopyToAsync(bytes, ctx.RequestAborted).ConfigureAwait(false);
+                    upload = new Upload(bytes.ToArray(), file.FileName, file.ContentType);
+                }
+
+                request = Transcriptions.ToRequest(kind, [.. form.SelectMany(static f => f.Value.Select(v => new KeyValuePair<string, string>(f.Key, v ?? string.Empty)))], upload);
+            }
+            catch (Exception ex) when (ex is InvalidDataException or InvalidOperationException)
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", null, $"Could not parse multipart form. ({ex.Message})").ConfigureAwait(false);
+                return;
+            }
+            catch (InvalidRequestException ex)
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", null, ex.Message, ex.Param).ConfigureAwait(false);
+                return;
+            }
+
+            var plan = Plan(ctx);
+            if (!await PrepareAsync(ctx, plan, request, anthropic: false).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            var answer = SimulatedTranscripts.Answer(request.Operation!, request.Model);
+            SetRateLimitHeaders(ctx);
+            ctx.Response.ContentType = answer.MediaType;
+            ctx.Response.ContentLength = answer.List.Length;
+            await ctx.Response.Body.WriteAsync(answer.List, ctx.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            Interlocked.Increment(ref _aborted);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
+    }
+
     /// <summary>Reads a body the gateway's own checks read (<paramref name="read"/>), answering 400 as OpenAI would when it is not one; null then.</summary>
     private static async Task<ChatCompletionRequest?> ReadCheckedAsync(HttpContext ctx, Func<byte[], ChatCompletionRequest> read)
     {

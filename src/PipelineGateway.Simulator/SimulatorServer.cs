@@ -82,6 +82,10 @@ public sealed partial class SimulatorServer : IAsyncDisposable
         app.MapPost("/v1/completions", OpenAICompletionsAsync);
         app.MapPost("/v1/images/generations", OpenAIImagesAsync);
         app.MapPost("/v1/audio/speech", OpenAISpeechAsync);
+        app.MapPost("/v1/audio/transcriptions", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Transcription));
+        app.MapPost("/v1/audio/translations", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Translation));
+        app.MapPost("/openai/deployments/{deployment}/audio/transcriptions", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Transcription));
+        app.MapPost("/openai/deployments/{deployment}/audio/translations", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Translation));
         app.MapPost("/openai/deployments/{deployment}/audio/speech", OpenAISpeechAsync);
         app.MapPost("/openai/deployments/{deployment}/images/generations", OpenAIImagesAsync);
         app.MapPost("/openai/deployments/{deployment}/completions", OpenAICompletionsAsync);

@@ -32,6 +32,13 @@ public sealed class ModelPrice
     /// the tokens when the model counts them (gpt-image-1). Null: images are not priced by the image.
     /// </summary>
     public decimal? PerImage { get; set; }
+
+    /// <summary>
+    /// USD per minute of audio a speech-to-text model transcribes (<c>/v1/audio/transcriptions</c>, <c>translations</c>;
+    /// whisper-1: $0.006), billed from the answer's seconds (<c>usage.seconds</c>, or verbose_json's <c>duration</c>) on top
+    /// of its tokens when it counts them (gpt-4o-transcribe). Null: audio is not priced by the minute.
+    /// </summary>
+    public decimal? PerAudioMinute { get; set; }
 }
 
 /// <summary>
@@ -74,6 +81,10 @@ internal sealed partial class PricingTable
         ["tts-1"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 0m },
         ["tts-1-hd"] = new() { InputPerMillion = 30.00m, OutputPerMillion = 0m },
         ["gpt-4o-mini-tts"] = new() { InputPerMillion = 15.00m, OutputPerMillion = 0m },
+        // Speech to text: whisper by the minute of audio, gpt-4o-transcribe by the token (audio in, text out).
+        ["whisper-1"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m, PerAudioMinute = 0.006m },
+        ["gpt-4o-transcribe"] = new() { InputPerMillion = 6.00m, OutputPerMillion = 10.00m },
+        ["gpt-4o-mini-transcribe"] = new() { InputPerMillion = 3.00m, OutputPerMillion = 5.00m },
         // Moderations: free.
         ["omni-moderation"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m },
         ["text-moderation"] = new() { InputPerMillion = 0m, OutputPerMillion = 0m },
@@ -157,6 +168,9 @@ internal sealed partial class PricingTable
                 : 0)
             + (usage.AdditionalProperties is not null && Providers.Images.Generated(usage) is > 0 and var images
                 ? images * (price.PerImage ?? Find(deployment.Model)?.PerImage ?? 0) // likewise
+                : 0)
+            + (usage.AdditionalProperties is not null && Providers.Transcriptions.Seconds(usage) is > 0 and var seconds
+                ? (decimal)seconds / 60m * (price.PerAudioMinute ?? Find(deployment.Model)?.PerAudioMinute ?? 0) // likewise
                 : 0);
     }
 

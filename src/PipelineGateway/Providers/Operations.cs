@@ -17,18 +17,29 @@ internal enum OperationKind
 
     /// <summary><c>POST /v1/audio/speech</c> (<see cref="Providers.Speech"/>): the answer is audio, not JSON.</summary>
     Speech,
+
+    /// <summary><c>POST /v1/audio/transcriptions</c> (<see cref="Providers.Transcriptions"/>): a multipart form in.</summary>
+    Transcription,
+
+    /// <summary><c>POST /v1/audio/translations</c> (<see cref="Providers.Transcriptions"/>): a transcription into English.</summary>
+    Translation,
 }
 
 /// <summary>An operation's request: its kind and its body as the caller sent it (checked), which the upstream gets with the deployment's model.</summary>
 internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
 {
+    /// <summary>A multipart request's file (a transcription's audio); the body then holds the form's text fields.</summary>
+    public Upload? Upload { get; init; }
+
     /// <summary>The upstream route under the provider's base URL (<c>embeddings</c>, <c>moderations</c>).</summary>
     public string Path => Kind switch
     {
         OperationKind.Embeddings => "embeddings",
         OperationKind.Moderations => "moderations",
         OperationKind.Images => "images/generations",
-        _ => "audio/speech",
+        OperationKind.Speech => "audio/speech",
+        OperationKind.Transcription => "audio/transcriptions",
+        _ => "audio/translations",
     };
 
     /// <summary>How many answers the request asks for (embeddings, moderation results: one per input; images: <c>n</c>).</summary>
@@ -36,9 +47,9 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
     {
         get
         {
-            if (Kind is OperationKind.Images or OperationKind.Speech)
+            if (Kind is OperationKind.Images or OperationKind.Speech or OperationKind.Transcription or OperationKind.Translation)
             {
-                return Kind == OperationKind.Speech ? 1 : Images.Count(Body);
+                return Kind == OperationKind.Images ? Images.Count(Body) : 1;
             }
 
             var input = Body.GetProperty("input");
@@ -107,7 +118,8 @@ internal static class Operations
         OperationKind.Embeddings => Embeddings.ToRequest(Parse(body), model),
         OperationKind.Moderations => Moderations.ToRequest(Parse(body), model),
         OperationKind.Images => Images.ToRequest(Parse(body), model),
-        _ => Speech.ToRequest(Parse(body), model),
+        OperationKind.Speech => Speech.ToRequest(Parse(body), model),
+        _ => throw new InvalidOperationException("A transcription is a multipart form, not JSON (Transcriptions.ToRequest)."),
     };
 
     /// <summary>
@@ -174,6 +186,11 @@ internal static class Operations
             return Speech.Characters(operation); // speech is counted and priced in characters
         }
 
+        if (operation.Upload is not null)
+        {
+            return Transcriptions.PromptTokens(operation, count);
+        }
+
         var input = operation.Body.GetProperty("input");
         if (input.ValueKind == JsonValueKind.String)
         {
@@ -228,6 +245,12 @@ internal static class Operations
     /// <param name="error">An <c>error</c> object the body carries (a 200 that is an error), for the caller to classify.</param>
     /// <exception cref="JsonException">The body is not JSON, or not an object.</exception>
     /// <exception cref="ProviderException">An item of the list is not what the API answers (retryable: the provider's failure).</exception>
+    public static ChatCompletionResponse ReadAnswer(OperationRequest operation, ReadOnlyMemory<byte> json, bool copy, string provider, out JsonElement? error) =>
+        operation.Upload is not null
+            ? Transcriptions.ReadAnswer(operation.Kind, Transcriptions.Format(operation), json, copy, out error) // JSON or text, as asked
+            : ReadAnswer(operation.Kind, json, copy, provider, out error);
+
+    /// <summary>The same, for an answer whose kind alone says how to read it (not a transcription's).</summary>
     public static ChatCompletionResponse ReadAnswer(OperationKind kind, ReadOnlyMemory<byte> json, bool copy, string provider, out JsonElement? error)
     {
         if (kind == OperationKind.Speech)
@@ -439,7 +462,7 @@ internal static class Operations
         var operation = request.Operation!;
         if (response?.Operation is not { } answer || answer.Kind != operation.Kind)
         {
-            throw Unusable(provider, operation.Kind, $"it has no {operation.Kind switch { OperationKind.Moderations => "'results' list", OperationKind.Speech => "audio", _ => "'data' list" }}");
+            throw Unusable(provider, operation.Kind, $"it has no {operation.Kind switch { OperationKind.Moderations => "'results' list", OperationKind.Speech => "audio", OperationKind.Transcription or OperationKind.Translation => "transcript in the format asked", _ => "'data' list" }}");
         }
 
         if (answer.Count != operation.InputCount)
@@ -472,9 +495,9 @@ internal static class Operations
     /// </summary>
     public static (byte[] Head, byte[] Tail) Frame(ChatCompletionResponse response)
     {
-        if (response.Operation!.Kind == OperationKind.Speech)
+        if (response.Operation!.Kind is OperationKind.Speech or OperationKind.Transcription or OperationKind.Translation)
         {
-            return ([], []); // the audio alone
+            return ([], []); // the audio, or the transcript as the upstream wrote it
         }
 
         var buffer = new ArrayBufferWriter<byte>(128);
@@ -546,7 +569,9 @@ internal static class Operations
         OperationKind.Embeddings => "embeddings",
         OperationKind.Moderations => "moderations",
         OperationKind.Images => "image generation",
-        _ => "speech",
+        OperationKind.Speech => "speech",
+        OperationKind.Transcription => "transcription",
+        _ => "translation",
     };
 
     /// <summary>
@@ -555,9 +580,9 @@ internal static class Operations
     /// well-known value: the API's own name).
     /// </summary>
     public static string OperationName(ChatCompletionRequest request) => request.Operation is { } operation
-        ? operation.Kind switch { OperationKind.Images => "image_generation", OperationKind.Speech => "text_to_speech", _ => Name(operation.Kind) }
+        ? operation.Kind switch { OperationKind.Images => "image_generation", OperationKind.Speech => "text_to_speech", OperationKind.Transcription => "speech_to_text", OperationKind.Translation => "speech_translation", _ => Name(operation.Kind) }
         : request.TextCompletion is null ? "chat" : "text_completion";
 
     private static ProviderException Unusable(string provider, OperationKind kind, string why) =>
-        new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable {kind switch { OperationKind.Embeddings => "embeddings list", OperationKind.Moderations => "moderation", OperationKind.Images => "image generation", _ => "speech" }}: {why}.");
+        new(AttemptOutcome.RetryableError, $"'{provider}' returned an answer that is not a usable {kind switch { OperationKind.Embeddings => "embeddings list", OperationKind.Moderations => "moderation", _ => Name(kind) }}: {why}.");
 }

@@ -367,6 +367,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
                 : r.Operation is { } operation ? operation.Kind switch // not a text to keep
                 {
                     Providers.OperationKind.Speech => $"[{operation.MediaType}, {operation.List.Length} bytes]",
+                    Providers.OperationKind.Transcription or Providers.OperationKind.Translation => $"[{operation.Kind.ToString().ToLowerInvariant()}, {operation.List.Length} bytes]",
                     var kind => $"[{operation.Count} {kind switch { Providers.OperationKind.Embeddings => "embeddings", Providers.OperationKind.Moderations => "moderation results", _ => "images" }}]",
                 }
                 : Cap(SecretRedactor.Redact(r.Content));

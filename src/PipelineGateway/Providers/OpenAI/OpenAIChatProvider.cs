@@ -87,13 +87,19 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     {
         var content = new ByteArrayContent(body);
         content.Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=utf-8");
+        return Post(uri, content, accept ?? (stream ? "text/event-stream" : "application/json"));
+    }
+
+    /// <summary>A POST of <paramref name="content"/> (JSON, or a multipart form) with the key and the configured headers.</summary>
+    private HttpRequestMessage Post(Uri uri, HttpContent content, string accept)
+    {
         var message = new HttpRequestMessage(HttpMethod.Post, uri) { Content = content };
         if (_authorization is not null)
         {
             message.Headers.TryAddWithoutValidation(_azure ? "api-key" : "Authorization", _authorization);
         }
 
-        message.Headers.TryAddWithoutValidation("Accept", accept ?? (stream ? "text/event-stream" : "application/json"));
+        message.Headers.TryAddWithoutValidation("Accept", accept);
         foreach (var (header, value) in Options.Headers)
         {
             message.Headers.TryAddWithoutValidation(header, value);
@@ -112,7 +118,9 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         var uri = _azure
             ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/{operation.Path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
             : new Uri(_base, operation.Path);
-        using var message = Post(uri, Operations.UpstreamBody(operation, request.Model), stream: false, operation.Kind == OperationKind.Speech ? "audio/*, application/json" : null);
+        using var message = operation.Upload is null
+            ? Post(uri, Operations.UpstreamBody(operation, request.Model), stream: false, operation.Kind == OperationKind.Speech ? "audio/*, application/json" : null)
+            : Post(uri, Transcriptions.UpstreamForm(operation, request.Model), "application/json, text/plain"); // the caller's form again
         PooledBody body;
         int status;
         bool events;
@@ -139,7 +147,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             // Read in one pass, the list kept as its bytes — copied out of a pooled buffer, or, for a big answer (tens of
             // MB of vectors for 2,048 inputs) read into an array of its own, left where it is: a parsed document would
             // hold them twice over.
-            var response = Operations.ReadAnswer(operation.Kind, body.Memory, copy: body.Pooled, Name, out var error);
+            var response = Operations.ReadAnswer(operation, body.Memory, copy: body.Pooled, Name, out var error);
             if (response.Operation is null && error is { ValueKind: JsonValueKind.Object } e)
             {
                 throw UpstreamErrorIn(e, "its answer (with a 200)");

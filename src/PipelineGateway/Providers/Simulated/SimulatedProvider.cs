@@ -53,6 +53,12 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
             return new ChatCompletionResponse { Model = request.Model, Choices = [], Operation = SimulatedModerations.Results(operation, draw) };
         }
 
+        if (operation.Upload is not null)
+        {
+            var transcript = SimulatedTranscripts.Answer(operation, request.Model);
+            return Operations.ReadAnswer(operation, transcript.List, copy: false, Name, out _) is { Operation: not null } read ? read : throw new InvalidOperationException("The simulated transcript could not be read.");
+        }
+
         if (operation.Kind == OperationKind.Speech)
         {
             return new ChatCompletionResponse { Model = request.Model, Choices = [], Operation = SimulatedSpeech.Audio(operation) };

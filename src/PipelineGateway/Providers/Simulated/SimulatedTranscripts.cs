@@ -1,0 +1,109 @@
+using System.Buffers.Binary;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace PipelineGateway.Providers.Simulated;
+
+/// <summary>
+/// Transcripts as OpenAI answers them, made up deterministically for both simulators: words drawn from the audio's bytes,
+/// about 2.5 a second of audio (a WAV's length from its header, an MP3's from its 128 kbit/s frames, anything else at
+/// 128 kbit/s), in the format asked — <c>json</c> and <c>verbose_json</c> with the usage whisper-1 reports (seconds) or
+/// gpt-4o-transcribe reports (tokens), or <c>text</c>, <c>srt</c>, <c>vtt</c>.
+/// </summary>
+internal static class SimulatedTranscripts
+{
+    /// <summary>The answer to a checked transcription or translation request to <paramref name="model"/>.</summary>
+    public static OperationAnswer Answer(OperationRequest operation, string model)
+    {
+        var audio = operation.Upload!.Bytes.Span;
+        var seconds = Math.Max(0.1, Seconds(audio));
+        var hash = (ulong)System.IO.Hashing.XxHash64.HashToUInt64(audio);
+        var words = SimulatedText.Answer(hash.ToString(CultureInfo.InvariantCulture), 7, Math.Clamp((int)(seconds * 2.5), 1, 400));
+        var text = string.Join(' ', words);
+        var format = Transcriptions.Format(operation);
+        var end = Time(seconds, ',');
+        var body = format switch
+        {
+            "text" => text + "\n",
+            "srt" => $"1\n00:00:00,000 --> {end}\n{text}\n\n",
+            "vtt" => $"WEBVTT\n\n00:00:00.000 --> {Time(seconds, '.')}\n{text}\n\n",
+            _ => Json(operation, model, format == "verbose_json", text, seconds, words.Length),
+        };
+        return new OperationAnswer(operation.Kind, Encoding.UTF8.GetBytes(body), 1)
+        {
+            MediaType = format is "json" or "verbose_json" ? "application/json" : "text/plain; charset=utf-8",
+        };
+    }
+
+    private static string Json(OperationRequest operation, string model, bool verbose, string text, double seconds, int words)
+    {
+        using var buffer = new MemoryStream();
+        using (var w = new Utf8JsonWriter(buffer))
+        {
+            w.WriteStartObject();
+            if (verbose)
+            {
+                w.WriteString("task", operation.Kind == OperationKind.Translation ? "translate" : "transcribe");
+                w.WriteString("language", "english");
+                w.WriteNumber("duration", Math.Round(seconds, 2));
+            }
+
+            w.WriteString("text", text);
+            if (verbose)
+            {
+                w.WriteStartArray("segments");
+                w.WriteStartObject();
+                w.WriteNumber("id", 0);
+                w.WriteNumber("start", 0.0);
+                w.WriteNumber("end", Math.Round(seconds, 2));
+                w.WriteString("text", text);
+                w.WriteNumber("avg_logprob", -0.2);
+                w.WriteNumber("no_speech_prob", 0.01);
+                w.WriteEndObject();
+                w.WriteEndArray();
+            }
+
+            w.WriteStartObject("usage");
+            if (model.StartsWith("whisper", StringComparison.OrdinalIgnoreCase))
+            {
+                w.WriteString("type", "duration");
+                w.WriteNumber("seconds", (int)Math.Ceiling(seconds));
+            }
+            else
+            {
+                var input = (int)Math.Ceiling(seconds * 10); // about gpt-4o-transcribe's audio tokens a second
+                w.WriteString("type", "tokens");
+                w.WriteNumber("input_tokens", input);
+                w.WriteNumber("output_tokens", words);
+                w.WriteNumber("total_tokens", input + words);
+            }
+
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+
+        return Encoding.UTF8.GetString(buffer.ToArray());
+    }
+
+    /// <summary>Seconds of audio: a WAV's from its header, else at 128 kbit/s (an MP3's frames at that rate).</summary>
+    internal static double Seconds(ReadOnlySpan<byte> audio)
+    {
+        if (audio.Length >= 44 && audio[..4].SequenceEqual("RIFF"u8) && audio[8..12].SequenceEqual("WAVE"u8))
+        {
+            var rate = BinaryPrimitives.ReadInt32LittleEndian(audio[28..]);
+            if (rate > 0)
+            {
+                return (audio.Length - 44) / (double)rate;
+            }
+        }
+
+        return audio.Length * 8 / 128_000.0;
+    }
+
+    private static string Time(double seconds, char separator)
+    {
+        var t = TimeSpan.FromSeconds(seconds);
+        return $"{(int)t.TotalHours:00}:{t.Minutes:00}:{t.Seconds:00}{separator}{t.Milliseconds:000}";
+    }
+}

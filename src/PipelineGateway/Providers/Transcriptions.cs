@@ -1,0 +1,265 @@
+using System.Buffers;
+using System.Text.Json;
+
+namespace PipelineGateway.Providers;
+
+/// <summary>An uploaded file of a multipart request (the audio of a transcription): its bytes, name and media type as sent.</summary>
+internal sealed record Upload(ReadOnlyMemory<byte> Bytes, string FileName, string? ContentType);
+
+/// <summary>
+/// OpenAI's speech-to-text requests (<c>POST /v1/audio/transcriptions</c>, <c>/v1/audio/translations</c>: multipart
+/// forms) as the pipeline carries them (<see cref="Operations"/>): the form's text fields as a JSON object (each a string,
+/// a repeated field — <c>timestamp_granularities[]</c>, <c>include[]</c> — a list of strings), what the upstream gets
+/// again as a form with the deployment's model; the audio as an <see cref="Upload"/>. The answer is kept as it came: JSON
+/// (<c>json</c>, <c>verbose_json</c>: checked to hold a <c>text</c>) or plain text (<c>text</c>, <c>srt</c>, <c>vtt</c>).
+/// Billed from the answer's usage: tokens (gpt-4o-transcribe), or seconds of audio (whisper-1's
+/// <c>{"type":"duration","seconds":…}</c>, verbose_json's <c>duration</c>) at <see cref="Cost.ModelPrice.PerAudioMinute"/>.
+/// </summary>
+internal static class Transcriptions
+{
+    /// <summary>OpenAI's bound on the audio file.</summary>
+    public const int MaxFileBytes = 25 * 1024 * 1024;
+
+    private static readonly string[] Formats = ["json", "text", "srt", "verbose_json", "vtt"];
+
+    /// <summary>The usage member that carries seconds of audio for pricing; never written out.</summary>
+    private const string SecondsMember = "audio_seconds";
+
+    /// <summary>
+    /// Checks a form's fields and file and makes the pipeline's request: <c>model</c> (unless the route names one),
+    /// <c>file</c> (non-empty, at most <see cref="MaxFileBytes"/>), <c>response_format</c>, <c>temperature</c> (0–1),
+    /// <c>language</c>, <c>prompt</c>, <c>timestamp_granularities[]</c> (<c>word</c>, <c>segment</c>); <c>stream</c> refused.
+    /// Other fields are sent on as they came.
+    /// </summary>
+    /// <exception cref="InvalidRequestException">A field is missing or not what the API allows; its name is the error's param.</exception>
+    public static ChatCompletionRequest ToRequest(OperationKind kind, IReadOnlyList<KeyValuePair<string, string>> fields, Upload? file, string? route = null)
+    {
+        string? Field(string name)
+        {
+            string? value = null;
+            foreach (var (key, v) in fields)
+            {
+                if (key == name)
+                {
+                    value = value is null ? v : throw new InvalidRequestException(name, $"'{name}' is given more than once.");
+                }
+            }
+
+            return value;
+        }
+
+        var model = route ?? Field("model");
+        if (string.IsNullOrEmpty(model))
+        {
+            throw new InvalidRequestException("model", "'model' is required: a form field naming a speech-to-text model.");
+        }
+
+        if (file is null || file.Bytes.IsEmpty)
+        {
+            throw new InvalidRequestException("file", "'file' is required: the audio to transcribe, as a file part of the form (flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav or webm).");
+        }
+
+        if (file.Bytes.Length > MaxFileBytes)
+        {
+            throw new InvalidRequestException("file", $"'file' must be at most {MaxFileBytes / (1024 * 1024)} MB (it has {file.Bytes.Length} bytes).");
+        }
+
+        Format(Field("response_format"));
+        if (Field("temperature") is { } t && !(double.TryParse(t, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var temperature) && temperature is >= 0 and <= 1))
+        {
+            throw new InvalidRequestException("temperature", "'temperature' must be a number from 0 to 1.");
+        }
+
+        if (Field("stream") is { } stream && !stream.Equals("false", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new InvalidRequestException("stream", "A transcription is answered whole through the gateway: ask without 'stream'.");
+        }
+
+        foreach (var (key, value) in fields)
+        {
+            if (key is "timestamp_granularities[]" or "timestamp_granularities" && value is not ("word" or "segment"))
+            {
+                throw new InvalidRequestException("timestamp_granularities[]", "'timestamp_granularities[]' must be \"word\" or \"segment\".");
+            }
+        }
+
+        if (kind == OperationKind.Translation && Field("language") is not null)
+        {
+            throw new InvalidRequestException("language", "A translation takes no 'language': its answer is English.");
+        }
+
+        var prompt = Field("prompt");
+        return new ChatCompletionRequest
+        {
+            Model = model,
+            Messages = [ChatCompletionMessage.User($"[{file.FileName}, {file.Bytes.Length} bytes of audio]{(prompt is null ? string.Empty : "\n\n" + prompt)}")],
+            Temperature = null, // a transcription's temperature is no reason to keep it from the cache: it is never cached
+            Operation = new OperationRequest(kind, Fields(fields, model)) { Upload = file },
+        };
+    }
+
+    /// <summary>The fields as one JSON object (repeated names a list), the model the pipeline's.</summary>
+    private static JsonElement Fields(IReadOnlyList<KeyValuePair<string, string>> fields, string model)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var w = new Utf8JsonWriter(buffer))
+        {
+            w.WriteStartObject();
+            w.WriteString("model", model);
+            foreach (var group in fields.Where(static f => f.Key != "model").GroupBy(static f => f.Key, StringComparer.Ordinal))
+            {
+                if (group.Key.EndsWith("[]", StringComparison.Ordinal) || group.Count() > 1)
+                {
+                    w.WriteStartArray(group.Key);
+                    foreach (var (_, value) in group)
+                    {
+                        w.WriteStringValue(value);
+                    }
+
+                    w.WriteEndArray();
+                }
+                else
+                {
+                    w.WriteString(group.Key, group.First().Value);
+                }
+            }
+
+            w.WriteEndObject();
+        }
+
+        using var doc = JsonDocument.Parse(buffer.WrittenMemory);
+        return doc.RootElement.Clone();
+    }
+
+    /// <summary>The answer format a request asks for (<c>json</c> when left out).</summary>
+    public static string Format(string? format) =>
+        format is null ? "json"
+        : Array.IndexOf(Formats, format) >= 0 ? format
+        : throw new InvalidRequestException("response_format", $"'response_format' must be one of {string.Join(", ", Formats)}.");
+
+    /// <summary>The answer format of a checked request.</summary>
+    public static string Format(OperationRequest operation) =>
+        Format(operation.Body.TryGetProperty("response_format", out var f) && f.ValueKind == JsonValueKind.String ? f.GetString() : null);
+
+    /// <summary>The upstream's form: the fields (the deployment's model) and the file, as the caller sent them.</summary>
+    public static MultipartFormDataContent UpstreamForm(OperationRequest operation, string model)
+    {
+        var form = new MultipartFormDataContent();
+        form.Add(new StringContent(model), "model");
+        foreach (var field in operation.Body.EnumerateObject())
+        {
+            if (field.NameEquals("model"))
+            {
+                continue;
+            }
+
+            if (field.Value.ValueKind == JsonValueKind.Array)
+            {
+                foreach (var value in field.Value.EnumerateArray())
+                {
+                    form.Add(new StringContent(value.GetString()!), field.Name);
+                }
+            }
+            else
+            {
+                form.Add(new StringContent(field.Value.GetString()!), field.Name);
+            }
+        }
+
+        var upload = operation.Upload!;
+        var file = new ReadOnlyMemoryContent(upload.Bytes);
+        if (upload.ContentType is { } type && System.Net.Http.Headers.MediaTypeHeaderValue.TryParse(type, out var media))
+        {
+            file.Headers.ContentType = media;
+        }
+
+        form.Add(file, "file", upload.FileName);
+        return form;
+    }
+
+    /// <summary>Prompt tokens at admission: the <c>prompt</c> field's (the audio's are known only from the answer).</summary>
+    public static int PromptTokens(OperationRequest operation, Func<string, int> count) =>
+        operation.Body.TryGetProperty("prompt", out var p) && p.ValueKind == JsonValueKind.String ? count(p.GetString()!) : 0;
+
+    /// <summary>
+    /// An upstream's answer, for <paramref name="format"/>: JSON with a <c>text</c> (its usage read: tokens, or seconds of
+    /// audio), or plain text — unless it is a JSON object with an <c>error</c> (<paramref name="error"/>) or, where JSON was
+    /// asked, without a <c>text</c> (no answer: the provider's failure).
+    /// </summary>
+    public static ChatCompletionResponse ReadAnswer(OperationKind kind, string format, ReadOnlyMemory<byte> body, bool copy, out JsonElement? error)
+    {
+        error = null;
+        var json = format is "json" or "verbose_json";
+        var response = new ChatCompletionResponse { Choices = [] };
+        var start = body.Span.IndexOfAnyExcept(" \t\r\n"u8);
+        if (start >= 0 && body.Span[start] == (byte)'{')
+        {
+            try
+            {
+                using var doc = JsonDocument.Parse(body);
+                var root = doc.RootElement;
+                if (root.TryGetProperty("error", out var e))
+                {
+                    error = e.Clone();
+                    return response;
+                }
+
+                if (!json || !root.TryGetProperty("text", out var text) || text.ValueKind != JsonValueKind.String)
+                {
+                    return response; // JSON without a transcript, or JSON where text was asked: no answer
+                }
+
+                response.Usage = Usage(root);
+            }
+            catch (JsonException)
+            {
+                if (json)
+                {
+                    return response;
+                }
+            }
+        }
+        else if (json || body.IsEmpty)
+        {
+            return response;
+        }
+
+        response.Operation = new OperationAnswer(kind, copy ? body.ToArray() : body, 1)
+        {
+            MediaType = json ? "application/json" : "text/plain; charset=utf-8",
+        };
+        return response;
+    }
+
+    /// <summary>The answer's usage: tokens (<c>input_tokens</c>, <c>output_tokens</c>), or seconds of audio (<c>seconds</c>, or verbose_json's <c>duration</c>).</summary>
+    private static TokenUsage? Usage(JsonElement root)
+    {
+        double? seconds = root.TryGetProperty("duration", out var d) && d.ValueKind == JsonValueKind.Number ? d.GetDouble() : null;
+        TokenUsage? usage = null;
+        if (root.TryGetProperty("usage", out var u) && u.ValueKind == JsonValueKind.Object)
+        {
+            if (u.TryGetProperty("seconds", out var s) && s.ValueKind == JsonValueKind.Number)
+            {
+                seconds = s.GetDouble();
+            }
+
+            int Count(string name) => u.TryGetProperty(name, out var n) && n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out var c) && c >= 0 ? c : 0;
+            if (Count("input_tokens") + Count("output_tokens") > 0)
+            {
+                usage = TokenUsage.Of(Count("input_tokens"), Count("output_tokens"));
+            }
+        }
+
+        if (seconds is > 0 and < 1e7)
+        {
+            usage ??= new TokenUsage();
+            (usage.AdditionalProperties ??= [])[SecondsMember] = JsonSerializer.SerializeToElement(seconds.Value, GatewayJsonContext.Default.Double);
+        }
+
+        return usage;
+    }
+
+    /// <summary>The seconds of audio an answer's usage says were transcribed (0 for any other answer).</summary>
+    public static double Seconds(TokenUsage usage) =>
+        usage.AdditionalProperties?.TryGetValue(SecondsMember, out var s) == true && s.ValueKind == JsonValueKind.Number && s.GetDouble() is > 0 and var seconds ? seconds : 0;
+}

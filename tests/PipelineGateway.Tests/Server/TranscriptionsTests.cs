@@ -1,0 +1,382 @@
+using System.ClientModel;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using CsCheck;
+using FluentAssertions;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using OpenAI;
+using OpenAI.Audio;
+using PipelineGateway.Hosting;
+using PipelineGateway.Providers;
+using PipelineGateway.Providers.Simulated;
+using PipelineGateway.Server;
+using PipelineGateway.Sqlite;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// <c>POST /v1/audio/transcriptions</c> and <c>/v1/audio/translations</c> over real HTTP: the official OpenAI .NET SDK
+/// through the gateway, the multipart form sent on (the audio byte for byte, the fields, the deployment's model), the
+/// transcript as the upstream wrote it in every format, billing by the minute and by the token alike in the header, the
+/// log and the metrics, providers without the API passed over, the upload bound, refusals of bad forms, a hostile upstream,
+/// Azure's routes, and a CsCheck property over generated forms.
+/// </summary>
+public sealed class TranscriptionsTests : IAsyncLifetime
+{
+    private readonly BatchFiles _files = new();
+    private SimulatorFleet _fleet = null!;
+    private HttpClient _http = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>Three seconds of silent WAV, as the speech simulator makes it.</summary>
+    private static readonly byte[] Wav = SimulatedSpeech.Audio(Speech.ToRequest(JsonDocument.Parse("""{"model":"m","input":"one two three four five six seven","voice":"alloy","response_format":"wav","speed":0.9334}""").RootElement).Operation!).List.ToArray();
+
+    public async ValueTask InitializeAsync()
+    {
+        _fleet = await SimulatorFleet.StartAsync(
+            [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
+            [("whisper", ["sim"]), ("stt-mixed", ["claude", "sim"]), ("stt-claude", ["claude"])],
+            "whisper-1",
+            new Dictionary<string, string?>
+            {
+                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
+                ["Gateway:RequestLog:LogBodies"] = "true",
+                ["Gateway:Server:MaxRequestBodyBytes"] = "65536",
+                ["Gateway:Server:MaxUploadBytes"] = "262144",
+                ["Gateway:Models:3:Name"] = "gpt-4o-transcribe",
+                ["Gateway:Models:3:Deployments:0:Provider"] = "sim",
+                ["Gateway:Models:3:Deployments:0:Model"] = "gpt-4o-transcribe",
+            },
+            Ct,
+            s => s.AddPipelineGateway().AddSqliteRequestLog());
+        _http = new HttpClient { BaseAddress = _fleet.Base };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _http.Dispose();
+        await _fleet.DisposeAsync();
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        _files.Dispose();
+    }
+
+    private static MultipartFormDataContent Form(string? model, byte[]? audio, params (string Name, string Value)[] fields)
+    {
+        var form = new MultipartFormDataContent();
+        if (model is not null)
+        {
+            form.Add(new StringContent(model), "model");
+        }
+
+        foreach (var (name, value) in fields)
+        {
+            form.Add(new StringContent(value), name);
+        }
+
+        if (audio is not null)
+        {
+            var file = new ByteArrayContent(audio);
+            file.Headers.ContentType = new MediaTypeHeaderValue("audio/wav");
+            form.Add(file, "file", "speech.wav");
+        }
+
+        return form;
+    }
+
+    private async Task<(HttpResponseMessage Response, string Text)> PostAsync(HttpContent form, string path = "v1/audio/transcriptions", HttpClient? http = null)
+    {
+        var response = await (http ?? _http).PostAsync(path, form, Ct);
+        return (response, await response.Content.ReadAsStringAsync(Ct));
+    }
+
+    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
+
+    private static decimal Cost(HttpResponseMessage response) => decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture);
+
+    [Fact]
+    public async Task The_OpenAI_SDK_transcribes_and_translates_through_the_gateway_billed_by_the_minute_alike_everywhere()
+    {
+        var client = new AudioClient("whisper", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
+        var transcription = (await client.TranscribeAudioAsync(new MemoryStream(Wav), "speech.wav", new AudioTranscriptionOptions { ResponseFormat = AudioTranscriptionFormat.Verbose, Language = "en" }, Ct)).Value;
+        transcription.Text.Should().NotBeNullOrWhiteSpace();
+        transcription.Duration!.Value.TotalSeconds.Should().BeApproximately(3, 0.1, "the WAV's length, as the upstream read it");
+        var translation = (await client.TranslateAudioAsync(new MemoryStream(Wav), "speech.wav", cancellationToken: Ct)).Value;
+        translation.Text.Should().Be(transcription.Text, "the simulator's words are the audio's, whatever the task");
+
+        // The transcript as the upstream wrote it, byte for byte; whisper-1 by the minute ($0.006): 3 s.
+        var (response, through) = await PostAsync(Form("whisper", Wav, ("temperature", "0.2")));
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        var (_, direct) = await PostAsync(Form("whisper-1", Wav, ("temperature", "0.2")), "v1/audio/transcriptions", new HttpClient { BaseAddress = _fleet.Sims["sim"].BaseAddress });
+        through.Should().Be(direct);
+        JsonDocument.Parse(through).RootElement.GetProperty("usage").GetProperty("seconds").GetInt32().Should().Be(3);
+        Cost(response).Should().Be(3m / 60m * 0.006m);
+
+        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
+        var row = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=1", Ct)).RootElement.GetProperty("data")[0];
+        row.GetProperty("request_id").GetString().Should().Be(Header(response, "x-request-id"));
+        row.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(response));
+        row.GetProperty("answer").GetString().Should().Be($"[transcription, {Encoding.UTF8.GetByteCount(through)} bytes]");
+        row.GetProperty("prompt").GetString().Should().Contain("speech.wav").And.Contain($"{Wav.Length} bytes of audio");
+        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
+        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost, "the log and the metrics agree");
+    }
+
+    [Theory]
+    [InlineData("text", "text/plain")]
+    [InlineData("srt", "text/plain")]
+    [InlineData("vtt", "text/plain")]
+    [InlineData("verbose_json", "application/json")]
+    public async Task Every_format_reaches_the_caller_as_the_upstream_wrote_it(string format, string mediaType)
+    {
+        var (response, text) = await PostAsync(Form("whisper", Wav, ("response_format", format)));
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        response.Content.Headers.ContentType!.MediaType.Should().Be(mediaType);
+        var (_, direct) = await PostAsync(Form("whisper-1", Wav, ("response_format", format)), "v1/audio/transcriptions", new HttpClient { BaseAddress = _fleet.Sims["sim"].BaseAddress });
+        text.Should().Be(direct);
+        if (format == "vtt")
+        {
+            text.Should().StartWith("WEBVTT");
+        }
+    }
+
+    [Fact]
+    public async Task GPT_4o_transcribe_is_billed_by_the_token_and_the_form_reaches_the_upstream_whole()
+    {
+        var (response, text) = await PostAsync(Form("gpt-4o-transcribe", Wav, ("prompt", "a test"), ("timestamp_granularities[]", "word"), ("timestamp_granularities[]", "segment")));
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        var usage = JsonDocument.Parse(text).RootElement.GetProperty("usage");
+        Cost(response).Should().Be(((usage.GetProperty("input_tokens").GetInt32() * 6m) + (usage.GetProperty("output_tokens").GetInt32() * 10m)) / 1_000_000m).And.BePositive();
+    }
+
+    [Fact]
+    public async Task The_adapter_sends_the_callers_form_with_the_deployments_model_and_the_audio_byte_for_byte()
+    {
+        var stub = new FormCapture("""{"text":"hello","usage":{"type":"duration","seconds":2}}""");
+        using var provider = new PipelineGateway.Providers.OpenAI.OpenAIChatProvider("openai", new HttpClient(stub), new ProviderOptions { Name = "openai", Type = ProviderTypes.OpenAI, BaseUrl = "https://api.example.test/v1" }, "sk-test", TimeProvider.System, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var request = Transcriptions.ToRequest(OperationKind.Translation, [new("model", "group"), new("prompt", "p"), new("include[]", "logprobs"), new("include[]", "x")], new Upload(Wav, "a.wav", "audio/wav"));
+
+        var response = Operations.Accept(await provider.SendAsync(new ProviderRequest(request, "whisper-1"), Ct), request, "openai");
+
+        stub.Uri.Should().Be("https://api.example.test/v1/audio/translations");
+        stub.MediaType.Should().Be("multipart/form-data");
+        var sent = await stub.ReadAsync(Ct);
+        sent.Fields.Should().Equal(("model", "whisper-1"), ("prompt", "p"), ("include[]", "logprobs"), ("include[]", "x"));
+        (sent.FileName, sent.File).Should().Be(("a.wav", Convert.ToBase64String(Wav)));
+        Encoding.UTF8.GetString(response.Operation!.List.Span).Should().Be("""{"text":"hello","usage":{"type":"duration","seconds":2}}""");
+        PipelineGateway.Providers.Transcriptions.Seconds(response.Usage!).Should().Be(2);
+    }
+
+    [Fact]
+    public async Task A_provider_without_the_API_is_passed_over_unsent_and_the_upload_bound_holds()
+    {
+        var (mixed, _) = await PostAsync(Form("stt-mixed", Wav));
+        (mixed.StatusCode, Header(mixed, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
+        var (refused, error) = await PostAsync(Form("stt-claude", Wav));
+        refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        error.Should().Contain("no transcription API");
+        _fleet.Sims["claude"].Requests.Should().Be(0);
+
+        // Above the JSON bound (64 KiB here) but within the upload bound (256 KiB): served; above that: 413.
+        var big = new byte[200 * 1024];
+        Wav.CopyTo(big, 0);
+        (await PostAsync(Form("whisper", big))).Response.StatusCode.Should().Be(HttpStatusCode.OK);
+        using var tooBigRequest = new HttpRequestMessage(HttpMethod.Post, "v1/audio/transcriptions") { Content = Form("whisper", new byte[300 * 1024]) };
+        tooBigRequest.Headers.ExpectContinue = true; // refused before the body is sent, as a careful client asks
+        using var tooBig = await _http.SendAsync(tooBigRequest, Ct);
+        var refusal = await tooBig.Content.ReadAsStringAsync(Ct);
+        tooBig.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
+        refusal.Should().Contain("262144");
+        var (json, _) = await PostAsync(new StringContent(new string('x', 100_000), Encoding.UTF8, "application/json"));
+        json.StatusCode.Should().BeOneOf(HttpStatusCode.RequestEntityTooLarge, HttpStatusCode.UnsupportedMediaType);
+    }
+
+    [Fact]
+    public async Task Azures_routes_serve_the_deployment_in_their_path()
+    {
+        var (response, text) = await PostAsync(Form(null, Wav), "openai/deployments/whisper/audio/transcriptions?api-version=2024-10-21");
+        response.StatusCode.Should().Be(HttpStatusCode.OK, text);
+        var (translated, _) = await PostAsync(Form(null, Wav), "openai/deployments/whisper/audio/translations?api-version=2024-10-21");
+        translated.StatusCode.Should().Be(HttpStatusCode.OK);
+    }
+
+    public static TheoryData<string, string?> BadForms() => new()
+    {
+        { "no-model", "model" },
+        { "no-file", "file" },
+        { "empty-file", "file" },
+        { "two-files", "file" },
+        { "format", "response_format" },
+        { "temperature", "temperature" },
+        { "stream", "stream" },
+        { "granularity", "timestamp_granularities[]" },
+        { "two-models", "model" },
+        { "json", null },
+        { "no-boundary", null },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadForms))]
+    public async Task A_bad_form_is_a_4xx_naming_its_field_and_reaches_no_upstream(string bad, string? param)
+    {
+        HttpContent form = bad switch
+        {
+            "no-model" => Form(null, Wav),
+            "no-file" => Form("whisper", null),
+            "empty-file" => Form("whisper", []),
+            "two-files" => WithSecondFile(Form("whisper", Wav)),
+            "format" => Form("whisper", Wav, ("response_format", "xml")),
+            "temperature" => Form("whisper", Wav, ("temperature", "1.5")),
+            "stream" => Form("whisper", Wav, ("stream", "true")),
+            "granularity" => Form("whisper", Wav, ("timestamp_granularities[]", "sentence")),
+            "two-models" => Form("whisper", Wav, ("model", "whisper")),
+            "json" => new StringContent("""{"model":"whisper"}""", Encoding.UTF8, "application/json"),
+            _ => new StringContent("--x\r\n", Encoding.UTF8, "multipart/form-data"),
+        };
+        var (response, text) = await PostAsync(form);
+        ((int)response.StatusCode).Should().BeOneOf(400, 415);
+        var e = FrontDoorTests.ErrorIn("v1/audio/transcriptions", JsonDocument.Parse(text).RootElement);
+        (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
+        _fleet.Sims["sim"].Requests.Should().Be(0);
+
+        static MultipartFormDataContent WithSecondFile(MultipartFormDataContent form)
+        {
+            form.Add(new ByteArrayContent([1, 2, 3]), "file2", "b.wav");
+            return form;
+        }
+    }
+
+    [Fact]
+    public void Any_set_of_form_fields_is_refused_with_a_request_error_or_read_into_a_request_with_its_audio()
+    {
+        var names = new[] { "model", "response_format", "temperature", "language", "prompt", "stream", "timestamp_granularities[]", "include[]", "x" };
+        var values = new[] { "whisper-1", "json", "text", "srt", "verbose_json", "vtt", "xml", "0", "0.5", "1", "2", "-1", "NaN", "true", "false", "word", "segment", "", "é", "\u0000" };
+        var gen = Gen.Select(Gen.OneOf(names), Gen.OneOf(values)).Array[0, 8].Select(fields => fields.Select(f => new KeyValuePair<string, string>(f.Item1, f.Item2)).ToList());
+        var accepted = 0;
+        gen.Sample(fields =>
+        {
+            try
+            {
+                var request = Transcriptions.ToRequest(OperationKind.Transcription, fields, new Upload(Wav, "a.wav", "audio/wav"));
+                accepted++;
+                request.Operation!.Upload!.Bytes.Length.Should().Be(Wav.Length);
+                request.Model.Should().NotBeNullOrEmpty();
+                Transcriptions.UpstreamForm(request.Operation, "m").Should().NotBeNull();
+            }
+            catch (InvalidRequestException)
+            {
+                // The endpoint's 400.
+            }
+        }, seed: "0N0XIzNsQ0O2", iter: 20_000 * Fuzz.Scale, threads: 1);
+        accepted.Should().BePositive();
+    }
+
+    [Fact]
+    public async Task An_upstream_answer_that_is_no_transcript_fails_over_and_upstream_refusals_keep_their_status_without_the_key()
+    {
+        await using var scripted = await ScriptedUpstream.StartAsync(Ct);
+        const string KeyVariable = "PGW_TEST_STT_SCRIPTED_KEY";
+        const string UpstreamKey = "sk-stt-upstream-secret-0123456789";
+        Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
+        var settings = new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:0:Name"] = "sim",
+            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
+            ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
+            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
+        };
+        string[] faults = ["embeddings-chat", "embeddings-404", "echo-400"];
+        for (var f = 0; f < faults.Length; f++)
+        {
+            settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
+            settings[$"Gateway:Providers:{f + 1}:Type"] = "OpenAICompatible";
+            settings[$"Gateway:Providers:{f + 1}:BaseUrl"] = new Uri(scripted.BaseAddress, "v1").ToString();
+            settings[$"Gateway:Providers:{f + 1}:ApiKeyEnvironmentVariable"] = KeyVariable;
+            settings[$"Gateway:Providers:{f + 1}:Headers:x-fault"] = faults[f];
+            settings[$"Gateway:Models:{2 * f}:Name"] = faults[f];
+            settings[$"Gateway:Models:{2 * f}:Deployments:0:Provider"] = faults[f];
+            settings[$"Gateway:Models:{2 * f}:Deployments:0:Model"] = "whisper-1";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Name"] = faults[f] + "-then-sim";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Strategy"] = "Priority";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Provider"] = faults[f];
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Model"] = "whisper-1";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Priority"] = "0";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Provider"] = "sim";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Model"] = "whisper-1";
+            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Priority"] = "1";
+        }
+
+        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
+        async Task<(HttpStatusCode Status, string Text, string Provider)> Transcribe(string model)
+        {
+            var (response, text) = await PostAsync(Form(model, Wav), http: http);
+            return (response.StatusCode, text, Header(response, "x-gateway-provider"));
+        }
+
+        // A chat completion where a transcript was asked: no 'text' — the provider's failure, and the next deployment's answer.
+        var (status, text, _) = await Transcribe("embeddings-chat");
+        status.Should().Be(HttpStatusCode.BadGateway);
+        text.Should().Contain("not a usable transcription");
+        (await Transcribe("embeddings-chat-then-sim")).Should().Match<(HttpStatusCode Status, string Text, string Provider)>(r => r.Status == HttpStatusCode.OK && r.Provider == "sim");
+
+        var (chatOnly, refusal, _) = await Transcribe("embeddings-404");
+        chatOnly.Should().Be(HttpStatusCode.BadRequest);
+        refusal.Should().Contain("serves no transcription");
+        (await Transcribe("embeddings-404-then-sim")).Status.Should().Be(HttpStatusCode.OK);
+
+        var (rejected, rejection, _) = await Transcribe("echo-400");
+        rejected.Should().Be(HttpStatusCode.BadRequest);
+        rejection.Should().Contain("temperature is too high").And.NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);
+        await app.StopAsync(Ct);
+    }
+
+    /// <summary>An upstream that answers <paramref name="answer"/> and keeps the multipart request it got, to read its fields and file.</summary>
+    private sealed class FormCapture(string answer) : HttpMessageHandler
+    {
+        private byte[] _body = [];
+        private string _boundary = string.Empty;
+
+        public string? Uri { get; private set; }
+
+        public string? MediaType { get; private set; }
+
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            Uri = request.RequestUri!.ToString();
+            MediaType = request.Content!.Headers.ContentType!.MediaType;
+            _boundary = request.Content.Headers.ContentType.Parameters.Single(p => p.Name == "boundary").Value!.Trim('"');
+            _body = await request.Content.ReadAsByteArrayAsync(cancellationToken);
+            return new HttpResponseMessage(HttpStatusCode.OK) { Content = new StringContent(answer, Encoding.UTF8, "application/json") };
+        }
+
+        public async Task<(List<(string, string)> Fields, string? FileName, string? File)> ReadAsync(CancellationToken ct)
+        {
+            var reader = new Microsoft.AspNetCore.WebUtilities.MultipartReader(_boundary, new MemoryStream(_body));
+            var fields = new List<(string, string)>();
+            string? fileName = null, file = null;
+            while (await reader.ReadNextSectionAsync(ct) is { } section)
+            {
+                var disposition = ContentDispositionHeaderValue.Parse(section.ContentDisposition!);
+                var name = disposition.Name!.Trim('"');
+                using var body = new MemoryStream();
+                await section.Body.CopyToAsync(body, ct);
+                if (disposition.FileName is { } f)
+                {
+                    (fileName, file) = (f.Trim('"'), Convert.ToBase64String(body.ToArray()));
+                }
+                else
+                {
+                    fields.Add((name, Encoding.UTF8.GetString(body.ToArray())));
+                }
+            }
+
+            return (fields, fileName, file);
+        }
+    }
+}
