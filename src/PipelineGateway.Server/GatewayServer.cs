@@ -169,6 +169,8 @@ public static partial class GatewayServer
         app.MapPost("/v1/moderations", operations.ModerationsAsync);
         app.MapPost("/v1/images/generations", operations.ImagesAsync);
         app.MapPost("/v1/audio/speech", operations.SpeechAsync);
+        app.MapPost("/v1/rerank", operations.RerankAsync);
+        app.MapPost("/v2/rerank", operations.RerankAsync); // Cohere's v2 SDKs' path
         var transcriptions = app.Services.GetRequiredService<TranscriptionsEndpoint>();
         app.MapPost("/v1/audio/transcriptions", transcriptions.TranscriptionsAsync);
         app.MapPost("/v1/audio/translations", transcriptions.TranslationsAsync);

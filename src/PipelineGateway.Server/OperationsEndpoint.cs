@@ -24,6 +24,8 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
 
     public Task SpeechAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Speech, deployment: null);
 
+    public Task RerankAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Rerank, deployment: null);
+
     /// <summary>Azure OpenAI's speech route (<c>/openai/deployments/{deployment}/audio/speech</c>): the deployment is the model.</summary>
     public Task AzureSpeechAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Speech, ctx.Request.RouteValues["deployment"] as string);
 

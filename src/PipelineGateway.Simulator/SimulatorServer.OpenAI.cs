@@ -114,6 +114,8 @@ public sealed partial class SimulatorServer
 
     private Task OpenAISpeechAsync(HttpContext ctx) => OpenAIOperationAsync(ctx, PipelineGateway.Providers.OperationKind.Speech);
 
+    private Task OpenAIRerankAsync(HttpContext ctx) => OpenAIOperationAsync(ctx, PipelineGateway.Providers.OperationKind.Rerank);
+
     private async Task OpenAIOperationAsync(HttpContext ctx, PipelineGateway.Providers.OperationKind kind)
     {
         Interlocked.Increment(ref _requests);
@@ -145,6 +147,7 @@ public sealed partial class SimulatorServer
                     PipelineGateway.Providers.OperationKind.Embeddings => SimulatedEmbeddings.Data(operation),
                     PipelineGateway.Providers.OperationKind.Moderations => SimulatedModerations.Results(operation, (ulong)SimulatedText.StableHash(request.Messages[0].Content!.GetText())),
                     PipelineGateway.Providers.OperationKind.Speech => SimulatedSpeech.Audio(operation),
+                    PipelineGateway.Providers.OperationKind.Rerank => SimulatedRerank.Answer(operation, request.Model, "rerank-sim" + SimulatedText.StableHash(request.Messages[0].Content!.GetText()).ToString("x8", System.Globalization.CultureInfo.InvariantCulture)).Answer,
                     _ => SimulatedImages.Data(operation, request.Model),
                 };
             }

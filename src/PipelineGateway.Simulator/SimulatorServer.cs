@@ -82,6 +82,8 @@ public sealed partial class SimulatorServer : IAsyncDisposable
         app.MapPost("/v1/completions", OpenAICompletionsAsync);
         app.MapPost("/v1/images/generations", OpenAIImagesAsync);
         app.MapPost("/v1/audio/speech", OpenAISpeechAsync);
+        app.MapPost("/v1/rerank", OpenAIRerankAsync);
+        app.MapPost("/v2/rerank", OpenAIRerankAsync);
         app.MapPost("/v1/audio/transcriptions", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Transcription));
         app.MapPost("/v1/audio/translations", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Translation));
         app.MapPost("/openai/deployments/{deployment}/audio/transcriptions", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Transcription));

@@ -77,9 +77,9 @@ public sealed class DistributedCacheResponseCache(IDistributedCache cache, int m
         return buffer.WrittenSpan.ToArray();
     }
 
-    /// <summary>Which API a stored answer is: results are moderations'; data is an embeddings list (<c>"object":"list"</c>) or images.</summary>
+    /// <summary>Which API a stored answer is: results are a ranking's (scored) or moderations'; data is an embeddings list (<c>"object":"list"</c>) or images.</summary>
     private static Providers.OperationKind KindOf(JsonElement stored) =>
-        stored.TryGetProperty("results", out _) ? Providers.OperationKind.Moderations
+        stored.TryGetProperty("results", out var results) ? results.ValueKind == JsonValueKind.Array && results.GetArrayLength() > 0 && results[0].TryGetProperty("relevance_score", out _) ? Providers.OperationKind.Rerank : Providers.OperationKind.Moderations
         : stored.TryGetProperty("object", out var o) && o.ValueKind == JsonValueKind.String && o.ValueEquals("list") ? Providers.OperationKind.Embeddings
         : Providers.OperationKind.Images;
 

@@ -23,6 +23,9 @@ internal enum OperationKind
 
     /// <summary><c>POST /v1/audio/translations</c> (<see cref="Providers.Transcriptions"/>): a transcription into English.</summary>
     Translation,
+
+    /// <summary><c>POST /v1/rerank</c> (<see cref="Providers.Rerank"/>): documents ranked against a query.</summary>
+    Rerank,
 }
 
 /// <summary>An operation's request: its kind and its body as the caller sent it (checked), which the upstream gets with the deployment's model.</summary>
@@ -39,7 +42,8 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
         OperationKind.Images => "images/generations",
         OperationKind.Speech => "audio/speech",
         OperationKind.Transcription => "audio/transcriptions",
-        _ => "audio/translations",
+        OperationKind.Translation => "audio/translations",
+        _ => "rerank",
     };
 
     /// <summary>How many answers the request asks for (embeddings, moderation results: one per input; images: <c>n</c>).</summary>
@@ -47,9 +51,9 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
     {
         get
         {
-            if (Kind is OperationKind.Images or OperationKind.Speech or OperationKind.Transcription or OperationKind.Translation)
+            if (Kind is OperationKind.Images or OperationKind.Speech or OperationKind.Transcription or OperationKind.Translation or OperationKind.Rerank)
             {
-                return Kind == OperationKind.Images ? Images.Count(Body) : 1;
+                return Kind switch { OperationKind.Images => Images.Count(Body), OperationKind.Rerank => Rerank.Results(Body), _ => 1 };
             }
 
             var input = Body.GetProperty("input");
@@ -119,6 +123,7 @@ internal static class Operations
         OperationKind.Moderations => Moderations.ToRequest(Parse(body), model),
         OperationKind.Images => Images.ToRequest(Parse(body), model),
         OperationKind.Speech => Speech.ToRequest(Parse(body), model),
+        OperationKind.Rerank => Rerank.ToRequest(Parse(body)),
         _ => throw new InvalidOperationException("A transcription is a multipart form, not JSON (Transcriptions.ToRequest)."),
     };
 
@@ -189,6 +194,11 @@ internal static class Operations
         if (operation.Upload is not null)
         {
             return Transcriptions.PromptTokens(operation, count);
+        }
+
+        if (operation.Kind == OperationKind.Rerank)
+        {
+            return Rerank.PromptTokens(operation, count);
         }
 
         var input = operation.Body.GetProperty("input");
@@ -265,14 +275,14 @@ internal static class Operations
             throw new JsonException("The answer is not a JSON object.");
         }
 
-        var listName = kind == OperationKind.Moderations ? "results"u8 : "data"u8;
+        var listName = kind is OperationKind.Moderations or OperationKind.Rerank ? "results"u8 : "data"u8;
         var response = new ChatCompletionResponse { Object = kind == OperationKind.Embeddings ? "list" : string.Empty, Choices = [] };
         string? id = null;
         (ReadOnlyMemory<byte> Bytes, int Count)? list = null;
-        List<(int Start, int End)>? members = null; // an image answer's other members, kept as they came
+        List<(int Start, int End)>? members = null; // an image or rerank answer's other members, kept as they came
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
-            if (kind == OperationKind.Images && !reader.ValueTextEquals(listName) && !reader.ValueTextEquals("error"u8))
+            if (kind is OperationKind.Images or OperationKind.Rerank && !reader.ValueTextEquals(listName) && !reader.ValueTextEquals("error"u8))
             {
                 var start = (int)reader.TokenStartIndex;
                 var created = reader.ValueTextEquals("created"u8);
@@ -289,6 +299,10 @@ internal static class Operations
                 {
                     var counts = reader; // the usage read from a copy; the member kept whole below
                     response.Usage = Images.ReadUsage(ref counts);
+                    if (kind == OperationKind.Rerank && response.Usage.PromptTokens == 0)
+                    {
+                        response.Usage.PromptTokens = response.Usage.TotalTokens; // a ranking's tokens are all input (vLLM counts only the total)
+                    }
                 }
 
                 reader.Skip();
@@ -372,17 +386,37 @@ internal static class Operations
         while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
         {
             var usable = false;
+            var ranked = 0; // a rerank result's score (1) and index (2) seen
             if (reader.TokenType == JsonTokenType.StartObject)
             {
                 while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
                 {
-                    var key = kind switch
+                    var which = kind switch
                     {
-                        OperationKind.Embeddings => reader.ValueTextEquals("embedding"u8),
-                        OperationKind.Moderations => reader.ValueTextEquals("flagged"u8),
-                        _ => reader.ValueTextEquals("b64_json"u8) || reader.ValueTextEquals("url"u8),
+                        OperationKind.Embeddings => reader.ValueTextEquals("embedding"u8) ? 1 : 0,
+                        OperationKind.Moderations => reader.ValueTextEquals("flagged"u8) ? 1 : 0,
+                        OperationKind.Rerank => reader.ValueTextEquals("relevance_score"u8) ? 1 : reader.ValueTextEquals("index"u8) ? 2 : 0,
+                        _ => reader.ValueTextEquals("b64_json"u8) || reader.ValueTextEquals("url"u8) ? 1 : 0,
                     };
+                    var key = which != 0;
                     reader.Read();
+                    if (kind == OperationKind.Rerank)
+                    {
+                        // Both a score (a number) and an index (a whole number, not negative).
+                        if (which == 1 && reader.TokenType == JsonTokenType.Number)
+                        {
+                            ranked |= 1;
+                        }
+                        else if (which == 2 && reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out var index) && index >= 0)
+                        {
+                            ranked |= 2;
+                        }
+
+                        usable = ranked == 3;
+                        reader.Skip();
+                        continue;
+                    }
+
                     if (key && kind == OperationKind.Moderations)
                     {
                         usable = reader.TokenType is JsonTokenType.True or JsonTokenType.False;
@@ -416,6 +450,7 @@ internal static class Operations
                 {
                     OperationKind.Embeddings => "an item of 'data' has no 'embedding' (a list of numbers or a base64 string)",
                     OperationKind.Moderations => "an item of 'results' has no boolean 'flagged'",
+                    OperationKind.Rerank => "a result has no numeric 'relevance_score' and whole 'index'",
                     _ => "an item of 'data' has neither 'b64_json' nor 'url'",
                 });
             }
@@ -462,12 +497,17 @@ internal static class Operations
         var operation = request.Operation!;
         if (response?.Operation is not { } answer || answer.Kind != operation.Kind)
         {
-            throw Unusable(provider, operation.Kind, $"it has no {operation.Kind switch { OperationKind.Moderations => "'results' list", OperationKind.Speech => "audio", OperationKind.Transcription or OperationKind.Translation => "transcript in the format asked", _ => "'data' list" }}");
+            throw Unusable(provider, operation.Kind, $"it has no {operation.Kind switch { OperationKind.Moderations or OperationKind.Rerank => "'results' list", OperationKind.Speech => "audio", OperationKind.Transcription or OperationKind.Translation => "transcript in the format asked", _ => "'data' list" }}");
         }
 
         if (answer.Count != operation.InputCount)
         {
-            throw Unusable(provider, operation.Kind, $"it holds {answer.Count} items for {operation.InputCount} {(operation.Kind == OperationKind.Images ? "images asked for" : "inputs")}");
+            throw Unusable(provider, operation.Kind, $"it holds {answer.Count} items for {operation.InputCount} {operation.Kind switch { OperationKind.Images => "images asked for", OperationKind.Rerank => "results asked for", _ => "inputs" }}");
+        }
+
+        if (operation.Kind == OperationKind.Rerank && Rerank.Mismatch(answer, operation) is { } mismatch)
+        {
+            throw Unusable(provider, operation.Kind, mismatch);
         }
 
         response.Choices ??= [];
@@ -504,14 +544,20 @@ internal static class Operations
         using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
         {
             w.WriteStartObject();
-            if (response.Operation.Kind == OperationKind.Images)
+            if (response.Operation.Kind is OperationKind.Images or OperationKind.Rerank)
             {
+                var members = response.Operation.Members.Span;
+                byte[] rest = members.IsEmpty ? "}"u8.ToArray() : [.. ","u8, .. members, .. "}"u8];
+                if (response.Operation.Kind == OperationKind.Rerank)
+                {
+                    return ("""{"results":"""u8.ToArray(), rest); // the upstream's id, model, usage, meta after the results
+                }
+
                 w.WriteNumber("created", response.Created);
                 w.WriteEndObject();
                 w.Flush();
                 var head = buffer.WrittenSpan[..^1].ToArray(); // the object's members, open for the data
-                var members = response.Operation.Members.Span;
-                return ([.. head, .. ",\"data\":"u8], members.IsEmpty ? "}"u8.ToArray() : [.. ","u8, .. members, .. "}"u8]);
+                return ([.. head, .. ",\"data\":"u8], rest);
             }
 
             if (response.Operation.Kind == OperationKind.Moderations)
@@ -571,7 +617,8 @@ internal static class Operations
         OperationKind.Images => "image generation",
         OperationKind.Speech => "speech",
         OperationKind.Transcription => "transcription",
-        _ => "translation",
+        OperationKind.Translation => "translation",
+        _ => "rerank",
     };
 
     /// <summary>

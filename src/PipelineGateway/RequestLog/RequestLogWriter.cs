@@ -368,7 +368,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
                 {
                     Providers.OperationKind.Speech => $"[{operation.MediaType}, {operation.List.Length} bytes]",
                     Providers.OperationKind.Transcription or Providers.OperationKind.Translation => $"[{operation.Kind.ToString().ToLowerInvariant()}, {operation.List.Length} bytes]",
-                    var kind => $"[{operation.Count} {kind switch { Providers.OperationKind.Embeddings => "embeddings", Providers.OperationKind.Moderations => "moderation results", _ => "images" }}]",
+                    var kind => $"[{operation.Count} {kind switch { Providers.OperationKind.Embeddings => "embeddings", Providers.OperationKind.Moderations => "moderation results", Providers.OperationKind.Rerank => "ranked documents", _ => "images" }}]",
                 }
                 : Cap(SecretRedactor.Redact(r.Content));
         }

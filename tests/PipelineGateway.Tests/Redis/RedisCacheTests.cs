@@ -112,6 +112,33 @@ public sealed class RedisCacheTests
         PipelineGateway.Providers.Operations.ToJson(second).Should().Equal(PipelineGateway.Providers.Operations.ToJson(first));
     }
 
+    /// <summary>A ranking read back from Redis as a ranking — not as moderations, whose stored answers also hold <c>results</c>.</summary>
+    [Fact]
+    public async Task A_ranking_cached_by_one_instance_is_served_by_the_other_as_it_was()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        Task<Gateway> Ranker(string provider) => new GatewayBuilder()
+            .AddSimulatedProvider(provider, o => { o.LatencyMs = 0; o.JitterMs = 0; o.FailureRate = 0; })
+            .AddModel("rr", m => m.Deploy(provider, "bge-reranker-v2-m3"))
+            .AddCache(TimeSpan.FromMinutes(5))
+            .AddRedis(redis, keyPrefix: prefix)
+            .StartAsync(Ct);
+        await using var a = await Ranker("sa");
+        await using var b = await Ranker("sb");
+        static ChatCompletionRequest Ask() => PipelineGateway.Providers.Operations.Read(PipelineGateway.Providers.OperationKind.Rerank, """{"model":"rr","query":"shared","documents":["shared text","other"],"top_n":2}"""u8);
+
+        var first = await a.SubmitAsync(Ask(), Ct);
+        var key = $"{prefix}:c:{PipelineGateway.Caching.CacheKey.Compute("rr", Ask())}";
+        var db = RedisServer.Connect(redis);
+        await Wait.Until(() => db.KeyExists(key), "the answer reaches Redis");
+
+        var second = await b.SubmitAsync(Ask(), Ct);
+        second.Gateway!.Cached.Should().BeTrue("instance B finds A's answer in Redis");
+        second.Operation!.Kind.Should().Be(PipelineGateway.Providers.OperationKind.Rerank);
+        PipelineGateway.Providers.Operations.ToJson(second).Should().Equal(PipelineGateway.Providers.Operations.ToJson(first));
+    }
+
     [Fact]
     public async Task With_Redis_down_the_cache_is_a_miss_and_requests_still_succeed()
     {

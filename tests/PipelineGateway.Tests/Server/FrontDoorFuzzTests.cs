@@ -105,7 +105,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
         failures.Should().BeEmpty(string.Join("\n\n", failures.Take(5)));
         statuses.Keys.Should().Contain(200, "the mutations leave some requests valid, so answers are checked too");
         statuses.Keys.Should().Contain(400);
-        answered.Should().BeEquivalentTo([Fuzz.Chat, Fuzz.Messages, Fuzz.Responses, Fuzz.Embeddings, Fuzz.Moderations, Fuzz.Completions, Fuzz.Images, Fuzz.Speech], "every route answers some of its cases");
+        answered.Should().BeEquivalentTo([Fuzz.Chat, Fuzz.Messages, Fuzz.Responses, Fuzz.Embeddings, Fuzz.Moderations, Fuzz.Completions, Fuzz.Images, Fuzz.Speech, Fuzz.Rerank], "every route answers some of its cases");
     }
 
     [Fact]
@@ -325,6 +325,11 @@ internal static class Fuzz
     public const string Completions = "v1/completions";
     public const string Images = "v1/images/generations";
     public const string Speech = "v1/audio/speech";
+    public const string Rerank = "v1/rerank";
+
+    public const string RerankTemplate = """
+        {"model":"gpt-4o-mini","query":"what does a gateway do","documents":["a gateway routes requests",{"text":"bananas"}],"top_n":1,"return_documents":true}
+        """;
 
     public const string SpeechTemplate = """
         {"model":"gpt-4o-mini","input":"Hello from the fuzz.","voice":"alloy","response_format":"wav","speed":1.25,"instructions":"calmly"}
@@ -395,7 +400,7 @@ internal static class Fuzz
         "created", "object", "system_fingerprint", "detail", "tool_call_id", "citations", "encrypted_content", "max_uses",
         "input", "instructions", "max_output_tokens", "call_id", "output", "previous_response_id", "format", "reasoning", "effort",
         "encoding_format", "dimensions", "prompt", "suffix", "echo", "best_of", "logit_bias", "seed", "size", "quality", "style",
-        "response_format", "output_compression", "background", "voice", "speed", "stream_format",
+        "response_format", "output_compression", "background", "voice", "speed", "stream_format", "query", "documents", "top_n", "return_documents",
     ];
 
     private static readonly string[] Words = ["user", "assistant", "system", "tool", "developer", "text", "image", "tool_use", "tool_result", "server_tool_use", "web_search_tool_result", "web_search_20250305", "input_text", "output_text", "function_call", "function_call_output", "json_schema", "auto", "any", "none", "gpt-4o-mini", "json_object", "", " ", "\u0000", "\ud800", "é", "float", "base64"];
@@ -498,8 +503,8 @@ internal static class Fuzz
         (2, Gen.Char[' ', 'ÿ'].Array[0, 12].Select(chars => new string(chars))));
 
     public static readonly Gen<FuzzRequest> Request =
-        from path in Gen.OneOf(Chat, Messages, Responses, Embeddings, Moderations, Completions, Images, Speech)
-        from body in Gen.Frequency((9, Body(path switch { Chat => ChatTemplate, Messages => MessagesTemplate, Embeddings => EmbeddingsTemplate, Moderations => ModerationsTemplate, Completions => CompletionsTemplate, Images => ImagesTemplate, Speech => SpeechTemplate, _ => ResponsesTemplate })), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
+        from path in Gen.OneOf(Chat, Messages, Responses, Embeddings, Moderations, Completions, Images, Speech, Rerank)
+        from body in Gen.Frequency((9, Body(path switch { Chat => ChatTemplate, Messages => MessagesTemplate, Embeddings => EmbeddingsTemplate, Moderations => ModerationsTemplate, Completions => CompletionsTemplate, Images => ImagesTemplate, Speech => SpeechTemplate, Rerank => RerankTemplate, _ => ResponsesTemplate })), (1, Body(path == Chat ? MessagesTemplate : ChatTemplate)))
         from contentType in Gen.Frequency((16, Gen.Const<string?>((string?)"application/json")), (1, Gen.OneOf<string?>(null, "text/plain", "application/json; charset=utf-8", "application/vnd.api+json", "json", ";;")))
         from key in Gen.Frequency((18, Gen.Const<string?>((string?)"sk-gw-fuzz-0123456789")), (1, Gen.Const<string?>((string?)null)), (1, Gen.String[0, 20].Select(s => (string?)new string(s.Where(c => c is >= ' ' and <= '~').ToArray()))))
         from headers in Gen.Select(Gen.OneOf(GatewayHeaders), HeaderValue).Array[0, 3]

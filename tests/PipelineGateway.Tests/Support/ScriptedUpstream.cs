@@ -147,6 +147,16 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case "moderations-no-flag":
                 await Raw(ctx, 200, "application/json", """{"id":"modr-1","model":"m","results":[{"categories":{"hate":false}}]}""");
                 break;
+            case "rerank-bad-index":
+                // A ranking of a document the request did not have.
+                await Raw(ctx, 200, "application/json", """{"results":[{"index":7,"relevance_score":0.5}],"usage":{"total_tokens":3}}""");
+                break;
+            case "rerank-no-index":
+                await Raw(ctx, 200, "application/json", """{"results":[{"relevance_score":0.5,"document":{"text":"a"}}]}""");
+                break;
+            case "rerank-twice":
+                await Raw(ctx, 200, "application/json", """{"results":[{"index":0,"relevance_score":0.5},{"index":0,"relevance_score":0.4}],"usage":{"total_tokens":3}}""");
+                break;
             case "embeddings-chat":
                 // A chat completion where embeddings were asked (a server that ignores the path).
                 await Raw(ctx, 200, "application/json", Answer(anthropic: false));

@@ -59,6 +59,12 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
             return Operations.ReadAnswer(operation, transcript.List, copy: false, Name, out _) is { Operation: not null } read ? read : throw new InvalidOperationException("The simulated transcript could not be read.");
         }
 
+        if (operation.Kind == OperationKind.Rerank)
+        {
+            var (ranking, usage) = SimulatedRerank.Answer(operation, request.Model, "rerank-sim" + draw.ToString("x8", System.Globalization.CultureInfo.InvariantCulture));
+            return new ChatCompletionResponse { Model = request.Model, Choices = [], Usage = usage, Operation = ranking };
+        }
+
         if (operation.Kind == OperationKind.Speech)
         {
             return new ChatCompletionResponse { Model = request.Model, Choices = [], Operation = SimulatedSpeech.Audio(operation) };
