@@ -45,6 +45,12 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
             return;
         }
 
+        await AnswerAsync(ctx, queue, headers, request, aborted);
+    }
+
+    /// <summary>Submits an operation and writes its answer (<see cref="WriteAsync"/>), or its error in OpenAI's shape.</summary>
+    internal static async Task AnswerAsync(HttpContext ctx, IGatewayQueue queue, GatewayResponseHeaders headers, ChatCompletionRequest request, CancellationToken aborted)
+    {
         ChatCompletionResponse response;
         try
         {
@@ -97,15 +103,21 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
             return null;
         }
 
+        return await AdmitAsync(ctx, caller, keys, request) ? request : null;
+    }
+
+    /// <summary>The key's model checked (false once the 403 is written), then the request's per-request options and id.</summary>
+    internal static async Task<bool> AdmitAsync(HttpContext ctx, GatewayCaller caller, GatewayKeys keys, ChatCompletionRequest request)
+    {
         if (!keys.MayUse(caller.Key, request.Model))
         {
             await RouteErrors.ModelNotAllowedAsync(ctx, request.Model);
-            return null;
+            return false;
         }
 
         request.Gateway = caller.Headers.ToOptions(caller.Key);
         ServerSubmit.Identify(ctx, request, "x-request-id");
-        return request;
+        return true;
     }
 
     /// <summary>The largest piece of the vectors written before waiting for the client to take it.</summary>

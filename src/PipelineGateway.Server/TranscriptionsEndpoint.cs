@@ -88,27 +88,9 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
             return;
         }
 
-        if (!keys.MayUse(caller.Key, request.Model))
+        if (await OperationsEndpoint.AdmitAsync(ctx, caller, keys, request))
         {
-            await RouteErrors.ModelNotAllowedAsync(ctx, request.Model);
-            return;
+            await OperationsEndpoint.AnswerAsync(ctx, queue, headers, request, aborted);
         }
-
-        request.Gateway = caller.Headers.ToOptions(caller.Key);
-        ServerSubmit.Identify(ctx, request, "x-request-id");
-        ChatCompletionResponse response;
-        try
-        {
-            response = await ServerSubmit.SubmitAsync(queue, request, aborted);
-        }
-        catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
-        {
-            headers.WriteRateLimitHeaders(ctx, request, ex);
-            await OpenAIErrors.WriteAsync(ctx, ex);
-            return;
-        }
-
-        headers.WriteGatewayHeaders(ctx, request, response.Gateway);
-        await OperationsEndpoint.WriteAsync(ctx.Response, response, aborted);
     }
 }

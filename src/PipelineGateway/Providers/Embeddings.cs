@@ -24,16 +24,7 @@ internal static class Embeddings
     /// <param name="model">The model the route names (Azure's deployment path): then the body's may be left out.</param>
     public static ChatCompletionRequest ToRequest(JsonElement root, string? model = null)
     {
-        if (root.ValueKind != JsonValueKind.Object)
-        {
-            throw new InvalidRequestException(null, "The request body must be a JSON object.");
-        }
-
-        string? name = model;
-        if (name is null && (!root.TryGetProperty("model", out var m) || m.ValueKind != JsonValueKind.String || (name = m.GetString()) is not { Length: > 0 }))
-        {
-            throw new InvalidRequestException("model", "'model' is required: a string naming an embedding model.");
-        }
+        var name = Operations.Model(root, model, "an embedding model");
 
         if (!root.TryGetProperty("input", out var input) || input.ValueKind is JsonValueKind.Null)
         {

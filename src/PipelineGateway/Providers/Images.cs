@@ -26,16 +26,7 @@ internal static class Images
     /// <param name="route">The model the route names (Azure's deployment path), which the body's then does not.</param>
     public static ChatCompletionRequest ToRequest(JsonElement root, string? route = null)
     {
-        if (root.ValueKind != JsonValueKind.Object)
-        {
-            throw new InvalidRequestException(null, "The request body must be a JSON object.");
-        }
-
-        var model = route ?? DefaultModel;
-        if (route is null && root.TryGetProperty("model", out var m) && m.ValueKind != JsonValueKind.Null)
-        {
-            model = m.ValueKind == JsonValueKind.String && m.GetString() is { Length: > 0 } name ? name : throw new InvalidRequestException("model", "'model' must be a string naming an image model.");
-        }
+        var model = Operations.Model(root, route, "an image model", DefaultModel);
 
         if (!root.TryGetProperty("prompt", out var prompt) || prompt.ValueKind != JsonValueKind.String)
         {

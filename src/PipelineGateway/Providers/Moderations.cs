@@ -18,16 +18,7 @@ internal static class Moderations
     /// <param name="route">The model the route names, which the body's then does not.</param>
     public static ChatCompletionRequest ToRequest(JsonElement root, string? route = null)
     {
-        if (root.ValueKind != JsonValueKind.Object)
-        {
-            throw new InvalidRequestException(null, "The request body must be a JSON object.");
-        }
-
-        var model = route ?? DefaultModel;
-        if (route is null && root.TryGetProperty("model", out var m) && m.ValueKind != JsonValueKind.Null)
-        {
-            model = m.ValueKind == JsonValueKind.String && m.GetString() is { Length: > 0 } name ? name : throw new InvalidRequestException("model", "'model' must be a string naming a moderation model.");
-        }
+        var model = Operations.Model(root, route, "a moderation model", DefaultModel);
 
         if (!root.TryGetProperty("input", out var input) || input.ValueKind is JsonValueKind.Null)
         {

@@ -174,6 +174,33 @@ internal static class Operations
         }
     }
 
+    /// <summary>
+    /// A request body's model, the body checked to be an object: the route's when it names one (Azure's deployment path),
+    /// else the body's <c>model</c> — required (a non-empty string naming <paramref name="what"/>) unless
+    /// <paramref name="fallback"/> stands for a body without one (the API's default model).
+    /// </summary>
+    public static string Model(JsonElement root, string? route, string what, string? fallback = null)
+    {
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new InvalidRequestException(null, "The request body must be a JSON object.");
+        }
+
+        if (route is not null)
+        {
+            return route;
+        }
+
+        if (!root.TryGetProperty("model", out var m) || (fallback is not null && m.ValueKind == JsonValueKind.Null))
+        {
+            return fallback ?? throw new InvalidRequestException("model", $"'model' is required: a string naming {what}.");
+        }
+
+        return m.ValueKind == JsonValueKind.String && m.GetString() is { Length: > 0 } name
+            ? name
+            : throw new InvalidRequestException("model", fallback is null ? $"'model' is required: a string naming {what}." : $"'model' must be a string naming {what}.");
+    }
+
     /// <summary>A string member that must not be empty (its param named when it is).</summary>
     public static string NonEmpty(JsonElement text, string param) =>
         text.GetString() is { Length: > 0 } value ? value : throw new InvalidRequestException(param, $"'{param}' must not be empty.");

@@ -18,15 +18,7 @@ internal static class Rerank
     /// <exception cref="InvalidRequestException">A member is missing or not what the API allows; its name is the error's param.</exception>
     public static ChatCompletionRequest ToRequest(JsonElement root)
     {
-        if (root.ValueKind != JsonValueKind.Object)
-        {
-            throw new InvalidRequestException(null, "The request body must be a JSON object.");
-        }
-
-        if (!root.TryGetProperty("model", out var m) || m.ValueKind != JsonValueKind.String || m.GetString() is not { Length: > 0 } model)
-        {
-            throw new InvalidRequestException("model", "'model' is required: a string naming a rerank model.");
-        }
+        var model = Operations.Model(root, null, "a rerank model");
 
         if (!root.TryGetProperty("query", out var query) || query.ValueKind != JsonValueKind.String)
         {

@@ -22,16 +22,7 @@ internal static class Speech
     /// <param name="route">The model the route names (Azure's deployment path), which the body's then does not.</param>
     public static ChatCompletionRequest ToRequest(JsonElement root, string? route = null)
     {
-        if (root.ValueKind != JsonValueKind.Object)
-        {
-            throw new InvalidRequestException(null, "The request body must be a JSON object.");
-        }
-
-        string? model = route;
-        if (model is null && (!root.TryGetProperty("model", out var m) || m.ValueKind != JsonValueKind.String || (model = m.GetString()) is not { Length: > 0 }))
-        {
-            throw new InvalidRequestException("model", "'model' is required: a string naming a speech model.");
-        }
+        var model = Operations.Model(root, route, "a speech model");
 
         if (!root.TryGetProperty("input", out var input) || input.ValueKind != JsonValueKind.String)
         {

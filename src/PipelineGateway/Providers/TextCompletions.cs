@@ -58,16 +58,7 @@ internal static class TextCompletions
     /// <param name="model">The model the route names (Azure's deployment path): then the body's may be left out.</param>
     public static ChatCompletionRequest ToRequest(JsonElement root, string? model = null)
     {
-        if (root.ValueKind != JsonValueKind.Object)
-        {
-            throw new InvalidRequestException(null, "The request body must be a JSON object.");
-        }
-
-        string? name = model;
-        if (name is null && (!root.TryGetProperty("model", out var m) || m.ValueKind != JsonValueKind.String || (name = m.GetString()) is not { Length: > 0 }))
-        {
-            throw new InvalidRequestException("model", "'model' is required: a string naming a model.");
-        }
+        var name = Operations.Model(root, model, "a model");
 
         if (!root.TryGetProperty("prompt", out var prompt) || prompt.ValueKind is JsonValueKind.Null)
         {
@@ -373,8 +364,7 @@ internal static class TextCompletions
     /// <exception cref="JsonException">The body is not a Completions answer.</exception>
     public static ChatCompletionResponse ReadAnswer(ReadOnlySpan<byte> body, out JsonElement? error)
     {
-        var wire = JsonSerializer.Deserialize(body, TextCompletionJsonContext.Default.TextCompletionWire)
-            ?? throw new JsonException("The answer is the JSON null.");
+        var wire = Wire(body, "The answer");
         error = wire.Choices is null or { Count: 0 } && wire.Error is { ValueKind: JsonValueKind.Object } e ? e : null;
         var response = new ChatCompletionResponse
         {
@@ -385,13 +375,8 @@ internal static class TextCompletions
             SystemFingerprint = wire.SystemFingerprint,
             Choices = new List<ChatChoice>(wire.Choices?.Count ?? 0),
         };
-        foreach (var choice in wire.Choices ?? [])
+        foreach (var choice in Choices(wire))
         {
-            if (choice is null)
-            {
-                throw new JsonException("A choice is the JSON null.");
-            }
-
             response.Choices.Add(new ChatChoice
             {
                 Index = choice.Index,
@@ -408,8 +393,7 @@ internal static class TextCompletions
     /// <exception cref="JsonException">The event is not a Completions event.</exception>
     public static ChatCompletionChunk ReadEvent(ReadOnlySpan<byte> data, out JsonElement? error)
     {
-        var wire = JsonSerializer.Deserialize(data, TextCompletionJsonContext.Default.TextCompletionWire)
-            ?? throw new JsonException("A stream event is the JSON null.");
+        var wire = Wire(data, "A stream event");
         error = wire.Error is { ValueKind: JsonValueKind.Object or JsonValueKind.String } e ? e : null;
         var chunk = new ChatCompletionChunk
         {
@@ -420,13 +404,8 @@ internal static class TextCompletions
             SystemFingerprint = wire.SystemFingerprint,
             Choices = new List<ChunkChoice>(wire.Choices?.Count ?? 0),
         };
-        foreach (var choice in wire.Choices ?? [])
+        foreach (var choice in Choices(wire))
         {
-            if (choice is null)
-            {
-                throw new JsonException("A choice is the JSON null.");
-            }
-
             chunk.Choices.Add(new ChunkChoice
             {
                 Index = choice.Index,
@@ -439,6 +418,12 @@ internal static class TextCompletions
         return chunk;
     }
 
+    private static TextCompletionWire Wire(ReadOnlySpan<byte> json, string what) =>
+        JsonSerializer.Deserialize(json, TextCompletionJsonContext.Default.TextCompletionWire) ?? throw new JsonException($"{what} is the JSON null.");
+
+    private static IEnumerable<TextCompletionChoiceWire> Choices(TextCompletionWire wire) =>
+        (wire.Choices ?? []).Select(static c => c ?? throw new JsonException("A choice is the JSON null."));
+
     /// <summary>The answer's id in the API's own form, <c>cmpl-</c> (a chat deployment's <c>chatcmpl-</c> renamed, Claude's <c>msg_</c> prefixed).</summary>
     private static string Id(string id) =>
         id.StartsWith("cmpl-", StringComparison.Ordinal) ? id
@@ -448,36 +433,13 @@ internal static class TextCompletions
     /// <summary>A whole answer in the Completions shape, whoever answered it.</summary>
     public static byte[] WriteAnswer(ChatCompletionResponse response)
     {
-        var buffer = new ArrayBufferWriter<byte>(512);
-        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        return Write(response.Id, response.Created, response.Model, response.Usage, response.SystemFingerprint, response.Choices, static (w, choices) =>
         {
-            w.WriteStartObject();
-            w.WriteString("id", Id(response.Id));
-            w.WriteString("object", "text_completion");
-            w.WriteNumber("created", response.Created);
-            w.WriteString("model", response.Model);
-            w.WriteStartArray("choices");
-            foreach (var choice in response.Choices)
+            foreach (var choice in choices)
             {
                 WriteChoice(w, choice.Message?.Content?.GetText() ?? string.Empty, choice.Index, choice.Logprobs, choice.FinishReason);
             }
-
-            w.WriteEndArray();
-            if (response.Usage is { } usage)
-            {
-                w.WritePropertyName("usage");
-                JsonSerializer.Serialize(w, usage, GatewayJsonContext.Default.TokenUsage);
-            }
-
-            if (response.SystemFingerprint is { } fingerprint)
-            {
-                w.WriteString("system_fingerprint", fingerprint);
-            }
-
-            w.WriteEndObject();
-        }
-
-        return buffer.WrittenSpan.ToArray();
+        });
     }
 
     /// <summary>
@@ -500,23 +462,34 @@ internal static class TextCompletions
             return null;
         }
 
-        var buffer = new ArrayBufferWriter<byte>(256);
-        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        return Write(chunk.Id, chunk.Created, chunk.Model, usage, chunk.SystemFingerprint, chunk.Choices ?? [], static (w, choices) =>
         {
-            w.WriteStartObject();
-            w.WriteString("id", Id(chunk.Id));
-            w.WriteString("object", "text_completion");
-            w.WriteNumber("created", chunk.Created);
-            w.WriteString("model", chunk.Model);
-            w.WriteStartArray("choices");
-            foreach (var choice in chunk.Choices ?? [])
+            foreach (var choice in choices)
             {
                 if (Says(choice))
                 {
                     WriteChoice(w, choice.Delta?.Content ?? string.Empty, choice.Index, choice.Logprobs, choice.FinishReason);
                 }
             }
+        });
 
+        static bool Says(ChunkChoice? choice) =>
+            choice is not null && (!string.IsNullOrEmpty(choice.Delta?.Content) || choice.FinishReason is not null || choice.Logprobs is { ValueKind: not JsonValueKind.Null });
+    }
+
+    /// <summary>An answer or event in the Completions shape, its choices written by <paramref name="choices"/>.</summary>
+    private static byte[] Write<T>(string id, long created, string model, TokenUsage? usage, string? fingerprint, T state, Action<Utf8JsonWriter, T> choices)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartObject();
+            w.WriteString("id", Id(id));
+            w.WriteString("object", "text_completion");
+            w.WriteNumber("created", created);
+            w.WriteString("model", model);
+            w.WriteStartArray("choices");
+            choices(w, state);
             w.WriteEndArray();
             if (usage is not null)
             {
@@ -524,7 +497,7 @@ internal static class TextCompletions
                 JsonSerializer.Serialize(w, usage, GatewayJsonContext.Default.TokenUsage);
             }
 
-            if (chunk.SystemFingerprint is { } fingerprint)
+            if (fingerprint is not null)
             {
                 w.WriteString("system_fingerprint", fingerprint);
             }
@@ -533,9 +506,6 @@ internal static class TextCompletions
         }
 
         return buffer.WrittenSpan.ToArray();
-
-        static bool Says(ChunkChoice? choice) =>
-            choice is not null && (!string.IsNullOrEmpty(choice.Delta?.Content) || choice.FinishReason is not null || choice.Logprobs is { ValueKind: not JsonValueKind.Null });
     }
 
     private static void WriteChoice(Utf8JsonWriter w, string text, int index, JsonElement? logprobs, string? finish)

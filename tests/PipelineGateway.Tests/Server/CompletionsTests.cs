@@ -2,7 +2,6 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using FluentAssertions;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
@@ -360,37 +359,8 @@ public sealed class CompletionsTests : IAsyncLifetime
         const string KeyVariable = "PGW_TEST_COMPLETIONS_SCRIPTED_KEY";
         const string UpstreamKey = "sk-completions-upstream-secret-0123456789";
         Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
-        string[] faults = ["embeddings-404", "echo-400", "masked-429"];
-        var settings = new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
-            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
-        };
-        for (var f = 0; f < faults.Length; f++)
-        {
-            settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
-            settings[$"Gateway:Providers:{f + 1}:Type"] = "OpenAICompatible";
-            settings[$"Gateway:Providers:{f + 1}:BaseUrl"] = new Uri(scripted.BaseAddress, "v1").ToString();
-            settings[$"Gateway:Providers:{f + 1}:ApiKeyEnvironmentVariable"] = KeyVariable;
-            settings[$"Gateway:Providers:{f + 1}:Headers:x-fault"] = faults[f];
-            settings[$"Gateway:Models:{2 * f}:Name"] = faults[f];
-            settings[$"Gateway:Models:{2 * f}:Deployments:0:Provider"] = faults[f];
-            settings[$"Gateway:Models:{2 * f}:Deployments:0:Model"] = "m";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Name"] = faults[f] + "-then-sim";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Strategy"] = "Priority";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Provider"] = faults[f];
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Model"] = "m";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Priority"] = "0";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Provider"] = "sim";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Model"] = "m";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Priority"] = "1";
-        }
-
-        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        await using var _ = app;
-        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
+        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-404", "echo-400", "masked-429"], "m", Ct, KeyVariable);
+        var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider)> Complete(string model, bool stream = false)
         {
             var (response, text) = await PostAsync($$"""{"model":"{{model}}","prompt":"p","stream":{{(stream ? "true" : "false")}}}""", http: http);
@@ -416,7 +386,6 @@ public sealed class CompletionsTests : IAsyncLifetime
             chat.StatusCode.Should().Be(HttpStatusCode.OK, "a caller asking for completions does not cool the deployment down for chat");
         }
 
-        await app.StopAsync(Ct);
     }
 
     [Fact]

@@ -5,7 +5,6 @@ using System.Text.Json;
 using CsCheck;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using OpenAI;
 using OpenAI.Embeddings;
@@ -282,37 +281,8 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         const string KeyVariable = "PGW_TEST_EMBEDDINGS_SCRIPTED_KEY";
         const string UpstreamKey = "sk-embeddings-upstream-secret-0123456789";
         Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
-        string[] faults = ["embeddings-short", "embeddings-no-vector", "embeddings-chat", "echo-400", "html-502", "masked-429", "embeddings-404"];
-        var settings = new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
-            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
-        };
-        for (var f = 0; f < faults.Length; f++)
-        {
-            settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
-            settings[$"Gateway:Providers:{f + 1}:Type"] = "OpenAICompatible";
-            settings[$"Gateway:Providers:{f + 1}:BaseUrl"] = new Uri(scripted.BaseAddress, "v1").ToString();
-            settings[$"Gateway:Providers:{f + 1}:ApiKeyEnvironmentVariable"] = KeyVariable;
-            settings[$"Gateway:Providers:{f + 1}:Headers:x-fault"] = faults[f];
-            settings[$"Gateway:Models:{(2 * f)}:Name"] = faults[f];
-            settings[$"Gateway:Models:{(2 * f)}:Deployments:0:Provider"] = faults[f];
-            settings[$"Gateway:Models:{(2 * f)}:Deployments:0:Model"] = Model;
-            settings[$"Gateway:Models:{(2 * f) + 1}:Name"] = faults[f] + "-then-sim";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Strategy"] = "Priority";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Provider"] = faults[f];
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Model"] = Model;
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Priority"] = "0";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Provider"] = "sim";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Model"] = Model;
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Priority"] = "1";
-        }
-
-        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        await using var _ = app;
-        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
+        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-short", "embeddings-no-vector", "embeddings-chat", "echo-400", "html-502", "masked-429", "embeddings-404"], Model, Ct, KeyVariable);
+        var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider)> Embed(string model)
         {
             using var response = await http.PostAsync("v1/embeddings", new StringContent($$"""{"model":"{{model}}","input":["one","two"]}""", Encoding.UTF8, "application/json"), Ct);
@@ -352,6 +322,5 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         var (html, page, _) = await Embed("html-502");
         ((int)html).Should().BeGreaterThanOrEqualTo(500);
         page.Should().NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);
-        await app.StopAsync(Ct);
     }
 }

@@ -3,7 +3,6 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using FluentAssertions;
-using Microsoft.Extensions.Configuration;
 using OpenAI;
 using OpenAI.Moderations;
 using PipelineGateway.Providers;
@@ -132,43 +131,19 @@ public sealed class ModerationsTests : IAsyncLifetime
     public async Task An_upstream_answer_that_is_not_a_moderation_fails_over_and_an_upstream_without_the_route_is_passed_over()
     {
         await using var scripted = await ScriptedUpstream.StartAsync(Ct);
-        var settings = new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
-            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
-        };
-        string[] faults = ["moderations-no-flag", "embeddings-404", "moderations-no-id"];
-        for (var f = 0; f < faults.Length; f++)
-        {
-            settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
-            settings[$"Gateway:Providers:{f + 1}:Type"] = "OpenAICompatible";
-            settings[$"Gateway:Providers:{f + 1}:BaseUrl"] = new Uri(scripted.BaseAddress, "v1").ToString();
-            settings[$"Gateway:Providers:{f + 1}:Headers:x-fault"] = faults[f];
-            settings[$"Gateway:Models:{f}:Name"] = faults[f];
-            settings[$"Gateway:Models:{f}:Strategy"] = "Priority";
-            settings[$"Gateway:Models:{f}:Deployments:0:Provider"] = faults[f];
-            settings[$"Gateway:Models:{f}:Deployments:0:Priority"] = "0";
-            settings[$"Gateway:Models:{f}:Deployments:1:Provider"] = "sim";
-            settings[$"Gateway:Models:{f}:Deployments:1:Priority"] = "1";
-        }
+        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["moderations-no-flag", "embeddings-404", "moderations-no-id"], null, Ct);
+        var http = gateway.Http;
 
-        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        await using var _ = app;
-        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
-
-        var (broken, _) = await PostAsync("""{"model":"moderations-no-flag","input":"a"}""", http);
+        var (broken, _) = await PostAsync("""{"model":"moderations-no-flag-then-sim","input":"a"}""", http);
         (broken.StatusCode, Header(broken, "x-gateway-provider"), Header(broken, "x-gateway-attempts")).Should().Be((HttpStatusCode.OK, "sim", "2"), "a result without 'flagged' is the provider's failure");
 
         // A chat-only upstream (404 on the moderations route): passed over, not cooled down.
-        var (passedOver, _) = await PostAsync("""{"model":"embeddings-404","input":"x"}""", http);
+        var (passedOver, _) = await PostAsync("""{"model":"embeddings-404-then-sim","input":"x"}""", http);
         (passedOver.StatusCode, Header(passedOver, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
 
         // An upstream's answer without an id gets one in the API's form (the gateway's request id), not a chat completion's.
-        var (unnamed, answer) = await PostAsync("""{"model":"moderations-no-id","input":"a"}""", http);
+        var (unnamed, answer) = await PostAsync("""{"model":"moderations-no-id-then-sim","input":"a"}""", http);
         (unnamed.StatusCode, Header(unnamed, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "moderations-no-id"));
         answer.GetProperty("id").GetString().Should().StartWith("modr-req_");
-        await app.StopAsync(Ct);
     }
 }

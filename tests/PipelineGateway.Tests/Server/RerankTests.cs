@@ -2,7 +2,6 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using FluentAssertions;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
@@ -133,33 +132,8 @@ public sealed class RerankTests : IAsyncLifetime
     public async Task A_ranking_that_is_not_the_requests_fails_over_and_an_upstream_without_the_route_is_passed_over()
     {
         await using var scripted = await ScriptedUpstream.StartAsync(Ct);
-        var settings = new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
-            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
-        };
-        string[] faults = ["rerank-bad-index", "rerank-twice", "rerank-no-index", "moderations-no-flag", "embeddings-404"];
-        for (var f = 0; f < faults.Length; f++)
-        {
-            settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
-            settings[$"Gateway:Providers:{f + 1}:Type"] = "OpenAICompatible";
-            settings[$"Gateway:Providers:{f + 1}:BaseUrl"] = new Uri(scripted.BaseAddress, "v1").ToString();
-            settings[$"Gateway:Providers:{f + 1}:Headers:x-fault"] = faults[f];
-            settings[$"Gateway:Models:{2 * f}:Name"] = faults[f];
-            settings[$"Gateway:Models:{2 * f}:Deployments:0:Provider"] = faults[f];
-            settings[$"Gateway:Models:{(2 * f) + 1}:Name"] = faults[f] + "-then-sim";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Strategy"] = "Priority";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Provider"] = faults[f];
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Priority"] = "0";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Provider"] = "sim";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Priority"] = "1";
-        }
-
-        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        await using var _ = app;
-        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
+        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["rerank-bad-index", "rerank-twice", "rerank-no-index", "moderations-no-flag", "embeddings-404"], null, Ct);
+        var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider)> Rank(string model)
         {
             using var response = await http.PostAsync("v1/rerank", new StringContent($$"""{"model":"{{model}}","query":"q","documents":["a","b"],"top_n":1}""", Encoding.UTF8, "application/json"), Ct);
@@ -184,6 +158,5 @@ public sealed class RerankTests : IAsyncLifetime
         chatOnly.Should().Be(HttpStatusCode.BadRequest);
         refusal.Should().Contain("serves no rerank");
         (await Rank("embeddings-404-then-sim")).Status.Should().Be(HttpStatusCode.OK);
-        await app.StopAsync(Ct);
     }
 }

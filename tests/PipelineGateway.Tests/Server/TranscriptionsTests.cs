@@ -5,7 +5,6 @@ using System.Text;
 using System.Text.Json;
 using CsCheck;
 using FluentAssertions;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using OpenAI;
 using OpenAI.Audio;
@@ -282,37 +281,8 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         const string KeyVariable = "PGW_TEST_STT_SCRIPTED_KEY";
         const string UpstreamKey = "sk-stt-upstream-secret-0123456789";
         Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
-        var settings = new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:0:BaseUrl"] = new Uri(_fleet.Sims["sim"].BaseAddress, "v1").ToString(),
-            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
-        };
-        string[] faults = ["embeddings-chat", "embeddings-404", "echo-400"];
-        for (var f = 0; f < faults.Length; f++)
-        {
-            settings[$"Gateway:Providers:{f + 1}:Name"] = faults[f];
-            settings[$"Gateway:Providers:{f + 1}:Type"] = "OpenAICompatible";
-            settings[$"Gateway:Providers:{f + 1}:BaseUrl"] = new Uri(scripted.BaseAddress, "v1").ToString();
-            settings[$"Gateway:Providers:{f + 1}:ApiKeyEnvironmentVariable"] = KeyVariable;
-            settings[$"Gateway:Providers:{f + 1}:Headers:x-fault"] = faults[f];
-            settings[$"Gateway:Models:{2 * f}:Name"] = faults[f];
-            settings[$"Gateway:Models:{2 * f}:Deployments:0:Provider"] = faults[f];
-            settings[$"Gateway:Models:{2 * f}:Deployments:0:Model"] = "whisper-1";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Name"] = faults[f] + "-then-sim";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Strategy"] = "Priority";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Provider"] = faults[f];
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Model"] = "whisper-1";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:0:Priority"] = "0";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Provider"] = "sim";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Model"] = "whisper-1";
-            settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Priority"] = "1";
-        }
-
-        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        await using var _ = app;
-        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
+        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-chat", "embeddings-404", "echo-400"], "whisper-1", Ct, KeyVariable);
+        var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider)> Transcribe(string model)
         {
             var (response, text) = await PostAsync(Form(model, Wav), http: http);
@@ -333,7 +303,6 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         var (rejected, rejection, _) = await Transcribe("echo-400");
         rejected.Should().Be(HttpStatusCode.BadRequest);
         rejection.Should().Contain("temperature is too high").And.NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);
-        await app.StopAsync(Ct);
     }
 
     /// <summary>An upstream that answers <paramref name="answer"/> and keeps the multipart request it got, to read its fields and file.</summary>
