@@ -84,7 +84,7 @@ internal static class Embeddings
                 throw new InvalidRequestException(param, $"'{param}' must not be empty.");
             }
 
-            CheckTokens(item, param);
+            Operations.CheckTokens(item, param);
             return $"[{item.GetArrayLength()} token ids]";
         },
         static list =>
@@ -94,23 +94,9 @@ internal static class Embeddings
                 return null;
             }
 
-            CheckTokens(list, "input"); // one input of token ids
+            Operations.CheckTokens(list, "input"); // one input of token ids
             return $"[{list.GetArrayLength()} token ids]";
         });
-
-    private static void CheckTokens(JsonElement tokens, string param)
-    {
-        var i = 0;
-        foreach (var token in tokens.EnumerateArray())
-        {
-            if (token.ValueKind != JsonValueKind.Number || !token.TryGetInt32(out var id) || id < 0)
-            {
-                throw new InvalidRequestException($"{param}[{i}]", $"'{param}' must hold token ids: whole numbers from 0 to {int.MaxValue}.");
-            }
-
-            i++;
-        }
-    }
 
     /// <summary>
     /// The embeddings of an answer as numbers, in input order (by each item's <c>index</c> when it has one in range and not taken): a JSON

@@ -201,6 +201,21 @@ internal static class Operations
             : throw new InvalidRequestException("model", fallback is null ? $"'model' is required: a string naming {what}." : $"'model' must be a string naming {what}.");
     }
 
+    /// <summary>A list of token ids (whole numbers from 0), its bad item named as <c>param[i]</c>.</summary>
+    public static void CheckTokens(JsonElement tokens, string param)
+    {
+        var i = 0;
+        foreach (var token in tokens.EnumerateArray())
+        {
+            if (token.ValueKind != JsonValueKind.Number || !token.TryGetInt32(out var id) || id < 0)
+            {
+                throw new InvalidRequestException($"{param}[{i}]", $"'{param}' must hold token ids: whole numbers from 0 to {int.MaxValue}.");
+            }
+
+            i++;
+        }
+    }
+
     /// <summary>A string member that must not be empty (its param named when it is).</summary>
     public static string NonEmpty(JsonElement text, string param) =>
         text.GetString() is { Length: > 0 } value ? value : throw new InvalidRequestException(param, $"'{param}' must not be empty.");

@@ -196,7 +196,7 @@ internal static class TextCompletions
 
         if (prompt.ValueKind == JsonValueKind.Array && prompt.GetArrayLength() > 0 && prompt[0].ValueKind == JsonValueKind.Number)
         {
-            CheckTokens(prompt, "prompt");
+            Operations.CheckTokens(prompt, "prompt");
             return ($"[{prompt.GetArrayLength()} token ids]", 1, false);
         }
 
@@ -216,26 +216,12 @@ internal static class TextCompletions
                     throw new InvalidRequestException(param, $"'{param}' must not be empty.");
                 }
 
-                CheckTokens(item, param);
+                Operations.CheckTokens(item, param);
                 return $"[{item.GetArrayLength()} token ids]";
             },
             param: "prompt");
         var count = prompt.ValueKind == JsonValueKind.Array ? prompt.GetArrayLength() : 1;
         return (text, count, count == 1 && prompt[0].ValueKind == JsonValueKind.String);
-    }
-
-    private static void CheckTokens(JsonElement tokens, string param)
-    {
-        var i = 0;
-        foreach (var token in tokens.EnumerateArray())
-        {
-            if (token.ValueKind != JsonValueKind.Number || !token.TryGetInt32(out var id) || id < 0)
-            {
-                throw new InvalidRequestException($"{param}[{i}]", $"'{param}' must hold token ids: whole numbers from 0 to {int.MaxValue}.");
-            }
-
-            i++;
-        }
     }
 
     private static int? Int(JsonElement root, string name, int min)

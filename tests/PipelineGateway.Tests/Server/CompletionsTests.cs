@@ -2,11 +2,9 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using FluentAssertions;
-using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
 using PipelineGateway.Server;
-using PipelineGateway.Sqlite;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
@@ -28,19 +26,17 @@ public sealed class CompletionsTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        _fleet = await SimulatorFleet.StartAsync(
+        _fleet = await SimulatorFleet.StartLoggedAsync(
             [("sim", "OpenAICompatible", null), ("bad", "OpenAICompatible", "status=503"), ("claude", "Anthropic", null), ("broken", "OpenAICompatible", "stream-error=server_error"), ("cut", "OpenAICompatible", "truncate-after=4")],
             [("base", ["sim"]), ("base-failover", ["bad", "sim"]), ("mixed", ["claude", "sim"]), ("claude", ["claude"]), ("broken", ["broken"]), ("cut", ["cut"])],
             "gpt-4o-mini",
+            Path.Combine(_files.Dir, "gateway.db"),
             new Dictionary<string, string?>
             {
                 ["Gateway:Cache:Enabled"] = "true",
-                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
-                ["Gateway:RequestLog:LogBodies"] = "true",
                 ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
             },
-            Ct,
-            s => s.AddPipelineGateway().AddSqliteRequestLog());
+            Ct);
         _http = new HttpClient { BaseAddress = _fleet.Base };
     }
 
@@ -128,15 +124,12 @@ public sealed class CompletionsTests : IAsyncLifetime
         usage.GetProperty("completion_tokens").GetInt32().Should().Be(6);
 
         // Billed once, the same in the header, the request log and the metrics.
-        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
-        var log = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=10", Ct)).RootElement.GetProperty("data");
-        var row = log.EnumerateArray().Single(r => r.GetProperty("request_id").GetString() == Header(response, "x-request-id"));
+        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         row.GetProperty("prompt").GetString().Should().Contain("def fib(n):");
         row.GetProperty("answer").GetString().Should().Be(answer.GetProperty("choices")[0].GetProperty("text").GetString());
         row.GetProperty("prompt_tokens").GetInt32().Should().Be(answer.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
         row.GetProperty("cost_usd").GetDecimal().Should().Be(decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture)).And.BePositive();
-        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
-        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost, "the log and the metrics agree");
+        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Fact]

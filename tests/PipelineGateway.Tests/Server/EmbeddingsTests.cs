@@ -5,14 +5,12 @@ using System.Text.Json;
 using CsCheck;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.DependencyInjection;
 using OpenAI;
 using OpenAI.Embeddings;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
 using PipelineGateway.Server;
 using PipelineGateway.Simulator;
-using PipelineGateway.Sqlite;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
@@ -33,18 +31,16 @@ public sealed class EmbeddingsTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        _fleet = await SimulatorFleet.StartAsync(
+        _fleet = await SimulatorFleet.StartLoggedAsync(
             [("sim", "OpenAICompatible", null), ("bad", "OpenAICompatible", "status=503"), ("claude", "Anthropic", null)],
             [("emb", ["sim"]), ("emb-failover", ["bad", "sim"]), ("emb-mixed", ["claude", "sim"]), ("emb-claude", ["claude"])],
             Model,
+            Path.Combine(_files.Dir, "gateway.db"),
             new Dictionary<string, string?>
             {
                 ["Gateway:Cache:Enabled"] = "true",
-                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
-                ["Gateway:RequestLog:LogBodies"] = "true",
             },
-            Ct,
-            s => s.AddPipelineGateway().AddSqliteRequestLog());
+            Ct);
         _http = new HttpClient { BaseAddress = _fleet.Base };
     }
 
@@ -100,17 +96,14 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         // Priced per input token (text-embedding-3-small: $0.02 per million), in the header, the metrics and the log.
         var prompt = answer.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
         decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture).Should().Be(prompt * 0.02m / 1_000_000m);
-        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
-        var logs = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=1", Ct)).RootElement.GetProperty("data")[0];
-        logs.GetProperty("request_id").GetString().Should().Be(Header(response, "x-request-id"));
+        var logs = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         logs.GetProperty("prompt_tokens").GetInt32().Should().Be(prompt);
         logs.GetProperty("completion_tokens").GetInt32().Should().Be(0);
         logs.GetProperty("usage_estimated").GetBoolean().Should().BeFalse();
         logs.GetProperty("cost_usd").GetDecimal().Should().Be(prompt * 0.02m / 1_000_000m);
         logs.GetProperty("prompt").GetString().Should().Contain("one text");
         logs.GetProperty("answer").GetString().Should().Be("[1 embeddings]", "the vectors are not kept as a text");
-        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
-        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost, "the log and the metrics agree");
+        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Fact]

@@ -3,13 +3,11 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using FluentAssertions;
-using Microsoft.Extensions.DependencyInjection;
 using OpenAI;
 using OpenAI.Images;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
 using PipelineGateway.Server;
-using PipelineGateway.Sqlite;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
@@ -30,21 +28,19 @@ public sealed class ImagesTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        _fleet = await SimulatorFleet.StartAsync(
+        _fleet = await SimulatorFleet.StartLoggedAsync(
             [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
             [("img", ["sim"]), ("img-mixed", ["claude", "sim"]), ("img-claude", ["claude"])],
             "gpt-image-1",
+            Path.Combine(_files.Dir, "gateway.db"),
             new Dictionary<string, string?>
             {
                 ["Gateway:Cache:Enabled"] = "true",
-                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
-                ["Gateway:RequestLog:LogBodies"] = "true",
                 ["Gateway:Models:3:Name"] = "dall-e-3",
                 ["Gateway:Models:3:Deployments:0:Provider"] = "sim",
                 ["Gateway:Models:3:Deployments:0:Model"] = "dall-e-3",
             },
-            Ct,
-            s => s.AddPipelineGateway().AddSqliteRequestLog());
+            Ct);
         _http = new HttpClient { BaseAddress = _fleet.Base };
     }
 
@@ -99,15 +95,12 @@ public sealed class ImagesTests : IAsyncLifetime
         var usage = through.GetProperty("usage");
         var (input, output) = (usage.GetProperty("input_tokens").GetInt32(), usage.GetProperty("output_tokens").GetInt32());
         Cost(response).Should().Be(((input * 5m) + (output * 40m)) / 1_000_000m).And.BePositive();
-        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
-        var row = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=1", Ct)).RootElement.GetProperty("data")[0];
-        row.GetProperty("request_id").GetString().Should().Be(Header(response, "x-request-id"));
+        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("completion_tokens").GetInt32()).Should().Be((input, output));
         row.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(response));
         row.GetProperty("answer").GetString().Should().Be("[1 images]", "the image is not kept as a text");
         row.GetProperty("prompt").GetString().Should().Contain("a red fox");
-        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
-        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost, "the log and the metrics agree");
+        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Fact]

@@ -2,11 +2,9 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using FluentAssertions;
-using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
 using PipelineGateway.Server;
-using PipelineGateway.Sqlite;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
@@ -27,20 +25,18 @@ public sealed class RerankTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        _fleet = await SimulatorFleet.StartAsync(
+        _fleet = await SimulatorFleet.StartLoggedAsync(
             [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
             [("rr", ["sim"]), ("rr-mixed", ["claude", "sim"]), ("rr-claude", ["claude"])],
             "bge-reranker-v2-m3",
+            Path.Combine(_files.Dir, "gateway.db"),
             new Dictionary<string, string?>
             {
                 ["Gateway:Cache:Enabled"] = "true",
-                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
-                ["Gateway:RequestLog:LogBodies"] = "true",
                 ["Gateway:Pricing:bge-reranker-v2-m3:InputPerMillion"] = "0.05",
                 ["Gateway:Pricing:bge-reranker-v2-m3:OutputPerMillion"] = "0",
             },
-            Ct,
-            s => s.AddPipelineGateway().AddSqliteRequestLog());
+            Ct);
         _http = new HttpClient { BaseAddress = _fleet.Base };
     }
 
@@ -77,12 +73,10 @@ public sealed class RerankTests : IAsyncLifetime
         // Every token is input: $0.05 per million here — in the header, the log and the metrics alike.
         var tokens = through.GetProperty("usage").GetProperty("total_tokens").GetInt32();
         decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture).Should().Be(tokens * 0.05m / 1_000_000m);
-        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
-        var row = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=1", Ct)).RootElement.GetProperty("data")[0];
+        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("answer").GetString()).Should().Be((tokens, "[2 ranked documents]"));
         row.GetProperty("prompt").GetString().Should().Contain("what does a gateway do").And.Contain("bananas are yellow");
-        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
-        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost);
+        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
 
         // Cohere's v2 path is the same API; the same request is a hit there, and a hit is the stored answer.
         var (v2, hit) = await PostAsync(Body, path: "v2/rerank");

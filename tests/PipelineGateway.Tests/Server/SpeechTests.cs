@@ -3,13 +3,11 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using FluentAssertions;
-using Microsoft.Extensions.DependencyInjection;
 using OpenAI;
 using OpenAI.Audio;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
 using PipelineGateway.Server;
-using PipelineGateway.Sqlite;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
@@ -30,19 +28,17 @@ public sealed class SpeechTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        _fleet = await SimulatorFleet.StartAsync(
+        _fleet = await SimulatorFleet.StartLoggedAsync(
             [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
             [("tts", ["sim"]), ("tts-mixed", ["claude", "sim"]), ("tts-claude", ["claude"])],
             "tts-1",
+            Path.Combine(_files.Dir, "gateway.db"),
             new Dictionary<string, string?>
             {
                 ["Gateway:Cache:Enabled"] = "true",
                 ["Gateway:Cache:CacheNonDeterministic"] = "true",
-                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
-                ["Gateway:RequestLog:LogBodies"] = "true",
             },
-            Ct,
-            s => s.AddPipelineGateway().AddSqliteRequestLog());
+            Ct);
         _http = new HttpClient { BaseAddress = _fleet.Base };
     }
 
@@ -84,15 +80,12 @@ public sealed class SpeechTests : IAsyncLifetime
 
         // tts-1 by the character: $15 per million — in the header, the log and the metrics alike.
         decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture).Should().Be(Text.Length * 15m / 1_000_000m);
-        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
-        var row = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=1", Ct)).RootElement.GetProperty("data")[0];
-        row.GetProperty("request_id").GetString().Should().Be(Header(response, "x-request-id"));
+        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("completion_tokens").GetInt32()).Should().Be((Text.Length, 0));
         row.GetProperty("usage_estimated").GetBoolean().Should().BeFalse("the characters are counted, not estimated");
         row.GetProperty("cost_usd").GetDecimal().Should().Be(Text.Length * 15m / 1_000_000m);
         row.GetProperty("answer").GetString().Should().Be($"[audio/mpeg, {through.Length} bytes]", "the audio is not kept as a text");
-        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
-        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost, "the log and the metrics agree");
+        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Fact]

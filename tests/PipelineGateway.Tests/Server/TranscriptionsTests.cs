@@ -5,14 +5,12 @@ using System.Text;
 using System.Text.Json;
 using CsCheck;
 using FluentAssertions;
-using Microsoft.Extensions.DependencyInjection;
 using OpenAI;
 using OpenAI.Audio;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
 using PipelineGateway.Providers.Simulated;
 using PipelineGateway.Server;
-using PipelineGateway.Sqlite;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
@@ -37,22 +35,20 @@ public sealed class TranscriptionsTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        _fleet = await SimulatorFleet.StartAsync(
+        _fleet = await SimulatorFleet.StartLoggedAsync(
             [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
             [("whisper", ["sim"]), ("stt-mixed", ["claude", "sim"]), ("stt-claude", ["claude"])],
             "whisper-1",
+            Path.Combine(_files.Dir, "gateway.db"),
             new Dictionary<string, string?>
             {
-                ["Gateway:RequestLog:Path"] = Path.Combine(_files.Dir, "gateway.db"),
-                ["Gateway:RequestLog:LogBodies"] = "true",
                 ["Gateway:Server:MaxRequestBodyBytes"] = "65536",
                 ["Gateway:Server:MaxUploadBytes"] = "262144",
                 ["Gateway:Models:3:Name"] = "gpt-4o-transcribe",
                 ["Gateway:Models:3:Deployments:0:Provider"] = "sim",
                 ["Gateway:Models:3:Deployments:0:Model"] = "gpt-4o-transcribe",
             },
-            Ct,
-            s => s.AddPipelineGateway().AddSqliteRequestLog());
+            Ct);
         _http = new HttpClient { BaseAddress = _fleet.Base };
     }
 
@@ -115,14 +111,11 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         JsonDocument.Parse(through).RootElement.GetProperty("usage").GetProperty("seconds").GetInt32().Should().Be(3);
         Cost(response).Should().Be(3m / 60m * 0.006m);
 
-        await _fleet.App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(Ct);
-        var row = JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/logs?limit=1", Ct)).RootElement.GetProperty("data")[0];
-        row.GetProperty("request_id").GetString().Should().Be(Header(response, "x-request-id"));
+        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         row.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(response));
         row.GetProperty("answer").GetString().Should().Be($"[transcription, {Encoding.UTF8.GetByteCount(through)} bytes]");
         row.GetProperty("prompt").GetString().Should().Contain("speech.wav").And.Contain($"{Wav.Length} bytes of audio");
-        var metrics = _fleet.App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
-        JsonDocument.Parse(await _http.GetStringAsync("v1/gateway/spend?since=1d", Ct)).RootElement.GetProperty("total_cost_usd").GetDecimal().Should().Be(metrics.TotalCost, "the log and the metrics agree");
+        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Theory]

@@ -1,7 +1,11 @@
+using System.Text.Json;
+using FluentAssertions;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
+using PipelineGateway.Hosting;
 using PipelineGateway.Server;
+using PipelineGateway.Sqlite;
 using PipelineGateway.Simulator;
 
 namespace PipelineGateway.Tests.Support;
@@ -76,6 +80,39 @@ internal sealed class SimulatorFleet : IAsyncDisposable
 
         var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { }, services);
         return new SimulatorFleet(app, await GatewayServer.StartAsync(app, cancellationToken), sims);
+    }
+
+    /// <summary>The same, with the SQLite request log at <paramref name="database"/> keeping prompts and answers.</summary>
+    public static Task<SimulatorFleet> StartLoggedAsync(
+        (string Name, string Type, string? Fault)[] providers,
+        (string Model, string[] Providers)[] models,
+        string deploymentModel,
+        string database,
+        Dictionary<string, string?> settings,
+        CancellationToken cancellationToken)
+    {
+        settings["Gateway:RequestLog:Path"] = database;
+        settings["Gateway:RequestLog:LogBodies"] = "true";
+        return StartAsync(providers, models, deploymentModel, settings, cancellationToken, static s => s.AddPipelineGateway().AddSqliteRequestLog());
+    }
+
+    /// <summary>The request log's newest row (written out first), for the answer whose headers named <paramref name="requestId"/>.</summary>
+    public async Task<JsonElement> LogRowAsync(string requestId, CancellationToken cancellationToken)
+    {
+        await App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(cancellationToken);
+        using var http = new HttpClient { BaseAddress = Base };
+        var rows = JsonDocument.Parse(await http.GetStringAsync("v1/gateway/logs?limit=20", cancellationToken)).RootElement.GetProperty("data");
+        return rows.EnumerateArray().Single(r => r.GetProperty("request_id").GetString() == requestId).Clone();
+    }
+
+    /// <summary>The request log's spend total equals the metrics' cost total: they bill alike.</summary>
+    public async Task SpendShouldBeTheMetricsAsync(CancellationToken cancellationToken)
+    {
+        await App.Services.GetRequiredService<PipelineGateway.RequestLog.RequestLogWriter>().FlushAsync(cancellationToken);
+        using var http = new HttpClient { BaseAddress = Base };
+        var metrics = App.Services.GetRequiredService<PipelineGateway.Metrics.IGatewayMetrics>().GetSnapshot();
+        JsonDocument.Parse(await http.GetStringAsync("v1/gateway/spend?since=1d", cancellationToken)).RootElement.GetProperty("total_cost_usd").GetDecimal()
+            .Should().Be(metrics.TotalCost, "the request log and the metrics bill alike");
     }
 
     public async ValueTask DisposeAsync()
