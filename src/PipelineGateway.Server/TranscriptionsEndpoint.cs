@@ -65,11 +65,17 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
                     await stream.ReadExactlyAsync(bytes, aborted);
                 }
 
-                upload = new Upload(bytes, string.IsNullOrEmpty(file.FileName) ? "audio" : file.FileName, file.ContentType);
+                upload = new Upload(bytes, Upload.SafeName(file.FileName), file.ContentType);
             }
 
             var fields = form.SelectMany(static f => f.Value.Select(v => new KeyValuePair<string, string>(f.Key, v ?? string.Empty))).ToList();
             request = Transcriptions.ToRequest(kind, fields, upload, deployment);
+        }
+        catch (IOException ex) when (!aborted.IsCancellationRequested)
+        {
+            // The form ended before its closing boundary (a truncated body).
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not a whole multipart form: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
+            return;
         }
         catch (InvalidDataException ex)
         {

@@ -206,12 +206,12 @@ public sealed partial class SimulatorServer
                 {
                     using var bytes = new MemoryStream();
                     await file.CopyToAsync(bytes, ctx.RequestAborted).ConfigureAwait(false);
-                    upload = new Upload(bytes.ToArray(), file.FileName, file.ContentType);
+                    upload = new Upload(bytes.ToArray(), Upload.SafeName(file.FileName), file.ContentType);
                 }
 
                 request = Transcriptions.ToRequest(kind, [.. form.SelectMany(static f => f.Value.Select(v => new KeyValuePair<string, string>(f.Key, v ?? string.Empty)))], upload);
             }
-            catch (Exception ex) when (ex is InvalidDataException or InvalidOperationException)
+            catch (Exception ex) when (ex is InvalidDataException or InvalidOperationException or IOException && !ctx.RequestAborted.IsCancellationRequested)
             {
                 await OpenAIError(ctx, 400, "invalid_request_error", null, $"Could not parse multipart form. ({ex.Message})").ConfigureAwait(false);
                 return;

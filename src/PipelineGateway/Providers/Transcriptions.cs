@@ -3,8 +3,42 @@ using System.Text.Json;
 
 namespace PipelineGateway.Providers;
 
-/// <summary>An uploaded file of a multipart request (the audio of a transcription): its bytes, name and media type as sent.</summary>
-internal sealed record Upload(ReadOnlyMemory<byte> Bytes, string FileName, string? ContentType);
+/// <summary>An uploaded file of a multipart request (the audio of a transcription): its bytes, name and media type.</summary>
+internal sealed record Upload(ReadOnlyMemory<byte> Bytes, string FileName, string? ContentType)
+{
+    /// <summary>
+    /// A caller's file name as it may go upstream (in a part's <c>Content-Disposition</c>) and into the log: its last path
+    /// segment, without control characters, quotes or backslashes (a header line must not be broken or forged), at most
+    /// 255 characters; <c>audio</c> when nothing is left.
+    /// </summary>
+    public static string SafeName(string? name)
+    {
+        var last = (name ?? string.Empty).Split('/', '\\')[^1];
+        var kept = new System.Text.StringBuilder(Math.Min(last.Length, 255));
+        for (var i = 0; i < last.Length && kept.Length < 255; i++)
+        {
+            var c = last[i];
+            if (char.IsHighSurrogate(c) && i + 1 < last.Length && char.IsLowSurrogate(last[i + 1]))
+            {
+                if (kept.Length + 2 <= 255)
+                {
+                    kept.Append(c).Append(last[++i]); // a whole pair, never half of one
+                }
+                else
+                {
+                    break;
+                }
+            }
+            else if (!char.IsControl(c) && !char.IsSurrogate(c) && c is not ('"' or '\\'))
+            {
+                kept.Append(c);
+            }
+        }
+
+        var safe = kept.ToString().Trim();
+        return safe.Length == 0 ? "audio" : safe;
+    }
+}
 
 /// <summary>
 /// OpenAI's speech-to-text requests (<c>POST /v1/audio/transcriptions</c>, <c>/v1/audio/translations</c>: multipart
@@ -77,6 +111,12 @@ internal static class Transcriptions
 
         foreach (var (key, value) in fields)
         {
+            if (key.Length is 0 or > 64 || !key.All(static c => char.IsAsciiLetterOrDigit(c) || c is '_' or '.' or '-' or '[' or ']'))
+            {
+                // Sent on as a part's name: a header value, which a control character or a quote would break.
+                throw new InvalidRequestException(null, "A form field's name must be 1 to 64 letters, digits, '_', '.', '-', '[' or ']'.");
+            }
+
             if (key is "timestamp_granularities[]" or "timestamp_granularities" && value is not ("word" or "segment"))
             {
                 throw new InvalidRequestException("timestamp_granularities[]", "'timestamp_granularities[]' must be \"word\" or \"segment\".");

@@ -242,6 +242,62 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// Hostile forms written byte by byte: a file name that decodes to a line break (RFC 5987's <c>filename*</c>) is
+    /// answered with the name made safe (it goes upstream in a header), a field name that does is refused, a form cut
+    /// before its closing boundary is a 400 — none of them a 5xx, nothing half-sent.
+    /// </summary>
+    [Theory]
+    [InlineData("filename*=UTF-8''a%0D%0AX-Evil%3A%201.wav", "file", HttpStatusCode.OK)]
+    [InlineData("filename=\"../../etc/passwd\"", "file", HttpStatusCode.OK)]
+    [InlineData("filename=\"a.wav\"", "name*=UTF-8''x%0D%0Ay", HttpStatusCode.BadRequest)]
+    [InlineData("filename=\"a.wav\"", "cut", HttpStatusCode.BadRequest)]
+    public async Task A_hostile_form_is_answered_safely_or_refused_never_a_5xx(string fileName, string variant, HttpStatusCode expected)
+    {
+        const string Boundary = "XyZ";
+        var body = new MemoryStream();
+        void Write(string text) => body.Write(Encoding.UTF8.GetBytes(text));
+        Write($"--{Boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n");
+        Write($"--{Boundary}\r\nContent-Disposition: form-data; name=\"file\"; {fileName}\r\nContent-Type: audio/wav\r\n\r\n");
+        body.Write(Wav);
+        Write("\r\n");
+        if (variant.StartsWith("name*", StringComparison.Ordinal))
+        {
+            Write($"--{Boundary}\r\nContent-Disposition: form-data; {variant}\r\n\r\nv\r\n");
+        }
+
+        Write($"--{Boundary}--\r\n");
+        var bytes = body.ToArray();
+        var content = new ByteArrayContent(variant == "cut" ? bytes[..^12] : bytes);
+        content.Headers.TryAddWithoutValidation("Content-Type", $"multipart/form-data; boundary={Boundary}");
+
+        var (response, text) = await PostAsync(content);
+
+        response.StatusCode.Should().Be(expected, text);
+        if (expected != HttpStatusCode.OK)
+        {
+            FrontDoorTests.ErrorIn("v1/audio/transcriptions", JsonDocument.Parse(text).RootElement);
+            _fleet.Sims["sim"].Requests.Should().Be(0);
+        }
+    }
+
+    [Fact]
+    public void A_file_name_goes_upstream_safe_whatever_the_caller_sent()
+    {
+        Gen.Char.Array[0, 400].Select(static c => new string(c)).Sample(name =>
+        {
+            var safe = Upload.SafeName(name);
+            safe.Length.Should().BeInRange(1, 255);
+            safe.Should().NotContainAny("\"", "\\", "/", "\r", "\n");
+            safe.Where(char.IsControl).Should().BeEmpty();
+            Encoding.UTF8.GetString(Encoding.UTF8.GetBytes(safe)).Should().Be(safe, "no half of a surrogate pair");
+            using var form = new MultipartFormDataContent { { new ByteArrayContent([1]), "file", safe } }; // a header it can write
+            form.Headers.ContentType.Should().NotBeNull();
+        }, seed: "0N0XIzNsQ0O3", iter: 20_000 * Fuzz.Scale, threads: 1);
+        Upload.SafeName("../../a\\b.wav").Should().Be("b.wav");
+        Upload.SafeName("\r\n").Should().Be("audio");
+    }
+
     [Fact]
     public void Any_set_of_form_fields_is_refused_with_a_request_error_or_read_into_a_request_with_its_audio()
     {
