@@ -107,7 +107,7 @@ internal static class Commands
         var urls = new Option<string>("--urls") { Description = "Where to listen (default http://127.0.0.1:8080). Off loopback, gateway keys are required.", DefaultValueFactory = _ => "http://127.0.0.1:8080" };
         var config = Config();
         var noLog = NoLog();
-        var command = new Command("serve", "Run the HTTP front door: OpenAI /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings, /v1/moderations, /v1/images/generations, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/rerank and /v1/models (and Azure OpenAI's deployment routes), Anthropic /v1/messages, the admin surface (/v1/gateway/metrics, /v1/gateway/logs, /v1/gateway/spend, /metrics), /healthz and /readyz. SIGTERM or Ctrl+C drains in-flight requests.")
+        var command = new Command("serve", "Run the HTTP front door: OpenAI /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings, /v1/moderations, /v1/images/generations, /v1/images/edits, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/rerank and /v1/models (and Azure OpenAI's deployment routes), Anthropic /v1/messages, the admin surface (/v1/gateway/metrics, /v1/gateway/logs, /v1/gateway/spend, /metrics), /healthz and /readyz. SIGTERM or Ctrl+C drains in-flight requests.")
         {
             urls, config, noLog,
         };
@@ -170,7 +170,7 @@ internal static class Commands
         }).ToArray();
         var apiKeyEnv = new Option<string?>("--api-key-env") { Description = "The environment variable holding the API key callers must send (default: none required)." };
         var openAIExtras = new Option<bool>("--openai-extras") { Description = "Streamed OpenAI events as OpenAI sends them: with service_tier, system_fingerprint and obfuscation (random padding), members the gateway does not model." };
-        var command = new Command("simulate", "Run the upstream simulator: OpenAI /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/moderations, /v1/images/generations, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/rerank and /v1/models, Anthropic /v1/messages, whole and streamed, with faults drawn at the rates given or scripted per request (header x-sim-fault, e.g. status=429;retry-after=2).")
+        var command = new Command("simulate", "Run the upstream simulator: OpenAI /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/moderations, /v1/images/generations, /v1/images/edits, /v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/rerank and /v1/models, Anthropic /v1/messages, whole and streamed, with faults drawn at the rates given or scripted per request (header x-sim-fault, e.g. status=429;retry-after=2).")
         {
             urls, apiKeyEnv, openAIExtras,
         };

@@ -68,7 +68,7 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
             if (!IsJson(ctx.Request.ContentType) && !(IsUpload(path) && IsMultipart(ctx.Request.ContentType)))
             {
                 return RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type", IsUpload(path)
-                    ? $"The request body must be a multipart form (Content-Type: multipart/form-data) with the audio as its 'file'; got '{Shorten(ctx.Request.ContentType ?? "none")}'."
+                    ? $"The request body must be a multipart form (Content-Type: multipart/form-data) with its files; got '{Shorten(ctx.Request.ContentType ?? "none")}'."
                     : $"The request body must be JSON (Content-Type: application/json); got '{Shorten(ctx.Request.ContentType ?? "none")}'.");
             }
 
@@ -103,9 +103,10 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
     public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options, bool upload = false) =>
         RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The request body is larger than {(upload ? options.MaxUploadBytes : options.MaxRequestBodyBytes)} bytes.");
 
-    /// <summary>The routes that take a multipart upload (speech to text) rather than JSON.</summary>
+    /// <summary>The routes that take a multipart upload (speech to text, image edits) rather than JSON.</summary>
     internal static bool IsUpload(PathString path) =>
-        path.Value is { } p && (p.EndsWith("/audio/transcriptions", StringComparison.OrdinalIgnoreCase) || p.EndsWith("/audio/translations", StringComparison.OrdinalIgnoreCase));
+        path.Value is { } p && (p.EndsWith("/audio/transcriptions", StringComparison.OrdinalIgnoreCase) || p.EndsWith("/audio/translations", StringComparison.OrdinalIgnoreCase)
+            || p.EndsWith("/images/edits", StringComparison.OrdinalIgnoreCase));
 
     private static bool IsMultipart(string? contentType) =>
         MediaTypeHeaderValue.TryParse(contentType, out var media) && media.MediaType.Equals("multipart/form-data", StringComparison.OrdinalIgnoreCase) && media.Boundary.Length > 0;

@@ -176,6 +176,8 @@ public static partial class GatewayServer
         app.MapPost("/v1/audio/translations", transcriptions.TranslationsAsync);
         app.MapPost("/openai/deployments/{deployment}/audio/transcriptions", transcriptions.AzureTranscriptionsAsync);
         app.MapPost("/openai/deployments/{deployment}/audio/translations", transcriptions.AzureTranslationsAsync);
+        app.MapPost("/v1/images/edits", transcriptions.ImageEditsAsync);
+        app.MapPost("/openai/deployments/{deployment}/images/edits", transcriptions.AzureImageEditsAsync);
         app.MapPost("/openai/deployments/{deployment}/audio/speech", operations.AzureSpeechAsync);
         app.MapPost("/openai/deployments/{deployment}/images/generations", operations.AzureImagesAsync);
         var completions = app.Services.GetRequiredService<CompletionsEndpoint>();

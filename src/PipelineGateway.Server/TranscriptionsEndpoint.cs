@@ -6,10 +6,11 @@ using PipelineGateway.Providers;
 namespace PipelineGateway.Server;
 
 /// <summary>
-/// <c>POST /v1/audio/transcriptions</c> and <c>/v1/audio/translations</c> (and Azure's deployment routes): OpenAI's
-/// speech to text, a multipart form in (the audio as its <c>file</c>), the transcript out as the upstream wrote it — JSON
-/// or text, as asked — through the same pipeline as every operation (<see cref="Transcriptions"/>): keys, limits,
-/// budgets, routing with failover and health, cost (by the token or the minute of audio), metrics, the request log.
+/// The routes that take a multipart form: <c>POST /v1/audio/transcriptions</c> and <c>/v1/audio/translations</c> (speech
+/// to text: the audio as the form's <c>file</c>, the transcript out as the upstream wrote it, JSON or text) and
+/// <c>/v1/images/edits</c> (images and a mask in, images out), and Azure's deployment routes — through the same pipeline
+/// as every operation (<see cref="Transcriptions"/>, <see cref="Images.EditRequest"/>): keys, limits, budgets, routing
+/// with failover and health, cost, metrics, the request log.
 /// </summary>
 internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, ILogger<TranscriptionsEndpoint> logger)
 {
@@ -25,6 +26,10 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
 
     public Task AzureTranslationsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.Translation, ctx.Request.RouteValues["deployment"] as string);
 
+    public Task ImageEditsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.ImageEdit, deployment: null);
+
+    public Task AzureImageEditsAsync(HttpContext ctx) => HandleAsync(ctx, OperationKind.ImageEdit, ctx.Request.RouteValues["deployment"] as string);
+
     private async Task HandleAsync(HttpContext ctx, OperationKind kind, string? deployment)
     {
         // Key, content type (a multipart form), size and x-gateway-* headers were checked by the front door.
@@ -39,7 +44,7 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
         {
             if (!ctx.Request.HasFormContentType)
             {
-                await RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type", "The request body must be a multipart form (Content-Type: multipart/form-data) with the audio as its 'file'.");
+                await RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type", "The request body must be a multipart form (Content-Type: multipart/form-data) with its files.");
                 return;
             }
 
@@ -50,14 +55,8 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
                 ValueLengthLimit = 1024 * 1024,
                 MultipartHeadersCountLimit = 16,
             }, aborted);
-            if (form.Files.Count > 1 || (form.Files.Count == 1 && form.Files[0].Name != "file"))
-            {
-                await RouteErrors.WriteAsync(ctx, new InvalidRequestException("file", "The form takes one file, named 'file' (the audio)."));
-                return;
-            }
-
-            Upload? upload = null;
-            if (form.Files.GetFile("file") is { } file)
+            var files = new List<FilePart>(form.Files.Count);
+            foreach (var file in form.Files)
             {
                 var bytes = new byte[file.Length];
                 await using (var stream = file.OpenReadStream())
@@ -65,11 +64,19 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
                     await stream.ReadExactlyAsync(bytes, aborted);
                 }
 
-                upload = new Upload(bytes, Upload.SafeName(file.FileName), file.ContentType);
+                files.Add(new FilePart(file.Name, new Upload(bytes, Upload.SafeName(file.FileName), file.ContentType)));
+            }
+
+            if (kind != OperationKind.ImageEdit && (files.Count > 1 || (files.Count == 1 && files[0].Field != "file")))
+            {
+                await RouteErrors.WriteAsync(ctx, new InvalidRequestException("file", "The form takes one file, named 'file' (the audio)."));
+                return;
             }
 
             var fields = form.SelectMany(static f => f.Value.Select(v => new KeyValuePair<string, string>(f.Key, v ?? string.Empty))).ToList();
-            request = Transcriptions.ToRequest(kind, fields, upload, deployment);
+            request = kind == OperationKind.ImageEdit
+                ? Images.EditRequest(fields, files, deployment)
+                : Transcriptions.ToRequest(kind, fields, files.Count == 0 ? null : files[0].File, deployment);
         }
         catch (IOException ex) when (!aborted.IsCancellationRequested)
         {

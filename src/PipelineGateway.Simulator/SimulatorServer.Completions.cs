@@ -182,11 +182,12 @@ public sealed partial class SimulatorServer
     }
 
     /// <summary>
-    /// <c>POST /v1/audio/transcriptions</c> and <c>/v1/audio/translations</c> (and Azure's routes): the form read by the
-    /// gateway's own checks, a transcript made up from the audio (<see cref="SimulatedTranscripts"/>) in the format asked,
-    /// with the chat route's faults and latency.
+    /// The multipart routes — <c>POST /v1/audio/transcriptions</c>, <c>/v1/audio/translations</c>, <c>/v1/images/edits</c>
+    /// (and Azure's) — the form read by the gateway's own checks: a transcript made up from the audio
+    /// (<see cref="SimulatedTranscripts"/>) in the format asked, or images (<see cref="SimulatedImages"/>), with the chat
+    /// route's faults and latency.
     /// </summary>
-    private async Task OpenAITranscriptionAsync(HttpContext ctx, OperationKind kind)
+    private async Task OpenAIFormAsync(HttpContext ctx, OperationKind kind)
     {
         Interlocked.Increment(ref _requests);
         Interlocked.Increment(ref _inFlight);
@@ -201,15 +202,18 @@ public sealed partial class SimulatorServer
             try
             {
                 var form = await ctx.Request.ReadFormAsync(ctx.RequestAborted).ConfigureAwait(false);
-                Upload? upload = null;
-                if (form.Files.GetFile("file") is { } file)
+                var files = new List<FilePart>();
+                foreach (var file in form.Files)
                 {
                     using var bytes = new MemoryStream();
                     await file.CopyToAsync(bytes, ctx.RequestAborted).ConfigureAwait(false);
-                    upload = new Upload(bytes.ToArray(), Upload.SafeName(file.FileName), file.ContentType);
+                    files.Add(new FilePart(file.Name, new Upload(bytes.ToArray(), Upload.SafeName(file.FileName), file.ContentType)));
                 }
 
-                request = Transcriptions.ToRequest(kind, [.. form.SelectMany(static f => f.Value.Select(v => new KeyValuePair<string, string>(f.Key, v ?? string.Empty)))], upload);
+                List<KeyValuePair<string, string>> fields = [.. form.SelectMany(static f => f.Value.Select(v => new KeyValuePair<string, string>(f.Key, v ?? string.Empty)))];
+                request = kind == OperationKind.ImageEdit
+                    ? Images.EditRequest(fields, files)
+                    : Transcriptions.ToRequest(kind, fields, files.FirstOrDefault(static f => f.Field == "file")?.File);
             }
             catch (Exception ex) when (ex is InvalidDataException or InvalidOperationException or IOException && !ctx.RequestAborted.IsCancellationRequested)
             {
@@ -228,11 +232,24 @@ public sealed partial class SimulatorServer
                 return;
             }
 
-            var answer = SimulatedTranscripts.Answer(request.Operation!, request.Model);
+            byte[] answer;
+            string mediaType;
+            if (kind == OperationKind.ImageEdit)
+            {
+                var images = SimulatedImages.Data(request.Operation!, request.Model);
+                answer = Operations.ToJson(new ChatCompletionResponse { Model = request.Model, Created = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Operation = images });
+                mediaType = images.MediaType;
+            }
+            else
+            {
+                var transcript = SimulatedTranscripts.Answer(request.Operation!, request.Model);
+                (answer, mediaType) = (transcript.List.ToArray(), transcript.MediaType);
+            }
+
             SetRateLimitHeaders(ctx);
-            ctx.Response.ContentType = answer.MediaType;
-            ctx.Response.ContentLength = answer.List.Length;
-            await ctx.Response.Body.WriteAsync(answer.List, ctx.RequestAborted).ConfigureAwait(false);
+            ctx.Response.ContentType = mediaType;
+            ctx.Response.ContentLength = answer.Length;
+            await ctx.Response.Body.WriteAsync(answer, ctx.RequestAborted).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
         {

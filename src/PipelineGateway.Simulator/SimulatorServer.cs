@@ -84,10 +84,12 @@ public sealed partial class SimulatorServer : IAsyncDisposable
         app.MapPost("/v1/audio/speech", OpenAISpeechAsync);
         app.MapPost("/v1/rerank", OpenAIRerankAsync);
         app.MapPost("/v2/rerank", OpenAIRerankAsync);
-        app.MapPost("/v1/audio/transcriptions", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Transcription));
-        app.MapPost("/v1/audio/translations", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Translation));
-        app.MapPost("/openai/deployments/{deployment}/audio/transcriptions", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Transcription));
-        app.MapPost("/openai/deployments/{deployment}/audio/translations", ctx => OpenAITranscriptionAsync(ctx, PipelineGateway.Providers.OperationKind.Translation));
+        app.MapPost("/v1/audio/transcriptions", ctx => OpenAIFormAsync(ctx, PipelineGateway.Providers.OperationKind.Transcription));
+        app.MapPost("/v1/audio/translations", ctx => OpenAIFormAsync(ctx, PipelineGateway.Providers.OperationKind.Translation));
+        app.MapPost("/openai/deployments/{deployment}/audio/transcriptions", ctx => OpenAIFormAsync(ctx, PipelineGateway.Providers.OperationKind.Transcription));
+        app.MapPost("/openai/deployments/{deployment}/audio/translations", ctx => OpenAIFormAsync(ctx, PipelineGateway.Providers.OperationKind.Translation));
+        app.MapPost("/v1/images/edits", ctx => OpenAIFormAsync(ctx, PipelineGateway.Providers.OperationKind.ImageEdit));
+        app.MapPost("/openai/deployments/{deployment}/images/edits", ctx => OpenAIFormAsync(ctx, PipelineGateway.Providers.OperationKind.ImageEdit));
         app.MapPost("/openai/deployments/{deployment}/audio/speech", OpenAISpeechAsync);
         app.MapPost("/openai/deployments/{deployment}/images/generations", OpenAIImagesAsync);
         app.MapPost("/openai/deployments/{deployment}/completions", OpenAICompletionsAsync);

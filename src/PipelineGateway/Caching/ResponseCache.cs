@@ -40,7 +40,7 @@ internal sealed class ResponseCache
         _options.Enabled
         && request.Gateway?.NoStore != true
         && (request.N ?? 1) == 1
-        && request.Operation is not ({ Kind: Providers.OperationKind.Speech } or { Upload: not null }) // audio has no place in a JSON store (and is drawn anew)
+        && request.Operation is not ({ Kind: Providers.OperationKind.Speech } or { Files: not null }) // audio has no place in a JSON store (and is drawn anew)
         && request.TextCompletion is not { AsksLogprobs: true } // a stream's would not be rebuilt: the completions form is not chat's
         && (_options.CacheNonDeterministic || (request.Temperature is null or 0 && request.Operation?.Kind != Providers.OperationKind.Images)); // an image is drawn anew each time
 

@@ -74,8 +74,72 @@ internal static class Images
         };
     }
 
-    /// <summary>How many images a checked request asks for (<c>n</c>, 1 when left out).</summary>
-    public static int Count(JsonElement body) => body.TryGetProperty("n", out var n) && n.ValueKind == JsonValueKind.Number ? n.GetInt32() : 1;
+    /// <summary>The most images one edit may take (gpt-image-1's bound).</summary>
+    public const int MaxEditImages = 16;
+
+    /// <summary>
+    /// Checks an image edit (<c>POST /v1/images/edits</c>: a multipart form) and makes the pipeline's request of it: the
+    /// images to edit (<c>image</c>, or <c>image[]</c> for several, at most <see cref="MaxEditImages"/>), an optional
+    /// <c>mask</c>, <c>prompt</c> (non-empty), <c>model</c> (<see cref="DefaultModel"/> when left out), <c>n</c> (1–10),
+    /// <c>response_format</c>, <c>output_compression</c>; other fields (size, quality, background, input_fidelity…) sent
+    /// on as they came; <c>stream</c> refused.
+    /// </summary>
+    /// <exception cref="InvalidRequestException">A field or file is missing or not what the API allows; its name is the error's param.</exception>
+    public static ChatCompletionRequest EditRequest(IReadOnlyList<KeyValuePair<string, string>> fields, IReadOnlyList<FilePart> files, string? route = null)
+    {
+        Forms.CheckNames(fields);
+        var model = route ?? (Forms.Field(fields, "model") is { Length: > 0 } named ? named : DefaultModel);
+        if (Forms.Field(fields, "prompt") is not { Length: > 0 } prompt)
+        {
+            throw new InvalidRequestException("prompt", "'prompt' is required: a text description of the edit.");
+        }
+
+        var images = files.Count(static f => f.Field is "image" or "image[]");
+        if (images == 0 || images > MaxEditImages || files.Any(static f => f.File.Bytes.IsEmpty))
+        {
+            throw new InvalidRequestException("image", $"'image' is required: 1 to {MaxEditImages} non-empty image files ('image', or 'image[]' for several).");
+        }
+
+        var other = files.Any(static f => f.Field is not ("image" or "image[]" or "mask"));
+        if (other || files.Count(static f => f.Field == "mask") > 1)
+        {
+            throw new InvalidRequestException(other ? null : "mask", "The form takes the images to edit ('image' or 'image[]') and at most one 'mask'.");
+        }
+
+        if (Forms.Field(fields, "n") is { } n && !(int.TryParse(n, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var count) && count is >= 1 and <= MaxImages))
+        {
+            throw new InvalidRequestException("n", $"'n' must be a whole number from 1 to {MaxImages}.");
+        }
+
+        if (Forms.Field(fields, "response_format") is { } format && format is not ("url" or "b64_json"))
+        {
+            throw new InvalidRequestException("response_format", "'response_format' must be \"url\" or \"b64_json\".");
+        }
+
+        if (Forms.Field(fields, "output_compression") is { } compression && !(int.TryParse(compression, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var c) && c is >= 0 and <= 100))
+        {
+            throw new InvalidRequestException("output_compression", "'output_compression' must be a whole number from 0 to 100.");
+        }
+
+        if (Forms.Field(fields, "stream") is { } stream && !stream.Equals("false", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new InvalidRequestException("stream", "An image edit is not streamed through the gateway (partial images): ask without 'stream'.");
+        }
+
+        return new ChatCompletionRequest
+        {
+            Model = model,
+            Messages = [ChatCompletionMessage.User($"{prompt}\n\n[{images} image(s) to edit{(files.Any(static f => f.Field == "mask") ? ", a mask" : string.Empty)}]")],
+            Operation = new OperationRequest(OperationKind.ImageEdit, Forms.Json(fields, model)) { Files = files },
+        };
+    }
+
+    /// <summary>How many images a checked request asks for (<c>n</c>, 1 when left out; a form's value is text).</summary>
+    public static int Count(JsonElement body) =>
+        !body.TryGetProperty("n", out var n) ? 1
+        : n.ValueKind == JsonValueKind.Number ? n.GetInt32()
+        : n.ValueKind == JsonValueKind.String && int.TryParse(n.GetString(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var count) ? count
+        : 1;
 
     /// <summary>
     /// An image answer's usage (gpt-image-1: <c>input_tokens</c>, <c>output_tokens</c>, <c>total_tokens</c>) as the

@@ -26,13 +26,19 @@ internal enum OperationKind
 
     /// <summary><c>POST /v1/rerank</c> (<see cref="Providers.Rerank"/>): documents ranked against a query.</summary>
     Rerank,
+
+    /// <summary><c>POST /v1/images/edits</c> (<see cref="Images.EditRequest"/>): a multipart form in, images out.</summary>
+    ImageEdit,
 }
 
 /// <summary>An operation's request: its kind and its body as the caller sent it (checked), which the upstream gets with the deployment's model.</summary>
 internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
 {
-    /// <summary>A multipart request's file (a transcription's audio); the body then holds the form's text fields.</summary>
-    public Upload? Upload { get; init; }
+    /// <summary>A multipart request's files (a transcription's audio, an edit's images); the body then holds the form's text fields.</summary>
+    public IReadOnlyList<FilePart>? Files { get; init; }
+
+    /// <summary>The first file of a multipart request (a transcription's audio).</summary>
+    public Upload? Upload => Files is { Count: > 0 } files ? files[0].File : null;
 
     /// <summary>The upstream route under the provider's base URL (<c>embeddings</c>, <c>moderations</c>).</summary>
     public string Path => Kind switch
@@ -43,7 +49,8 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
         OperationKind.Speech => "audio/speech",
         OperationKind.Transcription => "audio/transcriptions",
         OperationKind.Translation => "audio/translations",
-        _ => "rerank",
+        OperationKind.Rerank => "rerank",
+        _ => "images/edits",
     };
 
     /// <summary>How many answers the request asks for (embeddings, moderation results: one per input; images: <c>n</c>).</summary>
@@ -51,9 +58,9 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
     {
         get
         {
-            if (Kind is OperationKind.Images or OperationKind.Speech or OperationKind.Transcription or OperationKind.Translation or OperationKind.Rerank)
+            if (Kind is not (OperationKind.Embeddings or OperationKind.Moderations))
             {
-                return Kind switch { OperationKind.Images => Images.Count(Body), OperationKind.Rerank => Rerank.Results(Body), _ => 1 };
+                return Kind switch { OperationKind.Images or OperationKind.ImageEdit => Images.Count(Body), OperationKind.Rerank => Rerank.Results(Body), _ => 1 };
             }
 
             var input = Body.GetProperty("input");
@@ -124,7 +131,7 @@ internal static class Operations
         OperationKind.Images => Images.ToRequest(Parse(body), model),
         OperationKind.Speech => Speech.ToRequest(Parse(body), model),
         OperationKind.Rerank => Rerank.ToRequest(Parse(body)),
-        _ => throw new InvalidOperationException("A transcription is a multipart form, not JSON (Transcriptions.ToRequest)."),
+        _ => throw new InvalidOperationException("A transcription or an image edit is a multipart form, not JSON (Transcriptions.ToRequest, Images.EditRequest)."),
     };
 
     /// <summary>
@@ -223,7 +230,7 @@ internal static class Operations
     /// <summary>The inputs' token count: each text counted by <paramref name="count"/>, each token id one, an image none.</summary>
     public static int PromptTokens(OperationRequest operation, Func<string, int> count)
     {
-        if (operation.Kind == OperationKind.Images)
+        if (operation.Kind is OperationKind.Images or OperationKind.ImageEdit)
         {
             return count(operation.Body.GetProperty("prompt").GetString()!);
         }
@@ -233,7 +240,7 @@ internal static class Operations
             return Speech.Characters(operation); // speech is counted and priced in characters
         }
 
-        if (operation.Upload is not null)
+        if (operation.Kind is OperationKind.Transcription or OperationKind.Translation)
         {
             return Transcriptions.PromptTokens(operation, count);
         }
@@ -298,7 +305,7 @@ internal static class Operations
     /// <exception cref="JsonException">The body is not JSON, or not an object.</exception>
     /// <exception cref="ProviderException">An item of the list is not what the API answers (retryable: the provider's failure).</exception>
     public static ChatCompletionResponse ReadAnswer(OperationRequest operation, ReadOnlyMemory<byte> json, bool copy, string provider, out JsonElement? error) =>
-        operation.Upload is not null
+        operation.Kind is OperationKind.Transcription or OperationKind.Translation
             ? Transcriptions.ReadAnswer(operation.Kind, Transcriptions.Format(operation), json, copy, out error) // JSON or text, as asked
             : ReadAnswer(operation.Kind, json, copy, provider, out error);
 
@@ -324,7 +331,7 @@ internal static class Operations
         List<(int Start, int End)>? members = null; // an image or rerank answer's other members, kept as they came
         while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
         {
-            if (kind is OperationKind.Images or OperationKind.Rerank && !reader.ValueTextEquals(listName) && !reader.ValueTextEquals("error"u8))
+            if (kind is OperationKind.Images or OperationKind.ImageEdit or OperationKind.Rerank && !reader.ValueTextEquals(listName) && !reader.ValueTextEquals("error"u8))
             {
                 var start = (int)reader.TokenStartIndex;
                 var created = reader.ValueTextEquals("created"u8);
@@ -544,7 +551,7 @@ internal static class Operations
 
         if (answer.Count != operation.InputCount)
         {
-            throw Unusable(provider, operation.Kind, $"it holds {answer.Count} items for {operation.InputCount} {operation.Kind switch { OperationKind.Images => "images asked for", OperationKind.Rerank => "results asked for", _ => "inputs" }}");
+            throw Unusable(provider, operation.Kind, $"it holds {answer.Count} items for {operation.InputCount} {operation.Kind switch { OperationKind.Images or OperationKind.ImageEdit => "images asked for", OperationKind.Rerank => "results asked for", _ => "inputs" }}");
         }
 
         if (operation.Kind == OperationKind.Rerank && Rerank.Mismatch(answer, operation) is { } mismatch)
@@ -561,7 +568,7 @@ internal static class Operations
             response.Usage = new TokenUsage { PromptTokens = characters, TotalTokens = characters };
         }
 
-        if (operation.Kind == OperationKind.Images)
+        if (operation.Kind is OperationKind.Images or OperationKind.ImageEdit)
         {
             // Images are billed per image (PricingTable) as well as per token when the upstream counts them (gpt-image-1).
             Images.SetGenerated(response.Usage ??= Admission.TokenCounter.EstimateUsage(request, response, 0, request.Model), answer.Count);
@@ -586,7 +593,7 @@ internal static class Operations
         using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
         {
             w.WriteStartObject();
-            if (response.Operation.Kind is OperationKind.Images or OperationKind.Rerank)
+            if (response.Operation.Kind is OperationKind.Images or OperationKind.ImageEdit or OperationKind.Rerank)
             {
                 var members = response.Operation.Members.Span;
                 byte[] rest = members.IsEmpty ? "}"u8.ToArray() : [.. ","u8, .. members, .. "}"u8];
@@ -660,7 +667,8 @@ internal static class Operations
         OperationKind.Speech => "speech",
         OperationKind.Transcription => "transcription",
         OperationKind.Translation => "translation",
-        _ => "rerank",
+        OperationKind.Rerank => "rerank",
+        _ => "image edit",
     };
 
     /// <summary>
@@ -669,7 +677,7 @@ internal static class Operations
     /// well-known value: the API's own name).
     /// </summary>
     public static string OperationName(ChatCompletionRequest request) => request.Operation is { } operation
-        ? operation.Kind switch { OperationKind.Images => "image_generation", OperationKind.Speech => "text_to_speech", OperationKind.Transcription => "speech_to_text", OperationKind.Translation => "speech_translation", _ => Name(operation.Kind) }
+        ? operation.Kind switch { OperationKind.Images => "image_generation", OperationKind.Speech => "text_to_speech", OperationKind.Transcription => "speech_to_text", OperationKind.Translation => "speech_translation", OperationKind.ImageEdit => "image_edit", _ => Name(operation.Kind) }
         : request.TextCompletion is null ? "chat" : "text_completion";
 
     private static ProviderException Unusable(string provider, OperationKind kind, string why) =>

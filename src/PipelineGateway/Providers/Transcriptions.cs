@@ -68,19 +68,8 @@ internal static class Transcriptions
     /// <exception cref="InvalidRequestException">A field is missing or not what the API allows; its name is the error's param.</exception>
     public static ChatCompletionRequest ToRequest(OperationKind kind, IReadOnlyList<KeyValuePair<string, string>> fields, Upload? file, string? route = null)
     {
-        string? Field(string name)
-        {
-            string? value = null;
-            foreach (var (key, v) in fields)
-            {
-                if (key == name)
-                {
-                    value = value is null ? v : throw new InvalidRequestException(name, $"'{name}' is given more than once.");
-                }
-            }
-
-            return value;
-        }
+        Forms.CheckNames(fields);
+        string? Field(string name) => Forms.Field(fields, name);
 
         var model = route ?? Field("model");
         if (string.IsNullOrEmpty(model))
@@ -111,12 +100,6 @@ internal static class Transcriptions
 
         foreach (var (key, value) in fields)
         {
-            if (key.Length is 0 or > 64 || !key.All(static c => char.IsAsciiLetterOrDigit(c) || c is '_' or '.' or '-' or '[' or ']'))
-            {
-                // Sent on as a part's name: a header value, which a control character or a quote would break.
-                throw new InvalidRequestException(null, "A form field's name must be 1 to 64 letters, digits, '_', '.', '-', '[' or ']'.");
-            }
-
             if (key is "timestamp_granularities[]" or "timestamp_granularities" && value is not ("word" or "segment"))
             {
                 throw new InvalidRequestException("timestamp_granularities[]", "'timestamp_granularities[]' must be \"word\" or \"segment\".");
@@ -134,41 +117,8 @@ internal static class Transcriptions
             Model = model,
             Messages = [ChatCompletionMessage.User($"[{file.FileName}, {file.Bytes.Length} bytes of audio]{(prompt is null ? string.Empty : "\n\n" + prompt)}")],
             Temperature = null, // a transcription's temperature is no reason to keep it from the cache: it is never cached
-            Operation = new OperationRequest(kind, Fields(fields, model)) { Upload = file },
+            Operation = new OperationRequest(kind, Forms.Json(fields, model)) { Files = [new FilePart("file", file)] },
         };
-    }
-
-    /// <summary>The fields as one JSON object (repeated names a list), the model the pipeline's.</summary>
-    private static JsonElement Fields(IReadOnlyList<KeyValuePair<string, string>> fields, string model)
-    {
-        var buffer = new ArrayBufferWriter<byte>(256);
-        using (var w = new Utf8JsonWriter(buffer))
-        {
-            w.WriteStartObject();
-            w.WriteString("model", model);
-            foreach (var group in fields.Where(static f => f.Key != "model").GroupBy(static f => f.Key, StringComparer.Ordinal))
-            {
-                if (group.Key.EndsWith("[]", StringComparison.Ordinal) || group.Count() > 1)
-                {
-                    w.WriteStartArray(group.Key);
-                    foreach (var (_, value) in group)
-                    {
-                        w.WriteStringValue(value);
-                    }
-
-                    w.WriteEndArray();
-                }
-                else
-                {
-                    w.WriteString(group.Key, group.First().Value);
-                }
-            }
-
-            w.WriteEndObject();
-        }
-
-        using var doc = JsonDocument.Parse(buffer.WrittenMemory);
-        return doc.RootElement.Clone();
     }
 
     /// <summary>The answer format a request asks for (<c>json</c> when left out).</summary>
@@ -180,42 +130,6 @@ internal static class Transcriptions
     /// <summary>The answer format of a checked request.</summary>
     public static string Format(OperationRequest operation) =>
         Format(operation.Body.TryGetProperty("response_format", out var f) && f.ValueKind == JsonValueKind.String ? f.GetString() : null);
-
-    /// <summary>The upstream's form: the fields (the deployment's model) and the file, as the caller sent them.</summary>
-    public static MultipartFormDataContent UpstreamForm(OperationRequest operation, string model)
-    {
-        var form = new MultipartFormDataContent();
-        form.Add(new StringContent(model), "model");
-        foreach (var field in operation.Body.EnumerateObject())
-        {
-            if (field.NameEquals("model"))
-            {
-                continue;
-            }
-
-            if (field.Value.ValueKind == JsonValueKind.Array)
-            {
-                foreach (var value in field.Value.EnumerateArray())
-                {
-                    form.Add(new StringContent(value.GetString()!), field.Name);
-                }
-            }
-            else
-            {
-                form.Add(new StringContent(field.Value.GetString()!), field.Name);
-            }
-        }
-
-        var upload = operation.Upload!;
-        var file = new ReadOnlyMemoryContent(upload.Bytes);
-        if (upload.ContentType is { } type && System.Net.Http.Headers.MediaTypeHeaderValue.TryParse(type, out var media))
-        {
-            file.Headers.ContentType = media;
-        }
-
-        form.Add(file, "file", upload.FileName);
-        return form;
-    }
 
     /// <summary>Prompt tokens at admission: the <c>prompt</c> field's (the audio's are known only from the answer).</summary>
     public static int PromptTokens(OperationRequest operation, Func<string, int> count) =>

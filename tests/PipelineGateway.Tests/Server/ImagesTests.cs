@@ -150,6 +150,67 @@ public sealed class ImagesTests : IAsyncLifetime
         Header(response, "x-gateway-provider").Should().Be("sim");
     }
 
+    /// <summary>
+    /// <c>POST /v1/images/edits</c>: the .NET SDK's edit (an image and a mask) through the gateway; a raw form with
+    /// several images reaching the upstream; the edit billed as a generation; providers without the API passed over;
+    /// bad forms refused before any upstream call.
+    /// </summary>
+    [Fact]
+    public async Task An_image_edit_reaches_the_upstream_as_a_form_and_is_answered_and_billed_as_a_generation()
+    {
+        var png = PipelineGateway.Providers.Simulated.SimulatedImages.Png(8, 8, 42);
+        var client = new ImageClient("img", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
+        var edited = (await client.GenerateImageEditsAsync(new MemoryStream(png), "fox.png", "make it blue", new MemoryStream(png), "mask.png", 2, new ImageEditOptions { Size = new GeneratedImageSize(24, 16) }, Ct)).Value;
+        edited.Select(i => PngSize(i.ImageBytes.ToArray())).Should().Equal((24, 16), (24, 16));
+
+        MultipartFormDataContent Form(string model, int images, string? prompt = "make it blue", string? extraFile = null)
+        {
+            var form = new MultipartFormDataContent { { new StringContent(model), "model" }, { new StringContent("16x16"), "size" } };
+            if (prompt is not null)
+            {
+                form.Add(new StringContent(prompt), "prompt");
+            }
+
+            for (var i = 0; i < images; i++)
+            {
+                form.Add(new ByteArrayContent(png), "image[]", $"i{i}.png");
+            }
+
+            if (extraFile is not null)
+            {
+                form.Add(new ByteArrayContent(png), extraFile, "x.png");
+            }
+
+            return form;
+        }
+
+        using var response = await _http.PostAsync("v1/images/edits", Form("img", 3), Ct);
+        var answer = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement;
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        var usage = answer.GetProperty("usage");
+        Cost(response).Should().Be(((usage.GetProperty("input_tokens").GetInt32() * 5m) + (usage.GetProperty("output_tokens").GetInt32() * 40m)) / 1_000_000m).And.BePositive();
+        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        (row.GetProperty("answer").GetString(), row.GetProperty("cost_usd").GetDecimal()).Should().Be(("[1 images]", Cost(response)));
+        row.GetProperty("prompt").GetString().Should().Contain("make it blue").And.Contain("3 image(s) to edit");
+
+        using var mixed = await _http.PostAsync("v1/images/edits", Form("img-mixed", 1), Ct);
+        (mixed.StatusCode, Header(mixed, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
+        using var claude = await _http.PostAsync("v1/images/edits", Form("img-claude", 1), Ct);
+        (await claude.Content.ReadAsStringAsync(Ct)).Should().Contain("no image edit API");
+        _fleet.Sims["claude"].Requests.Should().Be(0);
+
+        var before = _fleet.Sims["sim"].Requests;
+        foreach (var (form, param) in new[] { (Form("img", 0), "image"), (Form("img", 1, prompt: null), "prompt"), (Form("img", 17), "image"), (Form("img", 1, extraFile: "file"), (string?)null) })
+        {
+            using var refused = await _http.PostAsync("v1/images/edits", form, Ct);
+            refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+            var e = FrontDoorTests.ErrorIn("v1/images/edits", JsonDocument.Parse(await refused.Content.ReadAsStringAsync(Ct)).RootElement);
+            (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
+        }
+
+        _fleet.Sims["sim"].Requests.Should().Be(before, "nothing refused is sent");
+    }
+
     [Theory]
     [InlineData("""{"model":"img"}""", "prompt")]
     [InlineData("""{"model":"img","prompt":""}""", "prompt")]

@@ -313,7 +313,7 @@ public sealed class TranscriptionsTests : IAsyncLifetime
                 accepted++;
                 request.Operation!.Upload!.Bytes.Length.Should().Be(Wav.Length);
                 request.Model.Should().NotBeNullOrEmpty();
-                Transcriptions.UpstreamForm(request.Operation, "m").Should().NotBeNull();
+                Forms.Upstream(request.Operation, "m").Should().NotBeNull();
             }
             catch (InvalidRequestException)
             {

@@ -118,9 +118,9 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         var uri = _azure
             ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/{operation.Path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
             : new Uri(_base, operation.Path);
-        using var message = operation.Upload is null
+        using var message = operation.Files is null
             ? Post(uri, Operations.UpstreamBody(operation, request.Model), stream: false, operation.Kind == OperationKind.Speech ? "audio/*, application/json" : null)
-            : Post(uri, Transcriptions.UpstreamForm(operation, request.Model), "application/json, text/plain"); // the caller's form again
+            : Post(uri, Forms.Upstream(operation, request.Model), "application/json, text/plain"); // the caller's form again
         PooledBody body;
         int status;
         bool events;

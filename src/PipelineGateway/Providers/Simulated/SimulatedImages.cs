@@ -79,7 +79,7 @@ internal static class SimulatedImages
             }, SimulatedJson.Default.DictionaryStringJsonElement).AsMemory(1..^1); // the members, without the braces
         }
 
-        return new OperationAnswer(OperationKind.Images, buffer.WrittenMemory.ToArray(), count) { Members = members };
+        return new OperationAnswer(operation.Kind, buffer.WrittenMemory.ToArray(), count) { Members = members }; // a generation's or an edit's
     }
 
     /// <summary>An answer's usage as <see cref="Operations.ReadAnswer"/> reads it back from <see cref="OperationAnswer.Members"/> (null: none).</summary>

@@ -53,7 +53,7 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
             return new ChatCompletionResponse { Model = request.Model, Choices = [], Operation = SimulatedModerations.Results(operation, draw) };
         }
 
-        if (operation.Upload is not null)
+        if (operation.Kind is OperationKind.Transcription or OperationKind.Translation)
         {
             var transcript = SimulatedTranscripts.Answer(operation, request.Model);
             return Operations.ReadAnswer(operation, transcript.List, copy: false, Name, out _) is { Operation: not null } read ? read : throw new InvalidOperationException("The simulated transcript could not be read.");
@@ -70,7 +70,7 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
             return new ChatCompletionResponse { Model = request.Model, Choices = [], Operation = SimulatedSpeech.Audio(operation) };
         }
 
-        if (operation.Kind == OperationKind.Images)
+        if (operation.Kind is OperationKind.Images or OperationKind.ImageEdit)
         {
             var images = SimulatedImages.Data(operation, request.Model);
             return new ChatCompletionResponse { Model = request.Model, Created = _time.GetUtcNow().ToUnixTimeSeconds(), Choices = [], Usage = SimulatedImages.Usage(images), Operation = images };
