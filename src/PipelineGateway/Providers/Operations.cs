@@ -568,6 +568,11 @@ internal static class Operations
             response.Usage = new TokenUsage { PromptTokens = characters, TotalTokens = characters };
         }
 
+        if (operation.Kind is OperationKind.Transcription or OperationKind.Translation)
+        {
+            Transcriptions.BillUncounted(response, operation);
+        }
+
         if (operation.Kind is OperationKind.Images or OperationKind.ImageEdit)
         {
             // Images are billed per image (PricingTable) as well as per token when the upstream counts them (gpt-image-1).

@@ -206,11 +206,31 @@ internal static class Transcriptions
 
         if (seconds is > 0 and < 1e7)
         {
-            usage ??= new TokenUsage();
-            (usage.AdditionalProperties ??= [])[SecondsMember] = JsonSerializer.SerializeToElement(seconds.Value, GatewayJsonContext.Default.Double);
+            SetSeconds(usage ??= new TokenUsage(), seconds.Value);
         }
 
         return usage;
+    }
+
+    /// <summary>Marks the seconds of audio a usage bills (what <see cref="Seconds"/> reads for pricing).</summary>
+    public static void SetSeconds(TokenUsage usage, double seconds) =>
+        (usage.AdditionalProperties ??= [])[SecondsMember] = JsonSerializer.SerializeToElement(seconds, GatewayJsonContext.Default.Double);
+
+    /// <summary>
+    /// An answer that says neither tokens nor seconds (whisper-1's <c>text</c>, <c>srt</c>, <c>vtt</c>) is billed the
+    /// audio's own length where its format says it (<see cref="AudioDuration"/>: WAV, FLAC, MP3), marked estimated;
+    /// otherwise it stays as it is (billed nothing by the minute).
+    /// </summary>
+    public static void BillUncounted(ChatCompletionResponse response, OperationRequest operation)
+    {
+        if ((response.Usage is null || (response.Usage.TotalTokens == 0 && Seconds(response.Usage) == 0))
+            && operation.Upload is { } audio && AudioDuration.Seconds(audio.Bytes.Span) is { } seconds and > 0)
+        {
+            var usage = response.Usage ?? new TokenUsage();
+            SetSeconds(usage, seconds);
+            (usage.AdditionalProperties ??= [])["estimated"] = JsonSerializer.SerializeToElement(true, GatewayJsonContext.Default.Boolean);
+            response.Usage = usage;
+        }
     }
 
     /// <summary>The seconds of audio an answer's usage says were transcribed (0 for any other answer).</summary>

@@ -136,6 +136,42 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// whisper-1 in <c>text</c>, <c>srt</c> or <c>vtt</c> says no duration: the audio's own length is billed (WAV, FLAC,
+    /// MP3 read exactly), marked estimated — it was billed nothing.
+    /// </summary>
+    [Fact]
+    public async Task A_transcript_without_usage_is_billed_the_audios_own_length_marked_estimated()
+    {
+        var (response, text) = await PostAsync(Form("whisper", Wav, ("response_format", "srt")));
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        text.Should().StartWith("1\n");
+        Cost(response).Should().BeApproximately(3m / 60m * 0.006m, 0.000001m);
+        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        row.GetProperty("usage_estimated").GetBoolean().Should().BeTrue();
+        row.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(response));
+    }
+
+    [Fact]
+    public void An_audio_files_length_is_read_from_its_own_structure_and_never_from_a_guess()
+    {
+        AudioDuration.Seconds(Wav).Should().BeApproximately(3, 0.01);
+        var mp3 = SimulatedSpeech.Audio(Speech.ToRequest(JsonDocument.Parse("""{"model":"m","input":"one two three four five","voice":"alloy"}""").RootElement).Operation!).List.ToArray();
+        AudioDuration.Seconds(mp3).Should().BeApproximately(2, 0.03, "MP3 frames of 1,152 samples at 44.1 kHz");
+        AudioDuration.Seconds([.. "ID3\u0004\0\0\0\0\0\u0002xx"u8.ToArray(), .. mp3]).Should().BeApproximately(2, 0.03, "an ID3v2 tag skipped");
+
+        var flac = new byte[42];
+        "fLaC"u8.CopyTo(flac);
+        flac[18] = 0x0B; flac[19] = 0xB8; flac[20] = 0x00; // 48,000 Hz (20 bits), then channels and bits
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(flac.AsSpan(22), 96_000); // 36-bit total samples, low 32
+        AudioDuration.Seconds(flac).Should().Be(2);
+
+        AudioDuration.Seconds("OggS and more bytes"u8).Should().BeNull("a format not read here is unknown, not guessed");
+        AudioDuration.Seconds(mp3.AsSpan(0, 300)).Should().BeNull("one frame's start is no evidence");
+        Gen.Byte.Array[0, 4096].Sample(bytes => AudioDuration.Seconds(bytes) is null or >= 0, seed: "0N0XIzNsQ0O4", iter: 20_000 * Fuzz.Scale, threads: 1);
+        Gen.Int[0, 8000].Sample(cut => AudioDuration.Seconds(Wav.AsSpan(0, Math.Min(cut, Wav.Length))) is null or >= 0, seed: "0N0XIzNsQ0O5", iter: 2_000, threads: 1);
+    }
+
     [Fact]
     public async Task GPT_4o_transcribe_is_billed_by_the_token_and_the_form_reaches_the_upstream_whole()
     {

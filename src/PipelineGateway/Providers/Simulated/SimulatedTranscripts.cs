@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
@@ -86,20 +85,8 @@ internal static class SimulatedTranscripts
         return Encoding.UTF8.GetString(buffer.ToArray());
     }
 
-    /// <summary>Seconds of audio: a WAV's from its header, else at 128 kbit/s (an MP3's frames at that rate).</summary>
-    internal static double Seconds(ReadOnlySpan<byte> audio)
-    {
-        if (audio.Length >= 44 && audio[..4].SequenceEqual("RIFF"u8) && audio[8..12].SequenceEqual("WAVE"u8))
-        {
-            var rate = BinaryPrimitives.ReadInt32LittleEndian(audio[28..]);
-            if (rate > 0)
-            {
-                return (audio.Length - 44) / (double)rate;
-            }
-        }
-
-        return audio.Length * 8 / 128_000.0;
-    }
+    /// <summary>Seconds of audio: as its format says (WAV, FLAC, MP3: <see cref="AudioDuration"/>), else at 128 kbit/s.</summary>
+    internal static double Seconds(ReadOnlySpan<byte> audio) => AudioDuration.Seconds(audio) ?? audio.Length * 8 / 128_000.0;
 
     private static string Time(double seconds, char separator)
     {
