@@ -43,6 +43,9 @@ internal static class TextCompletions
     /// <summary>The API's <c>max_tokens</c> when the request sets none.</summary>
     public const int DefaultMaxTokens = 16;
 
+    /// <summary>The most choices one request may ask for (<c>n</c> for each prompt), as for chat.</summary>
+    public const int MaxChoices = 128;
+
     /// <summary>Reads and checks a request body (see <see cref="ToRequest"/>).</summary>
     /// <exception cref="JsonException">The body is not one JSON value.</exception>
     /// <exception cref="InvalidRequestException">A member is missing or not what the schema allows; its name is the error's param.</exception>
@@ -81,6 +84,11 @@ internal static class TextCompletions
 
         var maxTokens = Int(root, "max_tokens", 0);
         var n = Int(root, "n", 1) ?? 1;
+        if ((long)n * prompts > MaxChoices)
+        {
+            throw new InvalidRequestException("n", $"'n' times the prompts must be at most {MaxChoices} choices ({n} × {prompts} = {(long)n * prompts}).");
+        }
+
         var bestOf = Int(root, "best_of", 1);
         if (bestOf is { } b && b < n)
         {

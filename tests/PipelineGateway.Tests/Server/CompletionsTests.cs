@@ -260,6 +260,7 @@ public sealed class CompletionsTests : IAsyncLifetime
     [InlineData("""{"model":"base","prompt":"x","max_tokens":-1}""", "max_tokens")]
     [InlineData("""{"model":"base","prompt":"x","max_tokens":"8"}""", "max_tokens")]
     [InlineData("""{"model":"base","prompt":"x","n":0}""", "n")]
+    [InlineData("""{"model":"base","prompt":["a","b"],"n":100}""", "n")]
     [InlineData("""{"model":"base","prompt":"x","n":2,"best_of":1}""", "best_of")]
     [InlineData("""{"model":"base","prompt":"x","logprobs":-1}""", "logprobs")]
     [InlineData("""{"model":"base","prompt":"x","echo":"yes"}""", "echo")]
