@@ -193,6 +193,13 @@ public sealed class CompletionsTests : IAsyncLifetime
             error.GetProperty("error").GetProperty("code").GetString().Should().Be("unsupported_value", body);
         }
 
+        // Streamed alike: passed over to the native route, or refused before the stream starts.
+        var (mixedStream, mixedText) = await PostAsync("""{"model":"mixed","prompt":"def f(x):","suffix":"    return y","stream":true}""");
+        (mixedStream.StatusCode, Header(mixedStream, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
+        Events(mixedText).Done.Should().BeTrue();
+        var (refusedStream, refusal) = await PostAsync("""{"model":"claude","prompt":"p","echo":true,"stream":true}""");
+        refusedStream.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        JsonDocument.Parse(refusal).RootElement.GetProperty("error").GetProperty("param").GetString().Should().Be("echo");
         _fleet.Sims["claude"].Requests.Should().Be(before, "nothing only the native route can serve is sent to Claude");
     }
 
