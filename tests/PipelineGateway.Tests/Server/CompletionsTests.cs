@@ -16,41 +16,24 @@ namespace PipelineGateway.Tests.Server;
 /// a chat-only upstream's 404 passing the deployment over without cooling it down; the cache, cost, the request log;
 /// refusals of bad requests; upstream errors keeping their status without the key.
 /// </summary>
-public sealed class CompletionsTests : IAsyncLifetime
+public sealed class CompletionsTests : LoggedFleetTests
 {
-    private readonly BatchFiles _files = new();
-    private SimulatorFleet _fleet = null!;
-    private HttpClient _http = null!;
 
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
-    {
-        _fleet = await SimulatorFleet.StartLoggedAsync(
-            [("sim", "OpenAICompatible", null), ("bad", "OpenAICompatible", "status=503"), ("claude", "Anthropic", null), ("broken", "OpenAICompatible", "stream-error=server_error"), ("cut", "OpenAICompatible", "truncate-after=4")],
-            [("base", ["sim"]), ("base-failover", ["bad", "sim"]), ("mixed", ["claude", "sim"]), ("claude", ["claude"]), ("broken", ["broken"]), ("cut", ["cut"])],
-            "gpt-4o-mini",
-            Path.Combine(_files.Dir, "gateway.db"),
-            new Dictionary<string, string?>
-            {
-                ["Gateway:Cache:Enabled"] = "true",
-                ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
-            },
-            Ct);
-        _http = new HttpClient { BaseAddress = _fleet.Base };
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _http.Dispose();
-        await _fleet.DisposeAsync();
-        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-        _files.Dispose();
-    }
+    internal override Task<SimulatorFleet> StartAsync(string database) => SimulatorFleet.StartLoggedAsync(
+        [("sim", "OpenAICompatible", null), ("bad", "OpenAICompatible", "status=503"), ("claude", "Anthropic", null), ("broken", "OpenAICompatible", "stream-error=server_error"), ("cut", "OpenAICompatible", "truncate-after=4")],
+        [("base", ["sim"]), ("base-failover", ["bad", "sim"]), ("mixed", ["claude", "sim"]), ("claude", ["claude"]), ("broken", ["broken"]), ("cut", ["cut"])],
+        "gpt-4o-mini",
+        database,
+        new Dictionary<string, string?>
+        {
+            ["Gateway:Cache:Enabled"] = "true",
+            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
+        },
+        Ct);
 
     private async Task<(HttpResponseMessage Response, string Text)> PostAsync(string body, string path = "v1/completions", HttpClient? http = null)
     {
-        var response = await (http ?? _http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        var response = await (http ?? Http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         return (response, await response.Content.ReadAsStringAsync(Ct));
     }
 
@@ -86,8 +69,6 @@ public sealed class CompletionsTests : IAsyncLifetime
         return (events, done);
     }
 
-    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
-
     [Fact]
     public async Task A_native_upstreams_answer_reaches_the_caller_as_it_does_directly_whole_and_streamed_and_is_billed_once()
     {
@@ -95,7 +76,7 @@ public sealed class CompletionsTests : IAsyncLifetime
         const string Body = """{"model":"base","prompt":"def fib(n):","suffix":"    return a","max_tokens":6,"echo":true,"logprobs":2,"top_k":5}""";
         var (response, answer) = await CompleteAsync(Body);
         response.StatusCode.Should().Be(HttpStatusCode.OK);
-        var (direct, directText) = await PostAsync(Body.Replace("\"base\"", "\"gpt-4o-mini\"", StringComparison.Ordinal), "v1/completions", new HttpClient { BaseAddress = _fleet.Sims["sim"].BaseAddress });
+        var (direct, directText) = await PostAsync(Body.Replace("\"base\"", "\"gpt-4o-mini\"", StringComparison.Ordinal), "v1/completions", new HttpClient { BaseAddress = Fleet.Sims["sim"].BaseAddress });
         direct.StatusCode.Should().Be(HttpStatusCode.OK);
         var expected = JsonDocument.Parse(directText).RootElement;
 
@@ -124,12 +105,12 @@ public sealed class CompletionsTests : IAsyncLifetime
         usage.GetProperty("completion_tokens").GetInt32().Should().Be(6);
 
         // Billed once, the same in the header, the request log and the metrics.
-        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         row.GetProperty("prompt").GetString().Should().Contain("def fib(n):");
         row.GetProperty("answer").GetString().Should().Be(answer.GetProperty("choices")[0].GetProperty("text").GetString());
         row.GetProperty("prompt_tokens").GetInt32().Should().Be(answer.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
         row.GetProperty("cost_usd").GetDecimal().Should().Be(decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture)).And.BePositive();
-        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
+        await Fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Fact]
@@ -180,7 +161,7 @@ public sealed class CompletionsTests : IAsyncLifetime
         defaulted.GetProperty("usage").GetProperty("completion_tokens").GetInt32().Should().Be(TextCompletions.DefaultMaxTokens);
 
         // A suffix (fill in the middle): passed over Claude, unsent, to the deployment with the native route.
-        var before = _fleet.Sims["claude"].Requests;
+        var before = Fleet.Sims["claude"].Requests;
         var (mixed, _) = await CompleteAsync("""{"model":"mixed","prompt":"def f(x):","suffix":"    return y"}""");
         mixed.StatusCode.Should().Be(HttpStatusCode.OK);
         Header(mixed, "x-gateway-provider").Should().Be("sim");
@@ -200,7 +181,7 @@ public sealed class CompletionsTests : IAsyncLifetime
         var (refusedStream, refusal) = await PostAsync("""{"model":"claude","prompt":"p","echo":true,"stream":true}""");
         refusedStream.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         JsonDocument.Parse(refusal).RootElement.GetProperty("error").GetProperty("param").GetString().Should().Be("echo");
-        _fleet.Sims["claude"].Requests.Should().Be(before, "nothing only the native route can serve is sent to Claude");
+        Fleet.Sims["claude"].Requests.Should().Be(before, "nothing only the native route can serve is sent to Claude");
     }
 
     [Fact]
@@ -237,16 +218,16 @@ public sealed class CompletionsTests : IAsyncLifetime
         }
 
         (await Cache("""{"model":"base","prompt":"cached prompt","max_tokens":4,"user":"a"}""")).Should().Be("miss");
-        var calls = _fleet.Sims["sim"].Requests;
+        var calls = Fleet.Sims["sim"].Requests;
         (await Cache("""{"model":"base","prompt":"cached prompt","max_tokens":4,"user":"b"}""")).Should().Be("hit");
         var (replayed, text) = await PostAsync("""{"model":"base","prompt":"cached prompt","max_tokens":4,"stream":true}""");
         Header(replayed, "x-gateway-cache").Should().Be("hit", "a stream of a stored answer is replayed");
         Events(text).Done.Should().BeTrue();
-        _fleet.Sims["sim"].Requests.Should().Be(calls, "hits are not sent");
+        Fleet.Sims["sim"].Requests.Should().Be(calls, "hits are not sent");
 
         (await Cache("""{"model":"base","prompt":"cached prompt","max_tokens":5}""")).Should().Be("miss");
         (await Cache("""{"model":"base","prompt":"cached prompt","max_tokens":4,"suffix":"s"}""")).Should().Be("miss");
-        using (var chat = await _http.PostAsync("v1/chat/completions", new StringContent("""{"model":"base","messages":[{"role":"user","content":"cached prompt"}],"max_tokens":4}""", Encoding.UTF8, "application/json"), Ct))
+        using (var chat = await Http.PostAsync("v1/chat/completions", new StringContent("""{"model":"base","messages":[{"role":"user","content":"cached prompt"}],"max_tokens":4}""", Encoding.UTF8, "application/json"), Ct))
         {
             Header(chat, "x-gateway-cache").Should().Be("miss", "a chat request whose message is the prompt is another request");
         }
@@ -287,13 +268,13 @@ public sealed class CompletionsTests : IAsyncLifetime
     [InlineData("", null)]
     public async Task A_bad_request_is_a_400_naming_its_field_and_reaches_no_upstream(string body, string? param)
     {
-        var before = _fleet.Sims["sim"].Requests;
+        var before = Fleet.Sims["sim"].Requests;
         var (response, error) = await CompleteAsync(body);
         response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         var e = FrontDoorTests.ErrorIn("v1/completions", error);
         e.GetProperty("type").GetString().Should().Be("invalid_request_error");
         (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
-        _fleet.Sims["sim"].Requests.Should().Be(before);
+        Fleet.Sims["sim"].Requests.Should().Be(before);
     }
 
     [Fact]
@@ -360,7 +341,7 @@ public sealed class CompletionsTests : IAsyncLifetime
         const string KeyVariable = "PGW_TEST_COMPLETIONS_SCRIPTED_KEY";
         const string UpstreamKey = "sk-completions-upstream-secret-0123456789";
         Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
-        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-404", "echo-400", "masked-429"], "m", Ct, KeyVariable);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-404", "echo-400", "masked-429"], "m", Ct, KeyVariable);
         var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider)> Complete(string model, bool stream = false)
         {

@@ -20,55 +20,36 @@ namespace PipelineGateway.Tests.Server;
 /// directly (the simulator's embeddings route), failover and providers without embeddings, the cache key, cost and the
 /// request log, refusals of bad requests, and upstreams that answer with something that is not an embeddings list.
 /// </summary>
-public sealed class EmbeddingsTests : IAsyncLifetime
+public sealed class EmbeddingsTests : LoggedFleetTests
 {
     private const string Model = "text-embedding-3-small";
-    private readonly BatchFiles _files = new();
-    private SimulatorFleet _fleet = null!;
-    private HttpClient _http = null!;
 
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
-    {
-        _fleet = await SimulatorFleet.StartLoggedAsync(
-            [("sim", "OpenAICompatible", null), ("bad", "OpenAICompatible", "status=503"), ("claude", "Anthropic", null)],
-            [("emb", ["sim"]), ("emb-failover", ["bad", "sim"]), ("emb-mixed", ["claude", "sim"]), ("emb-claude", ["claude"])],
-            Model,
-            Path.Combine(_files.Dir, "gateway.db"),
-            new Dictionary<string, string?>
-            {
-                ["Gateway:Cache:Enabled"] = "true",
-            },
-            Ct);
-        _http = new HttpClient { BaseAddress = _fleet.Base };
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _http.Dispose();
-        await _fleet.DisposeAsync();
-        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-        _files.Dispose();
-    }
+    internal override Task<SimulatorFleet> StartAsync(string database) => SimulatorFleet.StartLoggedAsync(
+        [("sim", "OpenAICompatible", null), ("bad", "OpenAICompatible", "status=503"), ("claude", "Anthropic", null)],
+        [("emb", ["sim"]), ("emb-failover", ["bad", "sim"]), ("emb-mixed", ["claude", "sim"]), ("emb-claude", ["claude"])],
+        Model,
+        database,
+        new Dictionary<string, string?>
+        {
+            ["Gateway:Cache:Enabled"] = "true",
+        },
+        Ct);
 
     private EmbeddingClient Client(string model, Uri endpoint) => new(model, new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = endpoint });
 
     private async Task<(HttpResponseMessage Response, JsonElement Body)> PostAsync(string body)
     {
-        var response = await _http.PostAsync("v1/embeddings", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        var response = await Http.PostAsync("v1/embeddings", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         var text = await response.Content.ReadAsStringAsync(Ct);
         return (response, JsonDocument.Parse(text).RootElement.Clone());
     }
-
-    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
 
     [Fact]
     public async Task The_OpenAI_SDK_gets_the_upstreams_embeddings_through_the_gateway_as_it_gets_them_directly()
     {
         var options = new EmbeddingGenerationOptions { Dimensions = 16 };
-        var through = (await Client("emb", new Uri(_fleet.Base, "v1")).GenerateEmbeddingsAsync(["alpha", "beta gamma"], options, Ct)).Value;
-        var direct = (await Client(Model, new Uri(_fleet.Sims["sim"].BaseAddress, "v1")).GenerateEmbeddingsAsync(["alpha", "beta gamma"], options, Ct)).Value;
+        var through = (await Client("emb", new Uri(Fleet.Base, "v1")).GenerateEmbeddingsAsync(["alpha", "beta gamma"], options, Ct)).Value;
+        var direct = (await Client(Model, new Uri(Fleet.Sims["sim"].BaseAddress, "v1")).GenerateEmbeddingsAsync(["alpha", "beta gamma"], options, Ct)).Value;
 
         through.Should().HaveCount(2);
         through.Select(e => e.Index).Should().Equal(0, 1);
@@ -79,7 +60,7 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         through.Model.Should().Be(Model);
 
         // Token ids, one list and several.
-        var tokens = (await Client("emb", new Uri(_fleet.Base, "v1")).GenerateEmbeddingsAsync([new ReadOnlyMemory<int>([1, 2, 3]), new ReadOnlyMemory<int>([4])], options, Ct)).Value;
+        var tokens = (await Client("emb", new Uri(Fleet.Base, "v1")).GenerateEmbeddingsAsync([new ReadOnlyMemory<int>([1, 2, 3]), new ReadOnlyMemory<int>([4])], options, Ct)).Value;
         tokens.Should().HaveCount(2);
         tokens.Usage.InputTokenCount.Should().Be(4);
 
@@ -87,7 +68,7 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         const string Body = """{"model":"emb","input":"one text","encoding_format":"float","dimensions":5}""";
         var (response, answer) = await PostAsync(Body);
         response.StatusCode.Should().Be(HttpStatusCode.OK);
-        using var upstream = await new HttpClient().PostAsync(new Uri(_fleet.Sims["sim"].BaseAddress, "v1/embeddings"), new StringContent(Body.Replace("\"emb\"", $"\"{Model}\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
+        using var upstream = await new HttpClient().PostAsync(new Uri(Fleet.Sims["sim"].BaseAddress, "v1/embeddings"), new StringContent(Body.Replace("\"emb\"", $"\"{Model}\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
         var expected = JsonDocument.Parse(await upstream.Content.ReadAsStringAsync(Ct)).RootElement;
         answer.GetProperty("object").GetString().Should().Be("list");
         answer.GetProperty("data").GetRawText().Should().Be(expected.GetProperty("data").GetRawText());
@@ -96,14 +77,14 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         // Priced per input token (text-embedding-3-small: $0.02 per million), in the header, the metrics and the log.
         var prompt = answer.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
         decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture).Should().Be(prompt * 0.02m / 1_000_000m);
-        var logs = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        var logs = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         logs.GetProperty("prompt_tokens").GetInt32().Should().Be(prompt);
         logs.GetProperty("completion_tokens").GetInt32().Should().Be(0);
         logs.GetProperty("usage_estimated").GetBoolean().Should().BeFalse();
         logs.GetProperty("cost_usd").GetDecimal().Should().Be(prompt * 0.02m / 1_000_000m);
         logs.GetProperty("prompt").GetString().Should().Contain("one text");
         logs.GetProperty("answer").GetString().Should().Be("[1 embeddings]", "the vectors are not kept as a text");
-        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
+        await Fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Fact]
@@ -113,7 +94,7 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         failedOver.StatusCode.Should().Be(HttpStatusCode.OK);
         Header(failedOver, "x-gateway-provider").Should().Be("sim");
         Header(failedOver, "x-gateway-attempts").Should().Be("2");
-        _fleet.Sims["bad"].Requests.Should().Be(1, "the first deployment was tried");
+        Fleet.Sims["bad"].Requests.Should().Be(1, "the first deployment was tried");
 
         var (mixed, body) = await PostAsync("""{"model":"emb-mixed","input":"skip claude"}""");
         mixed.StatusCode.Should().Be(HttpStatusCode.OK);
@@ -124,13 +105,13 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         error.GetProperty("error").GetProperty("param").GetString().Should().Be("model");
         error.GetProperty("error").GetProperty("message").GetString().Should().Contain("no embeddings API");
-        _fleet.Sims["claude"].Requests.Should().Be(0, "nothing is sent to a provider that cannot embed");
+        Fleet.Sims["claude"].Requests.Should().Be(0, "nothing is sent to a provider that cannot embed");
     }
 
     [Fact]
     public async Task The_cache_key_covers_the_inputs_as_sent_and_the_options_but_not_the_user()
     {
-        var sim = _fleet.Sims["sim"];
+        var sim = Fleet.Sims["sim"];
         async Task<string> Cache(string body)
         {
             var (response, _) = await PostAsync(body);
@@ -150,7 +131,7 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         (await Cache("""{"model":"emb","input":["a","b"],"encoding_format":"base64"}""")).Should().Be("miss");
 
         // A chat request whose one message is an embeddings request's text does not share its entry.
-        using var chat = await _http.PostAsync("v1/chat/completions", new StringContent("""{"model":"emb","messages":[{"role":"user","content":"a\n\nb"}]}""", Encoding.UTF8, "application/json"), Ct);
+        using var chat = await Http.PostAsync("v1/chat/completions", new StringContent("""{"model":"emb","messages":[{"role":"user","content":"a\n\nb"}]}""", Encoding.UTF8, "application/json"), Ct);
         chat.StatusCode.Should().Be(HttpStatusCode.OK);
         JsonDocument.Parse(await chat.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("choices").GetArrayLength().Should().Be(1);
     }
@@ -179,13 +160,13 @@ public sealed class EmbeddingsTests : IAsyncLifetime
     [InlineData("", null)]
     public async Task A_bad_request_is_a_400_naming_its_field_and_reaches_no_upstream(string body, string? param)
     {
-        var before = _fleet.Sims["sim"].Requests;
+        var before = Fleet.Sims["sim"].Requests;
         var (response, error) = await PostAsync(body);
         response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         var e = FrontDoorTests.ErrorIn("v1/embeddings", error);
         e.GetProperty("type").GetString().Should().Be("invalid_request_error");
         (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
-        _fleet.Sims["sim"].Requests.Should().Be(before);
+        Fleet.Sims["sim"].Requests.Should().Be(before);
     }
 
     [Fact]
@@ -274,7 +255,7 @@ public sealed class EmbeddingsTests : IAsyncLifetime
         const string KeyVariable = "PGW_TEST_EMBEDDINGS_SCRIPTED_KEY";
         const string UpstreamKey = "sk-embeddings-upstream-secret-0123456789";
         Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
-        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-short", "embeddings-no-vector", "embeddings-chat", "echo-400", "html-502", "masked-429", "embeddings-404"], Model, Ct, KeyVariable);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-short", "embeddings-no-vector", "embeddings-chat", "echo-400", "html-502", "masked-429", "embeddings-404"], Model, Ct, KeyVariable);
         var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider)> Embed(string model)
         {

@@ -18,47 +18,28 @@ namespace PipelineGateway.Tests.Server;
 /// and the metrics, providers without the API passed over, no cache by default, refusals of bad requests, a hostile
 /// upstream, Azure's route, and a CsCheck property over mutated bodies.
 /// </summary>
-public sealed class ImagesTests : IAsyncLifetime
+public sealed class ImagesTests : LoggedFleetTests
 {
-    private readonly BatchFiles _files = new();
-    private SimulatorFleet _fleet = null!;
-    private HttpClient _http = null!;
 
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
-    {
-        _fleet = await SimulatorFleet.StartLoggedAsync(
-            [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
-            [("img", ["sim"]), ("img-mixed", ["claude", "sim"]), ("img-claude", ["claude"])],
-            "gpt-image-1",
-            Path.Combine(_files.Dir, "gateway.db"),
-            new Dictionary<string, string?>
-            {
-                ["Gateway:Cache:Enabled"] = "true",
-                ["Gateway:Models:3:Name"] = "dall-e-3",
-                ["Gateway:Models:3:Deployments:0:Provider"] = "sim",
-                ["Gateway:Models:3:Deployments:0:Model"] = "dall-e-3",
-            },
-            Ct);
-        _http = new HttpClient { BaseAddress = _fleet.Base };
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _http.Dispose();
-        await _fleet.DisposeAsync();
-        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-        _files.Dispose();
-    }
+    internal override Task<SimulatorFleet> StartAsync(string database) => SimulatorFleet.StartLoggedAsync(
+        [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
+        [("img", ["sim"]), ("img-mixed", ["claude", "sim"]), ("img-claude", ["claude"])],
+        "gpt-image-1",
+        database,
+        new Dictionary<string, string?>
+        {
+            ["Gateway:Cache:Enabled"] = "true",
+            ["Gateway:Models:3:Name"] = "dall-e-3",
+            ["Gateway:Models:3:Deployments:0:Provider"] = "sim",
+            ["Gateway:Models:3:Deployments:0:Model"] = "dall-e-3",
+        },
+        Ct);
 
     private async Task<(HttpResponseMessage Response, JsonElement Body)> PostAsync(string body, HttpClient? http = null, string path = "v1/images/generations")
     {
-        var response = await (http ?? _http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        var response = await (http ?? Http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         return (response, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone());
     }
-
-    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
 
     private static decimal Cost(HttpResponseMessage response) => decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture);
 
@@ -73,7 +54,7 @@ public sealed class ImagesTests : IAsyncLifetime
     [Fact]
     public async Task The_OpenAI_SDK_gets_the_upstreams_images_through_the_gateway_billed_by_the_token_alike_everywhere()
     {
-        var client = new ImageClient("img", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
+        var client = new ImageClient("img", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(Fleet.Base, "v1") });
         var images = (await client.GenerateImagesAsync("a lighthouse at dusk", 2, new ImageGenerationOptions { Size = new GeneratedImageSize(48, 32) }, Ct)).Value;
 
         images.Should().HaveCount(2);
@@ -84,7 +65,7 @@ public sealed class ImagesTests : IAsyncLifetime
         const string Body = """{"model":"img","prompt":"a red fox","size":"16x16","n":1}""";
         var (response, through) = await PostAsync(Body);
         response.StatusCode.Should().Be(HttpStatusCode.OK);
-        using var direct = await new HttpClient().PostAsync(new Uri(_fleet.Sims["sim"].BaseAddress, "v1/images/generations"), new StringContent(Body.Replace("\"img\"", "\"gpt-image-1\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
+        using var direct = await new HttpClient().PostAsync(new Uri(Fleet.Sims["sim"].BaseAddress, "v1/images/generations"), new StringContent(Body.Replace("\"img\"", "\"gpt-image-1\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
         var expected = JsonDocument.Parse(await direct.Content.ReadAsStringAsync(Ct)).RootElement;
         through.GetProperty("data").GetRawText().Should().Be(expected.GetProperty("data").GetRawText());
         through.GetProperty("usage").GetRawText().Should().Be(expected.GetProperty("usage").GetRawText());
@@ -95,12 +76,12 @@ public sealed class ImagesTests : IAsyncLifetime
         var usage = through.GetProperty("usage");
         var (input, output) = (usage.GetProperty("input_tokens").GetInt32(), usage.GetProperty("output_tokens").GetInt32());
         Cost(response).Should().Be(((input * 5m) + (output * 40m)) / 1_000_000m).And.BePositive();
-        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("completion_tokens").GetInt32()).Should().Be((input, output));
         row.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(response));
         row.GetProperty("answer").GetString().Should().Be("[1 images]", "the image is not kept as a text");
         row.GetProperty("prompt").GetString().Should().Contain("a red fox");
-        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
+        await Fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Fact]
@@ -130,15 +111,15 @@ public sealed class ImagesTests : IAsyncLifetime
         refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         error.GetProperty("error").GetProperty("param").GetString().Should().Be("model");
         error.GetProperty("error").GetProperty("message").GetString().Should().Contain("no image generation API");
-        _fleet.Sims["claude"].Requests.Should().Be(0, "nothing is sent to a provider without the API");
+        Fleet.Sims["claude"].Requests.Should().Be(0, "nothing is sent to a provider without the API");
 
         // An image is drawn anew each time: the same request twice goes upstream twice (unless CacheNonDeterministic).
-        var calls = _fleet.Sims["sim"].Requests;
+        var calls = Fleet.Sims["sim"].Requests;
         var (first, _) = await PostAsync("""{"model":"img","prompt":"same","size":"4x4"}""");
         var (second, _) = await PostAsync("""{"model":"img","prompt":"same","size":"4x4"}""");
         (first.StatusCode, second.StatusCode).Should().Be((HttpStatusCode.OK, HttpStatusCode.OK));
         Header(second, "x-gateway-cache").Should().NotBe("hit");
-        _fleet.Sims["sim"].Requests.Should().Be(calls + 2);
+        Fleet.Sims["sim"].Requests.Should().Be(calls + 2);
     }
 
     [Fact]
@@ -159,7 +140,7 @@ public sealed class ImagesTests : IAsyncLifetime
     public async Task An_image_edit_reaches_the_upstream_as_a_form_and_is_answered_and_billed_as_a_generation()
     {
         var png = PipelineGateway.Providers.Simulated.SimulatedImages.Png(8, 8, 42);
-        var client = new ImageClient("img", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
+        var client = new ImageClient("img", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(Fleet.Base, "v1") });
         var edited = (await client.GenerateImageEditsAsync(new MemoryStream(png), "fox.png", "make it blue", new MemoryStream(png), "mask.png", 2, new ImageEditOptions { Size = new GeneratedImageSize(24, 16) }, Ct)).Value;
         edited.Select(i => PngSize(i.ImageBytes.ToArray())).Should().Equal((24, 16), (24, 16));
 
@@ -184,31 +165,31 @@ public sealed class ImagesTests : IAsyncLifetime
             return form;
         }
 
-        using var response = await _http.PostAsync("v1/images/edits", Form("img", 3), Ct);
+        using var response = await Http.PostAsync("v1/images/edits", Form("img", 3), Ct);
         var answer = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement;
         response.StatusCode.Should().Be(HttpStatusCode.OK);
         var usage = answer.GetProperty("usage");
         Cost(response).Should().Be(((usage.GetProperty("input_tokens").GetInt32() * 5m) + (usage.GetProperty("output_tokens").GetInt32() * 40m)) / 1_000_000m).And.BePositive();
-        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         (row.GetProperty("answer").GetString(), row.GetProperty("cost_usd").GetDecimal()).Should().Be(("[1 images]", Cost(response)));
         row.GetProperty("prompt").GetString().Should().Contain("make it blue").And.Contain("3 image(s) to edit");
 
-        using var mixed = await _http.PostAsync("v1/images/edits", Form("img-mixed", 1), Ct);
+        using var mixed = await Http.PostAsync("v1/images/edits", Form("img-mixed", 1), Ct);
         (mixed.StatusCode, Header(mixed, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
-        using var claude = await _http.PostAsync("v1/images/edits", Form("img-claude", 1), Ct);
+        using var claude = await Http.PostAsync("v1/images/edits", Form("img-claude", 1), Ct);
         (await claude.Content.ReadAsStringAsync(Ct)).Should().Contain("no image edit API");
-        _fleet.Sims["claude"].Requests.Should().Be(0);
+        Fleet.Sims["claude"].Requests.Should().Be(0);
 
-        var before = _fleet.Sims["sim"].Requests;
+        var before = Fleet.Sims["sim"].Requests;
         foreach (var (form, param) in new[] { (Form("img", 0), "image"), (Form("img", 1, prompt: null), "prompt"), (Form("img", 17), "image"), (Form("img", 1, extraFile: "file"), (string?)null) })
         {
-            using var refused = await _http.PostAsync("v1/images/edits", form, Ct);
+            using var refused = await Http.PostAsync("v1/images/edits", form, Ct);
             refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
             var e = FrontDoorTests.ErrorIn("v1/images/edits", JsonDocument.Parse(await refused.Content.ReadAsStringAsync(Ct)).RootElement);
             (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
         }
 
-        _fleet.Sims["sim"].Requests.Should().Be(before, "nothing refused is sent");
+        Fleet.Sims["sim"].Requests.Should().Be(before, "nothing refused is sent");
     }
 
     [Theory]
@@ -231,7 +212,7 @@ public sealed class ImagesTests : IAsyncLifetime
         response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         var e = FrontDoorTests.ErrorIn("v1/images/generations", error);
         (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
-        _fleet.Sims["sim"].Requests.Should().Be(0);
+        Fleet.Sims["sim"].Requests.Should().Be(0);
     }
 
     [Fact]
@@ -247,7 +228,7 @@ public sealed class ImagesTests : IAsyncLifetime
         const string KeyVariable = "PGW_TEST_IMAGES_SCRIPTED_KEY";
         const string UpstreamKey = "sk-images-upstream-secret-0123456789";
         Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
-        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-no-vector", "embeddings-chat", "embeddings-404", "echo-400"], "gpt-image-1", Ct, KeyVariable);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-no-vector", "embeddings-chat", "embeddings-404", "echo-400"], "gpt-image-1", Ct, KeyVariable);
         var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider)> Generate(string model)
         {

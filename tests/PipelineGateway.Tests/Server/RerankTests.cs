@@ -14,54 +14,35 @@ namespace PipelineGateway.Tests.Server;
 /// token alike in the header, the log and the metrics, the cache, providers without the API passed over, refusals of bad
 /// requests, upstreams whose rankings are not the request's, and a CsCheck property over mutated bodies.
 /// </summary>
-public sealed class RerankTests : IAsyncLifetime
+public sealed class RerankTests : LoggedFleetTests
 {
     private const string Body = """{"model":"rr","query":"what does a gateway do","documents":["a gateway routes requests","bananas are yellow",{"text":"the gateway caches answers"}],"top_n":2,"return_documents":true}""";
-    private readonly BatchFiles _files = new();
-    private SimulatorFleet _fleet = null!;
-    private HttpClient _http = null!;
 
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
-    {
-        _fleet = await SimulatorFleet.StartLoggedAsync(
-            [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
-            [("rr", ["sim"]), ("rr-mixed", ["claude", "sim"]), ("rr-claude", ["claude"])],
-            "bge-reranker-v2-m3",
-            Path.Combine(_files.Dir, "gateway.db"),
-            new Dictionary<string, string?>
-            {
-                ["Gateway:Cache:Enabled"] = "true",
-                ["Gateway:Pricing:bge-reranker-v2-m3:InputPerMillion"] = "0.05",
-                ["Gateway:Pricing:bge-reranker-v2-m3:OutputPerMillion"] = "0",
-            },
-            Ct);
-        _http = new HttpClient { BaseAddress = _fleet.Base };
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _http.Dispose();
-        await _fleet.DisposeAsync();
-        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-        _files.Dispose();
-    }
+    internal override Task<SimulatorFleet> StartAsync(string database) => SimulatorFleet.StartLoggedAsync(
+        [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
+        [("rr", ["sim"]), ("rr-mixed", ["claude", "sim"]), ("rr-claude", ["claude"])],
+        "bge-reranker-v2-m3",
+        database,
+        new Dictionary<string, string?>
+        {
+            ["Gateway:Cache:Enabled"] = "true",
+            ["Gateway:Pricing:bge-reranker-v2-m3:InputPerMillion"] = "0.05",
+            ["Gateway:Pricing:bge-reranker-v2-m3:OutputPerMillion"] = "0",
+        },
+        Ct);
 
     private async Task<(HttpResponseMessage Response, JsonElement Body)> PostAsync(string body, HttpClient? http = null, string path = "v1/rerank")
     {
-        var response = await (http ?? _http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        var response = await (http ?? Http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         return (response, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone());
     }
-
-    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
 
     [Fact]
     public async Task The_ranking_reaches_the_caller_as_the_upstream_wrote_it_billed_per_token_alike_everywhere()
     {
         var (response, through) = await PostAsync(Body);
         response.StatusCode.Should().Be(HttpStatusCode.OK);
-        var (_, direct) = await PostAsync(Body.Replace("\"rr\"", "\"bge-reranker-v2-m3\"", StringComparison.Ordinal), new HttpClient { BaseAddress = _fleet.Sims["sim"].BaseAddress });
+        var (_, direct) = await PostAsync(Body.Replace("\"rr\"", "\"bge-reranker-v2-m3\"", StringComparison.Ordinal), new HttpClient { BaseAddress = Fleet.Sims["sim"].BaseAddress });
         through.GetProperty("results").GetRawText().Should().Be(direct.GetProperty("results").GetRawText());
         through.GetProperty("usage").GetRawText().Should().Be(direct.GetProperty("usage").GetRawText());
         through.GetProperty("model").GetString().Should().Be("bge-reranker-v2-m3");
@@ -73,10 +54,10 @@ public sealed class RerankTests : IAsyncLifetime
         // Every token is input: $0.05 per million here — in the header, the log and the metrics alike.
         var tokens = through.GetProperty("usage").GetProperty("total_tokens").GetInt32();
         decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture).Should().Be(tokens * 0.05m / 1_000_000m);
-        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("answer").GetString()).Should().Be((tokens, "[2 ranked documents]"));
         row.GetProperty("prompt").GetString().Should().Contain("what does a gateway do").And.Contain("bananas are yellow");
-        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
+        await Fleet.SpendShouldBeTheMetricsAsync(Ct);
 
         // Cohere's v2 path is the same API; the same request is a hit there, and a hit is the stored answer.
         var (v2, hit) = await PostAsync(Body, path: "v2/rerank");
@@ -93,7 +74,7 @@ public sealed class RerankTests : IAsyncLifetime
         var (refused, error) = await PostAsync(Body.Replace("\"rr\"", "\"rr-claude\"", StringComparison.Ordinal));
         refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         error.GetProperty("error").GetProperty("message").GetString().Should().Contain("no rerank API");
-        _fleet.Sims["claude"].Requests.Should().Be(0);
+        Fleet.Sims["claude"].Requests.Should().Be(0);
     }
 
     [Theory]
@@ -113,7 +94,7 @@ public sealed class RerankTests : IAsyncLifetime
         response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         var e = FrontDoorTests.ErrorIn("v1/rerank", error);
         (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
-        _fleet.Sims["sim"].Requests.Should().Be(0);
+        Fleet.Sims["sim"].Requests.Should().Be(0);
     }
 
     [Fact]
@@ -126,7 +107,7 @@ public sealed class RerankTests : IAsyncLifetime
     public async Task A_ranking_that_is_not_the_requests_fails_over_and_an_upstream_without_the_route_is_passed_over()
     {
         await using var scripted = await ScriptedUpstream.StartAsync(Ct);
-        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["rerank-bad-index", "rerank-twice", "rerank-no-index", "moderations-no-flag", "embeddings-404"], null, Ct);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["rerank-bad-index", "rerank-twice", "rerank-no-index", "moderations-no-flag", "embeddings-404"], null, Ct);
         var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider)> Rank(string model)
         {

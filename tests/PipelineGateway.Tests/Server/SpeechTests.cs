@@ -18,50 +18,31 @@ namespace PipelineGateway.Tests.Server;
 /// metrics, providers without the API passed over, no cache, refusals of bad requests, a hostile upstream, Azure's
 /// route, and a CsCheck property over mutated bodies.
 /// </summary>
-public sealed class SpeechTests : IAsyncLifetime
+public sealed class SpeechTests : LoggedFleetTests
 {
-    private readonly BatchFiles _files = new();
-    private SimulatorFleet _fleet = null!;
-    private HttpClient _http = null!;
 
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
-    {
-        _fleet = await SimulatorFleet.StartLoggedAsync(
-            [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
-            [("tts", ["sim"]), ("tts-mixed", ["claude", "sim"]), ("tts-claude", ["claude"])],
-            "tts-1",
-            Path.Combine(_files.Dir, "gateway.db"),
-            new Dictionary<string, string?>
-            {
-                ["Gateway:Cache:Enabled"] = "true",
-                ["Gateway:Cache:CacheNonDeterministic"] = "true",
-            },
-            Ct);
-        _http = new HttpClient { BaseAddress = _fleet.Base };
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _http.Dispose();
-        await _fleet.DisposeAsync();
-        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-        _files.Dispose();
-    }
+    internal override Task<SimulatorFleet> StartAsync(string database) => SimulatorFleet.StartLoggedAsync(
+        [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
+        [("tts", ["sim"]), ("tts-mixed", ["claude", "sim"]), ("tts-claude", ["claude"])],
+        "tts-1",
+        database,
+        new Dictionary<string, string?>
+        {
+            ["Gateway:Cache:Enabled"] = "true",
+            ["Gateway:Cache:CacheNonDeterministic"] = "true",
+        },
+        Ct);
 
     private async Task<(HttpResponseMessage Response, byte[] Body)> PostAsync(string body, HttpClient? http = null, string path = "v1/audio/speech")
     {
-        var response = await (http ?? _http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        var response = await (http ?? Http).PostAsync(path, new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         return (response, await response.Content.ReadAsByteArrayAsync(Ct));
     }
-
-    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
 
     [Fact]
     public async Task The_OpenAI_SDK_gets_the_upstreams_audio_through_the_gateway_billed_per_character_alike_everywhere()
     {
-        var client = new AudioClient("tts", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
+        var client = new AudioClient("tts", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(Fleet.Base, "v1") });
         const string Text = "The gateway speaks for every provider.";
         var mp3 = (await client.GenerateSpeechAsync(Text, GeneratedSpeechVoice.Alloy, cancellationToken: Ct)).Value.ToArray();
         mp3[..4].Should().Equal(0xFF, 0xFB, 0x90, 0xC0); // an MPEG-1 Layer III frame header
@@ -74,18 +55,18 @@ public sealed class SpeechTests : IAsyncLifetime
         response.StatusCode.Should().Be(HttpStatusCode.OK);
         response.Content.Headers.ContentType!.MediaType.Should().Be("audio/mpeg");
         response.Content.Headers.ContentLength.Should().Be(through.Length);
-        using var direct = await new HttpClient().PostAsync(new Uri(_fleet.Sims["sim"].BaseAddress, "v1/audio/speech"), new StringContent(Body.Replace("\"tts\"", "\"tts-1\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
+        using var direct = await new HttpClient().PostAsync(new Uri(Fleet.Sims["sim"].BaseAddress, "v1/audio/speech"), new StringContent(Body.Replace("\"tts\"", "\"tts-1\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
         through.Should().Equal(await direct.Content.ReadAsByteArrayAsync(Ct));
         through.Length.Should().BeLessThan(mp3.Length, "spoken faster, shorter");
 
         // tts-1 by the character: $15 per million — in the header, the log and the metrics alike.
         decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture).Should().Be(Text.Length * 15m / 1_000_000m);
-        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("completion_tokens").GetInt32()).Should().Be((Text.Length, 0));
         row.GetProperty("usage_estimated").GetBoolean().Should().BeFalse("the characters are counted, not estimated");
         row.GetProperty("cost_usd").GetDecimal().Should().Be(Text.Length * 15m / 1_000_000m);
         row.GetProperty("answer").GetString().Should().Be($"[audio/mpeg, {through.Length} bytes]", "the audio is not kept as a text");
-        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
+        await Fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Fact]
@@ -99,15 +80,15 @@ public sealed class SpeechTests : IAsyncLifetime
         refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         var e = JsonDocument.Parse(error).RootElement.GetProperty("error");
         (e.GetProperty("param").GetString(), e.GetProperty("message").GetString()).Should().Match<(string?, string?)>(p => p.Item1 == "model" && p.Item2!.Contains("no speech API"));
-        _fleet.Sims["claude"].Requests.Should().Be(0, "nothing is sent to a provider without the API");
+        Fleet.Sims["claude"].Requests.Should().Be(0, "nothing is sent to a provider without the API");
 
         // Audio never goes into the cache, even with non-deterministic answers cached (this fleet's setting).
-        var calls = _fleet.Sims["sim"].Requests;
+        var calls = Fleet.Sims["sim"].Requests;
         var (first, _) = await PostAsync("""{"model":"tts","input":"same","voice":"alloy"}""");
         var (second, _) = await PostAsync("""{"model":"tts","input":"same","voice":"alloy"}""");
         (first.StatusCode, second.StatusCode).Should().Be((HttpStatusCode.OK, HttpStatusCode.OK));
         Header(second, "x-gateway-cache").Should().NotBe("hit");
-        _fleet.Sims["sim"].Requests.Should().Be(calls + 2);
+        Fleet.Sims["sim"].Requests.Should().Be(calls + 2);
     }
 
     [Fact]
@@ -138,7 +119,7 @@ public sealed class SpeechTests : IAsyncLifetime
         response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         var e = FrontDoorTests.ErrorIn("v1/audio/speech", JsonDocument.Parse(error).RootElement);
         (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
-        _fleet.Sims["sim"].Requests.Should().Be(0);
+        Fleet.Sims["sim"].Requests.Should().Be(0);
     }
 
     [Fact]
@@ -163,7 +144,7 @@ public sealed class SpeechTests : IAsyncLifetime
         const string KeyVariable = "PGW_TEST_SPEECH_SCRIPTED_KEY";
         const string UpstreamKey = "sk-speech-upstream-secret-0123456789";
         Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
-        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-chat", "embeddings-404", "echo-400"], "tts-1", Ct, KeyVariable);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-chat", "embeddings-404", "echo-400"], "tts-1", Ct, KeyVariable);
         var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider, string? Type)> Speak(string model)
         {

@@ -22,43 +22,26 @@ namespace PipelineGateway.Tests.Server;
 /// log and the metrics, providers without the API passed over, the upload bound, refusals of bad forms, a hostile upstream,
 /// Azure's routes, and a CsCheck property over generated forms.
 /// </summary>
-public sealed class TranscriptionsTests : IAsyncLifetime
+public sealed class TranscriptionsTests : LoggedFleetTests
 {
-    private readonly BatchFiles _files = new();
-    private SimulatorFleet _fleet = null!;
-    private HttpClient _http = null!;
-
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     /// <summary>Three seconds of silent WAV, as the speech simulator makes it.</summary>
     private static readonly byte[] Wav = SimulatedSpeech.Audio(Speech.ToRequest(JsonDocument.Parse("""{"model":"m","input":"one two three four five six seven","voice":"alloy","response_format":"wav","speed":0.9334}""").RootElement).Operation!).List.ToArray();
 
-    public async ValueTask InitializeAsync()
-    {
-        _fleet = await SimulatorFleet.StartLoggedAsync(
-            [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
-            [("whisper", ["sim"]), ("stt-mixed", ["claude", "sim"]), ("stt-claude", ["claude"])],
-            "whisper-1",
-            Path.Combine(_files.Dir, "gateway.db"),
-            new Dictionary<string, string?>
-            {
-                ["Gateway:Server:MaxRequestBodyBytes"] = "65536",
-                ["Gateway:Server:MaxUploadBytes"] = "262144",
-                ["Gateway:Models:3:Name"] = "gpt-4o-transcribe",
-                ["Gateway:Models:3:Deployments:0:Provider"] = "sim",
-                ["Gateway:Models:3:Deployments:0:Model"] = "gpt-4o-transcribe",
-            },
-            Ct);
-        _http = new HttpClient { BaseAddress = _fleet.Base };
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _http.Dispose();
-        await _fleet.DisposeAsync();
-        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-        _files.Dispose();
-    }
+    internal override Task<SimulatorFleet> StartAsync(string database) => SimulatorFleet.StartLoggedAsync(
+        [("sim", "OpenAICompatible", null), ("claude", "Anthropic", null)],
+        [("whisper", ["sim"]), ("stt-mixed", ["claude", "sim"]), ("stt-claude", ["claude"])],
+        "whisper-1",
+        database,
+        new Dictionary<string, string?>
+        {
+            ["Gateway:Server:MaxRequestBodyBytes"] = "65536",
+            ["Gateway:Server:MaxUploadBytes"] = "262144",
+            ["Gateway:Models:3:Name"] = "gpt-4o-transcribe",
+            ["Gateway:Models:3:Deployments:0:Provider"] = "sim",
+            ["Gateway:Models:3:Deployments:0:Model"] = "gpt-4o-transcribe",
+        },
+        Ct);
 
     private static MultipartFormDataContent Form(string? model, byte[]? audio, params (string Name, string Value)[] fields)
     {
@@ -85,18 +68,16 @@ public sealed class TranscriptionsTests : IAsyncLifetime
 
     private async Task<(HttpResponseMessage Response, string Text)> PostAsync(HttpContent form, string path = "v1/audio/transcriptions", HttpClient? http = null)
     {
-        var response = await (http ?? _http).PostAsync(path, form, Ct);
+        var response = await (http ?? Http).PostAsync(path, form, Ct);
         return (response, await response.Content.ReadAsStringAsync(Ct));
     }
-
-    private static string Header(HttpResponseMessage response, string name) => response.Headers.TryGetValues(name, out var values) ? values.Single() : string.Empty;
 
     private static decimal Cost(HttpResponseMessage response) => decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture);
 
     [Fact]
     public async Task The_OpenAI_SDK_transcribes_and_translates_through_the_gateway_billed_by_the_minute_alike_everywhere()
     {
-        var client = new AudioClient("whisper", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(_fleet.Base, "v1") });
+        var client = new AudioClient("whisper", new ApiKeyCredential("sk-unused"), new OpenAIClientOptions { Endpoint = new Uri(Fleet.Base, "v1") });
         var transcription = (await client.TranscribeAudioAsync(new MemoryStream(Wav), "speech.wav", new AudioTranscriptionOptions { ResponseFormat = AudioTranscriptionFormat.Verbose, Language = "en" }, Ct)).Value;
         transcription.Text.Should().NotBeNullOrWhiteSpace();
         transcription.Duration!.Value.TotalSeconds.Should().BeApproximately(3, 0.1, "the WAV's length, as the upstream read it");
@@ -106,16 +87,16 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         // The transcript as the upstream wrote it, byte for byte; whisper-1 by the minute ($0.006): 3 s.
         var (response, through) = await PostAsync(Form("whisper", Wav, ("temperature", "0.2")));
         response.StatusCode.Should().Be(HttpStatusCode.OK);
-        var (_, direct) = await PostAsync(Form("whisper-1", Wav, ("temperature", "0.2")), "v1/audio/transcriptions", new HttpClient { BaseAddress = _fleet.Sims["sim"].BaseAddress });
+        var (_, direct) = await PostAsync(Form("whisper-1", Wav, ("temperature", "0.2")), "v1/audio/transcriptions", new HttpClient { BaseAddress = Fleet.Sims["sim"].BaseAddress });
         through.Should().Be(direct);
         JsonDocument.Parse(through).RootElement.GetProperty("usage").GetProperty("seconds").GetInt32().Should().Be(3);
         Cost(response).Should().Be(3m / 60m * 0.006m);
 
-        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         row.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(response));
         row.GetProperty("answer").GetString().Should().Be($"[transcription, {Encoding.UTF8.GetByteCount(through)} bytes]");
         row.GetProperty("prompt").GetString().Should().Contain("speech.wav").And.Contain($"{Wav.Length} bytes of audio");
-        await _fleet.SpendShouldBeTheMetricsAsync(Ct);
+        await Fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
     [Theory]
@@ -128,7 +109,7 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         var (response, text) = await PostAsync(Form("whisper", Wav, ("response_format", format)));
         response.StatusCode.Should().Be(HttpStatusCode.OK);
         response.Content.Headers.ContentType!.MediaType.Should().Be(mediaType);
-        var (_, direct) = await PostAsync(Form("whisper-1", Wav, ("response_format", format)), "v1/audio/transcriptions", new HttpClient { BaseAddress = _fleet.Sims["sim"].BaseAddress });
+        var (_, direct) = await PostAsync(Form("whisper-1", Wav, ("response_format", format)), "v1/audio/transcriptions", new HttpClient { BaseAddress = Fleet.Sims["sim"].BaseAddress });
         text.Should().Be(direct);
         if (format == "vtt")
         {
@@ -147,7 +128,7 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         response.StatusCode.Should().Be(HttpStatusCode.OK);
         text.Should().StartWith("1\n");
         Cost(response).Should().BeApproximately(3m / 60m * 0.006m, 0.000001m);
-        var row = await _fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         row.GetProperty("usage_estimated").GetBoolean().Should().BeTrue();
         row.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(response));
     }
@@ -207,7 +188,7 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         var (refused, error) = await PostAsync(Form("stt-claude", Wav));
         refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         error.Should().Contain("no transcription API");
-        _fleet.Sims["claude"].Requests.Should().Be(0);
+        Fleet.Sims["claude"].Requests.Should().Be(0);
 
         // Above the JSON bound (64 KiB here) but within the upload bound (256 KiB): served; above that: 413.
         var big = new byte[200 * 1024];
@@ -215,7 +196,7 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         (await PostAsync(Form("whisper", big))).Response.StatusCode.Should().Be(HttpStatusCode.OK);
         using var tooBigRequest = new HttpRequestMessage(HttpMethod.Post, "v1/audio/transcriptions") { Content = Form("whisper", new byte[300 * 1024]) };
         tooBigRequest.Headers.ExpectContinue = true; // refused before the body is sent, as a careful client asks
-        using var tooBig = await _http.SendAsync(tooBigRequest, Ct);
+        using var tooBig = await Http.SendAsync(tooBigRequest, Ct);
         var refusal = await tooBig.Content.ReadAsStringAsync(Ct);
         tooBig.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
         refusal.Should().Contain("262144");
@@ -269,7 +250,7 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         ((int)response.StatusCode).Should().BeOneOf(400, 415);
         var e = FrontDoorTests.ErrorIn("v1/audio/transcriptions", JsonDocument.Parse(text).RootElement);
         (e.GetProperty("param").ValueKind == JsonValueKind.Null ? null : e.GetProperty("param").GetString()).Should().Be(param);
-        _fleet.Sims["sim"].Requests.Should().Be(0);
+        Fleet.Sims["sim"].Requests.Should().Be(0);
 
         static MultipartFormDataContent WithSecondFile(MultipartFormDataContent form)
         {
@@ -313,7 +294,7 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         if (expected != HttpStatusCode.OK)
         {
             FrontDoorTests.ErrorIn("v1/audio/transcriptions", JsonDocument.Parse(text).RootElement);
-            _fleet.Sims["sim"].Requests.Should().Be(0);
+            Fleet.Sims["sim"].Requests.Should().Be(0);
         }
     }
 
@@ -366,7 +347,7 @@ public sealed class TranscriptionsTests : IAsyncLifetime
         const string KeyVariable = "PGW_TEST_STT_SCRIPTED_KEY";
         const string UpstreamKey = "sk-stt-upstream-secret-0123456789";
         Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
-        await using var gateway = await ScriptedGateway.StartAsync(_fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-chat", "embeddings-404", "echo-400"], "whisper-1", Ct, KeyVariable);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-chat", "embeddings-404", "echo-400"], "whisper-1", Ct, KeyVariable);
         var http = gateway.Http;
         async Task<(HttpStatusCode Status, string Text, string Provider)> Transcribe(string model)
         {
