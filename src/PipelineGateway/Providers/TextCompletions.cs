@@ -371,10 +371,12 @@ internal static class TextCompletions
         };
         foreach (var choice in Choices(wire))
         {
+            var message = ChatCompletionMessage.Assistant(choice.Text ?? string.Empty);
+            message.AdditionalProperties = Keep(choice.Extra);
             response.Choices.Add(new ChatChoice
             {
                 Index = choice.Index,
-                Message = ChatCompletionMessage.Assistant(choice.Text ?? string.Empty),
+                Message = message,
                 FinishReason = choice.FinishReason,
                 Logprobs = choice.Logprobs,
             });
@@ -403,7 +405,7 @@ internal static class TextCompletions
             chunk.Choices.Add(new ChunkChoice
             {
                 Index = choice.Index,
-                Delta = new ChatCompletionDelta { Content = choice.Text },
+                Delta = new ChatCompletionDelta { Content = choice.Text, AdditionalProperties = Keep(choice.Extra) },
                 FinishReason = choice.FinishReason,
                 Logprobs = choice.Logprobs,
             });
@@ -411,6 +413,18 @@ internal static class TextCompletions
 
         return chunk;
     }
+
+    /// <summary>
+    /// Where a native choice's own members (vLLM's <c>stop_reason</c>, <c>prompt_logprobs</c>…) ride on the gateway's
+    /// message or delta, to be written back into the choice (a chat deployment's members are not written there).
+    /// </summary>
+    private const string ChoiceMembers = "pgw_completion_choice";
+
+    private static Dictionary<string, JsonElement>? Keep(Dictionary<string, JsonElement>? extra) =>
+        extra is { Count: > 0 } ? new() { [ChoiceMembers] = JsonSerializer.SerializeToElement(extra, TextCompletionJsonContext.Default.DictionaryStringJsonElement) } : null;
+
+    private static JsonElement? Kept(Dictionary<string, JsonElement>? members) =>
+        members?.TryGetValue(ChoiceMembers, out var kept) == true && kept.ValueKind == JsonValueKind.Object ? kept : null;
 
     private static TextCompletionWire Wire(ReadOnlySpan<byte> json, string what) =>
         JsonSerializer.Deserialize(json, TextCompletionJsonContext.Default.TextCompletionWire) ?? throw new JsonException($"{what} is the JSON null.");
@@ -431,7 +445,7 @@ internal static class TextCompletions
         {
             foreach (var choice in choices)
             {
-                WriteChoice(w, choice.Message?.Content?.GetText() ?? string.Empty, choice.Index, choice.Logprobs, choice.FinishReason);
+                WriteChoice(w, choice.Message?.Content?.GetText() ?? string.Empty, choice.Index, choice.Logprobs, choice.FinishReason, Kept(choice.Message?.AdditionalProperties));
             }
         });
     }
@@ -462,7 +476,7 @@ internal static class TextCompletions
             {
                 if (Says(choice))
                 {
-                    WriteChoice(w, choice.Delta?.Content ?? string.Empty, choice.Index, choice.Logprobs, choice.FinishReason);
+                    WriteChoice(w, choice.Delta?.Content ?? string.Empty, choice.Index, choice.Logprobs, choice.FinishReason, Kept(choice.Delta?.AdditionalProperties));
                 }
             }
         });
@@ -502,7 +516,7 @@ internal static class TextCompletions
         return buffer.WrittenSpan.ToArray();
     }
 
-    private static void WriteChoice(Utf8JsonWriter w, string text, int index, JsonElement? logprobs, string? finish)
+    private static void WriteChoice(Utf8JsonWriter w, string text, int index, JsonElement? logprobs, string? finish, JsonElement? members)
     {
         w.WriteStartObject();
         w.WriteString("text", text);
@@ -518,6 +532,17 @@ internal static class TextCompletions
         }
 
         w.WriteString("finish_reason", finish); // null until the choice finishes, as the API writes it
+        if (members is { } own)
+        {
+            foreach (var member in own.EnumerateObject())
+            {
+                if (!(member.NameEquals("text") || member.NameEquals("index") || member.NameEquals("logprobs") || member.NameEquals("finish_reason")))
+                {
+                    member.WriteTo(w); // the upstream's own, as it wrote them
+                }
+            }
+        }
+
         w.WriteEndObject();
     }
 
@@ -569,8 +594,12 @@ internal sealed class TextCompletionChoiceWire
     public JsonElement? Logprobs { get; set; }
 
     public string? FinishReason { get; set; }
+
+    [System.Text.Json.Serialization.JsonExtensionData]
+    public Dictionary<string, JsonElement>? Extra { get; set; }
 }
 
 [System.Text.Json.Serialization.JsonSourceGenerationOptions(PropertyNamingPolicy = System.Text.Json.Serialization.JsonKnownNamingPolicy.SnakeCaseLower)]
 [System.Text.Json.Serialization.JsonSerializable(typeof(TextCompletionWire))]
+[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, JsonElement>))]
 internal sealed partial class TextCompletionJsonContext : System.Text.Json.Serialization.JsonSerializerContext;

@@ -236,6 +236,23 @@ public sealed class CompletionsTests : LoggedFleetTests
         (await Cache("""{"model":"base","prompt":"with logprobs","logprobs":1}""")).Should().Be("miss", "log probabilities of the completions form are not cached");
     }
 
+    /// <summary>A native choice's own members (vLLM's <c>stop_reason</c>, <c>prompt_logprobs</c>) reach the caller, whole and streamed.</summary>
+    [Fact]
+    public void A_native_choices_own_members_are_written_back_into_it()
+    {
+        var answer = TextCompletions.ReadAnswer("""{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"text":" hi","index":0,"logprobs":null,"finish_reason":"stop","stop_reason":"\n\n","prompt_logprobs":null}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"""u8, out _);
+        var choice = JsonDocument.Parse(TextCompletions.WriteAnswer(answer)).RootElement.GetProperty("choices")[0];
+        (choice.GetProperty("stop_reason").GetString(), choice.GetProperty("prompt_logprobs").ValueKind, choice.GetProperty("text").GetString()).Should().Be(("\n\n", JsonValueKind.Null, " hi"));
+
+        var chunk = TextCompletions.ReadEvent("""{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"text":"","index":0,"logprobs":null,"finish_reason":"stop","stop_reason":42}]}"""u8, out _);
+        var written = JsonDocument.Parse(TextCompletions.WriteEvent(chunk, null)!).RootElement.GetProperty("choices")[0];
+        written.GetProperty("stop_reason").GetInt32().Should().Be(42);
+
+        // A chat deployment's message members are not a choice's: never written into it.
+        var chat = new ChatCompletionResponse { Id = "chatcmpl-1", Model = "m", Choices = [new ChatChoice { Message = new ChatCompletionMessage { Role = "assistant", Content = new MessageContent("x"), AdditionalProperties = new() { ["reasoning_content"] = JsonDocument.Parse("\"thought\"").RootElement } }, FinishReason = "stop" }] };
+        JsonDocument.Parse(TextCompletions.WriteAnswer(chat)).RootElement.GetProperty("choices")[0].TryGetProperty("reasoning_content", out _).Should().BeFalse();
+    }
+
     [Theory]
     [InlineData("""{"prompt":"x"}""", "model")]
     [InlineData("""{"model":"base"}""", "prompt")]
