@@ -27,9 +27,10 @@ public sealed class ModelPrice
     public decimal? WebSearchPerThousand { get; set; }
 
     /// <summary>
-    /// USD per image an image model makes (<c>/v1/images/generations</c>; DALL·E's are priced per image, at its standard
-    /// quality and smallest square size here — set the price of the size and quality a deployment is asked for), on top of
-    /// the tokens when the model counts them (gpt-image-1). Null: images are not priced by the image.
+    /// USD per standard 1024x1024 image an image model makes (<c>/v1/images/generations</c>, <c>/edits</c>; DALL·E's are
+    /// priced per image), each image weighed by its size and quality as OpenAI prices them (<c>Images.Weight</c>: ×2 an HD
+    /// or wide one, ×3 an HD wide one, less for DALL·E 2's smaller squares), on top of the tokens when the model counts
+    /// them (gpt-image-1). Null: images are not priced by the image.
     /// </summary>
     public decimal? PerImage { get; set; }
 

@@ -172,11 +172,32 @@ internal static class Images
         return usage;
     }
 
-    /// <summary>Marks how many images an answer holds on its usage (what <see cref="Generated"/> reads for pricing).</summary>
-    public static void SetGenerated(TokenUsage usage, int images) =>
-        (usage.AdditionalProperties ??= [])[GeneratedMember] = JsonSerializer.SerializeToElement(images, GatewayJsonContext.Default.Int32);
+    /// <summary>
+    /// Marks how many images an answer holds on its usage, counted in standard images (what <see cref="Generated"/> reads
+    /// for pricing): each weighed by its size and quality as OpenAI prices DALL·E (<see cref="Weight"/>).
+    /// </summary>
+    public static void SetGenerated(TokenUsage usage, int images, JsonElement body) =>
+        (usage.AdditionalProperties ??= [])[GeneratedMember] = JsonSerializer.SerializeToElement(images * Weight(body), GatewayJsonContext.Default.Decimal);
 
-    /// <summary>The images an answer's usage says were made (0 for any other answer).</summary>
-    public static int Generated(TokenUsage usage) =>
-        usage.AdditionalProperties?.TryGetValue(GeneratedMember, out var n) == true && n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out var images) && images > 0 ? images : 0;
+    /// <summary>
+    /// One image's price in standard images (<see cref="Cost.ModelPrice.PerImage"/> is a standard 1024x1024 image's), by
+    /// OpenAI's DALL·E list: DALL·E 3 $0.04 standard, $0.08 for a wide or tall one or an HD square, $0.12 an HD wide one;
+    /// DALL·E 2 $0.02 at 1024x1024, $0.018 at 512x512, $0.016 at 256x256. A model priced by the token has no image price.
+    /// </summary>
+    public static decimal Weight(JsonElement body)
+    {
+        var size = body.TryGetProperty("size", out var s) && s.ValueKind == JsonValueKind.String ? s.GetString() : null;
+        var hd = body.TryGetProperty("quality", out var q) && q.ValueKind == JsonValueKind.String && q.ValueEquals("hd");
+        var wide = size is "1792x1024" or "1024x1792";
+        return size switch
+        {
+            "256x256" => 0.8m,
+            "512x512" => 0.9m,
+            _ => (hd, wide) switch { (false, false) => 1m, (true, true) => 3m, _ => 2m },
+        };
+    }
+
+    /// <summary>The standard images an answer's usage says were made (0 for any other answer).</summary>
+    public static decimal Generated(TokenUsage usage) =>
+        usage.AdditionalProperties?.TryGetValue(GeneratedMember, out var n) == true && n.ValueKind == JsonValueKind.Number && n.TryGetDecimal(out var images) && images > 0 ? images : 0;
 }

@@ -99,6 +99,17 @@ public sealed class ImagesTests : LoggedFleetTests
         three.StatusCode.Should().Be(HttpStatusCode.OK);
         bytes.GetProperty("data").EnumerateArray().Select(i => PngSize(i.GetProperty("b64_json").GetBytesFromBase64())).Should().Equal((8, 8), (8, 8), (8, 8));
         Cost(three).Should().Be(0.12m);
+
+        // Size and quality weigh as OpenAI prices DALL·E: $0.08 an HD square or a wide standard one, $0.12 an HD wide one.
+        foreach (var (options, price) in new[] { ("\"quality\":\"hd\"", 0.08m), ("\"size\":\"1792x1024\"", 0.08m), ("\"quality\":\"hd\",\"size\":\"1024x1792\"", 0.12m) })
+        {
+            var (priced, _) = await PostAsync($$"""{"model":"dall-e-3","prompt":"weighed",{{options}}}""");
+            priced.StatusCode.Should().Be(HttpStatusCode.OK, options);
+            Cost(priced).Should().Be(price, options);
+        }
+
+        Images.Weight(JsonDocument.Parse("""{"size":"256x256"}""").RootElement).Should().Be(0.8m, "DALL·E 2's $0.016 of its $0.02");
+        Images.Weight(JsonDocument.Parse("""{"size":"512x512"}""").RootElement).Should().Be(0.9m);
     }
 
     [Fact]
