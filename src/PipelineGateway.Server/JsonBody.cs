@@ -101,6 +101,23 @@ internal static partial class JsonBody
         };
     }
 
+    /// <summary>
+    /// What the routes that read their body by hand refuse alike (<see cref="WriteRefusalAsync"/>): Kestrel's refusal of
+    /// the body, a checked member, JSON that is not.
+    /// </summary>
+    public static bool IsRefusal(Exception ex) => ex is BadHttpRequestException or InvalidRequestException or JsonException;
+
+    /// <summary>
+    /// The route's error for a refused body: Kestrel's (<see cref="WriteBodyFailureAsync"/>), a checked member's 400 naming
+    /// it, or — anything else: malformed JSON, a string no character can be made of — "not valid JSON" with the reader's words.
+    /// </summary>
+    public static Task WriteRefusalAsync(HttpContext ctx, Exception ex, ServerOptions options, ILogger logger) => ex switch
+    {
+        BadHttpRequestException bad => WriteBodyFailureAsync(ctx, bad, options, logger),
+        InvalidRequestException invalid => RouteErrors.WriteAsync(ctx, invalid),
+        _ => RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}")),
+    };
+
     [LoggerMessage(EventId = 120, Level = LogLevel.Debug, Message = "Refused a request body ({Status}): {Reason}")]
     private static partial void LogBodyRefused(ILogger logger, int status, string reason);
 

@@ -81,25 +81,10 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
         {
             request = parse(await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => body.ToArray(), ctx.RequestAborted));
         }
-        catch (JsonException ex)
+        catch (Exception ex) when (JsonBody.IsRefusal(ex) || ex is InvalidOperationException or ArgumentException or DecoderFallbackException)
         {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
-            return null;
-        }
-        catch (BadHttpRequestException ex)
-        {
-            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
-            return null;
-        }
-        catch (InvalidRequestException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, ex);
-            return null;
-        }
-        catch (Exception ex) when (ex is InvalidOperationException or ArgumentException or DecoderFallbackException)
-        {
-            // A string with an escape no character can be made of (a lone surrogate).
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
+            // The last three: a string with an escape no character can be made of (a lone surrogate) — not valid JSON.
+            await JsonBody.WriteRefusalAsync(ctx, ex, options, logger);
             return null;
         }
 

@@ -90,14 +90,9 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
             await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not a valid multipart form: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
             return;
         }
-        catch (BadHttpRequestException ex)
+        catch (Exception ex) when (JsonBody.IsRefusal(ex))
         {
-            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
-            return;
-        }
-        catch (InvalidRequestException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, ex);
+            await JsonBody.WriteRefusalAsync(ctx, ex, options, logger);
             return;
         }
 

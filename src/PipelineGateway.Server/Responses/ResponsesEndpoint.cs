@@ -101,19 +101,9 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             await StoreUnavailableAsync(ctx, ex);
             return null;
         }
-        catch (JsonException ex)
+        catch (Exception ex) when (JsonBody.IsRefusal(ex))
         {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not valid JSON: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
-            return null;
-        }
-        catch (BadHttpRequestException ex)
-        {
-            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
-            return null;
-        }
-        catch (InvalidRequestException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, ex);
+            await JsonBody.WriteRefusalAsync(ctx, ex, options, logger);
             return null;
         }
 
