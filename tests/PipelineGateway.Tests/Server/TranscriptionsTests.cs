@@ -118,16 +118,23 @@ public sealed class TranscriptionsTests : LoggedFleetTests
     }
 
     /// <summary>
-    /// whisper-1 in <c>text</c>, <c>srt</c> or <c>vtt</c> says no duration: the audio's own length is billed (WAV, FLAC,
-    /// MP3 read exactly), marked estimated — it was billed nothing.
+    /// whisper-1 in <c>text</c>, <c>srt</c> or <c>vtt</c> says no duration: the audio's own length is billed (read
+    /// from the file's own structure, every format the API takes), marked estimated — it was billed nothing. The
+    /// recordings are ffmpeg's (<c>Server/Audio/README.md</c>): browsers record WebM (Chrome, Firefox) and fragmented
+    /// MP4 (Safari), which were billed $0 before.
     /// </summary>
-    [Fact]
-    public async Task A_transcript_without_usage_is_billed_the_audios_own_length_marked_estimated()
+    [Theory]
+    [InlineData(null, 3.0)]
+    [InlineData("tone.webm", 2.5)]
+    [InlineData("tone-live.webm", 2.5)]
+    [InlineData("tone-fragmented.mp4", 2.564)]
+    [InlineData("tone-opus.ogg", 2.5)]
+    public async Task A_transcript_without_usage_is_billed_the_audios_own_length_marked_estimated(string? file, double seconds)
     {
-        var (response, text) = await PostAsync(Form("whisper", Wav, ("response_format", "srt")));
+        var (response, text) = await PostAsync(Form("whisper", file is null ? Wav : Recording(file), ("response_format", "srt")));
         response.StatusCode.Should().Be(HttpStatusCode.OK);
         text.Should().StartWith("1\n");
-        Cost(response).Should().BeApproximately(3m / 60m * 0.006m, 0.000001m);
+        Cost(response).Should().BeApproximately((decimal)seconds / 60m * 0.006m, 0.000002m);
         var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         row.GetProperty("usage_estimated").GetBoolean().Should().BeTrue();
         row.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(response));
@@ -147,10 +154,44 @@ public sealed class TranscriptionsTests : LoggedFleetTests
         System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(flac.AsSpan(22), 96_000); // 36-bit total samples, low 32
         AudioDuration.Seconds(flac).Should().Be(2);
 
-        AudioDuration.Seconds("OggS and more bytes"u8).Should().BeNull("a format not read here is unknown, not guessed");
+        AudioDuration.Seconds("OggS and more bytes"u8).Should().BeNull("a page cut short says no length");
+        AudioDuration.Seconds([0x00, 0x00, 0x00, 0x0C, .. "ftypM4A "u8]).Should().BeNull("an MP4 with no movie header is unknown, not guessed");
         AudioDuration.Seconds(mp3.AsSpan(0, 300)).Should().BeNull("one frame's start is no evidence");
         Gen.Byte.Array[0, 4096].Sample(bytes => AudioDuration.Seconds(bytes) is null or >= 0, seed: "0N0XIzNsQ0O4", iter: 20_000 * Fuzz.Scale, threads: 1);
         Gen.Int[0, 8000].Sample(cut => AudioDuration.Seconds(Wav.AsSpan(0, Math.Min(cut, Wav.Length))) is null or >= 0, seed: "0N0XIzNsQ0O5", iter: 2_000, threads: 1);
+    }
+
+    /// <summary>A recording made by ffmpeg from a 2.5 s tone (<c>Server/Audio/README.md</c> has the commands).</summary>
+    private static byte[] Recording(string name) => File.ReadAllBytes(Path.Combine(AppContext.BaseDirectory, "Server", "Audio", name));
+
+    /// <summary>
+    /// Every container the transcription APIs take is timed as ffprobe times it: MP4/M4A by its movie header or, when
+    /// fragmented, its fragments' samples; Ogg by its last granule (Opus less its pre-skip, Vorbis at its rate); WebM by its
+    /// duration or, recorded live without one, its last block (one 20 ms frame short). Every cut of each file is a length
+    /// no longer than the whole, or unknown — never an exception or a made-up number.
+    /// </summary>
+    [Theory]
+    [InlineData("tone.m4a", 2.5, 0.001)]
+    [InlineData("tone-fragmented.mp4", 2.564, 0.001)]
+    [InlineData("tone-opus.ogg", 2.5, 0.001)]
+    [InlineData("tone-vorbis.ogg", 2.5, 0.001)]
+    [InlineData("tone.webm", 2.508, 0.001)]
+    [InlineData("tone-live.webm", 2.5, 0.03)]
+    public void A_recordings_length_is_read_from_its_container(string name, double seconds, double within)
+    {
+        var audio = Recording(name);
+        AudioDuration.Seconds(audio).Should().BeApproximately(seconds, within);
+        for (var cut = 0; cut < audio.Length; cut += 7)
+        {
+            AudioDuration.Seconds(audio.AsSpan(0, cut)).Should().Match(d => d == null || (d > 0 && d <= seconds + within), $"a cut at {cut} bytes");
+        }
+
+        Gen.Int[0, audio.Length - 1].Select(Gen.Byte).Sample((at, value) =>
+        {
+            var broken = (byte[])audio.Clone();
+            broken[at] = value;
+            return AudioDuration.Seconds(broken) is null or (> 0 and < 86_400);
+        }, seed: "0N0XIzNsQ0O6", iter: 3_000, threads: 1);
     }
 
     [Fact]
