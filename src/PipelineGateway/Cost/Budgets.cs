@@ -98,7 +98,7 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         if (!result.Reserved)
         {
             var refused = refs[Math.Clamp(result.RefusedBy, 0, refs.Count - 1)];
-            throw new BudgetExceededException(refused.DisplayName, FromNano(refused.LimitNanoUsd), FromNano(result.SpentAndReservedNanoUsd));
+            throw Exceeded(refused.DisplayName, FromNano(refused.LimitNanoUsd), FromNano(result.SpentAndReservedNanoUsd), estimate);
         }
 
         item.SharedBudgetReservation = new SharedReservation(refs, estimate);
@@ -149,7 +149,7 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
                     return false;
                 }
 
-                throw new BudgetExceededException(account.Options.DisplayName, account.Options.LimitUsd, FromNano(spent));
+                throw Exceeded(account.Options.DisplayName, account.Options.LimitUsd, FromNano(spent), estimate);
             }
 
             taken.Add(account);
@@ -254,15 +254,21 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     public IReadOnlyDictionary<string, (decimal Spent, decimal Reserved)> Balances() =>
         _accounts.ToDictionary(kv => $"{kv.Value.Options.DisplayName}{(kv.Key.Key.Length > 0 ? ":" + kv.Key.Key : string.Empty)}", kv => kv.Value.Balance());
 
+    /// <summary>The refusal, saying what the request may cost: a budget with room left refuses a request dearer than that room.</summary>
+    private static BudgetExceededException Exceeded(string budget, decimal limit, decimal spent, long estimate) => new(budget, limit, spent,
+        $"Budget '{budget}' of ${limit} cannot take this request: it may cost up to ${FromNano(estimate)}, and ${spent} is spent or reserved.");
+
     private decimal Estimate(WorkItem item)
     {
-        var completion = item.Request.RequestedCompletionTokens ?? item.Group.ExpectedCompletionTokens;
+        var completion = item.Request.Operation is not null ? 0 : item.Request.CompletionTokensAsked(item.Group.ExpectedCompletionTokens);
         var tokens = item.EstimatedTokensIfCounted ?? (TokenEstimate.Approximate(item.Request) + completion);
         var prompt = Math.Max(0, tokens - completion);
+        var usage = TokenUsage.Of((int)Math.Min(int.MaxValue, prompt), (int)Math.Min(int.MaxValue, completion));
+        item.Request.Operation?.KnownCost(usage); // images, minutes of audio: known before the answer
         var dearest = 0m;
         foreach (var d in item.RootGroup.Deployments)
         {
-            dearest = Math.Max(dearest, pricing.Cost(d, TokenUsage.Of((int)Math.Min(int.MaxValue, prompt), completion)));
+            dearest = Math.Max(dearest, pricing.Cost(d, usage));
         }
 
         return dearest;

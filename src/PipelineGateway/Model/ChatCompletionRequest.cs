@@ -92,6 +92,14 @@ public sealed class ChatCompletionRequest
     /// <summary>The completion budget the caller asked for: <c>max_completion_tokens</c>, else <c>max_tokens</c>.</summary>
     [JsonIgnore]
     public int? RequestedCompletionTokens => MaxCompletionTokens ?? MaxTokens;
+
+    /// <summary>
+    /// The completion tokens the request may cost: the budget asked (else <paramref name="expected"/>, the group's usual
+    /// answer) for every completion the upstream writes and bills — <c>n</c> choices (a text completion's <c>best_of</c>
+    /// for each prompt, when more). What the token limiter and the budgets hold back before the answer says.
+    /// </summary>
+    internal long CompletionTokensAsked(int expected) =>
+        (long)(RequestedCompletionTokens ?? expected) * Math.Max(1, Math.Max(N ?? 1, TextCompletion?.Generated ?? 1));
 }
 
 public sealed class StreamOptions

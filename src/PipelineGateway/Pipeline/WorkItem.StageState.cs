@@ -127,7 +127,7 @@ internal sealed partial class WorkItem
         {
             if (_estimatedTokens < 0)
             {
-                var completion = Request.Operation is not null ? 0 : Request.RequestedCompletionTokens ?? Group.ExpectedCompletionTokens; // embeddings, moderations: no completion
+                var completion = Request.Operation is not null ? 0 : Request.CompletionTokensAsked(Group.ExpectedCompletionTokens); // embeddings, moderations: no completion
                 _estimatedTokens = Admission.TokenCounter.CountPrompt(Request, Request.Model) + completion;
             }
 

@@ -53,6 +53,23 @@ internal sealed record OperationRequest(OperationKind Kind, JsonElement Body)
         _ => "images/edits",
     };
 
+    /// <summary>
+    /// Marks on <paramref name="usage"/> what the request will be billed beyond its tokens, as far as the request says it:
+    /// the images asked (weighed by size and quality, <see cref="Images.SetGenerated"/>), the audio's minutes where its file
+    /// says them (<see cref="AudioDuration"/>). What the budgets reserve before the answer; the answer's own usage bills.
+    /// </summary>
+    public void KnownCost(TokenUsage usage)
+    {
+        if (Kind is OperationKind.Images or OperationKind.ImageEdit)
+        {
+            Images.SetGenerated(usage, Images.Count(Body), Body);
+        }
+        else if (Kind is OperationKind.Transcription or OperationKind.Translation && Upload is { } audio && AudioDuration.Seconds(audio.Bytes.Span) is { } seconds)
+        {
+            Transcriptions.SetSeconds(usage, seconds);
+        }
+    }
+
     /// <summary>How many answers the request asks for (embeddings, moderation results: one per input; images: <c>n</c>).</summary>
     public int InputCount
     {

@@ -9,7 +9,8 @@ namespace PipelineGateway.Providers;
 /// how many choices it asks for (<c>n</c> per prompt); and, when it uses what only that API has (a suffix, echo, log
 /// probabilities, <c>best_of</c>, token ids or several prompts), the member that keeps a chat deployment from serving it.
 /// </summary>
-internal sealed record TextCompletionRequest(JsonElement Body, int Choices, string? ChatOnlyParam, string? ChatOnlyReason)
+/// <param name="Generated">The completions the upstream writes and bills: <c>best_of</c> for each prompt (at least <see cref="Choices"/>).</param>
+internal sealed record TextCompletionRequest(JsonElement Body, int Choices, string? ChatOnlyParam, string? ChatOnlyReason, int Generated)
 {
     /// <summary>The upstream route under the provider's base URL.</summary>
     public const string Path = "completions";
@@ -93,6 +94,11 @@ internal static class TextCompletions
         if (bestOf is { } b && b < n)
         {
             throw new InvalidRequestException("best_of", "'best_of' must be at least 'n'.");
+        }
+
+        if ((long)(bestOf ?? 1) * prompts > MaxChoices)
+        {
+            throw new InvalidRequestException("best_of", $"'best_of' times the prompts must be at most {MaxChoices} completions ({bestOf} × {prompts} = {(long)bestOf! * prompts}).");
         }
 
         if (bestOf > 1)
@@ -187,7 +193,7 @@ internal static class TextCompletions
             Stream = stream ? true : null,
             StreamOptions = streamOptions,
             AdditionalProperties = extra.Count == 0 ? null : extra,
-            TextCompletion = new TextCompletionRequest(root, n * prompts, chatParam, chatReason),
+            TextCompletion = new TextCompletionRequest(root, n * prompts, chatParam, chatReason, Math.Max(n, bestOf ?? 1) * prompts),
         };
     }
 

@@ -191,6 +191,32 @@ public sealed class AdmissionTests
         limiter.GetStatus(Req()).Single().Remaining.Should().Be(1000 - 12);
     }
 
+    /// <summary>
+    /// A request for several choices may write <c>max_tokens</c> for each: the estimate holds back every one (as
+    /// OpenAI's own limits count them) — it held back one, so <c>n</c> 8 went through a limit it could overrun eightfold.
+    /// </summary>
+    [Fact]
+    public async Task Token_limits_hold_back_the_completion_budget_of_every_choice()
+    {
+        var clock = TestGateway.Clock();
+        var (gateway, provider) = await Start(clock, o => o.Admission.RateLimits.Add(
+            new RateLimitRule { Name = "tpm", Unit = RateLimitUnit.Tokens, Algorithm = RateLimitAlgorithm.SlidingWindow, Limit = 1000, Window = TimeSpan.FromMinutes(1) }));
+        await using var _ = gateway;
+        var calls = 0;
+        provider.OnComplete = (r, _) =>
+        {
+            Interlocked.Increment(ref calls);
+            return ValueTask.FromResult(FakeProvider.Answer(r.Model, "ok"));
+        };
+
+        await gateway.SubmitAsync(Req(maxTokens: 200), SubmitMode.FailFast, Ct); // one choice: ~210 tokens fit
+        var several = Req(maxTokens: 200);
+        several.N = 8; // 8 × 200: more than the limit holds
+        var act = async () => await gateway.SubmitAsync(several, SubmitMode.FailFast, Ct);
+        (await act.Should().ThrowAsync<RateLimitedException>()).Which.Limit.Should().Contain("tpm");
+        calls.Should().Be(1, "the request that could not fit never reached the provider");
+    }
+
     [Fact]
     public async Task A_failed_request_gives_its_tokens_back()
     {

@@ -1,7 +1,10 @@
+using System.Text.Json;
 using FluentAssertions;
 using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Cost;
 using PipelineGateway.Hosting;
+using PipelineGateway.Providers;
+using PipelineGateway.Providers.Simulated;
 using PipelineGateway.Routing;
 using PipelineGateway.Tests.Support;
 
@@ -48,6 +51,59 @@ public sealed class BudgetTests
         spent.Spent.Should().Be(80m, "20 answers of $4 each settled");
         spent.Reserved.Should().Be(0);
         gateway.Metrics.GetSnapshot().BudgetExceededRequests.Should().Be(980);
+    }
+
+    /// <summary>
+    /// The reservation holds back the completion budget of every choice asked: <c>n</c> 8 with <c>max_tokens</c> 1 is
+    /// estimated at 5 + 8 = $13, past a $10 budget, and refused before the provider sees it (it reserved $6 — one
+    /// choice — and could overspend the budget by the other seven).
+    /// </summary>
+    [Fact]
+    public async Task A_reservation_holds_back_every_choice_the_request_asks()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await Priced(provider).AddBudget(10m, BudgetPeriod.Day).StartAsync(Ct);
+        var several = Req();
+        several.N = 8;
+        var act = async () => await gateway.SubmitAsync(several, Ct);
+        await act.Should().ThrowAsync<BudgetExceededException>();
+        provider.Calls.Should().Be(0);
+
+        await gateway.SubmitAsync(Req(), Ct); // one choice: $6 reserved, $4 spent
+        gateway.Services.GetRequiredService<BudgetTracker>().Balances().Single().Value.Spent.Should().Be(4m);
+    }
+
+    /// <summary>
+    /// An operation's reservation holds back what its request already says it will cost beyond tokens: the images asked,
+    /// weighed by size and quality (three wide HD DALL·E 3 images: 3 × 3 × $0.04 = $0.36), the minutes of audio its file
+    /// holds (2 s at whisper-1's $0.006 a minute). Both reserved $0 — their models have no token price — and could
+    /// overspend any budget.
+    /// </summary>
+    [Fact]
+    public async Task An_operations_reservation_holds_back_its_images_and_its_minutes_of_audio()
+    {
+        await using var gateway = await new GatewayBuilder()
+            .AddSimulatedProvider("sim", o => { o.LatencyMs = 0; o.JitterMs = 0; o.FailureRate = 0; })
+            .AddModel("img", m => m.Deploy("sim", "dall-e-3"))
+            .AddModel("whisper", m => m.Deploy("sim", "whisper-1"))
+            .AddBudget(0.1m, BudgetPeriod.Day)
+            .StartAsync(Ct);
+        var images = Images.ToRequest(JsonDocument.Parse("""{"model":"img","prompt":"a lighthouse","n":3,"size":"1792x1024","quality":"hd"}""").RootElement);
+        var act = async () => await gateway.SubmitAsync(images, Ct);
+        (await act.Should().ThrowAsync<BudgetExceededException>()).Which.Message.Should().Contain("0.36");
+
+        var one = Images.ToRequest(JsonDocument.Parse("""{"model":"img","prompt":"a lighthouse","size":"16x16"}""").RootElement);
+        (await gateway.SubmitAsync(one, Ct)).Gateway!.Cost.Should().Be(0.04m);
+
+        await using var tight = await new GatewayBuilder()
+            .AddSimulatedProvider("sim", o => { o.LatencyMs = 0; o.JitterMs = 0; o.FailureRate = 0; })
+            .AddModel("whisper", m => m.Deploy("sim", "whisper-1"))
+            .AddBudget(0.0001m, BudgetPeriod.Day)
+            .StartAsync(Ct);
+        var wav = SimulatedSpeech.Audio(Speech.ToRequest(JsonDocument.Parse("""{"model":"m","input":"one two three four five","voice":"alloy","response_format":"wav"}""").RootElement).Operation!).List.ToArray();
+        var transcription = Transcriptions.ToRequest(OperationKind.Transcription, [new("model", "whisper")], new Upload(wav, "a.wav", "audio/wav"));
+        var refused = async () => await tight.SubmitAsync(transcription, Ct);
+        await refused.Should().ThrowAsync<BudgetExceededException>("2 s of audio is $0.0002, past the $0.0001 budget");
     }
 
     /// <summary>A gateway with a $10 daily budget per key, on <paramref name="clock"/>.</summary>

@@ -267,6 +267,7 @@ public sealed class CompletionsTests : LoggedFleetTests
     [InlineData("""{"model":"base","prompt":"x","n":0}""", "n")]
     [InlineData("""{"model":"base","prompt":["a","b"],"n":100}""", "n")]
     [InlineData("""{"model":"base","prompt":"x","n":2,"best_of":1}""", "best_of")]
+    [InlineData("""{"model":"base","prompt":["a","b"],"best_of":100}""", "best_of")]
     [InlineData("""{"model":"base","prompt":"x","logprobs":-1}""", "logprobs")]
     [InlineData("""{"model":"base","prompt":"x","echo":"yes"}""", "echo")]
     [InlineData("""{"model":"base","prompt":"x","suffix":5}""", "suffix")]
@@ -294,6 +295,18 @@ public sealed class CompletionsTests : LoggedFleetTests
         Fleet.Sims["sim"].Requests.Should().Be(before);
     }
 
+    /// <summary>
+    /// Token limits and budgets hold back <c>max_tokens</c> for every completion the upstream writes and bills: <c>n</c>
+    /// for each prompt, or <c>best_of</c> when more (they held back one completion's).
+    /// </summary>
+    [Theory]
+    [InlineData("""{"model":"m","prompt":"x","max_tokens":10}""", 10)]
+    [InlineData("""{"model":"m","prompt":"x"}""", 16)]
+    [InlineData("""{"model":"m","prompt":["a","b"],"n":3,"max_tokens":10}""", 60)]
+    [InlineData("""{"model":"m","prompt":["a","b"],"n":2,"best_of":5,"max_tokens":10}""", 100)]
+    public void Limits_and_budgets_hold_back_max_tokens_for_each_completion_the_upstream_bills(string body, long tokens) =>
+        TextCompletions.Read(Encoding.UTF8.GetBytes(body)).CompletionTokensAsked(256).Should().Be(tokens);
+
     [Fact]
     public void The_request_reader_refuses_any_mutation_with_a_request_error_and_never_anything_else()
     {
@@ -302,6 +315,8 @@ public sealed class CompletionsTests : LoggedFleetTests
             var completion = request.TextCompletion!;
             completion.Choices.Should().BePositive();
             request.N.Should().Be(completion.Choices);
+            completion.Generated.Should().BeInRange(completion.Choices, TextCompletions.MaxChoices);
+            request.CompletionTokensAsked(256).Should().Be((long)request.MaxTokens!.Value * completion.Generated);
             request.MaxTokens.Should().NotBeNull("the API's default when none is given");
             (completion.ChatOnlyParam is null).Should().Be(completion.ChatOnlyReason is null);
             var sent = JsonDocument.Parse(TextCompletions.UpstreamBody(completion, "m", stream: true)).RootElement;
