@@ -65,16 +65,18 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
 
         if (HttpMethods.IsPost(ctx.Request.Method))
         {
-            if (!IsJson(ctx.Request.ContentType) && !(IsUpload(path) && IsMultipart(ctx.Request.ContentType)))
+            if (!IsJson(ctx.Request.ContentType) && !(IsUpload(path) && IsMultipart(ctx.Request.ContentType)) && !IsBodilessAction(ctx.Request))
             {
                 return RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type", IsUpload(path)
                     ? $"The request body must be a multipart form (Content-Type: multipart/form-data) with its files; got '{Shorten(ctx.Request.ContentType ?? "none")}'."
                     : $"The request body must be JSON (Content-Type: application/json); got '{Shorten(ctx.Request.ContentType ?? "none")}'.");
             }
 
-            if (ctx.Request.ContentLength > options.MaxRequestBodyBytes && !(IsUpload(path) && ctx.Request.ContentLength <= options.MaxUploadBytes))
+            if (ctx.Request.ContentLength > options.MaxRequestBodyBytes && !(IsUpload(path) && ctx.Request.ContentLength <= UploadBound(path, options)))
             {
-                return WriteTooLargeAsync(ctx, options, IsUpload(path));
+                return IsBatchFile(path)
+                    ? RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "file_too_large", $"The file is larger than {options.MaxBatchFileBytes} bytes.", "file")
+                    : WriteTooLargeAsync(ctx, options, IsUpload(path));
             }
 
             // A compressed body is not read as JSON: its bytes were a misleading "not valid UTF-8 (at byte 1)". (Not
@@ -103,10 +105,20 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
     public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options, bool upload = false) =>
         RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The request body is larger than {(upload ? options.MaxUploadBytes : options.MaxRequestBodyBytes)} bytes.");
 
-    /// <summary>The routes that take a multipart upload (speech to text, image edits) rather than JSON.</summary>
+    /// <summary>The routes that take a multipart upload (speech to text, image edits, batch files) rather than JSON.</summary>
     internal static bool IsUpload(PathString path) =>
         path.Value is { } p && (p.EndsWith("/audio/transcriptions", StringComparison.OrdinalIgnoreCase) || p.EndsWith("/audio/translations", StringComparison.OrdinalIgnoreCase)
-            || p.EndsWith("/images/edits", StringComparison.OrdinalIgnoreCase));
+            || p.EndsWith("/images/edits", StringComparison.OrdinalIgnoreCase) || IsBatchFile(path));
+
+    /// <summary>The Files API's upload (<c>POST /v1/files</c>): its bound is <see cref="ServerOptions.MaxBatchFileBytes"/>.</summary>
+    private static bool IsBatchFile(PathString path) => path.Equals("/v1/files", StringComparison.OrdinalIgnoreCase);
+
+    private static long UploadBound(PathString path, ServerOptions options) =>
+        IsBatchFile(path) ? options.MaxBatchFileBytes + Batches.BatchApi.FormSlack : options.MaxUploadBytes;
+
+    /// <summary>A POST that is an action on an object and carries nothing (<c>/v1/batches/{id}/cancel</c>, as the SDKs send it: no body, no type).</summary>
+    private static bool IsBodilessAction(HttpRequest request) =>
+        request.ContentLength is null or 0 && !request.Headers.ContainsKey("Transfer-Encoding") && request.Path.Value is { } p && p.EndsWith("/cancel", StringComparison.OrdinalIgnoreCase);
 
     private static bool IsMultipart(string? contentType) =>
         MediaTypeHeaderValue.TryParse(contentType, out var media) && media.MediaType.Equals("multipart/form-data", StringComparison.OrdinalIgnoreCase) && media.Boundary.Length > 0;

@@ -78,10 +78,14 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesStore>();
+        builder.Services.AddSingleton<Batches.BatchStore>();
+        builder.Services.AddSingleton<Batches.BatchJobs>();
+        builder.Services.AddSingleton<Batches.BatchApi>();
         services?.Invoke(builder.Services);
         builder.Services.AddPipelineGateway(builder.Configuration);
         builder.Services.AddPipelineGatewayRedis(builder.Configuration);
         builder.Services.AddHostedService<DrainOnStopping>();
+        builder.Services.AddHostedService(static sp => sp.GetRequiredService<Batches.BatchJobs>()); // after the pipeline: stopped before it drains
         if (server.GcGen1GuardMiB > 0)
         {
             builder.Services.AddGatewayGcGen1Guard(server.GcGen1GuardMiB);
@@ -193,6 +197,16 @@ public static partial class GatewayServer
         app.MapGet("/v1/responses/{id}", (HttpContext ctx) => responses.GetAsync(ctx, RouteId(ctx)));
         app.MapGet("/v1/responses/{id}/input_items", (HttpContext ctx) => responses.InputItemsAsync(ctx, RouteId(ctx)));
         app.MapDelete("/v1/responses/{id}", (HttpContext ctx) => responses.DeleteAsync(ctx, RouteId(ctx)));
+        var batches = app.Services.GetRequiredService<Batches.BatchApi>();
+        app.MapPost("/v1/files", batches.UploadAsync);
+        app.MapGet("/v1/files", batches.ListFilesAsync);
+        app.MapGet("/v1/files/{id}", (HttpContext ctx) => batches.GetFileAsync(ctx, RouteId(ctx)));
+        app.MapGet("/v1/files/{id}/content", (HttpContext ctx) => batches.ContentAsync(ctx, RouteId(ctx)));
+        app.MapDelete("/v1/files/{id}", (HttpContext ctx) => batches.DeleteFileAsync(ctx, RouteId(ctx)));
+        app.MapPost("/v1/batches", batches.CreateAsync);
+        app.MapGet("/v1/batches", batches.ListAsync);
+        app.MapGet("/v1/batches/{id}", (HttpContext ctx) => batches.GetAsync(ctx, RouteId(ctx)));
+        app.MapPost("/v1/batches/{id}/cancel", (HttpContext ctx) => batches.CancelAsync(ctx, RouteId(ctx)));
         app.MapPost("/v1/messages/count_tokens", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleCountAsync);
         var catalog = app.Services.GetRequiredService<ModelCatalog>();
         var gatewayKeys = app.Services.GetRequiredService<GatewayKeys>();

@@ -79,6 +79,29 @@ public sealed class ServerOptions
     [Range(0, long.MaxValue)]
     public long StoredResponsesMaxBytes { get; set; } = 32L * 1024 * 1024;
 
+    /// <summary>
+    /// Where OpenAI's Batch API (<c>/v1/files</c>, <c>/v1/batches</c>) keeps its files and batches: a directory of this
+    /// instance's own (one subdirectory per gateway key; an instance holds it locked), so uploads, results and batches
+    /// in progress survive a restart. Empty: the Batch API is not served (404).
+    /// </summary>
+    public string BatchDirectory { get; set; } = "pgw-data/batches";
+
+    /// <summary>The largest file <c>POST /v1/files</c> takes (OpenAI's batch input bound: 200 MB).</summary>
+    [Range(1024, long.MaxValue)]
+    public long MaxBatchFileBytes { get; set; } = 200L * 1024 * 1024;
+
+    /// <summary>What one gateway key's files (uploads and results) may hold on disk altogether; past it an upload is a 413.</summary>
+    [Range(1024, long.MaxValue)]
+    public long BatchBytesPerKey { get; set; } = 2L * 1024 * 1024 * 1024;
+
+    /// <summary>Batches run at once (others wait their turn, <c>validating</c>); each with <see cref="BatchConcurrency"/> requests in flight.</summary>
+    [Range(1, 64)]
+    public int MaxRunningBatches { get; set; } = 2;
+
+    /// <summary>Requests in flight per running batch (at the pipeline's batch priority: interactive requests go first).</summary>
+    [Range(1, 10_000)]
+    public int BatchConcurrency { get; set; } = 64;
+
     /// <summary>Checks the settings across fields; the messages name the setting and what is allowed.</summary>
     public IEnumerable<string> Validate()
     {

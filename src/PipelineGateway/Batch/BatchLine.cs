@@ -17,12 +17,15 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
     public bool IsBad => ErrorCode is not null;
 
     /// <summary>Parses one line of the OpenAI Batch API input format (a line that is not UTF-8 is not JSON either).</summary>
-    public static BatchLine Parse(JsonlLine line, long number) => line.Text is { } text
-        ? Parse(text, number)
+    public static BatchLine Parse(JsonlLine line, long number, string? endpoint = null) => line.Text is { } text
+        ? Parse(text, number, endpoint)
         : Bad(number, null, "invalid_json", $"line {number} is not valid UTF-8 (at byte {line.InvalidUtf8At}): JSON text is UTF-8 (save the file as UTF-8).");
 
-    /// <summary>Parses one line of the OpenAI Batch API input format.</summary>
-    public static BatchLine Parse(string text, long number)
+    /// <summary>
+    /// Parses one line of the OpenAI Batch API input format; with <paramref name="endpoint"/> (a batch created over HTTP
+    /// names one), a line for another endpoint is an <c>unsupported_url</c> line, as OpenAI's Batch API has it.
+    /// </summary>
+    public static BatchLine Parse(string text, long number, string? endpoint = null)
     {
         JsonDocument doc;
         try
@@ -56,6 +59,11 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
             if (!embeddings && !completions && (url.ValueKind != JsonValueKind.String || !url.ValueEquals(ChatCompletionsUrl)))
             {
                 return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\", \"{CompletionsUrl}\" or \"{EmbeddingsUrl}\" (the endpoints a batch can call).");
+            }
+
+            if (endpoint is not null && !url.ValueEquals(endpoint))
+            {
+                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{endpoint}\", the batch's endpoint (every line of a batch calls the one endpoint it was created for).");
             }
 
             if (root.TryGetProperty("method", out var method) && (method.ValueKind != JsonValueKind.String || !string.Equals(method.GetString(), "POST", StringComparison.OrdinalIgnoreCase)))

@@ -20,6 +20,15 @@ public sealed class BatchOptions
     /// </summary>
     public bool RetryFailed { get; init; }
 
+    /// <summary>The one endpoint every line must call (a batch created over HTTP names it); null: any of the three.</summary>
+    internal string? Endpoint { get; init; }
+
+    /// <summary>
+    /// Applied to each parsed line before it runs (the HTTP Batch API: the creating key's options stamped on its request,
+    /// a model the key may not use turned into a bad line); null: lines run as parsed.
+    /// </summary>
+    internal Func<BatchLine, BatchLine>? Screen { get; init; }
+
     /// <summary>The clock for waits after a rate-limit refusal (tests pass a fake one).</summary>
     public TimeProvider Time { get; init; } = TimeProvider.System;
 

@@ -23,6 +23,17 @@ public sealed class BatchProgress
 
     public long CacheHits => Volatile.Read(ref _cacheHits);
 
+    /// <summary>Requests answered by earlier runs (the output file's lines when this run opened it).</summary>
+    internal long EarlierSucceeded => Volatile.Read(ref _earlierSucceeded);
+
+    /// <summary>Requests that failed in earlier runs (the errors file's failed requests, not its bad lines).</summary>
+    internal long EarlierFailed => Volatile.Read(ref _earlierFailed);
+
+    private long _earlierSucceeded;
+    private long _earlierFailed;
+
+    internal void AddEarlier(bool failed) => Interlocked.Increment(ref failed ? ref _earlierFailed : ref _earlierSucceeded);
+
     /// <summary>Lines that have a result: already done, answered, failed or reported as bad.</summary>
     public long Done => AlreadyDone + Succeeded + Failed + BadLines;
 

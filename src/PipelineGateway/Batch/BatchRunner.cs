@@ -40,12 +40,17 @@ public static class BatchRunner
         // What earlier runs finished: custom_ids answered (output or failed request) and bad lines reported.
         var done = new HashSet<UInt128>();
         var reportedBadLines = new HashSet<long>();
-        await using var output = BatchResultFile.Open(options.OutputPath, truncate: false, (record, n) => done.Add(BatchLine.Fingerprint(RequireCustomId(record, n, options.OutputPath))));
+        await using var output = BatchResultFile.Open(options.OutputPath, truncate: false, (record, n) =>
+        {
+            done.Add(BatchLine.Fingerprint(RequireCustomId(record, n, options.OutputPath)));
+            progress.AddEarlier(failed: false);
+        });
         await using var errors = BatchResultFile.Open(errorsPath, truncate: options.RetryFailed, (record, n) =>
         {
             if (record.TryGetProperty("response", out var response) && response.ValueKind == JsonValueKind.Object)
             {
                 done.Add(BatchLine.Fingerprint(RequireCustomId(record, n, errorsPath)));
+                progress.AddEarlier(failed: true);
             }
             else
             {
@@ -59,7 +64,7 @@ public static class BatchRunner
         var results = Channel.CreateBounded<(bool Error, byte[] Line)>(new BoundedChannelOptions(Math.Max(64, options.Concurrency)) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
         var writer = WriteResultsAsync(results.Reader, output, errors);
 
-        var reader = ReadInputAsync(options.InputPath, work.Writer, results.Writer, done, reportedBadLines, progress, stop);
+        var reader = ReadInputAsync(options, work.Writer, results.Writer, done, reportedBadLines, progress, stop);
         var workers = new Task[options.Concurrency];
         for (var i = 0; i < workers.Length; i++)
         {
@@ -134,7 +139,7 @@ public static class BatchRunner
     }
 
     private static async Task ReadInputAsync(
-        string path,
+        BatchOptions options,
         ChannelWriter<BatchLine> work,
         ChannelWriter<(bool Error, byte[] Line)> results,
         HashSet<UInt128> done,
@@ -146,7 +151,7 @@ public static class BatchRunner
         var records = new BatchRecords();
         try
         {
-            await using var file = new FileStream(path, new FileStreamOptions { Access = FileAccess.Read, Share = FileShare.Read, BufferSize = 0, Options = FileOptions.SequentialScan });
+            await using var file = new FileStream(options.InputPath, new FileStreamOptions { Access = FileAccess.Read, Share = FileShare.Read, BufferSize = 0, Options = FileOptions.SequentialScan });
             using var reader = new JsonlReader(file);
             long number = 0;
             while (!stop.IsCancellationRequested && await reader.ReadLineAsync(stop).ConfigureAwait(false) is { } text)
@@ -157,10 +162,15 @@ public static class BatchRunner
                     continue;
                 }
 
-                var line = BatchLine.Parse(text, number);
+                var line = BatchLine.Parse(text, number, options.Endpoint);
                 if (!line.IsBad && !seen.Add(BatchLine.Fingerprint(line.CustomId!)))
                 {
                     line = line with { Request = null, ErrorCode = "duplicate_custom_id", ErrorMessage = $"line {number}: custom_id '{line.CustomId}' appears on an earlier line; each custom_id must be unique." };
+                }
+
+                if (!line.IsBad && options.Screen is { } screen)
+                {
+                    line = screen(line);
                 }
 
                 if (line.IsBad)

@@ -1,0 +1,311 @@
+using System.ClientModel;
+using System.ClientModel.Primitives;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using OpenAI;
+using OpenAI.Batch;
+using OpenAI.Files;
+using PipelineGateway.Hosting;
+using PipelineGateway.Server;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+#pragma warning disable OPENAI001 // the SDK's Batch client is experimental
+
+/// <summary>
+/// OpenAI's Batch API over real HTTP (<c>/v1/files</c>, <c>/v1/batches</c>), driven by the official OpenAI .NET SDK:
+/// a JSONL file uploaded, a batch created from it and run in the background through the pipeline, its results and
+/// errors downloaded as files — every custom_id exactly once — each key's files and batches its own, a cancel that keeps
+/// what finished, a batch that goes on after a restart, and the refusals of bad requests.
+/// </summary>
+public sealed class BatchApiTests : IAsyncDisposable
+{
+    private const string KeyA = "sk-gw-batch-a-0123456789";
+    private const string KeyB = "sk-gw-batch-b-0123456789";
+    private readonly BatchFiles _dir = new();
+    private readonly List<WebApplication> _apps = [];
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var app in _apps)
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+        }
+
+        _dir.Dispose();
+    }
+
+    /// <summary>A gateway on <paramref name="provider"/> ("m", and "other" that key B may not use), its Batch API in the test's directory.</summary>
+    private async Task<Uri> StartAsync(FakeProvider provider)
+    {
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Server:BatchDirectory"] = Path.Combine(_dir.Dir, "batches"),
+            ["Gateway:Server:BatchConcurrency"] = "4",
+            ["Gateway:Server:Keys:0:Id"] = "a",
+            ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(KeyA),
+            ["Gateway:Server:Keys:1:Id"] = "b",
+            ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(KeyB),
+            ["Gateway:Server:Keys:1:AllowedModels:0"] = "m",
+            ["Gateway:Pipeline:MaxAttempts"] = "1",
+        }).Build();
+        var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)).AddModel("other", m => m.Deploy(provider.Name)));
+        _apps.Add(app);
+        return await GatewayServer.StartAsync(app, Ct);
+    }
+
+    private static OpenAIClientOptions Options(Uri root) => new() { Endpoint = new Uri(root, "v1"), RetryPolicy = new ClientRetryPolicy(0) };
+
+    private static HttpClient Http(Uri root, string key)
+    {
+        var http = new HttpClient { BaseAddress = root };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", key);
+        return http;
+    }
+
+    private static string Line(string id, string model = "m", string url = "/v1/chat/completions", string text = "hello") =>
+        $$$"""{"custom_id":"{{{id}}}","method":"POST","url":"{{{url}}}","body":{"model":"{{{model}}}","messages":[{"role":"user","content":"{{{text}}}"}]}}""";
+
+    private static async Task<JsonElement> JsonAsync(HttpResponseMessage response) =>
+        JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone();
+
+    /// <summary>Polls the batch until it has ended (the run is in the background): its last state.</summary>
+    private static async Task<JsonElement> EndedAsync(HttpClient http, string id)
+    {
+        JsonElement batch = default;
+        await Wait.Until(() =>
+        {
+            using var response = http.GetAsync($"v1/batches/{id}", Ct).GetAwaiter().GetResult();
+            batch = JsonAsync(response).GetAwaiter().GetResult();
+            return batch.GetProperty("status").GetString() is "completed" or "failed" or "cancelled" or "expired";
+        }, $"batch {id} ends");
+        return batch;
+    }
+
+    private static async Task<string[]> LinesAsync(HttpClient http, string fileId) =>
+        (await http.GetStringAsync($"v1/files/{fileId}/content", Ct)).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+
+    [Fact]
+    public async Task The_OpenAI_SDK_uploads_a_file_runs_a_batch_and_downloads_every_result_once()
+    {
+        var root = await StartAsync(new FakeProvider("p"));
+        var lines = string.Join('\n', [.. Enumerable.Range(0, 20).Select(i => Line($"task-{i}", text: $"question {i}")),
+            Line("wrong-endpoint", url: "/v1/embeddings"), Line("unknown-model", model: "nope"), "not json"]);
+        var files = new OpenAIFileClient(new ApiKeyCredential(KeyA), Options(root));
+        var input = (await files.UploadFileAsync(BinaryData.FromString(lines), "prompts.jsonl", FileUploadPurpose.Batch)).Value;
+        input.Id.Should().MatchRegex("^file-[0-9a-f]{24}$");
+        (input.Filename, input.SizeInBytes).Should().Be(("prompts.jsonl", Encoding.UTF8.GetByteCount(lines)));
+
+        var batches = new BatchClient(new ApiKeyCredential(KeyA), new BatchClientOptions { Endpoint = new Uri(root, "v1"), RetryPolicy = new ClientRetryPolicy(0) });
+        var operation = await batches.CreateBatchAsync(BinaryContent.Create(BinaryData.FromString(
+            $$$"""{"input_file_id":"{{{input.Id}}}","endpoint":"/v1/chat/completions","completion_window":"24h","metadata":{"job":"nightly"}}""")), waitUntilCompleted: false);
+        var id = operation.BatchId;
+        id.Should().MatchRegex("^batch_[0-9a-f]{24}$");
+
+        using var http = Http(root, KeyA);
+        var batch = await EndedAsync(http, id);
+        batch.GetProperty("status").GetString().Should().Be("completed");
+        batch.GetProperty("object").GetString().Should().Be("batch");
+        batch.GetProperty("endpoint").GetString().Should().Be("/v1/chat/completions");
+        batch.GetProperty("metadata").GetProperty("job").GetString().Should().Be("nightly");
+        var counts = batch.GetProperty("request_counts");
+        (counts.GetProperty("total").GetInt64(), counts.GetProperty("completed").GetInt64(), counts.GetProperty("failed").GetInt64()).Should().Be((23, 20, 3));
+        foreach (var stamp in (string[])["created_at", "in_progress_at", "finalizing_at", "completed_at", "expires_at"])
+        {
+            batch.GetProperty(stamp).GetInt64().Should().BePositive(stamp);
+        }
+
+        // The results through the SDK's download: each custom_id once, each a whole chat completion.
+        var output = (await files.DownloadFileAsync(batch.GetProperty("output_file_id").GetString(), Ct)).Value.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        output.Select(l => JsonDocument.Parse(l).RootElement.GetProperty("custom_id").GetString()).Should().BeEquivalentTo(Enumerable.Range(0, 20).Select(i => $"task-{i}"));
+        JsonDocument.Parse(output[0]).RootElement.GetProperty("response").GetProperty("body").GetProperty("object").GetString().Should().Be("chat.completion");
+        var errors = await LinesAsync(http, batch.GetProperty("error_file_id").GetString()!);
+        errors.Select(l => JsonDocument.Parse(l).RootElement.GetProperty("error").GetProperty("code").GetString()).Should().BeEquivalentTo(["unsupported_url", "model_not_found", "invalid_json"]);
+
+        // The results are files of the key: listed with the input, described, and deleted like it.
+        var listed = (await files.GetFilesAsync(Ct)).Value;
+        listed.Select(f => f.Id).Should().BeEquivalentTo([input.Id, batch.GetProperty("output_file_id").GetString(), batch.GetProperty("error_file_id").GetString()]);
+        (await files.GetFileAsync(batch.GetProperty("output_file_id").GetString(), Ct)).Value.Filename.Should().Be($"{id}_output.jsonl");
+        (await files.DeleteFileAsync(input.Id, Ct)).Value.Deleted.Should().BeTrue();
+        (await http.GetAsync($"v1/files/{input.Id}", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+        var late = await http.PostAsync($"v1/batches/{id}/cancel", null, Ct);
+        late.StatusCode.Should().Be(HttpStatusCode.Conflict, "a completed batch cannot be cancelled");
+        (await JsonAsync(late)).GetProperty("error").GetProperty("message").GetString().Should().Contain("'completed'");
+        var list = await JsonAsync(await http.GetAsync("v1/batches?limit=5", Ct));
+        list.GetProperty("data")[0].GetProperty("id").GetString().Should().Be(id);
+        list.GetProperty("has_more").GetBoolean().Should().BeFalse();
+    }
+
+    /// <summary>
+    /// A key sees only its own files and batches (another's are 404s, as ids that do not exist), and its batch runs as
+    /// that key: a line for a model the key may not use fails, the others are answered.
+    /// </summary>
+    [Fact]
+    public async Task Each_key_has_its_own_files_and_batches_and_a_batch_runs_as_its_key()
+    {
+        var root = await StartAsync(new FakeProvider("p"));
+        using var a = Http(root, KeyA);
+        using var b = Http(root, KeyB);
+        var upload = await UploadAsync(b, Line("allowed") + "\n" + Line("forbidden", model: "other"));
+        var fileId = upload.GetProperty("id").GetString()!;
+
+        (await a.GetAsync($"v1/files/{fileId}", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+        (await a.GetAsync($"v1/files/{fileId}/content", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+        (await a.DeleteAsync($"v1/files/{fileId}", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+        (await JsonAsync(await a.GetAsync("v1/files", Ct))).GetProperty("data").GetArrayLength().Should().Be(0);
+        var stolen = await a.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct);
+        stolen.StatusCode.Should().Be(HttpStatusCode.NotFound);
+        (await JsonAsync(stolen)).GetProperty("error").GetProperty("param").GetString().Should().Be("input_file_id");
+
+        var created = await JsonAsync(await b.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct));
+        var id = created.GetProperty("id").GetString()!;
+        (await a.GetAsync($"v1/batches/{id}", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+        (await a.PostAsync($"v1/batches/{id}/cancel", null, Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+        var batch = await EndedAsync(b, id);
+        var counts = batch.GetProperty("request_counts");
+        (counts.GetProperty("completed").GetInt64(), counts.GetProperty("failed").GetInt64()).Should().Be((1, 1));
+        var error = JsonDocument.Parse((await LinesAsync(b, batch.GetProperty("error_file_id").GetString()!)).Single()).RootElement;
+        (error.GetProperty("custom_id").GetString(), error.GetProperty("error").GetProperty("code").GetString()).Should().Be(("forbidden", "model_not_allowed"));
+    }
+
+    /// <summary>
+    /// A cancel stops the batch taking lines: it is <c>cancelling</c> while the requests in flight finish, then
+    /// <c>cancelled</c> with their results kept; the lines never sent have none. A second cancel of an ended batch is a 409.
+    /// </summary>
+    [Fact]
+    public async Task A_cancelled_batch_keeps_what_finished_and_runs_nothing_more()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var provider = FakeProvider.Gated("p", gate);
+        var root = await StartAsync(provider);
+        using var http = Http(root, KeyA);
+        var fileId = (await UploadAsync(http, string.Join('\n', Enumerable.Range(0, 50).Select(i => Line($"t{i}"))))).GetProperty("id").GetString()!;
+        var id = (await JsonAsync(await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct))).GetProperty("id").GetString()!;
+        await Wait.Until(() => provider.Calls == 4, "the batch's four requests are in flight");
+
+        var cancelling = await JsonAsync(await http.PostAsync($"v1/batches/{id}/cancel", null, Ct));
+        cancelling.GetProperty("status").GetString().Should().BeOneOf("cancelling", "cancelled");
+        (await JsonAsync(await http.DeleteAsync($"v1/files/{fileId}", Ct))).GetProperty("error").GetProperty("code").GetString().Should().Be("file_in_use");
+        gate.SetResult();
+        var batch = await EndedAsync(http, id);
+        batch.GetProperty("status").GetString().Should().Be("cancelled");
+        batch.GetProperty("cancelling_at").GetInt64().Should().BePositive();
+        batch.GetProperty("cancelled_at").GetInt64().Should().BePositive();
+        provider.Calls.Should().Be(4, "no line was sent after the cancel");
+        (await LinesAsync(http, batch.GetProperty("output_file_id").GetString()!)).Should().HaveCount(4);
+        batch.GetProperty("request_counts").GetProperty("completed").GetInt64().Should().Be(4);
+        (await JsonAsync(await http.PostAsync($"v1/batches/{id}/cancel", null, Ct))).GetProperty("status").GetString().Should().Be("cancelled", "a cancel again is harmless");
+    }
+
+    /// <summary>
+    /// A batch running when the gateway stops goes on where it stopped at the next start on the same directory: the
+    /// requests in flight at the stop run again, and the results hold every custom_id exactly once.
+    /// </summary>
+    [Fact]
+    public async Task A_batch_stopped_by_a_restart_goes_on_and_answers_every_line_exactly_once()
+    {
+        var answered = 0;
+        var first = new FakeProvider("p")
+        {
+            OnComplete = async (r, ct) =>
+            {
+                if (Interlocked.Increment(ref answered) > 10)
+                {
+                    await Task.Delay(Timeout.Infinite, ct); // hangs until the stop cancels it
+                }
+
+                return FakeProvider.Answer(r.Model, "ok");
+            },
+        };
+        var root = await StartAsync(first);
+        using (var http = Http(root, KeyA))
+        {
+            var fileId = (await UploadAsync(http, string.Join('\n', Enumerable.Range(0, 40).Select(i => Line($"t{i}"))))).GetProperty("id").GetString()!;
+            await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct);
+            await Wait.Until(() => Volatile.Read(ref answered) >= 14, "ten lines answered and four hanging");
+        }
+
+        await _apps[0].StopAsync(Ct);
+
+        var second = new FakeProvider("p");
+        var again = await StartAsync(second);
+        using var http2 = Http(again, KeyA);
+        var id = (await JsonAsync(await http2.GetAsync("v1/batches", Ct))).GetProperty("data")[0].GetProperty("id").GetString()!;
+        var batch = await EndedAsync(http2, id);
+        batch.GetProperty("status").GetString().Should().Be("completed");
+        var ids = (await LinesAsync(http2, batch.GetProperty("output_file_id").GetString()!)).Select(l => JsonDocument.Parse(l).RootElement.GetProperty("custom_id").GetString()).ToList();
+        ids.Should().OnlyHaveUniqueItems().And.BeEquivalentTo(Enumerable.Range(0, 40).Select(i => $"t{i}"));
+        second.Calls.Should().BeInRange(30, 34, "the lines answered before the stop are not run again");
+        batch.GetProperty("request_counts").GetProperty("completed").GetInt64().Should().Be(40);
+    }
+
+    [Theory]
+    [InlineData("""{"endpoint":"/v1/chat/completions","completion_window":"24h"}""", "input_file_id")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/responses","completion_window":"24h"}""", "endpoint")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"48h"}""", "completion_window")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","metadata":{"a":1}}""", "metadata")]
+    [InlineData("""{"input_file_id":7,"endpoint":"/v1/chat/completions","completion_window":"24h"}""", "input_file_id")]
+    [InlineData("""{"input_file_id":"../../etc/passwd","endpoint":"/v1/chat/completions","completion_window":"24h"}""", "input_file_id")]
+    [InlineData("""{"input_file_id":"FILE",""", null)]
+    public async Task A_bad_batch_request_is_a_4xx_naming_its_field_and_starts_nothing(string body, string? param)
+    {
+        var provider = new FakeProvider("p");
+        var root = await StartAsync(provider);
+        using var http = Http(root, KeyA);
+        var fileId = (await UploadAsync(http, Line("x"))).GetProperty("id").GetString()!;
+        var response = await http.PostAsync("v1/batches", Json(body.Replace("FILE", fileId, StringComparison.Ordinal)), Ct);
+        ((int)response.StatusCode).Should().BeInRange(400, 499);
+        var error = (await JsonAsync(response)).GetProperty("error");
+        (error.GetProperty("param").ValueKind == JsonValueKind.Null ? null : error.GetProperty("param").GetString()).Should().Be(param);
+        (await JsonAsync(await http.GetAsync("v1/batches", Ct))).GetProperty("data").GetArrayLength().Should().Be(0);
+        provider.Calls.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task A_bad_upload_is_a_4xx_and_keeps_nothing()
+    {
+        var root = await StartAsync(new FakeProvider("p"));
+        using var http = Http(root, KeyA);
+        async Task<(HttpStatusCode, string?)> Post(Action<MultipartFormDataContent> fill)
+        {
+            using var form = new MultipartFormDataContent();
+            fill(form);
+            var response = await http.PostAsync("v1/files", form, Ct);
+            var error = (await JsonAsync(response)).GetProperty("error");
+            return (response.StatusCode, error.GetProperty("param").ValueKind == JsonValueKind.Null ? null : error.GetProperty("param").GetString());
+        }
+
+        (await Post(f => f.Add(new StringContent("fine-tune"), "purpose"))).Should().Be((HttpStatusCode.BadRequest, "purpose"));
+        (await Post(f => f.Add(new StringContent("batch"), "purpose"))).Should().Be((HttpStatusCode.BadRequest, "file"));
+        (await Post(f => { f.Add(new StringContent("batch"), "purpose"); f.Add(new ByteArrayContent([]), "file", "empty.jsonl"); })).Should().Be((HttpStatusCode.BadRequest, "file"));
+        (await Post(f => { f.Add(new StringContent("batch"), "purpose"); f.Add(new ByteArrayContent("{}"u8.ToArray()), "document", "a.jsonl"); })).Should().Be((HttpStatusCode.BadRequest, "file"));
+        var json = await http.PostAsync("v1/files", Json("{}"), Ct);
+        json.StatusCode.Should().Be(HttpStatusCode.UnsupportedMediaType);
+        (await http.GetAsync("v1/files/file-../../x", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+        (await JsonAsync(await http.GetAsync("v1/files", Ct))).GetProperty("data").GetArrayLength().Should().Be(0);
+        Directory.EnumerateFiles(Path.Combine(_dir.Dir, "batches"), "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".lock", StringComparison.Ordinal)).Should().BeEmpty("no upload left anything behind");
+    }
+
+    private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
+
+    private static async Task<JsonElement> UploadAsync(HttpClient http, string content)
+    {
+        using var form = new MultipartFormDataContent
+        {
+            { new StringContent("batch"), "purpose" },
+            { new ByteArrayContent(Encoding.UTF8.GetBytes(content)), "file", "input.jsonl" },
+        };
+        var response = await http.PostAsync("v1/files", form, Ct);
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        return await JsonAsync(response);
+    }
+}
