@@ -78,7 +78,7 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
                 ? Images.EditRequest(fields, files, deployment)
                 : Transcriptions.ToRequest(kind, fields, files.Count == 0 ? null : files[0].File, deployment);
         }
-        catch (IOException ex) when (!aborted.IsCancellationRequested)
+        catch (IOException ex) when (ex is not BadHttpRequestException && !aborted.IsCancellationRequested)
         {
             // The form ended before its closing boundary (a truncated body).
             await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not a whole multipart form: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));

@@ -73,7 +73,7 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
                 MultipartHeadersCountLimit = 16,
             }, aborted);
         }
-        catch (IOException ex) when (!aborted.IsCancellationRequested)
+        catch (IOException ex) when (ex is not BadHttpRequestException && !aborted.IsCancellationRequested)
         {
             await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not a whole multipart form: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
             return;

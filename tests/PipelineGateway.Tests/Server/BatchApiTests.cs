@@ -45,12 +45,13 @@ public sealed class BatchApiTests : IAsyncDisposable
     }
 
     /// <summary>A gateway on <paramref name="provider"/> ("m", and "other" that key B may not use), its Batch API in the test's directory.</summary>
-    private async Task<Uri> StartAsync(FakeProvider provider)
+    private async Task<Uri> StartAsync(FakeProvider provider, long maxFileBytes = 200L * 1024 * 1024)
     {
         var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
         {
             ["Gateway:Server:BatchDirectory"] = Path.Combine(_dir.Dir, "batches"),
             ["Gateway:Server:BatchConcurrency"] = "4",
+            ["Gateway:Server:MaxBatchFileBytes"] = maxFileBytes.ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["Gateway:Server:Keys:0:Id"] = "a",
             ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(KeyA),
             ["Gateway:Server:Keys:1:Id"] = "b",
@@ -273,7 +274,7 @@ public sealed class BatchApiTests : IAsyncDisposable
     [Fact]
     public async Task A_bad_upload_is_a_4xx_and_keeps_nothing()
     {
-        var root = await StartAsync(new FakeProvider("p"));
+        var root = await StartAsync(new FakeProvider("p"), maxFileBytes: 2048);
         using var http = Http(root, KeyA);
         async Task<(HttpStatusCode, string?)> Post(Action<MultipartFormDataContent> fill)
         {
@@ -288,6 +289,12 @@ public sealed class BatchApiTests : IAsyncDisposable
         (await Post(f => f.Add(new StringContent("batch"), "purpose"))).Should().Be((HttpStatusCode.BadRequest, "file"));
         (await Post(f => { f.Add(new StringContent("batch"), "purpose"); f.Add(new ByteArrayContent([]), "file", "empty.jsonl"); })).Should().Be((HttpStatusCode.BadRequest, "file"));
         (await Post(f => { f.Add(new StringContent("batch"), "purpose"); f.Add(new ByteArrayContent("{}"u8.ToArray()), "document", "a.jsonl"); })).Should().Be((HttpStatusCode.BadRequest, "file"));
+        (await Post(f => { f.Add(new StringContent("batch"), "purpose"); f.Add(new ByteArrayContent(new byte[3000]), "file", "big.jsonl"); })).Should().Be((HttpStatusCode.RequestEntityTooLarge, "file"));
+        using (var unsized = new MultipartFormDataContent { { new StringContent("batch"), "purpose" }, { new UnsizedContent(new byte[100_000]), "file", "big.jsonl" } })
+        {
+            (await http.PostAsync("v1/files", unsized, Ct)).StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge, "past the bound with no length announced");
+        }
+
         var json = await http.PostAsync("v1/files", Json("{}"), Ct);
         json.StatusCode.Should().Be(HttpStatusCode.UnsupportedMediaType);
         (await http.GetAsync("v1/files/file-../../x", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);

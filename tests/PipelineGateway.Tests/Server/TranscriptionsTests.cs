@@ -241,6 +241,10 @@ public sealed class TranscriptionsTests : LoggedFleetTests
         var refusal = await tooBig.Content.ReadAsStringAsync(Ct);
         tooBig.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
         refusal.Should().Contain("262144");
+        var unsized = Form("whisper", null);
+        unsized.Add(new UnsizedContent(new byte[300 * 1024]), "file", "speech.wav");
+        using var chunked = await Http.PostAsync("v1/audio/transcriptions", unsized, Ct);
+        chunked.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge, "a body past the bound with no length announced is as large (it was a 400)");
         var (json, _) = await PostAsync(new StringContent(new string('x', 100_000), Encoding.UTF8, "application/json"));
         json.StatusCode.Should().BeOneOf(HttpStatusCode.RequestEntityTooLarge, HttpStatusCode.UnsupportedMediaType);
     }
