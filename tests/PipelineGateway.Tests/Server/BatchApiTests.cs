@@ -45,8 +45,9 @@ public sealed class BatchApiTests : IAsyncDisposable
     }
 
     /// <summary>A gateway on <paramref name="provider"/> ("m", and "other" that key B may not use), its Batch API in the test's directory.</summary>
-    private async Task<Uri> StartAsync(FakeProvider provider, long maxFileBytes = 200L * 1024 * 1024)
+    private async Task<Uri> StartAsync(FakeProvider provider, long maxFileBytes = 200L * 1024 * 1024, TimeProvider? clock = null)
     {
+        // Requests may wait longer than a batch's window (the expiry test's clock jumps a day).
         var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
         {
             ["Gateway:Server:BatchDirectory"] = Path.Combine(_dir.Dir, "batches"),
@@ -58,8 +59,16 @@ public sealed class BatchApiTests : IAsyncDisposable
             ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(KeyB),
             ["Gateway:Server:Keys:1:AllowedModels:0"] = "m",
             ["Gateway:Pipeline:MaxAttempts"] = "1",
+            ["Gateway:Pipeline:DefaultTimeout"] = "2.00:00:00",
         }).Build();
-        var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)).AddModel("other", m => m.Deploy(provider.Name)));
+        var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s =>
+        {
+            var gateway = s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)).AddModel("other", m => m.Deploy(provider.Name));
+            if (clock is not null)
+            {
+                gateway.UseTimeProvider(clock);
+            }
+        });
         _apps.Add(app);
         return await GatewayServer.StartAsync(app, Ct);
     }
@@ -247,6 +256,35 @@ public sealed class BatchApiTests : IAsyncDisposable
         ids.Should().OnlyHaveUniqueItems().And.BeEquivalentTo(Enumerable.Range(0, 40).Select(i => $"t{i}"));
         second.Calls.Should().BeInRange(30, 34, "the lines answered before the stop are not run again");
         batch.GetProperty("request_counts").GetProperty("completed").GetInt64().Should().Be(40);
+    }
+
+    /// <summary>
+    /// A batch not ended 24 hours after it was created stops taking lines and ends <c>expired</c>, keeping the results it
+    /// has; its requests in flight end as the pipeline ends them (here their own deadline, past on the same clock).
+    /// </summary>
+    [Fact]
+    public async Task A_batch_past_its_24_hour_window_expires_with_what_it_has()
+    {
+        var clock = TestGateway.Clock();
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var provider = FakeProvider.Gated("p", gate);
+        var root = await StartAsync(provider, clock: clock);
+        using var http = Http(root, KeyA);
+        var fileId = (await UploadAsync(http, string.Join('\n', Enumerable.Range(0, 30).Select(i => Line($"t{i}"))))).GetProperty("id").GetString()!;
+        var created = await JsonAsync(await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct));
+        created.GetProperty("expires_at").GetInt64().Should().Be(created.GetProperty("created_at").GetInt64() + (24 * 3600));
+        var id = created.GetProperty("id").GetString()!;
+        await Wait.Until(() => provider.Calls == 4, "the batch's four requests are in flight");
+
+        clock.Advance(TimeSpan.FromHours(24) + TimeSpan.FromSeconds(1));
+        gate.SetResult(); // the window closed as the clock passed it (its timer ran in Advance): the requests in flight finish and are kept
+        var batch = await EndedAsync(http, id);
+        batch.GetProperty("status").GetString().Should().Be("expired");
+        batch.GetProperty("expired_at").GetInt64().Should().Be(created.GetProperty("expires_at").GetInt64() + 1);
+        provider.Calls.Should().Be(4, "no line was sent after the window closed");
+        var counts = batch.GetProperty("request_counts");
+        (counts.GetProperty("total").GetInt64(), counts.GetProperty("completed").GetInt64(), counts.GetProperty("failed").GetInt64()).Should().Be((30, 4, 0));
+        (await LinesAsync(http, batch.GetProperty("output_file_id").GetString()!)).Should().HaveCount(4);
     }
 
     [Theory]
