@@ -309,6 +309,40 @@ public sealed class BatchApiTests : IAsyncDisposable
         provider.Calls.Should().Be(0);
     }
 
+    /// <summary>
+    /// Any mutation of a create request (values replaced by random JSON, members removed or added, keys doubled, bytes
+    /// inserted, the text cut — the front-door fuzz's mutations, fixed seed) is answered in the API's shape: a batch, or a
+    /// 4xx whose error says why. Never a 5xx.
+    /// </summary>
+    [Fact]
+    public async Task Any_mutation_of_a_create_request_is_a_batch_or_a_4xx_in_the_APIs_shape()
+    {
+        var root = await StartAsync(FakeProvider.NeverAnswers("p"));
+        using var http = Http(root, KeyA);
+        var fileId = (await UploadAsync(http, Line("x"))).GetProperty("id").GetString()!;
+        var template = $$$"""{"input_file_id":"{{{fileId}}}","endpoint":"/v1/chat/completions","completion_window":"24h","metadata":{"team":"a"}}""";
+        var statuses = new HashSet<int>();
+        foreach (var body in FrontDoorFuzzTests.Cases(Fuzz.Body(template), 300 * Fuzz.Scale, Fuzz.Seed + 21))
+        {
+            using var content = new ByteArrayContent(body.Bytes);
+            content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+            using var response = await http.PostAsync("v1/batches", content, Ct);
+            var status = (int)response.StatusCode;
+            statuses.Add(status);
+            var answer = await JsonAsync(response);
+            if (status == 200)
+            {
+                answer.GetProperty("object").GetString().Should().Be("batch", body.How);
+                continue;
+            }
+
+            status.Should().BeInRange(400, 499, body.How);
+            answer.GetProperty("error").GetProperty("message").GetString().Should().NotBeNullOrEmpty(body.How);
+        }
+
+        statuses.Should().Contain([200, 400]);
+    }
+
     [Fact]
     public async Task A_bad_upload_is_a_4xx_and_keeps_nothing()
     {

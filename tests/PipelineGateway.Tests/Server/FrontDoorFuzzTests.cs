@@ -284,7 +284,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
     }
 
     /// <summary>The cases a generator draws from a fixed PCG stream: the same every run.</summary>
-    private static IEnumerable<T> Cases<T>(Gen<T> gen, int count, ulong seed)
+    internal static IEnumerable<T> Cases<T>(Gen<T> gen, int count, ulong seed)
     {
         var pcg = new PCG(1, seed);
         for (var i = 0; i < count; i++)
