@@ -35,26 +35,14 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
         // Key, content type (a multipart form), size and x-gateway-* headers were checked by the front door.
         var caller = ctx.Features.Get<GatewayCaller>()!;
         var aborted = ctx.RequestAborted;
-        if (ctx.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size)
+        if (await MultipartForms.ReadAsync(ctx, options.MaxUploadBytes, MaxFields, 1024 * 1024, "its files", options, logger) is not { } form)
         {
-            size.MaxRequestBodySize = options.MaxUploadBytes;
+            return;
         }
+
         ChatCompletionRequest request;
         try
         {
-            if (!ctx.Request.HasFormContentType)
-            {
-                await RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type", "The request body must be a multipart form (Content-Type: multipart/form-data) with its files.");
-                return;
-            }
-
-            var form = await ctx.Request.ReadFormAsync(new FormOptions
-            {
-                MultipartBodyLengthLimit = long.MaxValue, // the body's bound is Kestrel's (MaxUploadBytes, above): a 413
-                ValueCountLimit = MaxFields,
-                ValueLengthLimit = 1024 * 1024,
-                MultipartHeadersCountLimit = 16,
-            }, aborted);
             var files = new List<FilePart>(form.Files.Count);
             foreach (var file in form.Files)
             {
@@ -77,18 +65,6 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
             request = kind == OperationKind.ImageEdit
                 ? Images.EditRequest(fields, files, deployment)
                 : Transcriptions.ToRequest(kind, fields, files.Count == 0 ? null : files[0].File, deployment);
-        }
-        catch (IOException ex) when (ex is not BadHttpRequestException && !aborted.IsCancellationRequested)
-        {
-            // The form ended before its closing boundary (a truncated body).
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not a whole multipart form: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
-            return;
-        }
-        catch (InvalidDataException ex)
-        {
-            // A form that is not one (no boundary where it says, too many fields, a field too long).
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not a valid multipart form: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
-            return;
         }
         catch (Exception ex) when (JsonBody.IsRefusal(ex))
         {

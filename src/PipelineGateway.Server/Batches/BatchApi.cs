@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
-using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Batch;
 
@@ -50,42 +49,9 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
         }
 
         var aborted = ctx.RequestAborted;
-        if (ctx.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size)
-        {
-            size.MaxRequestBodySize = options.MaxBatchFileBytes + FormSlack;
-        }
-
         var owner = Owner(ctx);
-        IFormCollection form;
-        try
+        if (await MultipartForms.ReadAsync(ctx, options.MaxBatchFileBytes + FormSlack, 16, 4096, "'purpose' and 'file'", options, logger) is not { } form)
         {
-            if (!ctx.Request.HasFormContentType)
-            {
-                await RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_media_type", "The request body must be a multipart form (Content-Type: multipart/form-data) with 'purpose' and 'file'.");
-                return;
-            }
-
-            form = await ctx.Request.ReadFormAsync(new FormOptions
-            {
-                MultipartBodyLengthLimit = long.MaxValue, // the body's bound is Kestrel's (above): a 413
-                ValueCountLimit = 16,
-                ValueLengthLimit = 4096,
-                MultipartHeadersCountLimit = 16,
-            }, aborted);
-        }
-        catch (IOException ex) when (ex is not BadHttpRequestException && !aborted.IsCancellationRequested)
-        {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not a whole multipart form: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
-            return;
-        }
-        catch (InvalidDataException ex)
-        {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(null, $"The request body is not a valid multipart form: {Serialization.JsonProblems.FirstSentence(ex.Message)}"));
-            return;
-        }
-        catch (BadHttpRequestException ex)
-        {
-            await JsonBody.WriteBodyFailureAsync(ctx, ex, options, logger);
             return;
         }
 
