@@ -83,16 +83,17 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
             return;
         }
 
-        if (store.BytesOf(owner) + upload.Length > options.BatchBytesPerKey)
+        if (!store.TryHold(owner, upload.Length, options.BatchBytesPerKey))
         {
             await RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "storage_limit_reached",
                 $"This key's files would hold more than {options.BatchBytesPerKey} bytes (Gateway:Server:BatchBytesPerKey): delete files it no longer needs.", "file");
             return;
         }
 
-        var temporary = store.UploadPath(owner);
+        string? temporary = null;
         try
         {
+            temporary = store.UploadPath(owner);
             await using (var target = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous))
             await using (var source = upload.OpenReadStream())
             {
@@ -112,7 +113,12 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
         }
         finally
         {
-            File.Delete(temporary); // gone already when kept
+            if (temporary is not null)
+            {
+                File.Delete(temporary); // gone already when kept
+            }
+
+            store.Release(owner, upload.Length); // kept, it counts among the owner's files
         }
     }
 

@@ -205,6 +205,13 @@ internal sealed partial class BatchJobs(
         var slot = false;
         try
         {
+            if (run.Stored.Ending is { } ending && batch.Status == "finalizing")
+            {
+                // Stopped while its results became files: finished as it was ending, its lines not run again.
+                Finish(run, ending);
+                return;
+            }
+
             if (run.Reason == StopReason.None)
             {
                 try
@@ -257,9 +264,12 @@ internal sealed partial class BatchJobs(
 
             Finish(run, run.Reason switch { StopReason.Cancelled => "cancelled", StopReason.Expired => "expired", _ => "completed" });
         }
-        catch (Exception ex) when (ex is BatchException or IOException or UnauthorizedAccessException)
+        catch (Exception ex) when (ex is not OperationCanceledException)
         {
-            Fail(run, "batch_failed", ex.Message);
+            // A results file it cannot read or write (a full disk, a file changed under it): said in the log, with its
+            // path; the caller is told without the gateway's paths.
+            LogRunFailed(logger, ex, batch.Id);
+            Fail(run, "batch_failed", "The batch could not go on: the gateway could not read or write its results (its log says why).");
         }
         finally
         {
@@ -333,6 +343,7 @@ internal sealed partial class BatchJobs(
         {
             run.Batch.Status = "finalizing";
             run.Batch.FinalizingAt ??= Now();
+            stored.Ending = status;
             Count(run);
             store.SaveBatch(stored);
         }
@@ -357,10 +368,14 @@ internal sealed partial class BatchJobs(
         LogEnded(logger, stored.Batch.Id, status, stored.Batch.RequestCounts.Completed, stored.Batch.RequestCounts.Failed);
     }
 
-    /// <summary>A working results file kept as a file of the owner (null when it holds nothing).</summary>
+    /// <summary>
+    /// A working results file kept as a file of the owner (null when it holds nothing). Kept already — a restart between
+    /// the move and the batch's record — it is that file.
+    /// </summary>
     private string? Keep(StoredBatch stored, string part, string name)
     {
         var path = store.WorkingPath(stored.Owner, stored.Batch.Id, part);
+        var filename = $"{stored.Batch.Id}_{name}.jsonl";
         var info = new FileInfo(path);
         if (!info.Exists || info.Length == 0)
         {
@@ -369,7 +384,7 @@ internal sealed partial class BatchJobs(
                 info.Delete();
             }
 
-            return null;
+            return store.Files(stored.Owner).Find(f => f.Purpose == "batch_output" && f.Filename == filename)?.Id;
         }
 
         var file = new BatchFile
@@ -377,7 +392,7 @@ internal sealed partial class BatchJobs(
             Id = BatchStore.NewFileId(),
             Bytes = info.Length,
             CreatedAt = Now(),
-            Filename = $"{stored.Batch.Id}_{name}.jsonl",
+            Filename = filename,
             Purpose = "batch_output",
         };
         store.AddFile(stored.Owner, file, path);
@@ -422,6 +437,9 @@ internal sealed partial class BatchJobs(
 
     [LoggerMessage(EventId = 703, Level = LogLevel.Information, Message = "Batch {BatchId} {Status}: {Completed} requests answered, {Failed} failed.")]
     private static partial void LogEnded(ILogger logger, string batchId, string status, long completed, long failed);
+
+    [LoggerMessage(EventId = 705, Level = LogLevel.Error, Message = "Batch {BatchId} could not go on")]
+    private static partial void LogRunFailed(ILogger logger, Exception exception, string batchId);
 
     [LoggerMessage(EventId = 704, Level = LogLevel.Warning, Message = "Batch {BatchId} failed ({Code}): {Message}")]
     private static partial void LogFailed(ILogger logger, string batchId, string code, string message);

@@ -111,6 +111,12 @@ internal sealed class StoredBatch
     public required string Owner { get; init; }
 
     public required BatchJob Batch { get; init; }
+
+    /// <summary>
+    /// The status a <c>finalizing</c> batch ends in (completed, cancelled, expired): a restart during its finalizing
+    /// finishes it so, without running a line again.
+    /// </summary>
+    public string? Ending { get; set; }
 }
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower)]
@@ -228,6 +234,44 @@ internal sealed partial class BatchStore : IDisposable
 
     /// <summary>Bytes the owner's files hold (uploads and results).</summary>
     public long BytesOf(string owner) => Files(owner).Sum(static f => f.Bytes);
+
+    private readonly Dictionary<string, long> _writing = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Holds room for an upload of <paramref name="bytes"/> while it is written, when the owner's files, the uploads it is
+    /// writing meanwhile and this one fit in <paramref name="limit"/>: two uploads at once cannot pass the bound together.
+    /// Given back with <see cref="Release"/>.
+    /// </summary>
+    public bool TryHold(string owner, long bytes, long limit)
+    {
+        lock (_writing)
+        {
+            var writing = _writing.GetValueOrDefault(owner);
+            if (BytesOf(owner) + writing + bytes > limit)
+            {
+                return false;
+            }
+
+            _writing[owner] = writing + bytes;
+            return true;
+        }
+    }
+
+    public void Release(string owner, long bytes)
+    {
+        lock (_writing)
+        {
+            var left = _writing.GetValueOrDefault(owner) - bytes;
+            if (left > 0)
+            {
+                _writing[owner] = left;
+            }
+            else
+            {
+                _writing.Remove(owner);
+            }
+        }
+    }
 
     /// <summary>Keeps <paramref name="bytesPath"/> (a file in the owner's directory, moved) as a file with this record.</summary>
     public void AddFile(string owner, BatchFile file, string bytesPath)

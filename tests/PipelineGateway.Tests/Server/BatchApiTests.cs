@@ -12,6 +12,7 @@ using OpenAI.Batch;
 using OpenAI.Files;
 using PipelineGateway.Hosting;
 using PipelineGateway.Server;
+using PipelineGateway.Server.Batches;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
@@ -45,7 +46,7 @@ public sealed class BatchApiTests : IAsyncDisposable
     }
 
     /// <summary>A gateway on <paramref name="provider"/> ("m", and "other" that key B may not use), its Batch API in the test's directory.</summary>
-    private async Task<Uri> StartAsync(FakeProvider provider, long maxFileBytes = 200L * 1024 * 1024, TimeProvider? clock = null)
+    private async Task<Uri> StartAsync(FakeProvider provider, long maxFileBytes = 200L * 1024 * 1024, TimeProvider? clock = null, long bytesPerKey = 1L << 31)
     {
         // Requests may wait longer than a batch's window (the expiry test's clock jumps a day).
         var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
@@ -53,6 +54,7 @@ public sealed class BatchApiTests : IAsyncDisposable
             ["Gateway:Server:BatchDirectory"] = Path.Combine(_dir.Dir, "batches"),
             ["Gateway:Server:BatchConcurrency"] = "4",
             ["Gateway:Server:MaxBatchFileBytes"] = maxFileBytes.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["Gateway:Server:BatchBytesPerKey"] = bytesPerKey.ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["Gateway:Server:Keys:0:Id"] = "a",
             ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(KeyA),
             ["Gateway:Server:Keys:1:Id"] = "b",
@@ -287,6 +289,53 @@ public sealed class BatchApiTests : IAsyncDisposable
         (await LinesAsync(http, batch.GetProperty("output_file_id").GetString()!)).Should().HaveCount(4);
     }
 
+    /// <summary>
+    /// A gateway stopped while a batch's results were becoming files (its record says <c>finalizing</c>) finishes it at
+    /// the next start as it was ending — its results kept as its output file — and runs none of its lines again.
+    /// </summary>
+    [Fact]
+    public async Task A_batch_stopped_while_finalizing_ends_at_the_next_start_without_running_a_line_again()
+    {
+        var store = new BatchStore(new ServerOptions { BatchDirectory = Path.Combine(_dir.Dir, "batches") }, Microsoft.Extensions.Logging.Abstractions.NullLogger<BatchStore>.Instance);
+        store.TryOpen().Should().BeTrue();
+        var input = new BatchFile { Id = BatchStore.NewFileId(), Bytes = 10, CreatedAt = 1, Filename = "in.jsonl", Purpose = "batch" };
+        var upload = store.UploadPath("a");
+        await File.WriteAllTextAsync(upload, Line("t0") + "\n" + Line("t1"), Ct);
+        store.AddFile("a", input, upload);
+        var id = BatchStore.NewBatchId();
+        var results = store.UploadPath("a");
+        await File.WriteAllTextAsync(results, """
+            {"id":"batch_req_1","custom_id":"t0","response":{"status_code":200,"request_id":"r0","body":{}},"error":null}
+            {"id":"batch_req_2","custom_id":"t1","response":{"status_code":200,"request_id":"r1","body":{}},"error":null}
+
+            """, Ct);
+
+        // Stopped just after its results became a file, before its record said so: no working file is left to resume from.
+        var output = new BatchFile { Id = BatchStore.NewFileId(), Bytes = new FileInfo(results).Length, CreatedAt = 1, Filename = $"{id}_output.jsonl", Purpose = "batch_output" };
+        store.AddFile("a", output, results);
+        var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        store.SaveBatch(new StoredBatch
+        {
+            Owner = "a",
+            Ending = "completed",
+            Batch = new PipelineGateway.Server.Batches.BatchJob
+            {
+                Id = id, Endpoint = "/v1/chat/completions", InputFileId = input.Id, Status = "finalizing", CreatedAt = now, ExpiresAt = now + 86_400,
+                InProgressAt = now, FinalizingAt = now, RequestCounts = new BatchCounts { Total = 2, Completed = 2 },
+            },
+        });
+        store.Dispose();
+
+        var provider = new FakeProvider("p");
+        using var http = Http(await StartAsync(provider), KeyA);
+        var batch = await EndedAsync(http, id);
+        batch.GetProperty("status").GetString().Should().Be("completed");
+        batch.GetProperty("output_file_id").GetString().Should().Be(output.Id, "the file its results became");
+        (await LinesAsync(http, output.Id)).Should().HaveCount(2);
+        batch.GetProperty("request_counts").GetProperty("completed").GetInt64().Should().Be(2);
+        provider.Calls.Should().Be(0, "no line runs again");
+    }
+
     [Theory]
     [InlineData("""{"endpoint":"/v1/chat/completions","completion_window":"24h"}""", "input_file_id")]
     [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/responses","completion_window":"24h"}""", "endpoint")]
@@ -341,6 +390,32 @@ public sealed class BatchApiTests : IAsyncDisposable
         }
 
         statuses.Should().Contain([200, 400]);
+    }
+
+    /// <summary>
+    /// A key's files — uploads and results — hold at most <c>Server:BatchBytesPerKey</c>: an upload past it is a 413
+    /// until files are deleted; uploads at once cannot pass it together; another key has its own room.
+    /// </summary>
+    [Fact]
+    public async Task A_keys_files_hold_at_most_its_bound_and_deleting_makes_room()
+    {
+        var root = await StartAsync(new FakeProvider("p"), bytesPerKey: 3000);
+        using var a = Http(root, KeyA);
+        using var b = Http(root, KeyB);
+        async Task<HttpResponseMessage> Post(HttpClient http, int bytes)
+        {
+            using var form = new MultipartFormDataContent { { new StringContent("batch"), "purpose" }, { new ByteArrayContent(new byte[bytes]), "file", "in.jsonl" } };
+            return await http.PostAsync("v1/files", form, Ct);
+        }
+
+        var first = await JsonAsync(await Post(a, 2000));
+        var refused = await Post(a, 1500);
+        refused.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
+        (await JsonAsync(refused)).GetProperty("error").GetProperty("code").GetString().Should().Be("storage_limit_reached");
+        (await Post(b, 2500)).StatusCode.Should().Be(HttpStatusCode.OK, "another key has its own room");
+        (await a.DeleteAsync($"v1/files/{first.GetProperty("id").GetString()}", Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+        var together = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => Post(a, 1400)));
+        together.Count(r => r.StatusCode == HttpStatusCode.OK).Should().Be(2, "two of 1,400 bytes fit in 3,000, whatever their timing");
     }
 
     [Fact]
