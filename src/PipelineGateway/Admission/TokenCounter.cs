@@ -93,6 +93,14 @@ internal static class TokenCounter
 
     private static readonly System.Text.Json.JsonElement Estimated = System.Text.Json.JsonDocument.Parse("true").RootElement;
 
+    /// <summary>Two estimated usages as one (a hedged attempt's two legs, each of which read the prompt), marked estimated.</summary>
+    public static TokenUsage Sum(TokenUsage a, TokenUsage b)
+    {
+        var usage = TokenUsage.Of(a.PromptTokens + b.PromptTokens, a.CompletionTokens + b.CompletionTokens);
+        usage.AdditionalProperties = new Dictionary<string, System.Text.Json.JsonElement> { ["estimated"] = Estimated };
+        return usage;
+    }
+
     /// <summary>True when the usage is the gateway's estimate (<see cref="EstimateUsage"/>), not the upstream's count.</summary>
     public static bool IsEstimated(TokenUsage? usage) =>
         usage?.AdditionalProperties?.TryGetValue("estimated", out var flag) == true && flag.ValueKind == System.Text.Json.JsonValueKind.True;

@@ -229,19 +229,30 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
         // Only the request that made the upstream call is charged its usage and cost (docs/metrics.md, "accounting"):
         // a cache hit or a coalesced request costs nothing, and what it avoided goes to cost_saved. A stream cut after
         // its content reached the caller is charged what it consumed.
-        var usage = completion.Billed ? response!.Usage : completion.Consumed?.Usage;
+        var usage = completion.Billed ? response!.Usage : completion.Consumed?.TotalUsage;
         var cost = completion.BilledCost;
         _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats()).Record(error is null, usage, cost);
         KeyStats(item.Request.Gateway?.RateLimitKey ?? string.Empty).Record(error is null, usage, cost);
         var charged = completion.Consumed?.Deployment ?? (cost != 0 ? LastSuccess(info!.Attempts)?.Deployment : null);
-        if (cost != 0 && charged is not null)
+        var hedge = completion.Consumed?.Hedge; // a hedged attempt's second leg: its cost to its own deployment
+        var own = cost - (hedge?.Cost ?? 0);
+        if (own != 0 && charged is not null)
         {
-            charged.Counters.AddCost(cost);
+            charged.Counters.AddCost(own);
         }
 
-        if (cost != 0 && _providers.TryGetValue(charged?.ProviderName ?? info!.Provider, out var served))
+        if (own != 0 && _providers.TryGetValue(charged?.ProviderName ?? info!.Provider, out var served))
         {
-            served.AddCost(cost);
+            served.AddCost(own);
+        }
+
+        if (hedge is { Cost: not 0 })
+        {
+            hedge.Deployment.Counters.AddCost(hedge.Cost);
+            if (_providers.TryGetValue(hedge.Deployment.ProviderName, out var leg))
+            {
+                leg.AddCost(hedge.Cost);
+            }
         }
 
         if (usage is not null)

@@ -313,7 +313,7 @@ internal sealed partial class GatewayPipeline
     /// on (its caller gone, its deadline passed, the gateway stopping) while its upstream call was in flight is billed its
     /// prompt, estimated: the upstream has read it, and most finish and bill a whole answer whoever waits for it — a
     /// tenant must not get answers generated for nothing by cancelling just before they come (a lower bound: the
-    /// completion is not known).
+    /// completion is not known). A hedged attempt with both legs in flight is billed both prompts, each at its deployment.
     /// </summary>
     private ConsumedUpstream? Consumed(WorkItem item)
     {
@@ -326,7 +326,11 @@ internal sealed partial class GatewayPipeline
         if (!item.IsStream && item.InFlightTo is { } sent)
         {
             var prompt = Admission.TokenCounter.EstimateUsage(item.Request, null, 0, sent.Model);
-            return new ConsumedUpstream(sent, prompt, _pricing.Cost(sent, prompt));
+            var hedge = item.HedgeInFlightTo is { } leg ? Admission.TokenCounter.EstimateUsage(item.Request, null, 0, leg.Model) : null;
+            return new ConsumedUpstream(sent, prompt, _pricing.Cost(sent, prompt))
+            {
+                Hedge = hedge is null ? null : new ConsumedUpstream(item.HedgeInFlightTo!, hedge, _pricing.Cost(item.HedgeInFlightTo!, hedge)),
+            };
         }
 
         return null;

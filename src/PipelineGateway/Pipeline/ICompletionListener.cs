@@ -28,11 +28,21 @@ internal readonly record struct Completion(WorkItem Item, ChatCompletionResponse
     public bool Billed => Error is null && Response?.Gateway is { Billed: true };
 
     /// <summary>The upstream usage of a billed answer (its stream's usage when the answer carried none), else null.</summary>
-    public TokenUsage? BilledUsage => Billed ? Response!.Usage ?? Item.StreamUsage : Consumed?.Usage;
+    public TokenUsage? BilledUsage => Billed ? Response!.Usage ?? Item.StreamUsage : Consumed?.TotalUsage;
 
     /// <summary>What a billed answer cost (or an interrupted stream or call consumed), else 0.</summary>
-    public decimal BilledCost => Billed ? Response!.Gateway!.Cost : Consumed?.Cost ?? 0;
+    public decimal BilledCost => Billed ? Response!.Gateway!.Cost : Consumed?.TotalCost ?? 0;
 }
 
 /// <summary>What an interrupted stream or call consumed upstream: the deployment it went to, its usage and their price.</summary>
-internal sealed record ConsumedUpstream(Routing.Deployment Deployment, TokenUsage Usage, decimal Cost);
+internal sealed record ConsumedUpstream(Routing.Deployment Deployment, TokenUsage Usage, decimal Cost)
+{
+    /// <summary>A hedged attempt's second leg, in flight too when the request was given up on: its upstream read the prompt as well.</summary>
+    public ConsumedUpstream? Hedge { get; init; }
+
+    /// <summary>Both legs' usage (the one leg's when not hedged).</summary>
+    public TokenUsage TotalUsage => Hedge is null ? Usage : Admission.TokenCounter.Sum(Usage, Hedge.Usage);
+
+    /// <summary>Both legs' cost.</summary>
+    public decimal TotalCost => Cost + (Hedge?.Cost ?? 0);
+}

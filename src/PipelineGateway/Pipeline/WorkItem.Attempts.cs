@@ -197,8 +197,50 @@ internal sealed partial class WorkItem
             }
 
             var recorded = SnapshotAttempts();
-            return recorded.Count == _sentIndex || (recorded.Count == _sentIndex + 1 && recorded[_sentIndex].Outcome == AttemptOutcome.Cancelled) ? deployment : null;
+            return recorded.Count == _sentIndex
+                || (recorded.Count == _sentIndex + 1 && recorded[_sentIndex].Outcome == AttemptOutcome.Cancelled)
+                || LegsCancelled(recorded) ? deployment : null;
         }
+    }
+
+    /// <summary>
+    /// The second leg of the hedged attempt in flight as the request was given up on (see <see cref="InFlightTo"/>): not
+    /// recorded yet, or recorded since — both legs together — as cancelled; else null.
+    /// </summary>
+    public Deployment? HedgeInFlightTo
+    {
+        get
+        {
+            if (Volatile.Read(ref _sentTo) is null || Volatile.Read(ref _hedgeTo) is not { } hedge || _hedgeIndex != _sentIndex)
+            {
+                return null;
+            }
+
+            var recorded = SnapshotAttempts();
+            return recorded.Count == _sentIndex || LegsCancelled(recorded) ? hedge : null;
+        }
+    }
+
+    /// <summary>
+    /// A hedged attempt's legs recorded since, one or both (each as its worker unwinds), and every one recorded as
+    /// cancelled: the request was given up on with both in flight.
+    /// </summary>
+    private bool LegsCancelled(IReadOnlyList<GatewayAttempt> recorded)
+    {
+        if (Volatile.Read(ref _hedgeTo) is null || _hedgeIndex != _sentIndex || recorded.Count <= _sentIndex || recorded.Count > _sentIndex + 2)
+        {
+            return false;
+        }
+
+        for (var i = _sentIndex; i < recorded.Count; i++)
+        {
+            if (recorded[i].Outcome != AttemptOutcome.Cancelled)
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     /// <summary>The attempts once the item is answered (no further attempt can be added): the array itself.</summary>

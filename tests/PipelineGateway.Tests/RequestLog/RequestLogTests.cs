@@ -348,16 +348,25 @@ public sealed class RequestLogTests : IDisposable
         (attempt.Provider, attempt.Outcome, attempt.Error).Should().Be(("p", AttemptOutcome.Cancelled, "caller"));
     }
 
-    /// <summary>A hedged request its caller gives up on while both legs are in flight is logged with both, cancelled.</summary>
+    /// <summary>
+    /// A hedged request its caller gives up on while both legs are in flight is logged with both, cancelled, and billed
+    /// both prompts — each upstream read it — each at its own deployment: the log's cost is the metrics' total and the
+    /// sum of the two providers' (it was billed the first leg's only).
+    /// </summary>
     [Fact]
-    public async Task A_hedged_request_cancelled_with_both_legs_in_flight_is_logged_with_both()
+    public async Task A_hedged_request_cancelled_with_both_legs_in_flight_is_logged_with_both_and_billed_both()
     {
         var clock = TestGateway.Clock();
         var first = FakeProvider.NeverAnswers("first");
         var second = FakeProvider.NeverAnswers("second");
         var store = new CapturingStore();
         var builder = TestGateway.With(first, second).UseTimeProvider(clock)
-            .Configure(o => o.Models[0].Hedging = new HedgingOptions { Delay = TimeSpan.FromMilliseconds(500) });
+            .Configure(o =>
+            {
+                o.Models[0].Hedging = new HedgingOptions { Delay = TimeSpan.FromMilliseconds(500) };
+                o.Models[0].Deployments[0].InputPricePerMillion = 1_000_000m; // $1 a token, both
+                o.Models[0].Deployments[1].InputPricePerMillion = 1_000_000m;
+            });
         builder.Services.AddSingleton<IRequestLogStore>(store);
         await using var gateway = await builder.StartAsync(Ct);
 
@@ -368,9 +377,15 @@ public sealed class RequestLogTests : IDisposable
             await Wait.Until(() => second.Calls == 1, "the hedge leg is under way");
         });
         row.Status.Should().Be(499);
-        row.AttemptList!.Select(a => (a.Provider, a.Outcome, a.Error)).Should().Equal(
-            ("first", AttemptOutcome.Cancelled, "caller"),
-            ("second", AttemptOutcome.Cancelled, "caller"));
+        row.AttemptList!.Select(a => (a.Provider, a.Outcome, a.Error)).Should().BeEquivalentTo(
+            [("first", AttemptOutcome.Cancelled, "caller"), ("second", AttemptOutcome.Cancelled, "caller")],
+            "both legs (in the order their worker recorded them when it had: they end together)");
+        var prompt = row.PromptTokens / 2;
+        prompt.Should().BePositive();
+        (row.Cost, row.UsageEstimated).Should().Be((prompt * 2m, true), "both prompts at $1 a token");
+        var metrics = gateway.Metrics.GetSnapshot();
+        metrics.TotalCost.Should().Be(row.Cost);
+        (metrics.Providers["first"].TotalCost, metrics.Providers["second"].TotalCost).Should().Be(((decimal)prompt, (decimal)prompt), "each leg to its own provider");
     }
 
     /// <summary>A whole request submitted, its caller giving up once <paramref name="underWay"/> says the upstream works; its log row.</summary>
