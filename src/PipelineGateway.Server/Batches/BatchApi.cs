@@ -125,7 +125,7 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
     /// <summary><c>GET /v1/files</c>: the key's files, newest first (<c>purpose</c>, <c>order</c>, <c>limit</c> 1–10,000, <c>after</c>).</summary>
     public async Task ListFilesAsync(HttpContext ctx)
     {
-        if (!await AvailableAsync(ctx) || await PageAsync(ctx, 10_000, 10_000) is not { } page)
+        if (!await AvailableAsync(ctx) || await ListPage.ReadAsync(ctx, 10_000, 10_000) is not { } page)
         {
             return;
         }
@@ -332,7 +332,7 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
     /// <summary><c>GET /v1/batches</c>: the key's batches, newest first (<c>limit</c> 1–100, 20; <c>after</c>).</summary>
     public async Task ListAsync(HttpContext ctx)
     {
-        if (await AvailableAsync(ctx) && await PageAsync(ctx, 100, 20) is { } page)
+        if (await AvailableAsync(ctx) && await ListPage.ReadAsync(ctx, 100, 20) is { } page)
         {
             await WriteListAsync(ctx, jobs.List(Owner(ctx)), static b => b.Id, page with { Ascending = false }, BatchJsonContext.Default.BatchJob);
         }
@@ -380,30 +380,8 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
     private static Task NoBatchAsync(HttpContext ctx, string id) =>
         RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "batch_not_found", $"No such Batch object: {Shorten(id)}", "id");
 
-    private readonly record struct Page(int Limit, string After, bool Ascending);
 
-    /// <summary>OpenAI's list parameters (<c>limit</c>, <c>after</c>, <c>order</c>); null once a bad one is answered.</summary>
-    private static async Task<Page?> PageAsync(HttpContext ctx, int max, int defaultLimit)
-    {
-        var query = ctx.Request.Query;
-        var limit = defaultLimit;
-        if (query["limit"].ToString() is { Length: > 0 } l && (!int.TryParse(l, NumberStyles.None, CultureInfo.InvariantCulture, out limit) || limit < 1 || limit > max))
-        {
-            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", $"'limit' must be a whole number from 1 to {max}.", "limit");
-            return null;
-        }
-
-        var order = query["order"].ToString();
-        if (order is not ("" or "asc" or "desc"))
-        {
-            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", "'order' must be \"asc\" or \"desc\".", "order");
-            return null;
-        }
-
-        return new Page(limit, query["after"].ToString(), order == "asc");
-    }
-
-    private static async Task WriteListAsync<T>(HttpContext ctx, List<T> all, Func<T, string> id, Page page, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info)
+    private static async Task WriteListAsync<T>(HttpContext ctx, List<T> all, Func<T, string> id, ListPage page, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info)
     {
         var start = 0;
         if (page.After.Length > 0)

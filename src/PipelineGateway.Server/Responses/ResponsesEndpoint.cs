@@ -131,20 +131,12 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     {
         // OpenAI's list parameters: order (desc by default: the newest first), limit (1-100, 20), after/before (an item id).
         var query = ctx.Request.Query;
-        var order = query["order"].ToString();
-        if (order is not ("" or "asc" or "desc"))
+        if (await ListPage.ReadAsync(ctx, 100, 20) is not { } asked)
         {
-            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", "'order' must be \"asc\" or \"desc\".", "order");
             return;
         }
 
-        var limit = 20;
-        if (query["limit"].ToString() is { Length: > 0 } l && (!int.TryParse(l, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out limit) || limit is < 1 or > 100))
-        {
-            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", "'limit' must be a whole number from 1 to 100.", "limit");
-            return;
-        }
-
+        var limit = asked.Limit;
         if (await LookUpAsync(ctx, id) is not { } stored)
         {
             return;
@@ -152,7 +144,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
 
         using var doc = JsonDocument.Parse(stored.Input);
         var list = doc.RootElement.EnumerateArray().ToList();
-        if (order != "asc")
+        if (!asked.Ascending)
         {
             list.Reverse();
         }
