@@ -9,7 +9,8 @@ internal sealed partial class GatewayMetrics
     /// <param name="usage">The billed usage (an answer's, or what an interrupted stream consumed), else null.</param>
     /// <param name="cost">Its price.</param>
     /// <param name="consumedAt">The deployment an interrupted stream consumed at (its system and model label the tokens).</param>
-    private void RecordInstruments(WorkItem item, ChatCompletionResponse? response, GatewayResponseInfo? info, Exception? error, TimeSpan latency, TokenUsage? usage, decimal cost, Routing.Deployment? consumedAt)
+    /// <param name="hedge">A hedged attempt's second leg given up on in flight: its tokens and cost under its own provider.</param>
+    private void RecordInstruments(WorkItem item, ChatCompletionResponse? response, GatewayResponseInfo? info, Exception? error, TimeSpan latency, TokenUsage? usage, decimal cost, Routing.Deployment? consumedAt, ConsumedUpstream? hedge = null)
     {
         var i = _instruments;
         if (!i.Duration.Enabled && !i.Tokens.Enabled && !i.RequestCount.Enabled && !i.Cost.Enabled && !i.CacheHitCount.Enabled)
@@ -33,9 +34,20 @@ internal sealed partial class GatewayMetrics
             i.CacheHitCount.Add(1, tags);
         }
 
+        RecordSpend(usage, cost, tags);
+        if (hedge is not null)
+        {
+            var leg = hedge.Deployment;
+            RecordSpend(hedge.Usage, hedge.Cost, GatewayInstruments.Tags(Providers.Operations.OperationName(item.Request), _systems.GetValueOrDefault(leg.ProviderName, leg.ProviderName), item.RootGroup.Spelling(item.Request.Model), leg.Model, error?.GetType().Name));
+        }
+    }
+
+    /// <summary>Tokens and cost under <paramref name="tags"/>: nothing for a hit or a coalesced request (no tokens used upstream) or a failure that consumed nothing.</summary>
+    private void RecordSpend(TokenUsage? usage, decimal cost, System.Diagnostics.TagList tags)
+    {
+        var i = _instruments;
         if (usage is not null)
         {
-            // Nothing for a hit or a coalesced request (no tokens used upstream) or a failure that consumed nothing.
             var input = tags;
             input.Add("gen_ai.token.type", "input");
             i.Tokens.Record(usage.PromptTokens, input);

@@ -261,7 +261,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
             Interlocked.Add(ref _completionTokens, usage.CompletionTokens);
         }
 
-        RecordInstruments(item, response, info, error, latency, usage, cost, completion.Consumed?.Deployment);
+        RecordInstruments(item, response, info, error, latency, hedge is null ? usage : completion.Consumed!.Usage, own, completion.Consumed?.Deployment, hedge);
 
         if (error is null)
         {

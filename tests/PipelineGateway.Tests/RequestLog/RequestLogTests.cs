@@ -369,6 +369,7 @@ public sealed class RequestLogTests : IDisposable
             });
         builder.Services.AddSingleton<IRequestLogStore>(store);
         await using var gateway = await builder.StartAsync(Ct);
+        using var costs = new Microsoft.Extensions.Diagnostics.Metrics.Testing.MetricCollector<double>(gateway.Services.GetRequiredService<PipelineGateway.Metrics.GatewayInstruments>().Cost);
 
         var row = await CancelledInFlightAsync(gateway, store, async () =>
         {
@@ -386,6 +387,8 @@ public sealed class RequestLogTests : IDisposable
         var metrics = gateway.Metrics.GetSnapshot();
         metrics.TotalCost.Should().Be(row.Cost);
         (metrics.Providers["first"].TotalCost, metrics.Providers["second"].TotalCost).Should().Be(((decimal)prompt, (decimal)prompt), "each leg to its own provider");
+        costs.GetMeasurementSnapshot().Select(m => ((string)m.Tags["gen_ai.system"]!, m.Value)).Should().BeEquivalentTo(
+            [("first", (double)prompt), ("second", (double)prompt)], "the OpenTelemetry cost counter too");
     }
 
     /// <summary>A whole request submitted, its caller giving up once <paramref name="underWay"/> says the upstream works; its log row.</summary>
