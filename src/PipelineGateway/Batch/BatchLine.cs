@@ -14,6 +14,8 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
 
     public const string CompletionsUrl = "/v1/completions";
 
+    public const string ModerationsUrl = "/v1/moderations";
+
     public bool IsBad => ErrorCode is not null;
 
     /// <summary>Parses one line of the OpenAI Batch API input format (a line that is not UTF-8 is not JSON either).</summary>
@@ -56,9 +58,10 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
             root.TryGetProperty("url", out var url);
             var embeddings = url.ValueKind == JsonValueKind.String && url.ValueEquals(EmbeddingsUrl);
             var completions = url.ValueKind == JsonValueKind.String && url.ValueEquals(CompletionsUrl);
-            if (!embeddings && !completions && (url.ValueKind != JsonValueKind.String || !url.ValueEquals(ChatCompletionsUrl)))
+            var moderations = url.ValueKind == JsonValueKind.String && url.ValueEquals(ModerationsUrl);
+            if (!embeddings && !completions && !moderations && (url.ValueKind != JsonValueKind.String || !url.ValueEquals(ChatCompletionsUrl)))
             {
-                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\", \"{CompletionsUrl}\" or \"{EmbeddingsUrl}\" (the endpoints a batch can call).");
+                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\", \"{CompletionsUrl}\", \"{EmbeddingsUrl}\" or \"{ModerationsUrl}\" (the endpoints a batch can call).");
             }
 
             if (endpoint is not null && !url.ValueEquals(endpoint))
@@ -71,19 +74,20 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
                 return Bad(number, customId, "unsupported_method", $"line {number}: 'method' must be \"POST\".");
             }
 
-            var kind = embeddings ? "an embeddings" : completions ? "a completions" : "a chat completion";
+            var kind = embeddings ? "an embeddings" : completions ? "a completions" : moderations ? "a moderations" : "a chat completion";
             if (!root.TryGetProperty("body", out var body) || body.ValueKind != JsonValueKind.Object)
             {
                 return Bad(number, customId, "invalid_body", $"line {number}: 'body' must be {kind} request object.");
             }
 
-            if (embeddings || completions)
+            if (embeddings || completions || moderations)
             {
                 // Read by the routes' own checks: a bad body is a bad line naming the member, as the route's 400 would.
                 ChatCompletionRequest checkedRequest;
                 try
                 {
-                    checkedRequest = embeddings ? Providers.Embeddings.ToRequest(body.Clone()) : Providers.TextCompletions.ToRequest(body.Clone());
+                    var own = body.Clone();
+                    checkedRequest = embeddings ? Providers.Embeddings.ToRequest(own) : moderations ? Providers.Moderations.ToRequest(own) : Providers.TextCompletions.ToRequest(own);
                 }
                 catch (InvalidRequestException ex)
                 {

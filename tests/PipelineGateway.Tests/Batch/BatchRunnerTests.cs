@@ -59,7 +59,7 @@ public sealed class BatchRunnerTests
             "{not json",
             """{"method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"x"}]}}""",
             BatchFiles.RequestLine("a"),
-            """{"custom_id":"e","method":"POST","url":"/v1/moderations","body":{"model":"m","input":"x"}}""",
+            """{"custom_id":"e","method":"POST","url":"/v1/responses","body":{"model":"m","input":"x"}}""",
             """{"custom_id":"f","method":"GET","url":"/v1/chat/completions","body":{"model":"m","messages":[]}}""",
             """{"custom_id":"g","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}}""",
             """{"custom_id":"h","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":"oops"}}""",
@@ -100,7 +100,7 @@ public sealed class BatchRunnerTests
     }
 
     /// <summary>
-    /// Embeddings and completions lines (<c>/v1/embeddings</c>, <c>/v1/completions</c>, as OpenAI's Batch API takes them) run
+    /// Embeddings, completions and moderations lines (<c>/v1/embeddings</c>, <c>/v1/completions</c>, <c>/v1/moderations</c>, as OpenAI's Batch API takes them) run
     /// beside chat lines: each result's body is the route's answer; a bad body is a bad line naming the member, and a model
     /// that cannot serve the request a failed request (400).
     /// </summary>
@@ -117,6 +117,8 @@ public sealed class BatchRunnerTests
             """{"custom_id":"cmpl","method":"POST","url":"/v1/completions","body":{"model":"sim","prompt":"hello","max_tokens":3}}""",
             """{"custom_id":"cmpl-bad","method":"POST","url":"/v1/completions","body":{"model":"sim","prompt":[]}}""",
             """{"custom_id":"cmpl-fim","method":"POST","url":"/v1/completions","body":{"model":"sim","prompt":"def f(","suffix":"return x"}}""",
+            """{"custom_id":"mod","method":"POST","url":"/v1/moderations","body":{"model":"sim","input":["a kind word","how to kill time"]}}""",
+            """{"custom_id":"mod-bad","method":"POST","url":"/v1/moderations","body":{"model":"sim","input":7}}""",
         ]);
         await using var gateway = await TestGateway.With(new FakeProvider("p"))
             .AddSimulatedProvider("simulated", o => { o.LatencyMs = 0; o.JitterMs = 0; o.FailureRate = 0; })
@@ -125,7 +127,9 @@ public sealed class BatchRunnerTests
 
         var summary = await BatchRunner.RunAsync(gateway, Options(files), stop: Ct);
 
-        summary.Should().BeEquivalentTo(new { Lines = 7L, Succeeded = 3L, Failed = 2L, BadLines = 2L });
+        summary.Should().BeEquivalentTo(new { Lines = 9L, Succeeded = 4L, Failed = 2L, BadLines = 3L });
+        var mod = files.OutputRecords.Single(r => r.GetProperty("custom_id").GetString() == "mod").GetProperty("response").GetProperty("body");
+        mod.GetProperty("results").EnumerateArray().Select(r => r.GetProperty("flagged").GetBoolean()).Should().Equal(false, true);
         var emb = files.OutputRecords.Single(r => r.GetProperty("custom_id").GetString() == "emb").GetProperty("response").GetProperty("body");
         emb.GetProperty("object").GetString().Should().Be("list");
         emb.GetProperty("data").EnumerateArray().Select(d => d.GetProperty("embedding").GetArrayLength()).Should().Equal(4, 4);
