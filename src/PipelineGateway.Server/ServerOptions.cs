@@ -94,6 +94,14 @@ public sealed class ServerOptions
     [Range(1024, long.MaxValue)]
     public long BatchBytesPerKey { get; set; } = 2L * 1024 * 1024 * 1024;
 
+    /// <summary>How many files (uploads and results) one gateway key may keep; past it an upload is a 429 until files are deleted.</summary>
+    [Range(1, 1_000_000)]
+    public int MaxBatchFilesPerKey { get; set; } = 1000;
+
+    /// <summary>How many batches one gateway key may have not ended (waiting or running); past it a create is a 429.</summary>
+    [Range(1, 100_000)]
+    public int MaxLiveBatchesPerKey { get; set; } = 100;
+
     /// <summary>Batches run at once (others wait their turn, <c>validating</c>); each with <see cref="BatchConcurrency"/> requests in flight.</summary>
     [Range(1, 64)]
     public int MaxRunningBatches { get; set; } = 2;

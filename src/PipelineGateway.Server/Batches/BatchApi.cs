@@ -82,10 +82,10 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
             return;
         }
 
-        if (!store.TryHold(owner, upload.Length, options.BatchBytesPerKey))
+        if (!store.TryHold(owner, upload.Length, options.BatchBytesPerKey, options.MaxBatchFilesPerKey))
         {
             await RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "storage_limit_reached",
-                $"This key's files would hold more than {options.BatchBytesPerKey} bytes (Gateway:Server:BatchBytesPerKey): delete files it no longer needs.", "file");
+                $"This key's files would be more than {options.MaxBatchFilesPerKey} or hold more than {options.BatchBytesPerKey} bytes (Gateway:Server:MaxBatchFilesPerKey, BatchBytesPerKey): delete files it no longer needs.", "file");
             return;
         }
 
@@ -242,7 +242,14 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
             return;
         }
 
-        await WriteAsync(ctx, jobs.Create(stored), BatchJsonContext.Default.BatchJob);
+        if (jobs.Create(stored, options.MaxLiveBatchesPerKey) is not { } created)
+        {
+            await RouteErrors.WriteAsync(ctx, 429, "rate_limit_error", "too_many_batches",
+                $"This key has {options.MaxLiveBatchesPerKey} batches not ended (Gateway:Server:MaxLiveBatchesPerKey): wait for some to end, or cancel them.", retryAfter: TimeSpan.FromSeconds(60));
+            return;
+        }
+
+        await WriteAsync(ctx, created, BatchJsonContext.Default.BatchJob);
     }
 
     private StoredBatch Read(JsonElement body, string owner)

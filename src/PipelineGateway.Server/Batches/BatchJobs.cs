@@ -124,11 +124,23 @@ internal sealed partial class BatchJobs(
         }
     }
 
-    /// <summary>Keeps a new batch and starts it (it waits for a slot as <c>validating</c>).</summary>
-    public BatchJob Create(StoredBatch stored)
+    /// <summary>
+    /// Keeps a new batch and starts it (it waits for a slot as <c>validating</c>); null when its owner already has
+    /// <paramref name="maxLive"/> batches not ended (each live batch holds a task and a timer in memory).
+    /// </summary>
+    public BatchJob? Create(StoredBatch stored, int maxLive)
     {
-        store.SaveBatch(stored);
-        Launch(stored);
+        lock (_runs)
+        {
+            if (_runs.Values.Count(r => r.Stored.Owner == stored.Owner) >= maxLive)
+            {
+                return null;
+            }
+
+            store.SaveBatch(stored);
+            Launch(stored);
+        }
+
         return stored.Batch;
     }
 

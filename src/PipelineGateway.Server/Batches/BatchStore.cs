@@ -235,24 +235,26 @@ internal sealed partial class BatchStore : IDisposable
     /// <summary>Bytes the owner's files hold (uploads and results).</summary>
     public long BytesOf(string owner) => Files(owner).Sum(static f => f.Bytes);
 
-    private readonly Dictionary<string, long> _writing = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, (long Bytes, int Files)> _writing = new(StringComparer.Ordinal);
 
     /// <summary>
     /// Holds room for an upload of <paramref name="bytes"/> while it is written, when the owner's files, the uploads it is
-    /// writing meanwhile and this one fit in <paramref name="limit"/>: two uploads at once cannot pass the bound together.
+    /// writing meanwhile and this one fit in <paramref name="limit"/> bytes and <paramref name="maxFiles"/> files: two
+    /// uploads at once cannot pass the bounds together.
     /// Given back with <see cref="Release"/>.
     /// </summary>
-    public bool TryHold(string owner, long bytes, long limit)
+    public bool TryHold(string owner, long bytes, long limit, int maxFiles)
     {
         lock (_writing)
         {
-            var writing = _writing.GetValueOrDefault(owner);
-            if (BytesOf(owner) + writing + bytes > limit)
+            var (writing, count) = _writing.GetValueOrDefault(owner);
+            var files = Files(owner);
+            if (files.Sum(static f => f.Bytes) + writing + bytes > limit || files.Count + count + 1 > maxFiles)
             {
                 return false;
             }
 
-            _writing[owner] = writing + bytes;
+            _writing[owner] = (writing + bytes, count + 1);
             return true;
         }
     }
@@ -261,10 +263,10 @@ internal sealed partial class BatchStore : IDisposable
     {
         lock (_writing)
         {
-            var left = _writing.GetValueOrDefault(owner) - bytes;
-            if (left > 0)
+            var (writing, count) = _writing.GetValueOrDefault(owner);
+            if (count > 1)
             {
-                _writing[owner] = left;
+                _writing[owner] = (writing - bytes, count - 1);
             }
             else
             {

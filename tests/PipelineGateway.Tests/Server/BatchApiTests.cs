@@ -46,7 +46,7 @@ public sealed class BatchApiTests : IAsyncDisposable
     }
 
     /// <summary>A gateway on <paramref name="provider"/> ("m", and "other" that key B may not use), its Batch API in the test's directory.</summary>
-    private async Task<Uri> StartAsync(FakeProvider provider, long maxFileBytes = 200L * 1024 * 1024, TimeProvider? clock = null, long bytesPerKey = 1L << 31)
+    private async Task<Uri> StartAsync(FakeProvider provider, long maxFileBytes = 200L * 1024 * 1024, TimeProvider? clock = null, long bytesPerKey = 1L << 31, Dictionary<string, string?>? more = null)
     {
         // Requests may wait longer than a batch's window (the expiry test's clock jumps a day).
         var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
@@ -62,7 +62,7 @@ public sealed class BatchApiTests : IAsyncDisposable
             ["Gateway:Server:Keys:1:AllowedModels:0"] = "m",
             ["Gateway:Pipeline:MaxAttempts"] = "1",
             ["Gateway:Pipeline:DefaultTimeout"] = "2.00:00:00",
-        }).Build();
+        }.Concat(more ?? []).ToDictionary()).Build();
         var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s =>
         {
             var gateway = s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)).AddModel("other", m => m.Deploy(provider.Name));
@@ -416,6 +416,43 @@ public sealed class BatchApiTests : IAsyncDisposable
         (await a.DeleteAsync($"v1/files/{first.GetProperty("id").GetString()}", Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
         var together = await Task.WhenAll(Enumerable.Range(0, 4).Select(_ => Post(a, 1400)));
         together.Count(r => r.StatusCode == HttpStatusCode.OK).Should().Be(2, "two of 1,400 bytes fit in 3,000, whatever their timing");
+    }
+
+    /// <summary>
+    /// A key may keep at most <c>Server:MaxBatchFilesPerKey</c> files (a 413 past it) and have at most
+    /// <c>Server:MaxLiveBatchesPerKey</c> batches not ended (a 429 past it, until one ends): each live batch holds a task
+    /// and a timer, and every upload reads the key's file records — neither may grow without bound.
+    /// </summary>
+    [Fact]
+    public async Task A_key_keeps_a_bounded_number_of_files_and_of_batches_not_ended()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var root = await StartAsync(FakeProvider.Gated("p", gate), more: new() { ["Gateway:Server:MaxBatchFilesPerKey"] = "3", ["Gateway:Server:MaxLiveBatchesPerKey"] = "2" });
+        using var http = Http(root, KeyA);
+        var files = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            files.Add((await UploadAsync(http, Line($"t{i}"))).GetProperty("id").GetString()!);
+        }
+
+        using (var form = new MultipartFormDataContent { { new StringContent("batch"), "purpose" }, { new ByteArrayContent("{}"u8.ToArray()), "file", "x.jsonl" } })
+        {
+            var fourth = await http.PostAsync("v1/files", form, Ct);
+            fourth.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
+            (await JsonAsync(fourth)).GetProperty("error").GetProperty("code").GetString().Should().Be("storage_limit_reached");
+        }
+
+        async Task<HttpResponseMessage> Create(string fileId) =>
+            await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct);
+        var first = (await JsonAsync(await Create(files[0]))).GetProperty("id").GetString()!;
+        (await Create(files[1])).StatusCode.Should().Be(HttpStatusCode.OK);
+        var third = await Create(files[2]);
+        third.StatusCode.Should().Be(HttpStatusCode.TooManyRequests);
+        (await JsonAsync(third)).GetProperty("error").GetProperty("code").GetString().Should().Be("too_many_batches");
+
+        gate.SetResult();
+        await EndedAsync(http, first);
+        await Wait.Until(() => Create(files[2]).GetAwaiter().GetResult().StatusCode == HttpStatusCode.OK, "ended batches make room for another");
     }
 
     [Fact]
