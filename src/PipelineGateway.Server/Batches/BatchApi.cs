@@ -242,7 +242,14 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
             return;
         }
 
-        if (jobs.Create(stored, options.MaxLiveBatchesPerKey) is not { } created)
+        if (store.Files(owner).Count + 2 > options.MaxBatchFilesPerKey)
+        {
+            await RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "storage_limit_reached",
+                $"This key keeps {options.MaxBatchFilesPerKey} files (Gateway:Server:MaxBatchFilesPerKey), with no room for a batch's two result files: delete files it no longer needs.", "input_file_id");
+            return;
+        }
+
+        if (jobs.Create(stored, options.MaxLiveBatchesPerKey, options.MaxBatchFilesPerKey) is not { } created)
         {
             await RouteErrors.WriteAsync(ctx, 429, "rate_limit_error", "too_many_batches",
                 $"This key has {options.MaxLiveBatchesPerKey} batches not ended (Gateway:Server:MaxLiveBatchesPerKey): wait for some to end, or cancel them.", retryAfter: TimeSpan.FromSeconds(60));
@@ -286,6 +293,7 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
         return new StoredBatch
         {
             Owner = owner,
+            CreatedTicks = now.UtcTicks,
             Batch = new BatchJob
             {
                 Id = BatchStore.NewBatchId(),

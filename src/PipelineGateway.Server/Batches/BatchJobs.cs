@@ -81,7 +81,7 @@ internal sealed partial class BatchJobs(
             return Task.CompletedTask;
         }
 
-        foreach (var stored in store.AllBatches().Where(static b => b.Batch.Live).OrderBy(static b => b.Batch.CreatedAt))
+        foreach (var stored in store.AllBatches().Where(static b => b.Batch.Live).OrderBy(static b => b.CreatedTicks))
         {
             LogResumed(logger, stored.Batch.Id, stored.Batch.Status);
             Launch(stored);
@@ -126,9 +126,10 @@ internal sealed partial class BatchJobs(
 
     /// <summary>
     /// Keeps a new batch and starts it (it waits for a slot as <c>validating</c>); null when its owner already has
-    /// <paramref name="maxLive"/> batches not ended (each live batch holds a task and a timer in memory).
+    /// <paramref name="maxLive"/> batches not ended (each live batch holds a task and a timer in memory). The owner keeps
+    /// its newest <paramref name="maxKept"/> batches: older ended ones are forgotten.
     /// </summary>
-    public BatchJob? Create(StoredBatch stored, int maxLive)
+    public BatchJob? Create(StoredBatch stored, int maxLive, int maxKept)
     {
         lock (_runs)
         {
@@ -139,6 +140,14 @@ internal sealed partial class BatchJobs(
 
             store.SaveBatch(stored);
             Launch(stored);
+        }
+
+        // A key keeps its newest batches: past the bound the oldest ended ones are forgotten (their files stay).
+        var ended = store.Batches(stored.Owner).Where(static b => !b.Batch.Live).OrderBy(static b => b.CreatedTicks).ToList();
+        var total = ended.Count + _runs.Values.Count(r => r.Stored.Owner == stored.Owner);
+        for (var i = 0; i < ended.Count && total > maxKept; i++, total--)
+        {
+            store.ForgetBatch(stored.Owner, ended[i].Batch.Id);
         }
 
         return stored.Batch;
@@ -161,7 +170,7 @@ internal sealed partial class BatchJobs(
 
     /// <summary>The owner's batches, newest first, live ones as they stand.</summary>
     public List<BatchJob> List(string owner) =>
-        [.. store.Batches(owner).Select(b => Get(owner, b.Batch.Id) ?? b.Batch).OrderByDescending(static b => b.CreatedAt).ThenByDescending(static b => b.Id, StringComparer.Ordinal)];
+        [.. store.Batches(owner).OrderByDescending(static b => b.CreatedTicks).Select(b => Get(owner, b.Batch.Id) ?? b.Batch)];
 
     /// <summary>Whether a live batch of the owner reads this file (it may not be deleted meanwhile).</summary>
     public bool Reads(string owner, string fileId) => _runs.Values.Any(r => r.Stored.Owner == owner && r.Batch.InputFileId == fileId);

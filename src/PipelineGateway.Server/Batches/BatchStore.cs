@@ -112,6 +112,9 @@ internal sealed class StoredBatch
 
     public required BatchJob Batch { get; init; }
 
+    /// <summary>When it was created, in ticks: the order of a key's batches (the wire's <c>created_at</c> is in whole seconds).</summary>
+    public long CreatedTicks { get; init; }
+
     /// <summary>
     /// The status a <c>finalizing</c> batch ends in (completed, cancelled, expired): a restart during its finalizing
     /// finishes it so, without running a line again.
@@ -324,6 +327,15 @@ internal sealed partial class BatchStore : IDisposable
                     yield return batch;
                 }
             }
+        }
+    }
+
+    /// <summary>Forgets an ended batch's record (its result files are files of their own, kept until deleted).</summary>
+    public void ForgetBatch(string owner, string id)
+    {
+        if (IsBatchId(id))
+        {
+            File.Delete(Path.Combine(OwnerDirectory(owner), id + ".json"));
         }
     }
 

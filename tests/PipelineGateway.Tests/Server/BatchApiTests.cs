@@ -419,15 +419,16 @@ public sealed class BatchApiTests : IAsyncDisposable
     }
 
     /// <summary>
-    /// A key may keep at most <c>Server:MaxBatchFilesPerKey</c> files (a 413 past it) and have at most
-    /// <c>Server:MaxLiveBatchesPerKey</c> batches not ended (a 429 past it, until one ends): each live batch holds a task
-    /// and a timer, and every upload reads the key's file records — neither may grow without bound.
+    /// A key may keep at most <c>Server:MaxBatchFilesPerKey</c> files (an upload past it is a 413; a batch needs room for
+    /// its two result files) and have at most <c>Server:MaxLiveBatchesPerKey</c> batches not ended (a 429 past it, until
+    /// one ends): each live batch holds a task and a timer, every upload reads the key's file records — neither may grow
+    /// without bound.
     /// </summary>
     [Fact]
     public async Task A_key_keeps_a_bounded_number_of_files_and_of_batches_not_ended()
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var root = await StartAsync(FakeProvider.Gated("p", gate), more: new() { ["Gateway:Server:MaxBatchFilesPerKey"] = "3", ["Gateway:Server:MaxLiveBatchesPerKey"] = "2" });
+        var root = await StartAsync(FakeProvider.Gated("p", gate), more: new() { ["Gateway:Server:MaxBatchFilesPerKey"] = "8", ["Gateway:Server:MaxLiveBatchesPerKey"] = "2" });
         using var http = Http(root, KeyA);
         var files = new List<string>();
         for (var i = 0; i < 3; i++)
@@ -435,24 +436,57 @@ public sealed class BatchApiTests : IAsyncDisposable
             files.Add((await UploadAsync(http, Line($"t{i}"))).GetProperty("id").GetString()!);
         }
 
-        using (var form = new MultipartFormDataContent { { new StringContent("batch"), "purpose" }, { new ByteArrayContent("{}"u8.ToArray()), "file", "x.jsonl" } })
-        {
-            var fourth = await http.PostAsync("v1/files", form, Ct);
-            fourth.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
-            (await JsonAsync(fourth)).GetProperty("error").GetProperty("code").GetString().Should().Be("storage_limit_reached");
-        }
-
         async Task<HttpResponseMessage> Create(string fileId) =>
             await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct);
         var first = (await JsonAsync(await Create(files[0]))).GetProperty("id").GetString()!;
-        (await Create(files[1])).StatusCode.Should().Be(HttpStatusCode.OK);
+        var second = (await JsonAsync(await Create(files[1]))).GetProperty("id").GetString()!;
         var third = await Create(files[2]);
         third.StatusCode.Should().Be(HttpStatusCode.TooManyRequests);
         (await JsonAsync(third)).GetProperty("error").GetProperty("code").GetString().Should().Be("too_many_batches");
-
         gate.SetResult();
         await EndedAsync(http, first);
+        await EndedAsync(http, second);
         await Wait.Until(() => Create(files[2]).GetAwaiter().GetResult().StatusCode == HttpStatusCode.OK, "ended batches make room for another");
+
+        // Three uploads and two (then three) results: room for one more upload, then none, and no room for a batch's results.
+        var listed = 0;
+        await Wait.Until(() => (listed = JsonAsync(http.GetAsync("v1/files", Ct).GetAwaiter().GetResult()).GetAwaiter().GetResult().GetProperty("data").GetArrayLength()) == 6, "the third batch's result is a file");
+        for (var i = listed; i < 8; i++)
+        {
+            await UploadAsync(http, Line("more"));
+        }
+
+        using (var form = new MultipartFormDataContent { { new StringContent("batch"), "purpose" }, { new ByteArrayContent("{}"u8.ToArray()), "file", "x.jsonl" } })
+        {
+            var ninth = await http.PostAsync("v1/files", form, Ct);
+            ninth.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
+            (await JsonAsync(ninth)).GetProperty("error").GetProperty("code").GetString().Should().Be("storage_limit_reached");
+        }
+
+        var noRoom = await Create(files[0]);
+        noRoom.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge, "no room for the batch's result files");
+        (await JsonAsync(noRoom)).GetProperty("error").GetProperty("param").GetString().Should().Be("input_file_id");
+    }
+
+    /// <summary>A key keeps its newest batches (as many as its files may be): older ended ones are forgotten, their files kept.</summary>
+    [Fact]
+    public async Task A_key_keeps_its_newest_batches_and_forgets_older_ended_ones()
+    {
+        var root = await StartAsync(new FakeProvider("p"), more: new() { ["Gateway:Server:MaxBatchFilesPerKey"] = "4" });
+        using var http = Http(root, KeyA);
+        var input = (await UploadAsync(http, Line("t"))).GetProperty("id").GetString()!;
+        var ids = new List<string>();
+        for (var i = 0; i < 6; i++)
+        {
+            var id = (await JsonAsync(await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{input}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct))).GetProperty("id").GetString()!;
+            ids.Add(id);
+            var output = (await EndedAsync(http, id)).GetProperty("output_file_id").GetString()!;
+            (await http.DeleteAsync($"v1/files/{output}", Ct)).StatusCode.Should().Be(HttpStatusCode.OK); // room for the next one's results
+        }
+
+        var list = await JsonAsync(await http.GetAsync("v1/batches", Ct));
+        list.GetProperty("data").EnumerateArray().Select(b => b.GetProperty("id").GetString()).Should().BeEquivalentTo(ids.Skip(2), "the newest four");
+        (await http.GetAsync($"v1/batches/{ids[0]}", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
     }
 
     [Fact]
