@@ -150,7 +150,7 @@ internal sealed partial class BatchJobs(
             store.ForgetBatch(stored.Owner, ended[i].Batch.Id);
         }
 
-        return stored.Batch;
+        return Get(stored.Owner, stored.Batch.Id) ?? stored.Batch; // a copy: its run changes the record meanwhile
     }
 
     /// <summary>The batch as it stands (a live one with its counts so far), or null when the owner has none by that id.</summary>
