@@ -110,8 +110,8 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         path.Value is { } p && (p.EndsWith("/audio/transcriptions", StringComparison.OrdinalIgnoreCase) || p.EndsWith("/audio/translations", StringComparison.OrdinalIgnoreCase)
             || p.EndsWith("/images/edits", StringComparison.OrdinalIgnoreCase) || IsBatchFile(path));
 
-    /// <summary>The Files API's upload (<c>POST /v1/files</c>): its bound is <see cref="ServerOptions.MaxBatchFileBytes"/>.</summary>
-    private static bool IsBatchFile(PathString path) => path.Equals("/v1/files", StringComparison.OrdinalIgnoreCase);
+    /// <summary>The Files API's upload (<c>POST /v1/files</c>, Azure's <c>/openai/files</c>): its bound is <see cref="ServerOptions.MaxBatchFileBytes"/>.</summary>
+    private static bool IsBatchFile(PathString path) => path.Equals("/v1/files", StringComparison.OrdinalIgnoreCase) || path.Equals("/openai/files", StringComparison.OrdinalIgnoreCase);
 
     private static long UploadBound(PathString path, ServerOptions options) =>
         IsBatchFile(path) ? options.MaxBatchFileBytes + Batches.BatchApi.FormSlack : options.MaxUploadBytes;

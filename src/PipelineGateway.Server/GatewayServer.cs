@@ -198,15 +198,18 @@ public static partial class GatewayServer
         app.MapGet("/v1/responses/{id}/input_items", (HttpContext ctx) => responses.InputItemsAsync(ctx, RouteId(ctx)));
         app.MapDelete("/v1/responses/{id}", (HttpContext ctx) => responses.DeleteAsync(ctx, RouteId(ctx)));
         var batches = app.Services.GetRequiredService<Batches.BatchApi>();
-        app.MapPost("/v1/files", batches.UploadAsync);
-        app.MapGet("/v1/files", batches.ListFilesAsync);
-        app.MapGet("/v1/files/{id}", (HttpContext ctx) => batches.GetFileAsync(ctx, RouteId(ctx)));
-        app.MapGet("/v1/files/{id}/content", (HttpContext ctx) => batches.ContentAsync(ctx, RouteId(ctx)));
-        app.MapDelete("/v1/files/{id}", (HttpContext ctx) => batches.DeleteFileAsync(ctx, RouteId(ctx)));
-        app.MapPost("/v1/batches", batches.CreateAsync);
-        app.MapGet("/v1/batches", batches.ListAsync);
-        app.MapGet("/v1/batches/{id}", (HttpContext ctx) => batches.GetAsync(ctx, RouteId(ctx)));
-        app.MapPost("/v1/batches/{id}/cancel", (HttpContext ctx) => batches.CancelAsync(ctx, RouteId(ctx)));
+        foreach (var root in (string[])["/v1", "/openai"]) // OpenAI's, and Azure OpenAI's (its SDK's file and batch clients)
+        {
+            app.MapPost($"{root}/files", batches.UploadAsync);
+            app.MapGet($"{root}/files", batches.ListFilesAsync);
+            app.MapGet($"{root}/files/{{id}}", (HttpContext ctx) => batches.GetFileAsync(ctx, RouteId(ctx)));
+            app.MapGet($"{root}/files/{{id}}/content", (HttpContext ctx) => batches.ContentAsync(ctx, RouteId(ctx)));
+            app.MapDelete($"{root}/files/{{id}}", (HttpContext ctx) => batches.DeleteFileAsync(ctx, RouteId(ctx)));
+            app.MapPost($"{root}/batches", batches.CreateAsync);
+            app.MapGet($"{root}/batches", batches.ListAsync);
+            app.MapGet($"{root}/batches/{{id}}", (HttpContext ctx) => batches.GetAsync(ctx, RouteId(ctx)));
+            app.MapPost($"{root}/batches/{{id}}/cancel", (HttpContext ctx) => batches.CancelAsync(ctx, RouteId(ctx)));
+        }
         app.MapPost("/v1/messages/count_tokens", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleCountAsync);
         var catalog = app.Services.GetRequiredService<ModelCatalog>();
         var gatewayKeys = app.Services.GetRequiredService<GatewayKeys>();

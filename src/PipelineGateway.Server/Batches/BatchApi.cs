@@ -273,7 +273,7 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
 
         var inputFileId = Text("input_file_id");
         var endpoint = Text("endpoint");
-        if (Array.IndexOf(Endpoints, endpoint) < 0)
+        if (Array.IndexOf(Endpoints, BatchLine.Canonical(endpoint)) < 0)
         {
             throw new InvalidRequestException("endpoint", $"'endpoint' must be one of {string.Join(", ", Endpoints.Select(static e => $"\"{e}\""))} (the endpoints a batch can call here); got '{Shorten(endpoint)}'.");
         }

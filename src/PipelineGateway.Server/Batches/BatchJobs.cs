@@ -340,7 +340,7 @@ internal sealed partial class BatchJobs(
             ErrorsPath = store.WorkingPath(stored.Owner, stored.Batch.Id, "errors"),
             Concurrency = options.BatchConcurrency,
             Time = time,
-            Endpoint = stored.Batch.Endpoint,
+            Endpoint = BatchLine.Canonical(stored.Batch.Endpoint), // Azure's /chat/completions is /v1/chat/completions
             Screen = line =>
             {
                 if (!keys.MayUse(key, line.Request!.Model))

@@ -55,16 +55,16 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
                 return Bad(number, null, "missing_custom_id", $"line {number} {which} (a non-empty string is required).");
             }
 
-            root.TryGetProperty("url", out var url);
-            var embeddings = url.ValueKind == JsonValueKind.String && url.ValueEquals(EmbeddingsUrl);
-            var completions = url.ValueKind == JsonValueKind.String && url.ValueEquals(CompletionsUrl);
-            var moderations = url.ValueKind == JsonValueKind.String && url.ValueEquals(ModerationsUrl);
-            if (!embeddings && !completions && !moderations && (url.ValueKind != JsonValueKind.String || !url.ValueEquals(ChatCompletionsUrl)))
+            var url = Canonical(root.TryGetProperty("url", out var u) && u.ValueKind == JsonValueKind.String ? u.GetString() : null);
+            var embeddings = url == EmbeddingsUrl;
+            var completions = url == CompletionsUrl;
+            var moderations = url == ModerationsUrl;
+            if (!embeddings && !completions && !moderations && url != ChatCompletionsUrl)
             {
                 return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\", \"{CompletionsUrl}\", \"{EmbeddingsUrl}\" or \"{ModerationsUrl}\" (the endpoints a batch can call).");
             }
 
-            if (endpoint is not null && !url.ValueEquals(endpoint))
+            if (endpoint is not null && url != Canonical(endpoint))
             {
                 return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{endpoint}\", the batch's endpoint (every line of a batch calls the one endpoint it was created for).");
             }
@@ -126,6 +126,18 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
             return new BatchLine(number, customId, request, null, null);
         }
     }
+
+    /// <summary>
+    /// An endpoint as the gateway names it: Azure OpenAI's batch files name them without the version
+    /// (<c>/chat/completions</c>), OpenAI's with it (<c>/v1/chat/completions</c>); anything else as it is.
+    /// </summary>
+    public static string? Canonical(string? url) => url switch
+    {
+        "/chat/completions" => ChatCompletionsUrl,
+        "/completions" => CompletionsUrl,
+        "/embeddings" => EmbeddingsUrl,
+        _ => url,
+    };
 
     private static BatchLine Bad(long number, string? customId, string code, string message) => new(number, customId, null, code, message);
 

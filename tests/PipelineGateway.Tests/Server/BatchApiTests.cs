@@ -336,6 +336,32 @@ public sealed class BatchApiTests : IAsyncDisposable
         provider.Calls.Should().Be(0, "no line runs again");
     }
 
+    /// <summary>
+    /// Azure OpenAI's Batch API routes (<c>/openai/files</c> — the Azure OpenAI .NET SDK's file client uploads there —
+    /// and <c>/openai/batches</c>) run a batch with Azure's line URLs (<c>/chat/completions</c>, no <c>/v1</c>).
+    /// </summary>
+    [Fact]
+    public async Task The_Azure_OpenAI_SDK_runs_a_batch_through_Azures_routes()
+    {
+        var root = await StartAsync(new FakeProvider("p"));
+        var azure = new Azure.AI.OpenAI.AzureOpenAIClient(root, new ApiKeyCredential(KeyA), new Azure.AI.OpenAI.AzureOpenAIClientOptions { RetryPolicy = new ClientRetryPolicy(0) });
+        var lines = string.Join('\n', Enumerable.Range(0, 3).Select(i => Line($"az{i}", url: "/chat/completions")));
+        var input = (await azure.GetOpenAIFileClient().UploadFileAsync(BinaryData.FromString(lines), "azure.jsonl", FileUploadPurpose.Batch)).Value;
+        // The SDK's batch client (2.9.0-beta.1) is built on an older OpenAI library than the one these tests use (its
+        // constructor is gone): its calls, as Azure's REST reference has them, by hand — the api-key header, api-version.
+        using var azureHttp = new HttpClient { BaseAddress = root };
+        azureHttp.DefaultRequestHeaders.Add("api-key", KeyA);
+        var created = await azureHttp.PostAsync("openai/batches?api-version=2025-04-01-preview", Json($$"""{"input_file_id":"{{input.Id}}","endpoint":"/chat/completions","completion_window":"24h"}"""), Ct);
+        created.StatusCode.Should().Be(HttpStatusCode.OK);
+        var id = (await JsonAsync(created)).GetProperty("id").GetString()!;
+        using var http = Http(root, KeyA);
+        var batch = await EndedAsync(http, id);
+        (await JsonAsync(await azureHttp.GetAsync($"openai/batches/{id}?api-version=2025-04-01-preview", Ct))).GetProperty("status").GetString().Should().Be("completed");
+        batch.GetProperty("status").GetString().Should().Be("completed");
+        batch.GetProperty("endpoint").GetString().Should().Be("/chat/completions");
+        (await LinesAsync(http, batch.GetProperty("output_file_id").GetString()!)).Should().HaveCount(3);
+    }
+
     [Theory]
     [InlineData("""{"endpoint":"/v1/chat/completions","completion_window":"24h"}""", "input_file_id")]
     [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/responses","completion_window":"24h"}""", "endpoint")]
