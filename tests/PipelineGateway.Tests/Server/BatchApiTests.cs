@@ -232,7 +232,7 @@ public sealed class BatchApiTests : IAsyncDisposable
             {
                 if (Interlocked.Increment(ref answered) > 10)
                 {
-                    await Task.Delay(Timeout.Infinite, ct); // hangs until the stop cancels it
+                    await FakeProvider.UntilCancelled(ct); // hangs until the stop cancels it
                 }
 
                 return FakeProvider.Answer(r.Model, "ok");
