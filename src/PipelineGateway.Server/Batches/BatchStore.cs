@@ -235,9 +235,6 @@ internal sealed partial class BatchStore : IDisposable
 
     public List<BatchFile> Files(string owner) => List(owner, "file-*.json", BatchJsonContext.Default.BatchFile);
 
-    /// <summary>Bytes the owner's files hold (uploads and results).</summary>
-    public long BytesOf(string owner) => Files(owner).Sum(static f => f.Bytes);
-
     private readonly Dictionary<string, (long Bytes, int Files)> _writing = new(StringComparer.Ordinal);
 
     /// <summary>

@@ -20,7 +20,7 @@ public sealed class BatchOptions
     /// </summary>
     public bool RetryFailed { get; init; }
 
-    /// <summary>The one endpoint every line must call (a batch created over HTTP names it); null: any of the three.</summary>
+    /// <summary>The one endpoint every line must call (a batch created over HTTP names it); null: any a batch can call.</summary>
     internal string? Endpoint { get; init; }
 
     /// <summary>
