@@ -94,9 +94,20 @@ public sealed class ServerOptions
     [Range(1024, long.MaxValue)]
     public long BatchBytesPerKey { get; set; } = 2L * 1024 * 1024 * 1024;
 
-    /// <summary>How many files (uploads and results) one gateway key may keep; past it an upload is a 429 until files are deleted.</summary>
+    /// <summary>
+    /// How many files (uploads and results) one gateway key may keep, counting two result files for each of its batches
+    /// not ended; past it an upload (or a batch) is a 413 until files are deleted or expire.
+    /// </summary>
     [Range(1, 1_000_000)]
     public int MaxBatchFilesPerKey { get; set; } = 1000;
+
+    /// <summary>
+    /// How long a Batch API file — an upload or a batch's results — is kept when its caller gives no <c>expires_after</c>
+    /// (<c>output_expires_after</c> for results): OpenAI's default for batch files, 30 days. An expired file is gone for
+    /// the API at once (404, not listed) and from disk at the next sweep (hourly, and a key's own at its next upload); the
+    /// input of a batch still running stays on disk until the batch ends. Zero: kept until deleted.
+    /// </summary>
+    public TimeSpan BatchFileLifetime { get; set; } = TimeSpan.FromDays(30);
 
     /// <summary>How many batches one gateway key may have not ended (waiting or running); past it a create is a 429.</summary>
     [Range(1, 100_000)]
@@ -123,6 +134,11 @@ public sealed class ServerOptions
         if (StoredResponsesTtl < TimeSpan.Zero)
         {
             yield return $"{SectionName}:StoredResponsesTtl must be zero (keep nothing) or a positive duration; got {StoredResponsesTtl}.";
+        }
+
+        if (BatchFileLifetime < TimeSpan.Zero)
+        {
+            yield return $"{SectionName}:BatchFileLifetime must be zero (files kept until deleted) or a positive duration; got {BatchFileLifetime}.";
         }
 
         if (StreamKeepAlive <= TimeSpan.Zero)

@@ -39,7 +39,11 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
         return true;
     }
 
-    /// <summary><c>POST /v1/files</c>: a multipart form with <c>purpose</c> (<c>batch</c>) and <c>file</c> (JSONL).</summary>
+    /// <summary>
+    /// <c>POST /v1/files</c>: a multipart form with <c>purpose</c> (<c>batch</c>), <c>file</c> (JSONL) and optionally
+    /// <c>expires_after[anchor]</c> (<c>created_at</c>) and <c>expires_after[seconds]</c> (3600–2592000), as the SDKs send
+    /// <c>expires_after</c>; without them the file expires after <see cref="ServerOptions.BatchFileLifetime"/>.
+    /// </summary>
     public async Task UploadAsync(HttpContext ctx)
     {
         if (!await AvailableAsync(ctx))
@@ -63,6 +67,22 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
             return;
         }
 
+        long? lifetime;
+        try
+        {
+            if (form.ContainsKey("expires_after"))
+            {
+                throw new InvalidRequestException("expires_after", "'expires_after' is sent as two form fields: 'expires_after[anchor]' (\"created_at\") and 'expires_after[seconds]'.");
+            }
+
+            lifetime = Lifetime("expires_after", One(form, "expires_after[anchor]"), One(form, "expires_after[seconds]"));
+        }
+        catch (InvalidRequestException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, ex);
+            return;
+        }
+
         if (form.Files.Count != 1 || form.Files[0].Name != "file")
         {
             await RouteErrors.WriteAsync(ctx, new InvalidRequestException("file", "The form takes one file, named 'file' (the JSONL of requests)."));
@@ -82,10 +102,11 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
             return;
         }
 
-        if (!store.TryHold(owner, upload.Length, options.BatchBytesPerKey, options.MaxBatchFilesPerKey))
+        jobs.Sweep(owner); // its expired files make room now, not at the next hourly sweep
+        if (!store.TryHold(owner, upload.Length, options.BatchBytesPerKey, options.MaxBatchFilesPerKey, 2 * jobs.LiveCount(owner)))
         {
             await RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "storage_limit_reached",
-                $"This key's files would be more than {options.MaxBatchFilesPerKey} or hold more than {options.BatchBytesPerKey} bytes (Gateway:Server:MaxBatchFilesPerKey, BatchBytesPerKey): delete files it no longer needs.", "file");
+                $"This key's files would be more than {options.MaxBatchFilesPerKey} (two held for each batch not ended) or hold more than {options.BatchBytesPerKey} bytes (Gateway:Server:MaxBatchFilesPerKey, BatchBytesPerKey): delete files it no longer needs.", "file");
             return;
         }
 
@@ -99,13 +120,15 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
                 await source.CopyToAsync(target, aborted);
             }
 
+            var created = time.GetUtcNow().ToUnixTimeSeconds();
             var file = new BatchFile
             {
                 Id = BatchStore.NewFileId(),
                 Bytes = upload.Length,
-                CreatedAt = time.GetUtcNow().ToUnixTimeSeconds(),
+                CreatedAt = created,
                 Filename = Providers.Upload.SafeName(upload.FileName),
                 Purpose = "batch",
+                ExpiresAt = BatchStore.Expiry(created, lifetime, options.BatchFileLifetime),
             };
             store.AddFile(owner, file, temporary);
             await WriteAsync(ctx, file, BatchJsonContext.Default.BatchFile);
@@ -198,7 +221,8 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
     /// <summary>
     /// <c>POST /v1/batches</c>: <c>input_file_id</c> (an uploaded <c>batch</c> file of this key), <c>endpoint</c>
     /// (<c>/v1/chat/completions</c>, <c>/v1/completions</c>, <c>/v1/embeddings</c>, <c>/v1/moderations</c>), <c>completion_window</c> (<c>24h</c>)
-    /// and optional <c>metadata</c> (at most 16 string pairs, keys ≤ 64 characters, values ≤ 512).
+    /// and optional <c>metadata</c> (at most 16 string pairs, keys ≤ 64 characters, values ≤ 512) and
+    /// <c>output_expires_after</c> (<c>{"anchor": "created_at", "seconds": 3600–2592000}</c>: its result files' lifetime).
     /// </summary>
     public async Task CreateAsync(HttpContext ctx)
     {
@@ -242,21 +266,20 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
             return;
         }
 
-        if (store.Files(owner).Count + 2 > options.MaxBatchFilesPerKey)
+        switch (jobs.Create(stored, options.MaxLiveBatchesPerKey, options.MaxBatchFilesPerKey, out var created))
         {
-            await RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "storage_limit_reached",
-                $"This key keeps {options.MaxBatchFilesPerKey} files (Gateway:Server:MaxBatchFilesPerKey), with no room for a batch's two result files: delete files it no longer needs.", "input_file_id");
-            return;
+            case BatchJobs.Refusal.NoRoomForResults:
+                await RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "storage_limit_reached",
+                    $"This key keeps {options.MaxBatchFilesPerKey} files (Gateway:Server:MaxBatchFilesPerKey; two held for each batch not ended), with no room for this batch's two result files: delete files it no longer needs.", "input_file_id");
+                break;
+            case BatchJobs.Refusal.TooManyLive:
+                await RouteErrors.WriteAsync(ctx, 429, "rate_limit_error", "too_many_batches",
+                    $"This key has {options.MaxLiveBatchesPerKey} batches not ended (Gateway:Server:MaxLiveBatchesPerKey): wait for some to end, or cancel them.", retryAfter: TimeSpan.FromSeconds(60));
+                break;
+            default:
+                await WriteAsync(ctx, created!, BatchJsonContext.Default.BatchJob);
+                break;
         }
-
-        if (jobs.Create(stored, options.MaxLiveBatchesPerKey, options.MaxBatchFilesPerKey) is not { } created)
-        {
-            await RouteErrors.WriteAsync(ctx, 429, "rate_limit_error", "too_many_batches",
-                $"This key has {options.MaxLiveBatchesPerKey} batches not ended (Gateway:Server:MaxLiveBatchesPerKey): wait for some to end, or cancel them.", retryAfter: TimeSpan.FromSeconds(60));
-            return;
-        }
-
-        await WriteAsync(ctx, created, BatchJsonContext.Default.BatchJob);
     }
 
     private StoredBatch Read(JsonElement body, string owner)
@@ -289,11 +312,29 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
             metadata = Metadata(m);
         }
 
+        long? outputLifetime = null;
+        if (body.TryGetProperty("output_expires_after", out var e) && e.ValueKind != JsonValueKind.Null)
+        {
+            if (e.ValueKind != JsonValueKind.Object)
+            {
+                throw new InvalidRequestException("output_expires_after", "'output_expires_after' must be an object: {\"anchor\": \"created_at\", \"seconds\": 3600–2592000}.");
+            }
+
+            // The anchor a string, the seconds a number (a number's text is parsed as a whole number, so 3600.5 is refused).
+            static string? Member(JsonElement o, string name, JsonValueKind kind) =>
+                !o.TryGetProperty(name, out var v) || v.ValueKind == JsonValueKind.Null ? null
+                : v.ValueKind == kind ? (kind == JsonValueKind.String ? v.GetString() : v.GetRawText())
+                : $"a JSON {v.ValueKind.ToString().ToLowerInvariant()}";
+            outputLifetime = Lifetime("output_expires_after", Member(e, "anchor", JsonValueKind.String), Member(e, "seconds", JsonValueKind.Number))
+                ?? throw new InvalidRequestException("output_expires_after", "'output_expires_after' needs 'anchor' (\"created_at\") and 'seconds'.");
+        }
+
         var now = time.GetUtcNow();
         return new StoredBatch
         {
             Owner = owner,
             CreatedTicks = now.UtcTicks,
+            OutputLifetimeSeconds = outputLifetime,
             Batch = new BatchJob
             {
                 Id = BatchStore.NewBatchId(),
@@ -305,6 +346,38 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
             },
         };
     }
+
+    /// <summary>
+    /// OpenAI's expiration policy (<c>anchor</c> <c>created_at</c>, <c>seconds</c> from 3600 — an hour — to 2592000 —
+    /// 30 days) as its seconds; null when neither part is given.
+    /// </summary>
+    internal static long? Lifetime(string param, string? anchor, string? seconds)
+    {
+        if (anchor is null && seconds is null)
+        {
+            return null;
+        }
+
+        if (anchor != "created_at")
+        {
+            throw new InvalidRequestException(param, $"'{param}' anchor must be \"created_at\" (the only anchor); got {(anchor is null ? "none" : $"'{Shorten(anchor)}'")}.");
+        }
+
+        if (!long.TryParse(seconds, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var value) || value is < 3600 or > 2_592_000)
+        {
+            throw new InvalidRequestException(param, $"'{param}' seconds must be a whole number from 3600 (an hour) to 2592000 (30 days); got {(seconds is null ? "none" : $"'{Shorten(seconds)}'")}.");
+        }
+
+        return value;
+    }
+
+    /// <summary>A form field given at most once (null: not given); given more than once it is refused.</summary>
+    private static string? One(IFormCollection form, string name) => form[name] switch
+    {
+        { Count: 0 } => null,
+        { Count: 1 } v => v[0],
+        _ => throw new InvalidRequestException(name, $"'{name}' is given more than once."),
+    };
 
     /// <summary>OpenAI's metadata: an object of at most 16 string values, keys up to 64 characters, values up to 512.</summary>
     internal static Dictionary<string, string> Metadata(JsonElement m)

@@ -71,11 +71,30 @@ internal sealed partial class BatchJobs(
         }
     }
 
+    /// <summary>Why <see cref="Create"/> refused a batch.</summary>
+    public enum Refusal
+    {
+        None,
+        NoRoomForResults,
+        TooManyLive,
+    }
+
+    /// <summary>How often every key's expired files are swept from disk (each key's own are swept at its uploads too).</summary>
+    internal static readonly TimeSpan SweepInterval = TimeSpan.FromHours(1);
+
     private readonly ConcurrentDictionary<string, Run> _runs = new(StringComparer.Ordinal);
     private readonly SemaphoreSlim _slots = new(options.MaxRunningBatches);
+    private ITimer? _sweeper;
 
     public Task StartAsync(CancellationToken cancellationToken)
     {
+        if (!store.Configured)
+        {
+            return Task.CompletedTask;
+        }
+
+        // Expired files leave the disk hourly (the directory may be made later, at the first upload: the sweep waits for it).
+        _sweeper = time.CreateTimer(static s => ((BatchJobs)s!).Sweep(), this, SweepInterval, SweepInterval);
         if (!store.Exists || !store.TryOpen())
         {
             return Task.CompletedTask;
@@ -87,8 +106,35 @@ internal sealed partial class BatchJobs(
             Launch(stored);
         }
 
+        Sweep(); // after the resumed batches: their inputs stay
         return Task.CompletedTask;
     }
+
+    /// <summary>
+    /// Deletes the expired files of every key (or of <paramref name="owner"/>) but the inputs of batches still running,
+    /// which go once their batch ended. A failure is logged, never thrown: the sweep runs again.
+    /// </summary>
+    public void Sweep(string? owner = null)
+    {
+        try
+        {
+            var swept = store.SweepExpired(InUse, owner);
+            if (swept > 0)
+            {
+                LogSwept(logger, swept);
+            }
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            LogSweepFailed(logger, ex.Message);
+        }
+
+        bool InUse(string dir, string fileId) =>
+            _runs.Values.Any(r => r.Batch.InputFileId == fileId && store.OwnerDirectory(r.Stored.Owner) == dir);
+    }
+
+    /// <summary>How many batches of the owner have not ended (each may still make two result files).</summary>
+    public int LiveCount(string owner) => _runs.Values.Count(r => r.Stored.Owner == owner);
 
     /// <summary>
     /// As the host begins to stop — before the pipeline's drain, which would otherwise give the batches' requests in flight
@@ -112,6 +158,7 @@ internal sealed partial class BatchJobs(
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
+        _sweeper?.Dispose();
         await StoppingAsync(cancellationToken).ConfigureAwait(false);
 
         try
@@ -125,17 +172,26 @@ internal sealed partial class BatchJobs(
     }
 
     /// <summary>
-    /// Keeps a new batch and starts it (it waits for a slot as <c>validating</c>); null when its owner already has
-    /// <paramref name="maxLive"/> batches not ended (each live batch holds a task and a timer in memory). The owner keeps
-    /// its newest <paramref name="maxKept"/> batches: older ended ones are forgotten.
+    /// Keeps a new batch and starts it (it waits for a slot as <c>validating</c>) — unless its owner's files leave no room
+    /// for its two result files among <paramref name="maxKept"/> (two are held for each of its batches not ended), or it
+    /// already has <paramref name="maxLive"/> batches not ended (each live batch holds a task and a timer in memory).
+    /// Checked together, so two creates at once cannot pass either bound. The owner keeps its newest
+    /// <paramref name="maxKept"/> batches: older ended ones are forgotten.
     /// </summary>
-    public BatchJob? Create(StoredBatch stored, int maxLive, int maxKept)
+    public Refusal Create(StoredBatch stored, int maxLive, int maxKept, out BatchJob? created)
     {
+        created = null;
         lock (_runs)
         {
-            if (_runs.Values.Count(r => r.Stored.Owner == stored.Owner) >= maxLive)
+            var live = LiveCount(stored.Owner);
+            if (store.Files(stored.Owner, evenExpired: true).Count + (2 * (live + 1)) > maxKept)
             {
-                return null;
+                return Refusal.NoRoomForResults;
+            }
+
+            if (live >= maxLive)
+            {
+                return Refusal.TooManyLive;
             }
 
             store.SaveBatch(stored);
@@ -150,7 +206,8 @@ internal sealed partial class BatchJobs(
             store.ForgetBatch(stored.Owner, ended[i].Batch.Id);
         }
 
-        return Get(stored.Owner, stored.Batch.Id) ?? stored.Batch; // a copy: its run changes the record meanwhile
+        created = Get(stored.Owner, stored.Batch.Id) ?? stored.Batch; // a copy: its run changes the record meanwhile
+        return Refusal.None;
     }
 
     /// <summary>The batch as it stands (a live one with its counts so far), or null when the owner has none by that id.</summary>
@@ -301,6 +358,10 @@ internal sealed partial class BatchJobs(
 
             _runs.TryRemove(new KeyValuePair<string, Run>(batch.Id, run));
             run.Dispose();
+            if (run.Reason != StopReason.Shutdown)
+            {
+                Sweep(run.Stored.Owner); // its input, should it have expired meanwhile
+            }
         }
     }
 
@@ -316,7 +377,7 @@ internal sealed partial class BatchJobs(
             return false;
         }
 
-        if (store.GetFile(stored.Owner, stored.Batch.InputFileId) is null)
+        if (store.GetFile(stored.Owner, stored.Batch.InputFileId, evenExpired: true) is null)
         {
             Fail(run, "input_file_missing", $"The input file '{stored.Batch.InputFileId}' was deleted.");
             return false;
@@ -405,16 +466,18 @@ internal sealed partial class BatchJobs(
                 info.Delete();
             }
 
-            return store.Files(stored.Owner).Find(f => f.Purpose == "batch_output" && f.Filename == filename)?.Id;
+            return store.Files(stored.Owner, evenExpired: true).Find(f => f.Purpose == "batch_output" && f.Filename == filename)?.Id;
         }
 
+        var created = Now();
         var file = new BatchFile
         {
             Id = BatchStore.NewFileId(),
             Bytes = info.Length,
-            CreatedAt = Now(),
+            CreatedAt = created,
             Filename = filename,
             Purpose = "batch_output",
+            ExpiresAt = BatchStore.Expiry(created, stored.OutputLifetimeSeconds, options.BatchFileLifetime),
         };
         store.AddFile(stored.Owner, file, path);
         return file.Id;
@@ -461,6 +524,12 @@ internal sealed partial class BatchJobs(
 
     [LoggerMessage(EventId = 705, Level = LogLevel.Error, Message = "Batch {BatchId} could not go on")]
     private static partial void LogRunFailed(ILogger logger, Exception exception, string batchId);
+
+    [LoggerMessage(EventId = 706, Level = LogLevel.Information, Message = "{Count} expired Batch API files deleted.")]
+    private static partial void LogSwept(ILogger logger, int count);
+
+    [LoggerMessage(EventId = 707, Level = LogLevel.Warning, Message = "Expired Batch API files could not all be deleted (the next sweep tries again): {Reason}")]
+    private static partial void LogSweepFailed(ILogger logger, string reason);
 
     [LoggerMessage(EventId = 704, Level = LogLevel.Warning, Message = "Batch {BatchId} failed ({Code}): {Message}")]
     private static partial void LogFailed(ILogger logger, string batchId, string code, string message);

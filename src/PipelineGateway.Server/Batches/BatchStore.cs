@@ -24,9 +24,13 @@ internal sealed class BatchFile
 
     public string Status => "processed";
 
+    /// <summary>When the file expires (its <c>expires_after</c>, else <see cref="ServerOptions.BatchFileLifetime"/>); null: kept until deleted.</summary>
     public long? ExpiresAt { get; init; }
 
     public string? StatusDetails => null;
+
+    /// <summary>Whether the file has expired at <paramref name="now"/> (Unix seconds): gone for the API, its bytes left for the sweep.</summary>
+    public bool ExpiredAt(long now) => ExpiresAt is { } at && at <= now;
 }
 
 /// <summary>A batch of OpenAI's Batch API, in its wire shape (<c>object</c> "batch").</summary>
@@ -115,6 +119,9 @@ internal sealed class StoredBatch
     /// <summary>When it was created, in ticks: the order of a key's batches (the wire's <c>created_at</c> is in whole seconds).</summary>
     public long CreatedTicks { get; init; }
 
+    /// <summary>The lifetime of its result files in seconds (its <c>output_expires_after</c>); null: <see cref="ServerOptions.BatchFileLifetime"/>.</summary>
+    public long? OutputLifetimeSeconds { get; init; }
+
     /// <summary>
     /// The status a <c>finalizing</c> batch ends in (completed, cancelled, expired): a restart during its finalizing
     /// finishes it so, without running a line again.
@@ -135,20 +142,23 @@ internal sealed partial class BatchJsonContext : JsonSerializerContext;
 /// key (named by a hash of the key's id, so no id reaches a path), holding each file's bytes (<c>ID.data</c>) and its
 /// record (<c>ID.json</c>), each batch's record and, while it runs, its results so far. Ids are checked against their
 /// exact form before any path is made of them. Records are written whole (a temporary file renamed over the old one), so
-/// a crash leaves the old record or the new one. The directory is locked by the instance that uses it.
+/// a crash leaves the old record or the new one. The directory is locked by the instance that uses it. An expired file
+/// is gone for every lookup at once; its record and bytes go at the next <see cref="SweepExpired"/>.
 /// </summary>
 internal sealed partial class BatchStore : IDisposable
 {
     private readonly string? _root;
     private readonly ILogger _logger;
+    private readonly TimeProvider _time;
     private readonly object _gate = new();
     private FileStream? _lock;
     private bool _lockFailed;
 
-    public BatchStore(ServerOptions options, ILogger<BatchStore> logger)
+    public BatchStore(ServerOptions options, ILogger<BatchStore> logger, TimeProvider? time = null)
     {
         _root = string.IsNullOrWhiteSpace(options.BatchDirectory) ? null : Path.GetFullPath(options.BatchDirectory);
         _logger = logger;
+        _time = time ?? TimeProvider.System;
     }
 
     /// <summary>Whether the Batch API is configured at all (a directory is set).</summary>
@@ -156,6 +166,21 @@ internal sealed partial class BatchStore : IDisposable
 
     /// <summary>Whether the directory already holds something (batches to resume at start).</summary>
     public bool Exists => _root is not null && Directory.Exists(_root);
+
+    /// <summary>Whether this process holds the directory (<see cref="TryOpen"/> succeeded).</summary>
+    public bool Opened
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _lock is not null;
+            }
+        }
+    }
+
+    /// <summary>Now, in the Unix seconds of the records' times.</summary>
+    public long Now => _time.GetUtcNow().ToUnixTimeSeconds();
 
     /// <summary>
     /// Makes the directory and takes its lock, once; false when another process holds it (two instances resuming the same
@@ -199,6 +224,10 @@ internal sealed partial class BatchStore : IDisposable
         }
     }
 
+    /// <summary>When a file made at <paramref name="createdAt"/> expires: <paramref name="seconds"/> after it (the caller's policy), else <paramref name="fallback"/> after it (zero: never).</summary>
+    public static long? Expiry(long createdAt, long? seconds, TimeSpan fallback) =>
+        seconds is { } s ? createdAt + s : fallback > TimeSpan.Zero ? createdAt + (long)fallback.TotalSeconds : null;
+
     public static string NewFileId() => "file-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(12));
 
     public static string NewBatchId() => "batch_" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(12));
@@ -230,26 +259,86 @@ internal sealed partial class BatchStore : IDisposable
     /// <summary>Where a running batch writes its results (<paramref name="part"/>: <c>output</c> or <c>errors</c>) until they become files.</summary>
     public string WorkingPath(string owner, string batchId, string part) => Path.Combine(OwnerDirectory(owner), $"{batchId}.{part}.jsonl");
 
-    public BatchFile? GetFile(string owner, string id) =>
-        IsFileId(id) ? Read(Path.Combine(OwnerDirectory(owner), id + ".json"), BatchJsonContext.Default.BatchFile) : null;
+    /// <summary>The owner's file by that id; null when there is none or it has expired (unless <paramref name="evenExpired"/>: a running batch's own input).</summary>
+    public BatchFile? GetFile(string owner, string id, bool evenExpired = false) =>
+        IsFileId(id) && Read(Path.Combine(OwnerDirectory(owner), id + ".json"), BatchJsonContext.Default.BatchFile) is { } file && (evenExpired || !file.ExpiredAt(Now)) ? file : null;
 
-    public List<BatchFile> Files(string owner) => List(owner, "file-*.json", BatchJsonContext.Default.BatchFile);
+    /// <summary>The owner's files not expired (all that are on disk with <paramref name="evenExpired"/>).</summary>
+    public List<BatchFile> Files(string owner, bool evenExpired = false)
+    {
+        var now = Now;
+        var files = List(owner, "file-*.json", BatchJsonContext.Default.BatchFile);
+        return evenExpired ? files : files.FindAll(f => !f.ExpiredAt(now));
+    }
+
+    /// <summary>
+    /// Deletes the expired files (record, then bytes) of every owner, or of <paramref name="owner"/> only, but those
+    /// <paramref name="inUse"/> says a batch still reads (owner directory, file id): they go at a later sweep. Returns
+    /// how many went.
+    /// </summary>
+    public int SweepExpired(Func<string, string, bool> inUse, string? owner = null)
+    {
+        if (!Opened)
+        {
+            return 0; // another process's directory, or nothing kept yet
+        }
+
+        var now = Now;
+        var swept = 0;
+        var dirs = owner is null ? Directory.EnumerateDirectories(_root!) : [OwnerDirectory(owner)];
+        foreach (var dir in dirs.Where(Directory.Exists))
+        {
+            foreach (var path in Directory.EnumerateFiles(dir, "file-*.json"))
+            {
+                if (Read(path, BatchJsonContext.Default.BatchFile) is { } file && IsFileId(file.Id) && file.ExpiredAt(now) && !inUse(dir, file.Id))
+                {
+                    File.Delete(path); // the record first: a crash between leaves bytes no record names
+                    File.Delete(Path.Combine(dir, file.Id + ".data"));
+                    swept++;
+                }
+            }
+
+            // What a crash left: bytes no record names (a delete cut between its two steps, or an upload kept without its
+            // record — AddFile moves the bytes, then writes the record: an hour leaves room for that), and temporary files
+            // (uploads never finished, records never renamed) a day old. By the file system's clock: these files have no
+            // record to say when they were made.
+            var wall = DateTime.UtcNow;
+            foreach (var path in Directory.EnumerateFiles(dir, "file-*.data"))
+            {
+                if (!File.Exists(Path.ChangeExtension(path, ".json")) && wall - File.GetLastWriteTimeUtc(path) > TimeSpan.FromHours(1))
+                {
+                    File.Delete(path);
+                }
+            }
+
+            foreach (var path in Directory.EnumerateFiles(dir, "*.tmp"))
+            {
+                if (wall - File.GetLastWriteTimeUtc(path) > TimeSpan.FromDays(1))
+                {
+                    File.Delete(path);
+                }
+            }
+        }
+
+        return swept;
+    }
 
     private readonly Dictionary<string, (long Bytes, int Files)> _writing = new(StringComparer.Ordinal);
 
     /// <summary>
     /// Holds room for an upload of <paramref name="bytes"/> while it is written, when the owner's files, the uploads it is
-    /// writing meanwhile and this one fit in <paramref name="limit"/> bytes and <paramref name="maxFiles"/> files: two
-    /// uploads at once cannot pass the bounds together.
+    /// writing meanwhile and this one fit in <paramref name="limit"/> bytes and, with <paramref name="reservedFiles"/>
+    /// (its live batches' results to come), in <paramref name="maxFiles"/> files: two uploads at once cannot pass the
+    /// bounds together. Expired files not swept yet count: they are still on disk.
     /// Given back with <see cref="Release"/>.
     /// </summary>
-    public bool TryHold(string owner, long bytes, long limit, int maxFiles)
+    public bool TryHold(string owner, long bytes, long limit, int maxFiles, int reservedFiles)
     {
         lock (_writing)
         {
             var (writing, count) = _writing.GetValueOrDefault(owner);
-            var files = Files(owner);
-            if (files.Sum(static f => f.Bytes) + writing + bytes > limit || files.Count + count + 1 > maxFiles)
+            var files = Files(owner, evenExpired: true);
+            if (files.Sum(static f => f.Bytes) + writing + bytes > limit || files.Count + count + 1 + reservedFiles > maxFiles)
             {
                 return false;
             }

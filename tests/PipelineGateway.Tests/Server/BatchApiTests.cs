@@ -370,6 +370,14 @@ public sealed class BatchApiTests : IAsyncDisposable
     [InlineData("""{"input_file_id":7,"endpoint":"/v1/chat/completions","completion_window":"24h"}""", "input_file_id")]
     [InlineData("""{"input_file_id":"../../etc/passwd","endpoint":"/v1/chat/completions","completion_window":"24h"}""", "input_file_id")]
     [InlineData("""{"input_file_id":"FILE",""", null)]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","output_expires_after":{"anchor":"created_at","seconds":60}}""", "output_expires_after")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","output_expires_after":{"anchor":"created_at","seconds":2592001}}""", "output_expires_after")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","output_expires_after":{"anchor":"created_at","seconds":3600.5}}""", "output_expires_after")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","output_expires_after":{"anchor":"created_at","seconds":"3600"}}""", "output_expires_after")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","output_expires_after":{"anchor":"last_active_at","seconds":3600}}""", "output_expires_after")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","output_expires_after":{"seconds":3600}}""", "output_expires_after")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","output_expires_after":{}}""", "output_expires_after")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","output_expires_after":"1h"}""", "output_expires_after")]
     public async Task A_bad_batch_request_is_a_4xx_naming_its_field_and_starts_nothing(string body, string? param)
     {
         var provider = new FakeProvider("p");
@@ -395,7 +403,7 @@ public sealed class BatchApiTests : IAsyncDisposable
         var root = await StartAsync(FakeProvider.NeverAnswers("p"));
         using var http = Http(root, KeyA);
         var fileId = (await UploadAsync(http, Line("x"))).GetProperty("id").GetString()!;
-        var template = $$$"""{"input_file_id":"{{{fileId}}}","endpoint":"/v1/chat/completions","completion_window":"24h","metadata":{"team":"a"}}""";
+        var template = $$$"""{"input_file_id":"{{{fileId}}}","endpoint":"/v1/chat/completions","completion_window":"24h","metadata":{"team":"a"},"output_expires_after":{"anchor":"created_at","seconds":3600}}""";
         var statuses = new HashSet<int>();
         foreach (var body in FrontDoorFuzzTests.Cases(Fuzz.Body(template), 300 * Fuzz.Scale, Fuzz.Seed + 21))
         {
@@ -454,7 +462,7 @@ public sealed class BatchApiTests : IAsyncDisposable
     public async Task A_key_keeps_a_bounded_number_of_files_and_of_batches_not_ended()
     {
         var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var root = await StartAsync(FakeProvider.Gated("p", gate), more: new() { ["Gateway:Server:MaxBatchFilesPerKey"] = "8", ["Gateway:Server:MaxLiveBatchesPerKey"] = "2" });
+        var root = await StartAsync(FakeProvider.Gated("p", gate), more: new() { ["Gateway:Server:MaxBatchFilesPerKey"] = "9", ["Gateway:Server:MaxLiveBatchesPerKey"] = "2" });
         using var http = Http(root, KeyA);
         var files = new List<string>();
         for (var i = 0; i < 3; i++)
@@ -474,19 +482,19 @@ public sealed class BatchApiTests : IAsyncDisposable
         await EndedAsync(http, second);
         await Wait.Until(() => Create(files[2]).GetAwaiter().GetResult().StatusCode == HttpStatusCode.OK, "ended batches make room for another");
 
-        // Three uploads and two (then three) results: room for one more upload, then none, and no room for a batch's results.
+        // Three uploads and two (then three) results: room for three more uploads, then none, and no room for a batch's results.
         var listed = 0;
         await Wait.Until(() => (listed = JsonAsync(http.GetAsync("v1/files", Ct).GetAwaiter().GetResult()).GetAwaiter().GetResult().GetProperty("data").GetArrayLength()) == 6, "the third batch's result is a file");
-        for (var i = listed; i < 8; i++)
+        for (var i = listed; i < 9; i++)
         {
             await UploadAsync(http, Line("more"));
         }
 
         using (var form = new MultipartFormDataContent { { new StringContent("batch"), "purpose" }, { new ByteArrayContent("{}"u8.ToArray()), "file", "x.jsonl" } })
         {
-            var ninth = await http.PostAsync("v1/files", form, Ct);
-            ninth.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
-            (await JsonAsync(ninth)).GetProperty("error").GetProperty("code").GetString().Should().Be("storage_limit_reached");
+            var tenth = await http.PostAsync("v1/files", form, Ct);
+            tenth.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
+            (await JsonAsync(tenth)).GetProperty("error").GetProperty("code").GetString().Should().Be("storage_limit_reached");
         }
 
         var noRoom = await Create(files[0]);
@@ -539,11 +547,182 @@ public sealed class BatchApiTests : IAsyncDisposable
             (await http.PostAsync("v1/files", unsized, Ct)).StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge, "past the bound with no length announced");
         }
 
+        void Good(MultipartFormDataContent f)
+        {
+            f.Add(new StringContent("batch"), "purpose");
+            f.Add(new ByteArrayContent("{}"u8.ToArray()), "file", "a.jsonl");
+        }
+
+        (await Post(f => { Good(f); f.Add(new StringContent("created_at"), "expires_after[anchor]"); f.Add(new StringContent("60"), "expires_after[seconds]"); })).Should().Be((HttpStatusCode.BadRequest, "expires_after"));
+        (await Post(f => { Good(f); f.Add(new StringContent("created_at"), "expires_after[anchor]"); f.Add(new StringContent("1e4"), "expires_after[seconds]"); })).Should().Be((HttpStatusCode.BadRequest, "expires_after"));
+        (await Post(f => { Good(f); f.Add(new StringContent("updated_at"), "expires_after[anchor]"); f.Add(new StringContent("3600"), "expires_after[seconds]"); })).Should().Be((HttpStatusCode.BadRequest, "expires_after"));
+        (await Post(f => { Good(f); f.Add(new StringContent("3600"), "expires_after[seconds]"); })).Should().Be((HttpStatusCode.BadRequest, "expires_after"));
+        (await Post(f => { Good(f); f.Add(new StringContent("""{"anchor":"created_at","seconds":3600}"""), "expires_after"); })).Should().Be((HttpStatusCode.BadRequest, "expires_after"));
+        (await Post(f => { Good(f); f.Add(new StringContent("created_at"), "expires_after[anchor]"); f.Add(new StringContent("created_at"), "expires_after[anchor]"); f.Add(new StringContent("3600"), "expires_after[seconds]"); })).Should().Be((HttpStatusCode.BadRequest, "expires_after[anchor]"));
         var json = await http.PostAsync("v1/files", Json("{}"), Ct);
         json.StatusCode.Should().Be(HttpStatusCode.UnsupportedMediaType);
         (await http.GetAsync("v1/files/file-../../x", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
         (await JsonAsync(await http.GetAsync("v1/files", Ct))).GetProperty("data").GetArrayLength().Should().Be(0);
         Directory.EnumerateFiles(Path.Combine(_dir.Dir, "batches"), "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".lock", StringComparison.Ordinal)).Should().BeEmpty("no upload left anything behind");
+    }
+
+    /// <summary>
+    /// Files expire as their policy says — an upload's <c>expires_after</c> (the form fields the SDKs send), a batch's
+    /// <c>output_expires_after</c> for its results, else <c>Server:BatchFileLifetime</c> (30 days, OpenAI's default for
+    /// batch files): from that second on the API has no such file (404, not listed, no batch made from it), and its bytes
+    /// leave the disk at the hourly sweep or, for the key's own files, at its next upload. The input of a batch still
+    /// running stays on disk until the batch ended, and the batch answers every line.
+    /// </summary>
+    [Fact]
+    public async Task Files_expire_as_their_policy_says_and_then_leave_the_disk()
+    {
+        var clock = TestGateway.Clock();
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var provider = FakeProvider.Gated("p", gate);
+        var root = await StartAsync(provider, clock: clock);
+        using var a = Http(root, KeyA);
+        using var b = Http(root, KeyB);
+        async Task<JsonElement> Upload(HttpClient http, string content, long? seconds)
+        {
+            using var form = new MultipartFormDataContent
+            {
+                { new StringContent("batch"), "purpose" },
+                { new ByteArrayContent(Encoding.UTF8.GetBytes(content)), "file", "input.jsonl" },
+            };
+            if (seconds is { } s)
+            {
+                form.Add(new StringContent("created_at"), "expires_after[anchor]");
+                form.Add(new StringContent(s.ToString(System.Globalization.CultureInfo.InvariantCulture)), "expires_after[seconds]");
+            }
+
+            var response = await http.PostAsync("v1/files", form, Ct);
+            response.StatusCode.Should().Be(HttpStatusCode.OK);
+            return await JsonAsync(response);
+        }
+
+        bool OnDisk(string id) => Directory.EnumerateFiles(Path.Combine(_dir.Dir, "batches"), id + ".*", SearchOption.AllDirectories).Any();
+        async Task<HttpStatusCode> Status(HttpClient http, string path) => (await http.GetAsync(path, Ct)).StatusCode;
+
+        clock.Advance(TimeSpan.FromMinutes(30)); // the hourly sweep is due 60 min from the start
+        var input = await Upload(a, string.Join('\n', Enumerable.Range(0, 6).Select(i => Line($"t{i}"))), 3600);
+        var short1 = await Upload(a, Line("x"), 3600);
+        var other = await Upload(b, Line("y"), 3600);
+        var kept = await Upload(a, Line("z"), null);
+        input.GetProperty("expires_at").GetInt64().Should().Be(input.GetProperty("created_at").GetInt64() + 3600);
+        kept.GetProperty("expires_at").GetInt64().Should().Be(kept.GetProperty("created_at").GetInt64() + (30 * 24 * 3600), "OpenAI's default for batch files");
+        var inputId = input.GetProperty("id").GetString()!;
+        var short1Id = short1.GetProperty("id").GetString()!;
+        var otherId = other.GetProperty("id").GetString()!;
+        var created = await JsonAsync(await a.PostAsync("v1/batches", Json($$$"""{"input_file_id":"{{{inputId}}}","endpoint":"/v1/chat/completions","completion_window":"24h","output_expires_after":{"anchor":"created_at","seconds":7200}}"""), Ct));
+        var batchId = created.GetProperty("id").GetString()!;
+        await Wait.Until(() => provider.Calls == 4, "the batch's first four requests are in flight");
+
+        // 60 min from the start the sweep finds nothing expired; at 90 min three files expire — gone for the API at once.
+        // (Two steps: a timer due within one Advance runs at its end, where the clock already stands.)
+        clock.Advance(TimeSpan.FromMinutes(30));
+        clock.Advance(TimeSpan.FromMinutes(30));
+        foreach (var (http, id) in new[] { (a, inputId), (a, short1Id), (b, otherId) })
+        {
+            (await Status(http, $"v1/files/{id}")).Should().Be(HttpStatusCode.NotFound);
+            (await Status(http, $"v1/files/{id}/content")).Should().Be(HttpStatusCode.NotFound);
+            OnDisk(id).Should().BeTrue("no sweep has run since it expired");
+        }
+
+        (await JsonAsync(await a.GetAsync("v1/files", Ct))).GetProperty("data").EnumerateArray().Select(f => f.GetProperty("id").GetString()).Should().Equal(kept.GetProperty("id").GetString());
+        var again = await a.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{short1Id}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct);
+        again.StatusCode.Should().Be(HttpStatusCode.NotFound);
+        (await JsonAsync(again)).GetProperty("error").GetProperty("param").GetString().Should().Be("input_file_id");
+
+        // Key A's next upload sweeps A's expired files but the input its running batch still reads; B's wait for the hour.
+        await Upload(a, Line("w"), null);
+        OnDisk(short1Id).Should().BeFalse("swept at its key's upload");
+        OnDisk(inputId).Should().BeTrue("a running batch reads it");
+        OnDisk(otherId).Should().BeTrue("another key's files wait for the hourly sweep");
+        clock.Advance(TimeSpan.FromMinutes(30)); // the sweep at 120 min
+        await Wait.Until(() => !OnDisk(otherId), "the hourly sweep deletes another key's expired file");
+        OnDisk(inputId).Should().BeTrue("the batch still runs");
+
+        // The batch ends with every line answered; its input leaves the disk then, its results carry their own policy.
+        gate.SetResult();
+        var batch = await EndedAsync(a, batchId);
+        batch.GetProperty("status").GetString().Should().Be("completed");
+        batch.GetProperty("request_counts").GetProperty("completed").GetInt64().Should().Be(6);
+        await Wait.Until(() => !OnDisk(inputId), "a finished batch's expired input is swept");
+        var outputId = batch.GetProperty("output_file_id").GetString()!;
+        var output = await JsonAsync(await a.GetAsync($"v1/files/{outputId}", Ct));
+        output.GetProperty("expires_at").GetInt64().Should().Be(output.GetProperty("created_at").GetInt64() + 7200);
+        (await LinesAsync(a, outputId)).Should().HaveCount(6);
+        clock.Advance(TimeSpan.FromSeconds(7200));
+        (await Status(a, $"v1/files/{outputId}")).Should().Be(HttpStatusCode.NotFound);
+    }
+
+    /// <summary>
+    /// The sweep also deletes what a crash left in a key's directory — bytes no record names (after an hour: a kept
+    /// upload's record follows its bytes) and temporary files (after a day) — and leaves younger ones and kept files be.
+    /// </summary>
+    [Fact]
+    public void The_sweep_deletes_what_a_crash_left_once_it_is_old()
+    {
+        using var store = new BatchStore(new ServerOptions { BatchDirectory = Path.Combine(_dir.Dir, "batches") }, Microsoft.Extensions.Logging.Abstractions.NullLogger<BatchStore>.Instance);
+        var dir = store.OwnerDirectory("a");
+        Directory.CreateDirectory(dir);
+        string Make(string name, TimeSpan age)
+        {
+            var path = Path.Combine(dir, name);
+            File.WriteAllText(path, "x");
+            File.SetLastWriteTimeUtc(path, DateTime.UtcNow - age);
+            return path;
+        }
+
+        var elsewhere = Make(BatchStore.NewFileId() + ".data", TimeSpan.FromDays(2));
+        store.SweepExpired((_, _) => false).Should().Be(0);
+        File.Exists(elsewhere).Should().BeTrue("a directory this process does not hold is left alone");
+        store.TryOpen().Should().BeTrue();
+
+        var kept = BatchStore.NewFileId();
+        var upload = Make("upload-kept.tmp", TimeSpan.Zero);
+        store.AddFile("a", new BatchFile { Id = kept, Filename = "in.jsonl", Purpose = "batch", CreatedAt = store.Now }, upload);
+        File.SetLastWriteTimeUtc(store.DataPath("a", kept), DateTime.UtcNow - TimeSpan.FromDays(3));
+        var orphanOld = Make(BatchStore.NewFileId() + ".data", TimeSpan.FromHours(2));
+        var orphanYoung = Make(BatchStore.NewFileId() + ".data", TimeSpan.FromMinutes(10));
+        var uploadOld = Make("upload-0123456789abcdef.tmp", TimeSpan.FromDays(2));
+        var recordOld = Make(BatchStore.NewBatchId() + ".json.0a1b2c3d.tmp", TimeSpan.FromDays(2));
+        var uploadYoung = Make("upload-fedcba9876543210.tmp", TimeSpan.FromHours(3));
+
+        store.SweepExpired((_, _) => false).Should().Be(0, "no file had expired");
+        (File.Exists(orphanOld), File.Exists(uploadOld), File.Exists(recordOld), File.Exists(elsewhere)).Should().Be((false, false, false, false));
+        (File.Exists(orphanYoung), File.Exists(uploadYoung), File.Exists(store.DataPath("a", kept))).Should().Be((true, true, true));
+        store.GetFile("a", kept).Should().NotBeNull();
+    }
+
+    /// <summary>
+    /// Each batch not ended holds room for its two result files among the key's <c>Server:MaxBatchFilesPerKey</c>: a batch
+    /// or an upload that would leave its live batches' results without room is a 413, so the bound holds when they end.
+    /// </summary>
+    [Fact]
+    public async Task Live_batches_hold_room_for_their_results_among_the_keys_files()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var root = await StartAsync(FakeProvider.Gated("p", gate), more: new() { ["Gateway:Server:MaxBatchFilesPerKey"] = "6" });
+        using var http = Http(root, KeyA);
+        var one = (await UploadAsync(http, Line("t1") + "\nnot json")).GetProperty("id").GetString()!; // an output and an error file each
+        var two = (await UploadAsync(http, Line("t2") + "\nnot json")).GetProperty("id").GetString()!;
+        async Task<HttpResponseMessage> Create(string fileId) =>
+            await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct);
+        var first = (await JsonAsync(await Create(one))).GetProperty("id").GetString()!;
+        var second = (await JsonAsync(await Create(two))).GetProperty("id").GetString()!; // 2 files + 2 × 2 held = 6
+        var third = await Create(one);
+        third.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
+        (await JsonAsync(third)).GetProperty("error").GetProperty("code").GetString().Should().Be("storage_limit_reached");
+        using (var form = new MultipartFormDataContent { { new StringContent("batch"), "purpose" }, { new ByteArrayContent("{}"u8.ToArray()), "file", "x.jsonl" } })
+        {
+            (await http.PostAsync("v1/files", form, Ct)).StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge, "the live batches' results hold the room left");
+        }
+
+        gate.SetResult();
+        (await EndedAsync(http, first)).GetProperty("error_file_id").GetString().Should().NotBeNull();
+        (await EndedAsync(http, second)).GetProperty("error_file_id").GetString().Should().NotBeNull();
+        (await JsonAsync(await http.GetAsync("v1/files", Ct))).GetProperty("data").GetArrayLength().Should().Be(6, "the bound held when the results came");
     }
 
     private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
