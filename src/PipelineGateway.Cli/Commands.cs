@@ -93,6 +93,7 @@ internal static class Commands
                 ErrorsPath = p.GetValue(errors),
                 Concurrency = p.GetValue(concurrency),
                 RetryFailed = p.GetValue(retryFailed),
+                Extra = PipelineGateway.Server.Responses.ResponsesBatch.Endpoint(TimeProvider.System), // /v1/responses lines too
             };
             var shared = p.GetValue(redis) is { } connection
                 ? new RedisBatchOptions { Configuration = connection, BatchId = p.GetValue(batchId), ClaimAfter = TimeSpan.FromSeconds(p.GetValue(claimAfter)) }

@@ -77,7 +77,7 @@ public static class RedisBatchRunner
         await EnsureGroupAsync(db, keys).ConfigureAwait(false);
 
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(stop);
-        var loader = LoadAsync(db, keys, options.InputPath, me, progress, cts.Token);
+        var loader = LoadAsync(db, keys, options, me, progress, cts.Token);
 
         // Lines flow to a fixed set of workers through a small bounded queue: a slow line holds one worker, not a
         // whole round of them. Lines fetched but not started when a stop comes stay pending for a rerun.
@@ -179,7 +179,7 @@ public static class RedisBatchRunner
     {
         var number = (long)entry["n"];
         var mark = (int)entry["x"];
-        var line = BatchLine.Parse(mark >= 2 ? new JsonlLine(null, mark - 2) : new JsonlLine((string)entry["d"]!), number);
+        var line = BatchLine.Parse(mark >= 2 ? new JsonlLine(null, mark - 2) : new JsonlLine((string)entry["d"]!), number, options.Endpoint, options.Extra);
         if (!line.IsBad && mark == 1)
         {
             line = line with { Request = null, ErrorCode = "duplicate_custom_id", ErrorMessage = $"line {number}: custom_id '{line.CustomId}' appears on an earlier line; each custom_id must be unique." };
@@ -217,7 +217,7 @@ public static class RedisBatchRunner
     }
 
     /// <summary>Loads the input once, in order, while this process holds the loader lease.</summary>
-    private static async Task LoadAsync(IDatabase db, Keys keys, string input, string me, BatchProgress progress, CancellationToken stop)
+    private static async Task LoadAsync(IDatabase db, Keys keys, BatchOptions options, string me, BatchProgress progress, CancellationToken stop)
     {
         var lease = TimeSpan.FromSeconds(10);
         while (!stop.IsCancellationRequested && !await db.KeyExistsAsync(keys.Total).ConfigureAwait(false))
@@ -233,7 +233,7 @@ public static class RedisBatchRunner
             var seen = new HashSet<UInt128>();
             var chunk = new List<RedisValue>();
             long number = 0, lines = 0;
-            await using var file = File.OpenRead(input);
+            await using var file = File.OpenRead(options.InputPath);
             using var reader = new JsonlReader(file);
             while (await reader.ReadLineAsync(stop).ConfigureAwait(false) is { } text)
             {
@@ -244,7 +244,7 @@ public static class RedisBatchRunner
                 }
 
                 lines++;
-                var parsed = BatchLine.Parse(text, number);
+                var parsed = BatchLine.Parse(text, number, options.Endpoint, options.Extra);
                 var duplicate = !parsed.IsBad && !seen.Add(BatchLine.Fingerprint(parsed.CustomId!));
                 if (number <= position)
                 {

@@ -14,7 +14,7 @@ namespace PipelineGateway.Server.Batches;
 internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions options, TimeProvider time, ILogger<BatchApi> logger)
 {
     /// <summary>The endpoints a batch may call (each line's <c>url</c> must be the batch's).</summary>
-    private static readonly string[] Endpoints = [BatchLine.ChatCompletionsUrl, BatchLine.CompletionsUrl, BatchLine.EmbeddingsUrl, BatchLine.ModerationsUrl];
+    private static readonly string[] Endpoints = [BatchLine.ChatCompletionsUrl, Responses.ResponsesBatch.Url, BatchLine.CompletionsUrl, BatchLine.EmbeddingsUrl, BatchLine.ModerationsUrl];
 
     /// <summary>Form overhead allowed around an upload of <see cref="ServerOptions.MaxBatchFileBytes"/> (boundaries, headers, the purpose).</summary>
     internal const long FormSlack = 64 * 1024;
@@ -220,7 +220,7 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
 
     /// <summary>
     /// <c>POST /v1/batches</c>: <c>input_file_id</c> (an uploaded <c>batch</c> file of this key), <c>endpoint</c>
-    /// (<c>/v1/chat/completions</c>, <c>/v1/completions</c>, <c>/v1/embeddings</c>, <c>/v1/moderations</c>), <c>completion_window</c> (<c>24h</c>)
+    /// (<c>/v1/chat/completions</c>, <c>/v1/responses</c>, <c>/v1/completions</c>, <c>/v1/embeddings</c>, <c>/v1/moderations</c>), <c>completion_window</c> (<c>24h</c>)
     /// and optional <c>metadata</c> (at most 16 string pairs, keys ≤ 64 characters, values ≤ 512) and
     /// <c>output_expires_after</c> (<c>{"anchor": "created_at", "seconds": 3600–2592000}</c>: its result files' lifetime).
     /// </summary>

@@ -5,8 +5,11 @@ using System.Text.Json;
 
 namespace PipelineGateway.Batch;
 
-/// <summary>One input line: a request to run, or the reason it cannot run.</summary>
-internal readonly record struct BatchLine(long Number, string? CustomId, ChatCompletionRequest? Request, string? ErrorCode, string? ErrorMessage)
+/// <summary>
+/// One input line: a request to run, or the reason it cannot run; <paramref name="Answer"/> writes its answer's body when
+/// the line's endpoint is not one the library writes itself (a <see cref="BatchEndpoint"/>'s).
+/// </summary>
+internal readonly record struct BatchLine(long Number, string? CustomId, ChatCompletionRequest? Request, string? ErrorCode, string? ErrorMessage, Func<ChatCompletionResponse, byte[]>? Answer = null)
 {
     public const string ChatCompletionsUrl = "/v1/chat/completions";
 
@@ -19,15 +22,16 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
     public bool IsBad => ErrorCode is not null;
 
     /// <summary>Parses one line of the OpenAI Batch API input format (a line that is not UTF-8 is not JSON either).</summary>
-    public static BatchLine Parse(JsonlLine line, long number, string? endpoint = null) => line.Text is { } text
-        ? Parse(text, number, endpoint)
+    public static BatchLine Parse(JsonlLine line, long number, string? endpoint = null, BatchEndpoint? extra = null) => line.Text is { } text
+        ? Parse(text, number, endpoint, extra)
         : Bad(number, null, "invalid_json", $"line {number} is not valid UTF-8 (at byte {line.InvalidUtf8At}): JSON text is UTF-8 (save the file as UTF-8).");
 
     /// <summary>
     /// Parses one line of the OpenAI Batch API input format; with <paramref name="endpoint"/> (a batch created over HTTP
-    /// names one), a line for another endpoint is an <c>unsupported_url</c> line, as OpenAI's Batch API has it.
+    /// names one), a line for another endpoint is an <c>unsupported_url</c> line, as OpenAI's Batch API has it; with
+    /// <paramref name="extra"/>, lines for its URL are read by it.
     /// </summary>
-    public static BatchLine Parse(string text, long number, string? endpoint = null)
+    public static BatchLine Parse(string text, long number, string? endpoint = null, BatchEndpoint? extra = null)
     {
         JsonDocument doc;
         try
@@ -59,9 +63,11 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
             var embeddings = url == EmbeddingsUrl;
             var completions = url == CompletionsUrl;
             var moderations = url == ModerationsUrl;
-            if (!embeddings && !completions && !moderations && url != ChatCompletionsUrl)
+            var other = extra is not null && url == extra.Url;
+            if (!embeddings && !completions && !moderations && !other && url != ChatCompletionsUrl)
             {
-                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\", \"{CompletionsUrl}\", \"{EmbeddingsUrl}\" or \"{ModerationsUrl}\" (the endpoints a batch can call).");
+                var also = extra is null ? string.Empty : $"\"{extra.Url}\", ";
+                return Bad(number, customId, "unsupported_url", $"line {number}: 'url' must be \"{ChatCompletionsUrl}\", \"{CompletionsUrl}\", {also}\"{EmbeddingsUrl}\" or \"{ModerationsUrl}\" (the endpoints a batch can call).");
             }
 
             if (endpoint is not null && url != Canonical(endpoint))
@@ -74,20 +80,22 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
                 return Bad(number, customId, "unsupported_method", $"line {number}: 'method' must be \"POST\".");
             }
 
-            var kind = embeddings ? "an embeddings" : completions ? "a completions" : moderations ? "a moderations" : "a chat completion";
+            var kind = embeddings ? "an embeddings" : completions ? "a completions" : moderations ? "a moderations" : other ? extra!.Kind : "a chat completion";
             if (!root.TryGetProperty("body", out var body) || body.ValueKind != JsonValueKind.Object)
             {
                 return Bad(number, customId, "invalid_body", $"line {number}: 'body' must be {kind} request object.");
             }
 
-            if (embeddings || completions || moderations)
+            if (embeddings || completions || moderations || other)
             {
                 // Read by the routes' own checks: a bad body is a bad line naming the member, as the route's 400 would.
                 ChatCompletionRequest checkedRequest;
+                Func<ChatCompletionResponse, byte[]>? answer = null;
                 try
                 {
                     var own = body.Clone();
-                    checkedRequest = embeddings ? Providers.Embeddings.ToRequest(own) : moderations ? Providers.Moderations.ToRequest(own) : Providers.TextCompletions.ToRequest(own);
+                    checkedRequest = embeddings ? Providers.Embeddings.ToRequest(own) : moderations ? Providers.Moderations.ToRequest(own)
+                        : completions ? Providers.TextCompletions.ToRequest(own) : extra!.Read(own, out answer);
                 }
                 catch (InvalidRequestException ex)
                 {
@@ -100,7 +108,7 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
 
                 return checkedRequest.Stream == true
                     ? Bad(number, customId, "invalid_body", $"line {number}: 'body.stream' must not be true in a batch (results are written whole).")
-                    : new BatchLine(number, customId, checkedRequest, null, null);
+                    : new BatchLine(number, customId, checkedRequest, null, null, answer);
             }
 
             ChatCompletionRequest? request;
@@ -136,6 +144,7 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
         "/chat/completions" => ChatCompletionsUrl,
         "/completions" => CompletionsUrl,
         "/embeddings" => EmbeddingsUrl,
+        "/responses" => "/v1/responses",
         _ => url,
     };
 
@@ -173,3 +182,25 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
         }
     }
 }
+
+/// <summary>
+/// An endpoint a batch may call that the library does not read itself — the server's <c>/v1/responses</c>: its lines'
+/// bodies read into the canonical request, each answer written back in its own shape.
+/// </summary>
+internal sealed class BatchEndpoint
+{
+    /// <summary>The line URL it serves (<c>/v1/responses</c>).</summary>
+    public required string Url { get; init; }
+
+    /// <summary>What its request is called in a bad line's message ("a responses").</summary>
+    public required string Kind { get; init; }
+
+    /// <summary>
+    /// Reads one line's body into a request and the writer of its answer's body; throws
+    /// <see cref="InvalidRequestException"/> (or <see cref="InvalidOperationException"/>) for a body it refuses.
+    /// </summary>
+    public required BatchBodyReader Read { get; init; }
+}
+
+/// <summary>Reads a batch line's body into a request, and gives the writer of its answer's body.</summary>
+internal delegate ChatCompletionRequest BatchBodyReader(JsonElement body, out Func<ChatCompletionResponse, byte[]> answer);

@@ -29,6 +29,9 @@ public sealed class BatchOptions
     /// </summary>
     internal Func<BatchLine, BatchLine>? Screen { get; init; }
 
+    /// <summary>An endpoint lines may call besides the library's own (the server's <c>/v1/responses</c>); null: none.</summary>
+    internal BatchEndpoint? Extra { get; init; }
+
     /// <summary>The clock for waits after a rate-limit refusal (tests pass a fake one).</summary>
     public TimeProvider Time { get; init; } = TimeProvider.System;
 

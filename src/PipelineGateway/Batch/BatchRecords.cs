@@ -25,7 +25,11 @@ internal sealed class BatchRecords
         _json.WriteNumber("status_code", 200);
         _json.WriteString("request_id", response.Gateway?.RequestId);
         _json.WritePropertyName("body");
-        if (line.Request?.Operation is not null)
+        if (line.Answer is { } answer)
+        {
+            _json.WriteRawValue(answer(response), skipInputValidation: true);
+        }
+        else if (line.Request?.Operation is not null)
         {
             Providers.Operations.WriteAnswer(_json, response);
         }

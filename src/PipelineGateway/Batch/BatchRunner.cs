@@ -162,7 +162,7 @@ public static class BatchRunner
                     continue;
                 }
 
-                var line = BatchLine.Parse(text, number, options.Endpoint);
+                var line = BatchLine.Parse(text, number, options.Endpoint, options.Extra);
                 if (!line.IsBad && !seen.Add(BatchLine.Fingerprint(line.CustomId!)))
                 {
                     line = line with { Request = null, ErrorCode = "duplicate_custom_id", ErrorMessage = $"line {number}: custom_id '{line.CustomId}' appears on an earlier line; each custom_id must be unique." };

@@ -68,6 +68,29 @@ public sealed class BatchProcessTests
     }
 
     [Fact]
+    public async Task Pgw_batch_answers_responses_lines_with_response_objects()
+    {
+        using var files = new BatchFiles();
+        File.WriteAllLines(files.Input,
+        [
+            """{"custom_id":"r1","method":"POST","url":"/v1/responses","body":{"model":"gpt-4o-mini","input":"Say hello.","instructions":"Be brief."}}""",
+            """{"custom_id":"c1","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}}""",
+            """{"custom_id":"r2","method":"POST","url":"/v1/responses","body":{"model":"gpt-4o-mini","input":"and then?","previous_response_id":"resp_1"}}""",
+        ]);
+        using var pgw = PgwProcess.Start(files.Dir, "batch", files.Input, "-o", files.Output);
+        (await pgw.ExitCodeAsync()).Should().Be(0, pgw.Stderr);
+
+        var output = File.ReadAllLines(files.Output).Select(l => JsonDocument.Parse(l).RootElement).ToDictionary(l => l.GetProperty("custom_id").GetString()!);
+        output.Keys.Should().BeEquivalentTo(["r1", "c1"]);
+        var response = output["r1"].GetProperty("response").GetProperty("body");
+        (response.GetProperty("object").GetString(), response.GetProperty("status").GetString()).Should().Be(("response", "completed"));
+        response.GetProperty("output")[0].GetProperty("content")[0].GetProperty("text").GetString().Should().NotBeNullOrEmpty();
+        output["c1"].GetProperty("response").GetProperty("body").GetProperty("object").GetString().Should().Be("chat.completion");
+        var error = JsonDocument.Parse(File.ReadAllLines(files.Errors).Single()).RootElement;
+        (error.GetProperty("custom_id").GetString(), error.GetProperty("error").GetProperty("code").GetString()).Should().Be(("r2", "invalid_body"));
+    }
+
+    [Fact]
     public async Task The_demo_shows_fallbacks_cache_hits_and_rate_limiting_in_its_metrics()
     {
         using var files = new BatchFiles();

@@ -55,6 +55,8 @@ public sealed class RedisBatchTests
             BatchFiles.RequestLine("a"),
             BatchFiles.RequestLine("b"),
             BatchFiles.RequestLine("c", model: "nope"),
+            """{"custom_id":"r","method":"POST","url":"/v1/responses","body":{"model":"m","input":"x"}}""",
+            """{"custom_id":"r","method":"POST","url":"/v1/responses","body":{"model":"m","input":"again"}}""",
         ]);
         File.AppendAllText(files.Input, """{"custom_id":"café-latin1","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"x"}]}}""" + "\n", System.Text.Encoding.Latin1); // not UTF-8
         var shared = new RedisBatchOptions { Configuration = redis, BatchId = "t" + Guid.NewGuid().ToString("N")[..12] };
@@ -62,22 +64,26 @@ public sealed class RedisBatchTests
         await using var two = await TestGateway.With(new FakeProvider("p")).StartAsync(Ct);
         var secondOutput = Path.Combine(files.Dir, "second.jsonl");
 
+        // /v1/responses lines too, as pgw batch --redis runs them (its lines read and answered by the server's Responses code).
+        var extra = PipelineGateway.Server.Responses.ResponsesBatch.Endpoint(TimeProvider.System);
         var runs = await Task.WhenAll(
-            RedisBatchRunner.RunAsync(one, new BatchOptions { InputPath = files.Input, OutputPath = files.Output }, shared, stop: Ct),
-            RedisBatchRunner.RunAsync(two, new BatchOptions { InputPath = files.Input, OutputPath = secondOutput }, shared, stop: Ct));
+            RedisBatchRunner.RunAsync(one, new BatchOptions { InputPath = files.Input, OutputPath = files.Output, Extra = extra }, shared, stop: Ct),
+            RedisBatchRunner.RunAsync(two, new BatchOptions { InputPath = files.Input, OutputPath = secondOutput, Extra = extra }, shared, stop: Ct));
 
         runs.Should().AllSatisfy(r => r.Stopped.Should().BeFalse());
-        runs.Sum(r => r.Succeeded).Should().Be(2);
+        runs.Sum(r => r.Succeeded).Should().Be(3);
         runs.Sum(r => r.Failed).Should().Be(1);
-        runs.Sum(r => r.BadLines).Should().Be(3);
+        runs.Sum(r => r.BadLines).Should().Be(4);
         foreach (var output in new[] { files.Output, secondOutput })
         {
-            BatchFiles.ReadRecords(output).Select(r => r.GetProperty("custom_id").GetString()).Should().BeEquivalentTo("a", "b");
+            var records = BatchFiles.ReadRecords(output);
+            records.Select(r => r.GetProperty("custom_id").GetString()).Should().BeEquivalentTo("a", "b", "r");
+            records.Single(r => r.GetProperty("custom_id").GetString() == "r").GetProperty("response").GetProperty("body").GetProperty("object").GetString().Should().Be("response");
             var errors = BatchFiles.ReadRecords(BatchOptions.DefaultErrorsPath(output));
-            errors.Select(e => e.GetProperty("error").GetProperty("code").GetString()).Should().BeEquivalentTo("invalid_json", "duplicate_custom_id", "model_not_found", "invalid_json");
-            errors.Single(e => e.GetProperty("error").GetProperty("line").GetInt64() == 6).GetProperty("error").GetProperty("message").GetString()
-                .Should().StartWith("line 6 is not valid UTF-8 (at byte 17)", "the line is reported, not run with its custom_id changed");
-            errors.Single(e => e.GetProperty("error").GetProperty("code").GetString() == "duplicate_custom_id").GetProperty("error").GetProperty("line").GetInt64().Should().Be(3);
+            errors.Select(e => e.GetProperty("error").GetProperty("code").GetString()).Should().BeEquivalentTo("invalid_json", "duplicate_custom_id", "model_not_found", "duplicate_custom_id", "invalid_json");
+            errors.Single(e => e.GetProperty("error").GetProperty("line").GetInt64() == 8).GetProperty("error").GetProperty("message").GetString()
+                .Should().StartWith("line 8 is not valid UTF-8 (at byte 17)", "the line is reported, not run with its custom_id changed");
+            errors.Where(e => e.GetProperty("error").GetProperty("code").GetString() == "duplicate_custom_id").Select(e => e.GetProperty("error").GetProperty("line").GetInt64()).Should().BeEquivalentTo([3L, 7L]);
         }
     }
 

@@ -364,7 +364,7 @@ public sealed class BatchApiTests : IAsyncDisposable
 
     [Theory]
     [InlineData("""{"endpoint":"/v1/chat/completions","completion_window":"24h"}""", "input_file_id")]
-    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/responses","completion_window":"24h"}""", "endpoint")]
+    [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/images/generations","completion_window":"24h"}""", "endpoint")]
     [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"48h"}""", "completion_window")]
     [InlineData("""{"input_file_id":"FILE","endpoint":"/v1/chat/completions","completion_window":"24h","metadata":{"a":1}}""", "metadata")]
     [InlineData("""{"input_file_id":7,"endpoint":"/v1/chat/completions","completion_window":"24h"}""", "input_file_id")]
@@ -693,6 +693,59 @@ public sealed class BatchApiTests : IAsyncDisposable
         (File.Exists(orphanOld), File.Exists(uploadOld), File.Exists(recordOld), File.Exists(elsewhere)).Should().Be((false, false, false, false));
         (File.Exists(orphanYoung), File.Exists(uploadYoung), File.Exists(store.DataPath("a", kept))).Should().Be((true, true, true));
         store.GetFile("a", kept).Should().NotBeNull();
+    }
+
+    /// <summary>
+    /// A <c>/v1/responses</c> batch (OpenAI's Batch API takes them): each line's body read as <c>POST /v1/responses</c>
+    /// reads it, each result's body a response object the OpenAI SDK reads — not stored, so <c>store</c> is false — and
+    /// the lines the route would refuse (a reference to a stored response, a stream, an unknown parameter, another
+    /// endpoint's url) are bad lines naming why.
+    /// </summary>
+    [Fact]
+    public async Task A_responses_batch_answers_each_line_as_the_responses_route_would()
+    {
+        var provider = new FakeProvider("p");
+        var root = await StartAsync(provider);
+        using var http = Http(root, KeyA);
+        static string Responses(string id, string body, string url = "/v1/responses") =>
+            $$$"""{"custom_id":"{{{id}}}","method":"POST","url":"{{{url}}}","body":{{{body}}}}""";
+        var lines = string.Join('\n',
+            Responses("text", """{"model":"m","input":"Tell me about gateways.","instructions":"Be brief.","max_output_tokens":32}"""),
+            Responses("items", """{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"hello"}]}],"store":true}"""),
+            Responses("previous", """{"model":"m","input":"and then?","previous_response_id":"resp_0123"}"""),
+            Responses("reference", """{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}"""),
+            Responses("stream", """{"model":"m","input":"hi","stream":true}"""),
+            Responses("unknown", """{"model":"m","input":"hi","frobnicate":1}"""),
+            Responses("doubled", """{"model":"m","input":"hi","input":"again"}"""),
+            Responses("chat", """{"model":"m","messages":[{"role":"user","content":"hi"}]}""", "/v1/chat/completions"));
+        var fileId = (await UploadAsync(http, lines)).GetProperty("id").GetString()!;
+        var created = await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/responses","completion_window":"24h"}"""), Ct);
+        created.StatusCode.Should().Be(HttpStatusCode.OK);
+        var batch = await EndedAsync(http, (await JsonAsync(created)).GetProperty("id").GetString()!);
+        batch.GetProperty("status").GetString().Should().Be("completed");
+        batch.GetProperty("endpoint").GetString().Should().Be("/v1/responses");
+        provider.Calls.Should().Be(2);
+
+        var output = (await LinesAsync(http, batch.GetProperty("output_file_id").GetString()!)).Select(l => JsonDocument.Parse(l).RootElement).ToDictionary(l => l.GetProperty("custom_id").GetString()!);
+        output.Keys.Should().BeEquivalentTo(["text", "items"]);
+        foreach (var line in output.Values)
+        {
+            var body = line.GetProperty("response").GetProperty("body");
+            body.GetProperty("store").GetBoolean().Should().BeFalse("a batch's responses are not stored");
+            var response = System.ClientModel.Primitives.ModelReaderWriter.Read<OpenAI.Responses.ResponseResult>(BinaryData.FromString(body.GetRawText()))!;
+            response.Id.Should().StartWith("resp_");
+            response.Status.Should().Be(OpenAI.Responses.ResponseStatus.Completed);
+            response.GetOutputText().Should().Be("ok");
+            response.Usage.InputTokenCount.Should().BePositive();
+            line.GetProperty("response").GetProperty("request_id").GetString().Should().NotBeNullOrEmpty();
+        }
+
+        var errors = (await LinesAsync(http, batch.GetProperty("error_file_id").GetString()!)).Select(l => JsonDocument.Parse(l).RootElement.GetProperty("error")).ToList();
+        errors.Select(e => e.GetProperty("code").GetString()).Should().Equal("invalid_body", "invalid_body", "invalid_body", "invalid_body", "invalid_body", "unsupported_url");
+        errors[0].GetProperty("message").GetString().Should().Contain("previous_response_id").And.Contain("stored responses");
+        errors[1].GetProperty("message").GetString().Should().Contain("stored responses");
+        errors[2].GetProperty("message").GetString().Should().Contain("stream");
+        errors[3].GetProperty("message").GetString().Should().Contain("frobnicate");
     }
 
     /// <summary>
