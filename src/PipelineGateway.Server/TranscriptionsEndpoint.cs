@@ -1,3 +1,6 @@
+using System.Buffers;
+using System.Text;
+using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Logging;
@@ -10,9 +13,10 @@ namespace PipelineGateway.Server;
 /// to text: the audio as the form's <c>file</c>, the transcript out as the upstream wrote it, JSON or text) and
 /// <c>/v1/images/edits</c> (images and a mask in, images out), and Azure's deployment routes — through the same pipeline
 /// as every operation (<see cref="Transcriptions"/>, <see cref="Images.EditRequest"/>): keys, limits, budgets, routing
-/// with failover and health, cost, metrics, the request log.
+/// with failover and health, cost, metrics, the request log. A transcription asked with <c>stream=true</c> is answered
+/// as OpenAI streams one (<see cref="TranscriptEvents"/>).
 /// </summary>
-internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, ILogger<TranscriptionsEndpoint> logger)
+internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, ILogger<TranscriptionsEndpoint> logger)
 {
     /// <summary>The form's text fields: enough for every field the API has, never a caller's choice of how many.</summary>
     private const int MaxFields = 64;
@@ -72,9 +76,55 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
             return;
         }
 
-        if (await OperationsEndpoint.AdmitAsync(ctx, caller, keys, request))
+        if (!await OperationsEndpoint.AdmitAsync(ctx, caller, keys, request))
         {
-            await OperationsEndpoint.AnswerAsync(ctx, queue, headers, request, aborted);
+            return;
         }
+
+        if (request.Stream == true)
+        {
+            await NamedEventStream.WriteAsync(ctx, queue, request, new TranscriptEvents(), options, time, headers, aborted);
+            return;
+        }
+
+        await OperationsEndpoint.AnswerAsync(ctx, queue, headers, request, aborted);
+    }
+
+    /// <summary>
+    /// A streamed transcription's events as OpenAI writes them — <c>data:</c> lines, no event names, no <c>[DONE]</c>:
+    /// each upstream event's own bytes where its chunk kept them (<c>transcript.text.delta</c> with its logprobs,
+    /// <c>.segment</c>, <c>.done</c> with its usage); for chunks without them (an answer given whole, the simulator) a
+    /// delta per chunk of text and a closing <c>transcript.text.done</c> with the whole text and the usage. An error
+    /// after the start is an <c>{"error": …}</c> event, which the SDKs raise.
+    /// </summary>
+    private sealed class TranscriptEvents : INamedEventWriter
+    {
+        private readonly StringBuilder _text = new();
+        private TokenUsage? _usage;
+        private bool _done;
+
+        public IEnumerable<(string Name, byte[] Json)> Start() => [];
+
+        public IEnumerable<(string Name, byte[] Json)> OnChunk(ChatCompletionChunk chunk)
+        {
+            var content = chunk.Choices.Count > 0 ? chunk.Choices[0].Delta.Content : null;
+            _text.Append(content);
+            _usage = chunk.Usage ?? _usage;
+            if (chunk.TakeEventJson(out var buffer, out var length))
+            {
+                // The upstream's event as it came; the rented buffer goes back once copied (this writer is its one taker).
+                var json = buffer.AsSpan(0, length).ToArray();
+                ArrayPool<byte>.Shared.Return(buffer);
+                _done |= chunk.Finishes;
+                return [(string.Empty, json)];
+            }
+
+            return string.IsNullOrEmpty(content) ? [] : [(string.Empty, Transcriptions.DeltaEvent(content))];
+        }
+
+        public IEnumerable<(string Name, byte[] Json)> Finish() => _done ? [] : [(string.Empty, Transcriptions.DoneEvent(_text.ToString(), _usage))];
+
+        public (string Name, byte[] Json) Error(int status, Exception error, string message) =>
+            (string.Empty, JsonSerializer.SerializeToUtf8Bytes(new OpenAIErrorBody { Error = OpenAIErrors.Map(error).Error }, ServerJsonContext.Default.OpenAIErrorBody));
     }
 }

@@ -232,6 +232,28 @@ public sealed partial class SimulatorServer
                 return;
             }
 
+            if (request.Stream == true && !request.Model.StartsWith("whisper", StringComparison.OrdinalIgnoreCase))
+            {
+                // gpt-4o-transcribe's stream (whisper-1 ignores stream and answers whole, as OpenAI documents).
+                SetRateLimitHeaders(ctx);
+                ctx.Response.ContentType = "text/event-stream";
+                var events = SimulatedTranscripts.Events(request.Operation!, request.Model);
+                for (var i = 0; i < events.Count; i++)
+                {
+                    if (i > 0 && _options.TokenDelayMs > 0)
+                    {
+                        await Task.Delay(TimeSpan.FromMilliseconds(_options.TokenDelayMs), ctx.RequestAborted).ConfigureAwait(false);
+                    }
+
+                    await ctx.Response.Body.WriteAsync("data: "u8.ToArray(), ctx.RequestAborted).ConfigureAwait(false);
+                    await ctx.Response.Body.WriteAsync(events[i], ctx.RequestAborted).ConfigureAwait(false);
+                    await ctx.Response.Body.WriteAsync("\n\n"u8.ToArray(), ctx.RequestAborted).ConfigureAwait(false);
+                    await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+                }
+
+                return;
+            }
+
             byte[] answer;
             string mediaType;
             if (kind == OperationKind.ImageEdit)

@@ -35,6 +35,12 @@ internal sealed partial class ProviderWorkerPool
             throw refusal; // a text completion only a native route can serve
         }
 
+        if (item.Request.Operation is { } operation && Provider is not IStreamedTranscriptionProvider)
+        {
+            // Passed over: another deployment may stream it (when none can, the caller's 400 says to ask without stream).
+            throw ProviderException.Unsupported("stream", $"The model '{ProviderException.Quoted(item.Request.Model)}' is served by '{Name}', which does not stream {(operation.Kind == OperationKind.Transcription ? "transcriptions" : "this request")}: ask without 'stream'.");
+        }
+
         var upstream = Provider.StreamAsync(request, item.Token).GetAsyncEnumerator(item.Token);
         await using var upstreamDisposal = upstream.ConfigureAwait(false);
         while (true)

@@ -104,6 +104,13 @@ internal sealed record OperationAnswer(OperationKind Kind, ReadOnlyMemory<byte> 
 /// without the route is passed over, <see cref="Operations.NotServedBy"/>) and the simulated provider. Anthropic and
 /// custom providers have none: a deployment on them is passed over unsent (<see cref="Operations.NotServed"/>).
 /// </summary>
+/// <summary>
+/// A provider that streams transcriptions (<c>stream=true</c>): its <see cref="ILlmProvider.StreamAsync"/> takes a
+/// transcription request and yields its text as chunks (<see cref="Transcriptions.ReadEvent"/>). A streamed
+/// transcription is never sent to another provider: it would be read as a chat request.
+/// </summary>
+internal interface IStreamedTranscriptionProvider;
+
 internal interface IOperationProvider
 {
     /// <summary>

@@ -62,8 +62,9 @@ internal static class Transcriptions
     /// <summary>
     /// Checks a form's fields and file and makes the pipeline's request: <c>model</c> (unless the route names one),
     /// <c>file</c> (non-empty, at most <see cref="MaxFileBytes"/>), <c>response_format</c>, <c>temperature</c> (0–1),
-    /// <c>language</c>, <c>prompt</c>, <c>timestamp_granularities[]</c> (<c>word</c>, <c>segment</c>); <c>stream</c> refused.
-    /// Other fields are sent on as they came.
+    /// <c>language</c>, <c>prompt</c>, <c>timestamp_granularities[]</c> (<c>word</c>, <c>segment</c>), <c>stream</c> (a
+    /// transcription's only: its text as <c>transcript.text.*</c> events, <see cref="TranscriptEvents"/>). Other fields are
+    /// sent on as they came.
     /// </summary>
     /// <exception cref="InvalidRequestException">A field is missing or not what the API allows; its name is the error's param.</exception>
     public static ChatCompletionRequest ToRequest(OperationKind kind, IReadOnlyList<KeyValuePair<string, string>> fields, Upload? file, string? route = null)
@@ -93,10 +94,15 @@ internal static class Transcriptions
             throw new InvalidRequestException("temperature", "'temperature' must be a number from 0 to 1.");
         }
 
-        if (Field("stream") is { } stream && !stream.Equals("false", StringComparison.OrdinalIgnoreCase))
+        var streamed = Field("stream") switch
         {
-            throw new InvalidRequestException("stream", "A transcription is answered whole through the gateway: ask without 'stream'.");
-        }
+            null => false,
+            var s when s.Equals("false", StringComparison.OrdinalIgnoreCase) => false,
+            var s when s.Equals("true", StringComparison.OrdinalIgnoreCase) => kind == OperationKind.Transcription
+                ? true
+                : throw new InvalidRequestException("stream", "A translation is answered whole: 'stream' is a transcription's (as OpenAI's API has it)."),
+            _ => throw new InvalidRequestException("stream", "'stream' must be true or false."),
+        };
 
         foreach (var (key, value) in fields)
         {
@@ -117,6 +123,7 @@ internal static class Transcriptions
             Model = model,
             Messages = [ChatCompletionMessage.User($"[{file.FileName}, {file.Bytes.Length} bytes of audio]{(prompt is null ? string.Empty : "\n\n" + prompt)}")],
             Temperature = null, // a transcription's temperature is no reason to keep it from the cache: it is never cached
+            Stream = streamed ? true : null,
             Operation = new OperationRequest(kind, Forms.Json(fields, model)) { Files = [new FilePart("file", file)] },
         };
     }
@@ -183,6 +190,137 @@ internal static class Transcriptions
             MediaType = json ? "application/json" : "text/plain; charset=utf-8",
         };
         return response;
+    }
+
+    /// <summary>
+    /// One event of a streamed transcription (<see cref="TranscriptEvents"/>) as a chunk that keeps the event's bytes: a
+    /// <c>transcript.text.delta</c> its text as the delta's content, <c>transcript.text.done</c> a finishing chunk with the
+    /// usage (<paramref name="done"/>), any other (<c>transcript.text.segment</c>, a type to come) a chunk without content;
+    /// an object with an <c>error</c> is <paramref name="error"/> (no chunk).
+    /// </summary>
+    /// <exception cref="JsonException">The event is not JSON, not an object, or a delta or done event without its text.</exception>
+    public static ChatCompletionChunk? ReadEvent(ReadOnlySpan<byte> data, string model, long created, out JsonElement? error, out bool done)
+    {
+        error = null;
+        done = false;
+        using var doc = JsonDocument.Parse(data.ToArray());
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new JsonException("A transcription event is not a JSON object.");
+        }
+
+        if (root.TryGetProperty("error", out var e) && e.ValueKind != JsonValueKind.Null)
+        {
+            error = e.Clone();
+            return null;
+        }
+
+        var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+        var choice = new ChunkChoice();
+        TokenUsage? usage = null;
+        if (type == "transcript.text.delta")
+        {
+            choice.Delta.Content = root.TryGetProperty("delta", out var d) && d.ValueKind == JsonValueKind.String ? d.GetString() : throw new JsonException("A transcript.text.delta event has no 'delta' string.");
+        }
+        else if (type == "transcript.text.done")
+        {
+            _ = root.TryGetProperty("text", out var text) && text.ValueKind == JsonValueKind.String ? text : throw new JsonException("A transcript.text.done event has no 'text' string.");
+            choice.FinishReason = "stop";
+            usage = Usage(root);
+            done = true;
+        }
+
+        // The members a chunk must have, set here: filling them later would drop the kept bytes (ProviderAnswer.Fill).
+        var chunk = new ChatCompletionChunk { Id = "transcript", Created = created, Model = model, Choices = [choice], Usage = usage };
+        chunk.KeepEventJson(data, membersUnread: false);
+        return chunk;
+    }
+
+    /// <summary>
+    /// A whole transcription answer where a stream was asked (whisper-1 ignores <c>stream</c>, as OpenAI documents) as a
+    /// chat answer the stream path replays as chunks: its text as the message, its usage (the audio's length when it
+    /// says none); null when it is no transcript (<paramref name="error"/> set when it is an error object).
+    /// </summary>
+    public static ChatCompletionResponse? AsStreamAnswer(OperationRequest operation, string model, ReadOnlySpan<byte> body, out JsonElement? error)
+    {
+        var format = Format(operation);
+        var read = ReadAnswer(operation.Kind, format, body.ToArray(), copy: false, out error);
+        if (read.Operation is not { } answer)
+        {
+            return null;
+        }
+
+        string text;
+        if (format is "json" or "verbose_json")
+        {
+            using var doc = JsonDocument.Parse(answer.List);
+            text = doc.RootElement.GetProperty("text").GetString()!;
+        }
+        else
+        {
+            text = System.Text.Encoding.UTF8.GetString(answer.List.Span).TrimEnd('\r', '\n'); // the text format's closing line end
+        }
+
+        var response = new ChatCompletionResponse
+        {
+            Model = model,
+            Choices = [new ChatChoice { Index = 0, Message = ChatCompletionMessage.Assistant(text), FinishReason = "stop" }],
+            Usage = read.Usage,
+        };
+        BillUncounted(response, operation);
+        return response;
+    }
+
+    /// <summary>
+    /// A streamed transcription's closing event as the gateway writes it when the upstream's own did not come through
+    /// (an answer given whole, a provider of another shape): the whole text and, when known, the usage in OpenAI's form
+    /// (tokens, or seconds of audio).
+    /// </summary>
+    public static byte[] DoneEvent(string text, TokenUsage? usage)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(256 + text.Length);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartObject();
+            w.WriteString("type", "transcript.text.done");
+            w.WriteString("text", text);
+            if (usage is not null && Seconds(usage) is > 0 and var seconds && usage.TotalTokens == 0)
+            {
+                w.WriteStartObject("usage");
+                w.WriteString("type", "duration");
+                w.WriteNumber("seconds", seconds);
+                w.WriteEndObject();
+            }
+            else if (usage is not null)
+            {
+                w.WriteStartObject("usage");
+                w.WriteString("type", "tokens");
+                w.WriteNumber("input_tokens", usage.PromptTokens);
+                w.WriteNumber("output_tokens", usage.CompletionTokens);
+                w.WriteNumber("total_tokens", usage.TotalTokens);
+                w.WriteEndObject();
+            }
+
+            w.WriteEndObject();
+        }
+
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>A <c>transcript.text.delta</c> event of <paramref name="delta"/>, as the gateway writes one for a provider whose chunks carry no event bytes.</summary>
+    public static byte[] DeltaEvent(string delta)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(64 + delta.Length);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartObject();
+            w.WriteString("type", "transcript.text.delta");
+            w.WriteString("delta", delta);
+            w.WriteEndObject();
+        }
+
+        return buffer.WrittenSpan.ToArray();
     }
 
     /// <summary>The answer's usage: tokens (<c>input_tokens</c>, <c>output_tokens</c>), or seconds of audio (<c>seconds</c>, or verbose_json's <c>duration</c>).</summary>

@@ -285,7 +285,7 @@ public sealed class TranscriptionsTests : LoggedFleetTests
             "two-files" => WithSecondFile(Form("whisper", Wav)),
             "format" => Form("whisper", Wav, ("response_format", "xml")),
             "temperature" => Form("whisper", Wav, ("temperature", "1.5")),
-            "stream" => Form("whisper", Wav, ("stream", "true")),
+            "stream" => Form("whisper", Wav, ("stream", "sometimes")),
             "granularity" => Form("whisper", Wav, ("timestamp_granularities[]", "sentence")),
             "two-models" => Form("whisper", Wav, ("model", "whisper")),
             "json" => new StringContent("""{"model":"whisper"}""", Encoding.UTF8, "application/json"),
@@ -383,6 +383,183 @@ public sealed class TranscriptionsTests : LoggedFleetTests
             }
         }, seed: "0N0XIzNsQ0O2", iter: 20_000 * Fuzz.Scale, threads: 1);
         accepted.Should().BePositive();
+    }
+
+    /// <summary>
+    /// Any event a streamed transcription's upstream may send — each kind, its members of the wrong type or missing, an
+    /// error object, not an object, cut anywhere — is read into a chunk that keeps its bytes (a delta's text as its
+    /// content, the done event finishing with its usage), an upstream error, or a JsonException the stream reports as
+    /// an invalid event: never another exception (CsCheck, fixed seed).
+    /// </summary>
+    [Fact]
+    public void Any_transcription_stream_event_is_a_chunk_keeping_its_bytes_an_upstream_error_or_a_JsonException()
+    {
+        var types = new[] { "transcript.text.delta", "transcript.text.done", "transcript.text.segment", "other", "" };
+        var gen = Gen.Select(Gen.OneOf(types), Gen.String[0, 12], Gen.Int[0, 6], Gen.Int[-5, 400], Gen.Int[0, 3]);
+        var kinds = new HashSet<string>();
+        gen.Sample((type, text, shape, number, cut) =>
+        {
+            var quoted = JsonSerializer.Serialize(text);
+            var json = shape switch
+            {
+                0 => $$"""{"type":"{{type}}","delta":{{quoted}}}""",
+                1 => $$$"""{"type":"{{{type}}}","text":{{{quoted}}},"usage":{"type":"tokens","input_tokens":{{{number}}},"output_tokens":3,"total_tokens":{{{number + 3}}}}}""",
+                2 => $$$"""{"error":{"message":{{{quoted}}},"type":"server_error"}}""",
+                3 => $$"""{"type":"{{type}}","delta":{{number}},"text":null}""",
+                4 => $"[{quoted}]",
+                5 => "null",
+                _ => $$$"""{"type":"{{{type}}}","text":{{{quoted}}},"usage":{"type":"duration","seconds":{{{number}}}}}""",
+            };
+            var bytes = Encoding.UTF8.GetBytes(json);
+            if (cut > 0)
+            {
+                bytes = bytes[..(bytes.Length * cut / 4)];
+            }
+
+            try
+            {
+                var chunk = Transcriptions.ReadEvent(bytes, "m", 1, out var error, out var done);
+                if (error is not null)
+                {
+                    chunk.Should().BeNull();
+                    kinds.Add("error");
+                    return;
+                }
+
+                chunk!.EventJson.ToArray().Should().Equal(bytes, "the event's bytes are kept as they came");
+                chunk.Choices.Should().ContainSingle();
+                done.Should().Be(type == "transcript.text.done");
+                chunk.Finishes.Should().Be(done);
+                if (type == "transcript.text.delta")
+                {
+                    chunk.Choices[0].Delta.Content.Should().Be(text);
+                }
+
+                (chunk.Id, chunk.Model, chunk.Created).Should().Be(("transcript", "m", 1L), "nothing left for the worker to fill (which would drop the bytes)");
+                kinds.Add(done ? "done" : "chunk");
+            }
+            catch (JsonException)
+            {
+                kinds.Add("invalid");
+            }
+        }, seed: "0N0XIzNsQ0O4", iter: 5_000 * Fuzz.Scale, threads: 1);
+        kinds.Should().BeEquivalentTo(["error", "done", "chunk", "invalid"]);
+    }
+
+    /// <summary>The <c>data:</c> events of a streamed answer, each parsed (a transcription's stream has no <c>[DONE]</c>).</summary>
+    private static List<JsonElement> Events(string text) =>
+        [.. text.Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => e.Trim()).Where(e => e.StartsWith("data: ", StringComparison.Ordinal)).Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.Clone())];
+
+    /// <summary>
+    /// A transcription asked with <c>stream=true</c> (gpt-4o-transcribe) reaches the caller as the upstream's own events —
+    /// a <c>transcript.text.delta</c> per piece, with the logprobs asked for, then <c>transcript.text.done</c> with the
+    /// whole text and the usage, no <c>[DONE]</c> — the form sent on with its <c>stream</c>, and it is billed exactly
+    /// as the same transcription answered whole: the log and the metrics agree.
+    /// </summary>
+    [Fact]
+    public async Task A_streamed_transcription_reaches_the_caller_as_the_upstreams_events_and_is_billed_as_a_whole_one()
+    {
+        var (response, text) = await PostAsync(Form("gpt-4o-transcribe", Wav, ("stream", "true"), ("include[]", "logprobs")));
+        response.StatusCode.Should().Be(HttpStatusCode.OK, text);
+        response.Content.Headers.ContentType!.MediaType.Should().Be("text/event-stream");
+        Header(response, "x-gateway-provider").Should().Be("sim");
+        text.Should().NotContain("[DONE]");
+        var events = Events(text);
+        var deltas = events.SkipLast(1).ToList();
+        deltas.Should().HaveCountGreaterThan(1).And.AllSatisfy(e =>
+        {
+            e.GetProperty("type").GetString().Should().Be("transcript.text.delta");
+            e.GetProperty("logprobs")[0].GetProperty("token").GetString().Should().Be(e.GetProperty("delta").GetString(), "the upstream's event as it came");
+        });
+        var done = events[^1];
+        done.GetProperty("type").GetString().Should().Be("transcript.text.done");
+        done.GetProperty("text").GetString().Should().Be(string.Concat(deltas.Select(e => e.GetProperty("delta").GetString())));
+        var usage = done.GetProperty("usage");
+
+        var (whole, wholeText) = await PostAsync(Form("gpt-4o-transcribe", Wav, ("include[]", "logprobs")));
+        var wholeAnswer = JsonDocument.Parse(wholeText).RootElement;
+        wholeAnswer.GetProperty("text").GetString().Should().Be(done.GetProperty("text").GetString());
+        usage.GetProperty("input_tokens").GetInt32().Should().Be(wholeAnswer.GetProperty("usage").GetProperty("input_tokens").GetInt32());
+        var streamed = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        streamed.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(whole)).And.BePositive();
+        (streamed.GetProperty("prompt_tokens").GetInt32(), streamed.GetProperty("completion_tokens").GetInt32()).Should().Be((usage.GetProperty("input_tokens").GetInt32(), usage.GetProperty("output_tokens").GetInt32()));
+        streamed.GetProperty("stream").GetBoolean().Should().BeTrue();
+        await Fleet.SpendShouldBeTheMetricsAsync(Ct);
+    }
+
+    /// <summary>
+    /// whisper-1 ignores <c>stream</c> and answers whole, in any format (as OpenAI documents): the caller still gets the
+    /// stream it asked for — the text, then <c>transcript.text.done</c> with the usage (the seconds whisper-1 reports, or
+    /// the audio's own length when its format says none) — billed as the whole answer.
+    /// </summary>
+    [Theory]
+    [InlineData("json")]
+    [InlineData("text")]
+    public async Task A_whole_answer_to_a_streamed_transcription_still_reaches_the_caller_as_its_events(string format)
+    {
+        var (response, text) = await PostAsync(Form("whisper", Wav, ("stream", "true"), ("response_format", format)));
+        response.StatusCode.Should().Be(HttpStatusCode.OK, text);
+        var events = Events(text);
+        events.Select(e => e.GetProperty("type").GetString()).Should().EndWith("transcript.text.done").And.Contain("transcript.text.delta");
+        var done = events[^1];
+        done.GetProperty("text").GetString().Should().Be(string.Concat(events.SkipLast(1).Select(e => e.GetProperty("delta").GetString())).TrimEnd('\n')).And.NotBeNullOrWhiteSpace();
+        done.GetProperty("usage").GetProperty("type").GetString().Should().Be("duration");
+        var seconds = done.GetProperty("usage").GetProperty("seconds").GetDouble();
+        seconds.Should().BeApproximately(3, 0.01, "the seconds whisper-1 reports, or (text) the WAV's own length");
+        (await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct)).GetProperty("cost_usd").GetDecimal().Should().Be((decimal)seconds / 60m * 0.006m);
+    }
+
+    /// <summary>
+    /// A provider that cannot stream a transcription (Anthropic's) is passed over unsent; with none that can, a 400 naming
+    /// <c>stream</c>. A translation does not stream (OpenAI's has no <c>stream</c>): a 400 too, as is a <c>stream</c> that
+    /// is not a boolean.
+    /// </summary>
+    [Fact]
+    public async Task A_streamed_transcription_goes_only_where_it_can_stream_and_bad_stream_fields_are_refused()
+    {
+        var (mixed, text) = await PostAsync(Form("stt-mixed", Wav, ("stream", "true")));
+        (mixed.StatusCode, Header(mixed, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
+        Events(text)[^1].GetProperty("type").GetString().Should().Be("transcript.text.done");
+        var (refused, error) = await PostAsync(Form("stt-claude", Wav, ("stream", "true")));
+        refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        JsonDocument.Parse(error).RootElement.GetProperty("error").GetProperty("param").GetString().Should().Be("stream");
+        Fleet.Sims["claude"].Requests.Should().Be(0);
+
+        foreach (var (path, value) in new[] { ("v1/audio/translations", "true"), ("v1/audio/transcriptions", "yes") })
+        {
+            var (bad, why) = await PostAsync(Form("whisper", Wav, ("stream", value)), path);
+            bad.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+            JsonDocument.Parse(why).RootElement.GetProperty("error").GetProperty("param").GetString().Should().Be("stream");
+        }
+    }
+
+    /// <summary>
+    /// A streamed transcription that fails after its first words ends with an error event — the upstream's status kept,
+    /// its key never echoed — and one cut before <c>transcript.text.done</c> ends with an error event too: never a
+    /// stream that just stops as if it were whole. One that fails before any text fails over to the next deployment.
+    /// </summary>
+    [Fact]
+    public async Task A_streamed_transcription_that_breaks_ends_with_an_error_event_and_fails_over_before_its_first_words()
+    {
+        await using var scripted = await ScriptedUpstream.StartAsync(Ct);
+        const string KeyVariable = "PGW_TEST_STT_STREAM_KEY";
+        const string UpstreamKey = "sk-stt-stream-secret-0123456789";
+        Environment.SetEnvironmentVariable(KeyVariable, UpstreamKey);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["transcript-error-mid", "transcript-cut", "stream-error-first"], "gpt-4o-transcribe", Ct, KeyVariable);
+        foreach (var model in new[] { "transcript-error-mid", "transcript-cut" })
+        {
+            var (response, text) = await PostAsync(Form(model, Wav, ("stream", "true")), http: gateway.Http);
+            response.StatusCode.Should().Be(HttpStatusCode.OK, "the stream had started");
+            var events = Events(text);
+            events[0].GetProperty("delta").GetString().Should().Be("Hello");
+            events[^1].GetProperty("error").GetProperty("message").GetString().Should().NotBeNullOrEmpty(model);
+            events.Select(e => e.TryGetProperty("type", out var t) ? t.GetString() : null).Should().NotContain("transcript.text.done", model);
+            text.Should().NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);
+        }
+
+        var (failedOver, answer) = await PostAsync(Form("stream-error-first-then-sim", Wav, ("stream", "true")), http: gateway.Http);
+        (failedOver.StatusCode, Header(failedOver, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
+        Events(answer)[^1].GetProperty("type").GetString().Should().Be("transcript.text.done");
     }
 
     [Fact]

@@ -100,6 +100,17 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 ctx.Response.Headers.RetryAfter = "0";
                 await Error(ctx, anthropic, 429, "rate_limit_error", $"Rate limit reached for key {masked} on requests per min.");
                 break;
+            case "transcript-error-mid":
+                // A streamed transcription that fails after its first words (the error echoing the caller's key).
+                ctx.Response.ContentType = "text/event-stream";
+                await ctx.Response.WriteAsync("data: {\"type\":\"transcript.text.delta\",\"delta\":\"Hello\"}\n\n"
+                    + $"data: {{\"error\":{{\"message\":{System.Text.Json.JsonSerializer.Serialize($"transcription failed for key {key}")},\"type\":\"server_error\"}}}}\n\n");
+                break;
+            case "transcript-cut":
+                // A streamed transcription whose body ends after its first words, without transcript.text.done.
+                ctx.Response.ContentType = "text/event-stream";
+                await ctx.Response.WriteAsync("data: {\"type\":\"transcript.text.delta\",\"delta\":\"Hello\"}\n\n");
+                break;
             case "stream-error-first":
                 await Stream(ctx, anthropic, contentFirst: false, key);
                 break;

@@ -256,8 +256,9 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
         using (response)
         {
-            if (AnsweredWhole(response))
+            if (AnsweredWhole(response) || (request.Request.Operation is not null && MediaType(response).StartsWith("text/plain", StringComparison.OrdinalIgnoreCase)))
             {
+                // (A transcription asked to stream may come whole in any of its formats: whisper-1 ignores stream.)
                 // A server that does not stream (a simple mock, a proxy that buffers) answered the stream request
                 // whole, as JSON: that answer, as a stream's chunks — not a "stream" without events, failed and retried.
                 foreach (var chunk in Caching.StreamReplay.ToChunks(await WholeAnswerAsync(response, request, deadline, cancellationToken).ConfigureAwait(false), null, request.Request.Gateway?.KeepsAnthropicEvents == true))

@@ -10,7 +10,7 @@ namespace PipelineGateway.Providers.OpenAI;
 /// OpenAI-compatible endpoint by base URL (vLLM, Ollama, Groq, Together, Mistral…) and Azure OpenAI
 /// (deployment URL, <c>api-key</c> header, <c>api-version</c> query).
 /// </summary>
-internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider, ITextCompletionProvider
+internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider, ITextCompletionProvider, IStreamedTranscriptionProvider
 {
     /// <summary>Marks an upstream call on the <c>/completions</c> route, with the caller's model (its refusal names it).</summary>
     private static readonly HttpRequestOptionsKey<string> TextCompletionOf = new("pgw.completions");
@@ -56,6 +56,13 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
 
     protected override HttpRequestMessage CreateRequest(ProviderRequest request, bool stream)
     {
+        if (request.Request.Operation is { } operation)
+        {
+            // A streamed transcription (the one operation that streams): the caller's form again, stream=true in it;
+            // its events are read by TranscriptEvents (a JSON or text answer, whisper-1's, as a whole answer).
+            return Post(OperationUri(operation, request.Model), Forms.Upstream(operation, request.Model), "text/event-stream, application/json, text/plain");
+        }
+
         if (Native(request))
         {
             // POST {base}/completions (Azure: the deployment's route): the caller's body, the deployment's model.
@@ -115,9 +122,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     public async ValueTask<ChatCompletionResponse> SendAsync(ProviderRequest request, CancellationToken cancellationToken)
     {
         var operation = request.Request.Operation!;
-        var uri = _azure
-            ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/{operation.Path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
-            : new Uri(_base, operation.Path);
+        var uri = OperationUri(operation, request.Model);
         using var message = operation.Files is null
             ? Post(uri, Operations.UpstreamBody(operation, request.Model), stream: false, operation.Kind == OperationKind.Speech ? "audio/*, application/json" : null)
             : Post(uri, Forms.Upstream(operation, request.Model), "application/json, text/plain"); // the caller's form again
@@ -165,8 +170,21 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         }
     }
 
+    /// <summary><c>{base}/{path}</c> of an operation (Azure: the deployment's route).</summary>
+    private Uri OperationUri(OperationRequest operation, string model) => _azure
+        ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(model)}/{operation.Path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
+        : new Uri(_base, operation.Path);
+
     protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request)
     {
+        if (request.Request.Operation is { } operation)
+        {
+            // A streamed transcription answered whole (whisper-1 ignores stream): replayed as the stream's chunks.
+            return Transcriptions.AsStreamAnswer(operation, request.Model, body, out var refusal) ?? (refusal is { } e
+                ? throw UpstreamErrorIn(e, "its answer (with a 200)")
+                : throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered a streamed transcription with no transcript."));
+        }
+
         if (Native(request))
         {
             var answer = TextCompletions.ReadAnswer(body, out var refusal);
@@ -188,6 +206,11 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
 
     protected override StreamEvents ReadStream(ProviderRequest request)
     {
+        if (request.Request.Operation is not null)
+        {
+            return new TranscriptEvents(this, request.Model, Time.GetUtcNow().ToUnixTimeSeconds());
+        }
+
         if (Native(request))
         {
             return new TextEvents(this, Math.Max(1, request.Request.TextCompletion!.Choices));
@@ -254,6 +277,36 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             }
 
             _finished += Finishing(chunk);
+            return chunk;
+        }
+    }
+
+    /// <summary>A streamed transcription's events (<see cref="Transcriptions.ReadEvent"/>), whole at <c>transcript.text.done</c>.</summary>
+    private sealed class TranscriptEvents(OpenAIChatProvider provider, string model, long created) : StreamEvents
+    {
+        private bool _done;
+
+        public override string LastEvent => "transcript.text.done";
+
+        public override bool EndedWhole => _done;
+
+        public override ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end)
+        {
+            end = false;
+            if (data.SequenceEqual("[DONE]"u8))
+            {
+                end = _done ? true : throw new JsonException("The stream sent [DONE] before transcript.text.done.");
+                return null;
+            }
+
+            var chunk = Transcriptions.ReadEvent(data, model, created, out var error, out var done);
+            if (error is { } e)
+            {
+                throw provider.UpstreamErrorIn(e, "the stream");
+            }
+
+            _done |= done;
+            end = done; // OpenAI's stream ends with this event (no [DONE])
             return chunk;
         }
     }

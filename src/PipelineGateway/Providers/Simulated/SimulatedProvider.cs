@@ -7,7 +7,7 @@ namespace PipelineGateway.Providers.Simulated;
 /// It powers the default configuration, the demo, tests and benchmarks, so everything runs with no keys.
 /// The answer is derived from the request, with token counts of realistic size (about 4 characters a token).
 /// </summary>
-internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
+internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStreamedTranscriptionProvider
 {
     private readonly SimulatedProviderOptions _options;
     private readonly TimeProvider _time;
@@ -116,6 +116,26 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider
         var id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
         var created = _time.GetUtcNow().ToUnixTimeSeconds();
         var perToken = TimeSpan.FromMilliseconds(_options.PerTokenDelayMs);
+        if (request.Request.Operation is { } operation)
+        {
+            // A streamed transcription: the transcript its whole answer has, a word at a time, then the finish with its usage.
+            var whole = Transcriptions.AsStreamAnswer(operation, request.Model, SimulatedTranscripts.Answer(operation, request.Model).List.Span, out _)!;
+            var words = whole.Choices[0].Message!.Content!.GetText()!.TrimEnd('\n').Split(' ');
+            for (var i = 0; i < words.Length; i++)
+            {
+                if (i > 0 && perToken > TimeSpan.Zero)
+                {
+                    await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
+                }
+
+                cancellationToken.ThrowIfCancellationRequested();
+                yield return new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [new ChunkChoice { Delta = Text(i == 0 ? words[i] : " " + words[i], false) }] };
+            }
+
+            yield return new ChatCompletionChunk { Id = id, Created = created, Model = request.Model, Choices = [new ChunkChoice { Delta = new ChatCompletionDelta(), FinishReason = "stop" }], Usage = whole.Usage };
+            yield break;
+        }
+
         var tool = SimulatedTools.WantsTool(request.Request);
         var answers = Answers(request.Request);
         var first = true;

@@ -35,6 +35,54 @@ internal static class SimulatedTranscripts
         };
     }
 
+    /// <summary>
+    /// A streamed transcription's events as OpenAI sends them (gpt-4o-transcribe with <c>stream=true</c>): a
+    /// <c>transcript.text.delta</c> per word — with its <c>logprobs</c> when <c>include[]</c> asks for them — then
+    /// <c>transcript.text.done</c> with the whole text and the token usage.
+    /// </summary>
+    public static List<byte[]> Events(OperationRequest operation, string model)
+    {
+        var whole = Transcriptions.AsStreamAnswer(operation, model, Answer(operation, model).List.Span, out _)!;
+        var text = whole.Choices[0].Message!.Content!.GetText()!.TrimEnd('\n');
+        var logprobs = operation.Body.TryGetProperty("include[]", out var include) && include.ToString().Contains("logprobs", StringComparison.Ordinal);
+        var events = new List<byte[]>();
+        var words = text.Split(' ');
+        for (var i = 0; i < words.Length; i++)
+        {
+            var delta = i == 0 ? words[i] : " " + words[i];
+            using var buffer = new MemoryStream();
+            using (var w = new Utf8JsonWriter(buffer))
+            {
+                w.WriteStartObject();
+                w.WriteString("type", "transcript.text.delta");
+                w.WriteString("delta", delta);
+                if (logprobs)
+                {
+                    w.WriteStartArray("logprobs");
+                    w.WriteStartObject();
+                    w.WriteString("token", delta);
+                    w.WriteNumber("logprob", -0.125);
+                    w.WriteStartArray("bytes");
+                    foreach (var b in Encoding.UTF8.GetBytes(delta))
+                    {
+                        w.WriteNumberValue(b);
+                    }
+
+                    w.WriteEndArray();
+                    w.WriteEndObject();
+                    w.WriteEndArray();
+                }
+
+                w.WriteEndObject();
+            }
+
+            events.Add(buffer.ToArray());
+        }
+
+        events.Add(Transcriptions.DoneEvent(text, whole.Usage));
+        return events;
+    }
+
     private static string Json(OperationRequest operation, string model, bool verbose, string text, double seconds, int words)
     {
         using var buffer = new MemoryStream();
