@@ -235,14 +235,13 @@ public sealed partial class SimulatorServer
             if (request.Stream == true && !request.Model.StartsWith("whisper", StringComparison.OrdinalIgnoreCase))
             {
                 // gpt-4o-transcribe's stream (whisper-1 ignores stream and answers whole, as OpenAI documents).
-                SetRateLimitHeaders(ctx);
-                ctx.Response.ContentType = "text/event-stream";
+                StartSse(ctx);
                 var events = SimulatedTranscripts.Events(request.Operation!, request.Model);
                 for (var i = 0; i < events.Count; i++)
                 {
-                    if (i > 0 && _options.TokenDelayMs > 0)
+                    if (await FaultMidStreamAsync(ctx, plan, i).ConfigureAwait(false))
                     {
-                        await Task.Delay(TimeSpan.FromMilliseconds(_options.TokenDelayMs), ctx.RequestAborted).ConfigureAwait(false);
+                        return; // cut (a reset) or ended early without transcript.text.done, as the plan drew
                     }
 
                     await ctx.Response.Body.WriteAsync("data: "u8.ToArray(), ctx.RequestAborted).ConfigureAwait(false);
