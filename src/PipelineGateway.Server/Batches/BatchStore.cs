@@ -367,7 +367,9 @@ internal sealed partial class BatchStore : IDisposable
     /// <summary>Keeps <paramref name="bytesPath"/> (a file in the owner's directory, moved) as a file with this record.</summary>
     public void AddFile(string owner, BatchFile file, string bytesPath)
     {
-        File.Move(bytesPath, DataPath(owner, file.Id), overwrite: true);
+        var data = DataPath(owner, file.Id);
+        File.Move(bytesPath, data, overwrite: true);
+        File.SetLastWriteTimeUtc(data, DateTime.UtcNow); // young until its record is written: the sweep leaves such bytes an hour
         Write(Path.Combine(OwnerDirectory(owner), file.Id + ".json"), file, BatchJsonContext.Default.BatchFile);
     }
 

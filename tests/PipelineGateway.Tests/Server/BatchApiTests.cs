@@ -680,8 +680,9 @@ public sealed class BatchApiTests : IAsyncDisposable
         store.TryOpen().Should().BeTrue();
 
         var kept = BatchStore.NewFileId();
-        var upload = Make("upload-kept.tmp", TimeSpan.Zero);
+        var upload = Make("batch_0123456789abcdef01234567.output.jsonl", TimeSpan.FromDays(2)); // results last written long ago
         store.AddFile("a", new BatchFile { Id = kept, Filename = "in.jsonl", Purpose = "batch", CreatedAt = store.Now }, upload);
+        (DateTime.UtcNow - File.GetLastWriteTimeUtc(store.DataPath("a", kept))).Should().BeLessThan(TimeSpan.FromMinutes(1), "kept bytes are young until their record is written");
         File.SetLastWriteTimeUtc(store.DataPath("a", kept), DateTime.UtcNow - TimeSpan.FromDays(3));
         var orphanOld = Make(BatchStore.NewFileId() + ".data", TimeSpan.FromHours(2));
         var orphanYoung = Make(BatchStore.NewFileId() + ".data", TimeSpan.FromMinutes(10));
