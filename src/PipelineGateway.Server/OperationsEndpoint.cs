@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Text;
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
@@ -8,7 +9,8 @@ using PipelineGateway.Providers;
 namespace PipelineGateway.Server;
 
 /// <summary>
-/// <c>POST /v1/embeddings</c> and <c>POST /v1/moderations</c>: OpenAI's APIs in and out. The request goes through the same
+/// <c>POST /v1/embeddings</c>, <c>/v1/moderations</c>, <c>/v1/images/generations</c>, <c>/v1/audio/speech</c> (streamed:
+/// <see cref="SpeakAsync"/>) and <c>/v1/rerank</c>: OpenAI's APIs in and out. The request goes through the same
 /// pipeline as a chat request (<see cref="Operations"/>): keys and their model lists, rate and token limits, budgets, the
 /// cache and single flight, routing with failover to the group's other deployments and its fallbacks, cost, metrics and
 /// the request log. The answer's list (vectors as numbers or base64, moderation results) is written as the upstream sent
@@ -45,7 +47,75 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
             return;
         }
 
+        if (kind == OperationKind.Speech)
+        {
+            await SpeakAsync(ctx, request, aborted);
+            return;
+        }
+
         await AnswerAsync(ctx, queue, headers, request, aborted);
+    }
+
+    /// <summary>
+    /// Speech, streamed as OpenAI streams it: the audio's bytes as the upstream sends them (chunked, the format's media
+    /// type), so the caller may play it before it is all made — through the streams' machinery (failover until the first
+    /// bytes, a flush where a burst of them ends). A failure before the first bytes is the route's error answer; after
+    /// them the connection is reset, so the caller sees a broken transfer, never a short file taken for a whole one.
+    /// </summary>
+    private async Task SpeakAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
+    {
+        var flushEach = !ServerSubmit.MarksBursts(queue);
+        var started = false;
+        await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
+        try
+        {
+            while (await chunks.MoveNextAsync())
+            {
+                var chunk = chunks.Current;
+                if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
+                {
+                    await ctx.Response.BodyWriter.FlushAsync(aborted);
+                    continue;
+                }
+
+                if (!started)
+                {
+                    ctx.Response.ContentType = Speech.MediaType(Speech.Format(request.Operation!.Body));
+                    headers.WriteGatewayHeaders(ctx, request, chunk.Gateway); // its cost too: known from its characters
+                    started = true;
+                }
+
+                if (chunk.TakeEventJson(out var audio, out var length))
+                {
+                    // The upstream's bytes, copied into Kestrel's buffer; the rented block goes back (this is its one taker).
+                    ctx.Response.BodyWriter.Write(audio.AsSpan(0, length));
+                    System.Buffers.ArrayPool<byte>.Shared.Return(audio);
+                }
+
+                if (flushEach)
+                {
+                    await ctx.Response.BodyWriter.FlushAsync(aborted);
+                }
+            }
+
+            await ctx.Response.BodyWriter.FlushAsync(aborted);
+        }
+        catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
+        {
+            if (aborted.IsCancellationRequested)
+            {
+                return; // the client went away; the upstream call was cancelled with it
+            }
+
+            if (!started && !ctx.Response.HasStarted)
+            {
+                headers.WriteRateLimitHeaders(ctx, request, ex);
+                await OpenAIErrors.WriteAsync(ctx, ex);
+                return;
+            }
+
+            ctx.Abort(); // audio already went out: cut, never ended as if whole
+        }
     }
 
     /// <summary>Submits an operation and writes its answer (<see cref="WriteAsync"/>), or its error in OpenAI's shape.</summary>

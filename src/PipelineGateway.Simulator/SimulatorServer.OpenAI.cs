@@ -157,9 +157,31 @@ public sealed partial class SimulatorServer
                 return;
             }
 
+            if (kind == PipelineGateway.Providers.OperationKind.Speech)
+            {
+                // The audio as OpenAI sends it, as it is made: in blocks, --token-delay-ms apart, cut as --break-rate draws
+                // (its length announced, so an early end is a broken body, never a short file taken for whole).
+                SetRateLimitHeaders(ctx);
+                ctx.Response.ContentType = data.MediaType;
+                ctx.Response.ContentLength = data.List.Length;
+                for (int at = 0, block = 0; at < data.List.Length; at += PipelineGateway.Providers.Http.RawBodyEvents.BlockBytes, block++)
+                {
+                    if (await FaultMidStreamAsync(ctx, plan, block).ConfigureAwait(false))
+                    {
+                        ctx.Abort();
+                        return;
+                    }
+
+                    await ctx.Response.Body.WriteAsync(data.List.Slice(at, Math.Min(PipelineGateway.Providers.Http.RawBodyEvents.BlockBytes, data.List.Length - at)), ctx.RequestAborted).ConfigureAwait(false);
+                    await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+                }
+
+                return;
+            }
+
             var tokens = SimulatedEmbeddings.PromptTokens(operation);
             SetRateLimitHeaders(ctx);
-            ctx.Response.ContentType = data.MediaType; // JSON, or speech's audio
+            ctx.Response.ContentType = data.MediaType; // JSON
             var usage = kind == PipelineGateway.Providers.OperationKind.Embeddings ? new TokenUsage { PromptTokens = tokens, TotalTokens = tokens } : null; // moderations: no usage, as OpenAI
             var answer = PipelineGateway.Providers.Operations.ToJson(new ChatCompletionResponse { Model = request.Model, Created = DateTimeOffset.UtcNow.ToUnixTimeSeconds(), Usage = usage, Operation = data });
             ctx.Response.ContentLength = answer.Length;

@@ -35,10 +35,12 @@ internal sealed partial class ProviderWorkerPool
             throw refusal; // a text completion only a native route can serve
         }
 
-        if (item.Request.Operation is { } operation && Provider is not IStreamedTranscriptionProvider)
+        if (item.Request.Operation is { } operation && Provider is not IStreamedOperationProvider)
         {
-            // Passed over: another deployment may stream it (when none can, the caller's 400 says to ask without stream).
-            throw ProviderException.Unsupported("stream", $"The model '{ProviderException.Quoted(item.Request.Model)}' is served by '{Name}', which does not stream {(operation.Kind == OperationKind.Transcription ? "transcriptions" : "this request")}: ask without 'stream'.");
+            // Passed over: another deployment may stream it (when none can, the caller's 400 says why).
+            throw operation.Kind == OperationKind.Transcription
+                ? ProviderException.Unsupported("stream", $"The model '{ProviderException.Quoted(item.Request.Model)}' is served by '{Name}', which does not stream transcriptions: ask without 'stream'.")
+                : Operations.NotServed(Name, operation, item.Request.Model);
         }
 
         var upstream = Provider.StreamAsync(request, item.Token).GetAsyncEnumerator(item.Token);
@@ -140,7 +142,7 @@ internal sealed partial class ProviderWorkerPool
         Record(item, deployment, new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken), null);
 
         // The caller has had the chunks; this whole answer carries the usage and cost for metrics (and the cache).
-        var whole = replay?.ToResponse() ?? new ChatCompletionResponse { Model = deployment.Model, Usage = item.StreamUsage };
+        var whole = replay?.ToResponse() ?? new ChatCompletionResponse { Model = deployment.Model, Usage = item.StreamUsage, Operation = Streamed(item.Request) };
         if (whole.Usage is null)
         {
             // The upstream counted nothing (it ignored include_usage): the gateway's estimate, marked as one, is billed
@@ -189,7 +191,9 @@ internal sealed partial class ProviderWorkerPool
         var writer = item.Chunks!.Writer;
         if ((held is { Count: > 0 } ? held[0] : first) is { } opening)
         {
-            opening.Gateway = ResponseInfo.Answered(item, deployment, null, _services!.Pricing, _time, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
+            // Speech's cost is known before its audio (its characters): the opening says it, the headers can carry it.
+            var known = item.Request.Operation is { Kind: OperationKind.Speech } speech ? Speech.Usage(speech) : null;
+            opening.Gateway = ResponseInfo.Answered(item, deployment, known, _services!.Pricing, _time, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
         }
 
         foreach (var chunk in held ?? [])
@@ -205,6 +209,10 @@ internal sealed partial class ProviderWorkerPool
             await writer.WriteAsync(first, item.Token).ConfigureAwait(false);
         }
     }
+
+    /// <summary>What a streamed operation's whole answer says of it (its kind and media type, no bytes: they went out as they came); null for chat.</summary>
+    private static OperationAnswer? Streamed(ChatCompletionRequest request) => request.Operation is not { } operation ? null
+        : new OperationAnswer(operation.Kind, ReadOnlyMemory<byte>.Empty, 1) { MediaType = operation.Kind == OperationKind.Speech ? Speech.MediaType(Speech.Format(operation.Body)) : "text/event-stream" };
 
     private static ValueTask WriteAsync(System.Threading.Channels.ChannelWriter<ChatCompletionChunk> writer, ChatCompletionChunk chunk, CancellationToken token) =>
         writer.TryWrite(chunk) ? ValueTask.CompletedTask : writer.WriteAsync(chunk, token);

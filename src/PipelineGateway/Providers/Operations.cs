@@ -105,11 +105,12 @@ internal sealed record OperationAnswer(OperationKind Kind, ReadOnlyMemory<byte> 
 /// custom providers have none: a deployment on them is passed over unsent (<see cref="Operations.NotServed"/>).
 /// </summary>
 /// <summary>
-/// A provider that streams transcriptions (<c>stream=true</c>): its <see cref="ILlmProvider.StreamAsync"/> takes a
-/// transcription request and yields its text as chunks (<see cref="Transcriptions.ReadEvent"/>). A streamed
-/// transcription is never sent to another provider: it would be read as a chat request.
+/// A provider that streams the operations that stream — transcriptions asked with <c>stream=true</c> (their text as
+/// chunks, <see cref="Transcriptions.ReadEvent"/>) and speech (its audio as it comes, <see cref="Speech.Block"/>): its
+/// <see cref="ILlmProvider.StreamAsync"/> takes such a request. They are never sent to another provider: it would read
+/// them as chat requests.
 /// </summary>
-internal interface IStreamedTranscriptionProvider;
+internal interface IStreamedOperationProvider;
 
 internal interface IOperationProvider
 {
@@ -588,8 +589,7 @@ internal static class Operations
         {
             // The audio's media type, from the format asked; billed per character (no usage comes with audio).
             response.Operation = answer with { MediaType = Speech.MediaType(Speech.Format(operation.Body)) };
-            var characters = Speech.Characters(operation);
-            response.Usage = new TokenUsage { PromptTokens = characters, TotalTokens = characters };
+            response.Usage = Speech.Usage(operation);
         }
 
         if (operation.Kind is OperationKind.Transcription or OperationKind.Translation)

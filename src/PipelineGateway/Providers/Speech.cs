@@ -95,6 +95,36 @@ internal static class Speech
     public static int Characters(OperationRequest operation) => operation.Body.GetProperty("input").GetString()!.Length;
 
     /// <summary>
+    /// A block of streamed audio as a chunk: the bytes kept (the endpoint writes them as they came), its choices marked as
+    /// content without being objects — the stream starts for the caller at its first block, and nothing in the pipeline
+    /// reads them — and the members a chunk must have set, so none is filled later (which would let the bytes go).
+    /// </summary>
+    public static ChatCompletionChunk Block(ReadOnlySpan<byte> audio, string model, long created)
+    {
+        var chunk = new ChatCompletionChunk { Id = "speech", Created = created, Model = model };
+        chunk.KeepEventJson(audio, membersUnread: false);
+        chunk.SkipChoices(1, finishes: false, carriesContent: true);
+        return chunk;
+    }
+
+    /// <summary>The closing chunk of streamed audio: finished, with the usage speech is billed by (<see cref="Usage"/>).</summary>
+    public static ChatCompletionChunk Finish(OperationRequest operation, string model, long created) => new()
+    {
+        Id = "speech",
+        Created = created,
+        Model = model,
+        Choices = [new ChunkChoice { FinishReason = "stop" }],
+        Usage = Usage(operation),
+    };
+
+    /// <summary>What speech is billed by, known before it is made: its characters (no usage comes with audio).</summary>
+    public static TokenUsage Usage(OperationRequest operation)
+    {
+        var characters = Characters(operation);
+        return new TokenUsage { PromptTokens = characters, TotalTokens = characters };
+    }
+
+    /// <summary>
     /// An upstream's answer to a speech request: its bytes are the audio — unless they are a JSON object (an <c>error</c>
     /// sent with a 200, <paramref name="error"/>, or a JSON answer where audio was asked: no audio, the provider's
     /// failure), or nothing at all (likewise). Raw PCM may start with any byte, but is never a whole JSON object.

@@ -366,8 +366,8 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             answer = c.Response is not { } r ? null
                 : r.Operation is { } operation ? operation.Kind switch // not a text to keep
                 {
-                    Providers.OperationKind.Speech => $"[{operation.MediaType}, {operation.List.Length} bytes]",
-                    Providers.OperationKind.Transcription or Providers.OperationKind.Translation => $"[{operation.Kind.ToString().ToLowerInvariant()}, {operation.List.Length} bytes]",
+                    Providers.OperationKind.Speech => $"[{operation.MediaType}, {Size(operation)}]",
+                    Providers.OperationKind.Transcription or Providers.OperationKind.Translation => $"[{operation.Kind.ToString().ToLowerInvariant()}, {Size(operation)}]",
                     var kind => $"[{operation.Count} {kind switch { Providers.OperationKind.Embeddings => "embeddings", Providers.OperationKind.Moderations => "moderation results", Providers.OperationKind.Rerank => "ranked documents", _ => "images" }}]",
                 }
                 : Cap(SecretRedactor.Redact(r.Content));
@@ -401,6 +401,9 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             Answer = answer,
         };
     }
+
+    /// <summary>An answer's size for the log; a streamed one's bytes went out as they came (<c>streamed</c>).</summary>
+    private static string Size(Providers.OperationAnswer operation) => operation.List.IsEmpty ? "streamed" : $"{operation.List.Length} bytes";
 
     private string Cap(string text) => text.Length <= _options.MaxBodyChars ? text : string.Concat(text.AsSpan(0, _options.MaxBodyChars), "…[truncated]");
 

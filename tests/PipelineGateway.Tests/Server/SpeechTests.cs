@@ -49,12 +49,12 @@ public sealed class SpeechTests : LoggedFleetTests
         var wav = (await client.GenerateSpeechAsync(Text, GeneratedSpeechVoice.Alloy, new SpeechGenerationOptions { ResponseFormat = GeneratedSpeechFormat.Wav }, Ct)).Value.ToArray();
         Encoding.ASCII.GetString(wav, 0, 4).Should().Be("RIFF");
 
-        // The audio as the upstream made it, byte for byte, with the format's media type and a length.
+        // The audio as the upstream made it, byte for byte, with the format's media type, streamed.
         const string Body = """{"model":"tts","input":"The gateway speaks for every provider.","voice":"coral","speed":1.5}""";
         var (response, through) = await PostAsync(Body);
         response.StatusCode.Should().Be(HttpStatusCode.OK);
         response.Content.Headers.ContentType!.MediaType.Should().Be("audio/mpeg");
-        response.Content.Headers.ContentLength.Should().Be(through.Length);
+        response.Headers.TransferEncodingChunked.Should().BeTrue("streamed as it is made, as OpenAI sends it");
         using var direct = await new HttpClient().PostAsync(new Uri(Fleet.Sims["sim"].BaseAddress, "v1/audio/speech"), new StringContent(Body.Replace("\"tts\"", "\"tts-1\"", StringComparison.Ordinal), Encoding.UTF8, "application/json"), Ct);
         through.Should().Equal(await direct.Content.ReadAsByteArrayAsync(Ct));
         through.Length.Should().BeLessThan(mp3.Length, "spoken faster, shorter");
@@ -65,7 +65,7 @@ public sealed class SpeechTests : LoggedFleetTests
         (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("completion_tokens").GetInt32()).Should().Be((Text.Length, 0));
         row.GetProperty("usage_estimated").GetBoolean().Should().BeFalse("the characters are counted, not estimated");
         row.GetProperty("cost_usd").GetDecimal().Should().Be(Text.Length * 15m / 1_000_000m);
-        row.GetProperty("answer").GetString().Should().Be($"[audio/mpeg, {through.Length} bytes]", "the audio is not kept as a text");
+        row.GetProperty("answer").GetString().Should().Be("[audio/mpeg, streamed]", "the audio is not kept as a text (it went out as it came)");
         await Fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
@@ -167,5 +167,58 @@ public sealed class SpeechTests : LoggedFleetTests
         var (rejected, rejection, _, _) = await Speak("echo-400");
         rejected.Should().Be(HttpStatusCode.BadRequest, "the upstream refused the request itself: its status, not a 502");
         rejection.Should().Contain("temperature is too high").And.NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);
+    }
+
+    /// <summary>
+    /// Speech streams as OpenAI's does: the caller has the upstream's first audio while the rest is still being made
+    /// (the upstream held between its two halves), then every byte in order; a body that only starts like JSON (raw PCM
+    /// beginning with '{') is audio; and a cut after the first audio resets the caller's connection — never a short file
+    /// taken for a whole one. Before any audio, a failure fails over.
+    /// </summary>
+    [Fact]
+    public async Task Speech_reaches_the_caller_as_it_is_made_and_a_cut_after_the_first_audio_breaks_the_transfer()
+    {
+        await using var scripted = await ScriptedUpstream.StartAsync(Ct);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["speech-gated", "speech-cut", "speech-brace", "stream-error-first"], "tts-1", Ct);
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/audio/speech") { Content = new StringContent("""{"model":"speech-gated","input":"Hello there.","voice":"alloy"}""", Encoding.UTF8, "application/json") };
+        using var response = await gateway.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        Header(response, "x-gateway-cost-usd").Should().Be((12 * 15m / 1_000_000m).ToString("0.##########", System.Globalization.CultureInfo.InvariantCulture), "its cost is known from its characters before its audio");
+        await using var body = await response.Content.ReadAsStreamAsync(Ct);
+        var received = new MemoryStream();
+        var buffer = new byte[65536];
+        while (received.Length < 20_000)
+        {
+            var n = await body.ReadAsync(buffer, Ct);
+            n.Should().BePositive("the first half arrives while the upstream still holds the second");
+            received.Write(buffer, 0, n);
+        }
+
+        received.Length.Should().Be(20_000);
+        scripted.SpeechGate.SetResult();
+        await body.CopyToAsync(received, Ct);
+        received.ToArray().Should().Equal(ScriptedUpstream.SpeechAudio);
+
+        var (brace, braceBody) = await Speak("speech-brace");
+        (brace.StatusCode, brace.Content.Headers.ContentType!.MediaType).Should().Be((HttpStatusCode.OK, "audio/mpeg"));
+        braceBody.Should().Equal("{\u0001\u0002 not json"u8.ToArray());
+
+        var cut = async () =>
+        {
+            using var cutRequest = new HttpRequestMessage(HttpMethod.Post, "v1/audio/speech") { Content = new StringContent("""{"model":"speech-cut","input":"Hello there.","voice":"alloy"}""", Encoding.UTF8, "application/json") };
+            using var cutResponse = await gateway.Http.SendAsync(cutRequest, HttpCompletionOption.ResponseHeadersRead, Ct);
+            await (await cutResponse.Content.ReadAsStreamAsync(Ct)).CopyToAsync(Stream.Null, Ct);
+        };
+        await cut.Should().ThrowAsync<Exception>("the transfer is broken, not ended");
+
+        var (failedOver, audio) = await Speak("stream-error-first-then-sim");
+        (failedOver.StatusCode, Header(failedOver, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));
+        audio[..2].Should().Equal(0xFF, 0xFB);
+
+        async Task<(HttpResponseMessage Response, byte[] Body)> Speak(string model)
+        {
+            var answer = await gateway.Http.PostAsync("v1/audio/speech", new StringContent($$"""{"model":"{{model}}","input":"Hello there.","voice":"alloy"}""", Encoding.UTF8, "application/json"), Ct);
+            return (answer, await answer.Content.ReadAsByteArrayAsync(Ct));
+        }
     }
 }

@@ -484,6 +484,7 @@ public sealed class TranscriptionsTests : LoggedFleetTests
         streamed.GetProperty("cost_usd").GetDecimal().Should().Be(Cost(whole)).And.BePositive();
         (streamed.GetProperty("prompt_tokens").GetInt32(), streamed.GetProperty("completion_tokens").GetInt32()).Should().Be((usage.GetProperty("input_tokens").GetInt32(), usage.GetProperty("output_tokens").GetInt32()));
         streamed.GetProperty("stream").GetBoolean().Should().BeTrue();
+        streamed.GetProperty("answer").GetString().Should().Be("[transcription, streamed]");
         await Fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 

@@ -36,6 +36,12 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     private int _stalled;
     private int _rateLimited;
 
+    /// <summary>What the <c>speech-gated</c> answer waits on between its two halves.</summary>
+    public TaskCompletionSource SpeechGate { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>The audio of the <c>speech-*</c> answers: 40,000 bytes (three of the gateway's reads), each its index's low byte.</summary>
+    public static readonly byte[] SpeechAudio = [.. Enumerable.Range(0, 40_000).Select(static i => (byte)(i == 0 ? 0xFF : i))];
+
     /// <summary>The faults it knows (the <c>x-fault</c> values).</summary>
     public static readonly string[] Faults =
     [
@@ -99,6 +105,25 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case "masked-429":
                 ctx.Response.Headers.RetryAfter = "0";
                 await Error(ctx, anthropic, 429, "rate_limit_error", $"Rate limit reached for key {masked} on requests per min.");
+                break;
+            case "speech-gated" or "speech-cut":
+                // Audio as it is made: the first half, then (gated) the second — or a reset after the first half.
+                ctx.Response.ContentType = "audio/mpeg";
+                await ctx.Response.Body.WriteAsync(SpeechAudio.AsMemory(0, 20_000));
+                await ctx.Response.Body.FlushAsync();
+                if (ctx.Request.Headers["x-fault"] == "speech-cut")
+                {
+                    ctx.Abort();
+                    break;
+                }
+
+                await SpeechGate.Task;
+                await ctx.Response.Body.WriteAsync(SpeechAudio.AsMemory(20_000));
+                break;
+            case "speech-brace":
+                // Raw PCM whose first byte is '{' — audio that merely looks like JSON at its start.
+                ctx.Response.ContentType = "audio/pcm";
+                await ctx.Response.Body.WriteAsync("{\u0001\u0002 not json"u8.ToArray());
                 break;
             case "transcript-error-mid":
                 // A streamed transcription that fails after its first words (the error echoing the caller's key).

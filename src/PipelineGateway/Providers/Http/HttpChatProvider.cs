@@ -256,7 +256,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
         using (response)
         {
-            if (AnsweredWhole(response) || (request.Request.Operation is not null && MediaType(response).StartsWith("text/plain", StringComparison.OrdinalIgnoreCase)))
+            if (AnsweredWhole(response) || (request.Request.Operation is { Kind: OperationKind.Transcription } && MediaType(response).StartsWith("text/plain", StringComparison.OrdinalIgnoreCase)))
             {
                 // (A transcription asked to stream may come whole in any of its formats: whisper-1 ignores stream.)
                 // A server that does not stream (a simple mock, a proxy that buffers) answered the stream request
@@ -286,6 +286,17 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             await using (body.ConfigureAwait(false))
             {
                 var reader = ReadStream(request);
+                if (reader is RawBodyEvents raw)
+                {
+                    // A body that is not events (speech's audio): its bytes as they come.
+                    await foreach (var block in ReadRawAsync(body, raw, deadline, cancellationToken).ConfigureAwait(false))
+                    {
+                        yield return block;
+                    }
+
+                    yield break;
+                }
+
                 using var events = new SseEventReader(body);
                 while (true)
                 {
@@ -380,6 +391,81 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     }
 
     /// <summary>A body that broke off (connection reset, cut short, undecodable) while the caller still waits for it.</summary>
+    /// <summary>
+    /// A raw body (<see cref="RawBodyEvents"/>) read as it comes: a chunk per read, the idle timeout restarted by each, then
+    /// the reader's closing chunk. A body whose first byte opens a JSON object is read whole (within
+    /// <see cref="ProviderOptions.MaxAnswerBytes"/>) and judged whole (an error sent with a 200, JSON where audio was
+    /// asked); an empty one is no answer.
+    /// </summary>
+    private async IAsyncEnumerable<ChatCompletionChunk> ReadRawAsync(Stream body, RawBodyEvents raw, AttemptDeadline deadline, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(RawBodyEvents.BlockBytes);
+        try
+        {
+            var any = false;
+            while (true)
+            {
+                int read;
+                ChatCompletionChunk? whole = null;
+                try
+                {
+                    read = await body.ReadAsync(buffer.AsMemory(0, RawBodyEvents.BlockBytes), deadline.Token).ConfigureAwait(false);
+                    if (!any && read > 0 && buffer.AsSpan(0, read).IndexOfAnyExcept(" \t\r\n"u8) is var start and >= 0 && buffer[start] == (byte)'{')
+                    {
+                        using var all = new MemoryStream();
+                        all.Write(buffer, 0, read);
+                        int more;
+                        while ((more = await body.ReadAsync(buffer.AsMemory(0, RawBodyEvents.BlockBytes), deadline.Token).ConfigureAwait(false)) > 0)
+                        {
+                            all.Write(buffer, 0, more);
+                            if (all.Length > Options.MaxAnswerBytes)
+                            {
+                                throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered more than {Options.MaxAnswerBytes} bytes.");
+                            }
+                        }
+
+                        whole = raw.Whole(all.ToArray());
+                    }
+                }
+                catch (OperationCanceledException ex) when (deadline.TimedOut)
+                {
+                    throw IdleTimeout(ex);
+                }
+                catch (Exception ex) when (BrokeOff(ex, cancellationToken))
+                {
+                    throw StreamBroke(ex);
+                }
+
+                if (whole is not null)
+                {
+                    yield return whole;
+                    any = true;
+                    break;
+                }
+
+                if (read == 0)
+                {
+                    break;
+                }
+
+                any = true;
+                deadline.Restart(Options.StreamIdleTimeout);
+                yield return raw.Block(buffer.AsSpan(0, read));
+            }
+
+            if (!any)
+            {
+                throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' answered with an empty body.");
+            }
+
+            yield return raw.Finish();
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
     private static bool BrokeOff(Exception ex, CancellationToken caller) =>
         ex is IOException or HttpRequestException or InvalidDataException && !caller.IsCancellationRequested;
 
@@ -567,6 +653,30 @@ internal readonly record struct UpstreamError(string Message, string? Type, stri
 /// Turns one upstream stream's SSE events into chunks, one event at a time, for <see cref="HttpChatProvider"/>'s
 /// reading loop: an event makes no chunk, one, or several (<see cref="Next"/>), and says whether it was the last.
 /// </summary>
+/// <summary>
+/// A streamed answer that is not server-sent events but raw bytes (speech's audio): a chunk per block read
+/// (<see cref="Block"/>), a closing chunk with the usage (<see cref="Finish"/>), and the judgement of a body that looks
+/// like JSON, read whole (<see cref="Whole"/>).
+/// </summary>
+internal abstract class RawBodyEvents : StreamEvents
+{
+    /// <summary>The most a read (and so a chunk) holds.</summary>
+    public const int BlockBytes = 16 * 1024;
+
+    public override string LastEvent => "the end of its body";
+
+    public override ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end) => throw new NotSupportedException("A raw body has no events.");
+
+    /// <summary>A chunk carrying these bytes (copied: the buffer is reused).</summary>
+    public abstract ChatCompletionChunk Block(ReadOnlySpan<byte> bytes);
+
+    /// <summary>The chunk that closes the answer (its finish and usage).</summary>
+    public abstract ChatCompletionChunk Finish();
+
+    /// <summary>A body whose first byte opens a JSON object, read whole: a chunk of it when it is the answer after all, else the provider's failure (thrown).</summary>
+    public abstract ChatCompletionChunk Whole(ReadOnlyMemory<byte> body);
+}
+
 internal abstract class StreamEvents
 {
     /// <summary>The provider's last event, named in the error when the body ends before it.</summary>

@@ -10,10 +10,13 @@ namespace PipelineGateway.Providers.OpenAI;
 /// OpenAI-compatible endpoint by base URL (vLLM, Ollama, Groq, Together, Mistral…) and Azure OpenAI
 /// (deployment URL, <c>api-key</c> header, <c>api-version</c> query).
 /// </summary>
-internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider, ITextCompletionProvider, IStreamedTranscriptionProvider
+internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider, ITextCompletionProvider, IStreamedOperationProvider
 {
     /// <summary>Marks an upstream call on the <c>/completions</c> route, with the caller's model (its refusal names it).</summary>
     private static readonly HttpRequestOptionsKey<string> TextCompletionOf = new("pgw.completions");
+
+    /// <summary>The streamed operation a request carries, and the model asked (its 403/404/405/501 is the request's, as a whole operation's).</summary>
+    private static readonly HttpRequestOptionsKey<(OperationRequest Operation, string Model)> OperationOf = new("pgw.operation");
 
     private readonly Uri _base;
     private readonly Uri _chat;
@@ -58,9 +61,14 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     {
         if (request.Request.Operation is { } operation)
         {
-            // A streamed transcription (the one operation that streams): the caller's form again, stream=true in it;
-            // its events are read by TranscriptEvents (a JSON or text answer, whisper-1's, as a whole answer).
-            return Post(OperationUri(operation, request.Model), Forms.Upstream(operation, request.Model), "text/event-stream, application/json, text/plain");
+            // Speech: its JSON body, the audio read as it comes (SpeechEvents). A streamed transcription: the caller's
+            // form again, stream=true in it, its events read by TranscriptEvents (a JSON or text answer — whisper-1's —
+            // as a whole answer).
+            var message = operation.Kind == OperationKind.Speech
+                ? Post(OperationUri(operation, request.Model), Operations.UpstreamBody(operation, request.Model), stream: false, "audio/*, application/json")
+                : Post(OperationUri(operation, request.Model), Forms.Upstream(operation, request.Model), "text/event-stream, application/json, text/plain");
+            message.Options.Set(OperationOf, (operation, request.Request.Model));
+            return message;
         }
 
         if (Native(request))
@@ -177,6 +185,15 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
 
     protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request)
     {
+        if (request.Request.Operation is { Kind: OperationKind.Speech })
+        {
+            // Speech answered as JSON: no audio — an error sent with a 200, or JSON where audio was asked.
+            Speech.ReadAnswer(body.ToArray(), copy: false, out var speechError);
+            throw speechError is { } e
+                ? UpstreamErrorIn(e, "its answer (with a 200)")
+                : new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an answer that is not a usable speech answer: it has no audio.");
+        }
+
         if (request.Request.Operation is { } operation)
         {
             // A streamed transcription answered whole (whisper-1 ignores stream): replayed as the stream's chunks.
@@ -206,9 +223,10 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
 
     protected override StreamEvents ReadStream(ProviderRequest request)
     {
-        if (request.Request.Operation is not null)
+        if (request.Request.Operation is { } operation)
         {
-            return new TranscriptEvents(this, request.Model, Time.GetUtcNow().ToUnixTimeSeconds());
+            var created = Time.GetUtcNow().ToUnixTimeSeconds();
+            return operation.Kind == OperationKind.Speech ? new SpeechEvents(this, operation, request.Model, created) : new TranscriptEvents(this, request.Model, created);
         }
 
         if (Native(request))
@@ -281,6 +299,22 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         }
     }
 
+    /// <summary>Speech's audio as it comes (<see cref="Speech.Block"/>); a body that looks like JSON is judged as a whole answer is.</summary>
+    private sealed class SpeechEvents(OpenAIChatProvider provider, OperationRequest operation, string model, long created) : RawBodyEvents
+    {
+        public override ChatCompletionChunk Block(ReadOnlySpan<byte> bytes) => Speech.Block(bytes, model, created);
+
+        public override ChatCompletionChunk Finish() => Speech.Finish(operation, model, created);
+
+        public override ChatCompletionChunk Whole(ReadOnlyMemory<byte> body)
+        {
+            var answer = Speech.ReadAnswer(body, copy: false, out var error);
+            return answer.Operation is not null ? Block(body.Span) // raw PCM may begin with '{': audio after all
+                : error is { } e ? throw provider.UpstreamErrorIn(e, "its answer (with a 200)")
+                : throw new ProviderException(AttemptOutcome.RetryableError, $"'{provider.Name}' returned an answer that is not a usable speech answer: it has no audio.");
+        }
+    }
+
     /// <summary>A streamed transcription's events (<see cref="Transcriptions.ReadEvent"/>), whole at <c>transcript.text.done</c>.</summary>
     private sealed class TranscriptEvents(OpenAIChatProvider provider, string model, long created) : StreamEvents
     {
@@ -349,9 +383,10 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     /// down, as an embeddings request to a chat-only server is.
     /// </summary>
     protected override ProviderException Refused(HttpRequestMessage message, ProviderException refusal) =>
-        refusal.StatusCode is 403 or 404 or 405 or 501 && message.Options.TryGetValue(TextCompletionOf, out var model)
-            ? TextCompletions.NotServedBy(Name, model, refusal)
-            : refusal;
+        refusal.StatusCode is not (403 or 404 or 405 or 501) ? refusal
+        : message.Options.TryGetValue(TextCompletionOf, out var model) ? TextCompletions.NotServedBy(Name, model, refusal)
+        : message.Options.TryGetValue(OperationOf, out var asked) ? Operations.NotServedBy(Name, asked.Operation, asked.Model, refusal) // a streamed operation, as a whole one
+        : refusal;
 
     /// <summary>
     /// An error sent inside the stream (OpenAI does this for mid-stream failures) or inside a 200's body: classified by

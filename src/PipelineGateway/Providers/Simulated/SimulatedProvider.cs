@@ -7,7 +7,7 @@ namespace PipelineGateway.Providers.Simulated;
 /// It powers the default configuration, the demo, tests and benchmarks, so everything runs with no keys.
 /// The answer is derived from the request, with token counts of realistic size (about 4 characters a token).
 /// </summary>
-internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStreamedTranscriptionProvider
+internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStreamedOperationProvider
 {
     private readonly SimulatedProviderOptions _options;
     private readonly TimeProvider _time;
@@ -116,6 +116,25 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStr
         var id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
         var created = _time.GetUtcNow().ToUnixTimeSeconds();
         var perToken = TimeSpan.FromMilliseconds(_options.PerTokenDelayMs);
+        if (request.Request.Operation is { Kind: OperationKind.Speech } speech)
+        {
+            // Speech: its audio in blocks, as an upstream's body comes, then the close with its usage.
+            var audio = SimulatedSpeech.Audio(speech).List;
+            for (var at = 0; at < audio.Length; at += Http.RawBodyEvents.BlockBytes)
+            {
+                if (at > 0 && perToken > TimeSpan.Zero)
+                {
+                    await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
+                }
+
+                cancellationToken.ThrowIfCancellationRequested();
+                yield return Speech.Block(audio.Span.Slice(at, Math.Min(Http.RawBodyEvents.BlockBytes, audio.Length - at)), request.Model, created);
+            }
+
+            yield return Speech.Finish(speech, request.Model, created);
+            yield break;
+        }
+
         if (request.Request.Operation is { } operation)
         {
             // A streamed transcription: the transcript its whole answer has, a word at a time, then the finish with its usage.
