@@ -65,6 +65,7 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
     private async Task SpeakAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
     {
         var flushEach = !ServerSubmit.MarksBursts(queue);
+        var events = Speech.AsEvents(request.Operation!); // stream_format "sse": the upstream's speech.audio.* events, each a data: line
         var started = false;
         await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
         try
@@ -80,15 +81,30 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
 
                 if (!started)
                 {
-                    ctx.Response.ContentType = Speech.MediaType(Speech.Format(request.Operation!.Body));
+                    ctx.Response.ContentType = events ? "text/event-stream" : Speech.MediaType(Speech.Format(request.Operation!.Body));
+                    if (events)
+                    {
+                        ctx.Response.Headers.CacheControl = "no-cache";
+                        ctx.Response.Headers["x-accel-buffering"] = "no";
+                    }
+
                     headers.WriteGatewayHeaders(ctx, request, chunk.Gateway); // its cost too: known from its characters
                     started = true;
                 }
 
                 if (chunk.TakeEventJson(out var audio, out var length))
                 {
-                    // The upstream's bytes, copied into Kestrel's buffer; the rented block goes back (this is its one taker).
-                    ctx.Response.BodyWriter.Write(audio.AsSpan(0, length));
+                    // The upstream's bytes (audio, or an event's JSON), copied into Kestrel's buffer; the rented block goes
+                    // back (this is its one taker).
+                    if (events)
+                    {
+                        SseWriter.WriteData(ctx.Response, audio.AsSpan(0, length));
+                    }
+                    else
+                    {
+                        ctx.Response.BodyWriter.Write(audio.AsSpan(0, length));
+                    }
+
                     System.Buffers.ArrayPool<byte>.Shared.Return(audio);
                 }
 
@@ -111,6 +127,13 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
             {
                 headers.WriteRateLimitHeaders(ctx, request, ex);
                 await OpenAIErrors.WriteAsync(ctx, ex);
+                return;
+            }
+
+            if (events)
+            {
+                // Events: the failure is one more, in OpenAI's error shape (the SDKs raise it).
+                await SseWriter.WriteDataAsync(ctx.Response, JsonSerializer.SerializeToUtf8Bytes(new OpenAIErrorBody { Error = OpenAIErrors.Map(ex).Error }, ServerJsonContext.Default.OpenAIErrorBody), aborted);
                 return;
             }
 

@@ -157,6 +157,24 @@ public sealed partial class SimulatorServer
                 return;
             }
 
+            if (kind == PipelineGateway.Providers.OperationKind.Speech && PipelineGateway.Providers.Speech.AsEvents(operation))
+            {
+                // Asked as events: OpenAI's speech.audio.delta per block, then speech.audio.done; cut as the plan draws.
+                StartSse(ctx);
+                var events = PipelineGateway.Providers.Speech.Events(data.List, PipelineGateway.Providers.Http.RawBodyEvents.BlockBytes, PipelineGateway.Providers.Speech.Characters(operation), data.List.Length / 1024);
+                for (var i = 0; i < events.Count; i++)
+                {
+                    if (await FaultMidStreamAsync(ctx, plan, i).ConfigureAwait(false))
+                    {
+                        return;
+                    }
+
+                    await WriteSseAsync(ctx, null, events[i]).ConfigureAwait(false);
+                }
+
+                return;
+            }
+
             if (kind == PipelineGateway.Providers.OperationKind.Speech)
             {
                 // The audio as OpenAI sends it, as it is made: in blocks, --token-delay-ms apart, cut as --break-rate draws

@@ -54,9 +54,9 @@ internal static class Speech
             throw new InvalidRequestException("instructions", "'instructions' must be a string.");
         }
 
-        if (root.TryGetProperty("stream_format", out var stream) && stream.ValueKind != JsonValueKind.Null && !(stream.ValueKind == JsonValueKind.String && stream.ValueEquals("audio")))
+        if (root.TryGetProperty("stream_format", out var stream) && stream.ValueKind != JsonValueKind.Null && !(stream.ValueKind == JsonValueKind.String && (stream.ValueEquals("audio") || stream.ValueEquals("sse"))))
         {
-            throw new InvalidRequestException("stream_format", "'stream_format' must be \"audio\": the gateway answers with the audio whole (server-sent audio events are not served).");
+            throw new InvalidRequestException("stream_format", "'stream_format' must be \"audio\" (the audio's bytes, the default) or \"sse\" (server-sent speech.audio.* events).");
         }
 
         return new ChatCompletionRequest
@@ -105,6 +105,63 @@ internal static class Speech
         chunk.KeepEventJson(audio, membersUnread: false);
         chunk.SkipChoices(1, finishes: false, carriesContent: true);
         return chunk;
+    }
+
+    /// <summary>Whether a checked request asks for server-sent events (<c>stream_format: "sse"</c>) instead of the audio's bytes.</summary>
+    public static bool AsEvents(OperationRequest operation) =>
+        operation.Body.TryGetProperty("stream_format", out var f) && f.ValueKind == JsonValueKind.String && f.ValueEquals("sse");
+
+    /// <summary>
+    /// One server-sent event of speech asked with <c>stream_format: "sse"</c>, as a chunk keeping its bytes: a
+    /// <c>speech.audio.delta</c> (its <c>audio</c> a base64 string) carries content — the stream starts for the caller —,
+    /// <c>speech.audio.done</c> finishes it (<paramref name="done"/>) with the usage speech is billed by (its characters,
+    /// as the other forms: the event's own token counts are passed on as they came, not billed), any other type passes
+    /// through without content; an object with an <c>error</c> is <paramref name="error"/> (no chunk).
+    /// </summary>
+    /// <exception cref="JsonException">The event is not a JSON object, or a delta without its audio.</exception>
+    public static ChatCompletionChunk? ReadEvent(ReadOnlySpan<byte> data, OperationRequest operation, string model, long created, out JsonElement? error, out bool done)
+    {
+        error = null;
+        done = false;
+        using var doc = JsonDocument.Parse(data.ToArray());
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object)
+        {
+            throw new JsonException("A speech event is not a JSON object.");
+        }
+
+        if (root.TryGetProperty("error", out var e) && e.ValueKind != JsonValueKind.Null)
+        {
+            error = e.Clone();
+            return null;
+        }
+
+        var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+        var delta = type == "speech.audio.delta";
+        if (delta && !(root.TryGetProperty("audio", out var audio) && audio.ValueKind == JsonValueKind.String))
+        {
+            throw new JsonException("A speech.audio.delta event has no 'audio' string.");
+        }
+
+        done = type == "speech.audio.done";
+        var chunk = new ChatCompletionChunk { Id = "speech", Created = created, Model = model, Usage = done ? Usage(operation) : null };
+        chunk.KeepEventJson(data, membersUnread: false);
+        chunk.SkipChoices(1, finishes: done, carriesContent: delta);
+        return chunk;
+    }
+
+    /// <summary>Speech's events as OpenAI sends them (the simulators'): a <c>speech.audio.delta</c> per block of the audio, then <c>speech.audio.done</c> with a usage.</summary>
+    public static List<byte[]> Events(ReadOnlyMemory<byte> audio, int blockBytes, int inputTokens, int outputTokens)
+    {
+        var events = new List<byte[]>();
+        for (var at = 0; at < audio.Length; at += blockBytes)
+        {
+            var block = audio.Span.Slice(at, Math.Min(blockBytes, audio.Length - at));
+            events.Add(System.Text.Encoding.UTF8.GetBytes($$"""{"type":"speech.audio.delta","audio":"{{Convert.ToBase64String(block)}}"}"""));
+        }
+
+        events.Add(System.Text.Encoding.UTF8.GetBytes($$$"""{"type":"speech.audio.done","usage":{"input_tokens":{{{inputTokens}}},"output_tokens":{{{outputTokens}}},"total_tokens":{{{inputTokens + outputTokens}}}}}"""));
+        return events;
     }
 
     /// <summary>The closing chunk of streamed audio: finished, with the usage speech is billed by (<see cref="Usage"/>).</summary>

@@ -2,6 +2,7 @@ using System.ClientModel;
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using CsCheck;
 using FluentAssertions;
 using OpenAI;
 using OpenAI.Audio;
@@ -111,7 +112,7 @@ public sealed class SpeechTests : LoggedFleetTests
     [InlineData("""{"model":"tts","input":"x","voice":"alloy","speed":0.1}""", "speed")]
     [InlineData("""{"model":"tts","input":"x","voice":"alloy","speed":"fast"}""", "speed")]
     [InlineData("""{"model":"tts","input":"x","voice":"alloy","instructions":5}""", "instructions")]
-    [InlineData("""{"model":"tts","input":"x","voice":"alloy","stream_format":"sse"}""", "stream_format")]
+    [InlineData("""{"model":"tts","input":"x","voice":"alloy","stream_format":"events"}""", "stream_format")]
     [InlineData("""["tts"]""", null)]
     public async Task A_bad_request_is_a_400_naming_its_field_and_reaches_no_upstream(string body, string? param)
     {
@@ -170,6 +171,95 @@ public sealed class SpeechTests : LoggedFleetTests
     }
 
     /// <summary>
+    /// Any event speech asked as events may bring — each kind, its audio of the wrong type or missing, an error object, not
+    /// an object, cut anywhere — is a chunk keeping its bytes (a delta carrying content, the done event finishing with the
+    /// characters' usage), an upstream error, or a JsonException the stream reports as an invalid event (CsCheck, fixed seed).
+    /// </summary>
+    [Fact]
+    public void Any_speech_event_is_a_chunk_keeping_its_bytes_an_upstream_error_or_a_JsonException()
+    {
+        var operation = Speech.ToRequest(JsonDocument.Parse("""{"model":"m","input":"four chars","voice":"alloy","stream_format":"sse"}""").RootElement).Operation!;
+        var types = new[] { "speech.audio.delta", "speech.audio.done", "speech.audio.other", "" };
+        var kinds = new HashSet<string>();
+        Gen.Select(Gen.OneOf(types), Gen.String[0, 12], Gen.Int[0, 5], Gen.Int[0, 3]).Sample((type, text, shape, cut) =>
+        {
+            var quoted = JsonSerializer.Serialize(text);
+            var json = shape switch
+            {
+                0 => $$"""{"type":"{{type}}","audio":{{quoted}}}""",
+                1 => $$$"""{"type":"{{{type}}}","usage":{"input_tokens":3,"output_tokens":{{{text.Length}}}}}""",
+                2 => $$$"""{"error":{"message":{{{quoted}}},"type":"server_error"}}""",
+                3 => $$"""{"type":"{{type}}","audio":7}""",
+                4 => $"[{quoted}]",
+                _ => "null",
+            };
+            var bytes = Encoding.UTF8.GetBytes(json);
+            if (cut > 0)
+            {
+                bytes = bytes[..(bytes.Length * cut / 4)];
+            }
+
+            try
+            {
+                var chunk = Speech.ReadEvent(bytes, operation, "m", 1, out var error, out var done);
+                if (error is not null)
+                {
+                    chunk.Should().BeNull();
+                    kinds.Add("error");
+                    return;
+                }
+
+                chunk!.EventJson.ToArray().Should().Equal(bytes);
+                done.Should().Be(type == "speech.audio.done");
+                (chunk.Finishes, chunk.CarriesContent).Should().Be((done, type == "speech.audio.delta"));
+                (done ? chunk.Usage!.PromptTokens : 0).Should().Be(done ? "four chars".Length : 0, "billed by its characters");
+                kinds.Add(done ? "done" : "chunk");
+            }
+            catch (JsonException)
+            {
+                kinds.Add("invalid");
+            }
+        }, seed: "0N0XIzNsQ0O5", iter: 5_000 * Fuzz.Scale, threads: 1);
+        kinds.Should().BeEquivalentTo(["error", "done", "chunk", "invalid"]);
+    }
+
+    /// <summary>
+    /// Speech asked as events (<c>stream_format: "sse"</c>, gpt-4o-mini-tts's): the upstream's <c>speech.audio.delta</c>
+    /// events as they came — their audio, decoded, the very audio asked without them — then <c>speech.audio.done</c>
+    /// with its usage; billed by the characters as the other forms (the header from the start, the log alike). A cut
+    /// after the first audio ends with an error event.
+    /// </summary>
+    [Fact]
+    public async Task Speech_asked_as_events_reaches_the_caller_as_the_upstreams_events_and_is_billed_as_audio()
+    {
+        const string Text = "Events for every provider.";
+        var body = $$"""{"model":"tts","input":"{{Text}}","voice":"alloy","stream_format":"sse"}""";
+        var response = await Http.PostAsync("v1/audio/speech", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        var text = await response.Content.ReadAsStringAsync(Ct);
+        response.StatusCode.Should().Be(HttpStatusCode.OK, text);
+        response.Content.Headers.ContentType!.MediaType.Should().Be("text/event-stream");
+        var events = text.Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e.Trim()["data: ".Length..]).RootElement.Clone()).ToList();
+        events.SkipLast(1).Should().NotBeEmpty().And.AllSatisfy(e => e.GetProperty("type").GetString().Should().Be("speech.audio.delta"));
+        events[^1].GetProperty("type").GetString().Should().Be("speech.audio.done");
+        events[^1].GetProperty("usage").GetProperty("total_tokens").GetInt32().Should().BePositive();
+        var audio = events.SkipLast(1).SelectMany(e => Convert.FromBase64String(e.GetProperty("audio").GetString()!)).ToArray();
+        var (_, whole) = await PostAsync($$"""{"model":"tts","input":"{{Text}}","voice":"alloy"}""");
+        audio.Should().Equal(whole, "the same audio, as events");
+
+        var cost = Text.Length * 15m / 1_000_000m;
+        decimal.Parse(Header(response, "x-gateway-cost-usd"), System.Globalization.CultureInfo.InvariantCulture).Should().Be(cost);
+        (await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct)).GetProperty("cost_usd").GetDecimal().Should().Be(cost);
+        await Fleet.SpendShouldBeTheMetricsAsync(Ct);
+
+        await using var scripted = await ScriptedUpstream.StartAsync(Ct);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["speech-sse-cut"], "gpt-4o-mini-tts", Ct);
+        var cut = await gateway.Http.PostAsync("v1/audio/speech", new StringContent("""{"model":"speech-sse-cut","input":"Hello.","voice":"alloy","stream_format":"sse"}""", Encoding.UTF8, "application/json"), Ct);
+        var cutEvents = (await cut.Content.ReadAsStringAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e.Trim()["data: ".Length..]).RootElement.Clone()).ToList();
+        cutEvents[0].GetProperty("type").GetString().Should().Be("speech.audio.delta");
+        cutEvents[^1].GetProperty("error").GetProperty("message").GetString().Should().NotBeNullOrEmpty("a cut after the first audio ends with an error event");
+    }
+
+    /// <summary>
     /// Speech streams as OpenAI's does: the caller has the upstream's first audio while the rest is still being made
     /// (the upstream held between its two halves), then every byte in order; a body that only starts like JSON (raw PCM
     /// beginning with '{') is audio; and a cut after the first audio resets the caller's connection — never a short file
@@ -203,13 +293,19 @@ public sealed class SpeechTests : LoggedFleetTests
         (brace.StatusCode, brace.Content.Headers.ContentType!.MediaType).Should().Be((HttpStatusCode.OK, "audio/mpeg"));
         braceBody.Should().Equal("{\u0001\u0002 not json"u8.ToArray());
 
-        var cut = async () =>
+        using var cutRequest = new HttpRequestMessage(HttpMethod.Post, "v1/audio/speech") { Content = new StringContent("""{"model":"speech-cut","input":"Hello there.","voice":"alloy"}""", Encoding.UTF8, "application/json") };
+        using var cutResponse = await gateway.Http.SendAsync(cutRequest, HttpCompletionOption.ResponseHeadersRead, Ct);
+        cutResponse.StatusCode.Should().Be(HttpStatusCode.OK);
+        await using var cutBody = await cutResponse.Content.ReadAsStreamAsync(Ct);
+        var first = 0;
+        while (first < 20_000)
         {
-            using var cutRequest = new HttpRequestMessage(HttpMethod.Post, "v1/audio/speech") { Content = new StringContent("""{"model":"speech-cut","input":"Hello there.","voice":"alloy"}""", Encoding.UTF8, "application/json") };
-            using var cutResponse = await gateway.Http.SendAsync(cutRequest, HttpCompletionOption.ResponseHeadersRead, Ct);
-            await (await cutResponse.Content.ReadAsStreamAsync(Ct)).CopyToAsync(Stream.Null, Ct);
-        };
-        await cut.Should().ThrowAsync<Exception>("the transfer is broken, not ended");
+            first += await cutBody.ReadAsync(buffer, Ct);
+        }
+
+        scripted.SpeechCutGate.SetResult(); // the upstream resets its connection after the first half
+        var rest = async () => await cutBody.CopyToAsync(Stream.Null, Ct);
+        await rest.Should().ThrowAsync<Exception>("the transfer is broken, not ended");
 
         var (failedOver, audio) = await Speak("stream-error-first-then-sim");
         (failedOver.StatusCode, Header(failedOver, "x-gateway-provider")).Should().Be((HttpStatusCode.OK, "sim"));

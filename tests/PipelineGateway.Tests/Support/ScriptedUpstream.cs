@@ -39,6 +39,9 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     /// <summary>What the <c>speech-gated</c> answer waits on between its two halves.</summary>
     public TaskCompletionSource SpeechGate { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>What the <c>speech-cut</c> answer waits on before it resets the connection after its first half.</summary>
+    public TaskCompletionSource SpeechCutGate { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     /// <summary>The audio of the <c>speech-*</c> answers: 40,000 bytes (three of the gateway's reads), each its index's low byte.</summary>
     public static readonly byte[] SpeechAudio = [.. Enumerable.Range(0, 40_000).Select(static i => (byte)(i == 0 ? 0xFF : i))];
 
@@ -113,12 +116,20 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 await ctx.Response.Body.FlushAsync();
                 if (ctx.Request.Headers["x-fault"] == "speech-cut")
                 {
+                    await SpeechCutGate.Task; // the caller has the first half: now the reset
                     ctx.Abort();
                     break;
                 }
 
                 await SpeechGate.Task;
                 await ctx.Response.Body.WriteAsync(SpeechAudio.AsMemory(20_000));
+                break;
+            case "speech-sse-cut":
+                // Speech asked as events: one speech.audio.delta, then the connection is reset.
+                ctx.Response.ContentType = "text/event-stream";
+                await ctx.Response.WriteAsync("data: {\"type\":\"speech.audio.delta\",\"audio\":\"/+s=\"}\n\n");
+                await ctx.Response.Body.FlushAsync();
+                ctx.Abort();
                 break;
             case "speech-brace":
                 // Raw PCM whose first byte is '{' — audio that merely looks like JSON at its start.

@@ -65,7 +65,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             // form again, stream=true in it, its events read by TranscriptEvents (a JSON or text answer — whisper-1's —
             // as a whole answer).
             var message = operation.Kind == OperationKind.Speech
-                ? Post(OperationUri(operation, request.Model), Operations.UpstreamBody(operation, request.Model), stream: false, "audio/*, application/json")
+                ? Post(OperationUri(operation, request.Model), Operations.UpstreamBody(operation, request.Model), stream: false, Speech.AsEvents(operation) ? "text/event-stream, application/json" : "audio/*, application/json")
                 : Post(OperationUri(operation, request.Model), Forms.Upstream(operation, request.Model), "text/event-stream, application/json, text/plain");
             message.Options.Set(OperationOf, (operation, request.Request.Model));
             return message;
@@ -226,7 +226,9 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         if (request.Request.Operation is { } operation)
         {
             var created = Time.GetUtcNow().ToUnixTimeSeconds();
-            return operation.Kind == OperationKind.Speech ? new SpeechEvents(this, operation, request.Model, created) : new TranscriptEvents(this, request.Model, created);
+            return operation.Kind != OperationKind.Speech ? new TranscriptEvents(this, request.Model, created)
+                : Speech.AsEvents(operation) ? new SpeechSseEvents(this, operation, request.Model, created)
+                : new SpeechEvents(this, operation, request.Model, created);
         }
 
         if (Native(request))
@@ -312,6 +314,36 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             return answer.Operation is not null ? Block(body.Span) // raw PCM may begin with '{': audio after all
                 : error is { } e ? throw provider.UpstreamErrorIn(e, "its answer (with a 200)")
                 : throw new ProviderException(AttemptOutcome.RetryableError, $"'{provider.Name}' returned an answer that is not a usable speech answer: it has no audio.");
+        }
+    }
+
+    /// <summary>Speech's server-sent events (<c>stream_format: "sse"</c>, <see cref="Speech.ReadEvent"/>), whole at <c>speech.audio.done</c>.</summary>
+    private sealed class SpeechSseEvents(OpenAIChatProvider provider, OperationRequest operation, string model, long created) : StreamEvents
+    {
+        private bool _done;
+
+        public override string LastEvent => "speech.audio.done";
+
+        public override bool EndedWhole => _done;
+
+        public override ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end)
+        {
+            end = false;
+            if (data.SequenceEqual("[DONE]"u8))
+            {
+                end = _done ? true : throw new JsonException("The stream sent [DONE] before speech.audio.done.");
+                return null;
+            }
+
+            var chunk = Speech.ReadEvent(data, operation, model, created, out var error, out var done);
+            if (error is { } e)
+            {
+                throw provider.UpstreamErrorIn(e, "the stream");
+            }
+
+            _done |= done;
+            end = done;
+            return chunk;
         }
     }
 

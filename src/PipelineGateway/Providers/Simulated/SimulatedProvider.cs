@@ -118,8 +118,25 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStr
         var perToken = TimeSpan.FromMilliseconds(_options.PerTokenDelayMs);
         if (request.Request.Operation is { Kind: OperationKind.Speech } speech)
         {
-            // Speech: its audio in blocks, as an upstream's body comes, then the close with its usage.
+            // Speech: its audio in blocks, as an upstream's body comes, then the close with its usage — or, asked as
+            // events, OpenAI's speech.audio.* events read as an upstream's are.
             var audio = SimulatedSpeech.Audio(speech).List;
+            if (Speech.AsEvents(speech))
+            {
+                var events = Speech.Events(audio, Http.RawBodyEvents.BlockBytes, Speech.Characters(speech), audio.Length / 1024);
+                for (var i = 0; i < events.Count; i++)
+                {
+                    if (i > 0 && perToken > TimeSpan.Zero)
+                    {
+                        await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
+                    }
+
+                    cancellationToken.ThrowIfCancellationRequested();
+                    yield return Speech.ReadEvent(events[i], speech, request.Model, created, out _, out _)!;
+                }
+
+                yield break;
+            }
             for (var at = 0; at < audio.Length; at += Http.RawBodyEvents.BlockBytes)
             {
                 if (at > 0 && perToken > TimeSpan.Zero)
