@@ -253,8 +253,13 @@ public sealed class SpeechTests : LoggedFleetTests
 
         await using var scripted = await ScriptedUpstream.StartAsync(Ct);
         await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["speech-sse-cut"], "gpt-4o-mini-tts", Ct);
-        var cut = await gateway.Http.PostAsync("v1/audio/speech", new StringContent("""{"model":"speech-sse-cut","input":"Hello.","voice":"alloy","stream_format":"sse"}""", Encoding.UTF8, "application/json"), Ct);
-        var cutEvents = (await cut.Content.ReadAsStringAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e.Trim()["data: ".Length..]).RootElement.Clone()).ToList();
+        using var cutRequest = new HttpRequestMessage(HttpMethod.Post, "v1/audio/speech") { Content = new StringContent("""{"model":"speech-sse-cut","input":"Hello.","voice":"alloy","stream_format":"sse"}""", Encoding.UTF8, "application/json") };
+        using var cut = await gateway.Http.SendAsync(cutRequest, HttpCompletionOption.ResponseHeadersRead, Ct);
+        cut.StatusCode.Should().Be(HttpStatusCode.OK);
+        using var reader = new StreamReader(await cut.Content.ReadAsStreamAsync(Ct));
+        var firstEvent = await reader.ReadLineAsync(Ct);
+        scripted.SpeechCutGate.SetResult(); // the caller has the first event: the upstream resets its connection
+        var cutEvents = (firstEvent + "\n" + await reader.ReadToEndAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e.Trim()["data: ".Length..]).RootElement.Clone()).ToList();
         cutEvents[0].GetProperty("type").GetString().Should().Be("speech.audio.delta");
         cutEvents[^1].GetProperty("error").GetProperty("message").GetString().Should().NotBeNullOrEmpty("a cut after the first audio ends with an error event");
     }

@@ -129,6 +129,7 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 ctx.Response.ContentType = "text/event-stream";
                 await ctx.Response.WriteAsync("data: {\"type\":\"speech.audio.delta\",\"audio\":\"/+s=\"}\n\n");
                 await ctx.Response.Body.FlushAsync();
+                await SpeechCutGate.Task; // the caller has the first event: now the reset
                 ctx.Abort();
                 break;
             case "speech-brace":
