@@ -681,6 +681,29 @@ internal static class Operations
     /// other deployments and its fallbacks are tried and the deployment's health is untouched; when none can, the
     /// caller's 400 naming <c>model</c>.
     /// </summary>
+    /// <summary>
+    /// One event of a streamed operation parsed (the caller disposes it): <paramref name="error"/> when it is an object
+    /// with an <c>error</c> (the upstream's failure in the stream).
+    /// </summary>
+    /// <exception cref="JsonException">It is not JSON, or not an object (<paramref name="what"/> names it).</exception>
+    public static JsonDocument ParseEvent(ReadOnlySpan<byte> data, string what, out JsonElement? error)
+    {
+        error = null;
+        var doc = JsonDocument.Parse(data.ToArray());
+        if (doc.RootElement.ValueKind != JsonValueKind.Object)
+        {
+            doc.Dispose();
+            throw new JsonException($"{what} is not a JSON object.");
+        }
+
+        if (doc.RootElement.TryGetProperty("error", out var e) && e.ValueKind != JsonValueKind.Null)
+        {
+            error = e.Clone();
+        }
+
+        return doc;
+    }
+
     public static ProviderException NotServed(string provider, OperationRequest operation, string model) =>
         ProviderException.Unsupported("model", $"The model '{ProviderException.Quoted(model)}' is served by '{provider}', which has no {Name(operation.Kind)} API.");
 

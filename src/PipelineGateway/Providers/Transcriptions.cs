@@ -201,20 +201,14 @@ internal static class Transcriptions
     /// <exception cref="JsonException">The event is not JSON, not an object, or a delta or done event without its text.</exception>
     public static ChatCompletionChunk? ReadEvent(ReadOnlySpan<byte> data, string model, long created, out JsonElement? error, out bool done)
     {
-        error = null;
         done = false;
-        using var doc = JsonDocument.Parse(data.ToArray());
-        var root = doc.RootElement;
-        if (root.ValueKind != JsonValueKind.Object)
+        using var doc = Operations.ParseEvent(data, "A transcription event", out error);
+        if (error is not null)
         {
-            throw new JsonException("A transcription event is not a JSON object.");
-        }
-
-        if (root.TryGetProperty("error", out var e) && e.ValueKind != JsonValueKind.Null)
-        {
-            error = e.Clone();
             return null;
         }
+
+        var root = doc.RootElement;
 
         var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
         var choice = new ChunkChoice();

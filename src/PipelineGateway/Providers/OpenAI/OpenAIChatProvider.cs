@@ -62,7 +62,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         if (request.Request.Operation is { } operation)
         {
             // Speech: its JSON body, the audio read as it comes (SpeechEvents). A streamed transcription: the caller's
-            // form again, stream=true in it, its events read by TranscriptEvents (a JSON or text answer — whisper-1's —
+            // form again, stream=true in it, its events read by OperationEvents (a JSON or text answer — whisper-1's —
             // as a whole answer).
             var message = operation.Kind == OperationKind.Speech
                 ? Post(OperationUri(operation, request.Model), Operations.UpstreamBody(operation, request.Model), stream: false, Speech.AsEvents(operation) ? "text/event-stream, application/json" : "audio/*, application/json")
@@ -226,9 +226,12 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         if (request.Request.Operation is { } operation)
         {
             var created = Time.GetUtcNow().ToUnixTimeSeconds();
-            return operation.Kind != OperationKind.Speech ? new TranscriptEvents(this, request.Model, created)
-                : Speech.AsEvents(operation) ? new SpeechSseEvents(this, operation, request.Model, created)
-                : new SpeechEvents(this, operation, request.Model, created);
+            var model = request.Model;
+            return operation.Kind != OperationKind.Speech
+                ? new OperationEvents(this, "transcript.text.done", (ReadOnlySpan<byte> data, out JsonElement? error, out bool done) => Transcriptions.ReadEvent(data, model, created, out error, out done))
+                : Speech.AsEvents(operation)
+                ? new OperationEvents(this, "speech.audio.done", (ReadOnlySpan<byte> data, out JsonElement? error, out bool done) => Speech.ReadEvent(data, operation, model, created, out error, out done))
+                : new SpeechEvents(this, operation, model, created);
         }
 
         if (Native(request))
@@ -317,12 +320,18 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         }
     }
 
-    /// <summary>Speech's server-sent events (<c>stream_format: "sse"</c>, <see cref="Speech.ReadEvent"/>), whole at <c>speech.audio.done</c>.</summary>
-    private sealed class SpeechSseEvents(OpenAIChatProvider provider, OperationRequest operation, string model, long created) : StreamEvents
+    /// <summary>
+    /// An operation's server-sent events — a streamed transcription's (<see cref="Transcriptions.ReadEvent"/>), speech's
+    /// asked as events (<see cref="Speech.ReadEvent"/>) — each read by <paramref name="read"/>, whole at
+    /// <paramref name="last"/> (OpenAI's streams end with it, no <c>[DONE]</c>; one after it is taken as the end).
+    /// </summary>
+    private sealed class OperationEvents(OpenAIChatProvider provider, string last, OperationEvents.Reader read) : StreamEvents
     {
+        public delegate ChatCompletionChunk? Reader(ReadOnlySpan<byte> data, out JsonElement? error, out bool done);
+
         private bool _done;
 
-        public override string LastEvent => "speech.audio.done";
+        public override string LastEvent => last;
 
         public override bool EndedWhole => _done;
 
@@ -331,11 +340,11 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             end = false;
             if (data.SequenceEqual("[DONE]"u8))
             {
-                end = _done ? true : throw new JsonException("The stream sent [DONE] before speech.audio.done.");
+                end = _done ? true : throw new JsonException($"The stream sent [DONE] before {last}.");
                 return null;
             }
 
-            var chunk = Speech.ReadEvent(data, operation, model, created, out var error, out var done);
+            var chunk = read(data, out var error, out var done);
             if (error is { } e)
             {
                 throw provider.UpstreamErrorIn(e, "the stream");
@@ -343,36 +352,6 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
 
             _done |= done;
             end = done;
-            return chunk;
-        }
-    }
-
-    /// <summary>A streamed transcription's events (<see cref="Transcriptions.ReadEvent"/>), whole at <c>transcript.text.done</c>.</summary>
-    private sealed class TranscriptEvents(OpenAIChatProvider provider, string model, long created) : StreamEvents
-    {
-        private bool _done;
-
-        public override string LastEvent => "transcript.text.done";
-
-        public override bool EndedWhole => _done;
-
-        public override ChatCompletionChunk? Read(ReadOnlySpan<byte> data, out bool end)
-        {
-            end = false;
-            if (data.SequenceEqual("[DONE]"u8))
-            {
-                end = _done ? true : throw new JsonException("The stream sent [DONE] before transcript.text.done.");
-                return null;
-            }
-
-            var chunk = Transcriptions.ReadEvent(data, model, created, out var error, out var done);
-            if (error is { } e)
-            {
-                throw provider.UpstreamErrorIn(e, "the stream");
-            }
-
-            _done |= done;
-            end = done; // OpenAI's stream ends with this event (no [DONE])
             return chunk;
         }
     }
