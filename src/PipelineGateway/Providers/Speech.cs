@@ -144,6 +144,10 @@ internal static class Speech
         return chunk;
     }
 
+    /// <summary>A <c>speech.audio.delta</c> event of <paramref name="audio"/> (its bytes base64), as OpenAI writes one.</summary>
+    public static byte[] DeltaEvent(ReadOnlySpan<byte> audio) =>
+        System.Text.Encoding.UTF8.GetBytes($$"""{"type":"speech.audio.delta","audio":"{{Convert.ToBase64String(audio)}}"}""");
+
     /// <summary>Speech's events as OpenAI sends them (the simulators'): a <c>speech.audio.delta</c> per block of the audio, then <c>speech.audio.done</c> with a usage.</summary>
     public static List<byte[]> Events(ReadOnlyMemory<byte> audio, int blockBytes, int inputTokens, int outputTokens)
     {
@@ -151,7 +155,7 @@ internal static class Speech
         for (var at = 0; at < audio.Length; at += blockBytes)
         {
             var block = audio.Span.Slice(at, Math.Min(blockBytes, audio.Length - at));
-            events.Add(System.Text.Encoding.UTF8.GetBytes($$"""{"type":"speech.audio.delta","audio":"{{Convert.ToBase64String(block)}}"}"""));
+            events.Add(DeltaEvent(block));
         }
 
         events.Add(System.Text.Encoding.UTF8.GetBytes($$$"""{"type":"speech.audio.done","usage":{"input_tokens":{{{inputTokens}}},"output_tokens":{{{outputTokens}}},"total_tokens":{{{inputTokens + outputTokens}}}}}"""));

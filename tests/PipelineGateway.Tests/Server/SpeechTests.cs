@@ -294,6 +294,13 @@ public sealed class SpeechTests : LoggedFleetTests
         await body.CopyToAsync(received, Ct);
         received.ToArray().Should().Equal(ScriptedUpstream.SpeechAudio);
 
+        // Asked as events of an upstream that answers with the audio itself (one without events): the events, made of it.
+        var asEvents = await gateway.Http.PostAsync("v1/audio/speech", new StringContent("""{"model":"speech-gated","input":"Hello there.","voice":"alloy","stream_format":"sse"}""", Encoding.UTF8, "application/json"), Ct);
+        asEvents.Content.Headers.ContentType!.MediaType.Should().Be("text/event-stream");
+        var made = (await asEvents.Content.ReadAsStringAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e.Trim()["data: ".Length..]).RootElement.Clone()).ToList();
+        made[^1].GetProperty("type").GetString().Should().Be("speech.audio.done");
+        made.SkipLast(1).SelectMany(e => Convert.FromBase64String(e.GetProperty("audio").GetString()!)).Should().Equal(ScriptedUpstream.SpeechAudio);
+
         var (brace, braceBody) = await Speak("speech-brace");
         (brace.StatusCode, brace.Content.Headers.ContentType!.MediaType).Should().Be((HttpStatusCode.OK, "audio/mpeg"));
         braceBody.Should().Equal("{\u0001\u0002 not json"u8.ToArray());

@@ -67,6 +67,9 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
     /// </summary>
     protected abstract StreamEvents ReadStream(ProviderRequest request);
 
+    /// <summary>The reader of a stream whose answer came as <paramref name="mediaType"/> (the same as <see cref="ReadStream(ProviderRequest)"/> unless the provider reads some media types otherwise).</summary>
+    protected virtual StreamEvents ReadStream(ProviderRequest request, string mediaType) => ReadStream(request);
+
     /// <summary>What an upstream's error status means for the call <paramref name="message"/> made: as classified, unless the adapter knows better.</summary>
     protected virtual ProviderException Refused(HttpRequestMessage message, ProviderException refusal) => refusal;
 
@@ -285,7 +288,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 
             await using (body.ConfigureAwait(false))
             {
-                var reader = ReadStream(request);
+                var reader = request.Request.Operation is null ? ReadStream(request) : ReadStream(request, MediaType(response).ToString());
                 if (reader is RawBodyEvents raw)
                 {
                     // A body that is not events (speech's audio): its bytes as they come.

@@ -304,12 +304,26 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         }
     }
 
-    /// <summary>Speech's audio as it comes (<see cref="Speech.Block"/>); a body that looks like JSON is judged as a whole answer is.</summary>
-    private sealed class SpeechEvents(OpenAIChatProvider provider, OperationRequest operation, string model, long created) : RawBodyEvents
-    {
-        public override ChatCompletionChunk Block(ReadOnlySpan<byte> bytes) => Speech.Block(bytes, model, created);
+    /// <summary>
+    /// Speech asked as events from an upstream that answers with the audio itself (one without them: Kokoro-FastAPI,
+    /// openedai-speech…): its bytes as they come, each block made a <c>speech.audio.delta</c>, closed by a
+    /// <c>speech.audio.done</c> without a usage (the upstream gave none) — the caller gets the events it asked for.
+    /// </summary>
+    protected override StreamEvents ReadStream(ProviderRequest request, string mediaType) =>
+        request.Request.Operation is { Kind: OperationKind.Speech } speech && Speech.AsEvents(speech) && mediaType.StartsWith("audio/", StringComparison.OrdinalIgnoreCase)
+            ? new SpeechEvents(this, speech, request.Model, Time.GetUtcNow().ToUnixTimeSeconds(), asEvents: true)
+            : ReadStream(request);
 
-        public override ChatCompletionChunk Finish() => Speech.Finish(operation, model, created);
+    /// <summary>Speech's audio as it comes (<see cref="Speech.Block"/>), or made events (<paramref name="asEvents"/>); a body that looks like JSON is judged as a whole answer is.</summary>
+    private sealed class SpeechEvents(OpenAIChatProvider provider, OperationRequest operation, string model, long created, bool asEvents = false) : RawBodyEvents
+    {
+        public override ChatCompletionChunk Block(ReadOnlySpan<byte> bytes) => asEvents
+            ? Speech.ReadEvent(Speech.DeltaEvent(bytes), operation, model, created, out _, out _)!
+            : Speech.Block(bytes, model, created);
+
+        public override ChatCompletionChunk Finish() => asEvents
+            ? Speech.ReadEvent("{\"type\":\"speech.audio.done\"}"u8, operation, model, created, out _, out _)!
+            : Speech.Finish(operation, model, created);
 
         public override ChatCompletionChunk Whole(ReadOnlyMemory<byte> body)
         {
