@@ -129,7 +129,6 @@ internal static class Speech
         }
 
         var root = doc.RootElement;
-
         var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
         var delta = type == "speech.audio.delta";
         if (delta && !(root.TryGetProperty("audio", out var audio) && audio.ValueKind == JsonValueKind.String))

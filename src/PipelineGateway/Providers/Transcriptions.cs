@@ -209,7 +209,6 @@ internal static class Transcriptions
         }
 
         var root = doc.RootElement;
-
         var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
         var choice = new ChunkChoice();
         TokenUsage? usage = null;
