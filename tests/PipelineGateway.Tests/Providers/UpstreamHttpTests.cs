@@ -71,6 +71,37 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// The error shapes OpenAI-compatible servers answer with, each read for its message (and code, and whether the prompt
+    /// was too long): OpenAI's, Ollama's and LM Studio's <c>{"error":"…"}</c>, vLLM's top-level <c>message</c>, TGI's
+    /// <c>error</c> with <c>error_type</c>, FastAPI's <c>detail</c> as text and as its validation list — the field and
+    /// what is wrong with it, never the <c>input</c> the list echoes back.
+    /// </summary>
+    [Theory]
+    [InlineData(400, """{"error":{"message":"Invalid value for temperature","type":"invalid_request_error","code":"invalid_value","param":"temperature"}}""", "Invalid value for temperature", "invalid_value")]
+    [InlineData(400, """{"error":"invalid message format: messages[0].role must be one of system, user"}""", "invalid message format: messages[0].role must be one of system, user", null)]
+    [InlineData(400, """{"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.","type":"BadRequestError","param":null,"code":400}""", "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.", "context_length_exceeded")]
+    [InlineData(422, """{"error":"Input validation error: `temperature` must be strictly positive","error_type":"validation"}""", "Input validation error: `temperature` must be strictly positive", null)]
+    [InlineData(400, """{"detail":"Invalid request: messages must not be empty"}""", "Invalid request: messages must not be empty", null)]
+    [InlineData(422, """{"detail":[{"type":"less_than_equal","loc":["body","temperature"],"msg":"Input should be less than or equal to 2","input":"sk-proj-abcdefghijklmnopqrstuvwx","ctx":{"le":2}},{"loc":["body","messages",0,"role"],"msg":"Field required"},{"msg":"Extra inputs are not permitted"},3]}""", "body.temperature: Input should be less than or equal to 2; body.messages.0.role: Field required; Extra inputs are not permitted", null)]
+    [InlineData(422, """{"detail":[{"loc":["body"],"input":"x"}]}""", "(a JSON body without an error message, 41 characters)", null)]
+    public async Task An_upstreams_own_error_shape_is_read_for_its_message(int status, string body, string message, string? code)
+    {
+        var provider = Create(ProviderTypes.OpenAICompatible, "raw", tweak: o =>
+        {
+            o.Headers["x-raw-status"] = status.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            o.Headers["x-raw-body"] = Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes(body));
+        });
+
+        var act = async () => await provider.CompleteAsync(Ask(), Ct);
+
+        var ex = (await act.Should().ThrowAsync<ProviderException>()).Which;
+        ex.StatusCode.Should().Be(status);
+        ex.UpstreamMessage.Should().Be(message);
+        ex.ErrorCode.Should().Be(code);
+        ex.Outcome.Should().Be(code == "context_length_exceeded" ? AttemptOutcome.ContextLengthExceeded : AttemptOutcome.NonRetryableError);
+    }
+
     [Theory]
     [MemberData(nameof(Types))]
     public async Task Gzip_deflate_and_Brotli_answers_are_asked_for_and_undone(string type)

@@ -274,6 +274,11 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case "truncated-200":
                 await Raw(ctx, 200, "application/json", $"{{\"id\":\"x\",\"note\":\"{key}\",\"choices\":[");
                 break;
+            case "raw":
+                // An upstream's own error shape: the status and body the test chose (x-raw-status; x-raw-body, base64).
+                await Raw(ctx, int.Parse(ctx.Request.Headers["x-raw-status"].ToString(), System.Globalization.CultureInfo.InvariantCulture), "application/json",
+                    Encoding.UTF8.GetString(Convert.FromBase64String(ctx.Request.Headers["x-raw-body"].ToString())));
+                break;
             default:
                 await Raw(ctx, 418, "text/plain", "no such fault");
                 break;

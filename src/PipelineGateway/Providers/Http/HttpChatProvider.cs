@@ -598,7 +598,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
             if (root.ValueKind == JsonValueKind.Object)
             {
                 var e = root.TryGetProperty("error", out var inner) && inner.ValueKind == JsonValueKind.Object ? inner : root;
-                message = Text(e, "message") ?? Text(root, "error") ?? Text(root, "detail");
+                message = Text(e, "message") ?? Text(root, "error") ?? Text(root, "detail") ?? ValidationErrors(root);
                 type = Text(e, "type");
                 code = Text(e, "code");
                 param = Text(e, "param");
@@ -614,13 +614,47 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
         message = SecretRedactor.RedactAndTrim(message);
         return new UpstreamError(message, type, code, param, isContextLength(message, code));
 
-        static string? Text(JsonElement e, string name) =>
-            e.TryGetProperty(name, out var v) ? v.ValueKind switch
+        static string? Text(JsonElement e, string name) => e.TryGetProperty(name, out var v) ? Scalar(v) : null;
+
+        // FastAPI's (and so many Python servers') validation failure: {"detail":[{"loc":["body","temperature"],"msg":"…"}]},
+        // each made "body.temperature: …" — the field and what is wrong with it, never the "input" it echoes.
+        static string? ValidationErrors(JsonElement root)
+        {
+            if (!root.TryGetProperty("detail", out var detail) || detail.ValueKind != JsonValueKind.Array)
             {
-                JsonValueKind.String => v.GetString(),
-                JsonValueKind.Number => v.GetRawText(),
-                _ => null,
-            } : null;
+                return null;
+            }
+
+            var text = new StringBuilder();
+            foreach (var item in detail.EnumerateArray())
+            {
+                if (item.ValueKind != JsonValueKind.Object || Text(item, "msg") is not { } msg)
+                {
+                    continue;
+                }
+
+                text.Append(text.Length == 0 ? "" : "; ");
+                if (item.TryGetProperty("loc", out var loc) && loc.ValueKind == JsonValueKind.Array)
+                {
+                    text.AppendJoin('.', loc.EnumerateArray().Select(part => Scalar(part) ?? "?")).Append(": ");
+                }
+
+                text.Append(msg);
+                if (text.Length > 500)
+                {
+                    break;
+                }
+            }
+
+            return text.Length == 0 ? null : text.ToString();
+        }
+
+        static string? Scalar(JsonElement v) => v.ValueKind switch
+        {
+            JsonValueKind.String => v.GetString(),
+            JsonValueKind.Number => v.GetRawText(),
+            _ => null,
+        };
 
         static string Describe(string body, bool json)
         {
@@ -653,10 +687,6 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
 internal readonly record struct UpstreamError(string Message, string? Type, string? Code, string? Param, bool ContextLength);
 
 /// <summary>
-/// Turns one upstream stream's SSE events into chunks, one event at a time, for <see cref="HttpChatProvider"/>'s
-/// reading loop: an event makes no chunk, one, or several (<see cref="Next"/>), and says whether it was the last.
-/// </summary>
-/// <summary>
 /// A streamed answer that is not server-sent events but raw bytes (speech's audio): a chunk per block read
 /// (<see cref="Block"/>), a closing chunk with the usage (<see cref="Finish"/>), and the judgement of a body that looks
 /// like JSON, read whole (<see cref="Whole"/>).
@@ -680,6 +710,10 @@ internal abstract class RawBodyEvents : StreamEvents
     public abstract ChatCompletionChunk Whole(ReadOnlyMemory<byte> body);
 }
 
+/// <summary>
+/// Turns one upstream stream's SSE events into chunks, one event at a time, for <see cref="HttpChatProvider"/>'s
+/// reading loop: an event makes no chunk, one, or several (<see cref="Next"/>), and says whether it was the last.
+/// </summary>
 internal abstract class StreamEvents
 {
     /// <summary>The provider's last event, named in the error when the body ends before it.</summary>
