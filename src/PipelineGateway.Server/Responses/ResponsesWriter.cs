@@ -60,6 +60,16 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         public StringBuilder Text { get; } = new();
 
+        /// <summary>A message's refusal (the model declined: the chat format's <c>refusal</c>), its own content part; null when none.</summary>
+        public StringBuilder? Refusal { get; set; }
+
+        /// <summary>A message's content parts' places, in the order they opened (-1: not open): its text's and its refusal's.</summary>
+        public int TextPart { get; set; } = -1;
+
+        public int RefusalPart { get; set; } = -1;
+
+        public int Parts { get; set; }
+
         /// <summary>A message's tokens' log probabilities (the chat format's <c>logprobs.content</c> entries), when the answer has them.</summary>
         public List<JsonElement>? Logprobs { get; set; }
 
@@ -86,10 +96,22 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
             _items.Add(reasoning);
         }
 
-        if (message?.Content?.GetText() is { Length: > 0 } text)
+        var answer = message?.Content?.GetText();
+        if (!string.IsNullOrEmpty(answer) || !string.IsNullOrEmpty(message?.Refusal))
         {
             var item = new Item(ItemId("msg"), call: false) { Done = true, Logprobs = Entries(response.Choices[0].Logprobs) };
-            item.Text.Append(text);
+            if (!string.IsNullOrEmpty(answer))
+            {
+                item.TextPart = item.Parts++;
+                item.Text.Append(answer);
+            }
+
+            if (!string.IsNullOrEmpty(message!.Refusal))
+            {
+                item.RefusalPart = item.Parts++;
+                item.Refusal = new StringBuilder(message.Refusal);
+            }
+
             _items.Add(item);
         }
 
@@ -134,29 +156,45 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
             if (choice.Delta.Content is { Length: > 0 } text)
             {
-                if (_text is null)
+                foreach (var e in OpenMessage())
                 {
-                    foreach (var e in CloseReasoning())
-                    {
-                        yield return e;
-                    }
-
-                    _text = new Item(ItemId("msg"), call: false);
-                    _items.Add(_text);
-                    var index = _items.Count - 1;
-                    yield return Event("response.output_item.added", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, _text, "in_progress"); });
-                    yield return Event("response.content_part.added", w => { WriteWhere(w, _text); w.WritePropertyName("part"); WritePart(w, string.Empty); });
+                    yield return e;
                 }
 
-                _text.Text.Append(text);
-                var open = _text;
+                var open = _text!;
+                if (open.TextPart < 0)
+                {
+                    open.TextPart = open.Parts++;
+                    yield return Event("response.content_part.added", w => { WriteWhere(w, open, at: open.TextPart); w.WritePropertyName("part"); WritePart(w, string.Empty); });
+                }
+
+                open.Text.Append(text);
                 var entries = Entries(choice.Logprobs);
                 if (entries is not null)
                 {
                     (open.Logprobs ??= []).AddRange(entries);
                 }
 
-                yield return Event("response.output_text.delta", w => { WriteWhere(w, open); w.WriteString("delta", text); WriteLogprobs(w, entries); });
+                yield return Event("response.output_text.delta", w => { WriteWhere(w, open, at: open.TextPart); w.WriteString("delta", text); WriteLogprobs(w, entries); });
+            }
+
+            if (choice.Delta.Refusal is { Length: > 0 } refusal)
+            {
+                foreach (var e in OpenMessage())
+                {
+                    yield return e;
+                }
+
+                var open = _text!;
+                if (open.Refusal is null)
+                {
+                    open.Refusal = new StringBuilder();
+                    open.RefusalPart = open.Parts++;
+                    yield return Event("response.content_part.added", w => { WriteWhere(w, open, at: open.RefusalPart); w.WritePropertyName("part"); WriteRefusal(w, string.Empty); });
+                }
+
+                open.Refusal.Append(refusal);
+                yield return Event("response.refusal.delta", w => { WriteWhere(w, open, at: open.RefusalPart); w.WriteString("delta", refusal); });
             }
 
             foreach (var call in choice.Delta.ToolCalls ?? [])
@@ -183,6 +221,25 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
                 }
             }
         }
+    }
+
+    /// <summary>The answer's message item opened (the reasoning before it closed), when it is not yet.</summary>
+    private IEnumerable<(string Name, byte[] Json)> OpenMessage()
+    {
+        if (_text is not null)
+        {
+            yield break;
+        }
+
+        foreach (var e in CloseReasoning())
+        {
+            yield return e;
+        }
+
+        var opened = _text = new Item(ItemId("msg"), call: false);
+        _items.Add(opened);
+        var index = _items.Count - 1;
+        yield return Event("response.output_item.added", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, opened, "in_progress"); });
     }
 
     /// <summary>The closing events: every open item done, then <c>response.completed</c> (or <c>response.incomplete</c>).</summary>
@@ -290,21 +347,43 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         text.Done = true;
         var index = _items.IndexOf(text);
-        var all = text.Text.ToString();
-        yield return Event("response.output_text.done", w => { WriteWhere(w, text); w.WriteString("text", all); WriteLogprobs(w, text.Logprobs); });
-        yield return Event("response.content_part.done", w => { WriteWhere(w, text); w.WritePropertyName("part"); WritePart(w, all, text.Logprobs); });
+        for (var part = 0; part < text.Parts; part++)
+        {
+            var at = part;
+            if (part == text.TextPart)
+            {
+                var all = text.Text.ToString();
+                yield return Event("response.output_text.done", w => { WriteWhere(w, text, at: at); w.WriteString("text", all); WriteLogprobs(w, text.Logprobs); });
+                yield return Event("response.content_part.done", w => { WriteWhere(w, text, at: at); w.WritePropertyName("part"); WritePart(w, all, text.Logprobs); });
+            }
+            else
+            {
+                var all = text.Refusal!.ToString();
+                yield return Event("response.refusal.done", w => { WriteWhere(w, text, at: at); w.WriteString("refusal", all); });
+                yield return Event("response.content_part.done", w => { WriteWhere(w, text, at: at); w.WritePropertyName("part"); WriteRefusal(w, all); });
+            }
+        }
+
         yield return Event("response.output_item.done", w => { w.WriteNumber("output_index", index); w.WritePropertyName("item"); WriteItem(w, text, "completed"); });
     }
 
     /// <summary>completed, or incomplete when the answer was cut (the token limit, a content filter).</summary>
     private string Status() => _finish is FinishReasons.Length or FinishReasons.ContentFilter ? "incomplete" : "completed";
 
-    /// <summary>Where an event's part is: its item, the item's place in the output, the part's (the only one: 0).</summary>
-    private void WriteWhere(Utf8JsonWriter w, Item item, string partIndex = "content_index")
+    /// <summary>Where an event's part is: its item, the item's place in the output, the part's place in the item.</summary>
+    private void WriteWhere(Utf8JsonWriter w, Item item, string partIndex = "content_index", int at = 0)
     {
         w.WriteString("item_id", item.Id);
         w.WriteNumber("output_index", _items.IndexOf(item));
-        w.WriteNumber(partIndex, 0);
+        w.WriteNumber(partIndex, at);
+    }
+
+    private static void WriteRefusal(Utf8JsonWriter w, string refusal)
+    {
+        w.WriteStartObject();
+        w.WriteString("type", "refusal");
+        w.WriteString("refusal", refusal);
+        w.WriteEndObject();
     }
 
     private static void WritePart(Utf8JsonWriter w, string text, List<JsonElement>? logprobs = null)
@@ -377,9 +456,16 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
             w.WriteString("status", status);
             w.WriteString("role", "assistant");
             w.WriteStartArray("content");
-            if (status == "completed")
+            for (var part = 0; status == "completed" && part < item.Parts; part++)
             {
-                WritePart(w, item.Text.ToString(), item.Logprobs);
+                if (part == item.TextPart)
+                {
+                    WritePart(w, item.Text.ToString(), item.Logprobs);
+                }
+                else
+                {
+                    WriteRefusal(w, item.Refusal!.ToString());
+                }
             }
 
             w.WriteEndArray();

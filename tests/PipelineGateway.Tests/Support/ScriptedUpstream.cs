@@ -274,6 +274,30 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case "truncated-200":
                 await Raw(ctx, 200, "application/json", $"{{\"id\":\"x\",\"note\":\"{key}\",\"choices\":[");
                 break;
+            case "refusal":
+                // The model declines, as OpenAI's models do: the message's refusal (no content), whole or streamed as asked.
+                if ((await System.Text.Json.JsonDocument.ParseAsync(ctx.Request.Body)).RootElement.TryGetProperty("stream", out var streamed) && streamed.ValueKind == System.Text.Json.JsonValueKind.True)
+                {
+                    await Raw(ctx, 200, "text/event-stream", """
+                        data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":""},"finish_reason":null}]}
+
+                        data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"refusal":"I can't "},"finish_reason":null}]}
+
+                        data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"refusal":"help with that."},"finish_reason":null}]}
+
+                        data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15}}
+
+                        data: [DONE]
+
+
+                        """);
+                }
+                else
+                {
+                    await Raw(ctx, 200, "application/json", """{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"I can't help with that."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15}}""");
+                }
+
+                break;
             case "raw":
                 // An upstream's own error shape: the status and body the test chose (x-raw-status; x-raw-body, base64).
                 await Raw(ctx, int.Parse(ctx.Request.Headers["x-raw-status"].ToString(), System.Globalization.CultureInfo.InvariantCulture), "application/json",

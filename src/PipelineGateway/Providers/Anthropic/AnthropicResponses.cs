@@ -24,6 +24,12 @@ internal static class AnthropicResponses
             content.Add(new AnthropicContentBlock { Type = "text", Text = text });
         }
 
+        if (message?.Refusal is { Length: > 0 } refusal)
+        {
+            // The model declined (OpenAI's refusal): its words as text, and Claude's stop reason for a declined answer.
+            content.Add(new AnthropicContentBlock { Type = "text", Text = refusal });
+        }
+
         foreach (var call in message?.ToolCalls ?? [])
         {
             content.Add(new AnthropicContentBlock { Type = "tool_use", Id = call.Id, Name = call.Function?.Name, Input = ParseInput(call.Function?.Arguments) });
@@ -41,12 +47,13 @@ internal static class AnthropicResponses
     private static AnthropicMessage Message(ChatCompletionResponse response, List<AnthropicContentBlock> content)
     {
         var kept = AnthropicStop.Of(response);
+        var refused = response.Choices.Count > 0 && !string.IsNullOrEmpty(response.Choices[0].Message?.Refusal);
         return new()
         {
             Id = response.Id.StartsWith("msg_", StringComparison.Ordinal) ? response.Id : "msg_" + response.Id,
             Model = response.Model,
             Content = content,
-            StopReason = kept?.Reason ?? StopReason(response.FinishReason),
+            StopReason = kept?.Reason ?? (refused ? "refusal" : StopReason(response.FinishReason)),
             StopSequence = kept?.Sequence,
             Usage = Usage(response.Usage),
         };
@@ -254,6 +261,7 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
     private string? _open;
     private int _block = -1;
     private string? _finish;
+    private bool _refused;
     private (string Reason, string? Sequence)? _stop;
     private AnthropicUsage _usage = AnthropicResponses.Usage(usage);
 
@@ -302,7 +310,9 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
                 }
             }
 
-            if (choice.Delta.Content is { Length: > 0 } text)
+            // The model's refusal (OpenAI's) is text to a Claude caller, and the answer stops as Claude's declined ones do.
+            _refused |= !string.IsNullOrEmpty(choice.Delta.Refusal);
+            if (choice.Delta.Content + choice.Delta.Refusal is { Length: > 0 } text)
             {
                 if (_open != "text")
                 {
@@ -407,7 +417,7 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
             _open = null;
         }
 
-        yield return Event("message_delta", new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = _stop?.Reason ?? AnthropicResponses.StopReason(_finish), StopSequence = _stop?.Sequence }, Usage = _usage });
+        yield return Event("message_delta", new AnthropicStreamEvent { Type = "message_delta", Delta = new AnthropicDelta { StopReason = _stop?.Reason ?? (_refused ? "refusal" : AnthropicResponses.StopReason(_finish)), StopSequence = _stop?.Sequence }, Usage = _usage });
         yield return ("message_stop", MessageStop);
     }
 
