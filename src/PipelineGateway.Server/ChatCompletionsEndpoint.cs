@@ -37,7 +37,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         }
         catch (JsonException ex)
         {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(ex.Path?.TrimStart('$', '.'), JsonFailure(ex)));
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(Serialization.JsonProblems.PathOf(ex)?.TrimStart('$', '.'), JsonFailure(ex)));
             return;
         }
         catch (BadHttpRequestException ex)
@@ -108,15 +108,15 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
     /// </summary>
     internal static string JsonFailure(JsonException ex)
     {
-        var at = ex.Path is null ? string.Empty : $" (at {ex.Path})";
+        var at = Serialization.JsonProblems.PathOf(ex) is { } path ? $" (at {path})" : string.Empty;
         if (!Serialization.JsonProblems.IsConversion(ex))
         {
             return $"The request body is not valid JSON for a chat completion{at}: {Serialization.JsonProblems.FirstSentence(ex.Message)}";
         }
 
-        if (ex.InnerException is InvalidOperationException { Message: var inner } && inner.Contains("UTF-16", StringComparison.Ordinal))
+        if (Serialization.JsonProblems.IsLoneSurrogate(ex))
         {
-            return $"Invalid value{at}: a string with an escape no character can be made of (a lone surrogate, \\uD800 to \\uDFFF).";
+            return $"Invalid value{at}: {Serialization.JsonProblems.LoneSurrogate}.";
         }
 
         var type = Serialization.JsonProblems.ConvertedTo(ex);

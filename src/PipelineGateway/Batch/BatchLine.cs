@@ -118,7 +118,7 @@ internal readonly record struct BatchLine(long Number, string? CustomId, ChatCom
             }
             catch (JsonException ex)
             {
-                return Bad(number, customId, "invalid_body", $"line {number}: 'body' is not a valid chat completion request ({ex.Path}): {ex.Message}");
+                return Bad(number, customId, "invalid_body", $"line {number}: 'body' is not a valid chat completion request ({Serialization.JsonProblems.PathOf(ex)}): {Serialization.JsonProblems.FirstSentence(ex.Message)}");
             }
 
             if (request is null)

@@ -13,6 +13,30 @@ internal static class JsonProblems
 {
     private const string Conversion = "The JSON value could not be converted to ";
 
+    private const string WithinKey = "pgw.json.within";
+
+    /// <summary>What a string that JSON escapes but no character can be made of is, in a caller's words.</summary>
+    public const string LoneSurrogate = "a string with an escape no character can be made of (a lone surrogate, \\uD800 to \\uDFFF)";
+
+    /// <summary>True when the failure is a string whose escape is a lone surrogate (the reader could not make UTF-16 of it).</summary>
+    public static bool IsLoneSurrogate(JsonException ex) =>
+        ex.InnerException is InvalidOperationException { Message: var inner } && inner.Contains("UTF-16", StringComparison.Ordinal);
+
+    /// <summary>
+    /// A failure inside a sub-tree a converter reads with a serializer call of its own (a message's content parts): that
+    /// call's path starts again at <c>$</c>, so it is kept here and the failure thrown on without a path — the outer
+    /// serializer then gives where the sub-tree is, and <see cref="PathOf"/> joins the two.
+    /// </summary>
+    public static JsonException Within(JsonException ex)
+    {
+        var outer = new JsonException(FirstSentence(ex.Message), ex.InnerException);
+        outer.Data[WithinKey] = (ex.Data[WithinKey] as string) is { } deeper ? deeper : ex.Path is { Length: > 1 } path ? path[1..] : null;
+        return outer;
+    }
+
+    /// <summary>Where a failure is (<c>$.messages[0].content[0].text</c>), a sub-tree's own path (<see cref="Within"/>) included.</summary>
+    public static string? PathOf(JsonException ex) => ex.Path is { } path && ex.Data[WithinKey] is string within ? path + within : ex.Path;
+
     /// <summary>The offset of the first byte that is not part of valid UTF-8 (the length when all of it is).</summary>
     public static int FirstInvalidUtf8(ReadOnlySpan<byte> text)
     {
@@ -50,7 +74,7 @@ internal static class JsonProblems
             return $"not valid UTF-8 (at byte {FirstInvalidUtf8(body)})";
         }
 
-        var at = ex.Path is null or "$" ? string.Empty : $" (at {ex.Path})";
+        var at = PathOf(ex) is null or "$" ? string.Empty : $" (at {PathOf(ex)})";
         return IsConversion(ex) ? $"a value of the wrong type{at}" : FirstSentence(ex.Message).TrimEnd('.') + at;
     }
 }

@@ -15,8 +15,14 @@ internal sealed class MessageContentConverter : JsonConverter<MessageContent>
             case JsonTokenType.String:
                 return new MessageContent(reader.GetString()!);
             case JsonTokenType.StartArray:
-                var parts = JsonSerializer.Deserialize(ref reader, GatewayJsonContext.Default.ListContentPart) ?? [];
-                return new MessageContent(parts);
+                try
+                {
+                    return new MessageContent(JsonSerializer.Deserialize(ref reader, GatewayJsonContext.Default.ListContentPart) ?? []);
+                }
+                catch (JsonException ex)
+                {
+                    throw Serialization.JsonProblems.Within(ex); // where in the parts, after where the content is
+                }
             default:
                 throw new JsonException("'content' must be a string or an array of content parts.");
         }

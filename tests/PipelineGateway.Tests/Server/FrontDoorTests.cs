@@ -425,6 +425,9 @@ public sealed class FrontDoorTests : IAsyncLifetime
     [InlineData("\"stream_options\":[]", "stream_options", "expected an object")]
     [InlineData("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":5}}]", "tools[0].function.name", "expected a string")]
     [InlineData("\"messages\":[{\"role\":\"user\",\"content\":\"\\ud800\"}]", "messages[0].content", "lone surrogate")]
+    [InlineData("\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"\\ud800\"}]}]", "messages[0].content[0].text", "lone surrogate")]
+    [InlineData("\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":5}]}]", "messages[0].content[0].text", "expected a string")]
+    [InlineData("\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"image_url\",\"image_url\":{\"url\":7}}]}]", "messages[0].content[1].image_url.url", "expected a string")]
     public async Task A_value_of_the_wrong_type_is_a_400_saying_what_was_expected_without_a_dotnet_type(string member, string param, string expected)
     {
         var messages = member.StartsWith("\"messages\"", StringComparison.Ordinal) ? string.Empty : """ "messages":[{"role":"user","content":"hi"}],""";
@@ -497,6 +500,9 @@ public sealed class FrontDoorTests : IAsyncLifetime
         { """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}""", "max_tokens" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[]}""", "messages" },
         { """[1,2]""", "object" },
+        { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"text","text":"\ud800"}]}]}""", "messages.0.content.0.text: a string with an escape no character can be made of (a lone surrogate" },
+        { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"\udc00"}]}""", "messages.0.content: a string with an escape no character can be made of (a lone surrogate" },
+        { """{"model":"gpt-4o-mini","max_tokens":16,"system":"\ud800","messages":[{"role":"user","content":"hi"}]}""", "system: a string with an escape no character can be made of (a lone surrogate" },
     };
 
     [Theory]

@@ -619,7 +619,7 @@ internal static partial class AnthropicCodec
     private static string Reason(JsonException ex)
     {
         var field = Field(ex.Path);
-        var what = ex.Message;
+        var what = NestedJsonException.Says(ex);
         if (ex is NestedJsonException nested)
         {
             // Thrown inside a converter that reads a sub-tree on its own: its path starts again at that sub-tree.
@@ -691,9 +691,12 @@ internal sealed class NestedJsonException(string? field, string what) : JsonExce
         }
         catch (JsonException ex) when (ex is not NestedJsonException)
         {
-            throw new NestedJsonException(AnthropicCodec.Field(ex.Path), ex.Message);
+            throw new NestedJsonException(AnthropicCodec.Field(ex.Path), Says(ex));
         }
     }
+
+    /// <summary>What a failure says: the reader's words, or — a string no character can be made of — that, in a caller's words.</summary>
+    public static string Says(JsonException ex) => Serialization.JsonProblems.IsLoneSurrogate(ex) ? Serialization.JsonProblems.LoneSurrogate : ex.Message;
 }
 
 /// <summary>A malformed or unsupported Anthropic request: <see cref="Field"/> names the field (Anthropic's dotted form).</summary>
@@ -957,7 +960,7 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
                     var nested = ex as NestedJsonException;
                     var inner = AnthropicCodec.Field(ex.Path);
                     var field = inner is null ? $"{i}" : $"{i}.{inner}";
-                    throw new NestedJsonException(nested?.Field is { } f ? $"{field}.{f}" : field, nested?.What ?? ex.Message);
+                    throw new NestedJsonException(nested?.Field is { } f ? $"{field}.{f}" : field, nested?.What ?? NestedJsonException.Says(ex));
                 }
             }
 
