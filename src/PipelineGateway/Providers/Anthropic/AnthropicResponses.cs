@@ -254,7 +254,10 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
 
     private static readonly byte[] Ping = """{"type":"ping"}"""u8.ToArray();
     private static readonly byte[] MessageStop = """{"type":"message_stop"}"""u8.ToArray();
-    private readonly Dictionary<int, int> _toolBlocks = [];
+    private readonly List<Held> _held = [];
+
+    /// <summary>The OpenAI index of the call streaming in the open block (the first call), or null.</summary>
+    private int? _liveTool;
     private bool _started;
 
     /// <summary>The type of the block open now (the last one started and not stopped), or null.</summary>
@@ -314,33 +317,50 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
             _refused |= !string.IsNullOrEmpty(choice.Delta.Refusal);
             if (choice.Delta.Content + choice.Delta.Refusal is { Length: > 0 } text)
             {
-                if (_open != "text")
+                if (_liveTool is not null)
                 {
-                    foreach (var e in Open(new AnthropicContentBlock { Type = "text", Text = string.Empty }))
-                    {
-                        yield return e;
-                    }
+                    Hold(null).Text.Append(text); // after a call began: its block may not close before it is whole
                 }
+                else
+                {
+                    if (_open != "text")
+                    {
+                        foreach (var e in Open(new AnthropicContentBlock { Type = "text", Text = string.Empty }))
+                        {
+                            yield return e;
+                        }
+                    }
 
-                yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = _block, Delta = new AnthropicDelta { Type = "text_delta", Text = text } });
+                    yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = _block, Delta = new AnthropicDelta { Type = "text_delta", Text = text } });
+                }
             }
 
             foreach (var call in choice.Delta.ToolCalls ?? [])
             {
+                // Claude's blocks come one after another, each stopped once; OpenAI's calls may interleave (each delta
+                // names its call). So the first call streams as it comes, in a block that stays open to the end, and
+                // every later one is held and written whole after it — a delta never reaches a stopped block.
                 var toolIndex = call.Index ?? 0;
-                if (!_toolBlocks.TryGetValue(toolIndex, out var index))
+                if (_liveTool is null && _held.Count == 0)
                 {
                     foreach (var e in Open(new AnthropicContentBlock { Type = "tool_use", Id = call.Id, Name = call.Function?.Name, Input = AnthropicResponses.ParseInput("{}") }))
                     {
                         yield return e;
                     }
 
-                    index = _toolBlocks[toolIndex] = _block;
+                    _liveTool = toolIndex;
                 }
 
-                if (call.Function?.Arguments is { Length: > 0 } args)
+                if (toolIndex != _liveTool)
                 {
-                    yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = index, Delta = new AnthropicDelta { Type = "input_json_delta", PartialJson = args } });
+                    var held = Hold(toolIndex);
+                    held.Id ??= call.Id;
+                    held.Name ??= call.Function?.Name;
+                    held.Text.Append(call.Function?.Arguments);
+                }
+                else if (call.Function?.Arguments is { Length: > 0 } args)
+                {
+                    yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = _block, Delta = new AnthropicDelta { Type = "input_json_delta", PartialJson = args } });
                 }
             }
 
@@ -408,9 +428,58 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
         CacheCreationInputTokens = known.CacheCreationInputTokens,
     };
 
+    /// <summary>
+    /// What came after the streamed call began, held in its order: the text (<paramref name="toolIndex"/> null: the
+    /// last held piece when it is text) or the call of that index.
+    /// </summary>
+    private Held Hold(int? toolIndex)
+    {
+        var found = toolIndex is null
+            ? (_held.Count > 0 && _held[^1].ToolIndex is null ? _held[^1] : null)
+            : _held.Find(h => h.ToolIndex == toolIndex);
+        if (found is null)
+        {
+            _held.Add(found = new Held(toolIndex));
+        }
+
+        return found;
+    }
+
+    /// <summary>A held piece: text, or a call (its id, name and arguments so far).</summary>
+    private sealed class Held(int? toolIndex)
+    {
+        public int? ToolIndex { get; } = toolIndex;
+
+        public string? Id { get; set; }
+
+        public string? Name { get; set; }
+
+        public StringBuilder Text { get; } = new();
+    }
+
     /// <summary>The closing events, once the stream ended normally.</summary>
     public IEnumerable<(string Name, byte[] Json)> Finish()
     {
+        foreach (var held in _held)
+        {
+            var block = held.ToolIndex is null
+                ? new AnthropicContentBlock { Type = "text", Text = string.Empty }
+                : new AnthropicContentBlock { Type = "tool_use", Id = held.Id, Name = held.Name, Input = AnthropicResponses.ParseInput("{}") };
+            foreach (var e in Open(block))
+            {
+                yield return e;
+            }
+
+            if (held.Text.Length > 0)
+            {
+                var delta = held.ToolIndex is null
+                    ? new AnthropicDelta { Type = "text_delta", Text = held.Text.ToString() }
+                    : new AnthropicDelta { Type = "input_json_delta", PartialJson = held.Text.ToString() };
+                yield return Event("content_block_delta", new AnthropicStreamEvent { Type = "content_block_delta", Index = _block, Delta = delta });
+            }
+        }
+
+        _held.Clear();
         if (_open is not null)
         {
             yield return Stop(_block);
