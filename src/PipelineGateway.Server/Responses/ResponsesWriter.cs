@@ -223,10 +223,13 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         }
     }
 
-    /// <summary>The answer's message item opened (the reasoning before it closed), when it is not yet.</summary>
+    /// <summary>
+    /// The answer's message item opened (the reasoning before it closed), when none is open — also after one was done
+    /// (text after a function call began: a second message, as no event may follow an item's <c>output_item.done</c>).
+    /// </summary>
     private IEnumerable<(string Name, byte[] Json)> OpenMessage()
     {
-        if (_text is not null)
+        if (_text is { Done: false })
         {
             yield break;
         }

@@ -78,4 +78,46 @@ public sealed class InterleavedToolCallsTests : IAsyncLifetime
             ("tool_use", "get_time", """{"tz":"UTC"}"""),
             ("text", null, " Done."));
     }
+
+    /// <summary>
+    /// The same calls through the Responses API: deltas may name any open item, but none follows an item's
+    /// <c>response.output_item.done</c> — text after the calls began is a second message (it went into the first,
+    /// already done), and every call's arguments are whole.
+    /// </summary>
+    [Fact]
+    public async Task Interleaved_calls_and_text_after_them_reach_a_Responses_caller_with_no_event_after_an_items_done()
+    {
+        const string Body = """{"model":"tools-interleaved","stream":true,"input":"Weather and time?","tools":[{"type":"function","name":"get_weather","parameters":{"type":"object"}},{"type":"function","name":"get_time","parameters":{"type":"object"}}]}""";
+        using var response = await _gateway.Http.PostAsync("v1/responses", new StringContent(Body, Encoding.UTF8, "application/json"), Ct);
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        var events = (await response.Content.ReadAsStringAsync(Ct)).Split('\n')
+            .Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => JsonDocument.Parse(l[6..]).RootElement).ToList();
+
+        var done = new HashSet<string>();
+        JsonElement? completed = null;
+        foreach (var e in events)
+        {
+            var type = e.GetProperty("type").GetString()!;
+            var item = e.TryGetProperty("item_id", out var id) ? id.GetString() : e.TryGetProperty("item", out var it) ? it.GetProperty("id").GetString() : null;
+            if (item is not null)
+            {
+                done.Should().NotContain(item, $"{type} names an item already done");
+            }
+
+            if (type == "response.output_item.done")
+            {
+                done.Add(item!);
+            }
+            else if (type == "response.completed")
+            {
+                completed = e.GetProperty("response");
+            }
+        }
+
+        var output = completed!.Value.GetProperty("output").EnumerateArray().Select(i => i.GetProperty("type").GetString() == "message"
+            ? "message:" + i.GetProperty("content")[0].GetProperty("text").GetString()
+            : $"{i.GetProperty("name").GetString()}:{i.GetProperty("arguments").GetString()}").ToList();
+        output.Should().Equal("message:Checking.", """get_weather:{"city":"Paris"}""", """get_time:{"tz":"UTC"}""", "message: Done.");
+        done.Should().HaveCount(4, "every item is done once");
+    }
 }
