@@ -107,14 +107,92 @@ internal static class Embeddings
     {
         using var doc = JsonDocument.Parse(data.List);
         var vectors = new float[data.Count][];
+        var taken = new bool[data.Count];
         foreach (var item in doc.RootElement.EnumerateArray())
         {
-            // Its index when it has one not taken yet, else the first place left: every vector kept, none overwritten.
-            var index = item.TryGetProperty("index", out var i) && i.ValueKind == JsonValueKind.Number && i.TryGetInt32(out var n) && n >= 0 && n < vectors.Length && vectors[n] is null ? n : Array.IndexOf(vectors, null);
-            vectors[index] = Floats(item.GetProperty("embedding"));
+            vectors[Place(item, taken)] = Floats(item.GetProperty("embedding"));
         }
 
         return vectors;
+    }
+
+    /// <summary>Whether the request asks its embeddings as base64 (<c>"encoding_format": "base64"</c>; else numbers).</summary>
+    public static bool AsksBase64(JsonElement body) =>
+        body.ValueKind == JsonValueKind.Object && body.TryGetProperty("encoding_format", out var f) && f.ValueKind == JsonValueKind.String && f.ValueEquals("base64");
+
+    /// <summary>
+    /// An item's place in the list: its index when it has one in range not taken yet, else the first place left — every
+    /// item kept, none overwritten.
+    /// </summary>
+    private static int Place(JsonElement item, bool[] taken)
+    {
+        var place = item.TryGetProperty("index", out var i) && i.ValueKind == JsonValueKind.Number && i.TryGetInt32(out var n) && n >= 0 && n < taken.Length && !taken[n] ? n : Array.IndexOf(taken, false);
+        taken[place] = true;
+        return place;
+    }
+
+    /// <summary>
+    /// An upstream's embeddings list (checked: <paramref name="count"/> items, each with an embedding) written as the
+    /// caller asked it: in input order (by <see cref="Place"/>), each item's <c>index</c> its place, each embedding as
+    /// numbers or as base64 of little-endian float32s (OpenAI's form) — an upstream that answers in its own order, or
+    /// ignores <c>encoding_format</c> (base64 always, or numbers always), would otherwise give a client what it did not
+    /// ask for. Its other members are kept as they came.
+    /// </summary>
+    public static byte[] Rewrite(ReadOnlySpan<byte> list, int count, bool base64)
+    {
+        using var doc = JsonDocument.Parse(list.ToArray());
+        var items = new JsonElement[count];
+        var taken = new bool[count];
+        foreach (var item in doc.RootElement.EnumerateArray())
+        {
+            items[Place(item, taken)] = item;
+        }
+
+        var output = new System.Buffers.ArrayBufferWriter<byte>(list.Length + 64);
+        using (var w = new Utf8JsonWriter(output, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartArray();
+            for (var at = 0; at < count; at++)
+            {
+                w.WriteStartObject();
+                foreach (var member in items[at].EnumerateObject())
+                {
+                    if (!member.NameEquals("index"u8) && !member.NameEquals("embedding"u8))
+                    {
+                        member.WriteTo(w);
+                    }
+                }
+
+                w.WriteNumber("index"u8, at);
+                var vector = Floats(items[at].GetProperty("embedding"));
+                if (base64)
+                {
+                    var bytes = new byte[vector.Length * sizeof(float)];
+                    for (var k = 0; k < vector.Length; k++)
+                    {
+                        System.Buffers.Binary.BinaryPrimitives.WriteSingleLittleEndian(bytes.AsSpan(k * sizeof(float)), vector[k]);
+                    }
+
+                    w.WriteBase64String("embedding"u8, bytes);
+                }
+                else
+                {
+                    w.WriteStartArray("embedding"u8);
+                    foreach (var x in vector)
+                    {
+                        w.WriteNumberValue(x);
+                    }
+
+                    w.WriteEndArray();
+                }
+
+                w.WriteEndObject();
+            }
+
+            w.WriteEndArray();
+        }
+
+        return output.WrittenSpan.ToArray();
     }
 
     private static float[] Floats(JsonElement embedding)

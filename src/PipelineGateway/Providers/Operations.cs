@@ -100,11 +100,6 @@ internal sealed record OperationAnswer(OperationKind Kind, ReadOnlyMemory<byte> 
 }
 
 /// <summary>
-/// A provider that also serves OpenAI's other APIs (<see cref="OperationKind"/>): the OpenAI-format adapters (an upstream
-/// without the route is passed over, <see cref="Operations.NotServedBy"/>) and the simulated provider. Anthropic and
-/// custom providers have none: a deployment on them is passed over unsent (<see cref="Operations.NotServed"/>).
-/// </summary>
-/// <summary>
 /// A provider that streams the operations that stream — transcriptions asked with <c>stream=true</c> (their text as
 /// chunks, <see cref="Transcriptions.ReadEvent"/>) and speech (its audio as it comes, <see cref="Speech.Block"/>): its
 /// <see cref="ILlmProvider.StreamAsync"/> takes such a request. They are never sent to another provider: it would read
@@ -112,6 +107,11 @@ internal sealed record OperationAnswer(OperationKind Kind, ReadOnlyMemory<byte> 
 /// </summary>
 internal interface IStreamedOperationProvider;
 
+/// <summary>
+/// A provider that also serves OpenAI's other APIs (<see cref="OperationKind"/>): the OpenAI-format adapters (an upstream
+/// without the route is passed over, <see cref="Operations.NotServedBy"/>) and the simulated provider. Anthropic and
+/// custom providers have none: a deployment on them is passed over unsent (<see cref="Operations.NotServed"/>).
+/// </summary>
 internal interface IOperationProvider
 {
     /// <summary>
@@ -332,10 +332,14 @@ internal static class Operations
     public static ChatCompletionResponse ReadAnswer(OperationRequest operation, ReadOnlyMemory<byte> json, bool copy, string provider, out JsonElement? error) =>
         operation.Kind is OperationKind.Transcription or OperationKind.Translation
             ? Transcriptions.ReadAnswer(operation.Kind, Transcriptions.Format(operation), json, copy, out error) // JSON or text, as asked
-            : ReadAnswer(operation.Kind, json, copy, provider, out error);
+            : ReadAnswer(operation.Kind, json, copy, provider, out error, operation);
 
-    /// <summary>The same, for an answer whose kind alone says how to read it (not a transcription's).</summary>
-    public static ChatCompletionResponse ReadAnswer(OperationKind kind, ReadOnlyMemory<byte> json, bool copy, string provider, out JsonElement? error)
+    /// <summary>
+    /// The same, for an answer whose kind alone says how to read it (not a transcription's). An embeddings list is given
+    /// as <paramref name="operation"/> asked it — in input order, each item's <c>index</c> its place, each embedding in
+    /// the <c>encoding_format</c> asked — written again only when the upstream's is not (<see cref="Embeddings.Rewrite"/>).
+    /// </summary>
+    public static ChatCompletionResponse ReadAnswer(OperationKind kind, ReadOnlyMemory<byte> json, bool copy, string provider, out JsonElement? error, OperationRequest? operation = null)
     {
         if (kind == OperationKind.Speech)
         {
@@ -394,9 +398,13 @@ internal static class Operations
                 }
 
                 var start = (int)reader.TokenStartIndex;
-                var count = ReadItems(kind, ref reader, provider);
+                var shape = default(ListShape);
+                var count = ReadItems(kind, ref reader, provider, ref shape);
                 var bytes = json[start..(int)reader.BytesConsumed];
-                list = (copy ? bytes.ToArray() : bytes, count);
+                var base64 = operation is not null && Embeddings.AsksBase64(operation.Body);
+                list = kind == OperationKind.Embeddings && operation is not null && (shape.OutOfOrder || (base64 ? shape.Lists : shape.Strings))
+                    ? (Rewrite(bytes.Span, count, base64, provider), count)
+                    : (copy ? bytes.ToArray() : bytes, count);
             }
             else if (reader.ValueTextEquals("model"u8) || reader.ValueTextEquals("id"u8))
             {
@@ -453,27 +461,58 @@ internal static class Operations
         return joined.WrittenMemory.ToArray();
     }
 
-    /// <summary>Checks each item of the list (the reader on its start), leaving the reader on its end; how many there are.</summary>
-    private static int ReadItems(OperationKind kind, ref Utf8JsonReader reader, string provider)
+    private static byte[] Rewrite(ReadOnlySpan<byte> list, int count, bool base64, string provider)
+    {
+        try
+        {
+            return Embeddings.Rewrite(list, count, base64);
+        }
+        catch (FormatException ex)
+        {
+            throw Unusable(provider, OperationKind.Embeddings, ex.Message.TrimEnd('.'));
+        }
+    }
+
+    /// <summary>What an embeddings list is like: items not in index order (or without one), embeddings as base64 strings, as lists of numbers.</summary>
+    private struct ListShape
+    {
+        public bool OutOfOrder;
+        public bool Strings;
+        public bool Lists;
+    }
+
+    /// <summary>
+    /// Checks each item of the list (the reader on its start), leaving the reader on its end; how many there are, and for
+    /// an embeddings list its <paramref name="shape"/>.
+    /// </summary>
+    private static int ReadItems(OperationKind kind, ref Utf8JsonReader reader, string provider, ref ListShape shape)
     {
         var count = 0;
         while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
         {
             var usable = false;
             var ranked = 0; // a rerank result's score (1) and index (2) seen
+            var place = -1; // an embedding's index
             if (reader.TokenType == JsonTokenType.StartObject)
             {
                 while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
                 {
                     var which = kind switch
                     {
-                        OperationKind.Embeddings => reader.ValueTextEquals("embedding"u8) ? 1 : 0,
+                        OperationKind.Embeddings => reader.ValueTextEquals("embedding"u8) ? 1 : reader.ValueTextEquals("index"u8) ? 2 : 0,
                         OperationKind.Moderations => reader.ValueTextEquals("flagged"u8) ? 1 : 0,
                         OperationKind.Rerank => reader.ValueTextEquals("relevance_score"u8) ? 1 : reader.ValueTextEquals("index"u8) ? 2 : 0,
                         _ => reader.ValueTextEquals("b64_json"u8) || reader.ValueTextEquals("url"u8) ? 1 : 0,
                     };
                     var key = which != 0;
                     reader.Read();
+                    if (kind == OperationKind.Embeddings && which == 2)
+                    {
+                        place = reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out var at) ? at : -1;
+                        reader.Skip();
+                        continue;
+                    }
+
                     if (kind == OperationKind.Rerank)
                     {
                         // Both a score (a number) and an index (a whole number, not negative).
@@ -498,9 +537,11 @@ internal static class Operations
                     else if (key && reader.TokenType == JsonTokenType.String)
                     {
                         usable = true; // base64 (an embedding's, an image's), or an image's address
+                        shape.Strings = true;
                     }
                     else if (key && reader.TokenType == JsonTokenType.StartArray)
                     {
+                        shape.Lists = true;
                         while (reader.Read() && reader.TokenType == JsonTokenType.Number)
                         {
                         }
@@ -529,6 +570,7 @@ internal static class Operations
                 });
             }
 
+            shape.OutOfOrder |= kind == OperationKind.Embeddings && place != count;
             count++;
         }
 
@@ -677,11 +719,6 @@ internal static class Operations
     public static void WriteAnswer(Utf8JsonWriter w, ChatCompletionResponse response) => w.WriteRawValue(ToJson(response), skipInputValidation: true);
 
     /// <summary>
-    /// An operation for a deployment whose provider has no such API (Anthropic, a chat client): not sent, so the group's
-    /// other deployments and its fallbacks are tried and the deployment's health is untouched; when none can, the
-    /// caller's 400 naming <c>model</c>.
-    /// </summary>
-    /// <summary>
     /// One event of a streamed operation parsed (the caller disposes it): <paramref name="error"/> when it is an object
     /// with an <c>error</c> (the upstream's failure in the stream).
     /// </summary>
@@ -704,6 +741,11 @@ internal static class Operations
         return doc;
     }
 
+    /// <summary>
+    /// An operation for a deployment whose provider has no such API (Anthropic, a chat client): not sent, so the group's
+    /// other deployments and its fallbacks are tried and the deployment's health is untouched; when none can, the
+    /// caller's 400 naming <c>model</c>.
+    /// </summary>
     public static ProviderException NotServed(string provider, OperationRequest operation, string model) =>
         ProviderException.Unsupported("model", $"The model '{ProviderException.Quoted(model)}' is served by '{provider}', which has no {Name(operation.Kind)} API.");
 

@@ -248,6 +248,50 @@ public sealed class EmbeddingsTests : LoggedFleetTests
         Fuzz.CheckOperationReader(OperationKind.Embeddings, Fuzz.EmbeddingsTemplate, Fuzz.Seed + 11);
     }
 
+    /// <summary>
+    /// An upstream that answers in its own order, or ignores <c>encoding_format</c> (numbers always, base64 always), is
+    /// given to the caller as asked: in input order, each item's <c>index</c> its place, each embedding in the form
+    /// asked with the same values — it was passed on as it came (a client asking numbers got strings, and a client
+    /// reading <c>data</c> in order got the vectors of other inputs).
+    /// </summary>
+    [Fact]
+    public async Task An_upstreams_order_and_encoding_are_made_the_ones_the_caller_asked()
+    {
+        await using var scripted = await ScriptedUpstream.StartAsync(Ct);
+        await using var gateway = await ScriptedGateway.StartAsync(Fleet.Sims["sim"].BaseAddress, scripted, ["embeddings-shuffled", "embeddings-numbers-only", "embeddings-base64-only"], Model, Ct);
+        foreach (var fault in new[] { "embeddings-shuffled", "embeddings-numbers-only", "embeddings-base64-only" })
+        {
+            foreach (var format in new[] { "float", "base64", null })
+            {
+                var asked = format is null ? string.Empty : $$""","encoding_format":"{{format}}" """;
+                using var response = await gateway.Http.PostAsync("v1/embeddings", new StringContent($$"""{"model":"{{fault}}","input":["zero","one","two"]{{asked}}}""", Encoding.UTF8, "application/json"), Ct);
+                response.StatusCode.Should().Be(HttpStatusCode.OK, fault);
+                var data = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("data").EnumerateArray().ToList();
+                data.Should().HaveCount(3);
+                for (var i = 0; i < 3; i++)
+                {
+                    data[i].GetProperty("index").GetInt32().Should().Be(i, $"{fault} {format}: in input order");
+                    data[i].GetProperty("object").GetString().Should().Be("embedding", "the item's other members are kept");
+                    var embedding = data[i].GetProperty("embedding");
+                    float[] vector;
+                    if (format == "base64")
+                    {
+                        embedding.ValueKind.Should().Be(JsonValueKind.String, $"{fault}: base64 was asked");
+                        var bytes = embedding.GetBytesFromBase64();
+                        vector = [.. Enumerable.Range(0, bytes.Length / 4).Select(k => BitConverter.ToSingle(bytes, k * 4))];
+                    }
+                    else
+                    {
+                        embedding.ValueKind.Should().Be(JsonValueKind.Array, $"{fault} {format}: numbers were asked");
+                        vector = [.. embedding.EnumerateArray().Select(x => x.GetSingle())];
+                    }
+
+                    vector.Should().Equal([i, 0.5f], $"{fault} {format}: input {i}'s vector");
+                }
+            }
+        }
+    }
+
     [Fact]
     public async Task An_upstream_answer_that_is_not_an_embeddings_list_fails_over_and_an_upstream_refusal_keeps_its_status_without_the_key()
     {

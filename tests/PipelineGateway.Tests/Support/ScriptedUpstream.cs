@@ -179,6 +179,18 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 // One embedding for a request that asked for two or more (or none for one): the count is wrong.
                 await Raw(ctx, 200, "application/json", """{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"m","usage":{"prompt_tokens":2,"total_tokens":2}}""");
                 break;
+            case "embeddings-shuffled":
+                // Numbers whatever encoding_format asked, the items in reverse order (each with its index): input i's vector is [i, 0.5].
+                await Raw(ctx, 200, "application/json", """{"object":"list","data":[{"object":"embedding","index":2,"embedding":[2,0.5]},{"object":"embedding","index":1,"embedding":[1,0.5]},{"object":"embedding","index":0,"embedding":[0,0.5]}],"model":"m","usage":{"prompt_tokens":3,"total_tokens":3}}""");
+                break;
+            case "embeddings-numbers-only":
+                // Numbers whatever encoding_format asked, in order: input i's vector is [i, 0.5].
+                await Raw(ctx, 200, "application/json", """{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0,0.5]},{"object":"embedding","index":1,"embedding":[1,0.5]},{"object":"embedding","index":2,"embedding":[2,0.5]}],"model":"m","usage":{"prompt_tokens":3,"total_tokens":3}}""");
+                break;
+            case "embeddings-base64-only":
+                // Base64 whatever encoding_format asked, in order: input i's vector is [i, 0.5] (little-endian float32s).
+                await Raw(ctx, 200, "application/json", """{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AAAAAAAAAD8="},{"object":"embedding","index":1,"embedding":"AACAPwAAAD8="},{"object":"embedding","index":2,"embedding":"AAAAQAAAAD8="}],"model":"m","usage":{"prompt_tokens":3,"total_tokens":3}}""");
+                break;
             case "embeddings-no-vector":
                 await Raw(ctx, 200, "application/json", """{"object":"list","data":[{"object":"embedding","index":0,"embedding":null}],"model":"m","usage":{"prompt_tokens":2,"total_tokens":2}}""");
                 break;
