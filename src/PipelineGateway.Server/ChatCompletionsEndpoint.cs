@@ -37,7 +37,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         }
         catch (JsonException ex)
         {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(Serialization.JsonProblems.PathOf(ex)?.TrimStart('$', '.'), JsonFailure(ex)));
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException(Serialization.JsonProblems.PathOf(ex)?.TrimStart('$', '.') is { Length: > 0 } param ? param : null, JsonFailure(ex)));
             return;
         }
         catch (BadHttpRequestException ex)

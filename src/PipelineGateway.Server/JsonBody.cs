@@ -76,6 +76,13 @@ internal static partial class JsonBody
 
     private static T Parse<TState, T>(ReadOnlySpan<byte> body, TState state, BodyParser<TState, T> parse)
     {
+        // A UTF-8 byte order mark is read past, as JSON parsers may (RFC 8259 §8.1) and ASP.NET's own JSON reading does:
+        // Windows tools write one (PowerShell, Notepad's saved bodies), and it is no reason to refuse the request.
+        if (body.StartsWith("\uFEFF"u8))
+        {
+            body = body[3..];
+        }
+
         // The whole body is checked up front (vectorized, a few GB/s): System.Text.Json checks UTF-8 only in what it
         // decodes, so bad bytes in a name it skips or in extension data would otherwise surface later, mid-request.
         if (!Utf8.IsValid(body))

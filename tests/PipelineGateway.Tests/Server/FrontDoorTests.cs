@@ -536,6 +536,35 @@ public sealed class FrontDoorTests : IAsyncLifetime
         ErrorIn(path, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement);
     }
 
+    /// <summary>
+    /// A UTF-8 byte order mark before the JSON (what Windows tools write) is read past on every JSON route, as RFC 8259
+    /// allows and ASP.NET's own JSON reading does — it was a 400 ("'0xEF' is an invalid start of a value").
+    /// </summary>
+    [Theory]
+    [InlineData(Chat, """{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}""")]
+    [InlineData(Messages, """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}""")]
+    [InlineData("v1/responses", """{"model":"gpt-4o-mini","input":"hi","store":false}""")]
+    public async Task A_byte_order_mark_before_the_JSON_is_read_past(string path, string body)
+    {
+        using var http = new HttpClient();
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", Key);
+        var content = new ByteArrayContent([0xEF, 0xBB, 0xBF, .. Encoding.UTF8.GetBytes(body)]);
+        content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+
+        var response = await http.PostAsync(new Uri(Base, path), content, Ct);
+
+        response.StatusCode.Should().Be(HttpStatusCode.OK, await response.Content.ReadAsStringAsync(Ct));
+    }
+
+    [Fact]
+    public async Task A_chat_body_wrong_at_its_root_has_no_param()
+    {
+        var (status, json, _) = await Send(Chat, "[1]");
+
+        status.Should().Be(HttpStatusCode.BadRequest);
+        ErrorIn(Chat, json).GetProperty("param").ValueKind.Should().Be(JsonValueKind.Null, "OpenAI's param is null when no field is at fault (it was \"\")");
+    }
+
     [Theory]
     [InlineData(Chat)]
     [InlineData(Messages)]
