@@ -26,6 +26,11 @@ internal static class ProviderAnswer
             {
                 throw Unusable(provider, "a message holds a null content part or tool call");
             }
+
+            // A whole answer always ended: one whose upstream gave no finish reason (a server that speaks the format
+            // loosely, a custom provider) ended its turn — with its calls, if it made some — rather than leave the
+            // OpenAI schema's required finish_reason out of what the caller, the log and the Responses API read.
+            choice.FinishReason ??= choice.Message?.ToolCalls is { Count: > 0 } ? FinishReasons.ToolCalls : FinishReasons.Stop;
         }
 
         if (response.Usage is { } usage)

@@ -289,6 +289,23 @@ public sealed class AnthropicTranslationTests
         act.Should().Throw<ProviderException>().Which.Param.Should().Be("response_format.json_schema.schema");
     }
 
+    /// <summary>
+    /// A whole message without a stop reason (a server that speaks Claude's format loosely) still has the finish_reason
+    /// the OpenAI schema requires once the worker accepts it (<see cref="ProviderAnswer.Accept(ChatCompletionResponse?, string)"/>,
+    /// as for every provider): it ended its turn, with its calls if it made some — it was left out of the answer.
+    /// </summary>
+    [Theory]
+    [InlineData("""[{"type":"text","text":"Hi"}]""", FinishReasons.Stop)]
+    [InlineData("""[{"type":"tool_use","id":"toolu_1","name":"lookup","input":{}}]""", FinishReasons.ToolCalls)]
+    public void A_whole_message_without_a_stop_reason_has_a_finish_reason(string content, string finish)
+    {
+        var message = JsonSerializer.Deserialize($$$"""
+            {"id":"msg_1","type":"message","role":"assistant","model":"claude","stop_reason":null,"content":{{{content}}},"usage":{"input_tokens":5,"output_tokens":2}}
+            """, AnthropicJsonContext.Default.AnthropicMessage)!;
+
+        ProviderAnswer.Accept(AnthropicTranslator.ToCanonical(message), "claude").FinishReason.Should().Be(finish);
+    }
+
     [Fact]
     public void The_JSON_tools_input_is_the_answers_content_whole_and_streamed()
     {
