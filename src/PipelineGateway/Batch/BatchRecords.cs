@@ -14,7 +14,7 @@ internal sealed class BatchRecords
     private readonly ArrayBufferWriter<byte> _buffer = new(4096);
     private readonly Utf8JsonWriter _json;
 
-    public BatchRecords() => _json = new Utf8JsonWriter(_buffer, new JsonWriterOptions { SkipValidation = true });
+    public BatchRecords() => _json = new Utf8JsonWriter(_buffer, new JsonWriterOptions { SkipValidation = true, Encoder = Serialization.WireJson.Encoder });
 
     public static string RecordId(long line) => "batch_req_" + line.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
