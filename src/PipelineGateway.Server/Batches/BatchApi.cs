@@ -111,6 +111,7 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
         }
 
         string? temporary = null;
+        var held = true;
         try
         {
             temporary = store.UploadPath(owner);
@@ -130,7 +131,8 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
                 Purpose = "batch",
                 ExpiresAt = BatchStore.Expiry(created, lifetime, options.BatchFileLifetime),
             };
-            store.AddFile(owner, file, temporary);
+            store.Keep(owner, file, temporary);
+            held = false; // counted among the owner's files from now on
             await WriteAsync(ctx, file, BatchJsonContext.Default.BatchFile);
         }
         finally
@@ -140,7 +142,10 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
                 File.Delete(temporary); // gone already when kept
             }
 
-            store.Release(owner, upload.Length); // kept, it counts among the owner's files
+            if (held)
+            {
+                store.Release(owner, upload.Length); // not kept
+            }
         }
     }
 

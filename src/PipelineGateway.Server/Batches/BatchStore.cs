@@ -352,15 +352,33 @@ internal sealed partial class BatchStore : IDisposable
     {
         lock (_writing)
         {
-            var (writing, count) = _writing.GetValueOrDefault(owner);
-            if (count > 1)
-            {
-                _writing[owner] = (writing - bytes, count - 1);
-            }
-            else
-            {
-                _writing.Remove(owner);
-            }
+            Unhold(owner, bytes);
+        }
+    }
+
+    /// <summary>
+    /// Keeps a held upload as a file (<see cref="AddFile"/>) and gives its hold back in one step: between the two it
+    /// would count twice — as a file and as an upload being written — and an upload beside it be refused room it has.
+    /// </summary>
+    public void Keep(string owner, BatchFile file, string bytesPath)
+    {
+        lock (_writing)
+        {
+            AddFile(owner, file, bytesPath);
+            Unhold(owner, file.Bytes);
+        }
+    }
+
+    private void Unhold(string owner, long bytes)
+    {
+        var (writing, count) = _writing.GetValueOrDefault(owner);
+        if (count > 1)
+        {
+            _writing[owner] = (writing - bytes, count - 1);
+        }
+        else
+        {
+            _writing.Remove(owner);
         }
     }
 

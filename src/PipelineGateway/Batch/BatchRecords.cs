@@ -53,7 +53,14 @@ internal sealed class BatchRecords
         Begin(line.Number, line.CustomId);
         _json.WriteStartObject("response");
         _json.WriteNumber("status_code", status);
-        _json.WriteNull("request_id");
+        if (line.Request?.Gateway?.RequestSequence is > 0 and var sequence)
+        {
+            _json.WriteString("request_id", Pipeline.RequestIds.Format(sequence));
+        }
+        else
+        {
+            _json.WriteNull("request_id");
+        }
         _json.WriteStartObject("body");
         _json.WriteStartObject("error");
         _json.WriteString("message", body.Message);

@@ -233,9 +233,13 @@ public static class BatchRunner
         IGatewayQueue queue, BatchLine line, BatchRecords records, BatchProgress progress, TimeProvider time, CancellationToken stop, CancellationToken abort)
     {
         // Batch work yields to interactive requests under contention (and keeps its share of the capacity).
-        (line.Request!.Gateway ??= new GatewayRequestOptions()).Priority = RequestPriority.Batch;
+        var options = line.Request!.Gateway ??= new GatewayRequestOptions();
+        options.Priority = RequestPriority.Batch;
         while (true)
         {
+            // Each submission's id drawn before it goes: a failure's record names it as a success's does (the request
+            // log's request_id), so an error line can be found in the log.
+            options.RequestSequence = Pipeline.RequestIds.Next();
             try
             {
                 var response = await queue.SubmitAsync(line.Request!, SubmitMode.Wait, abort).ConfigureAwait(false);

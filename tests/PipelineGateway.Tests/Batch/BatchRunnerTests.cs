@@ -91,6 +91,9 @@ public sealed class BatchRunnerTests
         failed.GetProperty("response").GetProperty("status_code").GetInt32().Should().Be(404);
         failed.GetProperty("response").GetProperty("body").GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
         failed.GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
+        var id = failed.GetProperty("response").GetProperty("request_id").GetString();
+        id.Should().StartWith("req_", "a failed request's record names its request id as a success's does (it was null)");
+        files.OutputRecords.Select(r => r.GetProperty("response").GetProperty("request_id").GetString()).Should().NotContain(id, "each submission its own id");
 
         // A rerun has nothing left to do and reports nothing twice.
         var again = await BatchRunner.RunAsync(gateway, Options(files), stop: Ct);

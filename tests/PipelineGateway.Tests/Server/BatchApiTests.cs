@@ -658,6 +658,26 @@ public sealed class BatchApiTests : IAsyncDisposable
     }
 
     /// <summary>
+    /// An upload kept as a file gives its hold back in the same step (<see cref="BatchStore.Keep"/>): it never counts twice
+    /// — as a file and as an upload being written — so an upload beside it is not refused room the key has. The upload
+    /// route held it until its answer was written: four 1,400-byte uploads at once under a 3,000-byte bound were
+    /// sometimes one kept, not two (the last check of <c>A_keys_files_hold_at_most_its_bound_and_deleting_makes_room</c>).
+    /// </summary>
+    [Fact]
+    public void An_upload_kept_as_a_file_counts_once()
+    {
+        using var store = new BatchStore(new ServerOptions { BatchDirectory = Path.Combine(_dir.Dir, "batches") }, Microsoft.Extensions.Logging.Abstractions.NullLogger<BatchStore>.Instance);
+        store.TryHold("a", 1400, 3000, 10, 0).Should().BeTrue();
+        var temporary = store.UploadPath("a");
+        File.WriteAllBytes(temporary, new byte[1400]);
+
+        store.Keep("a", new BatchFile { Id = BatchStore.NewFileId(), Bytes = 1400, CreatedAt = 1, Filename = "in.jsonl", Purpose = "batch" }, temporary);
+
+        store.TryHold("a", 1400, 3000, 10, 0).Should().BeTrue("1,400 kept and 1,400 more fit in 3,000");
+        store.TryHold("a", 1400, 3000, 10, 0).Should().BeFalse("a third would not");
+    }
+
+    /// <summary>
     /// The sweep also deletes what a crash left in a key's directory — bytes no record names (after an hour: a kept
     /// upload's record follows its bytes) and temporary files (after a day) — and leaves younger ones and kept files be.
     /// </summary>
