@@ -46,6 +46,11 @@ public sealed class GatewayChatClient : IChatClient
             contents.Add(new TextContent(text));
         }
 
+        if (choice?.Message?.Refusal is { Length: > 0 } refusal)
+        {
+            contents.Add(Refused(refusal));
+        }
+
         foreach (var call in choice?.Message?.ToolCalls ?? [])
         {
             contents.Add(FunctionCallContent.CreateFromParsedArguments(call.Function?.Arguments ?? string.Empty, call.Id ?? string.Empty, call.Function?.Name ?? string.Empty, ToolArguments.ParseAnswer));
@@ -63,6 +68,13 @@ public sealed class GatewayChatClient : IChatClient
         };
     }
 
+    /// <summary>
+    /// The model's refusal (the chat format's <c>refusal</c>: it declined): Microsoft.Extensions.AI has no content of its
+    /// own for one, so it is an <see cref="ErrorContent"/> with the code <c>Refusal</c> — what its OpenAI chat client
+    /// gives for one — not left out (the answer read as empty).
+    /// </summary>
+    private static ErrorContent Refused(string refusal) => new(refusal) { ErrorCode = "Refusal" };
+
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AI.ChatMessage> messages, ChatOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         var request = ToRequest(messages, options, stream: true);
@@ -71,6 +83,7 @@ public sealed class GatewayChatClient : IChatClient
         // whole, in the update that finishes the answer, which is what a function-invoking client needs.
         SortedDictionary<int, (string? Id, string? Name, StringBuilder Arguments)>? calls = null;
         Providers.Anthropic.ThinkingBlocks.Collector? thinking = null; // Claude's signed blocks, handed on whole at the end (ReasoningMapping.WithBlocks)
+        StringBuilder? refusal = null; // the model's refusal, handed on whole at the end as the whole answer's is
         await foreach (var chunk in _gateway.StreamAsync(request, cancellationToken).ConfigureAwait(false))
         {
             var contents = new List<AIContent>();
@@ -92,6 +105,11 @@ public sealed class GatewayChatClient : IChatClient
                     contents.Add(new TextContent(choice.Delta.Content));
                 }
 
+                if (!string.IsNullOrEmpty(choice.Delta.Refusal))
+                {
+                    (refusal ??= new()).Append(choice.Delta.Refusal);
+                }
+
                 foreach (var call in choice.Delta.ToolCalls ?? [])
                 {
                     calls ??= [];
@@ -109,6 +127,12 @@ public sealed class GatewayChatClient : IChatClient
                 var blocks = Providers.Anthropic.ThinkingBlocks.Write(null, thinking.Blocks(), null)![Providers.Anthropic.ThinkingBlocks.Member];
                 contents.Add(ReasoningMapping.WithBlocks(null, blocks.GetRawText())!);
                 thinking = null;
+            }
+
+            if (finish is not null && refusal is not null)
+            {
+                contents.Add(Refused(refusal.ToString()));
+                refusal = null;
             }
 
             if (finish is not null && calls is not null)

@@ -66,6 +66,44 @@ public sealed class GatewayChatClientTests
             .UseOpenTelemetry(sourceName: spans?.SourceName)
             .Build();
 
+    /// <summary>
+    /// A model that declines (the chat format's <c>refusal</c>) reaches a Microsoft.Extensions.AI caller as an
+    /// <see cref="ErrorContent"/> with the code <c>Refusal</c>, whole and streamed (whole, in the finishing update) —
+    /// what its OpenAI chat client gives; it was left out, the answer read as empty.
+    /// </summary>
+    [Fact]
+    public async Task A_refusal_is_an_error_content_coded_Refusal_whole_and_streamed()
+    {
+        var model = new FakeProvider("p")
+        {
+            OnComplete = (r, _) => ValueTask.FromResult(new ChatCompletionResponse
+            {
+                Id = "c1",
+                Model = r.Model,
+                Choices = [new ChatChoice { Message = new ChatCompletionMessage { Role = ChatRoles.Assistant, Refusal = "I can't help with that." }, FinishReason = FinishReasons.Stop }],
+                Usage = TokenUsage.Of(3, 6),
+            }),
+            OnStream = (r, _) => Refusing(r.Model),
+        };
+        await using var gateway = await TestGateway.With(model).StartAsync(Ct);
+        var client = gateway.AsChatClient("m");
+
+        var whole = await client.GetResponseAsync("Do something bad", cancellationToken: Ct);
+        var error = whole.Messages.Single().Contents.OfType<ErrorContent>().Should().ContainSingle().Which;
+        (error.Message, error.ErrorCode).Should().Be(("I can't help with that.", "Refusal"));
+
+        var updates = await client.GetStreamingResponseAsync("Do something bad", cancellationToken: Ct).ToListAsync(Ct);
+        var streamed = updates.SelectMany(u => u.Contents).OfType<ErrorContent>().Should().ContainSingle().Which;
+        (streamed.Message, streamed.ErrorCode).Should().Be(("I can't help with that.", "Refusal"));
+    }
+
+    private static async IAsyncEnumerable<ChatCompletionChunk> Refusing(string model)
+    {
+        await Task.Yield();
+        yield return new ChatCompletionChunk { Id = "s", Model = model, Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { Role = ChatRoles.Assistant, Refusal = "I can't " } }] };
+        yield return new ChatCompletionChunk { Id = "s", Model = model, Choices = [new ChunkChoice { Delta = new ChatCompletionDelta { Refusal = "help with that." }, FinishReason = FinishReasons.Stop }] };
+    }
+
     private static AIFunction Weather(ConcurrentQueue<string> calls) =>
         AIFunctionFactory.Create((string city) => { calls.Enqueue(city); return "12 °C"; }, "get_weather", "The weather in a city.");
 
