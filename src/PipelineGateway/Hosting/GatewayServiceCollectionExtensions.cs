@@ -120,7 +120,8 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddSingleton(BuildCatalog);
         services.TryAddSingleton<Cost.PricingTable>();
         services.TryAddSingleton<Cost.BudgetTracker>();
-        services.TryAddSingleton(sp => new GatewayInstruments(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>()));
+        services.TryAddSingleton(sp => new GatewayInstruments(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>(),
+            GatewayInstruments.LatestConventionsAsked(Environment.GetEnvironmentVariable("OTEL_SEMCONV_STABILITY_OPT_IN"))));
         services.TryAddSingleton<GatewayMetrics>();
         services.TryAddSingleton<IGatewayMetrics>(sp => sp.GetRequiredService<GatewayMetrics>());
         services.TryAddSingleton<ResponseCache>();

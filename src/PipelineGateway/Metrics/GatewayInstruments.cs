@@ -26,8 +26,17 @@ internal sealed class GatewayInstruments : IDisposable
 
     private readonly Meter _meter;
 
-    public GatewayInstruments(IMeterFactory? factory = null)
+    /// <param name="latestConventions">
+    /// The latest GenAI conventions: the provider as <c>gen_ai.provider.name</c> (Azure's <c>azure.ai.openai</c>), as the
+    /// trace spans have it. Off, the conventions these instruments were first built on (v1.36 and before):
+    /// <c>gen_ai.system</c> (Azure's <c>az.ai.openai</c>) — what the conventions' transition plan asks an existing
+    /// instrumentation to keep by default, with <c>OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental</c> for the
+    /// latest (<see cref="LatestConventionsAsked"/>).
+    /// </param>
+    public GatewayInstruments(IMeterFactory? factory = null, bool latestConventions = false)
     {
+        LatestConventions = latestConventions;
+        ProviderAttribute = latestConventions ? "gen_ai.provider.name" : "gen_ai.system";
         _meter = factory?.Create(MeterName) ?? new Meter(MeterName);
         Duration = _meter.CreateHistogram(OperationDuration, "s", "Duration of gateway chat operations, admission to answer.", advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets });
         Tokens = _meter.CreateHistogram(TokenUsage, "{token}", "Tokens used per answered request, by gen_ai.token.type.", advice: new InstrumentAdvice<long> { HistogramBucketBoundaries = TokenBuckets });
@@ -37,6 +46,19 @@ internal sealed class GatewayInstruments : IDisposable
     }
 
     internal Histogram<double> Duration { get; }
+
+    /// <summary>Whether the instruments follow the latest GenAI conventions (see the constructor).</summary>
+    internal bool LatestConventions { get; }
+
+    /// <summary>The attribute naming the provider: <c>gen_ai.provider.name</c>, or <c>gen_ai.system</c> by default.</summary>
+    internal string ProviderAttribute { get; }
+
+    /// <summary>Whether <c>OTEL_SEMCONV_STABILITY_OPT_IN</c> (a comma-separated list) holds <c>gen_ai_latest_experimental</c>.</summary>
+    internal static bool LatestConventionsAsked(string? optIn) =>
+        optIn?.Split(',', StringSplitOptions.TrimEntries).Contains("gen_ai_latest_experimental", StringComparer.Ordinal) == true;
+
+    /// <summary>A provider's name (<c>gen_ai.provider.name</c>'s value) as these instruments label it: the older <c>gen_ai.system</c> value unless the latest conventions are followed.</summary>
+    internal string ProviderValue(string providerName) => !LatestConventions && providerName == "azure.ai.openai" ? "az.ai.openai" : providerName;
 
     internal Histogram<long> Tokens { get; }
 
@@ -54,12 +76,12 @@ internal sealed class GatewayInstruments : IDisposable
     }
 
     /// <summary>The standard attributes of one finished operation.</summary>
-    internal static TagList Tags(string operation, string system, string requestModel, string? responseModel, string? errorType)
+    internal TagList Tags(string operation, string system, string requestModel, string? responseModel, string? errorType)
     {
         var tags = new TagList
         {
             { "gen_ai.operation.name", operation },
-            { "gen_ai.system", system },
+            { ProviderAttribute, system },
             { "gen_ai.request.model", requestModel },
         };
         if (responseModel is not null)

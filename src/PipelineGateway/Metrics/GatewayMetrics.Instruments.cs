@@ -24,7 +24,7 @@ internal sealed partial class GatewayMetrics
         // deployment model its answer came from.
         var answered = consumedAt ?? (info is null ? null : LastSuccess(info.Attempts)?.Deployment);
         var responseModel = response?.Model is { Length: > 0 } m && answered is not null ? answered.ResponseModelLabel(m) : consumedAt?.Model ?? info?.ProviderModel;
-        var tags = GatewayInstruments.Tags(Providers.Operations.OperationName(item.Request), system, item.RootGroup.Spelling(item.Request.Model), responseModel, error?.GetType().Name);
+        var tags = i.Tags(Providers.Operations.OperationName(item.Request), system, item.RootGroup.Spelling(item.Request.Model), responseModel, error?.GetType().Name);
         i.Duration.Record(latency.TotalSeconds, tags);
         var outcome = tags;
         outcome.Add("pgw.outcome", error is not null ? "failure" : info?.Cached == true ? "cached" : info?.Coalesced == true ? "coalesced" : "success");
@@ -38,7 +38,7 @@ internal sealed partial class GatewayMetrics
         if (hedge is not null)
         {
             var leg = hedge.Deployment;
-            RecordSpend(hedge.Usage, hedge.Cost, GatewayInstruments.Tags(Providers.Operations.OperationName(item.Request), _systems.GetValueOrDefault(leg.ProviderName, leg.ProviderName), item.RootGroup.Spelling(item.Request.Model), leg.Model, error?.GetType().Name));
+            RecordSpend(hedge.Usage, hedge.Cost, i.Tags(Providers.Operations.OperationName(item.Request), _systems.GetValueOrDefault(leg.ProviderName, leg.ProviderName), item.RootGroup.Spelling(item.Request.Model), leg.Model, error?.GetType().Name));
         }
     }
 
@@ -64,6 +64,10 @@ internal sealed partial class GatewayMetrics
 
     private System.Collections.Frozen.FrozenDictionary<string, string> _systems = System.Collections.Frozen.FrozenDictionary<string, string>.Empty;
 
-    /// <summary>The gen_ai.system of each provider (openai, anthropic, az.ai.openai, or the provider's name).</summary>
-    internal void SetSystems(IReadOnlyDictionary<string, string> systems) => _systems = systems.ToFrozenDictionary(StringComparer.Ordinal);
+    /// <summary>
+    /// The provider label of each provider (<c>gen_ai.provider.name</c>'s values: openai, anthropic, azure.ai.openai, or
+    /// the provider's name), as the instruments' conventions spell it (<see cref="GatewayInstruments.ProviderValue"/>).
+    /// </summary>
+    internal void SetSystems(IReadOnlyDictionary<string, string> systems) =>
+        _systems = systems.ToFrozenDictionary(static p => p.Key, p => _instruments.ProviderValue(p.Value), StringComparer.Ordinal);
 }

@@ -195,6 +195,40 @@ public sealed class MetricsTests
         instruments.Tokens.Name.Should().Be("gen_ai.client.token.usage");
     }
 
+    /// <summary>
+    /// The conventions' transition plan: by default the instruments keep the convention they were built on
+    /// (<c>gen_ai.system</c>, Azure's <c>az.ai.openai</c>); <c>OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental</c>
+    /// makes them name the provider as the trace spans do (<c>gen_ai.provider.name</c>, <c>azure.ai.openai</c>) and not
+    /// the old way. The spans already did; the metrics said <c>gen_ai.system</c> with the spans' values.
+    /// </summary>
+    [Fact]
+    public async Task The_latest_GenAI_conventions_are_followed_when_asked()
+    {
+        GatewayInstruments.LatestConventionsAsked(null).Should().BeFalse();
+        GatewayInstruments.LatestConventionsAsked("http, gen_ai_latest_experimental").Should().BeTrue();
+        GatewayInstruments.LatestConventionsAsked("gen_ai").Should().BeFalse();
+        using (var old = new GatewayInstruments())
+        using (var latest = new GatewayInstruments(latestConventions: true))
+        {
+            (old.ProviderValue("azure.ai.openai"), latest.ProviderValue("azure.ai.openai")).Should().Be(("az.ai.openai", "azure.ai.openai"));
+            old.ProviderValue("anthropic").Should().Be("anthropic");
+        }
+
+        var provider = new FakeProvider("p");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(provider)
+            .ConfigureServices(s => s.AddSingleton(new GatewayInstruments(latestConventions: true)))
+            .Configure(o => o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "p", Model = "gpt-4o" }] }))
+            .StartAsync(Ct);
+        using var duration = new MetricCollector<double>(gateway.Services.GetRequiredService<GatewayInstruments>().Duration);
+
+        await gateway.SubmitAsync(TestGateway.Request(), Ct);
+
+        var tags = duration.GetMeasurementSnapshot().Should().ContainSingle().Subject.Tags;
+        tags["gen_ai.provider.name"].Should().Be("p");
+        tags.Should().NotContainKey("gen_ai.system", "the latest conventions only, not both");
+    }
+
     /// <summary>Embeddings and moderations requests are measured under their own operation names (the GenAI conventions' <c>embeddings</c>).</summary>
     [Fact]
     public async Task Embeddings_and_moderations_are_measured_under_their_operation_names()
