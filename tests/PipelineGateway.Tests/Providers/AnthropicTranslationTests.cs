@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Text.Json;
+using CsCheck;
 using FluentAssertions;
 using PipelineGateway.Providers;
 using PipelineGateway.Providers.Anthropic;
@@ -624,6 +625,95 @@ public sealed class AnthropicTranslationTests
     [InlineData("pause_turn", "stop")]
     public void Stop_reasons_map_to_finish_reasons(string stopReason, string finishReason) =>
         AnthropicTranslator.FinishReason(stopReason).Should().Be(finishReason);
+
+    /// <summary>
+    /// CsCheck, fixed seed: any OpenAI-format stream — text, refusal and tool-call deltas in any order, calls of up to
+    /// three indexes interleaving, each chunk holding one or more pieces — reaches a <c>/v1/messages</c> caller as
+    /// Claude's blocks come: numbered in order, each started once and stopped once, every delta to the block open then,
+    /// all stopped before <c>message_delta</c>; every call whole in one block (its id, name and arguments as sent), and
+    /// the text (with the refusal's words) all there, in order.
+    /// </summary>
+    [Fact]
+    public void Property_any_interleaving_of_an_OpenAI_stream_is_well_formed_Claude_blocks()
+    {
+        // A piece: 0 text, 1 refusal, 2+k the call of index k (its first piece names it).
+        var piece = Gen.Select(Gen.Int[0, 4], Gen.Char["abcxyz {}\":"].Array[1, 6].Select(static c => new string(c)));
+        var chunks = piece.List[1, 3].List[1, 12];
+        chunks.Sample(stream =>
+        {
+            var writer = new AnthropicStreamWriter();
+            var named = new HashSet<int>();
+            var sentArgs = new Dictionary<int, string>();
+            var sentText = new System.Text.StringBuilder();
+            var events = new List<(string Name, JsonElement Json)>();
+            foreach (var pieces in stream)
+            {
+                var delta = new ChatCompletionDelta();
+                foreach (var (kind, text) in pieces)
+                {
+                    if (kind == 0 && delta.Content is null && delta.ToolCalls is null)
+                    {
+                        delta.Content = text;
+                    }
+                    else if (kind == 1 && delta.Refusal is null && delta.ToolCalls is null)
+                    {
+                        delta.Refusal = text;
+                    }
+                    else if (kind >= 2)
+                    {
+                        var index = kind - 2;
+                        var first = named.Add(index);
+                        (delta.ToolCalls ??= []).Add(new ToolCall { Index = index, Id = first ? $"call_{index}" : null, Type = first ? "function" : null, Function = new FunctionCall { Name = first ? $"f{index}" : null, Arguments = text } });
+                        sentArgs[index] = sentArgs.GetValueOrDefault(index) + text;
+                    }
+                }
+
+                sentText.Append(delta.Content).Append(delta.Refusal); // a delta's text before its refusal, as its reader takes them
+                var chunk = new ChatCompletionChunk { Id = "x", Model = "m", Choices = [new ChunkChoice { Delta = delta }] };
+                events.AddRange(writer.OnChunk(chunk).Select(e => (e.Name, JsonDocument.Parse(e.Json).RootElement)));
+            }
+
+            events.AddRange(writer.Finish().Select(e => (e.Name, JsonDocument.Parse(e.Json).RootElement)));
+
+            int? open = null;
+            var blocks = new List<(string Type, string? Id, string? Name, System.Text.StringBuilder Text)>();
+            foreach (var (name, json) in events)
+            {
+                switch (name)
+                {
+                    case "content_block_start":
+                        open.Should().BeNull();
+                        json.GetProperty("index").GetInt32().Should().Be(blocks.Count);
+                        open = blocks.Count;
+                        var block = json.GetProperty("content_block");
+                        blocks.Add((block.GetProperty("type").GetString()!, block.TryGetProperty("id", out var id) ? id.GetString() : null, block.TryGetProperty("name", out var n) ? n.GetString() : null, new System.Text.StringBuilder()));
+                        break;
+                    case "content_block_delta":
+                        json.GetProperty("index").GetInt32().Should().Be(open!.Value);
+                        var d = json.GetProperty("delta");
+                        blocks[open.Value].Text.Append(d.TryGetProperty("text", out var t) ? t.GetString() : d.GetProperty("partial_json").GetString());
+                        break;
+                    case "content_block_stop":
+                        json.GetProperty("index").GetInt32().Should().Be(open);
+                        open = null;
+                        break;
+                    case "message_delta":
+                        open.Should().BeNull();
+                        break;
+                }
+            }
+
+            var calls = blocks.Where(b => b.Type == "tool_use").ToList();
+            calls.Select(c => c.Id).Should().OnlyHaveUniqueItems().And.BeEquivalentTo(sentArgs.Keys.Select(k => $"call_{k}"));
+            foreach (var call in calls)
+            {
+                var index = int.Parse(call.Id!["call_".Length..], System.Globalization.CultureInfo.InvariantCulture);
+                (call.Name, call.Text.ToString()).Should().Be(($"f{index}", sentArgs[index]));
+            }
+
+            string.Concat(blocks.Where(b => b.Type == "text").Select(b => b.Text.ToString())).Should().Be(sentText.ToString());
+        }, seed: "0N0XIzNsQ0P7", iter: 2_000);
+    }
 
     /// <summary>
     /// Two signed thinking blocks in a row (a replayed answer's, in one delta) stream as two blocks: a signature ends
