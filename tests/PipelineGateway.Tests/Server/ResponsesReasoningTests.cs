@@ -49,6 +49,89 @@ public sealed class ResponsesReasoningTests
         }, seed: "0N0XIzNsQ0O2");
     }
 
+    /// <summary>
+    /// CsCheck, fixed seed: any chat stream — text, refusal and function-call deltas in any order, calls of up to three
+    /// indexes interleaving — makes Responses API events no item is named in after its <c>response.output_item.done</c>,
+    /// each item added and done once, and a completed response holding every call whole and all text and all refusal
+    /// words in order (across message items: text after a call began is a message of its own).
+    /// </summary>
+    [Fact]
+    public void Property_any_chat_stream_makes_well_formed_Responses_events()
+    {
+        var piece = Gen.Select(Gen.Int[0, 4], Gen.Char["abcxyz {}\":"].Array[1, 6].Select(static c => new string(c)));
+        piece.List[1, 3].List[1, 12].Sample(stream =>
+        {
+            var writer = new ResponsesWriter(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("hi")] }, "resp_0123456789abcdef", 1);
+            var events = writer.Start().ToList();
+            var named = new HashSet<int>();
+            var args = new Dictionary<int, string>();
+            string text = string.Empty, refusal = string.Empty;
+            foreach (var pieces in stream)
+            {
+                var delta = new ChatCompletionDelta();
+                foreach (var (kind, value) in pieces)
+                {
+                    if (kind == 0 && delta.Content is null)
+                    {
+                        delta.Content = value;
+                        text += value;
+                    }
+                    else if (kind == 1 && delta.Refusal is null)
+                    {
+                        delta.Refusal = value;
+                        refusal += value;
+                    }
+                    else if (kind >= 2)
+                    {
+                        var index = kind - 2;
+                        var first = named.Add(index);
+                        (delta.ToolCalls ??= []).Add(new ToolCall { Index = index, Id = first ? $"call_{index}" : null, Type = first ? "function" : null, Function = new FunctionCall { Name = first ? $"f{index}" : null, Arguments = value } });
+                        args[index] = args.GetValueOrDefault(index) + value;
+                    }
+                }
+
+                events.AddRange(writer.OnChunk(new ChatCompletionChunk { Id = "x", Model = "m", Choices = [new ChunkChoice { Delta = delta }] }));
+            }
+
+            events.AddRange(writer.Finish());
+            var added = new HashSet<string>();
+            var done = new HashSet<string>();
+            JsonElement? completed = null;
+            foreach (var (name, bytes) in events)
+            {
+                var json = JsonDocument.Parse(bytes).RootElement;
+                var item = json.TryGetProperty("item_id", out var i) ? i.GetString() : json.TryGetProperty("item", out var it) ? it.GetProperty("id").GetString() : null;
+                if (item is not null)
+                {
+                    done.Should().NotContain(item, $"{name} names an item already done");
+                }
+
+                if (name == "response.output_item.added")
+                {
+                    added.Add(item!).Should().BeTrue("an item is added once");
+                }
+                else if (name == "response.output_item.done")
+                {
+                    added.Should().Contain(item!);
+                    done.Add(item!);
+                }
+                else if (name == "response.completed")
+                {
+                    completed = json.GetProperty("response");
+                }
+            }
+
+            done.Should().BeEquivalentTo(added, "every item added is done");
+            var output = completed!.Value.GetProperty("output").EnumerateArray().ToList();
+            var parts = output.Where(o => o.GetProperty("type").GetString() == "message").SelectMany(o => o.GetProperty("content").EnumerateArray()).ToList();
+            string.Concat(parts.Where(p => p.GetProperty("type").GetString() == "output_text").Select(p => p.GetProperty("text").GetString())).Should().Be(text);
+            string.Concat(parts.Where(p => p.GetProperty("type").GetString() == "refusal").Select(p => p.GetProperty("refusal").GetString())).Should().Be(refusal);
+            output.Where(o => o.GetProperty("type").GetString() == "function_call")
+                .Select(o => (o.GetProperty("call_id").GetString(), o.GetProperty("name").GetString(), o.GetProperty("arguments").GetString()))
+                .Should().BeEquivalentTo(args.Select(a => ((string?)$"call_{a.Key}", (string?)$"f{a.Key}", (string?)a.Value)));
+        }, seed: "0N0XIzNsQ0P8", iter: 2_000);
+    }
+
     [Fact]
     public void Reasoning_items_the_gateway_did_not_write_are_left_out_and_its_own_unreadable_ones_refused()
     {
