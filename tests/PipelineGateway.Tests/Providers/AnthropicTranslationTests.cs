@@ -675,43 +675,16 @@ public sealed class AnthropicTranslationTests
 
             events.AddRange(writer.Finish().Select(e => (e.Name, JsonDocument.Parse(e.Json).RootElement)));
 
-            int? open = null;
-            var blocks = new List<(string Type, string? Id, string? Name, System.Text.StringBuilder Text)>();
-            foreach (var (name, json) in events)
-            {
-                switch (name)
-                {
-                    case "content_block_start":
-                        open.Should().BeNull();
-                        json.GetProperty("index").GetInt32().Should().Be(blocks.Count);
-                        open = blocks.Count;
-                        var block = json.GetProperty("content_block");
-                        blocks.Add((block.GetProperty("type").GetString()!, block.TryGetProperty("id", out var id) ? id.GetString() : null, block.TryGetProperty("name", out var n) ? n.GetString() : null, new System.Text.StringBuilder()));
-                        break;
-                    case "content_block_delta":
-                        json.GetProperty("index").GetInt32().Should().Be(open!.Value);
-                        var d = json.GetProperty("delta");
-                        blocks[open.Value].Text.Append(d.TryGetProperty("text", out var t) ? t.GetString() : d.GetProperty("partial_json").GetString());
-                        break;
-                    case "content_block_stop":
-                        json.GetProperty("index").GetInt32().Should().Be(open);
-                        open = null;
-                        break;
-                    case "message_delta":
-                        open.Should().BeNull();
-                        break;
-                }
-            }
-
+            var blocks = PipelineGateway.Tests.Support.StreamShapes.ClaudeBlocks(events.Select(static e => e.Json));
             var calls = blocks.Where(b => b.Type == "tool_use").ToList();
             calls.Select(c => c.Id).Should().OnlyHaveUniqueItems().And.BeEquivalentTo(sentArgs.Keys.Select(k => $"call_{k}"));
             foreach (var call in calls)
             {
                 var index = int.Parse(call.Id!["call_".Length..], System.Globalization.CultureInfo.InvariantCulture);
-                (call.Name, call.Text.ToString()).Should().Be(($"f{index}", sentArgs[index]));
+                (call.Name, call.Text).Should().Be(($"f{index}", sentArgs[index]));
             }
 
-            string.Concat(blocks.Where(b => b.Type == "text").Select(b => b.Text.ToString())).Should().Be(sentText.ToString());
+            string.Concat(blocks.Where(b => b.Type == "text").Select(b => b.Text)).Should().Be(sentText.ToString());
         }, seed: "0N0XIzNsQ0P7", iter: 2_000);
     }
 

@@ -94,35 +94,8 @@ public sealed class ResponsesReasoningTests
             }
 
             events.AddRange(writer.Finish());
-            var added = new HashSet<string>();
-            var done = new HashSet<string>();
-            JsonElement? completed = null;
-            foreach (var (name, bytes) in events)
-            {
-                var json = JsonDocument.Parse(bytes).RootElement;
-                var item = json.TryGetProperty("item_id", out var i) ? i.GetString() : json.TryGetProperty("item", out var it) ? it.GetProperty("id").GetString() : null;
-                if (item is not null)
-                {
-                    done.Should().NotContain(item, $"{name} names an item already done");
-                }
-
-                if (name == "response.output_item.added")
-                {
-                    added.Add(item!).Should().BeTrue("an item is added once");
-                }
-                else if (name == "response.output_item.done")
-                {
-                    added.Should().Contain(item!);
-                    done.Add(item!);
-                }
-                else if (name == "response.completed")
-                {
-                    completed = json.GetProperty("response");
-                }
-            }
-
-            done.Should().BeEquivalentTo(added, "every item added is done");
-            var output = completed!.Value.GetProperty("output").EnumerateArray().ToList();
+            var completed = PipelineGateway.Tests.Support.StreamShapes.ResponsesItems(events.Select(static e => (e.Name, JsonDocument.Parse(e.Json).RootElement)));
+            var output = completed.GetProperty("output").EnumerateArray().ToList();
             var parts = output.Where(o => o.GetProperty("type").GetString() == "message").SelectMany(o => o.GetProperty("content").EnumerateArray()).ToList();
             string.Concat(parts.Where(p => p.GetProperty("type").GetString() == "output_text").Select(p => p.GetProperty("text").GetString())).Should().Be(text);
             string.Concat(parts.Where(p => p.GetProperty("type").GetString() == "refusal").Select(p => p.GetProperty("refusal").GetString())).Should().Be(refusal);
