@@ -18,7 +18,9 @@ internal sealed class StreamReplay
     private static readonly string[] ReasoningMembers = [ThinkingBlocks.ReasoningMember, "reasoning"];
 
     private readonly StringBuilder _content = new();
-    private readonly SortedDictionary<int, ToolCall> _tools = [];
+    // Each call's arguments gathered in a builder (a long call comes in thousands of fragments: string concatenation
+    // would copy it whole at each), made the call's string when the answer is put together.
+    private readonly SortedDictionary<int, (ToolCall Call, StringBuilder Arguments)> _tools = [];
     private StringBuilder? _refusal;
     private StringBuilder?[]? _reasoning;
     private ThinkingBlocks.Collector? _thinking;
@@ -66,14 +68,14 @@ internal sealed class StreamReplay
             foreach (var delta in choice.Delta.ToolCalls ?? [])
             {
                 var index = delta.Index ?? 0;
-                if (!_tools.TryGetValue(index, out var call))
+                if (!_tools.TryGetValue(index, out var tool))
                 {
-                    _tools[index] = call = new ToolCall { Index = null, Type = "function", Function = new FunctionCall { Arguments = string.Empty } };
+                    _tools[index] = tool = (new ToolCall { Index = null, Type = "function", Function = new FunctionCall { Arguments = string.Empty } }, new StringBuilder());
                 }
 
-                call.Id ??= delta.Id;
-                call.Function!.Name ??= delta.Function?.Name;
-                call.Function.Arguments += delta.Function?.Arguments;
+                tool.Call.Id ??= delta.Id;
+                tool.Call.Function!.Name ??= delta.Function?.Name;
+                tool.Arguments.Append(delta.Function?.Arguments);
             }
         }
     }
@@ -94,7 +96,7 @@ internal sealed class StreamReplay
                     {
                         Role = ChatRoles.Assistant,
                         Content = _content.Length == 0 && (_tools.Count > 0 || _refusal is not null) ? null : new MessageContent(_content.ToString()),
-                        ToolCalls = _tools.Count > 0 ? [.. _tools.Values] : null,
+                        ToolCalls = _tools.Count > 0 ? [.. _tools.Values.Select(static t => { t.Call.Function!.Arguments = t.Arguments.ToString(); return t.Call; })] : null,
                         Refusal = _refusal?.ToString(),
                         AdditionalProperties = Reasoning(),
                     },
