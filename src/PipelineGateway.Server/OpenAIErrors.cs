@@ -46,6 +46,16 @@ internal static class OpenAIErrors
     public static Task WriteAsync(HttpContext ctx, Exception error)
     {
         var (status, body, retryAfter) = Map(error);
+        WriteShouldRetry(ctx.Response, error);
         return WriteAsync(ctx, status, body, retryAfter);
+    }
+
+    /// <summary><c>x-should-retry: false</c> when a client's retry cannot succeed now (<see cref="OpenAIErrorMapping.RetryCannotHelp"/>).</summary>
+    public static void WriteShouldRetry(HttpResponse response, Exception error)
+    {
+        if (!response.HasStarted && OpenAIErrorMapping.RetryCannotHelp(error))
+        {
+            response.Headers["x-should-retry"] = "false";
+        }
     }
 }

@@ -21,6 +21,7 @@ internal static class RouteErrors
     public static Task WriteAsync(HttpContext ctx, Exception error)
     {
         var (status, body, retryAfter) = OpenAIErrors.Map(error);
+        OpenAIErrors.WriteShouldRetry(ctx.Response, error);
         return ShapeOf(ctx.Request.Path) == ErrorShape.Anthropic
             ? WriteAnthropicAsync(ctx, status, AnthropicType(status, error), body.Message, retryAfter)
             : OpenAIErrors.WriteAsync(ctx, status, body, retryAfter);

@@ -38,4 +38,13 @@ internal static class OpenAIErrorMapping
         OperationCanceledException => (499, new OpenAIError { Message = "The client closed the request.", Type = "cancelled", Code = "cancelled" }, null),
         _ => (500, new OpenAIError { Message = "The gateway failed unexpectedly.", Type = "server_error", Code = "internal_error" }, null),
     };
+
+    /// <summary>
+    /// Whether a client's retry cannot succeed now, though its status is one the SDKs retry (429, 5xx): a budget spent
+    /// until its period ends, or every deployment's key or model refused (out of rotation for their cooldown). Said as
+    /// <c>x-should-retry: false</c>, which the OpenAI and Anthropic SDKs obey — they would otherwise send it twice more
+    /// at once, and every client of a misconfigured gateway would triple its load.
+    /// </summary>
+    public static bool RetryCannotHelp(Exception error) =>
+        error is BudgetExceededException or AllProvidersFailedException { Code: "deployment_unavailable" };
 }

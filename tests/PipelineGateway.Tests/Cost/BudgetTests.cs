@@ -12,6 +12,22 @@ namespace PipelineGateway.Tests.Cost;
 
 public sealed class BudgetTests
 {
+    /// <summary>
+    /// A spent budget's 429 tells the SDKs not to retry (<c>x-should-retry: false</c>, which the OpenAI and Anthropic SDKs
+    /// obey): it stays spent until its period ends. So does a 502 whose every deployment refused its key or model; a rate
+    /// limit's 429 and an upstream's 5xx leave the SDKs' own retry be.
+    /// </summary>
+    [Fact]
+    public void A_spent_budget_and_refused_deployments_say_a_retry_cannot_help_others_do_not()
+    {
+        OpenAIErrorMapping.RetryCannotHelp(new BudgetExceededException("daily", 5m, 5m)).Should().BeTrue();
+        var refused = new PipelineGateway.GatewayAttempt("p", "m", AttemptOutcome.DeploymentUnavailable, TimeSpan.Zero, 401);
+        OpenAIErrorMapping.RetryCannotHelp(new AllProvidersFailedException("m", [refused])).Should().BeTrue();
+        var failed = new PipelineGateway.GatewayAttempt("p", "m", AttemptOutcome.RetryableError, TimeSpan.Zero, 500);
+        OpenAIErrorMapping.RetryCannotHelp(new AllProvidersFailedException("m", [refused, failed])).Should().BeFalse();
+        OpenAIErrorMapping.RetryCannotHelp(new RateLimitedException("key", TimeSpan.FromSeconds(1))).Should().BeFalse();
+    }
+
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     // $1 a token in and out, so costs are easy to read: each answer here costs 3 + 1 = $4; the estimate for a

@@ -609,6 +609,14 @@ public sealed class ErrorContractTests : IAsyncLifetime
         again.Status.Should().Be(502);
         ErrorOf(again).GetProperty("message").GetString().Should().Contain("credentials or model");
         Calls("revoked").Should().Be(1);
+        again.GetRawResponse()!.Headers.TryGetValue("x-should-retry", out var retry).Should().BeTrue();
+        retry.Should().Be("false", "a retry now cannot succeed: the SDKs that obey it (OpenAI's, Anthropic's) do not send it twice more");
+
+        // On /v1/messages too (the Anthropic SDKs obey it as well).
+        using var http = AnthropicHttp();
+        var messages = await http.PostAsync(new Uri(Base, "v1/messages"), new StringContent("""{"model":"revoked-only","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}""", Encoding.UTF8, "application/json"), Ct);
+        ((int)messages.StatusCode).Should().Be(502);
+        messages.Headers.GetValues("x-should-retry").Should().Equal("false");
     }
 
     [Fact]
@@ -625,6 +633,7 @@ public sealed class ErrorContractTests : IAsyncLifetime
         error.GetProperty("code").GetString().Should().Be("upstream_overloaded");
         error.GetProperty("message").GetString().Should().Contain("RetryableError (503)").And.NotContain("success");
         Calls("down").Should().Be(3, "MaxAttempts");
+        response.Headers.Contains("x-should-retry").Should().BeFalse("an overloaded upstream may answer a later try: the SDKs' own retry stands");
     }
 
     [Fact]
