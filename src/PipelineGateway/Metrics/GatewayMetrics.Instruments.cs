@@ -18,7 +18,9 @@ internal sealed partial class GatewayMetrics
             return; // nobody listens: no tags built, nothing recorded
         }
 
-        var provider = consumedAt?.ProviderName ?? info?.Provider;
+        // An upstream's refusal of the request (a 400 it gave) is that provider's answer, labelled as its; a failure
+        // the gateway gave (every attempt failed, or none was made) is the gateway's.
+        var provider = consumedAt?.ProviderName ?? info?.Provider ?? (error is UpstreamRejectedException { Attempts: [.., var last] } ? last.Provider : null);
         var system = provider is null ? "pipelinegateway" : _systems.GetValueOrDefault(provider, provider);
         // The reported model by the deployment's bounded labels; a cache hit or follower (no attempt of its own) by the
         // deployment model its answer came from.

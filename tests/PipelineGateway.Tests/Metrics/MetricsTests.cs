@@ -229,6 +229,34 @@ public sealed class MetricsTests
         tags.Should().NotContainKey("gen_ai.system", "the latest conventions only, not both");
     }
 
+    /// <summary>
+    /// An upstream's refusal of the request (its 400) is measured under that provider, with the error's type; a failure
+    /// the gateway gave (here every attempt failed) under <c>pipelinegateway</c>. The refusal was the gateway's before.
+    /// </summary>
+    [Fact]
+    public async Task An_upstreams_refusal_is_measured_under_its_provider_and_the_gateways_failure_under_the_gateway()
+    {
+        var refusing = new FakeProvider("refuses") { OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.NonRetryableError, "temperature is too high", 400) };
+        var failing = new FakeProvider("fails") { OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.RetryableError, "down", 500) };
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(refusing)
+            .AddProvider(failing)
+            .Configure(o =>
+            {
+                o.Pipeline.MaxAttempts = 1;
+                o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "refuses", Model = "x" }] });
+                o.Models.Add(new ModelGroupOptions { Name = "n", Deployments = [new DeploymentOptions { Provider = "fails", Model = "y" }] });
+            })
+            .StartAsync(Ct);
+        using var duration = new MetricCollector<double>(gateway.Services.GetRequiredService<GatewayInstruments>().Duration);
+
+        await FluentActions.Awaiting(async () => await gateway.SubmitAsync(TestGateway.Request("m"), Ct)).Should().ThrowAsync<UpstreamRejectedException>();
+        await FluentActions.Awaiting(async () => await gateway.SubmitAsync(TestGateway.Request("n"), Ct)).Should().ThrowAsync<AllProvidersFailedException>();
+
+        duration.GetMeasurementSnapshot().Select(m => ((string)m.Tags["gen_ai.request.model"]!, (string)m.Tags["gen_ai.system"]!, (string)m.Tags["error.type"]!))
+            .Should().BeEquivalentTo([("m", "refuses", nameof(UpstreamRejectedException)), ("n", "pipelinegateway", nameof(AllProvidersFailedException))]);
+    }
+
     /// <summary>Embeddings and moderations requests are measured under their own operation names (the GenAI conventions' <c>embeddings</c>).</summary>
     [Fact]
     public async Task Embeddings_and_moderations_are_measured_under_their_operation_names()
