@@ -391,6 +391,27 @@ public sealed class AnthropicTranslationTests
         System.Text.Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, dropAnthropicMembers: true)).Should().NotContain("is_error").And.Contain("file_data");
     }
 
+    /// <summary>
+    /// An earlier turn's thinking without a signature (a server that speaks Claude's format loosely wrote it, and an OpenAI
+    /// caller gave it back as <c>thinking_blocks</c>) is left out of what Claude gets — Claude would refuse the whole
+    /// request for it — while the signed blocks and the turn's text go as they were.
+    /// </summary>
+    [Fact]
+    public void An_unsigned_thinking_block_given_back_is_left_out_of_what_Claude_gets()
+    {
+        var request = Parse("""
+            {"model":"claude","messages":[
+              {"role":"user","content":"Hi"},
+              {"role":"assistant","content":"Hello.","thinking_blocks":[{"type":"thinking","thinking":"Unsigned.","signature":""},{"type":"thinking","thinking":"Signed.","signature":"sig"},{"type":"redacted_thinking","data":"opaque"}]},
+              {"role":"user","content":"Again"}]}
+            """);
+
+        var turn = Translate(request).GetProperty("messages")[1].GetProperty("content");
+
+        turn.EnumerateArray().Select(b => b.GetProperty("type").GetString()).Should().Equal("thinking", "redacted_thinking", "text");
+        turn[0].GetProperty("thinking").GetString().Should().Be("Signed.");
+    }
+
     [Fact]
     public void Claudes_thinking_in_an_earlier_turn_and_the_thinking_parameter_do_not_reach_OpenAI_itself()
     {

@@ -420,9 +420,16 @@ internal static class AnthropicTranslator
             return;
         }
 
-        // Claude's thinking in that turn goes first, as Claude wrote it (its signature is checked).
+        // Claude's thinking in that turn goes first, as Claude wrote it (its signature is checked). A block without a
+        // signature is not Claude's (a server that speaks Claude's format loosely wrote it): Claude refuses the request
+        // it is in, and takes an earlier turn without its thinking — so it is left out, not sent to fail.
         foreach (var block in ThinkingBlocks.Read(m.AdditionalProperties))
         {
+            if (block.Type != ThinkingBlock.Redacted && string.IsNullOrEmpty(block.Signature))
+            {
+                continue;
+            }
+
             w.WriteStartObject();
             w.WriteString("type", block.Type);
             if (block.Type == ThinkingBlock.Redacted)
