@@ -6,8 +6,10 @@ namespace PipelineGateway.Batch;
 /// <summary>
 /// Writes the OpenAI Batch output format:
 /// <c>{"id","custom_id","response":{"status_code","request_id","body"},"error"}</c>, one line each.
-/// A request failure keeps the status and OpenAI error body in <c>response</c> and says what failed in
-/// <c>error</c>; a bad input line has <c>"response": null</c> and its line number in <c>error.line</c>.
+/// A request failure keeps the status and OpenAI error body in <c>response</c> with <c>"error": null</c> — OpenAI's files
+/// set <c>error</c> only for a request that failed without an HTTP answer, and a reader that takes <c>error</c> first
+/// would otherwise read two accounts of one failure; a bad input line (no request was made) has
+/// <c>"response": null</c>, what was wrong in <c>error</c> and its line number in <c>error.line</c>.
 /// </summary>
 internal sealed class BatchRecords
 {
@@ -70,7 +72,7 @@ internal sealed class BatchRecords
         _json.WriteEndObject();
         _json.WriteEndObject();
         _json.WriteEndObject();
-        WriteError(body.Code ?? body.Type, body.Message, line.Number);
+        _json.WriteNull("error");
         return End();
     }
 

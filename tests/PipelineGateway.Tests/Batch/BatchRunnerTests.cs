@@ -90,7 +90,7 @@ public sealed class BatchRunnerTests
         failed.GetProperty("id").GetString().Should().Be("batch_req_11");
         failed.GetProperty("response").GetProperty("status_code").GetInt32().Should().Be(404);
         failed.GetProperty("response").GetProperty("body").GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
-        failed.GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
+        failed.GetProperty("error").ValueKind.Should().Be(JsonValueKind.Null, "OpenAI's files set error only for a request that failed without an HTTP answer");
         var id = failed.GetProperty("response").GetProperty("request_id").GetString();
         id.Should().StartWith("req_", "a failed request's record names its request id as a success's does (it was null)");
         files.OutputRecords.Select(r => r.GetProperty("response").GetProperty("request_id").GetString()).Should().NotContain(id, "each submission its own id");
@@ -282,8 +282,9 @@ public sealed class BatchRunnerTests
         var failure = files.ErrorRecords.Single();
         failure.GetProperty("custom_id").GetString().Should().Be("req-3");
         failure.GetProperty("response").GetProperty("status_code").GetInt32().Should().Be(503, "the upstream said 503 on every attempt: overloaded");
-        failure.GetProperty("error").GetProperty("code").GetString().Should().Be("upstream_overloaded");
-        failure.GetProperty("error").GetProperty("message").GetString().Should().Contain("503");
+        failure.GetProperty("response").GetProperty("body").GetProperty("error").GetProperty("code").GetString().Should().Be("upstream_overloaded");
+        failure.GetProperty("response").GetProperty("body").GetProperty("error").GetProperty("message").GetString().Should().Contain("503");
+        failure.GetProperty("error").ValueKind.Should().Be(JsonValueKind.Null);
 
         var rerun = await BatchRunner.RunAsync(gateway, Options(files), stop: Ct);
         rerun.AlreadyDone.Should().Be(10, "a failure is a result too");

@@ -1,3 +1,4 @@
+using System.Text.Json;
 using FluentAssertions;
 using PipelineGateway.Batch;
 using PipelineGateway.Redis;
@@ -80,10 +81,10 @@ public sealed class RedisBatchTests
             records.Select(r => r.GetProperty("custom_id").GetString()).Should().BeEquivalentTo("a", "b", "r");
             records.Single(r => r.GetProperty("custom_id").GetString() == "r").GetProperty("response").GetProperty("body").GetProperty("object").GetString().Should().Be("response");
             var errors = BatchFiles.ReadRecords(BatchOptions.DefaultErrorsPath(output));
-            errors.Select(e => e.GetProperty("error").GetProperty("code").GetString()).Should().BeEquivalentTo("invalid_json", "duplicate_custom_id", "model_not_found", "duplicate_custom_id", "invalid_json");
-            errors.Single(e => e.GetProperty("error").GetProperty("line").GetInt64() == 8).GetProperty("error").GetProperty("message").GetString()
+            errors.Select(BatchFiles.ErrorCode).Should().BeEquivalentTo("invalid_json", "duplicate_custom_id", "model_not_found", "duplicate_custom_id", "invalid_json");
+            errors.Single(e => e.GetProperty("error").ValueKind == JsonValueKind.Object && e.GetProperty("error").GetProperty("line").GetInt64() == 8).GetProperty("error").GetProperty("message").GetString()
                 .Should().StartWith("line 8 is not valid UTF-8 (at byte 17)", "the line is reported, not run with its custom_id changed");
-            errors.Where(e => e.GetProperty("error").GetProperty("code").GetString() == "duplicate_custom_id").Select(e => e.GetProperty("error").GetProperty("line").GetInt64()).Should().BeEquivalentTo([3L, 7L]);
+            errors.Where(e => BatchFiles.ErrorCode(e) == "duplicate_custom_id").Select(e => e.GetProperty("error").GetProperty("line").GetInt64()).Should().BeEquivalentTo([3L, 7L]);
         }
     }
 

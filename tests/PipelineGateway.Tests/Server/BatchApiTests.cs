@@ -141,7 +141,7 @@ public sealed class BatchApiTests : IAsyncDisposable
         output.Select(l => JsonDocument.Parse(l).RootElement.GetProperty("custom_id").GetString()).Should().BeEquivalentTo(Enumerable.Range(0, 20).Select(i => $"task-{i}"));
         JsonDocument.Parse(output[0]).RootElement.GetProperty("response").GetProperty("body").GetProperty("object").GetString().Should().Be("chat.completion");
         var errors = await LinesAsync(http, batch.GetProperty("error_file_id").GetString()!);
-        errors.Select(l => JsonDocument.Parse(l).RootElement.GetProperty("error").GetProperty("code").GetString()).Should().BeEquivalentTo(["unsupported_url", "model_not_found", "invalid_json"]);
+        errors.Select(l => BatchFiles.ErrorCode(JsonDocument.Parse(l).RootElement)).Should().BeEquivalentTo(["unsupported_url", "model_not_found", "invalid_json"]);
         errors.Should().Contain(l => l.Contains("'url' must be \\\"/v1/chat/completions\\\"", StringComparison.Ordinal), "the files' JSON is escaped as the answers' (quotes as \\\", an apostrophe as itself), not \\u0027");
 
         // The results are files of the key: listed with the input, described, and deleted like it.

@@ -59,6 +59,12 @@ public sealed class BatchFiles : IDisposable
             ? File.ReadLines(path).Where(l => l.Length > 0).Select(l => JsonDocument.Parse(l).RootElement.Clone()).ToList()
             : [];
 
+    /// <summary>An errors-file record's code: a bad line's <c>error.code</c>, a failed request's error body code (its <c>error</c> is null).</summary>
+    public static string? ErrorCode(JsonElement record) =>
+        record.GetProperty("error") is { ValueKind: JsonValueKind.Object } error
+            ? error.GetProperty("code").GetString()
+            : record.GetProperty("response").GetProperty("body").GetProperty("error").GetProperty("code").GetString();
+
     public List<JsonElement> OutputRecords => ReadRecords(Output);
 
     public List<JsonElement> ErrorRecords => ReadRecords(Errors);
