@@ -52,11 +52,12 @@ internal static class TokenCounter
     /// The usage of an answer whose upstream reported none (some OpenAI-compatible servers ignore
     /// <c>stream_options.include_usage</c>, a host's own provider may leave it out): the prompt counted as above, the
     /// answer's text and tool calls counted the same way — or, for a stream whose events were forwarded unread,
-    /// <paramref name="contentEvents"/>, one token per event that carried content (how OpenAI-compatible servers stream).
+    /// <paramref name="streamed"/>, what its events were estimated to carry (<see cref="ChatCompletionChunk.EstimatedOutputTokens"/>:
+    /// about four characters a token, at least one an event that carried content).
     /// Marked <c>"estimated": true</c> so nobody takes it for the upstream's count. Budgets, cost, metrics and the request
     /// log then see what was used instead of nothing.
     /// </summary>
-    public static TokenUsage EstimateUsage(ChatCompletionRequest request, ChatCompletionResponse? answer, int contentEvents, string model)
+    public static TokenUsage EstimateUsage(ChatCompletionRequest request, ChatCompletionResponse? answer, int streamed, string model)
     {
         var tokenizer = TokenizerFor(model);
         var completion = 0;
@@ -81,9 +82,9 @@ internal static class TokenCounter
             }
         }
 
-        if (!read || (completion == 0 && contentEvents > 0))
+        if (!read || (completion == 0 && streamed > 0))
         {
-            completion = contentEvents;
+            completion = streamed;
         }
 
         var usage = TokenUsage.Of(CountPrompt(request, model), completion);

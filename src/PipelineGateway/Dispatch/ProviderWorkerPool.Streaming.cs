@@ -27,7 +27,7 @@ internal sealed partial class ProviderWorkerPool
         string? filledId = null; // what the upstream left out is filled the same way in every chunk
         long filledCreated = 0;
         var handedOver = false; // chunks handed to the caller since the last burst end
-        var contentEvents = 0;
+        var outputEstimate = 0;
         (string? Id, long Created, string? Model) first = default;
         var request = new ProviderRequest(item.Request, deployment.Model) { ChoicesMayStayUnread = replay is null };
         if (TextCompletions.Refusal(Provider, item.Request, deployment.Model) is { } refusal)
@@ -69,11 +69,11 @@ internal sealed partial class ProviderWorkerPool
             }
 
             any = true;
-            if (chunk.CarriesContent)
+            if (chunk.EstimatedOutputTokens is > 0 and var tokens)
             {
-                // What the answer's size is estimated from, should the upstream report no usage (or the stream be cut:
-                // the request's end reads the item's count, GatewayPipeline.Consumed).
-                item.StreamContentEvents = ++contentEvents;
+                // What the answer is billed, should the upstream report no usage (or the stream be cut: the request's
+                // end reads the item's count, GatewayPipeline.Consumed).
+                item.StreamOutputEstimate = outputEstimate += tokens;
             }
 
             if (chunk.Usage is { } usage)
@@ -147,7 +147,7 @@ internal sealed partial class ProviderWorkerPool
         {
             // The upstream counted nothing (it ignored include_usage): the gateway's estimate, marked as one, is billed
             // and goes out on the finishing chunk (no chunk is added for it), or on a closing chunk of its own.
-            whole.Usage = item.StreamUsage = Admission.TokenCounter.EstimateUsage(item.Request, replay is null ? null : whole, contentEvents, deployment.Model);
+            whole.Usage = item.StreamUsage = Admission.TokenCounter.EstimateUsage(item.Request, replay is null ? null : whole, outputEstimate, deployment.Model);
             pendingLast?.Usage = whole.Usage;
         }
 

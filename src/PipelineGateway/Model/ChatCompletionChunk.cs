@@ -155,11 +155,11 @@ public sealed class ChatCompletionChunk
     internal static ChatCompletionChunk Skimmed() => new(choices: null);
 
     // What the skimming read (AnswerJson.ReadStreamChunk) learnt of the choices it did not read: how many, whether one
-    // finishes, whether one carries content. Valid while _choicesUnread.
+    // finishes, how many bytes of content they carry. Valid while _choicesUnread.
     private bool _choicesUnread;
     private int _unreadChoiceCount;
     private bool _unreadFinishes;
-    private bool _unreadCarriesContent;
+    private int _unreadContentBytes;
 
     /// <summary>
     /// True while the choices are only in <see cref="EventJson"/>: the read skimmed them (an event in the gateway's own
@@ -170,13 +170,13 @@ public sealed class ChatCompletionChunk
     internal bool ChoicesUnread => _choicesUnread;
 
     /// <summary>Marks the choices as unread, with what the skim learnt of them (<see cref="ChoicesUnread"/>).</summary>
-    internal void SkipChoices(int count, bool finishes, bool carriesContent)
+    internal void SkipChoices(int count, bool finishes, int contentBytes)
     {
         _choices = null;
         _choicesUnread = true;
         _unreadChoiceCount = count;
         _unreadFinishes = finishes;
-        _unreadCarriesContent = carriesContent;
+        _unreadContentBytes = contentBytes;
     }
 
     /// <summary>No choices (a usage-only chunk, say).</summary>
@@ -192,7 +192,7 @@ public sealed class ChatCompletionChunk
         {
             if (_choicesUnread)
             {
-                return _unreadCarriesContent;
+                return _unreadContentBytes > 0;
             }
 
             if (_claude?.NativeContent == true)
@@ -210,6 +210,43 @@ public sealed class ChatCompletionChunk
             }
 
             return false;
+        }
+    }
+
+    /// <summary>
+    /// The output tokens this chunk is estimated to carry, should the upstream count none: about four characters a token
+    /// (UTF-8 bytes as sent when the choices were skimmed), at least one for a chunk that <see cref="CarriesContent"/> —
+    /// OpenAI-compatible servers send a token an event, others a sentence. Nothing is tokenized per event (the stream's
+    /// hot path); whole answers, and streams the cache keeps, are counted by the model's tokenizer instead.
+    /// </summary>
+    internal int EstimatedOutputTokens
+    {
+        get
+        {
+            if (!CarriesContent)
+            {
+                return 0;
+            }
+
+            var length = 0;
+            if (_choicesUnread)
+            {
+                length = _unreadContentBytes;
+            }
+            else
+            {
+                foreach (var choice in Choices)
+                {
+                    var d = choice.Delta;
+                    length += (d.Content?.Length ?? 0) + (d.Refusal?.Length ?? 0) + ChatCompletionDelta.ReasoningLength(d.AdditionalProperties);
+                    foreach (var call in d.ToolCalls ?? [])
+                    {
+                        length += (call.Function?.Name?.Length ?? 0) + (call.Function?.Arguments?.Length ?? 0);
+                    }
+                }
+            }
+
+            return Math.Max(1, length / 4);
         }
     }
 
@@ -312,6 +349,15 @@ public sealed class ChatCompletionDelta
     /// <summary>The delta carries reasoning text (<c>reasoning_content</c> or <c>reasoning</c>, not empty).</summary>
     internal bool CarriesReasoning =>
         AdditionalProperties is { } extra && (NotEmpty(extra, "reasoning_content") || NotEmpty(extra, "reasoning"));
+
+    /// <summary>The bytes of reasoning text a delta's unmodelled members carry (read in place, as sent).</summary>
+    internal static int ReasoningLength(Dictionary<string, JsonElement>? extra) =>
+        extra is null ? 0 : RawStringLength(extra, "reasoning_content") + RawStringLength(extra, "reasoning");
+
+    private static int RawStringLength(Dictionary<string, JsonElement> extra, string name) =>
+        extra.TryGetValue(name, out var v) && v.ValueKind == JsonValueKind.String
+            ? System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(v).Length - 2
+            : 0;
 
     /// <summary>A string member that is not empty (compared in place: no string made to look at it).</summary>
     private static bool NotEmpty(Dictionary<string, JsonElement> extra, string name) =>

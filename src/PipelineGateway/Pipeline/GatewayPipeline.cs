@@ -309,7 +309,8 @@ internal sealed partial class GatewayPipeline
     /// answer and disconnects before its last event, say), its deadline passed, the upstream broke — was generated upstream
     /// and is billed by the provider: its usage is billed here too, so budgets, token limits, metrics and the request log
     /// see it (a tenant could otherwise read whole answers for nothing). The upstream's usage when it came, else the
-    /// gateway's estimate (the prompt, one token per event that carried content), marked as one. A whole request given up
+    /// gateway's estimate (the prompt, and the events' text at about four characters a token, one at least per event
+    /// that carried content), marked as one. A whole request given up
     /// on (its caller gone, its deadline passed, the gateway stopping) while its upstream call was in flight is billed its
     /// prompt, estimated: the upstream has read it, and most finish and bill a whole answer whoever waits for it — a
     /// tenant must not get answers generated for nothing by cancelling just before they come (a lower bound: the
@@ -319,7 +320,7 @@ internal sealed partial class GatewayPipeline
     {
         if (item.StreamAnswering is { } deployment)
         {
-            var usage = item.StreamUsage ?? Admission.TokenCounter.EstimateUsage(item.Request, null, item.StreamContentEvents, deployment.Model);
+            var usage = item.StreamUsage ?? Admission.TokenCounter.EstimateUsage(item.Request, null, item.StreamOutputEstimate, deployment.Model);
             return new ConsumedUpstream(deployment, usage, _pricing.Cost(deployment, usage));
         }
 

@@ -162,13 +162,13 @@ internal sealed partial class WorkItem
     }
 
     /// <summary>
-    /// Events of the stream that carried content so far (written by the attempt, read when the request ends): what a
-    /// stream's answer is estimated from when no usage came.
+    /// The output tokens the stream's events so far are estimated to carry (<see cref="ChatCompletionChunk.EstimatedOutputTokens"/>;
+    /// written by the attempt, read when the request ends): what a stream's answer is billed when no usage came.
     /// </summary>
-    public int StreamContentEvents
+    public int StreamOutputEstimate
     {
-        get => _stream is { } s ? Volatile.Read(ref s.ContentEvents) : 0;
-        set => Volatile.Write(ref StreamOnly.ContentEvents, value);
+        get => _stream is { } s ? Volatile.Read(ref s.OutputEstimate) : 0;
+        set => Volatile.Write(ref StreamOnly.OutputEstimate, value);
     }
 
     /// <summary>When a stream's first content reached the caller, since submission (for the request log).</summary>
@@ -196,7 +196,7 @@ internal sealed partial class WorkItem
         public bool Started;
         public TokenUsage? Usage;
         public Routing.Deployment? Answering;
-        public int ContentEvents;
+        public int OutputEstimate;
         public TimeSpan? TimeToFirstToken;
     }
 }

@@ -103,7 +103,7 @@ internal static class Speech
     {
         var chunk = new ChatCompletionChunk { Id = "speech", Created = created, Model = model };
         chunk.KeepEventJson(audio, membersUnread: false);
-        chunk.SkipChoices(1, finishes: false, carriesContent: true);
+        chunk.SkipChoices(1, finishes: false, contentBytes: 1); // content, not text: speech is billed by its input's characters
         return chunk;
     }
 
@@ -139,7 +139,7 @@ internal static class Speech
         done = type == "speech.audio.done";
         var chunk = new ChatCompletionChunk { Id = "speech", Created = created, Model = model, Usage = done ? Usage(operation) : null };
         chunk.KeepEventJson(data, membersUnread: false);
-        chunk.SkipChoices(1, finishes: done, carriesContent: delta);
+        chunk.SkipChoices(1, finishes: done, contentBytes: delta ? 1 : 0);
         return chunk;
     }
 

@@ -136,7 +136,8 @@ internal static class AnswerJson
         var skipped = false;
         var seen = 0;
         int count = 0;
-        bool finishes = false, content = false;
+        var finishes = false;
+        var contentBytes = 0;
         try
         {
             if (!r.Read() || r.TokenType != JsonTokenType.StartObject)
@@ -156,7 +157,7 @@ internal static class AnswerJson
 
                     while (r.Read() && r.TokenType != JsonTokenType.EndArray)
                     {
-                        if (!SkimChoice(ref r, ref finishes, ref content))
+                        if (!SkimChoice(ref r, ref finishes, ref contentBytes))
                         {
                             return null;
                         }
@@ -246,13 +247,16 @@ internal static class AnswerJson
             return null;
         }
 
-        chunk.SkipChoices(count, finishes, content);
+        chunk.SkipChoices(count, finishes, contentBytes);
         chunk.KeepEventJson(data, membersUnread: skipped);
         return chunk;
     }
 
-    /// <summary>One choice, skimmed (<see cref="Skim"/>); false when it is not in the writer's shape.</summary>
-    private static bool SkimChoice(ref Utf8JsonReader r, ref bool finishes, ref bool content)
+    /// <summary>
+    /// One choice, skimmed (<see cref="Skim"/>); false when it is not in the writer's shape. Adds the bytes of its text,
+    /// refusal and reasoning text (as sent, escapes and all) to <paramref name="contentBytes"/>.
+    /// </summary>
+    private static bool SkimChoice(ref Utf8JsonReader r, ref bool finishes, ref int contentBytes)
     {
         if (r.TokenType != JsonTokenType.StartObject)
         {
@@ -284,12 +288,19 @@ internal static class AnswerJson
                     {
                         // Not modelled: the bytes carry it (the full read keeps it as an unknown member). Reasoning text
                         // is output the caller sees, as text is.
-                        content |= reasoning && r.TokenType == JsonTokenType.String && (r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length) > 0;
+                        if (reasoning && r.TokenType == JsonTokenType.String)
+                        {
+                            contentBytes += (int)(r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length);
+                        }
+
                         r.Skip();
                     }
                     else if (r.TokenType == JsonTokenType.String)
                     {
-                        content |= member != 2 && (r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length) > 0;
+                        if (member != 2)
+                        {
+                            contentBytes += (int)(r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length);
+                        }
                     }
                     else if (r.TokenType != JsonTokenType.Null)
                     {

@@ -172,7 +172,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     /// <summary>
     /// Servers that never send <c>[DONE]</c> (llama.cpp forks, older TGI): a body that ends cleanly after the answer's
     /// finish is a whole answer — the caller gets the finish with the gateway's usage on it (the upstream reported none:
-    /// estimated, one token per content event, marked) and <c>[DONE]</c>; a body that ends before the finish is still a
+    /// estimated, the events' text at about four characters a token, marked) and <c>[DONE]</c>; a body that ends before the finish is still a
     /// broken stream.
     /// </summary>
     [Fact]
@@ -189,7 +189,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         var last = Node(whole[2]);
         last["id"]!.GetValue<string>().Should().Be("chatcmpl-up1");
         last["choices"]![0]!["finish_reason"]!.GetValue<string>().Should().Be("stop");
-        last["usage"]!["completion_tokens"]!.GetValue<int>().Should().Be(2, "one token per content event");
+        last["usage"]!["completion_tokens"]!.GetValue<int>().Should().Be(2, "at least one token an event that carried content");
         last["usage"]!["prompt_tokens"]!.GetValue<int>().Should().BePositive();
         last["usage"]!["estimated"]!.GetValue<bool>().Should().BeTrue();
         last["usage"]!["cost"]!.GetValue<decimal>().Should().Be(0, "m-up has no price");
@@ -211,6 +211,31 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
 
         cut.Take(2).Should().Equal(one, two);
         Node(cut[^1])["error"]!["message"]!.GetValue<string>().Should().Contain("ended before [DONE]");
+    }
+
+    /// <summary>
+    /// A stream the upstream reported no usage for is billed what its events carried — about four characters a token, at
+    /// least one an event that carried content — counted per event as the events pass (the text, reasoning text and tool
+    /// calls of events forwarded unread as of those read in full), not one token an event: a server that sends a
+    /// sentence an event was under-billed.
+    /// </summary>
+    [Fact]
+    public async Task A_stream_without_usage_is_billed_the_text_its_events_carried_not_one_token_an_event()
+    {
+        var sentence = new string('a', 80);
+        var thought = new string('b', 40);
+        var one = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"one\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        var said = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + sentence + "\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        var thinking = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"" + thought + "\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        var call = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}}]},\"logprobs\":null,\"finish_reason\":null}]}";
+        var finish = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"tool_calls\"}]}";
+
+        var events = await StreamAsync(string.Concat(new[] { one, said, thinking, call, finish }.Select(e => $"data: {e}\n\n")) + "data: [DONE]\n\n");
+
+        var usage = Node(events[^2])["usage"]!;
+        usage["estimated"]!.GetValue<bool>().Should().BeTrue();
+        usage["completion_tokens"]!.GetValue<int>().Should().Be(1 + 80 / 4 + 40 / 4 + (11 + 16) / 4,
+            "'one' at least one token; the sentence, the reasoning and the call's name and arguments about four characters a token");
     }
 
     private async Task<List<string>> StreamAsync(string sse, string model = "m")
