@@ -17,6 +17,7 @@ internal sealed class GatewayInstruments : IDisposable
     public const string Requests = "pgw.requests";
     public const string CacheHits = "pgw.cache.hits";
     public const string CostUsd = "pgw.cost";
+    public const string Attempts = "pgw.attempts";
     public const string QueueDepth = "pgw.queue.depth";
     public const string DeploymentHealth = "pgw.deployment.health";
 
@@ -43,6 +44,7 @@ internal sealed class GatewayInstruments : IDisposable
         RequestCount = _meter.CreateCounter<long>(Requests, "{request}", "Requests ended, by outcome.");
         CacheHitCount = _meter.CreateCounter<long>(CacheHits, "{request}", "Requests answered from the response cache.");
         Cost = _meter.CreateCounter<double>(CostUsd, "USD", "Spend priced from usage, by provider and model.");
+        AttemptCount = _meter.CreateCounter<long>(Attempts, "{attempt}", "Upstream attempts, by provider, deployment and outcome.");
     }
 
     internal Histogram<double> Duration { get; }
@@ -67,6 +69,26 @@ internal sealed class GatewayInstruments : IDisposable
     internal Counter<long> CacheHitCount { get; }
 
     internal Counter<double> Cost { get; }
+
+    /// <summary>
+    /// Every attempt sent upstream, under its own provider: a request that failed over several providers is one
+    /// <c>pgw.requests</c> failure (the gateway's), and this is where each provider's part in it shows.
+    /// </summary>
+    internal Counter<long> AttemptCount { get; }
+
+    /// <summary>An attempt's outcome as the <c>pgw.outcome</c> label of <see cref="AttemptCount"/> (bounded: one value per outcome).</summary>
+    internal static string OutcomeLabel(AttemptOutcome outcome) => outcome switch
+    {
+        AttemptOutcome.Success => "success",
+        AttemptOutcome.RetryableError => "retryable_error",
+        AttemptOutcome.RateLimited => "rate_limited",
+        AttemptOutcome.Timeout => "timeout",
+        AttemptOutcome.NonRetryableError => "rejected",
+        AttemptOutcome.ContextLengthExceeded => "context_length_exceeded",
+        AttemptOutcome.Cancelled => "cancelled",
+        AttemptOutcome.DeploymentUnavailable => "deployment_unavailable",
+        _ => "other",
+    };
 
     /// <summary>Registers the observable gauges (queue depth per stage, circuit state per deployment).</summary>
     internal void Observe(Func<IEnumerable<Measurement<int>>> depths, Func<IEnumerable<Measurement<int>>> health)

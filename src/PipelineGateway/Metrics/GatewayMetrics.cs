@@ -190,6 +190,27 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
         {
             stats.Record(attempt);
         }
+
+        if (_instruments.AttemptCount.Enabled)
+        {
+            var tags = new System.Diagnostics.TagList
+            {
+                { _instruments.ProviderAttribute, _systems.GetValueOrDefault(attempt.Provider, attempt.Provider) },
+                { "pgw.provider", attempt.Provider },
+                { "pgw.outcome", GatewayInstruments.OutcomeLabel(attempt.Outcome) },
+            };
+            if (attempt.Deployment is { } deployment)
+            {
+                tags.Add("pgw.deployment", deployment.Id);
+            }
+
+            if (attempt.StatusCode is { } status)
+            {
+                tags.Add("http.response.status_code", status);
+            }
+
+            _instruments.AttemptCount.Add(1, tags);
+        }
     }
 
     private readonly System.Collections.Concurrent.ConcurrentQueue<RecentFailure> _recentFailures = new();

@@ -257,6 +257,58 @@ public sealed class MetricsTests
             .Should().BeEquivalentTo([("m", "refuses", nameof(UpstreamRejectedException)), ("n", "pipelinegateway", nameof(AllProvidersFailedException))]);
     }
 
+    /// <summary>
+    /// <c>pgw.attempts</c> counts every attempt sent upstream under its own provider and deployment, with its outcome and
+    /// status: a request that failed over several providers is one failure of the gateway's in <c>pgw.requests</c>, and
+    /// here each provider's part in it shows (before, nothing in the instruments said which upstreams had failed).
+    /// </summary>
+    [Fact]
+    public async Task Every_attempt_is_counted_under_its_own_provider_with_its_outcome()
+    {
+        var failing = new FakeProvider("fails") { OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.RetryableError, "down", 500) };
+        var limited = new FakeProvider("limited") { OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.RateLimited, "slow down", 429) };
+        var answering = new FakeProvider("answers");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(failing).AddProvider(limited).AddProvider(answering)
+            .Configure(o =>
+            {
+                o.Pipeline.MaxAttempts = 3;
+                o.Pipeline.RetryBaseDelay = TimeSpan.FromMilliseconds(1);
+                o.Models.Add(new ModelGroupOptions
+                {
+                    Name = "m",
+                    Strategy = "Priority",
+                    Deployments = [new DeploymentOptions { Provider = "fails", Model = "x", Priority = 0 }, new DeploymentOptions { Provider = "answers", Model = "y", Priority = 1 }],
+                });
+                o.Models.Add(new ModelGroupOptions
+                {
+                    Name = "n",
+                    Strategy = "Priority",
+                    Deployments = [new DeploymentOptions { Provider = "fails", Model = "x", Priority = 0 }, new DeploymentOptions { Provider = "limited", Model = "z", Priority = 1 }],
+                });
+            })
+            .StartAsync(Ct);
+        var instruments = gateway.Services.GetRequiredService<GatewayInstruments>();
+        using var attempts = new MetricCollector<long>(instruments.AttemptCount);
+        using var requests = new MetricCollector<long>(instruments.RequestCount);
+
+        await gateway.SubmitAsync(TestGateway.Request("m"), Ct);
+        await FluentActions.Awaiting(async () => await gateway.SubmitAsync(TestGateway.Request("n"), Ct)).Should().ThrowAsync<AllProvidersFailedException>();
+
+        attempts.GetMeasurementSnapshot().Select(m => ((string)m.Tags["gen_ai.system"]!, (string)m.Tags["pgw.deployment"]!, (string)m.Tags["pgw.outcome"]!, m.Tags.TryGetValue("http.response.status_code", out var s) ? (int?)s : null, m.Value))
+            .Should().BeEquivalentTo(new[]
+            {
+                ("fails", "m/fails/x", "retryable_error", (int?)500, 1L),
+                ("answers", "m/answers/y", "success", (int?)null, 1L),
+                ("fails", "n/fails/x", "retryable_error", (int?)500, 1L),
+                ("limited", "n/limited/z", "rate_limited", (int?)429, 1L),
+                ("fails", "n/fails/x", "retryable_error", (int?)500, 1L), // the third attempt: the 429's deployment is cooling down
+            });
+        requests.GetMeasurementSnapshot().Select(m => ((string)m.Tags["gen_ai.system"]!, (string)m.Tags["pgw.outcome"]!))
+            .Should().BeEquivalentTo([("answers", "success"), ("pipelinegateway", "failure")], "the request is one, its attempts several");
+        instruments.AttemptCount.Name.Should().Be("pgw.attempts");
+    }
+
     /// <summary>Embeddings and moderations requests are measured under their own operation names (the GenAI conventions' <c>embeddings</c>).</summary>
     [Fact]
     public async Task Embeddings_and_moderations_are_measured_under_their_operation_names()
