@@ -208,10 +208,21 @@ internal static class ResponsesCodec
 
         ReadTools(root, request);
         ReadText(root, request);
-        if (root.TryGetProperty("reasoning", out var reasoning) && reasoning.ValueKind == JsonValueKind.Object
-            && reasoning.TryGetProperty("effort", out var effort) && effort.ValueKind == JsonValueKind.String)
+        if (root.TryGetProperty("reasoning", out var reasoning) && reasoning.ValueKind != JsonValueKind.Null)
         {
-            (request.AdditionalProperties ??= [])["reasoning_effort"] = effort.Clone();
+            // The effort's values are not checked (new ones come; the upstream says which it takes), its type is: a
+            // number or a misplaced object was dropped without a word.
+            if (reasoning.ValueKind != JsonValueKind.Object)
+            {
+                throw new InvalidRequestException("reasoning", $"reasoning: expected an object, got {Serialization.JsonProblems.KindName(reasoning.ValueKind)}.");
+            }
+
+            if (reasoning.TryGetProperty("effort", out var effort) && effort.ValueKind != JsonValueKind.Null)
+            {
+                (request.AdditionalProperties ??= [])["reasoning_effort"] = effort.ValueKind == JsonValueKind.String
+                    ? effort.Clone()
+                    : throw new InvalidRequestException("reasoning.effort", $"reasoning.effort: expected a string (such as 'low', 'medium' or 'high'), got {Serialization.JsonProblems.KindName(effort.ValueKind)}.");
+            }
         }
 
         foreach (var carried in (ReadOnlySpan<string>)["service_tier", "prompt_cache_key"])
@@ -414,7 +425,9 @@ internal static class ResponsesCodec
                     {
                         Name = RequiredString(tool, "name", at),
                         Description = OptionalString(tool, "description"),
-                        Parameters = tool.TryGetProperty("parameters", out var p) && p.ValueKind == JsonValueKind.Object ? p.Clone() : null,
+                        Parameters = tool.TryGetProperty("parameters", out var p) && p.ValueKind != JsonValueKind.Null
+                            ? p.ValueKind == JsonValueKind.Object ? p.Clone() : throw new InvalidRequestException($"{at}.parameters", $"{at}.parameters: expected an object (a JSON Schema), got {Serialization.JsonProblems.KindName(p.ValueKind)}.")
+                            : null,
                         Strict = tool.TryGetProperty("strict", out var s) && s.ValueKind is JsonValueKind.True or JsonValueKind.False ? s.GetBoolean() : null,
                     },
                 });

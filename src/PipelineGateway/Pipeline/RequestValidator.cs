@@ -78,10 +78,24 @@ internal static class RequestValidator
                 {
                     throw new InvalidRequestException($"tools[{i}].function.name", $"'tools[{i}].function.name' is required.");
                 }
+
+                if (tools[i].Function?.Parameters is { ValueKind: not (JsonValueKind.Object or JsonValueKind.Null) } parameters)
+                {
+                    // Every upstream refuses it (a JSON Schema is an object); refused here, before queue room, fallbacks
+                    // and a translation to Claude's input_schema are spent on it.
+                    throw new InvalidRequestException($"tools[{i}].function.parameters", $"Invalid type for 'tools[{i}].function.parameters': expected an object (a JSON Schema), but got {Serialization.JsonProblems.KindName(parameters.ValueKind)} instead.");
+                }
             }
         }
 
         ValidateToolChoice(request.ToolChoice);
+        ValidateChosenTool(request.ToolChoice, request.Tools);
+        if (request.AdditionalProperties?.TryGetValue("reasoning_effort", out var effort) == true && effort.ValueKind is not (JsonValueKind.String or JsonValueKind.Null))
+        {
+            // The values are not checked (new ones come: none, minimal, xhigh…; an OpenAI-compatible upstream says which
+            // it takes), the type is: a number or an object reached the upstream as it was.
+            throw new InvalidRequestException("reasoning_effort", $"Invalid type for 'reasoning_effort': expected a string (such as 'low', 'medium' or 'high'), but got {Serialization.JsonProblems.KindName(effort.ValueKind)} instead.");
+        }
         ValidateResponseFormat(request.ResponseFormat);
 
         if (request.Gateway?.Timeout is { } timeout && timeout <= TimeSpan.Zero)
@@ -186,6 +200,34 @@ internal static class RequestValidator
             && (function.ValueKind != JsonValueKind.Object || !function.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String || string.IsNullOrWhiteSpace(name.GetString())))
         {
             throw new InvalidRequestException("tool_choice.function.name", "'tool_choice.function.name' must name a function.");
+        }
+    }
+
+    /// <summary>
+    /// A <c>tool_choice</c> that forces a call — <c>required</c> (Claude's <c>any</c>), or a function by name — needs the
+    /// tool among <c>tools</c>: no upstream can honour it otherwise (OpenAI and Anthropic refuse it; a lenient server
+    /// answers without the call the caller forced). Checked once here for every front door, so the message names no
+    /// route's spelling of the member.
+    /// </summary>
+    private static void ValidateChosenTool(JsonElement? choice, List<ToolDefinition>? tools)
+    {
+        if (choice is not { } c)
+        {
+            return;
+        }
+
+        var forcesCall = c.ValueKind == JsonValueKind.String ? c.ValueEquals("required"u8) : c.ValueKind == JsonValueKind.Object;
+        if (forcesCall && tools is not { Count: > 0 })
+        {
+            throw new InvalidRequestException("tool_choice", "'tool_choice' asks for a tool call, but the request has no 'tools'.");
+        }
+
+        if (c.ValueKind == JsonValueKind.Object && c.TryGetProperty("type", out var type) && type.ValueEquals("function"u8)
+            && c.TryGetProperty("function", out var function) && function.TryGetProperty("name", out var name)
+            && tools!.TrueForAll(static t => t.Type == "function") // another kind (Claude's server tools) names itself its own way
+            && !tools.Exists(t => name.ValueEquals(t.Function?.Name)))
+        {
+            throw new InvalidRequestException("tool_choice", $"'tool_choice' names the function '{Providers.ProviderException.Quoted(name.GetString())}', which is not among 'tools'.");
         }
     }
 

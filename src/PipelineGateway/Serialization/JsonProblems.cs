@@ -37,6 +37,17 @@ internal static class JsonProblems
     /// <summary>Where a failure is (<c>$.messages[0].content[0].text</c>), a sub-tree's own path (<see cref="Within"/>) included.</summary>
     public static string? PathOf(JsonException ex) => ex.Path is { } path && ex.Data[WithinKey] is string within ? path + within : ex.Path;
 
+    /// <summary>A JSON value's kind as an error message names it ("expected an object, but got a string instead").</summary>
+    public static string KindName(JsonValueKind kind) => kind switch
+    {
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => "a number",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.Object => "an object",
+        _ => "null",
+    };
+
     /// <summary>The offset of the first byte that is not part of valid UTF-8 (the length when all of it is).</summary>
     public static int FirstInvalidUtf8(ReadOnlySpan<byte> text)
     {

@@ -1,3 +1,4 @@
+using System.Text.Json;
 using FluentAssertions;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Hosting;
@@ -22,7 +23,44 @@ public sealed class ValidationTests
         { "stop", r => r.Stop = new StopSequences(["a", "b", "c", "d", "e"]) },
         { "messages[1].tool_call_id", r => r.Messages.Add(new ChatCompletionMessage { Role = "tool", Content = "x" }) },
         { "tools[0].function.name", r => r.Tools = [new ToolDefinition { Function = new FunctionDefinition() }] },
+        { "tools[0].function.parameters", r => r.Tools = [new ToolDefinition { Function = new FunctionDefinition { Name = "f", Parameters = Json("\"{}\"") } }] },
+        { "tool_choice", r => (r.Tools, r.ToolChoice) = ([new ToolDefinition { Function = new FunctionDefinition { Name = "f" } }], Json("""{"type":"function","function":{"name":"g"}}""")) },
+        { "tool_choice", r => r.ToolChoice = Json("\"required\"") },
+        { "tool_choice", r => r.ToolChoice = Json("""{"type":"function","function":{"name":"f"}}""") },
+        { "reasoning_effort", r => r.AdditionalProperties = new() { ["reasoning_effort"] = Json("5") } },
     };
+
+    private static JsonElement Json(string json) => JsonDocument.Parse(json).RootElement.Clone();
+
+    /// <summary>
+    /// What those checks let through: a forced call of a tool the request offers (a function by name, or — with a tool of
+    /// another kind, as Claude's server tools are, which name themselves their own way — any name), <c>auto</c> without
+    /// tools, and a reasoning effort the gateway does not know (new ones come; the upstream says which it takes).
+    /// </summary>
+    [Theory]
+    [InlineData("""{"type":"function","function":{"name":"f"}}""", "function", null)]
+    [InlineData("""{"type":"function","function":{"name":"web_search"}}""", "web_search_20250305", null)]
+    [InlineData("\"auto\"", null, "\"xhigh\"")]
+    public async Task A_tool_choice_the_tools_can_honour_and_an_unknown_reasoning_effort_pass(string choice, string? toolType, string? effort)
+    {
+        var a = new FakeProvider("a");
+        await using var gateway = await TestGateway.With(a).StartAsync(Ct);
+        var request = TestGateway.Request();
+        request.ToolChoice = Json(choice);
+        if (toolType is not null)
+        {
+            request.Tools = [toolType == "function" ? new ToolDefinition { Function = new FunctionDefinition { Name = "f" } } : new ToolDefinition { Type = toolType }];
+        }
+
+        if (effort is not null)
+        {
+            request.AdditionalProperties = new() { ["reasoning_effort"] = Json(effort) };
+        }
+
+        await gateway.SubmitAsync(request, Ct);
+
+        a.Calls.Should().Be(1);
+    }
 
     [Theory]
     [MemberData(nameof(BadRequests))]

@@ -480,6 +480,8 @@ public sealed class FrontDoorTests : IAsyncLifetime
         { """{"model":"gpt-4o-mini","max_tokens":16,"top_p":"x","messages":[{"role":"user","content":"hi"}]}""", "top_p" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"tool_choice":"auto","messages":[{"role":"user","content":"hi"}]}""", "tool_choice" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"tool_choice":{"type":"tool"},"tools":[{"name":"f","input_schema":{"type":"object"}}],"messages":[{"role":"user","content":"hi"}]}""", "tool_choice.name" },
+        { """{"model":"gpt-4o-mini","max_tokens":16,"tool_choice":{"type":"tool","name":"g"},"tools":[{"name":"f","input_schema":{"type":"object"}}],"messages":[{"role":"user","content":"hi"}]}""", "'tool_choice' names the function 'g', which is not among 'tools'" },
+        { """{"model":"gpt-4o-mini","max_tokens":16,"tool_choice":{"type":"any"},"messages":[{"role":"user","content":"hi"}]}""", "'tool_choice' asks for a tool call, but the request has no 'tools'" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"stop_sequences":[1],"messages":[{"role":"user","content":"hi"}]}""", "stop_sequences" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"tools":[{}],"messages":[{"role":"user","content":"hi"}]}""", "tools.0" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"metadata":{"user_id":5},"messages":[{"role":"user","content":"hi"}]}""", "metadata.user_id" },
