@@ -437,6 +437,7 @@ public sealed class AnthropicTranslationTests
     [Theory]
     [InlineData("\"reasoning_effort\":\"high\",\"max_completion_tokens\":8000", 4096)]
     [InlineData("\"reasoning_effort\":\"low\"", 1024)]
+    [InlineData("\"reasoning_effort\":\"xhigh\",\"max_tokens\":16000", 8192)]
     [InlineData("\"reasoning_effort\":\"high\",\"max_tokens\":3000", 2999)]
     [InlineData("\"reasoning_effort\":\"high\",\"max_tokens\":1024", null)]
     [InlineData("\"reasoning_effort\":\"minimal\"", null)]

@@ -255,7 +255,7 @@ internal static class AnthropicTranslator
 
     /// <summary>
     /// OpenAI's <c>reasoning_effort</c> as Claude's extended thinking, as LiteLLM maps it: <c>low</c> 1,024 thinking tokens,
-    /// <c>medium</c> 2,048, <c>high</c> 4,096 — within <c>max_tokens</c>, which counts them on both APIs (at least 1,024 and
+    /// <c>medium</c> 2,048, <c>high</c> 4,096 (<c>xhigh</c> 8,192) — within <c>max_tokens</c>, which counts them on both APIs (at least 1,024 and
     /// fewer than <c>max_tokens</c>, Claude's bounds). None (the effort only tunes the answer, so it is dropped, not
     /// refused) when Claude could not think here: <c>max_tokens</c> too small, a temperature other than 1 or <c>top_k</c>
     /// set, or a tool call forced (a named function, <c>required</c>, a JSON response format) — Claude's own limits on thinking
@@ -277,6 +277,7 @@ internal static class AnthropicTranslator
             "low" => 1024,
             "medium" => 2048,
             "high" => 4096,
+            "xhigh" => 8192, // GPT-5.1's step past high: the doubling on (it asked for the most and got no thinking)
             _ => 0, // minimal, none
         };
         var forced = AnswersInJson(request)
