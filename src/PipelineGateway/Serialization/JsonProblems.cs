@@ -23,16 +23,35 @@ internal static class JsonProblems
         ex.InnerException is InvalidOperationException { Message: var inner } && inner.Contains("UTF-16", StringComparison.Ordinal);
 
     /// <summary>
-    /// A failure inside a sub-tree a converter reads with a serializer call of its own (a message's content parts): that
-    /// call's path starts again at <c>$</c>, so it is kept here and the failure thrown on without a path — the outer
-    /// serializer then gives where the sub-tree is, and <see cref="PathOf"/> joins the two.
+    /// A failure inside a sub-tree a converter reads with a serializer call of its own (a message's content parts, an
+    /// Anthropic message's blocks): that call's path starts again at <c>$</c>, so it is kept here — after
+    /// <paramref name="prefix"/>, where the sub-tree's element is when the converter walks them itself (<c>[2]</c>) — and
+    /// the failure thrown on without a path: the outer serializer then gives where the sub-tree is, and
+    /// <see cref="PathOf"/> joins the two (at any depth: a failure already within a deeper sub-tree keeps its path).
     /// </summary>
-    public static JsonException Within(JsonException ex)
+    public static JsonException Within(JsonException ex, string? prefix = null)
     {
         var outer = new JsonException(FirstSentence(ex.Message), ex.InnerException);
-        outer.Data[WithinKey] = (ex.Data[WithinKey] as string) is { } deeper ? deeper : ex.Path is { Length: > 1 } path ? path[1..] : null;
+        var inner = PathOf(ex) is { Length: > 1 } path ? path[1..] : null;
+        outer.Data[WithinKey] = prefix is null && inner is null ? null : prefix + inner;
         return outer;
     }
+
+    /// <summary>A sub-tree read with a serializer call of its own, a failure in it thrown on as <see cref="Within"/>.</summary>
+    public static T? ReadWithin<T>(ref Utf8JsonReader reader, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize(ref reader, info);
+        }
+        catch (JsonException ex)
+        {
+            throw Within(ex);
+        }
+    }
+
+    /// <summary>What a failure says: the reader's words, or — a string no character can be made of — that, in a caller's words.</summary>
+    public static string Says(JsonException ex) => IsLoneSurrogate(ex) ? LoneSurrogate : ex.Message;
 
     /// <summary>Where a failure is (<c>$.messages[0].content[0].text</c>), a sub-tree's own path (<see cref="Within"/>) included.</summary>
     public static string? PathOf(JsonException ex) => ex.Path is { } path && ex.Data[WithinKey] is string within ? path + within : ex.Path;

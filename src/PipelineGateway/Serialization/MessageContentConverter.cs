@@ -15,14 +15,8 @@ internal sealed class MessageContentConverter : JsonConverter<MessageContent>
             case JsonTokenType.String:
                 return new MessageContent(reader.GetString()!);
             case JsonTokenType.StartArray:
-                try
-                {
-                    return new MessageContent(JsonSerializer.Deserialize(ref reader, GatewayJsonContext.Default.ListContentPart) ?? []);
-                }
-                catch (JsonException ex)
-                {
-                    throw Serialization.JsonProblems.Within(ex); // where in the parts, after where the content is
-                }
+                // A failure says where in the parts, after where the content is.
+                return new MessageContent(Serialization.JsonProblems.ReadWithin(ref reader, GatewayJsonContext.Default.ListContentPart) ?? []);
             default:
                 throw new JsonException("'content' must be a string or an array of content parts.");
         }

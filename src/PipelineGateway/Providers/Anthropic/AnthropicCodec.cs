@@ -31,7 +31,7 @@ internal static partial class AnthropicCodec
         }
         catch (JsonException ex)
         {
-            throw new AnthropicRequestException(Field(ex.Path), Reason(ex));
+            throw new AnthropicRequestException(Field(Serialization.JsonProblems.PathOf(ex)), Reason(ex));
         }
         catch (Exception ex) when (ex is InvalidOperationException or ArgumentException or DecoderFallbackException or NotSupportedException)
         {
@@ -618,16 +618,8 @@ internal static partial class AnthropicCodec
 
     private static string Reason(JsonException ex)
     {
-        var field = Field(ex.Path);
-        var what = NestedJsonException.Says(ex);
-        if (ex is NestedJsonException nested)
-        {
-            // Thrown inside a converter that reads a sub-tree on its own: its path starts again at that sub-tree.
-            field = field is null ? nested.Field : nested.Field is null ? field : $"{field}.{nested.Field}";
-            what = nested.What;
-        }
-
-        what = Plain(what);
+        var field = Field(Serialization.JsonProblems.PathOf(ex));
+        var what = Plain(Serialization.JsonProblems.Says(ex));
         if (what.EndsWith(": Field required", StringComparison.Ordinal))
         {
             return field is null ? what : $"{field}.{what}";
@@ -675,29 +667,6 @@ internal static partial class AnthropicCodec
     private static partial System.Text.RegularExpressions.Regex NotConvertible();
 }
 
-/// <summary>A JSON error inside a sub-tree a converter reads on its own (<see cref="Field"/> is relative to it).</summary>
-internal sealed class NestedJsonException(string? field, string what) : JsonException(what)
-{
-    public string? Field { get; } = field;
-
-    public string What { get; } = what;
-
-    /// <summary>Reads a sub-tree, turning its errors into ones whose field is relative to the sub-tree.</summary>
-    public static T? Read<T>(ref Utf8JsonReader reader, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info)
-    {
-        try
-        {
-            return JsonSerializer.Deserialize(ref reader, info);
-        }
-        catch (JsonException ex) when (ex is not NestedJsonException)
-        {
-            throw new NestedJsonException(AnthropicCodec.Field(ex.Path), Says(ex));
-        }
-    }
-
-    /// <summary>What a failure says: the reader's words, or — a string no character can be made of — that, in a caller's words.</summary>
-    public static string Says(JsonException ex) => Serialization.JsonProblems.IsLoneSurrogate(ex) ? Serialization.JsonProblems.LoneSurrogate : ex.Message;
-}
 
 /// <summary>A malformed or unsupported Anthropic request: <see cref="Field"/> names the field (Anthropic's dotted form).</summary>
 internal sealed class AnthropicRequestException(string? field, string message) : Exception(message)
@@ -876,7 +845,7 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
     public override AnthropicInputContent? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
     {
         JsonTokenType.String => new AnthropicInputContent { Text = reader.GetString() },
-        JsonTokenType.StartArray => KeepsRaw(reader) ? ReadWithRaw(ref reader) : new AnthropicInputContent { Blocks = NestedJsonException.Read(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) },
+        JsonTokenType.StartArray => KeepsRaw(reader) ? ReadWithRaw(ref reader) : new AnthropicInputContent { Blocks = Serialization.JsonProblems.ReadWithin(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) },
         _ => throw new JsonException("must be a string or a list of content blocks"),
     };
 
@@ -957,10 +926,7 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
                 }
                 catch (JsonException ex)
                 {
-                    var nested = ex as NestedJsonException;
-                    var inner = AnthropicCodec.Field(ex.Path);
-                    var field = inner is null ? $"{i}" : $"{i}.{inner}";
-                    throw new NestedJsonException(nested?.Field is { } f ? $"{field}.{f}" : field, nested?.What ?? NestedJsonException.Says(ex));
+                    throw Serialization.JsonProblems.Within(ex, $"[{i}]");
                 }
             }
 
@@ -990,7 +956,7 @@ internal sealed class AnthropicTextConverter : JsonConverter<AnthropicSystem>
         }
 
         var text = new StringBuilder();
-        var blocks = NestedJsonException.Read(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) ?? [];
+        var blocks = Serialization.JsonProblems.ReadWithin(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) ?? [];
         foreach (var block in blocks)
         {
             if ((object?)block is not AnthropicInputBlock { Type: "text", Text: { } t })
