@@ -193,13 +193,13 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
     {
         // An Anthropic deployment's content events are written as they came (server tools' blocks, citations, indexes).
         request.Gateway!.KeepsAnthropicEvents = true;
-        return NamedEventStream.WriteAsync(ctx, queue, request, new Events(), options, time, headers, aborted);
+        return NamedEventStream.WriteAsync(ctx, queue, request, new Events(request), options, time, headers, aborted);
     }
 
     /// <summary>The Anthropic stream writer as the named-event loop takes it.</summary>
-    private sealed class Events : INamedEventWriter
+    private sealed class Events(ChatCompletionRequest request) : INamedEventWriter
     {
-        private readonly AnthropicStreamWriter _writer = new();
+        private readonly AnthropicStreamWriter _writer = new(request: request);
 
         public IEnumerable<(string Name, byte[] Json)> Start() => [];
 

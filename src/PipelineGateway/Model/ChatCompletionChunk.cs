@@ -96,6 +96,23 @@ public sealed class ChatCompletionChunk
         }
     }
 
+    /// <summary>
+    /// On a Claude stream's opening chunk: the usage Claude's <c>message_start</c> gave (the prompt's tokens, the cache's),
+    /// for the <c>message_start</c> a <c>/v1/messages</c> caller gets — clients take the prompt's count from there.
+    /// Not billed: the stream's usage is its last.
+    /// </summary>
+    internal Providers.Anthropic.AnthropicUsage? AnthropicOpening
+    {
+        get => _claude?.Opening;
+        set
+        {
+            if (value is not null || _claude is not null)
+            {
+                Claude.Opening = value;
+            }
+        }
+    }
+
     /// <summary>The chunk opens or continues a block a caller sees (a server tool's call or result) though it has no canonical content.</summary>
     internal bool CarriesNativeContent
     {
@@ -130,6 +147,7 @@ public sealed class ChatCompletionChunk
     {
         public (string Name, byte[] Json)? Event;
         public (string Reason, string? Sequence)? Stop;
+        public Providers.Anthropic.AnthropicUsage? Opening;
         public bool NativeContent;
         public bool Uncacheable;
     }

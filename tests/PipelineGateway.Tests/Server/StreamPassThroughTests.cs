@@ -251,6 +251,50 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     private static JsonNode Node(string json) => JsonNode.Parse(json)!;
 
     /// <summary>
+    /// A <c>/v1/messages</c> caller's <c>message_start</c> says the prompt's tokens, as Claude's does — clients (LangChain,
+    /// the Vercel AI SDK) take them from there alone: from an Anthropic deployment, as Claude's own <c>message_start</c>
+    /// said them (its cache's counts too); from an OpenAI-format one, whose usage comes only at the end, the prompt as
+    /// the gateway counts it. Both read 0 before; <c>message_delta</c> still carries the upstream's exact count.
+    /// </summary>
+    [Fact]
+    public async Task A_messages_callers_message_start_says_the_prompts_tokens_from_either_upstream()
+    {
+        var claude = await MessagesAsync(string.Concat(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":7,\"cache_read_input_tokens\":3,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"one\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"), "claude");
+
+        var opening = claude.First(e => e["type"]!.GetValue<string>() == "message_start")["message"]!["usage"]!;
+        (opening["input_tokens"]!.GetValue<int>(), opening["cache_read_input_tokens"]!.GetValue<int>()).Should().Be((7, 3), "as Claude's message_start said them");
+
+        var sse = string.Concat(
+            "data: {" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"one\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+            "data: {" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {" + Head + ",\"choices\":[],\"usage\":{\"prompt_tokens\":40,\"completion_tokens\":1,\"total_tokens\":41}}\n\n",
+            "data: [DONE]\n\n");
+        var openAI = await MessagesAsync(sse, "m");
+
+        var start = openAI.First(e => e["type"]!.GetValue<string>() == "message_start")["message"]!["usage"]!["input_tokens"]!.GetValue<int>();
+        var request = new ChatCompletionRequest { Model = "m", Messages = [new ChatCompletionMessage { Role = "user", Content = sse }], MaxTokens = 16 };
+        start.Should().Be(PipelineGateway.Admission.TokenCounter.CountPrompt(request, "m"), "the prompt as the gateway counts it (admission's count), not 0");
+        openAI.First(e => e["type"]!.GetValue<string>() == "message_delta")["usage"]!["input_tokens"]!.GetValue<int>().Should().Be(40, "the upstream's exact count at the end");
+    }
+
+    private async Task<List<JsonNode>> MessagesAsync(string sse, string model)
+    {
+        var body = JsonSerializer.Serialize(new { model, max_tokens = 16, stream = true, messages = new[] { new { role = "user", content = sse } } });
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/messages") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+        request.Headers.Add("anthropic-version", "2023-06-01");
+        using var response = await _http.SendAsync(request, Ct);
+        var text = await response.Content.ReadAsStringAsync(Ct);
+        response.IsSuccessStatusCode.Should().BeTrue(text);
+        return text.Split('\n').Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => Node(l[6..])).ToList();
+    }
+
+    /// <summary>
     /// Claude's content events are written to a <c>/v1/messages</c> caller as they came — but under the protocol's own
     /// event names, each on one <c>data:</c> line: an upstream event whose type carries a line break (to write an event
     /// of its choosing), or whose JSON spans several <c>data:</c> lines, cannot break the caller's stream.

@@ -247,7 +247,13 @@ internal static class AnthropicResponses
 /// <c>content_block_stop</c>, <c>message_delta</c> (stop reason and usage), <c>message_stop</c>. One writer for the
 /// gateway's <c>/v1/messages</c> route and the simulator.
 /// </summary>
-internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
+/// <param name="usage">The answer's usage when known before it streams (the simulator's).</param>
+/// <param name="request">
+/// The request, whose prompt is counted for <c>message_start</c> when the stream's opening does not say it: an
+/// OpenAI-format upstream reports its usage only at the end, and clients (LangChain, the Vercel AI SDK) take the prompt's
+/// tokens from <c>message_start</c> alone — they read 0.
+/// </param>
+internal sealed class AnthropicStreamWriter(TokenUsage? usage = null, ChatCompletionRequest? request = null)
 {
     /// <summary>What <see cref="_open"/> says of a thinking block whose signature came: still open, but nothing more goes in it.</summary>
     private const string SignedThinking = "thinking (signed)";
@@ -276,8 +282,9 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
             _started = true;
             var id = chunk.Id.StartsWith("msg_", StringComparison.Ordinal) ? chunk.Id : "msg_" + chunk.Id;
             // Anthropic reports the prompt's tokens at the start; a canonical stream knows them only at its end, so they
-            // are given here when known (the simulator) and always repeated in message_delta.
-            yield return Event("message_start", new AnthropicStreamEvent { Type = "message_start", Message = new AnthropicMessage { Id = id, Model = chunk.Model, Usage = Opening(_usage) } });
+            // are given here as Claude's own message_start said them (an Anthropic deployment), else when known (the
+            // simulator), else as the gateway counts the prompt — and always repeated, exact, in message_delta.
+            yield return Event("message_start", new AnthropicStreamEvent { Type = "message_start", Message = new AnthropicMessage { Id = id, Model = chunk.Model, Usage = chunk.AnthropicOpening ?? Opening(_usage, request) } });
             yield return ("ping", Ping);
         }
 
@@ -419,10 +426,10 @@ internal sealed class AnthropicStreamWriter(TokenUsage? usage = null)
         }
     }
 
-    /// <summary>message_start's usage: the prompt's (and the cache's) tokens when known, one output token so far.</summary>
-    private static AnthropicUsage Opening(AnthropicUsage known) => new()
+    /// <summary>message_start's usage: the prompt's (and the cache's) tokens when known — else the prompt counted as admission counts it — one output token so far.</summary>
+    private static AnthropicUsage Opening(AnthropicUsage known, ChatCompletionRequest? request) => new()
     {
-        InputTokens = known.InputTokens,
+        InputTokens = known.InputTokens > 0 || request is null ? known.InputTokens : Admission.TokenCounter.CountPrompt(request, request.Model),
         OutputTokens = 1,
         CacheReadInputTokens = known.CacheReadInputTokens,
         CacheCreationInputTokens = known.CacheCreationInputTokens,

@@ -869,7 +869,9 @@ internal static class AnthropicTranslator
                     _inputTokens = m.Usage?.InputTokens ?? 0;
                     _cacheRead = m.Usage?.CacheReadInputTokens ?? 0;
                     _cacheWritten = m.Usage?.CacheCreationInputTokens ?? 0;
-                    yield return Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, Content = string.Empty });
+                    var first = Chunk(new ChatCompletionDelta { Role = ChatRoles.Assistant, Content = string.Empty });
+                    first.AnthropicOpening = m.Usage;
+                    yield return first;
                     break;
                 case "content_block_start" when e.ContentBlock is { Type: ThinkingBlock.Redacted } redacted:
                     yield return Thinking(new ThinkingBlock(ThinkingBlock.Redacted, null, null, redacted.Data), null);
