@@ -81,6 +81,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<Batches.BatchStore>();
         builder.Services.AddSingleton<Batches.BatchJobs>();
         builder.Services.AddSingleton<Batches.BatchApi>();
+        builder.Services.AddSingleton<Batches.MessageBatchesApi>();
         services?.Invoke(builder.Services);
         builder.Services.AddPipelineGateway(builder.Configuration);
         builder.Services.AddPipelineGatewayRedis(builder.Configuration);
@@ -211,6 +212,13 @@ public static partial class GatewayServer
             app.MapPost($"{root}/batches/{{id}}/cancel", (HttpContext ctx) => batches.CancelAsync(ctx, RouteId(ctx)));
         }
         app.MapPost("/v1/messages/count_tokens", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleCountAsync);
+        var messageBatches = app.Services.GetRequiredService<Batches.MessageBatchesApi>(); // Anthropic's, on the Batch API's machinery
+        app.MapPost("/v1/messages/batches", messageBatches.CreateAsync);
+        app.MapGet("/v1/messages/batches", messageBatches.ListAsync);
+        app.MapGet("/v1/messages/batches/{id}", (HttpContext ctx) => messageBatches.GetAsync(ctx, RouteId(ctx)));
+        app.MapPost("/v1/messages/batches/{id}/cancel", (HttpContext ctx) => messageBatches.CancelAsync(ctx, RouteId(ctx)));
+        app.MapGet("/v1/messages/batches/{id}/results", (HttpContext ctx) => messageBatches.ResultsAsync(ctx, RouteId(ctx)));
+        app.MapDelete("/v1/messages/batches/{id}", (HttpContext ctx) => messageBatches.DeleteAsync(ctx, RouteId(ctx)));
         var catalog = app.Services.GetRequiredService<ModelCatalog>();
         var gatewayKeys = app.Services.GetRequiredService<GatewayKeys>();
         app.MapGet("/v1/models", (HttpContext ctx) => ModelsEndpoint.ListAsync(ctx, catalog, gatewayKeys));

@@ -22,7 +22,7 @@ internal sealed class BatchApi(BatchStore store, BatchJobs jobs, ServerOptions o
     private static string Owner(HttpContext ctx) => ctx.Features.Get<GatewayCaller>()?.Key?.Id ?? string.Empty;
 
     /// <summary>The Batch API is served: configured and this instance's directory. Else the error is written.</summary>
-    private async Task<bool> AvailableAsync(HttpContext ctx)
+    internal async Task<bool> AvailableAsync(HttpContext ctx)
     {
         if (!store.Configured)
         {

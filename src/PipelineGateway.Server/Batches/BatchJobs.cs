@@ -402,7 +402,7 @@ internal sealed partial class BatchJobs(
             Concurrency = options.BatchConcurrency,
             Time = time,
             Endpoint = BatchLine.Canonical(stored.Batch.Endpoint), // Azure's /chat/completions is /v1/chat/completions
-            Extra = Responses.ResponsesBatch.Endpoint(time),
+            Extra = stored.Batch.Endpoint == MessageBatchesApi.Url ? MessageBatchesApi.Endpoint : Responses.ResponsesBatch.Endpoint(time),
             Screen = line =>
             {
                 if (!keys.MayUse(key, line.Request!.Model))

@@ -800,6 +800,124 @@ public sealed class BatchApiTests : IAsyncDisposable
         (await JsonAsync(await http.GetAsync("v1/files", Ct))).GetProperty("data").GetArrayLength().Should().Be(6, "the bound held when the results came");
     }
 
+    /// <summary>
+    /// Anthropic's Message Batches API through the official Anthropic .NET SDK: a batch created with its requests inline
+    /// runs on the Batch API's machinery, is retrieved and listed as a <c>message_batch</c>, and its results are one line per
+    /// request — <c>succeeded</c> with Claude's message shape, <c>errored</c> with Anthropic's error type for an invalid
+    /// request (named by its place in the batch) and an unknown model — then it is deleted, files and all. A batch of
+    /// the OpenAI Batch API is not one of its message batches. The route answered 404 before.
+    /// </summary>
+    [Fact]
+    public async Task The_Anthropic_SDK_creates_a_message_batch_reads_its_results_and_deletes_it()
+    {
+        var root = await StartAsync(new FakeProvider("p"));
+        using var client = new Anthropic.AnthropicClient { ApiKey = KeyA, BaseUrl = root.ToString().TrimEnd('/'), MaxRetries = 0 };
+        static Anthropic.Models.Messages.Batches.Request Ask(string id, string model, long maxTokens = 16) => new()
+        {
+            CustomID = id,
+            Params = new Anthropic.Models.Messages.Batches.Params { Model = model, MaxTokens = maxTokens, Messages = [new Anthropic.Models.Messages.UserMessageParam { Content = "hello" }] },
+        };
+
+        var created = await client.Messages.Batches.Create(new Anthropic.Models.Messages.Batches.BatchCreateParams { Requests = [Ask("one", "m"), Ask("two", "m"), Ask("bad", "m", maxTokens: 0), Ask("gone", "nope")] }, Ct);
+
+        created.ID.Should().StartWith("batch_");
+        Anthropic.Models.Messages.Batches.MessageBatch batch = created;
+        await Wait.Until(() => (batch = client.Messages.Batches.Retrieve(created.ID, cancellationToken: Ct).GetAwaiter().GetResult()).ProcessingStatus.Raw() == "ended", "the message batch ends");
+        (batch.RequestCounts.Succeeded, batch.RequestCounts.Errored, batch.RequestCounts.Processing, batch.RequestCounts.Canceled).Should().Be((2L, 2L, 0L, 0L));
+        batch.ResultsUrl.Should().EndWith($"/v1/messages/batches/{created.ID}/results");
+        batch.EndedAt.Should().NotBeNull();
+
+        var results = new Dictionary<string, Anthropic.Models.Messages.Batches.MessageBatchResult>();
+        await foreach (var line in client.Messages.Batches.ResultsStreaming(created.ID, cancellationToken: Ct))
+        {
+            results.Add(line.CustomID, line.Result);
+        }
+
+        results.Keys.Should().BeEquivalentTo(["one", "two", "bad", "gone"], "every request once");
+        results["one"].TryPickSucceeded(out var one).Should().BeTrue();
+        one!.Message.Content[0].TryPickText(out var text).Should().BeTrue();
+        text!.Text.Should().NotBeEmpty();
+        one.Message.Usage.OutputTokens.Should().BePositive();
+        results["bad"].TryPickErrored(out var bad).Should().BeTrue();
+        bad!.Error.Error.TryPickInvalidRequestError(out var invalid).Should().BeTrue();
+        invalid!.Message.Should().StartWith("requests.2.params: max_tokens", "named by its place in the batch, as the create's own errors are");
+        results["gone"].TryPickErrored(out var gone).Should().BeTrue();
+        gone!.Error.Error.TryPickNotFoundError(out _).Should().BeTrue();
+
+        using var http = Http(root, KeyA);
+        var fileId = (await UploadAsync(http, Line("x"))).GetProperty("id").GetString()!;
+        var openAI = (await JsonAsync(await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/chat/completions","completion_window":"24h"}"""), Ct))).GetProperty("id").GetString()!;
+        var listed = await client.Messages.Batches.List(cancellationToken: Ct);
+        listed.Items.Select(b => b.ID).Should().Equal([created.ID], "an OpenAI batch is not a message batch");
+        (await http.GetAsync($"v1/messages/batches/{openAI}", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+
+        var deleted = await client.Messages.Batches.Delete(created.ID, cancellationToken: Ct);
+        deleted.ID.Should().Be(created.ID);
+        using var after = await http.GetAsync($"v1/messages/batches/{created.ID}", Ct);
+        after.StatusCode.Should().Be(HttpStatusCode.NotFound);
+        (await JsonAsync(after)).GetProperty("type").GetString().Should().Be("error", "Anthropic's error shape");
+    }
+
+    /// <summary>
+    /// A message batch cancelled with requests in flight ends once they end: those have their results, every request never
+    /// sent is <c>canceled</c> (in the counts and the results); its results are refused until it has ended.
+    /// </summary>
+    [Fact]
+    public async Task A_cancelled_message_batch_answers_what_ran_and_says_the_rest_was_canceled()
+    {
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var provider = FakeProvider.Gated("p", gate);
+        var root = await StartAsync(provider);
+        using var http = Http(root, KeyA);
+        var requests = string.Join(',', Enumerable.Range(0, 10).Select(i => $$$"""{"custom_id":"r{{{i}}}","params":{"model":"m","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}}"""));
+        var id = (await JsonAsync(await http.PostAsync("v1/messages/batches", Json($$"""{"requests":[{{requests}}]}"""), Ct))).GetProperty("id").GetString()!;
+        await Wait.Until(() => provider.Calls == 4, "four requests in flight (BatchConcurrency)");
+
+        var cancelling = await JsonAsync(await http.PostAsync($"v1/messages/batches/{id}/cancel", null, Ct));
+        cancelling.GetProperty("processing_status").GetString().Should().Be("canceling");
+        using (var early = await http.GetAsync($"v1/messages/batches/{id}/results", Ct))
+        {
+            early.StatusCode.Should().Be(HttpStatusCode.BadRequest, "not ended yet");
+        }
+
+        gate.SetResult();
+        JsonElement batch = default;
+        await Wait.Until(() => (batch = JsonAsync(http.GetAsync($"v1/messages/batches/{id}", Ct).GetAwaiter().GetResult()).GetAwaiter().GetResult()).GetProperty("processing_status").GetString() == "ended", "the batch ends");
+        var counts = batch.GetProperty("request_counts");
+        (counts.GetProperty("succeeded").GetInt64(), counts.GetProperty("canceled").GetInt64(), counts.GetProperty("processing").GetInt64()).Should().Be((4L, 6L, 0L));
+        batch.GetProperty("cancel_initiated_at").GetString().Should().NotBeNull();
+        var lines = (await http.GetStringAsync($"v1/messages/batches/{id}/results", Ct)).Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        lines.Select(l => l.GetProperty("custom_id").GetString()).Should().BeEquivalentTo(Enumerable.Range(0, 10).Select(i => $"r{i}"));
+        lines.GroupBy(l => l.GetProperty("result").GetProperty("type").GetString()).ToDictionary(g => g.Key!, g => g.Count()).Should().BeEquivalentTo(new Dictionary<string, int> { ["succeeded"] = 4, ["canceled"] = 6 });
+        provider.Calls.Should().Be(4);
+    }
+
+    [Theory]
+    [InlineData("""{"requests":[]}""", "requests: a batch holds 1 to 100000")]
+    [InlineData("""{"requests":{}}""", "requests: Field required")]
+    [InlineData("""{}""", "requests: Field required")]
+    [InlineData("""{"requests":[{"custom_id":"a b","params":{}}]}""", "requests.0.custom_id")]
+    [InlineData("""{"requests":[{"custom_id":"a","params":{}},{"custom_id":"a","params":{}}]}""", "requests.1.custom_id: 'a' is given more than once")]
+    [InlineData("""{"requests":[{"custom_id":"a"}]}""", "requests.0.params")]
+    [InlineData("""{"requests":[5]}""", "requests.0: must be an object")]
+    [InlineData("""{"requests":""", "not valid JSON")]
+    public async Task A_bad_message_batch_is_a_400_in_Anthropics_shape_and_starts_nothing(string body, string says)
+    {
+        var provider = new FakeProvider("p");
+        var root = await StartAsync(provider);
+        using var http = Http(root, KeyA);
+
+        using var response = await http.PostAsync("v1/messages/batches", Json(body), Ct);
+
+        response.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        var error = await JsonAsync(response);
+        error.GetProperty("type").GetString().Should().Be("error");
+        error.GetProperty("error").GetProperty("type").GetString().Should().Be("invalid_request_error");
+        error.GetProperty("error").GetProperty("message").GetString().Should().Contain(says);
+        (await JsonAsync(await http.GetAsync("v1/messages/batches", Ct))).GetProperty("data").GetArrayLength().Should().Be(0);
+        (await JsonAsync(await http.GetAsync("v1/files", Ct))).GetProperty("data").GetArrayLength().Should().Be(0, "no input file kept");
+    }
+
     private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
 
     private static async Task<JsonElement> UploadAsync(HttpClient http, string content)
