@@ -349,8 +349,9 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
             }
         }
 
-        // What never ran: canceled, or expired, as the batch ended.
-        var unrun = batch.Status == "expired" ? "expired" : "canceled";
+        // What never ran: canceled, expired, or — a batch that could not go on — errored with why, as the batch ended.
+        var unrun = batch.Status switch { "expired" => "expired", "failed" => "errored", _ => "canceled" };
+        var why = batch.Errors?.Data.FirstOrDefault()?.Message ?? "The batch could not go on.";
         if (store.GetFile(owner, batch.InputFileId, evenExpired: true) is not null)
         {
             foreach (var text in File.ReadLines(store.DataPath(owner, batch.InputFileId)))
@@ -359,7 +360,7 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
                 var customId = request.RootElement.GetProperty("custom_id").GetString()!;
                 if (!answered.Contains(customId))
                 {
-                    await output.WriteAsync(Line(customId, json => json.WriteString("type", unrun)), ctx.RequestAborted);
+                    await output.WriteAsync(unrun == "errored" ? Errored(customId, 500, why) : Line(customId, json => json.WriteString("type", unrun)), ctx.RequestAborted);
                 }
             }
         }
@@ -392,7 +393,11 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
         var message = response.ValueKind == JsonValueKind.Object
             ? response.GetProperty("body").GetProperty("error").GetProperty("message").GetString()
             : InBatchWords(root.GetProperty("error"));
-        return Line(customId, json =>
+        return Errored(customId, status, message);
+    }
+
+    private static byte[] Errored(string customId, int status, string? message) =>
+        Line(customId, json =>
         {
             json.WriteString("type", "errored");
             json.WriteStartObject("error");
@@ -403,7 +408,6 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
             json.WriteEndObject();
             json.WriteEndObject();
         });
-    }
 
     /// <summary>
     /// An invalid request's error as the create's own errors name things: <c>requests.N.params: …</c> (its place in the
