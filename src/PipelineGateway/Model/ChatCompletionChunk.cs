@@ -257,9 +257,12 @@ public sealed class ChatCompletionChunk
                 {
                     var d = choice.Delta;
                     length += (d.Content?.Length ?? 0) + (d.Refusal?.Length ?? 0) + ChatCompletionDelta.ReasoningLength(d.AdditionalProperties);
-                    foreach (var call in d.ToolCalls ?? [])
+                    if (d.ToolCalls is { } calls) // not `?? []`: a list made per event
                     {
-                        length += (call.Function?.Name?.Length ?? 0) + (call.Function?.Arguments?.Length ?? 0);
+                        foreach (var call in calls)
+                        {
+                            length += (call.Function?.Name?.Length ?? 0) + (call.Function?.Arguments?.Length ?? 0);
+                        }
                     }
                 }
             }
