@@ -189,22 +189,14 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
                 throw new InvalidRequestException($"{at}.params", $"{at}.params: Field required (a Messages request object)");
             }
 
-            buffer.ResetWrittenCount();
-            using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+            lines.Add(JsonLine(buffer, json =>
             {
-                json.WriteStartObject();
                 json.WriteString("custom_id", id.GetString());
                 json.WriteString("method", "POST");
                 json.WriteString("url", Url);
                 json.WritePropertyName("body");
                 parameters.WriteTo(json);
-                json.WriteEndObject();
-            }
-
-            var line = new byte[buffer.WrittenCount + 1];
-            buffer.WrittenSpan.CopyTo(line);
-            line[^1] = (byte)'\n';
-            lines.Add(line);
+            }));
         }
 
         return lines;
@@ -288,14 +280,8 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
     /// <summary><c>DELETE /v1/messages/batches/{id}</c>: an ended batch and its files; one not ended is refused (cancel it first).</summary>
     public async Task DeleteAsync(HttpContext ctx, string id)
     {
-        if (!await files.AvailableAsync(ctx) || await FindAsync(ctx, id) is not { } batch)
+        if (await EndedAsync(ctx, id, "cancel it first, and delete it once it has ended") is not { } batch)
         {
-            return;
-        }
-
-        if (batch.Live)
-        {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException("id", $"The batch '{id}' has not ended: cancel it first, and delete it once it has ended."));
             return;
         }
 
@@ -320,14 +306,8 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
     /// </summary>
     public async Task ResultsAsync(HttpContext ctx, string id)
     {
-        if (!await files.AvailableAsync(ctx) || await FindAsync(ctx, id) is not { } batch)
+        if (await EndedAsync(ctx, id, "its results are ready once 'processing_status' is \"ended\"") is not { } batch)
         {
-            return;
-        }
-
-        if (batch.Live)
-        {
-            await RouteErrors.WriteAsync(ctx, new InvalidRequestException("id", $"The batch '{id}' has not ended: its results are ready once 'processing_status' is \"ended\"."));
             return;
         }
 
@@ -425,16 +405,22 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
         return message;
     }
 
-    private static byte[] Line(string customId, Action<Utf8JsonWriter> result)
+    private static byte[] Line(string customId, Action<Utf8JsonWriter> result) => JsonLine(new System.Buffers.ArrayBufferWriter<byte>(256), json =>
     {
-        var buffer = new System.Buffers.ArrayBufferWriter<byte>(256);
+        json.WriteString("custom_id", customId);
+        json.WriteStartObject("result");
+        result(json);
+        json.WriteEndObject();
+    });
+
+    /// <summary>One JSON object, its members written by <paramref name="members"/>, and a line feed (through <paramref name="buffer"/>, reused).</summary>
+    private static byte[] JsonLine(System.Buffers.ArrayBufferWriter<byte> buffer, Action<Utf8JsonWriter> members)
+    {
+        buffer.ResetWrittenCount();
         using (var json = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
         {
             json.WriteStartObject();
-            json.WriteString("custom_id", customId);
-            json.WriteStartObject("result");
-            result(json);
-            json.WriteEndObject();
+            members(json);
             json.WriteEndObject();
         }
 
@@ -442,6 +428,23 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
         buffer.WrittenSpan.CopyTo(line);
         line[^1] = (byte)'\n';
         return line;
+    }
+
+    /// <summary>The key's message batch of that id once it has ended; else null, the error written (a 400 saying <paramref name="otherwise"/> while it runs).</summary>
+    private async Task<BatchJob?> EndedAsync(HttpContext ctx, string id, string otherwise)
+    {
+        if (!await files.AvailableAsync(ctx) || await FindAsync(ctx, id) is not { } batch)
+        {
+            return null;
+        }
+
+        if (batch.Live)
+        {
+            await RouteErrors.WriteAsync(ctx, new InvalidRequestException("id", $"The batch '{id}' has not ended: {otherwise}."));
+            return null;
+        }
+
+        return batch;
     }
 
     /// <summary>The key's message batch of that id; a 404 (written) for none, or for a batch of the OpenAI Batch API.</summary>
