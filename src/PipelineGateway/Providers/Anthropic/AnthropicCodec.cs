@@ -667,7 +667,6 @@ internal static partial class AnthropicCodec
     private static partial System.Text.RegularExpressions.Regex NotConvertible();
 }
 
-
 /// <summary>A malformed or unsupported Anthropic request: <see cref="Field"/> names the field (Anthropic's dotted form).</summary>
 internal sealed class AnthropicRequestException(string? field, string message) : Exception(message)
 {
