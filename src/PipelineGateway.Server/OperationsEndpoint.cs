@@ -47,7 +47,7 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
             return;
         }
 
-        if (kind == OperationKind.Speech)
+        if (kind == OperationKind.Speech || Images.Streams(request.Operation!))
         {
             await SpeakAsync(ctx, request, aborted);
             return;
@@ -58,14 +58,16 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
 
     /// <summary>
     /// Speech, streamed as OpenAI streams it: the audio's bytes as the upstream sends them (chunked, the format's media
-    /// type), so the caller may play it before it is all made — through the streams' machinery (failover until the first
+    /// type), so the caller may play it before it is all made — or, asked so, its events; and a streamed image
+    /// generation's events (partial images, then the image) — through the streams' machinery (failover until the first
     /// bytes, a flush where a burst of them ends). A failure before the first bytes is the route's error answer; after
     /// them the connection is reset, so the caller sees a broken transfer, never a short file taken for a whole one.
     /// </summary>
     private async Task SpeakAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
     {
         var flushEach = !ServerSubmit.MarksBursts(queue);
-        var events = Speech.AsEvents(request.Operation!); // stream_format "sse": the upstream's speech.audio.* events, each a data: line
+        // Speech's stream_format "sse", or an image generation: the upstream's events (speech.audio.*, image_generation.*), each a data: line.
+        var events = Speech.AsEvents(request.Operation!) || Images.Streams(request.Operation!);
         var started = false;
         await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
         try
@@ -88,7 +90,8 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
                         ctx.Response.Headers["x-accel-buffering"] = "no";
                     }
 
-                    headers.WriteGatewayHeaders(ctx, request, chunk.Gateway); // its cost too: known from its characters
+                    // Speech's cost too (known from its characters); an image's only at its end (the request log has it).
+                    headers.WriteGatewayHeaders(ctx, request, chunk.Gateway, streaming: request.Operation!.Kind == OperationKind.Images);
                     started = true;
                 }
 

@@ -157,6 +157,34 @@ public sealed partial class SimulatorServer
                 return;
             }
 
+            if (PipelineGateway.Providers.Images.Streams(operation))
+            {
+                // A streamed image generation (gpt-image models): its partial images, then the image; cut as the plan draws.
+                List<byte[]> imageEvents;
+                try
+                {
+                    imageEvents = PipelineGateway.Providers.Images.Events(data, operation, DateTimeOffset.UtcNow.ToUnixTimeSeconds());
+                }
+                catch (PipelineGateway.Providers.ProviderException ex)
+                {
+                    await OpenAIError(ctx, 400, "invalid_request_error", null, ex.Message, ex.Param).ConfigureAwait(false);
+                    return;
+                }
+
+                StartSse(ctx);
+                for (var i = 0; i < imageEvents.Count; i++)
+                {
+                    if (await FaultMidStreamAsync(ctx, plan, i).ConfigureAwait(false))
+                    {
+                        return;
+                    }
+
+                    await WriteSseAsync(ctx, null, imageEvents[i]).ConfigureAwait(false);
+                }
+
+                return;
+            }
+
             if (kind == PipelineGateway.Providers.OperationKind.Speech && PipelineGateway.Providers.Speech.AsEvents(operation))
             {
                 // Asked as events: OpenAI's speech.audio.delta per block, then speech.audio.done; cut as the plan draws.

@@ -60,9 +60,20 @@ internal static class Images
             throw new InvalidRequestException("output_compression", "'output_compression' must be a whole number from 0 to 100.");
         }
 
-        if (root.TryGetProperty("stream", out var stream) && stream.ValueKind == JsonValueKind.True)
+        if (root.TryGetProperty("stream", out var stream) && stream.ValueKind is not (JsonValueKind.True or JsonValueKind.False or JsonValueKind.Null))
         {
-            throw new InvalidRequestException("stream", "Image generation is not streamed through the gateway (partial images): ask without 'stream'.");
+            throw new InvalidRequestException("stream", "'stream' must be true or false.");
+        }
+
+        if (root.TryGetProperty("partial_images", out var partials) && partials.ValueKind != JsonValueKind.Null
+            && !(partials.ValueKind == JsonValueKind.Number && partials.TryGetInt32(out var p) && p is >= 0 and <= MaxPartialImages))
+        {
+            throw new InvalidRequestException("partial_images", $"'partial_images' must be a whole number from 0 to {MaxPartialImages}.");
+        }
+
+        if (stream.ValueKind == JsonValueKind.True && Count(root) != 1)
+        {
+            throw new InvalidRequestException("n", "A streamed image generation makes one image: ask with 'n' 1 (or without 'stream').");
         }
 
         return new ChatCompletionRequest
@@ -72,6 +83,108 @@ internal static class Images
             User = root.TryGetProperty("user", out var user) && user.ValueKind == JsonValueKind.String ? user.GetString() : null,
             Operation = new OperationRequest(OperationKind.Images, root),
         };
+    }
+
+    /// <summary>The most partial images a streamed generation may ask for (OpenAI's bound).</summary>
+    public const int MaxPartialImages = 3;
+
+    /// <summary>Whether a checked image generation asks to be streamed (<c>stream: true</c>): its events are passed on as they come.</summary>
+    public static bool Streams(OperationRequest operation) =>
+        operation.Kind == OperationKind.Images && operation.Body.TryGetProperty("stream", out var s) && s.ValueKind == JsonValueKind.True;
+
+    /// <summary>
+    /// One server-sent event of a streamed image generation, as a chunk keeping its bytes: an
+    /// <c>image_generation.partial_image</c> (its <c>b64_json</c>) carries content — the stream starts for the caller —,
+    /// <c>image_generation.completed</c> (the image, and gpt-image-1's token usage) finishes it (<paramref name="done"/>),
+    /// billed as a whole answer of one image is (its tokens, and one image at its size's weight); any other type passes
+    /// through; an object with an <c>error</c> is <paramref name="error"/> (no chunk).
+    /// </summary>
+    /// <exception cref="JsonException">The event is not a JSON object, or an image event without its <c>b64_json</c>.</exception>
+    public static ChatCompletionChunk? ReadEvent(ReadOnlySpan<byte> data, OperationRequest operation, string model, long created, out JsonElement? error, out bool done)
+    {
+        done = false;
+        using var doc = Operations.ParseEvent(data, "An image generation event", out error);
+        if (error is not null)
+        {
+            return null;
+        }
+
+        var root = doc.RootElement;
+        var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+        var image = type is "image_generation.partial_image" or "image_generation.completed";
+        if (image && !(root.TryGetProperty("b64_json", out var b64) && b64.ValueKind == JsonValueKind.String))
+        {
+            throw new JsonException($"An {type} event has no 'b64_json' string.");
+        }
+
+        done = type == "image_generation.completed";
+        TokenUsage? usage = null;
+        if (done)
+        {
+            usage = new TokenUsage();
+            if (root.TryGetProperty("usage", out var counted) && counted.ValueKind == JsonValueKind.Object)
+            {
+                var reader = new Utf8JsonReader(System.Text.Encoding.UTF8.GetBytes(counted.GetRawText()));
+                reader.Read();
+                usage = ReadUsage(ref reader);
+            }
+
+            SetGenerated(usage, 1, operation.Body);
+        }
+
+        var chunk = new ChatCompletionChunk { Id = "image", Created = created, Model = model, Usage = usage };
+        chunk.KeepEventJson(data, membersUnread: false);
+        chunk.SkipChoices(1, finishes: done, contentBytes: image ? 1 : 0); // content, not text: billed per image and token
+        return chunk;
+    }
+
+    /// <summary>
+    /// A streamed generation's events as OpenAI sends them, made of a whole answer of one image (the simulators'): its
+    /// <c>partial_images</c> partial images, then <c>image_generation.completed</c> with the answer's usage and members.
+    /// </summary>
+    /// <exception cref="ProviderException">The answer has no <c>b64_json</c> (a DALL·E model: only gpt-image models stream).</exception>
+    public static List<byte[]> Events(OperationAnswer answer, OperationRequest operation, long created)
+    {
+        using var list = JsonDocument.Parse(answer.List);
+        if (list.RootElement.GetArrayLength() == 0 || !list.RootElement[0].TryGetProperty("b64_json", out var b64))
+        {
+            const string Message = "Streaming image generation is supported for gpt-image models only.";
+            throw new ProviderException(AttemptOutcome.NonRetryableError, Message, 400) { ErrorType = "invalid_request_error", Param = "stream", UpstreamMessage = Message };
+        }
+
+        using var members = JsonDocument.Parse(answer.Members.IsEmpty ? "{}"u8.ToArray() : [.. "{"u8, .. answer.Members.Span, .. "}"u8]);
+        var partials = operation.Body.TryGetProperty("partial_images", out var p) && p.ValueKind == JsonValueKind.Number ? p.GetInt32() : 0;
+        var events = new List<byte[]>(partials + 1);
+        for (var i = 0; i <= partials; i++)
+        {
+            var completed = i == partials;
+            var buffer = new System.Buffers.ArrayBufferWriter<byte>(b64.GetString()!.Length + 256);
+            using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+            {
+                w.WriteStartObject();
+                w.WriteString("type", completed ? "image_generation.completed" : "image_generation.partial_image");
+                w.WriteString("b64_json", b64.GetString());
+                w.WriteNumber("created_at", created);
+                foreach (var member in members.RootElement.EnumerateObject())
+                {
+                    if (completed || member.Name != "usage")
+                    {
+                        member.WriteTo(w);
+                    }
+                }
+
+                if (!completed)
+                {
+                    w.WriteNumber("partial_image_index", i);
+                }
+
+                w.WriteEndObject();
+            }
+
+            events.Add(buffer.WrittenSpan.ToArray());
+        }
+
+        return events;
     }
 
     /// <summary>The most images one edit may take (gpt-image-1's bound).</summary>

@@ -285,6 +285,7 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
             {
                 Fuzz.Messages => text.Contains("event: message_stop", StringComparison.Ordinal),
                 Fuzz.Responses => text.Contains("event: response.completed", StringComparison.Ordinal) || text.Contains("event: response.incomplete", StringComparison.Ordinal),
+                Fuzz.Images => text.Contains("data: {\"type\":\"image_generation.completed\"", StringComparison.Ordinal), // as OpenAI's: no [DONE]
                 _ => text.Contains("data: [DONE]", StringComparison.Ordinal),
             };
             return complete ? null : "a stream that did not end properly";

@@ -84,6 +84,58 @@ public sealed class ImagesTests : LoggedFleetTests
         await Fleet.SpendShouldBeTheMetricsAsync(Ct);
     }
 
+    /// <summary>
+    /// A streamed generation (<c>stream: true</c>, gpt-image models) is passed on as OpenAI streams it — its partial images,
+    /// then <c>image_generation.completed</c> with the image and its usage, each event as the upstream wrote it — and
+    /// billed as a whole answer of one image is: its tokens, in the request log and the metrics (the cost is not in the
+    /// headers, known only at the end). A DALL·E model's refusal to stream is the caller's 400. It was refused before.
+    /// </summary>
+    [Fact]
+    public async Task A_streamed_generation_passes_its_partial_images_and_the_image_on_and_is_billed_by_its_usage()
+    {
+        using var response = await Http.PostAsync("v1/images/generations", new StringContent("""{"model":"img","prompt":"a red fox","size":"16x16","stream":true,"partial_images":2}""", Encoding.UTF8, "application/json"), Ct);
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        response.Content.Headers.ContentType!.MediaType.Should().Be("text/event-stream");
+        response.Headers.Contains("x-gateway-cost-usd").Should().BeFalse("a stream's cost is known at its end");
+        var text = await response.Content.ReadAsStringAsync(Ct);
+
+        var events = text.Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.Clone()).ToList();
+        events.Select(e => e.GetProperty("type").GetString()).Should().Equal("image_generation.partial_image", "image_generation.partial_image", "image_generation.completed");
+        events.Take(2).Select(e => e.GetProperty("partial_image_index").GetInt32()).Should().Equal(0, 1);
+        PngSize(Convert.FromBase64String(events[2].GetProperty("b64_json").GetString()!)).Should().Be((16, 16));
+        var usage = events[2].GetProperty("usage");
+        var (input, output) = (usage.GetProperty("input_tokens").GetInt32(), usage.GetProperty("output_tokens").GetInt32());
+        var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
+        (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("completion_tokens").GetInt32()).Should().Be((input, output));
+        row.GetProperty("cost_usd").GetDecimal().Should().Be(((input * 5m) + (output * 40m)) / 1_000_000m).And.BePositive();
+        await Fleet.SpendShouldBeTheMetricsAsync(Ct);
+
+        var (refused, error) = await PostAsync("""{"model":"dall-e-3","prompt":"a red fox","stream":true}""");
+        refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        error.GetProperty("error").GetProperty("param").GetString().Should().Be("stream");
+    }
+
+    /// <summary>The in-process simulated provider (the embedded default config's) streams a generation the same way: partial images, then the image.</summary>
+    [Fact]
+    public async Task The_simulated_provider_streams_a_generation_as_OpenAI_does()
+    {
+        await using var app = GatewayServer.Build(TestServerConfig.Simulated(new Dictionary<string, string?>
+        {
+            ["Gateway:Models:1:Name"] = "gpt-image-1",
+            ["Gateway:Models:1:Deployments:0:Provider"] = "sim",
+        }), "http://127.0.0.1:0", _ => { });
+        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) };
+
+        using var response = await http.PostAsync("v1/images/generations", new StringContent("""{"model":"gpt-image-1","prompt":"a red fox","size":"8x8","stream":true,"partial_images":1}""", Encoding.UTF8, "application/json"), Ct);
+
+        response.StatusCode.Should().Be(HttpStatusCode.OK);
+        var events = (await response.Content.ReadAsStringAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.Clone()).ToList();
+        events.Select(e => e.GetProperty("type").GetString()).Should().Equal("image_generation.partial_image", "image_generation.completed");
+        PngSize(Convert.FromBase64String(events[^1].GetProperty("b64_json").GetString()!)).Should().Be((8, 8));
+        events[^1].GetProperty("usage").GetProperty("output_tokens").GetInt32().Should().BePositive();
+        await app.StopAsync(Ct);
+    }
+
     [Fact]
     public async Task DALL_E_is_billed_by_the_image_and_answers_addresses_unless_asked_for_the_bytes()
     {
@@ -214,7 +266,10 @@ public sealed class ImagesTests : LoggedFleetTests
     [InlineData("""{"model":"img","prompt":"x","response_format":"png"}""", "response_format")]
     [InlineData("""{"model":"img","prompt":"x","output_compression":101}""", "output_compression")]
     [InlineData("""{"model":"img","prompt":"x","quality":true}""", "quality")]
-    [InlineData("""{"model":"img","prompt":"x","stream":true}""", "stream")]
+    [InlineData("""{"model":"img","prompt":"x","stream":"yes"}""", "stream")]
+    [InlineData("""{"model":"img","prompt":"x","stream":true,"n":2}""", "n")]
+    [InlineData("""{"model":"img","prompt":"x","stream":true,"partial_images":4}""", "partial_images")]
+    [InlineData("""{"model":"img","prompt":"x","partial_images":1.5}""", "partial_images")]
     [InlineData("""{"model":7,"prompt":"x"}""", "model")]
     [InlineData("""["img"]""", null)]
     public async Task A_bad_request_is_a_400_naming_its_field_and_reaches_no_upstream(string body, string? param)

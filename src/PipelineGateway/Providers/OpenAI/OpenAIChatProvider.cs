@@ -64,8 +64,8 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             // Speech: its JSON body, the audio read as it comes (SpeechEvents). A streamed transcription: the caller's
             // form again, stream=true in it, its events read by OperationEvents (a JSON or text answer — whisper-1's —
             // as a whole answer).
-            var message = operation.Kind == OperationKind.Speech
-                ? Post(OperationUri(operation, request.Model), Operations.UpstreamBody(operation, request.Model), stream: false, Speech.AsEvents(operation) ? "text/event-stream, application/json" : "audio/*, application/json")
+            var message = operation.Kind is OperationKind.Speech or OperationKind.Images
+                ? Post(OperationUri(operation, request.Model), Operations.UpstreamBody(operation, request.Model), stream: false, operation.Kind == OperationKind.Images || Speech.AsEvents(operation) ? "text/event-stream, application/json" : "audio/*, application/json")
                 : Post(OperationUri(operation, request.Model), Forms.Upstream(operation, request.Model), "text/event-stream, application/json, text/plain");
             message.Options.Set(OperationOf, (operation, request.Request.Model));
             return message;
@@ -227,7 +227,9 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         {
             var created = Time.GetUtcNow().ToUnixTimeSeconds();
             var model = request.Model;
-            return operation.Kind != OperationKind.Speech
+            return operation.Kind == OperationKind.Images
+                ? new OperationEvents(this, "image_generation.completed", (ReadOnlySpan<byte> data, out JsonElement? error, out bool done) => Images.ReadEvent(data, operation, model, created, out error, out done))
+                : operation.Kind != OperationKind.Speech
                 ? new OperationEvents(this, "transcript.text.done", (ReadOnlySpan<byte> data, out JsonElement? error, out bool done) => Transcriptions.ReadEvent(data, model, created, out error, out done))
                 : Speech.AsEvents(operation)
                 ? new OperationEvents(this, "speech.audio.done", (ReadOnlySpan<byte> data, out JsonElement? error, out bool done) => Speech.ReadEvent(data, operation, model, created, out error, out done))

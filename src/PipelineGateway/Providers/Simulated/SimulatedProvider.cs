@@ -116,6 +116,24 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStr
         var id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
         var created = _time.GetUtcNow().ToUnixTimeSeconds();
         var perToken = TimeSpan.FromMilliseconds(_options.PerTokenDelayMs);
+        if (request.Request.Operation is { Kind: OperationKind.Images } image)
+        {
+            // A streamed image generation: its partial images, then the image, as OpenAI's events read as an upstream's are.
+            var events = Images.Events(SimulatedImages.Data(image, request.Model), image, created);
+            for (var i = 0; i < events.Count; i++)
+            {
+                if (i > 0 && perToken > TimeSpan.Zero)
+                {
+                    await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
+                }
+
+                cancellationToken.ThrowIfCancellationRequested();
+                yield return Images.ReadEvent(events[i], image, request.Model, created, out _, out _)!;
+            }
+
+            yield break;
+        }
+
         if (request.Request.Operation is { Kind: OperationKind.Speech } speech)
         {
             // Speech: its audio in blocks, as an upstream's body comes, then the close with its usage — or, asked as
