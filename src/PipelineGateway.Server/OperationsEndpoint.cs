@@ -49,7 +49,7 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
 
         if (kind == OperationKind.Speech || Images.Streams(request.Operation!))
         {
-            await SpeakAsync(ctx, request, aborted);
+            await StreamAsync(ctx, queue, headers, request, aborted);
             return;
         }
 
@@ -59,11 +59,11 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
     /// <summary>
     /// Speech, streamed as OpenAI streams it: the audio's bytes as the upstream sends them (chunked, the format's media
     /// type), so the caller may play it before it is all made — or, asked so, its events; and a streamed image
-    /// generation's events (partial images, then the image) — through the streams' machinery (failover until the first
+    /// generation's or edit's events (partial images, then the image) — through the streams' machinery (failover until the first
     /// bytes, a flush where a burst of them ends). A failure before the first bytes is the route's error answer; after
     /// them the connection is reset, so the caller sees a broken transfer, never a short file taken for a whole one.
     /// </summary>
-    private async Task SpeakAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
+    internal static async Task StreamAsync(HttpContext ctx, IGatewayQueue queue, GatewayResponseHeaders headers, ChatCompletionRequest request, CancellationToken aborted)
     {
         var flushEach = !ServerSubmit.MarksBursts(queue);
         // Speech's stream_format "sse", or an image generation: the upstream's events (speech.audio.*, image_generation.*), each a data: line.
@@ -91,7 +91,7 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
                     }
 
                     // Speech's cost too (known from its characters); an image's only at its end (the request log has it).
-                    headers.WriteGatewayHeaders(ctx, request, chunk.Gateway, streaming: request.Operation!.Kind == OperationKind.Images);
+                    headers.WriteGatewayHeaders(ctx, request, chunk.Gateway, streaming: request.Operation!.Kind != OperationKind.Speech);
                     started = true;
                 }
 

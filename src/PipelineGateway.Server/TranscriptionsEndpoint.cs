@@ -81,6 +81,12 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
             return;
         }
 
+        if (Images.Streams(request.Operation!))
+        {
+            await OperationsEndpoint.StreamAsync(ctx, queue, headers, request, aborted); // an edit's events, as a generation's
+            return;
+        }
+
         if (request.Stream == true)
         {
             await NamedEventStream.WriteAsync(ctx, queue, request, new TranscriptEvents(), options, time, headers, aborted);

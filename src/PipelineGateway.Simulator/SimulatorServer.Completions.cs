@@ -255,6 +255,29 @@ public sealed partial class SimulatorServer
 
             byte[] answer;
             string mediaType;
+            if (kind == OperationKind.ImageEdit && Images.Streams(request.Operation!))
+            {
+                // A streamed edit (gpt-image models): its partial images, then the image, as OpenAI's events.
+                List<byte[]> events;
+                try
+                {
+                    events = Images.Events(SimulatedImages.Data(request.Operation!, request.Model), request.Operation!, DateTimeOffset.UtcNow.ToUnixTimeSeconds());
+                }
+                catch (ProviderException ex)
+                {
+                    await OpenAIError(ctx, 400, "invalid_request_error", null, ex.Message, ex.Param).ConfigureAwait(false);
+                    return;
+                }
+
+                StartSse(ctx);
+                foreach (var e in events)
+                {
+                    await WriteSseAsync(ctx, null, e).ConfigureAwait(false);
+                }
+
+                return;
+            }
+
             if (kind == OperationKind.ImageEdit)
             {
                 var images = SimulatedImages.Data(request.Operation!, request.Model);

@@ -88,9 +88,20 @@ internal static class Images
     /// <summary>The most partial images a streamed generation may ask for (OpenAI's bound).</summary>
     public const int MaxPartialImages = 3;
 
-    /// <summary>Whether a checked image generation asks to be streamed (<c>stream: true</c>): its events are passed on as they come.</summary>
+    /// <summary>
+    /// Whether a checked image generation or edit asks to be streamed (<c>stream: true</c>; an edit's form field "true"):
+    /// its events are passed on as they come.
+    /// </summary>
     public static bool Streams(OperationRequest operation) =>
-        operation.Kind == OperationKind.Images && operation.Body.TryGetProperty("stream", out var s) && s.ValueKind == JsonValueKind.True;
+        operation.Body.TryGetProperty("stream", out var s) && operation.Kind switch
+        {
+            OperationKind.Images => s.ValueKind == JsonValueKind.True,
+            OperationKind.ImageEdit => s.ValueKind == JsonValueKind.String && string.Equals(s.GetString(), "true", StringComparison.OrdinalIgnoreCase),
+            _ => false,
+        };
+
+    /// <summary>The prefix of a streamed operation's event types: <c>image_generation</c>, or an edit's <c>image_edit</c>.</summary>
+    public static string EventPrefix(OperationRequest operation) => operation.Kind == OperationKind.ImageEdit ? "image_edit" : "image_generation";
 
     /// <summary>
     /// One server-sent event of a streamed image generation, as a chunk keeping its bytes: an
@@ -111,13 +122,14 @@ internal static class Images
 
         var root = doc.RootElement;
         var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
-        var image = type is "image_generation.partial_image" or "image_generation.completed";
+        var prefix = EventPrefix(operation);
+        var image = type == prefix + ".partial_image" || type == prefix + ".completed";
         if (image && !(root.TryGetProperty("b64_json", out var b64) && b64.ValueKind == JsonValueKind.String))
         {
             throw new JsonException($"An {type} event has no 'b64_json' string.");
         }
 
-        done = type == "image_generation.completed";
+        done = type == prefix + ".completed";
         TokenUsage? usage = null;
         if (done)
         {
@@ -153,7 +165,9 @@ internal static class Images
         }
 
         using var members = JsonDocument.Parse(answer.Members.IsEmpty ? "{}"u8.ToArray() : [.. "{"u8, .. answer.Members.Span, .. "}"u8]);
-        var partials = operation.Body.TryGetProperty("partial_images", out var p) && p.ValueKind == JsonValueKind.Number ? p.GetInt32() : 0;
+        var partials = !operation.Body.TryGetProperty("partial_images", out var p) ? 0
+            : p.ValueKind == JsonValueKind.Number ? p.GetInt32()
+            : int.Parse(p.GetString()!, System.Globalization.CultureInfo.InvariantCulture); // an edit's form field, checked
         var events = new List<byte[]>(partials + 1);
         for (var i = 0; i <= partials; i++)
         {
@@ -162,7 +176,7 @@ internal static class Images
             using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
             {
                 w.WriteStartObject();
-                w.WriteString("type", completed ? "image_generation.completed" : "image_generation.partial_image");
+                w.WriteString("type", EventPrefix(operation) + (completed ? ".completed" : ".partial_image"));
                 w.WriteString("b64_json", b64.GetString());
                 w.WriteNumber("created_at", created);
                 foreach (var member in members.RootElement.EnumerateObject())
@@ -234,9 +248,16 @@ internal static class Images
             throw new InvalidRequestException("output_compression", "'output_compression' must be a whole number from 0 to 100.");
         }
 
-        if (Forms.Field(fields, "stream") is { } stream && !stream.Equals("false", StringComparison.OrdinalIgnoreCase))
+        var streamed = Forms.Field(fields, "stream") is { } stream && (stream.Equals("true", StringComparison.OrdinalIgnoreCase)
+            || (!stream.Equals("false", StringComparison.OrdinalIgnoreCase) ? throw new InvalidRequestException("stream", "'stream' must be true or false.") : false));
+        if (Forms.Field(fields, "partial_images") is { } partials && !(int.TryParse(partials, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var p) && p <= MaxPartialImages))
         {
-            throw new InvalidRequestException("stream", "An image edit is not streamed through the gateway (partial images): ask without 'stream'.");
+            throw new InvalidRequestException("partial_images", $"'partial_images' must be a whole number from 0 to {MaxPartialImages}.");
+        }
+
+        if (streamed && Forms.Field(fields, "n") is { } one && one != "1")
+        {
+            throw new InvalidRequestException("n", "A streamed image edit makes one image: ask with 'n' 1 (or without 'stream').");
         }
 
         return new ChatCompletionRequest

@@ -253,6 +253,24 @@ public sealed class ImagesTests : LoggedFleetTests
         }
 
         Fleet.Sims["sim"].Requests.Should().Be(before, "nothing refused is sent");
+
+        // Streamed (stream=true): the edit's events as OpenAI streams them, billed by the completed event's tokens. It was refused.
+        var streamed = Form("img", 1);
+        streamed.Add(new StringContent("true"), "stream");
+        streamed.Add(new StringContent("1"), "partial_images");
+        using var stream = await Http.PostAsync("v1/images/edits", streamed, Ct);
+        stream.Content.Headers.ContentType!.MediaType.Should().Be("text/event-stream");
+        var events = (await stream.Content.ReadAsStringAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.Clone()).ToList();
+        events.Select(e => e.GetProperty("type").GetString()).Should().Equal("image_edit.partial_image", "image_edit.completed");
+        PngSize(Convert.FromBase64String(events[^1].GetProperty("b64_json").GetString()!)).Should().Be((16, 16));
+        var streamedUsage = events[^1].GetProperty("usage");
+        var streamedRow = await Fleet.LogRowAsync(Header(stream, "x-request-id"), Ct);
+        streamedRow.GetProperty("cost_usd").GetDecimal().Should().Be(((streamedUsage.GetProperty("input_tokens").GetInt32() * 5m) + (streamedUsage.GetProperty("output_tokens").GetInt32() * 40m)) / 1_000_000m).And.BePositive();
+        var twice = Form("img", 1);
+        twice.Add(new StringContent("true"), "stream");
+        twice.Add(new StringContent("2"), "n");
+        using var refusedTwice = await Http.PostAsync("v1/images/edits", twice, Ct);
+        refusedTwice.StatusCode.Should().Be(HttpStatusCode.BadRequest, "a streamed edit makes one image");
     }
 
     [Theory]

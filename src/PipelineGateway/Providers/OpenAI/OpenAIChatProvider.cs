@@ -227,8 +227,8 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         {
             var created = Time.GetUtcNow().ToUnixTimeSeconds();
             var model = request.Model;
-            return operation.Kind == OperationKind.Images
-                ? new OperationEvents(this, "image_generation.completed", (ReadOnlySpan<byte> data, out JsonElement? error, out bool done) => Images.ReadEvent(data, operation, model, created, out error, out done))
+            return operation.Kind is OperationKind.Images or OperationKind.ImageEdit
+                ? new OperationEvents(this, Images.EventPrefix(operation) + ".completed", (ReadOnlySpan<byte> data, out JsonElement? error, out bool done) => Images.ReadEvent(data, operation, model, created, out error, out done))
                 : operation.Kind != OperationKind.Speech
                 ? new OperationEvents(this, "transcript.text.done", (ReadOnlySpan<byte> data, out JsonElement? error, out bool done) => Transcriptions.ReadEvent(data, model, created, out error, out done))
                 : Speech.AsEvents(operation)

@@ -116,9 +116,9 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStr
         var id = "chatcmpl-sim-" + draw.ToString("x16", System.Globalization.CultureInfo.InvariantCulture);
         var created = _time.GetUtcNow().ToUnixTimeSeconds();
         var perToken = TimeSpan.FromMilliseconds(_options.PerTokenDelayMs);
-        if (request.Request.Operation is { Kind: OperationKind.Images } image)
+        if (request.Request.Operation is { Kind: OperationKind.Images or OperationKind.ImageEdit } image)
         {
-            // A streamed image generation: its partial images, then the image, as OpenAI's events read as an upstream's are.
+            // A streamed image generation or edit: its partial images, then the image, as OpenAI's events read as an upstream's are.
             var events = Images.Events(SimulatedImages.Data(image, request.Model), image, created);
             for (var i = 0; i < events.Count; i++)
             {
