@@ -114,14 +114,13 @@ internal static class Images
     public static ChatCompletionChunk? ReadEvent(ReadOnlySpan<byte> data, OperationRequest operation, string model, long created, out JsonElement? error, out bool done)
     {
         done = false;
-        using var doc = Operations.ParseEvent(data, "An image generation event", out error);
-        if (error is not null)
+        using var doc = Operations.ParseEvent(data, "An image generation event", out error, out var type);
+        if (doc is null)
         {
             return null;
         }
 
         var root = doc.RootElement;
-        var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
         var prefix = EventPrefix(operation);
         var image = type == prefix + ".partial_image" || type == prefix + ".completed";
         if (image && !(root.TryGetProperty("b64_json", out var b64) && b64.ValueKind == JsonValueKind.String))

@@ -719,25 +719,30 @@ internal static class Operations
     public static void WriteAnswer(Utf8JsonWriter w, ChatCompletionResponse response) => w.WriteRawValue(ToJson(response), skipInputValidation: true);
 
     /// <summary>
-    /// One event of a streamed operation parsed (the caller disposes it): <paramref name="error"/> when it is an object
-    /// with an <c>error</c> (the upstream's failure in the stream).
+    /// One event of a streamed operation parsed (the caller disposes it), with its <c>type</c> (null when it has none);
+    /// null when it is an object with an <c>error</c> — the upstream's failure in the stream, then <paramref name="error"/>.
     /// </summary>
     /// <exception cref="JsonException">It is not JSON, or not an object (<paramref name="what"/> names it).</exception>
-    public static JsonDocument ParseEvent(ReadOnlySpan<byte> data, string what, out JsonElement? error)
+    public static JsonDocument? ParseEvent(ReadOnlySpan<byte> data, string what, out JsonElement? error, out string? type)
     {
         error = null;
+        type = null;
         var doc = JsonDocument.Parse(data.ToArray());
-        if (doc.RootElement.ValueKind != JsonValueKind.Object)
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object)
         {
             doc.Dispose();
             throw new JsonException($"{what} is not a JSON object.");
         }
 
-        if (doc.RootElement.TryGetProperty("error", out var e) && e.ValueKind != JsonValueKind.Null)
+        if (root.TryGetProperty("error", out var e) && e.ValueKind != JsonValueKind.Null)
         {
             error = e.Clone();
+            doc.Dispose();
+            return null;
         }
 
+        type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
         return doc;
     }
 

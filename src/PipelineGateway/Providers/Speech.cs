@@ -122,14 +122,13 @@ internal static class Speech
     public static ChatCompletionChunk? ReadEvent(ReadOnlySpan<byte> data, OperationRequest operation, string model, long created, out JsonElement? error, out bool done)
     {
         done = false;
-        using var doc = Operations.ParseEvent(data, "A speech event", out error);
-        if (error is not null)
+        using var doc = Operations.ParseEvent(data, "A speech event", out error, out var type);
+        if (doc is null)
         {
             return null;
         }
 
         var root = doc.RootElement;
-        var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
         var delta = type == "speech.audio.delta";
         if (delta && !(root.TryGetProperty("audio", out var audio) && audio.ValueKind == JsonValueKind.String))
         {

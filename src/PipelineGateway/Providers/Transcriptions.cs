@@ -202,14 +202,13 @@ internal static class Transcriptions
     public static ChatCompletionChunk? ReadEvent(ReadOnlySpan<byte> data, string model, long created, out JsonElement? error, out bool done)
     {
         done = false;
-        using var doc = Operations.ParseEvent(data, "A transcription event", out error);
-        if (error is not null)
+        using var doc = Operations.ParseEvent(data, "A transcription event", out error, out var type);
+        if (doc is null)
         {
             return null;
         }
 
         var root = doc.RootElement;
-        var type = root.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
         var choice = new ChunkChoice();
         TokenUsage? usage = null;
         if (type == "transcript.text.delta")

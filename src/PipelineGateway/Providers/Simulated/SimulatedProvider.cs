@@ -109,6 +109,21 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStr
         return draw;
     }
 
+    /// <summary>An operation's events (OpenAI's, made up) read as an upstream's are, <paramref name="perToken"/> apart.</summary>
+    private async IAsyncEnumerable<ChatCompletionChunk> PacedAsync(List<byte[]> events, Func<byte[], ChatCompletionChunk> read, TimeSpan perToken, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        for (var i = 0; i < events.Count; i++)
+        {
+            if (i > 0 && perToken > TimeSpan.Zero)
+            {
+                await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
+            }
+
+            cancellationToken.ThrowIfCancellationRequested();
+            yield return read(events[i]);
+        }
+    }
+
     public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ProviderRequest request, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         var draw = await DrawAsync(cancellationToken).ConfigureAwait(false);
@@ -119,16 +134,9 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStr
         if (request.Request.Operation is { Kind: OperationKind.Images or OperationKind.ImageEdit } image)
         {
             // A streamed image generation or edit: its partial images, then the image, as OpenAI's events read as an upstream's are.
-            var events = Images.Events(SimulatedImages.Data(image, request.Model), image, created);
-            for (var i = 0; i < events.Count; i++)
+            await foreach (var chunk in PacedAsync(Images.Events(SimulatedImages.Data(image, request.Model), image, created), e => Images.ReadEvent(e, image, request.Model, created, out _, out _)!, perToken, cancellationToken).ConfigureAwait(false))
             {
-                if (i > 0 && perToken > TimeSpan.Zero)
-                {
-                    await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
-                }
-
-                cancellationToken.ThrowIfCancellationRequested();
-                yield return Images.ReadEvent(events[i], image, request.Model, created, out _, out _)!;
+                yield return chunk;
             }
 
             yield break;
@@ -142,15 +150,9 @@ internal sealed class SimulatedProvider : ILlmProvider, IOperationProvider, IStr
             if (Speech.AsEvents(speech))
             {
                 var events = Speech.Events(audio, Http.RawBodyEvents.BlockBytes, Speech.Characters(speech), audio.Length / 1024);
-                for (var i = 0; i < events.Count; i++)
+                await foreach (var chunk in PacedAsync(events, e => Speech.ReadEvent(e, speech, request.Model, created, out _, out _)!, perToken, cancellationToken).ConfigureAwait(false))
                 {
-                    if (i > 0 && perToken > TimeSpan.Zero)
-                    {
-                        await Task.Delay(perToken, _time, cancellationToken).ConfigureAwait(false);
-                    }
-
-                    cancellationToken.ThrowIfCancellationRequested();
-                    yield return Speech.ReadEvent(events[i], speech, request.Model, created, out _, out _)!;
+                    yield return chunk;
                 }
 
                 yield break;
