@@ -335,6 +335,21 @@ public sealed class ImagesTests : LoggedFleetTests
         refusal.Should().Contain("serves no image generation");
         (await Generate("embeddings-404-then-sim")).Should().Match<(HttpStatusCode Status, string Text, string Provider)>(r => r.Status == HttpStatusCode.OK && r.Provider == "sim");
 
+        // A streamed request answered whole, as JSON (a server that does not stream images): passed over for one that
+        // streams, the caller's 400 naming 'stream' when none can — never an event stream without events.
+        async Task<(HttpStatusCode Status, string Type, string Text)> Stream(string model)
+        {
+            using var response = await http.PostAsync("v1/images/generations", new StringContent($$"""{"model":"{{model}}","prompt":"p","size":"4x4","stream":true}""", Encoding.UTF8, "application/json"), Ct);
+            return (response.StatusCode, response.Content.Headers.ContentType?.MediaType ?? string.Empty, await response.Content.ReadAsStringAsync(Ct));
+        }
+
+        var (whole, _, wholeText) = await Stream("embeddings-chat");
+        whole.Should().Be(HttpStatusCode.BadRequest);
+        JsonDocument.Parse(wholeText).RootElement.GetProperty("error").GetProperty("param").GetString().Should().Be("stream");
+        var (streamed, type, events) = await Stream("embeddings-chat-then-sim");
+        (streamed, type).Should().Be((HttpStatusCode.OK, "text/event-stream"));
+        events.Should().Contain("image_generation.completed");
+
         var (rejected, rejection, _) = await Generate("echo-400");
         rejected.Should().Be(HttpStatusCode.BadRequest, "the upstream refused the request itself: its status, not a 502");
         rejection.Should().Contain("temperature is too high").And.NotContain(UpstreamKey).And.NotContain(UpstreamKey[..12]);

@@ -194,6 +194,22 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
                 : new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an answer that is not a usable speech answer: it has no audio.");
         }
 
+        if (request.Request.Operation is { Kind: OperationKind.Images or OperationKind.ImageEdit } image)
+        {
+            // A streamed image request answered whole, as JSON (a server that does not stream images): an error sent with
+            // a 200 is that error; else this deployment does not stream images — passed over for one that does, the
+            // caller's 400 when none can (never an event stream without events).
+            using (var answer = JsonDocument.Parse(body.ToArray()))
+            {
+                if (answer.RootElement.ValueKind == JsonValueKind.Object && answer.RootElement.TryGetProperty("error", out var sent) && sent.ValueKind == JsonValueKind.Object)
+                {
+                    throw UpstreamErrorIn(sent.Clone(), "its answer (with a 200)");
+                }
+            }
+
+            throw ProviderException.Unsupported("stream", $"The model '{ProviderException.Quoted(request.Request.Model)}' is served by '{Name}', which answered a streamed image request whole (it does not stream images): ask without 'stream'.");
+        }
+
         if (request.Request.Operation is { } operation)
         {
             // A streamed transcription answered whole (whisper-1 ignores stream): replayed as the stream's chunks.
