@@ -59,14 +59,15 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
     /// <summary>
     /// Speech, streamed as OpenAI streams it: the audio's bytes as the upstream sends them (chunked, the format's media
     /// type), so the caller may play it before it is all made — or, asked so, its events; and a streamed image
-    /// generation's or edit's events (partial images, then the image) — through the streams' machinery (failover until the first
-    /// bytes, a flush where a burst of them ends). A failure before the first bytes is the route's error answer; after
+    /// generation's or edit's events (partial images, then the image) — through the streams' machinery (failover until
+    /// the first bytes, a flush where a burst of them ends). A failure before the first bytes is the route's error answer; after
     /// them the connection is reset, so the caller sees a broken transfer, never a short file taken for a whole one.
     /// </summary>
     internal static async Task StreamAsync(HttpContext ctx, IGatewayQueue queue, GatewayResponseHeaders headers, ChatCompletionRequest request, CancellationToken aborted)
     {
         var flushEach = !ServerSubmit.MarksBursts(queue);
-        // Speech's stream_format "sse", or an image generation: the upstream's events (speech.audio.*, image_generation.*), each a data: line.
+        // Speech's stream_format "sse", or an image generation or edit: the upstream's events (speech.audio.*,
+        // image_generation.*, image_edit.*), each a data: line.
         var events = Speech.AsEvents(request.Operation!) || Images.Streams(request.Operation!);
         var started = false;
         await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
