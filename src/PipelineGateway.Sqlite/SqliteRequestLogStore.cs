@@ -137,6 +137,60 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), CultureInfo.InvariantCulture) > 0;
     }
 
+    /// <summary>The table, its indexes, a schema-1 log's new column and the view (inside the caller's write transaction).</summary>
+    private static async Task CreateSchemaAsync(SqliteConnection connection, CancellationToken cancellationToken)
+    {
+        await ExecAsync(connection, """
+            CREATE TABLE IF NOT EXISTS requests (
+                id INTEGER PRIMARY KEY,
+                ts INTEGER NOT NULL,
+                request_id TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                model TEXT NOT NULL,
+                provider TEXT,
+                provider_model TEXT,
+                status INTEGER NOT NULL,
+                error_code TEXT,
+                error_type TEXT,
+                prompt_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                cost_nano INTEGER NOT NULL,
+                cost_saved_nano INTEGER NOT NULL,
+                cached INTEGER NOT NULL,
+                coalesced INTEGER NOT NULL,
+                stream INTEGER NOT NULL,
+                latency_ms REAL NOT NULL,
+                ttft_ms REAL,
+                priority TEXT NOT NULL,
+                attempts TEXT,
+                prompt TEXT,
+                answer TEXT,
+                upstream_ms REAL,
+                usage_estimated INTEGER NOT NULL DEFAULT 0);
+            CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
+            CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
+            """, cancellationToken).ConfigureAwait(false);
+
+        // Schema 2: usage_estimated (the usage is the gateway's estimate, not the upstream's count). A log of schema 1
+        // gets the column, every existing row marked 0 (they were the upstream's, or nothing).
+        if (!await HasColumnAsync(connection, "usage_estimated", cancellationToken).ConfigureAwait(false))
+        {
+            await ExecAsync(connection, "ALTER TABLE requests ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;", cancellationToken).ConfigureAwait(false);
+        }
+
+        // The view is made again so a log of schema 1 shows the new column too.
+        await ExecAsync(connection, """
+            DROP VIEW IF EXISTS request_log;
+            CREATE VIEW request_log AS
+                SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch') AS time, request_id, key_id, model,
+                       provider, provider_model, status, error_code, prompt_tokens, completion_tokens,
+                       cost_nano / 1e9 AS cost_usd, cost_saved_nano / 1e9 AS cost_saved_usd, cached, coalesced, stream,
+                       latency_ms, ttft_ms, upstream_ms, priority, attempts, usage_estimated
+                FROM requests;
+            PRAGMA user_version = 2;
+            """, cancellationToken).ConfigureAwait(false);
+    }
+
     private async Task OpenWriterAsync(CancellationToken cancellationToken)
     {
         if (_readOnly)
@@ -160,54 +214,31 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                 PRAGMA synchronous = NORMAL;
                 PRAGMA wal_autocheckpoint = 10000;
                 PRAGMA journal_size_limit = 67108864;
-                CREATE TABLE IF NOT EXISTS requests (
-                    id INTEGER PRIMARY KEY,
-                    ts INTEGER NOT NULL,
-                    request_id TEXT NOT NULL,
-                    key_id TEXT NOT NULL,
-                    model TEXT NOT NULL,
-                    provider TEXT,
-                    provider_model TEXT,
-                    status INTEGER NOT NULL,
-                    error_code TEXT,
-                    error_type TEXT,
-                    prompt_tokens INTEGER NOT NULL,
-                    completion_tokens INTEGER NOT NULL,
-                    cost_nano INTEGER NOT NULL,
-                    cost_saved_nano INTEGER NOT NULL,
-                    cached INTEGER NOT NULL,
-                    coalesced INTEGER NOT NULL,
-                    stream INTEGER NOT NULL,
-                    latency_ms REAL NOT NULL,
-                    ttft_ms REAL,
-                    priority TEXT NOT NULL,
-                    attempts TEXT,
-                    prompt TEXT,
-                    answer TEXT,
-                    upstream_ms REAL,
-                    usage_estimated INTEGER NOT NULL DEFAULT 0);
-                CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
-                CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
                 """, cancellationToken).ConfigureAwait(false);
 
-            // Schema 2: usage_estimated (the usage is the gateway's estimate, not the upstream's count). A log of schema 1
-            // gets the column, every existing row marked 0 (they were the upstream's, or nothing).
-            if (!await HasColumnAsync(connection, "usage_estimated", cancellationToken).ConfigureAwait(false))
+            // The schema in one write transaction: processes opening one log at once (pgw batch --redis workers beside
+            // a gateway, a restart overlapping its predecessor) each wait their turn (busy_timeout) — the view's drop and
+            // re-creation, and a schema-1 log's new column, raced, and the second process failed to start ("view
+            // request_log already exists").
+            await ExecAsync(connection, "BEGIN IMMEDIATE;", cancellationToken).ConfigureAwait(false);
+            try
             {
-                await ExecAsync(connection, "ALTER TABLE requests ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;", cancellationToken).ConfigureAwait(false);
+                await CreateSchemaAsync(connection, cancellationToken).ConfigureAwait(false);
+                await ExecAsync(connection, "COMMIT;", cancellationToken).ConfigureAwait(false);
             }
+            catch
+            {
+                try
+                {
+                    await ExecAsync(connection, "ROLLBACK;", CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (Exception rollback) when (rollback is SqliteException or InvalidOperationException)
+                {
+                    // No transaction left to roll back (SQLite ended it with the failure): the failure is what is said.
+                }
 
-            // The view is made again so a log of schema 1 shows the new column too.
-            await ExecAsync(connection, """
-                DROP VIEW IF EXISTS request_log;
-                CREATE VIEW request_log AS
-                    SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch') AS time, request_id, key_id, model,
-                           provider, provider_model, status, error_code, prompt_tokens, completion_tokens,
-                           cost_nano / 1e9 AS cost_usd, cost_saved_nano / 1e9 AS cost_saved_usd, cached, coalesced, stream,
-                           latency_ms, ttft_ms, upstream_ms, priority, attempts, usage_estimated
-                    FROM requests;
-                PRAGMA user_version = 2;
-                """, cancellationToken).ConfigureAwait(false);
+                throw;
+            }
 
             // The insert goes through SQLitePCL.raw (the library under Microsoft.Data.Sqlite) on the same connection:
             // SqliteCommand boxes every parameter and allocates a data reader per execution — measured 12.6 µs and

@@ -631,6 +631,31 @@ public sealed class RequestLogTests : IDisposable
         await FluentActions.Awaiting(async () => await reader.WriteAsync([], Ct)).Should().ThrowAsync<InvalidOperationException>().WithMessage("*reading only*");
     }
 
+    /// <summary>
+    /// Processes opening one request log at once — `pgw batch --redis` workers beside a gateway, a restart overlapping its
+    /// predecessor — each make or check its schema in a write transaction of their own: here eight stores open each of
+    /// twenty fresh files at once (separate connections, as separate processes have). The view's drop and re-creation
+    /// raced, and an opener failed with "view request_log already exists" (a CI run's worker did, one in a few).
+    /// </summary>
+    [Fact]
+    public async Task Stores_opening_one_new_log_at_once_all_open_it()
+    {
+        for (var file = 0; file < 20; file++)
+        {
+            var options = new GatewayOptions();
+            options.RequestLog.Path = Path.Combine(_files.Dir, $"shared-{file}", "gateway.db");
+            var stores = Enumerable.Range(0, 8).Select(_ => new SqliteRequestLogStore(Options.Create(options))).ToList();
+            try
+            {
+                await Task.WhenAll(stores.Select(s => Task.Run(async () => await s.InitializeAsync(Ct), Ct)));
+            }
+            finally
+            {
+                stores.ForEach(s => s.Dispose());
+            }
+        }
+    }
+
     [Fact]
     public async Task Property_every_row_reads_back_as_written_whatever_the_rows_before_it_held()
     {
