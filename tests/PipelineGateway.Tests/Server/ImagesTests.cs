@@ -115,9 +115,9 @@ public sealed class ImagesTests : LoggedFleetTests
         error.GetProperty("error").GetProperty("param").GetString().Should().Be("stream");
     }
 
-    /// <summary>The in-process simulated provider (the embedded default config's) streams a generation the same way: partial images, then the image.</summary>
+    /// <summary>The in-process simulated provider (the embedded default config's) streams a generation and an edit the same way: partial images, then the image.</summary>
     [Fact]
-    public async Task The_simulated_provider_streams_a_generation_as_OpenAI_does()
+    public async Task The_simulated_provider_streams_a_generation_and_an_edit_as_OpenAI_does()
     {
         await using var app = GatewayServer.Build(TestServerConfig.Simulated(new Dictionary<string, string?>
         {
@@ -133,6 +133,20 @@ public sealed class ImagesTests : LoggedFleetTests
         events.Select(e => e.GetProperty("type").GetString()).Should().Equal("image_generation.partial_image", "image_generation.completed");
         PngSize(Convert.FromBase64String(events[^1].GetProperty("b64_json").GetString()!)).Should().Be((8, 8));
         events[^1].GetProperty("usage").GetProperty("output_tokens").GetInt32().Should().BePositive();
+
+        // An edit, its form's stream=true: image_edit.* events.
+        using var form = new MultipartFormDataContent
+        {
+            { new StringContent("gpt-image-1"), "model" },
+            { new StringContent("add a hat"), "prompt" },
+            { new StringContent("8x8"), "size" },
+            { new StringContent("true"), "stream" },
+            { new ByteArrayContent(PipelineGateway.Providers.Simulated.SimulatedImages.Png(8, 8, 7)), "image", "fox.png" },
+        };
+        using var edited = await http.PostAsync("v1/images/edits", form, Ct);
+        edited.StatusCode.Should().Be(HttpStatusCode.OK);
+        (await edited.Content.ReadAsStringAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.GetProperty("type").GetString())
+            .Should().Equal("image_edit.completed");
         await app.StopAsync(Ct);
     }
 
