@@ -95,10 +95,17 @@ public sealed class FrontDoorFuzzTests : IAsyncLifetime
             {
                 (status, text) = await SendAsync(c);
             }
+            catch (HttpRequestException) when (c.Path == Fuzz.Speech)
+            {
+                // Speech writes its first audio into the response before the flush that ends the burst it came in: a
+                // deadline passing between the two resets the connection with the headers still unsent — the same cut
+                // as after them (a reset before any answer, its case unnamed, was seen once in a loaded CI run; this is
+                // the one place the gateway resets a connection). Judged in Problem: only a deadline the caller set may cut.
+                (status, text) = (200, CutTransfer);
+            }
             catch (HttpRequestException ex)
             {
-                // A transport failure (a reset before any answer: seen once in a full CI run) is a failure of its case,
-                // named with it — it left the loop unnamed before.
+                // Any other transport failure (a reset before any answer) is a failure of its case, named with it.
                 failures.Add($"a transport failure ({ex.InnerException?.Message ?? ex.Message})\n  case: {c}");
                 continue;
             }
