@@ -78,6 +78,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<AnthropicMessagesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesStore>();
+        builder.Services.AddSingleton<Responses.BackgroundResponses>();
         builder.Services.AddSingleton<Batches.BatchStore>();
         builder.Services.AddSingleton<Batches.BatchJobs>();
         builder.Services.AddSingleton<Batches.BatchApi>();
@@ -87,6 +88,7 @@ public static partial class GatewayServer
         builder.Services.AddPipelineGatewayRedis(builder.Configuration);
         builder.Services.AddHostedService<DrainOnStopping>();
         builder.Services.AddHostedService(static sp => sp.GetRequiredService<Batches.BatchJobs>()); // after the pipeline: stopped before it drains
+        builder.Services.AddHostedService(static sp => sp.GetRequiredService<Responses.BackgroundResponses>()); // the same
         if (server.GcGen1GuardMiB > 0)
         {
             builder.Services.AddGatewayGcGen1Guard(server.GcGen1GuardMiB);
@@ -198,6 +200,7 @@ public static partial class GatewayServer
         app.MapGet("/v1/responses/{id}", (HttpContext ctx) => responses.GetAsync(ctx, RouteId(ctx)));
         app.MapGet("/v1/responses/{id}/input_items", (HttpContext ctx) => responses.InputItemsAsync(ctx, RouteId(ctx)));
         app.MapDelete("/v1/responses/{id}", (HttpContext ctx) => responses.DeleteAsync(ctx, RouteId(ctx)));
+        app.MapPost("/v1/responses/{id}/cancel", (HttpContext ctx) => responses.CancelAsync(ctx, RouteId(ctx)));
         var batches = app.Services.GetRequiredService<Batches.BatchApi>();
         foreach (var root in (string[])["/v1", "/openai"]) // OpenAI's, and Azure OpenAI's (its SDK's file and batch clients)
         {

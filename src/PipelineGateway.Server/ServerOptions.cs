@@ -80,6 +80,13 @@ public sealed class ServerOptions
     public long StoredResponsesMaxBytes { get; set; } = 32L * 1024 * 1024;
 
     /// <summary>
+    /// Background responses (<c>/v1/responses</c> with <c>background: true</c>) this instance makes at once, queued or in
+    /// progress; past it a new one is a 503 with <c>Retry-After</c> (docs/server.md, "Background responses").
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int MaxBackgroundResponses { get; set; } = 1000;
+
+    /// <summary>
     /// Where OpenAI's Batch API (<c>/v1/files</c>, <c>/v1/batches</c>) keeps its files and batches: a directory of this
     /// instance's own (one subdirectory per gateway key; an instance holds it locked), so uploads, results and batches
     /// in progress survive a restart. Empty: the Batch API is not served (404).

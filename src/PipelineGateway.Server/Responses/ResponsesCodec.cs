@@ -8,7 +8,8 @@ namespace PipelineGateway.Server.Responses;
 /// comes in <c>input</c> (messages, the model's function calls, their outputs, reasoning items), whole as the Agents SDK
 /// and Codex send it with <c>store: false</c>, or referring to what the gateway stored (<see cref="ResponsesStore"/>):
 /// <c>previous_response_id</c> puts the conversation that response ended first, an <c>item_reference</c> stands for the
-/// stored item. What needs state the gateway does not keep (<c>background</c>, <c>conversation</c>, <c>prompt</c>) and
+/// stored item; <c>background</c> asks for a background response (<see cref="BackgroundResponses"/>). What needs state the
+/// gateway does not keep (<c>conversation</c>, <c>prompt</c>) and
 /// what it has no form for (OpenAI's hosted tools: web search, file search, computer use…; non-function tool choices)
 /// is a 400 naming the field, never dropped. Reasoning items the gateway did not write are left out: their encrypted
 /// content is for OpenAI's own model only (docs/server.md).
@@ -21,6 +22,7 @@ internal static class ResponsesCodec
         "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls",
         "stream", "text", "reasoning", "user", "metadata", "store", "include", "truncation", "service_tier", "prompt_cache_key",
         "safety_identifier", "stream_options", "max_tool_calls", "prompt_cache_retention", "previous_response_id", "top_logprobs",
+        "background",
     ];
 
     /// <summary>Where stored things are looked up: an item by its id, the conversation a response ended by the response's id.</summary>
@@ -46,6 +48,9 @@ internal static class ResponsesCodec
 
         /// <summary>The answer is to be stored (<c>store</c> absent or true, as OpenAI's default).</summary>
         public bool Store { get; set; } = true;
+
+        /// <summary>A background response (<c>background: true</c>): answered at once as queued, made apart from the request.</summary>
+        public bool Background { get; set; }
 
         public string? PreviousResponseId { get; set; }
 
@@ -118,11 +123,11 @@ internal static class ResponsesCodec
 
         foreach (var member in root.EnumerateObject())
         {
-            if (member.Name is "conversation" or "background" or "prompt")
+            if (member.Name is "conversation" or "prompt")
             {
                 if (member.Value.ValueKind is not (JsonValueKind.Null or JsonValueKind.False))
                 {
-                    throw new InvalidRequestException(member.Name, $"{member.Name} is not supported: this gateway keeps no conversations, prompts or background responses (send the conversation in 'input', or continue a stored response with 'previous_response_id').");
+                    throw new InvalidRequestException(member.Name, $"{member.Name} is not supported: this gateway keeps no conversations or prompts (send the conversation in 'input', or continue a stored response with 'previous_response_id').");
                 }
             }
             else if (!Known.Contains(member.Name))
@@ -141,7 +146,18 @@ internal static class ResponsesCodec
             Stream = Boolean(root, "stream") == true ? true : null,
         };
 
-        var read = new Input(request) { Store = Boolean(root, "store") != false, PreviousResponseId = OptionalString(root, "previous_response_id") };
+        var read = new Input(request)
+        {
+            Store = Boolean(root, "store") != false,
+            Background = Boolean(root, "background") == true,
+            PreviousResponseId = OptionalString(root, "previous_response_id"),
+        };
+        if (read.Background && !read.Store)
+        {
+            // As OpenAI's: a background response is polled for, so it is kept.
+            throw new InvalidRequestException("store", "store: a background response must be stored ('background': true needs 'store' true or absent).");
+        }
+
         if (request.Stream == true)
         {
             request.StreamOptions = new StreamOptions { IncludeUsage = true }; // response.completed carries the usage

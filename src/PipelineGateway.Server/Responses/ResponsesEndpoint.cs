@@ -12,7 +12,7 @@ namespace PipelineGateway.Server.Responses;
 /// the same pipeline to any provider — the request read by <see cref="ResponsesCodec"/> into the canonical form, the
 /// answer written back by <see cref="ResponsesWriter"/>, whole or as the API's SSE events. Errors in OpenAI's shape.
 /// </summary>
-internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, ResponsesStore store, Routing.ModelCatalog catalog, ILogger<ResponsesEndpoint> logger)
+internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, ResponsesStore store, Routing.ModelCatalog catalog, BackgroundResponses background, Pipeline.GatewayPipeline pipeline, ILogger<ResponsesEndpoint> logger)
 {
     public async Task HandleAsync(HttpContext ctx)
     {
@@ -27,6 +27,12 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         var request = input.Request;
         request.Gateway = caller.Headers.ToOptions(caller.Key);
         ServerSubmit.Identify(ctx, request, "x-request-id");
+        if (input.Background)
+        {
+            await StartBackgroundAsync(ctx, scope, input);
+            return;
+        }
+
         var keep = input.Store && store.Enabled;
         var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), keep, input.PreviousResponseId)
         {
@@ -52,6 +58,120 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             headers.WriteRateLimitHeaders(ctx, request, ex);
             await RouteErrors.WriteAsync(ctx, ex);
         }
+    }
+
+    /// <summary>
+    /// A background response (<see cref="BackgroundResponses"/>): refused now for what would only fail it later (nothing
+    /// kept, a model no provider serves, the gateway stopping, too many at once), else answered at once as
+    /// <c>queued</c> — or, asked with <c>stream</c>, its events as they are made (going away leaves it running).
+    /// </summary>
+    private async Task StartBackgroundAsync(HttpContext ctx, string scope, ResponsesCodec.Input input)
+    {
+        var request = input.Request;
+        if (!store.Enabled)
+        {
+            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "unsupported_parameter", "background: this gateway keeps no responses (Server:StoredResponsesTtl is zero), so a background response could not be polled.", "background");
+            return;
+        }
+
+        if (!catalog.TryResolve(request.Model, out _))
+        {
+            await RouteErrors.WriteAsync(ctx, new ModelNotFoundException(request.Model));
+            return;
+        }
+
+        if (!pipeline.IsAccepting)
+        {
+            await RouteErrors.WriteAsync(ctx, new GatewayUnavailableException("The gateway is not accepting requests (shutting down)."));
+            return;
+        }
+
+        var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), store: true, input.PreviousResponseId, background: true)
+        {
+            // Kept with the sequence number of the event made next: its last (response.completed or .incomplete).
+            Finished = (w, json) => store.SaveAsync(scope, w.Id, json, input.Earlier, input.Items, w.OutputItems(), w.LastSequence + 1),
+        };
+        var stream = request.Stream == true;
+        (byte[] Json, BackgroundResponses.Run Run)? started;
+        try
+        {
+            started = await background.StartAsync(scope, input, writer);
+        }
+        catch (StoreUnavailableException ex)
+        {
+            await StoreUnavailableAsync(ctx, ex);
+            return;
+        }
+
+        if (started is not var (json, run))
+        {
+            await RouteErrors.WriteAsync(ctx, 503, "api_error", "too_many_background_responses", $"This gateway is making {options.MaxBackgroundResponses} background responses already (Server:MaxBackgroundResponses); retry shortly.", retryAfter: TimeSpan.FromSeconds(1));
+            return;
+        }
+
+        if (stream)
+        {
+            await background.StreamAsync(ctx, run, after: -1, time);
+            return;
+        }
+
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.Body.WriteAsync(json, ctx.RequestAborted);
+    }
+
+    /// <summary>
+    /// <c>POST /v1/responses/{id}/cancel</c>: a background response queued or in progress is cancelled (its state
+    /// <c>cancelled</c>, kept); the response as it then stands is the answer — a second cancel, or one of a response already
+    /// done, answers it as it is (OpenAI's: cancelling is idempotent). A response not made in the background is a 400.
+    /// </summary>
+    public async Task CancelAsync(HttpContext ctx, string id)
+    {
+        var scope = ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key);
+        var here = await background.CancelAsync(scope, id, ctx.RequestAborted);
+        if (await LookUpAsync(ctx, id) is not { } stored)
+        {
+            return;
+        }
+
+        if (!IsBackground(stored))
+        {
+            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", "Only a background response can be cancelled ('background': true).", "response_id");
+            return;
+        }
+
+        if (!here && stored.Running && store.Shared)
+        {
+            // Another instance of the fleet makes it: asked through the store, and its end waited for (it looks every
+            // second) — up to CancelWait; then answered as it stands.
+            try
+            {
+                await store.RequestCancelAsync(scope, id);
+                for (var waited = TimeSpan.Zero; stored.Running && waited < CancelWait; waited += CancelPollInterval)
+                {
+                    await Task.Delay(CancelPollInterval, time, ctx.RequestAborted);
+                    stored = await store.ResponseAsync(scope, id, ctx.RequestAborted) ?? stored;
+                }
+            }
+            catch (StoreUnavailableException ex)
+            {
+                await StoreUnavailableAsync(ctx, ex);
+                return;
+            }
+        }
+
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.Body.WriteAsync(stored.Response, ctx.RequestAborted);
+    }
+
+    /// <summary>How long a cancel waits for another instance to end the run it asked it to cancel (it looks every <see cref="BackgroundResponses.CancelPoll"/>).</summary>
+    private static readonly TimeSpan CancelWait = TimeSpan.FromSeconds(10);
+
+    private static readonly TimeSpan CancelPollInterval = TimeSpan.FromMilliseconds(250);
+
+    private static bool IsBackground(ResponsesStore.Stored stored)
+    {
+        using var doc = JsonDocument.Parse(stored.Response);
+        return doc.RootElement.TryGetProperty("background", out var b) && b.ValueKind == JsonValueKind.True;
     }
 
     /// <summary>
@@ -116,13 +236,127 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         return input;
     }
 
-    /// <summary><c>GET /v1/responses/{id}</c>: a stored response, as it was answered.</summary>
+    /// <summary>
+    /// <c>GET /v1/responses/{id}</c>: a stored response, as it was answered — a background response as it stands. With
+    /// <c>stream=true</c> (a background response only), its events after <c>starting_after</c> (a sequence number; all when
+    /// absent): from its run while this instance makes it, else — done, or made by another instance of a fleet (its state
+    /// read every second until it is done) — the event that ended it, carrying the whole response.
+    /// </summary>
     public async Task GetAsync(HttpContext ctx, string id)
     {
-        if (await LookUpAsync(ctx, id) is { } stored)
+        var query = ctx.Request.Query;
+        var stream = query["stream"].ToString();
+        if (stream.Length > 0 && stream is not ("true" or "false"))
         {
-            ctx.Response.ContentType = "application/json";
-            await ctx.Response.Body.WriteAsync(stored.Response, ctx.RequestAborted);
+            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", "stream: must be true or false.", "stream");
+            return;
+        }
+
+        var after = -1;
+        if (query["starting_after"].ToString() is { Length: > 0 } cursor
+            && (!int.TryParse(cursor, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out after)))
+        {
+            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", "starting_after: must be an event's sequence number (an integer, 0 or more).", "starting_after");
+            return;
+        }
+
+        if (stream != "true")
+        {
+            if (await LookUpAsync(ctx, id) is { } whole)
+            {
+                ctx.Response.ContentType = "application/json";
+                await ctx.Response.Body.WriteAsync(whole.Response, ctx.RequestAborted);
+            }
+
+            return;
+        }
+
+        var scope = ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key);
+        if (background.Find(scope, id) is { } run)
+        {
+            await background.StreamAsync(ctx, run, after, time);
+            return;
+        }
+
+        if (await LookUpAsync(ctx, id) is not { } stored)
+        {
+            return;
+        }
+
+        if (!IsBackground(stored))
+        {
+            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_value", "stream: only a background response ('background': true) can be streamed again.", "stream");
+            return;
+        }
+
+        await StreamEndAsync(ctx, scope, id, stored, after);
+    }
+
+    /// <summary>
+    /// A background response this instance does not make, streamed: its state read every second (keep-alive comments
+    /// meanwhile) until it is done, then the event that ended it — <c>response.completed</c>, <c>.incomplete</c> or
+    /// <c>.failed</c> with the response, at its own sequence number — unless the caller already had it; a cancelled
+    /// response's stream just ends, as does one no longer kept.
+    /// </summary>
+    private async Task StreamEndAsync(HttpContext ctx, string scope, string id, ResponsesStore.Stored stored, int after)
+    {
+        var aborted = ctx.RequestAborted;
+        BackgroundResponses.StartStream(ctx);
+        await ctx.Response.BodyWriter.FlushAsync(aborted);
+        try
+        {
+            var waited = TimeSpan.Zero;
+            while (stored.Running)
+            {
+                await Task.Delay(TimeSpan.FromSeconds(1), time, aborted);
+                waited += TimeSpan.FromSeconds(1);
+                if (waited >= options.StreamKeepAlive)
+                {
+                    waited = TimeSpan.Zero;
+                    await ctx.Response.Body.WriteAsync(BackgroundResponses.KeepAlive, aborted);
+                }
+
+                if (await store.ResponseAsync(scope, id, aborted) is not { } now)
+                {
+                    return; // deleted, or no longer kept
+                }
+
+                stored = now;
+            }
+
+            var name = stored.Status switch
+            {
+                "completed" => "response.completed",
+                "incomplete" => "response.incomplete",
+                "failed" => "response.failed",
+                _ => null,
+            };
+            if (name is null || stored.LastSequence <= after)
+            {
+                return;
+            }
+
+            var buffer = new System.Buffers.ArrayBufferWriter<byte>(stored.Response.Length + 96);
+            using (var w = new Utf8JsonWriter(buffer))
+            {
+                w.WriteStartObject();
+                w.WriteString("type", name);
+                w.WriteNumber("sequence_number", stored.LastSequence);
+                w.WritePropertyName("response");
+                w.WriteRawValue(stored.Response, skipInputValidation: true);
+                w.WriteEndObject();
+            }
+
+            Providers.Anthropic.AnthropicStreamWriter.Write(ctx.Response.BodyWriter, (name, buffer.WrittenSpan.ToArray()));
+            await ctx.Response.BodyWriter.FlushAsync(aborted);
+        }
+        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+        {
+            // The caller went away.
+        }
+        catch (StoreUnavailableException)
+        {
+            // The shared store went away mid-stream: the stream ends without its last event; the caller may resume.
         }
     }
 
@@ -258,6 +492,12 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             var stored = new Stored();
             if (references.Previous is { } previous && await store.ResponseAsync(scope, previous, cancellationToken) is { } response)
             {
+                if (response.Conversation.ValueKind != JsonValueKind.Array)
+                {
+                    // A background response not done (or failed, or cancelled): there is no answer to continue from.
+                    throw new ResponsesCodec.NotFoundException("previous_response_id", "invalid_value", $"Previous response with id '{Providers.ProviderException.Quoted(previous)}' is {response.Status}: only a completed or incomplete response can be continued.");
+                }
+
                 stored._previous = previous;
                 stored._conversation = response.Conversation;
             }

@@ -43,8 +43,16 @@ internal sealed partial class ResponsesStore
         _local = _shared is null ? new LruStore<string, byte[]>(int.MaxValue, options.StoredResponsesMaxBytes, time) : null;
     }
 
-    /// <summary>A stored response: its JSON, the conversation it ends, its own input items and its output items' ids.</summary>
-    public sealed record Stored(byte[] Response, JsonElement Conversation, byte[] Input, string[] Items);
+    /// <summary>
+    /// A stored response: its JSON, the conversation it ends (null until it is done: a background response queued, in
+    /// progress, failed or cancelled), its own input items, its output items' ids, its status, and the sequence number of
+    /// its last streamed event (a background response's, for a stream resumed after it ended; -1 when not kept).
+    /// </summary>
+    public sealed record Stored(byte[] Response, JsonElement Conversation, byte[] Input, string[] Items, string Status, int LastSequence)
+    {
+        /// <summary>Still being made (a background response queued or in progress).</summary>
+        public bool Running => Status is "queued" or "in_progress";
+    }
 
     public bool Enabled => _options.StoredResponsesTtl > TimeSpan.Zero && (_shared is not null || _options.StoredResponsesMaxBytes > 0);
 
@@ -130,45 +138,63 @@ internal sealed partial class ResponsesStore
 
         using var doc = JsonDocument.Parse(envelope);
         var root = doc.RootElement;
+        var response = root.GetProperty("response");
         return new Stored(
-            Encoding.UTF8.GetBytes(root.GetProperty("response").GetRawText()),
+            Encoding.UTF8.GetBytes(response.GetRawText()),
             root.GetProperty("conversation").Clone(),
             Encoding.UTF8.GetBytes(root.GetProperty("input").GetRawText()),
-            [.. root.GetProperty("items").EnumerateArray().Select(static i => i.GetString()!)]);
+            [.. root.GetProperty("items").EnumerateArray().Select(static i => i.GetString()!)],
+            response.TryGetProperty("status", out var status) && status.ValueKind == JsonValueKind.String ? status.GetString()! : "completed",
+            root.TryGetProperty("last_sequence", out var last) && last.TryGetInt32(out var n) ? n : -1);
     }
 
     /// <summary>
     /// Keeps a finished response: each output item by its id, then the response with the conversation it ends — the
     /// items before it (<paramref name="earlier"/>, a response's own conversation), its input items, its output items.
-    /// Never throws: a shared store that cannot be written is logged (the answer still goes out).
+    /// With <paramref name="output"/> null, a background response not done (queued, in progress, failed, cancelled): its
+    /// state and input items, no conversation to continue. <paramref name="lastSequence"/>: a background response's last
+    /// event's sequence number. Never throws: a shared store that cannot be written is logged (the answer still goes out).
     /// </summary>
-    public async Task SaveAsync(string scope, string responseId, byte[] response, JsonElement? earlier, IReadOnlyList<JsonElement> input, IReadOnlyList<(string Id, byte[] Json)> output)
+    public async Task SaveAsync(string scope, string responseId, byte[] response, JsonElement? earlier, IReadOnlyList<JsonElement> input, IReadOnlyList<(string Id, byte[] Json)>? output, int? lastSequence = null)
     {
         var envelope = Json(w =>
         {
             w.WriteStartObject();
             w.WritePropertyName("response");
             w.WriteRawValue(response, skipInputValidation: true);
-            w.WriteStartArray("conversation");
-            if (earlier is { ValueKind: JsonValueKind.Array } before)
+            if (output is null)
             {
-                foreach (var item in before.EnumerateArray())
+                w.WriteNull("conversation");
+            }
+            else
+            {
+                w.WriteStartArray("conversation");
+                if (earlier is { ValueKind: JsonValueKind.Array } before)
+                {
+                    foreach (var item in before.EnumerateArray())
+                    {
+                        item.WriteTo(w);
+                    }
+                }
+
+                foreach (var item in input)
                 {
                     item.WriteTo(w);
                 }
+
+                foreach (var (_, json) in output)
+                {
+                    w.WriteRawValue(json, skipInputValidation: true);
+                }
+
+                w.WriteEndArray();
             }
 
-            foreach (var item in input)
+            if (lastSequence is { } last)
             {
-                item.WriteTo(w);
+                w.WriteNumber("last_sequence", last);
             }
 
-            foreach (var (_, json) in output)
-            {
-                w.WriteRawValue(json, skipInputValidation: true);
-            }
-
-            w.WriteEndArray();
             w.WriteStartArray("input");
             foreach (var item in input)
             {
@@ -177,7 +203,7 @@ internal sealed partial class ResponsesStore
 
             w.WriteEndArray();
             w.WriteStartArray("items");
-            foreach (var (id, _) in output)
+            foreach (var (id, _) in output ?? [])
             {
                 w.WriteStringValue(id);
             }
@@ -189,6 +215,7 @@ internal sealed partial class ResponsesStore
         try
         {
             // All at once: Redis pipelines them (one round trip's wait, not one per item).
+            output ??= [];
             var writes = new Task[output.Count + 1];
             for (var i = 0; i < output.Count; i++)
             {
@@ -234,6 +261,36 @@ internal sealed partial class ResponsesStore
         }
     }
 
+    /// <summary>
+    /// Asks the instance making a background response to cancel it (a fleet sharing the store in Redis: the run is the
+    /// other instance's; it looks for this every second, <see cref="CancelRequestedAsync"/>).
+    /// </summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
+    public async ValueTask RequestCancelAsync(string scope, string responseId)
+    {
+        try
+        {
+            await SetAsync(Key('x', scope, responseId), [1]).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_shared is not null)
+        {
+            throw new StoreUnavailableException(ex);
+        }
+    }
+
+    /// <summary>Whether <see cref="RequestCancelAsync"/> was asked for this response (false too when the store cannot be read: asked again next time).</summary>
+    public async ValueTask<bool> CancelRequestedAsync(string scope, string responseId, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await GetAsync(Key('x', scope, responseId), cancellationToken).ConfigureAwait(false) is not null;
+        }
+        catch (StoreUnavailableException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>Forgets a response and its output items (false: there was none).</summary>
     /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
     public async ValueTask<bool> DeleteAsync(string scope, string responseId, CancellationToken cancellationToken)
@@ -260,7 +317,8 @@ internal sealed partial class ResponsesStore
     }
 
     /// <summary>
-    /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item, <c>t</c> a tool call's thinking), the scope in base64url (a key id may hold any
+    /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item, <c>t</c> a tool call's thinking, <c>x</c> a background
+    /// response's cancel asked elsewhere), the scope in base64url (a key id may hold any
     /// character: no scope's keys can be spelt from another's), the id.
     /// </summary>
     private static string Key(char kind, string scope, string id) =>

@@ -14,7 +14,7 @@ namespace PipelineGateway.Server.Responses;
 /// <c>response.output_text.delta</c>s, <c>….done</c>; a call's arguments as <c>response.function_call_arguments.delta</c>s),
 /// then <c>response.completed</c> with the whole response.
 /// </summary>
-internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, long createdAt, bool store = false, string? previousResponseId = null) : INamedEventWriter
+internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, long createdAt, bool store = false, string? previousResponseId = null, bool background = false) : INamedEventWriter
 {
     private static readonly JsonWriterOptions Options = new() { Encoder = Serialization.WireJson.Encoder };
 
@@ -27,6 +27,10 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     private string? _finish;
     private TokenUsage? _usage;
     private string _model = request.Model;
+    private (string Code, string Message)? _error;
+
+    /// <summary>The sequence number of the last event made (-1: none yet).</summary>
+    public int LastSequence => _sequence - 1;
 
     /// <summary>The response's id.</summary>
     public string Id => id;
@@ -129,11 +133,39 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         return json;
     }
 
-    /// <summary>The opening events (the first chunk is here).</summary>
+    /// <summary>The opening events (the first chunk is here); a background response's <c>response.created</c> went out when it was queued (<see cref="Queued"/>).</summary>
     public IEnumerable<(string Name, byte[] Json)> Start()
     {
-        yield return Event("response.created", w => WriteMember(w, "response", "in_progress"));
+        if (!background)
+        {
+            yield return Event("response.created", w => WriteMember(w, "response", "in_progress"));
+        }
+
         yield return Event("response.in_progress", w => WriteMember(w, "response", "in_progress"));
+    }
+
+    /// <summary>A background response's first events, as it is accepted: <c>response.created</c> and <c>response.queued</c>.</summary>
+    public IEnumerable<(string Name, byte[] Json)> Queued()
+    {
+        yield return Event("response.created", w => WriteMember(w, "response", "queued"));
+        yield return Event("response.queued", w => WriteMember(w, "response", "queued"));
+    }
+
+    /// <summary>
+    /// The response object as it stands in <paramref name="status"/> — <c>queued</c>, <c>in_progress</c>,
+    /// <c>cancelled</c> — for a background response's store (its output only once it is done).
+    /// </summary>
+    public byte[] Snapshot(string status) => Json(w => WriteResponse(w, status));
+
+    /// <summary>
+    /// A background response that failed: the response with its <c>error</c> (the gateway's error code and message, as
+    /// its error answer would say them), and the <c>response.failed</c> event carrying it.
+    /// </summary>
+    public (byte[] Response, (string Name, byte[] Json) Event) Failed(Exception error)
+    {
+        var (_, body, _) = OpenAIErrors.Map(error);
+        _error = (body.Code ?? body.Type, body.Message);
+        return (Json(w => WriteResponse(w, "failed")), Event("response.failed", w => WriteMember(w, "response", "failed")));
     }
 
     /// <summary>The events for one chunk.</summary>
@@ -486,13 +518,25 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     /// <summary>The response object, with what it was asked for (as OpenAI echoes it) and, once done, its output and usage.</summary>
     private void WriteResponse(Utf8JsonWriter w, string status)
     {
-        var done = status != "in_progress";
+        var done = status is "completed" or "incomplete"; // the output and usage; a failed or cancelled response has none
         w.WriteStartObject();
         w.WriteString("id", id);
         w.WriteString("object", "response");
         w.WriteNumber("created_at", createdAt);
         w.WriteString("status", status);
-        w.WriteNull("error");
+        w.WriteBoolean("background", background);
+        if (status == "failed" && _error is var (code, message))
+        {
+            w.WriteStartObject("error");
+            w.WriteString("code", code);
+            w.WriteString("message", message);
+            w.WriteEndObject();
+        }
+        else
+        {
+            w.WriteNull("error");
+        }
+
         if (status == "incomplete")
         {
             w.WriteStartObject("incomplete_details");

@@ -1,0 +1,300 @@
+using System.Collections.Concurrent;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using PipelineGateway.Pipeline;
+
+namespace PipelineGateway.Server.Responses;
+
+/// <summary>
+/// OpenAI's background responses (<c>POST /v1/responses</c> with <c>background: true</c>): the request is answered at
+/// once with the response <c>queued</c>, then made apart from any connection — through the same pipeline, waiting for
+/// room as a batch does rather than being shed, streamed from the upstream whatever the caller asked (so its progress is
+/// known: <c>in_progress</c> at the first chunk, and a long answer is bounded by the stream's idle timeout, not the whole
+/// answer's) — its state kept in <see cref="ResponsesStore"/> as it changes: <c>queued</c>, <c>in_progress</c>, then
+/// <c>completed</c>/<c>incomplete</c> (continued with <c>previous_response_id</c> like any stored response),
+/// <c>failed</c> (with the error its answer would have had) or <c>cancelled</c>. While it runs its events are kept in
+/// order (their index is their <c>sequence_number</c>), so any number of callers may stream it — the creating request
+/// with <c>stream: true</c>, <c>GET /v1/responses/{id}?stream=true&amp;starting_after=N</c> to resume — and a caller going
+/// away cancels nothing; <c>POST /v1/responses/{id}/cancel</c> does. Runs are this instance's (the store may be Redis:
+/// docs/server.md says what a fleet sees).
+/// </summary>
+internal sealed partial class BackgroundResponses(IGatewayQueue queue, ResponsesStore store, ServerOptions options, TimeProvider time, ILogger<BackgroundResponses> logger) : IHostedService
+{
+    /// <summary>How often a run looks for a cancel asked of another instance (a fleet sharing the store in Redis).</summary>
+    internal static readonly TimeSpan CancelPoll = TimeSpan.FromSeconds(1);
+
+    private readonly ConcurrentDictionary<(string Scope, string Id), Run> _runs = new();
+    internal static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
+    private readonly CancellationTokenSource _stopping = new();
+    private int _count;
+
+    /// <summary>Background responses queued or in progress here.</summary>
+    public int Running => Volatile.Read(ref _count);
+
+    /// <summary>One background response being made: its events so far, and what cancels it.</summary>
+    internal sealed class Run
+    {
+        private readonly Lock _gate = new();
+        private readonly List<(string Name, byte[] Json)> _events = [];
+        private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private bool _ended;
+
+        public CancellationTokenSource Cancel { get; } = new();
+
+        /// <summary>The run's task: never faults (every end is a state kept in the store).</summary>
+        public Task Completion { get; set; } = Task.CompletedTask;
+
+        public void Append(IEnumerable<(string Name, byte[] Json)> events)
+        {
+            TaskCompletionSource changed;
+            lock (_gate)
+            {
+                var before = _events.Count;
+                _events.AddRange(events);
+                if (_events.Count == before)
+                {
+                    return;
+                }
+
+                changed = _changed;
+                _changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+
+            changed.TrySetResult();
+        }
+
+        public void End()
+        {
+            TaskCompletionSource changed;
+            lock (_gate)
+            {
+                _ended = true;
+                changed = _changed;
+            }
+
+            changed.TrySetResult();
+        }
+
+        /// <summary>The events from sequence number <paramref name="from"/> on, whether the run has ended, and what completes at its next change.</summary>
+        public (List<(string Name, byte[] Json)> Events, bool Ended, Task Changed) Read(int from)
+        {
+            lock (_gate)
+            {
+                var start = Math.Clamp(from, 0, _events.Count);
+                return (_events.GetRange(start, _events.Count - start), _ended, _changed.Task);
+            }
+        }
+    }
+
+    /// <summary>The run of a caller's response, when this instance is making it.</summary>
+    public Run? Find(string scope, string id) => _runs.TryGetValue((scope, id), out var run) ? run : null;
+
+    /// <summary>
+    /// Accepts a background response: kept as <c>queued</c> (before the caller can ask for it), then made apart from the
+    /// request. Returns the queued response's JSON and its run; null when this instance already makes
+    /// <see cref="ServerOptions.MaxBackgroundResponses"/> of them.
+    /// </summary>
+    public async Task<(byte[] Json, Run Run)?> StartAsync(string scope, ResponsesCodec.Input input, ResponsesWriter writer)
+    {
+        if (Interlocked.Increment(ref _count) > options.MaxBackgroundResponses)
+        {
+            Interlocked.Decrement(ref _count);
+            return null;
+        }
+
+        var run = new Run();
+        try
+        {
+            run.Append(writer.Queued());
+            var json = writer.Snapshot("queued");
+            await store.SaveAsync(scope, writer.Id, json, input.Earlier, input.Items, output: null, writer.LastSequence).ConfigureAwait(false);
+            _runs[(scope, writer.Id)] = run;
+            run.Completion = Task.Run(() => RunAsync(scope, input, writer, run));
+            return (json, run);
+        }
+        catch
+        {
+            Interlocked.Decrement(ref _count);
+            throw;
+        }
+    }
+
+    /// <summary>Cancels a run of this instance and waits for its end (its state is then kept); false when none is running here.</summary>
+    public async Task<bool> CancelAsync(string scope, string id, CancellationToken cancellationToken)
+    {
+        if (Find(scope, id) is not { } run)
+        {
+            return false;
+        }
+
+        await run.Cancel.CancelAsync().ConfigureAwait(false);
+        await run.Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
+        return true;
+    }
+
+    private async Task RunAsync(string scope, ResponsesCodec.Input input, ResponsesWriter writer, Run run)
+    {
+        var request = input.Request;
+        request.Stream = true; // whatever the caller asked: its progress is known, and its events can be streamed to anyone
+        request.StreamOptions = new StreamOptions { IncludeUsage = true };
+        using var either = CancellationTokenSource.CreateLinkedTokenSource(run.Cancel.Token, _stopping.Token);
+        var watching = store.Shared ? WatchAsync(scope, writer.Id, run, either.Token) : Task.CompletedTask;
+        try
+        {
+            var started = false;
+            await foreach (var chunk in queue.StreamAsync(request, SubmitMode.Wait, either.Token).ConfigureAwait(false))
+            {
+                if (ReferenceEquals(chunk, WorkItem.BurstEnd))
+                {
+                    continue;
+                }
+
+                if (!started)
+                {
+                    // Kept as in progress before anyone sees it said (as each state is).
+                    started = true;
+                    var opening = writer.Start().ToList();
+                    await store.SaveAsync(scope, writer.Id, writer.Snapshot("in_progress"), input.Earlier, input.Items, output: null, writer.LastSequence).ConfigureAwait(false);
+                    run.Append(opening);
+                }
+
+                run.Append(writer.OnChunk(chunk));
+            }
+
+            var closing = (started ? writer.Finish() : writer.Start().Concat(writer.Finish())).ToList();
+            await writer.FinishedAsync().ConfigureAwait(false); // kept as done before anyone sees its last event
+            run.Append(closing);
+        }
+        catch (OperationCanceledException) when (run.Cancel.IsCancellationRequested)
+        {
+            await store.SaveAsync(scope, writer.Id, writer.Snapshot("cancelled"), input.Earlier, input.Items, output: null, writer.LastSequence).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            var error = _stopping.IsCancellationRequested && ex is OperationCanceledException
+                ? new GatewayUnavailableException("The gateway stopped before this background response was done; send it again.")
+                : ex;
+            if (error is not GatewayException and not OperationCanceledException)
+            {
+                LogFailed(logger, writer.Id, ex);
+            }
+
+            var (json, failed) = writer.Failed(error);
+            await store.SaveAsync(scope, writer.Id, json, input.Earlier, input.Items, output: null, writer.LastSequence).ConfigureAwait(false);
+            run.Append([failed]);
+        }
+        finally
+        {
+            await either.CancelAsync().ConfigureAwait(false); // the watch ends with the run
+            await watching.ConfigureAwait(false);
+            run.End();
+            _runs.TryRemove(new KeyValuePair<(string, string), Run>((scope, writer.Id), run));
+            Interlocked.Decrement(ref _count);
+        }
+    }
+
+    /// <summary>A run's watch for a cancel asked of another instance of the fleet: read every <see cref="CancelPoll"/> until the run ends.</summary>
+    private async Task WatchAsync(string scope, string id, Run run, CancellationToken ended)
+    {
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(CancelPoll, time, ended).ConfigureAwait(false);
+                if (await store.CancelRequestedAsync(scope, id, ended).ConfigureAwait(false))
+                {
+                    await run.Cancel.CancelAsync().ConfigureAwait(false);
+                    return;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (ended.IsCancellationRequested)
+        {
+            // The run ended.
+        }
+    }
+
+    /// <summary>
+    /// Writes a run's events after <paramref name="after"/> as server-sent events, then each as it comes, until the run
+    /// ends or the caller goes away (which leaves the run going); a keep-alive comment while nothing comes.
+    /// </summary>
+    public async Task StreamAsync(HttpContext ctx, Run run, int after, TimeProvider time)
+    {
+        var aborted = ctx.RequestAborted;
+        StartStream(ctx);
+        var next = after + 1;
+        try
+        {
+            while (true)
+            {
+                var (events, ended, changed) = run.Read(next);
+                foreach (var e in events)
+                {
+                    Providers.Anthropic.AnthropicStreamWriter.Write(ctx.Response.BodyWriter, e);
+                }
+
+                next += events.Count;
+                await ctx.Response.BodyWriter.FlushAsync(aborted);
+                if (ended)
+                {
+                    return;
+                }
+
+                try
+                {
+                    await changed.WaitAsync(options.StreamKeepAlive, time, aborted);
+                }
+                catch (TimeoutException)
+                {
+                    await ctx.Response.BodyWriter.WriteAsync(KeepAlive, aborted);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+        {
+            // The caller went away: the response goes on being made.
+        }
+    }
+
+    /// <summary>A stream's headers (server-sent events, not to be buffered on the way).</summary>
+    public static void StartStream(HttpContext ctx)
+    {
+        if (!ctx.Response.HasStarted)
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            ctx.Response.Headers.CacheControl = "no-cache";
+            ctx.Response.Headers["x-accel-buffering"] = "no";
+        }
+    }
+
+    public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    /// <summary>
+    /// At shutdown (after the pipeline drained: runs in flight had its grace period): waits for the runs still going, and
+    /// when the host's own time is up ends them as failed ("send it again") — each state kept.
+    /// </summary>
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        var runs = _runs.Values.Select(static r => r.Completion).ToArray();
+        try
+        {
+            await Task.WhenAll(runs).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            await _stopping.CancelAsync().ConfigureAwait(false);
+            try
+            {
+                await Task.WhenAll(runs).WaitAsync(TimeSpan.FromSeconds(5), CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                // A store write that hangs (Redis gone): the process stops regardless.
+            }
+        }
+    }
+
+    [LoggerMessage(EventId = 131, Level = LogLevel.Error, Message = "The background response {ResponseId} failed unexpectedly.")]
+    private static partial void LogFailed(ILogger logger, string responseId, Exception error);
+}

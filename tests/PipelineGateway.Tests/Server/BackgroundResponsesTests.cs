@@ -1,0 +1,382 @@
+#pragma warning disable OPENAI001 // the OpenAI SDK marks its Responses client as evaluation-only
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using OpenAI.Responses;
+using PipelineGateway.Server;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// Background responses (docs/server.md, "Background responses"): <c>background: true</c> on <c>/v1/responses</c>
+/// through the official OpenAI SDK — answered queued at once, in progress from the upstream's first chunk, polled to
+/// its end, streamed and resumed after a drop by sequence number, cancelled (the upstream call with it, idempotently),
+/// failed with its error kept — against a real upstream over HTTP whose answers wait on the test's signals.
+/// </summary>
+public sealed class BackgroundResponsesTests : IAsyncLifetime
+{
+    private GatedUpstream _upstream = null!;
+    private WebApplication _app = null!;
+    private Uri _root = null!;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync()
+    {
+        _upstream = await GatedUpstream.StartAsync(Ct);
+        (_app, _root) = await StartGatewayAsync(_upstream, new Dictionary<string, string?> { ["Gateway:Server:MaxBackgroundResponses"] = "2" });
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _upstream.OpenAll();
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+        await _upstream.DisposeAsync();
+    }
+
+    private static async Task<(WebApplication App, Uri Root)> StartGatewayAsync(GatedUpstream upstream, Dictionary<string, string?> more)
+    {
+        var settings = new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:1:Name"] = "gated",
+            ["Gateway:Providers:1:Type"] = "OpenAICompatible",
+            ["Gateway:Providers:1:BaseUrl"] = new Uri(upstream.BaseAddress, "v1").ToString(),
+            ["Gateway:Models:1:Name"] = "gated",
+            ["Gateway:Models:1:Deployments:0:Provider"] = "gated",
+            ["Gateway:Models:1:Deployments:0:Model"] = "gated-model",
+            ["Gateway:Models:2:Name"] = "refusing",
+            ["Gateway:Models:2:Deployments:0:Provider"] = "gated",
+            ["Gateway:Models:2:Deployments:0:Model"] = GatedUpstream.Refusing,
+        };
+        foreach (var (key, value) in more)
+        {
+            settings[key] = value;
+        }
+
+        var app = GatewayServer.Build(TestServerConfig.Simulated(settings), "http://127.0.0.1:0", _ => { });
+        return (app, await GatewayServer.StartAsync(app, Ct));
+    }
+
+    private ResponsesClient Client() => new(new ApiKeyCredential("sk-unused"), new ResponsesClientOptions { Endpoint = new Uri(_root, "v1") });
+
+    private static CreateResponseOptions Background(string model = "gated", bool stream = false) =>
+        new(model, [ResponseItem.CreateUserMessageItem("Take your time.")]) { BackgroundModeEnabled = true, StreamingEnabled = stream ? true : null };
+
+    /// <summary>A background response's events from <paramref name="after"/> on, read until <paramref name="until"/> says stop (or the stream ends).</summary>
+    private static async Task<List<StreamingResponseUpdate>> EventsAsync(ResponsesClient client, string id, int? after, Func<StreamingResponseUpdate, bool>? until = null)
+    {
+        var seen = new List<StreamingResponseUpdate>();
+        await foreach (var update in await client.GetResponseStreamingAsync(new GetResponseOptions(id) { StreamingEnabled = true, StartingAfter = after }, Ct))
+        {
+            seen.Add(update);
+            if (until?.Invoke(update) == true)
+            {
+                break;
+            }
+        }
+
+        return seen;
+    }
+
+    private static string Text(IEnumerable<StreamingResponseUpdate> updates) =>
+        string.Concat(updates.OfType<StreamingResponseOutputTextDeltaUpdate>().Select(static d => d.Delta));
+
+    [Fact]
+    public async Task A_background_response_is_answered_queued_goes_in_progress_at_the_first_chunk_and_is_polled_to_its_end()
+    {
+        var client = Client();
+        var created = (await client.CreateResponseAsync(Background(), Ct)).Value;
+        created.Status.Should().Be(ResponseStatus.Queued);
+        created.BackgroundModeEnabled.Should().BeTrue();
+        created.OutputItems.Should().BeEmpty();
+        (await _upstream.Arrived.Task.WaitAsync(Ct)).Should().Contain("\"stream\":true", "made as a stream whatever the caller asked");
+        (await client.GetResponseAsync(created.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "the upstream has not answered");
+
+        // Continuing it before it is done is refused, naming why.
+        using var http = new HttpClient { BaseAddress = _root };
+        var early = await http.PostAsync("v1/responses", Json($$"""{"model":"gated","previous_response_id":"{{created.Id}}","input":"next"}"""), Ct);
+        early.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        (await early.Content.ReadAsStringAsync(Ct)).Should().Contain("is queued");
+
+        _upstream.Opening.TrySetResult();
+        var opening = await EventsAsync(client, created.Id, after: null, until: static u => u is StreamingResponseOutputTextDeltaUpdate);
+        opening.Select(static u => u.SequenceNumber).Should().Equal(Enumerable.Range(0, opening.Count), "every event from the first, in order");
+        opening[0].Should().BeOfType<StreamingResponseCreatedUpdate>().Which.Response.Status.Should().Be(ResponseStatus.Queued);
+        opening[1].Should().BeOfType<StreamingResponseQueuedUpdate>();
+        opening.OfType<StreamingResponseInProgressUpdate>().Should().ContainSingle();
+        (await client.GetResponseAsync(created.Id, Ct)).Value.Status.Should().Be(ResponseStatus.InProgress, "kept as in progress before it was said");
+
+        _upstream.Rest.TrySetResult();
+        var rest = await EventsAsync(client, created.Id, after: opening[^1].SequenceNumber);
+        rest[0].SequenceNumber.Should().Be(opening[^1].SequenceNumber + 1);
+        var completed = rest[^1].Should().BeOfType<StreamingResponseCompletedUpdate>().Subject;
+        var done = (await client.GetResponseAsync(created.Id, Ct)).Value;
+        done.Status.Should().Be(ResponseStatus.Completed);
+        done.GetOutputText().Should().Be(GatedUpstream.Answer).And.Be(Text(opening) + Text(rest));
+        done.Usage.OutputTokenCount.Should().Be(GatedUpstream.OutputTokens);
+
+        // Done: it continues like any stored response, and a stream asked now is the event that ended it, at its number.
+        var next = (await client.CreateResponseAsync(new CreateResponseOptions("gpt-4o-mini", [ResponseItem.CreateUserMessageItem("And then?")]) { PreviousResponseId = created.Id }, Ct)).Value;
+        next.Status.Should().Be(ResponseStatus.Completed);
+        var replay = await EventsAsync(client, created.Id, after: 2);
+        replay.Should().ContainSingle().Which.Should().BeOfType<StreamingResponseCompletedUpdate>().Which.SequenceNumber.Should().Be(completed.SequenceNumber);
+        (await EventsAsync(client, created.Id, after: completed.SequenceNumber)).Should().BeEmpty("the caller had every event");
+    }
+
+    [Fact]
+    public async Task A_streamed_background_response_goes_on_when_its_caller_drops_and_is_resumed_after_the_last_event_seen()
+    {
+        var client = Client();
+        _upstream.Opening.TrySetResult();
+        var first = new List<StreamingResponseUpdate>();
+        await foreach (var update in await client.CreateResponseStreamingAsync(Background(stream: true), Ct))
+        {
+            first.Add(update);
+            if (update is StreamingResponseOutputTextDeltaUpdate)
+            {
+                break; // the caller drops, mid-answer
+            }
+        }
+
+        var id = first.OfType<StreamingResponseCreatedUpdate>().Single().Response.Id;
+        _upstream.Aborted.Task.IsCompleted.Should().BeFalse("dropping the stream cancels nothing");
+        var last = first[^1].SequenceNumber;
+        // Its headers back (the caller follows the run) before the upstream goes on: resumed while it is still being made.
+        var resumed = await client.GetResponseStreamingAsync(new GetResponseOptions(id) { StreamingEnabled = true, StartingAfter = last }, Ct);
+        _upstream.Rest.TrySetResult();
+        var rest = new List<StreamingResponseUpdate>();
+        await foreach (var update in resumed)
+        {
+            rest.Add(update);
+        }
+
+        rest[0].SequenceNumber.Should().Be(last + 1, "resumed right after the last event seen");
+        rest.Select(static u => u.SequenceNumber).Should().BeInAscendingOrder().And.OnlyHaveUniqueItems();
+        (Text(first) + Text(rest)).Should().Be(GatedUpstream.Answer, "nothing lost, nothing twice");
+        rest[^1].Should().BeOfType<StreamingResponseCompletedUpdate>().Which.Response.GetOutputText().Should().Be(GatedUpstream.Answer);
+    }
+
+    [Fact]
+    public async Task Cancelling_a_background_response_cancels_its_upstream_call_keeps_it_cancelled_and_is_idempotent()
+    {
+        var client = Client();
+        var created = (await client.CreateResponseAsync(Background(), Ct)).Value;
+        await _upstream.Arrived.Task.WaitAsync(Ct);
+
+        var cancelled = (await client.CancelResponseAsync(created.Id, Ct)).Value;
+        cancelled.Status.Should().Be(ResponseStatus.Cancelled);
+        await _upstream.Aborted.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct); // the upstream's request went with it
+        (await client.CancelResponseAsync(created.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Cancelled, "a second cancel answers it as it is");
+        (await client.GetResponseAsync(created.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Cancelled);
+        (await EventsAsync(client, created.Id, after: null)).Should().BeEmpty("a cancelled response's stream just ends");
+
+        using var http = new HttpClient { BaseAddress = _root };
+        var next = await http.PostAsync("v1/responses", Json($$"""{"model":"gated","previous_response_id":"{{created.Id}}","input":"next"}"""), Ct);
+        next.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+        JsonNode.Parse(await next.Content.ReadAsStringAsync(Ct))!["error"]!["param"]!.GetValue<string>().Should().Be("previous_response_id");
+    }
+
+    [Fact]
+    public async Task A_background_response_the_upstream_refuses_is_failed_with_the_error_its_answer_would_have_had()
+    {
+        var client = Client();
+        var created = (await client.CreateResponseAsync(Background("refusing"), Ct)).Value;
+        var events = await EventsAsync(client, created.Id, after: null);
+        var failed = events[^1].Should().BeOfType<StreamingResponseFailedUpdate>().Subject.Response;
+        failed.Status.Should().Be(ResponseStatus.Failed);
+        failed.Error.Code.ToString().Should().Be("invalid_request");
+        failed.Error.Message.Should().Contain(GatedUpstream.RefusalText);
+        var polled = (await client.GetResponseAsync(created.Id, Ct)).Value;
+        polled.Status.Should().Be(ResponseStatus.Failed);
+        polled.Error.Message.Should().Be(failed.Error.Message);
+        polled.OutputItems.Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task What_would_only_fail_later_is_refused_at_once_in_OpenAI_error_shape()
+    {
+        using var http = new HttpClient { BaseAddress = _root };
+        async Task<(HttpStatusCode Status, JsonNode Error, HttpResponseMessage Response)> Send(HttpMethod method, string path, string? body = null)
+        {
+            using var request = new HttpRequestMessage(method, path) { Content = body is null ? null : Json(body) };
+            var response = await http.SendAsync(request, Ct);
+            var text = await response.Content.ReadAsStringAsync(Ct);
+            return (response.StatusCode, JsonNode.Parse(text)!["error"]!, response);
+        }
+
+        var (status, error, _) = await Send(HttpMethod.Post, "v1/responses", """{"model":"gated","input":"hi","background":true,"store":false}""");
+        status.Should().Be(HttpStatusCode.BadRequest);
+        error["param"]!.GetValue<string>().Should().Be("store");
+
+        (status, error, _) = await Send(HttpMethod.Post, "v1/responses", """{"model":"gated","input":"hi","background":"yes"}""");
+        status.Should().Be(HttpStatusCode.BadRequest);
+        error["param"]!.GetValue<string>().Should().Be("background");
+
+        (status, error, _) = await Send(HttpMethod.Post, "v1/responses", """{"model":"no-such-model","input":"hi","background":true}""");
+        status.Should().Be(HttpStatusCode.NotFound);
+        error["code"]!.GetValue<string>().Should().Be("model_not_found");
+
+        var foreground = JsonNode.Parse(await (await http.PostAsync("v1/responses", Json("""{"model":"gpt-4o-mini","input":"hi"}"""), Ct)).Content.ReadAsStringAsync(Ct))!["id"]!.GetValue<string>();
+        (status, error, _) = await Send(HttpMethod.Post, $"v1/responses/{foreground}/cancel");
+        status.Should().Be(HttpStatusCode.BadRequest, "only a background response can be cancelled");
+        (status, error, _) = await Send(HttpMethod.Get, $"v1/responses/{foreground}?stream=true");
+        status.Should().Be(HttpStatusCode.BadRequest);
+        error["param"]!.GetValue<string>().Should().Be("stream");
+        (status, error, _) = await Send(HttpMethod.Get, $"v1/responses/{foreground}?stream=true&starting_after=-3");
+        status.Should().Be(HttpStatusCode.BadRequest);
+        error["param"]!.GetValue<string>().Should().Be("starting_after");
+        (status, _, _) = await Send(HttpMethod.Post, "v1/responses/resp_0123/cancel");
+        status.Should().Be(HttpStatusCode.NotFound);
+
+        // This gateway makes two at once (MaxBackgroundResponses): the third waits for room elsewhere, told when to retry.
+        var client = Client();
+        var held = new[] { (await client.CreateResponseAsync(Background(), Ct)).Value, (await client.CreateResponseAsync(Background(), Ct)).Value };
+        (status, error, var full) = await Send(HttpMethod.Post, "v1/responses", """{"model":"gated","input":"hi","background":true}""");
+        status.Should().Be(HttpStatusCode.ServiceUnavailable);
+        error["code"]!.GetValue<string>().Should().Be("too_many_background_responses");
+        full.Headers.RetryAfter.Should().NotBeNull();
+        foreach (var r in held)
+        {
+            (await client.CancelResponseAsync(r.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Cancelled);
+        }
+
+        (await client.CreateResponseAsync(Background(), Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "cancelled ones leave room");
+    }
+
+    [Fact]
+    public async Task A_background_response_still_running_when_the_gateway_stops_is_kept_as_failed()
+    {
+        await using var upstream = await GatedUpstream.StartAsync(Ct);
+        var (app, root) = await StartGatewayAsync(upstream, new Dictionary<string, string?> { ["Gateway:Pipeline:DrainTimeout"] = "00:00:00.200" });
+        var client = new ResponsesClient(new ApiKeyCredential("sk-unused"), new ResponsesClientOptions { Endpoint = new Uri(root, "v1") });
+        var created = (await client.CreateResponseAsync(Background(), Ct)).Value;
+        await upstream.Arrived.Task.WaitAsync(Ct);
+        var store = app.Services.GetRequiredService<PipelineGateway.Server.Responses.ResponsesStore>();
+
+        await app.StopAsync(Ct);
+        var kept = await store.ResponseAsync(string.Empty, created.Id, Ct);
+        await app.DisposeAsync();
+
+        kept!.Status.Should().Be("failed");
+        var error = JsonNode.Parse(kept.Response)!["error"]!;
+        error["message"]!.GetValue<string>().Should().Contain("shut down", "the drain's answer to what it could not finish");
+    }
+
+    private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
+
+    /// <summary>
+    /// An OpenAI-compatible upstream (a real Kestrel on 127.0.0.1) whose streamed answer waits on the test: nothing until
+    /// <see cref="Opening"/>, then its first chunk, then the rest at <see cref="Rest"/>; a request it was still holding
+    /// when its caller went away completes <see cref="Aborted"/>. The <see cref="Refusing"/> model is refused with a 400.
+    /// A whole (not streamed) request is answered at once.
+    /// </summary>
+    private sealed class GatedUpstream : IAsyncDisposable
+    {
+        public const string Refusing = "refusing-model";
+        public const string RefusalText = "temperature is not allowed for this model";
+        public const string Answer = "Hello from the gate.";
+        public const int OutputTokens = 5;
+
+        private readonly WebApplication _app;
+
+        private GatedUpstream(WebApplication app, Uri address)
+        {
+            _app = app;
+            BaseAddress = address;
+        }
+
+        public Uri BaseAddress { get; }
+
+        public TaskCompletionSource<string> Arrived { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Opening { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Rest { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Aborted { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public void OpenAll()
+        {
+            Opening.TrySetResult();
+            Rest.TrySetResult();
+        }
+
+        public static async Task<GatedUpstream> StartAsync(CancellationToken cancellationToken)
+        {
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.Logging.ClearProviders();
+            builder.WebHost.UseUrls("http://127.0.0.1:0");
+            var app = builder.Build();
+            GatedUpstream? upstream = null;
+            app.MapPost("/v1/chat/completions", (HttpContext ctx) => upstream!.AnswerAsync(ctx));
+            await app.StartAsync(cancellationToken);
+            var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            upstream = new GatedUpstream(app, new Uri(address.TrimEnd('/') + "/"));
+            return upstream;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            OpenAll();
+            await _app.StopAsync();
+            await _app.DisposeAsync();
+        }
+
+        private async Task AnswerAsync(HttpContext ctx)
+        {
+            using var reader = new StreamReader(ctx.Request.Body);
+            var body = await reader.ReadToEndAsync(ctx.RequestAborted);
+            using var doc = JsonDocument.Parse(body);
+            var model = doc.RootElement.GetProperty("model").GetString();
+            if (model == Refusing)
+            {
+                ctx.Response.StatusCode = 400;
+                ctx.Response.ContentType = "application/json";
+                await ctx.Response.WriteAsync("{\"error\":{\"message\":\"" + RefusalText + "\",\"type\":\"invalid_request_error\",\"param\":\"temperature\",\"code\":null}}");
+                return;
+            }
+
+            var stream = doc.RootElement.TryGetProperty("stream", out var s) && s.ValueKind == JsonValueKind.True;
+            if (!stream)
+            {
+                ctx.Response.ContentType = "application/json";
+                await ctx.Response.WriteAsync($$$"""{"id":"c1","object":"chat.completion","created":1,"model":"{{{model}}}","choices":[{"index":0,"message":{"role":"assistant","content":"{{{Answer}}}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":{{{OutputTokens}}},"total_tokens":8}}""");
+                return;
+            }
+
+            Arrived.TrySetResult(body);
+            try
+            {
+                await Opening.Task.WaitAsync(ctx.RequestAborted);
+                ctx.Response.ContentType = "text/event-stream";
+                await Chunk(ctx, """{"role":"assistant","content":"Hello"}""", null);
+                await Rest.Task.WaitAsync(ctx.RequestAborted);
+                await Chunk(ctx, """{"content":" from the"}""", null);
+                await Chunk(ctx, """{"content":" gate."}""", "\"stop\"");
+                await ctx.Response.WriteAsync($$$"""data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"{{{model}}}","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":{{{OutputTokens}}},"total_tokens":8}}""" + "\n\ndata: [DONE]\n\n");
+            }
+            catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+            {
+                Aborted.TrySetResult();
+            }
+        }
+
+        private static async Task Chunk(HttpContext ctx, string delta, string? finish)
+        {
+            await ctx.Response.WriteAsync($$"""data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gated-model","choices":[{"index":0,"delta":{{delta}},"finish_reason":{{finish ?? "null"}}}]}""" + "\n\n");
+            await ctx.Response.Body.FlushAsync();
+        }
+    }
+}
