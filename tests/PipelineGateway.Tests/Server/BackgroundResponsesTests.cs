@@ -274,6 +274,57 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
         error["message"]!.GetValue<string>().Should().Contain("shut down", "the drain's answer to what it could not finish");
     }
 
+    [Fact]
+    public async Task In_a_fleet_sharing_Redis_another_instance_polls_streams_and_cancels_a_background_response()
+    {
+        var shared = new Dictionary<string, string?>
+        {
+            ["Gateway:Redis:Configuration"] = RedisServer.Shared(),
+            ["Gateway:Redis:KeyPrefix"] = "bg" + Guid.NewGuid().ToString("N")[..12],
+        };
+        await using var upstream = await GatedUpstream.StartAsync(Ct);
+        var (a, rootA) = await StartGatewayAsync(upstream, shared);
+        var (b, rootB) = await StartGatewayAsync(upstream, shared);
+        try
+        {
+            var onA = new ResponsesClient(new ApiKeyCredential("sk-unused"), new ResponsesClientOptions { Endpoint = new Uri(rootA, "v1") });
+            var onB = new ResponsesClient(new ApiKeyCredential("sk-unused"), new ResponsesClientOptions { Endpoint = new Uri(rootB, "v1") });
+
+            // Made on A, cancelled on B: asked through Redis, A's run ends, the upstream call with it.
+            var held = (await onA.CreateResponseAsync(Background(), Ct)).Value;
+            await upstream.Arrived.Task.WaitAsync(Ct);
+            (await onB.GetResponseAsync(held.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "B reads A's state from Redis");
+            (await onB.CancelResponseAsync(held.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Cancelled);
+            await upstream.Aborted.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
+            (await onA.GetResponseAsync(held.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Cancelled);
+
+            // Made on A, streamed on B while A still waits for the upstream: B follows its state and ends with the event
+            // that ended it.
+            var made = (await onA.CreateResponseAsync(Background(), Ct)).Value;
+            var following = await onB.GetResponseStreamingAsync(new GetResponseOptions(made.Id) { StreamingEnabled = true, StartingAfter = 1 }, Ct);
+            (await onB.GetResponseAsync(made.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "still waiting for the upstream");
+            upstream.OpenAll();
+            var onBStream = new List<StreamingResponseUpdate>();
+            await foreach (var update in following)
+            {
+                onBStream.Add(update);
+            }
+
+            var completed = onBStream.Should().ContainSingle().Which.Should().BeOfType<StreamingResponseCompletedUpdate>().Subject;
+            completed.Response.GetOutputText().Should().Be(GatedUpstream.Answer);
+            (await onB.GetResponseAsync(made.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Completed);
+        }
+        finally
+        {
+            upstream.OpenAll();
+            foreach (var app in new[] { a, b })
+            {
+                await app.StopAsync(CancellationToken.None);
+                await app.DisposeAsync();
+            }
+        }
+    }
+
     private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
 
     /// <summary>
