@@ -424,13 +424,18 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             item.ValueKind == JsonValueKind.Object && item.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String ? id.GetString() : null;
     }
 
-    /// <summary><c>DELETE /v1/responses/{id}</c>: forgets a stored response and its output items.</summary>
+    /// <summary>
+    /// <c>DELETE /v1/responses/{id}</c>: forgets a stored response and its output items — a background response this
+    /// instance is still making is cancelled first (else its next state would keep it again).
+    /// </summary>
     public async Task DeleteAsync(HttpContext ctx, string id)
     {
         bool deleted;
         try
         {
-            deleted = await store.DeleteAsync(ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key), id, ctx.RequestAborted);
+            var scope = ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key);
+            await background.CancelAsync(scope, id, ctx.RequestAborted);
+            deleted = await store.DeleteAsync(scope, id, ctx.RequestAborted);
         }
         catch (StoreUnavailableException ex)
         {

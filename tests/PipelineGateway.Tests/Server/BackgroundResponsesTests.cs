@@ -193,6 +193,14 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
         var next = await http.PostAsync("v1/responses", Json($$"""{"model":"gated","previous_response_id":"{{created.Id}}","input":"next"}"""), Ct);
         next.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         JsonNode.Parse(await next.Content.ReadAsStringAsync(Ct))!["error"]!["param"]!.GetValue<string>().Should().Be("previous_response_id");
+
+        // Deleting one still being made cancels it first: it is not kept again by its next state.
+        var deleting = (await client.CreateResponseAsync(Background(), Ct)).Value;
+        (await http.DeleteAsync($"v1/responses/{deleting.Id}", Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+        _upstream.OpenAll();
+        var afterDelete = await http.GetAsync($"v1/responses/{deleting.Id}", Ct);
+        afterDelete.StatusCode.Should().Be(HttpStatusCode.NotFound, await afterDelete.Content.ReadAsStringAsync(Ct));
+        _app.Services.GetRequiredService<PipelineGateway.Server.Responses.BackgroundResponses>().Running.Should().Be(0);
     }
 
     [Fact]
