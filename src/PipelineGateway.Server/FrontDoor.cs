@@ -72,11 +72,14 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
                     : $"The request body must be JSON (Content-Type: application/json); got '{Shorten(ctx.Request.ContentType ?? "none")}'.");
             }
 
-            if (ctx.Request.ContentLength > options.MaxRequestBodyBytes && !(IsUpload(path) && ctx.Request.ContentLength <= UploadBound(path, options)))
+            if (ctx.Request.ContentLength > options.MaxRequestBodyBytes && !(IsUpload(path) && ctx.Request.ContentLength <= UploadBound(path, options))
+                && !(IsMessageBatch(path) && ctx.Request.ContentLength <= options.MaxBatchFileBytes))
             {
                 return IsBatchFile(path)
                     ? RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "file_too_large", $"The file is larger than {options.MaxBatchFileBytes} bytes.", "file")
-                    : WriteTooLargeAsync(ctx, options, IsUpload(path));
+                    : IsMessageBatch(path)
+                        ? RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The batch is larger than {options.MaxBatchFileBytes} bytes (Gateway:Server:MaxBatchFileBytes).")
+                        : WriteTooLargeAsync(ctx, options, IsUpload(path));
             }
 
             // A compressed body is not read as JSON: its bytes were a misleading "not valid UTF-8 (at byte 1)". (Not
@@ -112,6 +115,12 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
 
     /// <summary>The Files API's upload (<c>POST /v1/files</c>, Azure's <c>/openai/files</c>): its bound is <see cref="ServerOptions.MaxBatchFileBytes"/>.</summary>
     private static bool IsBatchFile(PathString path) => path.Equals("/v1/files", StringComparison.OrdinalIgnoreCase) || path.Equals("/openai/files", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// Anthropic's message batch create (<c>POST /v1/messages/batches</c>): JSON, bound as a batch file is
+    /// (<see cref="ServerOptions.MaxBatchFileBytes"/>: Anthropic's own bound is 256 MB), and read a request at a time.
+    /// </summary>
+    private static bool IsMessageBatch(PathString path) => path.Equals("/v1/messages/batches", StringComparison.OrdinalIgnoreCase);
 
     private static long UploadBound(PathString path, ServerOptions options) =>
         IsBatchFile(path) ? options.MaxBatchFileBytes + Batches.BatchApi.FormSlack : options.MaxUploadBytes;

@@ -498,14 +498,18 @@ internal sealed partial class BatchJobs(
         LogFailed(logger, run.Batch.Id, code, message);
     }
 
-    /// <summary>The counts so far, from the run's progress (its earlier runs' results included).</summary>
+    /// <summary>
+    /// The counts so far, from the run's progress (its earlier runs' results included). The total is never lowered to
+    /// the lines read so far: a message batch's is known from its create (a batch just made read as 0 requests, all of
+    /// them "processing" a moment later).
+    /// </summary>
     private static void Count(Run run)
     {
         if (run.Progress is { } p)
         {
             run.Batch.RequestCounts = new BatchCounts
             {
-                Total = p.Lines,
+                Total = Math.Max(p.Lines, run.Batch.RequestCounts.Total),
                 Completed = p.EarlierSucceeded + p.Succeeded,
                 Failed = p.EarlierFailed + p.Failed + p.BadLines,
             };

@@ -65,14 +65,33 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
         var held = false;
         try
         {
-            var body = await JsonBody.ReadAsync(ctx.Request.BodyReader, static b => Providers.Operations.Parse(b), ctx.RequestAborted);
-            var lines = Lines(body);
+            // The requests are read as they come and written as the batch's input lines: the body (up to
+            // MaxBatchFileBytes) is never held whole — one request at a time.
             temporary = store.UploadPath(owner);
+            var count = 0;
             await using (var target = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous))
             {
-                foreach (var line in lines)
+                var requests = new StreamedJsonArray(ctx.Request.Body, "requests");
+                var ids = new HashSet<string>(StringComparer.Ordinal);
+                var buffer = new System.Buffers.ArrayBufferWriter<byte>(1024);
+                await foreach (var request in requests.ElementsAsync(ctx.RequestAborted))
                 {
-                    await target.WriteAsync(line, ctx.RequestAborted);
+                    if (count == MaxRequests)
+                    {
+                        throw new InvalidRequestException("requests", $"requests: a batch holds 1 to {MaxRequests} requests; got more.");
+                    }
+
+                    await target.WriteAsync(InputLine(request, count++, ids, buffer), ctx.RequestAborted);
+                }
+
+                if (!requests.Found)
+                {
+                    throw new InvalidRequestException("requests", "requests: Field required (a list of {\"custom_id\", \"params\"})");
+                }
+
+                if (count == 0)
+                {
+                    throw new InvalidRequestException("requests", $"requests: a batch holds 1 to {MaxRequests} requests; got 0.");
                 }
 
                 bytes = target.Length;
@@ -110,7 +129,7 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
                     InputFileId = input.Id,
                     CreatedAt = now.ToUnixTimeSeconds(),
                     ExpiresAt = now.AddHours(24).ToUnixTimeSeconds(),
-                    RequestCounts = new BatchCounts { Total = lines.Count },
+                    RequestCounts = new BatchCounts { Total = count },
                 },
             };
             switch (jobs.Create(stored, options.MaxLiveBatchesPerKey, options.MaxBatchFilesPerKey, out var created))
@@ -148,58 +167,43 @@ internal sealed class MessageBatchesApi(BatchStore store, BatchJobs jobs, BatchA
         }
     }
 
-    /// <summary>The requests as batch input lines (<c>{"custom_id", "method", "url", "body"}</c>); a malformed request list is refused whole.</summary>
-    private static List<byte[]> Lines(JsonElement body)
+    /// <summary>
+    /// One request (<c>{"custom_id", "params"}</c>, the <paramref name="index"/>th) as a batch input line
+    /// (<c>{"custom_id", "method", "url", "body"}</c>); a malformed one refuses the batch whole, naming it.
+    /// </summary>
+    private static byte[] InputLine(ReadOnlyMemory<byte> json, int index, HashSet<string> ids, System.Buffers.ArrayBufferWriter<byte> buffer)
     {
-        if (!body.TryGetProperty("requests", out var requests) || requests.ValueKind != JsonValueKind.Array)
+        using var doc = JsonDocument.Parse(json, new JsonDocumentOptions { MaxDepth = 64 });
+        var request = doc.RootElement;
+        var at = $"requests.{index}";
+        if (request.ValueKind != JsonValueKind.Object)
         {
-            throw new InvalidRequestException("requests", "requests: Field required (a list of {\"custom_id\", \"params\"})");
+            throw new InvalidRequestException(at, $"{at}: must be an object with 'custom_id' and 'params'");
         }
 
-        var count = requests.GetArrayLength();
-        if (count is 0 or > MaxRequests)
+        if (!request.TryGetProperty("custom_id", out var id) || id.ValueKind != JsonValueKind.String || !IsCustomId(id.GetString()!))
         {
-            throw new InvalidRequestException("requests", $"requests: a batch holds 1 to {MaxRequests} requests; got {count}.");
+            throw new InvalidRequestException($"{at}.custom_id", $"{at}.custom_id: must be 1 to 64 letters, digits, '-' or '_'");
         }
 
-        var ids = new HashSet<string>(StringComparer.Ordinal);
-        var lines = new List<byte[]>(count);
-        var buffer = new System.Buffers.ArrayBufferWriter<byte>(1024);
-        var i = 0;
-        foreach (var request in requests.EnumerateArray())
+        if (!ids.Add(id.GetString()!))
         {
-            var at = $"requests.{i++}";
-            if (request.ValueKind != JsonValueKind.Object)
-            {
-                throw new InvalidRequestException(at, $"{at}: must be an object with 'custom_id' and 'params'");
-            }
-
-            if (!request.TryGetProperty("custom_id", out var id) || id.ValueKind != JsonValueKind.String || !IsCustomId(id.GetString()!))
-            {
-                throw new InvalidRequestException($"{at}.custom_id", $"{at}.custom_id: must be 1 to 64 letters, digits, '-' or '_'");
-            }
-
-            if (!ids.Add(id.GetString()!))
-            {
-                throw new InvalidRequestException($"{at}.custom_id", $"{at}.custom_id: '{id.GetString()}' is given more than once; each request's custom_id must be unique within the batch");
-            }
-
-            if (!request.TryGetProperty("params", out var parameters) || parameters.ValueKind != JsonValueKind.Object)
-            {
-                throw new InvalidRequestException($"{at}.params", $"{at}.params: Field required (a Messages request object)");
-            }
-
-            lines.Add(JsonLine(buffer, json =>
-            {
-                json.WriteString("custom_id", id.GetString());
-                json.WriteString("method", "POST");
-                json.WriteString("url", Url);
-                json.WritePropertyName("body");
-                parameters.WriteTo(json);
-            }));
+            throw new InvalidRequestException($"{at}.custom_id", $"{at}.custom_id: '{id.GetString()}' is given more than once; each request's custom_id must be unique within the batch");
         }
 
-        return lines;
+        if (!request.TryGetProperty("params", out var parameters) || parameters.ValueKind != JsonValueKind.Object)
+        {
+            throw new InvalidRequestException($"{at}.params", $"{at}.params: Field required (a Messages request object)");
+        }
+
+        return JsonLine(buffer, json =>
+        {
+            json.WriteString("custom_id", id.GetString());
+            json.WriteString("method", "POST");
+            json.WriteString("url", Url);
+            json.WritePropertyName("body");
+            parameters.WriteTo(json);
+        });
     }
 
     private static bool IsCustomId(string id) => id.Length is > 0 and <= 64 && id.All(static c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_');

@@ -894,7 +894,11 @@ public sealed class BatchApiTests : IAsyncDisposable
 
     [Theory]
     [InlineData("""{"requests":[]}""", "requests: a batch holds 1 to 100000")]
-    [InlineData("""{"requests":{}}""", "requests: Field required")]
+    [InlineData("""{"requests":{}}""", "requests: Input should be a valid list")]
+    [InlineData("""{"requests":[{"custom_id":"a","params":{}}],"requests":[]}""", "requests: given more than once")]
+    [InlineData("""[{"custom_id":"a","params":{}}]""", "must be a JSON object")]
+    [InlineData("""{"requests":[{"custom_id":"a","params":{}}]} {}""", "not valid JSON")]
+    [InlineData("""{"requests":[{"custom_id":"a","params":{}},""", "not valid JSON")]
     [InlineData("""{}""", "requests: Field required")]
     [InlineData("""{"requests":[{"custom_id":"a b","params":{}}]}""", "requests.0.custom_id")]
     [InlineData("""{"requests":[{"custom_id":"a","params":{}},{"custom_id":"a","params":{}}]}""", "requests.1.custom_id: 'a' is given more than once")]
@@ -916,6 +920,33 @@ public sealed class BatchApiTests : IAsyncDisposable
         error.GetProperty("error").GetProperty("message").GetString().Should().Contain(says);
         (await JsonAsync(await http.GetAsync("v1/messages/batches", Ct))).GetProperty("data").GetArrayLength().Should().Be(0);
         (await JsonAsync(await http.GetAsync("v1/files", Ct))).GetProperty("data").GetArrayLength().Should().Be(0, "no input file kept");
+    }
+
+    [Fact]
+    public async Task A_message_batch_is_bound_as_a_batch_file_not_as_one_request_and_read_a_request_at_a_time()
+    {
+        // One request's bound is 64 KiB here, a batch's 256 KiB: a 160 KiB batch sent with its Content-Length (as the
+        // SDKs send it) is taken whole — it was refused at the one-request bound — and one past 256 KiB is a 413.
+        var provider = new FakeProvider("p");
+        var root = await StartAsync(provider, maxFileBytes: 256 * 1024, more: new Dictionary<string, string?> { ["Gateway:Server:MaxRequestBodyBytes"] = "65536" });
+        using var http = Http(root, KeyA);
+        static string Request(int i) => "{\"custom_id\":\"r" + i + "\",\"params\":{\"model\":\"m\",\"max_tokens\":4,\"messages\":[{\"role\":\"user\",\"content\":\"" + new string('x', 450) + "\"}]}}";
+        static string Batch(int count) => "{\"requests\":[" + string.Join(",", Enumerable.Range(0, count).Select(Request)) + "]}";
+
+        var body = Batch(300);
+        body.Length.Should().BeInRange(150_000, 200_000);
+        using (var created = await http.PostAsync("v1/messages/batches", Json(body), Ct))
+        {
+            created.StatusCode.Should().Be(HttpStatusCode.OK, await created.Content.ReadAsStringAsync(Ct));
+            var batch = await JsonAsync(created);
+            batch.GetProperty("request_counts").EnumerateObject().Sum(static c => c.Value.GetInt32()).Should().Be(300, batch.GetRawText());
+        }
+
+        using var tooLarge = await http.PostAsync("v1/messages/batches", Json(Batch(600)), Ct);
+        tooLarge.StatusCode.Should().Be(HttpStatusCode.RequestEntityTooLarge);
+        var error = await JsonAsync(tooLarge);
+        error.GetProperty("type").GetString().Should().Be("error");
+        error.GetProperty("error").GetProperty("message").GetString().Should().Contain("MaxBatchFileBytes");
     }
 
     private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
