@@ -102,7 +102,46 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         }
 
         ctx.Features.Set(new GatewayCaller(key, headers));
-        return next(ctx);
+        return HttpMethods.IsPost(ctx.Request.Method) && LargeBodyBytes(ctx.Request, path) is > 0 and var large ? ServeLargeAsync(ctx, large) : next(ctx);
+    }
+
+    /// <summary>A body counted toward <see cref="ServerOptions.MaxBodyBytesInFlight"/> from this size on.</summary>
+    internal const long LargeBody = 64 * 1024;
+
+    private long _largeBodies;
+
+    /// <summary>What a request's body counts toward the large bodies' bound: its length when large, else nothing.</summary>
+    private long LargeBodyBytes(HttpRequest request, PathString path)
+    {
+        var length = request.ContentLength
+            ?? (request.Headers.ContainsKey("Transfer-Encoding") ? (IsUpload(path) ? options.MaxUploadBytes : options.MaxRequestBodyBytes) : 0);
+        return length < LargeBody || IsBatchFile(path) || IsMessageBatch(path) ? 0 : length; // batch bodies go to disk as they are read
+    }
+
+    /// <summary>
+    /// A large body's request, served within <see cref="ServerOptions.MaxBodyBytesInFlight"/> (one alone always is),
+    /// else a 503 with <c>Retry-After</c>: a flood of large bodies — each held in memory, parsed and sent on, a few times
+    /// its size — cannot take the process's memory, and small requests are never refused for it.
+    /// </summary>
+    private async Task ServeLargeAsync(HttpContext ctx, long bytes)
+    {
+        var now = Interlocked.Add(ref _largeBodies, bytes);
+        try
+        {
+            if (now > options.MaxBodyBytesInFlight && now != bytes)
+            {
+                await RouteErrors.WriteAsync(ctx, 503, "server_overloaded", "server_busy",
+                    $"The gateway is serving as many large request bodies as it holds at once (Gateway:Server:MaxBodyBytesInFlight, {options.MaxBodyBytesInFlight} bytes); retry shortly.",
+                    retryAfter: TimeSpan.FromSeconds(1));
+                return;
+            }
+
+            await next(ctx);
+        }
+        finally
+        {
+            Interlocked.Add(ref _largeBodies, -bytes);
+        }
     }
 
     public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options, bool upload = false) =>

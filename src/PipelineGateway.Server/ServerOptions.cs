@@ -10,9 +10,24 @@ public sealed class ServerOptions
     /// <summary>Gateway (virtual) keys, stored as SHA-256 hashes: never the keys themselves.</summary>
     public List<GatewayKeyOptions> Keys { get; set; } = [];
 
-    /// <summary>Request bodies above this size get 413.</summary>
+    /// <summary>
+    /// Request bodies above this size get 413. 32 MiB, Anthropic's own bound for a request (OpenAI's is larger still): a
+    /// photo sent inline as base64 is several megabytes (it was 4 MiB, and such requests were refused). What such bodies
+    /// hold at once is bounded by <see cref="MaxBodyBytesInFlight"/>.
+    /// </summary>
     [Range(1024, int.MaxValue)]
-    public int MaxRequestBodyBytes { get; set; } = 4 * 1024 * 1024;
+    public int MaxRequestBodyBytes { get; set; } = 32 * 1024 * 1024;
+
+    /// <summary>
+    /// What the large request bodies (64 KiB or more: long prompts, inline images, audio uploads) being served at once may
+    /// add up to, by their announced length (a body sent without one counts as its route's bound); past it another large
+    /// one is a 503 <c>server_busy</c> with <c>Retry-After</c> — a request held in memory costs the process several times
+    /// its body (measured ~7×, docs/server.md) — while smaller requests never count. Batch files and message batches,
+    /// written to disk as they are read, do not count. At least the larger of <see cref="MaxRequestBodyBytes"/> and
+    /// <see cref="MaxUploadBytes"/> (one largest body always fits).
+    /// </summary>
+    [Range(1024 * 1024, long.MaxValue)]
+    public long MaxBodyBytesInFlight { get; set; } = 64L * 1024 * 1024;
 
     /// <summary>
     /// The bound of a multipart upload (<c>/v1/audio/transcriptions</c>, <c>/v1/audio/translations</c>: the audio and the
@@ -146,6 +161,11 @@ public sealed class ServerOptions
         if (BatchFileLifetime < TimeSpan.Zero)
         {
             yield return $"{SectionName}:BatchFileLifetime must be zero (files kept until deleted) or a positive duration; got {BatchFileLifetime}.";
+        }
+
+        if (MaxBodyBytesInFlight < Math.Max(MaxRequestBodyBytes, MaxUploadBytes))
+        {
+            yield return $"{SectionName}:MaxBodyBytesInFlight ({MaxBodyBytesInFlight}) must be at least MaxRequestBodyBytes and MaxUploadBytes ({Math.Max(MaxRequestBodyBytes, MaxUploadBytes)}): one largest body must fit.";
         }
 
         if (StreamKeepAlive <= TimeSpan.Zero)

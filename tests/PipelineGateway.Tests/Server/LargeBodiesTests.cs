@@ -1,0 +1,142 @@
+using System.Net;
+using System.Text;
+using System.Text.Json.Nodes;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using PipelineGateway.Server;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// Large request bodies (docs/server.md, "Large request bodies"): a photo inline as base64 (several megabytes) is within
+/// the default bound (32 MiB; it was 4 MiB and such a request was a 413), and what large bodies hold at once is bounded
+/// (<c>MaxBodyBytesInFlight</c>): past it another large one is a 503 with <c>Retry-After</c>, while a small request is
+/// answered as ever — shown with a large body held half-sent by the test.
+/// </summary>
+public sealed class LargeBodiesTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static async Task<(WebApplication App, Uri Root)> StartAsync(Dictionary<string, string?> more)
+    {
+        var app = GatewayServer.Build(TestServerConfig.Simulated(more), "http://127.0.0.1:0", _ => { });
+        return (app, await GatewayServer.StartAsync(app, Ct));
+    }
+
+    /// <summary>A chat request with an image inline of <paramref name="imageBytes"/> bytes (base64 in a data URL).</summary>
+    private static byte[] ChatWithImage(int imageBytes) => Encoding.UTF8.GetBytes(
+        "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"What is in this photo?\"},"
+        + "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/jpeg;base64," + Convert.ToBase64String(new byte[imageBytes]) + "\"}}]}]}");
+
+    [Fact]
+    public async Task A_photo_sent_inline_is_within_the_default_bound()
+    {
+        var (app, root) = await StartAsync([]);
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = root };
+        var body = ChatWithImage(5 * 1024 * 1024); // a phone photo: ~7 MB as base64
+        body.Length.Should().BeGreaterThan(4 * 1024 * 1024, "past the old bound");
+
+        using var response = await http.PostAsync("v1/chat/completions", new ByteArrayContent(body) { Headers = { ContentType = new("application/json") } }, Ct);
+
+        response.StatusCode.Should().Be(HttpStatusCode.OK, await response.Content.ReadAsStringAsync(Ct));
+    }
+
+    [Fact]
+    public async Task Past_what_large_bodies_may_hold_at_once_another_large_one_is_a_503_and_a_small_one_is_answered()
+    {
+        var (app, root) = await StartAsync(new Dictionary<string, string?>
+        {
+            ["Gateway:Server:MaxRequestBodyBytes"] = "1048576",
+            ["Gateway:Server:MaxUploadBytes"] = "1048576",
+            ["Gateway:Server:MaxBodyBytesInFlight"] = "1048576",
+        });
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = root };
+        var large = ChatWithImage(450 * 1024); // ~600 KB: two do not fit in 1 MiB
+
+        // The first large request sends half its body and waits: the gateway counts it from its headers on.
+        var held = new HeldContent(large);
+        var first = http.PostAsync("v1/chat/completions", held, Ct);
+        await held.HalfSent.Task.WaitAsync(Ct);
+
+        // Its headers may reach the gateway after this one's (two connections): sent again until the first is counted
+        // (each answered meanwhile, whole) — bounded, not timed.
+        HttpResponseMessage second;
+        for (var attempt = 0; ; attempt++)
+        {
+            second = await http.PostAsync("v1/chat/completions", new ByteArrayContent(large) { Headers = { ContentType = new("application/json") } }, Ct);
+            if (second.StatusCode == HttpStatusCode.ServiceUnavailable || attempt == 200)
+            {
+                break;
+            }
+
+            second.StatusCode.Should().Be(HttpStatusCode.OK);
+            second.Dispose();
+        }
+
+        using (second)
+        {
+            second.StatusCode.Should().Be(HttpStatusCode.ServiceUnavailable);
+            second.Headers.RetryAfter.Should().NotBeNull();
+            var error = JsonNode.Parse(await second.Content.ReadAsStringAsync(Ct))!["error"]!;
+            error["code"]!.GetValue<string>().Should().Be("server_busy");
+            error["message"]!.GetValue<string>().Should().Contain("MaxBodyBytesInFlight");
+        }
+
+        using (var small = await http.PostAsync("v1/chat/completions", new StringContent("""{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}""", Encoding.UTF8, "application/json"), Ct))
+        {
+            small.StatusCode.Should().Be(HttpStatusCode.OK, "small requests never count");
+        }
+
+        held.Release.TrySetResult();
+        using (var answered = await first)
+        {
+            answered.StatusCode.Should().Be(HttpStatusCode.OK, await answered.Content.ReadAsStringAsync(Ct));
+        }
+
+        using var after = await http.PostAsync("v1/chat/completions", new ByteArrayContent(large) { Headers = { ContentType = new("application/json") } }, Ct);
+        after.StatusCode.Should().Be(HttpStatusCode.OK, "the first one's room is given back");
+    }
+
+    [Fact]
+    public void The_bound_must_hold_one_largest_body()
+    {
+        var options = new ServerOptions { MaxRequestBodyBytes = 32 * 1024 * 1024, MaxBodyBytesInFlight = 16 * 1024 * 1024 };
+        options.Validate().Should().ContainSingle(m => m.Contains("MaxBodyBytesInFlight", StringComparison.Ordinal));
+        new ServerOptions().Validate().Should().BeEmpty("the defaults hold together");
+    }
+
+    /// <summary>A body sent half, then the rest once the test says so (with its whole length announced).</summary>
+    private sealed class HeldContent : HttpContent
+    {
+        private readonly byte[] _bytes;
+
+        public HeldContent(byte[] bytes)
+        {
+            _bytes = bytes;
+            Headers.ContentType = new("application/json");
+        }
+
+        public TaskCompletionSource HalfSent { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        protected override async Task SerializeToStreamAsync(Stream stream, TransportContext? context)
+        {
+            var half = _bytes.Length / 2;
+            await stream.WriteAsync(_bytes.AsMemory(0, half));
+            await stream.FlushAsync();
+            HalfSent.TrySetResult();
+            await Release.Task;
+            await stream.WriteAsync(_bytes.AsMemory(half));
+        }
+
+        protected override bool TryComputeLength(out long length)
+        {
+            length = _bytes.Length;
+            return true;
+        }
+    }
+}
