@@ -362,7 +362,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         string? prompt = null, answer = null;
         if (_options.LogBodies)
         {
-            prompt = Cap(SecretRedactor.Redact(JsonSerializer.Serialize(item.Request.Messages, GatewayJsonContext.Default.ListChatCompletionMessage)));
+            prompt = Cap(SecretRedactor.Redact(Head(JsonSerializer.Serialize(item.Request.Messages, GatewayJsonContext.Default.ListChatCompletionMessage))));
             answer = c.Response is not { } r ? null
                 : r.Operation is { } operation ? operation.Kind switch // not a text to keep
                 {
@@ -370,7 +370,7 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
                     Providers.OperationKind.Transcription or Providers.OperationKind.Translation => $"[{operation.Kind.ToString().ToLowerInvariant()}, {Size(operation)}]",
                     var kind => $"[{operation.Count} {kind switch { Providers.OperationKind.Embeddings => "embeddings", Providers.OperationKind.Moderations => "moderation results", Providers.OperationKind.Rerank => "ranked documents", _ => "images" }}]",
                 }
-                : Cap(SecretRedactor.Redact(r.Content));
+                : Cap(SecretRedactor.Redact(Head(r.Content)));
         }
 
         return new RequestRecord
@@ -406,6 +406,13 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
     private static string Size(Providers.OperationAnswer operation) => operation.List.IsEmpty ? "streamed" : $"{operation.List.Length} bytes";
 
     private string Cap(string text) => text.Length <= _options.MaxBodyChars ? text : string.Concat(text.AsSpan(0, _options.MaxBodyChars), "…[truncated]");
+
+    /// <summary>
+    /// What redaction needs to look at before the cap: the kept part and 1,024 characters after it (a secret across the cap
+    /// is whole in it, so redacted, never cut into a fragment). A prompt with an image inline is megabytes of base64: the
+    /// redaction's patterns ran over all of it, on the completing request's thread.
+    /// </summary>
+    private string? Head(string? text) => text is null || text.Length <= _options.MaxBodyChars + 1024 ? text : text[..(_options.MaxBodyChars + 1024)];
 
     private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 

@@ -510,6 +510,16 @@ public sealed class RequestLogTests : IDisposable
         logged.Prompt.Should().NotContain(secret).And.Contain("my key is");
         logged.Prompt!.Length.Should().BeLessThanOrEqualTo(100 + "…[truncated]".Length);
         logged.Answer.Should().Be("ok");
+
+        // A secret across the cap (a configured key's value: no pattern finds a piece of it), in a prompt of megabytes (an
+        // image inline): redacted whole, never a fragment kept.
+        const string configured = "Zq8wLmN3pXv7Rt2KcY5bHd9F";
+        PipelineGateway.Providers.SecretRedactor.Register(configured);
+        var across = new string('x', 59) + " "; // after the prompt's JSON opening, the secret starts before the cap and ends after it
+        var sequence = (await Rows(verbose)).Count;
+        await verbose.SubmitAsync(Req("a", across + configured + new string('y', 3_000_000)), Ct);
+        var large = (await Rows(verbose)).Skip(sequence).Single();
+        large.Prompt.Should().NotContain(configured[..6]).And.Contain("[redac");
     }
 
     [Fact]
