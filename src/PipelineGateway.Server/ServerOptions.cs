@@ -102,6 +102,14 @@ public sealed class ServerOptions
     public int MaxBackgroundResponses { get; set; } = 1000;
 
     /// <summary>
+    /// Background responses one gateway key may have queued or in progress on this instance (every caller is one key when
+    /// no keys are configured); past it that key's next one is a 429 with <c>Retry-After</c>, so one key cannot take every
+    /// other key's room.
+    /// </summary>
+    [Range(1, 1_000_000)]
+    public int MaxBackgroundResponsesPerKey { get; set; } = 100;
+
+    /// <summary>
     /// Where OpenAI's Batch API (<c>/v1/files</c>, <c>/v1/batches</c>) keeps its files and batches: a directory of this
     /// instance's own (one subdirectory per gateway key; an instance holds it locked), so uploads, results and batches
     /// in progress survive a restart. Empty: the Batch API is not served (404).

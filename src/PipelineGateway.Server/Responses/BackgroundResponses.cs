@@ -27,6 +27,7 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
     private readonly ConcurrentDictionary<(string Scope, string Id), Run> _runs = new();
     internal static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
     private readonly CancellationTokenSource _stopping = new();
+    private readonly ConcurrentDictionary<string, int> _perKey = new(StringComparer.Ordinal);
     private int _count;
 
     /// <summary>Background responses queued or in progress here.</summary>
@@ -90,17 +91,26 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
     /// <summary>The run of a caller's response, when this instance is making it.</summary>
     public Run? Find(string scope, string id) => _runs.TryGetValue((scope, id), out var run) ? run : null;
 
+    /// <summary>A background response accepted (its queued JSON and its run), or why not: this instance's bound or the key's share of it.</summary>
+    public readonly record struct Started(byte[]? Json, Run? Run, bool InstanceFull, bool KeyFull);
+
     /// <summary>
     /// Accepts a background response: kept as <c>queued</c> (before the caller can ask for it), then made apart from the
-    /// request. Returns the queued response's JSON and its run; null when this instance already makes
-    /// <see cref="ServerOptions.MaxBackgroundResponses"/> of them.
+    /// request — unless this instance already makes <see cref="ServerOptions.MaxBackgroundResponses"/> of them, or the
+    /// caller's key <see cref="ServerOptions.MaxBackgroundResponsesPerKey"/> (one key cannot take every other key's room).
     /// </summary>
-    public async Task<(byte[] Json, Run Run)?> StartAsync(string scope, ResponsesCodec.Input input, ResponsesWriter writer)
+    public async Task<Started> StartAsync(string scope, ResponsesCodec.Input input, ResponsesWriter writer)
     {
         if (Interlocked.Increment(ref _count) > options.MaxBackgroundResponses)
         {
             Interlocked.Decrement(ref _count);
-            return null;
+            return new Started(null, null, InstanceFull: true, KeyFull: false);
+        }
+
+        if (_perKey.AddOrUpdate(scope, 1, static (_, n) => n + 1) > options.MaxBackgroundResponsesPerKey)
+        {
+            Leave(scope);
+            return new Started(null, null, InstanceFull: false, KeyFull: true);
         }
 
         var run = new Run();
@@ -111,12 +121,22 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
             await store.SaveAsync(scope, writer.Id, json, input.Earlier, input.Items, output: null, writer.LastSequence).ConfigureAwait(false);
             _runs[(scope, writer.Id)] = run;
             run.Completion = Task.Run(() => RunAsync(scope, input, writer, run));
-            return (json, run);
+            return new Started(json, run, false, false);
         }
         catch
         {
-            Interlocked.Decrement(ref _count);
+            Leave(scope);
             throw;
+        }
+    }
+
+    /// <summary>A run's room given back: the instance's, and its key's (the key's count forgotten at zero).</summary>
+    private void Leave(string scope)
+    {
+        Interlocked.Decrement(ref _count);
+        if (_perKey.AddOrUpdate(scope, 0, static (_, n) => n - 1) == 0)
+        {
+            _perKey.TryRemove(new KeyValuePair<string, int>(scope, 0));
         }
     }
 
@@ -190,7 +210,7 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
             await watching.ConfigureAwait(false);
             run.End();
             _runs.TryRemove(new KeyValuePair<(string, string), Run>((scope, writer.Id), run));
-            Interlocked.Decrement(ref _count);
+            Leave(scope);
         }
     }
 

@@ -92,7 +92,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             Finished = (w, json) => store.SaveAsync(scope, w.Id, json, input.Earlier, input.Items, w.OutputItems(), w.LastSequence + 1),
         };
         var stream = request.Stream == true;
-        (byte[] Json, BackgroundResponses.Run Run)? started;
+        BackgroundResponses.Started started;
         try
         {
             started = await background.StartAsync(scope, input, writer);
@@ -103,7 +103,13 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             return;
         }
 
-        if (started is not var (json, run))
+        if (started.KeyFull)
+        {
+            await RouteErrors.WriteAsync(ctx, 429, "rate_limit_error", "too_many_background_responses", $"This key has {options.MaxBackgroundResponsesPerKey} background responses queued or in progress here (Server:MaxBackgroundResponsesPerKey); retry when one ends.", retryAfter: TimeSpan.FromSeconds(1));
+            return;
+        }
+
+        if (started is not { Json: { } json, Run: { } run })
         {
             await RouteErrors.WriteAsync(ctx, 503, "api_error", "too_many_background_responses", $"This gateway is making {options.MaxBackgroundResponses} background responses already (Server:MaxBackgroundResponses); retry shortly.", retryAfter: TimeSpan.FromSeconds(1));
             return;

@@ -271,6 +271,43 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task One_key_cannot_take_every_other_keys_room()
+    {
+        await using var upstream = await GatedUpstream.StartAsync(Ct);
+        var (app, root) = await StartGatewayAsync(upstream, new Dictionary<string, string?>
+        {
+            ["Gateway:Server:MaxBackgroundResponsesPerKey"] = "1",
+            ["Gateway:Server:Keys:0:Id"] = "a",
+            ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash("sk-gw-a-0123456789"),
+            ["Gateway:Server:Keys:1:Id"] = "b",
+            ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash("sk-gw-b-0123456789"),
+        });
+        try
+        {
+            ResponsesClient As(string key) => new(new ApiKeyCredential(key), new ResponsesClientOptions { Endpoint = new Uri(root, "v1") });
+            var a = As("sk-gw-a-0123456789");
+            var held = (await a.CreateResponseAsync(Background(), Ct)).Value;
+
+            using var http = new HttpClient { BaseAddress = root };
+            http.DefaultRequestHeaders.Authorization = new("Bearer", "sk-gw-a-0123456789");
+            using var refused = await http.PostAsync("v1/responses", Json("""{"model":"gated","input":"hi","background":true}"""), Ct);
+            refused.StatusCode.Should().Be(HttpStatusCode.TooManyRequests);
+            refused.Headers.RetryAfter.Should().NotBeNull();
+            JsonNode.Parse(await refused.Content.ReadAsStringAsync(Ct))!["error"]!["message"]!.GetValue<string>().Should().Contain("MaxBackgroundResponsesPerKey");
+
+            (await As("sk-gw-b-0123456789").CreateResponseAsync(Background(), Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "the other key has its own room");
+            (await a.CancelResponseAsync(held.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Cancelled);
+            (await a.CreateResponseAsync(Background(), Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "a's room is back once its response ended");
+        }
+        finally
+        {
+            upstream.OpenAll();
+            await app.StopAsync(CancellationToken.None);
+            await app.DisposeAsync();
+        }
+    }
+
+    [Fact]
     public async Task A_background_response_still_running_when_the_gateway_stops_is_kept_as_failed()
     {
         await using var upstream = await GatedUpstream.StartAsync(Ct);
