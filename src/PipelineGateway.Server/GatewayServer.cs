@@ -79,6 +79,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<Responses.ResponsesEndpoint>();
         builder.Services.AddSingleton<Responses.ResponsesStore>();
         builder.Services.AddSingleton<Responses.BackgroundResponses>();
+        builder.Services.AddSingleton<Responses.Conversations>();
         builder.Services.AddSingleton<Batches.BatchStore>();
         builder.Services.AddSingleton<Batches.BatchJobs>();
         builder.Services.AddSingleton<Batches.BatchApi>();
@@ -161,7 +162,7 @@ public static partial class GatewayServer
         return uri.IsLoopback || (IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip) && IPAddress.IsLoopback(ip));
     }
 
-    private static string RouteId(HttpContext ctx) => ctx.Request.RouteValues["id"] as string ?? string.Empty;
+    private static string RouteId(HttpContext ctx, string name = "id") => ctx.Request.RouteValues[name] as string ?? string.Empty;
 
     private static void Map(WebApplication app)
     {
@@ -201,6 +202,15 @@ public static partial class GatewayServer
         app.MapGet("/v1/responses/{id}/input_items", (HttpContext ctx) => responses.InputItemsAsync(ctx, RouteId(ctx)));
         app.MapDelete("/v1/responses/{id}", (HttpContext ctx) => responses.DeleteAsync(ctx, RouteId(ctx)));
         app.MapPost("/v1/responses/{id}/cancel", (HttpContext ctx) => responses.CancelAsync(ctx, RouteId(ctx)));
+        var conversations = app.Services.GetRequiredService<Responses.Conversations>();
+        app.MapPost("/v1/conversations", conversations.CreateAsync);
+        app.MapGet("/v1/conversations/{id}", (HttpContext ctx) => conversations.GetAsync(ctx, RouteId(ctx)));
+        app.MapPost("/v1/conversations/{id}", (HttpContext ctx) => conversations.UpdateAsync(ctx, RouteId(ctx)));
+        app.MapDelete("/v1/conversations/{id}", (HttpContext ctx) => conversations.DeleteAsync(ctx, RouteId(ctx)));
+        app.MapPost("/v1/conversations/{id}/items", (HttpContext ctx) => conversations.AddItemsAsync(ctx, RouteId(ctx)));
+        app.MapGet("/v1/conversations/{id}/items", (HttpContext ctx) => conversations.ListItemsAsync(ctx, RouteId(ctx)));
+        app.MapGet("/v1/conversations/{id}/items/{item}", (HttpContext ctx) => conversations.GetItemAsync(ctx, RouteId(ctx), RouteId(ctx, "item")));
+        app.MapDelete("/v1/conversations/{id}/items/{item}", (HttpContext ctx) => conversations.DeleteItemAsync(ctx, RouteId(ctx), RouteId(ctx, "item")));
         var batches = app.Services.GetRequiredService<Batches.BatchApi>();
         foreach (var root in (string[])["/v1", "/openai"]) // OpenAI's, and Azure OpenAI's (its SDK's file and batch clients)
         {

@@ -22,17 +22,23 @@ internal static class ResponsesBatch
         Read = (JsonElement body, out Func<ChatCompletionResponse, byte[]> answer) =>
         {
             var bytes = Encoding.UTF8.GetBytes(body.GetRawText());
-            var (previous, items) = ResponsesCodec.References(bytes);
-            if (previous is not null || items.Count > 0)
+            var (previous, items, conversation) = ResponsesCodec.References(bytes);
+            if (previous is not null || items.Count > 0 || conversation is not null)
             {
-                throw new InvalidRequestException(previous is not null ? "previous_response_id" : "input",
-                    "A batch line cannot refer to stored responses ('previous_response_id', 'item_reference'): give its input in full.");
+                throw new InvalidRequestException(previous is not null ? "previous_response_id" : conversation is not null ? "conversation" : "input",
+                    "A batch line cannot refer to stored responses or conversations ('previous_response_id', 'item_reference', 'conversation'): give its input in full.");
             }
 
             ChatCompletionRequest request;
             try
             {
-                request = ResponsesCodec.Parse(bytes, null).Request;
+                var read = ResponsesCodec.Parse(bytes, null);
+                if (read.Background)
+                {
+                    throw new InvalidRequestException("background", "A batch line cannot be a background response: a batch runs in the background already.");
+                }
+
+                request = read.Request;
             }
             catch (ResponsesCodec.NotFoundException ex)
             {

@@ -22,7 +22,7 @@ internal static class ResponsesCodec
         "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls",
         "stream", "text", "reasoning", "user", "metadata", "store", "include", "truncation", "service_tier", "prompt_cache_key",
         "safety_identifier", "stream_options", "max_tool_calls", "prompt_cache_retention", "previous_response_id", "top_logprobs",
-        "background",
+        "background", "conversation",
     ];
 
     /// <summary>Where stored things are looked up: an item by its id, the conversation a response ended by the response's id.</summary>
@@ -31,6 +31,9 @@ internal static class ResponsesCodec
         JsonElement? Item(string id);
 
         JsonElement? Conversation(string responseId);
+
+        /// <summary>A conversation's items (the Conversations API), by the conversation's id.</summary>
+        JsonElement? ConversationItems(string conversationId);
     }
 
     /// <summary>A reference to something the gateway does not have (expired, deleted, another key's, never stored): a 400 with OpenAI's code.</summary>
@@ -54,6 +57,9 @@ internal static class ResponsesCodec
 
         public string? PreviousResponseId { get; set; }
 
+        /// <summary>The conversation (the Conversations API) this response goes on, and is added to.</summary>
+        public string? ConversationId { get; set; }
+
         /// <summary>The conversation <see cref="PreviousResponseId"/> ended, as stored.</summary>
         public JsonElement? Earlier { get; set; }
 
@@ -66,13 +72,13 @@ internal static class ResponsesCodec
     /// Redis): its <c>previous_response_id</c> and its <c>item_reference</c> ids. Nothing for a body that is not what it
     /// should be — <see cref="Parse(ReadOnlySpan{byte}, IStored?)"/> says what is wrong with it.
     /// </summary>
-    public static (string? Previous, List<string> Items) References(byte[] body)
+    public static (string? Previous, List<string> Items, string? Conversation) References(byte[] body)
     {
         var items = new List<string>();
         var span = body.AsSpan();
-        if (span.IndexOf("previous_response_id"u8) < 0 && span.IndexOf("item_reference"u8) < 0 && span.IndexOf("\\u"u8) < 0)
+        if (span.IndexOf("previous_response_id"u8) < 0 && span.IndexOf("item_reference"u8) < 0 && span.IndexOf("conversation"u8) < 0 && span.IndexOf("\\u"u8) < 0)
         {
-            return (null, items); // refers to nothing: not parsed again (a name spelt with escapes is looked for below)
+            return (null, items, null); // refers to nothing: not parsed again (a name spelt with escapes is looked for below)
         }
 
         try
@@ -81,10 +87,11 @@ internal static class ResponsesCodec
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
             {
-                return (null, items);
+                return (null, items, null);
             }
 
             var previous = root.TryGetProperty("previous_response_id", out var p) && p.ValueKind == JsonValueKind.String ? p.GetString() : null;
+            var conversation = root.TryGetProperty("conversation", out var c) ? ConversationIdOf(c) : null;
             if (root.TryGetProperty("input", out var input) && input.ValueKind == JsonValueKind.Array)
             {
                 foreach (var item in input.EnumerateArray())
@@ -97,11 +104,11 @@ internal static class ResponsesCodec
                 }
             }
 
-            return (previous, items);
+            return (previous, items, conversation);
         }
         catch (JsonException)
         {
-            return (null, items);
+            return (null, items, null);
         }
     }
 
@@ -123,11 +130,11 @@ internal static class ResponsesCodec
 
         foreach (var member in root.EnumerateObject())
         {
-            if (member.Name is "conversation" or "prompt")
+            if (member.Name is "prompt")
             {
                 if (member.Value.ValueKind is not (JsonValueKind.Null or JsonValueKind.False))
                 {
-                    throw new InvalidRequestException(member.Name, $"{member.Name} is not supported: this gateway keeps no conversations or prompts (send the conversation in 'input', or continue a stored response with 'previous_response_id').");
+                    throw new InvalidRequestException(member.Name, $"{member.Name} is not supported: this gateway keeps no prompts (send the instructions in 'instructions' and the conversation in 'input').");
                 }
             }
             else if (!Known.Contains(member.Name))
@@ -174,6 +181,28 @@ internal static class ResponsesCodec
         }
 
         List<ThinkingBlock>? thinking = null;
+        if (root.TryGetProperty("conversation", out var conversation) && conversation.ValueKind != JsonValueKind.Null)
+        {
+            read.ConversationId = ConversationIdOf(conversation)
+                ?? throw new InvalidRequestException("conversation", "conversation: expected a conversation's id (a string, or an object with 'id').");
+            if (read.PreviousResponseId is not null)
+            {
+                throw new InvalidRequestException("conversation", "conversation: cannot be used with 'previous_response_id' (a conversation carries its own history).");
+            }
+
+            if (stored?.ConversationItems(read.ConversationId) is not { ValueKind: JsonValueKind.Array } items)
+            {
+                throw new NotFoundException("conversation", "conversation_not_found", $"Conversation with id '{Providers.ProviderException.Quoted(read.ConversationId)}' not found.");
+            }
+
+            read.Earlier = items;
+            var e = 0;
+            foreach (var item in items.EnumerateArray())
+            {
+                AddItem(request, item, $"conversation[{e++}]", ref thinking);
+            }
+        }
+
         if (read.PreviousResponseId is { } previous)
         {
             if (stored?.Conversation(previous) is not { ValueKind: JsonValueKind.Array } earlier)
@@ -602,6 +631,14 @@ internal static class ResponsesCodec
             ? n
             : throw new InvalidRequestException(name, $"{name}: must be an integer of at least {min}.");
     }
+
+    /// <summary>A <c>conversation</c> member's id: the string itself, or an object's <c>id</c> (null: neither).</summary>
+    private static string? ConversationIdOf(JsonElement value) => value.ValueKind switch
+    {
+        JsonValueKind.String when value.GetString() is { Length: > 0 } id => id,
+        JsonValueKind.Object when value.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String && id.GetString() is { Length: > 0 } text => text,
+        _ => null,
+    };
 
     private static bool? Boolean(JsonElement o, string name) =>
         o.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null

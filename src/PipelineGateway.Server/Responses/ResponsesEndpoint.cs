@@ -12,7 +12,7 @@ namespace PipelineGateway.Server.Responses;
 /// the same pipeline to any provider — the request read by <see cref="ResponsesCodec"/> into the canonical form, the
 /// answer written back by <see cref="ResponsesWriter"/>, whole or as the API's SSE events. Errors in OpenAI's shape.
 /// </summary>
-internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, ResponsesStore store, Routing.ModelCatalog catalog, BackgroundResponses background, Pipeline.GatewayPipeline pipeline, ILogger<ResponsesEndpoint> logger)
+internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, ResponsesStore store, Routing.ModelCatalog catalog, BackgroundResponses background, Pipeline.GatewayPipeline pipeline, Conversations conversations, ILogger<ResponsesEndpoint> logger)
 {
     public async Task HandleAsync(HttpContext ctx)
     {
@@ -34,9 +34,20 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         }
 
         var keep = input.Store && store.Enabled;
-        var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), keep, input.PreviousResponseId)
+        var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), keep, input.PreviousResponseId, conversationId: input.ConversationId)
         {
-            Finished = keep ? (w, json) => store.SaveAsync(scope, w.Id, json, input.Earlier, input.Items, w.OutputItems()) : null,
+            Finished = keep || input.ConversationId is not null
+                ? async (w, json) =>
+                {
+                    var output = w.OutputItems();
+                    if (keep)
+                    {
+                        await store.SaveAsync(scope, w.Id, json, input.Earlier, input.Items, output);
+                    }
+
+                    await conversations.AddTurnAsync(scope, input.ConversationId, input.Items, output);
+                }
+                : null,
         };
         if (request.Stream == true)
         {
@@ -86,10 +97,15 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             return;
         }
 
-        var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), store: true, input.PreviousResponseId, background: true)
+        var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), store: true, input.PreviousResponseId, background: true, input.ConversationId)
         {
             // Kept with the sequence number of the event made next: its last (response.completed or .incomplete).
-            Finished = (w, json) => store.SaveAsync(scope, w.Id, json, input.Earlier, input.Items, w.OutputItems(), w.LastSequence + 1),
+            Finished = async (w, json) =>
+            {
+                var output = w.OutputItems();
+                await store.SaveAsync(scope, w.Id, json, input.Earlier, input.Items, output, w.LastSequence + 1);
+                await conversations.AddTurnAsync(scope, input.ConversationId, input.Items, output);
+            },
         };
         var stream = request.Stream == true;
         BackgroundResponses.Started started;
@@ -497,10 +513,18 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         private readonly Dictionary<string, JsonElement> _items = [];
         private string? _previous;
         private JsonElement? _conversation;
+        private string? _conversationId;
+        private JsonElement? _conversationItems;
 
-        public static async ValueTask<Stored> FetchAsync(ResponsesStore store, string scope, (string? Previous, List<string> Items) references, CancellationToken cancellationToken)
+        public static async ValueTask<Stored> FetchAsync(ResponsesStore store, string scope, (string? Previous, List<string> Items, string? Conversation) references, CancellationToken cancellationToken)
         {
             var stored = new Stored();
+            if (references.Conversation is { } conversationId && await store.ConversationAsync(scope, conversationId, cancellationToken) is { } conversation)
+            {
+                stored._conversationId = conversationId;
+                stored._conversationItems = conversation.Items;
+            }
+
             if (references.Previous is { } previous && await store.ResponseAsync(scope, previous, cancellationToken) is { } response)
             {
                 if (response.Conversation.ValueKind != JsonValueKind.Array)
@@ -531,5 +555,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         public JsonElement? Item(string id) => _items.TryGetValue(id, out var item) ? item : null;
 
         public JsonElement? Conversation(string responseId) => responseId == _previous ? _conversation : null;
+
+        public JsonElement? ConversationItems(string conversationId) => conversationId == _conversationId ? _conversationItems : null;
     }
 }

@@ -261,6 +261,67 @@ internal sealed partial class ResponsesStore
         }
     }
 
+    /// <summary>A conversation (the Conversations API): its object's JSON and its items (each with its id), in order.</summary>
+    public sealed record Conversation(byte[] Json, JsonElement Items);
+
+    /// <summary>New conversation ids: <c>conv_</c> and 128 random bits.</summary>
+    public static string NewConversationId() => "conv_" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
+
+    /// <summary>A kept conversation (null: none, expired, deleted, or another key's).</summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be read.</exception>
+    public async ValueTask<Conversation?> ConversationAsync(string scope, string conversationId, CancellationToken cancellationToken)
+    {
+        if (await GetAsync(Key('c', scope, conversationId), cancellationToken).ConfigureAwait(false) is not { } envelope)
+        {
+            return null;
+        }
+
+        using var doc = JsonDocument.Parse(envelope);
+        return new Conversation(Encoding.UTF8.GetBytes(doc.RootElement.GetProperty("conversation").GetRawText()), doc.RootElement.GetProperty("items").Clone());
+    }
+
+    /// <summary>Keeps a conversation whole: its object and its items (for <see cref="ServerOptions.StoredResponsesTtl"/> from now).</summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be written.</exception>
+    public async ValueTask SaveConversationAsync(string scope, string conversationId, byte[] conversation, IEnumerable<JsonElement> items)
+    {
+        var envelope = Json(w =>
+        {
+            w.WriteStartObject();
+            w.WritePropertyName("conversation");
+            w.WriteRawValue(conversation, skipInputValidation: true);
+            w.WriteStartArray("items");
+            foreach (var item in items)
+            {
+                item.WriteTo(w);
+            }
+
+            w.WriteEndArray();
+            w.WriteEndObject();
+        });
+        try
+        {
+            await SetAsync(Key('c', scope, conversationId), envelope).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_shared is not null)
+        {
+            throw new StoreUnavailableException(ex);
+        }
+    }
+
+    /// <summary>Forgets a conversation and its items.</summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
+    public async ValueTask DeleteConversationAsync(string scope, string conversationId, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await RemoveAsync(Key('c', scope, conversationId), cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_shared is not null && ex is not OperationCanceledException)
+        {
+            throw new StoreUnavailableException(ex);
+        }
+    }
+
     /// <summary>
     /// Asks the instance making a background response to cancel it (a fleet sharing the store in Redis: the run is the
     /// other instance's; it looks for this every second, <see cref="CancelRequestedAsync"/>).
@@ -318,7 +379,7 @@ internal sealed partial class ResponsesStore
 
     /// <summary>
     /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item, <c>t</c> a tool call's thinking, <c>x</c> a background
-    /// response's cancel asked elsewhere), the scope in base64url (a key id may hold any
+    /// response's cancel asked elsewhere, <c>c</c> a conversation), the scope in base64url (a key id may hold any
     /// character: no scope's keys can be spelt from another's), the id.
     /// </summary>
     private static string Key(char kind, string scope, string id) =>

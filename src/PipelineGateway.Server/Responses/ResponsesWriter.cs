@@ -14,7 +14,7 @@ namespace PipelineGateway.Server.Responses;
 /// <c>response.output_text.delta</c>s, <c>….done</c>; a call's arguments as <c>response.function_call_arguments.delta</c>s),
 /// then <c>response.completed</c> with the whole response.
 /// </summary>
-internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, long createdAt, bool store = false, string? previousResponseId = null, bool background = false) : INamedEventWriter
+internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, long createdAt, bool store = false, string? previousResponseId = null, bool background = false, string? conversationId = null) : INamedEventWriter
 {
     private static readonly JsonWriterOptions Options = new() { Encoder = Serialization.WireJson.Encoder };
 
@@ -572,6 +572,17 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         w.WriteEndArray();
         w.WriteBoolean("parallel_tool_calls", !(request.AdditionalProperties?.TryGetValue("parallel_tool_calls", out var p) == true && p.ValueKind == JsonValueKind.False));
         WriteStringOrNull(w, "previous_response_id", previousResponseId);
+        if (conversationId is not null)
+        {
+            w.WriteStartObject("conversation");
+            w.WriteString("id", conversationId);
+            w.WriteEndObject();
+        }
+        else
+        {
+            w.WriteNull("conversation");
+        }
+
         w.WriteStartObject("reasoning");
         if (request.AdditionalProperties?.TryGetValue("reasoning_effort", out var effort) == true)
         {

@@ -1,0 +1,190 @@
+#pragma warning disable OPENAI001 // the OpenAI SDK marks its Responses and Conversations clients as evaluation-only
+using System.ClientModel;
+using System.Collections.Concurrent;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using OpenAI.Conversations;
+using OpenAI.Responses;
+using PipelineGateway.Hosting;
+using PipelineGateway.Server;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Server;
+
+/// <summary>
+/// The Conversations API (docs/server.md, "Conversations") through the official OpenAI .NET SDK: a conversation made
+/// with items, responses that go on it (the upstream gets its items before each turn's input; each turn is added to it,
+/// whole and streamed), its items listed, paged, added, read and deleted, its metadata changed, and the refusals.
+/// </summary>
+public sealed class ConversationsTests : IAsyncLifetime
+{
+    private readonly ConcurrentQueue<List<ChatCompletionMessage>> _seen = new();
+    private WebApplication _app = null!;
+    private Uri _root = null!;
+    private int _turn;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync()
+    {
+        var provider = new FakeProvider("p")
+        {
+            OnComplete = (request, _) =>
+            {
+                _seen.Enqueue([.. request.Request.Messages]);
+                return ValueTask.FromResult(FakeProvider.Answer("m", $"Answer {Interlocked.Increment(ref _turn)}"));
+            },
+        };
+        provider.OnStream = (request, token) => Stream(request, token);
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["Gateway:Server:BatchDirectory"] = string.Empty }).Build();
+        _app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)));
+        _root = await GatewayServer.StartAsync(_app, Ct);
+
+        async IAsyncEnumerable<ChatCompletionChunk> Stream(PipelineGateway.Providers.ProviderRequest request, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken token)
+        {
+            _seen.Enqueue([.. request.Request.Messages]);
+            var n = Interlocked.Increment(ref _turn);
+            yield return FakeProvider.Chunk("m", "Answer ");
+            await Task.Yield();
+            yield return FakeProvider.Chunk("m", n.ToString(System.Globalization.CultureInfo.InvariantCulture), "stop");
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+    }
+
+    private ConversationClient Conversations() => new(new ApiKeyCredential("sk-unused"), new ConversationClientOptions { Endpoint = new Uri(_root, "v1") });
+
+    private ResponsesClient Responses() => new(new ApiKeyCredential("sk-unused"), new ResponsesClientOptions { Endpoint = new Uri(_root, "v1") });
+
+    private static JsonNode Json(ClientResult result) => JsonNode.Parse(result.GetRawResponse().Content.ToString())!;
+
+    private static BinaryContent Body(string json) => BinaryContent.Create(BinaryData.FromString(json));
+
+    /// <summary>Every item of a conversation, oldest first, read a page of <paramref name="limit"/> at a time by the SDK.</summary>
+    private async Task<List<JsonNode>> ItemsAsync(string id, int limit = 2)
+    {
+        var all = new List<JsonNode>();
+        await foreach (var page in Conversations().GetConversationItemsAsync(id, limit, "asc", null, null, null).GetRawPagesAsync())
+        {
+            all.AddRange(JsonNode.Parse(page.GetRawResponse().Content.ToString())!["data"]!.AsArray().Select(static i => i!.DeepClone()));
+        }
+
+        return all;
+    }
+
+    [Fact]
+    public async Task Responses_on_a_conversation_get_its_items_before_their_input_and_add_each_turn_to_it()
+    {
+        var conversations = Conversations();
+        var made = Json(await conversations.CreateConversationAsync(Body("""{"metadata":{"topic":"names"},"items":[{"type":"message","role":"system","content":"Be brief."}]}"""), null));
+        var id = made["id"]!.GetValue<string>();
+        id.Should().StartWith("conv_");
+        made["object"]!.GetValue<string>().Should().Be("conversation");
+        made["metadata"]!["topic"]!.GetValue<string>().Should().Be("names");
+
+        var responses = Responses();
+        var first = (await responses.CreateResponseAsync(new CreateResponseOptions("m", [ResponseItem.CreateUserMessageItem("My name is Ada.")]) { ConversationOptions = new ResponseConversationOptions(id) }, Ct)).Value;
+        first.GetOutputText().Should().Be("Answer 1");
+        first.ConversationOptions.ConversationId.Should().Be(id);
+
+        // The second turn, streamed: the upstream gets the system item, the first turn and then this input.
+        var second = new CreateResponseOptions("m", [ResponseItem.CreateUserMessageItem("What is my name?")]) { ConversationOptions = new ResponseConversationOptions(id), StreamingEnabled = true };
+        await foreach (var _ in await responses.CreateResponseStreamingAsync(second, Ct))
+        {
+        }
+
+        var sent = _seen.Last();
+        sent.Select(static m => (m.Role, m.Content?.GetText())).Should().Equal(
+            ("system", "Be brief."), ("user", "My name is Ada."), ("assistant", "Answer 1"), ("user", "What is my name?"));
+
+        var items = await ItemsAsync(id);
+        items.Select(static i => (i["role"]!.GetValue<string>(), i["content"]![0]!["text"]!.GetValue<string>())).Should().Equal(
+            ("system", "Be brief."), ("user", "My name is Ada."), ("assistant", "Answer 1"), ("user", "What is my name?"), ("assistant", "Answer 2"));
+        items.Select(static i => i["id"]!.GetValue<string>()).Should().OnlyHaveUniqueItems().And.AllSatisfy(static i => i.Should().StartWith("msg_"));
+        items[2]["content"]![0]!["type"]!.GetValue<string>().Should().Be("output_text");
+    }
+
+    [Fact]
+    public async Task A_conversations_items_are_added_read_paged_and_deleted_and_its_metadata_changed()
+    {
+        var conversations = Conversations();
+        var id = Json(await conversations.CreateConversationAsync(Body("{}"), null))["id"]!.GetValue<string>();
+        (await ItemsAsync(id)).Should().BeEmpty();
+
+        var added = Json(await conversations.CreateConversationItemsAsync(id, Body("""{"items":[{"type":"message","role":"user","content":[{"type":"input_text","text":"one"}]},{"role":"assistant","content":"two"},{"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c1","output":"42"}]}"""), null, null));
+        added["object"]!.GetValue<string>().Should().Be("list");
+        var ids = added["data"]!.AsArray().Select(static i => i!["id"]!.GetValue<string>()).ToList();
+        ids.Should().HaveCount(4).And.OnlyHaveUniqueItems();
+        (await ItemsAsync(id, limit: 3)).Select(static i => i["id"]!.GetValue<string>()).Should().Equal(ids, "paged, oldest first");
+
+        var newestFirst = Json(await conversations.GetConversationItemsAsync(id, 2, null, null, null, null).GetRawPagesAsync().FirstAsync(Ct));
+        newestFirst["data"]!.AsArray().Select(static i => i!["id"]!.GetValue<string>()).Should().Equal(ids[3], ids[2]);
+        newestFirst["has_more"]!.GetValue<bool>().Should().BeTrue();
+
+        Json(await conversations.GetConversationItemAsync(id, ids[1], null, null))["content"]![0]!["text"]!.GetValue<string>().Should().Be("two");
+        Json(await conversations.DeleteConversationItemAsync(id, ids[1], null))["id"]!.GetValue<string>().Should().Be(id);
+        (await ItemsAsync(id)).Select(static i => i["id"]!.GetValue<string>()).Should().Equal(ids[0], ids[2], ids[3]);
+
+        Json(await conversations.UpdateConversationAsync(id, Body("""{"metadata":{"stage":"2"}}"""), null))["metadata"]!["stage"]!.GetValue<string>().Should().Be("2");
+        Json(await conversations.GetConversationAsync(id, null))["metadata"]!["stage"]!.GetValue<string>().Should().Be("2");
+
+        Json(await conversations.DeleteConversationAsync(id, null))["deleted"]!.GetValue<bool>().Should().BeTrue();
+        var gone = async () => await conversations.GetConversationAsync(id, null);
+        (await gone.Should().ThrowAsync<ClientResultException>()).Which.Status.Should().Be(404);
+    }
+
+    [Fact]
+    public async Task What_a_conversation_cannot_take_is_a_400_naming_it_and_one_not_kept_is_not_found()
+    {
+        using var http = new HttpClient { BaseAddress = _root };
+        async Task<(HttpStatusCode Status, JsonNode? Error)> Send(HttpMethod method, string path, string? body = null)
+        {
+            using var request = new HttpRequestMessage(method, path) { Content = body is null ? null : new StringContent(body, Encoding.UTF8, "application/json") };
+            using var response = await http.SendAsync(request, Ct);
+            return (response.StatusCode, JsonNode.Parse(await response.Content.ReadAsStringAsync(Ct))!["error"]);
+        }
+
+        var id = JsonNode.Parse(await (await http.PostAsync("v1/conversations", new StringContent("{}", Encoding.UTF8, "application/json"), Ct)).Content.ReadAsStringAsync(Ct))!["id"]!.GetValue<string>();
+        foreach (var (body, param) in new[]
+        {
+            ("""{"items":[{"type":"web_search_call"}]}""", "items[0]"),
+            ("""{"items":[{"role":"robot","content":"x"}]}""", "items[0]"),
+            ("""{"items":[{"type":"message","role":"user"}]}""", "items[0].content"),
+            ("""{"items":"x"}""", "items"),
+            ($$"""{"items":[{{string.Join(",", Enumerable.Repeat("""{"role":"user","content":"x"}""", 21))}}]}""", "items"),
+            ("""{"metadata":{"a":1}}""", "metadata.a"),
+            ("""{"metadata":"x"}""", "metadata"),
+            ("""{"other":1}""", "other"),
+        })
+        {
+            var (status, error) = await Send(HttpMethod.Post, "v1/conversations", body);
+            status.Should().Be(HttpStatusCode.BadRequest, body);
+            error!["param"]!.GetValue<string>().Should().Be(param, body);
+        }
+
+        (await Send(HttpMethod.Post, $"v1/conversations/{id}/items", """{"items":[]}""")).Status.Should().Be(HttpStatusCode.BadRequest);
+        (await Send(HttpMethod.Post, $"v1/conversations/{id}", """{}""")).Error!["param"]!.GetValue<string>().Should().Be("metadata");
+        (await Send(HttpMethod.Get, $"v1/conversations/{id}/items?after=msg_nope")).Error!["param"]!.GetValue<string>().Should().Be("after");
+        (await Send(HttpMethod.Get, $"v1/conversations/{id}/items/msg_nope")).Status.Should().Be(HttpStatusCode.NotFound);
+        (await Send(HttpMethod.Delete, $"v1/conversations/{id}/items/msg_nope")).Status.Should().Be(HttpStatusCode.NotFound);
+        (await Send(HttpMethod.Get, "v1/conversations/conv_nope")).Status.Should().Be(HttpStatusCode.NotFound);
+
+        var (refused, reason) = await Send(HttpMethod.Post, "v1/responses", """{"model":"m","input":"hi","conversation":"conv_nope"}""");
+        refused.Should().Be(HttpStatusCode.BadRequest);
+        reason!["code"]!.GetValue<string>().Should().Be("conversation_not_found");
+        (refused, reason) = await Send(HttpMethod.Post, "v1/responses", $$"""{"model":"m","input":"hi","conversation":{"id":"{{id}}"},"previous_response_id":"resp_1"}""");
+        refused.Should().Be(HttpStatusCode.BadRequest);
+        reason!["param"]!.GetValue<string>().Should().Be("conversation");
+        (refused, reason) = await Send(HttpMethod.Post, "v1/responses", """{"model":"m","input":"hi","conversation":5}""");
+        reason!["param"]!.GetValue<string>().Should().Be("conversation");
+    }
+}
