@@ -739,6 +739,8 @@ public sealed class BatchApiTests : IAsyncDisposable
             Responses("stream", """{"model":"m","input":"hi","stream":true}"""),
             Responses("unknown", """{"model":"m","input":"hi","frobnicate":1}"""),
             Responses("doubled", """{"model":"m","input":"hi","input":"again"}"""),
+            Responses("background", """{"model":"m","input":"hi","background":true}"""),
+            Responses("conversation", """{"model":"m","input":"hi","conversation":"conv_0123"}"""),
             Responses("chat", """{"model":"m","messages":[{"role":"user","content":"hi"}]}""", "/v1/chat/completions"));
         var fileId = (await UploadAsync(http, lines)).GetProperty("id").GetString()!;
         var created = await http.PostAsync("v1/batches", Json($$"""{"input_file_id":"{{fileId}}","endpoint":"/v1/responses","completion_window":"24h"}"""), Ct);
@@ -763,11 +765,13 @@ public sealed class BatchApiTests : IAsyncDisposable
         }
 
         var errors = (await LinesAsync(http, batch.GetProperty("error_file_id").GetString()!)).Select(l => JsonDocument.Parse(l).RootElement.GetProperty("error")).ToList();
-        errors.Select(e => e.GetProperty("code").GetString()).Should().Equal("invalid_body", "invalid_body", "invalid_body", "invalid_body", "invalid_body", "unsupported_url");
+        errors.Select(e => e.GetProperty("code").GetString()).Should().Equal("invalid_body", "invalid_body", "invalid_body", "invalid_body", "invalid_body", "invalid_body", "invalid_body", "unsupported_url");
         errors[0].GetProperty("message").GetString().Should().Contain("previous_response_id").And.Contain("stored responses");
         errors[1].GetProperty("message").GetString().Should().Contain("stored responses");
         errors[2].GetProperty("message").GetString().Should().Contain("stream");
         errors[3].GetProperty("message").GetString().Should().Contain("frobnicate");
+        errors[5].GetProperty("message").GetString().Should().Contain("background response");
+        errors[6].GetProperty("message").GetString().Should().Contain("conversation");
     }
 
     /// <summary>
