@@ -85,7 +85,7 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
             }
             catch (StoreUnavailableException ex)
             {
-                await UnavailableAsync(ctx, ex);
+                await ResponsesEndpoint.StoreUnavailableAsync(ctx, ex);
                 return;
             }
 
@@ -146,7 +146,7 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
         }
         catch (StoreUnavailableException ex)
         {
-            await UnavailableAsync(ctx, ex);
+            await ResponsesEndpoint.StoreUnavailableAsync(ctx, ex);
             return;
         }
 
@@ -288,7 +288,7 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
         }
         catch (StoreUnavailableException ex)
         {
-            await UnavailableAsync(ctx, ex);
+            await ResponsesEndpoint.StoreUnavailableAsync(ctx, ex);
         }
 
         return false;
@@ -321,7 +321,7 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
         }
         catch (StoreUnavailableException ex)
         {
-            await UnavailableAsync(ctx, ex);
+            await ResponsesEndpoint.StoreUnavailableAsync(ctx, ex);
             return null;
         }
 
@@ -485,9 +485,6 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
 
     private static Task ItemNotFoundAsync(HttpContext ctx, string itemId) =>
         RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "not_found", $"Item with id '{Providers.ProviderException.Quoted(itemId)}' not found in this conversation.", "item_id");
-
-    private static Task UnavailableAsync(HttpContext ctx, StoreUnavailableException ex) =>
-        RouteErrors.WriteAsync(ctx, 503, "api_error", "store_unavailable", ex.Message, retryAfter: TimeSpan.FromSeconds(1));
 
     private static JsonElement Parse(byte[] json)
     {

@@ -36,18 +36,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         var keep = input.Store && store.Enabled;
         var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), keep, input.PreviousResponseId, conversationId: input.ConversationId)
         {
-            Finished = keep || input.ConversationId is not null
-                ? async (w, json) =>
-                {
-                    var output = w.OutputItems();
-                    if (keep)
-                    {
-                        await store.SaveAsync(scope, w.Id, json, input.Earlier, input.Items, output);
-                    }
-
-                    await conversations.AddTurnAsync(scope, input.ConversationId, input.Items, output);
-                }
-                : null,
+            Finished = keep || input.ConversationId is not null ? (w, json) => KeepAsync(scope, input, w, json, keep) : null,
         };
         if (request.Stream == true)
         {
@@ -69,6 +58,21 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             headers.WriteRateLimitHeaders(ctx, request, ex);
             await RouteErrors.WriteAsync(ctx, ex);
         }
+    }
+
+    /// <summary>
+    /// A finished response kept — stored (<paramref name="stored"/>), and its turn added to its conversation when it has
+    /// one — before its last event or its body goes out.
+    /// </summary>
+    private async Task KeepAsync(string scope, ResponsesCodec.Input input, ResponsesWriter writer, byte[] json, bool stored, int? lastSequence = null)
+    {
+        var output = writer.OutputItems();
+        if (stored)
+        {
+            await store.SaveAsync(scope, writer.Id, json, input.Earlier, input.Items, output, lastSequence);
+        }
+
+        await conversations.AddTurnAsync(scope, input.ConversationId, input.Items, output);
     }
 
     /// <summary>
@@ -100,12 +104,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), store: true, input.PreviousResponseId, background: true, input.ConversationId)
         {
             // Kept with the sequence number of the event made next: its last (response.completed or .incomplete).
-            Finished = async (w, json) =>
-            {
-                var output = w.OutputItems();
-                await store.SaveAsync(scope, w.Id, json, input.Earlier, input.Items, output, w.LastSequence + 1);
-                await conversations.AddTurnAsync(scope, input.ConversationId, input.Items, output);
-            },
+            Finished = (w, json) => KeepAsync(scope, input, w, json, stored: true, w.LastSequence + 1),
         };
         var stream = request.Stream == true;
         BackgroundResponses.Started started;
@@ -504,7 +503,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     private static Task NotFoundAsync(HttpContext ctx, string id) =>
         RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "not_found", $"Response with id '{Providers.ProviderException.Quoted(id)}' not found.", "response_id");
 
-    private static Task StoreUnavailableAsync(HttpContext ctx, StoreUnavailableException ex) =>
+    internal static Task StoreUnavailableAsync(HttpContext ctx, StoreUnavailableException ex) =>
         RouteErrors.WriteAsync(ctx, 503, "api_error", "store_unavailable", ex.Message, retryAfter: TimeSpan.FromSeconds(1));
 
     /// <summary>What a request refers to, fetched from the store before it is read (the store may be Redis), in the caller's scope.</summary>

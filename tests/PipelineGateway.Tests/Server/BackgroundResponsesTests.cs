@@ -6,12 +6,8 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 using OpenAI.Responses;
 using PipelineGateway.Server;
 using PipelineGateway.Tests.Support;
@@ -418,15 +414,10 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
 
         public static async Task<GatedUpstream> StartAsync(CancellationToken cancellationToken)
         {
-            var builder = WebApplication.CreateSlimBuilder();
-            builder.Logging.ClearProviders();
-            builder.WebHost.UseUrls("http://127.0.0.1:0");
-            var app = builder.Build();
+            var app = LoopbackApp.Build();
             GatedUpstream? upstream = null;
             app.MapPost("/v1/chat/completions", (HttpContext ctx) => upstream!.AnswerAsync(ctx));
-            await app.StartAsync(cancellationToken);
-            var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-            upstream = new GatedUpstream(app, new Uri(address.TrimEnd('/') + "/"));
+            upstream = new GatedUpstream(app, await LoopbackApp.StartAsync(app, cancellationToken));
             return upstream;
         }
 

@@ -1,11 +1,6 @@
 using System.Text;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging;
 
 namespace PipelineGateway.Tests.Support;
 
@@ -59,15 +54,10 @@ public sealed class ScriptedUpstream : IAsyncDisposable
 
     public static async Task<ScriptedUpstream> StartAsync(CancellationToken cancellationToken)
     {
-        var builder = WebApplication.CreateSlimBuilder();
-        builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
-        var app = builder.Build();
+        var app = LoopbackApp.Build();
         ScriptedUpstream? upstream = null;
         app.MapPost("/{**path}", (HttpContext ctx) => upstream!.AnswerAsync(ctx));
-        await app.StartAsync(cancellationToken);
-        var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-        upstream = new ScriptedUpstream(app, new Uri(address.TrimEnd('/') + "/"));
+        upstream = new ScriptedUpstream(app, await LoopbackApp.StartAsync(app, cancellationToken));
         return upstream;
     }
 
