@@ -5,6 +5,7 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using CsCheck;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
@@ -140,6 +141,55 @@ public sealed class ConversationsTests : IAsyncLifetime
         Json(await conversations.DeleteConversationAsync(id, null))["deleted"]!.GetValue<bool>().Should().BeTrue();
         var gone = async () => await conversations.GetConversationAsync(id, null);
         (await gone.Should().ThrowAsync<ClientResultException>()).Which.Status.Should().Be(404);
+    }
+
+    /// <summary>A JSON value of any kind, shallow: what a hostile body puts where an item, its members or metadata go.</summary>
+    private static readonly Gen<JsonNode?> Any = Gen.Frequency(
+        (2, Gen.Const<JsonNode?>((JsonNode?)null)),
+        (2, Gen.Int.Select(i => (JsonNode?)JsonValue.Create(i))),
+        (4, Gen.OneOf("user", "assistant", "system", "developer", "tool", "message", "function_call", "function_call_output", "reasoning", "item_reference", "", "\u0000", "x").Select(w => (JsonNode?)JsonValue.Create(w))),
+        (2, Gen.String[0, 70].Select(t => (JsonNode?)JsonValue.Create(t))),
+        (1, Gen.Bool.Select(b => (JsonNode?)JsonValue.Create(b))));
+
+    private static readonly Gen<JsonNode?> Item =
+        from fields in Gen.Select(Gen.OneOf("type", "role", "content", "call_id", "name", "arguments", "output", "id", "summary", "x"), Any).Array[0, 5]
+        select (JsonNode?)new JsonObject(fields.DistinctBy(static f => f.Item1).Select(static f => KeyValuePair.Create<string, JsonNode?>(f.Item1, f.Item2)));
+
+    private static readonly Gen<string> CreateBody =
+        from items in Gen.Frequency((6, Item.Array[0, 22].Select(a => (JsonNode?)new JsonArray(a))), (1, Any))
+        from metadata in Gen.Frequency((3, Gen.Select(Gen.String[0, 70], Any).Array[0, 18].Select(m => (JsonNode?)new JsonObject(m.DistinctBy(static p => p.Item1).Select(static p => KeyValuePair.Create<string, JsonNode?>(p.Item1, p.Item2))))), (1, Any))
+        from extra in Gen.Frequency((8, Gen.Const(false)), (1, Gen.Const(true)))
+        select new JsonObject { ["items"] = items, ["metadata"] = metadata, ["extra"] = extra ? 1 : null }.ToJsonString().Replace(",\"extra\":null", string.Empty, StringComparison.Ordinal);
+
+    [Fact]
+    public async Task Hostile_creates_and_additions_get_a_conversation_or_a_400_naming_the_member_never_a_5xx()
+    {
+        using var http = new HttpClient { BaseAddress = _root };
+        var pcg = new PCG(1, 20261206);
+        var outcomes = new Dictionary<int, int>();
+        var failures = new List<string>();
+        for (var i = 0; i < 400; i++)
+        {
+            var body = CreateBody.Generate(pcg, null, out _);
+            using var response = await http.PostAsync("v1/conversations", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+            var answer = JsonNode.Parse(await response.Content.ReadAsStringAsync(Ct))!;
+            var status = (int)response.StatusCode;
+            outcomes[status] = outcomes.GetValueOrDefault(status) + 1;
+            var fine = status switch
+            {
+                200 => answer["id"]!.GetValue<string>().StartsWith("conv_", StringComparison.Ordinal)
+                    && (await http.GetAsync($"v1/conversations/{answer["id"]}/items?limit=100", Ct)).IsSuccessStatusCode,
+                400 => answer["error"]?["type"]?.GetValue<string>() == "invalid_request_error" && answer["error"]!["param"] is not null && answer["error"]!["message"]!.GetValue<string>().Length > 0,
+                _ => false,
+            };
+            if (!fine)
+            {
+                failures.Add($"{status} {answer.ToJsonString()[..Math.Min(300, answer.ToJsonString().Length)]}\n  body: {body[..Math.Min(400, body.Length)]}");
+            }
+        }
+
+        failures.Should().BeEmpty(string.Join("\n", failures.Take(5)));
+        outcomes.Keys.Should().Contain([200, 400], "the cases reach both answers");
     }
 
     [Fact]
