@@ -162,7 +162,7 @@ public sealed class ConversationsTests : IAsyncLifetime
         select new JsonObject { ["items"] = items, ["metadata"] = metadata, ["extra"] = extra ? 1 : null }.ToJsonString().Replace(",\"extra\":null", string.Empty, StringComparison.Ordinal);
 
     [Fact]
-    public async Task Hostile_creates_and_additions_get_a_conversation_or_a_400_naming_the_member_never_a_5xx()
+    public async Task Hostile_creates_get_a_conversation_or_a_400_naming_the_member_never_a_5xx()
     {
         using var http = new HttpClient { BaseAddress = _root };
         var pcg = new PCG(1, 20261206);
