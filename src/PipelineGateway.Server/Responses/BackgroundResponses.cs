@@ -15,8 +15,8 @@ namespace PipelineGateway.Server.Responses;
 /// <c>completed</c>/<c>incomplete</c> (continued with <c>previous_response_id</c> like any stored response),
 /// <c>failed</c> (with the error its answer would have had) or <c>cancelled</c>. While it runs its events are kept in
 /// order (their index is their <c>sequence_number</c>), so any number of callers may stream it — the creating request
-/// with <c>stream: true</c>, <c>GET /v1/responses/{id}?stream=true&amp;starting_after=N</c> to resume — and a caller going
-/// away cancels nothing; <c>POST /v1/responses/{id}/cancel</c> does. Runs are this instance's (the store may be Redis:
+/// with <c>stream: true</c>, <c>GET /v1/responses/{id}?stream=true&amp;starting_after=N</c> to resume, for a while after it
+/// ended too (<see cref="ReplayWindow"/>) — and a caller going away cancels nothing; <c>POST /v1/responses/{id}/cancel</c> does. Runs are this instance's (the store may be Redis:
 /// docs/server.md says what a fleet sees).
 /// </summary>
 internal sealed partial class BackgroundResponses(IGatewayQueue queue, ResponsesStore store, ServerOptions options, TimeProvider time, ILogger<BackgroundResponses> logger) : IHostedService
@@ -40,8 +40,12 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
         private readonly List<(string Name, byte[] Json)> _events = [];
         private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private bool _ended;
+        private long _bytes;
 
         public CancellationTokenSource Cancel { get; } = new();
+
+        /// <summary>What its events hold.</summary>
+        public long Bytes => Interlocked.Read(ref _bytes);
 
         /// <summary>The run's task: never faults (every end is a state kept in the store).</summary>
         public Task Completion { get; set; } = Task.CompletedTask;
@@ -57,6 +61,14 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
                 {
                     return;
                 }
+
+                var bytes = 0L;
+                for (var i = before; i < _events.Count; i++)
+                {
+                    bytes += _events[i].Json.Length + 64; // and the list's slot, the tuple, the array's header
+                }
+
+                Interlocked.Add(ref _bytes, bytes);
 
                 changed = _changed;
                 _changed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -88,8 +100,54 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
         }
     }
 
-    /// <summary>The run of a caller's response, when this instance is making it.</summary>
-    public Run? Find(string scope, string id) => _runs.TryGetValue((scope, id), out var run) ? run : null;
+    /// <summary>
+    /// How long a run's events are kept once it ended, for a caller resuming its stream (within
+    /// <see cref="ReplayBytes"/> for all ended runs together; the oldest leave first). After that a stream of it is the
+    /// one event that ended it.
+    /// </summary>
+    internal static readonly TimeSpan ReplayWindow = TimeSpan.FromMinutes(5);
+
+    /// <summary>What the events of ended runs kept for <see cref="ReplayWindow"/> may add up to.</summary>
+    internal const long ReplayBytes = 16L * 1024 * 1024;
+
+    private readonly Queue<(DateTimeOffset Ended, (string, string) Key, Run Run)> _ended = new();
+    private long _endedBytes;
+
+    /// <summary>The run of a caller's response, when this instance is making it or made it within <see cref="ReplayWindow"/>.</summary>
+    public Run? Find(string scope, string id)
+    {
+        Forget(time.GetUtcNow());
+        return _runs.TryGetValue((scope, id), out var run) ? run : null;
+    }
+
+    /// <summary>A run's events forgotten at once (its response deleted).</summary>
+    public void Forget(string scope, string id) => _runs.TryRemove((scope, id), out _);
+
+    /// <summary>An ended run kept for its replay; the oldest leave once past the window or the bytes.</summary>
+    private void KeepEnded((string, string) key, Run run)
+    {
+        var now = time.GetUtcNow();
+        lock (_ended)
+        {
+            _ended.Enqueue((now, key, run));
+            _endedBytes += run.Bytes;
+        }
+
+        Forget(now);
+    }
+
+    private void Forget(DateTimeOffset now)
+    {
+        lock (_ended)
+        {
+            while (_ended.TryPeek(out var oldest) && (now - oldest.Ended >= ReplayWindow || _endedBytes > ReplayBytes))
+            {
+                _ended.Dequeue();
+                _endedBytes -= oldest.Run.Bytes;
+                _runs.TryRemove(new KeyValuePair<(string, string), Run>(oldest.Key, oldest.Run));
+            }
+        }
+    }
 
     /// <summary>A background response accepted (its queued JSON and its run), or why not: this instance's bound or the key's share of it.</summary>
     public readonly record struct Started(byte[]? Json, Run? Run, bool InstanceFull, bool KeyFull);
@@ -209,7 +267,7 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
             await either.CancelAsync().ConfigureAwait(false); // the watch ends with the run
             await watching.ConfigureAwait(false);
             run.End();
-            _runs.TryRemove(new KeyValuePair<(string, string), Run>((scope, writer.Id), run));
+            KeepEnded((scope, writer.Id), run); // its events, for a caller resuming after its end
             Leave(scope);
         }
     }

@@ -457,6 +457,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             var scope = ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key);
             await background.CancelAsync(scope, id, ctx.RequestAborted);
             deleted = await store.DeleteAsync(scope, id, ctx.RequestAborted);
+            background.Forget(scope, id); // its events too
         }
         catch (StoreUnavailableException ex)
         {

@@ -7,8 +7,10 @@ using System.Text.Json.Nodes;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using OpenAI.Responses;
+using PipelineGateway.Hosting;
 using PipelineGateway.Server;
 using PipelineGateway.Tests.Support;
 
@@ -130,11 +132,12 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
         done.GetOutputText().Should().Be(GatedUpstream.Answer).And.Be(Text(opening) + Text(rest));
         done.Usage.OutputTokenCount.Should().Be(GatedUpstream.OutputTokens);
 
-        // Done: it continues like any stored response, and a stream asked now is the event that ended it, at its number.
+        // Done: it continues like any stored response, and its stream can still be resumed — every event after the one given.
         var next = (await client.CreateResponseAsync(new CreateResponseOptions("gpt-4o-mini", [ResponseItem.CreateUserMessageItem("And then?")]) { PreviousResponseId = created.Id }, Ct)).Value;
         next.Status.Should().Be(ResponseStatus.Completed);
         var replay = await EventsAsync(client, created.Id, after: 2);
-        replay.Should().ContainSingle().Which.Should().BeOfType<StreamingResponseCompletedUpdate>().Which.SequenceNumber.Should().Be(completed.SequenceNumber);
+        replay.Select(static u => u.SequenceNumber).Should().Equal(Enumerable.Range(3, completed.SequenceNumber - 2));
+        Text(replay).Should().Be(GatedUpstream.Answer);
         (await EventsAsync(client, created.Id, after: completed.SequenceNumber)).Should().BeEmpty("the caller had every event");
     }
 
@@ -172,6 +175,37 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_ended_responses_events_are_kept_for_a_while_then_its_stream_is_the_event_that_ended_it()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var provider = new FakeProvider("p");
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["Gateway:Server:BatchDirectory"] = string.Empty }).Build();
+        var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)).UseTimeProvider(clock));
+        var root = await GatewayServer.StartAsync(app, Ct);
+        try
+        {
+            var client = new ResponsesClient(new ApiKeyCredential("sk-unused"), new ResponsesClientOptions { Endpoint = new Uri(root, "v1") });
+            var created = (await client.CreateResponseAsync(Background("m"), Ct)).Value;
+            var all = await EventsAsync(client, created.Id, after: null); // followed to its end
+            all[^1].Should().BeOfType<StreamingResponseCompletedUpdate>();
+            var last = all[^1].SequenceNumber;
+
+            clock.Advance(PipelineGateway.Server.Responses.BackgroundResponses.ReplayWindow - TimeSpan.FromSeconds(1));
+            (await EventsAsync(client, created.Id, after: 0)).Select(static u => u.SequenceNumber).Should().Equal(Enumerable.Range(1, last), "kept within the window");
+
+            clock.Advance(TimeSpan.FromSeconds(1));
+            var late = await EventsAsync(client, created.Id, after: 0);
+            late.Should().ContainSingle().Which.Should().BeOfType<StreamingResponseCompletedUpdate>().Which.SequenceNumber.Should().Be(last, "past the window: the event that ended it, at its number");
+            late.OfType<StreamingResponseCompletedUpdate>().Single().Response.GetOutputText().Should().Be(all.OfType<StreamingResponseCompletedUpdate>().Single().Response.GetOutputText());
+        }
+        finally
+        {
+            await app.StopAsync(CancellationToken.None);
+            await app.DisposeAsync();
+        }
+    }
+
+    [Fact]
     public async Task Cancelling_a_background_response_cancels_its_upstream_call_keeps_it_cancelled_and_is_idempotent()
     {
         var client = Client();
@@ -183,7 +217,7 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
         await _upstream.Aborted.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct); // the upstream's request went with it
         (await client.CancelResponseAsync(created.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Cancelled, "a second cancel answers it as it is");
         (await client.GetResponseAsync(created.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Cancelled);
-        (await EventsAsync(client, created.Id, after: null)).Should().BeEmpty("a cancelled response's stream just ends");
+        (await EventsAsync(client, created.Id, after: null)).Select(static u => u.GetType()).Should().Equal([typeof(StreamingResponseCreatedUpdate), typeof(StreamingResponseQueuedUpdate)], "a cancelled response's stream ends after what it had: no last event");
 
         using var http = new HttpClient { BaseAddress = _root };
         var next = await http.PostAsync("v1/responses", Json($$"""{"model":"gated","previous_response_id":"{{created.Id}}","input":"next"}"""), Ct);
