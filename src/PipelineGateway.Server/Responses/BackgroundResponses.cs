@@ -24,6 +24,17 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
     /// <summary>How often a run looks for a cancel asked of another instance (a fleet sharing the store in Redis).</summary>
     internal static readonly TimeSpan CancelPoll = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// A run's lease in a fleet's shared store: renewed every <see cref="LeaseRenewal"/> while it runs, so a run whose
+    /// instance stopped without ending it (killed) is known as such within this (<see cref="LeaseLapsed"/>).
+    /// </summary>
+    internal static readonly TimeSpan Lease = TimeSpan.FromSeconds(30);
+
+    internal static readonly TimeSpan LeaseRenewal = TimeSpan.FromSeconds(10);
+
+    /// <summary>What a run left by a stopped instance is kept as: failed, with this.</summary>
+    internal const string LeaseLapsed = "The gateway instance making this background response stopped before it was done; send it again.";
+
     private readonly ConcurrentDictionary<(string Scope, string Id), Run> _runs = new();
     internal static readonly byte[] KeepAlive = ": keep-alive\n\n"u8.ToArray();
     private readonly CancellationTokenSource _stopping = new();
@@ -176,6 +187,11 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
         {
             run.Append(writer.Queued());
             var json = writer.Snapshot("queued");
+            if (store.Shared)
+            {
+                await store.RenewLeaseAsync(scope, writer.Id, Lease).ConfigureAwait(false);
+            }
+
             await store.SaveAsync(scope, writer.Id, json, input.Earlier, input.Items, output: null, writer.LastSequence).ConfigureAwait(false);
             _runs[(scope, writer.Id)] = run;
             run.Completion = Task.Run(() => RunAsync(scope, input, writer, run));
@@ -272,14 +288,24 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
         }
     }
 
-    /// <summary>A run's watch for a cancel asked of another instance of the fleet: read every <see cref="CancelPoll"/> until the run ends.</summary>
+    /// <summary>
+    /// A run's watch in a fleet: its lease renewed every <see cref="LeaseRenewal"/>, and a cancel asked of another instance
+    /// looked for every <see cref="CancelPoll"/>, until the run ends.
+    /// </summary>
     private async Task WatchAsync(string scope, string id, Run run, CancellationToken ended)
     {
         try
         {
+            var renewed = time.GetUtcNow();
             while (true)
             {
                 await Task.Delay(CancelPoll, time, ended).ConfigureAwait(false);
+                if (time.GetUtcNow() - renewed >= LeaseRenewal)
+                {
+                    renewed = time.GetUtcNow();
+                    await store.RenewLeaseAsync(scope, id, Lease).ConfigureAwait(false);
+                }
+
                 if (await store.CancelRequestedAsync(scope, id, ended).ConfigureAwait(false))
                 {
                     await run.Cancel.CancelAsync().ConfigureAwait(false);

@@ -170,7 +170,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
                 for (var waited = TimeSpan.Zero; stored.Running && waited < CancelWait; waited += CancelPollInterval)
                 {
                     await Task.Delay(CancelPollInterval, time, ctx.RequestAborted);
-                    stored = await store.ResponseAsync(scope, id, ctx.RequestAborted) ?? stored;
+                    stored = await store.ResponseAsync(scope, id, ctx.RequestAborted) is { } now ? await SettleAsync(scope, id, now, ctx.RequestAborted) : stored;
                 }
             }
             catch (StoreUnavailableException ex)
@@ -342,7 +342,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
                     return; // deleted, or no longer kept
                 }
 
-                stored = now;
+                stored = await SettleAsync(scope, id, now, aborted);
             }
 
             var name = stored.Status switch
@@ -486,9 +486,10 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     {
         try
         {
-            if (await store.ResponseAsync(ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key), id, ctx.RequestAborted) is { } stored)
+            var scope = ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key);
+            if (await store.ResponseAsync(scope, id, ctx.RequestAborted) is { } stored)
             {
-                return stored;
+                return await SettleAsync(scope, id, stored, ctx.RequestAborted);
             }
         }
         catch (StoreUnavailableException ex)
@@ -499,6 +500,29 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
 
         await NotFoundAsync(ctx, id);
         return null;
+    }
+
+    /// <summary>
+    /// A background response a fleet's instance left running when it stopped (killed: its lease lapsed, and no instance
+    /// makes it) is kept, and answered, as failed — its callers would otherwise poll a response no one makes until it
+    /// expires. Anything else as it is.
+    /// </summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be read.</exception>
+    private async Task<ResponsesStore.Stored> SettleAsync(string scope, string id, ResponsesStore.Stored stored, CancellationToken cancellationToken)
+    {
+        if (!stored.Running || !store.Shared || background.Find(scope, id) is not null || await store.HasLeaseAsync(scope, id, cancellationToken))
+        {
+            return stored;
+        }
+
+        var response = System.Text.Json.Nodes.JsonNode.Parse(stored.Response)!;
+        response["status"] = "failed";
+        response["error"] = new System.Text.Json.Nodes.JsonObject { ["code"] = "server_error", ["message"] = BackgroundResponses.LeaseLapsed };
+        var json = System.Text.Encoding.UTF8.GetBytes(response.ToJsonString());
+        using var input = JsonDocument.Parse(stored.Input);
+        // Its response.failed event, were it streamed, is the next one.
+        await store.SaveAsync(scope, id, json, earlier: null, [.. input.RootElement.EnumerateArray().Select(static i => i.Clone())], output: null, stored.LastSequence + 1);
+        return stored with { Response = json, Status = "failed", LastSequence = stored.LastSequence + 1 };
     }
 
     private static Task NotFoundAsync(HttpContext ctx, string id) =>

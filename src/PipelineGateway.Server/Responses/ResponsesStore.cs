@@ -323,6 +323,28 @@ internal sealed partial class ResponsesStore
     }
 
     /// <summary>
+    /// Says a background response's run is alive, for <paramref name="ttl"/> (a fleet sharing the store: the instance making
+    /// it renews this while it runs; a run found with none was left by an instance that stopped without ending it).
+    /// Never throws: a lease not written is renewed at the next turn.
+    /// </summary>
+    public async ValueTask RenewLeaseAsync(string scope, string responseId, TimeSpan ttl)
+    {
+        try
+        {
+            await SetAsync(Key('l', scope, responseId), [1], ttl).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_shared is not null)
+        {
+            LogNotKept(_logger, responseId, ex.GetType().Name);
+        }
+    }
+
+    /// <summary>Whether a background response's run is alive somewhere (<see cref="RenewLeaseAsync"/>).</summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be read.</exception>
+    public async ValueTask<bool> HasLeaseAsync(string scope, string responseId, CancellationToken cancellationToken) =>
+        await GetAsync(Key('l', scope, responseId), cancellationToken).ConfigureAwait(false) is not null;
+
+    /// <summary>
     /// Asks the instance making a background response to cancel it (a fleet sharing the store in Redis: the run is the
     /// other instance's; it looks for this every second, <see cref="CancelRequestedAsync"/>).
     /// </summary>
@@ -379,7 +401,7 @@ internal sealed partial class ResponsesStore
 
     /// <summary>
     /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item, <c>t</c> a tool call's thinking, <c>x</c> a background
-    /// response's cancel asked elsewhere, <c>c</c> a conversation), the scope in base64url (a key id may hold any
+    /// response's cancel asked elsewhere, <c>l</c> a background run's lease, <c>c</c> a conversation), the scope in base64url (a key id may hold any
     /// character: no scope's keys can be spelt from another's), the id.
     /// </summary>
     private static string Key(char kind, string scope, string id) =>
@@ -402,15 +424,15 @@ internal sealed partial class ResponsesStore
         }
     }
 
-    private async ValueTask SetAsync(string key, byte[] json)
+    private async ValueTask SetAsync(string key, byte[] json, TimeSpan? ttl = null)
     {
         if (_local is not null)
         {
-            _local.Set(key, json, json.Length + (2 * key.Length) + Overhead, _options.StoredResponsesTtl);
+            _local.Set(key, json, json.Length + (2 * key.Length) + Overhead, ttl ?? _options.StoredResponsesTtl);
             return;
         }
 
-        await _shared!.SetAsync(key, json, new DistributedCacheEntryOptions { AbsoluteExpirationRelativeToNow = _options.StoredResponsesTtl }).ConfigureAwait(false);
+        await _shared!.SetAsync(key, json, new DistributedCacheEntryOptions { AbsoluteExpirationRelativeToNow = ttl ?? _options.StoredResponsesTtl }).ConfigureAwait(false);
     }
 
     private async ValueTask RemoveAsync(string key, CancellationToken cancellationToken)

@@ -395,6 +395,18 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
             var completed = onBStream.Should().ContainSingle().Which.Should().BeOfType<StreamingResponseCompletedUpdate>().Subject;
             completed.Response.GetOutputText().Should().Be(GatedUpstream.Answer);
             (await onB.GetResponseAsync(made.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Completed);
+
+            // What an instance killed mid-run leaves (kept queued, no lease renewed, no instance making it) is found failed,
+            // and kept so: its callers are not left polling a response no one makes.
+            var writer = new PipelineGateway.Server.Responses.ResponsesWriter(new ChatCompletionRequest { Model = "gated" }, PipelineGateway.Server.Responses.ResponsesStore.NewResponseId(), 1, store: true, background: true);
+            _ = writer.Queued().ToList();
+            await a.Services.GetRequiredService<PipelineGateway.Server.Responses.ResponsesStore>().SaveAsync(string.Empty, writer.Id, writer.Snapshot("queued"), null, [], output: null, writer.LastSequence);
+            var orphan = (await onB.GetResponseAsync(writer.Id, Ct)).Value;
+            orphan.Status.Should().Be(ResponseStatus.Failed);
+            orphan.Error.Message.Should().Contain("stopped before it was done");
+            (await onA.GetResponseAsync(writer.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Failed, "kept so");
+            var ended = await EventsAsync(onA, writer.Id, after: null);
+            ended.Should().ContainSingle().Which.Should().BeOfType<StreamingResponseFailedUpdate>().Which.SequenceNumber.Should().Be(2, "after the queued response's two events");
         }
         finally
         {
