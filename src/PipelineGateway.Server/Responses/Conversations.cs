@@ -189,7 +189,7 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
                 return null;
             }))
             {
-                await WriteAsync(ctx, List(added, hasMore: false));
+                await WriteAsync(ctx, ItemList(added, hasMore: false));
             }
         }
     }
@@ -220,7 +220,7 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
         }
 
         var shown = items.Skip(start).Take(page.Limit).ToList();
-        await WriteAsync(ctx, List(shown, hasMore: start + shown.Count < items.Count));
+        await WriteAsync(ctx, ItemList(shown, hasMore: start + shown.Count < items.Count));
     }
 
     /// <summary><c>GET /v1/conversations/{id}/items/{item}</c>.</summary>
@@ -449,7 +449,8 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
         w.WriteEndObject();
     });
 
-    private static byte[] List(List<JsonElement> items, bool hasMore) => Json(w =>
+    /// <summary>Items as OpenAI lists them (<c>object</c> list, <c>data</c>, <c>first_id</c>, <c>last_id</c>, <c>has_more</c>): a conversation's, or a response's input items.</summary>
+    internal static byte[] ItemList(List<JsonElement> items, bool hasMore) => Json(w =>
     {
         w.WriteStartObject();
         w.WriteString("object", "list");
@@ -469,7 +470,8 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
     /// <summary>An item as a conversation keeps it: with an id (its own, or a new one) and a message's content as a list, as OpenAI lists them.</summary>
     private static JsonElement WithId(JsonElement item) => Parse(Json(w => ResponsesStore.WriteInputItem(w, item)));
 
-    private static string? ItemId(JsonElement item) =>
+    /// <summary>An item's id (null: it has none).</summary>
+    internal static string? ItemId(JsonElement item) =>
         item.ValueKind == JsonValueKind.Object && item.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String ? id.GetString() : null;
 
     private static string Scope(HttpContext ctx) => ResponsesStore.ScopeOf(ctx.Features.Get<GatewayCaller>()!.Key);

@@ -425,25 +425,10 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
 
         var page = list.Skip(start).Take(Math.Max(0, Math.Min(limit, end - start))).ToList();
         ctx.Response.ContentType = "application/json";
-        await using var w = new Utf8JsonWriter(ctx.Response.Body, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
-        w.WriteStartObject();
-        w.WriteString("object", "list");
-        w.WriteStartArray("data");
-        foreach (var item in page)
-        {
-            item.WriteTo(w);
-        }
-
-        w.WriteEndArray();
-        w.WriteString("first_id", page.Count > 0 ? ItemId(page[0]) : null);
-        w.WriteString("last_id", page.Count > 0 ? ItemId(page[^1]) : null);
-        w.WriteBoolean("has_more", start + page.Count < end);
-        w.WriteEndObject();
-        await w.FlushAsync(ctx.RequestAborted);
-
-        static string? ItemId(JsonElement item) =>
-            item.ValueKind == JsonValueKind.Object && item.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String ? id.GetString() : null;
+        await ctx.Response.Body.WriteAsync(Conversations.ItemList(page, hasMore: start + page.Count < end), ctx.RequestAborted);
     }
+
+    private static string? ItemId(JsonElement item) => Conversations.ItemId(item);
 
     /// <summary>
     /// <c>DELETE /v1/responses/{id}</c>: forgets a stored response and its output items — a background response this
