@@ -46,7 +46,7 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
                 return null;
             }, CancellationToken.None);
         }
-        catch (Exception ex) when (ex is StoreUnavailableException or InvalidOperationException)
+        catch (Exception ex) when (ex is StoreUnavailableException or InvalidOperationException or ConversationTooLargeException)
         {
             LogNotAdded(logger, conversationId, ex.GetType().Name);
         }
@@ -86,6 +86,11 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
             catch (StoreUnavailableException ex)
             {
                 await ResponsesEndpoint.StoreUnavailableAsync(ctx, ex);
+                return;
+            }
+            catch (ConversationTooLargeException ex)
+            {
+                await TooLargeAsync(ctx, ex);
                 return;
             }
 
@@ -290,6 +295,10 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
         {
             await ResponsesEndpoint.StoreUnavailableAsync(ctx, ex);
         }
+        catch (ConversationTooLargeException ex)
+        {
+            await TooLargeAsync(ctx, ex);
+        }
 
         return false;
     }
@@ -484,6 +493,9 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
 
     private static Task NotFoundAsync(HttpContext ctx, string id) =>
         RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "not_found", $"Conversation with id '{Providers.ProviderException.Quoted(id)}' not found.", "conversation_id");
+
+    private static Task TooLargeAsync(HttpContext ctx, ConversationTooLargeException ex) =>
+        RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "conversation_too_large", ex.Message, "items");
 
     private static Task ItemNotFoundAsync(HttpContext ctx, string itemId) =>
         RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "not_found", $"Item with id '{Providers.ProviderException.Quoted(itemId)}' not found in this conversation.", "item_id");

@@ -282,6 +282,7 @@ internal sealed partial class ResponsesStore
 
     /// <summary>Keeps a conversation whole: its object and its items (for <see cref="ServerOptions.StoredResponsesTtl"/> from now).</summary>
     /// <exception cref="StoreUnavailableException">Redis could not be written.</exception>
+    /// <exception cref="ConversationTooLargeException">Larger than the instance's memory bound holds: it stays as it was.</exception>
     public async ValueTask SaveConversationAsync(string scope, string conversationId, byte[] conversation, IEnumerable<JsonElement> items)
     {
         var envelope = Json(w =>
@@ -300,7 +301,10 @@ internal sealed partial class ResponsesStore
         });
         try
         {
-            await SetAsync(Key('c', scope, conversationId), envelope).ConfigureAwait(false);
+            if (!await SetAsync(Key('c', scope, conversationId), envelope).ConfigureAwait(false))
+            {
+                throw new ConversationTooLargeException(envelope.Length, _options.StoredResponsesMaxBytes);
+            }
         }
         catch (Exception ex) when (_shared is not null)
         {
@@ -424,15 +428,16 @@ internal sealed partial class ResponsesStore
         }
     }
 
-    private async ValueTask SetAsync(string key, byte[] json, TimeSpan? ttl = null)
+    /// <summary>Keeps a thing; false when the instance's memory bound cannot hold it at all (larger than <see cref="ServerOptions.StoredResponsesMaxBytes"/>: what was kept under its key stays).</summary>
+    private async ValueTask<bool> SetAsync(string key, byte[] json, TimeSpan? ttl = null)
     {
         if (_local is not null)
         {
-            _local.Set(key, json, json.Length + (2 * key.Length) + Overhead, ttl ?? _options.StoredResponsesTtl);
-            return;
+            return _local.Set(key, json, json.Length + (2 * key.Length) + Overhead, ttl ?? _options.StoredResponsesTtl);
         }
 
         await _shared!.SetAsync(key, json, new DistributedCacheEntryOptions { AbsoluteExpirationRelativeToNow = ttl ?? _options.StoredResponsesTtl }).ConfigureAwait(false);
+        return true;
     }
 
     private async ValueTask RemoveAsync(string key, CancellationToken cancellationToken)
@@ -466,6 +471,10 @@ internal sealed partial class ResponsesStore
     [LoggerMessage(EventId = 130, Level = LogLevel.Warning, Message = "The response {ResponseId} was not kept: the shared store could not be written ({Error}); a later reference to it is not found.")]
     private static partial void LogNotKept(ILogger logger, string responseId, string error);
 }
+
+/// <summary>A conversation grown past what the instance's memory keeps (<see cref="ServerOptions.StoredResponsesMaxBytes"/>): a 400 naming it; it stays as it was.</summary>
+internal sealed class ConversationTooLargeException(long bytes, long max)
+    : Exception($"The conversation would hold {bytes:N0} bytes, more than this gateway keeps in memory ({max:N0}, Gateway:Server:StoredResponsesMaxBytes; keep conversations in Redis for more): it is kept as it was.");
 
 /// <summary>The shared store (Redis) could not be reached: a 503, which an SDK retries — not a "not found" it would not.</summary>
 internal sealed class StoreUnavailableException(Exception inner) : Exception("The stored responses could not be reached; retry shortly.", inner);

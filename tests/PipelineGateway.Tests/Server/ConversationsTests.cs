@@ -143,6 +143,42 @@ public sealed class ConversationsTests : IAsyncLifetime
         (await gone.Should().ThrowAsync<ClientResultException>()).Which.Status.Should().Be(404);
     }
 
+    [Fact]
+    public async Task A_conversation_past_what_the_instance_keeps_in_memory_is_refused_naming_the_setting_and_stays_as_it_was()
+    {
+        var provider = new FakeProvider("p");
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Server:BatchDirectory"] = string.Empty,
+            ["Gateway:Server:StoredResponsesMaxBytes"] = "20000",
+        }).Build();
+        var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)));
+        var root = await GatewayServer.StartAsync(app, Ct);
+        try
+        {
+            using var http = new HttpClient { BaseAddress = root };
+            var id = JsonNode.Parse(await (await http.PostAsync("v1/conversations", new StringContent("""{"items":[{"role":"user","content":"first"}]}""", Encoding.UTF8, "application/json"), Ct)).Content.ReadAsStringAsync(Ct))!["id"]!.GetValue<string>();
+            var large = new string('x', 30_000);
+
+            using var refused = await http.PostAsync($"v1/conversations/{id}/items", new StringContent($$"""{"items":[{"role":"user","content":"{{large}}"}]}""", Encoding.UTF8, "application/json"), Ct);
+            refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
+            var error = JsonNode.Parse(await refused.Content.ReadAsStringAsync(Ct))!["error"]!;
+            error["code"]!.GetValue<string>().Should().Be("conversation_too_large");
+            error["message"]!.GetValue<string>().Should().Contain("StoredResponsesMaxBytes");
+
+            // A turn that would not fit: answered, not added (logged) — the conversation stays as it was, not lost.
+            using var answered = await http.PostAsync("v1/responses", new StringContent($$"""{"model":"m","input":"{{large}}","conversation":"{{id}}","store":false}""", Encoding.UTF8, "application/json"), Ct);
+            answered.StatusCode.Should().Be(HttpStatusCode.OK);
+            var items = JsonNode.Parse(await http.GetStringAsync($"v1/conversations/{id}/items", Ct))!["data"]!.AsArray();
+            items.Should().ContainSingle().Which!["content"]![0]!["text"]!.GetValue<string>().Should().Be("first");
+        }
+        finally
+        {
+            await app.StopAsync(CancellationToken.None);
+            await app.DisposeAsync();
+        }
+    }
+
     /// <summary>A JSON value of any kind, shallow: what a hostile body puts where an item, its members or metadata go.</summary>
     private static readonly Gen<JsonNode?> Any = Gen.Frequency(
         (2, Gen.Const<JsonNode?>((JsonNode?)null)),
