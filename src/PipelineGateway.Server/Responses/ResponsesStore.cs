@@ -216,14 +216,18 @@ internal sealed partial class ResponsesStore
         {
             // All at once: Redis pipelines them (one round trip's wait, not one per item).
             output ??= [];
-            var writes = new Task[output.Count + 1];
+            var writes = new Task<bool>[output.Count + 1];
             for (var i = 0; i < output.Count; i++)
             {
                 writes[i] = SetAsync(Key('i', scope, output[i].Id), output[i].Json).AsTask();
             }
 
             writes[^1] = SetAsync(Key('r', scope, responseId), envelope).AsTask();
-            await Task.WhenAll(writes).ConfigureAwait(false);
+            if ((await Task.WhenAll(writes).ConfigureAwait(false)).Contains(false))
+            {
+                // Larger than the instance's memory bound holds at all: said, not silent (its id is then not found).
+                LogTooLarge(_logger, responseId, envelope.Length, _options.StoredResponsesMaxBytes);
+            }
         }
         catch (Exception ex) when (_shared is not null)
         {
@@ -467,6 +471,9 @@ internal sealed partial class ResponsesStore
 
         return buffer.WrittenSpan.ToArray();
     }
+
+    [LoggerMessage(EventId = 133, Level = LogLevel.Warning, Message = "The response {ResponseId} (or one of its output items) was not kept: {Bytes} bytes, more than Gateway:Server:StoredResponsesMaxBytes ({Max}) holds; a later reference to it is not found (keep stored responses in Redis for larger ones).")]
+    private static partial void LogTooLarge(ILogger logger, string responseId, long bytes, long max);
 
     [LoggerMessage(EventId = 130, Level = LogLevel.Warning, Message = "The response {ResponseId} was not kept: the shared store could not be written ({Error}); a later reference to it is not found.")]
     private static partial void LogNotKept(ILogger logger, string responseId, string error);

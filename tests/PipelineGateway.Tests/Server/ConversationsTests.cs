@@ -9,6 +9,7 @@ using CsCheck;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging;
 using OpenAI.Conversations;
 using OpenAI.Responses;
 using PipelineGateway.Hosting;
@@ -152,7 +153,8 @@ public sealed class ConversationsTests : IAsyncLifetime
             ["Gateway:Server:BatchDirectory"] = string.Empty,
             ["Gateway:Server:StoredResponsesMaxBytes"] = "20000",
         }).Build();
-        var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)));
+        using var logs = new CapturingLoggerProvider();
+        var app = GatewayServer.Build(config, "http://127.0.0.1:0", l => l.AddProvider(logs), s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)));
         var root = await GatewayServer.StartAsync(app, Ct);
         try
         {
@@ -171,6 +173,12 @@ public sealed class ConversationsTests : IAsyncLifetime
             answered.StatusCode.Should().Be(HttpStatusCode.OK);
             var items = JsonNode.Parse(await http.GetStringAsync($"v1/conversations/{id}/items", Ct))!["data"]!.AsArray();
             items.Should().ContainSingle().Which!["content"]![0]!["text"]!.GetValue<string>().Should().Be("first");
+            logs.All.Should().Contain("was not added to conversation");
+
+            // A stored response past the bound is not kept either: said in the log, not silent.
+            var stored = JsonNode.Parse(await (await http.PostAsync("v1/responses", new StringContent($$"""{"model":"m","input":"{{large}}"}""", Encoding.UTF8, "application/json"), Ct)).Content.ReadAsStringAsync(Ct))!["id"]!.GetValue<string>();
+            (await http.GetAsync($"v1/responses/{stored}", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
+            logs.All.Should().Contain($"The response {stored} (or one of its output items) was not kept").And.Contain("StoredResponsesMaxBytes");
         }
         finally
         {
