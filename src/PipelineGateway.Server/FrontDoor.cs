@@ -63,6 +63,7 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
             }
         }
 
+        var large = 0L; // a POST's body counted toward MaxBodyBytesInFlight (0: small, or none)
         if (HttpMethods.IsPost(ctx.Request.Method))
         {
             if (!IsJson(ctx.Request.ContentType) && !(IsUpload(path) && IsMultipart(ctx.Request.ContentType)) && !IsBodilessAction(ctx.Request))
@@ -89,6 +90,8 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
                 return RouteErrors.WriteAsync(ctx, 415, "invalid_request_error", "unsupported_content_encoding",
                     $"A compressed request body is not accepted (Content-Encoding: '{Shorten(encoding.ToString())}'); send the JSON uncompressed.");
             }
+
+            large = LargeBodyBytes(ctx.Request, path);
         }
 
         RequestHeaders headers;
@@ -102,7 +105,7 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         }
 
         ctx.Features.Set(new GatewayCaller(key, headers));
-        return HttpMethods.IsPost(ctx.Request.Method) && LargeBodyBytes(ctx.Request, path) is > 0 and var large ? ServeLargeAsync(ctx, large) : next(ctx);
+        return large > 0 ? ServeLargeAsync(ctx, large) : next(ctx);
     }
 
     /// <summary>A body counted toward <see cref="ServerOptions.MaxBodyBytesInFlight"/> from this size on.</summary>
