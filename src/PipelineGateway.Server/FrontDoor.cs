@@ -21,7 +21,7 @@ internal sealed record GatewayCaller(GatewayKeyOptions? Key, RequestHeaders Head
 /// Errors are written in the route's own shape (<see cref="RouteErrors"/>). The model a key may use is checked by the
 /// endpoints once the body is read (<see cref="GatewayKeys.MayUse"/>).
 /// </summary>
-internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, ServerOptions options, AuthThrottle throttle, ILogger<FrontDoor> logger)
+internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, ServerOptions options, AuthThrottle throttle, LargeBodies largeBodies, ILogger<FrontDoor> logger)
 {
     /// <remarks>Not an async method: every branch hands back the task of what it calls (no state machine per request).</remarks>
     public Task InvokeAsync(HttpContext ctx)
@@ -105,20 +105,21 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         }
 
         ctx.Features.Set(new GatewayCaller(key, headers));
-        return large > 0 ? ServeLargeAsync(ctx, large) : next(ctx);
+        return large > 0 ? ServeLargeAsync(ctx, large) : large < 0 ? ServeUnannouncedAsync(ctx) : next(ctx);
     }
 
-    /// <summary>A body counted toward <see cref="ServerOptions.MaxBodyBytesInFlight"/> from this size on.</summary>
-    internal const long LargeBody = 64 * 1024;
-
-    private long _largeBodies;
-
-    /// <summary>What a request's body counts toward the large bodies' bound: its length when large, else nothing.</summary>
-    private long LargeBodyBytes(HttpRequest request, PathString path)
+    /// <summary>
+    /// What a request's body counts toward the large bodies' bound: its length when announced and large, -1 when sent
+    /// without one (chunked: counted as it arrives, <see cref="ServeUnannouncedAsync"/>), else nothing.
+    /// </summary>
+    private static long LargeBodyBytes(HttpRequest request, PathString path)
     {
-        var length = request.ContentLength
-            ?? (request.Headers.ContainsKey("Transfer-Encoding") ? (IsUpload(path) ? options.MaxUploadBytes : options.MaxRequestBodyBytes) : 0);
-        return length < LargeBody || IsBatchFile(path) || IsMessageBatch(path) ? 0 : length; // batch bodies go to disk as they are read
+        if (IsBatchFile(path) || IsMessageBatch(path))
+        {
+            return 0; // batch bodies go to disk as they are read
+        }
+
+        return request.ContentLength is { } length ? (length < LargeBodies.From ? 0 : length) : request.Headers.ContainsKey("Transfer-Encoding") ? -1 : 0;
     }
 
     /// <summary>
@@ -128,14 +129,11 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
     /// </summary>
     private async Task ServeLargeAsync(HttpContext ctx, long bytes)
     {
-        var now = Interlocked.Add(ref _largeBodies, bytes);
         try
         {
-            if (now > options.MaxBodyBytesInFlight && now != bytes)
+            if (!largeBodies.TryAdd(bytes, bytes))
             {
-                await RouteErrors.WriteAsync(ctx, 503, "server_overloaded", "server_busy",
-                    $"The gateway is serving as many large request bodies as it holds at once (Gateway:Server:MaxBodyBytesInFlight, {options.MaxBodyBytesInFlight} bytes); retry shortly.",
-                    retryAfter: TimeSpan.FromSeconds(1));
+                await WriteBusyAsync(ctx, largeBodies.BusyMessage);
                 return;
             }
 
@@ -143,9 +141,34 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         }
         finally
         {
-            Interlocked.Add(ref _largeBodies, -bytes);
+            largeBodies.Release(bytes);
         }
     }
+
+    /// <summary>
+    /// A body sent without a length (chunked: .NET's <c>PostAsJsonAsync</c>, a streamed upload) counts toward
+    /// <see cref="ServerOptions.MaxBodyBytesInFlight"/> by what has arrived (<see cref="LargeBodies.Counting"/>): it was
+    /// counted as its route's whole bound from its headers, so two small chunked requests at once took the default room
+    /// and a third was a 503. One that outgrows the room left is refused as it is read, by its route like any refused body
+    /// (<see cref="JsonBody.WriteBodyFailureAsync"/>).
+    /// </summary>
+    private async Task ServeUnannouncedAsync(HttpContext ctx)
+    {
+        var body = largeBodies.Counting(ctx.Request.Body);
+        ctx.Request.Body = body; // Kestrel's BodyReader then reads through it too
+        try
+        {
+            await next(ctx);
+        }
+        finally
+        {
+            largeBodies.Release(body.Counted);
+        }
+    }
+
+    /// <summary>The 503 for a large body past <see cref="ServerOptions.MaxBodyBytesInFlight"/> (retried by the SDKs).</summary>
+    internal static Task WriteBusyAsync(HttpContext ctx, string message) =>
+        RouteErrors.WriteAsync(ctx, 503, "server_overloaded", "server_busy", message, retryAfter: TimeSpan.FromSeconds(1));
 
     public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options, bool upload = false) =>
         RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The request body is larger than {(upload ? options.MaxUploadBytes : options.MaxRequestBodyBytes)} bytes.");

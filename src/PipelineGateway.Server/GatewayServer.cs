@@ -70,6 +70,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton(server);
         builder.Services.AddSingleton<GatewayKeys>();
         builder.Services.AddSingleton<AuthThrottle>();
+        builder.Services.AddSingleton<LargeBodies>();
         builder.Services.AddSingleton<GatewayResponseHeaders>();
         builder.Services.AddSingleton<ChatCompletionsEndpoint>();
         builder.Services.AddSingleton<OperationsEndpoint>();

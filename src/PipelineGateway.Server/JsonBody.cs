@@ -95,7 +95,8 @@ internal static partial class JsonBody
 
     /// <summary>
     /// Kestrel refused the body while it was read: too large (413), too slow (408: below the minimum data rate), or
-    /// badly framed (400). Answered in the route's shape and logged below warning: a client's doing, not the gateway's.
+    /// badly framed (400); or the front door did: a body sent without a length past the large bodies' room (503,
+    /// <see cref="LargeBodies"/>). Answered in the route's shape and logged below warning: a client's doing, not the gateway's.
     /// </summary>
     public static Task WriteBodyFailureAsync(HttpContext ctx, BadHttpRequestException ex, ServerOptions options, ILogger logger)
     {
@@ -104,6 +105,7 @@ internal static partial class JsonBody
         {
             413 => FrontDoor.WriteTooLargeAsync(ctx, options, FrontDoor.IsUpload(ctx.Request.Path)),
             408 => RouteErrors.WriteAsync(ctx, 408, "invalid_request_error", "request_timeout", "The request body arrived too slowly."),
+            503 => FrontDoor.WriteBusyAsync(ctx, ex.Message), // a chunked body past MaxBodyBytesInFlight (FrontDoor)
             _ => RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_request", "The request body could not be read (malformed framing)."),
         };
     }

@@ -20,7 +20,7 @@ public sealed class ServerOptions
 
     /// <summary>
     /// What the large request bodies (64 KiB or more: long prompts, inline images, audio uploads) being served at once may
-    /// add up to, by their announced length (a body sent without one counts as its route's bound); past it another large
+    /// add up to, by their announced length (a body sent without one, chunked, by what has arrived); past it another large
     /// one is a 503 <c>server_busy</c> with <c>Retry-After</c> — a request held in memory costs the process several times
     /// its body (measured ~7×, docs/server.md) — while smaller requests never count. Batch files and message batches,
     /// written to disk as they are read, do not count. At least the larger of <see cref="MaxRequestBodyBytes"/> and

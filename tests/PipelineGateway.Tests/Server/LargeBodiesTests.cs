@@ -1,8 +1,10 @@
 using System.Net;
+using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json.Nodes;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Server;
 using PipelineGateway.Tests.Support;
 
@@ -28,6 +30,21 @@ public sealed class LargeBodiesTests
     private static byte[] ChatWithImage(int imageBytes) => Encoding.UTF8.GetBytes(
         "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"What is in this photo?\"},"
         + "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/jpeg;base64," + Convert.ToBase64String(new byte[imageBytes]) + "\"}}]}]}");
+
+    /// <summary>Done once the large bodies being served count at least <paramref name="bytes"/> (a signal, not a wait).</summary>
+    private static Task CountedAsync(WebApplication app, long bytes)
+    {
+        var bodies = app.Services.GetRequiredService<LargeBodies>();
+        var counted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        bodies.Changed += total =>
+        {
+            if (total >= bytes)
+            {
+                counted.TrySetResult();
+            }
+        };
+        return counted.Task;
+    }
 
     [Fact]
     public async Task A_photo_sent_inline_is_within_the_default_bound()
@@ -57,26 +74,12 @@ public sealed class LargeBodiesTests
         var large = ChatWithImage(450 * 1024); // ~600 KB: two do not fit in 1 MiB
 
         // The first large request sends half its body and waits: the gateway counts it from its headers on.
+        var counted = CountedAsync(app, large.Length);
         var held = new HeldContent(large);
         var first = http.PostAsync("v1/chat/completions", held, Ct);
-        await held.HalfSent.Task.WaitAsync(Ct);
+        await counted.WaitAsync(Ct);
 
-        // Its headers may reach the gateway after this one's (two connections): sent again until the first is counted
-        // (each answered meanwhile, whole) — bounded, not timed.
-        HttpResponseMessage second;
-        for (var attempt = 0; ; attempt++)
-        {
-            second = await http.PostAsync("v1/chat/completions", new ByteArrayContent(large) { Headers = { ContentType = new("application/json") } }, Ct);
-            if (second.StatusCode == HttpStatusCode.ServiceUnavailable || attempt == 200)
-            {
-                break;
-            }
-
-            second.StatusCode.Should().Be(HttpStatusCode.OK);
-            second.Dispose();
-        }
-
-        using (second)
+        using (var second = await http.PostAsync("v1/chat/completions", new ByteArrayContent(large) { Headers = { ContentType = new("application/json") } }, Ct))
         {
             second.StatusCode.Should().Be(HttpStatusCode.ServiceUnavailable);
             second.Headers.RetryAfter.Should().NotBeNull();
@@ -101,6 +104,87 @@ public sealed class LargeBodiesTests
     }
 
     [Fact]
+    public async Task Small_bodies_sent_without_a_length_never_count()
+    {
+        // Defaults (32 MiB bodies, 64 MiB at once). A body without a length counted as a whole 32 MiB from its headers:
+        // with two such requests under way (.NET's PostAsJsonAsync sends chunked), a third was a 503.
+        var (app, root) = await StartAsync([]);
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = root };
+        var chat = Encoding.UTF8.GetBytes("""{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}""");
+        var bodies = app.Services.GetRequiredService<LargeBodies>();
+        var changes = 0;
+        bodies.Changed += _ => Interlocked.Increment(ref changes);
+        var held = Enumerable.Range(0, 3).Select(_ => new HeldContent(chat, chunked: true)).ToList();
+        var pending = held.Select(h => http.PostAsync("v1/chat/completions", h, Ct)).ToList();
+        await Task.WhenAll(held.Select(h => h.HalfSent.Task)).WaitAsync(Ct);
+
+        // The held ones' headers may reach the gateway after these (other connections): sent a number of times, each
+        // answered — bounded, not timed.
+        for (var i = 0; i < 50; i++)
+        {
+            using var response = await http.PostAsJsonAsync("v1/chat/completions", new { model = "gpt-4o-mini", messages = new[] { new { role = "user", content = "hi" } } }, Ct);
+            response.StatusCode.Should().Be(HttpStatusCode.OK, await response.Content.ReadAsStringAsync(Ct));
+        }
+
+        Volatile.Read(ref changes).Should().Be(0, "no body here is large");
+        held.ForEach(h => h.Release.TrySetResult());
+        foreach (var answered in await Task.WhenAll(pending))
+        {
+            using (answered)
+            {
+                answered.StatusCode.Should().Be(HttpStatusCode.OK);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task A_large_body_sent_without_a_length_counts_as_it_arrives()
+    {
+        var (app, root) = await StartAsync(new Dictionary<string, string?>
+        {
+            ["Gateway:Server:MaxRequestBodyBytes"] = "1048576",
+            ["Gateway:Server:MaxUploadBytes"] = "1048576",
+            ["Gateway:Server:MaxBodyBytesInFlight"] = "1048576",
+        });
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = root };
+        var large = ChatWithImage(450 * 1024); // ~600 KB
+        var counted = CountedAsync(app, large.Length);
+        var held = new HeldContent(large);
+        var first = http.PostAsync("v1/chat/completions", held, Ct);
+        await counted.WaitAsync(Ct);
+
+        // Another ~600 KB without a length is refused once what has arrived passes the room left.
+        using (var refused = await http.PostAsync("v1/chat/completions", new HeldContent(large, chunked: true, hold: false), Ct))
+        {
+            refused.StatusCode.Should().Be(HttpStatusCode.ServiceUnavailable);
+            refused.Headers.RetryAfter.Should().NotBeNull();
+            var error = JsonNode.Parse(await refused.Content.ReadAsStringAsync(Ct))!["error"]!;
+            error["code"]!.GetValue<string>().Should().Be("server_busy");
+            error["message"]!.GetValue<string>().Should().Contain("MaxBodyBytesInFlight");
+        }
+
+        // ~300 KB without a length fits in the room left (it counted as the whole 1 MiB bound, and was refused), again and
+        // again: the refused one's bytes were given back.
+        var fits = ChatWithImage(220 * 1024);
+        for (var i = 0; i < 3; i++)
+        {
+            using var response = await http.PostAsync("v1/chat/completions", new HeldContent(fits, chunked: true, hold: false), Ct);
+            response.StatusCode.Should().Be(HttpStatusCode.OK, await response.Content.ReadAsStringAsync(Ct));
+        }
+
+        held.Release.TrySetResult();
+        using (var answered = await first)
+        {
+            answered.StatusCode.Should().Be(HttpStatusCode.OK, await answered.Content.ReadAsStringAsync(Ct));
+        }
+
+        using var after = await http.PostAsync("v1/chat/completions", new HeldContent(large, chunked: true, hold: false), Ct);
+        after.StatusCode.Should().Be(HttpStatusCode.OK, "alone, a body always fits");
+    }
+
+    [Fact]
     public void The_bound_must_hold_one_largest_body()
     {
         var options = new ServerOptions { MaxRequestBodyBytes = 32 * 1024 * 1024, MaxBodyBytesInFlight = 16 * 1024 * 1024 };
@@ -108,14 +192,20 @@ public sealed class LargeBodiesTests
         new ServerOptions().Validate().Should().BeEmpty("the defaults hold together");
     }
 
-    /// <summary>A body sent half, then the rest once the test says so (with its whole length announced).</summary>
+    /// <summary>
+    /// A body sent half, then (held) the rest once the test says so; with its whole length announced or (chunked) without.
+    /// </summary>
     private sealed class HeldContent : HttpContent
     {
         private readonly byte[] _bytes;
+        private readonly bool _chunked;
+        private readonly bool _hold;
 
-        public HeldContent(byte[] bytes)
+        public HeldContent(byte[] bytes, bool chunked = false, bool hold = true)
         {
             _bytes = bytes;
+            _chunked = chunked;
+            _hold = hold;
             Headers.ContentType = new("application/json");
         }
 
@@ -129,14 +219,18 @@ public sealed class LargeBodiesTests
             await stream.WriteAsync(_bytes.AsMemory(0, half));
             await stream.FlushAsync();
             HalfSent.TrySetResult();
-            await Release.Task;
+            if (_hold)
+            {
+                await Release.Task;
+            }
+
             await stream.WriteAsync(_bytes.AsMemory(half));
         }
 
         protected override bool TryComputeLength(out long length)
         {
             length = _bytes.Length;
-            return true;
+            return !_chunked;
         }
     }
 }

@@ -1,0 +1,113 @@
+using Microsoft.AspNetCore.Http;
+
+namespace PipelineGateway.Server;
+
+/// <summary>
+/// What the large request bodies being served hold at once, bounded by <see cref="ServerOptions.MaxBodyBytesInFlight"/>
+/// (docs/server.md, "Large request bodies"): a request held in memory costs the process several times its body, so a
+/// flood of large ones past the bound is refused (503, <c>Retry-After</c>) rather than taking the process's memory.
+/// </summary>
+internal sealed class LargeBodies(ServerOptions options)
+{
+    /// <summary>A body counts from this size on; smaller ones never do and are never refused for it.</summary>
+    public const long From = 64 * 1024;
+
+    private long _bytes;
+
+    /// <summary>What the large bodies being served count now.</summary>
+    public long InFlight => Interlocked.Read(ref _bytes);
+
+    /// <summary>Told the new total after every change (tests wait on it rather than on time).</summary>
+    internal event Action<long>? Changed;
+
+    public string BusyMessage => $"The gateway is serving as many large request bodies as it holds at once (Gateway:Server:MaxBodyBytesInFlight, {options.MaxBodyBytesInFlight} bytes); retry shortly.";
+
+    /// <summary>
+    /// Counts <paramref name="bytes"/> more of a request's body (<paramref name="mine"/> in all): false when that takes
+    /// the large bodies past the bound and the request is not alone (one alone always fits). The caller gives back what
+    /// it added (<see cref="Release"/>) either way.
+    /// </summary>
+    public bool TryAdd(long bytes, long mine)
+    {
+        var now = Interlocked.Add(ref _bytes, bytes);
+        Changed?.Invoke(now);
+        return now <= options.MaxBodyBytesInFlight || now == mine;
+    }
+
+    public void Release(long bytes)
+    {
+        if (bytes != 0)
+        {
+            Changed?.Invoke(Interlocked.Add(ref _bytes, -bytes));
+        }
+    }
+
+    /// <summary>A body sent without a length, counted as its bytes arrive from <see cref="From"/> on.</summary>
+    public CountedBody Counting(Stream body) => new(body, this);
+
+    /// <summary>
+    /// A request body without a length, counted toward the bound as its bytes arrive: past it, a read throws Kestrel's
+    /// own refusal of a body, status 503, which every route answers as the 503 <c>server_busy</c>. One request's body is
+    /// read by one reader at a time, so the count is this body's alone.
+    /// </summary>
+    internal sealed class CountedBody(Stream inner, LargeBodies bodies) : Stream
+    {
+        private long _read;
+
+        /// <summary>What this body has added to the bound so far (given back when its request ends).</summary>
+        public long Counted { get; private set; }
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            var n = await inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
+            Count(n);
+            return n;
+        }
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+        public override int Read(byte[] buffer, int offset, int count)
+        {
+            var n = inner.Read(buffer, offset, count);
+            Count(n);
+            return n;
+        }
+
+        private void Count(int n)
+        {
+            _read += n;
+            if (_read < From)
+            {
+                return;
+            }
+
+            var add = _read - Counted;
+            Counted = _read;
+            if (!bodies.TryAdd(add, Counted))
+            {
+                throw new BadHttpRequestException(bodies.BusyMessage, StatusCodes.Status503ServiceUnavailable);
+            }
+        }
+
+        public override bool CanRead => true;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => false;
+
+        public override long Length => throw new NotSupportedException();
+
+        public override long Position { get => _read; set => throw new NotSupportedException(); }
+
+        public override void Flush()
+        {
+        }
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+}
