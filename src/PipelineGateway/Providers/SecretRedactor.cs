@@ -13,7 +13,7 @@ namespace PipelineGateway.Providers;
 /// characters (<c>gsk_ab***wxyz</c>, <c>sk-proj-…7f3a</c>) — whatever the key's shape, since its visible ends are
 /// fragments of a real key;</item>
 /// <item>common key shapes whole (<c>sk-</c>, <c>sk-ant-</c>, <c>sk-proj-</c>, <c>gsk_</c>, <c>xai-</c>, <c>AIza</c>,
-/// <c>ghp_</c>, <c>hf_</c>, <c>Bearer …</c>).</item>
+/// <c>ghp_</c>, <c>hf_</c>, <c>Bearer …</c>), also glued to the characters before them when they look like a key.</item>
 /// </list>
 /// </summary>
 internal static partial class SecretRedactor
@@ -68,7 +68,11 @@ internal static partial class SecretRedactor
     [GeneratedRegex(@"[A-Za-z0-9_\-]{2,}(?:\*{2,}|…|\.{3})[A-Za-z0-9_\-]{2,}|[A-Za-z0-9_\-]{4,}\*{3,}|(?:\*{2,}|…|\.{3})[A-Za-z0-9_\-]{4,}", RegexOptions.CultureInvariant)]
     private static partial Regex MaskedToken();
 
-    [GeneratedRegex(@"\b(?:sk-ant-|sk-proj-|sk-|gsk_|xai-|AIza|ghp_|github_pat_|hf_|pk-|rk-)[A-Za-z0-9_\-]{6,}", RegexOptions.CultureInvariant)]
+    // A key's shape at a word's start, or glued to what comes before it (a key pasted after other characters, "%3Dsk-…"
+    // in an echoed URL, "\u0022sk-…" in escaped JSON, "MY_KEY_sk-…") when it looks like a key: 20 characters or more with
+    // upper case, lower case and a digit (every provider's random part has them; words like "task-management" or
+    // "risk-assessment-2024" do not, and are left alone).
+    [GeneratedRegex(@"\b(?:sk-ant-|sk-proj-|sk-|gsk_|xai-|AIza|ghp_|github_pat_|hf_|pk-|rk-)[A-Za-z0-9_\-]{6,}|(?:sk-|gsk_|xai-|AIza|ghp_|github_pat_|hf_|pk-|rk-)(?=[A-Za-z0-9_\-]*[A-Z])(?=[A-Za-z0-9_\-]*[a-z])(?=[A-Za-z0-9_\-]*[0-9])[A-Za-z0-9_\-]{20,}", RegexOptions.CultureInvariant)]
     private static partial Regex KeyShape();
 
     [GeneratedRegex(@"\bBearer\s+[A-Za-z0-9_\-\.=+/]{6,}", RegexOptions.CultureInvariant | RegexOptions.IgnoreCase)]

@@ -1,3 +1,4 @@
+using CsCheck;
 using FluentAssertions;
 using PipelineGateway.Providers;
 
@@ -35,6 +36,32 @@ public sealed class SecretRedactorTests
     public void Common_key_shapes_are_redacted_whole(string key) =>
         SecretRedactor.Redact($"bad key '{key}' sent").Should().Be("bad key '[redacted]' sent");
 
+    [Theory]
+    [InlineData("GET /v1/x?key%3Dsk-proj-Ab3dEfGh1jKlMnOpQrSt9 failed", "Ab3dEfGh1jKl")]
+    [InlineData("{\\u0022key\\u0022:\\u0022sk-AbC123dEf456gHi789jKl\\u0022}", "AbC123dEf456")]
+    [InlineData("OPENAI_API_KEY_sk-AbC123dEf456gHi789jKl not accepted", "AbC123dEf456")]
+    [InlineData("pasted twice: xxxsk-ant-api03-Zx9Yw8Vu7Ts6Rq5Po4Nm", "Zx9Yw8Vu7Ts6")]
+    [InlineData("key=0gsk_Zq81LmNoPqRsTuVwXy7a invalid", "Zq81LmNoPqRs")]
+    public void A_key_glued_to_the_characters_before_it_is_redacted(string text, string fragment)
+    {
+        var safe = SecretRedactor.Redact(text);
+
+        safe.Should().NotContain(fragment).And.Contain("[redacted]");
+    }
+
+    [Fact]
+    public void A_key_glued_after_any_characters_leaves_no_fragment() =>
+        Gen.Select(
+                Gen.String[Gen.Char["abcdefghijklmnopqrstuvwxyz0123456789_%=\\"], 0, 12],
+                Gen.Int[0, 6].Select(i => new[] { "sk-", "sk-proj-", "sk-ant-api03-", "gsk_", "xai-", "hf_", "ghp_" }[i]),
+                Gen.String[Gen.Char["ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"], 20, 60])
+            .Where(t => t.Item3.Any(char.IsUpper) && t.Item3.Any(char.IsLower) && t.Item3.Any(char.IsDigit))
+            .Sample((before, prefix, body) =>
+            {
+                var safe = SecretRedactor.Redact($"{before}{prefix}{body} rest");
+                return !safe.Contains(body[..8], StringComparison.Ordinal) && !safe.Contains(body[^8..], StringComparison.Ordinal);
+            }, seed: "0N0XIzNsQ0O2", iter: 2000);
+
     [Fact]
     public void Bearer_tokens_are_redacted_whatever_their_shape() =>
         SecretRedactor.Redact("Authorization: Bearer abc.def-ghi_jkl").Should().Be("Authorization: Bearer [redacted]");
@@ -64,6 +91,10 @@ public sealed class SecretRedactorTests
     [InlineData("max_tokens: must be positive")]
     [InlineData("The model `gpt-4o-mini` does not exist")]
     [InlineData("Rate limit reached for requests. Try again in 20s.")]
+    [InlineData("task-management and risk-assessment-framework-v2 for 2024, whisk-together")]
+    [InlineData("the desk-booking-service-2024-eu-west failed")]
+    [InlineData("see Task-Management-Framework-Overview and Risk-Assessment-Guidelines")]
+    [InlineData("tracked as task-PLAT-2024-Q3-RELEASE-NOTES")]
     public void Ordinary_error_prose_is_left_alone(string text) =>
         SecretRedactor.Redact(text).Should().Be(text);
 }
