@@ -38,7 +38,8 @@ internal sealed class LargeBodies(ServerOptions options)
     {
         if (bytes != 0)
         {
-            Changed?.Invoke(Interlocked.Add(ref _bytes, -bytes));
+            var now = Interlocked.Add(ref _bytes, -bytes); // not inside Changed?.Invoke(…): unevaluated with no listener
+            Changed?.Invoke(now);
         }
     }
 

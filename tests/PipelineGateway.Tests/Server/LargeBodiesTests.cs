@@ -46,6 +46,26 @@ public sealed class LargeBodiesTests
         return counted.Task;
     }
 
+    /// <summary>Done once the large bodies being served count nothing.</summary>
+    private static Task ReleasedAsync(WebApplication app)
+    {
+        var bodies = app.Services.GetRequiredService<LargeBodies>();
+        var released = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        bodies.Changed += total =>
+        {
+            if (total == 0)
+            {
+                released.TrySetResult();
+            }
+        };
+        if (bodies.InFlight == 0)
+        {
+            released.TrySetResult();
+        }
+
+        return released.Task;
+    }
+
     [Fact]
     public async Task A_photo_sent_inline_is_within_the_default_bound()
     {
@@ -182,6 +202,37 @@ public sealed class LargeBodiesTests
 
         using var after = await http.PostAsync("v1/chat/completions", new HeldContent(large, chunked: true, hold: false), Ct);
         after.StatusCode.Should().Be(HttpStatusCode.OK, "alone, a body always fits");
+    }
+
+    [Fact]
+    public async Task Large_bodies_without_a_length_growing_together_are_not_all_refused_and_give_their_room_back()
+    {
+        var (app, root) = await StartAsync(new Dictionary<string, string?>
+        {
+            ["Gateway:Server:MaxRequestBodyBytes"] = "1048576",
+            ["Gateway:Server:MaxUploadBytes"] = "1048576",
+            ["Gateway:Server:MaxBodyBytesInFlight"] = "1048576",
+        });
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = root };
+        var large = ChatWithImage(300 * 1024); // ~400 KB: two fit in 1 MiB, four do not
+
+        for (var round = 0; round < 3; round++)
+        {
+            var held = Enumerable.Range(0, 4).Select(_ => new HeldContent(large, chunked: true)).ToList();
+            var pending = held.Select(h => http.PostAsync("v1/chat/completions", h, Ct)).ToList();
+            await Task.WhenAll(held.Select(h => h.HalfSent.Task)).WaitAsync(Ct);
+            held.ForEach(h => h.Release.TrySetResult());
+            var answers = await Task.WhenAll(pending);
+            var codes = answers.Select(a => a.StatusCode).ToList();
+            answers.ToList().ForEach(a => a.Dispose());
+
+            codes.Should().Contain(HttpStatusCode.OK, "one body at least is served whatever the order");
+            codes.Should().OnlyContain(c => c == HttpStatusCode.OK || c == HttpStatusCode.ServiceUnavailable);
+            // Every request gives its room back as it ends (just after its answer is sent: waited for by signal, listened
+            // to only from here — while they ran nothing listened to the count, as in a live gateway).
+            await ReleasedAsync(app).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+        }
     }
 
     [Fact]
