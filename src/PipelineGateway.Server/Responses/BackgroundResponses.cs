@@ -32,6 +32,15 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
 
     internal static readonly TimeSpan LeaseRenewal = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// How often a run in a fleet shares its new events through the store, and a stream of it asked of another instance
+    /// looks for them (<see cref="ResponsesStore.ShareEventsAsync"/>).
+    /// </summary>
+    internal static readonly TimeSpan SharePoll = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>How long each batch of shared events is kept in the fleet's store (from when it was written).</summary>
+    internal static readonly TimeSpan SharedEventsKept = TimeSpan.FromHours(1);
+
     /// <summary>What a run left by a stopped instance is kept as: failed, with this.</summary>
     internal const string LeaseLapsed = "The gateway instance making this background response stopped before it was done; send it again.";
 
@@ -233,7 +242,8 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
         request.Stream = true; // whatever the caller asked: its progress is known, and its events can be streamed to anyone
         request.StreamOptions = new StreamOptions { IncludeUsage = true };
         using var either = CancellationTokenSource.CreateLinkedTokenSource(run.Cancel.Token, _stopping.Token);
-        var watching = store.Shared ? WatchAsync(scope, writer.Id, run, either.Token) : Task.CompletedTask;
+        var sharing = new Sharing(scope, writer.Id, run);
+        var watching = store.Shared ? WatchAsync(sharing, either.Token) : Task.CompletedTask;
         try
         {
             var started = false;
@@ -282,34 +292,72 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
         {
             await either.CancelAsync().ConfigureAwait(false); // the watch ends with the run
             await watching.ConfigureAwait(false);
+            if (store.Shared)
+            {
+                await ShareAsync(sharing).ConfigureAwait(false); // its last events, the one that ended it among them
+            }
+
             run.End();
             KeepEnded((scope, writer.Id), run); // its events, for a caller resuming after its end
             Leave(scope);
         }
     }
 
+    /// <summary>A run's events shared with a fleet so far: how many, and the next batch's number.</summary>
+    private sealed class Sharing(string scope, string id, Run run)
+    {
+        public string Scope { get; } = scope;
+
+        public string Id { get; } = id;
+
+        public Run Run { get; } = run;
+
+        public int Shared { get; set; }
+
+        public int Batch { get; set; }
+    }
+
+    /// <summary>Shares the run's events not yet shared, as the next batch (kept for the next turn when the store cannot be written).</summary>
+    private async Task ShareAsync(Sharing sharing)
+    {
+        var (events, _, _) = sharing.Run.Read(sharing.Shared);
+        if (events.Count > 0 && await store.ShareEventsAsync(sharing.Scope, sharing.Id, sharing.Batch, sharing.Shared, events, SharedEventsKept).ConfigureAwait(false))
+        {
+            sharing.Shared += events.Count;
+            sharing.Batch++;
+        }
+    }
+
     /// <summary>
-    /// A run's watch in a fleet: its lease renewed every <see cref="LeaseRenewal"/>, and a cancel asked of another instance
-    /// looked for every <see cref="CancelPoll"/>, until the run ends.
+    /// A run's watch in a fleet: its new events shared every <see cref="SharePoll"/>, its lease renewed every
+    /// <see cref="LeaseRenewal"/>, and a cancel asked of another instance looked for every <see cref="CancelPoll"/>, until
+    /// the run ends.
     /// </summary>
-    private async Task WatchAsync(string scope, string id, Run run, CancellationToken ended)
+    private async Task WatchAsync(Sharing sharing, CancellationToken ended)
     {
         try
         {
             var renewed = time.GetUtcNow();
+            var looked = renewed;
             while (true)
             {
-                await Task.Delay(CancelPoll, time, ended).ConfigureAwait(false);
-                if (time.GetUtcNow() - renewed >= LeaseRenewal)
+                await Task.Delay(SharePoll, time, ended).ConfigureAwait(false);
+                await ShareAsync(sharing).ConfigureAwait(false);
+                var now = time.GetUtcNow();
+                if (now - renewed >= LeaseRenewal)
                 {
-                    renewed = time.GetUtcNow();
-                    await store.RenewLeaseAsync(scope, id, Lease).ConfigureAwait(false);
+                    renewed = now;
+                    await store.RenewLeaseAsync(sharing.Scope, sharing.Id, Lease).ConfigureAwait(false);
                 }
 
-                if (await store.CancelRequestedAsync(scope, id, ended).ConfigureAwait(false))
+                if (now - looked >= CancelPoll)
                 {
-                    await run.Cancel.CancelAsync().ConfigureAwait(false);
-                    return;
+                    looked = now;
+                    if (await store.CancelRequestedAsync(sharing.Scope, sharing.Id, ended).ConfigureAwait(false))
+                    {
+                        await sharing.Run.Cancel.CancelAsync().ConfigureAwait(false);
+                        return;
+                    }
                 }
             }
         }

@@ -314,10 +314,11 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     }
 
     /// <summary>
-    /// A background response this instance does not make, streamed: its state read every second (keep-alive comments
-    /// meanwhile) until it is done, then the event that ended it — <c>response.completed</c>, <c>.incomplete</c> or
-    /// <c>.failed</c> with the response, at its own sequence number — unless the caller already had it; a cancelled
-    /// response's stream just ends, as does one no longer kept.
+    /// A background response this instance does not make (or no longer holds the events of), streamed: in a fleet the
+    /// events its making instance shares through the store, as they come (every <see cref="BackgroundResponses.SharePoll"/>);
+    /// its state read every second (keep-alive comments meanwhile) until it is done, then the event that ended it —
+    /// <c>response.completed</c>, <c>.incomplete</c> or <c>.failed</c> with the response, at its own sequence number —
+    /// unless the caller already had it; a cancelled response's stream just ends, as does one no longer kept.
     /// </summary>
     private async Task StreamEndAsync(HttpContext ctx, string scope, string id, ResponsesStore.Stored stored, int after)
     {
@@ -326,17 +327,30 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         await ctx.Response.BodyWriter.FlushAsync(aborted);
         try
         {
+            // In a fleet the making instance shares its events (BackgroundResponses.SharePoll): they are written as they
+            // come; the state is read every second.
+            var shared = new SharedCursor(after);
+            await WriteSharedAsync(ctx, scope, id, shared);
             var waited = TimeSpan.Zero;
+            var read = TimeSpan.Zero;
+            var poll = store.Shared ? BackgroundResponses.SharePoll : TimeSpan.FromSeconds(1);
             while (stored.Running)
             {
-                await Task.Delay(TimeSpan.FromSeconds(1), time, aborted);
-                waited += TimeSpan.FromSeconds(1);
+                await Task.Delay(poll, time, aborted);
+                waited = await WriteSharedAsync(ctx, scope, id, shared) ? TimeSpan.Zero : waited + poll;
                 if (waited >= options.StreamKeepAlive)
                 {
                     waited = TimeSpan.Zero;
                     await ctx.Response.Body.WriteAsync(BackgroundResponses.KeepAlive, aborted);
                 }
 
+                read += poll;
+                if (read < TimeSpan.FromSeconds(1))
+                {
+                    continue;
+                }
+
+                read = TimeSpan.Zero;
                 if (await store.ResponseAsync(scope, id, aborted) is not { } now)
                 {
                     return; // deleted, or no longer kept
@@ -344,6 +358,20 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
 
                 stored = await SettleAsync(scope, id, now, aborted);
             }
+
+            // The making instance shares its last events just after it kept the response done: looked for once more, then
+            // the event that ended it is written from the kept response when the caller does not have it yet.
+            if (store.Shared && shared.After < stored.LastSequence)
+            {
+                await WriteSharedAsync(ctx, scope, id, shared);
+                if (shared.After < stored.LastSequence)
+                {
+                    await Task.Delay(BackgroundResponses.SharePoll, time, aborted);
+                    await WriteSharedAsync(ctx, scope, id, shared);
+                }
+            }
+
+            after = shared.After;
 
             var name = stored.Status switch
             {
@@ -379,6 +407,48 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         {
             // The shared store went away mid-stream: the stream ends without its last event; the caller may resume.
         }
+    }
+
+    /// <summary>Where a stream of another instance's run stands: the next batch of shared events to read, the last event the caller has.</summary>
+    private sealed class SharedCursor(int after)
+    {
+        public int Batch { get; set; }
+
+        public int After { get; set; } = after;
+    }
+
+    /// <summary>
+    /// Writes the events the instance making a background response has shared since <paramref name="cursor"/> (those
+    /// after the caller's last), in order; true when any was written. Nothing without a shared store.
+    /// </summary>
+    private async Task<bool> WriteSharedAsync(HttpContext ctx, string scope, string id, SharedCursor cursor)
+    {
+        if (!store.Shared)
+        {
+            return false;
+        }
+
+        var wrote = false;
+        while (await store.SharedEventsAsync(scope, id, cursor.Batch, ctx.RequestAborted) is { } batch)
+        {
+            cursor.Batch++;
+            for (var i = 0; i < batch.Events.Count; i++)
+            {
+                if (batch.First + i > cursor.After)
+                {
+                    Providers.Anthropic.AnthropicStreamWriter.Write(ctx.Response.BodyWriter, batch.Events[i]);
+                    cursor.After = batch.First + i;
+                    wrote = true;
+                }
+            }
+        }
+
+        if (wrote)
+        {
+            await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted);
+        }
+
+        return wrote;
     }
 
     /// <summary><c>GET /v1/responses/{id}/input_items</c>: a stored response's own input items (references replaced by what they stood for).</summary>

@@ -347,6 +347,60 @@ internal sealed partial class ResponsesStore
         }
     }
 
+    /// <summary>
+    /// Shares a batch of a background response's events with the fleet (kind <c>e</c>, <c>{id}.{batch}</c>, for
+    /// <paramref name="ttl"/>): the events from sequence number <paramref name="first"/> on, so a stream asked of another
+    /// instance has them (<see cref="SharedEventsAsync"/>). False when it could not be written (logged; the same events
+    /// are shared again at the next turn, under the same batch number, so the batches have no gap).
+    /// </summary>
+    public async ValueTask<bool> ShareEventsAsync(string scope, string responseId, int batch, int first, IReadOnlyList<(string Name, byte[] Json)> events, TimeSpan ttl)
+    {
+        var json = Json(w =>
+        {
+            w.WriteStartObject();
+            w.WriteNumber("first", first);
+            w.WriteStartArray("events");
+            foreach (var (name, data) in events)
+            {
+                w.WriteStartArray();
+                w.WriteStringValue(name);
+                w.WriteRawValue(data, skipInputValidation: true);
+                w.WriteEndArray();
+            }
+
+            w.WriteEndArray();
+            w.WriteEndObject();
+        });
+        try
+        {
+            return await SetAsync(Key('e', scope, $"{responseId}.{batch}"), json, ttl).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_shared is not null)
+        {
+            LogNotKept(_logger, responseId, ex.GetType().Name);
+            return false;
+        }
+    }
+
+    /// <summary>A batch of a background response's events shared by the instance making it (<see cref="ShareEventsAsync"/>); null when there is none (yet, or no longer).</summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be read.</exception>
+    public async ValueTask<(int First, List<(string Name, byte[] Json)> Events)?> SharedEventsAsync(string scope, string responseId, int batch, CancellationToken cancellationToken)
+    {
+        if (await GetAsync(Key('e', scope, $"{responseId}.{batch}"), cancellationToken).ConfigureAwait(false) is not { } json)
+        {
+            return null;
+        }
+
+        using var doc = JsonDocument.Parse(json);
+        var events = new List<(string, byte[])>();
+        foreach (var e in doc.RootElement.GetProperty("events").EnumerateArray())
+        {
+            events.Add((e[0].GetString()!, Encoding.UTF8.GetBytes(e[1].GetRawText())));
+        }
+
+        return (doc.RootElement.GetProperty("first").GetInt32(), events);
+    }
+
     /// <summary>Whether a background response's run is alive somewhere (<see cref="RenewLeaseAsync"/>).</summary>
     /// <exception cref="StoreUnavailableException">Redis could not be read.</exception>
     public async ValueTask<bool> HasLeaseAsync(string scope, string responseId, CancellationToken cancellationToken) =>
@@ -409,7 +463,8 @@ internal sealed partial class ResponsesStore
 
     /// <summary>
     /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item, <c>t</c> a tool call's thinking, <c>x</c> a background
-    /// response's cancel asked elsewhere, <c>l</c> a background run's lease, <c>c</c> a conversation), the scope in base64url (a key id may hold any
+    /// response's cancel asked elsewhere, <c>l</c> a background run's lease, <c>e</c> a batch of its events shared with a
+    /// fleet, <c>c</c> a conversation), the scope in base64url (a key id may hold any
     /// character: no scope's keys can be spelt from another's), the id.
     /// </summary>
     private static string Key(char kind, string scope, string id) =>

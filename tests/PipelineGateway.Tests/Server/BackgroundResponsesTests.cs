@@ -380,8 +380,9 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
             await upstream.Aborted.Task.WaitAsync(TimeSpan.FromSeconds(20), Ct);
             (await onA.GetResponseAsync(held.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Cancelled);
 
-            // Made on A, streamed on B while A still waits for the upstream: B follows its state and ends with the event
-            // that ended it.
+            // Made on A, streamed on B while A still waits for the upstream: B has A's events as A shares them through
+            // Redis — every one after the caller's last, in order, the deltas with the answer among them — and ends with
+            // the event that ended it.
             var made = (await onA.CreateResponseAsync(Background(), Ct)).Value;
             var following = await onB.GetResponseStreamingAsync(new GetResponseOptions(made.Id) { StreamingEnabled = true, StartingAfter = 1 }, Ct);
             (await onB.GetResponseAsync(made.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "still waiting for the upstream");
@@ -392,7 +393,10 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
                 onBStream.Add(update);
             }
 
-            var completed = onBStream.Should().ContainSingle().Which.Should().BeOfType<StreamingResponseCompletedUpdate>().Subject;
+            onBStream.Select(u => u.SequenceNumber).Should().Equal(Enumerable.Range(2, onBStream.Count), "every event after the second, once each");
+            onBStream.Should().Contain(u => u is StreamingResponseInProgressUpdate);
+            string.Concat(onBStream.OfType<StreamingResponseOutputTextDeltaUpdate>().Select(d => d.Delta)).Should().Be(GatedUpstream.Answer);
+            var completed = onBStream[^1].Should().BeOfType<StreamingResponseCompletedUpdate>().Subject;
             completed.Response.GetOutputText().Should().Be(GatedUpstream.Answer);
             (await onB.GetResponseAsync(made.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Completed);
 
