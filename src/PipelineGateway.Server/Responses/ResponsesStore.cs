@@ -436,7 +436,7 @@ internal sealed partial class ResponsesStore
         }
     }
 
-    /// <summary>Forgets a response and its output items (false: there was none).</summary>
+    /// <summary>Forgets a response, its output items and its shared events (false: there was none).</summary>
     /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
     public async ValueTask<bool> DeleteAsync(string scope, string responseId, CancellationToken cancellationToken)
     {
@@ -453,6 +453,13 @@ internal sealed partial class ResponsesStore
             }
 
             await RemoveAsync(Key('r', scope, responseId), cancellationToken).ConfigureAwait(false);
+
+            // A background response's events shared with a fleet go with it (not left for their hour).
+            for (var batch = 0; _shared is not null && await GetAsync(Key('e', scope, $"{responseId}.{batch}"), cancellationToken).ConfigureAwait(false) is not null; batch++)
+            {
+                await RemoveAsync(Key('e', scope, $"{responseId}.{batch}"), cancellationToken).ConfigureAwait(false);
+            }
+
             return true;
         }
         catch (Exception ex) when (_shared is not null && ex is not OperationCanceledException)

@@ -400,6 +400,12 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
             completed.Response.GetOutputText().Should().Be(GatedUpstream.Answer);
             (await onB.GetResponseAsync(made.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Completed);
 
+            // Deleted, its shared events go with it.
+            var storeOfB = b.Services.GetRequiredService<PipelineGateway.Server.Responses.ResponsesStore>();
+            (await storeOfB.SharedEventsAsync(string.Empty, made.Id, 0, Ct)).Should().NotBeNull();
+            (await onB.DeleteResponseAsync(made.Id, Ct)).Value.Deleted.Should().BeTrue();
+            (await storeOfB.SharedEventsAsync(string.Empty, made.Id, 0, Ct)).Should().BeNull();
+
             // What an instance killed mid-run leaves (kept queued, no lease renewed, no instance making it) is found failed,
             // and kept so: its callers are not left polling a response no one makes.
             var writer = new PipelineGateway.Server.Responses.ResponsesWriter(new ChatCompletionRequest { Model = "gated" }, PipelineGateway.Server.Responses.ResponsesStore.NewResponseId(), 1, store: true, background: true);
