@@ -362,7 +362,8 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
         string? prompt = null, answer = null;
         if (_options.LogBodies)
         {
-            prompt = Cap(SecretRedactor.Redact(Head(JsonSerializer.Serialize(item.Request.Messages, GatewayJsonContext.Default.ListChatCompletionMessage))));
+            var messages = LoggedPrompt.Trim(item.Request.Messages, _options.MaxBodyChars + HeadMargin);
+            prompt = Cap(SecretRedactor.Redact(Head(JsonSerializer.Serialize(messages, GatewayJsonContext.Default.ListChatCompletionMessage))));
             answer = c.Response is not { } r ? null
                 : r.Operation is { } operation ? operation.Kind switch // not a text to keep
                 {
@@ -410,9 +411,13 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
     /// <summary>
     /// What redaction needs to look at before the cap: the kept part and 1,024 characters after it (a secret across the cap
     /// is whole in it, so redacted, never cut into a fragment). A prompt with an image inline is megabytes of base64: the
-    /// redaction's patterns ran over all of it, on the completing request's thread.
+    /// redaction's patterns ran over all of it, on the completing request's thread (and the prompt is cut to it before it
+    /// is serialized, <see cref="LoggedPrompt"/>).
     /// </summary>
-    private string? Head(string? text) => text is null || text.Length <= _options.MaxBodyChars + 1024 ? text : text[..(_options.MaxBodyChars + 1024)];
+    private string? Head(string? text) => text is null || text.Length <= _options.MaxBodyChars + HeadMargin ? text : text[..(_options.MaxBodyChars + HeadMargin)];
+
+    /// <summary>What redaction looks at past the cap (<see cref="Head"/>).</summary>
+    private const int HeadMargin = 1024;
 
     private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 

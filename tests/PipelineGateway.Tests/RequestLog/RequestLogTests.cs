@@ -520,6 +520,18 @@ public sealed class RequestLogTests : IDisposable
         await verbose.SubmitAsync(Req("a", across + configured + new string('y', 3_000_000)), Ct);
         var large = (await Rows(verbose)).Skip(sequence).Single();
         large.Prompt.Should().NotContain(configured[..6]).And.Contain("[redac");
+
+        // Audio inline, past the head: cut before it is serialized (LoggedPrompt), said by its size.
+        var audio = Req("a");
+        audio.Messages = [new ChatCompletionMessage
+        {
+            Role = ChatRoles.User,
+            Content = new MessageContent([new ContentPart { Type = "input_audio", AdditionalProperties = new() { ["input_audio"] = JsonSerializer.SerializeToElement(new { data = new string('A', 1_000_000), format = "wav" }) } }]),
+        }];
+        sequence = (await Rows(verbose)).Count;
+        await verbose.SubmitAsync(audio, Ct);
+        var spoken = (await Rows(verbose)).Skip(sequence).Single();
+        spoken.Prompt.Should().Contain("bytes]").And.NotContain("AAAAAAAA");
     }
 
     [Fact]
