@@ -31,6 +31,34 @@ public sealed class LargeBodiesTests
         "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"What is in this photo?\"},"
         + "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/jpeg;base64," + Convert.ToBase64String(new byte[imageBytes]) + "\"}}]}]}");
 
+    /// <summary>A gateway whose bodies, uploads and large bodies at once are all bounded by 1 MiB.</summary>
+    private static Task<(WebApplication App, Uri Root)> StartWithOneMiBAsync() => StartAsync(new Dictionary<string, string?>
+    {
+        ["Gateway:Server:MaxRequestBodyBytes"] = "1048576",
+        ["Gateway:Server:MaxUploadBytes"] = "1048576",
+        ["Gateway:Server:MaxBodyBytesInFlight"] = "1048576",
+    });
+
+    /// <summary>A large request with its length, half sent and held, once the gateway counts it (from its headers on).</summary>
+    private static async Task<(HeldContent Held, Task<HttpResponseMessage> First)> HoldAsync(WebApplication app, HttpClient http, byte[] large)
+    {
+        var counted = CountedAsync(app, large.Length);
+        var held = new HeldContent(large);
+        var first = http.PostAsync("v1/chat/completions", held, Ct);
+        await counted.WaitAsync(Ct);
+        return (held, first);
+    }
+
+    /// <summary>The 503 of a large body past the bound: <c>server_busy</c> naming the setting, with <c>Retry-After</c>.</summary>
+    private static async Task ShouldBeBusyAsync(HttpResponseMessage response)
+    {
+        response.StatusCode.Should().Be(HttpStatusCode.ServiceUnavailable);
+        response.Headers.RetryAfter.Should().NotBeNull();
+        var error = JsonNode.Parse(await response.Content.ReadAsStringAsync(Ct))!["error"]!;
+        error["code"]!.GetValue<string>().Should().Be("server_busy");
+        error["message"]!.GetValue<string>().Should().Contain("MaxBodyBytesInFlight");
+    }
+
     /// <summary>Done once the large bodies being served count at least <paramref name="bytes"/> (a signal, not a wait).</summary>
     private static Task CountedAsync(WebApplication app, long bytes)
     {
@@ -83,29 +111,17 @@ public sealed class LargeBodiesTests
     [Fact]
     public async Task Past_what_large_bodies_may_hold_at_once_another_large_one_is_a_503_and_a_small_one_is_answered()
     {
-        var (app, root) = await StartAsync(new Dictionary<string, string?>
-        {
-            ["Gateway:Server:MaxRequestBodyBytes"] = "1048576",
-            ["Gateway:Server:MaxUploadBytes"] = "1048576",
-            ["Gateway:Server:MaxBodyBytesInFlight"] = "1048576",
-        });
+        var (app, root) = await StartWithOneMiBAsync();
         await using var _ = app;
         using var http = new HttpClient { BaseAddress = root };
         var large = ChatWithImage(450 * 1024); // ~600 KB: two do not fit in 1 MiB
 
         // The first large request sends half its body and waits: the gateway counts it from its headers on.
-        var counted = CountedAsync(app, large.Length);
-        var held = new HeldContent(large);
-        var first = http.PostAsync("v1/chat/completions", held, Ct);
-        await counted.WaitAsync(Ct);
+        var (held, first) = await HoldAsync(app, http, large);
 
         using (var second = await http.PostAsync("v1/chat/completions", new ByteArrayContent(large) { Headers = { ContentType = new("application/json") } }, Ct))
         {
-            second.StatusCode.Should().Be(HttpStatusCode.ServiceUnavailable);
-            second.Headers.RetryAfter.Should().NotBeNull();
-            var error = JsonNode.Parse(await second.Content.ReadAsStringAsync(Ct))!["error"]!;
-            error["code"]!.GetValue<string>().Should().Be("server_busy");
-            error["message"]!.GetValue<string>().Should().Contain("MaxBodyBytesInFlight");
+            await ShouldBeBusyAsync(second);
         }
 
         using (var small = await http.PostAsync("v1/chat/completions", new StringContent("""{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}""", Encoding.UTF8, "application/json"), Ct))
@@ -161,28 +177,16 @@ public sealed class LargeBodiesTests
     [Fact]
     public async Task A_large_body_sent_without_a_length_counts_as_it_arrives()
     {
-        var (app, root) = await StartAsync(new Dictionary<string, string?>
-        {
-            ["Gateway:Server:MaxRequestBodyBytes"] = "1048576",
-            ["Gateway:Server:MaxUploadBytes"] = "1048576",
-            ["Gateway:Server:MaxBodyBytesInFlight"] = "1048576",
-        });
+        var (app, root) = await StartWithOneMiBAsync();
         await using var _ = app;
         using var http = new HttpClient { BaseAddress = root };
         var large = ChatWithImage(450 * 1024); // ~600 KB
-        var counted = CountedAsync(app, large.Length);
-        var held = new HeldContent(large);
-        var first = http.PostAsync("v1/chat/completions", held, Ct);
-        await counted.WaitAsync(Ct);
+        var (held, first) = await HoldAsync(app, http, large);
 
         // Another ~600 KB without a length is refused once what has arrived passes the room left.
         using (var refused = await http.PostAsync("v1/chat/completions", new HeldContent(large, chunked: true, hold: false), Ct))
         {
-            refused.StatusCode.Should().Be(HttpStatusCode.ServiceUnavailable);
-            refused.Headers.RetryAfter.Should().NotBeNull();
-            var error = JsonNode.Parse(await refused.Content.ReadAsStringAsync(Ct))!["error"]!;
-            error["code"]!.GetValue<string>().Should().Be("server_busy");
-            error["message"]!.GetValue<string>().Should().Contain("MaxBodyBytesInFlight");
+            await ShouldBeBusyAsync(refused);
         }
 
         // ~300 KB without a length fits in the room left (it counted as the whole 1 MiB bound, and was refused), again and
@@ -207,12 +211,7 @@ public sealed class LargeBodiesTests
     [Fact]
     public async Task Large_bodies_without_a_length_growing_together_are_not_all_refused_and_give_their_room_back()
     {
-        var (app, root) = await StartAsync(new Dictionary<string, string?>
-        {
-            ["Gateway:Server:MaxRequestBodyBytes"] = "1048576",
-            ["Gateway:Server:MaxUploadBytes"] = "1048576",
-            ["Gateway:Server:MaxBodyBytesInFlight"] = "1048576",
-        });
+        var (app, root) = await StartWithOneMiBAsync();
         await using var _ = app;
         using var http = new HttpClient { BaseAddress = root };
         var large = ChatWithImage(300 * 1024); // ~400 KB: two fit in 1 MiB, four do not
