@@ -41,6 +41,13 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
     /// <summary>How long each batch of shared events is kept in the fleet's store (from when it was written).</summary>
     internal static readonly TimeSpan SharedEventsKept = TimeSpan.FromHours(1);
 
+    /// <summary>
+    /// How long a run's lease must have stayed missing — seen missing, and still missing this much later — before it is
+    /// settled as left by a stopped instance: a renewal period and some, so a run whose instance lost Redis longer than the
+    /// lease (a partition) renews it first.
+    /// </summary>
+    internal static readonly TimeSpan LeaseGrace = TimeSpan.FromSeconds(15);
+
     /// <summary>What a run left by a stopped instance is kept as: failed, with this.</summary>
     internal const string LeaseLapsed = "The gateway instance making this background response stopped before it was done; send it again.";
 
@@ -348,6 +355,7 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
                 {
                     renewed = now;
                     await store.RenewLeaseAsync(sharing.Scope, sharing.Id, Lease).ConfigureAwait(false);
+                    await store.LeaseSeenAsync(sharing.Scope, sharing.Id).ConfigureAwait(false); // a partition's sighting forgotten
                 }
 
                 if (now - looked >= CancelPoll)

@@ -359,12 +359,13 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
                 stored = await SettleAsync(scope, id, now, aborted);
             }
 
-            // The making instance shares its last events just after it kept the response done: looked for once more, then
-            // the event that ended it is written from the kept response when the caller does not have it yet.
+            // The making instance shares its last events just after it kept the response done: looked for once more (and,
+            // when it shared any, once again a turn later), then the event that ended it is written from the kept
+            // response when the caller does not have it yet.
             if (store.Shared && shared.After < stored.LastSequence)
             {
                 await WriteSharedAsync(ctx, scope, id, shared);
-                if (shared.After < stored.LastSequence)
+                if (shared.After < stored.LastSequence && shared.Batch > 0)
                 {
                     await Task.Delay(BackgroundResponses.SharePoll, time, aborted);
                     await WriteSharedAsync(ctx, scope, id, shared);
@@ -558,14 +559,22 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     }
 
     /// <summary>
-    /// A background response a fleet's instance left running when it stopped (killed: its lease lapsed, and no instance
-    /// makes it) is kept, and answered, as failed — its callers would otherwise poll a response no one makes until it
+    /// A background response a fleet's instance left running when it stopped (killed: its lease lapsed and stayed missing
+    /// past <see cref="BackgroundResponses.LeaseGrace"/>, and no instance makes it) is kept, and answered, as failed — its callers would otherwise poll a response no one makes until it
     /// expires. Anything else as it is.
     /// </summary>
     /// <exception cref="StoreUnavailableException">Redis could not be read.</exception>
     private async Task<ResponsesStore.Stored> SettleAsync(string scope, string id, ResponsesStore.Stored stored, CancellationToken cancellationToken)
     {
         if (!stored.Running || !store.Shared || background.Find(scope, id) is not null || await store.HasLeaseAsync(scope, id, cancellationToken))
+        {
+            return stored;
+        }
+
+        // Missing once is not enough: a Redis partition longer than the lease leaves a live run without one until its
+        // instance renews it (within a renewal period). Settled only when it stayed missing past the grace.
+        var now = time.GetUtcNow();
+        if (now - await store.LeaseMissingSinceAsync(scope, id, now, cancellationToken) < BackgroundResponses.LeaseGrace)
         {
             return stored;
         }

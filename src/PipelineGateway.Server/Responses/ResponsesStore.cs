@@ -348,6 +348,46 @@ internal sealed partial class ResponsesStore
     }
 
     /// <summary>
+    /// When a background response's lease was first seen missing (kind <c>s</c>): <paramref name="now"/> when this is the
+    /// first sighting (then kept for twice the lease), else the earlier one. A run is settled as left by a stopped
+    /// instance only once its lease has stayed missing a while: after a Redis partition longer than the lease, the
+    /// instance still making it renews within <see cref="BackgroundResponses.LeaseRenewal"/> and clears this.
+    /// </summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
+    public async ValueTask<DateTimeOffset> LeaseMissingSinceAsync(string scope, string responseId, DateTimeOffset now, CancellationToken cancellationToken)
+    {
+        var key = Key('s', scope, responseId);
+        if (await GetAsync(key, cancellationToken).ConfigureAwait(false) is { Length: 8 } seen)
+        {
+            return DateTimeOffset.FromUnixTimeMilliseconds(BitConverter.ToInt64(seen));
+        }
+
+        try
+        {
+            await SetAsync(key, BitConverter.GetBytes(now.ToUnixTimeMilliseconds()), 2 * BackgroundResponses.Lease).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_shared is not null)
+        {
+            throw new StoreUnavailableException(ex);
+        }
+
+        return now;
+    }
+
+    /// <summary>Forgets a sighting of a missing lease (<see cref="LeaseMissingSinceAsync"/>): the run's instance renewed it. Never throws.</summary>
+    public async ValueTask LeaseSeenAsync(string scope, string responseId)
+    {
+        try
+        {
+            await RemoveAsync(Key('s', scope, responseId), CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (_shared is not null)
+        {
+            LogNotKept(_logger, responseId, ex.GetType().Name);
+        }
+    }
+
+    /// <summary>
     /// Shares a batch of a background response's events with the fleet (kind <c>e</c>, <c>{id}.{batch}</c>, for
     /// <paramref name="ttl"/>): the events from sequence number <paramref name="first"/> on, so a stream asked of another
     /// instance has them (<see cref="SharedEventsAsync"/>). False when it could not be written (logged; the same events
@@ -470,7 +510,7 @@ internal sealed partial class ResponsesStore
 
     /// <summary>
     /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item, <c>t</c> a tool call's thinking, <c>x</c> a background
-    /// response's cancel asked elsewhere, <c>l</c> a background run's lease, <c>e</c> a batch of its events shared with a
+    /// response's cancel asked elsewhere, <c>l</c> a background run's lease, <c>s</c> when it was first seen missing, <c>e</c> a batch of its events shared with a
     /// fleet, <c>c</c> a conversation), the scope in base64url (a key id may hold any
     /// character: no scope's keys can be spelt from another's), the id.
     /// </summary>

@@ -405,18 +405,6 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
             (await storeOfB.SharedEventsAsync(string.Empty, made.Id, 0, Ct)).Should().NotBeNull();
             (await onB.DeleteResponseAsync(made.Id, Ct)).Value.Deleted.Should().BeTrue();
             (await storeOfB.SharedEventsAsync(string.Empty, made.Id, 0, Ct)).Should().BeNull();
-
-            // What an instance killed mid-run leaves (kept queued, no lease renewed, no instance making it) is found failed,
-            // and kept so: its callers are not left polling a response no one makes.
-            var writer = new PipelineGateway.Server.Responses.ResponsesWriter(new ChatCompletionRequest { Model = "gated" }, PipelineGateway.Server.Responses.ResponsesStore.NewResponseId(), 1, store: true, background: true);
-            _ = writer.Queued().ToList();
-            await a.Services.GetRequiredService<PipelineGateway.Server.Responses.ResponsesStore>().SaveAsync(string.Empty, writer.Id, writer.Snapshot("queued"), null, [], output: null, writer.LastSequence);
-            var orphan = (await onB.GetResponseAsync(writer.Id, Ct)).Value;
-            orphan.Status.Should().Be(ResponseStatus.Failed);
-            orphan.Error.Message.Should().Contain("stopped before it was done");
-            (await onA.GetResponseAsync(writer.Id, Ct)).Value.Status.Should().Be(ResponseStatus.Failed, "kept so");
-            var ended = await EventsAsync(onA, writer.Id, after: null);
-            ended.Should().ContainSingle().Which.Should().BeOfType<StreamingResponseFailedUpdate>().Which.SequenceNumber.Should().Be(2, "after the queued response's two events");
         }
         finally
         {
@@ -426,6 +414,73 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
                 await app.StopAsync(CancellationToken.None);
                 await app.DisposeAsync();
             }
+        }
+    }
+
+    [Fact]
+    public async Task In_a_fleet_a_run_whose_lease_stayed_missing_past_the_grace_is_found_failed_and_one_renewed_meanwhile_is_not()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var provider = new FakeProvider("p");
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Gateway:Server:BatchDirectory"] = string.Empty,
+            ["Gateway:Redis:Configuration"] = RedisServer.Shared(),
+            ["Gateway:Redis:KeyPrefix"] = "bg" + Guid.NewGuid().ToString("N")[..12],
+        }).Build();
+        var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("gated", m => m.Deploy(provider.Name)).UseTimeProvider(clock));
+        var root = await GatewayServer.StartAsync(app, Ct);
+        try
+        {
+            var client = new ResponsesClient(new ApiKeyCredential("sk-unused"), new ResponsesClientOptions { Endpoint = new Uri(root, "v1") });
+            var store = app.Services.GetRequiredService<PipelineGateway.Server.Responses.ResponsesStore>();
+            store.Shared.Should().BeTrue();
+
+            // What an instance killed mid-run leaves (kept queued, no lease renewed, no instance making it), twice.
+            async Task<string> LeftAsync()
+            {
+                var writer = new PipelineGateway.Server.Responses.ResponsesWriter(new ChatCompletionRequest { Model = "gated" }, PipelineGateway.Server.Responses.ResponsesStore.NewResponseId(), 1, store: true, background: true);
+                _ = writer.Queued().ToList();
+                await store.SaveAsync(string.Empty, writer.Id, writer.Snapshot("queued"), null, [], output: null, writer.LastSequence);
+                return writer.Id;
+            }
+
+            var orphan = await LeftAsync();
+            var partitioned = await LeftAsync();
+            (await client.GetResponseAsync(orphan, Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "a lease missing once may be a partition's lapse");
+            (await client.GetResponseAsync(partitioned, Ct)).Value.Status.Should().Be(ResponseStatus.Queued);
+
+            // The second one's instance was alive behind a partition: it renews its lease and clears the sighting.
+            await store.RenewLeaseAsync(string.Empty, partitioned, PipelineGateway.Server.Responses.BackgroundResponses.Lease);
+            await store.LeaseSeenAsync(string.Empty, partitioned);
+
+            clock.Advance(PipelineGateway.Server.Responses.BackgroundResponses.LeaseGrace - TimeSpan.FromSeconds(1));
+            (await client.GetResponseAsync(orphan, Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "within the grace");
+            clock.Advance(TimeSpan.FromSeconds(1));
+
+            // Still missing past the grace: found failed and kept so — its callers are not left polling a response no one makes.
+            var failed = (await client.GetResponseAsync(orphan, Ct)).Value;
+            failed.Status.Should().Be(ResponseStatus.Failed);
+            failed.Error.Message.Should().Contain("stopped before it was done");
+            (await store.ResponseAsync(string.Empty, orphan, Ct))!.Status.Should().Be("failed", "kept so");
+            var ended = await EventsAsync(client, orphan, after: null);
+            ended.Should().ContainSingle().Which.Should().BeOfType<StreamingResponseFailedUpdate>().Which.SequenceNumber.Should().Be(2, "after the queued response's two events");
+            (await client.GetResponseAsync(partitioned, Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "its lease was renewed");
+
+            // Its lease lapses again later (a millisecond's lease, expired by Redis itself): the renewal forgot the first
+            // sighting, so this one is a new sighting, within the grace — not a stale one past it.
+            await store.RenewLeaseAsync(string.Empty, partitioned, TimeSpan.FromMilliseconds(1));
+            while (await store.HasLeaseAsync(string.Empty, partitioned, Ct))
+            {
+                // Redis expires it within the millisecond: no wait of the test's own.
+            }
+
+            (await client.GetResponseAsync(partitioned, Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "seen missing just now");
+        }
+        finally
+        {
+            await app.StopAsync(CancellationToken.None);
+            await app.DisposeAsync();
         }
     }
 
