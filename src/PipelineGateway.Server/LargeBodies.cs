@@ -87,6 +87,11 @@ internal sealed class LargeBodies(ServerOptions options)
             Counted = _read;
             if (!bodies.TryAdd(add, Counted))
             {
+                // Its room given back now, not when its 503 has been written: bodies growing together past the bound read
+                // often, and each would otherwise find the others' refused bytes still counted and be refused too (three
+                // 700 KB chunked bodies against a 1 MiB bound all were, by hand).
+                bodies.Release(Counted);
+                Counted = 0;
                 throw new BadHttpRequestException(bodies.BusyMessage, StatusCodes.Status503ServiceUnavailable);
             }
         }

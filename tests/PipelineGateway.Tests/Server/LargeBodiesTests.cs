@@ -235,6 +235,26 @@ public sealed class LargeBodiesTests
     }
 
     [Fact]
+    public async Task A_body_refused_as_it_arrives_gives_its_room_back_before_its_refusal_is_answered()
+    {
+        var bodies = new LargeBodies(new ServerOptions { MaxRequestBodyBytes = 1024 * 1024, MaxUploadBytes = 1024 * 1024, MaxBodyBytesInFlight = 1024 * 1024 });
+        bodies.TryAdd(900 * 1024, 900 * 1024).Should().BeTrue("another request's body");
+        var body = bodies.Counting(new MemoryStream(new byte[300 * 1024]));
+        var buffer = new byte[16 * 1024];
+
+        var read = async () =>
+        {
+            while (await body.ReadAsync(buffer, Ct) > 0)
+            {
+            }
+        };
+
+        (await read.Should().ThrowAsync<Microsoft.AspNetCore.Http.BadHttpRequestException>()).Which.StatusCode.Should().Be(503);
+        bodies.InFlight.Should().Be(900 * 1024, "the refused body's bytes are given back as it is refused");
+        body.Counted.Should().Be(0, "nothing left for its request's end to give back");
+    }
+
+    [Fact]
     public void The_bound_must_hold_one_largest_body()
     {
         var options = new ServerOptions { MaxRequestBodyBytes = 32 * 1024 * 1024, MaxBodyBytesInFlight = 16 * 1024 * 1024 };
