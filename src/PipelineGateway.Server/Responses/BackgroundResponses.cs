@@ -38,7 +38,7 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
     /// </summary>
     internal static readonly TimeSpan SharePoll = TimeSpan.FromMilliseconds(500);
 
-    /// <summary>How long each batch of shared events is kept in the fleet's store (from when it was written).</summary>
+    /// <summary>How long each batch of shared events is kept in the fleet's store (from when it was written; not longer than the response itself).</summary>
     internal static readonly TimeSpan SharedEventsKept = TimeSpan.FromHours(1);
 
     /// <summary>
@@ -328,7 +328,7 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
     private async Task ShareAsync(Sharing sharing)
     {
         var (events, _, _) = sharing.Run.Read(sharing.Shared);
-        if (events.Count > 0 && await store.ShareEventsAsync(sharing.Scope, sharing.Id, sharing.Batch, sharing.Shared, events, SharedEventsKept).ConfigureAwait(false))
+        if (events.Count > 0 && await store.ShareEventsAsync(sharing.Scope, sharing.Id, sharing.Batch, sharing.Shared, events, (SharedEventsKept < options.StoredResponsesTtl ? SharedEventsKept : options.StoredResponsesTtl)).ConfigureAwait(false))
         {
             sharing.Shared += events.Count;
             sharing.Batch++;

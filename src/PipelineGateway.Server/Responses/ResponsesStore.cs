@@ -357,6 +357,7 @@ internal sealed partial class ResponsesStore
     public async ValueTask<DateTimeOffset> LeaseMissingSinceAsync(string scope, string responseId, DateTimeOffset now, CancellationToken cancellationToken)
     {
         var key = Key('s', scope, responseId);
+        now = DateTimeOffset.FromUnixTimeMilliseconds(now.ToUnixTimeMilliseconds()); // as kept: whole milliseconds
         if (await GetAsync(key, cancellationToken).ConfigureAwait(false) is { Length: 8 } seen)
         {
             return DateTimeOffset.FromUnixTimeMilliseconds(BitConverter.ToInt64(seen));

@@ -476,12 +476,41 @@ public sealed class BackgroundResponsesTests : IAsyncLifetime
             }
 
             (await client.GetResponseAsync(partitioned, Ct)).Value.Status.Should().Be(ResponseStatus.Queued, "seen missing just now");
+
+            // A live run's own renewal forgets a sighting (a reader saw its lease missing during a partition): once its
+            // watch renews (a renewal period on), the sighting is a new one.
+            var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            provider.OnStream = (request, _) => HeldStream(request.Model, started, release.Task);
+            var live = (await client.CreateResponseAsync(Background("gated"), Ct)).Value;
+            await started.Task.WaitAsync(Ct);
+            var sighted = await store.LeaseMissingSinceAsync(string.Empty, live.Id, clock.GetUtcNow(), Ct);
+            (await store.LeaseMissingSinceAsync(string.Empty, live.Id, clock.GetUtcNow(), Ct)).Should().Be(sighted, "the sighting is kept");
+            clock.Advance(PipelineGateway.Server.Responses.BackgroundResponses.LeaseRenewal);
+            var forgotten = false;
+            for (var look = 0; look < 100_000 && !forgotten; look++)
+            {
+                // The watch's turn runs on its own once the clock moved: looked for in Redis, not waited for by time.
+                forgotten = await store.LeaseMissingSinceAsync(string.Empty, live.Id, clock.GetUtcNow(), Ct) != sighted;
+            }
+
+            forgotten.Should().BeTrue("the run's renewal forgot the sighting");
+            release.TrySetResult();
         }
         finally
         {
             await app.StopAsync(CancellationToken.None);
             await app.DisposeAsync();
         }
+    }
+
+    /// <summary>A streamed answer's first chunk (then <paramref name="started"/>), the rest once <paramref name="release"/> completes.</summary>
+    private static async IAsyncEnumerable<ChatCompletionChunk> HeldStream(string model, TaskCompletionSource started, Task release)
+    {
+        yield return FakeProvider.Chunk(model, "Held ");
+        started.TrySetResult();
+        await release;
+        yield return FakeProvider.Chunk(model, "then done.", "stop");
     }
 
     private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
