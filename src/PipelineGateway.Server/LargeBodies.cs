@@ -1,4 +1,6 @@
+using System.Diagnostics.Metrics;
 using Microsoft.AspNetCore.Http;
+using PipelineGateway.Metrics;
 
 namespace PipelineGateway.Server;
 
@@ -7,12 +9,28 @@ namespace PipelineGateway.Server;
 /// (docs/server.md, "Large request bodies"): a request held in memory costs the process several times its body, so a
 /// flood of large ones past the bound is refused (503, <c>Retry-After</c>) rather than taking the process's memory.
 /// </summary>
-internal sealed class LargeBodies(ServerOptions options)
+internal sealed class LargeBodies
 {
     /// <summary>A body counts from this size on; smaller ones never do and are never refused for it.</summary>
     public const long From = 64 * 1024;
 
+    private readonly ServerOptions _options;
+    private readonly Counter<long> _refused;
     private long _bytes;
+
+    /// <param name="options">The bound.</param>
+    /// <param name="meters">
+    /// Where its instruments go (the gateway's meter, exported with the others): <c>pgw.server.large_bodies.bytes</c>, what
+    /// is counted now, and <c>pgw.server.large_bodies.refused</c>, the 503s it gave — what an operator alerts on before
+    /// raising the bound.
+    /// </param>
+    public LargeBodies(ServerOptions options, IMeterFactory meters)
+    {
+        _options = options;
+        var meter = meters.Create(GatewayInstruments.MeterName);
+        meter.CreateObservableGauge("pgw.server.large_bodies.bytes", () => InFlight, "By", "Bytes of large request bodies being served, counted toward Gateway:Server:MaxBodyBytesInFlight.");
+        _refused = meter.CreateCounter<long>("pgw.server.large_bodies.refused", "{request}", "Requests refused (503 server_busy) because their large bodies did not fit in Gateway:Server:MaxBodyBytesInFlight.");
+    }
 
     /// <summary>What the large bodies being served count now.</summary>
     public long InFlight => Interlocked.Read(ref _bytes);
@@ -20,7 +38,7 @@ internal sealed class LargeBodies(ServerOptions options)
     /// <summary>Told the new total after every change (tests wait on it rather than on time).</summary>
     internal event Action<long>? Changed;
 
-    public string BusyMessage => $"The gateway is serving as many large request bodies as it holds at once (Gateway:Server:MaxBodyBytesInFlight, {options.MaxBodyBytesInFlight} bytes); retry shortly.";
+    public string BusyMessage => $"The gateway is serving as many large request bodies as it holds at once (Gateway:Server:MaxBodyBytesInFlight, {_options.MaxBodyBytesInFlight} bytes); retry shortly.";
 
     /// <summary>
     /// Counts <paramref name="bytes"/> more of a request's body (<paramref name="mine"/> in all): false when that takes
@@ -31,7 +49,13 @@ internal sealed class LargeBodies(ServerOptions options)
     {
         var now = Interlocked.Add(ref _bytes, bytes);
         Changed?.Invoke(now);
-        return now <= options.MaxBodyBytesInFlight || now == mine;
+        if (now <= _options.MaxBodyBytesInFlight || now == mine)
+        {
+            return true;
+        }
+
+        _refused.Add(1);
+        return false;
     }
 
     public void Release(long bytes)

@@ -137,6 +137,10 @@ public sealed class LargeBodiesTests
 
         using var after = await http.PostAsync("v1/chat/completions", new ByteArrayContent(large) { Headers = { ContentType = new("application/json") } }, Ct);
         after.StatusCode.Should().Be(HttpStatusCode.OK, "the first one's room is given back");
+
+        // The refusal is counted where operators look (Prometheus), beside what is counted now.
+        var scraped = await http.GetStringAsync("metrics", Ct);
+        scraped.Should().MatchRegex(@"(?m)^pgw_server_large_bodies_refused_total\{[^}]*\} 1$").And.MatchRegex(@"(?m)^pgw_server_large_bodies_bytes\{[^}]*\} 0$");
     }
 
     [Fact]
@@ -237,7 +241,8 @@ public sealed class LargeBodiesTests
     [Fact]
     public async Task A_body_refused_as_it_arrives_gives_its_room_back_before_its_refusal_is_answered()
     {
-        var bodies = new LargeBodies(new ServerOptions { MaxRequestBodyBytes = 1024 * 1024, MaxUploadBytes = 1024 * 1024, MaxBodyBytesInFlight = 1024 * 1024 });
+        using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        var bodies = new LargeBodies(new ServerOptions { MaxRequestBodyBytes = 1024 * 1024, MaxUploadBytes = 1024 * 1024, MaxBodyBytesInFlight = 1024 * 1024 }, services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>());
         bodies.TryAdd(900 * 1024, 900 * 1024).Should().BeTrue("another request's body");
         var body = bodies.Counting(new MemoryStream(new byte[300 * 1024]));
         var buffer = new byte[16 * 1024];
