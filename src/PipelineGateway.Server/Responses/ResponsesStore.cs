@@ -414,7 +414,7 @@ internal sealed partial class ResponsesStore
         });
         try
         {
-            return await SetAsync(Key('e', scope, $"{responseId}.{batch}"), json, ttl).ConfigureAwait(false);
+            return await SetAsync(EventsKey(scope, responseId, batch), json, ttl).ConfigureAwait(false);
         }
         catch (Exception ex) when (_shared is not null)
         {
@@ -427,7 +427,7 @@ internal sealed partial class ResponsesStore
     /// <exception cref="StoreUnavailableException">Redis could not be read.</exception>
     public async ValueTask<(int First, List<(string Name, byte[] Json)> Events)?> SharedEventsAsync(string scope, string responseId, int batch, CancellationToken cancellationToken)
     {
-        if (await GetAsync(Key('e', scope, $"{responseId}.{batch}"), cancellationToken).ConfigureAwait(false) is not { } json)
+        if (await GetAsync(EventsKey(scope, responseId, batch), cancellationToken).ConfigureAwait(false) is not { } json)
         {
             return null;
         }
@@ -496,9 +496,9 @@ internal sealed partial class ResponsesStore
             await RemoveAsync(Key('r', scope, responseId), cancellationToken).ConfigureAwait(false);
 
             // A background response's events shared with a fleet go with it (not left for their hour).
-            for (var batch = 0; _shared is not null && await GetAsync(Key('e', scope, $"{responseId}.{batch}"), cancellationToken).ConfigureAwait(false) is not null; batch++)
+            for (var batch = 0; _shared is not null && await GetAsync(EventsKey(scope, responseId, batch), cancellationToken).ConfigureAwait(false) is not null; batch++)
             {
-                await RemoveAsync(Key('e', scope, $"{responseId}.{batch}"), cancellationToken).ConfigureAwait(false);
+                await RemoveAsync(EventsKey(scope, responseId, batch), cancellationToken).ConfigureAwait(false);
             }
 
             return true;
@@ -517,6 +517,9 @@ internal sealed partial class ResponsesStore
     /// </summary>
     private static string Key(char kind, string scope, string id) =>
         $"{kind}:{Base64Url.EncodeToString(Encoding.UTF8.GetBytes(scope))}:{id}";
+
+    /// <summary>The key of a background response's <paramref name="batch"/>-th batch of shared events.</summary>
+    private static string EventsKey(string scope, string responseId, int batch) => Key('e', scope, $"{responseId}.{batch}");
 
     private async ValueTask<byte[]?> GetAsync(string key, CancellationToken cancellationToken)
     {
