@@ -12,8 +12,8 @@ namespace PipelineGateway.Server.Responses;
 /// each turn to (its input items, then its output items), so a caller keeps no history of its own (the Agents SDK's
 /// conversation sessions). Kept with the stored responses (<see cref="ResponsesStore"/>: per gateway key, in the
 /// instance's memory or in Redis, for <see cref="ServerOptions.StoredResponsesTtl"/> from its last change). A
-/// conversation is written whole at each change, one change at a time per conversation in an instance (a fleet's two
-/// instances changing one conversation at the same moment: the later write wins).
+/// conversation is written whole at each change, one change (or delete) at a time per conversation — in an instance by
+/// its gate, across a fleet sharing Redis by a hold on it there (<see cref="ResponsesStore.HoldConversationAsync"/>).
 /// </summary>
 internal sealed partial class Conversations(ResponsesStore store, ServerOptions options, TimeProvider time, ILogger<Conversations> logger)
 {
@@ -22,6 +22,15 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
 
     private static readonly string[] Roles = ["user", "assistant", "system", "developer"];
     private static readonly string[] Types = ["message", "function_call", "function_call_output", "reasoning"];
+
+    /// <summary>How long a change asked over HTTP waits for another instance's change to the same conversation: then a 409.</summary>
+    internal static readonly TimeSpan ChangeWait = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// How long a response's turn waits to be added: past a hold left by an instance that stopped
+    /// (<see cref="ResponsesStore.ConversationHoldExpiry"/>), since a turn not added is lost.
+    /// </summary>
+    internal static readonly TimeSpan TurnWait = ResponsesStore.ConversationHoldExpiry + TimeSpan.FromSeconds(5);
 
     // One change at a time per conversation (striped: a conversation's changes share its stripe's lock).
     private readonly SemaphoreSlim[] _locks = [.. Enumerable.Range(0, 64).Select(static _ => new SemaphoreSlim(1, 1))];
@@ -44,9 +53,9 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
                 items.AddRange(input.Select(WithId));
                 items.AddRange(output.Select(static o => Parse(o.Json)));
                 return null;
-            }, CancellationToken.None);
+            }, TurnWait, CancellationToken.None);
         }
-        catch (Exception ex) when (ex is StoreUnavailableException or InvalidOperationException or ConversationTooLargeException)
+        catch (Exception ex) when (ex is StoreUnavailableException or InvalidOperationException or ConversationTooLargeException or ConversationLockedException)
         {
             LogNotAdded(logger, conversationId, ex.GetType().Name);
         }
@@ -147,11 +156,18 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
 
         try
         {
+            // Under the conversation's hold: a change read before the delete would otherwise write it back after.
+            await using var hold = await HoldAsync(Scope(ctx), id, ChangeWait, ctx.RequestAborted);
             await store.DeleteConversationAsync(Scope(ctx), id, ctx.RequestAborted);
         }
         catch (StoreUnavailableException ex)
         {
             await ResponsesEndpoint.StoreUnavailableAsync(ctx, ex);
+            return;
+        }
+        catch (ConversationLockedException ex)
+        {
+            await LockedAsync(ctx, ex);
             return;
         }
 
@@ -261,21 +277,48 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
     /// its items (to change in place) and returns the object's new JSON, or null to keep it.
     /// </summary>
     /// <exception cref="InvalidOperationException">No such conversation (expired, deleted, another key's).</exception>
-    private async Task<byte[]> ChangeAsync(string scope, string id, Func<byte[], List<JsonElement>, byte[]?> change, CancellationToken cancellationToken)
+    /// <exception cref="ConversationLockedException">Another instance of the fleet held it for all of <paramref name="wait"/>.</exception>
+    private async Task<byte[]> ChangeAsync(string scope, string id, Func<byte[], List<JsonElement>, byte[]?> change, TimeSpan wait, CancellationToken cancellationToken)
+    {
+        await using var hold = await HoldAsync(scope, id, wait, cancellationToken);
+        var conversation = await store.ConversationAsync(scope, id, cancellationToken) ?? throw new InvalidOperationException("no such conversation");
+        var items = conversation.Items.EnumerateArray().ToList();
+        var json = change(conversation.Json, items) ?? conversation.Json;
+        await store.SaveConversationAsync(scope, id, json, items);
+        return json;
+    }
+
+    /// <summary>A conversation held for one change: the instance's gate for it, then the fleet's hold (none in memory).</summary>
+    private async Task<Hold> HoldAsync(string scope, string id, TimeSpan wait, CancellationToken cancellationToken)
     {
         var gate = _locks[(int)((uint)StringComparer.Ordinal.GetHashCode(scope + "\n" + id) % (uint)_locks.Length)];
         await gate.WaitAsync(cancellationToken);
         try
         {
-            var conversation = await store.ConversationAsync(scope, id, cancellationToken) ?? throw new InvalidOperationException("no such conversation");
-            var items = conversation.Items.EnumerateArray().ToList();
-            var json = change(conversation.Json, items) ?? conversation.Json;
-            await store.SaveConversationAsync(scope, id, json, items);
-            return json;
+            return new Hold(gate, await store.HoldConversationAsync(scope, id, wait, cancellationToken));
         }
-        finally
+        catch
         {
             gate.Release();
+            throw;
+        }
+    }
+
+    private sealed class Hold(SemaphoreSlim gate, ResponsesStore.ConversationHold? fleet) : IAsyncDisposable
+    {
+        public async ValueTask DisposeAsync()
+        {
+            try
+            {
+                if (fleet is not null)
+                {
+                    await fleet.DisposeAsync();
+                }
+            }
+            finally
+            {
+                gate.Release();
+            }
         }
     }
 
@@ -284,12 +327,16 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
     {
         try
         {
-            await ChangeAsync(Scope(ctx), id, change, ctx.RequestAborted);
+            await ChangeAsync(Scope(ctx), id, change, ChangeWait, ctx.RequestAborted);
             return true;
         }
         catch (InvalidOperationException)
         {
             await NotFoundAsync(ctx, id);
+        }
+        catch (ConversationLockedException ex)
+        {
+            await LockedAsync(ctx, ex);
         }
         catch (StoreUnavailableException ex)
         {
@@ -496,6 +543,9 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
 
     private static Task TooLargeAsync(HttpContext ctx, ConversationTooLargeException ex) =>
         RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "conversation_too_large", ex.Message, "items");
+
+    private static Task LockedAsync(HttpContext ctx, ConversationLockedException ex) =>
+        RouteErrors.WriteAsync(ctx, 409, "invalid_request_error", "conversation_locked", ex.Message, "conversation_id", retryAfter: TimeSpan.FromSeconds(1));
 
     private static Task ItemNotFoundAsync(HttpContext ctx, string itemId) =>
         RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "not_found", $"Item with id '{Providers.ProviderException.Quoted(itemId)}' not found in this conversation.", "item_id");

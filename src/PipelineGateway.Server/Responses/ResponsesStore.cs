@@ -8,6 +8,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using PipelineGateway.Caching;
 using PipelineGateway.Redis;
+using StackExchange.Redis;
 
 namespace PipelineGateway.Server.Responses;
 
@@ -33,15 +34,25 @@ internal sealed partial class ResponsesStore
     private readonly ServerOptions _options;
     private readonly LruStore<string, byte[]>? _local;
     private readonly IDistributedCache? _shared;
+    private readonly RedisConnection? _redis;
+    private readonly TimeProvider _time;
     private readonly ILogger _logger;
 
     public ResponsesStore(ServerOptions options, TimeProvider time, IServiceProvider services, ILogger<ResponsesStore> logger)
     {
         _options = options;
+        _time = time;
         _logger = logger;
         _shared = services.GetKeyedService<IDistributedCache>(RedisOptions.StoredResponsesServiceKey);
+        _redis = _shared is null ? null : services.GetRequiredService<RedisConnection>();
         _local = _shared is null ? new LruStore<string, byte[]>(int.MaxValue, options.StoredResponsesMaxBytes, time) : null;
     }
+
+    /// <summary>How long a fleet's hold on a conversation lasts when its instance stops before letting it go.</summary>
+    internal static readonly TimeSpan ConversationHoldExpiry = TimeSpan.FromSeconds(10);
+
+    /// <summary>How often a change waiting for another instance's hold on a conversation asks again.</summary>
+    internal static readonly TimeSpan ConversationHoldPoll = TimeSpan.FromMilliseconds(20);
 
     /// <summary>
     /// A stored response: its JSON, the conversation it ends (null until it is done: a background response queued, in
@@ -313,6 +324,79 @@ internal sealed partial class ResponsesStore
         catch (Exception ex) when (_shared is not null)
         {
             throw new StoreUnavailableException(ex);
+        }
+    }
+
+    /// <summary>
+    /// Holds a conversation for one change — read, changed, written whole — against the other instances of a fleet that
+    /// share the store: without it, two instances changing one conversation at once each wrote what they had read plus
+    /// their own items, and the later write lost the earlier one's. A key of its own (kind <c>w</c>) taken with a token
+    /// (StackExchange.Redis's <c>LockTake</c>: <c>SET NX PX</c>), asked again every <see cref="ConversationHoldPoll"/> while
+    /// another instance holds it, for up to <paramref name="wait"/>; one left by an instance that stopped is gone after
+    /// <see cref="ConversationHoldExpiry"/>. Null in memory: the instance's own gate (<see cref="Conversations"/>) is the
+    /// only one.
+    /// </summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
+    /// <exception cref="ConversationLockedException">Another instance held it for all of <paramref name="wait"/>.</exception>
+    public async ValueTask<ConversationHold?> HoldConversationAsync(string scope, string conversationId, TimeSpan wait, CancellationToken cancellationToken)
+    {
+        if (_redis is null)
+        {
+            return null;
+        }
+
+        var key = ConversationHoldKey(scope, conversationId);
+        var token = (RedisValue)RandomNumberGenerator.GetBytes(16);
+        var until = _time.GetUtcNow() + wait;
+        while (true)
+        {
+            bool taken;
+            try
+            {
+                taken = await _redis.Database.LockTakeAsync(key, token, ConversationHoldExpiry).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                throw new StoreUnavailableException(ex);
+            }
+
+            if (taken)
+            {
+                return new ConversationHold(_redis, key, token);
+            }
+
+            if (_time.GetUtcNow() >= until)
+            {
+                throw new ConversationLockedException();
+            }
+
+            var again = Task.Delay(ConversationHoldPoll, _time, cancellationToken);
+            HoldWaiting?.Invoke(); // after the wait's timer is set: a test's clock moved now moves it
+            await again.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Raised each time a change finds its conversation held by another instance and waits (for tests).</summary>
+    internal event Action? HoldWaiting;
+
+    /// <summary>The Redis key of a fleet's hold on a conversation (under the stored responses' prefix).</summary>
+    internal RedisKey ConversationHoldKey(string scope, string conversationId) =>
+        _redis!.Options.KeyPrefix + ":r:" + Key('w', scope, conversationId);
+
+    /// <summary>A fleet's hold on a conversation (<see cref="HoldConversationAsync"/>), let go when disposed.</summary>
+    internal sealed class ConversationHold(RedisConnection redis, RedisKey key, RedisValue token) : IAsyncDisposable
+    {
+        /// <summary>Lets it go (only if still this hold's: one that expired may be another's by now). Never throws: a hold not let go expires.</summary>
+        public async ValueTask DisposeAsync()
+        {
+            try
+            {
+                await redis.Database.LockReleaseAsync(key, token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+            {
+                // Not let go: it expires by itself (ConversationHoldExpiry).
+            }
         }
     }
 
@@ -588,6 +672,14 @@ internal sealed partial class ResponsesStore
 /// <summary>A conversation grown past what the instance's memory keeps (<see cref="ServerOptions.StoredResponsesMaxBytes"/>): a 400 naming it; it stays as it was.</summary>
 internal sealed class ConversationTooLargeException(long bytes, long max)
     : Exception($"The conversation would hold {bytes:N0} bytes, more than this gateway keeps in memory ({max:N0}, Gateway:Server:StoredResponsesMaxBytes; keep conversations in Redis for more): it is kept as it was.");
+
+/// <summary>
+/// Another instance of a fleet held a conversation for the whole wait (<see cref="ResponsesStore.HoldConversationAsync"/>):
+/// a 409 <c>conversation_locked</c> (OpenAI's code for a conversation another request is changing), which the OpenAI SDKs
+/// retry.
+/// </summary>
+internal sealed class ConversationLockedException()
+    : Exception("Another request is changing this conversation right now; retry in a moment.");
 
 /// <summary>The shared store (Redis) could not be reached: a 503, which an SDK retries — not a "not found" it would not.</summary>
 internal sealed class StoreUnavailableException(Exception inner) : Exception("The stored responses could not be reached; retry shortly.", inner);

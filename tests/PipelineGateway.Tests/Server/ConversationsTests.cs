@@ -9,6 +9,7 @@ using CsCheck;
 using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using OpenAI.Conversations;
 using OpenAI.Responses;
@@ -280,5 +281,160 @@ public sealed class ConversationsTests : IAsyncLifetime
         reason!["param"]!.GetValue<string>().Should().Be("conversation");
         (refused, reason) = await Send(HttpMethod.Post, "v1/responses", """{"model":"m","input":"hi","conversation":5}""");
         reason!["param"]!.GetValue<string>().Should().Be("conversation");
+    }
+
+    /// <summary>Two gateways sharing one Redis (their stored responses and conversations there), each on <paramref name="clock"/> (the system's by default).</summary>
+    private static async Task<(WebApplication App, HttpClient Http)[]> FleetAsync(int instances, TimeProvider? clock = null)
+    {
+        var prefix = "conv" + Guid.NewGuid().ToString("N")[..12];
+        var fleet = new List<(WebApplication, HttpClient)>();
+        for (var i = 0; i < instances; i++)
+        {
+            var turn = 0;
+            var provider = new FakeProvider("p")
+            {
+                OnComplete = (request, _) => ValueTask.FromResult(FakeProvider.Answer("m", $"Answer to {request.Request.Messages[^1].Content!.GetText()} ({Interlocked.Increment(ref turn)})")),
+            };
+            var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["Gateway:Server:BatchDirectory"] = string.Empty,
+                ["Gateway:Redis:Configuration"] = RedisServer.Shared(),
+                ["Gateway:Redis:KeyPrefix"] = prefix,
+            }).Build();
+            var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)).UseTimeProvider(clock ?? TimeProvider.System));
+            fleet.Add((app, new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) }));
+        }
+
+        return [.. fleet];
+    }
+
+    private static async Task StopAsync((WebApplication App, HttpClient Http)[] fleet)
+    {
+        foreach (var (app, http) in fleet)
+        {
+            http.Dispose();
+            await app.StopAsync(CancellationToken.None);
+            await app.DisposeAsync();
+        }
+    }
+
+    private static async Task<(HttpStatusCode Status, JsonNode Body, HttpResponseMessage Response)> PostAsync(HttpClient http, string path, string json)
+    {
+        var response = await http.PostAsync(path, new StringContent(json, Encoding.UTF8, "application/json"), Ct);
+        return (response.StatusCode, JsonNode.Parse(await response.Content.ReadAsStringAsync(Ct))!, response);
+    }
+
+    private static async Task<List<string>> TextsAsync(HttpClient http, string id)
+    {
+        var page = JsonNode.Parse(await http.GetStringAsync($"v1/conversations/{id}/items?order=asc&limit=100", Ct))!;
+        return [.. page["data"]!.AsArray().Select(static i => i!["content"]![0]!["text"]!.GetValue<string>())];
+    }
+
+    [Fact]
+    public async Task In_a_fleet_sharing_Redis_changes_to_one_conversation_from_two_instances_at_once_all_land()
+    {
+        var fleet = await FleetAsync(2);
+        try
+        {
+            var (_, id, _) = await PostAsync(fleet[0].Http, "v1/conversations", """{"items":[{"role":"system","content":"start"}]}""");
+            var conversation = id["id"]!.GetValue<string>();
+
+            // Items added and responses' turns, from both instances at once: each change reads the conversation whole
+            // and writes it back whole — without the fleet's hold, the later write dropped the earlier one's items.
+            var changes = new List<Task<(HttpStatusCode Status, JsonNode Body, HttpResponseMessage Response)>>();
+            for (var i = 0; i < 8; i++)
+            {
+                foreach (var (name, http) in new[] { ("a", fleet[0].Http), ("b", fleet[1].Http) })
+                {
+                    changes.Add(PostAsync(http, $"v1/conversations/{conversation}/items", $$"""{"items":[{"role":"user","content":"{{name}}{{i}}"}]}"""));
+                    if (i < 3)
+                    {
+                        changes.Add(PostAsync(http, "v1/responses", $$"""{"model":"m","input":"q{{name}}{{i}}","conversation":"{{conversation}}"}"""));
+                    }
+                }
+            }
+
+            var answered = await Task.WhenAll(changes);
+            answered.Select(static a => a.Status).Should().AllBeEquivalentTo(HttpStatusCode.OK);
+
+            var texts = await TextsAsync(fleet[1].Http, conversation);
+            var expected = new List<string> { "start" };
+            foreach (var name in new[] { "a", "b" })
+            {
+                expected.AddRange(Enumerable.Range(0, 8).Select(i => $"{name}{i}"));
+                expected.AddRange(Enumerable.Range(0, 3).Select(i => $"q{name}{i}"));
+            }
+
+            texts.Where(static t => !t.StartsWith("Answer", StringComparison.Ordinal)).Should().BeEquivalentTo(expected, "every item added, by either instance, is kept");
+            texts.Count(static t => t.StartsWith("Answer to q", StringComparison.Ordinal)).Should().Be(6, "every response's turn is kept, its answer with it");
+            for (var i = 0; i < texts.Count; i++)
+            {
+                if (texts[i].StartsWith("Answer to ", StringComparison.Ordinal))
+                {
+                    texts[i].Should().StartWith($"Answer to {texts[i - 1]} ", "a turn's answer follows its input: the turn is added as one change");
+                }
+            }
+        }
+        finally
+        {
+            await StopAsync(fleet);
+        }
+    }
+
+    [Fact]
+    public async Task In_a_fleet_a_change_waits_for_another_instances_hold_on_its_conversation_then_is_a_409_conversation_locked()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var fleet = await FleetAsync(1, clock);
+        try
+        {
+            var http = fleet[0].Http;
+            var store = fleet[0].App.Services.GetRequiredService<PipelineGateway.Server.Responses.ResponsesStore>();
+            var redis = await StackExchange.Redis.ConnectionMultiplexer.ConnectAsync(RedisServer.Shared());
+            await using var _ = redis;
+            var conversation = (await PostAsync(http, "v1/conversations", "{}")).Body["id"]!.GetValue<string>();
+            var key = store.ConversationHoldKey(string.Empty, conversation);
+            var waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            store.HoldWaiting += () => waiting.TrySetResult();
+
+            // Another instance is changing it (its hold taken here, as that instance would): an add waits for it...
+            (await redis.GetDatabase().LockTakeAsync(key, "other", TimeSpan.FromMinutes(1))).Should().BeTrue();
+            var add = PostAsync(http, $"v1/conversations/{conversation}/items", """{"items":[{"role":"user","content":"later"}]}""");
+            await waiting.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
+            (await store.ConversationAsync(string.Empty, conversation, Ct))!.Items.GetArrayLength().Should().Be(0, "not written while another instance holds it");
+
+            // ...and is made once that instance lets go.
+            (await redis.GetDatabase().LockReleaseAsync(key, "other")).Should().BeTrue();
+            clock.Advance(PipelineGateway.Server.Responses.ResponsesStore.ConversationHoldPoll);
+            (await add).Status.Should().Be(HttpStatusCode.OK);
+            (await TextsAsync(http, conversation)).Should().Equal("later");
+            (await redis.GetDatabase().KeyExistsAsync(key)).Should().BeFalse("let go once made");
+
+            // Held past the wait (an instance that stopped holding it, say): a 409 conversation_locked, which SDKs retry.
+            (await redis.GetDatabase().LockTakeAsync(key, "other", TimeSpan.FromMinutes(1))).Should().BeTrue();
+            waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var refused = PostAsync(http, $"v1/conversations/{conversation}/items", """{"items":[{"role":"user","content":"refused"}]}""");
+            await waiting.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
+            clock.Advance(PipelineGateway.Server.Responses.Conversations.ChangeWait);
+            var (status, body, response) = await refused;
+            status.Should().Be(HttpStatusCode.Conflict);
+            body["error"]!["code"]!.GetValue<string>().Should().Be("conversation_locked");
+            response.Headers.RetryAfter.Should().NotBeNull();
+
+            // A delete waits for the hold too: a change read before it would otherwise write the conversation back.
+            waiting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var delete = http.DeleteAsync($"v1/conversations/{conversation}", Ct);
+            await waiting.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
+            (await store.ConversationAsync(string.Empty, conversation, Ct)).Should().NotBeNull("not deleted while held");
+            (await redis.GetDatabase().LockReleaseAsync(key, "other")).Should().BeTrue();
+            clock.Advance(PipelineGateway.Server.Responses.ResponsesStore.ConversationHoldPoll);
+            (await delete).StatusCode.Should().Be(HttpStatusCode.OK);
+            (await store.ConversationAsync(string.Empty, conversation, Ct)).Should().BeNull();
+            (await TextsAsync(http, conversation).ContinueWith(static t => t.IsFaulted, Ct)).Should().BeTrue("deleted: not found");
+        }
+        finally
+        {
+            await StopAsync(fleet);
+        }
     }
 }
