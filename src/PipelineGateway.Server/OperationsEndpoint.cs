@@ -100,7 +100,13 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
                 {
                     // The upstream's bytes (audio, or an event's JSON), copied into Kestrel's buffer; the rented block goes
                     // back (this is its one taker).
-                    if (events)
+                    if (events && chunk.Gateway is { } final && chunk.Usage is not null && Images.Streams(request.Operation!))
+                    {
+                        // An image's completed event, the stream's last: its usage says what the request cost (as a chat
+                        // stream's last chunk does, usage.cost), since the headers went out before the cost was known.
+                        SseWriter.WriteData(ctx.Response, UsageWithCost(audio.AsSpan(0, length), final.Cost));
+                    }
+                    else if (events)
                     {
                         SseWriter.WriteData(ctx.Response, audio.AsSpan(0, length));
                     }
@@ -222,5 +228,60 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
         }
 
         await http.BodyWriter.WriteAsync(tail, aborted);
+    }
+    /// <summary>
+    /// An event's JSON with <c>cost</c> (US dollars) added to its <c>usage</c> object, every other member as it came (one
+    /// line, for a <c>data:</c> line); as it came when it has no usage object (or is JSON this reader refuses: nested
+    /// deeper than 64, say — the upstream's event is passed on, never a stream broken for a cost).
+    /// </summary>
+    internal static byte[] UsageWithCost(ReadOnlySpan<byte> json, decimal cost)
+    {
+        JsonDocument doc;
+        try
+        {
+            var reader = new Utf8JsonReader(json);
+            doc = JsonDocument.ParseValue(ref reader);
+        }
+        catch (JsonException)
+        {
+            return json.ToArray();
+        }
+
+        using var _ = doc;
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object || !root.TryGetProperty("usage", out var usage) || usage.ValueKind != JsonValueKind.Object)
+        {
+            return json.ToArray();
+        }
+
+        var buffer = new ArrayBufferWriter<byte>(json.Length + 32);
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder }))
+        {
+            w.WriteStartObject();
+            foreach (var member in root.EnumerateObject())
+            {
+                if (!member.NameEquals("usage"))
+                {
+                    member.WriteTo(w);
+                    continue;
+                }
+
+                w.WriteStartObject(member.Name);
+                foreach (var counted in member.Value.EnumerateObject())
+                {
+                    if (!counted.NameEquals("cost"))
+                    {
+                        counted.WriteTo(w);
+                    }
+                }
+
+                w.WriteNumber("cost", cost);
+                w.WriteEndObject();
+            }
+
+            w.WriteEndObject();
+        }
+
+        return buffer.WrittenSpan.ToArray();
     }
 }

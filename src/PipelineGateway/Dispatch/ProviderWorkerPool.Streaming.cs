@@ -192,7 +192,10 @@ internal sealed partial class ProviderWorkerPool
         if ((held is { Count: > 0 } ? held[0] : first) is { } opening)
         {
             // Speech's cost is known before its audio (its characters): the opening says it, the headers can carry it.
-            var known = item.Request.Operation is { Kind: OperationKind.Speech } speech ? Speech.Usage(speech) : null;
+            // An opening that is the whole answer (it finishes it, with its usage: an image stream's one completed
+            // event, a one-chunk completion) says what it cost too — its usage.cost is written with it, before the end.
+            var known = item.Request.Operation is { Kind: OperationKind.Speech } speech ? Speech.Usage(speech)
+                : opening is { Finishes: true, Usage: { } whole } ? whole : null;
             opening.Gateway = ResponseInfo.Answered(item, deployment, known, _services!.Pricing, _time, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
         }
 

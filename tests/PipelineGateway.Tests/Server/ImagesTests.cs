@@ -2,6 +2,8 @@ using System.ClientModel;
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Nodes;
+using CsCheck;
 using FluentAssertions;
 using OpenAI;
 using OpenAI.Images;
@@ -108,11 +110,74 @@ public sealed class ImagesTests : LoggedFleetTests
         var row = await Fleet.LogRowAsync(Header(response, "x-request-id"), Ct);
         (row.GetProperty("prompt_tokens").GetInt32(), row.GetProperty("completion_tokens").GetInt32()).Should().Be((input, output));
         row.GetProperty("cost_usd").GetDecimal().Should().Be(((input * 5m) + (output * 40m)) / 1_000_000m).And.BePositive();
+        usage.GetProperty("cost").GetDecimal().Should().Be(row.GetProperty("cost_usd").GetDecimal(), "the completed event says what the request cost (usage.cost, as a chat stream's last chunk)");
+        events.Take(2).Should().AllSatisfy(static e => e.TryGetProperty("usage", out _).Should().BeFalse());
+
+        // No partial images: the completed event is the stream's one event — it says the cost all the same (it said 0).
+        using var alone = await Http.PostAsync("v1/images/generations", new StringContent("""{"model":"img","prompt":"a blue fox","size":"16x16","stream":true,"partial_images":0}""", Encoding.UTF8, "application/json"), Ct);
+        var only = (await alone.Content.ReadAsStringAsync(Ct)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.Clone()).Should().ContainSingle().Subject;
+        only.GetProperty("type").GetString().Should().Be("image_generation.completed");
+        var aloneRow = await Fleet.LogRowAsync(Header(alone, "x-request-id"), Ct);
+        only.GetProperty("usage").GetProperty("cost").GetDecimal().Should().Be(aloneRow.GetProperty("cost_usd").GetDecimal()).And.BePositive();
         await Fleet.SpendShouldBeTheMetricsAsync(Ct);
 
         var (refused, error) = await PostAsync("""{"model":"dall-e-3","prompt":"a red fox","stream":true}""");
         refused.StatusCode.Should().Be(HttpStatusCode.BadRequest);
         error.GetProperty("error").GetProperty("param").GetString().Should().Be("stream");
+    }
+
+    /// <summary>
+    /// CsCheck, fixed seed: the completed event's usage gains <c>cost</c> and nothing else changes — any members, any
+    /// strings (escapes, non-ASCII), a <c>cost</c> the upstream wrote replaced, one line; an event without a usage
+    /// object, or JSON nested past what the reader takes, goes out as it came.
+    /// </summary>
+    [Fact]
+    public void The_completed_events_usage_gains_the_cost_and_nothing_else_changes()
+    {
+        var text = Gen.String[Gen.Char.AlphaNumeric, 0, 12].Select(Gen.String[0, 6], static (a, b) => a + b);
+        var members = Gen.Dictionary(Gen.String[Gen.Char.AlphaNumeric, 1, 8], text)[0, 5];
+        Gen.Select(members, members, Gen.Int[0, 2], Gen.Long[0, 10_000_000]).Sample((others, counted, shape, micros) =>
+        {
+            var cost = micros / 1_000_000m;
+            var usage = new JsonObject();
+            foreach (var (k, v) in counted)
+            {
+                usage["u" + k] = v;
+            }
+
+            if (shape == 1)
+            {
+                usage["cost"] = 99;
+            }
+
+            var root = new JsonObject { ["type"] = "image_generation.completed", ["b64_json"] = "iVBOR+/=" };
+            foreach (var (k, v) in others)
+            {
+                root["m" + k] = v;
+            }
+
+            if (shape != 2)
+            {
+                root["usage"] = usage;
+            }
+
+            var json = Encoding.UTF8.GetBytes(root.ToJsonString());
+            var written = OperationsEndpoint.UsageWithCost(json, cost);
+            written.Should().NotContain((byte)'\n');
+            var back = JsonNode.Parse(written)!.AsObject();
+            if (shape == 2)
+            {
+                written.Should().Equal(json, "no usage: as it came");
+                return;
+            }
+
+            back["usage"]!["cost"]!.GetValue<decimal>().Should().Be(cost);
+            back["usage"]!.AsObject().Where(static p => p.Key != "cost").Select(static p => (p.Key, p.Value!.GetValue<string>())).Should().BeEquivalentTo(usage.Where(static p => p.Key != "cost").Select(static p => (p.Key, p.Value!.GetValue<string>())));
+            back.Where(static p => p.Key != "usage").Select(static p => (p.Key, p.Value!.GetValue<string>())).Should().Equal(root.Where(static p => p.Key != "usage").Select(static p => (p.Key, p.Value!.GetValue<string>())));
+        }, seed: "0N0XIzNsQ0O2");
+
+        var deep = Encoding.UTF8.GetBytes("{\"usage\":{\"a\":" + new string('[', 100) + new string(']', 100) + "}}");
+        OperationsEndpoint.UsageWithCost(deep, 1m).Should().Equal(deep, "nested past the reader's depth: as it came");
     }
 
     /// <summary>The in-process simulated provider (the embedded default config's) streams a generation and an edit the same way: partial images, then the image.</summary>
