@@ -119,8 +119,8 @@ internal static class Commands
     private static Command Usage(TextWriter output)
     {
         var db = new Option<string?>("--db") { Description = "The request log file (default: Gateway:RequestLog:Path of the configuration, pgw-data/gateway.db beside it)." };
-        var by = new Option<string>("--by") { Description = "Group by key, model, deployment or day.", DefaultValueFactory = _ => "key" };
-        by.AcceptOnlyFromAmong("key", "model", "deployment", "day");
+        var by = new Option<string>("--by") { Description = "Group by key, model, deployment, day or user (the end user a request named: user, safety_identifier, metadata.user_id).", DefaultValueFactory = _ => "key" };
+        by.AcceptOnlyFromAmong("key", "model", "deployment", "day", "user");
         var since = new Option<string>("--since") { Description = "From when: 30m, 24h, 7d, 2w, or an ISO 8601 date or time (UTC).", DefaultValueFactory = _ => "7d" };
         since.Validators.Add(r =>
         {
@@ -130,7 +130,7 @@ internal static class Commands
             }
         });
         var config = Config();
-        var command = new Command("usage", "Print who spent what from the request log: requests, failures, tokens and cost grouped by key, model, deployment or day.")
+        var command = new Command("usage", "Print who spent what from the request log: requests, failures, tokens and cost grouped by key, model, deployment, day or user.")
         {
             db, by, since, config,
         };

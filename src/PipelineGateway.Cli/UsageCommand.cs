@@ -35,7 +35,7 @@ internal static class UsageCommand
         var table = new List<string[]> { new[] { by.ToUpperInvariant(), "REQUESTS", "FAILED", "PROMPT TOKENS", "COMPLETION TOKENS", "COST USD", "SAVED USD" } };
         table.AddRange(rows.Select(r => new[]
         {
-            r.Group.Length == 0 ? "(no key)" : r.Group,
+            r.Group.Length == 0 ? (grouping == SpendGrouping.User ? "(no user)" : "(no key)") : Printable(r.Group),
             N(r.Requests), N(r.Failed), N(r.PromptTokens), N(r.CompletionTokens), Usd(r.Cost), Usd(r.CostSaved),
         }));
         table.Add(["TOTAL", N(rows.Sum(r => r.Requests)), N(rows.Sum(r => r.Failed)), N(rows.Sum(r => r.PromptTokens)), N(rows.Sum(r => r.CompletionTokens)), Usd(rows.Sum(r => r.Cost)), Usd(rows.Sum(r => r.CostSaved))]);
@@ -52,4 +52,8 @@ internal static class UsageCommand
     private static string N(long n) => n.ToString("N0", CultureInfo.InvariantCulture);
 
     private static string Usd(decimal d) => d.ToString("0.00000000", CultureInfo.InvariantCulture);
+
+    /// <summary>A group as a terminal shows it: a caller's end-user name may hold control characters (an escape sequence, a newline), shown as '?'.</summary>
+    private static string Printable(string group) =>
+        group.Any(char.IsControl) ? string.Concat(group.Select(static c => char.IsControl(c) ? '?' : c)) : group;
 }

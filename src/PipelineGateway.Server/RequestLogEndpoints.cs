@@ -34,6 +34,7 @@ internal static class RequestLogEndpoints
         {
             KeyId = Text(q, "key"),
             Model = Text(q, "model"),
+            User = Text(q, "user"),
             Status = status,
             Since = since,
             Until = until,
@@ -76,7 +77,7 @@ internal static class RequestLogEndpoints
         var groupText = Text(q, "group_by") ?? "key";
         if (!Enum.TryParse<SpendGrouping>(groupText, ignoreCase: true, out var groupBy) || !Enum.IsDefined(groupBy) || int.TryParse(groupText, out _))
         {
-            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_parameter", "group_by must be one of key, model, deployment, day.", "group_by");
+            await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_parameter", "group_by must be one of key, model, deployment, day, user.", "group_by");
             return;
         }
 
@@ -131,6 +132,7 @@ internal static class RequestLogEndpoints
         w.WriteNumber("prompt_tokens", r.PromptTokens);
         w.WriteNumber("completion_tokens", r.CompletionTokens);
         w.WriteBoolean("usage_estimated", r.UsageEstimated);
+        w.WriteString("user", r.User);
         w.WriteNumber("cost_usd", r.Cost);
         w.WriteNumber("cost_saved_usd", r.CostSaved);
         w.WriteBoolean("cached", r.Cached);

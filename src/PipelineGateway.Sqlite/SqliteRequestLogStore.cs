@@ -18,16 +18,20 @@ namespace PipelineGateway.Sqlite;
 /// </summary>
 internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
 {
-    private const string Columns = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer, upstream_ms, usage_estimated";
+    private const string Columns = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer, upstream_ms, usage_estimated, user_id";
 
-    // A log written before usage_estimated existed (schema version 1), opened read-only (pgw usage): its rows read as the
-    // upstream's usage, which is all that log could hold.
-    private const string ColumnsBeforeEstimates = "ts, request_id, key_id, model, provider, provider_model, status, error_code, error_type, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, ttft_ms, priority, attempts, prompt, answer, upstream_ms, 0";
+    // A log of an older schema opened read-only (pgw usage) reads its missing columns as what that log could hold:
+    // usage_estimated (schema 2) as the upstream's usage, user_id (schema 3) as no user named.
     private bool _hasEstimates = true;
+    private bool _hasUsers = true;
+
+    private string ReadColumns => Columns
+        .Replace("usage_estimated", _hasEstimates ? "usage_estimated" : "0", StringComparison.Ordinal)
+        .Replace("user_id", _hasUsers ? "user_id" : "NULL", StringComparison.Ordinal);
     private readonly string _path;
     private SqliteConnection? _writer;
     private sqlite3_stmt? _insert;
-    private readonly Bound[] _bound = new Bound[25];
+    private readonly Bound[] _bound = new Bound[26];
     private byte[] _utf8 = new byte[1024];
     private readonly ArrayBufferWriter<byte> _json = new(1024);
     private Utf8JsonWriter? _jsonWriter;
@@ -127,6 +131,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         }
 
         _hasEstimates = await HasColumnAsync(connection, "usage_estimated", cancellationToken).ConfigureAwait(false);
+        _hasUsers = await HasColumnAsync(connection, "user_id", cancellationToken).ConfigureAwait(false);
     }
 
     private static async Task<bool> HasColumnAsync(SqliteConnection connection, string column, CancellationToken cancellationToken)
@@ -166,7 +171,8 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                 prompt TEXT,
                 answer TEXT,
                 upstream_ms REAL,
-                usage_estimated INTEGER NOT NULL DEFAULT 0);
+                usage_estimated INTEGER NOT NULL DEFAULT 0,
+                user_id TEXT);
             CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
             CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
             """, cancellationToken).ConfigureAwait(false);
@@ -178,6 +184,12 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
             await ExecAsync(connection, "ALTER TABLE requests ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;", cancellationToken).ConfigureAwait(false);
         }
 
+        // Schema 3: user_id (the end user the request named). Older rows named none: NULL.
+        if (!await HasColumnAsync(connection, "user_id", cancellationToken).ConfigureAwait(false))
+        {
+            await ExecAsync(connection, "ALTER TABLE requests ADD COLUMN user_id TEXT;", cancellationToken).ConfigureAwait(false);
+        }
+
         // The view is made again so a log of schema 1 shows the new column too.
         await ExecAsync(connection, """
             DROP VIEW IF EXISTS request_log;
@@ -185,9 +197,9 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                 SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', ts / 1000.0, 'unixepoch') AS time, request_id, key_id, model,
                        provider, provider_model, status, error_code, prompt_tokens, completion_tokens,
                        cost_nano / 1e9 AS cost_usd, cost_saved_nano / 1e9 AS cost_saved_usd, cached, coalesced, stream,
-                       latency_ms, ttft_ms, upstream_ms, priority, attempts, usage_estimated
+                       latency_ms, ttft_ms, upstream_ms, priority, attempts, usage_estimated, user_id
                 FROM requests;
-            PRAGMA user_version = 2;
+            PRAGMA user_version = 3;
             """, cancellationToken).ConfigureAwait(false);
     }
 
@@ -306,6 +318,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                 Text(db, stmt, 21, r.Prompt);
                 Text(db, stmt, 22, r.Answer);
                 Int(db, stmt, 24, r.UsageEstimated ? 1 : 0);
+                Text(db, stmt, 25, r.User);
                 var rc = raw.sqlite3_step(stmt);
                 raw.sqlite3_reset(stmt);
                 if (rc != raw.SQLITE_DONE)
@@ -356,6 +369,12 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
             cmd.Parameters.AddWithValue("$model", model);
         }
 
+        if (query.User is { } user)
+        {
+            where.Add("user_id = $user");
+            cmd.Parameters.AddWithValue("$user", user);
+        }
+
         if (query.Status is { } status)
         {
             where.Add("status = $status");
@@ -381,7 +400,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         }
 
         var limit = Math.Clamp(query.Limit, 1, 1000);
-        cmd.CommandText = $"SELECT id, {(_hasEstimates ? Columns : ColumnsBeforeEstimates)} FROM requests {(where.Count > 0 ? "WHERE " + string.Join(" AND ", where) : string.Empty)} ORDER BY id DESC LIMIT {limit + 1}";
+        cmd.CommandText = $"SELECT id, {ReadColumns} FROM requests {(where.Count > 0 ? "WHERE " + string.Join(" AND ", where) : string.Empty)} ORDER BY id DESC LIMIT {limit + 1}";
         var rows = new List<LoggedRequest>(limit);
         long? next = null;
         await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
@@ -407,6 +426,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
             SpendGrouping.Model => "model",
             SpendGrouping.Deployment => "COALESCE(provider || '/' || provider_model, '(none)')",
             SpendGrouping.Day => "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')",
+            SpendGrouping.User => _hasUsers ? "COALESCE(user_id, '')" : "''",
             _ => throw new ArgumentOutOfRangeException(nameof(groupBy)),
         };
         await using var connection = await OpenReaderAsync(cancellationToken).ConfigureAwait(false);
@@ -479,6 +499,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         Prompt = r.IsDBNull(21) ? null : r.GetString(21),
         Answer = r.IsDBNull(22) ? null : r.GetString(22),
         UsageEstimated = r.GetInt64(24) != 0,
+        User = r.IsDBNull(25) ? null : r.GetString(25),
     };
 
     /// <summary>

@@ -86,6 +86,35 @@ public sealed class RequestRecord
     /// <summary>The attempts' JSON when it was given as text (a row read back), else null: write <see cref="AttemptList"/>.</summary>
     internal string? AttemptsText => _attempts;
 
+    /// <summary>Most characters of <see cref="User"/> kept.</summary>
+    public const int MaxUserChars = 256;
+
+    private string? _user;
+    private bool _userChecked;
+
+    /// <summary>
+    /// The end user the caller named for the request — OpenAI's <c>user</c> (or <c>safety_identifier</c>), Anthropic's
+    /// <c>metadata.user_id</c> — for spend per user; null when none was named. Redacted (a key pasted into it is not
+    /// kept) and cut to <see cref="MaxUserChars"/> when first read (the writer's thread, not the request's).
+    /// </summary>
+    public string? User
+    {
+        get
+        {
+            if (!_userChecked && _user is not null)
+            {
+                var safe = Providers.SecretRedactor.Redact(_user); // before the cut: a cut could leave a fragment unrecognised
+                _user = safe.Length > MaxUserChars ? safe[..MaxUserChars] : safe;
+            }
+
+            _userChecked = true;
+
+            return _user;
+        }
+
+        init => _user = string.IsNullOrEmpty(value) ? null : value;
+    }
+
     /// <summary>The prompt (only with <c>LogBodies</c>; redacted and capped).</summary>
     public string? Prompt { get; init; }
 
@@ -101,6 +130,9 @@ public sealed class RequestLogQuery
     public string? Model { get; init; }
 
     public int? Status { get; init; }
+
+    /// <summary>The end user the request named (<see cref="RequestRecord.User"/>).</summary>
+    public string? User { get; init; }
 
     public DateTimeOffset? Since { get; init; }
 
@@ -125,6 +157,9 @@ public enum SpendGrouping
     Model,
     Deployment,
     Day,
+
+    /// <summary>The end user the request named (<see cref="RequestRecord.User"/>; requests that named none in one group, "").</summary>
+    User,
 }
 
 /// <summary>Spend in one group: requests, tokens, cost.</summary>

@@ -622,7 +622,8 @@ public sealed class RequestLogTests : IDisposable
         using (var reader = (SqliteRequestLogStore)await PipelineGateway.Sqlite.SqliteRequestLogExtensions.OpenRequestLogAsync(Db, Ct))
         {
             var page = await reader.QueryAsync(new RequestLogQuery { Limit = 10 }, Ct);
-            page.Rows.Should().ContainSingle().Which.Request.Should().Match<RequestRecord>(r => r.KeyId == "old-key" && !r.UsageEstimated);
+            page.Rows.Should().ContainSingle().Which.Request.Should().Match<RequestRecord>(r => r.KeyId == "old-key" && !r.UsageEstimated && r.User == null);
+            (await reader.SpendAsync(SpendGrouping.User, DateTimeOffset.UtcNow.AddDays(-1), Ct)).Should().ContainSingle().Which.Group.Should().Be(string.Empty);
         }
 
         SqliteConnection.ClearAllPools();
@@ -635,9 +636,11 @@ public sealed class RequestLogTests : IDisposable
         await check.OpenAsync(Ct);
         await using var version = check.CreateCommand();
         version.CommandText = "PRAGMA user_version";
-        Convert.ToInt64(await version.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture).Should().Be(2);
+        Convert.ToInt64(await version.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture).Should().Be(3);
         version.CommandText = "SELECT usage_estimated FROM request_log WHERE key_id = 'old-key'";
         Convert.ToInt64(await version.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture).Should().Be(0, "the view is made again with the new column");
+        version.CommandText = "SELECT user_id IS NULL FROM request_log WHERE key_id = 'old-key'";
+        Convert.ToInt64(await version.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture).Should().Be(1, "schema 3's column, no user named on the old row");
     }
 
     [Fact]
@@ -728,7 +731,7 @@ public sealed class RequestLogTests : IDisposable
                 row.Timestamp, RequestId = row.RequestIdText ?? id, row.KeyId, row.Model, row.Provider, row.ProviderModel,
                 row.Status, row.ErrorCode, row.ErrorType, row.PromptTokens, row.CompletionTokens, row.Cost, row.CostSaved,
                 row.Cached, row.Coalesced, row.Stream, row.LatencyMs, row.TimeToFirstTokenMs, row.Priority, Attempts = attempts,
-                row.Prompt, row.Answer,
+                row.Prompt, row.Answer, row.User,
             };
             read[i].Should().BeEquivalentTo(expected, $"row {i} reads back as written");
         }
@@ -776,6 +779,7 @@ public sealed class RequestLogTests : IDisposable
             Attempts = asText ? AttemptsJson.Format(attempts) : null!,
             Prompt = Fresh(Pick<string?>(null, "", "hi")),
             Answer = Fresh(Pick<string?>(null, "", "hello")),
+            User = Fresh(Pick<string?>(null, "u1", "ü-user")),
         };
     }
 }

@@ -115,6 +115,42 @@ public sealed class RequestLogEndpointTests : IAsyncLifetime
         spend.GetProperty("total_cost_usd").GetDecimal().Should().Be(team.GetProperty("cost_usd").GetDecimal());
     }
 
+    /// <summary>
+    /// Spend per end user: the user each front door names — chat's <c>user</c> and <c>safety_identifier</c>, the Responses
+    /// API's <c>safety_identifier</c>, Anthropic's <c>metadata.user_id</c> — is the row's <c>user</c>, grouped by
+    /// <c>group_by=user</c> and filtered by <c>user=</c>; a key pasted into it is not kept, a long one is cut.
+    /// </summary>
+    [Fact]
+    public async Task Spend_is_grouped_by_the_end_user_each_front_door_names_and_the_log_filtered_by_it()
+    {
+        const string Pasted = "sk-proj-AbCdEfGhIjKlMnOpQrSt1234";
+        (await Send(HttpMethod.Post, "v1/chat/completions", Key, """{"model":"gpt-4o-mini","user":"alice","messages":[{"role":"user","content":"one"}]}""")).StatusCode.Should().Be(HttpStatusCode.OK);
+        (await Send(HttpMethod.Post, "v1/chat/completions", Key, """{"model":"gpt-4o-mini","safety_identifier":"alice","messages":[{"role":"user","content":"two"}]}""")).StatusCode.Should().Be(HttpStatusCode.OK);
+        (await Send(HttpMethod.Post, "v1/responses", Key, """{"model":"gpt-4o-mini","input":"three","safety_identifier":"bob"}""")).StatusCode.Should().Be(HttpStatusCode.OK);
+        using (var messages = new HttpRequestMessage(HttpMethod.Post, "v1/messages") { Content = new StringContent("""{"model":"gpt-4o-mini","max_tokens":16,"metadata":{"user_id":"carol"},"messages":[{"role":"user","content":"four"}]}""", Encoding.UTF8, "application/json") })
+        {
+            messages.Headers.Add("x-api-key", Key);
+            messages.Headers.Add("anthropic-version", "2023-06-01");
+            (await _http.SendAsync(messages, Ct)).StatusCode.Should().Be(HttpStatusCode.OK);
+        }
+
+        (await Chat("gpt-4o-mini", "five")).StatusCode.Should().Be(HttpStatusCode.OK);
+        (await Send(HttpMethod.Post, "v1/chat/completions", Key, $$"""{"model":"gpt-4o-mini","user":"dan {{Pasted}}","messages":[{"role":"user","content":"six"}]}""")).StatusCode.Should().Be(HttpStatusCode.OK);
+        (await Send(HttpMethod.Post, "v1/chat/completions", Key, $$"""{"model":"gpt-4o-mini","user":"{{new string('e', 300)}}","messages":[{"role":"user","content":"seven"}]}""")).StatusCode.Should().Be(HttpStatusCode.OK);
+
+        var spend = (await Admin("v1/gateway/spend?group_by=user&since=1d")).GetProperty("data").EnumerateArray()
+            .ToDictionary(r => r.GetProperty("group").GetString()!, r => r.GetProperty("requests").GetInt64());
+        spend.Should().BeEquivalentTo(new Dictionary<string, long>
+        {
+            ["alice"] = 2, ["bob"] = 1, ["carol"] = 1, [""] = 1, ["dan [redacted]"] = 1, [new string('e', PipelineGateway.RequestLog.RequestRecord.MaxUserChars)] = 1,
+        });
+
+        var alices = (await Admin("v1/gateway/logs?user=alice")).GetProperty("data").EnumerateArray().ToList();
+        alices.Should().HaveCount(2).And.OnlyContain(r => r.GetProperty("user").GetString() == "alice");
+        (await Admin("v1/gateway/logs?user=carol")).GetProperty("data").EnumerateArray().Single().GetProperty("user").GetString().Should().Be("carol");
+        (await Admin("v1/gateway/logs?limit=1000")).ToString().Should().NotContain(Pasted[8..], "a key pasted into the user is not kept");
+    }
+
     [Fact]
     public async Task A_model_asked_for_in_any_case_is_logged_and_grouped_as_configured()
     {
