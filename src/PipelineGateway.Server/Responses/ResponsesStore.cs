@@ -44,7 +44,7 @@ internal sealed partial class ResponsesStore
         _time = time;
         _logger = logger;
         _shared = services.GetKeyedService<IDistributedCache>(RedisOptions.StoredResponsesServiceKey);
-        _redis = _shared is null ? null : services.GetRequiredService<RedisConnection>();
+        _redis = _shared is null ? null : services.GetService<RedisConnection>(); // none: a host's own shared cache, no fleet hold
         _local = _shared is null ? new LruStore<string, byte[]>(int.MaxValue, options.StoredResponsesMaxBytes, time) : null;
     }
 

@@ -28,7 +28,22 @@ public sealed class RedisBatchTests
         var survivorOutput = Path.Combine(files.Dir, "survivor.jsonl");
         using var victim = PgwProcess.Start(files.Dir, Args(Path.Combine(files.Dir, "victim.jsonl")));
         using var survivor = PgwProcess.Start(files.Dir, Args(survivorOutput));
-        await Wait.Until(() => db.HashLength(results) >= 60 || victim.Process.HasExited, "both workers are under way", 60_000);
+        // Both under way: each a consumer of the work (a process slow to start, on a loaded CI machine, had not joined
+        // yet when the other had finished 60 lines alone — killed then, it had worked nothing), and 60 lines done.
+        var work = (RedisKey)$"pgw:batch:{{{batchId}}}:work";
+        bool BothJoined()
+        {
+            try
+            {
+                return db.StreamConsumerInfo(work, "workers").Length == 2;
+            }
+            catch (RedisServerException)
+            {
+                return false; // the stream or its group is not made yet
+            }
+        }
+
+        await Wait.Until(() => (BothJoined() && db.HashLength(results) >= 60) || victim.Process.HasExited, "both workers are under way", 60_000);
         victim.Process.HasExited.Should().BeFalse(victim.Stderr);
         victim.Process.Kill(); // SIGKILL: its pending lines stay claimed by a dead consumer
         await victim.Process.WaitForExitAsync(Ct);
