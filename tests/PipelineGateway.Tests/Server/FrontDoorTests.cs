@@ -487,6 +487,10 @@ public sealed class FrontDoorTests : IAsyncLifetime
         { """{"model":"gpt-4o-mini","max_tokens":16,"metadata":{"user_id":5},"messages":[{"role":"user","content":"hi"}]}""", "metadata.user_id" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"system":["x"],"messages":[{"role":"user","content":"hi"}]}""", "system" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"image"}]}]}""", "messages.0.content.0.source" },
+        // A search result's source is its URL (a string): refused for the block the gateway cannot carry, not as a source that "must be an object".
+        { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"search_result","source":"https://example.test/a","title":"t","content":[{"type":"text","text":"c"}]},{"type":"text","text":"q"}]}]}""", "Content blocks of type 'search_result' cannot be carried" },
+        { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"image","source":5}]}]}""", "messages.0.content.0.source: must be an object" },
+        { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"user","content":[{"type":"image","source":{"type":5}}]}]}""", "messages.2.content.0.source.type: must be a string" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","name":"f"}]}]}""", "messages.1.content.0.id" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"tool_result"}]}]}""", "messages.0.content.0.tool_use_id" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"x"}}]}]}""", "document" },

@@ -743,6 +743,8 @@ internal sealed class AnthropicInputBlock
 
     public string? Text { get; set; }
 
+    /// <summary>An image's or a document's source; a block whose source is a string (<c>search_result</c>'s URL) reads as one the gateway cannot carry.</summary>
+    [JsonConverter(typeof(AnthropicSourceConverter))]
     public AnthropicImageSource? Source { get; set; }
 
     public string? Id { get; set; }
@@ -839,6 +841,22 @@ internal sealed class FunctionName
 }
 
 /// <summary>A string, or an array of content blocks; anything else is an error naming the field.</summary>
+/// <summary>
+/// A block's <c>source</c>: an object as images and documents have it; a string — a <c>search_result</c> block's URL —
+/// as a source of type <c>string</c>, so the block is refused for what it is (a block type this gateway cannot carry,
+/// naming its type), not for a source that "must be an object".
+/// </summary>
+internal sealed class AnthropicSourceConverter : JsonConverter<AnthropicImageSource>
+{
+    public override AnthropicImageSource? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
+        reader.TokenType == JsonTokenType.String
+            ? new AnthropicImageSource { Type = "string", Url = reader.GetString() }
+            : Serialization.JsonProblems.ReadWithin(ref reader, AnthropicRequestContext.Default.AnthropicImageSource);
+
+    public override void Write(Utf8JsonWriter writer, AnthropicImageSource value, JsonSerializerOptions options) =>
+        throw new NotSupportedException("Anthropic request text is only read.");
+}
+
 internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicInputContent>
 {
     public override AnthropicInputContent? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
