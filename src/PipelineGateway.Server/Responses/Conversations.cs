@@ -32,6 +32,9 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
     /// </summary>
     internal static readonly TimeSpan TurnWait = ResponsesStore.ConversationHoldExpiry + TimeSpan.FromSeconds(5);
 
+    // Conversations a response of this instance is being made on (OpenAI's: one response at a time on a conversation).
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, byte> _turns = new(StringComparer.Ordinal);
+
     // One change at a time per conversation (striped: a conversation's changes share its stripe's lock).
     private readonly SemaphoreSlim[] _locks = [.. Enumerable.Range(0, 64).Select(static _ => new SemaphoreSlim(1, 1))];
 
@@ -58,6 +61,85 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
         catch (Exception ex) when (ex is StoreUnavailableException or InvalidOperationException or ConversationTooLargeException or ConversationLockedException)
         {
             LogNotAdded(logger, conversationId, ex.GetType().Name);
+        }
+    }
+
+    /// <summary>
+    /// Holds a conversation for one response — from before its items are read until its turn is added (or the response
+    /// ends without one) — as OpenAI does: a second response on it meanwhile is refused (<c>conversation_locked</c>),
+    /// never made from items that miss the first one's turn and added after it. Within the instance by a set of the
+    /// conversations held, across a fleet sharing Redis by a renewed hold there (<see cref="ResponsesStore.HoldTurnAsync"/>).
+    /// Items added or deleted meanwhile are not refused (they wait for one change at a time, as always).
+    /// </summary>
+    /// <exception cref="ConversationLockedException">Another response is being made on it.</exception>
+    /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
+    public async Task<Turn> BeginTurnAsync(string scope, string id)
+    {
+        var key = scope + "\n" + id;
+        if (!_turns.TryAdd(key, 0))
+        {
+            throw new ConversationLockedException(ConversationLockedException.Turn);
+        }
+
+        try
+        {
+            return new Turn(this, key, await store.HoldTurnAsync(scope, id));
+        }
+        catch
+        {
+            _turns.TryRemove(key, out _);
+            throw;
+        }
+    }
+
+    /// <summary>A response's hold on its conversation (<see cref="BeginTurnAsync"/>): let go when disposed, or when the run it was handed to ends.</summary>
+    internal sealed class Turn(Conversations owner, string key, IAsyncDisposable? fleet) : IAsyncDisposable
+    {
+        private int _released;
+
+        /// <summary>Handed to a background response's run: let go when <paramref name="run"/> ends, not by its request.</summary>
+        public bool HandedOver { get; private set; }
+
+        public void HandTo(Task run)
+        {
+            HandedOver = true;
+            _ = ReleaseAfterAsync(run);
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            if (Interlocked.Exchange(ref _released, 1) != 0)
+            {
+                return;
+            }
+
+            try
+            {
+                if (fleet is not null)
+                {
+                    await fleet.DisposeAsync();
+                }
+            }
+            finally
+            {
+                owner._turns.TryRemove(key, out _);
+            }
+        }
+
+        private async Task ReleaseAfterAsync(Task run)
+        {
+            try
+            {
+                await run;
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // A run's every end is kept as its state (BackgroundResponses); the hold goes either way.
+            }
+            finally
+            {
+                await DisposeAsync();
+            }
         }
     }
 

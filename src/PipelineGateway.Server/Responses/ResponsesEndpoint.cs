@@ -17,26 +17,42 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     public async Task HandleAsync(HttpContext ctx)
     {
         var caller = ctx.Features.Get<GatewayCaller>()!;
-        var aborted = ctx.RequestAborted;
         var scope = ResponsesStore.ScopeOf(caller.Key);
-        if (await ReadAsync(ctx, caller, scope) is not { } input)
+        var (read, turn) = await ReadAsync(ctx, caller, scope, holdTurn: true);
+        if (read is not { } input)
         {
             return;
         }
 
+        try
+        {
+            await AnswerAsync(ctx, caller, scope, input, turn);
+        }
+        finally
+        {
+            if (turn is { HandedOver: false })
+            {
+                await turn.DisposeAsync(); // no turn added (a failure, a cancel): the conversation takes the next response
+            }
+        }
+    }
+
+    private async Task AnswerAsync(HttpContext ctx, GatewayCaller caller, string scope, ResponsesCodec.Input input, Conversations.Turn? turn)
+    {
+        var aborted = ctx.RequestAborted;
         var request = input.Request;
         request.Gateway = caller.Headers.ToOptions(caller.Key);
         ServerSubmit.Identify(ctx, request, "x-request-id");
         if (input.Background)
         {
-            await StartBackgroundAsync(ctx, scope, input);
+            await StartBackgroundAsync(ctx, scope, input, turn);
             return;
         }
 
         var keep = input.Store && store.Enabled;
         var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), keep, input.PreviousResponseId, conversationId: input.ConversationId)
         {
-            Finished = keep || input.ConversationId is not null ? (w, json) => KeepAsync(scope, input, w, json, keep) : null,
+            Finished = keep || input.ConversationId is not null ? (w, json) => KeepAsync(scope, input, w, json, keep, turn: turn) : null,
         };
         if (request.Stream == true)
         {
@@ -64,7 +80,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     /// A finished response kept — stored (<paramref name="stored"/>), and its turn added to its conversation when it has
     /// one — before its last event or its body goes out.
     /// </summary>
-    private async Task KeepAsync(string scope, ResponsesCodec.Input input, ResponsesWriter writer, byte[] json, bool stored, int? lastSequence = null)
+    private async Task KeepAsync(string scope, ResponsesCodec.Input input, ResponsesWriter writer, byte[] json, bool stored, int? lastSequence = null, Conversations.Turn? turn = null)
     {
         var output = writer.OutputItems();
         if (stored)
@@ -73,6 +89,12 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         }
 
         await conversations.AddTurnAsync(scope, input.ConversationId, input.Items, output);
+        if (turn is not null)
+        {
+            // Let go as soon as the turn is added — before the answer's body or last event goes out — so the caller's
+            // next turn, sent the moment it has this answer, finds the conversation free.
+            await turn.DisposeAsync();
+        }
     }
 
     /// <summary>
@@ -80,7 +102,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     /// kept, a model no provider serves, the gateway stopping, too many at once), else answered at once as
     /// <c>queued</c> — or, asked with <c>stream</c>, its events as they are made (going away leaves it running).
     /// </summary>
-    private async Task StartBackgroundAsync(HttpContext ctx, string scope, ResponsesCodec.Input input)
+    private async Task StartBackgroundAsync(HttpContext ctx, string scope, ResponsesCodec.Input input, Conversations.Turn? turn)
     {
         var request = input.Request;
         if (!store.Enabled)
@@ -104,7 +126,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         var writer = new ResponsesWriter(request, ResponsesStore.NewResponseId(), time.GetUtcNow().ToUnixTimeSeconds(), store: true, input.PreviousResponseId, background: true, input.ConversationId)
         {
             // Kept with the sequence number of the event made next: its last (response.completed or .incomplete).
-            Finished = (w, json) => KeepAsync(scope, input, w, json, stored: true, w.LastSequence + 1),
+            Finished = (w, json) => KeepAsync(scope, input, w, json, stored: true, w.LastSequence + 1, turn),
         };
         var stream = request.Stream == true;
         BackgroundResponses.Started started;
@@ -129,6 +151,8 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             await RouteErrors.WriteAsync(ctx, 503, "api_error", "too_many_background_responses", $"This gateway is making {options.MaxBackgroundResponses} background responses already (Server:MaxBackgroundResponses); retry shortly.", retryAfter: TimeSpan.FromSeconds(1));
             return;
         }
+
+        turn?.HandTo(run.Completion); // the conversation is held until the run has added its turn, not until this answer
 
         if (stream)
         {
@@ -203,7 +227,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     public async Task InputTokensAsync(HttpContext ctx)
     {
         var caller = ctx.Features.Get<GatewayCaller>()!;
-        if (await ReadAsync(ctx, caller, ResponsesStore.ScopeOf(caller.Key)) is not { Request: var request })
+        if ((await ReadAsync(ctx, caller, ResponsesStore.ScopeOf(caller.Key))).Input is not { Request: var request })
         {
             return;
         }
@@ -221,40 +245,65 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     }
 
     /// <summary>The body read (its references fetched from the store) and the key's model checked; null once the error is written.</summary>
-    private async Task<ResponsesCodec.Input?> ReadAsync(HttpContext ctx, GatewayCaller caller, string scope)
+    /// <remarks>
+    /// With <paramref name="holdTurn"/>, a request on a conversation holds it (<see cref="Conversations.BeginTurnAsync"/>)
+    /// before its items are read — the caller lets it go — or is refused with a 409 <c>conversation_locked</c> while
+    /// another response is made on it.
+    /// </remarks>
+    private async Task<(ResponsesCodec.Input? Input, Conversations.Turn? Turn)> ReadAsync(HttpContext ctx, GatewayCaller caller, string scope, bool holdTurn = false)
     {
         var aborted = ctx.RequestAborted;
         ctx.Features.Get<IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize = options.MaxRequestBodyBytes;
         ResponsesCodec.Input input;
+        Conversations.Turn? turn = null;
         try
         {
             var body = await JsonBody.ReadAsync(ctx.Request.BodyReader, static body => body.ToArray(), aborted);
-            var stored = await Stored.FetchAsync(store, scope, ResponsesCodec.References(body), aborted);
+            var references = ResponsesCodec.References(body);
+            if (holdTurn && references.Conversation is { } conversation)
+            {
+                turn = await conversations.BeginTurnAsync(scope, conversation);
+            }
+
+            var stored = await Stored.FetchAsync(store, scope, references, aborted);
             input = ResponsesCodec.Parse(body, stored);
+            if (!keys.MayUse(caller.Key, input.Request.Model))
+            {
+                await ReleaseAsync(turn);
+                await RouteErrors.ModelNotAllowedAsync(ctx, input.Request.Model);
+                return (null, null);
+            }
+
+            return (input, turn);
+        }
+        catch (ConversationLockedException ex)
+        {
+            await RouteErrors.WriteAsync(ctx, 409, "invalid_request_error", "conversation_locked", ex.Message, "conversation", TimeSpan.FromSeconds(1));
         }
         catch (ResponsesCodec.NotFoundException ex)
         {
+            await ReleaseAsync(turn);
             await RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", ex.Code, ex.Message, ex.Param);
-            return null;
         }
         catch (StoreUnavailableException ex)
         {
+            await ReleaseAsync(turn);
             await StoreUnavailableAsync(ctx, ex);
-            return null;
         }
         catch (Exception ex) when (JsonBody.IsRefusal(ex))
         {
+            await ReleaseAsync(turn);
             await JsonBody.WriteRefusalAsync(ctx, ex, options, logger);
-            return null;
         }
-
-        if (!keys.MayUse(caller.Key, input.Request.Model))
+        catch
         {
-            await RouteErrors.ModelNotAllowedAsync(ctx, input.Request.Model);
-            return null;
+            await ReleaseAsync(turn);
+            throw;
         }
 
-        return input;
+        return (null, null);
+
+        static ValueTask ReleaseAsync(Conversations.Turn? turn) => turn?.DisposeAsync() ?? ValueTask.CompletedTask;
     }
 
     /// <summary>

@@ -367,13 +367,54 @@ internal sealed partial class ResponsesStore
 
             if (_time.GetUtcNow() >= until)
             {
-                throw new ConversationLockedException();
+                throw new ConversationLockedException(ConversationLockedException.Change);
             }
 
             var again = Task.Delay(ConversationHoldPoll, _time, cancellationToken);
             HoldWaiting?.Invoke(); // after the wait's timer is set: a test's clock moved now moves it
             await again.ConfigureAwait(false);
         }
+    }
+
+    /// <summary>How long a fleet's hold on a conversation for a response's turn lasts unless renewed (its instance renews it every third of this while the response is made).</summary>
+    internal static readonly TimeSpan TurnHoldExpiry = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Holds a conversation for a response's turn — from before its items are read until its turn is added — against the
+    /// other instances of a fleet sharing the store (kind <c>u</c>, <c>LockTake</c> once: a turn is refused, not queued,
+    /// as OpenAI refuses it), renewed every third of <see cref="TurnHoldExpiry"/> while held (a background response's run
+    /// may take minutes); one left by an instance that stopped is gone within <see cref="TurnHoldExpiry"/>. Null in memory.
+    /// </summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
+    /// <exception cref="ConversationLockedException">Another instance's response holds it.</exception>
+    public async ValueTask<IAsyncDisposable?> HoldTurnAsync(string scope, string conversationId)
+    {
+        if (_redis is null)
+        {
+            return null;
+        }
+
+        var key = (RedisKey)(_redis.Options.KeyPrefix + ":r:" + Key('u', scope, conversationId));
+        var token = (RedisValue)RandomNumberGenerator.GetBytes(16);
+        bool taken;
+        try
+        {
+            taken = await _redis.Database.LockTakeAsync(key, token, TurnHoldExpiry).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            throw new StoreUnavailableException(ex);
+        }
+
+        if (!taken)
+        {
+            throw new ConversationLockedException(ConversationLockedException.Turn);
+        }
+
+        var hold = new ConversationHold(_redis, key, token);
+        var renewal = _time.CreateTimer(static state => ((ConversationHold)state!).Renew(TurnHoldExpiry), hold, TurnHoldExpiry / 3, TurnHoldExpiry / 3);
+        hold.Renewal = renewal;
+        return hold;
     }
 
     /// <summary>Raised each time a change finds its conversation held by another instance and waits (for tests).</summary>
@@ -386,9 +427,30 @@ internal sealed partial class ResponsesStore
     /// <summary>A fleet's hold on a conversation (<see cref="HoldConversationAsync"/>), let go when disposed.</summary>
     internal sealed class ConversationHold(RedisConnection redis, RedisKey key, RedisValue token) : IAsyncDisposable
     {
+        /// <summary>What renews it while held (a response's turn), stopped when it is let go.</summary>
+        public ITimer? Renewal { get; set; }
+
+        /// <summary>Extends it (if still this hold's); a renewal that fails is tried again at the next one.</summary>
+        public void Renew(TimeSpan expiry)
+        {
+            try
+            {
+                _ = redis.Database.LockExtendAsync(key, token, expiry, CommandFlags.FireAndForget);
+            }
+            catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+            {
+                // Redis away: renewed at the next turn of the timer, if it is back before the hold expires.
+            }
+        }
+
         /// <summary>Lets it go (only if still this hold's: one that expired may be another's by now). Never throws: a hold not let go expires.</summary>
         public async ValueTask DisposeAsync()
         {
+            if (Renewal is { } renewal)
+            {
+                await renewal.DisposeAsync().ConfigureAwait(false);
+            }
+
             try
             {
                 await redis.Database.LockReleaseAsync(key, token).ConfigureAwait(false);
@@ -678,8 +740,14 @@ internal sealed class ConversationTooLargeException(long bytes, long max)
 /// a 409 <c>conversation_locked</c> (OpenAI's code for a conversation another request is changing), which the OpenAI SDKs
 /// retry.
 /// </summary>
-internal sealed class ConversationLockedException()
-    : Exception("Another request is changing this conversation right now; retry in a moment.");
+internal sealed class ConversationLockedException(string message) : Exception(message)
+{
+    /// <summary>A change that waited for another instance's change.</summary>
+    public const string Change = "Another request is changing this conversation right now; retry in a moment.";
+
+    /// <summary>A response asked while another response is being made on the conversation.</summary>
+    public const string Turn = "Another response is being made on this conversation; retry once it is done (a conversation takes one response at a time).";
+}
 
 /// <summary>The shared store (Redis) could not be reached: a 503, which an SDK retries — not a "not found" it would not.</summary>
 internal sealed class StoreUnavailableException(Exception inner) : Exception("The stored responses could not be reached; retry shortly.", inner);

@@ -284,7 +284,7 @@ public sealed class ConversationsTests : IAsyncLifetime
     }
 
     /// <summary>Two gateways sharing one Redis (their stored responses and conversations there), each on <paramref name="clock"/> (the system's by default).</summary>
-    private static async Task<(WebApplication App, HttpClient Http)[]> FleetAsync(int instances, TimeProvider? clock = null)
+    private static async Task<(WebApplication App, HttpClient Http)[]> FleetAsync(int instances, TimeProvider? clock = null, Held? held = null, bool redis = true)
     {
         var prefix = "conv" + Guid.NewGuid().ToString("N")[..12];
         var fleet = new List<(WebApplication, HttpClient)>();
@@ -293,19 +293,53 @@ public sealed class ConversationsTests : IAsyncLifetime
             var turn = 0;
             var provider = new FakeProvider("p")
             {
-                OnComplete = (request, _) => ValueTask.FromResult(FakeProvider.Answer("m", $"Answer to {request.Request.Messages[^1].Content!.GetText()} ({Interlocked.Increment(ref turn)})")),
+                OnComplete = async (request, token) =>
+                {
+                    var text = request.Request.Messages[^1].Content!.GetText()!;
+                    if (held is not null && text.StartsWith("hold", StringComparison.Ordinal))
+                    {
+                        held.Arrived.TrySetResult();
+                        await held.Release.Task.WaitAsync(token);
+                    }
+
+                    return FakeProvider.Answer("m", $"Answer to {text} ({Interlocked.Increment(ref turn)})");
+                },
             };
-            var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+            provider.OnStream = (request, token) => HeldStream(request, held, token);
+            var settings = new Dictionary<string, string?> { ["Gateway:Server:BatchDirectory"] = string.Empty };
+            if (redis)
             {
-                ["Gateway:Server:BatchDirectory"] = string.Empty,
-                ["Gateway:Redis:Configuration"] = RedisServer.Shared(),
-                ["Gateway:Redis:KeyPrefix"] = prefix,
-            }).Build();
+                settings["Gateway:Redis:Configuration"] = RedisServer.Shared();
+                settings["Gateway:Redis:KeyPrefix"] = prefix;
+            }
+
+            var config = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
             var app = GatewayServer.Build(config, "http://127.0.0.1:0", _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)).UseTimeProvider(clock ?? TimeProvider.System));
             fleet.Add((app, new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct) }));
         }
 
         return [.. fleet];
+    }
+
+    /// <summary>What holds a request whose last message starts with "hold": <see cref="Arrived"/> once it reached the upstream, answered at <see cref="Release"/>.</summary>
+    private sealed class Held
+    {
+        public TaskCompletionSource Arrived { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    private static async IAsyncEnumerable<ChatCompletionChunk> HeldStream(PipelineGateway.Providers.ProviderRequest request, Held? held, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken token)
+    {
+        var text = request.Request.Messages[^1].Content!.GetText()!;
+        yield return FakeProvider.Chunk("m", "Answer ");
+        if (held is not null && text.StartsWith("hold", StringComparison.Ordinal))
+        {
+            held.Arrived.TrySetResult();
+            await held.Release.Task.WaitAsync(token);
+        }
+
+        yield return FakeProvider.Chunk("m", $"to {text}", "stop");
     }
 
     private static async Task StopAsync((WebApplication App, HttpClient Http)[] fleet)
@@ -349,13 +383,29 @@ public sealed class ConversationsTests : IAsyncLifetime
                     changes.Add(PostAsync(http, $"v1/conversations/{conversation}/items", $$"""{"items":[{"role":"user","content":"{{name}}{{i}}"}]}"""));
                     if (i < 3)
                     {
-                        changes.Add(PostAsync(http, "v1/responses", $$"""{"model":"m","input":"q{{name}}{{i}}","conversation":"{{conversation}}"}"""));
+                        changes.Add(TurnAsync(http, $$"""{"model":"m","input":"q{{name}}{{i}}","conversation":"{{conversation}}"}"""));
                     }
                 }
             }
 
             var answered = await Task.WhenAll(changes);
             answered.Select(static a => a.Status).Should().AllBeEquivalentTo(HttpStatusCode.OK);
+
+            // A response is refused while another is made on the conversation (409 conversation_locked): asked again, as
+            // the SDKs do, until it is its turn — with nothing to wait for but the other response (instant here).
+            static async Task<(HttpStatusCode Status, JsonNode Body, HttpResponseMessage Response)> TurnAsync(HttpClient http, string json)
+            {
+                for (var attempt = 0; ; attempt++)
+                {
+                    var answer = await PostAsync(http, "v1/responses", json);
+                    if (answer.Status != HttpStatusCode.Conflict || attempt == 1_000)
+                    {
+                        return answer;
+                    }
+
+                    answer.Body["error"]!["code"]!.GetValue<string>().Should().Be("conversation_locked");
+                }
+            }
 
             var texts = await TextsAsync(fleet[1].Http, conversation);
             var expected = new List<string> { "start" };
@@ -437,4 +487,114 @@ public sealed class ConversationsTests : IAsyncLifetime
             await StopAsync(fleet);
         }
     }
+
+    /// <summary>
+    /// One response at a time on a conversation, as OpenAI's (<c>conversation_locked</c>): while one is being made —
+    /// whole, streamed or in the background — another on the same conversation is a 409 naming <c>conversation</c>
+    /// (it was made from items that missed the first one's turn, then added after it); another conversation, and items
+    /// added meanwhile, are not held up; once the first turn is added the next response goes on and sees it.
+    /// </summary>
+    [Theory]
+    [InlineData("whole")]
+    [InlineData("streamed")]
+    [InlineData("background")]
+    public async Task A_response_on_a_conversation_another_response_is_being_made_on_is_a_409_conversation_locked(string how)
+    {
+        var held = new Held();
+        var fleet = await FleetAsync(1, held: held, redis: false);
+        try
+        {
+            var http = fleet[0].Http;
+            var conversation = (await PostAsync(http, "v1/conversations", "{}")).Body["id"]!.GetValue<string>();
+            var other = (await PostAsync(http, "v1/conversations", "{}")).Body["id"]!.GetValue<string>();
+            var extra = how switch { "streamed" => ""","stream":true""", "background" => ""","background":true""", _ => string.Empty };
+            var first = PostRawAsync(http, $$"""{"model":"m","input":"hold me","conversation":"{{conversation}}"{{extra}}}""");
+            await held.Arrived.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
+
+            var (status, body, response) = await PostAsync(http, "v1/responses", $$"""{"model":"m","input":"meanwhile","conversation":"{{conversation}}"}""");
+            status.Should().Be(HttpStatusCode.Conflict);
+            (body["error"]!["code"]!.GetValue<string>(), body["error"]!["param"]!.GetValue<string>()).Should().Be(("conversation_locked", "conversation"));
+            response.Headers.RetryAfter.Should().NotBeNull();
+            (await PostAsync(http, "v1/responses", $$"""{"model":"m","input":"elsewhere","conversation":"{{other}}"}""")).Status.Should().Be(HttpStatusCode.OK, "another conversation is not held up");
+            (await PostAsync(http, $"v1/conversations/{conversation}/items", """{"items":[{"role":"user","content":"noted"}]}""")).Status.Should().Be(HttpStatusCode.OK, "items are not refused");
+
+            held.Release.TrySetResult();
+            (await first).StatusCode.Should().Be(HttpStatusCode.OK);
+            if (how == "background")
+            {
+                // Answered queued at once: the conversation is held until the run has added its turn.
+                var store = fleet[0].App.Services.GetRequiredService<PipelineGateway.Server.Responses.ResponsesStore>();
+                for (var look = 0; look < 1_000_000 && (await store.ConversationAsync(string.Empty, conversation, Ct))!.Items.GetArrayLength() < 3; look++)
+                {
+                    // The run adds its turn on its own: looked for, not waited for by time.
+                }
+            }
+
+            var next = await PostAsync(http, "v1/responses", $$"""{"model":"m","input":"next","conversation":"{{conversation}}"}""");
+            for (var attempt = 0; attempt < 100_000 && next.Status == HttpStatusCode.Conflict && how == "background"; attempt++)
+            {
+                next = await PostAsync(http, "v1/responses", $$"""{"model":"m","input":"next","conversation":"{{conversation}}"}"""); // the run lets go just after its turn is kept
+            }
+
+            next.Status.Should().Be(HttpStatusCode.OK, "the first turn was added: the conversation takes the next one");
+            (await TextsAsync(http, conversation)).Select(static t => t.Split(" (")[0]).Should().Equal("noted", "hold me", "Answer to hold me", "next", "Answer to next");
+        }
+        finally
+        {
+            held.Release.TrySetResult();
+            await StopAsync(fleet);
+        }
+    }
+
+    /// <summary>
+    /// Across a fleet sharing Redis the same: a response being made on one instance holds its conversation there (a
+    /// renewed hold, so a run longer than its expiry keeps it), and another instance refuses a response on it.
+    /// </summary>
+    [Fact]
+    public async Task In_a_fleet_a_response_being_made_on_one_instance_holds_its_conversation_on_the_others_and_renews_the_hold()
+    {
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        var held = new Held();
+        var fleet = await FleetAsync(2, clock, held);
+        try
+        {
+            var conversation = (await PostAsync(fleet[0].Http, "v1/conversations", "{}")).Body["id"]!.GetValue<string>();
+            var first = PostRawAsync(fleet[0].Http, $$"""{"model":"m","input":"hold me","conversation":"{{conversation}}"}""");
+            await held.Arrived.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
+
+            var (status, body, _) = await PostAsync(fleet[1].Http, "v1/responses", $$"""{"model":"m","input":"meanwhile","conversation":"{{conversation}}"}""");
+            status.Should().Be(HttpStatusCode.Conflict, "the other instance's response holds it");
+            body["error"]!["code"]!.GetValue<string>().Should().Be("conversation_locked");
+
+            // Renewed while held: the key's time cut short here, the instance's renewal (a third of the expiry on) puts
+            // it back — looked for in Redis, not waited for by time.
+            var redis = await StackExchange.Redis.ConnectionMultiplexer.ConnectAsync(RedisServer.Shared());
+            await using var _ = redis;
+            var key = redis.GetDatabase();
+            var prefix = fleet[0].App.Services.GetRequiredService<Microsoft.Extensions.Options.IOptions<PipelineGateway.Redis.RedisOptions>>().Value.KeyPrefix;
+            var holdKey = (await redis.GetServers()[0].KeysAsync(pattern: prefix + ":r:u:*").ToListAsync(Ct)).Should().ContainSingle().Subject;
+            await key.KeyExpireAsync(holdKey, TimeSpan.FromSeconds(5));
+            clock.Advance(PipelineGateway.Server.Responses.ResponsesStore.TurnHoldExpiry / 3);
+            var renewed = false;
+            for (var look = 0; look < 100_000 && !renewed; look++)
+            {
+                renewed = (await key.KeyTimeToLiveAsync(holdKey)) > TimeSpan.FromSeconds(10);
+            }
+
+            renewed.Should().BeTrue("the hold was renewed");
+
+            held.Release.TrySetResult();
+            (await first).StatusCode.Should().Be(HttpStatusCode.OK);
+            (await key.KeyExistsAsync(holdKey)).Should().BeFalse("let go once the turn was added");
+            (await PostAsync(fleet[1].Http, "v1/responses", $$"""{"model":"m","input":"next","conversation":"{{conversation}}"}""")).Status.Should().Be(HttpStatusCode.OK);
+        }
+        finally
+        {
+            held.Release.TrySetResult();
+            await StopAsync(fleet);
+        }
+    }
+
+    private static Task<HttpResponseMessage> PostRawAsync(HttpClient http, string json) =>
+        http.PostAsync("v1/responses", new StringContent(json, Encoding.UTF8, "application/json"), Ct);
 }
