@@ -267,14 +267,7 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
                 }
 
                 w.WriteStartObject(member.Name);
-                foreach (var counted in member.Value.EnumerateObject())
-                {
-                    if (!counted.NameEquals("cost"))
-                    {
-                        counted.WriteTo(w);
-                    }
-                }
-
+                Serialization.WireJson.WriteMembersExcept(w, member.Value, "cost");
                 w.WriteNumber("cost", cost);
                 w.WriteEndObject();
             }

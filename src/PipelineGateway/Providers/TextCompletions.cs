@@ -334,15 +334,9 @@ internal static class TextCompletions
             {
                 w.WriteBoolean("stream", true);
                 w.WriteStartObject("stream_options");
-                if (request.Body.TryGetProperty("stream_options", out var options) && options.ValueKind == JsonValueKind.Object)
+                if (request.Body.TryGetProperty("stream_options", out var options))
                 {
-                    foreach (var option in options.EnumerateObject())
-                    {
-                        if (!option.NameEquals("include_usage"))
-                        {
-                            option.WriteTo(w);
-                        }
-                    }
+                    Serialization.WireJson.WriteMembersExcept(w, options, "include_usage");
                 }
 
                 w.WriteBoolean("include_usage", true);

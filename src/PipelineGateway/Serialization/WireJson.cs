@@ -1,4 +1,5 @@
 using System.Text.Encodings.Web;
+using System.Text.Json;
 
 namespace PipelineGateway.Serialization;
 
@@ -16,4 +17,21 @@ namespace PipelineGateway.Serialization;
 internal static class WireJson
 {
     public static JavaScriptEncoder Encoder => JavaScriptEncoder.UnsafeRelaxedJsonEscaping;
+
+    /// <summary>An object's members as they came, but <paramref name="except"/> (none when it is not an object): what a rewrite then writes in its place.</summary>
+    public static void WriteMembersExcept(Utf8JsonWriter w, JsonElement obj, string except)
+    {
+        if (obj.ValueKind != JsonValueKind.Object)
+        {
+            return;
+        }
+
+        foreach (var member in obj.EnumerateObject())
+        {
+            if (!member.NameEquals(except))
+            {
+                member.WriteTo(w);
+            }
+        }
+    }
 }
