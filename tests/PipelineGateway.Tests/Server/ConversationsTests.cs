@@ -327,6 +327,9 @@ public sealed class ConversationsTests : IAsyncLifetime
         public TaskCompletionSource Arrived { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         public TaskCompletionSource Release { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>The held stream does not hear its cancellation (an upstream slow to unwind): it ends at <see cref="Release"/> only.</summary>
+        public bool Deaf { get; init; }
     }
 
     private static async IAsyncEnumerable<ChatCompletionChunk> HeldStream(PipelineGateway.Providers.ProviderRequest request, Held? held, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken token)
@@ -336,7 +339,7 @@ public sealed class ConversationsTests : IAsyncLifetime
         if (held is not null && text.StartsWith("hold", StringComparison.Ordinal))
         {
             held.Arrived.TrySetResult();
-            await held.Release.Task.WaitAsync(token);
+            await (held.Deaf ? held.Release.Task : held.Release.Task.WaitAsync(token));
         }
 
         yield return FakeProvider.Chunk("m", $"to {text}", "stop");
@@ -587,6 +590,47 @@ public sealed class ConversationsTests : IAsyncLifetime
             (await first).StatusCode.Should().Be(HttpStatusCode.OK);
             (await key.KeyExistsAsync(holdKey)).Should().BeFalse("let go once the turn was added");
             (await PostAsync(fleet[1].Http, "v1/responses", $$"""{"model":"m","input":"next","conversation":"{{conversation}}"}""")).Status.Should().Be(HttpStatusCode.OK);
+        }
+        finally
+        {
+            held.Release.TrySetResult();
+            await StopAsync(fleet);
+        }
+    }
+
+    /// <summary>
+    /// A caller that goes away mid-stream adds no turn, and its conversation is let go as soon as the gateway sees it go
+    /// (the stream's end, as for any request) — not once the upstream call has unwound (here an upstream that does not
+    /// hear the cancel at all): the caller's next response is made while the abandoned one is still held upstream.
+    /// </summary>
+    [Fact]
+    public async Task A_caller_that_goes_away_mid_stream_lets_its_conversation_go_at_once()
+    {
+        var held = new Held { Deaf = true };
+        var fleet = await FleetAsync(1, held: held, redis: false);
+        try
+        {
+            var http = fleet[0].Http;
+            var conversation = (await PostAsync(http, "v1/conversations", "{}")).Body["id"]!.GetValue<string>();
+            // A client of its own that drains nothing: the response disposed unread closes its connection at once (the
+            // default handler drains an unfinished body for up to two seconds first).
+            using (var leaving = new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { BaseAddress = http.BaseAddress })
+            using (var request = new HttpRequestMessage(HttpMethod.Post, "v1/responses") { Content = new StringContent($$"""{"model":"m","input":"hold on","conversation":"{{conversation}}","stream":true}""", Encoding.UTF8, "application/json") })
+            using (var streamed = await leaving.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct))
+            {
+                streamed.StatusCode.Should().Be(HttpStatusCode.OK);
+                await held.Arrived.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
+            } // gone
+
+            var next = await PostAsync(http, "v1/responses", $$"""{"model":"m","input":"next","conversation":"{{conversation}}"}""");
+            for (var attempt = 0; attempt < 2_000 && next.Status == HttpStatusCode.Conflict; attempt++)
+            {
+                next = await PostAsync(http, "v1/responses", $$"""{"model":"m","input":"next","conversation":"{{conversation}}"}"""); // until the gateway has seen the caller go
+            }
+
+            next.Status.Should().Be(HttpStatusCode.OK, "let go at the abort, while the upstream still holds the abandoned call");
+            held.Release.Task.IsCompleted.Should().BeFalse();
+            (await TextsAsync(http, conversation)).Select(static t => t.Split(" (")[0]).Should().Equal("next", "Answer to next");
         }
         finally
         {
