@@ -53,7 +53,16 @@ internal static class UsageCommand
 
     private static string Usd(decimal d) => d.ToString("0.00000000", CultureInfo.InvariantCulture);
 
-    /// <summary>A group as a terminal shows it: a caller's end-user name may hold control characters (an escape sequence, a newline), shown as '?'.</summary>
-    private static string Printable(string group) =>
-        group.Any(char.IsControl) ? string.Concat(group.Select(static c => char.IsControl(c) ? '?' : c)) : group;
+    /// <summary>Most characters of a group a table shows (an end user's name may have up to 256).</summary>
+    private const int MaxShown = 48;
+
+    /// <summary>
+    /// A group as a terminal shows it: a caller's end-user name may hold control characters (an escape sequence, a
+    /// newline), shown as '?', and is cut to <see cref="MaxShown"/> characters so one long name does not widen the table.
+    /// </summary>
+    private static string Printable(string group)
+    {
+        var shown = group.Any(char.IsControl) ? string.Concat(group.Select(static c => char.IsControl(c) ? '?' : c)) : group;
+        return shown.Length <= MaxShown ? shown : string.Concat(shown.AsSpan(0, MaxShown - 1), "…");
+    }
 }

@@ -52,6 +52,34 @@ public sealed class UsageCommandTests
     }
 
     /// <summary>
+    /// <c>pgw usage --by user</c>: spend per end user the requests named; a name's control characters never reach the
+    /// terminal (shown as '?') and a long one is cut, so one caller's name neither drives the terminal nor widens the table.
+    /// </summary>
+    [Fact]
+    public async Task Pgw_usage_by_user_prints_each_end_users_spend_safely()
+    {
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, FastConfig, Ct);
+        static string Line(string id, string? user) =>
+            "{\"custom_id\":\"" + id + "\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{\"model\":\"m\","
+            + (user is null ? string.Empty : "\"user\":\"" + user + "\",")
+            + "\"messages\":[{\"role\":\"user\",\"content\":\"" + id + "\"}]}}";
+        await File.WriteAllLinesAsync(files.Input, [Line("a1", "alice"), Line("a2", "alice"), Line("e1", "eve\\u001b[31m\\nfake"), Line("l1", new string('l', 300)), Line("n1", null)], Ct);
+        await RunOk(files, "batch", files.Input, "-o", files.Output, "--config", config);
+
+        var table = await RunOk(files, "usage", "--config", config, "--by", "user", "--since", "1h");
+
+        table.Should().NotContain("\u001b").And.NotContain("\nfake");
+        var lines = table.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        lines.Should().Contain(l => l.StartsWith("USER", StringComparison.Ordinal));
+        lines.Single(l => l.StartsWith("alice ", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1].Should().Be("2");
+        lines.Should().ContainSingle(l => l.StartsWith("eve?[31m?fake ", StringComparison.Ordinal));
+        lines.Should().ContainSingle(l => l.StartsWith(new string('l', 47) + "… ", StringComparison.Ordinal));
+        lines.Should().ContainSingle(l => l.StartsWith("(no user) ", StringComparison.Ordinal));
+    }
+
+    /// <summary>
     /// <c>pgw usage</c> only reads: a log the caller may not write (another user's, a read-only mount; here immutable,
     /// file and directory, which binds root too) is read, and its file is left exactly as it was.
     /// </summary>
