@@ -371,20 +371,34 @@ internal sealed partial class Conversations(ResponsesStore store, ServerOptions 
     }
 
     /// <summary>A conversation held for one change: the instance's gate for it, then the fleet's hold (none in memory).</summary>
-    private async Task<Hold> HoldAsync(string scope, string id, TimeSpan wait, CancellationToken cancellationToken)
+    /// <remarks>
+    /// The fleet's hold first: a change waiting for another instance's (up to <paramref name="wait"/>, a stopped
+    /// instance's for seconds) holds no gate meanwhile — the gates are striped, and the other conversations of its stripe
+    /// waited behind it. The gate is then only ever held for a read and a write.
+    /// </remarks>
+    private async Task<IAsyncDisposable> HoldAsync(string scope, string id, TimeSpan wait, CancellationToken cancellationToken)
     {
-        var gate = _locks[(int)((uint)StringComparer.Ordinal.GetHashCode(scope + "\n" + id) % (uint)_locks.Length)];
-        await gate.WaitAsync(cancellationToken);
+        var fleet = await store.HoldConversationAsync(scope, id, wait, cancellationToken);
+        var gate = _locks[Stripe(scope, id)];
         try
         {
-            return new Hold(gate, await store.HoldConversationAsync(scope, id, wait, cancellationToken));
+            await gate.WaitAsync(cancellationToken);
         }
         catch
         {
-            gate.Release();
+            if (fleet is not null)
+            {
+                await fleet.DisposeAsync();
+            }
+
             throw;
         }
+
+        return new Hold(gate, fleet);
     }
+
+    /// <summary>The gate stripe a conversation's changes share within the instance.</summary>
+    internal int Stripe(string scope, string id) => (int)((uint)StringComparer.Ordinal.GetHashCode(scope + "\n" + id) % (uint)_locks.Length);
 
     private sealed class Hold(SemaphoreSlim gate, ResponsesStore.ConversationHold? fleet) : IAsyncDisposable
     {

@@ -456,6 +456,20 @@ public sealed class ConversationsTests : IAsyncLifetime
             await waiting.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
             (await store.ConversationAsync(string.Empty, conversation, Ct))!.Items.GetArrayLength().Should().Be(0, "not written while another instance holds it");
 
+            // The waiting change holds none of the instance's gates: a conversation of the same gate stripe is changed
+            // meanwhile (it waited behind it: for the whole wait, when the holder was an instance that had stopped).
+            var gates = fleet[0].App.Services.GetRequiredService<PipelineGateway.Server.Responses.Conversations>();
+            string neighbour;
+            do
+            {
+                neighbour = (await PostAsync(http, "v1/conversations", "{}")).Body["id"]!.GetValue<string>();
+            }
+            while (gates.Stripe(string.Empty, neighbour) != gates.Stripe(string.Empty, conversation));
+
+            (await PostAsync(http, $"v1/conversations/{neighbour}/items", """{"items":[{"role":"user","content":"beside"}]}""")
+                .WaitAsync(TimeSpan.FromSeconds(30), Ct)).Status.Should().Be(HttpStatusCode.OK);
+            add.IsCompleted.Should().BeFalse("still waiting for the other instance");
+
             // ...and is made once that instance lets go.
             (await redis.GetDatabase().LockReleaseAsync(key, "other")).Should().BeTrue();
             clock.Advance(PipelineGateway.Server.Responses.ResponsesStore.ConversationHoldPoll);
