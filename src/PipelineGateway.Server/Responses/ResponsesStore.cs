@@ -346,23 +346,12 @@ internal sealed partial class ResponsesStore
         }
 
         var key = ConversationHoldKey(scope, conversationId);
-        var token = (RedisValue)RandomNumberGenerator.GetBytes(16);
         var until = _time.GetUtcNow() + wait;
         while (true)
         {
-            bool taken;
-            try
+            if (await TryHoldAsync(key, ConversationHoldExpiry).ConfigureAwait(false) is { } hold)
             {
-                taken = await _redis.Database.LockTakeAsync(key, token, ConversationHoldExpiry).ConfigureAwait(false);
-            }
-            catch (Exception ex) when (ex is not OperationCanceledException)
-            {
-                throw new StoreUnavailableException(ex);
-            }
-
-            if (taken)
-            {
-                return new ConversationHold(_redis, key, token);
+                return hold;
             }
 
             if (_time.GetUtcNow() >= until)
@@ -395,26 +384,25 @@ internal sealed partial class ResponsesStore
         }
 
         var key = (RedisKey)(_redis.Options.KeyPrefix + ":r:" + Key('u', scope, conversationId));
+        var hold = await TryHoldAsync(key, TurnHoldExpiry).ConfigureAwait(false) ?? throw new ConversationLockedException(ConversationLockedException.Turn);
+        var renewal = _time.CreateTimer(static state => ((ConversationHold)state!).Renew(TurnHoldExpiry), hold, TurnHoldExpiry / 3, TurnHoldExpiry / 3);
+        hold.Renewal = renewal;
+        return hold;
+    }
+
+    /// <summary>A hold on <paramref name="key"/> with a token of its own (<c>LockTake</c>, once); null when another has it.</summary>
+    /// <exception cref="StoreUnavailableException">Redis could not be reached.</exception>
+    private async ValueTask<ConversationHold?> TryHoldAsync(RedisKey key, TimeSpan expiry)
+    {
         var token = (RedisValue)RandomNumberGenerator.GetBytes(16);
-        bool taken;
         try
         {
-            taken = await _redis.Database.LockTakeAsync(key, token, TurnHoldExpiry).ConfigureAwait(false);
+            return await _redis!.Database.LockTakeAsync(key, token, expiry).ConfigureAwait(false) ? new ConversationHold(_redis, key, token) : null;
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
             throw new StoreUnavailableException(ex);
         }
-
-        if (!taken)
-        {
-            throw new ConversationLockedException(ConversationLockedException.Turn);
-        }
-
-        var hold = new ConversationHold(_redis, key, token);
-        var renewal = _time.CreateTimer(static state => ((ConversationHold)state!).Renew(TurnHoldExpiry), hold, TurnHoldExpiry / 3, TurnHoldExpiry / 3);
-        hold.Renewal = renewal;
-        return hold;
     }
 
     /// <summary>Raised each time a change finds its conversation held by another instance and waits (for tests).</summary>
