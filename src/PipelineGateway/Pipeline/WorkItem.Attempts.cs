@@ -169,17 +169,34 @@ internal sealed partial class WorkItem
     public IReadOnlyList<GatewayAttempt>? AttemptsWithUnrecorded(TimeProvider time)
     {
         var recorded = SnapshotAttempts();
-        if (Volatile.Read(ref _sentTo) is not { } deployment || recorded.Count != _sentIndex)
+        if (Volatile.Read(ref _sentTo) is not { } deployment)
         {
             return null;
         }
 
-        var reason = Reason.ToString().ToLowerInvariant();
-        var sent = new GatewayAttempt(deployment.ProviderName, deployment.Model, AttemptOutcome.Cancelled, time.GetElapsedTime(_sentAt), null, reason) { Deployment = deployment };
         // A second leg of this attempt (one of an earlier attempt was recorded with it: its index is older).
-        return Volatile.Read(ref _hedgeTo) is { } hedge && _hedgeIndex == _sentIndex
-            ? [.. recorded, sent, new GatewayAttempt(hedge.ProviderName, hedge.Model, AttemptOutcome.Cancelled, time.GetElapsedTime(_hedgeAt), null, reason) { Deployment = hedge }]
-            : [.. recorded, sent];
+        var hedge = Volatile.Read(ref _hedgeTo) is { } h && _hedgeIndex == _sentIndex ? h : null;
+        var reason = Reason.ToString().ToLowerInvariant();
+        if (recorded.Count == _sentIndex)
+        {
+            var sent = Unrecorded(deployment, _sentAt);
+            return hedge is null ? [.. recorded, sent] : [.. recorded, sent, Unrecorded(hedge, _hedgeAt)];
+        }
+
+        // The legs are recorded one after the other as their worker unwinds (the one that ended first, then the other):
+        // caught between the two, the one not recorded yet is listed as it will be.
+        if (hedge is not null && recorded.Count == _sentIndex + 1)
+        {
+            var first = recorded[_sentIndex].Deployment;
+            return ReferenceEquals(first, hedge) ? [.. recorded, Unrecorded(deployment, _sentAt)]
+                : ReferenceEquals(first, deployment) ? [.. recorded, Unrecorded(hedge, _hedgeAt)]
+                : null;
+        }
+
+        return null;
+
+        GatewayAttempt Unrecorded(Deployment to, long at) =>
+            new(to.ProviderName, to.Model, AttemptOutcome.Cancelled, time.GetElapsedTime(at), null, reason) { Deployment = to };
     }
 
     /// <summary>
