@@ -102,9 +102,21 @@ internal sealed partial class ProviderWorkerPool
                 firstToken = _time.GetElapsedTime(started);
                 item.TimeToFirstToken = _time.GetElapsedTime(item.StartTimestamp);
                 services.Metrics.OnFirstToken(item.TimeToFirstToken.Value);
-                await ReleaseHeldAsync(item, deployment, held, chunk, firstToken).ConfigureAwait(false);
+                if (chunk.Finishes)
+                {
+                    // The whole answer in one chunk: it is the finishing chunk too, held as every finishing chunk is to
+                    // go out last with the request's cost — not sent now and followed by a closing chunk of the gateway's
+                    // own, which said the usage a second time (a client adding up usage chunks counted it twice).
+                    await ReleaseHeldAsync(item, deployment, held, null, firstToken).ConfigureAwait(false);
+                    pendingLast = chunk;
+                }
+                else
+                {
+                    await ReleaseHeldAsync(item, deployment, held, chunk, firstToken).ConfigureAwait(false);
+                    handedOver = true;
+                }
+
                 held = null;
-                handedOver = true;
                 continue;
             }
 
@@ -133,8 +145,15 @@ internal sealed partial class ProviderWorkerPool
 
         if (!item.StreamStarted)
         {
-            // A whole answer without content (an empty completion): what was held is the answer.
+            // A whole answer without content (an empty completion): what was held is the answer, its finishing chunk
+            // the last (as above: the one to carry the cost, with no closing chunk after it).
             firstToken = _time.GetElapsedTime(started);
+            if (pendingLast is null && held is [.., { Finishes: true } finishing])
+            {
+                held.RemoveAt(held.Count - 1);
+                pendingLast = finishing;
+            }
+
             await ReleaseHeldAsync(item, deployment, held, null, firstToken).ConfigureAwait(false);
         }
 
@@ -192,10 +211,9 @@ internal sealed partial class ProviderWorkerPool
         if ((held is { Count: > 0 } ? held[0] : first) is { } opening)
         {
             // Speech's cost is known before its audio (its characters): the opening says it, the headers can carry it.
-            // An opening that is the whole answer (it finishes it, with its usage: an image stream's one completed
-            // event, a one-chunk completion) says what it cost too — its usage.cost is written with it, before the end.
-            var known = item.Request.Operation is { Kind: OperationKind.Speech } speech ? Speech.Usage(speech)
-                : opening is { Finishes: true, Usage: { } whole } ? whole : null;
+            // (An opening that is the whole answer — an image stream's one completed event, a one-chunk completion — is
+            // not released here: it goes out last, as every finishing chunk, with the request's cost.)
+            var known = item.Request.Operation is { Kind: OperationKind.Speech } speech ? Speech.Usage(speech) : null;
             opening.Gateway = ResponseInfo.Answered(item, deployment, known, _services!.Pricing, _time, [.. item.SnapshotAttempts(), new GatewayAttempt(Name, deployment.Model, AttemptOutcome.Success, firstToken)]);
         }
 

@@ -238,6 +238,36 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
             "'one' at least one token; the sentence, the reasoning and the call's name and arguments about four characters a token");
     }
 
+    /// <summary>
+    /// An upstream that sends the whole answer in one chunk — content, finish and usage together — had that chunk sent
+    /// and then a closing chunk of the gateway's own saying the usage again: a client that adds up the usage of the
+    /// chunks counted it twice. The chunk is now the stream's last, with the request's cost, and no chunk follows it;
+    /// an empty answer in one chunk too. A <c>/v1/messages</c> caller gets the whole answer from it.
+    /// </summary>
+    [Fact]
+    public async Task A_whole_answer_in_one_chunk_says_its_usage_once_with_its_cost()
+    {
+        var whole = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"All at once.\"},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":4,\"total_tokens\":14}}";
+        var empty = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":0,\"total_tokens\":10}}";
+        foreach (var (chunk, content, tokens) in new[] { (whole, "All at once.", 4), (empty, "", 0) })
+        {
+            var events = await StreamAsync($"data: {chunk}\n\ndata: [DONE]\n\n");
+
+            events.Should().HaveCount(2, "the one chunk, then [DONE]: " + string.Join(" | ", events));
+            var only = Node(events[0]);
+            only["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be(content);
+            only["usage"]!["completion_tokens"]!.GetValue<int>().Should().Be(tokens);
+            only["usage"]!["cost"]!.GetValue<decimal>().Should().Be(0, "the request's cost, said on the stream's last chunk (m-up has no price)");
+            events[1].Should().Be("[DONE]");
+        }
+
+        var messages = await MessagesAsync($"data: {whole}\n\ndata: [DONE]\n\n", "m");
+        messages.Where(e => e["type"]!.GetValue<string>() == "content_block_delta").Select(e => e["delta"]!["text"]!.GetValue<string>()).Should().Equal("All at once.");
+        var delta = messages.Should().ContainSingle(e => e["type"]!.GetValue<string>() == "message_delta").Subject;
+        (delta["delta"]!["stop_reason"]!.GetValue<string>(), delta["usage"]!["output_tokens"]!.GetValue<int>()).Should().Be(("end_turn", 4));
+        messages[^1]["type"]!.GetValue<string>().Should().Be("message_stop");
+    }
+
     private async Task<List<string>> StreamAsync(string sse, string model = "m")
     {
         var body = JsonSerializer.Serialize(new { model, stream = true, stream_options = new { include_usage = true }, messages = new[] { new { role = "user", content = sse } } });
