@@ -141,6 +141,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
     {
         var thinking = ThinkingRecall.Asked(request) && store.Enabled ? new ThinkingRecall.Gatherer() : null;
         var includeUsage = request.StreamOptions?.IncludeUsage == true;
+        var continuousUsage = ContinuousUsage(request);
         var flushEach = !ServerSubmit.MarksBursts(queue);
         request.Gateway!.KeepsEventJson = true; // an upstream chunk in the gateway's own shape is written as it came
         await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
@@ -181,22 +182,15 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                     started = true;
                 }
 
-                if (chunk.Usage is not null && !includeUsage)
+                if (chunk.Usage is { } usage && WrittenUsage(chunk, includeUsage, continuousUsage) is var written && !ReferenceEquals(written, usage))
                 {
-                    if (chunk.HasNoChoices)
+                    if (written is null && chunk.HasNoChoices)
                     {
-                        continue; // the usage-only chunk the caller did not ask for
+                        continue; // a usage-only chunk the caller did not ask for
                     }
 
-                    chunk.Usage = null;
+                    chunk.Usage = written;
                     chunk.DropEventJson(); // changed: no longer what the upstream's bytes say
-                }
-                else if (chunk.Usage is { } usage && chunk.Gateway is { } final)
-                {
-                    // The last chunk: its usage says what the request cost (OpenRouter's usage.cost), since the
-                    // response headers went out before the cost was known.
-                    chunk.Usage = WithCost(usage, final.Cost);
-                    chunk.DropEventJson();
                 }
 
                 if (chunk.TakeEventJson(out var verbatim, out var length))
@@ -245,6 +239,24 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             await SseWriter.WriteDataAsync(ctx.Response, JsonSerializer.SerializeToUtf8Bytes(new OpenAIErrorBody { Error = error }, ServerJsonContext.Default.OpenAIErrorBody), aborted);
         }
     }
+
+    /// <summary>
+    /// The usage a stream's chunk is written with over OpenAI's wire: none unless the caller asked for usage
+    /// (<c>stream_options.include_usage</c>); then once, on the stream's last chunk (the one with the gateway's final
+    /// info: a usage-only chunk or the finishing one), with what the request cost. A usage an upstream put on a chunk
+    /// before — one in the middle of the stream, or on the finishing chunk when a usage-only chunk follows — is not
+    /// written: a client that adds up the chunks' usage (OpenAI's shape has it once) counted it twice. Unless the
+    /// caller asked every chunk to carry one (vLLM's <c>stream_options.continuous_usage_stats</c>, passed upstream).
+    /// </summary>
+    internal static TokenUsage? WrittenUsage(ChatCompletionChunk chunk, bool includeUsage, bool continuous) =>
+        !includeUsage || chunk.Usage is not { } usage ? null
+        : chunk.Gateway is { } final && (chunk.Finishes || chunk.HasNoChoices) ? WithCost(usage, final.Cost)
+        : continuous ? usage
+        : null;
+
+    /// <summary>Whether the caller asked for a usage on every chunk (vLLM's <c>stream_options.continuous_usage_stats</c>).</summary>
+    internal static bool ContinuousUsage(ChatCompletionRequest request) =>
+        request.StreamOptions?.AdditionalProperties is { } options && options.TryGetValue("continuous_usage_stats", out var asked) && asked.ValueKind == JsonValueKind.True;
 
     /// <summary>The stream's usage with what the request cost (<c>usage.cost</c>, OpenRouter's member).</summary>
     internal static TokenUsage WithCost(TokenUsage usage, decimal cost) => new()

@@ -31,7 +31,7 @@ internal sealed class CompletionsEndpoint(IGatewayQueue queue, GatewayKeys keys,
 
         if (request.Stream == true)
         {
-            await NamedEventStream.WriteAsync(ctx, queue, request, new Events(request.StreamOptions?.IncludeUsage == true), options, time, headers, aborted);
+            await NamedEventStream.WriteAsync(ctx, queue, request, new Events(request.StreamOptions?.IncludeUsage == true, ChatCompletionsEndpoint.ContinuousUsage(request)), options, time, headers, aborted);
             return;
         }
 
@@ -52,7 +52,7 @@ internal sealed class CompletionsEndpoint(IGatewayQueue queue, GatewayKeys keys,
     }
 
     /// <summary>The Completions stream's <c>data:</c> events (no event names), then <c>[DONE]</c>; an error after the start as OpenAI writes one.</summary>
-    private sealed class Events(bool includeUsage) : INamedEventWriter
+    private sealed class Events(bool includeUsage, bool continuousUsage) : INamedEventWriter
     {
         private static readonly byte[] Done = "[DONE]"u8.ToArray();
 
@@ -60,8 +60,8 @@ internal sealed class CompletionsEndpoint(IGatewayQueue queue, GatewayKeys keys,
 
         public IEnumerable<(string Name, byte[] Json)> OnChunk(ChatCompletionChunk chunk)
         {
-            // Usage only when asked for; the last chunk's says what the request cost (the headers went out before it was known).
-            var usage = !includeUsage ? null : chunk.Usage is { } u && chunk.Gateway is { } final ? ChatCompletionsEndpoint.WithCost(u, final.Cost) : chunk.Usage;
+            // Usage only when asked for, once: the last chunk's, saying what the request cost (the headers went out before it was known).
+            var usage = ChatCompletionsEndpoint.WrittenUsage(chunk, includeUsage, continuousUsage);
             return TextCompletions.WriteEvent(chunk, usage) is { } json ? [(string.Empty, json)] : [];
         }
 

@@ -193,6 +193,13 @@ internal sealed partial class ProviderWorkerPool
             Choices = [],
             Usage = whole.Usage,
         };
+        if (last.Usage is null)
+        {
+            // The upstream said its usage on a chunk before the last (in the middle of the stream): the last says it, with the cost.
+            last.Usage = whole.Usage;
+            last.DropEventJson();
+        }
+
         last.Gateway = whole.Gateway;
         await WriteAsync(writer, last, item.Token).ConfigureAwait(false);
 

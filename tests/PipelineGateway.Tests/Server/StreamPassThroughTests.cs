@@ -268,9 +268,55 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         messages[^1]["type"]!.GetValue<string>().Should().Be("message_stop");
     }
 
-    private async Task<List<string>> StreamAsync(string sse, string model = "m")
+    /// <summary>
+    /// OpenAI's stream says its usage once, on the last chunk; an upstream that says it on a chunk in the middle of the
+    /// stream (or on its finishing chunk and again in a usage-only one) had it written where it came, and the last chunk
+    /// said no cost. The usage now goes out once, on the last chunk, with the cost — unless the caller asked for one on
+    /// every chunk (vLLM's <c>continuous_usage_stats</c>).
+    /// </summary>
+    [Fact]
+    public async Task A_usage_said_before_the_last_chunk_goes_out_once_on_the_last_with_its_cost()
     {
-        var body = JsonSerializer.Serialize(new { model, stream = true, stream_options = new { include_usage = true }, messages = new[] { new { role = "user", content = sse } } });
+        var hel = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        var lo = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18}}";
+        var finish = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}";
+        var early = string.Concat(new[] { hel, lo, finish }.Select(e => $"data: {e}\n\n")) + "data: [DONE]\n\n";
+
+        var events = await StreamAsync(early);
+
+        events.Should().HaveCount(4);
+        events[0].Should().Be(hel);
+        Node(events[1])["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be("lo");
+        Node(events[1])["usage"].Should().BeNull("said on the last chunk instead");
+        var last = Node(events[2]);
+        last["choices"]![0]!["finish_reason"]!.GetValue<string>().Should().Be("stop");
+        (last["usage"]!["prompt_tokens"]!.GetValue<int>(), last["usage"]!["completion_tokens"]!.GetValue<int>(), last["usage"]!["cost"]!.GetValue<decimal>()).Should().Be((11, 7, 0m));
+        events.Count(e => e.Contains("\"usage\":{", StringComparison.Ordinal)).Should().Be(1);
+
+        var continuous = await StreamAsync(early, streamOptions: new { include_usage = true, continuous_usage_stats = true });
+        var kept = Node(continuous[1]);
+        (kept["choices"]![0]!["delta"]!["content"]!.GetValue<string>(), kept["usage"]!["completion_tokens"]!.GetValue<int>()).Should().Be(("lo", 7),
+            "the caller asked for a usage on every chunk the upstream sends one on");
+        kept["usage"]!["cost"].Should().BeNull("the cost is the last chunk's");
+        Node(continuous[2])["usage"]!["cost"]!.GetValue<decimal>().Should().Be(0);
+
+        // Said on the finishing chunk and again in a usage-only chunk: once, on the usage-only chunk.
+        var finishWithUsage = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18}}";
+        var usageOnly = "{" + Head + ",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18}}";
+        var twice = await StreamAsync(string.Concat(new[] { hel, finishWithUsage, usageOnly }.Select(e => $"data: {e}\n\n")) + "data: [DONE]\n\n");
+        twice.Should().HaveCount(4);
+        Node(twice[1])["usage"].Should().BeNull();
+        Node(twice[2])["choices"]!.AsArray().Should().BeEmpty();
+        Node(twice[2])["usage"]!["cost"]!.GetValue<decimal>().Should().Be(0);
+
+        // Not asked for: no usage anywhere.
+        var unasked = await StreamAsync(early, streamOptions: new { include_usage = false });
+        unasked.Should().HaveCount(4).And.NotContain(e => e.Contains("\"usage\":{", StringComparison.Ordinal));
+    }
+
+    private async Task<List<string>> StreamAsync(string sse, string model = "m", object? streamOptions = null)
+    {
+        var body = JsonSerializer.Serialize(new { model, stream = true, stream_options = streamOptions ?? new { include_usage = true }, messages = new[] { new { role = "user", content = sse } } });
         using var response = await _http.PostAsync("v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         response.IsSuccessStatusCode.Should().BeTrue(await response.Content.ReadAsStringAsync(Ct));
         var text = Encoding.UTF8.GetString(await response.Content.ReadAsByteArrayAsync(Ct));
