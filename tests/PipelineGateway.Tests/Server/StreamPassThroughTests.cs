@@ -293,7 +293,8 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         (last["usage"]!["prompt_tokens"]!.GetValue<int>(), last["usage"]!["completion_tokens"]!.GetValue<int>(), last["usage"]!["cost"]!.GetValue<decimal>()).Should().Be((11, 7, 0m));
         events.Count(e => e.Contains("\"usage\":{", StringComparison.Ordinal)).Should().Be(1);
 
-        var continuous = await StreamAsync(early, streamOptions: new { include_usage = true, continuous_usage_stats = true });
+        // Another request each (an SSE comment first): the same one again would be the first one's cached answer.
+        var continuous = await StreamAsync(": continuous\n\n" + early, streamOptions: new { include_usage = true, continuous_usage_stats = true });
         var kept = Node(continuous[1]);
         (kept["choices"]![0]!["delta"]!["content"]!.GetValue<string>(), kept["usage"]!["completion_tokens"]!.GetValue<int>()).Should().Be(("lo", 7),
             "the caller asked for a usage on every chunk the upstream sends one on");
@@ -310,7 +311,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         Node(twice[2])["usage"]!["cost"]!.GetValue<decimal>().Should().Be(0);
 
         // Not asked for: no usage anywhere.
-        var unasked = await StreamAsync(early, streamOptions: new { include_usage = false });
+        var unasked = await StreamAsync(": unasked\n\n" + early, streamOptions: new { include_usage = false });
         unasked.Should().HaveCount(4).And.NotContain(e => e.Contains("\"usage\":{", StringComparison.Ordinal));
     }
 
