@@ -9,10 +9,13 @@ namespace PipelineGateway.Server;
 /// <summary>
 /// <c>/dashboard</c>: one page (embedded in this assembly, no file fetched from anywhere) that draws itself from
 /// <c>/dashboard/events</c>, a server-sent event every second carrying the metrics snapshot (the same JSON as
-/// <c>/v1/gateway/metrics</c>), the budgets' spend per key and the most recent failures.
+/// <c>/v1/gateway/metrics</c>), the budgets' spend per key and user (the largest accounts) and the most recent failures.
 /// </summary>
 internal static class DashboardEndpoints
 {
+    /// <summary>Budget accounts an event lists at most, the largest first.</summary>
+    internal const int MaxBudgetRows = 50;
+
     private static readonly byte[] Page = Load();
 
     private static byte[] Load()
@@ -52,10 +55,11 @@ internal static class DashboardEndpoints
                         w.WritePropertyName("metrics");
                         JsonSerializer.Serialize(w, metrics.GetSnapshot(), GatewayJsonContext.Default.GatewayMetricsSnapshot);
                         w.WriteStartArray("budgets");
-                        foreach (var (name, (spent, reserved)) in budgets.Balances())
+                        // The largest accounts only: a per-user budget keeps an account for every user a caller names.
+                        foreach (var (name, (spent, reserved)) in budgets.Balances().OrderByDescending(static b => b.Value.Spent + b.Value.Reserved).ThenBy(static b => b.Key, StringComparer.Ordinal).Take(MaxBudgetRows))
                         {
                             w.WriteStartObject();
-                            w.WriteString("budget", name);
+                            w.WriteString("budget", Providers.SecretRedactor.RedactAndTrim(name, 300)); // a user's name is the caller's text
                             w.WriteNumber("spent_usd", spent);
                             w.WriteNumber("reserved_usd", reserved);
                             w.WriteEndObject();

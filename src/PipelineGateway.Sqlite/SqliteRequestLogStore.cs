@@ -450,16 +450,20 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
     {
         await using var connection = await OpenReaderAsync(cancellationToken).ConfigureAwait(false);
         await using var cmd = connection.CreateCommand();
-        cmd.CommandText = """
-            SELECT key_id, strftime('%Y-%m-%d', ts / 1000, 'unixepoch') AS day, SUM(cost_nano)
-            FROM requests WHERE ts >= $since AND cost_nano > 0 GROUP BY key_id, day
+        var user = _hasUsers ? "user_id" : "NULL";
+        cmd.CommandText = $"""
+            SELECT key_id, strftime('%Y-%m-%d', ts / 1000, 'unixepoch') AS day, SUM(cost_nano), {user}
+            FROM requests WHERE ts >= $since AND cost_nano > 0 GROUP BY key_id, {user}, day
             """;
         cmd.Parameters.AddWithValue("$since", since.ToUnixTimeMilliseconds());
         var rows = new List<DailySpend>();
         await using var reader = await cmd.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
         while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
         {
-            rows.Add(new DailySpend(reader.GetString(0), DateOnly.ParseExact(reader.GetString(1), "yyyy-MM-dd", CultureInfo.InvariantCulture), FromNano(reader.GetInt64(2))));
+            rows.Add(new DailySpend(reader.GetString(0), DateOnly.ParseExact(reader.GetString(1), "yyyy-MM-dd", CultureInfo.InvariantCulture), FromNano(reader.GetInt64(2)))
+            {
+                User = reader.IsDBNull(3) ? null : reader.GetString(3),
+            });
         }
 
         return rows;

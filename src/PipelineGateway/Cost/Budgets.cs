@@ -14,6 +14,13 @@ public enum BudgetScope
 
     /// <summary>One budget per gateway key (<see cref="GatewayRequestOptions.RateLimitKey"/>), or for one key when <see cref="BudgetOptions.Key"/> is set.</summary>
     Key,
+
+    /// <summary>
+    /// One budget per end user — the user a request names (OpenAI's <c>user</c> or <c>safety_identifier</c>, Anthropic's
+    /// <c>metadata.user_id</c>) — or for one user when <see cref="BudgetOptions.User"/> is set; a request that names none
+    /// is not under it. With <see cref="BudgetOptions.Key"/> set, only that key's users.
+    /// </summary>
+    User,
 }
 
 public enum BudgetPeriod
@@ -29,15 +36,39 @@ public sealed class BudgetOptions
 
     public BudgetScope Scope { get; set; } = BudgetScope.Global;
 
-    /// <summary>With Scope Key: only this key's budget (otherwise every key gets its own of this size).</summary>
+    /// <summary>With Scope Key: only this key's budget (otherwise every key gets its own of this size). With Scope User: only this key's users.</summary>
     public string? Key { get; set; }
+
+    /// <summary>With Scope User: only this end user's budget (otherwise every user gets its own of this size).</summary>
+    public string? User { get; set; }
+
+    /// <summary>
+    /// With Scope User and no <see cref="User"/>: how many users' accounts this instance keeps in a period (a caller
+    /// chooses the names: one per request would otherwise grow without bound). A request naming a user past it is
+    /// refused with the budget's error. Not applied to accounts kept in Redis (they expire with their period).
+    /// </summary>
+    [Range(1, 100_000_000)]
+    public int MaxUsers { get; set; } = 100_000;
 
     public BudgetPeriod Period { get; set; } = BudgetPeriod.Month;
 
     [Range(0.0, 1_000_000_000.0)]
     public decimal LimitUsd { get; set; }
 
-    public string DisplayName => Name ?? $"{(Scope == BudgetScope.Global ? "global" : Key ?? "per-key")} {Period.ToString().ToLowerInvariant()}ly ${LimitUsd}";
+    public string DisplayName => Name ?? $"{Scope switch
+    {
+        BudgetScope.Global => "global",
+        BudgetScope.User => User is null ? (Key is null ? "per-user" : $"{Key} per-user") : "user",
+        _ => Key ?? "per-key",
+    }} {Period.ToString().ToLowerInvariant()}ly ${LimitUsd}";
+
+    /// <summary>
+    /// The end user a request is accounted to: its <c>user</c> (or <c>safety_identifier</c>), cut to 256 characters (as
+    /// the request log keeps it), or null when it names none. One rule for reservations and for the restore from the log.
+    /// </summary>
+    internal static string? EndUser(string? user) => string.IsNullOrEmpty(user) ? null : user.Length <= MaxUserChars ? user : user[..MaxUserChars];
+
+    internal const int MaxUserChars = 256;
 }
 
 /// <summary>
@@ -64,15 +95,16 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     {
         var estimate = ToNano(Estimate(item));
         var key = item.Request.Gateway?.RateLimitKey ?? string.Empty;
+        var user = BudgetOptions.EndUser(item.Request.EndUser);
         var now = time.GetUtcNow();
         var refs = new List<BudgetAccountRef>(_budgets.Length);
-        foreach (var i in Applicable(key))
+        foreach (var i in Applicable(key, user))
         {
             var b = _budgets[i];
             var (period, end) = b.Period == BudgetPeriod.Day
                 ? ("d" + now.UtcDateTime.ToString("yyyyMMdd", CultureInfo.InvariantCulture), new DateTimeOffset(now.UtcDateTime.Date.AddDays(1), TimeSpan.Zero))
                 : ("m" + now.UtcDateTime.ToString("yyyyMM", CultureInfo.InvariantCulture), new DateTimeOffset(now.Year, now.Month, 1, 0, 0, 0, TimeSpan.Zero).AddMonths(1));
-            refs.Add(new BudgetAccountRef($"{i}:{AccountKey(b, key)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName));
+            refs.Add(new BudgetAccountRef($"{i}:{AccountKey(b, key, user)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName));
         }
 
         if (refs.Count == 0)
@@ -114,22 +146,24 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
 
         var estimate = ToNano(Estimate(item));
         var key = item.Request.Gateway?.RateLimitKey ?? string.Empty;
+        var user = BudgetOptions.EndUser(item.Request.EndUser);
         var period = time.GetUtcNow();
         ForgetEndedPeriods(period);
-        while (!TryReserveAll(item, key, estimate, period))
+        while (!TryReserveAll(item, key, user, estimate, period))
         {
             // An account was forgotten between its lookup and the reservation: look it up again (a fresh one).
         }
     }
 
     /// <summary>Reserves in every account that applies, or throws without reserving any; false when one was forgotten meanwhile.</summary>
-    private bool TryReserveAll(WorkItem item, string key, long estimate, DateTimeOffset period)
+    private bool TryReserveAll(WorkItem item, string key, string? user, long estimate, DateTimeOffset period)
     {
         var accounts = new List<Account>(_budgets.Length);
-        foreach (var i in Applicable(key))
+        foreach (var i in Applicable(key, user))
         {
             var b = _budgets[i];
-            accounts.Add(_accounts.GetOrAdd((i, AccountKey(b, key)), static (_, b) => new Account(b), b));
+            accounts.Add(AccountFor(i, AccountKey(b, key, user)) ?? throw new BudgetExceededException(b.DisplayName, b.LimitUsd, 0m,
+                $"Budget '{b.DisplayName}' keeps the accounts of at most {b.MaxUsers} users in a period on this instance, and this request names a user it has no room for; a user it already keeps is served."));
         }
 
         // All or nothing, in a fixed order so two requests never hold locks crosswise.
@@ -184,9 +218,9 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     {
         foreach (var entry in _accounts)
         {
-            if (entry.Value.TryForget(now))
+            if (entry.Value.TryForget(now) && _accounts.TryRemove(entry) && _users is not null && _budgets[entry.Key.Budget] is { Scope: BudgetScope.User, User: null })
             {
-                _accounts.TryRemove(entry);
+                Interlocked.Decrement(ref _users[entry.Key.Budget]);
             }
         }
     }
@@ -231,7 +265,8 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         var today = DateOnly.FromDateTime(now.UtcDateTime);
         foreach (var row in spend)
         {
-            foreach (var i in Applicable(row.KeyId))
+            var user = BudgetOptions.EndUser(row.User);
+            foreach (var i in Applicable(row.KeyId, user))
             {
                 var b = _budgets[i];
                 if (b.Period == BudgetPeriod.Day && row.Day != today)
@@ -244,8 +279,8 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
                     continue;
                 }
 
-                var account = _accounts.GetOrAdd((i, AccountKey(b, row.KeyId)), static (_, b) => new Account(b), b);
-                account.Restore(ToNano(row.Cost), now);
+                // A user past the budget's bound is not restored (a request naming it is refused, as before the restart).
+                AccountFor(i, AccountKey(b, row.KeyId, user))?.Restore(ToNano(row.Cost), now);
             }
         }
     }
@@ -274,20 +309,66 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         return dearest;
     }
 
-    /// <summary>The indexes of the budgets that apply to a gateway key.</summary>
-    private IEnumerable<int> Applicable(string key)
+    /// <summary>The indexes of the budgets that apply to a gateway key and the end user its request names (null: none).</summary>
+    private IEnumerable<int> Applicable(string key, string? user)
     {
         for (var i = 0; i < _budgets.Length; i++)
         {
             var b = _budgets[i];
-            if (b.Scope != BudgetScope.Key || b.Key is null || b.Key == key)
+            var applies = b.Scope switch
+            {
+                BudgetScope.Global => true,
+                BudgetScope.Key => b.Key is null || b.Key == key,
+                _ => user is not null && (b.Key is null || b.Key == key) && (b.User is null || b.User == user),
+            };
+            if (applies)
             {
                 yield return i;
             }
         }
     }
 
-    private static string AccountKey(BudgetOptions budget, string key) => budget.Scope == BudgetScope.Global ? string.Empty : key;
+    /// <summary>The account of one budget a request is charged in: one for all, one per key, one per end user.</summary>
+    private static string AccountKey(BudgetOptions budget, string key, string? user) => budget.Scope switch
+    {
+        BudgetScope.Global => string.Empty,
+        BudgetScope.Key => key,
+        _ => user ?? string.Empty,
+    };
+
+    /// <summary>Accounts held per budget with Scope User and no User set (the others are bounded by their configuration).</summary>
+    private readonly int[]? _users = options.Value.Budgets.Any(static b => b.Scope == BudgetScope.User && b.User is null) ? new int[options.Value.Budgets.Count] : null;
+
+    /// <summary>The budget's account under <paramref name="accountKey"/>, made when new — null when it is a new user past the budget's <see cref="BudgetOptions.MaxUsers"/>.</summary>
+    private Account? AccountFor(int budget, string accountKey)
+    {
+        var b = _budgets[budget];
+        if (_accounts.TryGetValue((budget, accountKey), out var account))
+        {
+            return account;
+        }
+
+        if (_users is null || b is not { Scope: BudgetScope.User, User: null })
+        {
+            return _accounts.GetOrAdd((budget, accountKey), static (_, b) => new Account(b), b);
+        }
+
+        // Counted before it is added, so concurrent new users cannot pass the bound together.
+        if (Interlocked.Increment(ref _users[budget]) > b.MaxUsers)
+        {
+            Interlocked.Decrement(ref _users[budget]);
+            return _accounts.TryGetValue((budget, accountKey), out account) ? account : null;
+        }
+
+        var made = new Account(b);
+        var kept = _accounts.GetOrAdd((budget, accountKey), made);
+        if (!ReferenceEquals(kept, made))
+        {
+            Interlocked.Decrement(ref _users[budget]); // another request added it first
+        }
+
+        return kept;
+    }
 
     private static long ToNano(decimal usd) => (long)decimal.Round(usd * 1_000_000_000m);
 

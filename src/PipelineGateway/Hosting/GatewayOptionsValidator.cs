@@ -163,7 +163,17 @@ internal sealed class GatewayOptionsValidator(
 
         for (var i = 0; i < options.Budgets.Count; i++)
         {
-            Annotations(options.Budgets[i], $"{root}:Budgets:{i}", errors);
+            var budget = options.Budgets[i];
+            Annotations(budget, $"{root}:Budgets:{i}", errors);
+            if (budget.User is not null && budget.Scope != Cost.BudgetScope.User)
+            {
+                errors.Add($"{root}:Budgets:{i}:User names an end user, which only a budget with Scope User is for; got Scope {budget.Scope}.");
+            }
+
+            if (budget.Key is not null && budget.Scope == Cost.BudgetScope.Global)
+            {
+                errors.Add($"{root}:Budgets:{i}:Key names a key, which a Global budget (all traffic) cannot be for: use Scope Key.");
+            }
         }
 
         var h = options.Health;

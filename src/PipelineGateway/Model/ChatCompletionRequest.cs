@@ -39,6 +39,14 @@ public sealed class ChatCompletionRequest
 
     public string? User { get; set; }
 
+    /// <summary>
+    /// The end user the request names: <c>user</c> (Anthropic's <c>metadata.user_id</c> and the Responses API's
+    /// <c>safety_identifier</c> are read into it), else a chat request's <c>safety_identifier</c> (OpenAI's newer name).
+    /// What the request log records and per-user budgets account to.
+    /// </summary>
+    internal string? EndUser =>
+        User ?? (AdditionalProperties?.TryGetValue("safety_identifier", out var id) == true && id.ValueKind == JsonValueKind.String ? id.GetString() : null);
+
     public bool? Stream { get; set; }
 
     public StreamOptions? StreamOptions { get; set; }

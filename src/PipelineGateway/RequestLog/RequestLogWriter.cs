@@ -397,19 +397,12 @@ internal sealed partial class RequestLogWriter : ICompletionListener, IHostedSer
             LatencyMs = c.Latency.TotalMilliseconds,
             TimeToFirstTokenMs = item.TimeToFirstToken?.TotalMilliseconds,
             Priority = item.Priority == RequestPriority.Batch ? "batch" : "interactive",
-            User = EndUser(item.Request),
+            User = item.Request.EndUser,
             AttemptList = attempts,
             Prompt = prompt,
             Answer = answer,
         };
     }
-
-    /// <summary>
-    /// The end user a request named: <c>user</c> (Anthropic's <c>metadata.user_id</c> and the Responses API's
-    /// <c>safety_identifier</c> are read into it), else a chat request's <c>safety_identifier</c> (OpenAI's newer name).
-    /// </summary>
-    private static string? EndUser(ChatCompletionRequest request) =>
-        request.User ?? (request.AdditionalProperties?.TryGetValue("safety_identifier", out var id) == true && id.ValueKind == System.Text.Json.JsonValueKind.String ? id.GetString() : null);
 
     /// <summary>An answer's size for the log; a streamed one's bytes went out as they came (<c>streamed</c>).</summary>
     private static string Size(Providers.OperationAnswer operation) => operation.List.IsEmpty ? "streamed" : $"{operation.List.Length} bytes";

@@ -165,8 +165,12 @@ public enum SpendGrouping
 /// <summary>Spend in one group: requests, tokens, cost.</summary>
 public sealed record SpendRow(string Group, long Requests, long Failed, long PromptTokens, long CompletionTokens, decimal Cost, decimal CostSaved);
 
-/// <summary>A key's spend on one UTC day (what budgets are restored from).</summary>
-public sealed record DailySpend(string KeyId, DateOnly Day, decimal Cost);
+/// <summary>A key's spend on one UTC day (what budgets are restored from), per end user the requests named.</summary>
+public sealed record DailySpend(string KeyId, DateOnly Day, decimal Cost)
+{
+    /// <summary>The end user the requests named (<see cref="RequestRecord.User"/>, as written); null: none (per-user budgets are restored from it).</summary>
+    public string? User { get; init; }
+}
 
 /// <summary>
 /// Where the request log is kept. The gateway's writer calls <see cref="WriteAsync"/> from one background loop (never

@@ -49,6 +49,97 @@ public sealed class BudgetTests
         return r;
     }
 
+    private static ChatCompletionRequest ByUser(string? user, string? key = null, bool safetyIdentifier = false)
+    {
+        var r = Req(key);
+        if (safetyIdentifier)
+        {
+            r.AdditionalProperties = new() { ["safety_identifier"] = JsonSerializer.SerializeToElement(user) };
+        }
+        else
+        {
+            r.User = user;
+        }
+
+        return r;
+    }
+
+    /// <summary>
+    /// Per end-user budgets (LiteLLM's customer budgets): each user a request names (<c>user</c>, or
+    /// <c>safety_identifier</c>) has an account of its own; a request that names none is not under them; a budget for
+    /// one named user, or for one key's users, only for those.
+    /// </summary>
+    [Fact]
+    public async Task Per_user_budgets_limit_each_end_user_and_not_requests_that_name_none()
+    {
+        await using var gateway = await Priced(new FakeProvider("p"))
+            .Configure(o =>
+            {
+                o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m });
+                o.Budgets.Add(new BudgetOptions { Name = "carol", Scope = BudgetScope.User, User = "carol", Period = BudgetPeriod.Day, LimitUsd = 7m });
+                o.Budgets.Add(new BudgetOptions { Name = "team-b users", Scope = BudgetScope.User, Key = "team-b", Period = BudgetPeriod.Day, LimitUsd = 5m });
+            })
+            .StartAsync(Ct);
+
+        await gateway.SubmitAsync(ByUser("alice"), Ct); // 0 + 6 fits; spent 4
+        await gateway.SubmitAsync(ByUser("alice", safetyIdentifier: true), Ct); // the same user by its newer name; spent 8
+        var act = async () => await gateway.SubmitAsync(ByUser("alice"), Ct); // 8 + 6 > 10
+        (await act.Should().ThrowAsync<BudgetExceededException>()).Which.Budget.Should().Be("per user");
+
+        await gateway.SubmitAsync(ByUser("bob"), Ct); // another user: its own account
+        for (var i = 0; i < 4; i++)
+        {
+            await gateway.SubmitAsync(ByUser(null), Ct); // names no user: no per-user budget applies
+            await gateway.SubmitAsync(ByUser(string.Empty), Ct);
+        }
+
+        await gateway.SubmitAsync(ByUser("carol"), Ct); // 0 + 6 fits carol's 7; spent 4
+        var carol = async () => await gateway.SubmitAsync(ByUser("carol"), Ct); // 4 + 6 > 7, though the per-user 10 has room
+        (await carol.Should().ThrowAsync<BudgetExceededException>()).Which.Budget.Should().Be("carol");
+
+        var teamB = async () => await gateway.SubmitAsync(ByUser("dave", key: "team-b"), Ct); // 0 + 6 > team-b's 5 a user
+        (await teamB.Should().ThrowAsync<BudgetExceededException>()).Which.Budget.Should().Be("team-b users");
+        await gateway.SubmitAsync(ByUser("dave", key: "team-a"), Ct); // another key's users are not under it
+
+        var balances = gateway.Services.GetRequiredService<BudgetTracker>().Balances();
+        balances.Where(b => b.Value.Spent > 0).ToDictionary(b => b.Key, b => b.Value.Spent).Should().BeEquivalentTo(new Dictionary<string, decimal>
+        {
+            ["per user:alice"] = 8m, ["per user:bob"] = 4m, ["per user:carol"] = 4m, ["carol:carol"] = 4m, ["per user:dave"] = 4m,
+        });
+    }
+
+    /// <summary>
+    /// The users are the caller's to name: a budget per user keeps at most <see cref="BudgetOptions.MaxUsers"/> accounts in
+    /// a period (one per request would otherwise grow without bound); a new user past it is refused saying so, a user it
+    /// keeps is served, and the next period has room again.
+    /// </summary>
+    [Fact]
+    public async Task A_per_user_budget_keeps_at_most_its_MaxUsers_accounts_in_a_period()
+    {
+        var clock = TestGateway.Clock();
+        await using var gateway = await Priced(new FakeProvider("p"))
+            .UseTimeProvider(clock)
+            .Configure(o => o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 100m, MaxUsers = 2 }))
+            .StartAsync(Ct);
+        var budgets = gateway.Services.GetRequiredService<BudgetTracker>();
+
+        await gateway.SubmitAsync(ByUser("u1"), Ct);
+        await gateway.SubmitAsync(ByUser("u2"), Ct);
+        var third = async () => await gateway.SubmitAsync(ByUser("u3"), Ct);
+        (await third.Should().ThrowAsync<BudgetExceededException>()).Which.Message.Should().Contain("at most 2 users");
+        await gateway.SubmitAsync(ByUser("u1"), Ct);
+        await gateway.SubmitAsync(ByUser(null), Ct);
+        budgets.AccountCount.Should().Be(2);
+
+        clock.Advance(TimeSpan.FromDays(1));
+        await gateway.SubmitAsync(ByUser("u1"), Ct); // notices the new day: the sweep forgets yesterday's accounts
+        await Wait.Until(() => budgets.AccountCount == 1, "yesterday's accounts are forgotten, and the room with them");
+        await gateway.SubmitAsync(ByUser("u3"), Ct); // refused yesterday, room today
+        budgets.Balances().Keys.Should().BeEquivalentTo("per user:u1", "per user:u3");
+        var fourth = async () => await gateway.SubmitAsync(ByUser("u4"), Ct);
+        await fourth.Should().ThrowAsync<BudgetExceededException>("two users kept today again");
+    }
+
     [Fact]
     public async Task Concurrent_requests_cannot_overspend_beyond_the_reservations_in_flight()
     {

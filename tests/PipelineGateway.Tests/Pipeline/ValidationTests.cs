@@ -119,6 +119,9 @@ public sealed class ValidationTests
         { "Gateway:Models:0:Deployments:0:Provider 'ghost' is not a configured provider", o => o.Models[0].Deployments[0].Provider = "ghost" },
         { "Gateway:Models:1: the model name or alias 'm' is used more than once", o => o.Models.Add(new PipelineGateway.Routing.ModelGroupOptions { Name = "m", Deployments = [new PipelineGateway.Routing.DeploymentOptions { Provider = "a" }] }) },
         { "Gateway:Admission:RateLimits:0:Limit", o => o.Admission.RateLimits.Add(new PipelineGateway.Admission.RateLimitRule { Limit = 0 }) },
+        { "Gateway:Budgets:0:User names an end user, which only a budget with Scope User is for", o => o.Budgets.Add(new PipelineGateway.Cost.BudgetOptions { Scope = PipelineGateway.Cost.BudgetScope.Key, User = "alice", LimitUsd = 1 }) },
+        { "Gateway:Budgets:0:Key names a key, which a Global budget", o => o.Budgets.Add(new PipelineGateway.Cost.BudgetOptions { Key = "a", LimitUsd = 1 }) },
+        { "Gateway:Budgets:0:MaxUsers", o => o.Budgets.Add(new PipelineGateway.Cost.BudgetOptions { Scope = PipelineGateway.Cost.BudgetScope.User, MaxUsers = 0, LimitUsd = 1 }) },
     };
 
     [Theory]

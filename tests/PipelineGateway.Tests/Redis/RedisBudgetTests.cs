@@ -53,6 +53,43 @@ public sealed class RedisBudgetTests
         ((long)await db.HashGetAsync(account, "s")).Should().Be(80_000_000_000, "20 answers of $4, in nano-dollars");
     }
 
+    [Fact]
+    public async Task A_per_user_budget_is_one_account_per_user_across_the_fleet()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = "t" + Guid.NewGuid().ToString("N")[..12];
+        Task<Gateway> PerUser() => new GatewayBuilder()
+            .AddProvider(new FakeProvider("p"))
+            .Configure(o =>
+            {
+                o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "p", InputPricePerMillion = 1_000_000m, OutputPricePerMillion = 1_000_000m }] });
+                o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m });
+            })
+            .AddRedis(redis, RedisFailureMode.FailClosed, prefix)
+            .StartAsync(Ct);
+        static ChatCompletionRequest By(string user)
+        {
+            var r = TestGateway.Request();
+            r.MaxTokens = 1;
+            r.User = user;
+            return r;
+        }
+
+        await using var a = await PerUser();
+        await using var b = await PerUser();
+        await a.SubmitAsync(By("alice"), Ct); // spent 4
+        await b.SubmitAsync(By("alice"), Ct); // spent 8, in the same account
+        var act = async () => await a.SubmitAsync(By("alice"), Ct); // 8 + 6 > 10
+        await act.Should().ThrowAsync<BudgetExceededException>();
+        await b.SubmitAsync(By("bob"), Ct);
+
+        var db = RedisServer.Connect(redis);
+        var day = "d" + DateTime.UtcNow.ToString("yyyyMMdd", System.Globalization.CultureInfo.InvariantCulture);
+        await Wait.Until(() => (long)db.HashGet($"{prefix}:{{b}}:0:alice:{day}", "r") == 0, "every reservation is settled");
+        ((long)await db.HashGetAsync($"{prefix}:{{b}}:0:alice:{day}", "s")).Should().Be(8_000_000_000);
+        ((long)await db.HashGetAsync($"{prefix}:{{b}}:0:bob:{day}", "s")).Should().Be(4_000_000_000);
+    }
+
     [Theory]
     [InlineData(RedisFailureMode.FailOpen)]
     [InlineData(RedisFailureMode.FailClosed)]

@@ -162,6 +162,38 @@ public sealed class RequestLogTests : IDisposable
     }
 
     [Fact]
+    public async Task A_restart_changes_no_per_user_budget_each_users_spend_is_restored_from_the_log()
+    {
+        var clock = TestGateway.Clock();
+        var budget = new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m };
+        var longName = new string('u', 300); // accounted to (and restored as) its first 256 characters
+        static ChatCompletionRequest By(string? user, string text)
+        {
+            var r = Req("a", text);
+            r.User = user;
+            return r;
+        }
+
+        await using (var first = await Logged(new FakeProvider("p"), o => o.Budgets.Add(budget)).UseTimeProvider(clock).StartAsync(Ct))
+        {
+            await first.SubmitAsync(By("alice", "1"), Ct); // spent 4
+            await first.SubmitAsync(By("alice", "2"), Ct); // spent 8
+            await first.SubmitAsync(By(longName, "3"), Ct); // spent 4
+            await first.SubmitAsync(By(longName + "-other-tail", "4"), Ct); // the same first 256: spent 8
+            await first.SubmitAsync(By(null, "5"), Ct);
+        }
+
+        await using var second = await Logged(new FakeProvider("p"), o => o.Budgets.Add(budget)).UseTimeProvider(clock).StartAsync(Ct);
+        second.Services.GetRequiredService<BudgetTracker>().Balances().ToDictionary(b => b.Key, b => b.Value.Spent).Should().BeEquivalentTo(
+            new Dictionary<string, decimal> { ["per user:alice"] = 8m, [$"per user:{longName[..256]}"] = 8m });
+        var alice = async () => await second.SubmitAsync(By("alice", "6"), Ct); // 8 + 6 > 10, as before the restart
+        await alice.Should().ThrowAsync<BudgetExceededException>();
+        var tail = async () => await second.SubmitAsync(By(longName + "-a-third-tail", "7"), Ct);
+        await tail.Should().ThrowAsync<BudgetExceededException>();
+        (await second.SubmitAsync(By("bob", "8"), Ct)).Content.Should().Be("ok");
+    }
+
+    [Fact]
     public async Task A_locked_database_never_stops_the_gateway_says_so_once_and_the_rows_are_written_when_it_frees()
     {
         var logs = new CapturingLoggerProvider();
