@@ -60,7 +60,7 @@ public sealed class BudgetOptions
         BudgetScope.Global => "global",
         BudgetScope.User => User is null ? (Key is null ? "per-user" : $"{Key} per-user") : "user",
         _ => Key ?? "per-key",
-    }} {Period.ToString().ToLowerInvariant()}ly ${LimitUsd}";
+    }} {(Period == BudgetPeriod.Day ? "daily" : "monthly")} ${LimitUsd}";
 
     /// <summary>
     /// The end user a request is accounted to: its <c>user</c> (or <c>safety_identifier</c>), cut to 256 characters (as

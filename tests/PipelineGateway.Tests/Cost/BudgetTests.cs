@@ -108,6 +108,17 @@ public sealed class BudgetTests
         });
     }
 
+    [Fact]
+    public void A_budget_without_a_name_is_called_by_its_scope_period_and_limit()
+    {
+        new BudgetOptions { LimitUsd = 5000m }.DisplayName.Should().Be("global monthly $5000");
+        new BudgetOptions { Scope = BudgetScope.Key, Period = BudgetPeriod.Day, LimitUsd = 20m }.DisplayName.Should().Be("per-key daily $20");
+        new BudgetOptions { Scope = BudgetScope.Key, Key = "team-a", LimitUsd = 1m }.DisplayName.Should().Be("team-a monthly $1");
+        new BudgetOptions { Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 5m }.DisplayName.Should().Be("per-user daily $5");
+        new BudgetOptions { Scope = BudgetScope.User, Key = "team-b", LimitUsd = 5m }.DisplayName.Should().Be("team-b per-user monthly $5");
+        new BudgetOptions { Scope = BudgetScope.User, User = "ceo", LimitUsd = 500m }.DisplayName.Should().Be("user monthly $500");
+    }
+
     /// <summary>
     /// The users are the caller's to name: a budget per user keeps at most <see cref="BudgetOptions.MaxUsers"/> accounts in
     /// a period (one per request would otherwise grow without bound); a new user past it is refused saying so, a user it

@@ -77,15 +77,19 @@ public sealed class RedisBudgetTests
 
         await using var a = await PerUser();
         await using var b = await PerUser();
+        var db = RedisServer.Connect(redis);
+        var day = "d" + DateTime.UtcNow.ToString("yyyyMMdd", System.Globalization.CultureInfo.InvariantCulture);
+        Task Settled(string user) => Wait.Until(() => (long)db.HashGet($"{prefix}:{{b}}:0:{user}:{day}", "r") == 0, "the reservation is settled (after the answer)");
+
         await a.SubmitAsync(By("alice"), Ct); // spent 4
+        await Settled("alice");
         await b.SubmitAsync(By("alice"), Ct); // spent 8, in the same account
+        await Settled("alice");
         var act = async () => await a.SubmitAsync(By("alice"), Ct); // 8 + 6 > 10
         await act.Should().ThrowAsync<BudgetExceededException>();
         await b.SubmitAsync(By("bob"), Ct);
 
-        var db = RedisServer.Connect(redis);
-        var day = "d" + DateTime.UtcNow.ToString("yyyyMMdd", System.Globalization.CultureInfo.InvariantCulture);
-        await Wait.Until(() => (long)db.HashGet($"{prefix}:{{b}}:0:alice:{day}", "r") == 0, "every reservation is settled");
+        await Settled("bob");
         ((long)await db.HashGetAsync($"{prefix}:{{b}}:0:alice:{day}", "s")).Should().Be(8_000_000_000);
         ((long)await db.HashGetAsync($"{prefix}:{{b}}:0:bob:{day}", "s")).Should().Be(4_000_000_000);
     }
