@@ -52,7 +52,7 @@ public enum RateLimitPartition
     /// <summary>Per <see cref="GatewayRequestOptions.RateLimitKey"/> (the gateway key).</summary>
     Key = 1,
 
-    /// <summary>Per the request's <c>user</c> field.</summary>
+    /// <summary>Per the end user the request names (<c>user</c>, <c>safety_identifier</c>, Anthropic's <c>metadata.user_id</c>; its first 256 characters).</summary>
     User = 2,
 
     /// <summary>Per requested model.</summary>

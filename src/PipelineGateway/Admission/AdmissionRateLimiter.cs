@@ -277,7 +277,7 @@ internal sealed partial class AdmissionRateLimiter : IDisposable, Pipeline.IComp
         var key = (by & RateLimitPartition.Key) != 0 ? request.Gateway?.RateLimitKey ?? string.Empty : string.Empty;
         if ((by & RateLimitPartition.User) != 0)
         {
-            key = key + "\u001fu:" + request.User;
+            key = key + "\u001fu:" + request.AccountedUser; // the user it names by any of its names, cut as budgets cut it
         }
 
         if ((by & RateLimitPartition.Model) != 0)

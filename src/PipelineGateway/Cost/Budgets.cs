@@ -61,14 +61,6 @@ public sealed class BudgetOptions
         BudgetScope.User => User is null ? (Key is null ? "per-user" : $"{Key} per-user") : "user",
         _ => Key ?? "per-key",
     }} {(Period == BudgetPeriod.Day ? "daily" : "monthly")} ${LimitUsd}";
-
-    /// <summary>
-    /// The end user a request is accounted to: its <c>user</c> (or <c>safety_identifier</c>), cut to 256 characters (as
-    /// the request log keeps it), or null when it names none. One rule for reservations and for the restore from the log.
-    /// </summary>
-    internal static string? EndUser(string? user) => string.IsNullOrEmpty(user) ? null : user.Length <= MaxUserChars ? user : user[..MaxUserChars];
-
-    internal const int MaxUserChars = 256;
 }
 
 /// <summary>
@@ -95,7 +87,7 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     {
         var estimate = ToNano(Estimate(item));
         var key = item.Request.Gateway?.RateLimitKey ?? string.Empty;
-        var user = BudgetOptions.EndUser(item.Request.EndUser);
+        var user = item.Request.AccountedUser;
         var now = time.GetUtcNow();
         var refs = new List<BudgetAccountRef>(_budgets.Length);
         foreach (var i in Applicable(key, user))
@@ -146,7 +138,7 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
 
         var estimate = ToNano(Estimate(item));
         var key = item.Request.Gateway?.RateLimitKey ?? string.Empty;
-        var user = BudgetOptions.EndUser(item.Request.EndUser);
+        var user = item.Request.AccountedUser;
         var period = time.GetUtcNow();
         ForgetEndedPeriods(period);
         while (!TryReserveAll(item, key, user, estimate, period))
@@ -265,7 +257,7 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         var today = DateOnly.FromDateTime(now.UtcDateTime);
         foreach (var row in spend)
         {
-            var user = BudgetOptions.EndUser(row.User);
+            var user = ChatCompletionRequest.AccountedAs(row.User);
             foreach (var i in Applicable(row.KeyId, user))
             {
                 var b = _budgets[i];

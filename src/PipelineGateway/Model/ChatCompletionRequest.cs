@@ -47,6 +47,17 @@ public sealed class ChatCompletionRequest
     internal string? EndUser =>
         User ?? (AdditionalProperties?.TryGetValue("safety_identifier", out var id) == true && id.ValueKind == JsonValueKind.String ? id.GetString() : null);
 
+    /// <summary>
+    /// The end user the request is accounted to — per-user budgets and rate limits: <see cref="EndUser"/> cut to 256
+    /// characters (as the request log keeps it), or null when it names none. One rule for the request and for the
+    /// restore of budgets from the log (<see cref="AccountedAs"/>).
+    /// </summary>
+    internal string? AccountedUser => AccountedAs(EndUser);
+
+    internal static string? AccountedAs(string? user) => string.IsNullOrEmpty(user) ? null : user.Length <= MaxAccountedUserChars ? user : user[..MaxAccountedUserChars];
+
+    internal const int MaxAccountedUserChars = 256;
+
     public bool? Stream { get; set; }
 
     public StreamOptions? StreamOptions { get; set; }

@@ -170,6 +170,36 @@ public sealed class AdmissionTests
     }
 
     [Fact]
+    public void A_user_partition_is_the_end_user_by_any_of_its_names_cut_as_budgets_cut_it()
+    {
+        var limiter = new AdmissionRateLimiter(Microsoft.Extensions.Options.Options.Create(new GatewayOptions
+        {
+            Admission = new AdmissionOptions { PartitionBy = RateLimitPartition.User, RateLimits = [new RateLimitRule()] },
+        }), TimeProvider.System);
+        ChatCompletionRequest By(string? user, bool safetyIdentifier = false)
+        {
+            var r = Req("k");
+            if (safetyIdentifier)
+            {
+                r.AdditionalProperties = new() { ["safety_identifier"] = System.Text.Json.JsonSerializer.SerializeToElement(user) };
+            }
+            else
+            {
+                r.User = user;
+            }
+
+            return r;
+        }
+
+        limiter.PartitionKey(By("alice", safetyIdentifier: true)).Should().Be(limiter.PartitionKey(By("alice")), "OpenAI's newer name for the same user");
+        limiter.PartitionKey(By("bob")).Should().NotBe(limiter.PartitionKey(By("alice")));
+        var name = new string('u', 256);
+        limiter.PartitionKey(By(name + "-one-tail")).Should().Be(limiter.PartitionKey(By(name + "-another-tail")), "a partition per user, not per megabyte of name")
+            .And.HaveLength(limiter.PartitionKey(By(name)).Length);
+        limiter.PartitionKey(By(null)).Should().Be(limiter.PartitionKey(By(string.Empty)), "none named: one partition");
+    }
+
+    [Fact]
     public async Task Token_limits_charge_the_estimate_and_correct_to_actual_usage()
     {
         var clock = TestGateway.Clock();
