@@ -74,6 +74,19 @@ internal sealed class RedisBudgetStore(RedisConnection redis) : IDistributedBudg
         }
     }
 
+    public async ValueTask<(long SpentNanoUsd, long ReservedNanoUsd)?> ReadAsync(BudgetAccountRef account, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var values = await redis.Database.HashGetAsync(Keys([account])[0], ["s", "r"]).ConfigureAwait(false);
+            return ((long?)values[0] ?? 0, (long?)values[1] ?? 0);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+        {
+            return null;
+        }
+    }
+
     internal RedisKey[] Keys(IReadOnlyList<BudgetAccountRef> accounts)
     {
         var keys = new RedisKey[accounts.Count];

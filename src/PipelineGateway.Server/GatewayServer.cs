@@ -246,6 +246,8 @@ public static partial class GatewayServer
         var time = app.Services.GetRequiredService<TimeProvider>();
         app.MapGet("/v1/gateway/logs", (HttpContext ctx) => RequestLogEndpoints.LogsAsync(ctx, requestLog, time));
         app.MapGet("/v1/gateway/spend", (HttpContext ctx) => RequestLogEndpoints.SpendAsync(ctx, requestLog, time));
+        var budgetTracker = app.Services.GetRequiredService<PipelineGateway.Cost.BudgetTracker>();
+        app.MapGet("/v1/gateway/budgets", (HttpContext ctx) => BudgetsEndpoint.GetAsync(ctx, budgetTracker));
         app.MapGet("/dashboard", DashboardEndpoints.PageAsync);
         app.MapGet("/dashboard/events", (HttpContext ctx) => DashboardEndpoints.EventsAsync(ctx,
             app.Services.GetRequiredService<IGatewayMetrics>(), app.Services.GetRequiredService<PipelineGateway.Metrics.GatewayMetrics>(),

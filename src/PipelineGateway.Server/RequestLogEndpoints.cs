@@ -176,7 +176,7 @@ internal static class RequestLogEndpoints
     private static Task Disabled(HttpContext ctx) =>
         RouteErrors.WriteAsync(ctx, 404, "invalid_request_error", "request_log_disabled", "The request log is not enabled on this gateway (pgw serve keeps it unless started with --no-log or Gateway:RequestLog:Enabled = false).", null);
 
-    private static string? Text(IQueryCollection q, string name) => q.TryGetValue(name, out var v) && v.Count > 0 && !string.IsNullOrEmpty(v[0]) ? v[0] : null;
+    internal static string? Text(IQueryCollection q, string name) => q.TryGetValue(name, out var v) && v.Count > 0 && !string.IsNullOrEmpty(v[0]) ? v[0] : null;
 
     private static string Param(string message) => message[..message.IndexOf(' ', StringComparison.Ordinal)];
 

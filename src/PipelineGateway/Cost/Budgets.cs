@@ -92,11 +92,7 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         var refs = new List<BudgetAccountRef>(_budgets.Length);
         foreach (var i in Applicable(key, user))
         {
-            var b = _budgets[i];
-            var (period, end) = b.Period == BudgetPeriod.Day
-                ? ("d" + now.UtcDateTime.ToString("yyyyMMdd", CultureInfo.InvariantCulture), new DateTimeOffset(now.UtcDateTime.Date.AddDays(1), TimeSpan.Zero))
-                : ("m" + now.UtcDateTime.ToString("yyyyMM", CultureInfo.InvariantCulture), new DateTimeOffset(now.Year, now.Month, 1, 0, 0, 0, TimeSpan.Zero).AddMonths(1));
-            refs.Add(new BudgetAccountRef($"{i}:{AccountKey(b, key, user)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName));
+            refs.Add(SharedRef(i, key, user, now).Ref);
         }
 
         if (refs.Count == 0)
@@ -126,6 +122,52 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         }
 
         item.SharedBudgetReservation = new SharedReservation(refs, estimate);
+    }
+
+    /// <summary>One budget's account in the shared store for a key and user now, and when its period ends.</summary>
+    private (BudgetAccountRef Ref, DateTimeOffset End) SharedRef(int i, string key, string? user, DateTimeOffset now)
+    {
+        var b = _budgets[i];
+        var (period, end) = b.Period == BudgetPeriod.Day
+            ? ("d" + now.UtcDateTime.ToString("yyyyMMdd", CultureInfo.InvariantCulture), new DateTimeOffset(now.UtcDateTime.Date.AddDays(1), TimeSpan.Zero))
+            : ("m" + now.UtcDateTime.ToString("yyyyMM", CultureInfo.InvariantCulture), new DateTimeOffset(now.Year, now.Month, 1, 0, 0, 0, TimeSpan.Zero).AddMonths(1));
+        return (new BudgetAccountRef($"{i}:{AccountKey(b, key, user)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName), end);
+    }
+
+    /// <summary>
+    /// Where a request by gateway key <paramref name="key"/> naming end user <paramref name="user"/> stands in every
+    /// budget it would be charged in now: spent and reserved this period, when the period ends — the fleet's accounts
+    /// in Redis when budgets are shared there (null when it cannot be reached), else this instance's. Read only: no
+    /// account is made.
+    /// </summary>
+    public async ValueTask<IReadOnlyList<BudgetStanding>?> StandingAsync(string key, string? user, CancellationToken cancellationToken)
+    {
+        user = ChatCompletionRequest.AccountedAs(user);
+        var now = time.GetUtcNow();
+        var standing = new List<BudgetStanding>();
+        foreach (var i in Applicable(key, user))
+        {
+            var b = _budgets[i];
+            var (shared, end) = SharedRef(i, key, user, now);
+            long spent = 0, reserved = 0;
+            if (IsDistributed)
+            {
+                if (await store!.ReadAsync(shared, cancellationToken).ConfigureAwait(false) is not { } read)
+                {
+                    return null;
+                }
+
+                (spent, reserved) = read;
+            }
+            else if (_accounts.TryGetValue((i, AccountKey(b, key, user)), out var account))
+            {
+                (spent, reserved) = account.Standing(now);
+            }
+
+            standing.Add(new BudgetStanding(b, FromNano(spent), FromNano(reserved), end));
+        }
+
+        return standing;
     }
 
     /// <summary>Reserves the estimate in every budget that applies, or throws without reserving any.</summary>
@@ -469,6 +511,15 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
             }
         }
 
+        /// <summary>Spent this period (0 when the account's period has ended) and reserved, in nano-dollars.</summary>
+        public (long Spent, long Reserved) Standing(DateTimeOffset now)
+        {
+            lock (this)
+            {
+                return (PeriodIndex(now) == _periodIndex ? _spent : 0, _reserved);
+            }
+        }
+
         public (decimal Spent, decimal Reserved) Balance()
         {
             lock (this)
@@ -477,4 +528,11 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
             }
         }
     }
+}
+
+/// <summary>Where a key's or end user's requests stand in one budget now (<see cref="BudgetTracker.StandingAsync"/>).</summary>
+internal sealed record BudgetStanding(BudgetOptions Budget, decimal Spent, decimal Reserved, DateTimeOffset PeriodEnd)
+{
+    /// <summary>What a request may still be reserved: the limit less what is spent and reserved, never below 0.</summary>
+    public decimal Remaining => Math.Max(0m, Budget.LimitUsd - Spent - Reserved);
 }

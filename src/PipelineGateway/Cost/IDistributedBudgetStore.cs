@@ -15,6 +15,9 @@ internal interface IDistributedBudgetStore
 
     /// <summary>Replaces a reservation with the actual cost; in the background, never throws.</summary>
     void Settle(IReadOnlyList<BudgetAccountRef> accounts, long estimateNanoUsd, long actualNanoUsd);
+
+    /// <summary>What an account has spent and holds reserved now (0 and 0 when it has none yet); null when the store cannot be reached.</summary>
+    ValueTask<(long SpentNanoUsd, long ReservedNanoUsd)?> ReadAsync(BudgetAccountRef account, CancellationToken cancellationToken);
 }
 
 /// <summary>One budget's account for one key and period: the same id on every instance with the same budgets.</summary>

@@ -109,6 +109,35 @@ public sealed class BudgetTests
     }
 
     [Fact]
+    public async Task Where_a_key_and_user_stand_is_read_per_budget_and_a_new_period_starts_from_nothing()
+    {
+        var clock = TestGateway.Clock();
+        clock.SetUtcNow(new DateTimeOffset(2026, 12, 6, 23, 0, 0, TimeSpan.Zero));
+        await using var gateway = await Priced(new FakeProvider("p"))
+            .UseTimeProvider(clock)
+            .Configure(o =>
+            {
+                o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m });
+                o.Budgets.Add(new BudgetOptions { Name = "per key", Scope = BudgetScope.Key, Period = BudgetPeriod.Month, LimitUsd = 100m });
+            })
+            .StartAsync(Ct);
+        var budgets = gateway.Services.GetRequiredService<BudgetTracker>();
+        await gateway.SubmitAsync(ByUser("alice", key: "a"), Ct); // $4 in both
+
+        var standing = (await budgets.StandingAsync("a", "alice", Ct))!;
+        standing.Select(s => (s.Budget.Name, s.Spent, s.Reserved, s.Remaining, s.PeriodEnd)).Should().Equal(
+            ("per user", 4m, 0m, 6m, new DateTimeOffset(2026, 12, 7, 0, 0, 0, TimeSpan.Zero)),
+            ("per key", 4m, 0m, 96m, new DateTimeOffset(2027, 1, 1, 0, 0, 0, TimeSpan.Zero)));
+        (await budgets.StandingAsync("a", null, Ct))!.Select(s => s.Budget.Name).Should().Equal(["per key"], "a request naming no user is under no per-user budget");
+        var accounts = budgets.AccountCount;
+        (await budgets.StandingAsync("b", "bob", Ct))!.Select(s => s.Spent).Should().Equal(0m, 0m);
+        budgets.AccountCount.Should().Be(accounts, "asking makes no account");
+
+        clock.Advance(TimeSpan.FromHours(2)); // a new day, the same month
+        (await budgets.StandingAsync("a", "alice", Ct))!.Select(s => (s.Spent, s.PeriodEnd.Day)).Should().Equal((0m, 8), (4m, 1));
+    }
+
+    [Fact]
     public void A_budget_without_a_name_is_called_by_its_scope_period_and_limit()
     {
         new BudgetOptions { LimitUsd = 5000m }.DisplayName.Should().Be("global monthly $5000");

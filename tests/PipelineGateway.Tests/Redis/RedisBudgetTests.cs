@@ -1,4 +1,5 @@
 using FluentAssertions;
+using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Cost;
 using PipelineGateway.Hosting;
 using PipelineGateway.Redis;
@@ -90,6 +91,10 @@ public sealed class RedisBudgetTests
         await b.SubmitAsync(By("bob"), Ct);
 
         await Settled("bob");
+
+        // Where alice stands, asked of the instance that served her once: the fleet's account, not its own half.
+        var standing = (await b.Services.GetRequiredService<BudgetTracker>().StandingAsync(string.Empty, "alice", Ct))!;
+        standing.Select(s => (s.Budget.DisplayName, s.Spent, s.Reserved, s.Remaining)).Should().Equal(("per user", 8m, 0m, 2m));
         ((long)await db.HashGetAsync($"{prefix}:{{b}}:0:alice:{day}", "s")).Should().Be(8_000_000_000);
         ((long)await db.HashGetAsync($"{prefix}:{{b}}:0:bob:{day}", "s")).Should().Be(4_000_000_000);
     }
@@ -106,6 +111,7 @@ public sealed class RedisBudgetTests
         await a.SubmitAsync(r, Ct);
 
         await server.StopAsync();
+        (await a.Services.GetRequiredService<BudgetTracker>().StandingAsync(string.Empty, null, Ct)).Should().BeNull("the fleet's spend cannot be read: said, not guessed");
         var act = async () => await a.SubmitAsync(r, Ct);
         if (mode == RedisFailureMode.FailOpen)
         {

@@ -55,6 +55,12 @@ public sealed class UserBudgetTests : IAsyncLifetime
         return _http.SendAsync(request, Ct);
     }
 
+    private async Task<JsonElement> Standing(string user)
+    {
+        var json = JsonDocument.Parse(await _http.GetStringAsync($"v1/gateway/budgets?user={Uri.EscapeDataString(user)}", Ct)).RootElement;
+        return json.GetProperty("data").EnumerateArray().Should().ContainSingle("the one budget a request naming a user is under").Subject;
+    }
+
     [Fact]
     public async Task A_spent_user_is_refused_on_either_route_and_other_users_and_unnamed_requests_are_not()
     {
@@ -97,6 +103,16 @@ public sealed class UserBudgetTests : IAsyncLifetime
         {
             (await Chat(null)).StatusCode.Should().Be(HttpStatusCode.OK, "a request that names no user is under no per-user budget");
         }
+
+        // Where each stands (admin surface): alice has less left than a request may cost; asking of another makes no account.
+        var alice = await Standing("alice");
+        alice.GetProperty("budget").GetString().Should().Be("per user");
+        (alice.GetProperty("scope").GetString(), alice.GetProperty("period").GetString(), alice.GetProperty("limit_usd").GetDecimal()).Should().Be(("user", "day", 100m));
+        var (spent, reserved, remaining) = (alice.GetProperty("spent_usd").GetDecimal(), alice.GetProperty("reserved_usd").GetDecimal(), alice.GetProperty("remaining_usd").GetDecimal());
+        (spent, reserved).Should().Match<(decimal Spent, decimal Reserved)>(t => t.Spent > 90m && t.Spent <= 100m && t.Reserved == 0m);
+        remaining.Should().Be(100m - spent);
+        alice.GetProperty("resets_at").GetString().Should().Be(DateTime.UtcNow.Date.AddDays(1).ToString("yyyy-MM-dd'T'00:00:00'Z'", System.Globalization.CultureInfo.InvariantCulture));
+        (await Standing("nobody-yet")).GetProperty("spent_usd").GetDecimal().Should().Be(0);
 
         // The dashboard's accounts: each user's, the key-shaped name redacted.
         using var events = await _http.GetAsync("dashboard/events", HttpCompletionOption.ResponseHeadersRead, Ct);
