@@ -193,9 +193,11 @@ internal sealed partial class ProviderWorkerPool
             Choices = [],
             Usage = whole.Usage,
         };
-        if (last.Usage is null)
+        if (last.Usage is null && item.Request.Operation is null)
         {
-            // The upstream said its usage on a chunk before the last (in the middle of the stream): the last says it, with the cost.
+            // The upstream said its usage on a chunk before the last (in the middle of the stream): the last says it, with
+            // the cost. A chat chunk only: an operation's event is its upstream's bytes (audio, an image's or a
+            // transcript's event), which must go out as they came — and it says its usage on its last event anyway.
             last.Usage = whole.Usage;
             last.DropEventJson();
         }
