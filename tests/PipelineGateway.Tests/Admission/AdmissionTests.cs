@@ -176,20 +176,7 @@ public sealed class AdmissionTests
         {
             Admission = new AdmissionOptions { PartitionBy = RateLimitPartition.User, RateLimits = [new RateLimitRule()] },
         }), TimeProvider.System);
-        ChatCompletionRequest By(string? user, bool safetyIdentifier = false)
-        {
-            var r = Req("k");
-            if (safetyIdentifier)
-            {
-                r.AdditionalProperties = new() { ["safety_identifier"] = System.Text.Json.JsonSerializer.SerializeToElement(user) };
-            }
-            else
-            {
-                r.User = user;
-            }
-
-            return r;
-        }
+        ChatCompletionRequest By(string? user, bool safetyIdentifier = false) => Req("k").NamingUser(user, safetyIdentifier);
 
         limiter.PartitionKey(By("alice", safetyIdentifier: true)).Should().Be(limiter.PartitionKey(By("alice")), "OpenAI's newer name for the same user");
         limiter.PartitionKey(By("bob")).Should().NotBe(limiter.PartitionKey(By("alice")));

@@ -49,20 +49,7 @@ public sealed class BudgetTests
         return r;
     }
 
-    private static ChatCompletionRequest ByUser(string? user, string? key = null, bool safetyIdentifier = false)
-    {
-        var r = Req(key);
-        if (safetyIdentifier)
-        {
-            r.AdditionalProperties = new() { ["safety_identifier"] = JsonSerializer.SerializeToElement(user) };
-        }
-        else
-        {
-            r.User = user;
-        }
-
-        return r;
-    }
+    private static ChatCompletionRequest ByUser(string? user, string? key = null, bool safetyIdentifier = false) => Req(key).NamingUser(user, safetyIdentifier);
 
     /// <summary>
     /// Per end-user budgets (LiteLLM's customer budgets): each user a request names (<c>user</c>, or

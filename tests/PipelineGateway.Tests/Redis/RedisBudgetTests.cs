@@ -70,9 +70,8 @@ public sealed class RedisBudgetTests
             .StartAsync(Ct);
         static ChatCompletionRequest By(string user)
         {
-            var r = TestGateway.Request();
+            var r = TestGateway.Request().NamingUser(user);
             r.MaxTokens = 1;
-            r.User = user;
             return r;
         }
 

@@ -167,12 +167,7 @@ public sealed class RequestLogTests : IDisposable
         var clock = TestGateway.Clock();
         var budget = new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m };
         var longName = new string('u', 300); // accounted to (and restored as) its first 256 characters
-        static ChatCompletionRequest By(string? user, string text)
-        {
-            var r = Req("a", text);
-            r.User = user;
-            return r;
-        }
+        static ChatCompletionRequest By(string? user, string text) => Req("a", text).NamingUser(user);
 
         await using (var first = await Logged(new FakeProvider("p"), o => o.Budgets.Add(budget)).UseTimeProvider(clock).StartAsync(Ct))
         {

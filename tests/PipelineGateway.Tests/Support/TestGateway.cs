@@ -11,6 +11,24 @@ public static class TestGateway
         Messages = [ChatCompletionMessage.User(text)],
     };
 
+    /// <summary>
+    /// <paramref name="request"/> naming end user <paramref name="user"/> (per-user budgets and rate limits): as
+    /// <c>user</c>, or as OpenAI's newer <c>safety_identifier</c>.
+    /// </summary>
+    public static ChatCompletionRequest NamingUser(this ChatCompletionRequest request, string? user, bool safetyIdentifier = false)
+    {
+        if (safetyIdentifier)
+        {
+            request.AdditionalProperties = new() { ["safety_identifier"] = System.Text.Json.JsonSerializer.SerializeToElement(user) };
+        }
+        else
+        {
+            request.User = user;
+        }
+
+        return request;
+    }
+
     /// <summary>A builder with the given fake providers, all serving model "m" in the given order.</summary>
     public static GatewayBuilder With(params FakeProvider[] providers) => With(RoutingStrategy.Priority, providers);
 
