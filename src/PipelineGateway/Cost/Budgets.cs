@@ -69,7 +69,7 @@ public sealed class BudgetOptions
 /// would pass the limit, so concurrent requests can overspend by at most what they were reserved for and
 /// then exceeded. Amounts are whole nano-dollars under a lock per budget partition (not shared by all requests).
 /// </summary>
-internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTable pricing, TimeProvider time, IDistributedBudgetStore? store = null) : Pipeline.ICompletionListener
+internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTable pricing, TimeProvider time, IDistributedBudgetStore? store = null) : Pipeline.ICompletionListener, IGatewayBudgets
 {
     private readonly BudgetOptions[] _budgets = [.. options.Value.Budgets];
     private readonly ConcurrentDictionary<(int Budget, string Key), Account> _accounts = new();
@@ -133,6 +133,11 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
             : ("m" + now.UtcDateTime.ToString("yyyyMM", CultureInfo.InvariantCulture), new DateTimeOffset(now.Year, now.Month, 1, 0, 0, 0, TimeSpan.Zero).AddMonths(1));
         return (new BudgetAccountRef($"{i}:{AccountKey(b, key, user)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName), end);
     }
+
+    /// <inheritdoc />
+    public async ValueTask<IReadOnlyList<BudgetStanding>> GetStandingAsync(string? key, string? user, CancellationToken cancellationToken = default) =>
+        await StandingAsync(key ?? string.Empty, user, cancellationToken).ConfigureAwait(false)
+        ?? throw new GatewayUnavailableException("The shared budget store (Redis) cannot be reached, so the fleet's spend cannot be read; retry shortly.");
 
     /// <summary>
     /// Where a request by gateway key <paramref name="key"/> naming end user <paramref name="user"/> stands in every
@@ -530,8 +535,28 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     }
 }
 
-/// <summary>Where a key's or end user's requests stand in one budget now (<see cref="BudgetTracker.StandingAsync"/>).</summary>
-internal sealed record BudgetStanding(BudgetOptions Budget, decimal Spent, decimal Reserved, DateTimeOffset PeriodEnd)
+/// <summary>
+/// Reads where requests stand in the budgets (<c>Gateway:Budgets</c>): resolve it from the gateway's services
+/// (<c>gateway.Services.GetRequiredService&lt;IGatewayBudgets&gt;()</c>). The server's <c>GET /v1/gateway/budgets</c> reads it.
+/// </summary>
+public interface IGatewayBudgets
+{
+    /// <summary>
+    /// Every budget a request by gateway key <paramref name="key"/> (<see cref="GatewayRequestOptions.RateLimitKey"/>;
+    /// null: none) naming end user <paramref name="user"/> (null: none, so no per-user budget) would be charged in now,
+    /// with what is spent and reserved this period, what is left and when the period ends: the fleet's accounts when
+    /// budgets are shared in Redis, else this instance's. Read only: asking makes no account.
+    /// </summary>
+    /// <exception cref="GatewayUnavailableException">Budgets are shared in Redis and it cannot be reached.</exception>
+    ValueTask<IReadOnlyList<BudgetStanding>> GetStandingAsync(string? key, string? user, CancellationToken cancellationToken = default);
+}
+
+/// <summary>Where a key's or end user's requests stand in one budget now (<see cref="IGatewayBudgets.GetStandingAsync"/>).</summary>
+/// <param name="Budget">The budget, as configured.</param>
+/// <param name="Spent">Billed this period, in USD.</param>
+/// <param name="Reserved">Held for requests in flight, in USD.</param>
+/// <param name="PeriodEnd">When the period ends (UTC midnight, or the first of the next month) and the budget starts from nothing.</param>
+public sealed record BudgetStanding(BudgetOptions Budget, decimal Spent, decimal Reserved, DateTimeOffset PeriodEnd)
 {
     /// <summary>What a request may still be reserved: the limit less what is spent and reserved, never below 0.</summary>
     public decimal Remaining => Math.Max(0m, Budget.LimitUsd - Spent - Reserved);

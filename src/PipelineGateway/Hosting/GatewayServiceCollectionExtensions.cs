@@ -120,6 +120,7 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddSingleton(BuildCatalog);
         services.TryAddSingleton<Cost.PricingTable>();
         services.TryAddSingleton<Cost.BudgetTracker>();
+        services.TryAddSingleton<Cost.IGatewayBudgets>(static sp => sp.GetRequiredService<Cost.BudgetTracker>());
         services.TryAddSingleton(sp => new GatewayInstruments(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>(),
             GatewayInstruments.LatestConventionsAsked(Environment.GetEnvironmentVariable("OTEL_SEMCONV_STABILITY_OPT_IN"))));
         services.TryAddSingleton<GatewayMetrics>();

@@ -164,6 +164,14 @@ public static class GatewayBuilderExtensions
         where TBuilder : IGatewayBuilder =>
         builder.Configure(o => o.Budgets.Add(new BudgetOptions { LimitUsd = usd, Period = period, Scope = scope, Key = key, Name = name }));
 
+    /// <summary>
+    /// <c>Gateway:Budgets</c>: a spending limit per end user (<see cref="BudgetScope.User"/>) — every user a request
+    /// names, or only <paramref name="user"/>; with <paramref name="key"/>, only that key's users.
+    /// </summary>
+    public static TBuilder AddUserBudget<TBuilder>(this TBuilder builder, decimal usd, BudgetPeriod period = BudgetPeriod.Month, string? user = null, string? key = null, string? name = null, int maxUsers = 100_000)
+        where TBuilder : IGatewayBuilder =>
+        builder.Configure(o => o.Budgets.Add(new BudgetOptions { LimitUsd = usd, Period = period, Scope = BudgetScope.User, User = user, Key = key, Name = name, MaxUsers = maxUsers }));
+
     /// <summary><c>Gateway:Pricing</c>: the price of an upstream model, USD per million tokens (over the shipped defaults).</summary>
     public static TBuilder AddPrice<TBuilder>(this TBuilder builder, string model, decimal inputPerMillion, decimal outputPerMillion, decimal? cachedInputPerMillion = null)
         where TBuilder : IGatewayBuilder =>

@@ -102,20 +102,18 @@ public sealed class BudgetTests
         clock.SetUtcNow(new DateTimeOffset(2026, 12, 6, 23, 0, 0, TimeSpan.Zero));
         await using var gateway = await Priced(new FakeProvider("p"))
             .UseTimeProvider(clock)
-            .Configure(o =>
-            {
-                o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m });
-                o.Budgets.Add(new BudgetOptions { Name = "per key", Scope = BudgetScope.Key, Period = BudgetPeriod.Month, LimitUsd = 100m });
-            })
+            .AddUserBudget(10m, BudgetPeriod.Day, name: "per user")
+            .AddBudget(100m, BudgetPeriod.Month, BudgetScope.Key, name: "per key")
             .StartAsync(Ct);
         var budgets = gateway.Services.GetRequiredService<BudgetTracker>();
+        var standings = gateway.Services.GetRequiredService<IGatewayBudgets>(); // the public face of the same
         await gateway.SubmitAsync(ByUser("alice", key: "a"), Ct); // $4 in both
 
-        var standing = (await budgets.StandingAsync("a", "alice", Ct))!;
+        var standing = await standings.GetStandingAsync("a", "alice", Ct);
         standing.Select(s => (s.Budget.Name, s.Spent, s.Reserved, s.Remaining, s.PeriodEnd)).Should().Equal(
             ("per user", 4m, 0m, 6m, new DateTimeOffset(2026, 12, 7, 0, 0, 0, TimeSpan.Zero)),
             ("per key", 4m, 0m, 96m, new DateTimeOffset(2027, 1, 1, 0, 0, 0, TimeSpan.Zero)));
-        (await budgets.StandingAsync("a", null, Ct))!.Select(s => s.Budget.Name).Should().Equal(["per key"], "a request naming no user is under no per-user budget");
+        (await standings.GetStandingAsync("a", null, Ct)).Select(s => s.Budget.Name).Should().Equal(["per key"], "a request naming no user is under no per-user budget");
         var accounts = budgets.AccountCount;
         (await budgets.StandingAsync("b", "bob", Ct))!.Select(s => s.Spent).Should().Equal(0m, 0m);
         budgets.AccountCount.Should().Be(accounts, "asking makes no account");

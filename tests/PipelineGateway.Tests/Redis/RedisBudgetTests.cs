@@ -111,6 +111,8 @@ public sealed class RedisBudgetTests
 
         await server.StopAsync();
         (await a.Services.GetRequiredService<BudgetTracker>().StandingAsync(string.Empty, null, Ct)).Should().BeNull("the fleet's spend cannot be read: said, not guessed");
+        var standing = async () => await a.Services.GetRequiredService<IGatewayBudgets>().GetStandingAsync(null, null, Ct);
+        await standing.Should().ThrowAsync<GatewayUnavailableException>();
         var act = async () => await a.SubmitAsync(r, Ct);
         if (mode == RedisFailureMode.FailOpen)
         {
