@@ -62,11 +62,11 @@ internal sealed class RedisBudgetStore(RedisConnection redis) : IDistributedBudg
         }
     }
 
-    public void Settle(IReadOnlyList<BudgetAccountRef> accounts, long estimateNanoUsd, long actualNanoUsd)
+    public async Task SettleAsync(IReadOnlyList<BudgetAccountRef> accounts, long estimateNanoUsd, long actualNanoUsd)
     {
         try
         {
-            redis.Database.ScriptEvaluate(SettleScript, Keys(accounts), [estimateNanoUsd, actualNanoUsd], CommandFlags.FireAndForget);
+            await redis.Database.ScriptEvaluateAsync(SettleScript, Keys(accounts), [estimateNanoUsd, actualNanoUsd]).ConfigureAwait(false);
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
         {

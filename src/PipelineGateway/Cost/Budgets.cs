@@ -102,6 +102,15 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         }
 
         var result = await store!.TryReserveAsync(refs, estimate, CancellationToken.None).ConfigureAwait(false);
+        if (!result.Reserved && !result.Unavailable && !_settling.IsEmpty)
+        {
+            // Refused while this instance's settlements are still on their way (they are sent after the answer): a
+            // caller that asked again the moment its answer came would find its last estimate still reserved. Once
+            // they landed, asked once more — nothing is added to a reservation that is not refused.
+            await Task.WhenAll(_settling.Keys).ConfigureAwait(false);
+            result = await store.TryReserveAsync(refs, estimate, CancellationToken.None).ConfigureAwait(false);
+        }
+
         if (result.Unavailable)
         {
             if (store.FailOpen)
@@ -123,6 +132,9 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
 
         item.SharedBudgetReservation = new SharedReservation(refs, estimate);
     }
+
+    /// <summary>This instance's settlements sent to the shared store and not landed yet.</summary>
+    private readonly ConcurrentDictionary<Task, byte> _settling = new();
 
     /// <summary>One budget's account in the shared store for a key and user now, and when its period ends.</summary>
     private (BudgetAccountRef Ref, DateTimeOffset End) SharedRef(int i, string key, string? user, DateTimeOffset now)
@@ -279,7 +291,13 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         if (item.SharedBudgetReservation is { } shared)
         {
             item.SharedBudgetReservation = null;
-            store!.Settle(shared.Accounts, shared.Estimate, ToNano(actual));
+            var settling = store!.SettleAsync(shared.Accounts, shared.Estimate, ToNano(actual));
+            if (!settling.IsCompleted && _settling.TryAdd(settling, 0))
+            {
+                // Kept until it lands, for a refusal meanwhile to wait on (above); never faults (the store's contract).
+                settling.ContinueWith(static (t, s) => ((ConcurrentDictionary<Task, byte>)s!).TryRemove(t, out _), _settling, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            }
+
             return;
         }
 

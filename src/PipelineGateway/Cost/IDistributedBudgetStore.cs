@@ -13,8 +13,8 @@ internal interface IDistributedBudgetStore
     /// <summary>Reserves <paramref name="estimateNanoUsd"/> in every account, or in none.</summary>
     ValueTask<BudgetReservationResult> TryReserveAsync(IReadOnlyList<BudgetAccountRef> accounts, long estimateNanoUsd, CancellationToken cancellationToken);
 
-    /// <summary>Replaces a reservation with the actual cost; in the background, never throws.</summary>
-    void Settle(IReadOnlyList<BudgetAccountRef> accounts, long estimateNanoUsd, long actualNanoUsd);
+    /// <summary>Replaces a reservation with the actual cost; in the background (the task ends when it is done), never throws or faults.</summary>
+    Task SettleAsync(IReadOnlyList<BudgetAccountRef> accounts, long estimateNanoUsd, long actualNanoUsd);
 
     /// <summary>What an account has spent and holds reserved now (0 and 0 when it has none yet); null when the store cannot be reached.</summary>
     ValueTask<(long SpentNanoUsd, long ReservedNanoUsd)?> ReadAsync(BudgetAccountRef account, CancellationToken cancellationToken);

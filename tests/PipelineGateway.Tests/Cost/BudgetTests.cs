@@ -122,6 +122,81 @@ public sealed class BudgetTests
         (await budgets.StandingAsync("a", "alice", Ct))!.Select(s => (s.Spent, s.PeriodEnd.Day)).Should().Equal((0m, 8), (4m, 1));
     }
 
+    /// <summary>
+    /// A shared budget's settlement is sent after the answer: a caller asking again at once found its last estimate
+    /// still reserved and was refused though its request fit. A refusal while this instance's settlements are on their
+    /// way waits for them and asks once more; one with none on their way is not asked again. (The store here holds its
+    /// settlements until the test lets them land, so the moment is certain; <see cref="Redis.RedisBudgetTests"/> has
+    /// the real Redis.)
+    /// </summary>
+    [Fact]
+    public async Task A_shared_budget_refusal_waits_for_this_instances_settlements_on_their_way_and_asks_once_more()
+    {
+        var store = new HeldSettlementsStore();
+        var builder = Priced(new FakeProvider("p")).AddBudget(10m, BudgetPeriod.Day);
+        builder.Services.AddSingleton<IDistributedBudgetStore>(store);
+        await using var gateway = await builder.StartAsync(Ct);
+
+        await gateway.SubmitAsync(Req(), Ct); // reserved 6; its settlement (to spent 4) held
+        var second = gateway.SubmitAsync(Req(), Ct).AsTask(); // 0 + 6 reserved + 6 > 10: refused while the first settles
+        await Wait.Until(() => store.Reservations == 2, "the second request was refused once");
+        second.IsCompleted.Should().BeFalse("it waits for the settlement on its way");
+        store.Land();
+        (await second).Content.Should().Be("ok", "4 spent + 6 fits, once the first settled");
+        store.Reservations.Should().Be(3);
+
+        var third = async () => await gateway.SubmitAsync(Req(), Ct); // 8 spent + 6 > 10, nothing on its way
+        await third.Should().ThrowAsync<BudgetExceededException>();
+        store.Reservations.Should().Be(4, "a refusal with no settlement on its way is not asked again");
+    }
+
+    private sealed class HeldSettlementsStore : IDistributedBudgetStore
+    {
+        private readonly TaskCompletionSource _land = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private long _spent;
+        private long _reserved;
+        private int _reservations;
+
+        public int Reservations => Volatile.Read(ref _reservations);
+
+        public bool FailOpen => false;
+
+        public void Land() => _land.TrySetResult();
+
+        public ValueTask<BudgetReservationResult> TryReserveAsync(IReadOnlyList<BudgetAccountRef> accounts, long estimateNanoUsd, CancellationToken cancellationToken)
+        {
+            lock (this)
+            {
+                Interlocked.Increment(ref _reservations);
+                if (_spent + _reserved + estimateNanoUsd > accounts[0].LimitNanoUsd)
+                {
+                    return ValueTask.FromResult(new BudgetReservationResult { RefusedBy = 0, SpentAndReservedNanoUsd = _spent + _reserved });
+                }
+
+                _reserved += estimateNanoUsd;
+                return ValueTask.FromResult(new BudgetReservationResult { Reserved = true });
+            }
+        }
+
+        public async Task SettleAsync(IReadOnlyList<BudgetAccountRef> accounts, long estimateNanoUsd, long actualNanoUsd)
+        {
+            await _land.Task;
+            lock (this)
+            {
+                _reserved -= estimateNanoUsd;
+                _spent += actualNanoUsd;
+            }
+        }
+
+        public ValueTask<(long SpentNanoUsd, long ReservedNanoUsd)?> ReadAsync(BudgetAccountRef account, CancellationToken cancellationToken)
+        {
+            lock (this)
+            {
+                return ValueTask.FromResult<(long, long)?>((_spent, _reserved));
+            }
+        }
+    }
+
     [Fact]
     public void A_budget_without_a_name_is_called_by_its_scope_period_and_limit()
     {

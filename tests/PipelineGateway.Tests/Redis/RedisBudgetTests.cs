@@ -82,10 +82,9 @@ public sealed class RedisBudgetTests
         Task Settled(string user) => Wait.Until(() => (long)db.HashGet($"{prefix}:{{b}}:0:{user}:{day}", "r") == 0, "the reservation is settled (after the answer)");
 
         await a.SubmitAsync(By("alice"), Ct); // spent 4
-        await Settled("alice");
-        await b.SubmitAsync(By("alice"), Ct); // spent 8, in the same account
-        await Settled("alice");
-        var act = async () => await a.SubmitAsync(By("alice"), Ct); // 8 + 6 > 10
+        await a.SubmitAsync(By("alice"), Ct); // at once: a refusal meanwhile waits for the first settlement; spent 8
+        await Settled("alice"); // (another instance does not know of this one's settlements on their way)
+        var act = async () => await b.SubmitAsync(By("alice"), Ct); // 8 + 6 > 10, in the same account
         await act.Should().ThrowAsync<BudgetExceededException>();
         await b.SubmitAsync(By("bob"), Ct);
 
