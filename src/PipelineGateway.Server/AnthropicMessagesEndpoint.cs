@@ -82,7 +82,9 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
 
         if (!catalog.TryResolve(request.Model, out var group))
         {
-            await RouteErrors.WriteAnthropicAsync(ctx, 404, "not_found_error", $"model: the model '{ProviderException.Quoted(request.Model)}' is not a model group or alias of this gateway.");
+            await RouteErrors.WriteAnthropicAsync(ctx, 404, "not_found_error", catalog.Knows(request.Model)
+                ? "model: " + catalog.NotFound(request.Model).Message // a wildcard with no room left
+                : $"model: the model '{ProviderException.Quoted(request.Model)}' is not a model group or alias of this gateway.");
             return;
         }
 

@@ -16,16 +16,27 @@ internal sealed class GatewayKeys(ServerOptions options, Routing.ModelCatalog ca
 
     /// <summary>
     /// Whether the key may call the model (by name or alias); a key without AllowedModels may call any. A model the
-    /// gateway does not have passes here, to be answered 404 like for any key.
+    /// gateway does not have passes here, to be answered 404 like for any key. A name a wildcard group takes is allowed
+    /// by the wildcard's name (<c>openai/*</c>) or by the name itself. Makes no group.
     /// </summary>
     public bool MayUse(GatewayKeyOptions? key, string model)
     {
-        if (key is not { AllowedModels.Count: > 0 } || !catalog.TryResolve(model, out var group))
+        if (key is not { AllowedModels.Count: > 0 })
         {
             return true;
         }
 
-        return key.AllowedModels.Exists(m => catalog.TryResolve(m, out var allowed) && ReferenceEquals(allowed, group));
+        if (catalog.TryGetConfigured(model, out var group))
+        {
+            return key.AllowedModels.Exists(m => catalog.TryGetConfigured(m, out var allowed) && ReferenceEquals(allowed, group));
+        }
+
+        if (catalog.Match(model, out _) is not { } wildcard)
+        {
+            return true;
+        }
+
+        return key.AllowedModels.Exists(m => string.Equals(m, wildcard.Name, StringComparison.OrdinalIgnoreCase) || string.Equals(m, model, StringComparison.OrdinalIgnoreCase));
     }
 
     /// <summary>The key the request presents, or null when none matches (or none was sent).</summary>

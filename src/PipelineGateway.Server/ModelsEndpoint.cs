@@ -17,7 +17,11 @@ internal static class ModelsEndpoint
     {
         var key = ctx.Features.Get<GatewayCaller>()?.Key;
         var anthropic = IsAnthropic(ctx);
-        var ids = catalog.Groups.Where(g => keys.MayUse(key, g.Name)).Select(static g => g.Name).ToList();
+        // The configured groups, then the names wildcards took that an upstream has answered (a name a caller made up
+        // is not listed; a wildcard's own name is not a model).
+        var ids = catalog.Groups.Select(static g => g.Name)
+            .Concat(catalog.Wildcards.SelectMany(static w => w.Made).Where(static g => g.Established).Select(static g => g.Name).Order(StringComparer.Ordinal))
+            .Where(name => keys.MayUse(key, name)).ToList();
         ctx.Response.ContentType = "application/json";
         await using var w = new Utf8JsonWriter(ctx.Response.Body, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });
         w.WriteStartObject();
@@ -43,13 +47,17 @@ internal static class ModelsEndpoint
         w.WriteEndObject();
     }
 
-    /// <summary>One model by its id — a group's name or an alias — or a 404 in the caller's API's shape (also for a model the key may not use).</summary>
+    /// <summary>
+    /// One model by its id — a group's name or an alias, or a name a wildcard group takes — or a 404 in the caller's API's
+    /// shape (also for a model the key may not use). Makes no group: whether an upstream has a wildcard's name is known
+    /// when it is called.
+    /// </summary>
     public static async Task RetrieveAsync(HttpContext ctx, ModelCatalog catalog, GatewayKeys keys)
     {
         var id = ctx.Request.RouteValues["id"] as string ?? string.Empty;
         var key = ctx.Features.Get<GatewayCaller>()?.Key;
         var anthropic = IsAnthropic(ctx);
-        if (!catalog.TryResolve(id, out _) || !keys.MayUse(key, id))
+        if (!catalog.Knows(id) || !keys.MayUse(key, id))
         {
             var message = $"The model '{ProviderException.Quoted(id)}' does not exist or this key may not use it.";
             await (anthropic

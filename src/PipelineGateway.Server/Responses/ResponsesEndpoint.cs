@@ -113,7 +113,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
 
         if (!catalog.TryResolve(request.Model, out _))
         {
-            await RouteErrors.WriteAsync(ctx, new ModelNotFoundException(request.Model));
+            await RouteErrors.WriteAsync(ctx, catalog.NotFound(request.Model));
             return;
         }
 
@@ -234,7 +234,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
 
         if (!catalog.TryResolve(request.Model, out var group))
         {
-            await RouteErrors.WriteAsync(ctx, new ModelNotFoundException(request.Model));
+            await RouteErrors.WriteAsync(ctx, catalog.NotFound(request.Model));
             return;
         }
 

@@ -72,14 +72,22 @@ internal sealed class DeadLetterStage(
 
                 return ValueTask.CompletedTask;
             case AttemptOutcome.NonRetryableError:
-                // A request one deployment cannot carry (never sent) may suit another one, or a fallback group's;
-                // one the upstream rejected would be rejected everywhere.
-                if (failure.NotSent && item.AttemptCount < options.MaxAttempts && (HasUntried(item) || item.TryAdvanceFallback()))
+                // A request one deployment cannot carry (never sent) may suit another one, or a fallback group's, and
+                // a model one wildcard deployment does not have another may; one the upstream rejected would be
+                // rejected everywhere.
+                if ((failure.NotSent || failure.UnknownModel) && item.AttemptCount < options.MaxAttempts && (HasUntried(item) || item.TryAdvanceFallback()))
                 {
                     Forward(item, router);
                 }
                 else
                 {
+                    if (failure.UnknownModel)
+                    {
+                        // No deployment has the model a wildcard took the name of: a name no upstream ever answered is
+                        // forgotten (its place in the wildcard's bound given up; the next request asks again).
+                        item.Group.Wildcard?.Forget(item.Group);
+                    }
+
                     Rejected(item, failure);
                 }
 

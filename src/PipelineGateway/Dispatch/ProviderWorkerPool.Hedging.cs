@@ -164,7 +164,7 @@ internal sealed partial class ProviderWorkerPool
             {
                 // A leg cancelled because the other won says nothing about its provider's health.
                 var lost = loser.Error is OperationCanceledException && !item.Token.IsCancellationRequested;
-                var failure = lost ? new ProviderFailure(AttemptOutcome.Cancelled, null, null, "hedge lost: the other attempt answered first") : Classify(item, loser.Error!);
+                var failure = lost ? new ProviderFailure(AttemptOutcome.Cancelled, null, null, "hedge lost: the other attempt answered first") : Classify(item, loser.Deployment, loser.Error!);
                 Record(item, loser.Deployment, failure.ToAttempt(loser.Provider, loser.Deployment.Model, loser.Latency), failure.RetryAfter);
             }
 
@@ -175,7 +175,7 @@ internal sealed partial class ProviderWorkerPool
 
         if (other is { } earlier)
         {
-            var f = Classify(item, earlier.Error!);
+            var f = Classify(item, earlier.Deployment, earlier.Error!);
             Record(item, earlier.Deployment, f.ToAttempt(earlier.Provider, earlier.Deployment.Model, earlier.Latency), f.RetryAfter);
         }
 

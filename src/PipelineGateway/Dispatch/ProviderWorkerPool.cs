@@ -387,7 +387,7 @@ internal sealed partial class ProviderWorkerPool
     private void OnAttemptFailedAfter(WorkItem item, Deployment deployment, string provider, TimeSpan latency, Exception ex)
     {
         var services = _services!;
-        var failure = Classify(item, ex);
+        var failure = Classify(item, deployment, ex);
 
         if (item.StreamStarted)
         {
@@ -445,7 +445,19 @@ internal sealed partial class ProviderWorkerPool
         services.Lifecycle.Retire(item);
     }
 
-    private static ProviderFailure Classify(WorkItem item, Exception ex) => FailureClassifier.Classify(item, ex);
+    private static ProviderFailure Classify(WorkItem item, Deployment deployment, Exception ex)
+    {
+        var failure = FailureClassifier.Classify(item, ex);
+        if (failure is { Outcome: AttemptOutcome.DeploymentUnavailable, StatusCode: 404 } && deployment.Owner.Wildcard is not null)
+        {
+            // Through a wildcard the caller chose the upstream model: a 404 says no such model — the caller's mistake,
+            // not the deployment's (its other models are fine, so it stays in rotation), answered 404 with the upstream's
+            // words once no other deployment knows the model (DeadLetterStage).
+            return failure with { Outcome = AttemptOutcome.NonRetryableError, UnknownModel = true };
+        }
+
+        return failure;
+    }
 
     [LoggerMessage(EventId = 20, Level = LogLevel.Error, Message = "Worker of provider {Provider} failed while handling a request.")]
     private static partial void LogWorkerError(ILogger logger, Exception exception, string provider);

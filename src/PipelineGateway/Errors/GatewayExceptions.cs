@@ -21,10 +21,21 @@ public sealed class InvalidRequestException(string? param, string message)
 }
 
 /// <summary>The requested model is not a configured model group or alias.</summary>
-public sealed class ModelNotFoundException(string model)
-    : GatewayException("model_not_found", $"The model '{Providers.ProviderException.Quoted(model)}' does not exist on this gateway.")
+public sealed class ModelNotFoundException : GatewayException
 {
-    public string Model { get; } = model;
+    public ModelNotFoundException(string model)
+        : this(model, $"The model '{Providers.ProviderException.Quoted(model)}' does not exist on this gateway.")
+    {
+    }
+
+    /// <summary>A model the gateway cannot serve, with why (a wildcard with no room left, say).</summary>
+    public ModelNotFoundException(string model, string message)
+        : base("model_not_found", message)
+    {
+        Model = model;
+    }
+
+    public string Model { get; }
 }
 
 /// <summary>A gateway-side rate limit refused the request; retry after <see cref="RetryAfter"/>.</summary>

@@ -116,6 +116,27 @@ internal sealed class GatewayOptionsValidator(
                 }
             }
 
+            var wildcard = ModelGroupOptions.IsWildcard(group.Name);
+            if (group.Name?.IndexOf('*') is >= 0 and var star && star != group.Name.Length - 1)
+            {
+                errors.Add($"{path}:Name '{group.Name}': a '*' may only end a name (a wildcard group, 'openai/*').");
+            }
+
+            if (wildcard && group.Aliases.Count > 0)
+            {
+                errors.Add($"{path}:Aliases: a wildcard group ('{group.Name}') has no aliases — the names it takes are its own.");
+            }
+
+            if (group.Aliases.Find(a => a.Contains('*', StringComparison.Ordinal)) is { } starred)
+            {
+                errors.Add($"{path}:Aliases: '{starred}' has a '*'; only a group's name can be a wildcard.");
+            }
+
+            if (!wildcard && group.MaxModels is not null)
+            {
+                errors.Add($"{path}:MaxModels bounds the names a wildcard group takes; '{group.Name}' is not one (its name does not end in '*').");
+            }
+
             if (!strategyNames.Contains(group.Strategy))
             {
                 errors.Add($"{path}:Strategy '{group.Strategy}' is unknown; allowed: {string.Join(", ", strategyNames.Order())}.");
@@ -130,6 +151,11 @@ internal sealed class GatewayOptionsValidator(
             {
                 var d = group.Deployments[j];
                 Annotations(d, $"{path}:Deployments:{j}", errors);
+                if (d.Model is { } upstream && upstream.Count(c => c == '*') is var stars and > 0 && (!wildcard || stars > 1))
+                {
+                    errors.Add($"{path}:Deployments:{j}:Model '{upstream}': a '*' stands for what a caller's name has in the place of a wildcard group's '*' — one, and only in a wildcard group.");
+                }
+
                 if (!string.IsNullOrEmpty(d.Provider) && !providers.Contains(d.Provider))
                 {
                     errors.Add($"{path}:Deployments:{j}:Provider '{d.Provider}' is not a configured provider; {(providers.Count == 0 ? "no providers are configured (Gateway:Providers)" : "configured: " + string.Join(", ", providers.Order()))}.");
@@ -137,6 +163,7 @@ internal sealed class GatewayOptionsValidator(
             }
         }
 
+        var wildcardPrefixes = options.Models.Where(g => ModelGroupOptions.IsWildcard(g.Name)).Select(g => g.Name[..^1]).ToList();
         for (var i = 0; i < options.Models.Count; i++)
         {
             var group = options.Models[i];
@@ -144,7 +171,11 @@ internal sealed class GatewayOptionsValidator(
             {
                 foreach (var target in list)
                 {
-                    if (!modelNames.Contains(target))
+                    if (ModelGroupOptions.IsWildcard(target))
+                    {
+                        errors.Add($"{root}:Models:{i}:{setting} names the wildcard '{target}'; name a model (one a wildcard takes is fine: 'openai/gpt-4o-mini').");
+                    }
+                    else if (!modelNames.Contains(target) && !wildcardPrefixes.Exists(p => target.Length > p.Length && target.StartsWith(p, StringComparison.OrdinalIgnoreCase)))
                     {
                         errors.Add($"{root}:Models:{i}:{setting} names '{target}', which is not a model group or alias.");
                     }

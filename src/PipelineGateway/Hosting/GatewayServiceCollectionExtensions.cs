@@ -135,9 +135,9 @@ public static class GatewayServiceCollectionExtensions
         {
             var metrics = sp.GetRequiredService<GatewayMetrics>();
             var pipeline = ActivatorUtilities.CreateInstance<GatewayPipeline>(sp);
-            var deployments = sp.GetRequiredService<ModelCatalog>().AllDeployments;
-            metrics.Attach(pipeline.GetQueueDepths, [.. deployments], sp.GetRequiredService<TimeProvider>());
-            Cost.PricingTable.ReportUnpriced(deployments, sp.GetRequiredService<IOptions<GatewayOptions>>().Value.Budgets.Count > 0,
+            var catalog = sp.GetRequiredService<ModelCatalog>();
+            metrics.Attach(pipeline.GetQueueDepths, () => catalog.AllDeployments, sp.GetRequiredService<TimeProvider>());
+            Cost.PricingTable.ReportUnpriced(catalog.Groups.SelectMany(g => g.Deployments), sp.GetRequiredService<IOptions<GatewayOptions>>().Value.Budgets.Count > 0,
                 sp.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()?.CreateLogger("PipelineGateway.Cost") ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
             metrics.AttachCache(sp.GetRequiredService<ResponseCache>());
             metrics.AttachRequestLog(sp.GetRequiredService<RequestLog.RequestLogWriter>());
@@ -234,15 +234,45 @@ public static class GatewayServiceCollectionExtensions
         var pools = sp.GetRequiredService<ProviderPools>();
         var strategies = sp.GetServices<IRoutingStrategy>().ToDictionary(s => s.Name, StringComparer.OrdinalIgnoreCase);
         var pricing = sp.GetRequiredService<Cost.PricingTable>();
-        var groups = options.Models.Select(g =>
+        var logger = sp.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()?.CreateLogger("PipelineGateway.Cost") ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
+        var budgets = options.Budgets.Count > 0;
+
+        ModelGroup Make(ModelGroupOptions g, Func<string?, string> upstreamModel, WildcardModels? wildcard = null, string? rest = null)
         {
             var deployments = g.Deployments.Select((d, i) =>
             {
                 pools.TryGet(d.Provider, out var pool);
-                return new Deployment(g.Name, pool, d.Model ?? g.Name, d.Priority, d.Weight, i, d.InputPricePerMillion, d.OutputPricePerMillion, pricing);
+                return new Deployment(g.Name, pool, upstreamModel(d.Model), d.Priority, d.Weight, i, d.InputPricePerMillion, d.OutputPricePerMillion, pricing);
             }).ToArray();
-            return new ModelGroup(g, strategies[g.Strategy], deployments, options.Admission.ExpectedCompletionTokens);
-        });
-        return new ModelCatalog(groups);
+            return new ModelGroup(g, strategies[g.Strategy], deployments, options.Admission.ExpectedCompletionTokens) { Wildcard = wildcard, WildcardRest = rest };
+        }
+
+        var groups = new List<ModelGroup>();
+        var wildcards = new List<WildcardModels>();
+        foreach (var g in options.Models)
+        {
+            if (!ModelGroupOptions.IsWildcard(g.Name))
+            {
+                groups.Add(Make(g, model => model ?? g.Name));
+                continue;
+            }
+
+            // A wildcard: its configuration as a template (never routed to), and the groups it makes, one per name.
+            var template = Make(g, model => model ?? "*");
+            wildcards.Add(new WildcardModels(template, g.MaxModels ?? ModelGroupOptions.DefaultMaxModels,
+                (wildcard, rest) => Make(
+                    new ModelGroupOptions
+                    {
+                        Name = wildcard.Prefix + rest, // the prefix as configured, the rest as the caller wrote it
+                        Strategy = g.Strategy,
+                        Deployments = g.Deployments,
+                        ExpectedCompletionTokens = g.ExpectedCompletionTokens,
+                        Hedging = g.Hedging,
+                    },
+                    model => (model ?? "*").Replace("*", rest, StringComparison.Ordinal), wildcard, rest),
+                made => Cost.PricingTable.ReportUnpriced(made.Deployments, budgets, logger)));
+        }
+
+        return new ModelCatalog(groups, wildcards);
     }
 }

@@ -274,6 +274,13 @@ public sealed class ModelGroupBuilder
         return this;
     }
 
+    /// <summary>A wildcard group's bound (a name ending in <c>*</c>): the most distinct names it serves at once; default 1,000.</summary>
+    public ModelGroupBuilder MaxModels(int models)
+    {
+        Options.MaxModels = models;
+        return this;
+    }
+
     /// <summary>Completion tokens expected when a request of this model sets no <c>max_tokens</c> (CostOptimized, token limits, budgets); default <c>Admission:ExpectedCompletionTokens</c>.</summary>
     public ModelGroupBuilder ExpectCompletionTokens(int tokens)
     {

@@ -26,7 +26,7 @@ internal sealed partial class GatewayMetrics
         // deployment model its answer came from.
         var answered = consumedAt ?? (info is null ? null : LastSuccess(info.Attempts)?.Deployment);
         var responseModel = response?.Model is { Length: > 0 } m && answered is not null ? answered.ResponseModelLabel(m) : consumedAt?.Model ?? info?.ProviderModel;
-        var tags = i.Tags(Providers.Operations.OperationName(item.Request), system, item.RootGroup.Spelling(item.Request.Model), responseModel, error?.GetType().Name);
+        var tags = i.Tags(Providers.Operations.OperationName(item.Request), system, item.RootGroup.MetricName(item.Request.Model), responseModel, error?.GetType().Name);
         i.Duration.Record(latency.TotalSeconds, tags);
         var outcome = tags;
         outcome.Add("pgw.outcome", error is not null ? "failure" : info?.Cached == true ? "cached" : info?.Coalesced == true ? "coalesced" : "success");
@@ -40,7 +40,7 @@ internal sealed partial class GatewayMetrics
         if (hedge is not null)
         {
             var leg = hedge.Deployment;
-            RecordSpend(hedge.Usage, hedge.Cost, i.Tags(Providers.Operations.OperationName(item.Request), _systems.GetValueOrDefault(leg.ProviderName, leg.ProviderName), item.RootGroup.Spelling(item.Request.Model), leg.Model, error?.GetType().Name));
+            RecordSpend(hedge.Usage, hedge.Cost, i.Tags(Providers.Operations.OperationName(item.Request), _systems.GetValueOrDefault(leg.ProviderName, leg.ProviderName), item.RootGroup.MetricName(item.Request.Model), leg.Model, error?.GetType().Name));
         }
     }
 

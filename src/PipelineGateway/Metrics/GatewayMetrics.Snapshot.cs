@@ -19,7 +19,7 @@ internal sealed partial class GatewayMetrics
 
         var now = _time.GetUtcNow();
         var deployments = new Dictionary<string, DeploymentHealthSnapshot>(StringComparer.Ordinal);
-        foreach (var d in _deployments)
+        foreach (var d in _deployments())
         {
             var state = d.State;
             var latency = state.LatencyMs;

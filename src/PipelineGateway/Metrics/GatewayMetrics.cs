@@ -87,10 +87,11 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
         return _keys.TryGetValue(key, out stats) ? stats : _otherKeys;
     }
 
-    private IReadOnlyList<Deployment> _deployments = [];
+    private Func<IEnumerable<Deployment>> _deployments = static () => [];
     private TimeProvider _time = TimeProvider.System;
 
-    internal void Attach(Func<QueueDepths> depths, IReadOnlyList<Deployment> deployments, TimeProvider time)
+    /// <param name="deployments">Every deployment at the moment asked (a wildcard makes groups as names come).</param>
+    internal void Attach(Func<QueueDepths> depths, Func<IEnumerable<Deployment>> deployments, TimeProvider time)
     {
         _depths = depths;
         _deployments = deployments;
@@ -108,7 +109,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
                     .. d.Providers.Select(p => new System.Diagnostics.Metrics.Measurement<int>(p.Value, new KeyValuePair<string, object?>("pgw.stage", "provider"), new KeyValuePair<string, object?>("pgw.provider", p.Key))),
                 ];
             },
-            () => deployments.Select(dep => new System.Diagnostics.Metrics.Measurement<int>((int)dep.State.Circuit, new KeyValuePair<string, object?>("pgw.deployment", dep.Id), new KeyValuePair<string, object?>("pgw.provider", dep.ProviderName))));
+            () => deployments().Select(dep => new System.Diagnostics.Metrics.Measurement<int>((int)dep.State.Circuit, new KeyValuePair<string, object?>("pgw.deployment", dep.Id), new KeyValuePair<string, object?>("pgw.provider", dep.ProviderName))));
     }
 
     public void OnSubmitted() => Interlocked.Increment(ref _submitted);
@@ -252,7 +253,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
         // its content reached the caller is charged what it consumed.
         var usage = completion.Billed ? response!.Usage : completion.Consumed?.TotalUsage;
         var cost = completion.BilledCost;
-        _models.GetOrAdd(item.RootGroup.Name, static _ => new ModelStats()).Record(error is null, usage, cost);
+        _models.GetOrAdd(item.RootGroup.StatsName, static _ => new ModelStats()).Record(error is null, usage, cost);
         KeyStats(item.Request.Gateway?.RateLimitKey ?? string.Empty).Record(error is null, usage, cost);
         var charged = completion.Consumed?.Deployment ?? (cost != 0 ? LastSuccess(info!.Attempts)?.Deployment : null);
         var hedge = completion.Consumed?.Hedge; // a hedged attempt's second leg: its cost to its own deployment

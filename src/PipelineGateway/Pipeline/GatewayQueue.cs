@@ -122,7 +122,7 @@ internal sealed class GatewayQueue(
     private ModelGroup Resolve(ChatCompletionRequest request)
     {
         RequestValidator.Validate(request);
-        return catalog.TryResolve(request.Model, out var group) ? group : throw new ModelNotFoundException(request.Model);
+        return catalog.TryResolve(request.Model, out var group) ? group : throw catalog.NotFound(request.Model);
     }
 
     /// <summary>

@@ -23,6 +23,9 @@ internal sealed record ProviderFailure(AttemptOutcome Outcome, int? StatusCode, 
     /// <summary>The request never left the gateway: the deployment cannot carry it (<see cref="Providers.ProviderException.NotSent"/>).</summary>
     public bool NotSent { get; init; }
 
+    /// <summary>A wildcard's upstream said 404: the model the caller named does not exist there (another deployment may have it).</summary>
+    public bool UnknownModel { get; init; }
+
     /// <summary>The attempt this failure describes, as the caller sees it.</summary>
     public GatewayAttempt ToAttempt(string provider, string model, TimeSpan latency) =>
         new(provider, model, Outcome, latency, StatusCode, Message) { ErrorType = ErrorType, ErrorCode = ErrorCode, Param = Param, RetryAfter = RetryAfter, NotSent = NotSent };

@@ -110,6 +110,9 @@ public sealed class Deployment
 
     internal ProviderWorkerPool Pool { get; }
 
+    /// <summary>The group this deployment serves (set when the group is made).</summary>
+    internal ModelGroup Owner { get; set; } = null!;
+
     public override string ToString() => Id;
 }
 
@@ -128,7 +131,44 @@ public sealed class ModelGroup
         Hedging = options.Hedging;
         FallbackNames = [.. options.Fallbacks];
         ContextWindowFallbackNames = [.. options.ContextWindowFallbacks];
+        foreach (var d in deployments)
+        {
+            d.Owner = this;
+        }
     }
+
+    /// <summary>The wildcard group (<c>openai/*</c>) this group was made by for a name it matched; null for a configured group.</summary>
+    internal WildcardModels? Wildcard { get; init; }
+
+    /// <summary>What the wildcard's <c>*</c> stood for in this group's name (null for a configured group).</summary>
+    internal string? WildcardRest { get; init; }
+
+    private int _established;
+
+    /// <summary>
+    /// A group a wildcard made is established once an upstream answered it: the name is a model then, not a caller's
+    /// guess. Until then its metrics are recorded under the wildcard's name (a caller sending a new name per request
+    /// would otherwise make a series per request), and it may be forgotten (an upstream 404, or room for another).
+    /// </summary>
+    internal bool Established => Wildcard is null || Volatile.Read(ref _established) != 0;
+
+    /// <summary>Marks the group established on its first answer (a configured group always is).</summary>
+    internal void Establish()
+    {
+        if (Wildcard is not null && Interlocked.Exchange(ref _established, 1) == 0)
+        {
+            Wildcard.OnEstablished(this);
+        }
+    }
+
+    /// <summary>
+    /// The name metrics record this group's requests under: the configured spelling of what was asked
+    /// (<see cref="Spelling"/>), or for a group a wildcard made, its own name once established, else the wildcard's.
+    /// </summary>
+    internal string MetricName(string requested) => Wildcard is null ? Spelling(requested) : StatsName;
+
+    /// <summary>The name the metrics snapshot counts this group's requests under: its own, or an unestablished group's wildcard's.</summary>
+    internal string StatsName => Established ? Name : Wildcard!.Name;
 
     public string Name { get; }
 
@@ -186,14 +226,25 @@ public sealed class ModelGroup
         Fallbacks = [.. FallbackNames.Select(n => catalog.TryResolve(n, out var g) ? g : throw new InvalidOperationException($"Unknown fallback group '{n}'."))];
         ContextWindowFallbacks = [.. ContextWindowFallbackNames.Select(n => catalog.TryResolve(n, out var g) ? g : throw new InvalidOperationException($"Unknown fallback group '{n}'."))];
     }
+
+    /// <summary>A group a wildcard made falls back where the wildcard's configuration says (linked once, at start).</summary>
+    internal void LinkLike(ModelGroup template)
+    {
+        Fallbacks = template.Fallbacks;
+        ContextWindowFallbacks = template.ContextWindowFallbacks;
+    }
 }
 
-/// <summary>Model names and aliases to groups, fixed at start.</summary>
+/// <summary>
+/// Model names and aliases to groups. The configured names are fixed at start; a name no group has that a wildcard group
+/// (<c>openai/*</c>) matches gets a group of its own, made on first use (<see cref="WildcardModels"/>).
+/// </summary>
 internal sealed class ModelCatalog
 {
     private readonly FrozenDictionary<string, ModelGroup> _byName;
+    private readonly FrozenDictionary<string, Deployment> _configuredDeployments;
 
-    internal ModelCatalog(IEnumerable<ModelGroup> groups)
+    internal ModelCatalog(IEnumerable<ModelGroup> groups, IEnumerable<WildcardModels>? wildcards = null)
     {
         Groups = groups.ToArray();
         var map = new Dictionary<string, ModelGroup>(StringComparer.OrdinalIgnoreCase);
@@ -207,15 +258,95 @@ internal sealed class ModelCatalog
         }
 
         _byName = map.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
+        _configuredDeployments = Groups.SelectMany(g => g.Deployments).ToFrozenDictionary(d => d.Id, StringComparer.Ordinal);
+
+        // The longest prefix first: "openai/gpt-*" is asked before "openai/*", and "*" (everything else) last.
+        Wildcards = [.. (wildcards ?? []).OrderByDescending(w => w.Prefix.Length)];
         foreach (var g in Groups)
         {
             g.Link(this);
         }
+
+        foreach (var w in Wildcards)
+        {
+            w.Template.Link(this);
+        }
     }
 
+    /// <summary>The configured groups (not the wildcards, nor the groups they made).</summary>
     public IReadOnlyList<ModelGroup> Groups { get; }
 
-    public IEnumerable<Deployment> AllDeployments => Groups.SelectMany(g => g.Deployments);
+    internal IReadOnlyList<WildcardModels> Wildcards { get; }
 
-    public bool TryResolve(string model, out ModelGroup group) => _byName.TryGetValue(model, out group!);
+    /// <summary>Every deployment: the configured ones, then those of the groups wildcards have made so far.</summary>
+    public IEnumerable<Deployment> AllDeployments => Groups.SelectMany(g => g.Deployments).Concat(Wildcards.SelectMany(w => w.Made).SelectMany(g => g.Deployments));
+
+    /// <summary>
+    /// The group for a requested name: a configured name or alias (case-insensitive), else the group a wildcard made for
+    /// it — made now if it is the name's first use. False when nothing matches, or the matching wildcard has no room left.
+    /// </summary>
+    public bool TryResolve(string model, out ModelGroup group)
+    {
+        if (_byName.TryGetValue(model, out group!))
+        {
+            return true;
+        }
+
+        var wildcard = Match(model, out var rest);
+        group = wildcard?.GetOrMake(rest!)!;
+        return group is not null;
+    }
+
+    /// <summary>Whether the name would resolve, without making a group for it.</summary>
+    public bool Knows(string model) => _byName.ContainsKey(model) || Match(model, out _) is not null;
+
+    /// <summary>The configured group a name or alias is (no wildcard).</summary>
+    public bool TryGetConfigured(string model, out ModelGroup group) => _byName.TryGetValue(model, out group!);
+
+    /// <summary>The wildcard that matches a name no group has, and the part its <c>*</c> stands for.</summary>
+    public WildcardModels? Match(string model, out string? rest)
+    {
+        foreach (var w in Wildcards)
+        {
+            if (w.Matches(model, out rest))
+            {
+                return w;
+            }
+        }
+
+        rest = null;
+        return null;
+    }
+
+    /// <summary>The deployment with this id, configured or made by a wildcard (a health signal from another instance names one).</summary>
+    public Deployment? FindDeployment(string id)
+    {
+        if (_configuredDeployments.TryGetValue(id, out var d))
+        {
+            return d;
+        }
+
+        foreach (var w in Wildcards)
+        {
+            foreach (var g in w.Made)
+            {
+                foreach (var made in g.DeploymentArray)
+                {
+                    if (string.Equals(made.Id, id, StringComparison.Ordinal))
+                    {
+                        return made;
+                    }
+                }
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Why a name resolves to nothing, as the caller is told.</summary>
+    public ModelNotFoundException NotFound(string model) =>
+        _byName.ContainsKey(model) || Match(model, out _) is not { } wildcard
+            ? new ModelNotFoundException(model)
+            : new ModelNotFoundException(model,
+                $"The model '{Providers.ProviderException.Quoted(model)}' matches the wildcard '{wildcard.Name}', which already serves its limit of {wildcard.Max} models that answered (MaxModels); configure this one by name.");
 }

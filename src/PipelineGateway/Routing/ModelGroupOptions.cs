@@ -5,8 +5,26 @@ namespace PipelineGateway.Routing;
 /// <summary>A model name callers ask for, mapped to the deployments that can serve it.</summary>
 public sealed class ModelGroupOptions
 {
+    /// <summary>
+    /// The name callers ask for. A name ending in <c>*</c> is a wildcard (<c>openai/*</c>, or <c>*</c> alone): every name
+    /// no other group has that starts with the rest is served by its deployments, a <c>*</c> in their <c>Model</c>
+    /// replaced by what the caller's name has there (a deployment without a <c>Model</c> sends just that part).
+    /// </summary>
     [Required(AllowEmptyStrings = false)]
     public string Name { get; set; } = string.Empty;
+
+    /// <summary>
+    /// A wildcard's bound: the most distinct names it serves at once (each is a group of its own, with its health,
+    /// latency and metrics). A name no upstream has answered yet gives its place up to a new one. Unset: 1,000.
+    /// Only for a wildcard group.
+    /// </summary>
+    [Range(1, 100_000)]
+    public int? MaxModels { get; set; }
+
+    internal const int DefaultMaxModels = 1_000;
+
+    /// <summary>A wildcard group's name ends in <c>*</c>.</summary>
+    internal static bool IsWildcard(string? name) => name is { Length: > 0 } && name[^1] == '*';
 
     /// <summary>Other names that resolve to this group.</summary>
     public List<string> Aliases { get; set; } = [];
@@ -42,7 +60,10 @@ public sealed class DeploymentOptions
     [Required(AllowEmptyStrings = false)]
     public string Provider { get; set; } = string.Empty;
 
-    /// <summary>The upstream model name; defaults to the group name.</summary>
+    /// <summary>
+    /// The upstream model name; defaults to the group name. In a wildcard group, a <c>*</c> here is replaced by what
+    /// the caller's name has in the place of the group's <c>*</c> (unset: that part alone).
+    /// </summary>
     public string? Model { get; set; }
 
     /// <summary>Lower is preferred by the Priority strategy.</summary>

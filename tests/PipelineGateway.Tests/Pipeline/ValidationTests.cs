@@ -1,5 +1,6 @@
 using System.Text.Json;
 using FluentAssertions;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using PipelineGateway.Hosting;
 using PipelineGateway.Tests.Support;
@@ -121,8 +122,39 @@ public sealed class ValidationTests
         { "Gateway:Admission:RateLimits:0:Limit", o => o.Admission.RateLimits.Add(new PipelineGateway.Admission.RateLimitRule { Limit = 0 }) },
         { "Gateway:Budgets:0:User names an end user, which only a budget with Scope User is for", o => o.Budgets.Add(new PipelineGateway.Cost.BudgetOptions { Scope = PipelineGateway.Cost.BudgetScope.Key, User = "alice", LimitUsd = 1 }) },
         { "Gateway:Budgets:0:Key names a key, which a Global budget", o => o.Budgets.Add(new PipelineGateway.Cost.BudgetOptions { Key = "a", LimitUsd = 1 }) },
+        { "Gateway:Models:0:Name 'open*ai': a '*' may only end a name", o => o.Models[0].Name = "open*ai" },
+        { "Gateway:Models:1:Aliases: a wildcard group ('openai/*') has no aliases", o => o.Models.Add(Wildcard("openai/*", g => g.Aliases.Add("oa"))) },
+        { "Gateway:Models:0:Aliases: 'm*' has a '*'", o => o.Models[0].Aliases.Add("m*") },
+        { "Gateway:Models:0:MaxModels bounds the names a wildcard group takes", o => o.Models[0].MaxModels = 10 },
+        { "Gateway:Models:1:MaxModels", o => o.Models.Add(Wildcard("openai/*", g => g.MaxModels = 0)) },
+        { "Gateway:Models:0:Deployments:0:Model 'ft:*': a '*' stands for", o => o.Models[0].Deployments[0].Model = "ft:*" },
+        { "Gateway:Models:1:Deployments:0:Model '*-*': a '*' stands for", o => o.Models.Add(Wildcard("openai/*", g => g.Deployments[0].Model = "*-*")) },
+        { "Gateway:Models:0:Fallbacks names the wildcard 'openai/*'", o => { o.Models.Add(Wildcard("openai/*")); o.Models[0].Fallbacks.Add("openai/*"); } },
+        { "Gateway:Models:0:Fallbacks names 'other/gpt-4o', which is not a model group or alias", o => { o.Models.Add(Wildcard("openai/*")); o.Models[0].Fallbacks.Add("other/gpt-4o"); } },
         { "Gateway:Budgets:0:MaxUsers", o => o.Budgets.Add(new PipelineGateway.Cost.BudgetOptions { Scope = PipelineGateway.Cost.BudgetScope.User, MaxUsers = 0, LimitUsd = 1 }) },
     };
+
+    private static PipelineGateway.Routing.ModelGroupOptions Wildcard(string name, Action<PipelineGateway.Routing.ModelGroupOptions>? change = null)
+    {
+        var group = new PipelineGateway.Routing.ModelGroupOptions { Name = name, Deployments = [new PipelineGateway.Routing.DeploymentOptions { Provider = "a" }] };
+        change?.Invoke(group);
+        return group;
+    }
+
+    [Fact]
+    public async Task A_fallback_may_name_a_model_a_wildcard_takes()
+    {
+        await using var gateway = await TestGateway.With(new FakeProvider("a"))
+            .Configure(o =>
+            {
+                o.Models.Add(Wildcard("openai/*"));
+                o.Models[0].Fallbacks.Add("openai/gpt-4o");
+            })
+            .StartAsync(Ct);
+
+        gateway.Services.GetRequiredService<PipelineGateway.Routing.ModelCatalog>().Groups[0].Fallbacks.Should().ContainSingle()
+            .Which.Name.Should().Be("openai/gpt-4o");
+    }
 
     [Theory]
     [MemberData(nameof(BadConfigs))]

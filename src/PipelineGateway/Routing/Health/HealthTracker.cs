@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.Collections.Frozen;
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -18,7 +17,7 @@ internal sealed partial class HealthTracker
     private readonly HealthOptions _options;
     private readonly TimeProvider time;
     private readonly IDistributedHealthChannel? _channel;
-    private readonly Lazy<FrozenDictionary<string, Deployment>> _deployments;
+    private readonly Lazy<ModelCatalog> _catalog;
     private readonly ConcurrentDictionary<string, StrongBox<long>> _pauses = new(StringComparer.Ordinal);
 
     private readonly ILogger _logger;
@@ -31,8 +30,7 @@ internal sealed partial class HealthTracker
         _logger = (ILogger?)logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
 
         // Resolved on the first remote signal: the catalog is built after the tracker.
-        _deployments = new Lazy<FrozenDictionary<string, Deployment>>(() =>
-            services.GetRequiredService<ModelCatalog>().AllDeployments.ToFrozenDictionary(d => d.Id, StringComparer.Ordinal));
+        _catalog = new Lazy<ModelCatalog>(services.GetRequiredService<ModelCatalog>);
         if (_channel is not null && _options.Enabled)
         {
             _channel.Subscribe(Apply);
@@ -63,6 +61,7 @@ internal sealed partial class HealthTracker
                 _channel?.Publish(new HealthSignal(d.Id, HealthSignalKind.Rejected, _options.RejectedCooldown));
                 break;
             case AttemptOutcome.Success:
+                d.Owner.Establish(); // a name a wildcard took is a model once an upstream answered it
                 d.State.RecordLatency(latency.TotalMilliseconds, now, _options.LatencySmoothing);
                 if (_options.Enabled)
                 {
@@ -139,9 +138,9 @@ internal sealed partial class HealthTracker
             return;
         }
 
-        if (!_deployments.Value.TryGetValue(signal.DeploymentId, out var d))
+        if (_catalog.Value.FindDeployment(signal.DeploymentId) is not { } d)
         {
-            return; // a deployment this instance does not have
+            return; // a deployment this instance does not have (or a wildcard here has not made yet)
         }
 
         var until = time.GetUtcNow() + signal.Duration;

@@ -1,0 +1,295 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using FluentAssertions;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using PipelineGateway.Server;
+using PipelineGateway.Tests.Support;
+
+namespace PipelineGateway.Tests.Routing;
+
+/// <summary>
+/// Wildcard model groups (<c>openai/*</c>, <c>*</c>) over HTTP, against a real upstream that knows some models and
+/// answers the others 404 <c>model_not_found</c> as OpenAI does: the caller's name picks the upstream model; an unknown
+/// one is the caller's 404 with the upstream's words (not a 502), tried on the wildcard's other deployments first; made-up
+/// names cannot fill the wildcard's bound nor the metrics' series; keys allow a wildcard by its name.
+/// </summary>
+public sealed class WildcardModelTests : IAsyncLifetime
+{
+    private const string Key = "sk-gw-wildcard-test-key";
+    private const string LimitedKey = "sk-gw-wildcard-limited";
+
+    private WebApplication _upstream = null!;
+    private WebApplication _app = null!;
+    private HttpClient _http = null!;
+
+    /// <summary>What the upstream was asked, in order: "provider model".</summary>
+    private readonly ConcurrentQueue<string> _asked = new();
+
+    private static readonly Dictionary<string, string[]> Known = new()
+    {
+        ["alpha"] = ["gpt-4o", "gpt-4o-mini", "o3-mini", "gpt-4.1", "ft:abc:org"],
+        ["beta"] = ["llama-3"],
+    };
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    public async ValueTask InitializeAsync()
+    {
+        _upstream = LoopbackApp.Build();
+        _upstream.MapPost("/{provider}/v1/chat/completions", (HttpContext ctx) => AnswerAsync(ctx));
+        var upstream = await LoopbackApp.StartAsync(_upstream, Ct);
+
+        _app = GatewayServer.Build(TestServerConfig.Simulated(new Dictionary<string, string?>
+        {
+            ["Gateway:Providers:1:Name"] = "alpha",
+            ["Gateway:Providers:1:Type"] = "OpenAICompatible",
+            ["Gateway:Providers:1:BaseUrl"] = new Uri(upstream, "alpha/v1").ToString(),
+            ["Gateway:Providers:2:Name"] = "beta",
+            ["Gateway:Providers:2:Type"] = "OpenAICompatible",
+            ["Gateway:Providers:2:BaseUrl"] = new Uri(upstream, "beta/v1").ToString(),
+            ["Gateway:Models:1:Name"] = "openai/*",
+            ["Gateway:Models:1:MaxModels"] = "3",
+            ["Gateway:Models:1:Deployments:0:Provider"] = "alpha",
+            ["Gateway:Models:2:Name"] = "*",
+            ["Gateway:Models:2:Strategy"] = "Priority",
+            ["Gateway:Models:2:Deployments:0:Provider"] = "alpha",
+            ["Gateway:Models:2:Deployments:0:Model"] = "*",
+            ["Gateway:Models:2:Deployments:1:Provider"] = "beta",
+            ["Gateway:Models:3:Name"] = "tuned/*",
+            ["Gateway:Models:3:Deployments:0:Provider"] = "alpha",
+            ["Gateway:Models:3:Deployments:0:Model"] = "ft:*:org",
+            ["Gateway:Server:Keys:0:Id"] = "admin",
+            ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
+            ["Gateway:Server:Keys:0:Admin"] = "true",
+            ["Gateway:Server:Keys:1:Id"] = "limited",
+            ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(LimitedKey),
+            ["Gateway:Server:Keys:1:AllowedModels:0"] = "openai/*",
+            ["Gateway:Server:Keys:1:AllowedModels:1"] = "llama-3",
+        }), "http://127.0.0.1:0", _ => { });
+        _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct) };
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _http.Dispose();
+        await _app.StopAsync();
+        await _app.DisposeAsync();
+        await _upstream.StopAsync();
+        await _upstream.DisposeAsync();
+    }
+
+    private async Task AnswerAsync(HttpContext ctx)
+    {
+        var provider = (string)ctx.Request.RouteValues["provider"]!;
+        using var body = await JsonDocument.ParseAsync(ctx.Request.Body, cancellationToken: ctx.RequestAborted);
+        var model = body.RootElement.GetProperty("model").GetString()!;
+        var stream = body.RootElement.TryGetProperty("stream", out var s) && s.ValueKind == JsonValueKind.True;
+        _asked.Enqueue($"{provider} {model}");
+        if (!Known[provider].Contains(model))
+        {
+            ctx.Response.StatusCode = 404;
+            ctx.Response.ContentType = "application/json";
+            await ctx.Response.WriteAsync(JsonSerializer.Serialize(new
+            {
+                error = new { message = $"The model `{model}` does not exist or you do not have access to it.", type = "invalid_request_error", param = (string?)null, code = "model_not_found" },
+            }), ctx.RequestAborted);
+            return;
+        }
+
+        var usage = new { prompt_tokens = 5, completion_tokens = 2, total_tokens = 7 };
+        if (!stream)
+        {
+            ctx.Response.ContentType = "application/json";
+            await ctx.Response.WriteAsync(JsonSerializer.Serialize(new
+            {
+                id = "chatcmpl-1", @object = "chat.completion", created = 1, model,
+                choices = new[] { new { index = 0, message = new { role = "assistant", content = $"{provider} says hi" }, finish_reason = "stop" } },
+                usage,
+            }), ctx.RequestAborted);
+            return;
+        }
+
+        ctx.Response.ContentType = "text/event-stream";
+        foreach (var chunk in new object[]
+        {
+            new { id = "chatcmpl-1", @object = "chat.completion.chunk", created = 1, model, choices = new[] { new { index = 0, delta = new { role = "assistant", content = $"{provider} says hi" }, finish_reason = (string?)null } } },
+            new { id = "chatcmpl-1", @object = "chat.completion.chunk", created = 1, model, choices = new[] { new { index = 0, delta = new { }, finish_reason = (string?)"stop" } }, usage },
+        })
+        {
+            await ctx.Response.WriteAsync($"data: {JsonSerializer.Serialize(chunk)}\n\n", ctx.RequestAborted);
+        }
+
+        await ctx.Response.WriteAsync("data: [DONE]\n\n", ctx.RequestAborted);
+    }
+
+    private async Task<(HttpStatusCode Status, JsonElement Json)> Chat(string model, string key = Key)
+    {
+        var (status, json, _) = await ChatWithHeaders(model, key);
+        return (status, json);
+    }
+
+    private async Task<(HttpStatusCode Status, JsonElement Json, System.Net.Http.Headers.HttpResponseHeaders Headers)> ChatWithHeaders(string model, string key = Key)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
+        {
+            Content = new StringContent(JsonSerializer.Serialize(new { model, max_tokens = 8, messages = new[] { new { role = "user", content = "Hello there" } } }), Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Authorization = new("Bearer", key);
+        using var response = await _http.SendAsync(request, Ct);
+        return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone(), response.Headers);
+    }
+
+    private async Task<JsonElement> Get(string path, string key = Key)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Get, path);
+        request.Headers.Authorization = new("Bearer", key);
+        using var response = await _http.SendAsync(request, Ct);
+        return JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone();
+    }
+
+    private string[] Asked() => [.. _asked];
+
+    private static string Content(JsonElement answer) => answer.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!;
+
+    [Fact]
+    public async Task A_name_a_wildcard_takes_sends_its_rest_upstream_and_is_a_model_of_its_own_once_answered()
+    {
+        var (status, answer) = await Chat("openai/gpt-4o");
+        status.Should().Be(HttpStatusCode.OK);
+        Content(answer).Should().Be("alpha says hi");
+        (await Chat("OpenAI/gpt-4o")).Status.Should().Be(HttpStatusCode.OK, "the prefix matches whatever its case, as configured names do");
+        (await Chat("tuned/abc")).Status.Should().Be(HttpStatusCode.OK);
+        (await Chat("gpt-4o-mini")).Status.Should().Be(HttpStatusCode.OK, "a configured name is never a wildcard's");
+        Asked().Should().Equal("alpha gpt-4o", "alpha gpt-4o", "alpha ft:abc:org");
+
+        var metrics = await Get("v1/gateway/metrics");
+        metrics.GetProperty("models").EnumerateObject().Select(p => p.Name).Should().Contain(["openai/gpt-4o", "tuned/abc", "gpt-4o-mini"]);
+        metrics.GetProperty("models").GetProperty("openai/gpt-4o").GetProperty("requests").GetInt64().Should().Be(2, "both spellings are one model");
+        metrics.GetProperty("deployments").EnumerateObject().Select(p => p.Name).Should().Contain(["openai/gpt-4o/alpha/gpt-4o", "tuned/abc/alpha/ft:abc:org"]);
+
+        var listed = (await Get("v1/models")).GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).ToList();
+        listed.Should().Contain(["gpt-4o-mini", "openai/gpt-4o", "tuned/abc"]).And.NotContain(["openai/*", "*", "tuned/*"]);
+        (await Get("v1/models/openai/o3-mini")).GetProperty("id").GetString().Should().Be("openai/o3-mini", "a name a wildcard takes can be retrieved before its first use");
+        (await Get("v1/models/has%20space")).GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
+        _app.Services.GetRequiredService<PipelineGateway.Routing.ModelCatalog>().Wildcards.Single(w => w.Name == "openai/*").Count.Should().Be(1, "retrieving makes no group");
+    }
+
+    [Fact]
+    public async Task A_model_no_upstream_has_is_the_callers_404_with_the_upstreams_words_and_its_name_is_forgotten()
+    {
+        var (status, error) = await Chat("openai/gpt-nope");
+
+        status.Should().Be(HttpStatusCode.NotFound, "the caller named a model its upstream does not have: not a 502 an SDK would retry");
+        error.GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
+        error.GetProperty("error").GetProperty("message").GetString().Should().Contain("gpt-nope").And.Contain("does not exist");
+        (await Chat("openai/gpt-nope")).Status.Should().Be(HttpStatusCode.NotFound);
+        Asked().Should().Equal(["alpha gpt-nope", "alpha gpt-nope"], "the deployment stays in rotation: a model it lacks says nothing of the others");
+        (await Chat("openai/gpt-4o")).Status.Should().Be(HttpStatusCode.OK);
+
+        var metrics = await Get("v1/gateway/metrics");
+        metrics.GetProperty("models").EnumerateObject().Select(p => p.Name).Should().NotContain("openai/gpt-nope", "a name no upstream answered is counted under the wildcard's");
+        metrics.GetProperty("models").GetProperty("openai/*").GetProperty("requests").GetInt64().Should().Be(2);
+        metrics.GetProperty("deployments").EnumerateObject().Select(p => p.Name).Should().NotContain(d => d.Contains("gpt-nope"));
+        metrics.GetProperty("deployments").GetProperty("openai/gpt-4o/alpha/gpt-4o").GetProperty("health_state").GetString().Should().Be("closed");
+    }
+
+    [Fact]
+    public async Task A_wildcard_over_two_providers_asks_the_next_when_one_lacks_the_model()
+    {
+        var (status, answer, headers) = await ChatWithHeaders("llama-3");
+        status.Should().Be(HttpStatusCode.OK);
+        Content(answer).Should().Be("beta says hi");
+        (headers.GetValues("x-gateway-provider").Single(), headers.GetValues("x-gateway-attempts").Single()).Should().Be(("beta", "2"));
+
+        var (missing, error) = await Chat("mystery-model");
+        missing.Should().Be(HttpStatusCode.NotFound, "no deployment of the catch-all has it");
+        error.GetProperty("error").GetProperty("message").GetString().Should().Contain("mystery-model");
+        Asked().Should().Equal("alpha llama-3", "beta llama-3", "alpha mystery-model", "beta mystery-model");
+    }
+
+    [Fact]
+    public async Task Made_up_names_cannot_fill_a_wildcards_bound_but_answered_ones_do()
+    {
+        for (var i = 0; i < 10; i++)
+        {
+            (await Chat($"openai/made-up-{i}")).Status.Should().Be(HttpStatusCode.NotFound);
+        }
+
+        foreach (var model in new[] { "gpt-4o", "gpt-4o-mini", "o3-mini" })
+        {
+            (await Chat("openai/" + model)).Status.Should().Be(HttpStatusCode.OK, "names no upstream has give their places up");
+        }
+
+        var (status, error) = await Chat("openai/gpt-4.1");
+        status.Should().Be(HttpStatusCode.NotFound, "three models answered fill the wildcard's MaxModels of 3");
+        error.GetProperty("error").GetProperty("message").GetString().Should().Contain("openai/*").And.Contain("MaxModels");
+        Asked().Should().NotContain("alpha gpt-4.1", "a name past the bound never reaches the upstream");
+        (await Chat("openai/gpt-4o")).Status.Should().Be(HttpStatusCode.OK, "the models it has keep working");
+    }
+
+    [Theory]
+    [InlineData("openai/gpt 4o")]
+    [InlineData("openai/gpt\u001b[2J")]
+    [InlineData("openai/*")]
+    public async Task A_name_a_wildcard_cannot_take_is_refused_before_the_upstream(string model)
+    {
+        var (status, error) = await Chat(model);
+
+        status.Should().Be(HttpStatusCode.NotFound);
+        error.GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
+        Asked().Should().BeEmpty();
+    }
+
+    [Fact]
+    public async Task A_name_too_long_for_a_wildcard_is_refused_before_the_upstream()
+    {
+        // 201 characters where openai/*'s '*' is (208 for the catch-all's): past the 200 a wildcard takes.
+        (await Chat("openai/" + new string('x', 201))).Status.Should().Be(HttpStatusCode.NotFound);
+        Asked().Should().BeEmpty();
+        (await Chat("openai/" + new string('x', 200))).Status.Should().Be(HttpStatusCode.NotFound, "asked, and the upstream has no such model");
+        Asked().Should().ContainSingle();
+    }
+
+    [Fact]
+    public async Task A_key_may_be_allowed_a_wildcard_by_its_name_or_one_model_it_takes()
+    {
+        (await Chat("openai/gpt-4o", LimitedKey)).Status.Should().Be(HttpStatusCode.OK);
+        (await Chat("llama-3", LimitedKey)).Status.Should().Be(HttpStatusCode.OK, "allowed by name, served by the catch-all");
+        (await Chat("LLAMA-3", LimitedKey)).Status.Should().Be(HttpStatusCode.NotFound, "allowed whatever its case; no upstream has that spelling");
+        var (status, error) = await Chat("gpt-4.1", LimitedKey);
+        status.Should().Be(HttpStatusCode.Forbidden, "the catch-all serves it, but the key is not allowed it");
+        error.GetProperty("error").GetProperty("type").GetString().Should().Be("permission_error");
+        (await Chat("gpt-4o-mini", LimitedKey)).Status.Should().Be(HttpStatusCode.Forbidden);
+
+        (await Chat("openai/o3-mini", LimitedKey)).Status.Should().Be(HttpStatusCode.OK);
+        (await Get("v1/models", LimitedKey)).GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString())
+            .Should().BeEquivalentTo("openai/gpt-4o", "openai/o3-mini", "llama-3");
+    }
+
+    [Fact]
+    public async Task A_stream_through_a_wildcard_is_served_and_an_unknown_model_is_a_404_before_it_starts()
+    {
+        using var ok = await _http.SendAsync(StreamRequest("openai/gpt-4o"), Ct);
+        ok.StatusCode.Should().Be(HttpStatusCode.OK);
+        var text = await ok.Content.ReadAsStringAsync(Ct);
+        text.Should().Contain("alpha says hi").And.EndWith("data: [DONE]\n\n");
+
+        using var missing = await _http.SendAsync(StreamRequest("openai/gpt-nope"), Ct);
+        missing.StatusCode.Should().Be(HttpStatusCode.NotFound);
+        JsonDocument.Parse(await missing.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
+    }
+
+    private static HttpRequestMessage StreamRequest(string model)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
+        {
+            Content = new StringContent(JsonSerializer.Serialize(new { model, stream = true, messages = new[] { new { role = "user", content = "Hello there" } } }), Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Authorization = new("Bearer", Key);
+        return request;
+    }
+}
