@@ -55,9 +55,13 @@ internal static class RouteErrors
         headers["x-gateway-request-id"] = id;
     }
 
-    /// <summary>Anthropic's error type for a status (or the upstream's own Anthropic type, when it gave one).</summary>
+    /// <summary>
+    /// Anthropic's error type for a status (or the upstream's own Anthropic type, when it gave one). A 404 is always
+    /// <c>not_found_error</c>: OpenAI says a model it lacks with <c>invalid_request_error</c>, a name Anthropic's types
+    /// share, but an Anthropic SDK expects its not-found type with a 404 (a wildcard's unknown model).
+    /// </summary>
     public static string AnthropicType(int status, Exception? error) =>
-        error is UpstreamRejectedException { ErrorType: { } upstream } && AnthropicTypes.Contains(upstream)
+        status != 404 && error is UpstreamRejectedException { ErrorType: { } upstream } && AnthropicTypes.Contains(upstream)
             ? upstream
             : status switch
             {

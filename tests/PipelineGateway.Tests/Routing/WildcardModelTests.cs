@@ -62,6 +62,8 @@ public sealed class WildcardModelTests : IAsyncLifetime
             ["Gateway:Models:3:Name"] = "tuned/*",
             ["Gateway:Models:3:Deployments:0:Provider"] = "alpha",
             ["Gateway:Models:3:Deployments:0:Model"] = "ft:*:org",
+            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
+            ["Gateway:Pipeline:RetryMaxDelay"] = "00:00:00.002",
             ["Gateway:Server:Keys:0:Id"] = "admin",
             ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
             ["Gateway:Server:Keys:0:Admin"] = "true",
@@ -89,6 +91,13 @@ public sealed class WildcardModelTests : IAsyncLifetime
         var model = body.RootElement.GetProperty("model").GetString()!;
         var stream = body.RootElement.TryGetProperty("stream", out var s) && s.ValueKind == JsonValueKind.True;
         _asked.Enqueue($"{provider} {model}");
+        if (model.StartsWith("broken-", StringComparison.Ordinal))
+        {
+            ctx.Response.StatusCode = 500;
+            await ctx.Response.WriteAsync("""{"error":{"message":"internal error","type":"server_error"}}""", ctx.RequestAborted);
+            return;
+        }
+
         if (!Known[provider].Contains(model))
         {
             ctx.Response.StatusCode = 404;
@@ -231,6 +240,21 @@ public sealed class WildcardModelTests : IAsyncLifetime
         (await Chat("openai/gpt-4o")).Status.Should().Be(HttpStatusCode.OK, "the models it has keep working");
     }
 
+    [Fact]
+    public async Task A_name_no_upstream_answered_gives_its_place_up_to_a_new_one_when_the_bound_is_reached()
+    {
+        for (var i = 0; i < 3; i++)
+        {
+            (await Chat($"openai/broken-{i}")).Status.Should().Be(HttpStatusCode.BadGateway, "its upstream fails: not the caller's mistake");
+        }
+
+        _app.Services.GetRequiredService<PipelineGateway.Routing.ModelCatalog>().Wildcards.Single(w => w.Name == "openai/*").Count.Should().Be(3, "failing names hold places while asked");
+        (await Chat("openai/gpt-4o")).Status.Should().Be(HttpStatusCode.OK, "a name no upstream answered gives its place up");
+        (await Chat("openai/gpt-4o-mini")).Status.Should().Be(HttpStatusCode.OK);
+        (await Chat("openai/o3-mini")).Status.Should().Be(HttpStatusCode.OK);
+        (await Chat("openai/broken-9")).Status.Should().Be(HttpStatusCode.NotFound, "three answered models hold every place");
+    }
+
     [Theory]
     [InlineData("openai/gpt 4o")]
     [InlineData("openai/gpt\u001b[2J")]
@@ -281,6 +305,31 @@ public sealed class WildcardModelTests : IAsyncLifetime
         using var missing = await _http.SendAsync(StreamRequest("openai/gpt-nope"), Ct);
         missing.StatusCode.Should().Be(HttpStatusCode.NotFound);
         JsonDocument.Parse(await missing.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
+    }
+
+    [Fact]
+    public async Task The_messages_route_takes_a_wildcards_names_and_says_an_unknown_model_in_anthropics_shape()
+    {
+        async Task<(HttpStatusCode, JsonElement)> Messages(string model)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "v1/messages")
+            {
+                Content = new StringContent(JsonSerializer.Serialize(new { model, max_tokens = 8, messages = new[] { new { role = "user", content = "Hello there" } } }), Encoding.UTF8, "application/json"),
+            };
+            request.Headers.Add("x-api-key", Key);
+            request.Headers.Add("anthropic-version", "2023-06-01");
+            using var response = await _http.SendAsync(request, Ct);
+            return (response.StatusCode, JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone());
+        }
+
+        var (status, answer) = await Messages("openai/gpt-4o");
+        status.Should().Be(HttpStatusCode.OK);
+        answer.GetProperty("content")[0].GetProperty("text").GetString().Should().Be("alpha says hi");
+
+        var (missing, error) = await Messages("openai/gpt-nope");
+        missing.Should().Be(HttpStatusCode.NotFound);
+        error.GetProperty("error").GetProperty("type").GetString().Should().Be("not_found_error");
+        error.GetProperty("error").GetProperty("message").GetString().Should().Contain("gpt-nope");
     }
 
     private static HttpRequestMessage StreamRequest(string model)
