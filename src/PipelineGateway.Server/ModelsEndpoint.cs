@@ -54,7 +54,8 @@ internal static class ModelsEndpoint
     /// </summary>
     public static async Task RetrieveAsync(HttpContext ctx, ModelCatalog catalog, GatewayKeys keys)
     {
-        var id = ctx.Request.RouteValues["id"] as string ?? string.Empty;
+        // Kestrel decodes a path but for "%2F": the SDKs encode a slash in an id ("openai/gpt-4o" as "openai%2Fgpt-4o").
+        var id = (ctx.Request.RouteValues["id"] as string ?? string.Empty).Replace("%2F", "/", StringComparison.OrdinalIgnoreCase);
         var key = ctx.Features.Get<GatewayCaller>()?.Key;
         var anthropic = IsAnthropic(ctx);
         if (!catalog.Knows(id) || !keys.MayUse(key, id))

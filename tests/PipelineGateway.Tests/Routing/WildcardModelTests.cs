@@ -183,6 +183,7 @@ public sealed class WildcardModelTests : IAsyncLifetime
         var listed = (await Get("v1/models")).GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).ToList();
         listed.Should().Contain(["gpt-4o-mini", "openai/gpt-4o", "tuned/abc"]).And.NotContain(["openai/*", "*", "tuned/*"]);
         (await Get("v1/models/openai/o3-mini")).GetProperty("id").GetString().Should().Be("openai/o3-mini", "a name a wildcard takes can be retrieved before its first use");
+        (await Get("v1/models/openai%2Fo3-mini")).GetProperty("id").GetString().Should().Be("openai/o3-mini", "the SDKs encode the slash");
         (await Get("v1/models/has%20space")).GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
         _app.Services.GetRequiredService<PipelineGateway.Routing.ModelCatalog>().Wildcards.Single(w => w.Name == "openai/*").Count.Should().Be(1, "retrieving makes no group");
     }
