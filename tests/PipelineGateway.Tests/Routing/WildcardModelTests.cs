@@ -6,7 +6,9 @@ using FluentAssertions;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
+using CsCheck;
 using PipelineGateway.Server;
+using PipelineGateway.Tests.Server;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Routing;
@@ -306,6 +308,63 @@ public sealed class WildcardModelTests : IAsyncLifetime
         using var missing = await _http.SendAsync(StreamRequest("openai/gpt-nope"), Ct);
         missing.StatusCode.Should().Be(HttpStatusCode.NotFound);
         JsonDocument.Parse(await missing.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
+    }
+
+    /// <summary>
+    /// CsCheck, fixed seed: any model name — prefixes in any case, slashes, white space, control and non-ASCII characters,
+    /// stars, empty to past the bound — is answered 200 or a 4xx, never a 5xx; it reaches exactly the upstream models the
+    /// rules say (a configured name none; a wildcard's the rest in its deployments' places, each deployment of the
+    /// catch-all in turn when the first lacks it), and a name no wildcard may take reaches none.
+    /// </summary>
+    [Fact]
+    public async Task Any_model_name_reaches_exactly_the_upstream_models_the_wildcard_rules_say_and_is_never_a_5xx()
+    {
+        string[] pieces = ["openai/", "OPENAI/", "OpenAi/", "tuned/", "TUNED/", "gpt-4o", "gpt-4o-mini", "llama-3", "/", "-", ".", ":", "@", "*", " ", "\t", "\u0000", "\u001b", "\u0085", "é", "模型", "\"", "\\"];
+        var piece = Gen.OneOf(
+            Gen.Int[0, pieces.Length - 1].Select(i => pieces[i]),
+            Gen.Char["abcdefghijklmnopqrstuvwxyz0123456789"].Array[1, 8].Select(static c => new string(c)),
+            Gen.Int[190, 210].Select(static n => new string('a', n)));
+        var names = piece.Array[0, 5].Select(static parts => string.Concat(parts));
+
+        foreach (var model in FrontDoorFuzzTests.Cases(names, 300 * Fuzz.Scale, Fuzz.Seed))
+        {
+            _asked.Clear();
+            var (status, _) = await Chat(model);
+            var expected = Expected(model);
+            ((int)status).Should().BeInRange(200, 499, $"the model {JsonSerializer.Serialize(model)}");
+            Asked().Should().Equal(expected, $"the model {JsonSerializer.Serialize(model)}");
+            if (expected.Length == 0 && !model.Equals("gpt-4o-mini", StringComparison.OrdinalIgnoreCase))
+            {
+                status.Should().BeOneOf([HttpStatusCode.NotFound, HttpStatusCode.BadRequest], $"the model {JsonSerializer.Serialize(model)} is no model here");
+            }
+        }
+
+        // What the rules say (docs/routing.md): a configured name first, then the longest prefix, the rest 1-200
+        // characters with no white space, control character or star.
+        static string[] Expected(string model)
+        {
+            if (model.Equals("gpt-4o-mini", StringComparison.OrdinalIgnoreCase))
+            {
+                return [];
+            }
+
+            static bool Takes(string rest) => rest.Length is > 0 and <= 200 && !rest.Any(c => char.IsControl(c) || char.IsWhiteSpace(c) || c == '*');
+            foreach (var (prefix, upstream) in new (string, Func<string, string[]>)[]
+            {
+                ("tuned/", rest => ["alpha ft:" + rest + ":org"]),
+                ("openai/", rest => ["alpha " + rest]),
+                ("", rest => Known["alpha"].Contains(rest) ? ["alpha " + rest] : ["alpha " + rest, "beta " + rest]),
+            })
+            {
+                if (model.StartsWith(prefix, StringComparison.OrdinalIgnoreCase) && model.Length > prefix.Length)
+                {
+                    var rest = model[prefix.Length..];
+                    return Takes(rest) ? upstream(rest) : prefix.Length == 0 ? [] : Takes(model) ? Known["alpha"].Contains(model) ? ["alpha " + model] : ["alpha " + model, "beta " + model] : [];
+                }
+            }
+
+            return [];
+        }
     }
 
     [Fact]
