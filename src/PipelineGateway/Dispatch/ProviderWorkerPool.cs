@@ -424,6 +424,11 @@ internal sealed partial class ProviderWorkerPool
             item.ReleaseDeployment();
         }
 
+        if (attempt.Outcome == AttemptOutcome.Success)
+        {
+            deployment.Owner.Establish(); // a name a wildcard took is a model once an upstream answered it (before it is counted)
+        }
+
         item.AddAttempt(deployment, attempt);
         _services!.Metrics.OnAttempt(attempt);
         _health.Report(deployment, attempt.Outcome, attempt.Latency, retryAfter, attempt.StatusCode is { } s ? $"{s}: {attempt.Error}" : attempt.Error);

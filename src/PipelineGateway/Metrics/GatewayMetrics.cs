@@ -109,7 +109,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
                     .. d.Providers.Select(p => new System.Diagnostics.Metrics.Measurement<int>(p.Value, new KeyValuePair<string, object?>("pgw.stage", "provider"), new KeyValuePair<string, object?>("pgw.provider", p.Key))),
                 ];
             },
-            () => deployments().Select(dep => new System.Diagnostics.Metrics.Measurement<int>((int)dep.State.Circuit, new KeyValuePair<string, object?>("pgw.deployment", dep.Id), new KeyValuePair<string, object?>("pgw.provider", dep.ProviderName))));
+            () => deployments().Where(static dep => dep.Owner.Established).Select(dep => new System.Diagnostics.Metrics.Measurement<int>((int)dep.State.Circuit, new KeyValuePair<string, object?>("pgw.deployment", dep.Id), new KeyValuePair<string, object?>("pgw.provider", dep.ProviderName))));
     }
 
     public void OnSubmitted() => Interlocked.Increment(ref _submitted);
@@ -202,7 +202,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
             };
             if (attempt.Deployment is { } deployment)
             {
-                tags.Add("pgw.deployment", deployment.Id);
+                tags.Add("pgw.deployment", deployment.MetricId);
             }
 
             if (attempt.StatusCode is { } status)

@@ -113,6 +113,13 @@ public sealed class Deployment
     /// <summary>The group this deployment serves (set when the group is made).</summary>
     internal ModelGroup Owner { get; set; } = null!;
 
+    /// <summary>
+    /// The <c>pgw.deployment</c> label of the instruments: <see cref="Id"/>, but for a deployment of a group a wildcard
+    /// made that no upstream has answered yet, the wildcard's own deployment's (<c>openai/*/openai/*</c>) — a caller
+    /// sending a made-up name per request would otherwise make a series per request.
+    /// </summary>
+    internal string MetricId => Owner.Established ? Id : Owner.Wildcard!.Template.DeploymentArray[Index].Id;
+
     public override string ToString() => Id;
 }
 

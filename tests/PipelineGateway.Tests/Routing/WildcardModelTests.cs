@@ -3,6 +3,7 @@ using System.Net;
 using System.Text;
 using System.Text.Json;
 using FluentAssertions;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
@@ -207,6 +208,31 @@ public sealed class WildcardModelTests : IAsyncLifetime
         metrics.GetProperty("models").GetProperty("openai/*").GetProperty("requests").GetInt64().Should().Be(2);
         metrics.GetProperty("deployments").EnumerateObject().Select(p => p.Name).Should().NotContain(d => d.Contains("gpt-nope"));
         metrics.GetProperty("deployments").GetProperty("openai/gpt-4o/alpha/gpt-4o").GetProperty("health_state").GetString().Should().Be("closed");
+    }
+
+    [Fact]
+    public async Task The_instruments_label_a_name_no_upstream_answered_with_the_wildcards_name_not_its_own()
+    {
+        var instruments = _app.Services.GetRequiredService<PipelineGateway.Metrics.GatewayInstruments>();
+        using var attempts = new MetricCollector<long>(instruments.AttemptCount);
+        using var duration = new MetricCollector<double>(instruments.Duration);
+        using var health = new MetricCollector<int>(_app.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(), PipelineGateway.Metrics.GatewayInstruments.MeterName, PipelineGateway.Metrics.GatewayInstruments.DeploymentHealth);
+
+        for (var i = 0; i < 3; i++)
+        {
+            (await Chat($"openai/made-up-{i}")).Status.Should().Be(HttpStatusCode.NotFound);
+            (await Chat($"openai/broken-{i}")).Status.Should().Be(HttpStatusCode.BadGateway);
+        }
+
+        (await Chat("openai/gpt-4o")).Status.Should().Be(HttpStatusCode.OK);
+        health.RecordObservableInstruments();
+
+        attempts.GetMeasurementSnapshot().Select(m => (string)m.Tags["pgw.deployment"]!).Distinct()
+            .Should().BeEquivalentTo("openai/*/alpha/*", "openai/gpt-4o/alpha/gpt-4o");
+        duration.GetMeasurementSnapshot().Select(m => (string)m.Tags["gen_ai.request.model"]!).Distinct()
+            .Should().BeEquivalentTo("openai/*", "openai/gpt-4o");
+        health.GetMeasurementSnapshot().Select(m => (string)m.Tags["pgw.deployment"]!).Where(d => d.StartsWith("openai/", StringComparison.Ordinal))
+            .Should().Equal(["openai/gpt-4o/alpha/gpt-4o"], "a circuit is reported for the names an upstream answered");
     }
 
     [Fact]

@@ -61,7 +61,6 @@ internal sealed partial class HealthTracker
                 _channel?.Publish(new HealthSignal(d.Id, HealthSignalKind.Rejected, _options.RejectedCooldown));
                 break;
             case AttemptOutcome.Success:
-                d.Owner.Establish(); // a name a wildcard took is a model once an upstream answered it
                 d.State.RecordLatency(latency.TotalMilliseconds, now, _options.LatencySmoothing);
                 if (_options.Enabled)
                 {
