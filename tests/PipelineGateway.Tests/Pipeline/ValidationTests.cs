@@ -110,6 +110,28 @@ public sealed class ValidationTests
         response.Gateway!.ProviderModel.Should().Be("upstream-4o");
     }
 
+    [Fact]
+    public async Task A_wildcard_added_in_code_serves_the_names_it_matches_and_a_name_it_cannot_take_is_ModelNotFoundException()
+    {
+        var a = new FakeProvider("a");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(a)
+            .AddModel("openai/*", m => m.Deploy("a").MaxModels(10))
+            .StartAsync(Ct);
+
+        var response = await gateway.SubmitAsync(TestGateway.Request(model: "OpenAI/gpt-4.1-nano"), Ct);
+
+        response.Gateway!.ProviderModel.Should().Be("gpt-4.1-nano", "the part the '*' stands for, as the caller wrote it");
+        a.Calls.Should().Be(1);
+        foreach (var model in new[] { "openai/", "openai/a b", "other/gpt-4o", "openai/*" })
+        {
+            var act = async () => await gateway.SubmitAsync(TestGateway.Request(model: model), Ct);
+            (await act.Should().ThrowAsync<ModelNotFoundException>()).Which.Model.Should().Be(model);
+        }
+
+        a.Calls.Should().Be(1);
+    }
+
     public static TheoryData<string, Action<GatewayOptions>> BadConfigs => new()
     {
         { "Gateway:Pipeline:MaxInFlight", o => o.Pipeline.MaxInFlight = 0 },
