@@ -11,19 +11,31 @@ namespace PipelineGateway.Redis;
 /// </summary>
 internal sealed class RedisBudgetStore(RedisConnection redis) : IDistributedBudgetStore
 {
-    // ARGV: estimate, then per account: limit, lifetime ms. Returns {refusing account index or -1, its spent+reserved}.
+    // KEYS: the accounts, then per account its budget's set of users (or the account again, unused). ARGV: estimate, then
+    // per account: limit, lifetime ms, the most users (0: not a budget for every user). Returns {refusing account index
+    // or -1, its spent+reserved, 1 when refused as a new user past the bound}. A budget for every user keeps its users'
+    // accounts in a set per period, so a new one past MaxUsers is refused across the fleet (the set and the accounts
+    // expire with the period).
     private const string ReserveScript = """
+        local n = #KEYS / 2
         local est = tonumber(ARGV[1])
-        for i = 1, #KEYS do
+        for i = 1, n do
           local v = redis.call('HMGET', KEYS[i], 's', 'r')
           local used = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
-          if used + est > tonumber(ARGV[2 * i]) then return {i - 1, used} end
+          if used + est > tonumber(ARGV[3 * i - 1]) then return {i - 1, used, 0} end
+          local max = tonumber(ARGV[3 * i + 1])
+          if max > 0 and not v[1] and not v[2] and redis.call('SISMEMBER', KEYS[n + i], KEYS[i]) == 0
+            and redis.call('SCARD', KEYS[n + i]) >= max then return {i - 1, 0, 1} end
         end
-        for i = 1, #KEYS do
+        for i = 1, n do
           redis.call('HINCRBY', KEYS[i], 'r', est)
-          redis.call('PEXPIRE', KEYS[i], ARGV[2 * i + 1])
+          redis.call('PEXPIRE', KEYS[i], ARGV[3 * i])
+          if tonumber(ARGV[3 * i + 1]) > 0 then
+            redis.call('SADD', KEYS[n + i], KEYS[i])
+            redis.call('PEXPIRE', KEYS[n + i], ARGV[3 * i])
+          end
         end
-        return {-1, 0}
+        return {-1, 0, 0}
         """;
 
     // ARGV: estimate, actual.
@@ -41,20 +53,21 @@ internal sealed class RedisBudgetStore(RedisConnection redis) : IDistributedBudg
 
     public async ValueTask<BudgetReservationResult> TryReserveAsync(IReadOnlyList<BudgetAccountRef> accounts, long estimateNanoUsd, CancellationToken cancellationToken)
     {
-        var args = new RedisValue[1 + (accounts.Count * 2)];
+        var args = new RedisValue[1 + (accounts.Count * 3)];
         args[0] = estimateNanoUsd;
         for (var i = 0; i < accounts.Count; i++)
         {
-            args[1 + (2 * i)] = accounts[i].LimitNanoUsd;
-            args[2 + (2 * i)] = (long)accounts[i].Lifetime.TotalMilliseconds;
+            args[1 + (3 * i)] = accounts[i].LimitNanoUsd;
+            args[2 + (3 * i)] = (long)accounts[i].Lifetime.TotalMilliseconds;
+            args[3 + (3 * i)] = accounts[i].MaxUsers;
         }
 
         try
         {
-            var values = (long[])(await redis.Database.ScriptEvaluateAsync(ReserveScript, Keys(accounts), args).ConfigureAwait(false))!;
+            var values = (long[])(await redis.Database.ScriptEvaluateAsync(ReserveScript, Keys(accounts, withUsers: true), args).ConfigureAwait(false))!;
             return values[0] < 0
                 ? new BudgetReservationResult { Reserved = true }
-                : new BudgetReservationResult { RefusedBy = (int)values[0], SpentAndReservedNanoUsd = values[1] };
+                : new BudgetReservationResult { RefusedBy = (int)values[0], SpentAndReservedNanoUsd = values[1], NoRoomForUser = values[2] == 1 };
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
         {
@@ -87,12 +100,18 @@ internal sealed class RedisBudgetStore(RedisConnection redis) : IDistributedBudg
         }
     }
 
-    internal RedisKey[] Keys(IReadOnlyList<BudgetAccountRef> accounts)
+    /// <param name="withUsers">Each account's set of users after the accounts (the reservation's), the account again when it has none.</param>
+    internal RedisKey[] Keys(IReadOnlyList<BudgetAccountRef> accounts, bool withUsers = false)
     {
-        var keys = new RedisKey[accounts.Count];
-        for (var i = 0; i < accounts.Count; i++)
+        var n = accounts.Count;
+        var keys = new RedisKey[withUsers ? 2 * n : n];
+        for (var i = 0; i < n; i++)
         {
             keys[i] = _prefix + accounts[i].Id + ":" + accounts[i].Period;
+            if (withUsers)
+            {
+                keys[n + i] = accounts[i].UsersId is { } users ? _prefix + users + ":" + accounts[i].Period : keys[i];
+            }
         }
 
         return keys;

@@ -127,11 +127,20 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         if (!result.Reserved)
         {
             var refused = refs[Math.Clamp(result.RefusedBy, 0, refs.Count - 1)];
+            if (result.NoRoomForUser)
+            {
+                throw NoRoomForUser(refused.DisplayName, FromNano(refused.LimitNanoUsd), refused.MaxUsers, "across the fleet");
+            }
+
             throw Exceeded(refused.DisplayName, FromNano(refused.LimitNanoUsd), FromNano(result.SpentAndReservedNanoUsd), estimate);
         }
 
         item.SharedBudgetReservation = new SharedReservation(refs, estimate);
     }
+
+    /// <summary>A new user past a budget's <see cref="BudgetOptions.MaxUsers"/> (<paramref name="where"/>: this instance's, or the fleet's in Redis).</summary>
+    private static BudgetExceededException NoRoomForUser(string budget, decimal limit, int maxUsers, string where) =>
+        new(budget, limit, 0m, $"Budget '{budget}' keeps the accounts of at most {maxUsers} users in a period {where}, and this request names a user it has no room for; a user it already keeps is served.");
 
     /// <summary>This instance's settlements sent to the shared store and not landed yet.</summary>
     private readonly ConcurrentDictionary<Task, byte> _settling = new();
@@ -143,7 +152,12 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         var (period, end) = b.Period == BudgetPeriod.Day
             ? ("d" + now.UtcDateTime.ToString("yyyyMMdd", CultureInfo.InvariantCulture), new DateTimeOffset(now.UtcDateTime.Date.AddDays(1), TimeSpan.Zero))
             : ("m" + now.UtcDateTime.ToString("yyyyMM", CultureInfo.InvariantCulture), new DateTimeOffset(now.Year, now.Month, 1, 0, 0, 0, TimeSpan.Zero).AddMonths(1));
-        return (new BudgetAccountRef($"{i}:{AccountKey(b, key, user)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName), end);
+        var everyUser = b.Scope == BudgetScope.User && b.User is null; // the users are the callers' to name: bounded
+        return (new BudgetAccountRef($"{i}:{AccountKey(b, key, user)}", period, ToNano(b.LimitUsd), end - now + TimeSpan.FromDays(1), b.DisplayName)
+        {
+            MaxUsers = everyUser ? b.MaxUsers : 0,
+            UsersId = everyUser ? $"users:{i}" : null,
+        }, end);
     }
 
     /// <inheritdoc />
@@ -213,8 +227,7 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         foreach (var i in Applicable(key, user))
         {
             var b = _budgets[i];
-            accounts.Add(AccountFor(i, AccountKey(b, key, user)) ?? throw new BudgetExceededException(b.DisplayName, b.LimitUsd, 0m,
-                $"Budget '{b.DisplayName}' keeps the accounts of at most {b.MaxUsers} users in a period on this instance, and this request names a user it has no room for; a user it already keeps is served."));
+            accounts.Add(AccountFor(i, AccountKey(b, key, user)) ?? throw NoRoomForUser(b.DisplayName, b.LimitUsd, b.MaxUsers, "on this instance"));
         }
 
         // All or nothing, in a fixed order so two requests never hold locks crosswise.

@@ -26,7 +26,17 @@ internal interface IDistributedBudgetStore
 /// <param name="LimitNanoUsd">The budget's limit in nano-dollars.</param>
 /// <param name="Lifetime">How long the account must outlive now (the rest of its period, plus a margin).</param>
 /// <param name="DisplayName">The budget's name, for refusals.</param>
-internal sealed record BudgetAccountRef(string Id, string Period, long LimitNanoUsd, TimeSpan Lifetime, string DisplayName);
+internal sealed record BudgetAccountRef(string Id, string Period, long LimitNanoUsd, TimeSpan Lifetime, string DisplayName)
+{
+    /// <summary>
+    /// A budget for every user: the most user accounts it keeps in a period across the fleet (0: not such a budget).
+    /// A reservation that would make a new account past it is refused (<see cref="BudgetReservationResult.NoRoomForUser"/>).
+    /// </summary>
+    public int MaxUsers { get; init; }
+
+    /// <summary>With <see cref="MaxUsers"/>: the budget's set of users for the period (the same on every instance).</summary>
+    public string? UsersId { get; init; }
+}
 
 internal readonly record struct BudgetReservationResult
 {
@@ -36,6 +46,9 @@ internal readonly record struct BudgetReservationResult
     public int RefusedBy { get; init; }
 
     public long SpentAndReservedNanoUsd { get; init; }
+
+    /// <summary>When refused: the account refused is a new user's, past its budget's <see cref="BudgetAccountRef.MaxUsers"/>.</summary>
+    public bool NoRoomForUser { get; init; }
 
     /// <summary>The store could not be reached.</summary>
     public bool Unavailable { get; init; }

@@ -97,6 +97,44 @@ public sealed class RedisBudgetTests
         ((long)await db.HashGetAsync($"{prefix}:{{b}}:0:bob:{day}", "s")).Should().Be(4_000_000_000);
     }
 
+    [Fact]
+    public async Task A_budget_for_every_user_keeps_at_most_MaxUsers_accounts_across_the_fleet()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = "t" + Guid.NewGuid().ToString("N")[..12];
+        Task<Gateway> PerUser() => new GatewayBuilder()
+            .AddProvider(new FakeProvider("p"))
+            .Configure(o =>
+            {
+                o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "p", InputPricePerMillion = 1m, OutputPricePerMillion = 1m }] });
+                o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m, MaxUsers = 3 });
+                o.Budgets.Add(new BudgetOptions { Name = "all", Period = BudgetPeriod.Day, LimitUsd = 100m });
+            })
+            .AddRedis(redis, RedisFailureMode.FailClosed, prefix)
+            .StartAsync(Ct);
+
+        await using var a = await PerUser();
+        await using var b = await PerUser();
+        await a.SubmitAsync(TestGateway.Request().NamingUser("u0"), Ct);
+        await b.SubmitAsync(TestGateway.Request().NamingUser("u1"), Ct);
+        await a.SubmitAsync(TestGateway.Request().NamingUser("u2"), Ct);
+
+        foreach (var instance in new[] { a, b })
+        {
+            var act = async () => await instance.SubmitAsync(TestGateway.Request().NamingUser("u3"), Ct);
+            (await act.Should().ThrowAsync<BudgetExceededException>()).Which.Message.Should().Contain("at most 3 users").And.Contain("across the fleet");
+        }
+
+        await b.SubmitAsync(TestGateway.Request().NamingUser("u0"), Ct); // a user the fleet keeps is served, by either instance
+        await a.SubmitAsync(TestGateway.Request(), Ct); // a request naming no user is under no per-user budget
+        var db = RedisServer.Connect(redis);
+        var day = "d" + DateTime.UtcNow.ToString("yyyyMMdd", System.Globalization.CultureInfo.InvariantCulture);
+        (await db.SetLengthAsync($"{prefix}:{{b}}:users:0:{day}")).Should().Be(3);
+        (await db.KeyTimeToLiveAsync($"{prefix}:{{b}}:users:0:{day}")).Should().BePositive("the set goes with its period");
+        (await db.KeyExistsAsync($"{prefix}:{{b}}:0:u3:{day}")).Should().BeFalse("a refused user gets no account");
+        (await db.KeyExistsAsync($"{prefix}:{{b}}:users:1:{day}")).Should().BeFalse("a budget for all traffic has no users to bound");
+    }
+
     [Theory]
     [InlineData(RedisFailureMode.FailOpen)]
     [InlineData(RedisFailureMode.FailClosed)]
