@@ -235,7 +235,8 @@ public static partial class GatewayServer
         app.MapDelete("/v1/messages/batches/{id}", (HttpContext ctx) => messageBatches.DeleteAsync(ctx, RouteId(ctx)));
         var catalog = app.Services.GetRequiredService<ModelCatalog>();
         var gatewayKeys = app.Services.GetRequiredService<GatewayKeys>();
-        app.MapGet("/v1/models", (HttpContext ctx) => ModelsEndpoint.ListAsync(ctx, catalog, gatewayKeys));
+        var upstreamModels = app.Services.GetRequiredService<UpstreamModelList>();
+        app.MapGet("/v1/models", (HttpContext ctx) => ModelsEndpoint.ListAsync(ctx, catalog, gatewayKeys, upstreamModels));
         app.MapGet("/v1/models/{**id}", (HttpContext ctx) => ModelsEndpoint.RetrieveAsync(ctx, catalog, gatewayKeys));
         app.MapGet("/v1/gateway/metrics", async (HttpContext ctx) =>
         {

@@ -13,14 +13,25 @@ namespace PipelineGateway.Server;
 /// </summary>
 internal static class ModelsEndpoint
 {
-    public static async Task ListAsync(HttpContext ctx, ModelCatalog catalog, GatewayKeys keys)
+    public static async Task ListAsync(HttpContext ctx, ModelCatalog catalog, GatewayKeys keys, UpstreamModelList upstream)
     {
         var key = ctx.Features.Get<GatewayCaller>()?.Key;
         var anthropic = IsAnthropic(ctx);
         // The configured groups, then the names wildcards took that an upstream has answered (a name a caller made up
         // is not listed; a wildcard's own name is not a model).
+        // and those their providers list, for a wildcard that asks it.
+        var made = catalog.Wildcards.SelectMany(static w => w.Made).Where(static g => g.Established).Select(static g => g.Name).ToList();
+        foreach (var wildcard in catalog.Wildcards)
+        {
+            if (wildcard.ListsUpstreamModels)
+            {
+                made.AddRange(await upstream.NamesAsync(wildcard, ctx.RequestAborted));
+            }
+        }
+
+        var configured = catalog.Groups.Select(static g => g.Name).ToHashSet(StringComparer.OrdinalIgnoreCase);
         var ids = catalog.Groups.Select(static g => g.Name)
-            .Concat(catalog.Wildcards.SelectMany(static w => w.Made).Where(static g => g.Established).Select(static g => g.Name).Order(StringComparer.Ordinal))
+            .Concat(made.Where(configured.Add).Order(StringComparer.Ordinal))
             .Where(name => keys.MayUse(key, name)).ToList();
         ctx.Response.ContentType = "application/json";
         await using var w = new Utf8JsonWriter(ctx.Response.Body, new JsonWriterOptions { Encoder = Serialization.WireJson.Encoder });

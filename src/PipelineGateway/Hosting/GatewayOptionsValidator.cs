@@ -132,6 +132,11 @@ internal sealed class GatewayOptionsValidator(
                 errors.Add($"{path}:Aliases: '{starred}' has a '*'; only a group's name can be a wildcard.");
             }
 
+            if (!wildcard && group.ListUpstreamModels)
+            {
+                errors.Add($"{path}:ListUpstreamModels lists the names a wildcard group takes; '{group.Name}' is not one (its name does not end in '*').");
+            }
+
             if (!wildcard && group.MaxModels is not null)
             {
                 errors.Add($"{path}:MaxModels bounds the names a wildcard group takes; '{group.Name}' is not one (its name does not end in '*').");

@@ -119,6 +119,7 @@ public static class GatewayServiceCollectionExtensions
         services.TryAddSingleton(BuildPools);
         services.TryAddSingleton(BuildCatalog);
         services.TryAddSingleton<Cost.PricingTable>();
+        services.TryAddSingleton<UpstreamModelList>();
         services.TryAddSingleton<Cost.BudgetTracker>();
         services.TryAddSingleton<Cost.IGatewayBudgets>(static sp => sp.GetRequiredService<Cost.BudgetTracker>());
         services.TryAddSingleton(sp => new GatewayInstruments(sp.GetService<System.Diagnostics.Metrics.IMeterFactory>(),
@@ -259,7 +260,7 @@ public static class GatewayServiceCollectionExtensions
 
             // A wildcard: its configuration as a template (never routed to), and the groups it makes, one per name.
             var template = Make(g, model => model ?? "*");
-            wildcards.Add(new WildcardModels(template, g.MaxModels ?? ModelGroupOptions.DefaultMaxModels,
+            wildcards.Add(new WildcardModels(template, g.MaxModels ?? ModelGroupOptions.DefaultMaxModels, g.ListUpstreamModels,
                 (wildcard, rest) => Make(
                     new ModelGroupOptions
                     {

@@ -281,6 +281,13 @@ public sealed class ModelGroupBuilder
         return this;
     }
 
+    /// <summary>A wildcard group's <c>/v1/models</c> lists its providers' own models too (<c>GET {base}/models</c>).</summary>
+    public ModelGroupBuilder ListUpstreamModels(bool list = true)
+    {
+        Options.ListUpstreamModels = list;
+        return this;
+    }
+
     /// <summary>Completion tokens expected when a request of this model sets no <c>max_tokens</c> (CostOptimized, token limits, budgets); default <c>Admission:ExpectedCompletionTokens</c>.</summary>
     public ModelGroupBuilder ExpectCompletionTokens(int tokens)
     {

@@ -21,6 +21,13 @@ public sealed class ModelGroupOptions
     [Range(1, 100_000)]
     public int? MaxModels { get; set; }
 
+    /// <summary>
+    /// A wildcard's <c>/v1/models</c>: besides the names an upstream answered, every name its providers' own model lists
+    /// make (<c>GET {base}/models</c> of OpenAI, Anthropic or an OpenAI-compatible server; read at most every five
+    /// minutes) — what a chat UI discovering models through the gateway needs. Only for a wildcard group.
+    /// </summary>
+    public bool ListUpstreamModels { get; set; }
+
     internal const int DefaultMaxModels = 1_000;
 
     /// <summary>A wildcard group's name ends in <c>*</c>.</summary>

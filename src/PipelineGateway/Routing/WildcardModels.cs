@@ -23,9 +23,10 @@ internal sealed class WildcardModels
     /// <param name="template">The configured group (its name ends in <c>*</c>): its fallbacks are linked once, at start.</param>
     /// <param name="make">Makes the group for a name and the part <c>*</c> stands for.</param>
     /// <param name="established">Told once per made group, when an upstream first answers it.</param>
-    internal WildcardModels(ModelGroup template, int max, Func<WildcardModels, string, ModelGroup> make, Action<ModelGroup>? established = null)
+    internal WildcardModels(ModelGroup template, int max, bool listsUpstreamModels, Func<WildcardModels, string, ModelGroup> make, Action<ModelGroup>? established = null)
     {
         Template = template;
+        ListsUpstreamModels = listsUpstreamModels;
         Name = template.Name;
         Prefix = Name[..^1];
         Max = max;
@@ -40,6 +41,9 @@ internal sealed class WildcardModels
     public string Prefix { get; }
 
     public int Max { get; }
+
+    /// <summary><c>/v1/models</c> lists the names its providers' own model lists make (<see cref="UpstreamModelList"/>).</summary>
+    public bool ListsUpstreamModels { get; }
 
     internal ModelGroup Template { get; }
 

@@ -24,6 +24,8 @@ public sealed class WildcardModelTests : IAsyncLifetime
 {
     private const string Key = "sk-gw-wildcard-test-key";
     private const string LimitedKey = "sk-gw-wildcard-limited";
+    private const string GammaKeyVariable = "PGW_TEST_WILDCARD_GAMMA_KEY";
+    private const string GammaKey = "sk-ant-wildcard-gamma-key";
 
     private WebApplication _upstream = null!;
     private WebApplication _app = null!;
@@ -42,8 +44,10 @@ public sealed class WildcardModelTests : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
+        Environment.SetEnvironmentVariable(GammaKeyVariable, GammaKey);
         _upstream = LoopbackApp.Build();
         _upstream.MapPost("/{provider}/v1/chat/completions", (HttpContext ctx) => AnswerAsync(ctx));
+        _upstream.MapGet("/{provider}/v1/models", (HttpContext ctx) => ListAsync(ctx));
         var upstream = await LoopbackApp.StartAsync(_upstream, Ct);
 
         _app = GatewayServer.Build(TestServerConfig.Simulated(new Dictionary<string, string?>
@@ -67,6 +71,13 @@ public sealed class WildcardModelTests : IAsyncLifetime
             ["Gateway:Models:3:Deployments:0:Model"] = "ft:*:org",
             ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
             ["Gateway:Pipeline:RetryMaxDelay"] = "00:00:00.002",
+            ["Gateway:Providers:3:Name"] = "gamma",
+            ["Gateway:Providers:3:Type"] = "Anthropic",
+            ["Gateway:Providers:3:BaseUrl"] = new Uri(upstream, "gamma/v1").ToString(),
+            ["Gateway:Providers:3:ApiKeyEnvironmentVariable"] = GammaKeyVariable,
+            ["Gateway:Models:4:Name"] = "claude/*",
+            ["Gateway:Models:4:ListUpstreamModels"] = "true",
+            ["Gateway:Models:4:Deployments:0:Provider"] = "gamma",
             ["Gateway:Server:Keys:0:Id"] = "admin",
             ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
             ["Gateway:Server:Keys:0:Admin"] = "true",
@@ -85,6 +96,44 @@ public sealed class WildcardModelTests : IAsyncLifetime
         await _app.DisposeAsync();
         await _upstream.StopAsync();
         await _upstream.DisposeAsync();
+    }
+
+    /// <summary>How many model lists the upstream was asked for, by provider.</summary>
+    private readonly ConcurrentDictionary<string, int> _listed = new();
+
+    /// <summary>
+    /// <c>GET /v1/models</c>: OpenAI's shape for alpha and beta (with an id no wildcard may take, and one of 300
+    /// characters), Anthropic's for gamma in pages of two (<c>has_more</c>, <c>last_id</c>, <c>after_id</c>).
+    /// </summary>
+    private async Task ListAsync(HttpContext ctx)
+    {
+        var provider = (string)ctx.Request.RouteValues["provider"]!;
+        _listed.AddOrUpdate(provider, 1, static (_, n) => n + 1);
+        if (provider == "gamma" && (ctx.Request.Headers["x-api-key"] != GammaKey || ctx.Request.Headers["anthropic-version"].Count == 0))
+        {
+            ctx.Response.StatusCode = 401; // Anthropic's list needs the key and the version, as its messages do
+            return;
+        }
+
+        ctx.Response.ContentType = "application/json";
+        if (provider == "gamma")
+        {
+            string[] claude = ["claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5"];
+            var after = ctx.Request.Query["after_id"].ToString();
+            var page = claude.SkipWhile(id => after.Length > 0 && id != after).Skip(after.Length > 0 ? 1 : 0).Take(2).ToArray();
+            await ctx.Response.WriteAsync(JsonSerializer.Serialize(new
+            {
+                data = page.Select(id => new { type = "model", id, display_name = id, created_at = "2025-01-01T00:00:00Z" }),
+                has_more = page.Length > 0 && page[^1] != claude[^1], first_id = page.FirstOrDefault(), last_id = page.LastOrDefault(),
+            }), ctx.RequestAborted);
+            return;
+        }
+
+        await ctx.Response.WriteAsync(JsonSerializer.Serialize(new
+        {
+            @object = "list",
+            data = Known[provider].Append("has space").Append(new string('x', 300)).Select(id => new { id, @object = "model", created = 0, owned_by = provider }),
+        }), ctx.RequestAborted);
     }
 
     private async Task AnswerAsync(HttpContext ctx)
@@ -189,6 +238,32 @@ public sealed class WildcardModelTests : IAsyncLifetime
         (await Get("v1/models/openai%2Fo3-mini")).GetProperty("id").GetString().Should().Be("openai/o3-mini", "the SDKs encode the slash");
         (await Get("v1/models/has%20space")).GetProperty("error").GetProperty("code").GetString().Should().Be("model_not_found");
         _app.Services.GetRequiredService<PipelineGateway.Routing.ModelCatalog>().Wildcards.Single(w => w.Name == "openai/*").Count.Should().Be(1, "retrieving makes no group");
+    }
+
+    [Fact]
+    public async Task A_wildcard_that_lists_upstream_models_shows_its_providers_models_read_once_for_a_while()
+    {
+        var listed = (await Get("v1/models")).GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).ToList();
+
+        listed.Should().Contain(["claude/claude-opus-4-1", "claude/claude-sonnet-4-5", "claude/claude-haiku-4-5"], "every page of gamma's list");
+        listed.Should().NotContain(name => name!.StartsWith("openai/", StringComparison.Ordinal), "openai/* does not ask for its provider's list");
+        listed.Should().OnlyHaveUniqueItems();
+        (await Get("v1/models")).GetProperty("data").GetArrayLength().Should().Be(listed.Count);
+        _listed.Should().Equal(new Dictionary<string, int> { ["gamma"] = 2 }, "two pages, read once for both callers");
+
+        (await Get("v1/models", LimitedKey)).GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString())
+            .Should().NotContain(name => name!.StartsWith("claude/", StringComparison.Ordinal), "a key sees only what it may use");
+    }
+
+    [Fact]
+    public async Task A_catch_all_listing_upstream_models_maps_ids_through_its_deployments_and_skips_what_it_cannot_take()
+    {
+        var list = _app.Services.GetRequiredService<PipelineGateway.Routing.UpstreamModelList>();
+        var catalog = _app.Services.GetRequiredService<PipelineGateway.Routing.ModelCatalog>();
+
+        var names = await list.NamesAsync(catalog.Wildcards.Single(w => w.Name == "*"), Ct);
+        names.Should().BeEquivalentTo([.. Known["alpha"], .. Known["beta"]], "both deployments' lists, ids a wildcard cannot take (white space, 300 characters) skipped");
+        (await list.NamesAsync(catalog.Wildcards.Single(w => w.Name == "tuned/*"), Ct)).Should().Equal(["tuned/abc"], "ft:*:org takes ft:abc:org back to its name");
     }
 
     [Fact]

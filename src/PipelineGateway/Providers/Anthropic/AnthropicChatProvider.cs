@@ -8,7 +8,7 @@ using PipelineGateway.Providers.Http;
 namespace PipelineGateway.Providers.Anthropic;
 
 /// <summary>Anthropic Messages (<c>POST {base}/messages</c>, <c>x-api-key</c>, <c>anthropic-version</c>).</summary>
-internal sealed class AnthropicChatProvider : HttpChatProvider
+internal sealed class AnthropicChatProvider : HttpChatProvider, IUpstreamModelLister
 {
     private readonly Uri _messages;
 
@@ -18,6 +18,37 @@ internal sealed class AnthropicChatProvider : HttpChatProvider
         var baseUrl = options.BaseUrl ?? "https://api.anthropic.com/v1";
         _messages = new Uri(new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/"), "messages");
         _countTokens = new Uri(new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/"), "messages/count_tokens");
+        _models = new Uri(new Uri(baseUrl.EndsWith('/') ? baseUrl : baseUrl + "/"), "models");
+    }
+
+    private readonly Uri _models;
+
+    public bool CanListModels => true;
+
+    /// <summary><c>GET {base}/models</c>, page after page (<c>has_more</c>, <c>after_id</c>; at most ten pages of 1,000).</summary>
+    public async Task<IReadOnlyList<string>> ListModelsAsync(CancellationToken cancellationToken)
+    {
+        var ids = new List<string>();
+        string? after = null;
+        for (var page = 0; page < 10 && ids.Count < UpstreamModelIds.MaxIds; page++)
+        {
+            using var message = new HttpRequestMessage(HttpMethod.Get, new Uri(_models + "?limit=1000" + (after is null ? string.Empty : "&after_id=" + Uri.EscapeDataString(after))));
+            AddHeaders(message, stream: false, beta: null);
+            var (answer, _, _) = await ExchangeAsync(message, null, cancellationToken).ConfigureAwait(false);
+            using (answer)
+            {
+                var (got, more, last) = UpstreamModelIds.Read(answer.Span, UpstreamModelIds.MaxIds - ids.Count);
+                ids.AddRange(got);
+                if (!more || last is null || string.Equals(last, after, StringComparison.Ordinal))
+                {
+                    break;
+                }
+
+                after = last;
+            }
+        }
+
+        return ids;
     }
 
     private readonly Uri _countTokens;

@@ -10,7 +10,7 @@ namespace PipelineGateway.Providers.OpenAI;
 /// OpenAI-compatible endpoint by base URL (vLLM, Ollama, Groq, Together, Mistral…) and Azure OpenAI
 /// (deployment URL, <c>api-key</c> header, <c>api-version</c> query).
 /// </summary>
-internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider, ITextCompletionProvider, IStreamedOperationProvider
+internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider, ITextCompletionProvider, IStreamedOperationProvider, IUpstreamModelLister
 {
     /// <summary>Marks an upstream call on the <c>/completions</c> route, with the caller's model (its refusal names it).</summary>
     private static readonly HttpRequestOptionsKey<string> TextCompletionOf = new("pgw.completions");
@@ -106,9 +106,26 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     }
 
     /// <summary>A POST of <paramref name="content"/> (JSON, or a multipart form) with the key and the configured headers.</summary>
-    private HttpRequestMessage Post(Uri uri, HttpContent content, string accept)
+    private HttpRequestMessage Post(Uri uri, HttpContent content, string accept) =>
+        Authorized(new HttpRequestMessage(HttpMethod.Post, uri) { Content = content }, accept);
+
+    /// <summary>Azure OpenAI's deployments are not a list of models: nothing to list there.</summary>
+    public bool CanListModels => !_azure;
+
+    /// <summary><c>GET {base}/models</c>: the ids of the upstream's <c>data</c> list.</summary>
+    public async Task<IReadOnlyList<string>> ListModelsAsync(CancellationToken cancellationToken)
     {
-        var message = new HttpRequestMessage(HttpMethod.Post, uri) { Content = content };
+        using var message = Authorized(new HttpRequestMessage(HttpMethod.Get, new Uri(_base, "models")), "application/json");
+        var (answer, _, _) = await ExchangeAsync(message, null, cancellationToken).ConfigureAwait(false);
+        using (answer)
+        {
+            return UpstreamModelIds.Read(answer.Span).Ids;
+        }
+    }
+
+    /// <summary>The key and the configured headers on a request to the upstream.</summary>
+    private HttpRequestMessage Authorized(HttpRequestMessage message, string accept)
+    {
         if (_authorization is not null)
         {
             message.Headers.TryAddWithoutValidation(_azure ? "api-key" : "Authorization", _authorization);
