@@ -487,8 +487,8 @@ public sealed class FrontDoorTests : IAsyncLifetime
         { """{"model":"gpt-4o-mini","max_tokens":16,"metadata":{"user_id":5},"messages":[{"role":"user","content":"hi"}]}""", "metadata.user_id" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"system":["x"],"messages":[{"role":"user","content":"hi"}]}""", "system" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"image"}]}]}""", "messages.0.content.0.source" },
-        // A search result's source is its URL (a string): refused for the block the gateway cannot carry, not as a source that "must be an object".
-        { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"search_result","source":"https://example.test/a","title":"t","content":[{"type":"text","text":"c"}]},{"type":"text","text":"q"}]}]}""", "Content blocks of type 'search_result' cannot be carried" },
+        // A search result's source is its URL (a string), not a source that "must be an object"; one without its title names it.
+        { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"search_result","source":"https://example.test/a","content":[{"type":"text","text":"c"}]},{"type":"text","text":"q"}]}]}""", "messages.0.content.0.title: Field required" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"image","source":5}]}]}""", "messages.0.content.0.source: must be an object" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"user","content":[{"type":"image","source":{"type":5}}]}]}""", "messages.2.content.0.source.type: must be a string" },
         { """{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","name":"f"}]}]}""", "messages.1.content.0.id" },

@@ -131,6 +131,11 @@ internal static partial class AnthropicCodec
 
         ReadOutputFormat(request);
 
+        if (a.System is { Raw: not null })
+        {
+            throw new AnthropicRequestException("system", "system: search_result blocks belong in user turns or tool results, not the system prompt.");
+        }
+
         if (a.System is { } system && system.Text.Length > 0)
         {
             request.Messages.Add(new ChatCompletionMessage { Role = ChatRoles.System, Content = system.ToContent() });
@@ -212,6 +217,7 @@ internal static partial class AnthropicCodec
         var calls = new List<ToolCall>();
         var thinking = new List<ThinkingBlock>();
         var blocks = m.Content.Blocks!;
+        var searchResults = false;
         for (var i = 0; i < blocks.Count; i++)
         {
             var b = blocks[i];
@@ -246,6 +252,13 @@ internal static partial class AnthropicCodec
 
                     var result = ChatCompletionMessage.Tool(b.ToolUseId!, b.Content?.Text ?? string.Empty);
                     result.AdditionalProperties = CacheControl(b.CacheControl);
+                    if (b.Content?.Raw is { } resultAsWritten)
+                    {
+                        // Search results in a tool's result: Claude gets the content as written (it can cite them), other
+                        // providers the text above (each result's title, source and text).
+                        (result.AdditionalProperties ??= [])[ServerTools.ContentMember] = resultAsWritten;
+                    }
+
                     if (b.IsError == true)
                     {
                         (result.AdditionalProperties ??= [])[IsErrorMember] = JsonSerializer.SerializeToElement(true, AnthropicRequestContext.Default.Boolean);
@@ -276,6 +289,17 @@ internal static partial class AnthropicCodec
                     document.AdditionalProperties["file"] = JsonSerializer.SerializeToElement(file, AnthropicRequestContext.Default.DictionaryStringString);
                     parts.Add(document);
                     break;
+                case "search_result":
+                    // A search result the caller gives Claude to answer from (and cite): Claude gets the turn's blocks as
+                    // written (below); other providers its title, source and text.
+                    if (m.Role != "user")
+                    {
+                        throw new AnthropicRequestException($"{at}.type", $"{at}.type: search_result blocks belong to user turns.");
+                    }
+
+                    parts.Add(new ContentPart { Type = "text", Text = SearchResultText(b, at) + "\n\n", AdditionalProperties = CacheControl(b.CacheControl) }); // its own paragraph
+                    searchResults = true;
+                    break;
                 case var server when ServerTools.IsServerBlock(server):
                     // A server tool's call or result in an earlier answer: the turn's blocks go back to Claude as they
                     // came (below); the canonical form holds the turn's text and the caller's own tool calls.
@@ -290,10 +314,19 @@ internal static partial class AnthropicCodec
             }
         }
 
-        if (m.Content.Raw is { } raw && m.Role != "assistant")
+        if (m.Content.Raw is not null && m.Role != "assistant")
         {
-            // Cited text in a user turn: the citations have no canonical place (server blocks there were refused above).
-            throw new AnthropicRequestException($"{path}.content", $"{path}.content: text with citations belongs to assistant turns.");
+            if (!searchResults)
+            {
+                // Cited text in a user turn: the citations have no canonical place (server blocks there were refused above).
+                throw new AnthropicRequestException($"{path}.content", $"{path}.content: text with citations belongs to assistant turns.");
+            }
+
+            if (blocks.Exists(static b => b.Type == "tool_result"))
+            {
+                // The turn's blocks as written would give Claude its tool results twice (they are messages of their own).
+                throw new AnthropicRequestException($"{path}.content", $"{path}.content: search_result blocks beside tool_result blocks cannot be carried; put them in the tool_result's content.");
+            }
         }
 
         if (parts.Count > 0 || calls.Count > 0 || thinking.Count > 0 || m.Content.Raw is not null)
@@ -420,6 +453,25 @@ internal static partial class AnthropicCodec
     }
 
     /// <summary>A text block as a canonical text part, its <c>cache_control</c> (prompt caching) kept for an Anthropic upstream.</summary>
+    /// <summary>
+    /// A <c>search_result</c> block as text for a provider without the block (its title, source and text), after checking
+    /// it as Claude does: a <c>source</c> and a <c>title</c> (strings) and a <c>content</c> of text blocks.
+    /// </summary>
+    internal static string SearchResultText(AnthropicInputBlock b, string at) =>
+        SearchResultProblem(b) is { } problem
+            ? throw new AnthropicRequestException($"{at}.{problem.Field}", $"{at}.{problem.Field}: {problem.Message}")
+            : SearchResultText(b);
+
+    /// <summary>What a <c>search_result</c> block lacks, if anything.</summary>
+    internal static (string Field, string Message)? SearchResultProblem(AnthropicInputBlock b) =>
+        b.Source is not { Type: "string", Url.Length: > 0 } ? ("source", "Field required (the result's URL or identifier, a string)")
+        : b.Title is null ? ("title", "Field required")
+        : b.Content is not { Raw: null } ? ("content", "Field required (a list of text blocks)")
+        : null;
+
+    /// <summary>A checked <c>search_result</c> block as text.</summary>
+    internal static string SearchResultText(AnthropicInputBlock b) => $"Search result: {b.Title}\nSource: {b.Source!.Url}\n{b.Content!.Text}";
+
     internal static ContentPart TextPart(AnthropicInputBlock b) => new() { Type = "text", Text = b.Text, AdditionalProperties = CacheControl(b.CacheControl) };
 
     /// <summary>
@@ -790,6 +842,12 @@ internal sealed class AnthropicSystem
     /// <summary>The text blocks as they came, when one of them carries <c>cache_control</c> (else null: the text is enough).</summary>
     public List<AnthropicInputBlock>? CachedBlocks { get; init; }
 
+    /// <summary>
+    /// The blocks as written when some are <c>search_result</c>s (a tool's result: what Claude is given, <see
+    /// cref="ServerTools.ContentMember"/>); <see cref="Text"/> then holds each result's title, source and text.
+    /// </summary>
+    public JsonElement? Raw { get; init; }
+
     /// <summary>The text as canonical content: the joined string, or text parts keeping each block's <c>cache_control</c>.</summary>
     public MessageContent ToContent() => CachedBlocks is { } blocks
         ? new MessageContent([.. blocks.Select(AnthropicCodec.TextPart)])
@@ -867,8 +925,8 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
     };
 
     /// <summary>
-    /// Whether the array holds a block with no canonical form — a server tool's (<see cref="ServerTools.IsServerBlock"/>)
-    /// or text with <c>citations</c> — looked for on a copy of the reader (false for anything malformed: the normal read
+    /// Whether the array holds a block with no canonical form — a server tool's (<see cref="ServerTools.IsServerBlock"/>),
+    /// a <c>search_result</c>, or text with <c>citations</c> — looked for on a copy of the reader (false for anything malformed: the normal read
     /// names the error).
     /// </summary>
     private static bool KeepsRaw(Utf8JsonReader probe)
@@ -889,7 +947,7 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
                     var isType = probe.ValueTextEquals("type"u8);
                     var isCitations = probe.ValueTextEquals("citations"u8);
                     probe.Read();
-                    if (isType && probe.TokenType == JsonTokenType.String && IsServerBlock(ref probe)
+                    if (isType && probe.TokenType == JsonTokenType.String && (IsServerBlock(ref probe) || IsSearchResult(ref probe))
                         || isCitations && probe.TokenType == JsonTokenType.StartArray && !IsEmptyArray(probe))
                     {
                         return true;
@@ -919,6 +977,10 @@ internal sealed class AnthropicInputContentConverter : JsonConverter<AnthropicIn
         return type.SequenceEqual("server_tool_use"u8) || type.SequenceEqual("mcp_tool_use"u8) || type.SequenceEqual("container_upload"u8)
             || type.EndsWith("_tool_result"u8) && !type.SequenceEqual("tool_result"u8);
     }
+
+    /// <summary>The type at the reader is <c>search_result</c> (a block the caller gives Claude as it is, with a text form for others).</summary>
+    internal static bool IsSearchResult(ref Utf8JsonReader r) =>
+        r.ValueIsEscaped || r.HasValueSequence ? r.GetString() == "search_result" : r.ValueSpan.SequenceEqual("search_result"u8);
 
     /// <summary>The array starting at the reader has no element (an empty <c>citations</c> is no citation).</summary>
     private static bool IsEmptyArray(Utf8JsonReader copy) => copy.Read() && copy.TokenType == JsonTokenType.EndArray;
@@ -973,18 +1035,73 @@ internal sealed class AnthropicTextConverter : JsonConverter<AnthropicSystem>
         }
 
         var text = new StringBuilder();
-        var blocks = Serialization.JsonProblems.ReadWithin(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) ?? [];
-        foreach (var block in blocks)
+        JsonElement? raw = HasSearchResult(reader) ? JsonElement.ParseValue(ref reader) : null;
+        var blocks = raw is { } written ? FromElement(written) : Serialization.JsonProblems.ReadWithin(ref reader, AnthropicRequestContext.Default.ListAnthropicInputBlock) ?? [];
+        for (var i = 0; i < blocks.Count; i++)
         {
-            if ((object?)block is not AnthropicInputBlock { Type: "text", Text: { } t })
+            switch (blocks[i])
             {
-                throw new JsonException("must be a string or a list of text blocks (type 'text' with a 'text' field)");
-            }
+                case { Type: "text", Text: { } t }:
+                    text.Append(t);
+                    break;
+                case { Type: "search_result" } result:
+                    if (AnthropicCodec.SearchResultProblem(result) is { } problem)
+                    {
+                        throw Serialization.JsonProblems.Within(new JsonException($"{problem.Field}: {problem.Message}"), $"[{i}].{problem.Field}");
+                    }
 
-            text.Append(t);
+                    text.Append(text.Length > 0 ? "\n\n" : string.Empty).Append(AnthropicCodec.SearchResultText(result));
+                    break;
+                default:
+                    throw new JsonException("must be a string or a list of text blocks (type 'text' with a 'text' field) and search results");
+            }
         }
 
-        return new AnthropicSystem { Text = text.ToString(), CachedBlocks = blocks.Exists(static b => b.CacheControl is not null) ? blocks : null };
+        return new AnthropicSystem { Text = text.ToString(), Raw = raw, CachedBlocks = raw is null && blocks.Exists(static b => b.CacheControl is not null) ? blocks : null };
+    }
+
+    /// <summary>Whether the array at the reader holds a <c>search_result</c> block (on a copy of the reader; false for anything malformed).</summary>
+    private static bool HasSearchResult(Utf8JsonReader probe)
+    {
+        try
+        {
+            var depth = probe.CurrentDepth;
+            while (probe.Read() && !(probe.TokenType == JsonTokenType.EndArray && probe.CurrentDepth == depth))
+            {
+                if (probe.TokenType == JsonTokenType.PropertyName && probe.CurrentDepth == depth + 2 && probe.ValueTextEquals("type"u8)
+                    && probe.Read() && probe.TokenType == JsonTokenType.String && AnthropicInputContentConverter.IsSearchResult(ref probe))
+                {
+                    return true;
+                }
+            }
+        }
+        catch (JsonException)
+        {
+            // Malformed: the normal read says where.
+        }
+
+        return false;
+    }
+
+    private static List<AnthropicInputBlock> FromElement(JsonElement written)
+    {
+        var blocks = new List<AnthropicInputBlock>();
+        var i = 0;
+        foreach (var element in written.EnumerateArray())
+        {
+            try
+            {
+                blocks.Add(element.Deserialize(AnthropicRequestContext.Default.AnthropicInputBlock) ?? throw new JsonException("must be a content block"));
+            }
+            catch (JsonException ex)
+            {
+                throw Serialization.JsonProblems.Within(ex, $"[{i}]");
+            }
+
+            i++;
+        }
+
+        return blocks;
     }
 
     public override void Write(Utf8JsonWriter writer, AnthropicSystem value, JsonSerializerOptions options) =>

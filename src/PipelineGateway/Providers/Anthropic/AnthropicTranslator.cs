@@ -387,7 +387,13 @@ internal static class AnthropicTranslator
             w.WriteStartObject();
             w.WriteString("type", "tool_result");
             w.WriteString("tool_use_id", m.ToolCallId);
-            if (m.Content?.Parts is { } resultParts && resultParts.Exists(static p => p.Type != "text"))
+            if (m.AdditionalProperties is not null && ServerTools.Content(m) is { } resultAsWritten)
+            {
+                // Search results in the tool's result (an Anthropic-format caller's): as the caller wrote them.
+                w.WritePropertyName("content");
+                resultAsWritten.WriteTo(w);
+            }
+            else if (m.Content?.Parts is { } resultParts && resultParts.Exists(static p => p.Type != "text"))
             {
                 // A tool's result with an image: Anthropic takes text and image blocks there.
                 w.WriteStartArray("content");
@@ -409,10 +415,11 @@ internal static class AnthropicTranslator
             return;
         }
 
-        if (m.Role == ChatRoles.Assistant && m.AdditionalProperties is not null && ServerTools.Content(m) is { } written)
+        if (m.Role is ChatRoles.Assistant or ChatRoles.User && m.AdditionalProperties is not null && ServerTools.Content(m) is { } written)
         {
-            // A turn in which Claude used its server tools (or cited sources): its blocks as Claude wrote them, in their
-            // order — the canonical fields hold only what other providers can read of it.
+            // A turn in which Claude used its server tools (or cited sources), or a caller's turn giving it search
+            // results: its blocks as written, in their order — the canonical fields hold only what other providers can
+            // read of it.
             foreach (var block in written.EnumerateArray())
             {
                 block.WriteTo(w);

@@ -106,7 +106,8 @@ internal static class ServerTools
         var messages = request.Messages;
         for (var i = 0; i < messages.Count; i++)
         {
-            if (messages[i].AdditionalProperties is not null && Content(messages[i]) is not null)
+            // (A caller's search results, in a user turn or a tool's result, have a text form: those go as text.)
+            if (messages[i].Role == ChatRoles.Assistant && messages[i].AdditionalProperties is not null && Content(messages[i]) is not null)
             {
                 throw ProviderException.Unsupported($"messages[{i}].{ContentMember}",
                     $"messages[{i}] holds the blocks of Claude's server tools (a web search's results, say), which {deployment} has no form for; the request was not sent to this deployment.");
