@@ -19,6 +19,9 @@ internal interface INamedEventWriter
     /// <summary>What must be done before the closing events go out (they are written, not yet flushed): keeping the answer.</summary>
     ValueTask FinishedAsync() => ValueTask.CompletedTask;
 
+    /// <summary>The last events, made once <see cref="FinishedAsync"/> is done (what they say may depend on it).</summary>
+    IEnumerable<(string Name, byte[] Json)> Last() => [];
+
     /// <summary>The event saying the stream failed after it started (its HTTP status already sent).</summary>
     (string Name, byte[] Json) Error(int status, Exception error, string message);
 }
@@ -81,6 +84,7 @@ internal static class NamedEventStream
             WriteAll(ctx, started ? [] : writer.Start());
             WriteAll(ctx, writer.Finish());
             await writer.FinishedAsync();
+            WriteAll(ctx, writer.Last());
             await ctx.Response.BodyWriter.FlushAsync(aborted);
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)

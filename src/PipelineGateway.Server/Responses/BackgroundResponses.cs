@@ -275,6 +275,7 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
 
             var closing = (started ? writer.Finish() : writer.Start().Concat(writer.Finish())).ToList();
             await writer.FinishedAsync().ConfigureAwait(false); // kept as done before anyone sees its last event
+            closing.AddRange(writer.Last());
             run.Append(closing);
         }
         catch (OperationCanceledException) when (run.Cancel.IsCancellationRequested)

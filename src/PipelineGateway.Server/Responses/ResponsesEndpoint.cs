@@ -65,6 +65,10 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
             var json = writer.Whole(response);
             await writer.FinishedAsync(); // kept before the caller can refer to it
+            if (writer.NotKept)
+            {
+                json = writer.Final(); // it says store: false
+            }
             headers.WriteGatewayHeaders(ctx, request, response.Gateway);
             ctx.Response.ContentType = "application/json";
             await ctx.Response.Body.WriteAsync(json, aborted);
@@ -80,13 +84,11 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
     /// A finished response kept — stored (<paramref name="stored"/>), and its turn added to its conversation when it has
     /// one — before its last event or its body goes out.
     /// </summary>
-    private async Task KeepAsync(string scope, ResponsesCodec.Input input, ResponsesWriter writer, byte[] json, bool stored, int? lastSequence = null, Conversations.Turn? turn = null)
+    /// <returns>Whether a response to be stored was kept (true when it was not to be).</returns>
+    private async Task<bool> KeepAsync(string scope, ResponsesCodec.Input input, ResponsesWriter writer, byte[] json, bool stored, int? lastSequence = null, Conversations.Turn? turn = null)
     {
         var output = writer.OutputItems();
-        if (stored)
-        {
-            await store.SaveAsync(scope, writer.Id, json, input.Earlier, input.Items, output, lastSequence);
-        }
+        var kept = !stored || await store.SaveAsync(scope, writer.Id, json, input.Earlier, input.Items, output, lastSequence);
 
         await conversations.AddTurnAsync(scope, input.ConversationId, input.Items, output);
         if (turn is not null)
@@ -95,6 +97,8 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
             // next turn, sent the moment it has this answer, finds the conversation free.
             await turn.DisposeAsync();
         }
+
+        return kept;
     }
 
     /// <summary>

@@ -166,7 +166,8 @@ internal sealed partial class ResponsesStore
     /// state and input items, no conversation to continue. <paramref name="lastSequence"/>: a background response's last
     /// event's sequence number. Never throws: a shared store that cannot be written is logged (the answer still goes out).
     /// </summary>
-    public async Task SaveAsync(string scope, string responseId, byte[] response, JsonElement? earlier, IReadOnlyList<JsonElement> input, IReadOnlyList<(string Id, byte[] Json)>? output, int? lastSequence = null)
+    /// <returns>Whether it was kept (false: larger than the memory bound holds, or the shared store could not be written).</returns>
+    public async Task<bool> SaveAsync(string scope, string responseId, byte[] response, JsonElement? earlier, IReadOnlyList<JsonElement> input, IReadOnlyList<(string Id, byte[] Json)>? output, int? lastSequence = null)
     {
         var envelope = Json(w =>
         {
@@ -238,11 +239,15 @@ internal sealed partial class ResponsesStore
             {
                 // Larger than the instance's memory bound holds at all: said, not silent (its id is then not found).
                 LogTooLarge(_logger, responseId, envelope.Length, _options.StoredResponsesMaxBytes);
+                return false;
             }
+
+            return true;
         }
         catch (Exception ex) when (_shared is not null)
         {
             LogNotKept(_logger, responseId, ex.GetType().Name);
+            return false;
         }
     }
 

@@ -39,12 +39,29 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
     /// Called with the finished response (completed or incomplete) before its last event is written: what keeps it
     /// (<see cref="ResponsesStore"/>) has it before the caller can refer to it.
     /// </summary>
-    public Func<ResponsesWriter, byte[], Task>? Finished { get; init; }
+    /// <remarks>Its result: whether a response to be stored was kept (false: too large for the memory bound, or the
+    /// shared store could not be written) — the response then says <c>store: false</c> from its last event or body on.</remarks>
+    public Func<ResponsesWriter, byte[], Task<bool>>? Finished { get; init; }
 
-    private Task? _finishing;
+    private Task<bool>? _finishing;
+
+    /// <summary>A response to be stored that was not kept: it says so (<c>store: false</c>).</summary>
+    private bool _notKept;
+
+    /// <summary>The response was to be stored and was not kept (known once <see cref="FinishedAsync"/> is done).</summary>
+    public bool NotKept => _notKept;
 
     /// <summary>What <see cref="Finished"/> does, done (before the response's last event or its body goes out).</summary>
-    public ValueTask FinishedAsync() => _finishing is { } task ? new ValueTask(task) : ValueTask.CompletedTask;
+    public async ValueTask FinishedAsync()
+    {
+        if (_finishing is { } task && !await task.ConfigureAwait(false))
+        {
+            _notKept = true;
+        }
+    }
+
+    /// <summary>The finished response again, once <see cref="FinishedAsync"/> said whether it was kept (its <c>store</c>).</summary>
+    public byte[] Final() => ResponseJson();
 
     /// <summary>The finished response object's JSON.</summary>
     private byte[] ResponseJson() => Json(w => WriteResponse(w, Status()));
@@ -294,6 +311,14 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
         }
 
         _finishing = Finished?.Invoke(this, ResponseJson());
+    }
+
+    /// <summary>
+    /// The last event, <c>response.completed</c> (or <c>response.incomplete</c>), written once the response was kept
+    /// (<see cref="FinishedAsync"/>): its <c>store</c> says whether it was.
+    /// </summary>
+    public IEnumerable<(string Name, byte[] Json)> Last()
+    {
         var status = Status();
         yield return Event(status == "completed" ? "response.completed" : "response.incomplete", w => WriteMember(w, "response", status));
     }
@@ -596,7 +621,7 @@ internal sealed class ResponsesWriter(ChatCompletionRequest request, string id, 
 
         w.WriteNull("summary");
         w.WriteEndObject();
-        w.WriteBoolean("store", store);
+        w.WriteBoolean("store", store && !_notKept);
         WriteNumberOrNull(w, "temperature", request.Temperature);
         w.WriteStartObject("text");
         w.WriteStartObject("format");

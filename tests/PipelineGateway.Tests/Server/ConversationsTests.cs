@@ -176,10 +176,19 @@ public sealed class ConversationsTests : IAsyncLifetime
             items.Should().ContainSingle().Which!["content"]![0]!["text"]!.GetValue<string>().Should().Be("first");
             logs.All.Should().Contain("was not added to conversation");
 
-            // A stored response past the bound is not kept either: said in the log, not silent.
-            var stored = JsonNode.Parse(await (await http.PostAsync("v1/responses", new StringContent($$"""{"model":"m","input":"{{large}}"}""", Encoding.UTF8, "application/json"), Ct)).Content.ReadAsStringAsync(Ct))!["id"]!.GetValue<string>();
+            // A stored response past the bound is not kept either: said in the log, not silent, and the answer says
+            // store: false (as the caller would find it: not found) — whole, and in a stream's last event.
+            var whole = JsonNode.Parse(await (await http.PostAsync("v1/responses", new StringContent($$"""{"model":"m","input":"{{large}}"}""", Encoding.UTF8, "application/json"), Ct)).Content.ReadAsStringAsync(Ct))!;
+            var stored = whole["id"]!.GetValue<string>();
+            whole["store"]!.GetValue<bool>().Should().BeFalse("it was not kept");
             (await http.GetAsync($"v1/responses/{stored}", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
             logs.All.Should().Contain($"The response {stored} (or one of its output items) was not kept").And.Contain("StoredResponsesMaxBytes");
+            var streamed = await (await http.PostAsync("v1/responses", new StringContent($$"""{"model":"m","input":"{{large}}","stream":true}""", Encoding.UTF8, "application/json"), Ct)).Content.ReadAsStringAsync(Ct);
+            var last = streamed.Split('\n').Last(l => l.StartsWith("data: ", StringComparison.Ordinal));
+            var completed = JsonNode.Parse(last[6..])!;
+            (completed["type"]!.GetValue<string>(), completed["response"]!["store"]!.GetValue<bool>()).Should().Be(("response.completed", false));
+            var small = JsonNode.Parse(await (await http.PostAsync("v1/responses", new StringContent("""{"model":"m","input":"hi"}""", Encoding.UTF8, "application/json"), Ct)).Content.ReadAsStringAsync(Ct))!;
+            small["store"]!.GetValue<bool>().Should().BeTrue("one that fits is kept and says so");
         }
         finally
         {

@@ -94,6 +94,7 @@ public sealed class ResponsesReasoningTests
             }
 
             events.AddRange(writer.Finish());
+            events.AddRange(writer.Last()); // (after FinishedAsync, in a route)
             var completed = PipelineGateway.Tests.Support.StreamShapes.ResponsesItems(events.Select(static e => (e.Name, JsonDocument.Parse(e.Json).RootElement)));
             var output = completed.GetProperty("output").EnumerateArray().ToList();
             var parts = output.Where(o => o.GetProperty("type").GetString() == "message").SelectMany(o => o.GetProperty("content").EnumerateArray()).ToList();
