@@ -24,7 +24,10 @@ internal static class UpstreamModelIds
     /// <summary>The longest id taken: the upstream's bytes are hostile, and a model id is far shorter.</summary>
     public const int MaxIdLength = 256;
 
-    /// <summary>The ids (printable, of a sane length; others skipped), whether another page follows, and the last id.</summary>
+    /// <summary>
+    /// The ids (printable, of a sane length, holding no secret nor key-shaped token; others skipped), whether another
+    /// page follows, and the last id.
+    /// </summary>
     public static (List<string> Ids, bool HasMore, string? LastId) Read(ReadOnlySpan<byte> body, int room = MaxIds)
     {
         var ids = new List<string>();
@@ -47,7 +50,8 @@ internal static class UpstreamModelIds
                     }
 
                     if (model.ValueKind == JsonValueKind.Object && model.TryGetProperty("id"u8, out var id) && id.ValueKind == JsonValueKind.String
-                        && id.GetString() is { Length: > 0 and <= MaxIdLength } text && !text.Any(static c => char.IsControl(c) || char.IsWhiteSpace(c)))
+                        && id.GetString() is { Length: > 0 and <= MaxIdLength } text && !text.Any(static c => char.IsControl(c) || char.IsWhiteSpace(c))
+                        && SecretRedactor.Redact(text) == text) // an upstream echoing a key (ours) as a "model" shows it to no one
                     {
                         ids.Add(text);
                     }

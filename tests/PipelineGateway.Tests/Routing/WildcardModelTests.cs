@@ -118,7 +118,7 @@ public sealed class WildcardModelTests : IAsyncLifetime
         ctx.Response.ContentType = "application/json";
         if (provider == "gamma")
         {
-            string[] claude = ["claude-opus-4-1", "claude-sonnet-4-5", "claude-haiku-4-5"];
+            string[] claude = ["claude-opus-4-1", GammaKey, "claude-sonnet-4-5", "claude-haiku-4-5", "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz012345"];
             var after = ctx.Request.Query["after_id"].ToString();
             var page = claude.SkipWhile(id => after.Length > 0 && id != after).Skip(after.Length > 0 ? 1 : 0).Take(2).ToArray();
             await ctx.Response.WriteAsync(JsonSerializer.Serialize(new
@@ -246,10 +246,11 @@ public sealed class WildcardModelTests : IAsyncLifetime
         var listed = (await Get("v1/models")).GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).ToList();
 
         listed.Should().Contain(["claude/claude-opus-4-1", "claude/claude-sonnet-4-5", "claude/claude-haiku-4-5"], "every page of gamma's list");
+        listed.Should().NotContain(name => name!.Contains("sk-", StringComparison.Ordinal), "an upstream echoing the gateway's key (or any key) as a model shows it to no one");
         listed.Should().NotContain(name => name!.StartsWith("openai/", StringComparison.Ordinal), "openai/* does not ask for its provider's list");
         listed.Should().OnlyHaveUniqueItems();
         (await Get("v1/models")).GetProperty("data").GetArrayLength().Should().Be(listed.Count);
-        _listed.Should().Equal(new Dictionary<string, int> { ["gamma"] = 2 }, "two pages, read once for both callers");
+        _listed.Should().Equal(new Dictionary<string, int> { ["gamma"] = 3 }, "three pages, read once for both callers");
 
         (await Get("v1/models", LimitedKey)).GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString())
             .Should().NotContain(name => name!.StartsWith("claude/", StringComparison.Ordinal), "a key sees only what it may use");
