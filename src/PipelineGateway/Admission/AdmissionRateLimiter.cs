@@ -282,7 +282,7 @@ internal sealed partial class AdmissionRateLimiter : IDisposable, Pipeline.IComp
 
         if ((by & RateLimitPartition.Model) != 0)
         {
-            key = key + "\u001fm:" + request.Model;
+            key = key + "\u001fm:" + (request.RoutedModel ?? request.Model); // the model, not its spelling: a caller varying case or alias is one partition
         }
 
         return key;

@@ -58,6 +58,12 @@ public sealed class ChatCompletionRequest
 
     internal const int MaxAccountedUserChars = 256;
 
+    /// <summary>
+    /// The model group the request resolved to, by its name (as configured, whatever the caller's case or alias; as a
+    /// wildcard made it): what rate limits partitioned by model count. Set when the request is submitted.
+    /// </summary>
+    internal string? RoutedModel { get; set; }
+
     public bool? Stream { get; set; }
 
     public StreamOptions? StreamOptions { get; set; }

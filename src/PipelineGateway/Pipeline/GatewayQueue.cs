@@ -122,7 +122,9 @@ internal sealed class GatewayQueue(
     private ModelGroup Resolve(ChatCompletionRequest request)
     {
         RequestValidator.Validate(request);
-        return catalog.TryResolve(request.Model, out var group) ? group : throw catalog.NotFound(request.Model);
+        var group = catalog.TryResolve(request.Model, out var resolved) ? resolved : throw catalog.NotFound(request.Model);
+        request.RoutedModel = group.Name;
+        return group;
     }
 
     /// <summary>

@@ -78,6 +78,46 @@ public sealed class AdmissionTests
     }
 
     [Fact]
+    public async Task Limits_partitioned_by_model_count_the_model_asked_not_its_spelling()
+    {
+        var clock = TestGateway.Clock();
+        var (gateway, _) = await Start(clock, o =>
+        {
+            o.Admission.PartitionBy = RateLimitPartition.Model;
+            o.Admission.RateLimits.Add(new RateLimitRule { Name = "per-model", Algorithm = RateLimitAlgorithm.SlidingWindow, Limit = 3, Window = TimeSpan.FromMinutes(1) });
+            o.Models[0].Aliases = ["m-alias"]; // (the builder's group object is shared by each options build: set, not added)
+            o.Models.Add(new PipelineGateway.Routing.ModelGroupOptions { Name = "w/*", Deployments = [new PipelineGateway.Routing.DeploymentOptions { Provider = "p" }] });
+        });
+        await using var _ = gateway;
+        ChatCompletionRequest Named(string model)
+        {
+            var r = Req();
+            r.Model = model;
+            return r;
+        }
+
+        // Case and alias are one model (a caller varying them made a partition each: no limit at all).
+        string[] spellings = ["m", "M", "m-alias", "M-ALIAS"];
+        var admitted = 0;
+        foreach (var model in spellings)
+        {
+            try
+            {
+                await gateway.SubmitAsync(Named(model), SubmitMode.FailFast, Ct);
+                admitted++;
+            }
+            catch (RateLimitedException)
+            {
+            }
+        }
+
+        admitted.Should().Be(3, "one model, limited to 3 a minute, whatever it is called");
+        (await Drain(gateway, () => Named("W/x"))).Should().Be(3, "a wildcard's name is its own model");
+        (await Drain(gateway, () => Named("w/X"))).Should().Be(3, "another name the wildcard takes is another model");
+        (await Drain(gateway, () => Named("w/x"))).Should().Be(0, "the prefix's case does not make another");
+    }
+
+    [Fact]
     public async Task A_refusal_by_one_limit_consumes_nothing_from_the_others()
     {
         var clock = TestGateway.Clock();
