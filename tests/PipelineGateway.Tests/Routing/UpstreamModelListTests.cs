@@ -52,18 +52,24 @@ public sealed class UpstreamModelListTests
         }
     }
 
+    /// <summary>A gateway whose wildcard <c>p/*</c> lists the provider's models, on the clock given.</summary>
+    private static async Task<(Gateway Gateway, UpstreamModelList List, WildcardModels Wildcard)> StartAsync(ListingProvider provider, Microsoft.Extensions.Time.Testing.FakeTimeProvider clock)
+    {
+        var gateway = await new GatewayBuilder()
+            .AddProvider(provider)
+            .AddModel("p/*", m => m.Deploy("p").ListUpstreamModels())
+            .UseTimeProvider(clock)
+            .StartAsync(Ct);
+        return (gateway, gateway.Services.GetRequiredService<UpstreamModelList>(), gateway.Services.GetRequiredService<ModelCatalog>().Wildcards.Single());
+    }
+
     [Fact]
     public async Task A_list_is_read_once_kept_five_minutes_shown_as_last_read_when_a_read_fails_and_asked_again_after_30_s()
     {
         var clock = TestGateway.Clock();
         var provider = new ListingProvider("p");
-        await using var gateway = await new GatewayBuilder()
-            .AddProvider(provider)
-            .AddModel("p/*", m => m.Deploy("p").ListUpstreamModels())
-            .UseTimeProvider(clock)
-            .StartAsync(Ct);
-        var list = gateway.Services.GetRequiredService<UpstreamModelList>();
-        var wildcard = gateway.Services.GetRequiredService<ModelCatalog>().Wildcards.Single();
+        var (gateway, list, wildcard) = await StartAsync(provider, clock);
+        await using var _ = gateway;
         Task<IReadOnlyList<string>> Names() => list.NamesAsync(wildcard, Ct);
 
         (await Names()).Should().Equal("p/gpt-4o");
@@ -95,13 +101,8 @@ public sealed class UpstreamModelListTests
     {
         var clock = TestGateway.Clock();
         var provider = new ListingProvider("p") { Hold = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously) };
-        await using var gateway = await new GatewayBuilder()
-            .AddProvider(provider)
-            .AddModel("p/*", m => m.Deploy("p").ListUpstreamModels())
-            .UseTimeProvider(clock)
-            .StartAsync(Ct);
-        var list = gateway.Services.GetRequiredService<UpstreamModelList>();
-        var wildcard = gateway.Services.GetRequiredService<ModelCatalog>().Wildcards.Single();
+        var (gateway, list, wildcard) = await StartAsync(provider, clock);
+        await using var _ = gateway;
 
         var first = list.NamesAsync(wildcard, Ct);
         var second = list.NamesAsync(wildcard, Ct);

@@ -27,9 +27,11 @@ public sealed class WildcardModelTests : IAsyncLifetime
     private const string GammaKeyVariable = "PGW_TEST_WILDCARD_GAMMA_KEY";
     private const string GammaKey = "sk-ant-wildcard-gamma-key";
 
-    private WebApplication _upstream = null!;
-    private WebApplication _app = null!;
-    private HttpClient _http = null!;
+    private UpstreamAndGateway _both = null!;
+
+    private WebApplication _app => _both.Gateway;
+
+    private HttpClient _http => _both.Http;
 
     /// <summary>What the upstream was asked, in order: "provider model".</summary>
     private readonly ConcurrentQueue<string> _asked = new();
@@ -45,58 +47,53 @@ public sealed class WildcardModelTests : IAsyncLifetime
     public async ValueTask InitializeAsync()
     {
         Environment.SetEnvironmentVariable(GammaKeyVariable, GammaKey);
-        _upstream = LoopbackApp.Build();
-        _upstream.MapPost("/{provider}/v1/chat/completions", (HttpContext ctx) => AnswerAsync(ctx));
-        _upstream.MapGet("/{provider}/v1/models", (HttpContext ctx) => ListAsync(ctx));
-        var upstream = await LoopbackApp.StartAsync(_upstream, Ct);
-
-        _app = GatewayServer.Build(TestServerConfig.Simulated(new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:1:Name"] = "alpha",
-            ["Gateway:Providers:1:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:1:BaseUrl"] = new Uri(upstream, "alpha/v1").ToString(),
-            ["Gateway:Providers:2:Name"] = "beta",
-            ["Gateway:Providers:2:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:2:BaseUrl"] = new Uri(upstream, "beta/v1").ToString(),
-            ["Gateway:Models:1:Name"] = "openai/*",
-            ["Gateway:Models:1:MaxModels"] = "3",
-            ["Gateway:Models:1:Deployments:0:Provider"] = "alpha",
-            ["Gateway:Models:2:Name"] = "*",
-            ["Gateway:Models:2:Strategy"] = "Priority",
-            ["Gateway:Models:2:Deployments:0:Provider"] = "alpha",
-            ["Gateway:Models:2:Deployments:0:Model"] = "*",
-            ["Gateway:Models:2:Deployments:1:Provider"] = "beta",
-            ["Gateway:Models:3:Name"] = "tuned/*",
-            ["Gateway:Models:3:Deployments:0:Provider"] = "alpha",
-            ["Gateway:Models:3:Deployments:0:Model"] = "ft:*:org",
-            ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
-            ["Gateway:Pipeline:RetryMaxDelay"] = "00:00:00.002",
-            ["Gateway:Providers:3:Name"] = "gamma",
-            ["Gateway:Providers:3:Type"] = "Anthropic",
-            ["Gateway:Providers:3:BaseUrl"] = new Uri(upstream, "gamma/v1").ToString(),
-            ["Gateway:Providers:3:ApiKeyEnvironmentVariable"] = GammaKeyVariable,
-            ["Gateway:Models:4:Name"] = "claude/*",
-            ["Gateway:Models:4:ListUpstreamModels"] = "true",
-            ["Gateway:Models:4:Deployments:0:Provider"] = "gamma",
-            ["Gateway:Server:Keys:0:Id"] = "admin",
-            ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
-            ["Gateway:Server:Keys:0:Admin"] = "true",
-            ["Gateway:Server:Keys:1:Id"] = "limited",
-            ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(LimitedKey),
-            ["Gateway:Server:Keys:1:AllowedModels:0"] = "openai/*",
-            ["Gateway:Server:Keys:1:AllowedModels:1"] = "llama-3",
-        }), "http://127.0.0.1:0", _ => { });
-        _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct) };
+        _both = await UpstreamAndGateway.StartAsync(
+            upstream =>
+            {
+                upstream.MapPost("/{provider}/v1/chat/completions", (HttpContext ctx) => AnswerAsync(ctx));
+                upstream.MapGet("/{provider}/v1/models", (HttpContext ctx) => ListAsync(ctx));
+            },
+            upstream => new Dictionary<string, string?>
+            {
+                ["Gateway:Providers:1:Name"] = "alpha",
+                ["Gateway:Providers:1:Type"] = "OpenAICompatible",
+                ["Gateway:Providers:1:BaseUrl"] = new Uri(upstream, "alpha/v1").ToString(),
+                ["Gateway:Providers:2:Name"] = "beta",
+                ["Gateway:Providers:2:Type"] = "OpenAICompatible",
+                ["Gateway:Providers:2:BaseUrl"] = new Uri(upstream, "beta/v1").ToString(),
+                ["Gateway:Models:1:Name"] = "openai/*",
+                ["Gateway:Models:1:MaxModels"] = "3",
+                ["Gateway:Models:1:Deployments:0:Provider"] = "alpha",
+                ["Gateway:Models:2:Name"] = "*",
+                ["Gateway:Models:2:Strategy"] = "Priority",
+                ["Gateway:Models:2:Deployments:0:Provider"] = "alpha",
+                ["Gateway:Models:2:Deployments:0:Model"] = "*",
+                ["Gateway:Models:2:Deployments:1:Provider"] = "beta",
+                ["Gateway:Models:3:Name"] = "tuned/*",
+                ["Gateway:Models:3:Deployments:0:Provider"] = "alpha",
+                ["Gateway:Models:3:Deployments:0:Model"] = "ft:*:org",
+                ["Gateway:Pipeline:RetryBaseDelay"] = "00:00:00.001",
+                ["Gateway:Pipeline:RetryMaxDelay"] = "00:00:00.002",
+                ["Gateway:Providers:3:Name"] = "gamma",
+                ["Gateway:Providers:3:Type"] = "Anthropic",
+                ["Gateway:Providers:3:BaseUrl"] = new Uri(upstream, "gamma/v1").ToString(),
+                ["Gateway:Providers:3:ApiKeyEnvironmentVariable"] = GammaKeyVariable,
+                ["Gateway:Models:4:Name"] = "claude/*",
+                ["Gateway:Models:4:ListUpstreamModels"] = "true",
+                ["Gateway:Models:4:Deployments:0:Provider"] = "gamma",
+                ["Gateway:Server:Keys:0:Id"] = "admin",
+                ["Gateway:Server:Keys:0:Sha256"] = GatewayKeys.Hash(Key),
+                ["Gateway:Server:Keys:0:Admin"] = "true",
+                ["Gateway:Server:Keys:1:Id"] = "limited",
+                ["Gateway:Server:Keys:1:Sha256"] = GatewayKeys.Hash(LimitedKey),
+                ["Gateway:Server:Keys:1:AllowedModels:0"] = "openai/*",
+                ["Gateway:Server:Keys:1:AllowedModels:1"] = "llama-3",
+            },
+            Ct);
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        _http.Dispose();
-        await _app.StopAsync();
-        await _app.DisposeAsync();
-        await _upstream.StopAsync();
-        await _upstream.DisposeAsync();
-    }
+    public ValueTask DisposeAsync() => _both.DisposeAsync();
+
 
     /// <summary>How many model lists the upstream was asked for, by provider.</summary>
     private readonly ConcurrentDictionary<string, int> _listed = new();
@@ -124,7 +121,9 @@ public sealed class WildcardModelTests : IAsyncLifetime
             await ctx.Response.WriteAsync(JsonSerializer.Serialize(new
             {
                 data = page.Select(id => new { type = "model", id, display_name = id, created_at = "2025-01-01T00:00:00Z" }),
-                has_more = page.Length > 0 && page[^1] != claude[^1], first_id = page.FirstOrDefault(), last_id = page.LastOrDefault(),
+                has_more = page.Length > 0 && page[^1] != claude[^1],
+                first_id = page.FirstOrDefault(),
+                last_id = page.LastOrDefault(),
             }), ctx.RequestAborted);
             return;
         }
@@ -167,7 +166,10 @@ public sealed class WildcardModelTests : IAsyncLifetime
             ctx.Response.ContentType = "application/json";
             await ctx.Response.WriteAsync(JsonSerializer.Serialize(new
             {
-                id = "chatcmpl-1", @object = "chat.completion", created = 1, model,
+                id = "chatcmpl-1",
+                @object = "chat.completion",
+                created = 1,
+                model,
                 choices = new[] { new { index = 0, message = new { role = "assistant", content = $"{provider} says hi" }, finish_reason = "stop" } },
                 usage,
             }), ctx.RequestAborted);

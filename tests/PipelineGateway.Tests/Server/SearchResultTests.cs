@@ -20,9 +20,9 @@ public sealed class SearchResultTests : IAsyncLifetime
 {
     private const string KeyVariable = "PGW_TEST_SEARCH_RESULT_CLAUDE_KEY";
 
-    private WebApplication _upstream = null!;
-    private WebApplication _app = null!;
-    private HttpClient _http = null!;
+    private UpstreamAndGateway _both = null!;
+
+    private HttpClient _http => _both.Http;
 
     /// <summary>The bodies the upstreams were sent, by path ("claude", "openai" the compatible one, "openai-strict" OpenAI's own).</summary>
     private readonly ConcurrentDictionary<string, JsonElement> _sent = new();
@@ -41,42 +41,35 @@ public sealed class SearchResultTests : IAsyncLifetime
     public async ValueTask InitializeAsync()
     {
         Environment.SetEnvironmentVariable(KeyVariable, "sk-ant-search-result-test");
-        _upstream = LoopbackApp.Build();
-        _upstream.MapPost("/{kind}/v1/{**path}", (HttpContext ctx) => AnswerAsync(ctx));
-        var upstream = await LoopbackApp.StartAsync(_upstream, Ct);
-        _app = GatewayServer.Build(TestServerConfig.Simulated(new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:1:Name"] = "claude",
-            ["Gateway:Providers:1:Type"] = "Anthropic",
-            ["Gateway:Providers:1:BaseUrl"] = new Uri(upstream, "claude/v1").ToString(),
-            ["Gateway:Providers:1:ApiKeyEnvironmentVariable"] = KeyVariable,
-            ["Gateway:Providers:2:Name"] = "compat",
-            ["Gateway:Providers:2:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:2:BaseUrl"] = new Uri(upstream, "openai/v1").ToString(),
-            ["Gateway:Models:1:Name"] = "claude-m",
-            ["Gateway:Models:1:Deployments:0:Provider"] = "claude",
-            ["Gateway:Models:1:Deployments:0:Model"] = "claude-sonnet-4-5",
-            ["Gateway:Models:2:Name"] = "compat-m",
-            ["Gateway:Models:2:Deployments:0:Provider"] = "compat",
-            ["Gateway:Providers:3:Name"] = "openai",
-            ["Gateway:Providers:3:Type"] = "OpenAI",
-            ["Gateway:Providers:3:BaseUrl"] = new Uri(upstream, "openai-strict/v1").ToString(),
-            ["Gateway:Providers:3:ApiKeyEnvironmentVariable"] = KeyVariable,
-            ["Gateway:Models:3:Name"] = "gpt-m",
-            ["Gateway:Models:3:Deployments:0:Provider"] = "openai",
-        }), "http://127.0.0.1:0", _ => { });
-        _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct) };
+        _both = await UpstreamAndGateway.StartAsync(
+            upstream => upstream.MapPost("/{kind}/v1/{**path}", (HttpContext ctx) => AnswerAsync(ctx)),
+            upstream => new Dictionary<string, string?>
+            {
+                ["Gateway:Providers:1:Name"] = "claude",
+                ["Gateway:Providers:1:Type"] = "Anthropic",
+                ["Gateway:Providers:1:BaseUrl"] = new Uri(upstream, "claude/v1").ToString(),
+                ["Gateway:Providers:1:ApiKeyEnvironmentVariable"] = KeyVariable,
+                ["Gateway:Providers:2:Name"] = "compat",
+                ["Gateway:Providers:2:Type"] = "OpenAICompatible",
+                ["Gateway:Providers:2:BaseUrl"] = new Uri(upstream, "openai/v1").ToString(),
+                ["Gateway:Models:1:Name"] = "claude-m",
+                ["Gateway:Models:1:Deployments:0:Provider"] = "claude",
+                ["Gateway:Models:1:Deployments:0:Model"] = "claude-sonnet-4-5",
+                ["Gateway:Models:2:Name"] = "compat-m",
+                ["Gateway:Models:2:Deployments:0:Provider"] = "compat",
+                ["Gateway:Providers:3:Name"] = "openai",
+                ["Gateway:Providers:3:Type"] = "OpenAI",
+                ["Gateway:Providers:3:BaseUrl"] = new Uri(upstream, "openai-strict/v1").ToString(),
+                ["Gateway:Providers:3:ApiKeyEnvironmentVariable"] = KeyVariable,
+                ["Gateway:Models:3:Name"] = "gpt-m",
+                ["Gateway:Models:3:Deployments:0:Provider"] = "openai",
+            },
+            Ct);
         _http.DefaultRequestHeaders.Add("anthropic-version", "2023-06-01");
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        _http.Dispose();
-        await _app.StopAsync();
-        await _app.DisposeAsync();
-        await _upstream.StopAsync();
-        await _upstream.DisposeAsync();
-    }
+    public ValueTask DisposeAsync() => _both.DisposeAsync();
+
 
     /// <summary>Claude answers with a text citing the first search result; the OpenAI servers with plain text.</summary>
     private async Task AnswerAsync(HttpContext ctx)
