@@ -90,6 +90,33 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
         }
     }
 
+    public void Recall(IReadOnlyList<string> deploymentIds, Action<HealthSignal> onSignal) => _ = RecallAsync(deploymentIds, onSignal);
+
+    /// <summary>The verdicts on a deployment (a provider's pause is on its name, read at start).</summary>
+    private static readonly HealthSignalKind[] DeploymentVerdicts = [HealthSignalKind.Cooldown, HealthSignalKind.CircuitOpen, HealthSignalKind.Rejected];
+
+    /// <summary>The kept verdicts on these deployments (each kind a deployment can have), applied for what is left of them.</summary>
+    private async Task RecallAsync(IReadOnlyList<string> deploymentIds, Action<HealthSignal> onSignal)
+    {
+        try
+        {
+            foreach (var id in deploymentIds)
+            {
+                foreach (var kind in DeploymentVerdicts)
+                {
+                    if (await redis.Database.KeyTimeToLiveAsync(VerdictKey(kind, id)).ConfigureAwait(false) is { } left && left > TimeSpan.Zero)
+                    {
+                        onSignal(new HealthSignal(id, kind, left));
+                    }
+                }
+            }
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+        {
+            // Redis is away: this instance learns of the deployment's health through its own attempts.
+        }
+    }
+
     private async Task ReplayAfterReconnectAsync(Action<HealthSignal> onSignal)
     {
         try

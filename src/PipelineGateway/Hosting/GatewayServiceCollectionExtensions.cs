@@ -237,6 +237,7 @@ public static class GatewayServiceCollectionExtensions
         var pricing = sp.GetRequiredService<Cost.PricingTable>();
         var logger = sp.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()?.CreateLogger("PipelineGateway.Cost") ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
         var budgets = options.Budgets.Count > 0;
+        var health = sp.GetRequiredService<HealthTracker>();
 
         ModelGroup Make(ModelGroupOptions g, Func<string?, string> upstreamModel, WildcardModels? wildcard = null, string? rest = null)
         {
@@ -261,7 +262,7 @@ public static class GatewayServiceCollectionExtensions
             // A wildcard: its configuration as a template (never routed to), and the groups it makes, one per name.
             var template = Make(g, model => model ?? "*");
             wildcards.Add(new WildcardModels(template, g.MaxModels ?? ModelGroupOptions.DefaultMaxModels, g.ListUpstreamModels,
-                (wildcard, rest) => Make(
+                (wildcard, rest) => Recalled(Make(
                     new ModelGroupOptions
                     {
                         Name = wildcard.Prefix + rest, // the prefix as configured, the rest as the caller wrote it
@@ -270,10 +271,17 @@ public static class GatewayServiceCollectionExtensions
                         ExpectedCompletionTokens = g.ExpectedCompletionTokens,
                         Hedging = g.Hedging,
                     },
-                    model => (model ?? "*").Replace("*", rest, StringComparison.Ordinal), wildcard, rest),
+                    model => (model ?? "*").Replace("*", rest, StringComparison.Ordinal), wildcard, rest)),
                 made => Cost.PricingTable.ReportUnpriced(made.Deployments, budgets, logger)));
         }
 
         return new ModelCatalog(groups, wildcards);
+
+        // Another instance's verdicts on a group made here now (Redis health): asked for, applied a moment later.
+        ModelGroup Recalled(ModelGroup made)
+        {
+            health.Recall(made);
+            return made;
+        }
     }
 }

@@ -1,4 +1,5 @@
 using FluentAssertions;
+using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Hosting;
 using PipelineGateway.Providers;
 using PipelineGateway.Redis;
@@ -112,6 +113,46 @@ public sealed class RedisHealthTests
         await Wait.Until(() => b.Metrics.GetSnapshot().Deployments[Primary].HealthState == "open", "B opens p's circuit too", timeoutMs: 5_000);
         (await b.SubmitAsync(TestGateway.Request(text: "b"), Ct)).Gateway!.Provider.Should().Be("q");
         pB.Calls.Should().Be(0);
+    }
+
+    [Fact]
+    public async Task A_circuit_opened_on_a_wildcards_name_reaches_an_instance_that_makes_the_name_later()
+    {
+        var redis = RedisServer.Shared();
+        var prefix = Prefix();
+        Task<Gateway> Wildcard(FakeProvider p, FakeProvider q) => new GatewayBuilder()
+            .AddProvider(p)
+            .AddProvider(q)
+            .AddModel("w/*", m => m.Strategy("Priority").Deploy("p").Deploy("q"))
+            .Configure(o =>
+            {
+                o.Health.ConsecutiveFailures = 2;
+                o.Health.Cooldown = TimeSpan.FromSeconds(30);
+                o.Pipeline.RetryBaseDelay = TimeSpan.FromMilliseconds(1);
+            })
+            .AddRedis(redis, keyPrefix: prefix)
+            .StartAsync(Ct);
+        var pA = new FakeProvider("p") { OnComplete = (_, _) => throw FakeProvider.Fail503() };
+        var pB = new FakeProvider("p");
+        await using var a = await Wildcard(pA, new FakeProvider("q"));
+        await using var b = await Wildcard(pB, new FakeProvider("q"));
+        await BothSubscribed(redis, prefix);
+
+        for (var i = 0; i < 3; i++)
+        {
+            await a.SubmitAsync(TestGateway.Request(model: "w/x", text: $"a{i}"), Ct);
+        }
+
+        a.Metrics.GetSnapshot().Deployments["w/x/p/x"].HealthState.Should().Be("open");
+        var db = RedisServer.Connect(redis);
+        await Wait.Until(() => db.KeyExists($"{prefix}:health:v:{(int)PipelineGateway.Routing.Health.HealthSignalKind.CircuitOpen}:w/x/p/x"), "the verdict is kept in Redis");
+
+        // B had no group for "w/x" when the verdict came (dropped then); making it asks for the running verdicts.
+        b.Services.GetRequiredService<PipelineGateway.Routing.ModelCatalog>().TryResolve("w/x", out _).Should().BeTrue();
+        await Wait.Until(() => b.Metrics.GetSnapshot().Deployments["w/x/p/x"].HealthState == "open", "B opens p's circuit for w/x too", timeoutMs: 5_000);
+        (await b.SubmitAsync(TestGateway.Request(model: "w/x", text: "b"), Ct)).Gateway!.Provider.Should().Be("q");
+        pB.Calls.Should().Be(0);
+        b.Metrics.GetSnapshot().Deployments.Should().NotContainKey("w/y/p/y", "nothing made for a name not asked");
     }
 
     [Fact]

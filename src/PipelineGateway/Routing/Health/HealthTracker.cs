@@ -39,6 +39,25 @@ internal sealed partial class HealthTracker
 
     public HealthOptions Options => _options;
 
+    /// <summary>
+    /// A group a wildcard just made: verdicts other instances gave on its deployments before it existed here (dropped
+    /// then) are asked of the shared channel and applied — a moment after, not before its first request.
+    /// </summary>
+    public void Recall(ModelGroup made)
+    {
+        if (_channel is not null && _options.Enabled)
+        {
+            _channel.Recall([.. made.Deployments.Select(static d => d.Id)], signal =>
+            {
+                // To the group's own deployments (not looked up: the group may not be listed yet, or be forgotten since).
+                if (signal.Duration > TimeSpan.Zero && Array.Find(made.DeploymentArray, d => d.Id == signal.DeploymentId) is { } d)
+                {
+                    ApplyTo(d, signal);
+                }
+            });
+        }
+    }
+
     public DateTimeOffset Now => time.GetUtcNow();
 
     public bool IsSelectable(Deployment d, DateTimeOffset now) => !_options.Enabled || d.State.IsSelectable(now);
@@ -137,11 +156,17 @@ internal sealed partial class HealthTracker
             return;
         }
 
-        if (_catalog.Value.FindDeployment(signal.DeploymentId) is not { } d)
+        if (_catalog.Value.FindDeployment(signal.DeploymentId) is { } d)
         {
-            return; // a deployment this instance does not have (or a wildcard here has not made yet)
+            ApplyTo(d, signal);
         }
 
+        // else a deployment this instance does not have (or a wildcard here has not made yet: Recall)
+    }
+
+    /// <summary>A verdict on one deployment of this instance's, for the time it runs from now.</summary>
+    private void ApplyTo(Deployment d, HealthSignal signal)
+    {
         var until = time.GetUtcNow() + signal.Duration;
         if (signal.Kind == HealthSignalKind.Rejected)
         {

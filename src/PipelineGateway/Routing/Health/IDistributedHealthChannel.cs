@@ -12,6 +12,12 @@ internal interface IDistributedHealthChannel
 
     /// <summary>Starts delivering the other instances' signals (not this instance's own).</summary>
     void Subscribe(Action<HealthSignal> onSignal);
+
+    /// <summary>
+    /// Delivers the verdicts running on deployments this instance has just made (a wildcard's group for a new name: their
+    /// signals were dropped when they came, as no deployment had the id) — in the background, never throws.
+    /// </summary>
+    void Recall(IReadOnlyList<string> deploymentIds, Action<HealthSignal> onSignal);
 }
 
 /// <summary>
