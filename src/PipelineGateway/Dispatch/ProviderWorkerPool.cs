@@ -453,9 +453,9 @@ internal sealed partial class ProviderWorkerPool
     private static ProviderFailure Classify(WorkItem item, Deployment deployment, Exception ex)
     {
         var failure = FailureClassifier.Classify(item, ex);
-        if (failure is { Outcome: AttemptOutcome.DeploymentUnavailable, StatusCode: 404 } && deployment.Owner.Wildcard is not null)
+        if (failure is { Outcome: AttemptOutcome.DeploymentUnavailable, StatusCode: 404 } && deployment.Owner.Wildcard is not null && SaysNoSuchModel(failure))
         {
-            // Through a wildcard the caller chose the upstream model: a 404 says no such model — the caller's mistake,
+            // Through a wildcard the caller chose the upstream model: a 404 saying no such model is the caller's mistake,
             // not the deployment's (its other models are fine, so it stays in rotation), answered 404 with the upstream's
             // words once no other deployment knows the model (DeadLetterStage).
             return failure with { Outcome = AttemptOutcome.NonRetryableError, UnknownModel = true };
@@ -463,6 +463,14 @@ internal sealed partial class ProviderWorkerPool
 
         return failure;
     }
+
+    /// <summary>
+    /// A 404 about the model (OpenAI's <c>model_not_found</c>; vLLM's, Ollama's and Anthropic's words name the model) —
+    /// not one about the path (<c>{"detail":"Not Found"}</c>, an HTML page: a wrong <c>BaseUrl</c>, the gateway's
+    /// configuration, which takes the deployment out of rotation as for a configured one).
+    /// </summary>
+    private static bool SaysNoSuchModel(ProviderFailure failure) =>
+        failure.ErrorCode == "model_not_found" || failure.UpstreamMessage?.Contains("model", StringComparison.OrdinalIgnoreCase) == true;
 
     [LoggerMessage(EventId = 20, Level = LogLevel.Error, Message = "Worker of provider {Provider} failed while handling a request.")]
     private static partial void LogWorkerError(ILogger logger, Exception exception, string provider);

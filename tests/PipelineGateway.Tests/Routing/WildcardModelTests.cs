@@ -149,6 +149,14 @@ public sealed class WildcardModelTests : IAsyncLifetime
             return;
         }
 
+        if (provider == "beta" && model == "wrong-path")
+        {
+            ctx.Response.StatusCode = 404; // as a wrong BaseUrl is answered (FastAPI's "not found" of a path)
+            ctx.Response.ContentType = "application/json";
+            await ctx.Response.WriteAsync("""{"detail":"Not Found"}""", ctx.RequestAborted);
+            return;
+        }
+
         if (!Known[provider].Contains(model))
         {
             ctx.Response.StatusCode = 404;
@@ -325,6 +333,17 @@ public sealed class WildcardModelTests : IAsyncLifetime
         missing.Should().Be(HttpStatusCode.NotFound, "no deployment of the catch-all has it");
         error.GetProperty("error").GetProperty("message").GetString().Should().Contain("mystery-model");
         Asked().Should().Equal("alpha llama-3", "beta llama-3", "alpha mystery-model", "beta mystery-model");
+    }
+
+    [Fact]
+    public async Task A_404_about_the_path_not_the_model_is_the_gateways_502_and_takes_the_deployment_out_of_rotation()
+    {
+        var (status, error) = await Chat("wrong-path");
+
+        status.Should().Be(HttpStatusCode.BadGateway, "a 404 that does not speak of the model says the deployment's URL is wrong: not the caller's mistake");
+        error.GetProperty("error").GetProperty("code").GetString().Should().Be("all_providers_failed", "alpha had no such model, beta's URL is wrong: not every attempt was a refused deployment");
+        Asked().Should().Equal("alpha wrong-path", "beta wrong-path");
+        (await Get("v1/gateway/metrics")).GetProperty("deployments").GetProperty("wrong-path/beta/wrong-path").GetProperty("health_state").GetString().Should().Be("rejected");
     }
 
     [Fact]
