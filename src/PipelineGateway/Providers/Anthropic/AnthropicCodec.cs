@@ -314,7 +314,8 @@ internal static partial class AnthropicCodec
             }
         }
 
-        if (m.Content.Raw is not null && m.Role != "assistant")
+        var raw = m.Content.Raw;
+        if (raw is { } written && m.Role != "assistant")
         {
             if (!searchResults)
             {
@@ -324,15 +325,16 @@ internal static partial class AnthropicCodec
 
             if (blocks.Exists(static b => b.Type == "tool_result"))
             {
-                // The turn's blocks as written would give Claude its tool results twice (they are messages of their own).
-                throw new AnthropicRequestException($"{path}.content", $"{path}.content: search_result blocks beside tool_result blocks cannot be carried; put them in the tool_result's content.");
+                // The turn's tool results are messages of their own (above), which Claude gets first in the turn (as it
+                // wants them); the blocks kept as written are the rest, or Claude would get the results twice.
+                raw = WithoutToolResults(written);
             }
         }
 
-        if (parts.Count > 0 || calls.Count > 0 || thinking.Count > 0 || m.Content.Raw is not null)
+        if (parts.Count > 0 || calls.Count > 0 || thinking.Count > 0 || raw is not null)
         {
             var extra = ThinkingBlocks.Write(null, thinking, reasoning: null);
-            if (m.Content.Raw is { } blocksAsWritten)
+            if (raw is { } blocksAsWritten)
             {
                 (extra ??= [])[ServerTools.ContentMember] = blocksAsWritten;
             }
@@ -453,6 +455,27 @@ internal static partial class AnthropicCodec
     }
 
     /// <summary>A text block as a canonical text part, its <c>cache_control</c> (prompt caching) kept for an Anthropic upstream.</summary>
+    /// <summary>A turn's blocks as written, but its <c>tool_result</c> blocks.</summary>
+    private static JsonElement WithoutToolResults(JsonElement blocks)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
+        using (var w = new Utf8JsonWriter(buffer))
+        {
+            w.WriteStartArray();
+            foreach (var block in blocks.EnumerateArray())
+            {
+                if (!(block.ValueKind == JsonValueKind.Object && block.TryGetProperty("type"u8, out var type) && type.ValueEquals("tool_result"u8)))
+                {
+                    block.WriteTo(w);
+                }
+            }
+
+            w.WriteEndArray();
+        }
+
+        return JsonDocument.Parse(buffer.WrittenMemory).RootElement.Clone();
+    }
+
     /// <summary>
     /// A <c>search_result</c> block as text for a provider without the block (its title, source and text), after checking
     /// it as Claude does: a <c>source</c> and a <c>title</c> (strings) and a <c>content</c> of text blocks.
