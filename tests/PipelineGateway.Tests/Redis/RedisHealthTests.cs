@@ -16,16 +16,18 @@ public sealed class RedisHealthTests
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     // Model "m": deployment p first, q as the fallback; the same configuration on both instances.
-    private static Task<Gateway> Instance(string redis, string prefix, FakeProvider p, FakeProvider q) =>
-        TestGateway.With(p, q)
-            .Configure(o =>
-            {
-                o.Health.ConsecutiveFailures = 2;
-                o.Health.Cooldown = TimeSpan.FromSeconds(30);
-                o.Pipeline.RetryBaseDelay = TimeSpan.FromMilliseconds(1);
-            })
-            .AddRedis(redis, keyPrefix: prefix)
-            .StartAsync(Ct);
+    private static Task<Gateway> Instance(string redis, string prefix, FakeProvider p, FakeProvider q) => Shared(TestGateway.With(p, q), redis, prefix);
+
+    /// <summary>Two failures open a circuit for 30 s, retries at once; health shared through Redis under <paramref name="prefix"/>.</summary>
+    private static Task<Gateway> Shared(GatewayBuilder builder, string redis, string prefix) => builder
+        .Configure(o =>
+        {
+            o.Health.ConsecutiveFailures = 2;
+            o.Health.Cooldown = TimeSpan.FromSeconds(30);
+            o.Pipeline.RetryBaseDelay = TimeSpan.FromMilliseconds(1);
+        })
+        .AddRedis(redis, keyPrefix: prefix)
+        .StartAsync(Ct);
 
     private static Task BothSubscribed(string redis, string prefix) => Subscribed(redis, prefix, 2);
 
@@ -120,18 +122,8 @@ public sealed class RedisHealthTests
     {
         var redis = RedisServer.Shared();
         var prefix = Prefix();
-        Task<Gateway> Wildcard(FakeProvider p, FakeProvider q) => new GatewayBuilder()
-            .AddProvider(p)
-            .AddProvider(q)
-            .AddModel("w/*", m => m.Strategy("Priority").Deploy("p").Deploy("q"))
-            .Configure(o =>
-            {
-                o.Health.ConsecutiveFailures = 2;
-                o.Health.Cooldown = TimeSpan.FromSeconds(30);
-                o.Pipeline.RetryBaseDelay = TimeSpan.FromMilliseconds(1);
-            })
-            .AddRedis(redis, keyPrefix: prefix)
-            .StartAsync(Ct);
+        Task<Gateway> Wildcard(FakeProvider p, FakeProvider q) => Shared(
+            new GatewayBuilder().AddProvider(p).AddProvider(q).AddModel("w/*", m => m.Strategy("Priority").Deploy("p").Deploy("q")), redis, prefix);
         var pA = new FakeProvider("p") { OnComplete = (_, _) => throw FakeProvider.Fail503() };
         var pB = new FakeProvider("p");
         await using var a = await Wildcard(pA, new FakeProvider("q"));
