@@ -54,7 +54,9 @@ internal sealed class WildcardModels
 
     /// <summary>
     /// Whether <paramref name="model"/> is the prefix and then something <c>*</c> can stand for: one character at least,
-    /// at most <see cref="MaxRestLength"/>, none of them a control character, white space or <c>*</c>.
+    /// at most <see cref="MaxRestLength"/>, none of them a control character, white space or <c>*</c>, and no
+    /// <c>/</c>-separated part <c>.</c> or <c>..</c> — no model is named so, and an upstream that puts the model in its
+    /// URL (Azure OpenAI's <c>/openai/deployments/{model}/…</c>) would take <c>..</c> as a step up its path.
     /// </summary>
     public bool Matches(string model, out string? rest)
     {
@@ -68,6 +70,14 @@ internal sealed class WildcardModels
         foreach (var c in tail)
         {
             if (char.IsControl(c) || char.IsWhiteSpace(c) || c == '*')
+            {
+                return false;
+            }
+        }
+
+        foreach (var part in tail.Split('/'))
+        {
+            if (tail[part] is "." or "..")
             {
                 return false;
             }

@@ -385,6 +385,10 @@ public sealed class WildcardModelTests : IAsyncLifetime
     [InlineData("openai/gpt 4o")]
     [InlineData("openai/gpt\u001b[2J")]
     [InlineData("openai/*")]
+    [InlineData("openai/..")]
+    [InlineData("openai/.")]
+    [InlineData("openai/a/../b")]
+    [InlineData("../x")]
     public async Task A_name_a_wildcard_cannot_take_is_refused_before_the_upstream(string model)
     {
         var (status, error) = await Chat(model);
@@ -442,7 +446,7 @@ public sealed class WildcardModelTests : IAsyncLifetime
     [Fact]
     public async Task Any_model_name_reaches_exactly_the_upstream_models_the_wildcard_rules_say_and_is_never_a_5xx()
     {
-        string[] pieces = ["openai/", "OPENAI/", "OpenAi/", "tuned/", "TUNED/", "gpt-4o", "gpt-4o-mini", "llama-3", "/", "-", ".", ":", "@", "*", " ", "\t", "\u0000", "\u001b", "\u0085", "é", "模型", "\"", "\\"];
+        string[] pieces = ["openai/", "OPENAI/", "OpenAi/", "tuned/", "TUNED/", "gpt-4o", "gpt-4o-mini", "llama-3", "/", "-", ".", "..", ":", "@", "*", " ", "\t", "\u0000", "\u001b", "\u0085", "é", "模型", "\"", "\\"];
         var piece = Gen.OneOf(
             Gen.Int[0, pieces.Length - 1].Select(i => pieces[i]),
             Gen.Char["abcdefghijklmnopqrstuvwxyz0123456789"].Array[1, 8].Select(static c => new string(c)),
@@ -463,7 +467,7 @@ public sealed class WildcardModelTests : IAsyncLifetime
         }
 
         // What the rules say (docs/routing.md): a configured name first, then the longest prefix, the rest 1-200
-        // characters with no white space, control character or star.
+        // characters with no white space, control character or star, and no '/'-separated part '.' or '..'.
         static string[] Expected(string model)
         {
             if (model.Equals("gpt-4o-mini", StringComparison.OrdinalIgnoreCase))
@@ -471,7 +475,8 @@ public sealed class WildcardModelTests : IAsyncLifetime
                 return [];
             }
 
-            static bool Takes(string rest) => rest.Length is > 0 and <= 200 && !rest.Any(c => char.IsControl(c) || char.IsWhiteSpace(c) || c == '*');
+            static bool Takes(string rest) => rest.Length is > 0 and <= 200 && !rest.Any(c => char.IsControl(c) || char.IsWhiteSpace(c) || c == '*')
+                && !rest.Split('/').Any(part => part is "." or "..");
             foreach (var (prefix, upstream) in new (string, Func<string, string[]>)[]
             {
                 ("tuned/", rest => ["alpha ft:" + rest + ":org"]),

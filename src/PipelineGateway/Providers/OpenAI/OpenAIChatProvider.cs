@@ -75,7 +75,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         {
             // POST {base}/completions (Azure: the deployment's route): the caller's body, the deployment's model.
             var route = _azure
-                ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/{TextCompletionRequest.Path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
+                ? AzureRoute(request.Model, TextCompletionRequest.Path)
                 : new Uri(_base, TextCompletionRequest.Path);
             var message = Post(route, TextCompletions.UpstreamBody(request.Request.TextCompletion!, request.Model, stream), stream);
             message.Options.Set(TextCompletionOf, request.Request.Model);
@@ -83,7 +83,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         }
 
         var uri = _azure
-            ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(request.Model)}/chat/completions?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
+            ? AzureRoute(request.Model, "chat/completions")
             : _chat;
 
         if (_dropAnthropicMembers)
@@ -197,8 +197,17 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
 
     /// <summary><c>{base}/{path}</c> of an operation (Azure: the deployment's route).</summary>
     private Uri OperationUri(OperationRequest operation, string model) => _azure
-        ? new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(model)}/{operation.Path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}")
+        ? AzureRoute(model, operation.Path)
         : new Uri(_base, operation.Path);
+
+    /// <summary>
+    /// Azure OpenAI's <c>{base}/openai/deployments/{model}/{path}?api-version=…</c>. The model is one escaped path
+    /// segment; <c>.</c> and <c>..</c> are refused, not sent: escaping leaves them as they are and the URI resolves them
+    /// as steps (<c>..</c> would have sent the gateway's key to <c>{base}/openai/{path}</c>).
+    /// </summary>
+    private Uri AzureRoute(string model, string path) => model is "." or ".."
+        ? throw ProviderException.Unsupported("model", $"The model '{model}' cannot be a deployment name of '{Name}' (Azure OpenAI).")
+        : new Uri(_base, $"openai/deployments/{Uri.EscapeDataString(model)}/{path}?api-version={Uri.EscapeDataString(Options.AzureApiVersion)}");
 
     protected override ChatCompletionResponse ParseResponse(ReadOnlySpan<byte> body, ProviderRequest request)
     {
