@@ -86,7 +86,11 @@ internal static class SimulatedModerations
         }
 
         var parts = input.EnumerateArray().ToList();
-        var text = string.Join("\n", parts.Where(static p => p.TryGetProperty("text", out _)).Select(static p => p.GetProperty("text").GetString()));
-        return [(text, parts.Exists(static p => p.TryGetProperty("image_url", out _)))];
+        // The text of the text parts only: another part may carry a member named "text" of any type (the reader lets a
+        // part's other members be), which made the simulator answer 500 (found by the front door's fuzz test, seed 303).
+        var text = string.Join("\n", parts.Where(static p => Typed(p, "text") && p.TryGetProperty("text", out var t) && t.ValueKind == JsonValueKind.String).Select(static p => p.GetProperty("text").GetString()));
+        return [(text, parts.Exists(static p => Typed(p, "image_url")))];
+
+        static bool Typed(JsonElement part, string type) => part.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.ValueEquals(type);
     }
 }
