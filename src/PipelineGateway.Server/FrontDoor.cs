@@ -76,11 +76,7 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
             if (ctx.Request.ContentLength > options.MaxRequestBodyBytes && !(IsUpload(path) && ctx.Request.ContentLength <= UploadBound(path, options))
                 && !(IsMessageBatch(path) && ctx.Request.ContentLength <= options.MaxBatchFileBytes))
             {
-                return IsBatchFile(path)
-                    ? RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "file_too_large", $"The file is larger than {options.MaxBatchFileBytes} bytes.", "file")
-                    : IsMessageBatch(path)
-                        ? RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The batch is larger than {options.MaxBatchFileBytes} bytes (Gateway:Server:MaxBatchFileBytes).")
-                        : WriteTooLargeAsync(ctx, options, IsUpload(path));
+                return WriteTooLargeAsync(ctx, options);
             }
 
             // A compressed body is not read as JSON: its bytes were a misleading "not valid UTF-8 (at byte 1)". (Not
@@ -170,8 +166,23 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
     internal static Task WriteBusyAsync(HttpContext ctx, string message) =>
         RouteErrors.WriteAsync(ctx, 503, "server_overloaded", "server_busy", message, retryAfter: TimeSpan.FromSeconds(1));
 
-    public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options, bool upload = false) =>
-        RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The request body is larger than {(upload ? options.MaxUploadBytes : options.MaxRequestBodyBytes)} bytes.");
+    public static Task WriteTooLargeAsync(HttpContext ctx, ServerOptions options)
+    {
+        var path = ctx.Request.Path;
+        return IsBatchFile(path)
+            ? RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "file_too_large", $"The file is larger than {options.MaxBatchFileBytes} bytes.", "file")
+            : IsMessageBatch(path)
+                ? RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The batch is larger than {options.MaxBatchFileBytes} bytes (Gateway:Server:MaxBatchFileBytes).")
+                : RouteErrors.WriteAsync(ctx, 413, "invalid_request_error", "request_too_large", $"The request body is larger than {(IsUpload(path) ? options.MaxUploadBytes : options.MaxRequestBodyBytes)} bytes.");
+    }
+
+    /// <summary>
+    /// The most a route's body may be (Kestrel's bound, set per request): a batch file's upload or a message batch's
+    /// create as <see cref="ServerOptions.MaxBatchFileBytes"/> says, another upload <see cref="ServerOptions.MaxUploadBytes"/>,
+    /// anything else <see cref="ServerOptions.MaxRequestBodyBytes"/>.
+    /// </summary>
+    internal static long BodyBound(PathString path, ServerOptions options) =>
+        IsUpload(path) ? UploadBound(path, options) : IsMessageBatch(path) ? options.MaxBatchFileBytes : options.MaxRequestBodyBytes;
 
     /// <summary>The routes that take a multipart upload (speech to text, image edits, batch files) rather than JSON.</summary>
     internal static bool IsUpload(PathString path) =>

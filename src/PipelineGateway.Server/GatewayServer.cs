@@ -85,6 +85,7 @@ public static partial class GatewayServer
         builder.Services.AddSingleton<Batches.BatchJobs>();
         builder.Services.AddSingleton<Batches.BatchApi>();
         builder.Services.AddSingleton<Batches.MessageBatchesApi>();
+        builder.Services.AddSingleton<Batches.BatchForwarder>();
         services?.Invoke(builder.Services);
         builder.Services.AddPipelineGateway(builder.Configuration);
         builder.Services.AddPipelineGatewayRedis(builder.Configuration);
@@ -213,26 +214,30 @@ public static partial class GatewayServer
         app.MapGet("/v1/conversations/{id}/items/{item}", (HttpContext ctx) => conversations.GetItemAsync(ctx, RouteId(ctx), RouteId(ctx, "item")));
         app.MapDelete("/v1/conversations/{id}/items/{item}", (HttpContext ctx) => conversations.DeleteItemAsync(ctx, RouteId(ctx), RouteId(ctx, "item")));
         var batches = app.Services.GetRequiredService<Batches.BatchApi>();
+        var batchInstance = app.Services.GetRequiredService<Batches.BatchForwarder>();
+
+        // In a fleet every Batch API request is the holding instance's (Gateway:Server:BatchInstanceUrl): passed to it here.
+        RequestDelegate Held(RequestDelegate serve) => ctx => batchInstance.Passes(ctx) ? batchInstance.PassAsync(ctx) : serve(ctx);
         foreach (var root in (string[])["/v1", "/openai"]) // OpenAI's, and Azure OpenAI's (its SDK's file and batch clients)
         {
-            app.MapPost($"{root}/files", batches.UploadAsync);
-            app.MapGet($"{root}/files", batches.ListFilesAsync);
-            app.MapGet($"{root}/files/{{id}}", (HttpContext ctx) => batches.GetFileAsync(ctx, RouteId(ctx)));
-            app.MapGet($"{root}/files/{{id}}/content", (HttpContext ctx) => batches.ContentAsync(ctx, RouteId(ctx)));
-            app.MapDelete($"{root}/files/{{id}}", (HttpContext ctx) => batches.DeleteFileAsync(ctx, RouteId(ctx)));
-            app.MapPost($"{root}/batches", batches.CreateAsync);
-            app.MapGet($"{root}/batches", batches.ListAsync);
-            app.MapGet($"{root}/batches/{{id}}", (HttpContext ctx) => batches.GetAsync(ctx, RouteId(ctx)));
-            app.MapPost($"{root}/batches/{{id}}/cancel", (HttpContext ctx) => batches.CancelAsync(ctx, RouteId(ctx)));
+            app.MapPost($"{root}/files", Held(batches.UploadAsync));
+            app.MapGet($"{root}/files", Held(batches.ListFilesAsync));
+            app.MapGet($"{root}/files/{{id}}", Held((HttpContext ctx) => batches.GetFileAsync(ctx, RouteId(ctx))));
+            app.MapGet($"{root}/files/{{id}}/content", Held((HttpContext ctx) => batches.ContentAsync(ctx, RouteId(ctx))));
+            app.MapDelete($"{root}/files/{{id}}", Held((HttpContext ctx) => batches.DeleteFileAsync(ctx, RouteId(ctx))));
+            app.MapPost($"{root}/batches", Held(batches.CreateAsync));
+            app.MapGet($"{root}/batches", Held(batches.ListAsync));
+            app.MapGet($"{root}/batches/{{id}}", Held((HttpContext ctx) => batches.GetAsync(ctx, RouteId(ctx))));
+            app.MapPost($"{root}/batches/{{id}}/cancel", Held((HttpContext ctx) => batches.CancelAsync(ctx, RouteId(ctx))));
         }
         app.MapPost("/v1/messages/count_tokens", app.Services.GetRequiredService<AnthropicMessagesEndpoint>().HandleCountAsync);
         var messageBatches = app.Services.GetRequiredService<Batches.MessageBatchesApi>(); // Anthropic's, on the Batch API's machinery
-        app.MapPost("/v1/messages/batches", messageBatches.CreateAsync);
-        app.MapGet("/v1/messages/batches", messageBatches.ListAsync);
-        app.MapGet("/v1/messages/batches/{id}", (HttpContext ctx) => messageBatches.GetAsync(ctx, RouteId(ctx)));
-        app.MapPost("/v1/messages/batches/{id}/cancel", (HttpContext ctx) => messageBatches.CancelAsync(ctx, RouteId(ctx)));
-        app.MapGet("/v1/messages/batches/{id}/results", (HttpContext ctx) => messageBatches.ResultsAsync(ctx, RouteId(ctx)));
-        app.MapDelete("/v1/messages/batches/{id}", (HttpContext ctx) => messageBatches.DeleteAsync(ctx, RouteId(ctx)));
+        app.MapPost("/v1/messages/batches", Held(messageBatches.CreateAsync));
+        app.MapGet("/v1/messages/batches", Held(messageBatches.ListAsync));
+        app.MapGet("/v1/messages/batches/{id}", Held((HttpContext ctx) => messageBatches.GetAsync(ctx, RouteId(ctx))));
+        app.MapPost("/v1/messages/batches/{id}/cancel", Held((HttpContext ctx) => messageBatches.CancelAsync(ctx, RouteId(ctx))));
+        app.MapGet("/v1/messages/batches/{id}/results", Held((HttpContext ctx) => messageBatches.ResultsAsync(ctx, RouteId(ctx))));
+        app.MapDelete("/v1/messages/batches/{id}", Held((HttpContext ctx) => messageBatches.DeleteAsync(ctx, RouteId(ctx))));
         var catalog = app.Services.GetRequiredService<ModelCatalog>();
         var gatewayKeys = app.Services.GetRequiredService<GatewayKeys>();
         var upstreamModels = app.Services.GetRequiredService<UpstreamModelList>();

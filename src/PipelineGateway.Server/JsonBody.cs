@@ -103,7 +103,7 @@ internal static partial class JsonBody
         LogBodyRefused(logger, ex.StatusCode, ex.Message);
         return ex.StatusCode switch
         {
-            413 => FrontDoor.WriteTooLargeAsync(ctx, options, FrontDoor.IsUpload(ctx.Request.Path)),
+            413 => FrontDoor.WriteTooLargeAsync(ctx, options),
             408 => RouteErrors.WriteAsync(ctx, 408, "invalid_request_error", "request_timeout", "The request body arrived too slowly."),
             503 => FrontDoor.WriteBusyAsync(ctx, ex.Message), // a chunked body past MaxBodyBytesInFlight (FrontDoor)
             _ => RouteErrors.WriteAsync(ctx, 400, "invalid_request_error", "invalid_request", "The request body could not be read (malformed framing)."),

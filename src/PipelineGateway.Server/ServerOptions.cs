@@ -116,6 +116,16 @@ public sealed class ServerOptions
     /// </summary>
     public string BatchDirectory { get; set; } = "pgw-data/batches";
 
+    /// <summary>
+    /// A fleet's Batch API: the base URL (<c>http://pgw-0.pgw:8080</c>) of the one instance that holds the fleet's files and
+    /// batches. Every instance passes each Batch API request (OpenAI's files and batches, Anthropic's message batches) to
+    /// it once the caller's key is checked, and its answer back, so a file uploaded through one instance is there for a
+    /// batch created through another and lists are whole. Give every instance the same value, the holder included (it
+    /// serves what is passed to it; a request it is given directly takes one hop to itself) — or leave it empty on the
+    /// holder. Empty (the default): this instance serves the Batch API from <see cref="BatchDirectory"/>.
+    /// </summary>
+    public string? BatchInstanceUrl { get; set; }
+
     /// <summary>The largest file <c>POST /v1/files</c> takes (OpenAI's batch input bound: 200 MB).</summary>
     [Range(1024, long.MaxValue)]
     public long MaxBatchFileBytes { get; set; } = 200L * 1024 * 1024;
@@ -169,6 +179,12 @@ public sealed class ServerOptions
         if (BatchFileLifetime < TimeSpan.Zero)
         {
             yield return $"{SectionName}:BatchFileLifetime must be zero (files kept until deleted) or a positive duration; got {BatchFileLifetime}.";
+        }
+
+        if (!string.IsNullOrWhiteSpace(BatchInstanceUrl)
+            && (!Uri.TryCreate(BatchInstanceUrl, UriKind.Absolute, out var instance) || instance.Scheme is not ("http" or "https") || instance.UserInfo.Length > 0 || instance.Query.Length > 0 || instance.Fragment.Length > 0))
+        {
+            yield return $"{SectionName}:BatchInstanceUrl must be an http or https base URL with no user, query or fragment (the instance holding the fleet's batches, e.g. http://pgw-0.pgw:8080); the value is not shown (it could hold a password).";
         }
 
         if (MaxBodyBytesInFlight < Math.Max(MaxRequestBodyBytes, MaxUploadBytes))
