@@ -94,7 +94,7 @@ internal sealed partial class BatchForwarder : IDisposable
     public async Task PassAsync(HttpContext ctx)
     {
         var request = ctx.Request;
-        var target = new Uri(_instance!, request.Path.Value!.TrimStart('/') + request.QueryString.Value);
+        var target = new Uri(_instance!, request.Path.ToUriComponent().TrimStart('/') + request.QueryString.ToUriComponent());
         using var message = new HttpRequestMessage(new HttpMethod(request.Method), target);
         var hasBody = request.ContentLength > 0 || (request.ContentLength is null && request.Headers.TransferEncoding.Count > 0);
         if (hasBody)
