@@ -11,7 +11,12 @@ internal static class GatewayConfiguration
 {
     public const string DefaultPath = "config/gateway.json";
 
-    public static (IConfiguration Configuration, string Source) Load(string? path)
+    /// <param name="watch">
+    /// Reload the file when it changes (<c>pgw serve</c>: its keys follow it, GatewayServer). A reload that cannot be
+    /// read — a file half written — is ignored rather than thrown on the watcher's thread: it reads as no settings, which
+    /// the keys refuse (the running keys are kept).
+    /// </param>
+    public static (IConfigurationRoot Configuration, string Source) Load(string? path, bool watch = false)
     {
         var builder = new ConfigurationBuilder();
         string source;
@@ -22,12 +27,12 @@ internal static class GatewayConfiguration
                 throw new CliException($"The configuration file '{path}' does not exist.");
             }
 
-            builder.AddJsonFile(Path.GetFullPath(path), optional: false, reloadOnChange: false);
+            builder.AddJsonFile(Path.GetFullPath(path), optional: false, reloadOnChange: watch);
             source = path;
         }
         else if (FindDefault() is { } found)
         {
-            builder.AddJsonFile(found, optional: false, reloadOnChange: false);
+            builder.AddJsonFile(found, optional: false, reloadOnChange: watch);
             source = Path.GetRelativePath(Environment.CurrentDirectory, found);
         }
         else
@@ -37,7 +42,13 @@ internal static class GatewayConfiguration
         }
 
         builder.AddEnvironmentVariables("PGW_");
-        return (builder.Build(), source);
+        var built = builder.Build(); // a file that cannot be read at start stops it (thrown here)
+        foreach (var file in builder.Sources.OfType<Microsoft.Extensions.Configuration.Json.JsonConfigurationSource>())
+        {
+            file.OnLoadException = static failed => failed.Ignore = true; // from now on: reloads only
+        }
+
+        return (built, source);
     }
 
     /// <summary>The directory of the configuration file <see cref="Load"/> reads (null: the embedded default).</summary>

@@ -7,7 +7,15 @@ internal static class ServeCommand
 {
     public static async Task<int> RunAsync(string? config, string urls, bool noLog, TextWriter output)
     {
-        var (configuration, source) = GatewayConfiguration.Load(config);
+        var (configuration, source) = GatewayConfiguration.Load(config, watch: true);
+
+        // SIGHUP reads the configuration again (its keys are applied: GatewayServer), as daemons do; the file's own
+        // changes are watched too, but a watcher can miss a mounted volume's swap (a Kubernetes ConfigMap).
+        using var reload = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGHUP, signal =>
+        {
+            signal.Cancel = true; // not the default: ending the process
+            configuration.Reload();
+        });
         await using var app = GatewayServer.Build(configuration, urls, services: RequestLogSetup.Register(GatewayConfiguration.DirectoryOf(config), noLog));
         Uri address;
         try

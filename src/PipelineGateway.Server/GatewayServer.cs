@@ -51,7 +51,9 @@ public static partial class GatewayServer
         builder.WebHost.UseUrls(urls);
         var serverSection = builder.Configuration.GetSection(ServerOptions.SectionName);
         var server = serverSection.Get<ServerOptions>() ?? new ServerOptions();
-        if (server.Validate().Concat(Hosting.UnknownSettings.InSection(serverSection, typeof(ServerOptions))).ToList() is { Count: > 0 } problems)
+        var unreadable = new List<string>();
+        ServerOptions.BindKeys(serverSection.GetSection("Keys"), unreadable);
+        if (server.Validate().Concat(unreadable).Concat(Hosting.UnknownSettings.InSection(serverSection, typeof(ServerOptions))).ToList() is { Count: > 0 } problems)
         {
             throw new OptionsValidationException(ServerOptions.SectionName, typeof(ServerOptions), problems);
         }
@@ -132,7 +134,32 @@ public static partial class GatewayServer
 
         var app = builder.Build();
         Map(app);
+        WatchKeys(app, configuration);
         return app;
+    }
+
+    /// <summary>
+    /// The keys follow the configuration: when it is reloaded (<c>pgw serve</c>'s file changed, or SIGHUP) the keys it
+    /// now has replace the running ones (<see cref="GatewayKeys.TryReload"/>) — nothing else is read again; every other
+    /// setting is read at start. A reload that cannot be read as keys is logged and changes nothing.
+    /// </summary>
+    private static void WatchKeys(WebApplication app, IConfiguration configuration)
+    {
+        var keys = app.Services.GetRequiredService<GatewayKeys>();
+        var logger = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger<GatewayKeys>();
+        var watch = Microsoft.Extensions.Primitives.ChangeToken.OnChange(configuration.GetReloadToken, () =>
+        {
+            var unreadable = new List<string>();
+            var reloaded = ServerOptions.BindKeys(configuration.GetSection(ServerOptions.SectionName + ":Keys"), unreadable);
+            if (unreadable.Count > 0)
+            {
+                LogKeysUnreadable(logger, string.Join(" ", unreadable));
+                return;
+            }
+
+            keys.TryReload(reloaded);
+        });
+        app.Lifetime.ApplicationStopped.Register(watch.Dispose);
     }
 
     /// <summary>Starts the server and checks it is safe: keys are required off loopback. Returns the bound address.</summary>
@@ -284,6 +311,9 @@ public static partial class GatewayServer
             return RouteErrors.WriteAsync(ctx, 405, "invalid_request_error", "method_not_allowed", $"{method} is not served at {path}; use {methods}.");
         });
     }
+
+    [LoggerMessage(EventId = 152, Level = LogLevel.Warning, Message = "Gateway keys not reloaded, the running keys kept: the configuration's keys could not be read ({Reason}).")]
+    private static partial void LogKeysUnreadable(ILogger logger, string reason);
 
     [LoggerMessage(EventId = 100, Level = LogLevel.Warning, Message = "No gateway keys are configured: serving on loopback only, without authentication.")]
     private static partial void LogNoKeys(ILogger logger);

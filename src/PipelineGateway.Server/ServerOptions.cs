@@ -197,10 +197,42 @@ public sealed class ServerOptions
             yield return $"{SectionName}:StreamKeepAlive must be a positive duration; got {StreamKeepAlive}.";
         }
 
-        var ids = new HashSet<string>(StringComparer.Ordinal);
-        for (var i = 0; i < Keys.Count; i++)
+        foreach (var problem in ValidateKeys(Keys))
         {
-            var key = Keys[i];
+            yield return problem;
+        }
+    }
+
+    /// <summary>
+    /// The keys as configured, each bound on its own: the binder drops a list element it cannot read (an <c>Admin</c>
+    /// that is not true or false) without a word, so a key would silently not be there. Each such key is a problem
+    /// naming its place and the binder's reason.
+    /// </summary>
+    internal static List<GatewayKeyOptions> BindKeys(Microsoft.Extensions.Configuration.IConfigurationSection keys, List<string> problems)
+    {
+        var bound = new List<GatewayKeyOptions>();
+        foreach (var key in keys.GetChildren())
+        {
+            try
+            {
+                bound.Add(Microsoft.Extensions.Configuration.ConfigurationBinder.Get<GatewayKeyOptions>(key) ?? new GatewayKeyOptions());
+            }
+            catch (InvalidOperationException ex)
+            {
+                problems.Add($"{key.Path}: {ex.Message}");
+            }
+        }
+
+        return bound;
+    }
+
+    /// <summary>The keys' problems (as at start, and for a reload of them: <see cref="GatewayKeys.TryReload"/>); the messages name the key's place and setting, never its hash.</summary>
+    internal static IEnumerable<string> ValidateKeys(IReadOnlyList<GatewayKeyOptions> keys)
+    {
+        var ids = new HashSet<string>(StringComparer.Ordinal);
+        for (var i = 0; i < keys.Count; i++)
+        {
+            var key = keys[i];
             var keyResults = new List<ValidationResult>();
             Validator.TryValidateObject(key, new ValidationContext(key), keyResults, validateAllProperties: true);
             foreach (var r in keyResults)

@@ -41,18 +41,18 @@ internal sealed partial class BatchForwarder : IDisposable
 
     private readonly ServerOptions _options;
     private readonly Uri? _instance;
-    private readonly byte[] _marker;
-    private readonly string _markerText;
+    private readonly GatewayKeys _keys;
+    private volatile MarkerOf _marker;
     private readonly HttpMessageInvoker _http;
     private readonly ILogger<BatchForwarder> _logger;
 
-    public BatchForwarder(ServerOptions options, ILogger<BatchForwarder> logger)
+    public BatchForwarder(ServerOptions options, GatewayKeys keys, ILogger<BatchForwarder> logger)
     {
         _options = options;
+        _keys = keys;
         _logger = logger;
         _instance = Instance(options.BatchInstanceUrl);
-        _markerText = Marker(options.Keys);
-        _marker = Encoding.ASCII.GetBytes(_markerText);
+        _marker = new MarkerOf(keys.Table);
         _http = new HttpMessageInvoker(new SocketsHttpHandler
         {
             AllowAutoRedirect = false,
@@ -82,8 +82,38 @@ internal sealed partial class BatchForwarder : IDisposable
             return true;
         }
 
+        var marker = Current().Bytes;
         Span<byte> bytes = stackalloc byte[64];
-        return value.Length != _marker.Length || Encoding.ASCII.GetBytes(value, bytes) != _marker.Length || !CryptographicOperations.FixedTimeEquals(bytes[.._marker.Length], _marker);
+        return value.Length != marker.Length || Encoding.ASCII.GetBytes(value, bytes) != marker.Length || !CryptographicOperations.FixedTimeEquals(bytes[..marker.Length], marker);
+    }
+
+    /// <summary>The value for the keys as they now stand (made again once after the keys are reloaded).</summary>
+    private MarkerOf Current()
+    {
+        var marker = _marker;
+        if (!ReferenceEquals(marker.Table, _keys.Table))
+        {
+            _marker = marker = new MarkerOf(_keys.Table);
+        }
+
+        return marker;
+    }
+
+    /// <summary>The value a passed request carries, made from one set of keys.</summary>
+    private sealed class MarkerOf
+    {
+        public MarkerOf(KeyTable table)
+        {
+            Table = table;
+            Text = Marker(table.Keys);
+            Bytes = Encoding.ASCII.GetBytes(Text);
+        }
+
+        public KeyTable Table { get; }
+
+        public string Text { get; }
+
+        public byte[] Bytes { get; }
     }
 
     /// <summary>
@@ -126,7 +156,7 @@ internal sealed partial class BatchForwarder : IDisposable
             }
         }
 
-        message.Headers.TryAddWithoutValidation(Header, _markerText);
+        message.Headers.TryAddWithoutValidation(Header, Current().Text);
         if (ctx.Connection.RemoteIpAddress is { } caller)
         {
             message.Headers.TryAddWithoutValidation("X-Forwarded-For", caller.ToString());

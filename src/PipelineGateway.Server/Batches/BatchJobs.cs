@@ -370,7 +370,7 @@ internal sealed partial class BatchJobs(
     {
         var stored = run.Stored;
         batchOptions = null!;
-        var key = options.Keys.Find(k => k.Id == stored.Owner);
+        var key = keys.Find(stored.Owner); // the keys as they now stand (a reload may have removed it)
         if (keys.Required && key is null)
         {
             Fail(run, "key_removed", "The gateway key that created this batch is no longer configured: its lines cannot run as that key.");

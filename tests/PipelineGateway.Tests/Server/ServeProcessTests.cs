@@ -61,6 +61,62 @@ public sealed partial class ServeProcessTests
         (await serve.ExitCodeAsync(30_000)).Should().Be(0, serve.Stderr);
     }
 
+    /// <summary>
+    /// Keys follow the configuration file: replaced as a deploy replaces it (written beside it, then moved over it, as a
+    /// mounted ConfigMap changes) and SIGHUP sent, the new key serves and the old one is refused, without a restart; a
+    /// file half written keeps the running keys and the process (SIGHUP ended it by default).
+    /// </summary>
+    [Fact]
+    public async Task SIGHUP_applies_the_config_files_keys_and_a_half_written_file_keeps_the_running_ones()
+    {
+        const string First = "sk-gw-serve-first-0123456789";
+        const string Second = "sk-gw-serve-second-0123456789";
+        static string WithKey(string id, string key) => $$"""
+            {
+              "Gateway": {
+                "Providers": [ { "Name": "sim", "Type": "Simulated", "Simulated": { "LatencyMs": 0 } } ],
+                "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim" } ] } ],
+                "Server": { "Keys": [ { "Id": "{{id}}", "Sha256": "{{PipelineGateway.Server.GatewayKeys.Hash(key)}}" } ] }
+              }
+            }
+            """;
+
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, WithKey("first", First), Ct);
+        using var serve = PgwProcess.Start(files.Dir, "serve", "--urls", "http://127.0.0.1:0", "--config", config, "--no-log");
+        await Wait.Until(() => Listening().IsMatch(serve.Stdout) || serve.Process.HasExited, "pgw serve is listening", 60_000);
+        using var http = new HttpClient { BaseAddress = new Uri(Listening().Match(serve.Stdout).Groups[1].Value), Timeout = TimeSpan.FromMinutes(1) };
+        HttpStatusCode Status(string key)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("m") };
+            request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+            using var response = http.Send(request, Ct);
+            return response.StatusCode;
+        }
+
+        Status(First).Should().Be(HttpStatusCode.OK);
+        Status(Second).Should().Be(HttpStatusCode.Unauthorized);
+
+        var next = config + ".next";
+        await File.WriteAllTextAsync(next, WithKey("second", Second), Ct);
+        File.Move(next, config, overwrite: true);
+        PgwProcess.Signal(serve.Process, "HUP");
+        await Wait.Until(() => Status(Second) == HttpStatusCode.OK, "the new key serves");
+        Status(First).Should().Be(HttpStatusCode.Unauthorized, "the old key is gone");
+        await Wait.Until(() => serve.Stdout.Contains("Gateway keys reloaded: 1 keys (added: second; removed: first", StringComparison.Ordinal), "the reload is logged");
+
+        await File.WriteAllTextAsync(next, """{ "Gateway": { "Server": { "Keys": [ """, Ct); // cut off mid-write
+        File.Move(next, config, overwrite: true);
+        PgwProcess.Signal(serve.Process, "HUP");
+        await Wait.Until(() => serve.Stdout.Contains("Gateway keys not reloaded", StringComparison.Ordinal), "the refusal is logged");
+        serve.Process.HasExited.Should().BeFalse("SIGHUP is the reload's signal, not the end");
+        Status(Second).Should().Be(HttpStatusCode.OK, "the running keys kept");
+
+        PgwProcess.Signal(serve.Process, "TERM");
+        (await serve.ExitCodeAsync(30_000)).Should().Be(0, serve.Stderr);
+    }
+
     [Fact]
     public async Task A_port_in_use_is_one_clear_line_and_exit_code_1()
     {
