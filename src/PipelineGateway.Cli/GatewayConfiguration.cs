@@ -42,7 +42,19 @@ internal static class GatewayConfiguration
         }
 
         builder.AddEnvironmentVariables("PGW_");
-        var built = builder.Build(); // a file that cannot be read at start stops it (thrown here)
+        IConfigurationRoot built;
+        try
+        {
+            built = builder.Build(); // a file that cannot be read at start stops it (thrown here)
+        }
+        catch (IOException ex) when (watch && ex is not FileNotFoundException)
+        {
+            // The file's watcher could not start (inotify's per-user instances used up, as on a machine running many
+            // .NET processes): served unwatched rather than not at all — SIGHUP still reads the file again.
+            var (unwatched, read) = Load(path, watch: false);
+            return (unwatched, $"{read}; not watched for changes ({ex.Message.TrimEnd('.')}): SIGHUP reads it again");
+        }
+
         foreach (var file in builder.Sources.OfType<Microsoft.Extensions.Configuration.Json.JsonConfigurationSource>())
         {
             file.OnLoadException = static failed => failed.Ignore = true; // from now on: reloads only

@@ -32,7 +32,10 @@ public static partial class GatewayServer
     /// <summary>Builds the server (not started) from a configuration holding the <c>Gateway</c> section.</summary>
     public static WebApplication Build(IConfiguration configuration, string urls, Action<ILoggingBuilder>? logging = null, Action<IServiceCollection>? services = null)
     {
-        var builder = WebApplication.CreateSlimBuilder();
+        // The host's own appsettings.json is not watched: its watcher (inotify) failing to start — the per-user instances
+        // used up, as on a machine running many .NET processes — ended the process before it served anything. The
+        // gateway's own configuration is the caller's, watched or not (pgw serve: its file, GatewayConfiguration).
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = ["--hostBuilder:reloadConfigOnChange=false"] });
         builder.Configuration.AddConfiguration(configuration);
         builder.Logging.ClearProviders();
         if (logging is null)
