@@ -44,7 +44,7 @@ public sealed partial class SimulatorServer : IAsyncDisposable
 
     public static async Task<SimulatorServer> StartAsync(SimulatorOptions options, string urls = "http://127.0.0.1:0", Action<ILoggingBuilder>? logging = null, CancellationToken cancellationToken = default)
     {
-        var builder = WebApplication.CreateSlimBuilder();
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = ["--hostBuilder:reloadConfigOnChange=false"] }); // no appsettings.json watcher: one that cannot start (inotify used up) ended the process
         builder.Logging.ClearProviders();
         logging?.Invoke(builder.Logging);
         builder.WebHost.UseUrls(urls);
