@@ -128,8 +128,13 @@ public sealed class BatchFleetTests : IAsyncDisposable
         var output = (await Files(c).DownloadFileAsync(batch.GetProperty("output_file_id").GetString(), Ct)).Value.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
         output.Select(l => JsonDocument.Parse(l).RootElement.GetProperty("custom_id").GetString()).Should().BeEquivalentTo(Enumerable.Range(0, 2_000).Select(i => $"task-{i}"), "every line answered once, downloaded through C");
 
-        // Every instance lists the fleet's files and batches, whole; the two passing instances keep none.
+        // A cancel as the SDKs send it (a POST with no body and no type) reaches the holder's handler through C: a batch
+        // that completed cannot be cancelled (409), not a 415 for the missing type.
         using var throughC = Http(c);
+        using var cancel = await throughC.PostAsync($"v1/batches/{operation.BatchId}/cancel", null, Ct);
+        cancel.StatusCode.Should().Be(HttpStatusCode.Conflict, await cancel.Content.ReadAsStringAsync(Ct));
+
+        // Every instance lists the fleet's files and batches, whole; the two passing instances keep none.
         using var direct = Http(holder);
         foreach (var path in (string[])["v1/files", "v1/batches", "openai/files"])
         {
