@@ -29,21 +29,11 @@ public sealed class BatchApiTests : IAsyncDisposable
 {
     private const string KeyA = "sk-gw-batch-a-0123456789";
     private const string KeyB = "sk-gw-batch-b-0123456789";
-    private readonly BatchFiles _dir = new();
-    private readonly List<WebApplication> _apps = [];
+    private readonly BatchGateways _gateways = new();
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    public async ValueTask DisposeAsync()
-    {
-        foreach (var app in _apps)
-        {
-            await app.StopAsync();
-            await app.DisposeAsync();
-        }
-
-        _dir.Dispose();
-    }
+    public ValueTask DisposeAsync() => _gateways.DisposeAsync();
 
     /// <summary>A gateway on <paramref name="provider"/> ("m", and "other" that key B may not use), its Batch API in the test's directory.</summary>
     private async Task<Uri> StartAsync(FakeProvider provider, long maxFileBytes = 200L * 1024 * 1024, TimeProvider? clock = null, long bytesPerKey = 1L << 31, Dictionary<string, string?>? more = null)
@@ -51,7 +41,7 @@ public sealed class BatchApiTests : IAsyncDisposable
         // Requests may wait longer than a batch's window (the expiry test's clock jumps a day).
         var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
         {
-            ["Gateway:Server:BatchDirectory"] = Path.Combine(_dir.Dir, "batches"),
+            ["Gateway:Server:BatchDirectory"] = Path.Combine(_gateways.Dir, "batches"),
             ["Gateway:Server:BatchConcurrency"] = "4",
             ["Gateway:Server:MaxBatchFileBytes"] = maxFileBytes.ToString(System.Globalization.CultureInfo.InvariantCulture),
             ["Gateway:Server:BatchBytesPerKey"] = bytesPerKey.ToString(System.Globalization.CultureInfo.InvariantCulture),
@@ -71,24 +61,18 @@ public sealed class BatchApiTests : IAsyncDisposable
                 gateway.UseTimeProvider(clock);
             }
         });
-        _apps.Add(app);
+        _gateways.Add(app);
         return await GatewayServer.StartAsync(app, Ct);
     }
 
     private static OpenAIClientOptions Options(Uri root) => new() { Endpoint = new Uri(root, "v1"), RetryPolicy = new ClientRetryPolicy(0) };
 
-    private static HttpClient Http(Uri root, string key)
-    {
-        var http = new HttpClient { BaseAddress = root };
-        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", key);
-        return http;
-    }
+    private static HttpClient Http(Uri root, string key) => BatchGateways.Client(root, key);
 
     private static string Line(string id, string model = "m", string url = "/v1/chat/completions", string text = "hello") =>
         $$$"""{"custom_id":"{{{id}}}","method":"POST","url":"{{{url}}}","body":{"model":"{{{model}}}","messages":[{"role":"user","content":"{{{text}}}"}]}}""";
 
-    private static async Task<JsonElement> JsonAsync(HttpResponseMessage response) =>
-        JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone();
+    private static Task<JsonElement> JsonAsync(HttpResponseMessage response) => BatchGateways.JsonAsync(response, Ct);
 
     /// <summary>Polls the batch until it has ended (the run is in the background): its last state.</summary>
     private static async Task<JsonElement> EndedAsync(HttpClient http, string id)
@@ -247,7 +231,7 @@ public sealed class BatchApiTests : IAsyncDisposable
             await Wait.Until(() => Volatile.Read(ref answered) >= 14, "ten lines answered and four hanging");
         }
 
-        await _apps[0].StopAsync(Ct);
+        await _gateways.Apps[0].StopAsync(Ct);
 
         var second = new FakeProvider("p");
         var again = await StartAsync(second);
@@ -297,7 +281,7 @@ public sealed class BatchApiTests : IAsyncDisposable
     [Fact]
     public async Task A_batch_stopped_while_finalizing_ends_at_the_next_start_without_running_a_line_again()
     {
-        var store = new BatchStore(new ServerOptions { BatchDirectory = Path.Combine(_dir.Dir, "batches") }, Microsoft.Extensions.Logging.Abstractions.NullLogger<BatchStore>.Instance);
+        var store = new BatchStore(new ServerOptions { BatchDirectory = Path.Combine(_gateways.Dir, "batches") }, Microsoft.Extensions.Logging.Abstractions.NullLogger<BatchStore>.Instance);
         store.TryOpen().Should().BeTrue();
         var input = new BatchFile { Id = BatchStore.NewFileId(), Bytes = 10, CreatedAt = 1, Filename = "in.jsonl", Purpose = "batch" };
         var upload = store.UploadPath("a");
@@ -321,8 +305,15 @@ public sealed class BatchApiTests : IAsyncDisposable
             Ending = "completed",
             Batch = new PipelineGateway.Server.Batches.BatchJob
             {
-                Id = id, Endpoint = "/v1/chat/completions", InputFileId = input.Id, Status = "finalizing", CreatedAt = now, ExpiresAt = now + 86_400,
-                InProgressAt = now, FinalizingAt = now, RequestCounts = new BatchCounts { Total = 2, Completed = 2 },
+                Id = id,
+                Endpoint = "/v1/chat/completions",
+                InputFileId = input.Id,
+                Status = "finalizing",
+                CreatedAt = now,
+                ExpiresAt = now + 86_400,
+                InProgressAt = now,
+                FinalizingAt = now,
+                RequestCounts = new BatchCounts { Total = 2, Completed = 2 },
             },
         });
         store.Dispose();
@@ -564,7 +555,7 @@ public sealed class BatchApiTests : IAsyncDisposable
         json.StatusCode.Should().Be(HttpStatusCode.UnsupportedMediaType);
         (await http.GetAsync("v1/files/file-../../x", Ct)).StatusCode.Should().Be(HttpStatusCode.NotFound);
         (await JsonAsync(await http.GetAsync("v1/files", Ct))).GetProperty("data").GetArrayLength().Should().Be(0);
-        Directory.EnumerateFiles(Path.Combine(_dir.Dir, "batches"), "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".lock", StringComparison.Ordinal)).Should().BeEmpty("no upload left anything behind");
+        Directory.EnumerateFiles(Path.Combine(_gateways.Dir, "batches"), "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".lock", StringComparison.Ordinal)).Should().BeEmpty("no upload left anything behind");
     }
 
     /// <summary>
@@ -601,7 +592,7 @@ public sealed class BatchApiTests : IAsyncDisposable
             return await JsonAsync(response);
         }
 
-        bool OnDisk(string id) => Directory.EnumerateFiles(Path.Combine(_dir.Dir, "batches"), id + ".*", SearchOption.AllDirectories).Any();
+        bool OnDisk(string id) => Directory.EnumerateFiles(Path.Combine(_gateways.Dir, "batches"), id + ".*", SearchOption.AllDirectories).Any();
         async Task<HttpStatusCode> Status(HttpClient http, string path) => (await http.GetAsync(path, Ct)).StatusCode;
 
         clock.Advance(TimeSpan.FromMinutes(30)); // the hourly sweep is due 60 min from the start
@@ -666,7 +657,7 @@ public sealed class BatchApiTests : IAsyncDisposable
     [Fact]
     public void An_upload_kept_as_a_file_counts_once()
     {
-        using var store = new BatchStore(new ServerOptions { BatchDirectory = Path.Combine(_dir.Dir, "batches") }, Microsoft.Extensions.Logging.Abstractions.NullLogger<BatchStore>.Instance);
+        using var store = new BatchStore(new ServerOptions { BatchDirectory = Path.Combine(_gateways.Dir, "batches") }, Microsoft.Extensions.Logging.Abstractions.NullLogger<BatchStore>.Instance);
         store.TryHold("a", 1400, 3000, 10, 0).Should().BeTrue();
         var temporary = store.UploadPath("a");
         File.WriteAllBytes(temporary, new byte[1400]);
@@ -684,7 +675,7 @@ public sealed class BatchApiTests : IAsyncDisposable
     [Fact]
     public void The_sweep_deletes_what_a_crash_left_once_it_is_old()
     {
-        using var store = new BatchStore(new ServerOptions { BatchDirectory = Path.Combine(_dir.Dir, "batches") }, Microsoft.Extensions.Logging.Abstractions.NullLogger<BatchStore>.Instance);
+        using var store = new BatchStore(new ServerOptions { BatchDirectory = Path.Combine(_gateways.Dir, "batches") }, Microsoft.Extensions.Logging.Abstractions.NullLogger<BatchStore>.Instance);
         var dir = store.OwnerDirectory("a");
         Directory.CreateDirectory(dir);
         string Make(string name, TimeSpan age)

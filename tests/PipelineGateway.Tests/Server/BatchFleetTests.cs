@@ -32,23 +32,13 @@ public sealed class BatchFleetTests : IAsyncDisposable
 {
     private const string Key = "sk-gw-fleet-batch-0123456789";
     private const string OtherKey = "sk-gw-fleet-batch-other-0123";
-    private readonly BatchFiles _dir = new();
-    private readonly List<WebApplication> _apps = [];
+    private readonly BatchGateways _gateways = new();
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    public async ValueTask DisposeAsync()
-    {
-        foreach (var app in _apps)
-        {
-            await app.StopAsync();
-            await app.DisposeAsync();
-        }
+    public ValueTask DisposeAsync() => _gateways.DisposeAsync();
 
-        _dir.Dispose();
-    }
-
-    private string Directory(string name) => Path.Combine(_dir.Dir, name);
+    private string Directory(string name) => Path.Combine(_gateways.Dir, name);
 
     /// <summary>A gateway named <paramref name="name"/> (its Batch API directory its own), passing to <paramref name="holder"/> when given.</summary>
     private async Task<Uri> StartAsync(string name, Uri? holder = null, string listen = "http://127.0.0.1:0", Dictionary<string, string?>? more = null)
@@ -66,7 +56,7 @@ public sealed class BatchFleetTests : IAsyncDisposable
         }.Concat(more ?? []).ToDictionary()).Build();
         var provider = new FakeProvider("p");
         var app = GatewayServer.Build(config, listen, _ => { }, s => s.AddPipelineGateway().AddProvider(provider).AddModel("m", m => m.Deploy(provider.Name)));
-        _apps.Add(app);
+        _gateways.Add(app);
         return await GatewayServer.StartAsync(app, Ct);
     }
 
@@ -84,18 +74,12 @@ public sealed class BatchFleetTests : IAsyncDisposable
     private string[] Kept(string name) =>
         System.IO.Directory.Exists(Directory(name)) ? [.. System.IO.Directory.EnumerateFiles(Directory(name), "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".lock", StringComparison.Ordinal))] : [];
 
-    private static HttpClient Http(Uri root, string key = Key)
-    {
-        var http = new HttpClient { BaseAddress = root };
-        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", key);
-        return http;
-    }
+    private static HttpClient Http(Uri root, string key = Key) => BatchGateways.Client(root, key);
 
     private static string Line(string id) =>
         $$$"""{"custom_id":"{{{id}}}","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hello {{{id}}}"}]}}""";
 
-    private static async Task<JsonElement> JsonAsync(HttpResponseMessage response) =>
-        JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.Clone();
+    private static Task<JsonElement> JsonAsync(HttpResponseMessage response) => BatchGateways.JsonAsync(response, Ct);
 
     private static async Task<string[]> IdsAsync(HttpClient http, string path) =>
         [.. (await JsonAsync(await http.GetAsync(path, Ct))).GetProperty("data").EnumerateArray().Select(static e => e.GetProperty("id").GetString()!)];

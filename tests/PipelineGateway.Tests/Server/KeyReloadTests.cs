@@ -29,17 +29,12 @@ public sealed class KeyReloadTests : IAsyncLifetime
 
     private static Dictionary<string, string?> Settings(params (string Id, string Key, bool Admin, string[] Models)[] keys)
     {
-        var settings = new Dictionary<string, string?>
+        var settings = TestServerConfig.SimulatedSettings(new()
         {
-            ["Gateway:Providers:0:Name"] = "sim",
-            ["Gateway:Providers:0:Type"] = "Simulated",
-            ["Gateway:Providers:0:Simulated:LatencyMs"] = "0",
-            ["Gateway:Models:0:Name"] = "gpt-4o-mini",
-            ["Gateway:Models:0:Deployments:0:Provider"] = "sim",
             ["Gateway:Models:1:Name"] = "other",
             ["Gateway:Models:1:Deployments:0:Provider"] = "sim",
             ["Gateway:Server:BatchDirectory"] = string.Empty,
-        };
+        });
         for (var i = 0; i < keys.Length; i++)
         {
             settings[$"Gateway:Server:Keys:{i}:Id"] = keys[i].Id;

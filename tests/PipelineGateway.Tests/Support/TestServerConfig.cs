@@ -5,7 +5,11 @@ namespace PipelineGateway.Tests.Support;
 /// <summary>The server tests' usual configuration: one instant simulated provider "sim" serving "gpt-4o-mini", plus each test's own settings.</summary>
 public static class TestServerConfig
 {
-    public static IConfiguration Simulated(Dictionary<string, string?> more)
+    public static IConfiguration Simulated(Dictionary<string, string?> more) =>
+        new ConfigurationBuilder().AddInMemoryCollection(SimulatedSettings(more)).Build();
+
+    /// <summary>The same settings as a dictionary (for a configuration source a test replaces).</summary>
+    public static Dictionary<string, string?> SimulatedSettings(Dictionary<string, string?> more)
     {
         var settings = new Dictionary<string, string?>
         {
@@ -20,6 +24,6 @@ public static class TestServerConfig
             settings[key] = value;
         }
 
-        return new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
+        return settings;
     }
 }
