@@ -32,6 +32,13 @@ public class RequestLogWriteBenchmarks
     [Params("Server", "Texts")]
     public string Shape { get; set; } = "Server";
 
+    /// <summary>
+    /// "Both": the schema as shipped (the time index and the key-and-time index); "KeyTime": the time index dropped
+    /// after the schema is made — what a schema ordering rows by time in their id would save (issue 21: the log's cost).
+    /// </summary>
+    [Params("Both", "KeyTime")]
+    public string Indexes { get; set; } = "Both";
+
     [GlobalSetup]
     public async Task Setup()
     {
@@ -40,6 +47,16 @@ public class RequestLogWriteBenchmarks
         options.RequestLog.Path = Path.Combine(_dir, "gateway.db");
         _store = new SqliteRequestLogStore(Options.Create(options));
         await _store.InitializeAsync(CancellationToken.None);
+        if (Indexes == "KeyTime")
+        {
+            await _store.WriteAsync([ServerRow(0)], CancellationToken.None); // the schema is made with the first write
+            await using var connection = new SqliteConnection($"Data Source={options.RequestLog.Path}");
+            await connection.OpenAsync();
+            await using var drop = connection.CreateCommand();
+            drop.CommandText = "DROP INDEX requests_ts;";
+            await drop.ExecuteNonQueryAsync();
+        }
+
         _clock = DateTimeOffset.UtcNow;
     }
 
