@@ -18,8 +18,7 @@ internal static class ModelsEndpoint
         var key = ctx.Features.Get<GatewayCaller>()?.Key;
         var anthropic = IsAnthropic(ctx);
         // The configured groups, then the names wildcards took that an upstream has answered (a name a caller made up
-        // is not listed; a wildcard's own name is not a model).
-        // and those their providers list, for a wildcard that asks it.
+        // is not listed; a wildcard's own name is not a model) and those their providers list, for a wildcard that asks it.
         var made = catalog.Wildcards.SelectMany(static w => w.Made).Where(static g => g.Established).Select(static g => g.Name).ToList();
         foreach (var wildcard in catalog.Wildcards)
         {
