@@ -293,6 +293,12 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
     internal int AccountCount => _accounts.Count;
 
     /// <summary>
+    /// The users a budget for every user counts toward its <see cref="BudgetOptions.MaxUsers"/> now (tests: a sweep
+    /// removes an account, then gives its place back — a moment apart, so a test waits for this, not for <see cref="AccountCount"/>).
+    /// </summary>
+    internal int UsersKept(int budget) => _users is null ? 0 : Volatile.Read(ref _users[budget]);
+
+    /// <summary>
     /// A request ended: its reservation becomes the billed cost — nothing for a failure, a cache hit or a coalesced
     /// request (the one that made the call pays once), so budgets and metrics add up to the same total.
     /// </summary>
