@@ -54,20 +54,23 @@ public sealed class RedisBudgetTests
         ((long)await db.HashGetAsync(account, "s")).Should().Be(80_000_000_000, "20 answers of $4, in nano-dollars");
     }
 
+    /// <summary>An instance with model "m" at <paramref name="pricePerMillion"/> a million tokens either way, <paramref name="budgets"/> kept in Redis (failing closed).</summary>
+    private static Task<Gateway> BudgetedOnRedis(string redis, string prefix, decimal pricePerMillion, params BudgetOptions[] budgets) => new GatewayBuilder()
+        .AddProvider(new FakeProvider("p"))
+        .Configure(o =>
+        {
+            o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "p", InputPricePerMillion = pricePerMillion, OutputPricePerMillion = pricePerMillion }] });
+            o.Budgets.AddRange(budgets);
+        })
+        .AddRedis(redis, RedisFailureMode.FailClosed, prefix)
+        .StartAsync(Ct);
+
     [Fact]
     public async Task A_per_user_budget_is_one_account_per_user_across_the_fleet()
     {
         var redis = RedisServer.Shared();
         var prefix = "t" + Guid.NewGuid().ToString("N")[..12];
-        Task<Gateway> PerUser() => new GatewayBuilder()
-            .AddProvider(new FakeProvider("p"))
-            .Configure(o =>
-            {
-                o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "p", InputPricePerMillion = 1_000_000m, OutputPricePerMillion = 1_000_000m }] });
-                o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m });
-            })
-            .AddRedis(redis, RedisFailureMode.FailClosed, prefix)
-            .StartAsync(Ct);
+        Task<Gateway> PerUser() => BudgetedOnRedis(redis, prefix, 1_000_000m, new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m });
         static ChatCompletionRequest By(string user)
         {
             var r = TestGateway.Request().NamingUser(user);
@@ -102,16 +105,12 @@ public sealed class RedisBudgetTests
     {
         var redis = RedisServer.Shared();
         var prefix = "t" + Guid.NewGuid().ToString("N")[..12];
-        Task<Gateway> PerUser() => new GatewayBuilder()
-            .AddProvider(new FakeProvider("p"))
-            .Configure(o =>
-            {
-                o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "p", InputPricePerMillion = 1m, OutputPricePerMillion = 1m }] });
-                o.Budgets.Add(new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m, MaxUsers = 3 });
-                o.Budgets.Add(new BudgetOptions { Name = "all", Period = BudgetPeriod.Day, LimitUsd = 100m });
-            })
-            .AddRedis(redis, RedisFailureMode.FailClosed, prefix)
-            .StartAsync(Ct);
+        Task<Gateway> PerUser() => BudgetedOnRedis(
+            redis,
+            prefix,
+            1m,
+            new BudgetOptions { Name = "per user", Scope = BudgetScope.User, Period = BudgetPeriod.Day, LimitUsd = 10m, MaxUsers = 3 },
+            new BudgetOptions { Name = "all", Period = BudgetPeriod.Day, LimitUsd = 100m });
 
         await using var a = await PerUser();
         await using var b = await PerUser();
