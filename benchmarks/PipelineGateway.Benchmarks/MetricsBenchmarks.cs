@@ -23,6 +23,7 @@ public class MetricsSinkBenchmarks
     private GatewayMetrics _metrics = null!;
     private WorkItem _item = null!;
     private ChatCompletionResponse _response = null!;
+    private GatewayAttempt _attempt = null!;
     private long _counter;
 
     private MeterProvider? _otel;
@@ -56,6 +57,7 @@ public class MetricsSinkBenchmarks
             Usage = TokenUsage.Of(12, 30),
             Gateway = new GatewayResponseInfo { Provider = "p", ProviderModel = "m", Attempts = [], Cost = 0.0001m },
         };
+        _attempt = new GatewayAttempt("p", "m", AttemptOutcome.Success, TimeSpan.FromMilliseconds(40)) { Deployment = group.Deployments[0] };
     }
 
     [GlobalCleanup]
@@ -70,6 +72,14 @@ public class MetricsSinkBenchmarks
 
     [Benchmark(OperationsPerInvoke = PerOp)]
     public void OnCompleted() => Run(() => _metrics.OnCompleted(new Completion(_item, _response, null, TimeSpan.FromMilliseconds(42))));
+
+    /// <summary>A request's whole share: its one attempt (<c>pgw.attempts</c>, the deployment's and provider's counts), then its end.</summary>
+    [Benchmark(OperationsPerInvoke = PerOp)]
+    public void AttemptAndCompleted() => Run(() =>
+    {
+        _metrics.OnAttempt(_attempt);
+        _metrics.OnCompleted(new Completion(_item, _response, null, TimeSpan.FromMilliseconds(42)));
+    });
 
     private void Run(Action record) => Threaded.Run(Threads, PerOp, _ => record());
 

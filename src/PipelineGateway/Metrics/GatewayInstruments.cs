@@ -41,11 +41,18 @@ internal sealed class GatewayInstruments : IDisposable
         _meter = factory?.Create(MeterName) ?? new Meter(MeterName);
         Duration = _meter.CreateHistogram(OperationDuration, "s", "Duration of gateway chat operations, admission to answer.", advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = DurationBuckets });
         Tokens = _meter.CreateHistogram(TokenUsage, "{token}", "Tokens used per answered request, by gen_ai.token.type.", advice: new InstrumentAdvice<long> { HistogramBucketBoundaries = TokenBuckets });
-        RequestCount = _meter.CreateCounter<long>(Requests, "{request}", "Requests ended, by outcome.");
-        CacheHitCount = _meter.CreateCounter<long>(CacheHits, "{request}", "Requests answered from the response cache.");
-        Cost = _meter.CreateCounter<double>(CostUsd, "USD", "Spend priced from usage, by provider and model.");
-        AttemptCount = _meter.CreateCounter<long>(Attempts, "{attempt}", "Upstream attempts, by provider, deployment and outcome.");
+        Totals = new InstrumentTotals(ProviderAttribute);
+        RequestCount = _meter.CreateObservableCounter(Requests, Totals.Requests, "{request}", "Requests ended, by outcome.");
+        CacheHitCount = _meter.CreateObservableCounter(CacheHits, Totals.CacheHits, "{request}", "Requests answered from the response cache.");
+        Cost = _meter.CreateObservableCounter(CostUsd, Totals.Cost, "USD", "Spend priced from usage, by provider and model.");
+        AttemptCount = _meter.CreateObservableCounter(Attempts, Totals.Attempts, "{attempt}", "Upstream attempts, by provider, deployment and outcome.");
     }
+
+    /// <summary>What the counting instruments report when a listener collects (see <see cref="InstrumentTotals"/> for why they are observed).</summary>
+    internal InstrumentTotals Totals { get; }
+
+    /// <summary>Whether a listener reads any of the counting instruments (nothing is kept for them otherwise).</summary>
+    internal bool CountersEnabled => RequestCount.Enabled || CacheHitCount.Enabled || Cost.Enabled;
 
     internal Histogram<double> Duration { get; }
 
@@ -64,17 +71,17 @@ internal sealed class GatewayInstruments : IDisposable
 
     internal Histogram<long> Tokens { get; }
 
-    internal Counter<long> RequestCount { get; }
+    internal ObservableCounter<long> RequestCount { get; }
 
-    internal Counter<long> CacheHitCount { get; }
+    internal ObservableCounter<long> CacheHitCount { get; }
 
-    internal Counter<double> Cost { get; }
+    internal ObservableCounter<double> Cost { get; }
 
     /// <summary>
     /// Every attempt sent upstream, under its own provider: a request that failed over several providers is one
     /// <c>pgw.requests</c> failure (the gateway's), and this is where each provider's part in it shows.
     /// </summary>
-    internal Counter<long> AttemptCount { get; }
+    internal ObservableCounter<long> AttemptCount { get; }
 
     /// <summary>An attempt's outcome as the <c>pgw.outcome</c> label of <see cref="AttemptCount"/> (bounded: one value per outcome).</summary>
     internal static string OutcomeLabel(AttemptOutcome outcome) => outcome switch

@@ -13,7 +13,8 @@ internal sealed partial class GatewayMetrics
     private void RecordInstruments(WorkItem item, ChatCompletionResponse? response, GatewayResponseInfo? info, Exception? error, TimeSpan latency, TokenUsage? usage, decimal cost, Routing.Deployment? consumedAt, ConsumedUpstream? hedge = null)
     {
         var i = _instruments;
-        if (!i.Duration.Enabled && !i.Tokens.Enabled && !i.RequestCount.Enabled && !i.Cost.Enabled && !i.CacheHitCount.Enabled)
+        var counters = i.CountersEnabled;
+        if (!counters && !i.Duration.Enabled && !i.Tokens.Enabled)
         {
             return; // nobody listens: no tags built, nothing recorded
         }
@@ -26,41 +27,47 @@ internal sealed partial class GatewayMetrics
         // deployment model its answer came from.
         var answered = consumedAt ?? (info is null ? null : LastSuccess(info.Attempts)?.Deployment);
         var responseModel = response?.Model is { Length: > 0 } m && answered is not null ? answered.ResponseModelLabel(m) : consumedAt?.Model ?? info?.ProviderModel;
-        var tags = i.Tags(Providers.Operations.OperationName(item.Request), system, item.RootGroup.MetricName(item.Request.Model), responseModel, error?.GetType().Name);
+        var operation = Providers.Operations.OperationName(item.Request);
+        var requestModel = item.RootGroup.MetricName(item.Request.Model);
+        var errorType = error?.GetType().Name;
+        var tags = i.Tags(operation, system, requestModel, responseModel, errorType);
         i.Duration.Record(latency.TotalSeconds, tags);
-        var outcome = tags;
-        outcome.Add("pgw.outcome", error is not null ? "failure" : info?.Cached == true ? "cached" : info?.Coalesced == true ? "coalesced" : "success");
-        i.RequestCount.Add(1, outcome);
-        if (info?.Cached == true)
+        RecordTokens(usage, tags);
+        if (counters)
         {
-            i.CacheHitCount.Add(1, tags);
+            // The counters' totals, one lookup for the three (InstrumentTotals: the SDK's per-measurement lookups were
+            // the instruments' cost).
+            var series = i.Totals.Request(operation, system, requestModel, responseModel, errorType);
+            series.End(error is not null ? InstrumentTotals.RequestSeries.Failure : info?.Cached == true ? InstrumentTotals.RequestSeries.Cached : info?.Coalesced == true ? InstrumentTotals.RequestSeries.Coalesced : InstrumentTotals.RequestSeries.Success, info?.Cached == true);
+            if (cost > 0)
+            {
+                series.AddCost(cost);
+            }
         }
 
-        RecordSpend(usage, cost, tags);
         if (hedge is not null)
         {
             var leg = hedge.Deployment;
-            RecordSpend(hedge.Usage, hedge.Cost, i.Tags(Providers.Operations.OperationName(item.Request), _systems.GetValueOrDefault(leg.ProviderName, leg.ProviderName), item.RootGroup.MetricName(item.Request.Model), leg.Model, error?.GetType().Name));
+            var legSystem = _systems.GetValueOrDefault(leg.ProviderName, leg.ProviderName);
+            RecordTokens(hedge.Usage, i.Tags(operation, legSystem, requestModel, leg.Model, errorType));
+            if (counters && hedge.Cost > 0)
+            {
+                i.Totals.Request(operation, legSystem, requestModel, leg.Model, errorType).AddCost(hedge.Cost);
+            }
         }
     }
 
-    /// <summary>Tokens and cost under <paramref name="tags"/>: nothing for a hit or a coalesced request (no tokens used upstream) or a failure that consumed nothing.</summary>
-    private void RecordSpend(TokenUsage? usage, decimal cost, System.Diagnostics.TagList tags)
+    /// <summary>Tokens under <paramref name="tags"/>: nothing for a hit or a coalesced request (no tokens used upstream) or a failure that consumed nothing.</summary>
+    private void RecordTokens(TokenUsage? usage, System.Diagnostics.TagList tags)
     {
-        var i = _instruments;
-        if (usage is not null)
+        if (usage is not null && _instruments.Tokens.Enabled)
         {
             var input = tags;
             input.Add("gen_ai.token.type", "input");
-            i.Tokens.Record(usage.PromptTokens, input);
+            _instruments.Tokens.Record(usage.PromptTokens, input);
             var output = tags;
             output.Add("gen_ai.token.type", "output");
-            i.Tokens.Record(usage.CompletionTokens, output);
-        }
-
-        if (cost > 0)
-        {
-            i.Cost.Add((double)cost, tags);
+            _instruments.Tokens.Record(usage.CompletionTokens, output);
         }
     }
 

@@ -194,23 +194,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
 
         if (_instruments.AttemptCount.Enabled)
         {
-            var tags = new System.Diagnostics.TagList
-            {
-                { _instruments.ProviderAttribute, _systems.GetValueOrDefault(attempt.Provider, attempt.Provider) },
-                { "pgw.provider", attempt.Provider },
-                { "pgw.outcome", GatewayInstruments.OutcomeLabel(attempt.Outcome) },
-            };
-            if (attempt.Deployment is { } deployment)
-            {
-                tags.Add("pgw.deployment", deployment.MetricId);
-            }
-
-            if (attempt.StatusCode is { } status)
-            {
-                tags.Add("http.response.status_code", status);
-            }
-
-            _instruments.AttemptCount.Add(1, tags);
+            _instruments.Totals.Attempt(_systems.GetValueOrDefault(attempt.Provider, attempt.Provider), attempt.Provider, attempt.Outcome, attempt.Deployment?.MetricId, attempt.StatusCode);
         }
     }
 

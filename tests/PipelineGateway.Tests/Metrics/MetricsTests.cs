@@ -189,10 +189,88 @@ public sealed class MetricsTests
         t.Should().HaveCount(2);
         t.Single(m => (string)m.Tags["gen_ai.token.type"]! == "input").Value.Should().Be(3);
         t.Single(m => (string)m.Tags["gen_ai.token.type"]! == "output").Value.Should().Be(1);
+        cost.RecordObservableInstruments();
         cost.GetMeasurementSnapshot().Single().Value.Should().BeApproximately((3 * 2.5 + 1 * 10) / 1_000_000.0, 1e-12);
         instruments.Duration.Name.Should().Be("gen_ai.client.operation.duration");
         instruments.Duration.Unit.Should().Be("s");
         instruments.Tokens.Name.Should().Be("gen_ai.client.token.usage");
+    }
+
+    /// <summary>
+    /// The counting instruments (<c>pgw.requests</c>, <c>pgw.cache.hits</c>, <c>pgw.cost</c>) are totals per tag set,
+    /// observed when a listener collects (<see cref="InstrumentTotals"/>): three answers, a cache hit and an upstream's
+    /// refusal read as one series per outcome with its count, the hit once, the cost as the answers' exact sum — and a
+    /// second collection the same totals again (cumulative, as the counters' sums were), with what came since.
+    /// </summary>
+    [Fact]
+    public async Task The_counters_report_each_tag_sets_total_when_collected()
+    {
+        var provider = new FakeProvider("p");
+        var refusing = new FakeProvider("refuses") { OnComplete = (_, _) => throw new ProviderException(AttemptOutcome.NonRetryableError, "no", 400) };
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(provider).AddProvider(refusing)
+            .Configure(o =>
+            {
+                o.Cache.Enabled = true;
+                o.Models.Add(new ModelGroupOptions { Name = "m", Deployments = [new DeploymentOptions { Provider = "p", Model = "gpt-4o" }] });
+                o.Models.Add(new ModelGroupOptions { Name = "n", Deployments = [new DeploymentOptions { Provider = "refuses", Model = "gpt-4o" }] });
+            })
+            .StartAsync(Ct);
+        var instruments = gateway.Services.GetRequiredService<GatewayInstruments>();
+        using var requests = new MetricCollector<long>(instruments.RequestCount);
+        using var hits = new MetricCollector<long>(instruments.CacheHitCount);
+        using var cost = new MetricCollector<double>(instruments.Cost);
+
+        for (var i = 0; i < 3; i++)
+        {
+            await gateway.SubmitAsync(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User($"question {i}")] }, Ct);
+        }
+
+        (await gateway.SubmitAsync(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("question 0")] }, Ct)).Gateway!.Cached.Should().BeTrue();
+        await FluentActions.Awaiting(async () => await gateway.SubmitAsync(TestGateway.Request("n"), Ct)).Should().ThrowAsync<UpstreamRejectedException>();
+
+        static IEnumerable<(string Model, string Outcome, string? Error, long Count)> Read(MetricCollector<long> requests)
+        {
+            requests.RecordObservableInstruments();
+            return requests.GetMeasurementSnapshot(clear: true).Select(m => ((string)m.Tags["gen_ai.request.model"]!, (string)m.Tags["pgw.outcome"]!, m.Tags.TryGetValue("error.type", out var e) ? (string?)e : null, m.Value));
+        }
+
+        Read(requests).Should().BeEquivalentTo(new (string, string, string?, long)[]
+        {
+            ("m", "success", null, 3),
+            ("m", "cached", null, 1),
+            ("n", "failure", nameof(UpstreamRejectedException), 1),
+        });
+        hits.RecordObservableInstruments();
+        hits.GetMeasurementSnapshot().Should().ContainSingle().Which.Value.Should().Be(1);
+        cost.RecordObservableInstruments();
+        cost.GetMeasurementSnapshot().Should().ContainSingle().Which.Value.Should().BeApproximately(3 * (3 * 2.5 + 1 * 10) / 1_000_000.0, 1e-15, "three answers' cost, summed in whole nano-dollars");
+
+        await gateway.SubmitAsync(new ChatCompletionRequest { Model = "m", Messages = [ChatCompletionMessage.User("question 3")] }, Ct);
+        Read(requests).Should().BeEquivalentTo(new (string, string, string?, long)[]
+        {
+            ("m", "success", null, 4),
+            ("m", "cached", null, 1),
+            ("n", "failure", nameof(UpstreamRejectedException), 1),
+        });
+    }
+
+    /// <summary>Past <see cref="InstrumentTotals.MaxSeries"/> tag sets a counter folds new ones into one overflow series (as the SDK does past its cardinality limit); the sets kept still count.</summary>
+    [Fact]
+    public void Past_its_bound_a_counter_folds_new_tag_sets_into_one_overflow_series()
+    {
+        var totals = new InstrumentTotals("gen_ai.system");
+        for (var i = 0; i < InstrumentTotals.MaxSeries + 5; i++)
+        {
+            totals.Attempt("p", "p", AttemptOutcome.Success, $"m/p/d{i}", null);
+        }
+
+        totals.Attempt("p", "p", AttemptOutcome.Success, "m/p/d0", null);
+        var measured = totals.Attempts().Select(m => (Tags: m.Tags.ToArray(), m.Value)).ToList();
+        measured.Should().HaveCount(InstrumentTotals.MaxSeries + 1);
+        measured.Single(m => m.Tags.Any(t => t.Key == "otel.metric.overflow")).Value.Should().Be(5);
+        measured.Single(m => m.Tags.Contains(new KeyValuePair<string, object?>("pgw.deployment", "m/p/d0"))).Value.Should().Be(2);
+        measured.Where(m => m.Tags.Any(t => t.Key == "otel.metric.overflow")).Should().ContainSingle().Which.Tags.Should().HaveCount(1);
     }
 
     /// <summary>
@@ -295,14 +373,15 @@ public sealed class MetricsTests
         await gateway.SubmitAsync(TestGateway.Request("m"), Ct);
         await FluentActions.Awaiting(async () => await gateway.SubmitAsync(TestGateway.Request("n"), Ct)).Should().ThrowAsync<AllProvidersFailedException>();
 
+        attempts.RecordObservableInstruments();
+        requests.RecordObservableInstruments();
         attempts.GetMeasurementSnapshot().Select(m => ((string)m.Tags["gen_ai.system"]!, (string)m.Tags["pgw.deployment"]!, (string)m.Tags["pgw.outcome"]!, m.Tags.TryGetValue("http.response.status_code", out var s) ? (int?)s : null, m.Value))
             .Should().BeEquivalentTo(new[]
             {
                 ("fails", "m/fails/x", "retryable_error", (int?)500, 1L),
                 ("answers", "m/answers/y", "success", (int?)null, 1L),
-                ("fails", "n/fails/x", "retryable_error", (int?)500, 1L),
+                ("fails", "n/fails/x", "retryable_error", (int?)500, 2L), // and the third attempt: the 429's deployment is cooling down
                 ("limited", "n/limited/z", "rate_limited", (int?)429, 1L),
-                ("fails", "n/fails/x", "retryable_error", (int?)500, 1L), // the third attempt: the 429's deployment is cooling down
             });
         requests.GetMeasurementSnapshot().Select(m => ((string)m.Tags["gen_ai.system"]!, (string)m.Tags["pgw.outcome"]!))
             .Should().BeEquivalentTo([("answers", "success"), ("pipelinegateway", "failure")], "the request is one, its attempts several");

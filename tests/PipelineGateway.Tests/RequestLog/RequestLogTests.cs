@@ -417,6 +417,7 @@ public sealed class RequestLogTests : IDisposable
         var metrics = gateway.Metrics.GetSnapshot();
         metrics.TotalCost.Should().Be(row.Cost);
         (metrics.Providers["first"].TotalCost, metrics.Providers["second"].TotalCost).Should().Be(((decimal)prompt, (decimal)prompt), "each leg to its own provider");
+        costs.RecordObservableInstruments();
         costs.GetMeasurementSnapshot().Select(m => ((string)m.Tags["gen_ai.system"]!, m.Value)).Should().BeEquivalentTo(
             [("first", (double)prompt), ("second", (double)prompt)], "the OpenTelemetry cost counter too");
     }

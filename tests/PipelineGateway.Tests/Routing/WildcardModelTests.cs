@@ -312,6 +312,7 @@ public sealed class WildcardModelTests : IAsyncLifetime
 
         (await Chat("openai/gpt-4o")).Status.Should().Be(HttpStatusCode.OK);
         health.RecordObservableInstruments();
+        attempts.RecordObservableInstruments();
 
         attempts.GetMeasurementSnapshot().Select(m => (string)m.Tags["pgw.deployment"]!).Distinct()
             .Should().BeEquivalentTo("openai/*/alpha/*", "openai/gpt-4o/alpha/gpt-4o");

@@ -340,6 +340,8 @@ public sealed class ServerTests : IAsyncLifetime
 
         var prometheus = await admin.GetStringAsync(new Uri(Base, "metrics"), Ct);
         prometheus.Should().Contain("gen_ai_client_operation_duration").And.Contain("gen_ai_client_token_usage").And.Contain("gen_ai_request_model=\"gpt-4o-mini\"");
+        prometheus.Should().MatchRegex("pgw_requests_total\\{[^}]*gen_ai_request_model=\"gpt-4o-mini\"[^}]*pgw_outcome=\"success\"[^}]*\\} [1-9]", "the counters are observed at the scrape (InstrumentTotals)")
+            .And.MatchRegex("pgw_attempts_total\\{[^}]*pgw_outcome=\"success\"[^}]*\\} [1-9]");
 
         using var anonymous = new HttpClient();
         (await anonymous.GetAsync(new Uri(Base, "healthz"), Ct)).StatusCode.Should().Be(HttpStatusCode.OK, "health stays open");
