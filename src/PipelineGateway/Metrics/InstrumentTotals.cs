@@ -68,7 +68,7 @@ internal sealed class InstrumentTotals(string providerAttribute)
     /// <summary><c>pgw.requests</c>: each series' count per outcome that happened.</summary>
     public IEnumerable<Measurement<long>> Requests()
     {
-        foreach (var series in Series(_requests.Values, _requestOverflow))
+        foreach (var series in Series(_requests, _requestOverflow))
         {
             for (var outcome = 0; outcome < RequestSeries.Outcomes.Length; outcome++)
             {
@@ -83,7 +83,7 @@ internal sealed class InstrumentTotals(string providerAttribute)
     /// <summary><c>pgw.cache.hits</c>.</summary>
     public IEnumerable<Measurement<long>> CacheHits()
     {
-        foreach (var series in Series(_requests.Values, _requestOverflow))
+        foreach (var series in Series(_requests, _requestOverflow))
         {
             if (Volatile.Read(ref series.CacheHits) is var n and > 0)
             {
@@ -95,7 +95,7 @@ internal sealed class InstrumentTotals(string providerAttribute)
     /// <summary><c>pgw.cost</c>, in USD (kept as whole nano-dollars: the sum is exact, as the metrics snapshot's).</summary>
     public IEnumerable<Measurement<double>> Cost()
     {
-        foreach (var series in Series(_requests.Values, _requestOverflow))
+        foreach (var series in Series(_requests, _requestOverflow))
         {
             if (Volatile.Read(ref series.CostNano) is var nano and > 0)
             {
@@ -107,7 +107,7 @@ internal sealed class InstrumentTotals(string providerAttribute)
     /// <summary><c>pgw.attempts</c>.</summary>
     public IEnumerable<Measurement<long>> Attempts()
     {
-        foreach (var series in Series(_attempts.Values, _attemptOverflow))
+        foreach (var series in Series(_attempts, _attemptOverflow))
         {
             if (Volatile.Read(ref series.Count) is var n and > 0)
             {
@@ -116,7 +116,17 @@ internal sealed class InstrumentTotals(string providerAttribute)
         }
     }
 
-    private static IEnumerable<T> Series<T>(IEnumerable<T> kept, T overflow) => kept.Append(overflow);
+    /// <summary>The series kept, then the overflow's: the dictionary enumerated as it stands (no lock taken, unlike its <c>Values</c>, which would hold every request's lookup while a scrape copies).</summary>
+    private static IEnumerable<TSeries> Series<TKey, TSeries>(ConcurrentDictionary<TKey, TSeries> kept, TSeries overflow)
+        where TKey : notnull
+    {
+        foreach (var pair in kept)
+        {
+            yield return pair.Value;
+        }
+
+        yield return overflow;
+    }
 
     /// <summary>One finished operation's tag set and its totals.</summary>
     internal sealed class RequestSeries
