@@ -197,6 +197,19 @@ public sealed class FrontDoorTests : IAsyncLifetime
         error.GetProperty("message").GetString().Should().Contain("POST /v1/").And.NotContain("abcdefghijklmnop");
     }
 
+    /// <summary>A path with a dot in its last segment is the same 404 (the fallback route's "nonfile" pattern left it a bare 404 with no body).</summary>
+    [Theory]
+    [InlineData("v1/report.json")]
+    [InlineData("v1/chat/completions.txt")]
+    [InlineData("favicon.ico")]
+    public async Task An_unknown_path_with_a_file_extension_is_the_same_404(string path)
+    {
+        var (status, json, _) = await Send(path, "{}", key: AdminKey);
+
+        status.Should().Be(HttpStatusCode.NotFound);
+        ErrorIn(Chat, json).GetProperty("code").GetString().Should().Be("unknown_route");
+    }
+
     /// <summary>A model name a caller made up is named in at most 40 characters on every route, refused (403) or unknown (404).</summary>
     [Theory]
     [InlineData("v1/chat/completions", "team-a")]
