@@ -12,7 +12,7 @@ internal static class GatewayConfiguration
     public const string DefaultPath = "config/gateway.json";
 
     /// <param name="watch">
-    /// Reload the file when it changes (<c>pgw serve</c>: its keys follow it, GatewayServer). A reload that cannot be
+    /// Reload the file when it changes (<c>pgw serve</c>: its keys follow it, GatewayServer; polled, see <see cref="AddFile"/>). A reload that cannot be
     /// read — a file half written — is ignored rather than thrown on the watcher's thread: it reads as no settings, which
     /// the keys refuse (the running keys are kept).
     /// </param>
@@ -27,12 +27,12 @@ internal static class GatewayConfiguration
                 throw new CliException($"The configuration file '{path}' does not exist.");
             }
 
-            builder.AddJsonFile(Path.GetFullPath(path), optional: false, reloadOnChange: watch);
+            AddFile(builder, Path.GetFullPath(path), watch);
             source = path;
         }
         else if (FindDefault() is { } found)
         {
-            builder.AddJsonFile(found, optional: false, reloadOnChange: watch);
+            AddFile(builder, found, watch);
             source = Path.GetRelativePath(Environment.CurrentDirectory, found);
         }
         else
@@ -42,18 +42,7 @@ internal static class GatewayConfiguration
         }
 
         builder.AddEnvironmentVariables("PGW_");
-        IConfigurationRoot built;
-        try
-        {
-            built = builder.Build(); // a file that cannot be read at start stops it (thrown here)
-        }
-        catch (IOException ex) when (watch && ex is not FileNotFoundException)
-        {
-            // The file's watcher could not start (inotify's per-user instances used up, as on a machine running many
-            // .NET processes): served unwatched rather than not at all — SIGHUP still reads the file again.
-            var (unwatched, read) = Load(path, watch: false);
-            return (unwatched, $"{read}; not watched for changes ({ex.Message.TrimEnd('.')}): SIGHUP reads it again");
-        }
+        var built = builder.Build(); // a file that cannot be read at start stops it (thrown here)
 
         foreach (var file in builder.Sources.OfType<Microsoft.Extensions.Configuration.Json.JsonConfigurationSource>())
         {
@@ -61,6 +50,35 @@ internal static class GatewayConfiguration
         }
 
         return (built, source);
+    }
+
+    /// <summary>
+    /// The JSON file, watched by polling its own timestamp (every ~4 s) when <paramref name="watch"/>. Not the default
+    /// file watcher: it watches the file's whole directory tree (an inotify watch with subdirectories), so a request log
+    /// kept below the configuration's directory (<c>/app/gateway.json</c> beside <c>/app/pgw-data/</c>, or both under
+    /// <c>/tmp</c>) woke it for every page SQLite wrote — measured under load: ~0.8% of the gateway's sampled bytes were
+    /// the watcher's events (docs/benchmarks.md) — and it needs an inotify instance, which a machine running many .NET
+    /// processes can run out of (start-up then failed). SIGHUP reads the file at once.
+    /// </summary>
+    private static void AddFile(ConfigurationBuilder builder, string fullPath, bool watch)
+    {
+        if (!watch)
+        {
+            builder.AddJsonFile(fullPath, optional: false, reloadOnChange: false);
+            return;
+        }
+
+        builder.AddJsonFile(source =>
+        {
+            source.FileProvider = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(Path.GetDirectoryName(fullPath)!)
+            {
+                UsePollingFileWatcher = true,
+                UseActivePolling = true,
+            };
+            source.Path = Path.GetFileName(fullPath);
+            source.Optional = false;
+            source.ReloadOnChange = true;
+        });
     }
 
     /// <summary>The directory of the configuration file <see cref="Load"/> reads (null: the embedded default).</summary>

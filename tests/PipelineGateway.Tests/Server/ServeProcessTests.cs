@@ -117,6 +117,72 @@ public sealed partial class ServeProcessTests
         (await serve.ExitCodeAsync(30_000)).Should().Be(0, serve.Stderr);
     }
 
+    /// <summary>
+    /// Without a signal, a Kubernetes ConfigMap's update — its <c>..data</c> link swapped to a new directory whose file
+    /// is older than the one it replaces — is picked up: the file is polled by its own timestamp, through the links. And
+    /// the process holds no inotify watch: the default watcher watched the file's whole directory tree, so the request
+    /// log kept below it (as here) woke it for every page SQLite wrote, and it needed an inotify instance.
+    /// </summary>
+    [Fact]
+    public async Task A_ConfigMaps_swapped_link_is_picked_up_without_a_signal_and_nothing_watches_the_directory()
+    {
+        const string First = "sk-gw-serve-first-0123456789";
+        const string Second = "sk-gw-serve-second-0123456789";
+        static string WithKey(string id, string key, string log) => $$"""
+            {
+              "Gateway": {
+                "Providers": [ { "Name": "sim", "Type": "Simulated", "Simulated": { "LatencyMs": 0 } } ],
+                "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim" } ] } ],
+                "RequestLog": { "Path": "{{log}}" },
+                "Server": { "Keys": [ { "Id": "{{id}}", "Sha256": "{{PipelineGateway.Server.GatewayKeys.Hash(key)}}" } ] }
+              }
+            }
+            """;
+
+        using var files = new BatchFiles();
+        var log = Path.Combine(files.Dir, "pgw-data", "gateway.db");
+        Directory.CreateDirectory(Path.Combine(files.Dir, "..v1"));
+        Directory.CreateDirectory(Path.Combine(files.Dir, "..v2"));
+        await File.WriteAllTextAsync(Path.Combine(files.Dir, "..v1", "gateway.json"), WithKey("first", First, log), Ct);
+        await File.WriteAllTextAsync(Path.Combine(files.Dir, "..v2", "gateway.json"), WithKey("second", Second, log), Ct);
+        File.SetLastWriteTimeUtc(Path.Combine(files.Dir, "..v2", "gateway.json"), DateTime.UtcNow.AddDays(-30)); // older than the file it replaces
+        Directory.CreateSymbolicLink(Path.Combine(files.Dir, "..data"), "..v1");
+        var config = Path.Combine(files.Dir, "gateway.json");
+        File.CreateSymbolicLink(config, Path.Combine("..data", "gateway.json"));
+        using var serve = PgwProcess.Start(files.Dir, "serve", "--urls", "http://127.0.0.1:0", "--config", config);
+        await Wait.Until(() => Listening().IsMatch(serve.Stdout) || serve.Process.HasExited, "pgw serve is listening", 60_000);
+        using var http = new HttpClient { BaseAddress = new Uri(Listening().Match(serve.Stdout).Groups[1].Value), Timeout = TimeSpan.FromMinutes(1) };
+        HttpStatusCode Status(string key)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("m") };
+            request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+            using var response = http.Send(request, Ct);
+            return response.StatusCode;
+        }
+
+        Status(First).Should().Be(HttpStatusCode.OK);
+        File.Exists(log).Should().BeTrue("the request log is kept below the configuration's directory");
+        if (OperatingSystem.IsLinux())
+        {
+            Directory.GetFiles($"/proc/{serve.Process.Id}/fd").Count(fd => new FileInfo(fd).LinkTarget?.Contains("inotify", StringComparison.Ordinal) == true)
+                .Should().Be(0, "the configuration file is polled, not watched with inotify");
+        }
+
+        // The ConfigMap's update: a new link made beside ..data, then renamed over it (one atomic step, as the kubelet does).
+        Directory.CreateSymbolicLink(Path.Combine(files.Dir, "..data_tmp"), "..v2");
+        Rename(Path.Combine(files.Dir, "..data_tmp"), Path.Combine(files.Dir, "..data")).Should().Be(0, "rename(2) replaces the link (File.Move follows it to the directory)");
+        // Waited for in the log, not by asking with the new key: a key refused again and again is throttled (FrontDoor).
+        await Wait.Until(() => serve.Stdout.Contains("Gateway keys reloaded: 1 keys (added: second; removed: first", StringComparison.Ordinal), "the swap is picked up, no signal sent", 30_000);
+        Status(Second).Should().Be(HttpStatusCode.OK, "the new key serves");
+        Status(First).Should().Be(HttpStatusCode.Unauthorized, "the old key is gone");
+
+        PgwProcess.Signal(serve.Process, "TERM");
+        (await serve.ExitCodeAsync(30_000)).Should().Be(0, serve.Stderr);
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "rename", SetLastError = true)]
+    private static extern int Rename(string oldPath, string newPath);
+
     [Fact]
     public async Task A_port_in_use_is_one_clear_line_and_exit_code_1()
     {
