@@ -9,8 +9,8 @@ internal static class ServeCommand
     {
         var (configuration, source) = GatewayConfiguration.Load(config, watch: true);
 
-        // SIGHUP reads the configuration again (its keys are applied: GatewayServer), as daemons do; the file's own
-        // changes are watched too, but a watcher can miss a mounted volume's swap (a Kubernetes ConfigMap).
+        // SIGHUP reads the configuration again at once (its keys are applied: GatewayServer), as daemons do; the file's
+        // own changes are picked up by polling within ~4 s too (GatewayConfiguration.AddFile).
         using var reload = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGHUP, signal =>
         {
             signal.Cancel = true; // not the default: ending the process
