@@ -71,35 +71,19 @@ public sealed partial class ServeProcessTests
     {
         const string First = "sk-gw-serve-first-0123456789";
         const string Second = "sk-gw-serve-second-0123456789";
-        static string WithKey(string id, string key) => $$"""
-            {
-              "Gateway": {
-                "Providers": [ { "Name": "sim", "Type": "Simulated", "Simulated": { "LatencyMs": 0 } } ],
-                "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim" } ] } ],
-                "Server": { "Keys": [ { "Id": "{{id}}", "Sha256": "{{PipelineGateway.Server.GatewayKeys.Hash(key)}}" } ] }
-              }
-            }
-            """;
-
         using var files = new BatchFiles();
         var config = Path.Combine(files.Dir, "gateway.json");
-        await File.WriteAllTextAsync(config, WithKey("first", First), Ct);
-        using var serve = PgwProcess.Start(files.Dir, "serve", "--urls", "http://127.0.0.1:0", "--config", config, "--no-log");
-        await Wait.Until(() => Listening().IsMatch(serve.Stdout) || serve.Process.HasExited, "pgw serve is listening", 60_000);
-        using var http = new HttpClient { BaseAddress = new Uri(Listening().Match(serve.Stdout).Groups[1].Value), Timeout = TimeSpan.FromMinutes(1) };
-        HttpStatusCode Status(string key)
-        {
-            using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("m") };
-            request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
-            using var response = http.Send(request, Ct);
-            return response.StatusCode;
-        }
+        await File.WriteAllTextAsync(config, KeyedConfig("first", First), Ct);
+        var (serve, http) = await ServeAsync(files.Dir, "--config", config, "--no-log");
+        using var _ = serve;
+        using var __ = http;
+        HttpStatusCode Status(string key) => ChatStatus(http, key);
 
         Status(First).Should().Be(HttpStatusCode.OK);
         Status(Second).Should().Be(HttpStatusCode.Unauthorized);
 
         var next = config + ".next";
-        await File.WriteAllTextAsync(next, WithKey("second", Second), Ct);
+        await File.WriteAllTextAsync(next, KeyedConfig("second", Second), Ct);
         File.Move(next, config, overwrite: true);
         PgwProcess.Signal(serve.Process, "HUP");
         await Wait.Until(() => Status(Second) == HttpStatusCode.OK, "the new key serves");
@@ -128,37 +112,20 @@ public sealed partial class ServeProcessTests
     {
         const string First = "sk-gw-serve-first-0123456789";
         const string Second = "sk-gw-serve-second-0123456789";
-        static string WithKey(string id, string key, string log) => $$"""
-            {
-              "Gateway": {
-                "Providers": [ { "Name": "sim", "Type": "Simulated", "Simulated": { "LatencyMs": 0 } } ],
-                "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim" } ] } ],
-                "RequestLog": { "Path": "{{log}}" },
-                "Server": { "Keys": [ { "Id": "{{id}}", "Sha256": "{{PipelineGateway.Server.GatewayKeys.Hash(key)}}" } ] }
-              }
-            }
-            """;
-
         using var files = new BatchFiles();
         var log = Path.Combine(files.Dir, "pgw-data", "gateway.db");
         Directory.CreateDirectory(Path.Combine(files.Dir, "..v1"));
         Directory.CreateDirectory(Path.Combine(files.Dir, "..v2"));
-        await File.WriteAllTextAsync(Path.Combine(files.Dir, "..v1", "gateway.json"), WithKey("first", First, log), Ct);
-        await File.WriteAllTextAsync(Path.Combine(files.Dir, "..v2", "gateway.json"), WithKey("second", Second, log), Ct);
+        await File.WriteAllTextAsync(Path.Combine(files.Dir, "..v1", "gateway.json"), KeyedConfig("first", First, log), Ct);
+        await File.WriteAllTextAsync(Path.Combine(files.Dir, "..v2", "gateway.json"), KeyedConfig("second", Second, log), Ct);
         File.SetLastWriteTimeUtc(Path.Combine(files.Dir, "..v2", "gateway.json"), DateTime.UtcNow.AddDays(-30)); // older than the file it replaces
         Directory.CreateSymbolicLink(Path.Combine(files.Dir, "..data"), "..v1");
         var config = Path.Combine(files.Dir, "gateway.json");
         File.CreateSymbolicLink(config, Path.Combine("..data", "gateway.json"));
-        using var serve = PgwProcess.Start(files.Dir, "serve", "--urls", "http://127.0.0.1:0", "--config", config);
-        await Wait.Until(() => Listening().IsMatch(serve.Stdout) || serve.Process.HasExited, "pgw serve is listening", 60_000);
-        using var http = new HttpClient { BaseAddress = new Uri(Listening().Match(serve.Stdout).Groups[1].Value), Timeout = TimeSpan.FromMinutes(1) };
-        HttpStatusCode Status(string key)
-        {
-            using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("m") };
-            request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
-            using var response = http.Send(request, Ct);
-            return response.StatusCode;
-        }
+        var (serve, http) = await ServeAsync(files.Dir, "--config", config);
+        using var _ = serve;
+        using var __ = http;
+        HttpStatusCode Status(string key) => ChatStatus(http, key);
 
         Status(First).Should().Be(HttpStatusCode.OK);
         File.Exists(log).Should().BeTrue("the request log is kept below the configuration's directory");
@@ -178,6 +145,35 @@ public sealed partial class ServeProcessTests
 
         PgwProcess.Signal(serve.Process, "TERM");
         (await serve.ExitCodeAsync(30_000)).Should().Be(0, serve.Stderr);
+    }
+
+    /// <summary>A configuration with one key (its hash), a simulated model <c>m</c>, and the request log at <paramref name="log"/> (null: the default).</summary>
+    private static string KeyedConfig(string id, string key, string? log = null) => $$"""
+        {
+          "Gateway": {
+            "Providers": [ { "Name": "sim", "Type": "Simulated", "Simulated": { "LatencyMs": 0 } } ],
+            "Models": [ { "Name": "m", "Deployments": [ { "Provider": "sim" } ] } ],
+            {{(log is null ? string.Empty : $"\"RequestLog\": {{ \"Path\": \"{log}\" }},")}}
+            "Server": { "Keys": [ { "Id": "{{id}}", "Sha256": "{{PipelineGateway.Server.GatewayKeys.Hash(key)}}" } ] }
+          }
+        }
+        """;
+
+    /// <summary>The real <c>pgw serve</c> with <paramref name="args"/>, once it listens, and a client for it.</summary>
+    private static async Task<(PgwProcess Serve, HttpClient Http)> ServeAsync(string dir, params string[] args)
+    {
+        var serve = PgwProcess.Start(dir, ["serve", "--urls", "http://127.0.0.1:0", .. args]);
+        await Wait.Until(() => Listening().IsMatch(serve.Stdout) || serve.Process.HasExited, "pgw serve is listening", 60_000);
+        return (serve, new HttpClient { BaseAddress = new Uri(Listening().Match(serve.Stdout).Groups[1].Value), Timeout = TimeSpan.FromMinutes(1) });
+    }
+
+    /// <summary>A chat request's status under <paramref name="key"/>.</summary>
+    private static HttpStatusCode ChatStatus(HttpClient http, string key)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("m") };
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+        using var response = http.Send(request, Ct);
+        return response.StatusCode;
     }
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "rename", SetLastError = true)]
