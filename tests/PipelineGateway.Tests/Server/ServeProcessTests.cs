@@ -69,15 +69,12 @@ public sealed partial class ServeProcessTests
     [Fact]
     public async Task SIGHUP_applies_the_config_files_keys_and_a_half_written_file_keeps_the_running_ones()
     {
-        const string First = "sk-gw-serve-first-0123456789";
-        const string Second = "sk-gw-serve-second-0123456789";
         using var files = new BatchFiles();
         var config = Path.Combine(files.Dir, "gateway.json");
         await File.WriteAllTextAsync(config, KeyedConfig("first", First), Ct);
-        var (serve, http) = await ServeAsync(files.Dir, "--config", config, "--no-log");
-        using var _ = serve;
-        using var __ = http;
-        HttpStatusCode Status(string key) => ChatStatus(http, key);
+        using var served = await ServeAsync(files.Dir, "--config", config, "--no-log");
+        var serve = served.Process;
+        HttpStatusCode Status(string key) => served.ChatStatus(key);
 
         Status(First).Should().Be(HttpStatusCode.OK);
         Status(Second).Should().Be(HttpStatusCode.Unauthorized);
@@ -110,8 +107,6 @@ public sealed partial class ServeProcessTests
     [Fact]
     public async Task A_ConfigMaps_swapped_link_is_picked_up_without_a_signal_and_nothing_watches_the_directory()
     {
-        const string First = "sk-gw-serve-first-0123456789";
-        const string Second = "sk-gw-serve-second-0123456789";
         using var files = new BatchFiles();
         var log = Path.Combine(files.Dir, "pgw-data", "gateway.db");
         Directory.CreateDirectory(Path.Combine(files.Dir, "..v1"));
@@ -122,10 +117,9 @@ public sealed partial class ServeProcessTests
         Directory.CreateSymbolicLink(Path.Combine(files.Dir, "..data"), "..v1");
         var config = Path.Combine(files.Dir, "gateway.json");
         File.CreateSymbolicLink(config, Path.Combine("..data", "gateway.json"));
-        var (serve, http) = await ServeAsync(files.Dir, "--config", config);
-        using var _ = serve;
-        using var __ = http;
-        HttpStatusCode Status(string key) => ChatStatus(http, key);
+        using var served = await ServeAsync(files.Dir, "--config", config);
+        var serve = served.Process;
+        HttpStatusCode Status(string key) => served.ChatStatus(key);
 
         Status(First).Should().Be(HttpStatusCode.OK);
         File.Exists(log).Should().BeTrue("the request log is kept below the configuration's directory");
@@ -159,21 +153,36 @@ public sealed partial class ServeProcessTests
         }
         """;
 
+    /// <summary>The two keys of the key tests (<see cref="KeyedConfig"/>).</summary>
+    private const string First = "sk-gw-serve-first-0123456789";
+    private const string Second = "sk-gw-serve-second-0123456789";
+
     /// <summary>The real <c>pgw serve</c> with <paramref name="args"/>, once it listens, and a client for it.</summary>
-    private static async Task<(PgwProcess Serve, HttpClient Http)> ServeAsync(string dir, params string[] args)
+    private static async Task<Served> ServeAsync(string dir, params string[] args)
     {
         var serve = PgwProcess.Start(dir, ["serve", "--urls", "http://127.0.0.1:0", .. args]);
         await Wait.Until(() => Listening().IsMatch(serve.Stdout) || serve.Process.HasExited, "pgw serve is listening", 60_000);
-        return (serve, new HttpClient { BaseAddress = new Uri(Listening().Match(serve.Stdout).Groups[1].Value), Timeout = TimeSpan.FromMinutes(1) });
+        return new Served(serve, new HttpClient { BaseAddress = new Uri(Listening().Match(serve.Stdout).Groups[1].Value), Timeout = TimeSpan.FromMinutes(1) });
     }
 
-    /// <summary>A chat request's status under <paramref name="key"/>.</summary>
-    private static HttpStatusCode ChatStatus(HttpClient http, string key)
+    private sealed class Served(PgwProcess process, HttpClient http) : IDisposable
     {
-        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("m") };
-        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
-        using var response = http.Send(request, Ct);
-        return response.StatusCode;
+        public PgwProcess Process { get; } = process;
+
+        /// <summary>A chat request's status under <paramref name="key"/>.</summary>
+        public HttpStatusCode ChatStatus(string key)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = Chat("m") };
+            request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+            using var response = http.Send(request, Ct);
+            return response.StatusCode;
+        }
+
+        public void Dispose()
+        {
+            http.Dispose();
+            Process.Dispose();
+        }
     }
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "rename", SetLastError = true)]
