@@ -47,8 +47,8 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
                 await redis.Subscriber.SubscribeAsync(_channel, (_, message) => Deliver(message, onSignal)).ConfigureAwait(false);
                 await ReplayRunningVerdictsAsync(onSignal).ConfigureAwait(false);
 
-                // Each restored connection (the subscription's and the commands') replays the kept verdicts: one
-                // of the two replays runs when both are back. Applying a verdict twice changes nothing.
+                // Each restored connection (the subscription's and the commands') replays the kept verdicts, each
+                // until it has read them (ReplayAfterReconnectAsync). Applying a verdict twice changes nothing.
                 redis.Multiplexer.ConnectionRestored += (_, _) => _ = ReplayAfterReconnectAsync(onSignal);
                 return;
             }
@@ -72,12 +72,17 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
     private RedisKey VerdictKey(HealthSignalKind kind, string deploymentId) =>
         $"{redis.Options.KeyPrefix}:health:v:{(int)kind}:{deploymentId}";
 
-    /// <summary>Verdicts given before this instance listened: applied for what is left of them.</summary>
-    private async Task ReplayRunningVerdictsAsync(Action<HealthSignal> onSignal)
+    /// <summary>
+    /// Verdicts given before this instance listened: applied for what is left of them. False when no primary was
+    /// connected to read them from (a restored subscription's connection can come back before the commands' one).
+    /// </summary>
+    private async Task<bool> ReplayRunningVerdictsAsync(Action<HealthSignal> onSignal)
     {
         var prefix = $"{redis.Options.KeyPrefix}:health:v:";
+        var read = false;
         foreach (var server in redis.Multiplexer.GetServers().Where(s => s.IsConnected && !s.IsReplica))
         {
+            read = true;
             await foreach (var key in server.KeysAsync(pattern: prefix + "*", pageSize: 500).ConfigureAwait(false))
             {
                 var rest = ((string)key!)[prefix.Length..].Split(':', 2);
@@ -88,6 +93,8 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
                 }
             }
         }
+
+        return read;
     }
 
     public void Recall(IReadOnlyList<string> deploymentIds, Action<HealthSignal> onSignal) => _ = RecallAsync(deploymentIds, onSignal);
@@ -117,15 +124,39 @@ internal sealed partial class RedisHealthChannel(RedisConnection redis, ILogger<
         }
     }
 
+    /// <summary>
+    /// The replay after a connection came back, tried again until it has read the kept verdicts (every 250 ms, for up to
+    /// 10 s): relying on the other connection's own restore to replay left a verdict unread when that restore came first
+    /// or its replay failed — once in a full test run, an instance kept sending to a deployment another had paused.
+    /// </summary>
     private async Task ReplayAfterReconnectAsync(Action<HealthSignal> onSignal)
     {
-        try
+        for (var attempt = 0; attempt < 40 && !_stop.IsCancellationRequested; attempt++)
         {
-            await ReplayRunningVerdictsAsync(onSignal).ConfigureAwait(false);
-        }
-        catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
-        {
-            // The other connection is not back yet; its own restore replays again.
+            try
+            {
+                if (await ReplayRunningVerdictsAsync(onSignal).ConfigureAwait(false))
+                {
+                    return;
+                }
+            }
+            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            {
+                // Not back yet: tried again below.
+            }
+            catch (ObjectDisposedException)
+            {
+                return; // the gateway is stopping
+            }
+
+            try
+            {
+                await Task.Delay(TimeSpan.FromMilliseconds(250), _stop.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException or ObjectDisposedException)
+            {
+                return;
+            }
         }
     }
 
