@@ -206,26 +206,30 @@ public sealed class AccountingTests
 
         var billedCount = outcomes.Count(o => o.Info is { Billed: true });
         var charged = outcomes.Sum(o => o.Info?.Cost ?? 0);
-        snapshot.TotalCost.Should().Be(charged + consumedTokens, "total_cost is what callers were told they cost, and what calls given up on consumed: " + what);
-        snapshot.TotalCost.Should().Be((billedCount * CallCost) + consumedTokens);
-        snapshot.Providers.Values.Sum(p => p.TotalCost).Should().Be(snapshot.TotalCost);
-        snapshot.Models.Values.Sum(m => m.TotalCost).Should().Be(snapshot.TotalCost);
-        snapshot.Keys.Values.Sum(k => k.TotalCost).Should().Be(snapshot.TotalCost);
-        snapshot.CostSaved.Should().Be(outcomes.Sum(o => o.Info?.CostSaved ?? 0));
-        snapshot.PromptTokens.Should().Be((3L * billedCount) + consumedTokens, "tokens are the upstream's usage (and the estimate of what was consumed)");
-        snapshot.CompletionTokens.Should().Be(billedCount);
+        // Every figure's message names the case and what the callers and the provider saw: a failure in a full run is
+        // then read from its message (two were seen without one).
+        var seen = $"{what} — billed {billedCount}, charged {charged}, calls given up on in flight {cancelledCalls.Count} ({consumedTokens} tokens), "
+            + $"outcomes: {string.Join(", ", outcomes.Select(o => $"{o.Op.Kind}:{o.Op.Text}={(o.Info is { } i ? $"{(i.Billed ? "billed" : i.Cached ? "hit" : i.Coalesced ? "coalesced" : "served")} {i.Cost}" : o.Error?.GetType().Name)}"))}";
+        snapshot.TotalCost.Should().Be(charged + consumedTokens, "total_cost is what callers were told they cost, and what calls given up on consumed: " + seen);
+        snapshot.TotalCost.Should().Be((billedCount * CallCost) + consumedTokens, seen);
+        snapshot.Providers.Values.Sum(p => p.TotalCost).Should().Be(snapshot.TotalCost, seen);
+        snapshot.Models.Values.Sum(m => m.TotalCost).Should().Be(snapshot.TotalCost, seen);
+        snapshot.Keys.Values.Sum(k => k.TotalCost).Should().Be(snapshot.TotalCost, seen);
+        snapshot.CostSaved.Should().Be(outcomes.Sum(o => o.Info?.CostSaved ?? 0), seen);
+        snapshot.PromptTokens.Should().Be((3L * billedCount) + consumedTokens, "tokens are the upstream's usage (and the estimate of what was consumed): " + seen);
+        snapshot.CompletionTokens.Should().Be(billedCount, seen);
 
         var (spent, reserved) = gateway.Services.GetRequiredService<PipelineGateway.Cost.BudgetTracker>().Balances().Values.Single();
-        spent.Should().Be(snapshot.TotalCost, "budgets and metrics agree to the cent: " + what);
-        reserved.Should().Be(0);
+        spent.Should().Be(snapshot.TotalCost, "budgets and metrics agree to the cent: " + seen);
+        reserved.Should().Be(0, seen);
 
         var tokens = gateway.Services.GetRequiredService<PipelineGateway.Admission.AdmissionRateLimiter>().GetStatus(TestGateway.Request()).Single();
-        (TokenLimit - tokens.Remaining).Should().Be((4L * billedCount) + consumedTokens, "the token limit is charged the upstream usage, nothing for hits and followers: " + what);
+        (TokenLimit - tokens.Remaining).Should().Be((4L * billedCount) + consumedTokens, "the token limit is charged the upstream usage, nothing for hits and followers: " + seen);
 
-        snapshot.TotalRequests.Should().Be(all.Length);
-        snapshot.CancelledRequests.Should().Be(outcomes.Count(o => o.Error is RequestCancelledException), "every cancellation is counted");
-        snapshot.CacheHitRate.Should().Be(Math.Round((double)snapshot.CachedRequests / snapshot.TotalRequests, 4));
-        snapshot.CachedRequests.Should().Be(outcomes.Count(o => o.Info is { Cached: true }));
+        snapshot.TotalRequests.Should().Be(all.Length, seen);
+        snapshot.CancelledRequests.Should().Be(outcomes.Count(o => o.Error is RequestCancelledException), "every cancellation is counted: " + seen);
+        snapshot.CacheHitRate.Should().Be(Math.Round((double)snapshot.CachedRequests / snapshot.TotalRequests, 4), seen);
+        snapshot.CachedRequests.Should().Be(outcomes.Count(o => o.Info is { Cached: true }), seen);
     }
 
     [Fact]
