@@ -667,7 +667,7 @@ public sealed class RequestLogTests : IDisposable
         await check.OpenAsync(Ct);
         await using var version = check.CreateCommand();
         version.CommandText = "PRAGMA user_version";
-        Convert.ToInt64(await version.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture).Should().Be(3);
+        Convert.ToInt64(await version.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture).Should().Be(4);
         version.CommandText = "SELECT usage_estimated FROM request_log WHERE key_id = 'old-key'";
         Convert.ToInt64(await version.ExecuteScalarAsync(Ct), System.Globalization.CultureInfo.InvariantCulture).Should().Be(0, "the view is made again with the new column");
         version.CommandText = "SELECT user_id IS NULL FROM request_log WHERE key_id = 'old-key'";
