@@ -17,17 +17,13 @@ namespace PipelineGateway.Tests.RequestLog;
 /// <summary>The request log on a real SQLite file: rows, budgets across a restart, a locked or corrupt file, drops, retention, bodies.</summary>
 public sealed class RequestLogTests : IDisposable
 {
-    private readonly BatchFiles _files = new();
+    private readonly LogFiles _files = new();
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private string Db => Path.Combine(_files.Dir, "data", "gateway.db");
+    private string Db => _files.Db;
 
-    public void Dispose()
-    {
-        SqliteConnection.ClearAllPools();
-        _files.Dispose();
-    }
+    public void Dispose() => _files.Dispose();
 
     // $1 a token in and out: each answer (3 in, 1 out) costs $4; the estimate reserved per request is $6.
     private GatewayBuilder Logged(FakeProvider provider, Action<GatewayOptions>? more = null) => new GatewayBuilder()

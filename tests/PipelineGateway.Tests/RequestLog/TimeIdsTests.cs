@@ -18,17 +18,13 @@ namespace PipelineGateway.Tests.RequestLog;
 public sealed class TimeIdsTests : IDisposable
 {
     private static readonly DateTimeOffset Start = new(2026, 12, 7, 12, 0, 0, TimeSpan.Zero);
-    private readonly BatchFiles _files = new();
+    private readonly LogFiles _files = new();
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private string Db => Path.Combine(_files.Dir, "data", "gateway.db");
+    private string Db => _files.Db;
 
-    public void Dispose()
-    {
-        SqliteConnection.ClearAllPools();
-        _files.Dispose();
-    }
+    public void Dispose() => _files.Dispose();
 
     private async Task<SqliteRequestLogStore> OpenAsync()
     {
