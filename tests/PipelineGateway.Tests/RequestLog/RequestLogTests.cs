@@ -628,12 +628,7 @@ public sealed class RequestLogTests : IDisposable
             await old.OpenAsync(Ct);
             await using var create = old.CreateCommand();
             // An hour old: inside the retention the gateway's start applies.
-            create.CommandText = """
-                CREATE TABLE requests (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, request_id TEXT NOT NULL, key_id TEXT NOT NULL,
-                    model TEXT NOT NULL, provider TEXT, provider_model TEXT, status INTEGER NOT NULL, error_code TEXT, error_type TEXT,
-                    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost_nano INTEGER NOT NULL, cost_saved_nano INTEGER NOT NULL,
-                    cached INTEGER NOT NULL, coalesced INTEGER NOT NULL, stream INTEGER NOT NULL, latency_ms REAL NOT NULL, ttft_ms REAL,
-                    priority TEXT NOT NULL, attempts TEXT, prompt TEXT, answer TEXT, upstream_ms REAL);
+            create.CommandText = LogFiles.OldRequestsTable() + """
                 CREATE VIEW request_log AS SELECT id, key_id FROM requests;
                 INSERT INTO requests (ts, request_id, key_id, model, provider, provider_model, status, prompt_tokens, completion_tokens,
                     cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, priority, attempts)

@@ -140,13 +140,7 @@ public sealed class TimeIdsTests : IDisposable
         {
             await old.OpenAsync(Ct);
             await using var create = old.CreateCommand();
-            create.CommandText = """
-                CREATE TABLE requests (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, request_id TEXT NOT NULL, key_id TEXT NOT NULL,
-                    model TEXT NOT NULL, provider TEXT, provider_model TEXT, status INTEGER NOT NULL, error_code TEXT, error_type TEXT,
-                    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cost_nano INTEGER NOT NULL, cost_saved_nano INTEGER NOT NULL,
-                    cached INTEGER NOT NULL, coalesced INTEGER NOT NULL, stream INTEGER NOT NULL, latency_ms REAL NOT NULL, ttft_ms REAL,
-                    priority TEXT NOT NULL, attempts TEXT, prompt TEXT, answer TEXT, upstream_ms REAL,
-                    usage_estimated INTEGER NOT NULL DEFAULT 0, user_id TEXT);
+            create.CommandText = LogFiles.OldRequestsTable(", usage_estimated INTEGER NOT NULL DEFAULT 0, user_id TEXT") + """
                 CREATE INDEX requests_ts ON requests (ts);
                 CREATE INDEX requests_key_ts ON requests (key_id, ts);
                 INSERT INTO requests (ts, request_id, key_id, model, status, prompt_tokens, completion_tokens, cost_nano, cost_saved_nano, cached, coalesced, stream, latency_ms, priority)
