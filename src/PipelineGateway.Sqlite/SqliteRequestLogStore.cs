@@ -23,9 +23,18 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
     /// in the bits below (<see cref="TimeId"/>). The table's own order is then the time order, and a time bound is an id
     /// bound — so the log needs no index on <c>ts</c>, which was a third B-tree to update for every row written: 15–45%
     /// of a row's write (RequestLogWriteBenchmarks, docs/benchmarks.md) and the largest single part of what the gateway
-    /// spends per request beyond a plain proxy. Good until the year 2248.
+    /// spends per request beyond a plain proxy. Eleven bits (2,048 ids a millisecond) keep an id below 2^53 until the
+    /// year 2109: ids and the paging cursor are JSON numbers, read as doubles by JavaScript (and jq 1.6), which lose
+    /// integers past 2^53 — a 20-bit shift made cursors such readers handed back wrong.
     /// </summary>
-    internal const int TimeIdShift = 20;
+    internal const int TimeIdShift = 11;
+
+    /// <summary>
+    /// A millisecond whose ids are all taken (more than 2,048 rows stamped with it: a frozen test clock) gives the rest
+    /// SQLite's next id, a later millisecond's: an <c>until</c> bound and the retention look this far past their time
+    /// for such rows (checking <c>ts</c> exactly), so they are still found and deleted by their own time.
+    /// </summary>
+    internal static readonly TimeSpan SpillMargin = TimeSpan.FromMinutes(1);
 
     /// <summary>
     /// Ids below this are a log's rows from before time ids (schema 3 and older: 1, 2, 3… in the order written, with the
@@ -49,6 +58,9 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
     // The low bits of the next row's id: from a random start, so processes writing one log (pgw batch workers beside a
     // gateway) rarely pick the same id in one millisecond — and one that is taken is passed over (WriteAsync).
     private long _sequence = Random.Shared.NextInt64(1L << TimeIdShift);
+
+    // The last millisecond found with every id taken: its further rows go straight to SQLite's next id (Insert).
+    private long _fullTime = -1;
 
     /// <summary>Tests: the sequence the next row's id takes (two writers made to pick the same one).</summary>
     internal long NextSequence
@@ -175,7 +187,12 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
     }
 
     /// <summary>The id a row written now at <paramref name="timestamp"/> gets (before its sequence): see <see cref="TimeIdShift"/>.</summary>
-    internal static long TimeId(DateTimeOffset timestamp) => Math.Clamp(timestamp.ToUnixTimeMilliseconds(), 0, (long.MaxValue >> TimeIdShift) - 1) << TimeIdShift;
+    internal static long TimeId(DateTimeOffset timestamp) => TimeId(timestamp.ToUnixTimeMilliseconds());
+
+    /// <summary>The first id past every row stamped before <paramref name="bound"/> — spilled ones too (<see cref="SpillMargin"/>).</summary>
+    private static long TimeIdPast(DateTimeOffset bound) => TimeId(bound.ToUnixTimeMilliseconds() + (long)SpillMargin.TotalMilliseconds);
+
+    private static long TimeId(long unixMs) => Math.Clamp(unixMs, 0, (long.MaxValue >> TimeIdShift) - 1) << TimeIdShift;
 
     private static async Task<bool> HasColumnAsync(SqliteConnection connection, string column, CancellationToken cancellationToken)
     {
@@ -384,15 +401,16 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
     }
 
     /// <summary>
-    /// Inserts the bound row under the first free id from <paramref name="time"/> on: its millisecond's next sequence, or
-    /// the one after when another process writing the log took it in the same millisecond.
+    /// Inserts the bound row under a free id of <paramref name="time"/>'s millisecond: its next sequence, or another when
+    /// that one is taken (a process sharing the log took it, or a row stamped with the same millisecond 2,048 rows ago).
+    /// A millisecond with no free id found in 64 tries is full: the row then takes SQLite's next id (<see cref="SpillMargin"/>).
     /// </summary>
     private void Insert(sqlite3 db, sqlite3_stmt stmt, long time)
     {
-        for (var taken = 0; ; taken++)
+        for (var taken = time == _fullTime ? 64 : 0; ; taken++)
         {
-            var sequence = ++_sequence & ((1L << TimeIdShift) - 1);
-            Check(db, raw.sqlite3_bind_int64(stmt, 1, time | sequence));
+            var id = taken < 64 ? time | (++_sequence & ((1L << TimeIdShift) - 1)) : (long?)null;
+            Check(db, id is { } chosen ? raw.sqlite3_bind_int64(stmt, 1, chosen) : raw.sqlite3_bind_null(stmt, 1));
             var rc = raw.sqlite3_step(stmt);
             raw.sqlite3_reset(stmt);
             if (rc == raw.SQLITE_DONE)
@@ -400,9 +418,14 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
                 return;
             }
 
-            if ((rc & 0xFF) != raw.SQLITE_CONSTRAINT || raw.sqlite3_extended_errcode(db) != raw.SQLITE_CONSTRAINT_PRIMARYKEY || taken == 64)
+            if (id is null || (rc & 0xFF) != raw.SQLITE_CONSTRAINT || raw.sqlite3_extended_errcode(db) != raw.SQLITE_CONSTRAINT_PRIMARYKEY)
             {
                 Check(db, rc);
+            }
+
+            if (taken == 63)
+            {
+                _fullTime = time;
             }
         }
     }
@@ -417,10 +440,10 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         // On the writer's connection, between writes (the writer's loop calls it): small chunks keep each pause short.
         using var cmd = _writer.CreateCommand();
         cmd.CommandText = _timeIds
-            ? "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE id < $cutoffId ORDER BY id LIMIT $max)"
+            ? "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE id < $cutoffId AND ts < $cutoff ORDER BY id LIMIT $max)"
             : "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < $cutoff ORDER BY ts LIMIT $max)";
         cmd.Parameters.AddWithValue("$cutoff", cutoff.ToUnixTimeMilliseconds());
-        cmd.Parameters.AddWithValue("$cutoffId", TimeId(cutoff));
+        cmd.Parameters.AddWithValue("$cutoffId", TimeIdPast(cutoff));
         cmd.Parameters.AddWithValue("$max", max);
         var deleted = await cmd.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         if (!_timeIds && deleted < max)
@@ -480,10 +503,10 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
 
         if (query.Until is { } until)
         {
-            // Both bounds, as Since's: exact by ts, found by id.
+            // Both bounds, as Since's: exact by ts, found by id (a spilled row's id is up to SpillMargin past its time).
             where.Add(_timeIds ? "ts < $until AND id < $untilId" : "ts < $until");
             cmd.Parameters.AddWithValue("$until", until.ToUnixTimeMilliseconds());
-            cmd.Parameters.AddWithValue("$untilId", TimeId(until));
+            cmd.Parameters.AddWithValue("$untilId", TimeIdPast(until));
         }
 
         if (query.Before is { } before)

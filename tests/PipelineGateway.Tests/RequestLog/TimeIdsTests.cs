@@ -93,6 +93,8 @@ public sealed class TimeIdsTests : IDisposable
         var all = await AllAsync(store, new RequestLogQuery());
         all.Select(r => r.RequestId).Should().BeEquivalentTo(written.Select(r => r.RequestId), "every row is kept, ids taken in one millisecond too");
         all.Select(r => r.Timestamp).Should().BeInDescendingOrder("the newest request first, whatever order the rows were written in");
+        (await store.QueryAsync(new RequestLogQuery { Limit = 1000 }, Ct)).Rows.Should().OnlyContain(r => r.Id < (1L << 53),
+            "an id (and the paging cursor) is a JSON number JavaScript reads exactly");
 
         // A bound is none, any millisecond of the window, or exactly a row's time (the edge: a row there is in "since",
         // out of "until").
@@ -180,6 +182,29 @@ public sealed class TimeIdsTests : IDisposable
         using var reopened = await OpenAsync();
         (await HasTimeIndexAsync()).Should().BeFalse();
         (await AllAsync(reopened, new RequestLogQuery { Since = now.AddHours(-2) })).Select(r => r.RequestId).Should().Equal("req_new");
+    }
+
+    [Fact]
+    public async Task A_millisecond_with_more_rows_than_ids_keeps_them_all_and_bounds_and_the_retention_still_find_them()
+    {
+        // A frozen test clock stamps every row with one millisecond: past its 2,048 ids, rows take later ones.
+        using var store = await OpenAsync();
+        var rows = Enumerable.Range(0, 2_100).Select(i => Row(Start, "a", $"req_{i}")).ToList();
+        await store.WriteAsync(rows, Ct);
+        await store.WriteAsync([Row(Start.AddMilliseconds(1), "a", "req_next")], Ct);
+
+        var within = await AllAsync(store, new RequestLogQuery { Since = Start, Until = Start.AddMilliseconds(1) });
+        within.Should().HaveCount(2_100, "the rows past the millisecond's ids are found by their own time");
+        (await AllAsync(store, new RequestLogQuery { Since = Start.AddMilliseconds(1) })).Select(r => r.RequestId).Should().Equal("req_next");
+
+        var deleted = 0;
+        for (int chunk; (chunk = await store.DeleteOlderThanAsync(Start.AddMilliseconds(1), 500, Ct)) > 0;)
+        {
+            deleted += chunk;
+        }
+
+        deleted.Should().Be(2_100);
+        (await AllAsync(store, new RequestLogQuery())).Select(r => r.RequestId).Should().Equal("req_next");
     }
 
     [Fact]
