@@ -94,6 +94,13 @@ public sealed partial class SimulatorServer : IAsyncDisposable
         app.MapPost("/openai/deployments/{deployment}/images/generations", OpenAIImagesAsync);
         app.MapPost("/openai/deployments/{deployment}/completions", OpenAICompletionsAsync);
         app.MapGet("/sim/stats", () => Results.Json(new { requests = Requests, aborted = Aborted, in_flight = InFlight }));
+
+        // Any other path is answered as the real services answer it — an error body in their shape, not an empty 404 — so
+        // a gateway pointed at a wrong path is tested against what it would read (any path: MapFallback's default
+        // pattern leaves out paths whose last segment has a dot).
+        app.MapFallback("{*path}", ctx => ctx.Request.Path.StartsWithSegments("/v1/messages", StringComparison.Ordinal)
+            ? AnthropicError(ctx, 404, "not_found_error", "Not Found")
+            : OpenAIError(ctx, 404, "invalid_request_error", null, $"Invalid URL ({ctx.Request.Method} {ctx.Request.Path})"));
     }
 
     private FaultPlan Plan(HttpContext ctx)
