@@ -201,7 +201,17 @@ internal sealed partial class BatchForwarder : IDisposable
             catch (Exception ex) when (ex is HttpRequestException or IOException && !ctx.RequestAborted.IsCancellationRequested)
             {
                 LogCut(_logger, _instance!, ex.Message);
-                ctx.Abort();
+                if (response.HasStarted)
+                {
+                    ctx.Abort(); // part of the answer went out: only a broken transfer says it is not whole
+                    return;
+                }
+
+                // Nothing reached the caller yet (the holder's answer broke before its first byte): a 502 in the API's
+                // shape, which the SDKs retry, instead of a connection reset.
+                response.Clear();
+                await RouteErrors.WriteAsync(ctx, 502, "server_error", "batch_instance_unavailable",
+                    "The gateway instance that holds this fleet's files and batches broke off its answer; try again shortly.", retryAfter: TimeSpan.FromSeconds(5)).ConfigureAwait(false);
             }
         }
     }

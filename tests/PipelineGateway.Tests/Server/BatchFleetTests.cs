@@ -350,6 +350,41 @@ public sealed class BatchFleetTests : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// A holder whose answer breaks before its first byte (its head sent, the body promised, the connection closed): the
+    /// passing instance has written nothing to the caller, so it answers a 502 in the API's shape — retried by the SDKs —
+    /// instead of resetting the caller's connection as it must once part of an answer went out.
+    /// </summary>
+    [Fact]
+    public async Task A_holders_answer_cut_before_its_first_byte_is_a_502_to_the_caller()
+    {
+        using var raw = new TcpListener(IPAddress.Loopback, 0);
+        raw.Start();
+        var cutting = Task.Run(async () =>
+        {
+            using var socket = await raw.AcceptTcpClientAsync(Ct);
+            var stream = socket.GetStream();
+            var head = new List<byte>();
+            var one = new byte[1];
+            while (!(head.Count >= 4 && head[^4] == '\r' && head[^3] == '\n' && head[^2] == '\r' && head[^1] == '\n') && await stream.ReadAsync(one, Ct) == 1)
+            {
+                head.Add(one[0]);
+            }
+
+            await stream.WriteAsync("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"u8.ToArray(), Ct);
+            await stream.FlushAsync(Ct);
+        }, Ct);
+        var cutter = await StartAsync("cut", new Uri($"http://127.0.0.1:{((IPEndPoint)raw.LocalEndpoint).Port}/"));
+        using var http = Http(cutter);
+
+        using var answer = await http.GetAsync("v1/files/file-x/content", Ct);
+        await cutting;
+
+        answer.StatusCode.Should().Be(HttpStatusCode.BadGateway);
+        answer.Headers.RetryAfter.Should().NotBeNull();
+        (await JsonAsync(answer)).GetProperty("error").GetProperty("code").GetString().Should().Be("batch_instance_unavailable");
+    }
+
     [Theory]
     [InlineData("ftp://pgw-0:8080")]
     [InlineData("http://admin:hunter2@pgw-0:8080")]
