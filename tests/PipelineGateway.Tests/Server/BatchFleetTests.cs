@@ -305,20 +305,7 @@ public sealed class BatchFleetTests : IAsyncDisposable
             // body as whole.
             using var raw = new TcpListener(IPAddress.Loopback, 0);
             raw.Start();
-            var cutting = Task.Run(async () =>
-            {
-                using var socket = await raw.AcceptTcpClientAsync(Ct);
-                var stream = socket.GetStream();
-                var head = new List<byte>();
-                var one = new byte[1];
-                while (!(head.Count >= 4 && head[^4] == '\r' && head[^3] == '\n' && head[^2] == '\r' && head[^1] == '\n') && await stream.ReadAsync(one, Ct) == 1)
-                {
-                    head.Add(one[0]);
-                }
-
-                await stream.WriteAsync(Encoding.ASCII.GetBytes("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + new string('x', 1_000) + "\r\n"), Ct);
-                await stream.FlushAsync(Ct);
-            }, Ct);
+            var cutting = AnswerOnceAsync(raw, Encoding.ASCII.GetBytes("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n" + new string('x', 1_000) + "\r\n"));
             var cutter = await StartAsync("cut", new Uri($"http://127.0.0.1:{((IPEndPoint)raw.LocalEndpoint).Port}/"));
             using var throughCutter = Http(cutter);
             // The reset reaches the caller while it reads the body, or — the answer's head still buffered in the instance
@@ -358,6 +345,22 @@ public sealed class BatchFleetTests : IAsyncDisposable
         }
     }
 
+    /// <summary>A holder written byte by byte: takes one request's head, sends <paramref name="answer"/> as it is, and closes.</summary>
+    private static Task AnswerOnceAsync(TcpListener raw, byte[] answer) => Task.Run(async () =>
+    {
+        using var socket = await raw.AcceptTcpClientAsync(Ct);
+        var stream = socket.GetStream();
+        var head = new List<byte>();
+        var one = new byte[1];
+        while (!(head.Count >= 4 && head[^4] == '\r' && head[^3] == '\n' && head[^2] == '\r' && head[^1] == '\n') && await stream.ReadAsync(one, Ct) == 1)
+        {
+            head.Add(one[0]);
+        }
+
+        await stream.WriteAsync(answer, Ct);
+        await stream.FlushAsync(Ct);
+    }, Ct);
+
     /// <summary>
     /// A holder whose answer breaks before its first byte (its head sent, the body promised, the connection closed): the
     /// passing instance has written nothing to the caller, so it answers a 502 in the API's shape — retried by the SDKs —
@@ -368,20 +371,7 @@ public sealed class BatchFleetTests : IAsyncDisposable
     {
         using var raw = new TcpListener(IPAddress.Loopback, 0);
         raw.Start();
-        var cutting = Task.Run(async () =>
-        {
-            using var socket = await raw.AcceptTcpClientAsync(Ct);
-            var stream = socket.GetStream();
-            var head = new List<byte>();
-            var one = new byte[1];
-            while (!(head.Count >= 4 && head[^4] == '\r' && head[^3] == '\n' && head[^2] == '\r' && head[^1] == '\n') && await stream.ReadAsync(one, Ct) == 1)
-            {
-                head.Add(one[0]);
-            }
-
-            await stream.WriteAsync("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"u8.ToArray(), Ct);
-            await stream.FlushAsync(Ct);
-        }, Ct);
+        var cutting = AnswerOnceAsync(raw, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"u8.ToArray());
         var cutter = await StartAsync("cut", new Uri($"http://127.0.0.1:{((IPEndPoint)raw.LocalEndpoint).Port}/"));
         using var http = Http(cutter);
 
