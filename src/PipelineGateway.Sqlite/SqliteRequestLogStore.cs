@@ -202,8 +202,11 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         return Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), CultureInfo.InvariantCulture) > 0;
     }
 
-    /// <summary>The table, its indexes, a schema-1 log's new column and the view (inside the caller's write transaction).</summary>
-    private static async Task CreateSchemaAsync(SqliteConnection connection, CancellationToken cancellationToken)
+    /// <summary>
+    /// The table, its indexes, a schema-1 log's new column and the view (inside the caller's write transaction); true when
+    /// the log holds no rows from before time ids (so time bounds are id bounds).
+    /// </summary>
+    private static async Task<bool> CreateSchemaAsync(SqliteConnection connection, CancellationToken cancellationToken)
     {
         await ExecAsync(connection, """
             CREATE TABLE IF NOT EXISTS requests (
@@ -265,9 +268,9 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         // process of this version dropped it and an older one wrote since) the ts index while it holds any: they are
         // not renumbered — a rewrite of the whole table at start, minutes for a large log — but age out through the
         // retention, and the index is dropped then (TimeIdsOnceOldRowsAreGoneAsync).
-        await ExecAsync(connection, await HasRowsBeforeTimeIdsAsync(connection, cancellationToken).ConfigureAwait(false)
-            ? "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);"
-            : "DROP INDEX IF EXISTS requests_ts;", cancellationToken).ConfigureAwait(false);
+        var timeIds = !await HasRowsBeforeTimeIdsAsync(connection, cancellationToken).ConfigureAwait(false);
+        await ExecAsync(connection, timeIds ? "DROP INDEX IF EXISTS requests_ts;" : "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);", cancellationToken).ConfigureAwait(false);
+        return timeIds;
     }
 
     private async Task OpenWriterAsync(CancellationToken cancellationToken)
@@ -302,7 +305,7 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
             await ExecAsync(connection, "BEGIN IMMEDIATE;", cancellationToken).ConfigureAwait(false);
             try
             {
-                await CreateSchemaAsync(connection, cancellationToken).ConfigureAwait(false);
+                _timeIds = await CreateSchemaAsync(connection, cancellationToken).ConfigureAwait(false);
                 await ExecAsync(connection, "COMMIT;", cancellationToken).ConfigureAwait(false);
             }
             catch
@@ -323,7 +326,6 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
             // SqliteCommand boxes every parameter and allocates a data reader per execution — measured 12.6 µs and
             // 2.6 KB per row (RequestLogWriteBenchmarks, docs/benchmarks.md) — while binding by index into a prepared
             // statement, UTF-8 from a reused buffer, costs a few µs and allocates nothing per row.
-            _timeIds = !await HasRowsBeforeTimeIdsAsync(connection, cancellationToken).ConfigureAwait(false);
             var sql = $"INSERT INTO requests (id, {Columns}) VALUES ({string.Join(", ", Enumerable.Range(1, Columns.Split(", ").Length + 1).Select(i => "?" + i))})";
             Check(connection.Handle!, raw.sqlite3_prepare_v2(connection.Handle, sql, out var insert));
             Array.Clear(_bound);
