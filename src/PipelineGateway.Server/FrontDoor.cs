@@ -125,14 +125,14 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
     /// </summary>
     private async Task ServeLargeAsync(HttpContext ctx, long bytes)
     {
+        if (!largeBodies.TryAdd(bytes))
+        {
+            await WriteBusyAsync(ctx, largeBodies.BusyMessage);
+            return;
+        }
+
         try
         {
-            if (!largeBodies.TryAdd(bytes, bytes))
-            {
-                await WriteBusyAsync(ctx, largeBodies.BusyMessage);
-                return;
-            }
-
             await next(ctx);
         }
         finally
@@ -158,7 +158,7 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
         }
         finally
         {
-            largeBodies.Release(body.Counted);
+            largeBodies.Release(body);
         }
     }
 

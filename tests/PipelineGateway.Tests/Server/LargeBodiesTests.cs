@@ -244,12 +244,31 @@ public sealed class LargeBodiesTests
         }
     }
 
+    /// <summary>The bodies' count alone, bounded by 1 MiB.</summary>
+    private static LargeBodies OneMiB(ServiceProvider services) =>
+        new(new ServerOptions { MaxRequestBodyBytes = 1024 * 1024, MaxUploadBytes = 1024 * 1024, MaxBodyBytesInFlight = 1024 * 1024 }, services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>());
+
+    /// <summary>Reads <paramref name="bytes"/> more of a counted body, in reads of 16 KiB at most.</summary>
+    private static void Read(Stream body, int bytes)
+    {
+        var buffer = new byte[16 * 1024];
+        while (bytes > 0)
+        {
+            var n = body.Read(buffer, 0, Math.Min(bytes, buffer.Length));
+            n.Should().BePositive();
+            bytes -= n;
+        }
+    }
+
+    private static void ShouldBeRefused(Action read) =>
+        read.Should().Throw<Microsoft.AspNetCore.Http.BadHttpRequestException>().Which.StatusCode.Should().Be(503);
+
     [Fact]
     public async Task A_body_refused_as_it_arrives_gives_its_room_back_before_its_refusal_is_answered()
     {
         using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
-        var bodies = new LargeBodies(new ServerOptions { MaxRequestBodyBytes = 1024 * 1024, MaxUploadBytes = 1024 * 1024, MaxBodyBytesInFlight = 1024 * 1024 }, services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>());
-        bodies.TryAdd(900 * 1024, 900 * 1024).Should().BeTrue("another request's body");
+        var bodies = OneMiB(services);
+        bodies.TryAdd(900 * 1024).Should().BeTrue("another request's body");
         var body = bodies.Counting(new MemoryStream(new byte[300 * 1024]));
         var buffer = new byte[16 * 1024];
 
@@ -263,6 +282,59 @@ public sealed class LargeBodiesTests
         (await read.Should().ThrowAsync<Microsoft.AspNetCore.Http.BadHttpRequestException>()).Which.StatusCode.Should().Be(503);
         bodies.InFlight.Should().Be(900 * 1024, "the refused body's bytes are given back as it is refused");
         body.Counted.Should().Be(0, "nothing left for its request's end to give back");
+
+        // Read again (a route that caught the refusal): refused again, never counted again.
+        ShouldBeRefused(() => body.ReadExactly(buffer, 0, 1));
+        bodies.InFlight.Should().Be(900 * 1024);
+    }
+
+    [Fact]
+    public void The_oldest_body_growing_is_never_refused_for_the_younger_ones_bytes()
+    {
+        // Bodies growing together each see the others' bytes: when each refused itself for them, all four of a CI run's
+        // were refused at once. Here the younger one has taken nearly all the room when the oldest grows past the bound.
+        using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        var bodies = OneMiB(services);
+        var oldest = bodies.Counting(new MemoryStream(new byte[600 * 1024]));
+        var younger = bodies.Counting(new MemoryStream(new byte[1000 * 1024]));
+        Read(oldest, 64 * 1024);
+        Read(younger, 900 * 1024);
+        bodies.InFlight.Should().Be(964 * 1024, "both fit so far");
+
+        Read(oldest, 536 * 1024); // its whole body: past the bound, by the younger one's bytes only
+        bodies.InFlight.Should().Be(1500 * 1024);
+        ShouldBeRefused(() => Read(younger, 16 * 1024)); // the younger one's next read
+        bodies.InFlight.Should().Be(600 * 1024, "the refused one's bytes given back");
+        oldest.Read(new byte[1], 0, 1).Should().Be(0, "the oldest was read whole");
+
+        bodies.Release(oldest);
+        bodies.Release(younger);
+        bodies.InFlight.Should().Be(0);
+
+        // Its place given up, the next body is the oldest: one body alone always fits.
+        var next = bodies.Counting(new MemoryStream(new byte[1000 * 1024]));
+        Read(next, 1000 * 1024);
+        bodies.Release(next);
+        bodies.InFlight.Should().Be(0);
+    }
+
+    [Fact]
+    public void The_oldest_body_growing_is_refused_when_the_announced_bodies_leave_it_no_room()
+    {
+        using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        var bodies = OneMiB(services);
+        bodies.TryAdd(700 * 1024).Should().BeTrue("a body whose length was announced");
+        var oldest = bodies.Counting(new MemoryStream(new byte[600 * 1024]));
+        Read(oldest, 320 * 1024);
+        ShouldBeRefused(() => Read(oldest, 16 * 1024));
+        bodies.InFlight.Should().Be(700 * 1024);
+
+        bodies.TryAdd(400 * 1024).Should().BeFalse("an announced body is refused whole, before it is read");
+        bodies.InFlight.Should().Be(700 * 1024, "nothing of a refused announced body is counted");
+        bodies.Release(700 * 1024);
+        bodies.TryAdd(2 * 1024 * 1024).Should().BeTrue("alone, a body always fits");
+        bodies.Release(2 * 1024 * 1024);
+        bodies.InFlight.Should().Be(0);
     }
 
     [Fact]
