@@ -131,13 +131,15 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
             return;
         }
 
+        var counted = new CountedUntilAnswered(() => largeBodies.Release(bytes));
+        counted.ReleaseWhenAnswered(ctx);
         try
         {
             await next(ctx);
         }
         finally
         {
-            largeBodies.Release(bytes);
+            counted.Release();
         }
     }
 
@@ -152,13 +154,45 @@ internal sealed partial class FrontDoor(RequestDelegate next, GatewayKeys keys, 
     {
         var body = largeBodies.Counting(ctx.Request.Body);
         ctx.Request.Body = body; // Kestrel's BodyReader then reads through it too
+        var counted = new CountedUntilAnswered(() => largeBodies.Release(body));
+        counted.ReleaseWhenAnswered(ctx);
         try
         {
             await next(ctx);
         }
         finally
         {
-            largeBodies.Release(body);
+            counted.Release();
+        }
+    }
+
+    /// <summary>
+    /// A large body's count, given back once: as its whole answer starts, or when its request ends. Given back only at
+    /// the request's end, it was still counted when the client already had the answer — a client sending large bodies
+    /// one after another found the last one's still there (a 503 when two do not fit in the bound). A stream's request
+    /// is held while the stream runs, so its count stays until the stream ends.
+    /// </summary>
+    internal sealed class CountedUntilAnswered(Action release)
+    {
+        private int _released;
+
+        public void ReleaseWhenAnswered(HttpContext ctx) => ctx.Response.OnStarting(static state =>
+        {
+            var (self, response) = ((CountedUntilAnswered, HttpResponse))state;
+            if (response.ContentType?.StartsWith("text/event-stream", StringComparison.OrdinalIgnoreCase) != true)
+            {
+                self.Release();
+            }
+
+            return Task.CompletedTask;
+        }, (this, ctx.Response));
+
+        public void Release()
+        {
+            if (Interlocked.Exchange(ref _released, 1) == 0)
+            {
+                release();
+            }
         }
     }
 

@@ -104,6 +104,11 @@ internal sealed class LargeBodies
     {
         lock (_lock)
         {
+            if (body.Done)
+            {
+                return true; // read after its count was given back (its answer had started): no longer counted
+            }
+
             body.Place ??= _growing.AddLast(body);
             body.Counted += add;
             _growingBytes += add;
@@ -137,11 +142,12 @@ internal sealed class LargeBodies
         body.Counted = 0;
     }
 
-    /// <summary>Gives back what a growing body counts when its request ends.</summary>
+    /// <summary>Gives back what a growing body counts, once its answer has started or its request ended; it no longer counts.</summary>
     public void Release(CountedBody body)
     {
         lock (_lock)
         {
+            body.Done = true;
             if (body.Counted != 0 || body.Place is not null)
             {
                 Ended(body);
@@ -161,6 +167,9 @@ internal sealed class LargeBodies
 
         /// <summary>What this body has added to the bound so far (given back when its request ends). Under the bodies' lock.</summary>
         public long Counted { get; set; }
+
+        /// <summary>Given back for good (<see cref="Release(CountedBody)"/>): read further, it counts nothing. Under the bodies' lock.</summary>
+        internal bool Done { get; set; }
 
         /// <summary>Its place among the growing bodies, oldest first, once it counts. Under the bodies' lock.</summary>
         internal LinkedListNode<CountedBody>? Place { get; set; }

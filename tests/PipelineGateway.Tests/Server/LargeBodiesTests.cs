@@ -148,6 +148,64 @@ public sealed class LargeBodiesTests
     }
 
     [Fact]
+    public async Task Large_bodies_sent_one_after_another_are_each_answered_even_when_two_do_not_fit()
+    {
+        // The count was given back when the request ended on the server, which can be after its client has the answer:
+        // the next large body could find it still counted (a 503 when two do not fit). It is given back as the whole
+        // answer starts, before the client can have it.
+        var (app, root) = await StartWithOneMiBAsync();
+        await using var _ = app;
+        using var http = new HttpClient { BaseAddress = root };
+        var large = ChatWithImage(450 * 1024); // ~600 KB: two do not fit in 1 MiB
+        var bodies = app.Services.GetRequiredService<LargeBodies>();
+        for (var i = 0; i < 10; i++)
+        {
+            using var announced = await http.PostAsync("v1/chat/completions", new ByteArrayContent(large) { Headers = { ContentType = new("application/json") } }, Ct);
+            bodies.InFlight.Should().Be(0, $"request {i}'s count is given back before its answer went out");
+            announced.StatusCode.Should().Be(HttpStatusCode.OK, $"request {i} with its length: {await announced.Content.ReadAsStringAsync(Ct)}");
+            using var chunked = await http.PostAsync("v1/chat/completions", new HeldContent(large, chunked: true, hold: false), Ct);
+            bodies.InFlight.Should().Be(0, $"request {i}'s count is given back before its answer went out");
+            chunked.StatusCode.Should().Be(HttpStatusCode.OK, $"request {i} without a length: {await chunked.Content.ReadAsStringAsync(Ct)}");
+        }
+    }
+
+    [Theory]
+    [InlineData("application/json", true)]
+    [InlineData("text/event-stream", false)]
+    [InlineData("text/event-stream; charset=utf-8", false)]
+    public async Task A_large_bodys_count_is_given_back_as_its_whole_answer_starts_and_a_streams_when_it_ends(string contentType, bool givenBackAtStart)
+    {
+        var feature = new StartingResponse();
+        var ctx = new Microsoft.AspNetCore.Http.DefaultHttpContext();
+        ctx.Features.Set<Microsoft.AspNetCore.Http.Features.IHttpResponseFeature>(feature);
+        var released = 0;
+        var counted = new FrontDoor.CountedUntilAnswered(() => released++);
+        counted.ReleaseWhenAnswered(ctx);
+
+        ctx.Response.ContentType = contentType;
+        await feature.StartAsync();
+        released.Should().Be(givenBackAtStart ? 1 : 0);
+        counted.Release(); // the request's end
+        released.Should().Be(1, "given back once, whichever comes first");
+    }
+
+    [Fact]
+    public void A_body_given_back_counts_nothing_when_read_further()
+    {
+        using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        var bodies = OneMiB(services);
+        var body = bodies.Counting(new MemoryStream(new byte[600 * 1024]));
+        Read(body, 200 * 1024);
+        bodies.InFlight.Should().Be(200 * 1024);
+        bodies.Release(body); // its answer started
+        bodies.InFlight.Should().Be(0);
+        Read(body, 400 * 1024); // the rest read afterwards (drained)
+        bodies.InFlight.Should().Be(0, "a body given back is never counted again");
+        bodies.Release(body);
+        bodies.InFlight.Should().Be(0);
+    }
+
+    [Fact]
     public async Task Small_bodies_sent_without_a_length_never_count()
     {
         // Defaults (32 MiB bodies, 64 MiB at once). A body without a length counted as a whole 32 MiB from its headers:
@@ -343,6 +401,22 @@ public sealed class LargeBodiesTests
         var options = new ServerOptions { MaxRequestBodyBytes = 32 * 1024 * 1024, MaxBodyBytesInFlight = 16 * 1024 * 1024 };
         options.Validate().Should().ContainSingle(m => m.Contains("MaxBodyBytesInFlight", StringComparison.Ordinal));
         new ServerOptions().Validate().Should().BeEmpty("the defaults hold together");
+    }
+
+    /// <summary>A response feature whose start runs the callbacks registered with <c>OnStarting</c>, as Kestrel's does.</summary>
+    private sealed class StartingResponse : Microsoft.AspNetCore.Http.Features.HttpResponseFeature
+    {
+        private readonly List<(Func<object, Task> Callback, object State)> _starting = [];
+
+        public override void OnStarting(Func<object, Task> callback, object state) => _starting.Add((callback, state));
+
+        public async Task StartAsync()
+        {
+            foreach (var (callback, state) in Enumerable.Reverse(_starting))
+            {
+                await callback(state);
+            }
+        }
     }
 
     /// <summary>
