@@ -7,7 +7,10 @@ namespace PipelineGateway.Admission;
 /// Counts prompt tokens the way OpenAI bills them: the o200k encoding for the gpt-4o / o-series / gpt-4.1 / gpt-5
 /// families, cl100k for gpt-4 and gpt-3.5, plus the chat framing (3 tokens a message, 1 more for a name, 3 to
 /// prime the reply). Other models (Claude, Llama, …) have no public tokenizer here and get the cheap estimate.
-/// Tokenizers load once, on first use; nothing calls this unless a token limit or budget needs it.
+/// Tokenizers load once, on first use, and only for a token limit (<see cref="CountPrompt"/>): one costs ~300 ms to load
+/// and stays in memory for the process's life — o200k's vocabulary is 42 MB of live objects (a 28 MB table on the large
+/// object heap), ~65–70 MiB of resident memory once the GC's budgets follow it. A usage the gateway estimates afterwards
+/// counts with them only when a token limit had the prompt counted (<see cref="EstimateUsage"/>).
 /// </summary>
 internal static class TokenCounter
 {
@@ -56,10 +59,18 @@ internal static class TokenCounter
     /// about four characters a token, at least one an event that carried content).
     /// Marked <c>"estimated": true</c> so nobody takes it for the upstream's count. Budgets, cost, metrics and the request
     /// log then see what was used instead of nothing.
+    /// <para>
+    /// Counted with the model's tokenizer only when a token limit had the prompt counted already
+    /// (<paramref name="countedPrompt"/>, <see cref="WorkItem.PromptTokensIfCounted"/>: that count is the prompt's), else at
+    /// about four characters a token, as the budgets' reservations are: a gateway without token limits never loads a
+    /// tokenizer. It did, for the first request given up in flight — a client that disconnects — and that request's
+    /// completion waited ~300 ms for it while the process grew by ~65 MiB (the paired benchmark's "high" peaks, 188–198
+    /// against 120–128 MiB: docs/benchmarks.md, thirty-third session).
+    /// </para>
     /// </summary>
-    public static TokenUsage EstimateUsage(ChatCompletionRequest request, ChatCompletionResponse? answer, int streamed, string model)
+    public static TokenUsage EstimateUsage(ChatCompletionRequest request, ChatCompletionResponse? answer, int streamed, string model, int? countedPrompt)
     {
-        var tokenizer = TokenizerFor(model);
+        var tokenizer = countedPrompt is null ? null : TokenizerFor(model);
         var completion = 0;
         var read = false;
         foreach (var choice in answer?.Choices ?? [])
@@ -87,7 +98,7 @@ internal static class TokenCounter
             completion = streamed;
         }
 
-        var usage = TokenUsage.Of(CountPrompt(request, model), completion);
+        var usage = TokenUsage.Of(countedPrompt ?? CountPrompt(request, tokenizer: null), completion);
         usage.AdditionalProperties = new Dictionary<string, System.Text.Json.JsonElement> { ["estimated"] = Estimated };
         return usage;
     }
@@ -109,10 +120,12 @@ internal static class TokenCounter
     private static int Count(Tokenizer? tokenizer, string? text) =>
         string.IsNullOrEmpty(text) ? 0 : tokenizer?.CountTokens(text) ?? Math.Max(1, text.Length / 4);
 
-    /// <summary>Prompt tokens of a request for a model (the requested model name or the upstream one).</summary>
-    public static int CountPrompt(ChatCompletionRequest request, string model)
+    /// <summary>Prompt tokens of a request for a model (the requested model name or the upstream one), with its tokenizer.</summary>
+    public static int CountPrompt(ChatCompletionRequest request, string model) => CountPrompt(request, TokenizerFor(model));
+
+    /// <summary>Prompt tokens with <paramref name="tokenizer"/>, or at about four characters a token without one.</summary>
+    private static int CountPrompt(ChatCompletionRequest request, Tokenizer? tokenizer)
     {
-        var tokenizer = TokenizerFor(model);
         if (request.Operation is { } operation)
         {
             return Providers.Operations.PromptTokens(operation, text => Count(tokenizer, text)); // the inputs, no chat framing

@@ -166,7 +166,7 @@ internal sealed partial class ProviderWorkerPool
         {
             // The upstream counted nothing (it ignored include_usage): the gateway's estimate, marked as one, is billed
             // and goes out on the finishing chunk (no chunk is added for it), or on a closing chunk of its own.
-            whole.Usage = item.StreamUsage = Admission.TokenCounter.EstimateUsage(item.Request, replay is null ? null : whole, outputEstimate, deployment.Model);
+            whole.Usage = item.StreamUsage = Admission.TokenCounter.EstimateUsage(item.Request, replay is null ? null : whole, outputEstimate, deployment.Model, item.PromptTokensIfCounted);
             pendingLast?.Usage = whole.Usage;
         }
 

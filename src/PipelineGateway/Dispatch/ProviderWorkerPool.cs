@@ -443,7 +443,7 @@ internal sealed partial class ProviderWorkerPool
     {
         var services = _services!;
         ProviderAnswer.Fill(response, item, deployment.Model, _time);
-        response.Usage ??= Admission.TokenCounter.EstimateUsage(item.Request, response, 0, deployment.Model);
+        response.Usage ??= Admission.TokenCounter.EstimateUsage(item.Request, response, 0, deployment.Model, item.PromptTokensIfCounted);
         response.Gateway = ResponseInfo.Answered(item, deployment, response.Usage, services.Pricing, _time, now: ended);
         services.Cache.Store(item, response);
         item.TryComplete(response, fromWorker: true);

@@ -320,14 +320,14 @@ internal sealed partial class GatewayPipeline
     {
         if (item.StreamAnswering is { } deployment)
         {
-            var usage = item.StreamUsage ?? Admission.TokenCounter.EstimateUsage(item.Request, null, item.StreamOutputEstimate, deployment.Model);
+            var usage = item.StreamUsage ?? Admission.TokenCounter.EstimateUsage(item.Request, null, item.StreamOutputEstimate, deployment.Model, item.PromptTokensIfCounted);
             return new ConsumedUpstream(deployment, usage, _pricing.Cost(deployment, usage));
         }
 
         if (!item.IsStream && item.InFlightTo is { } sent)
         {
-            var prompt = Admission.TokenCounter.EstimateUsage(item.Request, null, 0, sent.Model);
-            var hedge = item.HedgeInFlightTo is { } leg ? Admission.TokenCounter.EstimateUsage(item.Request, null, 0, leg.Model) : null;
+            var prompt = Admission.TokenCounter.EstimateUsage(item.Request, null, 0, sent.Model, item.PromptTokensIfCounted);
+            var hedge = item.HedgeInFlightTo is { } leg ? Admission.TokenCounter.EstimateUsage(item.Request, null, 0, leg.Model, item.PromptTokensIfCounted) : null;
             return new ConsumedUpstream(sent, prompt, _pricing.Cost(sent, prompt))
             {
                 Hedge = hedge is null ? null : new ConsumedUpstream(item.HedgeInFlightTo!, hedge, _pricing.Cost(item.HedgeInFlightTo!, hedge)),

@@ -115,6 +115,7 @@ internal sealed partial class WorkItem
         RateLimitCharge = null;
         DistributedCharge = null;
         _estimatedTokens = -1;
+        _promptTokens = -1;
         BudgetReservation = null;
         SharedBudgetReservation = null;
         Flight = null;

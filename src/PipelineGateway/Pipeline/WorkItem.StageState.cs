@@ -110,9 +110,16 @@ internal sealed partial class WorkItem
     }
 
     private long _estimatedTokens = -1;
+    private int _promptTokens = -1;
 
     /// <summary>The token estimate if something already counted it (no counting just to ask).</summary>
     public long? EstimatedTokensIfCounted => _estimatedTokens >= 0 ? _estimatedTokens : null;
+
+    /// <summary>
+    /// The prompt's tokens as the model's tokenizer counted them, if a token limit had them counted (no counting just to
+    /// ask): the usage the gateway estimates later counts with the tokenizer only then (<see cref="Admission.TokenCounter.EstimateUsage"/>).
+    /// </summary>
+    public int? PromptTokensIfCounted => _promptTokens >= 0 ? _promptTokens : null;
 
     /// <summary>What admission reserved against budgets, settled with the actual cost.</summary>
     public Cost.BudgetTracker.Reservation? BudgetReservation { get; set; }
@@ -128,7 +135,8 @@ internal sealed partial class WorkItem
             if (_estimatedTokens < 0)
             {
                 var completion = Request.Operation is not null ? 0 : Request.CompletionTokensAsked(Group.ExpectedCompletionTokens); // embeddings, moderations: no completion
-                _estimatedTokens = Admission.TokenCounter.CountPrompt(Request, Request.Model) + completion;
+                _promptTokens = Admission.TokenCounter.CountPrompt(Request, Request.Model);
+                _estimatedTokens = _promptTokens + completion;
             }
 
             return _estimatedTokens;

@@ -642,7 +642,7 @@ internal static class Operations
         if (operation.Kind is OperationKind.Images or OperationKind.ImageEdit)
         {
             // Images are billed per image (PricingTable) as well as per token when the upstream counts them (gpt-image-1).
-            Images.SetGenerated(response.Usage ??= Admission.TokenCounter.EstimateUsage(request, response, 0, request.Model), answer.Count, operation.Body);
+            Images.SetGenerated(response.Usage ??= Admission.TokenCounter.EstimateUsage(request, response, 0, request.Model, countedPrompt: null), answer.Count, operation.Body);
         }
 
         return response;

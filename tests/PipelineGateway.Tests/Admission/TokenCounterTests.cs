@@ -31,4 +31,25 @@ public sealed class TokenCounterTests
         var request = new ChatCompletionRequest { Model = "x", Messages = [ChatCompletionMessage.User(new string('a', 400))] };
         TokenCounter.CountPrompt(request, "claude-sonnet-4-5").Should().Be((400 + 16) / 4);
     }
+
+    [Fact]
+    public void A_usage_estimated_afterwards_counts_with_the_tokenizer_only_when_a_token_limit_had_the_prompt_counted()
+    {
+        // A request given up in flight, or answered without usage, with no token limit configured: about four characters
+        // a token — a gateway without token limits never loads a tokenizer for it (42 MB live, ~300 ms on that request).
+        const string Text = "Bounded channels push back on fast producers.";
+        var request = new ChatCompletionRequest { Model = "gpt-4o", Messages = [ChatCompletionMessage.User("What is a bounded channel?")] };
+        var answer = new ChatCompletionResponse { Choices = [new ChatChoice { Message = ChatCompletionMessage.Assistant(Text) }] };
+        var exact = TokenCounter.CountPrompt(request, "gpt-4o");
+        var cheap = PipelineGateway.Pipeline.TokenEstimate.Approximate(request);
+        exact.Should().NotBe(cheap, "the two ways of counting tell apart here");
+
+        var uncounted = TokenCounter.EstimateUsage(request, answer, 0, "gpt-4o", countedPrompt: null);
+        (uncounted.PromptTokens, uncounted.CompletionTokens).Should().Be((cheap, Text.Length / 4));
+        TokenCounter.IsEstimated(uncounted).Should().BeTrue();
+
+        // Counted by a token limit: that count is the prompt's, and the answer is counted with the model's tokenizer.
+        var counted = TokenCounter.EstimateUsage(request, answer, 0, "gpt-4o", countedPrompt: exact);
+        (counted.PromptTokens, counted.CompletionTokens).Should().Be((exact, Microsoft.ML.Tokenizers.TiktokenTokenizer.CreateForEncoding("o200k_base").CountTokens(Text)));
+    }
 }

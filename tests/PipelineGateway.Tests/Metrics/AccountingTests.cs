@@ -189,7 +189,7 @@ public sealed class AccountingTests
         var snapshot = gateway.Metrics.GetSnapshot();
 
         // A whole call its caller gave up on in flight is billed its prompt, estimated ($1 a token), to no caller's answer.
-        static long Prompts(IEnumerable<ChatCompletionRequest> calls) => calls.Sum(r => (long)TokenCounter.EstimateUsage(r, null, 0, "m").PromptTokens);
+        static long Prompts(IEnumerable<ChatCompletionRequest> calls) => calls.Sum(r => (long)TokenCounter.EstimateUsage(r, null, 0, "m", countedPrompt: null).PromptTokens);
         var inFlightTokens = Prompts(givenUp.InFlight);
         var atStartTokens = Prompts(givenUp.AtStart);
         var what = string.Join(" | ", waves.Select(w => string.Join(", ", w.Select(o => $"{o.Kind}:{o.Text}"))));
