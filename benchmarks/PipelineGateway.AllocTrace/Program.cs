@@ -16,9 +16,19 @@ using Microsoft.Diagnostics.Tracing.Parsers.Clr;
 // collection — when, which generation and why, how many heaps, the pause, each generation's size after it and what it
 // promoted — to see what sets the GC's committed memory (its budgets, the heap count DATAS chose, what survives).
 // Usage: pgw-alloctrace --gc TRACE.nettrace
+//
+// With --large, the same kind of trace taken at the verbose level (Microsoft-Windows-DotNETRuntime:0x1:5, as
+// benchmarks/http/paired.sh GC_TRACE=large takes it): every sampled allocation on the large object heap of 1 MB or more,
+// with its time, type, size and allocating stack — what makes the GC's live data, and the budgets that follow it, jump.
+// Usage: pgw-alloctrace --large TRACE.nettrace
 if (args.Length >= 2 && args[0] == "--enqueues")
 {
     return Enqueues(args[1], args.Length > 2 ? int.Parse(args[2]) : 12, args.Length > 3 ? int.Parse(args[3]) : 7);
+}
+
+if (args.Length >= 2 && args[0] == "--large")
+{
+    return LargeObjects(args[1]);
 }
 
 if (args.Length >= 2 && args[0] == "--gc")
@@ -28,7 +38,7 @@ if (args.Length >= 2 && args[0] == "--gc")
 
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: pgw-alloctrace TRACE.nettrace [rows] [type] | pgw-alloctrace --enqueues TRACE.nettrace [rows] [frames] | pgw-alloctrace --gc TRACE.nettrace");
+    Console.Error.WriteLine("usage: pgw-alloctrace TRACE.nettrace [rows] [type] | pgw-alloctrace --enqueues TRACE.nettrace [rows] [frames] | pgw-alloctrace --gc TRACE.nettrace | pgw-alloctrace --large TRACE.nettrace");
     return 2;
 }
 
@@ -165,6 +175,29 @@ static int Collections(string path)
                 $"{gc.GenSizeAfterMB(Gens.Gen0),6:F1} {gc.GenSizeAfterMB(Gens.Gen1),6:F1} " +
                 $"{gc.GenSizeAfterMB(Gens.Gen2),6:F1} {gc.GenSizeAfterMB(Gens.GenLargeObj),6:F1}  " +
                 $"{gc.PromotedMB,10:F2}  {gc.AllocedSinceLastGCMB,10:F1}");
+        }
+    }
+
+    return 0;
+}
+
+static int LargeObjects(string path)
+{
+    using var log = TraceLog.OpenOrConvert(TraceLog.CreateFromEventPipeDataFile(path));
+    var start = -1.0;
+    foreach (var e in log.Events)
+    {
+        start = start < 0 ? e.TimeStampRelativeMSec : start;
+        if (e is not GCAllocationTickTraceData { AllocationKind: GCAllocationKind.Large } tick || tick.ObjectSize < 1_000_000)
+        {
+            continue;
+        }
+
+        Console.WriteLine($"{(e.TimeStampRelativeMSec - start) / 1000,7:F1} s  {tick.ObjectSize / 1e6,7:F1} MB  {tick.TypeName}");
+        var depth = 0;
+        for (var frame = e.CallStack(); frame is not null && depth < 14; frame = frame.Caller, depth++)
+        {
+            Console.WriteLine($"      {(frame.CodeAddress.FullMethodName is { Length: > 0 } method ? method : "?")}");
         }
     }
 

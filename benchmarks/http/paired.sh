@@ -13,10 +13,16 @@
 #   PAIR=env          the gateway as shipped                   vs  the same with B_ENV='NAME=value …' in its environment
 #                                                                  (a setting: PGW_Gateway__RequestLog__MaxBatch=256)
 #
-# A_ARGS='…' adds arguments to the gateway side's `pgw serve` (A_ARGS=--no-log: the gateway without its request log).
+# A_ARGS='…' adds arguments to the gateway side's `pgw serve` (A_ARGS=--no-log: the gateway without its request log);
+# A_ENV='NAME=value …' variables to its environment only (A_ENV=DOTNET_GCGen0MaxBudget=0x2000000 beside YARP as shipped — the name is case-sensitive).
+# GC_TRACE=1 traces the gateway side's GC events through the run (dotnet-trace; `dotnet tool install -g dotnet-trace`)
+# and prints, at the end, its collections by heap count and every change of heap count (DATAS: 1 heap, or more under
+# load), from pgw-alloctrace --gc; GC_TRACE=large also its allocations on the large object heap of 1 MB or more, with
+# their stacks (pgw-alloctrace --large; the verbose level: a sampled allocation event every ~100 KB); GC_TRACE_OUT=FILE keeps its one line per collection (and FILE.rss its RSS each second). Either way the peak RSS of both
+# is printed after the warm-up and each round as well as at the end.
 # RATE=N loads each at a fixed rate instead (pgw-loadgen, open loop, 64 connections each) and adds both latencies.
 #
-# Usage: [PAIR=yarp|passthrough|log|build|env] [A_ARGS=] [B_BUILD=DIR] [B_ENV=] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] [IDLE=] benchmarks/http/paired.sh [seconds]
+# Usage: [PAIR=yarp|passthrough|log|build|env] [A_ARGS=] [A_ENV=] [B_BUILD=DIR] [B_ENV=] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] [IDLE=] benchmarks/http/paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
@@ -40,9 +46,9 @@ CFG=$(mktemp); LOG_DIR=$(mktemp -d)
 sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" "${CONFIG:-benchmarks/http/gateway-over-simulator.json}" >"$CFG"
 
 "$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & SIM=$!
-# shellcheck disable=SC2086 # A_ARGS is a list of words
-PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG" ${A_ARGS:-} >/dev/null 2>&1 & A=$!
-A_NAME="gateway${A_ARGS:+ $A_ARGS}"
+# shellcheck disable=SC2086 # A_ARGS and A_ENV are lists of words
+env PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" ${A_ENV:-} "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG" ${A_ARGS:-} >/dev/null 2>&1 & A=$!
+A_NAME="gateway${A_ARGS:+ $A_ARGS}${A_ENV:+ $A_ENV}"
 case "$PAIR" in
   yarp) "$YARP" --urls "http://127.0.0.1:$B_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & B=$!; B_NAME="YARP";;
   passthrough) PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" PGW_Gateway__Pipeline__PassThroughIdleStages=false \
@@ -61,6 +67,10 @@ OUT_A=$(mktemp); OUT_B=$(mktemp)
 trap 'kill $SIM $A $B 2>/dev/null; wait 2>/dev/null; rm -rf "$CFG" "$OUT_A" "$OUT_B" "$LOG_DIR"' EXIT
 wait_for_servers "$SIM_PORT $A_PORT $B_PORT" "$SIM $A $B"
 URL_A="http://127.0.0.1:$A_PORT/v1/chat/completions"
+if [ "${GC_TRACE:-0}" != 0 ]; then
+  "$HOME/.dotnet/tools/dotnet-trace" collect -p $A --providers "Microsoft-Windows-DotNETRuntime:0x1:$([ "$GC_TRACE" = large ] && echo 5 || echo 4)" -o "$LOG_DIR/a-gc.nettrace" >/dev/null 2>&1 & TRC=$!
+  while kill -0 $A 2>/dev/null; do echo "$(date +%s.%N | cut -c1-14) $(awk '/VmRSS/ {printf "%d", $2 / 1024}' /proc/$A/status 2>/dev/null)"; sleep 1; done >"$LOG_DIR/a-rss.txt" &
+fi
 URL_B="http://127.0.0.1:$B_PORT/v1/chat/completions"
 
 # Which side's load generator starts first alternates by round: swapping two builds of the gateway showed the side
@@ -87,8 +97,10 @@ load_both() { # seconds: both loaded at once, each by its own wrk (or pgw-loadge
   wait $w2 || rc=$?
   [ "$rc" = 0 ] || [ -n "$RATE" ] || { echo "a load generator failed (exit $rc)" >&2; exit 1; }
 }
+peaks() { echo "$A_NAME $(awk '/VmHWM/ {printf "%d", $2 / 1024}' /proc/$A/status) MiB, $B_NAME $(awk '/VmHWM/ {printf "%d", $2 / 1024}' /proc/$B/status) MiB"; }
 echo "$A_NAME vs $B_NAME: warm-up (both at once, $WARMUP s)"
 load_both "$WARMUP"
+echo "  peak RSS after the warm-up: $(peaks)"
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 requests() { if [ -n "$RATE" ]; then sed -E 's/.*sent ([0-9]+),.*/\1/' "$1"; else awk '/requests in/ {print $1}' "$1"; fi; }
@@ -105,10 +117,21 @@ for round in $(seq 1 "$ROUNDS"); do
   read -r ca cb d r s <<<"$(awk -v da=$((a1 - a0)) -v db=$((b1 - b0)) -v ra="$ra" -v rb="$rb" -v t=$TICK_US \
     'BEGIN {ca = da * t / ra; cb = db * t / rb; printf "%.1f %.1f %.1f %.3f %.3f", ca, cb, ca - cb, ca / cb, ra / rb}')"
   CA_ALL+="$ca "; CB_ALL+="$cb "; DIFFS+="$d "; RATIOS+="$r "; SERVED+="$s "
-  printf '  round %s  %s %6s us/request (%s requests%s)   %s %6s us/request (%s requests%s)   %+.1f us, %.2fx CPU, %.2fx served %s%s\n' \
-    "$round" "$A_NAME" "$ca" "$ra" "$(latency "$OUT_A")" "$B_NAME" "$cb" "$rb" "$(latency "$OUT_B")" "$d" "$r" "$s" "$(errors "$OUT_A")" "$(errors "$OUT_B")"
+  printf '  round %s  %s %6s us/request (%s requests%s)   %s %6s us/request (%s requests%s)   %+.1f us, %.2fx CPU, %.2fx served %s%s[peak RSS so far %s]\n' \
+    "$round" "$A_NAME" "$ca" "$ra" "$(latency "$OUT_A")" "$B_NAME" "$cb" "$rb" "$(latency "$OUT_B")" "$d" "$r" "$s" "$(errors "$OUT_A")" "$(errors "$OUT_B")" "$(peaks)"
 done
 printf '%s vs %s, %s connections each, %s rounds of %s s: %+.1f us CPU per request (median of the rounds'"'"' differences), %sx its CPU per request, %sx its requests served (medians of the rounds'"'"' ratios); medians %s and %s us\n' \
   "$A_NAME" "$B_NAME" "$CONNECTIONS" "$ROUNDS" "$DURATION" "$(median <<<"$DIFFS")" "$(median <<<"$RATIOS")" "$(median <<<"$SERVED")" \
   "$(median <<<"$CA_ALL")" "$(median <<<"$CB_ALL")"
-echo "peak RSS: $A_NAME $(awk '/VmHWM/ {printf "%d", $2 / 1024}' /proc/$A/status) MiB, $B_NAME $(awk '/VmHWM/ {printf "%d", $2 / 1024}' /proc/$B/status) MiB"
+echo "peak RSS: $(peaks)"
+if [ "${GC_TRACE:-0}" != 0 ]; then
+  kill $A; wait $TRC 2>/dev/null || true # the trace ends with its process
+  benchmarks/PipelineGateway.AllocTrace/bin/Release/net10.0/pgw-alloctrace --gc "$LOG_DIR/a-gc.nettrace" >"$LOG_DIR/a-gc.txt" 2>&1
+  echo "$A_NAME's collections by heap count: $(awk '$1 ~ /^[0-9.]+$/ {n[$5]++} END {for (h in n) printf "%s heap(s) %d  ", h, n[h]}' "$LOG_DIR/a-gc.txt")"
+  awk '$1 ~ /^[0-9.]+$/ && $5 != last {print "  at " $1 " s: " $5 " heap(s) (collection " $2 ", gen" $3 ")"; last = $5}' "$LOG_DIR/a-gc.txt"
+  if [ "$GC_TRACE" = large ]; then
+    echo "$A_NAME's large objects of 1 MB or more (sampled):"
+    benchmarks/PipelineGateway.AllocTrace/bin/Release/net10.0/pgw-alloctrace --large "$LOG_DIR/a-gc.nettrace" 2>&1 | head -200
+  fi
+  [ -z "${GC_TRACE_OUT:-}" ] || { cp "$LOG_DIR/a-gc.txt" "$GC_TRACE_OUT"; cp "$LOG_DIR/a-rss.txt" "$GC_TRACE_OUT.rss"; } # RSS: epoch s, MiB
+fi
