@@ -98,7 +98,7 @@ internal static class TokenCounter
             completion = streamed;
         }
 
-        var usage = TokenUsage.Of(countedPrompt ?? CountPrompt(request, tokenizer: null), completion);
+        var usage = TokenUsage.Of(countedPrompt ?? ApproximatePrompt(request), completion);
         usage.AdditionalProperties = new Dictionary<string, System.Text.Json.JsonElement> { ["estimated"] = Estimated };
         return usage;
     }
@@ -122,6 +122,9 @@ internal static class TokenCounter
 
     /// <summary>Prompt tokens of a request for a model (the requested model name or the upstream one), with its tokenizer.</summary>
     public static int CountPrompt(ChatCompletionRequest request, string model) => CountPrompt(request, TokenizerFor(model));
+
+    /// <summary>Prompt tokens at about four characters a token, whatever the model (no tokenizer loaded).</summary>
+    public static int ApproximatePrompt(ChatCompletionRequest request) => CountPrompt(request, tokenizer: null);
 
     /// <summary>Prompt tokens with <paramref name="tokenizer"/>, or at about four characters a token without one.</summary>
     private static int CountPrompt(ChatCompletionRequest request, Tokenizer? tokenizer)

@@ -356,7 +356,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
 
         var start = openAI.First(e => e["type"]!.GetValue<string>() == "message_start")["message"]!["usage"]!["input_tokens"]!.GetValue<int>();
         var request = new ChatCompletionRequest { Model = "m", Messages = [new ChatCompletionMessage { Role = "user", Content = sse }], MaxTokens = 16 };
-        start.Should().Be(PipelineGateway.Admission.TokenCounter.CountPrompt(request, "m"), "the prompt as the gateway counts it (admission's count), not 0");
+        start.Should().Be(PipelineGateway.Admission.TokenCounter.ApproximatePrompt(request), "the prompt at ~4 characters a token (no tokenizer loaded for it), not 0");
         openAI.First(e => e["type"]!.GetValue<string>() == "message_delta")["usage"]!["input_tokens"]!.GetValue<int>().Should().Be(40, "the upstream's exact count at the end");
     }
 
