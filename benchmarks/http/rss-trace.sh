@@ -41,11 +41,14 @@ wait_for_servers "$SIM_PORT $GW_PORT" "$SIM $GW"
 
 rss() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$GW/status"; }
 echo "idle RSS $(rss) MiB"
-"$COUNTERS" collect -p $GW --refresh-interval 1 --format csv -o "$WORK/counters.csv" --duration "00:00:$(printf '%02d' "$DURATION")" \
+# hh:mm:ss for dotnet-counters, dd:hh:mm:ss for dotnet-trace: "00:00:60" is not a time span, and with 60 s or more
+# both tools failed at once and the script printed no counters and no GC trace.
+SPAN=$(printf '%02d:%02d:%02d' $((DURATION / 3600)) $((DURATION % 3600 / 60)) $((DURATION % 60)))
+"$COUNTERS" collect -p $GW --refresh-interval 1 --format csv -o "$WORK/counters.csv" --duration "$SPAN" \
   --counters System.Runtime >/dev/null 2>&1 & CTR=$!
 if [ "${GC_TRACE:-0}" = 1 ]; then
   "$HOME/.dotnet/tools/dotnet-trace" collect -p $GW --providers Microsoft-Windows-DotNETRuntime:0x1:4 -o "$WORK/gc.nettrace" \
-    --duration "00:00:00:$(printf '%02d' "$DURATION")" >/dev/null 2>&1 & TRC=$!
+    --duration "00:$SPAN" >/dev/null 2>&1 & TRC=$!
 fi
 wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 30s -s benchmarks/http/post-chat.lua "http://127.0.0.1:$GW_PORT/v1/chat/completions" >"$WORK/wrk.txt" & W=$!
 SERIES=""; SECOND=0
