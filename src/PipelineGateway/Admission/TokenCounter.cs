@@ -7,7 +7,8 @@ namespace PipelineGateway.Admission;
 /// Counts prompt tokens the way OpenAI bills them: the o200k encoding for the gpt-4o / o-series / gpt-4.1 / gpt-5
 /// families, cl100k for gpt-4 and gpt-3.5, plus the chat framing (3 tokens a message, 1 more for a name, 3 to
 /// prime the reply). Other models (Claude, Llama, …) have no public tokenizer here and get the cheap estimate.
-/// Tokenizers load once, on first use, and only for a token limit (<see cref="CountPrompt"/>): one costs ~300 ms to load
+/// Tokenizers load once — for a token limit, as the gateway starts (<see cref="TokenizerWarmup"/>) — and are used only
+/// for a token limit (<see cref="CountPrompt"/>) and the explicit count routes: one costs ~300 ms to load
 /// and stays in memory for the process's life — o200k's vocabulary is 42 MB of live objects (a 28 MB table on the large
 /// object heap), ~65–70 MiB of resident memory once the GC's budgets follow it. A usage the gateway estimates afterwards
 /// counts with them only when a token limit had the prompt counted (<see cref="EstimateUsage"/>).
@@ -43,6 +44,14 @@ internal static class TokenCounter
 
         return null;
     }
+
+    /// <summary>Loads an encoding's tokenizer now (<see cref="TokenizerWarmup"/>), off any request's path.</summary>
+    public static void Load(string encoding) => _ = encoding switch
+    {
+        "o200k_base" => O200k.Value,
+        "cl100k_base" => Cl100k.Value,
+        _ => throw new ArgumentOutOfRangeException(nameof(encoding), encoding, "Not an encoding the gateway counts with."),
+    };
 
     private static Tokenizer? TokenizerFor(string model) => EncodingFor(model) switch
     {

@@ -156,6 +156,8 @@ public static class GatewayServiceCollectionExtensions
         // The request log's writer starts first (the log is ready, budgets restored) and stops last (after the drain,
         // so every answered request is written).
         services.AddHostedService(sp => sp.GetRequiredService<RequestLog.RequestLogWriter>());
+        services.TryAddSingleton<Admission.TokenizerWarmup>();
+        services.AddHostedService(sp => sp.GetRequiredService<Admission.TokenizerWarmup>()); // before requests are accepted
         services.AddHostedService(sp => Stage<DeadLetterStage>(sp, c => c.DeadLetter, c => c.Routing.Writer));
         services.AddHostedService<ProviderWorkers>();
         services.AddHostedService(sp => Stage<RouterStage>(sp, c => c.Routing, c => c.Routing.Writer));
