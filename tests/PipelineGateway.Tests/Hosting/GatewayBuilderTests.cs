@@ -160,7 +160,7 @@ public sealed class GatewayBuilderTests
         builder.Services.AddPipelineGateway().AddModel("extra", "sim");
 
         second.Should().BeSameAs(first);
-        builder.Services.Count(d => d.ServiceType == typeof(IHostedService)).Should().Be(7, "five stages, the pipeline lifetime and the request log writer, registered once");
+        builder.Services.Count(d => d.ServiceType == typeof(IHostedService)).Should().Be(8, "five stages, the pipeline lifetime, the request log writer and the tokenizer warm-up, registered once");
         using var host = builder.Build();
         await host.StartAsync(Ct);
         var options = host.Services.GetRequiredService<IOptions<GatewayOptions>>().Value;
