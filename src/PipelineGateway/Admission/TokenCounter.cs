@@ -46,14 +46,13 @@ internal static class TokenCounter
     }
 
     /// <summary>Loads an encoding's tokenizer now (<see cref="TokenizerWarmup"/>), off any request's path.</summary>
-    public static void Load(string encoding) => _ = encoding switch
-    {
-        "o200k_base" => O200k.Value,
-        "cl100k_base" => Cl100k.Value,
-        _ => throw new ArgumentOutOfRangeException(nameof(encoding), encoding, "Not an encoding the gateway counts with."),
-    };
+    public static void Load(string encoding) => _ = ByEncoding(encoding)
+        ?? throw new ArgumentOutOfRangeException(nameof(encoding), encoding, "Not an encoding the gateway counts with.");
 
-    private static Tokenizer? TokenizerFor(string model) => EncodingFor(model) switch
+    private static Tokenizer? TokenizerFor(string model) => ByEncoding(EncodingFor(model));
+
+    /// <summary>An encoding's tokenizer (loaded on first use), or null for none the gateway counts with.</summary>
+    private static Tokenizer? ByEncoding(string? encoding) => encoding switch
     {
         "o200k_base" => O200k.Value,
         "cl100k_base" => Cl100k.Value,
