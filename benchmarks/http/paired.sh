@@ -14,7 +14,8 @@
 #                                                                  (a setting: PGW_Gateway__RequestLog__MaxBatch=256)
 #
 # A_ARGS='…' adds arguments to the gateway side's `pgw serve` (A_ARGS=--no-log: the gateway without its request log);
-# A_ENV='NAME=value …' variables to its environment only (A_ENV=DOTNET_GCGen0MaxBudget=0x2000000 beside YARP as shipped — the name is case-sensitive).
+# A_ENV='NAME=value …' variables to its environment only (A_ENV=DOTNET_GCGen0MaxBudget=0x2000000 beside YARP as shipped — the name is case-sensitive);
+# with PAIR=yarp, B_ENV='NAME=value …' likewise for YARP's side.
 # GC_TRACE=1 traces the gateway side's GC events through the run (dotnet-trace; `dotnet tool install -g dotnet-trace`)
 # and prints, at the end, its collections by heap count and every change of heap count (DATAS: 1 heap, or more under
 # load), from pgw-alloctrace --gc; GC_TRACE=large also its allocations on the large object heap of 1 MB or more, with
@@ -50,7 +51,8 @@ sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" "${CONFIG:-benchmarks/http/gateway-
 env PGW_Gateway__RequestLog__Path="$LOG_DIR/a.db" ${A_ENV:-} "$PGW" serve --urls "http://127.0.0.1:$A_PORT" --config "$CFG" ${A_ARGS:-} >/dev/null 2>&1 & A=$!
 A_NAME="gateway${A_ARGS:+ $A_ARGS}${A_ENV:+ $A_ENV}"
 case "$PAIR" in
-  yarp) "$YARP" --urls "http://127.0.0.1:$B_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & B=$!; B_NAME="YARP";;
+  # shellcheck disable=SC2086 # B_ENV is a list of NAME=value words
+  yarp) env ${B_ENV:-} "$YARP" --urls "http://127.0.0.1:$B_PORT" --upstream "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & B=$!; B_NAME="YARP${B_ENV:+ $B_ENV}";;
   passthrough) PGW_Gateway__RequestLog__Path="$LOG_DIR/b.db" PGW_Gateway__Pipeline__PassThroughIdleStages=false \
       "$PGW" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" >/dev/null 2>&1 & B=$!; B_NAME="no pass-through";;
   log) "$PGW" serve --urls "http://127.0.0.1:$B_PORT" --config "$CFG" --no-log >/dev/null 2>&1 & B=$!; A_NAME="with the log"; B_NAME="--no-log";;

@@ -34,6 +34,7 @@ internal static class ServeCommand
         }
 
         await output.WriteLineAsync($"pgw serve: listening on {address} (config: {source}). Try: curl {address}v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'");
+        await output.WriteLineAsync(RuntimeSettings.Describe(GC.GetConfigurationVariables()));
 
         // The host's console lifetime turns SIGTERM / Ctrl+C into a graceful stop: admission closes, /readyz goes
         // not-ready, in-flight requests finish within the drain timeout, the rest fail explicitly.

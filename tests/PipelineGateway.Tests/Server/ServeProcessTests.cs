@@ -247,6 +247,43 @@ public sealed partial class ServeProcessTests
         maps.Should().Contain("System.Private.CoreLib.dll", "the mappings were read").And.NotContain("System.Linq.Expressions.dll");
     }
 
+    /// <summary>
+    /// The GC settings pgw ships (its runtime configuration: server GC with DATAS, gen0 budget at most 16 MiB — the
+    /// peak-memory cap measured in docs/benchmarks.md) are the ones its GC runs with, and the line that says so reads
+    /// the runtime, not the configuration file: an operator's variables change it, a misspelt name (the runtime reads
+    /// them exactly) changes nothing.
+    /// </summary>
+    [Fact]
+    public async Task The_start_line_says_the_GC_settings_the_runtime_runs_with()
+    {
+        using var files = new BatchFiles();
+        var config = Path.Combine(files.Dir, "gateway.json");
+        await File.WriteAllTextAsync(config, Config, Ct);
+        string[] gcVariables = ["DOTNET_gcServer", "DOTNET_GCGen0MaxBudget", "DOTNET_GCgen0MaxBudget", "DOTNET_GCHeapHardLimit", "DOTNET_GCHeapHardLimitPercent", "DOTNET_GCConserveMemory", "DOTNET_GCDynamicAdaptationMode"];
+        var shipped = gcVariables.ToDictionary(v => v, _ => (string?)null); // whatever the test host's environment has: not passed on
+        var changed = new Dictionary<string, string?>(shipped)
+        {
+            ["DOTNET_gcServer"] = "0",
+            ["DOTNET_GCGen0MaxBudget"] = "0x2000000",
+            ["DOTNET_GCHeapHardLimit"] = "0xC800000",
+            ["DOTNET_GCConserveMemory"] = "3",
+        };
+        var misspelt = new Dictionary<string, string?>(shipped) { ["DOTNET_GCgen0MaxBudget"] = "0x2000000" };
+
+        (await RuntimeLineAsync(shipped)).Should().Be("pgw serve: runtime: server GC, DATAS, gen0 budget at most 16 MiB.");
+        (await RuntimeLineAsync(changed)).Should().Be("pgw serve: runtime: workstation GC, gen0 budget at most 32 MiB, heap limit 200 MiB, conserve memory 3.");
+        (await RuntimeLineAsync(misspelt)).Should().Be("pgw serve: runtime: server GC, DATAS, gen0 budget at most 16 MiB.");
+
+        async Task<string> RuntimeLineAsync(Dictionary<string, string?> environment)
+        {
+            using var serve = PgwProcess.Start(files.Dir, environment, "serve", "--urls", "http://127.0.0.1:0", "--config", config, "--no-log");
+            await Wait.Until(() => serve.Stdout.Contains("pgw serve: runtime:", StringComparison.Ordinal) || serve.Process.HasExited, "pgw serve says its runtime settings", 60_000);
+            PgwProcess.Signal(serve.Process, "TERM");
+            (await serve.ExitCodeAsync(30_000)).Should().Be(0, serve.Stderr);
+            return serve.Stdout.Split('\n').Single(l => l.StartsWith("pgw serve: runtime:", StringComparison.Ordinal)).TrimEnd('\r');
+        }
+    }
+
     private static StringContent Chat(string model) =>
         new($$"""{"model":"{{model}}","messages":[{"role":"user","content":"hi"}]}""", System.Text.Encoding.UTF8, "application/json");
 

@@ -56,11 +56,17 @@ public sealed class PgwProcess : IDisposable
 
     public static PgwProcess Start(string workingDirectory, params string[] args) => Start(workingDirectory, fileSizeLimitKb: null, args);
 
+    /// <summary>Starts pgw with <paramref name="environment"/> added to its environment (a null value removes the variable).</summary>
+    public static PgwProcess Start(string workingDirectory, IReadOnlyDictionary<string, string?> environment, params string[] args) =>
+        Start(workingDirectory, fileSizeLimitKb: null, environment, args);
+
     /// <summary>
     /// Starts pgw with a limit on the size of any file it writes (RLIMIT_FSIZE, <c>ulimit -f</c>), SIGXFSZ ignored: a write
     /// past it fails the way a full disk does, for this process only.
     /// </summary>
-    public static PgwProcess Start(string workingDirectory, int? fileSizeLimitKb, params string[] args)
+    public static PgwProcess Start(string workingDirectory, int? fileSizeLimitKb, params string[] args) => Start(workingDirectory, fileSizeLimitKb, environment: null, args);
+
+    private static PgwProcess Start(string workingDirectory, int? fileSizeLimitKb, IReadOnlyDictionary<string, string?>? environment, string[] args)
     {
         var info = new ProcessStartInfo(fileSizeLimitKb is null ? (DefaultSignals.Value ? "env" : "dotnet") : "bash")
         {
@@ -92,6 +98,18 @@ public sealed class PgwProcess : IDisposable
         }
 
         info.Environment["DOTNET_NOLOGO"] = "1";
+        foreach (var (name, value) in environment ?? new Dictionary<string, string?>())
+        {
+            if (value is null)
+            {
+                info.Environment.Remove(name);
+            }
+            else
+            {
+                info.Environment[name] = value;
+            }
+        }
+
         var process = new Process { StartInfo = info };
         var pgw = new PgwProcess(process);
         process.OutputDataReceived += (_, e) => Append(pgw._stdout, e.Data);
