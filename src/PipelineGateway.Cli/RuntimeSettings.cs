@@ -4,7 +4,7 @@ namespace PipelineGateway.Cli;
 
 /// <summary>
 /// The memory settings the runtime's GC actually runs with, in one line that <c>pgw serve</c> prints as it starts: what
-/// the shipped runtime configuration gives it (server GC with DATAS, a gen0 budget of at most 16 MiB) or what an
+/// the shipped runtime configuration gives it (server GC with DATAS, a gen0 budget of at most 32 MiB) or what an
 /// operator's <c>DOTNET_GC…</c> variables changed — whose names the runtime reads exactly, so a misspelt one is
 /// otherwise silently ignored (docs/server.md, "Runtime settings").
 /// </summary>

@@ -248,7 +248,7 @@ public sealed partial class ServeProcessTests
     }
 
     /// <summary>
-    /// The GC settings pgw ships (its runtime configuration: server GC with DATAS, gen0 budget at most 16 MiB — the
+    /// The GC settings pgw ships (its runtime configuration: server GC with DATAS, gen0 budget at most 32 MiB — the
     /// peak-memory cap measured in docs/benchmarks.md) are the ones its GC runs with, and the line that says so reads
     /// the runtime, not the configuration file: an operator's variables change it, a misspelt name (the runtime reads
     /// them exactly) changes nothing.
@@ -264,15 +264,15 @@ public sealed partial class ServeProcessTests
         var changed = new Dictionary<string, string?>(shipped)
         {
             ["DOTNET_gcServer"] = "0",
-            ["DOTNET_GCGen0MaxBudget"] = "0x2000000",
+            ["DOTNET_GCGen0MaxBudget"] = "0x1000000",
             ["DOTNET_GCHeapHardLimit"] = "0xC800000",
             ["DOTNET_GCConserveMemory"] = "3",
         };
-        var misspelt = new Dictionary<string, string?>(shipped) { ["DOTNET_GCgen0MaxBudget"] = "0x2000000" };
+        var misspelt = new Dictionary<string, string?>(shipped) { ["DOTNET_GCgen0MaxBudget"] = "0x1000000" };
 
-        (await RuntimeLineAsync(shipped)).Should().Be("pgw serve: runtime: server GC, DATAS, gen0 budget at most 16 MiB.");
-        (await RuntimeLineAsync(changed)).Should().Be("pgw serve: runtime: workstation GC, gen0 budget at most 32 MiB, heap limit 200 MiB, conserve memory 3.");
-        (await RuntimeLineAsync(misspelt)).Should().Be("pgw serve: runtime: server GC, DATAS, gen0 budget at most 16 MiB.");
+        (await RuntimeLineAsync(shipped)).Should().Be("pgw serve: runtime: server GC, DATAS, gen0 budget at most 32 MiB.");
+        (await RuntimeLineAsync(changed)).Should().Be("pgw serve: runtime: workstation GC, gen0 budget at most 16 MiB, heap limit 200 MiB, conserve memory 3.");
+        (await RuntimeLineAsync(misspelt)).Should().Be("pgw serve: runtime: server GC, DATAS, gen0 budget at most 32 MiB.");
 
         async Task<string> RuntimeLineAsync(Dictionary<string, string?> environment)
         {
