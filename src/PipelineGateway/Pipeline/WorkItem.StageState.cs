@@ -127,7 +127,7 @@ internal sealed partial class WorkItem
     /// <summary>A reservation in a shared budget store, settled with the actual cost.</summary>
     public Cost.BudgetTracker.SharedReservation? SharedBudgetReservation { get; set; }
 
-    /// <summary>Prompt tokens (counted with the model's tokenizer) plus the completion budget; computed once, on demand.</summary>
+    /// <summary>Prompt tokens (counted with the model's tokenizer: <see cref="Routing.ModelGroup.CountingModel"/>) plus the completion budget; computed once, on demand.</summary>
     public long EstimatedTokens
     {
         get
@@ -135,7 +135,7 @@ internal sealed partial class WorkItem
             if (_estimatedTokens < 0)
             {
                 var completion = Request.Operation is not null ? 0 : Request.CompletionTokensAsked(Group.ExpectedCompletionTokens); // embeddings, moderations: no completion
-                _promptTokens = Admission.TokenCounter.CountPrompt(Request, Request.Model);
+                _promptTokens = Admission.TokenCounter.CountPrompt(Request, Group.CountingModel(Request.Model));
                 _estimatedTokens = _promptTokens + completion;
             }
 

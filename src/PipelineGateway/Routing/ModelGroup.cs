@@ -141,8 +141,22 @@ public sealed class ModelGroup
         foreach (var d in deployments)
         {
             d.Owner = this;
+            _countingModel ??= Admission.TokenCounter.EncodingFor(d.Model) is not null ? d.Model : null;
         }
     }
+
+    /// <summary>The first deployment model a tokenizer knows (null when none does): what a prompt asked by another name is counted with.</summary>
+    private readonly string? _countingModel;
+
+    /// <summary>
+    /// The model whose tokenizer counts a prompt asked for as <paramref name="requested"/>: that name when a tokenizer
+    /// knows it (<c>gpt-4o-mini</c>), else the first of this group's deployment models one knows — an alias (<c>m</c>,
+    /// <c>fast</c>) over gpt deployments is counted as they count, not at ~4 characters a token — else the name itself
+    /// (the approximation: Claude's, Llama's). What token limits charge, and what the estimates afterwards follow
+    /// (<see cref="Pipeline.WorkItem.PromptTokensIfCounted"/>).
+    /// </summary>
+    internal string CountingModel(string requested) =>
+        _countingModel is null || Admission.TokenCounter.EncodingFor(requested) is not null ? requested : _countingModel;
 
     /// <summary>The wildcard group (<c>openai/*</c>) this group was made by for a name it matched; null for a configured group.</summary>
     internal WildcardModels? Wildcard { get; init; }

@@ -249,6 +249,46 @@ public sealed class AdmissionTests
     }
 
     /// <summary>
+    /// A prompt asked for by a name no tokenizer knows — an alias, <c>m</c> — over a gpt deployment is counted with that
+    /// deployment's tokenizer: the token limit charges what the upstream will count, not ~4 characters a token (for
+    /// this prompt, one long word repeated, at least half as much again).
+    /// </summary>
+    [Fact]
+    public async Task A_prompt_asked_by_an_alias_is_counted_with_its_deployments_tokenizer()
+    {
+        var provider = new FakeProvider("p");
+        await using var gateway = await new GatewayBuilder()
+            .AddProvider(provider, workers: 4, queueCapacity: 16)
+            .AddModel("m", m => m.Deploy("p", "gpt-4o-mini"))
+            .UseTimeProvider(TestGateway.Clock())
+            .Configure(o =>
+            {
+                o.Pipeline.DefaultTimeout = TimeSpan.FromHours(10);
+                o.Admission.RateLimits.Add(new RateLimitRule { Name = "tpm", Unit = RateLimitUnit.Tokens, Algorithm = RateLimitAlgorithm.SlidingWindow, Limit = 100_000, Window = TimeSpan.FromMinutes(1) });
+            })
+            .StartAsync(Ct);
+        var called = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        provider.OnComplete = async (r, _) =>
+        {
+            called.TrySetResult();
+            await release.Task;
+            return FakeProvider.Answer(r.Model, "ok");
+        };
+        var limiter = gateway.Services.GetRequiredService<AdmissionRateLimiter>();
+        var text = string.Join(' ', Enumerable.Repeat("tokenization", 200));
+        var counted = TokenCounter.CountPrompt(Req(text: text), "gpt-4o-mini");
+        counted.Should().BeLessThan(TokenCounter.ApproximatePrompt(Req(text: text)) * 2 / 3, "the test tells the two counts apart");
+
+        var call = gateway.SubmitAsync(Req(maxTokens: 100, text: text), SubmitMode.FailFast, Ct);
+        await called.Task.WaitAsync(Ct); // admitted: charged
+
+        limiter.GetStatus(Req()).Single().Remaining.Should().Be(100_000 - (counted + 100));
+        release.SetResult();
+        await call;
+    }
+
+    /// <summary>
     /// A request for several choices may write <c>max_tokens</c> for each: the estimate holds back every one (as
     /// OpenAI's own limits count them) — it held back one, so <c>n</c> 8 went through a limit it could overrun eightfold.
     /// </summary>
