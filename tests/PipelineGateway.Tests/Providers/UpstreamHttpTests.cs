@@ -297,7 +297,8 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
 
     /// <summary>
     /// An upstream that reports no usage (it ignores <c>stream_options.include_usage</c>, or leaves <c>usage</c> out)
-    /// is billed the gateway's estimate, marked <c>"estimated": true</c>: the prompt as admission counts it, the answer's
+    /// is billed the gateway's estimate, marked <c>"estimated": true</c>: the prompt as admission counts it (with the
+    /// deployment's tokenizer when the model asked for has none), the answer's
     /// text counted with the model's tokenizer when a token limit has the gateway count tokens, else at about four
     /// characters a token (a gateway without token limits never loads a tokenizer: 42 MB live, ~300 ms) — whole, and
     /// streamed (the cache's copy of the text counted) — and the metrics, the cost and the caller's usage say the same.
@@ -319,7 +320,7 @@ public sealed class UpstreamHttpTests : IAsyncLifetime
         var usage = response.Usage!;
         o200k.CountTokens(Text).Should().NotBe(Text.Length / 4, "the two ways of counting tell apart here");
         usage.CompletionTokens.Should().Be(completion);
-        usage.PromptTokens.Should().Be(PipelineGateway.Admission.TokenCounter.CountPrompt(request, "m"), "the prompt as admission counts it (the model asked for, m: no tokenizer)");
+        usage.PromptTokens.Should().Be(PipelineGateway.Admission.TokenCounter.CountPrompt(request, tokenLimit ? "gpt-4o-mini" : "m"), "the prompt as admission counts it: with the deployment's tokenizer (m has none; ModelGroup.CountingModel), or approximated when no token limit counted it");
         usage.TotalTokens.Should().Be(usage.PromptTokens + usage.CompletionTokens);
         usage.AdditionalProperties!["estimated"].GetBoolean().Should().BeTrue();
         response.Gateway!.Cost.Should().BePositive("gpt-4o-mini is priced: the estimate is billed");
