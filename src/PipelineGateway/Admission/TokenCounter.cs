@@ -15,8 +15,47 @@ namespace PipelineGateway.Admission;
 /// </summary>
 internal static class TokenCounter
 {
-    private static readonly Lazy<Tokenizer> O200k = new(() => TiktokenTokenizer.CreateForEncoding("o200k_base"));
-    private static readonly Lazy<Tokenizer> Cl100k = new(() => TiktokenTokenizer.CreateForEncoding("cl100k_base"));
+    private static readonly Encoding O200k = new(() => TiktokenTokenizer.CreateForEncoding("o200k_base"));
+    private static readonly Encoding Cl100k = new(() => TiktokenTokenizer.CreateForEncoding("cl100k_base"));
+
+    /// <summary>
+    /// An encoding's tokenizer, loaded once: on first use (<see cref="Value"/>: the warm-up, the explicit count routes),
+    /// or in the background for a caller that must not wait (<see cref="IfLoaded"/>: admission's stage loop).
+    /// </summary>
+    internal sealed class Encoding(Func<Tokenizer> load)
+    {
+        private readonly Lazy<Tokenizer> _tokenizer = new(load);
+        private Task? _loading;
+
+        /// <summary>The tokenizer, loaded now if it is not yet (~300 ms for o200k).</summary>
+        public Tokenizer Value => _tokenizer.Value;
+
+        /// <summary>The background load <see cref="IfLoaded"/> started, if any.</summary>
+        public Task? Loading => Volatile.Read(ref _loading);
+
+        /// <summary>
+        /// The tokenizer if it is loaded; else null, and its load started in the background (once): the caller counts
+        /// at ~4 characters a token meanwhile rather than hold every request behind it for the load.
+        /// </summary>
+        public Tokenizer? IfLoaded()
+        {
+            if (_tokenizer.IsValueCreated)
+            {
+                return _tokenizer.Value;
+            }
+
+            if (Volatile.Read(ref _loading) is null)
+            {
+                var load = new Task(() => _ = _tokenizer.Value);
+                if (Interlocked.CompareExchange(ref _loading, load, null) is null)
+                {
+                    load.Start(TaskScheduler.Default);
+                }
+            }
+
+            return null;
+        }
+    }
 
     /// <summary>The encoding used for a model name, or null when the cheap estimate is used.</summary>
     public static string? EncodingFor(string model)
@@ -52,10 +91,12 @@ internal static class TokenCounter
     private static Tokenizer? TokenizerFor(string model) => ByEncoding(EncodingFor(model));
 
     /// <summary>An encoding's tokenizer (loaded on first use), or null for none the gateway counts with.</summary>
-    private static Tokenizer? ByEncoding(string? encoding) => encoding switch
+    private static Tokenizer? ByEncoding(string? encoding) => EncodingNamed(encoding)?.Value;
+
+    private static Encoding? EncodingNamed(string? encoding) => encoding switch
     {
-        "o200k_base" => O200k.Value,
-        "cl100k_base" => Cl100k.Value,
+        "o200k_base" => O200k,
+        "cl100k_base" => Cl100k,
         _ => null,
     };
 
@@ -130,6 +171,16 @@ internal static class TokenCounter
 
     /// <summary>Prompt tokens of a request for a model (the requested model name or the upstream one), with its tokenizer.</summary>
     public static int CountPrompt(ChatCompletionRequest request, string model) => CountPrompt(request, TokenizerFor(model));
+
+    /// <summary>
+    /// Prompt tokens as <see cref="CountPrompt(ChatCompletionRequest, string)"/> counts them once the model's tokenizer is
+    /// loaded; until then at about four characters a token, its load started in the background (<see cref="Encoding.IfLoaded"/>).
+    /// What token limits charge on admission's stage loop, which must not wait ~300 ms with every request behind it: the
+    /// warm-up loads the configured models' tokenizers as the gateway starts, but a model a wildcard group takes
+    /// (<c>openai/*</c>) is known only when asked for. The charge is corrected to the actual usage once answered.
+    /// </summary>
+    public static int CountPromptUnlessLoading(ChatCompletionRequest request, string model) =>
+        CountPrompt(request, EncodingNamed(EncodingFor(model))?.IfLoaded());
 
     /// <summary>Prompt tokens at about four characters a token, whatever the model (no tokenizer loaded).</summary>
     public static int ApproximatePrompt(ChatCompletionRequest request) => CountPrompt(request, tokenizer: null);

@@ -116,8 +116,9 @@ internal sealed partial class WorkItem
     public long? EstimatedTokensIfCounted => _estimatedTokens >= 0 ? _estimatedTokens : null;
 
     /// <summary>
-    /// The prompt's tokens as the model's tokenizer counted them, if a token limit had them counted (no counting just to
-    /// ask): the usage the gateway estimates later counts with the tokenizer only then (<see cref="Admission.TokenCounter.EstimateUsage"/>).
+    /// The prompt's tokens as the model's tokenizer counted them (approximated while it loads), if a token limit had them
+    /// counted (no counting just to ask): the usage the gateway estimates later counts with the tokenizer only then
+    /// (<see cref="Admission.TokenCounter.EstimateUsage"/>).
     /// </summary>
     public int? PromptTokensIfCounted => _promptTokens >= 0 ? _promptTokens : null;
 
@@ -127,7 +128,10 @@ internal sealed partial class WorkItem
     /// <summary>A reservation in a shared budget store, settled with the actual cost.</summary>
     public Cost.BudgetTracker.SharedReservation? SharedBudgetReservation { get; set; }
 
-    /// <summary>Prompt tokens (counted with the model's tokenizer: <see cref="Routing.ModelGroup.CountingModel"/>) plus the completion budget; computed once, on demand.</summary>
+    /// <summary>
+    /// Prompt tokens (counted with the model's tokenizer: <see cref="Routing.ModelGroup.CountingModel"/>; approximated while
+    /// it loads, <see cref="Admission.TokenCounter.CountPromptUnlessLoading"/>) plus the completion budget; computed once, on demand.
+    /// </summary>
     public long EstimatedTokens
     {
         get
@@ -135,7 +139,7 @@ internal sealed partial class WorkItem
             if (_estimatedTokens < 0)
             {
                 var completion = Request.Operation is not null ? 0 : Request.CompletionTokensAsked(Group.ExpectedCompletionTokens); // embeddings, moderations: no completion
-                _promptTokens = Admission.TokenCounter.CountPrompt(Request, Group.CountingModel(Request.Model));
+                _promptTokens = Admission.TokenCounter.CountPromptUnlessLoading(Request, Group.CountingModel(Request.Model));
                 _estimatedTokens = _promptTokens + completion;
             }
 

@@ -17,6 +17,41 @@ public sealed class TokenCounterTests
     public void The_encoding_follows_the_model_family(string model, string? encoding) =>
         TokenCounter.EncodingFor(model).Should().Be(encoding);
 
+    /// <summary>
+    /// Admission's stage loop never waits for a tokenizer to load (~300 ms, every request behind it): asked before the
+    /// load, the encoding says "not loaded" at once and starts one load in the background, however often it is asked;
+    /// once that load is done it gives the tokenizer. The loader here waits for the test's signal.
+    /// </summary>
+    [Fact]
+    public async Task An_encoding_not_loaded_yet_is_loaded_in_the_background_and_never_waited_for()
+    {
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var loads = 0;
+        var encoding = new TokenCounter.Encoding(() =>
+        {
+            Interlocked.Increment(ref loads);
+            started.TrySetResult();
+            release.Task.Wait(TestContext.Current.CancellationToken);
+            return Microsoft.ML.Tokenizers.TiktokenTokenizer.CreateForEncoding("cl100k_base");
+        });
+
+        // Asked while nothing is loaded, and again while the load runs: no answer waits for it (bounded, so a wait fails
+        // the test instead of hanging it), one load.
+        (await Task.Run(encoding.IfLoaded, TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken)).Should().BeNull();
+        await started.Task.WaitAsync(TestContext.Current.CancellationToken);
+        (await Task.Run(encoding.IfLoaded, TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken)).Should().BeNull("the load has not finished");
+        encoding.Loading.Should().NotBeNull();
+
+        release.SetResult();
+        await encoding.Loading!.WaitAsync(TestContext.Current.CancellationToken);
+
+        var tokenizer = encoding.IfLoaded();
+        tokenizer.Should().NotBeNull().And.BeSameAs(encoding.Value);
+        tokenizer!.CountTokens("hello world").Should().Be(2);
+        loads.Should().Be(1);
+    }
+
     [Fact]
     public void Chat_framing_is_counted_the_way_OpenAI_bills_it()
     {
