@@ -109,7 +109,8 @@ internal static class TokenCounter
     /// Marked <c>"estimated": true</c> so nobody takes it for the upstream's count. Budgets, cost, metrics and the request
     /// log then see what was used instead of nothing.
     /// <para>
-    /// Counted with the model's tokenizer only when a token limit had the prompt counted already
+    /// Counted with the model's tokenizer (once it is loaded: a request's end never waits for it, <see cref="Encoding.IfLoaded"/>)
+    /// only when a token limit had the prompt counted already
     /// (<paramref name="countedPrompt"/>, <see cref="WorkItem.PromptTokensIfCounted"/>: that count is the prompt's), else at
     /// about four characters a token, as the budgets' reservations are: a gateway without token limits never loads a
     /// tokenizer. It did, for the first request given up in flight — a client that disconnects — and that request's
@@ -119,7 +120,7 @@ internal static class TokenCounter
     /// </summary>
     public static TokenUsage EstimateUsage(ChatCompletionRequest request, ChatCompletionResponse? answer, int streamed, string model, int? countedPrompt)
     {
-        var tokenizer = countedPrompt is null ? null : TokenizerFor(model);
+        var tokenizer = countedPrompt is null ? null : EncodingNamed(EncodingFor(model))?.IfLoaded(); // never waited for: ~4 characters a token while it loads
         var completion = 0;
         var read = false;
         foreach (var choice in answer?.Choices ?? [])
