@@ -81,6 +81,9 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             await ThinkingRecall.RecallAsync(store, scope, request, aborted); // a tool loop's thinking, given back to Claude
         }
 
+        // An upstream answer or chunk in the gateway's own shape is written as it came (the gateway's own queue only:
+        // one of the user's in between may change the objects).
+        request.Gateway.KeepsUpstreamJson = ServerSubmit.WritesUpstreamJson(queue);
         if (request.Stream == true)
         {
             await StreamAsync(ctx, request, scope, aborted);
@@ -92,7 +95,14 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
             await ThinkingRecall.RememberAsync(store, scope, request, response); // before the answer goes out: the next step may come at once
             headers.WriteGatewayHeaders(ctx, request, response.Gateway);
-            await JsonBody.WriteAsync(ctx.Response, response, GatewayJsonContext.Default.ChatCompletionResponse, aborted);
+            if (response.TakeUpstreamJson(out var upstream, out var length))
+            {
+                await JsonBody.WriteUpstreamAsync(ctx.Response, upstream, length, aborted);
+            }
+            else
+            {
+                await JsonBody.WriteAsync(ctx.Response, response, GatewayJsonContext.Default.ChatCompletionResponse, aborted);
+            }
         }
         catch (Exception ex) when (ex is GatewayException or OperationCanceledException)
         {
@@ -143,7 +153,6 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         var includeUsage = request.StreamOptions?.IncludeUsage == true;
         var continuousUsage = ContinuousUsage(request);
         var flushEach = !ServerSubmit.MarksBursts(queue);
-        request.Gateway!.KeepsEventJson = true; // an upstream chunk in the gateway's own shape is written as it came
         await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
         var started = false;
         try

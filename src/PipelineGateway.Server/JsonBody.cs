@@ -161,6 +161,20 @@ internal static partial class JsonBody
         await response.BodyWriter.FlushAsync(cancellationToken);
     }
 
+    /// <summary>
+    /// Writes an upstream's answer as it came (<see cref="ChatCompletionResponse.UpstreamJson"/>, taken from the
+    /// response) as the whole body, with its Content-Length; the rented buffer goes back to the pool once copied into
+    /// Kestrel's, before the first await.
+    /// </summary>
+    public static async Task WriteUpstreamAsync(HttpResponse response, byte[] rented, int length, CancellationToken cancellationToken)
+    {
+        response.ContentType = "application/json";
+        response.ContentLength = length;
+        response.BodyWriter.Write(rented.AsSpan(0, length));
+        ArrayPool<byte>.Shared.Return(rented);
+        await response.BodyWriter.FlushAsync(cancellationToken);
+    }
+
     private const int MaxKeptBuffer = 64 * 1024;
 
     [ThreadStatic]

@@ -38,6 +38,13 @@ internal static class ServerSubmit
     /// </summary>
     public static bool MarksBursts(IGatewayQueue queue) => queue is GatewayQueue;
 
+    /// <summary>
+    /// True when the endpoint may write an upstream's bytes in place of the answer or chunk read from them
+    /// (<see cref="GatewayRequestOptions.KeepsUpstreamJson"/>): the gateway's own queue, which drops them wherever it
+    /// changes what it read. A queue of the user's own in between may change the objects; then they are written.
+    /// </summary>
+    public static bool WritesUpstreamJson(IGatewayQueue queue) => queue is GatewayQueue;
+
     /// <summary>A streamed request, fail-fast, its chunks handed to the endpoint on the worker's thread as they arrive (same reasoning).</summary>
     public static IAsyncEnumerable<ChatCompletionChunk> StreamAsync(IGatewayQueue queue, ChatCompletionRequest request, CancellationToken cancellationToken) =>
         queue is GatewayQueue own

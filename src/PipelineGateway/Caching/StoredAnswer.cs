@@ -37,7 +37,12 @@ internal sealed class StoredAnswer
     /// <summary>Captures an answer before anyone else holds it (its <see cref="ChatCompletionResponse.Gateway"/> info included).</summary>
     public static StoredAnswer From(ChatCompletionResponse response) => response.Operation is { } operation
         ? new(Providers.Operations.ToJson(response), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0, operation.Kind)
-        : new(JsonSerializer.SerializeToUtf8Bytes(response, GatewayJsonContext.Default.ChatCompletionResponse), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0);
+        : new(AnswerBytes(response), response.Gateway?.Provider ?? "cache", response.Gateway?.ProviderModel ?? response.Model, response.Gateway?.Cost ?? 0);
+
+    /// <summary>A chat answer's JSON: its upstream bytes when it still holds them (they say what writing it would), else written.</summary>
+    private static byte[] AnswerBytes(ChatCompletionResponse response) => response.HasUpstreamJson
+        ? response.UpstreamJson.ToArray()
+        : JsonSerializer.SerializeToUtf8Bytes(response, GatewayJsonContext.Default.ChatCompletionResponse);
 
     /// <summary>
     /// A new, independent copy of the answer (without gateway info: whoever serves it attaches the caller's own). Another

@@ -443,7 +443,12 @@ internal sealed partial class ProviderWorkerPool
     {
         var services = _services!;
         ProviderAnswer.Fill(response, item, deployment.Model, _time);
-        response.Usage ??= Admission.TokenCounter.EstimateUsage(item.Request, response, 0, deployment.Model, item.PromptTokensIfCounted);
+        if (response.Usage is null)
+        {
+            response.Usage = Admission.TokenCounter.EstimateUsage(item.Request, response, 0, deployment.Model, item.PromptTokensIfCounted);
+            response.DropUpstreamJson(); // the estimate is written: the upstream's bytes had none (kept bytes always have one)
+        }
+
         response.Gateway = ResponseInfo.Answered(item, deployment, response.Usage, services.Pricing, _time, now: ended);
         services.Cache.Store(item, response);
         item.TryComplete(response, fromWorker: true);

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
@@ -49,18 +48,12 @@ public sealed class ChatCompletionChunk
     /// event was in the shape the gateway writes (every member it always writes present once, no line break, valid
     /// UTF-8, no usage) — the SSE endpoint then forwards them instead of re-serializing the chunk (issue 21: writing
     /// each chunk again is work a byte-copying proxy does not do; docs/benchmarks.md). Only for a request whose endpoint
-    /// asked (<see cref="GatewayRequestOptions.KeepsEventJson"/>); dropped by anything in the gateway that changes the
+    /// asked (<see cref="GatewayRequestOptions.KeepsUpstreamJson"/>); dropped by anything in the gateway that changes the
     /// chunk before it is written (<see cref="Providers.ProviderAnswer.Fill(ChatCompletionChunk, ref string?, ref long, Pipeline.WorkItem, string, TimeProvider)"/>,
-    /// the endpoint when it changes a chunk's usage).
-    /// <para>
-    /// The bytes are in a buffer rented from <see cref="ArrayPool{T}.Shared"/> (a copy per event was 30% of what a
-    /// streamed event allocated). Ownership is strict: the chunk owns the buffer until <see cref="TakeEventJson"/> hands
-    /// it to the one writer, which returns it after copying it out; a buffer dropped (<see cref="DropEventJson"/>) or
-    /// never taken (a stream cut short) is left to the GC, never returned, since whoever drops it cannot know it is its
-    /// last reader.
-    /// </para>
+    /// the endpoint when it changes a chunk's usage). Held in a pooled buffer the chunk owns until
+    /// <see cref="TakeEventJson"/> hands it to the one writer (<see cref="Serialization.KeptJson"/>).
     /// </summary>
-    internal ReadOnlySpan<byte> EventJson => _eventJson is null ? default : _eventJson.AsSpan(0, _eventJsonLength);
+    internal ReadOnlySpan<byte> EventJson => _eventJson.Span;
 
     /// <summary>
     /// Claude's content event as it came (its name and JSON, on one line), for a <c>/v1/messages</c> caller streaming from
@@ -157,10 +150,9 @@ public sealed class ChatCompletionChunk
     private ClaudeState Claude => _claude ??= new ClaudeState();
 
     /// <summary>True while the chunk holds its upstream bytes (<see cref="EventJson"/>).</summary>
-    internal bool HasEventJson => _eventJson is not null;
+    internal bool HasEventJson => _eventJson.IsHeld;
 
-    private byte[]? _eventJson;
-    private int _eventJsonLength;
+    private Serialization.KeptJson _eventJson;
     private bool _membersUnread;
     private List<ChunkChoice>? _choices;
 
@@ -274,7 +266,7 @@ public sealed class ChatCompletionChunk
     /// <summary>The choices the read skimmed, read from the event's bytes.</summary>
     private List<ChunkChoice> ReadChoices()
     {
-        if (_eventJson is null)
+        if (!_eventJson.IsHeld)
         {
             // Only the writer takes the bytes, and it is the chunk's last reader: reaching here is a gateway bug.
             throw new InvalidOperationException("The chunk's choices were forwarded as its upstream bytes, which were released; they can no longer be read.");
@@ -292,10 +284,7 @@ public sealed class ChatCompletionChunk
     /// </summary>
     internal void KeepEventJson(ReadOnlySpan<byte> json, bool membersUnread)
     {
-        var buffer = ArrayPool<byte>.Shared.Rent(json.Length);
-        json.CopyTo(buffer);
-        _eventJson = buffer;
-        _eventJsonLength = json.Length;
+        _eventJson.Keep(json);
         _membersUnread = membersUnread;
     }
 
@@ -305,7 +294,7 @@ public sealed class ChatCompletionChunk
     /// </summary>
     internal void DropEventJson()
     {
-        if (_eventJson is not null && (_membersUnread || _choicesUnread))
+        if (_eventJson.IsHeld && (_membersUnread || _choicesUnread))
         {
             var read = JsonSerializer.Deserialize(EventJson, GatewayJsonContext.Default.ChatCompletionChunk);
             if (_membersUnread)
@@ -319,20 +308,12 @@ public sealed class ChatCompletionChunk
             }
         }
 
-        _eventJson = null;
+        _eventJson.Drop();
     }
 
-    /// <summary>
-    /// Hands the bytes' buffer to the caller, which writes <paramref name="length"/> bytes of it and then returns it to
-    /// <see cref="ArrayPool{T}.Shared"/>; the chunk lets go of it first, so nothing can read it after its return.
-    /// </summary>
-    internal bool TakeEventJson([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out byte[]? buffer, out int length)
-    {
-        buffer = _eventJson;
-        length = _eventJsonLength;
-        _eventJson = null;
-        return buffer is not null;
-    }
+    /// <summary>Hands the bytes' buffer to the one writer, which returns it to the pool (<see cref="Serialization.KeptJson.Take"/>).</summary>
+    internal bool TakeEventJson([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out byte[]? buffer, out int length) =>
+        _eventJson.Take(out buffer, out length);
 }
 
 public sealed class ChunkChoice

@@ -169,11 +169,11 @@ public sealed class GatewayRequestOptions
     internal long RequestSequence { get; set; }
 
     /// <summary>
-    /// Set by the OpenAI SSE endpoint, which can write a streamed chunk's upstream bytes as they came: the OpenAI adapter
-    /// then keeps them on each chunk in the gateway's own shape (<see cref="ChatCompletionChunk.EventJson"/>). Nobody
-    /// else pays the copy.
+    /// Set by the OpenAI chat endpoint, which can write an upstream's bytes as they came: the OpenAI adapter then keeps
+    /// them on each streamed chunk (<see cref="ChatCompletionChunk.EventJson"/>) and on a whole answer
+    /// (<see cref="ChatCompletionResponse.UpstreamJson"/>) in the gateway's own shape. Nobody else pays the copy.
     /// </summary>
-    internal bool KeepsEventJson { get; set; }
+    internal bool KeepsUpstreamJson { get; set; }
 
     /// <summary>
     /// Set by the <c>/v1/messages</c> SSE endpoint: an Anthropic deployment's content events are kept on the chunks as they

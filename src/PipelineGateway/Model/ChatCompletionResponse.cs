@@ -41,6 +41,32 @@ public sealed class ChatCompletionResponse
     /// <summary>The finish reason of the first choice.</summary>
     [JsonIgnore]
     public string? FinishReason => Choices.Count > 0 ? Choices[0].FinishReason : null;
+
+    /// <summary>
+    /// The upstream's answer exactly as received, when writing those bytes says what writing this response would: the
+    /// answer was in the shape the gateway writes (<see cref="AnswerJson.ReadAnswer"/>) — the chat endpoint then writes
+    /// them instead of serializing the response again (issue 21; docs/benchmarks.md). Only for a request whose endpoint
+    /// asked (<see cref="GatewayRequestOptions.KeepsUpstreamJson"/>); dropped by anything in the gateway that changes the
+    /// answer before it is written (<see cref="Providers.ProviderAnswer"/>'s checks and fills, an estimated usage). Held
+    /// in a pooled buffer the response owns until <see cref="TakeUpstreamJson"/> hands it to the one writer
+    /// (<see cref="Serialization.KeptJson"/>). The response itself is always read in full: everything after the worker
+    /// (cache, accounting, the request log) reads the object.
+    /// </summary>
+    internal ReadOnlySpan<byte> UpstreamJson => _upstreamJson.Span;
+
+    /// <summary>True while the response holds its upstream bytes (<see cref="UpstreamJson"/>).</summary>
+    internal bool HasUpstreamJson => _upstreamJson.IsHeld;
+
+    private Serialization.KeptJson _upstreamJson;
+
+    internal void KeepUpstreamJson(ReadOnlySpan<byte> json) => _upstreamJson.Keep(json);
+
+    /// <summary>The response no longer writes as its upstream bytes (it was or is about to be changed).</summary>
+    internal void DropUpstreamJson() => _upstreamJson.Drop();
+
+    /// <summary>Hands the bytes' buffer to the one writer, which returns it to the pool (<see cref="Serialization.KeptJson.Take"/>).</summary>
+    internal bool TakeUpstreamJson([System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out byte[]? buffer, out int length) =>
+        _upstreamJson.Take(out buffer, out length);
 }
 
 public sealed class ChatChoice

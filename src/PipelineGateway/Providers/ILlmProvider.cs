@@ -33,7 +33,7 @@ public readonly record struct ProviderRequest(ChatCompletionRequest Request, str
     public DateTimeOffset? Deadline { get; init; }
 
     /// <summary>
-    /// A streamed chunk that keeps its upstream bytes (<see cref="GatewayRequestOptions.KeepsEventJson"/>) may leave its
+    /// A streamed chunk that keeps its upstream bytes (<see cref="GatewayRequestOptions.KeepsUpstreamJson"/>) may leave its
     /// choices in them (<see cref="ChatCompletionChunk.ChoicesUnread"/>): nothing in the gateway reads them on the way
     /// (no cached answer is being built from the chunks).
     /// </summary>

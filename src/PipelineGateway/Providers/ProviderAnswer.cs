@@ -30,12 +30,21 @@ internal static class ProviderAnswer
             // A whole answer always ended: one whose upstream gave no finish reason (a server that speaks the format
             // loosely, a custom provider) ended its turn — with its calls, if it made some — rather than leave the
             // OpenAI schema's required finish_reason out of what the caller, the log and the Responses API read.
-            choice.FinishReason ??= choice.Message?.ToolCalls is { Count: > 0 } ? FinishReasons.ToolCalls : FinishReasons.Stop;
+            if (choice.FinishReason is null)
+            {
+                choice.FinishReason = choice.Message?.ToolCalls is { Count: > 0 } ? FinishReasons.ToolCalls : FinishReasons.Stop;
+                response.DropUpstreamJson(); // changed: no longer what the upstream's bytes say
+            }
         }
 
         if (response.Usage is { } usage)
         {
+            var total = usage.TotalTokens;
             response.Usage = Billable(usage);
+            if (response.Usage is null || response.Usage.TotalTokens != total)
+            {
+                response.DropUpstreamJson();
+            }
         }
 
         return response;
@@ -100,36 +109,53 @@ internal static class ProviderAnswer
     /// Fills what the OpenAI schema requires of an answer and the provider left out (null or empty): <c>id</c> (from the
     /// gateway's request id), <c>object</c>, <c>created</c> (now), <c>model</c> (the deployment's) and each message's
     /// role (<c>assistant</c>; a choice without a message gets an empty assistant message). SDKs read these as present.
+    /// A response that gets anything filled no longer writes as its upstream bytes (<see cref="ChatCompletionResponse.UpstreamJson"/>).
     /// </summary>
     public static void Fill(ChatCompletionResponse response, Pipeline.WorkItem item, string model, TimeProvider time)
     {
+        var filled = false;
         if (string.IsNullOrEmpty(response.Id))
         {
             response.Id = (response.Operation?.Kind == OperationKind.Moderations ? "modr-" : "chatcmpl-") + item.RequestId; // an id in the API's own form
+            filled = true;
         }
 
         if (string.IsNullOrEmpty(response.Object))
         {
             response.Object = ChatCompletionResponse.ObjectName;
+            filled = true;
         }
 
         if (response.Created <= 0)
         {
             response.Created = time.GetUtcNow().ToUnixTimeSeconds();
+            filled = true;
         }
 
         if (string.IsNullOrEmpty(response.Model))
         {
             response.Model = model;
+            filled = true;
         }
 
         foreach (var choice in response.Choices)
         {
-            choice.Message ??= new ChatCompletionMessage();
+            if (choice.Message is null)
+            {
+                choice.Message = new ChatCompletionMessage();
+                filled = true;
+            }
+
             if (string.IsNullOrEmpty(choice.Message.Role))
             {
                 choice.Message.Role = ChatRoles.Assistant;
+                filled = true;
             }
+        }
+
+        if (filled)
+        {
+            response.DropUpstreamJson(); // the reader keeps the bytes only when nothing is missing: this is a safeguard
         }
     }
 

@@ -30,32 +30,82 @@ internal static class AnswerJson
         Expect(ref r, JsonTokenType.StartObject, "a chat completion", "an object");
         var value = new ChatCompletionResponse();
         var fresh = value.Choices; // the constructor's empty list: filled rather than replaced
+        var seen = 0; // choices, id, model, created, object, usage: the writer writes each once (usage when there is one)
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("choices"u8)) { Value(ref r); value.Choices = ReadList(ref r, ReadChoice, "'choices'", Take(ref fresh))!; }
-            else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = String(ref r, "'id'")!; }
-            else if (r.ValueTextEquals("usage"u8)) { Value(ref r); value.Usage = ReadUsage(ref r); }
-            else if (r.ValueTextEquals("model"u8)) { Value(ref r); value.Model = RepeatedStrings.Recently(ref r) ?? String(ref r, "'model'")!; }
-            else if (r.ValueTextEquals("created"u8)) { Value(ref r); value.Created = Int64(ref r, "'created'"); }
-            else if (r.ValueTextEquals("object"u8)) { Value(ref r); value.Object = RepeatedStrings.Object(ref r) ?? String(ref r, "'object'")!; }
-            else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = RepeatedStrings.Recently(ref r) ?? String(ref r, "'system_fingerprint'"); }
-            else if (r.ValueTextEquals("content"u8) || r.ValueTextEquals("finish_reason"u8) || r.ValueTextEquals("gateway"u8)) { Skip(ref r); } // [JsonIgnore] members: dropped, not kept
+            if (r.ValueTextEquals("choices"u8)) { Seen(ref seen, 1); Value(ref r); value.Choices = ReadList(ref r, ReadChoice, "'choices'", Take(ref fresh))!; }
+            else if (r.ValueTextEquals("id"u8)) { Seen(ref seen, 2); Value(ref r); value.Id = String(ref r, "'id'")!; }
+            else if (r.ValueTextEquals("usage"u8)) { Seen(ref seen, 32); Value(ref r); value.Usage = ReadUsage(ref r); }
+            else if (r.ValueTextEquals("model"u8)) { Seen(ref seen, 4); Value(ref r); value.Model = RepeatedStrings.Recently(ref r) ?? String(ref r, "'model'")!; }
+            else if (r.ValueTextEquals("created"u8)) { Seen(ref seen, 8); Value(ref r); value.Created = Int64(ref r, "'created'"); }
+            else if (r.ValueTextEquals("object"u8)) { Seen(ref seen, 16); Value(ref r); value.Object = RepeatedStrings.Object(ref r) ?? String(ref r, "'object'")!; }
+            else if (r.ValueTextEquals("system_fingerprint"u8)) { Seen(ref seen, 64); Value(ref r); value.SystemFingerprint = RepeatedStrings.Recently(ref r) ?? String(ref r, "'system_fingerprint'"); }
+            else if (r.ValueTextEquals("content"u8) || r.ValueTextEquals("finish_reason"u8) || r.ValueTextEquals("gateway"u8)) { t_offShape = true; Skip(ref r); } // [JsonIgnore] members: dropped, not kept
             else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
+        }
+
+        if ((seen & 63) != 63)
+        {
+            t_offShape = true;
         }
 
         return value;
     }
 
     /// <summary>
-    /// Set on this thread by the chunk readers when the chunk just read is not in the shape <see cref="WriteChunk"/>
-    /// writes — a member it always writes is missing (<c>id</c>, <c>object</c>, <c>created</c>, <c>model</c>,
-    /// <c>choices</c>; a choice's <c>index</c>, <c>delta</c>, <c>finish_reason</c>, <c>logprobs</c>), a member it writes once
-    /// came twice, or a <c>gateway</c> member was dropped — so its bytes may not stand in for the object
-    /// (<see cref="ChatCompletionChunk.EventJson"/>). Reset and read by <see cref="ReadStreamChunk"/> around one
-    /// chunk's read, which never awaits.
+    /// Reads a whole answer as the OpenAI adapter receives it (with the serializer, which also refuses anything after the
+    /// value). <paramref name="keepJson"/>: the response also keeps the body's bytes when writing them says what writing
+    /// the response would (<see cref="ChatCompletionResponse.UpstreamJson"/>) — the answer is in the writer's shape:
+    /// <c>id</c>, <c>object</c>, <c>created</c>, <c>model</c>, <c>choices</c> and <c>usage</c> once each and nothing
+    /// left for the gateway to fill or fix; each choice with <c>index</c>, <c>message</c>, <c>finish_reason</c> (a
+    /// string) and <c>logprobs</c> once each; each message with <c>role</c>, <c>content</c> (a string or null) and
+    /// <c>refusal</c> once each, tool calls not an empty list; usage with its three counts once each; no member given
+    /// twice anywhere the gateway reads it (a client might read the other one); no <c>gateway</c> member; valid UTF-8.
+    /// Members the gateway does not model inside a choice or a tool call are in the bytes and not in the object (the
+    /// writer drops them), as with stream events. Whitespace and member order are the upstream's.
+    /// </summary>
+    public static ChatCompletionResponse? ReadAnswer(ReadOnlySpan<byte> data, bool keepJson)
+    {
+        t_offShape = false;
+        var response = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionResponse);
+        if (keepJson && response is not null && !t_offShape && WritesAsItself(response) && Utf8.IsValid(data))
+        {
+            response.KeepUpstreamJson(data);
+        }
+
+        return response;
+    }
+
+    /// <summary>Nothing in a whole answer is left for <see cref="Providers.ProviderAnswer"/> or the worker to fill.</summary>
+    private static bool WritesAsItself(ChatCompletionResponse response)
+    {
+        if (response is not { Usage: not null, Id.Length: > 0, Object.Length: > 0, Created: > 0, Model.Length: > 0, Choices: { } choices })
+        {
+            return false;
+        }
+
+        foreach (var choice in choices)
+        {
+            if (choice is not { FinishReason: not null, Message: { Role.Length: > 0 } message } || message.ToolCalls is { Count: 0 })
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// Set on this thread by the readers when the chunk or answer just read is not in the shape <see cref="WriteChunk"/>
+    /// or <see cref="WriteResponse"/> writes — a member it always writes is missing (<c>id</c>, <c>object</c>,
+    /// <c>created</c>, <c>model</c>, <c>choices</c>; a choice's <c>index</c>, <c>delta</c> or <c>message</c>,
+    /// <c>finish_reason</c>, <c>logprobs</c>; …), a member it writes once came twice, or a member it drops was dropped
+    /// (<c>gateway</c>) — so its bytes may not stand in for the object (<see cref="ChatCompletionChunk.EventJson"/>,
+    /// <see cref="ChatCompletionResponse.UpstreamJson"/>). Reset and read by <see cref="ReadStreamChunk"/> and
+    /// <see cref="ReadAnswer"/> around one read, which never awaits; other reads (requests) may set it, unread.
     /// </summary>
     [ThreadStatic]
-    internal static bool t_chunkOffShape;
+    internal static bool t_offShape;
 
     /// <summary>
     /// Set around a chunk's read when its bytes may be kept (<see cref="ReadStreamChunk"/>): top-level members
@@ -83,7 +133,7 @@ internal static class AnswerJson
         }
 
         RepeatedStrings.t_streamId = previousId;
-        t_chunkOffShape = false;
+        t_offShape = false;
         t_chunkSkipUnknown = keepEventJson;
         t_chunkSkipped = false;
         try
@@ -361,7 +411,7 @@ internal static class AnswerJson
     /// endpoint changes its usage (the request's cost, or none when the caller did not ask) and writes it anew.
     /// </summary>
     private static bool WritesAsItself(ChatCompletionChunk chunk, ReadOnlySpan<byte> data) =>
-        !t_chunkOffShape
+        !t_offShape
         && chunk is { Usage: null, Choices: not null }
         && NothingToFill(chunk)
         && OneLineOfUtf8(data);
@@ -388,25 +438,25 @@ internal static class AnswerJson
             else if (r.ValueTextEquals("created"u8)) { Seen(ref seen, 8); Value(ref r); value.Created = Int64(ref r, "'created'"); }
             else if (r.ValueTextEquals("object"u8)) { Seen(ref seen, 16); Value(ref r); value.Object = RepeatedStrings.Object(ref r) ?? String(ref r, "'object'")!; }
             else if (r.ValueTextEquals("system_fingerprint"u8)) { Value(ref r); value.SystemFingerprint = RepeatedStrings.Recently(ref r) ?? String(ref r, "'system_fingerprint'"); }
-            else if (r.ValueTextEquals("gateway"u8)) { t_chunkOffShape = true; Skip(ref r); } // a [JsonIgnore] member: dropped, not kept
+            else if (r.ValueTextEquals("gateway"u8)) { t_offShape = true; Skip(ref r); } // a [JsonIgnore] member: dropped, not kept
             else if (t_chunkSkipUnknown && !r.ValueTextEquals("error"u8)) { t_chunkSkipped = true; Skip(ref r); }
             else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
         }
 
         if (seen != 31)
         {
-            t_chunkOffShape = true;
+            t_offShape = true;
         }
 
         return value;
     }
 
-    /// <summary>Notes a member that the chunk writer writes once: a second one puts the chunk off its shape.</summary>
+    /// <summary>Notes a member that the writers write once: a second one puts the chunk or answer off their shape.</summary>
     private static void Seen(ref int seen, int member)
     {
         if (!Once(ref seen, member))
         {
-            t_chunkOffShape = true;
+            t_offShape = true;
         }
     }
 
@@ -418,13 +468,19 @@ internal static class AnswerJson
         }
 
         var value = new ChatChoice();
+        var seen = 0; // message, index, finish_reason, logprobs: the writer writes each once
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("message"u8)) { Value(ref r); value.Message = ReadMessage(ref r); }
-            else if (r.ValueTextEquals("index"u8)) { Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
-            else if (r.ValueTextEquals("finish_reason"u8)) { Value(ref r); value.FinishReason = RepeatedStrings.FinishReason(ref r) ?? String(ref r, "'finish_reason'"); }
-            else if (r.ValueTextEquals("logprobs"u8)) { Value(ref r); value.Logprobs = OptionalElement(ref r); }
+            if (r.ValueTextEquals("message"u8)) { Seen(ref seen, 1); Value(ref r); value.Message = ReadMessage(ref r); }
+            else if (r.ValueTextEquals("index"u8)) { Seen(ref seen, 2); Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
+            else if (r.ValueTextEquals("finish_reason"u8)) { Seen(ref seen, 4); Value(ref r); value.FinishReason = RepeatedStrings.FinishReason(ref r) ?? String(ref r, "'finish_reason'"); }
+            else if (r.ValueTextEquals("logprobs"u8)) { Seen(ref seen, 8); Value(ref r); value.Logprobs = OptionalElement(ref r); }
             else { Skip(ref r); }
+        }
+
+        if (seen != 15)
+        {
+            t_offShape = true;
         }
 
         return value;
@@ -451,7 +507,7 @@ internal static class AnswerJson
 
         if (seen != 15)
         {
-            t_chunkOffShape = true;
+            t_offShape = true;
         }
 
         return value;
@@ -487,15 +543,21 @@ internal static class AnswerJson
         }
 
         var value = new ChatCompletionMessage();
+        var seen = 0; // role, content and refusal the answer writer always writes; each member once
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("content"u8)) { Value(ref r); value.Content = ReadContent(ref r); }
-            else if (r.ValueTextEquals("role"u8)) { Value(ref r); value.Role = RepeatedStrings.Role(ref r) ?? String(ref r, "'role'")!; }
-            else if (r.ValueTextEquals("refusal"u8)) { Value(ref r); value.Refusal = String(ref r, "'refusal'"); }
-            else if (r.ValueTextEquals("tool_calls"u8)) { Value(ref r); value.ToolCalls = ReadList(ref r, ReadToolCall, "'tool_calls'"); }
-            else if (r.ValueTextEquals("name"u8)) { Value(ref r); value.Name = String(ref r, "'name'"); }
-            else if (r.ValueTextEquals("tool_call_id"u8)) { Value(ref r); value.ToolCallId = String(ref r, "'tool_call_id'"); }
+            if (r.ValueTextEquals("content"u8)) { Seen(ref seen, 1); Value(ref r); value.Content = ReadContent(ref r); t_offShape |= value.Content?.Parts is not null; }
+            else if (r.ValueTextEquals("role"u8)) { Seen(ref seen, 2); Value(ref r); value.Role = RepeatedStrings.Role(ref r) ?? String(ref r, "'role'")!; }
+            else if (r.ValueTextEquals("refusal"u8)) { Seen(ref seen, 4); Value(ref r); value.Refusal = String(ref r, "'refusal'"); }
+            else if (r.ValueTextEquals("tool_calls"u8)) { Seen(ref seen, 8); Value(ref r); value.ToolCalls = ReadList(ref r, ReadToolCall, "'tool_calls'"); }
+            else if (r.ValueTextEquals("name"u8)) { Seen(ref seen, 16); Value(ref r); value.Name = String(ref r, "'name'"); }
+            else if (r.ValueTextEquals("tool_call_id"u8)) { Seen(ref seen, 32); Value(ref r); value.ToolCallId = String(ref r, "'tool_call_id'"); }
             else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
+        }
+
+        if ((seen & 7) != 7)
+        {
+            t_offShape = true;
         }
 
         return value;
@@ -555,12 +617,13 @@ internal static class AnswerJson
         }
 
         var value = new ToolCall();
+        var seen = 0;
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("function"u8)) { Value(ref r); value.Function = ReadFunctionCall(ref r); }
-            else if (r.ValueTextEquals("id"u8)) { Value(ref r); value.Id = String(ref r, "a tool call's 'id'"); }
-            else if (r.ValueTextEquals("type"u8)) { Value(ref r); value.Type = String(ref r, "a tool call's 'type'"); }
-            else if (r.ValueTextEquals("index"u8)) { Value(ref r); value.Index = r.TokenType == JsonTokenType.Null ? null : Int32(ref r, "a tool call's 'index'"); }
+            if (r.ValueTextEquals("function"u8)) { Seen(ref seen, 1); Value(ref r); value.Function = ReadFunctionCall(ref r); }
+            else if (r.ValueTextEquals("id"u8)) { Seen(ref seen, 2); Value(ref r); value.Id = String(ref r, "a tool call's 'id'"); }
+            else if (r.ValueTextEquals("type"u8)) { Seen(ref seen, 4); Value(ref r); value.Type = String(ref r, "a tool call's 'type'"); }
+            else if (r.ValueTextEquals("index"u8)) { Seen(ref seen, 8); Value(ref r); value.Index = r.TokenType == JsonTokenType.Null ? null : Int32(ref r, "a tool call's 'index'"); }
             else { Skip(ref r); }
         }
 
@@ -575,10 +638,11 @@ internal static class AnswerJson
         }
 
         var value = new FunctionCall();
+        var seen = 0;
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("arguments"u8)) { Value(ref r); value.Arguments = String(ref r, "'arguments'"); }
-            else if (r.ValueTextEquals("name"u8)) { Value(ref r); value.Name = String(ref r, "a function's 'name'"); }
+            if (r.ValueTextEquals("arguments"u8)) { Seen(ref seen, 1); Value(ref r); value.Arguments = String(ref r, "'arguments'"); }
+            else if (r.ValueTextEquals("name"u8)) { Seen(ref seen, 2); Value(ref r); value.Name = String(ref r, "a function's 'name'"); }
             else { Skip(ref r); }
         }
 
@@ -593,12 +657,18 @@ internal static class AnswerJson
         }
 
         var value = new TokenUsage();
+        var seen = 0; // the writer writes the three counts, once each
         while (NextProperty(ref r))
         {
-            if (r.ValueTextEquals("prompt_tokens"u8)) { Value(ref r); value.PromptTokens = Int32(ref r, "'prompt_tokens'"); }
-            else if (r.ValueTextEquals("completion_tokens"u8)) { Value(ref r); value.CompletionTokens = Int32(ref r, "'completion_tokens'"); }
-            else if (r.ValueTextEquals("total_tokens"u8)) { Value(ref r); value.TotalTokens = Int32(ref r, "'total_tokens'"); }
+            if (r.ValueTextEquals("prompt_tokens"u8)) { Seen(ref seen, 1); Value(ref r); value.PromptTokens = Int32(ref r, "'prompt_tokens'"); }
+            else if (r.ValueTextEquals("completion_tokens"u8)) { Seen(ref seen, 2); Value(ref r); value.CompletionTokens = Int32(ref r, "'completion_tokens'"); }
+            else if (r.ValueTextEquals("total_tokens"u8)) { Seen(ref seen, 4); Value(ref r); value.TotalTokens = Int32(ref r, "'total_tokens'"); }
             else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
+        }
+
+        if (seen != 7)
+        {
+            t_offShape = true;
         }
 
         return value;
@@ -674,7 +744,7 @@ internal static class AnswerJson
     }
 
     /// <summary>
-    /// An unknown field, kept: the last of two same-named ones wins, and a name that is not valid UTF-8 is decoded with
+    /// An unknown field, kept: the last of two same-named ones wins (the read is then off the writer's shape), and a name that is not valid UTF-8 is decoded with
     /// replacement characters rather than refused, both as the serializer's extension data does.
     /// </summary>
     private static Dictionary<string, JsonElement> Extension(ref Utf8JsonReader r, Dictionary<string, JsonElement>? extra)
@@ -682,7 +752,9 @@ internal static class AnswerJson
         var name = r.ValueIsEscaped || r.HasValueSequence ? UnescapedName(ref r) : Encoding.UTF8.GetString(r.ValueSpan);
         r.Read();
         extra ??= [];
-        extra[name] = JsonElement.ParseValue(ref r);
+        ref var slot = ref System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrAddDefault(extra, name, out var twice);
+        slot = JsonElement.ParseValue(ref r);
+        t_offShape |= twice; // a client reading the bytes might take the first
         return extra;
     }
 

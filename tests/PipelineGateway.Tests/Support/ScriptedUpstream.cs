@@ -244,15 +244,11 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case "sse-echo":
                 // The SSE body the test chose, any bytes at all, carried as the request's last message (a header holds
                 // neither line breaks nor UTF-8): sent as it is, after headers that say event-stream.
-                using (var request = await System.Text.Json.JsonDocument.ParseAsync(ctx.Request.Body))
-                {
-                    var messages = request.RootElement.GetProperty("messages");
-                    var content = messages[messages.GetArrayLength() - 1].GetProperty("content");
-                    // An Anthropic request carries the text as a block.
-                    var sse = content.ValueKind == System.Text.Json.JsonValueKind.Array ? content[0].GetProperty("text").GetString()! : content.GetString()!;
-                    await Raw(ctx, 200, "text/event-stream", sse);
-                }
-
+                await Raw(ctx, 200, "text/event-stream", await LastMessageAsync(ctx));
+                break;
+            case "body-echo":
+                // The same for a whole answer: the JSON body the test chose, sent as it is with a 200.
+                await Raw(ctx, 200, "application/json", await LastMessageAsync(ctx));
                 break;
             case "strict-200":
                 // A strict OpenAI-compatible server (Fireworks, Kimi): a member it does not know is a 400 naming it.
@@ -336,6 +332,15 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     }
 
     /// <summary>The first of Anthropic's own members anywhere in a request body, as a strict OpenAI schema would find it.</summary>
+    /// <summary>The text of the request's last message (an Anthropic request carries it as a block).</summary>
+    private static async Task<string> LastMessageAsync(HttpContext ctx)
+    {
+        using var request = await System.Text.Json.JsonDocument.ParseAsync(ctx.Request.Body);
+        var messages = request.RootElement.GetProperty("messages");
+        var content = messages[messages.GetArrayLength() - 1].GetProperty("content");
+        return content.ValueKind == System.Text.Json.JsonValueKind.Array ? content[0].GetProperty("text").GetString()! : content.GetString()!;
+    }
+
     private static string? Unknown(System.Text.Json.JsonElement e)
     {
         switch (e.ValueKind)

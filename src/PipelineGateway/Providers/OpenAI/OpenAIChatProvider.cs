@@ -250,7 +250,8 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             return refusal is { } e ? throw UpstreamErrorIn(e, "its answer (with a 200)") : answer;
         }
 
-        var response = JsonSerializer.Deserialize(body, GatewayJsonContext.Default.ChatCompletionResponse)
+        // Kept as its bytes too when the chat endpoint writes them and they say what the gateway would write.
+        var response = AnswerJson.ReadAnswer(body, keepJson: request.Request.Gateway?.KeepsUpstreamJson == true)
             ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
 
         // An error sent with a 200 and no answer (some OpenAI-compatible servers and proxies do): a failure classified
@@ -283,7 +284,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             return new TextEvents(this, Math.Max(1, request.Request.TextCompletion!.Choices));
         }
 
-        var keep = request.Request.Gateway?.KeepsEventJson == true;
+        var keep = request.Request.Gateway?.KeepsUpstreamJson == true;
         return new Events(this, keep, skim: keep && request.ChoicesMayStayUnread, choices: Math.Max(1, request.Request.N ?? 1));
     }
 

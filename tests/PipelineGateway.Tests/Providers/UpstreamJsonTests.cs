@@ -1,0 +1,249 @@
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using CsCheck;
+using FluentAssertions;
+using PipelineGateway.Providers;
+
+namespace PipelineGateway.Tests.Providers;
+
+/// <summary>
+/// A whole answer keeps its upstream bytes (<see cref="ChatCompletionResponse.UpstreamJson"/>, which the chat endpoint
+/// writes instead of the response) only when they say what the gateway's own writing of the response says, and always
+/// when the answer is in the gateway's shape; whatever changes the response afterwards lets them go.
+/// </summary>
+public sealed class UpstreamJsonTests
+{
+    private static readonly JsonSerializerOptions Literal = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    [Fact]
+    public void Property_kept_bytes_always_mean_what_the_gateway_would_write_and_every_answer_in_its_shape_keeps_them()
+    {
+        // CsCheck, fixed seed: answers built member by member — each member the writer always writes present, missing,
+        // empty or given twice; optional members null, absent or set; unknown members at every level, one given twice;
+        // whitespace and line breaks between members; text arbitrary, escaped or literal UTF-8 — in any order.
+        var pcg = new PCG(35, 7);
+        var text = Gen.String[0, 24].Where(v => v.All(c => !char.IsSurrogate(c)));
+        int kept = 0, rewritten = 0;
+        for (var i = 0; i < 20_000; i++)
+        {
+            var inShape = true;
+            string Str() => JsonSerializer.Serialize(text.Generate(pcg, null, out _), pcg.Next() % 2 == 0 ? Literal : JsonSerializerOptions.Default);
+            bool OneIn(uint n) => pcg.Next() % n == 0;
+
+            // A member the writer always writes: present (its good value), left out, empty, or given twice.
+            void Always(List<string> members, string name, string good, string? empty = null)
+            {
+                switch (pcg.Next() % 40)
+                {
+                    case 0: inShape = false; return;
+                    case 1 when empty is not null: inShape = false; members.Add($"\"{name}\":{empty}"); return;
+                    case 2: inShape = false; members.Add($"\"{name}\":{good}"); break;
+                }
+
+                members.Add($"\"{name}\":{good}");
+            }
+
+            // A member the writer leaves out when null: absent, null or set; given twice now and then.
+            void Optional(List<string> members, string name, Func<string> value)
+            {
+                if (OneIn(2))
+                {
+                    return;
+                }
+
+                members.Add($"\"{name}\":{(OneIn(3) ? "null" : value())}");
+                if (OneIn(40))
+                {
+                    inShape = false;
+                    members.Add($"\"{name}\":{value()}");
+                }
+            }
+
+            string Object(List<string> members)
+            {
+                for (var k = members.Count - 1; k > 0; k--)
+                {
+                    var j = (int)(pcg.Next() % (uint)(k + 1));
+                    (members[k], members[j]) = (members[j], members[k]);
+                }
+
+                var between = new StringBuilder();
+                for (var k = 0; k < members.Count; k++)
+                {
+                    if (k > 0)
+                    {
+                        between.Append(OneIn(10) ? ",\n  " : OneIn(3) ? ", " : ",");
+                    }
+
+                    between.Append(members[k]);
+                }
+
+                return "{" + between + "}";
+            }
+
+            string ToolCall()
+            {
+                var call = new List<string> { "\"id\":\"call_1\"", "\"type\":\"function\"", $"\"function\":{{\"name\":\"f\",\"arguments\":{Str()}}}" };
+                if (OneIn(4)) { call.Add("\"index\":0"); }
+                if (OneIn(30)) { inShape = false; call.Add("\"id\":\"call_2\""); }
+                return Object(call);
+            }
+
+            string Choice()
+            {
+                var message = new List<string>();
+                Always(message, "role", "\"assistant\"", "\"\"");
+                Always(message, "content", OneIn(5) ? "null" : Str());
+                Always(message, "refusal", OneIn(6) ? Str() : "null");
+                Optional(message, "name", Str);
+                Optional(message, "tool_call_id", Str);
+                if (OneIn(6)) { message.Add("\"tool_calls\":[" + ToolCall() + (OneIn(3) ? "," + ToolCall() : "") + "]"); }
+                else if (OneIn(40)) { inShape = false; message.Add("\"tool_calls\":[]"); }
+                if (OneIn(3)) { message.Add("\"annotations\":[]"); }
+                if (OneIn(6)) { message.Add($"\"reasoning_content\":{Str()}"); }
+                if (OneIn(40)) { inShape = false; message.Add("\"audio\":1"); message.Add("\"audio\":2"); }
+                if (OneIn(40)) { inShape = false; message[message.FindIndex(m => m.StartsWith("\"content\"", StringComparison.Ordinal)) is var c and >= 0 ? c : 0] = "\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]"; }
+
+                var choice = new List<string>();
+                Always(choice, "index", "0");
+                Always(choice, "message", Object(message), "null");
+                Always(choice, "finish_reason", OneIn(4) ? "\"length\"" : "\"stop\"", "null");
+                Always(choice, "logprobs", OneIn(6) ? "{\"content\":[]}" : "null");
+                if (OneIn(6)) { choice.Add("\"content_filter_results\":{\"hate\":{\"filtered\":false}}"); }
+                return Object(choice);
+            }
+
+            var usage = new List<string>();
+            Always(usage, "prompt_tokens", "9");
+            Always(usage, "completion_tokens", "3");
+            Always(usage, "total_tokens", "12");
+            if (OneIn(3)) { usage.Add("\"prompt_tokens_details\":{\"cached_tokens\":0}"); }
+
+            var top = new List<string>();
+            Always(top, "id", "\"chatcmpl-AbC\"", "\"\"");
+            Always(top, "object", "\"chat.completion\"", "\"\"");
+            Always(top, "created", "1700000000", "0");
+            Always(top, "model", Str() is var model && model != "\"\"" ? model : "\"m\"", "\"\"");
+            Always(top, "choices", "[" + string.Join(",", Enumerable.Range(0, (int)(pcg.Next() % 3)).Select(_ => Choice())) + "]", "null");
+            Always(top, "usage", Object(usage), "null");
+            Optional(top, "system_fingerprint", () => "\"fp_1\"");
+            if (OneIn(20)) { inShape = false; top.Add("\"gateway\":{\"provider\":\"forged\"}"); }
+            if (OneIn(30)) { inShape = false; top.Add("\"finish_reason\":\"stop\""); }
+            if (OneIn(3)) { top.Add($"\"service_tier\":{Str()}"); }
+            if (OneIn(40)) { inShape = false; top.Add("\"extra\":1"); top.Add("\"extra\":2"); }
+            var bytes = Encoding.UTF8.GetBytes(Object(top));
+
+            ChatCompletionResponse answer, plain;
+            try
+            {
+                answer = AnswerJson.ReadAnswer(bytes, keepJson: true)!;
+            }
+            catch (JsonException)
+            {
+                // "choices": null and the like fail the read whether or not the bytes would be kept.
+                FluentActions.Invoking(() => AnswerJson.ReadAnswer(bytes, keepJson: false)).Should().Throw<JsonException>();
+                continue;
+            }
+
+            plain = AnswerJson.ReadAnswer(bytes, keepJson: false)!;
+            plain.HasUpstreamJson.Should().BeFalse("only a reader asked to keep the bytes keeps them");
+            var written = JsonSerializer.SerializeToUtf8Bytes(plain, GatewayJsonContext.Default.ChatCompletionResponse);
+            if (inShape)
+            {
+                answer.HasUpstreamJson.Should().BeTrue($"the answer is in the gateway's shape: {Encoding.UTF8.GetString(bytes)}");
+            }
+
+            var keptBytes = answer.HasUpstreamJson ? answer.UpstreamJson.ToArray() : null;
+            answer.DropUpstreamJson();
+            JsonSerializer.SerializeToUtf8Bytes(answer, GatewayJsonContext.Default.ChatCompletionResponse).Should().Equal(written,
+                "keeping the bytes changes nothing in what the response itself says");
+            if (keptBytes is not null)
+            {
+                kept++;
+                keptBytes.Should().Equal(bytes);
+                JsonNode.DeepEquals(Meaning(keptBytes), Meaning(written)).Should().BeTrue(
+                    $"the kept bytes must mean what the gateway writes:\n{Encoding.UTF8.GetString(keptBytes)}\n{Encoding.UTF8.GetString(written)}");
+            }
+            else
+            {
+                rewritten++;
+            }
+        }
+
+        (kept, rewritten).Should().Match<(int Kept, int Rewritten)>(c => c.Kept > 2_000 && c.Rewritten > 2_000, "both kinds of answer were generated");
+    }
+
+    [Fact]
+    public void The_bytes_go_to_one_writer_once()
+    {
+        var json = Encoding.UTF8.GetBytes(Answer);
+        var response = AnswerJson.ReadAnswer(json, keepJson: true)!;
+
+        response.TakeUpstreamJson(out var buffer, out var length).Should().BeTrue();
+        buffer!.AsSpan(0, length).ToArray().Should().Equal(json);
+        response.HasUpstreamJson.Should().BeFalse("the writer that took the buffer returns it to the pool: the response let go of it");
+        response.TakeUpstreamJson(out _, out _).Should().BeFalse("a second writer gets nothing, never a buffer already returned");
+        response.UpstreamJson.IsEmpty.Should().BeTrue();
+    }
+
+    private const string Answer = "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"m\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}";
+
+    /// <summary>Each change the worker makes to an answer after its read lets the bytes go (they no longer say what it does).</summary>
+    [Theory]
+    [InlineData("finish")]
+    [InlineData("usage")]
+    [InlineData("negative usage")]
+    [InlineData("fill")]
+    [InlineData("fill role")]
+    [InlineData("none")]
+    public void Whatever_the_worker_changes_lets_the_bytes_go(string change)
+    {
+        var response = AnswerJson.ReadAnswer(Encoding.UTF8.GetBytes(Answer), keepJson: true)!;
+        response.HasUpstreamJson.Should().BeTrue();
+        switch (change)
+        {
+            case "finish": response.Choices[0].FinishReason = null; break; // as a custom provider might leave it
+            case "usage": response.Usage!.TotalTokens = 1; break;
+            case "negative usage": response.Usage!.PromptTokens = -1; break;
+            case "fill": response.Created = 0; break;
+            case "fill role": response.Choices[0].Message!.Role = string.Empty; break;
+        }
+
+        ProviderAnswer.Accept(response, "p");
+        ProviderAnswer.Fill(response, item: null!, "m", TimeProvider.System); // the item only for a missing id
+
+        response.HasUpstreamJson.Should().Be(change == "none", change);
+    }
+
+    /// <summary>
+    /// What a client reads from an answer: the members the gateway's writer leaves out when null (a message's name,
+    /// say), and those it does not model inside a choice (which it drops and the upstream's bytes keep), aside.
+    /// </summary>
+    private static JsonNode Meaning(byte[] json)
+    {
+        var node = JsonNode.Parse(json)!.AsObject();
+        if (node.TryGetPropertyValue("system_fingerprint", out var fingerprint) && fingerprint is null)
+        {
+            node.Remove("system_fingerprint");
+        }
+
+        foreach (var choice in node["choices"]?.AsArray() ?? [])
+        {
+            var c = choice!.AsObject();
+            foreach (var name in c.Select(p => p.Key).Except(["index", "message", "finish_reason", "logprobs"]).ToList())
+            {
+                c.Remove(name);
+            }
+
+            var message = c["message"]!.AsObject();
+            foreach (var name in message.Where(p => p.Value is null && p.Key is not ("content" or "refusal")).Select(p => p.Key).ToList())
+            {
+                message.Remove(name);
+            }
+        }
+
+        return node;
+    }
+}
