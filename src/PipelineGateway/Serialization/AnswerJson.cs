@@ -60,7 +60,8 @@ internal static class AnswerJson
     /// left for the gateway to fill or fix; each choice with <c>index</c>, <c>message</c>, <c>finish_reason</c> (a
     /// string) and <c>logprobs</c> once each; each message with <c>role</c>, <c>content</c> (a string or null) and
     /// <c>refusal</c> once each, tool calls not an empty list; usage with its three counts once each; no member given
-    /// twice anywhere the gateway reads it (a client might read the other one); no <c>gateway</c> member; valid UTF-8.
+    /// twice anywhere the gateway reads it (a client might read the other one); no <c>gateway</c> member; valid UTF-8;
+    /// at most <see cref="Serialization.KeptJson.MaxLength"/> bytes.
     /// Members the gateway does not model inside a choice or a tool call are in the bytes and not in the object (the
     /// writer drops them), as with stream events. Whitespace and member order are the upstream's.
     /// </summary>
@@ -68,7 +69,7 @@ internal static class AnswerJson
     {
         t_offShape = false;
         var response = JsonSerializer.Deserialize(data, GatewayJsonContext.Default.ChatCompletionResponse);
-        if (keepJson && response is not null && !t_offShape && WritesAsItself(response) && Utf8.IsValid(data))
+        if (keepJson && response is not null && !t_offShape && data.Length <= Serialization.KeptJson.MaxLength && WritesAsItself(response) && Utf8.IsValid(data))
         {
             response.KeepUpstreamJson(data);
         }

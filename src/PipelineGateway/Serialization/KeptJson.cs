@@ -16,6 +16,12 @@ namespace PipelineGateway.Serialization;
 /// </summary>
 internal struct KeptJson
 {
+    /// <summary>
+    /// The longest whole answer kept (1 MiB): a longer one is written from the object, as before, so the shared pool
+    /// is never left holding buffers of many MiB after a few long answers (it keeps what is returned to it, per core).
+    /// </summary>
+    public const int MaxLength = 1 << 20;
+
     private byte[]? _buffer;
     private int _length;
 

@@ -188,6 +188,23 @@ public sealed class UpstreamJsonTests
         response.UpstreamJson.IsEmpty.Should().BeTrue();
     }
 
+    /// <summary>
+    /// A very large answer is written from the object, as before: its bytes are not kept, so the shared pool is never
+    /// left holding buffers of many MiB after a few long answers (<see cref="Serialization.KeptJson.MaxLength"/>).
+    /// </summary>
+    [Fact]
+    public void An_answer_longer_than_the_kept_bytes_bound_is_not_kept()
+    {
+        string Long(int chars) => Answer.Replace("\"hi\"", "\"" + new string('a', chars) + "\"", StringComparison.Ordinal);
+        var under = Encoding.UTF8.GetBytes(Long(Serialization.KeptJson.MaxLength - Answer.Length));
+        var over = Encoding.UTF8.GetBytes(Long(Serialization.KeptJson.MaxLength));
+
+        under.Length.Should().BeLessThanOrEqualTo(Serialization.KeptJson.MaxLength);
+        AnswerJson.ReadAnswer(under, keepJson: true)!.HasUpstreamJson.Should().BeTrue();
+        AnswerJson.ReadAnswer(over, keepJson: true)!.HasUpstreamJson.Should().BeFalse();
+        AnswerJson.ReadAnswer(over, keepJson: true)!.Content.Should().HaveLength(Serialization.KeptJson.MaxLength);
+    }
+
     private const string Answer = "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"m\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}";
 
     /// <summary>Each change the worker makes to an answer after its read lets the bytes go (they no longer say what it does).</summary>
