@@ -21,11 +21,28 @@ internal sealed class GatewayResponseHeaders(AdmissionRateLimiter limiter)
             if (!streaming || !info.Billed)
             {
                 // A live stream's cost is known only at its end: it travels in the final usage chunk (usage.cost).
-                h["x-gateway-cost-usd"] = info.Cost.ToString("0.##########", CultureInfo.InvariantCulture);
+                h["x-gateway-cost-usd"] = CostText(info.Cost);
             }
         }
 
         WriteRateLimitHeaders(ctx, request);
+    }
+
+    /// <summary>
+    /// A cost as the header says it: at most ten decimals, rounded half away from zero, no trailing zeros — what the
+    /// custom format <c>0.##########</c> writes, without its slow path (<c>Number.NumberToStringFormat</c> was ~0.5% of a
+    /// request's CPU in a profile): the standard <c>F10</c> into a stack buffer, its trailing zeros trimmed.
+    /// </summary>
+    internal static string CostText(decimal cost)
+    {
+        Span<char> text = stackalloc char[48]; // 29 digits, a sign, a point and ten decimals at most
+        if (cost == 0 || !cost.TryFormat(text, out var length, "F10", CultureInfo.InvariantCulture))
+        {
+            return cost == 0 ? "0" : cost.ToString("0.##########", CultureInfo.InvariantCulture);
+        }
+
+        var trimmed = text[..length].TrimEnd('0').TrimEnd('.');
+        return trimmed is "0" ? "0" : new string(trimmed);
     }
 
     /// <summary>
