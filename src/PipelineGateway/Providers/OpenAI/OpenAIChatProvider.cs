@@ -250,8 +250,9 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             return refusal is { } e ? throw UpstreamErrorIn(e, "its answer (with a 200)") : answer;
         }
 
-        // Kept as its bytes too when the chat endpoint writes them and they say what the gateway would write.
-        var response = AnswerJson.ReadAnswer(body, keepJson: request.Request.Gateway?.KeepsUpstreamJson == true)
+        // Kept as its bytes too when the chat endpoint writes them and they say what the gateway would write (not for a
+        // stream answered whole: that answer is replayed as chunks).
+        var response = AnswerJson.ReadAnswer(body, keepJson: request.Request.Gateway?.KeepsUpstreamJson == true && request.Request.Stream != true)
             ?? throw new ProviderException(AttemptOutcome.RetryableError, $"'{Name}' returned an empty body.");
 
         // An error sent with a 200 and no answer (some OpenAI-compatible servers and proxies do): a failure classified
