@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using CsCheck;
 using FluentAssertions;
+using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Providers;
 
@@ -14,98 +15,56 @@ namespace PipelineGateway.Tests.Providers;
 /// </summary>
 public sealed class EventJsonTests
 {
-    private static readonly JsonSerializerOptions Literal = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-
     [Fact]
     public void Property_kept_bytes_always_mean_what_the_gateway_would_write_and_every_event_in_its_shape_keeps_them()
     {
         // CsCheck, fixed seed: events built member by member — each member the writer always writes present, missing,
         // empty or given twice; usage, a gateway member, unknown members, line breaks between members; text arbitrary,
         // escaped or literal UTF-8 — in any order.
-        var pcg = new PCG(24, 11);
-        var text = Gen.String[0, 24].Where(v => v.All(c => !char.IsSurrogate(c)));
+        var json = new ShapedJson(new PCG(24, 11), lineBreaksOffShape: true);
         int kept = 0, rewritten = 0, skims = 0;
         for (var i = 0; i < 20_000; i++)
         {
-            var inShape = true;
-            string Str() => JsonSerializer.Serialize(text.Generate(pcg, null, out _), pcg.Next() % 2 == 0 ? Literal : JsonSerializerOptions.Default);
-            bool OneIn(uint n) => pcg.Next() % n == 0;
-
-            // A member the writer always writes: present (its good value), left out, empty, or given twice.
-            void Always(List<string> members, string name, string good, string? empty = null)
-            {
-                switch (pcg.Next() % 40)
-                {
-                    case 0: inShape = false; return;
-                    case 1 when empty is not null: inShape = false; members.Add($"\"{name}\":{empty}"); return;
-                    case 2: inShape = false; members.Add($"\"{name}\":{good}"); break;
-                }
-
-                members.Add($"\"{name}\":{good}");
-            }
-
-            string Object(List<string> members)
-            {
-                for (var k = members.Count - 1; k > 0; k--)
-                {
-                    var j = (int)(pcg.Next() % (uint)(k + 1));
-                    (members[k], members[j]) = (members[j], members[k]);
-                }
-
-                var between = new StringBuilder();
-                for (var k = 0; k < members.Count; k++)
-                {
-                    if (k > 0)
-                    {
-                        var lineBreak = OneIn(40);
-                        inShape &= !lineBreak;
-                        between.Append(lineBreak ? ",\n" : OneIn(3) ? ", " : ",");
-                    }
-
-                    between.Append(members[k]);
-                }
-
-                return "{" + between + "}";
-            }
+            json.Next();
 
             string Choice()
             {
                 var delta = new List<string>();
-                if (!OneIn(3)) { delta.Add($"\"content\":{(OneIn(6) ? "null" : Str())}"); }
-                if (OneIn(3)) { delta.Add("\"role\":\"assistant\""); }
-                if (OneIn(8)) { delta.Add($"\"refusal\":{Str()}"); }
-                if (OneIn(8)) { delta.Add($"\"reasoning_content\":{Str()}"); }
-                if (OneIn(10)) { delta.Add("\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]"); }
-                if (OneIn(12)) { inShape = false; delta.Add($"\"content\":{Str()}"); } // given twice, or once more than the others
+                if (!json.OneIn(3)) { delta.Add($"\"content\":{(json.OneIn(6) ? "null" : json.Str())}"); }
+                if (json.OneIn(3)) { delta.Add("\"role\":\"assistant\""); }
+                if (json.OneIn(8)) { delta.Add($"\"refusal\":{json.Str()}"); }
+                if (json.OneIn(8)) { delta.Add($"\"reasoning_content\":{json.Str()}"); }
+                if (json.OneIn(10)) { delta.Add("\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]"); }
+                if (json.OneIn(12)) { json.InShape = false; delta.Add($"\"content\":{json.Str()}"); } // given twice, or once more than the others
 
                 var choice = new List<string>();
-                Always(choice, "index", "0");
-                Always(choice, "delta", Object(delta));
-                Always(choice, "finish_reason", OneIn(4) ? "\"stop\"" : "null");
-                Always(choice, "logprobs", "null");
-                if (OneIn(8)) { choice.Add("\"content_filter_results\":{}"); }
-                return Object(choice);
+                json.Always(choice, "index", "0");
+                json.Always(choice, "delta", json.Object(delta));
+                json.Always(choice, "finish_reason", json.OneIn(4) ? "\"stop\"" : "null");
+                json.Always(choice, "logprobs", "null");
+                if (json.OneIn(8)) { choice.Add("\"content_filter_results\":{}"); }
+                return json.Object(choice);
             }
 
             var top = new List<string>();
-            Always(top, "id", "\"chatcmpl-AbC\"", "\"\"");
-            Always(top, "object", "\"chat.completion.chunk\"", "\"\"");
-            Always(top, "created", "1700000000", "0");
-            Always(top, "model", Str() is var model && model != "\"\"" ? model : "\"m\"", "\"\"");
-            Always(top, "choices", "[" + string.Join(",", Enumerable.Range(0, (int)(pcg.Next() % 3)).Select(_ => Choice())) + "]", "null");
-            if (OneIn(10)) { inShape = false; top.Add("\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}"); }
-            else if (OneIn(4)) { top.Add("\"usage\":null"); }
-            if (OneIn(20)) { inShape = false; top.Add("\"gateway\":{\"provider\":\"forged\"}"); }
-            if (OneIn(4)) { top.Add($"\"service_tier\":{Str()}"); }
-            if (OneIn(4)) { top.Add($"\"obfuscation\":{(OneIn(5) ? "{\"nested\":[1,null]}" : Str())}"); }
-            if (OneIn(30)) { top.Add("\"error\":{\"message\":\"m\"}"); }
-            if (OneIn(4)) { top.Add("\"system_fingerprint\":\"fp_1\""); }
-            var bytes = Encoding.UTF8.GetBytes(Object(top));
+            json.Always(top, "id", "\"chatcmpl-AbC\"", "\"\"");
+            json.Always(top, "object", "\"chat.completion.chunk\"", "\"\"");
+            json.Always(top, "created", "1700000000", "0");
+            json.Always(top, "model", json.Str() is var model && model != "\"\"" ? model : "\"m\"", "\"\"");
+            json.Always(top, "choices", "[" + string.Join(",", Enumerable.Range(0, json.Below(3)).Select(_ => Choice())) + "]", "null");
+            if (json.OneIn(10)) { json.InShape = false; top.Add("\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}"); }
+            else if (json.OneIn(4)) { top.Add("\"usage\":null"); }
+            if (json.OneIn(20)) { json.InShape = false; top.Add("\"gateway\":{\"provider\":\"forged\"}"); }
+            if (json.OneIn(4)) { top.Add($"\"service_tier\":{json.Str()}"); }
+            if (json.OneIn(4)) { top.Add($"\"obfuscation\":{(json.OneIn(5) ? "{\"nested\":[1,null]}" : json.Str())}"); }
+            if (json.OneIn(30)) { top.Add("\"error\":{\"message\":\"m\"}"); }
+            if (json.OneIn(4)) { top.Add("\"system_fingerprint\":\"fp_1\""); }
+            var bytes = Encoding.UTF8.GetBytes(json.Object(top));
 
-            if (OneIn(25))
+            if (json.OneIn(25))
             {
                 // Cut short: reading it with its choices skimmed fails as reading it in full does.
-                var cut = bytes[..(int)(pcg.Next() % (uint)bytes.Length)];
+                var cut = bytes[..json.Below((uint)bytes.Length)];
                 string? a = null, b = null;
                 var full = Record.Exception(() => AnswerJson.ReadStreamChunk(cut, ref a, keepEventJson: true));
                 var skimming = Record.Exception(() => AnswerJson.ReadStreamChunk(cut, ref b, keepEventJson: true, skimChoices: true));
@@ -130,7 +89,7 @@ public sealed class EventJsonTests
                 skimmed.HasEventJson.Should().BeTrue("a chunk's choices stay unread only in its bytes");
                 (skimmed.HasNoChoices, skimmed.Finishes, skimmed.CarriesContent).Should().Be((plain.HasNoChoices, plain.Finishes, plain.CarriesContent),
                     $"what the skim learnt of the choices is what they say: {Encoding.UTF8.GetString(bytes)}");
-                if (OneIn(2))
+                if (json.OneIn(2))
                 {
                     // Asked for while the bytes are held: read from them.
                     JsonSerializer.Serialize(skimmed.Choices).Should().Be(JsonSerializer.Serialize(plain.Choices));
@@ -141,7 +100,7 @@ public sealed class EventJsonTests
             skimmed.DropEventJson();
             JsonSerializer.SerializeToUtf8Bytes(skimmed, GatewayJsonContext.Default.ChatCompletionChunk).Should().Equal(written,
                 $"a chunk read with its choices skimmed says what the full read says once it lets its bytes go: {Encoding.UTF8.GetString(bytes)}");
-            if (inShape)
+            if (json.InShape)
             {
                 chunk.HasEventJson.Should().BeTrue($"the event is in the gateway's shape: {Encoding.UTF8.GetString(bytes)}");
             }

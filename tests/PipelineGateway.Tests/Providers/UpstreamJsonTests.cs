@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using CsCheck;
 using FluentAssertions;
 using PipelineGateway.Providers;
+using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Providers;
 
@@ -15,125 +16,85 @@ namespace PipelineGateway.Tests.Providers;
 /// </summary>
 public sealed class UpstreamJsonTests
 {
-    private static readonly JsonSerializerOptions Literal = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-
     [Fact]
     public void Property_kept_bytes_always_mean_what_the_gateway_would_write_and_every_answer_in_its_shape_keeps_them()
     {
         // CsCheck, fixed seed: answers built member by member — each member the writer always writes present, missing,
         // empty or given twice; optional members null, absent or set; unknown members at every level, one given twice;
         // whitespace and line breaks between members; text arbitrary, escaped or literal UTF-8 — in any order.
-        var pcg = new PCG(35, 7);
-        var text = Gen.String[0, 24].Where(v => v.All(c => !char.IsSurrogate(c)));
+        var json = new ShapedJson(new PCG(35, 7), lineBreaksOffShape: false);
         int kept = 0, rewritten = 0;
         for (var i = 0; i < 20_000; i++)
         {
-            var inShape = true;
-            string Str() => JsonSerializer.Serialize(text.Generate(pcg, null, out _), pcg.Next() % 2 == 0 ? Literal : JsonSerializerOptions.Default);
-            bool OneIn(uint n) => pcg.Next() % n == 0;
-
-            // A member the writer always writes: present (its good value), left out, empty, or given twice.
-            void Always(List<string> members, string name, string good, string? empty = null)
-            {
-                switch (pcg.Next() % 40)
-                {
-                    case 0: inShape = false; return;
-                    case 1 when empty is not null: inShape = false; members.Add($"\"{name}\":{empty}"); return;
-                    case 2: inShape = false; members.Add($"\"{name}\":{good}"); break;
-                }
-
-                members.Add($"\"{name}\":{good}");
-            }
+            json.Next();
 
             // A member the writer leaves out when null: absent, null or set; given twice now and then.
             void Optional(List<string> members, string name, Func<string> value)
             {
-                if (OneIn(2))
+                if (json.OneIn(2))
                 {
                     return;
                 }
 
-                members.Add($"\"{name}\":{(OneIn(3) ? "null" : value())}");
-                if (OneIn(40))
+                members.Add($"\"{name}\":{(json.OneIn(3) ? "null" : value())}");
+                if (json.OneIn(40))
                 {
-                    inShape = false;
+                    json.InShape = false;
                     members.Add($"\"{name}\":{value()}");
                 }
             }
 
-            string Object(List<string> members)
-            {
-                for (var k = members.Count - 1; k > 0; k--)
-                {
-                    var j = (int)(pcg.Next() % (uint)(k + 1));
-                    (members[k], members[j]) = (members[j], members[k]);
-                }
-
-                var between = new StringBuilder();
-                for (var k = 0; k < members.Count; k++)
-                {
-                    if (k > 0)
-                    {
-                        between.Append(OneIn(10) ? ",\n  " : OneIn(3) ? ", " : ",");
-                    }
-
-                    between.Append(members[k]);
-                }
-
-                return "{" + between + "}";
-            }
-
             string ToolCall()
             {
-                var call = new List<string> { "\"id\":\"call_1\"", "\"type\":\"function\"", $"\"function\":{{\"name\":\"f\",\"arguments\":{Str()}}}" };
-                if (OneIn(4)) { call.Add("\"index\":0"); }
-                if (OneIn(30)) { inShape = false; call.Add("\"id\":\"call_2\""); }
-                return Object(call);
+                var call = new List<string> { "\"id\":\"call_1\"", "\"type\":\"function\"", $"\"function\":{{\"name\":\"f\",\"arguments\":{json.Str()}}}" };
+                if (json.OneIn(4)) { call.Add("\"index\":0"); }
+                if (json.OneIn(30)) { json.InShape = false; call.Add("\"id\":\"call_2\""); }
+                return json.Object(call);
             }
 
             string Choice()
             {
                 var message = new List<string>();
-                Always(message, "role", "\"assistant\"", "\"\"");
-                Always(message, "content", OneIn(5) ? "null" : Str());
-                Always(message, "refusal", OneIn(6) ? Str() : "null");
-                Optional(message, "name", Str);
-                Optional(message, "tool_call_id", Str);
-                if (OneIn(6)) { message.Add("\"tool_calls\":[" + ToolCall() + (OneIn(3) ? "," + ToolCall() : "") + "]"); }
-                else if (OneIn(40)) { inShape = false; message.Add("\"tool_calls\":[]"); }
-                if (OneIn(3)) { message.Add("\"annotations\":[]"); }
-                if (OneIn(6)) { message.Add($"\"reasoning_content\":{Str()}"); }
-                if (OneIn(40)) { inShape = false; message.Add("\"audio\":1"); message.Add("\"audio\":2"); }
-                if (OneIn(40)) { inShape = false; message[message.FindIndex(m => m.StartsWith("\"content\"", StringComparison.Ordinal)) is var c and >= 0 ? c : 0] = "\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]"; }
+                json.Always(message, "role", "\"assistant\"", "\"\"");
+                json.Always(message, "content", json.OneIn(5) ? "null" : json.Str());
+                json.Always(message, "refusal", json.OneIn(6) ? json.Str() : "null");
+                Optional(message, "name", json.Str);
+                Optional(message, "tool_call_id", json.Str);
+                if (json.OneIn(6)) { message.Add("\"tool_calls\":[" + ToolCall() + (json.OneIn(3) ? "," + ToolCall() : "") + "]"); }
+                else if (json.OneIn(40)) { json.InShape = false; message.Add("\"tool_calls\":[]"); }
+                if (json.OneIn(3)) { message.Add("\"annotations\":[]"); }
+                if (json.OneIn(6)) { message.Add($"\"reasoning_content\":{json.Str()}"); }
+                if (json.OneIn(40)) { json.InShape = false; message.Add("\"audio\":1"); message.Add("\"audio\":2"); }
+                if (json.OneIn(40)) { json.InShape = false; message[message.FindIndex(m => m.StartsWith("\"content\"", StringComparison.Ordinal)) is var c and >= 0 ? c : 0] = "\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]"; }
 
                 var choice = new List<string>();
-                Always(choice, "index", "0");
-                Always(choice, "message", Object(message), "null");
-                Always(choice, "finish_reason", OneIn(4) ? "\"length\"" : "\"stop\"", "null");
-                Always(choice, "logprobs", OneIn(6) ? "{\"content\":[]}" : "null");
-                if (OneIn(6)) { choice.Add("\"content_filter_results\":{\"hate\":{\"filtered\":false}}"); }
-                return Object(choice);
+                json.Always(choice, "index", "0");
+                json.Always(choice, "message", json.Object(message), "null");
+                json.Always(choice, "finish_reason", json.OneIn(4) ? "\"length\"" : "\"stop\"", "null");
+                json.Always(choice, "logprobs", json.OneIn(6) ? "{\"content\":[]}" : "null");
+                if (json.OneIn(6)) { choice.Add("\"content_filter_results\":{\"hate\":{\"filtered\":false}}"); }
+                return json.Object(choice);
             }
 
             var usage = new List<string>();
-            Always(usage, "prompt_tokens", "9");
-            Always(usage, "completion_tokens", "3");
-            Always(usage, "total_tokens", "12");
-            if (OneIn(3)) { usage.Add("\"prompt_tokens_details\":{\"cached_tokens\":0}"); }
+            json.Always(usage, "prompt_tokens", "9");
+            json.Always(usage, "completion_tokens", "3");
+            json.Always(usage, "total_tokens", "12");
+            if (json.OneIn(3)) { usage.Add("\"prompt_tokens_details\":{\"cached_tokens\":0}"); }
 
             var top = new List<string>();
-            Always(top, "id", "\"chatcmpl-AbC\"", "\"\"");
-            Always(top, "object", "\"chat.completion\"", "\"\"");
-            Always(top, "created", "1700000000", "0");
-            Always(top, "model", Str() is var model && model != "\"\"" ? model : "\"m\"", "\"\"");
-            Always(top, "choices", "[" + string.Join(",", Enumerable.Range(0, (int)(pcg.Next() % 3)).Select(_ => Choice())) + "]", "null");
-            Always(top, "usage", Object(usage), "null");
+            json.Always(top, "id", "\"chatcmpl-AbC\"", "\"\"");
+            json.Always(top, "object", "\"chat.completion\"", "\"\"");
+            json.Always(top, "created", "1700000000", "0");
+            json.Always(top, "model", json.Str() is var model && model != "\"\"" ? model : "\"m\"", "\"\"");
+            json.Always(top, "choices", "[" + string.Join(",", Enumerable.Range(0, json.Below(3)).Select(_ => Choice())) + "]", "null");
+            json.Always(top, "usage", json.Object(usage), "null");
             Optional(top, "system_fingerprint", () => "\"fp_1\"");
-            if (OneIn(20)) { inShape = false; top.Add("\"gateway\":{\"provider\":\"forged\"}"); }
-            if (OneIn(30)) { inShape = false; top.Add("\"finish_reason\":\"stop\""); }
-            if (OneIn(3)) { top.Add($"\"service_tier\":{Str()}"); }
-            if (OneIn(40)) { inShape = false; top.Add("\"extra\":1"); top.Add("\"extra\":2"); }
-            var bytes = Encoding.UTF8.GetBytes(Object(top));
+            if (json.OneIn(20)) { json.InShape = false; top.Add("\"gateway\":{\"provider\":\"forged\"}"); }
+            if (json.OneIn(30)) { json.InShape = false; top.Add("\"finish_reason\":\"stop\""); }
+            if (json.OneIn(3)) { top.Add($"\"service_tier\":{json.Str()}"); }
+            if (json.OneIn(40)) { json.InShape = false; top.Add("\"extra\":1"); top.Add("\"extra\":2"); }
+            var bytes = Encoding.UTF8.GetBytes(json.Object(top));
 
             ChatCompletionResponse answer, plain;
             try
@@ -150,7 +111,7 @@ public sealed class UpstreamJsonTests
             plain = AnswerJson.ReadAnswer(bytes, keepJson: false)!;
             plain.HasUpstreamJson.Should().BeFalse("only a reader asked to keep the bytes keeps them");
             var written = JsonSerializer.SerializeToUtf8Bytes(plain, GatewayJsonContext.Default.ChatCompletionResponse);
-            if (inShape)
+            if (json.InShape)
             {
                 answer.HasUpstreamJson.Should().BeTrue($"the answer is in the gateway's shape: {Encoding.UTF8.GetString(bytes)}");
             }

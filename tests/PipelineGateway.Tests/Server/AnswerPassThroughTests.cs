@@ -2,10 +2,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using FluentAssertions;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
-using PipelineGateway.Server;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
@@ -19,8 +16,7 @@ namespace PipelineGateway.Tests.Server;
 public sealed class AnswerPassThroughTests : IAsyncLifetime
 {
     private ScriptedUpstream _upstream = null!;
-    private WebApplication _app = null!;
-    private HttpClient _http = null!;
+    private GatewayApp _gateway = null!;
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -39,15 +35,12 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
             ["Gateway:Pipeline:MaxAttempts"] = "1",
             ["Gateway:Cache:Enabled"] = "true",
         };
-        _app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct), Timeout = TimeSpan.FromSeconds(30) };
+        _gateway = await GatewayApp.StartAsync(settings, Ct);
     }
 
     public async ValueTask DisposeAsync()
     {
-        _http.Dispose();
-        await _app.StopAsync();
-        await _app.DisposeAsync();
+        await _gateway.DisposeAsync();
         await _upstream.DisposeAsync();
     }
 
@@ -169,12 +162,12 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
             ["Gateway:Models:1:Name"] = "s",
             ["Gateway:Models:1:Deployments:0:Provider"] = "sse",
         };
-        await using var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { }, services =>
+        await using var gateway = await GatewayApp.StartAsync(settings, Ct, services =>
         {
             services.AddSingleton<PipelineGateway.Pipeline.GatewayQueue>();
             services.AddSingleton<IGatewayQueue>(sp => new StampingQueue(sp.GetRequiredService<PipelineGateway.Pipeline.GatewayQueue>()));
         });
-        using var http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, Ct), Timeout = TimeSpan.FromSeconds(30) };
+        var http = gateway.Http;
 
         var whole = await AskAsync(OpenAIAnswer("\"hi\""), http: http);
         JsonNode.Parse(whole.Body)!["choices"]![0]!["message"]!["content"]!.GetValue<string>().Should().Be("hi (checked)");
@@ -185,7 +178,6 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
         using var response = await http.PostAsync("v1/chat/completions", new StringContent(streamed, Encoding.UTF8, "application/json"), Ct);
         var events = await response.Content.ReadAsStringAsync(Ct);
         events.Should().Contain("hi (checked)").And.NotContain("\"hi\"");
-        await app.StopAsync(Ct);
     }
 
     /// <summary>A user's queue that changes each answer's text on its way through.</summary>
@@ -221,7 +213,7 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
     private async Task<(string Body, HttpResponseMessage Response)> AskAsync(string answer, HttpClient? http = null)
     {
         var request = JsonSerializer.Serialize(new { model = "m", messages = new[] { new { role = "user", content = answer } } });
-        var response = await (http ?? _http).PostAsync("v1/chat/completions", new StringContent(request, Encoding.UTF8, "application/json"), Ct);
+        var response = await (http ?? _gateway.Http).PostAsync("v1/chat/completions", new StringContent(request, Encoding.UTF8, "application/json"), Ct);
         var body = Encoding.UTF8.GetString(await response.Content.ReadAsByteArrayAsync(Ct));
         response.IsSuccessStatusCode.Should().BeTrue(body);
         return (body, response);

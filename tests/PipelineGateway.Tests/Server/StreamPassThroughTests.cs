@@ -2,9 +2,6 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using FluentAssertions;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
-using PipelineGateway.Server;
 using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Server;
@@ -17,8 +14,7 @@ namespace PipelineGateway.Tests.Server;
 public sealed class StreamPassThroughTests : IAsyncLifetime
 {
     private ScriptedUpstream _upstream = null!;
-    private WebApplication _app = null!;
-    private HttpClient _http = null!;
+    private GatewayApp _gateway = null!;
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
@@ -45,15 +41,14 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
             ["Gateway:Models:1:Deployments:0:Model"] = "claude-sonnet-4-5",
         };
         Environment.SetEnvironmentVariable("PGW_TEST_ECHO_CLAUDE_KEY", "sk-ant-echo");
-        _app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        _http = new HttpClient { BaseAddress = await GatewayServer.StartAsync(_app, Ct), Timeout = TimeSpan.FromSeconds(30) };
+        _gateway = await GatewayApp.StartAsync(settings, Ct);
     }
+
+    private HttpClient Http => _gateway.Http;
 
     public async ValueTask DisposeAsync()
     {
-        _http.Dispose();
-        await _app.StopAsync();
-        await _app.DisposeAsync();
+        await _gateway.DisposeAsync();
         await _upstream.DisposeAsync();
     }
 
@@ -161,7 +156,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         Node(chat[0])["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be(Text);
 
         var body = JsonSerializer.Serialize(new { model = "m", max_tokens = 100, stream = true, messages = new[] { new { role = "user", content = upstream } } });
-        using var response = await _http.PostAsync("v1/messages", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        using var response = await Http.PostAsync("v1/messages", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         response.IsSuccessStatusCode.Should().BeTrue(await response.Content.ReadAsStringAsync(Ct));
         var events = Encoding.UTF8.GetString(await response.Content.ReadAsByteArrayAsync(Ct));
         var delta = events.Split("\n").Single(l => l.StartsWith("data: ", StringComparison.Ordinal) && l.Contains("text_delta", StringComparison.Ordinal));
@@ -318,7 +313,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     private async Task<List<string>> StreamAsync(string sse, string model = "m", object? streamOptions = null)
     {
         var body = JsonSerializer.Serialize(new { model, stream = true, stream_options = streamOptions ?? new { include_usage = true }, messages = new[] { new { role = "user", content = sse } } });
-        using var response = await _http.PostAsync("v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        using var response = await Http.PostAsync("v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
         response.IsSuccessStatusCode.Should().BeTrue(await response.Content.ReadAsStringAsync(Ct));
         var text = Encoding.UTF8.GetString(await response.Content.ReadAsByteArrayAsync(Ct));
         text.Should().EndWith("\n\n");
@@ -365,7 +360,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         var body = JsonSerializer.Serialize(new { model, max_tokens = 16, stream = true, messages = new[] { new { role = "user", content = sse } } });
         using var request = new HttpRequestMessage(HttpMethod.Post, "v1/messages") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
         request.Headers.Add("anthropic-version", "2023-06-01");
-        using var response = await _http.SendAsync(request, Ct);
+        using var response = await Http.SendAsync(request, Ct);
         var text = await response.Content.ReadAsStringAsync(Ct);
         response.IsSuccessStatusCode.Should().BeTrue(text);
         return text.Split('\n').Where(l => l.StartsWith("data: ", StringComparison.Ordinal)).Select(l => Node(l[6..])).ToList();
@@ -393,7 +388,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         var body = JsonSerializer.Serialize(new { model = "claude", max_tokens = 16, stream = true, messages = new[] { new { role = "user", content = sse } } });
         using var request = new HttpRequestMessage(HttpMethod.Post, "v1/messages") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
         request.Headers.Add("anthropic-version", "2023-06-01");
-        using var response = await _http.SendAsync(request, Ct);
+        using var response = await Http.SendAsync(request, Ct);
         var text = await response.Content.ReadAsStringAsync(Ct);
         response.IsSuccessStatusCode.Should().BeTrue(text);
 
