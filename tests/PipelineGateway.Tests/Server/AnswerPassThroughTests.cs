@@ -23,18 +23,8 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
     public async ValueTask InitializeAsync()
     {
         _upstream = await ScriptedUpstream.StartAsync(Ct);
-        var settings = new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:0:Name"] = "echo",
-            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:0:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString(),
-            ["Gateway:Providers:0:Headers:x-fault"] = "body-echo",
-            ["Gateway:Models:0:Name"] = "m",
-            ["Gateway:Models:0:Deployments:0:Provider"] = "echo",
-            ["Gateway:Models:0:Deployments:0:Model"] = "m-up",
-            ["Gateway:Pipeline:MaxAttempts"] = "1",
-            ["Gateway:Cache:Enabled"] = "true",
-        };
+        var settings = _upstream.EchoSettings("body-echo");
+        settings["Gateway:Cache:Enabled"] = "true";
         _gateway = await GatewayApp.StartAsync(settings, Ct);
     }
 
@@ -147,21 +137,13 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
     [Fact]
     public async Task Answers_through_a_users_own_queue_are_written_as_that_queue_left_them()
     {
-        var settings = new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:0:Name"] = "echo",
-            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:0:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString(),
-            ["Gateway:Providers:0:Headers:x-fault"] = "body-echo",
-            ["Gateway:Providers:1:Name"] = "sse",
-            ["Gateway:Providers:1:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:1:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString(),
-            ["Gateway:Providers:1:Headers:x-fault"] = "sse-echo",
-            ["Gateway:Models:0:Name"] = "m",
-            ["Gateway:Models:0:Deployments:0:Provider"] = "echo",
-            ["Gateway:Models:1:Name"] = "s",
-            ["Gateway:Models:1:Deployments:0:Provider"] = "sse",
-        };
+        var settings = _upstream.EchoSettings("body-echo");
+        settings["Gateway:Providers:1:Name"] = "sse";
+        settings["Gateway:Providers:1:Type"] = "OpenAICompatible";
+        settings["Gateway:Providers:1:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString();
+        settings["Gateway:Providers:1:Headers:x-fault"] = "sse-echo";
+        settings["Gateway:Models:1:Name"] = "s";
+        settings["Gateway:Models:1:Deployments:0:Provider"] = "sse";
         await using var gateway = await GatewayApp.StartAsync(settings, Ct, services =>
         {
             services.AddSingleton<PipelineGateway.Pipeline.GatewayQueue>();

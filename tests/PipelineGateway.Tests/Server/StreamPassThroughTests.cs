@@ -21,25 +21,15 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     public async ValueTask InitializeAsync()
     {
         _upstream = await ScriptedUpstream.StartAsync(Ct);
-        var settings = new Dictionary<string, string?>
-        {
-            ["Gateway:Providers:0:Name"] = "echo",
-            ["Gateway:Providers:0:Type"] = "OpenAICompatible",
-            ["Gateway:Providers:0:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString(),
-            ["Gateway:Providers:0:Headers:x-fault"] = "sse-echo",
-            ["Gateway:Models:0:Name"] = "m",
-            ["Gateway:Models:0:Deployments:0:Provider"] = "echo",
-            ["Gateway:Models:0:Deployments:0:Model"] = "m-up",
-            ["Gateway:Pipeline:MaxAttempts"] = "1",
-            ["Gateway:Providers:1:Name"] = "echo-claude",
-            ["Gateway:Providers:1:Type"] = "Anthropic",
-            ["Gateway:Providers:1:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString(),
-            ["Gateway:Providers:1:ApiKeyEnvironmentVariable"] = "PGW_TEST_ECHO_CLAUDE_KEY",
-            ["Gateway:Providers:1:Headers:x-fault"] = "sse-echo",
-            ["Gateway:Models:1:Name"] = "claude",
-            ["Gateway:Models:1:Deployments:0:Provider"] = "echo-claude",
-            ["Gateway:Models:1:Deployments:0:Model"] = "claude-sonnet-4-5",
-        };
+        var settings = _upstream.EchoSettings("sse-echo");
+        settings["Gateway:Providers:1:Name"] = "echo-claude";
+        settings["Gateway:Providers:1:Type"] = "Anthropic";
+        settings["Gateway:Providers:1:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString();
+        settings["Gateway:Providers:1:ApiKeyEnvironmentVariable"] = "PGW_TEST_ECHO_CLAUDE_KEY";
+        settings["Gateway:Providers:1:Headers:x-fault"] = "sse-echo";
+        settings["Gateway:Models:1:Name"] = "claude";
+        settings["Gateway:Models:1:Deployments:0:Provider"] = "echo-claude";
+        settings["Gateway:Models:1:Deployments:0:Model"] = "claude-sonnet-4-5";
         Environment.SetEnvironmentVariable("PGW_TEST_ECHO_CLAUDE_KEY", "sk-ant-echo");
         _gateway = await GatewayApp.StartAsync(settings, Ct);
     }

@@ -52,6 +52,22 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     /// <summary>The text of the <c>bomb-200</c> and <c>long-*</c> answers: 4 MiB (a gzip bomb's ~4 KiB on the wire).</summary>
     public const int LongAnswerChars = 4 * 1024 * 1024;
 
+    /// <summary>
+    /// A gateway's settings with one provider, <c>echo</c>, sending every request here with <paramref name="fault"/>, and a
+    /// model <c>m</c> on it (upstream model <c>m-up</c>), one attempt a request: the test's bytes, answered as they are.
+    /// </summary>
+    public Dictionary<string, string?> EchoSettings(string fault) => new()
+    {
+        ["Gateway:Providers:0:Name"] = "echo",
+        ["Gateway:Providers:0:Type"] = "OpenAICompatible",
+        ["Gateway:Providers:0:BaseUrl"] = new Uri(BaseAddress, "v1").ToString(),
+        ["Gateway:Providers:0:Headers:x-fault"] = fault,
+        ["Gateway:Models:0:Name"] = "m",
+        ["Gateway:Models:0:Deployments:0:Provider"] = "echo",
+        ["Gateway:Models:0:Deployments:0:Model"] = "m-up",
+        ["Gateway:Pipeline:MaxAttempts"] = "1",
+    };
+
     public static async Task<ScriptedUpstream> StartAsync(CancellationToken cancellationToken)
     {
         var app = LoopbackApp.Build();

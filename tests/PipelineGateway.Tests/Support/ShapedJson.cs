@@ -1,7 +1,9 @@
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using CsCheck;
+using FluentAssertions;
 
 namespace PipelineGateway.Tests.Support;
 
@@ -14,6 +16,29 @@ internal sealed class ShapedJson(PCG pcg, bool lineBreaksOffShape)
 {
     private static readonly JsonSerializerOptions Literal = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
     private static readonly Gen<string> Text = Gen.String[0, 24].Where(v => v.All(c => !char.IsSurrogate(c)));
+
+    /// <summary>Cases whose bytes were kept, and cases written by the gateway (<see cref="Judge"/>).</summary>
+    public int Kept { get; private set; }
+
+    public int Rewritten { get; private set; }
+
+    /// <summary>
+    /// Holds bytes a read kept (null: none) to what was sent and, in what a client reads from them
+    /// (<paramref name="meaning"/>), to what the gateway's writer writes; counts the case.
+    /// </summary>
+    public void Judge(byte[]? kept, byte[] sent, byte[] written, Func<byte[], JsonNode> meaning)
+    {
+        if (kept is null)
+        {
+            Rewritten++;
+            return;
+        }
+
+        Kept++;
+        kept.Should().Equal(sent);
+        JsonNode.DeepEquals(meaning(kept), meaning(written)).Should().BeTrue(
+            $"the kept bytes must mean what the gateway writes:\n{Encoding.UTF8.GetString(kept)}\n{Encoding.UTF8.GetString(written)}");
+    }
 
     /// <summary>Whether everything built since the last <see cref="Next"/> is in the writer's shape.</summary>
     public bool InShape { get; set; } = true;
