@@ -22,7 +22,7 @@ internal sealed class GatewayApp : IAsyncDisposable
     public static async Task<GatewayApp> StartAsync(Dictionary<string, string?> settings, CancellationToken cancellationToken, Action<IServiceCollection>? services = null)
     {
         var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { }, services);
-        return new GatewayApp(app, new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, cancellationToken), Timeout = TimeSpan.FromSeconds(30) });
+        return new GatewayApp(app, new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, cancellationToken) });
     }
 
     public async ValueTask DisposeAsync()

@@ -1,6 +1,4 @@
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
-using PipelineGateway.Server;
 
 namespace PipelineGateway.Tests.Support;
 
@@ -12,15 +10,13 @@ namespace PipelineGateway.Tests.Support;
 /// </summary>
 internal sealed class ScriptedGateway : IAsyncDisposable
 {
-    private ScriptedGateway(WebApplication app, HttpClient http)
-    {
-        App = app;
-        Http = http;
-    }
+    private readonly GatewayApp _gateway;
 
-    public WebApplication App { get; }
+    private ScriptedGateway(GatewayApp gateway) => _gateway = gateway;
 
-    public HttpClient Http { get; }
+    public WebApplication App => _gateway.App;
+
+    public HttpClient Http => _gateway.Http;
 
     /// <param name="model">The deployments' upstream model (null: the provider's default, none sent).</param>
     /// <param name="keyVariable">An environment variable holding the scripted providers' key (their answers may echo it).</param>
@@ -53,14 +49,8 @@ internal sealed class ScriptedGateway : IAsyncDisposable
             settings[$"Gateway:Models:{(2 * f) + 1}:Deployments:1:Priority"] = "1";
         }
 
-        var app = GatewayServer.Build(new ConfigurationBuilder().AddInMemoryCollection(settings).Build(), "http://127.0.0.1:0", _ => { });
-        return new ScriptedGateway(app, new HttpClient { BaseAddress = await GatewayServer.StartAsync(app, cancellationToken) });
+        return new ScriptedGateway(await GatewayApp.StartAsync(settings, cancellationToken));
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        Http.Dispose();
-        await App.StopAsync();
-        await App.DisposeAsync();
-    }
+    public ValueTask DisposeAsync() => _gateway.DisposeAsync();
 }
