@@ -80,12 +80,7 @@ public sealed class UpstreamJsonTests
             json.Always(usage, "total_tokens", "12");
             if (json.OneIn(3)) { usage.Add("\"prompt_tokens_details\":{\"cached_tokens\":0}"); }
 
-            var top = new List<string>();
-            json.Always(top, "id", "\"chatcmpl-AbC\"", "\"\"");
-            json.Always(top, "object", "\"chat.completion\"", "\"\"");
-            json.Always(top, "created", "1700000000", "0");
-            json.Always(top, "model", json.Str() is var model && model != "\"\"" ? model : "\"m\"", "\"\"");
-            json.Always(top, "choices", "[" + string.Join(",", Enumerable.Range(0, json.Below(3)).Select(_ => Choice())) + "]", "null");
+            var top = json.Head("chat.completion", Choice);
             json.Always(top, "usage", json.Object(usage), "null");
             Optional(top, "system_fingerprint", () => "\"fp_1\"");
             if (json.OneIn(20)) { json.InShape = false; top.Add("\"gateway\":{\"provider\":\"forged\"}"); }

@@ -67,6 +67,21 @@ internal sealed class ShapedJson(PCG pcg, bool lineBreaksOffShape)
         members.Add($"\"{name}\":{good}");
     }
 
+    /// <summary>
+    /// The members every chat answer and chunk has, each through <see cref="Always"/>: <c>id</c>, <c>object</c>
+    /// (<paramref name="objectName"/>), <c>created</c>, <c>model</c> (arbitrary text) and up to two <paramref name="choice"/>s.
+    /// </summary>
+    public List<string> Head(string objectName, Func<string> choice)
+    {
+        var top = new List<string>();
+        Always(top, "id", "\"chatcmpl-AbC\"", "\"\"");
+        Always(top, "object", $"\"{objectName}\"", "\"\"");
+        Always(top, "created", "1700000000", "0");
+        Always(top, "model", Str() is var model && model != "\"\"" ? model : "\"m\"", "\"\"");
+        Always(top, "choices", "[" + string.Join(",", Enumerable.Range(0, Below(3)).Select(_ => choice())) + "]", "null");
+        return top;
+    }
+
     /// <summary>The members in any order, with or without spaces and now and then a line break between them.</summary>
     public string Object(List<string> members)
     {
