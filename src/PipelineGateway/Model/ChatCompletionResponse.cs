@@ -82,6 +82,14 @@ public sealed class ChatChoice
     /// <summary>Always written (null when the upstream sent none), as the OpenAI schema has it.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.Never)]
     public JsonElement? Logprobs { get; set; }
+
+    /// <summary>
+    /// Members of the choice the gateway does not model, kept and written back — Azure OpenAI's
+    /// <c>content_filter_results</c>, say — so an answer says the same whether it is written as the upstream's bytes, by
+    /// the gateway, or from the cache.
+    /// </summary>
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
 }
 
 public sealed class TokenUsage

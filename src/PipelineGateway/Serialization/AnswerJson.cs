@@ -62,8 +62,9 @@ internal static class AnswerJson
     /// <c>refusal</c> once each, tool calls not an empty list; usage with its three counts once each; no member given
     /// twice anywhere the gateway reads it (a client might read the other one); no <c>gateway</c> member; valid UTF-8;
     /// at most <see cref="Serialization.KeptJson.MaxLength"/> bytes.
-    /// Members the gateway does not model inside a choice or a tool call are in the bytes and not in the object (the
-    /// writer drops them), as with stream events. Whitespace and member order are the upstream's.
+    /// Members the gateway does not model are in the object too (a choice's and a message's kept, written back), except
+    /// inside a tool call, whose unknown members the bytes carry and the writer drops, as with stream events.
+    /// Whitespace and member order are the upstream's.
     /// </summary>
     public static ChatCompletionResponse? ReadAnswer(ReadOnlySpan<byte> data, bool keepJson)
     {
@@ -476,7 +477,7 @@ internal static class AnswerJson
             else if (r.ValueTextEquals("index"u8)) { Seen(ref seen, 2); Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
             else if (r.ValueTextEquals("finish_reason"u8)) { Seen(ref seen, 4); Value(ref r); value.FinishReason = RepeatedStrings.FinishReason(ref r) ?? String(ref r, "'finish_reason'"); }
             else if (r.ValueTextEquals("logprobs"u8)) { Seen(ref seen, 8); Value(ref r); value.Logprobs = OptionalElement(ref r); }
-            else { Skip(ref r); }
+            else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
         }
 
         if (seen != 15)
@@ -875,6 +876,7 @@ internal static class AnswerJson
             }
 
             WriteAlways(w, "logprobs"u8, choice.Logprobs);
+            WriteExtra(w, choice.AdditionalProperties);
         });
         WriteTrailer(w, value.Usage, value.SystemFingerprint, value.AdditionalProperties);
     }

@@ -22,7 +22,7 @@ public sealed class AnswerJsonDifferentialTests
 
     private const string Response = """
         {"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","system_fingerprint":"fp_1",
-         "choices":[{"index":0,"message":{"role":"assistant","content":"hi \u00e9 <b>","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"},
+         "choices":[{"index":0,"message":{"role":"assistant","content":"hi \u00e9 <b>","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop","content_filter_results":{"hate":{"filtered":false}}},
                     {"index":1,"message":{"role":"assistant","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"u","detail":"low"},"extra":1}],
                      "name":"n","tool_call_id":"t","tool_calls":[{"id":"c1","type":"function","index":0,"function":{"name":"f","arguments":"{}"}}]},"logprobs":{"content":[]},"finish_reason":"tool_calls"}],
          "usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{"cached_tokens":0}},"service_tier":"default"}
