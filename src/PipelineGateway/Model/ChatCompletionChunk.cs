@@ -329,6 +329,13 @@ public sealed class ChunkChoice
     /// <summary>Always written (null when the upstream sent none), as the OpenAI schema has it.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.Never)]
     public JsonElement? Logprobs { get; set; }
+
+    /// <summary>
+    /// Members of the choice the gateway does not model, kept and written back (Azure OpenAI's
+    /// <c>content_filter_results</c>): an event says the same forwarded as its bytes or written by the gateway.
+    /// </summary>
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
 }
 
 public sealed class ChatCompletionDelta

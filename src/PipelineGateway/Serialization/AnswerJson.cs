@@ -504,7 +504,7 @@ internal static class AnswerJson
             else if (r.ValueTextEquals("index"u8)) { Seen(ref seen, 2); Value(ref r); value.Index = Int32(ref r, "a choice's 'index'"); }
             else if (r.ValueTextEquals("finish_reason"u8)) { Seen(ref seen, 4); Value(ref r); value.FinishReason = RepeatedStrings.FinishReason(ref r) ?? String(ref r, "'finish_reason'"); }
             else if (r.ValueTextEquals("logprobs"u8)) { Seen(ref seen, 8); Value(ref r); value.Logprobs = OptionalElement(ref r); }
-            else { Skip(ref r); }
+            else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); }
         }
 
         if (seen != 15)
@@ -910,6 +910,7 @@ internal static class AnswerJson
             }
 
             WriteAlways(w, "logprobs"u8, choice.Logprobs);
+            WriteExtra(w, choice.AdditionalProperties);
         });
         WriteTrailer(w, value.Usage, value.SystemFingerprint, value.AdditionalProperties);
     }

@@ -30,7 +30,7 @@ public sealed class AnswerJsonDifferentialTests
 
     private const string Chunk = """
         {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":null,
-         "choices":[{"index":0,"delta":{"role":"assistant","content":"h","refusal":null,"reasoning_content":"r","tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":"{"}}]},"logprobs":null,"finish_reason":null}],
+         "choices":[{"index":0,"delta":{"role":"assistant","content":"h","refusal":null,"reasoning_content":"r","tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":"{"}}]},"logprobs":null,"finish_reason":null,"content_filter_results":{}}],
          "usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"obfuscation":"x"}
         """;
 

@@ -49,7 +49,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     {
         // Literal UTF-8, HTML characters and a delta member the gateway does not model: the upstream's bytes, kept.
         var opening = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"héllo 世界 <b>&\",\"reasoning_content\":\"because\"},\"logprobs\":null,\"finish_reason\":null}],\"service_tier\":\"default\"}";
-        var noLogprobs = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" second\"},\"finish_reason\":null}],\"service_tier\":\"default\"}";
+        var noLogprobs = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" second\"},\"finish_reason\":null,\"content_filter_results\":{\"hate\":{\"filtered\":false}}}],\"service_tier\":\"default\"}";
         var twice = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" shown\",\"content\":\" third\"},\"logprobs\":null,\"finish_reason\":null}]}";
         var noId = "{\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m-up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" fourth\"},\"logprobs\":null,\"finish_reason\":null}]}";
         var finish = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}";
@@ -66,6 +66,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
         Node(events[1])["choices"]![0]!.AsObject().Should().ContainKey("logprobs");
         Node(events[1])["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be(" second");
         Node(events[1])["service_tier"]!.GetValue<string>().Should().Be("default", "a member the gateway does not model is written back");
+        Node(events[1])["choices"]![0]!["content_filter_results"]!["hate"]!["filtered"]!.GetValue<bool>().Should().BeFalse("a choice's too (Azure's filter results)");
 
         events[2].Should().NotBe(twice, "a member given twice is written once, with the value the gateway read (the last)");
         Node(events[2])["choices"]![0]!["delta"]!["content"]!.GetValue<string>().Should().Be(" third");
