@@ -35,10 +35,15 @@ internal sealed class GatewayResponseHeaders(AdmissionRateLimiter limiter)
     /// </summary>
     internal static string CostText(decimal cost)
     {
-        Span<char> text = stackalloc char[48]; // 29 digits, a sign, a point and ten decimals at most
-        if (cost == 0 || !cost.TryFormat(text, out var length, "F10", CultureInfo.InvariantCulture))
+        if (cost == 0)
         {
-            return cost == 0 ? "0" : cost.ToString("0.##########", CultureInfo.InvariantCulture);
+            return "0"; // a hit, a follower, an unpriced model: no string made
+        }
+
+        Span<char> text = stackalloc char[48]; // 29 digits, a sign, a point and ten decimals at most
+        if (!cost.TryFormat(text, out var length, "F10", CultureInfo.InvariantCulture))
+        {
+            return cost.ToString("0.##########", CultureInfo.InvariantCulture);
         }
 
         var trimmed = text[..length].TrimEnd('0').TrimEnd('.');

@@ -145,9 +145,7 @@ internal static partial class JsonBody
         {
             JsonSerializer.Serialize(writer, value, info);
             writer.Flush();
-            response.ContentType = "application/json";
-            response.ContentLength = buffer.WrittenCount;
-            response.BodyWriter.Write(buffer.WrittenSpan);
+            PutBody(response, buffer.WrittenSpan);
         }
         finally
         {
@@ -168,11 +166,17 @@ internal static partial class JsonBody
     /// </summary>
     public static async Task WriteUpstreamAsync(HttpResponse response, byte[] rented, int length, CancellationToken cancellationToken)
     {
-        response.ContentType = "application/json";
-        response.ContentLength = length;
-        response.BodyWriter.Write(rented.AsSpan(0, length));
+        PutBody(response, rented.AsSpan(0, length));
         ArrayPool<byte>.Shared.Return(rented);
         await response.BodyWriter.FlushAsync(cancellationToken);
+    }
+
+    /// <summary>A whole JSON body, copied into Kestrel's buffer with its Content-Length (the caller flushes).</summary>
+    private static void PutBody(HttpResponse response, ReadOnlySpan<byte> json)
+    {
+        response.ContentType = "application/json";
+        response.ContentLength = json.Length;
+        response.BodyWriter.Write(json);
     }
 
     private const int MaxKeptBuffer = 64 * 1024;
