@@ -153,29 +153,34 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         var includeUsage = request.StreamOptions?.IncludeUsage == true;
         var continuousUsage = ContinuousUsage(request);
         var flushEach = !ServerSubmit.MarksBursts(queue);
-        await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
+        await using var chunks = ServerSubmit.Feed(queue, request, aborted);
         var started = false;
         try
         {
             using var json = new Utf8JsonWriter(ctx.Response.BodyWriter, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
             while (true)
             {
-                bool more;
-                if (!started)
+                if (!chunks.TryRead(out var chunk))
                 {
-                    (more, started) = await SseWriter.FirstAsync(ctx, chunks.MoveNextAsync(), options.StreamKeepAlive, time, static (c, s) => s.Endpoint.StartSse(c, s.Request, null), (Endpoint: this, Request: request));
-                }
-                else
-                {
-                    more = await chunks.MoveNextAsync(); // no task per chunk once the stream runs
-                }
+                    bool more;
+                    if (!started)
+                    {
+                        (more, started) = await SseWriter.FirstAsync(ctx, chunks.WaitToReadAsync(), options.StreamKeepAlive, time, static (c, s) => s.Endpoint.StartSse(c, s.Request, null), (Endpoint: this, Request: request));
+                    }
+                    else
+                    {
+                        more = await chunks.WaitToReadAsync(); // no task per chunk once the stream runs
+                    }
 
-                if (!more)
-                {
+                    if (more)
+                    {
+                        continue;
+                    }
+
+                    chunks.End(); // a failure throws here
                     break;
                 }
 
-                var chunk = chunks.Current;
                 if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
                 {
                     // The upstream's next event is not here yet: what was written goes out now, in one flush.

@@ -39,30 +39,35 @@ internal static class NamedEventStream
         var flushEach = !ServerSubmit.MarksBursts(queue);
         var wrote = false; // events are in the response pipe, perhaps not flushed yet
         var started = false; // the writer's opening events are written
-        await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
+        await using var chunks = ServerSubmit.Feed(queue, request, aborted);
         var first = true;
         try
         {
             while (true)
             {
-                bool more;
-                if (first)
+                if (!chunks.TryRead(out var chunk))
                 {
-                    // Until the first chunk, SSE comments keep idle proxies from cutting a long-thinking model.
-                    (more, _) = await SseWriter.FirstAsync(ctx, chunks.MoveNextAsync(), options.StreamKeepAlive, time, static (c, s) => StartSse(c, s.Request, null, s.Headers), (Request: request, Headers: headers));
-                    first = false;
-                }
-                else
-                {
-                    more = await chunks.MoveNextAsync();
-                }
+                    bool more;
+                    if (first)
+                    {
+                        // Until the first chunk, SSE comments keep idle proxies from cutting a long-thinking model.
+                        (more, _) = await SseWriter.FirstAsync(ctx, chunks.WaitToReadAsync(), options.StreamKeepAlive, time, static (c, s) => StartSse(c, s.Request, null, s.Headers), (Request: request, Headers: headers));
+                        first = false;
+                    }
+                    else
+                    {
+                        more = await chunks.WaitToReadAsync();
+                    }
 
-                if (!more)
-                {
+                    if (more)
+                    {
+                        continue;
+                    }
+
+                    chunks.End(); // a failure throws here
                     break;
                 }
 
-                var chunk = chunks.Current;
                 if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
                 {
                     // The upstream's next chunk is not here yet: what was written goes out now, in one flush.

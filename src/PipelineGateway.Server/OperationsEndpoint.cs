@@ -70,12 +70,22 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
         // image_generation.*, image_edit.*), each a data: line.
         var events = Speech.AsEvents(request.Operation!) || Images.Streams(request.Operation!);
         var started = false;
-        await using var chunks = ServerSubmit.StreamAsync(queue, request, aborted).GetAsyncEnumerator(aborted);
+        await using var chunks = ServerSubmit.Feed(queue, request, aborted);
         try
         {
-            while (await chunks.MoveNextAsync())
+            while (true)
             {
-                var chunk = chunks.Current;
+                if (!chunks.TryRead(out var chunk))
+                {
+                    if (await chunks.WaitToReadAsync())
+                    {
+                        continue;
+                    }
+
+                    chunks.End(); // a failure throws here
+                    break;
+                }
+
                 if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
                 {
                     await ctx.Response.BodyWriter.FlushAsync(aborted);

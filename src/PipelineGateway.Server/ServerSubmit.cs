@@ -33,7 +33,7 @@ internal static class ServerSubmit
             : queue.SubmitAsync(request, SubmitMode.FailFast, cancellationToken);
 
     /// <summary>
-    /// True when <see cref="StreamAsync"/> marks where each burst of chunks ends (<c>WorkItem.BurstEnd</c>: the
+    /// True when <see cref="Feed"/> marks where each burst of chunks ends (<c>WorkItem.BurstEnd</c>: the
     /// gateway's own queue): the endpoint then flushes once per burst; another queue's chunks are flushed one by one.
     /// </summary>
     public static bool MarksBursts(IGatewayQueue queue) => queue is GatewayQueue;
@@ -45,9 +45,12 @@ internal static class ServerSubmit
     /// </summary>
     public static bool WritesUpstreamJson(IGatewayQueue queue) => queue is GatewayQueue;
 
-    /// <summary>A streamed request, fail-fast, its chunks handed to the endpoint on the worker's thread as they arrive (same reasoning).</summary>
-    public static IAsyncEnumerable<ChatCompletionChunk> StreamAsync(IGatewayQueue queue, ChatCompletionRequest request, CancellationToken cancellationToken) =>
+    /// <summary>
+    /// A streamed request, fail-fast, its chunks handed to the endpoint on the worker's thread as they arrive (same
+    /// reasoning), read from its chunk channel (<see cref="ChunkFeed"/>: no enumerator in between).
+    /// </summary>
+    public static ChunkFeed Feed(IGatewayQueue queue, ChatCompletionRequest request, CancellationToken cancellationToken) =>
         queue is GatewayQueue own
-            ? own.StreamAsync(request, SubmitMode.FailFast, inlineChunks: true, cancellationToken)
-            : queue.StreamAsync(request, SubmitMode.FailFast, cancellationToken);
+            ? own.OpenFeed(request, SubmitMode.FailFast, inlineChunks: true, cancellationToken)
+            : ChunkFeed.Of(queue.StreamAsync(request, SubmitMode.FailFast, cancellationToken).GetAsyncEnumerator(cancellationToken));
 }

@@ -64,58 +64,103 @@ internal sealed class GatewayQueue(
     public IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, CancellationToken cancellationToken = default) =>
         StreamAsync(request, SubmitMode.Wait, cancellationToken);
 
-    public IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, SubmitMode mode, CancellationToken cancellationToken = default) =>
-        StreamAsync(request, mode, inlineChunks: false, cancellationToken);
+    public async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, SubmitMode mode, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var feed = new Feed(this, request, mode, inlineChunks: false, cancellationToken);
+        await using (feed.ConfigureAwait(false))
+        {
+            while (true)
+            {
+                while (feed.TryRead(out var chunk))
+                {
+                    yield return chunk;
+                }
+
+                if (!await feed.WaitToReadAsync().ConfigureAwait(false))
+                {
+                    break;
+                }
+            }
+
+            feed.End();
+        }
+    }
 
     /// <summary>
-    /// For a reader whose code is the gateway's own front door (an SSE endpoint): chunks reach it on the provider
-    /// worker's thread (<see cref="WorkItem.DeliverChunksInline"/>). Library callers never get this.
+    /// A streamed request's chunks for the gateway's own SSE endpoints (<paramref name="inlineChunks"/>: they reach the
+    /// endpoint on the provider worker's thread, <see cref="WorkItem.DeliverChunksInline"/>, with where each burst ends).
+    /// The request is submitted by the first wait. Library callers never get this.
     /// </summary>
-    internal async IAsyncEnumerable<ChatCompletionChunk> StreamAsync(ChatCompletionRequest request, SubmitMode mode, bool inlineChunks, [EnumeratorCancellation] CancellationToken cancellationToken)
+    internal ChunkFeed OpenFeed(ChatCompletionRequest request, SubmitMode mode, bool inlineChunks, CancellationToken cancellationToken) =>
+        new Feed(this, request, mode, inlineChunks, cancellationToken);
+
+    /// <summary>The chunks of one streamed request through this queue, read from its item's chunk channel.</summary>
+    private sealed class Feed(GatewayQueue queue, ChatCompletionRequest request, SubmitMode mode, bool inlineChunks, CancellationToken cancellationToken) : ChunkFeed
     {
-        var group = Resolve(request);
-        var item = Enter(request, group, stream: true, mode, cancellationToken)
-            ?? await WaitAtDoorAsync(request, group, stream: true, mode, cancellationToken).ConfigureAwait(false);
-        if (inlineChunks)
-        {
-            item.DeliverChunksInline();
-        }
+        private WorkItem? _item;
+        private System.Threading.Channels.ChannelReader<ChatCompletionChunk>? _reader;
 
-        Enqueue(item, lendThread: inlineChunks);
-
-        var reader = item.Chunks!.Reader;
-        try
+        public override bool TryRead([System.Diagnostics.CodeAnalysis.MaybeNullWhen(false)] out ChatCompletionChunk chunk)
         {
-            while (await reader.WaitToReadAsync(CancellationToken.None).ConfigureAwait(false))
+            if (_reader is { } reader)
             {
-                while (reader.TryRead(out var chunk))
+                while (reader.TryRead(out chunk))
                 {
                     if (!ReferenceEquals(chunk, WorkItem.BurstEnd))
                     {
-                        yield return chunk;
+                        return true;
                     }
                 }
 
                 // Caught up, about to wait: a burst that ended is flushed now (its marker only woke this reader, or
                 // found the channel full and was never queued).
-                if (inlineChunks && item.TakeFlushOwed())
+                if (inlineChunks && _item!.TakeFlushOwed())
                 {
-                    yield return WorkItem.BurstEnd;
+                    chunk = WorkItem.BurstEnd;
+                    return true;
                 }
             }
+
+            chunk = null;
+            return false;
         }
-        finally
+
+        public override ValueTask<bool> WaitToReadAsync() =>
+            _reader is { } reader ? reader.WaitToReadAsync(CancellationToken.None) : SubmitAsync();
+
+        private async ValueTask<bool> SubmitAsync()
         {
-            if (!item.IsCompleted)
+            var group = queue.Resolve(request);
+            var item = queue.Enter(request, group, stream: true, mode, cancellationToken)
+                ?? await queue.WaitAtDoorAsync(request, group, stream: true, mode, cancellationToken).ConfigureAwait(false);
+            if (inlineChunks)
             {
-                // The caller stopped reading early: cancel the upstream call.
-                item.Cancel(CancelReason.Caller);
+                item.DeliverChunksInline();
+            }
+
+            _item = item;
+            _reader = item.Chunks!.Reader;
+            queue.Enqueue(item, lendThread: inlineChunks);
+            return await _reader.WaitToReadAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+
+        public override void End()
+        {
+            if (_item?.Failure is { } failure)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
             }
         }
 
-        if (item.Failure is { } failure)
+        public override ValueTask DisposeAsync()
         {
-            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+            if (_item is { IsCompleted: false } item)
+            {
+                // The reader stopped early: cancel the upstream call.
+                item.Cancel(CancelReason.Caller);
+            }
+
+            return ValueTask.CompletedTask;
         }
     }
 

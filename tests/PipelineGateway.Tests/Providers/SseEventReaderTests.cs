@@ -21,7 +21,8 @@ public sealed class SseEventReaderTests
         // CsCheck, fixed seed: a BOM or not; lines of every kind (data with and without a colon or the space after it,
         // event, id, retry, comments, unknown fields, empty lines), values with colons, spaces and multi-byte UTF-8;
         // every line ending (LF, CR, CRLF); sometimes a last line left unfinished — delivered in reads of 1 to 17 bytes,
-        // or in reads as large as the reader asks for.
+        // or in reads as large as the reader asks for; read with MoveNextAsync, or with the split calls the streamed
+        // answers' loop makes (TryMoveNext, ReadAsync, Filled).
         var pcg = new PCG(25, 13);
         var values = Gen.String[0, 12].Select(v => new string(v.Where(c => c is not ('\r' or '\n') && !char.IsSurrogate(c)).ToArray()));
         var events = 0;
@@ -65,9 +66,30 @@ public sealed class SseEventReaderTests
             // data is joined while the buffer moves under it; the rest with the default.
             var body = new SlicedStream(bytes, pcg, maxRead: pcg.Next() % 3 == 0 ? int.MaxValue : 17);
             using var reader = pcg.Next() % 2 == 0 ? new SseEventReader(body, 1) : new SseEventReader(body);
-            while (await reader.MoveNextAsync(Ct))
+            if (pcg.Next() % 2 == 0)
             {
-                actual.Add(reader.Data.ToArray());
+                while (await reader.MoveNextAsync(Ct))
+                {
+                    actual.Add(reader.Data.ToArray());
+                }
+            }
+            else
+            {
+                // The streamed answers' loop (HttpChatProvider.StreamAsync): the body's reads awaited by the caller.
+                while (true)
+                {
+                    while (!reader.Ended && !reader.TryMoveNext())
+                    {
+                        reader.Filled(await reader.ReadAsync(Ct));
+                    }
+
+                    if (reader.Ended)
+                    {
+                        break;
+                    }
+
+                    actual.Add(reader.Data.ToArray());
+                }
             }
 
             actual.Should().BeEquivalentTo(expected, o => o.WithStrictOrdering(), $"the stream was {Show(bytes)}");

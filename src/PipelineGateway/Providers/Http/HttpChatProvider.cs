@@ -307,7 +307,13 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                     bool end;
                     try
                     {
-                        if (!await events.MoveNextAsync(deadline.Token).ConfigureAwait(false))
+                        // (Not MoveNextAsync: the body's read is awaited here, one layer fewer to resume per event.)
+                        while (!events.Ended && !events.TryMoveNext())
+                        {
+                            events.Filled(await events.ReadAsync(deadline.Token).ConfigureAwait(false));
+                        }
+
+                        if (events.Ended)
                         {
                             if (reader.EndedWhole)
                             {

@@ -48,6 +48,7 @@ internal sealed class SseEventReader : IDisposable
     private bool _afterCr; // the last line ended in CR: an LF that follows belongs to it
     private bool _started; // past the optional BOM
     private bool _ended;
+    private bool _dispatched; // the last TryMoveNext returned an event (its data is cleared on the next)
 
     public SseEventReader(Stream body)
         : this(body, InitialBufferBytes)
@@ -68,43 +69,69 @@ internal sealed class SseEventReader : IDisposable
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> MoveNextAsync(CancellationToken cancellationToken)
     {
-        if (_hasData)
+        while (!TryMoveNext())
         {
-            _hasData = false; // the event returned last time was consumed
+            if (_ended || !Filled(await ReadAsync(cancellationToken).ConfigureAwait(false)))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// Moves to the next event whose lines are all in the buffer already, without reading; false when more must be
+    /// read (<see cref="ReadAsync"/>, then <see cref="Filled"/>) or the body ended (<see cref="Ended"/>).
+    /// </summary>
+    /// <remarks>
+    /// The hot loop (a streamed answer's events, <see cref="HttpChatProvider.StreamAsync"/>) awaits the body's read
+    /// itself through these rather than <see cref="MoveNextAsync"/>: one asynchronous layer fewer to resume on every
+    /// event that waits for the upstream (most of them: an LLM sends its events apart).
+    /// </remarks>
+    public bool TryMoveNext()
+    {
+        if (_dispatched)
+        {
+            _dispatched = false; // the event returned last time was consumed
+            _hasData = false;
             _dataLength = 0;
             _sliceLength = -1;
         }
 
-        while (true)
+        _dispatched = NextEvent();
+        return _dispatched;
+    }
+
+    /// <summary>True once a read found the body's end (no event follows).</summary>
+    public bool Ended => _ended;
+
+    /// <summary>Reads more of the body into the buffer; hand what it returns to <see cref="Filled"/>.</summary>
+    public ValueTask<int> ReadAsync(CancellationToken cancellationToken)
+    {
+        if (_sliceLength >= 0)
         {
-            if (NextEvent())
-            {
-                return true;
-            }
-
-            if (_ended)
-            {
-                return false;
-            }
-
-            if (_sliceLength >= 0)
-            {
-                JoinSlice(); // MakeRoom may move the bytes the slice points at
-            }
-
-            MakeRoom();
-            var read = await _body.ReadAsync(_buffer.AsMemory(_end), cancellationToken).ConfigureAwait(false);
-            if (read == 0)
-            {
-                _ended = true; // an unfinished line and an undispatched event are dropped, as the format says
-                _dataLength = 0;
-                _sliceLength = -1;
-                _hasData = false;
-                return false;
-            }
-
-            _end += read;
+            JoinSlice(); // MakeRoom may move the bytes the slice points at
         }
+
+        MakeRoom();
+        return _body.ReadAsync(_buffer.AsMemory(_end), cancellationToken);
+    }
+
+    /// <summary>Takes the bytes a <see cref="ReadAsync"/> read; false when it read none: the body ended.</summary>
+    public bool Filled(int read)
+    {
+        if (read == 0)
+        {
+            _ended = true; // an unfinished line and an undispatched event are dropped, as the format says
+            _dataLength = 0;
+            _sliceLength = -1;
+            _hasData = false;
+            return false;
+        }
+
+        _end += read;
+        return true;
     }
 
     /// <summary>Processes the complete lines in the buffer; true when one of them dispatched an event.</summary>
