@@ -12,8 +12,8 @@ namespace PipelineGateway.Pipeline;
 /// Why not the enumerator a library caller gets (<see cref="IGatewayQueue.StreamAsync(ChatCompletionRequest, SubmitMode, CancellationToken)"/>):
 /// an endpoint awaiting the chunk channel's own wait is resumed straight by the worker's write, where through an
 /// enumerator the enumerator's state machine is resumed first and it then resumes the endpoint — one asynchronous layer
-/// more on every streamed event that waits for the upstream (docs/benchmarks.md, "One asynchronous layer fewer per
-/// streamed event").
+/// more on every streamed event that waits for the upstream (docs/benchmarks.md, "One asynchronous layer fewer on each
+/// side of a streamed event").
 /// </remarks>
 internal abstract class ChunkFeed : IAsyncDisposable
 {
