@@ -76,6 +76,10 @@ internal sealed class StreamReplay
                 tool.Call.Id ??= delta.Id;
                 tool.Call.Function!.Name ??= delta.Function?.Name;
                 tool.Arguments.Append(delta.Function?.Arguments);
+                foreach (var (name, value) in delta.AdditionalProperties ?? [])
+                {
+                    (tool.Call.AdditionalProperties ??= [])[name] = value; // Gemini's thought signature, on the call's first delta
+                }
             }
         }
     }
@@ -246,7 +250,7 @@ internal sealed class StreamReplay
         {
             yield return Chunk(new ChatCompletionDelta
             {
-                ToolCalls = [new ToolCall { Index = i, Id = tools[i].Id, Type = "function", Function = new FunctionCall { Name = tools[i].Function?.Name, Arguments = tools[i].Function?.Arguments } }],
+                ToolCalls = [new ToolCall { Index = i, Id = tools[i].Id, Type = "function", Function = new FunctionCall { Name = tools[i].Function?.Name, Arguments = tools[i].Function?.Arguments }, AdditionalProperties = tools[i].AdditionalProperties }],
             });
         }
 

@@ -113,6 +113,14 @@ public sealed class ToolCall
     public string? Type { get; set; }
 
     public FunctionCall? Function { get; set; }
+
+    /// <summary>
+    /// Members of the call the gateway does not model, kept both ways: Gemini's OpenAI-compatible endpoint puts the
+    /// call's thought signature here (<c>extra_content.google.thought_signature</c>), which the next turn must send
+    /// back (Gemini 3 refuses a function call's history without it).
+    /// </summary>
+    [JsonExtensionData]
+    public Dictionary<string, JsonElement>? AdditionalProperties { get; set; }
 }
 
 public sealed class FunctionCall

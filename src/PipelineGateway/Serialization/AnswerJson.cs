@@ -626,7 +626,7 @@ internal static class AnswerJson
             else if (r.ValueTextEquals("id"u8)) { Seen(ref seen, 2); Value(ref r); value.Id = String(ref r, "a tool call's 'id'"); }
             else if (r.ValueTextEquals("type"u8)) { Seen(ref seen, 4); Value(ref r); value.Type = String(ref r, "a tool call's 'type'"); }
             else if (r.ValueTextEquals("index"u8)) { Seen(ref seen, 8); Value(ref r); value.Index = r.TokenType == JsonTokenType.Null ? null : Int32(ref r, "a tool call's 'index'"); }
-            else { Skip(ref r); }
+            else { value.AdditionalProperties = Extension(ref r, value.AdditionalProperties); } // Gemini's extra_content
         }
 
         return value;
@@ -1066,6 +1066,7 @@ internal static class AnswerJson
                 w.WriteEndObject();
             }
 
+            WriteExtra(w, call.AdditionalProperties);
             w.WriteEndObject();
         }
 

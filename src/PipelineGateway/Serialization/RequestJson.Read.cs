@@ -169,7 +169,7 @@ internal static partial class RequestJson
                 }
             }
             else if (r.ValueTextEquals("index"u8)) { Once(ref seen, 3); r.Read(); value.Index = Int32(ref r); }
-            else { throw Back; }
+            else { value.AdditionalProperties = Extension(ref r, body, value.AdditionalProperties); } // Gemini's extra_content
         }
 
         return value;

@@ -49,6 +49,9 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     /// <summary>Faults about the HTTP exchange rather than the error body (<see cref="UpstreamHttpTests"/>).</summary>
     public static readonly string[] HttpFaults = ["gzip-200", "deflate-200", "br-200", "gzip-stream", "zstd-200", "stall-body", "bomb-200", "long-200", "long-length-200"];
 
+    /// <summary>The thought signature the <c>gemini-tools</c> answers put on their function call (opaque base64, as Gemini's).</summary>
+    public const string GeminiSignature = "CiQBjz1rX0Zx9yQ2b3V0LXNpZ25hdHVyZS1hYmNk";
+
     /// <summary>The text of the <c>bomb-200</c> and <c>long-*</c> answers: 4 MiB (a gzip bomb's ~4 KiB on the wire).</summary>
     public const int LongAnswerChars = 4 * 1024 * 1024;
 
@@ -265,6 +268,44 @@ public sealed class ScriptedUpstream : IAsyncDisposable
             case "body-echo":
                 // The same for a whole answer: the JSON body the test chose, sent as it is with a 200.
                 await Raw(ctx, 200, "application/json", await LastMessageAsync(ctx));
+                break;
+            case "gemini-tools":
+                // Gemini's OpenAI-compatible endpoint with a thinking model: a function call carries its thought signature
+                // (extra_content.google.thought_signature, and no refusal member: off the gateway's shape), whole or
+                // streamed; the next turn must send it back on the call, or it is a 400 (as Gemini 3 answers).
+                using (var request = await System.Text.Json.JsonDocument.ParseAsync(ctx.Request.Body))
+                {
+                    var messages = request.RootElement.GetProperty("messages");
+                    if (messages[messages.GetArrayLength() - 1].GetProperty("role").GetString() == "tool")
+                    {
+                        var call = messages[messages.GetArrayLength() - 2].GetProperty("tool_calls")[0];
+                        if (!call.TryGetProperty("extra_content", out var extra) || !extra.TryGetProperty("google", out var google)
+                            || !google.TryGetProperty("thought_signature", out var signature) || signature.GetString() != GeminiSignature)
+                        {
+                            await Error(ctx, anthropic: false, 400, "INVALID_ARGUMENT", "Function call is missing a thought_signature in functionCall parts.");
+                            break;
+                        }
+
+                        await Raw(ctx, 200, "application/json", """{"choices":[{"finish_reason":"stop","index":0,"message":{"content":"It is sunny in Paris.","role":"assistant"}}],"created":1700000000,"id":"gem-2","model":"gemini-3-pro-preview","object":"chat.completion","usage":{"completion_tokens":6,"prompt_tokens":30,"total_tokens":36}}""");
+                        break;
+                    }
+
+                    var asStream = request.RootElement.TryGetProperty("stream", out var stream) && stream.ValueKind == System.Text.Json.JsonValueKind.True;
+                    var index = asStream ? ",\"index\":0" : string.Empty;
+                    var calls = $$$"""[{"extra_content":{"google":{"thought_signature":"{{{GeminiSignature}}}"}},"function":{"arguments":"{\"city\":\"Paris\"}","name":"get_weather"},"id":"function-call-1","type":"function"{{{index}}}}]""";
+                    if (asStream)
+                    {
+                        await Raw(ctx, 200, "text/event-stream",
+                            $$$"""data: {"choices":[{"delta":{"role":"assistant","tool_calls":{{{calls}}}},"index":0}],"created":1700000000,"id":"gem-1","model":"gemini-3-pro-preview","object":"chat.completion.chunk"}"""
+                            + "\n\n"
+                            + """data: {"choices":[{"delta":{},"finish_reason":"tool_calls","index":0}],"created":1700000000,"id":"gem-1","model":"gemini-3-pro-preview","object":"chat.completion.chunk","usage":{"completion_tokens":5,"prompt_tokens":20,"total_tokens":25}}"""
+                            + "\n\ndata: [DONE]\n\n");
+                        break;
+                    }
+
+                    await Raw(ctx, 200, "application/json", $$$"""{"choices":[{"finish_reason":"tool_calls","index":0,"message":{"role":"assistant","tool_calls":{{{calls}}}}}],"created":1700000000,"id":"gem-1","model":"gemini-3-pro-preview","object":"chat.completion","usage":{"completion_tokens":5,"prompt_tokens":20,"total_tokens":25}}""");
+                }
+
                 break;
             case "strict-200":
                 // A strict OpenAI-compatible server (Fireworks, Kimi): a member it does not know is a 400 naming it.
