@@ -98,6 +98,34 @@ public sealed class StreamPacingTests
         await app.StopAsync(Ct);
     }
 
+    [Fact]
+    public async Task Over_a_real_upstream_what_it_sent_reaches_the_client_while_it_pauses()
+    {
+        // The HTTP adapters hand each event to the worker's logic from their own read loop (ProviderRequest.Sink): the
+        // burst must still end where that loop starts to wait for the upstream. The upstream (a real Kestrel) sends its
+        // opening and first content, then waits until the client has them.
+        await using var upstream = await ScriptedUpstream.StartAsync(Ct);
+        await using var gateway = await GatewayApp.StartAsync(upstream.EchoSettings("sse-gated"), Ct);
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
+        {
+            Content = new StringContent("""{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}""", Encoding.UTF8, "application/json"),
+        };
+        using var response = await gateway.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        using var body = new StreamReader(await response.Content.ReadAsStreamAsync(Ct));
+        string? line;
+        do
+        {
+            // Generous real-time bound: an unflushed burst would never come while the upstream waits for the client.
+            line = await body.ReadLineAsync(Ct).AsTask().WaitAsync(TimeSpan.FromSeconds(20), Ct);
+            line.Should().NotBeNull("the stream ended before its first content");
+        }
+        while (!line!.Contains("\"Hello\"", StringComparison.Ordinal));
+
+        upstream.StreamGate.SetResult();
+        var rest = await body.ReadToEndAsync(Ct);
+        rest.Should().Contain("\" world\"").And.EndWith("data: [DONE]\n\n");
+    }
+
     /// <summary>A fake clock that counts the live timers of one due time (the keep-alive's) and reports each new one.</summary>
     private sealed class TimerWatch(FakeTimeProvider inner, TimeSpan watched) : TimeProvider
     {

@@ -34,6 +34,9 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     /// <summary>What the <c>speech-gated</c> answer waits on between its two halves.</summary>
     public TaskCompletionSource SpeechGate { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>What the <c>sse-gated</c> answer waits on between its first content event and the rest.</summary>
+    public TaskCompletionSource StreamGate { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
     /// <summary>What the <c>speech-cut</c> answer waits on before it resets the connection after its first half.</summary>
     public TaskCompletionSource SpeechCutGate { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -132,6 +135,29 @@ public sealed class ScriptedUpstream : IAsyncDisposable
 
                 await SpeechGate.Task;
                 await ctx.Response.Body.WriteAsync(SpeechAudio.AsMemory(20_000));
+                break;
+            case "sse-gated":
+                // A chat stream in OpenAI's shape whose upstream pauses after its first content event, until the test
+                // lets it go on: what the gateway had must reach the client while it waits.
+                ctx.Response.ContentType = "text/event-stream";
+                await ctx.Response.WriteAsync("""
+                    data: {"id":"g1","object":"chat.completion.chunk","created":1,"model":"m-up","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}
+
+                    data: {"id":"g1","object":"chat.completion.chunk","created":1,"model":"m-up","choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]}
+
+
+                    """);
+                await ctx.Response.Body.FlushAsync();
+                await StreamGate.Task;
+                await ctx.Response.WriteAsync("""
+                    data: {"id":"g1","object":"chat.completion.chunk","created":1,"model":"m-up","choices":[{"index":0,"delta":{"content":" world"},"logprobs":null,"finish_reason":null}]}
+
+                    data: {"id":"g1","object":"chat.completion.chunk","created":1,"model":"m-up","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}
+
+                    data: [DONE]
+
+
+                    """);
                 break;
             case "speech-sse-cut":
                 // Speech asked as events: one speech.audio.delta, then the connection is reset.
