@@ -38,21 +38,4 @@ public readonly record struct ProviderRequest(ChatCompletionRequest Request, str
     /// (no cached answer is being built from the chunks).
     /// </summary>
     internal bool ChoicesMayStayUnread { get; init; }
-
-    /// <summary>
-    /// Where a streamed attempt's chunks go when the adapter hands them over itself (the HTTP adapters' event loop)
-    /// instead of yielding them: the worker's per-chunk logic, run in the adapter's loop. Null for a whole answer;
-    /// a provider that ignores it yields its chunks as always.
-    /// </summary>
-    internal IChunkSink? Sink { get; init; }
-}
-
-/// <summary>A streamed attempt's per-chunk logic, handed each chunk by the adapter that read it (<see cref="ProviderRequest.Sink"/>).</summary>
-internal interface IChunkSink
-{
-    /// <summary>The next chunk; the adapter awaits what it returns (not completed at once when the caller's channel is full) before reading on.</summary>
-    ValueTask TakeAsync(ChatCompletionChunk chunk);
-
-    /// <summary>The adapter is about to wait for the upstream: its next event is not buffered yet (a burst of chunks ended).</summary>
-    void Waiting();
 }

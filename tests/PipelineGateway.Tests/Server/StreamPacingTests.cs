@@ -101,9 +101,9 @@ public sealed class StreamPacingTests
     [Fact]
     public async Task Over_a_real_upstream_what_it_sent_reaches_the_client_while_it_pauses()
     {
-        // The HTTP adapters hand each event to the worker's logic from their own read loop (ProviderRequest.Sink): the
-        // burst must still end where that loop starts to wait for the upstream. The upstream (a real Kestrel) sends its
-        // opening and first content, then waits until the client has them.
+        // The same over HTTP: the OpenAI adapter awaits the upstream body's read itself (SseEventReader.ReadAsync), and
+        // the burst must end where it starts to wait. The upstream (a real Kestrel) sends its opening and first content,
+        // then waits until the client has them.
         await using var upstream = await ScriptedUpstream.StartAsync(Ct);
         await using var gateway = await GatewayApp.StartAsync(upstream.EchoSettings("sse-gated"), Ct);
         using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")

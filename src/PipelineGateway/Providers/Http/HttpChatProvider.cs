@@ -310,13 +310,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                         // (Not MoveNextAsync: the body's read is awaited here, one layer fewer to resume per event.)
                         while (!events.Ended && !events.TryMoveNext())
                         {
-                            var read = events.ReadAsync(deadline.Token);
-                            if (!read.IsCompleted)
-                            {
-                                request.Sink?.Waiting();
-                            }
-
-                            events.Filled(await read.ConfigureAwait(false));
+                            events.Filled(await events.ReadAsync(deadline.Token).ConfigureAwait(false));
                         }
 
                         if (events.Ended)
@@ -350,19 +344,7 @@ internal abstract partial class HttpChatProvider : ILlmProvider, IDisposable
                     for (; chunk is not null; chunk = reader.Next())
                     {
                         deadline.Restart(Options.StreamIdleTimeout);
-                        if (request.Sink is not { } sink)
-                        {
-                            yield return chunk;
-                            continue;
-                        }
-
-                        // Handed to the worker's per-chunk logic here, not yielded to its await (one layer fewer per
-                        // event); outside the read's exception mapping, as a yield is: the sink's failures are its own.
-                        var taken = sink.TakeAsync(chunk);
-                        if (!taken.IsCompletedSuccessfully)
-                        {
-                            await taken.ConfigureAwait(false);
-                        }
+                        yield return chunk;
                     }
 
                     if (end)
