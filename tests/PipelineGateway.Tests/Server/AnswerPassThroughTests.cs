@@ -13,25 +13,11 @@ namespace PipelineGateway.Tests.Server;
 /// estimates — is written by the gateway, with what it fills in. The upstream is a real Kestrel that is not our
 /// simulator, sending the bytes the test chose.
 /// </summary>
-public sealed class AnswerPassThroughTests : IAsyncLifetime
+public sealed class AnswerPassThroughTests() : EchoGatewayTests("body-echo")
 {
-    private ScriptedUpstream _upstream = null!;
-    private GatewayApp _gateway = null!;
-
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
+    protected override void Configure(Dictionary<string, string?> settings)
     {
-        _upstream = await ScriptedUpstream.StartAsync(Ct);
-        var settings = _upstream.EchoSettings("body-echo");
         settings["Gateway:Cache:Enabled"] = "true";
-        _gateway = await GatewayApp.StartAsync(settings, Ct);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        await _gateway.DisposeAsync();
-        await _upstream.DisposeAsync();
     }
 
     /// <summary>An answer as OpenAI sends one today (its member order, <c>annotations</c>, <c>service_tier</c>, usage details).</summary>
@@ -42,7 +28,7 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
         + "  \"service_tier\": \"default\",\n  \"system_fingerprint\": \"fp_1\"\n}\n";
 
     [Fact]
-    public async Task An_answer_in_the_gateways_shape_goes_out_as_the_upstream_sent_it()
+    public async Task An_answer_in_theGateways_shape_goes_out_as_theUpstream_sent_it()
     {
         // Pretty-printed, literal UTF-8 and HTML characters, an emoji unescaped (the gateway's writer would escape it as a
         // surrogate pair), members the gateway does not model at every level (Azure's content_filter_results in the choice).
@@ -68,7 +54,7 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
     [InlineData("content twice", "\"refusal\":null,\"content\":\"second\"", null, null)]
     [InlineData("an unknown member twice", "\"refusal\":null,\"audio\":1,\"audio\":2", null, null)]
     [InlineData("content as parts", null, null, null)]
-    public async Task An_answer_off_the_gateways_shape_is_written_by_the_gateway(string why, string? message, string? finish, string? usage)
+    public async Task An_answer_off_theGateways_shape_is_written_by_theGateway(string why, string? message, string? finish, string? usage)
     {
         var content = why == "content as parts" ? "[{\"type\":\"text\",\"text\":\"hi\"}]" : "\"hi\"";
         var sent = OpenAIAnswer(content, finish ?? "\"stop\"", message ?? "\"refusal\":null,\"annotations\":[]", usage ?? "\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12");
@@ -99,7 +85,7 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
     [InlineData("{\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"m-up\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}", "no id: the gateway's")]
     [InlineData("{\"id\":\"chatcmpl-up1\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"m-up\",\"gateway\":{\"provider\":\"forged\"},\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}", "a gateway member: dropped")]
     [InlineData("{\"id\":\"chatcmpl-up1\",\"object\":\"chat.completion\",\"created\":1700000000,\"model\":\"m-up\",\"choices\":[{\"index\":0,\"message\":{\"content\":\"hi\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}", "no role: assistant")]
-    public async Task What_the_gateway_fills_or_drops_is_in_what_the_client_gets(string sent, string why)
+    public async Task What_theGateway_fills_or_drops_is_in_what_the_client_gets(string sent, string why)
     {
         var (body, _) = await AskAsync(sent);
 
@@ -116,7 +102,7 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_cache_hit_of_an_answer_kept_as_its_bytes_says_what_the_upstreams_answer_said()
+    public async Task A_cache_hit_of_an_answer_kept_as_its_bytes_says_what_theUpstreams_answer_said()
     {
         var sent = OpenAIAnswer("\"cached 世界 🙂\"", choiceExtra: ",\n      \"content_filter_results\": { \"hate\": { \"filtered\": false } }");
 
@@ -137,10 +123,10 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
     [Fact]
     public async Task Answers_through_a_users_own_queue_are_written_as_that_queue_left_them()
     {
-        var settings = _upstream.EchoSettings("body-echo");
+        var settings = Upstream.EchoSettings("body-echo");
         settings["Gateway:Providers:1:Name"] = "sse";
         settings["Gateway:Providers:1:Type"] = "OpenAICompatible";
-        settings["Gateway:Providers:1:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString();
+        settings["Gateway:Providers:1:BaseUrl"] = new Uri(Upstream.BaseAddress, "v1").ToString();
         settings["Gateway:Providers:1:Headers:x-fault"] = "sse-echo";
         settings["Gateway:Models:1:Name"] = "s";
         settings["Gateway:Models:1:Deployments:0:Provider"] = "sse";
@@ -195,7 +181,7 @@ public sealed class AnswerPassThroughTests : IAsyncLifetime
     private async Task<(string Body, HttpResponseMessage Response)> AskAsync(string answer, HttpClient? http = null)
     {
         var request = JsonSerializer.Serialize(new { model = "m", messages = new[] { new { role = "user", content = answer } } });
-        var response = await (http ?? _gateway.Http).PostAsync("v1/chat/completions", new StringContent(request, Encoding.UTF8, "application/json"), Ct);
+        var response = await (http ?? Gateway.Http).PostAsync("v1/chat/completions", new StringContent(request, Encoding.UTF8, "application/json"), Ct);
         var body = Encoding.UTF8.GetString(await response.Content.ReadAsByteArrayAsync(Ct));
         response.IsSuccessStatusCode.Should().BeTrue(body);
         return (body, response);

@@ -11,41 +11,27 @@ namespace PipelineGateway.Tests.Server;
 /// (docs/server.md, "Streaming"); one that is not — a member left out, one given twice — is written by the gateway,
 /// with what it fills in. The upstream here is a real Kestrel that is not our simulator, sending bytes the test chose.
 /// </summary>
-public sealed class StreamPassThroughTests : IAsyncLifetime
+public sealed class StreamPassThroughTests() : EchoGatewayTests("sse-echo")
 {
-    private ScriptedUpstream _upstream = null!;
-    private GatewayApp _gateway = null!;
-
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
+    protected override void Configure(Dictionary<string, string?> settings)
     {
-        _upstream = await ScriptedUpstream.StartAsync(Ct);
-        var settings = _upstream.EchoSettings("sse-echo");
         settings["Gateway:Providers:1:Name"] = "echo-claude";
         settings["Gateway:Providers:1:Type"] = "Anthropic";
-        settings["Gateway:Providers:1:BaseUrl"] = new Uri(_upstream.BaseAddress, "v1").ToString();
+        settings["Gateway:Providers:1:BaseUrl"] = new Uri(Upstream.BaseAddress, "v1").ToString();
         settings["Gateway:Providers:1:ApiKeyEnvironmentVariable"] = "PGW_TEST_ECHO_CLAUDE_KEY";
         settings["Gateway:Providers:1:Headers:x-fault"] = "sse-echo";
         settings["Gateway:Models:1:Name"] = "claude";
         settings["Gateway:Models:1:Deployments:0:Provider"] = "echo-claude";
         settings["Gateway:Models:1:Deployments:0:Model"] = "claude-sonnet-4-5";
         Environment.SetEnvironmentVariable("PGW_TEST_ECHO_CLAUDE_KEY", "sk-ant-echo");
-        _gateway = await GatewayApp.StartAsync(settings, Ct);
     }
 
-    private HttpClient Http => _gateway.Http;
-
-    public async ValueTask DisposeAsync()
-    {
-        await _gateway.DisposeAsync();
-        await _upstream.DisposeAsync();
-    }
+    private HttpClient Http => Gateway.Http;
 
     private const string Head = "\"id\":\"chatcmpl-up1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m-up\"";
 
     [Fact]
-    public async Task Events_in_the_gateways_shape_go_out_as_the_upstream_sent_them_and_the_others_are_written_by_the_gateway()
+    public async Task Events_in_theGateways_shape_go_out_as_theUpstream_sent_them_and_the_others_are_written_by_theGateway()
     {
         // Literal UTF-8, HTML characters and a delta member the gateway does not model: the upstream's bytes, kept.
         var opening = "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"héllo 世界 <b>&\",\"reasoning_content\":\"because\"},\"logprobs\":null,\"finish_reason\":null}],\"service_tier\":\"default\"}";
@@ -99,7 +85,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     [InlineData("{\"id\":\"chatcmpl-up1\",\n\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m-up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]
     [InlineData("{" + Head + ",\"gateway\":{\"provider\":\"forged\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]
     [InlineData("{" + Head + ",\"model\":\"other\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]
-    public async Task An_event_that_is_two_lines_carries_a_gateway_member_or_repeats_a_member_is_rewritten(string event1)
+    public async Task An_event_that_is_two_lines_carries_aGateway_member_or_repeats_a_member_is_rewritten(string event1)
     {
         // Two data lines are one event joined by a line break (written as-is it would break the SSE framing); the
         // gateway's own member and a repeated one are what its reader drops or reads last.
@@ -115,7 +101,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task An_upstream_error_right_after_content_follows_that_content_in_the_stream()
+    public async Task AnUpstream_error_right_after_content_follows_that_content_in_the_stream()
     {
         // One write upstream: the content and then the error reach the gateway together, so the content is written to
         // the client's response but not yet flushed when the error comes; it must still go out, the error after it.
@@ -131,7 +117,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
 
     /// <summary>The data of each event the client got for a streamed request whose upstream sends <paramref name="sse"/>.</summary>
     [Fact]
-    public async Task Text_the_gateway_writes_itself_stays_literal_UTF_8_on_both_routes_as_OpenAI_and_Anthropic_send_it()
+    public async Task Text_theGateway_writes_itself_stays_literal_UTF_8_on_both_routes_as_OpenAI_and_Anthropic_send_it()
     {
         // An event the gateway rewrites (no logprobs) and the /v1/messages events it translates: non-ASCII text and HTML
         // characters go out as UTF-8, not as \uXXXX escapes (WireJson), and read back as the same text. (An emoji, outside
@@ -320,7 +306,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     /// the gateway counts it. Both read 0 before; <c>message_delta</c> still carries the upstream's exact count.
     /// </summary>
     [Fact]
-    public async Task A_messages_callers_message_start_says_the_prompts_tokens_from_either_upstream()
+    public async Task A_messages_callers_message_start_says_the_prompts_tokens_from_eitherUpstream()
     {
         var claude = await MessagesAsync(string.Concat(
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":7,\"cache_read_input_tokens\":3,\"output_tokens\":1}}}\n\n",
@@ -363,7 +349,7 @@ public sealed class StreamPassThroughTests : IAsyncLifetime
     /// of its choosing), or whose JSON spans several <c>data:</c> lines, cannot break the caller's stream.
     /// </summary>
     [Fact]
-    public async Task An_Anthropic_upstreams_events_cannot_write_events_of_their_choosing_to_a_messages_caller()
+    public async Task An_AnthropicUpstreams_events_cannot_write_events_of_their_choosing_to_a_messages_caller()
     {
         var sse = string.Concat(
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",

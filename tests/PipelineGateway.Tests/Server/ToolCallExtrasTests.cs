@@ -12,31 +12,17 @@ namespace PipelineGateway.Tests.Server;
 /// comes back without it. The upstream is a real Kestrel answering as Gemini does (<c>gemini-tools</c>): its answer has
 /// no <c>refusal</c> member, so the gateway writes it from its objects rather than as the upstream's bytes.
 /// </summary>
-public sealed class ToolCallExtrasTests : IAsyncLifetime
+public sealed class ToolCallExtrasTests() : EchoGatewayTests("gemini-tools")
 {
-    private ScriptedUpstream _upstream = null!;
-    private GatewayApp _gateway = null!;
-
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
-
-    public async ValueTask InitializeAsync()
+    protected override void Configure(Dictionary<string, string?> settings)
     {
-        _upstream = await ScriptedUpstream.StartAsync(Ct);
-        var settings = _upstream.EchoSettings("gemini-tools");
         settings["Gateway:Cache:Enabled"] = "true";
-        _gateway = await GatewayApp.StartAsync(settings, Ct);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        await _gateway.DisposeAsync();
-        await _upstream.DisposeAsync();
     }
 
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public async Task A_function_calls_thought_signature_reaches_the_client_and_goes_back_upstream_with_the_next_turn(bool stream)
+    public async Task A_function_calls_thought_signature_reaches_the_client_and_goes_backUpstream_with_the_next_turn(bool stream)
     {
         var question = $"Weather in Paris? ({(stream ? "streamed" : "whole")})";
 
@@ -79,7 +65,7 @@ public sealed class ToolCallExtrasTests : IAsyncLifetime
         var body = NextTurn(question, call).ToJsonString().Replace("\"tool_call_id\"", "\"tool_call_\\u0069d\"", StringComparison.Ordinal);
         body.Should().Contain("\\u0069d");
 
-        var response = await _gateway.Http.PostAsync("v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
+        var response = await Gateway.Http.PostAsync("v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"), Ct);
 
         var answer = await response.Content.ReadAsStringAsync(Ct);
         response.IsSuccessStatusCode.Should().BeTrue(answer);
@@ -87,14 +73,14 @@ public sealed class ToolCallExtrasTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Without_the_signature_the_upstreams_400_reaches_the_client_as_a_400()
+    public async Task Without_the_signature_theUpstreams_400_reaches_the_client_as_a_400()
     {
         // The check the upstream makes is real: the same next turn with the call's extra members removed is refused.
         var question = "Weather in Paris? (stripped)";
         var call = await WholeCallAsync(question);
         call.AsObject().Remove("extra_content");
 
-        var response = await _gateway.Http.PostAsync("v1/chat/completions", Json(NextTurn(question, call)), Ct);
+        var response = await Gateway.Http.PostAsync("v1/chat/completions", Json(NextTurn(question, call)), Ct);
 
         ((int)response.StatusCode).Should().Be(400);
         (await response.Content.ReadAsStringAsync(Ct)).Should().Contain("thought_signature");
@@ -106,7 +92,7 @@ public sealed class ToolCallExtrasTests : IAsyncLifetime
 
     private async Task<(JsonNode Call, string Cache)> AskWholeAsync(string question)
     {
-        var response = await _gateway.Http.PostAsync("v1/chat/completions", Json(First(question, stream: false)), Ct);
+        var response = await Gateway.Http.PostAsync("v1/chat/completions", Json(First(question, stream: false)), Ct);
         var body = await response.Content.ReadAsStringAsync(Ct);
         response.IsSuccessStatusCode.Should().BeTrue(body);
         var message = JsonNode.Parse(body)!["choices"]![0]!["message"]!;
@@ -116,7 +102,7 @@ public sealed class ToolCallExtrasTests : IAsyncLifetime
     /// <summary>The call's deltas as a client adds them up: the first carries id, name and the extra members; arguments join.</summary>
     private async Task<JsonNode> StreamedCallAsync(string question)
     {
-        var response = await _gateway.Http.PostAsync("v1/chat/completions", Json(First(question, stream: true)), Ct);
+        var response = await Gateway.Http.PostAsync("v1/chat/completions", Json(First(question, stream: true)), Ct);
         var body = await response.Content.ReadAsStringAsync(Ct);
         response.IsSuccessStatusCode.Should().BeTrue(body);
         JsonObject? call = null;
@@ -138,7 +124,7 @@ public sealed class ToolCallExtrasTests : IAsyncLifetime
 
     private async Task<string> NextTurnAsync(string question, JsonNode call)
     {
-        var response = await _gateway.Http.PostAsync("v1/chat/completions", Json(NextTurn(question, call)), Ct);
+        var response = await Gateway.Http.PostAsync("v1/chat/completions", Json(NextTurn(question, call)), Ct);
         var body = await response.Content.ReadAsStringAsync(Ct);
         response.IsSuccessStatusCode.Should().BeTrue(body);
         return JsonNode.Parse(body)!["choices"]![0]!["message"]!["content"]!.GetValue<string>();

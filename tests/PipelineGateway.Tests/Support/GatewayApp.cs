@@ -6,7 +6,7 @@ using PipelineGateway.Server;
 namespace PipelineGateway.Tests.Support;
 
 /// <summary>The gateway's HTTP server on 127.0.0.1 (port 0) built from the test's settings alone, with a client; disposed together.</summary>
-internal sealed class GatewayApp : IAsyncDisposable
+public sealed class GatewayApp : IAsyncDisposable
 {
     private GatewayApp(WebApplication app, HttpClient http)
     {
