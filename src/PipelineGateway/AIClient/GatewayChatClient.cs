@@ -53,7 +53,7 @@ public sealed class GatewayChatClient : IChatClient
 
         foreach (var call in choice?.Message?.ToolCalls ?? [])
         {
-            contents.Add(FunctionCallContent.CreateFromParsedArguments(call.Function?.Arguments ?? string.Empty, call.Id ?? string.Empty, call.Function?.Name ?? string.Empty, ToolArguments.ParseAnswer));
+            contents.Add(CallContent(call.Function?.Arguments ?? string.Empty, call.Id, call.Function?.Name, call.AdditionalProperties));
         }
 
         return new ChatResponse(new AI.ChatMessage(ChatRole.Assistant, contents))
@@ -81,7 +81,7 @@ public sealed class GatewayChatClient : IChatClient
 
         // Tool calls arrive in pieces (name first, arguments in fragments, by index): they are put together and handed on
         // whole, in the update that finishes the answer, which is what a function-invoking client needs.
-        SortedDictionary<int, (string? Id, string? Name, StringBuilder Arguments)>? calls = null;
+        SortedDictionary<int, (string? Id, string? Name, StringBuilder Arguments, Dictionary<string, JsonElement>? Members)>? calls = null;
         Providers.Anthropic.ThinkingBlocks.Collector? thinking = null; // Claude's signed blocks, handed on whole at the end (ReasoningMapping.WithBlocks)
         StringBuilder? refusal = null; // the model's refusal, handed on whole at the end as the whole answer's is
         await foreach (var chunk in _gateway.StreamAsync(request, cancellationToken).ConfigureAwait(false))
@@ -114,9 +114,14 @@ public sealed class GatewayChatClient : IChatClient
                 {
                     calls ??= [];
                     var index = call.Index ?? calls.Count;
-                    var (id, name, args) = calls.TryGetValue(index, out var seen) ? seen : (null, null, new StringBuilder());
+                    var (id, name, args, members) = calls.TryGetValue(index, out var seen) ? seen : (null, null, new StringBuilder(), null);
                     args.Append(call.Function?.Arguments);
-                    calls[index] = (call.Id ?? id, call.Function?.Name ?? name, args);
+                    foreach (var (member, value) in call.AdditionalProperties ?? [])
+                    {
+                        (members ??= [])[member] = value; // Gemini's thought signature, on the call's first delta
+                    }
+
+                    calls[index] = (call.Id ?? id, call.Function?.Name ?? name, args, members);
                 }
 
                 finish ??= choice.FinishReason;
@@ -137,9 +142,9 @@ public sealed class GatewayChatClient : IChatClient
 
             if (finish is not null && calls is not null)
             {
-                foreach (var (id, name, args) in calls.Values)
+                foreach (var (id, name, args, members) in calls.Values)
                 {
-                    contents.Add(FunctionCallContent.CreateFromParsedArguments(args.ToString(), id ?? string.Empty, name ?? string.Empty, ToolArguments.ParseAnswer));
+                    contents.Add(CallContent(args.ToString(), id, name, members));
                 }
 
                 calls = null;
@@ -270,6 +275,7 @@ public sealed class GatewayChatClient : IChatClient
                         Id = call.CallId,
                         Type = "function",
                         Function = new FunctionCall { Name = call.Name, Arguments = call.Arguments is null ? "{}" : JsonSerializer.Serialize(call.Arguments, AIJsonUtilities.DefaultOptions.GetTypeInfo(typeof(IDictionary<string, object?>))) },
+                        AdditionalProperties = CallMembers(call.AdditionalProperties),
                     });
                     break;
             }
@@ -309,6 +315,46 @@ public sealed class GatewayChatClient : IChatClient
     };
 
     /// <summary>What the gateway adds: who answered, whether from the cache, the cost, the request id.</summary>
+    /// <summary>
+    /// A tool call as Microsoft.Extensions.AI has one, with the call's members the chat format does not model in its
+    /// <see cref="AIContent.AdditionalProperties"/> (as <see cref="JsonElement"/>s): Gemini's thought signature
+    /// (<c>extra_content</c>), which the function-invocation loop keeps in the conversation and <see cref="CallMembers"/>
+    /// sends back with the next turn.
+    /// </summary>
+    private static FunctionCallContent CallContent(string arguments, string? id, string? name, Dictionary<string, JsonElement>? members)
+    {
+        var content = FunctionCallContent.CreateFromParsedArguments(arguments, id ?? string.Empty, name ?? string.Empty, ToolArguments.ParseAnswer);
+        if (members is { Count: > 0 })
+        {
+            content.AdditionalProperties = [];
+            foreach (var (member, value) in members)
+            {
+                content.AdditionalProperties[member] = value;
+            }
+        }
+
+        return content;
+    }
+
+    /// <summary>
+    /// The call's members to send back: only what is JSON already (what <see cref="CallContent"/> put there, or a stored
+    /// conversation read back) — anything else an application's own code hung on the content stays in the application
+    /// (a strict upstream refuses a member it does not know).
+    /// </summary>
+    private static Dictionary<string, JsonElement>? CallMembers(AdditionalPropertiesDictionary? properties)
+    {
+        Dictionary<string, JsonElement>? members = null;
+        foreach (var (member, value) in properties ?? [])
+        {
+            if (value is JsonElement json)
+            {
+                (members ??= [])[member] = json;
+            }
+        }
+
+        return members;
+    }
+
     internal static AdditionalPropertiesDictionary? Info(GatewayResponseInfo? info) => info is null ? null : new()
     {
         ["gateway.request_id"] = info.RequestId,
