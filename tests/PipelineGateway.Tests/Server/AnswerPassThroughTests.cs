@@ -124,12 +124,7 @@ public sealed class AnswerPassThroughTests() : EchoGatewayTests("body-echo")
     public async Task Answers_through_a_users_own_queue_are_written_as_that_queue_left_them()
     {
         var settings = Upstream.EchoSettings("body-echo");
-        settings["Gateway:Providers:1:Name"] = "sse";
-        settings["Gateway:Providers:1:Type"] = "OpenAICompatible";
-        settings["Gateway:Providers:1:BaseUrl"] = new Uri(Upstream.BaseAddress, "v1").ToString();
-        settings["Gateway:Providers:1:Headers:x-fault"] = "sse-echo";
-        settings["Gateway:Models:1:Name"] = "s";
-        settings["Gateway:Models:1:Deployments:0:Provider"] = "sse";
+        Upstream.AddProvider(settings, 1, "sse", "OpenAICompatible", "sse-echo", "s");
         await using var gateway = await GatewayApp.StartAsync(settings, Ct, services =>
         {
             services.AddSingleton<PipelineGateway.Pipeline.GatewayQueue>();

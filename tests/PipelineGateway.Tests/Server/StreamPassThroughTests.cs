@@ -15,14 +15,8 @@ public sealed class StreamPassThroughTests() : EchoGatewayTests("sse-echo")
 {
     protected override void Configure(Dictionary<string, string?> settings)
     {
-        settings["Gateway:Providers:1:Name"] = "echo-claude";
-        settings["Gateway:Providers:1:Type"] = "Anthropic";
-        settings["Gateway:Providers:1:BaseUrl"] = new Uri(Upstream.BaseAddress, "v1").ToString();
+        Upstream.AddProvider(settings, 1, "echo-claude", "Anthropic", "sse-echo", "claude", "claude-sonnet-4-5");
         settings["Gateway:Providers:1:ApiKeyEnvironmentVariable"] = "PGW_TEST_ECHO_CLAUDE_KEY";
-        settings["Gateway:Providers:1:Headers:x-fault"] = "sse-echo";
-        settings["Gateway:Models:1:Name"] = "claude";
-        settings["Gateway:Models:1:Deployments:0:Provider"] = "echo-claude";
-        settings["Gateway:Models:1:Deployments:0:Model"] = "claude-sonnet-4-5";
         Environment.SetEnvironmentVariable("PGW_TEST_ECHO_CLAUDE_KEY", "sk-ant-echo");
     }
 

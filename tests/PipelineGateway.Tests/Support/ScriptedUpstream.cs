@@ -62,17 +62,30 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     /// A gateway's settings with one provider, <c>echo</c>, sending every request here with <paramref name="fault"/>, and a
     /// model <c>m</c> on it (upstream model <c>m-up</c>), one attempt a request: the test's bytes, answered as they are.
     /// </summary>
-    public Dictionary<string, string?> EchoSettings(string fault) => new()
+    public Dictionary<string, string?> EchoSettings(string fault)
     {
-        ["Gateway:Providers:0:Name"] = "echo",
-        ["Gateway:Providers:0:Type"] = "OpenAICompatible",
-        ["Gateway:Providers:0:BaseUrl"] = new Uri(BaseAddress, "v1").ToString(),
-        ["Gateway:Providers:0:Headers:x-fault"] = fault,
-        ["Gateway:Models:0:Name"] = "m",
-        ["Gateway:Models:0:Deployments:0:Provider"] = "echo",
-        ["Gateway:Models:0:Deployments:0:Model"] = "m-up",
-        ["Gateway:Pipeline:MaxAttempts"] = "1",
-    };
+        var settings = new Dictionary<string, string?> { ["Gateway:Pipeline:MaxAttempts"] = "1" };
+        AddProvider(settings, 0, "echo", "OpenAICompatible", fault, "m", "m-up");
+        return settings;
+    }
+
+    /// <summary>
+    /// Adds provider number <paramref name="index"/> sending every request here with <paramref name="fault"/>, and model
+    /// number <paramref name="index"/>, <paramref name="model"/>, deployed on it (as <paramref name="upstreamModel"/>).
+    /// </summary>
+    public void AddProvider(Dictionary<string, string?> settings, int index, string name, string type, string fault, string model, string? upstreamModel = null)
+    {
+        settings[$"Gateway:Providers:{index}:Name"] = name;
+        settings[$"Gateway:Providers:{index}:Type"] = type;
+        settings[$"Gateway:Providers:{index}:BaseUrl"] = new Uri(BaseAddress, "v1").ToString();
+        settings[$"Gateway:Providers:{index}:Headers:x-fault"] = fault;
+        settings[$"Gateway:Models:{index}:Name"] = model;
+        settings[$"Gateway:Models:{index}:Deployments:0:Provider"] = name;
+        if (upstreamModel is not null)
+        {
+            settings[$"Gateway:Models:{index}:Deployments:0:Model"] = upstreamModel;
+        }
+    }
 
     public static async Task<ScriptedUpstream> StartAsync(CancellationToken cancellationToken)
     {
