@@ -14,7 +14,7 @@ namespace PipelineGateway.Server;
 /// malformed or unsupported field is a 400 in Anthropic's shape naming it) and translated to the canonical form; the
 /// answer is translated back.
 /// </summary>
-internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, Routing.ModelCatalog catalog, ILogger<AnthropicMessagesEndpoint> logger) : IDisposable
+internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys keys, ServerOptions options, GatewayResponseHeaders headers, TimeProvider time, Routing.ModelCatalog catalog, Responses.ResponsesStore store, ILogger<AnthropicMessagesEndpoint> logger) : IDisposable
 {
     /// <summary>
     /// Claude's counts each key may ask for (<see cref="ServerOptions.CountTokensPerMinute"/>): a token bucket per key
@@ -45,15 +45,18 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         }
 
         ServerSubmit.Identify(ctx, request, "request-id");
+        var scope = Responses.ResponsesStore.ScopeOf(caller.Key);
+        await ToolCallRecall.RecallAsync(store, scope, request, aborted); // tool_use blocks have no place for a call's extra members
         if (request.Stream == true)
         {
-            await StreamAsync(ctx, request, aborted);
+            await StreamAsync(ctx, request, scope, aborted);
             return;
         }
 
         try
         {
             var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
+            await ToolCallRecall.RememberAsync(store, scope, request, response);
             headers.WriteGatewayHeaders(ctx, request, response.Gateway);
             await JsonBody.WriteAsync(ctx.Response, AnthropicResponses.ToAnthropic(response), AnthropicJsonContext.Default.AnthropicMessage, aborted);
         }
@@ -191,11 +194,11 @@ internal sealed class AnthropicMessagesEndpoint(IGatewayQueue queue, GatewayKeys
         return true;
     }
 
-    private Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, CancellationToken aborted)
+    private Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, string scope, CancellationToken aborted)
     {
         // An Anthropic deployment's content events are written as they came (server tools' blocks, citations, indexes).
         request.Gateway!.KeepsAnthropicEvents = true;
-        return NamedEventStream.WriteAsync(ctx, queue, request, new Events(request), options, time, headers, aborted);
+        return NamedEventStream.WriteAsync(ctx, queue, request, new Events(request), options, time, headers, ToolCallRecall.Gather(store, scope, request), aborted);
     }
 
     /// <summary>The Anthropic stream writer as the named-event loop takes it.</summary>

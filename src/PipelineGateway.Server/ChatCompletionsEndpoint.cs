@@ -81,6 +81,8 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             await ThinkingRecall.RecallAsync(store, scope, request, aborted); // a tool loop's thinking, given back to Claude
         }
 
+        await ToolCallRecall.RecallAsync(store, scope, request, aborted); // its calls' members a client dropped (Gemini's signatures)
+
         // An upstream answer or chunk in the gateway's own shape is written as it came (the gateway's own queue only:
         // one of the user's in between may change the objects).
         request.Gateway.KeepsUpstreamJson = ServerSubmit.WritesUpstreamJson(queue);
@@ -94,6 +96,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         {
             var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
             await ThinkingRecall.RememberAsync(store, scope, request, response); // before the answer goes out: the next step may come at once
+            await ToolCallRecall.RememberAsync(store, scope, request, response);
             headers.WriteGatewayHeaders(ctx, request, response.Gateway);
             if (response.TakeUpstreamJson(out var upstream, out var length))
             {
@@ -150,6 +153,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
     private async Task StreamAsync(HttpContext ctx, ChatCompletionRequest request, string scope, CancellationToken aborted)
     {
         var thinking = ThinkingRecall.Asked(request) && store.Enabled ? new ThinkingRecall.Gatherer() : null;
+        var calls = ToolCallRecall.Gather(store, scope, request);
         var includeUsage = request.StreamOptions?.IncludeUsage == true;
         var continuousUsage = ContinuousUsage(request);
         var flushEach = !ServerSubmit.MarksBursts(queue);
@@ -189,6 +193,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                 }
 
                 thinking?.Add(chunk);
+                calls?.Add(chunk);
 
                 if (!started || chunk.Gateway is not null)
                 {
@@ -228,6 +233,11 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             if (thinking is not null)
             {
                 await thinking.RememberAsync(store, scope); // before the stream's end goes out: the next step may come at once
+            }
+
+            if (calls is not null)
+            {
+                await calls.RememberAsync();
             }
 
             await ctx.Response.Body.WriteAsync(Done, aborted);

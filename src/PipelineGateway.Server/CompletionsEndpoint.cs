@@ -31,7 +31,7 @@ internal sealed class CompletionsEndpoint(IGatewayQueue queue, GatewayKeys keys,
 
         if (request.Stream == true)
         {
-            await NamedEventStream.WriteAsync(ctx, queue, request, new Events(request.StreamOptions?.IncludeUsage == true, ChatCompletionsEndpoint.ContinuousUsage(request)), options, time, headers, aborted);
+            await NamedEventStream.WriteAsync(ctx, queue, request, new Events(request.StreamOptions?.IncludeUsage == true, ChatCompletionsEndpoint.ContinuousUsage(request)), options, time, headers, calls: null, aborted);
             return;
         }
 

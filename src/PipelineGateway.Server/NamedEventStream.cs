@@ -34,7 +34,8 @@ internal interface INamedEventWriter
 /// </summary>
 internal static class NamedEventStream
 {
-    public static async Task WriteAsync(HttpContext ctx, IGatewayQueue queue, ChatCompletionRequest request, INamedEventWriter writer, ServerOptions options, TimeProvider time, GatewayResponseHeaders headers, CancellationToken aborted)
+    /// <param name="calls">What keeps the stream's calls' extra members for the next step (<see cref="ToolCallRecall"/>); null: nothing is kept.</param>
+    public static async Task WriteAsync(HttpContext ctx, IGatewayQueue queue, ChatCompletionRequest request, INamedEventWriter writer, ServerOptions options, TimeProvider time, GatewayResponseHeaders headers, ToolCallRecall.Gatherer? calls, CancellationToken aborted)
     {
         var flushEach = !ServerSubmit.MarksBursts(queue);
         var wrote = false; // events are in the response pipe, perhaps not flushed yet
@@ -75,6 +76,7 @@ internal static class NamedEventStream
                     continue;
                 }
 
+                calls?.Add(chunk);
                 StartSse(ctx, request, chunk.Gateway, headers);
                 wrote |= WriteAll(ctx, started ? [] : writer.Start());
                 started = true;
@@ -88,6 +90,11 @@ internal static class NamedEventStream
             StartSse(ctx, request, null, headers);
             WriteAll(ctx, started ? [] : writer.Start());
             WriteAll(ctx, writer.Finish());
+            if (calls is not null)
+            {
+                await calls.RememberAsync(); // before the closing events go out: the next step may come at once
+            }
+
             await writer.FinishedAsync();
             WriteAll(ctx, writer.Last());
             await ctx.Response.BodyWriter.FlushAsync(aborted);

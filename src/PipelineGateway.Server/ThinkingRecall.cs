@@ -44,7 +44,7 @@ internal static class ThinkingRecall
             return;
         }
 
-        if (await store.RecallThinkingAsync(scope, last.ToolCalls![0].Id!, cancellationToken).ConfigureAwait(false) is { ValueKind: JsonValueKind.Array } blocks)
+        if (await store.RecallForToolCallAsync(ResponsesStore.ForToolCall.Thinking, scope, last.ToolCalls![0].Id!, cancellationToken).ConfigureAwait(false) is { ValueKind: JsonValueKind.Array } blocks)
         {
             (last.AdditionalProperties ??= [])[ThinkingBlocks.Member] = blocks;
         }
@@ -59,7 +59,7 @@ internal static class ThinkingRecall
             return Task.CompletedTask;
         }
 
-        return store.RememberThinkingAsync(scope, id, System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(blocks).ToArray());
+        return store.RememberForToolCallAsync(ResponsesStore.ForToolCall.Thinking, scope, id, System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(blocks).ToArray());
     }
 
     /// <summary>A stream's thinking pieces and its first tool call's id, gathered as the chunks go out (only for a request that <see cref="Asked"/>).</summary>
@@ -96,7 +96,7 @@ internal static class ThinkingRecall
             }
 
             var json = ThinkingBlocks.Write(null, blocks, null)![ThinkingBlocks.Member];
-            return store.RememberThinkingAsync(scope, _toolCallId, System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(json).ToArray());
+            return store.RememberForToolCallAsync(ResponsesStore.ForToolCall.Thinking, scope, _toolCallId, System.Runtime.InteropServices.JsonMarshal.GetRawUtf8Value(json).ToArray());
         }
     }
 }

@@ -89,7 +89,7 @@ internal sealed class TranscriptionsEndpoint(IGatewayQueue queue, GatewayKeys ke
 
         if (request.Stream == true)
         {
-            await NamedEventStream.WriteAsync(ctx, queue, request, new TranscriptEvents(), options, time, headers, aborted);
+            await NamedEventStream.WriteAsync(ctx, queue, request, new TranscriptEvents(), options, time, headers, calls: null, aborted);
             return;
         }
 

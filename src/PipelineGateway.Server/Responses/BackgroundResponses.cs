@@ -254,6 +254,7 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
         try
         {
             var started = false;
+            var calls = ToolCallRecall.Gather(store, scope, request);
             await foreach (var chunk in queue.StreamAsync(request, SubmitMode.Wait, either.Token).ConfigureAwait(false))
             {
                 if (ReferenceEquals(chunk, WorkItem.BurstEnd))
@@ -270,7 +271,13 @@ internal sealed partial class BackgroundResponses(IGatewayQueue queue, Responses
                     run.Append(opening);
                 }
 
+                calls?.Add(chunk);
                 run.Append(writer.OnChunk(chunk));
+            }
+
+            if (calls is not null)
+            {
+                await calls.RememberAsync().ConfigureAwait(false);
             }
 
             var closing = (started ? writer.Finish() : writer.Start().Concat(writer.Finish())).ToList();

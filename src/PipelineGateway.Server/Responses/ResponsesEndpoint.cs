@@ -43,6 +43,7 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         var request = input.Request;
         request.Gateway = caller.Headers.ToOptions(caller.Key);
         ServerSubmit.Identify(ctx, request, "x-request-id");
+        await ToolCallRecall.RecallAsync(store, scope, request, aborted); // function_call items have no place for a call's extra members
         if (input.Background)
         {
             await StartBackgroundAsync(ctx, scope, input, turn);
@@ -56,13 +57,14 @@ internal sealed class ResponsesEndpoint(IGatewayQueue queue, GatewayKeys keys, S
         };
         if (request.Stream == true)
         {
-            await NamedEventStream.WriteAsync(ctx, queue, request, writer, options, time, headers, aborted);
+            await NamedEventStream.WriteAsync(ctx, queue, request, writer, options, time, headers, ToolCallRecall.Gather(store, scope, request), aborted);
             return;
         }
 
         try
         {
             var response = await ServerSubmit.SubmitAsync(queue, request, aborted);
+            await ToolCallRecall.RememberAsync(store, scope, request, response);
             var json = writer.Whole(response);
             await writer.FinishedAsync(); // kept before the caller can refer to it
             if (writer.NotKept)

@@ -251,16 +251,25 @@ internal sealed partial class ResponsesStore
         }
     }
 
+    /// <summary>What is kept under a tool call's id for a tool loop's next step.</summary>
+    public enum ForToolCall
+    {
+        /// <summary>Claude's thinking blocks of a chat answer that called tools (<see cref="ThinkingRecall"/>).</summary>
+        Thinking = 't',
+
+        /// <summary>The members a step's tool calls carried that the gateway does not model (<see cref="ToolCallRecall"/>).</summary>
+        Extras = 'm',
+    }
+
     /// <summary>
-    /// Keeps Claude's thinking blocks of a chat answer that called tools, by its first tool call's id
-    /// (<see cref="ThinkingRecall"/>). Never throws: a shared store that cannot be written is logged (the next step is
-    /// then answered without thinking).
+    /// Keeps what a tool loop's next step needs back, by the step's first tool call's id. Never throws: a shared store
+    /// that cannot be written is logged (the next step is then sent without it).
     /// </summary>
-    public async Task RememberThinkingAsync(string scope, string toolCallId, byte[] blocks)
+    public async Task RememberForToolCallAsync(ForToolCall kind, string scope, string toolCallId, byte[] json)
     {
         try
         {
-            await SetAsync(Key('t', scope, toolCallId), blocks).ConfigureAwait(false);
+            await SetAsync(Key((char)kind, scope, toolCallId), json).ConfigureAwait(false);
         }
         catch (Exception ex) when (_shared is not null)
         {
@@ -268,16 +277,16 @@ internal sealed partial class ResponsesStore
         }
     }
 
-    /// <summary>The thinking blocks kept for a tool call (null: none, expired, another key's, or the shared store down).</summary>
-    public async ValueTask<JsonElement?> RecallThinkingAsync(string scope, string toolCallId, CancellationToken cancellationToken)
+    /// <summary>What was kept for a tool call (null: nothing, expired, another key's, or the shared store down).</summary>
+    public async ValueTask<JsonElement?> RecallForToolCallAsync(ForToolCall kind, string scope, string toolCallId, CancellationToken cancellationToken)
     {
         try
         {
-            return await GetAsync(Key('t', scope, toolCallId), cancellationToken).ConfigureAwait(false) is { } json ? Parse(json) : null;
+            return await GetAsync(Key((char)kind, scope, toolCallId), cancellationToken).ConfigureAwait(false) is { } json ? Parse(json) : null;
         }
         catch (StoreUnavailableException)
         {
-            return null; // answered without thinking, as when nothing was kept
+            return null; // sent without it, as when nothing was kept
         }
     }
 
@@ -649,7 +658,7 @@ internal sealed partial class ResponsesStore
     }
 
     /// <summary>
-    /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item, <c>t</c> a tool call's thinking, <c>x</c> a background
+    /// A stored thing's key: its kind (<c>r</c> response, <c>i</c> item, <c>t</c> a tool call's thinking, <c>m</c> a tool loop step's calls' extra members, <c>x</c> a background
     /// response's cancel asked elsewhere, <c>l</c> a background run's lease, <c>s</c> when it was first seen missing, <c>e</c> a batch of its events shared with a
     /// fleet, <c>c</c> a conversation), the scope in base64url (a key id may hold any
     /// character: no scope's keys can be spelt from another's), the id.

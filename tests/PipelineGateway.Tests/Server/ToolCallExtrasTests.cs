@@ -75,10 +75,12 @@ public sealed class ToolCallExtrasTests() : EchoGatewayTests("gemini-tools")
     [Fact]
     public async Task Without_the_signature_theUpstreams_400_reaches_the_client_as_a_400()
     {
-        // The check the upstream makes is real: the same next turn with the call's extra members removed is refused.
+        // The check the upstream makes is real: the next turn with the call's extra members removed is refused — a call
+        // this gateway did not answer, so that it has nothing kept to give back (ToolCallRecallTests: one it answered).
         var question = "Weather in Paris? (stripped)";
         var call = await WholeCallAsync(question);
         call.AsObject().Remove("extra_content");
+        call["id"] = "function-call-begun-elsewhere";
 
         var response = await Gateway.Http.PostAsync("v1/chat/completions", Json(NextTurn(question, call)), Ct);
 

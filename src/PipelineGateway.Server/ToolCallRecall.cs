@@ -1,0 +1,199 @@
+using System.Text.Json;
+using PipelineGateway.Server.Responses;
+
+namespace PipelineGateway.Server;
+
+/// <summary>
+/// A tool call's extra members kept for the tool loop's next step, on every route. Gemini's OpenAI-compatible endpoint
+/// puts a function call's thought signature on the call (<c>extra_content.google.thought_signature</c>, carried by
+/// <see cref="ToolCall.AdditionalProperties"/>), and Gemini 3 refuses the next step with a 400 when a call of the
+/// current turn comes back without it. Clients that give the call back as they got it are served by the call itself;
+/// these are not: an OpenAI-format client that keeps only the members it models (LangChain's <c>ChatOpenAI</c>, say),
+/// and every client of <c>/v1/messages</c> and <c>/v1/responses</c>, whose <c>tool_use</c> blocks and
+/// <c>function_call</c> items have no place for them. So an answer whose calls carry extra members has them kept —
+/// under the step's first call's id, with the model asked and each call's id and name, in the stored responses' store
+/// (per gateway key, its TTL and bound; Redis for a fleet) — and a later request whose current turn (after its last
+/// user message, as Gemini validates) has those calls without members gets them back before it is routed: only for
+/// the same model asked (a conversation moved to another model sends nothing it did not send), only a call of the same
+/// id and function name. Nothing kept (another instance without Redis, expired, a store down): sent as the client sent
+/// it, as before. An answer without extra members writes nothing.
+/// </summary>
+internal static class ToolCallRecall
+{
+    /// <summary>At most this many assistant steps of a request's current turn are looked up (a hostile request's bound).</summary>
+    internal const int MaxSteps = 32;
+
+    /// <summary>At most this many calls of one step are kept (a hostile upstream's bound; a step's calls are a few).</summary>
+    private const int MaxCalls = 128;
+
+    /// <summary>Gives the current turn's tool calls sent without members the members they were answered with.</summary>
+    public static async ValueTask RecallAsync(ResponsesStore store, string scope, ChatCompletionRequest request, CancellationToken cancellationToken)
+    {
+        if (!store.Enabled)
+        {
+            return;
+        }
+
+        var messages = request.Messages;
+        var looked = 0;
+        for (var i = messages.Count - 1; i >= 0 && looked < MaxSteps; i--)
+        {
+            var message = messages[i];
+            if (message?.Role == ChatRoles.User)
+            {
+                break; // the turn starts after the user's last message: earlier steps are not checked (Gemini's rule)
+            }
+
+            if (message?.Role != ChatRoles.Assistant || message.ToolCalls is not [{ Id: { Length: > 0 } first }, ..] calls || !calls.Exists(Bare))
+            {
+                continue;
+            }
+
+            looked++;
+            if (await store.RecallForToolCallAsync(ResponsesStore.ForToolCall.Extras, scope, first, cancellationToken).ConfigureAwait(false) is not { ValueKind: JsonValueKind.Object } kept
+                || !kept.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.String || !model.ValueEquals(request.Model)
+                || !kept.TryGetProperty("calls", out var entries) || entries.ValueKind != JsonValueKind.Array)
+            {
+                continue;
+            }
+
+            foreach (var call in calls)
+            {
+                if (Bare(call) && Find(entries, call) is { } extra)
+                {
+                    call!.AdditionalProperties = extra.EnumerateObject().ToDictionary(static m => m.Name, static m => m.Value, StringComparer.Ordinal);
+                }
+            }
+        }
+    }
+
+    /// <summary>Keeps a whole answer's calls' extra members (nothing when none has any).</summary>
+    public static Task RememberAsync(ResponsesStore store, string scope, ChatCompletionRequest request, ChatCompletionResponse response) =>
+        store.Enabled && response.Choices is [{ Message.ToolCalls: [{ Id: { Length: > 0 } first }, ..] calls }, ..] && calls.Exists(HasExtras)
+            ? store.RememberForToolCallAsync(ResponsesStore.ForToolCall.Extras, scope, first, Entry(request.Model, calls))
+            : Task.CompletedTask;
+
+    /// <summary>A gatherer for a stream's calls (null when nothing is kept: the store is off).</summary>
+    public static Gatherer? Gather(ResponsesStore store, string scope, ChatCompletionRequest request) =>
+        store.Enabled ? new Gatherer(store, scope, request) : null;
+
+    private static bool Bare(ToolCall? call) => call is { Id.Length: > 0 } && call.AdditionalProperties is not { Count: > 0 };
+
+    private static bool HasExtras(ToolCall? call) => call is { Id.Length: > 0, AdditionalProperties.Count: > 0 };
+
+    private static JsonElement? Find(JsonElement entries, ToolCall call)
+    {
+        foreach (var entry in entries.EnumerateArray())
+        {
+            if (entry.ValueKind == JsonValueKind.Object
+                && entry.TryGetProperty("id", out var id) && id.ValueKind == JsonValueKind.String && id.ValueEquals(call.Id)
+                && entry.TryGetProperty("name", out var name) && (name.ValueKind == JsonValueKind.Null ? call.Function?.Name is null : name.ValueKind == JsonValueKind.String && name.ValueEquals(call.Function?.Name))
+                && entry.TryGetProperty("extra", out var extra) && extra.ValueKind == JsonValueKind.Object)
+            {
+                return extra;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary><c>{"model":…,"calls":[{"id":…,"name":…,"extra":{…}}]}</c>: the calls that carry extra members.</summary>
+    private static byte[] Entry(string model, IEnumerable<ToolCall?> calls)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(512);
+        using (var w = new Utf8JsonWriter(buffer))
+        {
+            w.WriteStartObject();
+            w.WriteString("model", model);
+            w.WriteStartArray("calls");
+            foreach (var call in calls)
+            {
+                if (!HasExtras(call))
+                {
+                    continue;
+                }
+
+                w.WriteStartObject();
+                w.WriteString("id", call!.Id);
+                w.WriteString("name", call.Function?.Name);
+                w.WriteStartObject("extra");
+                foreach (var (member, value) in call.AdditionalProperties!)
+                {
+                    w.WritePropertyName(member);
+                    value.WriteTo(w);
+                }
+
+                w.WriteEndObject();
+                w.WriteEndObject();
+            }
+
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    /// <summary>A stream's calls (its first choice's) as their deltas add up — id, name and extra members — kept at its end.</summary>
+    public sealed class Gatherer(ResponsesStore store, string scope, ChatCompletionRequest request)
+    {
+        private List<ToolCall?>? _calls;
+        private bool _extras;
+
+        public void Add(ChatCompletionChunk chunk)
+        {
+            if (chunk.ChoicesUnread)
+            {
+                return; // skimmed: its deltas have no tool calls (a delta with one is read in full)
+            }
+
+            foreach (var choice in chunk.Choices)
+            {
+                if (choice is not { Index: 0, Delta.ToolCalls: { Count: > 0 } deltas })
+                {
+                    continue;
+                }
+
+                _calls ??= [];
+                for (var k = 0; k < deltas.Count; k++)
+                {
+                    var delta = deltas[k];
+                    var index = delta?.Index ?? k;
+                    if (delta is null || index is < 0 or >= MaxCalls)
+                    {
+                        continue;
+                    }
+
+                    while (_calls.Count <= index)
+                    {
+                        _calls.Add(null);
+                    }
+
+                    var held = _calls[index] ??= new ToolCall();
+                    held.Id ??= delta.Id;
+                    if (delta.Function?.Name is { } name && held.Function?.Name is null)
+                    {
+                        (held.Function ??= new FunctionCall()).Name = name;
+                    }
+
+                    if (delta.AdditionalProperties is { Count: > 0 } extra)
+                    {
+                        held.AdditionalProperties ??= new Dictionary<string, JsonElement>(StringComparer.Ordinal);
+                        foreach (var (member, value) in extra)
+                        {
+                            held.AdditionalProperties[member] = value;
+                        }
+
+                        _extras = true;
+                    }
+                }
+            }
+        }
+
+        /// <summary>Keeps what was gathered when a call carried extra members (before the stream's end goes out: the next step may come at once).</summary>
+        public Task RememberAsync() =>
+            _extras && _calls is [{ Id: { Length: > 0 } first }, ..]
+                ? store.RememberForToolCallAsync(ResponsesStore.ForToolCall.Extras, scope, first, Entry(request.Model, _calls))
+                : Task.CompletedTask;
+    }
+}
