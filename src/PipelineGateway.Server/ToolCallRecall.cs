@@ -73,9 +73,12 @@ internal static class ToolCallRecall
             ? store.RememberForToolCallAsync(ResponsesStore.ForToolCall.Extras, scope, first, Entry(request.Model, calls))
             : Task.CompletedTask;
 
-    /// <summary>A gatherer for a stream's calls (null when nothing is kept: the store is off).</summary>
+    /// <summary>
+    /// A gatherer for a stream's calls; null when nothing would be kept — the store is off, or the request offers no
+    /// tools, so its answer calls none (every event of such a stream skips the gatherer: nothing per event).
+    /// </summary>
     public static Gatherer? Gather(ResponsesStore store, string scope, ChatCompletionRequest request) =>
-        store.Enabled ? new Gatherer(store, scope, request) : null;
+        store.Enabled && request.Tools is { Count: > 0 } ? new Gatherer(store, scope, request) : null;
 
     private static bool Bare(ToolCall? call) => call is { Id.Length: > 0 } && call.AdditionalProperties is not { Count: > 0 };
 

@@ -96,7 +96,7 @@ public sealed class ToolCallRecallStepTests
     public async Task A_streams_deltas_add_up_to_what_is_kept_and_a_hostile_index_is_left_out()
     {
         var store = Store();
-        var request = new ChatCompletionRequest { Model = "m", Messages = [User("go")] };
+        var request = new ChatCompletionRequest { Model = "m", Messages = [User("go")], Tools = [Tool] };
         var gatherer = ToolCallRecall.Gather(store, "k", request)!;
         gatherer.Add(Chunk(new ToolCall { Index = 0, Id = "c1", Type = "function", Function = new FunctionCall { Name = "get_weather", Arguments = "" } }));
         gatherer.Add(Chunk(new ToolCall { Index = 0, Function = new FunctionCall { Arguments = "{}" }, AdditionalProperties = Members("s1") }));
@@ -116,6 +116,8 @@ public sealed class ToolCallRecallStepTests
         var store = Store();
         var request = new ChatCompletionRequest { Model = "m", Messages = [User("go")] };
         await ToolCallRecall.RememberAsync(store, "k", request, Answered(Call("c1")));
+        ToolCallRecall.Gather(store, "k", request).Should().BeNull("a request offering no tools gets no calls: its stream gathers nothing");
+        request.Tools = [Tool];
         var gatherer = ToolCallRecall.Gather(store, "k", request)!;
         gatherer.Add(Chunk(new ToolCall { Index = 0, Id = "c2", Function = new FunctionCall { Name = "get_weather" } }));
         await gatherer.RememberAsync();
@@ -123,6 +125,8 @@ public sealed class ToolCallRecallStepTests
         (await store.RecallForToolCallAsync(ResponsesStore.ForToolCall.Extras, "k", "c1", Ct)).Should().BeNull();
         (await store.RecallForToolCallAsync(ResponsesStore.ForToolCall.Extras, "k", "c2", Ct)).Should().BeNull();
     }
+
+    private static readonly ToolDefinition Tool = new() { Function = new FunctionDefinition { Name = "get_weather" } };
 
     private static ChatCompletionChunk Chunk(params ToolCall[] deltas) =>
         new() { Id = "s", Model = "m", Choices = [new ChunkChoice { Index = 0, Delta = new ChatCompletionDelta { ToolCalls = [.. deltas] } }] };
