@@ -28,6 +28,7 @@ internal sealed partial class ProviderWorkerPool
         long filledCreated = 0;
         var handedOver = false; // chunks handed to the caller since the last burst end
         var outputEstimate = 0;
+        StreamToolCalls? toolCalls = null; // made at the first tool call: indexes given, the finishing reason said
         (string? Id, long Created, string? Model) first = default;
         var request = new ProviderRequest(item.Request, deployment.Model) { ChoicesMayStayUnread = replay is null };
         if (TextCompletions.Refusal(Provider, item.Request, deployment.Model) is { } refusal)
@@ -62,6 +63,7 @@ internal sealed partial class ProviderWorkerPool
 
             var chunk = ProviderAnswer.Accept(upstream.Current, Name);
             ProviderAnswer.Fill(chunk, ref filledId, ref filledCreated, item, deployment.Model, _time);
+            StreamToolCalls.Normalize(ref toolCalls, chunk);
             if (!any)
             {
                 // What a closing chunk of the gateway's own says it belongs to (the stream's first chunk's words).

@@ -35,6 +35,13 @@ internal static class ProviderAnswer
                 choice.FinishReason = choice.Message?.ToolCalls is { Count: > 0 } ? FinishReasons.ToolCalls : FinishReasons.Stop;
                 response.DropUpstreamJson(); // changed: no longer what the upstream's bytes say
             }
+            else if (choice.FinishReason == FinishReasons.Stop && choice.Message?.ToolCalls is { Count: > 0 })
+            {
+                // Calls, said to have stopped (vLLM's and OpenAI's named tool choice, some compatible servers): the
+                // reason OpenAI's clients and agent loops branch on, as a stream's is (StreamToolCalls).
+                choice.FinishReason = FinishReasons.ToolCalls;
+                response.DropUpstreamJson();
+            }
         }
 
         if (response.Usage is { } usage)
