@@ -95,6 +95,34 @@ public sealed class AnthropicTranslationTests
     }
 
     [Fact]
+    public void Another_models_tool_ids_go_to_Claude_in_its_pattern_each_call_still_paired_with_its_result()
+    {
+        // Kimi K2's ids (functions.NAME:INDEX), an MCP-qualified one, two that differ only where Claude takes no character.
+        string[] ids = ["functions.get_weather:0", "functions.get_weather:1", "mcp.server/search", "a.b", "a:b", "call_ok-1"];
+        var request = new ChatCompletionRequest
+        {
+            Model = "x",
+            Messages =
+            [
+                ChatCompletionMessage.User("Weather?"),
+                new ChatCompletionMessage { Role = "assistant", ToolCalls = [.. ids.Select(static id => new ToolCall { Id = id, Type = "function", Function = new FunctionCall { Name = "get_weather", Arguments = "{}" } })] },
+                .. ids.Select(static id => ChatCompletionMessage.Tool(id, "sunny")),
+            ],
+        };
+
+        var messages = Translate(request).GetProperty("messages").EnumerateArray().ToList();
+        var uses = messages[1].GetProperty("content").EnumerateArray().Select(static b => b.GetProperty("id").GetString()!).ToList();
+        var results = messages[2].GetProperty("content").EnumerateArray().Select(static b => b.GetProperty("tool_use_id").GetString()!).ToList();
+
+        uses.Should().OnlyContain(static id => System.Text.RegularExpressions.Regex.IsMatch(id, "^[a-zA-Z0-9_-]+$"));
+        results.Should().Equal(uses, "each result names its call as the call is written");
+        uses.Should().OnlyHaveUniqueItems("ids that differ only in characters Claude does not take stay apart");
+        uses[^1].Should().Be("call_ok-1", "an id Claude takes is sent as it is");
+        uses[0].Should().StartWith("functions_get_weather_0_");
+        Translate(request).GetProperty("messages")[1].GetProperty("content")[0].GetProperty("id").GetString().Should().Be(uses[0], "the same id is written the same way every time (a prompt cache's prefix)");
+    }
+
+    [Fact]
     public void Images_become_base64_or_url_image_blocks()
     {
         var body = Translate(new ChatCompletionRequest

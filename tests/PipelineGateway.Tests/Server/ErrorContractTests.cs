@@ -176,6 +176,34 @@ public sealed class ErrorContractTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_conversation_begun_on_another_model_goes_on_with_Claude_whatever_its_tool_ids()
+    {
+        // Kimi K2's tool ids: Claude refuses a tool_use or tool_result id outside ^[a-zA-Z0-9_-]+$ with a 400, and so does
+        // the simulator (in Anthropic's words). A conversation moved to Claude — a model switch, a fallback — carries them.
+        const string KimiId = "functions.get_weather:0";
+        List<ChatMessage> turn =
+        [
+            new UserChatMessage("Weather in Paris?"),
+            new AssistantChatMessage([ChatToolCall.CreateFunctionToolCall(KimiId, "get_weather", BinaryData.FromString("""{"city":"Paris"}"""))]),
+            new ToolChatMessage(KimiId, "18C and sunny"),
+        ];
+
+        var answer = await OpenAIClient("anthropic-only").CompleteChatAsync(turn, cancellationToken: Ct);
+        answer.Value.Content[0].Text.Should().NotBeEmpty();
+
+        // An Anthropic client whose history came from a Kimi deployment, whole and streamed.
+        using var http = AnthropicHttp();
+        foreach (var stream in new[] { false, true })
+        {
+            var body = $$$"""{"model":"anthropic-only","max_tokens":32,"stream":{{{(stream ? "true" : "false")}}},"messages":[{"role":"user","content":"Weather in Paris?"},{"role":"assistant","content":[{"type":"tool_use","id":"{{{KimiId}}}","name":"get_weather","input":{"city":"Paris"}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"{{{KimiId}}}","content":"18C and sunny"}]}]}""";
+            using var response = await http.PostAsync(new Uri(Base, "v1/messages"), new StringContent(body, System.Text.Encoding.UTF8, "application/json"), Ct);
+            var text = await response.Content.ReadAsStringAsync(Ct);
+            ((int)response.StatusCode).Should().Be(200, text);
+            text.Should().NotContain("should match pattern");
+        }
+    }
+
+    [Fact]
     public async Task A_request_one_deployment_cannot_carry_goes_as_it_is_to_one_that_can_whole_and_streamed()
     {
         var answer = await OpenAIClient("anthropic-first", retries: 0).CompleteChatAsync(ToolTurn("city=Paris"), cancellationToken: Ct);
