@@ -63,7 +63,10 @@ internal sealed partial class ProviderWorkerPool
 
             var chunk = ProviderAnswer.Accept(upstream.Current, Name);
             ProviderAnswer.Fill(chunk, ref filledId, ref filledCreated, item, deployment.Model, _time);
-            StreamToolCalls.Normalize(ref toolCalls, chunk);
+            if (toolCalls is not null || !chunk.ChoicesUnread)
+            {
+                StreamToolCalls.Normalize(ref toolCalls, chunk); // a skimmed chunk of a stream without tool calls: nothing to do
+            }
             if (!any)
             {
                 // What a closing chunk of the gateway's own says it belongs to (the stream's first chunk's words).
