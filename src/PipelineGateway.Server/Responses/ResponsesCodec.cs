@@ -495,9 +495,57 @@ internal static class ResponsesCodec
                     w.WriteEndObject();
                     w.WriteEndObject();
                 }),
-                _ => throw new InvalidRequestException("tool_choice", "tool_choice: must be 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": …}."),
+                JsonValueKind.Object when OptionalString(choice, "type") == "allowed_tools" => AllowedTools(choice),
+                _ => throw new InvalidRequestException("tool_choice", "tool_choice: must be 'auto', 'none', 'required', {\"type\": \"function\", \"name\": …} or {\"type\": \"allowed_tools\", \"mode\": …, \"tools\": […]}."),
             };
         }
+    }
+
+    /// <summary>
+    /// The Responses API's <c>allowed_tools</c> choice (<c>{"type":"allowed_tools","mode":"auto"|"required","tools":[{"type":
+    /// "function","name":…}]}</c>) in the chat format's shape, which nests it and names each function under
+    /// <c>function</c> — what an OpenAI deployment takes, and what the Anthropic translation offers Claude as the only tools.
+    /// </summary>
+    private static JsonElement AllowedTools(JsonElement choice)
+    {
+        var mode = OptionalString(choice, "mode");
+        if (mode is not ("auto" or "required") || !choice.TryGetProperty("tools", out var list) || list.ValueKind != JsonValueKind.Array)
+        {
+            throw new InvalidRequestException("tool_choice", "tool_choice: allowed_tools needs a mode ('auto' or 'required') and a list of tools.");
+        }
+
+        var names = new List<string>();
+        foreach (var entry in list.EnumerateArray())
+        {
+            if (entry.ValueKind != JsonValueKind.Object || OptionalString(entry, "type") != "function" || OptionalString(entry, "name") is not { } name)
+            {
+                throw new InvalidRequestException("tool_choice", "tool_choice: each of allowed_tools' tools must be {\"type\": \"function\", \"name\": …} (the function tools this route carries).");
+            }
+
+            names.Add(name);
+        }
+
+        return Element(w =>
+        {
+            w.WriteStartObject();
+            w.WriteString("type", "allowed_tools");
+            w.WriteStartObject("allowed_tools");
+            w.WriteString("mode", mode);
+            w.WriteStartArray("tools");
+            foreach (var name in names)
+            {
+                w.WriteStartObject();
+                w.WriteString("type", "function");
+                w.WriteStartObject("function");
+                w.WriteString("name", name);
+                w.WriteEndObject();
+                w.WriteEndObject();
+            }
+
+            w.WriteEndArray();
+            w.WriteEndObject();
+            w.WriteEndObject();
+        });
     }
 
     /// <summary>

@@ -229,6 +229,23 @@ internal static class RequestValidator
         {
             throw new InvalidRequestException("tool_choice", $"'tool_choice' names the function '{Providers.ProviderException.Quoted(name.GetString())}', which is not among 'tools'.");
         }
+
+        // OpenAI's allowed_tools: each function it allows is one of the request's (else no upstream can honour the list).
+        if (c.ValueKind == JsonValueKind.Object && c.TryGetProperty("type", out var subset) && subset.ValueEquals("allowed_tools"u8)
+            && c.TryGetProperty("allowed_tools", out var allowed) && allowed.ValueKind == JsonValueKind.Object
+            && allowed.TryGetProperty("tools", out var list) && list.ValueKind == JsonValueKind.Array
+            && tools!.TrueForAll(static t => t.Type == "function"))
+        {
+            foreach (var entry in list.EnumerateArray())
+            {
+                if (entry.ValueKind == JsonValueKind.Object && entry.TryGetProperty("function", out var allowedFunction) && allowedFunction.ValueKind == JsonValueKind.Object
+                    && allowedFunction.TryGetProperty("name", out var allowedName) && allowedName.ValueKind == JsonValueKind.String
+                    && !tools.Exists(t => allowedName.ValueEquals(t.Function?.Name)))
+                {
+                    throw new InvalidRequestException("tool_choice", $"'tool_choice.allowed_tools' allows the function '{Providers.ProviderException.Quoted(allowedName.GetString())}', which is not among 'tools'.");
+                }
+            }
+        }
     }
 
     /// <summary><c>response_format</c>: an object whose <c>type</c> is text, json_object or json_schema (with its schema object).</summary>

@@ -118,12 +118,23 @@ internal static class AnthropicTranslator
 
         var json = AnswersInJson(request);
         var tools = request.Tools ?? [];
+        var allowed = AllowedTools(request.ToolChoice);
+        if (allowed is not null && !tools.Exists(t => Allows(allowed, t)))
+        {
+            throw ProviderException.Unsupported("tool_choice", "tool_choice.allowed_tools names none of the request's tools; the request was not sent to this deployment.");
+        }
+
         if (tools.Count > 0 || json)
         {
             w.WriteStartArray("tools");
             for (var i = 0; i < tools.Count; i++)
             {
                 var tool = tools[i];
+                if (allowed is not null && !Allows(allowed, tool))
+                {
+                    continue; // Claude has no allowed subset: the tools it may not call are not offered
+                }
+
                 if (tool.Type != "function")
                 {
                     WriteAnthropicTool(w, tool, i);
@@ -662,6 +673,56 @@ internal static class AnthropicTranslator
             : null;
 
     /// <summary>
+    /// The tools an OpenAI <c>allowed_tools</c> choice lets the model call — <c>{"type":"allowed_tools","allowed_tools":{"mode":
+    /// "auto"|"required","tools":[{"type":"function","function":{"name":…}}, …]}}</c> — as function names (another
+    /// type of tool by <c>type:NAME</c>); null for any other choice. Claude has no such choice: the request offers it only
+    /// those tools, with <c>auto</c> or <c>any</c> (it was sent as <c>auto</c> with every tool, so the model could call one
+    /// the caller had ruled out). Malformed: named, not sent.
+    /// </summary>
+    private static HashSet<string>? AllowedTools(JsonElement? choice)
+    {
+        if (choice is not { ValueKind: JsonValueKind.Object } c || !c.TryGetProperty("type", out var type) || !type.ValueEquals("allowed_tools"u8))
+        {
+            return null;
+        }
+
+        if (!c.TryGetProperty("allowed_tools", out var allowed) || allowed.ValueKind != JsonValueKind.Object
+            || !allowed.TryGetProperty("mode", out var mode) || !(mode.ValueEquals("auto"u8) || mode.ValueEquals("required"u8))
+            || !allowed.TryGetProperty("tools", out var list) || list.ValueKind != JsonValueKind.Array)
+        {
+            throw ProviderException.Unsupported("tool_choice", "tool_choice.allowed_tools must have a mode ('auto' or 'required') and a list of tools; the request was not sent to this deployment.");
+        }
+
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var entry in list.EnumerateArray())
+        {
+            if (entry.ValueKind != JsonValueKind.Object || !entry.TryGetProperty("type", out var kind) || kind.ValueKind != JsonValueKind.String)
+            {
+                throw ProviderException.Unsupported("tool_choice", "tool_choice.allowed_tools.tools: each entry must be an object with a type; the request was not sent to this deployment.");
+            }
+
+            if (kind.ValueEquals("function"u8))
+            {
+                if (!entry.TryGetProperty("function", out var f) || f.ValueKind != JsonValueKind.Object || !f.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String)
+                {
+                    throw ProviderException.Unsupported("tool_choice", "tool_choice.allowed_tools.tools: a function entry must name its function ({\"type\": \"function\", \"function\": {\"name\": …}}); the request was not sent to this deployment.");
+                }
+
+                names.Add(name.GetString()!);
+            }
+            else
+            {
+                names.Add("type:" + kind.GetString());
+            }
+        }
+
+        return names;
+    }
+
+    private static bool Allows(HashSet<string> allowed, ToolDefinition tool) =>
+        tool.Type == "function" ? tool.Function?.Name is { } name && allowed.Contains(name) : allowed.Contains("type:" + tool.Type);
+
+    /// <summary>
     /// Anthropic's <c>tool_choice</c>; <c>parallel_tool_calls: false</c> becomes <c>disable_parallel_tool_use: true</c>
     /// (written with an <c>auto</c> choice when the caller named none, since Anthropic carries it only there).
     /// </summary>
@@ -723,6 +784,16 @@ internal static class AnthropicTranslator
         {
             w.WriteString("type", "tool");
             w.WriteString("name", name.GetString());
+        }
+        else if (c.ValueKind == JsonValueKind.Object && c.TryGetProperty("type", out var type) && type.ValueEquals("allowed_tools"u8))
+        {
+            // The tools offered are the allowed ones (AllowedTools): the mode is Claude's choice over them.
+            w.WriteString("type", c.GetProperty("allowed_tools").GetProperty("mode").ValueEquals("required"u8) ? "any" : "auto");
+        }
+        else if (c.ValueKind == JsonValueKind.Object)
+        {
+            // A choice Claude has no form for (a custom tool's, say): named, not widened to any tool.
+            throw ProviderException.Unsupported("tool_choice", "tool_choice: Anthropic takes 'auto', 'none', 'required', a named function or allowed_tools; the request was not sent to this deployment.");
         }
         else
         {

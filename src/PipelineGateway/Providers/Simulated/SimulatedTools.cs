@@ -30,9 +30,20 @@ internal static class SimulatedTools
         }
 
         var required = choice is { ValueKind: JsonValueKind.String } c && c.GetString() == "required";
+        if (choice is { ValueKind: JsonValueKind.Object } subset && subset.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.ValueEquals("allowed_tools"u8)
+            && subset.TryGetProperty("allowed_tools", out var allowed) && allowed.ValueKind == JsonValueKind.Object && allowed.TryGetProperty("tools", out var list) && list.ValueKind == JsonValueKind.Array)
+        {
+            // OpenAI's allowed_tools: only the listed functions may be called; "required" makes the first of them called.
+            var names = list.EnumerateArray().Select(static e => e.ValueKind == JsonValueKind.Object && e.TryGetProperty("function", out var fn) && fn.ValueKind == JsonValueKind.Object
+                && fn.TryGetProperty("name", out var n) && n.ValueKind == JsonValueKind.String ? n.GetString() : null).OfType<string>().ToHashSet(StringComparer.Ordinal);
+            tools = tools.FindAll(t => t.Function?.Name is { } n && names.Contains(n));
+            required = allowed.TryGetProperty("mode", out var mode) && mode.ValueKind == JsonValueKind.String && mode.ValueEquals("required"u8);
+            choice = null; // left to the model among them, unless required
+        }
+
         if (required)
         {
-            return tools[0].Function?.Name;
+            return tools.Count > 0 ? tools[0].Function?.Name : null;
         }
 
         // Left to the model (auto, or no choice): a tool the last message asks for by name is called, as a model would —
