@@ -486,19 +486,22 @@ internal static class ResponsesCodec
             request.ToolChoice = choice.ValueKind switch
             {
                 JsonValueKind.String when choice.GetString() is "auto" or "none" or "required" => choice.Clone(),
-                JsonValueKind.Object when OptionalString(choice, "type") == "function" && OptionalString(choice, "name") is { } name => Element(w =>
-                {
-                    w.WriteStartObject();
-                    w.WriteString("type", "function");
-                    w.WriteStartObject("function");
-                    w.WriteString("name", name);
-                    w.WriteEndObject();
-                    w.WriteEndObject();
-                }),
+                JsonValueKind.Object when OptionalString(choice, "type") == "function" && OptionalString(choice, "name") is { } name => Element(w => WriteNamedFunction(w, name)),
                 JsonValueKind.Object when OptionalString(choice, "type") == "allowed_tools" => AllowedTools(choice),
                 _ => throw new InvalidRequestException("tool_choice", "tool_choice: must be 'auto', 'none', 'required', {\"type\": \"function\", \"name\": …} or {\"type\": \"allowed_tools\", \"mode\": …, \"tools\": […]}."),
             };
         }
+    }
+
+    /// <summary>A function named as the chat format names one: <c>{"type":"function","function":{"name":…}}</c>.</summary>
+    private static void WriteNamedFunction(Utf8JsonWriter w, string name)
+    {
+        w.WriteStartObject();
+        w.WriteString("type", "function");
+        w.WriteStartObject("function");
+        w.WriteString("name", name);
+        w.WriteEndObject();
+        w.WriteEndObject();
     }
 
     /// <summary>
@@ -534,12 +537,7 @@ internal static class ResponsesCodec
             w.WriteStartArray("tools");
             foreach (var name in names)
             {
-                w.WriteStartObject();
-                w.WriteString("type", "function");
-                w.WriteStartObject("function");
-                w.WriteString("name", name);
-                w.WriteEndObject();
-                w.WriteEndObject();
+                WriteNamedFunction(w, name);
             }
 
             w.WriteEndArray();

@@ -170,6 +170,5 @@ public sealed class StreamToolCallsTests() : EchoGatewayTests("sse-echo")
 
     private static StringContent Json(JsonObject body) => new(body.ToJsonString(), Encoding.UTF8, "application/json");
 
-    private static IEnumerable<JsonNode> Events(string sse) =>
-        sse.Split('\n').Where(static l => l.StartsWith("data: {", StringComparison.Ordinal)).Select(static l => JsonNode.Parse(l["data: ".Length..])!);
+    private static IEnumerable<JsonNode> Events(string sse) => SseEvents.Json(sse);
 }

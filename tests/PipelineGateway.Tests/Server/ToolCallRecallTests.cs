@@ -214,8 +214,7 @@ public sealed class ToolCallRecallTests() : EchoGatewayTests("gemini-tools")
         return body;
     }
 
-    private static IEnumerable<JsonNode> Events(string sse) =>
-        sse.Split('\n').Where(static l => l.StartsWith("data: {", StringComparison.Ordinal)).Select(static l => JsonNode.Parse(l["data: ".Length..])!);
+    private static IEnumerable<JsonNode> Events(string sse) => SseEvents.Json(sse);
 
     /// <summary>An Anthropic stream's tool_use block: opened with its id and name, its input in JSON pieces.</summary>
     private static JsonNode StreamedToolUse(string sse)
