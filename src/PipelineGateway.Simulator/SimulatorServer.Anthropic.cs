@@ -6,6 +6,7 @@ using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using PipelineGateway.Providers;
 using PipelineGateway.Providers.Anthropic;
 using PipelineGateway.Providers.Simulated;
 
@@ -264,20 +265,20 @@ public sealed partial class SimulatorServer
         return $"messages.{last}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns. To avoid this requirement, disable `thinking`.";
     }
 
-    /// <summary>A tool id Claude refuses (<see cref="AnthropicToolIds"/>), in Anthropic's words: so a route that sends another model's ids as they are is seen.</summary>
+    /// <summary>A tool id Claude refuses (<see cref="PipelineGateway.Providers.ToolIds"/>), in Anthropic's words: so a route that sends another model's ids as they are is seen.</summary>
     private static string? ToolIdRefused(ChatCompletionRequest request)
     {
         for (var i = 0; i < request.Messages.Count; i++)
         {
             var message = request.Messages[i];
-            if (message.Role == ChatRoles.Tool && !AnthropicToolIds.IsValid(message.ToolCallId))
+            if (message.Role == ChatRoles.Tool && !ToolIds.ClaudeTakes(message.ToolCallId))
             {
                 return $"messages.{i}.content.0.tool_result.tool_use_id: String should match pattern '^[a-zA-Z0-9_-]+$'";
             }
 
             for (var j = 0; j < (message.ToolCalls?.Count ?? 0); j++)
             {
-                if (!AnthropicToolIds.IsValid(message.ToolCalls![j].Id))
+                if (!ToolIds.ClaudeTakes(message.ToolCalls![j].Id))
                 {
                     return $"messages.{i}.content.{j}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'";
                 }

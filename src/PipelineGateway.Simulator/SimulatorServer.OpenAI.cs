@@ -42,6 +42,12 @@ public sealed partial class SimulatorServer
                 return;
             }
 
+            if (ToolIdTooLong(request) is { } tooLong)
+            {
+                await OpenAIError(ctx, 400, "invalid_request_error", "string_above_max_length", tooLong.Message, tooLong.Param).ConfigureAwait(false);
+                return;
+            }
+
             var plan = Plan(ctx);
             if (!await PrepareAsync(ctx, plan, request, anthropic: false).ConfigureAwait(false))
             {
@@ -337,4 +343,30 @@ public sealed partial class SimulatorServer
     }
 
     // ---------------------------------------------------------------- Anthropic
+
+    /// <summary>
+    /// A tool-call id longer than OpenAI takes (<see cref="PipelineGateway.Providers.ToolIds.OpenAIMaxLength"/>), in OpenAI's
+    /// words: so a route that sends another model's long ids to OpenAI as they are is seen.
+    /// </summary>
+    private static (string Message, string Param)? ToolIdTooLong(ChatCompletionRequest request)
+    {
+        for (var i = 0; i < request.Messages.Count; i++)
+        {
+            var message = request.Messages[i];
+            for (var j = 0; j < (message.ToolCalls?.Count ?? 0); j++)
+            {
+                if (message.ToolCalls![j]?.Id is { Length: > PipelineGateway.Providers.ToolIds.OpenAIMaxLength } id)
+                {
+                    return ($"Invalid 'messages[{i}].tool_calls[{j}].id': string too long. Expected a string with maximum length {PipelineGateway.Providers.ToolIds.OpenAIMaxLength}, but got a string with length {id.Length} instead.", $"messages[{i}].tool_calls[{j}].id");
+                }
+            }
+
+            if (message.ToolCallId is { Length: > PipelineGateway.Providers.ToolIds.OpenAIMaxLength } result)
+            {
+                return ($"Invalid 'messages[{i}].tool_call_id': string too long. Expected a string with maximum length {PipelineGateway.Providers.ToolIds.OpenAIMaxLength}, but got a string with length {result.Length} instead.", $"messages[{i}].tool_call_id");
+            }
+        }
+
+        return null;
+    }
 }

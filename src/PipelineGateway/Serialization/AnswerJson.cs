@@ -1056,7 +1056,7 @@ internal static class AnswerJson
                 w.WriteNumber("index"u8, index);
             }
 
-            WriteIfNotNull(w, "id"u8, call.Id);
+            WriteIfNotNull(w, "id"u8, RequestJson.UpstreamToolId(call.Id)); // as it came, but in a request to OpenAI itself
             WriteIfNotNull(w, "type"u8, call.Type);
             if (call.Function is { } function)
             {

@@ -16,7 +16,8 @@ namespace PipelineGateway;
 internal static partial class RequestJson
 {
     /// <summary>The request's JSON for <paramref name="model"/>, streamed (with usage asked for) or not, as a new array.</summary>
-    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, bool dropAnthropicMembers = false)
+    /// <param name="openAIToolIds">OpenAI itself (or Azure OpenAI): tool-call ids longer than it takes are made to fit (<see cref="Providers.ToolIds.ForOpenAI"/>).</param>
+    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, bool dropAnthropicMembers = false, bool openAIToolIds = false)
     {
         var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
         buffer.ResetWrittenCount();
@@ -24,6 +25,7 @@ internal static partial class RequestJson
         var writer = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
         writer.Reset(buffer);
         t_dropAnthropicMembers = dropAnthropicMembers;
+        t_openAIToolIds = openAIToolIds;
         try
         {
             WriteUpstream(writer, request, model, stream);
@@ -33,6 +35,7 @@ internal static partial class RequestJson
         finally
         {
             t_dropAnthropicMembers = false;
+            t_openAIToolIds = false;
             if (buffer.Capacity > MaxKeptBuffer)
             {
                 t_buffer = null; // an unusually large request: neither its buffer nor the writer pointing at it is kept
@@ -50,6 +53,13 @@ internal static partial class RequestJson
     /// </summary>
     [ThreadStatic]
     internal static bool t_dropAnthropicMembers;
+
+    /// <summary>Set around one <see cref="ToUpstreamBytes"/> for OpenAI itself: tool-call ids are written within its 40 characters.</summary>
+    [ThreadStatic]
+    internal static bool t_openAIToolIds;
+
+    /// <summary>A tool-call id as the request being written sends it (<see cref="t_openAIToolIds"/>).</summary>
+    internal static string? UpstreamToolId(string? id) => t_openAIToolIds ? Providers.ToolIds.ForOpenAI(id) : id;
 
     [ThreadStatic]
     private static ArrayBufferWriter<byte>? t_buffer;
@@ -149,7 +159,7 @@ internal static partial class RequestJson
 
         AnswerJson.WriteIfNotNull(w, "name"u8, message.Name);
         AnswerJson.WriteToolCalls(w, message.ToolCalls);
-        AnswerJson.WriteIfNotNull(w, "tool_call_id"u8, message.ToolCallId);
+        AnswerJson.WriteIfNotNull(w, "tool_call_id"u8, UpstreamToolId(message.ToolCallId));
         AnswerJson.WriteIfNotNull(w, "refusal"u8, message.Refusal);
         AnswerJson.WriteExtra(w, message.AdditionalProperties);
         w.WriteEndObject();

@@ -397,7 +397,7 @@ internal static class AnthropicTranslator
         {
             w.WriteStartObject();
             w.WriteString("type", "tool_result");
-            w.WriteString("tool_use_id", AnthropicToolIds.ForClaude(m.ToolCallId));
+            w.WriteString("tool_use_id", ToolIds.ForClaude(m.ToolCallId));
             if (m.AdditionalProperties is not null && ServerTools.Content(m) is { } resultAsWritten)
             {
                 // Search results in the tool's result (an Anthropic-format caller's): as the caller wrote them.
@@ -483,7 +483,7 @@ internal static class AnthropicTranslator
                 var call = calls[j];
                 w.WriteStartObject();
                 w.WriteString("type", "tool_use");
-                w.WriteString("id", AnthropicToolIds.ForClaude(call.Id));
+                w.WriteString("id", ToolIds.ForClaude(call.Id));
                 w.WriteString("name", call.Function?.Name);
                 w.WritePropertyName("input");
                 WriteArguments(w, call.Function?.Arguments, index, j);

@@ -94,7 +94,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
 
         // Serialized up front (a per-thread buffer, one array for the result) so the upstream gets a Content-Length
         // instead of a chunked body, which not every OpenAI-compatible server reads well.
-        return Post(uri, RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropAnthropicMembers), stream);
+        return Post(uri, RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropAnthropicMembers, openAIToolIds: !_compatible), stream);
     }
 
     /// <summary>A POST of a JSON body with the key and the configured headers.</summary>
