@@ -170,6 +170,10 @@ public sealed class ChatCompletionChunk
     private int _unreadChoiceCount;
     private bool _unreadFinishes;
     private int _unreadContentBytes;
+    private bool _unreadReasons;
+
+    /// <summary>A choice's delta carries reasoning text (<c>reasoning_content</c> or <c>reasoning</c>), while the choices are unread.</summary>
+    internal bool ReasonsUnread => _choicesUnread && _unreadReasons;
 
     /// <summary>
     /// True while the choices are only in <see cref="EventJson"/>: the read skimmed them (an event in the gateway's own
@@ -180,8 +184,9 @@ public sealed class ChatCompletionChunk
     internal bool ChoicesUnread => _choicesUnread;
 
     /// <summary>Marks the choices as unread, with what the skim learnt of them (<see cref="ChoicesUnread"/>).</summary>
-    internal void SkipChoices(int count, bool finishes, int contentBytes)
+    internal void SkipChoices(int count, bool finishes, int contentBytes, bool reasons = false)
     {
+        _unreadReasons = reasons;
         _choices = null;
         _choicesUnread = true;
         _unreadChoiceCount = count;

@@ -190,6 +190,7 @@ internal static class AnswerJson
         int count = 0;
         var finishes = false;
         var contentBytes = 0;
+        var reasons = false;
         try
         {
             if (!r.Read() || r.TokenType != JsonTokenType.StartObject)
@@ -209,7 +210,7 @@ internal static class AnswerJson
 
                     while (r.Read() && r.TokenType != JsonTokenType.EndArray)
                     {
-                        if (!SkimChoice(ref r, ref finishes, ref contentBytes))
+                        if (!SkimChoice(ref r, ref finishes, ref contentBytes, ref reasons))
                         {
                             return null;
                         }
@@ -299,7 +300,7 @@ internal static class AnswerJson
             return null;
         }
 
-        chunk.SkipChoices(count, finishes, contentBytes);
+        chunk.SkipChoices(count, finishes, contentBytes, reasons);
         chunk.KeepEventJson(data, membersUnread: skipped);
         return chunk;
     }
@@ -308,7 +309,7 @@ internal static class AnswerJson
     /// One choice, skimmed (<see cref="Skim"/>); false when it is not in the writer's shape. Adds the bytes of its text,
     /// refusal and reasoning text (as sent, escapes and all) to <paramref name="contentBytes"/>.
     /// </summary>
-    private static bool SkimChoice(ref Utf8JsonReader r, ref bool finishes, ref int contentBytes)
+    private static bool SkimChoice(ref Utf8JsonReader r, ref bool finishes, ref int contentBytes, ref bool reasons)
     {
         if (r.TokenType != JsonTokenType.StartObject)
         {
@@ -342,7 +343,9 @@ internal static class AnswerJson
                         // is output the caller sees, as text is.
                         if (reasoning && r.TokenType == JsonTokenType.String)
                         {
-                            contentBytes += (int)(r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length);
+                            var length = (int)(r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length);
+                            contentBytes += length;
+                            reasons |= length > 0;
                         }
 
                         r.Skip();

@@ -16,8 +16,8 @@ public sealed class ToolCallRecallStepTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private static ResponsesStore Store() =>
-        new(new ServerOptions { StoredResponsesTtl = TimeSpan.FromHours(1), StoredResponsesMaxBytes = 1 << 20 }, new FakeTimeProvider(DateTimeOffset.UnixEpoch), new ServiceCollection().BuildServiceProvider(), NullLogger<ResponsesStore>.Instance);
+    private static ResponsesStore Store(long maxBytes = 1 << 20) =>
+        new(new ServerOptions { StoredResponsesTtl = TimeSpan.FromHours(1), StoredResponsesMaxBytes = maxBytes }, new FakeTimeProvider(DateTimeOffset.UnixEpoch), new ServiceCollection().BuildServiceProvider(), NullLogger<ResponsesStore>.Instance);
 
     private static Dictionary<string, JsonElement> Members(string signature) =>
         new(StringComparer.Ordinal) { ["extra_content"] = JsonDocument.Parse($$$"""{"google":{"thought_signature":"{{{signature}}}"}}""").RootElement.Clone() };
@@ -126,8 +126,51 @@ public sealed class ToolCallRecallStepTests
         (await store.RecallForToolCallAsync(ResponsesStore.ForToolCall.Extras, "k", "c2", Ct)).Should().BeNull();
     }
 
+    [Fact]
+    public async Task A_steps_reasoning_is_kept_whole_or_not_at_all_and_Claudes_blocks_are_left_to_their_own_recall()
+    {
+        var store = Store(64L << 20); // room for a reasoning past the bound: the bound, not the store's, leaves it out
+        var request = new ChatCompletionRequest { Model = "m", Messages = [User("go")], Tools = [Tool] };
+        static Dictionary<string, JsonElement> Reasoning(string text) => new(StringComparer.Ordinal) { ["reasoning_content"] = JsonSerializer.SerializeToElement(text) };
+
+        // Streamed in pieces: kept whole, given back to the step sent without it.
+        var gatherer = ToolCallRecall.Gather(store, "k", request)!;
+        gatherer.Add(Chunk(reasoning: Reasoning("I will ")));
+        gatherer.Add(Chunk(reasoning: Reasoning("call it.")));
+        gatherer.Add(Chunk(new ToolCall { Index = 0, Id = "c1", Function = new FunctionCall { Name = "get_weather" } }));
+        await gatherer.RememberAsync();
+
+        // Longer than the bound: none of it kept (a part would be another text).
+        var longer = ToolCallRecall.Gather(store, "k", request)!;
+        longer.Add(Chunk(reasoning: Reasoning(new string('a', ToolCallRecall.Gatherer.MaxReasoningChars))));
+        longer.Add(Chunk(reasoning: Reasoning("b")));
+        longer.Add(Chunk(new ToolCall { Index = 0, Id = "c2", Function = new FunctionCall { Name = "get_weather" } }));
+        await longer.RememberAsync();
+
+        // Claude's answer: its text comes with its signed blocks, which ThinkingRecall keeps.
+        var claude = Answered(Call("c3"));
+        claude.Choices[0].Message!.AdditionalProperties = new(Reasoning("Claude thinks.")) { [PipelineGateway.Providers.Anthropic.ThinkingBlocks.Member] = JsonSerializer.SerializeToElement(Array.Empty<int>()) };
+        await ToolCallRecall.RememberAsync(store, "k", request, claude);
+
+        var claudeStream = ToolCallRecall.Gather(store, "k", request)!;
+        claudeStream.Add(Chunk(reasoning: new(Reasoning("Claude thinks.")) { [PipelineGateway.Providers.Anthropic.ThinkingBlocks.Member] = JsonSerializer.SerializeToElement(Array.Empty<int>()) }));
+        claudeStream.Add(Chunk(new ToolCall { Index = 0, Id = "c4", Function = new FunctionCall { Name = "get_weather" } }));
+        await claudeStream.RememberAsync();
+
+        var next = new ChatCompletionRequest { Model = "m", Messages = [User("go"), Step(Call("c1")), Result("c1"), Step(Call("c2")), Result("c2"), Step(Call("c3")), Result("c3"), Step(Call("c4")), Result("c4")] };
+        await ToolCallRecall.RecallAsync(store, "k", next, Ct);
+
+        next.Messages[1].AdditionalProperties!["reasoning_content"].GetString().Should().Be("I will call it.");
+        next.Messages[3].AdditionalProperties.Should().BeNull("a reasoning past the bound is not kept");
+        next.Messages[5].AdditionalProperties.Should().BeNull("Claude's thinking is not kept here");
+        next.Messages[7].AdditionalProperties.Should().BeNull("nor Claude's streamed thinking");
+    }
+
     private static readonly ToolDefinition Tool = new() { Function = new FunctionDefinition { Name = "get_weather" } };
 
     private static ChatCompletionChunk Chunk(params ToolCall[] deltas) =>
         new() { Id = "s", Model = "m", Choices = [new ChunkChoice { Index = 0, Delta = new ChatCompletionDelta { ToolCalls = [.. deltas] } }] };
+
+    private static ChatCompletionChunk Chunk(Dictionary<string, JsonElement> reasoning) =>
+        new() { Id = "s", Model = "m", Choices = [new ChunkChoice { Index = 0, Delta = new ChatCompletionDelta { AdditionalProperties = reasoning } }] };
 }

@@ -55,6 +55,9 @@ public sealed class ScriptedUpstream : IAsyncDisposable
     /// <summary>The thought signature the <c>gemini-tools</c> answers put on their function call (opaque base64, as Gemini's).</summary>
     public const string GeminiSignature = "CiQBjz1rX0Zx9yQ2b3V0LXNpZ25hdHVyZS1hYmNk";
 
+    /// <summary>The reasoning text the <c>kimi-thinking</c> answers carry beside their tool call, which the next step must give back.</summary>
+    public const string KimiReasoning = "The user wants the weather in Paris, so I will call get_weather.";
+
     /// <summary>The text of the <c>bomb-200</c> and <c>long-*</c> answers: 4 MiB (a gzip bomb's ~4 KiB on the wire).</summary>
     public const int LongAnswerChars = 4 * 1024 * 1024;
 
@@ -343,6 +346,50 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                     }
 
                     await Raw(ctx, 200, "application/json", $$$"""{"choices":[{"finish_reason":"tool_calls","index":0,"message":{"role":"assistant","tool_calls":{{{calls}}}}}],"created":1700000000,"id":"gem-1","model":"gemini-3-pro-preview","object":"chat.completion","usage":{"completion_tokens":5,"prompt_tokens":20,"total_tokens":25}}""");
+                }
+
+                break;
+            case "kimi-thinking":
+                // A thinking model that calls tools (Kimi K2.5+, GLM, DeepSeek's thinking mode): its answer carries its
+                // reasoning_content beside the call, whole or streamed (reasoning pieces in OpenAI's own shape, so the
+                // gateway forwards them as bytes); the next step must give the assistant tool-call message its
+                // reasoning_content back, or it is Kimi's 400.
+                using (var request = await System.Text.Json.JsonDocument.ParseAsync(ctx.Request.Body))
+                {
+                    var messages = request.RootElement.GetProperty("messages");
+                    if (messages[messages.GetArrayLength() - 1].GetProperty("role").GetString() == "tool")
+                    {
+                        for (var i = 0; i < messages.GetArrayLength(); i++)
+                        {
+                            if (messages[i].TryGetProperty("tool_calls", out _)
+                                && (!messages[i].TryGetProperty("reasoning_content", out var kept) || kept.GetString() != KimiReasoning))
+                            {
+                                await Raw(ctx, 400, "application/json", $$$"""{"error":{"message":"thinking is enabled but reasoning_content is missing in assistant tool call message at index {{{i}}}","type":"invalid_request_error"}}""");
+                                return;
+                            }
+                        }
+
+                        await Raw(ctx, 200, "application/json", """{"choices":[{"finish_reason":"stop","index":0,"message":{"content":"It is sunny in Paris.","role":"assistant"}}],"created":1700000000,"id":"kimi-2","model":"kimi-k2.6","object":"chat.completion","usage":{"completion_tokens":6,"prompt_tokens":30,"total_tokens":36}}""");
+                        break;
+                    }
+
+                    const string Call = """{"id":"functions.get_weather:0","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}""";
+                    if (request.RootElement.TryGetProperty("stream", out var stream) && stream.ValueKind == System.Text.Json.JsonValueKind.True)
+                    {
+                        var body = new StringBuilder();
+                        foreach (var piece in KimiReasoning.Split(' '))
+                        {
+                            var text = body.Length == 0 ? piece : " " + piece;
+                            body.Append($$"""data: {"id":"kimi-1","object":"chat.completion.chunk","created":1700000000,"model":"kimi-k2.6","choices":[{"index":0,"delta":{"reasoning_content":"{{text}}"},"finish_reason":null,"logprobs":null}]}""").Append("\n\n");
+                        }
+
+                        body.Append($$"""data: {"id":"kimi-1","object":"chat.completion.chunk","created":1700000000,"model":"kimi-k2.6","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,{{Call[1..]}}]},"finish_reason":null,"logprobs":null}]}""").Append("\n\n");
+                        body.Append("""data: {"id":"kimi-1","object":"chat.completion.chunk","created":1700000000,"model":"kimi-k2.6","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls","logprobs":null}],"usage":{"completion_tokens":12,"prompt_tokens":20,"total_tokens":32}}""").Append("\n\ndata: [DONE]\n\n");
+                        await Raw(ctx, 200, "text/event-stream", body.ToString());
+                        break;
+                    }
+
+                    await Raw(ctx, 200, "application/json", $$$"""{"choices":[{"finish_reason":"tool_calls","index":0,"message":{"content":"","reasoning_content":"{{{KimiReasoning}}}","role":"assistant","tool_calls":[{{{Call}}}]}}],"created":1700000000,"id":"kimi-1","model":"kimi-k2.6","object":"chat.completion","usage":{"completion_tokens":12,"prompt_tokens":20,"total_tokens":32}}""");
                 }
 
                 break;
