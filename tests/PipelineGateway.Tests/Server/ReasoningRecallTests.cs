@@ -23,7 +23,7 @@ public sealed class ReasoningRecallTests() : EchoGatewayTests("kimi-thinking")
     [InlineData(true)]
     public async Task An_OpenAI_format_client_that_drops_the_reasoning_gets_its_next_step_answered(bool stream)
     {
-        var (status, body) = await PostAsync("v1/chat/completions", Chat(stream));
+        var (status, body) = await PostAsync("v1/chat/completions", WeatherToolLoop.ChatFirst("m", stream));
         status.Should().Be(200, body);
         if (stream)
         {
@@ -40,7 +40,7 @@ public sealed class ReasoningRecallTests() : EchoGatewayTests("kimi-thinking")
     [Fact]
     public async Task A_step_the_gateway_did_not_answer_is_sent_as_it_came_and_the_upstreams_400_reaches_the_client()
     {
-        await PostAsync("v1/chat/completions", Chat(stream: false));
+        await PostAsync("v1/chat/completions", WeatherToolLoop.ChatFirst("m", stream: false));
 
         var (status, body) = await PostAsync("v1/chat/completions", NextChatStep("functions.get_weather:7"));
 
@@ -53,30 +53,11 @@ public sealed class ReasoningRecallTests() : EchoGatewayTests("kimi-thinking")
     [InlineData(true)]
     public async Task An_Anthropic_client_loops_through_a_thinking_model(bool stream)
     {
-        var first = new JsonObject
-        {
-            ["model"] = "m",
-            ["max_tokens"] = 256,
-            ["stream"] = stream,
-            ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "Weather in Paris?" }),
-            ["tools"] = new JsonArray(new JsonObject { ["name"] = "get_weather", ["input_schema"] = new JsonObject { ["type"] = "object" } }),
-        };
-        var (status, body) = await PostAsync("v1/messages", first);
+        var (status, body) = await PostAsync("v1/messages", WeatherToolLoop.AnthropicFirst("m", stream));
         status.Should().Be(200, body);
+        var toolUse = new JsonObject { ["type"] = "tool_use", ["id"] = CallId, ["name"] = "get_weather", ["input"] = new JsonObject { ["city"] = "Paris" } };
 
-        var next = first.DeepClone();
-        next["stream"] = false;
-        next["messages"]!.AsArray().Add(new JsonObject
-        {
-            ["role"] = "assistant",
-            ["content"] = new JsonArray(new JsonObject { ["type"] = "tool_use", ["id"] = CallId, ["name"] = "get_weather", ["input"] = new JsonObject { ["city"] = "Paris" } }),
-        });
-        next["messages"]!.AsArray().Add(new JsonObject
-        {
-            ["role"] = "user",
-            ["content"] = new JsonArray(new JsonObject { ["type"] = "tool_result", ["tool_use_id"] = CallId, ["content"] = "{\"sky\":\"clear\"}" }),
-        });
-        (status, body) = await PostAsync("v1/messages", (JsonObject)next);
+        (status, body) = await PostAsync("v1/messages", WeatherToolLoop.AnthropicNextStep("m", toolUse));
 
         status.Should().Be(200, body);
         JsonNode.Parse(body)!["content"]![0]!["text"]!.GetValue<string>().Should().Be(Answer);
@@ -106,32 +87,13 @@ public sealed class ReasoningRecallTests() : EchoGatewayTests("kimi-thinking")
         body.Should().Contain(Answer);
     }
 
-    private static JsonArray Tools() => new(new JsonObject
+    /// <summary>The step as the OpenAI SDKs send it back: the call, no reasoning_content.</summary>
+    private static JsonObject NextChatStep(string callId) => WeatherToolLoop.ChatNextStep("m", new JsonObject
     {
+        ["id"] = callId,
         ["type"] = "function",
-        ["function"] = new JsonObject { ["name"] = "get_weather", ["parameters"] = new JsonObject { ["type"] = "object" } },
+        ["function"] = new JsonObject { ["name"] = "get_weather", ["arguments"] = "{\"city\":\"Paris\"}" },
     });
-
-    private static JsonObject Chat(bool stream) => new()
-    {
-        ["model"] = "m",
-        ["stream"] = stream,
-        ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "Weather in Paris?" }),
-        ["tools"] = Tools(),
-    };
-
-    private static JsonObject NextChatStep(string callId)
-    {
-        var body = Chat(stream: false);
-        body["messages"]!.AsArray().Add(new JsonObject
-        {
-            ["role"] = "assistant",
-            ["content"] = "",
-            ["tool_calls"] = new JsonArray(new JsonObject { ["id"] = callId, ["type"] = "function", ["function"] = new JsonObject { ["name"] = "get_weather", ["arguments"] = "{\"city\":\"Paris\"}" } }),
-        });
-        body["messages"]!.AsArray().Add(new JsonObject { ["role"] = "tool", ["tool_call_id"] = callId, ["content"] = "{\"sky\":\"clear\"}" });
-        return body;
-    }
 
     private async Task<(int Status, string Body)> PostAsync(string path, JsonObject body)
     {

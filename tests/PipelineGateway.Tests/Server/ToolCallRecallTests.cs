@@ -40,7 +40,7 @@ public sealed class ToolCallRecallTests() : EchoGatewayTests("gemini-tools")
         var call = await ChatCallAsync(Gateway.Http, "m", stream);
         call.AsObject().Remove("extra_content").Should().BeTrue("the upstream put the signature on the call: {0}", call.ToJsonString());
 
-        var (status, body) = await PostAsync(Gateway.Http, "v1/chat/completions", ChatNextStep("m", call));
+        var (status, body) = await PostAsync(Gateway.Http, "v1/chat/completions", WeatherToolLoop.ChatNextStep("m", call));
 
         status.Should().Be(200, body);
         JsonNode.Parse(body)!["choices"]![0]!["message"]!["content"]!.GetValue<string>().Should().Be(Answer);
@@ -55,12 +55,12 @@ public sealed class ToolCallRecallTests() : EchoGatewayTests("gemini-tools")
         // Each is the upstream's own 400 relayed: the gateway sent the call as the client did.
         var elsewhere = call.DeepClone();
         elsewhere["id"] = "function-call-begun-elsewhere";
-        (await PostAsync(Gateway.Http, "v1/chat/completions", ChatNextStep("m", elsewhere))).Status.Should().Be(400, "a call this gateway did not answer has nothing kept");
-        (await PostAsync(Gateway.Http, "v1/chat/completions", ChatNextStep("m2", call))).Status.Should().Be(400, "a conversation moved to another model is sent what the client sent");
-        (await PostAsync(Gateway.Http, "v1/chat/completions", ChatNextStep("m", call), OtherKey)).Status.Should().Be(400, "another key's calls are not given");
+        (await PostAsync(Gateway.Http, "v1/chat/completions", WeatherToolLoop.ChatNextStep("m", elsewhere))).Status.Should().Be(400, "a call this gateway did not answer has nothing kept");
+        (await PostAsync(Gateway.Http, "v1/chat/completions", WeatherToolLoop.ChatNextStep("m2", call))).Status.Should().Be(400, "a conversation moved to another model is sent what the client sent");
+        (await PostAsync(Gateway.Http, "v1/chat/completions", WeatherToolLoop.ChatNextStep("m", call), OtherKey)).Status.Should().Be(400, "another key's calls are not given");
 
         // The same step as it was answered, for this key and model: given back.
-        (await PostAsync(Gateway.Http, "v1/chat/completions", ChatNextStep("m", call))).Status.Should().Be(200);
+        (await PostAsync(Gateway.Http, "v1/chat/completions", WeatherToolLoop.ChatNextStep("m", call))).Status.Should().Be(200);
     }
 
     [Theory]
@@ -68,29 +68,13 @@ public sealed class ToolCallRecallTests() : EchoGatewayTests("gemini-tools")
     [InlineData(true)]
     public async Task An_Anthropic_client_loops_through_a_Gemini_deployment(bool stream)
     {
-        var first = new JsonObject
-        {
-            ["model"] = "m",
-            ["max_tokens"] = 256,
-            ["stream"] = stream,
-            ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "Weather in Paris?" }),
-            ["tools"] = new JsonArray(new JsonObject { ["name"] = "get_weather", ["input_schema"] = new JsonObject { ["type"] = "object" } }),
-        };
-        var (status, body) = await PostAsync(Gateway.Http, "v1/messages", first);
+        var (status, body) = await PostAsync(Gateway.Http, "v1/messages", WeatherToolLoop.AnthropicFirst("m", stream));
         status.Should().Be(200, body);
         var toolUse = stream ? StreamedToolUse(body) : JsonNode.Parse(body)!["content"]!.AsArray().Single(b => b!["type"]!.GetValue<string>() == "tool_use")!.DeepClone();
         toolUse["id"]!.GetValue<string>().Should().Be("function-call-1");
         toolUse.AsObject().ContainsKey("extra_content").Should().BeFalse("a tool_use block is written in Anthropic's shape");
 
-        var next = first.DeepClone();
-        next["stream"] = false;
-        next["messages"]!.AsArray().Add(new JsonObject { ["role"] = "assistant", ["content"] = new JsonArray(toolUse) });
-        next["messages"]!.AsArray().Add(new JsonObject
-        {
-            ["role"] = "user",
-            ["content"] = new JsonArray(new JsonObject { ["type"] = "tool_result", ["tool_use_id"] = "function-call-1", ["content"] = "{\"sky\":\"clear\"}" }),
-        });
-        (status, body) = await PostAsync(Gateway.Http, "v1/messages", (JsonObject)next);
+        (status, body) = await PostAsync(Gateway.Http, "v1/messages", WeatherToolLoop.AnthropicNextStep("m", toolUse));
 
         status.Should().Be(200, body);
         JsonNode.Parse(body)!["content"]![0]!["text"]!.GetValue<string>().Should().Be(Answer);
@@ -151,7 +135,7 @@ public sealed class ToolCallRecallTests() : EchoGatewayTests("gemini-tools")
         var call = await ChatCallAsync(one.Http, "m", stream: true);
         call.AsObject().Remove("extra_content");
 
-        var (status, body) = await PostAsync(two.Http, "v1/chat/completions", ChatNextStep("m", call));
+        var (status, body) = await PostAsync(two.Http, "v1/chat/completions", WeatherToolLoop.ChatNextStep("m", call));
 
         status.Should().Be(200, body);
     }
@@ -176,7 +160,7 @@ public sealed class ToolCallRecallTests() : EchoGatewayTests("gemini-tools")
     /// <summary>The first step's call as the client got it (a stream's deltas added up).</summary>
     private static async Task<JsonNode> ChatCallAsync(HttpClient http, string model, bool stream)
     {
-        var (status, body) = await PostAsync(http, "v1/chat/completions", ChatFirst(model, stream));
+        var (status, body) = await PostAsync(http, "v1/chat/completions", WeatherToolLoop.ChatFirst(model, stream));
         status.Should().Be(200, body);
         if (!stream)
         {
@@ -192,26 +176,6 @@ public sealed class ToolCallRecallTests() : EchoGatewayTests("gemini-tools")
         call.Should().NotBeNull(body);
         call!.Remove("index");
         return call;
-    }
-
-    private static JsonObject ChatFirst(string model, bool stream) => new()
-    {
-        ["model"] = model,
-        ["stream"] = stream,
-        ["messages"] = new JsonArray(new JsonObject { ["role"] = "user", ["content"] = "Weather in Paris?" }),
-        ["tools"] = new JsonArray(new JsonObject
-        {
-            ["type"] = "function",
-            ["function"] = new JsonObject { ["name"] = "get_weather", ["parameters"] = new JsonObject { ["type"] = "object" } },
-        }),
-    };
-
-    private static JsonObject ChatNextStep(string model, JsonNode call)
-    {
-        var body = ChatFirst(model, stream: false);
-        body["messages"]!.AsArray().Add(new JsonObject { ["role"] = "assistant", ["content"] = null, ["tool_calls"] = new JsonArray(call.DeepClone()) });
-        body["messages"]!.AsArray().Add(new JsonObject { ["role"] = "tool", ["tool_call_id"] = call["id"]!.GetValue<string>(), ["content"] = "{\"sky\":\"clear\"}" });
-        return body;
     }
 
     private static IEnumerable<JsonNode> Events(string sse) => SseEvents.Json(sse);
