@@ -81,7 +81,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
             await ThinkingRecall.RecallAsync(store, scope, request, aborted); // a tool loop's thinking, given back to Claude
         }
 
-        await ToolCallRecall.RecallAsync(store, scope, request, aborted); // its calls' members a client dropped (Gemini's signatures)
+        await ToolCallRecall.RecallAsync(store, scope, request, aborted); // what a client dropped: Gemini's signatures, a thinking model's reasoning
 
         // An upstream answer or chunk in the gateway's own shape is written as it came (the gateway's own queue only:
         // one of the user's in between may change the objects).

@@ -34,7 +34,7 @@ internal interface INamedEventWriter
 /// </summary>
 internal static class NamedEventStream
 {
-    /// <param name="calls">What keeps the stream's calls' extra members for the next step (<see cref="ToolCallRecall"/>); null: nothing is kept.</param>
+    /// <param name="calls">What keeps the stream's calls' extra members and reasoning for the next step (<see cref="ToolCallRecall"/>); null: nothing is kept.</param>
     public static async Task WriteAsync(HttpContext ctx, IGatewayQueue queue, ChatCompletionRequest request, INamedEventWriter writer, ServerOptions options, TimeProvider time, GatewayResponseHeaders headers, ToolCallRecall.Gatherer? calls, CancellationToken aborted)
     {
         var flushEach = !ServerSubmit.MarksBursts(queue);

@@ -67,6 +67,7 @@ internal sealed partial class ProviderWorkerPool
             {
                 StreamToolCalls.Normalize(ref toolCalls, chunk); // a skimmed chunk of a stream without tool calls: nothing to do
             }
+
             if (!any)
             {
                 // What a closing chunk of the gateway's own says it belongs to (the stream's first chunk's words).
