@@ -202,6 +202,14 @@ public sealed class ProviderOptions
     public bool? StripAnthropicMembers { get; set; }
 
     /// <summary>
+    /// OpenAI-format adapters: how tool-call ids from other models (in a conversation's earlier steps) are written for
+    /// this upstream, whose rules may refuse them. Null (the default): <see cref="ToolCallIdRule.OpenAI"/> for
+    /// <c>OpenAI</c> and <c>AzureOpenAI</c>, <see cref="ToolCallIdRule.Mistral"/> for a base URL on
+    /// <c>api.mistral.ai</c>, else <see cref="ToolCallIdRule.AsSent"/>.
+    /// </summary>
+    public ToolCallIdRule? ToolCallIds { get; set; }
+
+    /// <summary>
     /// OpenAI-format adapters: a text completion (<c>/v1/completions</c>) goes to the upstream's own <c>/completions</c>
     /// route, the caller's body as sent (suffix, echo, log probabilities, token ids and the server's own members such as
     /// vLLM's <c>top_k</c> all kept). False: it is asked as a chat completion, the prompt its one user message. Null (the
@@ -217,6 +225,23 @@ public sealed class ProviderOptions
 
     /// <summary>Extra headers sent with every request (never secrets: use <see cref="ApiKeyEnvironmentVariable"/>).</summary>
     public Dictionary<string, string> Headers { get; set; } = [];
+}
+
+/// <summary>
+/// How an OpenAI-format upstream takes tool-call ids that another model made (<see cref="ProviderOptions.ToolCallIds"/>).
+/// An id that does not fit is rewritten the same way every time (a call and its result still pair); callers always get
+/// the ids their upstream gave.
+/// </summary>
+public enum ToolCallIdRule
+{
+    /// <summary>Every id as it came (Kimi needs its own back as they were).</summary>
+    AsSent,
+
+    /// <summary>At most 40 characters (OpenAI's limit: a longer id is a 400).</summary>
+    OpenAI,
+
+    /// <summary>Exactly 9 letters and digits (Mistral's rule: any other id is a 400).</summary>
+    Mistral,
 }
 
 public static class ProviderTypes

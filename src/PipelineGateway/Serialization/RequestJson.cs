@@ -16,8 +16,8 @@ namespace PipelineGateway;
 internal static partial class RequestJson
 {
     /// <summary>The request's JSON for <paramref name="model"/>, streamed (with usage asked for) or not, as a new array.</summary>
-    /// <param name="openAIToolIds">OpenAI itself (or Azure OpenAI): tool-call ids longer than it takes are made to fit (<see cref="Providers.ToolIds.ForOpenAI"/>).</param>
-    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, bool dropAnthropicMembers = false, bool openAIToolIds = false)
+    /// <param name="toolIds">The upstream's rule for tool-call ids: one that does not fit is made to (<see cref="Providers.ToolIds"/>).</param>
+    public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, bool dropAnthropicMembers = false, Hosting.ToolCallIdRule toolIds = Hosting.ToolCallIdRule.AsSent)
     {
         var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
         buffer.ResetWrittenCount();
@@ -25,7 +25,7 @@ internal static partial class RequestJson
         var writer = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
         writer.Reset(buffer);
         t_dropAnthropicMembers = dropAnthropicMembers;
-        t_openAIToolIds = openAIToolIds;
+        t_toolIds = toolIds;
         try
         {
             WriteUpstream(writer, request, model, stream);
@@ -35,7 +35,7 @@ internal static partial class RequestJson
         finally
         {
             t_dropAnthropicMembers = false;
-            t_openAIToolIds = false;
+            t_toolIds = Hosting.ToolCallIdRule.AsSent;
             if (buffer.Capacity > MaxKeptBuffer)
             {
                 t_buffer = null; // an unusually large request: neither its buffer nor the writer pointing at it is kept
@@ -54,12 +54,12 @@ internal static partial class RequestJson
     [ThreadStatic]
     internal static bool t_dropAnthropicMembers;
 
-    /// <summary>Set around one <see cref="ToUpstreamBytes"/> for OpenAI itself: tool-call ids are written within its 40 characters.</summary>
+    /// <summary>Set around one <see cref="ToUpstreamBytes"/>: the upstream's rule for tool-call ids.</summary>
     [ThreadStatic]
-    internal static bool t_openAIToolIds;
+    internal static Hosting.ToolCallIdRule t_toolIds;
 
-    /// <summary>A tool-call id as the request being written sends it (<see cref="t_openAIToolIds"/>).</summary>
-    internal static string? UpstreamToolId(string? id) => t_openAIToolIds ? Providers.ToolIds.ForOpenAI(id) : id;
+    /// <summary>A tool-call id as the request being written sends it (<see cref="t_toolIds"/>).</summary>
+    internal static string? UpstreamToolId(string? id) => t_toolIds == Hosting.ToolCallIdRule.AsSent ? id : Providers.ToolIds.For(t_toolIds, id);
 
     [ThreadStatic]
     private static ArrayBufferWriter<byte>? t_buffer;

@@ -60,7 +60,7 @@ public sealed class ForeignToolIdsTests : IAsyncLifetime
             ],
         };
 
-        var sent = JsonDocument.Parse(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, openAIToolIds: true)).RootElement.GetProperty("messages");
+        var sent = JsonDocument.Parse(RequestJson.ToUpstreamBytes(request, "gpt-4o", stream: false, toolIds: PipelineGateway.Hosting.ToolCallIdRule.OpenAI)).RootElement.GetProperty("messages");
         var calls = sent[1].GetProperty("tool_calls").EnumerateArray().Select(static c => c.GetProperty("id").GetString()!).ToList();
         var results = Enumerable.Range(2, ids.Length).Select(i => sent[i].GetProperty("tool_call_id").GetString()!).ToList();
 

@@ -349,6 +349,27 @@ public sealed class ScriptedUpstream : IAsyncDisposable
                 }
 
                 break;
+            case "mistral-ids":
+                // Mistral: every tool-call id in the conversation must be 9 letters and digits, or it is its 400.
+                using (var request = await System.Text.Json.JsonDocument.ParseAsync(ctx.Request.Body))
+                {
+                    foreach (var message in request.RootElement.GetProperty("messages").EnumerateArray())
+                    {
+                        var ids = message.TryGetProperty("tool_calls", out var calls) ? calls.EnumerateArray().Select(static c => c.GetProperty("id").GetString()) : [];
+                        foreach (var id in message.TryGetProperty("tool_call_id", out var result) ? ids.Append(result.GetString()) : ids)
+                        {
+                            if (id is not { Length: 9 } || !id.All(char.IsAsciiLetterOrDigit))
+                            {
+                                await Raw(ctx, 400, "application/json", $$$"""{"object":"error","message":"Tool call id was {{{id}}} but must be a-z, A-Z, 0-9, with a length of 9.","type":"invalid_request_message_error","param":null,"code":null}""");
+                                return;
+                            }
+                        }
+                    }
+
+                    await Raw(ctx, 200, "application/json", """{"choices":[{"finish_reason":"stop","index":0,"message":{"content":"It is sunny in Paris.","role":"assistant"}}],"created":1700000000,"id":"mistral-1","model":"mistral-large","object":"chat.completion","usage":{"completion_tokens":6,"prompt_tokens":30,"total_tokens":36}}""");
+                }
+
+                break;
             case "kimi-thinking":
                 // A thinking model that calls tools (Kimi K2.5+, GLM, DeepSeek's thinking mode): its answer carries its
                 // reasoning_content beside the call, whole or streamed (reasoning pieces in OpenAI's own shape, so the

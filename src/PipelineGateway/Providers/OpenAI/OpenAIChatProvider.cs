@@ -44,9 +44,16 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
         _chat = new Uri(_base, "chat/completions");
         _authorization = string.IsNullOrEmpty(apiKey) ? null : _azure ? apiKey : "Bearer " + apiKey;
         _compatible = string.Equals(options.Type, ProviderTypes.OpenAICompatible, StringComparison.OrdinalIgnoreCase);
+        _toolIds = options.ToolCallIds
+            ?? (!_compatible ? ToolCallIdRule.OpenAI
+                : string.Equals(_base.Host, "api.mistral.ai", StringComparison.OrdinalIgnoreCase) ? ToolCallIdRule.Mistral
+                : ToolCallIdRule.AsSent);
     }
 
     private readonly bool _compatible;
+
+    /// <summary>How other models' tool-call ids are written for this upstream (<see cref="ProviderOptions.ToolCallIds"/>).</summary>
+    private readonly ToolCallIdRule _toolIds;
 
     public bool ServesTextCompletions(string model) =>
         Options.NativeTextCompletions ?? (_compatible
@@ -94,7 +101,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
 
         // Serialized up front (a per-thread buffer, one array for the result) so the upstream gets a Content-Length
         // instead of a chunked body, which not every OpenAI-compatible server reads well.
-        return Post(uri, RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropAnthropicMembers, openAIToolIds: !_compatible), stream);
+        return Post(uri, RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropAnthropicMembers, _toolIds), stream);
     }
 
     /// <summary>A POST of a JSON body with the key and the configured headers.</summary>
