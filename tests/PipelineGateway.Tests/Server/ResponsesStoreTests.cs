@@ -23,9 +23,11 @@ public sealed class ResponsesStoreTests
         [.. conversation!.Value.EnumerateArray().Select(i => i.GetProperty("content") is { ValueKind: JsonValueKind.String } s ? s.GetString()! : i.GetProperty("content")[0].GetProperty("text").GetString()!)];
 
     private static (ResponsesStore Store, FakeTimeProvider Clock) Make(long maxBytes = 1 << 20) =>
-        new FakeTimeProvider(DateTimeOffset.UnixEpoch) is var clock
-            ? (new ResponsesStore(new ServerOptions { StoredResponsesTtl = TimeSpan.FromHours(1), StoredResponsesMaxBytes = maxBytes }, clock, new ServiceCollection().BuildServiceProvider(), NullLogger<ResponsesStore>.Instance), clock)
-            : default;
+        new FakeTimeProvider(DateTimeOffset.UnixEpoch) is var clock ? (MemoryStore(maxBytes, clock), clock) : default;
+
+    /// <summary>A store in this instance's memory (no Redis): an hour's TTL, <paramref name="maxBytes"/> bound, <paramref name="clock"/>'s time.</summary>
+    internal static ResponsesStore MemoryStore(long maxBytes, TimeProvider clock) =>
+        new(new ServerOptions { StoredResponsesTtl = TimeSpan.FromHours(1), StoredResponsesMaxBytes = maxBytes }, clock, new ServiceCollection().BuildServiceProvider(), NullLogger<ResponsesStore>.Instance);
 
     [Fact]
     public async Task A_continued_conversation_holds_every_earlier_turn_in_order()

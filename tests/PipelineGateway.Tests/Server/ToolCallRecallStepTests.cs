@@ -1,7 +1,5 @@
 using System.Text.Json;
 using FluentAssertions;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Time.Testing;
 using PipelineGateway.Server;
 using PipelineGateway.Server.Responses;
@@ -16,8 +14,7 @@ public sealed class ToolCallRecallStepTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private static ResponsesStore Store(long maxBytes = 1 << 20) =>
-        new(new ServerOptions { StoredResponsesTtl = TimeSpan.FromHours(1), StoredResponsesMaxBytes = maxBytes }, new FakeTimeProvider(DateTimeOffset.UnixEpoch), new ServiceCollection().BuildServiceProvider(), NullLogger<ResponsesStore>.Instance);
+    private static ResponsesStore Store(long maxBytes = 1 << 20) => ResponsesStoreTests.MemoryStore(maxBytes, new FakeTimeProvider(DateTimeOffset.UnixEpoch));
 
     private static Dictionary<string, JsonElement> Members(string signature) =>
         new(StringComparer.Ordinal) { ["extra_content"] = JsonDocument.Parse($$$"""{"google":{"thought_signature":"{{{signature}}}"}}""").RootElement.Clone() };
