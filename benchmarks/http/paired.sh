@@ -23,9 +23,12 @@
 # is printed after the warm-up and each round as well as at the end.
 # RATE=N loads each at a fixed rate instead (pgw-loadgen, open loop, 64 connections each) and adds both latencies.
 #
+# SCRIPT=FILE loads with another wrk script than benchmarks/http/post-chat.lua (a 100-byte request): post-agent.lua
+# (a coding agent's ~55 KB step, the same body each time) or post-agent-step.lua (each request a new step of it).
 # Usage: [PAIR=yarp|passthrough|log|build|env] [A_ARGS=] [A_ENV=] [B_BUILD=DIR] [B_ENV=] [ROUNDS=9] [CONNECTIONS=32] [RATE=] [WARMUP=40] [IDLE=] benchmarks/http/paired.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+SCRIPT="${SCRIPT:-benchmarks/http/post-chat.lua}"
 DURATION="${1:-10}"
 PAIR="${PAIR:-yarp}"
 ROUNDS="${ROUNDS:-9}"
@@ -82,7 +85,7 @@ load_one() { # url output seconds
   if [ -n "$RATE" ] && [ "$3" = "$DURATION" ]; then
     "$LOADGEN" "$1" --rate "$RATE" --seconds "$3" --warmup 0 >"$2"
   else
-    wrk -t1 -c"$CONNECTIONS" -d"$3s" --timeout 30s -s benchmarks/http/post-chat.lua "$1" >"$2"
+    wrk -t1 -c"$CONNECTIONS" -d"$3s" --timeout 30s -s "$SCRIPT" "$1" >"$2"
   fi
 }
 load_both() { # seconds: both loaded at once, each by its own wrk (or pgw-loadgen at RATE)

@@ -11,9 +11,15 @@
 # B=nolog (with PAIRED=1) puts the gateway with `--no-log` on the B side instead of YARP: what the request log costs,
 # by assembly and symbol (the "yarp" files and column are then that gateway).
 #
-# Usage: [CONNECTIONS=32] [WARMUP=30] [PAIRED=0] [B=yarp|nolog] [KEEP=DIR] benchmarks/http/profile.sh [seconds]
+# LATENCY_MS=N gives the simulator that latency (the slow-upstream mode: LATENCY_MS=1000 CONNECTIONS=3000
+# CONFIG=benchmarks/http/gateway-over-slow-simulator.json, where the gateway's CPU per request is furthest above YARP's).
+#
+# SCRIPT=FILE loads with another wrk script than benchmarks/http/post-chat.lua (a 100-byte request): post-agent.lua
+# (a coding agent's ~55 KB step, the same body each time) or post-agent-step.lua (each request a new step of it).
+# Usage: [CONNECTIONS=32] [WARMUP=30] [PAIRED=0] [B=yarp|nolog] [LATENCY_MS=0] [CONFIG=] [KEEP=DIR] benchmarks/http/profile.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+SCRIPT="${SCRIPT:-benchmarks/http/post-chat.lua}"
 SECONDS_REC="${1:-15}"
 CONNECTIONS="${CONNECTIONS:-32}"
 WARMUP="${WARMUP:-30}"
@@ -31,7 +37,7 @@ ulimit -n 65536 2>/dev/null || true
 OUT=${KEEP:-$(mktemp -d)}; mkdir -p "$OUT"
 CFG=$(mktemp)
 sed "s/127.0.0.1:18181/127.0.0.1:$SIM_PORT/" "${CONFIG:-benchmarks/http/gateway-over-simulator.json}" >"$CFG"
-"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" >/dev/null 2>&1 & SIM=$!
+"$PGW" simulate --urls "http://127.0.0.1:$SIM_PORT" --latency-ms "${LATENCY_MS:-0}" >/dev/null 2>&1 & SIM=$!
 trap 'kill $SIM $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -f "$CFG"; [ -n "${KEEP:-}" ] || rm -rf "$OUT"' EXIT
 wait_for_servers "$SIM_PORT" "$SIM"
 
@@ -40,8 +46,8 @@ profile() { # name, then the command line of the front process
   DOTNET_PerfMapEnabled=1 DOTNET_EnableWriteXorExecute=0 "$@" >/dev/null 2>&1 & local pid=$!
   wait_for_servers "$A_PORT" "$pid"
   local url="http://127.0.0.1:$A_PORT/v1/chat/completions"
-  wrk -t2 -c"$CONNECTIONS" -d"${WARMUP}s" -s benchmarks/http/post-chat.lua "$url" >/dev/null
-  wrk -t2 -c"$CONNECTIONS" -d"$((SECONDS_REC + 2))s" -s benchmarks/http/post-chat.lua "$url" >"$OUT/$name.wrk" & local w=$!
+  wrk -t2 -c"$CONNECTIONS" -d"${WARMUP}s" -s "$SCRIPT" "$url" >/dev/null
+  wrk -t2 -c"$CONNECTIONS" -d"$((SECONDS_REC + 2))s" -s "$SCRIPT" "$url" >"$OUT/$name.wrk" & local w=$!
   sleep 1
   perf record -q -F 499 -g -p "$pid" -o "$OUT/$name.data" -- sleep "$SECONDS_REC" 2>/dev/null
   wait $w
@@ -59,11 +65,11 @@ profile_paired() { # both started, warmed and recorded at once, one wrk each
   fi
   wait_for_servers "$A_PORT $B_PORT" "$a $b"
   local ua="http://127.0.0.1:$A_PORT/v1/chat/completions" ub="http://127.0.0.1:$B_PORT/v1/chat/completions"
-  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -s benchmarks/http/post-chat.lua "$ua" >/dev/null & local w1=$!
-  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -s benchmarks/http/post-chat.lua "$ub" >/dev/null & local w2=$!
+  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -s "$SCRIPT" "$ua" >/dev/null & local w1=$!
+  wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -s "$SCRIPT" "$ub" >/dev/null & local w2=$!
   wait $w1 $w2
-  wrk -t1 -c"$CONNECTIONS" -d"$((SECONDS_REC + 2))s" -s benchmarks/http/post-chat.lua "$ua" >"$OUT/gateway.wrk" & w1=$!
-  wrk -t1 -c"$CONNECTIONS" -d"$((SECONDS_REC + 2))s" -s benchmarks/http/post-chat.lua "$ub" >"$OUT/yarp.wrk" & w2=$!
+  wrk -t1 -c"$CONNECTIONS" -d"$((SECONDS_REC + 2))s" --timeout 30s -s "$SCRIPT" "$ua" >"$OUT/gateway.wrk" & w1=$!
+  wrk -t1 -c"$CONNECTIONS" -d"$((SECONDS_REC + 2))s" --timeout 30s -s "$SCRIPT" "$ub" >"$OUT/yarp.wrk" & w2=$!
   sleep 1
   perf record -q -F 499 -g -p "$a" -o "$OUT/gateway.data" -- sleep "$SECONDS_REC" 2>/dev/null & local p1=$!
   perf record -q -F 499 -g -p "$b" -o "$OUT/yarp.data" -- sleep "$SECONDS_REC" 2>/dev/null & local p2=$!

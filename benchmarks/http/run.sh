@@ -9,6 +9,8 @@
 # peak RSS (VmHWM). Medians over rounds, and the gateway's ratios to YARP: single rounds on a shared VM move by more
 # than most changes do. Everything binds to 127.0.0.1; every run is bounded by its duration.
 #
+# SCRIPT=FILE loads with another wrk script than benchmarks/http/post-chat.lua (a 100-byte request): post-agent.lua
+# (a coding agent's ~55 KB step, the same body each time) or post-agent-step.lua (each request a new step of it).
 # Usage: [ROUNDS=N] [CONNECTIONS="16 64 128"] [LATENCY_MS=0] [FIXED=1] benchmarks/http/run.sh [seconds] [rate]
 #   LATENCY_MS=1000 CONNECTIONS=3000 FIXED=0 CONFIG=benchmarks/http/gateway-over-slow-simulator.json: the slow-upstream
 #   mode (memory per in-flight request; the gateway gets workers and connections for 3,000 requests in flight).
@@ -17,6 +19,7 @@
 # started with --no-log, loaded in the same rounds, and prints the log's CPU per request (issue 22's target).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+SCRIPT="${SCRIPT:-benchmarks/http/post-chat.lua}"
 DURATION="${1:-15}"
 RATE="${2:-2000}"
 ROUNDS="${ROUNDS:-3}"
@@ -80,7 +83,7 @@ rss_now() { awk '/VmRSS/ {printf "%d", $2 / 1024}' "/proc/$1/status"; } # reside
 # Warm-up: long enough for tiered compilation to finish its optimized code (under a saturating load the JIT's
 # background thread competes for the same two cores; measured before that, the gateway is ~15% slower).
 echo "warm-up"
-for t in ${TARGETS#direct }; do wrk -t2 -c32 -d8s -s benchmarks/http/post-chat.lua "${URL[$t]}" >/dev/null; done
+for t in ${TARGETS#direct }; do wrk -t2 -c32 -d8s -s "$SCRIPT" "${URL[$t]}" >/dev/null; done
 # Resident after the warm-up: the process's code and idle state. The peak minus this, over the connections of one
 # CONNECTIONS value, is the memory each request in flight cost (the slow-upstream mode's "memory per in-flight request").
 declare -A WARM_RSS
@@ -97,7 +100,7 @@ declare -A RPS CPUS
 saturate() { # target connections round
   local t=$1 c=$2 front0=0 front1=0 line rps cpu=""
   [ -n "${PID[$t]}" ] && front0=$(ticks "${PID[$t]}")
-  line=$(wrk -t2 -c"$c" -d"${DURATION}s" --timeout 30s --latency -s benchmarks/http/post-chat.lua "${URL[$t]}" \
+  line=$(wrk -t2 -c"$c" -d"${DURATION}s" --timeout 30s --latency -s "$SCRIPT" "${URL[$t]}" \
     | awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} /Non-2xx|Socket errors/ {err=err " " $0} END {printf "%s %s %s%s", rps, p50, p99, err}')
   [ -n "${PID[$t]}" ] && front1=$(ticks "${PID[$t]}")
   rps=${line%% *}

@@ -88,7 +88,8 @@ internal static class TokenCounter
     public static void Load(string encoding) => _ = ByEncoding(encoding)
         ?? throw new ArgumentOutOfRangeException(nameof(encoding), encoding, "Not an encoding the gateway counts with.");
 
-    private static Tokenizer? TokenizerFor(string model) => ByEncoding(EncodingFor(model));
+    /// <summary>The tokenizer a model is counted with (loaded on first use), or null for the cheap estimate.</summary>
+    internal static Tokenizer? TokenizerFor(string model) => ByEncoding(EncodingFor(model));
 
     /// <summary>An encoding's tokenizer (loaded on first use), or null for none the gateway counts with.</summary>
     private static Tokenizer? ByEncoding(string? encoding) => EncodingNamed(encoding)?.Value;
@@ -168,7 +169,7 @@ internal static class TokenCounter
         usage?.AdditionalProperties?.TryGetValue("estimated", out var flag) == true && flag.ValueKind == System.Text.Json.JsonValueKind.True;
 
     private static int Count(Tokenizer? tokenizer, string? text) =>
-        string.IsNullOrEmpty(text) ? 0 : tokenizer?.CountTokens(text) ?? Math.Max(1, text.Length / 4);
+        string.IsNullOrEmpty(text) ? 0 : tokenizer is null ? Math.Max(1, text.Length / 4) : TokenCountCache.Shared.Count(tokenizer, text);
 
     /// <summary>Prompt tokens of a request for a model (the requested model name or the upstream one), with its tokenizer.</summary>
     public static int CountPrompt(ChatCompletionRequest request, string model) => CountPrompt(request, TokenizerFor(model));
@@ -185,6 +186,12 @@ internal static class TokenCounter
 
     /// <summary>Prompt tokens at about four characters a token, whatever the model (no tokenizer loaded).</summary>
     public static int ApproximatePrompt(ChatCompletionRequest request) => CountPrompt(request, tokenizer: null);
+
+    /// <summary>
+    /// Texts' counts, remembered by content: an agent resends its system prompt, tools and history on every step
+    /// (<see cref="TokenCountCache"/>).
+    /// </summary>
+    private static TokenCountCache Counts => TokenCountCache.Shared;
 
     /// <summary>Prompt tokens with <paramref name="tokenizer"/>, or at about four characters a token without one.</summary>
     private static int CountPrompt(ChatCompletionRequest request, Tokenizer? tokenizer)
@@ -207,28 +214,28 @@ internal static class TokenCounter
         var tokens = 3; // every reply is primed with <|start|>assistant<|message|>
         foreach (var m in request.Messages)
         {
-            tokens += 3 + tokenizer.CountTokens(m.Role);
+            tokens += 3 + Counts.Count(tokenizer, m.Role);
             if (m.Name is { } name)
             {
-                tokens += 1 + tokenizer.CountTokens(name);
+                tokens += 1 + Counts.Count(tokenizer, name);
             }
 
             if (m.Content?.Text is { } text)
             {
-                tokens += tokenizer.CountTokens(text);
+                tokens += Counts.Count(tokenizer, text);
             }
             else if (m.Content?.Parts is { } parts)
             {
                 foreach (var p in parts)
                 {
                     // Images are billed by tile, not text: 85 tokens is the low-detail price, the floor.
-                    tokens += p.Text is { } t ? tokenizer.CountTokens(t) : p.Type == "image_url" ? 85 : 0;
+                    tokens += p.Text is { } t ? Counts.Count(tokenizer, t) : p.Type == "image_url" ? 85 : 0;
                 }
             }
 
             foreach (var call in m.ToolCalls ?? [])
             {
-                tokens += 3 + tokenizer.CountTokens(call.Function?.Name ?? string.Empty) + tokenizer.CountTokens(call.Function?.Arguments ?? string.Empty);
+                tokens += 3 + Counts.Count(tokenizer, call.Function?.Name ?? string.Empty) + Counts.Count(tokenizer, call.Function?.Arguments ?? string.Empty);
             }
         }
 
@@ -236,9 +243,9 @@ internal static class TokenCounter
         {
             foreach (var tool in tools)
             {
-                tokens += 8 + tokenizer.CountTokens(tool.Function?.Name ?? string.Empty)
-                    + tokenizer.CountTokens(tool.Function?.Description ?? string.Empty)
-                    + (tool.Function?.Parameters is { } schema ? tokenizer.CountTokens(schema.GetRawText()) : 0);
+                tokens += 8 + Counts.Count(tokenizer, tool.Function?.Name ?? string.Empty)
+                    + Counts.Count(tokenizer, tool.Function?.Description ?? string.Empty)
+                    + (tool.Function?.Parameters is { } schema ? Counts.Count(tokenizer, schema) : 0);
             }
         }
 

@@ -16,7 +16,8 @@ internal sealed class GatewayQueue(
     AdmissionGate gate,
     Metrics.GatewayMetrics metrics,
     Microsoft.Extensions.Options.IOptions<Hosting.GatewayOptions> options,
-    TimeProvider time) : IGatewayQueue
+    TimeProvider time,
+    AdmissionRateLimiter limiter) : IGatewayQueue
 {
     private readonly Hosting.PipelineOptions _options = options.Value.Pipeline;
 
@@ -327,6 +328,14 @@ internal sealed class GatewayQueue(
         if (item.IsCompleted && item.GateTenant is null)
         {
             return; // refused before entering, already retired
+        }
+
+        if (limiter.CountsTokens)
+        {
+            // The prompt is counted here, on the submitting thread, not where a token rule reads the count: admission's
+            // stage loop, which handles one request at a time — a 55 KB agent prompt not seen before took ~2 ms to count,
+            // and every request of every tenant waited behind it (docs/benchmarks.md, "Token limits on agent-sized requests").
+            _ = item.EstimatedTokens;
         }
 
         if (!channels.Admission.Writer.TryWrite(item))

@@ -1,0 +1,75 @@
+using System.IO.Hashing;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using Microsoft.ML.Tokenizers;
+
+namespace PipelineGateway.Admission;
+
+/// <summary>
+/// Token counts of long texts, remembered by their content. An agent sends its whole conversation on every step — the
+/// system prompt, the tool definitions, every earlier message — and a token limit had all of it counted again each
+/// time: ~15 ns a character with o200k, ~2 ms of CPU for a 55 KB agent request (19× what a plain proxy spends on it,
+/// and more when two threads count at once: the tokenizer's own cache takes a lock per word; docs/benchmarks.md,
+/// "Token limits on agent-sized requests"). Here a text is hashed (XxHash128, ~0.1 ns a byte) and its count looked up;
+/// only a text not seen before (the step's new messages) is counted. Short texts too — roles, names, tool names: the
+/// tokenizer's fixed cost per call (its pre-tokenizing regex, its cache's lock) is ~0.5 µs, a lookup ~0.05 µs, and an
+/// agent's request has dozens. Counts are exact either way: a hit is the count the tokenizer gave for the same text.
+/// </summary>
+/// <remarks>
+/// Direct-mapped: a slot holds the last text hashed to it (a later one replaces it), so memory is bounded by the slot
+/// count (16,384 slots: ~0.9 MB once all are used) and a lookup is one read. The hash is seeded per process, so no
+/// client can aim a text at the slot and hash of another's. Entries are immutable and published with a release
+/// write, so readers on any thread see whole entries. A text's count depends on the tokenizer: the entry names it.
+/// </remarks>
+internal sealed class TokenCountCache(int slotBits = 14)
+{
+    /// <summary>The process's cache, shared by every encoding.</summary>
+    internal static readonly TokenCountCache Shared = new();
+
+    private static readonly long Seed = Random.Shared.NextInt64();
+
+    private readonly Entry?[] _slots = new Entry?[1 << slotBits];
+    private readonly int _mask = (1 << slotBits) - 1;
+    private long _counted;
+
+    /// <summary>How many texts this cache had the tokenizer count (a miss; for tests and diagnostics).</summary>
+    internal long Counted => Interlocked.Read(ref _counted);
+
+    /// <summary><paramref name="text"/>'s token count with <paramref name="tokenizer"/>, remembered.</summary>
+    public int Count(Tokenizer tokenizer, string text)
+    {
+        var hash = XxHash128.HashToUInt128(MemoryMarshal.AsBytes(text.AsSpan()), Seed);
+        return Find(tokenizer, hash) ?? Keep(tokenizer, hash, tokenizer.CountTokens(text));
+    }
+
+    /// <summary>
+    /// The token count of a JSON value's text (a tool's parameter schema) as <see cref="JsonElement.GetRawText"/> writes
+    /// it, hashed from the value's own UTF-8 bytes: the text is made only when it is counted.
+    /// </summary>
+    public int Count(Tokenizer tokenizer, JsonElement value)
+    {
+        var hash = XxHash128.HashToUInt128(JsonMarshal.GetRawUtf8Value(value), ~Seed); // another seed: UTF-8 bytes never meet a UTF-16 text's hash
+        return Find(tokenizer, hash) ?? Keep(tokenizer, hash, tokenizer.CountTokens(value.GetRawText()));
+    }
+
+    private int? Find(Tokenizer tokenizer, UInt128 hash) =>
+        Volatile.Read(ref _slots[(int)(ulong)hash & _mask]) is { } entry && entry.Hash == hash && ReferenceEquals(entry.Tokenizer, tokenizer)
+            ? entry.Count
+            : null;
+
+    private int Keep(Tokenizer tokenizer, UInt128 hash, int count)
+    {
+        Interlocked.Increment(ref _counted);
+        Volatile.Write(ref _slots[(int)(ulong)hash & _mask], new Entry(hash, tokenizer, count));
+        return count;
+    }
+
+    private sealed class Entry(UInt128 hash, Tokenizer tokenizer, int count)
+    {
+        public UInt128 Hash { get; } = hash;
+
+        public Tokenizer Tokenizer { get; } = tokenizer;
+
+        public int Count { get; } = count;
+    }
+}
