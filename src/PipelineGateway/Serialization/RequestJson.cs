@@ -214,7 +214,7 @@ internal static partial class RequestJson
         if (value is { } element)
         {
             w.WritePropertyName(name);
-            element.WriteTo(w);
+            WireJson.WriteValue(w, element);
         }
     }
 }

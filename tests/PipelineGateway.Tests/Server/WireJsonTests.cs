@@ -30,4 +30,32 @@ public sealed class WireJsonTests
         json.Should().Contain(Text);
         JsonSerializer.Deserialize(json, GatewayJsonContext.Default.ChatCompletionResponse)!.Content.Should().Be(Text);
     }
+
+    /// <summary>
+    /// A kept value (a tool's schema) goes upstream as the client's bytes — the same JSON, its spacing and escapes the
+    /// client's — and a value holding bytes that are not UTF-8 (possible only for a library caller's own value: the
+    /// front door refuses such a body) is written as UTF-8.
+    /// </summary>
+    [Fact]
+    public void A_kept_value_is_written_as_its_own_bytes_when_they_are_UTF_8()
+    {
+        var schema = JsonDocument.Parse("{ \"type\" : \"object\", \"description\": \"a \\u0026 b\" }"u8.ToArray()).RootElement;
+        Written(schema).Should().Equal("{ \"type\" : \"object\", \"description\": \"a \\u0026 b\" }"u8.ToArray());
+
+        var notUtf8 = JsonDocument.Parse(new byte[] { (byte)'{', (byte)'"', (byte)'a', (byte)'"', (byte)':', (byte)'"', 0xFF, 0xFE, (byte)'"', (byte)'}' }).RootElement;
+        var written = Written(notUtf8);
+        System.Text.Unicode.Utf8.IsValid(written).Should().BeTrue();
+        JsonDocument.Parse(written).RootElement.GetProperty("a").GetString().Should().Be("\uFFFD\uFFFD");
+    }
+
+    private static byte[] Written(JsonElement value)
+    {
+        using var buffer = new MemoryStream();
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = WireJson.Encoder }))
+        {
+            WireJson.WriteValue(w, value);
+        }
+
+        return buffer.ToArray();
+    }
 }
