@@ -4,8 +4,6 @@ namespace PipelineGateway;
 
 internal static partial class RequestJson
 {
-    private static readonly JsonDocumentOptions ElementOptions = new() { AllowDuplicateProperties = false };
-
     /// <summary>
     /// The client's chat request read by hand: the common, well-formed request, as the serializer reads it with duplicate
     /// keys refused (the front door's contract). Null when the body is anything else — malformed, a duplicate key, an
@@ -301,7 +299,7 @@ internal static partial class RequestJson
 
         var start = (int)r.TokenStartIndex;
         r.Skip();
-        return JsonElement.Parse(body[start..(int)r.BytesConsumed], ElementOptions);
+        return Serialization.KeptValueCache.Shared.Parse(body[start..(int)r.BytesConsumed]); // a schema sent again: parsed once
     }
 
     private static string? String(ref Utf8JsonReader r) => r.TokenType switch
