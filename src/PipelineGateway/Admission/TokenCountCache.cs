@@ -10,7 +10,7 @@ namespace PipelineGateway.Admission;
 /// system prompt, the tool definitions, every earlier message — and a token limit had all of it counted again each
 /// time: ~15 ns a character with o200k, ~2 ms of CPU for a 55 KB agent request (19× what a plain proxy spends on it,
 /// and more when two threads count at once: the tokenizer's own cache takes a lock per word; docs/benchmarks.md,
-/// "Token limits on agent-sized requests"). Here a text is hashed (XxHash128, ~0.1 ns a byte) and its count looked up;
+/// "Agent-sized requests and token limits"). Here a text is hashed (XxHash128, ~0.1 ns a byte) and its count looked up;
 /// only a text not seen before (the step's new messages) is counted. Short texts too — roles, names, tool names: the
 /// tokenizer's fixed cost per call (its pre-tokenizing regex, its cache's lock) is ~0.5 µs, a lookup ~0.05 µs, and an
 /// agent's request has dozens. Counts are exact either way: a hit is the count the tokenizer gave for the same text.
