@@ -15,9 +15,9 @@ namespace PipelineGateway.Serialization;
 /// </summary>
 /// <remarks>
 /// Bounded: values of <see cref="MinLength"/> to <see cref="MaxLength"/> bytes only, direct-mapped slots (a value
-/// replaces whatever held its slot): at most 256 × 16 KB of values with their documents' token tables, ~10 MB in the
-/// worst case, a few hundred KB for an application's tools. The slot is chosen by a seeded hash (no client can aim at
-/// another's slot), the entry published with a release write.
+/// replaces whatever held its slot): at most 256 values of 8 KB with their documents' token tables (12 bytes a token),
+/// ~15 MB in the worst case — values made of one-character tokens — and a few hundred KB for an application's tools.
+/// The slot is chosen by a seeded hash (no client can aim at another's slot), the entry published with a release write.
 /// </remarks>
 internal sealed class KeptValueCache(int slotBits = 8)
 {
@@ -25,7 +25,7 @@ internal sealed class KeptValueCache(int slotBits = 8)
     internal const int MinLength = 256;
 
     /// <summary>Larger values are parsed each time (what a slot may hold is bounded).</summary>
-    internal const int MaxLength = 16 * 1024;
+    internal const int MaxLength = 8 * 1024;
 
     internal static readonly KeptValueCache Shared = new();
 
