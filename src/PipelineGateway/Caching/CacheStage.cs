@@ -27,7 +27,7 @@ internal sealed class CacheStage(
     {
         if (cache.IsEnabled && cache.IsCacheable(item.Request))
         {
-            var key = CacheKey.Compute(item.Group.Name, item.Request);
+            var key = item.CacheKey ?? CacheKey.Compute(item.Group.Name, item.Request); // computed as it was submitted (GatewayQueue)
             item.CacheKey = key;
             if (item.Request.Gateway?.NoCache != true && cache.TryGet(key, out var cached))
             {

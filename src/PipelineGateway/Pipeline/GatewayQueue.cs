@@ -17,7 +17,8 @@ internal sealed class GatewayQueue(
     Metrics.GatewayMetrics metrics,
     Microsoft.Extensions.Options.IOptions<Hosting.GatewayOptions> options,
     TimeProvider time,
-    AdmissionRateLimiter limiter) : IGatewayQueue
+    AdmissionRateLimiter limiter,
+    Caching.ResponseCache cache) : IGatewayQueue
 {
     private readonly Hosting.PipelineOptions _options = options.Value.Pipeline;
 
@@ -336,6 +337,14 @@ internal sealed class GatewayQueue(
             // stage loop, which handles one request at a time — a 55 KB agent prompt not seen before took ~2 ms to count,
             // and every request of every tenant waited behind it (docs/benchmarks.md, "Agent-sized requests and token limits").
             _ = item.EstimatedTokens;
+        }
+
+        if (cache.IsCacheable(item.Request))
+        {
+            // So is the cache key — the whole request written in a canonical form and hashed, ~0.2 ms for an agent's
+            // 55 KB step — which the cache stage's loop computed one request at a time (docs/benchmarks.md, "Agent-sized
+            // requests and token limits"). The stage takes it from the item.
+            item.CacheKey = Caching.CacheKey.Compute(item.Group.Name, item.Request);
         }
 
         if (!channels.Admission.Writer.TryWrite(item))

@@ -2,23 +2,16 @@ using System.Runtime.InteropServices;
 using System.Text.Json;
 using CsCheck;
 using FluentAssertions;
-using Microsoft.Extensions.DependencyInjection;
 using PipelineGateway.Admission;
-using PipelineGateway.Hosting;
-using PipelineGateway.Pipeline;
-using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Admission;
 
 /// <summary>
 /// Token limits on agent-sized requests: a text's count is remembered by its content, so a conversation's system
-/// prompt, tools and history are counted once, not on every step — and the count is made on the submitting thread,
-/// not on admission's stage loop, which handles one request at a time.
+/// prompt, tools and history are counted once, not on every step (where it is counted: MadeAsSubmittedTests).
 /// </summary>
 public sealed class TokenCountCacheTests
 {
-    private static CancellationToken Ct => TestContext.Current.CancellationToken;
-
     private static Microsoft.ML.Tokenizers.Tokenizer O200k => TokenCounter.TokenizerFor("gpt-4o")!;
 
     private static Microsoft.ML.Tokenizers.Tokenizer Cl100k => TokenCounter.TokenizerFor("gpt-4")!;
@@ -91,34 +84,5 @@ public sealed class TokenCountCacheTests
         cache.Count(O200k, text).Should().Be(O200k.CountTokens(text));
         cache.Count(Cl100k, text).Should().Be(Cl100k.CountTokens(text));
         cache.Count(O200k, text).Should().Be(O200k.CountTokens(text));
-    }
-
-    /// <summary>
-    /// With a token rule, the prompt is counted before the request reaches admission's stage (here not running: the
-    /// request waits in the stage's channel) — on the submitting thread, so a long prompt never holds the stage loop,
-    /// and with it every other tenant's request.
-    /// </summary>
-    [Fact]
-    public async Task A_token_rule_has_the_prompt_counted_before_the_admission_stage_takes_the_request()
-    {
-        TokenCounter.Load("o200k_base");
-        var builder = new GatewayBuilder()
-            .AddProvider(new FakeProvider("p"), workers: 4, queueCapacity: 16)
-            .AddModel("m", m => m.Deploy("p", "gpt-4o-mini"))
-            .Configure(o => o.Admission.RateLimits.Add(new RateLimitRule
-        {
-            Name = "tpm", Unit = RateLimitUnit.Tokens, Algorithm = RateLimitAlgorithm.SlidingWindow, Limit = 1_000_000, Window = TimeSpan.FromMinutes(1),
-        }));
-        await using var services = builder.Services.BuildServiceProvider(); // not started: no stage reads the channels
-        services.GetRequiredService<GatewayPipeline>().MarkStarted(); // but the door is open
-        var queue = services.GetRequiredService<IGatewayQueue>();
-        var channels = services.GetRequiredService<PipelineChannels>();
-        var request = TestGateway.Request(text: string.Join(' ', Enumerable.Repeat("tokenization", 300)));
-        TokenCounter.CountPrompt(request, "gpt-4o-mini").Should().BeLessThan(TokenCounter.ApproximatePrompt(request) * 2 / 3, "the test tells a count from the estimate");
-
-        _ = queue.SubmitAsync(request, SubmitMode.FailFast, Ct);
-
-        channels.Admission.Reader.TryRead(out var item).Should().BeTrue();
-        item!.PromptTokensIfCounted.Should().Be(TokenCounter.CountPrompt(request, "gpt-4o-mini"));
     }
 }

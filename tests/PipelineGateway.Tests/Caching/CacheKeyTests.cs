@@ -103,4 +103,25 @@ public sealed class CacheKeyTests
             Key(Json(false, false, messages[0].Text + "!")).Should().NotBe(key);
         }
     }
+
+    /// <summary>
+    /// A key is stable across versions (a shared second level on Redis keeps answers under it): this request's key is the
+    /// one the gateway has computed since the canonical form was last changed, whatever buffer it is written into.
+    /// </summary>
+    [Fact]
+    public void A_key_stays_what_earlier_versions_computed()
+    {
+        const string Request = """
+            {"model":"m","messages":[{"role":"system","content":"Réponds en français, s'il te plaît <b>&</b>"},{"role":"user","content":"hi"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"read","arguments":"{\"path\": \"a.txt\"}"}}]},
+            {"role":"tool","tool_call_id":"c1","content":"42"}],"temperature":0,"max_tokens":10,
+            "tools":[{"type":"function","function":{"name":"read","description":"Reads a file","parameters":{"type":"object","required":["path"],"properties":{"path":{"type":"string"}}}}}],
+            "response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{"type":"object"}}}}
+            """;
+
+        Key(Request).ToString().Should().Be(GoldenKey);
+        Key(Request).Should().Be(Key(Request), "the thread's reused buffer gives the same key again");
+    }
+
+    private const string GoldenKey = "2b9e52e0195f9c9fc18829fc20909bb8"; // computed by 1bc7224 too (a new buffer per key)
 }
