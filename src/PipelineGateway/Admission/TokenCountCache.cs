@@ -6,7 +6,7 @@ using Microsoft.ML.Tokenizers;
 namespace PipelineGateway.Admission;
 
 /// <summary>
-/// Token counts of long texts, remembered by their content. An agent sends its whole conversation on every step — the
+/// Token counts of texts, remembered by their content. An agent sends its whole conversation on every step — the
 /// system prompt, the tool definitions, every earlier message — and a token limit had all of it counted again each
 /// time: ~15 ns a character with o200k, ~2 ms of CPU for a 55 KB agent request (19× what a plain proxy spends on it,
 /// and more when two threads count at once: the tokenizer's own cache takes a lock per word; docs/benchmarks.md,

@@ -334,8 +334,9 @@ internal sealed class GatewayQueue(
         if (limiter.CountsTokens)
         {
             // The prompt is counted here, on the submitting thread, not where a token rule reads the count: admission's
-            // stage loop, which handles one request at a time — a 55 KB agent prompt not seen before took ~2 ms to count,
-            // and every request of every tenant waited behind it (docs/benchmarks.md, "Agent-sized requests and token limits").
+            // stage loop, which handles one request at a time — a 55 KB agent prompt not seen before took ~2 ms to
+            // count, and every request of every tenant waited behind it (docs/benchmarks.md, "Agent-sized requests and
+            // token limits").
             _ = item.EstimatedTokens;
         }
 

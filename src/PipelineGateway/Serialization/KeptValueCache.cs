@@ -8,10 +8,10 @@ namespace PipelineGateway.Serialization;
 /// JSON values a request keeps as they came — a tool's parameter schema, a <c>response_format</c>'s JSON schema —
 /// parsed once for the bytes that spell them. A coding agent sends the same tool definitions on every step (16 schemas,
 /// ~25 KB), and each was parsed into a document with duplicate keys refused (the front door's contract reaches into
-/// kept values): ~8% of an agent-sized request's CPU (docs/benchmarks.md, "Agent-sized requests and token limits"). A value's bytes
-/// are compared in full before its parsed element is reused, so a hit is exactly the value a parse would give; a value
-/// that fails to parse (a duplicate key) is never kept and fails every time. Parsed elements are immutable and own
-/// their memory, so one serves every request that sends those bytes.
+/// kept values): ~8% of an agent-sized request's CPU (docs/benchmarks.md, "Agent-sized requests and token limits").
+/// A value's bytes are compared in full before its parsed element is reused, so a hit is exactly the value a parse
+/// would give; a value that fails to parse (a duplicate key) is never kept and fails every time. Parsed elements are
+/// immutable and own their memory, so one serves every request that sends those bytes.
 /// </summary>
 /// <remarks>
 /// Bounded: values of <see cref="MinLength"/> to <see cref="MaxLength"/> bytes only, direct-mapped slots (a value

@@ -31,7 +31,7 @@ internal static partial class RequestJson
             WriteUpstream(writer, request, model, stream);
             writer.Flush();
             // Not ToArray(): that zeroes the new array before copying into it (a 55 KB agent request's body: ~1.6% of
-            // the request's CPU in memset, docs/benchmarks.md "Agent-sized requests and token limits").
+            // the request's CPU in memset; docs/benchmarks.md, "Agent-sized requests and token limits").
             var bytes = GC.AllocateUninitializedArray<byte>(buffer.WrittenCount);
             buffer.WrittenSpan.CopyTo(bytes);
             return bytes;

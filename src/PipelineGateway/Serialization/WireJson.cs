@@ -22,9 +22,9 @@ internal static class WireJson
     /// A kept JSON value (a tool's parameter schema, a member the gateway does not model) written as its own bytes: the
     /// value was parsed, so they are JSON, and they mean what <see cref="JsonElement.WriteTo"/> would write, which walked
     /// the value token by token and escaped every string again — on a coding agent's request (16 tool schemas) ~7% of
-    /// its CPU (docs/benchmarks.md, "Agent-sized requests and token limits"). The sender's spacing and escapes stay as they were. Bytes
-    /// that are not UTF-8 (the front door refuses such a body; a library caller's own value could hold them) are written
-    /// token by token as before, which replaces what is not UTF-8.
+    /// its CPU (docs/benchmarks.md, "Agent-sized requests and token limits"). The sender's spacing and escapes stay as
+    /// they were. Bytes that are not UTF-8 (the front door refuses such a body; a library caller's own value could hold
+    /// them) are written token by token as before, which replaces what is not UTF-8.
     /// </summary>
     public static void WriteValue(Utf8JsonWriter w, JsonElement value)
     {
