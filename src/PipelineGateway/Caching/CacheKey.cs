@@ -21,7 +21,7 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
         // "Agent-sized requests and token limits"). The bytes hashed are the same.
         var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
         buffer.ResetWrittenCount();
-        var w = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { SkipValidation = true });
+        var w = t_writer ??= new Utf8JsonWriter(buffer, WriterOptions);
         w.Reset(buffer);
         try
         {
@@ -50,10 +50,23 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
                 w.WriteEndArray();
             }
 
-            if (request.Tools is { Count: > 0 })
+            if (request.Tools is { Count: > 0 } tools)
             {
-                w.WritePropertyName("tools");
-                WriteCanonical(w, JsonSerializer.SerializeToElement(request.Tools, GatewayJsonContext.Default.ListToolDefinition));
+                // Each definition's canonical form as the list's would hold it, made once per distinct definition.
+                w.WriteStartArray("tools");
+                foreach (var tool in tools)
+                {
+                    if (tool is null)
+                    {
+                        w.WriteNullValue();
+                    }
+                    else
+                    {
+                        w.WriteRawValue(ToolCanonicalCache.Shared.Canonical(tool, MakeTool), skipInputValidation: true);
+                    }
+                }
+
+                w.WriteEndArray();
             }
 
             WriteElement(w, "tool_choice", request.ToolChoice);
@@ -85,7 +98,13 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
         }
     }
 
+    /// <summary>How the canonical form is written (<see cref="ToolCanonicalCache"/> writes its parts the same way).</summary>
+    internal static readonly JsonWriterOptions WriterOptions = new() { SkipValidation = true };
+
     private const int MaxKeptBuffer = 256 * 1024;
+
+    private static readonly Action<Utf8JsonWriter, ToolDefinition> MakeTool =
+        static (w, tool) => WriteCanonical(w, JsonSerializer.SerializeToElement(tool, GatewayJsonContext.Default.ToolDefinition));
 
     [ThreadStatic]
     private static ArrayBufferWriter<byte>? t_buffer;

@@ -123,5 +123,30 @@ public sealed class CacheKeyTests
         Key(Request).Should().Be(Key(Request), "the thread's reused buffer gives the same key again");
     }
 
+    /// <summary>
+    /// Tools as an agent sends them and as a library caller may build them — a null entry, strict, an extension member,
+    /// two with one schema in other bytes — keep the key earlier versions computed (their canonical forms are made once
+    /// per distinct definition since the thirty-ninth session; before, the whole list was rewritten on every key).
+    /// </summary>
+    [Fact]
+    public void Tools_keep_the_key_earlier_versions_computed()
+    {
+        const string Request = """
+            {"model":"m","messages":[{"role":"user","content":"hi"}],
+            "tools":[{"type":"function","function":{"name":"read","description":"Reads a file","strict":true,"parameters":{"type":"object","properties":{"b":{"type":"number","minimum":1.0},"a":{"type":"string"}}}}},
+            null,
+            {"type":"function","function":{"name":"write","parameters":{ "properties" : {"a":{"type":"string"}}, "type":"object" }},"cache_control":{"type":"ephemeral"}},
+            {"type":"function","function":{"name":"list","description":null,"strict":false,"parameters":null}},
+            {"type":"function","function":{"name":"read","description":"Reads a file","strict":true,"parameters":{"properties":{"a":{"type":"string"},"b":{"minimum":1,"type":"number"}},"type":"object"}}}]}
+            """;
+
+        for (var i = 0; i < 2; i++)
+        {
+            Key(Request).ToString().Should().Be(GoldenToolsKey, "a definition's form made once or kept gives the same key");
+        }
+    }
+
+    private const string GoldenToolsKey = "6de330d5f3933001601844130f925d75"; // computed by fafcee8 too (the whole list rewritten per key)
+
     private const string GoldenKey = "2b9e52e0195f9c9fc18829fc20909bb8"; // computed by 1bc7224 too (a new buffer per key)
 }

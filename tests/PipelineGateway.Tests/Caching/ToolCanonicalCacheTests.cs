@@ -1,0 +1,156 @@
+using System.Buffers;
+using System.Text.Json;
+using CsCheck;
+using FluentAssertions;
+using PipelineGateway.Caching;
+
+namespace PipelineGateway.Tests.Caching;
+
+/// <summary>
+/// A tool definition's canonical form (what the response cache's key hashes for it) made once per distinct definition:
+/// a definition met again is not made again, and whatever entry its set held, every answer is the canonical form of
+/// the definition asked about — a definition differing in any part (type, name, description, strict, schema bytes) is
+/// never given another's.
+/// </summary>
+public sealed class ToolCanonicalCacheTests
+{
+    private static readonly Action<Utf8JsonWriter, ToolDefinition> Make =
+        static (w, tool) => CacheKey.WriteCanonical(w, JsonSerializer.SerializeToElement(tool, GatewayJsonContext.Default.ToolDefinition));
+
+    private static readonly string Large = $$"""{"type":"object","description":"{{new string('l', ToolCanonicalCache.MaxLength)}}"}""";
+
+    private static readonly JsonElement?[] Schemas =
+    [
+        null,
+        JsonElement.Parse("null"),
+        JsonElement.Parse("""{"type":"object"}"""),
+        JsonElement.Parse("""{ "type" : "object" }"""),
+        JsonElement.Parse("""{"type":"object","properties":{"b":{"type":"string"},"a":{"type":"integer"}}}"""),
+        JsonElement.Parse("""{"properties":{"a":{"type":"integer"},"b":{"type":"string"}},"type":"object"}"""),
+        JsonElement.Parse("""{"type":"object","properties":{"a":{"type":"number","minimum":1.0}}}"""),
+        JsonElement.Parse("""{"type":"object","properties":{"a":{"type":"number","minimum":1}}}"""),
+        JsonElement.Parse(Large),
+    ];
+
+    private static readonly string?[] Texts = [null, string.Empty, "read", "Read", "read\u00e9", "<b>&"];
+
+    private static readonly Gen<ToolDefinition> Tools =
+        Gen.Select(
+            Gen.Int[0, 3], Gen.Int[0, 5], Gen.Int[0, 5], Gen.Int[0, 2], Gen.Int[0, Schemas.Length - 1], Gen.Int[0, 9],
+            static (type, name, description, strict, schema, shape) => new ToolDefinition
+            {
+                Type = type switch { 0 => "function", 1 => "custom", 2 => "Function", _ => null! },
+                Function = shape == 0 ? null : new FunctionDefinition
+                {
+                    Name = Texts[name] ?? "read",
+                    Description = Texts[description],
+                    Strict = strict switch { 0 => null, 1 => true, _ => false },
+                    Parameters = Schemas[schema],
+                },
+                AdditionalProperties = shape == 1 ? new() { ["x"] = JsonElement.Parse("1") } : null,
+            });
+
+    private static byte[] Reference(ToolDefinition tool)
+    {
+        var buffer = new ArrayBufferWriter<byte>();
+        using (var w = new Utf8JsonWriter(buffer, CacheKey.WriterOptions))
+        {
+            Make(w, tool);
+        }
+
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    private static ToolDefinition Read(string name, string schema) => new()
+    {
+        Function = new FunctionDefinition { Name = name, Description = "Reads a file", Parameters = JsonElement.Parse(schema) },
+    };
+
+    [Fact]
+    public void A_definition_met_again_is_not_made_again()
+    {
+        var cache = new ToolCanonicalCache();
+        const string Schema = """{"type":"object","properties":{"path":{"type":"string"}}}""";
+
+        var first = cache.Canonical(Read("read", Schema), Make);
+        var again = cache.Canonical(Read("read", Schema), Make);
+
+        cache.Made.Should().Be(1);
+        again.Should().Equal(first).And.Equal(Reference(Read("read", Schema)));
+    }
+
+    [Fact]
+    public void Two_definitions_in_one_set_both_stay()
+    {
+        // Twenty pairs, each in a cache of one set: whichever entry the seeded hash would have each replace, both stay.
+        for (var pair = 0; pair < 20; pair++)
+        {
+            var cache = new ToolCanonicalCache(setBits: 0);
+            for (var i = 0; i < 3; i++)
+            {
+                cache.Canonical(Read($"read{pair}", """{"type":"object"}"""), Make);
+                cache.Canonical(Read($"write{pair}", """{"type":"object"}"""), Make);
+            }
+
+            cache.Made.Should().Be(2);
+        }
+    }
+
+    [Fact]
+    public void Extension_members_and_large_definitions_are_made_each_time()
+    {
+        var cache = new ToolCanonicalCache();
+        var extended = Read("read", """{"type":"object"}""");
+        extended.AdditionalProperties = new() { ["cache_control"] = JsonElement.Parse("""{"type":"ephemeral"}""") };
+
+        var described = Read("read", """{"type":"object"}""");
+        described.Function!.Description = new string('d', ToolCanonicalCache.MaxLength); // a small schema, a large canonical form
+
+        for (var i = 0; i < 2; i++)
+        {
+            cache.Canonical(extended, Make).Should().Equal(Reference(extended));
+            cache.Canonical(Read("big", Large), Make).Should().Equal(Reference(Read("big", Large)));
+            cache.Canonical(described, Make).Should().Equal(Reference(described));
+        }
+
+        cache.Made.Should().Be(6);
+    }
+
+    /// <summary>
+    /// CsCheck, fixed seed: a few definitions drawn from few types, names, descriptions, strict flags and schemas (some
+    /// the same value in other bytes, some differing in one member), asked about in any order as new objects with the
+    /// same contents, through one set of two entries where they keep replacing each other: each answer is the canonical
+    /// form made from that definition itself.
+    /// </summary>
+    [Fact]
+    public void Every_answer_is_the_definitions_own_canonical_form_whatever_its_set_held()
+    {
+        var cache = new ToolCanonicalCache(setBits: 0);
+        var asked = 0;
+        Gen.Select(Tools.Array[1, 5], Gen.Int[0, 4].Array[1, 16]).Sample((pool, picks) =>
+        {
+            foreach (var pick in picks)
+            {
+                var tool = Copy(pool[pick % pool.Length]);
+                cache.Canonical(tool, Make).Should().Equal(Reference(tool));
+                asked++;
+            }
+        }, iter: 2000, seed: "0N0XIzNsQ0O2");
+        cache.Made.Should().BeLessThan(asked * 3 / 4, "definitions met again in their set are not made again");
+    }
+
+    private static ToolDefinition Copy(ToolDefinition tool) => new()
+    {
+        Type = tool.Type,
+        Function = tool.Function is { } f
+            ? new FunctionDefinition
+            {
+                Name = new string(f.Name.AsSpan()),
+                Description = f.Description is null ? null : new string(f.Description.AsSpan()),
+                Strict = f.Strict,
+                Parameters = f.Parameters is { } p ? JsonElement.Parse(p.GetRawText()) : null,
+            }
+            : null,
+        AdditionalProperties = tool.AdditionalProperties,
+    };
+}
