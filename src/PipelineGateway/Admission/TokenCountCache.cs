@@ -52,6 +52,22 @@ internal sealed class TokenCountCache(int slotBits = 14)
         return Find(tokenizer, hash) ?? Keep(tokenizer, hash, tokenizer.CountTokens(value.GetRawText()));
     }
 
+    /// <summary>
+    /// The token count of a message's text, hashed from the request's JSON string when it was kept so (another seed: the
+    /// token's bytes spell the text, escapes and quotes included — never a schema's count): its string is made only
+    /// when it is counted.
+    /// </summary>
+    public int Count(Tokenizer tokenizer, MessageContent text)
+    {
+        if (text.TextJson is not { Length: > 0 } json)
+        {
+            return Count(tokenizer, text.Text!);
+        }
+
+        var hash = XxHash128.HashToUInt128(json, Seed ^ 0x5bd1e9955bd1e995);
+        return Find(tokenizer, hash) ?? Keep(tokenizer, hash, tokenizer.CountTokens(text.Text!));
+    }
+
     private int? Find(Tokenizer tokenizer, UInt128 hash) =>
         Volatile.Read(ref _slots[(int)(ulong)hash & _mask]) is { } entry && entry.Hash == hash && ReferenceEquals(entry.Tokenizer, tokenizer)
             ? entry.Count

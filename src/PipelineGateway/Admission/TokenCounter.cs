@@ -220,7 +220,7 @@ internal static class TokenCounter
                 tokens += 1 + Counts.Count(tokenizer, name);
             }
 
-            if (m.Content?.Text is { } text)
+            if (m.Content is { HasText: true } text)
             {
                 tokens += Counts.Count(tokenizer, text);
             }

@@ -49,11 +49,47 @@ public static class ChatRoles
 [JsonConverter(typeof(MessageContentConverter))]
 public sealed class MessageContent
 {
-    public MessageContent(string text) => Text = text;
+    private readonly byte[]? _json;
+    private readonly int _length;
+    private string? _text;
+
+    public MessageContent(string text) => _text = text;
 
     public MessageContent(List<ContentPart> parts) => Parts = parts;
 
-    public string? Text { get; }
+    /// <summary>
+    /// A text as a request spelled it: the JSON string token (quotes included) already checked to decode — valid UTF-8,
+    /// escapes that make characters — and its length in UTF-16 code units. The string is made when first asked for:
+    /// an agent's request carries tens of KB of texts that the gateway mostly sends on as they came (see
+    /// <see cref="RequestJson"/>'s reader).
+    /// </summary>
+    internal MessageContent(byte[] json, int length)
+    {
+        _json = json;
+        _length = length;
+    }
+
+    /// <summary>The text; null when the content is a list of parts.</summary>
+    public string? Text => _text ?? (_json is null ? null : _text = Decode(_json));
+
+    /// <summary>Whether the content is a text (without making its string).</summary>
+    internal bool HasText => _text is not null || _json is not null;
+
+    /// <summary>The text's length in UTF-16 code units, as <c>Text.Length</c> (without making the string).</summary>
+    internal int TextLength => _text?.Length ?? _length;
+
+    /// <summary>Whether the text's string was made (for tests).</summary>
+    internal bool TextMade => _text is not null;
+
+    /// <summary>The text as the request's JSON spelled it (quotes included); empty when it came otherwise.</summary>
+    internal ReadOnlySpan<byte> TextJson => _json;
+
+    private static string Decode(byte[] json)
+    {
+        var r = new System.Text.Json.Utf8JsonReader(json);
+        r.Read();
+        return r.GetString()!;
+    }
 
     public List<ContentPart>? Parts { get; }
 

@@ -12,9 +12,9 @@ internal static class TokenEstimate
         foreach (var m in request.Messages)
         {
             var content = m.Content;
-            if (content?.Text is { } text)
+            if (content is { HasText: true })
             {
-                chars += text.Length;
+                chars += content.TextLength; // a text kept as the request's JSON is not made a string for this
             }
             else if (content?.Parts is { } parts)
             {

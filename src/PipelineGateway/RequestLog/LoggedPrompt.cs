@@ -162,7 +162,7 @@ internal static class LoggedPrompt
     /// <summary>A message's text in characters (members the model does not name: their JSON's bytes).</summary>
     private static long Size(ChatCompletionMessage message)
     {
-        long size = (message.Refusal?.Length ?? 0) + (message.Content?.Text?.Length ?? 0);
+        long size = (message.Refusal?.Length ?? 0) + (message.Content is { HasText: true } content ? content.TextLength : 0);
         foreach (var part in message.Content?.Parts ?? [])
         {
             size += (part.Text?.Length ?? 0) + (part.ImageUrl?.Url.Length ?? 0) + Members(part.AdditionalProperties);

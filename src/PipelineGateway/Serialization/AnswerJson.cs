@@ -1004,6 +1004,12 @@ internal static class AnswerJson
     /// <summary><see cref="MessageContent"/>: its text as a string, else its parts as an array.</summary>
     public static void WriteContent(Utf8JsonWriter w, MessageContent value)
     {
+        if (value.TextJson is { Length: > 0 } json)
+        {
+            w.WriteRawValue(json, skipInputValidation: true); // the request's own JSON string, checked when it was read
+            return;
+        }
+
         if (value.Text is not null)
         {
             w.WriteStringValue(value.Text);

@@ -17,7 +17,7 @@ internal static partial class RequestJson
     {
         try
         {
-            var r = new Utf8JsonReader(body, new JsonReaderOptions { MaxDepth = 64 });
+            var r = new Utf8JsonReader(body, ReaderOptions);
             if (!r.Read() || r.TokenType != JsonTokenType.StartObject)
             {
                 return null;
@@ -51,7 +51,7 @@ internal static partial class RequestJson
             else if (r.ValueTextEquals("max_completion_tokens"u8)) { Once(ref seen, 5); r.Read(); value.MaxCompletionTokens = Int32(ref r); }
             else if (r.ValueTextEquals("top_p"u8)) { Once(ref seen, 6); r.Read(); value.TopP = Double(ref r); }
             else if (r.ValueTextEquals("user"u8)) { Once(ref seen, 7); r.Read(); value.User = String(ref r); }
-            else if (r.ValueTextEquals("tools"u8)) { Once(ref seen, 8); r.Read(); value.Tools = ListOf(ref r, body, ReadTool); }
+            else if (r.ValueTextEquals("tools"u8)) { Once(ref seen, 8); r.Read(); value.Tools = Tools(ref r, ref body); }
             else if (r.ValueTextEquals("tool_choice"u8)) { Once(ref seen, 9); r.Read(); value.ToolChoice = Element(ref r, body); }
             else if (r.ValueTextEquals("response_format"u8)) { Once(ref seen, 10); r.Read(); value.ResponseFormat = Element(ref r, body); }
             else if (r.ValueTextEquals("stop"u8)) { Once(ref seen, 11); r.Read(); value.Stop = StopSequencesConverter.ReadValue(ref r); }
@@ -63,6 +63,47 @@ internal static partial class RequestJson
         }
 
         return value;
+    }
+
+    /// <summary>
+    /// The <c>tools</c> array (a member of the request object): an array read before for the same bytes is not read again
+    /// (<see cref="Serialization.KeptToolsCache"/>); the reader then goes on after it over the rest of the body, in the
+    /// state reading the array would have left it in (<paramref name="body"/> becomes that rest, so positions stay the
+    /// reader's).
+    /// </summary>
+    private static List<ToolDefinition>? Tools(ref Utf8JsonReader r, ref ReadOnlySpan<byte> body)
+    {
+        if (r.TokenType != JsonTokenType.StartArray)
+        {
+            return ListOf(ref r, body, ReadTool); // null, or the serializer's to refuse
+        }
+
+        var start = checked((int)r.TokenStartIndex);
+        if (Serialization.KeptToolsCache.Shared.Find(body[start..]) is var (kept, length))
+        {
+            body = body[(start + length)..];
+            r = new Utf8JsonReader(body, isFinalBlock: true, AfterMember);
+            return kept;
+        }
+
+        var tools = ListOf(ref r, body, ReadTool)!;
+        Serialization.KeptToolsCache.Shared.Keep(body[start..checked((int)r.BytesConsumed)], tools);
+        return tools;
+    }
+
+    private static readonly JsonReaderOptions ReaderOptions = new() { MaxDepth = 64 };
+
+    /// <summary>A reader's state after a member's value inside the body's object (what reading a kept array leaves).</summary>
+    private static readonly JsonReaderState AfterMember = StateAfterMember();
+
+    private static JsonReaderState StateAfterMember()
+    {
+        var r = new Utf8JsonReader("{\"tools\":[]"u8, isFinalBlock: false, new JsonReaderState(ReaderOptions));
+        while (r.Read() && r.TokenType != JsonTokenType.EndArray)
+        {
+        }
+
+        return r.CurrentState;
     }
 
     private static ChatCompletionMessage? ReadMessage(ref Utf8JsonReader r, ReadOnlySpan<byte> body)
@@ -91,10 +132,50 @@ internal static partial class RequestJson
     private static MessageContent? Content(ref Utf8JsonReader r, ReadOnlySpan<byte> body) => r.TokenType switch
     {
         JsonTokenType.Null => null,
-        JsonTokenType.String => new MessageContent(r.GetString()!),
+        JsonTokenType.String => Text(ref r, body),
         JsonTokenType.StartArray => new MessageContent(ListOf(ref r, body, ReadPart)!),
         _ => throw Back,
     };
+
+    /// <summary>Texts this long and longer are kept as the request spelled them (shorter ones cost less as strings).</summary>
+    internal const int KeptTextLength = 256;
+
+    /// <summary>
+    /// A message's text. A long one is kept as the client's JSON string — checked here as <c>GetString</c> would check it
+    /// (valid UTF-8; escapes that make characters: a lone surrogate is the serializer's to refuse) — and sent upstream as
+    /// those bytes; its string is made only if something reads it (a translation, a count not remembered, the cache
+    /// key). Why: an agent's step carries ~26 KB of texts, and making them strings and writing them back to UTF-8 was
+    /// ~8% of the gateway's CPU on it (docs/benchmarks.md, "Agent-sized requests and token limits").
+    /// </summary>
+    private static MessageContent Text(ref Utf8JsonReader r, ReadOnlySpan<byte> body)
+    {
+        var value = r.ValueSpan;
+        if (value.Length < KeptTextLength || r.HasValueSequence)
+        {
+            return new MessageContent(r.GetString()!);
+        }
+
+        int length;
+        if (r.ValueIsEscaped)
+        {
+            var text = System.Buffers.ArrayPool<byte>.Shared.Rent(value.Length);
+            try
+            {
+                // Throws InvalidOperationException for bytes that are not UTF-8 and escapes that make no character.
+                length = System.Text.Encoding.UTF8.GetCharCount(text, 0, r.CopyString(text));
+            }
+            finally
+            {
+                System.Buffers.ArrayPool<byte>.Shared.Return(text);
+            }
+        }
+        else
+        {
+            length = System.Text.Unicode.Utf8.IsValid(value) ? System.Text.Encoding.UTF8.GetCharCount(value) : throw Back;
+        }
+
+        return new MessageContent(body.Slice(checked((int)r.TokenStartIndex), value.Length + 2).ToArray(), length);
+    }
 
     private static ContentPart? ReadPart(ref Utf8JsonReader r, ReadOnlySpan<byte> body)
     {

@@ -423,6 +423,8 @@ public sealed class FrontDoorTests : IAsyncLifetime
         }
     }
 
+    private const string LongText = "long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, long text, ";
+
     /// <summary>
     /// A value of the wrong type on the chat route says what was expected there, in the caller's words, and names the
     /// field — never the .NET type the serializer read it into (<c>System.Nullable`1[System.Int32]</c>).
@@ -438,6 +440,7 @@ public sealed class FrontDoorTests : IAsyncLifetime
     [InlineData("\"stream_options\":[]", "stream_options", "expected an object")]
     [InlineData("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":5}}]", "tools[0].function.name", "expected a string")]
     [InlineData("\"messages\":[{\"role\":\"user\",\"content\":\"\\ud800\"}]", "messages[0].content", "lone surrogate")]
+    [InlineData("\"messages\":[{\"role\":\"user\",\"content\":\"" + LongText + "\\ud800\"}]", "messages[0].content", "lone surrogate")] // a text kept as its JSON
     [InlineData("\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"\\ud800\"}]}]", "messages[0].content[0].text", "lone surrogate")]
     [InlineData("\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":5}]}]", "messages[0].content[0].text", "expected a string")]
     [InlineData("\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"image_url\",\"image_url\":{\"url\":7}}]}]", "messages[0].content[1].image_url.url", "expected a string")]
