@@ -62,7 +62,7 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
                     }
                     else
                     {
-                        w.WriteRawValue(ToolCanonicalCache.Shared.Canonical(tool, MakeTool), skipInputValidation: true);
+                        w.WriteRawValue(KeyForms.Shared.Tool(tool, MakeTool), skipInputValidation: true);
                     }
                 }
 
@@ -98,7 +98,7 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
         }
     }
 
-    /// <summary>How the canonical form is written (<see cref="ToolCanonicalCache"/> writes its parts the same way).</summary>
+    /// <summary>How the canonical form is written (<see cref="KeyForms"/> writes its parts the same way).</summary>
     internal static readonly JsonWriterOptions WriterOptions = new() { SkipValidation = true };
 
     private const int MaxKeptBuffer = 256 * 1024;
@@ -142,7 +142,11 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
 
         if (m.Content is { } c)
         {
-            if (c.Text is not null)
+            if (c.TextJson is { Length: > 0 } json)
+            {
+                WriteText(w, json);
+            }
+            else if (c.Text is not null)
             {
                 w.WriteString("content", c.Text);
             }
@@ -177,6 +181,32 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
         w.WriteEndObject();
     }
 
+    /// <summary>
+    /// A text kept as the request's JSON string, written from its UTF-8: the same bytes as writing its string (the
+    /// encoder escapes the same characters either way; <c>KeptTextTests</c> holds keys of both to each other), without
+    /// making the string — an agent's ~26 KB of texts made into UTF-16 on every step with the cache on.
+    /// </summary>
+    private static void WriteText(Utf8JsonWriter w, ReadOnlySpan<byte> json)
+    {
+        var r = new Utf8JsonReader(json);
+        r.Read();
+        if (!r.ValueIsEscaped)
+        {
+            w.WriteString("content"u8, r.ValueSpan);
+            return;
+        }
+
+        var text = ArrayPool<byte>.Shared.Rent(r.ValueSpan.Length);
+        try
+        {
+            w.WriteString("content"u8, text.AsSpan(0, r.CopyString(text)));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(text);
+        }
+    }
+
     private static void WriteArguments(Utf8JsonWriter w, string? arguments)
     {
         // Tool arguments are JSON in a string; compare them as JSON when they parse. Text that does not parse goes under
@@ -187,6 +217,19 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
             return;
         }
 
+        var form = KeyForms.Shared.Arguments(arguments, MakeArguments); // made once per distinct arguments text
+        if (form.Length == 0)
+        {
+            w.WriteString("arguments_text", arguments);
+            return;
+        }
+
+        w.WritePropertyName("arguments");
+        w.WriteRawValue(form, skipInputValidation: true);
+    }
+
+    private static readonly Func<Utf8JsonWriter, string, bool> MakeArguments = static (w, arguments) =>
+    {
         JsonDocument doc;
         try
         {
@@ -194,16 +237,16 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
         }
         catch (JsonException)
         {
-            w.WriteString("arguments_text", arguments);
-            return;
+            return false;
         }
 
         using (doc)
         {
-            w.WritePropertyName("arguments");
             WriteCanonical(w, doc.RootElement);
         }
-    }
+
+        return true;
+    };
 
     private static void WriteExtra(Utf8JsonWriter w, Dictionary<string, JsonElement>? extra, Func<string, bool> skip)
     {

@@ -30,8 +30,7 @@ internal sealed class KeptToolsCache(int setBits = 5)
 
     private static readonly long Seed = Random.Shared.NextInt64();
 
-    private readonly Entry?[] _ways = new Entry?[2 << setBits];
-    private readonly int _mask = (1 << setBits) - 1;
+    private readonly TwoWaySets<Entry> _sets = new(setBits);
     private long _found;
 
     /// <summary>How many arrays this cache gave (for tests and diagnostics).</summary>
@@ -48,17 +47,15 @@ internal sealed class KeptToolsCache(int setBits = 5)
             return null;
         }
 
-        var set = Set(rest);
-        for (var way = 0; way < 2; way++)
+        var (first, second) = _sets.Of(Hash(rest));
+        var entry = first is not null && rest.StartsWith(first.Bytes) ? first : second is not null && rest.StartsWith(second.Bytes) ? second : null;
+        if (entry is null)
         {
-            if (Volatile.Read(ref _ways[set + way]) is { } entry && rest.StartsWith(entry.Bytes))
-            {
-                Interlocked.Increment(ref _found);
-                return (entry.Copy(), entry.Bytes.Length);
-            }
+            return null;
         }
 
-        return null;
+        Interlocked.Increment(ref _found);
+        return (entry.Copy(), entry.Bytes.Length);
     }
 
     /// <summary>Keeps <paramref name="tools"/>, read from <paramref name="array"/> (the array's bytes, checked), if it is kept at all.</summary>
@@ -69,13 +66,10 @@ internal sealed class KeptToolsCache(int setBits = 5)
             return;
         }
 
-        var set = Set(array);
-        var hash = XxHash3.HashToUInt64(array[..MinLength], ~Seed);
-        var way = Volatile.Read(ref _ways[set]) is null ? 0 : Volatile.Read(ref _ways[set + 1]) is null ? 1 : (int)hash & 1;
-        Volatile.Write(ref _ways[set + way], new Entry(array.ToArray(), [.. tools.Select(Entry.Clone)]));
+        _sets.Keep(Hash(array), new Entry(array.ToArray(), [.. tools.Select(Entry.Clone)]));
     }
 
-    private int Set(ReadOnlySpan<byte> rest) => ((int)XxHash3.HashToUInt64(rest[..MinLength], Seed) & _mask) << 1;
+    private static ulong Hash(ReadOnlySpan<byte> rest) => XxHash3.HashToUInt64(rest[..MinLength], Seed);
 
     private sealed class Entry(byte[] bytes, List<ToolDefinition> tools)
     {

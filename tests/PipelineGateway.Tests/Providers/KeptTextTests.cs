@@ -74,6 +74,7 @@ public sealed class KeptTextTests
             TokenCounter.ApproximatePrompt(request).Should().Be(TokenCounter.ApproximatePrompt(expected));
             TokenCountCache.Shared.Count(tokenizer, content).Should().Be(tokenizer.CountTokens(text));
             Normalized(RequestJson.ToUpstreamBytes(request, "u", stream: false)).Should().Be(Normalized(RequestJson.ToUpstreamBytes(expected, "u", stream: false)));
+            PipelineGateway.Caching.CacheKey.Compute("g", request).Should().Be(PipelineGateway.Caching.CacheKey.Compute("g", expected), "a kept text keys as its string");
             content.Text.Should().Be(text);
         }, iter: 3000, seed: "0N0XIzNsQ0O2");
         kept.Should().BeGreaterThan(1500, "most texts drawn are long enough to be kept");
@@ -93,9 +94,10 @@ public sealed class KeptTextTests
         var upstream = Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "u", stream: false));
         TokenCountCache.Shared.Count(tokenizer, content).Should().Be(count);
         TokenCounter.ApproximatePrompt(request);
+        PipelineGateway.Caching.CacheKey.Compute("g", request);
 
         upstream.Should().Contain($"\"{spelled}\"", "the client's escapes, not the writer's (which keeps é as UTF-8)");
-        content.TextMade.Should().BeFalse("writing it upstream, estimating and counting it (the count remembered) need no string");
+        content.TextMade.Should().BeFalse("writing it upstream, estimating, counting it (the count remembered) and keying it need no string");
         content.Text.Should().Be(string.Concat(Enumerable.Repeat("café\n", 40)));
         content.TextMade.Should().BeTrue();
     }

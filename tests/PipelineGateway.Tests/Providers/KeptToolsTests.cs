@@ -106,7 +106,7 @@ public sealed class KeptToolsTests
         }
     }
 
-    /// <summary>A member added to a definition must be copied for each request (KeptToolsCache) and compared (ToolCanonicalCache).</summary>
+    /// <summary>A member added to a definition must be copied for each request (KeptToolsCache) and compared (KeyForms).</summary>
     [Fact]
     public void Every_member_of_a_definition_is_one_the_caches_copy_and_compare()
     {

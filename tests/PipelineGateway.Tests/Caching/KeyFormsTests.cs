@@ -12,12 +12,12 @@ namespace PipelineGateway.Tests.Caching;
 /// the definition asked about — a definition differing in any part (type, name, description, strict, schema bytes) is
 /// never given another's.
 /// </summary>
-public sealed class ToolCanonicalCacheTests
+public sealed class KeyFormsTests
 {
     private static readonly Action<Utf8JsonWriter, ToolDefinition> Make =
         static (w, tool) => CacheKey.WriteCanonical(w, JsonSerializer.SerializeToElement(tool, GatewayJsonContext.Default.ToolDefinition));
 
-    private static readonly string Large = $$"""{"type":"object","description":"{{new string('l', ToolCanonicalCache.MaxLength)}}"}""";
+    private static readonly string Large = $$"""{"type":"object","description":"{{new string('l', KeyForms.MaxLength)}}"}""";
 
     private static readonly JsonElement?[] Schemas =
     [
@@ -69,11 +69,11 @@ public sealed class ToolCanonicalCacheTests
     [Fact]
     public void A_definition_met_again_is_not_made_again()
     {
-        var cache = new ToolCanonicalCache();
+        var cache = new KeyForms();
         const string Schema = """{"type":"object","properties":{"path":{"type":"string"}}}""";
 
-        var first = cache.Canonical(Read("read", Schema), Make);
-        var again = cache.Canonical(Read("read", Schema), Make);
+        var first = cache.Tool(Read("read", Schema), Make);
+        var again = cache.Tool(Read("read", Schema), Make);
 
         cache.Made.Should().Be(1);
         again.Should().Equal(first).And.Equal(Reference(Read("read", Schema)));
@@ -85,11 +85,11 @@ public sealed class ToolCanonicalCacheTests
         // Twenty pairs, each in a cache of one set: whichever entry the seeded hash would have each replace, both stay.
         for (var pair = 0; pair < 20; pair++)
         {
-            var cache = new ToolCanonicalCache(setBits: 0);
+            var cache = new KeyForms(setBits: 0);
             for (var i = 0; i < 3; i++)
             {
-                cache.Canonical(Read($"read{pair}", """{"type":"object"}"""), Make);
-                cache.Canonical(Read($"write{pair}", """{"type":"object"}"""), Make);
+                cache.Tool(Read($"read{pair}", """{"type":"object"}"""), Make);
+                cache.Tool(Read($"write{pair}", """{"type":"object"}"""), Make);
             }
 
             cache.Made.Should().Be(2);
@@ -99,18 +99,18 @@ public sealed class ToolCanonicalCacheTests
     [Fact]
     public void Extension_members_and_large_definitions_are_made_each_time()
     {
-        var cache = new ToolCanonicalCache();
+        var cache = new KeyForms();
         var extended = Read("read", """{"type":"object"}""");
         extended.AdditionalProperties = new() { ["cache_control"] = JsonElement.Parse("""{"type":"ephemeral"}""") };
 
         var described = Read("read", """{"type":"object"}""");
-        described.Function!.Description = new string('d', ToolCanonicalCache.MaxLength); // a small schema, a large canonical form
+        described.Function!.Description = new string('d', KeyForms.MaxLength); // a small schema, a large canonical form
 
         for (var i = 0; i < 2; i++)
         {
-            cache.Canonical(extended, Make).Should().Equal(Reference(extended));
-            cache.Canonical(Read("big", Large), Make).Should().Equal(Reference(Read("big", Large)));
-            cache.Canonical(described, Make).Should().Equal(Reference(described));
+            cache.Tool(extended, Make).Should().Equal(Reference(extended));
+            cache.Tool(Read("big", Large), Make).Should().Equal(Reference(Read("big", Large)));
+            cache.Tool(described, Make).Should().Equal(Reference(described));
         }
 
         cache.Made.Should().Be(6);
@@ -125,18 +125,85 @@ public sealed class ToolCanonicalCacheTests
     [Fact]
     public void Every_answer_is_the_definitions_own_canonical_form_whatever_its_set_held()
     {
-        var cache = new ToolCanonicalCache(setBits: 0);
+        var cache = new KeyForms(setBits: 0);
         var asked = 0;
         Gen.Select(Tools.Array[1, 5], Gen.Int[0, 4].Array[1, 16]).Sample((pool, picks) =>
         {
             foreach (var pick in picks)
             {
                 var tool = Copy(pool[pick % pool.Length]);
-                cache.Canonical(tool, Make).Should().Equal(Reference(tool));
+                cache.Tool(tool, Make).Should().Equal(Reference(tool));
                 asked++;
             }
         }, iter: 2000, seed: "0N0XIzNsQ0O2");
         cache.Made.Should().BeLessThan(asked * 3 / 4, "definitions met again in their set are not made again");
+    }
+
+    private static readonly Func<Utf8JsonWriter, string, bool> MakeArguments = static (w, arguments) =>
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(arguments);
+            CacheKey.WriteCanonical(w, doc.RootElement);
+            return true;
+        }
+        catch (JsonException)
+        {
+            return false;
+        }
+    };
+
+    private static readonly string[] ArgumentTexts =
+    [
+        """{"path":"a.txt"}""", """{ "path" : "a.txt" }""", """{"path":"b.txt"}""", """{"b":2,"a":1}""", """{"a":1,"b":2}""", """{"a":1.0,"b":2}""",
+        "x", "\"x\"", "", "{", "[1,2]", "null",
+    ];
+
+    private static byte[] ReferenceArguments(string arguments)
+    {
+        var buffer = new ArrayBufferWriter<byte>();
+        using var w = new Utf8JsonWriter(buffer, CacheKey.WriterOptions);
+        if (!MakeArguments(w, arguments))
+        {
+            return [];
+        }
+
+        w.Flush();
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    [Fact]
+    public void Arguments_met_again_are_not_made_again_and_text_that_is_not_JSON_has_no_form()
+    {
+        var cache = new KeyForms();
+
+        cache.Arguments(new string("""{"path":"a.txt"}"""), MakeArguments).Should().Equal(ReferenceArguments("""{"path":"a.txt"}"""));
+        cache.Arguments(new string("""{"path":"a.txt"}"""), MakeArguments);
+        cache.Arguments("not json", MakeArguments).Should().BeEmpty();
+        cache.Arguments("not json", MakeArguments).Should().BeEmpty();
+
+        cache.Made.Should().Be(2);
+    }
+
+    /// <summary>
+    /// CsCheck, fixed seed: a few arguments texts — JSON in other spellings and orders, texts that are not JSON — asked
+    /// about as new strings in any order through one set of two entries: each answer is the form made from that text itself.
+    /// </summary>
+    [Fact]
+    public void Every_arguments_form_is_the_texts_own_whatever_its_set_held()
+    {
+        var cache = new KeyForms(setBits: 0);
+        var asked = 0;
+        Gen.Select(Gen.Int[0, ArgumentTexts.Length - 1].Array[1, 3], Gen.Int[0, 2].Array[1, 16]).Sample((pool, picks) =>
+        {
+            foreach (var pick in picks)
+            {
+                var text = new string(ArgumentTexts[pool[pick % pool.Length]].AsSpan());
+                cache.Arguments(text, MakeArguments).Should().Equal(ReferenceArguments(text), text);
+                asked++;
+            }
+        }, iter: 2000, seed: "0N0XIzNsQ0O2");
+        cache.Made.Should().BeLessThan(asked * 3 / 4, "texts met again in their set are not made again");
     }
 
     private static ToolDefinition Copy(ToolDefinition tool) => new()
