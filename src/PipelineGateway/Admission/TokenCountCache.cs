@@ -16,20 +16,19 @@ namespace PipelineGateway.Admission;
 /// agent's request has dozens. Counts are exact either way: a hit is the count the tokenizer gave for the same text.
 /// </summary>
 /// <remarks>
-/// Direct-mapped: a slot holds the last text hashed to it (a later one replaces it), so memory is bounded by the slot
-/// count (16,384 slots: ~0.9 MB once all are used) and a lookup is one read. The hash is seeded per process, so no
-/// client can aim a text at the slot and hash of another's. Entries are immutable and published with a release
+/// 8,192 sets of two entries (<see cref="Serialization.TwoWaySets{TEntry}"/>: a text replaces one of its set's, never
+/// both of two often used), so memory is bounded by the entry count (16,384: ~0.9 MB once all are used) and a lookup
+/// is two reads. The hash is seeded per process, so no client can aim a text at the set and hash of another's. Entries are immutable and published with a release
 /// write, so readers on any thread see whole entries. A text's count depends on the tokenizer: the entry names it.
 /// </remarks>
-internal sealed class TokenCountCache(int slotBits = 14)
+internal sealed class TokenCountCache(int setBits = 13)
 {
     /// <summary>The process's cache, shared by every encoding.</summary>
     internal static readonly TokenCountCache Shared = new();
 
     private static readonly long Seed = Random.Shared.NextInt64();
 
-    private readonly Entry?[] _slots = new Entry?[1 << slotBits];
-    private readonly int _mask = (1 << slotBits) - 1;
+    private readonly Serialization.TwoWaySets<Entry> _sets = new(setBits);
     private long _counted;
 
     /// <summary>How many texts this cache had the tokenizer count (a miss; for tests and diagnostics).</summary>
@@ -68,15 +67,18 @@ internal sealed class TokenCountCache(int slotBits = 14)
         return Find(tokenizer, hash) ?? Keep(tokenizer, hash, tokenizer.CountTokens(text.Text!));
     }
 
-    private int? Find(Tokenizer tokenizer, UInt128 hash) =>
-        Volatile.Read(ref _slots[(int)(ulong)hash & _mask]) is { } entry && entry.Hash == hash && ReferenceEquals(entry.Tokenizer, tokenizer)
-            ? entry.Count
+    private int? Find(Tokenizer tokenizer, UInt128 hash)
+    {
+        var (first, second) = _sets.Of((ulong)hash);
+        return first is not null && first.Hash == hash && ReferenceEquals(first.Tokenizer, tokenizer) ? first.Count
+            : second is not null && second.Hash == hash && ReferenceEquals(second.Tokenizer, tokenizer) ? second.Count
             : null;
+    }
 
     private int Keep(Tokenizer tokenizer, UInt128 hash, int count)
     {
         Interlocked.Increment(ref _counted);
-        Volatile.Write(ref _slots[(int)(ulong)hash & _mask], new Entry(hash, tokenizer, count));
+        _sets.Keep((ulong)hash, new Entry(hash, tokenizer, count));
         return count;
     }
 

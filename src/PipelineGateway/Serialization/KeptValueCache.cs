@@ -14,12 +14,13 @@ namespace PipelineGateway.Serialization;
 /// immutable and own their memory, so one serves every request that sends those bytes.
 /// </summary>
 /// <remarks>
-/// Bounded: values of <see cref="MinLength"/> to <see cref="MaxLength"/> bytes only, direct-mapped slots (a value
-/// replaces whatever held its slot): at most 256 values of 8 KB with their documents' token tables (12 bytes a token),
+/// Bounded: values of <see cref="MinLength"/> to <see cref="MaxLength"/> bytes only, 128 sets of two entries
+/// (<see cref="TwoWaySets{TEntry}"/>: two schemas sharing a set both stay; one slot each had an agent's 16 schemas
+/// collide in a pair ~37% of the time, both parsed on every step): at most 256 values of 8 KB with their documents' token tables (12 bytes a token),
 /// ~15 MB in the worst case — values made of one-character tokens — and a few hundred KB for an application's tools.
-/// The slot is chosen by a seeded hash (no client can aim at another's slot), the entry published with a release write.
+/// The set is chosen by a seeded hash (no client can aim at another's set), the entry published with a release write.
 /// </remarks>
-internal sealed class KeptValueCache(int slotBits = 8)
+internal sealed class KeptValueCache(int setBits = 7)
 {
     /// <summary>Smaller values parse in less time than a lookup saves.</summary>
     internal const int MinLength = 256;
@@ -33,8 +34,7 @@ internal sealed class KeptValueCache(int slotBits = 8)
 
     private static readonly long Seed = Random.Shared.NextInt64();
 
-    private readonly object?[] _boxes = new object?[1 << slotBits];
-    private readonly int _mask = (1 << slotBits) - 1;
+    private readonly TwoWaySets<Entry> _sets = new(setBits);
     private long _parsed;
 
     /// <summary>How many values this cache parsed (misses and values it does not keep; for tests and diagnostics).</summary>
@@ -49,15 +49,21 @@ internal sealed class KeptValueCache(int slotBits = 8)
             return JsonElement.Parse(json, Options);
         }
 
-        var slot = (int)XxHash3.HashToUInt64(json, Seed) & _mask;
-        if (Volatile.Read(ref _boxes[slot]) is Entry entry && JsonMarshal.GetRawUtf8Value(entry.Value).SequenceEqual(json))
+        var hash = XxHash3.HashToUInt64(json, Seed);
+        var (first, second) = _sets.Of(hash);
+        if (first is not null && JsonMarshal.GetRawUtf8Value(first.Value).SequenceEqual(json))
         {
-            return entry.Value;
+            return first.Value;
+        }
+
+        if (second is not null && JsonMarshal.GetRawUtf8Value(second.Value).SequenceEqual(json))
+        {
+            return second.Value;
         }
 
         Interlocked.Increment(ref _parsed);
         var value = JsonElement.Parse(json, Options);
-        Volatile.Write(ref _boxes[slot], new Entry(value));
+        _sets.Keep(hash, new Entry(value));
         return value;
     }
 

@@ -18,13 +18,13 @@ public sealed class TokenCountCacheTests
 
     /// <summary>
     /// CsCheck, fixed seed: any text — empty, short, long, any script, repeated words — counts what the tokenizer counts,
-    /// the first time and every time after, in a cache of 16 slots where texts keep replacing each other in their slots
-    /// (a replaced or colliding slot never answers for another text).
+    /// the first time and every time after, in a cache of eight sets of two where texts keep replacing each other in their sets
+    /// (a replaced or colliding entry never answers for another text).
     /// </summary>
     [Fact]
     public void A_remembered_count_is_the_tokenizers_count_for_that_text()
     {
-        var cache = new TokenCountCache(slotBits: 4);
+        var cache = new TokenCountCache(setBits: 3);
         var tokenizer = O200k;
         var word = Gen.OneOf(Gen.String[0, 12], Gen.Const("tokenization"), Gen.Const("日本語のテキスト"), Gen.Const("  \n\t"), Gen.Const("{\"a\":1}"));
         word.Array[0, 80].Select(words => string.Concat(words)).Array[1, 8].Sample(texts =>
@@ -34,6 +34,23 @@ public sealed class TokenCountCacheTests
                 cache.Count(tokenizer, text).Should().Be(tokenizer.CountTokens(text), "for \"{0}\"", text);
             }
         }, iter: 300, seed: "0N0XIzNsQ0O2");
+    }
+
+    [Fact]
+    public void Two_texts_in_one_set_both_stay()
+    {
+        // Twenty pairs, each in a cache of one set: whichever entry the seeded hash would have each replace, both stay.
+        for (var pair = 0; pair < 20; pair++)
+        {
+            var cache = new TokenCountCache(setBits: 0);
+            for (var i = 0; i < 3; i++)
+            {
+                cache.Count(O200k, $"first text {pair}");
+                cache.Count(O200k, $"second text {pair}");
+            }
+
+            cache.Counted.Should().Be(2);
+        }
     }
 
     [Fact]
