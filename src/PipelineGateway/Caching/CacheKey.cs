@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.IO.Hashing;
 using System.Text.Json;
+using PipelineGateway.Serialization;
 
 namespace PipelineGateway.Caching;
 
@@ -15,14 +16,10 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
 
     public static CacheKey Compute(string modelGroup, ChatCompletionRequest request)
     {
-        // The thread's own buffer and writer, reused: a new buffer grew by doubling to the canonical form's size — past
-        // 85 KB for an agent's 55 KB step, an array on the large object heap per request, and a full collection every
-        // few hundred requests (with the cache on, agent steps cost 2.8× the CPU of the cache off; docs/benchmarks.md,
-        // "Agent-sized requests and token limits"). The bytes hashed are the same.
-        var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
-        buffer.ResetWrittenCount();
-        var w = t_writer ??= new Utf8JsonWriter(buffer, WriterOptions);
-        w.Reset(buffer);
+        // The thread's own buffer and writer, reused (with the cache on, a new one per key had agent steps cost 2.8× the
+        // CPU of the cache off: a full collection every few hundred requests). The bytes hashed are the same.
+        var w = ReusedWriter.Take(ref t_buffer, ref t_writer, WriterOptions);
+        var buffer = t_buffer!;
         try
         {
             w.WriteStartObject();
@@ -90,18 +87,12 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
         }
         finally
         {
-            if (buffer.Capacity > MaxKeptBuffer)
-            {
-                t_buffer = null; // an unusually large request: neither its buffer nor the writer pointing at it is kept
-                t_writer = null;
-            }
+            ReusedWriter.Release(ref t_buffer, ref t_writer);
         }
     }
 
     /// <summary>How the canonical form is written (<see cref="KeyForms"/> writes its parts the same way).</summary>
     internal static readonly JsonWriterOptions WriterOptions = new() { SkipValidation = true };
-
-    private const int MaxKeptBuffer = 256 * 1024;
 
     private static readonly Action<Utf8JsonWriter, ToolDefinition> MakeTool =
         static (w, tool) => WriteCanonical(w, JsonSerializer.SerializeToElement(tool, GatewayJsonContext.Default.ToolDefinition));

@@ -19,11 +19,8 @@ internal static partial class RequestJson
     /// <param name="toolIds">The upstream's rule for tool-call ids: one that does not fit is made to (<see cref="Providers.ToolIds"/>).</param>
     public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, bool dropAnthropicMembers = false, Hosting.ToolCallIdRule toolIds = Hosting.ToolCallIdRule.AsSent)
     {
-        var buffer = t_buffer ??= new ArrayBufferWriter<byte>(4096);
-        buffer.ResetWrittenCount();
-        // Non-ASCII text goes upstream as UTF-8, as clients send it to OpenAI (WireJson), not as \uXXXX escapes.
-        var writer = t_writer ??= new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
-        writer.Reset(buffer);
+        var writer = Serialization.ReusedWriter.Take(ref t_buffer, ref t_writer, WriterOptions);
+        var buffer = t_buffer!;
         t_dropAnthropicMembers = dropAnthropicMembers;
         t_toolIds = toolIds;
         try
@@ -40,15 +37,12 @@ internal static partial class RequestJson
         {
             t_dropAnthropicMembers = false;
             t_toolIds = Hosting.ToolCallIdRule.AsSent;
-            if (buffer.Capacity > MaxKeptBuffer)
-            {
-                t_buffer = null; // an unusually large request: neither its buffer nor the writer pointing at it is kept
-                t_writer = null;
-            }
+            Serialization.ReusedWriter.Release(ref t_buffer, ref t_writer);
         }
     }
 
-    private const int MaxKeptBuffer = 256 * 1024;
+    /// <summary>Non-ASCII text goes upstream as UTF-8, as clients send it to OpenAI (WireJson), not as \uXXXX escapes.</summary>
+    private static readonly JsonWriterOptions WriterOptions = new() { Encoder = WireJson.Encoder, SkipValidation = true };
 
     /// <summary>
     /// Set around one <see cref="ToUpstreamBytes"/> (which never awaits) for an upstream that refuses Anthropic's own
