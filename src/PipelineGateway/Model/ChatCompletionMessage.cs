@@ -70,7 +70,7 @@ public sealed class MessageContent
     }
 
     /// <summary>The text; null when the content is a list of parts.</summary>
-    public string? Text => _text ?? (_json is null ? null : _text = Decode(_json));
+    public string? Text => _text ?? (_json is null ? null : _text = Serialization.WireJson.StringOf(_json));
 
     /// <summary>Whether the content is a text (without making its string).</summary>
     internal bool HasText => _text is not null || _json is not null;
@@ -84,12 +84,6 @@ public sealed class MessageContent
     /// <summary>The text as the request's JSON spelled it (quotes included); empty when it came otherwise.</summary>
     internal ReadOnlySpan<byte> TextJson => _json;
 
-    private static string Decode(byte[] json)
-    {
-        var r = new System.Text.Json.Utf8JsonReader(json);
-        r.Read();
-        return r.GetString()!;
-    }
 
     public List<ContentPart>? Parts { get; }
 
@@ -161,10 +155,38 @@ public sealed class ToolCall
 
 public sealed class FunctionCall
 {
+    private string? _arguments;
+    private byte[]? _argumentsJson;
+
     public string? Name { get; set; }
 
     /// <summary>The arguments as a JSON string (streamed deltas carry fragments of it).</summary>
-    public string? Arguments { get; set; }
+    public string? Arguments
+    {
+        get => _arguments ?? (_argumentsJson is null ? null : _arguments = Serialization.WireJson.StringOf(_argumentsJson));
+        set
+        {
+            _arguments = value;
+            _argumentsJson = null; // what the request spelled is no longer the arguments
+        }
+    }
+
+    /// <summary>The arguments as a request's JSON spelled them (quotes included), until they are set; empty otherwise.</summary>
+    internal ReadOnlySpan<byte> ArgumentsJson => _argumentsJson;
+
+    /// <summary>Whether the arguments' string was made (for tests).</summary>
+    internal bool ArgumentsMade => _arguments is not null;
+
+    /// <summary>
+    /// Arguments read from a request, kept as its JSON string (checked as <c>GetString</c> checks it): an agent resends
+    /// every earlier call's arguments — JSON in a string, an escape at every quote — on every step, and they go upstream
+    /// as these bytes; the string is made only if something reads it.
+    /// </summary>
+    internal void KeepArgumentsJson(byte[] json)
+    {
+        _argumentsJson = json;
+        _arguments = null;
+    }
 }
 
 public sealed class ToolDefinition

@@ -1071,7 +1071,16 @@ internal static class AnswerJson
             {
                 w.WriteStartObject("function"u8);
                 WriteIfNotNull(w, "name"u8, function.Name);
-                WriteIfNotNull(w, "arguments"u8, function.Arguments);
+                if (function.ArgumentsJson is { Length: > 0 } json)
+                {
+                    w.WritePropertyName("arguments"u8);
+                    w.WriteRawValue(json, skipInputValidation: true); // the request's own JSON string, checked when it was read
+                }
+                else
+                {
+                    WriteIfNotNull(w, "arguments"u8, function.Arguments);
+                }
+
                 w.WriteEndObject();
             }
 

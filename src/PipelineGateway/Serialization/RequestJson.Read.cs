@@ -147,15 +147,32 @@ internal static partial class RequestJson
     /// key). Why: an agent's step carries ~26 KB of texts, and making them strings and writing them back to UTF-8 was
     /// ~8% of the gateway's CPU on it (docs/benchmarks.md, "Agent-sized requests and token limits").
     /// </summary>
-    private static MessageContent Text(ref Utf8JsonReader r, ReadOnlySpan<byte> body)
+    private static MessageContent Text(ref Utf8JsonReader r, ReadOnlySpan<byte> body) =>
+        r.ValueSpan.Length < KeptTextLength || r.HasValueSequence ? new MessageContent(r.GetString()!) : new MessageContent(Kept(ref r, body, out var length), length);
+
+    /// <summary>Tool calls' arguments this long and longer are kept as the request spelled them (an escape at every quote).</summary>
+    internal const int KeptArgumentsLength = 64;
+
+    /// <summary>A tool call's arguments: long ones kept as the client's JSON string, as texts are (<see cref="Text"/>).</summary>
+    private static void Arguments(ref Utf8JsonReader r, ReadOnlySpan<byte> body, FunctionCall function)
+    {
+        if (r.TokenType == JsonTokenType.String && r.ValueSpan.Length >= KeptArgumentsLength && !r.HasValueSequence)
+        {
+            function.KeepArgumentsJson(Kept(ref r, body, out _));
+        }
+        else
+        {
+            function.Arguments = String(ref r);
+        }
+    }
+
+    /// <summary>
+    /// The string token at the reader as the body spells it (quotes included), checked as <c>GetString</c> checks it,
+    /// and its length in UTF-16 code units.
+    /// </summary>
+    private static byte[] Kept(ref Utf8JsonReader r, ReadOnlySpan<byte> body, out int length)
     {
         var value = r.ValueSpan;
-        if (value.Length < KeptTextLength || r.HasValueSequence)
-        {
-            return new MessageContent(r.GetString()!);
-        }
-
-        int length;
         if (r.ValueIsEscaped)
         {
             var text = System.Buffers.ArrayPool<byte>.Shared.Rent(value.Length);
@@ -174,7 +191,7 @@ internal static partial class RequestJson
             length = System.Text.Unicode.Utf8.IsValid(value) ? System.Text.Encoding.UTF8.GetCharCount(value) : throw Back;
         }
 
-        return new MessageContent(body.Slice(checked((int)r.TokenStartIndex), value.Length + 2).ToArray(), length);
+        return body.Slice(checked((int)r.TokenStartIndex), value.Length + 2).ToArray();
     }
 
     private static ContentPart? ReadPart(ref Utf8JsonReader r, ReadOnlySpan<byte> body)
@@ -240,7 +257,7 @@ internal static partial class RequestJson
                     while (Name(ref r))
                     {
                         if (r.ValueTextEquals("name"u8)) { Once(ref inner, 0); r.Read(); function.Name = String(ref r); }
-                        else if (r.ValueTextEquals("arguments"u8)) { Once(ref inner, 1); r.Read(); function.Arguments = String(ref r); }
+                        else if (r.ValueTextEquals("arguments"u8)) { Once(ref inner, 1); r.Read(); Arguments(ref r, body, function); }
                         else { throw Back; }
                     }
 

@@ -18,6 +18,14 @@ internal static class WireJson
 {
     public static JavaScriptEncoder Encoder => JavaScriptEncoder.UnsafeRelaxedJsonEscaping;
 
+    /// <summary>The string a JSON string token (quotes included, already checked to decode) spells.</summary>
+    public static string StringOf(byte[] json)
+    {
+        var r = new Utf8JsonReader(json);
+        r.Read();
+        return r.GetString()!;
+    }
+
     /// <summary>
     /// A kept JSON value (a tool's parameter schema, a member the gateway does not model) written as its own bytes: the
     /// value was parsed, so they are JSON, and they mean what <see cref="JsonElement.WriteTo"/> would write, which walked

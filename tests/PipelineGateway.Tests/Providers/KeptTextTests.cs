@@ -102,6 +102,54 @@ public sealed class KeptTextTests
         content.TextMade.Should().BeTrue();
     }
 
+    private static byte[] CallBody(string jsonArguments) =>
+        Encoding.UTF8.GetBytes("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\""
+            + jsonArguments + "\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c\",\"content\":\"ok\"}]}");
+
+    /// <summary>CsCheck, fixed seed: a tool call's arguments of the same pieces, short and long, kept from 64 bytes.</summary>
+    [Fact]
+    public void Kept_arguments_read_key_and_go_upstream_as_the_serializers_string()
+    {
+        var (kept, refused) = (0, 0);
+        Texts.Sample(jsonArguments =>
+        {
+            var body = CallBody(jsonArguments);
+            var expected = Serializer(body);
+            var request = RequestJson.TryRead(body);
+            if (expected is null)
+            {
+                refused++;
+                request.Should().BeNull("what the serializer refuses is handed back to it");
+                return;
+            }
+
+            request.Should().NotBeNull();
+            var function = request!.Messages[1].ToolCalls![0].Function!;
+            kept += function.ArgumentsJson.Length > 0 ? 1 : 0;
+            (function.ArgumentsJson.Length > 0).Should().Be(Encoding.UTF8.GetByteCount(jsonArguments) >= RequestJson.KeptArgumentsLength);
+            Normalized(RequestJson.ToUpstreamBytes(request, "u", stream: false)).Should().Be(Normalized(RequestJson.ToUpstreamBytes(expected, "u", stream: false)));
+            PipelineGateway.Caching.CacheKey.Compute("g", request).Should().Be(PipelineGateway.Caching.CacheKey.Compute("g", expected));
+            function.Arguments.Should().Be(expected.Messages[1].ToolCalls![0].Function!.Arguments);
+        }, iter: 2000, seed: "0N0XIzNsQ0O2");
+        kept.Should().BeGreaterThan(1000, "most arguments drawn are long enough to be kept");
+        refused.Should().BeGreaterThan(50, "some have a lone surrogate");
+    }
+
+    [Fact]
+    public void Kept_arguments_go_upstream_as_spelled_until_they_are_set()
+    {
+        var spelled = string.Concat(Enumerable.Repeat(@"{\""path\"": \""caf\u00e9.txt\""}", 4));
+        var request = RequestJson.TryRead(CallBody(spelled))!;
+        var function = request.Messages[1].ToolCalls![0].Function!;
+
+        Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "u", stream: false)).Should().Contain($"\"arguments\":\"{spelled}\"");
+        function.ArgumentsMade.Should().BeFalse("writing them upstream needs no string");
+
+        function.Arguments = "{}";
+
+        Encoding.UTF8.GetString(RequestJson.ToUpstreamBytes(request, "u", stream: false)).Should().Contain("\"arguments\":\"{}\"", "set arguments replace what the request spelled");
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
