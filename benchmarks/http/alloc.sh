@@ -9,7 +9,8 @@
 # HOPS=1 also records both processes' thread-pool enqueues for 3 s each (FrameworkEventSource ThreadPoolEnqueueWork, with
 # stacks) and prints where the hand-offs come from (pgw-alloctrace --enqueues): the work items per request, explained.
 # Needs: wrk, and `dotnet tool install -g dotnet-counters` (and dotnet-trace for TRACE=1 or HOPS=1).
-# Usage: [CONNECTIONS=32] [WARMUP=35] [TRACE=0] [TRACE_TYPE=] [HOPS=0] benchmarks/http/alloc.sh
+# SCRIPT=FILE posts another body (benchmarks/http/post-agent-step.lua: a coding agent's ~55 KB step).
+# Usage: [CONNECTIONS=32] [WARMUP=35] [SCRIPT=post-chat.lua] [TRACE=0] [TRACE_TYPE=] [HOPS=0] benchmarks/http/alloc.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONNECTIONS="${CONNECTIONS:-32}" WARMUP="${WARMUP:-35}" TRACE="${TRACE:-0}" HOPS="${HOPS:-0}"
@@ -32,7 +33,7 @@ PGW_Gateway__RequestLog__Path="$WORK/log.db" "$PGW" serve --urls "http://127.0.0
 trap 'kill $SIM $GW $YP 2>/dev/null; wait 2>/dev/null; rm -rf "$CFG" "$WORK"' EXIT
 wait_for_servers "$SIM_PORT $GW_PORT $YARP_PORT" "$SIM $GW $YP"
 
-load() { wrk -t1 -c"$CONNECTIONS" -d"$2s" --timeout 30s -s benchmarks/http/post-chat.lua "http://127.0.0.1:$1/v1/chat/completions"; }
+load() { wrk -t1 -c"$CONNECTIONS" -d"$2s" --timeout 30s -s "${SCRIPT:-benchmarks/http/post-chat.lua}" "http://127.0.0.1:$1/v1/chat/completions"; }
 for target in "gateway $GW $GW_PORT" "YARP $YP $YARP_PORT"; do
   set -- $target
   load "$3" "$WARMUP" >/dev/null

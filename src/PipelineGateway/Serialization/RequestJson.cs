@@ -15,9 +15,19 @@ namespace PipelineGateway;
 /// </summary>
 internal static partial class RequestJson
 {
-    /// <summary>The request's JSON for <paramref name="model"/>, streamed (with usage asked for) or not, as a new array.</summary>
-    /// <param name="toolIds">The upstream's rule for tool-call ids: one that does not fit is made to (<see cref="Providers.ToolIds"/>).</param>
+    /// <summary>The request's JSON for <paramref name="model"/>, streamed (with usage asked for) or not, as a new array (tests).</summary>
     public static byte[] ToUpstreamBytes(ChatCompletionRequest request, string model, bool stream, bool dropAnthropicMembers = false, Hosting.ToolCallIdRule toolIds = Hosting.ToolCallIdRule.AsSent)
+    {
+        using var content = ToUpstreamContent(request, model, stream, dropAnthropicMembers, toolIds);
+        return content.Json.ToArray();
+    }
+
+    /// <summary>
+    /// The request's JSON for <paramref name="model"/>, streamed (with usage asked for) or not, as a request body in a
+    /// rented buffer (given back when the content is disposed with its message: <see cref="Providers.Http.RentedJsonContent"/>).
+    /// </summary>
+    /// <param name="toolIds">The upstream's rule for tool-call ids: one that does not fit is made to (<see cref="Providers.ToolIds"/>).</param>
+    public static Providers.Http.RentedJsonContent ToUpstreamContent(ChatCompletionRequest request, string model, bool stream, bool dropAnthropicMembers = false, Hosting.ToolCallIdRule toolIds = Hosting.ToolCallIdRule.AsSent)
     {
         var writer = Serialization.ReusedWriter.Take(ref t_buffer, ref t_writer, WriterOptions);
         var buffer = t_buffer!;
@@ -27,11 +37,7 @@ internal static partial class RequestJson
         {
             WriteUpstream(writer, request, model, stream);
             writer.Flush();
-            // Not ToArray(): that zeroes the new array before copying into it (a 55 KB agent request's body: ~1.6% of
-            // the request's CPU in memset; docs/benchmarks.md, "Agent-sized requests and token limits").
-            var bytes = GC.AllocateUninitializedArray<byte>(buffer.WrittenCount);
-            buffer.WrittenSpan.CopyTo(bytes);
-            return bytes;
+            return new Providers.Http.RentedJsonContent(buffer.WrittenSpan);
         }
         finally
         {

@@ -99,9 +99,9 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
             Anthropic.ServerTools.Refuse(request.Request, $"'{Name}'", anyType: false);
         }
 
-        // Serialized up front (a per-thread buffer, one array for the result) so the upstream gets a Content-Length
+        // Serialized up front (a per-thread buffer, one rented copy for the result) so the upstream gets a Content-Length
         // instead of a chunked body, which not every OpenAI-compatible server reads well.
-        return Post(uri, RequestJson.ToUpstreamBytes(request.Request, request.Model, stream, _dropAnthropicMembers, _toolIds), stream);
+        return Post(uri, RequestJson.ToUpstreamContent(request.Request, request.Model, stream, _dropAnthropicMembers, _toolIds), Accept(stream));
     }
 
     /// <summary>A POST of a JSON body with the key and the configured headers.</summary>
@@ -109,8 +109,10 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     {
         var content = new ByteArrayContent(body);
         content.Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=utf-8");
-        return Post(uri, content, accept ?? (stream ? "text/event-stream" : "application/json"));
+        return Post(uri, content, accept ?? Accept(stream));
     }
+
+    private static string Accept(bool stream) => stream ? "text/event-stream" : "application/json";
 
     /// <summary>A POST of <paramref name="content"/> (JSON, or a multipart form) with the key and the configured headers.</summary>
     private HttpRequestMessage Post(Uri uri, HttpContent content, string accept) =>
