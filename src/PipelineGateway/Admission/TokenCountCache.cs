@@ -56,15 +56,21 @@ internal sealed class TokenCountCache(int setBits = 13)
     /// token's bytes spell the text, escapes and quotes included — never a schema's count): its string is made only
     /// when it is counted.
     /// </summary>
-    public int Count(Tokenizer tokenizer, MessageContent text)
-    {
-        if (text.TextJson is not { Length: > 0 } json)
-        {
-            return Count(tokenizer, text.Text!);
-        }
+    public int Count(Tokenizer tokenizer, MessageContent text) =>
+        text.TextJson is { Length: > 0 } json ? Count(tokenizer, json, text, static t => t.Text!) : Count(tokenizer, text.Text!);
 
+    /// <summary>
+    /// The token count of a tool call's arguments, hashed from the request's JSON string when it was kept so (as a
+    /// message's text: the same JSON string is the same text), else from their string.
+    /// </summary>
+    public int Count(Tokenizer tokenizer, FunctionCall call) =>
+        call.ArgumentsJson is { Length: > 0 } json ? Count(tokenizer, json, call, static c => c.Arguments!) : Count(tokenizer, call.Arguments ?? string.Empty);
+
+    /// <summary>A text kept as a JSON string token: hashed from those bytes; its string (<paramref name="text"/>) made only to count it.</summary>
+    private int Count<T>(Tokenizer tokenizer, ReadOnlySpan<byte> json, T owner, Func<T, string> text)
+    {
         var hash = XxHash128.HashToUInt128(json, Seed ^ 0x5bd1e9955bd1e995);
-        return Find(tokenizer, hash) ?? Keep(tokenizer, hash, tokenizer.CountTokens(text.Text!));
+        return Find(tokenizer, hash) ?? Keep(tokenizer, hash, tokenizer.CountTokens(text(owner)));
     }
 
     private int? Find(Tokenizer tokenizer, UInt128 hash)

@@ -235,7 +235,10 @@ internal static class TokenCounter
 
             foreach (var call in m.ToolCalls ?? [])
             {
-                tokens += 3 + Counts.Count(tokenizer, call.Function?.Name ?? string.Empty) + Counts.Count(tokenizer, call.Function?.Arguments ?? string.Empty);
+                // (The arguments from what the request spelled when kept so: not made a string on every step.)
+                tokens += 3 + (call.Function is { } function
+                    ? Counts.Count(tokenizer, function.Name ?? string.Empty) + Counts.Count(tokenizer, function)
+                    : 2 * Counts.Count(tokenizer, string.Empty));
             }
         }
 

@@ -135,7 +135,7 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
         {
             if (c.TextJson is { Length: > 0 } json)
             {
-                WriteText(w, json);
+                WriteText(w, "content"u8, json);
             }
             else if (c.Text is not null)
             {
@@ -156,7 +156,7 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
                 w.WriteStartObject();
                 w.WriteString("id", t.Id);
                 w.WriteString("name", t.Function?.Name);
-                WriteArguments(w, t.Function?.Arguments);
+                WriteArguments(w, t.Function);
                 w.WriteEndObject();
             }
 
@@ -173,24 +173,25 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
     }
 
     /// <summary>
-    /// A text kept as the request's JSON string, written from its UTF-8: the same bytes as writing its string (the
+    /// A text kept as the request's JSON string (a message's, or arguments that are not JSON), written under
+    /// <paramref name="name"/> from its UTF-8: the same bytes as writing its string (the
     /// encoder escapes the same characters either way; <c>KeptTextTests</c> holds keys of both to each other), without
     /// making the string — an agent's ~26 KB of texts made into UTF-16 on every step with the cache on.
     /// </summary>
-    private static void WriteText(Utf8JsonWriter w, ReadOnlySpan<byte> json)
+    private static void WriteText(Utf8JsonWriter w, ReadOnlySpan<byte> name, ReadOnlySpan<byte> json)
     {
         var r = new Utf8JsonReader(json);
         r.Read();
         if (!r.ValueIsEscaped)
         {
-            w.WriteString("content"u8, r.ValueSpan);
+            w.WriteString(name, r.ValueSpan);
             return;
         }
 
         var text = ArrayPool<byte>.Shared.Rent(r.ValueSpan.Length);
         try
         {
-            w.WriteString("content"u8, text.AsSpan(0, r.CopyString(text)));
+            w.WriteString(name, text.AsSpan(0, r.CopyString(text)));
         }
         finally
         {
@@ -198,20 +199,32 @@ internal readonly record struct CacheKey(UInt128 Hash, string? Namespace)
         }
     }
 
-    private static void WriteArguments(Utf8JsonWriter w, string? arguments)
+    private static void WriteArguments(Utf8JsonWriter w, FunctionCall? function)
     {
         // Tool arguments are JSON in a string; compare them as JSON when they parse. Text that does not parse goes under
         // its own name: as a string value it would be the key of the JSON string with that text ("x" and x alike).
-        if (arguments is null)
+        // Made once per distinct arguments: those kept as the request's JSON string are compared by its bytes, their
+        // string made only with their form.
+        var form = function?.ArgumentsKept is not null ? KeyForms.Shared.Arguments(function, MakeArguments)
+            : function?.Arguments is { } arguments ? KeyForms.Shared.Arguments(arguments, MakeArguments)
+            : null;
+        if (form is null)
         {
             w.WriteNull("arguments");
             return;
         }
 
-        var form = KeyForms.Shared.Arguments(arguments, MakeArguments); // made once per distinct arguments text
         if (form.Length == 0)
         {
-            w.WriteString("arguments_text", arguments);
+            if (function!.ArgumentsKept is { } kept)
+            {
+                WriteText(w, "arguments_text"u8, kept); // as a kept text is: the same bytes as from the string
+            }
+            else
+            {
+                w.WriteString("arguments_text", function.Arguments);
+            }
+
             return;
         }
 

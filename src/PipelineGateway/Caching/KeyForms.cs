@@ -67,24 +67,40 @@ internal sealed class KeyForms(int setBits = 7)
     /// The canonical bytes of a tool call's <paramref name="arguments"/> as <paramref name="make"/> writes them; empty
     /// when <paramref name="make"/> says they are not JSON (returns false).
     /// </summary>
-    public byte[] Arguments(string arguments, Func<Utf8JsonWriter, string, bool> make)
+    public byte[] Arguments(string arguments, Func<Utf8JsonWriter, string, bool> make) =>
+        Arguments(MemoryMarshal.AsBytes(arguments.AsSpan()), arguments.Length > MaxLength, arguments, arguments, static a => a, make);
+
+    /// <summary>
+    /// The same for arguments kept as the request's JSON string (<see cref="FunctionCall.ArgumentsJson"/>), compared by
+    /// those bytes — the same JSON string is the same text — so that their string is made only when their form is:
+    /// an agent resends every earlier call's arguments on every step.
+    /// </summary>
+    public byte[] Arguments(FunctionCall call, Func<Utf8JsonWriter, string, bool> make)
     {
-        if (arguments.Length > MaxLength)
+        var kept = call.ArgumentsKept ?? throw new ArgumentException("The call's arguments are not kept as JSON.", nameof(call));
+        return Arguments(kept, kept.Length > MaxLength, kept, call, static c => c.Arguments!, make);
+    }
+
+    /// <param name="key">What an entry is compared by: a text's UTF-16 bytes, or a JSON string's bytes (<paramref name="keyOwner"/> says which: a string or an array).</param>
+    private byte[] Arguments<T>(ReadOnlySpan<byte> key, bool tooLong, object keyOwner, T owner, Func<T, string> text, Func<Utf8JsonWriter, string, bool> make)
+    {
+        if (tooLong)
         {
-            return Make(arguments, make);
+            return Make(text(owner), make);
         }
 
-        var hash = XxHash3.HashToUInt64(MemoryMarshal.AsBytes(arguments.AsSpan()), ~Seed);
+        var json = keyOwner is byte[];
+        var hash = XxHash3.HashToUInt64(key, json ? Seed ^ 0x2545f4914f6cdd1d : ~Seed); // a text's and a JSON string's bytes never meet
         var (first, second) = _arguments.Of(hash);
-        if ((first?.Arguments == arguments ? first : second?.Arguments == arguments ? second : null) is { } entry)
+        if ((first is not null && first.Matches(key, json) ? first : second is not null && second.Matches(key, json) ? second : null) is { } entry)
         {
             return entry.Bytes;
         }
 
-        var bytes = Make(arguments, make);
+        var bytes = Make(text(owner), make);
         if (bytes.Length <= MaxLength)
         {
-            _arguments.Keep(hash, new ArgumentsEntry(arguments, bytes));
+            _arguments.Keep(hash, new ArgumentsEntry(keyOwner, bytes));
         }
 
         return bytes;
@@ -110,11 +126,16 @@ internal sealed class KeyForms(int setBits = 7)
         return buffer.WrittenSpan.ToArray();
     }
 
-    private sealed class ArgumentsEntry(string arguments, byte[] bytes)
+    /// <summary>A form and what it was made from: a text (a string) or a JSON string's bytes (the kept array: never written to).</summary>
+    private sealed class ArgumentsEntry(object key, byte[] bytes)
     {
-        public string Arguments { get; } = arguments;
+        private readonly object _key = key;
 
         public byte[] Bytes { get; } = bytes;
+
+        public bool Matches(ReadOnlySpan<byte> key, bool json) => json
+            ? _key is byte[] kept && key.SequenceEqual(kept)
+            : _key is string text && key.SequenceEqual(MemoryMarshal.AsBytes(text.AsSpan()));
     }
 
     /// <summary>What a definition's canonical form depends on, copied: the strings are immutable, the schema's bytes owned.</summary>

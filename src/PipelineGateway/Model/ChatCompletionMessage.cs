@@ -174,6 +174,9 @@ public sealed class FunctionCall
     /// <summary>The arguments as a request's JSON spelled them (quotes included), until they are set; empty otherwise.</summary>
     internal ReadOnlySpan<byte> ArgumentsJson => _argumentsJson;
 
+    /// <summary>The array <see cref="ArgumentsJson"/> spans (never written to: a cache may keep it); null when not kept.</summary>
+    internal byte[]? ArgumentsKept => _argumentsJson;
+
     /// <summary>Whether the arguments' string was made (for tests).</summary>
     internal bool ArgumentsMade => _arguments is not null;
 

@@ -92,6 +92,33 @@ public sealed class TokenCountCacheTests
     }
 
     [Fact]
+    public void Kept_arguments_count_as_their_text_and_are_remembered_by_their_JSON()
+    {
+        var cache = new TokenCountCache();
+        var tokenizer = O200k;
+        var text = "{\"path\":\"src/caf\u00e9.cs\",\"content\":\"line one\\nline two\"}";
+
+        var first = Kept(text);
+        cache.Count(tokenizer, first).Should().Be(tokenizer.CountTokens(text));
+        cache.Counted.Should().Be(1);
+
+        var again = Kept(text);
+        cache.Count(tokenizer, again).Should().Be(tokenizer.CountTokens(text));
+        cache.Counted.Should().Be(1, "the same JSON string again: remembered");
+        again.ArgumentsMade.Should().BeFalse("a remembered count needs no string");
+
+        cache.Count(tokenizer, new FunctionCall { Arguments = text }).Should().Be(tokenizer.CountTokens(text), "arguments not kept count as their string");
+        cache.Count(tokenizer, new FunctionCall()).Should().Be(0, "no arguments: nothing");
+    }
+
+    private static FunctionCall Kept(string text)
+    {
+        var call = new FunctionCall();
+        call.KeepArgumentsJson(JsonSerializer.SerializeToUtf8Bytes(text));
+        return call;
+    }
+
+    [Fact]
     public void Another_encoding_counts_the_same_text_with_its_own_tokenizer()
     {
         var cache = new TokenCountCache();

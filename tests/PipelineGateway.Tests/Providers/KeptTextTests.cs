@@ -134,10 +134,30 @@ public sealed class KeptTextTests
             (function.ArgumentsJson.Length > 0).Should().Be(Encoding.UTF8.GetByteCount(jsonArguments) >= RequestJson.KeptArgumentsLength);
             Normalized(RequestJson.ToUpstreamBytes(request, "u", stream: false)).Should().Be(Normalized(RequestJson.ToUpstreamBytes(expected, "u", stream: false)));
             PipelineGateway.Caching.CacheKey.Compute("g", request).Should().Be(PipelineGateway.Caching.CacheKey.Compute("g", expected));
+            TokenCounter.CountPrompt(request, "gpt-4o").Should().Be(TokenCounter.CountPrompt(expected, "gpt-4o"), "kept arguments count as their string");
             function.Arguments.Should().Be(expected.Messages[1].ToolCalls![0].Function!.Arguments);
         }, iter: 2000, seed: "0N0XIzNsQ0O2");
         kept.Should().BeGreaterThan(1000, "most arguments drawn are long enough to be kept");
         refused.Should().BeGreaterThan(50, "some have a lone surrogate");
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Kept_arguments_met_again_are_counted_and_keyed_without_their_string(bool json)
+    {
+        // An agent's next step resends the call: with token limits and the cache on, it is counted and keyed from its JSON
+        // (arguments that are not JSON — a model's cut-off call — as their text, written from the kept bytes too).
+        var path = $@"\""{Guid.NewGuid():N}.txt\""";
+        var spelled = json ? $@"{{\""paths\"": [{path}, {path}, {path}]}}" : $@"{{\""paths\"": [{path}, {path}, {path}";
+        var first = RequestJson.TryRead(CallBody(spelled))!;
+        var (tokens, key) = (TokenCounter.CountPrompt(first, "gpt-4o"), PipelineGateway.Caching.CacheKey.Compute("g", first));
+        key.Should().Be(PipelineGateway.Caching.CacheKey.Compute("g", Serializer(CallBody(spelled))!), "the key of the arguments' string");
+
+        var next = RequestJson.TryRead(CallBody(spelled))!;
+        TokenCounter.CountPrompt(next, "gpt-4o").Should().Be(tokens);
+        PipelineGateway.Caching.CacheKey.Compute("g", next).Should().Be(key);
+        next.Messages[1].ToolCalls![0].Function!.ArgumentsMade.Should().BeFalse("its count and its key's form are remembered by its JSON");
     }
 
     [Fact]
