@@ -126,23 +126,24 @@ internal static class RequestValidator
                 throw new InvalidRequestException($"messages[{i}].content", $"'messages[{i}].content' is required for a {m.Role} message.");
         }
 
+        // (Where a refusal points is spelled only when refusing: an agent's step has dozens of valid calls and parts.)
         for (var j = 0; j < (m.ToolCalls?.Count ?? 0); j++)
         {
             var call = m.ToolCalls![j];
-            var at = $"messages[{i}].tool_calls[{j}]";
             if (call is null)
             {
+                var at = $"messages[{i}].tool_calls[{j}]";
                 throw new InvalidRequestException(at, $"'{at}' is null; a tool call is an object with 'id', 'type' and 'function'.");
             }
 
             if (string.IsNullOrEmpty(call.Id))
             {
-                throw new InvalidRequestException($"{at}.id", $"'{at}.id' is required.");
+                throw Refused($"messages[{i}].tool_calls[{j}].id", "is required.");
             }
 
             if (string.IsNullOrWhiteSpace(call.Function?.Name))
             {
-                throw new InvalidRequestException($"{at}.function.name", $"'{at}.function.name' is required.");
+                throw Refused($"messages[{i}].tool_calls[{j}].function.name", "is required.");
             }
         }
 
@@ -150,23 +151,25 @@ internal static class RequestValidator
         for (var j = 0; j < (parts?.Count ?? 0); j++)
         {
             var part = parts![j];
-            var at = $"messages[{i}].content[{j}]";
             if (part is null || string.IsNullOrEmpty(part.Type))
             {
-                throw new InvalidRequestException($"{at}.type", $"'{at}.type' is required (text, image_url, input_audio or file).");
+                throw Refused($"messages[{i}].content[{j}].type", "is required (text, image_url, input_audio or file).");
             }
 
             if (part.Type == "text" && part.Text is null)
             {
-                throw new InvalidRequestException($"{at}.text", $"'{at}.text' is required for a text part.");
+                throw Refused($"messages[{i}].content[{j}].text", "is required for a text part.");
             }
 
             if (part.Type == "image_url" && string.IsNullOrEmpty(part.ImageUrl?.Url))
             {
-                throw new InvalidRequestException($"{at}.image_url.url", $"'{at}.image_url.url' is required for an image part.");
+                throw Refused($"messages[{i}].content[{j}].image_url.url", "is required for an image part.");
             }
         }
     }
+
+    /// <summary>A 400 naming <paramref name="field"/>: <c>'field' what</c>.</summary>
+    private static InvalidRequestException Refused(string field, string what) => new(field, $"'{field}' {what}");
 
     /// <summary>
     /// <c>tool_choice</c> is kept as JSON for OpenAI-compatible upstreams, so its shape is checked here, once, before

@@ -11,7 +11,7 @@ public sealed class ValidationTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    public static TheoryData<string, Action<ChatCompletionRequest>> BadRequests => new()
+    public static TheoryData<string, Action<ChatCompletionRequest>> BadRequests => WithCallsAndParts(new()
     {
         { "model", r => r.Model = "" },
         { "messages", r => r.Messages.Clear() },
@@ -29,7 +29,52 @@ public sealed class ValidationTests
         { "tool_choice", r => r.ToolChoice = Json("\"required\"") },
         { "tool_choice", r => r.ToolChoice = Json("""{"type":"function","function":{"name":"f"}}""") },
         { "reasoning_effort", r => r.AdditionalProperties = new() { ["reasoning_effort"] = Json("5") } },
-    };
+    });
+
+    private static TheoryData<string, Action<ChatCompletionRequest>> WithCallsAndParts(TheoryData<string, Action<ChatCompletionRequest>> data)
+    {
+        foreach (var (field, spoil, _) in CallsAndParts)
+        {
+            data.Add(field, spoil);
+        }
+
+        return data;
+    }
+
+    /// <summary>Refused tool calls and content parts, with what each refusal says.</summary>
+    private static readonly (string Field, Action<ChatCompletionRequest> Spoil, string Message)[] CallsAndParts =
+    [
+        ("messages[1].tool_calls[1]", r => r.Messages.Add(Called(Call("c"), null!)), "'messages[1].tool_calls[1]' is null; a tool call is an object with 'id', 'type' and 'function'."),
+        ("messages[1].tool_calls[1].id", r => r.Messages.Add(Called(Call("c"), Call(""))), "'messages[1].tool_calls[1].id' is required."),
+        ("messages[1].tool_calls[0].function.name", r => r.Messages.Add(Called(new ToolCall { Id = "c", Function = new FunctionCall { Name = " " } })), "'messages[1].tool_calls[0].function.name' is required."),
+        ("messages[0].content[1].type", r => r.Messages[0].Content = new MessageContent([new ContentPart { Type = "text", Text = "a" }, new ContentPart()]), "'messages[0].content[1].type' is required (text, image_url, input_audio or file)."),
+        ("messages[0].content[0].text", r => r.Messages[0].Content = new MessageContent([new ContentPart { Type = "text" }]), "'messages[0].content[0].text' is required for a text part."),
+        ("messages[0].content[1].image_url.url", r => r.Messages[0].Content = new MessageContent([new ContentPart { Type = "text", Text = "a" }, new ContentPart { Type = "image_url" }]), "'messages[0].content[1].image_url.url' is required for an image part."),
+    ];
+
+    private static ToolCall Call(string id) => new() { Id = id, Function = new FunctionCall { Name = "f", Arguments = "{}" } };
+
+    private static ChatCompletionMessage Called(params ToolCall[] calls) => new() { Role = ChatRoles.Assistant, ToolCalls = [.. calls] };
+
+    /// <summary>What a refused tool call or content part says, word for word (the field named in it too).</summary>
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    [InlineData(5)]
+    public void A_refused_call_or_part_says_which_and_why(int index)
+    {
+        var (field, spoil, message) = CallsAndParts[index];
+        var request = TestGateway.Request();
+        spoil(request);
+
+        var act = () => PipelineGateway.Pipeline.RequestValidator.Validate(request);
+
+        var refused = act.Should().Throw<InvalidRequestException>().Which;
+        (refused.Param, refused.Message).Should().Be((field, message));
+    }
 
     private static JsonElement Json(string json) => JsonDocument.Parse(json).RootElement.Clone();
 
