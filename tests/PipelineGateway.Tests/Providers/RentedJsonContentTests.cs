@@ -1,3 +1,6 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Text;
 using FluentAssertions;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -65,6 +68,22 @@ public sealed class RentedJsonContentTests
         await alsoSending;
         content.Returned.Should().BeTrue("the last send to end gave it back");
         second.Written.Should().Equal(Body, "what the send wrote was the body, not a buffer someone else rented meanwhile");
+    }
+
+    [Theory]
+    [InlineData(70_000, true)]
+    [InlineData(RentedJsonContent.MaxRentedBytes + 1, false)]
+    public void A_body_goes_back_to_the_shared_pool_unless_it_is_larger_than_a_megabyte(int size, bool pooled)
+    {
+        // (On one thread: the pool's per-thread slot hands the array just given back to the next rent of its size.)
+        var content = new RentedJsonContent(new byte[size]);
+        ref readonly var first = ref MemoryMarshal.GetReference(content.Json);
+        content.Dispose();
+
+        var next = ArrayPool<byte>.Shared.Rent(size);
+        var same = Unsafe.AreSame(ref MemoryMarshal.GetArrayDataReference(next), ref Unsafe.AsRef(in first));
+        ArrayPool<byte>.Shared.Return(next);
+        same.Should().Be(pooled, pooled ? "a body's buffer is the pool's" : "a larger body's array is its own, left to the GC, not kept by the pool");
     }
 
     [Fact]

@@ -17,17 +17,25 @@ namespace PipelineGateway.Providers.Http;
 /// </summary>
 internal sealed class RentedJsonContent : HttpContent
 {
+    /// <summary>
+    /// Larger bodies (a prompt with inline images, say) get an array of their own, left to the GC: the shared pool
+    /// would keep a buffer that size for the process.
+    /// </summary>
+    internal const int MaxRentedBytes = 1024 * 1024;
+
     /// <summary>The high bit of <see cref="_state"/>: disposed; the rest counts the sends reading the buffer.</summary>
     private const int Disposed = int.MinValue;
 
     private readonly int _length;
+    private readonly bool _pooled;
     private byte[]? _rented;
     private int _state;
 
     /// <summary>A copy of <paramref name="json"/>, typed <c>application/json; charset=utf-8</c>.</summary>
     public RentedJsonContent(ReadOnlySpan<byte> json)
     {
-        _rented = ArrayPool<byte>.Shared.Rent(json.Length);
+        _pooled = json.Length <= MaxRentedBytes;
+        _rented = _pooled ? ArrayPool<byte>.Shared.Rent(json.Length) : GC.AllocateUninitializedArray<byte>(json.Length);
         json.CopyTo(_rented);
         _length = json.Length;
         Headers.TryAddWithoutValidation("Content-Type", "application/json; charset=utf-8");
@@ -110,7 +118,7 @@ internal sealed class RentedJsonContent : HttpContent
 
     private void GiveBack()
     {
-        if (Interlocked.Exchange(ref _rented, null) is { } bytes)
+        if (Interlocked.Exchange(ref _rented, null) is { } bytes && _pooled)
         {
             ArrayPool<byte>.Shared.Return(bytes);
         }
