@@ -3,6 +3,7 @@ using System.Text.Json;
 using CsCheck;
 using FluentAssertions;
 using PipelineGateway.Admission;
+using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Admission;
 
@@ -98,24 +99,17 @@ public sealed class TokenCountCacheTests
         var tokenizer = O200k;
         var text = "{\"path\":\"src/caf\u00e9.cs\",\"content\":\"line one\\nline two\"}";
 
-        var first = Kept(text);
+        var first = KeptCalls.Of(text);
         cache.Count(tokenizer, first).Should().Be(tokenizer.CountTokens(text));
         cache.Counted.Should().Be(1);
 
-        var again = Kept(text);
+        var again = KeptCalls.Of(text);
         cache.Count(tokenizer, again).Should().Be(tokenizer.CountTokens(text));
         cache.Counted.Should().Be(1, "the same JSON string again: remembered");
         again.ArgumentsMade.Should().BeFalse("a remembered count needs no string");
 
         cache.Count(tokenizer, new FunctionCall { Arguments = text }).Should().Be(tokenizer.CountTokens(text), "arguments not kept count as their string");
         cache.Count(tokenizer, new FunctionCall()).Should().Be(0, "no arguments: nothing");
-    }
-
-    private static FunctionCall Kept(string text)
-    {
-        var call = new FunctionCall();
-        call.KeepArgumentsJson(JsonSerializer.SerializeToUtf8Bytes(text));
-        return call;
     }
 
     [Fact]

@@ -3,6 +3,7 @@ using System.Text.Json;
 using CsCheck;
 using FluentAssertions;
 using PipelineGateway.Caching;
+using PipelineGateway.Tests.Support;
 
 namespace PipelineGateway.Tests.Caching;
 
@@ -190,27 +191,19 @@ public sealed class KeyFormsTests
     {
         var cache = new KeyForms();
         var text = """{"path":"caf\u00e9.txt","lines":[1,2]}""";
-        var first = Kept(text);
+        var first = KeptCalls.Of(text);
 
         cache.Arguments(first, MakeArguments).Should().Equal(ReferenceArguments(text));
         first.ArgumentsMade.Should().BeTrue("a form not kept yet is made from the text");
 
-        var again = Kept(text);
+        var again = KeptCalls.Of(text);
         cache.Arguments(again, MakeArguments).Should().Equal(ReferenceArguments(text));
         again.ArgumentsMade.Should().BeFalse("the same JSON string met again: its form, no string");
         cache.Made.Should().Be(1);
 
-        cache.Arguments(Kept("not json"), MakeArguments).Should().BeEmpty("text that is not JSON has no form");
+        cache.Arguments(KeptCalls.Of("not json"), MakeArguments).Should().BeEmpty("text that is not JSON has no form");
         var act = () => cache.Arguments(new FunctionCall { Arguments = "{}" }, MakeArguments);
         act.Should().Throw<ArgumentException>("arguments that are not kept are asked about as their string");
-    }
-
-    /// <summary>A call whose arguments are kept as the JSON string of <paramref name="text"/> (as the request reader keeps long ones).</summary>
-    private static FunctionCall Kept(string text)
-    {
-        var call = new FunctionCall();
-        call.KeepArgumentsJson(JsonSerializer.SerializeToUtf8Bytes(text));
-        return call;
     }
 
     /// <summary>
@@ -228,7 +221,7 @@ public sealed class KeyFormsTests
             {
                 // Half asked as strings, half as kept JSON strings: the two kinds share the sets, never an entry.
                 var text = new string(ArgumentTexts[pool[pick % pool.Length]].AsSpan());
-                (pick < 3 ? cache.Arguments(text, MakeArguments) : cache.Arguments(Kept(text), MakeArguments)).Should().Equal(ReferenceArguments(text), text);
+                (pick < 3 ? cache.Arguments(text, MakeArguments) : cache.Arguments(KeptCalls.Of(text), MakeArguments)).Should().Equal(ReferenceArguments(text), text);
                 asked++;
             }
         }, iter: 2000, seed: "0N0XIzNsQ0O2");
