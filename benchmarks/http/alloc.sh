@@ -10,7 +10,7 @@
 # stacks) and prints where the hand-offs come from (pgw-alloctrace --enqueues): the work items per request, explained.
 # Needs: wrk, and `dotnet tool install -g dotnet-counters` (and dotnet-trace for TRACE=1 or HOPS=1).
 # SCRIPT=FILE posts another body (benchmarks/http/post-agent-step.lua: a coding agent's ~55 KB step).
-# Usage: [CONNECTIONS=32] [WARMUP=35] [SCRIPT=post-chat.lua] [TRACE=0] [TRACE_TYPE=] [HOPS=0] benchmarks/http/alloc.sh
+# Usage: [CONNECTIONS=32] [WARMUP=35] [SCRIPT=post-chat.lua] [TRACE=0] [TRACE_TYPE=] [HOPS=0] [HOPS_FRAMES=7] benchmarks/http/alloc.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONNECTIONS="${CONNECTIONS:-32}" WARMUP="${WARMUP:-35}" TRACE="${TRACE:-0}" HOPS="${HOPS:-0}"
@@ -66,6 +66,6 @@ if [ "$HOPS" = 1 ]; then
     "$TOOLS/dotnet-trace" collect -p "$2" --providers "System.Diagnostics.Eventing.FrameworkEventSource:0x12:5" --duration 00:00:00:03 -o "$WORK/$1-hops.nettrace" >/dev/null 2>&1
     wait $w || true
     echo "-- $1: thread-pool hand-offs in 3 s at $(awk '/Requests\/sec/ {print $2}' "$WORK/$1-hops.wrk") req/s over 6 s (tracing slows it: compare shares)"
-    benchmarks/PipelineGateway.AllocTrace/bin/Release/net10.0/pgw-alloctrace --enqueues "$WORK/$1-hops.nettrace" 8 7
+    benchmarks/PipelineGateway.AllocTrace/bin/Release/net10.0/pgw-alloctrace --enqueues "$WORK/$1-hops.nettrace" 8 "${HOPS_FRAMES:-7}"
   done
 fi

@@ -124,11 +124,13 @@ internal static class AnswerJson
     /// <summary>
     /// Reads one stream chunk with the serializer (as the OpenAI adapter reads each SSE event), its id shared with the previous chunk of the same stream
     /// (<paramref name="previousId"/>, updated). <paramref name="keepEventJson"/>: the chunk also keeps the event's bytes
-    /// when they may be written in its place (<see cref="ChatCompletionChunk.EventJson"/>).
+    /// when they may be written in its place (<see cref="ChatCompletionChunk.EventJson"/>). <paramref name="template"/>: the
+    /// stream's (its events read in order), when its choices are skimmed — an event that is the last text-only event's
+    /// bytes around other text is not skimmed again (<see cref="Serialization.StreamTemplate"/>).
     /// </summary>
-    public static ChatCompletionChunk? ReadStreamChunk(ReadOnlySpan<byte> data, ref string? previousId, bool keepEventJson = false, bool skimChoices = false)
+    public static ChatCompletionChunk? ReadStreamChunk(ReadOnlySpan<byte> data, ref string? previousId, bool keepEventJson = false, bool skimChoices = false, Serialization.StreamTemplate? template = null)
     {
-        if (keepEventJson && skimChoices && Skim(data, previousId) is { } skimmed)
+        if (keepEventJson && skimChoices && (template?.TryRead(data) ?? Skim(data, previousId, template)) is { } skimmed)
         {
             previousId = skimmed.Id;
             return skimmed;
@@ -176,7 +178,7 @@ internal static class AnswerJson
     /// in the bytes, as the full read leaves them (<see cref="t_chunkSkipUnknown"/>). No allocation but the chunk, its
     /// copy of the bytes, and the id and model strings when they differ from the last chunk's.
     /// </summary>
-    private static ChatCompletionChunk? Skim(ReadOnlySpan<byte> data, string? previousId)
+    private static ChatCompletionChunk? Skim(ReadOnlySpan<byte> data, string? previousId, Serialization.StreamTemplate? template)
     {
         if (!OneLineOfUtf8(data))
         {
@@ -191,6 +193,8 @@ internal static class AnswerJson
         var finishes = false;
         var contentBytes = 0;
         var reasons = false;
+        var text = (Start: -1, End: -1); // where the text of a choice's content is, as sent
+        var padding = (Start: -1, End: -1); // where OpenAI's obfuscation text is
         try
         {
             if (!r.Read() || r.TokenType != JsonTokenType.StartObject)
@@ -210,7 +214,7 @@ internal static class AnswerJson
 
                     while (r.Read() && r.TokenType != JsonTokenType.EndArray)
                     {
-                        if (!SkimChoice(ref r, ref finishes, ref contentBytes, ref reasons))
+                        if (!SkimChoice(ref r, ref finishes, ref contentBytes, ref reasons, ref text))
                         {
                             return null;
                         }
@@ -277,7 +281,16 @@ internal static class AnswerJson
                 else
                 {
                     skipped = true;
-                    Skip(ref r);
+                    var obfuscation = r.ValueTextEquals("obfuscation"u8);
+                    r.Read();
+                    if (obfuscation && r.TokenType == JsonTokenType.String)
+                    {
+                        // OpenAI's padding, other random text on every event: the template lets it vary, as the text does.
+                        var start = (int)r.TokenStartIndex + 1;
+                        padding = (start, start + r.ValueSpan.Length);
+                    }
+
+                    r.Skip();
                 }
             }
 
@@ -302,6 +315,13 @@ internal static class AnswerJson
 
         chunk.SkipChoices(count, finishes, contentBytes, reasons);
         chunk.KeepEventJson(data, membersUnread: skipped);
+        if (template is not null && count == 1 && !finishes && text.Start > 0 && text.End - text.Start == contentBytes)
+        {
+            // One choice whose only output is its content's text (no refusal or reasoning text: their bytes would count
+            // too): the stream's next events are likely these bytes around other text.
+            template.Remember(data, text, padding, chunk, skipped);
+        }
+
         return chunk;
     }
 
@@ -309,7 +329,7 @@ internal static class AnswerJson
     /// One choice, skimmed (<see cref="Skim"/>); false when it is not in the writer's shape. Adds the bytes of its text,
     /// refusal and reasoning text (as sent, escapes and all) to <paramref name="contentBytes"/>.
     /// </summary>
-    private static bool SkimChoice(ref Utf8JsonReader r, ref bool finishes, ref int contentBytes, ref bool reasons)
+    private static bool SkimChoice(ref Utf8JsonReader r, ref bool finishes, ref int contentBytes, ref bool reasons, ref (int Start, int End) text)
     {
         if (r.TokenType != JsonTokenType.StartObject)
         {
@@ -354,7 +374,13 @@ internal static class AnswerJson
                     {
                         if (member != 2)
                         {
-                            contentBytes += (int)(r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length);
+                            var length = (int)(r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length);
+                            contentBytes += length;
+                            if (member == 1)
+                            {
+                                var start = (int)r.TokenStartIndex + 1; // past the opening quote
+                                text = (start, start + length);
+                            }
                         }
                     }
                     else if (r.TokenType != JsonTokenType.Null)

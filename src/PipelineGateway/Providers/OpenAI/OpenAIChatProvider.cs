@@ -304,6 +304,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     /// </summary>
     private sealed class Events(OpenAIChatProvider provider, bool keep, bool skim, int choices) : StreamEvents
     {
+        private readonly Serialization.StreamTemplate? _template = skim ? new() : null;
         private string? _id;
         private int _finished;
 
@@ -343,7 +344,7 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
                 return null;
             }
 
-            if (AnswerJson.ReadStreamChunk(data, ref _id, keep, skim) is not { } chunk)
+            if (AnswerJson.ReadStreamChunk(data, ref _id, keep, skim, _template) is not { } chunk)
             {
                 // Reported as an invalid event (SseParser's null item had ended the stream as if it were [DONE]).
                 throw new JsonException("A stream event is the JSON null.");
