@@ -193,7 +193,7 @@ internal static class AnswerJson
         var finishes = false;
         var contentBytes = 0;
         var reasons = false;
-        var text = (Start: -1, End: -1); // where the text of a choice's content is, as sent
+        var text = (Start: -1, End: -1, Reasoning: false); // where a choice's non-empty text or reasoning text is, as sent
         var padding = (Start: -1, End: -1); // where OpenAI's obfuscation text is
         try
         {
@@ -317,8 +317,8 @@ internal static class AnswerJson
         chunk.KeepEventJson(data, membersUnread: skipped);
         if (template is not null && count == 1 && !finishes && text.Start > 0 && text.End - text.Start == contentBytes)
         {
-            // One choice whose only output is its content's text (no refusal or reasoning text: their bytes would count
-            // too): the stream's next events are likely these bytes around other text.
+            // One choice whose only output is one string — its content's text or its reasoning text (another's bytes would
+            // count too): the stream's next events are likely these bytes around other text.
             template.Remember(data, text, padding, chunk, skipped);
         }
 
@@ -329,7 +329,7 @@ internal static class AnswerJson
     /// One choice, skimmed (<see cref="Skim"/>); false when it is not in the writer's shape. Adds the bytes of its text,
     /// refusal and reasoning text (as sent, escapes and all) to <paramref name="contentBytes"/>.
     /// </summary>
-    private static bool SkimChoice(ref Utf8JsonReader r, ref bool finishes, ref int contentBytes, ref bool reasons, ref (int Start, int End) text)
+    private static bool SkimChoice(ref Utf8JsonReader r, ref bool finishes, ref int contentBytes, ref bool reasons, ref (int Start, int End, bool Reasoning) text)
     {
         if (r.TokenType != JsonTokenType.StartObject)
         {
@@ -366,6 +366,11 @@ internal static class AnswerJson
                             var length = (int)(r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length);
                             contentBytes += length;
                             reasons |= length > 0;
+                            if (length > 0)
+                            {
+                                var start = (int)r.TokenStartIndex + 1; // past the opening quote
+                                text = (start, start + length, true);
+                            }
                         }
 
                         r.Skip();
@@ -376,10 +381,10 @@ internal static class AnswerJson
                         {
                             var length = (int)(r.HasValueSequence ? r.ValueSequence.Length : r.ValueSpan.Length);
                             contentBytes += length;
-                            if (member == 1)
+                            if (member == 1 && length > 0)
                             {
                                 var start = (int)r.TokenStartIndex + 1; // past the opening quote
-                                text = (start, start + length);
+                                text = (start, start + length, false);
                             }
                         }
                     }

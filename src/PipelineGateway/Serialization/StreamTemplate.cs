@@ -4,8 +4,9 @@ using System.Text.Unicode;
 namespace PipelineGateway.Serialization;
 
 /// <summary>
-/// The last skimmed event of one stream that carried only text (one choice, its delta's <c>content</c> a string, not
-/// finishing), split around that text: the bytes before its opening quote, and from its closing quote on — and, when
+/// The last skimmed event of one stream that carried only text (one choice, not finishing, one string of output: its
+/// delta's <c>content</c>, or its reasoning text — <c>reasoning_content</c>, <c>reasoning</c> — with no content), split
+/// around that text: the bytes before its opening quote, and from its closing quote on — and, when
 /// the event ends with OpenAI's <c>obfuscation</c> (random padding on every event), the bytes between the text and the
 /// padding and after the padding. The stream's next events are usually the same bytes around other text (and other
 /// padding): an upstream writes every token's event alike. One that is (<see cref="TryRead"/>) says what the skim would
@@ -36,6 +37,7 @@ internal sealed class StreamTemplate
     private string _model = string.Empty;
     private string? _fingerprint;
     private bool _membersSkipped;
+    private bool _reasoning; // the varying string is a delta's reasoning text (reasoning_content, reasoning), not its content
 
     /// <summary>Events read from the template (for tests: a property that never hit would prove nothing).</summary>
     internal int Hits { get; private set; }
@@ -44,7 +46,7 @@ internal sealed class StreamTemplate
     /// Remembers <paramref name="data"/>, a skimmed event of one choice whose only output is the string body at
     /// <paramref name="text"/>, with OpenAI's padding at <paramref name="padding"/> (-1: none), and what the skim made of it.
     /// </summary>
-    public void Remember(ReadOnlySpan<byte> data, (int Start, int End) text, (int Start, int End) padding, ChatCompletionChunk chunk, bool membersSkipped)
+    public void Remember(ReadOnlySpan<byte> data, (int Start, int End, bool Reasoning) text, (int Start, int End) padding, ChatCompletionChunk chunk, bool membersSkipped)
     {
         if (_bytes.Length < data.Length)
         {
@@ -64,6 +66,7 @@ internal sealed class StreamTemplate
         _model = chunk.Model;
         _fingerprint = chunk.SystemFingerprint;
         _membersSkipped = membersSkipped;
+        _reasoning = text.Reasoning;
     }
 
     /// <summary>The event's chunk, skimmed, when it is the template around other text (and padding); null otherwise.</summary>
@@ -118,7 +121,7 @@ internal sealed class StreamTemplate
         chunk.Created = _created;
         chunk.Model = _model;
         chunk.SystemFingerprint = _fingerprint;
-        chunk.SkipChoices(1, finishes: false, contentBytes: text.Length);
+        chunk.SkipChoices(1, finishes: false, contentBytes: text.Length, reasons: _reasoning && text.Length > 0);
         chunk.KeepEventJson(data, _membersSkipped);
         Hits++;
         return chunk;

@@ -24,6 +24,7 @@ public sealed class StreamTemplateTests
         var broken = 0;
         var hits = 0;
         var paddedHits = 0;
+        var reasoningHits = 0;
         for (var s = 0; s < 400; s++)
         {
             var template = new StreamTemplate();
@@ -52,6 +53,7 @@ public sealed class StreamTemplateTests
                 (withError is null).Should().Be(aloneError is null, shown);
                 withId.Should().Be(aloneId);
                 paddedHits += template.Hits > before && frame.After.Contains(Pad, StringComparison.Ordinal) ? 1 : 0;
+                reasoningHits += template.Hits > before && frame.Before.EndsWith("reasoning_content\":", StringComparison.Ordinal) ? 1 : 0;
                 if (breaks)
                 {
                     template.Hits.Should().Be(before, $"text that is not a string's body is never read from the template: {shown}");
@@ -70,6 +72,7 @@ public sealed class StreamTemplateTests
         }
 
         hits.Should().BeGreaterThan(3_000, "events were read from their stream's template");
+        reasoningHits.Should().BeGreaterThan(500, "reasoning text was read from the template too");
         paddedHits.Should().BeGreaterThan(1_000, "events with other padding after the text were read from the template too");
         broken.Should().BeGreaterThan(500, "texts that break the string were generated");
     }
@@ -116,6 +119,21 @@ public sealed class StreamTemplateTests
         empty.CarriesContent.Should().BeFalse("an empty text is no output");
     }
 
+    [Fact]
+    public void A_reasoning_models_events_are_read_from_the_template_by_their_reasoning_text()
+    {
+        // DeepSeek's and vLLM's reasoning phase: the reasoning text varies, an empty content stays.
+        var frame = ("{\"id\":\"r-1\",\"object\":\"chat.completion.chunk\",\"created\":1733,\"model\":\"deepseek-reasoner\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":",
+                     ",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}");
+        var template = new StreamTemplate();
+        string? id = null;
+        AnswerJson.ReadStreamChunk(Bytes(frame, "\"Let me\"", ""), ref id, keepEventJson: true, skimChoices: true, template);
+        var next = AnswerJson.ReadStreamChunk(Bytes(frame, "\" think.\"", ""), ref id, keepEventJson: true, skimChoices: true, template)!;
+
+        template.Hits.Should().Be(1);
+        (next.ReasonsUnread, next.CarriesContent, next.EstimatedOutputTokens).Should().Be((true, true, 1));
+    }
+
     private static readonly (string Before, string After) Standard =
         ("{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1733,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":",
          "},\"logprobs\":null,\"finish_reason\":null}],\"obfuscation\":" + Pad + "}");
@@ -151,16 +169,19 @@ public sealed class StreamTemplateTests
         if (json.OneIn(3)) { head.Add("\"system_fingerprint\":\"fp_1\""); }
         if (json.OneIn(4)) { head.Add("\"service_tier\":\"default\""); }
         if (json.OneIn(12)) { head.Add("\"obfuscation\":" + Pad); } // before the text: every event's differs there, none is read from the template
+        // The varying string: the delta's content, or (a reasoning model's stream) its reasoning text beside no content.
+        var varying = json.Below(4) switch { 0 => "reasoning_content", 1 => "reasoning", _ => "content" };
         var delta = new List<string>();
         if (json.OneIn(6)) { delta.Add("\"role\":\"assistant\""); }
         if (json.OneIn(8)) { delta.Add("\"refusal\":" + (json.OneIn(2) ? "null" : "\"no\"")); }
-        if (json.OneIn(10)) { delta.Add("\"reasoning_content\":\"hm\""); }
+        if (varying == "content" && json.OneIn(10)) { delta.Add("\"reasoning_content\":" + (json.OneIn(2) ? "\"\"" : "\"hm\"")); }
+        if (varying != "content" && !json.OneIn(3)) { delta.Add("\"content\":" + (json.OneIn(2) ? "null" : json.OneIn(2) ? "\"\"" : "\"x\"")); }
         var deltaBefore = delta.Count > 0 && json.OneIn(2) ? string.Join(",", delta) + "," : string.Empty;
         var deltaAfter = delta.Count > 0 && deltaBefore.Length == 0 ? "," + string.Join(",", delta) : string.Empty;
         var finish = json.OneIn(10) ? "\"stop\"" : "null";
         var choiceTail = json.OneIn(2) ? $",\"logprobs\":null,\"finish_reason\":{finish}" : $",\"finish_reason\":{finish},\"logprobs\":null";
         var tail = json.OneIn(4) ? ",\"usage\":null" : json.OneIn(3) ? ",\"obfuscation\":" + Pad : json.OneIn(6) ? ",\"obfuscation\":" + Pad + ",\"usage\":null" : string.Empty;
-        return ($"{{{string.Join(",", head)},\"choices\":[{{\"index\":0,\"delta\":{{{deltaBefore}\"content\":",
+        return ($"{{{string.Join(",", head)},\"choices\":[{{\"index\":0,\"delta\":{{{deltaBefore}\"{varying}\":",
                 $"{deltaAfter}}}{choiceTail}}}]{tail}}}");
     }
 
