@@ -75,6 +75,38 @@ public sealed class StreamPassThroughTests() : EchoGatewayTests("sse-echo")
         }
     }
 
+    [Fact]
+    public async Task OpenAIs_padded_events_and_a_reasoning_models_go_out_byte_for_byte_and_a_broken_text_is_refused()
+    {
+        // Each token's event the same bytes around other text (and OpenAI's obfuscation padding): all but the first of a
+        // run are taken from the stream's template (StreamTemplate). Escapes, literal UTF-8 and an empty text among them;
+        // a reasoning model's events vary their reasoning text beside an empty content.
+        string Padded(string text, string padding) => "{" + Head + ",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":" + text + "},\"logprobs\":null,\"finish_reason\":null}],\"obfuscation\":" + padding + "}";
+        string Reasoning(string text) => "{" + Head + ",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":" + text + ",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}";
+        List<string> sent =
+        [
+            Padded("\"Hello\"", "\"a1\""), Padded("\" wörld \\\"quoted\\\"\"", "\"xYz9\""), Padded("\"\"", "\"q\""),
+            Padded("\"\\n\\u00e9\\\\\"", "\"\""), Padded("\"世界\"", "\"0123456789ab\""),
+            Reasoning("\"Let me\""), Reasoning("\" think\\n\""), Reasoning("\" again.\""),
+        ];
+        var upstream = string.Concat(sent.Select(e => $"data: {e}\n\n")) + "data: [DONE]\n\n";
+
+        var events = await StreamAsync(upstream);
+
+        events.Should().HaveCount(sent.Count + 2, "then the usage chunk the caller asked for, and [DONE]");
+        for (var i = 0; i < sent.Count; i++)
+        {
+            events[i].Should().Be(sent[i], $"event {i} goes out as the upstream sent it");
+        }
+
+        // The same frame around a text that is not a string's body (a raw control character): not taken from the
+        // template — read in full, refused as the invalid event it is, as without a template.
+        var broken = Padded("\"ok\"", "\"p\"") + "\n\ndata: " + Padded("\"bad\u0001text\"", "\"p\"");
+        var failed = await StreamAsync($"data: {broken}\n\ndata: [DONE]\n\n");
+        failed[0].Should().Be(Padded("\"ok\"", "\"p\""));
+        failed.Should().Contain(e => e.Contains("invalid event", StringComparison.Ordinal), "the broken event ends the stream with an error, as it did before the template");
+    }
+
     [Theory]
     [InlineData("{\"id\":\"chatcmpl-up1\",\n\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m-up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]
     [InlineData("{" + Head + ",\"gateway\":{\"provider\":\"forged\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}")]
