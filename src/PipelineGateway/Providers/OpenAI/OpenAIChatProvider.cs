@@ -304,7 +304,8 @@ internal sealed class OpenAIChatProvider : HttpChatProvider, IOperationProvider,
     /// </summary>
     private sealed class Events(OpenAIChatProvider provider, bool keep, bool skim, int choices) : StreamEvents
     {
-        private readonly Serialization.StreamTemplate? _template = skim ? new() : null;
+        // With more than one choice the events alternate between them: each would miss the last one's template.
+        private readonly Serialization.StreamTemplate? _template = skim && choices == 1 ? new() : null;
         private string? _id;
         private int _finished;
 
