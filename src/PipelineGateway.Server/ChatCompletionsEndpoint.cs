@@ -161,7 +161,8 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
         var started = false;
         try
         {
-            using var json = new Utf8JsonWriter(ctx.Response.BodyWriter, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
+            var body = ctx.Response.BodyWriter; // once: each read of it walks the response's feature cache (SseWriter.WriteData)
+            using var json = new Utf8JsonWriter(body, new JsonWriterOptions { Encoder = WireJson.Encoder, SkipValidation = true });
             while (true)
             {
                 if (!chunks.TryRead(out var chunk))
@@ -188,7 +189,7 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                 if (ReferenceEquals(chunk, Pipeline.WorkItem.BurstEnd))
                 {
                     // The upstream's next event is not here yet: what was written goes out now, in one flush.
-                    await ctx.Response.BodyWriter.FlushAsync(aborted);
+                    await body.FlushAsync(aborted);
                     continue;
                 }
 
@@ -216,17 +217,17 @@ internal sealed partial class ChatCompletionsEndpoint(IGatewayQueue queue, Gatew
                 {
                     // The upstream's bytes say what writing the chunk would: copied into Kestrel's buffer, then the
                     // rented buffer goes back (this endpoint is its one writer; the chunk let go of it).
-                    SseWriter.WriteData(ctx.Response, verbatim.AsSpan(0, length));
+                    SseWriter.WriteData(body, verbatim.AsSpan(0, length));
                     ArrayPool<byte>.Shared.Return(verbatim);
                 }
                 else
                 {
-                    SseWriter.WriteData(ctx.Response, json, chunk, GatewayJsonContext.Default.ChatCompletionChunk);
+                    SseWriter.WriteData(body, json, chunk, GatewayJsonContext.Default.ChatCompletionChunk);
                 }
 
                 if (flushEach)
                 {
-                    await ctx.Response.BodyWriter.FlushAsync(aborted);
+                    await body.FlushAsync(aborted);
                 }
             }
 

@@ -128,7 +128,7 @@ internal static class NamedEventStream
         {
             if (e.Name.Length == 0)
             {
-                SseWriter.WriteData(ctx.Response, e.Json); // an unnamed event (the Completions stream's)
+                SseWriter.WriteData(ctx.Response.BodyWriter, e.Json); // an unnamed event (the Completions stream's)
             }
             else
             {

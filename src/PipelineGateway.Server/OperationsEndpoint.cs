@@ -114,11 +114,11 @@ internal sealed class OperationsEndpoint(IGatewayQueue queue, GatewayKeys keys, 
                     {
                         // An image's completed event, the stream's last: its usage says what the request cost (as a chat
                         // stream's last chunk does, usage.cost), since the headers went out before the cost was known.
-                        SseWriter.WriteData(ctx.Response, UsageWithCost(audio.AsSpan(0, length), final.Cost));
+                        SseWriter.WriteData(ctx.Response.BodyWriter, UsageWithCost(audio.AsSpan(0, length), final.Cost));
                     }
                     else if (events)
                     {
-                        SseWriter.WriteData(ctx.Response, audio.AsSpan(0, length));
+                        SseWriter.WriteData(ctx.Response.BodyWriter, audio.AsSpan(0, length));
                     }
                     else
                     {

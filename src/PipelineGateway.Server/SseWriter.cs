@@ -54,18 +54,22 @@ internal static class SseWriter
     /// <summary>An event whose JSON is already written, then flushed.</summary>
     public static ValueTask<FlushResult> WriteDataAsync(HttpResponse response, ReadOnlySpan<byte> json, CancellationToken cancellationToken)
     {
-        WriteData(response, json);
-        return response.BodyWriter.FlushAsync(cancellationToken);
+        var pipe = response.BodyWriter;
+        WriteData(pipe, json);
+        return pipe.FlushAsync(cancellationToken);
     }
 
-    /// <summary>An event whose JSON is already written (one line: the caller made sure), not flushed.</summary>
-    public static void WriteData(HttpResponse response, ReadOnlySpan<byte> json) =>
-        SseFrame.Write(response.BodyWriter, DataPrefix, json, EventEnd);
+    /// <summary>
+    /// An event whose JSON is already written (one line: the caller made sure), not flushed. Into the response's pipe
+    /// as the caller holds it: a stream's loop takes <c>Response.BodyWriter</c> once, not per event (each read walks
+    /// the response's feature cache, a few dependent loads of another stream's cold lines at 1,000 streams).
+    /// </summary>
+    public static void WriteData(PipeWriter pipe, ReadOnlySpan<byte> json) =>
+        SseFrame.Write(pipe, DataPrefix, json, EventEnd);
 
     /// <summary>An event serialized straight into the pipe by <paramref name="json"/> (reused from event to event), not flushed (the caller flushes once per burst).</summary>
-    public static void WriteData<T>(HttpResponse response, Utf8JsonWriter json, T value, JsonTypeInfo<T> info)
+    public static void WriteData<T>(PipeWriter pipe, Utf8JsonWriter json, T value, JsonTypeInfo<T> info)
     {
-        var pipe = response.BodyWriter;
         pipe.Write(DataPrefix);
         json.Reset(pipe);
         JsonSerializer.Serialize(json, value, info);
