@@ -778,9 +778,9 @@ internal sealed class SqliteRequestLogStore : IRequestLogStore, IDisposable
         _ => ex.Message,
     };
 
-    private static long ToNano(decimal usd) => (long)decimal.Round(usd * 1_000_000_000m);
+    private static long ToNano(decimal usd) => Cost.NanoUsd.From(usd);
 
-    private static decimal FromNano(long nano) => nano / 1_000_000_000m;
+    private static decimal FromNano(long nano) => Cost.NanoUsd.ToUsd(nano);
 
     private void CloseWriter()
     {

@@ -446,9 +446,9 @@ internal sealed class BudgetTracker(IOptions<GatewayOptions> options, PricingTab
         return kept;
     }
 
-    private static long ToNano(decimal usd) => (long)decimal.Round(usd * 1_000_000_000m);
+    private static long ToNano(decimal usd) => NanoUsd.From(usd);
 
-    private static decimal FromNano(long nano) => nano / 1_000_000_000m;
+    private static decimal FromNano(long nano) => NanoUsd.ToUsd(nano);
 
     internal sealed record Reservation(Account[] Accounts, long Estimate);
 

@@ -7,10 +7,10 @@ namespace PipelineGateway.Metrics;
 internal sealed partial class GatewayMetrics
 {
     /// <param name="usage">The billed usage (an answer's, or what an interrupted stream consumed), else null.</param>
-    /// <param name="cost">Its price.</param>
+    /// <param name="costNanoUsd">Its price, in nano-dollars (<see cref="Cost.NanoUsd"/>).</param>
     /// <param name="consumedAt">The deployment an interrupted stream consumed at (its system and model label the tokens).</param>
     /// <param name="hedge">A hedged attempt's second leg given up on in flight: its tokens and cost under its own provider.</param>
-    private void RecordInstruments(WorkItem item, ChatCompletionResponse? response, GatewayResponseInfo? info, Exception? error, TimeSpan latency, TokenUsage? usage, decimal cost, Routing.Deployment? consumedAt, ConsumedUpstream? hedge = null)
+    private void RecordInstruments(WorkItem item, ChatCompletionResponse? response, GatewayResponseInfo? info, Exception? error, TimeSpan latency, TokenUsage? usage, long costNanoUsd, Routing.Deployment? consumedAt, ConsumedUpstream? hedge = null)
     {
         var i = _instruments;
         var counters = i.CountersEnabled;
@@ -39,9 +39,9 @@ internal sealed partial class GatewayMetrics
             // the instruments' cost).
             var series = i.Totals.Request(operation, system, requestModel, responseModel, errorType);
             series.End(error is not null ? InstrumentTotals.RequestSeries.Failure : info?.Cached == true ? InstrumentTotals.RequestSeries.Cached : info?.Coalesced == true ? InstrumentTotals.RequestSeries.Coalesced : InstrumentTotals.RequestSeries.Success, info?.Cached == true);
-            if (cost > 0)
+            if (costNanoUsd > 0)
             {
-                series.AddCost(cost);
+                series.AddCost(costNanoUsd);
             }
         }
 
@@ -52,7 +52,7 @@ internal sealed partial class GatewayMetrics
             RecordTokens(hedge.Usage, i.Tags(operation, legSystem, requestModel, leg.Model, errorType));
             if (counters && hedge.Cost > 0)
             {
-                i.Totals.Request(operation, legSystem, requestModel, leg.Model, errorType).AddCost(hedge.Cost);
+                i.Totals.Request(operation, legSystem, requestModel, leg.Model, errorType).AddCost(Cost.NanoUsd.From(hedge.Cost));
             }
         }
     }

@@ -109,7 +109,7 @@ internal sealed partial class GatewayMetrics
     }
 
 
-    private decimal CostSaved() => Interlocked.Read(ref _costSavedNanoUsd) / 1_000_000_000m;
+    private decimal CostSaved() => Cost.NanoUsd.ToUsd(Interlocked.Read(ref _costSavedNanoUsd));
 
     private static string Name(Routing.Health.CircuitState state) => state switch
     {

@@ -13,7 +13,7 @@ internal sealed partial class GatewayMetrics
         private long _failures;
         private long _costNanoUsd; // money summed as whole nano-dollars: interlocked, no lock, exact to 1e-9 USD
 
-        public void AddCost(decimal usd) => Interlocked.Add(ref _costNanoUsd, (long)decimal.Round(usd * 1_000_000_000m));
+        public void AddCost(long nanoUsd) => Interlocked.Add(ref _costNanoUsd, nanoUsd);
 
         public void Record(GatewayAttempt attempt)
         {
@@ -46,7 +46,7 @@ internal sealed partial class GatewayMetrics
                 SuccessRate = requests == 0 ? 1 : Math.Round((double)(requests - failures) / requests, 4),
                 AvgLatencyMs = Math.Round(_latency.MeanMs, 3),
                 P95LatencyMs = _latency.PercentileMs(0.95),
-                TotalCost = Interlocked.Read(ref _costNanoUsd) / 1_000_000_000m,
+                TotalCost = Cost.NanoUsd.ToUsd(Interlocked.Read(ref _costNanoUsd)),
                 InFlight = pool.InFlight,
                 QueueDepth = pool.QueueDepth,
                 ExpectedWaitMs = Math.Round(pool.ExpectedWait.TotalMilliseconds, 3),
@@ -68,7 +68,7 @@ internal sealed partial class GatewayMetrics
         private long _completionTokens;
         private long _costNanoUsd;
 
-        public void Record(bool success, TokenUsage? usage, decimal cost)
+        public void Record(bool success, TokenUsage? usage, long costNanoUsd)
         {
             Interlocked.Increment(ref _requests);
             if (!success)
@@ -82,9 +82,9 @@ internal sealed partial class GatewayMetrics
                 Interlocked.Add(ref _completionTokens, usage.CompletionTokens);
             }
 
-            if (cost != 0)
+            if (costNanoUsd != 0)
             {
-                Interlocked.Add(ref _costNanoUsd, (long)decimal.Round(cost * 1_000_000_000m));
+                Interlocked.Add(ref _costNanoUsd, costNanoUsd);
             }
         }
 
@@ -94,7 +94,7 @@ internal sealed partial class GatewayMetrics
             Failures = Interlocked.Read(ref _failures),
             PromptTokens = Interlocked.Read(ref _promptTokens),
             CompletionTokens = Interlocked.Read(ref _completionTokens),
-            TotalCost = Interlocked.Read(ref _costNanoUsd) / 1_000_000_000m,
+            TotalCost = Cost.NanoUsd.ToUsd(Interlocked.Read(ref _costNanoUsd)),
         };
     }
 }
@@ -110,7 +110,7 @@ internal sealed class DeploymentCounters
 
     public long Successes => Interlocked.Read(ref _successes);
 
-    public decimal Cost => Interlocked.Read(ref _costNano) / 1_000_000_000m;
+    public decimal Cost => PipelineGateway.Cost.NanoUsd.ToUsd(Interlocked.Read(ref _costNano));
 
     public void Record(bool success)
     {
@@ -121,5 +121,5 @@ internal sealed class DeploymentCounters
         }
     }
 
-    public void AddCost(decimal usd) => Interlocked.Add(ref _costNano, (long)decimal.Round(usd * 1_000_000_000m));
+    public void AddCost(long nanoUsd) => Interlocked.Add(ref _costNano, nanoUsd);
 }

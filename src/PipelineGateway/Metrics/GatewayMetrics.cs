@@ -237,27 +237,30 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
         // its content reached the caller is charged what it consumed.
         var usage = completion.Billed ? response!.Usage : completion.Consumed?.TotalUsage;
         var cost = completion.BilledCost;
-        _models.GetOrAdd(item.RootGroup.StatsName, static _ => new ModelStats()).Record(error is null, usage, cost);
-        KeyStats(item.Request.Gateway?.RateLimitKey ?? string.Empty).Record(error is null, usage, cost);
+        var costNano = cost == 0 ? 0 : Cost.NanoUsd.From(cost); // once, for every figure below
+        _models.GetOrAdd(item.RootGroup.StatsName, static _ => new ModelStats()).Record(error is null, usage, costNano);
+        KeyStats(item.Request.Gateway?.RateLimitKey ?? string.Empty).Record(error is null, usage, costNano);
         var charged = completion.Consumed?.Deployment ?? (cost != 0 ? LastSuccess(info!.Attempts)?.Deployment : null);
         var hedge = completion.Consumed?.Hedge; // a hedged attempt's second leg: its cost to its own deployment
         var own = cost - (hedge?.Cost ?? 0);
+        var ownNano = hedge is null ? costNano : Cost.NanoUsd.From(own);
         if (own != 0 && charged is not null)
         {
-            charged.Counters.AddCost(own);
+            charged.Counters.AddCost(ownNano);
         }
 
         if (own != 0 && _providers.TryGetValue(charged?.ProviderName ?? info!.Provider, out var served))
         {
-            served.AddCost(own);
+            served.AddCost(ownNano);
         }
 
         if (hedge is { Cost: not 0 })
         {
-            hedge.Deployment.Counters.AddCost(hedge.Cost);
+            var legNano = Cost.NanoUsd.From(hedge.Cost);
+            hedge.Deployment.Counters.AddCost(legNano);
             if (_providers.TryGetValue(hedge.Deployment.ProviderName, out var leg))
             {
-                leg.AddCost(hedge.Cost);
+                leg.AddCost(legNano);
             }
         }
 
@@ -267,7 +270,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
             Interlocked.Add(ref _completionTokens, usage.CompletionTokens);
         }
 
-        RecordInstruments(item, response, info, error, latency, hedge is null ? usage : completion.Consumed!.Usage, own, completion.Consumed?.Deployment, hedge);
+        RecordInstruments(item, response, info, error, latency, hedge is null ? usage : completion.Consumed!.Usage, ownNano, completion.Consumed?.Deployment, hedge);
 
         if (error is null)
         {
@@ -280,7 +283,7 @@ internal sealed partial class GatewayMetrics : IGatewayMetrics, ICompletionListe
 
             if (info is { CostSaved: > 0 } saving)
             {
-                Interlocked.Add(ref _costSavedNanoUsd, (long)decimal.Round(saving.CostSaved * 1_000_000_000m));
+                Interlocked.Add(ref _costSavedNanoUsd, Cost.NanoUsd.From(saving.CostSaved));
             }
 
             return;

@@ -160,7 +160,7 @@ internal sealed class InstrumentTotals(string providerAttribute)
             }
         }
 
-        public void AddCost(decimal usd) => Interlocked.Add(ref CostNano, (long)decimal.Round(usd * 1_000_000_000m));
+        public void AddCost(long nanoUsd) => Interlocked.Add(ref CostNano, nanoUsd);
     }
 
     internal sealed class AttemptSeries(KeyValuePair<string, object?>[] tags)
